@@ -1,0 +1,24 @@
+// The one export table of ferry_native.node. Each Init* lives next to the syscalls it wraps;
+// src/native/binding.ts declares every export with its types.
+#include <napi.h>
+
+namespace ferry {
+void InitPtrace(Napi::Env env, Napi::Object exports);
+void InitInject(Napi::Env env, Napi::Object exports);
+void InitProcess(Napi::Env env, Napi::Object exports);
+void InitMemory(Napi::Env env, Napi::Object exports);
+void InitFiles(Napi::Env env, Napi::Object exports);
+void InitCpu(Napi::Env env, Napi::Object exports);
+}  // namespace ferry
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ferry::InitPtrace(env, exports);
+  ferry::InitInject(env, exports);
+  ferry::InitProcess(env, exports);
+  ferry::InitMemory(env, exports);
+  ferry::InitFiles(env, exports);
+  ferry::InitCpu(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(ferry_native, Init)

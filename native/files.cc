@@ -1,0 +1,109 @@
+// File identity and descriptor transfer between processes.
+//
+// Wraps kcmp(2) (KCMP_FILE: do two fds refer to the same open file description? returns 0
+// equal, 1/2 ordered less/greater, 3 unordered-unequal), pidfd_open(2) and pidfd_getfd(2)
+// (duplicates another process's fd into the caller: the same open file description, so file
+// offsets stay shared; needs PTRACE_MODE_ATTACH_REALCREDS), lseek(2) and open(2).
+#include <napi.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "errors.h"
+
+namespace ferry {
+namespace {
+
+// kcmp(pid1, pid2, type, idx1, idx2) -> 0 | 1 | 2 | 3.
+Napi::Value Kcmp(const Napi::CallbackInfo& info) {
+  int64_t p1, p2, type, i1, i2;
+  if (!ArgInt(info, 0, &p1) || !ArgInt(info, 1, &p2) || !ArgInt(info, 2, &type) ||
+      !ArgInt(info, 3, &i1) || !ArgInt(info, 4, &i2)) return {};
+  long r = syscall(SYS_kcmp, p1, p2, type, i1, i2);
+  if (r < 0) {
+    ThrowErrno(info.Env(), "kcmp", errno, "pids " + std::to_string(p1) + "/" + std::to_string(p2));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
+// pidfdOpen(pid, flags) -> fd.
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  int64_t pid, flags = 0;
+  if (!ArgInt(info, 0, &pid)) return {};
+  if (info.Length() > 1 && !ArgInt(info, 1, &flags)) return {};
+  long r = syscall(SYS_pidfd_open, pid, flags);
+  if (r < 0) {
+    ThrowErrno(info.Env(), "pidfd_open", errno, "pid " + std::to_string(pid));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
+// pidfdGetfd(pidfd, targetFd) -> fd in this process (O_CLOEXEC set).
+Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
+  int64_t pidfd, fd;
+  if (!ArgInt(info, 0, &pidfd) || !ArgInt(info, 1, &fd)) return {};
+  long r = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+  if (r < 0) {
+    ThrowErrno(info.Env(), "pidfd_getfd", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
+// closeFd(fd): close(2) for descriptors the addon or pidfd_getfd handed out.
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  if (close(static_cast<int>(fd)) < 0) ThrowErrno(info.Env(), "close", errno, "fd " + std::to_string(fd));
+  return info.Env().Undefined();
+}
+
+// lseek(fd, offset, whence) -> new offset. Node's fs has no lseek; restore positions files it
+// opened before handing them to a task.
+Napi::Value Lseek(const Napi::CallbackInfo& info) {
+  int64_t fd, off, whence;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &off) || !ArgInt(info, 2, &whence)) return {};
+  off_t r = lseek(static_cast<int>(fd), static_cast<off_t>(off), static_cast<int>(whence));
+  if (r < 0) {
+    ThrowErrno(info.Env(), "lseek", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
+// openRaw(path, flags, mode) -> fd: open(2) with flags passed through unchanged (O_PATH,
+// O_DIRECTORY, O_NOATIME…), which Node's fs.openSync does not all accept.
+Napi::Value OpenRaw(const Napi::CallbackInfo& info) {
+  int64_t flags, mode = 0;
+  if (info.Length() < 1 || !info[0].IsString()) {
+    ThrowType(info.Env(), "openRaw(path: string, flags: number, mode?: number)");
+    return {};
+  }
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  if (!ArgInt(info, 1, &flags)) return {};
+  if (info.Length() > 2 && !ArgInt(info, 2, &mode)) return {};
+  int fd = open(path.c_str(), static_cast<int>(flags) | O_CLOEXEC, static_cast<mode_t>(mode));
+  if (fd < 0) {
+    ThrowErrno(info.Env(), "open", errno, path);
+    return {};
+  }
+  return Napi::Number::New(info.Env(), fd);
+}
+
+}  // namespace
+
+void InitFiles(Napi::Env env, Napi::Object exports) {
+  exports.Set("kcmp", Napi::Function::New(env, Kcmp));
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
+  exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("lseek", Napi::Function::New(env, Lseek));
+  exports.Set("openRaw", Napi::Function::New(env, OpenRaw));
+}
+
+}  // namespace ferry

@@ -1,0 +1,148 @@
+/**
+ * The typed interface of the native addon (native/*.cc) and its loader.
+ *
+ * Every export wraps one syscall or one tight sequence and throws errors shaped like Node's fs
+ * errors (`code`, `errno`, `syscall`). ptrace-related calls must run on the JS thread that
+ * attached (the kernel accepts requests only from the tracer thread).
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Result of waitpid(2) on one pid. */
+export interface WaitStatus {
+  /** Raw wait status. */
+  status: number;
+  exited: boolean;
+  exitCode: number;
+  signaled: boolean;
+  termSig: number;
+  stopped: boolean;
+  stopSig: number;
+  /** PTRACE_EVENT_* of a ptrace event stop (status >> 16), else 0. */
+  event: number;
+}
+
+/** PTRACE_GET_RSEQ_CONFIGURATION result. */
+export interface RseqConfig {
+  pointer: bigint;
+  size: number;
+  signature: number;
+  flags: number;
+}
+
+export interface NativeBinding {
+  /** ptrace(PTRACE_SEIZE, tid, 0, options) — ptrace(2). */
+  seize(tid: number, options?: number): void;
+  /** ptrace(PTRACE_INTERRUPT) — the tracee reports PTRACE_EVENT_STOP. */
+  interrupt(tid: number): void;
+  /** ptrace(PTRACE_DETACH, tid, 0, signal). */
+  detach(tid: number, signal?: number): void;
+  /** ptrace(PTRACE_CONT, tid, 0, signal). */
+  cont(tid: number, signal?: number): void;
+  /** ptrace(PTRACE_SETOPTIONS). */
+  setOptions(tid: number, options: number): void;
+  /** waitpid(2) on one pid with __WALL (| flags); null when WNOHANG found nothing. */
+  waitpid(tid: number, flags?: number): WaitStatus | null;
+  /**
+   * waitid(P_PID, pid, WEXITED|__WALL[|WNOWAIT]): waits for death; with noWait the zombie is
+   * left for its real parent. Returns siginfo's si_code (CLD_EXITED 1, CLD_KILLED 2…) and si_status.
+   */
+  waitExit(pid: number, noWait?: boolean): { code: number; status: number };
+  /** PTRACE_GETREGS: struct user_regs_struct (216 bytes). */
+  getRegs(tid: number): Buffer;
+  /** PTRACE_SETREGS. */
+  setRegs(tid: number, regs: Buffer): void;
+  /** PTRACE_GETREGSET NT_X86_XSTATE: the XSAVE area. */
+  getXstate(tid: number): Buffer;
+  /** PTRACE_SETREGSET NT_X86_XSTATE. */
+  setXstate(tid: number, xstate: Buffer): void;
+  /** PTRACE_GETSIGMASK. */
+  getSigmask(tid: number): bigint;
+  /** PTRACE_SETSIGMASK. */
+  setSigmask(tid: number, mask: bigint): void;
+  /** PTRACE_GET_RSEQ_CONFIGURATION; null when no rseq area is registered. */
+  getRseq(tid: number): RseqConfig | null;
+  /** get_robust_list(2). */
+  getRobustList(tid: number): { head: bigint; len: number };
+  /**
+   * PTRACE_PEEKSIGINFO: every queued siginfo_t (128 bytes each) of the thread's own queue, or
+   * of the process-wide queue with `shared`; the signals stay queued.
+   */
+  peekSiginfo(tid: number, shared?: boolean): Buffer[];
+  /** tgkill(2). */
+  tgkill(tgid: number, tid: number, signal: number): void;
+  /**
+   * Runs one syscall inside a ptrace-stopped task through the `syscall` instruction at
+   * `gadget` (PTRACE_SINGLESTEP); registers are restored afterwards. Returns the raw result
+   * (-errno on failure).
+   */
+  injectSyscall(tid: number, gadget: bigint, nr: number, ...args: Array<bigint | number>): bigint;
+  /** Runs a batch of injected syscalls ([nr, a0..a5] x n), registers saved/restored once. */
+  injectSyscalls(tid: number, gadget: bigint, calls: BigUint64Array): BigInt64Array;
+  /**
+   * clone3(2) with set_tid = tids (innermost pid namespace first; [] = any PID); the child
+   * calls PTRACE_TRACEME, closes every fd and execve(2)s `path`. Returns once the child is
+   * stopped with SIGTRAP after the exec, traced by the calling thread.
+   */
+  spawnStub(path: string, tids: number[]): number;
+  /** process_vm_readv(2): reads [addr, len] pairs back to back into dst at dstOffset. */
+  readMemory(pid: number, ranges: Float64Array, dst: Buffer, dstOffset?: number): number;
+  /** kcmp(2): 0 equal, 1 less, 2 greater, 3 not equal (unordered). */
+  kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number;
+  /** pidfd_open(2). */
+  pidfdOpen(pid: number, flags?: number): number;
+  /** pidfd_getfd(2): duplicates another process's fd into this one (O_CLOEXEC). */
+  pidfdGetfd(pidfd: number, fd: number): number;
+  /** close(2). */
+  closeFd(fd: number): void;
+  /** lseek(2); returns the new offset. */
+  lseek(fd: number, offset: number, whence: number): number;
+  /** open(2) with raw flags (O_CLOEXEC always added); returns the fd. */
+  openRaw(path: string, flags: number, mode?: number): number;
+  /** xgetbv(0): XCR0, the XSAVE features the OS enabled. */
+  xgetbv(): bigint;
+}
+
+/** Names every NativeBinding member; a test checks this against the addon's exports. */
+export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
+  'seize', 'interrupt', 'detach', 'cont', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
+  'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
+  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'xgetbv',
+];
+
+/** The repository (package) root: dist/src/native/ -> ../../.. */
+export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+let cached: NativeBinding | undefined;
+
+/** Loads build/Release/ferry_native.node; the error lists every path tried. */
+export function native(): NativeBinding {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const candidates = [
+    join(PACKAGE_ROOT, 'build', 'Release', 'ferry_native.node'),
+    join(PACKAGE_ROOT, 'build', 'Debug', 'ferry_native.node'),
+  ];
+  const errors: string[] = [];
+  for (const path of candidates) {
+    if (!existsSync(path)) {
+      errors.push(`${path}: not found`);
+      continue;
+    }
+    try {
+      cached = require(path) as NativeBinding;
+      return cached;
+    } catch (err) {
+      errors.push(`${path}: ${(err as Error).message}`);
+    }
+  }
+  throw new Error(`cannot load the native addon (run 'npm run build'); tried:\n  ${errors.join('\n  ')}`);
+}
+
+/** Path of the restore stub built next to the addon. */
+export function defaultStubPath(): string {
+  return join(PACKAGE_ROOT, 'build', 'Release', 'ferry-stub');
+}
