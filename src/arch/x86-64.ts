@@ -1,0 +1,99 @@
+/**
+ * x86-64 facts: register layout, syscall numbers and the kernel ABI structs we build by hand.
+ * Everything architecture-specific lives here so another arch is one more file.
+ */
+
+/** Field order of struct user_regs_struct (<sys/user.h>): 27 x u64, 216 bytes. */
+export const REG_NAMES = [
+  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8', 'rax', 'rcx', 'rdx',
+  'rsi', 'rdi', 'orig_rax', 'rip', 'cs', 'eflags', 'rsp', 'ss', 'fs_base', 'gs_base', 'ds',
+  'es', 'fs', 'gs',
+] as const;
+export type RegName = (typeof REG_NAMES)[number];
+export type Regs = Record<RegName, bigint>;
+export const REGS_SIZE = REG_NAMES.length * 8;
+
+/** Decodes PTRACE_GETREGS output. */
+export function decodeRegs(buf: Buffer): Regs {
+  const regs = {} as Regs;
+  REG_NAMES.forEach((name, i) => { regs[name] = buf.readBigUInt64LE(i * 8); });
+  return regs;
+}
+
+/** Encodes registers for PTRACE_SETREGS. */
+export function encodeRegs(regs: Regs): Buffer {
+  const buf = Buffer.alloc(REGS_SIZE);
+  REG_NAMES.forEach((name, i) => { buf.writeBigUInt64LE(BigInt.asUintN(64, regs[name]), i * 8); });
+  return buf;
+}
+
+/** Syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). */
+export const SYS = {
+  read: 0, write: 1, close: 3, lseek: 8, mmap: 9, mprotect: 10, munmap: 11, brk: 12,
+  rt_sigaction: 13, rt_sigprocmask: 14, ioctl: 16, mremap: 25, madvise: 28, dup2: 33,
+  pause: 34, getitimer: 36, setitimer: 38, getpid: 39, rt_sigqueueinfo: 129, fcntl: 72, chdir: 80, umask: 95,
+  setpgid: 109, setsid: 112, sigaltstack: 131, prctl: 157, arch_prctl: 158, gettid: 186,
+  set_tid_address: 218, exit_group: 231, openat: 257, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297,
+  rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,
+} as const;
+
+/** The two bytes of the `syscall` instruction. */
+export const SYSCALL_INSN = Buffer.from([0x0f, 0x05]);
+
+export const PAGE_SIZE = 4096;
+
+/** mmap(2)/mprotect(2)/mremap(2) constants. */
+export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
+export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20,
+  MAP_GROWSDOWN = 0x100, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000;
+export const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2;
+
+/** madvise(2) advice for VmFlags we carry over (smaps two-letter code -> advice). */
+export const MADVISE_BY_VMFLAG: Readonly<Record<string, number>> = {
+  dc: 10, // MADV_DONTFORK
+  dd: 16, // MADV_DONTDUMP
+  wf: 18, // MADV_WIPEONFORK
+  hg: 14, // MADV_HUGEPAGE
+  nh: 15, // MADV_NOHUGEPAGE
+};
+
+/** struct itimerval: two struct timeval (tv_sec, tv_usec as i64). */
+export const ITIMERVAL_SIZE = 32;
+/** siginfo_t size. */
+export const SIGINFO_SIZE = 128;
+
+/** prctl(2) options. */
+export const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_GET_TID_ADDRESS = 40;
+
+/** Kernel-internal restart codes a task stopped inside a syscall may show in rax. */
+export const ERESTARTSYS = 512, ERESTARTNOINTR = 513, ERESTARTNOHAND = 514,
+  ERESTART_RESTARTBLOCK = 516;
+
+/** ptrace(2) constants. */
+export const PTRACE_O_EXITKILL = 0x100000, PTRACE_EVENT_STOP = 128;
+
+/** Signals: 1..64; SIGKILL and SIGSTOP cannot be caught. */
+export const NSIG = 64, SIGKILL = 9, SIGSTOP = 19, SIGTRAP = 5, SIGCONT = 18;
+export const SIG_DFL = 0n, SIG_IGN = 1n;
+
+/** struct kernel_sigaction { handler, flags, restorer, mask } as rt_sigaction(2) takes it. */
+export const KSIGACTION_SIZE = 32;
+/** stack_t { ss_sp, ss_flags (int + pad), ss_size }. */
+export const STACK_T_SIZE = 24;
+/** struct prctl_mm_map: 11 x u64, auxv pointer, u32 auxv_size, u32 exe_fd. */
+export const PRCTL_MM_MAP_SIZE = 104;
+
+/** Returns the restart action for registers of a task stopped in a syscall (DESIGN.md §3.10). */
+export function rewindInterruptedSyscall(regs: Regs): Regs {
+  const out = { ...regs };
+  const orig = BigInt.asIntN(64, regs.orig_rax);
+  const rax = Number(BigInt.asIntN(64, regs.rax));
+  if (orig >= 0n && (rax === -ERESTARTSYS || rax === -ERESTARTNOINTR || rax === -ERESTARTNOHAND
+    || rax === -ERESTART_RESTARTBLOCK)) {
+    // Re-run the syscall from the start: the kernel's restart block does not survive.
+    out.rip = regs.rip - 2n;
+    out.rax = regs.orig_rax;
+  }
+  out.orig_rax = BigInt.asUintN(64, -1n);
+  return out;
+}
