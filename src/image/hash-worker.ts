@@ -1,0 +1,24 @@
+/**
+ * A worker thread that computes sha256 of entries whose chunks live in SharedArrayBuffers, so
+ * hashing runs on the second core while the JS thread reads the next chunk and the libuv pool
+ * writes the previous one. Messages are handled in order; each is answered when done.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { parentPort } from 'node:worker_threads';
+
+export type HashRequest =
+  | { op: 'update'; seq: number; id: number; sab: SharedArrayBuffer; offset: number; length: number }
+  | { op: 'digest'; seq: number; id: number };
+
+const hashes = new Map<number, Hash>();
+parentPort?.on('message', (m: HashRequest) => {
+  let h = hashes.get(m.id);
+  if (!h) hashes.set(m.id, (h = createHash('sha256')));
+  if (m.op === 'update') {
+    h.update(new Uint8Array(m.sab, m.offset, m.length));
+    parentPort!.postMessage({ seq: m.seq });
+  } else {
+    hashes.delete(m.id);
+    parentPort!.postMessage({ seq: m.seq, digest: h.digest('hex') });
+  }
+});

@@ -1,0 +1,133 @@
+/**
+ * `inspect`: what an image holds, without restoring it. The report is plain JSON (for
+ * `--json`); `formatInspect` renders it for people.
+ */
+import type { InspectOptions } from '../api.js';
+import { PAGE_SIZE } from '../arch/x86-64.js';
+import { validateFiles, validateTask } from '../restore/validate.js';
+import type { Manifest } from './manifest.js';
+import { openImage } from './reader.js';
+import { FILES_ENTRY, taskEntry, type FileRecord } from './records.js';
+
+/** One memory area as inspect shows it. */
+export interface InspectVma {
+  start: string;
+  end: string;
+  /** rwxp/rwxs as in /proc/PID/maps. */
+  perms: string;
+  kind: string;
+  name: string;
+  /** Bytes of stored pages. */
+  storedBytes: number;
+}
+
+/** One descriptor as inspect shows it. */
+export interface InspectFd {
+  fd: number;
+  file: number;
+  kind: string;
+  /** Path or description of the open file. */
+  target: string;
+  cloexec: boolean;
+  /** Other descriptors (pid:fd) sharing the same open file. */
+  sharedWith: string[];
+}
+
+export interface InspectTask {
+  pid: number;
+  ppid: number;
+  comm: string;
+  exe: string;
+  cwd: string;
+  threads: number;
+  pagesBytes: number;
+  vmas: InspectVma[];
+  fds: InspectFd[];
+}
+
+/** Everything `ferry inspect` reports. */
+export interface InspectReport {
+  image: string;
+  manifest: Omit<Manifest, 'entries'>;
+  entries: Array<{ name: string; size: number }>;
+  totalBytes: number;
+  tasks: InspectTask[];
+  files: FileRecord[];
+}
+
+const perms = (prot: number, shared: boolean): string =>
+  `${prot & 1 ? 'r' : '-'}${prot & 2 ? 'w' : '-'}${prot & 4 ? 'x' : '-'}${shared ? 's' : 'p'}`;
+
+/** Reads and verifies an image and describes it. */
+export async function inspect(o: InspectOptions): Promise<InspectReport> {
+  const image = await openImage(o.image, { workDir: o.config.image.workDir });
+  try {
+    const { entries, ...manifest } = image.manifest;
+    const files = validateFiles(await image.readJson(FILES_ENTRY)).files;
+    const holders = new Map<number, string[]>();
+    const tasks: InspectTask[] = [];
+    for (const pid of manifest.tasks) {
+      const t = validateTask(await image.readJson(taskEntry(pid)), pid);
+      for (const f of t.fds) holders.set(f.file, [...(holders.get(f.file) ?? []), `${pid}:${f.fd}`]);
+      tasks.push({
+        pid: t.pid, ppid: t.ppid, comm: t.comm, exe: t.exe, cwd: t.cwd, threads: t.threads.length,
+        pagesBytes: t.pagesBytes,
+        vmas: t.vmas.map((v) => ({
+          start: v.start, end: v.end, perms: perms(v.prot, v.shared), kind: v.kind, name: v.name,
+          storedBytes: v.runs.reduce((s, [, n]) => s + n * PAGE_SIZE, 0),
+        })),
+        fds: [],
+      });
+    }
+    for (const pid of manifest.tasks) {
+      const t = validateTask(await image.readJson(taskEntry(pid)), pid);
+      const out = tasks.find((x) => x.pid === pid)!;
+      out.fds = t.fds.map((f) => {
+        const file = files.find((x) => x.id === f.file);
+        return {
+          fd: f.fd, file: f.file, kind: file?.kind ?? '?', target: String(file?.path ?? file?.kind ?? '?'),
+          cloexec: f.cloexec,
+          sharedWith: (holders.get(f.file) ?? []).filter((h) => h !== `${pid}:${f.fd}`),
+        };
+      });
+    }
+    return {
+      image: o.image,
+      manifest,
+      entries: entries.map((e) => ({ name: e.name, size: e.size })),
+      totalBytes: entries.reduce((s, e) => s + e.size, 0),
+      tasks,
+      files,
+    };
+  } finally {
+    await image.close();
+  }
+}
+
+const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
+
+/** Human-readable rendering of an inspect report. */
+export function formatInspect(r: InspectReport): string {
+  const m = r.manifest;
+  const lines = [
+    `image      ${r.image}`,
+    `format     ${m.format} v${m.formatVersion}, written by ferry ${m.ferryVersion} at ${m.createdAt}`,
+    `kernel     ${m.host.kernelRelease} (${m.host.arch}), xfeatures ${m.host.xfeatures}`,
+    `root pid   ${m.root.pid}`,
+    `size       ${mib(r.totalBytes)} in ${r.entries.length} entries`,
+  ];
+  for (const t of r.tasks) {
+    lines.push('', `task ${t.pid} (${t.comm}) parent ${t.ppid}, ${t.threads} thread(s)`,
+      `  exe ${t.exe}`, `  cwd ${t.cwd}`,
+      `  memory: ${t.vmas.length} areas, ${mib(t.pagesBytes)} of pages stored`);
+    for (const v of t.vmas) {
+      lines.push(`    ${v.start.padStart(14)}-${v.end.padEnd(14)} ${v.perms} ${v.kind.padEnd(11)} ${mib(v.storedBytes).padStart(10)}  ${v.name}`);
+    }
+    lines.push(`  descriptors: ${t.fds.length}`);
+    for (const f of t.fds) {
+      const shared = f.sharedWith.length > 0 ? `  (shared with ${f.sharedWith.join(', ')})` : '';
+      lines.push(`    fd ${String(f.fd).padStart(4)} ${f.kind.padEnd(5)} ${f.target}${f.cloexec ? '  [cloexec]' : ''}${shared}`);
+    }
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,247 @@
+/**
+ * Opens an image and verifies all of it before anyone may use it: the tar structure, the
+ * manifest first, exactly the manifest's entries in its order with its sizes, and every sha256.
+ *
+ * The reader indexes the tar itself (ustar headers, pax 'x' size records, GNU base-256 sizes
+ * for entries over 8 GiB) because restore needs each entry's offset to read page data
+ * directly from the file. An image on stdin is first spooled into an unlinked temporary file
+ * in the work directory, hashed on the way, so it can be read at random afterwards.
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { FerryError, describeCause } from '../errors.js';
+import { MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, parseManifest, type Manifest } from './manifest.js';
+
+const BLOCK = 512;
+const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
+
+/** A verified image. */
+export interface Image {
+  readonly manifest: Manifest;
+  /** Whether an entry exists. */
+  has(name: string): boolean;
+  /** Reads a whole small entry; refuses one larger than `limit` (default 64 MiB). */
+  read(name: string, limit?: number): Promise<Buffer>;
+  /** read() + JSON.parse, with an error naming the entry. */
+  readJson(name: string, limit?: number): Promise<unknown>;
+  /** Where an entry's bytes lie in the image file, for direct reads. */
+  locate(name: string): { fd: number; offset: number; size: number };
+  /** Streams an entry in chunks. */
+  stream(name: string, onChunk: (chunk: Buffer, offset: number) => void | Promise<void>, chunkSize?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+interface Located {
+  name: string;
+  offset: number;
+  size: number;
+}
+
+function readAt(fd: number, buf: Buffer, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    read(fd, buf, 0, buf.length, pos, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
+/** Parses the octal or base-256 size field of a ustar header. */
+function headerSize(h: Buffer): number {
+  if (h[124]! & 0x80) {
+    let v = 0;
+    for (let i = 125; i < 136; i++) v = v * 256 + h[i]!;
+    return v;
+  }
+  return parseInt(h.toString('latin1', 124, 136).replace(/\0.*$/, '').trim() || '0', 8);
+}
+
+function headerChecksumOk(h: Buffer): boolean {
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : h[i]!;
+  const stored = parseInt(h.toString('latin1', 148, 156).replace(/\0.*$/, '').trim(), 8);
+  return sum === stored;
+}
+
+function cstr(h: Buffer, start: number, len: number): string {
+  const end = h.indexOf(0, start);
+  return h.toString('utf8', start, end < 0 || end > start + len ? start + len : end);
+}
+
+/** Indexes the entries of the tar in `fd` (file of `fileSize` bytes). */
+function indexTar(fd: number, fileSize: number, label: string): Located[] {
+  const out: Located[] = [];
+  const h = Buffer.alloc(BLOCK);
+  let pos = 0;
+  let paxSize: number | undefined;
+  let paxPath: string | undefined;
+  for (;;) {
+    if (pos + BLOCK > fileSize) {
+      throw new FerryError('EIMAGE', `image ${label} is truncated: it ends at byte ${fileSize} inside the tar headers (entry ${out.length + 1})`);
+    }
+    readSync(fd, h, 0, BLOCK, pos);
+    if (h.every((b) => b === 0)) break; // end of archive
+    if (!headerChecksumOk(h)) throw new FerryError('EIMAGE', `image ${label} is corrupt: bad tar header checksum at byte ${pos}`);
+    const type = String.fromCharCode(h[156]! || 48);
+    let size = headerSize(h);
+    const dataAt = pos + BLOCK;
+    if (type === 'x') {
+      if (size > 1 << 20) throw new FerryError('EIMAGE', `image ${label} has an oversized pax header at byte ${pos}`);
+      const pax = Buffer.alloc(size);
+      readSync(fd, pax, 0, size, dataAt);
+      for (const rec of pax.toString('utf8').split('\n')) {
+        const m = /^\d+ ([^=]+)=(.*)$/.exec(rec);
+        if (m?.[1] === 'size') paxSize = Number(m[2]);
+        if (m?.[1] === 'path') paxPath = m[2];
+      }
+      pos = dataAt + padded(size);
+      continue;
+    }
+    if (type !== '0' && type !== '7') throw new FerryError('EIMAGE', `image ${label} holds a tar member of type '${type}' at byte ${pos}; only files are allowed`);
+    const prefix = h.toString('latin1', 257, 262) === 'ustar' ? cstr(h, 345, 155) : '';
+    const base = cstr(h, 0, 100);
+    const name = paxPath ?? (prefix ? `${prefix}/${base}` : base);
+    if (paxSize !== undefined) size = paxSize;
+    paxSize = paxPath = undefined;
+    if (dataAt + size > fileSize) {
+      throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${name} ends at byte ${dataAt + size}, the file has ${fileSize}`);
+    }
+    out.push({ name, offset: dataAt, size });
+    if (out.length > MAX_ENTRIES + 1) throw new FerryError('EIMAGE', `image ${label} has more than ${MAX_ENTRIES} entries`);
+    pos = dataAt + padded(size);
+  }
+  return out;
+}
+
+/** Spools stdin into an unlinked temporary file; returns its fd. */
+async function spoolStdin(workDir: string): Promise<number> {
+  if (!existsSync(workDir)) throw new FerryError('EIMAGE', `work directory ${workDir} (image.work_dir) does not exist`);
+  const path = join(workDir, `.ferry-spool-${process.pid}-${Date.now()}`);
+  const fd = openSync(path, 'w+', 0o600);
+  unlinkSync(path);
+  try {
+    for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+      let off = 0;
+      while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
+    }
+  } catch (err) {
+    closeSync(fd);
+    throw new FerryError('EIMAGE', `cannot spool the image from stdin into ${workDir}: ${describeCause(err)}`, { cause: err });
+  }
+  return fd;
+}
+
+/** Opens and fully verifies an image ('-' = stdin). */
+export async function openImage(path: string, options: { workDir: string; onProgress?: (done: number, total: number) => void }): Promise<Image> {
+  const label = path === '-' ? '(stdin)' : path;
+  let fd: number;
+  if (path === '-') {
+    fd = await spoolStdin(options.workDir);
+  } else {
+    try {
+      fd = openSync(path, 'r');
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : describeCause(err);
+      throw new FerryError('EIMAGE', `cannot read image ${path}: ${why}`, { cause: err });
+    }
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new FerryError('EIMAGE', `image ${label} is not a regular file`);
+    const located = indexTar(fd, st.size, label);
+    const first = located[0];
+    if (!first || first.name !== MANIFEST_NAME) {
+      throw new FerryError('EIMAGE', `image ${label} is not a ferry image: its first entry is ${first ? first.name : 'missing'}, not ${MANIFEST_NAME}`);
+    }
+    if (first.size > MAX_MANIFEST_BYTES) throw new FerryError('EIMAGE', `image ${label}: manifest.json is ${first.size} bytes, over the limit`);
+    const mbuf = Buffer.alloc(first.size);
+    readSync(fd, mbuf, 0, first.size, first.offset);
+    let manifest: Manifest;
+    try {
+      manifest = parseManifest(mbuf);
+    } catch (err) {
+      throw new FerryError('EIMAGE', `image ${label} is corrupt: ${(err as Error).message}`, { cause: err });
+    }
+    const rest = located.slice(1);
+    const byName = new Map(rest.map((l) => [l.name, l]));
+    manifest.entries.forEach((e, i) => {
+      const got = rest[i];
+      if (!got) throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${e.name} is missing`);
+      if (got.name !== e.name) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${i + 1} is ${got.name}, the manifest says ${e.name}`);
+      if (got.size !== e.size) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has ${got.size} bytes, the manifest says ${e.size}`);
+    });
+    if (rest.length > manifest.entries.length) {
+      throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${rest[manifest.entries.length]!.name} is not in the manifest`);
+    }
+    // Hash every entry.
+    const total = manifest.entries.reduce((s, e) => s + e.size, 0);
+    let done = 0;
+    const chunk = Buffer.allocUnsafe(8 << 20);
+    for (const e of manifest.entries) {
+      const loc = byName.get(e.name)!;
+      const h = createHash('sha256');
+      for (let off = 0; off < loc.size;) {
+        const want = Math.min(chunk.length, loc.size - off);
+        const n = await readAt(fd, want === chunk.length ? chunk : chunk.subarray(0, want), loc.offset + off);
+        if (n !== want) throw new FerryError('EIMAGE', `image ${label} is truncated inside entry ${e.name}`);
+        h.update(want === chunk.length ? chunk : chunk.subarray(0, want));
+        off += n;
+        done += n;
+        options.onProgress?.(done, total);
+      }
+      const sum = h.digest('hex');
+      if (sum !== e.sha256) {
+        throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has sha256 ${sum.slice(0, 12)}… but the manifest says ${e.sha256.slice(0, 12)}…`);
+      }
+    }
+    return makeImage(fd, manifest, byName, label);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+}
+
+function makeImage(fd: number, manifest: Manifest, byName: Map<string, Located>, label: string): Image {
+  let closed = false;
+  const get = (name: string): Located => {
+    const l = byName.get(name);
+    if (!l) throw new FerryError('EIMAGE', `image ${label} has no entry ${name}`);
+    return l;
+  };
+  const image: Image = {
+    manifest,
+    has: (name) => byName.has(name),
+    async read(name, limit = 64 << 20) {
+      const l = get(name);
+      if (l.size > limit) throw new FerryError('EIMAGE', `image ${label}: entry ${name} is ${l.size} bytes, more than the ${limit} allowed`);
+      const buf = Buffer.alloc(l.size);
+      if (l.size > 0 && readSync(fd, buf, 0, l.size, l.offset) !== l.size) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`);
+      return buf;
+    },
+    async readJson(name, limit) {
+      const buf = await image.read(name, limit);
+      try {
+        return JSON.parse(buf.toString('utf8')) as unknown;
+      } catch {
+        throw new FerryError('EIMAGE', `image ${label}: entry ${name} is not valid JSON`);
+      }
+    },
+    locate(name) {
+      const l = get(name);
+      return { fd, offset: l.offset, size: l.size };
+    },
+    async stream(name, onChunk, chunkSize = 8 << 20) {
+      const l = get(name);
+      const buf = Buffer.allocUnsafe(chunkSize);
+      for (let off = 0; off < l.size;) {
+        const n = Math.min(chunkSize, l.size - off);
+        if (await readAt(fd, buf.subarray(0, n), l.offset + off) !== n) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`);
+        await onChunk(buf.subarray(0, n), off);
+        off += n;
+      }
+    },
+    async close() {
+      if (!closed) closeSync(fd);
+      closed = true;
+    },
+  };
+  return image;
+}

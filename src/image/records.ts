@@ -1,0 +1,138 @@
+/**
+ * The engine's records inside an image (docs/image-format.md, "Entries written by the engine").
+ *
+ * 64-bit values (addresses, masks, register values) are stored as "0x…" hex strings so JSON
+ * keeps them exact; `hex()`/`big()` convert. Entry names are built by the functions below and
+ * nowhere else.
+ */
+import type { RegName } from '../arch/x86-64.js';
+
+/** Per-task state entry. */
+export const taskEntry = (pid: number): string => `tasks/${pid}/task.json`;
+/** Page data of a task: every stored page of every VMA, back to back in VMA order. */
+export const pagesEntry = (pid: number): string => `tasks/${pid}/pages.bin`;
+/** XSAVE area of one thread, as PTRACE_GETREGSET NT_X86_XSTATE returned it. */
+export const xstateEntry = (pid: number, tid: number): string => `tasks/${pid}/xstate-${tid}.bin`;
+/** Table of open files shared by all tasks. */
+export const FILES_ENTRY = 'files.json';
+
+export type Hex = string;
+export const hex = (v: bigint | number): Hex => `0x${BigInt.asUintN(64, BigInt(v)).toString(16)}`;
+export const big = (s: Hex): bigint => BigInt(s);
+
+/** One memory area (a line of /proc/PID/maps) and where its stored pages are. */
+export interface VmaRecord {
+  start: Hex;
+  end: Hex;
+  /** PROT_* bits. */
+  prot: number;
+  /** MAP_SHARED (else private). */
+  shared: boolean;
+  /** 'anon' (private or shared anonymous), 'file' (mapped file), or a kernel special mapping. */
+  kind: 'anon' | 'file' | 'vdso' | 'vvar' | 'vvar_vclock' | 'vsyscall';
+  /** /proc/PID/maps name: a path, [heap], [stack], [anon:…], '' for plain anonymous memory. */
+  name: string;
+  /** For 'file': the file, its offset, and the identity it had. */
+  file?: { path: string; offset: Hex; dev: string; ino: string; size: number; mtimeNs: string };
+  /** VmFlags codes (smaps) that matter on restore: 'gd' grows down, 'dc', 'dd', 'wf', 'hg', 'nh'. */
+  vmflags: string[];
+  /** Stored pages: [first page index within the area, page count], in order. */
+  runs: Array<[number, number]>;
+  /** Offset of this area's first stored page within the task's pages entry. */
+  pagesOffset: number;
+}
+
+/** A signal disposition that is not SIG_DFL (rt_sigaction(2), struct kernel_sigaction). */
+export interface SigactionRecord {
+  signo: number;
+  handler: Hex;
+  flags: Hex;
+  restorer: Hex;
+  mask: Hex;
+}
+
+/** State of one thread. */
+export interface ThreadRecord {
+  tid: number;
+  /** struct user_regs_struct, by register name. */
+  regs: Record<RegName, Hex>;
+  /** Entry holding the XSAVE area. */
+  xstate: string;
+  /** Blocked signals. */
+  sigmask: Hex;
+  sigaltstack: { sp: Hex; flags: number; size: Hex };
+  rseq: { pointer: Hex; size: number; signature: number; flags: number } | null;
+  robustList: { head: Hex; len: number };
+  /** set_tid_address(2) value (clear_child_tid). */
+  tidAddress: Hex;
+  comm: string;
+  /** Signals queued for this thread only (siginfo_t, 128 bytes, base64), oldest first. */
+  pending: PendingSignal[];
+}
+
+/** A queued signal with its whole siginfo (sigqueue payloads included). */
+export interface PendingSignal {
+  signo: number;
+  /** siginfo_t as the kernel holds it, base64. */
+  siginfo: string;
+}
+
+/** One interval timer of setitimer(2): [seconds, microseconds] pairs. */
+export interface ItimerRecord {
+  interval: [number, number];
+  value: [number, number];
+}
+
+/** mm fields restored with prctl(PR_SET_MM, PR_SET_MM_MAP). */
+export interface MmRecord {
+  startCode: Hex; endCode: Hex; startData: Hex; endData: Hex; startBrk: Hex; brk: Hex;
+  startStack: Hex; argStart: Hex; argEnd: Hex; envStart: Hex; envEnd: Hex;
+  /** Saved auxiliary vector, [type, value] pairs ending with AT_NULL. */
+  auxv: Array<[Hex, Hex]>;
+}
+
+/** One descriptor of a task. */
+export interface FdRecord {
+  fd: number;
+  /** Id of the open file in files.json (shared descriptors share an id). */
+  file: number;
+  cloexec: boolean;
+}
+
+/** tasks/<pid>/task.json */
+export interface TaskRecord {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  comm: string;
+  exe: string;
+  cwd: string;
+  umask: number;
+  mm: MmRecord;
+  vmas: VmaRecord[];
+  sigactions: SigactionRecord[];
+  /** Signals queued for the whole process. */
+  sharedPending: PendingSignal[];
+  /** ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF. */
+  itimers: { real: ItimerRecord; virtual: ItimerRecord; prof: ItimerRecord };
+  /** The process was stopped by a signal (SIGSTOP, SIGTSTP…) and stays stopped after restore. */
+  stopped: boolean;
+  threads: ThreadRecord[];
+  fds: FdRecord[];
+  /** Size of the pages entry. */
+  pagesBytes: number;
+}
+
+/** files.json: every distinct open file of the dumped tasks. */
+export interface FilesRecord {
+  files: FileRecord[];
+}
+
+/** An open file; `kind` selects the module in src/files/ that dumped it and opens it again. */
+export interface FileRecord {
+  id: number;
+  kind: string;
+  /** Kind-specific state (see the module of that kind). */
+  [key: string]: unknown;
+}
