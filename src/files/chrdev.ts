@@ -1,0 +1,63 @@
+/**
+ * Character devices reopened by path: /dev/null, /dev/zero, /dev/urandom and friends. The
+ * device number must match on restore. Terminals are not handled here (they have sessions,
+ * termios and peers): they are refused until the tty module exists.
+ */
+import { existsSync, statSync } from 'node:fs';
+import { FerryError } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_CLOEXEC } from '../proc/fcntl.js';
+import type { FdDesc, FileKind } from './types.js';
+
+/** Majors of terminals (Documentation/admin-guide/devices.txt): tty, console/ptmx, pts. */
+const TTY_MAJORS = new Set([4, 5, 136, 137, 138, 139, 140, 141, 142, 143]);
+
+const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+
+export interface ChrdevRecord extends FileRecord {
+  kind: 'chr';
+  path: string;
+  flags: number;
+  pos: string;
+  major: number;
+  minor: number;
+}
+
+export const chrdev: FileKind<ChrdevRecord> = {
+  kind: 'chr',
+
+  matches(fd: FdDesc): boolean {
+    return fd.link.startsWith('/') && fd.stat.isCharacterDevice() && !TTY_MAJORS.has(major(fd.stat.rdev));
+  },
+
+  key(fd: FdDesc): string {
+    return `chr:${fd.stat.rdev}:${fd.stat.ino}:${fd.fdinfo.flags & ~O_CLOEXEC}`;
+  },
+
+  dump(fd: FdDesc): Omit<ChrdevRecord, 'id' | 'kind'> {
+    return {
+      path: fd.link,
+      flags: fd.fdinfo.flags & ~O_CLOEXEC,
+      pos: fd.fdinfo.pos.toString(),
+      major: major(fd.stat.rdev),
+      minor: minor(fd.stat.rdev),
+    };
+  },
+
+  check(rec: ChrdevRecord): void {
+    if (!existsSync(rec.path)) throw new FerryError('ENOENT', `device ${rec.path} (${rec.major}:${rec.minor}) does not exist here`);
+    const st = statSync(rec.path, { bigint: true });
+    if (!st.isCharacterDevice() || major(st.rdev) !== rec.major || minor(st.rdev) !== rec.minor) {
+      throw new FerryError('ECHANGED', `device ${rec.path} is not character device ${rec.major}:${rec.minor} here`);
+    }
+  },
+
+  open(rec: ChrdevRecord): number {
+    const fd = native().openRaw(rec.path, rec.flags);
+    const pos = Number(rec.pos);
+    if (pos !== 0) native().lseek(fd, pos, 0);
+    return fd;
+  },
+};

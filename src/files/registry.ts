@@ -1,0 +1,31 @@
+/**
+ * Which module handles which descriptor. Add a kind by writing its module and listing it here.
+ */
+import { FerryError } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { chrdev } from './chrdev.js';
+import { regular } from './regular.js';
+import type { FdDesc, FileKind } from './types.js';
+
+/** Every supported kind, tried in order. */
+const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
+  regular as unknown as FileKind<FileRecord>,
+  chrdev as unknown as FileKind<FileRecord>,
+];
+
+/** The module for a descriptor; throws the 'unsupported file' error naming pid, fd and link. */
+export function kindOf(fd: FdDesc): FileKind<FileRecord> {
+  const k = KINDS.find((m) => m.matches(fd));
+  if (!k) {
+    throw new FerryError('EUNSUPPORTED',
+      `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (this kind of descriptor cannot be checkpointed yet; close it or run the process without it)`);
+  }
+  return k;
+}
+
+/** The module that restores records of `kind`. */
+export function kindByName(kind: string): FileKind<FileRecord> {
+  const k = KINDS.find((m) => m.kind === kind);
+  if (!k) throw new FerryError('EIMAGE', `image holds a file of kind '${kind}', which this ferry does not know`);
+  return k;
+}
