@@ -1,0 +1,178 @@
+/**
+ * Memory of a stopped task: which areas exist, which pages must be stored, and a producer that
+ * streams those pages into the image.
+ *
+ * A page is stored when /proc/PID/pagemap says it is present and anonymous (anon memory or a
+ * COWed page of a private file map) or swapped out; for shared anonymous memory every present
+ * or swapped page. Pages never touched or still backed by the file are not stored: restore
+ * maps the same file or fresh zero memory.
+ */
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from '../arch/x86-64.js';
+import { FerryError } from '../errors.js';
+import { hex, type VmaRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import type { Vma } from '../proc/maps.js';
+import { dumpablePageRuns } from '../proc/pagemap.js';
+
+/**
+ * VmFlags (smaps) carried into the image: grows-down, accountable (a private area that was
+ * once writable keeps VM_ACCOUNT, which keeps it from merging with its neighbours), and the
+ * madvise() ones.
+ */
+const KEPT_VMFLAGS = new Set(['gd', 'ac', 'dc', 'dd', 'wf', 'hg', 'nh']);
+/** VmFlags of areas we cannot rebuild: raw PFN or I/O mappings of device drivers. */
+const UNSUPPORTED_VMFLAGS = new Set(['io', 'pf']);
+
+const SPECIAL_KINDS: Readonly<Record<string, VmaRecord['kind']>> = {
+  '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock', '[vsyscall]': 'vsyscall',
+};
+
+/** Whether an area is shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS shows as /dev/zero). */
+function isSharedAnon(v: Vma): boolean {
+  return v.shared && ((v.path === '/dev/zero' && v.deleted) || v.path.startsWith('[anon_shmem:'));
+}
+
+/** The memory part of a task's dump. */
+export interface MemoryPlan {
+  vmas: VmaRecord[];
+  /** Bytes of page data (the size of the pages entry). */
+  pagesBytes: number;
+  /** Streams the stored pages, in VMA order, through `sink`. */
+  produce(sink: (chunk: Buffer) => Promise<void>, chunkBytes: number): Promise<void>;
+}
+
+/** Plans the memory dump of a stopped task from its maps, VmFlags and pagemap. */
+export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyMap<bigint, string[]>): MemoryPlan {
+  const pagemap = openSync(`/proc/${pid}/pagemap`, 'r');
+  const vmas: VmaRecord[] = [];
+  let pagesBytes = 0;
+  try {
+    for (const v of maps) {
+      const flags = vmflags.get(v.start) ?? [];
+      const special = SPECIAL_KINDS[v.path];
+      const bad = flags.find((f) => UNSUPPORTED_VMFLAGS.has(f));
+      const range = `${hex(v.start)}-${hex(v.end)}${v.path ? ` (${v.path})` : ''}`;
+      if (bad && !special) {
+        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is a device mapping (VmFlags ${bad})`);
+      }
+      const sharedAnon = isSharedAnon(v);
+      const kind: VmaRecord['kind'] = special ?? (v.inode !== 0n && !sharedAnon ? 'file' : 'anon');
+      if (kind === 'file' && v.deleted) {
+        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps a deleted file`);
+      }
+      if (kind === 'anon' && v.shared && !sharedAnon) {
+        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is shared memory of an unknown kind`);
+      }
+      const rec: VmaRecord = {
+        start: hex(v.start),
+        end: hex(v.end),
+        prot: (v.read ? PROT_READ : 0) | (v.write ? PROT_WRITE : 0) | (v.exec ? PROT_EXEC : 0),
+        shared: v.shared,
+        kind,
+        name: sharedAnon ? '' : v.path,
+        vmflags: flags.filter((f) => KEPT_VMFLAGS.has(f)),
+        runs: [],
+        pagesOffset: pagesBytes,
+      };
+      if (kind === 'file') {
+        const st = statSync(v.path, { bigint: true });
+        rec.file = {
+          path: v.path, offset: hex(v.offset), dev: `${v.major}:${v.minor}`, ino: v.inode.toString(),
+          size: Number(st.size), mtimeNs: st.mtimeNs.toString(),
+        };
+      }
+      const storesPages = !special && !(kind === 'file' && v.shared);
+      if (storesPages) {
+        const npages = Number((v.end - v.start) / BigInt(PAGE_SIZE));
+        const first = Number(v.start / BigInt(PAGE_SIZE));
+        const entries = Buffer.allocUnsafe(npages * 8);
+        const got = readSync(pagemap, entries, 0, entries.length, first * 8);
+        if (got !== entries.length) throw new Error(`short read of /proc/${pid}/pagemap at ${range}`);
+        for (const [page, count] of dumpablePageRuns(entries, 0, kind === 'anon' && v.shared)) {
+          rec.runs.push([page, count]);
+          pagesBytes += count * PAGE_SIZE;
+        }
+      }
+      vmas.push(rec);
+    }
+  } finally {
+    closeSync(pagemap);
+  }
+  return {
+    vmas,
+    pagesBytes,
+    produce: (sink, chunkBytes) => producePages(pid, vmas, sink, chunkBytes),
+  };
+}
+
+/** Chunk buffers in rotation: some are being hashed and written while the next is read. */
+const BUFFERS = 4;
+
+/**
+ * Reads the planned pages in chunks of at most `chunkBytes` and hands each to `sink`. Buffers
+ * rotate: earlier chunks are still being hashed and written out while the next is read from
+ * the process, which smooths over the disk's latency jitter.
+ */
+async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chunk: Buffer) => Promise<void>,
+  chunkBytes: number): Promise<void> {
+  const chunkPages = Math.max(1, Math.floor(chunkBytes / PAGE_SIZE));
+  // Shared buffers: the image writer hashes them on a worker thread without a copy.
+  const shared = (): Buffer => Buffer.from(new SharedArrayBuffer(chunkPages * PAGE_SIZE));
+  const bufs = Array.from({ length: BUFFERS }, shared);
+  const inflight: Array<Promise<void> | undefined> = bufs.map(() => undefined);
+  let cur = 0;
+  let buf = bufs[0]!;
+  let ranges: number[] = []; // [addr, len] pairs not read yet; they land at page `rangesAt`
+  let rangesAt = 0;
+  let filled = 0; // pages in buf
+  let memFd = -1;
+  const readPending = (): void => {
+    if (ranges.length > 0) native().readMemory(pid, new Float64Array(ranges), buf, rangesAt * PAGE_SIZE);
+    ranges = [];
+    rangesAt = filled;
+  };
+  const flush = async (): Promise<void> => {
+    readPending();
+    if (filled > 0) {
+      inflight[cur] = sink(buf.subarray(0, filled * PAGE_SIZE));
+      cur = (cur + 1) % BUFFERS;
+      buf = bufs[cur]!;
+      await inflight[cur]; // the next buffer must be hashed and written out before it is refilled
+      inflight[cur] = undefined;
+    }
+    filled = 0;
+    rangesAt = 0;
+  };
+  try {
+    for (const v of vmas) {
+      const start = Number(BigInt(v.start));
+      const readable = (v.prot & PROT_READ) !== 0;
+      for (const [page, count] of v.runs) {
+        let done = 0;
+        while (done < count) {
+          const n = Math.min(count - done, chunkPages - filled);
+          const addr = start + (page + done) * PAGE_SIZE;
+          if (readable) {
+            ranges.push(addr, n * PAGE_SIZE);
+            filled += n;
+          } else {
+            // process_vm_readv cannot read PROT_NONE/write-only pages; /proc/PID/mem can.
+            readPending();
+            if (memFd < 0) memFd = openSync(`/proc/${pid}/mem`, 'r');
+            const got = readSync(memFd, buf, filled * PAGE_SIZE, n * PAGE_SIZE, addr);
+            if (got !== n * PAGE_SIZE) throw new Error(`short read of memory of pid ${pid} at ${hex(addr)}`);
+            filled += n;
+            rangesAt = filled;
+          }
+          done += n;
+          if (filled === chunkPages) await flush();
+        }
+      }
+    }
+    await flush();
+    await Promise.all(inflight);
+  } finally {
+    if (memFd >= 0) closeSync(memFd);
+  }
+}

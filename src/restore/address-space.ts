@@ -1,0 +1,232 @@
+/**
+ * Rebuilds a task's address space inside a freshly exec'd stub (DESIGN.md §3, steps 3–6, 9).
+ *
+ * 1. A gadget area (a `syscall` instruction + scratch pages) is mapped where neither the stub
+ *    nor the dumped layout has anything; injection moves there.
+ * 2. Everything of the stub is unmapped except the gadget and the kernel's [vvar],
+ *    [vvar_vclock] and [vdso], which are mremap()ed (whole, one at a time, via a free
+ *    staging area so no move lands on another piece) to their dumped addresses.
+ * 3. Every dumped area is mapped with MAP_FIXED and its final protection; stored pages are
+ *    written through /proc/PID/mem, which also writes read-only pages.
+ * 4. prctl(PR_SET_MM_MAP) sets code/data/brk/stack/arg/env/auxv and the exe file — possible
+ *    only now that the stub's own executable is unmapped (EBUSY otherwise).
+ * At the very end `dropGadget` unmaps the gadget through a `syscall` inside the restored vDSO.
+ */
+import { readSync } from 'node:fs';
+import {
+  MADVISE_BY_VMFLAG, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
+  MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PR_SET_MM, PR_SET_MM_MAP, PRCTL_MM_MAP_SIZE,
+  PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
+} from '../arch/x86-64.js';
+import { FerryError } from '../errors.js';
+import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
+import { parseMaps, type Vma } from '../proc/maps.js';
+import { readProcText } from '../proc/read.js';
+import { Scratch, type Tracee } from '../task/tracee.js';
+
+/**
+ * Code of the gadget page: `syscall` (every injection runs it), followed by a pause() loop
+ * where a thread created by an injected clone3 starts (it resumes after the `syscall`) and
+ * waits, touching no memory, until it is seized:
+ *   G+0 syscall; G+2 mov $34,%eax; G+7 syscall; G+9 jmp G+2
+ */
+export const GADGET_CODE = Buffer.from([0x0f, 0x05, 0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7]);
+
+/** Gadget area: one code page (`syscall`) and scratch pages for syscall arguments. */
+const GADGET_PAGES = 8;
+const GADGET_SIZE = GADGET_PAGES * PAGE_SIZE;
+const O_RDONLY = 0, O_RDWR = 2, AT_FDCWD = -100;
+const SPECIAL = new Set(['vdso', 'vvar', 'vvar_vclock']);
+
+type Range = readonly [bigint, bigint];
+
+/** Lowest page-aligned range of `size` bytes at or above `from` that overlaps none of `taken`. */
+export function findFree(taken: readonly Range[], size: bigint, from: bigint): bigint {
+  const sorted = [...taken].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  let at = from;
+  for (const [s, e] of sorted) {
+    if (e <= at) continue;
+    if (s >= at + size) break;
+    at = e;
+  }
+  return at;
+}
+
+/** Finds the stub's own `syscall` instruction (its only code) and points injection at it. */
+function useStubGadget(t: Tracee, stub: readonly Vma[]): void {
+  for (const v of stub.filter((m) => m.exec && !m.path.startsWith('['))) {
+    const code = t.readMem(v.start, Number(v.end - v.start));
+    const off = code.indexOf(SYSCALL_INSN);
+    if (off >= 0) {
+      t.gadget = v.start + BigInt(off);
+      return;
+    }
+  }
+  throw new Error(`restore stub of pid ${t.pid} has no syscall instruction`);
+}
+
+/** State kept between the steps of one task's rebuild. */
+export interface AddressSpace {
+  scratch: Scratch;
+  gadgetArea: bigint;
+}
+
+/** Steps 1–2: gadget in place, stub gone, vDSO moved to the dumped addresses. */
+export function clearStub(t: Tracee, task: TaskRecord): AddressSpace {
+  const stub = parseMaps(readProcText(t.pid, 'maps'));
+  useStubGadget(t, stub);
+  const dumped: Range[] = task.vmas.map((v) => [big(v.start), big(v.end)]);
+  const current: Range[] = stub.map((v) => [v.start, v.end]);
+  const gadgetArea = findFree([...dumped, ...current], BigInt(GADGET_SIZE), 0x10000n);
+  t.syscall(SYS.mmap, gadgetArea, GADGET_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
+    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  t.writeMem(gadgetArea, GADGET_CODE);
+  t.gadget = gadgetArea;
+  const scratch = new Scratch(t, gadgetArea + BigInt(PAGE_SIZE), GADGET_SIZE - PAGE_SIZE);
+
+  const specials = stub.filter((v) => v.path === '[vdso]' || v.path === '[vvar]' || v.path === '[vvar_vclock]');
+  t.syscalls(stub.filter((v) => !specials.includes(v) && v.path !== '[vsyscall]')
+    .map((v) => [SYS.munmap, v.start, v.end - v.start] as const));
+
+  // Move each special mapping to a staging area first, then to its dumped address.
+  const total = specials.reduce((sum, v) => sum + (v.end - v.start), 0n);
+  const staging = findFree([...dumped, ...current, [gadgetArea, gadgetArea + BigInt(GADGET_SIZE)]], total, 0x100000000n);
+  const moves: Array<readonly [number, ...bigint[]]> = [];
+  const finals: Array<readonly [number, ...bigint[]]> = [];
+  let at = staging;
+  for (const v of specials) {
+    const name = v.path.slice(1, -1);
+    const target = task.vmas.find((d) => d.kind === name);
+    const size = v.end - v.start;
+    if (!target) throw new FerryError('EKERNEL', `the image has no ${v.path} mapping but this kernel maps one: restore needs the same kernel build`);
+    if (big(target.end) - big(target.start) !== size) {
+      throw new FerryError('EKERNEL', `${v.path} is ${size} bytes here but ${big(target.end) - big(target.start)} in the image: restore needs the same kernel build`);
+    }
+    moves.push([SYS.mremap, v.start, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), at]);
+    finals.push([SYS.mremap, at, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), big(target.start)]);
+    at += size;
+  }
+  const missing = task.vmas.filter((d) => SPECIAL.has(d.kind) && !specials.some((v) => v.path === `[${d.kind}]`));
+  if (missing.length > 0) {
+    throw new FerryError('EKERNEL', `the image has a [${missing[0]!.kind}] mapping this kernel does not make: restore needs the same kernel build`);
+  }
+  t.syscalls([...moves, ...finals]);
+  return { scratch, gadgetArea };
+}
+
+function mmapFlags(v: VmaRecord): number {
+  let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
+  if (v.kind === 'anon') flags |= MAP_ANONYMOUS;
+  if (v.vmflags.includes('gd')) flags |= MAP_GROWSDOWN;
+  return flags;
+}
+
+/** Step 3: map every dumped area and write its stored pages from the image. */
+export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
+  pages: { fd: number; offset: number }, chunkBytes: number): number {
+  const areas = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
+  // Open each mapped file once (in the task: mmap needs a descriptor of its own).
+  const fileFds = new Map<string, number>();
+  for (const v of areas) {
+    if (v.kind !== 'file' || !v.file) continue;
+    const mode = v.shared && (v.prot & PROT_WRITE) ? O_RDWR : O_RDONLY;
+    const key = `${mode}:${v.file.path}`;
+    if (fileFds.has(key)) continue;
+    as.scratch.reset();
+    const r = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(v.file.path), mode, 0);
+    if (r < 0n) {
+      throw new FerryError('EOPEN', `cannot open ${v.file.path}, mapped by pid ${task.pid} at ${v.start}: errno ${-r}`);
+    }
+    fileFds.set(key, Number(r));
+  }
+  const calls: Array<readonly [number, ...Array<bigint | number>]> = [];
+  for (const v of areas) {
+    const start = big(v.start);
+    const len = big(v.end) - start;
+    let fd = -1;
+    let offset = 0n;
+    if (v.kind === 'file' && v.file) {
+      const mode = v.shared && (v.prot & PROT_WRITE) ? O_RDWR : O_RDONLY;
+      fd = fileFds.get(`${mode}:${v.file.path}`)!;
+      offset = big(v.file.offset);
+    }
+    // A private area that was once writable carries VM_ACCOUNT ('ac'); mapping it writable
+    // first gives it the same flag, so it does not merge with neighbours it was apart from.
+    const reprotect = !v.shared && v.vmflags.includes('ac') && (v.prot & PROT_WRITE) === 0;
+    calls.push([SYS.mmap, start, len, reprotect ? v.prot | PROT_WRITE : v.prot, mmapFlags(v), fd, offset]);
+    if (reprotect) calls.push([SYS.mprotect, start, len, v.prot]);
+    for (const f of v.vmflags) {
+      const advice = MADVISE_BY_VMFLAG[f];
+      if (advice !== undefined) calls.push([SYS.madvise, start, len, advice]);
+    }
+  }
+  for (const fd of fileFds.values()) calls.push([SYS.close, fd]);
+  const results = t.syscalls(calls);
+  calls.forEach((c, i) => {
+    const want = c[1] as bigint;
+    if (c[0] === SYS.mmap && results[i] !== want) {
+      throw new FerryError('EMAP', `mmap of 0x${want.toString(16)} in pid ${task.pid} landed at 0x${results[i]!.toString(16)}`);
+    }
+  });
+  return writePages(t, areas, pages, chunkBytes);
+}
+
+/** Copies stored pages from the image file into the task, run by run. */
+function writePages(t: Tracee, areas: readonly VmaRecord[], pages: { fd: number; offset: number }, chunkBytes: number): number {
+  const buf = Buffer.allocUnsafe(Math.max(PAGE_SIZE, chunkBytes - (chunkBytes % PAGE_SIZE)));
+  let written = 0;
+  for (const v of areas) {
+    let src = pages.offset + v.pagesOffset;
+    const start = big(v.start);
+    for (const [page, count] of v.runs) {
+      let left = count * PAGE_SIZE;
+      let dst = start + BigInt(page * PAGE_SIZE);
+      while (left > 0) {
+        const n = Math.min(left, buf.length);
+        const got = readSync(pages.fd, buf, 0, n, src);
+        if (got !== n) throw new FerryError('EIMAGE', `image ended inside the pages of pid ${t.pid}`);
+        t.writeMem(dst, buf, 0, n);
+        src += n;
+        dst += BigInt(n);
+        left -= n;
+        written += n;
+      }
+    }
+  }
+  return written;
+}
+
+/** Step 4: prctl(PR_SET_MM, PR_SET_MM_MAP) with the dumped mm fields, auxv and exe. */
+export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
+  as.scratch.reset();
+  const exeFd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(task.exe), O_RDONLY, 0);
+  if (exeFd < 0n) throw new FerryError('EOPEN', `cannot open the executable ${task.exe} of pid ${task.pid}: errno ${-exeFd}`);
+  const auxv = Buffer.alloc(task.mm.auxv.length * 16);
+  task.mm.auxv.forEach(([k, v], i) => {
+    auxv.writeBigUInt64LE(big(k), i * 16);
+    auxv.writeBigUInt64LE(big(v), i * 16 + 8);
+  });
+  const auxvAt = as.scratch.put(auxv);
+  const m = task.mm;
+  const map = Buffer.alloc(PRCTL_MM_MAP_SIZE);
+  [m.startCode, m.endCode, m.startData, m.endData, m.startBrk, m.brk, m.startStack, m.argStart,
+    m.argEnd, m.envStart, m.envEnd].forEach((v, i) => map.writeBigUInt64LE(big(v), i * 8));
+  map.writeBigUInt64LE(auxvAt, 88);
+  map.writeUInt32LE(auxv.length, 96);
+  map.writeUInt32LE(Number(exeFd), 100);
+  const mapAt = as.scratch.put(map);
+  const r = t.trySyscall(SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, mapAt, PRCTL_MM_MAP_SIZE, 0);
+  t.syscall(SYS.close, exeFd);
+  if (r < 0n) throw new FerryError('EMM', `prctl(PR_SET_MM_MAP) failed for pid ${task.pid}: errno ${-r}`);
+}
+
+/** Step 9: unmap the gadget area through a `syscall` in the restored vDSO. */
+export function dropGadget(t: Tracee, as: AddressSpace, task: TaskRecord): void {
+  const vdso = task.vmas.find((v) => v.kind === 'vdso');
+  if (!vdso) throw new Error(`pid ${task.pid} has no [vdso] in the image`);
+  const code = t.readMem(big(vdso.start), Number(big(vdso.end) - big(vdso.start)));
+  const off = code.indexOf(SYSCALL_INSN);
+  if (off < 0) throw new Error('no syscall instruction in the restored [vdso]');
+  t.gadget = big(vdso.start) + BigInt(off);
+  t.syscall(SYS.munmap, as.gadgetArea, GADGET_SIZE);
+}

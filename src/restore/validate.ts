@@ -1,0 +1,74 @@
+/**
+ * Shape checks for the engine's records read back from an image. Checksums already proved the
+ * bytes are what was written; these checks catch images from another ferry version or made by
+ * hand, so a bad field is reported by name instead of failing deep inside restore.
+ */
+import { REG_NAMES } from '../arch/x86-64.js';
+import { FerryError } from '../errors.js';
+import type { FilesRecord, TaskRecord } from '../image/records.js';
+
+const HEX = /^0x[0-9a-f]{1,16}$/;
+
+function fail(where: string, what: string): never {
+  throw new FerryError('EIMAGE', `image entry ${where} is invalid: ${what}`);
+}
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function hexField(where: string, o: Record<string, unknown>, key: string): void {
+  if (typeof o[key] !== 'string' || !HEX.test(o[key] as string)) fail(where, `${key} must be a 0x… hex string`);
+}
+
+function intField(where: string, o: Record<string, unknown>, key: string): void {
+  if (!Number.isSafeInteger(o[key])) fail(where, `${key} must be an integer`);
+}
+
+/** Checks files.json. */
+export function validateFiles(v: unknown): FilesRecord {
+  const where = 'files.json';
+  if (!isObj(v) || !Array.isArray(v.files)) fail(where, 'files must be an array');
+  for (const [i, f] of (v.files as unknown[]).entries()) {
+    if (!isObj(f) || !Number.isSafeInteger(f.id) || typeof f.kind !== 'string') fail(where, `files[${i}] needs id and kind`);
+  }
+  return v as unknown as FilesRecord;
+}
+
+/** Checks tasks/<pid>/task.json. */
+export function validateTask(v: unknown, pid: number): TaskRecord {
+  const where = `tasks/${pid}/task.json`;
+  if (!isObj(v)) fail(where, 'not an object');
+  for (const k of ['pid', 'ppid', 'pgid', 'sid', 'umask', 'pagesBytes']) intField(where, v, k);
+  if (v.pid !== pid) fail(where, `pid is ${String(v.pid)}, expected ${pid}`);
+  for (const k of ['comm', 'exe', 'cwd']) if (typeof v[k] !== 'string') fail(where, `${k} must be a string`);
+  if (!isObj(v.mm)) fail(where, 'mm missing');
+  for (const k of ['startCode', 'endCode', 'startData', 'endData', 'startBrk', 'brk', 'startStack', 'argStart', 'argEnd', 'envStart', 'envEnd']) {
+    hexField(`${where} mm`, v.mm, k);
+  }
+  if (!Array.isArray(v.mm.auxv) || v.mm.auxv.length > 64) fail(where, 'mm.auxv must be an array of at most 64 pairs');
+  if (!Array.isArray(v.vmas) || v.vmas.length > 1_000_000) fail(where, 'vmas must be an array');
+  for (const [i, m] of (v.vmas as unknown[]).entries()) {
+    if (!isObj(m)) fail(where, `vmas[${i}] not an object`);
+    hexField(`${where} vmas[${i}]`, m, 'start');
+    hexField(`${where} vmas[${i}]`, m, 'end');
+    intField(`${where} vmas[${i}]`, m, 'prot');
+    intField(`${where} vmas[${i}]`, m, 'pagesOffset');
+    if (!Array.isArray(m.runs) || !Array.isArray(m.vmflags)) fail(where, `vmas[${i}] runs/vmflags missing`);
+    if (m.kind === 'file' && !isObj(m.file)) fail(where, `vmas[${i}] is a file mapping without file`);
+  }
+  if (!Array.isArray(v.threads) || v.threads.length < 1 || v.threads.length > 65536) fail(where, 'threads must hold 1 to 65536 threads');
+  for (const [i, th] of (v.threads as unknown[]).entries()) {
+    if (!isObj(th) || !isObj(th.regs)) fail(where, `threads[${i}].regs missing`);
+    if (!Number.isSafeInteger(th.tid) || (i === 0 && th.tid !== pid)) fail(where, `threads[${i}].tid is wrong (the first thread must be the leader)`);
+    for (const r of REG_NAMES) hexField(`${where} threads[${i}].regs`, th.regs, r);
+    if (typeof th.xstate !== 'string') fail(where, `threads[${i}].xstate must name an entry`);
+    if (typeof th.comm !== 'string' || !isObj(th.sigaltstack) || !isObj(th.robustList)) fail(where, `threads[${i}] is incomplete`);
+  }
+  if (!Array.isArray(v.fds) || !Array.isArray(v.sigactions)) fail(where, 'fds/sigactions must be arrays');
+  if (!Array.isArray(v.sharedPending) || typeof v.stopped !== 'boolean' || !isObj(v.itimers)) fail(where, 'sharedPending/stopped/itimers missing');
+  for (const [i, th] of (v.threads as Array<Record<string, unknown>>).entries()) {
+    if (!Array.isArray(th.pending)) fail(where, `threads[${i}].pending must be an array`);
+  }
+  return v as unknown as TaskRecord;
+}
