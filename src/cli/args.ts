@@ -1,0 +1,254 @@
+/**
+ * argv -> typed options. Pure: no I/O, no process state, so unit tests drive every case.
+ *
+ * Each command's argv (everything after the command word) is parsed strictly with
+ * `node:util` parseArgs: unknown options, missing values and stray arguments are usage errors
+ * (exit status 2) whose message names the option. Option names follow runc where one exists
+ * (`--image-path`, `--leave-running`, `--pid-file`).
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { LOG_LEVELS, type LogLevel } from '../config/config.js';
+
+/** A mistake in the command line of `command`: one line on stderr, exit status 2. */
+export class UsageError extends Error {
+  /** The command whose line is wrong ('' for the top level); names its --help in the hint. */
+  readonly command: string;
+
+  constructor(command: string, message: string) {
+    super(message);
+    this.name = 'UsageError';
+    this.command = command;
+  }
+}
+
+/** The commands of `ferry`. */
+export const COMMANDS = ['checkpoint', 'restore', 'inspect', 'demo', 'version', 'help'] as const;
+
+/** One of `COMMANDS`. */
+export type Command = (typeof COMMANDS)[number];
+
+/** Options every command accepts. */
+export interface GlobalCliOptions {
+  /**
+   * --log-level: level of log records. With a log file, what is written there (overrides
+   * log.level of the config); without one, records of this level go to stderr. Absent:
+   * the config's level to the log file, nothing to stderr.
+   */
+  logLevel?: LogLevel;
+  /** --log-file: append JSON log lines here (overrides log.file); "" = no log file. */
+  logFile?: string;
+  /** --config: read this TOML file (it must exist) instead of /etc/ferry/config.toml. */
+  config?: string;
+}
+
+/** `ferry checkpoint`. */
+export interface CheckpointCliOptions extends GlobalCliOptions {
+  /** --pid: the process to checkpoint (a process id, not a thread id). */
+  pid: number;
+  /** --image (alias --image-path): image file to write; '-' streams it to stdout. */
+  image: string;
+  /** --leave-running: let the process run on after the checkpoint instead of killing it. */
+  leaveRunning: boolean;
+  /** --json: print the result as one JSON object instead of a sentence. */
+  json: boolean;
+}
+
+/** `ferry restore`. */
+export interface RestoreCliOptions extends GlobalCliOptions {
+  /** --image (alias --image-path): image file to read; '-' reads it from stdin. */
+  image: string;
+  /** --pid-file: write the PID of the restored process to this file. */
+  pidFile?: string;
+  /** --json: print the result as one JSON object instead of a sentence. */
+  json: boolean;
+}
+
+/** `ferry inspect`. */
+export interface InspectCliOptions extends GlobalCliOptions {
+  /** --image (alias --image-path): image file to read; '-' reads it from stdin. */
+  image: string;
+  /** --json: print the report as JSON instead of text. */
+  json: boolean;
+}
+
+/** `ferry demo`. */
+export interface DemoCliOptions extends GlobalCliOptions {
+  /** --json: print the outcome as one JSON object instead of the narrated run. */
+  json: boolean;
+}
+
+/** `ferry version`. */
+export interface VersionCliOptions extends GlobalCliOptions {
+  /** --json: print {"version": "..."} instead of "ferry X.Y.Z". */
+  json: boolean;
+}
+
+/** `ferry help [COMMAND]`. */
+export interface HelpCliOptions extends GlobalCliOptions {
+  /** The command whose page to show; absent (or 'help') = the overview page. */
+  topic?: Command;
+}
+
+/** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT, 4 * 1024 * 1024). */
+export const PID_MAX_LIMIT = 4 * 1024 * 1024;
+
+type OptionTable = NonNullable<ParseArgsConfig['options']>;
+type Values = Record<string, string | boolean | undefined>;
+
+const GLOBAL: OptionTable = {
+  'log-level': { type: 'string' },
+  'log-file': { type: 'string' },
+  config: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+};
+const JSON_OPT: OptionTable = { json: { type: 'boolean' } };
+const IMAGE: OptionTable = { image: { type: 'string' }, 'image-path': { type: 'string' } };
+
+/** Each command's own options (the global ones are added to every table). */
+const TABLES: Readonly<Record<Command, OptionTable>> = {
+  checkpoint: { ...IMAGE, ...JSON_OPT, pid: { type: 'string' }, 'leave-running': { type: 'boolean' } },
+  restore: { ...IMAGE, ...JSON_OPT, 'pid-file': { type: 'string' } },
+  inspect: { ...IMAGE, ...JSON_OPT },
+  demo: { ...JSON_OPT },
+  version: { ...JSON_OPT },
+  help: {},
+};
+
+/** Turns parseArgs' multi-line messages into one line naming the option. */
+function usageMessage(err: unknown): string {
+  const e = err as { code?: string; message?: string };
+  const message = String(e.message ?? err);
+  const name = /'([^' ]+)/.exec(message)?.[1] ?? '';
+  switch (e.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${name}`;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return `unexpected argument "${name}"`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      if (/does not take an argument/.test(message)) return `${name} takes no value`;
+      if (/ambiguous/.test(message)) return `${name} needs a value (for a value that starts with "-", write ${name}=VALUE)`;
+      return `${name} needs a value`;
+    default:
+      return message.split('\n')[0]!;
+  }
+}
+
+/** Strict parse of one command's argv; throws UsageError. */
+function parse(command: Command, argv: readonly string[], allowPositionals = false): { values: Values; positionals: string[] } {
+  try {
+    const r = parseArgs({
+      args: [...argv], options: { ...GLOBAL, ...TABLES[command] }, strict: true, allowPositionals,
+    });
+    return { values: r.values as Values, positionals: r.positionals };
+  } catch (err) {
+    throw new UsageError(command, usageMessage(err));
+  }
+}
+
+/**
+ * True when argv asks for the command's manual page (`-h`/`--help`). Help wins over every
+ * other mistake on the line, so `ferry checkpoint --frob --help` shows the page.
+ */
+export function wantsHelp(command: Command, argv: readonly string[]): boolean {
+  try {
+    return parse(command, argv, command === 'help').values.help === true;
+  } catch {
+    const end = argv.indexOf('--');
+    return (end < 0 ? argv : argv.slice(0, end)).some((a) => a === '--help' || a === '-h');
+  }
+}
+
+/** A non-empty string value of `--name`, or undefined when absent. */
+function text(command: Command, v: Values, name: string, what: string): string | undefined {
+  const value = v[name];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value === '') throw new UsageError(command, `--${name} needs ${what}, got ""`);
+  return value;
+}
+
+function globals(command: Command, v: Values): GlobalCliOptions {
+  const out: GlobalCliOptions = {};
+  const level = v['log-level'];
+  if (typeof level === 'string') {
+    if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+      throw new UsageError(command, `--log-level needs one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
+    }
+    out.logLevel = level as LogLevel;
+  }
+  if (typeof v['log-file'] === 'string') out.logFile = v['log-file'];
+  const config = text(command, v, 'config', 'a file');
+  if (config !== undefined) out.config = config;
+  return out;
+}
+
+/** --image or its runc alias --image-path; required. */
+function image(command: 'checkpoint' | 'restore' | 'inspect', v: Values): string {
+  if (v.image !== undefined && v['image-path'] !== undefined) {
+    throw new UsageError(command, '--image and --image-path are the same option: give one');
+  }
+  const name = v.image !== undefined ? 'image' : 'image-path';
+  const stdio = command === 'checkpoint' ? 'standard output' : 'standard input';
+  const path = text(command, v, name, `a path (or - for ${stdio})`);
+  if (path === undefined) throw new UsageError(command, `--image is required (a path, or - for ${stdio})`);
+  return path;
+}
+
+/** `ferry checkpoint --pid PID --image PATH [--leave-running] [--json]` */
+export function parseCheckpointArgs(argv: readonly string[]): CheckpointCliOptions {
+  const { values: v } = parse('checkpoint', argv);
+  const g = globals('checkpoint', v);
+  const pidText = v.pid;
+  if (pidText === undefined) throw new UsageError('checkpoint', '--pid is required (the process to checkpoint)');
+  if (typeof pidText !== 'string' || !/^\d+$/.test(pidText) || Number(pidText) < 1) {
+    throw new UsageError('checkpoint', `--pid needs a positive integer, got "${String(pidText)}"`);
+  }
+  const pid = Number(pidText);
+  if (pid > PID_MAX_LIMIT) {
+    throw new UsageError('checkpoint', `--pid ${pidText} is above the largest PID Linux allows (${PID_MAX_LIMIT})`);
+  }
+  return {
+    ...g, pid, image: image('checkpoint', v), leaveRunning: v['leave-running'] === true, json: v.json === true,
+  };
+}
+
+/** `ferry restore --image PATH [--pid-file FILE] [--json]` */
+export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
+  const { values: v } = parse('restore', argv);
+  const out: RestoreCliOptions = { ...globals('restore', v), image: image('restore', v), json: v.json === true };
+  const pidFile = text('restore', v, 'pid-file', 'a file');
+  if (pidFile !== undefined) out.pidFile = pidFile;
+  return out;
+}
+
+/** `ferry inspect --image PATH [--json]` */
+export function parseInspectArgs(argv: readonly string[]): InspectCliOptions {
+  const { values: v } = parse('inspect', argv);
+  return { ...globals('inspect', v), image: image('inspect', v), json: v.json === true };
+}
+
+/** `ferry demo [--json]` */
+export function parseDemoArgs(argv: readonly string[]): DemoCliOptions {
+  const { values: v } = parse('demo', argv);
+  return { ...globals('demo', v), json: v.json === true };
+}
+
+/** `ferry version [--json]` */
+export function parseVersionArgs(argv: readonly string[]): VersionCliOptions {
+  const { values: v } = parse('version', argv);
+  return { ...globals('version', v), json: v.json === true };
+}
+
+/** `ferry help [COMMAND]` */
+export function parseHelpArgs(argv: readonly string[]): HelpCliOptions {
+  const { values: v, positionals } = parse('help', argv, true);
+  const out: HelpCliOptions = globals('help', v);
+  if (positionals.length > 1) throw new UsageError('help', `takes one command, got ${positionals.length}: ${positionals.join(' ')}`);
+  const topic = positionals[0];
+  if (topic !== undefined) {
+    if (!(COMMANDS as readonly string[]).includes(topic)) {
+      throw new UsageError('help', `unknown command "${topic}"; the commands are ${COMMANDS.join(', ')}`);
+    }
+    out.topic = topic as Command;
+  }
+  return out;
+}

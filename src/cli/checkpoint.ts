@@ -1,0 +1,41 @@
+/** `ferry checkpoint`: typed options -> library checkpoint -> one line (or JSON) of result. */
+import { isatty } from 'node:tty';
+import type { CheckpointResult } from '../api.js';
+import { checkpoint } from '../index.js';
+import { UsageError, type CheckpointCliOptions } from './args.js';
+import type { RunContext } from './context.js';
+import { formatBytes, formatMs, printLine, progressLine } from './output.js';
+
+/**
+ * Checkpoints `o.pid` into `o.image` and prints the result. With `--image -` the image owns
+ * stdout, so the result goes to stderr.
+ */
+export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext): Promise<void> {
+  if (o.image === '-' && isatty(1)) {
+    throw new UsageError('checkpoint', '--image - writes the image to standard output, which is a terminal: redirect it to a file or a pipe');
+  }
+  const progress = progressLine();
+  let result: CheckpointResult;
+  try {
+    result = await checkpoint({
+      pid: o.pid,
+      image: o.image,
+      leaveRunning: o.leaveRunning,
+      config: ctx.config,
+      logger: ctx.logger,
+      ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
+    });
+  } finally {
+    progress.clear();
+  }
+  printLine(o.image === '-' ? 2 : 1, o.json ? JSON.stringify(result) : formatCheckpoint(result, o));
+}
+
+/** "checkpointed pid 1234 to /tmp/x.tar: 12.3 MiB, frozen 8 ms, total 40 ms" */
+export function formatCheckpoint(r: CheckpointResult, o: Pick<CheckpointCliOptions, 'pid' | 'image' | 'leaveRunning'>): string {
+  const root = r.pids[0] ?? o.pid;
+  const tasks = r.pids.length > 1 ? ` (${r.pids.length} processes)` : '';
+  const where = o.image === '-' ? 'stdout' : o.image;
+  return `checkpointed pid ${root}${tasks} to ${where}: ${formatBytes(r.imageBytes)}, `
+    + `frozen ${formatMs(r.frozenMs)}, total ${formatMs(r.totalMs)}${o.leaveRunning ? '; left running' : ''}`;
+}

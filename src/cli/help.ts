@@ -1,0 +1,313 @@
+/**
+ * The manual pages of the CLI, printed by `--help`/`-h` and `ferry help [COMMAND]`.
+ * docs/cli.md says the same at more length; keep the two in step.
+ */
+import type { Command } from './args.js';
+
+const GLOBAL_OPTIONS = `GLOBAL OPTIONS
+  --log-level LEVEL
+      trace, debug, info, warn, error, fatal or silent. With a log file: the
+      level of the records written there (default: log.level of the
+      configuration, "warn"). Without a log file: records of this level and
+      above are written to standard error; when --log-level is not given,
+      nothing is logged to standard error.
+  --log-file FILE
+      Append the log as JSON lines (pino) to FILE; its directory is created if
+      needed. Overrides log.file of the configuration; --log-file '' turns the
+      log file off.
+  --config FILE
+      Read the configuration from FILE, which must exist, instead of
+      /etc/ferry/config.toml (read only when present). config/ferry.toml in
+      the package documents every key and its default.
+  -h, --help
+      Show this page and exit.`;
+
+const EXIT_STATUS = `EXIT STATUS
+  0    Success.
+  1    The operation failed. Exactly one line on standard error says what
+       failed, where and what to do ("ferry COMMAND: ..."); the details are in
+       the log file, if any.
+  2    Usage error: unknown option, missing or invalid value. The line names
+       the option and is followed by "Try 'ferry COMMAND --help'.".
+  130, 143
+       SIGINT or SIGTERM arrived. Ferry lets the operation finish (or fail
+       cleanly) first, so no process is left stopped or half-built; a second
+       signal exits at once.`;
+
+const FILES = `FILES
+  /etc/ferry/config.toml
+      System configuration, read when present (see --config).`;
+
+/** Pages by topic: 'ferry' is the overview. */
+export const HELP: Readonly<Record<'ferry' | Exclude<Command, 'help'>, string>> = {
+  ferry: `NAME
+  ferry - checkpoint and restore running Linux processes
+
+SYNOPSIS
+  ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
+  ferry restore --image PATH [--pid-file FILE] [--json]
+  ferry inspect --image PATH [--json]
+  ferry demo [--json]
+  ferry version [--json]
+  ferry help [COMMAND]
+
+DESCRIPTION
+  Ferry stops a running process from the outside, captures it whole - memory,
+  registers, signal state, open files - into an image (a tar stream: a file,
+  or a pipe), and brings it back later, on this machine or another one with
+  the same kernel, with the same PID, continuing where it stopped. Nothing is
+  injected into the process.
+
+  Ferry must run as root: ptrace(2), and clone3(2) with a chosen PID, need it.
+
+COMMANDS
+  checkpoint   Capture a running process into an image.
+  restore      Bring a process back from an image, with its original PID.
+  inspect      Verify an image and show what it holds, without restoring it.
+  demo         Checkpoint and restore a small counting process, with the
+               timings.
+  version      Print the version of ferry.
+  help         Show the page of a command: ferry help checkpoint.
+
+  Every command also takes --help.
+
+${GLOBAL_OPTIONS}
+
+${EXIT_STATUS}
+
+${FILES}
+
+EXAMPLES
+  Try it on the built-in demo:
+      ferry demo
+  Move a process to another machine with the same kernel:
+      ferry checkpoint --pid 4242 --image - | ssh node2 ferry restore --image -
+
+SEE ALSO
+  ferry help checkpoint, ferry help restore; docs/cli.md and
+  config/ferry.toml in the package.`,
+
+  checkpoint: `NAME
+  ferry checkpoint - capture a running process into an image
+
+SYNOPSIS
+  ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
+                   [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Stops the process PID with ptrace(2), captures its memory, registers (the
+  full XSAVE state too), signal handlers, mask and alternate stack, rseq and
+  robust-list registrations, memory layout, name, working directory, umask and
+  open file descriptors into the image PATH, then kills it. Its memory pages
+  are copied straight from the process; no code is injected into it.
+
+  The image is complete, checksummed and flushed to disk before the process is
+  killed. If anything fails, the process is let go with its state as it was
+  and keeps running, and no partial image file is left behind.
+
+  Refused before the process is touched, with the reason: a PID that does not
+  exist, a thread ID, a kernel thread, a zombie, a process already being
+  traced (a debugger), and what this version does not support yet: more than
+  one thread, child processes, and descriptors other than regular files,
+  directories, O_PATH descriptors and character devices (such as /dev/null).
+  The message names the PID and the descriptor.
+
+  Ferry waits for the killed process to be reaped by its parent (up to 3 s),
+  so that its PID is free for a restore when ferry returns.
+
+  Must run as root: ferry checks first, and otherwise says "must run as root
+  (ptrace and clone3 with a chosen PID need it)" and exits with status 1.
+
+OPTIONS
+  --pid PID
+      The process to checkpoint: a process ID (not a thread ID), a positive
+      integer.
+  --image PATH, --image-path PATH
+      Where to write the image (created with mode 0600, overwritten if it
+      exists). - writes the tar stream to standard output (not a terminal);
+      then nothing else goes to standard output and the result line goes to
+      standard error.
+  --leave-running
+      Let the process run on after the checkpoint instead of killing it.
+  --json
+      Print the result as one JSON object instead of a sentence:
+      {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N}.
+
+${GLOBAL_OPTIONS}
+
+OUTPUT
+  On success, one line on standard output (standard error with --image -):
+      checkpointed pid 4242 to /tmp/app.tar: 12.3 MiB, frozen 8 ms, total 40 ms
+  "frozen" is how long the process was stopped; "total" the whole command.
+  When standard error is a terminal, a progress line is shown there while the
+  image is written.
+
+${EXIT_STATUS}
+
+${FILES}
+
+EXAMPLES
+  Checkpoint process 4242 into a file; the process is killed:
+      ferry checkpoint --pid 4242 --image /var/tmp/app.tar
+  Take a copy and let it run on:
+      ferry checkpoint --pid 4242 --image /var/tmp/app.tar --leave-running
+  Move it to another machine with the same kernel:
+      ferry checkpoint --pid 4242 --image - | ssh node2 ferry restore --image -
+  Keep a log of the details:
+      ferry checkpoint --pid 4242 --image /var/tmp/app.tar \\
+          --log-file /var/log/ferry.log --log-level debug
+
+SEE ALSO
+  ferry help restore, ferry help inspect; docs/cli.md in the package.`,
+
+  restore: `NAME
+  ferry restore - bring a process back from an image
+
+SYNOPSIS
+  ferry restore --image PATH [--pid-file FILE] [--json] [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Verifies the whole image first: its structure, the sha256 of every entry,
+  that this machine runs the same kernel build and has the CPU features
+  (XSAVE) the image needs, and that every file the process had open can be
+  opened again. Only then does it create the process, with its original PID,
+  rebuild its memory, registers, signal state and descriptors, and let it run.
+  Ferry returns once the process runs on its own; when ferry exits, the
+  process is adopted by init (or the nearest child subreaper).
+
+  The PID must be free: a zombie holding it gets 2 s to be reaped, any other
+  process there is an error. If anything fails, the half-built process is
+  killed: nothing is left running.
+
+  Must run as root: ferry checks first, and otherwise says "must run as root
+  (ptrace and clone3 with a chosen PID need it)" and exits with status 1.
+
+OPTIONS
+  --image PATH, --image-path PATH
+      The image to restore. - reads the tar stream from standard input (not a
+      terminal); it is spooled to image.work_dir of the configuration
+      (default /var/tmp) so that it can be verified whole before anything is
+      created.
+  --pid-file FILE
+      Write the PID of the restored process (and a newline) to FILE.
+  --json
+      Print the result as one JSON object instead of a sentence:
+      {"pid":PID,"pids":[PID],"pagesBytes":N,"verifyMs":N,"restoreMs":N,
+      "totalMs":N}.
+
+${GLOBAL_OPTIONS}
+
+OUTPUT
+  On success, one line on standard output (here folded in two):
+      restored pid 4242 from /var/tmp/app.tar: 12.3 MiB of memory,
+      verify 5 ms, restore 9 ms, total 20 ms
+  "verify" is checking the image, "restore" building the process until it
+  runs, "total" the whole command. When standard error is a terminal, a
+  progress line is shown there while the image is verified.
+
+${EXIT_STATUS}
+
+${FILES}
+
+EXAMPLES
+  Restore from a file and note the PID:
+      ferry restore --image /var/tmp/app.tar --pid-file /run/app.pid
+  Restore what another machine sends:
+      ssh node1 ferry checkpoint --pid 4242 --image - | ferry restore --image -
+
+SEE ALSO
+  ferry help checkpoint, ferry help inspect; docs/cli.md in the package.`,
+
+  inspect: `NAME
+  ferry inspect - verify an image and show what it holds
+
+SYNOPSIS
+  ferry inspect --image PATH [--json] [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Verifies the image as restore does (structure and the sha256 of every
+  entry), then describes it: the manifest (format, ferry version, date, kernel
+  and CPU features of the machine it was taken on, root PID, entries and
+  size), each process (PID, parent, name, executable, working directory,
+  threads), its memory areas (addresses, permissions, kind, bytes stored) and
+  its descriptors (number, kind, file, FD_CLOEXEC, and which other descriptors
+  share the same open file). Nothing is created and no root is needed.
+
+OPTIONS
+  --image PATH, --image-path PATH
+      The image to read; - reads it from standard input (spooled to
+      image.work_dir).
+  --json
+      Print the report as JSON instead of text: {"image", "manifest",
+      "entries", "totalBytes", "tasks": [{"pid", "ppid", "comm", "exe", "cwd",
+      "threads", "pagesBytes", "vmas": [...], "fds": [...]}], "files": [...]}.
+
+${GLOBAL_OPTIONS}
+
+${EXIT_STATUS}
+
+EXAMPLES
+  ferry inspect --image /var/tmp/app.tar
+  ferry inspect --image /var/tmp/app.tar --json | jq '.tasks[0].fds'
+
+SEE ALSO
+  ferry help checkpoint; docs/image-format.md in the package.`,
+
+  demo: `NAME
+  ferry demo - checkpoint and restore a counting process
+
+SYNOPSIS
+  ferry demo [--json] [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Shows what ferry does, on a built-in example. Starts build/workloads/counter
+  from the package (it prints "tick N" every 100 ms, counting in its own
+  memory, into a log file), waits for 5 ticks, checkpoints it into a temporary
+  image (which kills it), waits until it is reaped, restores it, watches it
+  for one second, and shows that it has the same PID and counts on from where
+  it stopped. Prints the timings (frozen, checkpoint, restore) and the image
+  size. Whatever happens, the counter is killed at the end and the temporary
+  files (in $TMPDIR, default /tmp) are removed. Must run as root.
+
+OPTIONS
+  --json
+      Print one JSON object instead of the narrated run: {"pid", "imageBytes",
+      "frozenMs", "checkpointMs", "restoreMs", "verifyMs", "ticksBefore",
+      "ticksAfter"}.
+
+${GLOBAL_OPTIONS}
+
+${EXIT_STATUS}
+  The demo fails (status 1) if the restored counter has another PID, prints
+  nothing, or does not continue with the next tick.
+
+EXAMPLES
+  ferry demo
+  ferry demo --log-file /tmp/ferry-demo.log --log-level debug`,
+
+  version: `NAME
+  ferry version - print the version of ferry
+
+SYNOPSIS
+  ferry version [--json] [GLOBAL OPTIONS]
+  ferry --version
+
+DESCRIPTION
+  Prints "ferry X.Y.Z" on standard output.
+
+OPTIONS
+  --json
+      Print {"version":"X.Y.Z"} instead.
+
+${GLOBAL_OPTIONS}
+
+${EXIT_STATUS}
+
+EXAMPLES
+  ferry version`,
+};
+
+/** The page for `topic` ('help' and undefined give the overview). */
+export function helpPage(topic: Command | undefined): string {
+  return topic === undefined || topic === 'help' ? HELP.ferry : HELP[topic];
+}
