@@ -1,0 +1,126 @@
+/**
+ * Workloads under test: started detached with stdio on a regular log file, tracked by pid,
+ * and killed at the end of the test file (also when a test fails). Only pids a test started
+ * or restored are ever touched.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FERRY } from './env.js';
+
+const owned = new Set<number>();
+const dirs = new Set<string>();
+
+/** Kills every process the tests started or restored and removes their directories. */
+export function cleanup(): void {
+  for (const pid of owned) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+  owned.clear();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  dirs.clear();
+}
+process.on('exit', cleanup);
+
+/** Marks a pid as ours (e.g. a restored process). */
+export function own(pid: number): void {
+  owned.add(pid);
+}
+
+/** A fresh scratch directory, removed by cleanup(). */
+export function scratchDir(prefix = 'ferry-test-'): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  dirs.add(d);
+  return d;
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until `cond()` holds, or throws naming `what`. */
+export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10000): Promise<void> {
+  for (const end = Date.now() + timeoutMs; Date.now() < end; await sleep(20)) if (cond()) return;
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export interface Workload {
+  pid: number;
+  dir: string;
+  log: string;
+  /** Full text of the log. */
+  text(): string;
+  /** Numbers of the "tick N" lines so far. */
+  ticks(): number[];
+  /** Resolves when the original process has exited and was reaped by us. */
+  exited: Promise<void>;
+}
+
+/** Starts `cmd args` (DIR in args is replaced by the scratch dir) and waits for "ready pid=". */
+export async function startWorkload(cmd: string, args: string[], opts: { stderr?: 'file' | 'pipe' } = {}): Promise<Workload> {
+  const dir = scratchDir();
+  const log = join(dir, 'workload.log');
+  // O_APPEND: a process restored from an older image appends instead of overwriting.
+  const fd = openSync(log, 'a');
+  const child = spawn(cmd, args.map((a) => (a === 'DIR' ? dir : a)), {
+    stdio: ['ignore', fd, opts.stderr === 'pipe' ? 'pipe' : fd], detached: true, cwd: dir,
+  });
+  closeSync(fd);
+  const pid = child.pid!;
+  owned.add(pid);
+  const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  const text = (): string => readFileSync(log, 'utf8');
+  await waitFor(`${cmd} to get ready`, () => text().includes(`ready pid=${pid}`));
+  return {
+    pid, dir, log, text, exited,
+    ticks: () => [...text().matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1])),
+  };
+}
+
+/** Asks a workload to verify itself (SIGUSR1) and returns its verdict lines. */
+export async function verify(w: Workload): Promise<string> {
+  process.kill(w.pid, 'SIGUSR1');
+  await waitFor(`pid ${w.pid} to verify itself`, () => /^(PASS|FAIL.*)$/m.test(w.text()));
+  return w.text().split('\n').filter((l) => l === 'PASS' || l.startsWith('FAIL')).join('\n');
+}
+
+/** Whether a pid exists. */
+export function alive(pid: number): boolean {
+  return existsSync(`/proc/${pid}`);
+}
+
+/** State letter and tracer of a pid, from /proc/PID/status. */
+export function procState(pid: number): { state: string; tracer: number; ppid: number } {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return {
+    state: /State:\s+(\S)/.exec(s)![1]!,
+    tracer: Number(/TracerPid:\s+(\d+)/.exec(s)![1]),
+    ppid: Number(/PPid:\s+(\d+)/.exec(s)![1]),
+  };
+}
+
+export interface Run {
+  code: number;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** Runs bin/ferry with `args` (synchronously, bounded in time). */
+export function ferry(args: string[], opts: { input?: Buffer; timeoutMs?: number } = {}): Run {
+  const r = spawnSync(FERRY, args, { input: opts.input ?? Buffer.alloc(0), timeout: opts.timeoutMs ?? 120000, maxBuffer: 1 << 30 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+/**
+ * Runs a shell pipeline (for `ferry checkpoint --image - | ferry restore --image -`)
+ * asynchronously, so this process can reap its children meanwhile.
+ */
+export function shell(script: string): Promise<Run> {
+  return new Promise((resolve) => {
+    const c = spawn('/bin/sh', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    c.stdout.on('data', (d: Buffer) => out.push(d));
+    c.stderr.on('data', (d: Buffer) => err.push(d));
+    c.on('close', (code) => resolve({ code: code ?? -1, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString() }));
+  });
+}

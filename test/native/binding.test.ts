@@ -1,0 +1,128 @@
+/**
+ * Contract tests of the native addon: every declared export exists, errors are shaped like
+ * Node's fs errors, and each family works on real processes. Needs root (ptrace of a
+ * non-child, clone3 with set_tid).
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { after, describe, it } from 'node:test';
+import { SYS } from '../../src/arch/x86-64.js';
+import { decodeRegs } from '../../src/arch/x86-64.js';
+import { defaultStubPath, native, NATIVE_EXPORTS } from '../../src/native/binding.js';
+import { parseMaps } from '../../src/proc/maps.js';
+import { vdsoGadget } from '../../src/dump/task-state.js';
+
+const root = process.getuid?.() === 0;
+const skipUnlessRoot = root ? false : 'needs root (ptrace of other processes, clone3 with set_tid)';
+const started: number[] = [];
+after(() => {
+  for (const pid of started) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+});
+
+function startSleeper(): number {
+  const c = spawn('sleep', ['60'], { stdio: 'ignore', detached: true });
+  started.push(c.pid!);
+  return c.pid!;
+}
+
+describe('native binding', () => {
+  it('exports exactly the declared functions', () => {
+    const exported = Object.keys(native()).sort();
+    assert.deepEqual(exported, [...NATIVE_EXPORTS].sort());
+    for (const name of NATIVE_EXPORTS) assert.equal(typeof native()[name], 'function', name);
+  });
+
+  it('throws fs-style errors with code, errno and syscall', () => {
+    assert.throws(() => native().seize(0x7ffffff0), (err: NodeJS.ErrnoException) =>
+      err.code === 'ESRCH' && err.errno === 3 && err.syscall === 'ptrace(PTRACE_SEIZE)');
+    assert.throws(() => native().lseek(-1, 0, 0), { code: 'EBADF', syscall: 'lseek' });
+  });
+
+  it('reads XCR0 with x87 and SSE enabled', () => {
+    assert.equal(native().xgetbv() & 3n, 3n);
+  });
+
+  it('reads memory of a process with process_vm_readv', () => {
+    // Our own [vdso] is an ELF image: read it and check the magic.
+    const vdso = parseMaps(readFileSync('/proc/self/maps', 'utf8')).find((v) => v.path === '[vdso]')!;
+    const len = Number(vdso.end - vdso.start);
+    const buf = Buffer.alloc(len + 8);
+    assert.equal(native().readMemory(process.pid, new Float64Array([Number(vdso.start), len]), buf, 8), len);
+    assert.equal(buf.subarray(8, 12).toString('latin1'), '\x7fELF');
+    // Page 1 is never mapped (mmap_min_addr): the error names the address.
+    assert.throws(() => native().readMemory(process.pid, new Float64Array([4096, 4096]), Buffer.alloc(4096)),
+      (err: NodeJS.ErrnoException) => err.code === 'EFAULT' && err.syscall === 'process_vm_readv' && /0x1000/.test(err.message));
+  });
+
+  it('tells shared open files apart with kcmp', () => {
+    const a = openSync('/proc/self/stat', 'r');
+    const b = openSync('/proc/self/stat', 'r');
+    try {
+      assert.equal(native().kcmp(process.pid, process.pid, 0, a, a), 0);
+      assert.notEqual(native().kcmp(process.pid, process.pid, 0, a, b), 0);
+    } finally {
+      closeSync(a);
+      closeSync(b);
+    }
+  });
+
+  it('seizes, stops, injects syscalls and detaches', { skip: skipUnlessRoot }, () => {
+    const n = native();
+    const pid = startSleeper();
+    // Wait until sleep has exec'd (its maps show the sleep binary).
+    for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/maps`, 'utf8').includes('sleep'); i++) {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+    }
+    n.seize(pid);
+    n.interrupt(pid);
+    const st = n.waitpid(pid);
+    assert.ok(st?.stopped, 'stopped after PTRACE_INTERRUPT');
+    assert.equal(st.event, 128, 'PTRACE_EVENT_STOP');
+    const before = n.getRegs(pid);
+    const gadget = vdsoGadget(pid, parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')));
+    assert.equal(n.injectSyscall(pid, gadget, SYS.getpid), BigInt(pid));
+    const batch = new BigUint64Array(14);
+    batch[0] = BigInt(SYS.getpid);
+    batch[7] = BigInt(SYS.close);
+    batch[8] = 12345n; // not open: -EBADF
+    assert.deepEqual([...n.injectSyscalls(pid, gadget, batch)], [BigInt(pid), -9n]);
+    assert.deepEqual(n.getRegs(pid), before, 'registers restored after injection');
+    assert.ok(n.getXstate(pid).length >= 576, 'XSAVE area has legacy + header');
+    assert.equal(typeof n.getSigmask(pid), 'bigint');
+    assert.equal(n.getRobustList(pid).len, 24);
+    const rseq = n.getRseq(pid);
+    assert.ok(rseq === null || rseq.size >= 32);
+    assert.ok(decodeRegs(before).rsp > 0n);
+    n.detach(pid, 0);
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    assert.match(status, /TracerPid:\t0/);
+    assert.match(status, /State:\t[RS]/, 'running again, not stopped');
+  });
+
+  it('spawns the stub with a chosen PID, stopped and traced', { skip: skipUnlessRoot }, () => {
+    const n = native();
+    // A PID just used by a short-lived process is free again once it is reaped.
+    const probe = spawn('true');
+    const pid = probe.pid!;
+    return new Promise<void>((resolve, reject) => {
+      probe.on('exit', () => {
+        try {
+          const stub = n.spawnStub(defaultStubPath(), [pid]);
+          started.push(stub);
+          assert.equal(stub, pid);
+          assert.match(readFileSync(`/proc/${pid}/status`, 'utf8'), new RegExp(`TracerPid:\\t${process.pid}`));
+          assert.throws(() => n.spawnStub(defaultStubPath(), [pid]), { code: 'EEXIST', syscall: 'clone3' });
+          n.tgkill(pid, pid, 9);
+          const st = n.waitpid(pid);
+          assert.ok(st?.signaled);
+          resolve();
+        } catch (err) {
+          reject(err as Error);
+        }
+      });
+    });
+  });
+});

@@ -1,0 +1,114 @@
+/** Command-line parsing: every command's forms, aliases, and the usage errors (pure functions). */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseRestoreArgs, parseVersionArgs,
+  PID_MAX_LIMIT, UsageError, wantsHelp,
+} from '../../src/cli/args.js';
+
+/** Asserts that `fn` throws a UsageError of `command` with exactly `message` (or matching it). */
+function usage(fn: () => unknown, command: string, message: string | RegExp): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof UsageError, String(err));
+    assert.equal(err.command, command);
+    assert.ok(!err.message.includes('\n'), `one line: ${JSON.stringify(err.message)}`);
+    if (typeof message === 'string') assert.equal(err.message, message);
+    else assert.match(err.message, message);
+    return true;
+  });
+}
+
+describe('ferry checkpoint arguments', () => {
+  it('parses the plain form', () => {
+    assert.deepEqual(parseCheckpointArgs(['--pid', '1234', '--image', '/tmp/x.tar']),
+      { pid: 1234, image: '/tmp/x.tar', leaveRunning: false, json: false });
+  });
+
+  it('parses every option, runc alias and = form, and the global options', () => {
+    assert.deepEqual(parseCheckpointArgs([
+      '--pid=7', '--image-path', '-', '--leave-running', '--json',
+      '--log-level', 'debug', '--log-file', '/var/log/f.log', '--config', '/etc/f.toml',
+    ]), {
+      pid: 7, image: '-', leaveRunning: true, json: true, logLevel: 'debug', logFile: '/var/log/f.log', config: '/etc/f.toml',
+    });
+    assert.equal(parseCheckpointArgs(['--image', 'a', '--pid', '007']).pid, 7);
+    assert.equal(parseCheckpointArgs(['--pid', String(PID_MAX_LIMIT), '--image', 'a']).pid, PID_MAX_LIMIT);
+    assert.equal(parseCheckpointArgs(['--pid', '1', '--image', 'a', '--log-file', '']).logFile, '');
+  });
+
+  it('rejects a missing or malformed --pid', () => {
+    usage(() => parseCheckpointArgs(['--image', 'x']), 'checkpoint', '--pid is required (the process to checkpoint)');
+    usage(() => parseCheckpointArgs(['--pid', 'abc', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got "abc"');
+    usage(() => parseCheckpointArgs(['--pid', '0', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got "0"');
+    usage(() => parseCheckpointArgs(['--pid=-5', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got "-5"');
+    usage(() => parseCheckpointArgs(['--pid', '1.5', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got "1.5"');
+    usage(() => parseCheckpointArgs(['--pid', '', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got ""');
+    usage(() => parseCheckpointArgs(['--pid', '99999999999', '--image', 'x']), 'checkpoint',
+      `--pid 99999999999 is above the largest PID Linux allows (${PID_MAX_LIMIT})`);
+    usage(() => parseCheckpointArgs(['--pid', '-5', '--image', 'x']), 'checkpoint',
+      '--pid needs a value (for a value that starts with "-", write --pid=VALUE)');
+    usage(() => parseCheckpointArgs(['--image', 'x', '--pid']), 'checkpoint', '--pid needs a value');
+  });
+
+  it('rejects a missing or doubled --image', () => {
+    usage(() => parseCheckpointArgs(['--pid', '1']), 'checkpoint', '--image is required (a path, or - for standard output)');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', '']), 'checkpoint', '--image needs a path (or - for standard output), got ""');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--image-path', 'y']), 'checkpoint',
+      '--image and --image-path are the same option: give one');
+  });
+
+  it('rejects unknown options, stray arguments and values on flags', () => {
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--frob']), 'checkpoint', 'unknown option --frob');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '-x']), 'checkpoint', 'unknown option -x');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', 'extra']), 'checkpoint', 'unexpected argument "extra"');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--leave-running=yes']), 'checkpoint', '--leave-running takes no value');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--log-level', 'loud']), 'checkpoint',
+      '--log-level needs one of trace, debug, info, warn, error, fatal, silent, got "loud"');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--config', '']), 'checkpoint', '--config needs a file, got ""');
+    // restore's option is not checkpoint's
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--pid-file', 'p']), 'checkpoint', 'unknown option --pid-file');
+  });
+});
+
+describe('ferry restore, inspect, demo, version and help arguments', () => {
+  it('parses restore', () => {
+    assert.deepEqual(parseRestoreArgs(['--image', '/tmp/x.tar']), { image: '/tmp/x.tar', json: false });
+    assert.deepEqual(parseRestoreArgs(['--image-path', '-', '--pid-file', '/run/x.pid', '--json']),
+      { image: '-', pidFile: '/run/x.pid', json: true });
+    usage(() => parseRestoreArgs([]), 'restore', '--image is required (a path, or - for standard input)');
+    usage(() => parseRestoreArgs(['--image', 'x', '--pid-file', '']), 'restore', '--pid-file needs a file, got ""');
+    usage(() => parseRestoreArgs(['--image', 'x', '--pid', '1']), 'restore', 'unknown option --pid');
+    usage(() => parseRestoreArgs(['--image', 'x', '--leave-running']), 'restore', 'unknown option --leave-running');
+  });
+
+  it('parses inspect', () => {
+    assert.deepEqual(parseInspectArgs(['--image', 'a.tar', '--json']), { image: 'a.tar', json: true });
+    assert.deepEqual(parseInspectArgs(['--image', 'a.tar', '--log-level', 'trace']), { image: 'a.tar', json: false, logLevel: 'trace' });
+    usage(() => parseInspectArgs(['--json']), 'inspect', '--image is required (a path, or - for standard input)');
+  });
+
+  it('parses demo and version', () => {
+    assert.deepEqual(parseDemoArgs([]), { json: false });
+    assert.deepEqual(parseDemoArgs(['--json', '--log-file', '/tmp/d.log']), { json: true, logFile: '/tmp/d.log' });
+    usage(() => parseDemoArgs(['--pid', '1']), 'demo', 'unknown option --pid');
+    assert.deepEqual(parseVersionArgs(['--json']), { json: true });
+    usage(() => parseVersionArgs(['now']), 'version', 'unexpected argument "now"');
+  });
+
+  it('parses help with an optional command', () => {
+    assert.deepEqual(parseHelpArgs([]), {});
+    assert.deepEqual(parseHelpArgs(['restore']), { topic: 'restore' });
+    assert.deepEqual(parseHelpArgs(['help']), { topic: 'help' });
+    usage(() => parseHelpArgs(['frob']), 'help', 'unknown command "frob"; the commands are checkpoint, restore, inspect, demo, version, help');
+    usage(() => parseHelpArgs(['restore', 'inspect']), 'help', 'takes one command, got 2: restore inspect');
+  });
+
+  it('sees --help and -h, even on an otherwise wrong line, but not after --', () => {
+    assert.equal(wantsHelp('checkpoint', ['--help']), true);
+    assert.equal(wantsHelp('checkpoint', ['-h']), true);
+    assert.equal(wantsHelp('checkpoint', ['--pid', 'abc', '--frob', '--help']), true);
+    assert.equal(wantsHelp('restore', ['--image', 'x']), false);
+    assert.equal(wantsHelp('restore', ['--image', 'x', '--', '--help']), false);
+    assert.equal(wantsHelp('inspect', []), false);
+  });
+});

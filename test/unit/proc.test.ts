@@ -1,0 +1,111 @@
+/** /proc parsers, on real text from this machine and on edge cases. */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { parseAuxv } from '../../src/proc/auxv.js';
+import { fdCloexec, parseFdinfo } from '../../src/proc/fdinfo.js';
+import { O_APPEND, O_CLOEXEC } from '../../src/proc/fcntl.js';
+import { parseMaps } from '../../src/proc/maps.js';
+import { dumpablePageRuns } from '../../src/proc/pagemap.js';
+import { parseSmapsVmFlags } from '../../src/proc/smaps.js';
+import { isKernelThread, parseStat } from '../../src/proc/stat.js';
+import { parseStatus } from '../../src/proc/status.js';
+
+describe('maps', () => {
+  it('parses this process', () => {
+    const vmas = parseMaps(readFileSync('/proc/self/maps', 'utf8'));
+    assert.ok(vmas.length > 10);
+    const vdso = vmas.find((v) => v.path === '[vdso]');
+    assert.ok(vdso && vdso.exec && !vdso.write && vdso.end > vdso.start);
+    assert.ok(vmas.some((v) => v.path.endsWith('/node') && v.inode > 0n));
+  });
+
+  it('handles spaces, (deleted), escaped newlines and anonymous areas', () => {
+    const text = [
+      '7f0000000000-7f0000001000 rw-s 00002000 00:01 1046                       /dev/zero (deleted)',
+      '7f0000001000-7f0000003000 r--p 00000000 fe:00 42                         /tmp/a file with spaces',
+      '7f0000003000-7f0000004000 r--p 00000000 fe:00 43                         /tmp/new\\012line',
+      '7f0000004000-7f0000005000 rw-p 00000000 00:00 0 ',
+      '',
+    ].join('\n');
+    const [z, s, n, a] = parseMaps(text);
+    assert.deepEqual([z!.path, z!.deleted, z!.shared, z!.offset], ['/dev/zero', true, true, 0x2000n]);
+    assert.equal(s!.path, '/tmp/a file with spaces');
+    assert.equal(n!.path, '/tmp/new\nline');
+    assert.deepEqual([a!.path, a!.inode, a!.major, a!.minor], ['', 0n, 0, 0]);
+    assert.equal(s!.major, 0xfe);
+  });
+
+  it('refuses a malformed line', () => {
+    assert.throws(() => parseMaps('garbage\n'), /cannot parse/);
+  });
+});
+
+describe('stat and status', () => {
+  it('parses a comm with spaces and parentheses', () => {
+    const line = '123 (a (b) c) S 1 123 123 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 5 1000 10 1 '
+      + '4096 8192 140000 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 12288 16384 20480 24576 28672 32768 36864 0\n';
+    const s = parseStat(line);
+    assert.equal(s.comm, 'a (b) c');
+    assert.equal(s.state, 'S');
+    assert.equal(s.ppid, 1);
+    assert.equal(s.startCode, 4096n);
+    assert.equal(s.startStack, 140000n);
+    assert.equal(s.startData, 12288n);
+    assert.equal(s.envEnd, 36864n);
+    assert.equal(isKernelThread(s), false);
+  });
+
+  it('reads this process and recognises kthreadd as a kernel thread', () => {
+    const self = parseStat(readFileSync('/proc/self/stat', 'utf8'));
+    assert.equal(self.comm, 'node');
+    assert.ok(self.startBrk > 0n && self.argEnd > self.argStart);
+    assert.equal(isKernelThread(parseStat(readFileSync('/proc/2/stat', 'utf8'))), true);
+    const st = parseStatus(readFileSync('/proc/self/status', 'utf8'));
+    assert.equal(st.tgid, process.pid);
+    assert.equal(st.umask, process.umask());
+    assert.equal(st.uid.length, 4);
+    assert.equal(typeof st.sigIgn, 'bigint');
+  });
+});
+
+describe('fdinfo', () => {
+  it('parses octal flags including O_CLOEXEC and keeps extra lines', () => {
+    const info = parseFdinfo('pos:\t42\nflags:\t02102002\nmnt_id:\t31\nino:\t77\ntfd:        5 events:       19 data:                0\ntfd:        6 events:       19 data:                1\n');
+    assert.equal(info.pos, 42n);
+    assert.equal(info.flags & O_APPEND, O_APPEND);
+    assert.ok(fdCloexec(info));
+    assert.equal(info.flags & 3, 2);
+    assert.equal(info.mntId, 31);
+    assert.equal(info.lines.get('tfd')?.length, 2);
+    assert.equal(fdCloexec(parseFdinfo('pos: 0\nflags: 0100002\n')), false);
+    assert.equal(O_CLOEXEC, 0o2000000);
+  });
+});
+
+describe('smaps, auxv, pagemap', () => {
+  it('reads VmFlags of this process', () => {
+    const flags = parseSmapsVmFlags(readFileSync('/proc/self/smaps', 'utf8'));
+    const stack = parseMaps(readFileSync('/proc/self/maps', 'utf8')).find((v) => v.path === '[stack]')!;
+    assert.ok(flags.get(stack.start)?.includes('gd'), 'the stack grows down');
+  });
+
+  it('parses the auxiliary vector up to AT_NULL', () => {
+    const aux = parseAuxv(readFileSync('/proc/self/auxv'));
+    assert.deepEqual(aux.at(-1), [0n, 0n]);
+    assert.ok(aux.some(([k]) => k === 33n), 'AT_SYSINFO_EHDR');
+  });
+
+  it('finds runs of stored pages', () => {
+    const e = Buffer.alloc(8 * 8);
+    const set = (i: number, hi: number): void => { e.writeUInt32LE(hi >>> 0, i * 8 + 4); };
+    set(0, 1 << 31);                 // present anon
+    set(1, 1 << 31);                 // present anon
+    set(2, (1 << 31) | (1 << 29));   // present file page: not stored
+    set(4, 1 << 30);                 // swapped
+    set(5, (1 << 31) | (1 << 29));   // present shared-anon page
+    assert.deepEqual(dumpablePageRuns(e, 0, false), [[0, 2], [4, 1]]);
+    assert.deepEqual(dumpablePageRuns(e, 10, true), [[10, 3], [14, 2]]);
+    assert.deepEqual(dumpablePageRuns(e.subarray(8), 0, false), [[0, 1], [3, 1]], 'unaligned views work');
+  });
+});
