@@ -34,6 +34,7 @@ export const SYS = {
   pause: 34, getitimer: 36, setitimer: 38, getpid: 39, rt_sigqueueinfo: 129, fcntl: 72, chdir: 80, umask: 95,
   setpgid: 109, setsid: 112, sigaltstack: 131, prctl: 157, arch_prctl: 158, gettid: 186,
   set_tid_address: 218, exit_group: 231, openat: 257, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297,
+  rt_sigtimedwait: 128, prlimit64: 302,
   rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,
 } as const;
 

@@ -15,6 +15,8 @@ export const pagesEntry = (pid: number): string => `tasks/${pid}/pages.bin`;
 export const xstateEntry = (pid: number, tid: number): string => `tasks/${pid}/xstate-${tid}.bin`;
 /** Table of open files shared by all tasks. */
 export const FILES_ENTRY = 'files.json';
+/** The process tree: every process with its parent, group and session, zombies included. */
+export const TREE_ENTRY = 'tree.json';
 
 export type Hex = string;
 export const hex = (v: bigint | number): Hex => `0x${BigInt.asUintN(64, BigInt(v)).toString(16)}`;
@@ -122,6 +124,23 @@ export interface TaskRecord {
   fds: FdRecord[];
   /** Size of the pages entry. */
   pagesBytes: number;
+}
+
+/** One process of tree.json. */
+export interface ProcessRecord {
+  pid: number;
+  /** Parent pid; for the root, its parent outside the image (informational). */
+  ppid: number;
+  pgid: number;
+  sid: number;
+  /** An exited process its parent has not reaped yet: its wait status; null when alive. */
+  zombie: { status: number } | null;
+}
+
+/** tree.json: every process, parents before children, the root first. */
+export interface TreeRecord {
+  root: number;
+  processes: ProcessRecord[];
 }
 
 /** files.json: every distinct open file of the dumped tasks. */

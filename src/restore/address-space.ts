@@ -53,7 +53,7 @@ export function findFree(taken: readonly Range[], size: bigint, from: bigint): b
 }
 
 /** Finds the stub's own `syscall` instruction (its only code) and points injection at it. */
-function useStubGadget(t: Tracee, stub: readonly Vma[]): void {
+export function useStubGadget(t: Tracee, stub: readonly Vma[]): void {
   for (const v of stub.filter((m) => m.exec && !m.path.startsWith('['))) {
     const code = t.readMem(v.start, Number(v.end - v.start));
     const off = code.indexOf(SYSCALL_INSN);

@@ -50,8 +50,6 @@ export function restoreTaskState(t: Tracee, as: AddressSpace, task: TaskRecord):
     [it.interval[0], it.interval[1], it.value[0], it.value[1]].forEach((x, i) => v.writeBigInt64LE(BigInt(x), i * 8));
     calls.push([SYS.setitimer, which, as.scratch.put(v), 0]);
   }
-  if (task.sid === task.pid) calls.push([SYS.setsid]);
-  else if (task.pgid === task.pid) calls.push([SYS.setpgid, 0, 0]);
   try {
     t.syscalls(calls);
   } catch (err) {

@@ -5,7 +5,7 @@
  */
 import { REG_NAMES } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
-import type { FilesRecord, TaskRecord } from '../image/records.js';
+import { TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
 
 const HEX = /^0x[0-9a-f]{1,16}$/;
 
@@ -71,4 +71,23 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
     if (!Array.isArray(th.pending)) fail(where, `threads[${i}].pending must be an array`);
   }
   return v as unknown as TaskRecord;
+}
+
+/** Checks tree.json against the manifest: the root first, every live task listed once. */
+export function validateTree(v: unknown, root: number, tasks: readonly number[]): TreeRecord {
+  const where = TREE_ENTRY;
+  if (!isObj(v) || v.root !== root || !Array.isArray(v.processes)) fail(where, `root must be ${root} and processes an array`);
+  const seen = new Set<number>();
+  for (const [i, p] of (v.processes as unknown[]).entries()) {
+    if (!isObj(p)) fail(where, `processes[${i}] is not an object`);
+    for (const k of ['pid', 'ppid', 'pgid', 'sid']) intField(`${where} processes[${i}]`, p, k);
+    if (i === 0 && p.pid !== root) fail(where, 'the root must come first');
+    if (i > 0 && !seen.has(p.ppid as number)) fail(where, `processes[${i}] (pid ${String(p.pid)}) comes before its parent ${String(p.ppid)}`);
+    if (seen.has(p.pid as number)) fail(where, `pid ${String(p.pid)} is listed twice`);
+    if (p.zombie !== null && !(isObj(p.zombie) && Number.isSafeInteger(p.zombie.status))) fail(where, `processes[${i}].zombie must be null or {status}`);
+    seen.add(p.pid as number);
+  }
+  const live = (v.processes as Array<{ pid: number; zombie: unknown }>).filter((p) => p.zombie === null).map((p) => p.pid);
+  if (live.length !== tasks.length || live.some((p, i) => p !== tasks[i])) fail(where, 'its live processes differ from the manifest\'s tasks');
+  return v as unknown as TreeRecord;
 }

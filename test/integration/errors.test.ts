@@ -66,17 +66,20 @@ describe('bad input', { skip }, () => {
     assert.match(r.stderr, /Try 'ferry checkpoint --help'/);
   });
 
-  it('a process with children is refused and left running', async () => {
+  it('a child in another pid namespace is refused, and the tree left running', async () => {
     const dir = scratchDir();
-    const child = spawn('/bin/sh', ['-c', 'sleep 100 & wait'], { stdio: 'ignore', detached: true, cwd: dir });
+    const child = spawn('unshare', ['--pid', '--fork', 'sleep', '100'], { stdio: 'ignore', detached: true, cwd: dir });
     own(child.pid!);
-    await waitFor('the child', () => readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim() !== '');
-    const kid = Number(readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim());
+    const kids = (): string => readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim();
+    await waitFor('the child', () => kids() !== '');
+    const kid = Number(kids());
     own(kid);
     const r = ferry(['checkpoint', '--pid', String(child.pid), '--image', join(dir, 'x.tar')]);
     assert.equal(r.code, 1);
-    assert.match(oneLine(r.stderr), new RegExp(`pid ${child.pid} has children \\(${kid}\\): process trees are not supported yet`));
+    assert.match(oneLine(r.stderr), new RegExp(`pid ${kid} \\(in the tree of ${child.pid}\\) \\(sleep\\) runs in another pid namespace: not supported yet`));
+    assert.ok(!existsSync(join(dir, 'x.tar')), 'no partial image');
     untouched(child.pid!);
+    untouched(kid);
   });
 
   it('an unsupported descriptor is refused before the process is touched', async () => {

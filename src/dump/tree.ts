@@ -1,0 +1,199 @@
+/**
+ * Freezing a process tree for checkpoint (DESIGN.md §2): every thread of every process under
+ * the root is seized and stopped before anything is read, so no task changes state while
+ * another is dumped.
+ *
+ * The walk is top-down. A process is seized (all its threads, re-listed until a round finds
+ * no new one) before its children are listed: a stopped process cannot fork, and a fork in
+ * progress completes before the stop, so the list read afterwards is complete. Zombies
+ * (exited, unreaped children) cannot be seized; they are recorded with their exit status.
+ *
+ * What restore cannot rebuild yet is refused here, before the tree is touched or while it is
+ * being seized (and then released): another pid or user namespace, a tracer, a session or
+ * process group whose leader is outside the tree and is not the root's.
+ */
+import { readlinkSync } from 'node:fs';
+import { FerryError, describeCause, errnoCode } from '../errors.js';
+import type { ProcessRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { parseChildren } from '../proc/children.js';
+import { listTids, readProcText } from '../proc/read.js';
+import { isKernelThread, parseStat, type ProcStat } from '../proc/stat.js';
+import { parseStatus } from '../proc/status.js';
+
+/** One process of the frozen tree. */
+export interface FrozenProcess {
+  pid: number;
+  /** Threads, the leader first; empty for a zombie. */
+  tids: number[];
+  stat: ProcStat;
+  /** Stopped by a signal (state T) before ferry came. */
+  stoppedBefore: boolean;
+  record: ProcessRecord;
+}
+
+/** The frozen tree: parents before children, the root first. */
+export interface FrozenTree {
+  processes: FrozenProcess[];
+  /** Lets every seized thread go (idempotent). `keep` sigmasks are restored by the caller first. */
+  release(): void;
+}
+
+const nsOf = (pid: number, ns: string): string => {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/${ns}`);
+  } catch {
+    return '';
+  }
+};
+
+/** Cheap checks on one process before it is seized. */
+function precheck(pid: number, stat: ProcStat, root: number): void {
+  const what = pid === root ? `pid ${pid}` : `pid ${pid} (in the tree of ${root})`;
+  if (isKernelThread(stat)) {
+    throw new FerryError('EKTHREAD', `${what} (${stat.comm}) is a kernel thread: only user processes can be checkpointed`);
+  }
+  const status = parseStatus(readProcText(pid, 'status'));
+  if (status.tgid !== pid) {
+    throw new FerryError('EINVAL', `pid ${pid} is a thread of process ${status.tgid}: checkpoint the process`);
+  }
+  if (status.tracerPid !== 0) {
+    throw new FerryError('ETRACED', `${what} is already traced by pid ${status.tracerPid} (a debugger?): detach it first`);
+  }
+  for (const ns of ['pid', 'user']) {
+    if (nsOf(pid, ns) !== nsOf(process.pid, ns)) {
+      throw new FerryError('EUNSUPPORTED', `${what} (${stat.comm}) runs in another ${ns} namespace: not supported yet (checkpoint it as a container)`);
+    }
+  }
+}
+
+/**
+ * Seizes and stops every thread of `pid`, re-listing /proc/PID/task until a round finds no
+ * new thread. Returns the tids, the leader first, or null when the process exited (or became
+ * a zombie) before it could be stopped.
+ */
+function seizeThreads(pid: number, seized: number[]): number[] | null {
+  const n = native();
+  const mine: number[] = [];
+  const attach = (tid: number): boolean => {
+    try {
+      n.seize(tid, 0);
+    } catch (err) {
+      const code = errnoCode(err);
+      if (code === 'ESRCH' || (code === 'EPERM' && isZombie(tid))) return false; // exited meanwhile
+      throw new FerryError('ESEIZE', `cannot attach to ${tid === pid ? 'pid' : `thread ${tid} of pid`} ${pid}: ${describeCause(err)}`, { cause: err });
+    }
+    seized.push(tid);
+    n.interrupt(tid);
+    const st = n.waitpid(tid);
+    if (!st || !st.stopped) return false;
+    mine.push(tid);
+    return true;
+  };
+  if (!attach(pid)) return null;
+  for (let round = 0; ; round++) {
+    const fresh = listTids(pid).filter((t) => !mine.includes(t));
+    if (fresh.length === 0) break;
+    if (round > 1000) throw new FerryError('EBUSY', `pid ${pid} keeps creating threads faster than they can be stopped`);
+    for (const tid of fresh) attach(tid);
+  }
+  return mine;
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    return parseStat(readProcText(pid, 'stat')).state === 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Freezes the tree rooted at `root`. On failure everything seized so far is let go. */
+export function freezeTree(root: number): FrozenTree {
+  const n = native();
+  const seized: number[] = [];
+  let released = false;
+  const release = (): void => {
+    if (released) return;
+    released = true;
+    for (const tid of seized) {
+      try { n.detach(tid, 0); } catch { /* exited */ }
+    }
+  };
+  const processes: FrozenProcess[] = [];
+  try {
+    const queue: Array<{ pid: number; ppid: number }> = [{ pid: root, ppid: 0 }];
+    for (let next = queue.shift(); next; next = queue.shift()) {
+      const { pid } = next;
+      let stat: ProcStat;
+      try {
+        stat = parseStat(readProcText(pid, 'stat'));
+      } catch (err) {
+        if (pid === root) throw new FerryError('ENOPROC', `no process with pid ${pid} (check the pid; it may have exited)`, { cause: err });
+        continue; // exited and reaped meanwhile
+      }
+      if (stat.state === 'Z' || stat.state === 'X') {
+        if (pid === root) throw new FerryError('EZOMBIE', `pid ${pid} is a zombie: nothing to checkpoint`);
+        processes.push(zombie(pid, stat));
+        continue;
+      }
+      precheck(pid, stat, root);
+      const stoppedBefore = stat.state === 'T';
+      const tids = seizeThreads(pid, seized);
+      if (!tids) {
+        if (pid === root) throw new FerryError('ENOPROC', `pid ${pid} exited before it could be stopped`);
+        const now = isZombie(pid) ? parseStat(readProcText(pid, 'stat')) : undefined;
+        if (now) processes.push(zombie(pid, now));
+        continue;
+      }
+      // Stopped now: the ids cannot change any more.
+      stat = parseStat(readProcText(pid, 'stat'));
+      processes.push({
+        pid, tids, stat, stoppedBefore,
+        record: { pid, ppid: pid === root ? stat.ppid : next.ppid, pgid: stat.pgrp, sid: stat.session, zombie: null },
+      });
+      for (const tid of tids) {
+        for (const child of parseChildren(readProcText(pid, `task/${tid}/children`))) {
+          queue.push({ pid: child, ppid: pid });
+        }
+      }
+    }
+    checkGroups(processes.map((p) => p.record), root);
+  } catch (err) {
+    release();
+    throw err;
+  }
+  return { processes, release };
+}
+
+function zombie(pid: number, stat: ProcStat): FrozenProcess {
+  return {
+    pid, tids: [], stat, stoppedBefore: false,
+    record: { pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, zombie: { status: stat.exitCode } },
+  };
+}
+
+/**
+ * Refuses sessions and process groups restore cannot rebuild: restore gives each process the
+ * session of its parent unless it leads its own (setsid), so a process in a session other
+ * than its parent's must lead it; and a group or session led from outside the tree must be
+ * the root's (the restored root takes ferry's caller's instead).
+ */
+export function checkGroups(recs: readonly ProcessRecord[], root: number): void {
+  const byPid = new Map(recs.map((r) => [r.pid, r]));
+  const rootRec = byPid.get(root)!;
+  for (const r of recs) {
+    if (r.pid === root) continue;
+    const parent = byPid.get(r.ppid);
+    if (r.sid !== r.pid && parent && r.sid !== parent.sid) {
+      throw new FerryError('EUNSUPPORTED',
+        `pid ${r.pid} is in session ${r.sid} but its parent ${r.ppid} is in session ${parent.sid}: such a tree cannot be restored yet`);
+    }
+    if (!byPid.has(r.sid) && r.sid !== rootRec.sid) {
+      throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in session ${r.sid}, led from outside the tree: not supported yet`);
+    }
+    if (!byPid.has(r.pgid) && r.pgid !== rootRec.pgid) {
+      throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in process group ${r.pgid}, led from outside the tree: not supported yet`);
+    }
+  }
+}

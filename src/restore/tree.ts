@@ -1,0 +1,220 @@
+/**
+ * Creating a process tree for restore (DESIGN.md §3, step 2): every process of the image as a
+ * restore stub with its original pid, under its original parent, in its session and process
+ * group, before any address space is rebuilt.
+ *
+ * The root stub is spawned by ferry (clone3 with set_tid, then execve of the stub). Every
+ * other process is forked by its parent's stub: an injected clone3(set_tid = [pid]) — the
+ * child is a copy of the tiny stub, resumes after the `syscall` in the stub's pause() loop,
+ * and is seized there. Parents come before children in tree.json, so a parent always exists
+ * first. Sessions: a session leader calls setsid() right after it is created, before it forks
+ * children, which inherit the session. Groups: once every process exists, group leaders call
+ * setpgid(0, 0), then members join their group. Zombies are created like the others and then
+ * made to exit with their status: their parent reaps them after restore.
+ */
+import {
+  decodeRegs, encodeRegs, PTRACE_O_EXITKILL, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
+} from '../arch/x86-64.js';
+import { FerryError, describeCause, errnoCode } from '../errors.js';
+import type { ProcessRecord, TreeRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { parseMaps } from '../proc/maps.js';
+import { readProcText } from '../proc/read.js';
+import { parseStat } from '../proc/stat.js';
+import { Tracee } from '../task/tracee.js';
+import { useStubGadget } from './address-space.js';
+
+/** Every signal blocked while a task is rebuilt. */
+export const ALL_SIGNALS = (1n << 64n) - 1n;
+const SIGCHLD = 17;
+const CLONE_ARGS_SIZE = 88;
+const RLIMIT_CORE = 4;
+
+/** The created tree: a stopped, traced stub per live process. */
+export interface CreatedTree {
+  /** Live processes by pid (the leader's Tracee), root first, parents before children. */
+  stubs: Map<number, Tracee>;
+  /** Threads created later during rebuild, by pid (registered by the caller). */
+  threads: Map<number, Tracee[]>;
+  /** Kills and reaps everything created so far (idempotent). */
+  destroy(): void;
+}
+
+/** Creates every process of `tree` as a stub; on failure nothing is left. */
+export function createTree(tree: TreeRecord, stubPath: string): CreatedTree {
+  const n = native();
+  const created: CreatedTree = { stubs: new Map(), threads: new Map(), destroy: () => destroyTree(created, tree.root) };
+  const [rootRec, ...rest] = tree.processes;
+  if (!rootRec || rootRec.pid !== tree.root) throw new FerryError('EIMAGE', 'image entry tree.json is invalid: the root must come first');
+  try {
+    let pid: number;
+    try {
+      pid = n.spawnStub(stubPath, [rootRec.pid]);
+    } catch (err) {
+      throw spawnError(err, rootRec.pid);
+    }
+    const root = new Tracee(pid, pid);
+    created.stubs.set(pid, root);
+    n.setOptions(pid, PTRACE_O_EXITKILL);
+    n.setSigmask(pid, ALL_SIGNALS); // children and threads inherit it
+    useStubGadget(root, parseMaps(readProcText(pid, 'maps')));
+    // A stub must not ignore SIGCHLD (ignored dispositions survive execve): its zombie
+    // children would be reaped at once. Children inherit the default.
+    root.syscall(SYS.rt_sigaction, SIGCHLD, belowStack(root, Buffer.alloc(KSIGACTION_SIZE)), 0, 8);
+    if (rootRec.sid === rootRec.pid) root.syscall(SYS.setsid);
+
+    for (const rec of rest) {
+      const parent = created.stubs.get(rec.ppid);
+      if (!parent) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
+      const child = fork(parent, rec.pid);
+      created.stubs.set(rec.pid, child);
+      if (rec.sid === rec.pid) child.syscall(SYS.setsid);
+    }
+    setGroups(created, tree);
+    finishZombies(created, tree.processes.filter((p) => p.zombie !== null));
+  } catch (err) {
+    created.destroy();
+    throw err;
+  }
+  return created;
+}
+
+function spawnError(err: unknown, pid: number): FerryError {
+  if (err instanceof FerryError) return err;
+  if (errnoCode(err) === 'EEXIST') {
+    return new FerryError('EPIDINUSE', `pid ${pid} was taken by another process meanwhile: stop it, or restore elsewhere`, { cause: err });
+  }
+  return new FerryError('ESPAWN', `cannot create a process with pid ${pid}: ${describeCause(err)}`, { cause: err });
+}
+
+/**
+ * Writes syscall arguments into a stub's stack, a page below its stack pointer (the stub
+ * never uses its stack; the kernel reads the arguments during the call), and returns where.
+ */
+function belowStack(t: Tracee, data: Buffer): bigint {
+  const at = (decodeRegs(native().getRegs(t.tid)).rsp - 4096n) & ~15n;
+  t.writeMem(at, data);
+  return at;
+}
+
+/** The parent stub forks a child stub with `pid`; the child is seized, stopped and returned. */
+function fork(parent: Tracee, pid: number): Tracee {
+  const n = native();
+  // clone_args with the set_tid array right behind it.
+  const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
+  args.writeBigUInt64LE(BigInt(SIGCHLD), 32); // exit_signal
+  args.writeBigUInt64LE(1n, 72); // set_tid_size
+  args.writeBigUInt64LE(BigInt(pid), CLONE_ARGS_SIZE);
+  const argsAt = belowStack(parent, args);
+  args.writeBigUInt64LE(argsAt + BigInt(CLONE_ARGS_SIZE), 64); // set_tid
+  parent.writeMem(argsAt, args);
+  const r = parent.trySyscall(SYS.clone3, argsAt, CLONE_ARGS_SIZE);
+  if (r < 0n) {
+    throw new FerryError(r === -17n ? 'EPIDINUSE' : 'ESPAWN', r === -17n
+      ? `pid ${pid} is in use by another process: stop it, or restore elsewhere`
+      : `cannot create pid ${pid} (child of ${parent.pid}): clone3 failed with errno ${-r}`);
+  }
+  // Until it is seized the child runs the stub's pause() loop with every signal blocked.
+  n.seize(pid, 0);
+  n.interrupt(pid);
+  const st = n.waitpid(pid);
+  if (!st?.stopped) throw new FerryError('ESPAWN', `pid ${pid} (child of ${parent.pid}) died while being created`);
+  n.setOptions(pid, PTRACE_O_EXITKILL);
+  const child = new Tracee(pid, pid);
+  child.gadget = parent.gadget;
+  return child;
+}
+
+/** Group leaders first, then members, so every group exists when it is joined. */
+function setGroups(created: CreatedTree, tree: TreeRecord): void {
+  const inTree = new Set(tree.processes.map((p) => p.pid));
+  const root = created.stubs.get(tree.root)!;
+  const rootGroup = parseStat(readProcText(root.pid, 'stat')).pgrp;
+  const target = (p: ProcessRecord): number => (inTree.has(p.pgid) ? p.pgid : rootGroup);
+  const leaders = tree.processes.filter((p) => p.pgid === p.pid && p.sid !== p.pid);
+  const members = tree.processes.filter((p) => p.pgid !== p.pid);
+  for (const p of [...leaders, ...members]) {
+    const t = created.stubs.get(p.pid)!;
+    const want = target(p);
+    if (parseStat(readProcText(p.pid, 'stat')).pgrp === want) continue;
+    try {
+      t.syscall(SYS.setpgid, 0, p.pgid === p.pid ? 0 : want);
+    } catch (err) {
+      throw new FerryError('ESTATE', `cannot put pid ${p.pid} into process group ${want}: ${describeCause(err)}`, { cause: err });
+    }
+  }
+}
+
+/**
+ * Makes every zombie stub exit with its recorded wait status, then takes the SIGCHLD it sent
+ * back out of its parent's queue (the parent had it delivered before the checkpoint).
+ */
+function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[]): void {
+  const n = native();
+  for (const z of zombies) {
+    const t = created.stubs.get(z.pid)!;
+    const status = z.zombie!.status;
+    const sig = status & 0x7f;
+    if (sig === 0) {
+      // Exited: resume it at the gadget as exit_group(code).
+      const regs = decodeRegs(n.getRegs(t.tid));
+      regs.rip = t.gadget;
+      regs.rax = BigInt(SYS.exit_group);
+      regs.orig_rax = -1n;
+      regs.rdi = BigInt((status >> 8) & 0xff);
+      n.setRegs(t.tid, encodeRegs(regs));
+      created.stubs.delete(z.pid);
+      n.detach(t.tid, 0);
+    } else {
+      // Killed: default action for the signal, no core file, unblocked, then sent.
+      const at = belowStack(t, Buffer.alloc(KSIGACTION_SIZE + 16)); // SIG_DFL, then rlimit {0, 0}
+      if (sig !== SIGKILL && sig !== SIGSTOP) t.syscall(SYS.rt_sigaction, sig, at, 0, 8);
+      t.syscall(SYS.prlimit64, 0, RLIMIT_CORE, at + BigInt(KSIGACTION_SIZE), 0);
+      n.setSigmask(t.tid, 0n);
+      created.stubs.delete(z.pid);
+      n.detach(t.tid, 0);
+      n.tgkill(z.pid, z.pid, sig);
+    }
+    t.close();
+    waitZombie(z.pid);
+  }
+  const parents = new Set(zombies.map((z) => z.ppid));
+  for (const ppid of parents) {
+    const p = created.stubs.get(ppid)!;
+    const args = Buffer.alloc(24); // the mask, then a zero timespec
+    args.writeBigUInt64LE(1n << BigInt(SIGCHLD - 1));
+    const at = belowStack(p, args);
+    p.trySyscall(SYS.rt_sigtimedwait, at, 0, at + 8n, 8); // -EAGAIN when nothing was queued
+  }
+}
+
+/** Waits (bounded) until `pid` is a zombie. */
+function waitZombie(pid: number): void {
+  for (const end = Date.now() + 2000; Date.now() < end;) {
+    if (parseStat(readProcText(pid, 'stat')).state === 'Z') return;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+  }
+  throw new FerryError('ESPAWN', `zombie ${pid} did not exit with its recorded status`);
+}
+
+/** Kills every created process and collects them; the root is ferry's child, the rest its. */
+function destroyTree(created: CreatedTree, root: number): void {
+  const n = native();
+  const stubs = [...created.stubs.values()];
+  for (const t of stubs) {
+    t.close();
+    try { n.tgkill(t.pid, t.pid, SIGKILL); } catch { /* gone */ }
+  }
+  for (const t of stubs) {
+    try {
+      for (const th of created.threads.get(t.pid) ?? []) {
+        th.close();
+        n.waitExit(th.tid);
+      }
+      if (t.pid === root) n.waitpid(t.pid);
+      else n.waitExit(t.pid);
+    } catch { /* already collected */ }
+  }
+  created.stubs.clear();
+  created.threads.clear();
+}
