@@ -4,6 +4,7 @@
 import { FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { chrdev } from './chrdev.js';
+import { fifo, pipe } from './pipe.js';
 import { regular } from './regular.js';
 import type { FdDesc, FileKind } from './types.js';
 
@@ -11,6 +12,8 @@ import type { FdDesc, FileKind } from './types.js';
 const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   regular as unknown as FileKind<FileRecord>,
   chrdev as unknown as FileKind<FileRecord>,
+  pipe as unknown as FileKind<FileRecord>,
+  fifo as unknown as FileKind<FileRecord>,
 ];
 
 /** The module for a descriptor; throws the 'unsupported file' error naming pid, fd and link. */

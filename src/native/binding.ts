@@ -103,6 +103,23 @@ export interface NativeBinding {
   openRaw(path: string, flags: number, mode?: number): number;
   /** xgetbv(0): XCR0, the XSAVE features the OS enabled. */
   xgetbv(): bigint;
+  /** pipe2(2) (O_CLOEXEC always added): [read end, write end]. */
+  pipe2(flags?: number): [number, number];
+  /**
+   * tee(2): duplicates up to `len` buffered bytes of pipe `fdIn` into pipe `fdOut` without
+   * consuming them; returns the bytes duplicated (EAGAIN with SPLICE_F_NONBLOCK when it would block).
+   */
+  tee(fdIn: number, fdOut: number, len: number, flags: number): number;
+  /** fcntl(2) F_GETPIPE_SZ: capacity of a pipe in bytes. */
+  pipeSize(fd: number): number;
+  /** fcntl(2) F_SETPIPE_SZ: sets the capacity; returns the one the kernel chose (rounded up). */
+  setPipeSize(fd: number, bytes: number): number;
+  /** fcntl(2) F_GETFL: access mode and status flags of the open file. */
+  getFl(fd: number): number;
+  /** fcntl(2) F_SETFL: sets the changeable status flags (O_APPEND, O_NONBLOCK, O_NOATIME…). */
+  setFl(fd: number, flags: number): void;
+  /** ioctl(2) FIONREAD on a pipe: bytes buffered in it. */
+  pipeUnread(fd: number): number;
 }
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
@@ -111,6 +128,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'xgetbv',
+  'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

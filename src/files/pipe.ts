@@ -1,0 +1,347 @@
+/**
+ * Pipes (pipe(2): `pipe:[INO]`) and FIFOs (named pipes: a path whose stat is S_ISFIFO), with
+ * their capacity and buffered data (pipe(7), fifo(7)).
+ *
+ * The two ends of a pipe are two different open files joined by one pipe object; every open
+ * file is its own record, and the records of one pipe share its identity (`pipe`: the pipefs
+ * inode number at dump; for a FIFO its device and inode). On restore the first record of a
+ * pipe to be opened creates it (pipe2(2), capacity, data) and the others open the same pipe
+ * again: an anonymous pipe through /proc/self/fd/N of the first one's descriptor (opening a
+ * pipefs inode never blocks), a FIFO by its path. No per-process assumption: ends held by
+ * different processes are found the same way.
+ *
+ * Buffered data is copied without consuming it: the pipe is taken into the controller with
+ * pidfd_getfd(2), tee(2)d into a controller pipe of the same capacity (tee duplicates buffer
+ * references; equal capacity means equal slots, so one call copies everything), and read from
+ * there. The data is stored base64 in the record of every open file that can read it, and in
+ * every record of a FIFO (a FIFO's data can also be read later by whoever opens its path); the
+ * data of an anonymous pipe's write-only end is not stored (no reader in the image can read
+ * it). On restore it is written once per pipe, whichever record opens first. Packet-mode data
+ * (writes through an O_DIRECT end, pipe(2)) keeps its packet boundaries.
+ */
+import { existsSync, fstatSync, readSync, statSync, writeSync } from 'node:fs';
+import { errnoCode, FerryError } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
+import type { FdDesc, FileKind, OpenContext } from './types.js';
+
+const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2;
+/** fcntl(2) O_ASYNC: SIGIO delivery needs F_SETOWN/F_SETSIG state this module does not keep. */
+const O_ASYNC = 0o20000;
+/** Status flags F_SETFL can change (fcntl(2)); the access mode comes from how the file is opened. */
+const SETFL_FLAGS = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME;
+/** splice.h */
+const SPLICE_F_NONBLOCK = 2;
+const PAGE = 4096;
+/** Largest capacity accepted from an image (the kernel's own limit is 2^31 bytes). */
+const MAX_SIZE = 2 ** 31;
+
+/** What the records of both kinds carry about the pipe object. */
+interface PipeState {
+  /** open(2) access mode and status flags of this open file (O_CLOEXEC is per descriptor). */
+  flags: number;
+  /** Capacity in bytes (F_GETPIPE_SZ). */
+  size: number;
+  /** Buffered bytes, base64; '' when empty or not stored for this open file. */
+  data: string;
+  /** Packet lengths when the data is packets (O_DIRECT writes), in order; absent otherwise. */
+  packets?: number[];
+}
+
+export interface PipeRecord extends FileRecord, PipeState {
+  kind: 'pipe';
+  /** Identity of the pipe at dump (pipefs inode number): the ends of one pipe share it. */
+  pipe: string;
+}
+
+export interface FifoRecord extends FileRecord, PipeState {
+  kind: 'fifo';
+  path: string;
+  /** Identity of the FIFO node at dump. */
+  dev: string;
+  ino: string;
+}
+
+// ---- dump ----
+
+/** Reads capacity and buffered data of the pipe behind `d` without consuming anything. */
+function dumpState(d: FdDesc, storeData: boolean): PipeState {
+  const what = `${d.link.startsWith('/') ? 'fifo' : 'pipe'} fd ${d.fd} of pid ${d.pid} (${d.link})`;
+  if ((d.fdinfo.flags & O_ASYNC) !== 0) {
+    throw new FerryError('EUNSUPPORTED',
+      `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (O_ASYNC pipes cannot be checkpointed yet)`);
+  }
+  const flags = d.fdinfo.flags & ~O_CLOEXEC;
+  const n = native();
+  try {
+    const pidfd = n.pidfdOpen(d.pid);
+    let stolen: number;
+    try {
+      stolen = n.pidfdGetfd(pidfd, d.fd);
+    } finally {
+      n.closeFd(pidfd);
+    }
+    try {
+      const size = n.pipeSize(stolen);
+      if (!storeData) return { flags, size, data: '' };
+      // tee(2) reads from a read end: a write-only end is opened again for reading (anonymous
+      // pipe: never blocks; FIFO: O_NONBLOCK never blocks a reader).
+      const src = (flags & O_ACCMODE) === O_WRONLY ? n.openRaw(`/proc/self/fd/${stolen}`, O_RDONLY | O_NONBLOCK) : stolen;
+      try {
+        return { flags, size, ...peek(src, size) };
+      } finally {
+        if (src !== stolen) n.closeFd(src);
+      }
+    } finally {
+      n.closeFd(stolen);
+    }
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('EDUMP', `checkpoint: ${what}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Copies the buffered bytes of pipe `src` (a read end) with tee(2); `src` keeps them. */
+function peek(src: number, size: number): Pick<PipeState, 'data' | 'packets'> {
+  const n = native();
+  const avail = n.pipeUnread(src);
+  if (avail === 0) return { data: '' };
+  const [r, w] = n.pipe2(O_NONBLOCK);
+  try {
+    if (n.pipeSize(w) < size) n.setPipeSize(w, size);
+    const got = n.tee(src, w, avail, SPLICE_F_NONBLOCK);
+    if (got !== avail) throw new Error(`tee copied ${got} of ${avail} buffered bytes`);
+    // A read stops after a packet buffer and reads across every other buffer: more than one
+    // read for the whole data means packets.
+    const chunks: Buffer[] = [];
+    for (let left = got; left > 0;) {
+      const b = Buffer.alloc(left);
+      const k = readSync(r, b, 0, left, null);
+      if (k <= 0) throw new Error(`pipe copy ended ${left} bytes early`);
+      chunks.push(b.subarray(0, k));
+      left -= k;
+    }
+    const data = Buffer.concat(chunks).toString('base64');
+    return chunks.length > 1 ? { data, packets: chunks.map((c) => c.length) } : { data };
+  } finally {
+    n.closeFd(r);
+    n.closeFd(w);
+  }
+}
+
+// ---- restore ----
+
+/** A pipe this restore created: the record that created it and its controller descriptor. */
+interface Made {
+  creator: number;
+  fd: number;
+  ino: bigint;
+  /** The buffered data was written. */
+  filled: boolean;
+}
+
+/**
+ * Pipes created by the current restore, by identity. An entry belongs to the current restore
+ * only while the scheduler still holds its creator's descriptor (ctx.opened) and that is still
+ * the same inode; anything else is left over from an earlier restore in this process.
+ */
+const made = new Map<string, Made>();
+
+function current(key: string, ctx: OpenContext): Made | undefined {
+  const m = made.get(key);
+  if (m && ctx.opened(m.creator) === m.fd) {
+    try {
+      if (fstatSync(m.fd, { bigint: true }).ino === m.ino) return m;
+    } catch { /* closed: stale */ }
+  }
+  made.delete(key);
+  return undefined;
+}
+
+/** Writes the record's data into the pipe through `writer` (non-blocking), once per pipe. */
+function fill(m: Made, rec: PipeState, writer: number): void {
+  if (m.filled || rec.data === '') return;
+  const n = native();
+  const data = Buffer.from(rec.data, 'base64');
+  const units = rec.packets ?? [data.length];
+  const saved = n.getFl(writer);
+  // Packets are written through an O_DIRECT (packet-mode) writer, one write each.
+  n.setFl(writer, (saved & SETFL_FLAGS) | O_NONBLOCK | (rec.packets ? O_DIRECT : 0));
+  let off = 0;
+  for (const len of units) {
+    const k = writeSync(writer, data, off, len);
+    if (k !== len) throw new Error(`short write of buffered data: ${k} of ${len} bytes`);
+    off += len;
+  }
+  n.setFl(writer, saved & SETFL_FLAGS);
+  m.filled = true;
+}
+
+/** Sets capacity `size` on a new pipe. */
+function setSize(fd: number, size: number): void {
+  const n = native();
+  if (n.pipeSize(fd) !== size) n.setPipeSize(fd, size);
+}
+
+function openPipe(rec: PipeRecord, ctx: OpenContext): number {
+  const n = native();
+  const key = `pipe:${rec.pipe}`;
+  const mode = rec.flags & O_ACCMODE;
+  let m = current(key, ctx);
+  let fd: number;
+  if (!m) {
+    const [r, w] = n.pipe2(O_NONBLOCK);
+    fd = -1;
+    try {
+      setSize(w, rec.size);
+      fd = mode === O_RDONLY ? r : mode === O_WRONLY ? w : n.openRaw(`/proc/self/fd/${r}`, O_RDWR | O_NONBLOCK);
+      m = { creator: rec.id, fd, ino: fstatSync(fd, { bigint: true }).ino, filled: false };
+      fill(m, rec, w);
+      n.setFl(fd, rec.flags & SETFL_FLAGS);
+    } catch (err) {
+      if (fd !== r && fd !== w && fd >= 0) n.closeFd(fd);
+      fd = -1;
+      throw err;
+    } finally {
+      for (const e of [r, w]) if (e !== fd) n.closeFd(e);
+    }
+  } else {
+    // Opening a pipefs inode again gives a new open file of the same pipe, without blocking.
+    fd = n.openRaw(`/proc/self/fd/${m.fd}`, mode | O_NONBLOCK);
+    try {
+      if (!m.filled && rec.data !== '') {
+        const w = n.openRaw(`/proc/self/fd/${m.fd}`, O_WRONLY | O_NONBLOCK);
+        try { fill(m, rec, w); } finally { n.closeFd(w); }
+      }
+      n.setFl(fd, rec.flags & SETFL_FLAGS);
+    } catch (err) {
+      n.closeFd(fd);
+      throw err;
+    }
+  }
+  made.set(key, m);
+  return fd;
+}
+
+function openFifo(rec: FifoRecord, ctx: OpenContext): number {
+  const n = native();
+  const key = `fifo:${rec.dev}:${rec.ino}`;
+  // Opened O_RDWR the FIFO has a reader and a writer (Linux, fifo(7)): neither the open below
+  // blocks nor does O_WRONLY|O_NONBLOCK fail with ENXIO; it is also the writer for the data.
+  const helper = n.openRaw(rec.path, O_RDWR | O_NONBLOCK);
+  try {
+    const st = fstatSync(helper, { bigint: true });
+    if (!st.isFIFO()) throw new FerryError('ECHANGED', `${rec.path} is no longer a FIFO`);
+    let m = current(key, ctx);
+    const fd = n.openRaw(rec.path, (rec.flags & O_ACCMODE) | O_NONBLOCK);
+    try {
+      if (!m) {
+        setSize(helper, rec.size);
+        m = { creator: rec.id, fd, ino: st.ino, filled: false };
+      }
+      fill(m, rec, helper);
+      n.setFl(fd, rec.flags & SETFL_FLAGS);
+    } catch (err) {
+      n.closeFd(fd);
+      throw err;
+    }
+    made.set(key, m);
+    return fd;
+  } finally {
+    n.closeFd(helper);
+  }
+}
+
+/** Shape checks of what both kinds store (the image is input: every length is bounded). */
+function checkState(rec: PipeState & FileRecord, what: string): void {
+  const bad = (why: string): never => {
+    throw new FerryError('EIMAGE', `image: ${what} (file ${rec.id}) ${why}`);
+  };
+  if (!Number.isSafeInteger(rec.flags) || (rec.flags & O_ACCMODE) === 3) bad('has invalid flags');
+  if (!Number.isSafeInteger(rec.size) || rec.size < PAGE || rec.size > MAX_SIZE || rec.size % PAGE !== 0) bad(`has invalid capacity ${String(rec.size)}`);
+  if (typeof rec.data !== 'string' || rec.data.length > Math.ceil(rec.size / 3) * 4) bad('has invalid data');
+  const len = Buffer.byteLength(rec.data, 'base64');
+  if (len > rec.size) bad(`holds ${len} bytes, more than its capacity ${rec.size}`);
+  if (rec.packets !== undefined) {
+    if (!Array.isArray(rec.packets) || rec.packets.length > len
+      || !rec.packets.every((p) => Number.isSafeInteger(p) && p > 0 && p <= rec.size)
+      || rec.packets.reduce((a, b) => a + b, 0) !== len) bad('has invalid packets');
+  }
+}
+
+function wrapOpen<R extends FileRecord>(what: (r: R) => string, open: (r: R, ctx: OpenContext) => number) {
+  return (rec: R, ctx: OpenContext): number => {
+    try {
+      return open(rec, ctx);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `cannot restore ${what(rec)} (file ${rec.id}): ${(err as Error).message}`, { cause: err });
+    }
+  };
+}
+
+// ---- the two kinds ----
+
+export const pipe: FileKind<PipeRecord> = {
+  kind: 'pipe',
+
+  matches(fd: FdDesc): boolean {
+    return fd.link.startsWith('pipe:[') && fd.stat.isFIFO();
+  },
+
+  key(fd: FdDesc): string {
+    return `pipe:${fd.stat.ino}:${fd.fdinfo.flags & ~O_CLOEXEC}`;
+  },
+
+  dump(fd: FdDesc): Omit<PipeRecord, 'id' | 'kind'> {
+    return { pipe: fd.stat.ino.toString(), ...dumpState(fd, (fd.fdinfo.flags & O_ACCMODE) !== O_WRONLY) };
+  },
+
+  check(rec: PipeRecord): void {
+    if (typeof rec.pipe !== 'string' || !/^\d{1,20}$/.test(rec.pipe)) {
+      throw new FerryError('EIMAGE', `image: pipe (file ${rec.id}) has no valid pipe identity`);
+    }
+    checkState(rec, `pipe:[${rec.pipe}]`);
+  },
+
+  open: wrapOpen((r: PipeRecord) => `pipe:[${r.pipe}]`, openPipe),
+};
+
+export const fifo: FileKind<FifoRecord> = {
+  kind: 'fifo',
+
+  matches(fd: FdDesc): boolean {
+    return fd.link.startsWith('/') && fd.stat.isFIFO() && (fd.fdinfo.flags & O_PATH) === 0;
+  },
+
+  key(fd: FdDesc): string {
+    return `fifo:${fd.stat.dev}:${fd.stat.ino}:${fd.fdinfo.flags & ~O_CLOEXEC}`;
+  },
+
+  dump(fd: FdDesc): Omit<FifoRecord, 'id' | 'kind'> {
+    if (fd.link.endsWith(' (deleted)')) {
+      throw new FerryError('EUNSUPPORTED',
+        `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (deleted FIFOs cannot be checkpointed yet)`);
+    }
+    return { path: fd.link, dev: fd.stat.dev.toString(), ino: fd.stat.ino.toString(), ...dumpState(fd, true) };
+  },
+
+  check(rec: FifoRecord): void {
+    if (typeof rec.path !== 'string' || !rec.path.startsWith('/')) {
+      throw new FerryError('EIMAGE', `image: fifo (file ${rec.id}) has no valid path`);
+    }
+    checkState(rec, `FIFO ${rec.path}`);
+    let isFifo = false;
+    try {
+      isFifo = existsSync(rec.path) && statSync(rec.path).isFIFO();
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
+    if (!isFifo) {
+      throw new FerryError('ENOENT', `FIFO ${rec.path} (file ${rec.id} of the image) ${existsSync(rec.path) ? 'is no longer a FIFO' : 'no longer exists: create it first (mkfifo)'}`);
+    }
+  },
+
+  open: wrapOpen((r: FifoRecord) => `FIFO ${r.path}`, openFifo),
+};
