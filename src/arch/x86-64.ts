@@ -36,6 +36,7 @@ export const SYS = {
   set_tid_address: 218, exit_group: 231, openat: 257, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297,
   rt_sigtimedwait: 128, prlimit64: 302,
   rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,
+  timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, clock_getres: 229,
 } as const;
 
 /** The two bytes of the `syscall` instruction. */
@@ -62,9 +63,19 @@ export const MADVISE_BY_VMFLAG: Readonly<Record<string, number>> = {
 export const ITIMERVAL_SIZE = 32;
 /** siginfo_t size. */
 export const SIGINFO_SIZE = 128;
+/** siginfo_t si_code of a POSIX timer's signal; its si_timerid is the int at this offset. */
+export const SI_TIMER = -2, SIGINFO_TIMERID_OFFSET = 16;
+/** struct itimerspec: two struct timespec (tv_sec, tv_nsec as i64). */
+export const ITIMERSPEC_SIZE = 32;
+/** struct sigevent: sigev_value (8), sigev_signo (4), sigev_notify (4), then the thread id; 64 bytes. */
+export const SIGEVENT_SIZE = 64;
+/** sigev_notify values (<asm-generic/siginfo.h>); SIGEV_THREAD_ID is ORed with SIGEV_SIGNAL. */
+export const SIGEV_SIGNAL = 0, SIGEV_NONE = 1, SIGEV_THREAD = 2, SIGEV_THREAD_ID = 4;
 
 /** prctl(2) options. */
 export const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_GET_TID_ADDRESS = 40;
+/** prctl(PR_TIMER_CREATE_RESTORE_IDS, ON): timer_create(2) takes the id from *timerid (uapi prctl.h). */
+export const PR_TIMER_CREATE_RESTORE_IDS = 77, PR_TIMER_CREATE_RESTORE_IDS_OFF = 0, PR_TIMER_CREATE_RESTORE_IDS_ON = 1;
 
 /** Kernel-internal restart codes a task stopped inside a syscall may show in rax. */
 export const ERESTARTSYS = 512, ERESTARTNOINTR = 513, ERESTARTNOHAND = 514,

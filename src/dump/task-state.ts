@@ -1,6 +1,7 @@
 /**
  * Collects a stopped task's state from outside: /proc, ptrace, and the few syscalls only the
- * task can answer (injected: brk(0), PR_GET_TID_ADDRESS, sigaltstack, rt_sigaction).
+ * task can answer (injected: brk(0), PR_GET_TID_ADDRESS, sigaltstack, rt_sigaction, getitimer,
+ * timer_gettime).
  */
 import {
   decodeRegs, KSIGACTION_SIZE, MAP_ANONYMOUS, MAP_PRIVATE, NSIG, PAGE_SIZE, PR_GET_TID_ADDRESS,
@@ -17,6 +18,7 @@ import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
 import { readFileSync } from 'node:fs';
 import { Scratch, type Tracee } from '../task/tracee.js';
+import { readPosixTimers } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
 
 /** Finds a `syscall` instruction in the task's [vdso] to inject syscalls through. */
@@ -47,9 +49,10 @@ export interface InjectedState {
 }
 
 /**
- * Reads injected state: process-wide through the main thread (brk, every disposition), and
- * sigaltstack and clear_child_tid through each thread itself. One scratch page is mapped by
- * the main thread for all of them (they share the address space) and unmapped again.
+ * Reads injected state: process-wide through the main thread (brk, every disposition, itimers,
+ * POSIX timers), and sigaltstack and clear_child_tid through each thread itself. One scratch
+ * page is mapped by the main thread for all of them (they share the address space) and
+ * unmapped again.
  */
 export function readInjectedState(main: Tracee, others: readonly Tracee[]): InjectedState {
   const scratchAddr = main.syscall(SYS.mmap, 0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -97,7 +100,8 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[]): Inje
       const f = (k: number): number => Number(mem.readBigInt64LE(o + k * 8));
       return { interval: [f(0), f(1)], value: [f(2), f(3)] };
     };
-    return { brk: results[0]!, sigactions, itimers: { real: it(0), virtual: it(1), prof: it(2) }, threads };
+    const itimers = { real: it(0), virtual: it(1), prof: it(2), posix: readPosixTimers(main, scratch) };
+    return { brk: results[0]!, sigactions, itimers, threads };
   } finally {
     main.syscall(SYS.munmap, scratchAddr, PAGE_SIZE);
   }

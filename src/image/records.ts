@@ -85,6 +85,31 @@ export interface ItimerRecord {
   value: [number, number];
 }
 
+/**
+ * A POSIX timer (timer_create(2)), as /proc/PID/timers and an injected timer_gettime(2) show
+ * it. Times are [seconds, nanoseconds].
+ */
+export interface PosixTimerRecord {
+  /** The timer id the process knows it by (recreated with the same id). */
+  id: number;
+  /** clockid_t as given to timer_create (CPU clocks of a pid/tid are negative numbers). */
+  clock: number;
+  /** sigev_notify without SIGEV_THREAD_ID: 'signal', 'none', or 'thread' as the kernel names it. */
+  notify: 'signal' | 'none' | 'thread';
+  /** Target thread of SIGEV_THREAD_ID, else null. */
+  thread: number | null;
+  /** sigev_signo. */
+  signo: number;
+  /** sigev_value (sival_ptr, 64 bits). */
+  value: Hex;
+  /** it_interval. */
+  interval: [number, number];
+  /** it_value: time left until the next expiry ([0, 0]: disarmed). */
+  remaining: [number, number];
+  /** timer_getoverrun(2) at dump time; recorded only, the kernel has no way to set it. */
+  overrun: number;
+}
+
 /** mm fields restored with prctl(PR_SET_MM, PR_SET_MM_MAP). */
 export interface MmRecord {
   startCode: Hex; endCode: Hex; startData: Hex; endData: Hex; startBrk: Hex; brk: Hex;
@@ -116,8 +141,11 @@ export interface TaskRecord {
   sigactions: SigactionRecord[];
   /** Signals queued for the whole process. */
   sharedPending: PendingSignal[];
-  /** ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF. */
-  itimers: { real: ItimerRecord; virtual: ItimerRecord; prof: ItimerRecord };
+  /**
+   * ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, and every POSIX timer of the process, oldest
+   * first (the order timer_create made them, so /proc/PID/timers lists them alike again).
+   */
+  itimers: { real: ItimerRecord; virtual: ItimerRecord; prof: ItimerRecord; posix: PosixTimerRecord[] };
   /** The process was stopped by a signal (SIGSTOP, SIGTSTP…) and stays stopped after restore. */
   stopped: boolean;
   threads: ThreadRecord[];

@@ -5,15 +5,16 @@
  */
 import {
   decodeRegs, encodeRegs, KSIGACTION_SIZE, NSIG, PR_SET_NAME, REG_NAMES, rewindInterruptedSyscall,
-  SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, ITIMERVAL_SIZE, type Regs,
+  SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
-import { FerryError } from '../errors.js';
+import { describeCause, FerryError } from '../errors.js';
 import { big, type PendingSignal, type TaskRecord, type ThreadRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import type { AddressSpace } from './address-space.js';
+import { itimerCalls, restorePosixTimers, timerOfSignal } from './timers.js';
 
 const SS_DISABLE = 2, SS_ONSTACK = 1;
 
@@ -44,12 +45,7 @@ export function restoreTaskState(t: Tracee, as: AddressSpace, task: TaskRecord):
     if ((stubIgnored >> BigInt(sig - 1)) & 1n) calls.push([SYS.rt_sigaction, sig, dfl, 0, 8]);
   }
   calls.push(...threadCalls(as, thread));
-  for (const [which, it] of [task.itimers.real, task.itimers.virtual, task.itimers.prof].entries()) {
-    if (it.value[0] === 0 && it.value[1] === 0) continue;
-    const v = Buffer.alloc(ITIMERVAL_SIZE);
-    [it.interval[0], it.interval[1], it.value[0], it.value[1]].forEach((x, i) => v.writeBigInt64LE(BigInt(x), i * 8));
-    calls.push([SYS.setitimer, which, as.scratch.put(v), 0]);
-  }
+  calls.push(...itimerCalls(t, as, task));
   try {
     t.syscalls(calls);
   } catch (err) {
@@ -132,21 +128,52 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
 }
 
 /**
- * Queues the image's pending signals again, process-wide and per thread, once every thread
- * exists. The leader does it itself: the kernel lets a process queue an arbitrary siginfo
- * (si_code >= 0 or SI_TKILL too) only to its own thread group id. Every signal stays blocked
- * until the registers and masks are set at the very end, so none is delivered early.
+ * Queues the image's pending signals again, process-wide and per thread, in their order, once
+ * every thread exists; then recreates the POSIX timers (src/restore/timers.ts), after the
+ * signals so a timer expiring now cannot get ahead of older signals of its number.
+ *
+ * Each queue is refilled by the thread the kernel lets do it: rt_sigqueueinfo(2) and
+ * rt_tgsigqueueinfo(2) accept a siginfo claiming to come from a user (si_code >= 0, such as
+ * SI_USER from kill) or from tkill (SI_TKILL) only when the caller targets itself, i.e. the
+ * leader for the process-wide queue (pid == its own tid) and each thread for its own queue.
+ * The siginfo goes in whole, so si_pid, si_uid and sigqueue payloads are the dumped ones; a
+ * standard signal was pending at most once per queue, so it is queued at most once again.
+ * Every signal stays blocked until the masks are set at the very end, so none is delivered early.
  */
 export function queuePendingSignals(main: Tracee, as: AddressSpace, task: TaskRecord): void {
-  const all: Array<[number, number, PendingSignal]> = [
-    ...task.sharedPending.map((p): [number, number, PendingSignal] => [0, task.pid, p]),
-    ...task.threads.flatMap((th) => th.pending.map((p): [number, number, PendingSignal] => [1, th.tid, p])),
+  const timers = task.itimers.posix;
+  const firing = new Set<number>();
+  /** False for a timer's own pending signal: that timer is made to expire at once instead. */
+  const requeue = (p: PendingSignal): boolean => {
+    const timer = timerOfSignal(p, timers);
+    if (timer) firing.add(timer.id);
+    return !timer;
+  };
+  const queues: Array<{ tid: number; shared: boolean; signals: PendingSignal[] }> = [
+    { tid: task.pid, shared: true, signals: task.sharedPending.filter(requeue) },
+    ...task.threads.map((th) => ({ tid: th.tid, shared: false, signals: th.pending.filter(requeue) })),
   ];
-  for (let i = 0; i < all.length; i += 100) {
-    as.scratch.reset();
-    main.syscalls(all.slice(i, i + 100).map(([perThread, tid, p]) => {
-      const info = as.scratch.put(Buffer.from(p.siginfo, 'base64'));
-      return perThread ? [SYS.rt_tgsigqueueinfo, task.pid, tid, p.signo, info] : [SYS.rt_sigqueueinfo, task.pid, p.signo, info];
-    }));
+  for (const q of queues) {
+    if (q.signals.length === 0) continue;
+    let t = main;
+    if (q.tid !== main.tid) {
+      t = new Tracee(task.pid, q.tid);
+      t.gadget = main.gadget;
+    }
+    try {
+      for (let i = 0; i < q.signals.length; i += 100) {
+        as.scratch.reset();
+        t.syscalls(q.signals.slice(i, i + 100).map((p): [number, ...Array<bigint | number>] => {
+          const info = as.scratch.put(Buffer.from(p.siginfo, 'base64'));
+          return q.shared ? [SYS.rt_sigqueueinfo, task.pid, p.signo, info] : [SYS.rt_tgsigqueueinfo, task.pid, q.tid, p.signo, info];
+        }));
+      }
+    } catch (err) {
+      const where = q.shared ? 'process-wide' : `of thread ${q.tid}`;
+      throw new FerryError('ESTATE', `cannot queue the pending signals ${where} of pid ${task.pid} again: ${describeCause(err)}`, { cause: err });
+    } finally {
+      if (t !== main) t.close();
+    }
   }
+  restorePosixTimers(main, as, task, firing);
 }

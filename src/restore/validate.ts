@@ -70,6 +70,21 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   for (const [i, th] of (v.threads as Array<Record<string, unknown>>).entries()) {
     if (!Array.isArray(th.pending)) fail(where, `threads[${i}].pending must be an array`);
   }
+  const pair = (x: unknown): boolean => Array.isArray(x) && x.length === 2 && x.every((n) => Number.isSafeInteger(n));
+  for (const k of ['real', 'virtual', 'prof']) {
+    const it = v.itimers[k];
+    if (!isObj(it) || !pair(it.interval) || !pair(it.value)) fail(where, `itimers.${k} must hold interval and value pairs`);
+  }
+  if (!Array.isArray(v.itimers.posix) || v.itimers.posix.length > 1_000_000) fail(where, 'itimers.posix must be an array');
+  for (const [i, t] of (v.itimers.posix as unknown[]).entries()) {
+    const at = `${where} itimers.posix[${i}]`;
+    if (!isObj(t)) fail(where, `itimers.posix[${i}] is not an object`);
+    for (const k of ['id', 'clock', 'signo', 'overrun']) intField(at, t, k);
+    hexField(at, t, 'value');
+    if (!['signal', 'none', 'thread'].includes(t.notify as string)) fail(at, 'notify must be signal, none or thread');
+    if (t.thread !== null && !Number.isSafeInteger(t.thread)) fail(at, 'thread must be a tid or null');
+    if (!pair(t.interval) || !pair(t.remaining)) fail(at, 'interval and remaining must be [seconds, nanoseconds]');
+  }
   return v as unknown as TaskRecord;
 }
 
