@@ -9,6 +9,7 @@ void InitProcess(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
 void InitFiles(Napi::Env env, Napi::Object exports);
 void InitCpu(Napi::Env env, Napi::Object exports);
+void InitSeccomp(Napi::Env env, Napi::Object exports);
 void InitPipes(Napi::Env env, Napi::Object exports);
 }  // namespace ferry
 
@@ -19,6 +20,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitMemory(env, exports);
   ferry::InitFiles(env, exports);
   ferry::InitCpu(env, exports);
+  ferry::InitSeccomp(env, exports);
   ferry::InitPipes(env, exports);
   return exports;
 }

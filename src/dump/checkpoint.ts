@@ -26,6 +26,7 @@ import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
 import { planMemory } from './memory.js';
+import { readCreds } from './creds.js';
 import { freezeTree, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
 import { SIGKILL } from '../arch/x86-64.js';
@@ -98,6 +99,7 @@ function dumpTask(p: FrozenProcess, sigmasks: ReadonlyMap<number, bigint>): Dump
       threads: threads.map((th) => th.record),
       fds: [],
       pagesBytes: memory.pagesBytes,
+      creds: readCreds(main, tracees.slice(1)),
     };
     return {
       task, tracees, memory, descs: describeFds(pid),

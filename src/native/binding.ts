@@ -120,6 +120,13 @@ export interface NativeBinding {
   setFl(fd: number, flags: number): void;
   /** ioctl(2) FIONREAD on a pipe: bytes buffered in it. */
   pipeUnread(fd: number): number;
+  /**
+   * ptrace(PTRACE_SECCOMP_GET_FILTER): the classic BPF program (struct sock_filter[]) of the
+   * thread's seccomp filter `index` (0 = the oldest, in install order); null past the newest one.
+   */
+  getSeccompFilter(tid: number, index: number): Buffer | null;
+  /** ptrace(PTRACE_SECCOMP_GET_METADATA): SECCOMP_FILTER_FLAG_* bits of filter `index`. */
+  getSeccompFlags(tid: number, index: number): number;
 }
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
@@ -129,6 +136,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
+  'getSeccompFilter', 'getSeccompFlags',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */
