@@ -85,6 +85,7 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
     if (t.thread !== null && !Number.isSafeInteger(t.thread)) fail(at, 'thread must be a tid or null');
     if (!pair(t.interval) || !pair(t.remaining)) fail(at, 'interval and remaining must be [seconds, nanoseconds]');
   }
+  validateCreds(`${where} creds`, v.creds, v.threads as Array<{ tid: number }>);
   return v as unknown as TaskRecord;
 }
 
@@ -105,4 +106,41 @@ export function validateTree(v: unknown, root: number, tasks: readonly number[])
   const live = (v.processes as Array<{ pid: number; zombie: unknown }>).filter((p) => p.zombie === null).map((p) => p.pid);
   if (live.length !== tasks.length || live.some((p, i) => p !== tasks[i])) fail(where, 'its live processes differ from the manifest\'s tasks');
   return v as unknown as TreeRecord;
+}
+
+/** Checks the creds field of a task (src/dump/creds.ts). */
+function validateCreds(where: string, c: unknown, threads: ReadonlyArray<{ tid: number }>): void {
+  if (!isObj(c)) fail(where, 'missing (an image from an older ferry?)');
+  if (!Array.isArray(c.rlimits) || c.rlimits.length !== 16) fail(where, 'rlimits must hold 16 [soft, hard] pairs');
+  for (const [i, r] of (c.rlimits as unknown[]).entries()) {
+    if (!Array.isArray(r) || r.length !== 2 || !r.every((x) => typeof x === 'string' && HEX.test(x))) fail(where, `rlimits[${i}] must be two hex strings`);
+  }
+  for (const k of ['oomScoreAdj', 'dumpable']) intField(where, c, k);
+  if (typeof c.childSubreaper !== 'boolean') fail(where, 'childSubreaper must be a boolean');
+  if (!Array.isArray(c.seccompFilters)) fail(where, 'seccompFilters must be an array');
+  for (const [i, f] of (c.seccompFilters as unknown[]).entries()) {
+    if (!isObj(f) || !Number.isSafeInteger(f.flags) || typeof f.program !== 'string') fail(where, `seccompFilters[${i}] needs flags and program`);
+    const bytes = Buffer.from(f.program, 'base64').length;
+    if (bytes === 0 || bytes % 8 !== 0 || bytes > 4096 * 8) fail(where, `seccompFilters[${i}] is not a BPF program of 1 to 4096 instructions`);
+  }
+  const nFilters = (c.seccompFilters as unknown[]).length;
+  if (!Array.isArray(c.threads) || c.threads.length !== threads.length) fail(where, 'threads must match the task\'s threads');
+  for (const [i, t] of (c.threads as unknown[]).entries()) {
+    const w = `${where} threads[${i}]`;
+    if (!isObj(t) || t.tid !== threads[i]!.tid) fail(w, `tid must be ${threads[i]!.tid}`);
+    const ids = (k: string, n?: number): void => {
+      const a = t[k];
+      if (!Array.isArray(a) || (n !== undefined && a.length !== n) || a.length > 65536
+        || !a.every((x) => Number.isSafeInteger(x) && x >= 0)) fail(w, `${k} must be an array of ${n ?? 'at most 65536'} non-negative integers`);
+    };
+    ids('uids', 4); ids('gids', 4); ids('groups'); ids('affinity');
+    if (!isObj(t.caps)) fail(w, 'caps missing');
+    for (const k of ['effective', 'permitted', 'inheritable', 'bounding', 'ambient']) hexField(`${w} caps`, t.caps, k);
+    intField(w, t, 'securebits');
+    intField(w, t, 'pdeathsig');
+    intField(w, t, 'personality');
+    if (typeof t.noNewPrivs !== 'boolean' || !isObj(t.sched)) fail(w, 'noNewPrivs/sched missing');
+    for (const k of ['policy', 'priority', 'nice']) intField(`${w} sched`, t.sched, k);
+    if (!Array.isArray(t.seccomp) || !t.seccomp.every((x) => Number.isSafeInteger(x) && x >= 0 && x < nFilters)) fail(w, 'seccomp must index seccompFilters');
+  }
 }
