@@ -58,6 +58,9 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       }
       const sharedAnon = isSharedAnon(v);
       const kind: VmaRecord['kind'] = special ?? (v.inode !== 0n && !sharedAnon ? 'file' : 'anon');
+      if (kind === 'file' && v.shared && v.path.startsWith('/SYSV')) {
+        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is a System V shared memory segment (not supported yet)`);
+      }
       if (kind === 'file' && v.deleted) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps a deleted file`);
       }
@@ -75,6 +78,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         runs: [],
         pagesOffset: pagesBytes,
       };
+      if (sharedAnon) rec.shmem = { id: `${v.major}:${v.minor}:${v.inode}`, offset: hex(v.offset) };
       if (kind === 'file') {
         const st = statSync(v.path, { bigint: true });
         rec.file = {

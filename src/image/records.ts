@@ -34,6 +34,12 @@ export interface VmaRecord {
   kind: 'anon' | 'file' | 'vdso' | 'vvar' | 'vvar_vclock' | 'vsyscall';
   /** /proc/PID/maps name: a path, [heap], [stack], [anon:…], '' for plain anonymous memory. */
   name: string;
+  /**
+   * For shared anonymous memory: the shmem object (device:inode, the same in every process
+   * sharing it) and this area's offset in it. Restore creates the object once, in the first
+   * process holding it, and maps it into the others.
+   */
+  shmem?: { id: string; offset: Hex };
   /** For 'file': the file, its offset, and the identity it had. */
   file?: { path: string; offset: Hex; dev: string; ino: string; size: number; mtimeNs: string };
   /** VmFlags codes (smaps) that matter on restore: 'gd' grows down, 'dc', 'dd', 'wf', 'hg', 'nh'. */
@@ -152,6 +158,48 @@ export interface TaskRecord {
   fds: FdRecord[];
   /** Size of the pages entry. */
   pagesBytes: number;
+  /** Credentials, capabilities, limits, scheduling and seccomp filters (src/dump/creds.ts). */
+  creds: CredsRecord;
+}
+
+/** Process-wide credentials and limits, and each thread's own (restored last, in this order). */
+export interface CredsRecord {
+  /** getrlimit(2) of resources 0..15 (RLIMIT_CPU … RLIMIT_RTTIME): [soft, hard]; 0xffffffffffffffff is RLIM_INFINITY. */
+  rlimits: Array<[Hex, Hex]>;
+  /** /proc/PID/oom_score_adj. */
+  oomScoreAdj: number;
+  /** PR_GET_DUMPABLE: 0, 1, or 2 (suid_dumpable). */
+  dumpable: number;
+  /** PR_GET_CHILD_SUBREAPER. */
+  childSubreaper: boolean;
+  /** Distinct seccomp filters: classic BPF program (struct sock_filter[], base64) and SECCOMP_FILTER_FLAG_* bits. */
+  seccompFilters: Array<{ flags: number; program: string }>;
+  /** One per thread, in the order of TaskRecord.threads. */
+  threads: ThreadCredsRecord[];
+}
+
+/** What the kernel keeps per thread: credentials, capabilities, scheduling, seccomp. */
+export interface ThreadCredsRecord {
+  tid: number;
+  /** [real, effective, saved, filesystem]. */
+  uids: [number, number, number, number];
+  gids: [number, number, number, number];
+  /** Supplementary groups. */
+  groups: number[];
+  caps: { effective: Hex; permitted: Hex; inheritable: Hex; bounding: Hex; ambient: Hex };
+  /** PR_GET_SECUREBITS (SECBIT_* bits, KEEP_CAPS included). */
+  securebits: number;
+  noNewPrivs: boolean;
+  /** personality(2) value (the kernel keeps one per thread). */
+  personality: number;
+  /** SCHED_* policy, rt priority, nice, and SCHED_RESET_ON_FORK. */
+  sched: { policy: number; priority: number; nice: number; resetOnFork: boolean };
+  /** CPUs the thread may run on. */
+  affinity: number[];
+  /** PR_GET_PDEATHSIG (0 = none). */
+  pdeathsig: number;
+  /** Seccomp filters of the thread, oldest first, as indices into CredsRecord.seccompFilters. */
+  seccomp: number[];
 }
 
 /** One process of tree.json. */

@@ -121,10 +121,26 @@ function mmapFlags(v: VmaRecord): number {
   return flags;
 }
 
+/**
+ * Shared anonymous memory objects already restored, by shmem id: the first area that holds
+ * each (in the first process that maps it), which the others map through
+ * /proc/PID/map_files. One per restore, shared by every process's rebuild.
+ */
+export type SharedObjects = Map<string, { pid: number; start: bigint; end: bigint; offset: bigint }>;
+
 /** Step 3: map every dumped area and write its stored pages from the image. */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
-  pages: { fd: number; offset: number }, chunkBytes: number): number {
-  const areas = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
+  pages: { fd: number; offset: number }, chunkBytes: number, shared: SharedObjects): number {
+  const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
+  // Areas of a shared object another area already created are mapped after the others.
+  const firsts = new Set<string>();
+  const joins = all.filter((v) => {
+    if (!v.shmem) return false;
+    if (shared.has(v.shmem.id) || firsts.has(v.shmem.id)) return true;
+    firsts.add(v.shmem.id);
+    return false;
+  });
+  const areas = all.filter((v) => !joins.includes(v));
   // Open each mapped file once (in the task: mmap needs a descriptor of its own).
   const fileFds = new Map<string, number>();
   for (const v of areas) {
@@ -168,7 +184,31 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
       throw new FerryError('EMAP', `mmap of 0x${want.toString(16)} in pid ${task.pid} landed at 0x${results[i]!.toString(16)}`);
     }
   });
-  return writePages(t, areas, pages, chunkBytes);
+  for (const v of areas) {
+    if (v.shmem) shared.set(v.shmem.id, { pid: task.pid, start: big(v.start), end: big(v.end), offset: big(v.shmem.offset) });
+  }
+  for (const v of joins) joinShared(t, as, task, v, shared.get(v.shmem!.id)!);
+  // Every area's own stored pages, those of joined objects too: each process stored what it
+  // had mapped, and the same object pages hold the same bytes.
+  return writePages(t, all, pages, chunkBytes);
+}
+
+/** Maps the area `v` of an already restored shared object through /proc/PID/map_files. */
+function joinShared(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
+  first: { pid: number; start: bigint; end: bigint; offset: bigint }): void {
+  const start = big(v.start);
+  const len = big(v.end) - start;
+  const offset = big(v.shmem!.offset) - first.offset;
+  if (offset < 0n || offset + len > first.end - first.start) {
+    throw new FerryError('EUNSUPPORTED', `shared memory at ${v.start} of pid ${task.pid} and at 0x${first.start.toString(16)} of pid ${first.pid} `
+      + 'are different windows of one object: not supported yet');
+  }
+  as.scratch.reset();
+  const path = `/proc/${first.pid}/map_files/${first.start.toString(16)}-${first.end.toString(16)}`;
+  const fd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(path), O_RDWR, 0);
+  if (fd < 0n) throw new FerryError('EOPEN', `cannot open the shared memory of pid ${first.pid} (${path}) for pid ${task.pid}: errno ${-fd}`);
+  const [at] = t.syscalls([[SYS.mmap, start, len, v.prot, mmapFlags(v) & ~MAP_ANONYMOUS, fd, offset], [SYS.close, fd]]);
+  if (at !== start) throw new FerryError('EMAP', `mmap of ${v.start} in pid ${task.pid} landed at 0x${at!.toString(16)}`);
 }
 
 /** Copies stored pages from the image file into the task, run by run. */

@@ -20,6 +20,7 @@ import { openImage } from '../image/reader.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
+import { restoreCreds } from './creds.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { createTree, type CreatedTree } from './tree.js';
 import { validateFiles, validateTask, validateTree } from './validate.js';
@@ -113,12 +114,13 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
   opened: Map<number, number>, pages: { fd: number; offset: number }): number {
   const t = created.stubs.get(task.pid)!;
   const as = clearStub(t, task);
-  const written = mapAreas(t, as, task, pages, o.config.image.chunkSize);
+  const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory);
   setMm(t, as, task);
   restoreTaskState(t, as, task);
   installFds(t, task.fds, opened);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, as, task);
+  restoreCreds(t, created.threads.get(task.pid)!, as, task);
   dropGadget(t, as, task);
   return written;
 }

@@ -22,7 +22,7 @@ import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
 import { parseStat } from '../proc/stat.js';
 import { Tracee } from '../task/tracee.js';
-import { useStubGadget } from './address-space.js';
+import { useStubGadget, type SharedObjects } from './address-space.js';
 
 /** Every signal blocked while a task is rebuilt. */
 export const ALL_SIGNALS = (1n << 64n) - 1n;
@@ -36,6 +36,8 @@ export interface CreatedTree {
   stubs: Map<number, Tracee>;
   /** Threads created later during rebuild, by pid (registered by the caller). */
   threads: Map<number, Tracee[]>;
+  /** Shared anonymous memory restored so far (address-space.ts). */
+  sharedMemory: SharedObjects;
   /** Kills and reaps everything created so far (idempotent). */
   destroy(): void;
 }
@@ -43,7 +45,7 @@ export interface CreatedTree {
 /** Creates every process of `tree` as a stub; on failure nothing is left. */
 export function createTree(tree: TreeRecord, stubPath: string): CreatedTree {
   const n = native();
-  const created: CreatedTree = { stubs: new Map(), threads: new Map(), destroy: () => destroyTree(created, tree.root) };
+  const created: CreatedTree = { stubs: new Map(), threads: new Map(), sharedMemory: new Map(), destroy: () => destroyTree(created, tree.root) };
   const [rootRec, ...rest] = tree.processes;
   if (!rootRec || rootRec.pid !== tree.root) throw new FerryError('EIMAGE', 'image entry tree.json is invalid: the root must come first');
   try {
