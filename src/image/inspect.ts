@@ -41,6 +41,8 @@ export interface InspectTask {
   cwd: string;
   threads: number;
   pagesBytes: number;
+  /** The main thread's credentials in one line: uids, gids, groups, capabilities, seccomp. */
+  creds: string;
   vmas: InspectVma[];
   fds: InspectFd[];
 }
@@ -72,6 +74,9 @@ export async function inspect(o: InspectOptions): Promise<InspectReport> {
       tasks.push({
         pid: t.pid, ppid: t.ppid, comm: t.comm, exe: t.exe, cwd: t.cwd, threads: t.threads.length,
         pagesBytes: t.pagesBytes,
+        creds: ((c) => `uids ${c.uids.join('/')} gids ${c.gids.join('/')} groups [${c.groups.join(',')}] `
+          + `caps eff ${c.caps.effective} prm ${c.caps.permitted} amb ${c.caps.ambient}`
+          + `${c.noNewPrivs ? ' no_new_privs' : ''}, ${c.seccomp.length} seccomp filter(s)`)(t.creds.threads[0]!),
         vmas: t.vmas.map((v) => ({
           start: v.start, end: v.end, perms: perms(v.prot, v.shared), kind: v.kind, name: v.name,
           storedBytes: v.runs.reduce((s, [, n]) => s + n * PAGE_SIZE, 0),
@@ -118,7 +123,7 @@ export function formatInspect(r: InspectReport): string {
   ];
   for (const t of r.tasks) {
     lines.push('', `task ${t.pid} (${t.comm}) parent ${t.ppid}, ${t.threads} thread(s)`,
-      `  exe ${t.exe}`, `  cwd ${t.cwd}`,
+      `  exe ${t.exe}`, `  cwd ${t.cwd}`, `  creds ${t.creds}`,
       `  memory: ${t.vmas.length} areas, ${mib(t.pagesBytes)} of pages stored`);
     for (const v of t.vmas) {
       lines.push(`    ${v.start.padStart(14)}-${v.end.padEnd(14)} ${v.perms} ${v.kind.padEnd(11)} ${mib(v.storedBytes).padStart(10)}  ${v.name}`);
