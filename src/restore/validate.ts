@@ -67,8 +67,12 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   }
   if (!Array.isArray(v.fds) || !Array.isArray(v.sigactions)) fail(where, 'fds/sigactions must be arrays');
   if (!Array.isArray(v.sharedPending) || typeof v.stopped !== 'boolean' || !isObj(v.itimers)) fail(where, 'sharedPending/stopped/itimers missing');
+  const pendingOk = (list: unknown): boolean => Array.isArray(list) && list.length <= 1_000_000 && list.every((p) => isObj(p)
+    && Number.isSafeInteger(p.signo) && (p.signo as number) >= 1 && (p.signo as number) <= 64
+    && typeof p.siginfo === 'string' && Buffer.from(p.siginfo, 'base64').length === 128);
+  if (!pendingOk(v.sharedPending)) fail(where, 'sharedPending must hold {signo 1..64, siginfo of 128 bytes in base64}');
   for (const [i, th] of (v.threads as Array<Record<string, unknown>>).entries()) {
-    if (!Array.isArray(th.pending)) fail(where, `threads[${i}].pending must be an array`);
+    if (!pendingOk(th.pending)) fail(where, `threads[${i}].pending must hold {signo 1..64, siginfo of 128 bytes in base64}`);
   }
   const pair = (x: unknown): boolean => Array.isArray(x) && x.length === 2 && x.every((n) => Number.isSafeInteger(n));
   for (const k of ['real', 'virtual', 'prof']) {
