@@ -88,32 +88,37 @@ SEE ALSO
   config/ferry.toml in the package.`,
 
   checkpoint: `NAME
-  ferry checkpoint - capture a running process into an image
+  ferry checkpoint - capture a running process tree into an image
 
 SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
                    [GLOBAL OPTIONS]
 
 DESCRIPTION
-  Stops the process PID with ptrace(2), captures its memory, registers (the
-  full XSAVE state too), signal handlers, mask and alternate stack, rseq and
-  robust-list registrations, memory layout, name, working directory, umask and
-  open file descriptors into the image PATH, then kills it. Its memory pages
-  are copied straight from the process; no code is injected into it.
+  Stops the process PID and every process under it with ptrace(2) (every
+  thread of every process is stopped before any is read), and captures each
+  whole into the image PATH: memory, threads with their registers (the full
+  XSAVE state too), signal handlers, masks, pending signals and alternate
+  stacks, timers, rseq and robust-list registrations, memory layout, name,
+  working directory, umask, credentials and limits, open file descriptors,
+  parents, sessions, process groups and unreaped zombies. Then it kills them.
+  Memory pages are copied straight from the processes; no code is injected.
 
   The image is complete, checksummed and flushed to disk before the process is
   killed. If anything fails, the process is let go with its state as it was
   and keeps running, and no partial image file is left behind.
 
-  Refused before the process is touched, with the reason: a PID that does not
+  Refused before the tree is read, with the reason: a PID that does not
   exist, a thread ID, a kernel thread, a zombie, a process already being
-  traced (a debugger), and what this version does not support yet: more than
-  one thread, child processes, and descriptors other than regular files,
-  directories, O_PATH descriptors and character devices (such as /dev/null).
-  The message names the PID and the descriptor.
+  traced (a debugger), and what this version does not support yet: a process
+  in another pid or user namespace, a session or process group led from
+  outside the tree (other than the root's), System V shared memory, and
+  descriptors other than regular files, directories, O_PATH descriptors,
+  pipes, FIFOs and character devices (such as /dev/null). The message names
+  the PID and the descriptor.
 
-  Ferry waits for the killed process to be reaped by its parent (up to 3 s),
-  so that its PID is free for a restore when ferry returns.
+  Ferry waits for the killed processes to be reaped (up to 3 s), so that
+  their PIDs are free for a restore when ferry returns.
 
   Must run as root: ferry checks first, and otherwise says "must run as root
   (ptrace and clone3 with a chosen PID need it)" and exits with status 1.
@@ -161,7 +166,7 @@ SEE ALSO
   ferry help restore, ferry help inspect; docs/cli.md in the package.`,
 
   restore: `NAME
-  ferry restore - bring a process back from an image
+  ferry restore - bring a process tree back from an image
 
 SYNOPSIS
   ferry restore --image PATH [--pid-file FILE] [--json] [GLOBAL OPTIONS]
@@ -170,14 +175,16 @@ DESCRIPTION
   Verifies the whole image first: its structure, the sha256 of every entry,
   that this machine runs the same kernel build and has the CPU features
   (XSAVE) the image needs, and that every file the process had open can be
-  opened again. Only then does it create the process, with its original PID,
-  rebuild its memory, registers, signal state and descriptors, and let it run.
-  Ferry returns once the process runs on its own; when ferry exits, the
-  process is adopted by init (or the nearest child subreaper).
+  opened again. Only then does it create every process with its original PID
+  under its original parent, in its session and process group (zombies
+  too, for their parents to reap), rebuild memory, threads, registers, signal
+  state, timers, credentials and descriptors, and let them run. Ferry returns
+  once the processes run on their own; when ferry exits, the root is adopted
+  by init (or the nearest child subreaper).
 
-  The PID must be free: a zombie holding it gets 2 s to be reaped, any other
-  process there is an error. If anything fails, the half-built process is
-  killed: nothing is left running.
+  Every PID must be free: a zombie holding one gets 2 s to be reaped, any
+  other process there is an error. If anything fails, every half-built
+  process is killed: nothing is left running.
 
   Must run as root: ferry checks first, and otherwise says "must run as root
   (ptrace and clone3 with a chosen PID need it)" and exits with status 1.
