@@ -130,8 +130,12 @@ function vdsoSyscall(t: Tracee, task: TaskRecord): bigint {
 
 const capsOf = (tid: number, pid: number): ReturnType<typeof parseStatus> => parseStatus(readProcText(pid, `task/${tid}/status`));
 
-/** Restores credentials and limits of `task` into its rebuilt threads (main first, then `others`). */
-export function restoreCreds(main: Tracee, others: readonly Tracee[], as: AddressSpace, task: TaskRecord): void {
+/**
+ * Restores credentials and limits of `task` into its rebuilt threads (main first, then
+ * `others`). The root of the tree (`isRoot`) gets no parent-death signal back: its parent is
+ * now ferry, which exits right after the restore, so the signal would fire at once.
+ */
+export function restoreCreds(main: Tracee, others: readonly Tracee[], as: AddressSpace, task: TaskRecord, isRoot = false): void {
   const { pid } = task;
   const creds: CredsRecord = task.creds;
   const tracees = [main, ...others];
@@ -225,7 +229,7 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
   // --- 5. Per thread: parent-death signal, no_new_privs, seccomp last ----------------------
   tracees.forEach((t, i) => {
     const c = creds.threads[i]!;
-    if (c.pdeathsig !== 0) run(t, `PR_SET_PDEATHSIG ${c.pdeathsig}`, [SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0]);
+    if (c.pdeathsig !== 0 && !isRoot) run(t, `PR_SET_PDEATHSIG ${c.pdeathsig}`, [SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0]);
     if (c.noNewPrivs) run(t, 'PR_SET_NO_NEW_PRIVS', [SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]);
     c.seccomp.forEach((idx, k) => {
       s.reset();

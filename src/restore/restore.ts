@@ -120,7 +120,7 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
   installFds(t, task.fds, opened);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, as, task);
-  restoreCreds(t, created.threads.get(task.pid)!, as, task);
+  restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
   return written;
 }
@@ -138,7 +138,9 @@ function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: Read
     for (const x of all) x.close();
   }
   for (const task of [...tasks].reverse()) {
-    if (task.stopped) n.tgkill(task.pid, task.pid, SIGSTOP);
+    // Process-directed (kill, not tgkill): every thread finds it pending on its way back to
+    // user space, so none runs an instruction before the group stop.
+    if (task.stopped) process.kill(task.pid, SIGSTOP);
     for (const x of created.threads.get(task.pid) ?? []) n.detach(x.tid, 0);
     n.detach(task.pid, 0);
   }
