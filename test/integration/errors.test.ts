@@ -115,7 +115,8 @@ describe('bad input', { skip }, () => {
     assert.equal(r.code, 1);
     assert.match(oneLine(r.stderr), /image .*cut.tar is truncated/);
     assert.ok(!alive(pid), 'no process was created');
-    assert.deepEqual(stubs(), before);
+    // Stubs of earlier tests' refused restores may still wait for PID 1 to reap them.
+    assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no new restore stub');
   });
 
   it('a corrupted image is refused, naming the entry', async () => {
