@@ -1,0 +1,212 @@
+/**
+ * How checkpoint and restore scale with the number of tasks: trees of 1, 10, 100 and 1000
+ * single-threaded processes, and one process with 1, 4, 16, 64 and 256 threads
+ * (bench/fixtures/forker.c). Each case runs twice; the best of each figure is printed, in ms
+ * and in µs per task, then how flat the per-task cost is: its value at the largest size over
+ * its value at the second size (10 processes, 4 threads). Flat is about 1; much more than 1
+ * means something grows faster than the number of tasks. Each case runs in a fresh node
+ * process (`--case DIR PROCS THREADS`), so one case's leftovers in the heap cannot slow the next.
+ *
+ * The image goes to a fresh directory under /dev/shm (tmpfs), so disk speed plays no part.
+ * The tree runs under the forker process, a child subreaper that reaps every process of the
+ * tree killed by the checkpoint at once (PID 1 here may take seconds, and checkpoint waits
+ * for the pids to be free); the bench also waits until every pid of the tree is gone before
+ * restoring, outside the figures. The restored tree is killed at the end of each case, and
+ * every pid the bench started or restored is killed if anything fails.
+ *
+ * Usage: node dist/bench/tree.js   (npm run bench:tree). Needs root and a built tree (npm run build).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import { checkpoint, restore } from '../src/index.js';
+import { loadConfig } from '../src/config/config.js';
+import { native, PACKAGE_ROOT } from '../src/native/binding.js';
+
+const RUNS = 2;
+const TREES = [1, 10, 100, 1000];
+const THREADS = [1, 4, 16, 64, 256];
+
+/** `--case DIR PROCS THREADS`: one case, run in a fresh node process (see main). */
+const caseArgs = process.argv[2] === '--case' ? process.argv.slice(3) : undefined;
+const dir = caseArgs?.[0] ?? mkdtempSync('/dev/shm/ferry-tree-');
+const config = loadConfig({});
+const logger = pino({ level: 'silent' });
+const forker = join(PACKAGE_ROOT, 'build', 'bench', 'forker');
+
+/** Every pid the bench started or restored and has not seen gone yet. */
+const tracked = new Set<number>();
+/** Roots that are the bench's own children and must be reaped with waitpid. */
+const ownRoots = new Set<number>();
+const children: ChildProcess[] = [];
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const alive = (pid: number): boolean => existsSync(`/proc/${pid}`);
+
+/** Pids of the live tree under `root` (root included), from /proc/PID/task/TID/children. */
+function treePids(root: number): number[] {
+  const out: number[] = [];
+  for (let queue = [root], next = queue.shift(); next !== undefined; next = queue.shift()) {
+    out.push(next);
+    try {
+      for (const tid of readdirSync(`/proc/${next}/task`)) {
+        const list = readFileSync(`/proc/${next}/task/${tid}/children`, 'utf8').trim();
+        if (list) queue.push(...list.split(' ').map(Number));
+      }
+    } catch { /* exited meanwhile */ }
+  }
+  return out;
+}
+
+/** Threads of all `pids` together. */
+function countTasks(pids: readonly number[]): number {
+  return pids.reduce((s, p) => s + readdirSync(`/proc/${p}/task`).length, 0);
+}
+
+/** A started tree: the forker process that reaps it, and the root of the tree. */
+interface Started { reaper: number; root: number }
+
+/** Starts `forker procs threads` with stdout/stderr to a log file and waits for "ready pid=ROOT". */
+async function startTree(procs: number, threads: number): Promise<Started> {
+  const log = join(dir, `forker-${procs}-${threads}-${Date.now()}.log`);
+  const fd = openSync(log, 'w');
+  const child = spawn(forker, [String(procs), String(threads)], { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  children.push(child);
+  const reaper = child.pid!;
+  tracked.add(reaper);
+  for (const end = Date.now() + 60_000; Date.now() < end; await sleep(20)) {
+    const text = readFileSync(log, 'utf8');
+    const ready = /ready pid=(\d+)/.exec(text);
+    if (ready) {
+      const root = Number(ready[1]);
+      for (const p of treePids(root)) tracked.add(p);
+      return { reaper, root };
+    }
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`forker ${procs} ${threads} exited early: ${text.trim()}`);
+  }
+  throw new Error(`forker ${procs} ${threads} did not get ready within 60 s`);
+}
+
+/** Waits until none of `pids` exists any more (zombies included), then forgets them. */
+async function waitGone(pids: readonly number[], what: string): Promise<void> {
+  for (const end = Date.now() + 120_000; ; await sleep(10)) {
+    const left = pids.filter(alive);
+    if (left.length === 0) break;
+    if (Date.now() > end) throw new Error(`${what}: ${left.length} pids still exist after 120 s (first ${left[0]})`);
+  }
+  for (const p of pids) tracked.delete(p);
+}
+
+/** SIGKILLs every tracked pid, reaps the roots that are the bench's children, waits for the rest. */
+async function killAll(): Promise<void> {
+  const pids = [...tracked];
+  for (const p of pids) {
+    try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
+  }
+  for (const r of ownRoots) {
+    try { native().waitpid(r); } catch { /* not ours or already reaped */ }
+    ownRoots.delete(r);
+  }
+  await waitGone(pids, 'cleanup');
+}
+
+interface Figures { frozenMs: number; checkpointMs: number; restoreMs: number }
+
+/** One checkpoint + restore cycle of a fresh tree; the restored tree is killed afterwards. */
+async function cycle(procs: number, threads: number, tasks: number): Promise<Figures> {
+  const { reaper, root } = await startTree(procs, threads);
+  const image = join(dir, 'tree.tar');
+  const cp = await checkpoint({ pid: root, image, leaveRunning: false, config, logger });
+  if (cp.pids.length !== procs) throw new Error(`checkpoint saw ${cp.pids.length} processes, expected ${procs}`);
+  // The forker reaps the killed tree and then exits; make sure every pid is free before restoring.
+  await waitGone([...cp.pids, reaper], 'after checkpoint');
+  const rs = await restore({ image, config, logger });
+  for (const p of rs.pids) tracked.add(p);
+  ownRoots.add(rs.pid);
+  const restoredTasks = countTasks(rs.pids);
+  if (rs.pids.length !== procs || restoredTasks !== tasks) {
+    throw new Error(`restore made ${rs.pids.length} processes with ${restoredTasks} threads, expected ${procs} with ${tasks}`);
+  }
+  await killAll();
+  rmSync(image, { force: true });
+  return { frozenMs: cp.frozenMs, checkpointMs: cp.totalMs, restoreMs: rs.restoreMs };
+}
+
+interface Row extends Figures { label: string; tasks: number }
+
+/** In a case process: RUNS cycles, then the best of each figure as one JSON line on stdout. */
+async function runCaseHere(procs: number, threads: number): Promise<void> {
+  const tasks = procs + threads;
+  let best: Figures | undefined;
+  try {
+    for (let i = 0; i < RUNS; i++) {
+      const f = await cycle(procs, threads, tasks);
+      best = best ? {
+        frozenMs: Math.min(best.frozenMs, f.frozenMs),
+        checkpointMs: Math.min(best.checkpointMs, f.checkpointMs),
+        restoreMs: Math.min(best.restoreMs, f.restoreMs),
+      } : f;
+    }
+  } finally {
+    await killAll();
+    for (const c of children) c.unref();
+  }
+  console.log(JSON.stringify(best));
+}
+
+/**
+ * Runs one case in a fresh node process, so what one case leaves in the heap (a large one
+ * leaves a lot) does not slow the next; the case process kills what it started, even on failure.
+ */
+function runCase(label: string, procs: number, threads: number, tasks: number): Row {
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--case', dir, String(procs), String(threads)],
+    { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  const last = r.stdout.trim().split('\n').pop() ?? '';
+  if (r.status !== 0 || !last.startsWith('{')) {
+    throw new Error(`case ${label} failed (${r.signal ?? `exit status ${r.status}`})`);
+  }
+  const row = { label, tasks, ...(JSON.parse(last) as Figures) };
+  printRow(row);
+  return row;
+}
+
+const ms = (v: number): string => v.toFixed(1).padStart(11);
+const us = (v: number, tasks: number): string => (v * 1000 / tasks).toFixed(0).padStart(10);
+
+function printRow(r: Row): void {
+  console.log(`${r.label.padEnd(27)}${String(r.tasks).padStart(6)}${ms(r.frozenMs)}${ms(r.checkpointMs)}${ms(r.restoreMs)}   `
+    + `${us(r.frozenMs, r.tasks)}${us(r.checkpointMs, r.tasks)}${us(r.restoreMs, r.tasks).padStart(11)}`);
+}
+
+/** Per-task cost at the largest size over that at `ref` tasks, per figure. */
+function flatness(rows: readonly Row[], ref: number): string {
+  const a = rows.find((r) => r.tasks === ref)!;
+  const z = rows[rows.length - 1]!;
+  const ratio = (k: keyof Figures): string => ((z[k] / z.tasks) / (a[k] / a.tasks)).toFixed(2);
+  return `per-task cost at ${z.tasks} / at ${ref}: frozen ${ratio('frozenMs')}, checkpoint ${ratio('checkpointMs')}, restore ${ratio('restoreMs')} (1.00 = flat)`;
+}
+
+async function main(): Promise<void> {
+  if (caseArgs) {
+    await runCaseHere(Number(caseArgs[1]), Number(caseArgs[2]));
+    return;
+  }
+  try {
+    console.log(`ferry bench:tree: checkpoint and restore per task, best of ${RUNS} runs, image in ${dir} (tmpfs)`);
+    console.log(`${'case'.padEnd(27)}${'tasks'.padStart(6)}${'frozen ms'.padStart(11)}${'ckpt ms'.padStart(11)}${'restore ms'.padStart(11)}   `
+      + `${'frozen µs'.padStart(10)}${'ckpt µs'.padStart(10)}${'restore µs'.padStart(11)}  (µs: per task)`);
+    const trees: Row[] = [];
+    for (const procs of TREES) trees.push(runCase(`${procs} process${procs > 1 ? 'es' : ''} × 1 thread`, procs, 0, procs));
+    const threads: Row[] = [];
+    for (const n of THREADS) threads.push(runCase(`1 process × ${n} thread${n > 1 ? 's' : ''}`, 1, n - 1, n));
+    console.log(`processes: ${flatness(trees, 10)}`);
+    console.log(`threads:   ${flatness(threads, 4)}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
