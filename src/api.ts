@@ -4,6 +4,9 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from './config/config.js';
+import type { FileOptions } from './files/types.js';
+
+export type { FileOptions };
 
 /** Progress of a long operation, for a progress line on a TTY or JSON events. */
 export interface Progress {
@@ -32,6 +35,8 @@ export interface CheckpointOptions extends CommonOptions {
   image: string;
   /** Keep the process running after the dump instead of killing it. */
   leaveRunning: boolean;
+  /** What file kinds may do beyond the defaults (runc's --tcp-established etc.); all off if absent. */
+  files?: Partial<FileOptions>;
 }
 
 export interface CheckpointResult {
@@ -52,6 +57,8 @@ export interface RestoreOptions extends CommonOptions {
   image: string;
   /** Write the restored root's PID here. */
   pidFile?: string;
+  /** What file kinds may do beyond the defaults; all off if absent. */
+  files?: Partial<FileOptions>;
 }
 
 export interface RestoreResult {

@@ -8,6 +8,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from '../config/config.js';
+import type { FileOptions } from '../files/types.js';
 
 /** A mistake in the command line of `command`: one line on stderr, exit status 2. */
 export class UsageError extends Error {
@@ -41,8 +42,14 @@ export interface GlobalCliOptions {
   config?: string;
 }
 
+/** runc's flags that allow more than the defaults (checkpoint and restore take the same). */
+export interface FileFlags {
+  /** --tcp-established, --ext-unix-sk, --shell-job, --file-locks. */
+  files: FileOptions;
+}
+
 /** `ferry checkpoint`. */
-export interface CheckpointCliOptions extends GlobalCliOptions {
+export interface CheckpointCliOptions extends GlobalCliOptions, FileFlags {
   /** --pid: the process to checkpoint (a process id, not a thread id). */
   pid: number;
   /** --image (alias --image-path): image file to write; '-' streams it to stdout. */
@@ -54,7 +61,7 @@ export interface CheckpointCliOptions extends GlobalCliOptions {
 }
 
 /** `ferry restore`. */
-export interface RestoreCliOptions extends GlobalCliOptions {
+export interface RestoreCliOptions extends GlobalCliOptions, FileFlags {
   /** --image (alias --image-path): image file to read; '-' reads it from stdin. */
   image: string;
   /** --pid-file: write the PID of the restored process to this file. */
@@ -103,11 +110,23 @@ const GLOBAL: OptionTable = {
 };
 const JSON_OPT: OptionTable = { json: { type: 'boolean' } };
 const IMAGE: OptionTable = { image: { type: 'string' }, 'image-path': { type: 'string' } };
+const FILE_FLAGS: OptionTable = {
+  'tcp-established': { type: 'boolean' }, 'ext-unix-sk': { type: 'boolean' },
+  'shell-job': { type: 'boolean' }, 'file-locks': { type: 'boolean' },
+};
+
+/** The runc-style file flags of a parsed command line. */
+function fileFlags(v: Values): FileOptions {
+  return {
+    tcpEstablished: v['tcp-established'] === true, extUnixSk: v['ext-unix-sk'] === true,
+    shellJob: v['shell-job'] === true, fileLocks: v['file-locks'] === true,
+  };
+}
 
 /** Each command's own options (the global ones are added to every table). */
 const TABLES: Readonly<Record<Command, OptionTable>> = {
-  checkpoint: { ...IMAGE, ...JSON_OPT, pid: { type: 'string' }, 'leave-running': { type: 'boolean' } },
-  restore: { ...IMAGE, ...JSON_OPT, 'pid-file': { type: 'string' } },
+  checkpoint: { ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' } },
+  restore: { ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, 'pid-file': { type: 'string' } },
   inspect: { ...IMAGE, ...JSON_OPT },
   demo: { ...JSON_OPT },
   version: { ...JSON_OPT },
@@ -208,13 +227,16 @@ export function parseCheckpointArgs(argv: readonly string[]): CheckpointCliOptio
   }
   return {
     ...g, pid, image: image('checkpoint', v), leaveRunning: v['leave-running'] === true, json: v.json === true,
+    files: fileFlags(v),
   };
 }
 
 /** `ferry restore --image PATH [--pid-file FILE] [--json]` */
 export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
   const { values: v } = parse('restore', argv);
-  const out: RestoreCliOptions = { ...globals('restore', v), image: image('restore', v), json: v.json === true };
+  const out: RestoreCliOptions = {
+    ...globals('restore', v), image: image('restore', v), json: v.json === true, files: fileFlags(v),
+  };
   const pidFile = text('restore', v, 'pid-file', 'a file');
   if (pidFile !== undefined) out.pidFile = pidFile;
   return out;

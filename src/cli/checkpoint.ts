@@ -21,6 +21,7 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext): P
       pid: o.pid,
       image: o.image,
       leaveRunning: o.leaveRunning,
+      files: o.files,
       config: ctx.config,
       logger: ctx.logger,
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),

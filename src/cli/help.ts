@@ -92,7 +92,8 @@ SEE ALSO
 
 SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
-                   [GLOBAL OPTIONS]
+                   [--tcp-established] [--ext-unix-sk] [--shell-job]
+                   [--file-locks] [GLOBAL OPTIONS]
 
 DESCRIPTION
   Stops the process PID and every process under it with ptrace(2) (every
@@ -134,6 +135,11 @@ OPTIONS
       standard error.
   --leave-running
       Let the process run on after the checkpoint instead of killing it.
+  --tcp-established, --ext-unix-sk, --shell-job, --file-locks
+      As in runc: allow established TCP connections, unix sockets whose peer
+      is outside the tree, a terminal shared with the shell outside the tree,
+      and file locks. Without the flag, a descriptor that needs it is refused
+      with a message naming the flag. Give restore the same flags.
   --json
       Print the result as one JSON object instead of a sentence:
       {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N}.
@@ -197,6 +203,11 @@ OPTIONS
       created.
   --pid-file FILE
       Write the PID of the restored process (and a newline) to FILE.
+  --tcp-established, --ext-unix-sk, --shell-job, --file-locks
+      As in runc: restore established TCP connections, unix sockets whose peer
+      is outside the tree, a terminal shared with the shell outside the tree,
+      and file locks. Without the flag, a descriptor that needs it is refused
+      with a message naming the flag.
   --json
       Print the result as one JSON object instead of a sentence:
       {"pid":PID,"pids":[PID],"pagesBytes":N,"verifyMs":N,"restoreMs":N,

@@ -16,6 +16,7 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext): Promise
   try {
     result = await restore({
       image: o.image,
+      files: o.files,
       config: ctx.config,
       logger: ctx.logger,
       ...(o.pidFile !== undefined ? { pidFile: o.pidFile } : {}),

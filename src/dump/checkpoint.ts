@@ -11,8 +11,8 @@
 import { existsSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
-import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
-import type { FdDesc } from '../files/types.js';
+import { collectFiles, checkSupported, describeFds, type CollectedFiles } from '../files/collect.js';
+import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
 import { hostFacts } from '../host.js';
 import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
@@ -128,6 +128,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   log.debug({ processes: tree.processes.length, threads: live.reduce((s, p) => s + p.tids.length, 0) }, 'stopped');
   const sigmasks = new Map<number, bigint>();
   const dumped: DumpedTask[] = [];
+  let files: CollectedFiles | undefined;
   let released = false;
   /** Lets every thread go with everything as it was. */
   const release = (): void => {
@@ -151,7 +152,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       }
     }
     for (const p of live) dumped.push(dumpTask(p, sigmasks));
-    const files = collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])));
+    files = collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), { ...DEFAULT_FILE_OPTIONS, ...o.files });
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
     log.debug({ processes: dumped.length, pagesBytes, files: files.files.length }, 'collected');
@@ -163,6 +164,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const treeRecord: TreeRecord = { root: pid, processes: tree.processes.map((p) => p.record) };
     const filesRecord: FilesRecord = { files: files.files };
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
+    for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
     for (const d of dumped) {
       entries.push(json(taskEntry(d.task.pid), d.task),
         ...d.xstates.map((x): ImageEntry => ({ name: x.entry, size: x.data.length, produce: async (sink) => { await sink(x.data); } })),
@@ -178,6 +180,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       onProgress: (done, total) => o.onProgress?.({ phase: 'write', done, total }),
     });
     closeAll();
+    files.finish(o.leaveRunning);
 
     if (o.leaveRunning) {
       release();
@@ -201,6 +204,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     };
   } catch (err) {
     closeAll();
+    files?.finish(true);
     release();
     if (err instanceof FerryError) throw err;
     throw new FerryError('EDUMP', `checkpoint of pid ${pid} failed: ${describeCause(err)} (the process was left running)`, { cause: err });

@@ -10,7 +10,7 @@ import { parseFdinfo } from '../proc/fdinfo.js';
 import { fdCloexec } from '../proc/fdinfo.js';
 import { listFds, readProcText } from '../proc/read.js';
 import { kindOf } from './registry.js';
-import type { FdDesc, FileKind } from './types.js';
+import { DEFAULT_FILE_OPTIONS, type DumpContext, type FdDesc, type FileKind, type FileOptions } from './types.js';
 
 /** kcmp(2) type comparing two descriptors' open file descriptions. */
 const KCMP_FILE = 0;
@@ -42,14 +42,24 @@ export function checkSupported(descs: readonly FdDesc[]): void {
 export interface CollectedFiles {
   files: FileRecord[];
   fds: Map<number, FdRecord[]>;
+  /** Image entries the modules stored with `DumpContext.blob`, by name. */
+  blobs: Map<string, Buffer>;
+  /** Runs the modules' `onFinish` callbacks and closes grabbed files (idempotent). */
+  finish(leftRunning: boolean): void;
 }
 
-/** Groups descriptors into open files and dumps each open file once. */
-export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>): CollectedFiles {
-  const files: FileRecord[] = [];
+/**
+ * Groups descriptors into open files, then dumps each open file once. Grouping comes first
+ * for the whole tree, so a module can name other files by id (an epoll's targets, a socket's
+ * peer). On failure, whatever the modules changed is undone before the error propagates.
+ */
+export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
+  options: FileOptions = DEFAULT_FILE_OPTIONS): CollectedFiles {
   const fds = new Map<number, FdRecord[]>();
   /** Representatives per cheap key: one descriptor per distinct open file seen so far. */
   const groups = new Map<string, Array<{ desc: FdDesc; id: number }>>();
+  const firsts: Array<{ desc: FdDesc; kind: FileKind }> = [];
+  const idOf = new Map<string, number>();
   for (const [pid, descs] of descsByPid) {
     const table: FdRecord[] = [];
     for (const d of descs) {
@@ -59,15 +69,67 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>)
       if (!reps) groups.set(key, (reps = []));
       let id = reps.find((r) => sameFile(r.desc, d))?.id;
       if (id === undefined) {
-        id = files.length + 1;
-        files.push({ ...kind.dump(d), id, kind: kind.kind } as FileRecord);
+        id = firsts.length + 1;
+        firsts.push({ desc: d, kind });
         reps.push({ desc: d, id });
       }
+      idOf.set(`${pid}:${d.fd}`, id);
       table.push({ fd: d.fd, file: id, cloexec: fdCloexec(d.fdinfo) });
     }
     fds.set(pid, table);
   }
-  return { files, fds };
+
+  const blobs = new Map<string, Buffer>();
+  const finishers: Array<(leftRunning: boolean) => void> = [];
+  const grabbed = new Map<string, number>();
+  let finished = false;
+  const finish = (leftRunning: boolean): void => {
+    if (finished) return;
+    finished = true;
+    for (const fn of finishers.reverse()) fn(leftRunning);
+    for (const fd of grabbed.values()) native().closeFd(fd);
+  };
+  const files: FileRecord[] = [];
+  try {
+    firsts.forEach(({ desc, kind }, i) => {
+      const id = i + 1;
+      const ctx: DumpContext = {
+        options,
+        pids: new Set(descsByPid.keys()),
+        fileIdOf: (pid, fd) => idOf.get(`${pid}:${fd}`),
+        grab: (d) => grab(d, grabbed),
+        blob: (suffix, data) => {
+          const name = `files/${id}-${suffix}`;
+          blobs.set(name, data);
+          return name;
+        },
+        onFinish: (fn) => { finishers.push(fn); },
+      };
+      files.push({ ...kind.dump(desc, ctx), id, kind: kind.kind } as FileRecord);
+    });
+  } catch (err) {
+    finish(true);
+    throw err;
+  }
+  return { files, fds, blobs, finish };
+}
+
+/** pidfd_getfd of `d` into the controller, once per descriptor. */
+function grab(d: FdDesc, grabbed: Map<string, number>): number {
+  const key = `${d.pid}:${d.fd}`;
+  const have = grabbed.get(key);
+  if (have !== undefined) return have;
+  const n = native();
+  const pidfd = n.pidfdOpen(d.pid);
+  try {
+    const fd = n.pidfdGetfd(pidfd, d.fd);
+    grabbed.set(key, fd);
+    return fd;
+  } catch (err) {
+    throw new FerryError('EGRAB', `cannot take a copy of fd ${d.fd} of pid ${d.pid} (${d.link}): ${(err as Error).message}`, { cause: err });
+  } finally {
+    n.closeFd(pidfd);
+  }
 }
 
 function sameFile(a: FdDesc, b: FdDesc): boolean {

@@ -9,9 +9,9 @@ import { FerryError } from '../errors.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
-import type { Tracee } from '../task/tracee.js';
+import type { Scratch, Tracee } from '../task/tracee.js';
 import { kindByName } from './registry.js';
-import { NOT_YET } from './types.js';
+import { DEFAULT_FILE_OPTIONS, NOT_YET, type FileOptions, type OpenContext } from './types.js';
 
 const F_DUPFD_CLOEXEC = 1030, F_SETFD = 2, O_CLOEXEC = 0o2000000;
 
@@ -20,15 +20,44 @@ export function checkFiles(records: readonly FileRecord[]): void {
   for (const r of records) kindByName(r.kind).check?.(r);
 }
 
-/** Opens every file in the controller. Returns file id -> controller descriptor. */
-export function openFiles(records: readonly FileRecord[]): Map<number, number> {
+/** Everything the scheduler knows during one restore. */
+export interface RestoreFiles {
+  /** file id -> controller descriptor. */
+  opened: Map<number, number>;
+  /** The context the modules got (and `installed` hooks get again). */
+  ctx: OpenContext;
+}
+
+/**
+ * Opens every file in the controller. A module may answer NOT_YET; it is retried once others
+ * are open, and a round without progress is a dependency cycle.
+ */
+export function openFiles(records: readonly FileRecord[], options: FileOptions = DEFAULT_FILE_OPTIONS,
+  blobs: ReadonlyMap<string, Buffer> = new Map()): RestoreFiles {
   const opened = new Map<number, number>();
+  const byId = new Map(records.map((r) => [r.id, r]));
+  const scratches = new Map<string, Map<string, unknown>>();
+  const ctx: OpenContext = {
+    options,
+    opened: (id) => opened.get(id),
+    record: (id) => byId.get(id),
+    blob: (name) => {
+      const b = blobs.get(name);
+      if (!b) throw new FerryError('EIMAGE', `image entry ${name} is missing`);
+      return b;
+    },
+    scratch: <T>(key: string): Map<string, T> => {
+      let m = scratches.get(key);
+      if (!m) scratches.set(key, (m = new Map()));
+      return m as Map<string, T>;
+    },
+  };
   let pending = [...records];
   try {
     while (pending.length > 0) {
       const waiting: FileRecord[] = [];
       for (const r of pending) {
-        const fd = kindByName(r.kind).open(r, { opened: (id) => opened.get(id) });
+        const fd = kindByName(r.kind).open(r, ctx);
         if (fd === NOT_YET) waiting.push(r);
         else opened.set(r.id, fd);
       }
@@ -41,7 +70,7 @@ export function openFiles(records: readonly FileRecord[]): Map<number, number> {
     closeFiles(opened);
     throw err;
   }
-  return opened;
+  return { opened, ctx };
 }
 
 /** Closes the controller's descriptors once every task holds its copies. */
@@ -50,9 +79,13 @@ export function closeFiles(opened: Map<number, number>): void {
   opened.clear();
 }
 
-/** Installs a task's descriptor table; the task must have no descriptors yet. */
-export function installFds(t: Tracee, table: readonly FdRecord[], opened: ReadonlyMap<number, number>): void {
+/**
+ * Installs a task's descriptor table (the task must have no descriptors yet), then runs the
+ * `installed` hook of each file kind that has one, once per file, with the task's numbers.
+ */
+export function installFds(t: Tracee, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles): void {
   if (table.length === 0) return;
+  const { opened } = files;
   const sorted = [...table].sort((a, b) => a.fd - b.fd);
   const top = sorted[sorted.length - 1]!.fd + 1;
   // A pidfd of the controller, moved above every descriptor the task will have.
@@ -70,4 +103,14 @@ export function installFds(t: Tracee, table: readonly FdRecord[], opened: Readon
     }
   }
   t.syscall(SYS.close, pidfd);
+
+  const lowest = new Map<number, number>();
+  for (const rec of sorted) if (!lowest.has(rec.file)) lowest.set(rec.file, rec.fd);
+  for (const [fileId, fd] of lowest) {
+    const record = files.ctx.record(fileId);
+    const kind = record && kindByName(record.kind);
+    if (!record || !kind?.installed) continue;
+    scratch.reset();
+    kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), open: files.ctx });
+  }
 }

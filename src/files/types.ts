@@ -23,10 +23,82 @@ export interface FdDesc {
 /** Returned by `open` when the file cannot be created yet (waits for another file). */
 export const NOT_YET = Symbol('not-yet');
 
+/**
+ * What the user allowed beyond the defaults (runc's flags of the same names). A module that
+ * meets something needing one of these refuses it, naming the flag, unless it is set.
+ */
+export interface FileOptions {
+  /** --tcp-established: checkpoint established TCP connections (TCP_REPAIR). */
+  tcpEstablished: boolean;
+  /** --ext-unix-sk: allow unix sockets whose peer is outside the tree. */
+  extUnixSk: boolean;
+  /** --shell-job: the tree's terminal belongs to a shell outside it. */
+  shellJob: boolean;
+  /** --file-locks: checkpoint and restore file locks. */
+  fileLocks: boolean;
+}
+
+export const DEFAULT_FILE_OPTIONS: FileOptions = Object.freeze({
+  tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false,
+});
+
+/** What a module's `dump` gets from the engine, besides the descriptor. */
+export interface DumpContext {
+  readonly options: FileOptions;
+  /** Pids of every live process being checkpointed. */
+  readonly pids: ReadonlySet<number>;
+  /**
+   * The file id of descriptor `fd` of `pid` in this image (every descriptor of the tree is
+   * grouped before any file is dumped), or undefined when it is not a descriptor of the tree.
+   */
+  fileIdOf(pid: number, fd: number): number | undefined;
+  /**
+   * The open file behind `d`, duplicated into the controller with pidfd_getfd(2): the same
+   * open file description (offset, flags, socket state). Closed by the engine after the
+   * checkpoint; do not close it.
+   */
+  grab(d: FdDesc): number;
+  /**
+   * Stores `data` in the image as an entry of its own (for data too big or too binary for
+   * the JSON record: file contents, socket queues) and returns the entry's name, to keep in
+   * the record; on restore `OpenContext.blob(name)` gives the bytes back.
+   */
+  blob(suffix: string, data: Buffer): string;
+  /**
+   * Runs `fn` once the image is written (or the checkpoint failed), before the tree is killed
+   * or let go: `leftRunning` says whether the originals run on (undo what the dump changed,
+   * e.g. a socket put in repair mode) or die.
+   */
+  onFinish(fn: (leftRunning: boolean) => void): void;
+}
+
 /** What a module's `open` gets from the restore scheduler. */
 export interface OpenContext {
+  readonly options: FileOptions;
   /** Controller descriptor of a file already opened by the scheduler, if it is. */
   opened(fileId: number): number | undefined;
+  /** Another record of the image, by id. */
+  record(fileId: number): FileRecord | undefined;
+  /** The bytes of an entry a module stored with `DumpContext.blob`. */
+  blob(name: string): Buffer;
+  /**
+   * A map that lives for this restore only, one per key (use the kind's name): state shared
+   * by the records of one kind, e.g. the pipe created by the first of its ends.
+   */
+  scratch<T>(key: string): Map<string, T>;
+}
+
+/** What `installed` gets: the task whose descriptors were just installed. */
+export interface TaskContext {
+  /** The task, stopped, with syscalls injectable; `scratch` holds syscall arguments. */
+  readonly tracee: import('../task/tracee.js').Tracee;
+  readonly scratch: import('../task/tracee.js').Scratch;
+  readonly pid: number;
+  /** The descriptor number the record was installed at in this task. */
+  readonly fd: number;
+  /** The task's descriptor number holding file `fileId` (the lowest), if it holds it. */
+  fdOf(fileId: number): number | undefined;
+  readonly open: OpenContext;
 }
 
 /** One file kind: `kind` is stored in the image and names the module on restore. */
@@ -41,7 +113,7 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    */
   key(fd: FdDesc): string;
   /** Dumps the open file behind `fd` (every descriptor in its group shares it). */
-  dump(fd: FdDesc): Omit<R, 'id' | 'kind'>;
+  dump(fd: FdDesc, ctx: DumpContext): Omit<R, 'id' | 'kind'>;
   /**
    * Checks before any process is created that `record` can be opened here (file exists,
    * same device numbers…); throws a FerryError naming the file otherwise.
@@ -52,4 +124,10 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    * depends on files not opened yet (the scheduler retries).
    */
   open(record: R, ctx: OpenContext): number | typeof NOT_YET;
+  /**
+   * Optional: runs in each task holding the file, once all of the task's descriptors are
+   * installed, for state only the task can set with its own descriptor numbers (epoll_ctl,
+   * TIOCSCTTY, POSIX locks owned by the process). Called once per task for its lowest fd.
+   */
+  installed?(record: R, task: TaskContext): void;
 }

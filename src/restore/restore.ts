@@ -13,7 +13,8 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
-import { checkFiles, closeFiles, installFds, openFiles } from '../files/install.js';
+import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
+import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { hostFacts } from '../host.js';
 import { checkCompatibility } from '../image/manifest.js';
 import { openImage } from '../image/reader.js';
@@ -52,7 +53,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
 
     const tStart = performance.now();
-    const opened = openFiles(files.files);
+    const blobs = new Map<string, Buffer>();
+    for (const e of manifest.entries.filter((x) => x.name.startsWith('files/'))) blobs.set(e.name, await image.read(e.name, e.size));
+    const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, ...o.files }, blobs);
     let pagesBytes = 0;
     try {
       const created = createTree(tree, stubPath);
@@ -67,7 +70,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         throw new FerryError('ERESTORE', `restore of pid ${tree.root} failed: ${describeCause(err)} (nothing was left running)`, { cause: err });
       }
     } finally {
-      closeFiles(opened);
+      closeFiles(opened.opened);
     }
     const tEnd = performance.now();
     const pid = tree.root;
@@ -111,13 +114,13 @@ async function assertPidFree(pid: number): Promise<void> {
  * `created` as soon as they exist, so a failure anywhere kills them too.
  */
 function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
-  opened: Map<number, number>, pages: { fd: number; offset: number }): number {
+  files: RestoreFiles, pages: { fd: number; offset: number }): number {
   const t = created.stubs.get(task.pid)!;
   const as = clearStub(t, task);
   const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory);
   setMm(t, as, task);
   restoreTaskState(t, as, task);
-  installFds(t, task.fds, opened);
+  installFds(t, as.scratch, task.pid, task.fds, files);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, as, task);
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);

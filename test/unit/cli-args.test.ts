@@ -18,10 +18,19 @@ function usage(fn: () => unknown, command: string, message: string | RegExp): vo
   });
 }
 
+const NO_FLAGS = { tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false };
+
 describe('ferry checkpoint arguments', () => {
   it('parses the plain form', () => {
     assert.deepEqual(parseCheckpointArgs(['--pid', '1234', '--image', '/tmp/x.tar']),
-      { pid: 1234, image: '/tmp/x.tar', leaveRunning: false, json: false });
+      { pid: 1234, image: '/tmp/x.tar', leaveRunning: false, json: false, files: NO_FLAGS });
+  });
+
+  it('parses the runc file flags', () => {
+    assert.deepEqual(parseCheckpointArgs(['--pid', '1', '--image', 'x', '--tcp-established', '--ext-unix-sk', '--shell-job', '--file-locks']).files,
+      { tcpEstablished: true, extUnixSk: true, shellJob: true, fileLocks: true });
+    assert.deepEqual(parseRestoreArgs(['--image', 'x', '--tcp-established']).files, { ...NO_FLAGS, tcpEstablished: true });
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--file-locks=yes']), 'checkpoint', '--file-locks takes no value');
   });
 
   it('parses every option, runc alias and = form, and the global options', () => {
@@ -29,7 +38,7 @@ describe('ferry checkpoint arguments', () => {
       '--pid=7', '--image-path', '-', '--leave-running', '--json',
       '--log-level', 'debug', '--log-file', '/var/log/f.log', '--config', '/etc/f.toml',
     ]), {
-      pid: 7, image: '-', leaveRunning: true, json: true, logLevel: 'debug', logFile: '/var/log/f.log', config: '/etc/f.toml',
+      pid: 7, image: '-', leaveRunning: true, json: true, logLevel: 'debug', logFile: '/var/log/f.log', config: '/etc/f.toml', files: NO_FLAGS,
     });
     assert.equal(parseCheckpointArgs(['--image', 'a', '--pid', '007']).pid, 7);
     assert.equal(parseCheckpointArgs(['--pid', String(PID_MAX_LIMIT), '--image', 'a']).pid, PID_MAX_LIMIT);
@@ -72,9 +81,9 @@ describe('ferry checkpoint arguments', () => {
 
 describe('ferry restore, inspect, demo, version and help arguments', () => {
   it('parses restore', () => {
-    assert.deepEqual(parseRestoreArgs(['--image', '/tmp/x.tar']), { image: '/tmp/x.tar', json: false });
+    assert.deepEqual(parseRestoreArgs(['--image', '/tmp/x.tar']), { image: '/tmp/x.tar', json: false, files: NO_FLAGS });
     assert.deepEqual(parseRestoreArgs(['--image-path', '-', '--pid-file', '/run/x.pid', '--json']),
-      { image: '-', pidFile: '/run/x.pid', json: true });
+      { image: '-', pidFile: '/run/x.pid', json: true, files: NO_FLAGS });
     usage(() => parseRestoreArgs([]), 'restore', '--image is required (a path, or - for standard input)');
     usage(() => parseRestoreArgs(['--image', 'x', '--pid-file', '']), 'restore', '--pid-file needs a file, got ""');
     usage(() => parseRestoreArgs(['--image', 'x', '--pid', '1']), 'restore', 'unknown option --pid');
