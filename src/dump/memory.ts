@@ -120,7 +120,10 @@ const BUFFERS = 4;
  */
 async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chunk: Buffer) => Promise<void>,
   chunkBytes: number): Promise<void> {
-  const chunkPages = Math.max(1, Math.floor(chunkBytes / PAGE_SIZE));
+  // No bigger than what this process stores: a tree of small processes must not allocate
+  // (and zero) BUFFERS full chunks per process.
+  const stored = vmas.reduce((sum, v) => sum + v.runs.reduce((k, [, count]) => k + count, 0), 0);
+  const chunkPages = Math.max(1, Math.min(Math.floor(chunkBytes / PAGE_SIZE), stored));
   // Shared buffers: the image writer hashes them on a worker thread without a copy.
   const shared = (): Buffer => Buffer.from(new SharedArrayBuffer(chunkPages * PAGE_SIZE));
   const bufs = Array.from({ length: BUFFERS }, shared);
