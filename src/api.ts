@@ -37,6 +37,13 @@ export interface CheckpointOptions extends CommonOptions {
   leaveRunning: boolean;
   /** What file kinds may do beyond the defaults (runc's --tcp-established etc.); all off if absent. */
   files?: Partial<FileOptions>;
+  /** Extra JSON entries for the image (a container's configuration), written after files.json. */
+  extraEntries?: ReadonlyArray<{ name: string; value: unknown }>;
+  /**
+   * The pid namespace the tree may live in (a container's), as readlink(/proc/PID/ns/pid)
+   * shows it; absent: ferry's own. Processes of the tree in any other one are refused.
+   */
+  pidNamespace?: string;
 }
 
 export interface CheckpointResult {

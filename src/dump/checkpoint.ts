@@ -27,6 +27,7 @@ import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
 import { planMemory } from './memory.js';
 import { readCreds } from './creds.js';
+import { NsIds } from './ns-ids.js';
 import { freezeTree, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
 import { SIGKILL } from '../arch/x86-64.js';
@@ -161,21 +162,26 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       const data = Buffer.from(JSON.stringify(value));
       return { name, size: data.length, produce: async (sink) => { await sink(data); } };
     };
-    const treeRecord: TreeRecord = { root: pid, processes: tree.processes.map((p) => p.record) };
+    // The image holds every id as the tree sees it (ns-ids.ts).
+    const ids = new NsIds(tree.processes);
+    const root = ids.of(pid);
+    const treeRecord: TreeRecord = { root, processes: tree.processes.map((p) => ids.process(p.record, p.pid === pid)) };
     const filesRecord: FilesRecord = { files: files.files };
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
     for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
+    for (const extra of o.extraEntries ?? []) entries.push(json(extra.name, extra.value));
     for (const d of dumped) {
-      entries.push(json(taskEntry(d.task.pid), d.task),
-        ...d.xstates.map((x): ImageEntry => ({ name: x.entry, size: x.data.length, produce: async (sink) => { await sink(x.data); } })),
-        { name: pagesEntry(d.task.pid), size: d.memory.pagesBytes, produce: (sink) => d.memory.produce(sink, o.config.image.chunkSize) });
+      const task = ids.task(d.task, d.task.pid === pid);
+      entries.push(json(taskEntry(task.pid), task),
+        ...d.xstates.map((x, i): ImageEntry => ({ name: task.threads[i]!.xstate, size: x.data.length, produce: async (sink) => { await sink(x.data); } })),
+        { name: pagesEntry(task.pid), size: d.memory.pagesBytes, produce: (sink) => d.memory.produce(sink, o.config.image.chunkSize) });
     }
     const written = await writeImage(o.image, {
       ferryVersion: FERRY_VERSION,
       createdAt: new Date().toISOString(),
       host: { ...hostFacts(), xstateSize: dumped[0]!.xstates[0]!.data.length },
-      root: { pid },
-      tasks: dumped.map((d) => d.task.pid),
+      root: { pid: root },
+      tasks: dumped.map((d) => ids.of(d.task.pid)),
     }, entries, {
       onProgress: (done, total) => o.onProgress?.({ phase: 'write', done, total }),
     });

@@ -122,7 +122,7 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
   restoreTaskState(t, as, task);
   installFds(t, as.scratch, task.pid, task.fds, files);
   created.threads.set(task.pid, createThreads(t, as, task));
-  queuePendingSignals(t, as, task);
+  queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
   return written;
@@ -141,10 +141,11 @@ function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: Read
     for (const x of all) x.close();
   }
   for (const task of [...tasks].reverse()) {
+    const leader = created.stubs.get(task.pid)!;
     // Process-directed (kill, not tgkill): every thread finds it pending on its way back to
     // user space, so none runs an instruction before the group stop.
-    if (task.stopped) process.kill(task.pid, SIGSTOP);
+    if (task.stopped) process.kill(leader.pid, SIGSTOP);
     for (const x of created.threads.get(task.pid) ?? []) n.detach(x.tid, 0);
-    n.detach(task.pid, 0);
+    n.detach(leader.pid, 0);
   }
 }

@@ -3,6 +3,7 @@
  * name, cwd, umask, every signal disposition, sigaltstack, robust list, clear_child_tid, rseq,
  * session; then registers, XSAVE area and signal mask, set right before the task is let go.
  */
+import { readdirSync } from 'node:fs';
 import {
   decodeRegs, encodeRegs, KSIGACTION_SIZE, NSIG, PR_SET_NAME, REG_NAMES, rewindInterruptedSyscall,
   SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
@@ -95,6 +96,7 @@ const CLONE_ARGS_SIZE = 88;
 export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord): Tracee[] {
   const n = native();
   const out: Tracee[] = [];
+  const known = new Set(readdirSync(`/proc/${main.pid}/task`).map(Number));
   try {
     for (const th of task.threads.slice(1)) {
       as.scratch.reset();
@@ -109,7 +111,9 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
         throw new FerryError(r === -17n ? 'EPIDINUSE' : 'ESPAWN',
           `cannot create thread ${th.tid} of pid ${task.pid}: ${r === -17n ? 'the tid is in use by another process' : `clone3 failed with errno ${-r}`}`);
       }
-      const tid = Number(r);
+      // clone3 returns the id in the task's namespace; ptrace needs ferry's.
+      const tid = newEntry(`/proc/${main.pid}/task`, known);
+      known.add(tid);
       n.seize(tid, 0);
       n.interrupt(tid);
       const st = n.waitpid(tid);
@@ -128,6 +132,16 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
 }
 
 /**
+ * The one entry of directory `dir` (/proc/PID/task, or a children list) that `known` lacks:
+ * the id, in ferry's pid namespace, of a task just created inside another namespace.
+ */
+export function newEntry(dir: string, known: ReadonlySet<number>): number {
+  const fresh = readdirSync(dir).map(Number).filter((id) => !known.has(id));
+  if (fresh.length !== 1) throw new Error(`expected one new task in ${dir}, found ${fresh.length}`);
+  return fresh[0]!;
+}
+
+/**
  * Queues the image's pending signals again, process-wide and per thread, in their order, once
  * every thread exists; then recreates the POSIX timers (src/restore/timers.ts), after the
  * signals so a timer expiring now cannot get ahead of older signals of its number.
@@ -140,7 +154,7 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
  * standard signal was pending at most once per queue, so it is queued at most once again.
  * Every signal stays blocked until the masks are set at the very end, so none is delivered early.
  */
-export function queuePendingSignals(main: Tracee, as: AddressSpace, task: TaskRecord): void {
+export function queuePendingSignals(main: Tracee, others: readonly Tracee[], as: AddressSpace, task: TaskRecord): void {
   const timers = task.itimers.posix;
   const firing = new Set<number>();
   /** False for a timer's own pending signal: that timer is made to expire at once instead. */
@@ -149,17 +163,14 @@ export function queuePendingSignals(main: Tracee, as: AddressSpace, task: TaskRe
     if (timer) firing.add(timer.id);
     return !timer;
   };
-  const queues: Array<{ tid: number; shared: boolean; signals: PendingSignal[] }> = [
-    { tid: task.pid, shared: true, signals: task.sharedPending.filter(requeue) },
-    ...task.threads.map((th) => ({ tid: th.tid, shared: false, signals: th.pending.filter(requeue) })),
+  // tid: as the task knows it (the syscall arguments); t: the thread, by its ptrace id.
+  const queues: Array<{ tid: number; t: Tracee; shared: boolean; signals: PendingSignal[] }> = [
+    { tid: task.pid, t: main, shared: true, signals: task.sharedPending.filter(requeue) },
+    ...task.threads.map((th, i) => ({ tid: th.tid, t: i === 0 ? main : others[i - 1]!, shared: false, signals: th.pending.filter(requeue) })),
   ];
   for (const q of queues) {
     if (q.signals.length === 0) continue;
-    let t = main;
-    if (q.tid !== main.tid) {
-      t = new Tracee(task.pid, q.tid);
-      t.gadget = main.gadget;
-    }
+    const { t } = q;
     try {
       for (let i = 0; i < q.signals.length; i += 100) {
         as.scratch.reset();
@@ -171,8 +182,6 @@ export function queuePendingSignals(main: Tracee, as: AddressSpace, task: TaskRe
     } catch (err) {
       const where = q.shared ? 'process-wide' : `of thread ${q.tid}`;
       throw new FerryError('ESTATE', `cannot queue the pending signals ${where} of pid ${task.pid} again: ${describeCause(err)}`, { cause: err });
-    } finally {
-      if (t !== main) t.close();
     }
   }
   restorePosixTimers(main, as, task, firing);

@@ -20,7 +20,9 @@ import type { ProcessRecord, TreeRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
+import { parseChildren } from '../proc/children.js';
 import { parseStat } from '../proc/stat.js';
+import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import { useStubGadget, type SharedObjects } from './address-space.js';
 
@@ -110,35 +112,51 @@ function fork(parent: Tracee, pid: number): Tracee {
   const argsAt = belowStack(parent, args);
   args.writeBigUInt64LE(argsAt + BigInt(CLONE_ARGS_SIZE), 64); // set_tid
   parent.writeMem(argsAt, args);
+  const before = new Set(children(parent));
   const r = parent.trySyscall(SYS.clone3, argsAt, CLONE_ARGS_SIZE);
   if (r < 0n) {
     throw new FerryError(r === -17n ? 'EPIDINUSE' : 'ESPAWN', r === -17n
       ? `pid ${pid} is in use by another process: stop it, or restore elsewhere`
       : `cannot create pid ${pid} (child of ${parent.pid}): clone3 failed with errno ${-r}`);
   }
+  // clone3 returned `pid` as the parent's namespace sees it; ptrace needs ferry's id of it.
+  const fresh = children(parent).filter((c) => !before.has(c));
+  if (fresh.length !== 1) throw new FerryError('ESPAWN', `pid ${pid} (child of ${parent.pid}) cannot be found after its creation`);
+  const host = fresh[0]!;
   // Until it is seized the child runs the stub's pause() loop with every signal blocked.
-  n.seize(pid, 0);
-  n.interrupt(pid);
-  const st = n.waitpid(pid);
+  n.seize(host, 0);
+  n.interrupt(host);
+  const st = n.waitpid(host);
   if (!st?.stopped) throw new FerryError('ESPAWN', `pid ${pid} (child of ${parent.pid}) died while being created`);
-  n.setOptions(pid, PTRACE_O_EXITKILL);
-  const child = new Tracee(pid, pid);
+  n.setOptions(host, PTRACE_O_EXITKILL);
+  const child = new Tracee(host, host);
   child.gadget = parent.gadget;
   return child;
+}
+
+/** Children of a stub, by ferry's ids. */
+function children(t: Tracee): number[] {
+  return parseChildren(readProcText(t.pid, `task/${t.tid}/children`));
+}
+
+/** Group and session of a created process, as its own namespace sees them. */
+function groupOf(t: Tracee): { pgid: number; sid: number } {
+  const st = parseStatus(readProcText(t.pid, 'status'));
+  return { pgid: st.nsPgid.at(-1) ?? 0, sid: st.nsSid.at(-1) ?? 0 };
 }
 
 /** Group leaders first, then members, so every group exists when it is joined. */
 function setGroups(created: CreatedTree, tree: TreeRecord): void {
   const inTree = new Set(tree.processes.map((p) => p.pid));
   const root = created.stubs.get(tree.root)!;
-  const rootGroup = parseStat(readProcText(root.pid, 'stat')).pgrp;
+  const rootGroup = groupOf(root).pgid;
   const target = (p: ProcessRecord): number => (inTree.has(p.pgid) ? p.pgid : rootGroup);
   const leaders = tree.processes.filter((p) => p.pgid === p.pid && p.sid !== p.pid);
   const members = tree.processes.filter((p) => p.pgid !== p.pid);
   for (const p of [...leaders, ...members]) {
     const t = created.stubs.get(p.pid)!;
     const want = target(p);
-    if (parseStat(readProcText(p.pid, 'stat')).pgrp === want) continue;
+    if (groupOf(t).pgid === want) continue;
     try {
       t.syscall(SYS.setpgid, 0, p.pgid === p.pid ? 0 : want);
     } catch (err) {
@@ -175,10 +193,10 @@ function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[]):
       n.setSigmask(t.tid, 0n);
       created.stubs.delete(z.pid);
       n.detach(t.tid, 0);
-      n.tgkill(z.pid, z.pid, sig);
+      n.tgkill(t.pid, t.pid, sig);
     }
     t.close();
-    waitZombie(z.pid);
+    waitZombie(t.pid);
   }
   const parents = new Set(zombies.map((z) => z.ppid));
   for (const ppid of parents) {
