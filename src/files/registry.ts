@@ -4,6 +4,9 @@
 import { FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { chrdev } from './chrdev.js';
+import { eventpoll } from './epoll.js';
+import { fanotify } from './fanotify.js';
+import { inotify } from './inotify.js';
 import { fifo, pipe } from './pipe.js';
 import { regular } from './regular.js';
 import type { FdDesc, FileKind } from './types.js';
@@ -14,6 +17,9 @@ const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   chrdev as unknown as FileKind<FileRecord>,
   pipe as unknown as FileKind<FileRecord>,
   fifo as unknown as FileKind<FileRecord>,
+  eventpoll as unknown as FileKind<FileRecord>,
+  inotify as unknown as FileKind<FileRecord>,
+  fanotify as unknown as FileKind<FileRecord>,
 ];
 
 /** The module for a descriptor; throws the 'unsupported file' error naming pid, fd and link. */

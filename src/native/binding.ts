@@ -127,6 +127,26 @@ export interface NativeBinding {
   getSeccompFilter(tid: number, index: number): Buffer | null;
   /** ptrace(PTRACE_SECCOMP_GET_METADATA): SECCOMP_FILTER_FLAG_* bits of filter `index`. */
   getSeccompFlags(tid: number, index: number): number;
+  /**
+   * kcmp(2) KCMP_EPOLL_TFD: compares file `fd1` of `pid1` with the target registered in epoll
+   * `efd` of `pid2` under descriptor number `tfd` (the `toff`-th item with that number): 0 when
+   * they are the same file. EBADF: fd1 is not open; ENOENT: no such item.
+   */
+  kcmpEpollTfd(pid1: number, pid2: number, fd1: number, efd: number, tfd: number, toff: number): number;
+  /** epoll_create1(2) (EPOLL_CLOEXEC always added). */
+  epollCreate1(flags?: number): number;
+  /** inotify_init1(2) (IN_CLOEXEC always added); IN_NONBLOCK is O_NONBLOCK. */
+  inotifyInit1(flags?: number): number;
+  /** ioctl(2) INOTIFY_IOC_SETNEXTWD: the next watch of this instance gets the lowest free wd >= `wd` (inotify(7)). */
+  inotifySetNextWd(fd: number, wd: number): void;
+  /** inotify_add_watch(2): returns the watch descriptor. */
+  inotifyAddWatch(fd: number, path: string, mask: number): number;
+  /** open_by_handle_at(2) (O_CLOEXEC added): `handle` is f_handle, `type` handle_type, `mountFd` any file of the file system. */
+  openByHandle(mountFd: number, type: number, handle: Buffer, flags: number): number;
+  /** fanotify_init(2) (FAN_CLOEXEC always added). */
+  fanotifyInit(flags: number, eventFFlags: number): number;
+  /** fanotify_mark(2). */
+  fanotifyMark(fd: number, flags: number, mask: bigint | number, dirfd: number, path: string): void;
 }
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
@@ -137,6 +157,8 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'getSeccompFilter', 'getSeccompFlags',
+  'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle',
+  'fanotifyInit', 'fanotifyMark',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

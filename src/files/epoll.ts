@@ -1,0 +1,238 @@
+/**
+ * epoll instances (epoll(7): `anon_inode:[eventpoll]`) with every target: its events, its data
+ * and its descriptor number.
+ *
+ * An epoll item is keyed by (file, descriptor number): the number is the one the process used
+ * in EPOLL_CTL_ADD, and the application keeps using it for EPOLL_CTL_MOD/DEL. /proc/PID/fdinfo
+ * lists each item as `tfd: N events: HEX data: HEX pos:… ino:… sdev:…` (the kernel ORs
+ * EPOLLERR|EPOLLHUP into every item's events on ADD and MOD). Descriptor numbers are not unique
+ * over time: an item stays registered as long as its file is open anywhere, even after fd N was
+ * closed or now holds another file. So each item is confirmed with kcmp(2) KCMP_EPOLL_TFD
+ * (`struct kcmp_epoll_slot {efd, tfd, toff}`, `toff` counting items of the same number in
+ * fdinfo order, which is the kernel's tree order) against fd N of a process holding the epoll;
+ * the item then names the target by file id. An item whose number no holder still has for its
+ * file cannot be registered again with the same key, and is refused.
+ *
+ * Restore: `open` creates an empty epoll in the controller (epoll_create1). Items are added by
+ * the task itself in `installed`, once all its descriptors are in place, with an injected
+ * epoll_ctl(EPOLL_CTL_ADD) per item using the task's own descriptor numbers, so the restored
+ * keys are the original ones. An epoll shared by several processes (fork) has each item added
+ * once, by the first process restored that holds the target file at that number (checked
+ * with kcmp(KCMP_FILE) against the controller's copy). Targets that are epolls themselves are
+ * plain files here: an epoll only needs its targets to exist, and the kernel refused cycles
+ * when the items were first added.
+ *
+ * Not kept exactly: an EPOLLONESHOT item that already fired (its events hold only the flag
+ * bits) comes back armed for EPOLLERR|EPOLLHUP, which epoll_ctl always adds; an EPOLLET item
+ * whose target is ready is reported once more after restore (epoll_ctl queues a ready target).
+ */
+import { readdirSync } from 'node:fs';
+import { errnoCode, FerryError } from '../errors.js';
+import type { FileRecord, Hex } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { SYS } from '../arch/x86-64.js';
+import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
+
+/** kcmp(2) type comparing two descriptors' open files. */
+const KCMP_FILE = 0;
+const EPOLL_CTL_ADD = 1;
+/** sizeof(struct epoll_event) on x86-64: packed { u32 events; u64 data; }. */
+const EPOLL_EVENT_SIZE = 12;
+/** Items added per batch of injected syscalls (their events fill one scratch allocation). */
+const BATCH = 512;
+/** Largest number of items accepted from an image (max_user_watches is far lower in practice). */
+const MAX_TARGETS = 1 << 22;
+
+/** One epoll item. */
+export interface EpollTarget {
+  /** Descriptor number the item was added with (and is held at by a process holding the epoll). */
+  fd: number;
+  /** File id of the target. */
+  file: number;
+  /** Events as fdinfo shows them (EPOLLIN…, EPOLLET, EPOLLONESHOT, EPOLLEXCLUSIVE, EPOLLWAKEUP). */
+  events: number;
+  /** epoll_data (64 bits). */
+  data: Hex;
+}
+
+export interface EventpollRecord extends FileRecord {
+  kind: 'eventpoll';
+  /** Status flags of the epoll's open file (O_NONBLOCK). */
+  flags: number;
+  targets: EpollTarget[];
+}
+
+const unsupported = (d: FdDesc, why: string): FerryError =>
+  new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${why})`);
+
+/** Parses one fdinfo `tfd:` line (the part after `tfd:`). */
+function parseItem(line: string): { tfd: number; events: number; data: bigint } | undefined {
+  const m = /^\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)/i.exec(line);
+  if (!m) return undefined;
+  return { tfd: Number(m[1]), events: parseInt(m[2]!, 16) >>> 0, data: BigInt(`0x${m[3]!}`) };
+}
+
+/** Whether fd `tfd` of `pid` is the file registered as item (tfd, toff) of epoll `efd` of `owner`. */
+function holdsItem(pid: number, owner: number, efd: number, tfd: number, toff: number): boolean {
+  try {
+    return native().kcmpEpollTfd(pid, owner, tfd, efd, tfd, toff) === 0;
+  } catch (err) {
+    if (errnoCode(err) === 'EBADF') return false; // fd tfd is not open in pid
+    throw err;
+  }
+}
+
+/** Other processes of the tree holding the same epoll (a shared epoll after fork). */
+function otherHolders(d: FdDesc, ctx: DumpContext): number[] {
+  const id = ctx.fileIdOf(d.pid, d.fd);
+  const out: number[] = [];
+  for (const pid of ctx.pids) {
+    if (pid === d.pid) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    if (fds.some((fd) => ctx.fileIdOf(pid, Number(fd)) === id)) out.push(pid);
+  }
+  return out;
+}
+
+function dumpEpoll(d: FdDesc, ctx: DumpContext): Omit<EventpollRecord, 'id' | 'kind'> {
+  const lines = d.fdinfo.lines.get('tfd') ?? [];
+  const targets: EpollTarget[] = [];
+  const seen = new Map<number, number>();
+  let others: number[] | undefined;
+  for (const line of lines) {
+    const item = parseItem(line);
+    if (!item) throw new FerryError('EDUMP', `checkpoint: epoll fd ${d.fd} of pid ${d.pid}: cannot parse fdinfo line 'tfd: ${line}'`);
+    const toff = seen.get(item.tfd) ?? 0;
+    seen.set(item.tfd, toff + 1);
+    let holder: number | undefined;
+    if (holdsItem(d.pid, d.pid, d.fd, item.tfd, toff)) holder = d.pid;
+    else {
+      others ??= otherHolders(d, ctx);
+      holder = others.find((p) => holdsItem(p, d.pid, d.fd, item.tfd, toff));
+    }
+    const file = holder === undefined ? undefined : ctx.fileIdOf(holder, item.tfd);
+    if (file === undefined) {
+      throw unsupported(d, `its target fd ${item.tfd} (events 0x${item.events.toString(16)}) is still registered, but fd ${item.tfd} `
+        + 'was closed or now holds another file in every process holding this epoll; the application can no longer name that '
+        + 'item, and it cannot be registered again under that number');
+    }
+    targets.push({ fd: item.tfd, file, events: item.events, data: `0x${item.data.toString(16)}` });
+  }
+  return { flags: d.fdinfo.flags & ~O_CLOEXEC, targets };
+}
+
+function checkRecord(rec: EventpollRecord): void {
+  const bad = (why: string): never => {
+    throw new FerryError('EIMAGE', `image: epoll (file ${rec.id}) ${why}`);
+  };
+  if (!Number.isSafeInteger(rec.flags)) bad('has invalid flags');
+  if (!Array.isArray(rec.targets) || rec.targets.length > MAX_TARGETS) bad('has invalid targets');
+  for (const t of rec.targets) {
+    if (typeof t !== 'object' || t === null || !Number.isSafeInteger(t.fd) || t.fd < 0 || t.fd > 0x7fffffff
+      || !Number.isSafeInteger(t.file) || t.file === rec.id || !Number.isSafeInteger(t.events) || t.events < 0
+      || t.events > 0xffffffff || typeof t.data !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(t.data)) {
+      bad(`has an invalid target ${JSON.stringify(t)}`);
+    }
+  }
+}
+
+function openEpoll(rec: EventpollRecord, ctx: OpenContext): number | typeof NOT_YET {
+  // Targets are added inside each task; they must exist by then, so the epoll waits for them
+  // (a target that is an epoll itself only needs to be created, which never waits).
+  for (const t of rec.targets) {
+    const target = ctx.record(t.file);
+    if (!target) throw new FerryError('EIMAGE', `image: epoll (file ${rec.id}) watches file ${t.file}, which the image does not hold`);
+    if (target.kind !== 'eventpoll' && ctx.opened(t.file) === undefined) return NOT_YET;
+  }
+  const n = native();
+  const fd = n.epollCreate1(0);
+  try {
+    if ((rec.flags & O_NONBLOCK) !== 0) n.setFl(fd, O_NONBLOCK);
+  } catch (err) {
+    n.closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+/** Adds the items this task can add (it holds the target file at the item's number). */
+function addItems(rec: EventpollRecord, task: TaskContext): void {
+  const n = native();
+  const done = task.open.scratch<Set<number>>('eventpoll');
+  let added = done.get(String(rec.id));
+  if (!added) done.set(String(rec.id), (added = new Set()));
+  const todo: number[] = [];
+  rec.targets.forEach((t, i) => {
+    if (added.has(i)) return;
+    const cfd = task.open.opened(t.file);
+    if (cfd === undefined) throw new Error(`target file ${t.file} was not opened`);
+    let same = false;
+    try {
+      same = n.kcmp(task.pid, process.pid, KCMP_FILE, t.fd, cfd) === 0;
+    } catch (err) {
+      if (errnoCode(err) !== 'EBADF') throw err;
+    }
+    if (same) todo.push(i);
+  });
+  for (let start = 0; start < todo.length; start += BATCH) {
+    const chunk = todo.slice(start, start + BATCH);
+    task.scratch.reset();
+    const events = Buffer.alloc(chunk.length * EPOLL_EVENT_SIZE);
+    chunk.forEach((i, k) => {
+      const t = rec.targets[i]!;
+      events.writeUInt32LE(t.events >>> 0, k * EPOLL_EVENT_SIZE);
+      events.writeBigUInt64LE(BigInt(t.data), k * EPOLL_EVENT_SIZE + 4);
+    });
+    const at = task.scratch.put(events);
+    task.tracee.syscalls(chunk.map((i, k) =>
+      [SYS.epoll_ctl, task.fd, EPOLL_CTL_ADD, rec.targets[i]!.fd, at + BigInt(k * EPOLL_EVENT_SIZE)] as const));
+    for (const i of chunk) added.add(i);
+  }
+}
+
+export const eventpoll: FileKind<EventpollRecord> = {
+  kind: 'eventpoll',
+
+  matches(fd: FdDesc): boolean {
+    return fd.link === 'anon_inode:[eventpoll]';
+  },
+
+  key(): string {
+    // Every epoll is a file of the one anonymous inode: kcmp tells them apart.
+    return 'eventpoll';
+  },
+
+  dump(fd: FdDesc, ctx: DumpContext): Omit<EventpollRecord, 'id' | 'kind'> {
+    try {
+      return dumpEpoll(fd, ctx);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EDUMP', `checkpoint: epoll fd ${fd.fd} of pid ${fd.pid}: ${(err as Error).message}`, { cause: err });
+    }
+  },
+
+  check: checkRecord,
+
+  open(rec: EventpollRecord, ctx: OpenContext): number | typeof NOT_YET {
+    try {
+      return openEpoll(rec, ctx);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `cannot restore epoll (file ${rec.id}): ${(err as Error).message}`, { cause: err });
+    }
+  },
+
+  installed(rec: EventpollRecord, task: TaskContext): void {
+    try {
+      addItems(rec, task);
+    } catch (err) {
+      throw new FerryError('EOPEN', `cannot restore the items of epoll fd ${task.fd} of pid ${task.pid} (file ${rec.id}): ${(err as Error).message}`, { cause: err });
+    }
+  },
+};

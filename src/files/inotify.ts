@@ -1,0 +1,318 @@
+/**
+ * inotify instances (inotify(7): `anon_inode:inotify`) with every watch: its descriptor, its
+ * mask and the inode it watches.
+ *
+ * /proc/PID/fdinfo lists each watch as `inotify wd:HEX ino:HEX sdev:HEX mask:HEX
+ * ignored_mask:0 fhandle-bytes:HEX fhandle-type:HEX f_handle:HEX` (every field hex; the mask
+ * includes IN_ONESHOT and IN_EXCL_UNLINK). The inode is found again from its file handle with
+ * open_by_handle_at(2), given a mount of the file system `sdev` names (from the process's
+ * mountinfo), and its path is what /proc/self/fd says of the result, checked against `ino` and
+ * `sdev` with fstat. A watched inode that is deleted (still alive because something holds it)
+ * has no path to watch again and is refused.
+ *
+ * Restore: inotify_init1 in the controller, then for each watch, oldest first,
+ * ioctl(INOTIFY_IOC_SETNEXTWD, wd) right before inotify_add_watch(path, mask|IN_DONT_FOLLOW)
+ * (the path names the watched inode itself, never a symlink to follow): the kernel hands out
+ * the lowest free descriptor at or above the one asked, so every watch gets its own descriptor
+ * at once, however large. fdinfo lists watches newest first (each new mark goes to the head of
+ * the group's list), so the record keeps them oldest first; adding them in that order leaves
+ * the instance's next descriptor right after the newest watch's, as in the original unless the
+ * application set it itself since. Adding them in that order also gives the same fdinfo order.
+ *
+ * Queued events cannot be read without consuming them, and no call puts events back into an
+ * instance: an instance with events queued (FIONREAD) is refused, naming the byte count.
+ *
+ * The helpers that turn an fdinfo handle into a path are shared with fanotify.ts.
+ */
+import { fstatSync, lstatSync, readlinkSync } from 'node:fs';
+import { errnoCode, FerryError } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
+import { readProcText } from '../proc/read.js';
+import type { DumpContext, FdDesc, FileKind } from './types.js';
+
+/** inotify(7) flags of inotify_add_watch's mask. */
+const IN_DONT_FOLLOW = 0x02000000, IN_EXCL_UNLINK = 0x04000000, IN_ONESHOT = 0x80000000;
+/** IN_ALL_EVENTS: every event bit a watch can ask for. */
+const IN_ALL_EVENTS = 0xfff;
+const WD_MAX = 0x7fffffff;
+const O_RDONLY = 0;
+/** Largest number of watches accepted from an image (max_user_watches is far lower in practice). */
+const MAX_WATCHES = 1 << 22;
+
+/** One watch. */
+export interface InotifyWatch {
+  /** Watch descriptor (inotify_add_watch's result). */
+  wd: number;
+  /** Event mask with IN_ONESHOT / IN_EXCL_UNLINK. */
+  mask: number;
+  /** Path of the watched inode at checkpoint. */
+  path: string;
+  /** The inode: its file system (`major:minor`) and number, as they were at checkpoint. */
+  dev: string;
+  ino: string;
+}
+
+export interface InotifyRecord extends FileRecord {
+  kind: 'inotify';
+  /** Status flags of the open file (O_NONBLOCK is IN_NONBLOCK). */
+  flags: number;
+  /** Watches, oldest first (the order they were added in). */
+  watches: InotifyWatch[];
+}
+
+// ---- helpers shared with fanotify.ts ----
+
+/** `key:value key:value …` fields of an fsnotify fdinfo line. */
+export function fdinfoFields(line: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const tok of line.trim().split(/\s+/)) {
+    const i = tok.indexOf(':');
+    if (i > 0) out.set(tok.slice(0, i), tok.slice(i + 1));
+  }
+  return out;
+}
+
+/**
+ * The lines of an fsnotify fdinfo that start with `prefix` (`inotify`, `fanotify`), as
+ * `key:value key:value …` without the prefix. (parseFdinfo files `inotify wd:1 …` under the
+ * key `inotify wd`: the first colon follows the first field's name.)
+ */
+export function fsnotifyLines(d: FdDesc, prefix: string): string[] {
+  const out: string[] = [];
+  for (const [key, values] of d.fdinfo.lines) {
+    if (!key.startsWith(`${prefix} `)) continue;
+    for (const v of values) out.push(`${key.slice(prefix.length + 1)}:${v}`);
+  }
+  return out;
+}
+
+/** A hex field of an fdinfo line, or an error naming it. */
+export function hexField(f: Map<string, string>, key: string, what: string): bigint {
+  const v = f.get(key);
+  if (v === undefined || !/^[0-9a-f]+$/i.test(v)) throw new Error(`${what} has no valid '${key}' field`);
+  return BigInt(`0x${v}`);
+}
+
+/** The kernel's internal dev_t (MAJOR << 20 | MINOR), as fdinfo's sdev prints it, as `major:minor`. */
+export function kernelDev(sdev: bigint): string {
+  return `${sdev >> 20n}:${sdev & 0xfffffn}`;
+}
+
+/** stat's dev_t (glibc encoding) as `major:minor`. */
+export function userDev(dev: bigint): string {
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  return `${major}:${minor}`;
+}
+
+/** One line of /proc/PID/mountinfo (proc(5)). */
+export interface MountInfo {
+  id: number;
+  dev: string;
+  /** Root of the mount within its file system. */
+  root: string;
+  /** Mount point, relative to the process's root. */
+  point: string;
+}
+
+const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+/** The mounts a process sees. */
+export function mountsOf(pid: number): MountInfo[] {
+  return readProcText(pid, 'mountinfo').split('\n').filter(Boolean).map((l) => {
+    const f = l.split(' ');
+    return { id: Number(f[0]), dev: f[2] ?? '', root: unescape(f[3] ?? ''), point: unescape(f[4] ?? '') };
+  });
+}
+
+/**
+ * Opens a directory of file system `dev` as the process sees it, for open_by_handle_at: a
+ * mount of its whole file system if there is one. (open_by_handle_at refuses an O_PATH
+ * mount_fd with EBADF: the directory is opened for reading.) Cached in `cache`,
+ * whose descriptors the caller closes.
+ */
+export function mountFdFor(pid: number, dev: string, cache: Map<string, number>): number | undefined {
+  const key = `${pid}:${dev}`;
+  const have = cache.get(key);
+  if (have !== undefined) return have;
+  const mounts = mountsOf(pid).filter((m) => m.dev === dev).sort((a, b) => Number(b.root === '/') - Number(a.root === '/'));
+  for (const m of mounts) {
+    try {
+      const fd = native().openRaw(`/proc/${pid}/root${m.point}`, O_RDONLY | O_DIRECTORY);
+      cache.set(key, fd);
+      return fd;
+    } catch { /* try the next mount */ }
+  }
+  return undefined;
+}
+
+/** Closes the descriptors of a mount cache. */
+export function closeMounts(cache: Map<string, number>): void {
+  for (const fd of cache.values()) native().closeFd(fd);
+  cache.clear();
+}
+
+/** Where an fsnotify mark's inode is: its path, or why there is none. */
+export type Located = { path: string; dev: string; ino: string } | { why: string };
+
+/**
+ * Finds the path of the inode an fsnotify fdinfo line names (`ino`, `sdev`, `fhandle-bytes`,
+ * `fhandle-type`, `f_handle`) with open_by_handle_at(2).
+ */
+export function locateInode(pid: number, f: Map<string, string>, what: string, cache: Map<string, number>): Located {
+  const ino = hexField(f, 'ino', what);
+  const dev = kernelDev(hexField(f, 'sdev', what));
+  const where = `inode ${ino} on device ${dev}`;
+  const bytes = f.get('f_handle');
+  if (!f.has('fhandle-bytes') || bytes === undefined || bytes.length === 0 || !/^([0-9a-f]{2})+$/i.test(bytes)) {
+    return { why: `the watched ${where} has no file handle: its file system cannot be looked up by handle` };
+  }
+  const type = Number(hexField(f, 'fhandle-type', what));
+  const mfd = mountFdFor(pid, dev, cache);
+  if (mfd === undefined) return { why: `the watched ${where} is on a file system no mount of pid ${pid} shows` };
+  const n = native();
+  let fd: number;
+  try {
+    fd = n.openByHandle(mfd, type, Buffer.from(bytes, 'hex'), O_PATH);
+  } catch (err) {
+    if (errnoCode(err) === 'ESTALE') return { why: `the watched ${where} was deleted` };
+    throw err;
+  }
+  try {
+    const path = readlinkSync(`/proc/self/fd/${fd}`);
+    if (path.endsWith(' (deleted)')) return { why: `the watched file ${path} is deleted` };
+    const st = fstatSync(fd, { bigint: true });
+    if (st.ino !== ino || userDev(st.dev) !== dev) return { why: `no path leads to the watched ${where}` };
+    // The path must lead back to the same inode from the controller (not a disconnected name).
+    try {
+      const again = n.openRaw(path, O_PATH);
+      try {
+        const st2 = fstatSync(again, { bigint: true });
+        if (st2.ino !== ino || st2.dev !== st.dev) return { why: `no path leads to the watched ${where} (${path} is another file)` };
+      } finally {
+        n.closeFd(again);
+      }
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return { why: `no path leads to the watched ${where} (${path} does not exist)` };
+      throw err;
+    }
+    return { path, dev, ino: ino.toString() };
+  } finally {
+    n.closeFd(fd);
+  }
+}
+
+/** Bytes of events queued in an inotify or fanotify instance (FIONREAD), read from a copy. */
+export function queuedBytes(d: FdDesc, ctx: DumpContext): number {
+  return native().pipeUnread(ctx.grab(d));
+}
+
+// ---- inotify ----
+
+const unsupported = (d: FdDesc, why: string): FerryError =>
+  new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${why})`);
+
+function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'kind'> {
+  const queued = queuedBytes(d, ctx);
+  if (queued > 0) {
+    throw unsupported(d, `${queued} bytes of events are queued; they cannot be read without consuming them nor queued again `
+      + 'on restore: let the application read them, then checkpoint again');
+  }
+  const watches: InotifyWatch[] = [];
+  const mounts = new Map<string, number>();
+  try {
+    for (const line of fsnotifyLines(d, 'inotify')) {
+      const f = fdinfoFields(line);
+      const what = `fdinfo line 'inotify ${line}'`;
+      const wd = Number(hexField(f, 'wd', what));
+      const mask = Number(hexField(f, 'mask', what));
+      const where = locateInode(d.pid, f, what, mounts);
+      if ('why' in where) throw unsupported(d, `watch ${wd}: ${where.why}`);
+      watches.push({ wd, mask, ...where });
+    }
+  } finally {
+    closeMounts(mounts);
+  }
+  watches.reverse();
+  return { flags: d.fdinfo.flags & ~O_CLOEXEC, watches };
+}
+
+function checkRecord(rec: InotifyRecord): void {
+  const bad = (why: string): never => {
+    throw new FerryError('EIMAGE', `image: inotify (file ${rec.id}) ${why}`);
+  };
+  if (!Number.isSafeInteger(rec.flags)) bad('has invalid flags');
+  if (!Array.isArray(rec.watches) || rec.watches.length > MAX_WATCHES) bad('has invalid watches');
+  const seen = new Set<number>();
+  for (const w of rec.watches) {
+    if (typeof w !== 'object' || w === null || !Number.isSafeInteger(w.wd) || w.wd < 1 || w.wd > WD_MAX || seen.has(w.wd)
+      || !Number.isSafeInteger(w.mask) || (w.mask & ~(IN_ALL_EVENTS | IN_ONESHOT | IN_EXCL_UNLINK)) !== 0
+      || typeof w.path !== 'string' || !w.path.startsWith('/')) {
+      bad(`has an invalid watch ${JSON.stringify(w)}`);
+    }
+    seen.add(w.wd);
+    if (!lstatSync(w.path, { throwIfNoEntry: false })) {
+      throw new FerryError('ENOENT', `inotify watch ${w.wd} (file ${rec.id} of the image) watched ${w.path}, which no longer exists`);
+    }
+  }
+}
+
+function openInotify(rec: InotifyRecord): number {
+  const n = native();
+  const fd = n.inotifyInit1(rec.flags & O_NONBLOCK);
+  try {
+    for (const w of rec.watches) {
+      n.inotifySetNextWd(fd, w.wd);
+      let got: number;
+      try {
+        got = n.inotifyAddWatch(fd, w.path, (w.mask >>> 0) | IN_DONT_FOLLOW);
+      } catch (err) {
+        const why = errnoCode(err) === 'ENOENT' ? 'no longer exists' : `cannot be watched (${(err as Error).message})`;
+        throw new FerryError('EOPEN', `cannot restore inotify watch ${w.wd} (file ${rec.id}): ${w.path} ${why}`, { cause: err });
+      }
+      if (got !== w.wd) {
+        throw new FerryError('EOPEN', `cannot restore inotify watch ${w.wd} on ${w.path} (file ${rec.id}): the kernel gave descriptor ${got}`
+          + (got < w.wd ? ' (the path is the same inode as another watch)' : ''));
+      }
+    }
+  } catch (err) {
+    n.closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+export const inotify: FileKind<InotifyRecord> = {
+  kind: 'inotify',
+
+  matches(fd: FdDesc): boolean {
+    return fd.link === 'anon_inode:inotify';
+  },
+
+  key(): string {
+    // Every inotify instance is a file of the one anonymous inode: kcmp tells them apart.
+    return 'inotify';
+  },
+
+  dump(fd: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'kind'> {
+    try {
+      return dumpInotify(fd, ctx);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EDUMP', `checkpoint: inotify fd ${fd.fd} of pid ${fd.pid}: ${(err as Error).message}`, { cause: err });
+    }
+  },
+
+  check: checkRecord,
+
+  open(rec: InotifyRecord): number {
+    try {
+      return openInotify(rec);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `cannot restore inotify (file ${rec.id}): ${(err as Error).message}`, { cause: err });
+    }
+  },
+};

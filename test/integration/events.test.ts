@@ -1,0 +1,88 @@
+/**
+ * epoll, inotify and fanotify through bin/ferry: build/workloads/events holds nested, shared,
+ * edge-triggered, one-shot and exclusive epoll items, inotify watches with chosen descriptors
+ * (one above 0x34d71d6) and fanotify inode, mount and filesystem marks, and checks them itself
+ * after restore. What cannot be restored is refused with the process left running.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+
+const skip = needs('root', 'build');
+after(cleanup);
+
+/** Children of `pid` (the workload forks one). */
+const children = (pid: number): number[] =>
+  readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+
+describe('epoll, inotify, fanotify', { skip }, () => {
+  it('come back with every item, watch descriptor and mark, three cycles in a row', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'events'), ['DIR']);
+    const kids = children(w.pid);
+    assert.equal(kids.length, 1, 'the workload forked its child');
+    for (const k of kids) own(k);
+    const image = join(w.dir, 'events.tar');
+    for (let i = 0; i < 3; i++) {
+      await sleep(50);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
+      if (i === 0) await w.exited;
+      await waitFor('the pids to be free', () => !alive(w.pid) && kids.every((k) => !alive(k)), 8000);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
+      own(w.pid);
+      assert.deepEqual(children(w.pid), kids, 'same child');
+    }
+    // The watch with descriptor 0x34d71d7 is restored at once (INOTIFY_IOC_SETNEXTWD) and
+    // reports its event with that descriptor: the workload checks it.
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('--leave-running changes nothing, and the image restores the same state', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'events'), ['DIR']);
+    const kids = children(w.pid);
+    for (const k of kids) own(k);
+    const image = join(w.dir, 'events.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verify(w), 'PASS', 'the original is intact');
+    await w.exited;
+    await waitFor('the child to be gone', () => kids.every((k) => !alive(k)), 8000);
+    // The first run's checks created DIR/watched/new and wrote to DIR/watched/ffile: the
+    // restored copy's own checks expect a fresh directory entry, so remove it.
+    rmSync(join(w.dir, 'watched', 'new'));
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    assert.equal(await verify(w2), 'PASS', 'the restored copy');
+  });
+
+  const refusals: Array<[string, RegExp]> = [
+    ['stale', /^ferry checkpoint: unsupported file: pid (\d+) fd \d+ -> anon_inode:\[eventpoll\] \(its target fd \d+ .*still registered/m],
+    ['deleted', /^ferry checkpoint: unsupported file: pid (\d+) fd \d+ -> anon_inode:inotify \(watch \d+: the watched file .* is deleted\)/m],
+    ['queued', /^ferry checkpoint: unsupported file: pid (\d+) fd \d+ -> anon_inode:inotify \(\d+ bytes of events are queued/m],
+  ];
+  for (const [mode, message] of refusals) {
+    it(`refuses ${mode} state clearly and leaves the process running`, async () => {
+      const w = await startWorkload(join(WORKLOADS, 'events'), ['DIR', mode]);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+      assert.equal(cp.code, 1, cp.stderr);
+      const m = message.exec(cp.stderr);
+      assert.ok(m, cp.stderr);
+      assert.equal(Number(m[1]), w.pid);
+      assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
+      if (mode === 'stale') {
+        const [, efd, tfd] = /stale epoll fd (\d+) target fd (\d+)/.exec(w.text())!;
+        assert.match(cp.stderr, new RegExp(`fd ${efd} -> .*target fd ${tfd} `));
+      }
+      assert.ok(alive(w.pid));
+      assert.equal(procState(w.pid).tracer, 0, 'not traced');
+      assert.notEqual(procState(w.pid).state, 'T', 'not stopped');
+    });
+  }
+});
