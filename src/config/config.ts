@@ -34,6 +34,11 @@ export interface Config {
     /** `chunk_size`: bytes per I/O chunk of page data, a multiple of 4096 in 64 KiB..256 MiB. */
     readonly chunkSize: number;
   };
+  /** `[files]`: open files. */
+  readonly files: {
+    /** `deleted_max_bytes`: largest contents of a deleted-but-open file or a memfd stored in an image (bytes). */
+    readonly deletedMaxBytes: number;
+  };
   /** `[restore]`: restoring processes. */
   readonly restore: {
     /** `stub`: absolute path of the ferry-stub executable; "" = build/Release/ferry-stub of this package. */
@@ -45,6 +50,7 @@ export interface Config {
 export const DEFAULTS: Config = deepFreeze({
   log: { level: 'warn', file: '' },
   image: { workDir: '/var/tmp', chunkSize: 8 * 1024 * 1024 },
+  files: { deletedMaxBytes: 64 * 1024 * 1024 },
   restore: { stub: '' },
 });
 
@@ -137,6 +143,11 @@ const chunk: Check = (v) => {
   return v;
 };
 
+const bytes: Check = (v) => {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new Invalid(`must be a number of bytes (an integer >= 0), got ${describe(v)}`);
+  return v;
+};
+
 /** Every section and key: TOML name -> TS property and check. Defaults are in DEFAULTS. */
 const SCHEMA: Readonly<Record<keyof Config, Readonly<Record<string, KeySpec>>>> = {
   log: {
@@ -146,6 +157,9 @@ const SCHEMA: Readonly<Record<keyof Config, Readonly<Record<string, KeySpec>>>> 
   image: {
     work_dir: { prop: 'workDir', check: path(false) },
     chunk_size: { prop: 'chunkSize', check: chunk },
+  },
+  files: {
+    deleted_max_bytes: { prop: 'deletedMaxBytes', check: bytes },
   },
   restore: {
     stub: { prop: 'stub', check: path(true) },

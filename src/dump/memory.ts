@@ -7,13 +7,15 @@
  * or swapped page. Pages never touched or still backed by the file are not stored: restore
  * maps the same file or fresh zero memory.
  */
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, openSync, readSync, readlinkSync, statSync } from 'node:fs';
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
 import { dumpablePageRuns } from '../proc/pagemap.js';
+import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
+import { listFds } from '../proc/read.js';
 
 /**
  * VmFlags (smaps) carried into the image: grows-down, accountable (a private area that was
@@ -47,6 +49,8 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
   const pagemap = openSync(`/proc/${pid}/pagemap`, 'r');
   const vmas: VmaRecord[] = [];
   let pagesBytes = 0;
+  /** dev:ino of the deleted files and memfds the process holds open, read when first needed. */
+  let held: Set<string> | undefined;
   try {
     for (const v of maps) {
       const flags = vmflags.get(v.start) ?? [];
@@ -61,8 +65,37 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       if (kind === 'file' && v.shared && v.path.startsWith('/SYSV')) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is a System V shared memory segment (not supported yet)`);
       }
-      if (kind === 'file' && v.deleted) {
-        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps a deleted file`);
+      // A memfd (always "deleted") is mapped again from the memfd restored with the files, or
+      // made anew from what the areas store; a deleted file only when this process holds it
+      // open too (its contents are then in its file record).
+      const mapFiles = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+      const memfd = kind === 'file' && v.deleted && isMemfdPath(v.path);
+      const mapped: MappedSpecialFile = {};
+      let heldMemfd = false;
+      /** For a memfd no descriptor holds: which pages of the area have data in the memfd. */
+      let memfdData: Uint8Array | undefined;
+      if (memfd) {
+        const st = statSync(mapFiles, { bigint: true });
+        if (isHugetlb(st.blksize)) throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps a hugetlb memfd`);
+        held ??= heldDeleted(pid);
+        heldMemfd = held.has(`${st.dev}:${st.ino}`);
+        const fd = native().openRaw(mapFiles, 0);
+        let seals: number;
+        try {
+          seals = native().getSeals(fd);
+          if (!heldMemfd) memfdData = dataPages(fd, v, Number(st.size));
+        } finally { native().closeFd(fd); }
+        mapped.memfd = {
+          id: `${v.major}:${v.minor}:${v.inode}`, name: v.path.slice('/memfd:'.length),
+          size: Number(st.size), mode: Number(st.mode & 0o7777n), seals,
+        };
+      } else if (kind === 'file' && v.deleted) {
+        const st = statSync(mapFiles, { bigint: true });
+        held ??= heldDeleted(pid);
+        if (!held.has(`${st.dev}:${st.ino}`)) {
+          throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps a deleted file that the process does not hold open`);
+        }
+        mapped.ghost = `${st.dev}:${st.ino}`;
       }
       if (kind === 'anon' && v.shared && !sharedAnon) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is shared memory of an unknown kind`);
@@ -79,21 +112,26 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         pagesOffset: pagesBytes,
       };
       if (sharedAnon) rec.shmem = { id: `${v.major}:${v.minor}:${v.inode}`, offset: hex(v.offset) };
+      Object.assign(rec, mapped);
       if (kind === 'file') {
-        const st = statSync(v.path, { bigint: true });
+        const st = statSync(v.deleted ? mapFiles : v.path, { bigint: true });
         rec.file = {
           path: v.path, offset: hex(v.offset), dev: `${v.major}:${v.minor}`, ino: v.inode.toString(),
           size: Number(st.size), mtimeNs: st.mtimeNs.toString(),
         };
       }
-      const storesPages = !special && !(kind === 'file' && v.shared);
+      // A memfd mapping stores every present page unless the process holds the memfd open
+      // (its file record has the contents): nothing else may have them.
+      const storesPages = !special && (mapped.memfd ? !(heldMemfd && v.shared) : !(kind === 'file' && v.shared));
       if (storesPages) {
         const npages = Number((v.end - v.start) / BigInt(PAGE_SIZE));
         const first = Number(v.start / BigInt(PAGE_SIZE));
         const entries = Buffer.allocUnsafe(npages * 8);
         const got = readSync(pagemap, entries, 0, entries.length, first * 8);
         if (got !== entries.length) throw new Error(`short read of /proc/${pid}/pagemap at ${range}`);
-        for (const [page, count] of dumpablePageRuns(entries, 0, kind === 'anon' && v.shared)) {
+        let runs = dumpablePageRuns(entries, 0, (kind === 'anon' && v.shared) || memfdData !== undefined);
+        if (memfdData) runs = mergeRuns(runs, memfdData);
+        for (const [page, count] of runs) {
           rec.runs.push([page, count]);
           pagesBytes += count * PAGE_SIZE;
         }
@@ -108,6 +146,59 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
     pagesBytes,
     produce: (sink, chunkBytes) => producePages(pid, vmas, sink, chunkBytes),
   };
+}
+
+/**
+ * Pages of area `v` (a memfd mapping, `fd` the memfd) that hold data in the memfd, by
+ * SEEK_DATA/SEEK_HOLE: a memfd nothing holds open has no other copy of its data, even of pages
+ * this process never touched (they are read through the mapping, which faults them in).
+ */
+function dataPages(fd: number, v: Vma, size: number): Uint8Array {
+  const npages = Number((v.end - v.start) / BigInt(PAGE_SIZE));
+  const out = new Uint8Array(npages);
+  const from = Number(v.offset);
+  const to = Math.min(from + npages * PAGE_SIZE, size);
+  for (let off = from; off < to;) {
+    let start: number;
+    try {
+      start = native().lseek(fd, off, 3 /* SEEK_DATA */);
+    } catch {
+      break; // ENXIO: only a hole from here
+    }
+    if (start >= to) break;
+    const end = Math.min(native().lseek(fd, start, 4 /* SEEK_HOLE */), to);
+    for (let p = Math.floor((start - from) / PAGE_SIZE); p < Math.ceil((end - from) / PAGE_SIZE); p++) out[p] = 1;
+    off = end;
+  }
+  return out;
+}
+
+/** Runs of pages in `runs` or marked in `pages`. */
+function mergeRuns(runs: ReadonlyArray<[number, number]>, pages: Uint8Array): Array<[number, number]> {
+  const all = Uint8Array.from(pages);
+  for (const [page, count] of runs) all.fill(1, page, page + count);
+  const out: Array<[number, number]> = [];
+  for (let i = 0; i < all.length;) {
+    if (!all[i]) { i++; continue; }
+    let j = i;
+    while (j < all.length && all[j]) j++;
+    out.push([i, j - i]);
+    i = j;
+  }
+  return out;
+}
+
+/** st_dev:st_ino of every deleted file or memfd `pid` holds a descriptor of. */
+function heldDeleted(pid: number): Set<string> {
+  const out = new Set<string>();
+  for (const fd of listFds(pid)) {
+    try {
+      if (!readlinkSync(`/proc/${pid}/fd/${fd}`).endsWith(' (deleted)')) continue;
+      const st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
+      out.add(`${st.dev}:${st.ino}`);
+    } catch { /* closed meanwhile */ }
+  }
+  return out;
 }
 
 /** Chunk buffers in rotation: some are being hashed and written while the next is read. */

@@ -4,19 +4,29 @@
 import { FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { chrdev } from './chrdev.js';
+import { deleted } from './deleted.js';
+import { eventfd } from './eventfd.js';
 import { eventpoll } from './epoll.js';
 import { fanotify } from './fanotify.js';
 import { inotify } from './inotify.js';
+import { memfd } from './memfd.js';
 import { fifo, pipe } from './pipe.js';
 import { regular } from './regular.js';
+import { signalfd } from './signalfd.js';
+import { timerfd } from './timerfd.js';
 import type { FdDesc, FileKind } from './types.js';
 
 /** Every supported kind, tried in order. */
 const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
+  memfd as unknown as FileKind<FileRecord>, // before regular: a memfd's link is a path too
+  deleted as unknown as FileKind<FileRecord>, // before regular: deleted-but-open files
   regular as unknown as FileKind<FileRecord>,
   chrdev as unknown as FileKind<FileRecord>,
   pipe as unknown as FileKind<FileRecord>,
   fifo as unknown as FileKind<FileRecord>,
+  eventfd as unknown as FileKind<FileRecord>,
+  signalfd as unknown as FileKind<FileRecord>,
+  timerfd as unknown as FileKind<FileRecord>,
   eventpoll as unknown as FileKind<FileRecord>,
   inotify as unknown as FileKind<FileRecord>,
   fanotify as unknown as FileKind<FileRecord>,

@@ -120,6 +120,26 @@ export interface NativeBinding {
   setFl(fd: number, flags: number): void;
   /** ioctl(2) FIONREAD on a pipe: bytes buffered in it. */
   pipeUnread(fd: number): number;
+  /** eventfd2(2) with counter `count` (written after creation: initval is only 32 bits); EFD_CLOEXEC added. */
+  eventfdCreate(count: bigint, flags: number): number;
+  /** signalfd4(2) of a new signalfd for `mask` (bit n-1 = signal n); SFD_CLOEXEC added. */
+  signalfdCreate(mask: bigint, flags: number): number;
+  /** timerfd_create(2); TFD_CLOEXEC added. */
+  timerfdCreate(clock: number, flags: number): number;
+  /** timerfd_settime(2) with flags (TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET). */
+  timerfdSettime(fd: number, flags: number, valueSec: number, valueNsec: number, intervalSec: number, intervalNsec: number): void;
+  /** timerfd_gettime(2) (time left, period) and clock_gettime(2) of `clock` right after, as [s, ns]. */
+  timerfdGettime(fd: number, clock: number): { value: [number, number]; interval: [number, number]; now: [number, number] };
+  /** poll(2) + read(2) of a timerfd: the expirations not read yet (0n when none), consumed (timerfd_create(2)). */
+  timerfdTakeTicks(fd: number): bigint;
+  /** ioctl(2) TFD_IOC_SET_TICKS: sets a timerfd's expiration count. */
+  timerfdSetTicks(fd: number, ticks: bigint): void;
+  /** memfd_create(2) (MFD_CLOEXEC added). */
+  memfdCreate(name: string, flags: number): number;
+  /** fcntl(2) F_GET_SEALS. */
+  getSeals(fd: number): number;
+  /** fcntl(2) F_ADD_SEALS. */
+  addSeals(fd: number, seals: number): void;
   /**
    * ptrace(PTRACE_SECCOMP_GET_FILTER): the classic BPF program (struct sock_filter[]) of the
    * thread's seccomp filter `index` (0 = the oldest, in install order); null past the newest one.
@@ -156,6 +176,8 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
+  'eventfdCreate', 'signalfdCreate', 'timerfdCreate', 'timerfdSettime', 'timerfdGettime', 'timerfdTakeTicks',
+  'timerfdSetTicks', 'memfdCreate', 'getSeals', 'addSeals',
   'getSeccompFilter', 'getSeccompFlags',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle',
   'fanotifyInit', 'fanotifyMark',

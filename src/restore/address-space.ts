@@ -22,6 +22,9 @@ import { FerryError } from '../errors.js';
 import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
+import { restoredGhost } from '../files/deleted.js';
+import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
+import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { Scratch, type Tracee } from '../task/tracee.js';
 
 /**
@@ -140,7 +143,9 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
     firsts.add(v.shmem.id);
     return false;
   });
-  const areas = all.filter((v) => !joins.includes(v));
+  // Memfds and deleted files are mapped one by one afterwards, from the restored file.
+  const specials = all.filter((v) => isSpecialFile(v));
+  const areas = all.filter((v) => !joins.includes(v) && !specials.includes(v));
   // Open each mapped file once (in the task: mmap needs a descriptor of its own).
   const fileFds = new Map<string, number>();
   for (const v of areas) {
@@ -188,9 +193,98 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
     if (v.shmem) shared.set(v.shmem.id, { pid: task.pid, start: big(v.start), end: big(v.end), offset: big(v.shmem.offset) });
   }
   for (const v of joins) joinShared(t, as, task, v, shared.get(v.shmem!.id)!);
+  let written = 0;
+  for (const v of specials) written += mapSpecialFile(t, as, task, v, pages, shared);
   // Every area's own stored pages, those of joined objects too: each process stored what it
-  // had mapped, and the same object pages hold the same bytes.
-  return writePages(t, all, pages, chunkBytes);
+  // had mapped, and the same object pages hold the same bytes. A shared memfd area's pages
+  // went into the memfd itself (mapSpecialFile).
+  return written + writePages(t, all.filter((v) => !(isSpecialFile(v) && v.shared)), pages, chunkBytes);
+}
+
+const isSpecialFile = (v: VmaRecord): v is VmaRecord & MappedSpecialFile =>
+  (v as MappedSpecialFile).memfd !== undefined || (v as MappedSpecialFile).ghost !== undefined;
+
+/** F_SEAL_WRITE | F_SEAL_FUTURE_WRITE: the memfd's data can no longer be written. */
+const WRITE_SEALS = 0x8 | 0x10;
+
+/**
+ * Maps an area of a memfd or deleted file. The file is the one the file engine restored when
+ * a descriptor of the image holds it (opened by the task through /proc/<ferry>/fd/N); a memfd
+ * only mapped is created here by its first area, from that area's stored pages (written into
+ * the memfd, not the mapping: a sealed or read-only shared mapping cannot be written through),
+ * and later areas open it through /proc/<first>/map_files, at any offset. Returns the bytes of
+ * pages written into the memfd.
+ */
+function mapSpecialFile(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord & MappedSpecialFile,
+  pages: { fd: number; offset: number }, shared: SharedObjects): number {
+  const start = big(v.start);
+  const len = big(v.end) - start;
+  const offset = big(v.file!.offset);
+  const key = v.memfd ? `memfd:${v.memfd.id}` : '';
+  let path: string;
+  let created = -1;
+  let written = 0;
+  const held = v.memfd ? restoredMemfd(v.memfd.id) : restoredGhost(v.ghost!);
+  const first = v.memfd ? shared.get(key) : undefined;
+  if (held !== undefined) {
+    path = `/proc/${process.pid}/fd/${held}`;
+  } else if (v.ghost !== undefined) {
+    throw new FerryError('EIMAGE', `pid ${task.pid} maps the deleted file ${v.file!.path} at ${v.start}, which no file of the image restores`);
+  } else if (first) {
+    path = `/proc/${first.pid}/map_files/${first.start.toString(16)}-${first.end.toString(16)}`;
+    if (v.shared && v.runs.length > 0 && (v.memfd!.seals & WRITE_SEALS) === 0) {
+      const fd = openSync(path, 'r+');
+      try { written = copyPages(fd, v, pages); } finally { closeSync(fd); }
+    }
+  } else {
+    const m = v.memfd!;
+    created = createMemfd(m.name, m.mode, m.seals, (fd) => {
+      ftruncateSync(fd, m.size);
+      if (v.shared) written = copyPages(fd, v, pages);
+    });
+    path = `/proc/${process.pid}/fd/${created}`;
+  }
+  try {
+    as.scratch.reset();
+    const mode = v.shared && (v.prot & PROT_WRITE) ? O_RDWR : O_RDONLY;
+    const fd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(path), mode, 0);
+    if (fd < 0n) throw new FerryError('EOPEN', `cannot open ${v.file!.path} (${path}), mapped by pid ${task.pid} at ${v.start}: errno ${-fd}`);
+    const reprotect = !v.shared && v.vmflags.includes('ac') && (v.prot & PROT_WRITE) === 0;
+    const calls: Array<readonly [number, ...Array<bigint | number>]> = [
+      [SYS.mmap, start, len, reprotect ? v.prot | PROT_WRITE : v.prot, mmapFlags(v), fd, offset]];
+    if (reprotect) calls.push([SYS.mprotect, start, len, v.prot]);
+    for (const f of v.vmflags) {
+      const advice = MADVISE_BY_VMFLAG[f];
+      if (advice !== undefined) calls.push([SYS.madvise, start, len, advice]);
+    }
+    calls.push([SYS.close, fd]);
+    const [at] = t.syscalls(calls);
+    if (at !== start) throw new FerryError('EMAP', `mmap of ${v.start} (${v.file!.path}) in pid ${task.pid} landed at 0x${at!.toString(16)}`);
+  } finally {
+    if (created >= 0) closeSync(created);
+  }
+  if (created >= 0) shared.set(key, { pid: task.pid, start, end: big(v.end), offset });
+  return written;
+}
+
+/** Writes the stored pages of a shared file area into the file `fd` at their file offsets. */
+function copyPages(fd: number, v: VmaRecord, pages: { fd: number; offset: number }): number {
+  const buf = Buffer.allocUnsafe(PAGE_SIZE * 64);
+  const base = Number(big(v.file!.offset));
+  let src = pages.offset + v.pagesOffset;
+  let written = 0;
+  for (const [page, count] of v.runs) {
+    for (let done = 0; done < count;) {
+      const n = Math.min(count - done, 64);
+      const got = readSync(pages.fd, buf, 0, n * PAGE_SIZE, src);
+      if (got !== n * PAGE_SIZE) throw new FerryError('EIMAGE', `image ended inside the pages of ${v.file!.path}`);
+      writeSync(fd, buf, 0, got, base + (page + done) * PAGE_SIZE);
+      src += got;
+      written += got;
+      done += n;
+    }
+  }
+  return written;
 }
 
 /** Maps the area `v` of an already restored shared object through /proc/PID/map_files. */

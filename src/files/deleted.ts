@@ -1,0 +1,330 @@
+/**
+ * Deleted-but-open regular files ("ghost" files: the link reads `/dir/name (deleted)` and the
+ * file has no name left). Nothing outside the process can reach the contents any more, so
+ * they are stored in the image (an entry of their own, only the data extents: holes stay
+ * holes) up to `files.deleted_max_bytes`; a bigger file is refused before the tree is
+ * touched, naming pid, fd, path and size.
+ *
+ * On restore the file is created again in the same directory with the same contents, size,
+ * mode and owner, and unlinked at once: under its old name when that name is free (so
+ * /proc/PID/fd shows the same `path (deleted)`), else as an O_TMPFILE file. Every open file of
+ * one ghost (the same inode opened twice) shares the one new inode: the first record opened
+ * creates it, the others open it again through /proc/self/fd. The helpers that read and write
+ * contents are also used by memfd.ts.
+ */
+import { fchmodSync, fchownSync, fstatSync, ftruncateSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DEFAULTS } from '../config/config.js';
+import { errnoCode, FerryError } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
+import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
+
+const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200;
+const O_TMPFILE = 0o20000000 | O_DIRECTORY;
+const SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
+/** Flags the file is reopened with are kept; these are per-creation only. */
+const SETFL_FLAGS = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME;
+const CHUNK = 1 << 20;
+
+// ---- contents: data extents, stored as one image entry ----
+
+/** Where a file's data is: `[offset, length]` extents, in order, and the entry holding them back to back. */
+export interface Contents {
+  /** Size of the file (st_size). */
+  size: number;
+  extents: Array<[number, number]>;
+  /** Image entry with the bytes of every extent, back to back; '' when there are none. */
+  data: string;
+}
+
+/**
+ * The size limit of stored contents. Until the engine hands the configuration to modules,
+ * `DumpContext.options` may carry `deletedMaxBytes`; otherwise the default of
+ * `files.deleted_max_bytes` applies.
+ */
+export function contentsLimit(options?: object): number {
+  const v = (options as { deletedMaxBytes?: unknown } | undefined)?.deletedMaxBytes;
+  return typeof v === 'number' && v >= 0 ? v : DEFAULTS.files.deletedMaxBytes;
+}
+
+/** Bytes a file's contents would take in the image, at most: its size, or its blocks if fewer. */
+export function storedEstimate(st: { size: bigint; blocks: bigint }): number {
+  const blocks = st.blocks * 512n;
+  return Number(blocks < st.size ? blocks : st.size);
+}
+
+/** The refusal for contents bigger than the limit. */
+export function tooBig(d: FdDesc, what: string, bytes: number, limit: number): FerryError {
+  return new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${what} holds ${bytes} bytes, `
+    + `more than files.deleted_max_bytes = ${limit}; raise it in the config file to checkpoint it)`);
+}
+
+/**
+ * Per checkpoint: contents already stored, by file identity, so open files of one inode store
+ * it once. Keyed by the checkpoint's options object, the one thing every DumpContext of one
+ * checkpoint shares.
+ */
+const storedByRun = new WeakMap<object, Map<string, Contents>>();
+
+/**
+ * Reads the data extents of the file behind `d` (SEEK_DATA/SEEK_HOLE through an open file of
+ * its own, so the process's offset does not move) and stores them as one image entry, once
+ * per `identity` per checkpoint.
+ */
+export function dumpContents(d: FdDesc, ctx: DumpContext, identity: string, what: string): Contents {
+  let stored = storedByRun.get(ctx.options);
+  if (!stored) storedByRun.set(ctx.options, (stored = new Map()));
+  const have = stored.get(identity);
+  if (have) return have;
+  const n = native();
+  const fd = n.openRaw(`/proc/self/fd/${ctx.grab(d)}`, O_RDONLY);
+  try {
+    const size = Number(fstatSync(fd, { bigint: true }).size);
+    const extents: Array<[number, number]> = [];
+    let total = 0;
+    for (let off = 0; off < size;) {
+      let start: number;
+      try {
+        start = n.lseek(fd, off, SEEK_DATA);
+      } catch (err) {
+        if (errnoCode(err) === 'ENXIO') break; // only a hole up to the end
+        throw err;
+      }
+      if (start >= size) break;
+      const end = Math.min(n.lseek(fd, start, SEEK_HOLE), size);
+      extents.push([start, end - start]);
+      total += end - start;
+      off = end;
+    }
+    const limit = contentsLimit(ctx.options);
+    if (total > limit) throw tooBig(d, what, total, limit);
+    const buf = Buffer.allocUnsafe(total);
+    let at = 0;
+    for (const [start, len] of extents) {
+      for (let done = 0; done < len;) {
+        const k = readSync(fd, buf, at, Math.min(CHUNK, len - done), start + done);
+        if (k <= 0) throw new Error(`${what} shrank while being read (at byte ${start + done})`);
+        done += k;
+        at += k;
+      }
+    }
+    const c: Contents = { size, extents, data: total > 0 ? ctx.blob('contents', buf) : '' };
+    stored.set(identity, c);
+    return c;
+  } finally {
+    n.closeFd(fd);
+  }
+}
+
+/** Writes stored contents into `fd` (a new, empty file open for writing) and sets its size. */
+export function writeContents(fd: number, c: Contents, ctx: OpenContext): void {
+  const data = c.data === '' ? Buffer.alloc(0) : ctx.blob(c.data);
+  let at = 0;
+  for (const [start, len] of c.extents) {
+    for (let done = 0; done < len;) {
+      const k = writeSync(fd, data, at, Math.min(CHUNK, len - done), start + done);
+      done += k;
+      at += k;
+    }
+  }
+  ftruncateSync(fd, c.size);
+}
+
+/** Shape checks of stored contents (the image is input). */
+export function checkContents(c: Contents, bad: (why: string) => never): void {
+  if (!Number.isSafeInteger(c.size) || c.size < 0) bad('has an invalid size');
+  if (!Array.isArray(c.extents) || typeof c.data !== 'string') bad('has invalid contents');
+  let end = 0;
+  for (const e of c.extents) {
+    if (!Array.isArray(e) || e.length !== 2 || !Number.isSafeInteger(e[0]) || !Number.isSafeInteger(e[1])
+      || e[0] < end || e[1] <= 0 || e[0] + e[1] > c.size) bad('has invalid extents');
+    end = e[0] + e[1];
+  }
+  if ((c.extents.length > 0) !== (c.data !== '')) bad('has invalid contents');
+}
+
+// ---- restore registry: the new inode of each ghost, per restore ----
+
+/** A file this restore created: the record that created it and its controller descriptor. */
+interface Made {
+  creator: number;
+  fd: number;
+  ino: bigint;
+  ctx: OpenContext;
+}
+
+/**
+ * Files created by a restore, by identity. An entry is current only while the scheduler still
+ * holds its creator's descriptor and that is still the same inode; anything else is left over
+ * from an earlier restore in this process.
+ */
+export class Registry {
+  private readonly made = new Map<string, Made>();
+
+  /** The controller descriptor of `key` created by the current restore, if any. */
+  get(key: string): number | undefined {
+    const m = this.made.get(key);
+    if (m && m.ctx.opened(m.creator) === m.fd) {
+      try {
+        if (fstatSync(m.fd, { bigint: true }).ino === m.ino) return m.fd;
+      } catch { /* closed: stale */ }
+    }
+    this.made.delete(key);
+    return undefined;
+  }
+
+  set(key: string, creator: number, fd: number, ctx: OpenContext): void {
+    this.made.set(key, { creator, fd, ino: fstatSync(fd, { bigint: true }).ino, ctx });
+  }
+}
+
+/**
+ * Opens `origin` (a controller descriptor of the new inode) again as a new open file with the
+ * record's access mode and flags, at offset `pos`.
+ */
+export function reopen(origin: number, flags: number, pos: number): number {
+  const n = native();
+  const fd = n.openRaw(`/proc/self/fd/${origin}`, flags & (O_ACCMODE | SETFL_FLAGS | O_PATH));
+  try {
+    if (pos !== 0 && (flags & O_PATH) === 0) n.lseek(fd, pos, SEEK_SET);
+  } catch (err) {
+    n.closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+/** Registry of ghosts restored by address-space.ts too (a mapped ghost). */
+export const ghosts = new Registry();
+
+/** The controller descriptor of the ghost `dev:ino` opened by the current restore, if any. */
+export function restoredGhost(identity: string): number | undefined {
+  return ghosts.get(identity);
+}
+
+// ---- the kind ----
+
+export interface DeletedRecord extends FileRecord, Contents {
+  kind: 'ghost';
+  /** The path it had (without " (deleted)"): the new file is created in its directory. */
+  path: string;
+  /** open(2) access mode and status flags. */
+  flags: number;
+  pos: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Identity at dump (st_dev:st_ino): the records of one inode share it. */
+  ghost: string;
+}
+
+const SUFFIX = ' (deleted)';
+
+const isMemfdLink = (d: FdDesc): boolean => d.link.startsWith('/memfd:') && d.fdinfo.mntId === 0;
+
+export const deleted: FileKind<DeletedRecord> = {
+  kind: 'ghost',
+
+  /**
+   * Also refuses, before anything is touched, a ghost bigger than the limit (the engine asks
+   * `matches` first, before the tree is frozen).
+   */
+  matches(fd: FdDesc): boolean {
+    if (!fd.link.startsWith('/') || !fd.link.endsWith(SUFFIX) || !fd.stat.isFile() || isMemfdLink(fd)) return false;
+    if ((fd.fdinfo.flags & O_PATH) !== 0) return false;
+    if (fd.stat.nlink > 0n) {
+      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} `
+        + `(its name was removed but the file still has ${fd.stat.nlink} other link(s), which cannot be found)`);
+    }
+    const bytes = storedEstimate(fd.stat);
+    if (bytes > contentsLimit()) throw tooBig(fd, 'the deleted file', Number(fd.stat.size), contentsLimit());
+    return true;
+  },
+
+  key(fd: FdDesc): string {
+    return `ghost:${fd.stat.dev}:${fd.stat.ino}:${fd.fdinfo.pos}:${fd.fdinfo.flags & ~O_CLOEXEC}`;
+  },
+
+  dump(fd: FdDesc, ctx: DumpContext): Omit<DeletedRecord, 'id' | 'kind'> {
+    const ghost = `${fd.stat.dev}:${fd.stat.ino}`;
+    try {
+      return {
+        path: fd.link.slice(0, -SUFFIX.length),
+        flags: fd.fdinfo.flags & ~O_CLOEXEC,
+        pos: fd.fdinfo.pos.toString(),
+        mode: Number(fd.stat.mode & 0o7777n),
+        uid: Number(fd.stat.uid),
+        gid: Number(fd.stat.gid),
+        ghost,
+        ...dumpContents(fd, ctx, `ghost:${ghost}`, 'the deleted file'),
+      };
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EDUMP', `checkpoint: deleted file fd ${fd.fd} of pid ${fd.pid} (${fd.link}): ${(err as Error).message}`, { cause: err });
+    }
+  },
+
+  check(rec: DeletedRecord): void {
+    const bad = (why: string): never => {
+      throw new FerryError('EIMAGE', `image: deleted file (file ${rec.id}) ${why}`);
+    };
+    if (typeof rec.path !== 'string' || !rec.path.startsWith('/')) bad('has no valid path');
+    if (typeof rec.ghost !== 'string' || !Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode)
+      || !Number.isSafeInteger(rec.uid) || !Number.isSafeInteger(rec.gid) || !/^\d{1,20}$/.test(String(rec.pos))) bad('has an invalid record');
+    checkContents(rec, bad);
+    const dir = dirname(rec.path);
+    let ok = false;
+    try {
+      ok = statSync(dir).isDirectory();
+    } catch { /* missing */ }
+    if (!ok) {
+      throw new FerryError('ENOENT', `directory ${dir} of the deleted file ${rec.path} (file ${rec.id} of the image) does not exist here: create it first`);
+    }
+  },
+
+  open(rec: DeletedRecord, ctx: OpenContext): number {
+    const n = native();
+    const pos = Number(rec.pos);
+    try {
+      const origin = ghosts.get(rec.ghost);
+      if (origin !== undefined) return reopen(origin, rec.flags, pos);
+      const fd = create(rec);
+      let out = fd;
+      try {
+        fchownSync(fd, rec.uid, rec.gid);
+        fchmodSync(fd, rec.mode);
+        writeContents(fd, rec, ctx);
+        if ((rec.flags & ~O_LARGEFILE) !== O_RDWR) out = reopen(fd, rec.flags, pos);
+        else if (pos !== 0) n.lseek(fd, pos, SEEK_SET);
+      } finally {
+        if (out !== fd) n.closeFd(fd);
+      }
+      ghosts.set(rec.ghost, rec.id, out, ctx);
+      return out;
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `cannot restore the deleted file ${rec.path} (file ${rec.id}): ${(err as Error).message}`, { cause: err });
+    }
+  },
+};
+
+/** A new, unlinked regular file in the directory of `rec.path`, open O_RDWR. */
+function create(rec: DeletedRecord): number {
+  const n = native();
+  try {
+    // Under the old name when it is free, unlinked at once: the link reads "path (deleted)".
+    const fd = n.openRaw(rec.path, O_RDWR | O_CREAT | O_EXCL, 0o600);
+    try {
+      unlinkSync(rec.path);
+    } catch (err) {
+      n.closeFd(fd);
+      throw err;
+    }
+    return fd;
+  } catch (err) {
+    if (errnoCode(err) !== 'EEXIST') throw err;
+  }
+  return n.openRaw(dirname(rec.path), O_TMPFILE | O_RDWR, 0o600);
+}
