@@ -98,6 +98,9 @@ export const STACK_T_SIZE = 24;
 /** struct prctl_mm_map: 11 x u64, auxv pointer, u32 auxv_size, u32 exe_fd. */
 export const PRCTL_MM_MAP_SIZE = 104;
 
+/** ioctl_tty(2) requests injected into a restored task: take a controlling terminal, set its foreground group. */
+export const TIOCSCTTY = 0x540e, TIOCSPGRP = 0x5410;
+
 /** Returns the restart action for registers of a task stopped in a syscall (DESIGN.md §3.10). */
 export function rewindInterruptedSyscall(regs: Regs): Regs {
   const out = { ...regs };

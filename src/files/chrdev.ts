@@ -1,17 +1,15 @@
 /**
  * Character devices reopened by path: /dev/null, /dev/zero, /dev/urandom and friends. The
  * device number must match on restore. Terminals are not handled here (they have sessions,
- * termios and peers): they are refused until the tty module exists.
+ * termios and peers): tty.ts takes them.
  */
 import { existsSync, statSync } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
+import { isTerminal } from './tty.js';
 import type { FdDesc, FileKind } from './types.js';
-
-/** Majors of terminals (Documentation/admin-guide/devices.txt): tty, console/ptmx, pts. */
-const TTY_MAJORS = new Set([4, 5, 136, 137, 138, 139, 140, 141, 142, 143]);
 
 const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
 const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
@@ -29,7 +27,7 @@ export const chrdev: FileKind<ChrdevRecord> = {
   kind: 'chr',
 
   matches(fd: FdDesc): boolean {
-    return fd.link.startsWith('/') && fd.stat.isCharacterDevice() && !TTY_MAJORS.has(major(fd.stat.rdev));
+    return fd.link.startsWith('/') && fd.stat.isCharacterDevice() && !isTerminal(fd.stat.rdev);
   },
 
   key(fd: FdDesc): string {

@@ -14,6 +14,7 @@ import { fifo, pipe } from './pipe.js';
 import { regular } from './regular.js';
 import { signalfd } from './signalfd.js';
 import { timerfd } from './timerfd.js';
+import { tty } from './tty.js';
 import type { FdDesc, FileKind } from './types.js';
 
 /** Every supported kind, tried in order. */
@@ -22,6 +23,7 @@ const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   deleted as unknown as FileKind<FileRecord>, // before regular: deleted-but-open files
   regular as unknown as FileKind<FileRecord>,
   chrdev as unknown as FileKind<FileRecord>,
+  tty as unknown as FileKind<FileRecord>,
   pipe as unknown as FileKind<FileRecord>,
   fifo as unknown as FileKind<FileRecord>,
   eventfd as unknown as FileKind<FileRecord>,

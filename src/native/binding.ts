@@ -140,6 +140,32 @@ export interface NativeBinding {
   getSeals(fd: number): number;
   /** fcntl(2) F_ADD_SEALS. */
   addSeals(fd: number, seals: number): void;
+  /** ioctl(2) TCGETS2 (ioctl_tty(2)): struct termios2 as raw bytes; on a pty master, the slave's. */
+  ttyGetTermios(fd: number): Buffer;
+  /** ioctl(2) TCSETS2: sets struct termios2 at once (no drain, no flush). */
+  ttySetTermios(fd: number, termios: Buffer): void;
+  /** ioctl(2) TIOCGWINSZ; on a pty master, the slave's window size. */
+  ttyGetWinsize(fd: number): { row: number; col: number; xpixel: number; ypixel: number };
+  /** ioctl(2) TIOCSWINSZ. */
+  ttySetWinsize(fd: number, row: number, col: number, xpixel: number, ypixel: number): void;
+  /** ioctl(2) TIOCGDEV: device number of the tty behind `fd` (also behind /dev/tty). */
+  ttyDevice(fd: number): { major: number; minor: number };
+  /** ioctl(2) FIONREAD on a tty: bytes readable (canonical mode: complete lines only). */
+  ttyInq(fd: number): number;
+  /** ioctl(2) TIOCOUTQ: bytes not yet sent by the driver. */
+  ttyOutq(fd: number): number;
+  /** ioctl(2) TIOCGPTN on a pty master (pty(7)): the index N of /dev/pts/N. */
+  ptyIndex(fd: number): number;
+  /** ioctl(2) TIOCGPTLCK on a pty master: 1 while the slave is locked (before unlockpt(3)). */
+  ptyLocked(fd: number): number;
+  /** ioctl(2) TIOCSPTLCK on a pty master: 0 unlocks the slave, 1 locks it. */
+  ptySetLocked(fd: number, locked: number): void;
+  /** ioctl(2) TIOCGPKT on a pty master: 1 in packet mode. */
+  ptyPacket(fd: number): number;
+  /** ioctl(2) TIOCPKT on a pty master: packet mode on (1) or off (0). */
+  ptySetPacket(fd: number, on: number): void;
+  /** ioctl(2) TIOCGPTPEER on a pty master: opens its slave with `flags` (O_CLOEXEC added). */
+  ptyPeer(fd: number, flags: number): number;
   /**
    * ptrace(PTRACE_SECCOMP_GET_FILTER): the classic BPF program (struct sock_filter[]) of the
    * thread's seccomp filter `index` (0 = the oldest, in install order); null past the newest one.
@@ -179,6 +205,8 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'eventfdCreate', 'signalfdCreate', 'timerfdCreate', 'timerfdSettime', 'timerfdGettime', 'timerfdTakeTicks',
   'timerfdSetTicks', 'memfdCreate', 'getSeals', 'addSeals',
   'getSeccompFilter', 'getSeccompFlags',
+  'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq',
+  'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle',
   'fanotifyInit', 'fanotifyMark',
 ];

@@ -1,0 +1,183 @@
+// Terminals: the state of a tty and of a pseudoterminal pair, read and set from the controller
+// on descriptors it holds (a pidfd_getfd copy at checkpoint, its own new pair at restore).
+//
+// Wraps ioctl(2) requests of ioctl_tty(2) and pty(7):
+//   TCGETS2 / TCSETS2   struct termios2 (termios plus c_ispeed/c_ospeed); on a pty master the
+//                       kernel acts on the slave's termios (tty_mode_ioctl uses the link)
+//   TIOCGWINSZ / TIOCSWINSZ  struct winsize; on a master, the slave's (tty_pair_get_tty)
+//   TIOCGPTN            index N of the pair (/dev/pts/N), on a master
+//   TIOCGPTLCK / TIOCSPTLCK  lock of the slave (unlockpt(3) clears it; a locked slave cannot
+//                       be opened: EIO)
+//   TIOCGPKT / TIOCPKT  packet mode of a master
+//   TIOCGPTPEER         opens the slave of a master through the master's own devpts instance
+//                       (Linux 4.13), without a path lookup
+//   TIOCGDEV            device number of the tty behind a descriptor (also behind /dev/tty)
+//   FIONREAD (TIOCINQ)  bytes the line discipline holds for reading (canonical mode: complete
+//                       lines only)
+//   TIOCOUTQ            bytes not yet sent by the driver
+#include <napi.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/sysmacros.h>
+#include <asm/termbits.h>
+#include <unistd.h>
+
+#include "errors.h"
+
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+namespace ferry {
+namespace {
+
+std::string FdDetail(int64_t fd) { return "fd " + std::to_string(fd); }
+
+// ioctl(fd, req, &int) -> the int.
+Napi::Value GetInt(const Napi::CallbackInfo& info, unsigned long req, const char* name) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  int v = 0;
+  if (ioctl(static_cast<int>(fd), req, &v) < 0) {
+    ThrowErrno(info.Env(), name, errno, FdDetail(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), v);
+}
+
+// ioctl(fd, req, &int) with the int from argument 1.
+Napi::Value SetInt(const Napi::CallbackInfo& info, unsigned long req, const char* name) {
+  int64_t fd, value;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &value)) return {};
+  int v = static_cast<int>(value);
+  if (ioctl(static_cast<int>(fd), req, &v) < 0) {
+    ThrowErrno(info.Env(), name, errno, FdDetail(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// ttyGetTermios(fd) -> Buffer holding struct termios2.
+Napi::Value GetTermios(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  struct termios2 t;
+  memset(&t, 0, sizeof t);
+  if (ioctl(static_cast<int>(fd), TCGETS2, &t) < 0) {
+    ThrowErrno(info.Env(), "ioctl(TCGETS2)", errno, FdDetail(fd));
+    return {};
+  }
+  return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<uint8_t*>(&t), sizeof t);
+}
+
+// ttySetTermios(fd, Buffer): TCSETS2 (applies at once; no drain, no flush).
+Napi::Value SetTermios(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  Napi::Buffer<uint8_t> b;
+  if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &b)) return {};
+  struct termios2 t;
+  if (b.Length() != sizeof t) {
+    ThrowType(info.Env(), "ttySetTermios: the buffer must hold a struct termios2 (" + std::to_string(sizeof t) + " bytes)");
+    return {};
+  }
+  memcpy(&t, b.Data(), sizeof t);
+  if (ioctl(static_cast<int>(fd), TCSETS2, &t) < 0) {
+    ThrowErrno(info.Env(), "ioctl(TCSETS2)", errno, FdDetail(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// ttyGetWinsize(fd) -> {row, col, xpixel, ypixel}.
+Napi::Value GetWinsize(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  struct winsize w;
+  memset(&w, 0, sizeof w);
+  if (ioctl(static_cast<int>(fd), TIOCGWINSZ, &w) < 0) {
+    ThrowErrno(info.Env(), "ioctl(TIOCGWINSZ)", errno, FdDetail(fd));
+    return {};
+  }
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("row", w.ws_row);
+  o.Set("col", w.ws_col);
+  o.Set("xpixel", w.ws_xpixel);
+  o.Set("ypixel", w.ws_ypixel);
+  return o;
+}
+
+// ttySetWinsize(fd, row, col, xpixel, ypixel).
+Napi::Value SetWinsize(const Napi::CallbackInfo& info) {
+  int64_t fd, row, col, xp, yp;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &row) || !ArgInt(info, 2, &col) ||
+      !ArgInt(info, 3, &xp) || !ArgInt(info, 4, &yp)) return {};
+  struct winsize w;
+  w.ws_row = static_cast<unsigned short>(row);
+  w.ws_col = static_cast<unsigned short>(col);
+  w.ws_xpixel = static_cast<unsigned short>(xp);
+  w.ws_ypixel = static_cast<unsigned short>(yp);
+  if (ioctl(static_cast<int>(fd), TIOCSWINSZ, &w) < 0) {
+    ThrowErrno(info.Env(), "ioctl(TIOCSWINSZ)", errno, FdDetail(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value PtyIndex(const Napi::CallbackInfo& info) { return GetInt(info, TIOCGPTN, "ioctl(TIOCGPTN)"); }
+Napi::Value PtyLocked(const Napi::CallbackInfo& info) { return GetInt(info, TIOCGPTLCK, "ioctl(TIOCGPTLCK)"); }
+Napi::Value PtySetLocked(const Napi::CallbackInfo& info) { return SetInt(info, TIOCSPTLCK, "ioctl(TIOCSPTLCK)"); }
+Napi::Value PtyPacket(const Napi::CallbackInfo& info) { return GetInt(info, TIOCGPKT, "ioctl(TIOCGPKT)"); }
+Napi::Value PtySetPacket(const Napi::CallbackInfo& info) { return SetInt(info, TIOCPKT, "ioctl(TIOCPKT)"); }
+Napi::Value TtyInq(const Napi::CallbackInfo& info) { return GetInt(info, FIONREAD, "ioctl(FIONREAD)"); }
+Napi::Value TtyOutq(const Napi::CallbackInfo& info) { return GetInt(info, TIOCOUTQ, "ioctl(TIOCOUTQ)"); }
+
+// ttyDevice(fd) -> {major, minor} of the tty behind fd (TIOCGDEV).
+Napi::Value TtyDevice(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  unsigned int dev = 0;
+  if (ioctl(static_cast<int>(fd), TIOCGDEV, &dev) < 0) {
+    ThrowErrno(info.Env(), "ioctl(TIOCGDEV)", errno, FdDetail(fd));
+    return {};
+  }
+  // The kernel returns new_encode_dev(): the same layout as a userspace dev_t's low 32 bits.
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("major", major(dev));
+  o.Set("minor", minor(dev));
+  return o;
+}
+
+// ptyPeer(masterFd, flags) -> fd of the slave opened with `flags` (| O_CLOEXEC).
+Napi::Value PtyPeer(const Napi::CallbackInfo& info) {
+  int64_t fd, flags;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &flags)) return {};
+  int r = ioctl(static_cast<int>(fd), TIOCGPTPEER, static_cast<int>(flags) | O_CLOEXEC);
+  if (r < 0) {
+    ThrowErrno(info.Env(), "ioctl(TIOCGPTPEER)", errno, FdDetail(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), r);
+}
+
+}  // namespace
+
+void InitTty(Napi::Env env, Napi::Object exports) {
+  exports.Set("ttyGetTermios", Napi::Function::New(env, GetTermios));
+  exports.Set("ttySetTermios", Napi::Function::New(env, SetTermios));
+  exports.Set("ttyGetWinsize", Napi::Function::New(env, GetWinsize));
+  exports.Set("ttySetWinsize", Napi::Function::New(env, SetWinsize));
+  exports.Set("ttyDevice", Napi::Function::New(env, TtyDevice));
+  exports.Set("ttyInq", Napi::Function::New(env, TtyInq));
+  exports.Set("ttyOutq", Napi::Function::New(env, TtyOutq));
+  exports.Set("ptyIndex", Napi::Function::New(env, PtyIndex));
+  exports.Set("ptyLocked", Napi::Function::New(env, PtyLocked));
+  exports.Set("ptySetLocked", Napi::Function::New(env, PtySetLocked));
+  exports.Set("ptyPacket", Napi::Function::New(env, PtyPacket));
+  exports.Set("ptySetPacket", Napi::Function::New(env, PtySetPacket));
+  exports.Set("ptyPeer", Napi::Function::New(env, PtyPeer));
+}
+
+}  // namespace ferry

@@ -1,0 +1,626 @@
+/**
+ * Terminals (tty(4), pty(7), ioctl_tty(2)): pseudoterminal pairs held inside the tree, the
+ * /dev/tty alias, and, with --shell-job, a terminal that belongs to someone outside the tree.
+ *
+ * Every open file of a terminal is one record of kind 'tty' with a `role`:
+ * - `master`: an open file of /dev/ptmx. Its record carries the state of the whole pair,
+ *   which lives on the slave side of the kernel's pair: termios (TCGETS2 on a master acts on
+ *   the slave), window size, lock of the slave, packet mode, and the bytes queued in both
+ *   directions (input written to the master that the slave has not read; output written by
+ *   the slave that the master has not read). On restore it creates a new pair (opening
+ *   /dev/ptmx), sets that state, and queues the bytes again.
+ * - `slave`: an open file of /dev/pts/N whose master is held by a process of the tree, or a
+ *   /dev/tty descriptor that leads to such a slave (`viaDevTty`). It waits for its master
+ *   (NOT_YET) and is opened through the new master with TIOCGPTPEER. A /dev/tty descriptor
+ *   comes back as a descriptor of the terminal it led to (readlink shows /dev/pts/N).
+ * - `external`: any other terminal (the shell's /dev/pts/N whose master is held by sshd, a
+ *   terminal emulator or script(1); /dev/ttyN; /dev/console). Only with --shell-job: it is
+ *   reopened by the same path, which must exist where the image is restored; its termios is
+ *   set back, its window size and queued bytes belong to its owner and are left alone.
+ *
+ * The pts number: the kernel gives a new pair the lowest free index; there is no way to ask
+ * for one. When /dev/pts/N (the index at dump) is free, the master takes it by holding new
+ * pairs on every free index below N until the next one is N (at most 1024 of them, closed
+ * again at once); when it is taken, the pair gets whatever index is free.
+ *
+ * Controlling terminal: a slave or external record remembers whether the terminal is the
+ * controlling terminal of a session of the tree (`ctty.session`, its leader's pid) and the
+ * session's foreground process group (`ctty.foreground`, when that group is in the tree). On
+ * restore, once the leader's descriptors are installed, the leader takes the terminal
+ * (TIOCSCTTY) and sets the foreground group (TIOCSPGRP): every process and group of the tree
+ * exists by then. A session led from outside the tree (a shell job whose shell stays outside)
+ * keeps the session restore runs in: when ferry runs on that terminal, the tree's group is
+ * made the foreground group again; otherwise the tree runs without that terminal as its
+ * controlling terminal (its descriptors still work).
+ *
+ * Queued bytes are taken with read(2) on copies in the controller, then written back at once,
+ * so the originals keep them (--leave-running). To read and re-queue them verbatim the slave's
+ * termios is switched to raw for that moment: input processing and echo off, non-canonical.
+ * Switching back to canonical mode makes every byte queued readable at once: a partial line
+ * in canonical mode comes back (and stays, with --leave-running) as if it had been ended.
+ * Not kept: output stopped by ^S (IXON flow control is restarted), a pending packet-mode
+ * status byte and output queued while in packet mode, exclusive mode (TIOCEXCL), line
+ * disciplines other than N_TTY's state, a slave's queued input when no process of the tree
+ * holds the slave open.
+ */
+import { existsSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
+import { SYS, TIOCSCTTY, TIOCSPGRP } from '../arch/x86-64.js';
+import { describeCause, errnoCode, FerryError } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { parseFdinfo } from '../proc/fdinfo.js';
+import { listFds, readProcText } from '../proc/read.js';
+import { parseStat } from '../proc/stat.js';
+import type { Tracee } from '../task/tracee.js';
+import type { RestoreFiles } from './install.js';
+import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
+
+const O_RDWR = 2, O_NOCTTY = 0o400;
+/** Status flags a terminal keeps (F_SETFL can change them). */
+const KEPT_FLAGS = O_ACCMODE | O_NONBLOCK | O_APPEND;
+/** Majors (Documentation/admin-guide/devices.txt): 4 virtual consoles and serial, 5 tty/console/ptmx, 136-143 pts. */
+const TTY_MAJOR = 4, TTYAUX_MAJOR = 5, PTS_MAJOR_FIRST = 136, PTS_MAJOR_LAST = 143;
+const PTMX_MINOR = 2, DEV_TTY_MINOR = 0;
+/** Largest number of pairs held open to reach the recorded pts index. */
+const MAX_FILL = 1024;
+/** Largest queue accepted from an image (N_TTY keeps 4 KiB, the flip buffers 64 KiB more). */
+const MAX_QUEUED = 1 << 20;
+/** The master keeps a copy of its recorded state in these termios2 offsets (x86-64). */
+const TERMIOS2_SIZE = 44, NCCS = 19, VTIME = 5, VMIN = 6;
+// termios(3) bits (octal, asm-generic/termbits.h).
+const IGNBRK = 0o1, BRKINT = 0o2, PARMRK = 0o10, ISTRIP = 0o40, INLCR = 0o100, IGNCR = 0o200, ICRNL = 0o400,
+  IUCLC = 0o1000, IXON = 0o2000, IXOFF = 0o10000;
+const OPOST = 0o1;
+const ISIG = 0o1, ICANON = 0o2, XCASE = 0o4, ECHO = 0o10, ECHOE = 0o20, ECHOK = 0o40, ECHONL = 0o100,
+  ECHOCTL = 0o1000, ECHOPRT = 0o2000, ECHOKE = 0o4000, IEXTEN = 0o100000, EXTPROC = 0o200000;
+
+const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+const isPtsMajor = (maj: number): boolean => maj >= PTS_MAJOR_FIRST && maj <= PTS_MAJOR_LAST;
+
+/** Whether a character device number is a terminal this module handles (chrdev.ts leaves them). */
+export function isTerminal(rdev: bigint): boolean {
+  const maj = major(rdev);
+  return maj === TTY_MAJOR || maj === TTYAUX_MAJOR || isPtsMajor(maj);
+}
+
+/** struct termios2, field by field. */
+export interface Termios {
+  iflag: number;
+  oflag: number;
+  cflag: number;
+  lflag: number;
+  /** Line discipline number (0: N_TTY). */
+  line: number;
+  /** c_cc, NCCS (19) control characters. */
+  cc: number[];
+  ispeed: number;
+  ospeed: number;
+}
+
+export interface Winsize { row: number; col: number; xpixel: number; ypixel: number }
+
+/** The terminal is the controlling terminal of a session of the tree. */
+export interface CttyState {
+  /** Pid of the session leader (in the tree), or null for a session led from outside it. */
+  session: number | null;
+  /** The session's foreground process group when it is a group of the tree, else null. */
+  foreground: number | null;
+}
+
+export interface TtyRecord extends FileRecord {
+  kind: 'tty';
+  role: 'master' | 'slave' | 'external';
+  /** What the descriptor linked to at dump: /dev/ptmx, /dev/pts/N, /dev/tty, /dev/ttyS0… */
+  path: string;
+  /** open(2) access mode and status flags (O_NONBLOCK, O_APPEND). */
+  flags: number;
+  /** master, slave: index N of the pair (/dev/pts/N) at dump. */
+  index?: number;
+  /** slave: file id of the master record of its pair. */
+  master?: number;
+  /** slave, external: the descriptor was opened as /dev/tty. */
+  viaDevTty?: boolean;
+  /** master: the slave's termios; external: the terminal's. */
+  termios?: Termios;
+  /** master: window size of the pair. */
+  winsize?: Winsize;
+  /** master: the slave is locked (TIOCSPTLCK: posix_openpt(3) without unlockpt(3)). */
+  locked?: boolean;
+  /** master: packet mode (TIOCPKT). */
+  packet?: boolean;
+  /** master: bytes queued for the slave to read, base64. */
+  input?: string;
+  /** master: bytes the slave wrote that the master has not read, base64. */
+  output?: string;
+  /** slave, external: the terminal is a controlling terminal in the tree. */
+  ctty?: CttyState | null;
+}
+
+// ---- termios ----
+
+function decodeTermios(b: Buffer): Termios {
+  return {
+    iflag: b.readUInt32LE(0), oflag: b.readUInt32LE(4), cflag: b.readUInt32LE(8), lflag: b.readUInt32LE(12),
+    line: b.readUInt8(16), cc: [...b.subarray(17, 17 + NCCS)], ispeed: b.readUInt32LE(36), ospeed: b.readUInt32LE(40),
+  };
+}
+
+function encodeTermios(t: Termios): Buffer {
+  const b = Buffer.alloc(TERMIOS2_SIZE);
+  b.writeUInt32LE(t.iflag >>> 0, 0);
+  b.writeUInt32LE(t.oflag >>> 0, 4);
+  b.writeUInt32LE(t.cflag >>> 0, 8);
+  b.writeUInt32LE(t.lflag >>> 0, 12);
+  b.writeUInt8(t.line, 16);
+  t.cc.forEach((c, i) => b.writeUInt8(c, 17 + i));
+  b.writeUInt32LE(t.ispeed >>> 0, 36);
+  b.writeUInt32LE(t.ospeed >>> 0, 40);
+  return b;
+}
+
+/** `t` with input processing, signals and echo off, non-canonical: bytes queue verbatim. */
+function rawInput(t: Termios): Termios {
+  const cc = [...t.cc];
+  cc[VMIN] = 1;
+  cc[VTIME] = 0;
+  return {
+    ...t, cc,
+    iflag: t.iflag & ~(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IUCLC | IXON | IXOFF),
+    lflag: t.lflag & ~(ISIG | ICANON | XCASE | ECHO | ECHOE | ECHOK | ECHONL | ECHOCTL | ECHOPRT | ECHOKE | IEXTEN | EXTPROC),
+  };
+}
+
+// ---- reading and queueing bytes ----
+
+/** Reads everything readable now from non-blocking `fd`. */
+function drain(fd: number, what: string): Buffer {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    const b = Buffer.alloc(65536);
+    let k: number;
+    try {
+      k = readSync(fd, b, 0, b.length, null);
+    } catch (err) {
+      const code = errnoCode(err);
+      if (code === 'EAGAIN' || code === 'EIO') break; // EIO: the other side is closed and nothing is left
+      throw err;
+    }
+    if (k <= 0) break;
+    chunks.push(b.subarray(0, k));
+    total += k;
+    if (total > MAX_QUEUED) throw new Error(`more than ${MAX_QUEUED} bytes queued in ${what}`);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Writes all of `data` to non-blocking `fd`. */
+function writeAll(fd: number, data: Buffer): void {
+  for (let off = 0; off < data.length;) {
+    const k = writeSync(fd, data, off, data.length - off);
+    if (k <= 0) throw new Error(`short write of queued terminal data: ${off} of ${data.length} bytes`);
+    off += k;
+  }
+}
+
+/** Waits (bounded) until `fd`'s line discipline holds `len` bytes: the flip buffers are pushed by a worker. */
+function waitQueued(fd: number, len: number, what: string): void {
+  const n = native();
+  for (const end = Date.now() + 5000; ;) {
+    if (n.ttyInq(fd) >= len) return;
+    if (Date.now() > end) throw new Error(`${what}: ${len} queued bytes did not reach the line discipline (it holds ${n.ttyInq(fd)})`);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+  }
+}
+
+/**
+ * Queues `data` for the slave to read: written into master `m` while the slave's termios is
+ * raw, then `t` is set back. `s` is an open slave of the same pair, to see the bytes arrive.
+ */
+function queueInput(m: number, s: number, t: Termios, data: Buffer): void {
+  const n = native();
+  n.ttySetTermios(m, encodeTermios(rawInput(t)));
+  try {
+    if (data.length > 0) {
+      writeAll(m, data);
+      waitQueued(s, data.length, 'terminal input');
+    }
+  } finally {
+    n.ttySetTermios(m, encodeTermios(t));
+  }
+}
+
+/** Queues `data` for master `m` to read: written into slave `s` with output processing off. */
+function queueOutput(m: number, s: number, t: Termios, data: Buffer): void {
+  if (data.length === 0) return;
+  const n = native();
+  n.ttySetTermios(m, encodeTermios({ ...t, oflag: t.oflag & ~OPOST }));
+  try {
+    writeAll(s, data);
+    waitQueued(m, data.length, 'terminal output');
+  } finally {
+    n.ttySetTermios(m, encodeTermios(t));
+  }
+}
+
+// ---- dump ----
+
+/** The descriptors of the tree's processes that are pty masters or slaves, by index. */
+interface PtyEnd { pid: number; fd: number; index: number; master: boolean }
+
+function ptyEnds(pids: ReadonlySet<number>, index: number): PtyEnd[] {
+  const out: PtyEnd[] = [];
+  for (const pid of pids) {
+    for (const fd of listFds(pid)) {
+      let st;
+      try {
+        st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
+      } catch { continue; }
+      if (!st.isCharacterDevice()) continue;
+      const maj = major(st.rdev), min = minor(st.rdev);
+      if (maj === TTYAUX_MAJOR && min === PTMX_MINOR) {
+        const info = parseFdinfo(readProcText(pid, `fdinfo/${fd}`));
+        const idx = Number(info.lines.get('tty-index')?.[0] ?? -1);
+        if (idx === index) out.push({ pid, fd, index, master: true });
+      } else if (isPtsMajor(maj) && (maj - PTS_MAJOR_FIRST) * 256 + min === index) {
+        out.push({ pid, fd, index, master: false });
+      }
+    }
+  }
+  return out;
+}
+
+/** pidfd_getfd copy of `fd` of `pid` (the caller closes it). */
+function steal(pid: number, fd: number): number {
+  const n = native();
+  const pidfd = n.pidfdOpen(pid);
+  try {
+    return n.pidfdGetfd(pidfd, fd);
+  } finally {
+    n.closeFd(pidfd);
+  }
+}
+
+/** Whether the terminal `maj:min` is the controlling terminal of a session of the tree. */
+function cttyOf(maj: number, min: number, pids: ReadonlySet<number>, d: FdDesc, path: string): CttyState | null {
+  const stats = [...pids].map((pid) => ({ pid, stat: parseStat(readProcText(pid, 'stat')) }));
+  const holder = stats.find(({ stat }) => stat.ttyNr !== 0
+    && ((stat.ttyNr >> 8) & 0xfff) === maj && ((stat.ttyNr & 0xff) | ((stat.ttyNr >> 12) & 0xfff00)) === min);
+  if (!holder) return null;
+  const sid = holder.stat.session;
+  const fg = holder.stat.tpgid;
+  const session = pids.has(sid) ? sid : null;
+  if (session !== null && !leaderHolds(session, maj, min)) {
+    throw new FerryError('EUNSUPPORTED',
+      `pid ${session} leads a session whose controlling terminal is ${path} (pid ${d.pid} fd ${d.fd}), but holds no descriptor of it: such a session cannot be restored yet`);
+  }
+  return { session, foreground: fg > 0 && stats.some(({ stat }) => stat.pgrp === fg) ? fg : null };
+}
+
+/** Whether `pid` holds a descriptor of terminal `maj:min` (directly or through /dev/tty). */
+function leaderHolds(pid: number, maj: number, min: number): boolean {
+  const n = native();
+  for (const fd of listFds(pid)) {
+    let st;
+    try {
+      st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
+    } catch { continue; }
+    if (!st.isCharacterDevice()) continue;
+    if (major(st.rdev) === maj && minor(st.rdev) === min) return true;
+    if (major(st.rdev) === TTYAUX_MAJOR && minor(st.rdev) === DEV_TTY_MINOR) {
+      const c = steal(pid, fd);
+      try {
+        const dev = n.ttyDevice(c);
+        if (dev.major === maj && dev.minor === min) return true;
+      } finally {
+        n.closeFd(c);
+      }
+    }
+  }
+  return false;
+}
+
+/** The /dev path of terminal `maj:min` (pts by index; others from sysfs). */
+function devPath(maj: number, min: number): string {
+  if (isPtsMajor(maj)) return `/dev/pts/${(maj - PTS_MAJOR_FIRST) * 256 + min}`;
+  try {
+    const m = /^DEVNAME=(.+)$/m.exec(readFileSync(`/sys/dev/char/${maj}:${min}/uevent`, 'utf8'));
+    if (m) return `/dev/${m[1]}`;
+  } catch { /* no sysfs entry */ }
+  throw new Error(`no device path is known for terminal ${maj}:${min}`);
+}
+
+function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord, 'id' | 'kind'> {
+  const n = native();
+  const m = ctx.grab(d);
+  const index = n.ptyIndex(m);
+  const t = decodeTermios(n.ttyGetTermios(m));
+  const winsize = n.ttyGetWinsize(m);
+  const locked = n.ptyLocked(m) === 1;
+  const packet = n.ptyPacket(m) === 1;
+  let input: Buffer = Buffer.alloc(0);
+  let output: Buffer = Buffer.alloc(0);
+  // A slave the tree holds open: copies of it do not change the pair's open count (opening
+  // and closing one of our own could mark the master's other side closed).
+  const slave = ptyEnds(ctx.pids, index).find((e) => !e.master);
+  if (slave) {
+    const s = steal(slave.pid, slave.fd);
+    try {
+      const sFl = n.getFl(s);
+      const mFl = n.getFl(m);
+      n.setFl(s, sFl | O_NONBLOCK);
+      n.setFl(m, mFl | O_NONBLOCK);
+      try {
+        n.ttySetTermios(m, encodeTermios(rawInput(t)));
+        try {
+          input = drain(s, `the input of /dev/pts/${index}`);
+        } finally {
+          queueInput(m, s, t, input); // puts the bytes back for the original, then termios
+        }
+        if (!packet && n.ttyInq(m) > 0) {
+          output = drain(m, `the output of /dev/pts/${index}`);
+          queueOutput(m, s, t, output);
+        }
+      } finally {
+        n.setFl(s, sFl);
+        n.setFl(m, mFl);
+      }
+    } finally {
+      n.closeFd(s);
+    }
+  }
+  return {
+    role: 'master', path: d.link, flags, index, termios: t, winsize, locked, packet,
+    input: input.toString('base64'), output: output.toString('base64'),
+  };
+}
+
+function dump(d: FdDesc, ctx: DumpContext): Omit<TtyRecord, 'id' | 'kind'> {
+  const flags = d.fdinfo.flags & ~O_CLOEXEC & KEPT_FLAGS;
+  let maj = major(d.stat.rdev), min = minor(d.stat.rdev);
+  try {
+    if (maj === TTYAUX_MAJOR && min === PTMX_MINOR) return dumpMaster(d, ctx, flags);
+    const viaDevTty = maj === TTYAUX_MAJOR && min === DEV_TTY_MINOR;
+    if (viaDevTty) ({ major: maj, minor: min } = native().ttyDevice(ctx.grab(d)));
+    const path = viaDevTty ? devPath(maj, min) : d.link;
+    if (isPtsMajor(maj)) {
+      const index = (maj - PTS_MAJOR_FIRST) * 256 + min;
+      const m = ptyEnds(ctx.pids, index).find((e) => e.master);
+      const master = m && ctx.fileIdOf(m.pid, m.fd);
+      if (master !== undefined) {
+        return { role: 'slave', path, flags, index, master, viaDevTty, ctty: cttyOf(maj, min, ctx.pids, d, path) };
+      }
+    }
+    if (!ctx.options.shellJob) {
+      throw new FerryError('EUNSUPPORTED',
+        `terminal outside the tree: pid ${d.pid} fd ${d.fd} -> ${d.link}${viaDevTty ? ` (${path})` : ''} belongs to no process being checkpointed `
+        + `(e.g. the shell's terminal): checkpoint with --shell-job to take it along (restore then reopens ${path}, which must exist)`);
+    }
+    const termios = decodeTermios(native().ttyGetTermios(ctx.grab(d)));
+    return { role: 'external', path, flags, viaDevTty, termios, ctty: cttyOf(maj, min, ctx.pids, d, path) };
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('EDUMP', `checkpoint: terminal fd ${d.fd} of pid ${d.pid} (${d.link}): ${describeCause(err)}`, { cause: err });
+  }
+}
+
+// ---- restore ----
+
+/**
+ * Opens a new pair, on index `want` when it is free: the kernel takes the lowest free index,
+ * so new pairs are held on the free indices below it until the next one gets `want`.
+ */
+function openPair(flags: number, want: number | undefined): number {
+  const n = native();
+  const open = (): number => n.openRaw('/dev/ptmx', (flags & KEPT_FLAGS) | O_NOCTTY | O_NONBLOCK);
+  if (want === undefined || want > MAX_FILL || existsSync(`/dev/pts/${want}`)) return open();
+  const fillers: number[] = [];
+  try {
+    for (;;) {
+      const fd = open();
+      const got = n.ptyIndex(fd);
+      if (got >= want || fillers.length >= MAX_FILL) return fd; // want, or taken meanwhile
+      fillers.push(fd);
+    }
+  } finally {
+    for (const fd of fillers) n.closeFd(fd);
+  }
+}
+
+function openMaster(rec: TtyRecord): number {
+  const n = native();
+  const m = openPair(rec.flags, rec.index);
+  try {
+    n.ptySetLocked(m, 0);
+    const t = rec.termios!;
+    n.ttySetTermios(m, encodeTermios(t));
+    const w = rec.winsize!;
+    n.ttySetWinsize(m, w.row, w.col, w.xpixel, w.ypixel);
+    const input = Buffer.from(rec.input ?? '', 'base64');
+    const output = Buffer.from(rec.output ?? '', 'base64');
+    if (input.length > 0 || output.length > 0) {
+      // A slave open meanwhile, to see the bytes arrive; closing it again is what the original
+      // pair saw too if no slave is restored.
+      const s = n.ptyPeer(m, O_RDWR | O_NOCTTY | O_NONBLOCK);
+      try {
+        queueInput(m, s, t, input);
+        queueOutput(m, s, t, output);
+      } finally {
+        n.closeFd(s);
+      }
+    }
+    if (rec.packet) n.ptySetPacket(m, 1);
+    if (rec.locked) n.ptySetLocked(m, 1);
+    n.setFl(m, rec.flags & (O_NONBLOCK | O_APPEND));
+    return m;
+  } catch (err) {
+    n.closeFd(m);
+    throw err;
+  }
+}
+
+function openSlave(rec: TtyRecord, ctx: OpenContext): number | typeof NOT_YET {
+  const m = ctx.opened(rec.master!);
+  if (m === undefined) return NOT_YET;
+  const n = native();
+  const locked = n.ptyLocked(m) === 1;
+  if (locked) n.ptySetLocked(m, 0);
+  try {
+    return n.ptyPeer(m, (rec.flags & KEPT_FLAGS) | O_NOCTTY);
+  } finally {
+    if (locked) n.ptySetLocked(m, 1);
+  }
+}
+
+function openExternal(rec: TtyRecord, ctx: OpenContext): number {
+  if (!ctx.options.shellJob) {
+    throw new FerryError('EUNSUPPORTED',
+      `file ${rec.id} of the image is the terminal ${rec.path}, outside the checkpointed tree: restore with --shell-job to reopen it`);
+  }
+  const n = native();
+  const fd = n.openRaw(rec.path, (rec.flags & KEPT_FLAGS) | O_NOCTTY);
+  try {
+    if (rec.termios) n.ttySetTermios(fd, encodeTermios(rec.termios));
+    return fd;
+  } catch (err) {
+    n.closeFd(fd);
+    throw err;
+  }
+}
+
+/** In the task, once its descriptors are installed: the session leader takes its terminal back. */
+function installed(rec: TtyRecord, task: TaskContext): void {
+  const c = rec.ctty;
+  if (!c || rec.role === 'master') return;
+  const t = task.tracee;
+  const fg = (): bigint => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(c.foreground!);
+    return task.scratch.put(b);
+  };
+  if (c.session === task.pid) {
+    try {
+      t.syscall(SYS.ioctl, task.fd, TIOCSCTTY, 0);
+      if (c.foreground !== null) t.syscall(SYS.ioctl, task.fd, TIOCSPGRP, fg());
+    } catch (err) {
+      throw new FerryError('ERESTORE',
+        `cannot make ${rec.path} the controlling terminal of session ${c.session} again (fd ${task.fd} of pid ${task.pid}): ${describeCause(err)}`
+        + (rec.role === 'external' ? ' (is it the controlling terminal of another session now?)' : ''), { cause: err });
+    }
+  } else if (c.session === null && c.foreground !== null) {
+    // A shell job: the session is restore's own; the terminal is its controlling terminal
+    // only when ferry runs on it. Then the tree's group becomes the foreground group again.
+    const done = task.open.scratch<boolean>('tty-foreground');
+    if (done.has(String(rec.id))) return;
+    done.set(String(rec.id), true);
+    t.trySyscall(SYS.ioctl, task.fd, TIOCSPGRP, fg());
+  }
+}
+
+/**
+ * For restore/tree.ts (not wired in yet): the session leader `pid`, just after its setsid()
+ * and before it forks anyone, takes the terminal its session had as controlling terminal.
+ * Members of a session get their controlling terminal only by inheriting it at fork(2), so
+ * TIOCSCTTY from the `installed` hook (after the whole tree exists) reaches the leader alone.
+ * The terminal is pulled from the controller with pidfd_getfd(2) and closed again: the task
+ * has no descriptors yet. Returns whether a terminal was taken.
+ */
+export function takeControllingTerminal(t: Tracee, pid: number, files: RestoreFiles): boolean {
+  for (const [id, cfd] of files.opened) {
+    const rec = files.ctx.record(id) as TtyRecord | undefined;
+    if (rec?.kind !== 'tty' || rec.role === 'master' || rec.ctty?.session !== pid) continue;
+    const pidfd = Number(t.syscall(SYS.pidfd_open, process.pid, 0));
+    try {
+      const fd = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0));
+      try {
+        t.syscall(SYS.ioctl, fd, TIOCSCTTY, 0);
+      } catch (err) {
+        throw new FerryError('ERESTORE', `cannot make ${rec.path} the controlling terminal of session ${pid} again: ${describeCause(err)}`, { cause: err });
+      } finally {
+        t.syscall(SYS.close, fd);
+      }
+    } finally {
+      t.syscall(SYS.close, pidfd);
+    }
+    return true;
+  }
+  return false;
+}
+
+/** Shape checks (the image is input). */
+function check(rec: TtyRecord): void {
+  const bad = (why: string): never => {
+    throw new FerryError('EIMAGE', `image: terminal (file ${rec.id}) ${why}`);
+  };
+  if (!['master', 'slave', 'external'].includes(rec.role)) bad('has an unknown role');
+  if (typeof rec.path !== 'string' || !rec.path.startsWith('/')) bad('has no valid path');
+  if (!Number.isSafeInteger(rec.flags) || (rec.flags & O_ACCMODE) === 3) bad('has invalid flags');
+  const termios = (t: unknown): void => {
+    const x = t as Termios;
+    if (typeof t !== 'object' || t === null || !Array.isArray(x.cc) || x.cc.length !== NCCS
+      || !x.cc.every((c) => Number.isInteger(c) && c >= 0 && c < 256)
+      || ![x.iflag, x.oflag, x.cflag, x.lflag, x.ispeed, x.ospeed].every((v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff)
+      || !Number.isInteger(x.line) || x.line < 0 || x.line > 255) bad('has invalid termios');
+  };
+  const queued = (s: unknown): void => {
+    if (s !== undefined && (typeof s !== 'string' || s.length > Math.ceil(MAX_QUEUED / 3) * 4)) bad('has invalid queued data');
+  };
+  if (rec.ctty != null) {
+    const ok = (v: unknown): boolean => v === null || (Number.isSafeInteger(v) && (v as number) > 0);
+    if (!ok(rec.ctty.session) || !ok(rec.ctty.foreground)) bad('has an invalid controlling terminal state');
+  }
+  if (rec.role === 'master') {
+    if (!Number.isSafeInteger(rec.index) || rec.index! < 0) bad('has no valid pts index');
+    termios(rec.termios);
+    const w = rec.winsize;
+    if (!w || ![w.row, w.col, w.xpixel, w.ypixel].every((v) => Number.isInteger(v) && v >= 0 && v < 65536)) bad('has an invalid window size');
+    queued(rec.input);
+    queued(rec.output);
+    if (!existsSync('/dev/ptmx')) throw new FerryError('ENOENT', `/dev/ptmx does not exist here: pseudoterminals cannot be created (file ${rec.id})`);
+  } else if (rec.role === 'slave') {
+    if (!Number.isSafeInteger(rec.master)) bad('names no master');
+  } else {
+    if (rec.termios !== undefined) termios(rec.termios);
+    let ok = false;
+    try {
+      const st = statSync(rec.path, { bigint: true });
+      ok = st.isCharacterDevice() && isTerminal(st.rdev);
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
+    if (!ok) {
+      throw new FerryError('ENOENT', `terminal ${rec.path} (file ${rec.id} of the image, outside the checkpointed tree) `
+        + `${existsSync(rec.path) ? 'is not a terminal here' : 'does not exist here'}: restore where it exists (--shell-job reopens the same path)`);
+    }
+  }
+}
+
+export const tty: FileKind<TtyRecord> = {
+  kind: 'tty',
+
+  matches(fd: FdDesc): boolean {
+    return fd.link.startsWith('/') && fd.stat.isCharacterDevice() && isTerminal(fd.stat.rdev);
+  },
+
+  key(fd: FdDesc): string {
+    return `tty:${fd.stat.rdev}:${fd.fdinfo.lines.get('tty-index')?.[0] ?? ''}`;
+  },
+
+  dump,
+  check,
+
+  open(rec: TtyRecord, ctx: OpenContext): number | typeof NOT_YET {
+    try {
+      if (rec.role === 'master') return openMaster(rec);
+      if (rec.role === 'slave') return openSlave(rec, ctx);
+      return openExternal(rec, ctx);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `cannot restore terminal ${rec.path} (file ${rec.id}): ${describeCause(err)}`, { cause: err });
+    }
+  },
+
+  installed,
+};
