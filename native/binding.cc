@@ -11,8 +11,10 @@ void InitFiles(Napi::Env env, Napi::Object exports);
 void InitCpu(Napi::Env env, Napi::Object exports);
 void InitSeccomp(Napi::Env env, Napi::Object exports);
 void InitPipes(Napi::Env env, Napi::Object exports);
+void InitUnix(Napi::Env env, Napi::Object exports);
 void InitTty(Napi::Env env, Napi::Object exports);
 void InitAnonfd(Napi::Env env, Napi::Object exports);
+void InitInet(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
 }  // namespace ferry
 
@@ -25,8 +27,10 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitCpu(env, exports);
   ferry::InitSeccomp(env, exports);
   ferry::InitPipes(env, exports);
+  ferry::InitUnix(env, exports);
   ferry::InitTty(env, exports);
   ferry::InitAnonfd(env, exports);
+  ferry::InitInet(env, exports);
   ferry::InitNotify(env, exports);
   return exports;
 }

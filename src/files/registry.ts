@@ -10,8 +10,10 @@ import { eventpoll } from './epoll.js';
 import { fanotify } from './fanotify.js';
 import { inotify } from './inotify.js';
 import { memfd } from './memfd.js';
+import { inet } from './inet.js';
 import { fifo, pipe } from './pipe.js';
 import { regular } from './regular.js';
+import { unix } from './unix.js';
 import { signalfd } from './signalfd.js';
 import { timerfd } from './timerfd.js';
 import { tty } from './tty.js';
@@ -26,6 +28,8 @@ const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   tty as unknown as FileKind<FileRecord>,
   pipe as unknown as FileKind<FileRecord>,
   fifo as unknown as FileKind<FileRecord>,
+  unix as unknown as FileKind<FileRecord>,
+  inet as unknown as FileKind<FileRecord>,
   eventfd as unknown as FileKind<FileRecord>,
   signalfd as unknown as FileKind<FileRecord>,
   timerfd as unknown as FileKind<FileRecord>,

@@ -24,6 +24,38 @@ export interface WaitStatus {
   event: number;
 }
 
+/** An IPv4 or IPv6 socket address (family AF_INET 2 or AF_INET6 10; address in inet_ntop text). */
+export interface SockAddr {
+  family: number;
+  address: string;
+  port: number;
+  flowinfo?: number;
+  scopeId?: number;
+}
+
+/** One unix socket as sock_diag(7) describes it (linux/unix_diag.h). */
+export interface UnixDiag {
+  ino: number;
+  /** SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5. */
+  type: number;
+  /** TCP_ESTABLISHED 1 (connected), TCP_CLOSE 7, TCP_LISTEN 10. */
+  state: number;
+  /** UNIX_DIAG_NAME: sun_path bytes (leading NUL: abstract), null when unbound. */
+  name: Buffer | null;
+  /** UNIX_DIAG_VFS: the file a path name created (dev split as the kernel stores it). */
+  vfs: { ino: number; major: number; minor: number } | null;
+  /** UNIX_DIAG_PEER: the peer's inode, 0 when none (or its peer has no inode any more). */
+  peer: number;
+  /** UNIX_DIAG_ICONS: a listener's queued connections, oldest first: each client's inode. */
+  icons: number[];
+  /** UNIX_DIAG_RQLEN: listener: pending connections; else bytes unread (datagram: the first message). */
+  rqueue: number;
+  /** UNIX_DIAG_RQLEN: listener: backlog; else bytes sent and not yet read by the peer. */
+  wqueue: number;
+  /** UNIX_DIAG_SHUTDOWN: RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2. */
+  shutdown: number;
+}
+
 /** PTRACE_GET_RSEQ_CONFIGURATION result. */
 export interface RseqConfig {
   pointer: bigint;
@@ -120,6 +152,43 @@ export interface NativeBinding {
   setFl(fd: number, flags: number): void;
   /** ioctl(2) FIONREAD on a pipe: bytes buffered in it. */
   pipeUnread(fd: number): number;
+  /**
+   * NETLINK_SOCK_DIAG, AF_UNIX (sock_diag(7)): the unix socket with inode `ino` in ferry's
+   * network namespace, or null when there is none (not a unix socket, or another namespace).
+   */
+  unixDiag(ino: number): UnixDiag | null;
+  /** NETLINK_SOCK_DIAG dump: every unix socket of ferry's network namespace. */
+  unixDiagAll(): UnixDiag[];
+  /** socket(AF_UNIX, type | SOCK_CLOEXEC, 0) — unix(7). */
+  unixSocket(type: number): number;
+  /** socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0). */
+  unixSocketpair(type: number): [number, number];
+  /**
+   * bind(2) to sun_path bytes `name` (a leading NUL: abstract). With `dir`, a relative name
+   * is resolved there (in a thread with its own cwd: unshare(CLONE_FS)) and kept as given.
+   */
+  unixBind(fd: number, name: Buffer, dir?: string): void;
+  /** connect(2) to sun_path bytes `name`. */
+  unixConnect(fd: number, name: Buffer): void;
+  /** listen(2). */
+  unixListen(fd: number, backlog: number): void;
+  /** accept4(2) with SOCK_CLOEXEC. */
+  unixAccept(fd: number): number;
+  /** shutdown(2): 0 SHUT_RD, 1 SHUT_WR, 2 SHUT_RDWR. */
+  unixShutdown(fd: number, how: number): void;
+  /** getsockopt(2) of an int option. */
+  unixGetOpt(fd: number, level: number, name: number): number;
+  /** setsockopt(2) of an int option. */
+  unixSetOpt(fd: number, level: number, name: number, value: number): void;
+  /**
+   * recvmsg(2) with MSG_PEEK | MSG_DONTWAIT into a buffer of `max` bytes: the next message at
+   * the socket's peek offset (SO_PEEK_OFF) without consuming it, or null when none is queued.
+   * `flags` is msg_flags (MSG_TRUNC 0x20, MSG_CTRUNC 0x8); `fds` counts descriptors carried by
+   * SCM_RIGHTS/SCM_PIDFD (installed by the peek, closed again at once).
+   */
+  unixPeek(fd: number, max: number): { data: Buffer; flags: number; fds: number } | null;
+  /** sendmsg(2) with MSG_DONTWAIT | MSG_NOSIGNAL, to sun_path bytes `name` if given; -> bytes sent. */
+  unixSend(fd: number, data: Buffer, name?: Buffer): number;
   /** eventfd2(2) with counter `count` (written after creation: initval is only 32 bits); EFD_CLOEXEC added. */
   eventfdCreate(count: bigint, flags: number): number;
   /** signalfd4(2) of a new signalfd for `mask` (bit n-1 = signal n); SFD_CLOEXEC added. */
@@ -173,6 +242,35 @@ export interface NativeBinding {
   getSeccompFilter(tid: number, index: number): Buffer | null;
   /** ptrace(PTRACE_SECCOMP_GET_METADATA): SECCOMP_FILTER_FLAG_* bits of filter `index`. */
   getSeccompFlags(tid: number, index: number): number;
+  /** getxattr(2) "system.sockprotoname" of a socket (path /proc/PID/fd/N): "TCP", "TCPv6", "UDP", "UDPv6", "UNIX-STREAM"… */
+  sockProtoName(path: string): string;
+  /** socket(2) (SOCK_CLOEXEC always added). */
+  socket(family: number, type: number, protocol?: number): number;
+  /** getsockopt(2): the option's bytes (at most maxLen). */
+  getSockOpt(fd: number, level: number, name: number, maxLen: number): Buffer;
+  /** setsockopt(2) with raw bytes. */
+  setSockOpt(fd: number, level: number, name: number, value: Buffer): void;
+  /** getsockopt(2) of an int option. */
+  getSockInt(fd: number, level: number, name: number): number;
+  /** setsockopt(2) of an int option. */
+  setSockInt(fd: number, level: number, name: number, value: number): void;
+  /** getsockname(2), or getpeername(2) with `peer` (null when not connected). */
+  sockName(fd: number, peer?: boolean): SockAddr | null;
+  /** bind(2). */
+  sockBind(fd: number, addr: SockAddr): void;
+  /** connect(2) (in TCP repair mode: established at once, nothing sent; tcp(7)). */
+  sockConnect(fd: number, addr: SockAddr): void;
+  /** listen(2). */
+  sockListen(fd: number, backlog: number): void;
+  /**
+   * recvfrom(2) with MSG_PEEK | MSG_DONTWAIT (| flags): nothing is consumed; null when nothing
+   * is queued. In TCP repair mode it peeks the queue chosen with TCP_REPAIR_QUEUE.
+   */
+  sockPeek(fd: number, maxLen: number, flags?: number): { data: Buffer; from: SockAddr | null } | null;
+  /** sendto(2) (MSG_NOSIGNAL added); returns the bytes sent. */
+  sockSend(fd: number, data: Buffer, flags: number, to?: SockAddr | null): number;
+  /** ioctl(2) with an int result: SIOCINQ, SIOCOUTQ, SIOCOUTQNSD. */
+  sockIoctlInt(fd: number, request: number): number;
   /**
    * kcmp(2) KCMP_EPOLL_TFD: compares file `fd1` of `pid1` with the target registered in epoll
    * `efd` of `pid2` under descriptor number `tfd` (the `toff`-th item with that number): 0 when
@@ -202,11 +300,13 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
+  'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixConnect', 'unixListen',
+  'unixAccept', 'unixShutdown', 'unixGetOpt', 'unixSetOpt', 'unixPeek', 'unixSend',
   'eventfdCreate', 'signalfdCreate', 'timerfdCreate', 'timerfdSettime', 'timerfdGettime', 'timerfdTakeTicks',
   'timerfdSetTicks', 'memfdCreate', 'getSeals', 'addSeals',
   'getSeccompFilter', 'getSeccompFlags',
-  'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq',
-  'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
+  'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
+  'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle',
   'fanotifyInit', 'fanotifyMark',
 ];
