@@ -43,10 +43,11 @@ describe('config defaults', () => {
     assert.deepEqual(DEFAULTS, {
       log: { level: 'warn', file: '' },
       image: { workDir: '/var/tmp', chunkSize: 8388608 },
+      files: { deletedMaxBytes: 67108864 },
       restore: { stub: '' },
     });
     assert.ok(Object.isFrozen(DEFAULTS) && Object.isFrozen(DEFAULTS.log) && Object.isFrozen(DEFAULTS.image)
-      && Object.isFrozen(DEFAULTS.restore));
+      && Object.isFrozen(DEFAULTS.files) && Object.isFrozen(DEFAULTS.restore));
   });
 
   it('config/ferry.toml sets every key, to exactly the built-in defaults', () => {
@@ -54,8 +55,8 @@ describe('config defaults', () => {
     assert.deepEqual(loadConfig({ path }), DEFAULTS);
     // Every key is written out (not just left to the defaults): each appears uncommented.
     const text = readFileSync(path, 'utf8');
-    for (const key of ['level', 'file', 'work_dir', 'chunk_size', 'stub']) assert.match(text, new RegExp(`^${key} = `, 'm'), key);
-    for (const section of ['log', 'image', 'restore']) assert.match(text, new RegExp(`^\\[${section}\\]$`, 'm'), section);
+    for (const key of ['level', 'file', 'work_dir', 'chunk_size', 'deleted_max_bytes', 'stub']) assert.match(text, new RegExp(`^${key} = `, 'm'), key);
+    for (const section of ['log', 'image', 'files', 'restore']) assert.match(text, new RegExp(`^\\[${section}\\]$`, 'm'), section);
   });
 
   it('without a path, reads /etc/ferry/config.toml only when present', { skip: existsSync(SYSTEM_CONFIG) && `${SYSTEM_CONFIG} exists on this machine` }, () => {
@@ -65,10 +66,11 @@ describe('config defaults', () => {
 
 describe('config files', () => {
   it('reads every key, converting snake_case to camelCase, and keeps defaults for the rest', () => {
-    const c = load('[log]\nlevel = "debug"\nfile = "/var/log/ferry.log"\n[image]\nwork_dir = "/srv/ferry"\nchunk_size = 1048576\n[restore]\nstub = "/opt/ferry/ferry-stub"\n');
+    const c = load('[log]\nlevel = "debug"\nfile = "/var/log/ferry.log"\n[image]\nwork_dir = "/srv/ferry"\nchunk_size = 1048576\n[files]\ndeleted_max_bytes = 1024\n[restore]\nstub = "/opt/ferry/ferry-stub"\n');
     assert.deepEqual(c, {
       log: { level: 'debug', file: '/var/log/ferry.log' },
       image: { workDir: '/srv/ferry', chunkSize: 1048576 },
+      files: { deletedMaxBytes: 1024 },
       restore: { stub: '/opt/ferry/ferry-stub' },
     });
     assert.ok(Object.isFrozen(c) && Object.isFrozen(c.image));
