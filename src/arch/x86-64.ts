@@ -53,6 +53,17 @@ export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYM
   MAP_GROWSDOWN = 0x100, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000;
 export const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2;
 
+/** SOL_SOCKET options (<asm-generic/socket.h>; alpha, mips, parisc and sparc number them differently), socket(7). */
+export const SOL_SOCKET = 1;
+export const SO = {
+  REUSEADDR: 2, TYPE: 3, BROADCAST: 6, SNDBUF: 7, RCVBUF: 8, KEEPALIVE: 9, OOBINLINE: 10,
+  PRIORITY: 12, LINGER: 13, REUSEPORT: 15, RCVLOWAT: 18, RCVTIMEO: 20, SNDTIMEO: 21,
+  BINDTODEVICE: 25, TIMESTAMP: 29, ACCEPTCONN: 30, SNDBUFFORCE: 32, RCVBUFFORCE: 33,
+  MARK: 36, PROTOCOL: 38, DOMAIN: 39, PEEK_OFF: 42,
+} as const;
+/** Socket ioctls: bytes unread (FIONREAD), not yet acknowledged (TIOCOUTQ), not yet sent. */
+export const SIOCINQ = 0x541b, SIOCOUTQ = 0x5411, SIOCOUTQNSD = 0x894b;
+
 /** madvise(2) advice for VmFlags we carry over (smaps two-letter code -> advice). */
 export const MADVISE_BY_VMFLAG: Readonly<Record<string, number>> = {
   dc: 10, // MADV_DONTFORK

@@ -1,0 +1,312 @@
+// IPv4 and IPv6 sockets (TCP and UDP): reading and rebuilding their state.
+//
+// Wraps getxattr(2) "system.sockprotoname" (sockfs names the protocol of the socket behind a
+// descriptor: "TCP", "TCPv6", "UDP", "UDPv6", "UNIX-STREAM"…; works on /proc/PID/fd/N),
+// socket(2) (SOCK_CLOEXEC always added), getsockopt(2)/setsockopt(2) (raw bytes or an int),
+// getsockname(2)/getpeername(2), bind(2), connect(2), listen(2), recvfrom(2) with MSG_PEEK
+// (nothing is consumed; with TCP_REPAIR_QUEUE set, a socket in repair mode peeks its send or
+// receive queue, tcp(7)), sendto(2) (in repair mode it appends to the selected queue without
+// transmitting anything), and ioctl(2) SIOCINQ / SIOCOUTQ / SIOCOUTQNSD (bytes unread, bytes
+// not yet acknowledged, bytes not yet sent).
+//
+// Addresses cross into JS as {family, address, port, flowinfo, scopeId}: family AF_INET (2) or
+// AF_INET6 (10), address in inet_ntop(3) text.
+#include <napi.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "errors.h"
+
+namespace ferry {
+namespace {
+
+std::string FdText(int64_t fd) { return "fd " + std::to_string(fd); }
+
+// sockaddr -> {family, address, port, flowinfo, scopeId}; null for anything not AF_INET/AF_INET6.
+Napi::Value AddrToJs(Napi::Env env, const sockaddr_storage& ss) {
+  char text[INET6_ADDRSTRLEN] = "";
+  Napi::Object o = Napi::Object::New(env);
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
+    o.Set("family", AF_INET);
+    o.Set("address", text);
+    o.Set("port", ntohs(a->sin_port));
+    o.Set("flowinfo", 0);
+    o.Set("scopeId", 0);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
+    o.Set("family", AF_INET6);
+    o.Set("address", text);
+    o.Set("port", ntohs(a->sin6_port));
+    o.Set("flowinfo", ntohl(a->sin6_flowinfo));
+    o.Set("scopeId", a->sin6_scope_id);
+  } else {
+    return env.Null();
+  }
+  return o;
+}
+
+// JS address object at info[i] -> sockaddr; throws a TypeError on anything malformed.
+bool ArgAddr(const Napi::CallbackInfo& info, size_t i, sockaddr_storage* ss, socklen_t* len) {
+  memset(ss, 0, sizeof *ss);
+  if (info.Length() <= i || !info[i].IsObject()) {
+    ThrowType(info.Env(), "expected an address {family, address, port}");
+    return false;
+  }
+  Napi::Object o = info[i].As<Napi::Object>();
+  Napi::Value fam = o.Get("family"), addr = o.Get("address"), port = o.Get("port");
+  if (!fam.IsNumber() || !addr.IsString() || !port.IsNumber()) {
+    ThrowType(info.Env(), "address needs family (number), address (string), port (number)");
+    return false;
+  }
+  std::string text = addr.As<Napi::String>().Utf8Value();
+  int family = fam.As<Napi::Number>().Int32Value();
+  uint16_t p = static_cast<uint16_t>(port.As<Napi::Number>().Uint32Value());
+  if (family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(p);
+    if (inet_pton(AF_INET, text.c_str(), &a->sin_addr) != 1) {
+      ThrowType(info.Env(), "bad IPv4 address " + text);
+      return false;
+    }
+    *len = sizeof *a;
+    return true;
+  }
+  if (family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(p);
+    Napi::Value fl = o.Get("flowinfo"), sc = o.Get("scopeId");
+    if (fl.IsNumber()) a->sin6_flowinfo = htonl(fl.As<Napi::Number>().Uint32Value());
+    if (sc.IsNumber()) a->sin6_scope_id = sc.As<Napi::Number>().Uint32Value();
+    if (inet_pton(AF_INET6, text.c_str(), &a->sin6_addr) != 1) {
+      ThrowType(info.Env(), "bad IPv6 address " + text);
+      return false;
+    }
+    *len = sizeof *a;
+    return true;
+  }
+  ThrowType(info.Env(), "address family must be AF_INET or AF_INET6");
+  return false;
+}
+
+// sockProtoName(path) -> "TCP" | "TCPv6" | "UDP" | … (getxattr system.sockprotoname).
+Napi::Value SockProtoName(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsString()) {
+    ThrowType(info.Env(), "sockProtoName(path: string)");
+    return {};
+  }
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  char buf[64];
+  ssize_t n = getxattr(path.c_str(), "system.sockprotoname", buf, sizeof buf - 1);
+  if (n < 0) {
+    ThrowErrno(info.Env(), "getxattr", errno, path);
+    return {};
+  }
+  buf[n] = 0;
+  return Napi::String::New(info.Env(), buf);  // the kernel includes the NUL
+}
+
+// socket(family, type, protocol) -> fd.
+Napi::Value Socket(const Napi::CallbackInfo& info) {
+  int64_t family, type, proto = 0;
+  if (!ArgInt(info, 0, &family) || !ArgInt(info, 1, &type)) return {};
+  if (info.Length() > 2 && !ArgInt(info, 2, &proto)) return {};
+  int fd = socket(static_cast<int>(family), static_cast<int>(type) | SOCK_CLOEXEC, static_cast<int>(proto));
+  if (fd < 0) {
+    ThrowErrno(info.Env(), "socket", errno);
+    return {};
+  }
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// getSockOpt(fd, level, name, maxLen) -> Buffer (the length the kernel returned).
+Napi::Value GetSockOpt(const Napi::CallbackInfo& info) {
+  int64_t fd, level, name, max;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &level) || !ArgInt(info, 2, &name) ||
+      !ArgInt(info, 3, &max)) return {};
+  if (max < 0 || max > 65536) {
+    ThrowType(info.Env(), "getSockOpt: maxLen out of range");
+    return {};
+  }
+  std::vector<uint8_t> buf(static_cast<size_t>(max) + 1);
+  socklen_t len = static_cast<socklen_t>(max);
+  if (getsockopt(static_cast<int>(fd), static_cast<int>(level), static_cast<int>(name), buf.data(), &len) < 0) {
+    ThrowErrno(info.Env(), "getsockopt", errno, FdText(fd) + " option " + std::to_string(level) + "/" + std::to_string(name));
+    return {};
+  }
+  return Napi::Buffer<uint8_t>::Copy(info.Env(), buf.data(), len);
+}
+
+// setSockOpt(fd, level, name, Buffer).
+Napi::Value SetSockOpt(const Napi::CallbackInfo& info) {
+  int64_t fd, level, name;
+  Napi::Buffer<uint8_t> b;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &level) || !ArgInt(info, 2, &name) || !ArgBuffer(info, 3, &b)) return {};
+  if (setsockopt(static_cast<int>(fd), static_cast<int>(level), static_cast<int>(name), b.Data(),
+                 static_cast<socklen_t>(b.Length())) < 0) {
+    ThrowErrno(info.Env(), "setsockopt", errno, FdText(fd) + " option " + std::to_string(level) + "/" + std::to_string(name));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// getSockInt(fd, level, name) -> int.
+Napi::Value GetSockInt(const Napi::CallbackInfo& info) {
+  int64_t fd, level, name;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &level) || !ArgInt(info, 2, &name)) return {};
+  int v = 0;
+  socklen_t len = sizeof v;
+  if (getsockopt(static_cast<int>(fd), static_cast<int>(level), static_cast<int>(name), &v, &len) < 0) {
+    ThrowErrno(info.Env(), "getsockopt", errno, FdText(fd) + " option " + std::to_string(level) + "/" + std::to_string(name));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), v);
+}
+
+// setSockInt(fd, level, name, value).
+Napi::Value SetSockInt(const Napi::CallbackInfo& info) {
+  int64_t fd, level, name, value;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &level) || !ArgInt(info, 2, &name) || !ArgInt(info, 3, &value)) return {};
+  int v = static_cast<int>(value);
+  if (setsockopt(static_cast<int>(fd), static_cast<int>(level), static_cast<int>(name), &v, sizeof v) < 0) {
+    ThrowErrno(info.Env(), "setsockopt", errno, FdText(fd) + " option " + std::to_string(level) + "/" + std::to_string(name));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// sockName(fd, peer) -> address, or null (peer: ENOTCONN; an address of another family).
+Napi::Value SockName(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  bool peer = info.Length() > 1 && info[1].ToBoolean().Value();
+  sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t len = sizeof ss;
+  int r = peer ? getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &len)
+               : getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &len);
+  if (r < 0) {
+    if (peer && errno == ENOTCONN) return info.Env().Null();
+    ThrowErrno(info.Env(), peer ? "getpeername" : "getsockname", errno, FdText(fd));
+    return {};
+  }
+  return AddrToJs(info.Env(), ss);
+}
+
+// sockBind(fd, address) / sockConnect(fd, address).
+Napi::Value BindOrConnect(const Napi::CallbackInfo& info, bool connect_) {
+  int64_t fd;
+  sockaddr_storage ss;
+  socklen_t len;
+  if (!ArgInt(info, 0, &fd) || !ArgAddr(info, 1, &ss, &len)) return {};
+  int r = connect_ ? connect(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), len)
+                   : bind(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), len);
+  if (r < 0) {
+    ThrowErrno(info.Env(), connect_ ? "connect" : "bind", errno, FdText(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+Napi::Value SockBind(const Napi::CallbackInfo& info) { return BindOrConnect(info, false); }
+Napi::Value SockConnect(const Napi::CallbackInfo& info) { return BindOrConnect(info, true); }
+
+// sockListen(fd, backlog).
+Napi::Value SockListen(const Napi::CallbackInfo& info) {
+  int64_t fd, backlog;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &backlog)) return {};
+  if (listen(static_cast<int>(fd), static_cast<int>(backlog)) < 0) {
+    ThrowErrno(info.Env(), "listen", errno, FdText(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// sockPeek(fd, maxLen, extraFlags) -> {data, from}: recvfrom(2) with MSG_PEEK | MSG_DONTWAIT;
+// EAGAIN gives null (nothing queued).
+Napi::Value SockPeek(const Napi::CallbackInfo& info) {
+  int64_t fd, max, flags = 0;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &max)) return {};
+  if (info.Length() > 2 && !ArgInt(info, 2, &flags)) return {};
+  if (max < 0 || max > (1LL << 30)) {
+    ThrowType(info.Env(), "sockPeek: maxLen out of range");
+    return {};
+  }
+  std::vector<uint8_t> buf(static_cast<size_t>(max) + 1);
+  sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t slen = sizeof ss;
+  ssize_t n = recvfrom(static_cast<int>(fd), buf.data(), static_cast<size_t>(max),
+                       MSG_PEEK | MSG_DONTWAIT | static_cast<int>(flags), reinterpret_cast<sockaddr*>(&ss), &slen);
+  if (n < 0) {
+    if (errno == EAGAIN) return info.Env().Null();
+    ThrowErrno(info.Env(), "recvfrom(MSG_PEEK)", errno, FdText(fd));
+    return {};
+  }
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("data", Napi::Buffer<uint8_t>::Copy(info.Env(), buf.data(), static_cast<size_t>(n)));
+  o.Set("from", slen > 0 ? AddrToJs(info.Env(), ss) : info.Env().Null());
+  return o;
+}
+
+// sockSend(fd, data, flags, address?) -> bytes sent (sendto(2)).
+Napi::Value SockSend(const Napi::CallbackInfo& info) {
+  int64_t fd, flags;
+  Napi::Buffer<uint8_t> b;
+  if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &b) || !ArgInt(info, 2, &flags)) return {};
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  bool to = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
+  if (to && !ArgAddr(info, 3, &ss, &len)) return {};
+  ssize_t n = sendto(static_cast<int>(fd), b.Data(), b.Length(), static_cast<int>(flags) | MSG_NOSIGNAL,
+                     to ? reinterpret_cast<sockaddr*>(&ss) : nullptr, to ? len : 0);
+  if (n < 0) {
+    ThrowErrno(info.Env(), "sendto", errno, FdText(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+// sockIoctlInt(fd, request) -> int: SIOCINQ, SIOCOUTQ, SIOCOUTQNSD.
+Napi::Value SockIoctlInt(const Napi::CallbackInfo& info) {
+  int64_t fd, req;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &req)) return {};
+  int v = 0;
+  if (ioctl(static_cast<int>(fd), static_cast<unsigned long>(req), &v) < 0) {
+    ThrowErrno(info.Env(), "ioctl", errno, FdText(fd) + " request " + std::to_string(req));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), v);
+}
+
+}  // namespace
+
+void InitInet(Napi::Env env, Napi::Object exports) {
+  exports.Set("sockProtoName", Napi::Function::New(env, SockProtoName));
+  exports.Set("socket", Napi::Function::New(env, Socket));
+  exports.Set("getSockOpt", Napi::Function::New(env, GetSockOpt));
+  exports.Set("setSockOpt", Napi::Function::New(env, SetSockOpt));
+  exports.Set("getSockInt", Napi::Function::New(env, GetSockInt));
+  exports.Set("setSockInt", Napi::Function::New(env, SetSockInt));
+  exports.Set("sockName", Napi::Function::New(env, SockName));
+  exports.Set("sockBind", Napi::Function::New(env, SockBind));
+  exports.Set("sockConnect", Napi::Function::New(env, SockConnect));
+  exports.Set("sockListen", Napi::Function::New(env, SockListen));
+  exports.Set("sockPeek", Napi::Function::New(env, SockPeek));
+  exports.Set("sockSend", Napi::Function::New(env, SockSend));
+  exports.Set("sockIoctlInt", Napi::Function::New(env, SockIoctlInt));
+}
+
+}  // namespace ferry
