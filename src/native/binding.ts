@@ -305,6 +305,8 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'eventfdCreate', 'signalfdCreate', 'timerfdCreate', 'timerfdSettime', 'timerfdGettime', 'timerfdTakeTicks',
   'timerfdSetTicks', 'memfdCreate', 'getSeals', 'addSeals',
   'getSeccompFilter', 'getSeccompFlags',
+  'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq',
+  'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
   'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle',
