@@ -5,6 +5,7 @@
 import type { Logger } from 'pino';
 import type { Config } from './config/config.js';
 import type { FileOptions } from './files/types.js';
+import type { Image as OpenedImage } from './image/reader.js';
 
 export type { FileOptions };
 
@@ -44,6 +45,8 @@ export interface CheckpointOptions extends CommonOptions {
    * shows it; absent: ferry's own. Processes of the tree in any other one are refused.
    */
   pidNamespace?: string;
+  /** Threads already seized and stopped by the caller (a container's cgroup freeze). */
+  preseized?: ReadonlySet<number>;
 }
 
 export interface CheckpointResult {
@@ -66,6 +69,24 @@ export interface RestoreOptions extends CommonOptions {
   pidFile?: string;
   /** What file kinds may do beyond the defaults; all off if absent. */
   files?: Partial<FileOptions>;
+  /**
+   * Makes the root process instead of spawning it (a container's init, started by its
+   * runtime as a restore stub), once the image is verified. `maxFd` is the highest descriptor
+   * any task of the image has.
+   */
+  makeRoot?: (image: OpenedImage, maxFd: number) => Promise<MadeRoot>;
+}
+
+/** A root process made by `RestoreOptions.makeRoot`. */
+export interface MadeRoot {
+  /** Its pid in ferry's namespace; a restore stub, seized and stopped by the calling thread. */
+  pid: number;
+  /** Descriptor of a pidfd of ferry in it (and in every process it forks), above every image descriptor. */
+  controllerPidfd: number;
+  /** Prefix that makes paths inside its mount namespace reachable from ferry: /proc/PID/root. */
+  fileRoot: string;
+  /** Kills it and removes what was made for it (after a failure). */
+  destroy(): void;
 }
 
 export interface RestoreResult {

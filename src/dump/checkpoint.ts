@@ -123,7 +123,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   checkSupported(describeFds(pid));
 
   const n = native();
-  const tree = freezeTree(pid);
+  const tree = freezeTree(pid, {
+    ...(o.pidNamespace !== undefined ? { pidNs: o.pidNamespace } : {}),
+    ...(o.preseized !== undefined ? { preseized: o.preseized } : {}),
+  });
   const tStopped = performance.now();
   const live = tree.processes.filter((p) => p.tids.length > 0);
   log.debug({ processes: tree.processes.length, threads: live.reduce((s, p) => s + p.tids.length, 0) }, 'stopped');
@@ -225,7 +228,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
 function killTree(live: readonly FrozenProcess[]): void {
   const n = native();
   for (const p of live) n.tgkill(p.pid, p.pid, SIGKILL);
-  for (const p of live) {
+  // Children first: a pid namespace's init, dying, waits for every other process of its
+  // namespace to be reaped, and those we trace are reaped only when we collect them.
+  for (const p of [...live].reverse()) {
     for (const tid of p.tids.slice(1)) n.waitExit(tid);
     n.waitExit(p.pid, p.stat.ppid === process.pid);
   }

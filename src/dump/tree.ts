@@ -47,8 +47,16 @@ const nsOf = (pid: number, ns: string): string => {
   }
 };
 
+/** How to freeze: for a container, its pid namespace and the threads its cgroup freeze seized. */
+export interface FreezeOptions {
+  /** The pid namespace the tree lives in (readlink of /proc/PID/ns/pid); default: ferry's. */
+  pidNs?: string;
+  /** Threads already seized and stopped (by a cgroup freeze); every one must be in the tree. */
+  preseized?: ReadonlySet<number>;
+}
+
 /** Cheap checks on one process before it is seized. */
-function precheck(pid: number, stat: ProcStat, root: number): void {
+function precheck(pid: number, stat: ProcStat, root: number, pidNs: string): void {
   const what = pid === root ? `pid ${pid}` : `pid ${pid} (in the tree of ${root})`;
   if (isKernelThread(stat)) {
     throw new FerryError('EKTHREAD', `${what} (${stat.comm}) is a kernel thread: only user processes can be checkpointed`);
@@ -57,11 +65,11 @@ function precheck(pid: number, stat: ProcStat, root: number): void {
   if (status.tgid !== pid) {
     throw new FerryError('EINVAL', `pid ${pid} is a thread of process ${status.tgid}: checkpoint the process`);
   }
-  if (status.tracerPid !== 0) {
+  if (status.tracerPid !== 0 && status.tracerPid !== process.pid) {
     throw new FerryError('ETRACED', `${what} is already traced by pid ${status.tracerPid} (a debugger?): detach it first`);
   }
-  for (const ns of ['pid', 'user']) {
-    if (nsOf(pid, ns) !== nsOf(process.pid, ns)) {
+  for (const [ns, want] of [['pid', pidNs], ['user', nsOf(process.pid, 'user')]] as const) {
+    if (nsOf(pid, ns) !== want) {
       throw new FerryError('EUNSUPPORTED', `${what} (${stat.comm}) runs in another ${ns} namespace: not supported yet (checkpoint it as a container)`);
     }
   }
@@ -72,10 +80,14 @@ function precheck(pid: number, stat: ProcStat, root: number): void {
  * new thread. Returns the tids, the leader first, or null when the process exited (or became
  * a zombie) before it could be stopped.
  */
-function seizeThreads(pid: number, seized: number[]): number[] | null {
+function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<number>): number[] | null {
   const n = native();
   const mine: number[] = [];
   const attach = (tid: number): boolean => {
+    if (preseized.has(tid)) {
+      mine.push(tid);
+      return true;
+    }
     try {
       n.seize(tid, 0);
     } catch (err) {
@@ -109,9 +121,12 @@ function isZombie(pid: number): boolean {
 }
 
 /** Freezes the tree rooted at `root`. On failure everything seized so far is let go. */
-export function freezeTree(root: number): FrozenTree {
+export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
   const n = native();
-  const seized: number[] = [];
+  const preseized = opts.preseized ?? new Set<number>();
+  const pidNs = opts.pidNs ?? nsOf(process.pid, 'pid');
+  // Pre-seized threads are let go by release() too, whether the walk reaches them or not.
+  const seized: number[] = [...preseized];
   let released = false;
   const release = (): void => {
     if (released) return;
@@ -137,9 +152,9 @@ export function freezeTree(root: number): FrozenTree {
         processes.push(zombie(pid, stat));
         continue;
       }
-      precheck(pid, stat, root);
+      precheck(pid, stat, root, pidNs);
       const stoppedBefore = stat.state === 'T';
-      const tids = seizeThreads(pid, seized);
+      const tids = seizeThreads(pid, seized, preseized);
       if (!tids) {
         if (pid === root) throw new FerryError('ENOPROC', `pid ${pid} exited before it could be stopped`);
         const now = isZombie(pid) ? parseStat(readProcText(pid, 'stat')) : undefined;
@@ -159,6 +174,11 @@ export function freezeTree(root: number): FrozenTree {
       }
     }
     checkGroups(processes.map((p) => p.record), root);
+    const walked = new Set(processes.flatMap((p) => p.tids));
+    const stray = [...preseized].find((tid) => !walked.has(tid));
+    if (stray !== undefined) {
+      throw new FerryError('EUNSUPPORTED', `pid ${stray} is in the container's cgroup but not under its init ${root} (a process started with 'exec'?): not supported yet`);
+    }
   } catch (err) {
     release();
     throw err;

@@ -90,6 +90,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     for (const fd of grabbed.values()) native().closeFd(fd);
   };
   const files: FileRecord[] = [];
+  const mounts = new Map<number, ReadonlySet<number> | null>();
   try {
     firsts.forEach(({ desc, kind }, i) => {
       const id = i + 1;
@@ -105,13 +106,32 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
         },
         onFinish: (fn) => { finishers.push(fn); },
       };
-      files.push({ ...kind.dump(desc, ctx), id, kind: kind.kind } as FileRecord);
+      const rec = { ...kind.dump(desc, ctx), id, kind: kind.kind } as FileRecord;
+      if (typeof rec.path === 'string' && rootedInTask(desc, mounts)) rec.root = 'task';
+      files.push(rec);
     });
   } catch (err) {
     finish(true);
     throw err;
   }
   return { files, fds, blobs, finish };
+}
+
+/**
+ * Whether the path of `d` is relative to its task's root rather than ferry's: the task lives
+ * in another mount namespace (a container) and the file is on one of that namespace's mounts
+ * (a file inherited from outside, such as a log the runtime opened, is on a mount of ferry's
+ * and its path is ferry's). `mounts` caches each task's mount ids (null: ferry's namespace).
+ */
+function rootedInTask(d: FdDesc, mounts: Map<number, ReadonlySet<number> | null>): boolean {
+  let ids = mounts.get(d.pid);
+  if (ids === undefined) {
+    const ns = (pid: number | 'self'): string => readlinkSync(`/proc/${pid}/ns/mnt`);
+    ids = ns(d.pid) === ns('self') ? null
+      : new Set(readProcText(d.pid, 'mountinfo').split('\n').filter(Boolean).map((l) => Number(l.split(' ')[0])));
+    mounts.set(d.pid, ids);
+  }
+  return ids !== null && ids.has(d.fdinfo.mntId);
 }
 
 /** pidfd_getfd of `d` into the controller, once per descriptor. */

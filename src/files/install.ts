@@ -15,9 +15,20 @@ import { DEFAULT_FILE_OPTIONS, NOT_YET, type FileOptions, type OpenContext } fro
 
 const F_DUPFD_CLOEXEC = 1030, F_SETFD = 2, O_CLOEXEC = 0o2000000;
 
+/**
+ * A record as its module must see it: a path relative to the task's root (`root: 'task'`,
+ * a file inside a container) is made reachable from ferry through `taskRoot`
+ * (/proc/<the restored container's init>/root).
+ */
+function rebased(r: FileRecord, taskRoot: string | undefined): FileRecord {
+  if (r.root !== 'task' || typeof r.path !== 'string') return r;
+  if (taskRoot === undefined) throw new FerryError('EIMAGE', `file ${r.id} (${r.path}) is inside a container: restore it as a container`);
+  return { ...r, path: `${taskRoot}${r.path}` };
+}
+
 /** Checks that every file can be opened here, before any process is created. */
-export function checkFiles(records: readonly FileRecord[]): void {
-  for (const r of records) kindByName(r.kind).check?.(r);
+export function checkFiles(records: readonly FileRecord[], taskRoot?: string): void {
+  for (const r of records) kindByName(r.kind).check?.(rebased(r, taskRoot));
 }
 
 /** Everything the scheduler knows during one restore. */
@@ -33,8 +44,9 @@ export interface RestoreFiles {
  * are open, and a round without progress is a dependency cycle.
  */
 export function openFiles(records: readonly FileRecord[], options: FileOptions = DEFAULT_FILE_OPTIONS,
-  blobs: ReadonlyMap<string, Buffer> = new Map()): RestoreFiles {
+  blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string): RestoreFiles {
   const opened = new Map<number, number>();
+  records = records.map((r) => rebased(r, taskRoot));
   const byId = new Map(records.map((r) => [r.id, r]));
   const scratches = new Map<string, Map<string, unknown>>();
   const ctx: OpenContext = {
@@ -83,15 +95,20 @@ export function closeFiles(opened: Map<number, number>): void {
  * Installs a task's descriptor table (the task must have no descriptors yet), then runs the
  * `installed` hook of each file kind that has one, once per file, with the task's numbers.
  */
-export function installFds(t: Tracee, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles): void {
-  if (table.length === 0) return;
+export function installFds(t: Tracee, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles,
+  controllerPidfd?: number): void {
   const { opened } = files;
   const sorted = [...table].sort((a, b) => a.fd - b.fd);
-  const top = sorted[sorted.length - 1]!.fd + 1;
-  // A pidfd of the controller, moved above every descriptor the task will have.
-  const first = Number(t.syscall(SYS.pidfd_open, process.pid, 0));
-  const pidfd = Number(t.syscall(SYS.fcntl, first, F_DUPFD_CLOEXEC, top));
-  t.syscall(SYS.close, first);
+  const top = (sorted.at(-1)?.fd ?? -1) + 1;
+  // A pidfd of the controller above every descriptor the task will have: opened here, or
+  // (inside a container, where ferry's pid is not visible) handed in when the task was made.
+  let pidfd = controllerPidfd ?? -1;
+  if (pidfd < 0) {
+    if (table.length === 0) return;
+    const first = Number(t.syscall(SYS.pidfd_open, process.pid, 0));
+    pidfd = Number(t.syscall(SYS.fcntl, first, F_DUPFD_CLOEXEC, top));
+    t.syscall(SYS.close, first);
+  }
   for (const rec of sorted) {
     const cfd = opened.get(rec.file);
     if (cfd === undefined) throw new Error(`file ${rec.file} of fd ${rec.fd} was not opened`);

@@ -143,7 +143,8 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     throw new FerryError('ECREDS', `cannot restore the credentials of pid ${pid}: ${what}`, cause === undefined ? {} : { cause });
   };
   if (creds.threads.length !== tracees.length) fail(`the image has credentials for ${creds.threads.length} threads, the task ${tracees.length}`);
-  creds.threads.forEach((c, i) => { if (c.tid !== tracees[i]!.tid) fail(`credentials of thread ${c.tid} are out of order`); });
+  // Ids as the task knows them (its pid namespace's); tracees carry ferry's.
+  creds.threads.forEach((c, i) => { if (c.tid !== task.threads[i]?.tid) fail(`credentials of thread ${c.tid} are out of order`); });
 
   // --- Checks, before any change ---------------------------------------------------------
   const ours = parseLimits(readProcText(main.pid, 'limits'));

@@ -47,33 +47,47 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       tasks.push(task);
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
-    for (const p of tree.processes) await assertPidFree(p.pid);
-    checkFiles(files.files);
     const stubPath = o.config.restore.stub || defaultStubPath();
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
-
-    const tStart = performance.now();
     const blobs = new Map<string, Buffer>();
     for (const e of manifest.entries.filter((x) => x.name.startsWith('files/'))) blobs.set(e.name, await image.read(e.name, e.size));
-    const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, ...o.files }, blobs);
+    // In a fresh pid namespace (a container) every pid is free by construction.
+    if (!o.makeRoot) {
+      for (const p of tree.processes) await assertPidFree(p.pid);
+      checkFiles(files.files);
+    }
+
+    const tStart = performance.now();
+    // A container's init is made by its runtime; its files are reachable through its root.
+    const maxFd = Math.max(2, ...tasks.flatMap((t) => t.fds.map((f) => f.fd)));
+    const made = o.makeRoot ? await o.makeRoot(image, maxFd) : undefined;
     let pagesBytes = 0;
+    let hostPid = 0;
     try {
-      const created = createTree(tree, stubPath);
+      if (made) checkFiles(files.files, made.fileRoot);
+      const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, ...o.files }, blobs, made?.fileRoot);
       try {
-        for (const task of tasks) {
-          pagesBytes += rebuild(o, created, task, opened, image.locate(pagesEntry(task.pid)));
+        const created = createTree(tree, stubPath, made?.pid);
+        try {
+          for (const task of tasks) {
+            pagesBytes += rebuild(o, created, task, opened, image.locate(pagesEntry(task.pid)), made?.controllerPidfd);
+          }
+          hostPid = created.stubs.get(tree.root)!.pid;
+          letGo(created, tasks, xstates);
+        } catch (err) {
+          created.destroy();
+          if (err instanceof FerryError) throw err;
+          throw new FerryError('ERESTORE', `restore of pid ${tree.root} failed: ${describeCause(err)} (nothing was left running)`, { cause: err });
         }
-        letGo(created, tasks, xstates);
-      } catch (err) {
-        created.destroy();
-        if (err instanceof FerryError) throw err;
-        throw new FerryError('ERESTORE', `restore of pid ${tree.root} failed: ${describeCause(err)} (nothing was left running)`, { cause: err });
+      } finally {
+        closeFiles(opened.opened);
       }
-    } finally {
-      closeFiles(opened.opened);
+    } catch (err) {
+      made?.destroy();
+      throw err;
     }
     const tEnd = performance.now();
-    const pid = tree.root;
+    const pid = hostPid;
     if (o.pidFile !== undefined) writeFileSync(o.pidFile, `${pid}\n`);
     log.info({ targetPid: pid, processes: tree.processes.length, pagesBytes }, 'restored');
     return {
@@ -114,13 +128,13 @@ async function assertPidFree(pid: number): Promise<void> {
  * `created` as soon as they exist, so a failure anywhere kills them too.
  */
 function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, pages: { fd: number; offset: number }): number {
+  files: RestoreFiles, pages: { fd: number; offset: number }, controllerPidfd?: number): number {
   const t = created.stubs.get(task.pid)!;
   const as = clearStub(t, task);
   const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory);
   setMm(t, as, task);
   restoreTaskState(t, as, task);
-  installFds(t, as.scratch, task.pid, task.fds, files);
+  installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);

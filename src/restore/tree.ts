@@ -44,28 +44,39 @@ export interface CreatedTree {
   destroy(): void;
 }
 
-/** Creates every process of `tree` as a stub; on failure nothing is left. */
-export function createTree(tree: TreeRecord, stubPath: string): CreatedTree {
+/**
+ * Creates every process of `tree` as a stub; on failure nothing is left. `adopted`: the root
+ * already exists as a stub, seized and stopped by this thread (a container's init that the
+ * runtime started); it is not ferry's child.
+ */
+export function createTree(tree: TreeRecord, stubPath: string, adopted?: number): CreatedTree {
   const n = native();
-  const created: CreatedTree = { stubs: new Map(), threads: new Map(), sharedMemory: new Map(), destroy: () => destroyTree(created, tree.root) };
+  const created: CreatedTree = {
+    stubs: new Map(), threads: new Map(), sharedMemory: new Map(),
+    destroy: () => destroyTree(created, tree.root, adopted !== undefined),
+  };
   const [rootRec, ...rest] = tree.processes;
   if (!rootRec || rootRec.pid !== tree.root) throw new FerryError('EIMAGE', 'image entry tree.json is invalid: the root must come first');
   try {
     let pid: number;
-    try {
-      pid = n.spawnStub(stubPath, [rootRec.pid]);
-    } catch (err) {
-      throw spawnError(err, rootRec.pid);
+    if (adopted !== undefined) {
+      pid = adopted;
+    } else {
+      try {
+        pid = n.spawnStub(stubPath, [rootRec.pid]);
+      } catch (err) {
+        throw spawnError(err, rootRec.pid);
+      }
     }
     const root = new Tracee(pid, pid);
-    created.stubs.set(pid, root);
+    created.stubs.set(rootRec.pid, root);
     n.setOptions(pid, PTRACE_O_EXITKILL);
     n.setSigmask(pid, ALL_SIGNALS); // children and threads inherit it
     useStubGadget(root, parseMaps(readProcText(pid, 'maps')));
     // A stub must not ignore SIGCHLD (ignored dispositions survive execve): its zombie
     // children would be reaped at once. Children inherit the default.
     root.syscall(SYS.rt_sigaction, SIGCHLD, belowStack(root, Buffer.alloc(KSIGACTION_SIZE)), 0, 8);
-    if (rootRec.sid === rootRec.pid) root.syscall(SYS.setsid);
+    if (rootRec.sid === rootRec.pid && groupOf(root).sid !== rootRec.pid) root.syscall(SYS.setsid);
 
     for (const rec of rest) {
       const parent = created.stubs.get(rec.ppid);
@@ -217,21 +228,26 @@ function waitZombie(pid: number): void {
   throw new FerryError('ESPAWN', `zombie ${pid} did not exit with its recorded status`);
 }
 
-/** Kills every created process and collects them; the root is ferry's child, the rest its. */
-function destroyTree(created: CreatedTree, root: number): void {
+/**
+ * Kills every created process and collects them; the root is ferry's child (unless adopted:
+ * then ferry is only its tracer), the rest its.
+ */
+function destroyTree(created: CreatedTree, root: number, adopted: boolean): void {
   const n = native();
   const stubs = [...created.stubs.values()];
   for (const t of stubs) {
     t.close();
     try { n.tgkill(t.pid, t.pid, SIGKILL); } catch { /* gone */ }
   }
-  for (const t of stubs) {
+  // Children first: a pid namespace's init, dying, waits until every other process of its
+  // namespace is reaped, and those ferry traces are reaped only when it collects them.
+  for (const [key, t] of [...created.stubs.entries()].reverse()) {
     try {
-      for (const th of created.threads.get(t.pid) ?? []) {
+      for (const th of created.threads.get(key) ?? []) {
         th.close();
         n.waitExit(th.tid);
       }
-      if (t.pid === root) n.waitpid(t.pid);
+      if (t === created.stubs.get(root) && !adopted) n.waitpid(t.pid);
       else n.waitExit(t.pid);
     } catch { /* already collected */ }
   }

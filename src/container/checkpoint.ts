@@ -1,0 +1,129 @@
+/**
+ * Checkpoint of an OCI container (DESIGN.md §5): find it through the runtime's state, freeze
+ * its cgroup, seize every thread in the cgroup while it is frozen, thaw it under ptrace (the
+ * threads stop in ptrace instead), then dump the tree under its init like any process tree,
+ * with the container's configuration in the image. Without --leave-running the container is
+ * killed and deleted from the runtime, as `runc checkpoint` does.
+ *
+ * On any failure the cgroup is thawed and every thread let go: the container keeps running.
+ */
+import { readFileSync, readlinkSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import type { CheckpointOptions, CheckpointResult } from '../api.js';
+import { checkpoint } from '../dump/checkpoint.js';
+import { FerryError, describeCause, errnoCode } from '../errors.js';
+import { native } from '../native/binding.js';
+import { freezerOf, isFrozen } from './cgroup.js';
+import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
+import { Runtime } from './runtime.js';
+
+export interface ContainerCheckpointOptions extends Omit<CheckpointOptions, 'pid'> {
+  /** Container id. */
+  id: string;
+  /** 'runc', 'crun' or a path. */
+  runtime: string;
+  /** The runtime's --root, if not its default. */
+  root?: string;
+}
+
+/** Checkpoints container `o.id`. */
+export async function checkpointContainer(o: ContainerCheckpointOptions): Promise<CheckpointResult> {
+  const rt = new Runtime(o.runtime, o.root);
+  const state = rt.state(o.id);
+  if (state.status === 'paused') throw new FerryError('EPAUSED', `container ${o.id} is paused: resume it first ('${rt.name} resume ${o.id}')`);
+  if (state.status !== 'running') throw new FerryError('ENOTRUNNING', `container ${o.id} is ${state.status}, not running: only a running container can be checkpointed`);
+  const config = readConfig(state.bundle, o.id);
+  for (const ns of config.linux?.namespaces ?? []) {
+    if (ns.type === 'user' || ns.type === 'time') {
+      throw new FerryError('EUNSUPPORTED', `container ${o.id} has its own ${ns.type} namespace: not supported yet`);
+    }
+  }
+  const freezer = freezerOf(state.pid, o.id);
+  if (isFrozen(freezer)) throw new FerryError('EPAUSED', `container ${o.id} is frozen (paused): resume it first`);
+
+  const n = native();
+  const preseized = new Set<number>();
+  const letGo = (): void => {
+    for (const tid of preseized) {
+      try { n.detach(tid, 0); } catch { /* exited */ }
+    }
+  };
+  await freezer.freeze();
+  try {
+    for (const tid of freezer.tids()) {
+      try {
+        n.seize(tid, 0);
+      } catch (err) {
+        if (errnoCode(err) === 'ESRCH') continue;
+        throw new FerryError('ESEIZE', `cannot attach to thread ${tid} of container ${o.id}: ${describeCause(err)}`, { cause: err });
+      }
+      preseized.add(tid);
+      n.interrupt(tid);
+    }
+  } catch (err) {
+    letGo();
+    throw err;
+  } finally {
+    // Thawed under ptrace: each seized thread goes into its ptrace stop instead of running.
+    freezer.thaw();
+  }
+  for (const tid of preseized) {
+    const st = n.waitpid(tid);
+    if (!st?.stopped) preseized.delete(tid); // exited meanwhile
+  }
+
+  const record: ContainerRecord = {
+    id: o.id,
+    runtime: rt.name,
+    bundle: state.bundle,
+    rootfs: state.rootfs,
+    config,
+    cgroup: freezer.version,
+  };
+  let result: CheckpointResult;
+  try {
+    result = await checkpoint({
+      ...o,
+      pid: state.pid,
+      pidNamespace: readlinkSync(`/proc/${state.pid}/ns/pid`),
+      preseized,
+      extraEntries: [{ name: CONTAINER_ENTRY, value: record }],
+    });
+  } catch (err) {
+    letGo(); // the tree's own release already did this; threads it never reached are let go here
+    throw err;
+  }
+  if (!o.leaveRunning) rt.run(['delete', '--force', o.id], `container ${o.id}`);
+  return result;
+}
+
+/** The bundle's config.json. */
+export function readConfig(bundle: string, id: string): OciConfig {
+  const path = join(bundle, 'config.json');
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as OciConfig;
+  } catch (err) {
+    throw new FerryError('EBUNDLE', `cannot read ${path} of container ${id}: ${describeCause(err)}`, { cause: err });
+  }
+}
+
+/** The parts of an OCI runtime config.json ferry reads or rewrites. */
+export interface OciConfig {
+  root?: { path: string; readonly?: boolean };
+  process?: {
+    args?: string[];
+    terminal?: boolean;
+    user?: { uid: number; gid: number; additionalGids?: number[] };
+    capabilities?: Record<string, string[]>;
+    noNewPrivileges?: boolean;
+    [key: string]: unknown;
+  };
+  linux?: { namespaces?: Array<{ type: string; path?: string }>; seccomp?: unknown; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+/** The rootfs of a bundle, absolute. */
+export function rootfsOf(bundle: string, config: OciConfig): string {
+  const p = config.root?.path ?? 'rootfs';
+  return isAbsolute(p) ? p : join(bundle, p);
+}

@@ -1,0 +1,188 @@
+/**
+ * Restore of an OCI container (DESIGN.md §5): the runtime builds the sandbox (namespaces,
+ * cgroups, mounts, rootfs) from the bundle, with the restore stub as the container's init;
+ * ferry then rebuilds the image's processes inside it with their pids of the container's pid
+ * namespace, and lets them go. The runtime knows the container from then on: `state`, `kill`,
+ * `delete` work as on any container.
+ *
+ * The bundle's config.json is given to `runc create` rewritten for the restore: the process
+ * is the stub (passed as descriptor 3 and run as /proc/self/fd/3), root, with every capability
+ * ferry has and no seccomp filter and no no_new_privs (each task's own credentials, filters
+ * and flags are restored at the very end), and descriptor 4 is a pidfd of ferry, through which
+ * each task pulls its files. The original config.json is put back right after `create`.
+ */
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { MadeRoot, RestoreOptions, RestoreResult } from '../api.js';
+import { SYS } from '../arch/x86-64.js';
+import { FerryError, describeCause } from '../errors.js';
+import type { Image } from '../image/reader.js';
+import { defaultStubPath, native } from '../native/binding.js';
+import { parseMaps } from '../proc/maps.js';
+import { readProcText } from '../proc/read.js';
+import { parseStatus } from '../proc/status.js';
+import { restore } from '../restore/restore.js';
+import { useStubGadget } from '../restore/address-space.js';
+import { Tracee } from '../task/tracee.js';
+import { readConfig, rootfsOf, type OciConfig } from './checkpoint.js';
+import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
+import { Runtime } from './runtime.js';
+
+export interface ContainerRestoreOptions extends Omit<RestoreOptions, 'makeRoot'> {
+  /** Container id to create (the checkpointed one's or a new one). */
+  id: string;
+  /** Bundle to build the sandbox from; default: the checkpointed container's. */
+  bundle?: string;
+  runtime: string;
+  root?: string;
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+
+/** Names of the capabilities in a capability mask (bit n = CAP_<name n>). */
+const CAP_NAMES = [
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
+  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER',
+  'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE',
+  'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP',
+  'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ', 'PERFMON', 'BPF',
+  'CHECKPOINT_RESTORE',
+];
+
+/** Every capability in ferry's own bounding set, by OCI name. */
+function ferryCapabilities(): string[] {
+  const bnd = parseStatus(readProcText(process.pid, 'status')).capBnd;
+  return CAP_NAMES.filter((_, i) => (bnd >> BigInt(i)) & 1n).map((n) => `CAP_${n}`);
+}
+
+/** config.json for the restore: the stub as a root, fully capable, unfiltered process. */
+export function restoreConfig(config: OciConfig, bundle: string): OciConfig {
+  const caps = ferryCapabilities();
+  const { seccomp: _seccomp, ...linux } = config.linux ?? {};
+  return {
+    ...config,
+    root: { ...config.root, path: rootfsOf(bundle, config) },
+    process: {
+      ...config.process,
+      args: ['/proc/self/fd/3'],
+      terminal: false,
+      user: { uid: 0, gid: 0 },
+      noNewPrivileges: false,
+      capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: caps, ambient: caps },
+    },
+    linux,
+  };
+}
+
+/** Restores container `o.id` from `o.image`. */
+export async function restoreContainer(o: ContainerRestoreOptions): Promise<RestoreResult> {
+  const rt = new Runtime(o.runtime, o.root);
+  let exists = true;
+  try {
+    rt.state(o.id);
+  } catch (err) {
+    if (!(err instanceof FerryError && err.code === 'ENOCONTAINER')) throw err;
+    exists = false;
+  }
+  if (exists) throw new FerryError('EEXIST', `container ${o.id} already exists in ${rt.name}: delete it first, or restore under another id`);
+  return restore({
+    ...o,
+    makeRoot: (image, maxFd) => makeInit(o, rt, image, maxFd),
+  });
+}
+
+/** Creates and starts the container with the stub as its init; seizes it. */
+async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, maxFd: number): Promise<MadeRoot> {
+  if (!image.manifest.entries.some((e) => e.name === CONTAINER_ENTRY)) {
+    throw new FerryError('EIMAGE', `image ${o.image} holds processes, not a container: restore it without a container id`);
+  }
+  const record = await image.readJson(CONTAINER_ENTRY) as ContainerRecord;
+  const bundle = o.bundle ?? record.bundle;
+  const config = readConfig(bundle, o.id);
+  checkBundle(config, record, bundle);
+  const stubPath = o.config.restore.stub || defaultStubPath();
+  const n = native();
+  const work = mkdtempSync(join(tmpdir(), 'ferry-restore-'));
+  const configPath = join(bundle, 'config.json');
+  const original = readFileSync(configPath);
+  const stubFd = openSync(stubPath, 'r');
+  const pidfd = n.pidfdOpen(process.pid);
+  const out = openSync(join(work, 'runtime.log'), 'w+');
+  const nul = openSync('/dev/null', 'r+');
+  let created = false;
+  const destroy = (): void => {
+    if (!created) return;
+    created = false;
+    try { rt.run(['delete', '--force', o.id], `container ${o.id}`); } catch { /* already gone */ }
+  };
+  try {
+    // runc reads the config during create only: swap it in for that moment.
+    const tmp = `${configPath}.ferry-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify(restoreConfig(config, bundle)));
+    renameSync(tmp, configPath);
+    try {
+      rt.run(['create', '--bundle', bundle, '--pid-file', join(work, 'pid'), '--preserve-fds', '2', o.id], `container ${o.id}`,
+        { stdio: [nul, out, out, stubFd, pidfd] });
+      created = true;
+    } catch (err) {
+      throw new FerryError('ERUNTIME', `cannot create container ${o.id} from bundle ${bundle}: ${describeCause(err)}`
+        + ` (${readFileSync(join(work, 'runtime.log'), 'utf8').trim().split('\n').at(-1) ?? ''})`, { cause: err });
+    } finally {
+      writeFileSync(configPath, original);
+    }
+    rt.run(['start', o.id], `container ${o.id}`);
+    const pid = Number(readFileSync(join(work, 'pid'), 'utf8').trim());
+    const stub = await seizeStub(pid, o.id);
+    // Move the pidfd above every descriptor of the image and close the rest (stdio, the stub).
+    const top = maxFd + 1;
+    const at = Number(stub.syscall(SYS.fcntl, 4, F_DUPFD_CLOEXEC, top));
+    stub.syscall(SYS.close_range, 0, at - 1, 0);
+    stub.close();
+    return { pid, controllerPidfd: at, fileRoot: `/proc/${pid}/root`, destroy };
+  } catch (err) {
+    destroy();
+    throw err;
+  } finally {
+    for (const fd of [stubFd, out, nul]) closeSync(fd);
+    n.closeFd(pidfd);
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/** Seizes the container's init once it runs the stub (it waits in pause()). */
+async function seizeStub(pid: number, id: string): Promise<Tracee> {
+  const n = native();
+  // The runtime execs the stub right after `start`; wait until it really is the stub.
+  for (let i = 0; i < 500 && !isStub(pid); i++) await new Promise((r) => setTimeout(r, 2));
+  if (!isStub(pid)) throw new FerryError('ESPAWN', `container ${id}: its init ${pid} did not start the restore stub`);
+  n.seize(pid, 0);
+  n.interrupt(pid);
+  const st = n.waitpid(pid);
+  if (!st?.stopped) throw new FerryError('ESPAWN', `container ${id}: its init ${pid} died before it could be restored`);
+  const t = new Tracee(pid, pid);
+  useStubGadget(t, parseMaps(readProcText(pid, 'maps')));
+  return t;
+}
+
+function isStub(pid: number): boolean {
+  try {
+    return parseMaps(readProcText(pid, 'maps')).some((v) => v.path.endsWith('/ferry-stub'));
+  } catch {
+    return false;
+  }
+}
+
+/** Refuses a bundle that cannot hold the image's container. */
+function checkBundle(config: OciConfig, record: ContainerRecord, bundle: string): void {
+  const rootfs = rootfsOf(bundle, config);
+  if (!existsSync(rootfs)) throw new FerryError('EBUNDLE', `bundle ${bundle}: its rootfs ${rootfs} does not exist`);
+  const kinds = (c: OciConfig): string => (c.linux?.namespaces ?? []).map((x) => x.type).sort().join(',');
+  if (kinds(config) !== kinds(record.config)) {
+    throw new FerryError('EBUNDLE', `bundle ${bundle} does not match the image: namespaces ${kinds(config) || 'none'} here, ${kinds(record.config) || 'none'} in the image`);
+  }
+  const exe = (c: OciConfig): string => (c.process?.args ?? []).join(' ');
+  if (exe(config) !== exe(record.config)) {
+    throw new FerryError('EBUNDLE', `bundle ${bundle} does not match the image: it runs '${exe(config)}', the image's container ran '${exe(record.config)}'`);
+  }
+}
