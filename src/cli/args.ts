@@ -48,10 +48,22 @@ export interface FileFlags {
   files: FileOptions;
 }
 
+/** A container and the runtime that runs it (`ferry checkpoint/restore CONTAINER`). */
+export interface ContainerCliOptions {
+  /** The container id (the positional argument). */
+  id: string;
+  /** --runtime: 'runc' (default), 'crun' or a path. */
+  runtime: string;
+  /** --root: the runtime's state directory, if not its default. */
+  root?: string;
+}
+
 /** `ferry checkpoint`. */
 export interface CheckpointCliOptions extends GlobalCliOptions, FileFlags {
-  /** --pid: the process to checkpoint (a process id, not a thread id). */
+  /** --pid: the process to checkpoint (a process id, not a thread id); 0 with a container. */
   pid: number;
+  /** CONTAINER: checkpoint this container instead of a process tree. */
+  container?: ContainerCliOptions;
   /** --image (alias --image-path): image file to write; '-' streams it to stdout. */
   image: string;
   /** --leave-running: let the process run on after the checkpoint instead of killing it. */
@@ -62,6 +74,8 @@ export interface CheckpointCliOptions extends GlobalCliOptions, FileFlags {
 
 /** `ferry restore`. */
 export interface RestoreCliOptions extends GlobalCliOptions, FileFlags {
+  /** CONTAINER: restore as this container (with --bundle, --detach). */
+  container?: ContainerCliOptions & { bundle?: string; detach: boolean };
   /** --image (alias --image-path): image file to read; '-' reads it from stdin. */
   image: string;
   /** --pid-file: write the PID of the restored process to this file. */
@@ -110,6 +124,7 @@ const GLOBAL: OptionTable = {
 };
 const JSON_OPT: OptionTable = { json: { type: 'boolean' } };
 const IMAGE: OptionTable = { image: { type: 'string' }, 'image-path': { type: 'string' } };
+const CONTAINER_OPTS: OptionTable = { runtime: { type: 'string' }, root: { type: 'string' } };
 const FILE_FLAGS: OptionTable = {
   'tcp-established': { type: 'boolean' }, 'ext-unix-sk': { type: 'boolean' },
   'shell-job': { type: 'boolean' }, 'file-locks': { type: 'boolean' },
@@ -125,8 +140,11 @@ function fileFlags(v: Values): FileOptions {
 
 /** Each command's own options (the global ones are added to every table). */
 const TABLES: Readonly<Record<Command, OptionTable>> = {
-  checkpoint: { ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' } },
-  restore: { ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, 'pid-file': { type: 'string' } },
+  checkpoint: { ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' } },
+  restore: {
+    ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },
+    bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' },
+  },
   inspect: { ...IMAGE, ...JSON_OPT },
   demo: { ...JSON_OPT },
   version: { ...JSON_OPT },
@@ -212,12 +230,37 @@ function image(command: 'checkpoint' | 'restore' | 'inspect', v: Values): string
   return path;
 }
 
-/** `ferry checkpoint --pid PID --image PATH [--leave-running] [--json]` */
+/** CONTAINER and its --runtime/--root, or undefined for the process form. */
+function container(command: 'checkpoint' | 'restore', v: Values, positionals: string[]): ContainerCliOptions | undefined {
+  if (positionals.length > 1) throw new UsageError(command, `unexpected argument "${positionals[1]}" (one container id at most)`);
+  const id = positionals[0];
+  if (id === undefined) {
+    for (const o of ['runtime', 'root', 'bundle', 'detach']) {
+      if (v[o] !== undefined) throw new UsageError(command, `--${o} needs a container id (ferry ${command} CONTAINER …)`);
+    }
+    return undefined;
+  }
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(id)) throw new UsageError(command, `"${id}" is not a container id (letters, digits, _ . -)`);
+  const out: ContainerCliOptions = { id, runtime: text(command, v, 'runtime', 'runc, crun or a path') ?? 'runc' };
+  const root = text(command, v, 'root', 'a directory');
+  if (root !== undefined) out.root = root;
+  return out;
+}
+
+/** `ferry checkpoint (--pid PID | CONTAINER [--runtime R] [--root DIR]) --image PATH [--leave-running] [--json]` */
 export function parseCheckpointArgs(argv: readonly string[]): CheckpointCliOptions {
-  const { values: v } = parse('checkpoint', argv);
+  const { values: v, positionals } = parse('checkpoint', argv, true);
   const g = globals('checkpoint', v);
+  const ctr = container('checkpoint', v, positionals);
   const pidText = v.pid;
-  if (pidText === undefined) throw new UsageError('checkpoint', '--pid is required (the process to checkpoint)');
+  if (ctr) {
+    if (pidText !== undefined) throw new UsageError('checkpoint', 'give --pid or a container id, not both');
+    return {
+      ...g, pid: 0, container: ctr, image: image('checkpoint', v), leaveRunning: v['leave-running'] === true,
+      json: v.json === true, files: fileFlags(v),
+    };
+  }
+  if (pidText === undefined) throw new UsageError('checkpoint', '--pid is required (the process to checkpoint), or a container id');
   if (typeof pidText !== 'string' || !/^\d+$/.test(pidText) || Number(pidText) < 1) {
     throw new UsageError('checkpoint', `--pid needs a positive integer, got "${String(pidText)}"`);
   }
@@ -233,10 +276,16 @@ export function parseCheckpointArgs(argv: readonly string[]): CheckpointCliOptio
 
 /** `ferry restore --image PATH [--pid-file FILE] [--json]` */
 export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
-  const { values: v } = parse('restore', argv);
+  const { values: v, positionals } = parse('restore', argv, true);
   const out: RestoreCliOptions = {
     ...globals('restore', v), image: image('restore', v), json: v.json === true, files: fileFlags(v),
   };
+  const ctr = container('restore', v, positionals);
+  if (ctr) {
+    out.container = { ...ctr, detach: v.detach === true };
+    const bundle = text('restore', v, 'bundle', 'a directory');
+    if (bundle !== undefined) out.container.bundle = bundle;
+  }
   const pidFile = text('restore', v, 'pid-file', 'a file');
   if (pidFile !== undefined) out.pidFile = pidFile;
   return out;

@@ -2,6 +2,7 @@
 import { isatty } from 'node:tty';
 import type { CheckpointResult } from '../api.js';
 import { checkpoint } from '../index.js';
+import { checkpointContainer } from '../container/checkpoint.js';
 import { UsageError, type CheckpointCliOptions } from './args.js';
 import type { RunContext } from './context.js';
 import { formatBytes, formatMs, printLine, progressLine } from './output.js';
@@ -17,15 +18,17 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext): P
   const progress = progressLine();
   let result: CheckpointResult;
   try {
-    result = await checkpoint({
-      pid: o.pid,
+    const common = {
       image: o.image,
       leaveRunning: o.leaveRunning,
       files: o.files,
       config: ctx.config,
       logger: ctx.logger,
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
-    });
+    };
+    result = o.container
+      ? await checkpointContainer({ ...common, id: o.container.id, runtime: o.container.runtime, ...(o.container.root !== undefined ? { root: o.container.root } : {}) })
+      : await checkpoint({ ...common, pid: o.pid });
   } finally {
     progress.clear();
   }
@@ -33,10 +36,11 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext): P
 }
 
 /** "checkpointed pid 1234 to /tmp/x.tar: 12.3 MiB, frozen 8 ms, total 40 ms" */
-export function formatCheckpoint(r: CheckpointResult, o: Pick<CheckpointCliOptions, 'pid' | 'image' | 'leaveRunning'>): string {
+export function formatCheckpoint(r: CheckpointResult, o: Pick<CheckpointCliOptions, 'pid' | 'image' | 'leaveRunning' | 'container'>): string {
   const root = r.pids[0] ?? o.pid;
   const tasks = r.pids.length > 1 ? ` (${r.pids.length} processes)` : '';
   const where = o.image === '-' ? 'stdout' : o.image;
-  return `checkpointed pid ${root}${tasks} to ${where}: ${formatBytes(r.imageBytes)}, `
+  const what = o.container ? `container ${o.container.id} (pid ${root}${tasks})` : `pid ${root}${tasks}`;
+  return `checkpointed ${what} to ${where}: ${formatBytes(r.imageBytes)}, `
     + `frozen ${formatMs(r.frozenMs)}, total ${formatMs(r.totalMs)}${o.leaveRunning ? '; left running' : ''}`;
 }

@@ -2,6 +2,8 @@
 import { isatty } from 'node:tty';
 import type { RestoreResult } from '../api.js';
 import { restore } from '../index.js';
+import { restoreContainer } from '../container/restore.js';
+import { Runtime } from '../container/runtime.js';
 import { UsageError, type RestoreCliOptions } from './args.js';
 import type { RunContext } from './context.js';
 import { formatBytes, formatMs, printLine, progressLine } from './output.js';
@@ -14,24 +16,47 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext): Promise
   const progress = progressLine();
   let result: RestoreResult;
   try {
-    result = await restore({
+    const common = {
       image: o.image,
       files: o.files,
       config: ctx.config,
       logger: ctx.logger,
       ...(o.pidFile !== undefined ? { pidFile: o.pidFile } : {}),
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
-    });
+    };
+    const c = o.container;
+    result = c
+      ? await restoreContainer({
+        ...common, id: c.id, runtime: c.runtime,
+        ...(c.root !== undefined ? { root: c.root } : {}), ...(c.bundle !== undefined ? { bundle: c.bundle } : {}),
+      })
+      : await restore(common);
   } finally {
     progress.clear();
   }
   printLine(1, o.json ? JSON.stringify(result) : formatRestore(result, o));
+  // Like runc restore without --detach: stay until the container stops.
+  if (o.container && !o.container.detach) await waitStopped(o.container);
+}
+
+/** Polls the runtime until the container is stopped or gone. */
+async function waitStopped(c: NonNullable<RestoreCliOptions['container']>): Promise<void> {
+  const rt = new Runtime(c.runtime, c.root);
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 200));
+    try {
+      if (rt.state(c.id).status === 'stopped') return;
+    } catch {
+      return; // deleted
+    }
+  }
 }
 
 /** "restored pid 1234 from /tmp/x.tar: 12.3 MiB of memory, verify 5 ms, restore 9 ms, total 20 ms" */
-export function formatRestore(r: RestoreResult, o: Pick<RestoreCliOptions, 'image'>): string {
+export function formatRestore(r: RestoreResult, o: Pick<RestoreCliOptions, 'image' | 'container'>): string {
   const tasks = r.pids.length > 1 ? ` (${r.pids.length} processes)` : '';
   const from = o.image === '-' ? 'stdin' : o.image;
-  return `restored pid ${r.pid}${tasks} from ${from}: ${formatBytes(r.pagesBytes)} of memory, `
+  const what = o.container ? `container ${o.container.id} (pid ${r.pid}${tasks})` : `pid ${r.pid}${tasks}`;
+  return `restored ${what} from ${from}: ${formatBytes(r.pagesBytes)} of memory, `
     + `verify ${formatMs(r.verifyMs)}, restore ${formatMs(r.restoreMs)}, total ${formatMs(r.totalMs)}`;
 }

@@ -200,9 +200,10 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     run(main, `setting ${RLIMIT_NAMES[r]}`, [SYS.prlimit64, 0, r, s.put(lim), 0]);
   });
   if (creds.childSubreaper) run(main, 'PR_SET_CHILD_SUBREAPER', [SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0]);
-  if (Number(readProcText(pid, 'oom_score_adj').trim()) !== creds.oomScoreAdj) {
+  // /proc by ferry's id of the task (main.pid); `pid` is the task's own (its namespace's).
+  if (Number(readProcText(main.pid, 'oom_score_adj').trim()) !== creds.oomScoreAdj) {
     try {
-      writeFileSync(`/proc/${pid}/oom_score_adj`, `${creds.oomScoreAdj}\n`);
+      writeFileSync(`/proc/${main.pid}/oom_score_adj`, `${creds.oomScoreAdj}\n`);
     } catch (err) {
       fail(`oom_score_adj ${creds.oomScoreAdj} (${(err as NodeJS.ErrnoException).code ?? err}; going below ferry's own minimum needs CAP_SYS_RESOURCE)`, err);
     }
