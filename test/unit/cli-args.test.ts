@@ -46,7 +46,7 @@ describe('ferry checkpoint arguments', () => {
   });
 
   it('rejects a missing or malformed --pid', () => {
-    usage(() => parseCheckpointArgs(['--image', 'x']), 'checkpoint', '--pid is required (the process to checkpoint)');
+    usage(() => parseCheckpointArgs(['--image', 'x']), 'checkpoint', '--pid is required (the process to checkpoint), or a container id');
     usage(() => parseCheckpointArgs(['--pid', 'abc', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got "abc"');
     usage(() => parseCheckpointArgs(['--pid', '0', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got "0"');
     usage(() => parseCheckpointArgs(['--pid=-5', '--image', 'x']), 'checkpoint', '--pid needs a positive integer, got "-5"');
@@ -69,7 +69,11 @@ describe('ferry checkpoint arguments', () => {
   it('rejects unknown options, stray arguments and values on flags', () => {
     usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--frob']), 'checkpoint', 'unknown option --frob');
     usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '-x']), 'checkpoint', 'unknown option -x');
-    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', 'extra']), 'checkpoint', 'unexpected argument "extra"');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', 'extra']), 'checkpoint', 'give --pid or a container id, not both');
+    usage(() => parseCheckpointArgs(['a', 'b', '--image', 'x']), 'checkpoint', 'unexpected argument "b" (one container id at most)');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--runtime', 'crun']), 'checkpoint', '--runtime needs a container id (ferry checkpoint CONTAINER …)');
+    assert.deepEqual(parseCheckpointArgs(['c1', '--image', 'x', '--root', '/r']).container, { id: 'c1', runtime: 'runc', root: '/r' });
+    assert.deepEqual(parseRestoreArgs(['c1', '--image', 'x', '--bundle', '/b', '-d']).container, { id: 'c1', runtime: 'runc', detach: true, bundle: '/b' });
     usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--leave-running=yes']), 'checkpoint', '--leave-running takes no value');
     usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--log-level', 'loud']), 'checkpoint',
       '--log-level needs one of trace, debug, info, warn, error, fatal, silent, got "loud"');

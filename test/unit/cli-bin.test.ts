@@ -91,7 +91,7 @@ describe('bin/ferry version', () => {
 describe('bin/ferry usage errors (exit status 2)', () => {
   const cases: Array<[string[], string, string]> = [
     [['checkpoint', '--pid', 'abc', '--image', 'x'], 'ferry checkpoint: --pid needs a positive integer, got "abc"', "Try 'ferry checkpoint --help'."],
-    [['checkpoint', '--image', 'x'], 'ferry checkpoint: --pid is required (the process to checkpoint)', "Try 'ferry checkpoint --help'."],
+    [['checkpoint', '--image', 'x'], 'ferry checkpoint: --pid is required (the process to checkpoint), or a container id', "Try 'ferry checkpoint --help'."],
     [['checkpoint', '--pid', '1', '--image', 'x', '--frob'], 'ferry checkpoint: unknown option --frob', "Try 'ferry checkpoint --help'."],
     [['restore'], 'ferry restore: --image is required (a path, or - for standard input)', "Try 'ferry restore --help'."],
     [['inspect', '--image', 'x', '--log-level', 'loud'], 'ferry inspect: --log-level needs one of trace, debug, info, warn, error, fatal, silent, got "loud"', "Try 'ferry inspect --help'."],
