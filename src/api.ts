@@ -75,6 +75,12 @@ export interface RestoreOptions extends CommonOptions {
    * any task of the image has.
    */
   makeRoot?: (image: OpenedImage, maxFd: number) => Promise<MadeRoot>;
+  /**
+   * Open files to use instead of the image's: readlink text at dump (e.g. "pipe:[68472]", as
+   * runc's descriptors.json lists a container's stdio) -> a descriptor of the caller. Every
+   * descriptor that held that file gets this one.
+   */
+  inherit?: Readonly<Record<string, number>>;
 }
 
 /** A root process made by `RestoreOptions.makeRoot`. */

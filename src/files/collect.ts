@@ -106,7 +106,9 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
         },
         onFinish: (fn) => { finishers.push(fn); },
       };
-      const rec = { ...kind.dump(desc, ctx), id, kind: kind.kind } as FileRecord;
+      // `link`: what readlink showed at dump, the key a restore can substitute an open file
+      // of its own for (runc's descriptors.json: the container's stdio pipes).
+      const rec = { ...kind.dump(desc, ctx), id, kind: kind.kind, link: desc.link } as FileRecord;
       if (typeof rec.path === 'string' && rootedInTask(desc, mounts)) rec.root = 'task';
       files.push(rec);
     });

@@ -27,8 +27,11 @@ function rebased(r: FileRecord, taskRoot: string | undefined): FileRecord {
 }
 
 /** Checks that every file can be opened here, before any process is created. */
-export function checkFiles(records: readonly FileRecord[], taskRoot?: string): void {
-  for (const r of records) kindByName(r.kind).check?.(rebased(r, taskRoot));
+export function checkFiles(records: readonly FileRecord[], taskRoot?: string, inherit?: ReadonlyMap<string, number>): void {
+  for (const r of records) {
+    if (typeof r.link === 'string' && inherit?.has(r.link)) continue;
+    kindByName(r.kind).check?.(rebased(r, taskRoot));
+  }
 }
 
 /** Everything the scheduler knows during one restore. */
@@ -44,9 +47,20 @@ export interface RestoreFiles {
  * are open, and a round without progress is a dependency cycle.
  */
 export function openFiles(records: readonly FileRecord[], options: FileOptions = DEFAULT_FILE_OPTIONS,
-  blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string): RestoreFiles {
+  blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string, inherit?: ReadonlyMap<string, number>): RestoreFiles {
   const opened = new Map<number, number>();
   records = records.map((r) => rebased(r, taskRoot));
+  // Files the caller hands in instead (by the link text they had at dump): used as they are.
+  const inherited = records.filter((r) => typeof r.link === 'string' && inherit?.has(r.link));
+  if (inherited.length > 0) {
+    const n = native();
+    const self = n.pidfdOpen(process.pid);
+    try {
+      for (const r of inherited) opened.set(r.id, n.pidfdGetfd(self, inherit!.get(r.link as string)!));
+    } finally {
+      n.closeFd(self);
+    }
+  }
   const byId = new Map(records.map((r) => [r.id, r]));
   const scratches = new Map<string, Map<string, unknown>>();
   const ctx: OpenContext = {
@@ -64,7 +78,7 @@ export function openFiles(records: readonly FileRecord[], options: FileOptions =
       return m as Map<string, T>;
     },
   };
-  let pending = [...records];
+  let pending = records.filter((r) => !opened.has(r.id));
   try {
     while (pending.length > 0) {
       const waiting: FileRecord[] = [];

@@ -47,6 +47,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       tasks.push(task);
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
+    const inherit = new Map(Object.entries(o.inherit ?? {}));
     const stubPath = o.config.restore.stub || defaultStubPath();
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
     const blobs = new Map<string, Buffer>();
@@ -54,7 +55,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // In a fresh pid namespace (a container) every pid is free by construction.
     if (!o.makeRoot) {
       for (const p of tree.processes) await assertPidFree(p.pid);
-      checkFiles(files.files);
+      checkFiles(files.files, undefined, inherit);
     }
 
     const tStart = performance.now();
@@ -64,8 +65,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     let pagesBytes = 0;
     let hostPid = 0;
     try {
-      if (made) checkFiles(files.files, made.fileRoot);
-      const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, ...o.files }, blobs, made?.fileRoot);
+      if (made) checkFiles(files.files, made.fileRoot, inherit);
+      const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, ...o.files }, blobs, made?.fileRoot, inherit);
       try {
         const created = createTree(tree, stubPath, made?.pid);
         try {
