@@ -1,0 +1,175 @@
+/**
+ * Containers with real runc: a busybox container checkpointed and restored under the same id
+ * and a new one, --leave-running, a tree with pipes inside, and the refusals (no such
+ * container, paused, not started, a bundle that does not match, no runtime).
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { needs } from '../helpers/env.js';
+import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
+
+const BUSYBOX = '/bin/busybox';
+const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
+const skip = needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`) : 'needs runc (apt-get install runc)');
+
+let dir = '';
+let state = '';
+const ids = new Set<string>();
+
+function runc(...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+function status(id: string): string {
+  const r = runc('state', id);
+  return r.code === 0 ? (JSON.parse(r.out) as { status: string }).status : 'absent';
+}
+
+/** A bundle running `script` under busybox sh, with the rootfs shared by every bundle. */
+function bundle(name: string, script: string): string {
+  const b = join(dir, name);
+  mkdirSync(b);
+  const spec = spawnSync(RUNC!, ['spec', '--bundle', b], { encoding: 'utf8' });
+  assert.equal(spec.status, 0, spec.stderr);
+  const config = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Record<string, any>;
+  config.root = { path: join(dir, 'rootfs'), readonly: false };
+  config.process.terminal = false;
+  config.process.args = ['sh', '-c', script];
+  writeFileSync(join(b, 'config.json'), JSON.stringify(config, null, 1));
+  return b;
+}
+
+/** Starts container `id` from `b` with stdout/stderr on `log`. */
+function run(id: string, b: string, log: string): void {
+  const fd = openSync(log, 'a');
+  const r = spawnSync(RUNC!, ['--root', state, 'run', '-d', '--bundle', b, id], { stdio: ['ignore', fd, fd], timeout: 60000 });
+  closeSync(fd);
+  assert.equal(r.status, 0, `runc run ${id} failed`);
+  ids.add(id);
+}
+
+const ticks = (log: string): number[] => [...readFileSync(log, 'utf8').matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
+
+/** The ticks so far are 1..N once each, and more keep coming. */
+async function countsOn(log: string): Promise<void> {
+  const n = ticks(log).length;
+  await waitFor('more ticks', () => ticks(log).length >= n + 3);
+  const all = ticks(log);
+  assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order');
+}
+
+const COUNTER = 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done';
+const PIPELINE = '( i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done ) | cat | while read n; do echo "tick $n"; done';
+
+describe('containers', { skip }, () => {
+  before(() => {
+    dir = scratchDir('ferry-ctr-');
+    state = join(dir, 'state');
+    const rootfs = join(dir, 'rootfs');
+    for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
+    spawnSync('cp', [BUSYBOX, join(rootfs, 'bin', 'busybox')]);
+    for (const a of ['sh', 'sleep', 'cat', 'echo']) symlinkSync('busybox', join(rootfs, 'bin', a));
+  });
+  after(() => {
+    for (const id of ids) runc('delete', '--force', id);
+    cleanup();
+  });
+
+  it('a counting container survives three cycles under its id, then moves to a new id', async () => {
+    const b = bundle('counter', COUNTER);
+    const log = join(dir, 'counter.log');
+    run('ferry-t1', b, log);
+    await waitFor('ticks', () => ticks(log).length >= 3);
+    const image = join(dir, 'counter.tar');
+    for (let i = 0; i < 3; i++) {
+      const cp = ferry(['checkpoint', 'ferry-t1', '--root', state, '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.equal(status('ferry-t1'), 'absent', 'checkpoint deletes the container');
+      const rs = ferry(['restore', 'ferry-t1', '--root', state, '--image', image, '--detach']);
+      assert.equal(rs.code, 0, rs.stderr);
+      assert.equal(status('ferry-t1'), 'running');
+      await countsOn(log);
+    }
+    const ps = runc('ps', 'ferry-t1');
+    assert.equal(ps.code, 0, ps.err);
+    assert.match(ps.out, /sh -c/);
+    // The same image again, under a new id, once the first is gone.
+    assert.equal(runc('delete', '--force', 'ferry-t1').code, 0);
+    const rs = ferry(['restore', 'ferry-t2', '--root', state, '--image', image, '--bundle', b, '--detach']);
+    assert.equal(rs.code, 0, rs.stderr);
+    ids.add('ferry-t2');
+    assert.equal(status('ferry-t2'), 'running');
+    const n = ticks(log).length;
+    await waitFor('more ticks', () => ticks(log).length >= n + 3);
+    assert.equal(runc('kill', 'ferry-t2', 'KILL').code, 0, 'runc kill works on a restored container');
+  });
+
+  it('a pipeline container keeps its pipes; --leave-running leaves it running', async () => {
+    const b = bundle('pipeline', PIPELINE);
+    const log = join(dir, 'pipeline.log');
+    run('ferry-t3', b, log);
+    await waitFor('ticks', () => ticks(log).length >= 3);
+    const image = join(dir, 'pipeline.tar');
+    const cp = ferry(['checkpoint', 'ferry-t3', '--root', state, '--image', image, '--leave-running', '--json']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.ok((JSON.parse(cp.stdout.toString()) as { pids: number[] }).pids.length >= 4, 'the whole tree');
+    assert.equal(status('ferry-t3'), 'running');
+    await countsOn(log);
+    for (let i = 0; i < 2; i++) {
+      const c = ferry(['checkpoint', 'ferry-t3', '--root', state, '--image', image]);
+      assert.equal(c.code, 0, c.stderr);
+      const rs = ferry(['restore', 'ferry-t3', '--root', state, '--image', image, '--detach']);
+      assert.equal(rs.code, 0, rs.stderr);
+      await countsOn(log);
+    }
+  });
+
+  it('refuses what it cannot do, with one line, and leaves everything as it was', async () => {
+    const line = (s: string): string => { assert.equal(s.trim().split('\n').length, 1, `one line: ${s}`); return s; };
+    let r = ferry(['checkpoint', 'ferry-nosuch', '--root', state, '--image', join(dir, 'x.tar')]);
+    assert.equal(r.code, 1);
+    assert.match(line(r.stderr), /no container ferry-nosuch in runc/);
+    r = ferry(['checkpoint', 'ferry-nosuch', '--runtime', '/nonexistent/runc', '--image', join(dir, 'x.tar')]);
+    assert.equal(r.code, 1);
+    assert.match(line(r.stderr), /container runtime \/nonexistent\/runc is not an executable file/);
+
+    const b = bundle('paused', COUNTER);
+    const log = join(dir, 'paused.log');
+    run('ferry-t4', b, log);
+    await waitFor('ticks', () => ticks(log).length >= 2);
+    assert.equal(runc('pause', 'ferry-t4').code, 0);
+    r = ferry(['checkpoint', 'ferry-t4', '--root', state, '--image', join(dir, 'p.tar')]);
+    assert.equal(r.code, 1);
+    assert.match(line(r.stderr), /container ferry-t4 is paused: resume it first/);
+    assert.equal(status('ferry-t4'), 'paused', 'left as it was');
+    assert.equal(runc('resume', 'ferry-t4').code, 0);
+    await countsOn(log);
+
+    // An image whose container ran something else than this bundle does.
+    const image = join(dir, 't4.tar');
+    assert.equal(ferry(['checkpoint', 'ferry-t4', '--root', state, '--image', image, '--leave-running']).code, 0);
+    const other = bundle('other', 'sleep 1000');
+    r = ferry(['restore', 'ferry-t5', '--root', state, '--image', image, '--bundle', other, '--detach']);
+    assert.equal(r.code, 1);
+    assert.match(line(r.stderr), /bundle .*other does not match the image/);
+    assert.equal(status('ferry-t5'), 'absent', 'nothing created');
+    r = ferry(['restore', 'ferry-t4', '--root', state, '--image', image, '--detach']);
+    assert.equal(r.code, 1);
+    assert.match(line(r.stderr), /container ferry-t4 already exists/);
+
+    // A container that was created but never started.
+    const fd = openSync('/dev/null', 'r+');
+    const c = spawnSync(RUNC!, ['--root', state, 'create', '--bundle', other, 'ferry-t6'], { stdio: ['ignore', fd, fd] });
+    closeSync(fd);
+    assert.equal(c.status, 0);
+    ids.add('ferry-t6');
+    r = ferry(['checkpoint', 'ferry-t6', '--root', state, '--image', join(dir, 'c.tar')]);
+    assert.equal(r.code, 1);
+    assert.match(line(r.stderr), /container ferry-t6 is created, not running/);
+    assert.equal(status('ferry-t6'), 'created');
+  });
+});
