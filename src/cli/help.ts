@@ -45,7 +45,9 @@ export const HELP: Readonly<Record<'ferry' | Exclude<Command, 'help'>, string>> 
 
 SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
+  ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR] [...]
   ferry restore --image PATH [--pid-file FILE] [--json]
+  ferry restore CONTAINER --image PATH [--bundle DIR] [--detach] [...]
   ferry inspect --image PATH [--json]
   ferry demo [--json]
   ferry version [--json]
@@ -94,6 +96,8 @@ SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
                    [--tcp-established] [--ext-unix-sk] [--shell-job]
                    [--file-locks] [GLOBAL OPTIONS]
+  ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR]
+                   [--leave-running] [--json] [...]
 
 DESCRIPTION
   Stops the process PID and every process under it with ptrace(2) (every
@@ -121,6 +125,15 @@ DESCRIPTION
   Ferry waits for the killed processes to be reaped (up to 3 s), so that
   their PIDs are free for a restore when ferry returns.
 
+  With CONTAINER instead of --pid, ferry finds the container through its
+  runtime's state (runc state CONTAINER), freezes its cgroup (the v1 freezer
+  or v2 cgroup.freeze), stops every thread in it while it is frozen, thaws it
+  under ptrace, and checkpoints the tree under the container's init, with the
+  bundle's config.json in the image. Without --leave-running the container is
+  then killed and deleted from the runtime, as runc checkpoint does. Refused:
+  a container that is paused or not running, one with a user or time
+  namespace, a process in its cgroup that is not under its init.
+
   Must run as root: ferry checks first, and otherwise says "must run as root
   (ptrace and clone3 with a chosen PID need it)" and exits with status 1.
 
@@ -128,6 +141,13 @@ OPTIONS
   --pid PID
       The process to checkpoint: a process ID (not a thread ID), a positive
       integer.
+  CONTAINER
+      Checkpoint this container instead (a container id of the runtime).
+  --runtime R
+      The container's runtime: runc (default), crun, or a path. Found in PATH
+      or /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin, /bin.
+  --root DIR
+      The runtime's state directory (its --root), if not its default.
   --image PATH, --image-path PATH
       Where to write the image (created with mode 0600, overwritten if it
       exists). - writes the tar stream to standard output (not a terminal);
@@ -176,6 +196,8 @@ SEE ALSO
 
 SYNOPSIS
   ferry restore --image PATH [--pid-file FILE] [--json] [GLOBAL OPTIONS]
+  ferry restore CONTAINER --image PATH [--bundle DIR] [--detach]
+                [--runtime R] [--root DIR] [--pid-file FILE] [...]
 
 DESCRIPTION
   Verifies the whole image first: its structure, the sha256 of every entry,
@@ -192,6 +214,16 @@ DESCRIPTION
   other process there is an error. If anything fails, every half-built
   process is killed: nothing is left running.
 
+  With CONTAINER, the runtime builds the container from the bundle (default:
+  the checkpointed container's) with ferry's restore stub as its init; ferry
+  then rebuilds the image's processes inside it, with their pids in the
+  container's pid namespace, and starts them. The runtime knows the container
+  afterwards (state, ps, kill, delete work). The id may be the checkpointed
+  one or a new one; it must not exist yet. The bundle must run the same
+  program with the same namespaces. Without --detach ferry stays until the
+  container stops, like runc restore. If anything fails, the container is
+  deleted again.
+
   Must run as root: ferry checks first, and otherwise says "must run as root
   (ptrace and clone3 with a chosen PID need it)" and exits with status 1.
 
@@ -203,6 +235,9 @@ OPTIONS
       created.
   --pid-file FILE
       Write the PID of the restored process (and a newline) to FILE.
+  CONTAINER, --bundle DIR, --detach, -d, --runtime R, --root DIR
+      Restore as this container, built from bundle DIR, and return at once
+      with --detach; the runtime and its state directory as for checkpoint.
   --tcp-established, --ext-unix-sk, --shell-job, --file-locks
       As in runc: restore established TCP connections, unix sockets whose peer
       is outside the tree, a terminal shared with the shell outside the tree,
