@@ -67,11 +67,25 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       const key = kind.key(d);
       let reps = groups.get(key);
       if (!reps) groups.set(key, (reps = []));
-      let id = reps.find((r) => sameFile(r.desc, d))?.id;
+      // Representatives stay sorted in kcmp's order, so each descriptor costs O(log n) kcmp
+      // calls even when thousands of distinct files share a key (separately opened /dev/null).
+      let lo = 0;
+      let hi = reps.length;
+      let id: number | undefined;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        const order = compareFiles(reps[mid]!.desc, d);
+        if (order === 0) {
+          id = reps[mid]!.id;
+          break;
+        }
+        if (order < 0) lo = mid + 1;
+        else hi = mid;
+      }
       if (id === undefined) {
         id = firsts.length + 1;
         firsts.push({ desc: d, kind });
-        reps.push({ desc: d, id });
+        reps.splice(lo, 0, { desc: d, id });
       }
       idOf.set(`${pid}:${d.fd}`, id);
       table.push({ fd: d.fd, file: id, cloexec: fdCloexec(d.fdinfo) });
@@ -154,9 +168,11 @@ function grab(d: FdDesc, grabbed: Map<string, number>): number {
   }
 }
 
-function sameFile(a: FdDesc, b: FdDesc): boolean {
+/** kcmp(KCMP_FILE) of a against b: 0 the same open file, <0 a orders first, >0 after. */
+function compareFiles(a: FdDesc, b: FdDesc): number {
   try {
-    return native().kcmp(a.pid, b.pid, KCMP_FILE, a.fd, b.fd) === 0;
+    const r = native().kcmp(a.pid, b.pid, KCMP_FILE, a.fd, b.fd);
+    return r === 0 ? 0 : r === 1 ? -1 : 1; // kcmp: 1 means a < b, 2 means a > b
   } catch (err) {
     throw new FerryError('EKCMP', `cannot compare fd ${a.fd} of pid ${a.pid} with fd ${b.fd} of pid ${b.pid}: ${(err as Error).message}`, { cause: err });
   }
