@@ -520,18 +520,19 @@ function installed(rec: TtyRecord, task: TaskContext): void {
 }
 
 /**
- * For restore/tree.ts (not wired in yet): the session leader `pid`, just after its setsid()
+ * For restore/tree.ts: the session leader `pid`, just after its setsid()
  * and before it forks anyone, takes the terminal its session had as controlling terminal.
  * Members of a session get their controlling terminal only by inheriting it at fork(2), so
  * TIOCSCTTY from the `installed` hook (after the whole tree exists) reaches the leader alone.
  * The terminal is pulled from the controller with pidfd_getfd(2) and closed again: the task
  * has no descriptors yet. Returns whether a terminal was taken.
  */
-export function takeControllingTerminal(t: Tracee, pid: number, files: RestoreFiles): boolean {
+export function takeControllingTerminal(t: Tracee, pid: number, files: RestoreFiles, controllerPidfd?: number): boolean {
   for (const [id, cfd] of files.opened) {
     const rec = files.ctx.record(id) as TtyRecord | undefined;
     if (rec?.kind !== 'tty' || rec.role === 'master' || rec.ctty?.session !== pid) continue;
-    const pidfd = Number(t.syscall(SYS.pidfd_open, process.pid, 0));
+    // A pidfd of ferry: opened here, or handed in (inside a container ferry's pid is not visible).
+    const pidfd = controllerPidfd ?? Number(t.syscall(SYS.pidfd_open, process.pid, 0));
     try {
       const fd = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0));
       try {
@@ -542,7 +543,7 @@ export function takeControllingTerminal(t: Tracee, pid: number, files: RestoreFi
         t.syscall(SYS.close, fd);
       }
     } finally {
-      t.syscall(SYS.close, pidfd);
+      if (controllerPidfd === undefined) t.syscall(SYS.close, pidfd);
     }
     return true;
   }

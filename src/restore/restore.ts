@@ -68,7 +68,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       if (made) checkFiles(files.files, made.fileRoot, inherit);
       const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, ...o.files }, blobs, made?.fileRoot, inherit);
       try {
-        const created = createTree(tree, stubPath, made?.pid);
+        const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
         try {
           for (const task of tasks) {
             pagesBytes += rebuild(o, created, task, opened, image.locate(pagesEntry(task.pid)), made?.controllerPidfd);

@@ -24,6 +24,8 @@ import { parseChildren } from '../proc/children.js';
 import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
+import type { RestoreFiles } from '../files/install.js';
+import { takeControllingTerminal } from '../files/tty.js';
 import { useStubGadget, type SharedObjects } from './address-space.js';
 
 /** Every signal blocked while a task is rebuilt. */
@@ -49,7 +51,8 @@ export interface CreatedTree {
  * already exists as a stub, seized and stopped by this thread (a container's init that the
  * runtime started); it is not ferry's child.
  */
-export function createTree(tree: TreeRecord, stubPath: string, adopted?: number): CreatedTree {
+export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
+  files?: RestoreFiles, controllerPidfd?: number): CreatedTree {
   const n = native();
   const created: CreatedTree = {
     stubs: new Map(), threads: new Map(), sharedMemory: new Map(),
@@ -76,14 +79,25 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number)
     // A stub must not ignore SIGCHLD (ignored dispositions survive execve): its zombie
     // children would be reaped at once. Children inherit the default.
     root.syscall(SYS.rt_sigaction, SIGCHLD, belowStack(root, Buffer.alloc(KSIGACTION_SIZE)), 0, 8);
-    if (rootRec.sid === rootRec.pid && groupOf(root).sid !== rootRec.pid) root.syscall(SYS.setsid);
+    // A session leader takes its controlling terminal before it forks: members only get one
+    // by inheriting it.
+    const lead = (t: Tracee, rec: ProcessRecord): void => {
+      if (files) takeControllingTerminal(t, rec.pid, files, controllerPidfd);
+    };
+    if (rootRec.sid === rootRec.pid) {
+      if (groupOf(root).sid !== rootRec.pid) root.syscall(SYS.setsid);
+      lead(root, rootRec);
+    }
 
     for (const rec of rest) {
       const parent = created.stubs.get(rec.ppid);
       if (!parent) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
       const child = fork(parent, rec.pid);
       created.stubs.set(rec.pid, child);
-      if (rec.sid === rec.pid) child.syscall(SYS.setsid);
+      if (rec.sid === rec.pid) {
+        child.syscall(SYS.setsid);
+        lead(child, rec);
+      }
     }
     setGroups(created, tree);
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null));

@@ -81,7 +81,7 @@ describe('terminals', { skip: needs('root', 'build') }, () => {
     if (last !== first) process.stderr.write(`note: pts numbers ${first} came back as ${last}\n`);
   });
 
-  it('the members of a restored session have its controlling terminal too', { todo: 'needs restore/tree.ts to call takeControllingTerminal() right after setsid() (members inherit it at fork)' }, async () => {
+  it('the members of a restored session have its controlling terminal too', async () => {
     const w = await startWorkload(PTYS, []);
     const kid = children(w.pid)[0]!;
     own(kid);
