@@ -45,7 +45,7 @@ export interface GlobalCliOptions {
 /** runc's flags that allow more than the defaults (checkpoint and restore take the same). */
 export interface FileFlags {
   /** --tcp-established, --ext-unix-sk, --shell-job, --file-locks. */
-  files: FileOptions;
+  files: CliFileFlags;
 }
 
 /** A container and the runtime that runs it (`ferry checkpoint/restore CONTAINER`). */
@@ -130,8 +130,11 @@ const FILE_FLAGS: OptionTable = {
   'shell-job': { type: 'boolean' }, 'file-locks': { type: 'boolean' },
 };
 
+/** The file options that are runc flags (the rest come from the configuration). */
+export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes'>;
+
 /** The runc-style file flags of a parsed command line. */
-function fileFlags(v: Values): FileOptions {
+function fileFlags(v: Values): CliFileFlags {
   return {
     tcpEstablished: v['tcp-established'] === true, extUnixSk: v['ext-unix-sk'] === true,
     shellJob: v['shell-job'] === true, fileLocks: v['file-locks'] === true,

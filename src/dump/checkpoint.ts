@@ -118,9 +118,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const { pid } = o;
   const log = o.logger.child({ op: 'checkpoint', targetPid: pid });
   precheck(pid);
+  const fileOptions = { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files };
   // The root's descriptors are checked before it is touched; the others' once the tree is
   // frozen (the tree is only known then), before anything of it is read or changed.
-  checkSupported(describeFds(pid));
+  checkSupported(describeFds(pid), fileOptions);
 
   const n = native();
   const tree = freezeTree(pid, {
@@ -148,7 +149,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   };
 
   try {
-    for (const p of live.slice(1)) checkSupported(describeFds(p.pid));
+    for (const p of live.slice(1)) checkSupported(describeFds(p.pid), fileOptions);
     for (const p of live) {
       for (const tid of p.tids) {
         sigmasks.set(tid, n.getSigmask(tid));
@@ -156,7 +157,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       }
     }
     for (const p of live) dumped.push(dumpTask(p, sigmasks));
-    files = collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), { ...DEFAULT_FILE_OPTIONS, ...o.files });
+    files = collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), fileOptions);
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
     log.debug({ processes: dumped.length, pagesBytes, files: files.files.length }, 'collected');

@@ -33,9 +33,12 @@ export function describeFds(pid: number): FdDesc[] {
   return out;
 }
 
-/** Throws the 'unsupported file' error for the first descriptor no module handles. */
-export function checkSupported(descs: readonly FdDesc[]): void {
-  for (const d of descs) kindOf(d);
+/**
+ * Throws the 'unsupported file' error for the first descriptor no module handles, or that
+ * its module refuses with these options.
+ */
+export function checkSupported(descs: readonly FdDesc[], options: FileOptions = DEFAULT_FILE_OPTIONS): void {
+  for (const d of descs) kindOf(d).precheck?.(d, options);
 }
 
 /** Open files of the dumped tasks and each task's descriptor table. */

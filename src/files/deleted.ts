@@ -19,7 +19,7 @@ import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
+import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200;
 const O_TMPFILE = 0o20000000 | O_DIRECTORY;
@@ -227,20 +227,19 @@ const isMemfdLink = (d: FdDesc): boolean => d.link.startsWith('/memfd:') && d.fd
 export const deleted: FileKind<DeletedRecord> = {
   kind: 'ghost',
 
-  /**
-   * Also refuses, before anything is touched, a ghost bigger than the limit (the engine asks
-   * `matches` first, before the tree is frozen).
-   */
   matches(fd: FdDesc): boolean {
     if (!fd.link.startsWith('/') || !fd.link.endsWith(SUFFIX) || !fd.stat.isFile() || isMemfdLink(fd)) return false;
-    if ((fd.fdinfo.flags & O_PATH) !== 0) return false;
+    return (fd.fdinfo.flags & O_PATH) === 0;
+  },
+
+  /** Refuses, before anything is touched, a ghost with other names or bigger than the limit. */
+  precheck(fd: FdDesc, options: FileOptions): void {
     if (fd.stat.nlink > 0n) {
       throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} `
         + `(its name was removed but the file still has ${fd.stat.nlink} other link(s), which cannot be found)`);
     }
-    const bytes = storedEstimate(fd.stat);
-    if (bytes > contentsLimit()) throw tooBig(fd, 'the deleted file', Number(fd.stat.size), contentsLimit());
-    return true;
+    const limit = contentsLimit(options);
+    if (storedEstimate(fd.stat) > limit) throw tooBig(fd, 'the deleted file', Number(fd.stat.size), limit);
   },
 
   key(fd: FdDesc): string {

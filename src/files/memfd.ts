@@ -19,7 +19,7 @@ import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_LARGEFILE, O_PATH } from '../proc/fcntl.js';
 import { checkContents, contentsLimit, dumpContents, Registry, reopen, storedEstimate, tooBig, writeContents, type Contents } from './deleted.js';
-import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
+import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
 const O_RDWR = 2, SEEK_SET = 0;
 /** memfd_create(2) flags. */
@@ -89,15 +89,18 @@ export const isHugetlb = (blksize: bigint | number): boolean => Number(blksize) 
 export const memfd: FileKind<MemfdRecord> = {
   kind: 'memfd',
 
-  /** Also refuses, before anything is touched, what cannot be stored (hugetlb, over the limit). */
   matches(fd: FdDesc): boolean {
-    if (!isMemfdPath(fd.link) || !fd.link.endsWith(SUFFIX) || fd.fdinfo.mntId !== 0 || !fd.stat.isFile()) return false;
+    return isMemfdPath(fd.link) && fd.link.endsWith(SUFFIX) && fd.fdinfo.mntId === 0 && fd.stat.isFile();
+  },
+
+  /** Refuses, before anything is touched, what cannot be stored (hugetlb, over the limit). */
+  precheck(fd: FdDesc, options: FileOptions): void {
     if (isHugetlb(fd.stat.blksize)) {
       throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (hugetlb memfds cannot be checkpointed yet)`);
     }
     const bytes = storedEstimate(fd.stat);
-    if (bytes > contentsLimit()) throw tooBig(fd, 'the memfd', bytes, contentsLimit());
-    return true;
+    const limit = contentsLimit(options);
+    if (bytes > limit) throw tooBig(fd, 'the memfd', bytes, limit);
   },
 
   key(fd: FdDesc): string {

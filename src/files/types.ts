@@ -36,10 +36,12 @@ export interface FileOptions {
   shellJob: boolean;
   /** --file-locks: checkpoint and restore file locks. */
   fileLocks: boolean;
+  /** files.deleted_max_bytes of the configuration: the most a deleted file's contents may take. */
+  deletedMaxBytes: number;
 }
 
 export const DEFAULT_FILE_OPTIONS: FileOptions = Object.freeze({
-  tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false,
+  tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false, deletedMaxBytes: 64 * 1024 * 1024,
 });
 
 /** What a module's `dump` gets from the engine, besides the descriptor. */
@@ -107,6 +109,11 @@ export interface FileKind<R extends FileRecord = FileRecord> {
   readonly kind: string;
   /** Whether this module handles the descriptor. */
   matches(fd: FdDesc): boolean;
+  /**
+   * Optional: refuses, before the tree is touched, a descriptor this module handles but
+   * cannot checkpoint with these options (throws the 'unsupported file' FerryError).
+   */
+  precheck?(fd: FdDesc, options: FileOptions): void;
   /**
    * A cheap identity key: descriptors with different keys are never the same open file;
    * equal keys are confirmed with kcmp(KCMP_FILE).

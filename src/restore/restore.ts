@@ -66,7 +66,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     let hostPid = 0;
     try {
       if (made) checkFiles(files.files, made.fileRoot, inherit);
-      const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, ...o.files }, blobs, made?.fileRoot, inherit);
+      const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit);
       try {
         const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
         try {

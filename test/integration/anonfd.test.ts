@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -69,6 +70,12 @@ describe('eventfd, signalfd, timerfd, memfd and deleted files', { skip }, () => 
     assert.equal(cp.code, 1, cp.stderr);
     assert.match(cp.stderr, new RegExp(`unsupported file: pid ${w.pid} fd \\d+ -> ${w.dir}/big \\(deleted\\) \\(the deleted file holds 68157440 bytes, more than files.deleted_max_bytes = 67108864`));
     assert.ok(alive(w.pid));
+    // The limit comes from the configuration.
+    const config = join(w.dir, 'ferry.toml');
+    writeFileSync(config, '[files]\ndeleted_max_bytes = 4096\n');
+    const small = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--config', config]);
+    assert.equal(small.code, 1, small.stderr);
+    assert.match(small.stderr, /more than files.deleted_max_bytes = 4096/);
     assert.equal(procState(w.pid).tracer, 0, 'never traced');
     assert.equal(await verify(w), 'PASS', 'untouched');
   });
