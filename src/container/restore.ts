@@ -151,7 +151,7 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
 }
 
 /** Seizes the container's init once it runs the stub (it waits in pause()). */
-async function seizeStub(pid: number, id: string): Promise<Tracee> {
+export async function seizeStub(pid: number, id: string): Promise<Tracee> {
   const n = native();
   // The runtime execs the stub right after `start`; wait until it really is the stub.
   for (let i = 0; i < 500 && !isStub(pid); i++) await new Promise((r) => setTimeout(r, 2));

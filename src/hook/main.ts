@@ -1,0 +1,85 @@
+/**
+ * ferry-hook: the OCI hook that brings a container up restored from a ferry image when it
+ * carries the annotation io.ferry.restore-from=<image> (docs/hooks.md). Run by podman or
+ * CRI-O from hooks/ferry-restore.json, or by runc from a config.json's hooks:
+ *
+ *   precreate  (podman, CRI-O) config.json on stdin -> the restore config on stdout
+ *   poststart  state JSON on stdin: starts the detached restorer, returns at once
+ *   poststop   state JSON on stdin: stops a restorer still waiting, removes the run directory
+ *
+ * The stage is told by what stdin holds (a config, or a state with status "stopped" or not),
+ * or given as the first argument. Quiet like any hook: the only output is precreate's config;
+ * a failure is one line on stderr, the details go to the log.
+ */
+import { spawn } from 'node:child_process';
+import { openSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import { loadConfig, type Config } from '../config/config.js';
+import type { OciConfig } from '../container/checkpoint.js';
+import { FerryError, describeCause } from '../errors.js';
+import { createLogger } from '../log.js';
+import { defaultStubPath } from '../native/binding.js';
+import { startTime } from './adopt.js';
+import { cleanupContainer, readJob, runRestorer, writeJob } from './restorer.js';
+import { hookRestoreConfig, restoreImageOf, stageOf, type HookState } from './spec.js';
+
+const WORKER = 'restore-worker';
+
+function loggerFor(config: Config, dir?: string): Logger {
+  const file = config.log.file !== '' ? config.log.file : dir !== undefined ? join(dir, 'ferry.log') : '';
+  return createLogger({ level: file === '' ? 'silent' : config.log.level, file }).child({ command: 'hook' });
+}
+
+async function main(argv: string[]): Promise<void> {
+  const config = loadConfig({});
+  if (argv[0] === WORKER) {
+    const dir = argv[1]!;
+    await runRestorer(readJob(dir), config, loggerFor(config, dir));
+    return;
+  }
+  const text = readFileSync(0, 'utf8');
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(text) as Record<string, unknown>;
+  } catch (err) {
+    throw new FerryError('EUSAGE', `stdin is not JSON: ${describeCause(err)}`, { cause: err });
+  }
+  const stage = stageOf(doc, argv[0]);
+  if (stage === 'precreate') {
+    const c = doc as OciConfig;
+    const ask = restoreImageOf(c.annotations as Record<string, string> | undefined);
+    const out = ask === undefined ? c : hookRestoreConfig(c, config.restore.stub || defaultStubPath());
+    process.stdout.write(JSON.stringify(out));
+    return;
+  }
+  const state = doc as unknown as HookState;
+  if (stage === 'poststop') {
+    cleanupContainer(state.id);
+    return;
+  }
+  const image = restoreImageOf(state.annotations);
+  if (image === undefined) return;
+  const pid = state.pid ?? 0;
+  const started = pid > 0 ? startTime(pid) : undefined;
+  if (started === undefined) throw new FerryError('ENOPROC', `container ${state.id} has no init process (pid ${pid})`);
+  const dir = writeJob({ id: state.id, pid, started, image });
+  const log = loggerFor(config, dir);
+  // Detached, with no descriptor of the runtime's: runc waits for the hook's pipes to close.
+  const out = openSync('/dev/null', 'r+');
+  const worker = spawn(process.execPath, [fileURLToPath(import.meta.url), WORKER, dir], { detached: true, stdio: [out, out, out] });
+  worker.unref();
+  const wpid = worker.pid!;
+  writeFileSync(join(dir, 'restorer.pid'), String(wpid));
+  writeFileSync(join(dir, 'restorer.started'), startTime(wpid) ?? '');
+  log.info({ container: state.id, targetPid: pid, image, restorer: wpid }, 'restorer started');
+}
+
+main(process.argv.slice(2)).then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`ferry-hook: ${err instanceof FerryError ? err.message : describeCause(err)}\n`);
+    process.exit(1);
+  },
+);
