@@ -1,0 +1,124 @@
+/**
+ * `ferry-runtime` (run through bin/ferry-runtime): an OCI runtime with runc's command line
+ * that container engines (podman, CRI-O) can be pointed at. `checkpoint` and `restore` are
+ * done by ferry (operations.ts); every other verb — and anything this does not understand —
+ * is run by the real runc with the very same argv and exit status. bin/ferry-runtime execs
+ * runc itself for those, so they do not even start Node; the pass-through here serves a
+ * direct `node main.js`.
+ *
+ * Exit status: 0 success; 1 failure (one line on stderr "ferry-runtime VERB: ...", also
+ * appended to runc's --log file in its --log-format; details in W/dump.log or W/restore.log);
+ * 2 usage error; a passed-through verb exits as runc did.
+ */
+import { spawn } from 'node:child_process';
+import { appendFileSync, realpathSync } from 'node:fs';
+import { constants } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../config/config.js';
+import { FerryError } from '../errors.js';
+import {
+  CHECKPOINT_USAGE, parseCheckpoint, parseRestore, RESTORE_USAGE, RuntimeUsageError, splitArgs, type RuntimeGlobals,
+} from './args.js';
+import { runtimeCheckpoint, runtimeRestore } from './operations.js';
+import { findRunc } from './runc.js';
+
+/** Signals forwarded to a passed-through runc (a foreground `runc run` or `exec`). */
+const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'];
+
+/** Runs runc with `argv` unchanged; resolves with its exit status (128 + n if killed by signal n). */
+export function passThrough(runc: string, argv: readonly string[]): Promise<number> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(runc, [...argv], { stdio: 'inherit' });
+    const forward = (s: NodeJS.Signals): void => { child.kill(s); };
+    for (const s of FORWARDED) process.on(s, forward);
+    const done = (status: number): void => {
+      for (const s of FORWARDED) process.off(s, forward);
+      resolvePromise(status);
+    };
+    child.on('error', (err) => {
+      process.stderr.write(`ferry-runtime: cannot run ${runc}: ${err.message}\n`);
+      done(127);
+    });
+    child.on('exit', (code, signal) => {
+      done(code ?? 128 + (signal ? constants.signals[signal] : 0));
+    });
+  });
+}
+
+
+/** Appends the error line to runc's --log file in its format, as runc would log it. */
+function logError(g: RuntimeGlobals, message: string): void {
+  if (g.log === undefined) return;
+  const time = new Date().toISOString();
+  const line = g.logFormat === 'json'
+    ? JSON.stringify({ level: 'error', msg: message, time })
+    : `time="${time}" level=error msg=${JSON.stringify(message)}`;
+  try {
+    appendFileSync(g.log, `${line}\n`);
+  } catch { /* the log is best effort; stderr has the line */ }
+}
+
+/** Runs the wrapper on `argv` (without node and script); returns the exit status. */
+export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env, self?: string): Promise<number> {
+  let runc: string;
+  try {
+    runc = findRunc(env, self);
+  } catch (err) {
+    process.stderr.write(`ferry-runtime: ${(err as Error).message}\n`);
+    return 127;
+  }
+  let split;
+  try {
+    split = splitArgs(argv);
+  } catch (err) {
+    if (err instanceof RuntimeUsageError) return passThrough(runc, argv); // runc says what is wrong
+    throw err;
+  }
+  const { globals, verb, rest } = split;
+  if (verb !== 'checkpoint' && verb !== 'restore') return passThrough(runc, argv);
+  try {
+    if (verb === 'checkpoint') {
+      const a = parseCheckpoint(rest);
+      if (a.help) {
+        process.stdout.write(CHECKPOINT_USAGE);
+        return 0;
+      }
+      requireRoot();
+      await runtimeCheckpoint(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}) });
+    } else {
+      const a = parseRestore(rest);
+      if (a.help) {
+        process.stdout.write(RESTORE_USAGE);
+        return 0;
+      }
+      requireRoot();
+      await runtimeRestore(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}) });
+    }
+    return 0;
+  } catch (err) {
+    const message = err instanceof Error ? (err.message.split('\n')[0] ?? err.message) : String(err);
+    process.stderr.write(`ferry-runtime ${verb}: ${message}\n`);
+    logError(globals, `ferry-runtime ${verb}: ${message}`);
+    return err instanceof RuntimeUsageError ? 2 : 1;
+  }
+}
+
+function requireRoot(): void {
+  if (process.geteuid?.() !== 0) throw new FerryError('EPERM', 'must run as root (ptrace and clone3 with a chosen PID need it)');
+}
+
+function isEntryPoint(): boolean {
+  const script = process.argv[1];
+  if (script === undefined) return false;
+  try {
+    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  // FERRY_RUNTIME_SELF: the launcher's own path, so a wrapper installed as `runc` is not
+  // mistaken for the real one.
+  process.exit(await main(process.argv.slice(2), process.env, process.env.FERRY_RUNTIME_SELF));
+}
