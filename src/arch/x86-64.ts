@@ -34,7 +34,7 @@ export const SYS = {
   pause: 34, getitimer: 36, setitimer: 38, getpid: 39, rt_sigqueueinfo: 129, fcntl: 72, chdir: 80, umask: 95,
   setpgid: 109, setsid: 112, sigaltstack: 131, prctl: 157, arch_prctl: 158, gettid: 186,
   set_tid_address: 218, exit_group: 231, openat: 257, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297,
-  rt_sigtimedwait: 128, prlimit64: 302,
+  rt_sigtimedwait: 128, prlimit64: 302, shmget: 29, shmat: 30, shmctl: 31,
   setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123, capset: 126, personality: 135,
   setpriority: 141, sched_setscheduler: 144, sched_getscheduler: 145, sched_setaffinity: 203, seccomp: 317,
   rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,

@@ -117,7 +117,7 @@ DESCRIPTION
   exist, a thread ID, a kernel thread, a zombie, a process already being
   traced (a debugger), and what this version does not support yet: a process
   in another pid or user namespace, a session or process group led from
-  outside the tree (other than the root's), System V shared memory, and
+  outside the tree (other than the root's), part of a System V segment, and
   descriptors other than regular files, directories, O_PATH descriptors,
   pipes, FIFOs and character devices (such as /dev/null). The message names
   the PID and the descriptor.

@@ -7,7 +7,7 @@
  * or swapped page. Pages never touched or still backed by the file are not stored: restore
  * maps the same file or fresh zero memory.
  */
-import { closeSync, openSync, readSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readlinkSync, statSync } from 'node:fs';
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { hex, type VmaRecord } from '../image/records.js';
@@ -29,6 +29,28 @@ const UNSUPPORTED_VMFLAGS = new Set(['io', 'pf']);
 const SPECIAL_KINDS: Readonly<Record<string, VmaRecord['kind']>> = {
   '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock', '[vsyscall]': 'vsyscall',
 };
+
+/**
+ * The System V shared memory segment an area attaches (maps shows it as /SYSV<key>, its inode
+ * is the shmid; /proc/sysvipc/shm has the rest). Only a whole attach can be restored (shmat).
+ */
+function sysvSegment(pid: number, v: Vma, range: string): NonNullable<VmaRecord['sysv']> {
+  const line = readFileSync('/proc/sysvipc/shm', 'utf8').split('\n').slice(1)
+    .map((l) => l.trim().split(/\s+/)).find((f) => f[1] === v.inode.toString());
+  if (!line) {
+    throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range}: System V segment ${v.inode} is not in /proc/sysvipc/shm (another IPC namespace?)`);
+  }
+  const perms = parseInt(line[2]!, 8);
+  const size = Number(line[3]);
+  const pages = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
+  if (v.offset !== 0n || Number(v.end - v.start) !== pages) {
+    throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps part of System V segment ${v.inode} (only whole attaches can be restored)`);
+  }
+  return {
+    shmid: Number(v.inode), key: Number(line[0]), size, mode: perms & 0o777,
+    uid: Number(line[7]), gid: Number(line[8]), removed: (perms & 0o1000) !== 0,
+  };
+}
 
 /** Whether an area is shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS shows as /dev/zero). */
 function isSharedAnon(v: Vma): boolean {
@@ -61,10 +83,8 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is a device mapping (VmFlags ${bad})`);
       }
       const sharedAnon = isSharedAnon(v);
-      const kind: VmaRecord['kind'] = special ?? (v.inode !== 0n && !sharedAnon ? 'file' : 'anon');
-      if (kind === 'file' && v.shared && v.path.startsWith('/SYSV')) {
-        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is a System V shared memory segment (not supported yet)`);
-      }
+      const sysv = v.shared && v.path.startsWith('/SYSV') ? sysvSegment(pid, v, range) : undefined;
+      const kind: VmaRecord['kind'] = special ?? (v.inode !== 0n && !sharedAnon && !sysv ? 'file' : 'anon');
       // A memfd (always "deleted") is mapped again from the memfd restored with the files, or
       // made anew from what the areas store; a deleted file only when this process holds it
       // open too (its contents are then in its file record).
@@ -97,7 +117,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         }
         mapped.ghost = `${st.dev}:${st.ino}`;
       }
-      if (kind === 'anon' && v.shared && !sharedAnon) {
+      if (kind === 'anon' && v.shared && !sharedAnon && !sysv) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is shared memory of an unknown kind`);
       }
       const rec: VmaRecord = {
@@ -112,6 +132,10 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         pagesOffset: pagesBytes,
       };
       if (sharedAnon) rec.shmem = { id: `${v.major}:${v.minor}:${v.inode}`, offset: hex(v.offset) };
+      if (sysv) {
+        rec.sysv = sysv;
+        rec.name = '';
+      }
       Object.assign(rec, mapped);
       if (kind === 'file') {
         const st = statSync(v.deleted ? mapFiles : v.path, { bigint: true });

@@ -40,6 +40,12 @@ export interface VmaRecord {
    * process holding it, and maps it into the others.
    */
   shmem?: { id: string; offset: Hex };
+  /**
+   * For a System V shared memory attach: the segment (its id, key, size, mode, owner, and
+   * whether it was already removed with IPC_RMID). Restore creates it with the same id in the
+   * first process that attaches it and attaches it in every one.
+   */
+  sysv?: { shmid: number; key: number; size: number; mode: number; uid: number; gid: number; removed: boolean };
   /** For 'file': the file, its offset, and the identity it had. */
   file?: { path: string; offset: Hex; dev: string; ino: string; size: number; mtimeNs: string };
   /** VmFlags codes (smaps) that matter on restore: 'gd' grows down, 'dc', 'dd', 'wf', 'hg', 'nh'. */

@@ -133,7 +133,7 @@ export type SharedObjects = Map<string, { pid: number; start: bigint; end: bigin
 
 /** Step 3: map every dumped area and write its stored pages from the image. */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
-  pages: { fd: number; offset: number }, chunkBytes: number, shared: SharedObjects): number {
+  pages: { fd: number; offset: number }, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number): number {
   const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
   // Areas of a shared object another area already created are mapped after the others.
   const firsts = new Set<string>();
@@ -145,7 +145,8 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   });
   // Memfds and deleted files are mapped one by one afterwards, from the restored file.
   const specials = all.filter((v) => isSpecialFile(v));
-  const areas = all.filter((v) => !joins.includes(v) && !specials.includes(v));
+  // System V segments are attached (shmat) one by one afterwards.
+  const areas = all.filter((v) => !joins.includes(v) && !specials.includes(v) && !v.sysv);
   // Open each mapped file once (in the task: mmap needs a descriptor of its own).
   const fileFds = new Map<string, number>();
   for (const v of areas) {
@@ -193,12 +194,61 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
     if (v.shmem) shared.set(v.shmem.id, { pid: task.pid, start: big(v.start), end: big(v.end), offset: big(v.shmem.offset) });
   }
   for (const v of joins) joinShared(t, as, task, v, shared.get(v.shmem!.id)!);
+  for (const v of all) if (v.sysv) attachSysv(t, as, task, v, shared, controllerPidfd);
   let written = 0;
   for (const v of specials) written += mapSpecialFile(t, as, task, v, pages, shared);
   // Every area's own stored pages, those of joined objects too: each process stored what it
   // had mapped, and the same object pages hold the same bytes. A shared memfd area's pages
   // went into the memfd itself (mapSpecialFile).
   return written + writePages(t, all.filter((v) => !(isSpecialFile(v) && v.shared)), pages, chunkBytes);
+}
+
+const IPC_PRIVATE = 0, IPC_CREAT = 0o1000, IPC_EXCL = 0o2000, IPC_RMID = 0, IPC_SET = 1;
+const SHM_RDONLY = 0o10000, SHM_EXEC = 0o100000, O_WRONLY = 1;
+/** struct shmid64_ds (x86-64): ipc64_perm {key, uid, gid, cuid, cgid, mode, …} first. */
+const SHMID_DS_SIZE = 112;
+
+/**
+ * Attaches the System V segment of area `v` at its address, creating it first with its
+ * original id if this restore has not yet: /proc/sys/kernel/shm_next_id makes shmget(2) take
+ * that id. The value is per IPC namespace of the writer, so the task writes it itself, through
+ * a descriptor ferry opened (a container's /proc/sys is read-only) and the task pulls.
+ */
+function attachSysv(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord, shared: SharedObjects,
+  controllerPidfd?: number): void {
+  const seg = v.sysv!;
+  const name = `sysv:${seg.shmid}`;
+  const where = `System V segment ${seg.shmid} of pid ${task.pid} at ${v.start}`;
+  if (!shared.has(name)) {
+    const ctl = openSync('/proc/sys/kernel/shm_next_id', 'w');
+    try {
+      as.scratch.reset();
+      const pidfd = controllerPidfd ?? Number(t.syscall(SYS.pidfd_open, process.pid, 0));
+      const fd = Number(t.syscall(SYS.pidfd_getfd, pidfd, ctl, 0));
+      const text = Buffer.from(String(seg.shmid));
+      t.syscalls([[SYS.write, fd, as.scratch.put(text), text.length], [SYS.close, fd]]);
+      if (controllerPidfd === undefined) t.syscall(SYS.close, pidfd);
+    } finally {
+      closeSync(ctl);
+    }
+    const id = t.trySyscall(SYS.shmget, seg.removed ? IPC_PRIVATE : seg.key, seg.size, IPC_CREAT | IPC_EXCL | seg.mode);
+    if (id !== BigInt(seg.shmid)) {
+      if (id >= 0n) t.trySyscall(SYS.shmctl, id, IPC_RMID, 0);
+      throw new FerryError('ESHM', `cannot create ${where} again: ${id < 0n ? `shmget failed with errno ${-id} (key or id in use?)` : `it got id ${id}`}`);
+    }
+    const ds = Buffer.alloc(SHMID_DS_SIZE);
+    ds.writeUInt32LE(seg.uid, 4);
+    ds.writeUInt32LE(seg.gid, 8);
+    ds.writeUInt32LE(seg.mode, 20);
+    as.scratch.reset();
+    t.syscall(SYS.shmctl, seg.shmid, IPC_SET, as.scratch.put(ds));
+    shared.set(name, { pid: task.pid, start: big(v.start), end: big(v.end), offset: 0n });
+  }
+  const flags = ((v.prot & PROT_WRITE) ? 0 : SHM_RDONLY) | ((v.prot & PROT_EXEC) ? SHM_EXEC : 0);
+  const at = t.trySyscall(SYS.shmat, seg.shmid, big(v.start), flags);
+  if (at !== big(v.start)) throw new FerryError('ESHM', `cannot attach ${where}: ${at < 0n ? `errno ${-at}` : `landed at 0x${at.toString(16)}`}`);
+  // A segment removed while attached stays attachable (Linux) until its last detach.
+  if (seg.removed) t.trySyscall(SYS.shmctl, seg.shmid, IPC_RMID, 0);
 }
 
 const isSpecialFile = (v: VmaRecord): v is VmaRecord & MappedSpecialFile =>

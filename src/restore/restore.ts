@@ -132,7 +132,7 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
   files: RestoreFiles, pages: { fd: number; offset: number }, controllerPidfd?: number): number {
   const t = created.stubs.get(task.pid)!;
   const as = clearStub(t, task);
-  const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory);
+  const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory, controllerPidfd);
   setMm(t, as, task);
   restoreTaskState(t, as, task);
   installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
