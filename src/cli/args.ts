@@ -130,8 +130,11 @@ const FILE_FLAGS: OptionTable = {
   'shell-job': { type: 'boolean' }, 'file-locks': { type: 'boolean' },
 };
 
-/** The file options that are runc flags (the rest come from the configuration). */
-export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes'>;
+/**
+ * The file options that are runc flags (the rest come from the configuration);
+ * `allowChangedFiles` (--allow-changed-files) is a restore flag, present only when given.
+ */
+export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes' | 'allowChangedFiles'> & { allowChangedFiles?: boolean };
 
 /** The runc-style file flags of a parsed command line. */
 function fileFlags(v: Values): CliFileFlags {
@@ -146,7 +149,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
   checkpoint: { ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' } },
   restore: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },
-    bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' },
+    bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' }, 'allow-changed-files': { type: 'boolean' },
   },
   inspect: { ...IMAGE, ...JSON_OPT },
   demo: { ...JSON_OPT },
@@ -283,6 +286,7 @@ export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
   const out: RestoreCliOptions = {
     ...globals('restore', v), image: image('restore', v), json: v.json === true, files: fileFlags(v),
   };
+  if (v['allow-changed-files'] === true) out.files.allowChangedFiles = true;
   const ctr = container('restore', v, positionals);
   if (ctr) {
     out.container = { ...ctr, detach: v.detach === true };

@@ -195,7 +195,8 @@ SEE ALSO
   ferry restore - bring a process tree back from an image
 
 SYNOPSIS
-  ferry restore --image PATH [--pid-file FILE] [--json] [GLOBAL OPTIONS]
+  ferry restore --image PATH [--pid-file FILE] [--json]
+                [--allow-changed-files] [GLOBAL OPTIONS]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach]
                 [--runtime R] [--root DIR] [--pid-file FILE] [...]
 
@@ -243,6 +244,12 @@ OPTIONS
       is outside the tree, a terminal shared with the shell outside the tree,
       and file locks. Without the flag, a descriptor that needs it is refused
       with a message naming the flag.
+  --allow-changed-files
+      Restore even if a regular file the processes had open has another size
+      or modification time than at the checkpoint (a warning on standard
+      error for each). Without it, the restore fails naming the file and what
+      changed, before any process is created. A file only appended to (a log
+      opened write-only with O_APPEND) may grow meanwhile without this flag.
   --json
       Print the result as one JSON object instead of a sentence:
       {"pid":PID,"pids":[PID],"pagesBytes":N,"verifyMs":N,"restoreMs":N,

@@ -1,14 +1,17 @@
 /**
  * Regular files, directories and O_PATH descriptors: reopened by path with the same flags,
- * positioned at the same offset. The file must still be there on restore, with the same
- * device and inode when restoring on the same node.
+ * positioned at the same offset, with their file locks (--file-locks, locks.ts). The file must
+ * still be there on restore; a regular file whose size or modification time differs from the
+ * checkpoint's is refused unless --allow-changed-files (then a warning is logged): the process
+ * remembers offsets, lengths and contents that no longer hold.
  */
 import { constants, existsSync, statSync } from 'node:fs';
 import { FerryError } from '../errors.js';
-import type { FileRecord } from '../image/records.js';
+import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
-import { O_CLOEXEC, O_PATH } from '../proc/fcntl.js';
-import type { FdDesc, FileKind } from './types.js';
+import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_PATH } from '../proc/fcntl.js';
+import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
+import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 
 /** Flags that only matter when a file is created or are per-descriptor, not per open file. */
 const OPEN_ONLY_FLAGS = constants.O_CREAT | constants.O_EXCL | constants.O_TRUNC | constants.O_NOCTTY | O_CLOEXEC;
@@ -24,6 +27,79 @@ export interface RegularRecord extends FileRecord {
   dev: string;
   ino: string;
   directory: boolean;
+  /** Regular files: size and modification time (ns since the epoch) at dump, to report a change. */
+  size?: string;
+  mtimeNs?: string;
+  /** Locks held through this open file (only with --file-locks; absent when none). */
+  locks?: LockRecord[];
+}
+
+/** What a file looked like at checkpoint. */
+export interface FileIdentity {
+  path: string;
+  size: string | number;
+  mtimeNs: string;
+}
+
+/** "2024-05-01T10:20:30.123456789Z" from nanoseconds since the epoch. */
+function isoNs(ns: bigint): string {
+  const ms = ns / 1_000_000n;
+  const iso = new Date(Number(ms)).toISOString();
+  return `${iso.slice(0, 19)}.${(((ns % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n).toString().padStart(9, '0')}Z`;
+}
+
+/**
+ * Compares a file with its size and mtime at checkpoint (`stat` of `at`, the path as ferry
+ * reaches it; `what` names it for the user). A change throws one line naming the file, what
+ * changed and the override, unless `options.allowChangedFiles`: then `warn` gets that line
+ * and the restore goes on. A file that is gone is left to the caller's own error.
+ */
+export function checkUnchanged(file: FileIdentity, at: string, what: string,
+  options: Pick<FileOptions, 'allowChangedFiles'>, warn: (message: string) => void): void {
+  let st;
+  try {
+    st = statSync(at, { bigint: true });
+  } catch {
+    return;
+  }
+  if (!st.isFile()) return;
+  const changes: string[] = [];
+  if (st.size !== BigInt(file.size)) changes.push(`size ${file.size} → ${st.size} bytes`);
+  if (st.mtimeNs !== BigInt(file.mtimeNs)) changes.push(`mtime ${isoNs(BigInt(file.mtimeNs))} → ${isoNs(st.mtimeNs)}`);
+  if (changes.length === 0) return;
+  const line = `${what} changed since the checkpoint (${changes.join(', ')})`;
+  if (!options.allowChangedFiles) {
+    throw new FerryError('ECHANGED', `${line}: put the file back as it was, or restore with --allow-changed-files to go on with it as it is`);
+  }
+  warn(`${line}; restoring anyway (--allow-changed-files)`);
+}
+
+/**
+ * Where a warning goes when the engine passes no `warn`: one line on stderr, written at once
+ * (the CLI may exit right after; process.stderr is synchronous for files, pipes and terminals
+ * on Linux).
+ */
+function defaultWarn(message: string): void {
+  process.stderr.write(`ferry: warning: ${message}\n`);
+}
+
+/**
+ * Checks every file mapped by the tasks (areas of kind 'file' with the size and mtime
+ * dump/memory.ts recorded) as `checkUnchanged` does, each path once. `root` prefixes the
+ * paths (a container's /proc/<init>/root). To be called with the other checks, before any
+ * process is created.
+ */
+export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'allowChangedFiles'>,
+  warn: (message: string) => void = defaultWarn, root = ''): void {
+  const seen = new Set<string>();
+  for (const task of tasks) {
+    for (const v of task.vmas) {
+      const f = v.file;
+      if (v.kind !== 'file' || !f || typeof f.mtimeNs !== 'string' || seen.has(f.path)) continue;
+      seen.add(f.path);
+      checkUnchanged(f, `${root}${f.path}`, `file ${f.path} (mapped by pid ${task.pid} at ${v.start})`, options, warn);
+    }
+  }
 }
 
 export const regular: FileKind<RegularRecord> = {
@@ -34,16 +110,20 @@ export const regular: FileKind<RegularRecord> = {
       || (fd.fdinfo.flags & O_PATH) !== 0);
   },
 
+  precheck(fd: FdDesc, options: FileOptions): void {
+    precheckLocks(fd, options);
+  },
+
   key(fd: FdDesc): string {
     return `reg:${fd.stat.dev}:${fd.stat.ino}:${fd.fdinfo.pos}:${fd.fdinfo.flags & ~O_CLOEXEC}`;
   },
 
-  dump(fd: FdDesc): Omit<RegularRecord, 'id' | 'kind'> {
+  dump(fd: FdDesc, ctx: DumpContext): Omit<RegularRecord, 'id' | 'kind'> {
     if (fd.link.endsWith(' (deleted)')) {
       throw new FerryError('EUNSUPPORTED',
         `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (deleted files cannot be checkpointed yet)`);
     }
-    return {
+    const rec: Omit<RegularRecord, 'id' | 'kind'> = {
       path: fd.link,
       flags: fd.fdinfo.flags & ~OPEN_ONLY_FLAGS,
       pos: fd.fdinfo.pos.toString(),
@@ -51,9 +131,21 @@ export const regular: FileKind<RegularRecord> = {
       ino: fd.stat.ino.toString(),
       directory: fd.stat.isDirectory(),
     };
+    if (fd.stat.isFile()) {
+      rec.size = fd.stat.size.toString();
+      rec.mtimeNs = fd.stat.mtimeNs.toString();
+    }
+    const locks = dumpLocks(fd, ctx);
+    if (locks.length > 0) rec.locks = locks;
+    return rec;
   },
 
   check(rec: RegularRecord): void {
+    validateLocks(rec.locks, `file ${rec.id} (${rec.path})`);
+    if ((rec.size !== undefined && (typeof rec.size !== 'string' || !/^\d{1,20}$/.test(rec.size)))
+      || (rec.mtimeNs !== undefined && (typeof rec.mtimeNs !== 'string' || !/^-?\d{1,25}$/.test(rec.mtimeNs)))) {
+      throw new FerryError('EIMAGE', `file ${rec.id} (${rec.path}): bad size or mtimeNs`);
+    }
     if (!existsSync(rec.path)) {
       throw new FerryError('ENOENT', `file ${rec.path} (file ${rec.id} of the image) no longer exists: restore it first`);
     }
@@ -63,7 +155,14 @@ export const regular: FileKind<RegularRecord> = {
     }
   },
 
-  open(rec: RegularRecord): number {
+  open(rec: RegularRecord, ctx: OpenContext): number {
+    // A file only appended to (a log) may grow meanwhile without misleading the process: it never
+    // reads it and each write goes to the end whatever the size. O_PATH descriptors do no I/O.
+    const appendOnly = (rec.flags & O_ACCMODE) === constants.O_WRONLY && (rec.flags & O_APPEND) !== 0;
+    if (rec.size !== undefined && rec.mtimeNs !== undefined && !appendOnly && (rec.flags & O_PATH) === 0) {
+      checkUnchanged({ path: rec.path, size: rec.size, mtimeNs: rec.mtimeNs }, rec.path, `file ${rec.path}`,
+        ctx.options, ctx.warn ?? defaultWarn);
+    }
     let fd: number;
     try {
       fd = native().openRaw(rec.path, rec.flags);
@@ -73,5 +172,10 @@ export const regular: FileKind<RegularRecord> = {
     const pos = Number(rec.pos);
     if (pos !== 0 && (rec.flags & O_PATH) === 0) native().lseek(fd, pos, 0);
     return fd;
+  },
+
+  installed(rec: RegularRecord, task: TaskContext): void {
+    if (!rec.locks || rec.locks.length === 0) return;
+    restoreLocks(validateLocks(rec.locks, `file ${rec.id} (${rec.path})`), rec.path, task, BigInt(rec.ino));
   },
 };

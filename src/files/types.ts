@@ -38,10 +38,16 @@ export interface FileOptions {
   fileLocks: boolean;
   /** files.deleted_max_bytes of the configuration: the most a deleted file's contents may take. */
   deletedMaxBytes: number;
+  /**
+   * --allow-changed-files (restore): a regular or mapped file whose size or mtime differs
+   * from the checkpoint's is used as it is, with a warning, instead of failing the restore.
+   */
+  allowChangedFiles: boolean;
 }
 
 export const DEFAULT_FILE_OPTIONS: FileOptions = Object.freeze({
   tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false, deletedMaxBytes: 64 * 1024 * 1024,
+  allowChangedFiles: false,
 });
 
 /** What a module's `dump` gets from the engine, besides the descriptor. */
@@ -88,6 +94,11 @@ export interface OpenContext {
    * by the records of one kind, e.g. the pipe created by the first of its ends.
    */
   scratch<T>(key: string): Map<string, T>;
+  /**
+   * Optional: where a module reports what the restore goes on despite (a changed file with
+   * --allow-changed-files), one line each; the engine logs them as warnings when set.
+   */
+  warn?(message: string): void;
 }
 
 /** What `installed` gets: the task whose descriptors were just installed. */

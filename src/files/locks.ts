@@ -1,0 +1,255 @@
+/**
+ * File locks held through the tree's open files (--file-locks), found from the "lock:" lines of
+ * /proc/PID/fdinfo/FD (proc(5), proc_locks(5)): the same format as /proc/locks,
+ * `N: CLASS ADVISORY TYPE PID MAJ:MIN:INO START END`, with END inclusive or "EOF".
+ *
+ * The kernel lists in a descriptor's fdinfo only the locks whose owner is that descriptor's open
+ * file or whose owner is the process reading through it and that were set through that open file:
+ * - flock(2) locks (FLOCK) and OFD locks (OFDLCK, fcntl(2) F_OFD_SETLK) belong to the open file
+ *   description: every descriptor of it, in any process, shows them, and they live as long as it.
+ * - POSIX record locks (POSIX, fcntl(2) F_SETLK) belong to a process (its descriptor table): they
+ *   show only in that process's fdinfo of the open file they were set through, are not inherited
+ *   by fork(2), and are all dropped when the process closes any descriptor of the file.
+ * A process blocked waiting for a lock (F_SETLKW, flock without LOCK_NB) holds nothing: it shows
+ * in no fdinfo, and it needs nothing here: the checkpoint interrupts its call, which restore
+ * restarts (ERESTARTSYS), so it waits again for the lock restored in its holder.
+ *
+ * Restore takes every lock back without waiting (LOCK_NB, F_SETLK, F_OFD_SETLK) through the
+ * task's own descriptor, once all its descriptors are installed: a POSIX lock by its owner
+ * (anything closing a descriptor of the file in that process before would drop it), flock and
+ * OFD locks by any holder of the open file (taking a lock the open file already holds again
+ * changes nothing).
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { FerryError } from '../errors.js';
+import { readProcText } from '../proc/read.js';
+import { parseStatus } from '../proc/status.js';
+import { SYS } from '../arch/x86-64.js';
+import type { DumpContext, FdDesc, FileOptions, TaskContext } from './types.js';
+
+/** One lock of an open file, as stored in its record. */
+export interface LockRecord {
+  /** 'flock': flock(2); 'ofd': fcntl F_OFD_SETLK; 'posix': fcntl F_SETLK, owned by `owner`. */
+  kind: 'flock' | 'ofd' | 'posix';
+  /** 'read' (flock: LOCK_SH) or 'write' (flock: LOCK_EX). */
+  type: 'read' | 'write';
+  /** First byte (decimal string: off_t is 64-bit). */
+  start: string;
+  /** Length in bytes, '0' = up to the end of the file and beyond (struct flock's l_len 0). */
+  len: string;
+  /** POSIX locks: the owning process, as the tree's pid namespace names it. */
+  owner?: number;
+}
+
+/** A parsed "lock:" line (pid as /proc shows it: ferry's namespace). */
+export interface LockLine {
+  cls: string;
+  type: string;
+  pid: number;
+  ino: bigint;
+  start: bigint;
+  /** Inclusive last byte, or null for EOF. */
+  end: bigint | null;
+  text: string;
+}
+
+const MAX_LOCKS = 4096;
+const OFF_MAX = (1n << 63n) - 1n;
+
+/** Parses one "lock:" value ("1: POSIX  ADVISORY  WRITE 7974 fe:00:2146501 5 14"). */
+export function parseLockLine(text: string): LockLine | undefined {
+  const m = /^\d+:\s+(?:->\s+)?(\S+)\s+(\S+)\s+(\S+)\s+(-?\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s+(\d+)\s+(\d+|EOF)\s*$/.exec(text.trim());
+  if (!m) return undefined;
+  return {
+    cls: m[1]!, type: m[3]!, pid: Number(m[4]), ino: BigInt(m[5]!), start: BigInt(m[6]!),
+    end: m[7] === 'EOF' ? null : BigInt(m[7]!), text: text.trim(),
+  };
+}
+
+/** The locks an fdinfo shows (parsed; an unparsable line is kept with cls '?'). */
+function fdinfoLocks(d: FdDesc): LockLine[] {
+  return (d.fdinfo.lines.get('lock') ?? []).map((t) => parseLockLine(t)
+    ?? { cls: '?', type: '?', pid: 0, ino: 0n, start: 0n, end: null, text: t });
+}
+
+/** "a POSIX write lock on bytes 5-14", "a flock exclusive lock". */
+function describe(l: LockLine): string {
+  const range = l.end === null ? (l.start === 0n ? 'the whole file' : `bytes ${l.start}-EOF`) : `bytes ${l.start}-${l.end}`;
+  switch (l.cls) {
+    case 'FLOCK': return `a flock ${l.type === 'WRITE' ? 'exclusive' : 'shared'} lock`;
+    case 'OFDLCK': return `an OFD ${l.type.toLowerCase()} lock on ${range}`;
+    case 'POSIX': return `a POSIX ${l.type.toLowerCase()} lock of pid ${l.pid} on ${range}`;
+    default: return `a lock '${l.text}'`;
+  }
+}
+
+const unsupported = (d: FdDesc, why: string): FerryError =>
+  new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${why})`);
+
+/**
+ * Refuses, before the tree is touched, a descriptor whose open file holds a lock, unless
+ * --file-locks; with it, refuses what cannot be taken back (leases, mandatory locks).
+ */
+export function precheckLocks(d: FdDesc, options: FileOptions): void {
+  const locks = fdinfoLocks(d);
+  if (locks.length === 0) return;
+  const first = locks[0]!;
+  if (!options.fileLocks) {
+    throw unsupported(d, `holds ${describe(first)}: checkpoint with --file-locks to keep file locks`);
+  }
+  for (const l of locks) {
+    if (!['FLOCK', 'OFDLCK', 'POSIX'].includes(l.cls) || !/^(READ|WRITE)$/.test(l.type) || !l.text.includes('ADVISORY')) {
+      throw unsupported(d, `holds ${describe(l)}, which ferry cannot restore (only flock, POSIX and OFD advisory locks)`);
+    }
+  }
+  if (locks.length > MAX_LOCKS) throw unsupported(d, `holds ${locks.length} locks, more than ${MAX_LOCKS}`);
+}
+
+/** A parsed line as a record; POSIX owners translated into the tree's pid namespace. */
+function toRecord(l: LockLine, owner?: number): LockRecord {
+  const len = l.end === null ? 0n : l.end - l.start + 1n;
+  const rec: LockRecord = {
+    kind: l.cls === 'FLOCK' ? 'flock' : l.cls === 'OFDLCK' ? 'ofd' : 'posix',
+    type: l.type === 'WRITE' ? 'write' : 'read',
+    start: l.start.toString(),
+    len: len.toString(),
+  };
+  if (owner !== undefined) rec.owner = owner;
+  return rec;
+}
+
+/** The id of host pid `pid` in its innermost pid namespace (the tree's). */
+function nsPid(pid: number): number {
+  return parseStatus(readProcText(pid, 'status')).nsPid.at(-1) ?? pid;
+}
+
+/**
+ * Every lock the open file behind `d` holds: its flock and OFD locks, and the POSIX locks each
+ * process of the tree holding it set through it (read from that process's own fdinfo).
+ */
+export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
+  if (!ctx.options.fileLocks) return [];
+  const out: LockRecord[] = [];
+  const own = fdinfoLocks(d);
+  for (const l of own) {
+    if (l.cls === 'FLOCK' || l.cls === 'OFDLCK') out.push(toRecord(l));
+    else if (l.cls === 'POSIX' && l.pid === d.pid) out.push(toRecord(l, nsPid(d.pid)));
+  }
+  // Other processes holding this open file may own POSIX locks set through it: each shows them
+  // in its own fdinfo only. Processes without a descriptor of the file are skipped cheaply.
+  const id = ctx.fileIdOf(d.pid, d.fd);
+  if (id === undefined || ctx.pids.size < 2 || !mayHavePosixLocks(d)) return out;
+  for (const pid of ctx.pids) {
+    if (pid === d.pid) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    const fd = fds.map(Number).find((n) => ctx.fileIdOf(pid, n) === id);
+    if (fd === undefined) continue;
+    const lines = (readProcText(pid, `fdinfo/${fd}`).match(/^lock:.*$/gm) ?? []).map((s) => parseLockLine(s.slice(5)));
+    for (const l of lines) if (l && l.cls === 'POSIX' && l.pid === pid) out.push(toRecord(l, nsPid(pid)));
+  }
+  if (out.length > MAX_LOCKS) throw unsupported(d, `holds ${out.length} locks, more than ${MAX_LOCKS}`);
+  return out;
+}
+
+/** /proc/locks (proc_locks(5)), or undefined when it cannot be read. */
+function procLocks(): string | undefined {
+  try {
+    return readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether /proc/locks lists any POSIX lock on the inode of `d` (one read instead of a scan of every process). */
+function mayHavePosixLocks(d: FdDesc): boolean {
+  const text = procLocks();
+  if (text === undefined) return true;
+  return text.split('\n').some((s) => {
+    const l = parseLockLine(s);
+    return l !== undefined && l.cls === 'POSIX' && l.ino === d.stat.ino;
+  });
+}
+
+/** Checks the shape of a record's locks (the image is untrusted input); throws naming the file. */
+export function validateLocks(locks: unknown, where: string): LockRecord[] {
+  if (locks === undefined) return [];
+  const bad = (why: string): never => { throw new FerryError('EIMAGE', `${where}: locks ${why}`); };
+  if (!Array.isArray(locks) || locks.length > MAX_LOCKS) bad(`must be an array of at most ${MAX_LOCKS}`);
+  for (const l of locks as unknown[]) {
+    if (typeof l !== 'object' || l === null) bad('must hold objects');
+    const r = l as Record<string, unknown>;
+    if (!['flock', 'ofd', 'posix'].includes(r.kind as string) || !['read', 'write'].includes(r.type as string)) bad('has an unknown kind or type');
+    for (const k of ['start', 'len']) {
+      if (typeof r[k] !== 'string' || !/^\d{1,19}$/.test(r[k]) || BigInt(r[k]) > OFF_MAX) bad(`has a bad ${k}`);
+    }
+    if (r.kind === 'posix' && !(Number.isSafeInteger(r.owner) && (r.owner as number) > 0)) bad('has a POSIX lock without owner');
+  }
+  return locks as LockRecord[];
+}
+
+const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
+const F_SETLK = 6, F_OFD_SETLK = 37, F_RDLCK = 0, F_WRLCK = 1, SEEK_SET = 0;
+const EAGAIN = 11, EACCES = 13;
+/** flock(2)'s number on x86-64 (not in the shared table). */
+const SYS_flock = 73;
+
+/** struct flock on x86-64: l_type, l_whence (short), l_start, l_len (off_t), l_pid (pid_t, 0 for OFD). */
+function structFlock(l: LockRecord): Buffer {
+  const b = Buffer.alloc(32);
+  b.writeInt16LE(l.type === 'write' ? F_WRLCK : F_RDLCK, 0);
+  b.writeInt16LE(SEEK_SET, 2);
+  b.writeBigInt64LE(BigInt(l.start), 8);
+  b.writeBigInt64LE(BigInt(l.len), 16);
+  return b;
+}
+
+/** Describes a record for messages: "POSIX write lock on bytes 5-14". */
+export function describeRecord(l: LockRecord): string {
+  const start = BigInt(l.start);
+  const len = BigInt(l.len);
+  const range = len === 0n ? (start === 0n ? 'the whole file' : `bytes ${start}-EOF`) : `bytes ${start}-${start + len - 1n}`;
+  if (l.kind === 'flock') return `flock ${l.type === 'write' ? 'exclusive' : 'shared'} lock`;
+  return `${l.kind === 'ofd' ? 'OFD' : 'POSIX'} ${l.type} lock on ${range}`;
+}
+
+/** Who holds a lock on inode `ino` now, from /proc/locks, for the message of a conflict. */
+function holders(ino: bigint | undefined): string {
+  if (ino === undefined) return '';
+  const text = procLocks() ?? '';
+  const pids = new Set<string>();
+  for (const s of text.split('\n')) {
+    const l = parseLockLine(s);
+    if (l && l.ino === ino && !s.includes('->')) pids.add(l.pid === -1 ? 'an OFD lock' : `pid ${l.pid}`);
+  }
+  return pids.size > 0 ? ` (held now by ${[...pids].join(', ')})` : '';
+}
+
+/**
+ * Takes back, in the task, the locks of a record installed at `task.fd`: flock and OFD locks
+ * always (per open file), POSIX locks only those the task owns. Throws naming the file and lock.
+ */
+export function restoreLocks(locks: readonly LockRecord[], path: string, task: TaskContext, ino?: bigint): void {
+  for (const l of locks) {
+    if (l.kind === 'posix' && l.owner !== task.pid) continue;
+    task.scratch.reset();
+    let r: bigint;
+    if (l.kind === 'flock') {
+      r = task.tracee.trySyscall(SYS_flock, task.fd, (l.type === 'write' ? LOCK_EX : LOCK_SH) | LOCK_NB);
+    } else {
+      const arg = task.scratch.put(structFlock(l));
+      r = task.tracee.trySyscall(SYS.fcntl, task.fd, l.kind === 'ofd' ? F_OFD_SETLK : F_SETLK, arg);
+    }
+    if (r < 0n) {
+      const errno = Number(-r);
+      const why = errno === EAGAIN || errno === EACCES
+        ? `another process holds a conflicting lock${holders(ino)}: release it and restore again`
+        : `errno ${errno}`;
+      throw new FerryError('ELOCK', `cannot take back the ${describeRecord(l)} of ${path} (fd ${task.fd} of pid ${task.pid}): ${why}`);
+    }
+  }
+}
