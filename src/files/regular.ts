@@ -96,6 +96,7 @@ export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<Fil
     for (const v of task.vmas) {
       const f = v.file;
       if (v.kind !== 'file' || !f || typeof f.mtimeNs !== 'string' || seen.has(f.path)) continue;
+      if (f.path.endsWith(' (deleted)') || f.path.startsWith('/memfd:')) continue; // restored from the image
       seen.add(f.path);
       checkUnchanged(f, `${root}${f.path}`, `file ${f.path} (mapped by pid ${task.pid} at ${v.start})`, options, warn);
     }
