@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds, type CollectedFiles } from '../files/collect.js';
+import { refuseLeaks } from '../files/leaks.js';
 import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
 import { hostFacts } from '../host.js';
 import {
@@ -149,7 +150,11 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   };
 
   try {
-    for (const p of live.slice(1)) checkSupported(describeFds(p.pid), fileOptions);
+    const descs = new Map(live.map((p) => [p.pid, describeFds(p.pid)]));
+    for (const p of live.slice(1)) checkSupported(descs.get(p.pid)!, fileOptions);
+    for (const l of refuseLeaks(descs)) {
+      log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
+    }
     for (const p of live) {
       for (const tid of p.tids) {
         sigmasks.set(tid, n.getSigmask(tid));

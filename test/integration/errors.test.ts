@@ -82,6 +82,28 @@ describe('bad input', { skip }, () => {
     untouched(kid);
   });
 
+  it('a pipe also held outside the tree is refused, naming both holders', async () => {
+    const dir = scratchDir();
+    // The parent keeps both ends of a pipe its child holds too, and stays outside the checkpoint.
+    const script = 'import os, sys, time\nr, w = os.pipe()\npid = os.fork()\nif pid == 0:\n    time.sleep(1000)\nprint(pid, r, flush=True)\ntime.sleep(1000)\n';
+    const parent = spawn('/usr/bin/python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'], detached: true, cwd: dir });
+    own(parent.pid!);
+    let out = '';
+    parent.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    await waitFor('the workload to print its child', () => out.includes('\n'));
+    const line = out.trim();
+    const m = /(\d+)\s+(\d+)/.exec(line);
+    assert.ok(m, `the workload printed its child and fd: ${line}`);
+    const child = Number(m[1]);
+    const rfd = Number(m[2]);
+    own(child);
+    const r = ferry(['checkpoint', '--pid', String(child), '--image', join(dir, 'x.tar')]);
+    assert.equal(r.code, 1);
+    assert.match(oneLine(r.stderr), new RegExp(`pid ${child} fd ${rfd} -> pipe:\\[\\d+\\] is also held outside the checkpointed tree, by pid ${parent.pid} \\(python3\\) fd \\d+: restoring would split it`));
+    assert.ok(!existsSync(join(dir, 'x.tar')), 'no partial image');
+    untouched(child);
+  });
+
   it('an unsupported descriptor is refused before the process is touched', async () => {
     const w = await startWorkload(join(WORKLOADS, 'counter'), ['50'], { stderr: 'pipe' });
     const r = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
