@@ -96,7 +96,12 @@ export const ERESTARTSYS = 512, ERESTARTNOINTR = 513, ERESTARTNOHAND = 514,
   ERESTART_RESTARTBLOCK = 516;
 
 /** ptrace(2) constants. */
-export const PTRACE_O_EXITKILL = 0x100000, PTRACE_EVENT_STOP = 128;
+export const PTRACE_O_EXITKILL = 0x100000, PTRACE_O_SUSPEND_SECCOMP = 0x200000, PTRACE_EVENT_STOP = 128;
+/**
+ * Options of every task ferry rebuilds: it dies if ferry dies, and its seccomp filters (once
+ * installed) do not see the syscalls ferry injects.
+ */
+export const RESTORE_TRACE_OPTIONS = PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP;
 
 /** Signals: 1..64; SIGKILL and SIGSTOP cannot be caught. */
 export const NSIG = 64, SIGKILL = 9, SIGSTOP = 19, SIGTRAP = 5, SIGCONT = 18;

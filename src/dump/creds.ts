@@ -8,9 +8,9 @@
  * PR_GET_SECUREBITS, PR_GET_PDEATHSIG and sched_getscheduler(0) (for SCHED_RESET_ON_FORK) in
  * each thread, PR_GET_DUMPABLE and PR_GET_CHILD_SUBREAPER in the main thread (prctl(2)).
  *
- * Refused (restore could not bring them back): seccomp strict mode, SCHED_DEADLINE, and a
- * thread with seccomp filters but neither no_new_privs nor CAP_SYS_ADMIN (restore installs
- * filters last, with the task's own credentials, and the kernel demands one of the two).
+ * Refused (restore could not bring them back): seccomp strict mode and SCHED_DEADLINE. Seccomp
+ * filters need neither no_new_privs nor CAP_SYS_ADMIN of the task: restore installs them while
+ * the task still has every capability (restore/creds.ts).
  */
 import { MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
@@ -124,9 +124,6 @@ export function readCreds(main: Tracee, others: readonly Tracee[]): CredsRecord 
       return [v[0]!, v[1]!, v[2]!, v[3]!];
     };
     const seccomp = st.seccomp === 2 ? readFilters(tid) : [];
-    if (seccomp.length > 0 && !st.noNewPrivs && ((st.capEff >> BigInt(CAP_SYS_ADMIN)) & 1n) === 0n) {
-      throw new FerryError('EUNSUPPORTED', `pid ${pid}: thread ${tid} has seccomp filters but neither no_new_privs nor CAP_SYS_ADMIN, so they could not be installed again with its own credentials (the process was left running)`);
-    }
     return {
       tid,
       uids: quad(st.uid, 'Uid'),

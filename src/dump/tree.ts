@@ -13,6 +13,7 @@
  * process group whose leader is outside the tree and is not the root's.
  */
 import { readlinkSync } from 'node:fs';
+import { PTRACE_O_SUSPEND_SECCOMP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -89,7 +90,8 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
       return true;
     }
     try {
-      n.seize(tid, 0);
+      // Its seccomp filters must not see the syscalls ferry injects.
+      n.seize(tid, PTRACE_O_SUSPEND_SECCOMP);
     } catch (err) {
       const code = errnoCode(err);
       if (code === 'ESRCH' || (code === 'EPERM' && isZombie(tid))) return false; // exited meanwhile

@@ -209,6 +209,26 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     }
   }
 
+  // --- Seccomp filters, in their original order, while the task still has CAP_SYS_ADMIN (no
+  // no_new_privs needed). Every tracee runs with PTRACE_O_SUSPEND_SECCOMP, so the filters do
+  // not see the syscalls ferry still injects; they apply from the moment it detaches.
+  tracees.forEach((t, i) => {
+    const c = creds.threads[i]!;
+    c.seccomp.forEach((idx, k) => {
+      s.reset();
+      const prog = programs[idx]!;
+      const progAt = s.put(prog);
+      const fprog = Buffer.alloc(16); // struct sock_fprog { u16 len; struct sock_filter *filter; }
+      fprog.writeUInt16LE(prog.length / 8, 0);
+      fprog.writeBigUInt64LE(progAt, 8);
+      const fprogAt = s.put(fprog);
+      const flags = creds.seccompFilters[idx]!.flags;
+      run(t, `installing seccomp filter ${k + 1} of ${c.seccomp.length}`, viaPrctl[i]![k]
+        ? [SYS.prctl, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprogAt, 0, 0]
+        : [SYS.seccomp, SECCOMP_SET_MODE_FILTER, flags, fprogAt]);
+    });
+  });
+
   // --- 2 and 3. Per thread: scheduling, affinity, then credentials -------------------------
   tracees.forEach((t, i) => {
     const c = creds.threads[i]!;
@@ -228,24 +248,11 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
   if (creds.dumpable === 0 || creds.dumpable === 1) run(main, `PR_SET_DUMPABLE ${creds.dumpable}`, [SYS.prctl, PR_SET_DUMPABLE, creds.dumpable, 0, 0, 0]);
   // 2 (suid_dumpable) cannot be set by prctl; the kernel set fs.suid_dumpable with the uid change.
 
-  // --- 5. Per thread: parent-death signal, no_new_privs, seccomp last ----------------------
+  // --- 5. Per thread: parent-death signal, no_new_privs -------------------------------------
   tracees.forEach((t, i) => {
     const c = creds.threads[i]!;
     if (c.pdeathsig !== 0 && !isRoot) run(t, `PR_SET_PDEATHSIG ${c.pdeathsig}`, [SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0]);
     if (c.noNewPrivs) run(t, 'PR_SET_NO_NEW_PRIVS', [SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]);
-    c.seccomp.forEach((idx, k) => {
-      s.reset();
-      const prog = programs[idx]!;
-      const progAt = s.put(prog);
-      const fprog = Buffer.alloc(16); // struct sock_fprog { u16 len; struct sock_filter *filter; }
-      fprog.writeUInt16LE(prog.length / 8, 0);
-      fprog.writeBigUInt64LE(progAt, 8);
-      const fprogAt = s.put(fprog);
-      const flags = creds.seccompFilters[idx]!.flags;
-      run(t, `installing seccomp filter ${k + 1} of ${c.seccomp.length}`, viaPrctl[i]![k]
-        ? [SYS.prctl, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprogAt, 0, 0]
-        : [SYS.seccomp, SECCOMP_SET_MODE_FILTER, flags, fprogAt]);
-    });
   });
 }
 

@@ -5,7 +5,7 @@
  */
 import { readdirSync } from 'node:fs';
 import {
-  decodeRegs, encodeRegs, KSIGACTION_SIZE, NSIG, PR_SET_NAME, REG_NAMES, rewindInterruptedSyscall,
+  decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, NSIG, PR_SET_NAME, REG_NAMES, rewindInterruptedSyscall,
   SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
@@ -114,7 +114,7 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
       // clone3 returns the id in the task's namespace; ptrace needs ferry's.
       const tid = newEntry(`/proc/${main.pid}/task`, known);
       known.add(tid);
-      n.seize(tid, 0);
+      n.seize(tid, RESTORE_TRACE_OPTIONS);
       n.interrupt(tid);
       const st = n.waitpid(tid);
       if (!st?.stopped) throw new FerryError('ESPAWN', `thread ${tid} of pid ${task.pid} died while being created`);

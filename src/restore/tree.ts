@@ -13,7 +13,7 @@
  * made to exit with their status: their parent reaps them after restore.
  */
 import {
-  decodeRegs, encodeRegs, PTRACE_O_EXITKILL, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
+  decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
 } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord, TreeRecord } from '../image/records.js';
@@ -73,7 +73,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     }
     const root = new Tracee(pid, pid);
     created.stubs.set(rootRec.pid, root);
-    n.setOptions(pid, PTRACE_O_EXITKILL);
+    n.setOptions(pid, RESTORE_TRACE_OPTIONS);
     n.setSigmask(pid, ALL_SIGNALS); // children and threads inherit it
     useStubGadget(root, parseMaps(readProcText(pid, 'maps')));
     // A stub must not ignore SIGCHLD (ignored dispositions survive execve): its zombie
@@ -153,7 +153,7 @@ function fork(parent: Tracee, pid: number): Tracee {
   n.interrupt(host);
   const st = n.waitpid(host);
   if (!st?.stopped) throw new FerryError('ESPAWN', `pid ${pid} (child of ${parent.pid}) died while being created`);
-  n.setOptions(host, PTRACE_O_EXITKILL);
+  n.setOptions(host, RESTORE_TRACE_OPTIONS);
   const child = new Tracee(host, host);
   child.gadget = parent.gadget;
   return child;
