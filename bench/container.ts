@@ -1,0 +1,186 @@
+/**
+ * Checkpoint and restore of a runc container holding SIZE_MIB of dirty anonymous memory
+ * (build/bench/ctrmem, static, copied into a busybox rootfs), through the container library as
+ * `ferry checkpoint ID` and `ferry restore ID` run it, printed next to the raw limits measured
+ * in the same run:
+ *   read limit     process_vm_readv of the container's own memory, in the same chunk size;
+ *   write limit    writing the same bytes to a file next to the image, with the fsync the dump
+ *                  does (best of one run before and one after the checkpoint), and without;
+ *   restore limit  the slower of reading the image file and writing the same amount into
+ *                  never-touched memory through /proc/PID/mem (a ctrmem outside any container).
+ * Frozen is the time the container's tasks were stopped during the checkpoint; downtime is
+ * from the freeze to the restored container running again (checkpoint, then restore, back to
+ * back, as a migration to the same host would do it).
+ *
+ * Usage: node dist/bench/container.js [SIZE_MIB=256] [DIR=/var/tmp]
+ * Needs root, runc, busybox-static and a built tree (npm run build). Whatever happens, its
+ * containers are deleted and its directory removed.
+ */
+import { execSync, spawn, spawnSync } from 'node:child_process';
+import { closeSync, copyFileSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import pino from 'pino';
+import { loadConfig } from '../src/config/config.js';
+import { checkpointContainer } from '../src/container/checkpoint.js';
+import { restoreContainer } from '../src/container/restore.js';
+import { Runtime } from '../src/container/runtime.js';
+import { native, PACKAGE_ROOT } from '../src/native/binding.js';
+import { parseMaps } from '../src/proc/maps.js';
+
+const sizeMib = Number(process.argv[2] ?? 256);
+const dir = mkdtempSync(join(process.argv[3] ?? '/var/tmp', 'ferry-bench-ctr-'));
+const config = loadConfig({});
+const logger = pino({ level: 'silent' });
+const chunk = config.image.chunkSize;
+const CTRMEM = join(PACKAGE_ROOT, 'build', 'bench', 'ctrmem');
+const ID = `ferry-bench-${process.pid}`;
+const state = join(dir, 'runc');
+const runc = new Runtime('runc', state);
+
+const mbps = (bytes: number, ms: number): number => bytes / 1048576 / (ms / 1000);
+const fmt = (v: number): string => v.toFixed(0).padStart(6);
+const pct = (a: number, b: number): string => `${(a / b * 100).toFixed(0)}%`.padStart(4);
+const ms = (v: number): string => `${v.toFixed(0)} ms`;
+
+async function waitForText(file: string, text: string, what: string): Promise<void> {
+  for (let i = 0; i < 1200; i++) {
+    if (readFileSync(file, 'utf8').includes(text)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A bundle whose rootfs is busybox plus ctrmem, running `ctrmem SIZE_MIB`. */
+function makeBundle(): string {
+  const bundle = join(dir, 'bundle');
+  const rootfs = join(bundle, 'rootfs');
+  for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
+  copyFileSync('/bin/busybox', join(rootfs, 'bin', 'busybox'));
+  symlinkSync('busybox', join(rootfs, 'bin', 'sh'));
+  // ctrmem sits at its host path inside the rootfs too: the dump stats a mapped file by the path
+  // /proc/PID/maps shows, resolved on the host, not in the container (src/dump/memory.ts).
+  mkdirSync(join(rootfs, dirname(CTRMEM)), { recursive: true });
+  execSync(`cp -p ${CTRMEM} ${join(rootfs, CTRMEM)} && chmod 755 ${join(rootfs, 'bin', 'busybox')}`);
+  const spec = spawnSync(runc.path, ['spec', '--bundle', bundle], { encoding: 'utf8' });
+  if (spec.status !== 0) throw new Error(`runc spec: ${spec.stderr}`);
+  const c = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as Record<string, any>;
+  c.process.terminal = false;
+  c.process.args = [CTRMEM, String(sizeMib)];
+  writeFileSync(join(bundle, 'config.json'), JSON.stringify(c));
+  return bundle;
+}
+
+/** The container's big area: its largest anonymous mapping. */
+function bigArea(pid: number): { start: number; len: number } {
+  const v = parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')).filter((m) => m.inode === 0n && m.path === '')
+    .sort((a, b) => Number((b.end - b.start) - (a.end - a.start)))[0]!;
+  return { start: Number(v.start), len: Number(v.end - v.start) };
+}
+
+function readLimit(pid: number): number {
+  const { start, len } = bigArea(pid);
+  const buf = Buffer.allocUnsafe(chunk);
+  const t = performance.now();
+  for (let off = 0; off < len; off += chunk) native().readMemory(pid, new Float64Array([start + off, Math.min(chunk, len - off)]), buf);
+  return mbps(len, performance.now() - t);
+}
+
+function writeLimit(data: Buffer, sync: boolean): number {
+  execSync('sync'); // each run starts with no dirty pages of ours
+  const path = join(dir, 'raw-write');
+  const t = performance.now();
+  const fd = openSync(path, 'w');
+  for (let off = 0; off < data.length; off += chunk) writeSync(fd, data, off, Math.min(chunk, data.length - off));
+  if (sync) fsyncSync(fd);
+  closeSync(fd);
+  const r = mbps(data.length, performance.now() - t);
+  rmSync(path);
+  return r;
+}
+
+function fileReadLimit(path: string): number {
+  const buf = Buffer.allocUnsafe(chunk);
+  const fd = openSync(path, 'r');
+  const t = performance.now();
+  let total = 0;
+  for (let n; (n = readSync(fd, buf, 0, chunk, null)) > 0;) total += n;
+  closeSync(fd);
+  return mbps(total, performance.now() - t);
+}
+
+/** /proc/PID/mem writes into never-touched memory of a ctrmem outside any container. */
+async function memWriteLimit(): Promise<number> {
+  const log = join(dir, 'untouched.log');
+  const fd = openSync(log, 'w');
+  const child = spawn(CTRMEM, [String(sizeMib), 'untouched'], { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  try {
+    await waitForText(log, 'ready', 'the untouched ctrmem');
+    const { start, len } = bigArea(child.pid!);
+    const buf = Buffer.alloc(chunk, 0x33);
+    const mem = openSync(`/proc/${child.pid}/mem`, 'r+');
+    const t = performance.now();
+    for (let off = 0; off < len; off += chunk) writeSync(mem, buf, 0, Math.min(chunk, len - off), start + off);
+    const r = mbps(len, performance.now() - t);
+    closeSync(mem);
+    return r;
+  } finally {
+    child.kill('SIGKILL');
+  }
+}
+
+async function main(): Promise<void> {
+  try {
+    const bundle = makeBundle();
+    const log = join(dir, 'ctrmem.log');
+    const out = openSync(log, 'a');
+    const run = spawnSync(runc.path, ['--root', state, 'run', '-d', '--bundle', bundle, ID], { stdio: ['ignore', out, out], timeout: 60000 });
+    closeSync(out);
+    if (run.status !== 0) throw new Error(`runc run failed: ${readFileSync(log, 'utf8').trim()}`);
+    await waitForText(log, 'ready', 'the container to dirty its memory');
+    const pid = runc.state(ID).pid;
+
+    const read = readLimit(pid);
+    const { start, len } = bigArea(pid);
+    let same: Buffer | undefined = Buffer.allocUnsafe(len); // the bytes the dump will write
+    native().readMemory(pid, new Float64Array([start, len]), same);
+    writeLimit(same, false); // warm-up: the first large write of a run is slower
+    const cacheWrite = writeLimit(same, false);
+    const writeA = writeLimit(same, true);
+    const memWrite = await memWriteLimit();
+    execSync('sync');
+
+    const image = join(dir, 'ctr.tar');
+    const t0 = performance.now();
+    const cp = await checkpointContainer({ id: ID, runtime: 'runc', root: state, image, leaveRunning: false, config, logger });
+    const rs = await restoreContainer({ id: ID, runtime: 'runc', root: state, image, config, logger });
+    const downtime = performance.now() - t0; // from just before the freeze (runc state, config) to running again
+    const write = Math.max(writeA, writeLimit(same, true));
+    same = undefined;
+    const fileRead = fileReadLimit(image);
+
+    process.kill(runc.state(ID).pid, 'SIGUSR1');
+    await waitForText(log, 'PASS', 'the restored container to check its memory').catch(() => undefined);
+    const verified = /^PASS$/m.test(readFileSync(log, 'utf8')) ? 'PASS' : 'FAIL';
+
+    const dump = mbps(cp.pagesBytes, cp.totalMs);
+    const rest = mbps(rs.pagesBytes, rs.restoreMs);
+    const dumpLimit = Math.min(read, write);
+    const restoreLimit = Math.min(fileRead, memWrite);
+    console.log(`ferry bench:container: runc container with ${sizeMib} MiB of dirty anonymous memory, chunk ${chunk >> 20} MiB, image in ${dir}`);
+    console.log(`raw limits  process_vm_readv ${fmt(read)} MB/s   file write+fsync ${fmt(write)} MB/s   file write (page cache) ${fmt(cacheWrite)} MB/s`);
+    console.log(`            image file read  ${fmt(fileRead)} MB/s   /proc/PID/mem write into fresh memory ${fmt(memWrite)} MB/s`);
+    console.log(`checkpoint  ${ms(cp.totalMs).padStart(8)}  ${fmt(dump)} MB/s = ${pct(dump, dumpLimit)} of min(process_vm_readv, write+fsync) ${fmt(dumpLimit)} MB/s; ${pct(dump, Math.min(read, cacheWrite))} of min(process_vm_readv, page-cache write)`);
+    console.log(`restore     ${ms(rs.totalMs).padStart(8)}  ${fmt(rest)} MB/s = ${pct(rest, restoreLimit)} of min(image read, /proc/PID/mem write) ${fmt(restoreLimit)} MB/s (rebuild ${ms(rs.restoreMs)}, verification ${ms(rs.verifyMs)} before)`);
+    console.log(`frozen      ${ms(cp.frozenMs).padStart(8)}  (raw: ${ms(len / 1048576 / Math.min(read, write) * 1000)} to read and write+fsync ${(len / 1048576).toFixed(0)} MiB once)`);
+    console.log(`downtime    ${ms(downtime).padStart(8)}  checkpoint then restore, back to back: stopped to running again (raw: ${ms(len / 1048576 / dumpLimit * 1000 + len / 1048576 / restoreLimit * 1000)} for both limits back to back)`);
+    console.log(`image       ${(statSync(image).size / 1048576).toFixed(1)} MiB for ${(cp.pagesBytes / 1048576).toFixed(1)} MiB of pages`);
+    console.log(`restored container verified its memory: ${verified}`);
+    if (verified !== 'PASS') process.exitCode = 1;
+  } finally {
+    try { runc.run(['delete', '--force', ID], `container ${ID}`); } catch { /* never made, or gone */ }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
