@@ -8,8 +8,8 @@
  *
  * The podman containers are given --ulimit values within this machine's hard limits: ferry's
  * host lacks CAP_SYS_RESOURCE in its bounding set, so podman's defaults (nofile 1048576)
- * cannot be set here. The checkpointed container runs with seccomp=unconfined: podman's
- * default filter without no_new_privs could not be installed again (ferry refuses it).
+ * cannot be set here. The checkpointed container runs with seccomp=unconfined, which keeps
+ * this test about the hook (podman's default filter is the podman test's business).
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
