@@ -138,7 +138,9 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       }
       Object.assign(rec, mapped);
       if (kind === 'file') {
-        const st = statSync(v.deleted ? mapFiles : v.path, { bigint: true });
+        // Through map_files: the file as the process maps it, even when its path is only
+        // valid inside its mount namespace (a container's binary).
+        const st = statSync(mapFiles, { bigint: true });
         rec.file = {
           path: v.path, offset: hex(v.offset), dev: `${v.major}:${v.minor}`, ino: v.inode.toString(),
           size: Number(st.size), mtimeNs: st.mtimeNs.toString(),
