@@ -14,6 +14,7 @@ import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
 import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
+import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { hostFacts } from '../host.js';
 import { checkCompatibility } from '../image/manifest.js';
@@ -56,6 +57,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!o.makeRoot) {
       for (const p of tree.processes) await assertPidFree(p.pid);
       checkFiles(files.files, undefined, inherit);
+      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m));
     }
 
     const tStart = performance.now();
@@ -65,7 +67,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     let pagesBytes = 0;
     let hostPid = 0;
     try {
-      if (made) checkFiles(files.files, made.fileRoot, inherit);
+      if (made) {
+        checkFiles(files.files, made.fileRoot, inherit);
+        checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m), made.fileRoot);
+      }
       const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit);
       try {
         const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
