@@ -95,9 +95,32 @@ Napi::Value OpenRaw(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+// asyncOwner(fd) -> {type, pid, sig}: who gets SIGIO for an O_ASYNC file (F_GETOWN_EX, ids
+// in this process's pid namespace) and with which signal (F_GETSIG, 0 = SIGIO).
+Napi::Value AsyncOwner(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  struct f_owner_ex owner = {};
+  if (fcntl(static_cast<int>(fd), F_GETOWN_EX, &owner) < 0) {
+    ThrowErrno(info.Env(), "fcntl(F_GETOWN_EX)", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  int sig = fcntl(static_cast<int>(fd), F_GETSIG);
+  if (sig < 0) {
+    ThrowErrno(info.Env(), "fcntl(F_GETSIG)", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("type", static_cast<int>(owner.type));
+  out.Set("pid", owner.pid);
+  out.Set("sig", sig);
+  return out;
+}
+
 }  // namespace
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
+  exports.Set("asyncOwner", Napi::Function::New(env, AsyncOwner));
   exports.Set("kcmp", Napi::Function::New(env, Kcmp));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd));

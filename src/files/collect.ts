@@ -9,6 +9,7 @@ import { native } from '../native/binding.js';
 import { parseFdinfo } from '../proc/fdinfo.js';
 import { fdCloexec } from '../proc/fdinfo.js';
 import { listFds, readProcText } from '../proc/read.js';
+import { parseStatus } from '../proc/status.js';
 import { kindOf } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, type DumpContext, type FdDesc, type FileKind, type FileOptions } from './types.js';
 
@@ -24,7 +25,9 @@ export function describeFds(pid: number): FdDesc[] {
       const link = readlinkSync(path);
       const stat = statSync(path, { bigint: true });
       const fdinfo = parseFdinfo(readProcText(pid, `fdinfo/${fd}`));
-      out.push({ pid, fd, link, stat, fdinfo });
+      const async = (fdinfo.flags & O_ASYNC) !== 0;
+      fdinfo.flags &= ~O_ASYNC;
+      out.push({ pid, fd, link, stat, fdinfo, ...(async ? { async } : {}) });
     } catch (err) {
       if (errnoCode(err) === 'ENOENT') continue;
       throw err;
@@ -127,6 +130,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       // of its own for (runc's descriptors.json: the container's stdio pipes).
       const rec = { ...kind.dump(desc, ctx), id, kind: kind.kind, link: desc.link } as FileRecord;
       if (typeof rec.path === 'string' && rootedInTask(desc, mounts)) rec.root = 'task';
+      if (desc.async) rec.async = asyncOwner(desc, grab(desc, grabbed));
       files.push(rec);
     });
   } catch (err) {
@@ -151,6 +155,27 @@ function rootedInTask(d: FdDesc, mounts: Map<number, ReadonlySet<number> | null>
     mounts.set(d.pid, ids);
   }
   return ids !== null && ids.has(d.fdinfo.mntId);
+}
+
+/** O_ASYNC: fcntl(2) F_SETOWN/F_SETSIG state of an open file. */
+const O_ASYNC = 0o20000;
+
+/**
+ * Who gets the file's SIGIO and which signal: F_GETOWN_EX/F_GETSIG of the grabbed copy (the
+ * same open file), the owner's id translated into its own (innermost) pid namespace, which is
+ * the tree's when the owner is in the tree.
+ */
+function asyncOwner(d: FdDesc, fd: number): { type: number; pid: number; sig: number } {
+  const o = native().asyncOwner(fd);
+  let pid = o.pid;
+  if (pid > 0) {
+    try {
+      pid = parseStatus(readProcText(pid, 'status')).nsPid.at(-1) ?? pid;
+    } catch {
+      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (its SIGIO owner ${o.pid} does not exist)`);
+    }
+  }
+  return { type: o.type, pid, sig: o.sig };
 }
 
 /** pidfd_getfd of `d` into the controller, once per descriptor. */

@@ -80,7 +80,6 @@ const REPAIR_CHUNK = 32768;
 const MAX_DATAGRAM = 65536, MAX_DATAGRAMS = 100000;
 /** Status flags kept (O_CLOEXEC is per descriptor). */
 const KEPT_FLAGS = O_NONBLOCK;
-const O_ASYNC = 0o20000;
 
 type Proto = 'tcp' | 'udp';
 type Family = 'ipv4' | 'ipv6';
@@ -513,9 +512,6 @@ function dumpInet(d: FdDesc, ctx: DumpContext): Omit<InetRecord, 'id' | 'kind'> 
   const p = protoOf(d);
   if (!p) throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (not a TCP or UDP socket)`);
   const { family, proto } = p;
-  if ((d.fdinfo.flags & O_ASYNC) !== 0) {
-    throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (O_ASYNC sockets cannot be checkpointed yet)`);
-  }
   const n = native();
   const g = ctx.grab(d);
   let local: Endpoint | null = null, remote: Endpoint | null = null;

@@ -138,10 +138,30 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
   const lowest = new Map<number, number>();
   for (const rec of sorted) if (!lowest.has(rec.file)) lowest.set(rec.file, rec.fd);
   for (const [fileId, fd] of lowest) {
+    const async = files.ctx.record(fileId)?.async as { type: number; pid: number; sig: number } | undefined;
+    if (async) restoreAsync(t, scratch, fd, async);
+  }
+  for (const [fileId, fd] of lowest) {
     const record = files.ctx.record(fileId);
     const kind = record && kindByName(record.kind);
     if (!record || !kind?.installed) continue;
     scratch.reset();
     kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), open: files.ctx });
   }
+}
+
+const F_GETFL = 3, F_SETFL = 4, F_SETSIG = 10, F_SETOWN_EX = 15, O_ASYNC = 0o20000;
+
+/**
+ * O_ASYNC with its owner and signal (the open file's SIGIO state), set by the task on its own
+ * descriptor: the owner id is in the task's pid namespace.
+ */
+function restoreAsync(t: Tracee, scratch: Scratch, fd: number, a: { type: number; pid: number; sig: number }): void {
+  scratch.reset();
+  const owner = Buffer.alloc(8); // struct f_owner_ex { int type; pid_t pid; }
+  owner.writeInt32LE(a.type, 0);
+  owner.writeInt32LE(a.pid, 4);
+  const ownerAt = scratch.put(owner);
+  const [flags] = t.syscalls([[SYS.fcntl, fd, F_GETFL], [SYS.fcntl, fd, F_SETOWN_EX, ownerAt], [SYS.fcntl, fd, F_SETSIG, a.sig]]);
+  t.syscall(SYS.fcntl, fd, F_SETFL, Number(flags!) | O_ASYNC);
 }

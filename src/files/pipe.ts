@@ -27,8 +27,6 @@ import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH
 import type { FdDesc, FileKind, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2;
-/** fcntl(2) O_ASYNC: SIGIO delivery needs F_SETOWN/F_SETSIG state this module does not keep. */
-const O_ASYNC = 0o20000;
 /** Status flags F_SETFL can change (fcntl(2)); the access mode comes from how the file is opened. */
 const SETFL_FLAGS = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME;
 /** splice.h */
@@ -68,10 +66,6 @@ export interface FifoRecord extends FileRecord, PipeState {
 /** Reads capacity and buffered data of the pipe behind `d` without consuming anything. */
 function dumpState(d: FdDesc, storeData: boolean): PipeState {
   const what = `${d.link.startsWith('/') ? 'fifo' : 'pipe'} fd ${d.fd} of pid ${d.pid} (${d.link})`;
-  if ((d.fdinfo.flags & O_ASYNC) !== 0) {
-    throw new FerryError('EUNSUPPORTED',
-      `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (O_ASYNC pipes cannot be checkpointed yet)`);
-  }
   const flags = d.fdinfo.flags & ~O_CLOEXEC;
   const n = native();
   try {

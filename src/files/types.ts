@@ -16,8 +16,13 @@ export interface FdDesc {
   link: string;
   /** stat(/proc/PID/fd/FD): the file behind the descriptor. */
   stat: BigIntStats;
-  /** Parsed /proc/PID/fdinfo/FD. */
+  /** Parsed /proc/PID/fdinfo/FD; O_ASYNC is taken out of its flags (see `async`). */
   fdinfo: Fdinfo;
+  /**
+   * The open file has O_ASYNC (SIGIO to an owner): the engine keeps the owner and signal for
+   * every kind (FileRecord `async`) and sets them again after installing; modules never see it.
+   */
+  async?: boolean;
 }
 
 /** Returned by `open` when the file cannot be created yet (waits for another file). */

@@ -53,8 +53,6 @@ const MSG_CTRUNC = 0x8, MSG_TRUNC = 0x20;
 /** sk_shutdown bits (UNIX_DIAG_SHUTDOWN) and shutdown(2) `how`. */
 const RCV_SHUTDOWN = 1, SEND_SHUTDOWN = 2;
 const SHUT_RD = 0, SHUT_WR = 1, SHUT_RDWR = 2;
-/** fcntl(2) O_ASYNC: SIGIO delivery needs F_SETOWN/F_SETSIG state this module does not keep. */
-const O_ASYNC = 0o20000;
 /** Largest message (and read chunk) peeked at dump. */
 const PEEK_MAX = 1 << 20;
 /** Largest queue accepted from an image for one socket. */
@@ -298,7 +296,6 @@ function dumpUnix(desc: FdDesc, ctx: DumpContext): UnixFields {
   };
   if (!d) return refuse('a unix socket sock_diag does not know: another network namespace?');
   const type = typeName(d.type) ?? refuse(`unix socket of type ${d.type}`);
-  if ((desc.fdinfo.flags & O_ASYNC) !== 0) refuse('O_ASYNC unix sockets cannot be checkpointed yet');
   const n = native();
   const g = ctx.grab(desc);
   const opt = (o: number): number => n.unixGetOpt(g, SOL_SOCKET, o);

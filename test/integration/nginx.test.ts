@@ -18,13 +18,6 @@ import { needs } from '../helpers/env.js';
 import { alive, cleanup, ferry, own, procState, scratchDir, sleep, waitFor } from '../helpers/processes.js';
 
 const NGINX = '/usr/sbin/nginx';
-/**
- * nginx's master sets O_ASYNC and F_SETOWN on its end of each worker's channel socketpair
- * (SIGIO on a message), and src/files/unix.ts refuses O_ASYNC sockets (it keeps no
- * F_SETOWN_EX/F_SETSIG state) with "O_ASYNC unix sockets cannot be checkpointed yet". With that
- * refusal lifted, both tests pass: drop this once unix.ts keeps the owner and signal.
- */
-const TODO = 'unix.ts refuses the O_ASYNC channel sockets of the nginx master';
 const skip = needs('root', 'build') || (existsSync(NGINX) ? false : `needs ${NGINX} (apt-get install nginx; .ci/setup installs it)`);
 after(cleanup);
 
@@ -131,7 +124,7 @@ function restore(image: string): number[] {
 }
 
 describe('nginx (master and two workers)', { skip }, () => {
-  it('serves again from the same master and workers after checkpoint and restore, three cycles', { todo: TODO }, async () => {
+  it('serves again from the same master and workers after checkpoint and restore, three cycles', async () => {
     const n = await startNginx();
     const all = [n.master, ...n.workers];
     const image = join(n.dir, 'nginx.tar');
@@ -147,7 +140,7 @@ describe('nginx (master and two workers)', { skip }, () => {
     assert.ok(all.every((p) => procState(p).tracer === 0));
   });
 
-  it('--leave-running: the original serves on; the image restores after it is stopped', { todo: TODO }, async () => {
+  it('--leave-running: the original serves on; the image restores after it is stopped', async () => {
     const n = await startNginx();
     const all = [n.master, ...n.workers];
     const image = join(n.dir, 'nginx.tar');
