@@ -15,6 +15,7 @@ import { checkpoint } from '../dump/checkpoint.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { native } from '../native/binding.js';
 import { freezerOf, isFrozen } from './cgroup.js';
+import { DEVSHM_ENTRY, readDevShm } from './devshm.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
 import { Runtime } from './runtime.js';
 
@@ -88,7 +89,11 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       pid: state.pid,
       pidNamespace: readlinkSync(`/proc/${state.pid}/ns/pid`),
       preseized,
-      extraEntries: [{ name: CONTAINER_ENTRY, value: record }],
+      extraEntries: [
+        { name: CONTAINER_ENTRY, value: record },
+        // Read now: every thread of the container is stopped.
+        { name: DEVSHM_ENTRY, value: readDevShm(state.pid, o.id, o.config.files.deletedMaxBytes) },
+      ],
     });
   } catch (err) {
     letGo(); // the tree's own release already did this; threads it never reached are let go here

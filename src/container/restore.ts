@@ -26,6 +26,7 @@ import { restore } from '../restore/restore.js';
 import { useStubGadget } from '../restore/address-space.js';
 import { Tracee } from '../task/tracee.js';
 import { readConfig, rootfsOf, type OciConfig } from './checkpoint.js';
+import { DEVSHM_ENTRY, writeDevShm, type DevShmRecord } from './devshm.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
 import { Runtime } from './runtime.js';
 
@@ -134,6 +135,10 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
     rt.run(['start', o.id], `container ${o.id}`);
     const pid = Number(readFileSync(join(work, 'pid'), 'utf8').trim());
     const stub = await seizeStub(pid, o.id);
+    // POSIX shared memory the processes map by path must be there before they are rebuilt.
+    if (image.manifest.entries.some((e) => e.name === DEVSHM_ENTRY)) {
+      writeDevShm(pid, validateDevShm(await image.readJson(DEVSHM_ENTRY)));
+    }
     // Move the pidfd above every descriptor of the image and close the rest (stdio, the stub).
     const top = maxFd + 1;
     const at = Number(stub.syscall(SYS.fcntl, 4, F_DUPFD_CLOEXEC, top));
@@ -185,4 +190,15 @@ function checkBundle(config: OciConfig, record: ContainerRecord, bundle: string)
   if (exe(config) !== exe(record.config)) {
     throw new FerryError('EBUNDLE', `bundle ${bundle} does not match the image: it runs '${exe(config)}', the image's container ran '${exe(record.config)}'`);
   }
+}
+
+/** Shape check of the /dev/shm entry (the image is input). */
+function validateDevShm(v: unknown): DevShmRecord {
+  const files = (v as { files?: unknown })?.files;
+  const ok = Array.isArray(files) && files.every((f) => typeof f === 'object' && f !== null
+    && typeof (f as { path?: unknown }).path === 'string' && typeof (f as { dir?: unknown }).dir === 'boolean'
+    && Number.isSafeInteger((f as { mode?: unknown }).mode) && Number.isSafeInteger((f as { uid?: unknown }).uid)
+    && Number.isSafeInteger((f as { gid?: unknown }).gid));
+  if (!ok) throw new FerryError('EIMAGE', `image entry ${DEVSHM_ENTRY} is invalid`);
+  return v as DevShmRecord;
 }

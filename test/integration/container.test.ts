@@ -63,6 +63,8 @@ async function countsOn(log: string): Promise<void> {
 }
 
 const COUNTER = 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done';
+/** Counts only in /dev/shm (its own tmpfs): a restore without it would start again at 1. */
+const SHM_COUNTER = 'while true; do n=$(( $(cat /dev/shm/n 2>/dev/null || echo 0) + 1 )); echo $n > /dev/shm/n; echo "tick $n"; sleep 0.05; done';
 const PIPELINE = '( i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done ) | cat | while read n; do echo "tick $n"; done';
 
 describe('containers', { skip }, () => {
@@ -106,6 +108,21 @@ describe('containers', { skip }, () => {
     const n = ticks(log).length;
     await waitFor('more ticks', () => ticks(log).length >= n + 3);
     assert.equal(runc('kill', 'ferry-t2', 'KILL').code, 0, 'runc kill works on a restored container');
+  });
+
+  it('a container keeps the contents of its /dev/shm', async () => {
+    const b = bundle('shm', SHM_COUNTER);
+    const log = join(dir, 'shm.log');
+    run('ferry-t7', b, log);
+    await waitFor('ticks', () => ticks(log).length >= 3);
+    const image = join(dir, 'shm.tar');
+    for (let i = 0; i < 2; i++) {
+      const cp = ferry(['checkpoint', 'ferry-t7', '--root', state, '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      const rs = ferry(['restore', 'ferry-t7', '--root', state, '--image', image, '--detach']);
+      assert.equal(rs.code, 0, rs.stderr);
+      await countsOn(log);
+    }
   });
 
   it('a pipeline container keeps its pipes; --leave-running leaves it running', async () => {
