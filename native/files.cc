@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "errors.h"
@@ -117,9 +118,29 @@ Napi::Value AsyncOwner(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// getXattr(path, name) -> Buffer | null (lgetxattr(2); null when the file has no such
+// attribute). Node's fs has no extended attributes.
+Napi::Value GetXattr(const Napi::CallbackInfo& info) {
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    ThrowType(info.Env(), "getXattr(path: string, name: string)");
+    return {};
+  }
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string name = info[1].As<Napi::String>().Utf8Value();
+  char buf[4096];
+  ssize_t n = lgetxattr(path.c_str(), name.c_str(), buf, sizeof(buf));
+  if (n < 0) {
+    if (errno == ENODATA || errno == ENOTSUP) return info.Env().Null();
+    ThrowErrno(info.Env(), "lgetxattr", errno, path);
+    return {};
+  }
+  return Napi::Buffer<char>::Copy(info.Env(), buf, static_cast<size_t>(n));
+}
+
 }  // namespace
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
+  exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("asyncOwner", Napi::Function::New(env, AsyncOwner));
   exports.Set("kcmp", Napi::Function::New(env, Kcmp));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));

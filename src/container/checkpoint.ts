@@ -16,6 +16,7 @@ import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { native } from '../native/binding.js';
 import { freezerOf, isFrozen } from './cgroup.js';
 import { DEVSHM_ENTRY, readDevShm } from './devshm.js';
+import { readRootfsChanges, ROOTFS_ENTRY } from './rootfs.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
 import { Runtime } from './runtime.js';
 
@@ -93,6 +94,7 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
         { name: CONTAINER_ENTRY, value: record },
         // Read now: every thread of the container is stopped.
         { name: DEVSHM_ENTRY, value: readDevShm(state.pid, o.id, o.config.files.deletedMaxBytes) },
+        { name: ROOTFS_ENTRY, value: readRootfsChanges(state.pid, o.id, o.config.files.deletedMaxBytes) },
       ],
     });
   } catch (err) {

@@ -27,6 +27,7 @@ import { useStubGadget } from '../restore/address-space.js';
 import { Tracee } from '../task/tracee.js';
 import { readConfig, rootfsOf, type OciConfig } from './checkpoint.js';
 import { DEVSHM_ENTRY, writeDevShm, type DevShmRecord } from './devshm.js';
+import { applyRootfsChanges, ROOTFS_ENTRY, validateRootfs } from './rootfs.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
 import { Runtime } from './runtime.js';
 
@@ -102,6 +103,10 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
   const bundle = o.bundle ?? record.bundle;
   const config = readConfig(bundle, o.id);
   checkBundle(config, record, bundle);
+  // The rootfs changes of the checkpointed container (a no-op where they already are).
+  if (image.manifest.entries.some((e) => e.name === ROOTFS_ENTRY)) {
+    applyRootfsChanges(rootfsOf(bundle, config), validateRootfs(await image.readJson(ROOTFS_ENTRY)));
+  }
   const stubPath = o.config.restore.stub || defaultStubPath();
   const n = native();
   const work = mkdtempSync(join(tmpdir(), 'ferry-restore-'));

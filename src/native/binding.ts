@@ -135,6 +135,8 @@ export interface NativeBinding {
   openRaw(path: string, flags: number, mode?: number): number;
   /** fcntl F_GETOWN_EX and F_GETSIG of an O_ASYNC file: owner type (F_OWNER_TID 0, PID 1, PGRP 2), id, signal (0 = SIGIO). */
   asyncOwner(fd: number): { type: number; pid: number; sig: number };
+  /** lgetxattr(2): the attribute's value, or null when the file has none. */
+  getXattr(path: string, name: string): Buffer | null;
   /** xgetbv(0): XCR0, the XSAVE features the OS enabled. */
   xgetbv(): bigint;
   /** pipe2(2) (O_CLOEXEC always added): [read end, write end]. */
@@ -300,7 +302,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
-  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'asyncOwner', 'xgetbv',
+  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'asyncOwner', 'getXattr', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixConnect', 'unixListen',
   'unixAccept', 'unixShutdown', 'unixGetOpt', 'unixSetOpt', 'unixPeek', 'unixSend',

@@ -18,6 +18,7 @@ const skip = needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `n
 let dir = '';
 let state = '';
 const ids = new Set<string>();
+const mounts = new Set<string>();
 
 function runc(...args: string[]): { code: number; out: string; err: string } {
   const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
@@ -78,6 +79,7 @@ describe('containers', { skip }, () => {
   });
   after(() => {
     for (const id of ids) runc('delete', '--force', id);
+    for (const m of mounts) spawnSync('umount', ['-l', m]);
     cleanup();
   });
 
@@ -123,6 +125,46 @@ describe('containers', { skip }, () => {
       assert.equal(rs.code, 0, rs.stderr);
       await countsOn(log);
     }
+  });
+
+  it('the changes to an overlay rootfs travel in the image: a restore onto a fresh upper layer gets them back', async () => {
+    const lower = join(dir, 'rootfs');
+    const layer = (n: number): { upper: string; work: string } => {
+      const upper = join(dir, `upper${n}`);
+      const work = join(dir, `work${n}`);
+      mkdirSync(upper);
+      mkdirSync(work);
+      return { upper, work };
+    };
+    const merged = join(dir, 'merged');
+    mkdirSync(merged);
+    const mount = (l: { upper: string; work: string }): void => {
+      const r = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${l.upper},workdir=${l.work}`, merged], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      mounts.add(merged);
+    };
+    mount(layer(1));
+    const b = bundle('overlay', 'echo hello > /data.txt; mkdir /newdir; rm /bin/cat; ' + COUNTER);
+    const config = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as { root: { path: string } };
+    config.root.path = merged;
+    writeFileSync(join(b, 'config.json'), JSON.stringify(config));
+    const log = join(dir, 'overlay.log');
+    run('ferry-t8', b, log);
+    await waitFor('ticks', () => ticks(log).length >= 3);
+    const image = join(dir, 'overlay.tar');
+    const cp = ferry(['checkpoint', 'ferry-t8', '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    // "Another node": the same bundle over the same lower layer, with an empty upper layer.
+    assert.equal(spawnSync('umount', [merged]).status, 0);
+    mount(layer(2));
+    assert.ok(!existsSync(join(merged, 'data.txt')) && existsSync(join(merged, 'bin', 'cat')), 'a fresh rootfs');
+    const rs = ferry(['restore', 'ferry-t8', '--root', state, '--image', image, '--detach']);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(readFileSync(join(merged, 'data.txt'), 'utf8'), 'hello\n', 'an added file');
+    assert.ok(existsSync(join(merged, 'newdir')), 'an added directory');
+    assert.ok(!existsSync(join(merged, 'bin', 'cat')), 'a deleted file stays deleted');
+    await countsOn(log);
+    assert.equal(runc('delete', '--force', 'ferry-t8').code, 0);
   });
 
   it('a pipeline container keeps its pipes; --leave-running leaves it running', async () => {
