@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <sys/syscall.h>
+#include <sched.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -137,9 +138,23 @@ Napi::Value GetXattr(const Napi::CallbackInfo& info) {
   return Napi::Buffer<char>::Copy(info.Env(), buf, static_cast<size_t>(n));
 }
 
+// setNs(fd, nstype): setns(2) of the calling thread (the JS thread: every syscall the
+// controller makes runs there). Used to create and inspect a container's sockets in its
+// network namespace.
+Napi::Value SetNs(const Napi::CallbackInfo& info) {
+  int64_t fd, type;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &type)) return {};
+  if (setns(static_cast<int>(fd), static_cast<int>(type)) < 0) {
+    ThrowErrno(info.Env(), "setns", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
+  exports.Set("setNs", Napi::Function::New(env, SetNs));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("asyncOwner", Napi::Function::New(env, AsyncOwner));
   exports.Set("kcmp", Napi::Function::New(env, Kcmp));

@@ -13,6 +13,7 @@ import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds, type CollectedFiles } from '../files/collect.js';
 import { refuseLeaks } from '../files/leaks.js';
+import { withNetns } from '../task/netns.js';
 import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
 import { hostFacts } from '../host.js';
 import {
@@ -122,7 +123,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const fileOptions = { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files };
   // The root's descriptors are checked before it is touched; the others' once the tree is
   // frozen (the tree is only known then), before anything of it is read or changed.
-  checkSupported(describeFds(pid), fileOptions);
+  // A container's sockets are inspected from inside its network namespace.
+  const netns = o.pidNamespace !== undefined ? pid : undefined;
+  withNetns(netns, () => checkSupported(describeFds(pid), fileOptions));
 
   const n = native();
   const tree = freezeTree(pid, {
@@ -151,7 +154,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
 
   try {
     const descs = new Map(live.map((p) => [p.pid, describeFds(p.pid)]));
-    for (const p of live.slice(1)) checkSupported(descs.get(p.pid)!, fileOptions);
+    withNetns(netns, () => { for (const p of live.slice(1)) checkSupported(descs.get(p.pid)!, fileOptions); });
     for (const l of refuseLeaks(descs)) {
       log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
     }
@@ -162,7 +165,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       }
     }
     for (const p of live) dumped.push(dumpTask(p, sigmasks));
-    files = collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), fileOptions);
+    files = withNetns(netns, () => collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), fileOptions));
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
     log.debug({ processes: dumped.length, pagesBytes, files: files.files.length }, 'collected');

@@ -137,6 +137,8 @@ export interface NativeBinding {
   asyncOwner(fd: number): { type: number; pid: number; sig: number };
   /** lgetxattr(2): the attribute's value, or null when the file has none. */
   getXattr(path: string, name: string): Buffer | null;
+  /** setns(2) of the calling (JS) thread into the namespace `fd` refers to. */
+  setNs(fd: number, nstype: number): void;
   /** xgetbv(0): XCR0, the XSAVE features the OS enabled. */
   xgetbv(): bigint;
   /** pipe2(2) (O_CLOEXEC always added): [read end, write end]. */
@@ -302,7 +304,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
-  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'asyncOwner', 'getXattr', 'xgetbv',
+  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixConnect', 'unixListen',
   'unixAccept', 'unixShutdown', 'unixGetOpt', 'unixSetOpt', 'unixPeek', 'unixSend',

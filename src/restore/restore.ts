@@ -16,6 +16,7 @@ import { FerryError, describeCause } from '../errors.js';
 import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
+import { withNetns } from '../task/netns.js';
 import { hostFacts } from '../host.js';
 import { checkCompatibility } from '../image/manifest.js';
 import { openImage } from '../image/reader.js';
@@ -71,7 +72,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         checkFiles(files.files, made.fileRoot, inherit);
         checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m), made.fileRoot);
       }
-      const opened = openFiles(files.files, { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit);
+      // A container's sockets are made in its network namespace.
+      const opened = withNetns(made?.pid, () => openFiles(files.files,
+        { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit));
       try {
         const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
         try {

@@ -167,6 +167,27 @@ describe('containers', { skip }, () => {
     assert.equal(runc('delete', '--force', 'ferry-t8').code, 0);
   });
 
+  it('a listening socket comes back in the container\'s own network namespace', async () => {
+    const b = bundle('listener', `/bin/busybox nc -ll -p 7777 -e /bin/busybox echo hi & ${COUNTER}`);
+    const log = join(dir, 'listener.log');
+    run('ferry-t9', b, log);
+    await waitFor('ticks', () => ticks(log).length >= 3);
+    const initPid = (): number => (JSON.parse(runc('state', 'ferry-t9').out) as { pid: number }).pid;
+    /** Whether the network namespace of `pid` has a TCP listener on port 7777 (0x1E61; busybox nc uses IPv6). */
+    const listens = (pid: number | 'self'): boolean => ['tcp', 'tcp6'].some((f) =>
+      /^\s*\d+: [0-9A-F]+:1E61 0+:0000 0A /m.test(readFileSync(`/proc/${pid}/net/${f}`, 'utf8')));
+    await waitFor('the listener', () => listens(initPid()));
+    const image = join(dir, 'listener.tar');
+    const cp = ferry(['checkpoint', 'ferry-t9', '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    const rs = ferry(['restore', 'ferry-t9', '--root', state, '--image', image, '--detach']);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.ok(listens(initPid()), 'listening in the container\'s namespace');
+    assert.ok(!listens('self'), 'not in ferry\'s');
+    await countsOn(log);
+    assert.equal(runc('delete', '--force', 'ferry-t9').code, 0);
+  });
+
   it('a pipeline container keeps its pipes; --leave-running leaves it running', async () => {
     const b = bundle('pipeline', PIPELINE);
     const log = join(dir, 'pipeline.log');
