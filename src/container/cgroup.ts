@@ -68,6 +68,11 @@ async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
   return cond();
 }
 
+/** The freezer of cgroup directory `dir` (exported for tests that need a cgroup that cannot freeze). */
+export function freezerAt(version: 'v1' | 'v2', dir: string, id: string): Freezer {
+  return version === 'v1' ? v1Freezer(dir, id) : v2Freezer(dir, id);
+}
+
 function v1Freezer(dir: string, id: string): Freezer {
   const state = join(dir, 'freezer.state');
   const f: Freezer = {
