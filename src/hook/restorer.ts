@@ -103,12 +103,14 @@ export async function runRestorer(job: RestoreJob, config: Config, logger: Logge
     const r = await restore({ image: job.image, config, logger, inherit, makeRoot: (_image, maxFd) => made(maxFd) });
     log.info({ targetPid: r.pid, processes: r.pids.length, totalMs: r.totalMs }, 'restored');
   } catch (err) {
-    killInit(job);
+    // The line first: once the init is killed the runtime may stop reading the container's
+    // output.
     const line = `ferry-hook: container ${job.id}: restore from ${job.image} failed: ${err instanceof FerryError ? err.message : describeCause(err)}\n`;
     log.error({ err }, line.trim());
     if (stdio[2] !== undefined) {
       try { writeSync(stdio[2], line); } catch { /* nobody reads it */ }
     }
+    killInit(job);
     throw err;
   } finally {
     for (const fd of stdio) if (fd !== undefined) closeSync(fd);

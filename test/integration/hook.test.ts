@@ -202,7 +202,7 @@ describe('hook: podman and runc', { skip }, () => {
     const first = bundle('plain');
     writeFileSync(join(first.b, 'config.json'), JSON.stringify(first.config));
     runcIds.add(`${tag}-r1`);
-    assert.equal(spawnSync('sh', ['-c', `exec "${RUNC}" --root "${runcState}" run -d --bundle "${first.b}" ${tag}-r1 >>"${log}" 2>&1`]).status, 0);
+    assert.equal(spawnSync('sh', ['-c', `exec "${RUNC}" --root "${runcState}" run -d --bundle "${first.b}" ${tag}-r1 >>"${log}" 2>&1 </dev/null`]).status, 0);
     await waitFor('ticks', () => lines().length >= 5);
     const img = join(dir, 'r.tar');
     const cp = ferry(['checkpoint', `${tag}-r1`, '--root', runcState, '--image', img]);
@@ -221,7 +221,7 @@ describe('hook: podman and runc', { skip }, () => {
     writeFileSync(join(second.b, 'config.json'), JSON.stringify(rewritten));
     const id = `${tag}-r2`;
     runcIds.add(id);
-    assert.equal(spawnSync('sh', ['-c', `exec "${RUNC}" --root "${runcState}" run -d --bundle "${second.b}" ${id} >>"${log}" 2>&1`]).status, 0);
+    assert.equal(spawnSync('sh', ['-c', `exec "${RUNC}" --root "${runcState}" run -d --bundle "${second.b}" ${id} >>"${log}" 2>&1 </dev/null`]).status, 0);
     await waitFor('ticks of the restored container', () => lines().length >= last + 5, 30000);
     const all = lines();
     assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order: it went on from where it stopped');
