@@ -104,6 +104,8 @@ export const PTRACE_O_EXITKILL = 0x100000, PTRACE_O_SUSPEND_SECCOMP = 0x200000, 
 export const RESTORE_TRACE_OPTIONS = PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP;
 
 /** Signals: 1..64; SIGKILL and SIGSTOP cannot be caught. */
+/** A signal mask with every signal: injected syscalls must not dequeue a task's signals. */
+export const ALL_SIGNALS = (1n << 64n) - 1n;
 export const NSIG = 64, SIGKILL = 9, SIGSTOP = 19, SIGTRAP = 5, SIGCONT = 18;
 export const SIG_DFL = 0n, SIG_IGN = 1n;
 

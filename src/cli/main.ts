@@ -6,8 +6,6 @@
  * log); 2 usage error (one line naming the option, then a hint); 128 + n when signal n
  * (SIGINT, SIGTERM) arrived during an operation, reported once the operation has settled.
  */
-import { realpathSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { FerryError } from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
 import {
@@ -21,6 +19,7 @@ import { helpPage } from './help.js';
 import { runInspect } from './inspect.js';
 import { printLine } from './output.js';
 import { runRestore } from './restore.js';
+import { isEntryPoint } from '../entry.js';
 
 /** What a run has set up so far: the error report needs the logger, the exit status the guard. */
 interface RunState {
@@ -127,18 +126,8 @@ function report(command: Command | '', err: unknown, state: RunState): number {
   return 1;
 }
 
-/** True when this module is the program node was started with (not imported by a test). */
-function isEntryPoint(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
-  } catch {
-    return false;
-  }
-}
 
-if (isEntryPoint()) {
+if (isEntryPoint(import.meta.url)) {
   // Every line was written synchronously, so exiting now loses nothing, and a stray handle
   // (an unfinished stdin stream, a timer) cannot keep a finished command alive.
   process.exit(await main(process.argv.slice(2)));

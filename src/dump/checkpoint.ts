@@ -32,10 +32,8 @@ import { readCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { freezeTree, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
-import { SIGKILL } from '../arch/x86-64.js';
+import { ALL_SIGNALS, SIGKILL } from '../arch/x86-64.js';
 
-/** Every signal blocked: injected syscalls must not dequeue the task's pending signals. */
-const ALL_SIGNALS = (1n << 64n) - 1n;
 
 /** Checks that `pid` can be checkpointed, before touching it. */
 function precheck(pid: number): void {

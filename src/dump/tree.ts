@@ -84,7 +84,9 @@ function precheck(pid: number, stat: ProcStat, root: number, pidNs: string): voi
 function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<number>): number[] | null {
   const n = native();
   const mine: number[] = [];
+  const known = new Set<number>(); // every tid tried, so a re-listing costs O(threads)
   const attach = (tid: number): boolean => {
+    known.add(tid);
     if (preseized.has(tid)) {
       mine.push(tid);
       return true;
@@ -106,7 +108,7 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
   };
   if (!attach(pid)) return null;
   for (let round = 0; ; round++) {
-    const fresh = listTids(pid).filter((t) => !mine.includes(t));
+    const fresh = listTids(pid).filter((t) => !known.has(t));
     if (fresh.length === 0) break;
     if (round > 1000) throw new FerryError('EBUSY', `pid ${pid} keeps creating threads faster than they can be stopped`);
     for (const tid of fresh) attach(tid);

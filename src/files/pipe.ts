@@ -24,7 +24,7 @@ import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import type { FdDesc, FileKind, OpenContext } from './types.js';
+import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2;
 /** Status flags F_SETFL can change (fcntl(2)); the access mode comes from how the file is opened. */
@@ -64,35 +64,26 @@ export interface FifoRecord extends FileRecord, PipeState {
 // ---- dump ----
 
 /** Reads capacity and buffered data of the pipe behind `d` without consuming anything. */
-function dumpState(d: FdDesc, storeData: boolean): PipeState {
+function dumpState(d: FdDesc, ctx: DumpContext, storeData: boolean): PipeState {
   const what = `${d.link.startsWith('/') ? 'fifo' : 'pipe'} fd ${d.fd} of pid ${d.pid} (${d.link})`;
   const flags = d.fdinfo.flags & ~O_CLOEXEC;
   const n = native();
   try {
-    const pidfd = n.pidfdOpen(d.pid);
-    let stolen: number;
+    // The engine's copy of the open file (it closes it after the checkpoint).
+    const stolen = ctx.grab(d);
+    const size = n.pipeSize(stolen);
+    if (!storeData) return { flags, size, data: '' };
+    // tee(2) reads from a read end: a write-only end is opened again for reading (anonymous
+    // pipe: never blocks; FIFO: O_NONBLOCK never blocks a reader).
+    const src = (flags & O_ACCMODE) === O_WRONLY ? n.openRaw(`/proc/self/fd/${stolen}`, O_RDONLY | O_NONBLOCK) : stolen;
     try {
-      stolen = n.pidfdGetfd(pidfd, d.fd);
+      return { flags, size, ...peek(src, size) };
     } finally {
-      n.closeFd(pidfd);
-    }
-    try {
-      const size = n.pipeSize(stolen);
-      if (!storeData) return { flags, size, data: '' };
-      // tee(2) reads from a read end: a write-only end is opened again for reading (anonymous
-      // pipe: never blocks; FIFO: O_NONBLOCK never blocks a reader).
-      const src = (flags & O_ACCMODE) === O_WRONLY ? n.openRaw(`/proc/self/fd/${stolen}`, O_RDONLY | O_NONBLOCK) : stolen;
-      try {
-        return { flags, size, ...peek(src, size) };
-      } finally {
-        if (src !== stolen) n.closeFd(src);
-      }
-    } finally {
-      n.closeFd(stolen);
+      if (src !== stolen) n.closeFd(src);
     }
   } catch (err) {
     if (err instanceof FerryError) throw err;
-    throw new FerryError('EDUMP', `checkpoint: ${what}: ${(err as Error).message}`, { cause: err });
+    throw new FerryError('EDUMP', `${what}: ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -288,8 +279,8 @@ export const pipe: FileKind<PipeRecord> = {
     return `pipe:${fd.stat.ino}:${fd.fdinfo.flags & ~O_CLOEXEC}`;
   },
 
-  dump(fd: FdDesc): Omit<PipeRecord, 'id' | 'kind'> {
-    return { pipe: fd.stat.ino.toString(), ...dumpState(fd, (fd.fdinfo.flags & O_ACCMODE) !== O_WRONLY) };
+  dump(fd: FdDesc, ctx: DumpContext): Omit<PipeRecord, 'id' | 'kind'> {
+    return { pipe: fd.stat.ino.toString(), ...dumpState(fd, ctx, (fd.fdinfo.flags & O_ACCMODE) !== O_WRONLY) };
   },
 
   check(rec: PipeRecord): void {
@@ -313,12 +304,12 @@ export const fifo: FileKind<FifoRecord> = {
     return `fifo:${fd.stat.dev}:${fd.stat.ino}:${fd.fdinfo.flags & ~O_CLOEXEC}`;
   },
 
-  dump(fd: FdDesc): Omit<FifoRecord, 'id' | 'kind'> {
+  dump(fd: FdDesc, ctx: DumpContext): Omit<FifoRecord, 'id' | 'kind'> {
     if (fd.link.endsWith(' (deleted)')) {
       throw new FerryError('EUNSUPPORTED',
         `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (deleted FIFOs cannot be checkpointed yet)`);
     }
-    return { path: fd.link, dev: fd.stat.dev.toString(), ino: fd.stat.ino.toString(), ...dumpState(fd, true) };
+    return { path: fd.link, dev: fd.stat.dev.toString(), ino: fd.stat.ino.toString(), ...dumpState(fd, ctx, true) };
   },
 
   check(rec: FifoRecord): void {

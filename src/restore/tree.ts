@@ -13,7 +13,7 @@
  * made to exit with their status: their parent reaps them after restore.
  */
 import {
-  decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
+  ALL_SIGNALS, decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
 } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord, TreeRecord } from '../image/records.js';
@@ -28,8 +28,6 @@ import type { RestoreFiles } from '../files/install.js';
 import { takeControllingTerminal } from '../files/tty.js';
 import { useStubGadget, type SharedObjects } from './address-space.js';
 
-/** Every signal blocked while a task is rebuilt. */
-export const ALL_SIGNALS = (1n << 64n) - 1n;
 const SIGCHLD = 17;
 const CLONE_ARGS_SIZE = 88;
 const RLIMIT_CORE = 4;

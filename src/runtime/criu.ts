@@ -8,12 +8,12 @@
  *
  * `FERRY_CRIU_LOG=FILE` appends one JSON line per request and answer to FILE.
  */
-import { appendFileSync, closeSync, readSync, realpathSync, writeSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { appendFileSync, closeSync, readSync, writeSync } from 'node:fs';
 import { errnoCode } from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
 import { answer, decodeRequest, encodeResponse, REPORTED_VERSION, typeName, type CriuResponse } from './criu-rpc.js';
 import { ProtoError } from './protobuf.js';
+import { isEntryPoint } from '../entry.js';
 
 const NAME = 'criu (ferry stand-in)';
 /** Largest request read; CRIU's own requests fit in a few KiB. */
@@ -107,14 +107,5 @@ export function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.e
   return 1;
 }
 
-function isEntryPoint(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
-  } catch {
-    return false;
-  }
-}
 
-if (isEntryPoint()) process.exit(main(process.argv.slice(2)));
+if (isEntryPoint(import.meta.url)) process.exit(main(process.argv.slice(2)));

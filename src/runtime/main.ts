@@ -11,9 +11,8 @@
  * 2 usage error; a passed-through verb exits as runc did.
  */
 import { spawn } from 'node:child_process';
-import { appendFileSync, realpathSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config/config.js';
 import { FerryError } from '../errors.js';
 import {
@@ -21,6 +20,7 @@ import {
 } from './args.js';
 import { runtimeCheckpoint, runtimeRestore } from './operations.js';
 import { findRunc } from './runc.js';
+import { isEntryPoint } from '../entry.js';
 
 /** Signals forwarded to a passed-through runc (a foreground `runc run` or `exec`). */
 const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'];
@@ -107,17 +107,8 @@ function requireRoot(): void {
   if (process.geteuid?.() !== 0) throw new FerryError('EPERM', 'must run as root (ptrace and clone3 with a chosen PID need it)');
 }
 
-function isEntryPoint(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
-  } catch {
-    return false;
-  }
-}
 
-if (isEntryPoint()) {
+if (isEntryPoint(import.meta.url)) {
   // FERRY_RUNTIME_SELF: the launcher's own path, so a wrapper installed as `runc` is not
   // mistaken for the real one.
   process.exit(await main(process.argv.slice(2), process.env, process.env.FERRY_RUNTIME_SELF));
