@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config/config.js';
 import type { FileOptions } from './files/types.js';
 import type { Image as OpenedImage } from './image/reader.js';
+import type { FilesRecord, TaskRecord } from './image/records.js';
 
 export type { FileOptions };
 
@@ -80,7 +81,7 @@ export interface RestoreOptions extends CommonOptions {
    * runc's descriptors.json lists a container's stdio) -> a descriptor of the caller. Every
    * descriptor that held that file gets this one.
    */
-  inherit?: Readonly<Record<string, number>>;
+  inherit?: Readonly<Record<string, number>> | ((image: { files: FilesRecord; root: TaskRecord }) => Readonly<Record<string, number>>);
 }
 
 /** A root process made by `RestoreOptions.makeRoot`. */

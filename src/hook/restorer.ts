@@ -17,8 +17,7 @@ import type { MadeRoot } from '../api.js';
 import type { Config } from '../config/config.js';
 import { CONTAINER_ENTRY } from '../container/record.js';
 import { FerryError, describeCause } from '../errors.js';
-import { openImage } from '../image/reader.js';
-import { FILES_ENTRY, taskEntry, type FilesRecord, type TaskRecord } from '../image/records.js';
+import type { FilesRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { restore } from '../restore/restore.js';
 import { adoptStub, startTime, waitForStub } from './adopt.js';
@@ -57,15 +56,11 @@ export function readJob(dir: string): RestoreJob {
 }
 
 /**
- * Map from the link text of the image init's stdio (pipes, sockets: what cannot be opened
- * again by path) to ferry's copies of the new init's descriptors of the same numbers.
+ * The image's stdio to replace with the container's own (podman's pipes): every pipe or
+ * socket the root held at descriptors 0..2 (files by path are reopened as they were).
  */
-async function stdioInherit(image: string, config: Config, stdio: ReadonlyArray<number | undefined>): Promise<Record<string, number>> {
-  const img = await openImage(image, { workDir: config.image.workDir });
-  try {
-    if (!img.has(CONTAINER_ENTRY)) throw new FerryError('EIMAGE', `image ${image} holds processes, not a container`);
-    const files = await img.readJson(FILES_ENTRY) as FilesRecord;
-    const root = await img.readJson(taskEntry(img.manifest.root.pid)) as TaskRecord;
+function stdioInherit(stdio: ReadonlyArray<number | undefined>): (image: { files: FilesRecord; root: TaskRecord }) => Record<string, number> {
+  return ({ files, root }) => {
     const out: Record<string, number> = {};
     for (const fd of root.fds) {
       const mine = stdio[fd.fd];
@@ -73,9 +68,7 @@ async function stdioInherit(image: string, config: Config, stdio: ReadonlyArray<
       if (mine !== undefined && typeof link === 'string' && !link.startsWith('/')) out[link] = mine;
     }
     return out;
-  } finally {
-    await img.close();
-  }
+  };
 }
 
 /** Restores container `job.id` from its image; throws after killing the init on failure. */
@@ -92,15 +85,17 @@ export async function runRestorer(job: RestoreJob, config: Config, logger: Logge
   });
   n.closeFd(initPidfd);
   try {
-    const inherit = await stdioInherit(job.image, config, stdio);
-    log.debug({ inherit }, 'stdio of the container replaces the image\'s');
+    const inherit = stdioInherit(stdio);
     const made = (maxFd: number): Promise<MadeRoot> => adoptStub(job.pid, job.id, maxFd).then((controllerPidfd) => ({
       pid: job.pid,
       controllerPidfd,
       fileRoot: `/proc/${job.pid}/root`,
       destroy: () => killInit(job),
     }));
-    const r = await restore({ image: job.image, config, logger, inherit, makeRoot: (_image, maxFd) => made(maxFd) });
+    const r = await restore({ image: job.image, config, logger, inherit, makeRoot: (image, maxFd) => {
+      if (!image.has(CONTAINER_ENTRY)) throw new FerryError('EIMAGE', `image ${job.image} holds processes, not a container`);
+      return made(maxFd);
+    } });
     log.info({ targetPid: r.pid, processes: r.pids.length, totalMs: r.totalMs }, 'restored');
   } catch (err) {
     // The line first: once the init is killed the runtime may stop reading the container's

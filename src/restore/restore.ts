@@ -49,7 +49,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       tasks.push(task);
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
-    const inherit = new Map(Object.entries(o.inherit ?? {}));
+    // A function picks the substitutes from the image, read and verified once here.
+    const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
+    const inherit = new Map(Object.entries(substitutes ?? {}));
     const stubPath = o.config.restore.stub || defaultStubPath();
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
     const blobs = new Map<string, Buffer>();
