@@ -28,6 +28,13 @@ export interface CommonOptions {
   logger: Logger;
   /** Called now and then during long work. */
   onProgress?: (p: Progress) => void;
+  /**
+   * Aborts the operation (the CLI fires it on SIGINT/SIGTERM). A checkpoint lets the tree go
+   * as it was and removes its partial image, unless only the final kill is left; a restore
+   * removes every process and file it made, unless the tree already runs. The operation then
+   * rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
 }
 
 export interface CheckpointOptions extends CommonOptions {

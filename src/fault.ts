@@ -1,0 +1,53 @@
+/**
+ * Named fault points, for the fault-matrix tests (test/faults/) and nothing else.
+ *
+ * The library never reads the environment; the CLI programs do, once: FERRY_TEST_PAUSE_AT
+ * names one phase. When an operation reaches that phase it writes
+ *   ferry-test: paused at PHASE (pid N)
+ * on stderr and waits there, with everything it holds still held, until it is killed or its
+ * abort signal fires (SIGINT/SIGTERM in the CLI), so a test can hit ferry at exactly that
+ * point. Unset (always, outside tests), a fault point costs one comparison.
+ *
+ * The phases, in the order an operation passes them:
+ * - checkpoint: `frozen` (a container's cgroup is frozen, before its threads are seized),
+ *   `seized` (every thread stopped, nothing read), `dumped` (every task read, nothing
+ *   written), `writing` (the first memory chunk is in the image), `written` (the image is
+ *   complete and in place, the tree not yet let go or killed);
+ * - restore: `verified` (image checked, nothing created), `created` (every process exists as
+ *   a stub), `rebuilt` (memory and state written, not yet let go).
+ */
+import { writeSync } from 'node:fs';
+
+/** Every fault point an operation passes. */
+export const FAULT_PHASES = [
+  'frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt',
+] as const;
+export type FaultPhase = (typeof FAULT_PHASES)[number];
+
+let pauseAt: FaultPhase | undefined;
+
+/** Sets the phase to pause at (the CLI programs call this with FERRY_TEST_PAUSE_AT). */
+export function setPauseAt(phase: string | undefined): void {
+  if (phase === undefined || phase === '') return;
+  if (!(FAULT_PHASES as readonly string[]).includes(phase)) {
+    throw new Error(`FERRY_TEST_PAUSE_AT=${phase} is not a phase (${FAULT_PHASES.join(', ')})`);
+  }
+  pauseAt = phase as FaultPhase;
+}
+
+/**
+ * Passes fault point `phase`: returns at once unless it is the one to pause at; then waits
+ * until `signal` aborts (and throws its reason) or forever.
+ */
+export async function faultPoint(phase: FaultPhase, signal?: AbortSignal): Promise<void> {
+  signal?.throwIfAborted();
+  if (pauseAt !== phase) return;
+  writeSync(2, `ferry-test: paused at ${phase} (pid ${process.pid})\n`);
+  await new Promise<never>((_, reject) => {
+    const keepAlive = setInterval(() => {}, 1 << 30);
+    signal?.addEventListener('abort', () => {
+      clearInterval(keepAlive);
+      reject(signal.reason);
+    }, { once: true });
+  });
+}
