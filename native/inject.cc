@@ -1,17 +1,48 @@
 // Syscall injection into a ptrace-stopped task, with no code placed in it.
 //
-// Wraps PTRACE_GETREGS/SETREGS, PTRACE_SINGLESTEP and waitpid(2). The tracee's registers are
-// pointed at an existing `syscall` instruction (one in its [vdso], or in a gadget page restore
-// maps), with rax = number and rdi, rsi, rdx, r10, r8, r9 = arguments, and orig_rax = -1 so
-// the kernel's syscall-restart logic (arch_do_signal_or_restart) does not rewind rip when the
-// task leaves its current stop. One PTRACE_SINGLESTEP runs exactly the syscall; the kernel
-// reports the single-step trap (SIGTRAP) on the way back to user mode, where rax holds the
-// result. Then the saved registers are put back, so the task's own interrupted syscall (if
-// any) still restarts normally when it finally resumes.
+// Wraps PTRACE_GETREGS/SETREGS, PTRACE_SINGLESTEP, PTRACE_SYSCALL, PTRACE_GET_SYSCALL_INFO,
+// PTRACE_GETSIGMASK/SETSIGMASK, PTRACE_INTERRUPT, PTRACE_CONT and waitpid(2). The tracee's
+// registers are pointed at an existing `syscall` instruction (one in its [vdso], or in a
+// gadget page restore maps), with rax = number and rdi, rsi, rdx, r10, r8, r9 = arguments,
+// and orig_rax = -1 so the kernel's syscall-restart logic (arch_do_signal_or_restart) does
+// not rewind rip when the task leaves its current stop. Afterwards the saved registers are
+// put back, so the task's own interrupted syscall (if any) still restarts normally when it
+// finally resumes.
 //
-// Signals: callers block every signal in the tracee (PTRACE_SETSIGMASK) before injecting, so
-// pending signals are not dequeued. Other stops seen meanwhile (a group-stop, SIGCONT/SIGSTOP
-// that cannot be blocked) are swallowed and the step is retried if the syscall had not run.
+// Two modes, because the two kinds of tracee need different things:
+//
+// kStep (restore stubs, traced with PTRACE_TRACEME and PTRACE_O_EXITKILL: if ferry dies they
+// die, which is what a half-built restore needs). One PTRACE_SINGLESTEP runs exactly the
+// syscall; the kernel reports the single-step trap (SIGTRAP) on the way back to user mode,
+// where rax holds the result. The task is left in that SIGTRAP signal-delivery-stop, inside
+// get_signal(), so when it is finally let go the kernel's restart logic runs on the registers
+// restore gave it. Callers keep the stub's signals blocked.
+//
+// kSeized (a live task being checkpointed, PTRACE_SEIZE without EXITKILL): everything is
+// arranged so that if ferry vanishes at any moment outside the few microseconds of one
+// injected call, the kernel lets the task go exactly as it was (exit_ptrace() detaches every
+// tracee of a dying tracer). A single-step would leave TF set and a SIGTRAP as the stop's
+// exit code: a tracer's death then delivers that SIGTRAP and kills the task. A forced
+// SIGTRAP also resets a blocked or ignored SIGTRAP's disposition to SIG_DFL
+// (force_sig_info_to_task). So this mode:
+//   1. blocks every signal (PTRACE_SETSIGMASK), so the resumes below dequeue none;
+//   2. runs each call with two PTRACE_SYSCALL resumes: syscall-enter-stop, then
+//      syscall-exit-stop, where rax holds the result. These are ptrace notifications, not
+//      signals; their exit code (SIGTRAP|0x80 with PTRACE_O_TRACESYSGOOD, which the seize
+//      sets) is not a valid signal, so if the tracer dies here nothing is delivered;
+//   3. puts the saved registers back, then PTRACE_INTERRUPT + PTRACE_CONT: the task leaves the
+//      syscall-exit-stop and, before it reaches user mode, traps into a PTRACE_EVENT_STOP
+//      inside get_signal(), the very kind of stop the seize left it in (a group-stop's, if
+//      it was stopped). A jobctl trap's exit code is never delivered as a signal;
+//   4. puts the signal mask back.
+// Between two calls of this function the task therefore holds nothing of ferry's: no
+// register, no trap flag, no signal mask, no pending SIGTRAP. The window that remains is
+// steps 1-4 themselves (tens of microseconds per call, measured in docs/architecture.md):
+// a tracer that dies inside it leaves the task with ferry's registers (it runs on from the
+// gadget and crashes) or with every signal blocked.
+//
+// Other stops seen meanwhile (a group-stop, SIGSTOP which cannot be blocked) are passed on
+// and the step is retried if the syscall had not run yet.
 #include <napi.h>
 
 #include <errno.h>
@@ -23,28 +54,56 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "wait.h"
 
 namespace ferry {
 namespace {
+
+enum Mode : int64_t { kStep = 0, kSeized = 1 };
 
 long Ptrace(long req, pid_t tid, void* addr, void* data) {
   return syscall(SYS_ptrace, req, tid, addr, data);
 }
 
-// Runs one syscall in `tid` through the instruction at `gadget`. `saved` holds the registers
-// to run from (restored by the caller). Returns false with errno/what set on failure.
-bool RunOne(pid_t tid, const struct user_regs_struct& saved, uint64_t gadget, const uint64_t call[7],
-            int64_t* result, const char** what) {
+// Waits for the next stop of `tid`. False (errno ESRCH) when it died instead.
+bool WaitStop(pid_t tid, int* status, const char** what) {
+  if (WaitBounded(tid, status, 0, kWaitTimeoutMs) < 0) {
+    *what = errno == ESRCH ? "injected syscall (task exited)" : "waitpid";
+    return false;
+  }
+  if (!WIFSTOPPED(*status)) {
+    errno = ESRCH;  // the task died under us
+    *what = "injected syscall (task exited)";
+    return false;
+  }
+  return true;
+}
+
+// A signal-delivery-stop's signal to pass on when resuming (0 for ptrace's own stops), so
+// that a SIGSTOP or SIGKILL that arrived meanwhile is not swallowed.
+int PassOn(int status) {
+  int sig = WSTOPSIG(status);
+  if ((status >> 16) != 0 || sig == (SIGTRAP | 0x80) || sig == SIGTRAP) return 0;
+  return sig;
+}
+
+void SetCall(struct user_regs_struct* r, uint64_t gadget, const uint64_t call[7]) {
+  r->rip = gadget;
+  r->rax = call[0];
+  r->orig_rax = static_cast<uint64_t>(-1);
+  r->rdi = call[1];
+  r->rsi = call[2];
+  r->rdx = call[3];
+  r->r10 = call[4];
+  r->r8 = call[5];
+  r->r9 = call[6];
+}
+
+// kStep: runs one syscall with PTRACE_SINGLESTEP. `saved` holds the registers to run from.
+bool RunStep(pid_t tid, const struct user_regs_struct& saved, uint64_t gadget, const uint64_t call[7],
+             int64_t* result, const char** what) {
   struct user_regs_struct r = saved;
-  r.rip = gadget;
-  r.rax = call[0];
-  r.orig_rax = static_cast<uint64_t>(-1);
-  r.rdi = call[1];
-  r.rsi = call[2];
-  r.rdx = call[3];
-  r.r10 = call[4];
-  r.r8 = call[5];
-  r.r9 = call[6];
+  SetCall(&r, gadget, call);
   if (Ptrace(PTRACE_SETREGS, tid, nullptr, &r) < 0) {
     *what = "ptrace(PTRACE_SETREGS)";
     return false;
@@ -55,19 +114,7 @@ bool RunOne(pid_t tid, const struct user_regs_struct& saved, uint64_t gadget, co
       return false;
     }
     int status;
-    pid_t w;
-    do {
-      w = waitpid(tid, &status, __WALL);
-    } while (w < 0 && errno == EINTR);
-    if (w < 0) {
-      *what = "waitpid";
-      return false;
-    }
-    if (!WIFSTOPPED(status)) {
-      errno = ESRCH;  // the task died under us
-      *what = "injected syscall (task exited)";
-      return false;
-    }
+    if (!WaitStop(tid, &status, what)) return false;
     struct user_regs_struct after;
     if (Ptrace(PTRACE_GETREGS, tid, nullptr, &after) < 0) {
       *what = "ptrace(PTRACE_GETREGS)";
@@ -89,82 +136,182 @@ bool RunOne(pid_t tid, const struct user_regs_struct& saved, uint64_t gadget, co
   return false;
 }
 
-bool CallArgs(const Napi::CallbackInfo& info, size_t first, uint64_t call[7]) {
-  for (size_t i = 0; i < 7; i++) {
-    call[i] = 0;
-    if (first + i < info.Length() && !info[first + i].IsUndefined()) {
-      if (!ArgU64(info, first + i, &call[i])) return false;
+// kSeized: resumes with PTRACE_SYSCALL until the syscall-stop `op` (entry or exit).
+bool ToSyscallStop(pid_t tid, uint8_t op, const char** what) {
+  int sig = 0;
+  for (int attempt = 0; attempt < 32; attempt++) {
+    if (Ptrace(PTRACE_SYSCALL, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0) {
+      *what = "ptrace(PTRACE_SYSCALL)";
+      return false;
     }
+    int status;
+    if (!WaitStop(tid, &status, what)) return false;
+    sig = PassOn(status);
+    if (WSTOPSIG(status) != (SIGTRAP | 0x80)) continue;  // a group-stop or a signal: again
+    struct __ptrace_syscall_info si = {};
+    if (Ptrace(PTRACE_GET_SYSCALL_INFO, tid, reinterpret_cast<void*>(sizeof(si)), &si) < 0) {
+      *what = "ptrace(PTRACE_GET_SYSCALL_INFO)";
+      return false;
+    }
+    if (si.op == op) return true;
+    errno = EPROTO;
+    *what = "injected syscall (unexpected syscall-stop)";
+    return false;
   }
+  errno = EAGAIN;
+  *what = "injected syscall (too many stops)";
+  return false;
+}
+
+// kSeized: runs one syscall through a syscall-enter-stop and a syscall-exit-stop.
+bool RunSyscall(pid_t tid, const struct user_regs_struct& saved, uint64_t gadget, const uint64_t call[7],
+                int64_t* result, const char** what) {
+  struct user_regs_struct r = saved;
+  SetCall(&r, gadget, call);
+  if (Ptrace(PTRACE_SETREGS, tid, nullptr, &r) < 0) {
+    *what = "ptrace(PTRACE_SETREGS)";
+    return false;
+  }
+  if (!ToSyscallStop(tid, PTRACE_SYSCALL_INFO_ENTRY, what)) return false;
+  if (!ToSyscallStop(tid, PTRACE_SYSCALL_INFO_EXIT, what)) return false;
+  struct user_regs_struct after;
+  if (Ptrace(PTRACE_GETREGS, tid, nullptr, &after) < 0) {
+    *what = "ptrace(PTRACE_GETREGS)";
+    return false;
+  }
+  *result = static_cast<int64_t>(after.rax);
   return true;
 }
 
-// injectSyscall(tid, gadget, nr, a0..a5) -> bigint: the raw return value (negative errno on
-// failure, as the kernel returns it). Registers are restored afterwards.
+// kSeized: from a syscall-exit-stop back into a PTRACE_EVENT_STOP inside get_signal(), with
+// no user instruction run in between (the interrupt traps on the way out of the kernel).
+bool Settle(pid_t tid, const char** what) {
+  if (Ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0) {
+    *what = "ptrace(PTRACE_INTERRUPT)";
+    return false;
+  }
+  int sig = 0;
+  for (int attempt = 0; attempt < 32; attempt++) {
+    if (Ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0) {
+      *what = "ptrace(PTRACE_CONT)";
+      return false;
+    }
+    int status;
+    if (!WaitStop(tid, &status, what)) return false;
+    if ((status >> 16) == PTRACE_EVENT_STOP) return true;
+    sig = PassOn(status);
+  }
+  errno = EAGAIN;
+  *what = "injected syscall (the task does not stop again)";
+  return false;
+}
+
+// Runs `n` calls ([nr, a0..a5] each) in `tid`, results into `out`. Registers (and in kSeized
+// the signal mask and the kind of stop) are as before afterwards, also after a failure when
+// the task still exists.
+bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mode, int64_t* out,
+            const char** what, int* err) {
+  uint64_t mask = 0, all = ~0ULL;
+  if (mode == kSeized) {
+    if (Ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(sizeof(mask)), &mask) < 0 ||
+        Ptrace(PTRACE_SETSIGMASK, tid, reinterpret_cast<void*>(sizeof(all)), &all) < 0) {
+      *err = errno;
+      *what = "ptrace(PTRACE_SETSIGMASK)";
+      return false;
+    }
+  }
+  struct user_regs_struct saved;
+  bool ok = Ptrace(PTRACE_GETREGS, tid, nullptr, &saved) >= 0;
+  if (!ok) {
+    *err = errno;
+    *what = "ptrace(PTRACE_GETREGS)";
+  }
+  bool ran = false;
+  for (size_t i = 0; i < n && ok; i++) {
+    ran = true;
+    ok = mode == kSeized ? RunSyscall(tid, saved, gadget, calls + i * 7, &out[i], what)
+                         : RunStep(tid, saved, gadget, calls + i * 7, &out[i], what);
+    if (!ok) *err = errno;
+  }
+  if (Ptrace(PTRACE_SETREGS, tid, nullptr, &saved) < 0 && ok) {
+    ok = false;
+    *err = errno;
+    *what = "ptrace(PTRACE_SETREGS)";
+  }
+  if (mode == kSeized) {
+    const char* w2 = "";
+    if (ran && !Settle(tid, &w2) && ok) {
+      ok = false;
+      *err = errno;
+      *what = w2;
+    }
+    if (Ptrace(PTRACE_SETSIGMASK, tid, reinterpret_cast<void*>(sizeof(mask)), &mask) < 0 && ok) {
+      ok = false;
+      *err = errno;
+      *what = "ptrace(PTRACE_SETSIGMASK)";
+    }
+  }
+  return ok;
+}
+
+bool ModeArg(const Napi::CallbackInfo& info, size_t i, Mode* mode) {
+  *mode = kStep;
+  if (i >= info.Length() || info[i].IsUndefined()) return true;
+  int64_t v;
+  if (!ArgInt(info, i, &v)) return false;
+  if (v != kStep && v != kSeized) {
+    ThrowType(info.Env(), "inject: mode must be 0 (step) or 1 (seized)");
+    return false;
+  }
+  *mode = static_cast<Mode>(v);
+  return true;
+}
+
+// injectSyscall(tid, gadget, mode, nr, a0..a5) -> bigint: the raw return value (negative
+// errno on failure, as the kernel returns it). Registers are restored afterwards.
 Napi::Value InjectSyscall(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t tid64;
   uint64_t gadget, call[7];
-  if (!ArgInt(info, 0, &tid64) || !ArgU64(info, 1, &gadget) || !CallArgs(info, 2, call)) return {};
-  pid_t tid = static_cast<pid_t>(tid64);
-  struct user_regs_struct saved;
-  if (Ptrace(PTRACE_GETREGS, tid, nullptr, &saved) < 0) {
-    ThrowErrno(env, "ptrace(PTRACE_GETREGS)", errno, "tid " + std::to_string(tid));
-    return {};
+  Mode mode;
+  if (!ArgInt(info, 0, &tid64) || !ArgU64(info, 1, &gadget) || !ModeArg(info, 2, &mode)) return {};
+  for (size_t i = 0; i < 7; i++) {
+    call[i] = 0;
+    if (3 + i < info.Length() && !info[3 + i].IsUndefined() && !ArgU64(info, 3 + i, &call[i])) return {};
   }
+  pid_t tid = static_cast<pid_t>(tid64);
   int64_t result = 0;
   const char* what = "";
-  bool ok = RunOne(tid, saved, gadget, call, &result, &what);
-  int err = errno;
-  if (Ptrace(PTRACE_SETREGS, tid, nullptr, &saved) < 0 && ok) {
-    ok = false;
-    err = errno;
-    what = "ptrace(PTRACE_SETREGS)";
-  }
-  if (!ok) {
+  int err = 0;
+  if (!Inject(tid, gadget, call, 1, mode, &result, &what, &err)) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid) + ", syscall " + std::to_string(call[0]));
     return {};
   }
   return Napi::BigInt::New(env, result);
 }
 
-// injectSyscalls(tid, gadget, calls: BigUint64Array of n*7 [nr, a0..a5]) -> BigInt64Array of n
-// results. Saves and restores registers once for the whole batch. A failing call (negative
-// result) does not stop the batch: callers check each result.
+// injectSyscalls(tid, gadget, calls: BigUint64Array of n*7 [nr, a0..a5], mode) -> BigInt64Array
+// of n results. Saves and restores registers once for the whole batch. A failing call
+// (negative result) does not stop the batch: callers check each result.
 Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t tid64;
   uint64_t gadget;
+  Mode mode;
   if (!ArgInt(info, 0, &tid64) || !ArgU64(info, 1, &gadget)) return {};
   if (info.Length() < 3 || !info[2].IsTypedArray() ||
       info[2].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
     ThrowType(env, "injectSyscalls: calls must be a BigUint64Array");
     return {};
   }
+  if (!ModeArg(info, 3, &mode)) return {};
   auto calls = info[2].As<Napi::TypedArrayOf<uint64_t>>();
   size_t n = calls.ElementLength() / 7;
   pid_t tid = static_cast<pid_t>(tid64);
-  struct user_regs_struct saved;
-  if (Ptrace(PTRACE_GETREGS, tid, nullptr, &saved) < 0) {
-    ThrowErrno(env, "ptrace(PTRACE_GETREGS)", errno, "tid " + std::to_string(tid));
-    return {};
-  }
   auto out = Napi::TypedArrayOf<int64_t>::New(env, n, napi_bigint64_array);
-  bool ok = true;
-  int err = 0;
   const char* what = "";
-  for (size_t i = 0; i < n && ok; i++) {
-    int64_t result = 0;
-    ok = RunOne(tid, saved, gadget, calls.Data() + i * 7, &result, &what);
-    err = errno;
-    out[i] = result;
-  }
-  if (Ptrace(PTRACE_SETREGS, tid, nullptr, &saved) < 0 && ok) {
-    ok = false;
-    err = errno;
-    what = "ptrace(PTRACE_SETREGS)";
-  }
-  if (!ok) {
+  int err = 0;
+  if (!Inject(tid, gadget, calls.Data(), n, mode, out.Data(), &what, &err)) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid));
     return {};
   }

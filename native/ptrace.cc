@@ -18,9 +18,11 @@
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "errors.h"
+#include "wait.h"
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
 #define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
@@ -102,20 +104,20 @@ Napi::Value SetOptions(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// waitpid(tid, flags): waitpid(2) on ONE pid (never -1: libuv owns SIGCHLD for its children).
+// waitpid(tid, flags, timeoutMs): waitpid(2) on ONE pid (never -1: libuv owns SIGCHLD for its
+// children), bounded (wait.h): a task that dies without being collectable throws ESRCH, one
+// that never reports throws ETIMEDOUT after timeoutMs (default kWaitTimeoutMs).
 // __WALL is always added. Returns null for WNOHANG with nothing to report, else
 // { status, exited, exitCode, signaled, termSig, stopped, stopSig, event }.
 Napi::Value Waitpid(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   pid_t tid;
-  int64_t flags = 0;
+  int64_t flags = 0, timeout = kWaitTimeoutMs;
   if (!TidArg(info, &tid)) return {};
-  if (info.Length() > 1 && !ArgInt(info, 1, &flags)) return {};
+  if (info.Length() > 1 && !info[1].IsUndefined() && !ArgInt(info, 1, &flags)) return {};
+  if (info.Length() > 2 && !info[2].IsUndefined() && !ArgInt(info, 2, &timeout)) return {};
   int status = 0;
-  pid_t r;
-  do {
-    r = waitpid(tid, &status, static_cast<int>(flags) | __WALL);
-  } while (r < 0 && errno == EINTR);
+  pid_t r = WaitBounded(tid, &status, static_cast<int>(flags), static_cast<int>(timeout));
   if (r < 0) {
     ThrowErrno(env, "waitpid", errno, "pid " + std::to_string(tid));
     return {};
@@ -143,9 +145,23 @@ Napi::Value WaitExit(const Napi::CallbackInfo& info) {
   bool noWait = info.Length() > 1 && info[1].ToBoolean().Value();
   siginfo_t si = {};
   int r;
-  do {
-    r = waitid(P_PID, static_cast<id_t>(tid), &si, WEXITED | __WALL | (noWait ? WNOWAIT : 0));
-  } while (r < 0 && errno == EINTR);
+  // Bounded like every wait (wait.h): polled with WNOHANG, giving up after kWaitTimeoutMs.
+  struct timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (long sleep_ns = 10000;; sleep_ns = sleep_ns < 1000000 ? sleep_ns * 2 : sleep_ns) {
+    si.si_pid = 0;
+    r = waitid(P_PID, static_cast<id_t>(tid), &si, WEXITED | WNOHANG | __WALL | (noWait ? WNOWAIT : 0));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 || si.si_pid != 0) break;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > kWaitTimeoutMs) {
+      r = -1;
+      errno = ETIMEDOUT;
+      break;
+    }
+    struct timespec ts = {0, sleep_ns};
+    nanosleep(&ts, nullptr);
+  }
   if (r < 0) {
     ThrowErrno(env, "waitid", errno, "pid " + std::to_string(tid));
     return {};

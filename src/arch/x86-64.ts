@@ -96,15 +96,21 @@ export const ERESTARTSYS = 512, ERESTARTNOINTR = 513, ERESTARTNOHAND = 514,
   ERESTART_RESTARTBLOCK = 516;
 
 /** ptrace(2) constants. */
-export const PTRACE_O_EXITKILL = 0x100000, PTRACE_O_SUSPEND_SECCOMP = 0x200000, PTRACE_EVENT_STOP = 128;
+export const PTRACE_O_TRACESYSGOOD = 1, PTRACE_O_EXITKILL = 0x100000, PTRACE_O_SUSPEND_SECCOMP = 0x200000,
+  PTRACE_EVENT_STOP = 128;
+/**
+ * Options of every live task a checkpoint seizes: never PTRACE_O_EXITKILL (if ferry dies the
+ * kernel lets the task go); syscall-stops marked with 0x80, which is what makes them harmless
+ * if ferry dies in one (native/inject.cc); its seccomp filters do not see injected syscalls.
+ */
+export const DUMP_TRACE_OPTIONS = PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP;
 /**
  * Options of every task ferry rebuilds: it dies if ferry dies, and its seccomp filters (once
  * installed) do not see the syscalls ferry injects.
  */
 export const RESTORE_TRACE_OPTIONS = PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP;
 
-/** Signals: 1..64; SIGKILL and SIGSTOP cannot be caught. */
-/** A signal mask with every signal: injected syscalls must not dequeue a task's signals. */
+/** Signals: 1..64; SIGKILL and SIGSTOP cannot be caught. A mask with every signal: */
 export const ALL_SIGNALS = (1n << 64n) - 1n;
 export const NSIG = 64, SIGKILL = 9, SIGSTOP = 19, SIGTRAP = 5, SIGCONT = 18;
 export const SIG_DFL = 0n, SIG_IGN = 1n;

@@ -10,7 +10,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
-import { PTRACE_O_SUSPEND_SECCOMP } from '../arch/x86-64.js';
+import { DUMP_TRACE_OPTIONS } from '../arch/x86-64.js';
 import { checkpoint } from '../dump/checkpoint.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { native } from '../native/binding.js';
@@ -55,7 +55,7 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
   try {
     for (const tid of freezer.tids()) {
       try {
-        n.seize(tid, PTRACE_O_SUSPEND_SECCOMP);
+        n.seize(tid, DUMP_TRACE_OPTIONS);
       } catch (err) {
         if (errnoCode(err) === 'ESRCH') continue;
         throw new FerryError('ESEIZE', `cannot attach to thread ${tid} of container ${o.id}: ${describeCause(err)}`, { cause: err });

@@ -13,7 +13,7 @@
  * process group whose leader is outside the tree and is not the root's.
  */
 import { readlinkSync } from 'node:fs';
-import { PTRACE_O_SUSPEND_SECCOMP } from '../arch/x86-64.js';
+import { DUMP_TRACE_OPTIONS } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -56,22 +56,88 @@ export interface FreezeOptions {
   preseized?: ReadonlySet<number>;
 }
 
+/** Why the kernel may refuse ferry a process although ferry runs as root; what to do. */
+const DENIED = 'it may hold capabilities ferry lacks, be non-dumpable (a setuid program), or be guarded by a security '
+  + 'module (Yama ptrace_scope, an LSM): run ferry with at least its privileges, or checkpoint another process';
+
+/** Pids of this ferry and its ancestors, up to (not including) 0. */
+function ferryAndAncestors(): Set<number> {
+  const out = new Set<number>();
+  for (let p = process.pid; p > 0 && !out.has(p) && out.size < 4096;) {
+    out.add(p);
+    try {
+      p = parseStat(readProcText(p, 'stat')).ppid;
+    } catch {
+      break;
+    }
+  }
+  return out;
+}
+
+/**
+ * Refuses, before anything is touched, a root whose tree ferry cannot stop: init (pid 1, the
+ * ancestor of everything), ferry itself or one of its ancestors (its tree holds ferry, which
+ * cannot stop itself: seizing it fails with EPERM), or a process the kernel does not let ferry
+ * inspect. A root that does not exist is left to the caller's own error.
+ */
+export function precheckRoot(root: number): void {
+  let stat: ProcStat;
+  try {
+    stat = parseStat(readProcText(root, 'stat'));
+  } catch {
+    return;
+  }
+  if (root === process.pid) {
+    throw new FerryError('ESELF', `pid ${root} is this ferry itself: give the pid of the process to checkpoint`, { pid: root });
+  }
+  if (root === 1) {
+    throw new FerryError('EINIT', `pid 1 (${stat.comm}) is the init process, the ancestor of every process, ferry included: `
+      + 'it cannot be checkpointed; give the pid of the program to checkpoint (ps -ef --forest shows the tree)', { pid: root });
+  }
+  if (ferryAndAncestors().has(root)) {
+    throw new FerryError('ESELF', `pid ${root} (${stat.comm}) is an ancestor of this ferry (pid ${process.pid}), so its tree `
+      + 'holds ferry itself, which cannot stop itself: run ferry from outside that tree (another terminal or session)', { pid: root });
+  }
+  checkAccess(root, `pid ${root} (${stat.comm})`);
+}
+
+/**
+ * Refuses a process the kernel does not let ferry inspect (PTRACE_MODE_READ, the check that
+ * guards /proc/PID/exe, fd/, maps and ptrace(2) alike), naming it and what to do, before the
+ * first read of its descriptors fails with a bare EACCES.
+ */
+function checkAccess(pid: number, what: string): void {
+  try {
+    readlinkSync(`/proc/${pid}/exe`);
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code !== 'EACCES' && code !== 'EPERM') return; // gone, or a kernel thread: the caller's checks say so
+    throw new FerryError('EPERM', `the kernel does not let ferry inspect ${what} (reading /proc/${pid}/exe: ${code}): ${DENIED}`,
+      { cause: err, pid });
+  }
+}
+
 /** Cheap checks on one process before it is seized. */
 function precheck(pid: number, stat: ProcStat, root: number, pidNs: string): void {
   const what = pid === root ? `pid ${pid}` : `pid ${pid} (in the tree of ${root})`;
+  if (pid === process.pid) {
+    throw new FerryError('ESELF', `${what} is this ferry itself, which cannot stop itself: run ferry from outside the tree `
+      + `of ${root} (another terminal or session)`, { pid });
+  }
   if (isKernelThread(stat)) {
-    throw new FerryError('EKTHREAD', `${what} (${stat.comm}) is a kernel thread: only user processes can be checkpointed`);
+    throw new FerryError('EKTHREAD', `${what} (${stat.comm}) is a kernel thread: only user processes can be checkpointed`, { pid });
   }
   const status = parseStatus(readProcText(pid, 'status'));
   if (status.tgid !== pid) {
-    throw new FerryError('EINVAL', `pid ${pid} is a thread of process ${status.tgid}: checkpoint the process`);
+    throw new FerryError('EINVAL', `pid ${pid} is a thread of process ${status.tgid}: checkpoint the process`, { pid });
   }
   if (status.tracerPid !== 0 && status.tracerPid !== process.pid) {
-    throw new FerryError('ETRACED', `${what} is already traced by pid ${status.tracerPid} (a debugger?): detach it first`);
+    throw new FerryError('ETRACED', `${what} is already traced by pid ${status.tracerPid} (a debugger?): detach it first`, { pid });
   }
+  checkAccess(pid, `${what} (${stat.comm})`);
   for (const [ns, want] of [['pid', pidNs], ['user', nsOf(process.pid, 'user')]] as const) {
     if (nsOf(pid, ns) !== want) {
-      throw new FerryError('EUNSUPPORTED', `${what} (${stat.comm}) runs in another ${ns} namespace: not supported yet (checkpoint it as a container)`);
+      throw new FerryError('EUNSUPPORTED', `${what} (${stat.comm}) runs in another ${ns} namespace: not supported yet (checkpoint it as a container)`, { pid });
     }
   }
 }
@@ -93,11 +159,13 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
     }
     try {
       // Its seccomp filters must not see the syscalls ferry injects.
-      n.seize(tid, PTRACE_O_SUSPEND_SECCOMP);
+      n.seize(tid, DUMP_TRACE_OPTIONS);
     } catch (err) {
       const code = errnoCode(err);
       if (code === 'ESRCH' || (code === 'EPERM' && isZombie(tid))) return false; // exited meanwhile
-      throw new FerryError('ESEIZE', `cannot attach to ${tid === pid ? 'pid' : `thread ${tid} of pid`} ${pid}: ${describeCause(err)}`, { cause: err });
+      const why = code === 'EPERM' ? `: the kernel does not let ferry trace it; ${DENIED}` : '';
+      throw new FerryError('ESEIZE', `cannot attach to ${tid === pid ? 'pid' : `thread ${tid} of pid`} ${pid}: ${describeCause(err)}${why}`,
+        { cause: err, pid });
     }
     seized.push(tid);
     n.interrupt(tid);
@@ -141,6 +209,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
   };
   const processes: FrozenProcess[] = [];
   try {
+    precheckRoot(root);
     const queue: Array<{ pid: number; ppid: number }> = [{ pid: root, ppid: 0 }];
     for (let next = queue.shift(); next; next = queue.shift()) {
       const { pid } = next;

@@ -10,6 +10,10 @@ import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/** How syscalls are injected: 0 single-step (restore stubs), 1 seized (live tasks). */
+export type InjectMode = 0 | 1;
+export const INJECT_STEP: InjectMode = 0, INJECT_SEIZED: InjectMode = 1;
+
 /** Result of waitpid(2) on one pid. */
 export interface WaitStatus {
   /** Raw wait status. */
@@ -75,11 +79,15 @@ export interface NativeBinding {
   cont(tid: number, signal?: number): void;
   /** ptrace(PTRACE_SETOPTIONS). */
   setOptions(tid: number, options: number): void;
-  /** waitpid(2) on one pid with __WALL (| flags); null when WNOHANG found nothing. */
-  waitpid(tid: number, flags?: number): WaitStatus | null;
+  /**
+   * waitpid(2) on one pid with __WALL (| flags); null when WNOHANG found nothing. Bounded:
+   * throws ESRCH when the task died but can never be collected (a leader whose threads are
+   * unreaped zombies) and ETIMEDOUT after `timeoutMs` (default 30 s).
+   */
+  waitpid(tid: number, flags?: number, timeoutMs?: number): WaitStatus | null;
   /**
    * waitid(P_PID, pid, WEXITED|__WALL[|WNOWAIT]): waits for death; with noWait the zombie is
-   * left for its real parent. Returns siginfo's si_code (CLD_EXITED 1, CLD_KILLED 2…) and si_status.
+   * left for its real parent. Bounded (ETIMEDOUT after 30 s). Returns siginfo's si_code (CLD_EXITED 1, CLD_KILLED 2…) and si_status.
    */
   waitExit(pid: number, noWait?: boolean): { code: number; status: number };
   /** PTRACE_GETREGS: struct user_regs_struct (216 bytes). */
@@ -107,12 +115,15 @@ export interface NativeBinding {
   tgkill(tgid: number, tid: number, signal: number): void;
   /**
    * Runs one syscall inside a ptrace-stopped task through the `syscall` instruction at
-   * `gadget` (PTRACE_SINGLESTEP); registers are restored afterwards. Returns the raw result
-   * (-errno on failure).
+   * `gadget`; registers are restored afterwards. `mode` 0 (INJECT_STEP): PTRACE_SINGLESTEP,
+   * for restore stubs; 1 (INJECT_SEIZED): PTRACE_SYSCALL with every signal blocked meanwhile
+   * and the task put back into a PTRACE_EVENT_STOP, for a live task being checkpointed (a
+   * tracer that dies between two calls leaves nothing behind; native/inject.cc). Returns the
+   * raw result (-errno on failure).
    */
-  injectSyscall(tid: number, gadget: bigint, nr: number, ...args: Array<bigint | number>): bigint;
+  injectSyscall(tid: number, gadget: bigint, mode: InjectMode, nr: number, ...args: Array<bigint | number>): bigint;
   /** Runs a batch of injected syscalls ([nr, a0..a5] x n), registers saved/restored once. */
-  injectSyscalls(tid: number, gadget: bigint, calls: BigUint64Array): BigInt64Array;
+  injectSyscalls(tid: number, gadget: bigint, calls: BigUint64Array, mode?: InjectMode): BigInt64Array;
   /**
    * clone3(2) with set_tid = tids (innermost pid namespace first; [] = any PID); the child
    * calls PTRACE_TRACEME, closes every fd and execve(2)s `path`. Returns once the child is

@@ -6,7 +6,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
 import type { NativeError } from '../errors.js';
-import { native } from '../native/binding.js';
+import { INJECT_SEIZED, INJECT_STEP, native } from '../native/binding.js';
 
 const ERRNO_NAMES = new Map<number, string>(
   Object.entries(osConstants.errno).map(([name, no]) => [no, name]),
@@ -61,7 +61,17 @@ export class Tracee {
   /** Address of a `syscall` instruction in the task, used to inject syscalls. */
   gadget = 0n;
 
-  constructor(readonly pid: number, readonly tid: number) {}
+  /**
+   * `seized`: a live task being checkpointed (PTRACE_SEIZE, no exit-kill): every injection
+   * blocks its signals only while it runs and leaves it back in a PTRACE_EVENT_STOP, so ferry
+   * dying between two injections lets it go intact (native/inject.cc). Otherwise a restore
+   * stub, injected into by single-stepping.
+   */
+  constructor(readonly pid: number, readonly tid: number, readonly seized = false) {}
+
+  private get mode(): 0 | 1 {
+    return this.seized ? INJECT_SEIZED : INJECT_STEP;
+  }
 
   /** Runs a syscall in the task; throws an fs-style error on -errno. */
   syscall(nr: number, ...args: Array<bigint | number>): bigint {
@@ -73,7 +83,7 @@ export class Tracee {
   /** Runs a syscall in the task and returns the raw result (-errno on failure). */
   trySyscall(nr: number, ...args: Array<bigint | number>): bigint {
     if (this.gadget === 0n) throw new Error(`no syscall gadget set for tid ${this.tid}`);
-    return native().injectSyscall(this.tid, this.gadget, nr, ...args);
+    return native().injectSyscall(this.tid, this.gadget, this.mode, nr, ...args);
   }
 
   /** Runs several syscalls with one register save/restore; throws on the first failure. */
@@ -82,7 +92,7 @@ export class Tracee {
     calls.forEach((c, i) => {
       c.forEach((v, j) => { flat[i * 7 + j] = BigInt.asUintN(64, BigInt(v)); });
     });
-    const results = native().injectSyscalls(this.tid, this.gadget, flat);
+    const results = native().injectSyscalls(this.tid, this.gadget, flat, this.mode);
     const out: bigint[] = [];
     results.forEach((r, i) => {
       if (r < 0n && r >= -4095n) throw injectedError(calls[i]![0], Number(-r), this.tid);

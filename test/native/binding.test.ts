@@ -7,11 +7,15 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
-import { SYS } from '../../src/arch/x86-64.js';
+import { DUMP_TRACE_OPTIONS, SYS } from '../../src/arch/x86-64.js';
 import { decodeRegs } from '../../src/arch/x86-64.js';
-import { defaultStubPath, native, NATIVE_EXPORTS } from '../../src/native/binding.js';
+import { defaultStubPath, INJECT_SEIZED, INJECT_STEP, native, NATIVE_EXPORTS } from '../../src/native/binding.js';
 import { parseMaps } from '../../src/proc/maps.js';
+import { closeInheritedFds } from '../../src/proc/inherited.js';
 import { vdsoGadget } from '../../src/dump/task-state.js';
+
+// What it spawns starts with descriptors 0-2 only, whatever the shell leaked (src/proc/inherited.ts).
+closeInheritedFds();
 
 const root = process.getuid?.() === 0;
 const skipUnlessRoot = root ? false : 'needs root (ptrace of other processes, clone3 with set_tid)';
@@ -28,7 +32,7 @@ function startSleeper(): number {
   return c.pid!;
 }
 
-describe('native binding', () => {
+describe('native binding', { timeout: 60_000 }, () => {
   it('exports exactly the declared functions', () => {
     const exported = Object.keys(native()).sort();
     assert.deepEqual(exported, [...NATIVE_EXPORTS].sort());
@@ -76,20 +80,24 @@ describe('native binding', () => {
     for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/maps`, 'utf8').includes('sleep'); i++) {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
     }
-    n.seize(pid);
+    n.seize(pid, DUMP_TRACE_OPTIONS);
     n.interrupt(pid);
     const st = n.waitpid(pid);
     assert.ok(st?.stopped, 'stopped after PTRACE_INTERRUPT');
     assert.equal(st.event, 128, 'PTRACE_EVENT_STOP');
     const before = n.getRegs(pid);
     const gadget = vdsoGadget(pid, parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')));
-    assert.equal(n.injectSyscall(pid, gadget, SYS.getpid), BigInt(pid));
-    const batch = new BigUint64Array(14);
-    batch[0] = BigInt(SYS.getpid);
-    batch[7] = BigInt(SYS.close);
-    batch[8] = 12345n; // not open: -EBADF
-    assert.deepEqual([...n.injectSyscalls(pid, gadget, batch)], [BigInt(pid), -9n]);
-    assert.deepEqual(n.getRegs(pid), before, 'registers restored after injection');
+    const mask = n.getSigmask(pid);
+    for (const mode of [INJECT_STEP, INJECT_SEIZED]) {
+      assert.equal(n.injectSyscall(pid, gadget, mode, SYS.getpid), BigInt(pid));
+      const batch = new BigUint64Array(14);
+      batch[0] = BigInt(SYS.getpid);
+      batch[7] = BigInt(SYS.close);
+      batch[8] = 12345n; // not open: -EBADF
+      assert.deepEqual([...n.injectSyscalls(pid, gadget, batch, mode)], [BigInt(pid), -9n]);
+      assert.deepEqual(n.getRegs(pid), before, `registers restored after injection (mode ${mode})`);
+      assert.equal(n.getSigmask(pid), mask, `signal mask as before (mode ${mode})`);
+    }
     assert.ok(n.getXstate(pid).length >= 576, 'XSAVE area has legacy + header');
     assert.equal(typeof n.getSigmask(pid), 'bigint');
     assert.equal(n.getRobustList(pid).len, 24);
