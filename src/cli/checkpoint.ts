@@ -11,7 +11,7 @@ import { formatBytes, formatMs, printLine, progressLine } from './output.js';
  * Checkpoints `o.pid` into `o.image` and prints the result. With `--image -` the image owns
  * stdout, so the result goes to stderr.
  */
-export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext): Promise<void> {
+export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext, signal?: AbortSignal): Promise<void> {
   if (o.image === '-' && isatty(1)) {
     throw new UsageError('checkpoint', '--image - writes the image to standard output, which is a terminal: redirect it to a file or a pipe');
   }
@@ -24,6 +24,7 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext): P
       files: o.files,
       config: ctx.config,
       logger: ctx.logger,
+      ...(signal !== undefined ? { signal } : {}),
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
     };
     result = o.container

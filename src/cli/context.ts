@@ -6,6 +6,8 @@ import type { Logger } from 'pino';
 import { loadConfig, type Config, type LogLevel } from '../config/config.js';
 import { FerryError } from '../errors.js';
 import { createLogger } from '../log.js';
+import { unwindAll } from '../session.js';
+import { setPauseAt } from '../fault.js';
 import type { GlobalCliOptions } from './args.js';
 import { printLine } from './output.js';
 
@@ -28,6 +30,7 @@ export interface RunContext {
  * line the CLI prints.
  */
 export function createContext(command: string, g: GlobalCliOptions): RunContext {
+  setPauseAt(process.env['FERRY_TEST_PAUSE_AT']); // test-only fault points (fault.ts)
   const config = loadConfig(g.config !== undefined ? { path: g.config } : {});
   const logFile = g.logFile ?? config.log.file;
   const level: LogLevel = logFile !== '' ? g.logLevel ?? config.log.level : g.logLevel ?? 'silent';
@@ -50,38 +53,66 @@ const SIGNAL_NUMBERS = { SIGINT: 2, SIGTERM: 15 } as const;
 /** A handled signal. */
 export type HandledSignal = keyof typeof SIGNAL_NUMBERS;
 
+/** The abort reason of a guarded operation: which signal stopped it. */
+export class Interrupted extends FerryError {
+  constructor(readonly signalName: HandledSignal) {
+    super('EINTR', `interrupted by ${signalName}`);
+  }
+}
+
 /** Catches SIGINT/SIGTERM while an operation runs. */
 export interface SignalGuard {
   /** The first signal received, if any. */
   readonly received: HandledSignal | undefined;
   /** Exit status for the signal received (128 + its number), or undefined. */
   readonly exitStatus: number | undefined;
+  /** Aborted by the first signal; the operation's `signal` option. */
+  readonly signal: AbortSignal;
   /** Stops catching the signals. */
   dispose(): void;
 }
 
 /**
- * Lets an operation finish instead of dying halfway when SIGINT (Ctrl-C) or SIGTERM arrives:
- * a process being checkpointed is still seized with its signals blocked, a process being
- * restored is half-built, and the library puts both right only if it reaches its own error
- * path or its end. The first signal is noted and reported (the CLI then exits with 128 + n
- * once the operation has settled); a second one exits at once.
+ * SIGINT (Ctrl-C) and SIGTERM stop an operation the way a user expects, without harming the
+ * workload. The first one aborts it: a checkpoint lets the tree go as it was and removes its
+ * partial image (unless only the final kill was left, which then completes), a restore removes
+ * everything it made (unless the tree already runs); the CLI exits with 128 + n once the
+ * operation has settled. A second one does not wait: every undo still registered runs at once
+ * (synchronously, between two system calls ferry makes, never inside one) and ferry exits.
+ *
+ * While the guard is up, an uncaught exception or unhandled rejection (a bug) also runs the
+ * undos before ferry exits with one line, instead of a stack trace and a workload left seized.
  */
 export function guardSignals(command: string): SignalGuard {
   let received: HandledSignal | undefined;
+  const controller = new AbortController();
   const handler = (signal: HandledSignal): void => {
     if (received !== undefined) {
-      printLine(2, `ferry ${command}: ${signal} again: exiting at once`);
+      printLine(2, `ferry ${command}: ${signal} again: undoing what was started and exiting now`);
+      unwindAll();
       process.exit(128 + SIGNAL_NUMBERS[signal]);
     }
     received = signal;
-    printLine(2, `ferry ${command}: ${signal} received: finishing the current operation so nothing is left half-done (send it again to exit at once)`);
+    controller.abort(new Interrupted(signal));
+  };
+  const fatal = (err: unknown): void => {
+    unwindAll();
+    const what = err instanceof Error ? err.name : typeof err;
+    printLine(2, `ferry ${command}: internal error (${what}); everything it had started was undone: please report it with the log (--log-file)`);
+    process.exit(70);
   };
   const names = Object.keys(SIGNAL_NUMBERS) as HandledSignal[];
   for (const s of names) process.on(s, handler);
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
   return {
     get received() { return received; },
     get exitStatus() { return received === undefined ? undefined : 128 + SIGNAL_NUMBERS[received]; },
-    dispose() { for (const s of names) process.off(s, handler); },
+    signal: controller.signal,
+    dispose() {
+      for (const s of names) process.off(s, handler);
+      process.off('uncaughtException', fatal);
+      process.off('unhandledRejection', fatal);
+    },
   };
 }

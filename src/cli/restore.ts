@@ -5,11 +5,11 @@ import { restore } from '../index.js';
 import { restoreContainer } from '../container/restore.js';
 import { Runtime } from '../container/runtime.js';
 import { UsageError, type RestoreCliOptions } from './args.js';
-import type { RunContext } from './context.js';
+import { Interrupted, type RunContext } from './context.js';
 import { formatBytes, formatMs, printLine, progressLine } from './output.js';
 
 /** Restores the image `o.image` and prints the result on stdout. */
-export async function runRestore(o: RestoreCliOptions, ctx: RunContext): Promise<void> {
+export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?: AbortSignal): Promise<void> {
   if (o.image === '-' && isatty(0)) {
     throw new UsageError('restore', '--image - reads the image from standard input, which is a terminal: pipe or redirect the image in');
   }
@@ -21,6 +21,7 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext): Promise
       files: o.files,
       config: ctx.config,
       logger: ctx.logger,
+      ...(signal !== undefined ? { signal } : {}),
       ...(o.pidFile !== undefined ? { pidFile: o.pidFile } : {}),
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
     };
@@ -36,12 +37,22 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext): Promise
   }
   printLine(1, o.json ? JSON.stringify(result) : formatRestore(result, o));
   // Like runc restore without --detach: stay until the container stops.
-  if (o.container && !o.container.detach) await waitStopped(o.container);
+  if (o.container && !o.container.detach) await waitStopped(o.container, signal);
 }
 
-/** Polls the runtime until the container is stopped or gone. */
-async function waitStopped(c: NonNullable<RestoreCliOptions['container']>): Promise<void> {
+/**
+ * Polls the runtime until the container is stopped or gone. SIGINT/SIGTERM meanwhile is
+ * passed on to the container's init, as `runc run` in the foreground does; ferry then exits
+ * once the container has stopped (a second signal exits at once, leaving it running).
+ */
+async function waitStopped(c: NonNullable<RestoreCliOptions['container']>, signal?: AbortSignal): Promise<void> {
   const rt = new Runtime(c.runtime, c.root);
+  signal?.addEventListener('abort', () => {
+    const name = signal.reason instanceof Interrupted ? signal.reason.signalName : 'SIGTERM';
+    try {
+      rt.run(['kill', c.id, name], `pass ${name} on to container ${c.id}`);
+    } catch { /* stopped meanwhile */ }
+  }, { once: true });
   for (;;) {
     await new Promise((r) => setTimeout(r, 200));
     try {

@@ -5,13 +5,15 @@
  * Nothing is touched before the checks that can fail cheaply have passed (the root exists, is
  * not a kernel thread, holds only supported descriptors). Then every thread of every process
  * under the root is stopped (tree.ts) before any is read. From the moment the first task is
- * seized, any failure detaches all of them with their signal masks restored, so the original
- * keeps running; the image file is removed by the writer.
+ * seized, every step registers its undo with the operation's Session, and any way out before
+ * the final kill lets every task go as it was; the image is written to a temporary name and
+ * renamed into place only when complete (writer.ts). If ferry itself dies, the kernel lets the
+ * tasks go: they hold nothing of ferry's between two injected syscalls (native/inject.cc).
  */
 import { existsSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
-import { collectFiles, checkSupported, describeFds, type CollectedFiles } from '../files/collect.js';
+import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
 import { refuseLeaks } from '../files/leaks.js';
 import { withNetns } from '../task/netns.js';
 import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
@@ -32,7 +34,9 @@ import { readCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { freezeTree, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
-import { ALL_SIGNALS, SIGKILL } from '../arch/x86-64.js';
+import { SIGKILL } from '../arch/x86-64.js';
+import { faultPoint } from '../fault.js';
+import { Session } from '../session.js';
 
 
 /** Checks that `pid` can be checkpointed, before touching it. */
@@ -62,13 +66,11 @@ interface DumpedTask {
   descs: FdDesc[];
 }
 
-/**
- * Reads one stopped process whole (its descriptors are grouped with the others' afterwards).
- * Its threads have every signal blocked; `sigmasks` holds their real masks.
- */
-function dumpTask(p: FrozenProcess, sigmasks: ReadonlyMap<number, bigint>): DumpedTask {
+/** Reads one stopped process whole (its descriptors are grouped with the others' afterwards). */
+function dumpTask(p: FrozenProcess): DumpedTask {
+  const n = native();
   const { pid, tids, stat } = p;
-  const tracees = tids.map((tid) => new Tracee(pid, tid));
+  const tracees = tids.map((tid) => new Tracee(pid, tid, true));
   const main = tracees[0]!;
   try {
     const status = parseStatus(readProcText(pid, 'status'));
@@ -79,7 +81,7 @@ function dumpTask(p: FrozenProcess, sigmasks: ReadonlyMap<number, bigint>): Dump
     // Read the layout after the scratch page is gone again.
     maps = parseMaps(readProcText(pid, 'maps'));
     const vmflags = parseSmapsVmFlags(readProcText(pid, 'smaps'));
-    const threads = tids.map((tid) => readThread(pid, tid, sigmasks.get(tid)!, injected.threads.get(tid)!));
+    const threads = tids.map((tid) => readThread(pid, tid, n.getSigmask(tid), injected.threads.get(tid)!));
     const memory = planMemory(pid, maps, vmflags);
     const paths = readPaths(pid);
     const task: TaskRecord = {
@@ -125,48 +127,36 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const netns = o.pidNamespace !== undefined ? pid : undefined;
   withNetns(netns, () => checkSupported(describeFds(pid), fileOptions));
 
-  const n = native();
-  const tree = freezeTree(pid, {
-    ...(o.pidNamespace !== undefined ? { pidNs: o.pidNamespace } : {}),
-    ...(o.preseized !== undefined ? { preseized: o.preseized } : {}),
-  });
-  const tStopped = performance.now();
-  const live = tree.processes.filter((p) => p.tids.length > 0);
-  log.debug({ processes: tree.processes.length, threads: live.reduce((s, p) => s + p.tids.length, 0) }, 'stopped');
-  const sigmasks = new Map<number, bigint>();
-  const dumped: DumpedTask[] = [];
-  let files: CollectedFiles | undefined;
-  let released = false;
-  /** Lets every thread go with everything as it was. */
-  const release = (): void => {
-    if (released) return;
-    released = true;
-    for (const [tid, mask] of sigmasks) {
-      try { n.setSigmask(tid, mask); } catch (err) { log.warn({ err, tid }, 'cannot restore the signal mask'); }
-    }
-    tree.release();
-  };
-  const closeAll = (): void => {
-    for (const d of dumped) for (const t of d.tracees) t.close();
-  };
-
+  // From here on every step registers its undo; any way out before the final kill runs them.
+  const session = new Session('checkpoint', log);
   try {
+    o.signal?.throwIfAborted();
+    const tree = freezeTree(pid, {
+      ...(o.pidNamespace !== undefined ? { pidNs: o.pidNamespace } : {}),
+      ...(o.preseized !== undefined ? { preseized: o.preseized } : {}),
+    });
+    // The tasks hold nothing of ferry's between injections (native/inject.cc): letting them
+    // go is a detach, and if ferry dies instead, the kernel's detach is the same.
+    session.onUndo('let the tree go', () => tree.release());
+    const tStopped = performance.now();
+    const live = tree.processes.filter((p) => p.tids.length > 0);
+    log.debug({ processes: tree.processes.length, threads: live.reduce((s, p) => s + p.tids.length, 0) }, 'stopped');
+    await faultPoint('seized', o.signal);
+
     const descs = new Map(live.map((p) => [p.pid, describeFds(p.pid)]));
     withNetns(netns, () => { for (const p of live.slice(1)) checkSupported(descs.get(p.pid)!, fileOptions); });
     for (const l of refuseLeaks(descs)) {
       log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
     }
-    for (const p of live) {
-      for (const tid of p.tids) {
-        sigmasks.set(tid, n.getSigmask(tid));
-        n.setSigmask(tid, ALL_SIGNALS);
-      }
-    }
-    for (const p of live) dumped.push(dumpTask(p, sigmasks));
-    files = withNetns(netns, () => collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), fileOptions));
+    const dumped: DumpedTask[] = [];
+    session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
+    for (const p of live) dumped.push(dumpTask(p));
+    const files = withNetns(netns, () => collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), fileOptions));
+    session.onUndo('put the files back', () => files.finish(true));
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
     log.debug({ processes: dumped.length, pagesBytes, files: files.files.length }, 'collected');
+    await faultPoint('dumped', o.signal);
 
     const json = (name: string, value: unknown): ImageEntry => {
       const data = Buffer.from(JSON.stringify(value));
@@ -180,11 +170,22 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
     for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
     for (const extra of o.extraEntries ?? []) entries.push(json(extra.name, extra.value));
+    let firstChunk = true;
     for (const d of dumped) {
       const task = ids.task(d.task, d.task.pid === pid);
       entries.push(json(taskEntry(task.pid), task),
         ...d.xstates.map((x, i): ImageEntry => ({ name: task.threads[i]!.xstate, size: x.data.length, produce: async (sink) => { await sink(x.data); } })),
-        { name: pagesEntry(task.pid), size: d.memory.pagesBytes, produce: (sink) => d.memory.produce(sink, o.config.image.chunkSize) });
+        {
+          name: pagesEntry(task.pid),
+          size: d.memory.pagesBytes,
+          produce: (sink) => d.memory.produce(async (chunk) => {
+            await sink(chunk);
+            if (firstChunk) {
+              firstChunk = false;
+              await faultPoint('writing', o.signal);
+            }
+          }, o.config.image.chunkSize),
+        });
     }
     const written = await writeImage(o.image, {
       ferryVersion: FERRY_VERSION,
@@ -194,14 +195,19 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       tasks: dumped.map((d) => ids.of(d.task.pid)),
     }, entries, {
       onProgress: (done, total) => o.onProgress?.({ phase: 'write', done, total }),
+      ...(o.signal !== undefined ? { signal: o.signal } : {}),
+      session,
     });
-    closeAll();
+    // The image is complete and in place: only letting go (or the kill) is left, and an abort
+    // no longer stops that.
+    await faultPoint('written', o.signal).catch(() => {});
+    for (const d of dumped) for (const t of d.tracees) t.close();
     files.finish(o.leaveRunning);
+    session.close();
 
     if (o.leaveRunning) {
-      release();
+      tree.release();
     } else {
-      released = true;
       killTree(live);
     }
     const tReleased = performance.now();
@@ -219,9 +225,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       totalMs: tEnd - t0,
     };
   } catch (err) {
-    closeAll();
-    files?.finish(true);
-    release();
+    session.unwind();
+    if (o.signal?.aborted && err === o.signal.reason) {
+      throw new FerryError('EINTR', `checkpoint of pid ${pid} ${describeCause(err)}: the process was let go as it was and no image was written`, { cause: err });
+    }
     if (err instanceof FerryError) throw err;
     throw new FerryError('EDUMP', `checkpoint of pid ${pid} failed: ${describeCause(err)} (the process was left running)`, { cause: err });
   }

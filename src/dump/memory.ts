@@ -297,6 +297,8 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
     await flush();
     await Promise.all(inflight);
   } finally {
+    // On a failure the chunks still in flight fail too; their rejections are this one's.
+    for (const p of inflight) p?.catch(() => {});
     if (memFd >= 0) closeSync(memFd);
   }
 }

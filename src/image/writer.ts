@@ -16,9 +16,11 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { closeSync, fstatSync, fsyncSync, openSync, unlinkSync, write, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, renameSync, rmSync, statSync, write, writeSync, type Stats } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import tar from 'tar-stream';
-import { FerryError, describeCause } from '../errors.js';
+import { FerryError, describeCause, errnoCode } from '../errors.js';
+import type { Session } from '../session.js';
 import {
   checkEntryName, FORMAT_VERSION, IMAGE_FORMAT, MANIFEST_NAME, type Manifest, type ManifestEntry,
   type ManifestHeader,
@@ -114,9 +116,47 @@ class HashPool {
   }
 }
 
+/** How writeImage may be stopped and cleaned up after. */
+export interface WriteOptions {
+  onProgress?: (bytesWritten: number, totalBytes: number) => void;
+  /** Aborts the write between two chunks; the temporary file is removed. */
+  signal?: AbortSignal;
+  /** Registers the removal of the temporary file, so a fatal exit removes it too. */
+  session?: Session;
+}
+
+/**
+ * Where an image goes: a regular file (or a new path) is written under a temporary name in
+ * the same directory and renamed over `path` only once complete and fsynced, so an existing
+ * image survives any failure; stdout and other non-regular files (a FIFO, /dev/null) are
+ * written in place.
+ */
+interface Target {
+  fd: number;
+  /** The temporary file, '' when writing in place. */
+  temp: string;
+  seekable: boolean;
+}
+
+function openTarget(path: string): Target {
+  if (path === '-') return { fd: 1, temp: '', seekable: false };
+  let existing: Stats | undefined;
+  try {
+    existing = statSync(path);
+  } catch { /* a new image */ }
+  if (existing !== undefined && !existing.isFile()) {
+    const fd = openSync(path, 'w');
+    return { fd, temp: '', seekable: false };
+  }
+  // Named after ferry's pid: a leftover of a ferry that was killed is recognisable.
+  const temp = join(dirname(path), `.${basename(path)}.ferry-${process.pid}.tmp`);
+  const fd = openSync(temp, 'wx', 0o600);
+  return { fd, temp, seekable: true };
+}
+
 /** Writes the image to `path` ('-' = stdout). */
 export async function writeImage(path: string, header: ManifestHeader, entries: ImageEntry[],
-  options: { onProgress?: (bytesWritten: number, totalBytes: number) => void } = {}): Promise<{ bytes: number; manifest: Manifest }> {
+  options: WriteOptions = {}): Promise<{ bytes: number; manifest: Manifest }> {
   for (const e of entries) {
     checkEntryName(e.name);
     if (Buffer.byteLength(e.name) >= 100) throw new Error(`image entry name too long for a plain header: ${e.name}`);
@@ -130,14 +170,23 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
   const placeholder = Buffer.from(JSON.stringify(manifest));
   const total = BLOCK + padded(placeholder.length) + entries.reduce((s, e) => s + BLOCK + padded(e.size), 0) + 2 * BLOCK;
 
-  const toStdout = path === '-';
-  let fd: number;
+  const where = path === '-' ? 'to stdout' : path;
+  let target: Target;
   try {
-    fd = toStdout ? 1 : openSync(path, 'w', 0o600);
+    target = openTarget(path);
   } catch (err) {
-    throw new FerryError('EIMAGE', `cannot write image ${path}: ${describeCause(err)}`, { cause: err });
+    throw new FerryError('EIMAGE', `cannot write image ${where}: ${describeCause(err)} (check the directory exists and is writable)`, { cause: err });
   }
-  const seekable = !toStdout && fstatSync(fd).isFile();
+  const { fd, temp, seekable } = target;
+  let closed = false;
+  const discard = (): void => {
+    if (!closed && fd !== 1) {
+      closed = true;
+      try { closeSync(fd); } catch { /* already closed */ }
+    }
+    if (temp !== '') rmSync(temp, { force: true });
+  };
+  const dropUndo = options.session?.onUndo(`remove ${temp || 'nothing'}`, discard);
   const pool = new HashPool();
   try {
     if (!seekable) {
@@ -145,34 +194,64 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
       for (const [i, e] of entries.entries()) {
         const h = new EntryHash(pool, i);
         let n = 0;
-        await e.produce(async (chunk) => { n += chunk.length; await h.update(chunk); });
+        await e.produce(async (chunk) => { options.signal?.throwIfAborted(); n += chunk.length; await h.update(chunk); });
         if (n !== e.size) throw new Error(`entry ${e.name} produced ${n} bytes, expected ${e.size}`);
         manifest.entries[i]!.sha256 = await h.digest();
       }
     }
-    const bytes = await writeTar(fd, manifest, entries, seekable ? pool : undefined, total, options.onProgress);
+    const bytes = await writeTar(fd, manifest, entries, seekable ? pool : undefined, total, options);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));
       if (final.length !== placeholder.length) throw new Error('manifest length changed while writing');
       writeSync(fd, final, 0, final.length, BLOCK);
       fsyncSync(fd);
     }
-    if (!toStdout) closeSync(fd);
+    options.signal?.throwIfAborted();
+    if (fd !== 1) {
+      closed = true;
+      closeSync(fd);
+    }
+    if (temp !== '') {
+      renameSync(temp, path);
+      syncDir(dirname(path));
+    }
+    dropUndo?.();
     return { bytes, manifest };
   } catch (err) {
-    if (!toStdout) {
-      try { closeSync(fd); } catch { /* already closed */ }
-      try { unlinkSync(path); } catch { /* not a file we can remove */ }
-    }
-    throw new FerryError('EIMAGE', `cannot write image ${toStdout ? 'to stdout' : path}: ${describeCause(err)}`, { cause: err });
+    dropUndo?.();
+    discard();
+    if (err instanceof FerryError || (options.signal?.aborted && err === options.signal.reason)) throw err;
+    throw new FerryError('EIMAGE', `cannot write image ${where}: ${describeCause(err)}${hintFor(err)}`, { cause: err });
   } finally {
     await pool.close();
   }
 }
 
+/** What to do about a failed write, by errno. */
+function hintFor(err: unknown): string {
+  switch (errnoCode(err)) {
+    case 'ENOSPC': return ' (the file system is full: free space or choose another --image path; the process was left running)';
+    case 'EDQUOT': return ' (over the disk quota; the process was left running)';
+    case 'EPIPE': return ' (the reader of the image went away; the process was left running)';
+    default: return ' (the process was left running)';
+  }
+}
+
+/** fsync(2) of a directory, so a rename in it survives a crash. */
+function syncDir(dir: string): void {
+  let dfd = -1;
+  try {
+    dfd = openSync(dir, 'r');
+    fsyncSync(dfd);
+  } catch { /* a directory that cannot be opened or synced: the rename itself happened */ } finally {
+    if (dfd >= 0) closeSync(dfd);
+  }
+}
+
 /** Writes the tar; with `pool`, hashes each entry on the way (else the manifest already has them). */
 async function writeTar(fd: number, manifest: Manifest, entries: ImageEntry[], pool: HashPool | undefined, total: number,
-  onProgress?: (done: number, total: number) => void): Promise<number> {
+  options: WriteOptions): Promise<number> {
+  const { onProgress, signal } = options;
   const pack = tar.pack();
   let written = 0;
   let failure: unknown;
@@ -200,40 +279,53 @@ async function writeTar(fd: number, manifest: Manifest, entries: ImageEntry[], p
       throw err;
     }
   })();
+  // Observed below; until then a write error reaches the producers through `failure`.
+  pump.catch(() => {});
   const reached = (at: number): Promise<void> => new Promise((resolve, reject) => {
     waiters.push({ at, resolve, reject });
     settle();
   });
 
-  const mtime = new Date(manifest.createdAt);
-  const manifestData = Buffer.from(JSON.stringify(manifest));
-  pack.entry({ name: MANIFEST_NAME, size: manifestData.length, mtime, mode: 0o600 }, manifestData);
-  let pos = BLOCK + padded(manifestData.length);
-  for (const [i, e] of entries.entries()) {
-    const dataStart = pos + BLOCK;
-    const sink = pack.entry({ name: e.name, size: e.size, mtime, mode: 0o600 });
-    const h = pool ? new EntryHash(pool, i) : undefined;
-    let produced = 0;
-    const done = new Promise<void>((resolve, reject) => {
-      sink.on('error', reject);
-      sink.on('close', resolve);
-    });
-    await e.produce((chunk) => {
-      if (failure !== undefined) return Promise.reject(failure);
-      const hashed = h?.update(chunk);
-      produced += chunk.length;
-      if (produced > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
-      sink.write(chunk);
-      const written = reached(dataStart + produced);
-      return hashed ? Promise.all([hashed, written]).then(() => undefined) : written;
-    });
-    if (produced !== e.size) throw new Error(`entry ${e.name} produced ${produced} bytes, expected ${e.size}`);
-    (sink as unknown as { end(): void }).end();
-    await done;
-    if (h) manifest.entries[i]!.sha256 = await h.digest();
-    pos = dataStart + padded(e.size);
+  try {
+    const mtime = new Date(manifest.createdAt);
+    const manifestData = Buffer.from(JSON.stringify(manifest));
+    pack.entry({ name: MANIFEST_NAME, size: manifestData.length, mtime, mode: 0o600 }, manifestData);
+    let pos = BLOCK + padded(manifestData.length);
+    for (const [i, e] of entries.entries()) {
+      const dataStart = pos + BLOCK;
+      const sink = pack.entry({ name: e.name, size: e.size, mtime, mode: 0o600 });
+      const h = pool ? new EntryHash(pool, i) : undefined;
+      let produced = 0;
+      const done = new Promise<void>((resolve, reject) => {
+        sink.on('error', reject);
+        sink.on('close', resolve);
+      });
+      done.catch(() => {}); // awaited below unless a producer fails first
+      await e.produce((chunk) => {
+        if (failure !== undefined) return Promise.reject(failure);
+        if (signal?.aborted) return Promise.reject(signal.reason);
+        const hashed = h?.update(chunk);
+        produced += chunk.length;
+        if (produced > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
+        sink.write(chunk);
+        const written = reached(dataStart + produced);
+        return hashed ? Promise.all([hashed, written]).then(() => undefined) : written;
+      });
+      if (produced !== e.size) throw new Error(`entry ${e.name} produced ${produced} bytes, expected ${e.size}`);
+      (sink as unknown as { end(): void }).end();
+      await done;
+      if (h) manifest.entries[i]!.sha256 = await h.digest();
+      pos = dataStart + padded(e.size);
+    }
+    pack.finalize();
+    await pump;
+    return written;
+  } catch (err) {
+    // The first failure is the one to report: destroying the pack fails the pump too.
+    const first = failure ?? err;
+    // No write may still be in flight when the caller closes the descriptor.
+    pack.destroy();
+    await pump.catch(() => {});
+    throw first;
   }
-  pack.finalize();
-  await pump;
-  return written;
 }
