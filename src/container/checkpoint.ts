@@ -14,7 +14,9 @@ import { DUMP_TRACE_OPTIONS } from '../arch/x86-64.js';
 import { checkpoint } from '../dump/checkpoint.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { native } from '../native/binding.js';
-import { freezerOf, isFrozen } from './cgroup.js';
+import { armThawWatchdog, freezerOf, isFrozen } from './cgroup.js';
+import { faultPoint } from '../fault.js';
+import { Session } from '../session.js';
 import { DEVSHM_ENTRY, readDevShm } from './devshm.js';
 import { readRootfsChanges, ROOTFS_ENTRY } from './rootfs.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
@@ -46,13 +48,21 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
 
   const n = native();
   const preseized = new Set<number>();
-  const letGo = (): void => {
-    for (const tid of preseized) {
-      try { n.detach(tid, 0); } catch { /* exited */ }
-    }
-  };
-  await freezer.freeze();
+  const log = o.logger.child({ op: 'checkpoint', container: o.id });
+  // Every step below registers its undo; the tree's own checkpoint takes over the threads.
+  const session = new Session('container checkpoint', log);
   try {
+    // Armed before the freeze: if ferry dies while the cgroup is frozen, it thaws it.
+    const watchdog = await armThawWatchdog(freezer, o.id);
+    session.onUndo('disarm the freezer watchdog', () => watchdog.disarm());
+    session.onUndo('let the container\'s threads go', () => {
+      for (const tid of preseized) {
+        try { n.detach(tid, 0); } catch { /* exited */ }
+      }
+    });
+    await freezer.freeze();
+    const dropThaw = session.onUndo('thaw the container', () => freezer.thaw());
+    await faultPoint('frozen', o.signal);
     for (const tid of freezer.tids()) {
       try {
         n.seize(tid, DUMP_TRACE_OPTIONS);
@@ -63,16 +73,20 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       preseized.add(tid);
       n.interrupt(tid);
     }
-  } catch (err) {
-    letGo();
-    throw err;
-  } finally {
     // Thawed under ptrace: each seized thread goes into its ptrace stop instead of running.
     freezer.thaw();
-  }
-  for (const tid of preseized) {
-    const st = n.waitpid(tid);
-    if (!st?.stopped) preseized.delete(tid); // exited meanwhile
+    dropThaw();
+    watchdog.disarm();
+    for (const tid of preseized) {
+      const st = n.waitpid(tid);
+      if (!st?.stopped) preseized.delete(tid); // exited meanwhile
+    }
+  } catch (err) {
+    session.unwind();
+    if (o.signal?.aborted && err === o.signal.reason) {
+      throw new FerryError('EINTR', `checkpoint of container ${o.id} ${describeCause(err)}: it was thawed and let go as it was`, { cause: err });
+    }
+    throw err;
   }
 
   const record: ContainerRecord = {
@@ -98,9 +112,10 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       ],
     });
   } catch (err) {
-    letGo(); // the tree's own release already did this; threads it never reached are let go here
+    session.unwind(); // the tree's own release already did this; threads it never reached are let go here
     throw err;
   }
+  session.close();
   if (!o.leaveRunning) rt.run(['delete', '--force', o.id], `container ${o.id}`);
   return result;
 }

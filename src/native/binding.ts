@@ -363,3 +363,8 @@ export function native(): NativeBinding {
 export function defaultStubPath(): string {
   return join(PACKAGE_ROOT, 'build', 'Release', 'ferry-stub');
 }
+
+/** Path of the freezer watchdog (native/helpers/thaw-watchdog.c). */
+export function thawWatchdogPath(): string {
+  return join(PACKAGE_ROOT, 'build', 'Release', 'ferry-thaw-watchdog');
+}
