@@ -69,14 +69,14 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       requireRoot();
       state.ctx = createContext(command, o);
       state.guard = guardSignals(command);
-      return runCheckpoint(o, state.ctx);
+      return runCheckpoint(o, state.ctx, state.guard.signal);
     }
     case 'restore': {
       const o = parseRestoreArgs(argv);
       requireRoot();
       state.ctx = createContext(command, o);
       state.guard = guardSignals(command);
-      return runRestore(o, state.ctx);
+      return runRestore(o, state.ctx, state.guard.signal);
     }
     case 'inspect': {
       const o = parseInspectArgs(argv);

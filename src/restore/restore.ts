@@ -10,6 +10,7 @@
  * On any failure every stub is killed and reaped: nothing half restored is left.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
@@ -27,6 +28,8 @@ import { restoreCreds } from './creds.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { createTree, type CreatedTree } from './tree.js';
 import { validateFiles, validateTask, validateTree } from './validate.js';
+import { faultPoint } from '../fault.js';
+import { Session } from '../session.js';
 
 /** Restores the image `o.image`; resolves once every process runs on its own. */
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
@@ -36,9 +39,15 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     workDir: o.config.image.workDir,
     onProgress: (done, total) => o.onProgress?.({ phase: 'verify', done, total }),
   });
+  // Every step that makes something registers its undo; any way out before the tree runs
+  // removes all of it. If ferry dies instead, the stubs die with it (PTRACE_O_EXITKILL).
+  const session = new Session('restore', log);
+  let rootPid = 0;
   try {
+    o.signal?.throwIfAborted();
     const tVerified = performance.now();
     const { manifest } = image;
+    rootPid = manifest.root.pid;
     checkCompatibility(manifest, { ...hostFacts(), xstateSize: manifest.host.xstateSize });
     const files = validateFiles(await image.readJson(FILES_ENTRY));
     const tree = validateTree(await image.readJson(TREE_ENTRY), manifest.root.pid, manifest.tasks);
@@ -56,66 +65,123 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
     const blobs = new Map<string, Buffer>();
     for (const e of manifest.entries.filter((x) => x.name.startsWith('files/'))) blobs.set(e.name, await image.read(e.name, e.size));
-    // In a fresh pid namespace (a container) every pid is free by construction.
+    // In a fresh pid namespace (a container) every pid is free by construction. Elsewhere
+    // every PID and thread ID is checked now, before anything is made.
     if (!o.makeRoot) {
       for (const p of tree.processes) await assertPidFree(p.pid);
+      for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
       checkFiles(files.files, undefined, inherit);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m));
     }
+    await faultPoint('verified', o.signal);
 
     const tStart = performance.now();
     // A container's init is made by its runtime; its files are reachable through its root.
     const maxFd = Math.max(2, ...tasks.flatMap((t) => t.fds.map((f) => f.fd)));
     const made = o.makeRoot ? await o.makeRoot(image, maxFd) : undefined;
-    let pagesBytes = 0;
-    let hostPid = 0;
-    try {
-      if (made) {
-        checkFiles(files.files, made.fileRoot, inherit);
-        checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m), made.fileRoot);
-      }
-      // A container's sockets are made in its network namespace.
-      const opened = withNetns(made?.pid, () => openFiles(files.files,
-        { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit));
-      try {
-        const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
-        try {
-          for (const task of tasks) {
-            pagesBytes += rebuild(o, created, task, opened, image.locate(pagesEntry(task.pid)), made?.controllerPidfd);
-          }
-          hostPid = created.stubs.get(tree.root)!.pid;
-          letGo(created, tasks, xstates);
-        } catch (err) {
-          created.destroy();
-          if (err instanceof FerryError) throw err;
-          throw new FerryError('ERESTORE', `restore of pid ${tree.root} failed: ${describeCause(err)} (nothing was left running)`, { cause: err });
-        }
-      } finally {
-        closeFiles(opened.opened);
-      }
-    } catch (err) {
-      made?.destroy();
-      throw err;
+    if (made) {
+      session.onUndo('remove the container made for the root', () => made.destroy());
+      checkFiles(files.files, made.fileRoot, inherit);
+      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m), made.fileRoot);
     }
+    // A container's sockets are made in its network namespace.
+    const opened = withNetns(made?.pid, () => openFiles(files.files,
+      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit));
+    const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
+    const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
+    session.onUndo('kill the processes made so far', () => created.destroy());
+    await faultPoint('created', o.signal);
+    let pagesBytes = 0;
+    for (const task of tasks) {
+      o.signal?.throwIfAborted();
+      pagesBytes += rebuild(o, created, task, opened, image.locate(pagesEntry(task.pid)), made?.controllerPidfd);
+    }
+    await faultPoint('rebuilt', o.signal);
+    o.signal?.throwIfAborted();
+    const hostPid = created.stubs.get(tree.root)!.pid;
+    const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
+    // The point of no return: from here the tree runs on its own; an abort no longer applies.
+    letGo(created, tasks, xstates);
+    dropFiles();
+    closeFiles(opened.opened);
+    session.close();
+    await checkRunning(hostPids, tree.root, log);
     const tEnd = performance.now();
-    const pid = hostPid;
-    if (o.pidFile !== undefined) writeFileSync(o.pidFile, `${pid}\n`);
-    log.info({ targetPid: pid, processes: tree.processes.length, pagesBytes }, 'restored');
+    if (o.pidFile !== undefined) writeFileSync(o.pidFile, `${hostPid}\n`);
+    log.info({ targetPid: hostPid, processes: tree.processes.length, pagesBytes }, 'restored');
     return {
-      pid,
+      pid: hostPid,
       pids: tree.processes.map((p) => p.pid),
       pagesBytes,
       verifyMs: tVerified - t0,
       restoreMs: tEnd - tStart,
       totalMs: tEnd - t0,
     };
+  } catch (err) {
+    session.unwind();
+    const what = rootPid ? `restore of pid ${rootPid}` : 'restore';
+    if (o.signal?.aborted && err === o.signal.reason) {
+      throw new FerryError('EINTR', `${what} ${describeCause(err)}: everything it had made was removed`, { cause: err });
+    }
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('ERESTORE', `${what} failed: ${describeCause(err)} (nothing was left running)`, { cause: err });
   } finally {
     await image.close();
   }
 }
 
-/** Throws unless `pid` is free; a zombie holding it gets a moment to be reaped by its parent. */
-async function assertPidFree(pid: number): Promise<void> {
+/** How long a restored tree is watched for a process that dies at once. */
+const SETTLE_MS = 20;
+/** Signals of a fault (SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV, SIGSYS): what a wrong restore causes. */
+const FAULT_SIGNALS = new Set([4, 5, 7, 8, 11, 31]);
+
+/**
+ * Watches the freshly let-go tree for SETTLE_MS: a process killed by a fault at once (a binary
+ * or library changed under --allow-changed-files, a state the kernel refused late) makes the
+ * restore fail, and the rest of the tree is killed rather than left half alive. Its death is
+ * read from /proc/PID/stat (state Z and its exit code; ferry is no longer its tracer). A
+ * process that exits, or is killed by someone, within that time is not a failure.
+ */
+async function checkRunning(pids: readonly number[], root: number, log: RestoreOptions['logger']): Promise<void> {
+  const dead = (pid: number): { signal: number; code: number } | undefined => {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    } catch {
+      return undefined; // gone and reaped already: it exited, as it may
+    }
+    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] !== 'Z' && fields[0] !== 'X') return undefined;
+    const status = Number(fields[49] ?? 0); // field 52, exit_code, as waitpid reports it
+    // Only a fault is a failed restore; a process that exits or is killed may mean to.
+    return FAULT_SIGNALS.has(status & 0x7f) ? { signal: status & 0x7f, code: (status >> 8) & 0xff } : undefined;
+  };
+  for (const end = performance.now() + SETTLE_MS; ; await new Promise((r) => setTimeout(r, 2))) {
+    for (const pid of pids) {
+      const d = dead(pid);
+      if (!d) continue;
+      for (const other of pids) {
+        try { process.kill(other, 'SIGKILL'); } catch { /* gone */ }
+      }
+      log.error({ deadPid: pid, ...d }, 'a restored process died at once');
+      const how = `was killed by ${signalName(d.signal)}`;
+      throw new FerryError('EDIED', `restored pid ${pid} (tree of ${root}) ${how} right after restore, so the tree was killed: `
+        + 'was a binary or library changed since the checkpoint (--allow-changed-files)? see the log');
+    }
+    if (performance.now() >= end) return;
+  }
+}
+
+function signalName(n: number): string {
+  const name = Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0];
+  return name ?? `signal ${n}`;
+}
+
+/**
+ * Throws unless `pid` is free; a zombie holding it gets a moment to be reaped by its parent.
+ * `threadOf`: it is a thread ID of that process.
+ */
+async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
   for (const end = Date.now() + 2000; Date.now() < end; await new Promise((r) => setTimeout(r, 10))) {
     let state = '';
     try {
@@ -130,7 +196,8 @@ async function assertPidFree(pid: number): Promise<void> {
   try {
     comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
   } catch { /* gone meanwhile */ }
-  throw new FerryError('EPIDINUSE', `pid ${pid} is in use by another process (${comm}): stop it, or restore elsewhere`);
+  const what = threadOf === undefined ? `pid ${pid}` : `thread id ${pid} (of pid ${threadOf})`;
+  throw new FerryError('EPIDINUSE', `${what} is in use by another process (${comm}): stop it, or restore elsewhere`, { pid });
 }
 
 /**
