@@ -26,6 +26,10 @@ import { restoreContainer } from '../src/container/restore.js';
 import { Runtime } from '../src/container/runtime.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { parseMaps } from '../src/proc/maps.js';
+import { closeInheritedFds } from '../src/proc/inherited.js';
+
+// The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
+closeInheritedFds();
 
 const sizeMib = Number(process.argv[2] ?? 256);
 const dir = mkdtempSync(join(process.argv[3] ?? '/var/tmp', 'ferry-bench-ctr-'));

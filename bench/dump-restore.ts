@@ -20,6 +20,10 @@ import { checkpoint, restore } from '../src/index.js';
 import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { parseMaps } from '../src/proc/maps.js';
+import { closeInheritedFds } from '../src/proc/inherited.js';
+
+// The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
+closeInheritedFds();
 
 const sizeMib = Number(process.argv[2] ?? 1024);
 const dir = mkdtempSync(join(process.argv[3] ?? '/var/tmp', 'ferry-bench-'));

@@ -27,6 +27,10 @@ import { checkpoint, restore } from '../src/index.js';
 import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { kindByName } from '../src/files/registry.js';
+import { closeInheritedFds } from '../src/proc/inherited.js';
+
+// The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
+closeInheritedFds();
 
 const RUNS = 2;
 /** Runs of the small cases (the base and the watch-descriptor comparison), whose figures are a few ms. */

@@ -24,6 +24,10 @@ import pino from 'pino';
 import { checkpoint, restore } from '../src/index.js';
 import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
+import { closeInheritedFds } from '../src/proc/inherited.js';
+
+// The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
+closeInheritedFds();
 
 const RUNS = 2;
 const TREES = [1, 10, 100, 1000];

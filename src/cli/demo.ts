@@ -6,6 +6,7 @@
  * kills it), waits until it is reaped so its PID is free, restores it with the same PID,
  * and shows that it goes on counting where it stopped, with the timings and the image size.
  * Whatever happens, the process it started or restored is killed and its files are removed.
+ * Descriptors the demo inherited without close-on-exec are closed first (src/proc/inherited.ts).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import type { CheckpointResult, RestoreResult } from '../api.js';
 import { FerryError } from '../errors.js';
 import { checkpoint, restore } from '../index.js';
+import { closeInheritedFds } from '../proc/inherited.js';
 import type { DemoCliOptions } from './args.js';
 import type { RunContext } from './context.js';
 import { formatBytes, formatMs, printLine } from './output.js';
@@ -87,6 +89,10 @@ export async function runDemo(o: DemoCliOptions, ctx: RunContext, interrupted: (
   if (!existsSync(COUNTER)) {
     throw new FerryError('ENODEMO', `the demo program ${COUNTER} is missing: build it with 'npm run build'`);
   }
+  // The counter must start with descriptors 0-2 only: one the shell leaked to us without
+  // close-on-exec would reach it through spawn, and checkpoint would refuse the counter for
+  // sharing that file with the shell. The demo takes no descriptor from its caller.
+  closeInheritedFds();
   const dir = mkdtempSync(join(tmpdir(), 'ferry-demo-'));
   const log = join(dir, 'counter.log');
   const image = join(dir, 'counter.tar');

@@ -2,12 +2,20 @@
  * Workloads under test: started detached with stdio on a regular log file, tracked by pid,
  * and killed at the end of the test file (also when a test fails). Only pids a test started
  * or restored are ever touched.
+ *
+ * Importing this module closes what the test process inherited without close-on-exec (a
+ * leaky shell's or CI agent's descriptors), so that everything a test file spawns, here or
+ * with its own spawn, starts with descriptors 0-2 and what it is given: checkpoint would
+ * otherwise refuse the workload for sharing that file with the shell.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { closeInheritedFds } from '../../src/proc/inherited.js';
 import { FERRY } from './env.js';
+
+closeInheritedFds();
 
 const owned = new Set<number>();
 const dirs = new Set<string>();
@@ -22,6 +30,14 @@ export function cleanup(): void {
   dirs.clear();
 }
 process.on('exit', cleanup);
+// The test runner stops a file that outlives --test-timeout with SIGTERM, Ctrl-C sends SIGINT:
+// the workloads, detached into sessions of their own, get neither, so kill them before going.
+for (const [signal, number] of [['SIGTERM', 15], ['SIGINT', 2], ['SIGHUP', 1]] as const) {
+  process.on(signal, () => {
+    cleanup();
+    process.exit(128 + number);
+  });
+}
 
 /** Marks a pid as ours (e.g. a restored process). */
 export function own(pid: number): void {

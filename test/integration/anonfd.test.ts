@@ -21,7 +21,7 @@ function pidsOf(w: Workload): number[] {
   return [w.pid, ...kids];
 }
 
-describe('eventfd, signalfd, timerfd, memfd and deleted files', { skip }, () => {
+describe('eventfd, signalfd, timerfd, memfd and deleted files', { skip, timeout: 120_000 }, () => {
   it('come back with their state, shared between parent and child, three cycles in a row', async () => {
     const w = await startWorkload(join(WORKLOADS, 'anonfd'), ['DIR']);
     const pids = pidsOf(w);

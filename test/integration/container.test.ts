@@ -68,7 +68,7 @@ const COUNTER = 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; don
 const SHM_COUNTER = 'while true; do n=$(( $(cat /dev/shm/n 2>/dev/null || echo 0) + 1 )); echo $n > /dev/shm/n; echo "tick $n"; sleep 0.05; done';
 const PIPELINE = '( i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done ) | cat | while read n; do echo "tick $n"; done';
 
-describe('containers', { skip }, () => {
+describe('containers', { skip, timeout: 300_000 }, () => {
   before(() => {
     dir = scratchDir('ferry-ctr-');
     state = join(dir, 'state');

@@ -56,7 +56,7 @@ function stubs(): number[] {
   }).map(Number);
 }
 
-describe('credentials and limits', { skip }, () => {
+describe('credentials and limits', { skip, timeout: 120_000 }, () => {
   it('survive three checkpoint/restore cycles, main thread and second thread alike', async () => {
     const w = await startCreds();
     const before = outside(w.pid);

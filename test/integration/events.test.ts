@@ -18,7 +18,7 @@ after(cleanup);
 const children = (pid: number): number[] =>
   readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
 
-describe('epoll, inotify, fanotify', { skip }, () => {
+describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
   it('come back with every item, watch descriptor and mark, three cycles in a row', async () => {
     const w = await startWorkload(join(WORKLOADS, 'events'), ['DIR']);
     const kids = children(w.pid);

@@ -27,7 +27,7 @@ const HOOK = join(ROOT, 'hooks', 'ferry-hook');
 const RUN_DIR = '/run/ferry/hooks';
 const COUNTER = 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done';
 
-describe('hook: stage and config rewrite', () => {
+describe('hook: stage and config rewrite', { timeout: 60_000 }, () => {
   const config = {
     ociVersion: '1.0.2-dev',
     root: { path: '/var/lib/containers/x/merged' },
@@ -74,7 +74,7 @@ const skip = needs('root', 'build')
   || (RUNC ? false : 'needs runc (apt-get install runc)')
   || (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`);
 
-describe('hook: podman and runc', { skip }, () => {
+describe('hook: podman and runc', { skip, timeout: 300_000 }, () => {
   let dir = '';
   let hooksDir = '';
   const tag = `ferry-hook-${process.pid}`;

@@ -17,7 +17,7 @@ interface Inspected {
   tasks: Array<{ pid: number; fds: Array<{ fd: number; kind: string; sharedWith: string[] }> }>;
 }
 
-describe('TCP and UDP sockets', { skip }, () => {
+describe('TCP and UDP sockets', { skip, timeout: 180_000 }, () => {
   it('an established connection is refused without --tcp-established, naming pid, fd, addresses and the flag; nothing changes', async () => {
     const w = await startWorkload(join(WORKLOADS, 'tcp'), ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);

@@ -35,7 +35,7 @@ async function checkpoint(w: Workload, image: string, pids: number[]): Promise<v
   await waitFor('the tree to be gone', () => pids.every((p) => !alive(p)), 5000);
 }
 
-describe('file locks', { skip }, () => {
+describe('file locks', { skip, timeout: 120_000 }, () => {
   it('flock, POSIX and OFD locks and blocked waiters come back, three cycles in a row', async () => {
     const w = await startWorkload(join(WORKLOADS, 'locks'), ['DIR']);
     const pids = treePids(w);
@@ -84,7 +84,7 @@ describe('file locks', { skip }, () => {
   });
 });
 
-describe('changed files', { skip }, () => {
+describe('changed files', { skip, timeout: 60_000 }, () => {
   it('a file whose size or mtime changed is refused naming it, and allowed with --allow-changed-files', async () => {
     const w = await startWorkload(join(WORKLOADS, 'locks'), ['DIR']);
     const pids = treePids(w);

@@ -123,7 +123,7 @@ function restore(image: string): number[] {
   return pids;
 }
 
-describe('nginx (master and two workers)', { skip }, () => {
+describe('nginx (master and two workers)', { skip, timeout: 180_000 }, () => {
   it('serves again from the same master and workers after checkpoint and restore, three cycles', async () => {
     const n = await startNginx();
     const all = [n.master, ...n.workers];

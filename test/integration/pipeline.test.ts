@@ -46,7 +46,7 @@ async function ticksGoOn(w: Workload): Promise<void> {
   assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order');
 }
 
-describe('real trees', { skip: needs('root', 'build') }, () => {
+describe('real trees', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
   it('a shell pipeline with subshells survives three cycles', async () => {
     const w = await startWorkload('/bin/sh', [join(SCRIPTS, 'pipeline.sh')]);
     (await treePids(w.pid)).forEach(own);

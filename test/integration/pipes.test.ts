@@ -17,7 +17,7 @@ interface Inspected {
   tasks: Array<{ fds: Array<{ fd: number; kind: string; target: string; sharedWith: string[] }> }>;
 }
 
-describe('pipes and FIFOs', { skip }, () => {
+describe('pipes and FIFOs', { skip, timeout: 120_000 }, () => {
   it('come back with their data, capacity and flags, three cycles in a row', async () => {
     const w = await startWorkload(join(WORKLOADS, 'pipes'), ['DIR']);
     const image = join(w.dir, 'pipes.tar');

@@ -30,7 +30,7 @@ const skip = needs('root', 'build')
   || (CONMON ? false : 'needs conmon (apt-get install conmon)')
   || (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`);
 
-describe('podman with --runtime ferry-runtime', { skip }, () => {
+describe('podman with --runtime ferry-runtime', { skip, timeout: 300_000 }, () => {
   let dir = '';
   let global: string[] = [];
   let env: NodeJS.ProcessEnv = {};

@@ -27,7 +27,7 @@ async function cycle(w: Workload, image: string): Promise<void> {
   assert.ok(alive(w.pid), 'restored process runs');
 }
 
-describe('checkpoint and restore of one process', { skip }, () => {
+describe('checkpoint and restore of one process', { skip, timeout: 180_000 }, () => {
   it('a counter continues from where it stopped, with the same PID, as an orphan', async () => {
     const w = await startWorkload(join(WORKLOADS, 'counter'), ['50']);
     await waitFor('a few ticks', () => w.ticks().length >= 5);

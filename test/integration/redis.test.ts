@@ -126,7 +126,7 @@ async function cycle(s: Server, image: string, extra: string[], first: boolean):
   own(s.pid);
 }
 
-describe('redis-server', { skip: redisSkip }, () => {
+describe('redis-server', { skip: redisSkip, timeout: 180_000 }, () => {
   it('keeps its data across three checkpoint/restore cycles', async () => {
     const s = await startRedis();
     const c = await Redis.connect(s.port);
@@ -188,7 +188,7 @@ function httpGet(port: number, path: string): Promise<{ status: number; body: st
   });
 }
 
-describe('python3 -m http.server', { skip: skip || needs('python') }, () => {
+describe('python3 -m http.server', { skip: skip || needs('python'), timeout: 120_000 }, () => {
   it('serves again after checkpoint and restore, twice', async () => {
     const s = await startServer(PYTHON, (dir, port) => ['-u', '-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', dir],
       (log) => log.includes('Serving HTTP'));

@@ -56,7 +56,7 @@ class Ticks {
   }
 }
 
-describe('ferry-runtime with runc, as podman and conmon call it', { skip }, () => {
+describe('ferry-runtime with runc, as podman and conmon call it', { skip, timeout: 300_000 }, () => {
   const id = `ferry-rt-${process.pid}`;
   let dir = '';
   let root = '';
@@ -236,7 +236,7 @@ describe('ferry-runtime with runc, as podman and conmon call it', { skip }, () =
   });
 });
 
-describe('the criu stand-in (bin/criu swrk)', { skip: needs('build') }, () => {
+describe('the criu stand-in (bin/criu swrk)', { skip: needs('build'), timeout: 60_000 }, () => {
   /** Sends each request to `criu swrk 3` over a SOCK_SEQPACKET pair; returns the answers. */
   const converse = async (requests: Buffer[]): Promise<{ answers: Buffer[]; code: number | null }> => {
     const n = native();

@@ -60,7 +60,7 @@ async function cycle(w: Workload, image: string, first: boolean): Promise<void> 
   own(w.pid);
 }
 
-describe('signals and timers', { skip }, () => {
+describe('signals and timers', { skip, timeout: 120_000 }, () => {
   it('pending signals, itimers and POSIX timers survive three cycles', async () => {
     const w = await startWorkload(SIGNALS, []);
     await sleep(150); // let the 100 ms periodic timer fire into its blocked signal

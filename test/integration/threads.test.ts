@@ -13,7 +13,7 @@ after(cleanup);
 
 const tids = (pid: number): number[] => readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b);
 
-describe('threads', { skip: needs('root', 'build') }, () => {
+describe('threads', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
   it('a process with 64 threads survives two cycles with every TID', async () => {
     const w = await startWorkload(join(WORKLOADS, 'threads'), ['64']);
     const before = tids(w.pid);

@@ -33,7 +33,7 @@ function walk(root: number): Proc[] {
 const shape = (ps: Proc[], root: number): Array<Omit<Proc, 'state'> & { zombie: boolean }> =>
   ps.map(({ state, ...p }) => ({ ...p, ppid: p.pid === root ? 0 : p.ppid, zombie: state === 'Z' }));
 
-describe('process trees', { skip: needs('root', 'build') }, () => {
+describe('process trees', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
   it('a tree with sessions, groups, threads and zombies survives three cycles', async () => {
     const w = await startWorkload(join(WORKLOADS, 'tree'), []);
     const before = walk(w.pid);

@@ -57,7 +57,7 @@ async function startExternal(holder: 'python' | 'script'): Promise<Workload & { 
   return { pid, dir, log, text, exited, ticks: () => [], holder: child.pid!, tty: /^tty (\S+)/m.exec(text())![1]! };
 }
 
-describe('terminals', { skip: needs('root', 'build') }, () => {
+describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
   it('a pty pair with its session, foreground group, termios and queued bytes survives three cycles', async () => {
     const w = await startWorkload(PTYS, []);
     const kid = children(w.pid)[0]!;

@@ -44,7 +44,7 @@ async function outsideListener(path: string): Promise<{ server: Server; connecti
   };
 }
 
-describe('unix sockets', { skip }, () => {
+describe('unix sockets', { skip, timeout: 120_000 }, () => {
   it('come back connected, named, listening, with their queues and options, three cycles in a row', async () => {
     const w = await startWorkload(join(WORKLOADS, 'unixsk'), ['DIR']);
     const pids = treeOf(w.pid);

@@ -13,7 +13,7 @@ import { freezerAt } from '../../src/container/cgroup.js';
 const dir = mkdtempSync(join(tmpdir(), 'ferry-cgroup-test-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-describe('cgroup freezer', () => {
+describe('cgroup freezer', { timeout: 60_000 }, () => {
   it('a v1 cgroup that cannot be frozen is thawed and reported', async () => {
     symlinkSync('/dev/null', join(dir, 'freezer.state'));
     writeFileSync(join(dir, 'tasks'), '');

@@ -38,7 +38,7 @@ function rejects(text: string, message: string | RegExp): void {
   });
 }
 
-describe('config defaults', () => {
+describe('config defaults', { timeout: 30_000 }, () => {
   it('has the documented built-in values, frozen all the way down', () => {
     assert.deepEqual(DEFAULTS, {
       log: { level: 'warn', file: '' },
@@ -64,7 +64,7 @@ describe('config defaults', () => {
   });
 });
 
-describe('config files', () => {
+describe('config files', { timeout: 30_000 }, () => {
   it('reads every key, converting snake_case to camelCase, and keeps defaults for the rest', () => {
     const c = load('[log]\nlevel = "debug"\nfile = "/var/log/ferry.log"\n[image]\nwork_dir = "/srv/ferry"\nchunk_size = 1048576\n[files]\ndeleted_max_bytes = 1024\n[restore]\nstub = "/opt/ferry/ferry-stub"\n');
     assert.deepEqual(c, {

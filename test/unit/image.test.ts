@@ -9,6 +9,10 @@ import tar from 'tar-stream';
 import { checkCompatibility, parseManifest, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
 import { openImage } from '../../src/image/reader.js';
 import { writeImage, type ImageEntry } from '../../src/image/writer.js';
+import { closeInheritedFds } from '../../src/proc/inherited.js';
+
+// What it spawns starts with descriptors 0-2 only, whatever the shell leaked (src/proc/inherited.ts).
+closeInheritedFds();
 
 const dir = mkdtempSync(join(tmpdir(), 'ferry-image-test-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -36,7 +40,7 @@ function entry(name: string, size: number, chunk = 1000): ImageEntry {
 const expected = (size: number): Buffer => Buffer.from(Array.from({ length: size }, (_, i) => i * 7 & 0xff));
 const entries = (): ImageEntry[] => [entry('a.json', 0), entry('tasks/42/pages.bin', 100_003, 4096), entry('odd', 513)];
 
-describe('image writer and reader', () => {
+describe('image writer and reader', { timeout: 60_000 }, () => {
   it('round-trips through a file; the manifest comes first with every size and sha256', async () => {
     const path = join(dir, 'file.tar');
     const { manifest } = await writeImage(path, header, entries());
@@ -111,7 +115,7 @@ describe('image writer and reader', () => {
   });
 });
 
-describe('manifest', () => {
+describe('manifest', { timeout: 30_000 }, () => {
   const good = (): Manifest => ({ format: 'ferry-image', formatVersion: 1, ...header, entries: [{ name: 'x', size: 1, sha256: 'a'.repeat(64) }] });
   const parse = (m: unknown): Manifest => parseManifest(Buffer.from(JSON.stringify(m)));
 

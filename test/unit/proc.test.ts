@@ -11,7 +11,7 @@ import { parseSmapsVmFlags } from '../../src/proc/smaps.js';
 import { isKernelThread, parseStat } from '../../src/proc/stat.js';
 import { parseStatus } from '../../src/proc/status.js';
 
-describe('maps', () => {
+describe('maps', { timeout: 30_000 }, () => {
   it('parses this process', () => {
     const vmas = parseMaps(readFileSync('/proc/self/maps', 'utf8'));
     assert.ok(vmas.length > 10);
@@ -41,7 +41,7 @@ describe('maps', () => {
   });
 });
 
-describe('stat and status', () => {
+describe('stat and status', { timeout: 30_000 }, () => {
   it('parses a comm with spaces and parentheses', () => {
     const line = '123 (a (b) c) S 1 123 123 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 5 1000 10 1 '
       + '4096 8192 140000 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 12288 16384 20480 24576 28672 32768 36864 0\n';
@@ -69,7 +69,7 @@ describe('stat and status', () => {
   });
 });
 
-describe('fdinfo', () => {
+describe('fdinfo', { timeout: 30_000 }, () => {
   it('parses octal flags including O_CLOEXEC and keeps extra lines', () => {
     const info = parseFdinfo('pos:\t42\nflags:\t02102002\nmnt_id:\t31\nino:\t77\ntfd:        5 events:       19 data:                0\ntfd:        6 events:       19 data:                1\n');
     assert.equal(info.pos, 42n);
@@ -83,7 +83,7 @@ describe('fdinfo', () => {
   });
 });
 
-describe('smaps, auxv, pagemap', () => {
+describe('smaps, auxv, pagemap', { timeout: 30_000 }, () => {
   it('reads VmFlags of this process', () => {
     const flags = parseSmapsVmFlags(readFileSync('/proc/self/smaps', 'utf8'));
     const stack = parseMaps(readFileSync('/proc/self/maps', 'utf8')).find((v) => v.path === '[stack]')!;
