@@ -68,14 +68,14 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       const o = parseCheckpointArgs(argv);
       requireRoot();
       state.ctx = createContext(command, o);
-      state.guard = guardSignals(command);
+      state.guard = guardSignals(`ferry ${command}`);
       return runCheckpoint(o, state.ctx, state.guard.signal);
     }
     case 'restore': {
       const o = parseRestoreArgs(argv);
       requireRoot();
       state.ctx = createContext(command, o);
-      state.guard = guardSignals(command);
+      state.guard = guardSignals(`ferry ${command}`);
       return runRestore(o, state.ctx, state.guard.signal);
     }
     case 'inspect': {
@@ -87,7 +87,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       const o = parseDemoArgs(argv);
       requireRoot();
       state.ctx = createContext(command, o);
-      const guard = guardSignals(command);
+      const guard = guardSignals(`ferry ${command}`);
       state.guard = guard;
       return runDemo(o, state.ctx, () => guard.received);
     }
