@@ -55,6 +55,11 @@ export interface CheckpointOptions extends CommonOptions {
   pidNamespace?: string;
   /** Threads already seized and stopped by the caller (a container's cgroup freeze). */
   preseized?: ReadonlySet<number>;
+  /**
+   * Called once the tree is killed (never with leaveRunning), inside the checkpoint's final
+   * step, which signals do not cut short: a container checkpoint deletes the container there.
+   */
+  onKilled?: () => void;
 }
 
 export interface CheckpointResult {
@@ -101,6 +106,8 @@ export interface MadeRoot {
   fileRoot: string;
   /** Kills it and removes what was made for it (after a failure). */
   destroy(): void;
+  /** Called once the restored tree runs on its own: what guarded its making may stop. */
+  running?(): void;
 }
 
 export interface RestoreResult {

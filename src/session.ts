@@ -67,3 +67,24 @@ export class Session {
 export function unwindAll(): void {
   for (const s of [...open].reverse()) s.unwind();
 }
+
+let finishingSteps = 0;
+
+/**
+ * Runs `fn`, an operation's final step past its point of no return (the kill and clean-up
+ * after a complete image is in place): a second SIGINT/SIGTERM lets it finish instead of
+ * cutting it short, since stopping there would leave more behind than finishing.
+ */
+export async function finishing<T>(fn: () => Promise<T>): Promise<T> {
+  finishingSteps++;
+  try {
+    return await fn();
+  } finally {
+    finishingSteps--;
+  }
+}
+
+/** Whether a final step is running (see `finishing`). */
+export function isFinishing(): boolean {
+  return finishingSteps > 0;
+}

@@ -6,7 +6,7 @@
  */
 import { FerryError } from './errors.js';
 import { printLine } from './cli/output.js';
-import { unwindAll } from './session.js';
+import { isFinishing, unwindAll } from './session.js';
 
 /** Signal numbers of the signals handled, for exit status 128 + n. */
 const SIGNAL_NUMBERS = { SIGINT: 2, SIGTERM: 15 } as const;
@@ -48,6 +48,10 @@ export function guardSignals(prefix: string): SignalGuard {
   let received: HandledSignal | undefined;
   const controller = new AbortController();
   const handler = (signal: HandledSignal): void => {
+    if (received !== undefined && isFinishing()) {
+      printLine(2, `${prefix}: ${signal} again: only the last step is left, finishing it`);
+      return;
+    }
     if (received !== undefined) {
       printLine(2, `${prefix}: ${signal} again: undoing what was started and exiting now`);
       unwindAll();

@@ -4,11 +4,10 @@
  * host has both: v1 controllers and a v2 hierarchy at /sys/fs/cgroup/unified; v1 is preferred
  * when the process has a freezer cgroup there.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError } from '../errors.js';
-import { thawWatchdogPath } from '../native/binding.js';
+import { armWatchdog, type Watchdog } from '../watchdog.js';
 
 /** A cgroup that can be frozen and thawed, with every task in it (sub-cgroups included). */
 export interface Freezer {
@@ -125,49 +124,10 @@ export function isFrozen(f: Freezer): boolean {
   return /^frozen 1$/m.test(readFileSync(join(f.dir, 'cgroup.events'), 'utf8'));
 }
 
-/** An armed freezer watchdog. */
-export interface ThawWatchdog {
-  /** Tells it ferry thawed the cgroup itself: it exits without touching anything. */
-  disarm(): void;
-}
-
 /**
- * Starts the watchdog that thaws `f` if ferry dies while the cgroup is frozen
- * (native/helpers/thaw-watchdog.c): nothing in the kernel would thaw it for us. Resolves once
- * it is armed (it holds the control file open and a pidfd of ferry); bounded to 5 s.
+ * Starts the watchdog that thaws `f` if ferry dies while the cgroup is frozen: nothing in the
+ * kernel would thaw it for us (src/watchdog.ts).
  */
-export async function armThawWatchdog(f: Freezer, id: string): Promise<ThawWatchdog> {
-  const path = thawWatchdogPath();
-  if (!existsSync(path)) throw new FerryError('ENOSTUB', `freezer watchdog ${path} is missing: run 'npm run build'`);
-  // Detached: a Ctrl-C sent to ferry's process group must not reach it.
-  const child = spawn(path, [f.control.file, f.control.thawed], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  child.stdin.on('error', () => { /* it exited: nothing to disarm */ });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('it did not arm within 5 s')), 5000);
-      child.stdout.on('data', (d: Buffer) => {
-        if (d.toString().includes('armed')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      child.on('error', (err) => { clearTimeout(timer); reject(err); });
-      child.on('exit', () => { clearTimeout(timer); reject(new Error(stderr.trim() || 'it exited')); });
-    });
-  } catch (err) {
-    child.kill('SIGKILL');
-    throw new FerryError('EFREEZE', `cannot start the freezer watchdog for container ${id}: ${err instanceof Error ? err.message : String(err)}: the container was not touched`, { cause: err });
-  }
-  child.stdout.destroy();
-  child.unref();
-  let disarmed = false;
-  return {
-    disarm() {
-      if (disarmed) return;
-      disarmed = true;
-      child.stdin.end('d');
-    },
-  };
+export function armThawWatchdog(f: Freezer, id: string): Promise<Watchdog> {
+  return armWatchdog(['write', f.control.file, f.control.thawed], `the freezer of container ${id}`);
 }

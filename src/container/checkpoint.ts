@@ -104,6 +104,13 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       pid: state.pid,
       pidNamespace: readlinkSync(`/proc/${state.pid}/ns/pid`),
       preseized,
+      onKilled: () => {
+        try {
+          rt.run(['delete', '--force', o.id], `container ${o.id}`);
+        } catch (err) {
+          log.warn({ err }, `the container was checkpointed and killed, but ${rt.name} delete failed`);
+        }
+      },
       extraEntries: [
         { name: CONTAINER_ENTRY, value: record },
         // Read now: every thread of the container is stopped.
@@ -116,7 +123,6 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
     throw err;
   }
   session.close();
-  if (!o.leaveRunning) rt.run(['delete', '--force', o.id], `container ${o.id}`);
   return result;
 }
 

@@ -30,6 +30,7 @@ import { DEVSHM_ENTRY, writeDevShm, type DevShmRecord } from './devshm.js';
 import { applyRootfsChanges, ROOTFS_ENTRY, validateRootfs } from './rootfs.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
 import { Runtime } from './runtime.js';
+import { armWatchdog } from '../watchdog.js';
 
 export interface ContainerRestoreOptions extends Omit<RestoreOptions, 'makeRoot'> {
   /** Container id to create (the checkpointed one's or a new one). */
@@ -117,10 +118,14 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
   const out = openSync(join(work, 'runtime.log'), 'w+');
   const nul = openSync('/dev/null', 'r+');
   let created = false;
+  // If ferry dies from here until the tree runs, the runtime must not keep the container.
+  const watchdog = await armWatchdog(['exec', rt.path, ...rt.args(['delete', '--force', o.id])], `container ${o.id}`);
   const destroy = (): void => {
-    if (!created) return;
-    created = false;
-    try { rt.run(['delete', '--force', o.id], `container ${o.id}`); } catch { /* already gone */ }
+    if (created) {
+      created = false;
+      try { rt.run(['delete', '--force', o.id], `container ${o.id}`); } catch { /* already gone */ }
+    }
+    watchdog.disarm();
   };
   try {
     // runc reads the config during create only: swap it in for that moment.
@@ -149,7 +154,7 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
     const at = Number(stub.syscall(SYS.fcntl, 4, F_DUPFD_CLOEXEC, top));
     stub.syscall(SYS.close_range, 0, at - 1, 0);
     stub.close();
-    return { pid, controllerPidfd: at, fileRoot: `/proc/${pid}/root`, destroy };
+    return { pid, controllerPidfd: at, fileRoot: `/proc/${pid}/root`, destroy, running: () => watchdog.disarm() };
   } catch (err) {
     destroy();
     throw err;

@@ -29,7 +29,8 @@ export class Runtime {
     this.path = resolveBinary(name);
   }
 
-  private args(verb: string[]): string[] {
+  /** The runtime's argv (after its path) for `verb`, with --root when set. */
+  args(verb: string[]): string[] {
     return [...(this.root ? ['--root', this.root] : []), ...verb];
   }
 

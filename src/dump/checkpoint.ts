@@ -36,7 +36,7 @@ import { freezeTree, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
 import { SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
-import { Session } from '../session.js';
+import { finishing, Session } from '../session.js';
 
 
 /** Checks that `pid` can be checkpointed, before touching it. */
@@ -198,32 +198,35 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       session,
     });
-    // The image is complete and in place: only letting go (or the kill) is left, and an abort
-    // no longer stops that.
-    await faultPoint('written', o.signal).catch(() => {});
-    for (const d of dumped) for (const t of d.tracees) t.close();
-    files.finish(o.leaveRunning);
-    session.close();
+    // The image is complete and in place: only letting go (or the kill) is left, and neither
+    // an abort nor a second signal stops that (finishing()).
+    return await finishing(async () => {
+      await faultPoint('written', o.signal).catch(() => {});
+      for (const d of dumped) for (const t of d.tracees) t.close();
+      files.finish(o.leaveRunning);
+      session.close();
 
-    if (o.leaveRunning) {
-      tree.release();
-    } else {
-      killTree(live);
-    }
-    const tReleased = performance.now();
-    if (!o.leaveRunning) {
-      const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
-      await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));
-    }
-    const tEnd = performance.now();
-    log.info({ imageBytes: written.bytes, pagesBytes }, 'checkpointed');
-    return {
-      pids: tree.processes.map((p) => p.pid),
-      imageBytes: written.bytes,
-      pagesBytes,
-      frozenMs: tReleased - tStopped,
-      totalMs: tEnd - t0,
-    };
+      if (o.leaveRunning) {
+        tree.release();
+      } else {
+        killTree(live);
+        o.onKilled?.();
+      }
+      const tReleased = performance.now();
+      if (!o.leaveRunning) {
+        const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
+        await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));
+      }
+      const tEnd = performance.now();
+      log.info({ imageBytes: written.bytes, pagesBytes }, 'checkpointed');
+      return {
+        pids: tree.processes.map((p) => p.pid),
+        imageBytes: written.bytes,
+        pagesBytes,
+        frozenMs: tReleased - tStopped,
+        totalMs: tEnd - t0,
+      };
+    });
   } catch (err) {
     session.unwind();
     if (o.signal?.aborted && err === o.signal.reason) {

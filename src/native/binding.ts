@@ -364,7 +364,7 @@ export function defaultStubPath(): string {
   return join(PACKAGE_ROOT, 'build', 'Release', 'ferry-stub');
 }
 
-/** Path of the freezer watchdog (native/helpers/thaw-watchdog.c). */
-export function thawWatchdogPath(): string {
-  return join(PACKAGE_ROOT, 'build', 'Release', 'ferry-thaw-watchdog');
+/** Path of the watchdog (native/helpers/watchdog.c). */
+export function watchdogPath(): string {
+  return join(PACKAGE_ROOT, 'build', 'Release', 'ferry-watchdog');
 }

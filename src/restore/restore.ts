@@ -102,6 +102,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
     // The point of no return: from here the tree runs on its own; an abort no longer applies.
     letGo(created, tasks, xstates);
+    made?.running?.();
     dropFiles();
     closeFiles(opened.opened);
     session.close();

@@ -1,0 +1,363 @@
+/**
+ * The fault matrix of runc containers (issue 8): a container running a static memcheck is
+ * checkpointed and restored with ferry hit at every phase, and into a disk that fills up.
+ * After any fault of a checkpoint the container must still be running, thawed, untraced, with
+ * its memory and signal mask intact; after any fault of a restore nothing may be left: no runc
+ * container with that id, no process in its cgroup; and a retry must work.
+ *
+ * memcheck runs as the container's init, static (the rootfs holds nothing else), at its host
+ * path inside the rootfs (the dump resolves a mapped file's path on the host, see
+ * bench/container.ts). It is build/workloads/memcheck-static when the build makes one, else
+ * compiled here with `cc -static`.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { FERRY, needs, ROOT, WORKLOADS } from '../helpers/env.js';
+import { cleanup, scratchDir, shell, sleep, startWorkload, waitFor } from '../helpers/processes.js';
+import {
+  askVerdict, cell, CHECKPOINT_FAULTS, checkAbortExit, checkIntact, checkLines, checkWrittenExit, CONTAINER_CHECKPOINT_PHASES, hit,
+  Matrix, others, RESTORE_FAULTS, RESTORE_PHASES, runFerry, sha256, startFerry, stderrLines,
+  waitPaused, type Fault, type Problems, type Tree,
+} from './helpers.js';
+
+const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
+const CC = ['/usr/bin/cc', '/usr/bin/gcc'].find((p) => existsSync(p));
+const SOURCE = join(ROOT, 'test', 'fixtures', 'workloads', 'memcheck.c');
+const BUILT = join(WORKLOADS, 'memcheck-static');
+const skip = needs('root', 'build') || (RUNC ? false : 'needs runc (apt-get install runc)')
+  || (existsSync(BUILT) || CC ? false : `needs ${BUILT} or a C compiler with a static libc to build it`);
+
+const matrix = new Matrix('Fault matrix: runc containers (rows: operation, fault; columns: phase)');
+const MIB = 16;
+const CELL = { timeout: 180000 };
+
+let dir = '';
+let state = '';
+let bundle = '';
+/** The static memcheck's path, on the host and inside the rootfs alike. */
+let memcheck = '';
+let olderImage = '';
+const ids = new Set<string>();
+let seq = 0;
+
+function runc(...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+function ctrState(id: string): { status: string; pid: number } {
+  const r = runc('state', id);
+  if (r.code !== 0) return { status: 'absent', pid: 0 };
+  return JSON.parse(r.out) as { status: string; pid: number };
+}
+
+/** Deletes container `id` (by id, forced) and waits until runc no longer lists it. */
+async function remove(id: string): Promise<void> {
+  if (ctrState(id).status === 'absent') return;
+  runc('delete', '--force', id);
+  await waitFor(`container ${id} to be deleted`, () => ctrState(id).status === 'absent', 10000).catch(() => {});
+}
+
+/** The freezer state file of the cgroup `pid` is in (cgroup v1 freezer, else v2), if any. */
+function freezerOf(pid: number): { dir: string; frozen: () => boolean } | undefined {
+  const lines = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n');
+  const v1 = lines.map((l) => l.split(':')).find((f) => f[1]?.split(',').includes('freezer'));
+  if (v1 && existsSync(join('/sys/fs/cgroup/freezer', v1[2] ?? '/', 'freezer.state'))) {
+    const d = join('/sys/fs/cgroup/freezer', v1[2] ?? '/');
+    return { dir: d, frozen: () => readFileSync(join(d, 'freezer.state'), 'utf8').trim() !== 'THAWED' };
+  }
+  const v2 = lines.map((l) => l.split(':')).find((f) => f[0] === '0');
+  const d = join('/sys/fs/cgroup/unified', v2?.[2] ?? '/');
+  if (v2 && existsSync(join(d, 'cgroup.freeze'))) {
+    return { dir: d, frozen: () => /^frozen 1$/m.test(readFileSync(join(d, 'cgroup.events'), 'utf8')) };
+  }
+  return undefined;
+}
+
+/** Pids in a cgroup directory and its children (none when it is gone). */
+function cgroupPids(d: string): number[] {
+  if (!existsSync(d)) return [];
+  const out: number[] = [];
+  const walk = (x: string): void => {
+    for (const f of ['tasks', 'cgroup.procs']) {
+      try {
+        out.push(...readFileSync(join(x, f), 'utf8').split('\n').filter(Boolean).map(Number));
+        break;
+      } catch { /* next */ }
+    }
+    try {
+      for (const e of readdirSync(x, { withFileTypes: true })) if (e.isDirectory()) walk(join(x, e.name));
+    } catch { /* removed meanwhile */ }
+  };
+  walk(d);
+  return [...new Set(out)];
+}
+
+/** A running container as a Tree (its init's host pid), plus its id and cgroup. */
+interface Ctr extends Tree {
+  id: string;
+  cgroup: string;
+}
+
+/** The container `id` runs (under ferry's restore or runc's run): its tree, its log. */
+async function attach(id: string, log: string): Promise<Ctr> {
+  const s = ctrState(id);
+  if (s.status !== 'running') throw new Error(`container ${id} is ${s.status}`);
+  const text = (): string => readFileSync(log, 'utf8');
+  const f = freezerOf(s.pid);
+  return { id, what: `container ${id}`, pids: [s.pid], log, text, cgroup: f?.dir ?? '', verdict: () => askVerdict(s.pid, text) };
+}
+
+/** Runs a fresh container `id` from the bundle, its output on its own log, until it is ready. */
+async function startContainer(id: string): Promise<Ctr> {
+  const log = join(dir, `${id}.log`);
+  const fd = openSync(log, 'a');
+  const r = spawnSync(RUNC!, ['--root', state, 'run', '-d', '--bundle', bundle, id], { stdio: ['ignore', fd, fd], timeout: 60000 });
+  closeSync(fd);
+  ids.add(id);
+  if (r.status !== 0) throw new Error(`runc run ${id} failed: ${readFileSync(log, 'utf8').trim().split('\n').at(-1)}`);
+  await waitFor(`container ${id} to get ready`, () => readFileSync(log, 'utf8').includes('ready pid=1'));
+  return attach(id, log);
+}
+
+/** The container is running, thawed, and its init intact (checkIntact). */
+async function checkRunning(p: Problems, c: Ctr): Promise<void> {
+  const s = ctrState(c.id);
+  if (s.status !== 'running') p.push(`container ${c.id} is ${s.status}, not running`);
+  if (s.status === 'absent') return;
+  if (s.pid !== c.pids[0]) p.push(`container ${c.id} has init ${s.pid}, was ${c.pids[0]}`);
+  const f = freezerOf(c.pids[0]!);
+  if (f?.frozen()) p.push(`container ${c.id} left frozen`);
+  await checkIntact(p, c);
+}
+
+/** Restores `image` as container `id` (detached) and checks it; deletes it afterwards. */
+async function restoreAndCheck(p: Problems, id: string, image: string, log: string, what: string): Promise<void> {
+  const r = await runFerry(['restore', id, '--root', state, '--image', image, '--bundle', bundle, '--detach'], p);
+  ids.add(id);
+  if (r.code !== 0) {
+    p.push(`${what}: restore failed (${r.code}): ${stderrLines(r.stderr)[0] ?? ''}`);
+  } else {
+    const c = await attach(id, log);
+    const v = await c.verdict();
+    if (v !== 'PASS') p.push(`${what}: restored container check: ${v}`);
+  }
+  await remove(id);
+}
+
+function nextId(): string {
+  return `ff${process.pid}-${++seq}`;
+}
+
+/** One checkpoint cell: a fresh container, the older image at the target path, ferry paused and hit. */
+async function checkpointCell(p: Problems, phase: string, fault: Fault): Promise<void> {
+  const id = nextId();
+  const c = await startContainer(id);
+  const images = join(dir, `${id}.images`);
+  mkdirSync(images);
+  const target = join(images, 'image.tar');
+  copyFileSync(olderImage, target);
+  const older = sha256(target);
+  const run = startFerry(['checkpoint', id, '--root', state, '--image', target], phase);
+  try {
+    const notPaused = await waitPaused(run, phase);
+    if (notPaused) {
+      p.push(notPaused);
+      return;
+    }
+    const r = await hit(run, fault, p);
+    if (phase !== 'written') {
+      checkAbortExit(p, fault, r, run.stderr());
+      await checkRunning(p, c);
+      if (!existsSync(target)) p.push('the older image at the target path is gone');
+      else if (sha256(target) !== older) p.push('the older image at the target path was overwritten');
+      const left = others(images, 'image.tar');
+      if (fault !== 'SIGKILL' && left.length) p.push(`left in the image directory: ${left.join(', ')}`);
+      return;
+    }
+    checkWrittenExit(p, fault, r, run.stderr());
+    if (fault === 'SIGKILL') {
+      await checkRunning(p, c);
+    } else {
+      const s = ctrState(id);
+      // Either the checkpoint finished (the container is gone) or it was let go whole.
+      if (s.status === 'running') await checkRunning(p, c);
+      else if (s.status !== 'absent') p.push(`container left ${s.status}`);
+      const left = others(images, 'image.tar');
+      if (left.length) p.push(`left in the image directory: ${left.join(', ')}`);
+    }
+    if (!existsSync(target) || sha256(target) === older) {
+      p.push(existsSync(target) ? 'the target path still holds the older image' : 'no image at the target path');
+      return;
+    }
+    await remove(id);
+    await restoreAndCheck(p, id, target, c.log, 'the image written');
+  } finally {
+    if (!run.exited) run.child.kill('SIGKILL');
+    await run.exit;
+    await remove(id);
+  }
+}
+
+/** The image the restore cells restore (of a container that was checkpointed and deleted). */
+let restoreImage = '';
+let restoreLog = '';
+let restoreCgroup = '';
+const RESTORE_ID = `ff${process.pid}-r`;
+
+/** One restore cell: ferry restores the image as RESTORE_ID, paused at `phase`, and is hit. */
+async function restoreCell(p: Problems, phase: string, fault: Fault): Promise<void> {
+  const copy = join(scratchDir('ferry-fault-img-'), 'image.tar');
+  copyFileSync(restoreImage, copy);
+  const run = startFerry(['restore', RESTORE_ID, '--root', state, '--image', copy, '--bundle', bundle, '--detach'], phase);
+  ids.add(RESTORE_ID);
+  try {
+    const notPaused = await waitPaused(run, phase);
+    if (notPaused) {
+      p.push(notPaused);
+      return;
+    }
+    const r = await hit(run, fault, p);
+    checkAbortExit(p, fault, r, run.stderr());
+    await waitFor('the container to be gone', () => ctrState(RESTORE_ID).status === 'absent', 10000).catch(() => {
+      p.push(`runc still lists container ${RESTORE_ID} (${ctrState(RESTORE_ID).status})`);
+    });
+    if (restoreCgroup !== '') {
+      await waitFor('its cgroup to be empty', () => cgroupPids(restoreCgroup).length === 0, 10000).catch(() => {
+        p.push(`processes left in its cgroup: ${cgroupPids(restoreCgroup).join(' ')}`);
+      });
+    }
+    await remove(RESTORE_ID);
+    await restoreAndCheck(p, RESTORE_ID, copy, restoreLog, 'retry');
+  } finally {
+    if (!run.exited) run.child.kill('SIGKILL');
+    await run.exit;
+    await remove(RESTORE_ID);
+  }
+}
+
+/** ENOSPC: a container bigger than the 8 MiB tmpfs its image goes to. */
+async function enospcCell(p: Problems): Promise<void> {
+  const id = nextId();
+  const c = await startContainer(id);
+  const small = join(dir, `${id}.small`);
+  mkdirSync(small);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small], { encoding: 'utf8' });
+  try {
+    if (m.status !== 0) {
+      p.push(`cannot mount a tmpfs: ${m.stderr.trim()}`);
+      return;
+    }
+    const target = join(small, 'image.tar');
+    copyFileSync(olderImage, target);
+    const older = sha256(target);
+    const r = await runFerry(['checkpoint', id, '--root', state, '--image', target], p);
+    if (r.code !== 1) p.push(`exit ${r.code}, expected 1`);
+    checkLines(p, r.stderr, 1);
+    if (r.code === 1 && !/ENOSPC|no space/i.test(r.stderr)) p.push(`the line does not say the disk is full: ${stderrLines(r.stderr)[0]}`);
+    await checkRunning(p, c);
+    if (!existsSync(target)) p.push('the older image is gone');
+    else if (sha256(target) !== older) p.push('the older image was overwritten');
+    const left = others(small, 'image.tar');
+    if (left.length) p.push(`partial files left: ${left.join(', ')}`);
+  } finally {
+    await remove(id);
+    if (m.status === 0 && spawnSync('umount', [small]).status !== 0) spawnSync('umount', ['-l', small]);
+  }
+}
+
+/** EPIPE: the reader of --image - goes away after 100000 bytes. */
+async function epipeCell(p: Problems): Promise<void> {
+  const id = nextId();
+  const c = await startContainer(id);
+  try {
+    const err = join(dir, `${id}.err`);
+    const code = join(dir, `${id}.code`);
+    await shell(`{ '${FERRY}' checkpoint ${id} --root '${state}' --image - 2>'${err}'; echo $? >'${code}'; } | head -c 100000 >/dev/null`);
+    await waitFor('ferry to finish', () => existsSync(code) && readFileSync(code, 'utf8').endsWith('\n'), 60000);
+    const status = Number(readFileSync(code, 'utf8'));
+    if (status !== 1) p.push(`exit ${status}, expected 1`);
+    checkLines(p, readFileSync(err, 'utf8'), 1);
+    await checkRunning(p, c);
+  } finally {
+    await remove(id);
+  }
+}
+
+function expectOk(problems: Problems): void {
+  assert.ok(problems.length === 0, problems.join('\n'));
+}
+
+describe('fault matrix: containers', { skip }, () => {
+  before(async () => {
+    dir = scratchDir('ferry-fault-ctr-');
+    state = join(dir, 'state');
+    if (existsSync(BUILT)) {
+      memcheck = BUILT;
+    } else {
+      memcheck = join(dir, 'memcheck-static');
+      const cc = spawnSync(CC!, ['-O2', '-static', '-o', memcheck, SOURCE], { encoding: 'utf8' });
+      assert.equal(cc.status, 0, `cc -static memcheck.c: ${cc.stderr}`);
+    }
+    const rootfs = join(dir, 'rootfs');
+    for (const d of ['proc', 'sys', 'dev', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
+    mkdirSync(join(rootfs, dirname(memcheck)), { recursive: true });
+    copyFileSync(memcheck, join(rootfs, memcheck));
+    spawnSync('chmod', ['755', join(rootfs, memcheck)]);
+    bundle = join(dir, 'bundle');
+    mkdirSync(bundle);
+    const spec = spawnSync(RUNC!, ['spec', '--bundle', bundle], { encoding: 'utf8' });
+    assert.equal(spec.status, 0, spec.stderr);
+    const config = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as Record<string, any>;
+    config.root = { path: rootfs, readonly: false };
+    config.process.terminal = false;
+    config.process.args = [memcheck, String(MIB)];
+    writeFileSync(join(bundle, 'config.json'), JSON.stringify(config, null, 1));
+
+    // The older image every checkpoint cell finds at its target path: a small real one.
+    const w = await startWorkload(join(WORKLOADS, 'counter'), ['50']);
+    olderImage = join(dir, 'older.tar');
+    const o = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', olderImage, '--leave-running']);
+    process.kill(w.pid, 'SIGKILL');
+    assert.equal(o.code, 0, `the older image: ${o.stderr}`);
+  });
+
+  after(async () => {
+    console.log(`\n${matrix.render()}\n`);
+    for (const id of ids) await remove(id);
+    cleanup();
+  });
+
+  describe('checkpoint', () => {
+    for (const fault of CHECKPOINT_FAULTS) {
+      for (const phase of CONTAINER_CHECKPOINT_PHASES) {
+        const row = `container checkpoint ${fault}`;
+        it(`${row} @ ${phase}`, CELL, async () => expectOk(await cell(matrix, row, phase, (p) => checkpointCell(p, phase, fault))));
+      }
+    }
+    it('container checkpoint ENOSPC', CELL, async () => expectOk(await cell(matrix, 'container checkpoint ENOSPC', 'once', enospcCell)));
+    it('container checkpoint EPIPE', CELL, async () => expectOk(await cell(matrix, 'container checkpoint EPIPE', 'once', epipeCell)));
+  });
+
+  describe('restore', () => {
+    before(async () => {
+      const c = await startContainer(RESTORE_ID);
+      restoreLog = c.log;
+      restoreCgroup = c.cgroup;
+      restoreImage = join(dir, 'restore.tar');
+      const r = await runFerry(['checkpoint', RESTORE_ID, '--root', state, '--image', restoreImage]);
+      assert.equal(r.code, 0, `checkpoint of the container for the restore cells: ${r.stderr}`);
+      await remove(RESTORE_ID);
+      await sleep(100);
+    });
+    for (const fault of RESTORE_FAULTS) {
+      for (const phase of RESTORE_PHASES) {
+        const row = `container restore ${fault}`;
+        it(`${row} @ ${phase}`, CELL, async () => expectOk(await cell(matrix, row, phase, (p) => restoreCell(p, phase, fault))));
+      }
+    }
+  });
+});

@@ -1,0 +1,358 @@
+/**
+ * The fault matrix of processes (issue 8): ferry is hit at every phase of a checkpoint and a
+ * restore of one process and of a tree, and by the faults of the world (a full disk, a closed
+ * pipe, a target that dies or forks meanwhile, a pid already in use), and must never harm the
+ * workload. The workload is memcheck (test/fixtures/workloads/memcheck.c): it knows every byte
+ * of its memory and its signal mask and checks them on SIGUSR1.
+ *
+ * Every cell is one test; the whole matrix is also printed as a table at the end. A cell whose
+ * pause point ferry never reached says so ("no pause at PHASE ... pause point not wired?"),
+ * which is not the same as ferry harming the workload.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
+import { cleanup, scratchDir, shell, sleep, startWorkload, waitFor } from '../helpers/processes.js';
+import {
+  cell, CHECKPOINT_FAULTS, checkAbortExit, checkIntact, checkLines, checkRestored, checkWrittenExit, hit, killAll, killOurs, Matrix,
+  MEMCHECK, others, pidsFree, PROCESS_CHECKPOINT_PHASES, RESTORE_FAULTS, RESTORE_PHASES, runFerry, settle,
+  sha256, startFerry, status, startMemcheck, stderrLines, waitPaused, type Fault, type Problems, type Tree,
+} from './helpers.js';
+
+const skip = needs('root', 'build') || (existsSync(MEMCHECK) ? false : `needs ${MEMCHECK} ('npm run build')`);
+const matrix = new Matrix('Fault matrix: processes (rows: target, operation, fault; columns: phase)');
+after(() => {
+  console.log(`\n${matrix.render()}\n`);
+  killAll();
+  cleanup();
+});
+
+type Mode = 'one' | 'tree';
+/** MiB per process: small, the pause points make size irrelevant (tree: 4 processes). */
+const MIB: Record<Mode, number> = { one: 16, tree: 8 };
+const CELL = { timeout: 180000 };
+
+/** A small good image of another process: the "older image" every checkpoint cell starts with. */
+let olderImage = '';
+
+function expectOk(problems: Problems): void {
+  assert.ok(problems.length === 0, problems.join('\n'));
+}
+
+/** Restores `image` (no pause) and checks the restored tree; `t` names its pids and log. */
+async function restoreAndCheck(p: Problems, image: string, t: Tree, what: string): Promise<void> {
+  const held = await pidsFree(t.pids);
+  if (held.length) {
+    p.push(`${what}: pids not free: ${held.join(', ')}`);
+    return;
+  }
+  const r = await runFerry(['restore', '--image', image], p);
+  if (r.code !== 0) p.push(`${what}: restore failed (${r.code}): ${stderrLines(r.stderr)[0] ?? ''}`);
+  else await checkRestored(p, t);
+  killOurs(t.pids);
+}
+
+/**
+ * One checkpoint cell: a fresh tree, the older image at the target path, ferry paused at
+ * `phase` and hit by `fault`.
+ */
+async function checkpointCell(p: Problems, mode: Mode, phase: string, fault: Fault): Promise<void> {
+  const t = await startMemcheck(MIB[mode], mode);
+  const dir = join(t.dir, 'images');
+  mkdirSync(dir);
+  const target = join(dir, 'image.tar');
+  copyFileSync(olderImage, target);
+  const older = sha256(target);
+  const run = startFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', target], phase);
+  try {
+    const notPaused = await waitPaused(run, phase);
+    if (notPaused) {
+      p.push(notPaused);
+      return;
+    }
+    const r = await hit(run, fault, p);
+    if (phase !== 'written') {
+      checkAbortExit(p, fault, r, run.stderr());
+      await checkIntact(p, t);
+      if (!existsSync(target)) p.push('the older image at the target path is gone');
+      else if (sha256(target) !== older) p.push('the older image at the target path was overwritten');
+      const left = others(dir, 'image.tar');
+      if (fault !== 'SIGKILL' && left.length) p.push(`left in the image directory: ${left.join(', ')}`);
+      return;
+    }
+    // At `written` the image is complete and in place: only the final kill was left.
+    checkWrittenExit(p, fault, r, run.stderr());
+    if (fault === 'SIGKILL') {
+      await checkIntact(p, t);
+    } else {
+      const alive = t.pids.filter((pid) => { const st = status(pid); return st !== undefined && !'ZX'.includes(st.state); });
+      if (alive.length === t.pids.length) await checkIntact(p, t); // let go: it must be whole
+      else if (alive.length > 0) p.push(`tree half killed: ${alive.join(' ')} alive, the rest gone`);
+      const left = others(dir, 'image.tar');
+      if (left.length) p.push(`left in the image directory: ${left.join(', ')}`);
+    }
+    if (!existsSync(target)) {
+      p.push('no image at the target path');
+      return;
+    }
+    if (sha256(target) === older) {
+      p.push('the target path still holds the older image');
+      return;
+    }
+    killOurs(t.pids);
+    await t.exited;
+    await restoreAndCheck(p, target, t, 'the image written');
+  } finally {
+    if (!run.exited) run.child.kill('SIGKILL');
+    await run.exit;
+    killOurs(t.pids);
+  }
+}
+
+/** The image of each mode, made once: the original was checkpointed (and killed). */
+const images = new Map<Mode, { image: string; tree: Tree }>();
+
+async function makeImage(mode: Mode): Promise<void> {
+  const t = await startMemcheck(MIB[mode], mode);
+  const image = join(t.dir, `${mode}.tar`);
+  const r = await runFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', image, '--json']);
+  assert.equal(r.code, 0, `checkpoint of memcheck ${mode} for the restore cells: ${r.stderr}`);
+  const pids = (JSON.parse(r.stdout) as { pids: number[] }).pids;
+  assert.deepEqual([...pids].sort(), [...t.pids].sort(), 'the image holds the whole tree');
+  await t.exited;
+  assert.deepEqual(await pidsFree(t.pids), [], 'the original tree is gone');
+  images.set(mode, { image, tree: t });
+}
+
+/** One restore cell: a copy of the mode's image, restored with ferry paused at `phase` and hit. */
+async function restoreCell(p: Problems, mode: Mode, phase: string, fault: Fault): Promise<void> {
+  const { image, tree } = images.get(mode)!;
+  const held = await pidsFree(tree.pids);
+  if (held.length) {
+    p.push(`before the cell: ${held.join(', ')}`);
+    return;
+  }
+  const copy = join(scratchDir('ferry-fault-img-'), 'image.tar');
+  copyFileSync(image, copy);
+  const run = startFerry(['restore', '--image', copy], phase);
+  try {
+    const notPaused = await waitPaused(run, phase);
+    if (notPaused) {
+      p.push(notPaused);
+      return;
+    }
+    const r = await hit(run, fault, p);
+    checkAbortExit(p, fault, r, run.stderr());
+    const left = await pidsFree(tree.pids);
+    if (left.length) p.push(`left behind: ${left.join(', ')}`);
+    killOurs(tree.pids);
+    await restoreAndCheck(p, copy, tree, 'retry');
+  } finally {
+    if (!run.exited) run.child.kill('SIGKILL');
+    await run.exit;
+    killOurs(tree.pids);
+    await pidsFree(tree.pids);
+  }
+}
+
+/** ENOSPC: the image goes to a tmpfs smaller than the tree; the older image there survives. */
+async function enospcCell(p: Problems, mode: Mode): Promise<void> {
+  const t = await startMemcheck(mode === 'one' ? 32 : 16, mode);
+  const dir = join(t.dir, 'small');
+  mkdirSync(dir);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dir], { encoding: 'utf8' });
+  if (m.status !== 0) {
+    killOurs(t.pids);
+    p.push(`cannot mount a tmpfs: ${m.stderr.trim()}`);
+    return;
+  }
+  try {
+    const target = join(dir, 'image.tar');
+    copyFileSync(olderImage, target);
+    const older = sha256(target);
+    const r = await runFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', target], p);
+    if (r.code !== 1) p.push(`exit ${r.code}, expected 1${r.code === 0 ? ' (the image cannot fit in 8 MiB)' : ''}`);
+    checkLines(p, r.stderr, 1);
+    if (r.code === 1 && !/ENOSPC|no space/i.test(r.stderr)) p.push(`the line does not say the disk is full: ${stderrLines(r.stderr)[0]}`);
+    await checkIntact(p, t);
+    if (!existsSync(target)) p.push('the older image is gone');
+    else if (sha256(target) !== older) p.push('the older image was overwritten');
+    const left = others(dir, 'image.tar');
+    if (left.length) p.push(`partial files left: ${left.join(', ')}`);
+  } finally {
+    killOurs(t.pids);
+    if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
+  }
+}
+
+/** EPIPE: the reader of --image - goes away after 100000 bytes. */
+async function epipeCell(p: Problems, mode: Mode): Promise<void> {
+  const t = await startMemcheck(MIB[mode], mode);
+  try {
+    const err = join(t.dir, 'ferry.err');
+    const code = join(t.dir, 'ferry.code');
+    await shell(`{ '${FERRY}' checkpoint --pid ${t.pids[0]} --image - 2>'${err}'; echo $? >'${code}'; } | head -c 100000 >/dev/null`);
+    await waitFor('ferry to finish', () => existsSync(code) && readFileSync(code, 'utf8').endsWith('\n'), 60000);
+    const status = Number(readFileSync(code, 'utf8'));
+    const stderr = readFileSync(err, 'utf8');
+    if (status !== 1) p.push(`exit ${status}, expected 1`);
+    checkLines(p, stderr, 1);
+    await checkIntact(p, t);
+  } finally {
+    killOurs(t.pids);
+  }
+}
+
+/** The target dies at a random moment of its checkpoint, ten times: a clean end, never a hang. */
+async function targetExitsCell(p: Problems): Promise<void> {
+  for (let i = 0; i < 10; i++) {
+    const t = await startMemcheck(128, 'one');
+    const dir = join(t.dir, 'images');
+    mkdirSync(dir);
+    const target = join(dir, 'image.tar');
+    // Spread over the run: node's start takes ~200 ms, then the seize, the dump and the write.
+    const delay = i * 60 + Math.floor(Math.random() * 60);
+    const run = startFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', target, '--leave-running']);
+    try {
+      await sleep(delay);
+      killOurs(t.pids);
+      const mine: Problems = [];
+      const r = await settle(run, 'after its target died', mine);
+      if (r.code !== 0 && r.code !== 1) mine.push(`exit ${r.code ?? r.signal}`);
+      checkLines(mine, run.stderr(), 1, r.code === 1 ? 1 : 0);
+      const files = others(dir);
+      if (r.code === 0 && !files.includes('image.tar')) mine.push('exit 0 without an image');
+      if (r.code !== 0 && files.length) mine.push(`left in the image directory: ${files.join(', ')}`);
+      p.push(...mine.map((m) => `run ${i + 1} (kill at ${delay} ms): ${m}`));
+    } finally {
+      if (!run.exited) run.child.kill('SIGKILL');
+      await run.exit;
+      killOurs(t.pids);
+    }
+  }
+}
+
+/** A tree that forks all the time, checkpointed with --leave-running three times. */
+async function forkerCell(p: Problems): Promise<void> {
+  const t = await startMemcheck(16, 'forker');
+  try {
+    await sleep(100);
+    for (let i = 0; i < 3; i++) {
+      const target = join(t.dir, `image${i}.tar`);
+      const r = await runFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', target, '--leave-running'], p);
+      if (r.code !== 0 && r.code !== 1) p.push(`run ${i + 1}: exit ${r.code}`);
+      checkLines(p, r.stderr, 1, r.code === 1 ? 1 : 0);
+      if (r.code !== 0 && existsSync(target)) p.push(`run ${i + 1}: failed and left ${target}`);
+      await checkIntact(p, t);
+      if (p.length) return;
+    }
+  } finally {
+    killOurs(t.pids);
+  }
+}
+
+/** The image's pid is held by its original (left running): one line naming it; then a retry works. */
+async function pidHeldCell(p: Problems): Promise<void> {
+  const t = await startMemcheck(MIB.one, 'one');
+  try {
+    const image = join(t.dir, 'image.tar');
+    const cp = await runFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', image, '--leave-running'], p);
+    if (cp.code !== 0) {
+      p.push(`checkpoint --leave-running failed: ${stderrLines(cp.stderr)[0]}`);
+      return;
+    }
+    const r = await runFerry(['restore', '--image', image], p);
+    if (r.code !== 1) p.push(`restore while the pid is in use: exit ${r.code}, expected 1`);
+    checkLines(p, r.stderr, 1);
+    if (!r.stderr.includes(`pid ${t.pids[0]}`)) p.push(`the line does not name pid ${t.pids[0]}: ${stderrLines(r.stderr)[0]}`);
+    await checkIntact(p, t);
+    killOurs(t.pids);
+    await t.exited;
+    await restoreAndCheck(p, image, t, 'retry once the pid is free');
+  } finally {
+    killOurs(t.pids);
+  }
+}
+
+/** Two restores of one image: the second finds the pids taken by the first (paused at `created`). */
+async function concurrentRestoreCell(p: Problems): Promise<void> {
+  const { image, tree } = images.get('one')!;
+  if ((await pidsFree(tree.pids)).length) {
+    p.push('image pids not free before the cell');
+    return;
+  }
+  const a = startFerry(['restore', '--image', image], 'created');
+  try {
+    const notPaused = await waitPaused(a, 'created');
+    if (notPaused) {
+      p.push(`first restore: ${notPaused}`);
+      return;
+    }
+    const b = await runFerry(['restore', '--image', image], p);
+    if (b.code !== 1) p.push(`second restore: exit ${b.code}, expected 1`);
+    checkLines(p, b.stderr, 1);
+    if (!b.stderr.includes(`pid ${tree.pids[0]}`)) p.push(`the line does not name pid ${tree.pids[0]}: ${stderrLines(b.stderr)[0]}`);
+    const r = await hit(a, 'SIGTERM', p);
+    checkAbortExit(p, 'SIGTERM', r, a.stderr());
+    const left = await pidsFree(tree.pids);
+    if (left.length) p.push(`left behind: ${left.join(', ')}`);
+    killOurs(tree.pids);
+    await restoreAndCheck(p, image, tree, 'retry');
+  } finally {
+    if (!a.exited) a.child.kill('SIGKILL');
+    await a.exit;
+    killOurs(tree.pids);
+    await pidsFree(tree.pids);
+  }
+}
+
+describe('fault matrix: processes', { skip }, () => {
+  before(async () => {
+    const c = await startWorkload(join(WORKLOADS, 'counter'), ['50']);
+    olderImage = join(c.dir, 'older.tar');
+    const r = await runFerry(['checkpoint', '--pid', String(c.pid), '--image', olderImage, '--leave-running']);
+    process.kill(c.pid, 'SIGKILL');
+    assert.equal(r.code, 0, `the older image: ${r.stderr}`);
+  });
+
+  for (const mode of ['one', 'tree'] as const) {
+    describe(`${mode}: checkpoint`, () => {
+      for (const fault of CHECKPOINT_FAULTS) {
+        for (const phase of PROCESS_CHECKPOINT_PHASES) {
+          const row = `${mode} checkpoint ${fault}`;
+          it(`${row} @ ${phase}`, CELL, async () => expectOk(await cell(matrix, row, phase, (p) => checkpointCell(p, mode, phase, fault))));
+        }
+      }
+      it(`${mode} checkpoint ENOSPC`, CELL, async () => expectOk(await cell(matrix, `${mode} checkpoint ENOSPC`, 'once', (p) => enospcCell(p, mode))));
+      it(`${mode} checkpoint EPIPE`, CELL, async () => expectOk(await cell(matrix, `${mode} checkpoint EPIPE`, 'once', (p) => epipeCell(p, mode))));
+    });
+  }
+
+  describe('checkpoint: the tree changes meanwhile', () => {
+    it('one checkpoint: target killed mid-dump, 10 times', CELL, async () =>
+      expectOk(await cell(matrix, 'one checkpoint target dies x10', 'once', targetExitsCell)));
+    it('forker checkpoint --leave-running, 3 times', CELL, async () =>
+      expectOk(await cell(matrix, 'forker checkpoint --leave-running', 'once', forkerCell)));
+  });
+
+  for (const mode of ['one', 'tree'] as const) {
+    describe(`${mode}: restore`, () => {
+      before(() => makeImage(mode));
+      for (const fault of RESTORE_FAULTS) {
+        for (const phase of RESTORE_PHASES) {
+          const row = `${mode} restore ${fault}`;
+          it(`${row} @ ${phase}`, CELL, async () => expectOk(await cell(matrix, row, phase, (p) => restoreCell(p, mode, phase, fault))));
+        }
+      }
+      if (mode === 'one') {
+        it('one restore: pid held by the original', CELL, async () =>
+          expectOk(await cell(matrix, 'one restore pid in use (original)', 'once', pidHeldCell)));
+        it('one restore: pids held by a concurrent restore', CELL, async () =>
+          expectOk(await cell(matrix, 'one restore pid in use (2nd restore)', 'once', concurrentRestoreCell)));
+      }
+    });
+  }
+});
