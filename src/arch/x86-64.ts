@@ -91,9 +91,12 @@ export const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_GET_TID_AD
 /** prctl(PR_TIMER_CREATE_RESTORE_IDS, ON): timer_create(2) takes the id from *timerid (uapi prctl.h). */
 export const PR_TIMER_CREATE_RESTORE_IDS = 77, PR_TIMER_CREATE_RESTORE_IDS_OFF = 0, PR_TIMER_CREATE_RESTORE_IDS_ON = 1;
 
-/** Kernel-internal restart codes a task stopped inside a syscall may show in rax. */
+/**
+ * Kernel-internal restart codes a task stopped inside a syscall may show in rax
+ * (include/linux/errno.h), and EINTR. See planSyscallRestart for what the kernel does with each.
+ */
 export const ERESTARTSYS = 512, ERESTARTNOINTR = 513, ERESTARTNOHAND = 514,
-  ERESTART_RESTARTBLOCK = 516;
+  ERESTART_RESTARTBLOCK = 516, EINTR = 4;
 
 /** ptrace(2) constants. */
 export const PTRACE_O_TRACESYSGOOD = 1, PTRACE_O_EXITKILL = 0x100000, PTRACE_O_SUSPEND_SECCOMP = 0x200000,
@@ -125,17 +128,82 @@ export const PRCTL_MM_MAP_SIZE = 104;
 /** ioctl_tty(2) requests injected into a restored task: take a controlling terminal, set its foreground group. */
 export const TIOCSCTTY = 0x540e, TIOCSPGRP = 0x5410;
 
-/** Returns the restart action for registers of a task stopped in a syscall (DESIGN.md §3.10). */
-export function rewindInterruptedSyscall(regs: Regs): Regs {
-  const out = { ...regs };
-  const orig = BigInt.asIntN(64, regs.orig_rax);
-  const rax = Number(BigInt.asIntN(64, regs.rax));
-  if (orig >= 0n && (rax === -ERESTARTSYS || rax === -ERESTARTNOINTR || rax === -ERESTARTNOHAND
-    || rax === -ERESTART_RESTARTBLOCK)) {
-    // Re-run the syscall from the start: the kernel's restart block does not survive.
-    out.rip = regs.rip - 2n;
-    out.rax = regs.orig_rax;
+/**
+ * Syscalls that leave ERESTART_RESTARTBLOCK when interrupted (their restart block holds what
+ * the restart needs), and restart_syscall(2), which the kernel runs to use that block.
+ */
+export const RESTARTBLOCK_SYS = {
+  poll: 7, nanosleep: 35, futex: 202, restart_syscall: 219, clock_nanosleep: 230,
+} as const;
+/** clock_nanosleep(2) flag; futex(2) commands (the op without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME). */
+export const TIMER_ABSTIME = 1, FUTEX_WAIT_BITSET = 9, FUTEX_CMD_MASK = ~(128 | 256);
+
+/**
+ * What restore does with a thread's interrupted syscall (planSyscallRestart):
+ * `as-dumped`: every register exactly as dumped, the kernel does the rest;
+ * `rax`: as dumped but rax, so the kernel's own logic gives the same result another way;
+ * `sleep`: re-run `call` (nr and arguments) inside the thread and interrupt it, so the kernel
+ * builds the restart block again (src/restore/task-state.ts, rebuildRestartBlock); then hand
+ * back the registers as dumped. `rem` is the caller's buffer holding the time left.
+ */
+export type SyscallRestart =
+  | { kind: 'as-dumped' }
+  | { kind: 'rax'; rax: bigint }
+  | { kind: 'sleep'; call: [number, ...bigint[]]; rem: bigint };
+
+/**
+ * Decides how a thread stopped in a syscall is handed back to the kernel
+ * (docs/architecture.md, "Interrupted system calls").
+ *
+ * A task interrupted inside a syscall stops with rax = -ERESTARTxxx, orig_rax = the syscall
+ * number and rip just after the `syscall` instruction. Every stop ferry leaves a restored
+ * thread in (a signal-delivery-stop or a PTRACE_EVENT_STOP) is inside get_signal(), and on
+ * the way out of it arch_do_signal_or_restart() (arch/x86/kernel/signal.c) decides: if a signal
+ * with a handler is delivered, handle_signal() makes ERESTARTNOHAND and ERESTART_RESTARTBLOCK
+ * -EINTR, ERESTARTSYS -EINTR unless the handler has SA_RESTART (then a restart), and
+ * ERESTARTNOINTR a restart; with no handler it restarts all of them: rip -= 2, rax = orig_rax
+ * (rax = __NR_restart_syscall for ERESTART_RESTARTBLOCK). Handing back the registers exactly as
+ * dumped therefore gives a signal that arrives at any moment after restore the very effect it
+ * would have had on the original: the decision is the kernel's, taken when the signal is there.
+ * (Rewinding rip ourselves instead loses a wakeup: a handler run before the task reaches the
+ * `syscall` again returns into a fresh pause() that sleeps for ever.)
+ *
+ * ERESTART_RESTARTBLOCK needs the thread's restart block, which lives in the kernel and is
+ * not carried over: in a new task restart_syscall(2) would run whatever block the thread has.
+ * Where the image knows enough, the block is built again or the call is re-issued as is:
+ * - nanosleep(req, rem) and relative clock_nanosleep(clock, 0, req, rem) with rem != NULL: the
+ *   kernel wrote the time left into *rem when it interrupted the call, so the thread re-runs
+ *   the call as (rem, rem) and is interrupted at once (`sleep`): the kernel then holds a
+ *   restart block with the same expiry, clock and rem pointer, and every register and the
+ *   caller's req (a const input that may be read-only or still needed) stay untouched. The
+ *   time left runs from that moment (a few milliseconds before the restored tree is let go).
+ * - poll with no timeout (rdx < 0) and futex FUTEX_WAIT_BITSET (an absolute timeout, as
+ *   glibc's timed waits use it): the restart block holds nothing the registers and the
+ *   caller's memory do not, so rax = -ERESTARTNOHAND makes the kernel re-issue the call as is
+ *   (a handler still gets EINTR, as with ERESTART_RESTARTBLOCK).
+ * - Everything else (poll or futex FUTEX_WAIT with a relative timeout, nanosleep without rem,
+ *   a restart_syscall already under way): the time left is unknown, rax = -EINTR, the result
+ *   the original gets too when a handler interrupts it, which its callers must handle.
+ * A call that already has its result (-EINTR from epoll_wait, a count...) is not a restart.
+ */
+export function planSyscallRestart(regs: Regs): SyscallRestart {
+  const nr = BigInt.asIntN(64, regs.orig_rax);
+  if (nr < 0n || BigInt.asIntN(64, regs.rax) !== BigInt(-ERESTART_RESTARTBLOCK)) return { kind: 'as-dumped' };
+  const S = RESTARTBLOCK_SYS;
+  const eintr: SyscallRestart = { kind: 'rax', rax: BigInt(-EINTR) };
+  const reissue: SyscallRestart = { kind: 'rax', rax: BigInt(-ERESTARTNOHAND) };
+  switch (Number(nr)) {
+    case S.nanosleep: // (req, rem)
+      return regs.rsi !== 0n ? { kind: 'sleep', call: [S.nanosleep, regs.rsi, regs.rsi], rem: regs.rsi } : eintr;
+    case S.clock_nanosleep: // (clock, flags, req, rem); TIMER_ABSTIME stops with ERESTARTNOHAND instead
+      return regs.r10 !== 0n && (regs.rsi & BigInt(TIMER_ABSTIME)) === 0n
+        ? { kind: 'sleep', call: [S.clock_nanosleep, regs.rdi, regs.rsi, regs.r10, regs.r10], rem: regs.r10 }
+        : eintr;
+    case S.poll: // (fds, nfds, timeout ms)
+      return BigInt.asIntN(32, regs.rdx) < 0n ? reissue : eintr;
+    case S.futex: // (uaddr, op, val, timeout, uaddr2, val3)
+      return (Number(regs.rsi & 0xffffffffn) & FUTEX_CMD_MASK) === FUTEX_WAIT_BITSET ? reissue : eintr;
+    default: // restart_syscall itself (a restart already under way at checkpoint), anything new
+      return eintr;
   }
-  out.orig_rax = BigInt.asUintN(64, -1n);
-  return out;
 }

@@ -1,12 +1,13 @@
 /**
  * Per-task and per-thread state put back into a rebuilt task (DESIGN.md §3, steps 7 and 10):
  * name, cwd, umask, every signal disposition, sigaltstack, robust list, clear_child_tid, rseq,
- * session; then registers, XSAVE area and signal mask, set right before the task is let go.
+ * session, the restart block of an interrupted sleep; then registers, XSAVE area and signal
+ * mask, set right before the task is let go.
  */
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import {
-  decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, NSIG, PR_SET_NAME, REG_NAMES, rewindInterruptedSyscall,
-  SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
+  decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, NSIG, PR_SET_NAME,
+  planSyscallRestart, REG_NAMES, SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
 import { big, type PendingSignal, type TaskRecord, type ThreadRecord } from '../image/records.js';
@@ -14,7 +15,7 @@ import { native } from '../native/binding.js';
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
-import type { AddressSpace } from './address-space.js';
+import { GADGET_CODE, type AddressSpace } from './address-space.js';
 import { itimerCalls, restorePosixTimers, timerOfSignal } from './timers.js';
 
 const SS_DISABLE = 2, SS_ONSTACK = 1;
@@ -49,6 +50,7 @@ export function restoreTaskState(t: Tracee, as: AddressSpace, task: TaskRecord):
   calls.push(...itimerCalls(t, as, task));
   try {
     t.syscalls(calls);
+    rebuildRestartBlock(t, thread);
   } catch (err) {
     throw new FerryError('ESTATE', `cannot restore the state of pid ${task.pid}: ${(err as Error).message}`, { cause: err });
   }
@@ -70,14 +72,107 @@ export function threadCalls(as: AddressSpace, th: ThreadRecord): Array<[number, 
   return calls;
 }
 
-/** Sets registers (rewinding an interrupted syscall), XSAVE area and signal mask. */
-export function setThreadRegisters(tid: number, th: ThreadRecord, xstate: Buffer): void {
+/** The registers of a thread as dumped. */
+function dumpedRegs(th: ThreadRecord): Regs {
   const regs = {} as Regs;
   for (const name of REG_NAMES) regs[name] = big(th.regs[name]);
+  return regs;
+}
+
+/**
+ * Sets registers, XSAVE area and signal mask: the last thing done to a thread before it is let
+ * go (nothing is injected after it). The registers are the dumped ones, also those of a
+ * syscall the checkpoint interrupted (rax -ERESTARTxxx, orig_rax its number, rip after the
+ * `syscall`): the kernel restarts it, or fails it with EINTR for a signal handler, on its way
+ * out of the stop the thread is in (planSyscallRestart in src/arch/x86-64.ts). For
+ * ERESTART_RESTARTBLOCK rax may differ: the result of rebuildRestartBlock, or the plan's.
+ */
+export function setThreadRegisters(tid: number, th: ThreadRecord, xstate: Buffer): void {
+  const regs = dumpedRegs(th);
+  const plan = planSyscallRestart(regs);
+  if (plan.kind === 'rax') regs.rax = plan.rax;
+  if (plan.kind === 'sleep') regs.rax = rebuiltSleeps.get(th) ?? BigInt(-EINTR);
   const n = native();
-  n.setRegs(tid, encodeRegs(rewindInterruptedSyscall(regs)));
+  n.setRegs(tid, encodeRegs(regs));
   n.setXstate(tid, xstate);
   n.setSigmask(tid, big(th.sigmask));
+}
+
+/**
+ * rax to hand back for a thread whose interrupted sleep rebuildRestartBlock re-ran, by the
+ * image's record of the thread (so one restore's result never reaches another's).
+ */
+const rebuiltSleeps = new WeakMap<ThreadRecord, bigint>();
+
+/** How long a re-run sleep may take to block (it only has to enter the kernel). */
+const SLEEP_ENTRY_TIMEOUT_MS = 5000;
+
+/**
+ * Builds again the kernel's restart block of a relative sleep the checkpoint interrupted
+ * (planSyscallRestart, kind `sleep`): the thread runs the sleep from the gadget (PTRACE_CONT)
+ * for the time the kernel left in the caller's rem buffer, with rem as its own rem, and is
+ * interrupted by a thread-directed SIGSTOP once it blocks; the call stops with
+ * ERESTART_RESTARTBLOCK and the restart block (absolute expiry, clock, rem pointer) that the
+ * original had, and the SIGSTOP is swallowed (never passed on when the thread is resumed, so
+ * no group stop). SIGSTOP because signals are blocked in the stub and PTRACE_INTERRUPT works on
+ * seized tasks only (the root stub uses PTRACE_TRACEME). It must run before pending signals
+ * are queued again: a stop signal discards a pending SIGCONT.
+ *
+ * If the sleep ended before the SIGSTOP (little time was left), the call completed: rax 0 is
+ * handed back and the original's call returns 0, as its restart would have. Registers are put
+ * back afterwards; nothing the thread can see changes except *rem, which the kernel rewrites
+ * with (nearly) the same time left.
+ */
+function rebuildRestartBlock(t: Tracee, th: ThreadRecord): void {
+  const plan = planSyscallRestart(dumpedRegs(th));
+  if (plan.kind !== 'sleep') return;
+  const [nr, ...args] = plan.call;
+  const n = native();
+  const gadget = t.gadget;
+  // The gadget's code after its `syscall` is a pause() loop: a call that completes waits there.
+  if (!t.readMem(gadget, GADGET_CODE.length).equals(GADGET_CODE)) throw new Error(`tid ${t.tid}: no restore gadget at 0x${gadget.toString(16)}`);
+  // The time left, as the kernel wrote it into rem; the original's restart cannot fail, so a
+  // rem that is no longer a valid time (changed since by another thread) is not re-run.
+  let left: Buffer;
+  try {
+    left = t.readMem(plan.rem, 16);
+  } catch {
+    rebuiltSleeps.set(th, BigInt(-EINTR));
+    return;
+  }
+  const sec = left.readBigInt64LE(0), nsec = left.readBigInt64LE(8);
+  if (sec < 0n || nsec < 0n || nsec >= 1_000_000_000n) {
+    rebuiltSleeps.set(th, BigInt(-EINTR));
+    return;
+  }
+  const saved = n.getRegs(t.tid);
+  const regs = decodeRegs(saved);
+  regs.rip = gadget;
+  regs.rax = BigInt(nr);
+  regs.orig_rax = -1n; // no restart logic on the way out of the current stop
+  [regs.rdi, regs.rsi, regs.rdx, regs.r10] = [args[0] ?? 0n, args[1] ?? 0n, args[2] ?? 0n, args[3] ?? 0n];
+  n.setRegs(t.tid, encodeRegs(regs));
+  n.cont(t.tid, 0);
+  // Blocked in the sleep, or already in the pause() after it. /proc/TID/syscall shows the
+  // number only while the task sleeps in a syscall ("running" otherwise).
+  const syscallFile = `/proc/${t.pid}/task/${t.tid}/syscall`;
+  for (const end = Date.now() + SLEEP_ENTRY_TIMEOUT_MS; ;) {
+    const at = readFileSync(syscallFile, 'utf8').split(' ')[0];
+    if (at === String(nr) || at === String(SYS.pause)) break;
+    if (Date.now() > end) throw new Error(`tid ${t.tid} did not enter the re-run syscall ${nr} (${at})`);
+  }
+  n.tgkill(t.pid, t.tid, SIGSTOP);
+  const st = n.waitpid(t.tid);
+  if (!st?.stopped || st.stopSig !== SIGSTOP || st.event !== 0) {
+    throw new Error(`tid ${t.tid}: unexpected wait status 0x${(st?.status ?? 0).toString(16)} after re-running syscall ${nr}`);
+  }
+  const after = decodeRegs(n.getRegs(t.tid));
+  n.setRegs(t.tid, saved);
+  const rax = BigInt.asIntN(64, after.rax);
+  const ranIt = after.orig_rax === BigInt(nr) && after.rip === gadget + 2n;
+  if (ranIt && rax === BigInt(-ERESTART_RESTARTBLOCK)) rebuiltSleeps.set(th, rax);
+  else if ((ranIt && rax === 0n) || after.orig_rax === BigInt(SYS.pause)) rebuiltSleeps.set(th, 0n);
+  else rebuiltSleeps.set(th, BigInt(-EINTR)); // it failed (cannot happen to the original's restart): EINTR is nearest
 }
 
 export { decodeRegs };
@@ -123,6 +218,7 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
       out.push(t);
       as.scratch.reset();
       t.syscalls([[SYS.prctl, PR_SET_NAME, as.scratch.putString(th.comm), 0, 0, 0], ...threadCalls(as, th)]);
+      rebuildRestartBlock(t, th);
     }
   } catch (err) {
     for (const t of out) t.close();
