@@ -34,20 +34,22 @@ export const INTERNAL_CODE = 'EINTERNAL';
 export class FerryError extends Error {
   /** Stable machine-readable identifier, e.g. 'ENOPROC', 'EIMAGE', 'EKERNEL', 'EUNSUPPORTED'. */
   readonly code: string;
+  // `declare`: no own property at all unless given (a class field would be one, undefined).
   /** The process the error is about, when it is about one. */
-  readonly pid?: number;
+  declare readonly pid?: number;
   /** The descriptor of `pid` the error is about, when it is about one. */
-  readonly fd?: number;
+  declare readonly fd?: number;
   /** The file the error is about, when it is about one. */
-  readonly path?: string;
+  declare readonly path?: string;
 
   constructor(code: string, message: string, options?: FerryErrorOptions) {
     super(message, options !== undefined && 'cause' in options ? { cause: options.cause } : undefined);
     this.name = 'FerryError';
     this.code = code;
-    if (options?.pid !== undefined) this.pid = options.pid;
-    if (options?.fd !== undefined) this.fd = options.fd;
-    if (options?.path !== undefined) this.path = options.path;
+    const self = this as { pid?: number; fd?: number; path?: string };
+    if (options?.pid !== undefined) self.pid = options.pid;
+    if (options?.fd !== undefined) self.fd = options.fd;
+    if (options?.path !== undefined) self.path = options.path;
   }
 }
 
@@ -83,7 +85,13 @@ const ENGINE_ERRORS: ReadonlyArray<new (...args: never[]) => Error> = [
  */
 export function isInternalError(err: unknown): boolean {
   if (!(err instanceof Error)) return true;
+  if (isJsonSyntaxError(err)) return false; // bad input, not a bug
   return ENGINE_ERRORS.some((E) => err instanceof E);
+}
+
+/** JSON.parse's error: about its input (a file, stdin), not a bug. */
+function isJsonSyntaxError(err: unknown): boolean {
+  return err instanceof SyntaxError && /JSON/.test(err.message);
 }
 
 /** The first internal error (isInternalError) along the `cause` chain of `err`, if any. */
@@ -112,7 +120,7 @@ export function internalName(err: unknown): string {
 export function describeCause(err: unknown): string {
   if (isNativeError(err)) return `${err.syscall}: ${err.code}`;
   // JSON.parse's SyntaxError is about the input, not a bug; its words are the engine's.
-  if (err instanceof SyntaxError && /JSON/.test(err.message)) return 'not valid JSON';
+  if (isJsonSyntaxError(err)) return 'not valid JSON';
   if (isInternalError(err)) return `internal error (${internalName(err)})`;
   const message = (err as Error).message.split('\n')[0]!.trim();
   return message !== '' ? message : (err as Error).name;

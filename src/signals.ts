@@ -41,8 +41,8 @@ export interface SignalGuard {
  * operation has settled. A second one does not wait: every undo still registered runs at once
  * (synchronously, between two system calls ferry makes, never inside one) and ferry exits.
  *
- * While the guard is up, an uncaught exception or unhandled rejection (a bug) also runs the
- * undos before ferry exits with one line, instead of a stack trace and a workload left seized.
+ * An uncaught exception or unhandled rejection (a bug) is each program's top-level handler's
+ * business: it calls unwindAll() before it prints its one line and exits.
  */
 export function guardSignals(prefix: string): SignalGuard {
   let received: HandledSignal | undefined;
@@ -60,24 +60,14 @@ export function guardSignals(prefix: string): SignalGuard {
     received = signal;
     controller.abort(new Interrupted(signal));
   };
-  const fatal = (err: unknown): void => {
-    unwindAll();
-    const what = err instanceof Error ? err.name : typeof err;
-    printLine(2, `${prefix}: internal error (${what}); everything it had started was undone: please report it with the log`);
-    process.exit(70);
-  };
   const names = Object.keys(SIGNAL_NUMBERS) as HandledSignal[];
   for (const s of names) process.on(s, handler);
-  process.on('uncaughtException', fatal);
-  process.on('unhandledRejection', fatal);
   return {
     get received() { return received; },
     get exitStatus() { return received === undefined ? undefined : 128 + SIGNAL_NUMBERS[received]; },
     signal: controller.signal,
     dispose() {
       for (const s of names) process.off(s, handler);
-      process.off('uncaughtException', fatal);
-      process.off('unhandledRejection', fatal);
     },
   };
 }

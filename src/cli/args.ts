@@ -12,6 +12,8 @@ import type { FileOptions } from '../files/types.js';
 
 /** A mistake in the command line of `command`: one line on stderr, exit status 2. */
 export class UsageError extends Error {
+  /** Code of every usage error (`--json` reports it as `error.code`). */
+  readonly code = 'EUSAGE';
   /** The command whose line is wrong ('' for the top level); names its --help in the hint. */
   readonly command: string;
 
@@ -199,6 +201,24 @@ export function wantsHelp(command: Command, argv: readonly string[]): boolean {
     const end = argv.indexOf('--');
     return (end < 0 ? argv : argv.slice(0, end)).some((a) => a === '--help' || a === '-h');
   }
+}
+
+/**
+ * Where an error of this command line goes as JSON (besides its line on stderr): stdout (1)
+ * when `--json` was asked for, stderr (2) for `checkpoint --image -` (stdout carries the image
+ * then), undefined without `--json`. Read from a line that may be wrong (the error may be a
+ * usage error), so without parsing it strictly: every word before `--` counts. `command` ''
+ * is the top level (no known command), where `--json` anywhere counts too.
+ */
+export function jsonErrorStream(command: Command | '', argv: readonly string[]): 1 | 2 | undefined {
+  if (command !== '' && TABLES[command].json === undefined) return undefined;
+  const end = argv.indexOf('--');
+  const words = end < 0 ? argv : argv.slice(0, end);
+  if (!words.includes('--json')) return undefined;
+  if (command !== 'checkpoint') return 1;
+  const toStdout = words.some((w, i) => w === '--image=-' || w === '--image-path=-'
+    || ((w === '--image' || w === '--image-path') && words[i + 1] === '-'));
+  return toStdout ? 2 : 1;
 }
 
 /** A non-empty string value of `--name`, or undefined when absent. */

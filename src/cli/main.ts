@@ -3,13 +3,22 @@
  * output and exit status.
  *
  * Exit status: 0 success; 1 the operation failed (exactly one line on stderr, details in the
- * log); 2 usage error (one line naming the option, then a hint); 128 + n when signal n
- * (SIGINT, SIGTERM) arrived during an operation, reported once the operation has settled.
+ * log); 2 usage error (one line naming the option, then a hint); 70 a bug (EINTERNAL, one line
+ * too); 128 + n when signal n (SIGINT, SIGTERM) arrived during an operation, reported once the
+ * operation has settled.
+ * With `--json` an error is also one JSON object, `{"error": {"code", "message", "pid"?,
+ * "fd"?, "path"?}}`, on stdout (stderr for `checkpoint --image -`), with the same status.
+ *
+ * Every error becomes its line here, in report(): a FerryError says what failed, where and
+ * what to do; anything else is a bug in ferry and is named as one (internal error, by class),
+ * never by the engine's own words (`x is not a function`), with the details in the log.
  */
-import { FerryError } from '../errors.js';
+import {
+  FerryError, INTERNAL_CODE, internalCause, internalName, isNativeError, type ErrorContext,
+} from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
 import {
-  COMMANDS, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseRestoreArgs,
+  COMMANDS, jsonErrorStream, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseRestoreArgs,
   parseVersionArgs, UsageError, wantsHelp, type Command,
 } from './args.js';
 import { runCheckpoint } from './checkpoint.js';
@@ -17,29 +26,49 @@ import { createContext, guardSignals, requireRoot, type RunContext, type SignalG
 import { runDemo } from './demo.js';
 import { helpPage } from './help.js';
 import { runInspect } from './inspect.js';
-import { printLine } from './output.js';
+import { errorObject, printLine, type Stream } from './output.js';
 import { runRestore } from './restore.js';
 import { isEntryPoint } from '../entry.js';
+import { unwindAll } from '../session.js';
+
+/** Exit status of a bug (an 'EINTERNAL' error): EX_SOFTWARE of sysexits.h. */
+export const INTERNAL_STATUS = 70;
 
 /** What a run has set up so far: the error report needs the logger, the exit status the guard. */
 interface RunState {
   ctx?: RunContext;
   guard?: SignalGuard;
+  /** Where an error goes as JSON (--json), from jsonErrorStream; undefined: only the line. */
+  json?: Stream;
+  /** What the command was doing, for the line of an internal error: "checkpointing pid 4242". */
+  doing?: string;
+  /** The image file of the command (not '-'): what an image error is about, for --json. */
+  image?: string;
 }
+
+/** Codes of errors about the image itself (its file, records, format or origin). */
+const IMAGE_CODES: ReadonlySet<string> = new Set(['EIMAGE', 'EFORMAT', 'EKERNEL', 'EARCH', 'ECPU']);
+
+/** The command running and its state, for an error thrown outside it (entryPoint's handlers). */
+let active: { command: Command | ''; state: RunState } = { command: '', state: {} };
 
 /** Runs the CLI on `argv` (without node and the script) and returns the exit status. */
 export async function main(argv: readonly string[]): Promise<number> {
   const [word, ...rest] = argv;
+  const top: RunState = {};
+  const json = jsonErrorStream('', argv);
+  if (json !== undefined) top.json = json;
+  active = { command: '', state: top };
   if (word === undefined) {
-    return report('', new UsageError('', `a command is needed: ${COMMANDS.join(', ')}`), {});
+    return report('', new UsageError('', `a command is needed: ${COMMANDS.join(', ')}`), top);
   }
   if (word === '--help' || word === '-h') return run('help', rest);
   if (word === '--version') return run('version', rest);
   if (word.startsWith('-')) {
-    return report('', new UsageError('', `unknown option ${word} (options go after the command: ferry COMMAND [OPTIONS])`), {});
+    return report('', new UsageError('', `unknown option ${word} (options go after the command: ferry COMMAND [OPTIONS])`), top);
   }
   if (!(COMMANDS as readonly string[]).includes(word)) {
-    return report('', new UsageError('', `unknown command "${word}"; the commands are ${COMMANDS.join(', ')}`), {});
+    return report('', new UsageError('', `unknown command "${word}"; the commands are ${COMMANDS.join(', ')}`), top);
   }
   return run(word as Command, rest);
 }
@@ -47,6 +76,9 @@ export async function main(argv: readonly string[]): Promise<number> {
 /** Runs one command; every error becomes its one line and exit status. */
 async function run(command: Command, argv: readonly string[]): Promise<number> {
   const state: RunState = {};
+  const json = jsonErrorStream(command, argv);
+  if (json !== undefined) state.json = json;
+  active = { command, state };
   try {
     if (command !== 'help' && wantsHelp(command, argv)) {
       printLine(1, helpPage(command));
@@ -66,6 +98,8 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
   switch (command) {
     case 'checkpoint': {
       const o = parseCheckpointArgs(argv);
+      state.doing = o.container ? `checkpointing container ${o.container.id}` : `checkpointing pid ${o.pid}`;
+      if (o.image !== '-') state.image = o.image;
       requireRoot();
       state.ctx = createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
@@ -73,6 +107,9 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
     }
     case 'restore': {
       const o = parseRestoreArgs(argv);
+      const from = o.image === '-' ? 'the image on stdin' : o.image;
+      state.doing = o.container ? `restoring container ${o.container.id} from ${from}` : `restoring ${from}`;
+      if (o.image !== '-') state.image = o.image;
       requireRoot();
       state.ctx = createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
@@ -80,11 +117,14 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
     }
     case 'inspect': {
       const o = parseInspectArgs(argv);
+      state.doing = `inspecting ${o.image === '-' ? 'the image on stdin' : o.image}`;
+      if (o.image !== '-') state.image = o.image;
       state.ctx = createContext(command, o);
       return runInspect(o, state.ctx);
     }
     case 'demo': {
       const o = parseDemoArgs(argv);
+      state.doing = 'running the demo';
       requireRoot();
       state.ctx = createContext(command, o);
       const guard = guardSignals(`ferry ${command}`);
@@ -104,30 +144,93 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
   }
 }
 
+/** What report() prints for an error: its status, line and JSON fields. */
+interface Outcome {
+  status: number;
+  code: string;
+  /** The line after "ferry COMMAND: ". */
+  message: string;
+  context: ErrorContext;
+}
+
+/** One line, whatever the message holds (a message is never meant to span lines). */
+const oneLine = (text: string): string => text.replace(/\s*\n\s*/g, ' ').trim();
+
+/** Where the details of a bug are, or how to get them: the end of an internal error's line. */
+function detailsHint(state: RunState): string {
+  const ctx = state.ctx;
+  const logged = ctx !== undefined && ctx.logFile !== '' && ctx.logger.isLevelEnabled('error');
+  return logged ? `details are in ${ctx.logFile}` : 'run it again with --log-file FILE for the details, and report it';
+}
+
+/** The status, line and JSON fields for `err` (never the engine's own words for a bug). */
+export function outcome(err: unknown, state: Pick<RunState, 'ctx' | 'doing' | 'image'>): Outcome {
+  if (err instanceof UsageError) return { status: 2, code: err.code, message: oneLine(err.message), context: {} };
+  const doing = state.doing !== undefined ? ` while ${state.doing}` : '';
+  if (err instanceof FerryError) {
+    const context: ErrorContext = {};
+    if (err.pid !== undefined) context.pid = err.pid;
+    if (err.fd !== undefined) context.fd = err.fd;
+    if (err.path !== undefined) context.path = err.path;
+    // An image error that does not name its file (a record's check) is about the command's image.
+    else if (IMAGE_CODES.has(err.code) && state.image !== undefined) context.path = state.image;
+    const bug = internalCause(err) !== undefined ? `; this is a bug in ferry: ${detailsHint(state)}` : '';
+    return { status: 1, code: err.code, message: oneLine(`${err.message}${bug}`), context };
+  }
+  if (isNativeError(err)) {
+    // A failed syscall ferry did not turn into its own error: which one, on what, and errno.
+    const context: ErrorContext = typeof err.path === 'string' ? { path: err.path } : {};
+    const on = context.path !== undefined ? ` ${context.path}` : '';
+    return {
+      status: INTERNAL_STATUS, code: INTERNAL_CODE, context,
+      message: oneLine(`unexpected failure${doing}: ${err.syscall}${on}: ${err.code}; this is a bug in ferry `
+        + `(it should say what this means and what to do): ${detailsHint(state)}`),
+    };
+  }
+  return {
+    status: INTERNAL_STATUS, code: INTERNAL_CODE, context: {},
+    message: oneLine(`internal error (${internalName(err)})${doing}; this is a bug in ferry: ${detailsHint(state)}`),
+  };
+}
+
 /**
- * Prints the one line for `err` and returns the exit status. The details (stack, cause
- * chain, native errno codes) go to the logger, when there is one yet.
+ * Prints the one line for `err` (and, with --json, its JSON object) and returns the exit
+ * status. The details (stack, cause chain, native errno codes) go to the logger, when there
+ * is one yet.
  */
 function report(command: Command | '', err: unknown, state: RunState): number {
   const where = command === '' ? 'ferry' : `ferry ${command}`;
-  if (err instanceof UsageError) {
-    printLine(2, `${where}: ${err.message}`);
-    printLine(2, `Try 'ferry ${err.command === '' ? '' : `${err.command} `}--help'.`);
-    return 2;
+  if (!(err instanceof UsageError)) {
+    try {
+      state.ctx?.logger.error({ err }, `${command} failed`);
+    } catch { /* the line below is what matters */ }
   }
-  state.ctx?.logger.error({ err }, `${command} failed`);
-  if (err instanceof FerryError) {
-    printLine(2, `${where}: ${err.message}`);
-    return 1;
-  }
-  const message = (err instanceof Error ? err.message : String(err)).split('\n')[0] || String(err);
-  const hint = state.ctx !== undefined && state.ctx.logFile !== '' ? ' (see the log for details)' : '';
-  printLine(2, `${where}: ${message}${hint}`);
-  return 1;
+  const o = outcome(err, state);
+  printLine(2, `${where}: ${o.message}`);
+  if (err instanceof UsageError) printLine(2, `Try 'ferry ${err.command === '' ? '' : `${err.command} `}--help'.`);
+  if (state.json !== undefined) printLine(state.json, JSON.stringify(errorObject(o.code, o.message, o.context)));
+  return o.status;
 }
 
+/**
+ * An error no one caught (an 'error' event without a listener, a rejection nothing awaited):
+ * a bug. Every undo still registered runs first (a seized workload is let go, half-built
+ * processes are killed), then the error is reported like any other, and ferry exits.
+ */
+function crashed(err: unknown): void {
+  const { command, state } = active;
+  let status = INTERNAL_STATUS;
+  try {
+    unwindAll();
+    status = report(command, err, state);
+  } finally {
+    process.exit(state.guard?.exitStatus ?? status);
+  }
+}
 
 if (isEntryPoint(import.meta.url)) {
+  process.on('uncaughtException', crashed);
+  process.on('unhandledRejection', crashed);
   // Every line was written synchronously, so exiting now loses nothing, and a stray handle
   // (an unfinished stdin stream, a timer) cannot keep a finished command alive.
   process.exit(await main(process.argv.slice(2)));

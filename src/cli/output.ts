@@ -9,6 +9,7 @@
  */
 import { writeSync } from 'node:fs';
 import type { Progress } from '../api.js';
+import type { ErrorContext } from '../errors.js';
 
 /** Standard output or standard error. */
 export type Stream = 1 | 2;
@@ -40,6 +41,29 @@ export function writeAll(fd: Stream, text: string): void {
 /** Writes `text` and a newline (unless it already ends with one) to `fd`. */
 export function printLine(fd: Stream, text: string): void {
   writeAll(fd, text.endsWith('\n') ? text : `${text}\n`);
+}
+
+/** The JSON form of an error (`--json`; docs/cli.md, "Errors"). */
+export interface ErrorObject {
+  error: {
+    /** FerryError code ('ENOPROC', 'EIMAGE', …), 'EUSAGE' or 'EINTERNAL'. */
+    code: string;
+    /** The error's line, without the "ferry COMMAND: " in front. */
+    message: string;
+    /** The process, descriptor and file the error is about, when it is about one. */
+    pid?: number;
+    fd?: number;
+    path?: string;
+  };
+}
+
+/** `{"error": {"code", "message", "pid"?, "fd"?, "path"?}}`, the fields in that order. */
+export function errorObject(code: string, message: string, context: ErrorContext = {}): ErrorObject {
+  const error: ErrorObject['error'] = { code, message };
+  if (context.pid !== undefined) error.pid = context.pid;
+  if (context.fd !== undefined) error.fd = context.fd;
+  if (context.path !== undefined) error.path = context.path;
+  return { error };
 }
 
 /** A byte count for people: "512 bytes", "3.5 KiB", "12.3 MiB", "1.2 GiB". */

@@ -32,19 +32,19 @@ import { FERRY_VERSION } from '../version.js';
 import { planMemory } from './memory.js';
 import { readCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
-import { freezeTree, type FrozenProcess } from './tree.js';
+import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
 import { SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
 
 
-/** Checks that `pid` can be checkpointed, before touching it. */
+/** Checks that `pid` can be checkpointed, before touching it (init, ferry or its ancestors are refused). */
 function precheck(pid: number): void {
-  if (pid === process.pid) throw new FerryError('EINVAL', `pid ${pid} is ferry itself`);
   if (!existsSync(`/proc/${pid}`)) {
-    throw new FerryError('ENOPROC', `no process with pid ${pid} (check the pid; it may have exited)`);
+    throw new FerryError('ENOPROC', `no process with pid ${pid} (check the pid; it may have exited)`, { pid });
   }
+  precheckRoot(pid);
 }
 
 /**

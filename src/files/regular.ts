@@ -6,7 +6,7 @@
  * remembers offsets, lengths and contents that no longer hold.
  */
 import { constants, existsSync, statSync } from 'node:fs';
-import { FerryError } from '../errors.js';
+import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_PATH } from '../proc/fcntl.js';
@@ -84,10 +84,11 @@ function defaultWarn(message: string): void {
 }
 
 /**
- * Checks every file mapped by the tasks (areas of kind 'file' with the size and mtime
- * dump/memory.ts recorded) as `checkUnchanged` does, each path once. `root` prefixes the
- * paths (a container's /proc/<init>/root). To be called with the other checks, before any
- * process is created.
+ * Checks every file mapped by the tasks (areas of kind 'file'), each path once: it must still
+ * be there (a FerryError 'ENOENT' naming the file, the pid and the address otherwise, instead
+ * of a failed mmap deep in the restore), and, where dump/memory.ts recorded its size and
+ * mtime, be unchanged as `checkUnchanged` says. `root` prefixes the paths (a container's
+ * /proc/<init>/root). To be called with the other checks, before any process is created.
  */
 export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'allowChangedFiles'>,
   warn: (message: string) => void = defaultWarn, root = ''): void {
@@ -95,10 +96,21 @@ export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<Fil
   for (const task of tasks) {
     for (const v of task.vmas) {
       const f = v.file;
-      if (v.kind !== 'file' || !f || typeof f.mtimeNs !== 'string' || seen.has(f.path)) continue;
+      if (v.kind !== 'file' || !f || typeof f.path !== 'string' || seen.has(f.path)) continue;
       if (f.path.endsWith(' (deleted)') || f.path.startsWith('/memfd:')) continue; // restored from the image
       seen.add(f.path);
-      checkUnchanged(f, `${root}${f.path}`, `file ${f.path} (mapped by pid ${task.pid} at ${v.start})`, options, warn);
+      const what = `file ${f.path} (mapped by pid ${task.pid} at ${v.start})`;
+      try {
+        statSync(`${root}${f.path}`);
+      } catch (err) {
+        const code = errnoCode(err);
+        if (code === 'ENOENT' || code === 'ENOTDIR') {
+          throw new FerryError('ENOENT', `${what} no longer exists: put it back where it was (the process has its code `
+            + 'or data mapped from it), then restore again', { cause: err, pid: task.pid, path: f.path });
+        }
+        throw new FerryError('EOPEN', `cannot reach ${what}: ${describeCause(err)}`, { cause: err, pid: task.pid, path: f.path });
+      }
+      if (typeof f.mtimeNs === 'string') checkUnchanged(f, `${root}${f.path}`, what, options, warn);
     }
   }
 }

@@ -11,6 +11,8 @@
  * or given as the first argument. Quiet like any hook: the only output is precreate's config;
  * a failure is one line on stderr, the details go to the log.
  */
+import { unwindAll } from '../session.js';
+import { guardSignals } from '../signals.js';
 import { spawn } from 'node:child_process';
 import { openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config/config.js';
 import type { OciConfig } from '../container/checkpoint.js';
-import { FerryError, describeCause } from '../errors.js';
+import { FerryError, describeCause, internalCause } from '../errors.js';
 import { createLogger } from '../log.js';
 import { defaultStubPath } from '../native/binding.js';
 import { startTime } from './adopt.js';
@@ -36,7 +38,13 @@ async function main(argv: string[]): Promise<void> {
   const config = loadConfig({});
   if (argv[0] === WORKER) {
     const dir = argv[1]!;
-    await runRestorer(readJob(dir), config, loggerFor(config, dir));
+    // SIGINT/SIGTERM abort the restore (the init is killed, nothing half-built runs).
+    const guard = guardSignals('ferry-hook');
+    try {
+      await runRestorer(readJob(dir), config, loggerFor(config, dir), guard.signal);
+    } finally {
+      guard.dispose();
+    }
     return;
   }
   const text = readFileSync(0, 'utf8');
@@ -44,7 +52,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     doc = JSON.parse(text) as Record<string, unknown>;
   } catch (err) {
-    throw new FerryError('EUSAGE', `stdin is not JSON: ${describeCause(err)}`, { cause: err });
+    throw new FerryError('EUSAGE', 'stdin is not JSON: a hook reads the container\'s config.json (precreate) or its state', { cause: err });
   }
   const stage = stageOf(doc, argv[0]);
   if (stage === 'precreate') {
@@ -76,10 +84,18 @@ async function main(argv: string[]): Promise<void> {
   log.info({ container: state.id, targetPid: pid, image, restorer: wpid }, 'restorer started');
 }
 
-main(process.argv.slice(2)).then(
-  () => process.exit(0),
-  (err: unknown) => {
-    process.stderr.write(`ferry-hook: ${err instanceof FerryError ? err.message : describeCause(err)}\n`);
-    process.exit(1);
-  },
-);
+/**
+ * The hook's one line for a failure (and exit status 1): ferry's own message, or, for a bug,
+ * its class or failed call (describeCause: never the engine's words) and that it is one.
+ */
+function report(err: unknown): never {
+  unwindAll(); // let go of whatever a restore holds (src/session.ts)
+  const own = err instanceof FerryError ? err.message.replace(/\s*\n\s*/g, ' ').trim() : describeCause(err);
+  const bug = internalCause(err) !== undefined ? '; this is a bug in ferry, please report it' : '';
+  process.stderr.write(`ferry-hook: ${own}${bug}\n`);
+  process.exit(1);
+}
+
+process.on('uncaughtException', report);
+process.on('unhandledRejection', report);
+main(process.argv.slice(2)).then(() => process.exit(0), report);

@@ -72,7 +72,7 @@ function stdioInherit(stdio: ReadonlyArray<number | undefined>): (image: { files
 }
 
 /** Restores container `job.id` from its image; throws after killing the init on failure. */
-export async function runRestorer(job: RestoreJob, config: Config, logger: Logger): Promise<void> {
+export async function runRestorer(job: RestoreJob, config: Config, logger: Logger, signal?: AbortSignal): Promise<void> {
   const log = logger.child({ container: job.id });
   if (!await waitForStub(job.pid, job.started)) {
     log.info({ targetPid: job.pid }, 'the init went away before it ran the stub: nothing to restore');
@@ -92,7 +92,7 @@ export async function runRestorer(job: RestoreJob, config: Config, logger: Logge
       fileRoot: `/proc/${job.pid}/root`,
       destroy: () => killInit(job),
     }));
-    const r = await restore({ image: job.image, config, logger, inherit, makeRoot: (image, maxFd) => {
+    const r = await restore({ image: job.image, config, logger, inherit, ...(signal !== undefined ? { signal } : {}), makeRoot: (image, maxFd) => {
       if (!image.has(CONTAINER_ENTRY)) throw new FerryError('EIMAGE', `image ${job.image} holds processes, not a container`);
       return made(maxFd);
     } });

@@ -4,10 +4,10 @@
  */
 import type { InspectOptions } from '../api.js';
 import { PAGE_SIZE } from '../arch/x86-64.js';
-import { validateFiles, validateTask } from '../restore/validate.js';
+import { validateFiles, validateTask, validateTree } from '../restore/validate.js';
 import type { Manifest } from './manifest.js';
 import { openImage } from './reader.js';
-import { FILES_ENTRY, taskEntry, type FileRecord } from './records.js';
+import { FILES_ENTRY, taskEntry, TREE_ENTRY, type FileRecord } from './records.js';
 
 /** One memory area as inspect shows it. */
 export interface InspectVma {
@@ -65,6 +65,8 @@ export async function inspect(o: InspectOptions): Promise<InspectReport> {
   const image = await openImage(o.image, { workDir: o.config.image.workDir });
   try {
     const { entries, ...manifest } = image.manifest;
+    // Every record is checked as restore checks it, so an image inspect accepts is one restore can read.
+    validateTree(await image.readJson(TREE_ENTRY), manifest.root.pid, manifest.tasks);
     const files = validateFiles(await image.readJson(FILES_ENTRY)).files;
     const holders = new Map<number, string[]>();
     const tasks: InspectTask[] = [];
@@ -90,7 +92,7 @@ export async function inspect(o: InspectOptions): Promise<InspectReport> {
       out.fds = t.fds.map((f) => {
         const file = files.find((x) => x.id === f.file);
         return {
-          fd: f.fd, file: f.file, kind: file?.kind ?? '?', target: String(file?.path ?? file?.kind ?? '?'),
+          fd: f.fd, file: f.file, kind: file?.kind ?? '?', target: typeof file?.path === 'string' ? file.path : file?.kind ?? '?',
           cloexec: f.cloexec,
           sharedWith: (holders.get(f.file) ?? []).filter((h) => h !== `${pid}:${f.fd}`),
         };

@@ -48,11 +48,29 @@ export interface Manifest {
 /** The manifest without what the writer fills in. */
 export type ManifestHeader = Omit<Manifest, 'format' | 'formatVersion' | 'entries'>;
 
+/** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT). */
+const PID_MAX = 4 * 1024 * 1024;
+/** Largest XSAVE area a thread may have (restore reads it with this bound). */
+const MAX_XSTATE = 1 << 16;
+
 function bad(field: string, what: string): never {
   throw new FerryError('EIMAGE', `manifest field ${field} ${what}`);
 }
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * A value of an image, shown in a message: short, on one line, and safe for any value (a
+ * nested list is never stringified: it could be deeper than the stack).
+ */
+export function shown(v: unknown): string {
+  if (v === undefined) return 'missing';
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'an object';
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  return String(v);
+}
 
 /** Checks that an entry name is safe and bounded. */
 export function checkEntryName(name: string): void {
@@ -62,7 +80,20 @@ export function checkEntryName(name: string): void {
   }
 }
 
-/** Parses and validates manifest.json. */
+const str = (o: Record<string, unknown>, k: string, at: string): string => {
+  const v = o[k];
+  if (typeof v !== 'string' || v.length > 4096) bad(`${at}${k}`, `is ${shown(v)}, must be a string`);
+  return v;
+};
+
+const pidOf = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) > 0 && (v as number) <= PID_MAX;
+
+/**
+ * Parses and validates manifest.json: FerryError 'EFORMAT' when it is not a ferry image or
+ * one of another format version, 'EIMAGE' for anything else wrong. Returns a new object holding only the fields below, so
+ * nothing else the file may hold (an unknown field, a value nested a million levels deep)
+ * travels further.
+ */
 export function parseManifest(buf: Buffer): Manifest {
   if (buf.length > MAX_MANIFEST_BYTES) bad('', `is ${buf.length} bytes, over the ${MAX_MANIFEST_BYTES} limit`);
   let m: unknown;
@@ -71,30 +102,43 @@ export function parseManifest(buf: Buffer): Manifest {
   } catch {
     throw new FerryError('EIMAGE', 'manifest.json is not valid JSON');
   }
-  if (!isObj(m)) bad('', 'is not an object');
-  if (m.format !== IMAGE_FORMAT) bad('format', `is ${JSON.stringify(m.format)}, not "${IMAGE_FORMAT}": not a ferry image`);
+  if (!isObj(m)) throw new FerryError('EIMAGE', `manifest.json is ${shown(m)}, not an object`);
+  if (m.format !== IMAGE_FORMAT) {
+    throw new FerryError('EFORMAT', `manifest field format is ${shown(m.format)}, not "${IMAGE_FORMAT}": not a ferry image`);
+  }
   if (m.formatVersion !== FORMAT_VERSION) {
-    bad('formatVersion', `is ${String(m.formatVersion)}; this ferry reads version ${FORMAT_VERSION}`);
+    const other = typeof m.ferryVersion === 'string' ? ` (written by ferry ${shown(m.ferryVersion)})` : '';
+    throw new FerryError('EFORMAT', `manifest field formatVersion is ${shown(m.formatVersion)}${other}; this ferry reads `
+      + `version ${FORMAT_VERSION}: use the ferry version that wrote the image`);
   }
-  for (const k of ['ferryVersion', 'createdAt']) if (typeof m[k] !== 'string') bad(k, 'must be a string');
+  const ferryVersion = str(m, 'ferryVersion', '');
+  const createdAt = str(m, 'createdAt', '');
   const h = m.host;
-  if (!isObj(h)) bad('host', 'must be an object');
-  for (const k of ['kernelRelease', 'kernelVersion', 'arch', 'vdsoSha256', 'xfeatures']) {
-    if (typeof h[k] !== 'string') bad(`host.${k}`, 'must be a string');
+  if (!isObj(h)) bad('host', `is ${shown(h)}, must be an object`);
+  const [kernelRelease, kernelVersion, arch, vdsoSha256, xfeatures] = (['kernelRelease', 'kernelVersion', 'arch', 'vdsoSha256', 'xfeatures'] as const)
+    .map((k) => str(h, k, 'host.')) as [string, string, string, string, string];
+  if (!/^0x[0-9a-f]{1,16}$/.test(xfeatures)) bad('host.xfeatures', `is ${shown(xfeatures)}, must be a 64-bit hex string`);
+  const xstateSize = h.xstateSize;
+  if (!Number.isSafeInteger(xstateSize) || (xstateSize as number) < 0 || (xstateSize as number) > MAX_XSTATE) {
+    bad('host.xstateSize', `is ${shown(xstateSize)}, must be an integer from 0 to ${MAX_XSTATE}`);
   }
-  if (!/^0x[0-9a-f]+$/.test(h.xfeatures as string)) bad('host.xfeatures', 'must be a hex string');
-  if (!Number.isSafeInteger(h.xstateSize)) bad('host.xstateSize', 'must be an integer');
   if (!Array.isArray(h.vdsoLayout) || h.vdsoLayout.length > 8
-    || !h.vdsoLayout.every((l) => isObj(l) && typeof l.name === 'string' && Number.isSafeInteger(l.size))) {
-    bad('host.vdsoLayout', 'must be a list of {name, size}');
+    || !h.vdsoLayout.every((l) => isObj(l) && typeof l.name === 'string' && l.name.length <= 64 && Number.isSafeInteger(l.size))) {
+    bad('host.vdsoLayout', 'must be a list of at most 8 {name, size}');
   }
-  if (!isObj(m.root) || !Number.isSafeInteger(m.root.pid) || (m.root.pid as number) <= 0) bad('root.pid', 'must be a positive integer');
-  if (!Array.isArray(m.tasks) || m.tasks.length === 0 || m.tasks.length > 1_000_000
-    || !m.tasks.every((p) => Number.isSafeInteger(p) && (p as number) > 0)) {
+  const vdsoLayout = (h.vdsoLayout as Array<{ name: string; size: number }>).map((l) => ({ name: l.name, size: l.size }));
+  const root = m.root;
+  if (!isObj(root) || !pidOf(root.pid)) bad('root.pid', `must be a pid (1 to ${PID_MAX})`);
+  const rootPid = root.pid as number;
+  if (!Array.isArray(m.tasks) || m.tasks.length === 0 || m.tasks.length > PID_MAX || !m.tasks.every(pidOf)) {
     bad('tasks', 'must be a non-empty list of pids');
   }
+  const tasks = [...m.tasks as number[]];
+  if (tasks[0] !== rootPid) bad('tasks', `must start with the root pid ${rootPid}, starts with ${tasks[0]!}`);
+  if (new Set(tasks).size !== tasks.length) bad('tasks', 'lists a pid twice');
   if (!Array.isArray(m.entries) || m.entries.length > MAX_ENTRIES) bad('entries', `must be a list of at most ${MAX_ENTRIES}`);
   const seen = new Set<string>();
+  const entries: ManifestEntry[] = [];
   for (const [i, e] of (m.entries as unknown[]).entries()) {
     if (!isObj(e) || typeof e.name !== 'string' || !Number.isSafeInteger(e.size) || (e.size as number) < 0
       || typeof e.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(e.sha256)) {
@@ -103,8 +147,13 @@ export function parseManifest(buf: Buffer): Manifest {
     checkEntryName(e.name);
     if (seen.has(e.name) || e.name === MANIFEST_NAME) bad(`entries[${i}]`, `repeats the name ${e.name}`);
     seen.add(e.name);
+    entries.push({ name: e.name, size: e.size as number, sha256: e.sha256 });
   }
-  return m as unknown as Manifest;
+  return {
+    format: IMAGE_FORMAT, formatVersion: FORMAT_VERSION, ferryVersion, createdAt,
+    host: { kernelRelease, kernelVersion, arch, vdsoSha256, vdsoLayout, xfeatures, xstateSize: xstateSize as number },
+    root: { pid: rootPid }, tasks, entries,
+  };
 }
 
 /** Refuses an image this host cannot restore: other kernel build, arch, or missing CPU features. */

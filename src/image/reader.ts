@@ -10,8 +10,11 @@
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { FerryError, describeCause } from '../errors.js';
+import { FerryError, describeCause, type ErrorContext } from '../errors.js';
 import { MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, parseManifest, type Manifest } from './manifest.js';
+
+/** Deepest nesting of a JSON entry: ferry's own records are a few levels deep. */
+export const MAX_JSON_DEPTH = 32;
 
 const BLOCK = 512;
 const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
@@ -67,24 +70,26 @@ function cstr(h: Buffer, start: number, len: number): string {
 }
 
 /** Indexes the entries of the tar in `fd` (file of `fileSize` bytes). */
-function indexTar(fd: number, fileSize: number, label: string): Located[] {
+function indexTar(fd: number, fileSize: number, label: string, where: ErrorContext): Located[] {
   const out: Located[] = [];
   const h = Buffer.alloc(BLOCK);
   let pos = 0;
   let paxSize: number | undefined;
   let paxPath: string | undefined;
+  if (fileSize === 0) throw new FerryError('EIMAGE', `image ${label} is empty (0 bytes): not a ferry image`, where);
   for (;;) {
     if (pos + BLOCK > fileSize) {
-      throw new FerryError('EIMAGE', `image ${label} is truncated: it ends at byte ${fileSize} inside the tar headers (entry ${out.length + 1})`);
+      throw new FerryError('EIMAGE', `image ${label} is truncated: it ends at byte ${fileSize} inside the tar headers (entry ${out.length + 1})`, where);
     }
     readSync(fd, h, 0, BLOCK, pos);
     if (h.every((b) => b === 0)) break; // end of archive
-    if (!headerChecksumOk(h)) throw new FerryError('EIMAGE', `image ${label} is corrupt: bad tar header checksum at byte ${pos}`);
+    if (!headerChecksumOk(h)) throw new FerryError('EIMAGE', `image ${label} is corrupt: bad tar header checksum at byte ${pos}`, where);
     const type = String.fromCharCode(h[156]! || 48);
     let size = headerSize(h);
+    if (!Number.isSafeInteger(size) || size < 0) throw new FerryError('EIMAGE', `image ${label} is corrupt: bad tar size field at byte ${pos}`, where);
     const dataAt = pos + BLOCK;
     if (type === 'x') {
-      if (size > 1 << 20) throw new FerryError('EIMAGE', `image ${label} has an oversized pax header at byte ${pos}`);
+      if (size > 1 << 20) throw new FerryError('EIMAGE', `image ${label} has an oversized pax header at byte ${pos}`, where);
       const pax = Buffer.alloc(size);
       readSync(fd, pax, 0, size, dataAt);
       for (const rec of pax.toString('utf8').split('\n')) {
@@ -95,17 +100,18 @@ function indexTar(fd: number, fileSize: number, label: string): Located[] {
       pos = dataAt + padded(size);
       continue;
     }
-    if (type !== '0' && type !== '7') throw new FerryError('EIMAGE', `image ${label} holds a tar member of type '${type}' at byte ${pos}; only files are allowed`);
+    if (type !== '0' && type !== '7') throw new FerryError('EIMAGE', `image ${label} holds a tar member of type '${type}' at byte ${pos}; only files are allowed`, where);
     const prefix = h.toString('latin1', 257, 262) === 'ustar' ? cstr(h, 345, 155) : '';
     const base = cstr(h, 0, 100);
     const name = paxPath ?? (prefix ? `${prefix}/${base}` : base);
     if (paxSize !== undefined) size = paxSize;
     paxSize = paxPath = undefined;
+    if (!Number.isSafeInteger(size) || size < 0) throw new FerryError('EIMAGE', `image ${label} is corrupt: bad size of entry ${name} at byte ${pos}`, where);
     if (dataAt + size > fileSize) {
-      throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${name} ends at byte ${dataAt + size}, the file has ${fileSize}`);
+      throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${name} ends at byte ${dataAt + size}, the file has ${fileSize}`, where);
     }
     out.push({ name, offset: dataAt, size });
-    if (out.length > MAX_ENTRIES + 1) throw new FerryError('EIMAGE', `image ${label} has more than ${MAX_ENTRIES} entries`);
+    if (out.length > MAX_ENTRIES + 1) throw new FerryError('EIMAGE', `image ${label} has more than ${MAX_ENTRIES} entries`, where);
     pos = dataAt + padded(size);
   }
   return out;
@@ -113,7 +119,7 @@ function indexTar(fd: number, fileSize: number, label: string): Located[] {
 
 /** Spools stdin into an unlinked temporary file; returns its fd. */
 async function spoolStdin(workDir: string): Promise<number> {
-  if (!existsSync(workDir)) throw new FerryError('EIMAGE', `work directory ${workDir} (image.work_dir) does not exist`);
+  if (!existsSync(workDir)) throw new FerryError('EIMAGE', `work directory ${workDir} (image.work_dir) does not exist: create it, or set image.work_dir in the configuration`, { path: workDir });
   const path = join(workDir, `.ferry-spool-${process.pid}-${Date.now()}`);
   const fd = openSync(path, 'w+', 0o600);
   unlinkSync(path);
@@ -124,7 +130,7 @@ async function spoolStdin(workDir: string): Promise<number> {
     }
   } catch (err) {
     closeSync(fd);
-    throw new FerryError('EIMAGE', `cannot spool the image from stdin into ${workDir}: ${describeCause(err)}`, { cause: err });
+    throw new FerryError('EIMAGE', `cannot spool the image from stdin into ${workDir}: ${describeCause(err)}`, { cause: err, path: workDir });
   }
   return fd;
 }
@@ -132,6 +138,7 @@ async function spoolStdin(workDir: string): Promise<number> {
 /** Opens and fully verifies an image ('-' = stdin). */
 export async function openImage(path: string, options: { workDir: string; onProgress?: (done: number, total: number) => void }): Promise<Image> {
   const label = path === '-' ? '(stdin)' : path;
+  const where: ErrorContext = path === '-' ? {} : { path };
   let fd: number;
   if (path === '-') {
     fd = await spoolStdin(options.workDir);
@@ -140,36 +147,39 @@ export async function openImage(path: string, options: { workDir: string; onProg
       fd = openSync(path, 'r');
     } catch (err) {
       const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : describeCause(err);
-      throw new FerryError('EIMAGE', `cannot read image ${path}: ${why}`, { cause: err });
+      throw new FerryError('EIMAGE', `cannot read image ${path}: ${why}`, { cause: err, path });
     }
   }
   try {
     const st = fstatSync(fd);
-    if (!st.isFile()) throw new FerryError('EIMAGE', `image ${label} is not a regular file`);
-    const located = indexTar(fd, st.size, label);
+    if (!st.isFile()) throw new FerryError('EIMAGE', `image ${label} is not a regular file`, where);
+    const located = indexTar(fd, st.size, label, where);
     const first = located[0];
     if (!first || first.name !== MANIFEST_NAME) {
-      throw new FerryError('EIMAGE', `image ${label} is not a ferry image: its first entry is ${first ? first.name : 'missing'}, not ${MANIFEST_NAME}`);
+      throw new FerryError('EIMAGE', `image ${label} is not a ferry image: its first entry is ${first ? first.name : 'missing'}, not ${MANIFEST_NAME}`, where);
     }
-    if (first.size > MAX_MANIFEST_BYTES) throw new FerryError('EIMAGE', `image ${label}: manifest.json is ${first.size} bytes, over the limit`);
+    if (first.size > MAX_MANIFEST_BYTES) throw new FerryError('EIMAGE', `image ${label}: manifest.json is ${first.size} bytes, over the limit`, where);
     const mbuf = Buffer.alloc(first.size);
     readSync(fd, mbuf, 0, first.size, first.offset);
     let manifest: Manifest;
     try {
       manifest = parseManifest(mbuf);
     } catch (err) {
-      throw new FerryError('EIMAGE', `image ${label} is corrupt: ${(err as Error).message}`, { cause: err });
+      if (!(err instanceof FerryError)) throw err;
+      // Another format is not damage: say which, not "corrupt".
+      const what = err.code === 'EFORMAT' ? ':' : ' is corrupt:';
+      throw new FerryError(err.code, `image ${label}${what} ${err.message}`, { cause: err, ...where });
     }
     const rest = located.slice(1);
     const byName = new Map(rest.map((l) => [l.name, l]));
     manifest.entries.forEach((e, i) => {
       const got = rest[i];
-      if (!got) throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${e.name} is missing`);
-      if (got.name !== e.name) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${i + 1} is ${got.name}, the manifest says ${e.name}`);
-      if (got.size !== e.size) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has ${got.size} bytes, the manifest says ${e.size}`);
+      if (!got) throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${e.name} is missing`, where);
+      if (got.name !== e.name) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${i + 1} is ${got.name}, the manifest says ${e.name}`, where);
+      if (got.size !== e.size) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has ${got.size} bytes, the manifest says ${e.size}`, where);
     });
     if (rest.length > manifest.entries.length) {
-      throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${rest[manifest.entries.length]!.name} is not in the manifest`);
+      throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${rest[manifest.entries.length]!.name} is not in the manifest`, where);
     }
     // Hash every entry.
     const total = manifest.entries.reduce((s, e) => s + e.size, 0);
@@ -181,7 +191,7 @@ export async function openImage(path: string, options: { workDir: string; onProg
       for (let off = 0; off < loc.size;) {
         const want = Math.min(chunk.length, loc.size - off);
         const n = await readAt(fd, want === chunk.length ? chunk : chunk.subarray(0, want), loc.offset + off);
-        if (n !== want) throw new FerryError('EIMAGE', `image ${label} is truncated inside entry ${e.name}`);
+        if (n !== want) throw new FerryError('EIMAGE', `image ${label} is truncated inside entry ${e.name}`, where);
         h.update(want === chunk.length ? chunk : chunk.subarray(0, want));
         off += n;
         done += n;
@@ -189,21 +199,38 @@ export async function openImage(path: string, options: { workDir: string; onProg
       }
       const sum = h.digest('hex');
       if (sum !== e.sha256) {
-        throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has sha256 ${sum.slice(0, 12)}… but the manifest says ${e.sha256.slice(0, 12)}…`);
+        throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has sha256 ${sum.slice(0, 12)}… but the manifest says ${e.sha256.slice(0, 12)}…`, where);
       }
     }
-    return makeImage(fd, manifest, byName, label);
+    return makeImage(fd, manifest, byName, label, where);
   } catch (err) {
     closeSync(fd);
     throw err;
   }
 }
 
-function makeImage(fd: number, manifest: Manifest, byName: Map<string, Located>, label: string): Image {
+/**
+ * Where `value` nests deeper than `limit` levels ("files[1].path[0][0]…", cut short), or
+ * undefined. Iterative: a value nested a million levels deep is JSON.parse's to build but
+ * would overflow the stack of anything that walks it recursively (JSON.stringify, a logger).
+ */
+export function tooDeep(value: unknown, limit: number): string | undefined {
+  const stack: Array<{ v: unknown; depth: number; at: string }> = [{ v: value, depth: 0, at: '' }];
+  for (let top = stack.pop(); top !== undefined; top = stack.pop()) {
+    const { v, depth, at } = top;
+    if (typeof v !== 'object' || v === null) continue;
+    if (depth >= limit) return at.length > 80 ? `${at.slice(0, 80)}…` : at || '(the top)';
+    if (Array.isArray(v)) v.forEach((x, i) => stack.push({ v: x, depth: depth + 1, at: `${at}[${i}]` }));
+    else for (const [k, x] of Object.entries(v)) stack.push({ v: x, depth: depth + 1, at: at === '' ? k : `${at}.${k}` });
+  }
+  return undefined;
+}
+
+function makeImage(fd: number, manifest: Manifest, byName: Map<string, Located>, label: string, where: ErrorContext): Image {
   let closed = false;
   const get = (name: string): Located => {
     const l = byName.get(name);
-    if (!l) throw new FerryError('EIMAGE', `image ${label} has no entry ${name}`);
+    if (!l) throw new FerryError('EIMAGE', `image ${label} has no entry ${name}`, where);
     return l;
   };
   const image: Image = {
@@ -211,18 +238,25 @@ function makeImage(fd: number, manifest: Manifest, byName: Map<string, Located>,
     has: (name) => byName.has(name),
     async read(name, limit = 64 << 20) {
       const l = get(name);
-      if (l.size > limit) throw new FerryError('EIMAGE', `image ${label}: entry ${name} is ${l.size} bytes, more than the ${limit} allowed`);
+      if (l.size > limit) throw new FerryError('EIMAGE', `image ${label}: entry ${name} is ${l.size} bytes, more than the ${limit} allowed`, where);
       const buf = Buffer.alloc(l.size);
-      if (l.size > 0 && readSync(fd, buf, 0, l.size, l.offset) !== l.size) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`);
+      if (l.size > 0 && readSync(fd, buf, 0, l.size, l.offset) !== l.size) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`, where);
       return buf;
     },
     async readJson(name, limit) {
       const buf = await image.read(name, limit);
+      let value: unknown;
       try {
-        return JSON.parse(buf.toString('utf8')) as unknown;
+        value = JSON.parse(buf.toString('utf8')) as unknown;
       } catch {
-        throw new FerryError('EIMAGE', `image ${label}: entry ${name} is not valid JSON`);
+        throw new FerryError('EIMAGE', `image ${label}: entry ${name} is not valid JSON`, where);
       }
+      const deep = tooDeep(value, MAX_JSON_DEPTH);
+      if (deep !== undefined) {
+        throw new FerryError('EIMAGE', `image ${label}: entry ${name} nests values more than ${MAX_JSON_DEPTH} levels deep `
+          + `(at ${deep}); ferry writes nothing like it`, where);
+      }
+      return value;
     },
     locate(name) {
       const l = get(name);
@@ -233,7 +267,7 @@ function makeImage(fd: number, manifest: Manifest, byName: Map<string, Located>,
       const buf = Buffer.allocUnsafe(chunkSize);
       for (let off = 0; off < l.size;) {
         const n = Math.min(chunkSize, l.size - off);
-        if (await readAt(fd, buf.subarray(0, n), l.offset + off) !== n) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`);
+        if (await readAt(fd, buf.subarray(0, n), l.offset + off) !== n) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`, where);
         await onChunk(buf.subarray(0, n), off);
         off += n;
       }

@@ -12,6 +12,7 @@
  *    only now that the stub's own executable is unmapped (EBUSY otherwise).
  * At the very end `dropGadget` unmaps the gadget through a `syscall` inside the restored vDSO.
  */
+import { constants as osConstants } from 'node:os';
 import { readSync } from 'node:fs';
 import {
   MADVISE_BY_VMFLAG, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
@@ -26,6 +27,12 @@ import { restoredGhost } from '../files/deleted.js';
 import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { Scratch, type Tracee } from '../task/tracee.js';
+
+/** "EACCES" for a negative injected result -13 (errno(3) name; the number if unknown). */
+function errnoName(r: bigint): string {
+  const no = Number(-r);
+  return Object.entries(osConstants.errno).find(([, v]) => v === no)?.[0] ?? `errno ${no}`;
+}
 
 /**
  * Code of the gadget page: `syscall` (every injection runs it), followed by a pause() loop
@@ -157,7 +164,7 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
     as.scratch.reset();
     const r = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(v.file.path), mode, 0);
     if (r < 0n) {
-      throw new FerryError('EOPEN', `cannot open ${v.file.path}, mapped by pid ${task.pid} at ${v.start}: errno ${-r}`);
+      throw new FerryError('EOPEN', `cannot open ${v.file.path}, mapped by pid ${task.pid} at ${v.start}: ${errnoName(r)}`);
     }
     fileFds.set(key, Number(r));
   }
@@ -234,7 +241,7 @@ function attachSysv(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
     const id = t.trySyscall(SYS.shmget, seg.removed ? IPC_PRIVATE : seg.key, seg.size, IPC_CREAT | IPC_EXCL | seg.mode);
     if (id !== BigInt(seg.shmid)) {
       if (id >= 0n) t.trySyscall(SYS.shmctl, id, IPC_RMID, 0);
-      throw new FerryError('ESHM', `cannot create ${where} again: ${id < 0n ? `shmget failed with errno ${-id} (key or id in use?)` : `it got id ${id}`}`);
+      throw new FerryError('ESHM', `cannot create ${where} again: ${id < 0n ? `shmget failed with ${errnoName(id)} (key or id in use?)` : `it got id ${id}`}`);
     }
     const ds = Buffer.alloc(SHMID_DS_SIZE);
     ds.writeUInt32LE(seg.uid, 4);
@@ -246,7 +253,7 @@ function attachSysv(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
   }
   const flags = ((v.prot & PROT_WRITE) ? 0 : SHM_RDONLY) | ((v.prot & PROT_EXEC) ? SHM_EXEC : 0);
   const at = t.trySyscall(SYS.shmat, seg.shmid, big(v.start), flags);
-  if (at !== big(v.start)) throw new FerryError('ESHM', `cannot attach ${where}: ${at < 0n ? `errno ${-at}` : `landed at 0x${at.toString(16)}`}`);
+  if (at !== big(v.start)) throw new FerryError('ESHM', `cannot attach ${where}: ${at < 0n ? errnoName(at) : `landed at 0x${at.toString(16)}`}`);
   // A segment removed while attached stays attachable (Linux) until its last detach.
   if (seg.removed) t.trySyscall(SYS.shmctl, seg.shmid, IPC_RMID, 0);
 }
@@ -298,7 +305,7 @@ function mapSpecialFile(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRec
     as.scratch.reset();
     const mode = v.shared && (v.prot & PROT_WRITE) ? O_RDWR : O_RDONLY;
     const fd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(path), mode, 0);
-    if (fd < 0n) throw new FerryError('EOPEN', `cannot open ${v.file!.path} (${path}), mapped by pid ${task.pid} at ${v.start}: errno ${-fd}`);
+    if (fd < 0n) throw new FerryError('EOPEN', `cannot open ${v.file!.path} (${path}), mapped by pid ${task.pid} at ${v.start}: ${errnoName(fd)}`);
     const reprotect = !v.shared && v.vmflags.includes('ac') && (v.prot & PROT_WRITE) === 0;
     const calls: Array<readonly [number, ...Array<bigint | number>]> = [
       [SYS.mmap, start, len, reprotect ? v.prot | PROT_WRITE : v.prot, mmapFlags(v), fd, offset]];
@@ -350,7 +357,7 @@ function joinShared(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
   as.scratch.reset();
   const path = `/proc/${first.pid}/map_files/${first.start.toString(16)}-${first.end.toString(16)}`;
   const fd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(path), O_RDWR, 0);
-  if (fd < 0n) throw new FerryError('EOPEN', `cannot open the shared memory of pid ${first.pid} (${path}) for pid ${task.pid}: errno ${-fd}`);
+  if (fd < 0n) throw new FerryError('EOPEN', `cannot open the shared memory of pid ${first.pid} (${path}) for pid ${task.pid}: ${errnoName(fd)}`);
   const [at] = t.syscalls([[SYS.mmap, start, len, v.prot, mmapFlags(v) & ~MAP_ANONYMOUS, fd, offset], [SYS.close, fd]]);
   if (at !== start) throw new FerryError('EMAP', `mmap of ${v.start} in pid ${task.pid} landed at 0x${at!.toString(16)}`);
 }
@@ -384,7 +391,7 @@ function writePages(t: Tracee, areas: readonly VmaRecord[], pages: { fd: number;
 export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
   as.scratch.reset();
   const exeFd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(task.exe), O_RDONLY, 0);
-  if (exeFd < 0n) throw new FerryError('EOPEN', `cannot open the executable ${task.exe} of pid ${task.pid}: errno ${-exeFd}`);
+  if (exeFd < 0n) throw new FerryError('EOPEN', `cannot open the executable ${task.exe} of pid ${task.pid}: ${errnoName(exeFd)}`);
   const auxv = Buffer.alloc(task.mm.auxv.length * 16);
   task.mm.auxv.forEach(([k, v], i) => {
     auxv.writeBigUInt64LE(big(k), i * 16);
@@ -401,7 +408,7 @@ export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
   const mapAt = as.scratch.put(map);
   const r = t.trySyscall(SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, mapAt, PRCTL_MM_MAP_SIZE, 0);
   t.syscall(SYS.close, exeFd);
-  if (r < 0n) throw new FerryError('EMM', `prctl(PR_SET_MM_MAP) failed for pid ${task.pid}: errno ${-r}`);
+  if (r < 0n) throw new FerryError('EMM', `prctl(PR_SET_MM_MAP) failed for pid ${task.pid}: ${errnoName(r)}`);
 }
 
 /** Step 9: unmap the gadget area through a `syscall` in the restored vDSO. */

@@ -77,7 +77,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
 
     const tStart = performance.now();
     // A container's init is made by its runtime; its files are reachable through its root.
-    const maxFd = Math.max(2, ...tasks.flatMap((t) => t.fds.map((f) => f.fd)));
+    const maxFd = tasks.reduce((m, t) => t.fds.reduce((k, f) => Math.max(k, f.fd), m), 2);
     const made = o.makeRoot ? await o.makeRoot(image, maxFd) : undefined;
     if (made) {
       session.onUndo('remove the container made for the root', () => made.destroy());

@@ -1,150 +1,269 @@
 /**
  * Shape checks for the engine's records read back from an image. Checksums already proved the
  * bytes are what was written; these checks catch images from another ferry version or made by
- * hand, so a bad field is reported by name instead of failing deep inside restore.
+ * hand, so a bad field is reported by name instead of failing deep inside restore (or inspect)
+ * with the engine's words (`x is not a function`, `Maximum call stack size exceeded`).
+ *
+ * Every field of records.ts that restore or inspect reads is checked for its type and bounds
+ * here, by a small table per record (`Check`s that return what is wrong, or undefined); the
+ * fields of one kind of open file are its module's to check (FileKind.check). Fields this
+ * version does not know are let through: a newer ferry may add some.
  */
-import { REG_NAMES } from '../arch/x86-64.js';
+import { PAGE_SIZE, REG_NAMES } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
+import { shown } from '../image/manifest.js';
 import { TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
+
+/** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT). */
+const PID_MAX = 4 * 1024 * 1024;
+/** Most descriptors a process can have (fs.nr_open can go higher, no real process does). */
+const MAX_FDS = 1 << 20;
+/** Most threads of one process restore accepts. */
+const MAX_THREADS = 65536;
 
 const HEX = /^0x[0-9a-f]{1,16}$/;
 
 function fail(where: string, what: string): never {
-  throw new FerryError('EIMAGE', `image entry ${where} is invalid: ${what}`);
+  throw new FerryError('EIMAGE', `image entry ${where} is invalid: ${what} (edited, or written by another ferry version?)`);
 }
 
 function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function hexField(where: string, o: Record<string, unknown>, key: string): void {
-  if (typeof o[key] !== 'string' || !HEX.test(o[key] as string)) fail(where, `${key} must be a 0x… hex string`);
+/** Checks the value at `at`; returns what is wrong with it, or undefined. */
+type Check = (v: unknown, at: string) => string | undefined;
+
+const must = (at: string, what: string, v: unknown): string => `${at} must be ${what}, is ${shown(v)}`;
+const join = (at: string, key: string): string => (at === '' ? key : `${at}.${key}`);
+
+/** An integer from `min` to `max`. */
+const int = (min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER): Check => (v, at) => (
+  Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max ? undefined
+    : must(at, min === Number.MIN_SAFE_INTEGER ? 'an integer' : `an integer from ${min} to ${max}`, v));
+/** A 64-bit value as a "0x…" hex string. */
+const hex: Check = (v, at) => (typeof v === 'string' && HEX.test(v) ? undefined : must(at, 'a 0x… hex string of 64 bits', v));
+/** A string of at most `max` characters. */
+const str = (max = 8192): Check => (v, at) => (typeof v === 'string' && v.length <= max ? undefined
+  : must(at, `a string of at most ${max} characters`, v));
+/** A string of decimal digits (a 64-bit or wider integer kept exact). */
+const digits: Check = (v, at) => (typeof v === 'string' && /^-?\d{1,25}$/.test(v) ? undefined : must(at, 'a string of digits', v));
+const bool: Check = (v, at) => (typeof v === 'boolean' ? undefined : must(at, 'true or false', v));
+/** One of the strings `values`. */
+const oneOf = (...values: string[]): Check => (v, at) => (typeof v === 'string' && values.includes(v) ? undefined
+  : must(at, `one of ${values.join(', ')}`, v));
+/** null, or what `check` accepts. */
+const nullable = (check: Check): Check => (v, at) => (v === null ? undefined : check(v, at));
+/** A list of `min` to `max` items, each accepted by `item`. */
+const list = (item: Check, max: number, min = 0): Check => (v, at) => {
+  if (!Array.isArray(v) || v.length < min || v.length > max) {
+    return must(at, min > 0 ? `a list of ${min} to ${max} items` : `a list of at most ${max} items`, v);
+  }
+  for (let i = 0; i < v.length; i++) {
+    const bad = item(v[i], `${at}[${i}]`);
+    if (bad !== undefined) return bad;
+  }
+  return undefined;
+};
+/** A list of exactly the items `items`, in order ([seconds, nanoseconds], [soft, hard]…). */
+const tuple = (...items: Check[]): Check => (v, at) => {
+  if (!Array.isArray(v) || v.length !== items.length) return must(at, `a list of ${items.length}`, v);
+  for (const [i, check] of items.entries()) {
+    const bad = check(v[i], `${at}[${i}]`);
+    if (bad !== undefined) return bad;
+  }
+  return undefined;
+};
+/** An object with `fields` (every one present) and `optional` ones (checked when present). */
+const record = (fields: Readonly<Record<string, Check>>, optional: Readonly<Record<string, Check>> = {}): Check => (v, at) => {
+  if (!isObj(v)) return must(at === '' ? 'it' : at, 'an object', v);
+  for (const [k, check] of Object.entries(fields)) {
+    const bad = check(v[k], join(at, k));
+    if (bad !== undefined) return bad;
+  }
+  for (const [k, check] of Object.entries(optional)) {
+    if (v[k] === undefined) continue;
+    const bad = check(v[k], join(at, k));
+    if (bad !== undefined) return bad;
+  }
+  return undefined;
+};
+/** Runs `check` on `v` for the entry `where`; throws the one line when it finds something. */
+function expect(where: string, check: Check, v: unknown): void {
+  const bad = check(v, '');
+  if (bad !== undefined) fail(where, bad);
 }
 
-function intField(where: string, o: Record<string, unknown>, key: string): void {
-  if (!Number.isSafeInteger(o[key])) fail(where, `${key} must be an integer`);
-}
+const pid = int(1, PID_MAX);
+/** A signal queued with its whole siginfo_t (128 bytes, base64). */
+const pending: Check = (v, at) => record({ signo: int(1, 64), siginfo: str(256) })(v, at)
+  ?? (Buffer.from((v as { siginfo: string }).siginfo, 'base64').length === 128 ? undefined
+    : must(`${at}.siginfo`, '128 bytes in base64', (v as { siginfo: string }).siginfo));
+/** [seconds, microseconds or nanoseconds]. */
+const time = tuple(int(0), int(0, 999_999_999));
+const itimer = record({ interval: time, value: time });
+const posixTimer = record({
+  id: int(0, 2 ** 31 - 1), clock: int(-(2 ** 31), 2 ** 31 - 1), notify: oneOf('signal', 'none', 'thread'),
+  thread: nullable(int(1, PID_MAX)), signo: int(0, 64), value: hex, interval: time, remaining: time, overrun: int(),
+});
+const vma = record({
+  start: hex, end: hex, prot: int(0, 15), shared: bool,
+  kind: oneOf('anon', 'file', 'vdso', 'vvar', 'vvar_vclock', 'vsyscall'), name: str(),
+  vmflags: list(str(2), 64), runs: list(tuple(int(0), int(0)), 1 << 24), pagesOffset: int(0),
+}, {
+  shmem: record({ id: str(64), offset: hex }),
+  sysv: record({ shmid: int(0), key: int(), size: int(0), mode: int(0), uid: int(0), gid: int(0), removed: bool }),
+  file: record({ path: str(), offset: hex, dev: str(64), ino: str(64), size: int(0) }, { mtimeNs: digits }),
+});
+const thread = record({
+  tid: pid,
+  regs: record(Object.fromEntries(REG_NAMES.map((r) => [r, hex]))),
+  xstate: str(255),
+  sigmask: hex,
+  sigaltstack: record({ sp: hex, flags: int(-(2 ** 31), 2 ** 31 - 1), size: hex }),
+  rseq: nullable(record({ pointer: hex, size: int(0, 2 ** 32 - 1), signature: int(0, 2 ** 32 - 1), flags: int(0, 2 ** 32 - 1) })),
+  robustList: record({ head: hex, len: int(0) }),
+  tidAddress: hex,
+  comm: str(64),
+  pending: list(pending, 1_000_000),
+});
+const task = record({
+  pid, ppid: int(0, PID_MAX), pgid: int(0, PID_MAX), sid: int(0, PID_MAX),
+  comm: str(64), exe: str(), cwd: str(), umask: int(0, 0o777),
+  mm: record({
+    ...Object.fromEntries(['startCode', 'endCode', 'startData', 'endData', 'startBrk', 'brk', 'startStack', 'argStart',
+      'argEnd', 'envStart', 'envEnd'].map((k) => [k, hex])),
+    auxv: list(tuple(hex, hex), 64),
+  }),
+  vmas: list(vma, 1_000_000),
+  sigactions: list(record({ signo: int(1, 64), handler: hex, flags: hex, restorer: hex, mask: hex }), 64),
+  sharedPending: list(pending, 1_000_000),
+  itimers: record({ real: itimer, virtual: itimer, prof: itimer, posix: list(posixTimer, 1_000_000) }),
+  stopped: bool,
+  threads: list(thread, MAX_THREADS, 1),
+  fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
+  pagesBytes: int(0),
+});
 
-/** Checks files.json. */
+/**
+ * The fields several kinds of open file share keep one type wherever they appear: checked
+ * here when present; which ones a kind needs, and everything else of it, is its module's.
+ */
+const SHARED_FILE_FIELDS: Readonly<Record<string, Check>> = {
+  path: str(), link: str(), flags: int(0, 2 ** 32 - 1), pos: digits, major: int(0, 2 ** 32 - 1), minor: int(0, 2 ** 32 - 1),
+  dev: str(64), ino: str(64), directory: bool,
+};
+
+/** Checks files.json: each open file has a unique id and a kind (the rest is its module's). */
 export function validateFiles(v: unknown): FilesRecord {
   const where = 'files.json';
-  if (!isObj(v) || !Array.isArray(v.files)) fail(where, 'files must be an array');
-  for (const [i, f] of (v.files as unknown[]).entries()) {
-    if (!isObj(f) || !Number.isSafeInteger(f.id) || typeof f.kind !== 'string') fail(where, `files[${i}] needs id and kind`);
+  expect(where, record({ files: list(record({ id: int(0), kind: str(32) }, SHARED_FILE_FIELDS), MAX_FDS * 16) }), v);
+  const ids = new Set<number>();
+  for (const f of (v as FilesRecord).files) {
+    if (ids.has(f.id)) fail(where, `file id ${f.id} is listed twice`);
+    ids.add(f.id);
   }
-  return v as unknown as FilesRecord;
+  return v as FilesRecord;
 }
 
 /** Checks tasks/<pid>/task.json. */
 export function validateTask(v: unknown, pid: number): TaskRecord {
   const where = `tasks/${pid}/task.json`;
-  if (!isObj(v)) fail(where, 'not an object');
-  for (const k of ['pid', 'ppid', 'pgid', 'sid', 'umask', 'pagesBytes']) intField(where, v, k);
-  if (v.pid !== pid) fail(where, `pid is ${String(v.pid)}, expected ${pid}`);
-  for (const k of ['comm', 'exe', 'cwd']) if (typeof v[k] !== 'string') fail(where, `${k} must be a string`);
-  if (!isObj(v.mm)) fail(where, 'mm missing');
-  for (const k of ['startCode', 'endCode', 'startData', 'endData', 'startBrk', 'brk', 'startStack', 'argStart', 'argEnd', 'envStart', 'envEnd']) {
-    hexField(`${where} mm`, v.mm, k);
+  expect(where, task, v);
+  const t = v as TaskRecord;
+  if (t.pid !== pid) fail(where, `pid is ${t.pid}, expected ${pid}`);
+  if (t.threads[0]!.tid !== pid) fail(where, `threads[0].tid is ${t.threads[0]!.tid}: the first thread must be the leader, ${pid}`);
+  const tids = new Set<number>();
+  for (const [i, th] of t.threads.entries()) {
+    if (tids.has(th.tid)) fail(where, `threads[${i}].tid ${th.tid} is listed twice`);
+    tids.add(th.tid);
   }
-  if (!Array.isArray(v.mm.auxv) || v.mm.auxv.length > 64) fail(where, 'mm.auxv must be an array of at most 64 pairs');
-  if (!Array.isArray(v.vmas) || v.vmas.length > 1_000_000) fail(where, 'vmas must be an array');
-  for (const [i, m] of (v.vmas as unknown[]).entries()) {
-    if (!isObj(m)) fail(where, `vmas[${i}] not an object`);
-    hexField(`${where} vmas[${i}]`, m, 'start');
-    hexField(`${where} vmas[${i}]`, m, 'end');
-    intField(`${where} vmas[${i}]`, m, 'prot');
-    intField(`${where} vmas[${i}]`, m, 'pagesOffset');
-    if (!Array.isArray(m.runs) || !Array.isArray(m.vmflags)) fail(where, `vmas[${i}] runs/vmflags missing`);
-    if (m.kind === 'file' && !isObj(m.file)) fail(where, `vmas[${i}] is a file mapping without file`);
+  const fds = new Set<number>();
+  for (const [i, f] of t.fds.entries()) {
+    if (fds.has(f.fd)) fail(where, `fds[${i}]: descriptor ${f.fd} is listed twice`);
+    fds.add(f.fd);
   }
-  if (!Array.isArray(v.threads) || v.threads.length < 1 || v.threads.length > 65536) fail(where, 'threads must hold 1 to 65536 threads');
-  for (const [i, th] of (v.threads as unknown[]).entries()) {
-    if (!isObj(th) || !isObj(th.regs)) fail(where, `threads[${i}].regs missing`);
-    if (!Number.isSafeInteger(th.tid) || (i === 0 && th.tid !== pid)) fail(where, `threads[${i}].tid is wrong (the first thread must be the leader)`);
-    for (const r of REG_NAMES) hexField(`${where} threads[${i}].regs`, th.regs, r);
-    if (typeof th.xstate !== 'string') fail(where, `threads[${i}].xstate must name an entry`);
-    if (typeof th.comm !== 'string' || !isObj(th.sigaltstack) || !isObj(th.robustList)) fail(where, `threads[${i}] is incomplete`);
+  for (const [i, m] of t.vmas.entries()) {
+    const pages = (BigInt(m.end) - BigInt(m.start)) / BigInt(PAGE_SIZE);
+    if (pages <= 0n) fail(where, `vmas[${i}] ends at ${m.end}, not after its start ${m.start}`);
+    if (m.kind === 'file' && m.file === undefined) fail(where, `vmas[${i}] is a file mapping without file`);
+    let stored = 0;
+    for (const [j, [first, count]] of m.runs.entries()) {
+      if (BigInt(first) + BigInt(count) > pages) fail(where, `vmas[${i}].runs[${j}] goes past the end of the area (${pages} pages)`);
+      stored += count;
+    }
+    if (m.pagesOffset + stored * PAGE_SIZE > t.pagesBytes) {
+      fail(where, `vmas[${i}] stores pages past the end of the task's ${t.pagesBytes} bytes of pages`);
+    }
   }
-  if (!Array.isArray(v.fds) || !Array.isArray(v.sigactions)) fail(where, 'fds/sigactions must be arrays');
-  if (!Array.isArray(v.sharedPending) || typeof v.stopped !== 'boolean' || !isObj(v.itimers)) fail(where, 'sharedPending/stopped/itimers missing');
-  const pendingOk = (list: unknown): boolean => Array.isArray(list) && list.length <= 1_000_000 && list.every((p) => isObj(p)
-    && Number.isSafeInteger(p.signo) && (p.signo as number) >= 1 && (p.signo as number) <= 64
-    && typeof p.siginfo === 'string' && Buffer.from(p.siginfo, 'base64').length === 128);
-  if (!pendingOk(v.sharedPending)) fail(where, 'sharedPending must hold {signo 1..64, siginfo of 128 bytes in base64}');
-  for (const [i, th] of (v.threads as Array<Record<string, unknown>>).entries()) {
-    if (!pendingOk(th.pending)) fail(where, `threads[${i}].pending must hold {signo 1..64, siginfo of 128 bytes in base64}`);
+  for (const [i, tm] of t.itimers.posix.entries()) {
+    if (tm.thread !== null && !tids.has(tm.thread)) fail(where, `itimers.posix[${i}].thread ${tm.thread} is not a thread of pid ${pid}`);
   }
-  const pair = (x: unknown): boolean => Array.isArray(x) && x.length === 2 && x.every((n) => Number.isSafeInteger(n));
-  for (const k of ['real', 'virtual', 'prof']) {
-    const it = v.itimers[k];
-    if (!isObj(it) || !pair(it.interval) || !pair(it.value)) fail(where, `itimers.${k} must hold interval and value pairs`);
-  }
-  if (!Array.isArray(v.itimers.posix) || v.itimers.posix.length > 1_000_000) fail(where, 'itimers.posix must be an array');
-  for (const [i, t] of (v.itimers.posix as unknown[]).entries()) {
-    const at = `${where} itimers.posix[${i}]`;
-    if (!isObj(t)) fail(where, `itimers.posix[${i}] is not an object`);
-    for (const k of ['id', 'clock', 'signo', 'overrun']) intField(at, t, k);
-    hexField(at, t, 'value');
-    if (!['signal', 'none', 'thread'].includes(t.notify as string)) fail(at, 'notify must be signal, none or thread');
-    if (t.thread !== null && !Number.isSafeInteger(t.thread)) fail(at, 'thread must be a tid or null');
-    if (!pair(t.interval) || !pair(t.remaining)) fail(at, 'interval and remaining must be [seconds, nanoseconds]');
-  }
-  validateCreds(`${where} creds`, v.creds, v.threads as Array<{ tid: number }>);
-  return v as unknown as TaskRecord;
+  validateCreds(`${where} creds`, (v as { creds?: unknown }).creds, t.threads);
+  return t;
 }
 
 /** Checks tree.json against the manifest: the root first, every live task listed once. */
 export function validateTree(v: unknown, root: number, tasks: readonly number[]): TreeRecord {
   const where = TREE_ENTRY;
-  if (!isObj(v) || v.root !== root || !Array.isArray(v.processes)) fail(where, `root must be ${root} and processes an array`);
+  expect(where, record({
+    root: int(1, PID_MAX),
+    processes: list(record({
+      pid: int(1, PID_MAX), ppid: int(0, PID_MAX), pgid: int(0, PID_MAX), sid: int(0, PID_MAX),
+      zombie: nullable(record({ status: int() })),
+    }), PID_MAX, 1),
+  }), v);
+  const tree = v as TreeRecord;
+  if (tree.root !== root) fail(where, `root is ${tree.root}, the manifest says ${root}`);
   const seen = new Set<number>();
-  for (const [i, p] of (v.processes as unknown[]).entries()) {
-    if (!isObj(p)) fail(where, `processes[${i}] is not an object`);
-    for (const k of ['pid', 'ppid', 'pgid', 'sid']) intField(`${where} processes[${i}]`, p, k);
+  for (const [i, p] of tree.processes.entries()) {
     if (i === 0 && p.pid !== root) fail(where, 'the root must come first');
-    if (i > 0 && !seen.has(p.ppid as number)) fail(where, `processes[${i}] (pid ${String(p.pid)}) comes before its parent ${String(p.ppid)}`);
-    if (seen.has(p.pid as number)) fail(where, `pid ${String(p.pid)} is listed twice`);
-    if (p.zombie !== null && !(isObj(p.zombie) && Number.isSafeInteger(p.zombie.status))) fail(where, `processes[${i}].zombie must be null or {status}`);
-    seen.add(p.pid as number);
+    if (i > 0 && !seen.has(p.ppid)) fail(where, `processes[${i}] (pid ${p.pid}) comes before its parent ${p.ppid}`);
+    if (seen.has(p.pid)) fail(where, `pid ${p.pid} is listed twice`);
+    seen.add(p.pid);
   }
-  const live = (v.processes as Array<{ pid: number; zombie: unknown }>).filter((p) => p.zombie === null).map((p) => p.pid);
+  const live = tree.processes.filter((p) => p.zombie === null).map((p) => p.pid);
   if (live.length !== tasks.length || live.some((p, i) => p !== tasks[i])) fail(where, 'its live processes differ from the manifest\'s tasks');
-  return v as unknown as TreeRecord;
+  return tree;
 }
 
-/** Checks the creds field of a task (src/dump/creds.ts). */
+/** A uid or gid (32 bits). */
+const id = int(0, 2 ** 32 - 1);
+const threadCreds = record({
+  tid: pid,
+  uids: tuple(id, id, id, id),
+  gids: tuple(id, id, id, id),
+  groups: list(id, 65536),
+  caps: record({ effective: hex, permitted: hex, inheritable: hex, bounding: hex, ambient: hex }),
+  securebits: int(),
+  noNewPrivs: bool,
+  personality: int(),
+  sched: record({ policy: int(), priority: int(), nice: int(-20, 19) }, { resetOnFork: bool }),
+  affinity: list(int(0, 65535), 65536), // CPU numbers (NR_CPUS is at most 8192)
+  pdeathsig: int(0, 64),
+  seccomp: list(int(0), 65536),
+});
+const creds = record({
+  rlimits: tuple(...Array.from({ length: 16 }, () => tuple(hex, hex))),
+  oomScoreAdj: int(-1000, 1000),
+  dumpable: int(0, 2),
+  childSubreaper: bool,
+  seccompFilters: list(record({ flags: int(0), program: str(4096 * 8 * 2) }), 65536),
+  threads: list(threadCreds, MAX_THREADS, 1),
+});
+
+/** Checks the creds field of a task (src/dump/creds.ts) against its threads. */
 function validateCreds(where: string, c: unknown, threads: ReadonlyArray<{ tid: number }>): void {
-  if (!isObj(c)) fail(where, 'missing (an image from an older ferry?)');
-  if (!Array.isArray(c.rlimits) || c.rlimits.length !== 16) fail(where, 'rlimits must hold 16 [soft, hard] pairs');
-  for (const [i, r] of (c.rlimits as unknown[]).entries()) {
-    if (!Array.isArray(r) || r.length !== 2 || !r.every((x) => typeof x === 'string' && HEX.test(x))) fail(where, `rlimits[${i}] must be two hex strings`);
-  }
-  for (const k of ['oomScoreAdj', 'dumpable']) intField(where, c, k);
-  if (typeof c.childSubreaper !== 'boolean') fail(where, 'childSubreaper must be a boolean');
-  if (!Array.isArray(c.seccompFilters)) fail(where, 'seccompFilters must be an array');
-  for (const [i, f] of (c.seccompFilters as unknown[]).entries()) {
-    if (!isObj(f) || !Number.isSafeInteger(f.flags) || typeof f.program !== 'string') fail(where, `seccompFilters[${i}] needs flags and program`);
+  if (c === undefined) fail(where, 'missing (an image from an older ferry?)');
+  expect(where, creds, c);
+  const cr = c as TaskRecord['creds'];
+  for (const [i, f] of cr.seccompFilters.entries()) {
     const bytes = Buffer.from(f.program, 'base64').length;
     if (bytes === 0 || bytes % 8 !== 0 || bytes > 4096 * 8) fail(where, `seccompFilters[${i}] is not a BPF program of 1 to 4096 instructions`);
   }
-  const nFilters = (c.seccompFilters as unknown[]).length;
-  if (!Array.isArray(c.threads) || c.threads.length !== threads.length) fail(where, 'threads must match the task\'s threads');
-  for (const [i, t] of (c.threads as unknown[]).entries()) {
-    const w = `${where} threads[${i}]`;
-    if (!isObj(t) || t.tid !== threads[i]!.tid) fail(w, `tid must be ${threads[i]!.tid}`);
-    const ids = (k: string, n?: number): void => {
-      const a = t[k];
-      if (!Array.isArray(a) || (n !== undefined && a.length !== n) || a.length > 65536
-        || !a.every((x) => Number.isSafeInteger(x) && x >= 0)) fail(w, `${k} must be an array of ${n ?? 'at most 65536'} non-negative integers`);
-    };
-    ids('uids', 4); ids('gids', 4); ids('groups'); ids('affinity');
-    if (!isObj(t.caps)) fail(w, 'caps missing');
-    for (const k of ['effective', 'permitted', 'inheritable', 'bounding', 'ambient']) hexField(`${w} caps`, t.caps, k);
-    intField(w, t, 'securebits');
-    intField(w, t, 'pdeathsig');
-    intField(w, t, 'personality');
-    if (typeof t.noNewPrivs !== 'boolean' || !isObj(t.sched)) fail(w, 'noNewPrivs/sched missing');
-    for (const k of ['policy', 'priority', 'nice']) intField(`${w} sched`, t.sched, k);
-    if (!Array.isArray(t.seccomp) || !t.seccomp.every((x) => Number.isSafeInteger(x) && x >= 0 && x < nFilters)) fail(w, 'seccomp must index seccompFilters');
+  if (cr.threads.length !== threads.length) fail(where, 'threads must match the task\'s threads');
+  for (const [i, t] of cr.threads.entries()) {
+    if (t.tid !== threads[i]!.tid) fail(where, `threads[${i}].tid must be ${threads[i]!.tid}`);
+    if (!t.seccomp.every((x) => x < cr.seccompFilters.length)) fail(where, `threads[${i}].seccomp must index seccompFilters`);
   }
 }

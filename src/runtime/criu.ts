@@ -8,8 +8,9 @@
  *
  * `FERRY_CRIU_LOG=FILE` appends one JSON line per request and answer to FILE.
  */
+import { unwindAll } from '../session.js';
 import { appendFileSync, closeSync, readSync, writeSync } from 'node:fs';
-import { errnoCode } from '../errors.js';
+import { describeCause, errnoCode } from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
 import { answer, decodeRequest, encodeResponse, REPORTED_VERSION, typeName, type CriuResponse } from './criu-rpc.js';
 import { ProtoError } from './protobuf.js';
@@ -97,7 +98,7 @@ export function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.e
       return serve(fd, log);
     } catch (err) {
       log({ error: String(err) });
-      process.stderr.write(`${NAME}: swrk on descriptor ${fd}: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.stderr.write(`${NAME}: swrk on descriptor ${fd}: ${describeCause(err)}\n`);
       return 1;
     }
   }
@@ -108,4 +109,17 @@ export function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.e
 }
 
 
-if (isEntryPoint(import.meta.url)) process.exit(main(process.argv.slice(2)));
+if (isEntryPoint(import.meta.url)) {
+  // Whatever escapes main() (a bug) is still one line, never a stack.
+  const fatal = (err: unknown): never => {
+    unwindAll(); // let go of whatever a checkpoint or restore holds (src/session.ts)
+    process.stderr.write(`${NAME}: ${describeCause(err)}\n`);
+    process.exit(1);
+  };
+  process.on('uncaughtException', fatal);
+  try {
+    process.exit(main(process.argv.slice(2)));
+  } catch (err) {
+    fatal(err);
+  }
+}

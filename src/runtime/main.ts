@@ -10,11 +10,13 @@
  * appended to runc's --log file in its --log-format; details in W/dump.log or W/restore.log);
  * 2 usage error; a passed-through verb exits as runc did.
  */
+import { guardSignals } from '../signals.js';
+import { unwindAll } from '../session.js';
 import { spawn } from 'node:child_process';
 import { appendFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { loadConfig } from '../config/config.js';
-import { FerryError } from '../errors.js';
+import { FerryError, internalCause, internalName, isNativeError } from '../errors.js';
 import {
   CHECKPOINT_USAGE, parseCheckpoint, parseRestore, RESTORE_USAGE, RuntimeUsageError, splitArgs, type RuntimeGlobals,
 } from './args.js';
@@ -76,6 +78,8 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   }
   const { globals, verb, rest } = split;
   if (verb !== 'checkpoint' && verb !== 'restore') return passThrough(runc, argv);
+  // SIGINT/SIGTERM abort the operation as they do `ferry checkpoint/restore` (src/signals.ts).
+  const guard = guardSignals(`ferry-runtime ${verb}`);
   try {
     if (verb === 'checkpoint') {
       const a = parseCheckpoint(rest);
@@ -84,7 +88,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
         return 0;
       }
       requireRoot();
-      await runtimeCheckpoint(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}) });
+      await runtimeCheckpoint(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}), signal: guard.signal });
     } else {
       const a = parseRestore(rest);
       if (a.help) {
@@ -92,15 +96,34 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
         return 0;
       }
       requireRoot();
-      await runtimeRestore(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}) });
+      await runtimeRestore(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}), signal: guard.signal });
     }
-    return 0;
+    return guard.exitStatus ?? 0;
   } catch (err) {
-    const message = err instanceof Error ? (err.message.split('\n')[0] ?? err.message) : String(err);
+    const message = errorLine(err, verb === 'checkpoint' ? 'dump.log' : 'restore.log');
     process.stderr.write(`ferry-runtime ${verb}: ${message}\n`);
     logError(globals, `ferry-runtime ${verb}: ${message}`);
-    return err instanceof RuntimeUsageError ? 2 : 1;
+    return guard.exitStatus ?? (err instanceof RuntimeUsageError ? 2 : 1);
+  } finally {
+    guard.dispose();
   }
+}
+
+/**
+ * The one line for an error (after "ferry-runtime VERB: "): ferry's own message; for anything
+ * else, a bug in ferry, named by its class or failed syscall, never by the engine's words, with
+ * where the details are (the run's `log` in the work path, which has the error logged whole).
+ */
+export function errorLine(err: unknown, log: string): string {
+  const bug = `this is a bug in ferry: details in ${log} of the work path (--work-path), please report it`;
+  if (err instanceof FerryError || err instanceof RuntimeUsageError) {
+    const line = err.message.replace(/\s*\n\s*/g, ' ').trim();
+    return internalCause(err) !== undefined ? `${line}; ${bug}` : line;
+  }
+  if (isNativeError(err)) {
+    return `unexpected failure: ${err.syscall}${typeof err.path === 'string' ? ` ${err.path}` : ''}: ${err.code}; ${bug}`;
+  }
+  return `internal error (${internalName(err)}); ${bug}`;
 }
 
 function requireRoot(): void {
@@ -109,7 +132,15 @@ function requireRoot(): void {
 
 
 if (isEntryPoint(import.meta.url)) {
+  // Whatever escapes main() (a bug) is still one line, never a stack.
+  const fatal = (err: unknown): never => {
+    unwindAll(); // let go of whatever a checkpoint or restore holds (src/session.ts)
+    process.stderr.write(`ferry-runtime: ${errorLine(err, 'dump.log or restore.log')}\n`);
+    process.exit(1);
+  };
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
   // FERRY_RUNTIME_SELF: the launcher's own path, so a wrapper installed as `runc` is not
   // mistaken for the real one.
-  process.exit(await main(process.argv.slice(2), process.env, process.env.FERRY_RUNTIME_SELF));
+  process.exit(await main(process.argv.slice(2), process.env, process.env.FERRY_RUNTIME_SELF).catch(fatal));
 }

@@ -37,6 +37,8 @@ export interface RuntimeContext {
   /** Relative paths on the command line are relative to this. */
   cwd: string;
   config: Config;
+  /** Aborts the operation (SIGINT/SIGTERM, src/signals.ts). */
+  signal?: AbortSignal;
 }
 
 /** The logger of one run, writing to `file` (emptied first, as CRIU's -o does). */
@@ -81,6 +83,7 @@ export async function runtimeCheckpoint(a: RuntimeCheckpointArgs, ctx: RuntimeCo
     const result = await checkpointContainer({
       id: a.id, runtime: ctx.runc, ...(ctx.globals.root !== undefined ? { root: ctx.globals.root } : {}),
       image: join(imagePath, IMAGE_FILE), leaveRunning: a.leaveRunning, files: a.files, config: ctx.config, logger: log,
+      ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
       onProgress: (p) => {
         if (p.phase !== 'write') return;
         writeFrom ??= performance.now();
@@ -164,6 +167,7 @@ export async function runtimeRestore(a: RuntimeRestoreArgs, ctx: RuntimeContext)
   try {
     const result = await restoreContainer({
       ...rtOpts, id: a.id, bundle, image, inherit, files: a.files, config: ctx.config, logger: log,
+      ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
       ...(a.pidFile !== undefined ? { pidFile: resolve(ctx.cwd, a.pidFile) } : {}),
     });
     writeFileSync(join(workPath, 'stats-restore'), encodeStats({

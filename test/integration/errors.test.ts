@@ -1,15 +1,18 @@
 /**
  * Bad input: each case gets one clear line on stderr naming the thing, a non-zero exit, no
- * stray process, and the original never left stopped or traced.
+ * stray process, and the original never left stopped or traced. With --json the same error is
+ * also one JSON object on stdout (docs/cli.md, "Errors"); hand-edited images (wrong types,
+ * huge numbers, missing fields, values nested 100000 deep) get one line naming the field.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import tar from 'tar-stream';
 import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, ferry, own, procState, scratchDir, shell, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -20,6 +23,70 @@ function oneLine(stderr: string): string {
   assert.equal(lines.length, 1, `expected one line on stderr, got:\n${stderr}`);
   return lines[0]!;
 }
+
+/** What must never reach the user: the engine's or Node's own words, a stack, errno numbers. */
+const RAW = /is not a function|Maximum call stack|Cannot read prop|is not iterable|undefined|\[object Object\]|NaN|TypeError|RangeError|errno \d|\bat \//;
+
+/** The error object of a --json run: stdout is exactly one line, `{"error": {...}}`. */
+function jsonError(stdout: Buffer | string): { code: string; message: string; pid?: number; fd?: number; path?: string } {
+  const text = stdout.toString();
+  assert.equal(text.split('\n').filter(Boolean).length, 1, `expected one JSON line on stdout, got:\n${text}`);
+  const v = JSON.parse(text) as { error: { code: string; message: string } };
+  assert.deepEqual(Object.keys(v), ['error']);
+  return v.error;
+}
+
+/** The JSON text of a list nested `n` deep (JSON.stringify of one would overflow the stack). */
+const deepText = (n: number): string => `${'['.repeat(n)}1${']'.repeat(n)}`;
+
+/**
+ * Writes a copy of the image `src` to `dst` with some JSON entries edited by hand: `edits`
+ * maps an entry name to a function from its text to the new text. The manifest's sizes and
+ * sha256 are brought up to date before its own edit (if any), as a careful hand would, so the
+ * edited records themselves are what restore and inspect meet.
+ */
+async function editImage(src: string, dst: string, edits: Record<string, (text: string) => string>): Promise<void> {
+  const entries: Array<{ name: string; body: Buffer }> = [];
+  const extract = tar.extract();
+  await new Promise<void>((resolve, reject) => {
+    extract.on('entry', (header, stream, next) => {
+      const parts: Buffer[] = [];
+      stream.on('data', (c: unknown) => parts.push(c as Buffer));
+      stream.on('end', () => {
+        entries.push({ name: header.name, body: Buffer.concat(parts) });
+        next();
+      });
+    });
+    extract.on('finish', resolve);
+    extract.on('error', reject);
+    extract.end(readFileSync(src));
+  });
+  for (const e of entries.slice(1)) {
+    const edit = edits[e.name];
+    if (edit) e.body = Buffer.from(edit(e.body.toString()));
+  }
+  const manifest = JSON.parse(entries[0]!.body.toString()) as { entries: Array<{ name: string; size: number; sha256: string }> };
+  manifest.entries = entries.slice(1).map((e) => ({ name: e.name, size: e.body.length, sha256: createHash('sha256').update(e.body).digest('hex') }));
+  const text = JSON.stringify(manifest);
+  entries[0]!.body = Buffer.from(edits['manifest.json']?.(text) ?? text);
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
+  const done = new Promise<void>((resolve) => pack.on('end', () => resolve()));
+  for (const e of entries) {
+    await new Promise<void>((resolve, reject) => pack.entry({ name: e.name, size: e.body.length }, e.body, (err) => (err ? reject(err) : resolve())));
+  }
+  pack.finalize();
+  await done;
+  writeFileSync(dst, Buffer.concat(chunks));
+}
+
+/** A JSON edit: `change` gets the parsed record and changes it in place. */
+const json = (change: (v: Record<string, any>) => void) => (text: string): string => { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const v = JSON.parse(text) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  change(v);
+  return JSON.stringify(v);
+};
 
 /** Pids of ferry-stub processes (none may be left behind). */
 function stubs(): number[] {
@@ -45,7 +112,7 @@ async function realImage(): Promise<{ image: string; pid: number; dir: string; e
   return { image, pid: w.pid, dir: w.dir, exited: w.exited };
 }
 
-describe('bad input', { skip }, () => {
+describe('bad input', { skip, timeout: 180_000 }, () => {
   it('a pid that does not exist', () => {
     const r = ferry(['checkpoint', '--pid', '4000000', '--image', '/tmp/never.tar']);
     assert.equal(r.code, 1);
@@ -208,5 +275,105 @@ describe('bad input', { skip }, () => {
   it('leaves no restore stub behind after all of the above', async () => {
     await sleep(100);
     assert.deepEqual(stubs(), []);
+  });
+});
+
+describe('the error contract', { skip, timeout: 300_000 }, () => {
+  it('pid 1 (init) is refused with what it is and what to do', () => {
+    const r = ferry(['checkpoint', '--pid', '1', '--image', '/tmp/never.tar', '--json']);
+    assert.equal(r.code, 1);
+    const line = oneLine(r.stderr);
+    assert.match(line, /^ferry checkpoint: pid 1 \(.+\) is the init process, the ancestor of every process, ferry included: it cannot be checkpointed; give the pid of the program to checkpoint/);
+    assert.deepEqual(jsonError(r.stdout), { code: 'EINIT', message: line.replace('ferry checkpoint: ', ''), pid: 1 });
+    assert.ok(!existsSync('/tmp/never.tar'));
+  });
+
+  it('with --image -, the JSON error goes to stderr after the line: stdout is the image\'s', async () => {
+    const r = await shell(`"${FERRY}" checkpoint --pid 4000000 --image - --json | wc -c`);
+    assert.equal(r.stdout.toString().trim(), '0', 'nothing on the image stream');
+    const [line, obj, ...rest] = r.stderr.trimEnd().split('\n');
+    assert.deepEqual(rest, [], r.stderr);
+    assert.match(line!, /^ferry checkpoint: no process with pid 4000000/);
+    assert.equal(jsonError(obj!).code, 'ENOPROC');
+  });
+
+  it('a tree that holds ferry itself is refused before anything is seized', () => {
+    const dir = scratchDir();
+    // The shell waits for ferry, its child: checkpointing the shell would have to stop ferry too.
+    const r = spawnSync('/bin/sh', ['-c', `"${FERRY}" checkpoint --pid $$ --image "${dir}/x.tar" --json; echo "status $?"`], { timeout: 60_000 });
+    const out = r.stdout.toString().trim().split('\n');
+    assert.equal(out.at(-1), 'status 1', r.stderr.toString());
+    const line = oneLine(r.stderr.toString());
+    const m = /^ferry checkpoint: pid (\d+) \(sh\) is an ancestor of this ferry \(pid \d+\), so its tree holds ferry itself, which cannot stop itself: run ferry from outside that tree/.exec(line);
+    assert.ok(m, line);
+    assert.deepEqual(jsonError(out.slice(0, -1).join('\n')), { code: 'ESELF', message: line.replace('ferry checkpoint: ', ''), pid: Number(m[1]) });
+    assert.equal(r.status, 0, 'the shell ran on to its end: it was never stopped');
+    assert.ok(!existsSync(join(dir, 'x.tar')));
+  });
+
+  it('a mapped file that is gone at restore is named, with the pid and the address', async () => {
+    const dir = scratchDir();
+    const exe = join(dir, 'counter-copy');
+    copyFileSync(join(WORKLOADS, 'counter'), exe);
+    chmodSync(exe, 0o755);
+    const w = await startWorkload(exe, ['50']);
+    const image = join(w.dir, 'counter.tar');
+    const c = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(c.code, 0, c.stderr);
+    await w.exited;
+    unlinkSync(exe);
+    const r = ferry(['restore', '--image', image, '--json']);
+    assert.equal(r.code, 1);
+    const line = oneLine(r.stderr);
+    assert.match(line, new RegExp(`^ferry restore: file ${exe} \\(mapped by pid ${w.pid} at 0x[0-9a-f]+\\) no longer exists: put it back where it was`));
+    assert.deepEqual(jsonError(r.stdout), { code: 'ENOENT', message: line.replace('ferry restore: ', ''), pid: w.pid, path: exe });
+    assert.ok(!alive(w.pid), 'nothing was created');
+  });
+
+  it('hand-edited images: one line naming the field, for inspect and restore, also as JSON', async () => {
+    const { image, pid, dir, exited } = await realImage();
+    process.kill(pid, 'SIGKILL');
+    await exited;
+    const task = `tasks/${pid}/task.json`;
+    const cases: Array<[string, Record<string, (text: string) => string>, string, RegExp]> = [
+      ['a file record nested 100000 deep', { 'files.json': json((v) => { v.files[0].path = '@DEEP@'; }) },
+        'EIMAGE', /^image \S+: entry files\.json nests values more than 32 levels deep \(at files\[0\]\.path\[0\]/],
+      ['a memory area of kind 7', { [task]: json((v) => { v.vmas[0].kind = 7; }) },
+        'EIMAGE', new RegExp(`^image entry ${task} is invalid: vmas\\[0\\]\\.kind must be one of anon, file, vdso, vvar, vvar_vclock, vsyscall, is 7`)],
+      ['a descriptor that is null', { [task]: json((v) => { v.fds[0] = null; }) },
+        'EIMAGE', /is invalid: fds\[0\] must be an object, is null/],
+      ['no threads', { [task]: json((v) => { delete v.threads; }) },
+        'EIMAGE', /is invalid: threads must be a list of 1 to 65536 items, is missing/],
+      ['a umask of 1e300', { [task]: json((v) => { v.umask = 1e300; }) },
+        'EIMAGE', /is invalid: umask must be an integer from 0 to 511, is 1e\+300/],
+      ['a mapped file path that is a number', { [task]: json((v) => { v.vmas[0].file.path = 42; }) },
+        'EIMAGE', /is invalid: vmas\[0\]\.file\.path must be a string of at most 8192 characters, is 42/],
+      ['a pid that is a string in the tree', { 'tree.json': json((v) => { v.processes[0].pid = 'x'; }) },
+        'EIMAGE', /^image entry tree\.json is invalid: processes\[0\]\.pid must be an integer from 1 to 4194304, is "x"/],
+      ['a manifest whose tasks are an object', { 'manifest.json': json((v) => { v.tasks = {}; }) },
+        'EIMAGE', /^image \S+ is corrupt: manifest field tasks must be a non-empty list of pids/],
+      ['a manifest whose format is nested 100000 deep', { 'manifest.json': json((v) => { v.format = '@DEEP@'; }) },
+        'EFORMAT', /^image \S+: manifest field format is a list, not "ferry-image": not a ferry image/],
+      ['a manifest of another format version', { 'manifest.json': json((v) => { v.formatVersion = { v: 2 }; }) },
+        'EFORMAT', /^image \S+: manifest field formatVersion is an object \(written by ferry "[^"]+"\); this ferry reads version 1: use the ferry version that wrote the image/],
+    ];
+    for (const [what, edits, code, message] of cases) {
+      const edited = join(dir, `${what.replace(/\W+/g, '-')}.tar`);
+      const deep = Object.fromEntries(Object.entries(edits).map(([name, edit]) => [name, (t: string) => edit(t).replace('"@DEEP@"', deepText(100_000))]));
+      await editImage(image, edited, deep);
+      for (const args of [['inspect', '--image', edited], ['inspect', '--image', edited, '--json'], ['restore', '--image', edited, '--json']]) {
+        const r = ferry(args);
+        const where = `${what}: ferry ${args.join(' ')}`;
+        assert.equal(r.code, 1, `${where}: ${r.stderr}`);
+        const line = oneLine(r.stderr);
+        assert.ok(line.startsWith(`ferry ${args[0]!}: `), `${where}: ${line}`);
+        const text = line.slice(`ferry ${args[0]!}: `.length);
+        assert.match(text, message, where);
+        assert.doesNotMatch(text, RAW, where);
+        if (args.includes('--json')) assert.deepEqual(jsonError(r.stdout), { code, message: text, path: edited }, where);
+        else assert.equal(r.stdout.length, 0, where);
+      }
+      assert.ok(!alive(pid), `${what}: nothing was restored`);
+    }
   });
 });

@@ -20,7 +20,7 @@ function usage(fn: () => unknown, command: string, message: string | RegExp): vo
 
 const NO_FLAGS = { tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false };
 
-describe('ferry checkpoint arguments', () => {
+describe('ferry checkpoint arguments', { timeout: 30_000 }, () => {
   it('parses the plain form', () => {
     assert.deepEqual(parseCheckpointArgs(['--pid', '1234', '--image', '/tmp/x.tar']),
       { pid: 1234, image: '/tmp/x.tar', leaveRunning: false, json: false, files: NO_FLAGS });
@@ -83,7 +83,7 @@ describe('ferry checkpoint arguments', () => {
   });
 });
 
-describe('ferry restore, inspect, demo, version and help arguments', () => {
+describe('ferry restore, inspect, demo, version and help arguments', { timeout: 30_000 }, () => {
   it('parses restore', () => {
     assert.deepEqual(parseRestoreArgs(['--image', '/tmp/x.tar']), { image: '/tmp/x.tar', json: false, files: NO_FLAGS });
     assert.deepEqual(parseRestoreArgs(['--image-path', '-', '--pid-file', '/run/x.pid', '--json']),

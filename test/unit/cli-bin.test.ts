@@ -10,6 +10,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
+import { closeInheritedFds } from '../../src/proc/inherited.js';
+
+// What it spawns starts with descriptors 0-2 only, whatever the shell leaked (src/proc/inherited.ts).
+closeInheritedFds();
 
 /** The package root: this file runs as <root>/dist/test/unit/cli-bin.test.js. */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -29,7 +33,7 @@ const lines = (text: string): string[] => text.replace(/\n$/, '').split('\n').fi
 
 const COMMAND_PAGES = ['checkpoint', 'restore', 'inspect', 'demo', 'version'];
 
-describe('bin/ferry manual pages', () => {
+describe('bin/ferry manual pages', { timeout: 60_000 }, () => {
   it('--help shows the overview page with every command', () => {
     for (const args of [['--help'], ['-h'], ['help'], ['help', 'help']]) {
       const r = ferry(args);
@@ -71,7 +75,7 @@ describe('bin/ferry manual pages', () => {
   });
 });
 
-describe('bin/ferry version', () => {
+describe('bin/ferry version', { timeout: 60_000 }, () => {
   it('prints the package version, also as JSON', () => {
     for (const args of [['version'], ['--version']]) {
       const r = ferry(args);
@@ -88,7 +92,7 @@ describe('bin/ferry version', () => {
   });
 });
 
-describe('bin/ferry usage errors (exit status 2)', () => {
+describe('bin/ferry usage errors (exit status 2)', { timeout: 60_000 }, () => {
   const cases: Array<[string[], string, string]> = [
     [['checkpoint', '--pid', 'abc', '--image', 'x'], 'ferry checkpoint: --pid needs a positive integer, got "abc"', "Try 'ferry checkpoint --help'."],
     [['checkpoint', '--image', 'x'], 'ferry checkpoint: --pid is required (the process to checkpoint), or a container id', "Try 'ferry checkpoint --help'."],
@@ -110,7 +114,7 @@ describe('bin/ferry usage errors (exit status 2)', () => {
   }
 });
 
-describe('bin/ferry failures (exit status 1)', () => {
+describe('bin/ferry failures (exit status 1)', { timeout: 60_000 }, () => {
   const missing = join(dir, 'missing.tar');
 
   it('prints exactly one line naming what failed', () => {
@@ -181,5 +185,58 @@ describe('bin/ferry failures (exit status 1)', () => {
     }
     // Usage errors are still reported first, with status 2.
     assert.equal(ferry(['checkpoint', '--pid', 'x', '--image', 'y'], { uid: 65534, gid: 65534 }).status, 2);
+  });
+});
+
+describe('bin/ferry errors as JSON (--json)', { timeout: 60_000 }, () => {
+  const missing = join(dir, 'missing.tar');
+  /** The one JSON line of `text`, parsed. */
+  const json = (text: string): { error: Record<string, unknown> } => {
+    assert.equal(lines(text).length, 1, text);
+    return JSON.parse(lines(text)[0]!) as { error: Record<string, unknown> };
+  };
+
+  it('a failure: the line on stderr, the object on stdout, the same status', () => {
+    const plain = ferry(['inspect', '--image', missing]);
+    const r = ferry(['inspect', '--image', missing, '--json']);
+    assert.equal(r.status, 1);
+    assert.equal(r.status, plain.status);
+    assert.deepEqual(lines(r.stderr), lines(plain.stderr));
+    assert.deepEqual(json(r.stdout), {
+      error: { code: 'EIMAGE', message: `cannot read image ${missing}: no such file`, path: missing },
+    });
+    assert.equal(`ferry inspect: ${json(r.stdout).error.message as string}`, lines(r.stderr)[0]);
+  });
+
+  it('a usage error, even on a line that is wrong: EUSAGE, status 2', () => {
+    for (const [args, message] of [
+      [['checkpoint', '--pid', 'abc', '--image', 'x', '--json'], '--pid needs a positive integer, got "abc"'],
+      [['restore', '--json', '--frob'], 'unknown option --frob'],
+      [['inspect', '--json'], '--image is required (a path, or - for standard input)'],
+      [['version', '--json', 'extra'], 'unexpected argument "extra"'],
+      [['frob', '--json'], 'unknown command "frob"; the commands are checkpoint, restore, inspect, demo, version, help'],
+    ] as Array<[string[], string]>) {
+      const r = ferry(args);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.deepEqual(json(r.stdout), { error: { code: 'EUSAGE', message } });
+      assert.equal(lines(r.stderr).length, 2, r.stderr);
+    }
+  });
+
+  it('no JSON without --json, nor for help, which has none', () => {
+    assert.equal(ferry(['inspect', '--image', missing]).stdout, '');
+    const r = ferry(['help', '--json']);
+    assert.equal(r.status, 2);
+    assert.equal(r.stdout, '');
+  });
+
+  it('a configuration error names the file', () => {
+    const bad = join(dir, 'bad-json.toml');
+    writeFileSync(bad, '[image]\nwrk_dir = "/x"\n');
+    const r = ferry(['inspect', '--image', missing, '--config', bad, '--json']);
+    assert.equal(r.status, 1);
+    const e = json(r.stdout).error;
+    assert.equal(e.code, 'ECONFIG');
+    assert.equal(e.message, `config ${bad}: unknown key image.wrk_dir`);
   });
 });

@@ -6,7 +6,7 @@ import { helpPage, HELP } from '../../src/cli/help.js';
 import { formatBytes, formatMs, formatProgress, progressLine } from '../../src/cli/output.js';
 import { formatRestore } from '../../src/cli/restore.js';
 
-describe('CLI output', () => {
+describe('CLI output', { timeout: 30_000 }, () => {
   it('formats sizes and durations for people', () => {
     assert.equal(formatBytes(0), '0 bytes');
     assert.equal(formatBytes(1023), '1023 bytes');
