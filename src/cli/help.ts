@@ -29,10 +29,12 @@ const EXIT_STATUS = `EXIT STATUS
        the log file, if any.
   2    Usage error: unknown option, missing or invalid value. The line names
        the option and is followed by "Try 'ferry COMMAND --help'.".
+  70   A bug in ferry (an internal error): one line says so; details in the log.
   130, 143
-       SIGINT or SIGTERM arrived. Ferry lets the operation finish (or fail
-       cleanly) first, so no process is left stopped or half-built; a second
-       signal exits at once.`;
+       SIGINT or SIGTERM arrived. A checkpoint lets the processes go as they
+       were and writes no image (unless only its final kill was left); a
+       restore removes what it made (unless the tree already runs). A second
+       signal undoes what is left at once and exits.`;
 
 const FILES = `FILES
   /etc/ferry/config.toml
