@@ -10,6 +10,7 @@ import { after, describe, it } from 'node:test';
 import { SIGKILL } from '../../src/arch/x86-64.js';
 import { defaultStubPath, native } from '../../src/native/binding.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
 import { alive, cleanup, ferry, own, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
@@ -80,6 +81,25 @@ describe('restore checks', { skip, timeout: 180000 }, () => {
     own(w.pid);
     assert.equal(rs.code, 1, `restore must fail: ${rs.stdout.toString()}${rs.stderr}`);
     assert.match(rs.stderr, new RegExp(`restored pid ${w.pid} .*was killed by SIG(SEGV|ILL|BUS|TRAP|FPE)`));
+    await waitFor(`pid ${w.pid} to stop running`, () => notRunning(w.pid), 5000);
+  });
+
+  it('a thread whose rseq the kernel refuses fails the restore at once, with nothing left running', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'threads'), ['4']);
+    const image = join(w.dir, 'threads.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+    const bad = join(w.dir, 'bad-rseq.tar');
+    await editImage(image, bad, { [`tasks/${w.pid}/task.json`]: json((t) => { t.threads[1].rseq.pointer = '0x10'; }) });
+    const t0 = Date.now();
+    const rs = ferry(['restore', '--image', bad], { timeoutMs: 60000 });
+    own(w.pid);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.ok(Date.now() - t0 < 30000, 'no hang');
+    assert.equal(rs.stderr.trim().split('\n').length, 1, `one line: ${rs.stderr}`);
+    assert.match(rs.stderr, /rseq/);
     await waitFor(`pid ${w.pid} to stop running`, () => notRunning(w.pid), 5000);
   });
 });
