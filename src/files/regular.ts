@@ -97,7 +97,10 @@ export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<Fil
     for (const v of task.vmas) {
       const f = v.file;
       if (v.kind !== 'file' || !f || typeof f.path !== 'string' || seen.has(f.path)) continue;
-      if (f.path.endsWith(' (deleted)') || f.path.startsWith('/memfd:')) continue; // restored from the image
+      // A memfd or a deleted file comes back from the image, not from its (gone) path.
+      const special = v as { memfd?: unknown; ghost?: unknown };
+      if (special.memfd !== undefined || special.ghost !== undefined) continue;
+      if (f.path.endsWith(' (deleted)') || f.path.startsWith('/memfd:')) continue;
       seen.add(f.path);
       const what = `file ${f.path} (mapped by pid ${task.pid} at ${v.start})`;
       try {
