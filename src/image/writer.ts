@@ -16,7 +16,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, statSync, write, writeSync, type Stats } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, statSync, write, writeSync, type Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import tar from 'tar-stream';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
@@ -148,10 +148,30 @@ function openTarget(path: string): Target {
     const fd = openSync(path, 'w');
     return { fd, temp: '', seekable: false };
   }
-  // Named after ferry's pid: a leftover of a ferry that was killed is recognisable.
+  // Named after ferry's pid: a leftover of a ferry that was killed (SIGKILL leaves it) is
+  // recognisable, and removed here by the next write to the same path.
+  removeStaleTemps(path);
   const temp = join(dirname(path), `.${basename(path)}.ferry-${process.pid}.tmp`);
   const fd = openSync(temp, 'wx', 0o600);
   return { fd, temp, seekable: true };
+}
+
+/** Removes the temporary files of `path` left by ferry processes that no longer exist. */
+function removeStaleTemps(path: string): void {
+  const prefix = `.${basename(path)}.ferry-`;
+  let names: string[];
+  try {
+    names = readdirSync(dirname(path));
+  } catch {
+    return; // the open that follows says what is wrong
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const pid = Number(name.slice(prefix.length, -'.tmp'.length));
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !existsSync(`/proc/${pid}`)) {
+      rmSync(join(dirname(path), name), { force: true });
+    }
+  }
 }
 
 /** Writes the image to `path` ('-' = stdout). */
