@@ -2,11 +2,13 @@
  * The library API shared by the CLI, the OCI hook and the runtime wrapper.
  * The library never reads argv or the environment: everything comes in through these options.
  */
+import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Config } from './config/config.js';
 import type { FileOptions } from './files/types.js';
 import type { Image as OpenedImage } from './image/reader.js';
 import type { FilesRecord, TaskRecord } from './image/records.js';
+import type { CredsBound } from './restore/bounds.js';
 
 export type { FileOptions };
 
@@ -46,6 +48,11 @@ export interface CheckpointOptions extends CommonOptions {
   leaveRunning: boolean;
   /** What file kinds may do beyond the defaults (runc's --tcp-established etc.); all off if absent. */
   files?: Partial<FileOptions>;
+  /**
+   * Sign the image with this Ed25519 private key: a KeyObject, or the path of a PKCS#8 PEM
+   * file (as `ferry keygen` writes), read before the process is touched. Absent: unsigned.
+   */
+  signKey?: string | KeyObject;
   /** Extra JSON entries for the image (a container's configuration), written after files.json. */
   extraEntries?: ReadonlyArray<{ name: string; value: unknown }>;
   /**
@@ -82,6 +89,23 @@ export interface RestoreOptions extends CommonOptions {
   pidFile?: string;
   /** What file kinds may do beyond the defaults; all off if absent. */
   files?: Partial<FileOptions>;
+  /**
+   * Accept only an image signed by one of these Ed25519 public keys: a file (one SPKI PEM
+   * key), a directory (every `*.pub` in it) or KeyObjects. Checked right after the manifest is
+   * read, before anything else of the image. Absent: `image.trust` of the config; when that
+   * is "" too, unsigned images are accepted (a signature present is still verified).
+   */
+  trust?: string | readonly KeyObject[];
+  /**
+   * The most the restored tasks may get (src/restore/bounds.ts, docs/security.md): every
+   * task's uids, gids, groups, capability sets, securebits, no_new_privs, seccomp, hard
+   * limits, scheduling and oom_score_adj are held against it once the image is verified,
+   * before any process is created; the first excess fails the restore (EPRIVILEGE) naming
+   * the pid, the field and the bound. A function gets the verified image (a container's bound is its bundle's config.json) and
+   * may answer undefined. Absent: no bound; root restores whatever credentials the image
+   * holds, so an image from elsewhere must be signed (`trust`) or given a bound.
+   */
+  bound?: CredsBound | ((image: OpenedImage) => Promise<CredsBound | undefined>);
   /**
    * Makes the root process instead of spawning it (a container's init, started by its
    * runtime as a restore stub), once the image is verified. `maxFd` is the highest descriptor

@@ -6,6 +6,7 @@
  * (exit status 2) whose message names the option. Option names follow runc where one exists
  * (`--image-path`, `--leave-running`, `--pid-file`).
  */
+import { parseMaxCreds, type CredsBound } from '../restore/bounds.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from '../config/config.js';
 import type { FileOptions } from '../files/types.js';
@@ -25,7 +26,7 @@ export class UsageError extends Error {
 }
 
 /** The commands of `ferry`. */
-export const COMMANDS = ['checkpoint', 'restore', 'inspect', 'demo', 'version', 'help'] as const;
+export const COMMANDS = ['checkpoint', 'restore', 'inspect', 'keygen', 'demo', 'version', 'help'] as const;
 
 /** One of `COMMANDS`. */
 export type Command = (typeof COMMANDS)[number];
@@ -70,6 +71,8 @@ export interface CheckpointCliOptions extends GlobalCliOptions, FileFlags {
   image: string;
   /** --leave-running: let the process run on after the checkpoint instead of killing it. */
   leaveRunning: boolean;
+  /** --sign-key: sign the image with the Ed25519 private key in this PEM file (ferry keygen's PREFIX.key). */
+  signKey?: string;
   /** --json: print the result as one JSON object instead of a sentence. */
   json: boolean;
 }
@@ -82,6 +85,17 @@ export interface RestoreCliOptions extends GlobalCliOptions, FileFlags {
   image: string;
   /** --pid-file: write the PID of the restored process to this file. */
   pidFile?: string;
+  /**
+   * --trust: restore only an image signed by a key of this file (one .pub) or directory
+   * (every *.pub in it); overrides image.trust of the config.
+   */
+  trust?: string;
+  /**
+   * --max-creds SPEC: the most the restored processes may get (uids, gids, groups,
+   * capabilities, no_new_privs, seccomp, securebits; src/restore/bounds.ts); plain restores
+   * only (a container's bound is its bundle's config.json).
+   */
+  maxCreds?: CredsBound;
   /** --json: print the result as one JSON object instead of a sentence. */
   json: boolean;
 }
@@ -91,6 +105,14 @@ export interface InspectCliOptions extends GlobalCliOptions {
   /** --image (alias --image-path): image file to read; '-' reads it from stdin. */
   image: string;
   /** --json: print the report as JSON instead of text. */
+  json: boolean;
+}
+
+/** `ferry keygen`. */
+export interface KeygenCliOptions extends GlobalCliOptions {
+  /** --out: the key pair goes to PREFIX.key (private, mode 0600) and PREFIX.pub (public). */
+  out: string;
+  /** --json: print {"keyId", "privateKey", "publicKey"} instead of a sentence. */
   json: boolean;
 }
 
@@ -148,12 +170,17 @@ function fileFlags(v: Values): CliFileFlags {
 
 /** Each command's own options (the global ones are added to every table). */
 const TABLES: Readonly<Record<Command, OptionTable>> = {
-  checkpoint: { ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' } },
+  checkpoint: {
+    ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' },
+    'sign-key': { type: 'string' },
+  },
   restore: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },
     bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' }, 'allow-changed-files': { type: 'boolean' },
+    trust: { type: 'string' }, 'max-creds': { type: 'string' },
   },
   inspect: { ...IMAGE, ...JSON_OPT },
+  keygen: { ...JSON_OPT, out: { type: 'string' } },
   demo: { ...JSON_OPT },
   version: { ...JSON_OPT },
   help: {},
@@ -278,12 +305,14 @@ export function parseCheckpointArgs(argv: readonly string[]): CheckpointCliOptio
   const { values: v, positionals } = parse('checkpoint', argv, true);
   const g = globals('checkpoint', v);
   const ctr = container('checkpoint', v, positionals);
+  const signKey = text('checkpoint', v, 'sign-key', 'a private key file (ferry keygen writes one)');
+  const sign = signKey !== undefined ? { signKey } : {};
   const pidText = v.pid;
   if (ctr) {
     if (pidText !== undefined) throw new UsageError('checkpoint', 'give --pid or a container id, not both');
     return {
       ...g, pid: 0, container: ctr, image: image('checkpoint', v), leaveRunning: v['leave-running'] === true,
-      json: v.json === true, files: fileFlags(v),
+      ...sign, json: v.json === true, files: fileFlags(v),
     };
   }
   if (pidText === undefined) throw new UsageError('checkpoint', '--pid is required (the process to checkpoint), or a container id');
@@ -295,7 +324,7 @@ export function parseCheckpointArgs(argv: readonly string[]): CheckpointCliOptio
     throw new UsageError('checkpoint', `--pid ${pidText} is above the largest PID Linux allows (${PID_MAX_LIMIT})`);
   }
   return {
-    ...g, pid, image: image('checkpoint', v), leaveRunning: v['leave-running'] === true, json: v.json === true,
+    ...g, pid, image: image('checkpoint', v), leaveRunning: v['leave-running'] === true, ...sign, json: v.json === true,
     files: fileFlags(v),
   };
 }
@@ -315,6 +344,17 @@ export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
   }
   const pidFile = text('restore', v, 'pid-file', 'a file');
   if (pidFile !== undefined) out.pidFile = pidFile;
+  const trust = text('restore', v, 'trust', 'a public key file or a directory of them');
+  if (trust !== undefined) out.trust = trust;
+  const maxCreds = text('restore', v, 'max-creds', 'USER[:GROUP][,caps=CAP+CAP][,nnp][,seccomp][,securebits=BITS]');
+  if (maxCreds !== undefined) {
+    if (out.container) throw new UsageError('restore', '--max-creds is for a process: a container is bounded by its bundle\'s config.json');
+    try {
+      out.maxCreds = parseMaxCreds(maxCreds);
+    } catch (err) {
+      throw new UsageError('restore', err instanceof Error ? err.message : String(err));
+    }
+  }
   return out;
 }
 
@@ -322,6 +362,14 @@ export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
 export function parseInspectArgs(argv: readonly string[]): InspectCliOptions {
   const { values: v } = parse('inspect', argv);
   return { ...globals('inspect', v), image: image('inspect', v), json: v.json === true };
+}
+
+/** `ferry keygen --out PREFIX [--json]` */
+export function parseKeygenArgs(argv: readonly string[]): KeygenCliOptions {
+  const { values: v } = parse('keygen', argv);
+  const out = text('keygen', v, 'out', 'a path prefix (PREFIX.key and PREFIX.pub are written)');
+  if (out === undefined) throw new UsageError('keygen', '--out is required (a path prefix: PREFIX.key and PREFIX.pub are written)');
+  return { ...globals('keygen', v), out, json: v.json === true };
 }
 
 /** `ferry demo [--json]` */

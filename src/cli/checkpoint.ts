@@ -3,6 +3,7 @@ import { isatty } from 'node:tty';
 import type { CheckpointResult } from '../api.js';
 import { checkpoint } from '../index.js';
 import { checkpointContainer } from '../container/checkpoint.js';
+import { signingKey } from '../image/sign.js';
 import { UsageError, type CheckpointCliOptions } from './args.js';
 import type { RunContext } from './context.js';
 import { formatBytes, formatMs, printLine, progressLine } from './output.js';
@@ -15,12 +16,15 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext, si
   if (o.image === '-' && isatty(1)) {
     throw new UsageError('checkpoint', '--image - writes the image to standard output, which is a terminal: redirect it to a file or a pipe');
   }
+  // The key is read (and checked) before anything is touched; the library gets the key itself.
+  const signKey = o.signKey !== undefined ? signingKey(o.signKey) : undefined;
   const progress = progressLine();
   let result: CheckpointResult;
   try {
     const common = {
       image: o.image,
       leaveRunning: o.leaveRunning,
+      ...(signKey !== undefined ? { signKey } : {}),
       files: o.files,
       config: ctx.config,
       logger: ctx.logger,

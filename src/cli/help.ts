@@ -51,6 +51,7 @@ SYNOPSIS
   ferry restore --image PATH [--pid-file FILE] [--json]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach] [...]
   ferry inspect --image PATH [--json]
+  ferry keygen --out PREFIX [--json]
   ferry demo [--json]
   ferry version [--json]
   ferry help [COMMAND]
@@ -68,6 +69,7 @@ COMMANDS
   checkpoint   Capture a running process into an image.
   restore      Bring a process back from an image, with its original PID.
   inspect      Verify an image and show what it holds, without restoring it.
+  keygen       Make a key pair to sign images with and to trust them by.
   demo         Checkpoint and restore a small counting process, with the
                timings.
   version      Print the version of ferry.
@@ -86,6 +88,10 @@ EXAMPLES
       ferry demo
   Move a process to another machine with the same kernel:
       ferry checkpoint --pid 4242 --image - | ssh node2 ferry restore --image -
+  Sign images, and restore only signed ones:
+      ferry keygen --out /etc/ferry/site
+      ferry checkpoint --pid 4242 --image app.tar --sign-key /etc/ferry/site.key
+      ferry restore --image app.tar --trust /etc/ferry/site.pub
 
 SEE ALSO
   ferry help checkpoint, ferry help restore; docs/cli.md and
@@ -96,8 +102,8 @@ SEE ALSO
 
 SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
-                   [--tcp-established] [--ext-unix-sk] [--shell-job]
-                   [--file-locks] [GLOBAL OPTIONS]
+                   [--sign-key FILE] [--tcp-established] [--ext-unix-sk]
+                   [--shell-job] [--file-locks] [GLOBAL OPTIONS]
   ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR]
                    [--leave-running] [--json] [...]
 
@@ -157,6 +163,12 @@ OPTIONS
       standard error.
   --leave-running
       Let the process run on after the checkpoint instead of killing it.
+  --sign-key FILE
+      Sign the image with the Ed25519 private key in FILE (PKCS#8 PEM, as
+      ferry keygen writes PREFIX.key): a signature of the manifest, which
+      lists every entry with its sha256, is stored right after it. The key is
+      read before the process is touched. restore --trust then accepts the
+      image; ferry inspect shows the signer.
   --tcp-established, --ext-unix-sk, --shell-job, --file-locks
       As in runc: allow established TCP connections, unix sockets whose peer
       is outside the tree, a terminal shared with the shell outside the tree,
@@ -197,7 +209,7 @@ SEE ALSO
   ferry restore - bring a process tree back from an image
 
 SYNOPSIS
-  ferry restore --image PATH [--pid-file FILE] [--json]
+  ferry restore --image PATH [--pid-file FILE] [--json] [--trust PATH] [--max-creds SPEC]
                 [--allow-changed-files] [GLOBAL OPTIONS]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach]
                 [--runtime R] [--root DIR] [--pid-file FILE] [...]
@@ -238,6 +250,27 @@ OPTIONS
       created.
   --pid-file FILE
       Write the PID of the restored process (and a newline) to FILE.
+  --trust PATH
+      Restore only an image signed by a trusted key: PATH is one public key
+      file (SPKI PEM, as ferry keygen writes PREFIX.pub) or a directory whose
+      *.pub files are the keys. Checked right after the manifest is read,
+      before anything else of the image: an unsigned image or one signed by
+      another key is refused with one line naming the signer. Overrides
+      image.trust of the configuration. Without either, unsigned images are
+      restored; a signature that is present is always verified, and an
+      image whose signature does not match its manifest is refused.
+  --max-creds SPEC
+      The most the restored processes may get. SPEC is USER[:GROUP] (a name
+      from /etc/passwd and /etc/group, or numbers), then optionally
+      ,caps=CAP+CAP (default: none), ,nnp, ,seccomp, ,securebits=BITS.
+      Examples: nobody, 65534:65534, www-data,caps=net_bind_service. Every
+      process's uids, gids, groups, capability sets, no_new_privs, seccomp,
+      securebits, scheduling and oom_score_adj are held against it once the
+      image is verified; one that would get more is refused before anything
+      is made (EPRIVILEGE), naming the pid and the field. root allows
+      anything, which is also what happens without the option: restore an
+      image from elsewhere with --trust or --max-creds. Containers are
+      always bounded by their bundle's config.json.
   CONTAINER, --bundle DIR, --detach, -d, --runtime R, --root DIR
       Restore as this container, built from bundle DIR, and return at once
       with --detach; the runtime and its state directory as for checkpoint.
@@ -276,9 +309,12 @@ EXAMPLES
       ferry restore --image /var/tmp/app.tar --pid-file /run/app.pid
   Restore what another machine sends:
       ssh node1 ferry checkpoint --pid 4242 --image - | ferry restore --image -
+  Restore only images signed by a key of /etc/ferry/trusted:
+      ferry restore --image /var/tmp/app.tar --trust /etc/ferry/trusted
 
 SEE ALSO
-  ferry help checkpoint, ferry help inspect; docs/cli.md in the package.`,
+  ferry help checkpoint, ferry help inspect, ferry help keygen; docs/cli.md
+  in the package.`,
 
   inspect: `NAME
   ferry inspect - verify an image and show what it holds
@@ -287,13 +323,15 @@ SYNOPSIS
   ferry inspect --image PATH [--json] [GLOBAL OPTIONS]
 
 DESCRIPTION
-  Verifies the image as restore does (structure and the sha256 of every
-  entry), then describes it: the manifest (format, ferry version, date, kernel
-  and CPU features of the machine it was taken on, root PID, entries and
-  size), each process (PID, parent, name, executable, working directory,
-  threads), its memory areas (addresses, permissions, kind, bytes stored) and
-  its descriptors (number, kind, file, FD_CLOEXEC, and which other descriptors
-  share the same open file). Nothing is created and no root is needed.
+  Verifies the image as restore does (structure, the signature if it has one,
+  and the sha256 of every entry), then describes it: the manifest (format,
+  ferry version, date, kernel and CPU features of the machine it was taken
+  on, root PID, entries and size), the signer (the fingerprint of the key
+  that signed it, SHA256:..., or "unsigned"), each process (PID, parent,
+  name, executable, working directory, threads), its memory areas (addresses,
+  permissions, kind, bytes stored) and its descriptors (number, kind, file,
+  FD_CLOEXEC, and which other descriptors share the same open file). Nothing
+  is created and no root is needed.
 
 OPTIONS
   --image PATH, --image-path PATH
@@ -301,8 +339,9 @@ OPTIONS
       image.work_dir).
   --json
       Print the report as JSON instead of text: {"image", "manifest",
-      "entries", "totalBytes", "tasks": [{"pid", "ppid", "comm", "exe", "cwd",
-      "threads", "pagesBytes", "vmas": [...], "fds": [...]}], "files": [...]}.
+      "signer" (null when unsigned), "entries", "totalBytes", "tasks":
+      [{"pid", "ppid", "comm", "exe", "cwd", "threads", "pagesBytes",
+      "vmas": [...], "fds": [...]}], "files": [...]}.
 
 ${GLOBAL_OPTIONS}
 
@@ -314,6 +353,46 @@ EXAMPLES
 
 SEE ALSO
   ferry help checkpoint; docs/image-format.md in the package.`,
+
+  keygen: `NAME
+  ferry keygen - make a key pair to sign images with
+
+SYNOPSIS
+  ferry keygen --out PREFIX [--json] [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Makes a new Ed25519 key pair: the private key goes to PREFIX.key (PKCS#8
+  PEM, mode 0600), for checkpoint --sign-key; the public key to PREFIX.pub
+  (SPKI PEM), for restore --trust and image.trust of the configuration on
+  the machines that restore. Neither file may exist: a key is never
+  overwritten. Prints the key's fingerprint, SHA256: and the base64 of the
+  sha256 of the raw public key, which restore and inspect name a signer by.
+  No root is needed.
+
+OPTIONS
+  --out PREFIX
+      Where the two files go: PREFIX.key and PREFIX.pub. The directory must
+      exist.
+  --json
+      Print {"keyId":"SHA256:...","privateKey":"PREFIX.key",
+      "publicKey":"PREFIX.pub"} instead of a sentence.
+
+${GLOBAL_OPTIONS}
+
+OUTPUT
+  One line on standard output (here folded in two):
+      made key SHA256:3Hq...: private /etc/ferry/site.key (mode 0600,
+      for --sign-key), public /etc/ferry/site.pub (for --trust)
+
+${EXIT_STATUS}
+
+EXAMPLES
+  ferry keygen --out /etc/ferry/site
+  mkdir -p /etc/ferry/trusted && cp /etc/ferry/site.pub /etc/ferry/trusted/
+
+SEE ALSO
+  ferry help checkpoint, ferry help restore; docs/security.md in the
+  package.`,
 
   demo: `NAME
   ferry demo - checkpoint and restore a counting process

@@ -18,16 +18,15 @@ import {
 } from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
 import {
-  COMMANDS, jsonErrorStream, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseRestoreArgs,
-  parseVersionArgs, UsageError, wantsHelp, type Command,
+  COMMANDS, jsonErrorStream, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs,
+  parseRestoreArgs, parseVersionArgs, UsageError, wantsHelp, type Command,
 } from './args.js';
-import { runCheckpoint } from './checkpoint.js';
-import { createContext, guardSignals, requireRoot, type RunContext, type SignalGuard } from './context.js';
-import { runDemo } from './demo.js';
+// The commands that do work are imported in dispatch(), when one of them runs: `--version`,
+// `help` and a usage error load none of them, nor what they pull in (pino, tar-stream, the
+// whole engine); see docs/architecture.md, "Start-up".
+import type { RunContext, SignalGuard } from './context.js';
 import { helpPage } from './help.js';
-import { runInspect } from './inspect.js';
 import { errorObject, printLine, type Stream } from './output.js';
-import { runRestore } from './restore.js';
 import { isEntryPoint } from '../entry.js';
 import { unwindAll } from '../session.js';
 
@@ -100,9 +99,11 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       const o = parseCheckpointArgs(argv);
       state.doing = o.container ? `checkpointing container ${o.container.id}` : `checkpointing pid ${o.pid}`;
       if (o.image !== '-') state.image = o.image;
+      const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
       state.ctx = createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
+      const { runCheckpoint } = await import('./checkpoint.js');
       return runCheckpoint(o, state.ctx, state.guard.signal);
     }
     case 'restore': {
@@ -110,25 +111,39 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       const from = o.image === '-' ? 'the image on stdin' : o.image;
       state.doing = o.container ? `restoring container ${o.container.id} from ${from}` : `restoring ${from}`;
       if (o.image !== '-') state.image = o.image;
+      const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
       state.ctx = createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
+      const { runRestore } = await import('./restore.js');
       return runRestore(o, state.ctx, state.guard.signal);
     }
     case 'inspect': {
       const o = parseInspectArgs(argv);
       state.doing = `inspecting ${o.image === '-' ? 'the image on stdin' : o.image}`;
       if (o.image !== '-') state.image = o.image;
+      const { createContext } = await import('./context.js');
       state.ctx = createContext(command, o);
+      const { runInspect } = await import('./inspect.js');
       return runInspect(o, state.ctx);
+    }
+    case 'keygen': {
+      const o = parseKeygenArgs(argv);
+      state.doing = `making a key pair at ${o.out}`;
+      const { createContext } = await import('./context.js');
+      state.ctx = createContext(command, o);
+      const { runKeygen } = await import('./keygen.js');
+      return runKeygen(o, state.ctx);
     }
     case 'demo': {
       const o = parseDemoArgs(argv);
       state.doing = 'running the demo';
+      const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
       state.ctx = createContext(command, o);
       const guard = guardSignals(`ferry ${command}`);
       state.guard = guard;
+      const { runDemo } = await import('./demo.js');
       return runDemo(o, state.ctx, () => guard.received);
     }
     case 'version': {

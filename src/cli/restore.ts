@@ -23,6 +23,8 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
       logger: ctx.logger,
       ...(signal !== undefined ? { signal } : {}),
       ...(o.pidFile !== undefined ? { pidFile: o.pidFile } : {}),
+      ...(o.trust !== undefined ? { trust: o.trust } : {}),
+      ...(o.maxCreds !== undefined ? { bound: o.maxCreds } : {}),
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
     };
     const c = o.container;

@@ -33,6 +33,18 @@ export interface Config {
     readonly workDir: string;
     /** `chunk_size`: bytes per I/O chunk of page data, a multiple of 4096 in 64 KiB..256 MiB. */
     readonly chunkSize: number;
+    /**
+     * `trust`: restore only images signed by these Ed25519 public keys: an absolute path of
+     * one SPKI PEM file or of a directory whose `*.pub` files are the keys; "" = any image
+     * (a signature present is still verified). `ferry restore --trust` overrides it.
+     */
+    readonly trust: string;
+    /**
+     * `sign_key`: Ed25519 private key (absolute path of a PKCS#8 PEM file, as `ferry keygen`
+     * writes) that signs every image a checkpoint writes when no `--sign-key` is given; what
+     * signs the images of ferry-runtime and the hook, whose callers pass no key. "" = unsigned.
+     */
+    readonly signKey: string;
   };
   /** `[files]`: open files. */
   readonly files: {
@@ -49,7 +61,7 @@ export interface Config {
 /** The built-in defaults: the one place they are written down. */
 export const DEFAULTS: Config = deepFreeze({
   log: { level: 'warn', file: '' },
-  image: { workDir: '/var/tmp', chunkSize: 8 * 1024 * 1024 },
+  image: { workDir: '/var/tmp', chunkSize: 8 * 1024 * 1024, trust: '', signKey: '' },
   files: { deletedMaxBytes: 64 * 1024 * 1024 },
   restore: { stub: '' },
 });
@@ -157,6 +169,8 @@ const SCHEMA: Readonly<Record<keyof Config, Readonly<Record<string, KeySpec>>>> 
   image: {
     work_dir: { prop: 'workDir', check: path(false) },
     chunk_size: { prop: 'chunkSize', check: chunk },
+    trust: { prop: 'trust', check: path(true) },
+    sign_key: { prop: 'signKey', check: path(true) },
   },
   files: {
     deleted_max_bytes: { prop: 'deletedMaxBytes', check: bytes },

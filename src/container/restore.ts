@@ -10,6 +10,8 @@
  * ferry has and no seccomp filter and no no_new_privs (each task's own credentials, filters
  * and flags are restored at the very end), and descriptor 4 is a pidfd of ferry, through which
  * each task pulls its files. The original config.json is put back right after `create`.
+ * Before any of that, the image's credentials are held against the bundle's config.json
+ * (restore/bounds.ts): an image cannot give its processes more than the runtime would.
  */
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -22,6 +24,7 @@ import { defaultStubPath, native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
+import { boundFromConfig, CAPABILITIES, type CredsBound } from '../restore/bounds.js';
 import { restore } from '../restore/restore.js';
 import { useStubGadget } from '../restore/address-space.js';
 import { Tracee } from '../task/tracee.js';
@@ -32,7 +35,8 @@ import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
 import { Runtime } from './runtime.js';
 import { armWatchdog } from '../watchdog.js';
 
-export interface ContainerRestoreOptions extends Omit<RestoreOptions, 'makeRoot'> {
+/** A container's bound is its bundle's config.json, always: no other can be given. */
+export interface ContainerRestoreOptions extends Omit<RestoreOptions, 'makeRoot' | 'bound'> {
   /** Container id to create (the checkpointed one's or a new one). */
   id: string;
   /** Bundle to build the sandbox from; default: the checkpointed container's. */
@@ -43,20 +47,10 @@ export interface ContainerRestoreOptions extends Omit<RestoreOptions, 'makeRoot'
 
 const F_DUPFD_CLOEXEC = 1030;
 
-/** Names of the capabilities in a capability mask (bit n = CAP_<name n>). */
-const CAP_NAMES = [
-  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
-  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER',
-  'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE',
-  'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP',
-  'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ', 'PERFMON', 'BPF',
-  'CHECKPOINT_RESTORE',
-];
-
 /** Every capability in ferry's own bounding set, by OCI name. */
 function ferryCapabilities(): string[] {
   const bnd = parseStatus(readProcText(process.pid, 'status')).capBnd;
-  return CAP_NAMES.filter((_, i) => (bnd >> BigInt(i)) & 1n).map((n) => `CAP_${n}`);
+  return CAPABILITIES.filter((_, i) => (bnd >> BigInt(i)) & 1n).map((n) => `CAP_${n}`);
 }
 
 /** config.json for the restore: the stub as a root, fully capable, unfiltered process. */
@@ -91,8 +85,20 @@ export async function restoreContainer(o: ContainerRestoreOptions): Promise<Rest
   if (exists) throw new FerryError('EEXIST', `container ${o.id} already exists in ${rt.name}: delete it first, or restore under another id`);
   return restore({
     ...o,
+    bound: (image) => bundleBound(o, image),
     makeRoot: (image, maxFd) => makeInit(o, rt, image, maxFd),
   });
+}
+
+/**
+ * The most the restored processes may get: what the runtime would give them from the
+ * config.json of the bundle they are restored into (the stub itself runs with ferry's
+ * capabilities, see restoreConfig). An image without a container record: makeInit refuses it.
+ */
+async function bundleBound(o: ContainerRestoreOptions, image: Image): Promise<CredsBound | undefined> {
+  if (!image.manifest.entries.some((e) => e.name === CONTAINER_ENTRY)) return undefined;
+  const bundle = o.bundle ?? (await image.readJson(CONTAINER_ENTRY) as ContainerRecord).bundle;
+  return boundFromConfig(readConfig(bundle, o.id), join(bundle, 'config.json'));
 }
 
 /** Creates and starts the container with the stub as its init; seizes it. */

@@ -21,6 +21,7 @@ import { hostFacts } from '../host.js';
 import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
 } from '../image/records.js';
+import { signingKey } from '../image/sign.js';
 import { writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
@@ -119,6 +120,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const t0 = performance.now();
   const { pid } = o;
   const log = o.logger.child({ op: 'checkpoint', targetPid: pid });
+  // A key that cannot sign fails before the process is touched.
+  // --sign-key, else image.sign_key of the config (ferry-runtime's and the hook's images).
+  const keyFrom = o.signKey ?? (o.config.image.signKey !== '' ? o.config.image.signKey : undefined);
+  const signKey = keyFrom !== undefined ? signingKey(keyFrom) : undefined;
   precheck(pid);
   const fileOptions = { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files };
   // The root's descriptors are checked before it is touched; the others' once the tree is
@@ -196,6 +201,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     }, entries, {
       onProgress: (done, total) => o.onProgress?.({ phase: 'write', done, total }),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
+      ...(signKey !== undefined ? { signKey } : {}),
       session,
     });
     // The image is complete and in place: only letting go (or the kill) is left, and neither

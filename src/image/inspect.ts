@@ -51,6 +51,8 @@ export interface InspectTask {
 export interface InspectReport {
   image: string;
   manifest: Omit<Manifest, 'entries'>;
+  /** Fingerprint (`SHA256:…`) of the key that signed the image (signature verified); null: unsigned. */
+  signer: string | null;
   entries: Array<{ name: string; size: number }>;
   totalBytes: number;
   tasks: InspectTask[];
@@ -101,6 +103,7 @@ export async function inspect(o: InspectOptions): Promise<InspectReport> {
     return {
       image: o.image,
       manifest,
+      signer: image.signer,
       entries: entries.map((e) => ({ name: e.name, size: e.size })),
       totalBytes: entries.reduce((s, e) => s + e.size, 0),
       tasks,
@@ -120,6 +123,7 @@ export function formatInspect(r: InspectReport): string {
     `image      ${r.image}`,
     `format     ${m.format} v${m.formatVersion}, written by ferry ${m.ferryVersion} at ${m.createdAt}`,
     `kernel     ${m.host.kernelRelease} (${m.host.arch}), xfeatures ${m.host.xfeatures}`,
+    `signer     ${r.signer ?? 'unsigned'}`,
     `root pid   ${m.root.pid}`,
     `size       ${mib(r.totalBytes)} in ${r.entries.length} entries`,
   ];

@@ -3,6 +3,7 @@
  * and the host the image was made on, and lists every other entry with its size and sha256.
  */
 import { FerryError } from '../errors.js';
+import { SIGNATURE_NAME } from './sign.js';
 
 export const IMAGE_FORMAT = 'ferry-image';
 export const FORMAT_VERSION = 1;
@@ -145,7 +146,8 @@ export function parseManifest(buf: Buffer): Manifest {
       bad(`entries[${i}]`, 'must be {name, size, sha256}');
     }
     checkEntryName(e.name);
-    if (seen.has(e.name) || e.name === MANIFEST_NAME) bad(`entries[${i}]`, `repeats the name ${e.name}`);
+    if (e.name === MANIFEST_NAME || e.name === SIGNATURE_NAME) bad(`entries[${i}]`, `uses the reserved name ${e.name}`);
+    if (seen.has(e.name)) bad(`entries[${i}]`, `repeats the name ${e.name}`);
     seen.add(e.name);
     entries.push({ name: e.name, size: e.size as number, sha256: e.sha256 });
   }

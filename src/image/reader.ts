@@ -1,6 +1,7 @@
 /**
  * Opens an image and verifies all of it before anyone may use it: the tar structure, the
- * manifest first, exactly the manifest's entries in its order with its sizes, and every sha256.
+ * manifest first, its signature (sign.ts) when the image has one or the caller trusts keys,
+ * exactly the manifest's entries in its order with its sizes, and every sha256.
  *
  * The reader indexes the tar itself (ustar headers, pax 'x' size records, GNU base-256 sizes
  * for entries over 8 GiB) because restore needs each entry's offset to read page data
@@ -12,6 +13,7 @@ import { closeSync, existsSync, fstatSync, openSync, read, readSync, unlinkSync,
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
 import { MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, parseManifest, type Manifest } from './manifest.js';
+import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
 
 /** Deepest nesting of a JSON entry: ferry's own records are a few levels deep. */
 export const MAX_JSON_DEPTH = 32;
@@ -22,6 +24,8 @@ const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
 /** A verified image. */
 export interface Image {
   readonly manifest: Manifest;
+  /** Fingerprint of the key whose valid signature the image carries; null when unsigned. */
+  readonly signer: KeyId | null;
   /** Whether an entry exists. */
   has(name: string): boolean;
   /** Reads a whole small entry; refuses one larger than `limit` (default 64 MiB). */
@@ -111,7 +115,7 @@ function indexTar(fd: number, fileSize: number, label: string, where: ErrorConte
       throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${name} ends at byte ${dataAt + size}, the file has ${fileSize}`, where);
     }
     out.push({ name, offset: dataAt, size });
-    if (out.length > MAX_ENTRIES + 1) throw new FerryError('EIMAGE', `image ${label} has more than ${MAX_ENTRIES} entries`, where);
+    if (out.length > MAX_ENTRIES + 2) throw new FerryError('EIMAGE', `image ${label} has more than ${MAX_ENTRIES} entries`, where);
     pos = dataAt + padded(size);
   }
   return out;
@@ -135,8 +139,21 @@ async function spoolStdin(workDir: string): Promise<number> {
   return fd;
 }
 
+/** How openImage reads and what it accepts. */
+export interface OpenOptions {
+  /** Where an image from stdin is spooled (image.work_dir). */
+  workDir: string;
+  onProgress?: (done: number, total: number) => void;
+  /**
+   * Accept only an image signed by one of these keys, checked before anything but the
+   * manifest's bytes is read. Without it any image is accepted; a signature present is
+   * verified all the same.
+   */
+  trust?: TrustedKeys;
+}
+
 /** Opens and fully verifies an image ('-' = stdin). */
-export async function openImage(path: string, options: { workDir: string; onProgress?: (done: number, total: number) => void }): Promise<Image> {
+export async function openImage(path: string, options: OpenOptions): Promise<Image> {
   const label = path === '-' ? '(stdin)' : path;
   const where: ErrorContext = path === '-' ? {} : { path };
   let fd: number;
@@ -161,6 +178,16 @@ export async function openImage(path: string, options: { workDir: string; onProg
     if (first.size > MAX_MANIFEST_BYTES) throw new FerryError('EIMAGE', `image ${label}: manifest.json is ${first.size} bytes, over the limit`, where);
     const mbuf = Buffer.alloc(first.size);
     readSync(fd, mbuf, 0, first.size, first.offset);
+    // The signature, before the manifest is even parsed: with trusted keys, nothing an
+    // untrusted party wrote is looked at beyond the tar headers and these bytes.
+    const sigAt = located[1]?.name === SIGNATURE_NAME ? located[1] : undefined;
+    let sig: Buffer | undefined;
+    if (sigAt !== undefined) {
+      if (sigAt.size > MAX_SIGNATURE_BYTES) throw new FerryError('EIMAGE', `image ${label} is corrupt: ${SIGNATURE_NAME} is ${sigAt.size} bytes, over the ${MAX_SIGNATURE_BYTES} limit`, where);
+      sig = Buffer.alloc(sigAt.size);
+      readSync(fd, sig, 0, sigAt.size, sigAt.offset);
+    }
+    const signer = checkSignature(mbuf, sig, options.trust, label, where);
     let manifest: Manifest;
     try {
       manifest = parseManifest(mbuf);
@@ -170,7 +197,7 @@ export async function openImage(path: string, options: { workDir: string; onProg
       const what = err.code === 'EFORMAT' ? ':' : ' is corrupt:';
       throw new FerryError(err.code, `image ${label}${what} ${err.message}`, { cause: err, ...where });
     }
-    const rest = located.slice(1);
+    const rest = located.slice(sigAt !== undefined ? 2 : 1);
     const byName = new Map(rest.map((l) => [l.name, l]));
     manifest.entries.forEach((e, i) => {
       const got = rest[i];
@@ -202,7 +229,7 @@ export async function openImage(path: string, options: { workDir: string; onProg
         throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has sha256 ${sum.slice(0, 12)}… but the manifest says ${e.sha256.slice(0, 12)}…`, where);
       }
     }
-    return makeImage(fd, manifest, byName, label, where);
+    return makeImage(fd, manifest, signer, byName, label, where);
   } catch (err) {
     closeSync(fd);
     throw err;
@@ -226,7 +253,7 @@ export function tooDeep(value: unknown, limit: number): string | undefined {
   return undefined;
 }
 
-function makeImage(fd: number, manifest: Manifest, byName: Map<string, Located>, label: string, where: ErrorContext): Image {
+function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName: Map<string, Located>, label: string, where: ErrorContext): Image {
   let closed = false;
   const get = (name: string): Located => {
     const l = byName.get(name);
@@ -235,6 +262,7 @@ function makeImage(fd: number, manifest: Manifest, byName: Map<string, Located>,
   };
   const image: Image = {
     manifest,
+    signer,
     has: (name) => byName.has(name),
     async read(name, limit = 64 << 20) {
       const l = get(name);

@@ -9,12 +9,16 @@
  *   rewrite the manifest bytes in place and fsync;
  * - to anything else (stdout, a pipe, a socket): run every producer once to hash, then again
  *   to write. Producers must therefore be repeatable.
+ * With a sign key, a second entry follows the manifest, manifest.sig: its Ed25519 signature
+ * over the final manifest bytes (sign.ts). Its length is fixed, so it is written as a
+ * placeholder and rewritten with the manifest (regular file), or made once the first pass has
+ * filled in the hashes (anything else).
  * Page data flows by reference: a producer's chunk is written on the libuv pool and, when it
  * lives in a SharedArrayBuffer, hashed on a worker thread, while the JS thread reads the next
  * chunk; the sink's promise resolves once that chunk is hashed and on the file descriptor, so
  * the producer may reuse it.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, type Hash, type KeyObject } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { closeSync, existsSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, statSync, write, writeSync, type Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -25,6 +29,7 @@ import {
   checkEntryName, FORMAT_VERSION, IMAGE_FORMAT, MANIFEST_NAME, type Manifest, type ManifestEntry,
   type ManifestHeader,
 } from './manifest.js';
+import { imageSigner, SIGNATURE_NAME } from './sign.js';
 
 /** One entry of the image after the manifest. */
 export interface ImageEntry {
@@ -60,6 +65,11 @@ function writeFully(fd: number, buf: Buffer): Promise<void> {
     };
     step();
   });
+}
+
+/** Writes all of `buf` at offset `pos` of a regular file. */
+function writeAt(fd: number, buf: Buffer, pos: number): void {
+  for (let off = 0; off < buf.length;) off += writeSync(fd, buf, off, buf.length - off, pos + off);
 }
 
 /**
@@ -123,6 +133,8 @@ export interface WriteOptions {
   signal?: AbortSignal;
   /** Registers the removal of the temporary file, so a fatal exit removes it too. */
   session?: Session;
+  /** Signs the manifest with this Ed25519 private key (sign.ts signingKey()): adds manifest.sig. */
+  signKey?: KeyObject;
 }
 
 /**
@@ -179,6 +191,7 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
   options: WriteOptions = {}): Promise<{ bytes: number; manifest: Manifest }> {
   for (const e of entries) {
     checkEntryName(e.name);
+    if (e.name === MANIFEST_NAME || e.name === SIGNATURE_NAME) throw new Error(`image entry name ${e.name} is reserved`);
     if (Buffer.byteLength(e.name) >= 100) throw new Error(`image entry name too long for a plain header: ${e.name}`);
   }
   const manifest: Manifest = {
@@ -188,7 +201,9 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     entries: entries.map((e): ManifestEntry => ({ name: e.name, size: e.size, sha256: ZERO_HASH })),
   };
   const placeholder = Buffer.from(JSON.stringify(manifest));
-  const total = BLOCK + padded(placeholder.length) + entries.reduce((s, e) => s + BLOCK + padded(e.size), 0) + 2 * BLOCK;
+  const signer = options.signKey !== undefined ? imageSigner(options.signKey) : undefined;
+  const signatureBytes = signer !== undefined ? BLOCK + padded(signer.placeholder.length) : 0;
+  const total = BLOCK + padded(placeholder.length) + signatureBytes + entries.reduce((s, e) => s + BLOCK + padded(e.size), 0) + 2 * BLOCK;
 
   const where = path === '-' ? 'to stdout' : path;
   let target: Target;
@@ -219,11 +234,16 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
         manifest.entries[i]!.sha256 = await h.digest();
       }
     }
-    const bytes = await writeTar(fd, manifest, entries, seekable ? pool : undefined, total, options);
+    // Written now: the placeholders (a regular file), else the final manifest and its signature.
+    const head = seekable ? placeholder : Buffer.from(JSON.stringify(manifest));
+    const signature = seekable ? signer?.placeholder : signer?.sign(head);
+    const bytes = await writeTar(fd, manifest, head, signature, entries, seekable ? pool : undefined, total, options);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));
       if (final.length !== placeholder.length) throw new Error('manifest length changed while writing');
-      writeSync(fd, final, 0, final.length, BLOCK);
+      writeAt(fd, final, BLOCK);
+      // The signature entry's data starts one header after the manifest's padded data.
+      if (signer !== undefined) writeAt(fd, signer.sign(final), BLOCK + padded(final.length) + BLOCK);
       fsyncSync(fd);
     }
     options.signal?.throwIfAborted();
@@ -268,9 +288,12 @@ function syncDir(dir: string): void {
   }
 }
 
-/** Writes the tar; with `pool`, hashes each entry on the way (else the manifest already has them). */
-async function writeTar(fd: number, manifest: Manifest, entries: ImageEntry[], pool: HashPool | undefined, total: number,
-  options: WriteOptions): Promise<number> {
+/**
+ * Writes the tar: `head` as manifest.json, then `signature` (if any) as manifest.sig, then the
+ * entries; with `pool`, hashes each entry on the way into `manifest` (else it has them already).
+ */
+async function writeTar(fd: number, manifest: Manifest, head: Buffer, signature: Buffer | undefined, entries: ImageEntry[],
+  pool: HashPool | undefined, total: number, options: WriteOptions): Promise<number> {
   const { onProgress, signal } = options;
   const pack = tar.pack();
   let written = 0;
@@ -308,9 +331,12 @@ async function writeTar(fd: number, manifest: Manifest, entries: ImageEntry[], p
 
   try {
     const mtime = new Date(manifest.createdAt);
-    const manifestData = Buffer.from(JSON.stringify(manifest));
-    pack.entry({ name: MANIFEST_NAME, size: manifestData.length, mtime, mode: 0o600 }, manifestData);
-    let pos = BLOCK + padded(manifestData.length);
+    pack.entry({ name: MANIFEST_NAME, size: head.length, mtime, mode: 0o600 }, head);
+    let pos = BLOCK + padded(head.length);
+    if (signature !== undefined) {
+      pack.entry({ name: SIGNATURE_NAME, size: signature.length, mtime, mode: 0o600 }, signature);
+      pos += BLOCK + padded(signature.length);
+    }
     for (const [i, e] of entries.entries()) {
       const dataStart = pos + BLOCK;
       const sink = pack.entry({ name: e.name, size: e.size, mtime, mode: 0o600 });

@@ -21,9 +21,11 @@ import { withNetns } from '../task/netns.js';
 import { hostFacts } from '../host.js';
 import { checkCompatibility } from '../image/manifest.js';
 import { openImage } from '../image/reader.js';
+import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
+import { checkBound } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { createTree, type CreatedTree } from './tree.js';
@@ -35,9 +37,12 @@ import { Session } from '../session.js';
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   const t0 = performance.now();
   const log = o.logger.child({ op: 'restore' });
+  // --trust, else image.trust of the config: read before the image, checked right after its manifest.
+  const trust = restoreTrust(o.trust, o.config.image.trust);
   const image = await openImage(o.image, {
     workDir: o.config.image.workDir,
     onProgress: (done, total) => o.onProgress?.({ phase: 'verify', done, total }),
+    ...(trust !== undefined ? { trust } : {}),
   });
   // Every step that makes something registers its undo; any way out before the tree runs
   // removes all of it. If ferry dies instead, the stubs die with it (PTRACE_O_EXITKILL).
@@ -58,6 +63,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       tasks.push(task);
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
+    // No privilege from the image: every task's credentials within the bound, before anything exists.
+    checkBound(o.image, tasks, typeof o.bound === 'function' ? await o.bound(image) : o.bound);
     // A function picks the substitutes from the image, read and verified once here.
     const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
     const inherit = new Map(Object.entries(substitutes ?? {}));

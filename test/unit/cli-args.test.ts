@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
-  parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseRestoreArgs, parseVersionArgs,
+  parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs, parseRestoreArgs, parseVersionArgs,
   PID_MAX_LIMIT, UsageError, wantsHelp,
 } from '../../src/cli/args.js';
 
@@ -100,6 +100,24 @@ describe('ferry restore, inspect, demo, version and help arguments', { timeout: 
     usage(() => parseInspectArgs(['--json']), 'inspect', '--image is required (a path, or - for standard input)');
   });
 
+  it('parses --sign-key, --trust and keygen', () => {
+    assert.deepEqual(parseCheckpointArgs(['--pid', '1', '--image', 'x', '--sign-key', '/k/site.key']),
+      { pid: 1, image: 'x', leaveRunning: false, signKey: '/k/site.key', json: false, files: NO_FLAGS });
+    assert.equal(parseCheckpointArgs(['c1', '--image', 'x', '--sign-key=k.key']).signKey, 'k.key');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--sign-key', '']), 'checkpoint', '--sign-key needs a private key file (ferry keygen writes one), got ""');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--sign-key']), 'checkpoint', '--sign-key needs a value');
+    usage(() => parseRestoreArgs(['--image', 'x', '--sign-key', 'k']), 'restore', 'unknown option --sign-key');
+    assert.deepEqual(parseRestoreArgs(['--image', 'x', '--trust', '/etc/ferry/trusted']),
+      { image: 'x', json: false, files: NO_FLAGS, trust: '/etc/ferry/trusted' });
+    usage(() => parseRestoreArgs(['--image', 'x', '--trust=']), 'restore', '--trust needs a public key file or a directory of them, got ""');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--trust', 'k']), 'checkpoint', 'unknown option --trust');
+    assert.deepEqual(parseKeygenArgs(['--out', '/k/site']), { out: '/k/site', json: false });
+    assert.deepEqual(parseKeygenArgs(['--out=k', '--json', '--log-level', 'info']), { out: 'k', json: true, logLevel: 'info' });
+    usage(() => parseKeygenArgs([]), 'keygen', '--out is required (a path prefix: PREFIX.key and PREFIX.pub are written)');
+    usage(() => parseKeygenArgs(['--out', '']), 'keygen', '--out needs a path prefix (PREFIX.key and PREFIX.pub are written), got ""');
+    usage(() => parseKeygenArgs(['--out', 'k', 'extra']), 'keygen', 'unexpected argument "extra"');
+  });
+
   it('parses demo and version', () => {
     assert.deepEqual(parseDemoArgs([]), { json: false });
     assert.deepEqual(parseDemoArgs(['--json', '--log-file', '/tmp/d.log']), { json: true, logFile: '/tmp/d.log' });
@@ -112,7 +130,7 @@ describe('ferry restore, inspect, demo, version and help arguments', { timeout: 
     assert.deepEqual(parseHelpArgs([]), {});
     assert.deepEqual(parseHelpArgs(['restore']), { topic: 'restore' });
     assert.deepEqual(parseHelpArgs(['help']), { topic: 'help' });
-    usage(() => parseHelpArgs(['frob']), 'help', 'unknown command "frob"; the commands are checkpoint, restore, inspect, demo, version, help');
+    usage(() => parseHelpArgs(['frob']), 'help', 'unknown command "frob"; the commands are checkpoint, restore, inspect, keygen, demo, version, help');
     usage(() => parseHelpArgs(['restore', 'inspect']), 'help', 'takes one command, got 2: restore inspect');
   });
 

@@ -42,7 +42,7 @@ describe('config defaults', { timeout: 30_000 }, () => {
   it('has the documented built-in values, frozen all the way down', () => {
     assert.deepEqual(DEFAULTS, {
       log: { level: 'warn', file: '' },
-      image: { workDir: '/var/tmp', chunkSize: 8388608 },
+      image: { workDir: '/var/tmp', chunkSize: 8388608, trust: '', signKey: '' },
       files: { deletedMaxBytes: 67108864 },
       restore: { stub: '' },
     });
@@ -55,7 +55,7 @@ describe('config defaults', { timeout: 30_000 }, () => {
     assert.deepEqual(loadConfig({ path }), DEFAULTS);
     // Every key is written out (not just left to the defaults): each appears uncommented.
     const text = readFileSync(path, 'utf8');
-    for (const key of ['level', 'file', 'work_dir', 'chunk_size', 'deleted_max_bytes', 'stub']) assert.match(text, new RegExp(`^${key} = `, 'm'), key);
+    for (const key of ['level', 'file', 'work_dir', 'chunk_size', 'trust', 'sign_key', 'deleted_max_bytes', 'stub']) assert.match(text, new RegExp(`^${key} = `, 'm'), key);
     for (const section of ['log', 'image', 'files', 'restore']) assert.match(text, new RegExp(`^\\[${section}\\]$`, 'm'), section);
   });
 
@@ -66,10 +66,10 @@ describe('config defaults', { timeout: 30_000 }, () => {
 
 describe('config files', { timeout: 30_000 }, () => {
   it('reads every key, converting snake_case to camelCase, and keeps defaults for the rest', () => {
-    const c = load('[log]\nlevel = "debug"\nfile = "/var/log/ferry.log"\n[image]\nwork_dir = "/srv/ferry"\nchunk_size = 1048576\n[files]\ndeleted_max_bytes = 1024\n[restore]\nstub = "/opt/ferry/ferry-stub"\n');
+    const c = load('[log]\nlevel = "debug"\nfile = "/var/log/ferry.log"\n[image]\nwork_dir = "/srv/ferry"\nchunk_size = 1048576\ntrust = "/etc/ferry/trusted"\n[files]\ndeleted_max_bytes = 1024\n[restore]\nstub = "/opt/ferry/ferry-stub"\n');
     assert.deepEqual(c, {
       log: { level: 'debug', file: '/var/log/ferry.log' },
-      image: { workDir: '/srv/ferry', chunkSize: 1048576 },
+      image: { workDir: '/srv/ferry', chunkSize: 1048576, trust: '/etc/ferry/trusted', signKey: '' },
       files: { deletedMaxBytes: 1024 },
       restore: { stub: '/opt/ferry/ferry-stub' },
     });
@@ -108,6 +108,8 @@ describe('config files', { timeout: 30_000 }, () => {
     rejects('[image]\nwork_dir = ""\n', 'image.work_dir must be an absolute path, got ""');
     rejects('[image]\nwork_dir = ["/a"]\n', 'image.work_dir must be a string, got an array');
     rejects('[restore]\nstub = true\n', 'restore.stub must be a string, got true');
+    rejects('[image]\ntrust = "keys"\n', 'image.trust must be an absolute path or "", got "keys"');
+    rejects('[image]\ntrust = ["/a.pub"]\n', 'image.trust must be a string, got an array');
     rejects('log = 3\n', 'log must be a table ([log]), got 3');
   });
 
