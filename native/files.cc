@@ -1,14 +1,45 @@
-// File identity and descriptor transfer between processes.
+// File identity, descriptor transfer between processes, and confined path resolution.
 //
 // Wraps kcmp(2) (KCMP_FILE: do two fds refer to the same open file description? returns 0
 // equal, 1/2 ordered less/greater, 3 unordered-unequal), pidfd_open(2) and pidfd_getfd(2)
 // (duplicates another process's fd into the caller: the same open file description, so file
 // offsets stay shared; needs PTRACE_MODE_ATTACH_REALCREDS), lseek(2) and open(2).
+//
+// And the *at() family that resolves a path relative to a directory descriptor, for paths that
+// come from an image (untrusted input: docs/security.md): openat2(2) with struct open_how
+// {flags, mode, resolve}, mkdirat(2), unlinkat(2), symlinkat(2), renameat2(2), fchownat(2).
+// Only openat2 takes RESOLVE_* flags, so the policy (src/files/confined.ts) resolves the parent
+// directory of a name with openat2 and then acts on the last component alone through that
+// directory's descriptor: a single component cannot traverse anything, and the *at() calls
+// below never follow a final symlink (unlinkat, mkdirat, symlinkat, renameat2 act on the name
+// itself; fchownat takes AT_SYMLINK_NOFOLLOW).
+//
+// openat2(2) resolve flags (include/uapi/linux/openat2.h; fs/namei.c):
+//   RESOLVE_BENEATH        every component must stay under dirfd: an absolute path, an
+//                          absolute symlink, or ".." above dirfd fails with EXDEV.
+//   RESOLVE_IN_ROOT        dirfd is treated as "/" for this lookup (like chroot(2), only for
+//                          it): "/" and ".." at the root, absolute paths and absolute symlink
+//                          targets all stay inside dirfd instead of failing.
+//   RESOLVE_NO_MAGICLINKS  refuses procfs "magic links" (/proc/PID/fd/N, /proc/PID/root,
+//                          /proc/PID/cwd, /proc/PID/map_files/...), which jump to an object
+//                          without a path walk and so could leave any root: ELOOP. BENEATH and
+//                          IN_ROOT refuse them too (EXDEV) unless this flag turns it into ELOOP.
+//   RESOLVE_NO_SYMLINKS    refuses every symlink, also a trailing one unless O_PATH|O_NOFOLLOW
+//                          asked for the link itself: ELOOP.
+//   RESOLVE_NO_XDEV        refuses crossing a mount point: EXDEV.
+// With BENEATH or IN_ROOT, a ".." walked while a rename or mount anywhere on the system could
+// have moved the tree makes the kernel give up with EAGAIN rather than risk an escape: the
+// caller may simply retry. openat2 is strict where open(2) is lenient: unknown bits in flags or
+// resolve are EINVAL, and so is a non-zero mode without O_CREAT or O_TMPFILE (so mode is only
+// passed with those). O_CLOEXEC is always added.
 #include <napi.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sched.h>
 #include <sys/xattr.h>
@@ -151,9 +182,125 @@ Napi::Value SetNs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// A path argument at `i`: a JS string without NUL bytes (a C string would silently end at the
+// first one and name another file). On failure throws and returns false.
+bool ArgPath(const Napi::CallbackInfo& info, size_t i, const char* syscall, std::string* out) {
+  if (i >= info.Length() || !info[i].IsString()) {
+    ThrowType(info.Env(), std::string(syscall) + ": argument " + std::to_string(i) + " must be a string");
+    return false;
+  }
+  *out = info[i].As<Napi::String>().Utf8Value();
+  if (out->find('\0') != std::string::npos) {
+    ThrowErrno(info.Env(), syscall, EINVAL, "path contains a NUL byte");
+    return false;
+  }
+  return true;
+}
+
+// Detail of an error: the path relative to which descriptor.
+std::string AtDetail(int64_t dirfd, const std::string& path) {
+  return path + " under fd " + std::to_string(dirfd);
+}
+
+// openat2(dirfd, path, flags, mode, resolve) -> fd (O_CLOEXEC added). mode is passed only with
+// O_CREAT or O_TMPFILE (openat2 refuses it otherwise).
+Napi::Value Openat2(const Napi::CallbackInfo& info) {
+  int64_t dirfd, flags, mode, resolve;
+  std::string path;
+  if (!ArgInt(info, 0, &dirfd) || !ArgPath(info, 1, "openat2", &path) || !ArgInt(info, 2, &flags) ||
+      !ArgInt(info, 3, &mode) || !ArgInt(info, 4, &resolve)) return {};
+  struct open_how how = {};
+  how.flags = static_cast<uint64_t>(flags) | O_CLOEXEC;
+  how.mode = (flags & (O_CREAT | O_TMPFILE)) != 0 ? static_cast<uint64_t>(mode) : 0;
+  how.resolve = static_cast<uint64_t>(resolve);
+  long fd = syscall(SYS_openat2, static_cast<int>(dirfd), path.c_str(), &how, sizeof(how));
+  if (fd < 0) {
+    ThrowErrno(info.Env(), "openat2", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(fd));
+}
+
+// mkdirat(dirfd, path, mode): fails with EEXIST on anything already there, a symlink included
+// (never followed).
+Napi::Value Mkdirat(const Napi::CallbackInfo& info) {
+  int64_t dirfd, mode;
+  std::string path;
+  if (!ArgInt(info, 0, &dirfd) || !ArgPath(info, 1, "mkdirat", &path) || !ArgInt(info, 2, &mode)) return {};
+  if (mkdirat(static_cast<int>(dirfd), path.c_str(), static_cast<mode_t>(mode)) < 0) {
+    ThrowErrno(info.Env(), "mkdirat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// unlinkat(dirfd, path, flags): removes the name itself (a symlink, not its target);
+// AT_REMOVEDIR (0x200) for an empty directory.
+Napi::Value Unlinkat(const Napi::CallbackInfo& info) {
+  int64_t dirfd, flags;
+  std::string path;
+  if (!ArgInt(info, 0, &dirfd) || !ArgPath(info, 1, "unlinkat", &path) || !ArgInt(info, 2, &flags)) return {};
+  if (unlinkat(static_cast<int>(dirfd), path.c_str(), static_cast<int>(flags)) < 0) {
+    ThrowErrno(info.Env(), "unlinkat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// symlinkat(target, dirfd, path): `target` is stored as text, not resolved (EEXIST if the name
+// exists).
+Napi::Value Symlinkat(const Napi::CallbackInfo& info) {
+  int64_t dirfd;
+  std::string target, path;
+  if (!ArgPath(info, 0, "symlinkat", &target) || !ArgInt(info, 1, &dirfd) || !ArgPath(info, 2, "symlinkat", &path)) return {};
+  if (symlinkat(target.c_str(), static_cast<int>(dirfd), path.c_str()) < 0) {
+    ThrowErrno(info.Env(), "symlinkat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// renameat2(olddirfd, oldpath, newdirfd, newpath, flags): renames the names themselves (a
+// symlink is moved, not followed); RENAME_NOREPLACE 1 fails with EEXIST instead of replacing,
+// RENAME_EXCHANGE 2 swaps both atomically.
+Napi::Value Renameat2(const Napi::CallbackInfo& info) {
+  int64_t olddirfd, newdirfd, flags;
+  std::string oldpath, newpath;
+  if (!ArgInt(info, 0, &olddirfd) || !ArgPath(info, 1, "renameat2", &oldpath) || !ArgInt(info, 2, &newdirfd) ||
+      !ArgPath(info, 3, "renameat2", &newpath) || !ArgInt(info, 4, &flags)) return {};
+  if (renameat2(static_cast<int>(olddirfd), oldpath.c_str(), static_cast<int>(newdirfd), newpath.c_str(),
+                static_cast<unsigned>(flags)) < 0) {
+    ThrowErrno(info.Env(), "renameat2", errno, AtDetail(olddirfd, oldpath) + " -> " + AtDetail(newdirfd, newpath));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// fchownat(dirfd, path, uid, gid, flags): AT_SYMLINK_NOFOLLOW (0x100) changes a symlink itself
+// (lchown); AT_EMPTY_PATH (0x1000) with path "" changes the file dirfd refers to, an O_PATH
+// descriptor included. -1 leaves an id as it is.
+Napi::Value Fchownat(const Napi::CallbackInfo& info) {
+  int64_t dirfd, uid, gid, flags;
+  std::string path;
+  if (!ArgInt(info, 0, &dirfd) || !ArgPath(info, 1, "fchownat", &path) || !ArgInt(info, 2, &uid) ||
+      !ArgInt(info, 3, &gid) || !ArgInt(info, 4, &flags)) return {};
+  if (fchownat(static_cast<int>(dirfd), path.c_str(), static_cast<uid_t>(uid), static_cast<gid_t>(gid),
+               static_cast<int>(flags)) < 0) {
+    ThrowErrno(info.Env(), "fchownat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
+  exports.Set("openat2", Napi::Function::New(env, Openat2));
+  exports.Set("mkdirat", Napi::Function::New(env, Mkdirat));
+  exports.Set("unlinkat", Napi::Function::New(env, Unlinkat));
+  exports.Set("symlinkat", Napi::Function::New(env, Symlinkat));
+  exports.Set("renameat2", Napi::Function::New(env, Renameat2));
+  exports.Set("fchownat", Napi::Function::New(env, Fchownat));
   exports.Set("setNs", Napi::Function::New(env, SetNs));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("asyncOwner", Napi::Function::New(env, AsyncOwner));

@@ -209,7 +209,8 @@ SEE ALSO
   ferry restore - bring a process tree back from an image
 
 SYNOPSIS
-  ferry restore --image PATH [--pid-file FILE] [--json] [--trust PATH] [--max-creds SPEC]
+  ferry restore --image PATH [--pid-file FILE] [--json] [--trust PATH]
+                [--max-creds SPEC]
                 [--allow-changed-files] [GLOBAL OPTIONS]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach]
                 [--runtime R] [--root DIR] [--pid-file FILE] [...]

@@ -3,11 +3,14 @@
  * files, and a process maps them by path, so their contents must come back before the
  * processes do. Checkpoint reads the tree of files through /proc/<init>/root while the
  * container is stopped; restore writes it into the new container's /dev/shm before any
- * process is rebuilt.
+ * process is rebuilt. The entry is input (an image can be edited): /dev/shm is found inside
+ * the new container's root, and everything is made beneath it (confined.ts), so no path of
+ * the entry can reach anything else.
  */
-import { chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError } from '../errors.js';
+import { ConfinedRoot, withParent } from '../files/confined.js';
 
 /** Image entry holding the container's /dev/shm. */
 export const DEVSHM_ENTRY = 'container/devshm.json';
@@ -51,14 +54,35 @@ export function readDevShm(pid: number, id: string, limit: number): DevShmRecord
   return { files };
 }
 
-/** Writes the image's /dev/shm into the container whose (new) init is `pid`. */
+/**
+ * Writes the image's /dev/shm into the container whose (new) init is `pid`: its /dev/shm is
+ * looked up inside the container's root (as the container sees it, no magic link), and every
+ * file and directory is made beneath it, with nothing but real directories walked.
+ */
 export function writeDevShm(pid: number, rec: DevShmRecord): void {
-  const root = `/proc/${pid}/root/dev/shm`;
-  for (const f of rec.files) {
-    if (f.path.split('/').includes('..') || f.path.startsWith('/')) throw new FerryError('EIMAGE', `image entry ${DEVSHM_ENTRY} names ${f.path}`);
-    const path = join(root, f.path);
-    if (f.dir) mkdirSync(path, { mode: f.mode });
-    else writeFileSync(path, Buffer.from(f.data ?? '', 'base64'), { mode: f.mode });
-    chownSync(path, f.uid, f.gid);
+  const root = new ConfinedRoot(`/proc/${pid}/root`, 'in-root');
+  let shm: ConfinedRoot;
+  try {
+    shm = root.within('/dev/shm', 'beneath', `image entry ${DEVSHM_ENTRY}`);
+  } finally {
+    root.close();
+  }
+  try {
+    for (const f of rec.files) {
+      const what = `image entry ${DEVSHM_ENTRY} (/dev/shm/${f.path})`;
+      const parts = f.path.split('/');
+      if (f.path.startsWith('/') || f.path.includes('\0') || parts.some((p) => p === '' || p === '.' || p === '..')) {
+        throw new FerryError('ECONFINE', `${what}: the path must be relative to /dev/shm, without "." or ".." parts: refused`, { path: f.path });
+      }
+      if (f.data !== undefined && typeof f.data !== 'string') throw new FerryError('EIMAGE', `${what}: data is not base64 text`);
+      withParent(shm, f.path, what, (p) => {
+        if (f.dir) p.mkdir(f.mode & 0o7777, true);
+        else p.writeFile(Buffer.from(f.data ?? '', 'base64'), f.mode & 0o7777, { uid: f.uid, gid: f.gid });
+        p.chown(f.uid, f.gid);
+        p.chmod(f.mode & 0o7777);
+      });
+    }
+  } finally {
+    shm.close();
   }
 }

@@ -11,14 +11,16 @@
  *
  * Restore applies the changes onto the bundle's rootfs before the runtime creates the
  * container: on the node where the checkpoint was taken they are already there and applying
- * them again changes nothing.
+ * them again changes nothing. The changes are input (an image can be edited): every create,
+ * write, link and delete is made relative to a descriptor of the rootfs, with nothing but real
+ * directories walked (confined.ts, 'beneath': no "..", absolute path or symlink on the way, a
+ * symlink of the image is created as one and never followed), and a change under a symlink or
+ * file the image itself makes is refused before anything is applied.
  */
-import {
-  chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync,
-  symlinkSync, writeFileSync,
-} from 'node:fs';
-import { dirname, join } from 'node:path';
-import { FerryError } from '../errors.js';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { FerryError, describeCause } from '../errors.js';
+import { ConfinedRoot, mkdirsIn, withParent } from '../files/confined.js';
 import { native } from '../native/binding.js';
 
 /** Image entry holding the rootfs changes. */
@@ -99,43 +101,99 @@ export function readRootfsChanges(pid: number, id: string, limit: number): Rootf
   return { kind: 'overlay', changes };
 }
 
-/** Applies recorded changes onto `rootfs` (the bundle's, before the runtime mounts it). */
-export function applyRootfsChanges(rootfs: string, rec: RootfsRecord): void {
+/** How a change names itself in errors. */
+const described = (c: RootfsChange): string => `image entry ${ROOTFS_ENTRY} (${c.type} /${c.path})`;
+
+/**
+ * Refuses, before anything is applied, changes whose path could lead anywhere but where it
+ * says: absolute, "." or ".." components, NUL bytes, or a path under an entry the changes
+ * themselves make a symlink, a file or a whiteout (an upper directory never holds one: its
+ * parents are directories, listed first).
+ */
+function checkChangePaths(rec: RootfsRecord): void {
+  const made = new Map<string, RootfsChange['type']>();
   for (const c of rec.changes) {
-    if (c.path.split('/').includes('..') || c.path.startsWith('/')) throw new FerryError('EIMAGE', `image entry ${ROOTFS_ENTRY} names ${c.path}`);
-    const abs = join(rootfs, c.path);
-    const present = ((): boolean => { try { lstatSync(abs); return true; } catch { return false; } })();
+    const parts = c.path.split('/');
+    if (c.path === '' || c.path.startsWith('/') || c.path.includes('\0') || parts.some((p) => p === '' || p === '.' || p === '..')) {
+      throw new FerryError('ECONFINE', `${described(c)}: the path must be relative to the rootfs, without "." or ".." parts: refused, nothing was applied`,
+        { path: c.path });
+    }
+    for (let i = 1; i < parts.length; i++) {
+      const above = parts.slice(0, i).join('/');
+      const type = made.get(above);
+      if (type !== undefined && type !== 'dir') {
+        throw new FerryError('ECONFINE', `${described(c)}: it lies under /${above}, which the same changes make a ${type}: `
+          + 'refused, nothing was applied', { path: c.path });
+      }
+    }
+    for (const p of [...made.keys()]) if (p.startsWith(`${c.path}/`)) made.delete(p);
+    made.set(c.path, c.type);
+  }
+}
+
+/**
+ * Applies recorded changes onto `rootfs` (the bundle's, before the runtime mounts it), every
+ * one confined beneath it (see the module comment). A file is written under a temporary name
+ * and renamed over the old one: an existing file, or a hard link to one, is replaced, never
+ * written into.
+ */
+export function applyRootfsChanges(rootfs: string, rec: RootfsRecord): void {
+  checkChangePaths(rec);
+  if (rec.changes.length === 0) return;
+  const root = new ConfinedRoot(rootfs, 'beneath');
+  try {
+    for (const c of rec.changes) {
+      try {
+        applyChange(root, c);
+      } catch (err) {
+        if (err instanceof FerryError) throw err;
+        throw new FerryError('EROOTFS', `${described(c)}: cannot apply it onto the rootfs ${rootfs}: ${describeCause(err)}`, { cause: err });
+      }
+    }
+  } finally {
+    root.close();
+  }
+}
+
+function applyChange(root: ConfinedRoot, c: RootfsChange): void {
+  const what = described(c);
+  const slash = c.path.lastIndexOf('/');
+  // An upper directory lists parents first; a parent the bundle lacks is made as a plain directory.
+  if (c.type !== 'whiteout' && slash > 0) mkdirsIn(root, c.path.slice(0, slash), 0o755, what);
+  withParent(root, c.path, what, (p) => {
+    const st = p.lstat();
     switch (c.type) {
       case 'whiteout':
-        if (present) rmSync(abs, { recursive: true, force: true });
-        continue;
+        if (st) p.remove();
+        return;
       case 'dir':
-        if (present && (!lstatSync(abs).isDirectory() || c.opaque)) rmSync(abs, { recursive: true, force: true });
-        mkdirSync(abs, { recursive: true, mode: c.mode });
-        chownSync(abs, c.uid, c.gid);
-        continue;
+        if (st && (!st.isDirectory() || c.opaque)) p.remove();
+        p.mkdir(c.mode & 0o7777, true);
+        p.chown(c.uid, c.gid);
+        p.chmod(c.mode & 0o7777);
+        return;
       case 'file':
-        if (present && !lstatSync(abs).isFile()) rmSync(abs, { recursive: true, force: true });
-        mkdirSync(dirname(abs), { recursive: true });
-        writeFileSync(abs, Buffer.from(c.data ?? '', 'base64'), { mode: c.mode });
-        chownSync(abs, c.uid, c.gid);
-        continue;
+        if (st && !st.isFile()) p.remove();
+        p.writeFile(Buffer.from(c.data ?? '', 'base64'), c.mode & 0o7777, { uid: c.uid, gid: c.gid });
+        return;
       case 'symlink':
-        if (present) rmSync(abs, { recursive: true, force: true });
-        symlinkSync(c.target ?? '', abs);
-        lchownSync(abs, c.uid, c.gid);
-        continue;
+        if (st) p.remove();
+        p.symlink(c.target ?? '');
+        p.chown(c.uid, c.gid);
+        return;
     }
-  }
+  });
 }
 
 /** Shape check of the entry (the image is input). */
 export function validateRootfs(v: unknown): RootfsRecord {
   const r = v as { kind?: unknown; changes?: unknown };
   const ok = (r?.kind === 'overlay' || r?.kind === 'dir') && Array.isArray(r.changes) && r.changes.every((c) => {
-    const x = c as Partial<RootfsChange>;
+    const x = (typeof c === 'object' && c !== null ? c : {}) as Partial<RootfsChange>;
     return typeof x.path === 'string' && ['dir', 'file', 'symlink', 'whiteout'].includes(x.type as string)
-      && Number.isSafeInteger(x.mode) && Number.isSafeInteger(x.uid) && Number.isSafeInteger(x.gid);
+      && Number.isSafeInteger(x.mode) && Number.isSafeInteger(x.uid) && Number.isSafeInteger(x.gid)
+      && (x.data === undefined || typeof x.data === 'string') && (x.target === undefined || typeof x.target === 'string')
+      && (x.opaque === undefined || typeof x.opaque === 'boolean');
   });
   if (!ok) throw new FerryError('EIMAGE', `image entry ${ROOTFS_ENTRY} is invalid`);
   return v as RootfsRecord;

@@ -12,16 +12,17 @@
  * creates it, the others open it again through /proc/self/fd. The helpers that read and write
  * contents are also used by memfd.ts.
  */
-import { fchmodSync, fchownSync, fstatSync, ftruncateSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { fchmodSync, fchownSync, fstatSync, ftruncateSync, readSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DEFAULTS } from '../config/config.js';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
+import { placeOf, statIn, withParent } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
-const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200;
+const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
 const O_TMPFILE = 0o20000000 | O_DIRECTORY;
 const SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
 /** Flags the file is reopened with are kept; these are per-creation only. */
@@ -274,10 +275,14 @@ export const deleted: FileKind<DeletedRecord> = {
       || !Number.isSafeInteger(rec.uid) || !Number.isSafeInteger(rec.gid) || !/^\d{1,20}$/.test(String(rec.pos))) bad('has an invalid record');
     checkContents(rec, bad);
     const dir = dirname(rec.path);
+    // Resolved inside the process's recorded root (confined.ts), as open() will.
+    const { root, path } = placeOf(rec);
     let ok = false;
     try {
-      ok = statSync(dir).isDirectory();
-    } catch { /* missing */ }
+      ok = statIn(root, dirname(path), `deleted file ${rec.id} of the image`)?.isDirectory() ?? false;
+    } catch (err) {
+      if (err instanceof FerryError) throw err; // leads outside the root
+    }
     if (!ok) {
       throw new FerryError('ENOENT', `directory ${dir} of the deleted file ${rec.path} (file ${rec.id} of the image) does not exist here: create it first`);
     }
@@ -309,21 +314,29 @@ export const deleted: FileKind<DeletedRecord> = {
   },
 };
 
-/** A new, unlinked regular file in the directory of `rec.path`, open O_RDWR. */
+/**
+ * A new, unlinked regular file in the directory of `rec.path`, open O_RDWR. The directory is
+ * resolved inside the process's recorded root (confined.ts) and held by a descriptor; the
+ * name is created there exclusively (O_CREAT|O_EXCL: never through a symlink, never an
+ * existing file) and unlinked at once through the same descriptor, so the link reads
+ * "path (deleted)". When the name is taken: an O_TMPFILE file in that directory.
+ */
 function create(rec: DeletedRecord): number {
   const n = native();
-  try {
-    // Under the old name when it is free, unlinked at once: the link reads "path (deleted)".
-    const fd = n.openRaw(rec.path, O_RDWR | O_CREAT | O_EXCL, 0o600);
+  const { root, path } = placeOf(rec);
+  return withParent(root, path, `deleted file ${rec.id} of the image`, (dir) => {
     try {
-      unlinkSync(rec.path);
+      const fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+      try {
+        dir.unlink();
+      } catch (err) {
+        n.closeFd(fd);
+        throw err;
+      }
+      return fd;
     } catch (err) {
-      n.closeFd(fd);
-      throw err;
+      if (errnoCode(err) !== 'EEXIST') throw err;
     }
-    return fd;
-  } catch (err) {
-    if (errnoCode(err) !== 'EEXIST') throw err;
-  }
-  return n.openRaw(dirname(rec.path), O_TMPFILE | O_RDWR, 0o600);
+    return n.openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
+  });
 }

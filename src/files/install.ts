@@ -10,27 +10,52 @@ import type { FdRecord, FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
 import type { Scratch, Tracee } from '../task/tracee.js';
+import { ConfinedRoot, placeRecord } from './confined.js';
 import { kindByName } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, NOT_YET, type FileOptions, type OpenContext } from './types.js';
 
 const F_DUPFD_CLOEXEC = 1030, F_SETFD = 2, O_CLOEXEC = 0o2000000;
 
 /**
- * A record as its module must see it: a path relative to the task's root (`root: 'task'`,
- * a file inside a container) is made reachable from ferry through `taskRoot`
- * (/proc/<the restored container's init>/root).
+ * The roots the paths of the records resolve in while the scheduler checks or opens them
+ * (confined.ts): the host's '/' (the default), and for a record with `root: 'task'` (a file
+ * inside a container) the task's root, `taskRoot` (/proc/<the restored container's init>/root),
+ * opened when first needed and closed by `close`.
  */
-function rebased(r: FileRecord, taskRoot: string | undefined): FileRecord {
-  if (r.root !== 'task' || typeof r.path !== 'string') return r;
-  if (taskRoot === undefined) throw new FerryError('EIMAGE', `file ${r.id} (${r.path}) is inside a container: restore it as a container`);
-  return { ...r, path: `${taskRoot}${r.path}` };
+class Roots {
+  private task: ConfinedRoot | undefined;
+
+  constructor(private readonly taskRoot: string | undefined) {}
+
+  /**
+   * A record as its module must see it: a path inside a container is made reachable from
+   * ferry through `taskRoot` (for the modules that open paths themselves), and its place, the
+   * path inside the task's root, is given to the modules that resolve it confined there.
+   */
+  rebased(r: FileRecord): FileRecord {
+    if (r.root !== 'task' || typeof r.path !== 'string') return r;
+    if (this.taskRoot === undefined) throw new FerryError('EIMAGE', `file ${r.id} (${r.path}) is inside a container: restore it as a container`);
+    this.task ??= new ConfinedRoot(this.taskRoot, 'in-root');
+    const out = { ...r, path: `${this.taskRoot}${r.path}` };
+    placeRecord(out, { root: this.task, path: r.path });
+    return out;
+  }
+
+  close(): void {
+    this.task?.close();
+  }
 }
 
 /** Checks that every file can be opened here, before any process is created. */
 export function checkFiles(records: readonly FileRecord[], taskRoot?: string, inherit?: ReadonlyMap<string, number>): void {
-  for (const r of records) {
-    if (typeof r.link === 'string' && inherit?.has(r.link)) continue;
-    kindByName(r.kind).check?.(rebased(r, taskRoot));
+  const roots = new Roots(taskRoot);
+  try {
+    for (const r of records) {
+      if (typeof r.link === 'string' && inherit?.has(r.link)) continue;
+      kindByName(r.kind).check?.(roots.rebased(r));
+    }
+  } finally {
+    roots.close();
   }
 }
 
@@ -49,7 +74,19 @@ export interface RestoreFiles {
 export function openFiles(records: readonly FileRecord[], options: FileOptions = DEFAULT_FILE_OPTIONS,
   blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string, inherit?: ReadonlyMap<string, number>): RestoreFiles {
   const opened = new Map<number, number>();
-  records = records.map((r) => rebased(r, taskRoot));
+  // Every path is opened by now (modules open in `open`, never later): the roots close at the end.
+  const roots = new Roots(taskRoot);
+  try {
+    records = records.map((r) => roots.rebased(r));
+    return openAll(records, opened, options, blobs, inherit);
+  } finally {
+    roots.close();
+  }
+}
+
+/** The scheduler itself: `openFiles` with the records rebased. */
+function openAll(records: readonly FileRecord[], opened: Map<number, number>, options: FileOptions,
+  blobs: ReadonlyMap<string, Buffer>, inherit: ReadonlyMap<string, number> | undefined): RestoreFiles {
   // Files the caller hands in instead (by the link text they had at dump): used as they are.
   const inherited = records.filter((r) => typeof r.link === 'string' && inherit?.has(r.link));
   if (inherited.length > 0) {

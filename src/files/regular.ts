@@ -1,20 +1,34 @@
 /**
- * Regular files, directories and O_PATH descriptors: reopened by path with the same flags,
- * positioned at the same offset, with their file locks (--file-locks, locks.ts). The file must
+ * Regular files, directories and O_PATH descriptors: reopened by path, resolved inside the
+ * process's recorded root (confined.ts), with the same access mode and status flags (never
+ * O_TRUNC or O_CREAT: the image is input), positioned at the same offset, with their file
+ * locks (--file-locks, locks.ts). The file must
  * still be there on restore; a regular file whose size or modification time differs from the
  * checkpoint's is refused unless --allow-changed-files (then a warning is logged): the process
  * remembers offsets, lengths and contents that no longer hold.
  */
-import { constants, existsSync, statSync } from 'node:fs';
+import { constants, fstatSync, statSync } from 'node:fs';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
-import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_PATH } from '../proc/fcntl.js';
+import {
+  O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH, O_SYNC,
+} from '../proc/fcntl.js';
+import { openIn, placeOf, statIn } from './confined.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 
 /** Flags that only matter when a file is created or are per-descriptor, not per open file. */
 const OPEN_ONLY_FLAGS = constants.O_CREAT | constants.O_EXCL | constants.O_TRUNC | constants.O_NOCTTY | O_CLOEXEC;
+
+/**
+ * What an open file is opened again with on restore: its access mode and status flags only.
+ * Never what creates or truncates (O_CREAT, O_EXCL, O_TRUNC, O_TMPFILE: the kernel keeps none
+ * of them in an open file's flags, so only an edited image has them; truncation happened
+ * before the checkpoint). Not O_NOFOLLOW: the file is reopened through the /proc/self/fd link
+ * of its O_PATH descriptor, which O_NOFOLLOW would refuse, and it means nothing once open.
+ */
+const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | O_NOATIME;
 
 export interface RegularRecord extends FileRecord {
   kind: 'reg';
@@ -162,31 +176,54 @@ export const regular: FileKind<RegularRecord> = {
       || (rec.mtimeNs !== undefined && (typeof rec.mtimeNs !== 'string' || !/^-?\d{1,25}$/.test(rec.mtimeNs)))) {
       throw new FerryError('EIMAGE', `file ${rec.id} (${rec.path}): bad size or mtimeNs`);
     }
-    if (!existsSync(rec.path)) {
+    // Resolved inside the process's recorded root (confined.ts), as open() will.
+    const { root, path } = placeOf(rec);
+    const st = statIn(root, path, `file ${rec.id} of the image`);
+    if (!st) {
       throw new FerryError('ENOENT', `file ${rec.path} (file ${rec.id} of the image) no longer exists: restore it first`);
     }
-    const st = statSync(rec.path, { bigint: true });
     if (st.isDirectory() !== rec.directory) {
       throw new FerryError('ECHANGED', `file ${rec.path} is no longer a ${rec.directory ? 'directory' : 'regular file'}`);
     }
   },
 
   open(rec: RegularRecord, ctx: OpenContext): number {
-    // A file only appended to (a log) may grow meanwhile without misleading the process: it never
-    // reads it and each write goes to the end whatever the size. O_PATH descriptors do no I/O.
-    const appendOnly = (rec.flags & O_ACCMODE) === constants.O_WRONLY && (rec.flags & O_APPEND) !== 0;
-    if (rec.size !== undefined && rec.mtimeNs !== undefined && !appendOnly && (rec.flags & O_PATH) === 0) {
-      checkUnchanged({ path: rec.path, size: rec.size, mtimeNs: rec.mtimeNs }, rec.path, `file ${rec.path}`,
-        ctx.options, ctx.warn ?? defaultWarn);
+    const cannot = (err: unknown): FerryError => (err instanceof FerryError ? err
+      : new FerryError('EOPEN', `cannot open ${rec.path}: ${(err as Error).message}`, { cause: err, path: rec.path }));
+    // The path is resolved inside the process's recorded root (its symlinks as the process
+    // would follow them, no /proc magic link) into an O_PATH descriptor, which opens nothing
+    // (no FIFO waits, no device wakes up); only what that descriptor shows to be the recorded
+    // kind of file is then opened for I/O, through the descriptor itself: what is opened is
+    // what was checked.
+    const { root, path } = placeOf(rec);
+    let at: number;
+    try {
+      at = openIn(root, path, O_PATH | (rec.flags & (O_DIRECTORY | constants.O_NOFOLLOW)), `file ${rec.id} of the image`);
+    } catch (err) {
+      throw cannot(err);
     }
+    if ((rec.flags & O_PATH) !== 0) return at;
     let fd: number;
     try {
-      fd = native().openRaw(rec.path, rec.flags);
+      const st = fstatSync(at);
+      if (rec.directory ? !st.isDirectory() : !st.isFile()) {
+        throw new FerryError('ECHANGED', `file ${rec.path} is no longer a ${rec.directory ? 'directory' : 'regular file'}`, { path: rec.path });
+      }
+      // A file only appended to (a log) may grow meanwhile without misleading the process: it
+      // never reads it and each write goes to the end whatever the size.
+      const appendOnly = (rec.flags & O_ACCMODE) === constants.O_WRONLY && (rec.flags & O_APPEND) !== 0;
+      if (rec.size !== undefined && rec.mtimeNs !== undefined && !appendOnly) {
+        checkUnchanged({ path: rec.path, size: rec.size, mtimeNs: rec.mtimeNs }, `/proc/self/fd/${at}`, `file ${rec.path}`,
+          ctx.options, ctx.warn ?? defaultWarn);
+      }
+      fd = native().openRaw(`/proc/self/fd/${at}`, rec.flags & REOPEN_FLAGS);
     } catch (err) {
-      throw new FerryError('EOPEN', `cannot open ${rec.path}: ${(err as Error).message}`, { cause: err });
+      throw cannot(err);
+    } finally {
+      native().closeFd(at);
     }
     const pos = Number(rec.pos);
-    if (pos !== 0 && (rec.flags & O_PATH) === 0) native().lseek(fd, pos, 0);
+    if (pos !== 0) native().lseek(fd, pos, 0);
     return fd;
   },
 

@@ -144,6 +144,27 @@ export interface NativeBinding {
   lseek(fd: number, offset: number, whence: number): number;
   /** open(2) with raw flags (O_CLOEXEC always added); returns the fd. */
   openRaw(path: string, flags: number, mode?: number): number;
+  /**
+   * openat2(2): opens `path` relative to directory descriptor `dirfd` with struct open_how
+   * {flags (O_CLOEXEC always added), mode (used only with O_CREAT or O_TMPFILE), resolve
+   * (RESOLVE_BENEATH 0x08, RESOLVE_IN_ROOT 0x10, RESOLVE_NO_MAGICLINKS 0x02, RESOLVE_NO_SYMLINKS
+   * 0x04, RESOLVE_NO_XDEV 0x01)}. An escape fails with EXDEV, a refused (magic) link with ELOOP,
+   * a ".." the kernel could not prove safe with EAGAIN (retry). src/files/confined.ts is the policy.
+   */
+  openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
+  /** mkdirat(2): EEXIST on any existing name, a symlink included (never followed). */
+  mkdirat(dirfd: number, path: string, mode: number): void;
+  /** unlinkat(2): removes the name itself; flags AT_REMOVEDIR (0x200) for an empty directory. */
+  unlinkat(dirfd: number, path: string, flags: number): void;
+  /** symlinkat(2): a symlink `path` under `dirfd` holding the text `target` (not resolved). */
+  symlinkat(target: string, dirfd: number, path: string): void;
+  /** renameat2(2): flags RENAME_NOREPLACE 1, RENAME_EXCHANGE 2; names are moved, never followed. */
+  renameat2(olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number): void;
+  /**
+   * fchownat(2): flags AT_SYMLINK_NOFOLLOW (0x100) for a symlink itself, AT_EMPTY_PATH (0x1000)
+   * with path '' for the file `dirfd` refers to (also an O_PATH descriptor); -1 keeps an id.
+   */
+  fchownat(dirfd: number, path: string, uid: number, gid: number, flags: number): void;
   /** fcntl F_GETOWN_EX and F_GETSIG of an O_ASYNC file: owner type (F_OWNER_TID 0, PID 1, PGRP 2), id, signal (0 = SIGIO). */
   asyncOwner(fd: number): { type: number; pid: number; sig: number };
   /** lgetxattr(2): the attribute's value, or null when the file has none. */
@@ -315,7 +336,8 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
-  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
+  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'openat2', 'mkdirat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
+  'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixConnect', 'unixListen',
   'unixAccept', 'unixShutdown', 'unixGetOpt', 'unixSetOpt', 'unixPeek', 'unixSend',

@@ -138,9 +138,28 @@ function mmapFlags(v: VmaRecord): number {
  */
 export type SharedObjects = Map<string, { pid: number; start: bigint; end: bigint; offset: bigint }>;
 
+/**
+ * Refuses an image that stores pages for a shared mapping of a file (MAP_SHARED, kind
+ * 'file'), one line naming the pid and the area. Restore writes stored pages through
+ * /proc/PID/mem into the mapping, and in a shared file mapping that writes the file itself:
+ * an edited image could make restore write its bytes into any file of the node. A checkpoint
+ * never stores them (the data is in the file). A memfd's are the exception: they go into the
+ * memfd restore creates (mapSpecialFile), never into a file of the node. To be called with
+ * the other checks, before any process is created; mapAreas checks again.
+ */
+export function checkSharedFilePages(task: TaskRecord): void {
+  for (const v of task.vmas) {
+    if (v.kind !== 'file' || !v.shared || v.runs.length === 0 || (v as MappedSpecialFile).memfd !== undefined) continue;
+    throw new FerryError('EIMAGE', `image: pid ${task.pid} area ${v.start}-${v.end} is a shared mapping of ${v.file?.path ?? 'a file'} `
+      + 'with pages stored, which restore would write into the file: refused (an edited image: a checkpoint never stores them)',
+    { pid: task.pid, ...(typeof v.file?.path === 'string' ? { path: v.file.path } : {}) });
+  }
+}
+
 /** Step 3: map every dumped area and write its stored pages from the image. */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   pages: { fd: number; offset: number }, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number): number {
+  checkSharedFilePages(task);
   const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
   // Areas of a shared object another area already created are mapped after the others.
   const firsts = new Set<string>();

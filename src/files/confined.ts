@@ -1,0 +1,436 @@
+/**
+ * Confined file operations: every path an image names is resolved by the kernel inside a root
+ * directory, never by string checks, so that a symlink, a "..", or a /proc magic link on the
+ * way cannot lead to a file outside it (docs/security.md, "Confinement"). An image is input:
+ * whoever can edit it (and recompute its hashes) chooses every path in it.
+ *
+ * A `ConfinedRoot` holds an O_PATH descriptor of the root; every lookup is openat2(2) relative
+ * to it with one of two confinements:
+ *   'in-root'  RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS: the root acts as "/" for the lookup,
+ *              as it does for the process that lives in it (chroot semantics): absolute paths,
+ *              absolute symlinks and ".." stay inside. For the files a process had open: its
+ *              recorded root ('/' on the host, which confines nothing but still refuses
+ *              magic links; a container's /proc/<init>/root).
+ *   'beneath'  RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: nothing but real
+ *              directories under the root may be walked. For trees an image writes (a
+ *              container's rootfs changes, its /dev/shm): a symlink the image itself made is
+ *              created as a symlink and never followed while applying.
+ * Operations on a name (create, mkdir, unlink, symlink, rename, chown) resolve its parent
+ * directory that way, then act on the last component through the parent's descriptor with the
+ * *at() calls, which never follow it. A path that would leave the root is refused with a
+ * FerryError 'ECONFINE' naming the image record or entry and the path.
+ */
+import { chmodSync, closeSync, fchmodSync, fchownSync, fstatSync, readdirSync, writeSync, type BigIntStats } from 'node:fs';
+import { FerryError, errnoCode } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
+
+/** openat2(2) resolve flags (linux/openat2.h). */
+export const RESOLVE_NO_XDEV = 0x01, RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04,
+  RESOLVE_BENEATH = 0x08, RESOLVE_IN_ROOT = 0x10;
+
+const O_RDONLY = 0, O_WRONLY = 1, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
+const AT_REMOVEDIR = 0x200, AT_SYMLINK_NOFOLLOW = 0x100, RENAME_NOREPLACE = 1;
+/** How often a lookup the kernel gave up on (EAGAIN: a ".." raced with a rename) is retried. */
+const EAGAIN_TRIES = 16;
+/** Deepest directory tree `removeIn` walks. */
+const MAX_DEPTH = 512;
+
+/** How a root confines the paths resolved under it (see the module comment). */
+export type Confinement = 'in-root' | 'beneath';
+
+const RESOLVE: Readonly<Record<Confinement, number>> = {
+  'in-root': RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+  beneath: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+};
+
+/** The flags a single name is acted on with under its parent: nothing but the name itself. */
+const NAME_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+
+/** A directory every image path of one kind is resolved in, held open as an O_PATH descriptor. */
+export class ConfinedRoot {
+  private handle: number;
+
+  /**
+   * Opens `path` (a path ferry chose: '/', /proc/<pid>/root, a bundle's rootfs; followed as
+   * given, magic links included) as a root. `path` names it in messages.
+   */
+  constructor(readonly path: string, readonly confinement: Confinement, fd?: number) {
+    this.handle = fd ?? native().openRaw(path, O_PATH | O_DIRECTORY);
+  }
+
+  /** The root's O_PATH descriptor; throws once closed. */
+  get fd(): number {
+    if (this.handle < 0) throw new Error(`confined root ${this.path} used after close`);
+    return this.handle;
+  }
+
+  /** The openat2 resolve flags of this root's confinement. */
+  get resolve(): number {
+    return RESOLVE[this.confinement];
+  }
+
+  /** A directory under this root (resolved with its confinement) as a root of its own. */
+  within(path: string, confinement: Confinement, what: string): ConfinedRoot {
+    const fd = openIn(this, path, O_PATH | O_DIRECTORY, what);
+    return new ConfinedRoot(`${this.path.replace(/\/$/, '')}/${path.replace(/^\//, '')}`, confinement, fd);
+  }
+
+  /** Whether the descriptor is still open. */
+  get open(): boolean {
+    return this.handle >= 0;
+  }
+
+  /** Closes the descriptor (again: nothing). */
+  close(): void {
+    if (this.handle < 0) return;
+    native().closeFd(this.handle);
+    this.handle = -1;
+  }
+}
+
+let host: ConfinedRoot | undefined;
+
+/** The host's '/', 'in-root': confines nothing, refuses magic links. Opened once per process. */
+export function hostRoot(): ConfinedRoot {
+  if (!host?.open) host = new ConfinedRoot('/', 'in-root');
+  return host;
+}
+
+/** `path` as messages show it: inside its root. */
+function shown(root: ConfinedRoot, path: string): string {
+  const inside = path.startsWith('/') ? path : `/${path}`;
+  return root.path === '/' ? inside : `${inside} (in ${root.path})`;
+}
+
+/**
+ * The error for a failed lookup: an escape (EXDEV), a refused link (ELOOP) or a lookup the
+ * kernel could not make safe (EAGAIN) becomes ECONFINE naming `what` and the path; anything
+ * else (ENOENT, EACCES…) is the native error, for the caller to put in its own words.
+ * `noSymlinks`: the lookup refused every symlink (so ELOOP means one was met).
+ */
+function confinedError(err: unknown, root: ConfinedRoot, path: string, what: string,
+  noSymlinks = root.confinement === 'beneath'): unknown {
+  const at = shown(root, path);
+  const opts = { cause: err, path };
+  switch (errnoCode(err)) {
+    case 'EXDEV':
+      return new FerryError('ECONFINE', `${what}: ${at} leads outside ${root.path} (through "..", an absolute path or symlink, `
+        + 'or a mount point): refused, nothing outside was touched', opts);
+    case 'ELOOP':
+      return new FerryError('ECONFINE', noSymlinks
+        ? `${what}: ${at} is or goes through a symbolic link, which is not followed here: refused`
+        : `${what}: ${at} goes through a /proc magic link (or a loop of symbolic links): refused`, opts);
+    case 'EAGAIN':
+      return new FerryError('ECONFINE', `${what}: ${at} could not be resolved safely inside ${root.path} `
+        + '(renames kept racing with the lookup): try again', opts);
+    default:
+      return err;
+  }
+}
+
+/** Refuses a path the kernel cannot be handed as it is. */
+function checkPath(root: ConfinedRoot, path: string, what: string): void {
+  if (typeof path !== 'string' || path.includes('\0')) {
+    throw new FerryError('ECONFINE', `${what}: ${JSON.stringify(String(path).slice(0, 80))} is not a path (NUL byte)`);
+  }
+  if (root.confinement === 'beneath' && path.startsWith('/')) {
+    throw new FerryError('ECONFINE', `${what}: ${path} is absolute, where a path inside ${root.path} is expected: refused`, { path });
+  }
+}
+
+/** openat2 with EAGAIN retried. */
+function at2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number {
+  for (let i = 1; ; i++) {
+    try {
+      return native().openat2(dirfd, path, flags, mode, resolve);
+    } catch (err) {
+      if (errnoCode(err) !== 'EAGAIN' || i >= EAGAIN_TRIES) throw err;
+    }
+  }
+}
+
+/**
+ * Opens `path` inside `root` with open(2) `flags` (O_CLOEXEC added; `mode` with O_CREAT).
+ * Symlinks on the way resolve as the root's confinement says; `what` names the image record
+ * or entry in errors.
+ */
+export function openIn(root: ConfinedRoot, path: string, flags: number, what: string, mode = 0): number {
+  checkPath(root, path, what);
+  try {
+    return at2(root.fd, path === '' ? '.' : path, flags, mode, root.resolve);
+  } catch (err) {
+    throw confinedError(err, root, path, what);
+  }
+}
+
+/** stat of `path` inside `root` (the final symlink followed unless `noFollow`), or undefined when absent. */
+export function statIn(root: ConfinedRoot, path: string, what: string, noFollow = false): BigIntStats | undefined {
+  let fd: number;
+  try {
+    fd = openIn(root, path, O_PATH | (noFollow ? O_NOFOLLOW : 0), what);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+    throw err;
+  }
+  try {
+    return fstatSync(fd, { bigint: true });
+  } finally {
+    native().closeFd(fd);
+  }
+}
+
+/**
+ * The parent directory of a path inside a root, open, and the path's last component: the
+ * operations below act on that one name through the parent's descriptor and never follow it.
+ */
+export class Parent {
+  private constructor(readonly root: ConfinedRoot, readonly path: string, readonly dir: number,
+    readonly name: string, private readonly what: string) {}
+
+  /** Opens the parent of `path` in `root`; close() it. A path that names no entry ('', '.', '..') is refused. */
+  static of(root: ConfinedRoot, path: string, what: string): Parent {
+    checkPath(root, path, what);
+    const parts = path.split('/').filter((p) => p !== '' && p !== '.');
+    const name = parts.pop();
+    if (name === undefined || name === '..') {
+      throw new FerryError('ECONFINE', `${what}: ${shown(root, path)} does not name an entry of ${root.path}: refused`, { path });
+    }
+    const dir = openIn(root, (path.startsWith('/') ? '/' : '') + parts.join('/'), O_PATH | O_DIRECTORY, what);
+    return new Parent(root, path, dir, name, what);
+  }
+
+  private fail(err: unknown): unknown {
+    return confinedError(err, this.root, this.path, this.what, true);
+  }
+
+  /** Opens the name itself (a symlink is refused with ECONFINE, except with O_PATH|O_NOFOLLOW). */
+  open(flags: number, mode = 0): number {
+    try {
+      return at2(this.dir, this.name, flags, mode, NAME_RESOLVE);
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /** lstat of the name, or undefined when there is none. */
+  lstat(): BigIntStats | undefined {
+    let fd: number;
+    try {
+      fd = this.open(O_PATH | O_NOFOLLOW);
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return fstatSync(fd, { bigint: true });
+    } finally {
+      native().closeFd(fd);
+    }
+  }
+
+  /**
+   * mkdirat(2); an existing directory is fine when `existingOk`, an existing symlink is
+   * refused with ECONFINE (it would be followed by whatever is made under it).
+   */
+  mkdir(mode: number, existingOk = false): void {
+    try {
+      native().mkdirat(this.dir, this.name, mode);
+    } catch (err) {
+      if (!existingOk || errnoCode(err) !== 'EEXIST') throw this.fail(err);
+      const st = this.lstat();
+      if (st?.isDirectory()) return;
+      if (st?.isSymbolicLink()) throw this.fail(Object.assign(new Error('a symbolic link'), { code: 'ELOOP' }));
+      throw err;
+    }
+  }
+
+  /** unlinkat(2) of the name (AT_REMOVEDIR for an empty directory); absent is fine. */
+  unlink(dir = false): void {
+    try {
+      native().unlinkat(this.dir, this.name, dir ? AT_REMOVEDIR : 0);
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw this.fail(err);
+    }
+  }
+
+  /** Removes the name and, for a directory, everything under it; nothing is ever followed, no mount crossed. */
+  remove(): void {
+    removeAt(this.dir, this.name, 0, (err) => this.fail(err), `${this.what}: ${shown(this.root, this.path)}`);
+  }
+
+  /** symlinkat(2): a symlink holding the text `target`, never resolved here. */
+  symlink(target: string): void {
+    if (target.includes('\0')) throw new FerryError('ECONFINE', `${this.what}: the target of ${shown(this.root, this.path)} holds a NUL byte`);
+    try {
+      native().symlinkat(target, this.dir, this.name);
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /** fchownat(2) with AT_SYMLINK_NOFOLLOW: the name itself, a symlink included. */
+  chown(uid: number, gid: number): void {
+    try {
+      native().fchownat(this.dir, this.name, uid, gid, AT_SYMLINK_NOFOLLOW);
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /** chmod of the name itself (through an O_PATH descriptor of it); a symlink has no mode and is left alone. */
+  chmod(mode: number): void {
+    const fd = this.open(O_PATH | O_NOFOLLOW);
+    try {
+      if (!fstatSync(fd).isSymbolicLink()) chmodSync(`/proc/self/fd/${fd}`, mode);
+    } finally {
+      native().closeFd(fd);
+    }
+  }
+
+  /**
+   * Puts a regular file with `data`, `mode` and owner at the name: written under a temporary
+   * name, then renamed over it, so an existing file (or a hard link to one) is replaced, never
+   * written into. A directory at the name must be removed first.
+   */
+  writeFile(data: Buffer, mode: number, owner?: { uid: number; gid: number }): void {
+    const tmp = `.ferry-${process.pid}-${(seq = (seq + 1) % 1e9)}`;
+    let fd: number;
+    try {
+      fd = at2(this.dir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600, NAME_RESOLVE);
+    } catch (err) {
+      throw this.fail(err);
+    }
+    try {
+      for (let at = 0; at < data.length;) at += writeSync(fd, data, at, data.length - at);
+      if (owner) fchownSync(fd, owner.uid, owner.gid);
+      fchmodSync(fd, mode); // after chown, which clears set-id bits
+      closeSync(fd);
+      fd = -1;
+      native().renameat2(this.dir, tmp, this.dir, this.name, 0);
+    } catch (err) {
+      if (fd >= 0) closeSync(fd);
+      try { native().unlinkat(this.dir, tmp, 0); } catch { /* renamed, or never made */ }
+      throw this.fail(err);
+    }
+  }
+
+  close(): void {
+    native().closeFd(this.dir);
+  }
+}
+let seq = 0;
+
+/** Runs `fn` with the parent of `path` in `root`, closed afterwards. */
+export function withParent<T>(root: ConfinedRoot, path: string, what: string, fn: (p: Parent) => T): T {
+  const p = Parent.of(root, path, what);
+  try {
+    return fn(p);
+  } finally {
+    p.close();
+  }
+}
+
+/** Removes `name` under directory `dirfd`, a directory with all it holds. */
+function removeAt(dirfd: number, name: string, depth: number, fail: (err: unknown) => unknown, what: string): void {
+  const n = native();
+  try {
+    n.unlinkat(dirfd, name, 0);
+    return;
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ENOENT') return;
+    if (code !== 'EISDIR') throw fail(err);
+  }
+  if (depth >= MAX_DEPTH) throw new FerryError('ECONFINE', `${what} holds directories more than ${MAX_DEPTH} deep: not removed`);
+  let sub: number;
+  try {
+    sub = at2(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, NAME_RESOLVE | RESOLVE_NO_XDEV);
+  } catch (err) {
+    throw fail(err);
+  }
+  try {
+    for (const child of readdirSync(`/proc/self/fd/${sub}`)) removeAt(sub, child, depth + 1, fail, what);
+  } finally {
+    n.closeFd(sub);
+  }
+  try {
+    n.unlinkat(dirfd, name, AT_REMOVEDIR);
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') throw fail(err);
+  }
+}
+
+/** mkdir of `path` in `root` (the parent must exist); an existing directory is fine when `existingOk`. */
+export function mkdirIn(root: ConfinedRoot, path: string, mode: number, what: string, existingOk = false): void {
+  withParent(root, path, what, (p) => p.mkdir(mode, existingOk));
+}
+
+/** Creates every missing directory of `path` in `root`, component by component, with `mode`. */
+export function mkdirsIn(root: ConfinedRoot, path: string, mode: number, what: string): void {
+  const parts = path.split('/').filter((x) => x !== '' && x !== '.');
+  for (let i = 1; i <= parts.length; i++) mkdirIn(root, parts.slice(0, i).join('/'), mode, what, true);
+}
+
+/** Unlinks `path` in `root` (an empty directory with `dir`); the name itself, never a symlink's target. */
+export function unlinkIn(root: ConfinedRoot, path: string, what: string, dir = false): void {
+  withParent(root, path, what, (p) => p.unlink(dir));
+}
+
+/** Removes `path` in `root` and everything under it, following nothing. */
+export function removeIn(root: ConfinedRoot, path: string, what: string): void {
+  withParent(root, path, what, (p) => p.remove());
+}
+
+/** Creates the symlink `path` -> `target` in `root` (the target is text, not resolved). */
+export function symlinkIn(root: ConfinedRoot, target: string, path: string, what: string): void {
+  withParent(root, path, what, (p) => p.symlink(target));
+}
+
+/** Renames `from` to `to`, both in `root` (`noReplace`: EEXIST rather than replacing). */
+export function renameIn(root: ConfinedRoot, from: string, to: string, what: string, noReplace = false): void {
+  withParent(root, from, what, (a) => withParent(root, to, what, (b) => {
+    try {
+      native().renameat2(a.dir, a.name, b.dir, b.name, noReplace ? RENAME_NOREPLACE : 0);
+    } catch (err) {
+      throw confinedError(err, root, to, what);
+    }
+  }));
+}
+
+/** chmod of `path` in `root` (the name itself). */
+export function chmodIn(root: ConfinedRoot, path: string, mode: number, what: string): void {
+  withParent(root, path, what, (p) => p.chmod(mode));
+}
+
+/** chown of `path` in `root` (the name itself, a symlink included). */
+export function chownIn(root: ConfinedRoot, path: string, uid: number, gid: number, what: string): void {
+  withParent(root, path, what, (p) => p.chown(uid, gid));
+}
+
+/** Puts a regular file at `path` in `root` (see Parent.writeFile: replaced, never written into). */
+export function writeFileIn(root: ConfinedRoot, path: string, data: Buffer, mode: number, what: string,
+  owner?: { uid: number; gid: number }): void {
+  withParent(root, path, what, (p) => p.writeFile(data, mode, owner));
+}
+
+// ---- where a file record's path resolves (install.ts tells the modules) ----
+
+/** A record's path as its module must resolve it: `path` inside `root`. */
+export interface Place {
+  root: ConfinedRoot;
+  path: string;
+}
+
+const places = new WeakMap<object, Place>();
+
+/** Says where `rec`'s path resolves (the restore scheduler, for each record it hands a module). */
+export function placeRecord(rec: FileRecord, place: Place): void {
+  places.set(rec, place);
+}
+
+/** Where `rec.path` resolves: the place the scheduler gave, else `rec.path` on the host ('/', in-root). */
+export function placeOf(rec: FileRecord & { path: string }): Place {
+  return places.get(rec) ?? { root: hostRoot(), path: rec.path };
+}

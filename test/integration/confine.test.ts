@@ -1,0 +1,571 @@
+/**
+ * Images are untrusted input (issue 14): someone who can edit an image (and recompute its
+ * hashes) must not reach past what the image describes on the node that restores it. Each case
+ * takes a real image, tampers with it the way an attacker would (tar-stream, one JSON entry
+ * edited, the manifest's size and sha256 recomputed), restores it, and checks the refusal or
+ * the confinement, and that a canary outside is untouched.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  closeSync, copyFileSync, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync,
+  statSync, symlinkSync, writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import tar from 'tar-stream';
+import { writeDevShm } from '../../src/container/devshm.js';
+import { applyRootfsChanges, type RootfsRecord } from '../../src/container/rootfs.js';
+import { FerryError } from '../../src/errors.js';
+import { checkFiles, closeFiles, openFiles } from '../../src/files/install.js';
+import { DEFAULT_FILE_OPTIONS } from '../../src/files/types.js';
+import type { FileRecord, TaskRecord } from '../../src/image/records.js';
+import { defaultStubPath, native } from '../../src/native/binding.js';
+import { checkSharedFilePages } from '../../src/restore/address-space.js';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { alive, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
+
+const skip = needs('root', 'build');
+const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
+const BUSYBOX = '/bin/busybox';
+const skipContainer = skip || (RUNC && existsSync(BUSYBOX) ? false : `needs runc and ${BUSYBOX} (apt-get install runc busybox-static)`);
+const containers: Array<{ state: string; id: string }> = [];
+after(() => {
+  for (const c of containers) spawnSync(RUNC!, ['--root', c.state, 'delete', '--force', c.id], { timeout: 60000 });
+  cleanup();
+});
+
+const O_RDONLY = 0, O_WRONLY = 0o1, O_RDWR = 0o2, O_CREAT = 0o100, O_TRUNC = 0o1000, O_APPEND = 0o2000, O_LARGEFILE = 0o100000;
+const O_DIRECTORY = 0o200000, O_PATH = 0o10000000;
+const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08, RESOLVE_IN_ROOT = 0x10;
+
+type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/**
+ * Copies image `src` to `dst` with JSON entries edited: `edits` maps an entry name to a function
+ * that changes the parsed entry in place. The manifest's sizes and sha256 are recomputed, as an
+ * attacker would, so only the records themselves stand between the image and the node.
+ */
+async function tamper(src: string, dst: string, edits: Record<string, (v: Json) => void>): Promise<void> {
+  const entries: Array<{ name: string; body: Buffer }> = [];
+  const extract = tar.extract();
+  await new Promise<void>((resolve, reject) => {
+    extract.on('entry', (header, stream, next) => {
+      const parts: Buffer[] = [];
+      stream.on('data', (c: unknown) => parts.push(c as Buffer));
+      stream.on('end', () => {
+        entries.push({ name: header.name, body: Buffer.concat(parts) });
+        next();
+      });
+    });
+    extract.on('finish', resolve);
+    extract.on('error', reject);
+    extract.end(readFileSync(src));
+  });
+  for (const [name, edit] of Object.entries(edits)) {
+    const e = entries.find((x) => x.name === name);
+    assert.ok(e, `the image has an entry ${name}`);
+    const v = JSON.parse(e.body.toString()) as Json;
+    edit(v);
+    e.body = Buffer.from(JSON.stringify(v));
+  }
+  const manifest = JSON.parse(entries[0]!.body.toString()) as Json;
+  manifest.entries = entries.slice(1).map((e) => ({ name: e.name, size: e.body.length, sha256: createHash('sha256').update(e.body).digest('hex') }));
+  entries[0]!.body = Buffer.from(JSON.stringify(manifest));
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
+  const done = new Promise<void>((resolve) => pack.on('end', () => resolve()));
+  for (const e of entries) {
+    await new Promise<void>((resolve, reject) => pack.entry({ name: e.name, size: e.body.length }, e.body, (err) => (err ? reject(err) : resolve())));
+  }
+  pack.finalize();
+  await done;
+  writeFileSync(dst, Buffer.concat(chunks));
+}
+
+/** A real image of a counter (checkpointed and killed, so its pid is free for the restore). */
+async function counterImage(): Promise<{ image: string; pid: number; dir: string }> {
+  const w = await startWorkload(join(WORKLOADS, 'counter'), ['50']);
+  const image = join(w.dir, 'counter.tar');
+  const r = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+  assert.equal(r.code, 0, r.stderr);
+  await w.exited;
+  return { image, pid: w.pid, dir: w.dir };
+}
+
+/** A canary file outside everything the image names, and what it holds. */
+function canaryFile(bytes: Buffer = Buffer.from('canary: must never change\n'.repeat(40))): { path: string; bytes: Buffer } {
+  const path = join(scratchDir('ferry-canary-'), 'canary');
+  writeFileSync(path, bytes);
+  return { path, bytes };
+}
+
+/** Asserts that the canary holds what it did (its size and sha256, to keep the message short). */
+function untouched(canary: { path: string; bytes: Buffer }, why: string): void {
+  const now = readFileSync(canary.path);
+  const digest = (b: Buffer): string => `${b.length} bytes, sha256 ${createHash('sha256').update(b).digest('hex').slice(0, 16)}`;
+  assert.equal(digest(now), digest(canary.bytes), `the canary was changed (${why})`);
+}
+
+/** Everything under `dir`: relative path -> 'dir' | 'link:<target>' | file contents. */
+function snapshot(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (rel: string): void => {
+    for (const name of readdirSync(join(dir, rel)).sort()) {
+      const p = rel ? `${rel}/${name}` : name;
+      const st = lstatSync(join(dir, p));
+      if (st.isDirectory()) {
+        out.set(p, 'dir');
+        walk(p);
+      } else if (st.isSymbolicLink()) out.set(p, `link:${readlinkSync(join(dir, p))}`);
+      else out.set(p, readFileSync(join(dir, p), 'utf8'));
+    }
+  };
+  walk('');
+  return out;
+}
+
+/** The error `fn` throws (it must throw). */
+function thrown(fn: () => unknown): Error & { code?: string } {
+  try {
+    fn();
+  } catch (err) {
+    return err as Error & { code?: string };
+  }
+  assert.fail('expected an error');
+}
+
+/**
+ * A process of ours whose root is `dir` (the static restore stub, chrooted there, pausing):
+ * /proc/PID/root is then a root to confine into, like a container's init.
+ */
+async function chrooted(dir: string): Promise<number> {
+  copyFileSync(defaultStubPath(), join(dir, 'ferry-stub'));
+  const c = spawn('chroot', [dir, '/ferry-stub'], { stdio: 'ignore', detached: true });
+  const pid = c.pid!;
+  own(pid);
+  await waitFor('the chrooted stub', () => {
+    try { return readlinkSync(`/proc/${pid}/root`) === dir; } catch { return false; }
+  });
+  return pid;
+}
+
+/** The one line on stderr. */
+function oneLine(stderr: string): string {
+  const lines = stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `expected one line on stderr, got:\n${stderr}`);
+  return lines[0]!;
+}
+
+describe('images are untrusted: confined file operations', { skip, timeout: 300_000 }, () => {
+  it('(a) a file record re-pointed at a canary with O_TRUNC: restore goes on, the canary keeps its content', async () => {
+    const { image, pid, dir } = await counterImage();
+    const canary = canaryFile();
+    const bad = join(dir, 'trunc.tar');
+    await tamper(image, bad, {
+      'files.json': (v) => {
+        const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
+        assert.ok(reg, 'the counter has its log open');
+        // Read-only, so the restored counter cannot write into it either: only O_TRUNC could.
+        Object.assign(reg, { path: canary.path, link: canary.path, flags: O_TRUNC | O_LARGEFILE });
+        delete reg.size;
+        delete reg.mtimeNs;
+      },
+    });
+    const r = ferry(['restore', '--image', bad]);
+    if (alive(pid)) own(pid);
+    untouched(canary, `restore: ${r.code} ${r.stderr.trim()}`);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
+  it('(a) the same when the restore then fails: the canary keeps its content', async (t) => {
+    const { image, pid, dir } = await counterImage();
+    const canary = canaryFile();
+    const bad = join(dir, 'trunc-fail.tar');
+    await tamper(image, bad, {
+      'files.json': (v) => {
+        const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
+        Object.assign(reg!, { path: canary.path, link: canary.path, flags: O_WRONLY | O_APPEND | O_TRUNC | O_LARGEFILE });
+      },
+      // Fails once the files are open: the executable cannot be found.
+      [`tasks/${pid}/task.json`]: (t) => { t.exe = join(dir, 'no-such-executable'); },
+    });
+    const r = ferry(['restore', '--image', bad]);
+    if (alive(pid)) own(pid);
+    assert.notEqual(r.code, 0, 'the restore fails');
+    t.diagnostic(oneLine(r.stderr));
+    assert.match(oneLine(r.stderr), /no-such-executable/);
+    untouched(canary, r.stderr.trim());
+  });
+
+  it('(b) an area re-typed as a shared writable mapping of a canary, pages stored: refused, canary untouched', async (t) => {
+    const { image, pid, dir } = await counterImage();
+    const bad = join(dir, 'shared.tar');
+    let area = '';
+    let canary: { path: string; bytes: Buffer } | undefined;
+    await tamper(image, bad, {
+      [`tasks/${pid}/task.json`]: (t) => {
+        const v = (t.vmas as Json[]).find((m) => m.kind === 'anon' && !m.shared && m.runs.length > 0 && !m.vmflags.includes('gd'));
+        assert.ok(v, 'an anonymous area with stored pages');
+        const size = Number(BigInt(v.end) - BigInt(v.start));
+        canary = canaryFile(Buffer.alloc(size, 'C'));
+        Object.assign(v, {
+          kind: 'file', shared: true, prot: 3, name: canary.path,
+          file: { path: canary.path, offset: '0x0', dev: '0:0', ino: '0', size },
+        });
+        area = v.start as string;
+      },
+    });
+    const r = ferry(['restore', '--image', bad]);
+    if (alive(pid)) own(pid);
+    untouched(canary!, `restore: ${r.code} ${r.stderr.trim()}`);
+    assert.notEqual(r.code, 0, 'refused');
+    const line = oneLine(r.stderr);
+    t.diagnostic(line);
+    assert.match(line, new RegExp(`pid ${pid}\\b`));
+    assert.ok(line.includes(area), `names the area ${area}: ${line}`);
+    assert.ok(!alive(pid), 'nothing left running');
+  });
+
+  it('(c) rootfs changes through a symlink to a directory outside: refused, nothing created or deleted outside', () => {
+    const rootfs = scratchDir('ferry-rootfs-');
+    const outside = scratchDir('ferry-canarydir-');
+    writeFileSync(join(outside, 'victim'), 'victim\n');
+    mkdirSync(join(outside, 'sub'));
+    const before = snapshot(outside);
+    const meta = { mode: 0o644, uid: 0, gid: 0 };
+    const attacks: Array<[string, RootfsRecord['changes']]> = [
+      ['a file through an absolute symlink', [
+        { path: 'esc', type: 'symlink', target: outside, ...meta },
+        { path: 'esc/pwned', type: 'file', data: Buffer.from('pwned\n').toString('base64'), ...meta }]],
+      ['a deletion through an absolute symlink', [
+        { path: 'esc', type: 'symlink', target: outside, ...meta },
+        { path: 'esc/victim', type: 'whiteout', ...meta }]],
+      ['a directory through a relative symlink', [
+        { path: 'up', type: 'symlink', target: `../../../../../../..${outside}`, ...meta },
+        { path: 'up/newdir', type: 'dir', ...meta, mode: 0o755 }]],
+      ['an opaque directory replacing one outside', [
+        { path: 'esc', type: 'symlink', target: outside, ...meta },
+        { path: 'esc/sub', type: 'dir', opaque: true, ...meta, mode: 0o755 }]],
+      ['a symlink made through a symlink', [
+        { path: 'esc', type: 'symlink', target: outside, ...meta },
+        { path: 'esc/link', type: 'symlink', target: '/etc/shadow', ...meta }]],
+    ];
+    for (const [what, changes] of attacks) {
+      let err: unknown;
+      try {
+        applyRootfsChanges(rootfs, { kind: 'overlay', changes });
+      } catch (e) {
+        err = e;
+      }
+      assert.deepEqual(snapshot(outside), before, `${what}: nothing changed outside`);
+      assert.ok(err instanceof FerryError, `${what}: refused (got ${String(err)})`);
+    }
+  });
+  it('(c) rootfs changes through symlinks already in the bundle rootfs: refused by the kernel, nothing outside touched', () => {
+    const rootfs = scratchDir('ferry-rootfs-');
+    const outside = scratchDir('ferry-canarydir-');
+    writeFileSync(join(outside, 'victim'), 'victim\n');
+    mkdirSync(join(outside, 'sub'));
+    writeFileSync(join(outside, 'sub', 'deep'), 'deep\n');
+    symlinkSync(outside, join(rootfs, 'abs'));
+    symlinkSync('../../../../../../../..' + outside, join(rootfs, 'rel'));
+    mkdirSync(join(rootfs, 'd'));
+    symlinkSync('../abs', join(rootfs, 'd', 'hop'));
+    const before = snapshot(outside);
+    const meta = { mode: 0o644, uid: 0, gid: 0 };
+    const data = Buffer.from('pwned\n').toString('base64');
+    const attacks: Array<[string, RootfsRecord['changes'][number]]> = [
+      ['a file through an absolute symlink of the bundle', { path: 'abs/pwned', type: 'file', data, ...meta }],
+      ['a deletion through a relative symlink of the bundle', { path: 'rel/victim', type: 'whiteout', ...meta }],
+      ['a directory tree deleted through two symlinks', { path: 'd/hop/sub', type: 'whiteout', ...meta }],
+      ['an opaque directory through a symlink', { path: 'abs/sub', type: 'dir', opaque: true, ...meta }],
+      ['a symlink through a symlink', { path: 'abs/link', type: 'symlink', target: '/', ...meta }],
+      ['an absolute path', { path: `${outside}/pwned`, type: 'file', data, ...meta }],
+      ['a ".." path', { path: `../../../../../../..${outside}/pwned`, type: 'file', data, ...meta }],
+    ];
+    for (const [what, change] of attacks) {
+      const err = thrown(() => applyRootfsChanges(rootfs, { kind: 'overlay', changes: [change] }));
+      assert.deepEqual(snapshot(outside), before, `${what}: nothing changed outside`);
+      assert.ok(err instanceof FerryError && err.code === 'ECONFINE', `${what}: refused with ECONFINE (got ${err.message})`);
+      assert.match(err.message, /container\/rootfs-diff\.json/, `${what}: names the entry`);
+    }
+    // Whiteouts and replacements of the symlinks themselves remove the links, not their targets.
+    applyRootfsChanges(rootfs, {
+      kind: 'overlay', changes: [
+        { path: 'abs', type: 'whiteout', ...meta },
+        { path: 'rel', type: 'dir', opaque: true, ...meta, mode: 0o755 },
+        { path: 'd/hop', type: 'file', data, ...meta },
+      ],
+    });
+    assert.deepEqual(snapshot(outside), before, 'nothing changed outside');
+    assert.ok(!existsSync(join(rootfs, 'abs')) && lstatSync(join(rootfs, 'rel')).isDirectory());
+    assert.equal(readFileSync(join(rootfs, 'd', 'hop'), 'utf8'), 'pwned\n');
+  });
+
+  it('rootfs changes still apply: directories, files, symlinks (made, not followed), whiteouts, opaque directories', () => {
+    const rootfs = scratchDir('ferry-rootfs-');
+    const outside = canaryFile();
+    mkdirSync(join(rootfs, 'etc'));
+    mkdirSync(join(rootfs, 'old', 'deep'), { recursive: true });
+    writeFileSync(join(rootfs, 'old', 'deep', 'f'), 'x');
+    mkdirSync(join(rootfs, 'opq'));
+    writeFileSync(join(rootfs, 'opq', 'hidden'), 'hidden');
+    writeFileSync(join(rootfs, 'etc', 'conf'), 'old conf');
+    linkSync(outside.path, join(rootfs, 'etc', 'hard')); // a hard link to a file outside (same file system)
+    const b64 = (t: string): string => Buffer.from(t).toString('base64');
+    applyRootfsChanges(rootfs, {
+      kind: 'overlay', changes: [
+        { path: 'etc', type: 'dir', mode: 0o750, uid: 0, gid: 0 },
+        { path: 'etc/conf', type: 'file', data: b64('new conf'), mode: 0o640, uid: 1000, gid: 1000 },
+        { path: 'etc/hard', type: 'file', data: b64('replaced'), mode: 0o600, uid: 0, gid: 0 },
+        { path: 'etc/link', type: 'symlink', target: outside.path, mode: 0o777, uid: 0, gid: 0 },
+        { path: 'new', type: 'dir', mode: 0o700, uid: 0, gid: 0 },
+        { path: 'new/file', type: 'file', data: b64('hello'), mode: 0o4755, uid: 0, gid: 0 },
+        { path: 'old', type: 'whiteout', mode: 0, uid: 0, gid: 0 },
+        { path: 'opq', type: 'dir', opaque: true, mode: 0o755, uid: 0, gid: 0 },
+        { path: 'opq/kept', type: 'file', data: b64('kept'), mode: 0o644, uid: 0, gid: 0 },
+      ],
+    });
+    assert.equal(statSync(join(rootfs, 'etc')).mode & 0o7777, 0o750);
+    assert.equal(readFileSync(join(rootfs, 'etc', 'conf'), 'utf8'), 'new conf');
+    const conf = statSync(join(rootfs, 'etc', 'conf'));
+    assert.deepEqual([conf.mode & 0o7777, conf.uid, conf.gid], [0o640, 1000, 1000]);
+    assert.equal(readFileSync(join(rootfs, 'etc', 'hard'), 'utf8'), 'replaced');
+    untouched(outside, 'a hard link to it was replaced, not written into');
+    assert.equal(readlinkSync(join(rootfs, 'etc', 'link')), outside.path, 'the symlink is made as it is');
+    assert.equal(statSync(join(rootfs, 'new', 'file')).mode & 0o7777, 0o4755);
+    assert.ok(!existsSync(join(rootfs, 'old')), 'a whiteout removes the whole tree');
+    assert.deepEqual(readdirSync(join(rootfs, 'opq')), ['kept'], 'an opaque directory hides what was there');
+    assert.deepEqual(readdirSync(join(rootfs, 'etc')).filter((n) => n.startsWith('.ferry-')), [], 'no temporary file left');
+    // Applied again (the node where the checkpoint was taken): the same result.
+    applyRootfsChanges(rootfs, { kind: 'overlay', changes: [{ path: 'etc/conf', type: 'file', data: b64('new conf'), mode: 0o640, uid: 1000, gid: 1000 }] });
+    assert.equal(readFileSync(join(rootfs, 'etc', 'conf'), 'utf8'), 'new conf');
+  });
+
+  it('openat2: the kernel semantics confined.ts relies on', () => {
+    const n = native();
+    const root = scratchDir('ferry-root-');
+    const outside = scratchDir('ferry-canarydir-');
+    writeFileSync(join(outside, 'f'), 'outside');
+    mkdirSync(join(root, 'd'));
+    writeFileSync(join(root, 'd', 'f'), 'inside');
+    symlinkSync(outside, join(root, 'abs'));
+    symlinkSync('/d', join(root, 'rooted'));
+    const dirfd = n.openRaw(root, O_PATH | O_DIRECTORY);
+    try {
+      const read = (fd: number): string => {
+        const b = readFileSync(`/proc/self/fd/${fd}`, 'utf8');
+        n.closeFd(fd);
+        return b;
+      };
+      assert.equal(thrown(() => n.openat2(dirfd, '../x', O_RDONLY, 0, RESOLVE_BENEATH)).code, 'EXDEV');
+      assert.equal(thrown(() => n.openat2(dirfd, 'abs/f', O_RDONLY, 0, RESOLVE_BENEATH)).code, 'EXDEV');
+      assert.equal(thrown(() => n.openat2(dirfd, 'rooted/f', O_RDONLY, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)).code, 'ELOOP');
+      // In root: "/" and ".." are the root's, an absolute symlink is read inside it.
+      assert.equal(read(n.openat2(dirfd, '/../../d/f', O_RDONLY, 0, RESOLVE_IN_ROOT)), 'inside');
+      assert.equal(read(n.openat2(dirfd, 'rooted/f', O_RDONLY, 0, RESOLVE_IN_ROOT)), 'inside');
+      assert.equal(thrown(() => n.openat2(dirfd, 'abs/f', O_RDONLY, 0, RESOLVE_IN_ROOT)).code, 'ENOENT');
+      // Magic links: refused.
+      const self = `proc/${process.pid}/root${outside}/f`;
+      const slash = n.openRaw('/', O_PATH | O_DIRECTORY);
+      try {
+        assert.equal(read(n.openat2(slash, self, O_RDONLY, 0, 0)), 'outside', 'followed without confinement');
+        assert.equal(thrown(() => n.openat2(slash, self, O_RDONLY, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)).code, 'ELOOP');
+      } finally {
+        n.closeFd(slash);
+      }
+      // mode without O_CREAT is not passed (openat2 would refuse it); O_CREAT gets it.
+      read(n.openat2(dirfd, 'd/f', O_RDONLY, 0o777, RESOLVE_BENEATH));
+      n.closeFd(n.openat2(dirfd, 'd/new', O_RDWR | O_CREAT, 0o640, RESOLVE_BENEATH));
+      assert.equal(statSync(join(root, 'd', 'new')).mode & 0o777, 0o640 & ~process.umask());
+      assert.equal(thrown(() => n.openat2(dirfd, 'd/f\0x', O_RDONLY, 0, 0)).code, 'EINVAL');
+      n.mkdirat(dirfd, 'd/sub', 0o755);
+      n.symlinkat('/nowhere', dirfd, 'd/sub/l');
+      n.fchownat(dirfd, 'd/sub/l', 1234, 1234, 0x100);
+      assert.equal(lstatSync(join(root, 'd', 'sub', 'l')).uid, 1234);
+      n.renameat2(dirfd, 'd/sub/l', dirfd, 'd/sub/m', 1);
+      n.unlinkat(dirfd, 'd/sub/m', 0);
+      n.unlinkat(dirfd, 'd/sub', 0x200);
+      assert.ok(!existsSync(join(root, 'd', 'sub')));
+    } finally {
+      n.closeFd(dirfd);
+    }
+  });
+
+  it('a container\'s files resolve inside its root: a symlink to a host path stays inside, a magic link is refused', async () => {
+    const dir = scratchDir('ferry-croot-');
+    const outside = canaryFile();
+    mkdirSync(join(dir, 'data'));
+    writeFileSync(join(dir, 'data', 'file'), 'inside\n');
+    mkdirSync(join(dir, 'tmp'));
+    symlinkSync('/data', join(dir, 'link')); // absolute, as the container sees it
+    symlinkSync(join(outside.path, '..'), join(dir, 'esc')); // the canary's directory, as the host sees it
+    const pid = await chrooted(dir);
+    const taskRoot = `/proc/${pid}/root`;
+    const reg = (id: number, path: string, flags: number): FileRecord => ({
+      id, kind: 'reg', root: 'task', path, flags, pos: '0', dev: '0', ino: '0', directory: false,
+    });
+    // Through the container's own absolute symlink: its file, O_TRUNC dropped.
+    const files = openFiles([reg(1, '/link/file', O_RDWR | O_TRUNC | O_LARGEFILE)], DEFAULT_FILE_OPTIONS, new Map(), taskRoot);
+    try {
+      const fd = files.opened.get(1)!;
+      assert.equal(fstatSync(fd).ino, statSync(join(dir, 'data', 'file')).ino, 'the file inside the root');
+      assert.equal(readFileSync(join(dir, 'data', 'file'), 'utf8'), 'inside\n', 'not truncated');
+      assert.equal(native().getFl(fd) & 0o3, O_RDWR, 'the recorded access mode');
+    } finally {
+      closeFiles(files.opened);
+    }
+    // A symlink naming the canary's host path is resolved inside the root, where it is not.
+    const escape = reg(2, `/esc/${'canary'}`, O_RDWR | O_TRUNC);
+    const e1 = thrown(() => checkFiles([escape], taskRoot));
+    assert.ok(e1 instanceof FerryError && e1.code === 'ENOENT', e1.message);
+    const e2 = thrown(() => openFiles([escape], DEFAULT_FILE_OPTIONS, new Map(), taskRoot));
+    assert.ok(e2 instanceof FerryError, e2.message);
+    untouched(outside, 'through a symlink of the container');
+    // A deleted file to be made again in a directory behind that symlink: nothing is made there.
+    const ghost: FileRecord = {
+      id: 3, kind: 'ghost', root: 'task', path: '/esc/ghost', flags: O_RDWR | O_LARGEFILE, pos: '0', mode: 0o644, uid: 0, gid: 0,
+      ghost: '1:1', size: 0, extents: [], data: '',
+    };
+    assert.ok(thrown(() => checkFiles([ghost], taskRoot)) instanceof FerryError);
+    assert.ok(thrown(() => openFiles([ghost], DEFAULT_FILE_OPTIONS, new Map(), taskRoot)) instanceof FerryError);
+    assert.deepEqual(readdirSync(join(outside.path, '..')), ['canary'], 'nothing made outside');
+    // A deleted file made again where the root says: inside, unlinked at once, with its contents.
+    const inside: FileRecord = { ...ghost, path: '/tmp/ghost', ghost: '1:2', size: 5, extents: [[0, 5]], data: 'files/3-contents' };
+    const made = openFiles([inside], DEFAULT_FILE_OPTIONS, new Map([['files/3-contents', Buffer.from('ghost')]]), taskRoot);
+    try {
+      const fd = made.opened.get(3)!;
+      assert.equal(readFileSync(`/proc/self/fd/${fd}`, 'utf8'), 'ghost');
+      assert.equal(readlinkSync(`/proc/self/fd/${fd}`), `${dir}/tmp/ghost (deleted)`);
+      assert.deepEqual(readdirSync(join(dir, 'tmp')), []);
+    } finally {
+      closeFiles(made.opened);
+    }
+    // On the host ('/'), a /proc magic link is refused.
+    const magic = { id: 4, kind: 'reg', path: `/proc/${process.pid}/root${outside.path}`, flags: O_RDWR | O_TRUNC, pos: '0', dev: '0', ino: '0', directory: false };
+    const e3 = thrown(() => checkFiles([magic]));
+    assert.ok(e3 instanceof FerryError && e3.code === 'ECONFINE', e3.message);
+    assert.ok(thrown(() => openFiles([magic], DEFAULT_FILE_OPTIONS)) instanceof FerryError);
+    untouched(outside, 'through a magic link');
+  });
+
+  it('a container\'s /dev/shm is written beneath it: a symlink there is not followed', async () => {
+    const dir = scratchDir('ferry-croot-');
+    const outside = scratchDir('ferry-canarydir-');
+    writeFileSync(join(outside, 'victim'), 'victim\n');
+    const before = snapshot(outside);
+    mkdirSync(join(dir, 'dev', 'shm'), { recursive: true });
+    symlinkSync(outside, join(dir, 'dev', 'shm', 'esc'));
+    const pid = await chrooted(dir);
+    const file = (path: string, data = 'pwned'): { path: string; dir: boolean; mode: number; uid: number; gid: number; data: string } => (
+      { path, dir: false, mode: 0o600, uid: 0, gid: 0, data: Buffer.from(data).toString('base64') });
+    for (const path of ['esc/pwned', 'esc/', '../../../..' + outside + '/pwned', `${outside}/pwned`]) {
+      const err = thrown(() => writeDevShm(pid, { files: [file(path)] }));
+      assert.ok(err instanceof FerryError && err.code === 'ECONFINE', `${path}: ${err.message}`);
+      assert.match(err.message, /container\/devshm\.json/, 'names the entry');
+      assert.deepEqual(snapshot(outside), before, `${path}: nothing changed outside`);
+    }
+    // A file at the symlink's own name replaces the symlink.
+    writeDevShm(pid, { files: [file('esc', 'replaced')] });
+    assert.equal(readFileSync(join(dir, 'dev', 'shm', 'esc'), 'utf8'), 'replaced');
+    writeDevShm(pid, { files: [{ path: 'sub', dir: true, mode: 0o1777, uid: 0, gid: 0 }, file('sub/sem.x', 'data'), file('shm.y', 'more')] });
+    assert.equal(readFileSync(join(dir, 'dev', 'shm', 'sub', 'sem.x'), 'utf8'), 'data');
+    assert.equal(statSync(join(dir, 'dev', 'shm', 'sub')).mode & 0o7777, 0o1777);
+    assert.equal(statSync(join(dir, 'dev', 'shm', 'shm.y')).mode & 0o7777, 0o600);
+    assert.deepEqual(snapshot(outside), before);
+  });
+
+  it('an image storing pages of a shared file mapping is refused by a check alone', () => {
+    const task = {
+      pid: 4242,
+      vmas: [
+        { start: '0x1000', end: '0x3000', prot: 3, shared: false, kind: 'file', name: '/f', file: { path: '/f' }, runs: [[0, 1]] },
+        { start: '0x4000', end: '0x5000', prot: 3, shared: true, kind: 'file', name: '/m', file: { path: '/memfd:x (deleted)' }, memfd: { id: '1' }, runs: [[0, 1]] },
+        { start: '0x6000', end: '0x7000', prot: 1, shared: true, kind: 'file', name: '/ro', file: { path: '/ro' }, runs: [] },
+      ],
+    } as unknown as TaskRecord;
+    checkSharedFilePages(task);
+    (task.vmas as unknown as Json[]).push({ start: '0x8000', end: '0x9000', prot: 1, shared: true, kind: 'file', name: '/etc/x', file: { path: '/etc/x' }, runs: [[0, 1]] });
+    const err = thrown(() => checkSharedFilePages(task));
+    assert.match(err.message, /pid 4242 area 0x8000-0x9000 is a shared mapping of \/etc\/x/);
+  });
+  it('(c) end to end: a container image with rootfs changes through a symlink, or a file behind one, is refused; nothing outside touched', { skip: skipContainer }, async (t) => {
+    const dir = scratchDir('ferry-ctr-');
+    const state = join(dir, 'state');
+    const rootfs = join(dir, 'rootfs');
+    for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
+    copyFileSync(BUSYBOX, join(rootfs, 'bin', 'busybox'));
+    for (const a of ['sh', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', a));
+    const b = join(dir, 'bundle');
+    mkdirSync(b);
+    assert.equal(spawnSync(RUNC!, ['spec', '--bundle', b]).status, 0);
+    const config = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Json;
+    config.root = { path: rootfs, readonly: false };
+    config.process.terminal = false;
+    config.process.args = ['sh', '-c', 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done'];
+    writeFileSync(join(b, 'config.json'), JSON.stringify(config));
+    const outside = scratchDir('ferry-canarydir-');
+    writeFileSync(join(outside, 'victim'), 'victim\n');
+    writeFileSync(join(outside, 'canary'), 'canary\n');
+    const before = snapshot(outside);
+    const id = `ferry-confine-${process.pid}`;
+    containers.push({ state, id });
+    const log = join(dir, 'ctr.log');
+    const fd = openSync(log, 'a');
+    const r0 = spawnSync(RUNC!, ['--root', state, 'run', '-d', '--bundle', b, id], { stdio: ['ignore', fd, fd], timeout: 60000 });
+    closeSync(fd);
+    assert.equal(r0.status, 0, 'runc run');
+    await waitFor('ticks', () => readFileSync(log, 'utf8').includes('tick 3'));
+    const image = join(dir, 'ctr.tar');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    const meta = { mode: 0o644, uid: 0, gid: 0 };
+    const absent = (): boolean => spawnSync(RUNC!, ['--root', state, 'state', id]).status !== 0;
+
+    // The changes make `esc` a symlink to a host directory, then write and delete through it.
+    const bad1 = join(dir, 'rootfs-escape.tar');
+    await tamper(image, bad1, {
+      'container/rootfs-diff.json': (v) => {
+        v.kind = 'overlay';
+        v.changes = [
+          { path: 'esc', type: 'symlink', target: outside, ...meta },
+          { path: 'esc/pwned', type: 'file', data: Buffer.from('pwned\n').toString('base64'), ...meta },
+          { path: 'esc/victim', type: 'whiteout', ...meta },
+        ];
+      },
+    });
+    const r1 = ferry(['restore', id, '--root', state, '--image', bad1, '--detach']);
+    assert.notEqual(r1.code, 0, 'refused');
+    t.diagnostic(oneLine(r1.stderr));
+    assert.match(oneLine(r1.stderr), /rootfs-diff\.json.*esc/);
+    assert.deepEqual(snapshot(outside), before, 'nothing created or deleted outside');
+    assert.ok(!existsSync(join(rootfs, 'esc')), 'nothing applied');
+    assert.ok(absent(), 'no container left');
+
+    // Only the symlink (harmless in itself), and the log's file record moved behind it with O_TRUNC.
+    const bad2 = join(dir, 'file-escape.tar');
+    await tamper(image, bad2, {
+      'container/rootfs-diff.json': (v) => {
+        v.kind = 'overlay';
+        v.changes = [{ path: 'esc', type: 'symlink', target: outside, ...meta }];
+      },
+      'files.json': (v) => {
+        const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
+        assert.ok(reg, 'the container has its log open');
+        Object.assign(reg, { root: 'task', path: '/esc/canary', link: '/esc/canary', flags: O_RDWR | O_TRUNC | O_LARGEFILE });
+        delete reg.size;
+        delete reg.mtimeNs;
+      },
+    });
+    const r2 = ferry(['restore', id, '--root', state, '--image', bad2, '--detach']);
+    assert.notEqual(r2.code, 0, 'refused');
+    t.diagnostic(oneLine(r2.stderr));
+    assert.match(oneLine(r2.stderr), /esc\/canary/);
+    assert.deepEqual(snapshot(outside), before, 'the canary keeps its content');
+    assert.equal(readlinkSync(join(rootfs, 'esc')), outside, 'the symlink was made as a symlink, inside the rootfs');
+    assert.ok(absent(), 'no container left');
+  });
+});
