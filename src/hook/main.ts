@@ -25,7 +25,7 @@ import { createLogger } from '../log.js';
 import { defaultStubPath } from '../native/binding.js';
 import { startTime } from './adopt.js';
 import { cleanupContainer, readJob, runRestorer, writeJob } from './restorer.js';
-import { hookRestoreConfig, restoreImageOf, stageOf, type HookState } from './spec.js';
+import { boundConfigOf, hookRestoreConfig, restoreImageOf, stageOf, type HookState } from './spec.js';
 
 const WORKER = 'restore-worker';
 
@@ -72,7 +72,8 @@ async function main(argv: string[]): Promise<void> {
   const pid = state.pid ?? 0;
   const started = pid > 0 ? startTime(pid) : undefined;
   if (started === undefined) throw new FerryError('ENOPROC', `container ${state.id} has no init process (pid ${pid})`);
-  const dir = writeJob({ id: state.id, pid, started, image });
+  const boundConfig = boundConfigOf(state.annotations);
+  const dir = writeJob({ id: state.id, pid, started, image, ...(boundConfig !== undefined ? { boundConfig } : {}) });
   const log = loggerFor(config, dir);
   // Detached, with no descriptor of the runtime's: runc waits for the hook's pipes to close.
   const out = openSync('/dev/null', 'r+');

@@ -10,6 +10,7 @@
  * On failure the init is killed, so the container stops instead of sitting in the stub, and
  * one line goes to the container's stderr (what `podman logs` shows) and to the log.
  */
+import { boundFromConfig, type BoundingConfig } from '../restore/bounds.js';
 import { closeSync, mkdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -34,6 +35,8 @@ export interface RestoreJob {
   started: string;
   /** Image to restore from. */
   image: string;
+  /** The original config's bounding parts (spec.ts BOUND_ANNOTATION), JSON; absent: no bound. */
+  boundConfig?: string;
 }
 
 /** The run directory of container `id`. */
@@ -92,7 +95,13 @@ export async function runRestorer(job: RestoreJob, config: Config, logger: Logge
       fileRoot: `/proc/${job.pid}/root`,
       destroy: () => killInit(job),
     }));
-    const r = await restore({ image: job.image, config, logger, inherit, ...(signal !== undefined ? { signal } : {}), makeRoot: (image, maxFd) => {
+    // No privilege from the image: the processes get no more than the config.json the
+    // container was created from, as precreate recorded it before its rewrite.
+    const bound = job.boundConfig !== undefined
+      ? boundFromConfig(JSON.parse(job.boundConfig) as BoundingConfig, `the config.json of container ${job.id} (as the hook's precreate found it)`)
+      : undefined;
+    if (bound === undefined) log.warn('no bound recorded by precreate: the restored processes are not held to the container\'s config.json');
+    const r = await restore({ image: job.image, config, logger, inherit, ...(signal !== undefined ? { signal } : {}), ...(bound !== undefined ? { bound } : {}), makeRoot: (image, maxFd) => {
       if (!image.has(CONTAINER_ENTRY)) throw new FerryError('EIMAGE', `image ${job.image} holds processes, not a container`);
       return made(maxFd);
     } });

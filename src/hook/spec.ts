@@ -29,6 +29,20 @@ export interface HookState {
   annotations?: Record<string, string>;
 }
 
+/**
+ * The annotation in which precreate keeps what bounds the restored processes: the parts of the
+ * original config.json that the rewrite replaces (process.user, capabilities, noNewPrivileges,
+ * rlimits, oomScoreAdj; whether linux.seccomp was there). Poststart hands it to the restorer,
+ * which holds every task of the image against it (src/restore/bounds.ts).
+ */
+export const BOUND_ANNOTATION = 'io.ferry.bound';
+
+/** The original config's bounding parts, as precreate recorded them, or undefined. */
+export function boundConfigOf(annotations: Readonly<Record<string, string>> | undefined): string | undefined {
+  const text = annotations?.[BOUND_ANNOTATION];
+  return text === undefined || text === '' ? undefined : text;
+}
+
 /** The image a container should be restored from, or undefined when it asks for none. */
 export function restoreImageOf(annotations: Readonly<Record<string, string>> | undefined): string | undefined {
   const image = annotations?.[RESTORE_ANNOTATION];
@@ -67,9 +81,16 @@ export function hookRestoreConfig(config: OciConfig, stubPath: string): OciConfi
   }
   // restoreConfig resolves root.path against a bundle; the engine's own root is kept instead.
   const { root: _resolved, ...rewritten } = restoreConfig(config, '/');
+  const p = config.process ?? {};
+  const bounding = {
+    process: { user: p.user, capabilities: p.capabilities, noNewPrivileges: p.noNewPrivileges, rlimits: p['rlimits'], oomScoreAdj: p['oomScoreAdj'] },
+    linux: config.linux?.seccomp !== undefined && config.linux.seccomp !== null ? { seccomp: {} } : {},
+  };
+  const annotations = { ...(config['annotations'] as Record<string, string> | undefined), [BOUND_ANNOTATION]: JSON.stringify(bounding) };
   return {
     ...rewritten,
     ...(config.root ? { root: config.root } : {}),
+    annotations,
     process: { ...rewritten.process, args: [STUB_IN_CONTAINER], terminal: config.process?.terminal ?? false },
     mounts: [...mounts, { destination: STUB_IN_CONTAINER, type: 'bind', source: stubPath, options: ['bind', 'ro', 'nosuid', 'nodev'] }],
   };

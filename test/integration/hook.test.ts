@@ -143,7 +143,9 @@ describe('hook: podman and runc', { skip, timeout: 300_000 }, () => {
     const last = ticks(a).at(-1)!;
 
     const b = `${tag}-b`;
-    const bid = run(b, '--annotation', `io.ferry.restore-from=${img}`);
+    // Created as the first one was (unconfined): the restored processes get no more than
+    // the new container's config allows, and a config with seccomp refuses filterless ones.
+    const bid = run(b, '--security-opt', 'seccomp=unconfined', '--annotation', `io.ferry.restore-from=${img}`);
     await waitFor('ticks of the restored container', () => ticks(b).length >= 5, 30000);
     const got = ticks(b);
     assert.equal(got[0], last + 1, `the restored container goes on from tick ${last}: ${got.slice(0, 3).join(', ')}…`);
@@ -158,6 +160,19 @@ describe('hook: podman and runc', { skip, timeout: 300_000 }, () => {
 
     assert.equal(podman('kill', b).code, 0);
     await waitFor('poststop to remove the run directory', () => !existsSync(join(RUN_DIR, bid)), 30000);
+  });
+
+  it('a container whose config.json asks for seccomp refuses an image of processes without a filter', async () => {
+    const img = join(dir, 'a.tar');
+    assert.ok(existsSync(img), 'the first test made the image');
+    const e = `${tag}-e`;
+    const eid = run(e, '--annotation', `io.ferry.restore-from=${img}`); // podman's default seccomp profile
+    await waitFor('the container to stop', () => status(e) === 'exited', 30000);
+    const line = /^ferry-hook: container \w+: restore from \S+a\.tar failed: image \S+: pid 1 \(sh\) would run without a seccomp filter, which the config\.json of container \w+ \(as the hook's precreate found it\) requires \(linux\.seccomp\)/m;
+    const logs = (): string => { const l = podman('logs', e); return l.out + l.err; };
+    await waitFor('the one-line refusal in its log', () => line.test(logs()), 10000);
+    assert.deepEqual(ticks(e), [], 'nothing of the image ran');
+    await waitFor('poststop to remove the run directory', () => !existsSync(join(RUN_DIR, eid)), 30000);
   });
 
   it('a missing image stops the container with one line in its log; created and removed unstarted leaves nothing', async () => {
