@@ -20,7 +20,8 @@ import { FerryError, internalCause, internalName, isNativeError } from '../error
 import {
   CHECKPOINT_USAGE, parseCheckpoint, parseRestore, RESTORE_USAGE, RuntimeUsageError, splitArgs, type RuntimeGlobals,
 } from './args.js';
-import { runtimeCheckpoint, runtimeRestore } from './operations.js';
+// operations.ts (the whole engine) is imported when a checkpoint or restore runs, not for
+// --help or a refusal (docs/architecture.md, "Start-up").
 import { findRunc } from './runc.js';
 import { isEntryPoint } from '../entry.js';
 
@@ -88,6 +89,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
         return 0;
       }
       requireRoot();
+      const { runtimeCheckpoint } = await import('./operations.js');
       await runtimeCheckpoint(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}), signal: guard.signal });
     } else {
       const a = parseRestore(rest);
@@ -96,6 +98,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
         return 0;
       }
       requireRoot();
+      const { runtimeRestore } = await import('./operations.js');
       await runtimeRestore(a, { runc, globals, cwd: process.cwd(), config: loadConfig({}), signal: guard.signal });
     }
     return guard.exitStatus ?? 0;

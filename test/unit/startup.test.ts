@@ -1,0 +1,177 @@
+/**
+ * Start-up (docs/architecture.md, "Start-up"): the launchers pick the bundle only while it is
+ * newer than dist/src, and drop NODE_EXTRA_CA_CERTS; `--version`, `help` and a usage error load
+ * neither pino nor tar-stream nor the native addon; the bundle has every file its code points
+ * to. Nothing here needs root or the native addon.
+ *
+ * What a run of bin/ferry loaded is seen from outside ferry's code: a module preloaded through
+ * NODE_OPTIONS registers a module `load` hook (module.register) that writes down every file
+ * URL imported, and, at exit, the shared objects mapped (/proc/self/maps). A bundle chunk
+ * holds a package when esbuild's comment naming one of its files is in the chunk.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import {
+  chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync,
+  utimesSync, writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, describe, it } from 'node:test';
+
+/** The package root: this file runs as <root>/dist/test/unit/startup.test.js. */
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const BUNDLE = join(ROOT, 'dist', 'bundle', 'ferry');
+
+const dir = mkdtempSync(join(tmpdir(), 'ferry-startup-test-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The source of the preloaded probe, writing what was loaded to the file `out`. */
+function probe(out: string): string {
+  const hooks = `import { appendFileSync } from 'node:fs';
+export async function load(url, context, next) {
+  if (url.startsWith('file:')) appendFileSync(${JSON.stringify(out)}, 'file ' + url + '\\n');
+  return next(url, context);
+}`;
+  return `import { register } from 'node:module';
+import { appendFileSync, readFileSync } from 'node:fs';
+register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hooks)}`)});
+process.on('exit', () => {
+  const objects = readFileSync('/proc/self/maps', 'utf8').split('\\n').map((l) => l.split(/\\s+/)[5] ?? '').filter((p) => p.endsWith('.node'));
+  appendFileSync(${JSON.stringify(out)}, [...new Set(objects)].map((p) => 'object ' + p + '\\n').join(''));
+});`;
+}
+
+let runs = 0;
+
+/** Runs `file args` with the probe; returns what it loaded: file paths, shared objects. */
+function loaded(file: string, args: string[]): { files: string[]; objects: string[]; status: number | null } {
+  const out = join(dir, `loaded-${runs++}.txt`);
+  writeFileSync(out, '');
+  const NODE_OPTIONS = `--import=data:text/javascript,${encodeURIComponent(probe(out))}`;
+  const r = spawnSync(file, args, { encoding: 'utf8', input: '', timeout: 30_000, env: { ...process.env, NODE_OPTIONS } });
+  const lines = readFileSync(out, 'utf8').split('\n');
+  const files = lines.filter((l) => l.startsWith('file ')).map((l) => fileURLToPath(l.slice(5)));
+  const objects = lines.filter((l) => l.startsWith('object ')).map((l) => l.slice(7));
+  assert.ok(files.length > 0, `the probe saw nothing of ${file} ${args.join(' ')}: ${r.stderr}`);
+  return { files, objects, status: r.status };
+}
+
+/** The packages of node_modules among `files`, by path or, for a bundle chunk, by esbuild's comments. */
+function packagesOf(files: string[]): Set<string> {
+  const found = new Set<string>();
+  for (const f of files) {
+    const direct = /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(f);
+    if (direct) found.add(direct[1]!);
+    else if (f.startsWith(BUNDLE)) {
+      for (const m of readFileSync(f, 'utf8').matchAll(/^\/\/ node_modules\/((?:@[^/]+\/)?[^/]+)\//gm)) found.add(m[1]!);
+    }
+  }
+  return found;
+}
+
+describe('what a command loads', { timeout: 120_000 }, () => {
+  const ferry = join(ROOT, 'bin', 'ferry');
+  const light: string[][] = [['--version'], ['version', '--json'], ['help'], ['checkpoint', '--help'], ['checkpoint', '--pid', 'x', '--image', 'y']];
+
+  it('--version, help and usage errors load neither pino, tar-stream nor the native addon', () => {
+    for (const args of light) {
+      for (const [file, argv] of [[ferry, args], [process.execPath, [join(ROOT, 'dist', 'src', 'cli', 'main.js'), ...args]]] as const) {
+        const l = loaded(file, [...argv]);
+        const what = `${file === ferry ? 'bin/ferry' : 'dist/src'} ${args.join(' ')}`;
+        assert.ok(l.status === 0 || l.status === 2, `${what}: status ${l.status}`);
+        const packages = packagesOf(l.files);
+        for (const heavy of ['pino', 'tar-stream']) assert.ok(!packages.has(heavy), `${what} loaded ${heavy}: ${[...packages].join(', ')}`);
+        assert.deepEqual(l.objects.filter((o) => o.includes('ferry_native')), [], `${what} loaded the native addon`);
+      }
+    }
+  });
+
+  it('sees what a command that logs loads (the probe works)', () => {
+    const l = loaded(ferry, ['inspect', '--image', join(dir, 'missing.tar')]);
+    assert.equal(l.status, 1);
+    assert.ok(packagesOf(l.files).has('pino'), l.files.join('\n'));
+  });
+
+  it('sees the native addon once it is loaded (the probe works)', (t) => {
+    const addon = join(ROOT, 'build', 'Release', 'ferry_native.node');
+    if (!existsSync(addon)) {
+      t.skip(`${addon} is not built`);
+      return;
+    }
+    const script = join(dir, 'addon.mjs');
+    writeFileSync(script, `import { createRequire } from 'node:module';\ncreateRequire(import.meta.url)(${JSON.stringify(addon)});\n`);
+    assert.ok(loaded(process.execPath, [script]).objects.some((o) => o.endsWith('ferry_native.node')));
+  });
+});
+
+describe('the bundle', () => {
+  it('has every file its code points to with new URL(..., import.meta.url)', (t) => {
+    if (!existsSync(BUNDLE)) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
+    let seen = 0;
+    for (const name of readdirSync(BUNDLE).filter((n) => n.endsWith('.js'))) {
+      for (const m of readFileSync(join(BUNDLE, name), 'utf8').matchAll(/new URL\(\s*["'`]([^"'`]+)["'`]\s*,\s*import\.meta\.url\s*\)/g)) {
+        seen++;
+        const target = fileURLToPath(new URL(m[1]!, `file://${join(BUNDLE, name)}`));
+        assert.ok(existsSync(target), `${name} points to ${m[1]}, which the bundle does not have: add it as an entry of build:bundle`);
+      }
+    }
+    assert.ok(seen > 0, 'no new URL(..., import.meta.url) found: the hash worker of src/image/writer.ts should be one');
+  });
+});
+
+describe('the launchers', { timeout: 60_000 }, () => {
+  /** A fake package with `launcher` and stand-ins printing which file ran and two variables. */
+  function fakePackage(launcher: string, src: string, bundled: string): string {
+    const root = mkdtempSync(join(dir, 'pkg-'));
+    mkdirSync(join(root, dirname(launcher)), { recursive: true });
+    copyFileSync(join(ROOT, launcher), join(root, launcher));
+    chmodSync(join(root, launcher), 0o755);
+    writeFileSync(join(root, 'package.json'), '{}\n');
+    for (const [file, tag] of [[src, 'src'], [bundled, 'bundle']] as const) {
+      mkdirSync(join(root, dirname(file)), { recursive: true });
+      writeFileSync(join(root, file), `process.stdout.write(JSON.stringify({ ran: ${JSON.stringify(tag)}, ca: process.env.NODE_EXTRA_CA_CERTS ?? null, cache: process.env.NODE_COMPILE_CACHE ?? null, args: process.argv.slice(2) }));\n`);
+    }
+    return root;
+  }
+
+  const cases: Array<[string, string, string, string[]]> = [
+    ['bin/ferry', 'dist/src/cli/main.js', 'dist/bundle/ferry/ferry.js', ['--version']],
+    ['bin/criu', 'dist/src/runtime/criu.js', 'dist/bundle/ferry/criu.js', ['--version']],
+    ['hooks/ferry-hook', 'dist/src/hook/main.js', 'dist/bundle/ferry/ferry-hook.js', ['poststop']],
+    ['bin/ferry-runtime', 'dist/src/runtime/main.js', 'dist/bundle/ferry/ferry-runtime.js', ['checkpoint', 'c1']],
+  ];
+  for (const [launcher, src, bundled, args] of cases) {
+    it(`${launcher} runs the bundle while it is not older than dist/src, else dist/src`, () => {
+      const root = fakePackage(launcher, src, bundled);
+      const env: NodeJS.ProcessEnv = { ...process.env, NODE_EXTRA_CA_CERTS: '/nonexistent.pem', FERRY_RUNC: '/bin/true' };
+      delete env.NODE_COMPILE_CACHE;
+      const run = (file: string, cwd?: string): { ran: string; ca: string | null; cache: string | null; args: string[] } => {
+        const r = spawnSync(file, args, { encoding: 'utf8', env, ...(cwd !== undefined ? { cwd } : {}) });
+        assert.equal(r.status, 0, `${file}: ${r.stderr}`);
+        return JSON.parse(r.stdout) as { ran: string; ca: string | null; cache: string | null; args: string[] };
+      };
+      const old = new Date(Date.now() - 3_600_000);
+      utimesSync(join(root, src), old, old);
+      const first = run(join(root, launcher));
+      assert.deepEqual(first, { ran: 'bundle', ca: null, cache: join(root, 'dist', 'compile-cache'), args });
+      // Through a symlink and a relative path, the same package is found.
+      const link = join(dir, `link-${statSync(root).ino}`);
+      symlinkSync(join(root, launcher), link);
+      assert.equal(run(link).ran, 'bundle');
+      assert.equal(run(`./${launcher}`, root).ran, 'bundle');
+      // tsc wrote dist/src after the bundle: the bundle is stale.
+      const now = new Date();
+      const older = new Date(now.getTime() - 60_000);
+      utimesSync(join(root, bundled), older, older);
+      utimesSync(join(root, src), now, now);
+      assert.equal(run(join(root, launcher)).ran, 'src');
+      rmSync(join(root, bundled));
+      assert.equal(run(join(root, launcher)).ran, 'src');
+    });
+  }
+});
