@@ -65,7 +65,7 @@ function packagesOf(files: string[]): Set<string> {
     const direct = /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(f);
     if (direct) found.add(direct[1]!);
     else if (f.startsWith(BUNDLE)) {
-      for (const m of readFileSync(f, 'utf8').matchAll(/^\/\/ node_modules\/((?:@[^/]+\/)?[^/]+)\//gm)) found.add(m[1]!);
+      for (const m of readFileSync(f, 'utf8').matchAll(/^\/\/ (?:\S*\/)?node_modules\/((?:@[^/]+\/)?[^/]+)\//gm)) found.add(m[1]!);
     }
   }
   return found;
