@@ -1,11 +1,13 @@
 /**
  * How checkpoint and restore scale with the number of tasks: trees of 1, 10, 100 and 1000
  * single-threaded processes, and one process with 1, 4, 16, 64 and 256 threads
- * (bench/fixtures/forker.c). Each case runs twice; the best of each figure is printed, in ms
- * and in µs per task, then how flat the per-task cost is: its value at the largest size over
- * its value at the second size (10 processes, 4 threads). Flat is about 1; much more than 1
- * means something grows faster than the number of tasks. Each case runs in a fresh node
- * process (`--case DIR PROCS THREADS`), so one case's leftovers in the heap cannot slow the next.
+ * (bench/fixtures/forker.c). Each case runs RUNS times (each cycle a fresh tree; the first
+ * checkpoint of a case is a cold one, as a CLI's always is); every figure is printed as
+ * min/median/max in ms, the median also in µs per task, then how flat the per-task cost is:
+ * its median at the largest size over that at the second size (10 processes, 4 threads). Flat
+ * is about 1; much more than 1 means something grows faster than the number of tasks. Each
+ * case runs in a fresh node process (`--case DIR PROCS THREADS`), so one case's leftovers in
+ * the heap cannot slow the next.
  *
  * The image goes to a fresh directory under /dev/shm (tmpfs), so disk speed plays no part.
  * The tree runs under the forker process, a child subreaper that reaps every process of the
@@ -29,7 +31,7 @@ import { closeInheritedFds } from '../src/proc/inherited.js';
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
 
-const RUNS = 2;
+const RUNS = 3;
 const TREES = [1, 10, 100, 1000];
 const THREADS = [1, 4, 16, 64, 256];
 
@@ -139,26 +141,33 @@ async function cycle(procs: number, threads: number, tasks: number): Promise<Fig
   return { frozenMs: cp.frozenMs, checkpointMs: cp.totalMs, restoreMs: rs.restoreMs };
 }
 
-interface Row extends Figures { label: string; tasks: number }
+/** Min, median and max of one figure over a case's runs. */
+interface Spread { min: number; median: number; max: number }
+type Stats = Record<keyof Figures, Spread>;
+interface Row extends Stats { label: string; tasks: number }
 
-/** In a case process: RUNS cycles, then the best of each figure as one JSON line on stdout. */
+function spread(values: readonly number[]): Spread {
+  const v = [...values].sort((a, b) => a - b);
+  const mid = v.length >> 1;
+  return { min: v[0]!, median: v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2, max: v[v.length - 1]! };
+}
+
+/** In a case process: RUNS cycles, then min/median/max of each figure as one JSON line on stdout. */
 async function runCaseHere(procs: number, threads: number): Promise<void> {
   const tasks = procs + threads;
-  let best: Figures | undefined;
+  const runs: Figures[] = [];
   try {
-    for (let i = 0; i < RUNS; i++) {
-      const f = await cycle(procs, threads, tasks);
-      best = best ? {
-        frozenMs: Math.min(best.frozenMs, f.frozenMs),
-        checkpointMs: Math.min(best.checkpointMs, f.checkpointMs),
-        restoreMs: Math.min(best.restoreMs, f.restoreMs),
-      } : f;
-    }
+    for (let i = 0; i < RUNS; i++) runs.push(await cycle(procs, threads, tasks));
   } finally {
     await killAll();
     for (const c of children) c.unref();
   }
-  console.log(JSON.stringify(best));
+  const stats: Stats = {
+    frozenMs: spread(runs.map((f) => f.frozenMs)),
+    checkpointMs: spread(runs.map((f) => f.checkpointMs)),
+    restoreMs: spread(runs.map((f) => f.restoreMs)),
+  };
+  console.log(JSON.stringify(stats));
 }
 
 /**
@@ -172,24 +181,24 @@ function runCase(label: string, procs: number, threads: number, tasks: number): 
   if (r.status !== 0 || !last.startsWith('{')) {
     throw new Error(`case ${label} failed (${r.signal ?? `exit status ${r.status}`})`);
   }
-  const row = { label, tasks, ...(JSON.parse(last) as Figures) };
+  const row = { label, tasks, ...(JSON.parse(last) as Stats) };
   printRow(row);
   return row;
 }
 
-const ms = (v: number): string => v.toFixed(1).padStart(11);
+const ms = (s: Spread): string => `${s.min.toFixed(1)}/${s.median.toFixed(1)}/${s.max.toFixed(1)}`.padStart(22);
 const us = (v: number, tasks: number): string => (v * 1000 / tasks).toFixed(0).padStart(10);
 
 function printRow(r: Row): void {
   console.log(`${r.label.padEnd(27)}${String(r.tasks).padStart(6)}${ms(r.frozenMs)}${ms(r.checkpointMs)}${ms(r.restoreMs)}   `
-    + `${us(r.frozenMs, r.tasks)}${us(r.checkpointMs, r.tasks)}${us(r.restoreMs, r.tasks).padStart(11)}`);
+    + `${us(r.frozenMs.median, r.tasks)}${us(r.checkpointMs.median, r.tasks)}${us(r.restoreMs.median, r.tasks).padStart(11)}`);
 }
 
-/** Per-task cost at the largest size over that at `ref` tasks, per figure. */
+/** Per-task cost (median) at the largest size over that at `ref` tasks, per figure. */
 function flatness(rows: readonly Row[], ref: number): string {
   const a = rows.find((r) => r.tasks === ref)!;
   const z = rows[rows.length - 1]!;
-  const ratio = (k: keyof Figures): string => ((z[k] / z.tasks) / (a[k] / a.tasks)).toFixed(2);
+  const ratio = (k: keyof Figures): string => ((z[k].median / z.tasks) / (a[k].median / a.tasks)).toFixed(2);
   return `per-task cost at ${z.tasks} / at ${ref}: frozen ${ratio('frozenMs')}, checkpoint ${ratio('checkpointMs')}, restore ${ratio('restoreMs')} (1.00 = flat)`;
 }
 
@@ -199,9 +208,9 @@ async function main(): Promise<void> {
     return;
   }
   try {
-    console.log(`ferry bench:tree: checkpoint and restore per task, best of ${RUNS} runs, image in ${dir} (tmpfs)`);
-    console.log(`${'case'.padEnd(27)}${'tasks'.padStart(6)}${'frozen ms'.padStart(11)}${'ckpt ms'.padStart(11)}${'restore ms'.padStart(11)}   `
-      + `${'frozen µs'.padStart(10)}${'ckpt µs'.padStart(10)}${'restore µs'.padStart(11)}  (µs: per task)`);
+    console.log(`ferry bench:tree: checkpoint and restore per task, min/median/max of ${RUNS} runs, image in ${dir} (tmpfs)`);
+    console.log(`${'case'.padEnd(27)}${'tasks'.padStart(6)}${'frozen ms'.padStart(22)}${'ckpt ms'.padStart(22)}${'restore ms'.padStart(22)}   `
+      + `${'frozen µs'.padStart(10)}${'ckpt µs'.padStart(10)}${'restore µs'.padStart(11)}  (µs: per task, median)`);
     const trees: Row[] = [];
     for (const procs of TREES) trees.push(runCase(`${procs} process${procs > 1 ? 'es' : ''} × 1 thread`, procs, 0, procs));
     const threads: Row[] = [];

@@ -14,15 +14,15 @@ import { existsSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
-import { refuseLeaks } from '../files/leaks.js';
+import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files/leaks.js';
 import { withNetns } from '../task/netns.js';
-import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
+import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { hostFacts } from '../host.js';
 import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
 } from '../image/records.js';
 import { signingKey } from '../image/sign.js';
-import { writeImage, type ImageEntry } from '../image/writer.js';
+import { HashPool, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
@@ -30,7 +30,7 @@ import { parseSmapsVmFlags } from '../proc/smaps.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
-import { planMemory } from './memory.js';
+import { estimateTreeMemory, planMemory, prepareChunkBuffers } from './memory.js';
 import { readCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
@@ -58,16 +58,22 @@ async function waitReaped(pid: number, timeoutMs: number): Promise<void> {
   }
 }
 
+/**
+ * A tree expected to store more than this gets the image writer's hash worker, started before
+ * the freeze (40 ms here); below it every entry is hashed on the JS thread while frozen, which
+ * costs at most what 8 MiB take at 1.6 GB/s (5 ms).
+ */
+const HASH_WORKER_MIN_BYTES = 8 * 1024 * 1024;
+
 /** One live process, read and ready to be written. */
 interface DumpedTask {
   task: TaskRecord;
   tracees: Tracee[];
   xstates: Array<{ entry: string; data: Buffer }>;
   memory: ReturnType<typeof planMemory>;
-  descs: FdDesc[];
 }
 
-/** Reads one stopped process whole (its descriptors are grouped with the others' afterwards). */
+/** Reads one stopped process whole (its descriptors are read with the others' after the freeze). */
 function dumpTask(p: FrozenProcess): DumpedTask {
   const n = native();
   const { pid, tids, stat } = p;
@@ -106,7 +112,7 @@ function dumpTask(p: FrozenProcess): DumpedTask {
       creds: readCreds(main, tracees.slice(1)),
     };
     return {
-      task, tracees, memory, descs: describeFds(pid),
+      task, tracees, memory,
       xstates: threads.map((th) => ({ entry: th.record.xstate, data: th.xstate })),
     };
   } catch (err) {
@@ -126,16 +132,38 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const signKey = keyFrom !== undefined ? signingKey(keyFrom) : undefined;
   precheck(pid);
   const fileOptions = { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files };
-  // The root's descriptors are checked before it is touched; the others' once the tree is
-  // frozen (the tree is only known then), before anything of it is read or changed.
+  // The root's descriptors are checked before it is touched; every process's (the root's
+  // again) once the tree is frozen (the tree is only known then), before anything of it is
+  // read or changed.
   // A container's sockets are inspected from inside its network namespace.
   const netns = o.pidNamespace !== undefined ? pid : undefined;
-  withNetns(netns, () => checkSupported(describeFds(pid), fileOptions));
+  const rootDescs = withNetns(netns, () => {
+    const descs = describeFds(pid);
+    checkSupported(descs, fileOptions);
+    return descs;
+  });
 
   // From here on every step registers its undo; any way out before the final kill runs them.
   const session = new Session('checkpoint', log);
   try {
+    // Made ready before the tree is stopped, so that the frozen window holds only what must be
+    // frozen: the page chunk buffers allocated and faulted in, the hash worker running if the
+    // tree has memory enough to need it, the host's descriptors read for the leak check
+    // (files/leaks.ts says what it does about what changes after). Estimates: the tree runs.
+    const host = hostFacts(); // read once per ferry process (the vDSO hashed)
+    const estimate = estimateTreeMemory(pid);
+    const buffers = prepareChunkBuffers(estimate, o.config.image.chunkSize);
+    let hashPool: HashPool | undefined;
+    if (!estimate.complete || estimate.total > HASH_WORKER_MIN_BYTES) {
+      const pool = (hashPool = new HashPool());
+      session.onUndo('stop the hash worker', () => { pool.close().catch(() => {}); });
+      // A worker that cannot start only makes the write slower: every entry is hashed inline.
+      await pool.start().catch((err: unknown) => log.warn({ err }, 'the hash worker did not start; hashing on the main thread'));
+    }
     o.signal?.throwIfAborted();
+    // Last, to leave the least time before the freeze; not needed for one process with no file
+    // another could share (findLeaks then reads the host after the freeze, if that changed).
+    const hostFds: HostFds | undefined = estimate.processes > 1 || anyWatched(rootDescs) ? snapshotHostFds() : undefined;
     const tree = freezeTree(pid, {
       ...(o.pidNamespace !== undefined ? { pidNs: o.pidNamespace } : {}),
       ...(o.preseized !== undefined ? { preseized: o.preseized } : {}),
@@ -148,15 +176,18 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     log.debug({ processes: tree.processes.length, threads: live.reduce((s, p) => s + p.tids.length, 0) }, 'stopped');
     await faultPoint('seized', o.signal);
 
+    // Each process's descriptors are read once after the freeze and serve the checks, the leak
+    // check and the dump: the tree cannot change them any more. The root's reading from before
+    // the freeze is stale (it ran until then), so the root is read and checked again.
     const descs = new Map(live.map((p) => [p.pid, describeFds(p.pid)]));
-    withNetns(netns, () => { for (const p of live.slice(1)) checkSupported(descs.get(p.pid)!, fileOptions); });
-    for (const l of refuseLeaks(descs)) {
+    withNetns(netns, () => { for (const p of live) checkSupported(descs.get(p.pid)!, fileOptions); });
+    for (const l of refuseLeaks(descs, hostFds)) {
       log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
     }
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
     for (const p of live) dumped.push(dumpTask(p));
-    const files = withNetns(netns, () => collectFiles(new Map(dumped.map((d) => [d.task.pid, d.descs])), fileOptions));
+    const files = withNetns(netns, () => collectFiles(descs, fileOptions));
     session.onUndo('put the files back', () => files.finish(true));
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
@@ -189,19 +220,20 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
               firstChunk = false;
               await faultPoint('writing', o.signal);
             }
-          }, o.config.image.chunkSize),
+          }, o.config.image.chunkSize, buffers),
         });
     }
     const written = await writeImage(o.image, {
       ferryVersion: FERRY_VERSION,
       createdAt: new Date().toISOString(),
-      host: { ...hostFacts(), xstateSize: dumped[0]!.xstates[0]!.data.length },
+      host: { ...host, xstateSize: dumped[0]!.xstates[0]!.data.length },
       root: { pid: root },
       tasks: dumped.map((d) => ids.of(d.task.pid)),
     }, entries, {
       onProgress: (done, total) => o.onProgress?.({ phase: 'write', done, total }),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(signKey !== undefined ? { signKey } : {}),
+      ...(hashPool !== undefined ? { hashPool } : {}),
       session,
     });
     // The image is complete and in place: only letting go (or the kill) is left, and neither
@@ -219,6 +251,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         o.onKilled?.();
       }
       const tReleased = performance.now();
+      await hashPool?.close();
       if (!o.leaveRunning) {
         const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
         await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));

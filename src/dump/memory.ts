@@ -15,7 +15,8 @@ import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
 import { dumpablePageRuns } from '../proc/pagemap.js';
 import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
-import { listFds } from '../proc/read.js';
+import { parseChildren } from '../proc/children.js';
+import { listFds, listTids, readProcText } from '../proc/read.js';
 
 /**
  * VmFlags (smaps) carried into the image: grows-down, accountable (a private area that was
@@ -62,8 +63,11 @@ export interface MemoryPlan {
   vmas: VmaRecord[];
   /** Bytes of page data (the size of the pages entry). */
   pagesBytes: number;
-  /** Streams the stored pages, in VMA order, through `sink`. */
-  produce(sink: (chunk: Buffer) => Promise<void>, chunkBytes: number): Promise<void>;
+  /**
+   * Streams the stored pages, in VMA order, through `sink`, in chunks of at most `chunkBytes`
+   * read into `buffers` (prepared before the freeze) when given.
+   */
+  produce(sink: (chunk: Buffer) => Promise<void>, chunkBytes: number, buffers?: ChunkBuffers): Promise<void>;
 }
 
 /** Plans the memory dump of a stopped task from its maps, VmFlags and pagemap. */
@@ -170,7 +174,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
   return {
     vmas,
     pagesBytes,
-    produce: (sink, chunkBytes) => producePages(pid, vmas, sink, chunkBytes),
+    produce: (sink, chunkBytes, buffers) => producePages(pid, vmas, sink, chunkBytes, buffers),
   };
 }
 
@@ -229,21 +233,116 @@ function heldDeleted(pid: number): Set<string> {
 
 /** Chunk buffers in rotation: some are being hashed and written while the next is read. */
 const BUFFERS = 4;
+/** The smallest chunk prepared before a freeze (unless the configured chunk is smaller). */
+const MIN_PREPARED_CHUNK = 1024 * 1024;
+
+/** What a tree is expected to store, read before it is stopped: an estimate, it still runs. */
+export interface MemoryEstimate {
+  /** Bytes of the process expected to store the most. */
+  largest: number;
+  /** Bytes of every process looked at. */
+  total: number;
+  /** Processes looked at. */
+  processes: number;
+  /** False when the walk stopped at its limit (a big tree: expect more). */
+  complete: boolean;
+}
+
+/** A "Key:   N kB" line of /proc/PID/status, in bytes (0 when absent). */
+function statusKb(text: string, key: string): number {
+  const m = new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text);
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+/**
+ * Expected page bytes of the tree under `root`, from each process's /proc/PID/status: RssAnon
+ * + RssShmem + VmSwap, the present anonymous and shared-memory pages and the swapped ones a dump
+ * stores (RssShmem also counts mapped tmpfs files it does not). Walks at most `maxProcesses`
+ * processes through /proc/PID/task/TID/children. It only sizes what a checkpoint prepares
+ * before the freeze (chunk buffers, the hash worker): a wrong guess costs time, never
+ * correctness.
+ */
+export function estimateTreeMemory(root: number, maxProcesses = 256): MemoryEstimate {
+  const out = { largest: 0, total: 0, processes: 0, complete: true };
+  const queue = [root];
+  for (let seen = 0, pid = queue.shift(); pid !== undefined; pid = queue.shift(), seen++) {
+    if (seen === maxProcesses) {
+      out.complete = false;
+      break;
+    }
+    try {
+      const status = readProcText(pid, 'status');
+      const bytes = statusKb(status, 'RssAnon') + statusKb(status, 'RssShmem') + statusKb(status, 'VmSwap');
+      out.largest = Math.max(out.largest, bytes);
+      out.total += bytes;
+      out.processes++;
+      for (const tid of listTids(pid)) queue.push(...parseChildren(readProcText(pid, `task/${tid}/children`)));
+    } catch { /* gone meanwhile: the freeze will say so if it matters */ }
+  }
+  return out;
+}
+
+/**
+ * The page chunk buffers of one checkpoint, shared by all its processes (their pages entries
+ * are produced one after another, each waiting for its last chunk to be written). Allocated
+ * and every page touched before the freeze: a fresh buffer's pages are faulted in on first
+ * write (4 × 8 MiB: 17–20 ms here), which was paid per process inside the frozen window.
+ * Shared memory, so the image writer's worker hashes them without a copy.
+ */
+export class ChunkBuffers {
+  readonly bufs: Buffer[];
+  private busy = false;
+
+  constructor(readonly bytes: number) {
+    this.bufs = Array.from({ length: BUFFERS }, () => {
+      const buf = Buffer.from(new SharedArrayBuffer(bytes));
+      for (let off = 0; off < bytes; off += PAGE_SIZE) buf[off] = 0; // fault every page in now
+      return buf;
+    });
+  }
+
+  /** The buffers for one producer at a time; undefined while another holds them. */
+  acquire(): Buffer[] | undefined {
+    if (this.busy) return undefined;
+    this.busy = true;
+    return this.bufs;
+  }
+
+  release(): void {
+    this.busy = false;
+  }
+}
+
+/**
+ * Chunk buffers for a tree expected to store `estimate`: one chunk holds the largest process
+ * with a quarter to spare, at least MIN_PREPARED_CHUNK (processes that grew past the guess
+ * then take smaller chunks than configured rather than new buffers), at most `chunkBytes`.
+ */
+export function prepareChunkBuffers(estimate: MemoryEstimate, chunkBytes: number): ChunkBuffers {
+  const want = Math.min(chunkBytes, Math.max(MIN_PREPARED_CHUNK, Math.ceil(estimate.largest * 1.25)));
+  return new ChunkBuffers(Math.max(PAGE_SIZE, Math.ceil(want / PAGE_SIZE) * PAGE_SIZE));
+}
 
 /**
  * Reads the planned pages in chunks of at most `chunkBytes` and hands each to `sink`. Buffers
  * rotate: earlier chunks are still being hashed and written out while the next is read from
- * the process, which smooths over the disk's latency jitter.
+ * the process, which smooths over the disk's latency jitter. They are `prepared`'s when given
+ * (nothing is allocated while the tree is stopped), else allocated here.
  */
 async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chunk: Buffer) => Promise<void>,
-  chunkBytes: number): Promise<void> {
-  // No bigger than what this process stores: a tree of small processes must not allocate
-  // (and zero) BUFFERS full chunks per process.
+  chunkBytes: number, prepared?: ChunkBuffers): Promise<void> {
   const stored = vmas.reduce((sum, v) => sum + v.runs.reduce((k, [, count]) => k + count, 0), 0);
-  const chunkPages = Math.max(1, Math.min(Math.floor(chunkBytes / PAGE_SIZE), stored));
-  // Shared buffers: the image writer hashes them on a worker thread without a copy.
-  const shared = (): Buffer => Buffer.from(new SharedArrayBuffer(chunkPages * PAGE_SIZE));
-  const bufs = Array.from({ length: BUFFERS }, shared);
+  let chunkPages = Math.max(1, Math.min(Math.floor(chunkBytes / PAGE_SIZE), stored));
+  const shared = prepared?.acquire();
+  let bufs: Buffer[];
+  if (shared) {
+    bufs = shared;
+    chunkPages = Math.min(chunkPages, Math.floor(prepared!.bytes / PAGE_SIZE));
+  } else {
+    // No bigger than what this process stores: a tree of small processes must not allocate
+    // (and zero) BUFFERS full chunks per process. Shared: the writer's worker hashes them.
+    bufs = Array.from({ length: BUFFERS }, () => Buffer.from(new SharedArrayBuffer(chunkPages * PAGE_SIZE)));
+  }
   const inflight: Array<Promise<void> | undefined> = bufs.map(() => undefined);
   let cur = 0;
   let buf = bufs[0]!;
@@ -297,8 +396,10 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
     await flush();
     await Promise.all(inflight);
   } finally {
-    // On a failure the chunks still in flight fail too; their rejections are this one's.
+    // On a failure the chunks still in flight fail too; their rejections are this one's (and
+    // the write as a whole fails: no other producer takes the buffers after).
     for (const p of inflight) p?.catch(() => {});
     if (memFd >= 0) closeSync(memFd);
+    if (shared) prepared!.release();
   }
 }

@@ -1,7 +1,9 @@
 /**
  * A worker thread that computes sha256 of entries whose chunks live in SharedArrayBuffers, so
  * hashing runs on the second core while the JS thread reads the next chunk and the libuv pool
- * writes the previous one. Messages are handled in order; each is answered when done.
+ * writes the previous one. Messages are handled in order; each is answered when done. Once
+ * its handler is installed it says so (`{ ready: true }`): HashPool.start() waits for that, so
+ * a checkpoint can have the thread running before it stops the tree (writer.ts).
  */
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
@@ -22,3 +24,4 @@ parentPort?.on('message', (m: HashRequest) => {
     parentPort!.postMessage({ seq: m.seq, digest: h.digest('hex') });
   }
 });
+parentPort?.postMessage({ ready: true });
