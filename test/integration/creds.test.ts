@@ -51,8 +51,13 @@ async function startCreds(): Promise<Workload> {
 
 /** Pids of ferry-stub processes. */
 function stubs(): number[] {
+  // A killed stub can stay a zombie for a moment: when its parent stub died first it belongs
+  // to init, which reaps lazily here. A zombie runs nothing; only live stubs count.
   return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
-    try { return readFileSync(`/proc/${d}/comm`, 'utf8').trim() === 'ferry-stub'; } catch { return false; }
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      return stat.includes(' (ferry-stub) ') && stat.charAt(stat.lastIndexOf(')') + 2) !== 'Z';
+    } catch { return false; }
   }).map(Number);
 }
 

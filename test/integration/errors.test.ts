@@ -39,10 +39,15 @@ function jsonError(stdout: Buffer | string): { code: string; message: string; pi
 /** The JSON text of a list nested `n` deep (JSON.stringify of one would overflow the stack). */
 const deepText = (n: number): string => `${'['.repeat(n)}1${']'.repeat(n)}`;
 
-/** Pids of ferry-stub processes (none may be left behind). */
+/** Pids of live ferry-stub processes (none may be left behind). */
 function stubs(): number[] {
+  // A killed stub can stay a zombie for a moment: when its parent stub died first it belongs
+  // to init, which reaps lazily here. A zombie runs nothing; only live stubs count.
   return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
-    try { return readFileSync(`/proc/${d}/comm`, 'utf8').trim() === 'ferry-stub'; } catch { return false; }
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      return stat.includes(' (ferry-stub) ') && stat.charAt(stat.lastIndexOf(')') + 2) !== 'Z';
+    } catch { return false; }
   }).map(Number);
 }
 
