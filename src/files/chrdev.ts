@@ -45,6 +45,13 @@ export const chrdev: FileKind<ChrdevRecord> = {
   },
 
   check(rec: ChrdevRecord): void {
+    // The image is input: every field this module uses must be there, of its type.
+    const num = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32;
+    if (typeof rec.path !== 'string' || !rec.path.startsWith('/') || rec.path.includes('\0') || rec.path.length > 4096
+      || !num(rec.major) || !num(rec.minor) || !num(rec.flags)
+      || typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos) || !Number.isSafeInteger(Number(rec.pos))) {
+      throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) needs an absolute path, flags, pos, major and minor`);
+    }
     if (!existsSync(rec.path)) throw new FerryError('ENOENT', `device ${rec.path} (${rec.major}:${rec.minor}) does not exist here`);
     const st = statSync(rec.path, { bigint: true });
     if (!st.isCharacterDevice() || major(st.rdev) !== rec.major || minor(st.rdev) !== rec.minor) {

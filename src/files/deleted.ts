@@ -122,6 +122,11 @@ export function dumpContents(d: FdDesc, ctx: DumpContext, identity: string, what
 /** Writes stored contents into `fd` (a new, empty file open for writing) and sets its size. */
 export function writeContents(fd: number, c: Contents, ctx: OpenContext): void {
   const data = c.data === '' ? Buffer.alloc(0) : ctx.blob(c.data);
+  // The entry holds the extents' bytes back to back: exactly that many (the image is input).
+  const stored = c.extents.reduce((sum, [, len]) => sum + len, 0);
+  if (data.length !== stored) {
+    throw new FerryError('EIMAGE', `image entry ${c.data} holds ${data.length} bytes, but its record's extents need ${stored}: refused (an edited image)`);
+  }
   let at = 0;
   for (const [start, len] of c.extents) {
     for (let done = 0; done < len;) {
@@ -271,8 +276,10 @@ export const deleted: FileKind<DeletedRecord> = {
       throw new FerryError('EIMAGE', `image: deleted file (file ${rec.id}) ${why}`);
     };
     if (typeof rec.path !== 'string' || !rec.path.startsWith('/')) bad('has no valid path');
-    if (typeof rec.ghost !== 'string' || !Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode)
-      || !Number.isSafeInteger(rec.uid) || !Number.isSafeInteger(rec.gid) || !/^\d{1,20}$/.test(String(rec.pos))) bad('has an invalid record');
+    // mode, uid and gid go to fchmod(2) and fchown(2): permission bits and 32-bit ids (not -1, "unchanged").
+    const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
+    if (typeof rec.ghost !== 'string' || !Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode) || rec.mode < 0 || rec.mode > 0o7777
+      || !id(rec.uid) || !id(rec.gid) || !/^\d{1,16}$/.test(String(rec.pos)) || !Number.isSafeInteger(Number(rec.pos))) bad('has an invalid record');
     checkContents(rec, bad);
     const dir = dirname(rec.path);
     // Resolved inside the process's recorded root (confined.ts), as open() will.

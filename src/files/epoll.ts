@@ -137,7 +137,7 @@ function checkRecord(rec: EventpollRecord): void {
     if (typeof t !== 'object' || t === null || !Number.isSafeInteger(t.fd) || t.fd < 0 || t.fd > 0x7fffffff
       || !Number.isSafeInteger(t.file) || t.file === rec.id || !Number.isSafeInteger(t.events) || t.events < 0
       || t.events > 0xffffffff || typeof t.data !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(t.data)) {
-      bad(`has an invalid target ${JSON.stringify(t)}`);
+      bad(`has an invalid target ${String(JSON.stringify(t)).slice(0, 120)}`);
     }
   }
 }

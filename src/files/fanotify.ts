@@ -133,8 +133,9 @@ function checkRecord(rec: FanotifyRecord): void {
   if (!Array.isArray(rec.marks) || rec.marks.length > MAX_MARKS) bad('has invalid marks');
   for (const m of rec.marks) {
     if (typeof m !== 'object' || m === null || !['inode', 'mount', 'filesystem'].includes(m.type) || typeof m.path !== 'string'
-      || !m.path.startsWith('/') || !u32(m.mflags) || (m.mflags & ~MFLAGS) !== 0 || !u32(m.mask) || !u32(m.ignoredMask)) {
-      bad(`has an invalid mark ${JSON.stringify(m)}`);
+      || !m.path.startsWith('/') || m.path.includes('\0') || !u32(m.mflags) || (m.mflags & ~MFLAGS) !== 0 || !u32(m.mask) || !u32(m.ignoredMask)) {
+      // Shown cut short: the item is the image's, of any size.
+      bad(`has an invalid mark ${String(JSON.stringify(m)).slice(0, 120)}`);
     }
     if (!lstatSync(m.path, { throwIfNoEntry: false })) {
       throw new FerryError('ENOENT', `fanotify ${m.type} mark (file ${rec.id} of the image) was on ${m.path}, which no longer exists`);

@@ -756,7 +756,7 @@ function checkRecord(rec: InetRecord): void {
   endpoint(rec.remote, 'remote');
   if (typeof rec.opts !== 'object' || rec.opts === null) bad('has no options');
   for (const [k, v] of Object.entries(rec.opts)) {
-    if (!(k in OPTIONS) && k !== 'sndbuf' && k !== 'rcvbuf') bad(`has an unknown option ${k}`);
+    if (!Object.hasOwn(OPTIONS, k) && k !== 'sndbuf' && k !== 'rcvbuf') bad(`has an unknown option ${JSON.stringify(k.slice(0, 40))}`);
     if (typeof v !== 'number' && (typeof v !== 'string' || v.length > 64)) bad(`has an invalid value for option ${k}`);
   }
   if ((rec.state === 'established' || rec.state === 'connected') && (!rec.local || !rec.remote)) bad('is connected without addresses');
@@ -771,7 +771,8 @@ function checkRecord(rec: InetRecord): void {
     if (t.window !== null && (!Array.isArray(t.window) || t.window.length !== 5)) bad('has an invalid window');
   }
   if (rec.datagrams !== undefined && (!Array.isArray(rec.datagrams) || rec.datagrams.length > MAX_DATAGRAMS
-    || !rec.datagrams.every((x) => typeof x.data === 'string' && x.data.length <= Math.ceil(MAX_DATAGRAM / 3) * 4))) bad('has invalid datagrams');
+    || !rec.datagrams.every((x) => typeof x === 'object' && x !== null && typeof x.data === 'string'
+      && x.data.length <= Math.ceil(MAX_DATAGRAM / 3) * 4))) bad('has invalid datagrams');
 }
 
 export const inet: FileKind<InetRecord> = {

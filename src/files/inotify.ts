@@ -249,8 +249,9 @@ function checkRecord(rec: InotifyRecord): void {
   for (const w of rec.watches) {
     if (typeof w !== 'object' || w === null || !Number.isSafeInteger(w.wd) || w.wd < 1 || w.wd > WD_MAX || seen.has(w.wd)
       || !Number.isSafeInteger(w.mask) || (w.mask & ~(IN_ALL_EVENTS | IN_ONESHOT | IN_EXCL_UNLINK)) !== 0
-      || typeof w.path !== 'string' || !w.path.startsWith('/')) {
-      bad(`has an invalid watch ${JSON.stringify(w)}`);
+      || typeof w.path !== 'string' || !w.path.startsWith('/') || w.path.includes('\0')) {
+      // Shown cut short: the item is the image's, of any size.
+      bad(`has an invalid watch ${String(JSON.stringify(w)).slice(0, 120)}`);
     }
     seen.add(w.wd);
     if (!lstatSync(w.path, { throwIfNoEntry: false })) {

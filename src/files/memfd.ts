@@ -139,8 +139,8 @@ export const memfd: FileKind<MemfdRecord> = {
     };
     if (typeof rec.memfd !== 'string' || !/^\d+:\d+:\d+$/.test(rec.memfd)) bad('has no valid identity');
     if (typeof rec.name !== 'string' || Buffer.byteLength(rec.name) > NAME_MAX || rec.name.includes('\0')) bad('has an invalid name');
-    if (!Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode) || !Number.isSafeInteger(rec.seals)
-      || (rec.seals & ~ALL_SEALS) !== 0 || !/^\d{1,20}$/.test(String(rec.pos))) bad('has an invalid record');
+    if (!Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode) || rec.mode < 0 || rec.mode > 0o7777 || !Number.isSafeInteger(rec.seals)
+      || (rec.seals & ~ALL_SEALS) !== 0 || !/^\d{1,16}$/.test(String(rec.pos)) || !Number.isSafeInteger(Number(rec.pos))) bad('has an invalid record');
     checkContents(rec, bad);
   },
 

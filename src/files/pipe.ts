@@ -21,6 +21,7 @@
  */
 import { existsSync, fstatSync, readSync, statSync, writeSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
+import { shown } from '../image/manifest.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
@@ -244,7 +245,7 @@ function checkState(rec: PipeState & FileRecord, what: string): void {
     throw new FerryError('EIMAGE', `image: ${what} (file ${rec.id}) ${why}`);
   };
   if (!Number.isSafeInteger(rec.flags) || (rec.flags & O_ACCMODE) === 3) bad('has invalid flags');
-  if (!Number.isSafeInteger(rec.size) || rec.size < PAGE || rec.size > MAX_SIZE || rec.size % PAGE !== 0) bad(`has invalid capacity ${String(rec.size)}`);
+  if (!Number.isSafeInteger(rec.size) || rec.size < PAGE || rec.size > MAX_SIZE || rec.size % PAGE !== 0) bad(`has invalid capacity ${shown(rec.size)}`);
   if (typeof rec.data !== 'string' || rec.data.length > Math.ceil(rec.size / 3) * 4) bad('has invalid data');
   const len = Buffer.byteLength(rec.data, 'base64');
   if (len > rec.size) bad(`holds ${len} bytes, more than its capacity ${rec.size}`);

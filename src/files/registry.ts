@@ -51,6 +51,7 @@ export function kindOf(fd: FdDesc): FileKind<FileRecord> {
 /** The module that restores records of `kind`. */
 export function kindByName(kind: string): FileKind<FileRecord> {
   const k = KINDS.find((m) => m.kind === kind);
-  if (!k) throw new FerryError('EIMAGE', `image holds a file of kind '${kind}', which this ferry does not know`);
+  // The kind is the image's: quoted as JSON, so a hostile one stays on one line.
+  if (!k) throw new FerryError('EIMAGE', `image holds a file of kind ${JSON.stringify(String(kind).slice(0, 40))}, which this ferry does not know`);
   return k;
 }

@@ -171,6 +171,13 @@ export const regular: FileKind<RegularRecord> = {
   },
 
   check(rec: RegularRecord): void {
+    // The image is input: every field this module uses must be there, of its type.
+    if (typeof rec.path !== 'string' || rec.path === '' || rec.path.includes('\0') || rec.path.length > 4096
+      || !Number.isSafeInteger(rec.flags) || rec.flags < 0 || typeof rec.directory !== 'boolean'
+      || typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos) || !Number.isSafeInteger(Number(rec.pos))
+      || typeof rec.ino !== 'string' || !/^\d{1,20}$/.test(rec.ino)) {
+      throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) needs a path, flags, pos, ino and directory`);
+    }
     validateLocks(rec.locks, `file ${rec.id} (${rec.path})`);
     if ((rec.size !== undefined && (typeof rec.size !== 'string' || !/^\d{1,20}$/.test(rec.size)))
       || (rec.mtimeNs !== undefined && (typeof rec.mtimeNs !== 'string' || !/^-?\d{1,25}$/.test(rec.mtimeNs)))) {

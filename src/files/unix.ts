@@ -38,6 +38,7 @@
 import { chmodSync, lchownSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { errnoCode, FerryError } from '../errors.js';
+import { shown } from '../image/manifest.js';
 import type { FileRecord } from '../image/records.js';
 import { native, type UnixDiag } from '../native/binding.js';
 import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
@@ -710,16 +711,26 @@ function checkRecord(rec: UnixRecord): void {
   const bad = (why: string): never => {
     throw new FerryError('EIMAGE', `image: unix socket (file ${rec.id}) ${why}`);
   };
-  if (!(rec.type in TYPES)) bad(`has unknown type ${String(rec.type)}`);
+  if (typeof rec.type !== 'string' || !Object.hasOwn(TYPES, rec.type)) bad(`has unknown type ${shown(rec.type)}`);
   const roles: UnixRole[] = ['unconnected', 'listener', 'pair', 'to', 'accepted', 'client', 'embryo', 'orphan', 'external'];
-  if (!roles.includes(rec.role)) bad(`has unknown role ${String(rec.role)}`);
+  if (!roles.includes(rec.role)) bad(`has unknown role ${shown(rec.role)}`);
   if (!Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.shutdown)) bad('has invalid flags');
+  const int32 = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= -(2 ** 31) && (v as number) < 2 ** 31;
+  const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32;
+  // The socket file's mode and owner (chmod, lchown) and the directory of a relative name, when there.
+  const okFile = (f: UnixName['file']): boolean => f === undefined || f === null
+    || (typeof f === 'object' && Number.isSafeInteger(f.mode) && f.mode >= 0 && f.mode <= 0o7777 && id(f.uid) && id(f.gid));
   const okName = (nm: UnixName | null | undefined): boolean => nm === null || nm === undefined
     || (typeof nm === 'object' && ((typeof nm.path === 'string' && nm.path.length > 0 && nm.path.length < 108 && !nm.path.includes('\0'))
-      || (typeof nm.abstract === 'string' && Buffer.byteLength(nm.abstract, 'base64') < 108)));
+      || (typeof nm.abstract === 'string' && Buffer.byteLength(nm.abstract, 'base64') < 108))
+      && okFile(nm.file) && (nm.dir === undefined || (typeof nm.dir === 'string' && nm.dir.length <= 4096 && !nm.dir.includes('\0'))));
   if (!okName(rec.name) || !okName(rec.external)) bad('has an invalid name');
-  if (typeof rec.opts !== 'object' || rec.opts === null
-    || !Object.values(rec.opts).every((v) => Number.isSafeInteger(v))) bad('has invalid options');
+  // Every option is set with setsockopt(2), an int each.
+  const opts = ['passcred', 'passsec', 'passpidfd', 'rcvbuf', 'sndbuf', 'peekOff', 'rcvlowat'] as const;
+  if (typeof rec.opts !== 'object' || rec.opts === null || !opts.every((k) => int32(rec.opts[k]))) bad('has invalid options');
+  if (rec.queue !== null && typeof rec.queue !== 'string') bad('has an invalid queue');
+  // A listener's lists of file ids: lists (a connection each, as many as its backlog can hold at most).
+  for (const list of [rec.accepted, rec.embryos]) if (list !== undefined && (!Array.isArray(list) || list.length > 1 << 20)) bad('names invalid files');
   const ids = [rec.peer, rec.listener, ...(rec.accepted ?? []), ...(rec.embryos ?? [])];
   if (!ids.every((v) => v === null || Number.isSafeInteger(v))) bad('names invalid files');
   if (rec.role === 'listener' && (!rec.name || !Number.isSafeInteger(rec.backlog))) bad('is a listener without a name or backlog');

@@ -75,8 +75,9 @@ export function shown(v: unknown): string {
 
 /** Checks that an entry name is safe and bounded. */
 export function checkEntryName(name: string): void {
+  // Control characters (NUL, newline…) are in no name ferry writes, and would break a message's one line.
   if (name.length === 0 || name.length > MAX_NAME || name.startsWith('/') || name.split('/').includes('..')
-    || name.includes('\0')) {
+    || /[\x00-\x1f\x7f]/.test(name)) {
     throw new FerryError('EIMAGE', `image entry name ${JSON.stringify(name.slice(0, 80))} is not allowed`);
   }
 }

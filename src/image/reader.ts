@@ -12,11 +12,16 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
-import { MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, parseManifest, type Manifest } from './manifest.js';
+import { MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type Manifest } from './manifest.js';
 import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
 
 /** Deepest nesting of a JSON entry: ferry's own records are a few levels deep. */
 export const MAX_JSON_DEPTH = 32;
+/**
+ * Most bytes of one entry read into memory at once (whatever limit a caller gives): a deleted
+ * file's or memfd's contents are read whole; page data is streamed, never read this way.
+ */
+export const MAX_READ = 1 << 30;
 
 const BLOCK = 512;
 const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
@@ -28,7 +33,7 @@ export interface Image {
   readonly signer: KeyId | null;
   /** Whether an entry exists. */
   has(name: string): boolean;
-  /** Reads a whole small entry; refuses one larger than `limit` (default 64 MiB). */
+  /** Reads a whole small entry; refuses one larger than `limit` (default 64 MiB; never more than MAX_READ). */
   read(name: string, limit?: number): Promise<Buffer>;
   /** read() + JSON.parse, with an error naming the entry. */
   readJson(name: string, limit?: number): Promise<unknown>;
@@ -68,6 +73,16 @@ function headerChecksumOk(h: Buffer): boolean {
   return sum === stored;
 }
 
+/**
+ * A member name as messages show it: as it is when it is plain (printable ASCII, no space,
+ * not too long), else quoted and cut short, so a hostile name never makes a message long or
+ * spread it over lines.
+ */
+function nameOf(name: string): string {
+  // ferry's own names all have a '.' or a '/' ("tree.json", "files/3-contents"): anything else is quoted too.
+  return /^[\x21-\x7e]{1,120}$/.test(name) && /[./]/.test(name) ? name : JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}…` : name);
+}
+
 function cstr(h: Buffer, start: number, len: number): string {
   const end = h.indexOf(0, start);
   return h.toString('utf8', start, end < 0 || end > start + len ? start + len : end);
@@ -104,15 +119,22 @@ function indexTar(fd: number, fileSize: number, label: string, where: ErrorConte
       pos = dataAt + padded(size);
       continue;
     }
-    if (type !== '0' && type !== '7') throw new FerryError('EIMAGE', `image ${label} holds a tar member of type '${type}' at byte ${pos}; only files are allowed`, where);
+    if (type !== '0' && type !== '7') {
+      const shownType = /^[\x21-\x7e]$/.test(type) ? `'${type}'` : `byte 0x${h[156]!.toString(16)}`;
+      throw new FerryError('EIMAGE', `image ${label} holds a tar member of type ${shownType} at byte ${pos}; only files are allowed`, where);
+    }
     const prefix = h.toString('latin1', 257, 262) === 'ustar' ? cstr(h, 345, 155) : '';
     const base = cstr(h, 0, 100);
     const name = paxPath ?? (prefix ? `${prefix}/${base}` : base);
     if (paxSize !== undefined) size = paxSize;
     paxSize = paxPath = undefined;
-    if (!Number.isSafeInteger(size) || size < 0) throw new FerryError('EIMAGE', `image ${label} is corrupt: bad size of entry ${name} at byte ${pos}`, where);
+    // No name the manifest may list is longer (manifest.ts, MAX_NAME): refused here, before it is kept.
+    if (Buffer.byteLength(name) > MAX_NAME) {
+      throw new FerryError('EIMAGE', `image ${label} is corrupt: the name of the member at byte ${pos} is ${Buffer.byteLength(name)} bytes long, over the ${MAX_NAME} allowed`, where);
+    }
+    if (!Number.isSafeInteger(size) || size < 0) throw new FerryError('EIMAGE', `image ${label} is corrupt: bad size of entry ${nameOf(name)} at byte ${pos}`, where);
     if (dataAt + size > fileSize) {
-      throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${name} ends at byte ${dataAt + size}, the file has ${fileSize}`, where);
+      throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${nameOf(name)} ends at byte ${dataAt + size}, the file has ${fileSize}`, where);
     }
     out.push({ name, offset: dataAt, size });
     if (out.length > MAX_ENTRIES + 2) throw new FerryError('EIMAGE', `image ${label} has more than ${MAX_ENTRIES} entries`, where);
@@ -173,7 +195,7 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     const located = indexTar(fd, st.size, label, where);
     const first = located[0];
     if (!first || first.name !== MANIFEST_NAME) {
-      throw new FerryError('EIMAGE', `image ${label} is not a ferry image: its first entry is ${first ? first.name : 'missing'}, not ${MANIFEST_NAME}`, where);
+      throw new FerryError('EIMAGE', `image ${label} is not a ferry image: its first entry is ${first ? nameOf(first.name) : 'missing'}, not ${MANIFEST_NAME}`, where);
     }
     if (first.size > MAX_MANIFEST_BYTES) throw new FerryError('EIMAGE', `image ${label}: manifest.json is ${first.size} bytes, over the limit`, where);
     const mbuf = Buffer.alloc(first.size);
@@ -187,7 +209,15 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
       sig = Buffer.alloc(sigAt.size);
       readSync(fd, sig, 0, sigAt.size, sigAt.offset);
     }
-    const signer = checkSignature(mbuf, sig, options.trust, label, where);
+    let signer: KeyId | null;
+    try {
+      signer = checkSignature(mbuf, sig, options.trust, label, where);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      // The signature entry is the image's: a field of a hostile type can make its parsing fail
+      // (String() of an object with a bad toString). Corrupt, whatever the engine said.
+      throw new FerryError('EIMAGE', `image ${label} is corrupt: its ${SIGNATURE_NAME} holds a field of the wrong type`, where);
+    }
     let manifest: Manifest;
     try {
       manifest = parseManifest(mbuf);
@@ -202,11 +232,11 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     manifest.entries.forEach((e, i) => {
       const got = rest[i];
       if (!got) throw new FerryError('EIMAGE', `image ${label} is truncated: entry ${e.name} is missing`, where);
-      if (got.name !== e.name) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${i + 1} is ${got.name}, the manifest says ${e.name}`, where);
+      if (got.name !== e.name) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${i + 1} is ${nameOf(got.name)}, the manifest says ${nameOf(e.name)}`, where);
       if (got.size !== e.size) throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has ${got.size} bytes, the manifest says ${e.size}`, where);
     });
     if (rest.length > manifest.entries.length) {
-      throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${rest[manifest.entries.length]!.name} is not in the manifest`, where);
+      throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${nameOf(rest[manifest.entries.length]!.name)} is not in the manifest`, where);
     }
     // Hash every entry.
     const total = manifest.entries.reduce((s, e) => s + e.size, 0);
@@ -257,7 +287,8 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
   let closed = false;
   const get = (name: string): Located => {
     const l = byName.get(name);
-    if (!l) throw new FerryError('EIMAGE', `image ${label} has no entry ${name}`, where);
+    // The name comes from a record: quoted, as any value of the image a message shows.
+    if (!l) throw new FerryError('EIMAGE', `image ${label} has no entry ${JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}…` : name)}`, where);
     return l;
   };
   const image: Image = {
@@ -266,7 +297,8 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
     has: (name) => byName.has(name),
     async read(name, limit = 64 << 20) {
       const l = get(name);
-      if (l.size > limit) throw new FerryError('EIMAGE', `image ${label}: entry ${name} is ${l.size} bytes, more than the ${limit} allowed`, where);
+      const max = Math.min(limit, MAX_READ);
+      if (l.size > max) throw new FerryError('EIMAGE', `image ${label}: entry ${name} is ${l.size} bytes, more than the ${max} allowed`, where);
       const buf = Buffer.alloc(l.size);
       if (l.size > 0 && readSync(fd, buf, 0, l.size, l.offset) !== l.size) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`, where);
       return buf;

@@ -156,10 +156,25 @@ export function checkSharedFilePages(task: TaskRecord): void {
   }
 }
 
+/**
+ * Refuses a task whose stored pages would be read from beyond its pages entry (`size` bytes,
+ * the entry's size in the manifest): they would come from whatever follows it in the image.
+ * validateTask holds every area's runs within the area and its pages within the task's
+ * `pagesBytes`; this holds `pagesBytes` to the entry. Before anything of the task is mapped.
+ */
+export function checkPagesEntry(task: TaskRecord, size: number): void {
+  if (task.pagesBytes !== size) {
+    throw new FerryError('EIMAGE', `image: pid ${task.pid} records ${task.pagesBytes} bytes of stored pages, but its entry `
+      + `tasks/${task.pid}/pages.bin has ${size}: refused (an edited image)`, { pid: task.pid });
+  }
+}
+
 /** Step 3: map every dumped area and write its stored pages from the image. */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
-  pages: { fd: number; offset: number }, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number): number {
+  pages: { fd: number; offset: number; size?: number }, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number): number {
   checkSharedFilePages(task);
+  // restore.ts passes the entry's location (image.locate), which has its size.
+  if (typeof pages.size === 'number') checkPagesEntry(task, pages.size);
   const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
   // Areas of a shared object another area already created are mapped after the others.
   const firsts = new Set<string>();
@@ -245,6 +260,7 @@ function attachSysv(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
   const seg = v.sysv!;
   const name = `sysv:${seg.shmid}`;
   const where = `System V segment ${seg.shmid} of pid ${task.pid} at ${v.start}`;
+  let created = false;
   if (!shared.has(name)) {
     const ctl = openSync('/proc/sys/kernel/shm_next_id', 'w');
     try {
@@ -262,17 +278,27 @@ function attachSysv(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
       if (id >= 0n) t.trySyscall(SYS.shmctl, id, IPC_RMID, 0);
       throw new FerryError('ESHM', `cannot create ${where} again: ${id < 0n ? `shmget failed with ${errnoName(id)} (key or id in use?)` : `it got id ${id}`}`);
     }
-    const ds = Buffer.alloc(SHMID_DS_SIZE);
-    ds.writeUInt32LE(seg.uid, 4);
-    ds.writeUInt32LE(seg.gid, 8);
-    ds.writeUInt32LE(seg.mode, 20);
-    as.scratch.reset();
-    t.syscall(SYS.shmctl, seg.shmid, IPC_SET, as.scratch.put(ds));
-    shared.set(name, { pid: task.pid, start: big(v.start), end: big(v.end), offset: 0n });
+    created = true;
   }
-  const flags = ((v.prot & PROT_WRITE) ? 0 : SHM_RDONLY) | ((v.prot & PROT_EXEC) ? SHM_EXEC : 0);
-  const at = t.trySyscall(SYS.shmat, seg.shmid, big(v.start), flags);
-  if (at !== big(v.start)) throw new FerryError('ESHM', `cannot attach ${where}: ${at < 0n ? errnoName(at) : `landed at 0x${at.toString(16)}`}`);
+  // A segment made here and not attached yet outlives the processes (nothing holds it): removed
+  // again when the attach fails, so a refused restore leaves none behind.
+  try {
+    if (created) {
+      const ds = Buffer.alloc(SHMID_DS_SIZE);
+      ds.writeUInt32LE(seg.uid, 4);
+      ds.writeUInt32LE(seg.gid, 8);
+      ds.writeUInt32LE(seg.mode, 20);
+      as.scratch.reset();
+      t.syscall(SYS.shmctl, seg.shmid, IPC_SET, as.scratch.put(ds));
+    }
+    const flags = ((v.prot & PROT_WRITE) ? 0 : SHM_RDONLY) | ((v.prot & PROT_EXEC) ? SHM_EXEC : 0);
+    const at = t.trySyscall(SYS.shmat, seg.shmid, big(v.start), flags);
+    if (at !== big(v.start)) throw new FerryError('ESHM', `cannot attach ${where}: ${at < 0n ? errnoName(at) : `landed at 0x${at.toString(16)}`}`);
+  } catch (err) {
+    if (created) t.trySyscall(SYS.shmctl, seg.shmid, IPC_RMID, 0);
+    throw err;
+  }
+  if (created) shared.set(name, { pid: task.pid, start: big(v.start), end: big(v.end), offset: 0n });
   // A segment removed while attached stays attachable (Linux) until its last detach.
   if (seg.removed) t.trySyscall(SYS.shmctl, seg.shmid, IPC_RMID, 0);
 }

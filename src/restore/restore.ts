@@ -24,7 +24,7 @@ import { openImage } from '../image/reader.js';
 import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
-import { checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
+import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
 import { checkBound } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
@@ -62,6 +62,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       const task = validateTask(await image.readJson(taskEntry(pid)), pid);
       tasks.push(task);
       checkSharedFilePages(task); // no page data into a file the task shares (docs/security.md)
+      checkPagesEntry(task, image.locate(pagesEntry(pid)).size); // its runs stay inside its own pages entry
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
     // No privilege from the image: every task's credentials within the bound, before anything exists.

@@ -192,6 +192,7 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
   const n = native();
   const out: Tracee[] = [];
   const known = new Set(readdirSync(`/proc/${main.pid}/task`).map(Number));
+  const seized: number[] = []; // every thread ferry traces, collected here if this fails
   try {
     for (const th of task.threads.slice(1)) {
       as.scratch.reset();
@@ -210,6 +211,7 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
       const tid = newEntry(`/proc/${main.pid}/task`, known);
       known.add(tid);
       n.seize(tid, RESTORE_TRACE_OPTIONS);
+      seized.push(tid);
       n.interrupt(tid);
       const st = n.waitpid(tid);
       if (!st?.stopped) throw new FerryError('ESPAWN', `thread ${tid} of pid ${task.pid} died while being created`);
@@ -222,6 +224,15 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
     }
   } catch (err) {
     for (const t of out) t.close();
+    // The caller registers the threads only once they all exist: kill and collect the ones
+    // made so far here, as their tracer, or the leader could never be reaped (its exit is
+    // reported only once every thread is gone) and would hold its pid as a zombie.
+    for (const tid of seized) {
+      try { n.tgkill(main.pid, tid, SIGKILL); } catch { /* gone */ }
+    }
+    for (const tid of seized) {
+      try { n.waitExit(tid); } catch { /* collected already */ }
+    }
     throw err;
   }
   return out;

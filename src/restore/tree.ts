@@ -254,11 +254,13 @@ function destroyTree(created: CreatedTree, root: number, adopted: boolean): void
   // Children first: a pid namespace's init, dying, waits until every other process of its
   // namespace is reaped, and those ferry traces are reaped only when it collects them.
   for (const [key, t] of [...created.stubs.entries()].reverse()) {
+    // Each wait on its own: one thread already gone must not leave the others (and so the
+    // leader, reported only once its threads are collected) uncollected.
+    for (const th of created.threads.get(key) ?? []) {
+      th.close();
+      try { n.waitExit(th.tid); } catch { /* already collected */ }
+    }
     try {
-      for (const th of created.threads.get(key) ?? []) {
-        th.close();
-        n.waitExit(th.tid);
-      }
       if (t === created.stubs.get(root) && !adopted) n.waitpid(t.pid);
       else n.waitExit(t.pid);
     } catch { /* already collected */ }

@@ -22,6 +22,13 @@ const MAX_FDS = 1 << 20;
 const MAX_THREADS = 65536;
 
 const HEX = /^0x[0-9a-f]{1,16}$/;
+/** sizeof(struct robust_list_head) on x86-64; sigaltstack(2) flags. */
+const ROBUST_LIST_HEAD_SIZE = 24;
+const SS_ONSTACK = 1, SS_DISABLE = 2, SS_AUTODISARM = 2 ** 31;
+/** The least alternate signal stack any x86-64 kernel accepts (more with large XSAVE areas). */
+const MINSIGSTKSZ = 2048n;
+/** End of x86-64 user space (TASK_SIZE with 5-level paging; 4-level ends lower, at 0x7ffffffff000). */
+const USER_END = 0xfffffffffff000n;
 
 function fail(where: string, what: string): never {
   throw new FerryError('EIMAGE', `image entry ${where} is invalid: ${what} (edited, or written by another ferry version?)`);
@@ -49,6 +56,10 @@ const str = (max = 8192): Check => (v, at) => (typeof v === 'string' && v.length
 /** A string of decimal digits (a 64-bit or wider integer kept exact). */
 const digits: Check = (v, at) => (typeof v === 'string' && /^-?\d{1,25}$/.test(v) ? undefined : must(at, 'a string of digits', v));
 const bool: Check = (v, at) => (typeof v === 'boolean' ? undefined : must(at, 'true or false', v));
+/** A path: a string of at most 8192 characters without NUL (the kernel would cut it there). */
+const path: Check = (v, at) => str()(v, at) ?? ((v as string).includes('\0') ? must(at, 'a path without NUL bytes', v) : undefined);
+/** An absolute path (as /proc shows an executable, a working directory, a mapped file). */
+const absPath: Check = (v, at) => path(v, at) ?? ((v as string).startsWith('/') ? undefined : must(at, 'an absolute path', v));
 /** One of the strings `values`. */
 const oneOf = (...values: string[]): Check => (v, at) => (typeof v === 'string' && values.includes(v) ? undefined
   : must(at, `one of ${values.join(', ')}`, v));
@@ -112,8 +123,15 @@ const vma = record({
   vmflags: list(str(2), 64), runs: list(tuple(int(0), int(0)), 1 << 24), pagesOffset: int(0),
 }, {
   shmem: record({ id: str(64), offset: hex }),
-  sysv: record({ shmid: int(0), key: int(), size: int(0), mode: int(0), uid: int(0), gid: int(0), removed: bool }),
-  file: record({ path: str(), offset: hex, dev: str(64), ino: str(64), size: int(0) }, { mtimeNs: digits }),
+  // shmid and key as /proc/sysvipc/shm has them (int, key_t), mode its permission bits: nothing more goes to shmget(2).
+  sysv: record({
+    shmid: int(0, 2 ** 31 - 1), key: int(-(2 ** 31), 2 ** 32 - 1), size: int(0), mode: int(0, 0o777),
+    uid: int(0, 2 ** 32 - 1), gid: int(0, 2 ** 32 - 1), removed: bool,
+  }),
+  file: record({ path: absPath, offset: hex, dev: str(64), ino: str(64), size: int(0) }, { mtimeNs: digits }),
+  // A memfd or deleted file mapped (files/memfd.ts MappedSpecialFile): created again from these.
+  memfd: record({ id: str(64), name: str(300), size: int(0), mode: int(0, 0o7777), seals: int(0, 0x3f) }),
+  ghost: str(64),
 });
 const thread = record({
   tid: pid,
@@ -129,7 +147,7 @@ const thread = record({
 });
 const task = record({
   pid, ppid: int(0, PID_MAX), pgid: int(0, PID_MAX), sid: int(0, PID_MAX),
-  comm: str(64), exe: str(), cwd: str(), umask: int(0, 0o777),
+  comm: str(64), exe: absPath, cwd: absPath, umask: int(0, 0o777),
   mm: record({
     ...Object.fromEntries(['startCode', 'endCode', 'startData', 'endData', 'startBrk', 'brk', 'startStack', 'argStart',
       'argEnd', 'envStart', 'envEnd'].map((k) => [k, hex])),
@@ -150,7 +168,7 @@ const task = record({
  * here when present; which ones a kind needs, and everything else of it, is its module's.
  */
 const SHARED_FILE_FIELDS: Readonly<Record<string, Check>> = {
-  path: str(), link: str(), flags: int(0, 2 ** 32 - 1), pos: digits, major: int(0, 2 ** 32 - 1), minor: int(0, 2 ** 32 - 1),
+  path, link: str(), flags: int(0, 2 ** 32 - 1), pos: digits, major: int(0, 2 ** 32 - 1), minor: int(0, 2 ** 32 - 1),
   dev: str(64), ino: str(64), directory: bool,
 };
 
@@ -196,6 +214,24 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
       fail(where, `vmas[${i}] stores pages past the end of the task's ${t.pagesBytes} bytes of pages`);
     }
   }
+  for (const [i, th] of t.threads.entries()) {
+    // What the kernel refuses outright, refused here, before any thread exists (set_robust_list(2): the
+    // size of struct robust_list_head; sigaltstack(2): SS_ONSTACK, SS_DISABLE, SS_AUTODISARM, and a
+    // stack in use of at least MINSIGSTKSZ; rseq(2): at least the original 32-byte struct rseq,
+    // aligned on 32 bytes).
+    if (BigInt(th.robustList.head) !== 0n && th.robustList.len !== ROBUST_LIST_HEAD_SIZE) {
+      fail(where, `threads[${i}].robustList.len must be ${ROBUST_LIST_HEAD_SIZE} (the size of struct robust_list_head), is ${th.robustList.len}`);
+    }
+    if ((th.sigaltstack.flags & ~(SS_ONSTACK | SS_DISABLE | SS_AUTODISARM)) !== 0) {
+      fail(where, `threads[${i}].sigaltstack.flags ${th.sigaltstack.flags} has bits sigaltstack(2) does not know`);
+    }
+    if ((th.sigaltstack.flags & SS_DISABLE) === 0 && BigInt(th.sigaltstack.size) < MINSIGSTKSZ) {
+      fail(where, `threads[${i}].sigaltstack.size ${th.sigaltstack.size} is below MINSIGSTKSZ (${MINSIGSTKSZ}) for a stack in use`);
+    }
+    if (th.rseq && (th.rseq.size < 32 || BigInt(th.rseq.pointer) % 32n !== 0n || BigInt(th.rseq.pointer) + BigInt(th.rseq.size) > USER_END)) {
+      fail(where, `threads[${i}].rseq must be at least 32 bytes at a user address aligned on 32 (rseq(2)), is ${th.rseq.size} bytes at ${th.rseq.pointer}`);
+    }
+  }
   for (const [i, tm] of t.itimers.posix.entries()) {
     if (tm.thread !== null && !tids.has(tm.thread)) fail(where, `itimers.posix[${i}].thread ${tm.thread} is not a thread of pid ${pid}`);
   }
@@ -235,10 +271,11 @@ const threadCreds = record({
   gids: tuple(id, id, id, id),
   groups: list(id, 65536),
   caps: record({ effective: hex, permitted: hex, inheritable: hex, bounding: hex, ambient: hex }),
-  securebits: int(),
+  securebits: int(0, 2 ** 32 - 1),
   noNewPrivs: bool,
-  personality: int(),
-  sched: record({ policy: int(), priority: int(), nice: int(-20, 19) }, { resetOnFork: bool }),
+  personality: int(0, 2 ** 32 - 1),
+  // sched(7): SCHED_OTHER 0 … SCHED_DEADLINE 6; a real-time priority is 1 to 99 (0 otherwise).
+  sched: record({ policy: int(0, 7), priority: int(0, 99), nice: int(-20, 19) }, { resetOnFork: bool }),
   affinity: list(int(0, 65535), 65536), // CPU numbers (NR_CPUS is at most 8192)
   pdeathsig: int(0, 64),
   seccomp: list(int(0), 65536),
