@@ -94,6 +94,18 @@ Napi::Value Cont(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// syscallResume(tid, signal): PTRACE_SYSCALL: runs the tracee to its next syscall-entry (or
+// -exit) stop, delivering `signal` (0 for none).
+Napi::Value SyscallResume(const Napi::CallbackInfo& info) {
+  pid_t tid;
+  int64_t sig = 0;
+  if (!TidArg(info, &tid)) return {};
+  if (info.Length() > 1 && !ArgInt(info, 1, &sig)) return {};
+  if (Ptrace(PTRACE_SYSCALL, tid, nullptr, reinterpret_cast<void*>(sig)) < 0)
+    ThrowErrno(info.Env(), "ptrace(PTRACE_SYSCALL)", errno, "tid " + std::to_string(tid));
+  return info.Env().Undefined();
+}
+
 // setOptions(tid, options): PTRACE_SETOPTIONS (e.g. PTRACE_O_EXITKILL for restore stubs).
 Napi::Value SetOptions(const Napi::CallbackInfo& info) {
   pid_t tid;
@@ -330,6 +342,7 @@ void InitPtrace(Napi::Env env, Napi::Object exports) {
   exports.Set("interrupt", Napi::Function::New(env, Interrupt));
   exports.Set("detach", Napi::Function::New(env, Detach));
   exports.Set("cont", Napi::Function::New(env, Cont));
+  exports.Set("syscallResume", Napi::Function::New(env, SyscallResume));
   exports.Set("setOptions", Napi::Function::New(env, SetOptions));
   exports.Set("waitpid", Napi::Function::New(env, Waitpid));
   exports.Set("waitExit", Napi::Function::New(env, WaitExit));

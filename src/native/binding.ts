@@ -77,6 +77,8 @@ export interface NativeBinding {
   detach(tid: number, signal?: number): void;
   /** ptrace(PTRACE_CONT, tid, 0, signal). */
   cont(tid: number, signal?: number): void;
+  /** ptrace(PTRACE_SYSCALL, tid, 0, signal): run to the next syscall-entry or -exit stop. */
+  syscallResume(tid: number, signal?: number): void;
   /** ptrace(PTRACE_SETOPTIONS). */
   setOptions(tid: number, options: number): void;
   /**
@@ -333,7 +335,7 @@ export interface NativeBinding {
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
-  'seize', 'interrupt', 'detach', 'cont', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
+  'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'openat2', 'mkdirat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',

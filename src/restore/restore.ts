@@ -12,8 +12,8 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
-import { SIGSTOP } from '../arch/x86-64.js';
-import { FerryError, describeCause } from '../errors.js';
+import { ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
+import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
@@ -247,7 +247,57 @@ function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: Read
     // Process-directed (kill, not tgkill): every thread finds it pending on its way back to
     // user space, so none runs an instruction before the group stop.
     if (task.stopped) process.kill(leader.pid, SIGSTOP);
-    for (const x of created.threads.get(task.pid) ?? []) n.detach(x.tid, 0);
-    n.detach(leader.pid, 0);
+    const tids = [leader.pid, ...(created.threads.get(task.pid) ?? []).map((x) => x.tid)];
+    for (const [i, tid] of [...tids.entries()].reverse()) {
+      if (!task.stopped && restarts(task.threads[i]!)) detachInSyscall(task.pid, tid);
+      else n.detach(tid, 0);
+    }
   }
+}
+
+/** Whether a thread was stopped inside a syscall the kernel restarts when it goes on. */
+function restarts(th: TaskRecord['threads'][number]): boolean {
+  const regs = th.regs as Record<string, string | undefined>;
+  const orig = BigInt.asIntN(64, BigInt(regs['orig_rax'] ?? '-1'));
+  const rax = Number(BigInt.asIntN(64, BigInt(regs['rax'] ?? '0')));
+  return orig >= 0n && (rax === -ERESTARTSYS || rax === -ERESTARTNOINTR || rax === -ERESTARTNOHAND || rax === -ERESTART_RESTARTBLOCK);
+}
+
+/**
+ * Lets go a thread restored inside a restartable syscall only once it is back in the kernel
+ * (docs/architecture.md, "Interrupted system calls"). Detached straight from its stop, the
+ * kernel would rewind it to the `syscall` instruction and return to user mode first: a signal
+ * arriving in that instant runs its handler and the thread then blocks in the call again — a
+ * lost wakeup, which the original, asleep in the call, could not have. So it is resumed with
+ * PTRACE_SYSCALL (the kernel applies the restart rules: a pending signal runs its handler or
+ * fails the call with EINTR, else the call is re-entered) and detached at its next
+ * syscall-entry stop: from there a signal finds it inside the call. A stop for a signal is
+ * passed on; a thread that reaches no syscall within 2 s (a long handler) is stopped with
+ * SIGSTOP, which is consumed when it is let go.
+ */
+function detachInSyscall(pid: number, tid: number): void {
+  const n = native();
+  let sig = 0;
+  let stopSent = false;
+  for (let round = 0; round < 64; round++) {
+    n.syscallResume(tid, sig);
+    sig = 0;
+    let st;
+    try {
+      st = n.waitpid(tid, 0, stopSent ? 30000 : 2000);
+    } catch (err) {
+      if (errnoCode(err) !== 'ETIMEDOUT' || stopSent) throw err;
+      n.tgkill(pid, tid, SIGSTOP);
+      stopSent = true;
+      st = n.waitpid(tid);
+    }
+    if (!st?.stopped) return; // it exited: the watch after the let-go reports a fault
+    if (st.stopSig === SIGTRAP && st.event === 0) {
+      if (!stopSent) return n.detach(tid, 0); // a syscall-entry (or -exit) stop
+      continue; // our SIGSTOP is still to come: consume it first
+    }
+    if (st.stopSig === SIGSTOP && stopSent) return n.detach(tid, 0); // ours, consumed
+    sig = st.stopSig; // a signal for the thread: pass it on
+  }
+  n.detach(tid, 0);
 }

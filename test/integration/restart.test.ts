@@ -66,8 +66,8 @@ function wokeLines(w: Workload): Woke[] {
 }
 
 /** The first n "woke" lines, waited for (a lost wakeup times out here instead of hanging). */
-async function nextWoke(w: Workload, count = 1, timeoutMs = 5000): Promise<Woke[]> {
-  await waitFor(`pid ${w.pid} to return from its call (log:\n${w.text()})`, () => wokeLines(w).length >= count, timeoutMs);
+async function nextWoke(w: Workload & { mode?: string }, count = 1, timeoutMs = 5000): Promise<Woke[]> {
+  await waitFor(`pid ${w.pid} (${w.mode ?? '?'}, ${readStatus(w.pid)}) to return from its call (log:\n${w.text()})`, () => wokeLines(w).length >= count, timeoutMs);
   return wokeLines(w).slice(0, count);
 }
 
@@ -132,9 +132,19 @@ async function cycle(pid: number, image: string, ourChild: boolean, onLetGo?: ()
   fire();
 }
 
+/** State, signal masks and pending sets of `pid` (for a failure message). */
+function readStatus(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').filter((l) => /^(State|TracerPid|SigPnd|ShdPnd|SigBlk|SigCgt)/.test(l)).join(' ').replace(/\s+/g, ' ');
+  } catch {
+    return 'gone';
+  }
+}
+
 /** Starts the workload and waits until it blocks in its call. */
-async function start(args: string[]): Promise<Workload> {
-  const w = await startWorkload(RESTART, args);
+async function start(args: string[]): Promise<Workload & { mode?: string }> {
+  const w: Workload & { mode?: string } = await startWorkload(RESTART, args);
+  w.mode = args.join(' ');
   await waitFor(`pid ${w.pid} to block in its call`, () => blocked(w.pid));
   return w;
 }
