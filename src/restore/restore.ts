@@ -291,7 +291,15 @@ function detachInSyscall(pid: number, tid: number): void {
       stopSent = true;
       st = n.waitpid(tid);
     }
-    if (!st?.stopped) return; // it exited: the watch after the let-go reports a fault
+    if (!st?.stopped) {
+      // It died while ferry still traced it, so ferry collected it: a fault fails the restore
+      // here (the watch after the let-go can no longer see it).
+      if (st?.signaled && FAULT_SIGNALS.has(st.termSig)) {
+        throw new FerryError('EDIED', `restored pid ${pid} was killed by ${signalName(st.termSig)} right after restore, so the tree was killed: `
+          + 'was a binary or library changed since the checkpoint (--allow-changed-files)? see the log', { pid });
+      }
+      return;
+    }
     if (st.stopSig === SIGTRAP && st.event === 0) {
       if (!stopSent) return n.detach(tid, 0); // a syscall-entry (or -exit) stop
       continue; // our SIGSTOP is still to come: consume it first
