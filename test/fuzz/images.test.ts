@@ -76,7 +76,7 @@ interface Summary {
 describe('fuzzing restore with damaged and edited images', { skip, timeout: (SETUP_S + 300 + count / 2) * 1000 }, () => {
   it(`${count} variants: a clean refusal or a checked restore, canary untouched, nothing left, no hang`, async (t) => {
     assert.ok(existsSync(WORKER), 'the worker is built');
-    const child = spawn(PYTHON, ['-c', SUBREAPER, process.execPath, WORKER], { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
+    const child = spawn(PYTHON, ['-c', SUBREAPER, process.execPath, WORKER], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_FUZZ_WORKER: '1' } });
     workerPid = child.pid!;
     let buffered = '';
     let last = 'setup';

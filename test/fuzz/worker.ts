@@ -566,6 +566,9 @@ const finish = (code: number): void => {
   process.exit(code);
 };
 process.on('SIGTERM', () => finish(143));
+// `node --test dist/test/` runs every file under test/ as a test file, this one too: the
+// fuzzer runs only when images.test.ts starts it (as a subreaper's child, with this variable).
+if (process.env['FERRY_FUZZ_WORKER'] !== '1') finish(0);
 main().then(() => finish(0), (err: unknown) => {
   say(`# fuzzer error: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
   finish(1);
