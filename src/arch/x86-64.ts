@@ -152,6 +152,17 @@ export type SyscallRestart =
   | { kind: 'sleep'; call: [number, ...bigint[]]; rem: bigint };
 
 /**
+ * Whether a thread with these registers, handed back to the kernel, is still inside a syscall
+ * the kernel restarts when it goes on (rax one of the -ERESTARTxxx codes): the registers as
+ * they are finally set, after planSyscallRestart, not as dumped.
+ */
+export function inRestartableSyscall(regs: Regs): boolean {
+  const rax = -BigInt.asIntN(64, regs.rax);
+  return BigInt.asIntN(64, regs.orig_rax) >= 0n && (rax === BigInt(ERESTARTSYS) || rax === BigInt(ERESTARTNOINTR)
+    || rax === BigInt(ERESTARTNOHAND) || rax === BigInt(ERESTART_RESTARTBLOCK));
+}
+
+/**
  * Decides how a thread stopped in a syscall is handed back to the kernel
  * (docs/architecture.md, "Interrupted system calls").
  *

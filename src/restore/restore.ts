@@ -12,7 +12,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
-import { ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
+import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
 import { checkMappedFiles } from '../files/regular.js';
@@ -174,12 +174,17 @@ async function checkRunning(pids: readonly number[], root: number, log: RestoreO
         try { process.kill(other, 'SIGKILL'); } catch { /* gone */ }
       }
       log.error({ deadPid: pid, ...d }, 'a restored process died at once');
-      const how = `was killed by ${signalName(d.signal)}`;
-      throw new FerryError('EDIED', `restored pid ${pid} (tree of ${root}) ${how} right after restore, so the tree was killed: `
-        + 'was a binary or library changed since the checkpoint (--allow-changed-files)? see the log');
+      throw diedAtOnce(pid, d.signal, root);
     }
     if (performance.now() >= end) return;
   }
+}
+
+/** The one error for a restored process killed by a fault as it is let go or right after. */
+function diedAtOnce(pid: number, signal: number, root?: number): FerryError {
+  const which = root === undefined || root === pid ? `restored pid ${pid}` : `restored pid ${pid} (tree of ${root})`;
+  return new FerryError('EDIED', `${which} was killed by ${signalName(signal)} right after restore, so the tree was killed: `
+    + 'was a binary or library changed since the checkpoint (--allow-changed-files)? see the log', { pid });
 }
 
 function signalName(n: number): string {
@@ -237,9 +242,10 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
  */
 function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: ReadonlyMap<number, Buffer>): void {
   const n = native();
+  const inSyscall = new Map<number, boolean>();
   for (const task of tasks) {
     const all = [created.stubs.get(task.pid)!, ...(created.threads.get(task.pid) ?? [])];
-    task.threads.forEach((th, i) => setThreadRegisters(all[i]!.tid, th, xstates.get(th.tid)!));
+    task.threads.forEach((th, i) => inSyscall.set(all[i]!.tid, setThreadRegisters(all[i]!.tid, th, xstates.get(th.tid)!)));
     for (const x of all) x.close();
   }
   for (const task of [...tasks].reverse()) {
@@ -248,19 +254,11 @@ function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: Read
     // user space, so none runs an instruction before the group stop.
     if (task.stopped) process.kill(leader.pid, SIGSTOP);
     const tids = [leader.pid, ...(created.threads.get(task.pid) ?? []).map((x) => x.tid)];
-    for (const [i, tid] of [...tids.entries()].reverse()) {
-      if (!task.stopped && restarts(task.threads[i]!)) detachInSyscall(task.pid, tid);
+    for (const tid of [...tids].reverse()) {
+      if (!task.stopped && inSyscall.get(tid)) detachInSyscall(task.pid, tid);
       else n.detach(tid, 0);
     }
   }
-}
-
-/** Whether a thread was stopped inside a syscall the kernel restarts when it goes on. */
-function restarts(th: TaskRecord['threads'][number]): boolean {
-  const regs = th.regs as Record<string, string | undefined>;
-  const orig = BigInt.asIntN(64, BigInt(regs['orig_rax'] ?? '-1'));
-  const rax = Number(BigInt.asIntN(64, BigInt(regs['rax'] ?? '0')));
-  return orig >= 0n && (rax === -ERESTARTSYS || rax === -ERESTARTNOINTR || rax === -ERESTARTNOHAND || rax === -ERESTART_RESTARTBLOCK);
 }
 
 /**
@@ -294,10 +292,7 @@ function detachInSyscall(pid: number, tid: number): void {
     if (!st?.stopped) {
       // It died while ferry still traced it, so ferry collected it: a fault fails the restore
       // here (the watch after the let-go can no longer see it).
-      if (st?.signaled && FAULT_SIGNALS.has(st.termSig)) {
-        throw new FerryError('EDIED', `restored pid ${pid} was killed by ${signalName(st.termSig)} right after restore, so the tree was killed: `
-          + 'was a binary or library changed since the checkpoint (--allow-changed-files)? see the log', { pid });
-      }
+      if (st?.signaled && FAULT_SIGNALS.has(st.termSig)) throw diedAtOnce(pid, st.termSig);
       return;
     }
     if (st.stopSig === SIGTRAP && st.event === 0) {

@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import {
   decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, NSIG, PR_SET_NAME,
-  planSyscallRestart, REG_NAMES, SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
+  inRestartableSyscall, planSyscallRestart, REG_NAMES, SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
 import { big, type PendingSignal, type TaskRecord, type ThreadRecord } from '../image/records.js';
@@ -86,8 +86,10 @@ function dumpedRegs(th: ThreadRecord): Regs {
  * `syscall`): the kernel restarts it, or fails it with EINTR for a signal handler, on its way
  * out of the stop the thread is in (planSyscallRestart in src/arch/x86-64.ts). For
  * ERESTART_RESTARTBLOCK rax may differ: the result of rebuildRestartBlock, or the plan's.
+ * Returns whether the thread is handed back inside a restartable syscall (so the let-go
+ * detaches it only once it is back in the kernel: restore.ts, detachInSyscall).
  */
-export function setThreadRegisters(tid: number, th: ThreadRecord, xstate: Buffer): void {
+export function setThreadRegisters(tid: number, th: ThreadRecord, xstate: Buffer): boolean {
   const regs = dumpedRegs(th);
   const plan = planSyscallRestart(regs);
   if (plan.kind === 'rax') regs.rax = plan.rax;
@@ -96,6 +98,7 @@ export function setThreadRegisters(tid: number, th: ThreadRecord, xstate: Buffer
   n.setRegs(tid, encodeRegs(regs));
   n.setXstate(tid, xstate);
   n.setSigmask(tid, big(th.sigmask));
+  return inRestartableSyscall(regs);
 }
 
 /**
