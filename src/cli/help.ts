@@ -168,7 +168,10 @@ OPTIONS
       ferry keygen writes PREFIX.key): a signature of the manifest, which
       lists every entry with its sha256, is stored right after it. The key is
       read before the process is touched. restore --trust then accepts the
-      image; ferry inspect shows the signer.
+      image; ferry inspect shows the signer. Without it (and without
+      image.sign_key), the image is signed with this machine's host key
+      (image.host_key, default /var/lib/ferry/host.key, made root-only by
+      the first checkpoint), which every restore here trusts.
   --tcp-established, --ext-unix-sk, --shell-job, --file-locks
       As in runc: allow established TCP connections, unix sockets whose peer
       is outside the tree, a terminal shared with the shell outside the tree,
@@ -257,9 +260,11 @@ OPTIONS
       *.pub files are the keys. Checked right after the manifest is read,
       before anything else of the image: an unsigned image or one signed by
       another key is refused with one line naming the signer. Overrides
-      image.trust of the configuration. Without either, unsigned images are
-      restored; a signature that is present is always verified, and an
-      image whose signature does not match its manifest is refused.
+      image.trust of the configuration; images this machine's host key
+      signed are accepted too. Without either, unsigned images are
+      restored, held to the untrusted default (see --max-creds); a
+      signature that is present is always verified, and an image whose
+      signature does not match its manifest is refused.
   --max-creds SPEC
       The most the restored processes may get. SPEC is USER[:GROUP] (a name
       from /etc/passwd and /etc/group, or numbers), then optionally
@@ -269,9 +274,11 @@ OPTIONS
       securebits, scheduling and oom_score_adj are held against it once the
       image is verified; one that would get more is refused before anything
       is made (EPRIVILEGE), naming the pid and the field. root allows
-      anything, which is also what happens without the option: restore an
-      image from elsewhere with --trust or --max-creds. Containers are
-      always bounded by their bundle's config.json.
+      anything. Without the option, an image signed by this machine's host
+      key or a --trust key restores with the credentials it holds; any other
+      gets no root, no gid 0 and no capabilities unless its executable is
+      set-user-ID (set-group-ID) root. Containers are always bounded by their
+      bundle's config.json.
   CONTAINER, --bundle DIR, --detach, -d, --runtime R, --root DIR
       Restore as this container, built from bundle DIR, and return at once
       with --detach; the runtime and its state directory as for checkpoint.

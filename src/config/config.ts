@@ -45,6 +45,14 @@ export interface Config {
      * signs the images of ferry-runtime and the hook, whose callers pass no key. "" = unsigned.
      */
     readonly signKey: string;
+    /**
+     * `host_key`: this machine's own Ed25519 key (absolute path; made root-only by the first
+     * checkpoint that needs it), which signs every image no other key signs. A restore here
+     * trusts images it signed (src/image/host-key.ts, docs/security.md). "" = none: images
+     * are unsigned unless a key is given, and restores of them are held to the untrusted
+     * default bound.
+     */
+    readonly hostKey: string;
   };
   /** `[files]`: open files. */
   readonly files: {
@@ -61,7 +69,7 @@ export interface Config {
 /** The built-in defaults: the one place they are written down. */
 export const DEFAULTS: Config = deepFreeze({
   log: { level: 'warn', file: '' },
-  image: { workDir: '/var/tmp', chunkSize: 8 * 1024 * 1024, trust: '', signKey: '' },
+  image: { workDir: '/var/tmp', chunkSize: 8 * 1024 * 1024, trust: '', signKey: '', hostKey: '/var/lib/ferry/host.key' },
   files: { deletedMaxBytes: 64 * 1024 * 1024 },
   restore: { stub: '' },
 });
@@ -171,6 +179,7 @@ const SCHEMA: Readonly<Record<keyof Config, Readonly<Record<string, KeySpec>>>> 
     chunk_size: { prop: 'chunkSize', check: chunk },
     trust: { prop: 'trust', check: path(true) },
     sign_key: { prop: 'signKey', check: path(true) },
+    host_key: { prop: 'hostKey', check: path(true) },
   },
   files: {
     deleted_max_bytes: { prop: 'deletedMaxBytes', check: bytes },

@@ -21,6 +21,7 @@ import { hostFacts } from '../host.js';
 import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
 } from '../image/records.js';
+import { hostSigningKey } from '../image/host-key.js';
 import { signingKey } from '../image/sign.js';
 import { HashPool, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
@@ -127,9 +128,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const { pid } = o;
   const log = o.logger.child({ op: 'checkpoint', targetPid: pid });
   // A key that cannot sign fails before the process is touched.
-  // --sign-key, else image.sign_key of the config (ferry-runtime's and the hook's images).
+  // --sign-key, else image.sign_key of the config (ferry-runtime's and the hook's images),
+  // else the host key, made now if this machine has none yet (image/host-key.ts).
   const keyFrom = o.signKey ?? (o.config.image.signKey !== '' ? o.config.image.signKey : undefined);
-  const signKey = keyFrom !== undefined ? signingKey(keyFrom) : undefined;
+  const signKey = keyFrom !== undefined ? signingKey(keyFrom) : hostSigningKey(o.config.image.hostKey);
   precheck(pid);
   const fileOptions = { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files };
   // The root's descriptors are checked before it is touched; every process's (the root's

@@ -72,6 +72,10 @@ export interface CredsBound {
   gids?: readonly number[];
   /** The supplementary groups a task may have (any subset of them); absent: any. */
   groups?: readonly number[];
+  /** No uid 0 (root) as any of the four uids. */
+  noRootUid?: boolean;
+  /** No gid 0 as any of the four gids, nor as a supplementary group. */
+  noRootGid?: boolean;
   /** Per set, the most it may hold (bit n = capability n); an absent set: any. */
   caps?: Partial<Record<CapSet, bigint>>;
   /** SECBIT_* bits every thread must have set (restrictions the image may not lift); absent: none. */
@@ -114,19 +118,20 @@ const limitText = (v: bigint): string => (v >= RLIM_INFINITY ? 'unlimited' : Str
 function threadExcess(c: ThreadCredsRecord, soft: (r: number) => bigint, bound: CredsBound,
   beyond: (f: BoundField) => string, required: (f: BoundField) => string): string[] {
   const out: string[] = [];
-  const ids = (kind: 'uid' | 'gid', have: readonly number[], allowed: readonly number[] | undefined, field: BoundField): void => {
-    if (!allowed) return;
+  const okUid = (id: number): boolean => (!bound.uids || bound.uids.includes(id)) && !(bound.noRootUid && id === 0);
+  const okGid = (id: number): boolean => (!bound.gids || bound.gids.includes(id)) && !(bound.noRootGid && id === 0);
+  const ids = (kind: 'uid' | 'gid', have: readonly number[], ok: (id: number) => boolean, field: BoundField): void => {
     const names = ['real', 'effective', 'saved', 'filesystem'];
-    for (const id of [...new Set(have)].filter((x) => !allowed.includes(x))) {
+    for (const id of [...new Set(have)].filter((x) => !ok(x))) {
       const as = names.filter((_, i) => have[i] === id);
       const list = as.length > 1 ? `${as.slice(0, -1).join(', ')} and ${as.at(-1)!}` : as[0]!;
       out.push(`would get ${kind} ${id} as its ${list} ${kind}, ${beyond(field)}`);
     }
   };
-  ids('uid', c.uids, bound.uids, 'uids');
-  ids('gid', c.gids, bound.gids, 'gids');
-  if (bound.groups) {
-    const extra = c.groups.filter((g) => !bound.groups!.includes(g));
+  ids('uid', c.uids, okUid, 'uids');
+  ids('gid', c.gids, okGid, 'gids');
+  if (bound.groups || bound.noRootGid) {
+    const extra = c.groups.filter((g) => (bound.groups && !bound.groups.includes(g)) || (bound.noRootGid && g === 0));
     if (extra.length > 0) out.push(`would get supplementary group${extra.length > 1 ? 's' : ''} ${extra.join(', ')}, ${beyond('groups')}`);
   }
   for (const set of CAP_SETS) {
@@ -163,12 +168,16 @@ interface Violation {
   line: string;
 }
 
-function violations(label: string, tasks: readonly BoundedTask[], bound: CredsBound): Violation[] {
-  const origin = (f: BoundField): string => (bound.origins?.[f] ? ` (${bound.origins[f]})` : '');
-  const beyond = (f: BoundField): string => `beyond what ${bound.source} allows${origin(f)}`;
-  const required = (f: BoundField): string => `which ${bound.source} requires${origin(f)}`;
+/** One bound for every task, or each task's own (the untrusted default depends on its executable). */
+export type TaskBounds = CredsBound | ((task: BoundedTask) => CredsBound);
+
+function violations(label: string, tasks: readonly BoundedTask[], bounds: TaskBounds): Violation[] {
   const out: Violation[] = [];
   for (const t of tasks) {
+    const bound = typeof bounds === 'function' ? bounds(t) : bounds;
+    const origin = (f: BoundField): string => (bound.origins?.[f] ? ` (${bound.origins[f]})` : '');
+    const beyond = (f: BoundField): string => `beyond what ${bound.source} allows${origin(f)}`;
+    const required = (f: BoundField): string => `which ${bound.source} requires${origin(f)}`;
     const who = `image ${label}: pid ${t.pid} (${t.comm})`;
     const leader = new Set<string>();
     const soft = (r: number): bigint => big(t.creds.rlimits[r]?.[0] ?? '0x0');
@@ -198,7 +207,7 @@ function violations(label: string, tasks: readonly BoundedTask[], bound: CredsBo
  * `image LABEL: pid P (comm) would get …, beyond what SOURCE allows (ORIGIN)`. A thread
  * other than the leader is named ("pid P (comm) thread T") only for what its leader lacks.
  */
-export function boundViolations(label: string, tasks: readonly BoundedTask[], bound: CredsBound): string[] {
+export function boundViolations(label: string, tasks: readonly BoundedTask[], bound: TaskBounds): string[] {
   return violations(label, tasks, bound).map((v) => v.line);
 }
 
@@ -207,7 +216,7 @@ export function boundViolations(label: string, tasks: readonly BoundedTask[], bo
  * allows; the line says how many more there are. Call it before any process is created. No
  * bound (undefined): nothing to check.
  */
-export function checkBound(image: string, tasks: readonly BoundedTask[], bound: CredsBound | undefined): void {
+export function checkBound(image: string, tasks: readonly BoundedTask[], bound: TaskBounds | undefined): void {
   if (!bound) return;
   const found = violations(image === '-' ? '(stdin)' : image, tasks, bound);
   const first = found[0];
@@ -216,6 +225,57 @@ export function checkBound(image: string, tasks: readonly BoundedTask[], bound: 
   throw new FerryError('EPRIVILEGE', `${first.line}${more}: nothing was restored`, {
     pid: first.pid, ...(image === '-' ? {} : { path: image }),
   });
+}
+
+// --- The default for an untrusted image ----------------------------------------------------
+
+/** What of a task's recorded executable, as this machine has it, the untrusted default looks at. */
+export interface ExecutableStat {
+  uid: number;
+  gid: number;
+  /** st_mode (S_ISUID 0o4000, S_ISGID 0o2000). */
+  mode: number;
+}
+
+const S_ISUID = 0o4000, S_ISGID = 0o2000;
+
+/**
+ * The bound of a plain restore of an image no trusted key signed (neither this machine's host
+ * key, image/host-key.ts, nor a `--trust` key) when no `--max-creds` is given: the
+ * credentials an ordinary program could hold, by what `stat` of its recorded executable
+ * (`exe`: as this machine has it, undefined when it has none) allows. No task runs as root
+ * (uid 0 as any uid) unless its executable is set-user-ID root, nor with gid 0 (also as a
+ * supplementary group) unless it is set-group-ID root; no capability in the effective,
+ * permitted, inheritable or ambient set (a set-user-ID-root executable: any, as the kernel
+ * gives it); scheduling and oom_score_adj only as an unprivileged thread may set them. The
+ * bounding set, no_new_privs, seccomp and securebits are restrictions, left as recorded.
+ * `path` is the executable's path, for messages.
+ */
+export function untrustedBound(path: string, exe: ExecutableStat | undefined): CredsBound {
+  const setuidRoot = exe !== undefined && exe.uid === 0 && (exe.mode & S_ISUID) !== 0;
+  const setgidRoot = exe !== undefined && exe.gid === 0 && (exe.mode & S_ISGID) !== 0;
+  const source = 'an image no trusted key signed';
+  const how = 'sign it and restore with --trust, or allow it with --max-creds';
+  if (setuidRoot) return { source, origins: {} };
+  const none = `no privilege: ${how}`;
+  const bound: CredsBound = {
+    source,
+    noRootUid: true,
+    caps: { effective: 0n, permitted: 0n, inheritable: 0n, ambient: 0n },
+    sched: 'all',
+    oomScoreAdj: 0,
+    origins: {
+      uids: `no root: ${path} is not set-user-ID root; ${how}`,
+      effective: none, permitted: none, inheritable: none, ambient: none,
+      sched: `no CAP_SYS_NICE: ${how}`, oomScoreAdj: `no CAP_SYS_RESOURCE: ${how}`,
+    },
+  };
+  if (!setgidRoot) {
+    bound.noRootGid = true;
+    bound.origins!.gids = `no gid 0: ${path} is not set-group-ID root; ${how}`;
+    bound.origins!.groups = bound.origins!.gids;
+  }
+  return bound;
 }
 
 // --- Bounds from a container's config.json --------------------------------------------------

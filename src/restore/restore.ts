@@ -15,17 +15,19 @@ import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
+import { hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
 import { hostFacts } from '../host.js';
 import { checkCompatibility } from '../image/manifest.js';
 import { openImage } from '../image/reader.js';
+import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
-import { checkBound } from './bounds.js';
+import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { createTree, type CreatedTree } from './tree.js';
@@ -37,8 +39,11 @@ import { Session } from '../session.js';
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   const t0 = performance.now();
   const log = o.logger.child({ op: 'restore' });
-  // --trust, else image.trust of the config: read before the image, checked right after its manifest.
-  const trust = restoreTrust(o.trust, o.config.image.trust);
+  // --trust, else image.trust of the config: read before the image, checked right after its
+  // manifest. This machine's own key is trusted too (image/host-key.ts).
+  const host = hostPublicKey(o.config.image.hostKey);
+  const configured = restoreTrust(o.trust, o.config.image.trust);
+  const trust = configured && host ? { ...configured, keys: new Map([...configured.keys, [host.keyId, host.key]]) } : configured;
   const image = await openImage(o.image, {
     workDir: o.config.image.workDir,
     onProgress: (done, total) => o.onProgress?.({ phase: 'verify', done, total }),
@@ -65,8 +70,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       checkPagesEntry(task, image.locate(pagesEntry(pid)).size); // its runs stay inside its own pages entry
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
-    // No privilege from the image: every task's credentials within the bound, before anything exists.
-    checkBound(o.image, tasks, typeof o.bound === 'function' ? await o.bound(image) : o.bound);
+    // No privilege from the image: every task's credentials within the bound, before anything
+    // exists. Without one, an image no trusted key signed gets the untrusted default.
+    const trusted = image.signer !== null && (image.signer === host?.keyId || (trust?.keys.has(image.signer) ?? false));
+    const bound = typeof o.bound === 'function' ? await o.bound(image) : o.bound;
+    const exeOf = new Map(tasks.map((t) => [t.pid, t.exe]));
+    checkBound(o.image, tasks, bound ?? (trusted ? undefined : (t: BoundedTask) => {
+      const exe = exeOf.get(t.pid)!;
+      return untrustedBound(exe, executableStat(exe));
+    }));
+    log.debug({ signer: image.signer, trusted, bound: bound?.source }, 'credentials bound');
     // A function picks the substitutes from the image, read and verified once here.
     const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
     const inherit = new Map(Object.entries(substitutes ?? {}));
@@ -137,6 +150,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     throw new FerryError('ERESTORE', `${what} failed: ${describeCause(err)} (nothing was left running)`, { cause: err });
   } finally {
     await image.close();
+  }
+}
+
+/** Owner and mode of a task's recorded executable as this machine has it, or undefined. */
+function executableStat(path: string): ExecutableStat | undefined {
+  try {
+    const st = statIn(hostRoot(), path, 'executable');
+    return st && { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) };
+  } catch {
+    return undefined; // not reachable: the task gets no privilege from it
   }
 }
 

@@ -5,13 +5,15 @@
  * each before any process is made. Then a signed image through a pipe.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { createPrivateKey } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import {
   alive, cleanup, ferry, own, procState, scratchDir, shell, startWorkload, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
+import { fingerprint } from '../../src/image/sign.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -95,7 +97,10 @@ describe('signed images', { skip, timeout: 300_000 }, () => {
   it('refuses an unsigned image under trust, and an image whose manifest was edited after signing, with or without trust', async () => {
     const w = await counter();
     const unsigned = join(w.dir, 'unsigned.tar');
-    await checkpoint(w, unsigned, []);
+    // Without a host key, an image given no key is unsigned.
+    const noHostKey = join(dir, 'no-host-key.toml');
+    writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
+    await checkpoint(w, unsigned, ['--config', noHostKey]);
     await w.exited;
     const config = join(dir, 'site.toml');
     writeFileSync(config, `[image]\ntrust = "${trusted}"\n`);
@@ -106,8 +111,13 @@ describe('signed images', { skip, timeout: 300_000 }, () => {
     assert.equal((JSON.parse(ferry(['inspect', '--image', unsigned, '--json']).stdout.toString()) as { signer: unknown }).signer, null);
     assert.match(ferry(['inspect', '--image', unsigned]).stdout.toString(), /^signer {5}unsigned$/m);
 
-    // Unsigned is fine without trust: restore it, then checkpoint it signed.
-    const rs = ferry(['restore', '--image', unsigned]);
+    // Without trust an unsigned image is restored, held to the untrusted default: this root
+    // process needs --max-creds root.
+    refusedRestore(['--image', unsigned], `image ${unsigned}: pid ${w.pid} (counter) would get uid 0 as its real, effective, saved `
+      + 'and filesystem uid, beyond what an image no trusted key signed allows (no root: '
+      + `${join(WORKLOADS, 'counter')} is not set-user-ID root; sign it and restore with --trust, or allow it with --max-creds) `
+      + '(and 3 more): nothing was restored', w.pid);
+    const rs = ferry(['restore', '--image', unsigned, '--max-creds', 'root']);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
     const signed = join(w.dir, 'signed.tar');
@@ -163,5 +173,82 @@ describe('signed images', { skip, timeout: 300_000 }, () => {
     const n = w.ticks().length;
     await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
     assert.equal(await verify(w), 'PASS');
+  });
+});
+
+describe('the host key', { skip, timeout: 300_000 }, () => {
+  const dir = scratchDir('ferry-hostkey-');
+  const hostKey = join(dir, 'state', 'host.key');
+  const config = join(dir, 'host.toml');
+  writeFileSync(config, `[image]\nhost_key = "${hostKey}"\n`);
+  const site = skip ? undefined : keygen(dir, 'site');
+
+  it('is made root-only by the first checkpoint, signs an image given no key, and a restore here trusts it, also under --trust', async () => {
+    const w = await counter();
+    const image = join(w.dir, 'host.tar');
+    await checkpoint(w, image, ['--config', config]);
+    await w.exited;
+    assert.equal(statSync(hostKey).mode & 0o777, 0o600);
+    assert.equal(statSync(dirname(hostKey)).mode & 0o777, 0o700);
+    const keyId = fingerprint(createPrivateKey(readFileSync(hostKey)));
+    assert.equal((JSON.parse(ferry(['inspect', '--image', image, '--json']).stdout.toString()) as { signer: string }).signer, keyId);
+
+    // Trusted keys configured for images from elsewhere: this machine's own still restore,
+    // root process and all, with no --max-creds.
+    const rs = ferry(['restore', '--image', image, '--config', config, '--trust', site!.pub]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    const n = w.ticks().length;
+    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
+
+    // A second checkpoint signs with the same key; without its host key, another machine
+    // (here: a config with none) holds the image to the untrusted default.
+    const again = join(w.dir, 'again.tar');
+    await checkpoint(w, again, ['--config', config]);
+    assert.equal((JSON.parse(ferry(['inspect', '--image', again, '--json']).stdout.toString()) as { signer: string }).signer, keyId);
+    const elsewhere = join(dir, 'elsewhere.toml');
+    writeFileSync(elsewhere, `[image]\nhost_key = "${join(dir, 'other-state', 'host.key')}"\n`);
+    const r = ferry(['restore', '--image', again, '--config', elsewhere]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`^ferry restore: image ${again}: pid ${w.pid} \\(counter\\) would get uid 0 .* no trusted key signed allows`));
+    assert.ok(!existsSync(join(dir, 'other-state', 'host.key')), 'a restore never makes a host key');
+    assert.ok(!alive(w.pid));
+    const back = ferry(['restore', '--image', again, '--config', config]);
+    assert.equal(back.code, 0, back.stderr);
+    const m = w.ticks().length;
+    await waitFor('ticks after the second restore', () => w.ticks().length >= m + 3);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('a host key others can read is refused before the process is touched', async () => {
+    const w = await counter();
+    chmodSync(hostKey, 0o644);
+    try {
+      const image = join(w.dir, 'never.tar');
+      const r = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--config', config]);
+      assert.equal(r.code, 1);
+      assert.equal(r.stderr, `ferry checkpoint: host key ${hostKey} must be a small regular file of root's with mode 600 `
+        + `(it is uid 0, mode 644, ${statSync(hostKey).size} bytes): fix or remove it\n`);
+      assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'the process runs on, untraced');
+      assert.ok(!existsSync(image));
+    } finally {
+      chmodSync(hostKey, 0o600);
+    }
+  });
+
+  it('an unsigned image of a process running as nobody restores as nobody with no option', async () => {
+    const w = await startWorkload('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter'), '50']);
+    await waitFor('a few ticks', () => w.ticks().length >= 3);
+    const noHostKey = join(dir, 'none.toml');
+    writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
+    const image = join(w.dir, 'nobody.tar');
+    await checkpoint(w, image, ['--config', noHostKey]);
+    await w.exited;
+    const rs = ferry(['restore', '--image', image, '--config', noHostKey]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.match(readFileSync(`/proc/${w.pid}/status`, 'utf8'), /^Uid:\s+65534\s+65534\s+65534\s+65534$/m);
+    const n = w.ticks().length;
+    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
   });
 });

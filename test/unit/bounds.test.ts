@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { hex, type ThreadCredsRecord } from '../../src/image/records.js';
 import {
-  boundFromConfig, boundViolations, checkBound, parseMaxCreds, type BoundedTask, type CredsBound, type UserDb,
+  boundFromConfig, boundViolations, CAPABILITIES, checkBound, parseMaxCreds, untrustedBound, type BoundedTask, type CredsBound, type UserDb,
 } from '../../src/restore/bounds.js';
 
 const FULL = (1n << 41n) - 1n; // CAP_CHOWN … CAP_CHECKPOINT_RESTORE
@@ -162,6 +162,47 @@ describe('checkBound', () => {
   it('no bound, or a task within it: nothing to say', () => {
     checkBound('x', [task(1, 'a', [root(1)])], undefined);
     checkBound('x', [task(1, 'a', [thread(1)])], parseMaxCreds('nobody', DB));
+  });
+});
+
+describe('untrustedBound: the default for an image no trusted key signed', () => {
+  const plain = { uid: 0, gid: 0, mode: 0o100755 };
+  const how = 'sign it and restore with --trust, or allow it with --max-creds';
+  const beyond = 'beyond what an image no trusted key signed allows';
+
+  it('an ordinary program as nobody passes; as root with every capability, each excess is named', () => {
+    const bound = untrustedBound('/usr/bin/sleep', plain);
+    assert.deepEqual(boundViolations('i', [task(7, 'sleep', [thread(7)])], bound), []);
+    assert.deepEqual(boundViolations('i', [task(7, 'sleep', [root(7)])], bound), [
+      `image i: pid 7 (sleep) would get uid 0 as its real, effective, saved and filesystem uid, ${beyond} (no root: /usr/bin/sleep is not set-user-ID root; ${how})`,
+      `image i: pid 7 (sleep) would get gid 0 as its real, effective, saved and filesystem gid, ${beyond} (no gid 0: /usr/bin/sleep is not set-group-ID root; ${how})`,
+      `image i: pid 7 (sleep) would get supplementary group 0, ${beyond} (no gid 0: /usr/bin/sleep is not set-group-ID root; ${how})`,
+      ...['effective', 'permitted', 'inheritable', 'ambient'].map((set) => `image i: pid 7 (sleep) would get capabilities ${
+        CAPABILITIES.map((c) => `CAP_${c}`).join(', ')} in its ${set} set, ${beyond} (no privilege: ${how})`),
+    ]);
+  });
+
+  it('any other uid and gid are allowed; no capability in the four sets, the bounding set left alone', () => {
+    const bound = untrustedBound('/usr/bin/x', plain);
+    assert.deepEqual(boundViolations('i', [task(7, 'x', [thread(7, { uids: [1000, 1000, 1000, 1000], gids: [100, 100, 100, 100], groups: [27, 100] })])], bound), []);
+    const cap = hex(bit(CAP_NET_BIND_SERVICE));
+    const withCap = task(7, 'x', [thread(7, { caps: { effective: cap, permitted: cap, inheritable: '0x0', bounding: hex(FULL), ambient: '0x0' } })]);
+    assert.deepEqual(boundViolations('i', [withCap], bound), ['effective', 'permitted'].map((set) =>
+      `image i: pid 7 (x) would get capability CAP_NET_BIND_SERVICE in its ${set} set, ${beyond} (no privilege: ${how})`));
+    const plainTask = task(7, 'x', [thread(7)]);
+    const lowOom = { ...plainTask, creds: { ...plainTask.creds, oomScoreAdj: -500 } };
+    assert.deepEqual(boundViolations('i', [lowOom], bound),
+      [`image i: pid 7 (x) would get oom_score_adj -500, ${beyond} (no CAP_SYS_RESOURCE: ${how})`]);
+  });
+
+  it('a set-user-ID-root executable allows what the kernel gives it; set-group-ID root allows gid 0 only', () => {
+    assert.deepEqual(boundViolations('i', [task(7, 'passwd', [root(7)])], untrustedBound('/usr/bin/passwd', { uid: 0, gid: 0, mode: 0o104755 })), []);
+    const setgid = untrustedBound('/usr/bin/wall', { uid: 0, gid: 0, mode: 0o102755 });
+    assert.deepEqual(boundViolations('i', [task(7, 'wall', [thread(7, { gids: [65534, 0, 0, 65534], groups: [0] })])], setgid), []);
+    assert.equal(boundViolations('i', [task(7, 'wall', [thread(7, { uids: [65534, 0, 0, 65534] })])], setgid).length, 1);
+    // Set-user-ID to another user, or no such file here: no root from it.
+    assert.equal(boundViolations('i', [task(7, 'x', [root(7)])], untrustedBound('/x', { uid: 1000, gid: 0, mode: 0o104755 })).length, 7);
+    assert.equal(boundViolations('i', [task(7, 'x', [root(7)])], untrustedBound('/gone', undefined)).length, 7);
   });
 });
 

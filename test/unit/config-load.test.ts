@@ -42,7 +42,7 @@ describe('config defaults', { timeout: 30_000 }, () => {
   it('has the documented built-in values, frozen all the way down', () => {
     assert.deepEqual(DEFAULTS, {
       log: { level: 'warn', file: '' },
-      image: { workDir: '/var/tmp', chunkSize: 8388608, trust: '', signKey: '' },
+      image: { workDir: '/var/tmp', chunkSize: 8388608, trust: '', signKey: '', hostKey: '/var/lib/ferry/host.key' },
       files: { deletedMaxBytes: 67108864 },
       restore: { stub: '' },
     });
@@ -69,7 +69,7 @@ describe('config files', { timeout: 30_000 }, () => {
     const c = load('[log]\nlevel = "debug"\nfile = "/var/log/ferry.log"\n[image]\nwork_dir = "/srv/ferry"\nchunk_size = 1048576\ntrust = "/etc/ferry/trusted"\n[files]\ndeleted_max_bytes = 1024\n[restore]\nstub = "/opt/ferry/ferry-stub"\n');
     assert.deepEqual(c, {
       log: { level: 'debug', file: '/var/log/ferry.log' },
-      image: { workDir: '/srv/ferry', chunkSize: 1048576, trust: '/etc/ferry/trusted', signKey: '' },
+      image: { workDir: '/srv/ferry', chunkSize: 1048576, trust: '/etc/ferry/trusted', signKey: '', hostKey: '/var/lib/ferry/host.key' },
       files: { deletedMaxBytes: 1024 },
       restore: { stub: '/opt/ferry/ferry-stub' },
     });
