@@ -26,7 +26,7 @@ export class UsageError extends Error {
 }
 
 /** The commands of `ferry`. */
-export const COMMANDS = ['checkpoint', 'restore', 'inspect', 'keygen', 'demo', 'version', 'help'] as const;
+export const COMMANDS = ['checkpoint', 'restore', 'inspect', 'keygen', 'check', 'demo', 'version', 'help'] as const;
 
 /** One of `COMMANDS`. */
 export type Command = (typeof COMMANDS)[number];
@@ -116,6 +116,12 @@ export interface KeygenCliOptions extends GlobalCliOptions {
   json: boolean;
 }
 
+/** `ferry check`. */
+export interface CheckCliOptions extends GlobalCliOptions {
+  /** --json: print {"ok", "checks": [{name, status, detail}]} instead of a line per check. */
+  json: boolean;
+}
+
 /** `ferry demo`. */
 export interface DemoCliOptions extends GlobalCliOptions {
   /** --json: print the outcome as one JSON object instead of the narrated run. */
@@ -181,6 +187,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
   },
   inspect: { ...IMAGE, ...JSON_OPT },
   keygen: { ...JSON_OPT, out: { type: 'string' } },
+  check: { ...JSON_OPT },
   demo: { ...JSON_OPT },
   version: { ...JSON_OPT },
   help: {},
@@ -370,6 +377,12 @@ export function parseKeygenArgs(argv: readonly string[]): KeygenCliOptions {
   const out = text('keygen', v, 'out', 'a path prefix (PREFIX.key and PREFIX.pub are written)');
   if (out === undefined) throw new UsageError('keygen', '--out is required (a path prefix: PREFIX.key and PREFIX.pub are written)');
   return { ...globals('keygen', v), out, json: v.json === true };
+}
+
+/** `ferry check [--json]` */
+export function parseCheckArgs(argv: readonly string[]): CheckCliOptions {
+  const { values: v } = parse('check', argv);
+  return { ...globals('check', v), json: v.json === true };
 }
 
 /** `ferry demo [--json]` */

@@ -52,6 +52,7 @@ SYNOPSIS
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach] [...]
   ferry inspect --image PATH [--json]
   ferry keygen --out PREFIX [--json]
+  ferry check [--json]
   ferry demo [--json]
   ferry version [--json]
   ferry help [COMMAND]
@@ -70,6 +71,7 @@ COMMANDS
   restore      Bring a process back from an image, with its original PID.
   inspect      Verify an image and show what it holds, without restoring it.
   keygen       Make a key pair to sign images with and to trust them by.
+  check        Say what works on this host, what does not, and what to do.
   demo         Checkpoint and restore a small counting process, with the
                timings.
   version      Print the version of ferry.
@@ -86,8 +88,10 @@ ${FILES}
 EXAMPLES
   Try it on the built-in demo:
       ferry demo
-  Move a process to another machine with the same kernel:
-      ferry checkpoint --pid 4242 --image - | ssh node2 ferry restore --image -
+  Move a process to another machine with the same kernel (node2 trusts
+  site.pub; without a trusted signature it restores no root process):
+      ferry checkpoint --pid 4242 --image - --sign-key /etc/ferry/site.key |
+          ssh node2 ferry restore --image - --trust /etc/ferry/site.pub
   Sign images, and restore only signed ones:
       ferry keygen --out /etc/ferry/site
       ferry checkpoint --pid 4242 --image app.tar --sign-key /etc/ferry/site.key
@@ -199,8 +203,9 @@ EXAMPLES
       ferry checkpoint --pid 4242 --image /var/tmp/app.tar
   Take a copy and let it run on:
       ferry checkpoint --pid 4242 --image /var/tmp/app.tar --leave-running
-  Move it to another machine with the same kernel:
-      ferry checkpoint --pid 4242 --image - | ssh node2 ferry restore --image -
+  Move it to another machine with the same kernel, which trusts site.pub:
+      ferry checkpoint --pid 4242 --image - --sign-key /etc/ferry/site.key |
+          ssh node2 ferry restore --image - --trust /etc/ferry/site.pub
   Keep a log of the details:
       ferry checkpoint --pid 4242 --image /var/tmp/app.tar \\
           --log-file /var/log/ferry.log --log-level debug
@@ -401,6 +406,54 @@ EXAMPLES
 SEE ALSO
   ferry help checkpoint, ferry help restore; docs/security.md in the
   package.`,
+
+  check: `NAME
+  ferry check - what works on this host, what does not, and what to do
+
+SYNOPSIS
+  ferry check [--json] [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Probes what checkpoint and restore use, on ferry's own process only (no
+  workload is touched), and prints one line per check: its status, its name
+  and what was found; a problem line says what to do. Statuses:
+      ok    works
+      fail  checkpoint and restore cannot work until it is fixed
+      warn  a feature will not work (named on the line); the rest does
+      info  a fact of this host (installed runtimes, migration support)
+  The checks, in order: node (20 or later); root (root with CAP_SYS_PTRACE
+  and CAP_SYS_ADMIN); sys_resource (CAP_SYS_RESOURCE, to raise hard limits
+  and pipe sizes as recorded); addon (the native addon and the restore stub
+  of this package); ptrace (Yama's ptrace_scope below 3); checkpoint_restore
+  (CONFIG_CHECKPOINT_RESTORE); clone3_set_tid (PIDs given back, kernel 5.5+);
+  kcmp; pidfd_getfd; openat2 (restore's path confinement); timer_ids
+  (PR_TIMER_CREATE_RESTORE_IDS, for POSIX timers, kernel 6.15+); tcp_repair
+  (--tcp-established); host_key (image.host_key root's alone); work_dir
+  (image.work_dir writable, for --image -); cgroups (the layout, and the
+  freezer containers are frozen with); runc (its version, and whether its
+  checkpoint calls ferry's criu program); crun (refused on a host that is not
+  cgroup v2 only); podman (its version and default runtime); userfaultfd;
+  soft_dirty; time_ns. The last line sums up. Root is needed for a full
+  report (probes that need it fail without it).
+
+OPTIONS
+  --json
+      Print {"ok":BOOL,"checks":[{"name":"root","status":"ok","detail":
+      "..."},...]} instead of the lines.
+
+${GLOBAL_OPTIONS}
+
+EXIT STATUS
+  0   checkpoint and restore can work here (warnings aside)
+  1   a check marked fail failed
+  2   bad usage
+
+EXAMPLES
+  ferry check
+  ferry check --json | jq -r '.checks[] | select(.status != "ok") | .detail'
+
+SEE ALSO
+  ferry help checkpoint, ferry help restore; docs/cli.md in the package.`,
 
   demo: `NAME
   ferry demo - checkpoint and restore a counting process

@@ -18,7 +18,7 @@ import {
 } from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
 import {
-  COMMANDS, jsonErrorStream, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs,
+  COMMANDS, jsonErrorStream, parseCheckArgs, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs,
   parseRestoreArgs, parseVersionArgs, UsageError, wantsHelp, type Command,
 } from './args.js';
 // The commands that do work are imported in dispatch(), when one of them runs: `--version`,
@@ -83,8 +83,8 @@ async function run(command: Command, argv: readonly string[]): Promise<number> {
       printLine(1, helpPage(command));
       return 0;
     }
-    await dispatch(command, argv, state);
-    return state.guard?.exitStatus ?? 0;
+    const status = await dispatch(command, argv, state);
+    return state.guard?.exitStatus ?? status ?? 0;
   } catch (err) {
     const status = report(command, err, state);
     return state.guard?.exitStatus ?? status;
@@ -93,7 +93,8 @@ async function run(command: Command, argv: readonly string[]): Promise<number> {
   }
 }
 
-async function dispatch(command: Command, argv: readonly string[], state: RunState): Promise<void> {
+/** Runs the command; a status it returns (check's 1 for a host that cannot work) is the exit status. */
+async function dispatch(command: Command, argv: readonly string[], state: RunState): Promise<number | void> {
   switch (command) {
     case 'checkpoint': {
       const o = parseCheckpointArgs(argv);
@@ -134,6 +135,14 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       state.ctx = createContext(command, o);
       const { runKeygen } = await import('./keygen.js');
       return runKeygen(o, state.ctx);
+    }
+    case 'check': {
+      const o = parseCheckArgs(argv);
+      state.doing = 'checking this host';
+      const { createContext } = await import('./context.js');
+      state.ctx = createContext(command, o);
+      const { runCheck } = await import('./check.js');
+      return runCheck(o, state.ctx);
     }
     case 'demo': {
       const o = parseDemoArgs(argv);
