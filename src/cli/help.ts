@@ -130,9 +130,13 @@ DESCRIPTION
   traced (a debugger), and what this version does not support yet: a process
   in another pid or user namespace, a session or process group led from
   outside the tree (other than the root's), part of a System V segment, and
-  descriptors other than regular files, directories, O_PATH descriptors,
-  pipes, FIFOs and character devices (such as /dev/null). The message names
-  the PID and the descriptor.
+  descriptors of a kind not handled yet (pidfds, for one). Handled: regular
+  files, directories and O_PATH descriptors (deleted-but-open files and
+  memfds too), pipes and FIFOs, character devices, terminals, unix sockets,
+  TCP and UDP sockets (established TCP with --tcp-established), eventfd,
+  signalfd, timerfd, epoll, inotify and fanotify, and file locks (with
+  --file-locks); a state of these the kernel cannot rebuild is refused with
+  the reason. The message names the PID and the descriptor.
 
   Ferry waits for the killed processes to be reaped (up to 3 s), so that
   their PIDs are free for a restore when ferry returns.
@@ -344,7 +348,8 @@ DESCRIPTION
   name, executable, working directory, threads), its memory areas (addresses,
   permissions, kind, bytes stored) and its descriptors (number, kind, file,
   FD_CLOEXEC, and which other descriptors share the same open file). Nothing
-  is created and no root is needed.
+  is created. Root is not needed to inspect, but ferry writes images with
+  mode 0600, so one that root made is readable by root only.
 
 OPTIONS
   --image PATH, --image-path PATH
