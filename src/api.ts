@@ -135,10 +135,15 @@ export interface MadeRoot {
 }
 
 export interface RestoreResult {
-  /** PID of the restored root (the original PID). */
+  /** PID of the restored root on the host (for a container: its init as the host sees it). */
   pid: number;
-  /** PIDs of all restored tasks. */
+  /** PIDs of all restored processes as they see themselves, in their pid namespace (the original PIDs). */
   pids: number[];
+  /**
+   * Each running restored process's PID on the host, by its PID in `pids` (zombies, which are
+   * reaped by their parents, are not listed). Outside a container every PID maps to itself.
+   */
+  hostPids: Record<number, number>;
   /** Bytes of memory pages written into the restored tasks. */
   pagesBytes: number;
   /** Verification of the image, milliseconds. */

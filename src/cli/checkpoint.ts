@@ -6,7 +6,7 @@ import { checkpointContainer } from '../container/checkpoint.js';
 import { signingKey } from '../image/sign.js';
 import { UsageError, type CheckpointCliOptions } from './args.js';
 import type { RunContext } from './context.js';
-import { formatBytes, formatMs, printLine, progressLine } from './output.js';
+import { formatBytes, formatMs, printLine, progressLine, resultJson } from './output.js';
 
 /**
  * Checkpoints `o.pid` into `o.image` and prints the result. With `--image -` the image owns
@@ -37,7 +37,7 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext, si
   } finally {
     progress.clear();
   }
-  printLine(o.image === '-' ? 2 : 1, o.json ? JSON.stringify(result) : formatCheckpoint(result, o));
+  printLine(o.image === '-' ? 2 : 1, o.json ? resultJson(result) : formatCheckpoint(result, o));
 }
 
 /** "checkpointed pid 1234 to /tmp/x.tar: 12.3 MiB, frozen 8 ms, total 40 ms" */

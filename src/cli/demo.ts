@@ -19,7 +19,7 @@ import { checkpoint, restore } from '../index.js';
 import { closeInheritedFds } from '../proc/inherited.js';
 import type { DemoCliOptions } from './args.js';
 import type { RunContext } from './context.js';
-import { formatBytes, formatMs, printLine } from './output.js';
+import { formatBytes, formatMs, printLine, resultJson } from './output.js';
 
 /** The package root: this file is <root>/dist/src/cli/demo.js. */
 const PACKAGE_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -157,7 +157,7 @@ export async function runDemo(o: DemoCliOptions, ctx: RunContext, interrupted: (
       ticksAfter: after,
     };
     if (o.json) {
-      printLine(1, JSON.stringify(result));
+      printLine(1, resultJson(result));
     } else {
       row('result', `same pid ${pid}, counting on from tick ${last} to tick ${last + 1}: it continued where it stopped`);
       row('timings', `frozen ${formatMs(cp.frozenMs)}, checkpoint ${formatMs(cp.totalMs)}, `

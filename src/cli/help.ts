@@ -304,8 +304,11 @@ OPTIONS
       opened write-only with O_APPEND) may grow meanwhile without this flag.
   --json
       Print the result as one JSON object instead of a sentence:
-      {"pid":PID,"pids":[PID],"pagesBytes":N,"verifyMs":N,"restoreMs":N,
-      "totalMs":N}.
+      {"pid":PID,"pids":[PID],"hostPids":{"PID":HOSTPID},"pagesBytes":N,
+      "verifyMs":N,"restoreMs":N,"totalMs":N}. pids are as the processes
+      see them (inside a container's pid namespace), hostPids maps each
+      running one to its PID on the host, pid is the root's host PID;
+      durations are in ms, to a tenth.
 
 ${GLOBAL_OPTIONS}
 

@@ -75,6 +75,14 @@ export function formatBytes(n: number): string {
 }
 
 /** A duration for people, in whole milliseconds: "8 ms". */
+/**
+ * A result as one line of JSON, its durations (the fields named …Ms) rounded to a tenth of a
+ * millisecond: what a clock on this machine can say, without float noise.
+ */
+export function resultJson(result: object): string {
+  return JSON.stringify(result, (key, v: unknown) => (key.endsWith('Ms') && typeof v === 'number' ? Math.round(v * 10) / 10 : v));
+}
+
 export function formatMs(n: number): string {
   return `${Math.round(n)} ms`;
 }

@@ -6,7 +6,7 @@ import { restoreContainer } from '../container/restore.js';
 import { Runtime } from '../container/runtime.js';
 import { UsageError, type RestoreCliOptions } from './args.js';
 import { Interrupted, type RunContext } from './context.js';
-import { formatBytes, formatMs, printLine, progressLine } from './output.js';
+import { formatBytes, formatMs, printLine, progressLine, resultJson } from './output.js';
 
 /** Restores the image `o.image` and prints the result on stdout. */
 export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?: AbortSignal): Promise<void> {
@@ -37,7 +37,7 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
   } finally {
     progress.clear();
   }
-  printLine(1, o.json ? JSON.stringify(result) : formatRestore(result, o));
+  printLine(1, o.json ? resultJson(result) : formatRestore(result, o));
   // Like runc restore without --detach: stay until the container stops.
   if (o.container && !o.container.detach) await waitStopped(o.container, signal);
 }

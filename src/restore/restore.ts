@@ -135,6 +135,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     return {
       pid: hostPid,
       pids: tree.processes.map((p) => p.pid),
+      hostPids: Object.fromEntries(tasks.map((t, i) => [t.pid, hostPids[i]!])),
       pagesBytes,
       verifyMs: tVerified - t0,
       restoreMs: tEnd - tStart,

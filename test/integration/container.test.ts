@@ -103,10 +103,18 @@ describe('containers', { skip, timeout: 300_000 }, () => {
     assert.match(ps.out, /sh -c/);
     // The same image again, under a new id, once the first is gone.
     assert.equal(runc('delete', '--force', 'ferry-t1').code, 0);
-    const rs = ferry(['restore', 'ferry-t2', '--root', state, '--image', image, '--bundle', b, '--detach']);
+    const rs = ferry(['restore', 'ferry-t2', '--root', state, '--image', image, '--bundle', b, '--detach', '--json']);
     assert.equal(rs.code, 0, rs.stderr);
     ids.add('ferry-t2');
     assert.equal(status('ferry-t2'), 'running');
+    // --json tells the processes' PIDs as they see them (the init is 1) from the host's.
+    const result = JSON.parse(rs.stdout.toString()) as { pid: number; pids: number[]; hostPids: Record<string, number>; totalMs: number };
+    const init = (JSON.parse(runc('state', 'ferry-t2').out) as { pid: number }).pid;
+    assert.equal(result.pids[0], 1);
+    assert.equal(result.pid, init);
+    assert.equal(result.hostPids['1'], init);
+    assert.deepEqual(Object.keys(result.hostPids).map(Number).sort((x, y) => x - y), [...result.pids].sort((x, y) => x - y));
+    assert.equal(result.totalMs, Math.round(result.totalMs * 10) / 10, 'durations to a tenth of a millisecond');
     const n = ticks(log).length;
     await waitFor('more ticks', () => ticks(log).length >= n + 3);
     assert.equal(runc('kill', 'ferry-t2', 'KILL').code, 0, 'runc kill works on a restored container');
