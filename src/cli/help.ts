@@ -130,13 +130,13 @@ DESCRIPTION
   traced (a debugger), and what this version does not support yet: a process
   in another pid or user namespace, a session or process group led from
   outside the tree (other than the root's), part of a System V segment, and
-  descriptors of a kind not handled yet (pidfds, for one). Handled: regular
-  files, directories and O_PATH descriptors (deleted-but-open files and
-  memfds too), pipes and FIFOs, character devices, terminals, unix sockets,
-  TCP and UDP sockets (established TCP with --tcp-established), eventfd,
-  signalfd, timerfd, epoll, inotify and fanotify, and file locks (with
-  --file-locks); a state of these the kernel cannot rebuild is refused with
-  the reason. The message names the PID and the descriptor.
+  descriptors of a kind not handled yet. Handled: regular files,
+  directories and O_PATH descriptors (deleted-but-open files and memfds
+  too), pipes and FIFOs, character devices, terminals, unix sockets, TCP and
+  UDP sockets (established TCP with --tcp-established), eventfd, signalfd,
+  timerfd, epoll, inotify, fanotify, pidfds of the tree's processes (or of
+  ones already reaped), and file locks (with --file-locks); a state of these
+  the kernel cannot rebuild is refused with the reason. The message names the PID and the descriptor.
 
   Ferry waits for the killed processes to be reaped (up to 3 s), so that
   their PIDs are free for a restore when ferry returns.

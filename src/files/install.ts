@@ -11,6 +11,7 @@ import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
 import type { Scratch, Tracee } from '../task/tracee.js';
 import { ConfinedRoot, placeRecord } from './confined.js';
+import { opensAfterTree } from './pidfd.js';
 import { kindByName } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, NOT_YET, type FileOptions, type OpenContext } from './types.js';
 
@@ -115,7 +116,8 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
       return m as Map<string, T>;
     },
   };
-  let pending = records.filter((r) => !opened.has(r.id));
+  // pidfds name restored processes: opened once the tree exists (restore.ts, openPidfds).
+  let pending = records.filter((r) => !opened.has(r.id) && !opensAfterTree(r));
   try {
     while (pending.length > 0) {
       const waiting: FileRecord[] = [];

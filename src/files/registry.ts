@@ -12,6 +12,7 @@ import { inotify } from './inotify.js';
 import { memfd } from './memfd.js';
 import { inet } from './inet.js';
 import { fifo, pipe } from './pipe.js';
+import { pidfd } from './pidfd.js';
 import { regular } from './regular.js';
 import { unix } from './unix.js';
 import { signalfd } from './signalfd.js';
@@ -36,6 +37,7 @@ const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   eventpoll as unknown as FileKind<FileRecord>,
   inotify as unknown as FileKind<FileRecord>,
   fanotify as unknown as FileKind<FileRecord>,
+  pidfd as unknown as FileKind<FileRecord>,
 ];
 
 /** The module for a descriptor; throws the 'unsupported file' error naming pid, fd and link. */

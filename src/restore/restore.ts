@@ -16,6 +16,7 @@ import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
 import { hostRoot, statIn } from '../files/confined.js';
+import { openPidfds, opensAfterTree, type PidfdRecord } from '../files/pidfd.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
@@ -112,6 +113,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
     session.onUndo('kill the processes made so far', () => created.destroy());
+    // pidfds name restored processes, so they are opened now that the processes exist: by
+    // their stubs, or (a zombie, already finished) by its pid where pids are the host's.
+    const hostPidOf = (pid: number): number | undefined => created.stubs.get(pid)?.pid
+      ?? (made === undefined && existsSync(`/proc/${pid}`) ? pid : undefined);
+    const late = files.files.filter(opensAfterTree) as PidfdRecord[];
+    for (const [id, fd] of await openPidfds(late, hostPidOf)) opened.opened.set(id, fd);
     await faultPoint('created', o.signal);
     let pagesBytes = 0;
     for (const task of tasks) {

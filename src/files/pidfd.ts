@@ -1,0 +1,148 @@
+/**
+ * pidfds (pidfd_open(2), clone3 CLONE_PIDFD: `anon_inode:[pidfd]`): a descriptor that names a
+ * process, for pidfd_send_signal(2), waitid(P_PIDFD) and poll. fdinfo says which process:
+ * `Pid:` as ferry sees it (-1 once the process has exited and been reaped) and `NSpid:` down
+ * to the innermost pid namespace, which is the pid the image records.
+ *
+ * What can be restored: a pidfd of a process of the checkpointed tree (itself included,
+ * running or a zombie), opened again with pidfd_open(2) once the restored tree exists
+ * (`afterTree`: every other file is opened before the first process is made), and a pidfd
+ * of a process already gone (reaped), made by opening a pidfd of a short-lived child of
+ * ferry and reaping it: like the original, it signals nothing (ESRCH) and waits for nothing.
+ * Refused at checkpoint: a pidfd of a process outside the tree (restoring it would name
+ * another process, or none), and one of a single thread (PIDFD_THREAD, Linux 6.9): threads
+ * are made after the descriptors are installed.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { FerryError, describeCause } from '../errors.js';
+import type { FileRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_ACCMODE, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { NOT_YET, type FdDesc, type FileKind } from './types.js';
+
+/** pidfd_open(2) PIDFD_THREAD (= O_EXCL). */
+const PIDFD_THREAD = 0o200;
+const MAX_PID = 4194304;
+
+export interface PidfdRecord extends FileRecord {
+  kind: 'pidfd';
+  /** The process, by its pid in the tree's pid namespace (as the image records pids); 0: one already reaped. */
+  target: number;
+  /** Status flags of the open file (O_NONBLOCK, i.e. PIDFD_NONBLOCK); the access mode is O_RDWR. */
+  flags: number;
+}
+
+const unsupported = (d: FdDesc, why: string): FerryError =>
+  new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${why})`);
+
+/** The integers of an fdinfo line (`Pid`, `NSpid`). */
+function ints(d: FdDesc, key: string): number[] {
+  return (d.fdinfo.lines.get(key)?.[0] ?? '').trim().split(/\s+/).filter((x) => x !== '').map(Number);
+}
+
+/** Whether `pid` is a zombie whose parent is in `pids` (the tree checkpoints it as a zombie). */
+function zombieOfTree(pid: number, pids: ReadonlySet<number>): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return state === 'Z' && pids.has(Number(ppid));
+  } catch {
+    return false;
+  }
+}
+
+export const pidfd: FileKind<PidfdRecord> = {
+  kind: 'pidfd',
+
+  matches(fd: FdDesc): boolean {
+    return fd.link === 'anon_inode:[pidfd]';
+  },
+
+  precheck(fd: FdDesc): void {
+    if ((fd.fdinfo.flags & PIDFD_THREAD) !== 0) throw unsupported(fd, 'a pidfd of a single thread (PIDFD_THREAD) cannot be checkpointed yet');
+  },
+
+  key(fd: FdDesc): string {
+    // Every pidfd of one process shares its pidfs inode; kcmp tells the open files apart.
+    return `pidfd:${fd.fdinfo.ino}`;
+  },
+
+  dump(fd: FdDesc, ctx): Omit<PidfdRecord, 'id' | 'kind'> {
+    const [pid] = ints(fd, 'Pid');
+    const nspid = ints(fd, 'NSpid');
+    const flags = fd.fdinfo.flags & ~O_CLOEXEC & ~O_ACCMODE;
+    if (pid === undefined || !Number.isSafeInteger(pid)) throw new FerryError('EDUMP', `checkpoint: pidfd fd ${fd.fd} of pid ${fd.pid}: fdinfo has no Pid`);
+    if (pid === -1) return { target: 0, flags };
+    if (!ctx.pids.has(pid) && !zombieOfTree(pid, ctx.pids)) {
+      throw unsupported(fd, `a pidfd of pid ${pid}, which is outside the checkpointed tree: restored, it would name another process; `
+        + 'checkpoint the tree that holds that process, or close the descriptor');
+    }
+    return { target: nspid.at(-1) ?? pid, flags };
+  },
+
+  check(rec: PidfdRecord): void {
+    const ok = Number.isSafeInteger(rec.target) && rec.target >= 0 && rec.target <= MAX_PID
+      && Number.isSafeInteger(rec.flags) && (rec.flags & ~O_NONBLOCK) === 0;
+    if (!ok) throw new FerryError('EIMAGE', `image: pidfd (file ${rec.id}) has an invalid record`);
+  },
+
+  // Opened once the tree exists (afterTree), not with the other files.
+  open(): typeof NOT_YET {
+    return NOT_YET;
+  },
+};
+
+/** Whether `rec` is opened only once the restored processes exist (openFilesAfterTree). */
+export const opensAfterTree = (rec: FileRecord): boolean => rec.kind === 'pidfd';
+
+/**
+ * Opens the pidfd records once the tree is made: `hostPid` gives a restored process's pid as
+ * ferry sees it, from its pid in the image (undefined: not known here). Returns each record's
+ * controller descriptor.
+ */
+export async function openPidfds(records: readonly PidfdRecord[], hostPid: (pid: number) => number | undefined): Promise<Map<number, number>> {
+  const n = native();
+  const out = new Map<number, number>();
+  try {
+    for (const rec of records) {
+      if (rec.target === 0) {
+        out.set(rec.id, await goneProcessPidfd(rec.flags));
+        continue;
+      }
+      const pid = hostPid(rec.target);
+      if (pid === undefined) {
+        throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of pid ${rec.target}: that process is not running in the restored tree `
+          + '(a zombie in a container is not supported yet)');
+      }
+      try {
+        out.set(rec.id, n.pidfdOpen(pid, rec.flags & O_NONBLOCK));
+      } catch (err) {
+        throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of pid ${rec.target}: ${describeCause(err)}`, { cause: err });
+      }
+    }
+  } catch (err) {
+    for (const fd of out.values()) n.closeFd(fd);
+    throw err;
+  }
+  return out;
+}
+
+/**
+ * A pidfd of a process that has exited and been reaped: one of a child of ferry, opened
+ * before the event loop can reap it (a zombie still has its pid), then reaped.
+ */
+async function goneProcessPidfd(flags: number): Promise<number> {
+  const child = spawn('/bin/true', [], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve, reject) => {
+    child.once('exit', () => resolve());
+    child.once('error', reject);
+  });
+  if (child.pid === undefined) {
+    await exited.catch(() => {});
+    throw new FerryError('EOPEN', 'cannot restore a pidfd of a process already gone: /bin/true could not be run to stand for it');
+  }
+  const fd = native().pidfdOpen(child.pid, flags & O_NONBLOCK);
+  await exited;
+  return fd;
+}
