@@ -15,12 +15,11 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { FERRY, needs, ROOT, WORKLOADS } from '../helpers/env.js';
-import { cleanup, scratchDir, shell, sleep, startWorkload, waitFor } from '../helpers/processes.js';
+import { needs, ROOT, WORKLOADS } from '../helpers/env.js';
+import { askVerdict, cleanup, scratchDir, sleep, startWorkload, waitFor } from '../helpers/processes.js';
 import {
-  askVerdict, cell, CHECKPOINT_FAULTS, checkAbortExit, checkIntact, checkLines, checkWrittenExit, CONTAINER_CHECKPOINT_PHASES, hit,
-  Matrix, others, RESTORE_FAULTS, RESTORE_PHASES, runFerry, sha256, startFerry, stderrLines,
-  waitPaused, type Fault, type Problems, type Tree,
+  cell, CHECKPOINT_FAULTS, checkIntact, checkpointHit, checkpointIntoClosedPipe, checkpointIntoFullDisk, CONTAINER_CHECKPOINT_PHASES,
+  expectOk, Matrix, RESTORE_FAULTS, RESTORE_PHASES, restoreHit, runFerry, stderrLines, type Fault, type Problems, type Tree, type WrittenTarget,
 } from './helpers.js';
 
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
@@ -152,52 +151,33 @@ function nextId(): string {
   return `ff${process.pid}-${++seq}`;
 }
 
-/** One checkpoint cell: a fresh container, the older image at the target path, ferry paused and hit. */
-async function checkpointCell(p: Problems, phase: string, fault: Fault): Promise<void> {
-  const id = nextId();
-  const c = await startContainer(id);
-  const images = join(dir, `${id}.images`);
-  mkdirSync(images);
-  const target = join(images, 'image.tar');
-  copyFileSync(olderImage, target);
-  const older = sha256(target);
-  const run = startFerry(['checkpoint', id, '--root', state, '--image', target], phase);
-  try {
-    const notPaused = await waitPaused(run, phase);
-    if (notPaused) {
-      p.push(notPaused);
-      return;
-    }
-    const r = await hit(run, fault, p);
-    if (phase !== 'written') {
-      checkAbortExit(p, fault, r, run.stderr());
-      await checkRunning(p, c);
-      if (!existsSync(target)) p.push('the older image at the target path is gone');
-      else if (sha256(target) !== older) p.push('the older image at the target path was overwritten');
-      const left = others(images, 'image.tar');
-      if (fault !== 'SIGKILL' && left.length) p.push(`left in the image directory: ${left.join(', ')}`);
-      return;
-    }
-    checkWrittenExit(p, fault, r, run.stderr());
-    if (fault === 'SIGKILL') {
-      await checkRunning(p, c);
-    } else {
-      const s = ctrState(id);
+/** A running container as the target of checkpoint cells. */
+function ctrTarget(c: Ctr): WrittenTarget {
+  return {
+    args: [c.id, '--root', state],
+    intact: (p) => checkRunning(p, c),
+    goneOrIntact: async (p) => {
+      const s = ctrState(c.id);
       // Either the checkpoint finished (the container is gone) or it was let go whole.
       if (s.status === 'running') await checkRunning(p, c);
       else if (s.status !== 'absent') p.push(`container left ${s.status}`);
-      const left = others(images, 'image.tar');
-      if (left.length) p.push(`left in the image directory: ${left.join(', ')}`);
-    }
-    if (!existsSync(target) || sha256(target) === older) {
-      p.push(existsSync(target) ? 'the target path still holds the older image' : 'no image at the target path');
-      return;
-    }
-    await remove(id);
-    await restoreAndCheck(p, id, target, c.log, 'the image written');
+    },
+    restoreWritten: async (p, image) => {
+      await remove(c.id);
+      await restoreAndCheck(p, c.id, image, c.log, 'the image written');
+    },
+  };
+}
+
+/** One checkpoint cell: a fresh container, the older image at the target path, ferry paused and hit. */
+async function checkpointCell(p: Problems, phase: string, fault: Fault): Promise<void> {
+  const id = nextId();
+  try {
+    const c = await startContainer(id);
+    const images = join(dir, `${id}.images`);
+    mkdirSync(images);
+    await checkpointHit(p, ctrTarget(c), images, olderImage, phase, fault);
   } finally {
-    if (!run.exited) run.child.kill('SIGKILL');
-    await run.exit;
     await remove(id);
   }
 }
@@ -210,31 +190,24 @@ const RESTORE_ID = `ff${process.pid}-r`;
 
 /** One restore cell: ferry restores the image as RESTORE_ID, paused at `phase`, and is hit. */
 async function restoreCell(p: Problems, phase: string, fault: Fault): Promise<void> {
-  const copy = join(scratchDir('ferry-fault-img-'), 'image.tar');
-  copyFileSync(restoreImage, copy);
-  const run = startFerry(['restore', RESTORE_ID, '--root', state, '--image', copy, '--bundle', bundle, '--detach'], phase);
-  ids.add(RESTORE_ID);
-  try {
-    const notPaused = await waitPaused(run, phase);
-    if (notPaused) {
-      p.push(notPaused);
-      return;
-    }
-    const r = await hit(run, fault, p);
-    checkAbortExit(p, fault, r, run.stderr());
+  const command = (copy: string): string[] => ['restore', RESTORE_ID, '--root', state, '--image', copy, '--bundle', bundle, '--detach'];
+  /** Nothing of the restore that was hit is left (no container, no process in its cgroup); then the copy restores. */
+  const noneLeftThenRetry = async (q: Problems, copy: string): Promise<void> => {
     await waitFor('the container to be gone', () => ctrState(RESTORE_ID).status === 'absent', 10000).catch(() => {
-      p.push(`runc still lists container ${RESTORE_ID} (${ctrState(RESTORE_ID).status})`);
+      q.push(`runc still lists container ${RESTORE_ID} (${ctrState(RESTORE_ID).status})`);
     });
     if (restoreCgroup !== '') {
       await waitFor('its cgroup to be empty', () => cgroupPids(restoreCgroup).length === 0, 10000).catch(() => {
-        p.push(`processes left in its cgroup: ${cgroupPids(restoreCgroup).join(' ')}`);
+        q.push(`processes left in its cgroup: ${cgroupPids(restoreCgroup).join(' ')}`);
       });
     }
     await remove(RESTORE_ID);
-    await restoreAndCheck(p, RESTORE_ID, copy, restoreLog, 'retry');
+    await restoreAndCheck(q, RESTORE_ID, copy, restoreLog, 'retry');
+  };
+  ids.add(RESTORE_ID);
+  try {
+    await restoreHit(p, restoreImage, command, phase, fault, noneLeftThenRetry);
   } finally {
-    if (!run.exited) run.child.kill('SIGKILL');
-    await run.exit;
     await remove(RESTORE_ID);
   }
 }
@@ -242,53 +215,21 @@ async function restoreCell(p: Problems, phase: string, fault: Fault): Promise<vo
 /** ENOSPC: a container bigger than the 8 MiB tmpfs its image goes to. */
 async function enospcCell(p: Problems): Promise<void> {
   const id = nextId();
-  const c = await startContainer(id);
-  const small = join(dir, `${id}.small`);
-  mkdirSync(small);
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small], { encoding: 'utf8' });
   try {
-    if (m.status !== 0) {
-      p.push(`cannot mount a tmpfs: ${m.stderr.trim()}`);
-      return;
-    }
-    const target = join(small, 'image.tar');
-    copyFileSync(olderImage, target);
-    const older = sha256(target);
-    const r = await runFerry(['checkpoint', id, '--root', state, '--image', target], p);
-    if (r.code !== 1) p.push(`exit ${r.code}, expected 1`);
-    checkLines(p, r.stderr, 1);
-    if (r.code === 1 && !/ENOSPC|no space/i.test(r.stderr)) p.push(`the line does not say the disk is full: ${stderrLines(r.stderr)[0]}`);
-    await checkRunning(p, c);
-    if (!existsSync(target)) p.push('the older image is gone');
-    else if (sha256(target) !== older) p.push('the older image was overwritten');
-    const left = others(small, 'image.tar');
-    if (left.length) p.push(`partial files left: ${left.join(', ')}`);
+    await checkpointIntoFullDisk(p, ctrTarget(await startContainer(id)), join(dir, `${id}.small`), olderImage);
   } finally {
     await remove(id);
-    if (m.status === 0 && spawnSync('umount', [small]).status !== 0) spawnSync('umount', ['-l', small]);
   }
 }
 
 /** EPIPE: the reader of --image - goes away after 100000 bytes. */
 async function epipeCell(p: Problems): Promise<void> {
   const id = nextId();
-  const c = await startContainer(id);
   try {
-    const err = join(dir, `${id}.err`);
-    const code = join(dir, `${id}.code`);
-    await shell(`{ '${FERRY}' checkpoint ${id} --root '${state}' --image - 2>'${err}'; echo $? >'${code}'; } | head -c 100000 >/dev/null`);
-    await waitFor('ferry to finish', () => existsSync(code) && readFileSync(code, 'utf8').endsWith('\n'), 60000);
-    const status = Number(readFileSync(code, 'utf8'));
-    if (status !== 1) p.push(`exit ${status}, expected 1`);
-    checkLines(p, readFileSync(err, 'utf8'), 1);
-    await checkRunning(p, c);
+    await checkpointIntoClosedPipe(p, ctrTarget(await startContainer(id)), join(dir, id));
   } finally {
     await remove(id);
   }
-}
-
-function expectOk(problems: Problems): void {
-  assert.ok(problems.length === 0, problems.join('\n'));
 }
 
 describe('fault matrix: containers', { skip }, () => {

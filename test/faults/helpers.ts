@@ -15,12 +15,13 @@
  *   and the tree is either gone (the checkpoint finished) or intact (it was let go), never half;
  * - restore, any fault: nothing holds the image's pids afterwards, and a retry succeeds.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FERRY, WORKLOADS } from '../helpers/env.js';
-import { scratchDir, sleep, waitFor } from '../helpers/processes.js';
+import { askVerdict, scratchDir, shell, sleep, waitFor } from '../helpers/processes.js';
 
 /** The self-checking workload (test/fixtures/workloads/memcheck.c). */
 export const MEMCHECK = join(WORKLOADS, 'memcheck');
@@ -196,6 +197,26 @@ export async function waitPaused(run: FerryRun, phase: string): Promise<string |
   return `no pause line for ${phase} within ${PAUSE_TIMEOUT_MS / 1000} s (killed it)`;
 }
 
+/**
+ * Runs `ferry args` paused at `phase`, then `then(run)`; a ferry that never paused there is the
+ * cell's problem (after `label`). However `then` ends, ferry is killed if it still runs, and
+ * reaped, before this returns.
+ */
+export async function whilePaused(p: Problems, args: string[], phase: string, then: (run: FerryRun) => Promise<void>, label = ''): Promise<void> {
+  const run = startFerry(args, phase);
+  try {
+    const notPaused = await waitPaused(run, phase);
+    if (notPaused) {
+      p.push(`${label}${notPaused}`);
+      return;
+    }
+    await then(run);
+  } finally {
+    if (!run.exited) run.child.kill('SIGKILL');
+    await run.exit;
+  }
+}
+
 /** Hits a paused ferry with `fault` and waits (bounded) for it to exit. */
 export async function hit(run: FerryRun, fault: Fault, problems: Problems): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (fault === 'SIGTERM twice') {
@@ -335,28 +356,6 @@ export interface Tree {
   verdict(): Promise<string>;
 }
 
-const VERDICT = /^(PASS|FAIL.*)$/gm;
-
-/**
- * Sends SIGUSR1 to `pid` and returns the next verdict line of `text`, or a description of why
- * none came (with the SigBlk the kernel shows, the usual reason).
- */
-export async function askVerdict(pid: number, text: () => string, timeoutMs = 10000): Promise<string> {
-  const before = [...text().matchAll(VERDICT)].length;
-  try {
-    process.kill(pid, 'SIGUSR1');
-  } catch (err) {
-    return `FAIL cannot signal pid ${pid}: ${(err as Error).message}`;
-  }
-  try {
-    await waitFor(`a verdict from ${pid}`, () => [...text().matchAll(VERDICT)].length > before, timeoutMs);
-  } catch {
-    const st = status(pid);
-    return `FAIL no verdict within ${timeoutMs / 1000} s (${st ? `state ${st.state}, tracer ${st.tracer}, SigBlk ${st.sigblk.toString(16)}` : 'gone'})`;
-  }
-  return [...text().matchAll(VERDICT)][before]![1]!;
-}
-
 /** A memcheck started by startMemcheck: also its scratch directory and its own exit. */
 export interface Memcheck extends Tree {
   dir: string;
@@ -441,4 +440,141 @@ export async function checkRestored(problems: Problems, t: Tree): Promise<void> 
   if (problems.length) return;
   const v = await t.verdict();
   if (v !== 'PASS') problems.push(`restored workload check: ${v}`);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Cells: what every target (a tree of processes, a container) goes through                   */
+
+/** A target of checkpoint cells: how ferry names it and what is checked of it. */
+export interface Target {
+  /** The arguments of `ferry checkpoint` that name it (`--pid N`, or `ID --root STATE`). */
+  args: string[];
+  /** It runs on as if nothing happened (checkIntact, and more for a container). */
+  intact(p: Problems): Promise<void>;
+}
+
+/** A target of the paused checkpoint cells, which also see the image written at `written`. */
+export interface WrittenTarget extends Target {
+  /** After a signal at `written`: the checkpoint finished (it is gone) or let it go whole, never half. */
+  goneOrIntact(p: Problems): Promise<void>;
+  /** The original is put away (killed or deleted) and `image` restores and passes its check. */
+  restoreWritten(p: Problems, image: string): Promise<void>;
+}
+
+/**
+ * One checkpoint cell: `dir` (a fresh directory) holds the older image at image.tar; ferry
+ * checkpoints `t` there, paused at `phase`, and is hit by `fault`. Before `written` ferry
+ * aborts: its exit is checkAbortExit's, `t` is intact, the older image untouched and nothing
+ * else left in `dir` (but after SIGKILL: a stale temporary file is allowed). At `written` the
+ * exit is checkWrittenExit's, `t` is intact (SIGKILL) or gone or intact (the others, which leave
+ * nothing else in `dir`), and the new image is in place and restores.
+ */
+export async function checkpointHit(p: Problems, t: WrittenTarget, dir: string, olderImage: string, phase: string, fault: Fault): Promise<void> {
+  const target = join(dir, 'image.tar');
+  copyFileSync(olderImage, target);
+  const older = sha256(target);
+  await whilePaused(p, ['checkpoint', ...t.args, '--image', target], phase, async (run) => {
+    const r = await hit(run, fault, p);
+    if (phase !== 'written') {
+      checkAbortExit(p, fault, r, run.stderr());
+      await t.intact(p);
+      if (!existsSync(target)) p.push('the older image at the target path is gone');
+      else if (sha256(target) !== older) p.push('the older image at the target path was overwritten');
+      const left = others(dir, 'image.tar');
+      if (fault !== 'SIGKILL' && left.length) p.push(`left in the image directory: ${left.join(', ')}`);
+      return;
+    }
+    // At `written` the image is complete and in place: only the final kill was left.
+    checkWrittenExit(p, fault, r, run.stderr());
+    if (fault === 'SIGKILL') {
+      await t.intact(p);
+    } else {
+      await t.goneOrIntact(p);
+      const left = others(dir, 'image.tar');
+      if (left.length) p.push(`left in the image directory: ${left.join(', ')}`);
+    }
+    if (!existsSync(target)) {
+      p.push('no image at the target path');
+      return;
+    }
+    if (sha256(target) === older) {
+      p.push('the target path still holds the older image');
+      return;
+    }
+    await t.restoreWritten(p, target);
+  });
+}
+
+/**
+ * One restore cell: ferry restores a copy of `image` (`command(copy)`: its arguments), paused at
+ * `phase`, and is hit by `fault`; its exit is checkAbortExit's, then `after(p, copy)` checks that
+ * nothing of it is left and that the copy restores again.
+ */
+export async function restoreHit(
+  p: Problems, image: string, command: (image: string) => string[], phase: string, fault: Fault,
+  after: (p: Problems, copy: string) => Promise<void>,
+): Promise<void> {
+  const copy = join(scratchDir('ferry-fault-img-'), 'image.tar');
+  copyFileSync(image, copy);
+  await whilePaused(p, command(copy), phase, async (run) => {
+    await abort(p, run, fault);
+    await after(p, copy);
+  });
+}
+
+/** Hits a paused ferry with `fault` before `written`, and checks its exit (checkAbortExit). */
+export async function abort(p: Problems, run: FerryRun, fault: Fault): Promise<void> {
+  const r = await hit(run, fault, p);
+  checkAbortExit(p, fault, r, run.stderr());
+}
+
+/**
+ * ENOSPC: `small` (made here) is a tmpfs of 8 MiB holding the older image, too small for `t`'s
+ * image: ferry exits 1 with one line saying the disk is full, `t` is intact, the older image
+ * untouched, and no partial file is left. The tmpfs is unmounted before this returns.
+ */
+export async function checkpointIntoFullDisk(p: Problems, t: Target, small: string, olderImage: string): Promise<void> {
+  mkdirSync(small);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small], { encoding: 'utf8' });
+  if (m.status !== 0) {
+    p.push(`cannot mount a tmpfs: ${m.stderr.trim()}`);
+    return;
+  }
+  try {
+    const target = join(small, 'image.tar');
+    copyFileSync(olderImage, target);
+    const older = sha256(target);
+    const r = await runFerry(['checkpoint', ...t.args, '--image', target], p);
+    if (r.code !== 1) p.push(`exit ${r.code}, expected 1${r.code === 0 ? ' (the image cannot fit in 8 MiB)' : ''}`);
+    checkLines(p, r.stderr, 1);
+    if (r.code === 1 && !/ENOSPC|no space/i.test(r.stderr)) p.push(`the line does not say the disk is full: ${stderrLines(r.stderr)[0]}`);
+    await t.intact(p);
+    if (!existsSync(target)) p.push('the older image is gone');
+    else if (sha256(target) !== older) p.push('the older image was overwritten');
+    const left = others(small, 'image.tar');
+    if (left.length) p.push(`partial files left: ${left.join(', ')}`);
+  } finally {
+    if (spawnSync('umount', [small]).status !== 0) spawnSync('umount', ['-l', small]);
+  }
+}
+
+/**
+ * EPIPE: the reader of `ferry checkpoint ... --image -` goes away after 100000 bytes: ferry
+ * exits 1 with one line, and `t` is intact. Its stderr and status go to `out`.err and `out`.code.
+ */
+export async function checkpointIntoClosedPipe(p: Problems, t: Target, out: string): Promise<void> {
+  const err = `${out}.err`;
+  const code = `${out}.code`;
+  const args = t.args.map((a) => `'${a}'`).join(' ');
+  await shell(`{ '${FERRY}' checkpoint ${args} --image - 2>'${err}'; echo $? >'${code}'; } | head -c 100000 >/dev/null`);
+  await waitFor('ferry to finish', () => existsSync(code) && readFileSync(code, 'utf8').endsWith('\n'), 60000);
+  const status = Number(readFileSync(code, 'utf8'));
+  if (status !== 1) p.push(`exit ${status}, expected 1`);
+  checkLines(p, readFileSync(err, 'utf8'), 1);
+  await t.intact(p);
+}
+
+/** A cell's test: it passes when the cell has no problem, and fails with all of them. */
+export function expectOk(problems: Problems): void {
+  assert.ok(problems.length === 0, problems.join('\n'));
 }

@@ -10,16 +10,16 @@
  * which is not the same as ferry harming the workload.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, scratchDir, shell, sleep, startWorkload, waitFor } from '../helpers/processes.js';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { cleanup, sleep, startWorkload } from '../helpers/processes.js';
 import {
-  cell, CHECKPOINT_FAULTS, checkAbortExit, checkIntact, checkLines, checkRestored, checkWrittenExit, hit, killAll, killOurs, Matrix,
-  MEMCHECK, others, pidsFree, PROCESS_CHECKPOINT_PHASES, RESTORE_FAULTS, RESTORE_PHASES, runFerry, settle,
-  sha256, startFerry, status, startMemcheck, stderrLines, waitPaused, type Fault, type Problems, type Tree,
+  abort, cell, CHECKPOINT_FAULTS, checkIntact, checkLines, checkpointHit, checkpointIntoClosedPipe, checkpointIntoFullDisk, checkRestored,
+  expectOk, killAll, killOurs, Matrix, MEMCHECK, others, pidsFree, PROCESS_CHECKPOINT_PHASES, RESTORE_FAULTS, RESTORE_PHASES, restoreHit,
+  runFerry, settle, startFerry, startMemcheck, status, stderrLines, whilePaused, type Fault, type Memcheck, type Problems, type Tree,
+  type WrittenTarget,
 } from './helpers.js';
 
 const skip = needs('root', 'build') || (existsSync(MEMCHECK) ? false : `needs ${MEMCHECK} ('npm run build')`);
@@ -38,10 +38,6 @@ const CELL = { timeout: 180000 };
 /** A small good image of another process: the "older image" every checkpoint cell starts with. */
 let olderImage = '';
 
-function expectOk(problems: Problems): void {
-  assert.ok(problems.length === 0, problems.join('\n'));
-}
-
 /** Restores `image` (no pause) and checks the restored tree; `t` names its pids and log. */
 async function restoreAndCheck(p: Problems, image: string, t: Tree, what: string): Promise<void> {
   const held = await pidsFree(t.pids);
@@ -55,59 +51,35 @@ async function restoreAndCheck(p: Problems, image: string, t: Tree, what: string
   killOurs(t.pids);
 }
 
+/** A memcheck tree as the target of checkpoint cells. */
+function memcheckTarget(t: Memcheck): WrittenTarget {
+  return {
+    args: ['--pid', String(t.pids[0])],
+    intact: (p) => checkIntact(p, t),
+    goneOrIntact: async (p) => {
+      const alive = t.pids.filter((pid) => { const st = status(pid); return st !== undefined && !'ZX'.includes(st.state); });
+      if (alive.length === t.pids.length) await checkIntact(p, t); // let go: it must be whole
+      else if (alive.length > 0) p.push(`tree half killed: ${alive.join(' ')} alive, the rest gone`);
+    },
+    restoreWritten: async (p, image) => {
+      killOurs(t.pids);
+      await t.exited;
+      await restoreAndCheck(p, image, t, 'the image written');
+    },
+  };
+}
+
 /**
  * One checkpoint cell: a fresh tree, the older image at the target path, ferry paused at
  * `phase` and hit by `fault`.
  */
 async function checkpointCell(p: Problems, mode: Mode, phase: string, fault: Fault): Promise<void> {
   const t = await startMemcheck(MIB[mode], mode);
-  const dir = join(t.dir, 'images');
-  mkdirSync(dir);
-  const target = join(dir, 'image.tar');
-  copyFileSync(olderImage, target);
-  const older = sha256(target);
-  const run = startFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', target], phase);
   try {
-    const notPaused = await waitPaused(run, phase);
-    if (notPaused) {
-      p.push(notPaused);
-      return;
-    }
-    const r = await hit(run, fault, p);
-    if (phase !== 'written') {
-      checkAbortExit(p, fault, r, run.stderr());
-      await checkIntact(p, t);
-      if (!existsSync(target)) p.push('the older image at the target path is gone');
-      else if (sha256(target) !== older) p.push('the older image at the target path was overwritten');
-      const left = others(dir, 'image.tar');
-      if (fault !== 'SIGKILL' && left.length) p.push(`left in the image directory: ${left.join(', ')}`);
-      return;
-    }
-    // At `written` the image is complete and in place: only the final kill was left.
-    checkWrittenExit(p, fault, r, run.stderr());
-    if (fault === 'SIGKILL') {
-      await checkIntact(p, t);
-    } else {
-      const alive = t.pids.filter((pid) => { const st = status(pid); return st !== undefined && !'ZX'.includes(st.state); });
-      if (alive.length === t.pids.length) await checkIntact(p, t); // let go: it must be whole
-      else if (alive.length > 0) p.push(`tree half killed: ${alive.join(' ')} alive, the rest gone`);
-      const left = others(dir, 'image.tar');
-      if (left.length) p.push(`left in the image directory: ${left.join(', ')}`);
-    }
-    if (!existsSync(target)) {
-      p.push('no image at the target path');
-      return;
-    }
-    if (sha256(target) === older) {
-      p.push('the target path still holds the older image');
-      return;
-    }
-    killOurs(t.pids);
-    await t.exited;
-    await restoreAndCheck(p, target, t, 'the image written');
+    const dir = join(t.dir, 'images');
+    mkdirSync(dir);
+    await checkpointHit(p, memcheckTarget(t), dir, olderImage, phase, fault);
   } finally {
-    if (!run.exited) run.child.kill('SIGKILL');
-    await run.exit;
     killOurs(t.pids);
   }
 }
@@ -127,6 +99,14 @@ async function makeImage(mode: Mode): Promise<void> {
   images.set(mode, { image, tree: t });
 }
 
+/** After a restore was hit: nothing holds the tree's pids, and the image restores again. */
+async function noneLeftThenRetry(p: Problems, image: string, tree: Tree): Promise<void> {
+  const left = await pidsFree(tree.pids);
+  if (left.length) p.push(`left behind: ${left.join(', ')}`);
+  killOurs(tree.pids);
+  await restoreAndCheck(p, image, tree, 'retry');
+}
+
 /** One restore cell: a copy of the mode's image, restored with ferry paused at `phase` and hit. */
 async function restoreCell(p: Problems, mode: Mode, phase: string, fault: Fault): Promise<void> {
   const { image, tree } = images.get(mode)!;
@@ -135,24 +115,9 @@ async function restoreCell(p: Problems, mode: Mode, phase: string, fault: Fault)
     p.push(`before the cell: ${held.join(', ')}`);
     return;
   }
-  const copy = join(scratchDir('ferry-fault-img-'), 'image.tar');
-  copyFileSync(image, copy);
-  const run = startFerry(['restore', '--image', copy], phase);
   try {
-    const notPaused = await waitPaused(run, phase);
-    if (notPaused) {
-      p.push(notPaused);
-      return;
-    }
-    const r = await hit(run, fault, p);
-    checkAbortExit(p, fault, r, run.stderr());
-    const left = await pidsFree(tree.pids);
-    if (left.length) p.push(`left behind: ${left.join(', ')}`);
-    killOurs(tree.pids);
-    await restoreAndCheck(p, copy, tree, 'retry');
+    await restoreHit(p, image, (copy) => ['restore', '--image', copy], phase, fault, (q, copy) => noneLeftThenRetry(q, copy, tree));
   } finally {
-    if (!run.exited) run.child.kill('SIGKILL');
-    await run.exit;
     killOurs(tree.pids);
     await pidsFree(tree.pids);
   }
@@ -161,30 +126,10 @@ async function restoreCell(p: Problems, mode: Mode, phase: string, fault: Fault)
 /** ENOSPC: the image goes to a tmpfs smaller than the tree; the older image there survives. */
 async function enospcCell(p: Problems, mode: Mode): Promise<void> {
   const t = await startMemcheck(mode === 'one' ? 32 : 16, mode);
-  const dir = join(t.dir, 'small');
-  mkdirSync(dir);
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dir], { encoding: 'utf8' });
-  if (m.status !== 0) {
-    killOurs(t.pids);
-    p.push(`cannot mount a tmpfs: ${m.stderr.trim()}`);
-    return;
-  }
   try {
-    const target = join(dir, 'image.tar');
-    copyFileSync(olderImage, target);
-    const older = sha256(target);
-    const r = await runFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', target], p);
-    if (r.code !== 1) p.push(`exit ${r.code}, expected 1${r.code === 0 ? ' (the image cannot fit in 8 MiB)' : ''}`);
-    checkLines(p, r.stderr, 1);
-    if (r.code === 1 && !/ENOSPC|no space/i.test(r.stderr)) p.push(`the line does not say the disk is full: ${stderrLines(r.stderr)[0]}`);
-    await checkIntact(p, t);
-    if (!existsSync(target)) p.push('the older image is gone');
-    else if (sha256(target) !== older) p.push('the older image was overwritten');
-    const left = others(dir, 'image.tar');
-    if (left.length) p.push(`partial files left: ${left.join(', ')}`);
+    await checkpointIntoFullDisk(p, memcheckTarget(t), join(t.dir, 'small'), olderImage);
   } finally {
     killOurs(t.pids);
-    if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
   }
 }
 
@@ -192,15 +137,7 @@ async function enospcCell(p: Problems, mode: Mode): Promise<void> {
 async function epipeCell(p: Problems, mode: Mode): Promise<void> {
   const t = await startMemcheck(MIB[mode], mode);
   try {
-    const err = join(t.dir, 'ferry.err');
-    const code = join(t.dir, 'ferry.code');
-    await shell(`{ '${FERRY}' checkpoint --pid ${t.pids[0]} --image - 2>'${err}'; echo $? >'${code}'; } | head -c 100000 >/dev/null`);
-    await waitFor('ferry to finish', () => existsSync(code) && readFileSync(code, 'utf8').endsWith('\n'), 60000);
-    const status = Number(readFileSync(code, 'utf8'));
-    const stderr = readFileSync(err, 'utf8');
-    if (status !== 1) p.push(`exit ${status}, expected 1`);
-    checkLines(p, stderr, 1);
-    await checkIntact(p, t);
+    await checkpointIntoClosedPipe(p, memcheckTarget(t), join(t.dir, 'ferry'));
   } finally {
     killOurs(t.pids);
   }
@@ -284,26 +221,16 @@ async function concurrentRestoreCell(p: Problems): Promise<void> {
     p.push('image pids not free before the cell');
     return;
   }
-  const a = startFerry(['restore', '--image', image], 'created');
   try {
-    const notPaused = await waitPaused(a, 'created');
-    if (notPaused) {
-      p.push(`first restore: ${notPaused}`);
-      return;
-    }
-    const b = await runFerry(['restore', '--image', image], p);
-    if (b.code !== 1) p.push(`second restore: exit ${b.code}, expected 1`);
-    checkLines(p, b.stderr, 1);
-    if (!b.stderr.includes(`pid ${tree.pids[0]}`)) p.push(`the line does not name pid ${tree.pids[0]}: ${stderrLines(b.stderr)[0]}`);
-    const r = await hit(a, 'SIGTERM', p);
-    checkAbortExit(p, 'SIGTERM', r, a.stderr());
-    const left = await pidsFree(tree.pids);
-    if (left.length) p.push(`left behind: ${left.join(', ')}`);
-    killOurs(tree.pids);
-    await restoreAndCheck(p, image, tree, 'retry');
+    await whilePaused(p, ['restore', '--image', image], 'created', async (a) => {
+      const b = await runFerry(['restore', '--image', image], p);
+      if (b.code !== 1) p.push(`second restore: exit ${b.code}, expected 1`);
+      checkLines(p, b.stderr, 1);
+      if (!b.stderr.includes(`pid ${tree.pids[0]}`)) p.push(`the line does not name pid ${tree.pids[0]}: ${stderrLines(b.stderr)[0]}`);
+      await abort(p, a, 'SIGTERM');
+      await noneLeftThenRetry(p, image, tree);
+    }, 'first restore: ');
   } finally {
-    if (!a.exited) a.child.kill('SIGKILL');
-    await a.exit;
     killOurs(tree.pids);
     await pidsFree(tree.pids);
   }

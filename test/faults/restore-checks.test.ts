@@ -11,7 +11,7 @@ import { SIGKILL } from '../../src/arch/x86-64.js';
 import { defaultStubPath, native } from '../../src/native/binding.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, ferry, own, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -67,10 +67,7 @@ describe('restore checks', { skip, timeout: 180000 }, () => {
     const w = await startWorkload(bin, ['50']);
     await waitFor('a few ticks', () => w.ticks().length >= 2);
     const image = join(w.dir, 'counter.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+    await checkpointFreed(w, image);
     // Another program at the same path: the restored code pages are not the counter's.
     copyFileSync(join(WORKLOADS, 'state'), `${bin}.new`);
     renameSync(`${bin}.new`, bin);
@@ -87,10 +84,7 @@ describe('restore checks', { skip, timeout: 180000 }, () => {
   it('a thread whose rseq the kernel refuses fails the restore at once, with nothing left running', async () => {
     const w = await startWorkload(join(WORKLOADS, 'threads'), ['4']);
     const image = join(w.dir, 'threads.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+    await checkpointFreed(w, image);
     const bad = join(w.dir, 'bad-rseq.tar');
     await editImage(image, bad, { [`tasks/${w.pid}/task.json`]: json((t) => { t.threads[1].rseq.pointer = '0x10'; }) });
     const t0 = Date.now();

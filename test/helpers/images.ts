@@ -3,13 +3,24 @@ import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import tar from 'tar-stream';
 
+/** An edit of one entry: its text in, the new text out. */
+export type Edit = (text: string) => string;
+
 /**
- * Writes a copy of the image `src` to `dst` with some JSON entries edited by hand: `edits`
- * maps an entry name to a function from its text to the new text. The manifest's sizes and
- * sha256 are brought up to date before its own edit (if any), as a careful hand would, so the
- * edited records themselves are what restore and inspect meet.
+ * Which entries to edit, and how: an object maps an entry's exact name to its edit; a list of
+ * [name or pattern, edit] pairs also edits every entry whose name the pattern matches.
  */
-export async function editImage(src: string, dst: string, edits: Record<string, (text: string) => string>): Promise<void> {
+export type Edits = Readonly<Record<string, Edit>> | ReadonlyArray<readonly [string | RegExp, Edit]>;
+
+/**
+ * Writes a copy of the image `src` to `dst` with some entries edited by hand (see Edits). The
+ * manifest's sizes and sha256 are brought up to date before its own edit (if any), as a careful
+ * hand would, so the edited records themselves are what restore and inspect meet. An edit that
+ * matches no entry is an error: a test that edits nothing tests nothing. The copy is unsigned
+ * (manifest.sig is dropped: only the key's holder could sign the edit). Returns the names of
+ * the entries edited.
+ */
+export async function editImage(src: string, dst: string, edits: Edits): Promise<string[]> {
   const entries: Array<{ name: string; body: Buffer }> = [];
   const extract = tar.extract();
   await new Promise<void>((resolve, reject) => {
@@ -25,14 +36,30 @@ export async function editImage(src: string, dst: string, edits: Record<string, 
     extract.on('error', reject);
     extract.end(readFileSync(src));
   });
-  for (const e of entries.slice(1)) {
-    const edit = edits[e.name];
-    if (edit) e.body = Buffer.from(edit(e.body.toString()));
+  // A hand cannot sign again: the edited image is unsigned (it never carries the old
+  // signature, which no longer matches), so restore holds it to the untrusted default bound
+  // unless the test gives --max-creds (docs/security.md).
+  const signed = entries.findIndex((e) => e.name === 'manifest.sig');
+  if (signed >= 0) entries.splice(signed, 1);
+  const rules = Array.isArray(edits) ? edits as ReadonlyArray<readonly [string | RegExp, Edit]> : Object.entries(edits);
+  const matches = (rule: string | RegExp, name: string): boolean => (typeof rule === 'string' ? rule === name : rule.test(name));
+  for (const [rule] of rules) {
+    if (!entries.some((e) => matches(rule, e.name))) throw new Error(`image ${src} has no entry ${String(rule)} to edit`);
   }
+  const edited: string[] = [];
+  /** `e` with every matching edit applied to `text` (its body, or the manifest recomputed). */
+  const apply = (e: { name: string; body: Buffer }, text?: string): Buffer => {
+    const mine = rules.filter(([rule]) => matches(rule, e.name));
+    if (mine.length === 0) return text === undefined ? e.body : Buffer.from(text); // binary entries stay as they are
+    let t = text ?? e.body.toString();
+    for (const [, edit] of mine) t = edit(t);
+    edited.push(e.name);
+    return Buffer.from(t);
+  };
+  for (const e of entries.slice(1)) e.body = apply(e);
   const manifest = JSON.parse(entries[0]!.body.toString()) as { entries: Array<{ name: string; size: number; sha256: string }> };
   manifest.entries = entries.slice(1).map((e) => ({ name: e.name, size: e.body.length, sha256: createHash('sha256').update(e.body).digest('hex') }));
-  const text = JSON.stringify(manifest);
-  entries[0]!.body = Buffer.from(edits['manifest.json']?.(text) ?? text);
+  entries[0]!.body = apply(entries[0]!, JSON.stringify(manifest));
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   pack.on('data', (c: unknown) => chunks.push(c as Buffer));
@@ -43,12 +70,12 @@ export async function editImage(src: string, dst: string, edits: Record<string, 
   pack.finalize();
   await done;
   writeFileSync(dst, Buffer.concat(chunks));
+  return edited;
 }
 
-/** A JSON edit: `change` gets the parsed record and changes it in place. */
-export const json = (change: (v: Record<string, any>) => void) => (text: string): string => { // eslint-disable-line @typescript-eslint/no-explicit-any
-  const v = JSON.parse(text) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+/** A JSON edit: `change` gets the parsed record (typed as T) and changes it in place. */
+export const json = <T = Record<string, any>>(change: (v: T) => void) => (text: string): string => { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const v = JSON.parse(text) as T;
   change(v);
   return JSON.stringify(v);
 };
-

@@ -8,12 +8,13 @@
  * with its own spawn, starts with descriptors 0-2 and what it is given: checkpoint would
  * otherwise refuse the workload for sharing that file with the shell.
  */
+import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
-import { FERRY } from './env.js';
+import { FERRY, ROOT } from './env.js';
 
 closeInheritedFds();
 
@@ -99,9 +100,62 @@ export async function verify(w: Workload): Promise<string> {
   return w.text().split('\n').filter((l) => l === 'PASS' || l.startsWith('FAIL')).join('\n');
 }
 
+const VERDICT = /^(PASS|FAIL.*)$/gm;
+
+/**
+ * Sends SIGUSR1 to `pid` and returns the next verdict line of `text` (a workload that keeps
+ * running after its check: unlike verify, earlier verdicts do not count), or a description of
+ * why none came (with the SigBlk the kernel shows, the usual reason).
+ */
+export async function askVerdict(pid: number, text: () => string, timeoutMs = 10000): Promise<string> {
+  const before = [...text().matchAll(VERDICT)].length;
+  try {
+    process.kill(pid, 'SIGUSR1');
+  } catch (err) {
+    return `FAIL cannot signal pid ${pid}: ${(err as Error).message}`;
+  }
+  try {
+    await waitFor(`a verdict from ${pid}`, () => [...text().matchAll(VERDICT)].length > before, timeoutMs);
+  } catch {
+    let st = 'gone';
+    try {
+      const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+      const f = (k: string): string => new RegExp(`^${k}:\\s+(.*)$`, 'm').exec(s)?.[1]?.trim() ?? '';
+      st = `state ${f('State').slice(0, 1)}, tracer ${f('TracerPid')}, SigBlk ${BigInt(`0x${f('SigBlk') || '0'}`).toString(16)}`;
+    } catch { /* gone */ }
+    return `FAIL no verdict within ${timeoutMs / 1000} s (${st})`;
+  }
+  return [...text().matchAll(VERDICT)][before]![1]!;
+}
+
 /** Whether a pid exists. */
 export function alive(pid: number): boolean {
   return existsSync(`/proc/${pid}`);
+}
+
+/** The restore stub of this checkout (native/helpers; src/native/binding.ts, defaultStubPath). */
+const STUB = join(ROOT, 'build', 'Release', 'ferry-stub');
+
+/**
+ * Pids of ferry-stub processes of this checkout (the restore stub: none may be left behind by a
+ * failed restore). The machine may run other checkouts' tests, whose restores make stubs of
+ * their own at any time: a live stub counts when it runs this checkout's stub binary. A killed
+ * stub can stay a zombie for a moment: when its parent stub died first it belongs to init, which
+ * reaps lazily here. A zombie runs nothing, so only live stubs count, unless `zombies` asks for
+ * those too; a zombie has no executable to tell whose it is, so only those this process is to
+ * reap (stubs of a restore run in this process, through the library) count.
+ */
+export function stubs(opts: { zombies?: boolean } = {}): number[] {
+  const stub = existsSync(STUB) ? realpathSync(STUB) : STUB; // what /proc/PID/exe shows
+  return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (!stat.includes(' (ferry-stub) ')) return false;
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (fields[0] === 'Z') return opts.zombies === true && Number(fields[1]) === process.pid;
+      return readlinkSync(`/proc/${d}/exe`) === stub;
+    } catch { return false; }
+  }).map(Number);
 }
 
 /** State letter and tracer of a pid, from /proc/PID/status. */
@@ -124,6 +178,18 @@ export interface Run {
 export function ferry(args: string[], opts: { input?: Buffer; timeoutMs?: number } = {}): Run {
   const r = spawnSync(FERRY, args, { input: opts.input ?? Buffer.alloc(0), timeout: opts.timeoutMs ?? 120000, maxBuffer: 1 << 30 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+/**
+ * Checkpoints workload `w` into `image` the default way (the original is killed), asserting
+ * that ferry exits 0 (`what` names the step in the message), and waits until its pid is free
+ * for a restore (reaped by us, or by init when `w` is already a restored process).
+ */
+export async function checkpointFreed(w: Pick<Workload, 'pid' | 'exited'>, image: string, what = 'checkpoint'): Promise<void> {
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+  assert.equal(cp.code, 0, `${what} failed: ${cp.stderr}`);
+  await w.exited;
+  await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
 }
 
 /**

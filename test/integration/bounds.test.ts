@@ -9,18 +9,17 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import tar from 'tar-stream';
 import { loadConfig } from '../../src/config/config.js';
 import { restore } from '../../src/index.js';
 import { parseMaxCreds } from '../../src/restore/bounds.js';
 import type { TaskRecord } from '../../src/image/records.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, scratchDir, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { editImage, json } from '../helpers/images.js';
+import { alive, checkpointFreed, cleanup, ferry, own, scratchDir, sleep, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -30,81 +29,30 @@ const logger = pino({ level: 'silent' });
 /** Every capability ferry may give (its own bounding set: a sandbox may hold back some). */
 const ALL_CAPS = `0x${BigInt(`0x${/^CapBnd:\s*(\w+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]!}`).toString(16)}`;
 
-/**
- * Copies image `src` to `dst` with `change` applied to every tasks/PID/task.json, and the
- * manifest's sizes and sha256 brought up to date: what anyone can do to an unsigned image.
- */
-async function editTasks(src: string, dst: string, change: (task: TaskRecord) => void): Promise<void> {
-  const entries: Array<{ name: string; body: Buffer }> = [];
-  const extract = tar.extract();
-  await new Promise<void>((resolve, reject) => {
-    extract.on('entry', (header, stream, next) => {
-      const parts: Buffer[] = [];
-      stream.on('data', (c: unknown) => parts.push(c as Buffer));
-      stream.on('end', () => {
-        entries.push({ name: header.name, body: Buffer.concat(parts) });
-        next();
-      });
-    });
-    extract.on('finish', resolve);
-    extract.on('error', reject);
-    extract.end(readFileSync(src));
-  });
-  let edited = 0;
-  for (const e of entries.slice(1)) {
-    if (!/^tasks\/\d+\/task\.json$/.test(e.name)) continue;
-    const task = JSON.parse(e.body.toString()) as TaskRecord;
-    change(task);
-    e.body = Buffer.from(JSON.stringify(task));
-    edited++;
-  }
-  assert.ok(edited > 0, 'the image has tasks to edit');
-  const manifest = JSON.parse(entries[0]!.body.toString()) as { entries: Array<{ name: string; size: number; sha256: string }> };
-  manifest.entries = entries.slice(1).map((e) => ({ name: e.name, size: e.body.length, sha256: createHash('sha256').update(e.body).digest('hex') }));
-  entries[0]!.body = Buffer.from(JSON.stringify(manifest));
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
-  const done = new Promise<void>((resolve) => pack.on('end', () => resolve()));
-  for (const e of entries) {
-    await new Promise<void>((resolve, reject) => pack.entry({ name: e.name, size: e.body.length }, e.body, (err) => (err ? reject(err) : resolve())));
-  }
-  pack.finalize();
-  await done;
-  writeFileSync(dst, Buffer.concat(chunks));
-}
-
-/** Pids of ferry-stub processes (none may be left behind). */
-function stubs(): number[] {
-  return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
-    try { return readFileSync(`/proc/${d}/comm`, 'utf8').trim() === 'ferry-stub'; } catch { return false; }
-  }).map(Number);
-}
+/** Every tasks/PID/task.json of an image: what an edit of creds changes (all of them, at least one). */
+const TASKS = /^tasks\/\d+\/task\.json$/;
 
 /** A /proc/PID/status line's value. */
 const statusOf = (pid: number, key: string): string => new RegExp(`^${key}:\\s*(.*)$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '';
 
 describe('no privilege from the image: a process', { skip, timeout: 120_000 }, () => {
-  it('a nobody process edited into root with every capability: refused under --max-creds nobody, nothing made; the image as it was restores', async () => {
+  it('a nobody process edited into root with every capability: refused under --max-creds nobody and by the untrusted default, nothing made; the image as it was restores', async () => {
     const w = await startWorkload('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter')]);
     assert.match(statusOf(w.pid, 'Uid'), /^65534\s+65534\s+65534\s+65534$/);
     const image = join(w.dir, 'nobody.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+    await checkpointFreed(w, image);
 
     const edited = join(w.dir, 'edited.tar');
-    await editTasks(image, edited, (t) => {
+    await editImage(image, edited, [[TASKS, json<TaskRecord>((t) => {
       for (const c of t.creds.threads) {
         c.uids = [0, 0, 0, 0];
         c.gids = [0, 0, 0, 0];
         c.groups = [0];
         c.caps = { effective: ALL_CAPS, permitted: ALL_CAPS, inheritable: ALL_CAPS, bounding: ALL_CAPS, ambient: ALL_CAPS };
       }
-    });
+    })]]);
     const bound = parseMaxCreds('nobody');
-    const before = stubs();
+    const before = stubs({ zombies: true });
     await assert.rejects(restore({ image: edited, config, logger, bound }), (err: Error & { code?: string; pid?: number; path?: string }) => {
       assert.equal(err.code, 'EPRIVILEGE');
       assert.equal(err.pid, w.pid);
@@ -115,10 +63,19 @@ describe('no privilege from the image: a process', { skip, timeout: 120_000 }, (
       return true;
     });
     assert.ok(!alive(w.pid), 'no process made');
-    assert.deepEqual(stubs(), before, 'no stub left');
+    assert.deepEqual(stubs({ zombies: true }), before, 'no stub left');
 
-    // What the same image does without a bound (the default: root restores what it is given).
-    const rs = ferry(['restore', '--image', edited]);
+    // Without --max-creds the edited image (unsigned: the edit dropped its signature) gets the
+    // untrusted default, which refuses root to a program that is not set-user-ID root.
+    const dflt = ferry(['restore', '--image', edited]);
+    assert.equal(dflt.code, 1);
+    assert.equal(dflt.stderr, `ferry restore: image ${edited}: pid ${w.pid} (counter) would get uid 0 as its real, effective, saved and filesystem uid, `
+      + `beyond what an image no trusted key signed allows (no root: ${join(WORKLOADS, 'counter')} is not set-user-ID root; `
+      + 'sign it and restore with --trust, or allow it with --max-creds) (and 6 more): nothing was restored\n');
+    assert.ok(!alive(w.pid), 'no process made');
+
+    // What --max-creds root lets through: the edited image runs as root.
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
     assert.match(statusOf(w.pid, 'Uid'), /^0\s+0\s+0\s+0$/, 'unbounded, the edited image runs as root');
@@ -191,13 +148,13 @@ describe('no privilege from the image: a runc container, bounded by its bundle\'
     assert.equal(status(id), 'absent');
     const edited = join(dir, 'edited.tar');
     const SYS_ADMIN = 1n << 21n;
-    await editTasks(image, edited, (t) => {
+    await editImage(image, edited, [[TASKS, json<TaskRecord>((t) => {
       for (const c of t.creds.threads) {
         c.caps.effective = `0x${(BigInt(c.caps.effective) | SYS_ADMIN).toString(16)}`;
         c.caps.permitted = `0x${(BigInt(c.caps.permitted) | SYS_ADMIN).toString(16)}`;
       }
-    });
-    const before = stubs();
+    })]]);
+    const before = stubs({ zombies: true });
     const rs = ferry(['restore', id, '--root', state, '--image', edited, '--bundle', b, '--detach']);
     assert.equal(rs.code, 1, rs.stderr);
     const lines = rs.stderr.trimEnd().split('\n');
@@ -205,7 +162,7 @@ describe('no privilege from the image: a runc container, bounded by its bundle\'
     assert.match(lines[0]!, new RegExp(`^ferry restore: image ${edited}: pid 1 \\(sh\\) would get capability CAP_SYS_ADMIN in its effective set, `
       + `beyond what ${join(b, 'config.json')} allows \\(process\\.capabilities\\.effective\\) \\(and \\d+ more\\): nothing was restored$`));
     assert.equal(status(id), 'absent', 'no container made');
-    assert.deepEqual(stubs(), before, 'no stub left');
+    assert.deepEqual(stubs({ zombies: true }), before, 'no stub left');
     assert.equal(readFileSync(join(b, 'config.json'), 'utf8'), JSON.stringify(spec), 'config.json untouched');
 
     const ok = ferry(['restore', id, '--root', state, '--image', image, '--bundle', b, '--detach']);

@@ -14,7 +14,6 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import tar from 'tar-stream';
 import { writeDevShm } from '../../src/container/devshm.js';
 import { applyRootfsChanges, type RootfsRecord } from '../../src/container/rootfs.js';
 import { FerryError } from '../../src/errors.js';
@@ -24,6 +23,7 @@ import type { FileRecord, TaskRecord } from '../../src/image/records.js';
 import { defaultStubPath, native } from '../../src/native/binding.js';
 import { checkSharedFilePages } from '../../src/restore/address-space.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
 import { alive, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
@@ -43,46 +43,19 @@ const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /**
- * Copies image `src` to `dst` with JSON entries edited: `edits` maps an entry name to a function
- * that changes the parsed entry in place. The manifest's sizes and sha256 are recomputed, as an
- * attacker would, so only the records themselves stand between the image and the node.
+ * A files.json edit: the first regular file record (the log of `whose` workload) re-pointed with
+ * `fields` (path, link, flags, ...). Its recorded size and mtime, the log's, are dropped unless
+ * `keepStat`.
  */
-async function tamper(src: string, dst: string, edits: Record<string, (v: Json) => void>): Promise<void> {
-  const entries: Array<{ name: string; body: Buffer }> = [];
-  const extract = tar.extract();
-  await new Promise<void>((resolve, reject) => {
-    extract.on('entry', (header, stream, next) => {
-      const parts: Buffer[] = [];
-      stream.on('data', (c: unknown) => parts.push(c as Buffer));
-      stream.on('end', () => {
-        entries.push({ name: header.name, body: Buffer.concat(parts) });
-        next();
-      });
-    });
-    extract.on('finish', resolve);
-    extract.on('error', reject);
-    extract.end(readFileSync(src));
+function moveLog(whose: string, fields: Json, opts: { keepStat?: boolean } = {}): (text: string) => string {
+  return json((v) => {
+    const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
+    assert.ok(reg, `${whose} has its log open`);
+    Object.assign(reg, fields);
+    if (opts.keepStat) return;
+    delete reg.size;
+    delete reg.mtimeNs;
   });
-  for (const [name, edit] of Object.entries(edits)) {
-    const e = entries.find((x) => x.name === name);
-    assert.ok(e, `the image has an entry ${name}`);
-    const v = JSON.parse(e.body.toString()) as Json;
-    edit(v);
-    e.body = Buffer.from(JSON.stringify(v));
-  }
-  const manifest = JSON.parse(entries[0]!.body.toString()) as Json;
-  manifest.entries = entries.slice(1).map((e) => ({ name: e.name, size: e.body.length, sha256: createHash('sha256').update(e.body).digest('hex') }));
-  entries[0]!.body = Buffer.from(JSON.stringify(manifest));
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
-  const done = new Promise<void>((resolve) => pack.on('end', () => resolve()));
-  for (const e of entries) {
-    await new Promise<void>((resolve, reject) => pack.entry({ name: e.name, size: e.body.length }, e.body, (err) => (err ? reject(err) : resolve())));
-  }
-  pack.finalize();
-  await done;
-  writeFileSync(dst, Buffer.concat(chunks));
 }
 
 /** A real image of a counter (checkpointed and killed, so its pid is free for the restore). */
@@ -160,21 +133,19 @@ function oneLine(stderr: string): string {
 }
 
 describe('images are untrusted: confined file operations', { skip, timeout: 300_000 }, () => {
+  // An edited image is unsigned: the untrusted default would refuse this root counter before any
+  // file is touched. --max-creds root lets it through, and confinement must still hold.
+  const ROOT_ALLOWED = ['--max-creds', 'root'];
+
   it('(a) a file record re-pointed at a canary with O_TRUNC: restore goes on, the canary keeps its content', async () => {
     const { image, pid, dir } = await counterImage();
     const canary = canaryFile();
     const bad = join(dir, 'trunc.tar');
-    await tamper(image, bad, {
-      'files.json': (v) => {
-        const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
-        assert.ok(reg, 'the counter has its log open');
-        // Read-only, so the restored counter cannot write into it either: only O_TRUNC could.
-        Object.assign(reg, { path: canary.path, link: canary.path, flags: O_TRUNC | O_LARGEFILE });
-        delete reg.size;
-        delete reg.mtimeNs;
-      },
+    await editImage(image, bad, {
+      // Read-only, so the restored counter cannot write into it either: only O_TRUNC could.
+      'files.json': moveLog('the counter', { path: canary.path, link: canary.path, flags: O_TRUNC | O_LARGEFILE }),
     });
-    const r = ferry(['restore', '--image', bad]);
+    const r = ferry(['restore', '--image', bad, ...ROOT_ALLOWED]);
     if (alive(pid)) own(pid);
     untouched(canary, `restore: ${r.code} ${r.stderr.trim()}`);
     assert.equal(r.code, 0, r.stderr);
@@ -184,15 +155,12 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     const { image, pid, dir } = await counterImage();
     const canary = canaryFile();
     const bad = join(dir, 'trunc-fail.tar');
-    await tamper(image, bad, {
-      'files.json': (v) => {
-        const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
-        Object.assign(reg!, { path: canary.path, link: canary.path, flags: O_WRONLY | O_APPEND | O_TRUNC | O_LARGEFILE });
-      },
+    await editImage(image, bad, {
+      'files.json': moveLog('the counter', { path: canary.path, link: canary.path, flags: O_WRONLY | O_APPEND | O_TRUNC | O_LARGEFILE }, { keepStat: true }),
       // Fails once the files are open: the executable cannot be found.
-      [`tasks/${pid}/task.json`]: (t) => { t.exe = join(dir, 'no-such-executable'); },
+      [`tasks/${pid}/task.json`]: json((t) => { t.exe = join(dir, 'no-such-executable'); }),
     });
-    const r = ferry(['restore', '--image', bad]);
+    const r = ferry(['restore', '--image', bad, ...ROOT_ALLOWED]);
     if (alive(pid)) own(pid);
     assert.notEqual(r.code, 0, 'the restore fails');
     t.diagnostic(oneLine(r.stderr));
@@ -205,8 +173,8 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     const bad = join(dir, 'shared.tar');
     let area = '';
     let canary: { path: string; bytes: Buffer } | undefined;
-    await tamper(image, bad, {
-      [`tasks/${pid}/task.json`]: (t) => {
+    await editImage(image, bad, {
+      [`tasks/${pid}/task.json`]: json((t) => {
         const v = (t.vmas as Json[]).find((m) => m.kind === 'anon' && !m.shared && m.runs.length > 0 && !m.vmflags.includes('gd'));
         assert.ok(v, 'an anonymous area with stored pages');
         const size = Number(BigInt(v.end) - BigInt(v.start));
@@ -216,9 +184,9 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
           file: { path: canary.path, offset: '0x0', dev: '0:0', ino: '0', size },
         });
         area = v.start as string;
-      },
+      }),
     });
-    const r = ferry(['restore', '--image', bad]);
+    const r = ferry(['restore', '--image', bad, ...ROOT_ALLOWED]);
     if (alive(pid)) own(pid);
     untouched(canary!, `restore: ${r.code} ${r.stderr.trim()}`);
     assert.notEqual(r.code, 0, 'refused');
@@ -527,15 +495,15 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
 
     // The changes make `esc` a symlink to a host directory, then write and delete through it.
     const bad1 = join(dir, 'rootfs-escape.tar');
-    await tamper(image, bad1, {
-      'container/rootfs-diff.json': (v) => {
+    await editImage(image, bad1, {
+      'container/rootfs-diff.json': json((v) => {
         v.kind = 'overlay';
         v.changes = [
           { path: 'esc', type: 'symlink', target: outside, ...meta },
           { path: 'esc/pwned', type: 'file', data: Buffer.from('pwned\n').toString('base64'), ...meta },
           { path: 'esc/victim', type: 'whiteout', ...meta },
         ];
-      },
+      }),
     });
     const r1 = ferry(['restore', id, '--root', state, '--image', bad1, '--detach']);
     assert.notEqual(r1.code, 0, 'refused');
@@ -547,18 +515,12 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
 
     // Only the symlink (harmless in itself), and the log's file record moved behind it with O_TRUNC.
     const bad2 = join(dir, 'file-escape.tar');
-    await tamper(image, bad2, {
-      'container/rootfs-diff.json': (v) => {
+    await editImage(image, bad2, {
+      'container/rootfs-diff.json': json((v) => {
         v.kind = 'overlay';
         v.changes = [{ path: 'esc', type: 'symlink', target: outside, ...meta }];
-      },
-      'files.json': (v) => {
-        const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
-        assert.ok(reg, 'the container has its log open');
-        Object.assign(reg, { root: 'task', path: '/esc/canary', link: '/esc/canary', flags: O_RDWR | O_TRUNC | O_LARGEFILE });
-        delete reg.size;
-        delete reg.mtimeNs;
-      },
+      }),
+      'files.json': moveLog('the container', { root: 'task', path: '/esc/canary', link: '/esc/canary', flags: O_RDWR | O_TRUNC | O_LARGEFILE }),
     });
     const r2 = ferry(['restore', id, '--root', state, '--image', bad2, '--detach']);
     assert.notEqual(r2.code, 0, 'refused');

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
 import {
-  alive, cleanup, ferry, own, procState, shell, sleep, startWorkload, verify, waitFor, type Workload,
+  alive, checkpointFreed, cleanup, ferry, own, procState, shell, sleep, startWorkload, stubs, verify, type Workload,
 } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
@@ -49,18 +49,6 @@ async function startCreds(): Promise<Workload> {
   return startWorkload('setpriv', [...SETPRIV, '--', join(WORKLOADS, 'creds'), 'DIR']);
 }
 
-/** Pids of ferry-stub processes. */
-function stubs(): number[] {
-  // A killed stub can stay a zombie for a moment: when its parent stub died first it belongs
-  // to init, which reaps lazily here. A zombie runs nothing; only live stubs count.
-  return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      return stat.includes(' (ferry-stub) ') && stat.charAt(stat.lastIndexOf(')') + 2) !== 'Z';
-    } catch { return false; }
-  }).map(Number);
-}
-
 describe('credentials and limits', { skip, timeout: 120_000 }, () => {
   it('survive three checkpoint/restore cycles, main thread and second thread alike', async () => {
     const w = await startCreds();
@@ -71,10 +59,7 @@ describe('credentials and limits', { skip, timeout: 120_000 }, () => {
     assert.equal(Object.keys(before).filter((k) => k.startsWith('task ')).length, 2, 'two threads');
     const image = join(w.dir, 'creds.tar');
     for (let i = 0; i < 3; i++) {
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1} failed: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+      await checkpointFreed(w, image, `checkpoint ${i + 1}`);
       const rs = ferry(['restore', '--image', image]);
       assert.equal(rs.code, 0, `restore ${i + 1} failed: ${rs.stderr}`);
       own(w.pid);
@@ -131,10 +116,7 @@ describe('credentials and limits', { skip, timeout: 120_000 }, () => {
     const w = await startWorkload(join(WORKLOADS, 'creds'), ['DIR', 'nonnp']);
     const image = join(w.dir, 'nonnp.tar');
     for (let i = 0; i < 2; i++) {
-      const r = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-      assert.equal(r.code, 0, r.stderr);
-      if (i === 0) await w.exited;
-      await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+      await checkpointFreed(w, image);
       const rs = ferry(['restore', '--image', image]);
       assert.equal(rs.code, 0, rs.stderr);
       own(w.pid);
