@@ -183,7 +183,8 @@ export function refuseLeaks(descsByPid: ReadonlyMap<number, readonly FdDesc[]>, 
   if (bad) {
     const d = bad.inside;
     throw new FerryError('ELEAK', `pid ${d.pid} fd ${d.fd} -> ${d.link} is also held outside the checkpointed tree, by pid ${bad.pid} (${bad.comm}) fd ${bad.fd}: `
-      + 'restoring would split it in two; checkpoint a tree that holds every end, or close it outside');
+      + 'restoring would split it in two; checkpoint a tree that holds every end, or close it outside',
+    { pid: d.pid, fd: d.fd, ...(d.link.startsWith('/') ? { path: d.link } : {}) });
   }
   return leaks;
 }
