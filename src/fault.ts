@@ -14,13 +14,14 @@
  *   written), `writing` (the first memory chunk is in the image), `written` (the image is
  *   complete and in place, the tree not yet let go or killed);
  * - restore: `verified` (image checked, nothing created), `created` (every process exists as
- *   a stub), `rebuilt` (memory and state written, not yet let go).
+ *   a stub), `rebuilt` (memory and state written, not yet let go), `letgo` (the first process
+ *   let go and running, the others still traced).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
-  'frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt',
+  'frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt', 'letgo',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

@@ -1,26 +1,30 @@
 /*
- * ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...]: undoes one step if
- * ferry dies before it does so itself.
+ * ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] |
+ * ferry-watchdog kill PID...: undoes one step if ferry dies before it does so itself.
  *
  * Some of ferry's steps are not undone by the kernel when ferry dies: a frozen cgroup stays
  * frozen (a container checkpoint freezes it while it seizes every thread), and a container
- * that a restore created stays in its runtime's list. So before such a step ferry starts
+ * that a restore created stays in its runtime's list, and the processes a restore has begun to
+ * let go run on while the rest die with ferry. So before such a step ferry starts
  * this watchdog, detached in its own session, with a pipe as its stdin whose only write end
  * ferry holds:
  *   - `write`: it opens FILE for writing first (so a later failure to open cannot surprise
- *     it); `exec`: nothing to prepare;
+ *     it); `kill`: it takes a pidfd of every PID (so a PID reused later is never hit);
+ *     `exec`: nothing to prepare;
  *   - it takes a pidfd of its parent (pidfd_open(2)), prints "armed" and waits in poll(2) on
  *     the pidfd and stdin;
  *   - "d" on stdin (ferry undid or finished the step itself): it exits without doing anything;
  *   - EOF on stdin, or the pidfd becoming readable (ferry exited without disarming it):
- *     `write` writes VALUE to FILE (THAWED or 0: the cgroup thaws); `exec` runs PROGRAM with
- *     its arguments (e.g. `runc delete --force ID`), with stdio on /dev/null.
+ *     `write` writes VALUE to FILE (THAWED or 0: the cgroup thaws); `kill` sends SIGKILL to
+ *     every process through its pidfd; `exec` runs PROGRAM with its arguments (e.g.
+ *     `runc delete --force ID`), with stdio on /dev/null.
  * It ignores SIGINT, SIGTERM, SIGHUP and SIGPIPE: a Ctrl-C meant for ferry must not kill it.
  * Exit status: 0 disarmed, 1 acted, 2 usage or setup error (reported on stderr); in exec mode
  * the program's own once it acted.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -32,8 +36,9 @@
 int main(int argc, char **argv)
 {
 	int exec_mode = argc >= 3 && strcmp(argv[1], "exec") == 0;
-	if (!exec_mode && !(argc == 4 && strcmp(argv[1], "write") == 0)) {
-		fprintf(stderr, "usage: ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...]\n");
+	int kill_mode = argc >= 3 && strcmp(argv[1], "kill") == 0;
+	if (!exec_mode && !kill_mode && !(argc == 4 && strcmp(argv[1], "write") == 0)) {
+		fprintf(stderr, "usage: ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] | ferry-watchdog kill PID...\n");
 		return 2;
 	}
 	signal(SIGINT, SIG_IGN);
@@ -41,7 +46,20 @@ int main(int argc, char **argv)
 	signal(SIGHUP, SIG_IGN);
 	signal(SIGPIPE, SIG_IGN);
 	int file = -1;
-	if (!exec_mode) {
+	int *victims = NULL;
+	if (kill_mode) {
+		victims = calloc((size_t)argc, sizeof(int));
+		if (!victims) return 2;
+		for (int i = 2; i < argc; i++) {
+			char *end;
+			long pid = strtol(argv[i], &end, 10);
+			victims[i] = pid > 0 && *end == '\0' ? (int)syscall(SYS_pidfd_open, (pid_t)pid, 0) : -1;
+			if (victims[i] < 0) {
+				fprintf(stderr, "ferry-watchdog: cannot watch pid %s: %s\n", argv[i], strerror(errno));
+				return 2;
+			}
+		}
+	} else if (!exec_mode) {
 		file = open(argv[2], O_WRONLY | O_CLOEXEC);
 		if (file < 0) {
 			fprintf(stderr, "ferry-watchdog: cannot open %s: %s\n", argv[2], strerror(errno));
@@ -68,6 +86,10 @@ int main(int argc, char **argv)
 			break; /* EOF or anything else: ferry is gone */
 		}
 		if (fds[1].revents) break;
+	}
+	if (kill_mode) {
+		for (int i = 2; i < argc; i++) syscall(SYS_pidfd_send_signal, victims[i], SIGKILL, NULL, 0);
+		return 1;
 	}
 	if (exec_mode) {
 		int nul = open("/dev/null", O_RDWR);

@@ -35,6 +35,7 @@ import { createTree, type CreatedTree } from './tree.js';
 import { validateFiles, validateTask, validateTree } from './validate.js';
 import { faultPoint } from '../fault.js';
 import { Session } from '../session.js';
+import { armWatchdog } from '../watchdog.js';
 
 /** Restores the image `o.image`; resolves once every process runs on its own. */
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
@@ -113,6 +114,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
     session.onUndo('kill the processes made so far', () => created.destroy());
+    // While the tree is let go, the processes already let go run on and the ones still traced
+    // die with ferry (PTRACE_O_EXITKILL): if ferry dies then, a watchdog kills them all. Armed
+    // now, so its start overlaps the rebuild. (A container's own watchdog deletes it instead.)
+    const armed = made ? undefined : armWatchdog(['kill', ...[...created.stubs.values()].map((t) => String(t.pid))],
+      `the processes restored from ${o.image === '-' ? 'stdin' : o.image}`);
+    armed?.catch(() => { /* awaited before the let-go */ });
+    session.onUndo('disarm the let-go watchdog', () => { void armed?.then((w) => w.disarm(), () => {}); });
     // pidfds name restored processes, so they are opened now that the processes exist: by
     // their stubs, or (a zombie, already finished) by its pid where pids are the host's.
     const hostPidOf = (pid: number): number | undefined => created.stubs.get(pid)?.pid
@@ -129,8 +137,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     o.signal?.throwIfAborted();
     const hostPid = created.stubs.get(tree.root)!.pid;
     const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
-    // The point of no return: from here the tree runs on its own; an abort no longer applies.
-    letGo(created, tasks, xstates);
+    const watchdog = await armed;
+    // The let-go: once it is done, the tree runs on its own and an abort no longer applies.
+    await letGo(created, tasks, xstates, o.signal);
+    watchdog?.disarm();
     made?.running?.();
     dropFiles();
     closeFiles(opened.opened);
@@ -271,7 +281,8 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
  * children before parents. A process stopped by a signal stays stopped: SIGSTOP queued now
  * stops it as soon as it is let go, before it runs a single instruction.
  */
-function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: ReadonlyMap<number, Buffer>): void {
+async function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: ReadonlyMap<number, Buffer>,
+  signal?: AbortSignal): Promise<void> {
   const n = native();
   const inSyscall = new Map<number, boolean>();
   for (const task of tasks) {
@@ -289,6 +300,8 @@ function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: Read
       if (!task.stopped && inSyscall.get(tid)) detachInSyscall(task.pid, tid);
       else n.detach(tid, 0);
     }
+    // Some processes run, the others are still traced: the fault matrix hits ferry here.
+    if (task === tasks.at(-1)) await faultPoint('letgo', signal);
   }
 }
 

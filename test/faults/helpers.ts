@@ -37,9 +37,9 @@ export const PROCESS_CHECKPOINT_PHASES = ['seized', 'dumped', 'writing', 'writte
 /** Checkpoint phases of a container: its cgroup is frozen first. */
 export const CONTAINER_CHECKPOINT_PHASES = ['frozen', 'seized', 'dumped', 'writing', 'written'] as const;
 /** Restore phases (src/fault.ts). */
-export const RESTORE_PHASES = ['verified', 'created', 'rebuilt'] as const;
+export const RESTORE_PHASES = ['verified', 'created', 'rebuilt', 'letgo'] as const;
 /** Columns of the table: every phase, then the faults that are not tied to one. */
-export const COLUMNS = ['frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt', 'once'] as const;
+export const COLUMNS = ['frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'once'] as const;
 
 /** The exit status the CLI gives for a handled signal. */
 export const SIGNAL_STATUS = { SIGTERM: 143, SIGINT: 130 } as const;
