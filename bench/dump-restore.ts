@@ -1,20 +1,30 @@
 /**
- * Dump and restore throughput of one process with dirty anonymous memory, printed next to the
- * raw limits measured in the same run on the same memory and file system:
- *   read limit   process_vm_readv of the same pages into the same chunk size;
- *   write limit  writing the same bytes (a copy of the process's memory) to a file next to
- *                the image, with the fsync the dump also does (best of two runs, one before
- *                and one after the dump), and without it (page cache only);
- *   dump limit   the slower of read and write+fsync (the dump must do both);
- *   restore limit  the slower of reading the image file (page cache) and writing the same
- *                bytes into never-touched memory of a process through /proc/PID/mem.
+ * End-to-end checkpoint and restore of one process with dirty anonymous memory, several runs,
+ * each printed as min / median / max next to the raw limits measured in the same run, on the
+ * same memory and file system:
+ *   process_vm_readv   reading the process's pages into chunk-sized buffers;
+ *   file write+fsync   writing the same bytes (a copy of its memory) to a file next to the
+ *                      image, then fsync, as a checkpoint does (best of one before and one
+ *                      after the checkpoint); and without the fsync (page cache only);
+ *   sha256             hashing the same bytes in 4 MiB chunks on one thread, and on two
+ *                      threads at once (chunks hash independently: image-format.md);
+ *   image file read    reading the image file back (page cache);
+ *   /proc/PID/mem      writing the same amount into never-touched memory of a process.
+ * Limits: a checkpoint must read, hash and write+fsync every page, so its limit is the slowest
+ * of process_vm_readv, write+fsync and sha256 on two threads; a restore must read, hash and
+ * write into the process: image read, /proc/PID/mem and sha256 on two threads. Each run's
+ * figures are divided by that run's own limits, then summarised. Checkpoint and restore times
+ * are end to end (the library call, from start to the tree killed or running); the frozen
+ * time of the checkpoint is printed apart.
  *
- * Usage: node dist/bench/dump-restore.js [SIZE_MIB=1024] [DIR=/var/tmp]
+ * Usage: node dist/bench/dump-restore.js [SIZE_MIB=1024] [DIR=/var/tmp] [--runs N=3]
  * Needs root and a built tree (npm run build).
  */
 import { execSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import pino from 'pino';
 import { checkpoint, restore } from '../src/index.js';
 import { loadConfig } from '../src/config/config.js';
@@ -22,17 +32,39 @@ import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { parseMaps } from '../src/proc/maps.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
 
+const USAGE = `usage: node dist/bench/dump-restore.js [SIZE_MIB=1024] [DIR=/var/tmp] [--runs N=3]
+  SIZE_MIB  dirty anonymous memory of the process (e.g. 64, 1024)
+  DIR       where the image and the raw-write file go (its file system is measured)
+  --runs N  runs to summarise as min / median / max (at least 1; 3 by default)`;
+
+const args = process.argv.slice(2);
+if (args.includes('--help') || args.includes('-h')) {
+  console.log(USAGE);
+  process.exit(0);
+}
+let runs = 3;
+const runsAt = args.indexOf('--runs');
+if (runsAt >= 0) {
+  runs = Number(args[runsAt + 1]);
+  args.splice(runsAt, 2);
+}
+const sizeMib = Number(args[0] ?? 1024);
+if (!Number.isInteger(sizeMib) || sizeMib < 1 || !Number.isInteger(runs) || runs < 1) {
+  console.error(USAGE);
+  process.exit(2);
+}
+
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
 
-const sizeMib = Number(process.argv[2] ?? 1024);
-const dir = mkdtempSync(join(process.argv[3] ?? '/var/tmp', 'ferry-bench-'));
+const dir = mkdtempSync(join(args[1] ?? '/var/tmp', 'ferry-bench-'));
 const config = loadConfig({});
 const logger = pino({ level: 'silent' });
 const chunk = config.image.chunkSize;
+/** Chunk of the hash limit: the image's chunk of page data (image/writer.ts, CHUNK_BYTES). */
+const HASH_CHUNK = 4 << 20;
 
 const mbps = (bytes: number, ms: number): number => bytes / 1048576 / (ms / 1000);
-const fmt = (v: number): string => v.toFixed(0).padStart(7);
 
 async function startBigmem(mode = ''): Promise<number> {
   // stdout must be a regular file: pipes and sockets are not checkpointable yet.
@@ -71,10 +103,10 @@ function flushDirty(): void {
   execSync('sync');
 }
 
-/** A copy of the process's big area: the very bytes the dump will write. */
+/** A copy of the process's big area (the very bytes the checkpoint writes), in shared memory for the hash threads. */
 function snapshot(pid: number): Buffer {
   const { start, len } = bigArea(pid);
-  const buf = Buffer.allocUnsafe(len);
+  const buf = Buffer.from(new SharedArrayBuffer(len));
   native().readMemory(pid, new Float64Array([start, len]), buf);
   return buf;
 }
@@ -91,6 +123,42 @@ function writeLimit(data: Buffer, sync: boolean): number {
   const r = mbps(bytes, performance.now() - t);
   rmSync(path);
   return r;
+}
+
+/** sha256 of `data` in HASH_CHUNK pieces on one thread (this one). */
+function hashLimit1(data: Buffer): number {
+  const t = performance.now();
+  for (let off = 0; off < data.length; off += HASH_CHUNK) createHash('sha256').update(data.subarray(off, off + HASH_CHUNK)).digest();
+  return mbps(data.length, performance.now() - t);
+}
+
+const HASH_THREAD = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+parentPort.once('message', () => {
+  const { sab, from, to, step } = workerData;
+  for (let off = from; off < to; off += step) createHash('sha256').update(new Uint8Array(sab, off, Math.min(step, to - off))).digest();
+  parentPort.postMessage('done');
+});
+parentPort.postMessage('ready');`;
+
+/** The same on two worker threads at once, each taking every other half (started before the clock). */
+async function hashLimit2(data: Buffer): Promise<number> {
+  const sab = data.buffer as SharedArrayBuffer;
+  const half = Math.ceil(data.length / HASH_CHUNK / 2) * HASH_CHUNK;
+  const workers = [0, 1].map((i) => new Worker(HASH_THREAD, {
+    eval: true, workerData: { sab, from: i * half, to: Math.min(data.length, (i + 1) * half), step: HASH_CHUNK },
+  }));
+  try {
+    await Promise.all(workers.map((w) => new Promise((r) => w.once('message', r))));
+    const t = performance.now();
+    const done = workers.map((w) => new Promise((r) => w.once('message', r)));
+    for (const w of workers) w.postMessage('go');
+    await Promise.all(done);
+    return mbps(data.length, performance.now() - t);
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
 }
 
 function fileReadLimit(path: string): number {
@@ -118,56 +186,112 @@ function memWriteLimit(pid: number): number {
   return r;
 }
 
+/** What one run measured. */
+interface Run {
+  read: number;
+  write: number;
+  cacheWrite: number;
+  hash1: number;
+  hash2: number;
+  fileRead: number;
+  memWrite: number;
+  pagesBytes: number;
+  imageBytes: number;
+  cpMs: number;
+  frozenMs: number;
+  rsMs: number;
+  verifyMs: number;
+  verified: boolean;
+}
+
+async function oneRun(pids: number[]): Promise<Run> {
+  const fresh = await startBigmem('untouched');
+  pids.push(fresh);
+  const memWrite = memWriteLimit(fresh); // faults in fresh pages, as restore does
+  process.kill(fresh, 'SIGKILL');
+
+  const pid = await startBigmem();
+  pids.push(pid);
+  const read = readLimit(pid);
+  const image = join(dir, 'bigmem.tar');
+  let same: Buffer | undefined = snapshot(pid); // the bytes the checkpoint will write
+  writeLimit(same, false); // warm-up: the first large write of a run is always slower
+  const cacheWrite = writeLimit(same, false);
+  const writeA = writeLimit(same, true);
+  const hash1 = hashLimit1(same);
+  const hash2 = await hashLimit2(same);
+  flushDirty();
+  const cp = await checkpoint({ pid, image, leaveRunning: false, config, logger });
+  const write = Math.max(writeA, writeLimit(same, true));
+  same = undefined;
+  const fileRead = fileReadLimit(image);
+  await new Promise((r) => setTimeout(r, 200)); // let the parent (us) reap it
+  const rs = await restore({ image, config, logger });
+  process.kill(rs.pid, 'SIGUSR1');
+  const st = native().waitpid(rs.pid);
+  const imageBytes = statSync(image).size;
+  rmSync(image);
+  return {
+    read, write, cacheWrite, hash1, hash2, fileRead, memWrite, pagesBytes: cp.pagesBytes, imageBytes,
+    cpMs: cp.totalMs, frozenMs: cp.frozenMs, rsMs: rs.totalMs, verifyMs: rs.verifyMs,
+    verified: st?.exited === true && st.exitCode === 0,
+  };
+}
+
+/** min, median, max. */
+function summary(values: number[]): [number, number, number] {
+  const s = [...values].sort((a, b) => a - b);
+  return [s[0]!, s[Math.floor((s.length - 1) / 2)]!, s.at(-1)!];
+}
+
 async function main(): Promise<void> {
   const pids: number[] = [];
+  const done: Run[] = [];
   try {
-    const probe = await startBigmem();
-    pids.push(probe);
-    const read = readLimit(probe);
-    process.kill(probe, 'SIGKILL');
-    const fresh = await startBigmem('untouched');
-    pids.push(fresh);
-    const memWrite = memWriteLimit(fresh); // faults in fresh pages, as restore does
-    process.kill(fresh, 'SIGKILL');
-
-    const pid = await startBigmem();
-    pids.push(pid);
-    const image = join(dir, 'bigmem.tar');
-    let same: Buffer | undefined = snapshot(pid); // the bytes the dump will write
-    writeLimit(same, false); // warm-up: the first large write of a run is always slower
-    const cacheWrite = writeLimit(same, false);
-    const writeA = writeLimit(same, true);
-    flushDirty();
-    const cp = await checkpoint({ pid, image, leaveRunning: false, config, logger });
-    const write = Math.max(writeA, writeLimit(same, true));
-    same = undefined;
-    const fileRead = fileReadLimit(image);
-    await new Promise((r) => setTimeout(r, 200)); // let the parent (us) reap it
-    const rs = await restore({ image, config, logger });
-    process.kill(rs.pid, 'SIGUSR1');
-    const st = native().waitpid(rs.pid);
-    const verified = st?.exited && st.exitCode === 0 ? 'PASS' : 'FAIL';
-
-    const dump = mbps(cp.pagesBytes, cp.totalMs);
-    const rest = mbps(rs.pagesBytes, rs.restoreMs);
-    const dumpLimit = Math.min(read, write);
-    const restoreLimit = Math.min(fileRead, memWrite);
-    const pct = (a: number, b: number): string => `${(a / b * 100).toFixed(0)}%`.padStart(5);
-    console.log(`ferry bench: ${sizeMib} MiB of dirty anonymous memory, chunk ${chunk >> 20} MiB, image in ${dir}`);
-    console.log(`raw limits  process_vm_readv ${fmt(read)} MB/s   file write+fsync ${fmt(write)} MB/s   file write (page cache) ${fmt(cacheWrite)} MB/s`);
-    console.log(`            image file read  ${fmt(fileRead)} MB/s   /proc/PID/mem write into fresh memory ${fmt(memWrite)} MB/s`);
-    console.log(`dump        ${fmt(dump)} MB/s = ${pct(dump, dumpLimit)} of min(process_vm_readv, write+fsync) ${fmt(dumpLimit)} MB/s; ${pct(dump, Math.min(read, cacheWrite))} of min(process_vm_readv, page-cache write)`);
-    console.log(`restore     ${fmt(rest)} MB/s = ${pct(rest, restoreLimit)} of min(image read, /proc/PID/mem write) ${fmt(restoreLimit)} MB/s (image verification: ${rs.verifyMs.toFixed(0)} ms before)`);
-    console.log(`stop time   ${cp.frozenMs.toFixed(0)} ms (checkpoint total ${cp.totalMs.toFixed(0)} ms)   restore total ${rs.totalMs.toFixed(0)} ms`);
-    console.log(`image       ${(statSync(image).size / 1048576).toFixed(1)} MiB for ${(cp.pagesBytes / 1048576).toFixed(1)} MiB of pages`);
-    console.log(`restored process verified its memory: ${verified}`);
-    if (verified !== 'PASS') process.exitCode = 1;
+    for (let i = 0; i < runs; i++) done.push(await oneRun(pids));
   } finally {
     for (const p of pids) {
       try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
     }
     rmSync(dir, { recursive: true, force: true });
   }
+  const cpLimit = (r: Run): number => Math.min(r.read, r.write, r.hash2);
+  const rsLimit = (r: Run): number => Math.min(r.fileRead, r.memWrite, r.hash2);
+  const cpRate = (r: Run): number => mbps(r.pagesBytes, r.cpMs);
+  const rsRate = (r: Run): number => mbps(r.pagesBytes, r.rsMs);
+  const rows: Array<[string, (r: Run) => number, string]> = [
+    ['raw    process_vm_readv', (r) => r.read, 'MB/s'],
+    ['       file write+fsync', (r) => r.write, 'MB/s'],
+    ['       file write (page cache)', (r) => r.cacheWrite, 'MB/s'],
+    ['       sha256, 1 thread', (r) => r.hash1, 'MB/s'],
+    ['       sha256, 2 threads', (r) => r.hash2, 'MB/s'],
+    ['       image file read', (r) => r.fileRead, 'MB/s'],
+    ['       /proc/PID/mem write (fresh memory)', (r) => r.memWrite, 'MB/s'],
+    ['checkpoint  end to end', (r) => r.cpMs, 'ms'],
+    ['            frozen', (r) => r.frozenMs, 'ms'],
+    ['            throughput', cpRate, 'MB/s'],
+    ['            limit min(read, write+fsync, sha256 x2)', cpLimit, 'MB/s'],
+    ['            of the limit', (r) => cpRate(r) / cpLimit(r) * 100, '%'],
+    ['            of min(read, write+fsync) alone', (r) => cpRate(r) / Math.min(r.read, r.write) * 100, '%'],
+    ['restore     end to end', (r) => r.rsMs, 'ms'],
+    ['            verification before any process', (r) => r.verifyMs, 'ms'],
+    ['            throughput', rsRate, 'MB/s'],
+    ['            limit min(image read, mem write, sha256 x2)', rsLimit, 'MB/s'],
+    ['            of the limit', (r) => rsRate(r) / rsLimit(r) * 100, '%'],
+    ['            of min(image read, mem write) alone', (r) => rsRate(r) / Math.min(r.fileRead, r.memWrite) * 100, '%'],
+  ];
+  const first = done[0]!;
+  console.log(`ferry bench: ${sizeMib} MiB of dirty anonymous memory, ${runs} run(s), chunk ${chunk >> 20} MiB, image in ${dir} `
+    + `(${(first.imageBytes / 1048576).toFixed(1)} MiB for ${(first.pagesBytes / 1048576).toFixed(1)} MiB of pages)`);
+  const w = Math.max(...rows.map(([name]) => name.length));
+  console.log(`${''.padEnd(w)}  ${'min'.padStart(8)} ${'median'.padStart(8)} ${'max'.padStart(8)}`);
+  for (const [name, f, unit] of rows) {
+    const [lo, mid, hi] = summary(done.map(f));
+    console.log(`${name.padEnd(w)}  ${[lo, mid, hi].map((v) => v.toFixed(0).padStart(8)).join(' ')}  ${unit}`);
+  }
+  const passed = done.filter((r) => r.verified).length;
+  console.log(`restored process verified its memory: ${passed === done.length ? 'PASS' : 'FAIL'} (${passed}/${done.length})`);
+  if (passed !== done.length) process.exitCode = 1;
 }
 
 await main();

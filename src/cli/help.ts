@@ -136,7 +136,8 @@ DESCRIPTION
   UDP sockets (established TCP with --tcp-established), eventfd, signalfd,
   timerfd, epoll, inotify, fanotify, pidfds of the tree's processes (or of
   ones already reaped), and file locks (with --file-locks); a state of these
-  the kernel cannot rebuild is refused with the reason. The message names the PID and the descriptor.
+  the kernel cannot rebuild is refused with the reason. The message names the
+  PID and the descriptor.
 
   Ferry waits for the killed processes to be reaped (up to 3 s), so that
   their PIDs are free for a restore when ferry returns.

@@ -10,6 +10,7 @@
  * renamed into place only when complete (writer.ts). If ferry itself dies, the kernel lets the
  * tasks go: they hold nothing of ferry's between two injected syscalls (native/inject.cc).
  */
+import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
@@ -65,6 +66,18 @@ async function waitReaped(pid: number, timeoutMs: number): Promise<void> {
  * costs at most what 8 MiB take at 1.6 GB/s (5 ms).
  */
 const HASH_WORKER_MIN_BYTES = 8 * 1024 * 1024;
+
+/**
+ * How many hash workers a checkpoint of a tree expected to store `bytes` starts. Page data is
+ * hashed in independent chunks (image/writer.ts, CHUNK_BYTES) spread over them. One hashes
+ * about 1.5 GB/s here, about what the file system takes with the fsync, so a second (when
+ * there is a second core) pays only when the write is long enough to hide the start of
+ * another thread (tens of milliseconds, before the freeze but in the checkpoint's time).
+ */
+function hashThreads(bytes: number): number {
+  return bytes >= TWO_HASH_THREADS_BYTES && availableParallelism() > 1 ? 2 : 1;
+}
+const TWO_HASH_THREADS_BYTES = 256 * 1024 * 1024;
 
 /** One live process, read and ready to be written. */
 interface DumpedTask {
@@ -157,7 +170,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const buffers = prepareChunkBuffers(estimate, o.config.image.chunkSize);
     let hashPool: HashPool | undefined;
     if (!estimate.complete || estimate.total > HASH_WORKER_MIN_BYTES) {
-      const pool = (hashPool = new HashPool());
+      const pool = (hashPool = new HashPool(hashThreads(estimate.complete ? estimate.total : Infinity)));
       session.onUndo('stop the hash worker', () => { pool.close().catch(() => {}); });
       // A worker that cannot start only makes the write slower: every entry is hashed inline.
       await pool.start().catch((err: unknown) => log.warn({ err }, 'the hash worker did not start; hashing on the main thread'));
@@ -216,6 +229,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         {
           name: pagesEntry(task.pid),
           size: d.memory.pagesBytes,
+          chunked: true, // verified chunk by chunk as restore writes it
           produce: (sink) => d.memory.produce(async (chunk) => {
             await sink(chunk);
             if (firstChunk) {

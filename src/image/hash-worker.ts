@@ -4,16 +4,23 @@
  * writes the previous one. Messages are handled in order; each is answered when done. Once
  * its handler is installed it says so (`{ ready: true }`): HashPool.start() waits for that, so
  * a checkpoint can have the thread running before it stops the tree (writer.ts).
+ *
+ * Started with RingData (workerData), it is a SyncHasher's worker instead (chunks.ts): it
+ * serves requests from shared memory, blocked in Atomics.wait between them, and takes no
+ * messages.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
+import { serveRing, type RingData } from './chunks.js';
 
 export type HashRequest =
   | { op: 'update'; seq: number; id: number; sab: SharedArrayBuffer; offset: number; length: number }
   | { op: 'digest'; seq: number; id: number };
 
+const ring = (workerData as Partial<RingData> | null)?.ring;
 const hashes = new Map<number, Hash>();
-parentPort?.on('message', (m: HashRequest) => {
+if (ring !== undefined) serveRing({ ring });
+else parentPort?.on('message', (m: HashRequest) => {
   let h = hashes.get(m.id);
   if (!h) hashes.set(m.id, (h = createHash('sha256')));
   if (m.op === 'update') {
@@ -24,4 +31,4 @@ parentPort?.on('message', (m: HashRequest) => {
     parentPort!.postMessage({ seq: m.seq, digest: h.digest('hex') });
   }
 });
-parentPort?.postMessage({ ready: true });
+if (ring === undefined) parentPort?.postMessage({ ready: true });

@@ -28,11 +28,39 @@ export interface ManifestHost {
   xstateSize: number;
 }
 
-export interface ManifestEntry {
+/** An entry verified whole: its sha256, checked by openImage before the image is used. */
+export interface WholeEntry {
   name: string;
   size: number;
   sha256: string;
 }
+
+/**
+ * An entry verified chunk by chunk (page data): the sha256 of each `chunkSize` bytes (the
+ * last chunk may be shorter), so each chunk is checked as it is read, independently of the
+ * others, and they can be hashed in parallel.
+ */
+export interface ChunkedEntry {
+  name: string;
+  size: number;
+  chunkSize: number;
+  chunks: string[];
+}
+
+export type ManifestEntry = WholeEntry | ChunkedEntry;
+
+/** Whether an entry carries per-chunk digests. */
+export const isChunked = (e: ManifestEntry): e is ChunkedEntry => 'chunks' in e;
+
+/**
+ * Bounds on a chunked entry's chunk size: whole pages, at most 16 MiB (a reader holds a few
+ * chunks in memory at once).
+ */
+export const MIN_CHUNK_BYTES = 4096;
+export const MAX_CHUNK_BYTES = 16 << 20;
+
+/** How many digests a chunked entry of `size` bytes in chunks of `chunkSize` has. */
+export const chunkCount = (size: number, chunkSize: number): number => Math.ceil(size / chunkSize);
 
 export interface Manifest {
   format: typeof IMAGE_FORMAT;
@@ -88,6 +116,8 @@ const str = (o: Record<string, unknown>, k: string, at: string): string => {
   return v;
 };
 
+const HEX64 = /^[0-9a-f]{64}$/;
+
 const pidOf = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) > 0 && (v as number) <= PID_MAX;
 
 /**
@@ -142,15 +172,37 @@ export function parseManifest(buf: Buffer): Manifest {
   const seen = new Set<string>();
   const entries: ManifestEntry[] = [];
   for (const [i, e] of (m.entries as unknown[]).entries()) {
-    if (!isObj(e) || typeof e.name !== 'string' || !Number.isSafeInteger(e.size) || (e.size as number) < 0
-      || typeof e.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(e.sha256)) {
-      bad(`entries[${i}]`, 'must be {name, size, sha256}');
+    if (!isObj(e) || typeof e.name !== 'string' || !Number.isSafeInteger(e.size) || (e.size as number) < 0) {
+      bad(`entries[${i}]`, 'must be {name, size, sha256} or {name, size, chunkSize, chunks}');
     }
     checkEntryName(e.name);
     if (e.name === MANIFEST_NAME || e.name === SIGNATURE_NAME) bad(`entries[${i}]`, `uses the reserved name ${e.name}`);
     if (seen.has(e.name)) bad(`entries[${i}]`, `repeats the name ${e.name}`);
     seen.add(e.name);
-    entries.push({ name: e.name, size: e.size as number, sha256: e.sha256 });
+    const size = e.size as number;
+    if (e.chunks === undefined && e.chunkSize === undefined) {
+      if (typeof e.sha256 !== 'string' || !HEX64.test(e.sha256)) bad(`entries[${i}]`, 'must be {name, size, sha256} or {name, size, chunkSize, chunks}');
+      entries.push({ name: e.name, size, sha256: e.sha256 });
+      continue;
+    }
+    if (e.sha256 !== undefined) bad(`entries[${i}]`, 'has both sha256 and chunks');
+    const chunkSize = e.chunkSize;
+    if (!Number.isSafeInteger(chunkSize) || (chunkSize as number) < MIN_CHUNK_BYTES || (chunkSize as number) > MAX_CHUNK_BYTES
+      || (chunkSize as number) % MIN_CHUNK_BYTES !== 0) {
+      bad(`entries[${i}].chunkSize`, `is ${shown(chunkSize)}, must be a multiple of ${MIN_CHUNK_BYTES} from ${MIN_CHUNK_BYTES} to ${MAX_CHUNK_BYTES}`);
+    }
+    // The length is held to the entry's size before anything is made from the list.
+    const want = chunkCount(size, chunkSize as number);
+    if (!Array.isArray(e.chunks) || e.chunks.length !== want) {
+      bad(`entries[${i}].chunks`, `must be a list of ${want} sha256 (${size} bytes in chunks of ${chunkSize as number}), `
+        + `is ${Array.isArray(e.chunks) ? `a list of ${e.chunks.length}` : shown(e.chunks)}`);
+    }
+    const chunks = e.chunks as unknown[];
+    for (let c = 0; c < chunks.length; c++) {
+      const d = chunks[c];
+      if (typeof d !== 'string' || !HEX64.test(d)) bad(`entries[${i}].chunks[${c}]`, `is ${shown(d)}, must be a sha256 (64 lowercase hex digits)`);
+    }
+    entries.push({ name: e.name, size, chunkSize: chunkSize as number, chunks: [...chunks as string[]] });
   }
   return {
     format: IMAGE_FORMAT, formatVersion: FORMAT_VERSION, ferryVersion, createdAt,

@@ -1,7 +1,10 @@
 /**
  * Opens an image and verifies all of it before anyone may use it: the tar structure, the
  * manifest first, its signature (sign.ts) when the image has one or the caller trusts keys,
- * exactly the manifest's entries in its order with its sizes, and every sha256.
+ * exactly the manifest's entries in its order with its sizes, and every sha256. A chunked
+ * entry (page data) is verified here chunk by chunk too, unless the caller asks to verify it
+ * as it reads it (`lazyChunks`: restore, which then reads each byte of the image once; every
+ * read of such an entry through the Image verifies what it reads, see chunks.ts).
  *
  * The reader indexes the tar itself (ustar headers, pax 'x' size records, GNU base-256 sizes
  * for entries over 8 GiB) because restore needs each entry's offset to read page data
@@ -12,7 +15,8 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
-import { MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type Manifest } from './manifest.js';
+import { ChunkSource, SyncHasher } from './chunks.js';
+import { isChunked, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type ChunkedEntry, type Manifest } from './manifest.js';
 import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
 
 /** Deepest nesting of a JSON entry: ferry's own records are a few levels deep. */
@@ -37,9 +41,18 @@ export interface Image {
   read(name: string, limit?: number): Promise<Buffer>;
   /** read() + JSON.parse, with an error naming the entry. */
   readJson(name: string, limit?: number): Promise<unknown>;
-  /** Where an entry's bytes lie in the image file, for direct reads. */
+  /**
+   * Where an entry's bytes lie in the image file. Reading them there reads them unverified
+   * when the image was opened with `lazyChunks`: page data is read through pages().
+   */
   locate(name: string): { fd: number; offset: number; size: number };
-  /** Streams an entry in chunks. */
+  /**
+   * Verified random access to an entry, chunk by chunk: a chunked entry's chunks are checked
+   * against their digests as they are read (on the hash worker, when the image has one); any
+   * other entry was verified whole already. One at a time: finish() ends one.
+   */
+  pages(name: string): ChunkSource;
+  /** Streams an entry in chunks (verified as read when it is chunked and lazily verified). */
   stream(name: string, onChunk: (chunk: Buffer, offset: number) => void | Promise<void>, chunkSize?: number): Promise<void>;
   close(): Promise<void>;
 }
@@ -172,7 +185,21 @@ export interface OpenOptions {
    * verified all the same.
    */
   trust?: TrustedKeys;
+  /**
+   * Leave the chunks of chunked entries (page data) to be verified as they are read, through
+   * read(), stream() and pages(), instead of reading them all here first. Restore does; a
+   * reader that does not read every chunk (inspect) must not.
+   */
+  lazyChunks?: boolean;
 }
+
+/**
+ * Chunked entries of more than this in all get a hash worker with lazyChunks (started while
+ * the rest is verified); below it, starting a thread costs more than hashing on the JS thread.
+ */
+const HASHER_MIN_BYTES = 8 << 20;
+/** Shared buffers of that worker: one being read into, one written out, one being hashed. */
+const HASHER_SLOTS = 3;
 
 /** Opens and fully verifies an image ('-' = stdin). */
 export async function openImage(path: string, options: OpenOptions): Promise<Image> {
@@ -189,6 +216,7 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
       throw new FerryError('EIMAGE', `cannot read image ${path}: ${why}`, { cause: err, path });
     }
   }
+  let hasher: SyncHasher | undefined;
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new FerryError('EIMAGE', `image ${label} is not a regular file`, where);
@@ -238,30 +266,50 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     if (rest.length > manifest.entries.length) {
       throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${nameOf(rest[manifest.entries.length]!.name)} is not in the manifest`, where);
     }
-    // Hash every entry.
-    const total = manifest.entries.reduce((s, e) => s + e.size, 0);
+    // Hash every entry (a chunked one chunk by chunk), but chunked ones left to their reader.
+    const lazy = options.lazyChunks === true;
+    const chunked = manifest.entries.filter(isChunked);
+    const lazyBytes = lazy ? chunked.reduce((s, e) => s + e.size, 0) : 0;
+    // Started now and never waited for: until it runs, chunks are hashed on the JS thread.
+    hasher = lazyBytes > HASHER_MIN_BYTES
+      ? new SyncHasher(HASHER_SLOTS, chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1)) : undefined;
+    const total = manifest.entries.reduce((s, e) => s + (lazy && isChunked(e) ? 0 : e.size), 0);
     let done = 0;
-    const chunk = Buffer.allocUnsafe(8 << 20);
+    // Room for the largest chunk (at most MAX_CHUNK_BYTES) when chunks are verified here.
+    const chunk = Buffer.allocUnsafe(chunked.reduce((m, e) => (lazy ? m : Math.max(m, Math.min(e.chunkSize, e.size))), 8 << 20));
     for (const e of manifest.entries) {
+      if (lazy && isChunked(e)) continue;
       const loc = byName.get(e.name)!;
-      const h = createHash('sha256');
+      const step = isChunked(e) ? e.chunkSize : chunk.length; // never more than chunk.length
+      let h = createHash('sha256');
       for (let off = 0; off < loc.size;) {
-        const want = Math.min(chunk.length, loc.size - off);
+        const want = Math.min(step, loc.size - off);
         const n = await readAt(fd, want === chunk.length ? chunk : chunk.subarray(0, want), loc.offset + off);
         if (n !== want) throw new FerryError('EIMAGE', `image ${label} is truncated inside entry ${e.name}`, where);
         h.update(want === chunk.length ? chunk : chunk.subarray(0, want));
+        if (isChunked(e)) {
+          const c = off / e.chunkSize;
+          const sum = h.digest('hex');
+          if (sum !== e.chunks[c]) {
+            throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} chunk ${c} has sha256 ${sum.slice(0, 12)}… `
+              + `but the manifest says ${e.chunks[c]!.slice(0, 12)}…`, where);
+          }
+          h = createHash('sha256');
+        }
         off += n;
         done += n;
         options.onProgress?.(done, total);
       }
+      if (isChunked(e)) continue;
       const sum = h.digest('hex');
       if (sum !== e.sha256) {
         throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has sha256 ${sum.slice(0, 12)}… but the manifest says ${e.sha256.slice(0, 12)}…`, where);
       }
     }
-    return makeImage(fd, manifest, signer, byName, label, where);
+    return makeImage(fd, manifest, signer, byName, label, where, lazy, hasher);
   } catch (err) {
     closeSync(fd);
+    await hasher?.close();
     throw err;
   }
 }
@@ -283,8 +331,21 @@ export function tooDeep(value: unknown, limit: number): string | undefined {
   return undefined;
 }
 
-function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName: Map<string, Located>, label: string, where: ErrorContext): Image {
+function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName: Map<string, Located>, label: string, where: ErrorContext,
+  lazy: boolean, hasher: SyncHasher | undefined): Image {
   let closed = false;
+  const entries = new Map(manifest.entries.map((e) => [e.name, e]));
+  /** The entry, when its chunks are still to be verified as they are read. */
+  const unverified = (name: string): ChunkedEntry | undefined => {
+    const e = entries.get(name);
+    return lazy && e !== undefined && isChunked(e) ? e : undefined;
+  };
+  const source = (name: string, withHasher: boolean): ChunkSource => {
+    const l = get(name);
+    const e = unverified(name);
+    return new ChunkSource({ fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks },
+      withHasher ? hasher : undefined, label, nameOf(name), where);
+  };
   const get = (name: string): Located => {
     const l = byName.get(name);
     // The name comes from a record: quoted, as any value of the image a message shows.
@@ -300,6 +361,15 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       const max = Math.min(limit, MAX_READ);
       if (l.size > max) throw new FerryError('EIMAGE', `image ${label}: entry ${name} is ${l.size} bytes, more than the ${max} allowed`, where);
       const buf = Buffer.alloc(l.size);
+      if (unverified(name)) {
+        const src = source(name, false);
+        for (let off = 0; off < l.size;) {
+          const v = src.view(off, l.size - off);
+          v.copy(buf, off);
+          off += v.length;
+        }
+        return buf;
+      }
       if (l.size > 0 && readSync(fd, buf, 0, l.size, l.offset) !== l.size) throw new FerryError('EIMAGE', `image ${label}: short read of ${name}`, where);
       return buf;
     },
@@ -322,8 +392,20 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       const l = get(name);
       return { fd, offset: l.offset, size: l.size };
     },
+    pages(name) {
+      return source(name, true);
+    },
     async stream(name, onChunk, chunkSize = 8 << 20) {
       const l = get(name);
+      if (unverified(name)) {
+        const src = source(name, false);
+        for (let off = 0; off < l.size;) {
+          const v = src.view(off, Math.min(chunkSize, l.size - off));
+          await onChunk(v, off);
+          off += v.length;
+        }
+        return;
+      }
       const buf = Buffer.allocUnsafe(chunkSize);
       for (let off = 0; off < l.size;) {
         const n = Math.min(chunkSize, l.size - off);
@@ -335,6 +417,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
     async close() {
       if (!closed) closeSync(fd);
       closed = true;
+      await hasher?.close();
     },
   };
   return image;

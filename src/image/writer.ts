@@ -28,7 +28,7 @@ import tar from 'tar-stream';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { Session } from '../session.js';
 import {
-  checkEntryName, FORMAT_VERSION, IMAGE_FORMAT, MANIFEST_NAME, type Manifest, type ManifestEntry,
+  checkEntryName, chunkCount, FORMAT_VERSION, IMAGE_FORMAT, MANIFEST_NAME, type Manifest, type ManifestEntry,
   type ManifestHeader,
 } from './manifest.js';
 import { imageSigner, SIGNATURE_NAME } from './sign.js';
@@ -44,7 +44,15 @@ export interface ImageEntry {
    * once its sink promise resolved; several sink calls may be outstanding (order is kept).
    */
   produce(sink: (chunk: Buffer) => Promise<void>): Promise<void>;
+  /**
+   * Listed with a sha256 per CHUNK_BYTES instead of one for the whole (page data): restore
+   * verifies each chunk as it reads it, and chunks hash independently.
+   */
+  chunked?: boolean;
 }
+
+/** Chunk size of chunked entries (the manifest says it; readers take it from there). */
+export const CHUNK_BYTES = 4 << 20;
 
 const BLOCK = 512;
 const ZERO_HASH = '0'.repeat(64);
@@ -113,29 +121,73 @@ class EntryHash {
   }
 }
 
-/** The hash of entry `e`: on `pool`'s worker if it runs and the entry is worth the round trips. */
-function hashFor(e: ImageEntry, pool: HashPool | undefined): EntryHash {
-  return new EntryHash(pool?.running && e.size > INLINE_HASH_BYTES ? pool : undefined);
+/**
+ * The sha256 of every CHUNK_BYTES of a chunked entry, each its own EntryHash: the producer's
+ * chunks are cut at chunk boundaries, so they need not line up with them.
+ */
+class ChunkedHash {
+  private cur: EntryHash | undefined;
+  private filled = 0;
+  private readonly sums: Array<Promise<string>> = [];
+  constructor(private readonly pool: HashPool | undefined) {}
+
+  update(chunk: Buffer): Promise<void> | undefined {
+    const waits: Array<Promise<void>> = [];
+    for (let off = 0; off < chunk.length;) {
+      this.cur ??= new EntryHash(this.pool);
+      const n = Math.min(chunk.length - off, CHUNK_BYTES - this.filled);
+      const p = this.cur.update(chunk.subarray(off, off + n));
+      if (p) waits.push(p);
+      off += n;
+      this.filled += n;
+      if (this.filled === CHUNK_BYTES) this.close();
+    }
+    return waits.length > 0 ? Promise.all(waits).then(() => undefined) : undefined;
+  }
+
+  private close(): void {
+    const sum = this.cur!.digest();
+    sum.catch(() => {}); // observed by digests(), unless the write failed first
+    this.sums.push(sum);
+    this.cur = undefined;
+    this.filled = 0;
+  }
+
+  async digests(): Promise<string[]> {
+    if (this.cur) this.close();
+    return Promise.all(this.sums);
+  }
 }
 
-/**
- * A hashing worker thread. Starting a thread costs tens of milliseconds (a new isolate, the
- * module loaded), so the owner starts it before it needs it — a checkpoint does so before it
- * stops the tree, and only when the tree has enough memory to be worth it — and writeImage
- * only uses a pool that already runs: it never starts a thread itself. Idle, the worker does
- * not keep the process alive (unref); the owner closes it.
- */
-export class HashPool {
-  private worker: Worker | undefined;
-  private ready: Promise<void> | undefined;
-  private up = false;
-  private seq = 0;
-  private ids = 0;
-  private waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
+type AnyHash = { kind: 'whole'; h: EntryHash } | { kind: 'chunked'; h: ChunkedHash };
 
-  /** Starts the worker thread; resolves once it is ready for work. */
-  start(): Promise<void> {
-    this.ready ??= new Promise<void>((resolve, reject) => {
+/** The hash of entry `e`: on `pool`'s worker if it runs and the entry is worth the round trips. */
+function hashFor(e: ImageEntry, pool: HashPool | undefined): AnyHash {
+  const on = pool?.running && e.size > INLINE_HASH_BYTES ? pool : undefined;
+  return e.chunked ? { kind: 'chunked', h: new ChunkedHash(on) } : { kind: 'whole', h: new EntryHash(on) };
+}
+
+/** Puts the digest(s) of `h` into the manifest's entry. */
+async function record(entry: ManifestEntry, h: AnyHash): Promise<void> {
+  if (h.kind === 'chunked' && 'chunks' in entry) entry.chunks = await h.h.digests();
+  else if (h.kind === 'whole' && 'sha256' in entry) entry.sha256 = await h.h.digest();
+}
+
+/** The manifest's entry for `e`, its digests zeros until they are known. */
+function placeholderEntry(e: ImageEntry): ManifestEntry {
+  if (!e.chunked) return { name: e.name, size: e.size, sha256: ZERO_HASH };
+  return { name: e.name, size: e.size, chunkSize: CHUNK_BYTES, chunks: Array<string>(chunkCount(e.size, CHUNK_BYTES)).fill(ZERO_HASH) };
+}
+
+/** One worker thread of a HashPool and the requests it has not answered yet. */
+class Lane {
+  worker: Worker | undefined;
+  up = false;
+  readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
+  readonly ready: Promise<void>;
+
+  constructor() {
+    this.ready = new Promise<void>((resolve, reject) => {
       // A worker inherits the process's execArgv; --input-type (node -e) is refused there.
       const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
       const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv });
@@ -161,12 +213,39 @@ export class HashPool {
       worker.on('exit', (code) => fail(new Error(`the hash worker exited (code ${code})`)));
     });
     this.ready.catch(() => {}); // a start nobody waits for fails quietly; its users see it
+  }
+}
+
+/**
+ * Hashing worker threads. Starting a thread costs tens of milliseconds (a new isolate, the
+ * module loaded), so the owner starts them before it needs them — a checkpoint does so before
+ * it stops the tree, and only when the tree has enough memory to be worth it — and writeImage
+ * only uses a pool that already runs: it never starts a thread itself. Each hash id belongs to
+ * one thread (ids in turn): the chunks of a chunked entry, each its own hash, are spread over
+ * all of them. Idle, the workers do not keep the process alive (unref); the owner closes them.
+ */
+export class HashPool {
+  private lanes: Lane[] = [];
+  private ready: Promise<void> | undefined;
+  private seq = 0;
+  private ids = 0;
+
+  /** `threads`: how many worker threads hash at once. */
+  constructor(private readonly threads = 1) {}
+
+  /** Starts the worker threads; resolves once every one is ready for work. */
+  start(): Promise<void> {
+    if (!this.ready) {
+      this.lanes = Array.from({ length: this.threads }, () => new Lane());
+      this.ready = Promise.all(this.lanes.map((l) => l.ready)).then(() => undefined);
+      this.ready.catch(() => {}); // a start nobody waits for fails quietly; its users see it
+    }
     return this.ready;
   }
 
-  /** Whether the worker is up and can take work now. */
+  /** Whether every worker is up and can take work now. */
   get running(): boolean {
-    return this.up;
+    return this.lanes.length > 0 && this.lanes.every((l) => l.up);
   }
 
   /** A fresh hash id (ids are never reused, so a hash abandoned by a failed write stays apart). */
@@ -175,23 +254,28 @@ export class HashPool {
   }
 
   request(m: { op: 'update'; id: number; sab: SharedArrayBuffer; offset: number; length: number } | { op: 'digest'; id: number }): Promise<unknown> {
-    const worker = this.worker;
-    if (!this.up || !worker) return Promise.reject(new Error('the hash worker is not running'));
+    const lane = this.lanes[m.id % Math.max(1, this.lanes.length)];
+    const worker = lane?.worker;
+    if (!lane?.up || !worker) return Promise.reject(new Error('the hash worker is not running'));
     const seq = ++this.seq;
     // Outstanding work keeps the process alive until it is answered.
-    if (this.waiting.size === 0) worker.ref();
+    if (lane.waiting.size === 0) worker.ref();
     return new Promise((resolve, reject) => {
-      this.waiting.set(seq, { resolve, reject });
+      lane.waiting.set(seq, { resolve, reject });
       worker.postMessage({ ...m, seq });
     });
   }
 
-  /** Stops the worker (idempotent). */
+  /** Stops the workers (idempotent). */
   async close(): Promise<void> {
-    const worker = this.worker;
-    this.worker = undefined;
-    this.up = false;
-    await worker?.terminate();
+    const lanes = this.lanes;
+    this.lanes = [];
+    await Promise.all(lanes.map(async (l) => {
+      const worker = l.worker;
+      l.worker = undefined;
+      l.up = false;
+      await worker?.terminate();
+    }));
   }
 }
 
@@ -272,7 +356,7 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     format: IMAGE_FORMAT,
     formatVersion: FORMAT_VERSION,
     ...header,
-    entries: entries.map((e): ManifestEntry => ({ name: e.name, size: e.size, sha256: ZERO_HASH })),
+    entries: entries.map(placeholderEntry),
   };
   const placeholder = Buffer.from(JSON.stringify(manifest));
   const signer = options.signKey !== undefined ? imageSigner(options.signKey) : undefined;
@@ -303,9 +387,9 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
       for (const [i, e] of entries.entries()) {
         const h = hashFor(e, pool);
         let n = 0;
-        await e.produce(async (chunk) => { options.signal?.throwIfAborted(); n += chunk.length; await h.update(chunk); });
+        await e.produce(async (chunk) => { options.signal?.throwIfAborted(); n += chunk.length; await h.h.update(chunk); });
         if (n !== e.size) throw new Error(`entry ${e.name} produced ${n} bytes, expected ${e.size}`);
-        manifest.entries[i]!.sha256 = await h.digest();
+        await record(manifest.entries[i]!, h);
       }
     }
     // Written now: the placeholders (a regular file), else the final manifest and its signature.
@@ -423,7 +507,7 @@ async function writeTar(fd: number, manifest: Manifest, head: Buffer, signature:
       await e.produce((chunk) => {
         if (failure !== undefined) return Promise.reject(failure);
         if (signal?.aborted) return Promise.reject(signal.reason);
-        const hashed = h?.update(chunk);
+        const hashed = h?.h.update(chunk);
         produced += chunk.length;
         if (produced > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
         sink.write(chunk);
@@ -433,7 +517,7 @@ async function writeTar(fd: number, manifest: Manifest, head: Buffer, signature:
       if (produced !== e.size) throw new Error(`entry ${e.name} produced ${produced} bytes, expected ${e.size}`);
       (sink as unknown as { end(): void }).end();
       await done;
-      if (h) manifest.entries[i]!.sha256 = await h.digest();
+      if (h) await record(manifest.entries[i]!, h);
       pos = dataStart + padded(e.size);
     }
     pack.finalize();

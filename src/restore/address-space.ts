@@ -13,13 +13,13 @@
  * At the very end `dropGadget` unmaps the gadget through a `syscall` inside the restored vDSO.
  */
 import { constants as osConstants } from 'node:os';
-import { readSync } from 'node:fs';
 import {
   MADVISE_BY_VMFLAG, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
   MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PR_SET_MM, PR_SET_MM_MAP, PRCTL_MM_MAP_SIZE,
   PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
 } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
+import type { ChunkSource } from '../image/chunks.js';
 import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
@@ -160,21 +160,40 @@ export function checkSharedFilePages(task: TaskRecord): void {
  * Refuses a task whose stored pages would be read from beyond its pages entry (`size` bytes,
  * the entry's size in the manifest): they would come from whatever follows it in the image.
  * validateTask holds every area's runs within the area and its pages within the task's
- * `pagesBytes`; this holds `pagesBytes` to the entry. Before anything of the task is mapped.
+ * `pagesBytes`; this holds `pagesBytes` to the entry, and the areas to consecutive ranges of
+ * it in their order, as a checkpoint writes them: the entry is then read front to back, each
+ * chunk read and verified once (image/chunks.ts), and no area reads another's pages. Before
+ * anything of the task is mapped.
  */
 export function checkPagesEntry(task: TaskRecord, size: number): void {
   if (task.pagesBytes !== size) {
     throw new FerryError('EIMAGE', `image: pid ${task.pid} records ${task.pagesBytes} bytes of stored pages, but its entry `
       + `tasks/${task.pid}/pages.bin has ${size}: refused (an edited image)`, { pid: task.pid });
   }
+  let at = 0;
+  task.vmas.forEach((v, i) => {
+    if (v.runs.length === 0) return;
+    if (v.pagesOffset !== at) {
+      throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] has its pages at ${v.pagesOffset} in tasks/${task.pid}/pages.bin, `
+        + `but the areas before it end at ${at}: refused (an edited image; a checkpoint stores them back to back)`, { pid: task.pid });
+    }
+    at += v.runs.reduce((k, [, count]) => k + count, 0) * PAGE_SIZE;
+  });
+  if (at !== size) {
+    throw new FerryError('EIMAGE', `image: pid ${task.pid} stores ${at} bytes of pages in its areas, but records ${size}: refused (an edited image)`,
+      { pid: task.pid });
+  }
 }
 
-/** Step 3: map every dumped area and write its stored pages from the image. */
+/**
+ * Step 3: map every dumped area and write its stored pages from the image, each chunk of
+ * `pages` verified against the manifest (image.pages()): all of them once the last is
+ * written, before anything else of the task is restored.
+ */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
-  pages: { fd: number; offset: number; size?: number }, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number): number {
+  pages: ChunkSource, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number): number {
   checkSharedFilePages(task);
-  // restore.ts passes the entry's location (image.locate), which has its size.
-  if (typeof pages.size === 'number') checkPagesEntry(task, pages.size);
+  checkPagesEntry(task, pages.size);
   const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
   // Areas of a shared object another area already created are mapped after the others.
   const firsts = new Set<string>();
@@ -241,7 +260,9 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // Every area's own stored pages, those of joined objects too: each process stored what it
   // had mapped, and the same object pages hold the same bytes. A shared memfd area's pages
   // went into the memfd itself (mapSpecialFile).
-  return written + writePages(t, all.filter((v) => !(isSpecialFile(v) && v.shared)), pages, chunkBytes);
+  written += writePages(t, all.filter((v) => !(isSpecialFile(v) && v.shared)), pages, chunkBytes);
+  pages.finish();
+  return written;
 }
 
 const IPC_PRIVATE = 0, IPC_CREAT = 0o1000, IPC_EXCL = 0o2000, IPC_RMID = 0, IPC_SET = 1;
@@ -318,7 +339,7 @@ const WRITE_SEALS = 0x8 | 0x10;
  * pages written into the memfd.
  */
 function mapSpecialFile(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord & MappedSpecialFile,
-  pages: { fd: number; offset: number }, shared: SharedObjects): number {
+  pages: ChunkSource, shared: SharedObjects): number {
   const start = big(v.start);
   const len = big(v.end) - start;
   const offset = big(v.file!.offset);
@@ -370,20 +391,17 @@ function mapSpecialFile(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRec
 }
 
 /** Writes the stored pages of a shared file area into the file `fd` at their file offsets. */
-function copyPages(fd: number, v: VmaRecord, pages: { fd: number; offset: number }): number {
-  const buf = Buffer.allocUnsafe(PAGE_SIZE * 64);
+function copyPages(fd: number, v: VmaRecord, pages: ChunkSource): number {
   const base = Number(big(v.file!.offset));
-  let src = pages.offset + v.pagesOffset;
+  let src = v.pagesOffset;
   let written = 0;
   for (const [page, count] of v.runs) {
-    for (let done = 0; done < count;) {
-      const n = Math.min(count - done, 64);
-      const got = readSync(pages.fd, buf, 0, n * PAGE_SIZE, src);
-      if (got !== n * PAGE_SIZE) throw new FerryError('EIMAGE', `image ended inside the pages of ${v.file!.path}`);
-      writeSync(fd, buf, 0, got, base + (page + done) * PAGE_SIZE);
-      src += got;
-      written += got;
-      done += n;
+    for (let done = 0; done < count * PAGE_SIZE;) {
+      const buf = pages.view(src, count * PAGE_SIZE - done);
+      writeSync(fd, buf, 0, buf.length, base + page * PAGE_SIZE + done);
+      src += buf.length;
+      written += buf.length;
+      done += buf.length;
     }
   }
   return written;
@@ -407,25 +425,26 @@ function joinShared(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
   if (at !== start) throw new FerryError('EMAP', `mmap of ${v.start} in pid ${task.pid} landed at 0x${at!.toString(16)}`);
 }
 
-/** Copies stored pages from the image file into the task, run by run. */
-function writePages(t: Tracee, areas: readonly VmaRecord[], pages: { fd: number; offset: number }, chunkBytes: number): number {
-  const buf = Buffer.allocUnsafe(Math.max(PAGE_SIZE, chunkBytes - (chunkBytes % PAGE_SIZE)));
+/**
+ * Copies stored pages from the image into the task, run by run, in pieces of at most
+ * `chunkBytes` that never cross a chunk of the entry (each is one verified buffer).
+ */
+function writePages(t: Tracee, areas: readonly VmaRecord[], pages: ChunkSource, chunkBytes: number): number {
+  const most = Math.max(PAGE_SIZE, chunkBytes - (chunkBytes % PAGE_SIZE));
   let written = 0;
   for (const v of areas) {
-    let src = pages.offset + v.pagesOffset;
+    let src = v.pagesOffset;
     const start = big(v.start);
     for (const [page, count] of v.runs) {
       let left = count * PAGE_SIZE;
       let dst = start + BigInt(page * PAGE_SIZE);
       while (left > 0) {
-        const n = Math.min(left, buf.length);
-        const got = readSync(pages.fd, buf, 0, n, src);
-        if (got !== n) throw new FerryError('EIMAGE', `image ended inside the pages of pid ${t.pid}`);
-        t.writeMem(dst, buf, 0, n);
-        src += n;
-        dst += BigInt(n);
-        left -= n;
-        written += n;
+        const buf = pages.view(src, Math.min(left, most));
+        t.writeMem(dst, buf, 0, buf.length);
+        src += buf.length;
+        dst += BigInt(buf.length);
+        left -= buf.length;
+        written += buf.length;
       }
     }
   }

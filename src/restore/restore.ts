@@ -22,6 +22,7 @@ import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
 import { hostFacts } from '../host.js';
 import { checkCompatibility } from '../image/manifest.js';
+import type { ChunkSource } from '../image/chunks.js';
 import { openImage } from '../image/reader.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
@@ -50,6 +51,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     workDir: o.config.image.workDir,
     onProgress: (done, total) => o.onProgress?.({ phase: 'verify', done, total }),
     ...(trust !== undefined ? { trust } : {}),
+    lazyChunks: true, // page data is verified chunk by chunk as it is written (mapAreas)
   });
   // Every step that makes something registers its undo; any way out before the tree runs
   // removes all of it. If ferry dies instead, the stubs die with it (PTRACE_O_EXITKILL).
@@ -131,7 +133,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     let pagesBytes = 0;
     for (const task of tasks) {
       o.signal?.throwIfAborted();
-      pagesBytes += rebuild(o, created, task, opened, image.locate(pagesEntry(task.pid)), made?.controllerPidfd);
+      pagesBytes += rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), made?.controllerPidfd);
     }
     await faultPoint('rebuilt', o.signal);
     o.signal?.throwIfAborted();
@@ -262,7 +264,7 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
  * `created` as soon as they exist, so a failure anywhere kills them too.
  */
 function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, pages: { fd: number; offset: number }, controllerPidfd?: number): number {
+  files: RestoreFiles, pages: ChunkSource, controllerPidfd?: number): number {
   const t = created.stubs.get(task.pid)!;
   const as = clearStub(t, task);
   const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory, controllerPidfd);

@@ -20,7 +20,8 @@
  *               with O_TRUNC/O_CREAT…, as a file, a deleted file, a device, a FIFO, a mapped
  *               file (shared, with pages), an executable, a working directory;
  * - pages.*     page runs beyond their area, offsets beyond the pages entry, pages entries
- *               cut short, areas that overlap or wrap;
+ *               cut short, areas that overlap or wrap; chunk lists of pages entries that lie
+ *               about their length, chunk size or digests, or list the same bytes another way;
  * - creds.*     credentials raised on the base checkpointed as nobody, restored with the
  *               bound `nobody` (must be refused: EPRIVILEGE);
  * - sign.*      the signed base: signature damaged, another key, moved, removed, manifest
@@ -768,7 +769,8 @@ function pages(c: Context, b: Base): Variant {
   let what = '';
   let expect: Expect = 'refused';
   let bytes: Record<string, Buffer | null> | undefined;
-  const k = r.int(9);
+  const k = r.int(11);
+  if (k >= 9) return chunkList(c, b, pagesName, k === 10);
   const json = {
     [task]: (v: Json) => {
       const { i } = r.pick(stored);
@@ -807,6 +809,54 @@ function pages(c: Context, b: Base): Variant {
   };
   const image = rebuild(b, { json, ...(k === 6 ? {} : {}) });
   return { base: b.name, family: 'pages', what: `${task} ${what}`, image: bytes ? rebuild(b, { bytes }) : image, expect };
+}
+
+/**
+ * The image as it is but for the chunk list of a pages entry in its manifest (signed again):
+ * lies about its length, chunk size or digests (refused, or a digest that differs fails the
+ * restore when its chunk is written), or, `truthful`, the same bytes listed in other chunks or
+ * with one sha256 (restored as it is).
+ */
+function chunkList(c: Context, b: Base, name: string, truthful: boolean): Variant {
+  const r = c.rng;
+  const manifest = clone(b.manifest);
+  const e = (manifest.entries as Json[]).find((x) => x.name === name);
+  const body = entryBody(b, name)!;
+  let what = '';
+  let expect: Expect = 'refused';
+  if (e === undefined || !Array.isArray(e.chunks)) {
+    what = 'no chunk list to edit';
+    expect = 'same';
+  } else if (truthful) {
+    const size = r.pick([4096, 8192, 65536, 1 << 20, 16 << 20, 0]);
+    if (size === 0) {
+      delete e.chunkSize;
+      delete e.chunks;
+      e.sha256 = sha256(body);
+      what = 'one sha256 for the whole entry';
+    } else {
+      e.chunkSize = size;
+      e.chunks = Array.from({ length: Math.ceil(body.length / size) }, (_, i) => sha256(body.subarray(i * size, (i + 1) * size)));
+      what = `listed again in chunks of ${size}`;
+    }
+    expect = 'same';
+  } else {
+    const chunks = e.chunks as string[];
+    const k = r.int(8);
+    if (k === 0) { chunks.pop(); what = 'one chunk fewer'; }
+    else if (k === 1) { chunks.push(chunks[0] ?? '0'.repeat(64)); what = 'one chunk more'; }
+    else if (k === 2) { e.chunkSize = r.pick([e.chunkSize * 2, e.chunkSize / 2, 4096, 16 << 20]); what = `chunkSize ${e.chunkSize}, the list as it was`; expect = 'any'; }
+    else if (k === 3) { e.chunkSize = r.pick([0, 1, 4095, 4097, 32 << 20, 2 ** 53, -4096, '4194304', null]); what = `chunkSize ${short(e.chunkSize)}`; }
+    else if (k === 4) { e.chunks = r.pick([null, {}, 'x', Array(200_000).fill('0'.repeat(64)), []]); what = `chunks ${Array.isArray(e.chunks) ? `a list of ${e.chunks.length}` : short(e.chunks)}`; }
+    else if (k === 5) { const i = r.int(chunks.length); chunks[i] = r.pick(['0'.repeat(64), chunks[i]!.toUpperCase(), chunks[i]!.slice(1), 7]) as string; what = `chunks[${i}] changed`; expect = 'any'; }
+    else if (k === 6) { chunks.reverse(); what = 'chunks reversed'; expect = 'any'; }
+    else { e.sha256 = sha256(body); what = 'both sha256 and chunks'; }
+  }
+  const mbytes = Buffer.from(JSON.stringify(manifest));
+  const members: Member[] = [member('manifest.json', mbytes)];
+  if (b.signKey) members.push(member('manifest.sig', imageSigner(b.signKey).sign(mbytes)));
+  members.push(...b.members.slice(1).filter((m) => m.name !== 'manifest.sig'));
+  return { base: b.name, family: 'pages.chunks', what: `${name} ${what}`, image: join(members), expect };
 }
 
 // ---------------------------------------------------------------- creds.*

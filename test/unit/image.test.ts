@@ -1,14 +1,15 @@
 /** Image format: manifest validation, writer/reader round trips, and every corruption case. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import tar from 'tar-stream';
-import { checkCompatibility, parseManifest, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
+import { checkCompatibility, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
 import { openImage } from '../../src/image/reader.js';
-import { writeImage, type ImageEntry } from '../../src/image/writer.js';
+import { CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
 
 // What it spawns starts with descriptors 0-2 only, whatever the shell leaked (src/proc/inherited.ts).
@@ -112,6 +113,149 @@ describe('image writer and reader', { timeout: 60_000 }, () => {
 
   it('refuses a missing image with a plain message', async () => {
     await assert.rejects(openImage(join(dir, 'nope.tar'), { workDir: dir }), /cannot read image .*nope.tar: no such file/);
+  });
+});
+
+/** Rewrites the manifest of the image at `path`: a new first member, the others as they are. */
+async function editManifest(path: string, edit: (m: Manifest) => void): Promise<void> {
+  const data = readFileSync(path);
+  const size = parseInt(data.toString('latin1', 124, 136).replace(/\0.*$/, '').trim(), 8);
+  const m = JSON.parse(data.toString('utf8', 512, 512 + size)) as Manifest;
+  edit(m);
+  const pack = tar.pack();
+  const parts: Buffer[] = [];
+  pack.on('data', (c: unknown) => parts.push(c as Buffer));
+  pack.entry({ name: 'manifest.json', mode: 0o600 }, Buffer.from(JSON.stringify(m)));
+  await new Promise((r) => setImmediate(r));
+  writeFileSync(path, Buffer.concat([...parts, data.subarray(512 + Math.ceil(size / 512) * 512)]));
+}
+
+describe('chunked entries (page data)', { timeout: 60_000 }, () => {
+  // Three chunks and a bit, produced in pieces that do not line up with them.
+  const big = 3 * CHUNK_BYTES + 12_345;
+  const chunkedEntries = (): ImageEntry[] => [entry('tree.json', 10), { ...entry('tasks/42/pages.bin', big, 1_000_000), chunked: true }, entry('odd', 513)];
+
+  it('lists a sha256 per chunk, reads back whole and chunk by chunk', async () => {
+    const path = join(dir, 'chunked.tar');
+    const { manifest } = await writeImage(path, header, chunkedEntries());
+    const e = manifest.entries[1] as ChunkedEntry;
+    assert.ok(isChunked(e));
+    assert.equal(e.chunkSize, CHUNK_BYTES);
+    assert.equal(e.chunks.length, 4);
+    const data = readFileSync(path);
+    for (const lazyChunks of [false, true]) {
+      const img = await openImage(path, { workDir: dir, lazyChunks });
+      assert.deepEqual(img.manifest.entries, manifest.entries);
+      const want = expected(big);
+      assert.ok((await img.read('tasks/42/pages.bin')).equals(want));
+      const src = img.pages('tasks/42/pages.bin');
+      const got = Buffer.alloc(big);
+      for (let off = 0; off < big;) {
+        const v = src.view(off, 3_000_000);
+        assert.ok(v.length > 0 && v.length <= 3_000_000);
+        v.copy(got, off);
+        off += v.length;
+      }
+      src.finish();
+      assert.ok(got.equals(want));
+      await img.close();
+    }
+    // Written to a pipe, the same bytes.
+    const { offset } = (await openImage(path, { workDir: dir })).locate('odd');
+    assert.equal(data.subarray(offset, offset + 3).toString('hex'), expected(3).toString('hex'));
+  });
+
+  it('refuses a flipped byte naming the chunk: in openImage, or as the chunk is read (lazyChunks)', async () => {
+    const path = join(dir, 'chunk-flip.tar');
+    await writeImage(path, header, chunkedEntries());
+    const img = await openImage(path, { workDir: dir });
+    const { offset } = img.locate('tasks/42/pages.bin');
+    await img.close();
+    const data = readFileSync(path);
+    const at = offset + 2 * CHUNK_BYTES + 777; // chunk 2
+    data[at] = data[at]! ^ 0x10;
+    writeFileSync(path, data);
+    const said = /chunk-flip.tar is corrupt: entry tasks\/42\/pages.bin chunk 2 has sha256 [0-9a-f]{12}… but the manifest says [0-9a-f]{12}…$/;
+    await assert.rejects(openImage(path, { workDir: dir }), said);
+    const lazy = await openImage(path, { workDir: dir, lazyChunks: true });
+    try {
+      const src = lazy.pages('tasks/42/pages.bin');
+      // Chunks 0 and 1 are good; chunk 2 is refused by the time the source is finished.
+      assert.throws(() => {
+        for (let off = 0; off < big;) off += src.view(off, big).length;
+        src.finish();
+      }, said);
+      await assert.rejects(lazy.read('tasks/42/pages.bin'), said);
+      await assert.rejects(lazy.stream('tasks/42/pages.bin', () => {}), said);
+    } finally {
+      await lazy.close();
+    }
+  });
+
+  it('refuses a chunk list that lies about the entry, before reading any of it', async () => {
+    const path = join(dir, 'chunk-lie.tar');
+    await writeImage(path, header, chunkedEntries());
+    const clean = readFileSync(path);
+    const cases: Array<[string, (e: Record<string, unknown>) => void, RegExp]> = [
+      ['one chunk too few', (e) => { (e.chunks as string[]).pop(); }, /entries\[1\]\.chunks must be a list of 4 sha256 .*is a list of 3/],
+      ['one chunk too many', (e) => { (e.chunks as string[]).push('0'.repeat(64)); }, /entries\[1\]\.chunks must be a list of 4 sha256/],
+      ['a bigger chunk size', (e) => { e.chunkSize = CHUNK_BYTES * 2; }, /entries\[1\]\.chunks must be a list of 2 sha256/],
+      ['a size the chunks do not cover', (e) => { e.size = (e.size as number) + CHUNK_BYTES; }, /entries\[1\]\.chunks must be a list of 5 sha256/],
+      ['chunk size 0', (e) => { e.chunkSize = 0; }, /entries\[1\]\.chunkSize is 0, must be a multiple of 4096/],
+      ['chunk size not whole pages', (e) => { e.chunkSize = CHUNK_BYTES + 1; }, /entries\[1\]\.chunkSize/],
+      ['chunk size over the bound', (e) => { e.chunkSize = 2 ** 30; }, /entries\[1\]\.chunkSize is 1073741824/],
+      ['chunk size a string', (e) => { e.chunkSize = '4194304'; }, /entries\[1\]\.chunkSize/],
+      ['chunks not a list', (e) => { e.chunks = { length: 4 }; }, /entries\[1\]\.chunks must be a list of 4 sha256 .*is an object/],
+      ['a digest that is not hex', (e) => { (e.chunks as string[])[1] = 'Z'.repeat(64); }, /entries\[1\]\.chunks\[1\] is "Z/],
+      ['a digest as a number', (e) => { (e.chunks as unknown[])[3] = 1; }, /entries\[1\]\.chunks\[3\] is 1/],
+      ['both sha256 and chunks', (e) => { e.sha256 = '0'.repeat(64); }, /entries\[1\] has both sha256 and chunks/],
+      ['chunks without chunkSize', (e) => { delete e.chunkSize; }, /entries\[1\]\.chunkSize is missing/],
+    ];
+    for (const [what, edit, said] of cases) {
+      writeFileSync(path, clean);
+      await editManifest(path, (m) => edit(m.entries[1] as unknown as Record<string, unknown>));
+      for (const lazyChunks of [false, true]) {
+        await assert.rejects(openImage(path, { workDir: dir, lazyChunks }), (err: Error & { code?: string }) => {
+          assert.equal(err.code, 'EIMAGE', what);
+          assert.match(err.message, /^image .*chunk-lie.tar is corrupt: manifest field /, what);
+          assert.match(err.message, said, what);
+          assert.ok(!err.message.includes('\n'), what);
+          return true;
+        }, what);
+      }
+    }
+  });
+
+  it('reads chunks of any allowed size, the largest and the smallest', async () => {
+    const path = join(dir, 'chunk-sizes.tar');
+    await writeImage(path, header, chunkedEntries());
+    const clean = readFileSync(path);
+    const body = expected(big);
+    for (const size of [16 << 20, 4096]) {
+      writeFileSync(path, clean);
+      await editManifest(path, (m) => {
+        const e = m.entries[1] as ChunkedEntry;
+        e.chunkSize = size;
+        e.chunks = Array.from({ length: Math.ceil(big / size) }, (_, i) => createHash('sha256').update(body.subarray(i * size, (i + 1) * size)).digest('hex'));
+      });
+      for (const lazyChunks of [false, true]) {
+        const img = await openImage(path, { workDir: dir, lazyChunks });
+        assert.ok((await img.read('tasks/42/pages.bin')).equals(body), `chunks of ${size}, lazy ${lazyChunks}`);
+        await img.close();
+      }
+    }
+  });
+
+  it('reads an image whose page data has one sha256 for the whole entry (written before chunks)', async () => {
+    const path = join(dir, 'whole.tar');
+    await writeImage(path, header, entries()); // no entry chunked
+    for (const lazyChunks of [false, true]) {
+      const img = await openImage(path, { workDir: dir, lazyChunks });
+      const src = img.pages('tasks/42/pages.bin');
+      assert.ok(Buffer.from(src.view(0, 100_003)).equals(expected(100_003)));
+      src.finish();
+      await img.close();
+    }
   });
 });
 

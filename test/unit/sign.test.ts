@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import tar from 'tar-stream';
 import { FerryError } from '../../src/errors.js';
-import { parseManifest, type ManifestHeader } from '../../src/image/manifest.js';
+import { parseManifest, type ManifestHeader, type WholeEntry } from '../../src/image/manifest.js';
 import { openImage, type OpenOptions } from '../../src/image/reader.js';
 import {
   fingerprint, generateSigningKey, imageSigner, loadTrust, restoreTrust, signingKey, SIGNATURE_NAME,
@@ -222,7 +222,7 @@ describe('signing and verifying images', { timeout: 60_000 }, () => {
     odd.data = Buffer.from(odd.data);
     odd.data[0] = odd.data[0]! ^ 0xff;
     const manifest = parseManifest(m[0]!.data);
-    manifest.entries.find((e) => e.name === 'odd')!.sha256 = createHash('sha256').update(odd.data).digest('hex');
+    (manifest.entries.find((e) => e.name === 'odd') as WholeEntry).sha256 = createHash('sha256').update(odd.data).digest('hex');
     m[0]!.data = Buffer.from(JSON.stringify(manifest));
     const forged = await repack(m);
     await refused(open(forged), 'EIMAGE', /its signature by SHA256:\S+ does not match its manifest/);
