@@ -2,12 +2,15 @@
  * `restore`: bring a checkpointed process tree back to life with its original PIDs
  * (DESIGN.md §3).
  *
- * Order: verify the whole image (checksums, kernel build, CPU features) and check every file
- * it needs, before any process exists; open the files in the controller; create every process
- * as a stub with its original pid, parent, session and group (tree.ts), each traced with
- * PTRACE_O_EXITKILL so if ferry dies the half-built tree dies too; rebuild each process's
- * memory, mm, state, descriptors and threads from outside; set the registers last and detach.
- * On any failure every stub is killed and reaped: nothing half restored is left.
+ * Order: verify the image (its signature, every record's checksum, kernel build, CPU
+ * features; page data is verified chunk by chunk as it is written, image/chunks.ts), hold its
+ * credentials to a bound, and check every file it needs, before any process exists; open the
+ * files in the controller; create every process as a stub with its original pid, parent,
+ * session and group (tree.ts), each traced with PTRACE_O_EXITKILL so if ferry dies the
+ * half-built tree dies too; rebuild each process's memory, mm, state, descriptors and threads
+ * from outside; set the registers last and let go, under a watchdog that kills the tree if
+ * ferry dies half way. On any failure every stub is killed and reaped: nothing half restored
+ * is left.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
