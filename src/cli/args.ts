@@ -106,6 +106,8 @@ export interface InspectCliOptions extends GlobalCliOptions {
   image: string;
   /** --json: print the report as JSON instead of text. */
   json: boolean;
+  /** --verbose: list every memory area in the text report, instead of a sum by kind. */
+  verbose: boolean;
 }
 
 /** `ferry keygen`. */
@@ -185,7 +187,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
     bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' }, 'allow-changed-files': { type: 'boolean' },
     trust: { type: 'string' }, 'max-creds': { type: 'string' },
   },
-  inspect: { ...IMAGE, ...JSON_OPT },
+  inspect: { ...IMAGE, ...JSON_OPT, verbose: { type: 'boolean' } },
   keygen: { ...JSON_OPT, out: { type: 'string' } },
   check: { ...JSON_OPT },
   demo: { ...JSON_OPT },
@@ -365,10 +367,10 @@ export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
   return out;
 }
 
-/** `ferry inspect --image PATH [--json]` */
+/** `ferry inspect --image PATH [--json] [--verbose]` */
 export function parseInspectArgs(argv: readonly string[]): InspectCliOptions {
   const { values: v } = parse('inspect', argv);
-  return { ...globals('inspect', v), image: image('inspect', v), json: v.json === true };
+  return { ...globals('inspect', v), image: image('inspect', v), json: v.json === true, verbose: v.verbose === true };
 }
 
 /** `ferry keygen --out PREFIX [--json]` */

@@ -50,7 +50,7 @@ SYNOPSIS
   ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR] [...]
   ferry restore --image PATH [--pid-file FILE] [--json]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach] [...]
-  ferry inspect --image PATH [--json]
+  ferry inspect --image PATH [--json] [--verbose]
   ferry keygen --out PREFIX [--json]
   ferry check [--json]
   ferry demo [--json]
@@ -341,7 +341,7 @@ SEE ALSO
   ferry inspect - verify an image and show what it holds
 
 SYNOPSIS
-  ferry inspect --image PATH [--json] [GLOBAL OPTIONS]
+  ferry inspect --image PATH [--json] [--verbose] [GLOBAL OPTIONS]
 
 DESCRIPTION
   Verifies the image as restore does (structure, the signature if it has one,
@@ -349,8 +349,9 @@ DESCRIPTION
   ferry version, date, kernel and CPU features of the machine it was taken
   on, root PID, entries and size), the signer (the fingerprint of the key
   that signed it, SHA256:..., or "unsigned"), each process (PID, parent,
-  name, executable, working directory, threads), its memory areas (addresses,
-  permissions, kind, bytes stored) and its descriptors (number, kind, file,
+  name, executable, working directory, threads), its memory summed up by kind
+  of area (areas, size mapped, bytes stored; every area with its addresses,
+  permissions and name with --verbose) and its descriptors (number, kind, file,
   FD_CLOEXEC, and which other descriptors share the same open file). Nothing
   is created. Root is not needed to inspect, but ferry writes images with
   mode 0600, so one that root made is readable by root only.
@@ -364,6 +365,9 @@ OPTIONS
       "signer" (null when unsigned), "entries", "totalBytes", "tasks":
       [{"pid", "ppid", "comm", "exe", "cwd", "threads", "pagesBytes",
       "vmas": [...], "fds": [...]}], "files": [...]}.
+  --verbose
+      In the text report, list every memory area (start-end, permissions,
+      kind, bytes stored, file or name) instead of one line per kind.
 
 ${GLOBAL_OPTIONS}
 

@@ -12,5 +12,5 @@ export async function runInspect(o: InspectCliOptions, ctx: RunContext): Promise
     throw new UsageError('inspect', '--image - reads the image from standard input, which is a terminal: pipe or redirect the image in');
   }
   const report = await inspect({ image: o.image, config: ctx.config, logger: ctx.logger });
-  printLine(1, o.json ? JSON.stringify(report, null, 2) : formatInspect(report));
+  printLine(1, o.json ? JSON.stringify(report, null, 2) : formatInspect(report, o.verbose));
 }

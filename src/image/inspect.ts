@@ -117,7 +117,11 @@ export async function inspect(o: InspectOptions): Promise<InspectReport> {
 const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
 
 /** Human-readable rendering of an inspect report. */
-export function formatInspect(r: InspectReport): string {
+/**
+ * The report as text. Memory is summed up by kind (anonymous, file, shared…: areas, size and
+ * bytes stored) unless `verbose`, which lists every area.
+ */
+export function formatInspect(r: InspectReport, verbose = false): string {
   const m = r.manifest;
   const lines = [
     `image      ${r.image}`,
@@ -131,8 +135,22 @@ export function formatInspect(r: InspectReport): string {
     lines.push('', `task ${t.pid} (${t.comm}) parent ${t.ppid}, ${t.threads} thread(s)`,
       `  exe ${t.exe}`, `  cwd ${t.cwd}`, `  creds ${t.creds}`,
       `  memory: ${t.vmas.length} areas, ${mib(t.pagesBytes)} of pages stored`);
-    for (const v of t.vmas) {
-      lines.push(`    ${v.start.padStart(14)}-${v.end.padEnd(14)} ${v.perms} ${v.kind.padEnd(11)} ${mib(v.storedBytes).padStart(10)}  ${v.name}`);
+    if (verbose) {
+      for (const v of t.vmas) {
+        lines.push(`    ${v.start.padStart(14)}-${v.end.padEnd(14)} ${v.perms} ${v.kind.padEnd(11)} ${mib(v.storedBytes).padStart(10)}  ${v.name}`);
+      }
+    } else {
+      const kinds = new Map<string, { areas: number; size: bigint; stored: number }>();
+      for (const v of t.vmas) {
+        const k = kinds.get(v.kind) ?? { areas: 0, size: 0n, stored: 0 };
+        k.areas++;
+        k.size += BigInt(v.end) - BigInt(v.start);
+        k.stored += v.storedBytes;
+        kinds.set(v.kind, k);
+      }
+      for (const [kind, k] of [...kinds].sort((a, b) => b[1].stored - a[1].stored || a[0].localeCompare(b[0]))) {
+        lines.push(`    ${kind.padEnd(11)} ${String(k.areas).padStart(5)} area${k.areas === 1 ? ' ' : 's'} ${mib(Number(k.size)).padStart(10)} mapped ${mib(k.stored).padStart(10)} stored`);
+      }
     }
     lines.push(`  descriptors: ${t.fds.length}`);
     for (const f of t.fds) {

@@ -122,7 +122,7 @@ describe('checkpoint and restore of one process', { skip, timeout: 180_000 }, ()
     assert.equal(r.code, 0, r.stderr);
     const rep = JSON.parse(r.stdout.toString()) as {
       manifest: { root: { pid: number }; formatVersion: number };
-      tasks: Array<{ pid: number; comm: string; vmas: Array<{ kind: string; name: string; storedBytes: number }>; fds: Array<{ fd: number; kind: string; target: string; sharedWith: string[] }> }>;
+      tasks: Array<{ pid: number; comm: string; vmas: Array<{ start: string; kind: string; name: string; storedBytes: number }>; fds: Array<{ fd: number; kind: string; target: string; sharedWith: string[] }> }>;
     };
     assert.equal(rep.manifest.root.pid, w.pid);
     const t = rep.tasks[0]!;
@@ -134,6 +134,13 @@ describe('checkpoint and restore of one process', { skip, timeout: 180_000 }, ()
     assert.ok(t.fds.some((f) => f.target.endsWith('/shared.txt') && f.sharedWith.length === 1), 'dup pair shows as shared');
     const human = ferry(['inspect', '--image', image]);
     assert.equal(human.code, 0);
-    assert.match(human.stdout.toString(), /task \d+ \(ferry-state\)/);
+    const text = human.stdout.toString();
+    assert.match(text, /task \d+ \(ferry-state\)/);
+    // Memory summed up by kind; --verbose lists every area.
+    const anon = t.vmas.filter((v) => v.kind === 'anon');
+    assert.match(text, new RegExp(`^ {4}anon +${anon.length} areas? `, 'm'));
+    assert.doesNotMatch(text, /\[heap\]/);
+    const verbose = ferry(['inspect', '--image', image, '--verbose']).stdout.toString();
+    for (const v of t.vmas) assert.ok(verbose.includes(`${v.start.padStart(14)}-`), `area ${v.start} listed with --verbose`);
   });
 });

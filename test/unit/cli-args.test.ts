@@ -95,8 +95,9 @@ describe('ferry restore, inspect, demo, version and help arguments', { timeout: 
   });
 
   it('parses inspect', () => {
-    assert.deepEqual(parseInspectArgs(['--image', 'a.tar', '--json']), { image: 'a.tar', json: true });
-    assert.deepEqual(parseInspectArgs(['--image', 'a.tar', '--log-level', 'trace']), { image: 'a.tar', json: false, logLevel: 'trace' });
+    assert.deepEqual(parseInspectArgs(['--image', 'a.tar', '--json']), { image: 'a.tar', json: true, verbose: false });
+    assert.deepEqual(parseInspectArgs(['--image', 'a.tar', '--log-level', 'trace']), { image: 'a.tar', json: false, verbose: false, logLevel: 'trace' });
+    assert.deepEqual(parseInspectArgs(['--image', 'a.tar', '--verbose']), { image: 'a.tar', json: false, verbose: true });
     usage(() => parseInspectArgs(['--json']), 'inspect', '--image is required (a path, or - for standard input)');
   });
 
