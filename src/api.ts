@@ -67,6 +67,14 @@ export interface CheckpointOptions extends CommonOptions {
    * step, which signals do not cut short: a container checkpoint deletes the container there.
    */
   onKilled?: () => void;
+  /**
+   * Awaited once the image is complete, with every task still stopped, before the kill (never
+   * with leaveRunning); `stoppedAt` is when the tree was stopped (performance.now()). A
+   * migration waits here for the target's word that it holds the image whole
+   * (src/migrate/sender.ts). Rejecting, or an abort meanwhile, lets the tree go as it was and
+   * fails the checkpoint with that error, like any failure before the kill.
+   */
+  beforeKill?: (stoppedAt: number) => Promise<void>;
 }
 
 export interface CheckpointResult {
@@ -118,6 +126,14 @@ export interface RestoreOptions extends CommonOptions {
    * descriptor that held that file gets this one.
    */
   inherit?: Readonly<Record<string, number>> | ((image: { files: FilesRecord; root: TaskRecord }) => Readonly<Record<string, number>>);
+  /**
+   * Awaited once the image is verified, its records validated, its credentials held to the
+   * bound and the files it needs found, before its PIDs are checked free and before anything
+   * is made. `pids` are the image's processes, `tids` the other threads' ids. A migration's
+   * target says "ready" here and waits for the source to give the PIDs up
+   * (src/migrate/receiver.ts). Rejecting fails the restore with nothing made.
+   */
+  beforeCreate?: (ids: { pids: number[]; tids: number[] }) => Promise<void>;
 }
 
 /** A root process made by `RestoreOptions.makeRoot`. */

@@ -15,13 +15,15 @@
  *   complete and in place, the tree not yet let go or killed);
  * - restore: `verified` (image checked, nothing created), `created` (every process exists as
  *   a stub), `rebuilt` (memory and state written, not yet let go), `letgo` (the first process
- *   let go and running, the others still traced).
+ *   let go and running, the others still traced);
+ * - migration (src/migrate/): `streaming` (the first chunk of the image has crossed the
+ *   connection: sent by `ferry migrate`, the tree stopped; spooled by `ferry receive`).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
-  'frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt', 'letgo',
+  'frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

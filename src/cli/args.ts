@@ -10,6 +10,7 @@ import { parseMaxCreds, type CredsBound } from '../restore/bounds.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from '../config/config.js';
 import type { FileOptions } from '../files/types.js';
+import { parseHostPort, parseUrl, type Endpoint } from '../migrate/endpoint.js';
 
 /** A mistake in the command line of `command`: one line on stderr, exit status 2. */
 export class UsageError extends Error {
@@ -26,7 +27,7 @@ export class UsageError extends Error {
 }
 
 /** The commands of `ferry`. */
-export const COMMANDS = ['checkpoint', 'restore', 'inspect', 'keygen', 'check', 'demo', 'version', 'help'] as const;
+export const COMMANDS = ['checkpoint', 'restore', 'migrate', 'receive', 'inspect', 'keygen', 'check', 'demo', 'version', 'help'] as const;
 
 /** One of `COMMANDS`. */
 export type Command = (typeof COMMANDS)[number];
@@ -97,6 +98,36 @@ export interface RestoreCliOptions extends GlobalCliOptions, FileFlags {
    */
   maxCreds?: CredsBound;
   /** --json: print the result as one JSON object instead of a sentence. */
+  json: boolean;
+}
+
+/** `ferry migrate` (docs/migration.md). */
+export interface MigrateCliOptions extends GlobalCliOptions {
+  /** --pid: the root of the process tree to move. */
+  pid: number;
+  /** --to tcp://HOST:PORT: where `ferry receive` listens. */
+  to: Endpoint;
+  /** --key: the pre-shared key file both nodes hold (root-only, at least 32 random bytes). */
+  key: string;
+  /** --sign-key: sign the image with this Ed25519 private key (the target trusts its .pub). */
+  signKey?: string;
+  /** --json: one JSON record per phase instead of a sentence at the end. */
+  json: boolean;
+}
+
+/** `ferry receive` (docs/migration.md). */
+export interface ReceiveCliOptions extends GlobalCliOptions {
+  /** --listen HOST:PORT: where to take migrations (port 0: any free one, printed). */
+  listen: Endpoint;
+  /** --key: the pre-shared key file both nodes hold. */
+  key: string;
+  /** --once: take one authenticated migration, then exit with its outcome. */
+  once: boolean;
+  /** --trust: the senders' public keys (a .pub file or a directory); overrides image.trust. */
+  trust?: string;
+  /** --max-creds SPEC: the most a migrated process may get (as restore's). */
+  maxCreds?: CredsBound;
+  /** --json: one JSON record per phase instead of sentences. */
   json: boolean;
 }
 
@@ -185,6 +216,11 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
   restore: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },
     bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' }, 'allow-changed-files': { type: 'boolean' },
+    trust: { type: 'string' }, 'max-creds': { type: 'string' },
+  },
+  migrate: { ...JSON_OPT, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' } },
+  receive: {
+    ...JSON_OPT, listen: { type: 'string' }, key: { type: 'string' }, once: { type: 'boolean' },
     trust: { type: 'string' }, 'max-creds': { type: 'string' },
   },
   inspect: { ...IMAGE, ...JSON_OPT, verbose: { type: 'boolean' } },
@@ -364,6 +400,67 @@ export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
       throw new UsageError('restore', err instanceof Error ? err.message : String(err));
     }
   }
+  return out;
+}
+
+/** --pid of `command`: a positive integer within PID_MAX_LIMIT; required. */
+function pidOption(command: 'migrate', v: Values, what: string): number {
+  const text = v.pid;
+  if (text === undefined) throw new UsageError(command, `--pid is required (${what})`);
+  if (typeof text !== 'string' || !/^\d+$/.test(text) || Number(text) < 1) {
+    throw new UsageError(command, `--pid needs a positive integer, got "${String(text)}"`);
+  }
+  if (Number(text) > PID_MAX_LIMIT) throw new UsageError(command, `--pid ${text} is above the largest PID Linux allows (${PID_MAX_LIMIT})`);
+  return Number(text);
+}
+
+/** --max-creds of `command`, parsed (a usage error when it is wrong). */
+function maxCredsOption(command: 'restore' | 'receive', text: string): CredsBound {
+  try {
+    return parseMaxCreds(text);
+  } catch (err) {
+    throw new UsageError(command, err instanceof Error ? err.message : String(err));
+  }
+}
+
+/** `ferry migrate --pid PID --to tcp://HOST:PORT --key FILE [--sign-key FILE] [--json]` */
+export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
+  const { values: v } = parse('migrate', argv);
+  const pid = pidOption('migrate', v, 'the root of the process tree to move');
+  const toText = text('migrate', v, 'to', 'tcp://HOST:PORT');
+  if (toText === undefined) throw new UsageError('migrate', '--to is required (tcp://HOST:PORT, where ferry receive listens)');
+  let to: Endpoint;
+  try {
+    to = parseUrl(toText);
+  } catch (err) {
+    throw new UsageError('migrate', `--to ${(err as Error).message}`);
+  }
+  const key = text('migrate', v, 'key', 'a key file');
+  if (key === undefined) throw new UsageError('migrate', '--key is required (the key file ferry receive was started with)');
+  const out: MigrateCliOptions = { ...globals('migrate', v), pid, to, key, json: v.json === true };
+  const signKey = text('migrate', v, 'sign-key', 'a private key file (ferry keygen writes one)');
+  if (signKey !== undefined) out.signKey = signKey;
+  return out;
+}
+
+/** `ferry receive --listen HOST:PORT --key FILE [--once] [--trust KEYS] [--max-creds SPEC] [--json]` */
+export function parseReceiveArgs(argv: readonly string[]): ReceiveCliOptions {
+  const { values: v } = parse('receive', argv);
+  const at = text('receive', v, 'listen', 'HOST:PORT');
+  if (at === undefined) throw new UsageError('receive', '--listen is required (HOST:PORT to take migrations on, e.g. 10.0.0.2:7070)');
+  let listen: Endpoint;
+  try {
+    listen = parseHostPort(at, true);
+  } catch (err) {
+    throw new UsageError('receive', `--listen ${(err as Error).message}`);
+  }
+  const key = text('receive', v, 'key', 'a key file');
+  if (key === undefined) throw new UsageError('receive', '--key is required (a root-only file of at least 32 random bytes, the same on both nodes): without it anyone could send this node an image');
+  const out: ReceiveCliOptions = { ...globals('receive', v), listen, key, once: v.once === true, json: v.json === true };
+  const trust = text('receive', v, 'trust', 'a public key file or a directory of them');
+  if (trust !== undefined) out.trust = trust;
+  const maxCreds = text('receive', v, 'max-creds', 'USER[:GROUP][,caps=CAP+CAP][,nnp][,seccomp][,securebits=BITS]');
+  if (maxCreds !== undefined) out.maxCreds = maxCredsOption('receive', maxCreds);
   return out;
 }
 

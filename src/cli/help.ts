@@ -50,6 +50,8 @@ SYNOPSIS
   ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR] [...]
   ferry restore --image PATH [--pid-file FILE] [--json]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach] [...]
+  ferry migrate --pid PID --to tcp://HOST:PORT --key FILE [--json]
+  ferry receive --listen HOST:PORT --key FILE [--once] [--json]
   ferry inspect --image PATH [--json] [--verbose]
   ferry keygen --out PREFIX [--json]
   ferry check [--json]
@@ -69,6 +71,8 @@ DESCRIPTION
 COMMANDS
   checkpoint   Capture a running process into an image.
   restore      Bring a process back from an image, with its original PID.
+  migrate      Move a running process tree to another node (ferry receive).
+  receive      Take the process trees ferry migrate sends.
   inspect      Verify an image and show what it holds, without restoring it.
   keygen       Make a key pair to sign images with and to trust them by.
   check        Say what works on this host, what does not, and what to do.
@@ -336,6 +340,129 @@ EXAMPLES
 SEE ALSO
   ferry help checkpoint, ferry help inspect, ferry help keygen; docs/cli.md
   in the package.`,
+
+  migrate: `NAME
+  ferry migrate - move a running process tree to another node
+
+SYNOPSIS
+  ferry migrate --pid PID --to tcp://HOST:PORT --key FILE [--sign-key FILE]
+                [--json] [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Moves the process tree rooted at PID to the node where ferry receive
+  listens on HOST:PORT, with the same PIDs, in one command: stop and copy.
+  Both nodes hold the same key FILE; it authenticates each side to the other
+  and keys the TLS channel (TLS 1.2, ECDHE-PSK-CHACHA20-POLY1305). Nothing
+  is touched before the target has answered with the key.
+
+  The tree is stopped and its image streamed to the target (and copied into
+  image.work_dir here). The tree stays stopped, not killed, until the target
+  says the image is whole and checked; only then is it killed, and the
+  target restores it. Exit status 0 means it runs there.
+
+  Every failure before the kill leaves the tree running here as it was. If
+  the target's restore fails after the kill, the copy is restored here and
+  ferry migrate says so (status 1). If the target falls silent after the
+  kill, whether the tree runs there is unknown: the copy is kept in
+  image.work_dir and the line says how to restore it.
+
+  The image is signed with --sign-key, else image.sign_key, else this
+  machine's host key: the target restores it with its credentials only when
+  it trusts that key (ferry receive --trust), else within --max-creds.
+
+OPTIONS
+  --pid PID
+      The root of the process tree to move.
+  --to tcp://HOST:PORT
+      Where ferry receive listens ([::1] for IPv6).
+  --key FILE
+      The pre-shared key: at least 32 random bytes, raw or hex, in a file of
+      root's that no one else can read or write (mode 0600); the same file
+      on both nodes. Make one with: (umask 077; openssl rand -hex 32 > FILE)
+  --sign-key FILE
+      Sign the image with this Ed25519 private key (ferry keygen); the
+      target lists its .pub in --trust.
+  --json
+      One JSON object per phase on standard output:
+      {"phase":"checkpoint","pid":N,"imageBytes":N,"ms":N},
+      {"phase":"transfer","bytes":N,"verifyMs":N},
+      {"phase":"restore","pid":N,"pids":[...],"restoreMs":N},
+      {"phase":"done","pid":N,"downtimeMs":N,"totalMs":N}.
+
+${GLOBAL_OPTIONS}
+
+OUTPUT
+  One line on standard output:
+      migrated pid 4242 to tcp://node2:7070: 1.2 MiB, downtime 95 ms,
+      total 160 ms
+
+${EXIT_STATUS}
+
+EXAMPLES
+  On node2:  ferry receive --listen 0.0.0.0:7070 --key /etc/ferry/migrate.key \\
+                 --trust /etc/ferry/site.pub
+  On node1:  ferry migrate --pid 4242 --to tcp://node2:7070 \\
+                 --key /etc/ferry/migrate.key --sign-key /etc/ferry/site.key
+
+SEE ALSO
+  ferry help receive; docs/migration.md in the package.`,
+
+  receive: `NAME
+  ferry receive - take process trees that ferry migrate sends
+
+SYNOPSIS
+  ferry receive --listen HOST:PORT --key FILE (--trust KEYS | --max-creds SPEC)
+                [--once] [--json] [GLOBAL OPTIONS]
+
+DESCRIPTION
+  Listens on HOST:PORT for ferry migrate. A peer that does not hold the same
+  key FILE fails the TLS handshake and is refused before anything it sends
+  is read (one line on standard error; the receiver goes on). For each
+  authenticated sender: the image is spooled into a private directory of
+  image.work_dir, verified and checked as ferry restore checks it, then the
+  sender is told to stop the source, and the tree is restored with its
+  original PIDs. Every failure removes what was made, and the sender learns
+  it. One migration at a time; another sender meanwhile is told to retry.
+
+  The key says who may send; it does not make an image trusted. An image
+  keeps the credentials it holds only when signed by a key of --trust (or
+  image.trust, or this machine's host key); --max-creds bounds any image.
+  ferry receive refuses to start without --trust, image.trust or --max-creds.
+
+OPTIONS
+  --listen HOST:PORT
+      Address and port to listen on; port 0 picks a free one (printed).
+  --key FILE
+      The pre-shared key, as for ferry migrate. Required.
+  --trust PATH
+      The senders' public keys (a .pub file or a directory of them),
+      overriding image.trust.
+  --max-creds USER[:GROUP][,caps=CAP+CAP][,nnp][,seccomp][,securebits=BITS]
+      The most a migrated process may get, as for ferry restore.
+  --once
+      Take one authenticated migration, then exit: status 0 when it runs
+      here, 1 when it failed.
+  --json
+      One JSON object per phase on standard output: {"phase":"listen",
+      "host":H,"port":N}, then per migration {"phase":"transfer",...},
+      {"phase":"restore","pid":N,...}, {"phase":"done","pid":N,
+      "downtimeMs":N}; a failed migration's error object.
+
+${GLOBAL_OPTIONS}
+
+OUTPUT
+      listening on 10.0.0.2:7070
+      restored pid 4242 from 10.0.0.1:50122, downtime 95 ms
+
+${EXIT_STATUS}
+
+EXAMPLES
+  ferry receive --listen 0.0.0.0:7070 --key /etc/ferry/migrate.key \\
+      --trust /etc/ferry/trusted
+
+SEE ALSO
+  ferry help migrate, ferry help restore; docs/migration.md and
+  docs/security.md in the package.`,
 
   inspect: `NAME
   ferry inspect - verify an image and show what it holds

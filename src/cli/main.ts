@@ -19,7 +19,7 @@ import {
 import { FERRY_VERSION } from '../version.js';
 import {
   COMMANDS, jsonErrorStream, parseCheckArgs, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs,
-  parseRestoreArgs, parseVersionArgs, UsageError, wantsHelp, type Command,
+  parseMigrateArgs, parseReceiveArgs, parseRestoreArgs, parseVersionArgs, UsageError, wantsHelp, type Command,
 } from './args.js';
 // The commands that do work are imported in dispatch(), when one of them runs: `--version`,
 // `help` and a usage error load none of them, nor what they pull in (pino, tar-stream, the
@@ -118,6 +118,26 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       state.guard = guardSignals(`ferry ${command}`);
       const { runRestore } = await import('./restore.js');
       return runRestore(o, state.ctx, state.guard.signal);
+    }
+    case 'migrate': {
+      const o = parseMigrateArgs(argv);
+      state.doing = `migrating pid ${o.pid}`;
+      const { createContext, guardSignals, requireRoot } = await import('./context.js');
+      requireRoot();
+      state.ctx = createContext(command, o);
+      state.guard = guardSignals(`ferry ${command}`);
+      const { runMigrate } = await import('./migrate.js');
+      return runMigrate(o, state.ctx, state.guard.signal);
+    }
+    case 'receive': {
+      const o = parseReceiveArgs(argv);
+      state.doing = 'receiving migrations';
+      const { createContext, guardSignals, requireRoot } = await import('./context.js');
+      requireRoot();
+      state.ctx = createContext(command, o);
+      state.guard = guardSignals(`ferry ${command}`);
+      const { runReceive } = await import('./receive.js');
+      return runReceive(o, state.ctx, state.guard.signal);
     }
     case 'inspect': {
       const o = parseInspectArgs(argv);

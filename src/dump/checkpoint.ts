@@ -252,6 +252,8 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       ...(hashPool !== undefined ? { hashPool } : {}),
       session,
     });
+    // A migration holds the tree stopped here until the target has the image (api.ts).
+    if (!o.leaveRunning && o.beforeKill !== undefined) await o.beforeKill(tStopped);
     // The image is complete and in place: only letting go (or the kill) is left, and neither
     // an abort nor a second signal stops that (finishing()).
     return await finishing(async () => {

@@ -94,13 +94,17 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
     const blobs = new Map<string, Buffer>();
     for (const e of manifest.entries.filter((x) => x.name.startsWith('files/'))) blobs.set(e.name, await image.read(e.name, e.size));
+    if (!o.makeRoot) {
+      checkFiles(files.files, undefined, inherit);
+      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m));
+    }
+    // A migration's target waits here for the source to give the PIDs up (api.ts).
+    await o.beforeCreate?.({ pids: tree.processes.map((p) => p.pid), tids: tasks.flatMap((t) => t.threads.slice(1).map((th) => th.tid)) });
     // In a fresh pid namespace (a container) every pid is free by construction. Elsewhere
     // every PID and thread ID is checked now, before anything is made.
     if (!o.makeRoot) {
       for (const p of tree.processes) await assertPidFree(p.pid);
       for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
-      checkFiles(files.files, undefined, inherit);
-      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m));
     }
     await faultPoint('verified', o.signal);
 

@@ -131,7 +131,7 @@ describe('ferry restore, inspect, demo, version and help arguments', { timeout: 
     assert.deepEqual(parseHelpArgs([]), {});
     assert.deepEqual(parseHelpArgs(['restore']), { topic: 'restore' });
     assert.deepEqual(parseHelpArgs(['help']), { topic: 'help' });
-    usage(() => parseHelpArgs(['frob']), 'help', 'unknown command "frob"; the commands are checkpoint, restore, inspect, keygen, check, demo, version, help');
+    usage(() => parseHelpArgs(['frob']), 'help', 'unknown command "frob"; the commands are checkpoint, restore, migrate, receive, inspect, keygen, check, demo, version, help');
     usage(() => parseHelpArgs(['restore', 'inspect']), 'help', 'takes one command, got 2: restore inspect');
   });
 

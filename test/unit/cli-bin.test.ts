@@ -99,9 +99,9 @@ describe('bin/ferry usage errors (exit status 2)', { timeout: 60_000 }, () => {
     [['checkpoint', '--pid', '1', '--image', 'x', '--frob'], 'ferry checkpoint: unknown option --frob', "Try 'ferry checkpoint --help'."],
     [['restore'], 'ferry restore: --image is required (a path, or - for standard input)', "Try 'ferry restore --help'."],
     [['inspect', '--image', 'x', '--log-level', 'loud'], 'ferry inspect: --log-level needs one of trace, debug, info, warn, error, fatal, silent, got "loud"', "Try 'ferry inspect --help'."],
-    [['help', 'frob'], 'ferry help: unknown command "frob"; the commands are checkpoint, restore, inspect, keygen, check, demo, version, help', "Try 'ferry help --help'."],
-    [[], 'ferry: a command is needed: checkpoint, restore, inspect, keygen, check, demo, version, help', "Try 'ferry --help'."],
-    [['frobnicate'], 'ferry: unknown command "frobnicate"; the commands are checkpoint, restore, inspect, keygen, check, demo, version, help', "Try 'ferry --help'."],
+    [['help', 'frob'], 'ferry help: unknown command "frob"; the commands are checkpoint, restore, migrate, receive, inspect, keygen, check, demo, version, help', "Try 'ferry help --help'."],
+    [[], 'ferry: a command is needed: checkpoint, restore, migrate, receive, inspect, keygen, check, demo, version, help', "Try 'ferry --help'."],
+    [['frobnicate'], 'ferry: unknown command "frobnicate"; the commands are checkpoint, restore, migrate, receive, inspect, keygen, check, demo, version, help', "Try 'ferry --help'."],
     [['--log-level', 'debug', 'demo'], 'ferry: unknown option --log-level (options go after the command: ferry COMMAND [OPTIONS])', "Try 'ferry --help'."],
   ];
   for (const [args, first, hint] of cases) {
@@ -214,7 +214,7 @@ describe('bin/ferry errors as JSON (--json)', { timeout: 60_000 }, () => {
       [['restore', '--json', '--frob'], 'unknown option --frob'],
       [['inspect', '--json'], '--image is required (a path, or - for standard input)'],
       [['version', '--json', 'extra'], 'unexpected argument "extra"'],
-      [['frob', '--json'], 'unknown command "frob"; the commands are checkpoint, restore, inspect, keygen, check, demo, version, help'],
+      [['frob', '--json'], 'unknown command "frob"; the commands are checkpoint, restore, migrate, receive, inspect, keygen, check, demo, version, help'],
     ] as Array<[string[], string]>) {
       const r = ferry(args);
       assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);

@@ -1,0 +1,199 @@
+/**
+ * `receive`, the target side of a migration (docs/migration.md): listen for authenticated
+ * senders (channel.ts), spool each one's image into a private directory of image.work_dir,
+ * verify and check it with restore's own checks, say "ready", and on "go" restore it with its
+ * original PIDs, then answer "running" or the one line of the error.
+ *
+ * Trust. The PSK says who may talk to this node; it does not say who made the image. An image
+ * is restored under restore's ordinary rules (docs/security.md): signed by a `--trust` key (or
+ * image.trust, or this node's host key), it keeps its credentials; otherwise `--max-creds`
+ * bounds it. The CLI refuses to start without one of the two (docs/migration.md, "Trust").
+ *
+ * Nothing is left behind: the spool directory is an undo of the migration's session, and one
+ * left by a receiver that was SIGKILLed is removed by the next receiver or migration.
+ * Restore's own guarantee covers the rest: until the tree runs, every way out removes what it
+ * made; stubs die with a ferry that dies (PTRACE_O_EXITKILL).
+ */
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Server, TLSSocket } from 'node:tls';
+import type { CommonOptions, FileOptions } from '../api.js';
+import { FerryError, describeCause } from '../errors.js';
+import { faultPoint } from '../fault.js';
+import { restore } from '../restore/restore.js';
+import type { CredsBound } from '../restore/bounds.js';
+import { Session } from '../session.js';
+import { FERRY_VERSION } from '../version.js';
+import { abortable, Channel, HEARTBEAT_MS, listen, PROTOCOL_VERSION } from './channel.js';
+import type { Endpoint } from './endpoint.js';
+import type { MigrationKey } from './key.js';
+import { bootId, privateDir, RECEIVER_DIR, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
+
+export interface ReceiveOptions extends CommonOptions {
+  /** Where to listen; port 0 picks a free one (reported in the 'listen' record). */
+  listen: Endpoint;
+  /** The pre-shared key (readMigrationKey). */
+  key: MigrationKey;
+  /** Serve one authenticated migration, then return (rejecting with its error if it failed). */
+  once: boolean;
+  /** Trusted image signers, as RestoreOptions.trust; absent: image.trust of the config. */
+  trust?: string;
+  /** The most a migrated tree may get (RestoreOptions.bound, `--max-creds`). */
+  bound?: CredsBound;
+  /** What file kinds may do beyond the defaults. */
+  files?: Partial<FileOptions>;
+  /** Gets each phase's record as it completes ('listen' first). */
+  onPhase?: (r: PhaseRecord) => void;
+  /** A migration that failed (not the last of a --once receiver, which rejects with it). */
+  onFailure?: (err: unknown, peer: string) => void;
+  /** A peer refused before anything was read from it (no key, not TLS, another cipher). */
+  onRefused?: (peer: string, why: string) => void;
+}
+
+/** Serves migrations until `o.signal` aborts, or one authenticated migration with `once`. */
+export async function receive(o: ReceiveOptions): Promise<void> {
+  const log = o.logger.child({ op: 'receive' });
+  const workDir = o.config.image.workDir;
+  removeStaleDirs(workDir, RECEIVER_DIR);
+  removeStaleDirs(workDir, SENDER_DIR);
+  let busy = false;
+  let finished: (err?: unknown) => void = () => {};
+  const over = new Promise<void>((resolve, reject) => {
+    finished = (err?: unknown) => (err === undefined ? resolve() : reject(err));
+  });
+  const onPeer = (socket: TLSSocket, peer: string): void => {
+    const channel = new Channel(socket, `the sender ${peer}`);
+    if (busy) {
+      channel.send({ type: 'error', code: 'EBUSY', message: 'this node is taking another migration: try again once it is done' });
+      void channel.close();
+      return;
+    }
+    busy = true;
+    // After a signal, the migration in progress was the last one.
+    serveOne(o, channel).then(() => {
+      busy = false;
+      if (o.once || (o.signal?.aborted ?? false)) finished();
+    }, (err: unknown) => {
+      busy = false;
+      log.error({ err, peer }, 'migration failed');
+      if (o.once) return finished(err);
+      o.onFailure?.(err, peer);
+      if (o.signal?.aborted ?? false) finished();
+    });
+  };
+  const onRefused = (peer: string, why: string): void => {
+    log.warn({ peer, why }, 'peer refused');
+    o.onRefused?.(peer, why);
+  };
+  const { server, port } = await listen(o.listen, o.key, onPeer, onRefused);
+  server.on('error', (err) => log.error({ err }, 'listener failed'));
+  o.onPhase?.({ phase: 'listen', host: o.listen.host, port });
+  log.info({ host: o.listen.host, port }, 'listening');
+  const onAbort = (): void => {
+    // A migration in progress sees the same signal (its restore stops); an idle one just ends.
+    if (!busy) finished();
+  };
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    await over;
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+    await closeServer(server);
+  }
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+/** One migration from an authenticated sender: its image spooled, checked, restored on "go". */
+async function serveOne(o: ReceiveOptions, ch: Channel): Promise<void> {
+  const address = ch.peer.replace(/^the sender /, '');
+  const log = o.logger.child({ op: 'receive', peer: address });
+  const session = new Session('receive', log);
+  let heartbeat: NodeJS.Timeout | undefined;
+  try {
+    const hello = await abortable(ch.next('waiting for its hello', 'hello'), o.signal);
+    if (hello.protocol !== PROTOCOL_VERSION) {
+      throw new FerryError('EPROTO', `${ch.peer} speaks migration protocol ${hello.protocol} (ferry ${hello.ferryVersion}), this node ${PROTOCOL_VERSION} (ferry ${FERRY_VERSION}): run the same ferry on both`);
+    }
+    const sameBoot = hello.bootId !== '' && hello.bootId === bootId();
+    const dir = privateDir(o.config.image.workDir, RECEIVER_DIR);
+    session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
+    const image = join(dir, 'image.tar');
+    const fd = openSync(image, 'wx', 0o600);
+    let open = true;
+    const closeSpool = (): void => { if (open) { open = false; closeSync(fd); } };
+    session.onUndo('close the spool', closeSpool);
+    let bytes = 0;
+    ch.onData = (chunk) => {
+      try {
+        for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off, chunk.length - off);
+      } catch (err) {
+        throw new FerryError('EIMAGE', `cannot spool the image into ${dir} (image.work_dir): ${describeCause(err)}`, { cause: err, path: dir });
+      }
+      bytes += chunk.length;
+      if (bytes === chunk.length) return faultPoint('streaming', o.signal);
+      return undefined;
+    };
+    ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION });
+    const end = await abortable(ch.next('receiving the image', 'end'), o.signal);
+    ch.onData = undefined;
+    if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
+    closeSpool();
+    o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes });
+
+    // Verifying and restoring take a while: say so every second, so the sender keeps waiting.
+    heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
+    const tStart = performance.now();
+    const result = await restore({
+      image, config: o.config, logger: o.logger,
+      ...(o.signal !== undefined ? { signal: o.signal } : {}),
+      ...(o.trust !== undefined ? { trust: o.trust } : {}),
+      ...(o.bound !== undefined ? { bound: o.bound } : {}),
+      ...(o.files !== undefined ? { files: o.files } : {}),
+      beforeCreate: async ({ pids, tids }) => {
+        // On another machine (or boot) the PIDs must be free already; on this one the source
+        // holds them until "go".
+        if (!sameBoot) refuseTaken(pids, tids);
+        ch.send({ type: 'ready', verifyMs: performance.now() - tStart });
+        await abortable(ch.next('waiting for the source to stop (go)', 'go'), o.signal);
+      },
+    });
+    clearInterval(heartbeat);
+    heartbeat = undefined;
+    ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs });
+    session.unwind(); // the spool: the tree runs
+    o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: Math.round(result.restoreMs * 10) / 10 });
+    const done = await ch.next('finishing', 'done').catch(() => undefined);
+    o.onPhase?.({ phase: 'done', peer: address, pid: result.pid, ...(done !== undefined ? { downtimeMs: done.downtimeMs } : {}) });
+    await ch.close();
+  } catch (err) {
+    if (heartbeat !== undefined) clearInterval(heartbeat);
+    session.unwind();
+    const e = err instanceof FerryError ? err : new FerryError('ERESTORE', describeCause(err), { cause: err });
+    ch.send({ type: 'error', code: e.code, message: e.message });
+    await ch.close();
+    throw e.message.includes(ch.peer) ? e : new FerryError(e.code, `migration from ${address}: ${e.message}`, { cause: err, ...contextOf(e) });
+  }
+}
+
+/** The pid, fd and path an error names. */
+function contextOf(e: FerryError): { pid?: number; fd?: number; path?: string } {
+  return {
+    ...(e.pid !== undefined ? { pid: e.pid } : {}), ...(e.fd !== undefined ? { fd: e.fd } : {}), ...(e.path !== undefined ? { path: e.path } : {}),
+  };
+}
+
+/** Refuses, before "ready", an image whose PIDs or thread ids this node's processes hold. */
+function refuseTaken(pids: readonly number[], tids: readonly number[]): void {
+  for (const id of [...pids, ...tids]) {
+    if (!existsSync(`/proc/${id}`)) continue;
+    let comm = '?';
+    try {
+      comm = readFileSync(`/proc/${id}/comm`, 'utf8').trim();
+    } catch { /* gone meanwhile */ }
+    throw new FerryError('EPIDINUSE', `pid ${id} of the image is in use on this node by another process (${comm}): the tree cannot keep its PIDs here; migrate it to another node`, { pid: id });
+  }
+}
+

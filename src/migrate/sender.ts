@@ -1,0 +1,323 @@
+/**
+ * `migrate`, the source side of a stop-and-copy migration (docs/migration.md): connect to the
+ * target's `ferry receive` and authenticate (channel.ts), stop the tree and stream its image
+ * over the connection while keeping a copy here, hold the tree stopped until the target says
+ * the image is whole and checked, then kill it (the point of no return), say "go", and wait
+ * for "running".
+ *
+ * Never harming the workload. Nothing is touched before the target has answered. Until the
+ * kill, every way out lets the tree go as it was: the checkpoint's own session does (and the
+ * kernel, if ferry dies: docs/safety.md); this module only makes the checkpoint fail, by
+ * failing the image's pipe or the wait for "ready". After the kill the workload lives only in
+ * the image: a target that says its restore failed (it then removed all it made) gets the
+ * local copy restored here; a target that falls silent leaves the outcome unknown, so the copy
+ * is kept and named instead of restored (restoring it while the target may run the tree would
+ * make two of it).
+ */
+import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { join } from 'node:path';
+import type { CommonOptions, RestoreResult } from '../api.js';
+import { checkpoint } from '../dump/checkpoint.js';
+import { FerryError, describeCause } from '../errors.js';
+import { faultPoint } from '../fault.js';
+import { hostSigningKey } from '../image/host-key.js';
+import { signingKey } from '../image/sign.js';
+import { native } from '../native/binding.js';
+import { restore } from '../restore/restore.js';
+import { parseMaxCreds } from '../restore/bounds.js';
+import { finishing, Session } from '../session.js';
+import { FERRY_VERSION } from '../version.js';
+import { abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, type Channel } from './channel.js';
+import { bootId, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
+import { formatUrl, type Endpoint } from './endpoint.js';
+import type { MigrationKey } from './key.js';
+
+export type { PhaseRecord };
+
+export interface MigrateOptions extends CommonOptions {
+  /** Root of the process tree to migrate. */
+  pid: number;
+  /** The target's `ferry receive`. */
+  to: Endpoint;
+  /** The pre-shared key (readMigrationKey). */
+  key: MigrationKey;
+  /**
+   * Sign the image with this Ed25519 private key (the target trusts its .pub with --trust).
+   * Absent: image.sign_key of the config, else the host key, else a key made for this one image.
+   */
+  signKey?: string | KeyObject;
+  /** Gets each phase's record as it completes. */
+  onPhase?: (r: PhaseRecord) => void;
+}
+
+export interface MigrateResult {
+  /** The restored root's pid on the target. */
+  pid: number;
+  /** Every restored process (the original PIDs). */
+  pids: number[];
+  /** Bytes of image sent. */
+  bytes: number;
+  /** From the tree stopped here to the word that it runs there, milliseconds. */
+  downtimeMs: number;
+  /** Whole migration, milliseconds. */
+  totalMs: number;
+}
+
+/**
+ * The image's bytes on their way: checkpoint writes them into a pipe (its write end opened by
+ * path, as a FIFO would be: /proc/self/fd/N); this reads the other end and sends every chunk
+ * over the channel and into the local copy, pausing while the socket is full. A failure of
+ * either closes the read end, so the checkpoint's next write fails (EPIPE) and it lets the
+ * tree go.
+ */
+class Pump {
+  /** Bytes sent so far. */
+  bytes = 0;
+  /** The pipe's write end, for the checkpoint to open by path. */
+  readonly path: string;
+  /** Resolves at the pipe's end (every byte sent and copied); rejects on the first failure. */
+  readonly done: Promise<number>;
+  private writeEnd: number;
+  private readonly reader: Socket;
+
+  constructor(private readonly channel: Channel, private readonly copyFd: number, signal: AbortSignal | undefined) {
+    const [r, w] = native().pipe2();
+    this.writeEnd = w;
+    this.path = `/proc/self/fd/${w}`;
+    try {
+      native().setPipeSize(w, 1 << 20);
+    } catch { /* the default 64 KiB only means more chunks */ }
+    this.reader = new Socket({ fd: r, readable: true, writable: false });
+    let first = true;
+    this.done = new Promise<number>((resolve, reject) => {
+      const fail = (err: FerryError): void => {
+        this.reader.destroy(); // the checkpoint's next write into the pipe fails (EPIPE)
+        reject(err);
+      };
+      // A connection that fails while the checkpoint is still reading the tree ends it at once.
+      channel.socket.once('close', () => fail(channel.failure ?? new FerryError('ECONNRESET', `${channel.peer} closed the connection`)));
+      this.reader.on('data', (chunk: Buffer) => {
+        try {
+          for (let off = 0; off < chunk.length;) off += writeSync(copyFd, chunk, off, chunk.length - off);
+        } catch (err) {
+          return fail(new FerryError('EIMAGE', `cannot keep the copy of the image in image.work_dir: ${describeCause(err)}`, { cause: err }));
+        }
+        this.bytes += chunk.length;
+        const more = channel.sendData(chunk);
+        if (channel.failure !== undefined) return fail(channel.failure);
+        if (more && !first) return;
+        this.reader.pause();
+        const wasFirst = first;
+        first = false;
+        (async () => {
+          if (wasFirst) await faultPoint('streaming', signal);
+          if (!more) await new Promise<void>((resolveDrain) => channel.socket.once('drain', resolveDrain));
+          this.reader.resume();
+        })().catch((err: unknown) => fail(err instanceof FerryError ? err : new FerryError('EINTR', describeCause(err), { cause: err })));
+      });
+      this.reader.on('end', () => resolve(this.bytes));
+      this.reader.on('error', (err) => fail(new FerryError('EIO', `reading the image's pipe: ${describeCause(err)}`, { cause: err })));
+    });
+    this.done.catch(() => {}); // awaited by the checkpoint's last step, or the failure is the checkpoint's
+  }
+
+  /** Closes this process's write end (once the checkpoint has closed its own: the pipe ends). */
+  closeWriteEnd(): void {
+    if (this.writeEnd < 0) return;
+    closeSync(this.writeEnd);
+    this.writeEnd = -1;
+  }
+
+  /** Closes everything (idempotent). */
+  destroy(): void {
+    this.closeWriteEnd();
+    this.reader.destroy();
+  }
+}
+
+/**
+ * The key this migration's image is signed with, chosen as a checkpoint chooses it (made here
+ * to restore the copy with it), and what restores the copy by hand: the host key's images
+ * need nothing, another key's need its .pub, a key made for this one image (no host key, no
+ * key given) leaves only --max-creds.
+ */
+function imageKey(o: MigrateOptions): { key: KeyObject; restoreWith: string } {
+  if (o.signKey !== undefined) return { key: signingKey(o.signKey), restoreWith: ' --trust PUB (the .pub of --sign-key)' };
+  if (o.config.image.signKey !== '') return { key: signingKey(o.config.image.signKey), restoreWith: ' --trust PUB (the .pub of image.sign_key)' };
+  const host = hostSigningKey(o.config.image.hostKey);
+  if (host !== undefined) return { key: host, restoreWith: '' };
+  return { key: generateKeyPairSync('ed25519').privateKey, restoreWith: ' --max-creds root' };
+}
+
+/** Migrates the process tree rooted at `o.pid` to `o.to`; resolves once it runs there. */
+export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
+  const t0 = performance.now();
+  const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
+  const to = formatUrl(o.to);
+  if (!existsSync(`/proc/${o.pid}`)) {
+    throw new FerryError('ENOPROC', `no process with pid ${o.pid} (check the pid; it may have exited)`, { pid: o.pid });
+  }
+  const { key: signKey, restoreWith } = imageKey(o); // a key that cannot sign fails before anything else
+  const workDir = o.config.image.workDir;
+  removeStaleDirs(workDir, SENDER_DIR);
+
+  const session = new Session('migrate', log);
+  let channel: Channel | undefined;
+  try {
+    channel = await connect(o.to, o.key, to, o.signal);
+    const ch = channel;
+    session.onUndo('drop the connection', () => ch.destroy());
+    ch.send({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: o.pid, bootId: bootId() });
+    const welcome = await ch.next('waiting for the target to take the migration', 'welcome');
+    // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
+    // pipe hashes everything first): the target hears from us meanwhile.
+    const heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
+    session.onUndo('stop the heartbeat', () => clearInterval(heartbeat));
+    log.debug({ peer: to, ferryVersion: welcome.ferryVersion }, 'connected');
+    o.signal?.throwIfAborted();
+
+    const dir = privateDir(workDir, SENDER_DIR);
+    session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
+    const copy = join(dir, 'image.tar');
+    const copyFd = openSync(copy, 'wx', 0o600);
+    session.onUndo('close the copy', () => { try { closeSync(copyFd); } catch { /* closed */ } });
+    const pump = new Pump(ch, copyFd, o.signal);
+    session.onUndo('close the image pipe', () => pump.destroy());
+
+    let stoppedAt = 0;
+    let tReady = 0;
+    let sent = 0;
+    const pids = await checkpoint({
+      pid: o.pid, image: pump.path, leaveRunning: false, signKey,
+      config: o.config, logger: o.logger,
+      ...(o.signal !== undefined ? { signal: o.signal } : {}),
+      ...(o.onProgress !== undefined ? { onProgress: o.onProgress } : {}),
+      // The image is written, the tree still stopped: wait for the target to hold it whole.
+      beforeKill: async (at) => {
+        stoppedAt = at;
+        pump.closeWriteEnd();
+        const bytes = await pump.done;
+        sent = bytes;
+        closeSync(copyFd);
+        o.onPhase?.({ phase: 'checkpoint', pid: o.pid, imageBytes: bytes, ms: round(performance.now() - stoppedAt) });
+        clearInterval(heartbeat);
+        ch.send({ type: 'end', bytes });
+        const ready = await abortable(ch.next('waiting for the target to verify the image', 'ready'), o.signal);
+        tReady = performance.now();
+        o.onPhase?.({ phase: 'transfer', bytes, verifyMs: round(ready.verifyMs) });
+      },
+    }).then((r) => r.pids, (err: unknown) => {
+      // Killed, and only the clean-up after the kill failed: the workload is in flight.
+      if (tReady > 0 && !alive(o.pid)) {
+        log.warn({ err }, 'the checkpoint failed after the kill; handing over');
+        return [o.pid];
+      }
+      // The target refused the image (untrusted, beyond the bound, PIDs taken, …).
+      if (err instanceof PeerError) {
+        throw new FerryError(err.code, `${to} refused it: ${err.peerMessage}; so pid ${o.pid} was let go as it was: it runs on here`, { cause: err, pid: o.pid });
+      }
+      // Interrupted: the pump stopped reading, so the checkpoint may have met EPIPE before it
+      // saw the abort; the reason is the signal either way.
+      if (o.signal?.aborted && o.signal.reason instanceof Error && !(err instanceof FerryError && err.code === 'EINTR')) {
+        throw new FerryError('EINTR', `checkpoint of pid ${o.pid} ${describeCause(o.signal.reason)}: the process was let go as it was and no image was written`,
+          { cause: err, pid: o.pid });
+      }
+      // A connection that failed made the checkpoint fail: say so, not "write: EPIPE".
+      const lost = ch.failure;
+      if (lost !== undefined && !(o.signal?.aborted ?? false)) {
+        throw new FerryError(lost.code, `${lost.message}, so pid ${o.pid} was let go as it was: it runs on here`, { cause: err, pid: o.pid });
+      }
+      throw err;
+    });
+
+    // The point of no return: the source is gone, the workload lives in the image only.
+    return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids, { t0, stoppedAt, sent }));
+  } catch (err) {
+    // Tell the target why, so it removes what it holds (a target gone already hears nothing).
+    if (channel !== undefined && channel.failure === undefined && !(err instanceof FerryError && err.cause instanceof PeerError)) {
+      const e = err instanceof FerryError ? err : new FerryError('EMIGRATE', describeCause(err));
+      channel.send({ type: 'error', code: e.code, message: e.message });
+      await channel.close();
+    }
+    session.unwind();
+    throw err;
+  }
+}
+
+/** Whether a pid exists and is not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) [ZX]/s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+const round = (ms: number): number => Math.round(ms * 10) / 10;
+
+/**
+ * After the kill: "go", then "running", or the workload is brought back here. Signals no
+ * longer stop anything (finishing()): the tree is in flight.
+ */
+async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: string, dir: string,
+  signKey: KeyObject, restoreWith: string, pids: number[], t: { t0: number; stoppedAt: number; sent: number }): Promise<MigrateResult> {
+  const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
+  const to = formatUrl(o.to);
+  ch.send({ type: 'go' });
+  let running;
+  try {
+    running = await ch.next('restoring the tree', 'running');
+  } catch (err) {
+    session.close(); // the copy is the workload now: nothing of it is removed by an undo
+    ch.destroy();
+    if (err instanceof PeerError) {
+      // The target says it failed, and a failed restore leaves nothing there: restore here.
+      log.error({ err }, 'the target could not restore the tree; restoring it here');
+      let local: RestoreResult;
+      try {
+        local = await restore({
+          image: copy, config: o.config, logger: o.logger, trust: [createPublicKey(signKey)],
+          // This process made the image moments ago, in a directory only root can enter.
+          bound: parseMaxCreds('root'),
+        });
+      } catch (again) {
+        const kept = keep(copy, dir, o.config.image.workDir, o.pid);
+        throw new FerryError('EMIGRATE', `${to} could not restore pid ${o.pid}: ${err.peerMessage}; restoring it here failed too: `
+          + `${describeCause(again)}; its image is kept in ${kept}: ferry restore --image ${kept}${restoreWith}`, { cause: again, pid: o.pid, path: kept });
+      }
+      rmSync(dir, { recursive: true, force: true });
+      o.onPhase?.({ phase: 'restore', pid: local.pid, pids: local.pids, local: true });
+      throw new FerryError('EMIGRATE', `${to} could not restore pid ${o.pid}: ${err.peerMessage}; it was restored here instead `
+        + `(pid ${local.pid} runs on this node again, down ${Math.round(performance.now() - t.stoppedAt)} ms)`, { cause: err, pid: local.pid });
+    }
+    const kept = keep(copy, dir, o.config.image.workDir, o.pid);
+    const why = err instanceof FerryError ? err.message : describeCause(err);
+    throw new FerryError('ELOST', `${why} after pid ${o.pid} was handed over: whether it runs on ${to} is unknown; `
+      + `if it does not, restore it here: ferry restore --image ${kept}${restoreWith}`, { cause: err, pid: o.pid, path: kept });
+  }
+  const tRunning = performance.now();
+  const downtimeMs = tRunning - t.stoppedAt;
+  o.onPhase?.({ phase: 'restore', pid: running.pid, pids: running.pids, restoreMs: round(running.restoreMs) });
+  ch.send({ type: 'done', downtimeMs: round(downtimeMs) });
+  await ch.close();
+  session.unwind(); // the copy: the tree runs there
+  const totalMs = performance.now() - t.t0;
+  log.info({ pid: running.pid, downtimeMs }, 'migrated');
+  o.onPhase?.({ phase: 'done', pid: running.pid, downtimeMs: round(downtimeMs), totalMs: round(totalMs) });
+  return { pid: running.pid, pids: running.pids.length > 0 ? running.pids : pids, bytes: t.sent, downtimeMs, totalMs };
+}
+
+/** Moves the copy out of the private directory (no sweep removes it) and returns its path. */
+function keep(copy: string, dir: string, workDir: string, pid: number): string {
+  const kept = join(workDir, `ferry-migrate-${pid}-${new Date().toISOString().replace(/[:.]/g, '-')}.tar`);
+  try {
+    mkdirSync(workDir, { recursive: true });
+    renameSync(copy, kept);
+    rmSync(dir, { recursive: true, force: true });
+    return kept;
+  } catch {
+    return copy;
+  }
+}
