@@ -8,7 +8,8 @@
 // clients whose connections wait on a listener, oldest first (UNIX_DIAG_ICONS), queue sizes
 // (UNIX_DIAG_RQLEN: a listener's pending connections and backlog, else bytes unread and bytes
 // sent but not yet read by the peer) and its shutdown bits (UNIX_DIAG_SHUTDOWN).
-// Also socket(2), socketpair(2), bind(2), connect(2), listen(2), accept4(2), shutdown(2),
+// Also socket(2), socketpair(2), bind(2) (in a thread with its own root and cwd: unshare(2)
+// CLONE_FS, chroot(2), fchdir(2)), connect(2), listen(2), accept4(2), shutdown(2),
 // getsockopt(2)/setsockopt(2) for int options, recvmsg(2) with MSG_PEEK (reads a queued
 // message without consuming it; descriptors the kernel installs from SCM_RIGHTS or SCM_PIDFD
 // control messages are closed at once and counted) and sendmsg(2).
@@ -287,6 +288,55 @@ Napi::Value UnixBind(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+struct BindInJob {
+  int fd, root, cwd;
+  sockaddr_un sa;
+  socklen_t len;
+  int err;
+};
+
+// A thread of its own (unshare(CLONE_FS): a root and working directory of its own): chroot(2)
+// to `root` (a descriptor: fchdir, then chroot(".")) unless it is -1, fchdir(2) to `cwd`
+// unless -1, then bind(2). The name is resolved as the process that lives in `root` resolves
+// it, and stays as given (what getsockname(2) returns).
+void* BindIn(void* arg) {
+  BindInJob* j = static_cast<BindInJob*>(arg);
+  j->err = 0;
+  if (unshare(CLONE_FS) < 0 || (j->root >= 0 && (fchdir(j->root) < 0 || chroot(".") < 0)) ||
+      (j->cwd >= 0 && fchdir(j->cwd) < 0) ||
+      bind(j->fd, reinterpret_cast<sockaddr*>(&j->sa), j->len) < 0) {
+    j->err = errno;
+  }
+  return nullptr;
+}
+
+// unixBindIn(fd, name, root, cwd): bind(2) to sun_path bytes `name` in a thread whose root is
+// directory descriptor `root` and whose working directory is `cwd` (-1: ferry's own).
+Napi::Value UnixBindIn(const Napi::CallbackInfo& info) {
+  int64_t fd, root, cwd;
+  Napi::Buffer<uint8_t> name;
+  if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &name) || !ArgInt(info, 2, &root) || !ArgInt(info, 3, &cwd)) return {};
+  BindInJob j;
+  j.fd = static_cast<int>(fd);
+  j.root = static_cast<int>(root);
+  j.cwd = static_cast<int>(cwd);
+  if (!MakeAddr(info.Env(), name, &j.sa, &j.len)) return {};
+  std::string what(reinterpret_cast<const char*>(name.Data()) + (name.Data()[0] == 0 ? 1 : 0),
+                   name.Length() - (name.Data()[0] == 0 ? 1 : 0));
+  pthread_t th;
+  int e = pthread_create(&th, nullptr, BindIn, &j);
+  if (e != 0) {
+    ThrowErrno(info.Env(), "pthread_create", e);
+    return {};
+  }
+  pthread_join(th, nullptr);
+  if (j.err != 0) {
+    ThrowErrno(info.Env(), "bind", j.err, what);
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
 // unixConnect(fd, name): connect(2) to sun_path bytes `name`.
 Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
   int64_t fd;
@@ -441,6 +491,7 @@ void InitUnix(Napi::Env env, Napi::Object exports) {
   exports.Set("unixSocket", Napi::Function::New(env, UnixSocket));
   exports.Set("unixSocketpair", Napi::Function::New(env, UnixSocketpair));
   exports.Set("unixBind", Napi::Function::New(env, UnixBind));
+  exports.Set("unixBindIn", Napi::Function::New(env, UnixBindIn));
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect));
   exports.Set("unixListen", Napi::Function::New(env, SockListen));
   exports.Set("unixAccept", Napi::Function::New(env, SockAccept));

@@ -13,9 +13,9 @@
  * Before any of that, the image's credentials are held against the bundle's config.json
  * (restore/bounds.ts): an image cannot give its processes more than the runtime would.
  */
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdtempSync, openSync, readFileSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, posix } from 'node:path';
 import type { MadeRoot, RestoreOptions, RestoreResult } from '../api.js';
 import { SYS } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
@@ -97,8 +97,69 @@ export async function restoreContainer(o: ContainerRestoreOptions): Promise<Rest
  */
 async function bundleBound(o: ContainerRestoreOptions, image: Image): Promise<CredsBound | undefined> {
   if (!image.manifest.entries.some((e) => e.name === CONTAINER_ENTRY)) return undefined;
-  const bundle = o.bundle ?? (await image.readJson(CONTAINER_ENTRY) as ContainerRecord).bundle;
+  const bundle = bundleOf(o, await image.readJson(CONTAINER_ENTRY) as ContainerRecord);
   return boundFromConfig(readConfig(bundle, o.id), join(bundle, 'config.json'));
+}
+
+/** Longest bundle path taken from an image. */
+const MAX_BUNDLE_PATH = 4096;
+const S_ISVTX = 0o1000;
+
+/**
+ * The bundle to restore into: `--bundle` as given (the caller's choice), else the one the
+ * image's container record names, which is untrusted: its config.json bounds the credentials
+ * of the restored processes and runc builds the sandbox from it, so an image must not be able
+ * to name a bundle someone else wrote. It must be an absolute, normalised path (no "." or ".."
+ * part, no NUL, at most 4096 bytes) of an existing directory owned by root and not writable by
+ * group or others, every directory above it likewise (or sticky, as /tmp: no one else can
+ * rename what root made there), holding a regular config.json (not a symlink) owned by root
+ * and not writable by group or others. Symlinks on the way are resolved once here and the
+ * resolved path is used from then on. Otherwise: EBUNDLE, one line saying to pass --bundle.
+ */
+export function bundleOf(o: Pick<ContainerRestoreOptions, 'bundle'>, record: ContainerRecord): string {
+  if (o.bundle !== undefined) return o.bundle;
+  const raw: unknown = (record as { bundle?: unknown } | null)?.bundle;
+  const refuse = (why: string): never => {
+    const shownPath = typeof raw === 'string' ? JSON.stringify(raw.slice(0, 200)) + (raw.length > 200 ? '…' : '') : 'no bundle';
+    throw new FerryError('EBUNDLE', `image: ${CONTAINER_ENTRY} names ${typeof raw === 'string' ? `bundle ${shownPath}` : shownPath}`
+      + `${why}: not used; pass --bundle with the bundle to restore into`);
+  };
+  if (typeof raw !== 'string' || raw === '') return refuse('');
+  if (raw.length > MAX_BUNDLE_PATH) return refuse(`, longer than ${MAX_BUNDLE_PATH} bytes`);
+  if (raw.includes('\0')) return refuse(', which holds a NUL byte');
+  if (!raw.startsWith('/')) return refuse(', which is not an absolute path');
+  const trimmed = raw.length > 1 ? raw.replace(/\/+$/, '') : raw;
+  if (posix.normalize(trimmed) !== trimmed || trimmed.split('/').includes('..')) return refuse(', which is not a normalised path (".", ".." or "//" in it)');
+  let real: string;
+  try {
+    real = realpathSync(trimmed);
+  } catch (err) {
+    return refuse(`, which cannot be reached here (${describeCause(err)})`);
+  }
+  const safeDir = (dir: string, self: boolean): string | undefined => {
+    const st = lstatSync(dir);
+    if (!st.isDirectory()) return `${dir} is not a directory`;
+    if (st.uid !== 0) return `${dir} is owned by uid ${st.uid}, not root`;
+    if ((st.mode & 0o022) !== 0 && (self || (st.mode & S_ISVTX) === 0)) return `${dir} is writable by group or others`;
+    return undefined;
+  };
+  try {
+    for (let d = real, self = true; ; d = dirname(d), self = false) {
+      const why = safeDir(d, self);
+      if (why !== undefined) return refuse(`: ${why}`);
+      if (d === '/') break;
+    }
+    const cfg = join(real, 'config.json');
+    const st = lstatSync(cfg, { throwIfNoEntry: false });
+    if (!st) return refuse(`: it holds no config.json`);
+    if (!st.isFile()) return refuse(`: its config.json is not a regular file`);
+    if (st.uid !== 0) return refuse(`: its config.json is owned by uid ${st.uid}, not root`);
+    if ((st.mode & 0o022) !== 0) return refuse(': its config.json is writable by group or others');
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    return refuse(`, which cannot be checked here (${describeCause(err)})`);
+  }
+  return real;
 }
 
 /** Creates and starts the container with the stub as its init; seizes it. */
@@ -107,7 +168,7 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
     throw new FerryError('EIMAGE', `image ${o.image} holds processes, not a container: restore it without a container id`);
   }
   const record = await image.readJson(CONTAINER_ENTRY) as ContainerRecord;
-  const bundle = o.bundle ?? record.bundle;
+  const bundle = bundleOf(o, record);
   const config = readConfig(bundle, o.id);
   checkBundle(config, record, bundle);
   // The rootfs changes of the checkpointed container (a no-op where they already are).

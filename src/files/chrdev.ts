@@ -1,18 +1,37 @@
 /**
  * Character devices reopened by path: /dev/null, /dev/zero, /dev/urandom and friends. The
- * device number must match on restore. Terminals are not handled here (they have sessions,
- * termios and peers): tty.ts takes them.
+ * path is resolved inside the process's recorded root (confined.ts) to an O_PATH descriptor,
+ * which opens nothing; it must be a character device with the recorded number (and not a
+ * terminal) before that very file is opened, with the record's access mode and status flags
+ * only (never O_CREAT, O_TRUNC…: a record that says "chr" never opens a regular file for
+ * writing). Terminals are not handled here (they have sessions, termios and peers): tty.ts
+ * takes them.
  */
-import { existsSync, statSync } from 'node:fs';
+import type { BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
-import { O_CLOEXEC } from '../proc/fcntl.js';
+import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_SYNC } from '../proc/fcntl.js';
+import { placeOf, reopenIn, shownIn, statIn } from './confined.js';
 import { isTerminal } from './tty.js';
 import type { FdDesc, FileKind } from './types.js';
 
 const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
 const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+
+const O_NOCTTY = 0o400;
+/** What a device is opened again with: access mode and status flags (O_NOCTTY added), nothing that creates. */
+const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_NOATIME;
+
+/** Why `st` is not the recorded device, or undefined. */
+function notTheDevice(rec: ChrdevRecord, st: BigIntStats): string | undefined {
+  if (!st.isCharacterDevice()) return `is not a character device (the image says ${rec.major}:${rec.minor})`;
+  if (major(st.rdev) !== rec.major || minor(st.rdev) !== rec.minor) {
+    return `is character device ${major(st.rdev)}:${minor(st.rdev)}, not ${rec.major}:${rec.minor}`;
+  }
+  if (isTerminal(st.rdev)) return 'is a terminal, which a device record does not reopen';
+  return undefined;
+}
 
 export interface ChrdevRecord extends FileRecord {
   kind: 'chr';
@@ -52,15 +71,25 @@ export const chrdev: FileKind<ChrdevRecord> = {
       || typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos) || !Number.isSafeInteger(Number(rec.pos))) {
       throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) needs an absolute path, flags, pos, major and minor`);
     }
-    if (!existsSync(rec.path)) throw new FerryError('ENOENT', `device ${rec.path} (${rec.major}:${rec.minor}) does not exist here`);
-    const st = statSync(rec.path, { bigint: true });
-    if (!st.isCharacterDevice() || major(st.rdev) !== rec.major || minor(st.rdev) !== rec.minor) {
-      throw new FerryError('ECHANGED', `device ${rec.path} is not character device ${rec.major}:${rec.minor} here`);
-    }
+    // Resolved inside the process's recorded root (confined.ts), as open() will.
+    const { root, path } = placeOf(rec);
+    const what = `character device (file ${rec.id} of the image)`;
+    const st = statIn(root, path, what);
+    if (!st) throw new FerryError('ENOENT', `${what}: ${shownIn(root, path)} (${rec.major}:${rec.minor}) does not exist here`, { path: rec.path });
+    const why = notTheDevice(rec, st);
+    if (why !== undefined) throw new FerryError('ECHANGED', `${what}: ${shownIn(root, path)} ${why}: refused, nothing was opened`, { path: rec.path });
   },
 
   open(rec: ChrdevRecord): number {
-    const fd = native().openRaw(rec.path, rec.flags);
+    const { root, path } = placeOf(rec);
+    const what = `character device (file ${rec.id} of the image)`;
+    let fd: number;
+    try {
+      fd = reopenIn(root, path, (rec.flags & REOPEN_FLAGS) | O_NOCTTY, what, (st) => notTheDevice(rec, st));
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `${what}: cannot open ${shownIn(root, path)}: ${(err as Error).message}`, { cause: err, path: rec.path });
+    }
     const pos = Number(rec.pos);
     if (pos !== 0) native().lseek(fd, pos, 0);
     return fd;

@@ -8,7 +8,7 @@ import type { FdRecord, FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { parseFdinfo } from '../proc/fdinfo.js';
 import { fdCloexec } from '../proc/fdinfo.js';
-import { listFds, readProcText } from '../proc/read.js';
+import { inOwnMountNs, listFds, readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
 import { kindOf } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, type DumpContext, type FdDesc, type FileKind, type FileOptions } from './types.js';
@@ -129,7 +129,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       // `link`: what readlink showed at dump, the key a restore can substitute an open file
       // of its own for (runc's descriptors.json: the container's stdio pipes).
       const rec = { ...kind.dump(desc, ctx), id, kind: kind.kind, link: desc.link } as FileRecord;
-      if (typeof rec.path === 'string' && rootedInTask(desc, mounts)) rec.root = 'task';
+      if (typeof rec.path === 'string' ? rootedInTask(desc, mounts) : namesPathInTask(rec, desc, mounts)) rec.root = 'task';
       if (desc.async) rec.async = asyncOwner(desc, grab(desc, grabbed));
       files.push(rec);
     });
@@ -147,14 +147,30 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
  * and its path is ferry's). `mounts` caches each task's mount ids (null: ferry's namespace).
  */
 function rootedInTask(d: FdDesc, mounts: Map<number, ReadonlySet<number> | null>): boolean {
-  let ids = mounts.get(d.pid);
-  if (ids === undefined) {
-    const ns = (pid: number | 'self'): string => readlinkSync(`/proc/${pid}/ns/mnt`);
-    ids = ns(d.pid) === ns('self') ? null
-      : new Set(readProcText(d.pid, 'mountinfo').split('\n').filter(Boolean).map((l) => Number(l.split(' ')[0])));
-    mounts.set(d.pid, ids);
-  }
+  const ids = taskMounts(d.pid, mounts);
   return ids !== null && ids.has(d.fdinfo.mntId);
+}
+
+/** The mount ids of `pid`'s mount namespace, or null when it is ferry's (cached in `mounts`). */
+function taskMounts(pid: number, mounts: Map<number, ReadonlySet<number> | null>): ReadonlySet<number> | null {
+  let ids = mounts.get(pid);
+  if (ids === undefined) {
+    ids = inOwnMountNs(pid) ? null
+      : new Set(readProcText(pid, 'mountinfo').split('\n').filter(Boolean).map((l) => Number(l.split(' ')[0])));
+    mounts.set(pid, ids);
+  }
+  return ids;
+}
+
+/**
+ * Whether a record without a `path` names paths of its task's file system: a unix socket's
+ * path name (its own, or the outside peer's it connects to again) held by a task of another
+ * mount namespace (a container) was bound there, inside the task's root.
+ */
+function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: Map<number, ReadonlySet<number> | null>): boolean {
+  if (rec.kind !== 'unix') return false;
+  const named = (n: unknown): boolean => typeof (n as { path?: unknown } | null | undefined)?.path === 'string';
+  return (named(rec.name) || named(rec.external)) && taskMounts(d.pid, mounts) !== null;
 }
 
 /** O_ASYNC: fcntl(2) F_SETOWN/F_SETSIG state of an open file. */

@@ -434,3 +434,55 @@ export function placeRecord(rec: FileRecord, place: Place): void {
 export function placeOf(rec: FileRecord & { path: string }): Place {
   return places.get(rec) ?? { root: hostRoot(), path: rec.path };
 }
+
+/**
+ * The root a record's other paths resolve in (a socket's name, a watched file: paths that are
+ * not `rec.path`): the root the scheduler placed the record in, else the host's '/'.
+ */
+export function rootOf(rec: FileRecord): ConfinedRoot {
+  return places.get(rec)?.root ?? hostRoot();
+}
+
+/**
+ * Opens `path` in `root` for a record that says what kind of file it is: first as an O_PATH
+ * descriptor, which opens nothing (no device driver's open runs, no FIFO open waits), whose
+ * fstat `kindError` judges (a reason it is not the recorded kind, or undefined); only then is
+ * that very file opened with `flags`, through the descriptor (/proc/self/fd/N: what is opened
+ * is what was checked). A wrong kind is refused with ECHANGED naming `what` and the path.
+ * `flags` must not create or truncate: the caller passes what it keeps of the record's.
+ */
+export function reopenIn(root: ConfinedRoot, path: string, flags: number, what: string,
+  kindError: (st: BigIntStats) => string | undefined): number {
+  const at = openIn(root, path, O_PATH, what);
+  try {
+    const why = kindError(fstatSync(at, { bigint: true }));
+    if (why !== undefined) {
+      throw new FerryError('ECHANGED', `${what}: ${shown(root, path)} ${why}: refused, nothing was opened`, { path });
+    }
+    return native().openRaw(`/proc/self/fd/${at}`, flags);
+  } finally {
+    native().closeFd(at);
+  }
+}
+
+/**
+ * Runs `fn` with `/proc/self/fd/N` of an O_PATH descriptor of `path` in `root`: a path for
+ * system calls that take nothing but a path (inotify_add_watch, fanotify_mark, connect,
+ * sendto), which the kernel follows to that very file and nowhere else. The final component
+ * is not followed when `noFollow` (the magic link then leads to a symlink itself). `fn` gets
+ * the descriptor's fstat too, to refuse (throw) what is not the kind it needs before using it.
+ */
+export function viaFd<T>(root: ConfinedRoot, path: string, what: string, noFollow: boolean,
+  fn: (procPath: string, st: BigIntStats) => T): T {
+  const at = openIn(root, path, O_PATH | (noFollow ? O_NOFOLLOW : 0), what);
+  try {
+    return fn(`/proc/self/fd/${at}`, fstatSync(at, { bigint: true }));
+  } finally {
+    native().closeFd(at);
+  }
+}
+
+/** `path` as messages show it, inside its root (for the modules' own errors). */
+export function shownIn(root: ConfinedRoot, path: string): string {
+  return shown(root, path);
+}

@@ -20,11 +20,11 @@
  * FAN_MARK_IGNORED_MASK, with FAN_MARK_IGNORED_SURV_MODIFY when it had it). Permission events
  * a listener read but has not answered yet are not visible from outside and are not kept.
  */
-import { lstatSync } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { rootOf, statIn, viaFd } from './confined.js';
 import type { DumpContext, FdDesc, FileKind } from './types.js';
 import { readProcText } from '../proc/read.js';
 import { closeMounts, fdinfoFields, hexField, kernelDev, locateInode, mountsOf, queuedBytes } from './inotify.js';
@@ -32,7 +32,7 @@ import { closeMounts, fdinfoFields, hexField, kernelDev, locateInode, mountsOf, 
 /** fanotify_init(2) flags kept by the engine elsewhere. */
 const FAN_CLOEXEC = 0x1, FAN_NONBLOCK = 0x2;
 /** fanotify_mark(2) flags. */
-const FAN_MARK_ADD = 0x1, FAN_MARK_DONT_FOLLOW = 0x4, FAN_MARK_MOUNT = 0x10, FAN_MARK_IGNORED_MASK = 0x20,
+const FAN_MARK_ADD = 0x1, FAN_MARK_MOUNT = 0x10, FAN_MARK_IGNORED_MASK = 0x20,
   FAN_MARK_IGNORED_SURV_MODIFY = 0x40, FAN_MARK_FILESYSTEM = 0x100, FAN_MARK_EVICTABLE = 0x200, FAN_MARK_IGNORE = 0x400;
 const AT_FDCWD = -100;
 const MFLAGS = FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE | FAN_MARK_IGNORE;
@@ -137,7 +137,9 @@ function checkRecord(rec: FanotifyRecord): void {
       // Shown cut short: the item is the image's, of any size.
       bad(`has an invalid mark ${String(JSON.stringify(m)).slice(0, 120)}`);
     }
-    if (!lstatSync(m.path, { throwIfNoEntry: false })) {
+    if (m.path.length > 4096) bad('has a mark on a path longer than 4096 bytes');
+    // Resolved inside the host's root (confined.ts; no magic link), as open() will.
+    if (!statIn(rootOf(rec), m.path, `fanotify ${m.type} mark (file ${rec.id} of the image)`, m.type === 'inode')) {
       throw new FerryError('ENOENT', `fanotify ${m.type} mark (file ${rec.id} of the image) was on ${m.path}, which no longer exists`);
     }
   }
@@ -145,18 +147,26 @@ function checkRecord(rec: FanotifyRecord): void {
 
 function openFanotify(rec: FanotifyRecord): number {
   const n = native();
+  const root = rootOf(rec);
   const fd = n.fanotifyInit(rec.initFlags | ((rec.flags & O_NONBLOCK) !== 0 ? FAN_NONBLOCK : 0), rec.eventFlags);
   try {
     for (const m of rec.marks) {
+      // The path is resolved confined to an O_PATH descriptor (an inode mark's last component
+      // not followed, as FAN_MARK_DONT_FOLLOW did) and marked through /proc/self/fd/N, which
+      // leads to that object (its inode, its mount) and nowhere else; so without
+      // FAN_MARK_DONT_FOLLOW, which would mark the /proc link itself.
       const base = FAN_MARK_ADD | (m.mflags & FAN_MARK_EVICTABLE)
-        | (m.type === 'mount' ? FAN_MARK_MOUNT : m.type === 'filesystem' ? FAN_MARK_FILESYSTEM : FAN_MARK_DONT_FOLLOW);
+        | (m.type === 'mount' ? FAN_MARK_MOUNT : m.type === 'filesystem' ? FAN_MARK_FILESYSTEM : 0);
       try {
-        if (m.mask !== 0) n.fanotifyMark(fd, base, m.mask, AT_FDCWD, m.path);
-        if (m.ignoredMask !== 0) {
-          const ignore = (m.mflags & FAN_MARK_IGNORE) !== 0 ? FAN_MARK_IGNORE : FAN_MARK_IGNORED_MASK;
-          n.fanotifyMark(fd, base | ignore | (m.mflags & FAN_MARK_IGNORED_SURV_MODIFY), m.ignoredMask, AT_FDCWD, m.path);
-        }
+        viaFd(root, m.path, `fanotify ${m.type} mark (file ${rec.id} of the image)`, m.type === 'inode', (at) => {
+          if (m.mask !== 0) n.fanotifyMark(fd, base, m.mask, AT_FDCWD, at);
+          if (m.ignoredMask !== 0) {
+            const ignore = (m.mflags & FAN_MARK_IGNORE) !== 0 ? FAN_MARK_IGNORE : FAN_MARK_IGNORED_MASK;
+            n.fanotifyMark(fd, base | ignore | (m.mflags & FAN_MARK_IGNORED_SURV_MODIFY), m.ignoredMask, AT_FDCWD, at);
+          }
+        });
       } catch (err) {
+        if (err instanceof FerryError) throw err;
         throw new FerryError('EOPEN', `cannot restore the fanotify ${m.type} mark on ${m.path} (file ${rec.id}): ${(err as Error).message}`, { cause: err });
       }
     }

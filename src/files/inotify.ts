@@ -11,8 +11,9 @@
  * has no path to watch again and is refused.
  *
  * Restore: inotify_init1 in the controller, then for each watch, oldest first,
- * ioctl(INOTIFY_IOC_SETNEXTWD, wd) right before inotify_add_watch(path, mask|IN_DONT_FOLLOW)
- * (the path names the watched inode itself, never a symlink to follow): the kernel hands out
+ * ioctl(INOTIFY_IOC_SETNEXTWD, wd) right before inotify_add_watch(/proc/self/fd/N, mask), N an
+ * O_PATH descriptor of the path resolved inside the root (confined.ts, its last component not
+ * followed: the path names the watched inode itself, never a symlink to follow): the kernel hands out
  * the lowest free descriptor at or above the one asked, so every watch gets its own descriptor
  * at once, however large. fdinfo lists watches newest first (each new mark goes to the head of
  * the group's list), so the record keeps them oldest first; adding them in that order leaves
@@ -24,16 +25,17 @@
  *
  * The helpers that turn an fdinfo handle into a path are shared with fanotify.ts.
  */
-import { fstatSync, lstatSync, readlinkSync } from 'node:fs';
+import { fstatSync, readlinkSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { readProcText } from '../proc/read.js';
+import { rootOf, statIn, viaFd } from './confined.js';
 import type { DumpContext, FdDesc, FileKind } from './types.js';
 
 /** inotify(7) flags of inotify_add_watch's mask. */
-const IN_DONT_FOLLOW = 0x02000000, IN_EXCL_UNLINK = 0x04000000, IN_ONESHOT = 0x80000000;
+const IN_EXCL_UNLINK = 0x04000000, IN_ONESHOT = 0x80000000;
 /** IN_ALL_EVENTS: every event bit a watch can ask for. */
 const IN_ALL_EVENTS = 0xfff;
 const WD_MAX = 0x7fffffff;
@@ -254,7 +256,9 @@ function checkRecord(rec: InotifyRecord): void {
       bad(`has an invalid watch ${String(JSON.stringify(w)).slice(0, 120)}`);
     }
     seen.add(w.wd);
-    if (!lstatSync(w.path, { throwIfNoEntry: false })) {
+    if (w.path.length > 4096) bad(`has a watch on a path longer than 4096 bytes`);
+    // Resolved inside the host's root (confined.ts; no magic link), as open() will.
+    if (!statIn(rootOf(rec), w.path, `inotify watch ${w.wd} (file ${rec.id} of the image)`, true)) {
       throw new FerryError('ENOENT', `inotify watch ${w.wd} (file ${rec.id} of the image) watched ${w.path}, which no longer exists`);
     }
   }
@@ -262,14 +266,22 @@ function checkRecord(rec: InotifyRecord): void {
 
 function openInotify(rec: InotifyRecord): number {
   const n = native();
+  const root = rootOf(rec);
   const fd = n.inotifyInit1(rec.flags & O_NONBLOCK);
   try {
     for (const w of rec.watches) {
-      n.inotifySetNextWd(fd, w.wd);
       let got: number;
       try {
-        got = n.inotifyAddWatch(fd, w.path, (w.mask >>> 0) | IN_DONT_FOLLOW);
+        // The watched path is resolved confined to an O_PATH descriptor of the inode itself
+        // (its last component not followed, as IN_DONT_FOLLOW did), and the watch is added
+        // through /proc/self/fd/N, which leads to that inode and nowhere else (so without
+        // IN_DONT_FOLLOW, which would watch the /proc link itself).
+        got = viaFd(root, w.path, `inotify watch ${w.wd} (file ${rec.id} of the image)`, true, (at) => {
+          n.inotifySetNextWd(fd, w.wd);
+          return n.inotifyAddWatch(fd, at, w.mask >>> 0);
+        });
       } catch (err) {
+        if (err instanceof FerryError) throw err;
         const why = errnoCode(err) === 'ENOENT' ? 'no longer exists' : `cannot be watched (${(err as Error).message})`;
         throw new FerryError('EOPEN', `cannot restore inotify watch ${w.wd} (file ${rec.id}): ${w.path} ${why}`, { cause: err });
       }

@@ -34,11 +34,12 @@ class Roots {
    * path inside the task's root, is given to the modules that resolve it confined there.
    */
   rebased(r: FileRecord): FileRecord {
-    if (r.root !== 'task' || typeof r.path !== 'string') return r;
-    if (this.taskRoot === undefined) throw new FerryError('EIMAGE', `file ${r.id} (${r.path}) is inside a container: restore it as a container`);
+    if (r.root !== 'task') return r;
+    if (this.taskRoot === undefined) throw new FerryError('EIMAGE', `file ${r.id} (${String(r.path ?? r.kind)}) is inside a container: restore it as a container`);
     this.task ??= new ConfinedRoot(this.taskRoot, 'in-root');
-    const out = { ...r, path: `${this.taskRoot}${r.path}` };
-    placeRecord(out, { root: this.task, path: r.path });
+    // A record whose paths are elsewhere (a socket's name) gets its root only (confined.ts rootOf).
+    const out = typeof r.path === 'string' ? { ...r, path: `${this.taskRoot}${r.path}` } : { ...r };
+    placeRecord(out, { root: this.task, path: typeof r.path === 'string' ? r.path : '' });
     return out;
   }
 

@@ -19,12 +19,13 @@
  * it). On restore it is written once per pipe, whichever record opens first. Packet-mode data
  * (writes through an O_DIRECT end, pipe(2)) keeps its packet boundaries.
  */
-import { existsSync, fstatSync, readSync, statSync, writeSync } from 'node:fs';
-import { errnoCode, FerryError } from '../errors.js';
+import { fstatSync, readSync, writeSync, type BigIntStats } from 'node:fs';
+import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
+import { placeOf, reopenIn, shownIn, statIn } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2;
@@ -215,12 +216,16 @@ function openFifo(rec: FifoRecord, ctx: OpenContext): number {
   const key = `fifo:${rec.dev}:${rec.ino}`;
   // Opened O_RDWR the FIFO has a reader and a writer (Linux, fifo(7)): neither the open below
   // blocks nor does O_WRONLY|O_NONBLOCK fail with ENXIO; it is also the writer for the data.
-  const helper = n.openRaw(rec.path, O_RDWR | O_NONBLOCK);
+  // The path is resolved inside the process's recorded root (confined.ts) to an O_PATH
+  // descriptor, which opens nothing; only a FIFO is then opened, through that descriptor.
+  const { root, path } = placeOf(rec);
+  const what = `FIFO (file ${rec.id} of the image)`;
+  const notFifo = (st: BigIntStats): string | undefined => (st.isFIFO() ? undefined : 'is no longer a FIFO');
+  const helper = reopenIn(root, path, O_RDWR | O_NONBLOCK, what, notFifo);
   try {
     const st = fstatSync(helper, { bigint: true });
-    if (!st.isFIFO()) throw new FerryError('ECHANGED', `${rec.path} is no longer a FIFO`);
     let m = current(key, ctx);
-    const fd = n.openRaw(rec.path, (rec.flags & O_ACCMODE) | O_NONBLOCK);
+    const fd = n.openRaw(`/proc/self/fd/${helper}`, (rec.flags & O_ACCMODE) | O_NONBLOCK);
     try {
       if (!m) {
         setSize(helper, rec.size);
@@ -318,14 +323,12 @@ export const fifo: FileKind<FifoRecord> = {
       throw new FerryError('EIMAGE', `image: fifo (file ${rec.id}) has no valid path`);
     }
     checkState(rec, `FIFO ${rec.path}`);
-    let isFifo = false;
-    try {
-      isFifo = existsSync(rec.path) && statSync(rec.path).isFIFO();
-    } catch (err) {
-      if (errnoCode(err) !== 'ENOENT') throw err;
-    }
-    if (!isFifo) {
-      throw new FerryError('ENOENT', `FIFO ${rec.path} (file ${rec.id} of the image) ${existsSync(rec.path) ? 'is no longer a FIFO' : 'no longer exists: create it first (mkfifo)'}`);
+    if (rec.path.includes('\0') || rec.path.length > 4096) throw new FerryError('EIMAGE', `image: fifo (file ${rec.id}) has no valid path`);
+    // Resolved inside the process's recorded root (confined.ts), as open() will.
+    const { root, path } = placeOf(rec);
+    const st = statIn(root, path, `FIFO (file ${rec.id} of the image)`);
+    if (!st?.isFIFO()) {
+      throw new FerryError('ENOENT', `FIFO ${shownIn(root, path)} (file ${rec.id} of the image) ${st ? 'is no longer a FIFO: refused, nothing was opened' : 'no longer exists: create it first (mkfifo)'}`, { path: rec.path });
     }
   },
 

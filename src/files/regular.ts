@@ -14,7 +14,7 @@ import { native } from '../native/binding.js';
 import {
   O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH, O_SYNC,
 } from '../proc/fcntl.js';
-import { openIn, placeOf, statIn } from './confined.js';
+import { ConfinedRoot, hostRoot, openIn, placeOf, statIn } from './confined.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 
@@ -106,6 +106,18 @@ function defaultWarn(message: string): void {
  */
 export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'allowChangedFiles'>,
   warn: (message: string) => void = defaultWarn, root = ''): void {
+  // Looked at inside the root, as the task will open them (confined.ts: a /proc magic link or
+  // an escape from a container's root is refused here already).
+  const inRoot = root === '' ? hostRoot() : new ConfinedRoot(root, 'in-root');
+  try {
+    checkMapped(tasks, options, warn, inRoot);
+  } finally {
+    if (inRoot !== hostRoot()) inRoot.close();
+  }
+}
+
+function checkMapped(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'allowChangedFiles'>,
+  warn: (message: string) => void, root: ConfinedRoot): void {
   const seen = new Set<string>();
   for (const task of tasks) {
     for (const v of task.vmas) {
@@ -117,9 +129,11 @@ export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<Fil
       if (f.path.endsWith(' (deleted)') || f.path.startsWith('/memfd:')) continue;
       seen.add(f.path);
       const what = `file ${f.path} (mapped by pid ${task.pid} at ${v.start})`;
+      let at: number;
       try {
-        statSync(`${root}${f.path}`);
+        at = openIn(root, f.path, O_PATH, what);
       } catch (err) {
+        if (err instanceof FerryError) throw err;
         const code = errnoCode(err);
         if (code === 'ENOENT' || code === 'ENOTDIR') {
           throw new FerryError('ENOENT', `${what} no longer exists: put it back where it was (the process has its code `
@@ -127,7 +141,11 @@ export function checkMappedFiles(tasks: readonly TaskRecord[], options: Pick<Fil
         }
         throw new FerryError('EOPEN', `cannot reach ${what}: ${describeCause(err)}`, { cause: err, pid: task.pid, path: f.path });
       }
-      if (typeof f.mtimeNs === 'string') checkUnchanged(f, `${root}${f.path}`, what, options, warn);
+      try {
+        if (typeof f.mtimeNs === 'string') checkUnchanged(f, `/proc/self/fd/${at}`, what, options, warn);
+      } finally {
+        native().closeFd(at);
+      }
     }
   }
 }

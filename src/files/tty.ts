@@ -53,6 +53,7 @@ import { parseFdinfo } from '../proc/fdinfo.js';
 import { listFds, readProcText } from '../proc/read.js';
 import { parseStat } from '../proc/stat.js';
 import type { Tracee } from '../task/tracee.js';
+import { placeOf, reopenIn, shownIn, statIn } from './confined.js';
 import type { RestoreFiles } from './install.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
@@ -480,7 +481,11 @@ function openExternal(rec: TtyRecord, ctx: OpenContext): number {
       `file ${rec.id} of the image is the terminal ${rec.path}, outside the checkpointed tree: restore with --shell-job to reopen it`);
   }
   const n = native();
-  const fd = n.openRaw(rec.path, (rec.flags & KEPT_FLAGS) | O_NOCTTY);
+  // Resolved inside the process's recorded root (confined.ts) to an O_PATH descriptor, which
+  // opens nothing; only a terminal is then opened, through that descriptor.
+  const { root, path } = placeOf(rec);
+  const fd = reopenIn(root, path, (rec.flags & KEPT_FLAGS) | O_NOCTTY, `terminal (file ${rec.id} of the image)`,
+    (st) => (st.isCharacterDevice() && isTerminal(st.rdev) ? undefined : 'is not a terminal here'));
   try {
     if (rec.termios) n.ttySetTermios(fd, encodeTermios(rec.termios));
     return fd;
@@ -584,16 +589,13 @@ function check(rec: TtyRecord): void {
     if (!Number.isSafeInteger(rec.master)) bad('names no master');
   } else {
     if (rec.termios !== undefined) termios(rec.termios);
-    let ok = false;
-    try {
-      const st = statSync(rec.path, { bigint: true });
-      ok = st.isCharacterDevice() && isTerminal(st.rdev);
-    } catch (err) {
-      if (errnoCode(err) !== 'ENOENT') throw err;
-    }
-    if (!ok) {
-      throw new FerryError('ENOENT', `terminal ${rec.path} (file ${rec.id} of the image, outside the checkpointed tree) `
-        + `${existsSync(rec.path) ? 'is not a terminal here' : 'does not exist here'}: restore where it exists (--shell-job reopens the same path)`);
+    if (rec.path.includes('\0') || rec.path.length > 4096) bad('has no valid path');
+    // Resolved inside the process's recorded root (confined.ts), as open() will.
+    const { root, path } = placeOf(rec);
+    const st = statIn(root, path, `terminal (file ${rec.id} of the image)`);
+    if (!st || !st.isCharacterDevice() || !isTerminal(st.rdev)) {
+      throw new FerryError('ENOENT', `terminal ${shownIn(root, path)} (file ${rec.id} of the image, outside the checkpointed tree) `
+        + `${st ? 'is not a terminal here' : 'does not exist here'}: restore where it exists (--shell-job reopens the same path)`, { path: rec.path });
     }
   }
 }

@@ -35,13 +35,15 @@
  * out-of-band data, and the name of a connected stream socket whose listener is not in the
  * image (it comes back unnamed).
  */
-import { chmodSync, lchownSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
+import { fstatSync, lstatSync, readdirSync, readFileSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { errnoCode, FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import type { FileRecord } from '../image/records.js';
 import { native, type UnixDiag } from '../native/binding.js';
-import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
+import { inOwnMountNs } from '../proc/read.js';
+import { openIn, rootOf, shownIn, viaFd, withParent, type ConfinedRoot, type Parent } from './confined.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type FileOptions, type OpenContext, type TaskContext } from './types.js';
 
 // socket(7), unix(7), tcp_states.h
@@ -245,8 +247,10 @@ function dumpName(d: UnixDiag, desc: FdDesc): UnixName | null {
   }
   name.file = null;
   if (d.vfs && (isAbsolute(path) || name.dir !== undefined)) {
+    // A socket of another mount namespace (a container) was bound inside its task's root.
+    const root = inOwnMountNs(desc.pid) ? '' : `/proc/${desc.pid}/root`;
     try {
-      const st = lstatSync(fsPath(name));
+      const st = lstatSync(`${root}${fsPath(name)}`);
       if (st.ino === d.vfs.ino && (st.mode & S_IFMT) === S_IFSOCK) name.file = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
     } catch (err) {
       if (errnoCode(err) !== 'ENOENT' && errnoCode(err) !== 'ENOTDIR') throw err;
@@ -451,9 +455,43 @@ function liveNames(): UnixDiag[] {
   return native().unixDiagAll();
 }
 
+/** How a record names itself in errors. */
+const whatOf = (rec: UnixRecord, name: UnixName | null | undefined): string => `unix socket ${showName(name)} (file ${rec.id} of the image)`;
+
+/**
+ * Runs `fn` with the parent directory of a path name, resolved inside the record's root
+ * (confined.ts: no escape by "..", symlink or /proc magic link): everything restore does to
+ * the socket file (look, unlink a stale one, bind, chmod, chown, unlink again) acts on the
+ * last component through that directory's descriptor. A failure that is not already one
+ * line becomes one, naming the record and the path.
+ */
+function atName<T>(rec: UnixRecord, name: UnixName, fn: (p: Parent, root: ConfinedRoot, path: string) => T): T {
+  const root = rootOf(rec);
+  const path = fsPath(name);
+  const what = whatOf(rec, name);
+  try {
+    return withParent(root, path, what, (p) => fn(p, root, path));
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    const why = errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR' ? 'its directory does not exist here' : (err as Error).message;
+    throw new FerryError('EOPEN', `${what}: cannot reach ${shownIn(root, path)}: ${why}`, { cause: err, path });
+  }
+}
+
+/** Throws when the socket file `st` (at `path`) cannot be bound again: it is not a socket, or a live socket holds it. */
+function checkStale(what: string, at: string, st: BigIntStats, live: UnixDiag[]): void {
+  if (!st.isSocket()) {
+    throw new FerryError('EEXIST', `${what}: ${at} exists and is not a socket: refused (only a stale socket file is replaced); move it away first`);
+  }
+  const holder = live.find((d) => BigInt(d.vfs?.ino ?? -1) === st.ino && (d.type === SOCK_DGRAM || d.state !== TCP_ESTABLISHED));
+  if (holder) {
+    throw new FerryError('EADDRINUSE', `${what}: ${at} is in use by socket:[${holder.ino}] ${holdersOf(holder.ino)}: stop it first`);
+  }
+}
+
 /** Throws when `name` cannot be bound here: the path holds something else, or a live socket holds it. */
 function checkFree(rec: UnixRecord, name: UnixName, live: UnixDiag[]): void {
-  const what = `unix socket ${showName(name)} (file ${rec.id} of the image)`;
+  const what = whatOf(rec, name);
   if (name.abstract !== undefined) {
     const want = addrOf(name, false);
     const holder = live.find((d) => d.name?.equals(want));
@@ -462,21 +500,47 @@ function checkFree(rec: UnixRecord, name: UnixName, live: UnixDiag[]): void {
     }
     return;
   }
+  atName(rec, name, (p, root, path) => {
+    const st = p.lstat();
+    if (st) checkStale(what, shownIn(root, path), st, live);
+  });
+}
+
+/**
+ * Runs `fn` with the address that reaches `name` (to connect(2) or send to it): an abstract
+ * name as it is; a path name through /proc/self/fd/N of an O_PATH descriptor of its file,
+ * resolved inside the record's root, which must be a socket: the kernel follows that link to
+ * the socket file and nowhere else. `rec` is the record whose root the path is in.
+ */
+function reach<T>(rec: UnixRecord, name: UnixName, fn: (addr: Buffer) => T): T {
+  if (name.abstract !== undefined) return fn(addrOf(name, true));
+  const root = rootOf(rec);
   const path = fsPath(name);
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return;
-    throw new FerryError('ECHANGED', `${what}: cannot look at ${path}: ${(err as Error).message}`, { cause: err });
-  }
-  if ((st.mode & S_IFMT) !== S_IFSOCK) {
-    throw new FerryError('EEXIST', `${what}: ${path} exists and is not a socket: move it away first`);
-  }
-  const holder = live.find((d) => d.vfs?.ino === st.ino && (d.type === SOCK_DGRAM || d.state !== TCP_ESTABLISHED));
-  if (holder) {
-    throw new FerryError('EADDRINUSE', `${what}: ${path} is in use by socket:[${holder.ino}] ${holdersOf(holder.ino)}: stop it first`);
-  }
+  const what = whatOf(rec, name);
+  return viaFd(root, path, what, false, (at, st) => {
+    if (!st.isSocket()) throw new FerryError('ECHANGED', `${what}: ${shownIn(root, path)} is not a socket: refused, nothing was connected`, { path });
+    return fn(Buffer.from(at));
+  });
+}
+
+/**
+ * connect(2) of `fd` to `name` (see `reach`), never waiting: O_NONBLOCK is set first (finish()
+ * sets the record's flags afterwards), so a listener whose backlog is full (an edited image
+ * can queue any number of connections on it) is an error at once, not a connect that blocks
+ * until someone accepts, which no one will.
+ */
+function connectTo(fd: number, rec: UnixRecord, name: UnixName): void {
+  const n = native();
+  n.setFl(fd, O_NONBLOCK);
+  reach(rec, name, (addr) => {
+    try {
+      n.unixConnect(fd, addr);
+    } catch (err) {
+      if (errnoCode(err) !== 'EAGAIN') throw err;
+      throw new FerryError('EIMAGE', `${whatOf(rec, rec.name)}: cannot connect to ${showName(name)}: its listener's backlog is full `
+        + '(the image queues more connections on it than it can hold): refused', { cause: err });
+    }
+  });
 }
 
 /**
@@ -488,22 +552,43 @@ function bindOwn(fd: number, rec: UnixRecord, ctx: OpenContext): void {
   const name = rec.name;
   if (!name || rec.nameLost || rec.role === 'accepted') return;
   const n = native();
-  if (name.path !== undefined) {
-    checkFree(rec, name, liveNames());
-    try { unlinkSync(fsPath(name)); } catch (err) { if (errnoCode(err) !== 'ENOENT') throw err; }
-    const relative = !isAbsolute(name.path);
-    if (relative) n.unixBind(fd, addrOf(name, false), name.dir!);
-    else n.unixBind(fd, addrOf(name, false));
-    const path = fsPath(name);
-    if (name.file) {
-      chmodSync(path, name.file.mode);
-      lchownSync(path, name.file.uid, name.file.gid);
-    } else {
-      made(ctx).unlink.set(rec.id, statSync(path, { bigint: true }).ino);
-    }
-  } else {
+  if (name.path === undefined) {
     n.unixBind(fd, addrOf(name, false));
+    return;
   }
+  const what = whatOf(rec, name);
+  atName(rec, name, (p, root, path) => {
+    const at = shownIn(root, path);
+    // A stale socket file is removed (the name itself, through its directory); anything else
+    // at the name is refused: restore never deletes what is not a socket.
+    const stale = p.lstat();
+    if (stale) {
+      checkStale(what, at, stale, liveNames());
+      p.unlink();
+    }
+    // bind(2) takes a path, not a directory descriptor, and the name must stay as recorded
+    // (getsockname(2) returns it): it is bound in a thread whose root is the record's root
+    // (chroot(2)) and, for a relative name, whose working directory is its directory,
+    // resolved confined; then the file it made must be the one under the directory checked
+    // above (a rename racing with the bind could have moved it: refused).
+    const cwd = name.dir !== undefined && !isAbsolute(name.path!) ? openIn(root, name.dir, O_PATH | O_DIRECTORY, what) : -1;
+    try {
+      n.unixBindIn(fd, addrOf(name, false), root.fd, cwd);
+    } finally {
+      if (cwd >= 0) n.closeFd(cwd);
+    }
+    const bound = n.unixDiag(Number(fstatSync(fd, { bigint: true }).ino))?.vfs;
+    const st = p.lstat();
+    if (!bound || !st?.isSocket() || st.ino !== BigInt(bound.ino)) {
+      throw new FerryError('ECONFINE', `${what}: the socket file bind(2) made is not ${at} (a directory on the way was renamed meanwhile): refused`, { path });
+    }
+    if (name.file) {
+      p.chmod(name.file.mode);
+      p.chown(name.file.uid, name.file.gid);
+    } else {
+      made(ctx).unlink.set(rec.id, st.ino);
+    }
+  });
 }
 
 /** Writes `rec`'s queued data into its socket by sending it from `from`. */
@@ -537,7 +622,7 @@ function fillByName(fd: number, rec: UnixRecord, ctx: OpenContext): void {
   const n = native();
   const tmp = n.unixSocket(SOCK_DGRAM);
   try {
-    fill(rec, tmp, ctx, addrOf(rec.name, true));
+    reach(rec, rec.name, (addr) => fill(rec, tmp, ctx, addr));
   } finally {
     n.closeFd(tmp);
   }
@@ -576,6 +661,16 @@ function other(id: number | null, ctx: OpenContext, of: UnixRecord): UnixRecord 
   return r as UnixRecord;
 }
 
+/** A connection the listener `of` rebuilds: a unix record of `role` that names `of` as its listener. */
+function member(id: number, role: 'accepted' | 'embryo', ctx: OpenContext, of: UnixRecord): UnixRecord {
+  const r = other(id, ctx, of);
+  if (r.role !== role || r.listener !== of.id) {
+    throw new FerryError('EIMAGE', `image: unix listener (file ${of.id}) lists file ${id} as ${role === 'accepted' ? 'an accepted' : 'a queued'} connection, `
+      + `which is ${r.role === role ? `the connection of listener ${String(r.listener)}` : `a ${r.role} socket`}`);
+  }
+  return r;
+}
+
 function openListener(rec: UnixRecord, ctx: OpenContext): number {
   const n = native();
   const st = made(ctx);
@@ -585,15 +680,20 @@ function openListener(rec: UnixRecord, ctx: OpenContext): number {
   try {
     bindOwn(fd, rec, ctx);
     n.unixListen(fd, rec.backlog ?? 0);
-    const addr = addrOf(rec.name!, true);
+    // Nothing below waits: the listener and the clients are non-blocking until finish() (a
+    // connect to a full backlog fails, an accept with nothing queued fails).
+    n.setFl(fd, O_NONBLOCK);
     // Accepted connections first (accept(2) takes the oldest queued one), then the queued ones.
     for (const sid of rec.accepted ?? []) {
-      const s = other(sid, ctx, rec);
+      const s = member(sid, 'accepted', ctx, rec);
       const c = s.peer === null ? null : other(s.peer, ctx, s);
+      if (c && (c.role !== 'client' || c.listener !== rec.id || c.peer !== s.id)) {
+        throw new FerryError('EIMAGE', `image: unix socket (file ${s.id}) accepted from listener file ${rec.id} names file ${c.id} as its client, which is not that listener's client`);
+      }
       const cfd = n.unixSocket(type);
       closeOnError.push(cfd);
       if (c) bindOwn(cfd, c, ctx);
-      n.unixConnect(cfd, addr);
+      connectTo(cfd, rec, rec.name!);
       const sfd = n.unixAccept(fd);
       closeOnError.push(sfd);
       bindOwn(sfd, s, ctx);
@@ -603,11 +703,11 @@ function openListener(rec: UnixRecord, ctx: OpenContext): number {
       else n.closeFd(cfd);
     }
     for (const eid of rec.embryos ?? []) {
-      const e = other(eid, ctx, rec);
+      const e = member(eid, 'embryo', ctx, rec);
       const cfd = n.unixSocket(type);
       closeOnError.push(cfd);
       bindOwn(cfd, e, ctx);
-      n.unixConnect(cfd, addr);
+      connectTo(cfd, rec, rec.name!);
       finish(cfd, e);
       st.ready.set(e.id, cfd);
     }
@@ -666,7 +766,8 @@ function openUnix(rec: UnixRecord, ctx: OpenContext): number | typeof NOT_YET {
       }
       const peer = other(rec.peer, ctx, rec);
       if (ctx.opened(peer.id) === undefined && !st.pending.has(peer.id) && !st.ready.has(peer.id)) return NOT_YET;
-      n.unixConnect(fd, addrOf(peer.name!, true));
+      if (!peer.name) throw new FerryError('EIMAGE', `image: unix socket (file ${rec.id}) is connected to file ${peer.id}, which has no name`);
+      connectTo(fd, peer, peer.name);
       st.pending.delete(rec.id);
       finish(fd, rec);
       return fd;
@@ -680,8 +781,9 @@ function openUnix(rec: UnixRecord, ctx: OpenContext): number | typeof NOT_YET {
         bindOwn(fd, rec, ctx);
         fillByName(fd, rec, ctx);
         try {
-          n.unixConnect(fd, addrOf(rec.external!, true));
+          connectTo(fd, rec, rec.external!);
         } catch (err) {
+          if (err instanceof FerryError) throw err;
           throw new FerryError('ECONNECT', `unix socket (file ${rec.id}) cannot connect again to ${showName(rec.external)} outside the tree: ${(err as Error).message}: start its peer first`, { cause: err });
         }
         finish(fd, rec);
@@ -733,6 +835,9 @@ function checkRecord(rec: UnixRecord): void {
   for (const list of [rec.accepted, rec.embryos]) if (list !== undefined && (!Array.isArray(list) || list.length > 1 << 20)) bad('names invalid files');
   const ids = [rec.peer, rec.listener, ...(rec.accepted ?? []), ...(rec.embryos ?? [])];
   if (!ids.every((v) => v === null || Number.isSafeInteger(v))) bad('names invalid files');
+  // Each connection a listener rebuilds is one socket, rebuilt once.
+  const conns = [...(rec.accepted ?? []), ...(rec.embryos ?? [])];
+  if (new Set(conns).size !== conns.length || conns.includes(rec.id)) bad('lists a connection twice (or itself)');
   if (rec.role === 'listener' && (!rec.name || !Number.isSafeInteger(rec.backlog))) bad('is a listener without a name or backlog');
   if (rec.role === 'external' && !rec.external) bad('is connected outside without an address');
   if ((rec.role === 'pair' || rec.role === 'to') && rec.peer === null) bad('has no peer');
@@ -781,11 +886,10 @@ export const unix: FileKind<UnixRecord> = {
     const ino = st.unlink.get(rec.id);
     if (ino === undefined || !rec.name?.path) return;
     st.unlink.delete(rec.id);
-    const path = fsPath(rec.name);
-    try {
-      if (statSync(path, { bigint: true }).ino === ino) unlinkSync(path);
-    } catch (err) {
-      if (errnoCode(err) !== 'ENOENT') throw err;
-    }
+    // The name itself, through its directory resolved confined, and only the socket file made.
+    atName(rec, rec.name, (p) => {
+      const st = p.lstat();
+      if (st?.isSocket() && st.ino === ino) p.unlink();
+    });
   },
 };

@@ -208,6 +208,13 @@ export interface NativeBinding {
    * is resolved there (in a thread with its own cwd: unshare(CLONE_FS)) and kept as given.
    */
   unixBind(fd: number, name: Buffer, dir?: string): void;
+  /**
+   * bind(2) to sun_path bytes `name` in a thread of its own (unshare(CLONE_FS)) whose root is
+   * directory descriptor `root` (fchdir + chroot(2); -1: ferry's) and whose working directory
+   * is `cwd` (fchdir(2); -1: ferry's): the name resolves as for a process living there and is
+   * kept as given (what getsockname(2) returns).
+   */
+  unixBindIn(fd: number, name: Buffer, root: number, cwd: number): void;
   /** connect(2) to sun_path bytes `name`. */
   unixConnect(fd: number, name: Buffer): void;
   /** listen(2). */
@@ -341,7 +348,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'openat2', 'mkdirat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
-  'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixConnect', 'unixListen',
+  'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixBindIn', 'unixConnect', 'unixListen',
   'unixAccept', 'unixShutdown', 'unixGetOpt', 'unixSetOpt', 'unixPeek', 'unixSend',
   'eventfdCreate', 'signalfdCreate', 'timerfdCreate', 'timerfdSettime', 'timerfdGettime', 'timerfdTakeTicks',
   'timerfdSetTicks', 'memfdCreate', 'getSeals', 'addSeals',

@@ -55,3 +55,8 @@ export function listTids(pid: number): number[] {
     return gone(pid, err);
   }
 }
+
+/** Whether `pid` lives in this process's mount namespace (its paths are ours; else a container's). */
+export function inOwnMountNs(pid: number): boolean {
+  return readlinkSync(procPath(pid, 'ns', 'mnt')) === readlinkSync('/proc/self/ns/mnt');
+}

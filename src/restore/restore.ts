@@ -32,6 +32,7 @@ import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
+import { checkWriteAccess } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
@@ -87,6 +88,17 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       return untrustedBound(exe, executableStat(exe));
     }));
     log.debug({ signer: image.signer, trusted, bound: bound?.source }, 'credentials bound');
+    // Nor write access: an untrusted image's processes hold open for writing only what their
+    // own credentials could open so (a container's files are in its rootfs, confined there).
+    if (!trusted && !o.makeRoot) {
+      checkWriteAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files, (path) => {
+        try {
+          return statIn(hostRoot(), path, 'file');
+        } catch {
+          return undefined; // the file checks say why
+        }
+      });
+    }
     // A function picks the substitutes from the image, read and verified once here.
     const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
     const inherit = new Map(Object.entries(substitutes ?? {}));

@@ -717,11 +717,17 @@ function confine(c: Context, b: Base): Variant {
     json['files.json'] = (v) => {
       const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
       const path = r.pick(canaryPaths(t, true));
-      const kind = r.pick(['chr', 'fifo', 'tty']);
+      const kind = r.pick(['chr', 'fifo', 'tty', 'unix', 'inotify']);
       for (const key of Object.keys(reg)) if (key !== 'id') delete reg[key];
+      // A unix socket named at the canary (a stale socket file would be unlinked to bind there),
+      // an inotify watch on it: both must leave it as it is.
+      const opts = { passcred: 0, passsec: 0, passpidfd: 0, rcvbuf: 212992, sndbuf: 212992, peekOff: -1, rcvlowat: 1 };
       Object.assign(reg, kind === 'chr' ? { kind, path, flags: r.pick([0, O_WRONLY, O_RDWR | O_TRUNC]), pos: '0', major: 1, minor: 3 }
         : kind === 'fifo' ? { kind, path, dev: '0', ino: '0', flags: O_WRONLY, size: 65536, data: Buffer.from('pwned').toString('base64') }
-          : { kind, role: 'external', path, flags: O_RDWR });
+          : kind === 'unix' ? { kind, ino: '0', type: r.pick(['stream', 'dgram']), flags: 0, role: r.pick(['unconnected', 'listener']), backlog: 5, embryos: [], accepted: [],
+            name: { path: path.slice(0, 100), file: r.pick([null, { mode: 0o777, uid: 65534, gid: 65534 }]) }, peer: null, listener: null, shutdown: 0, opts, queue: null }
+            : kind === 'inotify' ? { kind, flags: 0, watches: [{ wd: 1, mask: 0x2, path, dev: '0:0', ino: '0' }] }
+              : { kind, role: 'external', path, flags: O_RDWR });
       what = `file ${reg.id} a ${kind} record at ${path}`;
     };
   } else if (k <= 6) {

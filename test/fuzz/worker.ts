@@ -25,7 +25,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey } from 'node:crypto';
 import {
-  closeSync, copyFileSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync,
+  chownSync, closeSync, copyFileSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync,
   rmSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -191,6 +191,9 @@ async function startWorkload(name: string, args: string[], uid?: number): Promis
   const dir = mkdtempSync(join(scratch, `${name}-`));
   const log = join(dir, 'workload.log');
   const fd = openSync(log, 'a');
+  // A process running as another user writes a log of its own (an unsigned image may hold
+  // open for writing only what its credentials could open so: restore/file-access.ts).
+  if (uid !== undefined) chownSync(log, uid, uid);
   const child = spawn(join(WORKLOADS, name), args.map((a) => (a === 'DIR' ? dir : a)), {
     stdio: ['ignore', fd, fd], detached: true, cwd: dir, ...(uid !== undefined ? { uid, gid: uid } : {}),
   });
@@ -424,6 +427,7 @@ async function main(): Promise<void> {
     }
     const b = bases.find((x) => x.name === v.base)!;
     say(`@ ${i} ${v.family} ${v.base}`);
+    if (verbose) say(`# ${i} ${v.family} ${v.base}: ${v.what}`);
     const fam = families.get(v.family) ?? { variants: 0, restored: 0, passed: 0, refused: {}, failures: 0, ms: 0 };
     const tv = performance.now();
     families.set(v.family, fam);

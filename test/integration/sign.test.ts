@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createPrivateKey } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -239,6 +239,9 @@ describe('the host key', { skip, timeout: 300_000 }, () => {
   it('an unsigned image of a process running as nobody restores as nobody with no option', async () => {
     const w = await startWorkload('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter'), '50']);
     await waitFor('a few ticks', () => w.ticks().length >= 3);
+    // Its log is its own, as a daemon's is: an unsigned image holds open for writing only what
+    // its process could open so (the next test shows the refusal).
+    chownSync(w.log, 65534, 65534);
     const noHostKey = join(dir, 'none.toml');
     writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
     const image = join(w.dir, 'nobody.tar');
@@ -248,6 +251,37 @@ describe('the host key', { skip, timeout: 300_000 }, () => {
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
     assert.match(readFileSync(`/proc/${w.pid}/status`, 'utf8'), /^Uid:\s+65534\s+65534\s+65534\s+65534$/m);
+    const n = w.ticks().length;
+    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
+  });
+});
+
+describe('no write access from an untrusted image', { skip, timeout: 300_000 }, () => {
+  const dir = scratchDir('ferry-writes-');
+  const noHostKey = join(dir, 'none.toml');
+  writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
+
+  it('a nobody process holding a root-owned file open for writing: refused unless the image is trusted; the file untouched', async () => {
+    const w = await startWorkload('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter'), '50']);
+    await waitFor('a few ticks', () => w.ticks().length >= 3);
+    const site = keygen(dir, 'site');
+    // The log stays root's, mode 0644: nobody could not open it for writing itself.
+    const unsigned = join(w.dir, 'unsigned.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', unsigned, '--config', noHostKey, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    const signed = join(w.dir, 'signed.tar');
+    await checkpoint(w, signed, ['--config', noHostKey, '--sign-key', site.key]);
+    await w.exited;
+    const before = readFileSync(w.log);
+    const fd = 1; // stdout and stderr hold the log; the lowest is named
+    refusedRestore(['--image', unsigned, '--config', noHostKey], `image ${unsigned}: pid ${w.pid} (counter) fd ${fd} would get ${w.log} open for writing, `
+      + 'which its credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE) could not open so (owner 0:0, mode 644): nothing was restored; '
+      + 'sign the image and restore with --trust if it is genuine', w.pid);
+    assert.deepEqual(readFileSync(w.log), before, 'the log untouched');
+    // Signed by a trusted key, the same state restores: a daemon may hold what it opened as root.
+    const rs = ferry(['restore', '--image', signed, '--config', noHostKey, '--trust', site.pub]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
     const n = w.ticks().length;
     await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
   });
