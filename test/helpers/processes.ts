@@ -10,9 +10,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { defaultStubPath } from '../../src/native/binding.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
 import { FERRY, ROOT } from './env.js';
 
@@ -205,4 +206,19 @@ export function shell(script: string): Promise<Run> {
     c.stderr.on('data', (d: Buffer) => err.push(d));
     c.on('close', (code) => resolve({ code: code ?? -1, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString() }));
   });
+}
+
+/**
+ * A process of ours whose root is `dir` (the static restore stub, chrooted there, pausing):
+ * /proc/PID/root is then a root to confine into, like a container's init.
+ */
+export async function chrooted(dir: string): Promise<number> {
+  copyFileSync(defaultStubPath(), join(dir, 'ferry-stub'));
+  const c = spawn('chroot', [dir, '/ferry-stub'], { stdio: 'ignore', detached: true });
+  const pid = c.pid!;
+  own(pid);
+  await waitFor('the chrooted stub', () => {
+    try { return readlinkSync(`/proc/${pid}/root`) === dir; } catch { return false; }
+  });
+  return pid;
 }

@@ -8,10 +8,10 @@
  * the path) and that a canary directory outside is untouched.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  chmodSync, chownSync, copyFileSync, existsSync, fstatSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, readSync, rmSync, statSync, symlinkSync, writeFileSync,
+  chmodSync, chownSync, copyFileSync, existsSync, fstatSync, lstatSync, mkdirSync, readdirSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -21,10 +21,10 @@ import { FerryError } from '../../src/errors.js';
 import { checkFiles, closeFiles, openFiles } from '../../src/files/install.js';
 import { DEFAULT_FILE_OPTIONS } from '../../src/files/types.js';
 import type { FileRecord } from '../../src/image/records.js';
-import { defaultStubPath, native } from '../../src/native/binding.js';
+import { native } from '../../src/native/binding.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
+import { alive, chrooted, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(() => cleanup());
@@ -86,17 +86,6 @@ function bothRefuse(records: FileRecord[], code: string | RegExp, text?: RegExp,
   refused(() => openFiles(records, { ...DEFAULT_FILE_OPTIONS, shellJob }, new Map(), taskRoot), code, text);
 }
 
-/** A process of ours whose root is `dir` (the static restore stub, chrooted there): /proc/PID/root is a root to confine into. */
-async function chrooted(dir: string): Promise<number> {
-  copyFileSync(defaultStubPath(), join(dir, 'ferry-stub'));
-  const c = spawn('chroot', [dir, '/ferry-stub'], { stdio: 'ignore', detached: true });
-  const pid = c.pid!;
-  own(pid);
-  await waitFor('the chrooted stub', () => {
-    try { return readlinkSync(`/proc/${pid}/root`) === dir; } catch { return false; }
-  });
-  return pid;
-}
 
 const chr = (id: number, path: string, flags: number, major = 1, minor = 3): FileRecord =>
   ({ id, kind: 'chr', path, flags, pos: '0', major, minor });

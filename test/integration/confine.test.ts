@@ -6,7 +6,7 @@
  * the confinement, and that a canary outside is untouched.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   closeSync, copyFileSync, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync,
@@ -20,11 +20,11 @@ import { FerryError } from '../../src/errors.js';
 import { checkFiles, closeFiles, openFiles } from '../../src/files/install.js';
 import { DEFAULT_FILE_OPTIONS } from '../../src/files/types.js';
 import type { FileRecord, TaskRecord } from '../../src/image/records.js';
-import { defaultStubPath, native } from '../../src/native/binding.js';
+import { native } from '../../src/native/binding.js';
 import { checkSharedFilePages } from '../../src/restore/address-space.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
+import { alive, chrooted, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
@@ -110,20 +110,6 @@ function thrown(fn: () => unknown): Error & { code?: string } {
   assert.fail('expected an error');
 }
 
-/**
- * A process of ours whose root is `dir` (the static restore stub, chrooted there, pausing):
- * /proc/PID/root is then a root to confine into, like a container's init.
- */
-async function chrooted(dir: string): Promise<number> {
-  copyFileSync(defaultStubPath(), join(dir, 'ferry-stub'));
-  const c = spawn('chroot', [dir, '/ferry-stub'], { stdio: 'ignore', detached: true });
-  const pid = c.pid!;
-  own(pid);
-  await waitFor('the chrooted stub', () => {
-    try { return readlinkSync(`/proc/${pid}/root`) === dir; } catch { return false; }
-  });
-  return pid;
-}
 
 /** The one line on stderr. */
 function oneLine(stderr: string): string {
