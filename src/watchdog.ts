@@ -15,44 +15,88 @@ export interface Watchdog {
   disarm(): void;
 }
 
+/** A watchdog started but not yet known to be armed (startWatchdog). */
+export interface StartingWatchdog {
+  /**
+   * Resolves once it is armed (it holds a pidfd of ferry, and what it needs to act), waiting
+   * at most 5 s from this call: a caller that blocks the event loop meanwhile (a long
+   * restore) is not held against it. FerryError EWATCHDOG otherwise, the watchdog killed.
+   */
+  armed(): Promise<Watchdog>;
+  /** Stops it without acting (its step was undone another way): kills it. Idempotent. */
+  abandon(): void;
+}
+
 /**
- * Starts a watchdog with `args` (`['write', FILE, VALUE]` or `['exec', PROGRAM, ...ARGS]`) and
- * resolves once it is armed (it holds a pidfd of ferry, and the control file open in write
- * mode); bounded to 5 s. `what` names the step's object in an error.
+ * Starts a watchdog with `args` (`['write', FILE, VALUE]`, `['kill', PID...]` or
+ * `['exec', PROGRAM, ...ARGS]`) and returns at once: its start-up overlaps the caller's work.
+ * `what` names the step's object in an error.
  */
-export async function armWatchdog(args: readonly string[], what: string): Promise<Watchdog> {
+export function startWatchdog(args: readonly string[], what: string): StartingWatchdog {
   const path = watchdogPath();
   if (!existsSync(path)) throw new FerryError('ENOSTUB', `the watchdog ${path} is missing: run 'npm run build'`);
   // Detached: a Ctrl-C sent to ferry's process group must not reach it.
   const child = spawn(path, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  child.stdin.on('error', () => { /* it exited: nothing to disarm */ });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('it did not arm within 5 s')), 5000);
-      child.stdout.on('data', (d: Buffer) => {
-        if (d.toString().includes('armed')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      child.on('error', (err) => { clearTimeout(timer); reject(err); });
-      child.on('exit', () => { clearTimeout(timer); reject(new Error(stderr.trim() || 'it exited')); });
-    });
-  } catch (err) {
-    child.kill('SIGKILL');
-    throw new FerryError('EWATCHDOG', `cannot start the watchdog for ${what}: ${err instanceof Error ? err.message : String(err)}: nothing was touched`, { cause: err });
-  }
-  child.stdout.destroy();
-  child.stderr.destroy();
+  let out = '';
+  let exited = false;
+  let failure: Error | undefined;
+  const waiters: Array<() => void> = [];
+  const wake = (): void => { for (const w of waiters.splice(0)) w(); };
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); wake(); });
+  child.stdin!.on('error', () => { /* it exited: nothing to disarm */ });
+  child.on('error', (err) => { failure = err; wake(); });
+  child.on('exit', () => { exited = true; wake(); });
+  return {
+    async armed(): Promise<Watchdog> {
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const check = (): boolean => {
+            if (out.includes('armed')) resolve();
+            else if (failure) reject(failure);
+            else if (exited) reject(new Error(stderr.trim() || 'it exited'));
+            else return false;
+            return true;
+          };
+          if (check()) return;
+          const timer = setTimeout(() => reject(new Error('it did not arm within 5 s')), 5000);
+          waiters.push(function again() {
+            if (check()) clearTimeout(timer);
+            else waiters.push(again);
+          });
+        });
+      } catch (err) {
+        child.kill('SIGKILL');
+        throw new FerryError('EWATCHDOG', `cannot start the watchdog for ${what}: ${err instanceof Error ? err.message : String(err)}: nothing was touched`, { cause: err });
+      }
+      return armedWatchdog(child);
+    },
+    abandon() {
+      if (!exited) child.kill('SIGKILL');
+    },
+  };
+}
+
+/**
+ * Starts a watchdog with `args` and resolves once it is armed; bounded to 5 s. `what` names
+ * the step's object in an error.
+ */
+export async function armWatchdog(args: readonly string[], what: string): Promise<Watchdog> {
+  return startWatchdog(args, what).armed();
+}
+
+/** The handle of an armed watchdog `child`. */
+function armedWatchdog(child: ReturnType<typeof spawn>): Watchdog {
+  child.stdout!.destroy();
+  child.stderr!.destroy();
   child.unref();
   let disarmed = false;
   return {
     disarm() {
       if (disarmed) return;
       disarmed = true;
-      child.stdin.end('d');
+      child.stdin!.end('d');
     },
   };
 }

@@ -40,7 +40,7 @@ import { createTree, type CreatedTree } from './tree.js';
 import { validateFiles, validateTask, validateTree } from './validate.js';
 import { faultPoint } from '../fault.js';
 import { Session } from '../session.js';
-import { armWatchdog } from '../watchdog.js';
+import { startWatchdog } from '../watchdog.js';
 
 /** Restores the image `o.image`; resolves once every process runs on its own. */
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
@@ -138,10 +138,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // While the tree is let go, the processes already let go run on and the ones still traced
     // die with ferry (PTRACE_O_EXITKILL): if ferry dies then, a watchdog kills them all. Armed
     // now, so its start overlaps the rebuild. (A container's own watchdog deletes it instead.)
-    const armed = made ? undefined : armWatchdog(['kill', ...[...created.stubs.values()].map((t) => String(t.pid))],
+    const starting = made ? undefined : startWatchdog(['kill', ...[...created.stubs.values()].map((t) => String(t.pid))],
       `the processes restored from ${o.image === '-' ? 'stdin' : o.image}`);
-    armed?.catch(() => { /* awaited before the let-go */ });
-    session.onUndo('disarm the let-go watchdog', () => { void armed?.then((w) => w.disarm(), () => {}); });
+    session.onUndo('stop the let-go watchdog', () => starting?.abandon());
     // pidfds name restored processes, so they are opened now that the processes exist: by
     // their stubs, or (a zombie, already finished) by its pid where pids are the host's.
     const hostPidOf = (pid: number): number | undefined => created.stubs.get(pid)?.pid
@@ -158,7 +157,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     o.signal?.throwIfAborted();
     const hostPid = created.stubs.get(tree.root)!.pid;
     const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
-    const watchdog = await armed;
+    const watchdog = await starting?.armed();
     // The let-go: once it is done, the tree runs on its own and an abort no longer applies.
     await letGo(created, tasks, xstates, o.signal);
     watchdog?.disarm();
