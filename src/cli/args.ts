@@ -7,6 +7,7 @@
  * (`--image-path`, `--leave-running`, `--pid-file`).
  */
 import { parseMaxCreds, type CredsBound } from '../restore/bounds.js';
+import { fstatSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from '../config/config.js';
 import type { FileOptions } from '../files/types.js';
@@ -97,6 +98,11 @@ export interface RestoreCliOptions extends GlobalCliOptions, FileFlags {
    * only (a container's bound is its bundle's config.json).
    */
   maxCreds?: CredsBound;
+  /**
+   * --inherit-fd fd[N]:KEY: the caller's descriptor N takes the place of the image's file KEY
+   * (its link at checkpoint; one marked --external must be given).
+   */
+  inherit?: Record<string, number>;
   /** --json: print the result as one JSON object instead of a sentence. */
   json: boolean;
 }
@@ -177,7 +183,7 @@ export interface HelpCliOptions extends GlobalCliOptions {
 export const PID_MAX_LIMIT = 4 * 1024 * 1024;
 
 type OptionTable = NonNullable<ParseArgsConfig['options']>;
-type Values = Record<string, string | boolean | undefined>;
+type Values = Record<string, string | boolean | string[] | undefined>;
 
 const GLOBAL: OptionTable = {
   'log-level': { type: 'string' },
@@ -197,26 +203,43 @@ const FILE_FLAGS: OptionTable = {
  * The file options that are runc flags (the rest come from the configuration);
  * `allowChangedFiles` (--allow-changed-files) is a restore flag, present only when given.
  */
-export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes' | 'allowChangedFiles'> & { allowChangedFiles?: boolean };
+export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes' | 'allowChangedFiles' | 'external'>
+  & { allowChangedFiles?: boolean; external?: string[] };
+
+/**
+ * A descriptor's key as the leak error prints it (its link: `pipe:[123]`, `socket:[456]`, an
+ * absolute path), also written `file:/path` or `unix:[456]`; the link it stands for, or a
+ * usage error naming `option`.
+ */
+export function externalKey(command: Command, option: string, key: string): string {
+  const m = /^(pipe|socket|unix):\[(\d{1,20})\]$/.exec(key);
+  if (m) return `${m[1] === 'pipe' ? 'pipe' : 'socket'}:[${m[2]!}]`;
+  const path = key.startsWith('file:') ? key.slice(5) : key;
+  if (path.startsWith('/') && !path.includes('\0') && path.length <= 4096) return path;
+  throw new UsageError(command, `${option} ${JSON.stringify(key)}: expected pipe:[INODE], socket:[INODE] (or unix:[INODE]) or an absolute path (or file:/PATH), as the leak error names it`);
+}
 
 /** The runc-style file flags of a parsed command line. */
 function fileFlags(v: Values): CliFileFlags {
-  return {
+  const out: CliFileFlags = {
     tcpEstablished: v['tcp-established'] === true, extUnixSk: v['ext-unix-sk'] === true,
     shellJob: v['shell-job'] === true, fileLocks: v['file-locks'] === true,
   };
+  const external = v.external;
+  if (Array.isArray(external) && external.length > 0) out.external = external.map((k) => externalKey('checkpoint', '--external', k));
+  return out;
 }
 
 /** Each command's own options (the global ones are added to every table). */
 const TABLES: Readonly<Record<Command, OptionTable>> = {
   checkpoint: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' },
-    'sign-key': { type: 'string' },
+    'sign-key': { type: 'string' }, external: { type: 'string', multiple: true },
   },
   restore: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },
     bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' }, 'allow-changed-files': { type: 'boolean' },
-    trust: { type: 'string' }, 'max-creds': { type: 'string' },
+    trust: { type: 'string' }, 'max-creds': { type: 'string' }, 'inherit-fd': { type: 'string', multiple: true },
   },
   migrate: { ...JSON_OPT, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' } },
   receive: {
@@ -391,6 +414,21 @@ export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
   if (pidFile !== undefined) out.pidFile = pidFile;
   const trust = text('restore', v, 'trust', 'a public key file or a directory of them');
   if (trust !== undefined) out.trust = trust;
+  const inheritFds = v['inherit-fd'];
+  if (Array.isArray(inheritFds) && inheritFds.length > 0) {
+    out.inherit = {};
+    for (const spec of inheritFds) {
+      const m = /^fd\[(\d{1,5})\]:(.+)$/.exec(spec);
+      if (!m) throw new UsageError('restore', `--inherit-fd ${JSON.stringify(spec)}: expected fd[N]:KEY, e.g. fd[3]:pipe:[12345]`);
+      const fd = Number(m[1]);
+      try {
+        fstatSync(fd);
+      } catch {
+        throw new UsageError('restore', `--inherit-fd ${spec}: descriptor ${fd} is not open in this ferry (open it for ferry, e.g. ${fd}<FILE in the shell)`);
+      }
+      out.inherit[externalKey('restore', '--inherit-fd', m[2]!)] = fd;
+    }
+  }
   const maxCreds = text('restore', v, 'max-creds', 'USER[:GROUP][,caps=CAP+CAP][,nnp][,seccomp][,securebits=BITS]');
   if (maxCreds !== undefined) {
     if (out.container) throw new UsageError('restore', '--max-creds is for a process: a container is bounded by its bundle\'s config.json');

@@ -190,6 +190,11 @@ OPTIONS
       is outside the tree, a terminal shared with the shell outside the tree,
       and file locks. Without the flag, a descriptor that needs it is refused
       with a message naming the flag. Give restore the same flags.
+  --external KEY
+      A descriptor whose file is also held outside the tree (KEY as the
+      refusal names it: pipe:[INODE], socket:[INODE], an absolute path) is
+      taken anyway and marked external in the image: a restore must then be
+      handed a descriptor for it with --inherit-fd. Repeatable.
   --json
       Print the result as one JSON object instead of a sentence:
       {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N}.
@@ -301,6 +306,12 @@ OPTIONS
       is outside the tree, a terminal shared with the shell outside the tree,
       and file locks. Without the flag, a descriptor that needs it is refused
       with a message naming the flag.
+  --inherit-fd fd[N]:KEY
+      Use this ferry's descriptor N in place of the image's file KEY (its
+      name at checkpoint: pipe:[INODE], socket:[INODE], a path), for every
+      descriptor of the tree that held it. Required for each file the
+      checkpoint marked --external. Repeatable; e.g. 3<&0 in the shell and
+      --inherit-fd fd[3]:pipe:[12345].
   --allow-changed-files
       Restore even if a regular file the processes had open has another size
       or modification time than at the checkpoint (a warning on standard

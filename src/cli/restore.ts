@@ -25,6 +25,7 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
       ...(o.pidFile !== undefined ? { pidFile: o.pidFile } : {}),
       ...(o.trust !== undefined ? { trust: o.trust } : {}),
       ...(o.maxCreds !== undefined ? { bound: o.maxCreds } : {}),
+      ...(o.inherit !== undefined ? { inherit: o.inherit } : {}),
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
     };
     const c = o.container;

@@ -196,7 +196,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // the freeze is stale (it ran until then), so the root is read and checked again.
     const descs = new Map(live.map((p) => [p.pid, describeFds(p.pid)]));
     withNetns(netns, () => { for (const p of live) checkSupported(descs.get(p.pid)!, fileOptions); });
-    for (const l of refuseLeaks(descs, hostFds)) {
+    for (const l of refuseLeaks(descs, hostFds, new Set(fileOptions.external))) {
       log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
     }
     const dumped: DumpedTask[] = [];
@@ -205,6 +205,8 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const files = withNetns(netns, () => collectFiles(descs, fileOptions));
     session.onUndo('put the files back', () => files.finish(true));
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
+    // Files the caller calls external: a restore must be handed a descriptor for each.
+    for (const f of files.files) if (typeof f.link === 'string' && fileOptions.external.includes(f.link)) f.external = true;
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
     log.debug({ processes: dumped.length, pagesBytes, files: files.files.length }, 'collected');
     await faultPoint('dumped', o.signal);

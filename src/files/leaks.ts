@@ -176,14 +176,19 @@ export function findLeaks(descsByPid: ReadonlyMap<number, readonly FdDesc[]>, be
   return leaks;
 }
 
-/** Refuses a leak outside the standard streams; returns those of the standard streams. */
-export function refuseLeaks(descsByPid: ReadonlyMap<number, readonly FdDesc[]>, before?: HostFds): Leak[] {
+/**
+ * Refuses a leak outside the standard streams, unless its link is one of `external` (the
+ * caller says it will hand that file in at restore: `--external`); returns the leaks allowed.
+ */
+export function refuseLeaks(descsByPid: ReadonlyMap<number, readonly FdDesc[]>, before?: HostFds,
+  external: ReadonlySet<string> = new Set()): Leak[] {
   const leaks = findLeaks(descsByPid, before);
-  const bad = leaks.find((l) => l.inside.fd > 2);
+  const bad = leaks.find((l) => l.inside.fd > 2 && !external.has(l.inside.link));
   if (bad) {
     const d = bad.inside;
     throw new FerryError('ELEAK', `pid ${d.pid} fd ${d.fd} -> ${d.link} is also held outside the checkpointed tree, by pid ${bad.pid} (${bad.comm}) fd ${bad.fd}: `
-      + 'restoring would split it in two; checkpoint a tree that holds every end, or close it outside',
+      + `restoring would split it in two; checkpoint a tree that holds every end, close it outside, or mark it --external ${d.link} `
+      + `(then restore with --inherit-fd fd[N]:${d.link}, N your descriptor of it)`,
     { pid: d.pid, fd: d.fd, ...(d.link.startsWith('/') ? { path: d.link } : {}) });
   }
   return leaks;

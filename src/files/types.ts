@@ -48,11 +48,17 @@ export interface FileOptions {
    * from the checkpoint's is used as it is, with a warning, instead of failing the restore.
    */
   allowChangedFiles: boolean;
+  /**
+   * --external (checkpoint): files, by their link text (`pipe:[123]`, `socket:[456]`, a path),
+   * whose other holders are outside the tree: allowed to be shared, and marked in the image so
+   * that a restore must be handed a descriptor for each (--inherit-fd).
+   */
+  external: readonly string[];
 }
 
 export const DEFAULT_FILE_OPTIONS: FileOptions = Object.freeze({
   tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false, deletedMaxBytes: 64 * 1024 * 1024,
-  allowChangedFiles: false,
+  allowChangedFiles: false, external: [],
 });
 
 /** What a module's `dump` gets from the engine, besides the descriptor. */

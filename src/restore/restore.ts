@@ -29,7 +29,7 @@ import type { ChunkSource } from '../image/chunks.js';
 import { openImage } from '../image/reader.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
-import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type TaskRecord } from '../image/records.js';
+import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
 import { checkWriteAccess } from './file-access.js';
@@ -88,10 +88,21 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       return untrustedBound(exe, executableStat(exe));
     }));
     log.debug({ signer: image.signer, trusted, bound: bound?.source }, 'credentials bound');
+    // A function picks the substitutes from the image, read and verified once here.
+    const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
+    const inherit = new Map(Object.entries(substitutes ?? {}));
+    const inherited = (f: FileRecord): boolean => typeof f.link === 'string' && inherit.has(f.link);
+    // A file marked external at checkpoint is the caller's to hand in (--inherit-fd).
+    const missing = files.files.find((f) => f.external === true && !inherited(f));
+    if (missing) {
+      throw new FerryError('EEXTERNAL', `file ${missing.id} (${String(missing.link)}) of the image was external at checkpoint (--external): `
+        + `restore with --inherit-fd fd[N]:${String(missing.link)}, N a descriptor of yours to use in its place`);
+    }
     // Nor write access: an untrusted image's processes hold open for writing only what their
-    // own credentials could open so (a container's files are in its rootfs, confined there).
+    // own credentials could open so (a container's files are in its rootfs, confined there;
+    // the files the caller hands in are the caller's business).
     if (!trusted && !o.makeRoot) {
-      checkWriteAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files, (path) => {
+      checkWriteAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
         try {
           return statIn(hostRoot(), path, 'file');
         } catch {
@@ -99,9 +110,6 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         }
       });
     }
-    // A function picks the substitutes from the image, read and verified once here.
-    const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
-    const inherit = new Map(Object.entries(substitutes ?? {}));
     const stubPath = o.config.restore.stub || defaultStubPath();
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
     const blobs = new Map<string, Buffer>();

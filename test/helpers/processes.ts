@@ -73,14 +73,17 @@ export interface Workload {
   exited: Promise<void>;
 }
 
-/** Starts `cmd args` (DIR in args is replaced by the scratch dir) and waits for "ready pid=". */
-export async function startWorkload(cmd: string, args: string[], opts: { stderr?: 'file' | 'pipe' } = {}): Promise<Workload> {
+/**
+ * Starts `cmd args` (DIR in args is replaced by the scratch dir) and waits for "ready pid=".
+ * It gets descriptors 0-2 only, and `extraFd` as its fd 3 when a test is about that one.
+ */
+export async function startWorkload(cmd: string, args: string[], opts: { stderr?: 'file' | 'pipe'; extraFd?: number } = {}): Promise<Workload> {
   const dir = scratchDir();
   const log = join(dir, 'workload.log');
   // O_APPEND: a process restored from an older image appends instead of overwriting.
   const fd = openSync(log, 'a');
   const child = spawn(cmd, args.map((a) => (a === 'DIR' ? dir : a)), {
-    stdio: ['ignore', fd, opts.stderr === 'pipe' ? 'pipe' : fd], detached: true, cwd: dir,
+    stdio: ['ignore', fd, opts.stderr === 'pipe' ? 'pipe' : fd, ...(opts.extraFd !== undefined ? [opts.extraFd] : [])], detached: true, cwd: dir,
   });
   closeSync(fd);
   const pid = child.pid!;

@@ -90,7 +90,8 @@ describe('the leak scan', { skip, timeout: 120_000 }, () => {
     const lines = r.stderr.trimEnd().split('\n');
     assert.equal(lines.length, 1, r.stderr);
     const message = `pid ${w.pid} fd ${inside} -> ${data} is also held outside the checkpointed tree, by pid ${shared.pid} (python3) fd ${shared.fd}: `
-      + 'restoring would split it in two; checkpoint a tree that holds every end, or close it outside';
+      + `restoring would split it in two; checkpoint a tree that holds every end, close it outside, or mark it --external ${data} `
+      + `(then restore with --inherit-fd fd[N]:${data}, N your descriptor of it)`;
     assert.equal(lines[0], `ferry checkpoint: ${message}`);
     const json = JSON.parse(r.stdout.toString()) as { error: { code: string; message: string } };
     assert.deepEqual(json.error, { code: 'ELEAK', message, pid: w.pid, fd: inside, path: data });

@@ -144,3 +144,19 @@ describe('ferry restore, inspect, demo, version and help arguments', { timeout: 
     assert.equal(wantsHelp('inspect', []), false);
   });
 });
+
+describe('external descriptors on the command line', () => {
+  it('--external KEY (repeatable), as the leak error names it or with file:/unix: aliases', async () => {
+    const { parseCheckpointArgs: parse } = await import('../../src/cli/args.js');
+    const o = parse(['--pid', '1', '--image', 'x', '--external', 'pipe:[12]', '--external', 'unix:[34]', '--external', 'file:/var/log/a', '--external', '/tmp/b']);
+    assert.deepEqual(o.files.external, ['pipe:[12]', 'socket:[34]', '/var/log/a', '/tmp/b']);
+    assert.throws(() => parse(['--pid', '1', '--image', 'x', '--external', 'relative/path']), /--external "relative\/path": expected pipe:\[INODE\]/);
+  });
+
+  it('--inherit-fd fd[N]:KEY: N must be open in ferry', async () => {
+    const { parseRestoreArgs: parse } = await import('../../src/cli/args.js');
+    assert.deepEqual(parse(['--image', 'x', '--inherit-fd', 'fd[0]:pipe:[12]', '--inherit-fd', 'fd[2]:file:/a']).inherit, { 'pipe:[12]': 0, '/a': 2 });
+    assert.throws(() => parse(['--image', 'x', '--inherit-fd', '3:pipe:[12]']), /expected fd\[N\]:KEY/);
+    assert.throws(() => parse(['--image', 'x', '--inherit-fd', 'fd[9999]:pipe:[12]']), /descriptor 9999 is not open in this ferry/);
+  });
+});

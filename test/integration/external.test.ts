@@ -1,0 +1,94 @@
+/**
+ * External descriptors through bin/ferry: a process whose pipe is also held outside the tree
+ * (here, by the test) is refused with the flag to use; `checkpoint --external pipe:[INO]`
+ * takes it anyway and marks it in the image; `restore` then insists on being handed a
+ * descriptor for it, and `--inherit-fd fd[3]:pipe:[INO]` puts the caller's descriptor in its
+ * place: the restored process writes on into the very pipe the test reads.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync, fstatSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { FERRY, needs, PYTHON } from '../helpers/env.js';
+import { alive, cleanup, ferry, own, procState, startWorkload, waitFor } from '../helpers/processes.js';
+import { native } from '../../src/native/binding.js';
+
+const skip = needs('root', 'build', 'python');
+after(cleanup);
+
+const O_NONBLOCK = 0o4000;
+
+/** Ticks written to fd 3 every 50 ms; ready on stdout. */
+const WRITER = [
+  'import os, time',
+  'os.closerange(4, 4096)',
+  'print(f"ready pid={os.getpid()}", flush=True)',
+  'n = 0',
+  'while True:',
+  '    n += 1',
+  '    os.write(3, f"tick {n}\\n".encode())',
+  '    time.sleep(0.05)',
+].join('\n');
+
+describe('external descriptors', { skip, timeout: 300_000 }, () => {
+  it('--external lets a shared pipe through; restore needs --inherit-fd for it, and writes on into the caller\'s pipe', async () => {
+    const n = native();
+    const [r, w] = n.pipe2();
+    n.setFl(r, n.getFl(r) | O_NONBLOCK);
+    let got = '';
+    const drain = (): string => {
+      const buf = Buffer.alloc(65536);
+      for (;;) {
+        try {
+          const k = readSync(r, buf, 0, buf.length, null);
+          if (k <= 0) break;
+          got += buf.subarray(0, k).toString();
+        } catch {
+          break; // EAGAIN: nothing more for now
+        }
+      }
+      return got;
+    };
+    try {
+      // The workload's fd 3 is the pipe's write end; the test keeps both ends: it is outside.
+      const wl = await startWorkload(PYTHON, ['-c', WRITER], { extraFd: w });
+      const key = `pipe:[${fstatSync(w).ino}]`;
+      await waitFor('ticks in the pipe', () => /tick 3\n/.test(drain()));
+      const image = join(wl.dir, 'external.tar');
+
+      const refused = ferry(['checkpoint', '--pid', String(wl.pid), '--image', image]);
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, new RegExp(`^ferry checkpoint: pid ${wl.pid} fd 3 -> ${key.replace(/[[\]]/g, '\\$&')} is also held outside the checkpointed tree, by pid ${process.pid} .*`
+        + `or mark it --external ${key.replace(/[[\]]/g, '\\$&')} \\(then restore with --inherit-fd fd\\[N\\]:${key.replace(/[[\]]/g, '\\$&')}, N your descriptor of it\\)\\n$`));
+      assert.equal(procState(wl.pid).tracer, 0, 'left running, untraced');
+
+      const cp = ferry(['checkpoint', '--pid', String(wl.pid), '--image', image, '--external', key]);
+      assert.equal(cp.code, 0, cp.stderr);
+      await wl.exited;
+      await waitFor(`pid ${wl.pid} to be free`, () => !alive(wl.pid));
+      const last = Math.max(...[...drain().matchAll(/tick (\d+)\n/g)].map((m) => Number(m[1])));
+
+      const missing = ferry(['restore', '--image', image]);
+      assert.equal(missing.code, 1);
+      assert.match(missing.stderr, new RegExp(`^ferry restore: file \\d+ \\(${key.replace(/[[\]]/g, '\\$&')}\\) of the image was external at checkpoint \\(--external\\): `
+        + `restore with --inherit-fd fd\\[N\\]:${key.replace(/[[\]]/g, '\\$&')}, N a descriptor of yours to use in its place\\n$`));
+      assert.ok(!alive(wl.pid), 'nothing made');
+      const notOpen = ferry(['restore', '--image', image, '--inherit-fd', `fd[77]:${key}`]);
+      assert.equal(notOpen.code, 2);
+      assert.match(notOpen.stderr, /descriptor 77 is not open in this ferry/);
+
+      // ferry gets the pipe's write end as its own fd 3, and hands it to the restored process.
+      const rs = spawnSync(FERRY, ['restore', '--image', image, '--inherit-fd', `fd[3]:${key}`],
+        { stdio: ['ignore', 'pipe', 'pipe', w], timeout: 120_000 });
+      assert.equal(rs.status, 0, rs.stderr.toString());
+      own(wl.pid);
+      await waitFor('the restored process ticks on into the same pipe', () => new RegExp(`tick ${last + 3}\\n`).test(drain()));
+      const ticks = [...got.matchAll(/tick (\d+)\n/g)].map((m) => Number(m[1]));
+      assert.deepEqual(ticks, ticks.map((_, i) => i + 1), 'every tick once, in order: the restored process continued where it stopped');
+    } finally {
+      closeSync(r);
+      closeSync(w);
+    }
+  });
+});
