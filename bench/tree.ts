@@ -16,7 +16,9 @@
  * restoring, outside the figures. The restored tree is killed at the end of each case, and
  * every pid the bench started or restored is killed if anything fails.
  *
- * Usage: node dist/bench/tree.js   (npm run bench:tree). Needs root and a built tree (npm run build).
+ * Usage: node dist/bench/tree.js [--runs N] [--only CASES]   (npm run bench:tree). Needs root
+ * and a built tree (npm run build). --only takes PROCSxTHREADS cases separated by commas
+ * (`--only 1x1,10x1,1x16`); the flatness lines need the cases they compare. --help says so.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -31,12 +33,41 @@ import { closeInheritedFds } from '../src/proc/inherited.js';
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
 
-const RUNS = 3;
+const USAGE = `usage: node dist/bench/tree.js [--runs N] [--only PROCSxTHREADS,...] [--leave-running]
+  checkpoint and restore of trees of 1, 10, 100, 1000 processes and of one process with 1, 4,
+  16, 64, 256 threads; min/median/max of N runs (default 3) per case, each case in a fresh node.
+  --only 1x1,10x1,1x16   only these cases (processes x threads per process)
+  --leave-running        checkpoint as --leave-running does (the tree is killed after it)`;
+
 const TREES = [1, 10, 100, 1000];
 const THREADS = [1, 4, 16, 64, 256];
 
-/** `--case DIR PROCS THREADS`: one case, run in a fresh node process (see main). */
+/** `--case DIR PROCS THREADS RUNS LEAVE`: one case, run in a fresh node process (see main). */
 const caseArgs = process.argv[2] === '--case' ? process.argv.slice(3) : undefined;
+/** The options of a main run. */
+const opts = ((): { runs: number; only: Set<string> | undefined; leaveRunning: boolean } => {
+  if (caseArgs) return { runs: Number(caseArgs[3] ?? 3), only: undefined, leaveRunning: caseArgs[4] === 'leave' };
+  const out = { runs: 3, only: undefined as Set<string> | undefined, leaveRunning: false };
+  const args = process.argv.slice(2);
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--help' || a === '-h') {
+      console.log(USAGE);
+      process.exit(0);
+    } else if (a === '--runs' && /^[1-9]\d*$/.test(args[i + 1] ?? '')) {
+      out.runs = Number(args[++i]);
+    } else if (a === '--leave-running') {
+      out.leaveRunning = true;
+    } else if (a === '--only' && /^\d+x\d+(,\d+x\d+)*$/.test(args[i + 1] ?? '')) {
+      out.only = new Set(args[++i]!.split(','));
+    } else {
+      console.error(`bench:tree: unknown or incomplete argument ${a}\n${USAGE}`);
+      process.exit(2);
+    }
+  }
+  return out;
+})();
+const RUNS = opts.runs;
 const dir = caseArgs?.[0] ?? mkdtempSync('/dev/shm/ferry-tree-');
 const config = loadConfig({});
 const logger = pino({ level: 'silent' });
@@ -125,8 +156,13 @@ interface Figures { frozenMs: number; checkpointMs: number; restoreMs: number }
 async function cycle(procs: number, threads: number, tasks: number): Promise<Figures> {
   const { reaper, root } = await startTree(procs, threads);
   const image = join(dir, 'tree.tar');
-  const cp = await checkpoint({ pid: root, image, leaveRunning: false, config, logger });
+  const cp = await checkpoint({ pid: root, image, leaveRunning: opts.leaveRunning, config, logger });
   if (cp.pids.length !== procs) throw new Error(`checkpoint saw ${cp.pids.length} processes, expected ${procs}`);
+  if (opts.leaveRunning) {
+    for (const p of cp.pids) {
+      try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
+    }
+  }
   // The forker reaps the killed tree and then exits; make sure every pid is free before restoring.
   await waitGone([...cp.pids, reaper], 'after checkpoint');
   const rs = await restore({ image, config, logger });
@@ -175,7 +211,8 @@ async function runCaseHere(procs: number, threads: number): Promise<void> {
  * leaves a lot) does not slow the next; the case process kills what it started, even on failure.
  */
 function runCase(label: string, procs: number, threads: number, tasks: number): Row {
-  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--case', dir, String(procs), String(threads)],
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--case', dir, String(procs), String(threads), String(RUNS),
+    opts.leaveRunning ? 'leave' : 'kill'],
     { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
   const last = r.stdout.trim().split('\n').pop() ?? '';
   if (r.status !== 0 || !last.startsWith('{')) {
@@ -208,15 +245,16 @@ async function main(): Promise<void> {
     return;
   }
   try {
-    console.log(`ferry bench:tree: checkpoint and restore per task, min/median/max of ${RUNS} runs, image in ${dir} (tmpfs)`);
+    console.log(`ferry bench:tree: checkpoint${opts.leaveRunning ? ' --leave-running' : ''} and restore per task, min/median/max of ${RUNS} runs, image in ${dir} (tmpfs)`);
     console.log(`${'case'.padEnd(27)}${'tasks'.padStart(6)}${'frozen ms'.padStart(22)}${'ckpt ms'.padStart(22)}${'restore ms'.padStart(22)}   `
       + `${'frozen µs'.padStart(10)}${'ckpt µs'.padStart(10)}${'restore µs'.padStart(11)}  (µs: per task, median)`);
+    const wanted = (procs: number, threads: number): boolean => opts.only?.has(`${procs}x${threads}`) ?? true;
     const trees: Row[] = [];
-    for (const procs of TREES) trees.push(runCase(`${procs} process${procs > 1 ? 'es' : ''} × 1 thread`, procs, 0, procs));
+    for (const procs of TREES.filter((p) => wanted(p, 1))) trees.push(runCase(`${procs} process${procs > 1 ? 'es' : ''} × 1 thread`, procs, 0, procs));
     const threads: Row[] = [];
-    for (const n of THREADS) threads.push(runCase(`1 process × ${n} thread${n > 1 ? 's' : ''}`, 1, n - 1, n));
-    console.log(`processes: ${flatness(trees, 10)}`);
-    console.log(`threads:   ${flatness(threads, 4)}`);
+    for (const n of THREADS.filter((t) => wanted(1, t))) threads.push(runCase(`1 process × ${n} thread${n > 1 ? 's' : ''}`, 1, n - 1, n));
+    if (trees.some((r) => r.tasks === 10) && trees.length > 1) console.log(`processes: ${flatness(trees, 10)}`);
+    if (threads.some((r) => r.tasks === 4) && threads.length > 1) console.log(`threads:   ${flatness(threads, 4)}`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

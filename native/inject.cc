@@ -43,11 +43,22 @@
 //
 // Other stops seen meanwhile (a group-stop, SIGSTOP which cannot be blocked) are passed on
 // and the step is retried if the syscall had not run yet.
+//
+// A batch is the unit: steps 1, 3 and 4 are paid once per batch, and the calls of a batch are
+// chained from one syscall-exit-stop to the next syscall-enter-stop without going back to the
+// PTRACE_EVENT_STOP in between. So a caller runs all of a task's calls in one batch, which
+// needs two things from this file: a guard (the first `guard` calls must succeed, else the
+// rest are not run: a scratch mmap(MAP_FIXED_NOREPLACE) that failed must not be written to),
+// and a read-back of the task's memory at a given point of the batch (the results the calls
+// left in the scratch area, read before the batch's last calls unmap it). Every ptrace request
+// and every stop costs: per call, seized mode makes four requests (SETREGS, two SYSCALL, one
+// GET_SYSCALL_INFO at the exit stop, which also carries the result) and two stops.
 #include <napi.h>
 
 #include <errno.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/uio.h>
 #include <sys/syscall.h>
 #include <sys/user.h>
 #include <sys/wait.h>
@@ -136,8 +147,11 @@ bool RunStep(pid_t tid, const struct user_regs_struct& saved, uint64_t gadget, c
   return false;
 }
 
-// kSeized: resumes with PTRACE_SYSCALL until the syscall-stop `op` (entry or exit).
-bool ToSyscallStop(pid_t tid, uint8_t op, const char** what) {
+// kSeized: resumes with PTRACE_SYSCALL until the next syscall-stop. At the syscall-exit-stop
+// (`exit`), PTRACE_GET_SYSCALL_INFO confirms it is one and gives the result (`*rval`); the
+// enter-stop before it is not asked (from a PTRACE_EVENT_STOP or a syscall-exit-stop the next
+// syscall-stop can only be an entry; a wrong one shows at the exit, where op must be EXIT).
+bool ToSyscallStop(pid_t tid, bool exit, int64_t* rval, const char** what) {
   int sig = 0;
   for (int attempt = 0; attempt < 32; attempt++) {
     if (Ptrace(PTRACE_SYSCALL, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0) {
@@ -148,12 +162,16 @@ bool ToSyscallStop(pid_t tid, uint8_t op, const char** what) {
     if (!WaitStop(tid, &status, what)) return false;
     sig = PassOn(status);
     if (WSTOPSIG(status) != (SIGTRAP | 0x80)) continue;  // a group-stop or a signal: again
+    if (!exit) return true;
     struct __ptrace_syscall_info si = {};
     if (Ptrace(PTRACE_GET_SYSCALL_INFO, tid, reinterpret_cast<void*>(sizeof(si)), &si) < 0) {
       *what = "ptrace(PTRACE_GET_SYSCALL_INFO)";
       return false;
     }
-    if (si.op == op) return true;
+    if (si.op == PTRACE_SYSCALL_INFO_EXIT) {
+      *rval = si.exit.rval;
+      return true;
+    }
     errno = EPROTO;
     *what = "injected syscall (unexpected syscall-stop)";
     return false;
@@ -172,15 +190,8 @@ bool RunSyscall(pid_t tid, const struct user_regs_struct& saved, uint64_t gadget
     *what = "ptrace(PTRACE_SETREGS)";
     return false;
   }
-  if (!ToSyscallStop(tid, PTRACE_SYSCALL_INFO_ENTRY, what)) return false;
-  if (!ToSyscallStop(tid, PTRACE_SYSCALL_INFO_EXIT, what)) return false;
-  struct user_regs_struct after;
-  if (Ptrace(PTRACE_GETREGS, tid, nullptr, &after) < 0) {
-    *what = "ptrace(PTRACE_GETREGS)";
-    return false;
-  }
-  *result = static_cast<int64_t>(after.rax);
-  return true;
+  int64_t unused;
+  return ToSyscallStop(tid, false, &unused, what) && ToSyscallStop(tid, true, result, what);
 }
 
 // kSeized: from a syscall-exit-stop back into a PTRACE_EVENT_STOP inside get_signal(), with
@@ -206,11 +217,36 @@ bool Settle(pid_t tid, const char** what) {
   return false;
 }
 
+// What a batch does besides its calls.
+struct BatchOptions {
+  // The first `guard` calls must succeed (a result outside [-4095, -1]); at the first that
+  // fails, no later call runs (their results are -ECANCELED) and nothing is read back.
+  size_t guard = 0;
+  // Before call `read_at` runs (n: after the last), `read_len` bytes of the task's memory at
+  // `read_addr` are copied into `read_buf` (process_vm_readv(2)). Off when read_buf is null.
+  size_t read_at = 0;
+  uint64_t read_addr = 0;
+  uint8_t* read_buf = nullptr;
+  size_t read_len = 0;
+};
+
+bool IsError(int64_t r) { return r < 0 && r >= -4095; }
+
+// process_vm_readv of one range; false with errno (EFAULT also for a short read).
+bool ReadBack(pid_t tid, const BatchOptions& o) {
+  struct iovec local = {o.read_buf, o.read_len};
+  struct iovec remote = {reinterpret_cast<void*>(o.read_addr), o.read_len};
+  ssize_t got = process_vm_readv(tid, &local, 1, &remote, 1, 0);
+  if (got == static_cast<ssize_t>(o.read_len)) return true;
+  if (got >= 0) errno = EFAULT;
+  return false;
+}
+
 // Runs `n` calls ([nr, a0..a5] each) in `tid`, results into `out`. Registers (and in kSeized
 // the signal mask and the kind of stop) are as before afterwards, also after a failure when
-// the task still exists.
-bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mode, int64_t* out,
-            const char** what, int* err) {
+// the task still exists. A failing call does not stop the batch, except within `o.guard`.
+bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mode, const BatchOptions& o,
+            int64_t* out, const char** what, int* err) {
   uint64_t mask = 0, all = ~0ULL;
   if (mode == kSeized) {
     if (Ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(sizeof(mask)), &mask) < 0 ||
@@ -226,12 +262,17 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
     *err = errno;
     *what = "ptrace(PTRACE_GETREGS)";
   }
-  bool ran = false;
-  for (size_t i = 0; i < n && ok; i++) {
+  bool ran = false, stopped = false;
+  int read_err = 0;  // the read-back failed: the calls after it still run (they unmap what it read)
+  for (size_t i = 0; i < n; i++) out[i] = -ECANCELED;
+  for (size_t i = 0; i <= n && ok && !stopped; i++) {
+    if (o.read_buf != nullptr && i == o.read_at && !ReadBack(tid, o)) read_err = errno != 0 ? errno : EFAULT;
+    if (i == n) break;
     ran = true;
     ok = mode == kSeized ? RunSyscall(tid, saved, gadget, calls + i * 7, &out[i], what)
                          : RunStep(tid, saved, gadget, calls + i * 7, &out[i], what);
     if (!ok) *err = errno;
+    if (ok && i < o.guard && IsError(out[i])) stopped = true;
   }
   if (Ptrace(PTRACE_SETREGS, tid, nullptr, &saved) < 0 && ok) {
     ok = false;
@@ -250,6 +291,11 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
       *err = errno;
       *what = "ptrace(PTRACE_SETSIGMASK)";
     }
+  }
+  if (ok && read_err != 0) {
+    ok = false;
+    *err = read_err;
+    *what = "process_vm_readv (read-back of an injected batch)";
   }
   return ok;
 }
@@ -283,16 +329,18 @@ Napi::Value InjectSyscall(const Napi::CallbackInfo& info) {
   int64_t result = 0;
   const char* what = "";
   int err = 0;
-  if (!Inject(tid, gadget, call, 1, mode, &result, &what, &err)) {
+  if (!Inject(tid, gadget, call, 1, mode, BatchOptions(), &result, &what, &err)) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid) + ", syscall " + std::to_string(call[0]));
     return {};
   }
   return Napi::BigInt::New(env, result);
 }
 
-// injectSyscalls(tid, gadget, calls: BigUint64Array of n*7 [nr, a0..a5], mode) -> BigInt64Array
-// of n results. Saves and restores registers once for the whole batch. A failing call
-// (negative result) does not stop the batch: callers check each result.
+// injectSyscalls(tid, gadget, calls: BigUint64Array of n*7 [nr, a0..a5], mode, options?)
+// -> BigInt64Array of n results. Saves and restores registers once for the whole batch. A
+// failing call (negative result) does not stop the batch: callers check each result.
+// options: { guard?: number, readAt?: number, readAddr?: bigint, readInto?: Buffer } (see
+// BatchOptions): calls not run because a guarded call failed hold -ECANCELED.
 Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t tid64;
@@ -307,11 +355,41 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
   if (!ModeArg(info, 3, &mode)) return {};
   auto calls = info[2].As<Napi::TypedArrayOf<uint64_t>>();
   size_t n = calls.ElementLength() / 7;
+  BatchOptions o;
+  if (info.Length() > 4 && !info[4].IsUndefined()) {
+    if (!info[4].IsObject()) {
+      ThrowType(env, "injectSyscalls: options must be an object");
+      return {};
+    }
+    Napi::Object opts = info[4].As<Napi::Object>();
+    Napi::Value guard = opts.Get("guard"), into = opts.Get("readInto");
+    if (!guard.IsUndefined()) {
+      if (!guard.IsNumber() || guard.As<Napi::Number>().Int64Value() < 0) {
+        ThrowType(env, "injectSyscalls: guard must be a count of calls");
+        return {};
+      }
+      o.guard = static_cast<size_t>(guard.As<Napi::Number>().Int64Value());
+    }
+    if (!into.IsUndefined()) {
+      Napi::Value at = opts.Get("readAt"), addr = opts.Get("readAddr");
+      bool lossless = true;
+      if (!into.IsBuffer() || !at.IsNumber() || !addr.IsBigInt() || at.As<Napi::Number>().Int64Value() < 0 ||
+          static_cast<size_t>(at.As<Napi::Number>().Int64Value()) > n) {
+        ThrowType(env, "injectSyscalls: readInto needs a Buffer, readAt a call index (0..n) and readAddr a bigint");
+        return {};
+      }
+      auto buf = into.As<Napi::Buffer<uint8_t>>();
+      o.read_buf = buf.Data();
+      o.read_len = buf.Length();
+      o.read_at = static_cast<size_t>(at.As<Napi::Number>().Int64Value());
+      o.read_addr = addr.As<Napi::BigInt>().Uint64Value(&lossless);
+    }
+  }
   pid_t tid = static_cast<pid_t>(tid64);
   auto out = Napi::TypedArrayOf<int64_t>::New(env, n, napi_bigint64_array);
   const char* what = "";
   int err = 0;
-  if (!Inject(tid, gadget, calls.Data(), n, mode, out.Data(), &what, &err)) {
+  if (!Inject(tid, gadget, calls.Data(), n, mode, o, out.Data(), &what, &err)) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid));
     return {};
   }

@@ -26,15 +26,15 @@ import { hostSigningKey } from '../image/host-key.js';
 import { signingKey } from '../image/sign.js';
 import { HashPool, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
-import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
-import { parseSmapsVmFlags } from '../proc/smaps.js';
+import { parseSmaps } from '../proc/smaps.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers } from './memory.js';
-import { readCreds } from './creds.js';
+import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
+import { listPosixTimers } from './timers.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
 import { SIGKILL } from '../arch/x86-64.js';
@@ -79,6 +79,41 @@ function hashThreads(bytes: number): number {
 }
 const TWO_HASH_THREADS_BYTES = 256 * 1024 * 1024;
 
+/**
+ * A tree left running that stores at most this many bytes of pages is let go before its image
+ * is written, its pages copied first (about 1 ms per 4 MiB here, against hashing and writing
+ * them while it is stopped); bigger ones stay stopped until the image is written.
+ */
+const EARLY_RELEASE_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * A tree expected to store at most this much is read once, from outside and without stopping
+ * it, before the freeze (warmUp).
+ */
+const WARM_UP_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Runs the /proc readers the frozen window runs, once, on the root while it still runs, and
+ * throws the results away: a command is a fresh Node process, and the first call of each
+ * parser pays for compiling it (V8 compiles a function on its first call, a regular expression
+ * on its first use), measured at about 5 of a small process's 12-17 ms of freeze from the
+ * command line. Read-only: no ptrace, nothing the process can notice; any error (the process
+ * exited meanwhile) is left for the checkpoint itself to meet. Skipped for trees with much
+ * memory, where reading the pagemap twice would cost more than compiling.
+ */
+function warmUp(pid: number): void {
+  try {
+    const statusText = readProcText(pid, 'status');
+    parseStatus(statusText);
+    const { vmas, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
+    vdsoGadget(pid, vmas);
+    listPosixTimers(pid);
+    planMemory(pid, vmas, vmflags);
+    readPaths(pid);
+    warmUpCreds(pid, statusText);
+  } catch { /* the freeze meets it, with its own error */ }
+}
+
 /** One live process, read and ready to be written. */
 interface DumpedTask {
   task: TaskRecord;
@@ -94,14 +129,14 @@ function dumpTask(p: FrozenProcess): DumpedTask {
   const tracees = tids.map((tid) => new Tracee(pid, tid, true));
   const main = tracees[0]!;
   try {
-    const status = parseStatus(readProcText(pid, 'status'));
-    let maps = parseMaps(readProcText(pid, 'maps'));
+    const statusText = readProcText(pid, 'status');
+    const status = parseStatus(statusText);
+    // One reading of smaps gives the layout and VmFlags; the injected batch below leaves the
+    // layout as it found it (its scratch area is unmapped again, and could merge with nothing).
+    const { vmas: maps, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
     const gadget = vdsoGadget(pid, maps);
     for (const t of tracees) t.gadget = gadget;
-    const injected = readInjectedState(main, tracees.slice(1));
-    // Read the layout after the scratch page is gone again.
-    maps = parseMaps(readProcText(pid, 'maps'));
-    const vmflags = parseSmapsVmFlags(readProcText(pid, 'smaps'));
+    const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
     const threads = tids.map((tid) => readThread(pid, tid, n.getSigmask(tid), injected.threads.get(tid)!));
     const memory = planMemory(pid, maps, vmflags);
     const paths = readPaths(pid);
@@ -123,7 +158,7 @@ function dumpTask(p: FrozenProcess): DumpedTask {
       threads: threads.map((th) => th.record),
       fds: [],
       pagesBytes: memory.pagesBytes,
-      creds: readCreds(main, tracees.slice(1)),
+      creds: readCreds(pid, tids, injected, statusText),
     };
     return {
       task, tracees, memory,
@@ -175,6 +210,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       // A worker that cannot start only makes the write slower: every entry is hashed inline.
       await pool.start().catch((err: unknown) => log.warn({ err }, 'the hash worker did not start; hashing on the main thread'));
     }
+    if (estimate.total <= WARM_UP_MAX_BYTES) warmUp(pid);
     o.signal?.throwIfAborted();
     // Last, to leave the least time before the freeze; not needed for one process with no file
     // another could share (findLeaks then reads the host after the freeze, if that changed).
@@ -223,6 +259,23 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
     for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
     for (const extra of o.extraEntries ?? []) entries.push(json(extra.name, extra.value));
+    // Left running and small: every page is copied out now and the tree let go before the
+    // image is written (the write, hashing and renaming included, is most of a small tree's
+    // freeze). A checkpoint that kills the tree keeps it until its image is complete and in
+    // place, so that a failed write leaves it running.
+    let tReleased: number | undefined;
+    const copies = new Map<number, Buffer[]>();
+    if (o.leaveRunning && pagesBytes <= EARLY_RELEASE_MAX_BYTES) {
+      for (const d of dumped) {
+        const chunks: Buffer[] = [];
+        await d.memory.produce(async (chunk) => { chunks.push(Buffer.from(chunk)); }, o.config.image.chunkSize, buffers);
+        copies.set(d.task.pid, chunks);
+      }
+      for (const d of dumped) for (const t of d.tracees) t.close();
+      files.finish(true);
+      tree.release();
+      tReleased = performance.now();
+    }
     let firstChunk = true;
     for (const d of dumped) {
       const task = ids.task(d.task, d.task.pid === pid);
@@ -232,13 +285,18 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
           name: pagesEntry(task.pid),
           size: d.memory.pagesBytes,
           chunked: true, // verified chunk by chunk as restore writes it
-          produce: (sink) => d.memory.produce(async (chunk) => {
-            await sink(chunk);
-            if (firstChunk) {
-              firstChunk = false;
-              await faultPoint('writing', o.signal);
-            }
-          }, o.config.image.chunkSize, buffers),
+          produce: async (sink) => {
+            const emit = async (chunk: Buffer): Promise<void> => {
+              await sink(chunk);
+              if (firstChunk) {
+                firstChunk = false;
+                await faultPoint('writing', o.signal);
+              }
+            };
+            const copied = copies.get(d.task.pid);
+            if (!copied) return d.memory.produce(emit, o.config.image.chunkSize, buffers);
+            for (const chunk of copied) await emit(chunk);
+          },
         });
     }
     const written = await writeImage(o.image, {
@@ -265,12 +323,12 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       session.close();
 
       if (o.leaveRunning) {
-        tree.release();
+        tree.release(); // a no-op when it was let go before the write
       } else {
         killTree(live);
         o.onKilled?.();
       }
-      const tReleased = performance.now();
+      tReleased ??= performance.now();
       await hashPool?.close();
       if (!o.leaveRunning) {
         const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);

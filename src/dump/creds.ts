@@ -4,23 +4,22 @@
  * Read from outside: /proc/PID/task/TID/status (uids, gids, groups, the five capability sets,
  * NoNewPrivs, Seccomp, Cpus_allowed_list), /proc/PID/task/TID/stat (nice, rt priority,
  * policy), /proc/PID/limits, /proc/PID/task/TID/personality, /proc/PID/oom_score_adj, and the seccomp
- * filters with PTRACE_SECCOMP_GET_FILTER (ptrace(2)). Injected, because only the task can tell:
- * PR_GET_SECUREBITS, PR_GET_PDEATHSIG and sched_getscheduler(0) (for SCHED_RESET_ON_FORK) in
- * each thread, PR_GET_DUMPABLE and PR_GET_CHILD_SUBREAPER in the main thread (prctl(2)).
+ * filters with PTRACE_SECCOMP_GET_FILTER (ptrace(2)). Injected, because only the task can tell,
+ * within the task's one batch per thread (task-state.ts readInjectedState): PR_GET_SECUREBITS,
+ * PR_GET_PDEATHSIG and sched_getscheduler(0) (for SCHED_RESET_ON_FORK) in each thread,
+ * PR_GET_DUMPABLE and PR_GET_CHILD_SUBREAPER in the main thread (prctl(2)).
  *
  * Refused (restore could not bring them back): seccomp strict mode and SCHED_DEADLINE. Seccomp
  * filters need neither no_new_privs nor CAP_SYS_ADMIN of the task: restore installs them while
  * the task still has every capability (restore/creds.ts).
  */
-import { MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { hex, type CredsRecord, type ThreadCredsRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { readProcText } from '../proc/read.js';
-import { parseStatus } from '../proc/status.js';
-import type { Tracee } from '../task/tracee.js';
+import { parseCpuList, parseStatus } from '../proc/status.js';
+import type { InjectedState } from './task-state.js';
 
-const PR_GET_PDEATHSIG = 2, PR_GET_DUMPABLE = 3, PR_GET_SECUREBITS = 27, PR_GET_CHILD_SUBREAPER = 37;
 /** sched_getscheduler(2) ORs this into the policy of a thread whose children reset to SCHED_OTHER. */
 export const SCHED_RESET_ON_FORK = 0x40000000;
 export const SCHED_DEADLINE = 6;
@@ -63,15 +62,7 @@ export function parseLimits(text: string): Array<[bigint, bigint]> {
 }
 
 /** Parses a kernel CPU list ("0-3,8,10-11", proc(5) Cpus_allowed_list). */
-export function parseCpuList(text: string): number[] {
-  const cpus: number[] = [];
-  for (const part of text.trim().split(',').filter(Boolean)) {
-    const [a, b] = part.split('-').map(Number);
-    if (a === undefined || !Number.isSafeInteger(a)) throw new Error(`cpu list: cannot parse "${text}"`);
-    for (let c = a; c <= (b ?? a); c++) cpus.push(c);
-  }
-  return cpus;
-}
+export { parseCpuList };
 
 /** nice (19), rt_priority (40) and policy (41) of /proc/PID/task/TID/stat. */
 export function parseSchedStat(text: string): { nice: number; priority: number; policy: number } {
@@ -93,13 +84,13 @@ function readFilters(tid: number): Array<{ flags: number; program: Buffer }> {
 }
 
 /**
- * Reads the credentials and limits of the process of `main` and of each of its threads
- * (`others`, in TaskRecord.threads order). Every thread must be in a ptrace stop with its
- * injection gadget set.
+ * Reads the credentials and limits of process `pid` and of each of its threads (`tids`, in
+ * TaskRecord.threads order) from outside, and takes what only the task can tell from the
+ * injected batch of task-state.ts (`injected`). `mainStatus`: /proc/PID/status as the caller
+ * already read it while the task was stopped (the main thread's own status), so it is read
+ * once. Every thread must be in a ptrace stop.
  */
-export function readCreds(main: Tracee, others: readonly Tracee[]): CredsRecord {
-  const pid = main.pid;
-  const threads = [main, ...others];
+export function readCreds(pid: number, tids: readonly number[], injected: InjectedState, mainStatus?: string): CredsRecord {
   const filters: Array<{ flags: number; program: string }> = [];
   const filterIndex = (f: { flags: number; program: Buffer }): number => {
     const program = f.program.toString('base64');
@@ -108,10 +99,9 @@ export function readCreds(main: Tracee, others: readonly Tracee[]): CredsRecord 
     return i;
   };
 
-  const fromOutside = threads.map((t): Omit<ThreadCredsRecord, 'securebits' | 'pdeathsig'> => {
-    const tid = t.tid;
-    const st = parseStatus(readProcText(pid, `task/${tid}/status`));
-    const cpus = /^Cpus_allowed_list:\s*(.*)$/m.exec(readProcText(pid, `task/${tid}/status`))?.[1] ?? '';
+  const threads = tids.map((tid, i): ThreadCredsRecord => {
+    const text = i === 0 && mainStatus !== undefined ? mainStatus : readProcText(pid, `task/${tid}/status`);
+    const st = parseStatus(text);
     const sched = parseSchedStat(readProcText(pid, `task/${tid}/stat`));
     if (sched.policy === SCHED_DEADLINE) {
       throw new FerryError('EUNSUPPORTED', `pid ${pid}: thread ${tid} runs under SCHED_DEADLINE, which ferry cannot restore (the process was left running)`);
@@ -124,6 +114,8 @@ export function readCreds(main: Tracee, others: readonly Tracee[]): CredsRecord 
       return [v[0]!, v[1]!, v[2]!, v[3]!];
     };
     const seccomp = st.seccomp === 2 ? readFilters(tid) : [];
+    const inj = injected.threads.get(tid);
+    if (!inj) throw new Error(`pid ${pid}: no injected state for thread ${tid}`);
     return {
       tid,
       uids: quad(st.uid, 'Uid'),
@@ -135,51 +127,32 @@ export function readCreds(main: Tracee, others: readonly Tracee[]): CredsRecord 
       },
       noNewPrivs: st.noNewPrivs,
       personality: parseInt(readProcText(pid, `task/${tid}/personality`).trim(), 16),
-      sched: { policy: sched.policy, priority: sched.priority, nice: sched.nice, resetOnFork: false },
-      affinity: parseCpuList(cpus),
+      sched: { policy: sched.policy, priority: sched.priority, nice: sched.nice, resetOnFork: (inj.schedPolicy & SCHED_RESET_ON_FORK) !== 0 },
+      affinity: st.cpus,
       seccomp: seccomp.map(filterIndex),
+      securebits: inj.securebits,
+      pdeathsig: inj.pdeathsig,
     };
   });
-
-  // What only the task knows. One scratch page (shared address space) for the int results.
-  const scratch = main.syscall(SYS.mmap, 0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  let dumpable: bigint, subreaper: number;
-  const injected: Array<{ securebits: number; pdeathsig: number; resetOnFork: boolean }> = [];
-  try {
-    const [d] = main.syscalls([[SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0], [SYS.prctl, PR_GET_CHILD_SUBREAPER, scratch, 0, 0, 0]]);
-    dumpable = d!;
-    subreaper = main.readMem(scratch, 4).readInt32LE(0);
-    for (const t of threads) {
-      const slot = scratch + 8n; // read back before the next thread uses it
-      const [bits, , policy] = t.syscalls([
-        [SYS.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0],
-        [SYS.prctl, PR_GET_PDEATHSIG, slot, 0, 0, 0],
-        [SYS.sched_getscheduler, 0],
-      ]);
-      injected.push({
-        securebits: Number(bits),
-        pdeathsig: main.readMem(slot, 4).readInt32LE(0),
-        resetOnFork: (Number(policy) & SCHED_RESET_ON_FORK) !== 0,
-      });
-    }
-  } finally {
-    main.syscall(SYS.munmap, scratch, PAGE_SIZE);
-  }
 
   return {
     rlimits: parseLimits(readProcText(pid, 'limits')).map(([s, h]) => [hex(s), hex(h)]),
     oomScoreAdj: Number(readProcText(pid, 'oom_score_adj').trim()),
-    dumpable: Number(dumpable),
-    childSubreaper: subreaper !== 0,
+    dumpable: injected.dumpable,
+    childSubreaper: injected.childSubreaper,
     seccompFilters: filters,
-    threads: fromOutside.map((o, i) => {
-      const inj = injected[i]!;
-      return {
-        ...o,
-        sched: { ...o.sched, resetOnFork: inj.resetOnFork },
-        securebits: inj.securebits,
-        pdeathsig: inj.pdeathsig,
-      };
-    }),
+    threads,
   };
+}
+
+/**
+ * Runs readCreds's parsers on the main thread of a running process, without ptrace, so they
+ * are compiled before the freeze (checkpoint.ts warmUp); the results are thrown away.
+ */
+export function warmUpCreds(pid: number, statusText: string): void {
+  parseStatus(statusText);
+  parseSchedStat(readProcText(pid, `task/${pid}/stat`));
+  parseInt(readProcText(pid, `task/${pid}/personality`).trim(), 16);
+  parseLimits(readProcText(pid, 'limits'));
+  Number(readProcText(pid, 'oom_score_adj').trim());
 }

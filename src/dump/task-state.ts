@@ -1,11 +1,13 @@
 /**
  * Collects a stopped task's state from outside: /proc, ptrace, and the few syscalls only the
- * task can answer (injected: brk(0), PR_GET_TID_ADDRESS, sigaltstack, rt_sigaction, getitimer,
- * timer_gettime).
+ * task can answer (injected, one batch per thread: brk(0), PR_GET_TID_ADDRESS, sigaltstack,
+ * rt_sigaction, getitimer, timer_gettime, and the securebits, parent-death signal, scheduling
+ * policy, dumpable and subreaper flags creds.ts records).
  */
 import {
-  decodeRegs, KSIGACTION_SIZE, MAP_ANONYMOUS, MAP_PRIVATE, NSIG, PAGE_SIZE, PR_GET_TID_ADDRESS,
-  PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS, SYSCALL_INSN, ITIMERVAL_SIZE,
+  decodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, NSIG,
+  PAGE_SIZE, PR_GET_TID_ADDRESS, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
+  SYSCALL_INSN,
 } from '../arch/x86-64.js';
 import {
   hex, type Hex, type ItimerRecord, type MmRecord, type PendingSignal, type SigactionRecord, type TaskRecord,
@@ -13,12 +15,12 @@ import {
 } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { parseAuxv } from '../proc/auxv.js';
-import type { Vma } from '../proc/maps.js';
+import { freeRange, type Vma } from '../proc/maps.js';
 import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
 import { readFileSync } from 'node:fs';
-import { Scratch, type Tracee } from '../task/tracee.js';
-import { readPosixTimers } from './timers.js';
+import { injectedError, type Tracee } from '../task/tracee.js';
+import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
 
 /** Finds a `syscall` instruction in the task's [vdso] to inject syscalls through. */
@@ -33,10 +35,18 @@ export function vdsoGadget(pid: number, vmas: readonly Vma[]): bigint {
   return vdso.start + BigInt(off);
 }
 
+const PR_GET_PDEATHSIG = 2, PR_GET_DUMPABLE = 3, PR_GET_SECUREBITS = 27, PR_GET_CHILD_SUBREAPER = 37;
+
 /** Per-thread state only the thread itself can tell. */
 export interface ThreadInjected {
   sigaltstack: ThreadRecord['sigaltstack'];
   tidAddress: Hex;
+  /** prctl(PR_GET_SECUREBITS). */
+  securebits: number;
+  /** prctl(PR_GET_PDEATHSIG). */
+  pdeathsig: number;
+  /** sched_getscheduler(0): the policy, with SCHED_RESET_ON_FORK ORed in. */
+  schedPolicy: number;
 }
 
 /** State only the task itself can tell, read through injected syscalls. */
@@ -44,84 +54,173 @@ export interface InjectedState {
   brk: bigint;
   sigactions: SigactionRecord[];
   itimers: TaskRecord['itimers'];
+  /** prctl(PR_GET_DUMPABLE), process-wide (the mm's). */
+  dumpable: number;
+  /** prctl(PR_GET_CHILD_SUBREAPER). */
+  childSubreaper: boolean;
   /** By tid. */
   threads: Map<number, ThreadInjected>;
 }
 
+type Call = [number, ...Array<bigint | number>];
+
+/** Bytes of one thread's slot in the scratch area: stack_t, clear_child_tid, pdeathsig. */
+const THREAD_SLOT = STACK_T_SIZE + 8 + 8;
+
+/** A thread's own calls, results into its slot at `at`; their results 2 and 4 are securebits and policy. */
+function threadCalls(at: bigint): Call[] {
+  return [
+    [SYS.sigaltstack, 0, at],
+    [SYS.prctl, PR_GET_TID_ADDRESS, at + BigInt(STACK_T_SIZE), 0, 0, 0],
+    [SYS.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0],
+    [SYS.prctl, PR_GET_PDEATHSIG, at + BigInt(STACK_T_SIZE + 8), 0, 0, 0],
+    [SYS.sched_getscheduler, 0],
+  ];
+}
+
+/** What threadCalls left: `slot` the thread's slot, `results` its five results. */
+function threadState(slot: Buffer, results: ArrayLike<bigint>): ThreadInjected {
+  return {
+    sigaltstack: { sp: hex(slot.readBigUInt64LE(0)), flags: slot.readInt32LE(8), size: hex(slot.readBigUInt64LE(16)) },
+    tidAddress: hex(slot.readBigUInt64LE(STACK_T_SIZE)),
+    securebits: Number(results[2]!),
+    pdeathsig: slot.readInt32LE(STACK_T_SIZE + 8),
+    schedPolicy: Number(results[4]!),
+  };
+}
+
+/** Throws the first failed call of `calls` (results -4095..-1) as an injected-syscall error. */
+function checkResults(t: Tracee, calls: readonly Call[], results: ArrayLike<bigint>): void {
+  calls.forEach((c, i) => {
+    const r = results[i]!;
+    if (r < 0n && r >= -4095n) throw injectedError(c[0], Number(-r), t.tid);
+  });
+}
+
 /**
- * Reads injected state: process-wide through the main thread (brk, every disposition, itimers,
- * POSIX timers), and sigaltstack and clear_child_tid through each thread itself. One scratch
- * page is mapped by the main thread for all of them (they share the address space) and
- * unmapped again.
+ * Reads injected state, one batch per thread (native/inject.cc: the signal block, the register
+ * save and the return to the stop are paid once per batch, so nothing is split that need not
+ * be). Process-wide through the main thread: brk, every disposition, itimers, POSIX timers
+ * (`timers`, listed from /proc before), dumpable and child subreaper; through each thread
+ * itself: sigaltstack, clear_child_tid, securebits, parent-death signal, scheduling policy.
  *
- * Every disposition is asked for, in one batch with the main thread's other calls: about 2 ms
- * of the 2.5 ms this takes for a small process (62 calls at ~32 µs, two ptrace stops each).
- * /proc/PID/status's SigCgt and SigIgn name the signals with a handler and the ignored ones,
- * but not sa_flags, sa_mask or the restorer, which a SIG_DFL or SIG_IGN disposition keeps
- * from the sigaction(2) call that set it (execve clears them; glibc's signal() and sigaction()
- * set SA_RESTORER and a restorer even for SIG_IGN). They are not all inert: with SIG_DFL,
- * SIGCHLD's SA_NOCLDWAIT still makes the kernel reap the children (do_notify_parent()), and
- * SA_NOCLDSTOP still decides whether a stopped child queues SIGCHLD for a parent that blocks
- * it and reads it with sigwaitinfo(2) or a signalfd; and any of them is what the program reads
- * back from sigaction(2) (to save and later reinstall a disposition). So they are read, and a
- * SIG_DFL disposition is recorded when one of them is set.
+ * Results land in one scratch area mapped for the purpose at an address the layout `vmas`
+ * leaves free with a free page on each side (proc/maps.ts freeRange), with
+ * MAP_FIXED_NOREPLACE, as the first call of the first batch; the batch stops there if that
+ * fails, so nothing is written anywhere else. The main thread's batch reads the area back
+ * and unmaps it as its last call, which leaves the layout as it was: the caller may keep the
+ * maps it read before. Threads other than the main one run first, so that a single-threaded
+ * process needs exactly one batch.
+ *
+ * Every disposition is asked for: /proc/PID/status's SigCgt and SigIgn name the signals with
+ * a handler and the ignored ones, but not sa_flags, sa_mask or the restorer, which a SIG_DFL
+ * or SIG_IGN disposition keeps from the sigaction(2) call that set it (execve clears them;
+ * glibc's signal() and sigaction() set SA_RESTORER and a restorer even for SIG_IGN). They are
+ * not all inert: with SIG_DFL, SIGCHLD's SA_NOCLDWAIT still makes the kernel reap the children
+ * (do_notify_parent()), and SA_NOCLDSTOP still decides whether a stopped child queues SIGCHLD
+ * for a parent that blocks it and reads it with sigwaitinfo(2) or a signalfd; and any of them
+ * is what the program reads back from sigaction(2) (to save and later reinstall a
+ * disposition). So they are read, and a SIG_DFL disposition is recorded when one is set.
  */
-export function readInjectedState(main: Tracee, others: readonly Tracee[]): InjectedState {
-  const scratchAddr = main.syscall(SYS.mmap, 0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas: readonly Vma[],
+  vmflags: ReadonlyMap<bigint, readonly string[]>, timers: readonly ProcTimer[]): InjectedState {
+  const threads = [main, ...others];
+  const layout = {
+    acts: 0,
+    itimers: KSIGACTION_SIZE * NSIG,
+    subreaper: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE,
+    timers: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE + 8,
+    threads: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE + 8 + timers.length * ITIMERSPEC_SIZE,
+  };
+  const size = Math.ceil((layout.threads + threads.length * THREAD_SLOT) / PAGE_SIZE) * PAGE_SIZE;
+  const addr = freeRange(vmas, size, vmflags);
+  if (addr === undefined) throw new Error(`pid ${main.pid} has no free ${size} bytes in its address space for ferry's scratch area`);
+  const at = (off: number): bigint => addr + BigInt(off);
+  const slotOf = (i: number): number => layout.threads + i * THREAD_SLOT;
+  const mmap: Call = [SYS.mmap, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0];
+  const munmap: Call = [SYS.munmap, addr, size];
+  let mapped = false, unmapped = false;
+  /** Runs `calls` in `t`, the scratch area's mmap first if it is not mapped yet. */
+  const batch = (t: Tracee, calls: Call[], last: boolean): { results: BigInt64Array; mem?: Buffer } => {
+    const first = !mapped;
+    const all = [...(first ? [mmap] : []), ...calls, ...(last ? [munmap] : [])];
+    const mem = last ? Buffer.alloc(size) : undefined;
+    const results = t.trySyscalls(all, {
+      guard: first ? 1 : 0,
+      ...(mem ? { readAt: all.length - 1, readAddr: addr, readInto: mem } : {}),
+    });
+    if (first) {
+      const r = results[0]!;
+      if (r !== addr) {
+        if (r >= 0n) unmapTry(t, r, size); // a kernel that took MAP_FIXED_NOREPLACE for a hint
+        throw r < 0n && r >= -4095n ? injectedError(SYS.mmap, Number(-r), t.tid)
+          : new Error(`the scratch area of pid ${t.pid} was mapped at 0x${r.toString(16)}, not at 0x${addr.toString(16)}`);
+      }
+      mapped = true;
+    }
+    if (last) unmapped = results[results.length - 1]! === 0n;
+    const own = results.subarray(first ? 1 : 0, first ? 1 + calls.length : calls.length);
+    checkResults(t, calls, own);
+    return { results: own, ...(mem ? { mem } : {}) };
+  };
   try {
-    const scratch = new Scratch(main, scratchAddr, PAGE_SIZE);
-    const actsAt = scratch.alloc(KSIGACTION_SIZE * NSIG);
-    const ssAt = scratch.alloc(STACK_T_SIZE);
-    const tidAt = scratch.alloc(8);
-    const itimersAt = scratch.alloc(3 * ITIMERVAL_SIZE);
-    const calls: Array<[number, ...Array<bigint | number>]> = [[SYS.brk, 0], ...threadCalls(ssAt, tidAt)];
-    for (let which = 0; which < 3; which++) calls.push([SYS.getitimer, which, itimersAt + BigInt(which * ITIMERVAL_SIZE)]);
+    // The other threads first, each its own calls into its own slot (read back with the main's).
+    const otherResults = others.map((t, k) => batch(t, threadCalls(at(slotOf(k + 1))), false).results);
+    // Then the main thread: its own calls, then the process-wide ones, read back, unmapped.
+    const calls: Call[] = [...threadCalls(at(slotOf(0))), [SYS.brk, 0]];
+    for (let which = 0; which < 3; which++) calls.push([SYS.getitimer, which, at(layout.itimers + which * ITIMERVAL_SIZE)]);
     const signals: number[] = [];
     for (let sig = 1; sig <= NSIG; sig++) {
       if (sig === SIGKILL || sig === SIGSTOP) continue;
       signals.push(sig);
-      calls.push([SYS.rt_sigaction, sig, 0, actsAt + BigInt((sig - 1) * KSIGACTION_SIZE), 8]);
+      calls.push([SYS.rt_sigaction, sig, 0, at(layout.acts + (sig - 1) * KSIGACTION_SIZE), 8]);
     }
-    const results = main.syscalls(calls);
-    const mem = main.readMem(scratchAddr, PAGE_SIZE);
+    const timersFrom = calls.length;
+    calls.push(...posixTimerCalls(timers, at(layout.timers)));
+    const dumpableAt = calls.length;
+    calls.push([SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0], [SYS.prctl, PR_GET_CHILD_SUBREAPER, at(layout.subreaper), 0, 0, 0]);
+    const { results, mem } = batch(main, calls, true);
+    const m = mem!;
+    const slot = (i: number): Buffer => m.subarray(slotOf(i), slotOf(i) + THREAD_SLOT);
+    const states = new Map<number, ThreadInjected>([[main.tid, threadState(slot(0), results.subarray(0, 5))]]);
+    others.forEach((t, k) => states.set(t.tid, threadState(slot(k + 1), otherResults[k]!)));
     const sigactions: SigactionRecord[] = [];
     for (const sig of signals) {
-      const o = (sig - 1) * KSIGACTION_SIZE;
-      const handler = mem.readBigUInt64LE(o);
-      const flags = mem.readBigUInt64LE(o + 8);
-      const restorer = mem.readBigUInt64LE(o + 16);
-      const mask = mem.readBigUInt64LE(o + 24);
+      const o = layout.acts + (sig - 1) * KSIGACTION_SIZE;
+      const handler = m.readBigUInt64LE(o);
+      const flags = m.readBigUInt64LE(o + 8);
+      const restorer = m.readBigUInt64LE(o + 16);
+      const mask = m.readBigUInt64LE(o + 24);
       // What execve leaves (and a new task has): no record.
       if (handler === SIG_DFL && flags === 0n && restorer === 0n && mask === 0n) continue;
       sigactions.push({ signo: sig, handler: hex(handler), flags: hex(flags), restorer: hex(restorer), mask: hex(mask) });
     }
-    const threads = new Map<number, ThreadInjected>();
-    /** The sigaltstack and clear_child_tid a thread's calls left in `m` (a copy of [ssAt, tidAt + 8)). */
-    const threadState = (m: Buffer): ThreadInjected => ({
-      sigaltstack: { sp: hex(m.readBigUInt64LE(0)), flags: m.readInt32LE(8), size: hex(m.readBigUInt64LE(16)) },
-      tidAddress: hex(m.readBigUInt64LE(Number(tidAt - ssAt))),
-    });
-    const ssOff = Number(ssAt - scratchAddr);
-    threads.set(main.tid, threadState(mem.subarray(ssOff, ssOff + Number(tidAt - ssAt) + 8)));
-    for (const t of others) {
-      t.syscalls(threadCalls(ssAt, tidAt));
-      threads.set(t.tid, threadState(main.readMem(ssAt, Number(tidAt - ssAt) + 8)));
-    }
     const it = (which: number): ItimerRecord => {
-      const o = Number(itimersAt - scratchAddr) + which * ITIMERVAL_SIZE;
-      const f = (k: number): number => Number(mem.readBigInt64LE(o + k * 8));
+      const o = layout.itimers + which * ITIMERVAL_SIZE;
+      const f = (k: number): number => Number(m.readBigInt64LE(o + k * 8));
       return { interval: [f(0), f(1)], value: [f(2), f(3)] };
     };
-    const itimers = { real: it(0), virtual: it(1), prof: it(2), posix: readPosixTimers(main, scratch) };
-    return { brk: results[0]!, sigactions, itimers, threads };
+    const posix = posixTimerRecords(timers, m.subarray(layout.timers, layout.timers + timers.length * ITIMERSPEC_SIZE),
+      results.subarray(timersFrom, dumpableAt));
+    return {
+      brk: results[5]!,
+      sigactions,
+      itimers: { real: it(0), virtual: it(1), prof: it(2), posix },
+      dumpable: Number(results[dumpableAt]!),
+      childSubreaper: m.readInt32LE(layout.subreaper) !== 0,
+      threads: states,
+    };
   } finally {
-    main.syscall(SYS.munmap, scratchAddr, PAGE_SIZE);
+    // A batch that failed after the area was mapped (or a thread's, before the main's ran).
+    if (mapped && !unmapped) unmapTry(main, addr, size);
   }
 }
 
-/** A thread's own calls: sigaltstack into `ssAt`, PR_GET_TID_ADDRESS into `tidAt`. */
-function threadCalls(ssAt: bigint, tidAt: bigint): Array<[number, ...Array<bigint | number>]> {
-  return [[SYS.sigaltstack, 0, ssAt], [SYS.prctl, PR_GET_TID_ADDRESS, tidAt, 0, 0, 0]];
+/** munmap in `t`, for clean-up on a failure path: errors (the task died) are left to the caller's own. */
+function unmapTry(t: Tracee, addr: bigint, size: number): void {
+  try {
+    t.trySyscall(SYS.munmap, addr, size);
+  } catch { /* the task is gone or cannot run it: the first error is the one reported */ }
 }
 
 /** Registers, XSAVE area, mask, rseq and robust list of one stopped thread. */

@@ -1,12 +1,12 @@
 /**
  * POSIX timers of a stopped process (timer_create(2)): what /proc/PID/timers tells from outside
  * (id, signal and sigev_value, notification and target thread, clock), and what only the
- * process can ask (timer_gettime(2) and timer_getoverrun(2), injected).
+ * process can ask (timer_gettime(2) and timer_getoverrun(2), injected in the process's one
+ * batch of task-state.ts).
  */
 import { ITIMERSPEC_SIZE, SYS } from '../arch/x86-64.js';
 import { hex, type PosixTimerRecord } from '../image/records.js';
 import { readProcText } from '../proc/read.js';
-import type { Scratch, Tracee } from '../task/tracee.js';
 
 /** One /proc/PID/timers entry. */
 export interface ProcTimer {
@@ -61,42 +61,43 @@ export function parseProcTimers(text: string): ProcTimer[] {
   return out;
 }
 
-/** Timers read per injected batch (an itimerspec each in the scratch area). */
-const BATCH = 64;
+/** One injected call: [nr, a0..a5]. */
+type Call = [number, ...Array<bigint | number>];
 
 /**
- * Reads every POSIX timer of the process `main` belongs to, oldest first: the /proc listing
- * plus an injected timer_gettime (time left, interval) and timer_getoverrun per timer. All
- * threads must be stopped, so no timer is created or deleted meanwhile.
+ * The injected calls that read the timers `listed` (oldest first): timer_gettime into one
+ * itimerspec each from `at` on, then timer_getoverrun. All threads must be stopped, so no timer
+ * is created or deleted between the /proc listing and these calls.
  */
-export function readPosixTimers(main: Tracee, scratch: Scratch): PosixTimerRecord[] {
-  const listed = parseProcTimers(readProcText(main.pid, 'timers')).reverse();
-  const out: PosixTimerRecord[] = [];
-  for (let i = 0; i < listed.length; i += BATCH) {
-    const chunk = listed.slice(i, i + BATCH);
-    scratch.reset();
-    const at = scratch.alloc(chunk.length * ITIMERSPEC_SIZE);
-    const calls: Array<[number, ...Array<bigint | number>]> = [];
-    chunk.forEach((t, j) => {
-      calls.push([SYS.timer_gettime, t.id, at + BigInt(j * ITIMERSPEC_SIZE)]);
-      calls.push([SYS.timer_getoverrun, t.id]);
-    });
-    const results = main.syscalls(calls);
-    const mem = main.readMem(at, chunk.length * ITIMERSPEC_SIZE);
-    chunk.forEach((t, j) => {
-      const f = (k: number): number => Number(mem.readBigInt64LE(j * ITIMERSPEC_SIZE + k * 8));
-      out.push({
-        id: t.id,
-        clock: t.clock,
-        notify: t.notify,
-        thread: t.thread,
-        signo: t.signo,
-        value: hex(t.value),
-        interval: [f(0), f(1)],
-        remaining: [f(2), f(3)],
-        overrun: Number(results[j * 2 + 1]!),
-      });
-    });
-  }
-  return out;
+export function posixTimerCalls(listed: readonly ProcTimer[], at: bigint): Call[] {
+  return listed.flatMap((t, j): Call[] => [
+    [SYS.timer_gettime, t.id, at + BigInt(j * ITIMERSPEC_SIZE)],
+    [SYS.timer_getoverrun, t.id],
+  ]);
+}
+
+/**
+ * The records of the timers `listed`, from what posixTimerCalls left: `specs` the itimerspecs
+ * it wrote, `results` its calls' results (two per timer).
+ */
+export function posixTimerRecords(listed: readonly ProcTimer[], specs: Buffer, results: ArrayLike<bigint>): PosixTimerRecord[] {
+  return listed.map((t, j) => {
+    const f = (k: number): number => Number(specs.readBigInt64LE(j * ITIMERSPEC_SIZE + k * 8));
+    return {
+      id: t.id,
+      clock: t.clock,
+      notify: t.notify,
+      thread: t.thread,
+      signo: t.signo,
+      value: hex(t.value),
+      interval: [f(0), f(1)],
+      remaining: [f(2), f(3)],
+      overrun: Number(results[j * 2 + 1]!),
+    };
+  });
+}
+
+/** The POSIX timers of process `pid` as /proc/PID/timers lists them, oldest first. */
+export function listPosixTimers(pid: number): ProcTimer[] {
+  return parseProcTimers(readProcText(pid, 'timers')).reverse();
 }

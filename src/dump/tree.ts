@@ -117,8 +117,8 @@ function checkAccess(pid: number, what: string): void {
   }
 }
 
-/** Cheap checks on one process before it is seized. */
-function precheck(pid: number, stat: ProcStat, root: number, pidNs: string): void {
+/** Cheap checks on one process before it is seized; `pidNs`, `userNs`: the namespaces it must be in. */
+function precheck(pid: number, stat: ProcStat, root: number, pidNs: string, userNs: string): void {
   const what = pid === root ? `pid ${pid}` : `pid ${pid} (in the tree of ${root})`;
   if (pid === process.pid) {
     throw new FerryError('ESELF', `${what} is this ferry itself, which cannot stop itself: run ferry from outside the tree `
@@ -135,7 +135,7 @@ function precheck(pid: number, stat: ProcStat, root: number, pidNs: string): voi
     throw new FerryError('ETRACED', `${what} is already traced by pid ${status.tracerPid} (a debugger?): detach it first`, { pid });
   }
   checkAccess(pid, `${what} (${stat.comm})`);
-  for (const [ns, want] of [['pid', pidNs], ['user', nsOf(process.pid, 'user')]] as const) {
+  for (const [ns, want] of [['pid', pidNs], ['user', userNs]] as const) {
     if (nsOf(pid, ns) !== want) {
       throw new FerryError('EUNSUPPORTED', `${what} (${stat.comm}) runs in another ${ns} namespace: not supported yet (checkpoint it as a container)`, { pid });
     }
@@ -197,6 +197,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
   const n = native();
   const preseized = opts.preseized ?? new Set<number>();
   const pidNs = opts.pidNs ?? nsOf(process.pid, 'pid');
+  const userNs = nsOf(process.pid, 'user'); // read once, not once per process
   // Pre-seized threads are let go by release() too, whether the walk reaches them or not.
   const seized: number[] = [...preseized];
   let released = false;
@@ -225,7 +226,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
         processes.push(zombie(pid, stat));
         continue;
       }
-      precheck(pid, stat, root, pidNs);
+      precheck(pid, stat, root, pidNs, userNs);
       const stoppedBefore = stat.state === 'T';
       const tids = seizeThreads(pid, seized, preseized);
       if (!tids) {

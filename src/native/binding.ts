@@ -14,6 +14,18 @@ import { fileURLToPath } from 'node:url';
 export type InjectMode = 0 | 1;
 export const INJECT_STEP: InjectMode = 0, INJECT_SEIZED: InjectMode = 1;
 
+/** What an injected batch does besides its calls (native/inject.cc, BatchOptions). */
+export interface InjectOptions {
+  /** The first `guard` calls must succeed; at the first that fails no later call runs. */
+  guard?: number;
+  /** Index of the call before which the task's memory is read (n: after the last call). */
+  readAt?: number;
+  /** Address in the task to read from. */
+  readAddr?: bigint;
+  /** Filled with the task's memory at readAddr (its length is the length read). */
+  readInto?: Buffer;
+}
+
 /** Result of waitpid(2) on one pid. */
 export interface WaitStatus {
   /** Raw wait status. */
@@ -124,8 +136,15 @@ export interface NativeBinding {
    * raw result (-errno on failure).
    */
   injectSyscall(tid: number, gadget: bigint, mode: InjectMode, nr: number, ...args: Array<bigint | number>): bigint;
-  /** Runs a batch of injected syscalls ([nr, a0..a5] x n), registers saved/restored once. */
-  injectSyscalls(tid: number, gadget: bigint, calls: BigUint64Array, mode?: InjectMode): BigInt64Array;
+  /**
+   * Runs a batch of injected syscalls ([nr, a0..a5] x n) with one register save/restore and,
+   * in seized mode, one signal-mask block and one return to the PTRACE_EVENT_STOP for the
+   * whole batch (the calls are chained from each syscall-exit-stop to the next call). A failing
+   * call does not stop the batch, except one of the first `options.guard` calls: then no later
+   * call runs (its result is -ECANCELED). With `options.readInto`, process_vm_readv(2) copies
+   * the task's memory at `readAddr` into it right before call `readAt` (n: after the last).
+   */
+  injectSyscalls(tid: number, gadget: bigint, calls: BigUint64Array, mode?: InjectMode, options?: InjectOptions): BigInt64Array;
   /**
    * clone3(2) with set_tid = tids (innermost pid namespace first; [] = any PID); the child
    * calls PTRACE_TRACEME, closes every fd and execve(2)s `path`. Returns once the child is

@@ -44,3 +44,32 @@ export function parseMaps(text: string): Vma[] {
   }
   return out;
 }
+
+/** Lowest and highest address a scratch area may take: mmap_min_addr's usual 64 KiB, the 47-bit user space. */
+const USER_MIN = 0x10000n, USER_MAX = 0x7ffffffff000n;
+/** Room kept below a stack that grows down (the kernel's stack_guard_gap, 256 pages). */
+const STACK_GUARD_GAP = 256n * 4096n;
+
+/**
+ * A page-aligned address where `size` bytes can be mapped in a layout of `vmas` (sorted, as
+ * maps lists them) without touching any area: a free page is kept on each side, so the new
+ * area cannot merge with a neighbour (and unmapping it leaves the layout exactly as it was),
+ * and the stack guard gap below a `[stack]` or growsdown area (`vmflags` code `gd`) is left
+ * alone. The highest such place is taken, where the kernel's own top-down search would look.
+ * Undefined when nothing fits.
+ */
+export function freeRange(vmas: readonly Vma[], size: number, vmflags?: ReadonlyMap<bigint, readonly string[]>): bigint | undefined {
+  const len = (BigInt(size) + 4095n) & ~4095n;
+  const sorted = [...vmas].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  // Gaps from the top down: [end of the area below, start of the area above).
+  for (let i = sorted.length; i >= 0; i--) {
+    const below = sorted[i - 1];
+    const above = sorted[i];
+    const low = (below ? below.end : USER_MIN) + 4096n;
+    let high = above ? above.start : USER_MAX;
+    if (above && (above.path === '[stack]' || (vmflags?.get(above.start)?.includes('gd') ?? false))) high -= STACK_GUARD_GAP;
+    high = (high > USER_MAX ? USER_MAX : high) - 4096n;
+    if (high - low >= len && high - len >= USER_MIN) return high - len;
+  }
+  return undefined;
+}

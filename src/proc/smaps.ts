@@ -1,4 +1,15 @@
 /** /proc/PID/smaps: per-area details; we only need the VmFlags line of each area. */
+import { parseMaps, type Vma } from './maps.js';
+
+/**
+ * The areas (smaps starts each with its /proc/PID/maps line) and their VmFlags, from one
+ * reading of /proc/PID/smaps: the same layout as maps and smaps read one after the other, with
+ * no chance of a difference between the two readings.
+ */
+export function parseSmaps(text: string): { vmas: Vma[]; vmflags: Map<bigint, string[]> } {
+  const headers = text.split('\n').filter((line) => /^[0-9a-f]+-[0-9a-f]+ /.test(line));
+  return { vmas: parseMaps(headers.join('\n')), vmflags: parseSmapsVmFlags(text) };
+}
 
 /** Area start -> its VmFlags two-letter codes ("rd wr mr mw me gd ac"…). */
 export function parseSmapsVmFlags(text: string): Map<bigint, string[]> {

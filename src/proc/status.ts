@@ -17,6 +17,19 @@ export interface ProcStatus {
   seccomp: number;
   /** The Kthread: line (6.x kernels); undefined when absent. */
   kthread: boolean | undefined;
+  /** Cpus_allowed_list, ascending. */
+  cpus: number[];
+}
+
+/** Parses a kernel CPU list ("0-3,8,10-11", proc(5) Cpus_allowed_list), ascending. */
+export function parseCpuList(text: string): number[] {
+  const cpus: number[] = [];
+  for (const part of text.trim().split(',').filter(Boolean)) {
+    const [a, b] = part.split('-').map(Number);
+    if (a === undefined || !Number.isSafeInteger(a)) throw new Error(`cpu list: cannot parse "${text}"`);
+    for (let c = a; c <= (b ?? a); c++) cpus.push(c);
+  }
+  return cpus;
 }
 
 /** Parses /proc/PID/status. */
@@ -42,5 +55,6 @@ export function parseStatus(text: string): ProcStatus {
     noNewPrivs: s('NoNewPrivs') === '1',
     seccomp: Number(s('Seccomp') || 0),
     kthread: kv.has('Kthread') ? s('Kthread') === '1' : undefined,
+    cpus: parseCpuList(s('Cpus_allowed_list')),
   };
 }

@@ -30,7 +30,7 @@ import { big, type CredsRecord, type TaskRecord, type ThreadCredsRecord } from '
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
 import { injectedError, type Tracee } from '../task/tracee.js';
-import { parseLimits, RLIMIT_NAMES, SCHED_RESET_ON_FORK } from '../dump/creds.js';
+import { parseLimits, parseSchedStat, RLIMIT_NAMES, SCHED_RESET_ON_FORK } from '../dump/creds.js';
 import type { AddressSpace } from './address-space.js';
 
 const PR_SET_PDEATHSIG = 1, PR_SET_DUMPABLE = 4, PR_SET_SECCOMP = 22, PR_CAPBSET_DROP = 24,
@@ -164,7 +164,6 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     if (big(c.caps.inheritable) & ~(stub.capBnd | stub.capInh)) fail(`thread ${c.tid} has inheritable capabilities ferry cannot grant`);
   }
   const programs = creds.seccompFilters.map((f) => Buffer.from(f.program, 'base64'));
-  const finalIp = vdsoSyscall(main, task) + 2n;
   const gadgetSize = as.scratch.addr + BigInt(as.scratch.size) - as.gadgetArea;
   /** Per thread: how each filter gets installed (seccomp(2) or prctl(2)), checked against the filters before it. */
   const viaPrctl = creds.threads.map((c, i) => c.seccomp.map((idx, k) => {
@@ -179,7 +178,7 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     return fail(`seccomp filter ${k + 1} of thread ${c.tid} could not be installed: the filters before it forbid seccomp(2) and prctl(PR_SET_SECCOMP)`);
   }));
   const mainFilters = creds.threads[0]!.seccomp.map((j) => programs[j]!);
-  if (!allAllow(mainFilters, SYS.munmap, finalIp, [as.gadgetArea, gadgetSize])) {
+  if (mainFilters.length > 0 && !allAllow(mainFilters, SYS.munmap, vdsoSyscall(main, task) + 2n, [as.gadgetArea, gadgetSize])) {
     fail('its seccomp filters forbid munmap(2), which ferry needs once more after installing them');
   }
 
@@ -189,17 +188,21 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     if (r < 0n && r >= -4095n) fail(`thread ${t.tid}: ${what}`, injectedError(call[0], Number(-r), t.tid));
     return r;
   };
+  /**
+   * Runs labelled steps in `t` as one injected batch; the first that failed is reported (the
+   * ones after it ran too, in a task that is killed with the failed restore anyway).
+   */
+  const runAll = (t: Tracee, steps: readonly Step[]): void => {
+    if (steps.length === 0) return;
+    const results = t.trySyscalls(steps.map((x) => x.call));
+    steps.forEach((x, i) => {
+      const r = results[i]!;
+      if (r < 0n && r >= -4095n) fail(`thread ${t.tid}: ${x.what}`, injectedError(x.call[0], Number(-r), t.tid));
+    });
+  };
   const s = as.scratch;
 
   // --- 1. Process-wide limits and flags, as root -----------------------------------------
-  s.reset();
-  creds.rlimits.forEach(([soft, hard], r) => {
-    const lim = Buffer.alloc(16);
-    lim.writeBigUInt64LE(big(soft), 0);
-    lim.writeBigUInt64LE(big(hard), 8);
-    run(main, `setting ${RLIMIT_NAMES[r]}`, [SYS.prlimit64, 0, r, s.put(lim), 0]);
-  });
-  if (creds.childSubreaper) run(main, 'PR_SET_CHILD_SUBREAPER', [SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0]);
   // /proc by ferry's id of the task (main.pid); `pid` is the task's own (its namespace's).
   if (Number(readProcText(main.pid, 'oom_score_adj').trim()) !== creds.oomScoreAdj) {
     try {
@@ -208,6 +211,20 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
       fail(`oom_score_adj ${creds.oomScoreAdj} (${(err as NodeJS.ErrnoException).code ?? err}; going below ferry's own minimum needs CAP_SYS_RESOURCE)`, err);
     }
   }
+  s.reset();
+  const processSteps: Step[] = [];
+  creds.rlimits.forEach(([soft, hard], r) => {
+    // The stub has ferry's limits (`ours`): only those that differ are set.
+    if (big(soft) === ours[r]![0] && big(hard) === ours[r]![1]) return;
+    const lim = Buffer.alloc(16);
+    lim.writeBigUInt64LE(big(soft), 0);
+    lim.writeBigUInt64LE(big(hard), 8);
+    processSteps.push({ what: `setting ${RLIMIT_NAMES[r]}`, call: [SYS.prlimit64, 0, r, s.put(lim), 0] });
+  });
+  if (creds.childSubreaper) processSteps.push({ what: 'PR_SET_CHILD_SUBREAPER', call: [SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0] });
+  // A single-threaded process without seccomp filters does steps 1 to 5 in one batch.
+  const merge = tracees.length === 1 && creds.threads.every((c) => c.seccomp.length === 0);
+  if (!merge) runAll(main, processSteps);
 
   // --- Seccomp filters, in their original order, while the task still has CAP_SYS_ADMIN (no
   // no_new_privs needed). Every tracee runs with PTRACE_O_SUSPEND_SECCOMP, so the filters do
@@ -229,58 +246,94 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     });
   });
 
-  // --- 2 and 3. Per thread: scheduling, affinity, then credentials -------------------------
+  // --- 2 and 3. Per thread: scheduling, affinity, then credentials; what the stub already
+  // has (read from /proc: it inherited ferry's) is not set again.
+  const last = (t: Tracee, i: number): Step[] => {
+    // --- 4 and 5: what credential changes reset: dumpable (process-wide, after every
+    // thread's credentials) and each thread's parent-death signal; then no_new_privs.
+    const c = creds.threads[i]!;
+    const out: Step[] = [];
+    if (t === main && (creds.dumpable === 0 || creds.dumpable === 1)) {
+      out.push({ what: `PR_SET_DUMPABLE ${creds.dumpable}`, call: [SYS.prctl, PR_SET_DUMPABLE, creds.dumpable, 0, 0, 0] });
+    }
+    // 2 (suid_dumpable) cannot be set by prctl; the kernel set fs.suid_dumpable with the uid change.
+    if (c.pdeathsig !== 0 && !isRoot) out.push({ what: `PR_SET_PDEATHSIG ${c.pdeathsig}`, call: [SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0] });
+    if (c.noNewPrivs) out.push({ what: 'PR_SET_NO_NEW_PRIVS', call: [SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0] });
+    return out;
+  };
+  const single = tracees.length === 1;
   tracees.forEach((t, i) => {
     const c = creds.threads[i]!;
-    s.reset();
-    run(t, `personality 0x${c.personality.toString(16)}`, [SYS.personality, c.personality]);
-    setSched(t, c, run, s);
-    if (c.affinity.length > 0) {
+    if (!merge) s.reset();
+    const now = capsOf(t.tid, t.pid);
+    const steps: Step[] = merge ? processSteps : [];
+    const personality = parseInt(readProcText(t.pid, `task/${t.tid}/personality`).trim(), 16);
+    if (personality !== c.personality) steps.push({ what: `personality 0x${c.personality.toString(16)}`, call: [SYS.personality, c.personality] });
+    steps.push(...schedSteps(c, parseSchedStat(readProcText(t.pid, `task/${t.tid}/stat`)), s));
+    if (c.affinity.length > 0 && !sameCpus(c.affinity, now.cpus)) {
       const words = Math.floor(Math.max(...c.affinity) / 64) + 1;
       const mask = Buffer.alloc(words * 8);
       for (const cpu of c.affinity) mask.writeUInt8(mask.readUInt8(cpu >> 3) | (1 << (cpu & 7)), cpu >> 3);
-      run(t, `CPU affinity ${c.affinity.join(',')} (does this machine have those CPUs?)`, [SYS.sched_setaffinity, 0, mask.length, s.put(mask)]);
+      steps.push({ what: `CPU affinity ${c.affinity.join(',')} (does this machine have those CPUs?)`, call: [SYS.sched_setaffinity, 0, mask.length, s.put(mask)] });
     }
-    setIds(t, c, capsOf(t.tid, t.pid), capLast, run, s);
+    steps.push(...idSteps(c, now, capLast, s));
+    if (single) steps.push(...last(t, i));
+    runAll(t, steps);
   });
-
-  // --- 4. What credential changes reset ----------------------------------------------------
-  if (creds.dumpable === 0 || creds.dumpable === 1) run(main, `PR_SET_DUMPABLE ${creds.dumpable}`, [SYS.prctl, PR_SET_DUMPABLE, creds.dumpable, 0, 0, 0]);
-  // 2 (suid_dumpable) cannot be set by prctl; the kernel set fs.suid_dumpable with the uid change.
-
-  // --- 5. Per thread: parent-death signal, no_new_privs -------------------------------------
-  tracees.forEach((t, i) => {
-    const c = creds.threads[i]!;
-    if (c.pdeathsig !== 0 && !isRoot) run(t, `PR_SET_PDEATHSIG ${c.pdeathsig}`, [SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0]);
-    if (c.noNewPrivs) run(t, 'PR_SET_NO_NEW_PRIVS', [SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]);
-  });
+  if (!single) tracees.forEach((t, i) => runAll(t, last(t, i)));
 }
 
-type Run = (t: Tracee, what: string, call: Call) => bigint;
+/** One labelled injected call of the credentials' restore. */
+interface Step { what: string; call: Call }
 
-/** Policy, rt priority, reset-on-fork and nice of one thread (sched_setscheduler(2), setpriority(2)). */
-function setSched(t: Tracee, c: ThreadCredsRecord, run: Run, s: AddressSpace['scratch']): void {
-  const param = Buffer.alloc(4);
-  param.writeInt32LE(c.sched.priority, 0);
-  const policy = c.sched.policy | (c.sched.resetOnFork ? SCHED_RESET_ON_FORK : 0);
-  run(t, `scheduling policy ${c.sched.policy} priority ${c.sched.priority}`, [SYS.sched_setscheduler, 0, policy, s.put(param)]);
-  run(t, `nice ${c.sched.nice}`, [SYS.setpriority, PRIO_PROCESS, 0, c.sched.nice]);
+/** Same CPU set (`now` from the stub's Cpus_allowed_list)? */
+function sameCpus(want: readonly number[], now: readonly number[]): boolean {
+  return want.length === now.length && [...want].sort((a, b) => a - b).every((c, i) => c === now[i]);
 }
 
-/** groups, gids, securebits, uids and capabilities of one thread, in the order the kernel allows. */
-function setIds(t: Tracee, c: ThreadCredsRecord, now: ReturnType<typeof parseStatus>, capLast: number, run: Run,
-  s: AddressSpace['scratch']): void {
+/**
+ * Policy, rt priority, reset-on-fork and nice of one thread (sched_setscheduler(2),
+ * setpriority(2)), unless the stub thread has them already (`now`, from its stat: a fresh
+ * thread never has SCHED_RESET_ON_FORK, fork clears it).
+ */
+function schedSteps(c: ThreadCredsRecord, now: { nice: number; priority: number; policy: number }, s: AddressSpace['scratch']): Step[] {
+  const steps: Step[] = [];
+  if (c.sched.policy !== now.policy || c.sched.priority !== now.priority || c.sched.resetOnFork) {
+    const param = Buffer.alloc(4);
+    param.writeInt32LE(c.sched.priority, 0);
+    const policy = c.sched.policy | (c.sched.resetOnFork ? SCHED_RESET_ON_FORK : 0);
+    steps.push({ what: `scheduling policy ${c.sched.policy} priority ${c.sched.priority}`, call: [SYS.sched_setscheduler, 0, policy, s.put(param)] });
+  }
+  if (c.sched.nice !== now.nice) steps.push({ what: `nice ${c.sched.nice}`, call: [SYS.setpriority, PRIO_PROCESS, 0, c.sched.nice] });
+  return steps;
+}
+
+/**
+ * groups, gids, securebits, uids and capabilities of one thread, in the order the kernel
+ * allows; what the stub thread already has (`now`, its /proc status) is left out, except the
+ * final securebits (not shown in /proc).
+ */
+function idSteps(c: ThreadCredsRecord, now: ReturnType<typeof parseStatus>, capLast: number, s: AddressSpace['scratch']): Step[] {
+  const steps: Step[] = [];
+  const run = (what: string, call: Call): void => { steps.push({ what, call }); };
+  const same = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((v, i) => v === b[i]);
   const [rgid, egid, sgid, fsgid] = c.gids;
   const [ruid, euid, suid, fsuid] = c.uids;
-  const groups = Buffer.alloc(Math.max(4, c.groups.length * 4));
-  c.groups.forEach((g, i) => groups.writeUInt32LE(g, i * 4));
-  run(t, `setgroups ${c.groups.join(',') || '(none)'}`, [SYS.setgroups, c.groups.length, s.put(groups)]);
-  run(t, `setresgid ${rgid} ${egid} ${sgid}`, [SYS.setresgid, rgid, egid, sgid]);
-  run(t, `setfsgid ${fsgid}`, [SYS.setfsgid, fsgid]);
-  // Keep every capability through the uid change: no fixups at all.
-  run(t, 'PR_SET_SECUREBITS (KEEP_CAPS, NO_SETUID_FIXUP)', [SYS.prctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP, 0, 0, 0]);
-  run(t, `setresuid ${ruid} ${euid} ${suid}`, [SYS.setresuid, ruid, euid, suid]);
-  run(t, `setfsuid ${fsuid}`, [SYS.setfsuid, fsuid]);
+  if (!same([...c.groups].sort((a, b) => a - b), [...now.groups].sort((a, b) => a - b))) {
+    const groups = Buffer.alloc(Math.max(4, c.groups.length * 4));
+    c.groups.forEach((g, i) => groups.writeUInt32LE(g, i * 4));
+    run(`setgroups ${c.groups.join(',') || '(none)'}`, [SYS.setgroups, c.groups.length, s.put(groups)]);
+  }
+  if (!same(c.gids, now.gid)) {
+    run(`setresgid ${rgid} ${egid} ${sgid}`, [SYS.setresgid, rgid, egid, sgid]);
+    run(`setfsgid ${fsgid}`, [SYS.setfsgid, fsgid]);
+  }
+  if (!same(c.uids, now.uid)) {
+    // Keep every capability through the uid change: no fixups at all.
+    run('PR_SET_SECUREBITS (KEEP_CAPS, NO_SETUID_FIXUP)', [SYS.prctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP, 0, 0, 0]);
+    run(`setresuid ${ruid} ${euid} ${suid}`, [SYS.setresuid, ruid, euid, suid]);
+    run(`setfsuid ${fsuid}`, [SYS.setfsuid, fsuid]);
+  }
   const capset = (what: string, eff: bigint, perm: bigint, inh: bigint): void => {
     const b = Buffer.alloc(8 + 24); // cap_user_header_t, then two cap_user_data_t (low, high 32 bits)
     b.writeUInt32LE(LINUX_CAPABILITY_VERSION_3, 0);
@@ -290,20 +343,25 @@ function setIds(t: Tracee, c: ThreadCredsRecord, now: ReturnType<typeof parseSta
       b.writeUInt32LE(Number((v >> 32n) & 0xffffffffn), 20 + j * 4);
     });
     const at = s.put(b);
-    run(t, what, [SYS.capset, at, at + 8n]);
+    run(what, [SYS.capset, at, at + 8n]);
   };
   const inh = big(c.caps.inheritable);
-  capset('capset of the inheritable set', now.capEff, now.capPrm, inh);
+  if (inh !== now.capInh) capset('capset of the inheritable set', now.capEff, now.capPrm, inh);
   const bounding = big(c.caps.bounding);
   for (let cap = 0; cap <= capLast; cap++) {
     const bit = 1n << BigInt(cap);
-    if ((now.capBnd & bit) !== 0n && (bounding & bit) === 0n) run(t, `PR_CAPBSET_DROP ${cap}`, [SYS.prctl, PR_CAPBSET_DROP, cap, 0, 0, 0]);
+    if ((now.capBnd & bit) !== 0n && (bounding & bit) === 0n) run(`PR_CAPBSET_DROP ${cap}`, [SYS.prctl, PR_CAPBSET_DROP, cap, 0, 0, 0]);
   }
-  run(t, 'PR_CAP_AMBIENT_CLEAR_ALL', [SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0]);
   const ambient = big(c.caps.ambient);
+  if (now.capAmb !== 0n) run('PR_CAP_AMBIENT_CLEAR_ALL', [SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0]);
   for (let cap = 0; cap <= capLast; cap++) {
-    if ((ambient >> BigInt(cap)) & 1n) run(t, `PR_CAP_AMBIENT_RAISE ${cap}`, [SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0]);
+    if ((ambient >> BigInt(cap)) & 1n) run(`PR_CAP_AMBIENT_RAISE ${cap}`, [SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0]);
   }
-  run(t, `PR_SET_SECUREBITS 0x${c.securebits.toString(16)}`, [SYS.prctl, PR_SET_SECUREBITS, c.securebits, 0, 0, 0]);
-  capset('capset', big(c.caps.effective), big(c.caps.permitted), inh);
+  run(`PR_SET_SECUREBITS 0x${c.securebits.toString(16)}`, [SYS.prctl, PR_SET_SECUREBITS, c.securebits, 0, 0, 0]);
+  // The uid change kept every capability (NO_SETUID_FIXUP) and the inheritable set is set:
+  // the final capset only when the effective or permitted set differs.
+  if (big(c.caps.effective) !== now.capEff || big(c.caps.permitted) !== now.capPrm) {
+    capset('capset', big(c.caps.effective), big(c.caps.permitted), inh);
+  }
+  return steps;
 }

@@ -6,7 +6,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
 import type { NativeError } from '../errors.js';
-import { INJECT_SEIZED, INJECT_STEP, native } from '../native/binding.js';
+import { INJECT_SEIZED, INJECT_STEP, native, type InjectOptions } from '../native/binding.js';
 
 const ERRNO_NAMES = new Map<number, string>(
   Object.entries(osConstants.errno).map(([name, no]) => [no, name]),
@@ -88,17 +88,28 @@ export class Tracee {
 
   /** Runs several syscalls with one register save/restore; throws on the first failure. */
   syscalls(calls: ReadonlyArray<readonly [number, ...Array<bigint | number>]>): bigint[] {
-    const flat = new BigUint64Array(calls.length * 7);
-    calls.forEach((c, i) => {
-      c.forEach((v, j) => { flat[i * 7 + j] = BigInt.asUintN(64, BigInt(v)); });
-    });
-    const results = native().injectSyscalls(this.tid, this.gadget, flat, this.mode);
+    const results = this.trySyscalls(calls);
     const out: bigint[] = [];
     results.forEach((r, i) => {
       if (r < 0n && r >= -4095n) throw injectedError(calls[i]![0], Number(-r), this.tid);
       out.push(r);
     });
     return out;
+  }
+
+  /**
+   * Runs several syscalls as one batch (native/inject.cc: one register save/restore and, for a
+   * seized task, one signal block and one return to its stop) and returns each raw result
+   * (-errno on failure; -ECANCELED for a call not run because one of the first
+   * `options.guard` failed). `options` can also read the task's memory within the batch.
+   */
+  trySyscalls(calls: ReadonlyArray<readonly [number, ...Array<bigint | number>]>, options?: InjectOptions): BigInt64Array {
+    if (this.gadget === 0n) throw new Error(`no syscall gadget set for tid ${this.tid}`);
+    const flat = new BigUint64Array(calls.length * 7);
+    calls.forEach((c, i) => {
+      c.forEach((v, j) => { flat[i * 7 + j] = BigInt.asUintN(64, BigInt(v)); });
+    });
+    return native().injectSyscalls(this.tid, this.gadget, flat, this.mode, options);
   }
 
   private mem(): number {

@@ -5,11 +5,11 @@ import { describe, it } from 'node:test';
 import { parseAuxv } from '../../src/proc/auxv.js';
 import { fdCloexec, parseFdinfo } from '../../src/proc/fdinfo.js';
 import { O_APPEND, O_CLOEXEC } from '../../src/proc/fcntl.js';
-import { parseMaps } from '../../src/proc/maps.js';
+import { freeRange, parseMaps } from '../../src/proc/maps.js';
 import { dumpablePageRuns } from '../../src/proc/pagemap.js';
-import { parseSmapsVmFlags } from '../../src/proc/smaps.js';
+import { parseSmaps, parseSmapsVmFlags } from '../../src/proc/smaps.js';
 import { isKernelThread, parseStat } from '../../src/proc/stat.js';
-import { parseStatus } from '../../src/proc/status.js';
+import { parseCpuList, parseStatus } from '../../src/proc/status.js';
 
 describe('maps', { timeout: 30_000 }, () => {
   it('parses this process', () => {
@@ -107,5 +107,48 @@ describe('smaps, auxv, pagemap', { timeout: 30_000 }, () => {
     assert.deepEqual(dumpablePageRuns(e, 0, false), [[0, 2], [4, 1]]);
     assert.deepEqual(dumpablePageRuns(e, 10, true), [[10, 3], [14, 2]]);
     assert.deepEqual(dumpablePageRuns(e.subarray(8), 0, false), [[0, 1], [3, 1]], 'unaligned views work');
+  });
+});
+
+describe('free ranges and smaps', { timeout: 30_000 }, () => {
+  const vma = (start: bigint, end: bigint, path = ''): ReturnType<typeof parseMaps>[number] => ({
+    start, end, read: true, write: true, exec: false, shared: false, offset: 0n, major: 0, minor: 0, inode: 0n, path, deleted: false,
+  });
+
+  it('takes the highest gap with a free page on each side', () => {
+    const vmas = [vma(0x10000000n, 0x10001000n), vma(0x20000000n, 0x20001000n), vma(0x7ffffffde000n, 0x7ffffffff000n, '[stack]')];
+    const at = freeRange(vmas, 8192)!;
+    assert.equal(at % 4096n, 0n);
+    // Below the stack's guard gap, above the second area with a page to spare.
+    assert.ok(at + 8192n <= 0x7ffffffde000n - 256n * 4096n - 4096n);
+    assert.ok(at >= 0x20001000n + 4096n);
+    for (const v of vmas) assert.ok(at + 8192n + 4096n <= v.start || at >= v.end + 4096n, 'no neighbour within a page');
+  });
+
+  it('refuses gaps too small to keep a page free on each side', () => {
+    // Only a 3-page hole between two areas, and nothing else free below USER_MAX.
+    const vmas = [vma(0x10000n, 0x20000000n), vma(0x20003000n, 0x7ffffffff000n)];
+    assert.equal(freeRange(vmas, 8192), undefined);
+    assert.equal(freeRange(vmas, 4096), 0x20001000n);
+  });
+
+  it('keeps the guard gap below a growsdown area', () => {
+    const vmas = [vma(0x10000n, 0x7f0000000000n), vma(0x7f0000200000n, 0x7f0000300000n), vma(0x7f0000301000n, 0x7ffffffff000n)];
+    const flags = new Map([[0x7f0000200000n, ['rd', 'wr', 'gd']]]);
+    assert.equal(freeRange(vmas, 4096), 0x7f00001fe000n, 'without VmFlags: right below the area, a page apart');
+    assert.equal(freeRange(vmas, 4096, flags), 0x7f00000fe000n, 'a growsdown area keeps its 1 MiB guard gap free');
+  });
+
+  it('reads this process\'s layout and VmFlags from one smaps', () => {
+    const { vmas, vmflags } = parseSmaps(readFileSync('/proc/self/smaps', 'utf8'));
+    assert.ok(vmas.length > 10);
+    assert.ok(vmas.every((v) => vmflags.has(v.start)));
+    assert.ok(vmas.some((v) => v.path === '[vdso]'));
+  });
+
+  it('parses Cpus_allowed_list', () => {
+    assert.deepEqual(parseCpuList('0-3,8,10-11\n'), [0, 1, 2, 3, 8, 10, 11]);
+    assert.deepEqual(parseCpuList(''), []);
+    assert.ok(parseStatus(readFileSync('/proc/self/status', 'utf8')).cpus.length >= 1);
   });
 });
