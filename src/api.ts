@@ -164,9 +164,9 @@ export interface RestoreResult {
   pagesBytes: number;
   /** Verification of the image, milliseconds. */
   verifyMs: number;
-  /** From the first process created to the tasks running, milliseconds. */
+  /** From the first process created to every task let go and running, milliseconds. */
   restoreMs: number;
-  /** Whole restore, milliseconds. */
+  /** Whole restore, milliseconds (with the 20 ms watch for a process dying at once after the let-go). */
   totalMs: number;
 }
 

@@ -168,6 +168,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const watchdog = await starting?.armed();
     // The let-go: once it is done, the tree runs on its own and an abort no longer applies.
     await letGo(created, tasks, xstates, o.signal);
+    const tRunning = performance.now();
     watchdog?.disarm();
     made?.running?.();
     dropFiles();
@@ -183,7 +184,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       hostPids: Object.fromEntries(tasks.map((t, i) => [t.pid, hostPids[i]!])),
       pagesBytes,
       verifyMs: tVerified - t0,
-      restoreMs: tEnd - tStart,
+      restoreMs: tRunning - tStart,
       totalMs: tEnd - t0,
     };
   } catch (err) {
