@@ -15,7 +15,9 @@
  *   would give its processes (process.user, process.capabilities, process.noNewPrivileges,
  *   process.rlimits, process.oomScoreAdj, linux.seccomp);
  * - a plain restore: a policy given by the caller (`parseMaxCreds`: "nobody", "65534:65534",
- *   "www-data,caps=net_bind_service", "root" for anything); none by default.
+ *   "www-data,caps=net_bind_service", "root" for anything); without one, none for an image a
+ *   trusted key signed (the host key's included), else `untrustedBound`, from the recorded
+ *   executable's stat.
  *
  * What a process may legitimately change within a bound is allowed: with CAP_SETUID any uid,
  * with CAP_SETGID any gid and groups, with CAP_SYS_RESOURCE any hard limit and
