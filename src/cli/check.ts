@@ -11,6 +11,7 @@ import { release } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { describeCause, errnoCode } from '../errors.js';
 import { hostPublicKey } from '../image/host-key.js';
+import { parseStatus } from '../proc/status.js';
 import type { CheckCliOptions } from './args.js';
 import type { RunContext } from './context.js';
 import { printLine } from './output.js';
@@ -45,11 +46,6 @@ const O_PATH = 0o10000000, O_DIRECTORY = 0o200000;
 const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
 const CAP = { SYS_PTRACE: 19, SYS_ADMIN: 21, SYS_RESOURCE: 24, NET_ADMIN: 12, CHECKPOINT_RESTORE: 40 } as const;
 
-/** The effective capabilities of this process (/proc/self/status CapEff). */
-function effectiveCaps(): bigint {
-  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
-  return m ? BigInt(`0x${m[1]!}`) : 0n;
-}
 
 const has = (caps: bigint, n: number): boolean => ((caps >> BigInt(n)) & 1n) === 1n;
 
@@ -92,7 +88,7 @@ const readText = (path: string): string | undefined => {
 
 /** Every probe, in the order printed. `pkg` is ferry's package root. */
 function probes(ctx: RunContext, pkg: string, loadNative: () => typeof import('../native/binding.js')): Probe[] {
-  const caps = effectiveCaps();
+  const caps = parseStatus(readFileSync('/proc/self/status', 'utf8')).capEff;
   const binding = (): ReturnType<typeof import('../native/binding.js')['native']> => loadNative().native();
   return [
     {

@@ -14,11 +14,12 @@
  * are made after the descriptors are installed.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { FerryError, describeCause } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { readProcText } from '../proc/read.js';
+import { parseStat } from '../proc/stat.js';
 import { NOT_YET, type FdDesc, type FileKind } from './types.js';
 
 /** pidfd_open(2) PIDFD_THREAD (= O_EXCL). */
@@ -44,9 +45,8 @@ function ints(d: FdDesc, key: string): number[] {
 /** Whether `pid` is a zombie whose parent is in `pids` (the tree checkpoints it as a zombie). */
 function zombieOfTree(pid: number, pids: ReadonlySet<number>): boolean {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return state === 'Z' && pids.has(Number(ppid));
+    const stat = parseStat(readProcText(pid, 'stat'));
+    return stat.state === 'Z' && pids.has(stat.ppid);
   } catch {
     return false;
   }

@@ -16,8 +16,9 @@
 import type { BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
 import { big, type FileRecord, type TaskRecord } from '../image/records.js';
+import { O_ACCMODE } from '../proc/fcntl.js';
 
-const O_ACCMODE = 3, O_WRONLY = 1, O_RDWR = 2;
+const O_WRONLY = 1, O_RDWR = 2; // O_ACCMODE values
 const CAP_DAC_OVERRIDE = 1n;
 /** The kinds restore opens by a path the image gives (src/files/). */
 const BY_PATH = new Set(['reg', 'chr', 'fifo', 'tty']);
@@ -55,7 +56,7 @@ export function checkWriteAccess(label: string, tasks: readonly Pick<TaskRecord,
     const t = holders[0]!;
     const fd = t.fds.find((d) => d.file === f.id)!.fd;
     const c = t.creds.threads[0]!;
-    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) fd ${fd} would get ${f.path} open for writing, which its `
+    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) fd ${fd} would get ${JSON.stringify(f.path.slice(0, 256))} open for writing, which its `
       + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not open so (owner ${st.uid}:${st.gid}, mode `
       + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`,
     { pid: t.pid, fd, path: f.path });

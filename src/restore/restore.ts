@@ -95,8 +95,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // A file marked external at checkpoint is the caller's to hand in (--inherit-fd).
     const missing = files.files.find((f) => f.external === true && !inherited(f));
     if (missing) {
-      throw new FerryError('EEXTERNAL', `file ${missing.id} (${String(missing.link)}) of the image was external at checkpoint (--external): `
-        + `restore with --inherit-fd fd[N]:${String(missing.link)}, N a descriptor of yours to use in its place`);
+      const link = String(missing.link).slice(0, 256); // the image's words: bounded, one line
+      throw new FerryError('EEXTERNAL', `file ${missing.id} (${link.replace(/[\0-\x1f]/g, '?')}) of the image was external at checkpoint (--external): `
+        + `restore with --inherit-fd fd[N]:${link.replace(/[\0-\x1f]/g, '?')}, N a descriptor of yours to use in its place`);
     }
     // Nor write access: an untrusted image's processes hold open for writing only what their
     // own credentials could open so (a container's files are in its rootfs, confined there;

@@ -274,7 +274,7 @@ describe('no write access from an untrusted image', { skip, timeout: 300_000 }, 
     await w.exited;
     const before = readFileSync(w.log);
     const fd = 1; // stdout and stderr hold the log; the lowest is named
-    refusedRestore(['--image', unsigned, '--config', noHostKey], `image ${unsigned}: pid ${w.pid} (counter) fd ${fd} would get ${w.log} open for writing, `
+    refusedRestore(['--image', unsigned, '--config', noHostKey], `image ${unsigned}: pid ${w.pid} (counter) fd ${fd} would get ${JSON.stringify(w.log)} open for writing, `
       + 'which its credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE) could not open so (owner 0:0, mode 644): nothing was restored; '
       + 'sign the image and restore with --trust if it is genuine', w.pid);
     assert.deepEqual(readFileSync(w.log), before, 'the log untouched');

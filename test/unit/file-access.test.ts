@@ -31,7 +31,7 @@ describe('checkWriteAccess', () => {
   it('refuses a write mode on a file the holder could not open so, naming pid, fd, path and why', () => {
     assert.throws(() => checkWriteAccess('img', [task(7, 65534, 65534)], [file(O_WRONLY | O_APPEND)], stat(0, 42, 0o640)), (err: Error & { code?: string; pid?: number; fd?: number; path?: string }) => {
       assert.equal(err.code, 'EPRIVILEGE');
-      assert.equal(err.message, 'image img: pid 7 (x) fd 3 would get /etc/shadow open for writing, which its credentials (uid 65534, gid 65534, '
+      assert.equal(err.message, 'image img: pid 7 (x) fd 3 would get "/etc/shadow" open for writing, which its credentials (uid 65534, gid 65534, '
         + 'no CAP_DAC_OVERRIDE) could not open so (owner 0:42, mode 640): nothing was restored; sign the image and restore with --trust if it is genuine');
       assert.deepEqual([err.pid, err.fd, err.path], [7, 3, '/etc/shadow']);
       return true;
@@ -59,7 +59,7 @@ describe('checkWriteAccess', () => {
     checkWriteAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'pipe', flags: O_RDWR }], stat(0, 0, 0o600));
     // A device or FIFO by path is held to the same rule: /dev/mem is root's.
     assert.throws(() => checkWriteAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/mem', flags: O_RDWR }], stat(0, 15, 0o640)),
-      /fd 3 would get \/dev\/mem open for writing/);
+      /fd 3 would get "\/dev\/mem" open for writing/);
     checkWriteAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/null', flags: O_RDWR }], stat(0, 0, 0o666));
   });
 });
