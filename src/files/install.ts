@@ -11,7 +11,6 @@ import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
 import type { Scratch, Tracee } from '../task/tracee.js';
 import { ConfinedRoot, placeRecord } from './confined.js';
-import { opensAfterTree } from './pidfd.js';
 import { kindByName } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, NOT_YET, type FileOptions, type OpenContext } from './types.js';
 
@@ -117,8 +116,8 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
       return m as Map<string, T>;
     },
   };
-  // pidfds name restored processes: opened once the tree exists (restore.ts, openPidfds).
-  let pending = records.filter((r) => !opened.has(r.id) && !opensAfterTree(r));
+  // A kind that names restored processes is opened once the tree exists (openAfterTree).
+  let pending = records.filter((r) => !opened.has(r.id) && !kindByName(r.kind).openAfterTree);
   try {
     while (pending.length > 0) {
       const waiting: FileRecord[] = [];
@@ -137,6 +136,18 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
     throw err;
   }
   return { opened, ctx };
+}
+
+/**
+ * Opens, once every process of the tree exists, the files of the kinds that name restored
+ * processes (FileKind.openAfterTree), into `files`; `hostPid` maps an image pid to ferry's.
+ */
+export async function openAfterTree(files: RestoreFiles, records: readonly FileRecord[],
+  hostPid: (pid: number) => number | undefined): Promise<void> {
+  for (const r of records) {
+    const late = kindByName(r.kind).openAfterTree;
+    if (late) files.opened.set(r.id, await late(r, hostPid));
+  }
 }
 
 /** Closes the controller's descriptors once every task holds its copies. */

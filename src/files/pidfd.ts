@@ -6,7 +6,7 @@
  *
  * What can be restored: a pidfd of a process of the checkpointed tree (itself included,
  * running or a zombie), opened again with pidfd_open(2) once the restored tree exists
- * (`afterTree`: every other file is opened before the first process is made), and a pidfd
+ * (`openAfterTree`: every other file is opened before the first process is made), and a pidfd
  * of a process already gone (reaped), made by opening a pidfd of a short-lived child of
  * ferry and reaping it: like the original, it signals nothing (ESRCH) and waits for nothing.
  * Refused at checkpoint: a pidfd of a process outside the tree (restoring it would name
@@ -20,7 +20,7 @@ import { native } from '../native/binding.js';
 import { O_ACCMODE, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
 import { readProcText } from '../proc/read.js';
 import { parseStat } from '../proc/stat.js';
-import { NOT_YET, type FdDesc, type FileKind } from './types.js';
+import type { FdDesc, FileKind } from './types.js';
 
 /** pidfd_open(2) PIDFD_THREAD (= O_EXCL). */
 const PIDFD_THREAD = 0o200;
@@ -87,46 +87,24 @@ export const pidfd: FileKind<PidfdRecord> = {
     if (!ok) throw new FerryError('EIMAGE', `image: pidfd (file ${rec.id}) has an invalid record`);
   },
 
-  // Opened once the tree exists (afterTree), not with the other files.
-  open(): typeof NOT_YET {
-    return NOT_YET;
+  open(rec: PidfdRecord): never {
+    throw new Error(`pidfd (file ${rec.id}) is opened after the tree (openAfterTree), not with the other files`);
+  },
+
+  async openAfterTree(rec: PidfdRecord, hostPid: (pid: number) => number | undefined): Promise<number> {
+    if (rec.target === 0) return goneProcessPidfd(rec.flags);
+    const pid = hostPid(rec.target);
+    if (pid === undefined) {
+      throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of pid ${rec.target}: that process is not running in the restored tree `
+        + '(a zombie in a container is not supported yet)');
+    }
+    try {
+      return native().pidfdOpen(pid, rec.flags & O_NONBLOCK);
+    } catch (err) {
+      throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of pid ${rec.target}: ${describeCause(err)}`, { cause: err });
+    }
   },
 };
-
-/** Whether `rec` is opened only once the restored processes exist (openFilesAfterTree). */
-export const opensAfterTree = (rec: FileRecord): boolean => rec.kind === 'pidfd';
-
-/**
- * Opens the pidfd records once the tree is made: `hostPid` gives a restored process's pid as
- * ferry sees it, from its pid in the image (undefined: not known here). Returns each record's
- * controller descriptor.
- */
-export async function openPidfds(records: readonly PidfdRecord[], hostPid: (pid: number) => number | undefined): Promise<Map<number, number>> {
-  const n = native();
-  const out = new Map<number, number>();
-  try {
-    for (const rec of records) {
-      if (rec.target === 0) {
-        out.set(rec.id, await goneProcessPidfd(rec.flags));
-        continue;
-      }
-      const pid = hostPid(rec.target);
-      if (pid === undefined) {
-        throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of pid ${rec.target}: that process is not running in the restored tree `
-          + '(a zombie in a container is not supported yet)');
-      }
-      try {
-        out.set(rec.id, n.pidfdOpen(pid, rec.flags & O_NONBLOCK));
-      } catch (err) {
-        throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of pid ${rec.target}: ${describeCause(err)}`, { cause: err });
-      }
-    }
-  } catch (err) {
-    for (const fd of out.values()) n.closeFd(fd);
-    throw err;
-  }
-  return out;
-}
 
 /**
  * A pidfd of a process that has exited and been reaped: one of a child of ferry, opened

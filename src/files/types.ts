@@ -154,6 +154,12 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    */
   open(record: R, ctx: OpenContext): number | typeof NOT_YET;
   /**
+   * Optional, for a file that names restored processes (a pidfd): its kind is opened by this
+   * instead of `open`, once every process of the tree exists; `hostPid` gives a process's
+   * pid as ferry sees it from its pid in the image (undefined: not known here).
+   */
+  openAfterTree?(record: R, hostPid: (pid: number) => number | undefined): Promise<number>;
+  /**
    * Optional: runs in each task holding the file, once all of the task's descriptors are
    * installed, for state only the task can set with its own descriptor numbers (epoll_ctl,
    * TIOCSCTTY, POSIX locks owned by the process). Called once per task for its lowest fd.

@@ -17,9 +17,8 @@ import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
-import { checkFiles, closeFiles, installFds, openFiles, type RestoreFiles } from '../files/install.js';
+import { checkFiles, closeFiles, installFds, openAfterTree, openFiles, type RestoreFiles } from '../files/install.js';
 import { hostRoot, statIn } from '../files/confined.js';
-import { openPidfds, opensAfterTree, type PidfdRecord } from '../files/pidfd.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
@@ -154,8 +153,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // their stubs, or (a zombie, already finished) by its pid where pids are the host's.
     const hostPidOf = (pid: number): number | undefined => created.stubs.get(pid)?.pid
       ?? (made === undefined && existsSync(`/proc/${pid}`) ? pid : undefined);
-    const late = files.files.filter(opensAfterTree) as PidfdRecord[];
-    for (const [id, fd] of await openPidfds(late, hostPidOf)) opened.opened.set(id, fd);
+    await openAfterTree(opened, files.files, hostPidOf);
     await faultPoint('created', o.signal);
     let pagesBytes = 0;
     for (const task of tasks) {
