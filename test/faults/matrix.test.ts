@@ -258,6 +258,29 @@ describe('fault matrix: processes', { skip }, () => {
     });
   }
 
+  // --leave-running of a tree storing at most 8 MiB lets it go before its image is written
+  // (src/dump/checkpoint.ts, EARLY_RELEASE_MAX_BYTES): the faults while that image is written.
+  describe('small, left running: let go before the write', () => {
+    const small = async (p: Problems, body: (t: WrittenTarget, dir: string) => Promise<void>): Promise<void> => {
+      const t = await startMemcheck(2, 'one');
+      try {
+        const target = memcheckTarget(t);
+        const dir = join(t.dir, 'images');
+        mkdirSync(dir);
+        await body({ ...target, args: [...target.args, '--leave-running'] }, dir);
+      } finally {
+        killOurs(t.pids);
+      }
+    };
+    for (const fault of ['SIGKILL', 'SIGTERM'] as const) {
+      const row = `small --leave-running checkpoint ${fault}`;
+      it(`${row} @ writing`, CELL, async () => expectOk(await cell(matrix, row, 'writing',
+        (p) => small(p, (t, dir) => checkpointHit(p, t, dir, olderImage, 'writing', fault)))));
+    }
+    it('small --leave-running checkpoint EPIPE', CELL, async () => expectOk(await cell(matrix, 'small --leave-running checkpoint EPIPE', 'once',
+      (p) => small(p, (t, dir) => checkpointIntoClosedPipe(p, t, join(dir, 'ferry'))))));
+  });
+
   describe('checkpoint: the tree changes meanwhile', () => {
     it('one checkpoint: target killed mid-dump, 10 times', CELL, async () =>
       expectOk(await cell(matrix, 'one checkpoint target dies x10', 'once', targetExitsCell)));
