@@ -10,6 +10,7 @@ import { parseFdinfo } from '../proc/fdinfo.js';
 import { fdCloexec } from '../proc/fdinfo.js';
 import { inOwnMountNs, listFds, readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
+import { dumpOwner, ownerMatters } from './owner.js';
 import { kindOf } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, type DumpContext, type FdDesc, type FileKind, type FileOptions } from './types.js';
 
@@ -130,7 +131,10 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       // of its own for (runc's descriptors.json: the container's stdio pipes).
       const rec = { ...kind.dump(desc, ctx), id, kind: kind.kind, link: desc.link } as FileRecord;
       if (typeof rec.path === 'string' ? rootedInTask(desc, mounts) : namesPathInTask(rec, desc, mounts)) rec.root = 'task';
-      if (desc.async) rec.async = asyncOwner(desc, grab(desc, grabbed));
+      if (ownerMatters(desc)) {
+        const owner = dumpOwner(desc, grab(desc, grabbed), ctx.pids);
+        if (owner) rec[desc.async ? 'async' : 'owner'] = owner;
+      }
       files.push(rec);
     });
   } catch (err) {
@@ -173,26 +177,8 @@ function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: Map<number, Readonl
   return (named(rec.name) || named(rec.external)) && taskMounts(d.pid, mounts) !== null;
 }
 
-/** O_ASYNC: fcntl(2) F_SETOWN/F_SETSIG state of an open file. */
+/** O_ASYNC: the open file signals its owner (owner.ts). */
 const O_ASYNC = 0o20000;
-
-/**
- * Who gets the file's SIGIO and which signal: F_GETOWN_EX/F_GETSIG of the grabbed copy (the
- * same open file), the owner's id translated into its own (innermost) pid namespace, which is
- * the tree's when the owner is in the tree.
- */
-function asyncOwner(d: FdDesc, fd: number): { type: number; pid: number; sig: number } {
-  const o = native().asyncOwner(fd);
-  let pid = o.pid;
-  if (pid > 0) {
-    try {
-      pid = parseStatus(readProcText(pid, 'status')).nsPid.at(-1) ?? pid;
-    } catch {
-      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (its SIGIO owner ${o.pid} does not exist)`);
-    }
-  }
-  return { type: o.type, pid, sig: o.sig };
-}
 
 /** pidfd_getfd of `d` into the controller, once per descriptor. */
 function grab(d: FdDesc, grabbed: Map<string, number>): number {

@@ -11,6 +11,7 @@ import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
 import type { Scratch, Tracee } from '../task/tracee.js';
 import { ConfinedRoot, placeRecord } from './confined.js';
+import { describeOwner, restoreOwner, type OwnerRecord } from './owner.js';
 import { kindByName } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, NOT_YET, type FileOptions, type OpenContext } from './types.js';
 
@@ -189,10 +190,6 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
   const lowest = new Map<number, number>();
   for (const rec of sorted) if (!lowest.has(rec.file)) lowest.set(rec.file, rec.fd);
   for (const [fileId, fd] of lowest) {
-    const async = files.ctx.record(fileId)?.async as { type: number; pid: number; sig: number } | undefined;
-    if (async) restoreAsync(t, scratch, fd, async);
-  }
-  for (const [fileId, fd] of lowest) {
     const record = files.ctx.record(fileId);
     const kind = record && kindByName(record.kind);
     if (!record || !kind?.installed) continue;
@@ -201,18 +198,23 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
   }
 }
 
-const F_GETFL = 3, F_SETFL = 4, F_SETSIG = 10, F_SETOWN_EX = 15, O_ASYNC = 0o20000;
-
 /**
- * O_ASYNC with its owner and signal (the open file's SIGIO state), set by the task on its own
- * descriptor: the owner id is in the task's pid namespace.
+ * Sets again the owner and signal of the task's files (owner.ts), once every process and
+ * thread of the tree exists (an owner may be any of them) and after the `installed` hooks (a
+ * lease taken back there made the task the owner).
  */
-function restoreAsync(t: Tracee, scratch: Scratch, fd: number, a: { type: number; pid: number; sig: number }): void {
-  scratch.reset();
-  const owner = Buffer.alloc(8); // struct f_owner_ex { int type; pid_t pid; }
-  owner.writeInt32LE(a.type, 0);
-  owner.writeInt32LE(a.pid, 4);
-  const ownerAt = scratch.put(owner);
-  const [flags] = t.syscalls([[SYS.fcntl, fd, F_GETFL], [SYS.fcntl, fd, F_SETOWN_EX, ownerAt], [SYS.fcntl, fd, F_SETSIG, a.sig]]);
-  t.syscall(SYS.fcntl, fd, F_SETFL, Number(flags!) | O_ASYNC);
+export function restoreOwners(t: Tracee, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles): void {
+  const lowest = new Map<number, number>();
+  for (const rec of [...table].sort((a, b) => a.fd - b.fd)) if (!lowest.has(rec.file)) lowest.set(rec.file, rec.fd);
+  for (const [fileId, fd] of lowest) {
+    const record = files.ctx.record(fileId);
+    const owner = (record?.async ?? record?.owner) as OwnerRecord | undefined;
+    if (!owner) continue;
+    try {
+      restoreOwner(t, scratch, fd, owner, record?.async !== undefined);
+    } catch (err) {
+      throw new FerryError('EOPEN', `cannot set the owner of fd ${fd} of pid ${pid} (file ${fileId}, ${String(record!.kind)}) to ${describeOwner(owner)}: ${(err as Error).message}`, { cause: err });
+    }
+  }
 }
+

@@ -14,11 +14,20 @@
  * in no fdinfo, and it needs nothing here: the checkpoint interrupts its call, which restore
  * restarts (ERESTARTSYS), so it waits again for the lock restored in its holder.
  *
+ * A lease (fcntl(2) F_SETLEASE, class LEASE) belongs to the open file too and shows in every
+ * descriptor's fdinfo of it. One being broken (BREAKING: another open is waiting for the
+ * holder to give it up or downgrade it) shows the type it is being broken to; it comes back as
+ * that type (none for UNLCK): the breaker's open is interrupted by the checkpoint, and the
+ * holder's signal for the break is already queued or handled, so the lease comes back as the
+ * holder would have left it. Delegations (DELEG, NFS server) are refused.
+ *
  * Restore takes every lock back without waiting (LOCK_NB, F_SETLK, F_OFD_SETLK) through the
  * task's own descriptor, once all its descriptors are installed: a POSIX lock by its owner
  * (anything closing a descriptor of the file in that process before would drop it), flock and
  * OFD locks by any holder of the open file (taking a lock the open file already holds again
- * changes nothing).
+ * changes nothing), a lease by the holder, before the file's owner is set again (F_SETLEASE
+ * makes the caller the owner: owner.ts). A lease needs the file open nowhere else for writing
+ * (a read lease) or at all (a write lease), as when it was taken.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { FerryError } from '../errors.js';
@@ -29,8 +38,11 @@ import type { DumpContext, FdDesc, FileOptions, TaskContext } from './types.js';
 
 /** One lock of an open file, as stored in its record. */
 export interface LockRecord {
-  /** 'flock': flock(2); 'ofd': fcntl F_OFD_SETLK; 'posix': fcntl F_SETLK, owned by `owner`. */
-  kind: 'flock' | 'ofd' | 'posix';
+  /**
+   * 'flock': flock(2); 'ofd': fcntl F_OFD_SETLK; 'posix': fcntl F_SETLK, owned by `owner`;
+   * 'lease': fcntl F_SETLEASE (start and len '0': a lease covers the file).
+   */
+  kind: 'flock' | 'ofd' | 'posix' | 'lease';
   /** 'read' (flock: LOCK_SH) or 'write' (flock: LOCK_EX). */
   type: 'read' | 'write';
   /** First byte (decimal string: off_t is 64-bit). */
@@ -79,6 +91,7 @@ function describe(l: LockLine): string {
     case 'FLOCK': return `a flock ${l.type === 'WRITE' ? 'exclusive' : 'shared'} lock`;
     case 'OFDLCK': return `an OFD ${l.type.toLowerCase()} lock on ${range}`;
     case 'POSIX': return `a POSIX ${l.type.toLowerCase()} lock of pid ${l.pid} on ${range}`;
+    case 'LEASE': return `a ${l.type === 'WRITE' ? 'write' : 'read'} lease`;
     default: return `a lock '${l.text}'`;
   }
 }
@@ -88,7 +101,7 @@ const unsupported = (d: FdDesc, why: string): FerryError =>
 
 /**
  * Refuses, before the tree is touched, a descriptor whose open file holds a lock, unless
- * --file-locks; with it, refuses what cannot be taken back (leases, mandatory locks).
+ * --file-locks; with it, refuses what cannot be taken back (mandatory locks, delegations).
  */
 export function precheckLocks(d: FdDesc, options: FileOptions): void {
   const locks = fdinfoLocks(d);
@@ -98,15 +111,21 @@ export function precheckLocks(d: FdDesc, options: FileOptions): void {
     throw unsupported(d, `holds ${describe(first)}: checkpoint with --file-locks to keep file locks`);
   }
   for (const l of locks) {
+    if (isLease(l)) continue;
     if (!['FLOCK', 'OFDLCK', 'POSIX'].includes(l.cls) || !/^(READ|WRITE)$/.test(l.type) || !l.text.includes('ADVISORY')) {
-      throw unsupported(d, `holds ${describe(l)}, which ferry cannot restore (only flock, POSIX and OFD advisory locks)`);
+      throw unsupported(d, `holds ${describe(l)}, which ferry cannot restore (only flock, POSIX and OFD advisory locks, and leases)`);
     }
   }
   if (locks.length > MAX_LOCKS) throw unsupported(d, `holds ${locks.length} locks, more than ${MAX_LOCKS}`);
 }
 
+/** A lease line ferry takes back: active or being broken, to a read, write or no lease. */
+const isLease = (l: LockLine): boolean =>
+  l.cls === 'LEASE' && /^(READ|WRITE|UNLCK)$/.test(l.type) && /\bLEASE\s+(ACTIVE|BREAKING)\s/.test(l.text);
+
 /** A parsed line as a record; POSIX owners translated into the tree's pid namespace. */
 function toRecord(l: LockLine, owner?: number): LockRecord {
+  if (l.cls === 'LEASE') return { kind: 'lease', type: l.type === 'WRITE' ? 'write' : 'read', start: '0', len: '0' };
   const len = l.end === null ? 0n : l.end - l.start + 1n;
   const rec: LockRecord = {
     kind: l.cls === 'FLOCK' ? 'flock' : l.cls === 'OFDLCK' ? 'ofd' : 'posix',
@@ -132,7 +151,7 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
   const out: LockRecord[] = [];
   const own = fdinfoLocks(d);
   for (const l of own) {
-    if (l.cls === 'FLOCK' || l.cls === 'OFDLCK') out.push(toRecord(l));
+    if (l.cls === 'FLOCK' || l.cls === 'OFDLCK' || (isLease(l) && l.type !== 'UNLCK')) out.push(toRecord(l));
     else if (l.cls === 'POSIX' && l.pid === d.pid) out.push(toRecord(l, nsPid(d.pid)));
   }
   // Other processes holding this open file may own POSIX locks set through it: each shows them
@@ -183,7 +202,7 @@ export function validateLocks(locks: unknown, where: string): LockRecord[] {
   for (const l of locks as unknown[]) {
     if (typeof l !== 'object' || l === null) bad('must hold objects');
     const r = l as Record<string, unknown>;
-    if (!['flock', 'ofd', 'posix'].includes(r.kind as string) || !['read', 'write'].includes(r.type as string)) bad('has an unknown kind or type');
+    if (!['flock', 'ofd', 'posix', 'lease'].includes(r.kind as string) || !['read', 'write'].includes(r.type as string)) bad('has an unknown kind or type');
     for (const k of ['start', 'len']) {
       if (typeof r[k] !== 'string' || !/^\d{1,19}$/.test(r[k]) || BigInt(r[k]) > OFF_MAX) bad(`has a bad ${k}`);
     }
@@ -193,7 +212,7 @@ export function validateLocks(locks: unknown, where: string): LockRecord[] {
 }
 
 const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
-const F_SETLK = 6, F_OFD_SETLK = 37, F_RDLCK = 0, F_WRLCK = 1, SEEK_SET = 0;
+const F_SETLK = 6, F_OFD_SETLK = 37, F_SETLEASE = 1024, F_RDLCK = 0, F_WRLCK = 1, SEEK_SET = 0;
 const EAGAIN = 11, EACCES = 13;
 /** flock(2)'s number on x86-64 (not in the shared table). */
 const SYS_flock = 73;
@@ -214,6 +233,7 @@ export function describeRecord(l: LockRecord): string {
   const len = BigInt(l.len);
   const range = len === 0n ? (start === 0n ? 'the whole file' : `bytes ${start}-EOF`) : `bytes ${start}-${start + len - 1n}`;
   if (l.kind === 'flock') return `flock ${l.type === 'write' ? 'exclusive' : 'shared'} lock`;
+  if (l.kind === 'lease') return `${l.type} lease`;
   return `${l.kind === 'ofd' ? 'OFD' : 'POSIX'} ${l.type} lock on ${range}`;
 }
 
@@ -240,13 +260,17 @@ export function restoreLocks(locks: readonly LockRecord[], path: string, task: T
     let r: bigint;
     if (l.kind === 'flock') {
       r = task.tracee.trySyscall(SYS_flock, task.fd, (l.type === 'write' ? LOCK_EX : LOCK_SH) | LOCK_NB);
+    } else if (l.kind === 'lease') {
+      r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, l.type === 'write' ? F_WRLCK : F_RDLCK);
     } else {
       const arg = task.scratch.put(structFlock(l));
       r = task.tracee.trySyscall(SYS.fcntl, task.fd, l.kind === 'ofd' ? F_OFD_SETLK : F_SETLK, arg);
     }
     if (r < 0n) {
       const errno = Number(-r);
-      const why = errno === EAGAIN || errno === EACCES
+      const why = l.kind === 'lease' && errno === EAGAIN
+        ? `the file is open ${l.type === 'write' ? '' : 'for writing '}elsewhere${holders(ino)}: close it there and restore again`
+        : errno === EAGAIN || errno === EACCES
         ? `another process holds a conflicting lock${holders(ino)}: release it and restore again`
         : `errno ${errno}`;
       throw new FerryError('ELOCK', `cannot take back the ${describeRecord(l)} of ${path} (fd ${task.fd} of pid ${task.pid}): ${why}`);

@@ -17,7 +17,8 @@ import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
-import { checkFiles, closeFiles, installFds, openAfterTree, openFiles, type RestoreFiles } from '../files/install.js';
+import { checkOwners } from '../files/owner.js';
+import { checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
 import { hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
@@ -30,7 +31,7 @@ import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
-import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm } from './address-space.js';
+import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, type AddressSpace } from './address-space.js';
 import { checkWriteAccess } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
@@ -98,6 +99,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       throw new FerryError('EEXTERNAL', `file ${missing.id} (${link.replace(/[\0-\x1f]/g, '?')}) of the image was external at checkpoint (--external): `
         + `restore with --inherit-fd fd[N]:${link.replace(/[\0-\x1f]/g, '?')}, N a descriptor of yours to use in its place`);
     }
+    // Signals the files send (F_SETOWN) go to the image's own processes only.
+    checkOwners(files.files, tree.processes, tasks);
     // Nor write access: an untrusted image's processes hold open for writing only what their
     // own credentials could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).
@@ -156,10 +159,15 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     await openAfterTree(opened, files.files, hostPidOf);
     await faultPoint('created', o.signal);
     let pagesBytes = 0;
+    const spaces = new Map<number, AddressSpace>();
     for (const task of tasks) {
       o.signal?.throwIfAborted();
-      pagesBytes += rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), made?.controllerPidfd);
+      const built = rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), made?.controllerPidfd);
+      spaces.set(task.pid, built.as);
+      pagesBytes += built.written;
     }
+    // Once every process and thread exists: what may name another one, then credentials.
+    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!);
     await faultPoint('rebuilt', o.signal);
     o.signal?.throwIfAborted();
     const hostPid = created.stubs.get(tree.root)!.pid;
@@ -286,11 +294,11 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
 
 /**
  * Rebuilds one process inside its stub: address space, mm, state, descriptors, threads,
- * pending signals. Returns the bytes of pages written. Its threads are registered in
- * `created` as soon as they exist, so a failure anywhere kills them too.
+ * pending signals. Returns its address space and the bytes of pages written. Its threads are
+ * registered in `created` as soon as they exist, so a failure anywhere kills them too.
  */
 function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, pages: ChunkSource, controllerPidfd?: number): number {
+  files: RestoreFiles, pages: ChunkSource, controllerPidfd?: number): { as: AddressSpace; written: number } {
   const t = created.stubs.get(task.pid)!;
   const as = clearStub(t, task);
   const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory, controllerPidfd);
@@ -299,9 +307,19 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
   installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
+  return { as, written };
+}
+
+/**
+ * Finishes a rebuilt process once every process and thread of the tree exists: its files'
+ * owners (a thread of another process may be one), its credentials, then the injection gadget
+ * goes.
+ */
+function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace): void {
+  const t = created.stubs.get(task.pid)!;
+  restoreOwners(t, as.scratch, task.pid, task.fds, files);
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
-  return written;
 }
 
 /**
