@@ -6,6 +6,7 @@
  * nanosecond, and that the SIGIO and the lease break still reach it.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -42,6 +43,20 @@ describe('leases and file owners', { skip, timeout: 120_000 }, () => {
     assert.equal(cp.code, 0, cp.stderr);
     await w.exited;
     await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    const rs = restore(image, ['--file-locks']);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('a lease being broken comes back as what it is broken to, and the breaker gets through', async () => {
+    const w = await startWorkload(LEASES, ['DIR', 'breaking']);
+    const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    for (const k of kids) own(k);
+    const image = join(w.dir, 'breaking.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--file-locks']);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    await waitFor('the tree to be free', () => [w.pid, ...kids].every((p) => !alive(p)), 5000);
     const rs = restore(image, ['--file-locks']);
     assert.equal(rs.code, 0, rs.stderr);
     assert.equal(await verify(w), 'PASS');
