@@ -148,6 +148,7 @@ function dumpTask(p: FrozenProcess): DumpedTask {
       comm: stat.comm,
       exe: paths.exe,
       cwd: paths.cwd,
+      ...(paths.cwdDeleted ? { cwdDeleted: paths.cwdDeleted } : {}),
       umask: status.umask,
       mm: readMm(pid, stat, injected.brk),
       vmas: memory.vmas,

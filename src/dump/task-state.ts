@@ -18,7 +18,7 @@ import { parseAuxv } from '../proc/auxv.js';
 import { freeRange, type Vma } from '../proc/maps.js';
 import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { injectedError, type Tracee } from '../task/tracee.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
@@ -267,7 +267,18 @@ export function readMm(pid: number, stat: ProcStat, brk: bigint): MmRecord {
   };
 }
 
-/** Where the task's executable and cwd are. */
-export function readPaths(pid: number): { exe: string; cwd: string } {
-  return { exe: readProcLink(pid, 'exe'), cwd: readProcLink(pid, 'cwd') };
+/**
+ * Where the task's executable and cwd are. A removed working directory reads
+ * `/path (deleted)` and has no links left: its path comes without the suffix, and
+ * `cwdDeleted` with the directory's mode and owner.
+ */
+export function readPaths(pid: number): { exe: string; cwd: string; cwdDeleted?: { mode: number; uid: number; gid: number } } {
+  const cwd = readProcLink(pid, 'cwd');
+  const exe = readProcLink(pid, 'exe');
+  if (!cwd.endsWith(DELETED)) return { exe, cwd };
+  const st = statSync(`/proc/${pid}/cwd`);
+  if (st.nlink !== 0) return { exe, cwd }; // a name that ends so
+  return { exe, cwd: cwd.slice(0, -DELETED.length), cwdDeleted: { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } };
 }
+
+const DELETED = ' (deleted)';

@@ -147,6 +147,11 @@ export interface TaskRecord {
   comm: string;
   exe: string;
   cwd: string;
+  /**
+   * The working directory was removed (its link read `cwd (deleted)`): its mode and owner.
+   * Restore makes it for the chdir only (restore/cwd.ts).
+   */
+  cwdDeleted?: { mode: number; uid: number; gid: number };
   umask: number;
   mm: MmRecord;
   vmas: VmaRecord[];

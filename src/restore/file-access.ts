@@ -10,6 +10,10 @@
  * or it holds CAP_DAC_OVERRIDE. (POSIX ACLs are not read: a file writable only through an
  * ACL entry is refused; a trusted image is not held to this.)
  *
+ * The same holds for the directories a restore makes for a working directory that was removed
+ * (restore/cwd.ts): they are made in the nearest directory that still exists, which the
+ * process must be able to write in.
+ *
  * A trusted image is exempt: a daemon that opened its log as root and then dropped to
  * `nobody` holds it for writing legitimately, and its image says so truthfully.
  */
@@ -60,5 +64,28 @@ export function checkWriteAccess(label: string, tasks: readonly Pick<TaskRecord,
       + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not open so (owner ${st.uid}:${st.gid}, mode `
       + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`,
     { pid: t.pid, fd, path: f.path });
+  }
+}
+
+/**
+ * Throws EPRIVILEGE when a process whose working directory was removed would have it made
+ * again (for its chdir, removed at once: restore/cwd.ts) in a directory its recorded
+ * credentials could not create anything in (`statOf` looks paths up as restore will).
+ */
+export function checkDeletedCwds(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted'>[],
+  statOf: StatOf): void {
+  for (const t of tasks) {
+    if (!t.cwdDeleted) continue;
+    let dir = t.cwd;
+    let st: ReturnType<StatOf>;
+    do {
+      dir = dir.slice(0, Math.max(dir.lastIndexOf('/'), 0)) || '/';
+      st = statOf(dir);
+    } while (!st && dir !== '/');
+    if (!st || mayWrite(t, st)) continue;
+    const c = t.creds.threads[0]!;
+    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) had the removed directory ${JSON.stringify(t.cwd.slice(0, 256))} as its working directory; restore would make it again in ${JSON.stringify(dir.slice(0, 256))}, which its `
+      + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not write in (owner ${st.uid}:${st.gid}, mode `
+      + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`);
   }
 }

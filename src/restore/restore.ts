@@ -19,7 +19,7 @@ import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkOwners } from '../files/owner.js';
 import { checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
-import { hostRoot, statIn } from '../files/confined.js';
+import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
@@ -32,9 +32,10 @@ import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, type AddressSpace } from './address-space.js';
-import { checkWriteAccess } from './file-access.js';
+import { checkDeletedCwds, checkWriteAccess } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
+import { finishRemovedCwd, withCwd } from './cwd.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { createTree, type CreatedTree } from './tree.js';
 import { validateFiles, validateTask, validateTree } from './validate.js';
@@ -105,6 +106,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // own credentials could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).
     if (!trusted && !o.makeRoot) {
+      checkDeletedCwds(o.image === '-' ? '(stdin)' : o.image, tasks, (path) => {
+        try {
+          return statIn(hostRoot(), path, 'directory');
+        } catch {
+          return undefined;
+        }
+      });
       checkWriteAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
         try {
           return statIn(hostRoot(), path, 'file');
@@ -160,9 +168,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     await faultPoint('created', o.signal);
     let pagesBytes = 0;
     const spaces = new Map<number, AddressSpace>();
+    // Where a removed working directory is made for a moment (cwd.ts): the tasks' root.
+    const cwdRoot = made ? new ConfinedRoot(made.fileRoot, 'in-root') : hostRoot();
+    if (made) session.onUndo('close the container root', () => cwdRoot.close());
     for (const task of tasks) {
       o.signal?.throwIfAborted();
-      const built = rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), made?.controllerPidfd);
+      const built = rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), cwdRoot, made?.controllerPidfd);
       spaces.set(task.pid, built.as);
       pagesBytes += built.written;
     }
@@ -298,12 +309,13 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
  * registered in `created` as soon as they exist, so a failure anywhere kills them too.
  */
 function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, pages: ChunkSource, controllerPidfd?: number): { as: AddressSpace; written: number } {
+  files: RestoreFiles, pages: ChunkSource, cwdRoot: ConfinedRoot, controllerPidfd?: number): { as: AddressSpace; written: number } {
   const t = created.stubs.get(task.pid)!;
   const as = clearStub(t, task);
   const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory, controllerPidfd);
   setMm(t, as, task);
-  restoreTaskState(t, as, task);
+  withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
+  finishRemovedCwd(t.pid, task);
   installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
