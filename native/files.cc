@@ -14,6 +14,10 @@
 // below never follow a final symlink (unlinkat, mkdirat, symlinkat, renameat2 act on the name
 // itself; fchownat takes AT_SYMLINK_NOFOLLOW).
 //
+// Also name_to_handle_at(2) (AT_EMPTY_PATH: the handle of the file a descriptor refers to) and
+// linkat(2) with AT_EMPTY_PATH (a new name for the file a descriptor refers to; needs
+// CAP_DAC_READ_SEARCH, and the file must still have a link: nlink 0 gives ENOENT).
+//
 // openat2(2) resolve flags (include/uapi/linux/openat2.h; fs/namei.c):
 //   RESOLVE_BENEATH        every component must stay under dirfd: an absolute path, an
 //                          absolute symlink, or ".." above dirfd fails with EXDEV.
@@ -44,6 +48,8 @@
 #include <sched.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+
+#include <vector>
 
 #include "errors.h"
 
@@ -292,9 +298,44 @@ Napi::Value Fchownat(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// nameToHandle(fd) -> {type, handle}: name_to_handle_at(fd, "", AT_EMPTY_PATH): the file
+// system's handle for the file fd refers to (f_handle bytes and handle_type), valid for
+// open_by_handle_at(2) on any descriptor of the same file system while the inode lives.
+Napi::Value NameToHandle(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  std::vector<uint8_t> buf(sizeof(struct file_handle) + MAX_HANDLE_SZ);
+  auto* fh = reinterpret_cast<struct file_handle*>(buf.data());
+  fh->handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = 0;
+  if (name_to_handle_at(static_cast<int>(fd), "", fh, &mount_id, AT_EMPTY_PATH) < 0) {
+    ThrowErrno(info.Env(), "name_to_handle_at", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("type", fh->handle_type);
+  out.Set("handle", Napi::Buffer<uint8_t>::Copy(info.Env(), fh->f_handle, fh->handle_bytes));
+  return out;
+}
+
+// linkFd(fd, newdirfd, newpath): linkat(fd, "", newdirfd, newpath, AT_EMPTY_PATH): a new name
+// (never replacing one: EEXIST) for the file fd refers to.
+Napi::Value LinkFd(const Napi::CallbackInfo& info) {
+  int64_t fd, dirfd;
+  std::string path;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &dirfd) || !ArgPath(info, 2, "linkat", &path)) return {};
+  if (linkat(static_cast<int>(fd), "", static_cast<int>(dirfd), path.c_str(), AT_EMPTY_PATH) < 0) {
+    ThrowErrno(info.Env(), "linkat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
+  exports.Set("nameToHandle", Napi::Function::New(env, NameToHandle));
+  exports.Set("linkFd", Napi::Function::New(env, LinkFd));
   exports.Set("openat2", Napi::Function::New(env, Openat2));
   exports.Set("mkdirat", Napi::Function::New(env, Mkdirat));
   exports.Set("unlinkat", Napi::Function::New(env, Unlinkat));

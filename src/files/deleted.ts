@@ -234,16 +234,13 @@ export const deleted: FileKind<DeletedRecord> = {
   kind: 'ghost',
 
   matches(fd: FdDesc): boolean {
-    if (!fd.link.startsWith('/') || !fd.link.endsWith(SUFFIX) || !fd.stat.isFile() || isMemfdLink(fd)) return false;
+    // A removed name of a file that has other names is linked.ts's.
+    if (!fd.link.startsWith('/') || !fd.link.endsWith(SUFFIX) || !fd.stat.isFile() || fd.stat.nlink > 0n || isMemfdLink(fd)) return false;
     return (fd.fdinfo.flags & O_PATH) === 0;
   },
 
-  /** Refuses, before anything is touched, a ghost with other names or bigger than the limit. */
+  /** Refuses, before anything is touched, a ghost bigger than the limit. */
   precheck(fd: FdDesc, options: FileOptions): void {
-    if (fd.stat.nlink > 0n) {
-      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} `
-        + `(its name was removed but the file still has ${fd.stat.nlink} other link(s), which cannot be found)`);
-    }
     const limit = contentsLimit(options);
     if (storedEstimate(fd.stat) > limit) throw tooBig(fd, 'the deleted file', Number(fd.stat.size), limit);
   },

@@ -9,6 +9,7 @@ import { eventfd } from './eventfd.js';
 import { eventpoll } from './epoll.js';
 import { fanotify } from './fanotify.js';
 import { inotify } from './inotify.js';
+import { linked } from './linked.js';
 import { memfd } from './memfd.js';
 import { inet } from './inet.js';
 import { fifo, pipe } from './pipe.js';
@@ -24,6 +25,7 @@ import type { FdDesc, FileKind } from './types.js';
 const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   memfd as unknown as FileKind<FileRecord>, // before regular: a memfd's link is a path too
   deleted as unknown as FileKind<FileRecord>, // before regular: deleted-but-open files
+  linked as unknown as FileKind<FileRecord>, // before regular: a removed name of a file with others
   regular as unknown as FileKind<FileRecord>,
   chrdev as unknown as FileKind<FileRecord>,
   tty as unknown as FileKind<FileRecord>,

@@ -351,6 +351,13 @@ export interface NativeBinding {
   inotifySetNextWd(fd: number, wd: number): void;
   /** inotify_add_watch(2): returns the watch descriptor. */
   inotifyAddWatch(fd: number, path: string, mask: number): number;
+  /**
+   * name_to_handle_at(2) of the file `fd` refers to (AT_EMPTY_PATH): its file system handle,
+   * for open_by_handle_at(2) on the same file system while the inode lives.
+   */
+  nameToHandle(fd: number): { type: number; handle: Buffer };
+  /** linkat(2) with AT_EMPTY_PATH: a new name `path` under `dirfd` for the file `fd` refers to (EEXIST if taken). */
+  linkFd(fd: number, dirfd: number, path: string): void;
   /** open_by_handle_at(2) (O_CLOEXEC added): `handle` is f_handle, `type` handle_type, `mountFd` any file of the file system. */
   openByHandle(mountFd: number, type: number, handle: Buffer, flags: number): number;
   /** fanotify_init(2) (FAN_CLOEXEC always added). */
@@ -376,7 +383,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
   'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt',
-  'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle',
+  'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle', 'nameToHandle', 'linkFd',
   'fanotifyInit', 'fanotifyMark',
 ];
 

@@ -17,6 +17,7 @@ import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
+import { checkLinkedTrust } from '../files/linked.js';
 import { checkOwners } from '../files/owner.js';
 import { checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
@@ -102,6 +103,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     }
     // Signals the files send (F_SETOWN) go to the image's own processes only.
     checkOwners(files.files, tree.processes, tasks);
+    // A file reached by its handle is confined by nothing.
+    if (!trusted) checkLinkedTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor write access: an untrusted image's processes hold open for writing only what their
     // own credentials could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).
