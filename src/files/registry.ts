@@ -14,6 +14,7 @@ import { memfd } from './memfd.js';
 import { inet } from './inet.js';
 import { fifo, pipe } from './pipe.js';
 import { pidfd } from './pidfd.js';
+import { procfile } from './procfile.js';
 import { regular } from './regular.js';
 import { unix } from './unix.js';
 import { signalfd } from './signalfd.js';
@@ -26,6 +27,7 @@ const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   memfd as unknown as FileKind<FileRecord>, // before regular: a memfd's link is a path too
   deleted as unknown as FileKind<FileRecord>, // before regular: deleted-but-open files
   linked as unknown as FileKind<FileRecord>, // before regular: a removed name of a file with others
+  procfile as unknown as FileKind<FileRecord>, // before regular: /proc/PID/ files name processes
   regular as unknown as FileKind<FileRecord>,
   chrdev as unknown as FileKind<FileRecord>,
   tty as unknown as FileKind<FileRecord>,

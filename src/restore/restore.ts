@@ -19,6 +19,7 @@ import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
 import { checkOwners } from '../files/owner.js';
+import { checkProcfileTrust } from '../files/procfile.js';
 import { checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
@@ -105,6 +106,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     checkOwners(files.files, tree.processes, tasks);
     // A file reached by its handle is confined by nothing.
     if (!trusted) checkLinkedTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
+    // Nor a /proc file of a process outside the tree, opened as root.
+    if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor write access: an untrusted image's processes hold open for writing only what their
     // own credentials could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).

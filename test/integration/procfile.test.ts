@@ -1,0 +1,58 @@
+/**
+ * Files under /proc/PID/ held open, through bin/ferry: build/workloads/procfds holds its own
+ * /proc/self/stat (past its start), its child's status, its main thread's comm, its /proc
+ * directory and /proc/1/stat; after restore it checks each names the same (restored) process.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
+import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+
+const skip = needs('root', 'build');
+after(cleanup);
+
+const PROCFDS = join(WORKLOADS, 'procfds');
+
+/** Checkpoints the tree (killing it) and waits for its pids to be free. */
+async function checkpoint(w: Workload, image: string): Promise<void> {
+  const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  for (const k of kids) own(k);
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+  assert.equal(cp.code, 0, cp.stderr);
+  await w.exited;
+  await waitFor('the tree to be free', () => [w.pid, ...kids].every((p) => !alive(p)), 5000);
+}
+
+describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
+  it('come back naming the restored processes, with their offsets', async () => {
+    const w = await startWorkload(PROCFDS, ['DIR']);
+    const image = join(w.dir, 'proc.tar');
+    await checkpoint(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('--leave-running leaves the original as it was', async () => {
+    const w = await startWorkload(PROCFDS, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('an untrusted image may not open a /proc file of a process outside its tree', async () => {
+    const w = await startWorkload(PROCFDS, ['DIR']);
+    const image = join(w.dir, 'proc.tar');
+    await checkpoint(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, { 'files.json': json(() => undefined) });
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1);
+    assert.match(rs.stderr, /file \d+ \("\/proc\/1\/stat"\) is a \/proc file of a process outside the image's tree, which restore would open as root/);
+    assert.ok(!alive(w.pid));
+  });
+});
