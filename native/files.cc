@@ -7,7 +7,7 @@
 //
 // And the *at() family that resolves a path relative to a directory descriptor, for paths that
 // come from an image (untrusted input: docs/security.md): openat2(2) with struct open_how
-// {flags, mode, resolve}, mkdirat(2), unlinkat(2), symlinkat(2), renameat2(2), fchownat(2).
+// {flags, mode, resolve}, mkdirat(2), mkfifoat(3) (mknodat(2)), unlinkat(2), symlinkat(2), renameat2(2), fchownat(2).
 // Only openat2 takes RESOLVE_* flags, so the policy (src/files/confined.ts) resolves the parent
 // directory of a name with openat2 and then acts on the last component alone through that
 // directory's descriptor: a single component cannot traverse anything, and the *at() calls
@@ -331,9 +331,23 @@ Napi::Value LinkFd(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// mkfifoat(dirfd, path, mode): a FIFO named `path` under `dirfd` (mknodat(2) S_IFIFO; EEXIST
+// on any existing name, a symlink included: never followed).
+Napi::Value Mkfifoat(const Napi::CallbackInfo& info) {
+  int64_t dirfd, mode;
+  std::string path;
+  if (!ArgInt(info, 0, &dirfd) || !ArgPath(info, 1, "mkfifoat", &path) || !ArgInt(info, 2, &mode)) return {};
+  if (mkfifoat(static_cast<int>(dirfd), path.c_str(), static_cast<mode_t>(mode)) < 0) {
+    ThrowErrno(info.Env(), "mkfifoat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
+  exports.Set("mkfifoat", Napi::Function::New(env, Mkfifoat));
   exports.Set("nameToHandle", Napi::Function::New(env, NameToHandle));
   exports.Set("linkFd", Napi::Function::New(env, LinkFd));
   exports.Set("openat2", Napi::Function::New(env, Openat2));

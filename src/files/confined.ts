@@ -46,7 +46,7 @@ const RESOLVE: Readonly<Record<Confinement, number>> = {
 };
 
 /** The flags a single name is acted on with under its parent: nothing but the name itself. */
-const NAME_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+export const NAME_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
 
 /** A directory every image path of one kind is resolved in, held open as an O_PATH descriptor. */
 export class ConfinedRoot {
@@ -485,4 +485,50 @@ export function viaFd<T>(root: ConfinedRoot, path: string, what: string, noFollo
 /** `path` as messages show it, inside its root (for the modules' own errors). */
 export function shownIn(root: ConfinedRoot, path: string): string {
   return shown(root, path);
+}
+
+/**
+ * Runs `fn` with the path of a directory made for it in place of `dirPath`, a directory that
+ * was removed (for a chdir or an open that needs a name, the result staying a removed
+ * directory): the missing part of the path is made, component by component from the nearest
+ * directory that still exists (mode 0700), the last one under a new name beside it
+ * (`NAME.ferry-removed-N`) when `dirPath` exists again; all of it is removed again once `fn`
+ * returns or throws (a directory no longer empty is left: someone else's by then).
+ */
+export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: string, fn: (path: string) => T): T {
+  const parts = dirPath.split('/').filter((x) => x !== '');
+  if (parts.length === 0) throw new FerryError('EIMAGE', `${what}: '/' cannot have been removed`);
+  let have = 0; // components that exist, as directories
+  while (have < parts.length - 1) {
+    const st = statIn(root, `/${parts.slice(0, have + 1).join('/')}`, what);
+    if (!st) break;
+    if (!st.isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: /${parts.slice(0, have + 1).join('/')} is no longer a directory`);
+    have++;
+  }
+  const made: string[] = [];
+  const mk = (path: string): boolean => {
+    try {
+      mkdirIn(root, path, 0o700, what);
+    } catch (err) {
+      if (errnoCode(err) === 'EEXIST' || (err instanceof FerryError && errnoCode(err.cause) === 'EEXIST')) return false;
+      throw err;
+    }
+    made.push(path);
+    return true;
+  };
+  try {
+    for (let i = have + 1; i < parts.length; i++) mk(`/${parts.slice(0, i).join('/')}`);
+    let path = `/${parts.join('/')}`;
+    for (let n = 1; !mk(path); n++) {
+      if (n > 100) throw new FerryError('EEXIST', `cannot restore ${what}: its name and 100 others beside it are taken`);
+      path = `/${parts.join('/')}.ferry-removed-${n}`;
+    }
+    return fn(path);
+  } finally {
+    for (const d of made.reverse()) {
+      try {
+        unlinkIn(root, d, what, true);
+      } catch { /* not empty any more: someone else's now */ }
+    }
+  }
 }

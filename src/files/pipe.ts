@@ -7,7 +7,11 @@
  * inode number at dump; for a FIFO its device and inode). On restore the first record of a
  * pipe to be opened creates it (pipe2(2), capacity, data) and the others open the same pipe
  * again: an anonymous pipe through /proc/self/fd/N of the first one's descriptor (opening a
- * pipefs inode never blocks), a FIFO by its path. No per-process assumption: ends held by
+ * pipefs inode never blocks), a FIFO by its path. A FIFO whose name was removed (a pipe no
+ * name reaches any more, the link reading `path (deleted)`) is made again under that name for
+ * the moment of its first open (mkfifoat, opened O_RDWR, name removed at once; a free name
+ * beside it when the path was taken), then given its mode and owner; its other records open
+ * it through the first one's descriptor. No per-process assumption: ends held by
  * different processes are found the same way.
  *
  * Buffered data is copied without consuming it: the pipe is taken into the controller with
@@ -19,16 +23,17 @@
  * it). On restore it is written once per pipe, whichever record opens first. Packet-mode data
  * (writes through an O_DIRECT end, pipe(2)) keeps its packet boundaries.
  */
-import { fstatSync, readSync, writeSync, type BigIntStats } from 'node:fs';
-import { FerryError } from '../errors.js';
+import { fchmodSync, fchownSync, fstatSync, readSync, writeSync, type BigIntStats } from 'node:fs';
+import { errnoCode, FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { placeOf, reopenIn, shownIn, statIn } from './confined.js';
+import { NAME_RESOLVE, placeOf, reopenIn, shownIn, statIn, withParent, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
 
-const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2;
+const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_NOFOLLOW = 0o400000;
+const REMOVED = ' (deleted)';
 /** Status flags F_SETFL can change (fcntl(2)); the access mode comes from how the file is opened. */
 const SETFL_FLAGS = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME;
 /** splice.h */
@@ -57,10 +62,13 @@ export interface PipeRecord extends FileRecord, PipeState {
 
 export interface FifoRecord extends FileRecord, PipeState {
   kind: 'fifo';
+  /** Its path; for a removed FIFO, the path it had (without " (deleted)"). */
   path: string;
   /** Identity of the FIFO node at dump. */
   dev: string;
   ino: string;
+  /** The FIFO's name was removed (its link read `path (deleted)`): its mode and owner. */
+  removed?: { mode: number; uid: number; gid: number };
 }
 
 // ---- dump ----
@@ -221,10 +229,11 @@ function openFifo(rec: FifoRecord, ctx: OpenContext): number {
   const { root, path } = placeOf(rec);
   const what = `FIFO (file ${rec.id} of the image)`;
   const notFifo = (st: BigIntStats): string | undefined => (st.isFIFO() ? undefined : 'is no longer a FIFO');
-  const helper = reopenIn(root, path, O_RDWR | O_NONBLOCK, what, notFifo);
+  let m = current(key, ctx);
+  const helper = !rec.removed ? reopenIn(root, path, O_RDWR | O_NONBLOCK, what, notFifo)
+    : m ? n.openRaw(`/proc/self/fd/${m.fd}`, O_RDWR | O_NONBLOCK) : makeRemovedFifo(rec, root, path, what);
   try {
     const st = fstatSync(helper, { bigint: true });
-    let m = current(key, ctx);
     const fd = n.openRaw(`/proc/self/fd/${helper}`, (rec.flags & O_ACCMODE) | O_NONBLOCK);
     try {
       if (!m) {
@@ -242,6 +251,40 @@ function openFifo(rec: FifoRecord, ctx: OpenContext): number {
   } finally {
     n.closeFd(helper);
   }
+}
+
+/**
+ * A FIFO for a record whose FIFO was removed: made under its old name (or a free one beside
+ * it) in its directory, inside the root, opened O_RDWR (which never blocks), the name removed
+ * at once, then given the recorded mode and owner.
+ */
+function makeRemovedFifo(rec: FifoRecord, root: ConfinedRoot, path: string, what: string): number {
+  const n = native();
+  return withParent(root, path, what, (dir) => {
+    for (let i = 0; i <= 100; i++) {
+      const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
+      try {
+        n.mkfifoat(dir.dir, name, 0o600);
+      } catch (err) {
+        if (errnoCode(err) === 'EEXIST') continue;
+        throw err;
+      }
+      let fd: number;
+      try {
+        fd = n.openat2(dir.dir, name, O_RDWR | O_NONBLOCK | O_NOFOLLOW, 0, NAME_RESOLVE);
+      } finally {
+        n.unlinkat(dir.dir, name, 0);
+      }
+      if (!fstatSync(fd, { bigint: true }).isFIFO()) {
+        n.closeFd(fd);
+        throw new FerryError('ECHANGED', `${what}: the FIFO made for it was replaced before it was opened`);
+      }
+      fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
+      fchmodSync(fd, rec.removed!.mode);
+      return fd;
+    }
+    throw new FerryError('EEXIST', `${what}: its name ${rec.path} and 100 others beside it are taken`);
+  });
 }
 
 /** Shape checks of what both kinds store (the image is input: every length is bounded). */
@@ -311,11 +354,16 @@ export const fifo: FileKind<FifoRecord> = {
   },
 
   dump(fd: FdDesc, ctx: DumpContext): Omit<FifoRecord, 'id' | 'kind'> {
-    if (fd.link.endsWith(' (deleted)')) {
-      throw new FerryError('EUNSUPPORTED',
-        `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (deleted FIFOs cannot be checkpointed yet)`);
+    const identity = { dev: fd.stat.dev.toString(), ino: fd.stat.ino.toString() };
+    if (fd.link.endsWith(REMOVED) && fd.stat.nlink === 0n) {
+      const removed = { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) };
+      return { path: fd.link.slice(0, -REMOVED.length), ...identity, removed, ...dumpState(fd, ctx, true) };
     }
-    return { path: fd.link, dev: fd.stat.dev.toString(), ino: fd.stat.ino.toString(), ...dumpState(fd, ctx, true) };
+    if (fd.link.endsWith(REMOVED)) {
+      throw new FerryError('EUNSUPPORTED',
+        `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a removed name of a FIFO that still has ${fd.stat.nlink} other name(s), which cannot be found)`);
+    }
+    return { path: fd.link, ...identity, ...dumpState(fd, ctx, true) };
   },
 
   check(rec: FifoRecord): void {
@@ -326,6 +374,17 @@ export const fifo: FileKind<FifoRecord> = {
     if (rec.path.includes('\0') || rec.path.length > 4096) throw new FerryError('EIMAGE', `image: fifo (file ${rec.id}) has no valid path`);
     // Resolved inside the process's recorded root (confined.ts), as open() will.
     const { root, path } = placeOf(rec);
+    if (rec.removed !== undefined) {
+      const r = rec.removed as unknown as Record<string, unknown>;
+      const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
+      if (typeof r !== 'object' || r === null || !Number.isSafeInteger(r.mode) || (r.mode as number) < 0 || (r.mode as number) > 0o7777
+        || !id(r.uid) || !id(r.gid)) throw new FerryError('EIMAGE', `image: fifo (file ${rec.id}) has an invalid removed mode or owner`);
+      const dir = path.slice(0, path.lastIndexOf('/')) || '/';
+      if (!(statIn(root, dir, `FIFO (file ${rec.id} of the image)`)?.isDirectory() ?? false)) {
+        throw new FerryError('ENOENT', `the directory of the removed FIFO ${rec.path} (file ${rec.id} of the image) does not exist here: create it first`);
+      }
+      return;
+    }
     const st = statIn(root, path, `FIFO (file ${rec.id} of the image)`);
     if (!st?.isFIFO()) {
       throw new FerryError('ENOENT', `FIFO ${shownIn(root, path)} (file ${rec.id} of the image) ${st ? 'is no longer a FIFO: refused, nothing was opened' : 'no longer exists: create it first (mkfifo)'}`, { path: rec.path });

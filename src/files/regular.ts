@@ -7,14 +7,14 @@
  * checkpoint's is refused unless --allow-changed-files (then a warning is logged): the process
  * remembers offsets, lengths and contents that no longer hold.
  */
-import { constants, fstatSync, statSync } from 'node:fs';
+import { constants, fchmodSync, fchownSync, fstatSync, statSync } from 'node:fs';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import {
   O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH, O_SYNC,
 } from '../proc/fcntl.js';
-import { ConfinedRoot, hostRoot, openIn, placeOf, statIn } from './confined.js';
+import { ConfinedRoot, hostRoot, openIn, placeOf, statIn, withRemovedDir } from './confined.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 
@@ -46,6 +46,11 @@ export interface RegularRecord extends FileRecord {
   mtimeNs?: string;
   /** Locks held through this open file (only with --file-locks; absent when none). */
   locks?: LockRecord[];
+  /**
+   * A directory that was removed (its link read `path (deleted)`): its mode and owner. It is
+   * made again for the moment of the open (confined.ts withRemovedDir) and removed.
+   */
+  removed?: { mode: number; uid: number; gid: number };
 }
 
 /** What a file looked like at checkpoint. */
@@ -150,6 +155,34 @@ function checkMapped(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'a
   }
 }
 
+/**
+ * A directory that was removed: made again for the moment of the open (withRemovedDir), opened
+ * with the record's flags, removed, then given its mode, owner and offset.
+ */
+function openRemovedDir(rec: RegularRecord, root: ConfinedRoot, path: string): number {
+  const what = `the removed directory ${rec.path} (file ${rec.id} of the image)`;
+  try {
+    const fd = withRemovedDir(root, path, what, (made) => openIn(root, made, (rec.flags & REOPEN_FLAGS) | O_DIRECTORY, what));
+    try {
+      fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
+      fchmodSync(fd, rec.removed!.mode);
+      const pos = Number(rec.pos);
+      if (pos !== 0) {
+        try {
+          native().lseek(fd, pos, 0);
+        } catch { /* a position this file system does not take back: read from the start */ }
+      }
+    } catch (err) {
+      native().closeFd(fd);
+      throw err;
+    }
+    return fd;
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('EOPEN', `cannot restore ${what}: ${(err as Error).message}`, { cause: err, path: rec.path });
+  }
+}
+
 export const regular: FileKind<RegularRecord> = {
   kind: 'reg',
 
@@ -167,12 +200,13 @@ export const regular: FileKind<RegularRecord> = {
   },
 
   dump(fd: FdDesc, ctx: DumpContext): Omit<RegularRecord, 'id' | 'kind'> {
-    if (fd.link.endsWith(' (deleted)')) {
+    const removed = fd.link.endsWith(' (deleted)');
+    if (removed && !(fd.stat.isDirectory() && fd.stat.nlink === 0n && (fd.fdinfo.flags & O_PATH) === 0)) {
       throw new FerryError('EUNSUPPORTED',
-        `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (deleted files cannot be checkpointed yet)`);
+        `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (${fd.stat.isDirectory() ? 'an O_PATH descriptor of a removed directory' : 'a removed file of this kind'} cannot be checkpointed yet)`);
     }
     const rec: Omit<RegularRecord, 'id' | 'kind'> = {
-      path: fd.link,
+      path: removed ? fd.link.slice(0, -' (deleted)'.length) : fd.link,
       flags: fd.fdinfo.flags & ~OPEN_ONLY_FLAGS,
       pos: fd.fdinfo.pos.toString(),
       dev: fd.stat.dev.toString(),
@@ -183,6 +217,7 @@ export const regular: FileKind<RegularRecord> = {
       rec.size = fd.stat.size.toString();
       rec.mtimeNs = fd.stat.mtimeNs.toString();
     }
+    if (removed) rec.removed = { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) };
     const locks = dumpLocks(fd, ctx);
     if (locks.length > 0) rec.locks = locks;
     return rec;
@@ -200,6 +235,15 @@ export const regular: FileKind<RegularRecord> = {
     if ((rec.size !== undefined && (typeof rec.size !== 'string' || !/^\d{1,20}$/.test(rec.size)))
       || (rec.mtimeNs !== undefined && (typeof rec.mtimeNs !== 'string' || !/^-?\d{1,25}$/.test(rec.mtimeNs)))) {
       throw new FerryError('EIMAGE', `file ${rec.id} (${rec.path}): bad size or mtimeNs`);
+    }
+    if (rec.removed !== undefined) {
+      const r = rec.removed as unknown as Record<string, unknown>;
+      const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
+      if (!rec.directory || typeof r !== 'object' || r === null || !Number.isSafeInteger(r.mode) || (r.mode as number) < 0
+        || (r.mode as number) > 0o7777 || !id(r.uid) || !id(r.gid) || (rec.flags & O_PATH) !== 0) {
+        throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) has an invalid removed directory`);
+      }
+      return; // made again when opened
     }
     // Resolved inside the process's recorded root (confined.ts), as open() will.
     const { root, path } = placeOf(rec);
@@ -221,6 +265,7 @@ export const regular: FileKind<RegularRecord> = {
     // kind of file is then opened for I/O, through the descriptor itself: what is opened is
     // what was checked.
     const { root, path } = placeOf(rec);
+    if (rec.removed) return openRemovedDir(rec, root, path);
     let at: number;
     try {
       at = openIn(root, path, O_PATH | (rec.flags & (O_DIRECTORY | constants.O_NOFOLLOW)), `file ${rec.id} of the image`);

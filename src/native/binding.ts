@@ -175,6 +175,8 @@ export interface NativeBinding {
   openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
   /** mkdirat(2): EEXIST on any existing name, a symlink included (never followed). */
   mkdirat(dirfd: number, path: string, mode: number): void;
+  /** mkfifoat(3) (mknodat(2) S_IFIFO): EEXIST on any existing name, a symlink included (never followed). */
+  mkfifoat(dirfd: number, path: string, mode: number): void;
   /** unlinkat(2): removes the name itself; flags AT_REMOVEDIR (0x200) for an empty directory. */
   unlinkat(dirfd: number, path: string, flags: number): void;
   /** symlinkat(2): a symlink `path` under `dirfd` holding the text `target` (not resolved). */
@@ -371,7 +373,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
-  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'openat2', 'mkdirat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
+  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixBindIn', 'unixConnect', 'unixListen',

@@ -2,7 +2,8 @@
  * A working directory that was removed while the process ran (its /proc link reads
  * `/path (deleted)`): the process keeps a directory no name leads to. chdir(2) needs a name,
  * so restore makes the directory for the moment of the chdir and removes it at once, leaving
- * the restored process in a removed directory of the same path:
+ * the restored process in a removed directory of the same path (files/confined.ts
+ * withRemovedDir):
  * - the missing part of the path is made, component by component, in the nearest directory
  *   that still exists (mode 0700, root's), inside the task's root (files/confined.ts);
  * - when the path exists again (a new directory took the name since), the last component is
@@ -12,12 +13,12 @@
  * - the process's (now removed) directory then gets its mode and owner back through
  *   /proc/PID/cwd: no name leads to it any more, so nobody can use it meanwhile.
  * An untrusted image may only have this done where its process could write
- * (restore/file-access.ts checkDeletedCwds).
+ * (restore/file-access.ts checkRemovedDirs).
  */
 import { chmodSync, chownSync } from 'node:fs';
-import { errnoCode, FerryError } from '../errors.js';
+import { FerryError } from '../errors.js';
 import type { TaskRecord } from '../image/records.js';
-import { mkdirIn, statIn, unlinkIn, type ConfinedRoot } from '../files/confined.js';
+import { withRemovedDir, type ConfinedRoot } from '../files/confined.js';
 
 /**
  * Runs `fn` with the path the task should chdir to: its recorded cwd, or, when that directory
@@ -25,42 +26,7 @@ import { mkdirIn, statIn, unlinkIn, type ConfinedRoot } from '../files/confined.
  */
 export function withCwd<T>(root: ConfinedRoot, task: Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted'>, fn: (cwd: string) => T): T {
   if (!task.cwdDeleted) return fn(task.cwd);
-  const what = `the removed working directory ${task.cwd} of pid ${task.pid}`;
-  const parts = task.cwd.split('/').filter((x) => x !== '');
-  if (parts.length === 0) throw new FerryError('EIMAGE', `image: pid ${task.pid} has '/' as a removed working directory`);
-  let have = 0; // components that exist, as directories
-  while (have < parts.length - 1) {
-    const st = statIn(root, `/${parts.slice(0, have + 1).join('/')}`, what);
-    if (!st) break;
-    if (!st.isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: /${parts.slice(0, have + 1).join('/')} is no longer a directory`);
-    have++;
-  }
-  const made: string[] = [];
-  const mk = (path: string): boolean => {
-    try {
-      mkdirIn(root, path, 0o700, what);
-    } catch (err) {
-      if (errnoCode(err) === 'EEXIST' || (err instanceof FerryError && errnoCode(err.cause) === 'EEXIST')) return false;
-      throw err;
-    }
-    made.push(path);
-    return true;
-  };
-  try {
-    for (let i = have + 1; i < parts.length; i++) mk(`/${parts.slice(0, i).join('/')}`);
-    let path = `/${parts.join('/')}`;
-    for (let n = 1; !mk(path); n++) {
-      if (n > 100) throw new FerryError('EEXIST', `cannot restore ${what}: its name and 100 others beside it are taken`);
-      path = `/${parts.join('/')}.ferry-removed-${n}`;
-    }
-    return fn(path);
-  } finally {
-    for (const d of made.reverse()) {
-      try {
-        unlinkIn(root, d, what, true);
-      } catch { /* not empty any more: someone else's now */ }
-    }
-  }
+  return withRemovedDir(root, task.cwd, `the removed working directory ${task.cwd} of pid ${task.pid}`, fn);
 }
 
 /** Gives the removed working directory of `hostPid` (restored) the recorded mode and owner. */

@@ -10,9 +10,9 @@
  * or it holds CAP_DAC_OVERRIDE. (POSIX ACLs are not read: a file writable only through an
  * ACL entry is refused; a trusted image is not held to this.)
  *
- * The same holds for the directories a restore makes for a working directory that was removed
- * (restore/cwd.ts): they are made in the nearest directory that still exists, which the
- * process must be able to write in.
+ * The same holds for the directories a restore makes for a directory that was removed (a
+ * working directory, restore/cwd.ts, or one held open): they are made in the nearest directory
+ * that still exists, which the process must be able to write in.
  *
  * A trusted image is exempt: a daemon that opened its log as root and then dropped to
  * `nobody` holds it for writing legitimately, and its image says so truthfully.
@@ -68,15 +68,22 @@ export function checkWriteAccess(label: string, tasks: readonly Pick<TaskRecord,
 }
 
 /**
- * Throws EPRIVILEGE when a process whose working directory was removed would have it made
- * again (for its chdir, removed at once: restore/cwd.ts) in a directory its recorded
- * credentials could not create anything in (`statOf` looks paths up as restore will).
+ * Throws EPRIVILEGE when a directory that was removed would be made again (for a chdir or an
+ * open, removed at once: files/confined.ts withRemovedDir) in a directory the recorded
+ * credentials of the process needing it could not create anything in: a removed working
+ * directory, or a removed directory held open (`statOf` looks paths up as restore will).
  */
-export function checkDeletedCwds(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted'>[],
-  statOf: StatOf): void {
-  for (const t of tasks) {
-    if (!t.cwdDeleted) continue;
-    let dir = t.cwd;
+export function checkRemovedDirs(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'fds'>[],
+  files: readonly FileRecord[], statOf: StatOf): void {
+  const wanted: Array<{ t: (typeof tasks)[number]; path: string; as: string }> = [];
+  for (const t of tasks) if (t.cwdDeleted) wanted.push({ t, path: t.cwd, as: 'as its working directory' });
+  for (const f of files) {
+    if (f.kind !== 'reg' || f.removed === undefined || typeof f.path !== 'string') continue;
+    const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));
+    if (t) wanted.push({ t, path: f.path, as: `open (fd ${t.fds.find((d) => d.file === f.id)!.fd})` });
+  }
+  for (const { t, path, as } of wanted) {
+    let dir = path;
     let st: ReturnType<StatOf>;
     do {
       dir = dir.slice(0, Math.max(dir.lastIndexOf('/'), 0)) || '/';
@@ -84,7 +91,7 @@ export function checkDeletedCwds(label: string, tasks: readonly Pick<TaskRecord,
     } while (!st && dir !== '/');
     if (!st || mayWrite(t, st)) continue;
     const c = t.creds.threads[0]!;
-    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) had the removed directory ${JSON.stringify(t.cwd.slice(0, 256))} as its working directory; restore would make it again in ${JSON.stringify(dir.slice(0, 256))}, which its `
+    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) had the removed directory ${JSON.stringify(path.slice(0, 256))} ${as}; restore would make it again in ${JSON.stringify(dir.slice(0, 256))}, which its `
       + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not write in (owner ${st.uid}:${st.gid}, mode `
       + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`);
   }

@@ -34,7 +34,7 @@ import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, type AddressSpace } from './address-space.js';
-import { checkDeletedCwds, checkWriteAccess } from './file-access.js';
+import { checkRemovedDirs, checkWriteAccess } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
@@ -112,7 +112,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // own credentials could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).
     if (!trusted && !o.makeRoot) {
-      checkDeletedCwds(o.image === '-' ? '(stdin)' : o.image, tasks, (path) => {
+      checkRemovedDirs(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
         try {
           return statIn(hostRoot(), path, 'directory');
         } catch {
