@@ -11,14 +11,22 @@
  * (`struct kcmp_epoll_slot {efd, tfd, toff}`, `toff` counting items of the same number in
  * fdinfo order, which is the kernel's tree order) against fd N of a process holding the epoll;
  * the item then names the target by file id. An item whose number no holder still has for its
- * file cannot be registered again with the same key, and is refused.
+ * file (fd N was closed, or now holds another file, while the file stays open under another
+ * number or in another process) is "detached": its file is found by comparing the tree's
+ * other descriptors of the same inode with kcmp(KCMP_EPOLL_TFD), and the item keeps its number.
+ * A detached item whose file no process of the tree holds is refused.
  *
  * Restore: `open` creates an empty epoll in the controller (epoll_create1). Items are added by
  * the task itself in `installed`, once all its descriptors are in place, with an injected
  * epoll_ctl(EPOLL_CTL_ADD) per item using the task's own descriptor numbers, so the restored
  * keys are the original ones. An epoll shared by several processes (fork) has each item added
  * once, by the first process restored that holds the target file at that number (checked
- * with kcmp(KCMP_FILE) against the controller's copy). Targets that are epolls themselves are
+ * with kcmp(KCMP_FILE) against the controller's copy). A detached item is added by the first
+ * task holding both the epoll and its file: the file is put at the item's number for the one
+ * epoll_ctl (dup3; whatever that number held is kept aside with F_DUPFD and put back, with its
+ * close-on-exec flag), then the number is closed or given back. This runs before the other
+ * kinds' `installed` hooks (`installFirst`): closing a descriptor would drop the task's POSIX
+ * locks on that file. Targets that are epolls themselves are
  * plain files here: an epoll only needs its targets to exist, and the kernel refused cycles
  * when the items were first added.
  *
@@ -26,7 +34,7 @@
  * bits) comes back armed for EPOLLERR|EPOLLHUP, which epoll_ctl always adds; an EPOLLET item
  * whose target is ready is reported once more after restore (epoll_ctl queues a ready target).
  */
-import { readdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, Hex } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -54,6 +62,8 @@ export interface EpollTarget {
   events: number;
   /** epoll_data (64 bits). */
   data: Hex;
+  /** No process holds the file at `fd` any more (see the module comment). */
+  detached?: boolean;
 }
 
 export interface EventpollRecord extends FileRecord {
@@ -67,10 +77,45 @@ const unsupported = (d: FdDesc, why: string): FerryError =>
   new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${why})`);
 
 /** Parses one fdinfo `tfd:` line (the part after `tfd:`). */
-function parseItem(line: string): { tfd: number; events: number; data: bigint } | undefined {
+function parseItem(line: string): { tfd: number; events: number; data: bigint; ino: bigint | undefined } | undefined {
   const m = /^\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)/i.exec(line);
   if (!m) return undefined;
-  return { tfd: Number(m[1]), events: parseInt(m[2]!, 16) >>> 0, data: BigInt(`0x${m[3]!}`) };
+  const ino = /\bino:\s*([0-9a-f]+)/i.exec(line)?.[1];
+  return { tfd: Number(m[1]), events: parseInt(m[2]!, 16) >>> 0, data: BigInt(`0x${m[3]!}`), ino: ino === undefined ? undefined : BigInt(`0x${ino}`) };
+}
+
+/**
+ * A detached item's file: a descriptor of a process of the tree, of the item's inode, that
+ * kcmp(KCMP_EPOLL_TFD) finds to be the item's file; its file id, or undefined.
+ */
+function findDetached(d: FdDesc, ctx: DumpContext, tfd: number, toff: number, ino: bigint | undefined): number | undefined {
+  for (const pid of ctx.pids) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const name of fds) {
+      const fd = Number(name);
+      if (ctx.fileIdOf(pid, fd) === undefined) continue;
+      if (ino !== undefined) {
+        try {
+          if (statSync(`/proc/${pid}/fd/${fd}`, { bigint: true }).ino !== ino) continue;
+        } catch {
+          continue;
+        }
+      }
+      let same = false;
+      try {
+        same = native().kcmpEpollTfd(pid, d.pid, fd, d.fd, tfd, toff) === 0;
+      } catch (err) {
+        if (errnoCode(err) !== 'EBADF') throw err;
+      }
+      if (same) return ctx.fileIdOf(pid, fd);
+    }
+  }
+  return undefined;
 }
 
 /** Whether fd `tfd` of `pid` is the file registered as item (tfd, toff) of epoll `efd` of `owner`. */
@@ -116,13 +161,14 @@ function dumpEpoll(d: FdDesc, ctx: DumpContext): Omit<EventpollRecord, 'id' | 'k
       others ??= otherHolders(d, ctx);
       holder = others.find((p) => holdsItem(p, d.pid, d.fd, item.tfd, toff));
     }
-    const file = holder === undefined ? undefined : ctx.fileIdOf(holder, item.tfd);
+    const held = holder === undefined ? undefined : ctx.fileIdOf(holder, item.tfd);
+    const file = held ?? findDetached(d, ctx, item.tfd, toff, item.ino);
     if (file === undefined) {
       throw unsupported(d, `its target fd ${item.tfd} (events 0x${item.events.toString(16)}) is still registered, but fd ${item.tfd} `
-        + 'was closed or now holds another file in every process holding this epoll; the application can no longer name that '
-        + 'item, and it cannot be registered again under that number');
+        + 'was closed or now holds another file in every process holding this epoll, and no process of the tree holds that file '
+        + 'under another number: checkpoint the process that holds it too');
     }
-    targets.push({ fd: item.tfd, file, events: item.events, data: `0x${item.data.toString(16)}` });
+    targets.push({ fd: item.tfd, file, events: item.events, data: `0x${item.data.toString(16)}`, ...(held === undefined ? { detached: true } : {}) });
   }
   return { flags: d.fdinfo.flags & ~O_CLOEXEC, targets };
 }
@@ -136,7 +182,8 @@ function checkRecord(rec: EventpollRecord): void {
   for (const t of rec.targets) {
     if (typeof t !== 'object' || t === null || !Number.isSafeInteger(t.fd) || t.fd < 0 || t.fd > 0x7fffffff
       || !Number.isSafeInteger(t.file) || t.file === rec.id || !Number.isSafeInteger(t.events) || t.events < 0
-      || t.events > 0xffffffff || typeof t.data !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(t.data)) {
+      || t.events > 0xffffffff || typeof t.data !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(t.data)
+      || (t.detached !== undefined && typeof t.detached !== 'boolean')) {
       bad(`has an invalid target ${String(JSON.stringify(t)).slice(0, 120)}`);
     }
   }
@@ -180,6 +227,14 @@ function addItems(rec: EventpollRecord, task: TaskContext): void {
     }
     if (same) todo.push(i);
   });
+  // Detached items: through the task's own descriptor of the file, put at the item's number.
+  rec.targets.forEach((t, i) => {
+    if (added.has(i) || todo.includes(i) || t.detached !== true) return;
+    const src = task.fdOf(t.file);
+    if (src === undefined) return; // another holder of the epoll has the file
+    addDetached(task, t, src);
+    added.add(i);
+  });
   for (let start = 0; start < todo.length; start += BATCH) {
     const chunk = todo.slice(start, start + BATCH);
     task.scratch.reset();
@@ -193,6 +248,39 @@ function addItems(rec: EventpollRecord, task: TaskContext): void {
     task.tracee.syscalls(chunk.map((i, k) =>
       [SYS.epoll_ctl, task.fd, EPOLL_CTL_ADD, rec.targets[i]!.fd, at + BigInt(k * EPOLL_EVENT_SIZE)] as const));
     for (const i of chunk) added.add(i);
+  }
+}
+
+const F_DUPFD_CLOEXEC = 1030, F_GETFD = 1, FD_CLOEXEC = 1, O_CLOEXEC_DUP3 = 0o2000000;
+
+/**
+ * Adds detached item `t` in the task: its file (the task's descriptor `src`) is put at number
+ * `t.fd` for the epoll_ctl; what `t.fd` held (a descriptor of another file, or of the epoll
+ * itself) is kept aside and put back, with its close-on-exec flag; else `t.fd` is closed again.
+ */
+function addDetached(task: TaskContext, t: EpollTarget, src: number): void {
+  const tr = task.tracee;
+  task.scratch.reset();
+  const ev = Buffer.alloc(EPOLL_EVENT_SIZE);
+  ev.writeUInt32LE(t.events >>> 0, 0);
+  ev.writeBigUInt64LE(BigInt(t.data), 4);
+  const at = task.scratch.put(ev);
+  const flags = tr.trySyscall(SYS.fcntl, t.fd, F_GETFD); // EBADF: the number is free
+  let saved = -1;
+  let epfd = task.fd;
+  if (flags >= 0n) {
+    saved = Number(tr.syscall(SYS.fcntl, t.fd, F_DUPFD_CLOEXEC, 0));
+    if (t.fd === task.fd) epfd = saved;
+  }
+  tr.syscall(SYS.dup3, src, t.fd, O_CLOEXEC_DUP3);
+  try {
+    tr.syscall(SYS.epoll_ctl, epfd, EPOLL_CTL_ADD, t.fd, at);
+  } finally {
+    if (saved >= 0) {
+      tr.syscalls([[SYS.dup3, saved, t.fd, (Number(flags) & FD_CLOEXEC) !== 0 ? O_CLOEXEC_DUP3 : 0], [SYS.close, saved]]);
+    } else {
+      tr.syscall(SYS.close, t.fd);
+    }
   }
 }
 
@@ -227,6 +315,9 @@ export const eventpoll: FileKind<EventpollRecord> = {
       throw new FerryError('EOPEN', `cannot restore epoll (file ${rec.id}): ${(err as Error).message}`, { cause: err });
     }
   },
+
+  // A detached item moves descriptors for a moment: before any lock is taken back.
+  installFirst: true,
 
   installed(rec: EventpollRecord, task: TaskContext): void {
     try {

@@ -189,12 +189,14 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
 
   const lowest = new Map<number, number>();
   for (const rec of sorted) if (!lowest.has(rec.file)) lowest.set(rec.file, rec.fd);
-  for (const [fileId, fd] of lowest) {
-    const record = files.ctx.record(fileId);
-    const kind = record && kindByName(record.kind);
-    if (!record || !kind?.installed) continue;
-    scratch.reset();
-    kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), open: files.ctx });
+  for (const first of [true, false]) {
+    for (const [fileId, fd] of lowest) {
+      const record = files.ctx.record(fileId);
+      const kind = record && kindByName(record.kind);
+      if (!record || !kind?.installed || (kind.installFirst === true) !== first) continue;
+      scratch.reset();
+      kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), open: files.ctx });
+    }
   }
 }
 

@@ -165,4 +165,10 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    * TIOCSCTTY, POSIX locks owned by the process). Called once per task for its lowest fd.
    */
   installed?(record: R, task: TaskContext): void;
+  /**
+   * Optional: this kind's `installed` runs before the other kinds' in each task (it moves
+   * descriptors for a moment, which must happen before locks are taken back: closing any
+   * descriptor of a file drops the process's POSIX locks on it).
+   */
+  readonly installFirst?: boolean;
 }
