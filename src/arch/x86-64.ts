@@ -38,7 +38,7 @@ export const SYS = {
   setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123, capset: 126, personality: 135,
   setpriority: 141, sched_setscheduler: 144, sched_getscheduler: 145, sched_setaffinity: 203, seccomp: 317,
   rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,
-  epoll_ctl: 233,
+  epoll_ctl: 233, mlock2: 325,
   timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, clock_getres: 229,
 } as const;
 
@@ -66,12 +66,20 @@ export const SIOCINQ = 0x541b, SIOCOUTQ = 0x5411, SIOCOUTQNSD = 0x894b;
 
 /** madvise(2) advice for VmFlags we carry over (smaps two-letter code -> advice). */
 export const MADVISE_BY_VMFLAG: Readonly<Record<string, number>> = {
+  rr: 1, // MADV_RANDOM
+  sr: 2, // MADV_SEQUENTIAL
   dc: 10, // MADV_DONTFORK
+  mg: 12, // MADV_MERGEABLE (KSM)
   dd: 16, // MADV_DONTDUMP
   wf: 18, // MADV_WIPEONFORK
   hg: 14, // MADV_HUGEPAGE
   nh: 15, // MADV_NOHUGEPAGE
 };
+
+/** mlock2(2) flag: lock pages as they are faulted in (VmFlags 'lf'). */
+export const MLOCK_ONFAULT = 1;
+/** prctl(2) PR_SET_THP_DISABLE. */
+export const PR_SET_THP_DISABLE = 41;
 
 /** struct itimerval: two struct timeval (tv_sec, tv_usec as i64). */
 export const ITIMERVAL_SIZE = 32;

@@ -150,6 +150,7 @@ function dumpTask(p: FrozenProcess): DumpedTask {
       cwd: paths.cwd,
       ...(paths.cwdDeleted ? { cwdDeleted: paths.cwdDeleted } : {}),
       umask: status.umask,
+      ...(status.thpEnabled === false ? { thpDisabled: true } : {}),
       mm: readMm(pid, stat, injected.brk),
       vmas: memory.vmas,
       sigactions: injected.sigactions,

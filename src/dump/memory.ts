@@ -20,10 +20,11 @@ import { listFds, listTids, readProcText } from '../proc/read.js';
 
 /**
  * VmFlags (smaps) carried into the image: grows-down, accountable (a private area that was
- * once writable keeps VM_ACCOUNT, which keeps it from merging with its neighbours), and the
- * madvise() ones.
+ * once writable keeps VM_ACCOUNT, which keeps it from merging with its neighbours), locked
+ * (mlock: 'lo', and 'lf' with MLOCK_ONFAULT), and the madvise() ones (random, sequential,
+ * don't-fork, mergeable, don't-dump, wipe-on-fork, huge pages or not).
  */
-const KEPT_VMFLAGS = new Set(['gd', 'ac', 'dc', 'dd', 'wf', 'hg', 'nh']);
+const KEPT_VMFLAGS = new Set(['gd', 'ac', 'lo', 'lf', 'rr', 'sr', 'dc', 'mg', 'dd', 'wf', 'hg', 'nh']);
 /** VmFlags of areas we cannot rebuild: raw PFN or I/O mappings of device drivers. */
 const UNSUPPORTED_VMFLAGS = new Set(['io', 'pf']);
 

@@ -48,7 +48,10 @@ export interface VmaRecord {
   sysv?: { shmid: number; key: number; size: number; mode: number; uid: number; gid: number; removed: boolean };
   /** For 'file': the file, its offset, and the identity it had. */
   file?: { path: string; offset: Hex; dev: string; ino: string; size: number; mtimeNs: string };
-  /** VmFlags codes (smaps) that matter on restore: 'gd' grows down, 'dc', 'dd', 'wf', 'hg', 'nh'. */
+  /**
+   * VmFlags codes (smaps) that matter on restore: 'gd' grows down, 'ac' accountable, 'lo'
+   * locked ('lf' on fault), and the madvise() ones 'rr', 'sr', 'dc', 'mg', 'dd', 'wf', 'hg', 'nh'.
+   */
   vmflags: string[];
   /** Stored pages: [first page index within the area, page count], in order. */
   runs: Array<[number, number]>;
@@ -153,6 +156,8 @@ export interface TaskRecord {
    */
   cwdDeleted?: { mode: number; uid: number; gid: number };
   umask: number;
+  /** prctl PR_SET_THP_DISABLE was set (/proc/PID/status `THP_enabled: 0`). */
+  thpDisabled?: boolean;
   mm: MmRecord;
   vmas: VmaRecord[];
   sigactions: SigactionRecord[];

@@ -19,6 +19,8 @@ export interface ProcStatus {
   kthread: boolean | undefined;
   /** Cpus_allowed_list, ascending. */
   cpus: number[];
+  /** THP_enabled: false once prctl(PR_SET_THP_DISABLE) was set; undefined when absent. */
+  thpEnabled: boolean | undefined;
 }
 
 /** Parses a kernel CPU list ("0-3,8,10-11", proc(5) Cpus_allowed_list), ascending. */
@@ -56,5 +58,6 @@ export function parseStatus(text: string): ProcStatus {
     seccomp: Number(s('Seccomp') || 0),
     kthread: kv.has('Kthread') ? s('Kthread') === '1' : undefined,
     cpus: parseCpuList(s('Cpus_allowed_list')),
+    thpEnabled: kv.has('THP_enabled') ? s('THP_enabled') === '1' : undefined,
   };
 }

@@ -14,7 +14,7 @@
  */
 import { constants as osConstants } from 'node:os';
 import {
-  MADVISE_BY_VMFLAG, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
+  MADVISE_BY_VMFLAG, MLOCK_ONFAULT, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
   MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PR_SET_MM, PR_SET_MM_MAP, PRCTL_MM_MAP_SIZE,
   PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
 } from '../arch/x86-64.js';
@@ -262,7 +262,23 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // went into the memfd itself (mapSpecialFile).
   written += writePages(t, all.filter((v) => !(isSpecialFile(v) && v.shared)), pages, chunkBytes);
   pages.finish();
+  lockAreas(t, task, all);
   return written;
+}
+
+/**
+ * mlock(2)ed areas ('lo'; 'lf': MLOCK_ONFAULT) are locked again once their pages are in (the
+ * stub is still root, so RLIMIT_MEMLOCK does not stand in the way; the lock stays when its
+ * credentials drop, as the original's did after it had locked them).
+ */
+function lockAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[]): void {
+  const calls = areas.filter((v) => v.vmflags.includes('lo') || v.vmflags.includes('lf')).map((v) =>
+    [SYS.mlock2, big(v.start), big(v.end) - big(v.start), v.vmflags.includes('lf') ? MLOCK_ONFAULT : 0] as const);
+  if (calls.length === 0) return;
+  const results = t.trySyscalls(calls);
+  results.forEach((r, i) => {
+    if (r < 0n) throw new FerryError('EMAP', `cannot lock the area at 0x${calls[i]![1].toString(16)} of pid ${task.pid} again (mlock2): ${errnoName(r)}`);
+  });
 }
 
 const IPC_PRIVATE = 0, IPC_CREAT = 0o1000, IPC_EXCL = 0o2000, IPC_RMID = 0, IPC_SET = 1;

@@ -6,7 +6,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import {
-  decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, NSIG, PR_SET_NAME,
+  decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, NSIG, PR_SET_NAME, PR_SET_THP_DISABLE,
   inRestartableSyscall, planSyscallRestart, REG_NAMES, SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
@@ -29,6 +29,7 @@ export function restoreTaskState(t: Tracee, as: AddressSpace, task: TaskRecord):
     [SYS.chdir, as.scratch.putString(task.cwd)],
     [SYS.umask, task.umask],
   ];
+  if (task.thpDisabled === true) calls.push([SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0]);
   // Every disposition: handlers from the image, and SIG_DFL where the stub inherited SIG_IGN
   // from ferry (ignored signals survive execve).
   const stubIgnored = parseStatus(readProcText(t.pid, 'status')).sigIgn;

@@ -161,7 +161,7 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }) });
+}, { thpDisabled: bool, cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }) });
 
 /**
  * The fields several kinds of open file share keep one type wherever they appear: checked

@@ -1,0 +1,39 @@
+/**
+ * Memory flags through bin/ferry: build/workloads/memflags holds areas locked with mlock and
+ * mlock2(MLOCK_ONFAULT), areas with each madvise() flag the kernel shows in VmFlags, a
+ * read-only file mapping partly mprotect()ed to PROT_NONE, and PR_SET_THP_DISABLE; after
+ * restore it compares each area's permissions and VmFlags with what they were.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
+
+const skip = needs('root', 'build');
+after(cleanup);
+
+const MEMFLAGS = join(WORKLOADS, 'memflags');
+
+describe('memory flags', { skip, timeout: 120_000 }, () => {
+  it('locks, madvise flags, protections and THP_DISABLE come back as they were', async () => {
+    const w = await startWorkload(MEMFLAGS, ['DIR']);
+    const image = join(w.dir, 'memflags.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('--leave-running leaves them as they were', async () => {
+    const w = await startWorkload(MEMFLAGS, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+});
