@@ -16,6 +16,7 @@ void InitTty(Napi::Env env, Napi::Object exports);
 void InitAnonfd(Napi::Env env, Napi::Object exports);
 void InitInet(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
+void InitSockdiag(Napi::Env env, Napi::Object exports);
 }  // namespace ferry
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -32,6 +33,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitAnonfd(env, exports);
   ferry::InitInet(env, exports);
   ferry::InitNotify(env, exports);
+  ferry::InitSockdiag(env, exports);
   return exports;
 }
 

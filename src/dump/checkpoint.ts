@@ -240,7 +240,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
     for (const p of live) dumped.push(dumpTask(p));
-    const files = withNetns(netns, () => collectFiles(descs, fileOptions));
+    const files = withNetns(netns, () => collectFiles(descs, fileOptions, (m) => log.warn(m)));
     session.onUndo('put the files back', () => files.finish(true));
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
     // Files the caller calls external: a restore must be handed a descriptor for each.

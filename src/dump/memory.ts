@@ -87,6 +87,12 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       if (bad && !special) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is a device mapping (VmFlags ${bad})`);
       }
+      // A socket's own mapping (a packet ring, PACKET_MMAP in packet(7); an AF_XDP ring; a TCP
+      // zerocopy receive area) is kernel memory of the socket, not a file: refused, also when
+      // the socket itself is closed and only the mapping is left (src/files/packet.ts).
+      if (/^socket:\[\d+\]$/.test(v.path)) {
+        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is memory of a socket (a packet ring, PACKET_MMAP, or the like), which cannot be checkpointed yet; unmap it or run the process without it`);
+      }
       const sharedAnon = isSharedAnon(v);
       const sysv = v.shared && v.path.startsWith('/SYSV') ? sysvSegment(pid, v, range) : undefined;
       const kind: VmaRecord['kind'] = special ?? (v.inode !== 0n && !sharedAnon && !sysv ? 'file' : 'anon');

@@ -61,7 +61,7 @@ export interface CollectedFiles {
  * peer). On failure, whatever the modules changed is undone before the error propagates.
  */
 export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
-  options: FileOptions = DEFAULT_FILE_OPTIONS): CollectedFiles {
+  options: FileOptions = DEFAULT_FILE_OPTIONS, warn?: (message: string) => void): CollectedFiles {
   const fds = new Map<number, FdRecord[]>();
   /** Representatives per cheap key: one descriptor per distinct open file seen so far. */
   const groups = new Map<string, Array<{ desc: FdDesc; id: number }>>();
@@ -126,6 +126,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
           return name;
         },
         onFinish: (fn) => { finishers.push(fn); },
+        ...(warn ? { warn } : {}),
       };
       // `link`: what readlink showed at dump, the key a restore can substitute an open file
       // of its own for (runc's descriptors.json: the container's stdio pipes).

@@ -11,6 +11,8 @@ import { fanotify } from './fanotify.js';
 import { inotify } from './inotify.js';
 import { linked } from './linked.js';
 import { memfd } from './memfd.js';
+import { netlink } from './netlink.js';
+import { packet } from './packet.js';
 import { inet } from './inet.js';
 import { fifo, pipe } from './pipe.js';
 import { pidfd } from './pidfd.js';
@@ -35,6 +37,8 @@ const KINDS: ReadonlyArray<FileKind<FileRecord>> = [
   fifo as unknown as FileKind<FileRecord>,
   unix as unknown as FileKind<FileRecord>,
   inet as unknown as FileKind<FileRecord>,
+  netlink as unknown as FileKind<FileRecord>,
+  packet as unknown as FileKind<FileRecord>,
   eventfd as unknown as FileKind<FileRecord>,
   signalfd as unknown as FileKind<FileRecord>,
   timerfd as unknown as FileKind<FileRecord>,

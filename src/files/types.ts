@@ -89,6 +89,11 @@ export interface DumpContext {
    * e.g. a socket put in repair mode) or die.
    */
   onFinish(fn: (leftRunning: boolean) => void): void;
+  /**
+   * Optional: where a module reports what the checkpoint leaves out and goes on despite
+   * (queued netlink messages or packets dropped), one line each; logged as a warning.
+   */
+  warn?(message: string): void;
 }
 
 /** What a module's `open` gets from the restore scheduler. */

@@ -366,6 +366,36 @@ export interface NativeBinding {
   fanotifyInit(flags: number, eventFFlags: number): number;
   /** fanotify_mark(2). */
   fanotifyMark(fd: number, flags: number, mask: bigint | number, dirfd: number, path: string): void;
+  /**
+   * NETLINK_SOCK_DIAG dump (sock_diag(7)) with a family's request struct as bytes (struct
+   * netlink_diag_req, packet_diag_req: linux/netlink_diag.h, linux/packet_diag.h): each
+   * answer's payload (the family's *_diag_msg and its attributes), one per socket of the
+   * calling thread's network namespace. src/files/sockdiag.ts reads them.
+   */
+  sockDiagDump(request: Buffer): Buffer[];
+  /**
+   * getsockname(2) of a netlink socket (netlink(7)): bound port id (0: not bound) and the
+   * first 32 groups as a mask; with `peer`, getpeername(2): dst_portid and dst_group mask.
+   */
+  netlinkName(fd: number, peer?: boolean): { portid: number; groups: number };
+  /** bind(2) of a netlink socket to sockaddr_nl {nl_pid: portid (0: the kernel picks), nl_groups}. */
+  netlinkBind(fd: number, portid: number, groups: number): void;
+  /** connect(2) of a netlink socket to sockaddr_nl {nl_pid: portid, nl_groups: group mask}. */
+  netlinkConnect(fd: number, portid: number, groups: number): void;
+  /**
+   * bind(2) of a packet socket (packet(7)): sockaddr_ll {sll_protocol: htons(protocol),
+   * sll_ifindex}; with `device`, a SOCK_PACKET socket's sockaddr_pkt naming the interface
+   * (the protocol is then the one socket(2) gave).
+   */
+  packetBind(fd: number, protocol: number, ifindex: number, device?: string): void;
+  /** ioctl(2) SIOCGIFNAME (netdevice(7)) in the thread's network namespace: null when no such index. */
+  ifName(index: number): string | null;
+  /** ioctl(2) SIOCGIFINDEX (netdevice(7)) in the thread's network namespace: 0 when no such name. */
+  ifIndex(name: string): number;
+  /** getsockopt(2) SO_GET_FILTER: the classic BPF program (8 bytes per instruction), empty when none. */
+  getSockFilter(fd: number): Buffer;
+  /** setsockopt(2) SO_ATTACH_FILTER of a classic BPF program (8 bytes per instruction). */
+  setSockFilter(fd: number, program: Buffer): void;
 }
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
@@ -387,6 +417,8 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle', 'nameToHandle', 'linkFd',
   'fanotifyInit', 'fanotifyMark',
+  'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
+  'getSockFilter', 'setSockFilter',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

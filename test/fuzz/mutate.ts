@@ -629,7 +629,7 @@ function entryWhole(c: Context, b: Base): Variant {
 // ---------------------------------------------------------------- files.*
 
 const KINDS = ['reg', 'chr', 'tty', 'pipe', 'fifo', 'unix', 'inet', 'eventfd', 'signalfd', 'timerfd', 'eventpoll', 'inotify',
-  'fanotify', 'memfd', 'ghost', 'dir', '', 'REG', 'sock', 'toString', '__proto__', 'constructor'];
+  'fanotify', 'memfd', 'ghost', 'dir', 'netlink', 'packet', '', 'REG', 'sock', 'toString', '__proto__', 'constructor'];
 
 function filesRecord(c: Context, b: Base): Variant {
   const r = c.rng;

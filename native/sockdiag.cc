@@ -1,0 +1,293 @@
+// Netlink and packet sockets (netlink(7), packet(7)): what the kernel tells about them, and
+// building them again.
+//
+// Wraps NETLINK_SOCK_DIAG (sock_diag(7)) as a plain transport: the caller hands the
+// family-specific request (struct netlink_diag_req, packet_diag_req…, linux/*_diag.h) and gets
+// every answer's payload back as bytes (the family's *_diag_msg followed by its attributes);
+// the layouts are read in TS. AF_NETLINK and AF_PACKET answer dumps only (NLM_F_DUMP), one
+// message per socket of the caller's network namespace.
+// Also getsockname(2)/getpeername(2), bind(2) and connect(2) with struct sockaddr_nl (a port
+// id and a group mask) and struct sockaddr_ll / sockaddr_pkt (protocol and interface; the
+// SOCK_PACKET form names the interface), ioctl(2) SIOCGIFNAME / SIOCGIFINDEX (netdevice(7):
+// interface index <-> name, in the calling thread's network namespace), and getsockopt(2)
+// SO_GET_FILTER / setsockopt(2) SO_ATTACH_FILTER (socket(7): a classic BPF program, whose
+// length getsockopt counts in instructions, not bytes).
+#include <napi.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/if_packet.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <net/if.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "errors.h"
+
+namespace ferry {
+namespace {
+
+std::string FdText(int64_t fd) { return "fd " + std::to_string(fd); }
+
+// sockDiagDump(request) -> [payload…]: one SOCK_DIAG_BY_FAMILY dump. `request` is the
+// family's request struct (its first byte is sdiag_family); each answer is returned without
+// its nlmsghdr. Bounded by what the namespace holds; 64 KiB reads.
+Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Buffer<uint8_t> req;
+  if (!ArgBuffer(info, 0, &req)) return {};
+  if (req.Length() < 2 || req.Length() > 256) {
+    ThrowType(env, "sockDiagDump: request of 2..256 bytes");
+    return {};
+  }
+  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) {
+    ThrowErrno(env, "socket(NETLINK_SOCK_DIAG)", errno);
+    return {};
+  }
+  std::vector<char> msg(NLMSG_LENGTH(req.Length()));
+  nlmsghdr* h = reinterpret_cast<nlmsghdr*>(msg.data());
+  h->nlmsg_len = static_cast<uint32_t>(msg.size());
+  h->nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  h->nlmsg_seq = 1;
+  memcpy(NLMSG_DATA(h), req.Data(), req.Length());
+  sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  const std::string what = "family " + std::to_string(req.Data()[0]);
+  if (sendto(nl, msg.data(), msg.size(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
+    int e = errno;
+    close(nl);
+    ThrowErrno(env, "sock_diag", e, what);
+    return {};
+  }
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  std::vector<char> buf(64 * 1024);
+  for (bool done = false; !done;) {
+    ssize_t r = recv(nl, buf.data(), buf.size(), 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      int e = r < 0 ? errno : EIO;
+      close(nl);
+      ThrowErrno(env, "sock_diag", e, what);
+      return {};
+    }
+    for (nlmsghdr* m = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(m, static_cast<size_t>(r));
+         m = NLMSG_NEXT(m, r)) {
+      if (m->nlmsg_type == NLMSG_DONE) { done = true; break; }
+      if (m->nlmsg_type == NLMSG_ERROR) {
+        const nlmsgerr* err = reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(m));
+        close(nl);
+        ThrowErrno(env, "sock_diag", err->error ? -err->error : EIO, what);
+        return {};
+      }
+      if (m->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+      out.Set(n++, Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(NLMSG_DATA(m)),
+                                               m->nlmsg_len - NLMSG_HDRLEN));
+    }
+  }
+  close(nl);
+  return out;
+}
+
+// netlinkName(fd, peer) -> {portid, groups}: getsockname(2) (the bound port id, 0 when not
+// bound yet, and the first 32 groups as a mask) or getpeername(2) (dst_portid, dst_group as
+// a mask; zeros when not connected).
+Napi::Value NetlinkName(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  bool peer = info.Length() > 1 && info[1].ToBoolean().Value();
+  sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  socklen_t len = sizeof sa;
+  int r = peer ? getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&sa), &len)
+               : getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&sa), &len);
+  if (r < 0) {
+    ThrowErrno(info.Env(), peer ? "getpeername" : "getsockname", errno, FdText(fd));
+    return {};
+  }
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("portid", Napi::Number::New(info.Env(), sa.nl_pid));
+  o.Set("groups", Napi::Number::New(info.Env(), sa.nl_groups));
+  return o;
+}
+
+// netlinkBind(fd, portid, groups) / netlinkConnect(fd, portid, groups): sockaddr_nl.
+Napi::Value NetlinkAddr(const Napi::CallbackInfo& info, bool connect_) {
+  int64_t fd, portid, groups;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &portid) || !ArgInt(info, 2, &groups)) return {};
+  sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  sa.nl_pid = static_cast<uint32_t>(portid);
+  sa.nl_groups = static_cast<uint32_t>(groups);
+  int r = connect_ ? connect(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&sa), sizeof sa)
+                   : bind(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  if (r < 0) {
+    ThrowErrno(info.Env(), connect_ ? "connect" : "bind", errno, FdText(fd) + " port id " + std::to_string(portid));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+Napi::Value NetlinkBind(const Napi::CallbackInfo& info) { return NetlinkAddr(info, false); }
+Napi::Value NetlinkConnect(const Napi::CallbackInfo& info) { return NetlinkAddr(info, true); }
+
+// packetBind(fd, protocol, ifindex, device?): bind(2) with sockaddr_ll {sll_protocol =
+// htons(protocol), sll_ifindex}; with `device` (a SOCK_PACKET socket) sockaddr_pkt naming the
+// interface instead (`protocol` unused: such a socket keeps the one socket(2) gave it).
+Napi::Value PacketBind(const Napi::CallbackInfo& info) {
+  int64_t fd, protocol, ifindex;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &protocol) || !ArgInt(info, 2, &ifindex)) return {};
+  int r;
+  if (info.Length() > 3 && info[3].IsString()) {
+    std::string dev = info[3].As<Napi::String>().Utf8Value();
+    sockaddr_pkt sp;
+    memset(&sp, 0, sizeof sp);
+    if (dev.size() >= sizeof sp.spkt_device) {
+      ThrowType(info.Env(), "packetBind: device name too long");
+      return {};
+    }
+    sp.spkt_family = AF_PACKET;
+    memcpy(sp.spkt_device, dev.data(), dev.size());
+    // The kernel reads a struct sockaddr's worth (family and 14 bytes of name) and keeps
+    // the protocol the socket was made with.
+    r = bind(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&sp), sizeof(sockaddr));
+  } else {
+    sockaddr_ll sl;
+    memset(&sl, 0, sizeof sl);
+    sl.sll_family = AF_PACKET;
+    sl.sll_protocol = htons(static_cast<uint16_t>(protocol));
+    sl.sll_ifindex = static_cast<int>(ifindex);
+    r = bind(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&sl), sizeof sl);
+  }
+  if (r < 0) {
+    ThrowErrno(info.Env(), "bind", errno, FdText(fd) + " interface " + std::to_string(ifindex));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// ifName(index) -> name, or null when no interface of the thread's namespace has it
+// (SIOCGIFNAME on a throwaway datagram socket).
+Napi::Value IfName(const Napi::CallbackInfo& info) {
+  int64_t index;
+  if (!ArgInt(info, 0, &index)) return {};
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) {
+    ThrowErrno(info.Env(), "socket", errno);
+    return {};
+  }
+  ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_ifindex = static_cast<int>(index);
+  int r = ioctl(s, SIOCGIFNAME, &ifr);
+  int e = errno;
+  close(s);
+  if (r < 0) {
+    if (e == ENODEV) return info.Env().Null();
+    ThrowErrno(info.Env(), "ioctl(SIOCGIFNAME)", e, "index " + std::to_string(index));
+    return {};
+  }
+  ifr.ifr_name[IFNAMSIZ - 1] = 0;
+  return Napi::String::New(info.Env(), ifr.ifr_name);
+}
+
+// ifIndex(name) -> index, or 0 when no interface of the thread's namespace has it (SIOCGIFINDEX).
+Napi::Value IfIndex(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsString()) {
+    ThrowType(info.Env(), "ifIndex(name: string)");
+    return {};
+  }
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name.empty() || name.size() >= IFNAMSIZ) return Napi::Number::New(info.Env(), 0);
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) {
+    ThrowErrno(info.Env(), "socket", errno);
+    return {};
+  }
+  ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, name.data(), name.size());
+  int r = ioctl(s, SIOCGIFINDEX, &ifr);
+  int e = errno;
+  close(s);
+  if (r < 0) {
+    if (e == ENODEV) return Napi::Number::New(info.Env(), 0);
+    ThrowErrno(info.Env(), "ioctl(SIOCGIFINDEX)", e, name);
+    return {};
+  }
+  return Napi::Number::New(info.Env(), ifr.ifr_ifindex);
+}
+
+// getSockFilter(fd) -> the classic BPF program attached (struct sock_filter[], 8 bytes each),
+// or an empty Buffer when there is none. getsockopt(SO_GET_FILTER) with length 0 answers the
+// instruction count; then a buffer of that many instructions is passed.
+Napi::Value GetSockFilter(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  socklen_t count = 0;
+  if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_GET_FILTER, nullptr, &count) < 0) {
+    ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", errno, FdText(fd));
+    return {};
+  }
+  if (count == 0) return Napi::Buffer<uint8_t>::New(info.Env(), 0);
+  if (count > BPF_MAXINSNS) {
+    ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", E2BIG, FdText(fd));
+    return {};
+  }
+  std::vector<sock_filter> prog(count);
+  socklen_t len = count;
+  if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_GET_FILTER, prog.data(), &len) < 0) {
+    ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", errno, FdText(fd));
+    return {};
+  }
+  if (len > count) len = count;
+  return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<const uint8_t*>(prog.data()),
+                                     len * sizeof(sock_filter));
+}
+
+// setSockFilter(fd, program): setsockopt(SO_ATTACH_FILTER) with struct sock_fprog.
+Napi::Value SetSockFilter(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  Napi::Buffer<uint8_t> b;
+  if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &b)) return {};
+  if (b.Length() == 0 || b.Length() % sizeof(sock_filter) != 0 || b.Length() / sizeof(sock_filter) > BPF_MAXINSNS) {
+    ThrowType(info.Env(), "setSockFilter: program must be 1..4096 instructions of 8 bytes");
+    return {};
+  }
+  std::vector<sock_filter> prog(b.Length() / sizeof(sock_filter));
+  memcpy(prog.data(), b.Data(), b.Length());
+  sock_fprog fp;
+  fp.len = static_cast<unsigned short>(prog.size());
+  fp.filter = prog.data();
+  if (setsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof fp) < 0) {
+    ThrowErrno(info.Env(), "setsockopt(SO_ATTACH_FILTER)", errno, FdText(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void InitSockdiag(Napi::Env env, Napi::Object exports) {
+  exports.Set("sockDiagDump", Napi::Function::New(env, SockDiagDump));
+  exports.Set("netlinkName", Napi::Function::New(env, NetlinkName));
+  exports.Set("netlinkBind", Napi::Function::New(env, NetlinkBind));
+  exports.Set("netlinkConnect", Napi::Function::New(env, NetlinkConnect));
+  exports.Set("packetBind", Napi::Function::New(env, PacketBind));
+  exports.Set("ifName", Napi::Function::New(env, IfName));
+  exports.Set("ifIndex", Napi::Function::New(env, IfIndex));
+  exports.Set("getSockFilter", Napi::Function::New(env, GetSockFilter));
+  exports.Set("setSockFilter", Napi::Function::New(env, SetSockFilter));
+}
+
+}  // namespace ferry
