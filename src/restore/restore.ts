@@ -37,6 +37,7 @@ import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas,
 import { checkRemovedDirs, checkWriteAccess } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
+import { checkSocketPrivilege } from './socket-privilege.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { createTree, type CreatedTree } from './tree.js';
@@ -106,6 +107,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     checkOwners(files.files, tree.processes, tasks);
     // A file reached by its handle is confined by nothing.
     if (!trusted) checkLinkedTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
+    // Nor a socket whose privilege the kernel checks only when restore (root) makes it.
+    if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor write access: an untrusted image's processes hold open for writing only what their

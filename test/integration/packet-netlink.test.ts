@@ -21,6 +21,7 @@ import { packet, type PacketRecord } from '../../src/files/packet.js';
 import { packetDiag } from '../../src/files/sockdiag.js';
 import { native } from '../../src/native/binding.js';
 import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
 import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Run, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
@@ -188,6 +189,29 @@ describe('packet sockets', { skip, timeout: 120_000 }, () => {
     assert.equal(procState(w.pid).tracer, 0, 'detached');
     assert.deepEqual(memberships(w.pid, 5), P1_MEMBERSHIPS);
     assert.equal(await verify(w), 'PASS');
+  });
+
+  it('an untrusted image whose process has no CAP_NET_RAW may not get a packet socket', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'packetsk'), []);
+    const image = join(w.dir, 'pk.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    // An edit (which drops the signature) making the process nobody without capabilities:
+    // within the untrusted default bound, so only the socket check stands in the way.
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, [[/^tasks\/\d+\/task\.json$/, json<{ creds: { threads: Array<Record<string, any>> } }>((t) => { // eslint-disable-line @typescript-eslint/no-explicit-any
+      for (const th of t.creds.threads) {
+        th.uids = [65534, 65534, 65534, 65534];
+        th.gids = [65534, 65534, 65534, 65534];
+        th.groups = [];
+        for (const k of ['effective', 'permitted', 'inheritable', 'ambient']) th.caps[k] = '0x0';
+      }
+    })]]);
+    const rs = ferry(['restore', '--image', edited]);
+    assert.equal(rs.code, 1);
+    assert.match(rs.stderr, new RegExp(`pid ${w.pid} \\(packetsk\\) fd \\d+ would get a packet socket, which needs CAP_NET_RAW when it is made, and its credentials have no CAP_NET_RAW`));
+    assert.equal(rs.stderr.trim().split('\n').length, 1, 'one line');
+    assert.equal(await verify(w), 'PASS', 'the original runs on');
   });
 
   it('a socket with a mapped ring is refused in one line naming pid, fd and the mapping; the process runs on', async () => {
