@@ -11,8 +11,8 @@
 // Also socket(2), socketpair(2), bind(2) (in a thread with its own root and cwd: unshare(2)
 // CLONE_FS, chroot(2), fchdir(2)), connect(2), listen(2), accept4(2), shutdown(2),
 // getsockopt(2)/setsockopt(2) for int options, recvmsg(2) with MSG_PEEK (reads a queued
-// message without consuming it; descriptors the kernel installs from SCM_RIGHTS or SCM_PIDFD
-// control messages are closed at once and counted) and sendmsg(2).
+// message without consuming it, with the descriptors it carries installed in the caller and
+// its credentials) and sendmsg(2) (with SCM_RIGHTS and SCM_CREDENTIALS).
 #include <napi.h>
 
 #include <errno.h>
@@ -415,15 +415,20 @@ Napi::Value SetSockOpt(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// unixPeek(fd, max) -> {data, flags, fds} for the next message at the socket's peek offset
-// (recvmsg with MSG_PEEK | MSG_DONTWAIT), or null when nothing is queued (EAGAIN). `flags` is
-// msg_flags (MSG_TRUNC, MSG_CTRUNC…); `fds` counts descriptors carried by SCM_RIGHTS or
-// SCM_PIDFD, which MSG_PEEK installs in the caller: they are closed here.
+// unixPeek(fd, max) -> {data, flags, fds, creds} for the next message at the socket's peek
+// offset (recvmsg with MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC), or null when nothing is
+// queued (EAGAIN). `flags` is msg_flags (MSG_TRUNC, MSG_CTRUNC…). MSG_PEEK installs in the
+// caller a duplicate of every file an SCM_RIGHTS message carries (the same open file
+// descriptions, close-on-exec): `fds` lists them, in the message's order, and the caller owns
+// them. A pidfd of the sender (SCM_PIDFD, with SO_PASSPIDFD) is not a descriptor in flight:
+// closed here. `creds` is the SCM_CREDENTIALS the kernel attaches when SO_PASSCRED is set
+// (the sender's pid as seen from the caller's pid namespace, uid, gid), else null.
 Napi::Value SockPeek(const Napi::CallbackInfo& info) {
   int64_t fd, max;
   if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &max)) return {};
   std::vector<uint8_t> buf(static_cast<size_t>(max > 0 ? max : 1));
-  alignas(cmsghdr) char control[512];
+  // Room for SCM_MAX_FD (253) descriptors and the credentials.
+  alignas(cmsghdr) char control[CMSG_SPACE(253 * sizeof(int)) + CMSG_SPACE(sizeof(ucred)) + 256];
   iovec iov = {buf.data(), buf.size()};
   msghdr mh;
   memset(&mh, 0, sizeof mh);
@@ -438,38 +443,109 @@ Napi::Value SockPeek(const Napi::CallbackInfo& info) {
     ThrowErrno(info.Env(), "recvmsg(MSG_PEEK)", errno);
     return {};
   }
-  int fds = 0;
+  Napi::Env env = info.Env();
+  Napi::Array fds = Napi::Array::New(env);
+  Napi::Value creds = env.Null();
+  uint32_t nfds = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
     if (c->cmsg_level != SOL_SOCKET) continue;
     if (c->cmsg_type == SCM_RIGHTS || c->cmsg_type == SCM_PIDFD) {
       size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      int* p = reinterpret_cast<int*>(CMSG_DATA(c));
-      for (size_t i = 0; i < n; i++) close(p[i]);
-      fds += static_cast<int>(n);
+      const unsigned char* p = CMSG_DATA(c);
+      for (size_t i = 0; i < n; i++) {
+        int f;
+        memcpy(&f, p + i * sizeof(int), sizeof f);
+        if (c->cmsg_type == SCM_PIDFD) close(f);
+        else fds.Set(nfds++, Napi::Number::New(env, f));
+      }
+    } else if (c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+      ucred u;
+      memcpy(&u, CMSG_DATA(c), sizeof u);
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("pid", Napi::Number::New(env, u.pid));
+      o.Set("uid", Napi::Number::New(env, u.uid));
+      o.Set("gid", Napi::Number::New(env, u.gid));
+      creds = o;
     }
   }
-  Napi::Object o = Napi::Object::New(info.Env());
+  Napi::Object o = Napi::Object::New(env);
   size_t got = static_cast<size_t>(r) < buf.size() ? static_cast<size_t>(r) : buf.size();
-  o.Set("data", Napi::Buffer<uint8_t>::Copy(info.Env(), buf.data(), got));
-  o.Set("flags", Napi::Number::New(info.Env(), mh.msg_flags));
-  o.Set("fds", Napi::Number::New(info.Env(), fds));
+  o.Set("data", Napi::Buffer<uint8_t>::Copy(env, buf.data(), got));
+  o.Set("flags", Napi::Number::New(env, mh.msg_flags));
+  o.Set("fds", fds);
+  o.Set("creds", creds);
   return o;
 }
 
-// unixSend(fd, data, name?) -> bytes sent: sendmsg(2) with MSG_DONTWAIT | MSG_NOSIGNAL, to
-// sun_path bytes `name` when given (an unconnected datagram socket).
+// unixSend(fd, data, name?, fds?, creds?) -> bytes sent: sendmsg(2) with MSG_DONTWAIT |
+// MSG_NOSIGNAL, to sun_path bytes `name` when given (an unconnected datagram socket; null or
+// undefined: the connected peer), with the descriptors `fds` attached (SCM_RIGHTS, at most
+// SCM_MAX_FD) and credentials `creds` {pid, uid, gid} (SCM_CREDENTIALS: the pid must exist in
+// the caller's pid namespace; another process's pid, uid or gid needs CAP_SYS_ADMIN,
+// CAP_SETUID, CAP_SETGID).
 Napi::Value SockSend(const Napi::CallbackInfo& info) {
   int64_t fd;
   Napi::Buffer<uint8_t> data;
   if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &data)) return {};
+  Napi::Env env = info.Env();
   sockaddr_un sa;
   socklen_t len = 0;
   msghdr mh;
   memset(&mh, 0, sizeof mh);
   if (info.Length() > 2 && info[2].IsBuffer()) {
-    if (!MakeAddr(info.Env(), info[2].As<Napi::Buffer<uint8_t>>(), &sa, &len)) return {};
+    if (!MakeAddr(env, info[2].As<Napi::Buffer<uint8_t>>(), &sa, &len)) return {};
     mh.msg_name = &sa;
     mh.msg_namelen = len;
+  }
+  std::vector<int> fds;
+  if (info.Length() > 3 && info[3].IsArray()) {
+    Napi::Array a = info[3].As<Napi::Array>();
+    if (a.Length() > 253) {
+      ThrowErrno(env, "sendmsg(SCM_RIGHTS)", EINVAL, std::to_string(a.Length()) + " descriptors");
+      return {};
+    }
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Value v = a.Get(i);
+      if (!v.IsNumber()) {
+        Napi::TypeError::New(env, "unixSend: fds must be numbers").ThrowAsJavaScriptException();
+        return {};
+      }
+      fds.push_back(v.As<Napi::Number>().Int32Value());
+    }
+  }
+  bool haveCreds = false;
+  ucred u;
+  memset(&u, 0, sizeof u);
+  if (info.Length() > 4 && info[4].IsObject()) {
+    Napi::Object c = info[4].As<Napi::Object>();
+    u.pid = c.Get("pid").As<Napi::Number>().Int32Value();
+    u.uid = c.Get("uid").As<Napi::Number>().Uint32Value();
+    u.gid = c.Get("gid").As<Napi::Number>().Uint32Value();
+    haveCreds = true;
+  }
+  alignas(cmsghdr) char control[CMSG_SPACE(253 * sizeof(int)) + CMSG_SPACE(sizeof(ucred))];
+  memset(control, 0, sizeof control);
+  size_t clen = 0;
+  if (!fds.empty() || haveCreds) {
+    mh.msg_control = control;
+    mh.msg_controllen = (fds.empty() ? 0 : CMSG_SPACE(fds.size() * sizeof(int))) + (haveCreds ? CMSG_SPACE(sizeof(ucred)) : 0);
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    if (!fds.empty()) {
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+      memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+      clen += CMSG_SPACE(fds.size() * sizeof(int));
+      c = CMSG_NXTHDR(&mh, c);
+    }
+    if (haveCreds) {
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_CREDENTIALS;
+      c->cmsg_len = CMSG_LEN(sizeof(ucred));
+      memcpy(CMSG_DATA(c), &u, sizeof u);
+      clen += CMSG_SPACE(sizeof(ucred));
+    }
+    mh.msg_controllen = clen;
   }
   iovec iov = {data.Data(), data.Length()};
   mh.msg_iov = &iov;
@@ -477,10 +553,10 @@ Napi::Value SockSend(const Napi::CallbackInfo& info) {
   ssize_t r;
   do r = sendmsg(static_cast<int>(fd), &mh, MSG_DONTWAIT | MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
   if (r < 0) {
-    ThrowErrno(info.Env(), "sendmsg", errno);
+    ThrowErrno(env, "sendmsg", errno);
     return {};
   }
-  return Napi::Number::New(info.Env(), static_cast<double>(r));
+  return Napi::Number::New(env, static_cast<double>(r));
 }
 
 }  // namespace

@@ -16,11 +16,16 @@ import { DEFAULT_FILE_OPTIONS, type DumpContext, type FdDesc, type FileKind, typ
 
 /** kcmp(2) type comparing two descriptors' open file descriptions. */
 const KCMP_FILE = 0;
+/** O_CLOEXEC as fdinfo shows it (octal flags). */
+const O_CLOEXEC = 0o2000000;
 
-/** Reads link, stat and fdinfo of every descriptor of `pid` (a descriptor closed meanwhile is skipped). */
-export function describeFds(pid: number): FdDesc[] {
+/**
+ * Reads link, stat and fdinfo of every descriptor of `pid` (a descriptor closed meanwhile is
+ * skipped), or of those in `only`.
+ */
+export function describeFds(pid: number, only?: readonly number[]): FdDesc[] {
   const out: FdDesc[] = [];
-  for (const fd of listFds(pid)) {
+  for (const fd of only ?? listFds(pid)) {
     const path = `/proc/${pid}/fd/${fd}`;
     try {
       const link = readlinkSync(path);
@@ -65,35 +70,33 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
   const fds = new Map<number, FdRecord[]>();
   /** Representatives per cheap key: one descriptor per distinct open file seen so far. */
   const groups = new Map<string, Array<{ desc: FdDesc; id: number }>>();
-  const firsts: Array<{ desc: FdDesc; kind: FileKind }> = [];
+  const firsts: Array<{ desc: FdDesc; kind: FileKind; via?: string }> = [];
   const idOf = new Map<string, number>();
+  /** The file id of `d` (a new one when no file seen so far is the same open file). */
+  const place = (d: FdDesc, kind: FileKind, via?: string): number => {
+    const key = kind.key(d);
+    let reps = groups.get(key);
+    if (!reps) groups.set(key, (reps = []));
+    // Representatives stay sorted in kcmp's order, so each descriptor costs O(log n) kcmp
+    // calls even when thousands of distinct files share a key (separately opened /dev/null).
+    let lo = 0;
+    let hi = reps.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const order = compareFiles(reps[mid]!.desc, d);
+      if (order === 0) return reps[mid]!.id;
+      if (order < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    const id = firsts.length + 1;
+    firsts.push({ desc: d, kind, ...(via !== undefined ? { via } : {}) });
+    reps.splice(lo, 0, { desc: d, id });
+    return id;
+  };
   for (const [pid, descs] of descsByPid) {
     const table: FdRecord[] = [];
     for (const d of descs) {
-      const kind: FileKind = kindOf(d);
-      const key = kind.key(d);
-      let reps = groups.get(key);
-      if (!reps) groups.set(key, (reps = []));
-      // Representatives stay sorted in kcmp's order, so each descriptor costs O(log n) kcmp
-      // calls even when thousands of distinct files share a key (separately opened /dev/null).
-      let lo = 0;
-      let hi = reps.length;
-      let id: number | undefined;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        const order = compareFiles(reps[mid]!.desc, d);
-        if (order === 0) {
-          id = reps[mid]!.id;
-          break;
-        }
-        if (order < 0) lo = mid + 1;
-        else hi = mid;
-      }
-      if (id === undefined) {
-        id = firsts.length + 1;
-        firsts.push({ desc: d, kind });
-        reps.splice(lo, 0, { desc: d, id });
-      }
+      const id = place(d, kindOf(d));
       idOf.set(`${pid}:${d.fd}`, id);
       table.push({ fd: d.fd, file: id, cloexec: fdCloexec(d.fdinfo) });
     }
@@ -112,14 +115,43 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
   };
   const files: FileRecord[] = [];
   const mounts = new Map<number, ReadonlySet<number> | null>();
+  /**
+   * A controller descriptor (a file in flight, installed by a MSG_PEEK) made a file of the
+   * image: owned from now on (closed with the grabbed ones), grouped like the tree's.
+   */
+  const adopt = (fd: number, via: string): number => {
+    grabbed.set(`adopted:${fd}`, fd);
+    let d: FdDesc | undefined;
+    for (const x of describeFds(process.pid, [fd])) d = x;
+    if (!d) throw new FerryError('EDUMP', `checkpoint: a file in flight ${via} vanished from ferry's descriptor ${fd}`);
+    // An in-flight file has no descriptor flags: the peek's close-on-exec is ferry's.
+    d.fdinfo.flags &= ~O_CLOEXEC;
+    let kind: FileKind;
+    try {
+      kind = kindOf(d);
+      kind.precheck?.(d, options);
+    } catch (err) {
+      throw inFlight(err, via);
+    }
+    const id = place(d, kind, via);
+    idOf.set(`${process.pid}:${fd}`, id);
+    const holders = firsts[id - 1]!;
+    if (kind.needsHolder && holders.via !== undefined) {
+      throw new FerryError('EUNSUPPORTED', `unsupported file: ${d.link}, in flight ${via} and held by no process of the tree: a file of kind ${kind.kind} is restored through a process holding it; let the receiver read the message first`);
+    }
+    return id;
+  };
   try {
-    firsts.forEach(({ desc, kind }, i) => {
+    // Files found in flight while dumping are appended: the loop reads the length each time.
+    for (let i = 0; i < firsts.length; i++) {
+      const { desc, kind, via } = firsts[i]!;
       const id = i + 1;
       const ctx: DumpContext = {
         options,
         pids: new Set(descsByPid.keys()),
         fileIdOf: (pid, fd) => idOf.get(`${pid}:${fd}`),
         grab: (d) => grab(d, grabbed),
+        adopt,
         blob: (suffix, data) => {
           const name = `files/${id}-${suffix}`;
           blobs.set(name, data);
@@ -130,14 +162,20 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       };
       // `link`: what readlink showed at dump, the key a restore can substitute an open file
       // of its own for (runc's descriptors.json: the container's stdio pipes).
-      const rec = { ...kind.dump(desc, ctx), id, kind: kind.kind, link: desc.link } as FileRecord;
+      let dumped: Omit<FileRecord, 'id' | 'kind'>;
+      try {
+        dumped = kind.dump(desc, ctx);
+      } catch (err) {
+        throw via === undefined ? err : inFlight(err, via);
+      }
+      const rec = { ...dumped, id, kind: kind.kind, link: desc.link } as FileRecord;
       if (typeof rec.path === 'string' ? rootedInTask(desc, mounts) : namesPathInTask(rec, desc, mounts)) rec.root = 'task';
       if (ownerMatters(desc)) {
         const owner = dumpOwner(desc, grab(desc, grabbed), ctx.pids);
         if (owner) rec[desc.async ? 'async' : 'owner'] = owner;
       }
       files.push(rec);
-    });
+    }
   } catch (err) {
     finish(true);
     throw err;
@@ -181,8 +219,15 @@ function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: Map<number, Readonl
 /** O_ASYNC: the open file signals its owner (owner.ts). */
 const O_ASYNC = 0o20000;
 
+/** An error about a file found in flight, saying where (its pid and fd are ferry's). */
+function inFlight(err: unknown, via: string): Error {
+  if (!(err instanceof Error)) return new Error(String(err));
+  const message = `${err.message.replace(/^unsupported file: pid \d+ fd \d+ -> /, 'unsupported file: ')} (found in flight ${via})`;
+  return err instanceof FerryError ? new FerryError(err.code, message, { cause: err }) : new Error(message, { cause: err });
+}
+
 /** pidfd_getfd of `d` into the controller, once per descriptor. */
-function grab(d: FdDesc, grabbed: Map<string, number>): number {
+function grab(d: Pick<FdDesc, 'pid' | 'fd' | 'link'>, grabbed: Map<string, number>): number {
   const key = `${d.pid}:${d.fd}`;
   const have = grabbed.get(key);
   if (have !== undefined) return have;

@@ -286,6 +286,8 @@ function addDetached(task: TaskContext, t: EpollTarget, src: number): void {
 
 export const eventpoll: FileKind<EventpollRecord> = {
   kind: 'eventpoll',
+  // Its targets are added with epoll_ctl(2) by a task holding it (installed).
+  needsHolder: true,
 
   matches(fd: FdDesc): boolean {
     return fd.link === 'anon_inode:[eventpoll]';

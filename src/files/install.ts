@@ -63,7 +63,7 @@ export function checkFiles(records: readonly FileRecord[], taskRoot?: string, in
 
 /** Everything the scheduler knows during one restore. */
 export interface RestoreFiles {
-  /** file id -> controller descriptor. */
+  /** file id -> controller descriptor (negative keys: descriptors the modules hold, OpenContext.hold). */
   opened: Map<number, number>;
   /** The context the modules got (and `installed` hooks get again). */
   ctx: OpenContext;
@@ -102,6 +102,16 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
   }
   const byId = new Map(records.map((r) => [r.id, r]));
   const scratches = new Map<string, Map<string, unknown>>();
+  // Descriptors the modules hold (OpenContext.hold) live in `opened` under negative keys, no
+  // file's id: closeFiles closes them with the files, on success and on failure alike.
+  const held = new Map<number, number>();
+  let nextHeld = 0;
+  const release = (fd: number): void => {
+    const key = held.get(fd);
+    if (key === undefined) return;
+    held.delete(fd);
+    opened.delete(key);
+  };
   const ctx: OpenContext = {
     options,
     opened: (id) => opened.get(id),
@@ -116,6 +126,12 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
       if (!m) scratches.set(key, (m = new Map()));
       return m as Map<string, T>;
     },
+    hold: (fd) => {
+      if (held.has(fd)) return;
+      held.set(fd, --nextHeld);
+      opened.set(nextHeld, fd);
+    },
+    release,
   };
   // A kind that names restored processes is opened once the tree exists (openAfterTree).
   let pending = records.filter((r) => !opened.has(r.id) && !kindByName(r.kind).openAfterTree);
@@ -125,7 +141,10 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
       for (const r of pending) {
         const fd = kindByName(r.kind).open(r, ctx);
         if (fd === NOT_YET) waiting.push(r);
-        else opened.set(r.id, fd);
+        else {
+          release(fd); // a held descriptor returned becomes that file's
+          opened.set(r.id, fd);
+        }
       }
       if (waiting.length === pending.length) {
         throw new FerryError('EDEPEND', `cannot restore files ${waiting.map((r) => `${r.id} (${r.kind})`).join(', ')}: they wait for each other`);
@@ -141,7 +160,8 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
 
 /**
  * Opens, once every process of the tree exists, the files of the kinds that name restored
- * processes (FileKind.openAfterTree), into `files`; `hostPid` maps an image pid to ferry's.
+ * processes (FileKind.openAfterTree), into `files`, then runs the kinds' `afterTree`;
+ * `hostPid` maps an image pid to ferry's.
  */
 export async function openAfterTree(files: RestoreFiles, records: readonly FileRecord[],
   hostPid: (pid: number) => number | undefined): Promise<void> {
@@ -149,6 +169,8 @@ export async function openAfterTree(files: RestoreFiles, records: readonly FileR
     const late = kindByName(r.kind).openAfterTree;
     if (late) files.opened.set(r.id, await late(r, hostPid));
   }
+  // Then each kind's work that needs every file and process (FileKind.afterTree), once.
+  for (const kind of new Set(records.map((r) => r.kind))) kindByName(kind).afterTree?.(files.ctx, hostPid);
 }
 
 /** Closes the controller's descriptors once every task holds its copies. */

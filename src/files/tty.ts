@@ -602,6 +602,8 @@ function check(rec: TtyRecord): void {
 
 export const tty: FileKind<TtyRecord> = {
   kind: 'tty',
+  // The controlling terminal and foreground group are set by a task holding it (installed).
+  needsHolder: true,
 
   matches(fd: FdDesc): boolean {
     return fd.link.startsWith('/') && fd.stat.isCharacterDevice() && isTerminal(fd.stat.rdev);

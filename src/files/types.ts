@@ -76,7 +76,16 @@ export interface DumpContext {
    * open file description (offset, flags, socket state). Closed by the engine after the
    * checkpoint; do not close it.
    */
-  grab(d: FdDesc): number;
+  grab(d: Pick<FdDesc, 'pid' | 'fd' | 'link'>): number;
+  /**
+   * Makes `fd`, a descriptor of the controller (ferry itself), a file of the image and returns
+   * its id: the files a queued SCM_RIGHTS message carries, which a MSG_PEEK installs in the
+   * peeker. The file is grouped with the tree's like any descriptor (kcmp(2): a pipe end both
+   * held by a task and in flight is one file) and, when new, dumped by its own module after
+   * the files before it. The engine owns `fd` from now on and closes it after the checkpoint.
+   * `via` says where the file was found, for errors ("in flight on pid 12 fd 3 (socket:[9])").
+   */
+  adopt(fd: number, via: string): number;
   /**
    * Stores `data` in the image as an entry of its own (for data too big or too binary for
    * the JSON record: file contents, socket queues) and returns the entry's name, to keep in
@@ -110,6 +119,15 @@ export interface OpenContext {
    * by the records of one kind, e.g. the pipe created by the first of its ends.
    */
   scratch<T>(key: string): Map<string, T>;
+  /**
+   * Hands the engine `fd`, a descriptor the module keeps beyond what `open` returned (the
+   * other end of a pair until its own record is opened, a file `afterTree` still needs): it is
+   * closed with the opened files when the restore ends or fails, so a failed restore leaves
+   * nothing of its own bound or open behind. A later `open` may return it (it becomes that
+   * file's); a module that closes it itself says so with `release` first.
+   */
+  hold(fd: number): void;
+  release(fd: number): void;
   /**
    * Optional: where a module reports what the restore goes on despite (a changed file with
    * --allow-changed-files), one line each; the engine logs them as warnings when set.
@@ -176,4 +194,18 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    * descriptor of a file drops the process's POSIX locks on it).
    */
   readonly installFirst?: boolean;
+  /**
+   * Optional: set when the kind cannot be restored without a task holding it (its
+   * `installed` hook does the work): such a file found only in flight (DumpContext.adopt)
+   * is refused.
+   */
+  readonly needsHolder?: boolean;
+  /**
+   * Optional: runs once per kind present in the image, after every file is open in the
+   * controller (openAfterTree ones too) and every process exists, before any descriptor is
+   * installed: for work that needs other files or the restored processes (a unix socket's
+   * queued messages carrying descriptors and the sender's credentials). `hostPid` as in
+   * openAfterTree.
+   */
+  afterTree?(ctx: OpenContext, hostPid: (pid: number) => number | undefined): void;
 }

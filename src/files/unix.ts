@@ -1,41 +1,68 @@
 /**
  * Unix domain sockets (unix(7)): stream, datagram and seqpacket; unbound, bound to a path or
  * an abstract name, listening (with the connections not yet accepted), connected; with their
- * queued data (message boundaries kept), options, O_NONBLOCK and shutdown state.
+ * queued data (message boundaries kept), the descriptors and credentials its messages carry,
+ * options, O_NONBLOCK and shutdown state.
  *
  * Dump. Everything comes from the kernel's own description of the socket, sock_diag(7)
  * (NETLINK_SOCK_DIAG, linux/unix_diag.h): type, state, name, the inode of the file a path name
  * created, the peer's inode, the clients queued on a listener, queue sizes, shutdown bits.
  * One socket is one open file (a socket cannot be opened again through /proc), so a socket
  * inode names one file id of the image: peers are found by inode among the tree's
- * descriptors. Queued data is read from a pidfd_getfd(2) copy with MSG_PEEK at a peek offset
- * (SO_PEEK_OFF set to 0, then put back when the checkpoint ends): nothing is consumed, each
- * datagram or seqpacket message is read whole and its length kept.
+ * descriptors. Before any socket is dumped, every queue of the tree's sockets is read from a
+ * pidfd_getfd(2) copy with MSG_PEEK at a peek offset (SO_PEEK_OFF set to 0) and SO_PASSCRED
+ * set, both put back when the checkpoint ends: nothing is consumed, each datagram or seqpacket
+ * message is read whole, with its sender's pid, uid and gid (SCM_CREDENTIALS).
  *
- * Restore. A connected pair is rebuilt as one object: socketpair(2) when both ends are in the
- * image (the first end opened makes both; the other is handed over through the per-restore
- * scratch map); a connection accepted from a listener of the image is rebuilt through that
- * listener (a controller-made client connects, the listener accepts), so the accepted end has
- * the listener's name again; connections queued on a listener and not yet accepted are
- * rebuilt by connecting the client end (held by a process of the tree) to the restored
- * listener, in the same order. Queued data is written back by the other end of the pair (a
- * datagram socket that has no such peer gets its messages from a throwaway socket, through
- * its name), before shutdown(2) is replayed and the options set. A socket connected to a
- * named datagram socket waits (NOT_YET) until that one is bound; every end first creates and
- * binds itself, so even a ring of sockets connected to each other has no dependency cycle.
+ * Descriptors in flight. A peek of a message carrying SCM_RIGHTS installs duplicates of its
+ * files in ferry (the same open file descriptions): DumpContext.adopt makes each a file of the
+ * image, grouped with the tree's descriptors (a pipe end held by a task and in flight is one
+ * file) and dumped by its own module; a unix socket among them is surveyed like the tree's (its
+ * queue, its peer), to any depth, so a socket whose peer is only in flight, a socket carrying
+ * itself or its peer, nested queues all come back. The record keeps per message the file ids
+ * it carried. A stream peek glues the writes of one sender and stops after a write carrying
+ * descriptors, and where in that run the write began cannot be seen (a peek of any size goes on
+ * to it, copying nothing more but taking its descriptors): the run is kept as one write.
  *
- * Refused, before anything is written, naming pid, fd and the socket: descriptors in flight
- * (SCM_RIGHTS in a queued message), a peer outside the tree (unless --ext-unix-sk, see
- * `external`), a queued connection whose client is not in the tree or that already holds
- * data, sockets in another network namespace (not found by sock_diag: 'unsupported file').
- * Sockets are recreated in ferry's network namespace.
+ * Restore. Every socket is created and bound in `open`, so no socket waits for another. A
+ * connected pair is rebuilt as one object: socketpair(2) when both ends are in the image (the
+ * first end opened makes both; the other is handed over through the per-restore scratch map);
+ * a connection accepted from a listener of the image is rebuilt through that listener (a
+ * controller-made client connects, the listener accepts), so the accepted end has the
+ * listener's name again; connections queued on a listener and not yet accepted are rebuilt by
+ * connecting the client end (held by a process of the tree) to the restored listener, in the
+ * same order. The rest waits for `afterTree`, once every file is open and every process
+ * exists: queued data is written back by the other end of the pair (a datagram socket that has
+ * no such peer gets its messages from a throwaway socket, through its name, before a socket
+ * connected to it connects), message by message, with the controller's descriptors of the
+ * files it carried (SCM_RIGHTS: any file of the image, this socket and its peer included) and
+ * its sender's credentials (SCM_CREDENTIALS: the restored sender's pid as ferry sees it, which
+ * the kernel lets root name while that process exists); then shutdown(2) is replayed and the
+ * options set.
  *
- * Not kept: the credentials (SCM_CREDENTIALS) attached to queued messages (they carry
- * ferry's), the sender address of datagrams not sent by the socket's connected peer,
- * out-of-band data, and the name of a connected stream socket whose listener is not in the
- * image (it comes back unnamed).
+ * Names. A path name whose file was the socket's at dump is bound there again (a stale socket
+ * file nobody uses is replaced). One whose path led elsewhere (unlinked, replaced by another
+ * file, its directory removed, or a relative name whose file is in no working directory of the
+ * tree) is bound in a private directory that is removed at once (`bindGhost`): the same name
+ * for getsockname(2), the path not made again, nothing of ferry's in the way of another socket
+ * of the image bound to that path since. An unnamed datagram socket whose peer was closed, with
+ * messages queued, is one end of a pair whose other end sends them and is closed.
+ *
+ * Refused, before anything is written, naming pid, fd and the socket: a peer outside the tree
+ * (unless --ext-unix-sk, see `external`), a queued connection whose client is not in the tree
+ * or that already holds data, sockets in another network namespace (not found by sock_diag:
+ * 'unsupported file'), a file in flight of a kind restored through its holder (epoll, tty)
+ * that no process of the tree holds. Sockets are recreated in ferry's network namespace.
+ *
+ * Not kept: the pid of a sender outside the tree (or gone; ferry's pid is sent, with the
+ * recorded uid and gid), SCM_SECURITY labels, which write of a stream run carried its
+ * descriptors (above), the sender address of datagrams not sent by the socket's connected
+ * peer, out-of-band data, the name of a connected stream socket whose listener is not in the
+ * image (it comes back unnamed), and the path of a relative name whose file is in no working
+ * directory of the tree (the name is kept, the file is not reachable by that path).
  */
-import { fstatSync, lstatSync, readdirSync, readFileSync, readlinkSync, type BigIntStats } from 'node:fs';
+import { fstatSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, type BigIntStats } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { errnoCode, FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
@@ -44,7 +71,8 @@ import { native, type UnixDiag } from '../native/binding.js';
 import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { inOwnMountNs } from '../proc/read.js';
 import { openIn, rootOf, shownIn, viaFd, withParent, type ConfinedRoot, type Parent } from './confined.js';
-import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type FileOptions, type OpenContext, type TaskContext } from './types.js';
+import { checkCarried, checkMessages, fill, peekQueue, type HostPid, type Queue, type UnixMessageCreds } from './unix-queue.js';
+import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type FileOptions, type OpenContext } from './types.js';
 
 // socket(7), unix(7), tcp_states.h
 const SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_SEQPACKET = 5;
@@ -52,15 +80,12 @@ const TCP_ESTABLISHED = 1, TCP_LISTEN = 10;
 const SOL_SOCKET = 1;
 const SO_SNDBUF = 7, SO_RCVBUF = 8, SO_PASSCRED = 16, SO_RCVLOWAT = 18, SO_SNDBUFFORCE = 32,
   SO_RCVBUFFORCE = 33, SO_PASSSEC = 34, SO_PEEK_OFF = 42, SO_PASSPIDFD = 76;
-const MSG_CTRUNC = 0x8, MSG_TRUNC = 0x20;
 /** sk_shutdown bits (UNIX_DIAG_SHUTDOWN) and shutdown(2) `how`. */
 const RCV_SHUTDOWN = 1, SEND_SHUTDOWN = 2;
 const SHUT_RD = 0, SHUT_WR = 1, SHUT_RDWR = 2;
-/** Largest message (and read chunk) peeked at dump. */
-const PEEK_MAX = 1 << 20;
-/** Largest queue accepted from an image for one socket. */
-const MAX_QUEUE = 256 << 20;
 const S_IFMT = 0o170000, S_IFSOCK = 0o140000;
+/** open(2): do not follow a last component that is a symbolic link. */
+const O_NOFOLLOW = 0o400000;
 
 type SockType = 'stream' | 'dgram' | 'seqpacket';
 const TYPES: Readonly<Record<SockType, number>> = { stream: SOCK_STREAM, dgram: SOCK_DGRAM, seqpacket: SOCK_SEQPACKET };
@@ -73,7 +98,10 @@ export interface UnixName {
   dir?: string;
   /** An abstract name: the bytes after the leading NUL, base64. */
   abstract?: string;
-  /** The socket file of a path name: mode and owner; null when it was unlinked (restore binds, then unlinks). */
+  /**
+   * The socket file of a path name: mode and owner; null when the path did not lead to the
+   * socket's own file (restore binds the name without making the path: bindGhost).
+   */
   file?: { mode: number; uid: number; gid: number } | null;
 }
 
@@ -86,7 +114,8 @@ export interface UnixName {
  *   null when it was closed); `client`: the client end of such a connection; both are rebuilt
  *   by the listener.
  * - `embryo`: the client end of a connection queued on `listener`, not yet accepted.
- * - `orphan`: a stream/seqpacket end whose peer was closed (end of file after its data).
+ * - `orphan`: an end whose peer was closed: stream/seqpacket (end of file after its data), or
+ *   an unnamed datagram socket with messages queued (its next send fails: ECONNREFUSED).
  * - `external`: connected outside the tree; with --ext-unix-sk it is connected again to
  *   `external`, the peer's name, on restore.
  */
@@ -119,9 +148,22 @@ export interface UnixFields {
   opts: { passcred: number; passsec: number; passpidfd: number; rcvbuf: number; sndbuf: number; peekOff: number; rcvlowat: number };
   /** Image entry holding the receive queue, null when empty. */
   queue: string | null;
-  /** Datagram/seqpacket: length of each queued message, oldest first. */
+  /**
+   * Length of each queued message, oldest first (datagram/seqpacket); for a stream, of each
+   * run of bytes sent with the same credentials and descriptors (a run carrying descriptors
+   * is one write, its descriptors arriving with its first byte).
+   */
   messages?: number[];
+  /** Per message: the file ids its SCM_RIGHTS carried, in order ([] for none); absent when none did. */
+  fds?: number[][];
+  /**
+   * Per message: the sender's credentials (SCM_CREDENTIALS): `pid` in the tree's pid
+   * namespace, or null when the sender is not a process of the tree (then ferry's pid is sent).
+   */
+  creds?: Array<UnixMessageCreds | null>;
 }
+
+export type { UnixMessageCreds } from './unix-queue.js';
 
 export interface UnixRecord extends FileRecord, UnixFields {
   kind: 'unix';
@@ -191,8 +233,13 @@ function holdersOf(ino: number): string {
 /** What one checkpoint knows about unix sockets: every socket of the namespace, the tree's holders. */
 interface Survey {
   table: Map<number, UnixDiag>;
-  /** socket inode -> the first (pid, fd) of the tree holding it. */
+  /**
+   * socket inode -> the first (pid, fd) of the tree holding it, or, for a socket found only
+   * in flight, ferry's pid and the descriptor the peek installed.
+   */
   holders: Map<number, { pid: number; fd: number }>;
+  /** socket inode -> its receive queue (the sockets that have one). */
+  queues: Map<number, Queue>;
 }
 
 /** One survey per checkpoint (its options object is created once per checkpoint). */
@@ -214,9 +261,44 @@ function survey(ctx: DumpContext, ino: number): Survey {
       if (m && !holders.has(Number(m[1]))) holders.set(Number(m[1]), { pid, fd: f });
     }
   }
-  s = { table, holders };
+  // Surveyed again (a socket it did not know): the queues peeked already and the sockets found
+  // in flight stay (peeking again would read the peek offset and SO_PASSCRED it set).
+  for (const [ino, h] of s?.holders ?? []) if (h.pid === process.pid && !holders.has(ino)) holders.set(ino, h);
+  s = { table, holders, queues: s?.queues ?? new Map() };
   surveys.set(ctx.options, s);
+  peekAll(s, ctx);
   return s;
+}
+
+/**
+ * Peeks every receive queue of the tree's sockets before any socket is dumped: the files its
+ * messages carry become files of the image (DumpContext.adopt), and a unix socket among them
+ * is surveyed in turn (its own queue, its peer), so that a socket whose peer is only in flight
+ * finds it.
+ */
+function peekAll(s: Survey, ctx: DumpContext): void {
+  const work = [...s.holders.entries()];
+  for (let i = 0; i < work.length; i++) {
+    const [ino, h] = work[i]!;
+    const d = s.table.get(ino);
+    const type = d && typeName(d.type);
+    // An unconnected stream/seqpacket socket or a listener has no queue (recvmsg(2) is EINVAL).
+    if (!d || !type || s.queues.has(ino) || d.state === TCP_LISTEN || (type !== 'dgram' && d.state !== TCP_ESTABLISHED)) continue;
+    const link = `socket:[${ino}]`;
+    const where = h.pid === process.pid ? `${link}, itself in flight` : `pid ${h.pid} fd ${h.fd} (${link})`;
+    const g = h.pid === process.pid ? h.fd : ctx.grab({ pid: h.pid, fd: h.fd, link });
+    s.queues.set(ino, peekQueue(g, d, type, ctx, where, (fd) => {
+      const id = ctx.adopt(fd, `in a message queued on ${where}`);
+      const st = fstatSync(fd, { bigint: true });
+      const carried = Number(st.ino);
+      if (st.isSocket() && s.table.has(carried) && !s.holders.has(carried)) {
+        const at = { pid: process.pid, fd };
+        s.holders.set(carried, at);
+        work.push([carried, at]);
+      }
+      return id;
+    }));
+  }
 }
 
 /** The file id of socket `ino` if a process of the tree holds it. */
@@ -233,63 +315,44 @@ function treeListenerNamed(s: Survey, d: UnixDiag): UnixDiag | undefined {
   return undefined;
 }
 
-/** Records the name of a socket, finding its file for a path name. */
-function dumpName(d: UnixDiag, desc: FdDesc): UnixName | null {
+/**
+ * Records the name of a socket, finding its file for a path name: it must be the socket's own
+ * (same inode), else the name is kept without a file (`file: null`: unlinked, replaced by
+ * another file, its directory removed) and restore binds it without making the path again.
+ * A relative name is looked for in the working directory of the holder, then of every other
+ * process of the tree (the binder's cwd at bind time is not known).
+ */
+function dumpName(d: UnixDiag, desc: FdDesc, pids: ReadonlySet<number> = new Set()): UnixName | null {
   const raw = rawName(d);
   if (!raw) return null;
   if (raw.abstract) return { abstract: raw.abstract.toString('base64') };
   const path = raw.path!;
-  const name: UnixName = { path };
-  if (!isAbsolute(path)) {
-    // The binder's cwd at bind time is unknown; the holder's cwd now is the best guess, kept
-    // only when the file found there is the socket's.
-    try { name.dir = readlinkSync(`/proc/${desc.pid}/cwd`); } catch { /* gone */ }
-  }
-  name.file = null;
-  if (d.vfs && (isAbsolute(path) || name.dir !== undefined)) {
-    // A socket of another mount namespace (a container) was bound inside its task's root.
-    const root = inOwnMountNs(desc.pid) ? '' : `/proc/${desc.pid}/root`;
+  const name: UnixName = { path, file: null };
+  if (!d.vfs) return name;
+  const vfs = d.vfs;
+  // The socket file at `at` (relative to the task's root: a container's socket was bound
+  // inside it), or null.
+  const fileAt = (pid: number, at: string): { mode: number; uid: number; gid: number } | null => {
+    const root = inOwnMountNs(pid) ? '' : `/proc/${pid}/root`;
     try {
-      const st = lstatSync(`${root}${fsPath(name)}`);
-      if (st.ino === d.vfs.ino && (st.mode & S_IFMT) === S_IFSOCK) name.file = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+      const st = lstatSync(`${root}${at}`);
+      return st.ino === vfs.ino && (st.mode & S_IFMT) === S_IFSOCK ? { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } : null;
     } catch (err) {
       if (errnoCode(err) !== 'ENOENT' && errnoCode(err) !== 'ENOTDIR') throw err;
+      return null;
     }
+  };
+  if (isAbsolute(path)) {
+    name.file = fileAt(desc.pid, path);
+    return name;
+  }
+  for (const pid of [desc.pid, ...[...pids].filter((p) => p !== desc.pid).sort((x, y) => x - y)]) {
+    let cwd: string;
+    try { cwd = readlinkSync(`/proc/${pid}/cwd`); } catch { continue; }
+    const file = fileAt(pid, join(cwd, path));
+    if (file) return { ...name, dir: cwd, file };
   }
   return name;
-}
-
-/** Reads the receive queue through the grabbed copy without consuming it. */
-function peekQueue(desc: FdDesc, d: UnixDiag, type: SockType, ctx: DumpContext): { data: Buffer; messages: number[] } {
-  const n = native();
-  const g = ctx.grab(desc);
-  const saved = n.unixGetOpt(g, SOL_SOCKET, SO_PEEK_OFF);
-  n.unixSetOpt(g, SOL_SOCKET, SO_PEEK_OFF, 0);
-  ctx.onFinish(() => { n.unixSetOpt(g, SOL_SOCKET, SO_PEEK_OFF, saved); });
-  const chunks: Buffer[] = [];
-  const messages: number[] = [];
-  let total = 0;
-  for (let i = 0; ; i++) {
-    if (i > 1_000_000) throw new Error('the receive queue does not end');
-    const m = n.unixPeek(g, PEEK_MAX);
-    if (m === null) break;
-    if (m.fds > 0 || (m.flags & MSG_CTRUNC) !== 0) {
-      throw new FerryError('EUNSUPPORTED',
-        `unsupported file: pid ${desc.pid} fd ${desc.fd} -> ${desc.link} (a message queued on this unix socket carries descriptors (SCM_RIGHTS): descriptors in flight cannot be checkpointed; let the receiver read it first)`);
-    }
-    if ((m.flags & MSG_TRUNC) !== 0) throw new Error(`a queued message is larger than ${PEEK_MAX} bytes`);
-    if (m.data.length === 0) {
-      // Stream: end of file. Datagram/seqpacket: an empty message, or end of file once the
-      // receive side is shut down and every byte was seen.
-      if (type === 'stream') break;
-      if ((d.shutdown & RCV_SHUTDOWN) !== 0 && (type === 'dgram' || total >= d.rqueue)) break;
-    }
-    chunks.push(m.data);
-    messages.push(m.data.length);
-    total += m.data.length;
-    if (total > MAX_QUEUE) throw new Error(`more than ${MAX_QUEUE} bytes queued`);
-  }
-  return { data: Buffer.concat(chunks), messages };
 }
 
 function dumpUnix(desc: FdDesc, ctx: DumpContext): UnixFields {
@@ -302,17 +365,19 @@ function dumpUnix(desc: FdDesc, ctx: DumpContext): UnixFields {
   if (!d) return refuse('a unix socket sock_diag does not know: another network namespace?');
   const type = typeName(d.type) ?? refuse(`unix socket of type ${d.type}`);
   const n = native();
-  const g = ctx.grab(desc);
+  const g = desc.pid === process.pid ? desc.fd : ctx.grab(desc);
   const opt = (o: number): number => n.unixGetOpt(g, SOL_SOCKET, o);
   const optOr0 = (o: number): number => {
     try { return opt(o); } catch { return 0; }
   };
+  // Peeking changed these two until the checkpoint ends: the socket's own values were kept.
+  const q = s.queues.get(ino);
   const rec: UnixFields = {
     ino: String(ino), type, flags: desc.fdinfo.flags & ~O_CLOEXEC & O_NONBLOCK, role: 'unconnected',
-    name: dumpName(d, desc), peer: null, listener: null, shutdown: d.shutdown,
+    name: dumpName(d, desc, ctx.pids), peer: null, listener: null, shutdown: d.shutdown,
     opts: {
-      passcred: opt(SO_PASSCRED), passsec: optOr0(SO_PASSSEC), passpidfd: optOr0(SO_PASSPIDFD),
-      rcvbuf: opt(SO_RCVBUF), sndbuf: opt(SO_SNDBUF), peekOff: opt(SO_PEEK_OFF), rcvlowat: opt(SO_RCVLOWAT),
+      passcred: q?.passcred ?? opt(SO_PASSCRED), passsec: optOr0(SO_PASSSEC), passpidfd: optOr0(SO_PASSPIDFD),
+      rcvbuf: opt(SO_RCVBUF), sndbuf: opt(SO_SNDBUF), peekOff: q?.peekOff ?? opt(SO_PEEK_OFF), rcvlowat: opt(SO_RCVLOWAT),
     },
     queue: null,
   };
@@ -413,20 +478,18 @@ function dumpUnix(desc: FdDesc, ctx: DumpContext): UnixFields {
     // before connect(2); only an accepted end whose listener is in the image gets it back.
     if (rec.role !== 'accepted') rec.nameLost = true;
   }
-  if (rec.name?.path !== undefined && rec.name.file === null && !isAbsolute(rec.name.path) && rec.role !== 'accepted' && !rec.nameLost) {
-    refuse(`unix socket bound to the relative path '${rec.name.path}', whose file is not in the process's working directory: bind it to an absolute path`);
-  }
 
-  // An unconnected stream/seqpacket socket has no queue (recvmsg(2) on it is EINVAL).
-  if (rec.role !== 'listener' && rec.role !== 'embryo' && (type === 'dgram' || connectedStream)) {
-    const q = peekQueue(desc, d, type, ctx);
-    if (q.messages.length > 0) {
-      if (type === 'dgram' && rec.role !== 'pair' && !rec.name) {
-        refuse('unnamed datagram socket with queued messages but no connected peer to send them again');
-      }
-      rec.queue = ctx.blob('queue', q.data);
-      if (type !== 'stream') rec.messages = q.messages;
-    }
+  // The queue was peeked with every other (survey): an unconnected stream/seqpacket socket or
+  // a listener has none.
+  if (q && q.messages.length > 0 && rec.role !== 'listener' && rec.role !== 'embryo') {
+    // An unnamed datagram socket with messages and no live peer: its peer was closed (it still
+    // points at it; its next send fails with ECONNREFUSED). Rebuilt so: one end of a pair
+    // whose other end sends the messages and is closed.
+    if (type === 'dgram' && rec.role === 'unconnected' && !rec.name) rec.role = 'orphan';
+    rec.queue = ctx.blob('queue', q.data);
+    rec.messages = q.messages;
+    if (q.fds.some((f) => f.length > 0)) rec.fds = q.fds;
+    rec.creds = q.creds;
   }
   return rec;
 }
@@ -439,15 +502,31 @@ interface Made {
   ready: Map<number, number>;
   /** `to` sockets created and bound, waiting for their peer to be bound. */
   pending: Map<number, number>;
-  /** Path sockets whose file must go once every file is open: record id -> inode of the file made. */
-  unlink: Map<number, bigint>;
+  /** Names bound without their path (bindGhost): record id -> O_PATH descriptor of the socket file, closed in afterTree. */
+  ghosts: Map<number, number>;
+  /**
+   * What waits until every file and process exists (afterTree), in the order the sockets were
+   * made: first every `fill` (queued data, which may carry any file of the image and the
+   * sender's pid; the connect(2) of a socket whose queue is filled through its name), then
+   * every `finish` (options, shutdown: a socket shut down for reading takes no more data).
+   */
+  late: Array<{ rec: UnixRecord; fill?: (hostPid: HostPid) => void; finish?: () => void }>;
 }
 
 function made(ctx: OpenContext): Made {
   const m = ctx.scratch<Made>('unix');
   let s = m.get('state');
-  if (!s) m.set('state', (s = { ready: new Map(), pending: new Map(), unlink: new Map() }));
+  if (!s) m.set('state', (s = { ready: new Map(), pending: new Map(), ghosts: new Map(), late: [] }));
   return s;
+}
+
+/**
+ * Keeps `fd`, made for record `id` by another record's open, until the scheduler opens `id`
+ * (open returns it); held by the engine meanwhile (OpenContext.hold: closed if the restore fails).
+ */
+function hand(ctx: OpenContext, id: number, fd: number): void {
+  made(ctx).ready.set(id, fd);
+  ctx.hold(fd);
 }
 
 /** Every live unix socket here, for "is this name in use" checks. */
@@ -461,7 +540,7 @@ const whatOf = (rec: UnixRecord, name: UnixName | null | undefined): string => `
 /**
  * Runs `fn` with the parent directory of a path name, resolved inside the record's root
  * (confined.ts: no escape by "..", symlink or /proc magic link): everything restore does to
- * the socket file (look, unlink a stale one, bind, chmod, chown, unlink again) acts on the
+ * the socket file (look, unlink a stale one, bind, chmod, chown) acts on the
  * last component through that directory's descriptor. A failure that is not already one
  * line becomes one, naming the record and the path.
  */
@@ -510,10 +589,14 @@ function checkFree(rec: UnixRecord, name: UnixName, live: UnixDiag[]): void {
  * Runs `fn` with the address that reaches `name` (to connect(2) or send to it): an abstract
  * name as it is; a path name through /proc/self/fd/N of an O_PATH descriptor of its file,
  * resolved inside the record's root, which must be a socket: the kernel follows that link to
- * the socket file and nowhere else. `rec` is the record whose root the path is in.
+ * the socket file and nowhere else. `rec` is the record whose root the path is in. A name
+ * bound without making its path (bindGhost) is reached through the descriptor kept of its file.
  */
-function reach<T>(rec: UnixRecord, name: UnixName, fn: (addr: Buffer) => T): T {
+function reach<T>(rec: UnixRecord, name: UnixName, ctx: OpenContext, fn: (addr: Buffer) => T): T {
   if (name.abstract !== undefined) return fn(addrOf(name, true));
+  // A name bound without its path (bindGhost): through the descriptor of its socket file.
+  const ghost = name === rec.name ? made(ctx).ghosts.get(rec.id) : undefined;
+  if (ghost !== undefined) return fn(Buffer.from(`/proc/self/fd/${ghost}`));
   const root = rootOf(rec);
   const path = fsPath(name);
   const what = whatOf(rec, name);
@@ -529,10 +612,10 @@ function reach<T>(rec: UnixRecord, name: UnixName, fn: (addr: Buffer) => T): T {
  * can queue any number of connections on it) is an error at once, not a connect that blocks
  * until someone accepts, which no one will.
  */
-function connectTo(fd: number, rec: UnixRecord, name: UnixName): void {
+function connectTo(fd: number, rec: UnixRecord, name: UnixName, ctx: OpenContext, kept?: Kept): void {
   const n = native();
   n.setFl(fd, O_NONBLOCK);
-  reach(rec, name, (addr) => {
+  const go = (addr: Buffer): void => {
     try {
       n.unixConnect(fd, addr);
     } catch (err) {
@@ -540,7 +623,31 @@ function connectTo(fd: number, rec: UnixRecord, name: UnixName): void {
       throw new FerryError('EIMAGE', `${whatOf(rec, rec.name)}: cannot connect to ${showName(name)}: its listener's backlog is full `
         + '(the image queues more connections on it than it can hold): refused', { cause: err });
     }
-  });
+  };
+  if (kept) go(kept.addr);
+  else reach(rec, name, ctx, go);
+}
+
+/** An address kept for afterTree (`keep`); `drop` lets its descriptor go. */
+interface Kept {
+  addr: Buffer;
+  drop(): void;
+}
+
+/**
+ * The address that reaches `name` (see `reach`), taken now and kept for afterTree, when the
+ * roots the paths resolve in are closed again: a path name through an O_PATH descriptor of
+ * its socket file, opened now through the confined one and held by the engine until `drop`.
+ */
+function keep(rec: UnixRecord, name: UnixName, ctx: OpenContext): Kept {
+  const ghost = name === rec.name ? made(ctx).ghosts.get(rec.id) : undefined;
+  if (name.abstract !== undefined || ghost !== undefined) {
+    return { addr: reach(rec, name, ctx, (a) => a), drop: () => {} };
+  }
+  const n = native();
+  const fd = reach(rec, name, ctx, (at) => n.openRaw(at.toString(), O_PATH | O_CLOEXEC));
+  ctx.hold(fd);
+  return { addr: Buffer.from(`/proc/self/fd/${fd}`), drop: () => { ctx.release(fd); n.closeFd(fd); } };
 }
 
 /**
@@ -554,6 +661,10 @@ function bindOwn(fd: number, rec: UnixRecord, ctx: OpenContext): void {
   const n = native();
   if (name.path === undefined) {
     n.unixBind(fd, addrOf(name, false));
+    return;
+  }
+  if (name.file === null) {
+    bindGhost(fd, rec, name, ctx);
     return;
   }
   const what = whatOf(rec, name);
@@ -585,46 +696,62 @@ function bindOwn(fd: number, rec: UnixRecord, ctx: OpenContext): void {
     if (name.file) {
       p.chmod(name.file.mode);
       p.chown(name.file.uid, name.file.gid);
-    } else {
-      made(ctx).unlink.set(rec.id, st.ino);
     }
   });
 }
 
-/** Writes `rec`'s queued data into its socket by sending it from `from`. */
-function fill(rec: UnixRecord, from: number, ctx: OpenContext, to?: Buffer): void {
-  if (!rec.queue) return;
+/**
+ * Binds `name`, a path name whose file was not the socket's at dump (unlinked, replaced by
+ * another file, its directory removed, or a relative name found in no working directory of
+ * the tree), without touching the path: in a thread whose root is a new private directory
+ * (chroot(2), and for a relative name a working directory inside it), so that getsockname(2)
+ * returns the name as it was bound and the socket file is made in that directory. An O_PATH
+ * descriptor of the file is kept (Made.ghosts) for the sockets that connect or send to it
+ * during the restore (connect(2) through /proc/self/fd/N finds the socket by its inode, linked
+ * or not), and the directory is removed at once.
+ */
+function bindGhost(fd: number, rec: UnixRecord, name: UnixName, ctx: OpenContext): void {
   const n = native();
-  const data = ctx.blob(rec.queue);
-  const units = rec.messages ?? [data.length];
-  // The data is charged to the sender until read: make room for all of it.
-  n.unixSetOpt(from, SOL_SOCKET, SO_SNDBUFFORCE, Math.min(2 ** 30, data.length * 2 + (units.length + 16) * 4096));
-  let off = 0;
-  for (const len of units) {
-    const msg = data.subarray(off, off + len);
-    if (rec.type === 'stream') {
-      for (let done = 0; done < len;) {
-        const k = n.unixSend(from, msg.subarray(done));
-        if (k <= 0) throw new Error(`short write of queued data: ${done} of ${len} bytes`);
-        done += k;
-      }
-    } else {
-      const k = to ? n.unixSend(from, msg, to) : n.unixSend(from, msg);
-      if (k !== len) throw new Error(`short write of a queued message: ${k} of ${len} bytes`);
+  // Where the name leads inside the new root: ".." stops at its top, as it would in a chroot.
+  const parts: string[] = isAbsolute(name.path!) ? [] : ['cwd'];
+  for (const c of name.path!.split('/')) {
+    if (c === '' || c === '.') continue;
+    if (c === '..') parts.pop();
+    else parts.push(c);
+  }
+  const top = mkdtempSync(join(tmpdir(), 'ferry-unix-'));
+  try {
+    mkdirSync(join(top, ...parts.slice(0, -1)), { recursive: true, mode: 0o700 });
+    if (!isAbsolute(name.path!)) mkdirSync(join(top, 'cwd'), { recursive: true, mode: 0o700 });
+    const root = n.openRaw(top, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    let cwd = -1;
+    try {
+      if (!isAbsolute(name.path!)) cwd = n.openRaw(join(top, 'cwd'), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      n.unixBindIn(fd, addrOf(name, false), root, cwd);
+    } finally {
+      n.closeFd(root);
+      if (cwd >= 0) n.closeFd(cwd);
     }
-    off += len;
+    const file = n.openRaw(join(top, ...parts), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    ctx.hold(file);
+    made(ctx).ghosts.set(rec.id, file);
+  } finally {
+    rmSync(top, { recursive: true, force: true });
   }
 }
 
-/** Fills a named datagram socket's queue from a throwaway socket, through its name. */
-function fillByName(fd: number, rec: UnixRecord, ctx: OpenContext): void {
-  if (!rec.queue || !rec.name) return;
-  const n = native();
-  const tmp = n.unixSocket(SOCK_DGRAM);
+/**
+ * Fills a named datagram socket's queue from `tmp`, a throwaway socket, through its own name
+ * (`at`, kept when it was opened), then lets both go. `tmp` was made then too, in the network
+ * namespace the restore makes sockets in: an abstract name is found in the sender's namespace.
+ */
+function fillByName(rec: UnixRecord, ctx: OpenContext, hostPid: HostPid, tmp: number, at: Kept): void {
   try {
-    reach(rec, rec.name, (addr) => fill(rec, tmp, ctx, addr));
+    fill(rec, tmp, ctx, hostPid, at.addr);
   } finally {
-    n.closeFd(tmp);
+    ctx.release(tmp);
+    native().closeFd(tmp);
+    at.drop();
   }
 }
 
@@ -646,12 +773,27 @@ function finish(fd: number, rec: UnixRecord): void {
   n.setFl(fd, rec.flags & O_NONBLOCK);
 }
 
-/** Both ends of a connection exist: names, data both ways, then options and shutdown. */
+/**
+ * Both ends of a connection exist: data both ways, then options and shutdown, once every
+ * file and process exists (afterTree). `b` is closed after its data was sent when `rb` is
+ * null (the peer was closed).
+ */
 function setupPair(a: number, ra: UnixRecord, b: number, rb: UnixRecord | null, ctx: OpenContext): void {
-  fill(ra, b, ctx);
-  if (rb) fill(rb, a, ctx);
-  finish(a, ra);
-  if (rb) finish(b, rb);
+  made(ctx).late.push({
+    rec: ra,
+    fill: (hostPid) => {
+      fill(ra, b, ctx, hostPid);
+      if (rb) fill(rb, a, ctx, hostPid);
+    },
+    finish: () => {
+      finish(a, ra);
+      if (rb) finish(b, rb);
+      else {
+        ctx.release(b);
+        native().closeFd(b); // end of file after the data
+      }
+    },
+  });
 }
 
 /** Another record of this restore, which must be a unix socket. */
@@ -693,28 +835,33 @@ function openListener(rec: UnixRecord, ctx: OpenContext): number {
       const cfd = n.unixSocket(type);
       closeOnError.push(cfd);
       if (c) bindOwn(cfd, c, ctx);
-      connectTo(cfd, rec, rec.name!);
+      connectTo(cfd, rec, rec.name!, ctx);
       const sfd = n.unixAccept(fd);
       closeOnError.push(sfd);
       bindOwn(sfd, s, ctx);
+      checkCarried(s, ctx);
+      if (c) checkCarried(c, ctx);
       setupPair(sfd, s, cfd, c, ctx);
-      st.ready.set(s.id, sfd);
-      if (c) st.ready.set(c.id, cfd);
-      else n.closeFd(cfd);
+      hand(ctx, s.id, sfd);
+      if (c) hand(ctx, c.id, cfd);
+      else ctx.hold(cfd); // closed by setupPair's finish
     }
     for (const eid of rec.embryos ?? []) {
       const e = member(eid, 'embryo', ctx, rec);
       const cfd = n.unixSocket(type);
       closeOnError.push(cfd);
       bindOwn(cfd, e, ctx);
-      connectTo(cfd, rec, rec.name!);
-      finish(cfd, e);
-      st.ready.set(e.id, cfd);
+      connectTo(cfd, rec, rec.name!, ctx);
+      st.late.push({ rec: e, finish: () => finish(cfd, e) });
+      hand(ctx, e.id, cfd);
     }
-    finish(fd, rec);
+    st.late.push({ rec, finish: () => finish(fd, rec) });
     return fd;
   } catch (err) {
-    for (const f of closeOnError) { try { n.closeFd(f); } catch { /* already */ } }
+    for (const f of closeOnError) {
+      ctx.release(f);
+      try { n.closeFd(f); } catch { /* already */ }
+    }
     throw err;
   }
 }
@@ -737,75 +884,112 @@ function openUnix(rec: UnixRecord, ctx: OpenContext): number | typeof NOT_YET {
       throw new FerryError('EIMAGE', `image: unix socket (file ${rec.id}) was not rebuilt by its listener (file ${rec.listener})`);
     case 'pair': case 'orphan': {
       const peer = rec.role === 'pair' ? other(rec.peer, ctx, rec) : null;
+      checkCarried(rec, ctx);
+      if (peer) checkCarried(peer, ctx);
       const [a, b] = n.unixSocketpair(type);
       try {
         bindOwn(a, rec, ctx);
         if (peer) bindOwn(b, peer, ctx);
-        setupPair(a, rec, b, peer, ctx);
       } catch (err) {
         n.closeFd(a);
         n.closeFd(b);
         throw err;
       }
-      if (peer) st.ready.set(peer.id, b);
-      else n.closeFd(b); // the peer was closed: end of file after the data
+      setupPair(a, rec, b, peer, ctx);
+      if (peer) hand(ctx, peer.id, b);
+      else ctx.hold(b); // closed by setupPair's finish
       return a;
     }
-    case 'to': {
+    case 'to': case 'external': case 'unconnected': {
+      if (rec.role === 'external' && !ctx.options.extUnixSk) {
+        throw new FerryError('EUNSUPPORTED', `unix socket (file ${rec.id}) was connected outside the tree to ${showName(rec.external)}: restore with --ext-unix-sk to connect it there again`);
+      }
+      checkCarried(rec, ctx);
+      // Created and bound at the first call; a `to` socket then waits (NOT_YET) until its
+      // peer is bound too: every end binds itself first, so even a ring of sockets connected
+      // to each other has no dependency cycle.
       let fd = st.pending.get(rec.id);
       if (fd === undefined) {
         fd = n.unixSocket(type);
         try {
           bindOwn(fd, rec, ctx);
-          fillByName(fd, rec, ctx); // before connect(2): a connected socket takes data from its peer only
         } catch (err) {
           n.closeFd(fd);
           throw err;
         }
         st.pending.set(rec.id, fd);
+        ctx.hold(fd);
       }
-      const peer = other(rec.peer, ctx, rec);
-      if (ctx.opened(peer.id) === undefined && !st.pending.has(peer.id) && !st.ready.has(peer.id)) return NOT_YET;
-      if (!peer.name) throw new FerryError('EIMAGE', `image: unix socket (file ${rec.id}) is connected to file ${peer.id}, which has no name`);
-      connectTo(fd, peer, peer.name);
+      const peer = rec.role === 'to' ? other(rec.peer, ctx, rec) : null;
+      if (peer && ctx.opened(peer.id) === undefined && !st.pending.has(peer.id) && !st.ready.has(peer.id)) return NOT_YET;
+      if (peer && !peer.name) throw new FerryError('EIMAGE', `image: unix socket (file ${rec.id}) is connected to file ${peer.id}, which has no name`);
       st.pending.delete(rec.id);
-      finish(fd, rec);
-      return fd;
-    }
-    case 'external': {
-      if (!ctx.options.extUnixSk) {
-        throw new FerryError('EUNSUPPORTED', `unix socket (file ${rec.id}) was connected outside the tree to ${showName(rec.external)}: restore with --ext-unix-sk to connect it there again`);
-      }
-      const fd = n.unixSocket(type);
+      const sock = fd;
+      // What the late work reaches is found now, while the paths' roots are open: the peer's
+      // name, and its own for a queue filled through it before connect(2) (a connected
+      // datagram socket takes data from its peer only) by a throwaway socket made now.
+      let target: Kept | undefined;
       try {
-        bindOwn(fd, rec, ctx);
-        fillByName(fd, rec, ctx);
-        try {
-          connectTo(fd, rec, rec.external!);
-        } catch (err) {
-          if (err instanceof FerryError) throw err;
-          throw new FerryError('ECONNECT', `unix socket (file ${rec.id}) cannot connect again to ${showName(rec.external)} outside the tree: ${(err as Error).message}: start its peer first`, { cause: err });
-        }
-        finish(fd, rec);
+        target = peer ? keep(peer, peer.name!, ctx) : rec.role === 'external' ? keepExternal(rec, ctx) : undefined;
       } catch (err) {
-        n.closeFd(fd);
+        ctx.release(sock);
+        n.closeFd(sock);
         throw err;
       }
-      return fd;
-    }
-    case 'unconnected': {
-      const fd = n.unixSocket(type);
-      try {
-        bindOwn(fd, rec, ctx);
-        if (rec.type === 'dgram') fillByName(fd, rec, ctx);
-        finish(fd, rec);
-      } catch (err) {
-        n.closeFd(fd);
-        throw err;
-      }
-      return fd;
+      const own = rec.queue !== null && rec.name !== null && (rec.type === 'dgram' || rec.role !== 'unconnected') ? keep(rec, rec.name, ctx) : undefined;
+      const tmp = own ? n.unixSocket(SOCK_DGRAM) : -1;
+      if (tmp >= 0) ctx.hold(tmp);
+      st.late.push({
+        rec,
+        fill: (hostPid) => {
+          if (own) fillByName(rec, ctx, hostPid, tmp, own);
+          if (!target) return;
+          try {
+            connectTo(sock, peer ?? rec, peer ? peer.name! : rec.external!, ctx, target);
+          } catch (err) {
+            if (err instanceof FerryError || rec.role !== 'external') throw err;
+            throw new FerryError('ECONNECT', `unix socket (file ${rec.id}) cannot connect again to ${showName(rec.external)} outside the tree: ${(err as Error).message}: start its peer first`, { cause: err });
+          } finally {
+            target.drop();
+          }
+        },
+        finish: () => finish(sock, rec),
+      });
+      return sock;
     }
   }
+}
+
+/** The name outside the tree an `external` socket connects to again, kept (see `keep`). */
+function keepExternal(rec: UnixRecord, ctx: OpenContext): Kept {
+  try {
+    return keep(rec, rec.external!, ctx);
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('ECONNECT', `unix socket (file ${rec.id}) cannot connect again to ${showName(rec.external)} outside the tree: ${(err as Error).message}: start its peer first`, { cause: err });
+  }
+}
+
+/** The late work of every socket (Made.late): fills, then finishes; then the ghosts' descriptors go. */
+function afterTree(ctx: OpenContext, hostPid: HostPid): void {
+  const st = made(ctx);
+  const late = st.late.splice(0);
+  const run = (rec: UnixRecord, fn: () => void): void => {
+    try {
+      fn();
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `cannot restore unix socket ${showName(rec.name)} (file ${rec.id}, ${rec.type}, ${rec.role}): ${(err as Error).message}`, { cause: err });
+    }
+  };
+  for (const l of late) if (l.fill) run(l.rec, () => l.fill!(hostPid));
+  for (const l of late) if (l.finish) run(l.rec, l.finish);
+  // Every socket that had to reach a name bound without its path is connected now.
+  for (const fd of st.ghosts.values()) {
+    ctx.release(fd);
+    native().closeFd(fd);
+  }
+  st.ghosts.clear();
 }
 
 /** Shape checks (the image is input). */
@@ -831,6 +1015,7 @@ function checkRecord(rec: UnixRecord): void {
   const opts = ['passcred', 'passsec', 'passpidfd', 'rcvbuf', 'sndbuf', 'peekOff', 'rcvlowat'] as const;
   if (typeof rec.opts !== 'object' || rec.opts === null || !opts.every((k) => int32(rec.opts[k]))) bad('has invalid options');
   if (rec.queue !== null && typeof rec.queue !== 'string') bad('has an invalid queue');
+  checkMessages(rec, bad);
   // A listener's lists of file ids: lists (a connection each, as many as its backlog can hold at most).
   for (const list of [rec.accepted, rec.embryos]) if (list !== undefined && (!Array.isArray(list) || list.length > 1 << 20)) bad('names invalid files');
   const ids = [rec.peer, rec.listener, ...(rec.accepted ?? []), ...(rec.embryos ?? [])];
@@ -841,7 +1026,6 @@ function checkRecord(rec: UnixRecord): void {
   if (rec.role === 'listener' && (!rec.name || !Number.isSafeInteger(rec.backlog))) bad('is a listener without a name or backlog');
   if (rec.role === 'external' && !rec.external) bad('is connected outside without an address');
   if ((rec.role === 'pair' || rec.role === 'to') && rec.peer === null) bad('has no peer');
-  if (rec.messages !== undefined && (!Array.isArray(rec.messages) || !rec.messages.every((v) => Number.isSafeInteger(v) && v >= 0 && v <= MAX_QUEUE))) bad('has invalid messages');
 }
 
 export const unix: FileKind<UnixRecord> = {
@@ -867,7 +1051,8 @@ export const unix: FileKind<UnixRecord> = {
 
   check(rec: UnixRecord): void {
     checkRecord(rec);
-    if (rec.name && !rec.nameLost && rec.role !== 'accepted') checkFree(rec, rec.name, liveNames());
+    // A name bound without its path (file null) does not touch the path.
+    if (rec.name && !rec.nameLost && rec.role !== 'accepted' && rec.name.file !== null) checkFree(rec, rec.name, liveNames());
   },
 
   open(rec: UnixRecord, ctx: OpenContext): number | typeof NOT_YET {
@@ -879,17 +1064,5 @@ export const unix: FileKind<UnixRecord> = {
     }
   },
 
-  installed(rec: UnixRecord, task: TaskContext): void {
-    // A path socket whose file was unlinked before the checkpoint: every socket that had to
-    // find it by path is connected now, so the file goes again.
-    const st = made(task.open);
-    const ino = st.unlink.get(rec.id);
-    if (ino === undefined || !rec.name?.path) return;
-    st.unlink.delete(rec.id);
-    // The name itself, through its directory resolved confined, and only the socket file made.
-    atName(rec, rec.name, (p) => {
-      const st = p.lstat();
-      if (st?.isSocket() && st.ino === ino) p.unlink();
-    });
-  },
+  afterTree,
 };

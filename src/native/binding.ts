@@ -49,6 +49,13 @@ export interface SockAddr {
   scopeId?: number;
 }
 
+/** struct ucred of SCM_CREDENTIALS (unix(7)). */
+export interface UnixCreds {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
 /** One unix socket as sock_diag(7) describes it (linux/unix_diag.h). */
 export interface UnixDiag {
   ino: number;
@@ -249,14 +256,22 @@ export interface NativeBinding {
   /** setsockopt(2) of an int option. */
   unixSetOpt(fd: number, level: number, name: number, value: number): void;
   /**
-   * recvmsg(2) with MSG_PEEK | MSG_DONTWAIT into a buffer of `max` bytes: the next message at
-   * the socket's peek offset (SO_PEEK_OFF) without consuming it, or null when none is queued.
-   * `flags` is msg_flags (MSG_TRUNC 0x20, MSG_CTRUNC 0x8); `fds` counts descriptors carried by
-   * SCM_RIGHTS/SCM_PIDFD (installed by the peek, closed again at once).
+   * recvmsg(2) with MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC into a buffer of `max` bytes: the
+   * next message at the socket's peek offset (SO_PEEK_OFF) without consuming it, or null when
+   * none is queued. `flags` is msg_flags (MSG_TRUNC 0x20, MSG_CTRUNC 0x8). `fds`: the files an
+   * SCM_RIGHTS message carries, installed in the caller by the peek (the same open files,
+   * close-on-exec): the caller owns and closes them (an SCM_PIDFD is closed at once).
+   * `creds`: SCM_CREDENTIALS (sender's pid in the caller's pid namespace, uid, gid), present
+   * when the socket has SO_PASSCRED, else null. unix(7), cmsg(3).
    */
-  unixPeek(fd: number, max: number): { data: Buffer; flags: number; fds: number } | null;
-  /** sendmsg(2) with MSG_DONTWAIT | MSG_NOSIGNAL, to sun_path bytes `name` if given; -> bytes sent. */
-  unixSend(fd: number, data: Buffer, name?: Buffer): number;
+  unixPeek(fd: number, max: number): { data: Buffer; flags: number; fds: number[]; creds: UnixCreds | null } | null;
+  /**
+   * sendmsg(2) with MSG_DONTWAIT | MSG_NOSIGNAL, to sun_path bytes `name` if given (null: the
+   * connected peer), with `fds` attached (SCM_RIGHTS, at most 253) and `creds` (SCM_CREDENTIALS:
+   * the pid must exist in ferry's pid namespace; others' ids need CAP_SYS_ADMIN, CAP_SETUID,
+   * CAP_SETGID); -> bytes sent. unix(7).
+   */
+  unixSend(fd: number, data: Buffer, name?: Buffer | null, fds?: readonly number[], creds?: UnixCreds | null): number;
   /** eventfd2(2) with counter `count` (written after creation: initval is only 32 bits); EFD_CLOEXEC added. */
   eventfdCreate(count: bigint, flags: number): number;
   /** signalfd4(2) of a new signalfd for `mask` (bit n-1 = signal n); SFD_CLOEXEC added. */

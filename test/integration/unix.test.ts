@@ -1,7 +1,8 @@
 /**
  * Unix sockets through bin/ferry: build/workloads/unixsk (a parent and a child) holds unix
- * sockets in every state the unix module keeps and checks them itself after restore; the
- * refusals (a peer outside the tree, descriptors in flight) leave the process running as it was.
+ * sockets in every state the unix module keeps and checks them itself after restore; a
+ * refusal (a peer outside the tree) leaves the process running as it was; a descriptor in
+ * flight comes back in flight (test/integration/unix-flight.test.ts has every combination).
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -113,12 +114,18 @@ describe('unix sockets', { skip, timeout: 120_000 }, () => {
     }
   });
 
-  it('descriptors in flight (SCM_RIGHTS) are refused and left where they are', async () => {
+  it('descriptors in flight (SCM_RIGHTS) stay in flight: --leave-running leaves them queued, the restored copy receives them', async () => {
     const w = await startWorkload(join(WORKLOADS, 'unixsk'), ['DIR', 'rights']);
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'r.tar')]);
-    assert.equal(cp.code, 1);
-    assert.match(cp.stderr, new RegExp(`unsupported file: pid ${w.pid} fd \\d+ -> socket:\\[\\d+\\] \\(.*SCM_RIGHTS`), cp.stderr);
+    const image = join(w.dir, 'r.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
     assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'left running, detached');
     assert.equal(await verify(w), 'PASS', 'the message and its descriptor are still queued');
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(afterFirstPass(w)), 'PASS', 'the restored copy receives the message with a working pipe end');
   });
 });
