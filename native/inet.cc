@@ -7,7 +7,9 @@
 // (nothing is consumed; with TCP_REPAIR_QUEUE set, a socket in repair mode peeks its send or
 // receive queue, tcp(7)), sendto(2) (in repair mode it appends to the selected queue without
 // transmitting anything), and ioctl(2) SIOCINQ / SIOCOUTQ / SIOCOUTQNSD (bytes unread, bytes
-// not yet acknowledged, bytes not yet sent).
+// not yet acknowledged, bytes not yet sent), and NETLINK_SOCK_DIAG SOCK_DESTROY of one TCP
+// socket by its 4-tuple (sock_diag(7), linux/inet_diag.h; tcp_abort: a TIME_WAIT entry is
+// descheduled, anything else reset).
 //
 // Addresses cross into JS as {family, address, port, flowinfo, scopeId}: family AF_INET (2) or
 // AF_INET6 (10), address in inet_ntop(3) text.
@@ -15,6 +17,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -291,6 +296,78 @@ Napi::Value SockIoctlInt(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), v);
 }
 
+// tcpDestroy(local, remote): SOCK_DESTROY of the TCP socket local -> remote (both of one
+// family; IPv4-mapped IPv6 addresses find an IPv4 entry). The answer's error, if any, is thrown
+// (ENOENT: no such socket; EOPNOTSUPP: no CONFIG_INET_DIAG_DESTROY; EPERM: no CAP_NET_ADMIN).
+Napi::Value TcpDestroy(const Napi::CallbackInfo& info) {
+  sockaddr_storage l, r;
+  socklen_t ll, rl;
+  if (!ArgAddr(info, 0, &l, &ll) || !ArgAddr(info, 1, &r, &rl)) return {};
+  if (l.ss_family != r.ss_family) {
+    ThrowType(info.Env(), "tcpDestroy: both addresses must be of one family");
+    return {};
+  }
+  struct {
+    nlmsghdr nlh;
+    inet_diag_req_v2 req;
+  } msg;
+  memset(&msg, 0, sizeof msg);
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = SOCK_DESTROY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+  msg.req.sdiag_family = static_cast<uint8_t>(l.ss_family);
+  msg.req.sdiag_protocol = IPPROTO_TCP;
+  msg.req.idiag_states = ~0U;
+  msg.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+  msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  if (l.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&l);
+    const auto* b = reinterpret_cast<const sockaddr_in*>(&r);
+    msg.req.id.idiag_sport = a->sin_port;
+    msg.req.id.idiag_dport = b->sin_port;
+    memcpy(msg.req.id.idiag_src, &a->sin_addr, 4);
+    memcpy(msg.req.id.idiag_dst, &b->sin_addr, 4);
+  } else {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&l);
+    const auto* b = reinterpret_cast<const sockaddr_in6*>(&r);
+    msg.req.id.idiag_sport = a->sin6_port;
+    msg.req.id.idiag_dport = b->sin6_port;
+    memcpy(msg.req.id.idiag_src, &a->sin6_addr, 16);
+    memcpy(msg.req.id.idiag_dst, &b->sin6_addr, 16);
+  }
+  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) {
+    ThrowErrno(info.Env(), "socket(NETLINK_SOCK_DIAG)", errno);
+    return {};
+  }
+  sockaddr_nl kernel;
+  memset(&kernel, 0, sizeof kernel);
+  kernel.nl_family = AF_NETLINK;
+  if (sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0) {
+    int e = errno;
+    close(nl);
+    ThrowErrno(info.Env(), "sendto(SOCK_DESTROY)", e);
+    return {};
+  }
+  alignas(nlmsghdr) char buf[1024];
+  ssize_t n = recv(nl, buf, sizeof buf, 0);
+  int e = n < 0 ? errno : 0;
+  close(nl);
+  if (n < 0) {
+    ThrowErrno(info.Env(), "recv(SOCK_DESTROY)", e);
+    return {};
+  }
+  const auto* h = reinterpret_cast<const nlmsghdr*>(buf);
+  if (NLMSG_OK(h, static_cast<size_t>(n)) && h->nlmsg_type == NLMSG_ERROR) {
+    const auto* err = reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h));
+    if (err->error != 0) {
+      ThrowErrno(info.Env(), "SOCK_DESTROY", -err->error);
+      return {};
+    }
+  }
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitInet(Napi::Env env, Napi::Object exports) {
@@ -307,6 +384,7 @@ void InitInet(Napi::Env env, Napi::Object exports) {
   exports.Set("sockPeek", Napi::Function::New(env, SockPeek));
   exports.Set("sockSend", Napi::Function::New(env, SockSend));
   exports.Set("sockIoctlInt", Napi::Function::New(env, SockIoctlInt));
+  exports.Set("tcpDestroy", Napi::Function::New(env, TcpDestroy));
 }
 
 }  // namespace ferry

@@ -88,6 +88,8 @@ export interface CheckpointResult {
   frozenMs: number;
   /** Whole checkpoint, milliseconds. */
   totalMs: number;
+  /** What the checkpoint went on despite (e.g. connections left out with --skip-in-flight); absent when nothing. */
+  warnings?: string[];
 }
 
 export interface RestoreOptions extends CommonOptions {

@@ -203,8 +203,8 @@ const FILE_FLAGS: OptionTable = {
  * The file options that are runc flags (the rest come from the configuration);
  * `allowChangedFiles` (--allow-changed-files) is a restore flag, present only when given.
  */
-export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes' | 'allowChangedFiles' | 'external'>
-  & { allowChangedFiles?: boolean; external?: string[] };
+export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes' | 'allowChangedFiles' | 'external' | 'skipInFlight'>
+  & { allowChangedFiles?: boolean; external?: string[]; skipInFlight?: boolean };
 
 /**
  * A descriptor's key as the leak error prints it (its link: `pipe:[123]`, `socket:[456]`, an
@@ -225,6 +225,7 @@ function fileFlags(v: Values): CliFileFlags {
     tcpEstablished: v['tcp-established'] === true, extUnixSk: v['ext-unix-sk'] === true,
     shellJob: v['shell-job'] === true, fileLocks: v['file-locks'] === true,
   };
+  if (v['skip-in-flight'] === true) out.skipInFlight = true;
   const external = v.external;
   if (Array.isArray(external) && external.length > 0) out.external = external.map((k) => externalKey('checkpoint', '--external', k));
   return out;
@@ -234,7 +235,7 @@ function fileFlags(v: Values): CliFileFlags {
 const TABLES: Readonly<Record<Command, OptionTable>> = {
   checkpoint: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' },
-    'sign-key': { type: 'string' }, external: { type: 'string', multiple: true },
+    'sign-key': { type: 'string' }, external: { type: 'string', multiple: true }, 'skip-in-flight': { type: 'boolean' },
   },
   restore: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },

@@ -38,6 +38,7 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext, si
     progress.clear();
   }
   printLine(o.image === '-' ? 2 : 1, o.json ? resultJson(result) : formatCheckpoint(result, o));
+  if (!o.json) for (const w of result.warnings ?? []) printLine(2, `warning: ${w}`);
 }
 
 /** "checkpointed pid 1234 to /tmp/x.tar: 12.3 MiB, frozen 8 ms, total 40 ms" */

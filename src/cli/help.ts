@@ -111,7 +111,8 @@ SEE ALSO
 SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
                    [--sign-key FILE] [--tcp-established] [--ext-unix-sk]
-                   [--shell-job] [--file-locks] [GLOBAL OPTIONS]
+                   [--shell-job] [--file-locks] [--skip-in-flight]
+                   [GLOBAL OPTIONS]
   ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR]
                    [--leave-running] [--json] [...]
 
@@ -137,7 +138,7 @@ DESCRIPTION
   descriptors of a kind not handled yet. Handled: regular files,
   directories and O_PATH descriptors (deleted-but-open files and memfds
   too), pipes and FIFOs, character devices, terminals, unix sockets, TCP and
-  UDP sockets (established TCP with --tcp-established), eventfd, signalfd,
+  UDP sockets (TCP connections with --tcp-established), eventfd, signalfd,
   timerfd, epoll, inotify, fanotify, pidfds of the tree's processes (or of
   ones already reaped), and file locks (with --file-locks); a state of these
   the kernel cannot rebuild is refused with the reason. The message names the
@@ -195,9 +196,16 @@ OPTIONS
       refusal names it: pipe:[INODE], socket:[INODE], an absolute path) is
       taken anyway and marked external in the image: a restore must then be
       handed a descriptor for it with --inherit-fd. Repeatable.
+  --skip-in-flight
+      Leave out connections a TCP listener has not accepted yet (they are
+      refused without it): with a warning in the log and in the result's
+      "warnings". A restored listener comes back without them; their clients
+      see a reset once the original is killed.
   --json
       Print the result as one JSON object instead of a sentence:
-      {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N}.
+      {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N},
+      with "warnings":[LINE...] when the checkpoint went on despite something.
+      Without --json each warning is also a "warning:" line on stderr.
 
 ${GLOBAL_OPTIONS}
 

@@ -240,8 +240,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
     for (const p of live) dumped.push(dumpTask(p));
-    const files = withNetns(netns, () => collectFiles(descs, fileOptions, (m) => log.warn(m)));
+    const files = withNetns(netns, () => collectFiles(descs, fileOptions));
     session.onUndo('put the files back', () => files.finish(true));
+    for (const w of files.warnings) log.warn(w);
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
     // Files the caller calls external: a restore must be handed a descriptor for each.
     for (const f of files.files) if (typeof f.link === 'string' && fileOptions.external.includes(f.link)) f.external = true;
@@ -344,6 +345,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         pagesBytes,
         frozenMs: tReleased - tStopped,
         totalMs: tEnd - t0,
+        ...(files.warnings.length > 0 ? { warnings: files.warnings } : {}),
       };
     });
   } catch (err) {

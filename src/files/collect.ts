@@ -58,6 +58,8 @@ export interface CollectedFiles {
   blobs: Map<string, Buffer>;
   /** Runs the modules' `onFinish` callbacks and closes grabbed files (idempotent). */
   finish(leftRunning: boolean): void;
+  /** What the modules reported with `DumpContext.warn`, in order. */
+  warnings: string[];
 }
 
 /**
@@ -66,7 +68,7 @@ export interface CollectedFiles {
  * peer). On failure, whatever the modules changed is undone before the error propagates.
  */
 export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
-  options: FileOptions = DEFAULT_FILE_OPTIONS, warn?: (message: string) => void): CollectedFiles {
+  options: FileOptions = DEFAULT_FILE_OPTIONS): CollectedFiles {
   const fds = new Map<number, FdRecord[]>();
   /** Representatives per cheap key: one descriptor per distinct open file seen so far. */
   const groups = new Map<string, Array<{ desc: FdDesc; id: number }>>();
@@ -114,6 +116,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     for (const fd of grabbed.values()) native().closeFd(fd);
   };
   const files: FileRecord[] = [];
+  const warnings: string[] = [];
   const mounts = new Map<number, ReadonlySet<number> | null>();
   /**
    * A controller descriptor (a file in flight, installed by a MSG_PEEK) made a file of the
@@ -158,7 +161,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
           return name;
         },
         onFinish: (fn) => { finishers.push(fn); },
-        ...(warn ? { warn } : {}),
+        warn: (message) => { warnings.push(message); },
       };
       // `link`: what readlink showed at dump, the key a restore can substitute an open file
       // of its own for (runc's descriptors.json: the container's stdio pipes).
@@ -180,7 +183,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     finish(true);
     throw err;
   }
-  return { files, fds, blobs, finish };
+  return { files, fds, blobs, finish, warnings };
 }
 
 /**

@@ -24,7 +24,7 @@ import {
   finishFlags, isAny, ipKey, KEPT_FLAGS, newSocket, show, toEndpoint, toSockAddr, type Endpoint, type Family, type Proto,
 } from './inet-common.js';
 import { applyBuffers, applyOptions, changedOptions, OPTIONS } from './sockopt.js';
-import { checkTcp, dumpTcp, openEstablished, type TcpRepairState } from './tcp.js';
+import { checkTcp, dumpTcp, openEstablished, openSynSent, reclaimTimeWait, type TcpRepairState } from './tcp.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
 
 export type { Endpoint, TcpRepairState };
@@ -46,8 +46,11 @@ export interface InetRecord extends FileRecord {
   ino: string;
   /** O_NONBLOCK of the open file. */
   flags: number;
-  /** TCP: 'closed', 'listen', 'established'; UDP: 'closed' (maybe bound) or 'connected'. */
-  state: 'closed' | 'listen' | 'established' | 'connected';
+  /**
+   * TCP: 'closed', 'listen', 'established' (any synchronized state, see tcp.ts), 'syn-sent'
+   * (connect(2) in progress); UDP: 'closed' (maybe bound) or 'connected'.
+   */
+  state: 'closed' | 'listen' | 'established' | 'syn-sent' | 'connected';
   /** Bound address, or null when the socket has no port. */
   local: Endpoint | null;
   /** Peer address of a connected socket. */
@@ -164,6 +167,7 @@ function replayDatagram(to: SockAddr, d: Datagram, rec: InetRecord, ctx: OpenCon
 
 function openInet(rec: InetRecord, ctx: OpenContext): number | typeof NOT_YET {
   if (rec.state === 'established') return openEstablished(rec, ctx);
+  if (rec.state === 'syn-sent') return openSynSent(rec, ctx);
   const n = native();
   const fd = newSocket(rec);
   try {
@@ -176,7 +180,13 @@ function openInet(rec: InetRecord, ctx: OpenContext): number | typeof NOT_YET {
     if (reuse) n.setSockInt(fd, SOL_SOCKET, SO.REUSEADDR, 1);
     if (rec.local) {
       try {
-        n.sockBind(fd, toSockAddr(rec.local, rec.family));
+        try {
+          n.sockBind(fd, toSockAddr(rec.local, rec.family));
+        } catch (err) {
+          // TIME_WAIT entries made without SO_REUSEADDR hold the port whatever we set (tcp.ts).
+          if (errnoCode(err) !== 'EADDRINUSE' || reclaimTimeWait(rec) === 0) throw err;
+          n.sockBind(fd, toSockAddr(rec.local, rec.family));
+        }
       } catch (err) {
         if (errnoCode(err) !== 'EADDRINUSE') throw err;
         throw new FerryError('EADDRINUSE',
@@ -222,15 +232,15 @@ function checkRecord(rec: InetRecord): void {
   };
   if (rec.family !== 'ipv4' && rec.family !== 'ipv6') bad('has an invalid family');
   if (rec.proto !== 'tcp' && rec.proto !== 'udp') bad('has an invalid protocol');
-  if (!['closed', 'listen', 'established', 'connected'].includes(rec.state)) bad('has an invalid state');
+  if (!['closed', 'listen', 'established', 'syn-sent', 'connected'].includes(rec.state)) bad('has an invalid state');
   if (!Number.isSafeInteger(rec.flags)) bad('has invalid flags');
   endpoint(rec.local, 'local');
   endpoint(rec.remote, 'remote');
   if (typeof rec.opts !== 'object' || rec.opts === null) bad('has no options');
   for (const [k, v] of Object.entries(rec.opts)) {
     if (!Object.hasOwn(OPTIONS, k) && k !== 'sndbuf' && k !== 'rcvbuf') bad(`has an unknown option ${JSON.stringify(k.slice(0, 40))}`);
-  if (rec.state === 'established') checkTcp(rec, bad);
   }
+  if (rec.state === 'established' || rec.state === 'syn-sent') checkTcp(rec, bad);
   if (rec.datagrams !== undefined && (!Array.isArray(rec.datagrams) || rec.datagrams.length > MAX_DATAGRAMS
     || !rec.datagrams.every((x) => typeof x === 'object' && x !== null && typeof x.data === 'string'
       && x.data.length <= Math.ceil(MAX_DATAGRAM / 3) * 4))) bad('has invalid datagrams');

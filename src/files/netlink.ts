@@ -136,7 +136,7 @@ function dumpNetlink(d: FdDesc, ctx: DumpContext): Omit<NetlinkRecord, 'id' | 'k
     const opts = Object.entries(NETLINK_OPTIONS).filter(([, opt]) => n.getSockInt(g, SOL_NETLINK, opt) !== 0).map(([name]) => name);
     const filter = filterOf(g, (why) => refuse(`${shown} ${why}`));
     if (diag && diag.rmem > 0) {
-      ctx.warn?.(`pid ${d.pid} fd ${d.fd}: ${shown}: ${diag.rmem} bytes of queued messages are not kept (replies and notifications cannot be queued again)`);
+      ctx.warn(`pid ${d.pid} fd ${d.fd}: ${shown}: ${diag.rmem} bytes of queued messages are not kept (replies and notifications cannot be queued again)`);
     }
     // sock_diag shows the destination group as a number (connect(2) keeps a mask's lowest group).
     return {

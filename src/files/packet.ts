@@ -184,7 +184,7 @@ function dumpPacket(d: FdDesc, ctx: DumpContext): Omit<PacketRecord, 'id' | 'kin
     // getsockopt(PACKET_FANOUT): id | mode << 16 | flags << 24, the form setsockopt takes.
     const f = diag.fanout === null ? null : n.getSockInt(g, SOL_PACKET, PACKET_FANOUT);
     const filter = filterOf(g, (why) => { throw new FerryError('EUNSUPPORTED', `pid ${d.pid} fd ${d.fd}: ${shown} ${why}`); });
-    if (diag.rmem > 0) ctx.warn?.(`pid ${d.pid} fd ${d.fd}: ${shown}: ${diag.rmem} bytes of queued packets are not kept (network traffic, dropped)`);
+    if (diag.rmem > 0) ctx.warn(`pid ${d.pid} fd ${d.fd}: ${shown}: ${diag.rmem} bytes of queued packets are not kept (network traffic, dropped)`);
     return {
       ino: d.stat.ino.toString(), flags: d.fdinfo.flags & O_NONBLOCK, type, protocol: diag.protocol,
       running: ((info?.flags ?? 0) & PDI_RUNNING) !== 0, ifname, opts, copyThresh: info?.copyThresh ?? 0, memberships,

@@ -1,35 +1,72 @@
 /**
- * TCP sockets of the inet kind (tcp(7)): closed, listening and established ones.
+ * TCP sockets of the inet kind (tcp(7)), state by state.
  *
- * - TCP, closed (maybe bound) or listening: address, port, backlog and options come back.
- *   A listener with connections not accepted yet is refused (they would be lost).
- * - TCP, established: only with --tcp-established, through TCP_REPAIR (tcp(7)). In repair mode
- *   the socket sends nothing; TCP_REPAIR_QUEUE selects the send or the receive queue, whose
- *   sequence number TCP_QUEUE_SEQ reads or sets and whose bytes recv(MSG_PEEK) copies without
- *   consuming them. The send queue holds bytes sent but not acknowledged and bytes not sent
- *   yet (SIOCOUTQ, SIOCOUTQNSD); the receive queue the bytes the program has not read
- *   (SIOCINQ). TCP_REPAIR_WINDOW reads the window, TCP_INFO the negotiated options, TCP_MAXSEG
- *   in repair mode the peer's MSS, TCP_TIMESTAMP the timestamp clock. The original stays in
- *   repair mode until the checkpoint ends: when the tree is killed it closes in repair mode
- *   and sends neither FIN nor RST (tcp_close -> tcp_disconnect is silent in repair mode); when
- *   it runs on, repair mode is left without a window probe (TCP_REPAIR_OFF_NO_WP).
+ * - Closed (maybe bound) or listening: address, port, backlog and options come back. A
+ *   listener with connections not accepted yet is refused: only accept(2) would give them a
+ *   descriptor, and what our copy accepts is gone from the original's queue for good (a
+ *   checkpoint that fails or leaves the tree running could not put it back). With
+ *   --skip-in-flight they are left out with a warning instead; their clients are reset when
+ *   the original listener closes.
+ * - SYN_SENT (connect(2) in progress): the destination comes from /proc/PID/net/tcp (getpeername
+ *   answers ENOTCONN before the handshake); restore binds the same address and port and
+ *   connects again without blocking (openSynSent). Needs no flag: nothing was agreed yet.
+ * - Synchronized (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING): only with
+ *   --tcp-established, through TCP_REPAIR. In repair mode the socket sends no data;
+ *   TCP_REPAIR_QUEUE selects the send or the receive queue, whose sequence number
+ *   TCP_QUEUE_SEQ reads or sets and whose bytes recv(MSG_PEEK) copies without consuming them.
+ *   The send queue holds bytes sent but not acknowledged and bytes not sent yet (SIOCOUTQ,
+ *   SIOCOUTQNSD); the receive queue the bytes the program has not read (SIOCINQ).
+ *   TCP_REPAIR_WINDOW reads the window, TCP_INFO the negotiated options, TCP_MAXSEG in repair
+ *   mode the peer's MSS, TCP_TIMESTAMP the timestamp clock. The original stays in repair mode
+ *   until the checkpoint ends: when the tree is killed it closes in repair mode and sends
+ *   neither FIN nor RST (tcp_close -> tcp_disconnect is silent in repair mode); when it runs
+ *   on, repair mode is left without a window probe (TCP_REPAIR_OFF_NO_WP).
  *   Restore: a new socket in repair mode, both sequence numbers set, bind and connect (in
  *   repair mode connect(2) makes it established without a handshake), TCP_REPAIR_OPTIONS (MSS,
  *   window scaling, SACK, timestamps) and TCP_TIMESTAMP, the receive queue and the
- *   already-sent part of the send queue written into their queues, the window set, repair
- *   mode left (a window probe tells the peer we are back), then the unsent part sent for real.
- *   Leaving repair mode resets SO_REUSEADDR, so it is set again afterwards.
+ *   already-sent part of the send queue written into their queues (buildEstablished); then,
+ *   once the peer exists too, the FINs, the window, repair mode left (a window probe tells an
+ *   ESTABLISHED peer we are back), and the unsent part sent for real (finishRepair). Leaving
+ *   repair mode resets SO_REUSEADDR, so it is set again afterwards.
  *   Both ends of a connection inside the tree are rebuilt in repair mode before either leaves
  *   it, so neither sends to a socket that does not exist yet (which would answer RST).
  *   An accepted connection shares its port with the listener that accepted it: the listener
  *   is opened first (a bind after the connection's would conflict), the connection then binds
  *   the port in repair mode, which allows it.
- *   Other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT, TIME_WAIT…) are refused, naming the state.
- * - UDP: bound and connected addresses, options, and the datagrams waiting to be read, each
+ *
+ * FINs. A FIN takes one sequence number. TCP_QUEUE_SEQ counts our FIN once queued (write_seq)
+ * and the peer's once received (rcv_nxt); SIOCOUTQ counts ours until acknowledged, SIOCOUTQNSD
+ * until sent, SIOCINQ never the peer's; the peeked queues hold bytes only. The record keeps
+ * bytes and the sequence numbers of bytes, with the state, and whether our FIN was never sent
+ * (it waits behind unsent bytes or a closed window: finUnsent). Restore brings each FIN back
+ * the way the kernel made it:
+ * - Our FIN: shutdown(SHUT_WR) in repair mode with TCP_SEND_QUEUE selected moves ESTABLISHED to
+ *   FIN_WAIT1 (CLOSE_WAIT to LAST_ACK) and queues the FIN as sent without transmitting it
+ *   (tcp_write_xmit skips transmission in repair mode), so it is retransmitted on timeout like
+ *   any unacknowledged byte. A FIN never sent is queued by a real shutdown after the unsent
+ *   bytes, once out of repair mode, as the original would have sent it.
+ * - Acknowledged (FIN_WAIT2): the send queue starts one sequence number early, the FIN is
+ *   queued there, and the peer's ACK of it is delivered again (below).
+ * - The peer's FIN: no socket option marks a FIN as received (RCV_SHUTDOWN, SOCK_DONE, rcv_nxt
+ *   past it and the CLOSE_WAIT/CLOSING/LAST_ACK transition all happen in tcp_fin()), so the
+ *   segment the peer sent is sent to the socket once more (tcp-segment.ts): from a raw socket,
+ *   with the peer's address as source, the exact sequence number the socket expects, an ACK
+ *   of snd_una and no options. That goes through the kernel's own receive path and gives
+ *   exactly the state the original had; a program reading gets the queued bytes, then 0. The
+ *   alternatives were worse: shutdown(SHUT_RD) makes reads return 0 but leaves the state
+ *   ESTABLISHED and rcv_nxt short of the FIN (a later FIN of ours would not acknowledge the
+ *   peer's), and replaying the peer's FIN from a rebuilt peer works only for peers in the tree.
+ *   Order follows the state: LAST_ACK took theirs, then sent ours; CLOSING sent ours, then took
+ *   theirs. The socket acknowledges what it is given even in repair mode, so this happens
+ *   only once the peer exists (an end in the tree is built first; one outside always exists).
+ * FIN_WAIT2 and TIME_WAIT sockets without a descriptor (orphans) are not part of the tree.
+ *
+ * Ports held by TIME_WAIT entries: see reclaimTimeWait.
  */
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SO, SOL_SOCKET } from '../arch/x86-64.js';
-import { FerryError } from '../errors.js';
+import { errnoCode, FerryError } from '../errors.js';
+import { O_NONBLOCK } from '../proc/fcntl.js';
 import { native } from '../native/binding.js';
 import type { InetRecord } from './inet.js';
 import {
@@ -37,6 +74,7 @@ import {
   type Endpoint,
 } from './inet-common.js';
 import { applyBuffers, applyOptions, changedOptions } from './sockopt.js';
+import { sendSegment, TH_ACK, TH_FIN } from './tcp-segment.js';
 import { NOT_YET, type DumpContext, type FdDesc, type OpenContext } from './types.js';
 
 const TCP_REPAIR_ON = 1, TCP_REPAIR_OFF = 0, TCP_REPAIR_OFF_NO_WP = -1;
@@ -52,16 +90,51 @@ const TCP_REPAIR_WINDOW_LEN = 20;
 /** TCP states (include/net/tcp_states.h). */
 const TCP_STATES = ['?', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT',
   'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING', 'NEW_SYN_RECV'] as const;
-const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10;
+const TCP_SYN_SENT = 2, TCP_TIME_WAIT = 6, TCP_CLOSE = 7, TCP_LISTEN = 10;
+/**
+ * The states of a synchronized connection rebuilt through repair mode: both sides agreed on
+ * sequence numbers, and a FIN of either side may have been sent, received or acknowledged.
+ */
+export const SYNC_STATES = ['ESTABLISHED', 'FIN_WAIT1', 'FIN_WAIT2', 'CLOSE_WAIT', 'LAST_ACK', 'CLOSING'] as const;
+export type SyncState = typeof SYNC_STATES[number];
+/** Our FIN is queued (shutdown(SHUT_WR) or close with the descriptor still open elsewhere). */
+const FIN_QUEUED: ReadonlySet<SyncState> = new Set(['FIN_WAIT1', 'FIN_WAIT2', 'LAST_ACK', 'CLOSING']);
+/** The peer's FIN arrived (rcv_nxt counts it). */
+const FIN_RECEIVED: ReadonlySet<SyncState> = new Set(['CLOSE_WAIT', 'LAST_ACK', 'CLOSING']);
+/** Our FIN was acknowledged (snd_una counts it, the send queue is empty). */
+const FIN_ACKED: ReadonlySet<SyncState> = new Set(['FIN_WAIT2']);
+const SHUT_WR = 1;
+/** The numbers of SYNC_STATES (a peer in the tree is in one of them). */
+const SYNC_CODES: ReadonlySet<number> = new Set(SYNC_STATES.map((x) => TCP_STATES.indexOf(x)));
 /** Bytes written per send in repair mode (one skb per call for the receive queue). */
 const REPAIR_CHUNK = 32768;
 
 export interface TcpRepairState {
-  /** Sequence number of the first byte of the send queue (the oldest unacknowledged byte). */
+  /**
+   * The TCP state at dump (absent in older images: ESTABLISHED). Which FINs exist follows
+   * from it: ours is queued in FIN_WAIT1/2, LAST_ACK, CLOSING (acknowledged in FIN_WAIT2), the
+   * peer's was received in CLOSE_WAIT, LAST_ACK, CLOSING.
+   */
+  state?: SyncState;
+  /**
+   * Our FIN is queued but was never sent (it waits behind unsent bytes or a closed window):
+   * restore sends it for real after the unsent bytes. Absent: false.
+   */
+  finUnsent?: boolean;
+  /**
+   * Sequence number of the first byte of the send queue (snd_una, the oldest unacknowledged
+   * byte; past our FIN once the FIN is acknowledged).
+   */
   sendSeq: number;
-  /** Sequence number of the first byte of the receive queue (the next byte the program reads). */
+  /**
+   * Sequence number of the first byte of the receive queue (the next byte the program reads).
+   * A FIN received follows the queued bytes: it takes the sequence number recvSeq + recvBytes.
+   */
   recvSeq: number;
-  /** Image entry with the send queue ('' when empty), its length, and how much of it was never sent. */
+  /**
+   * Image entry with the send queue's bytes ('' when empty), their number, and how many of
+   * them were never sent. Counts bytes only, never a FIN.
+   */
   sendQueue: string;
   sendBytes: number;
   unsentBytes: number;
@@ -83,10 +156,10 @@ export interface TcpRepairState {
 
 // ---- finding the other sockets of a connection (dump) ----
 
-interface NetEntry { local: Endpoint; remote: Endpoint; state: number; ino: string }
+interface NetEntry { local: Endpoint; remote: Endpoint; state: number; ino: string; v6: boolean }
 
 /** /proc/PID/net/tcp and tcp6 (proc(5)): every TCP socket of the task's network namespace. */
-function procNetTcp(pid: number): NetEntry[] {
+function procNetTcp(pid: number | 'thread-self'): NetEntry[] {
   const out: NetEntry[] = [];
   for (const [file, v6] of [['tcp', false], ['tcp6', true]] as const) {
     let text: string;
@@ -98,7 +171,7 @@ function procNetTcp(pid: number): NetEntry[] {
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
       if (f.length < 10) continue;
-      out.push({ local: parseProcAddr(f[1]!, v6), remote: parseProcAddr(f[2]!, v6), state: parseInt(f[3]!, 16), ino: f[9]! });
+      out.push({ local: parseProcAddr(f[1]!, v6), remote: parseProcAddr(f[2]!, v6), state: parseInt(f[3]!, 16), ino: f[9]!, v6 });
     }
   }
   return out;
@@ -138,7 +211,7 @@ function fileIdsOf(inodes: Set<string>, ctx: DumpContext): Map<string, number> {
  */
 function relatives(d: FdDesc, local: Endpoint, remote: Endpoint, ctx: DumpContext): { peer: number | null; after: number[] } {
   const entries = procNetTcp(d.pid);
-  const peerIno = entries.find((e) => e.state === TCP_ESTABLISHED && sameEndpoint(e.local, remote) && sameEndpoint(e.remote, local))?.ino;
+  const peerIno = entries.find((e) => SYNC_CODES.has(e.state) && sameEndpoint(e.local, remote) && sameEndpoint(e.remote, local))?.ino;
   const listeners = entries.filter((e) => e.state === TCP_LISTEN && e.local.port === local.port
     && (isAny(e.local.address) || ipKey(e.local.address) === ipKey(local.address))).map((e) => e.ino);
   const ids = fileIdsOf(new Set([...(peerIno ? [peerIno] : []), ...listeners]), ctx);
@@ -158,7 +231,7 @@ function peekQueue(fd: number, len: number, what: string): Buffer {
   return got;
 }
 
-function dumpEstablished(g: number, ctx: DumpContext): TcpRepairState {
+function dumpEstablished(g: number, ctx: DumpContext, state: SyncState): TcpRepairState {
   const n = native();
   const reuse = n.getSockInt(g, SOL_SOCKET, SO.REUSEADDR);
   n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_ON);
@@ -173,11 +246,19 @@ function dumpEstablished(g: number, ctx: DumpContext): TcpRepairState {
   const options = info.readUInt8(5);
   const wscale = info.readUInt8(6);
 
+  // A FIN takes one sequence number. The send queue's sequence (write_seq) and SIOCOUTQ
+  // (write_seq - snd_una) count our FIN once it is queued, SIOCOUTQNSD (write_seq - snd_nxt)
+  // while it is not sent; the receive queue's (rcv_nxt) counts the peer's FIN once received,
+  // SIOCINQ never does (tcp_inq). MSG_PEEK of either queue copies bytes only.
+  const finInQueue = FIN_QUEUED.has(state) && !FIN_ACKED.has(state) ? 1 : 0;
   n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_SEND_QUEUE);
   const sendEnd = u32(n.getSockInt(g, IPPROTO_TCP, TCP.QUEUE_SEQ));
   const outq = n.sockIoctlInt(g, SIOCOUTQ);
-  const unsent = n.sockIoctlInt(g, SIOCOUTQNSD);
-  const sendData = peekQueue(g, outq, 'send');
+  const unsentSeq = n.sockIoctlInt(g, SIOCOUTQNSD);
+  const finUnsent = finInQueue === 1 && unsentSeq > 0;
+  const sendBytes = Math.max(0, outq - finInQueue);
+  const unsent = Math.max(0, unsentSeq - (finUnsent ? 1 : 0));
+  const sendData = peekQueue(g, sendBytes, 'send');
   n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_RECV_QUEUE);
   const recvEnd = u32(n.getSockInt(g, IPPROTO_TCP, TCP.QUEUE_SEQ));
   const inq = n.sockIoctlInt(g, SIOCINQ);
@@ -187,11 +268,13 @@ function dumpEstablished(g: number, ctx: DumpContext): TcpRepairState {
   const win = n.getSockOpt(g, IPPROTO_TCP, TCP.REPAIR_WINDOW, TCP_REPAIR_WINDOW_LEN);
   const timestamps = (options & TCPI_OPT_TIMESTAMPS) !== 0;
   return {
+    ...(state !== 'ESTABLISHED' ? { state } : {}),
+    ...(finUnsent ? { finUnsent } : {}),
     sendSeq: u32(sendEnd - outq),
-    recvSeq: u32(recvEnd - inq),
-    sendQueue: outq > 0 ? ctx.blob('sendq', sendData) : '',
-    sendBytes: outq,
-    unsentBytes: Math.min(unsent, outq),
+    recvSeq: u32(recvEnd - inq - (FIN_RECEIVED.has(state) ? 1 : 0)),
+    sendQueue: sendBytes > 0 ? ctx.blob('sendq', sendData) : '',
+    sendBytes,
+    unsentBytes: Math.min(unsent, sendBytes),
     recvQueue: inq > 0 ? ctx.blob('recvq', recvData) : '',
     recvBytes: inq,
     // In repair mode TCP_MAXSEG answers the MSS the peer announced (mss_clamp).
@@ -213,24 +296,56 @@ export function dumpTcp(d: FdDesc, g: number, base: TcpBase, ctx: DumpContext): 
   const { family, proto, local, remote } = base;
   const info = n.getSockOpt(g, IPPROTO_TCP, TCP.INFO, TCP_INFO_LEN);
   const state = info.readUInt8(0);
-  if (state === TCP_CLOSE) return { ...base, state: 'closed', remote: null, opts: changedOptions(g, family, proto, false) };
+  if (state === TCP_CLOSE) {
+    // A connection that ended (reset, or both FINs with TIME_WAIT taken over by an entry of
+    // its own) leaves a CLOSE socket that may still hold bytes the program has not read: a
+    // closed socket would come back without them.
+    const unread = n.sockIoctlInt(g, SIOCINQ);
+    if (unread > 0) {
+      throw new FerryError('EUNSUPPORTED',
+        `pid ${d.pid} fd ${d.fd}: TCP socket ${show(local)} is closed (its connection ended) with ${unread} byte(s) not read yet, which cannot be checkpointed yet; try again once the program has read them`);
+    }
+    return { ...base, state: 'closed', remote: null, opts: changedOptions(g, family, proto, false) };
+  }
   if (state === TCP_LISTEN) {
     // For a listener tcpi_unacked is the accept queue's length and tcpi_sacked the backlog.
     const waiting = info.readUInt32LE(24);
-    if (waiting > 0) {
+    // Only accept(2) gives a descriptor for them, and what the copy accepts is gone from the
+    // original's queue for good: a checkpoint that fails or leaves the tree running could not
+    // put them back. So they are refused, or left out with --skip-in-flight.
+    if (waiting > 0 && !ctx.options.skipInFlight) {
       throw new FerryError('EUNSUPPORTED',
-        `pid ${d.pid} fd ${d.fd}: listening TCP socket ${show(local)} has ${waiting} connection(s) not accepted yet, which cannot be checkpointed; try again once the program has accepted them`);
+        `pid ${d.pid} fd ${d.fd}: listening TCP socket ${show(local)} has ${waiting} connection(s) not accepted yet, which cannot be checkpointed; try again once the program has accepted them, or leave them out with --skip-in-flight`);
+    }
+    if (waiting > 0) {
+      ctx.warn(`pid ${d.pid} fd ${d.fd}: listening TCP socket ${show(local)}: ${waiting} connection(s) not accepted yet left out (--skip-in-flight); their clients see a reset once the original is gone`);
     }
     return { ...base, state: 'listen', remote: null, backlog: info.readUInt32LE(28), opts: changedOptions(g, family, proto, true) };
   }
-  if (state === TCP_ESTABLISHED && local && remote) {
+  if (state === TCP_SYN_SENT && local) {
+    // getpeername(2) answers ENOTCONN until the handshake ends: the address connect(2) was
+    // given is the remote one of the socket's line in /proc/PID/net/tcp{,6}.
+    const entries = procNetTcp(d.pid);
+    const to = entries.find((e) => e.ino === base.ino)?.remote;
+    if (!to || to.port === 0) throw new Error('its destination is not in /proc/net/tcp');
+    // A listener of the tree it connects to comes back first (a SYN to no listener is refused).
+    const listeners = entries.filter((e) => e.state === TCP_LISTEN && e.local.port === to.port
+      && (isAny(e.local.address) || ipKey(e.local.address) === ipKey(to.address))).map((e) => e.ino);
+    const ids = fileIdsOf(new Set(listeners), ctx);
+    const after = listeners.map((i) => ids.get(i)).filter((i): i is number => i !== undefined);
+    return { ...base, state: 'syn-sent', remote: to, opts: changedOptions(g, family, proto, false), after };
+  }
+  const name = TCP_STATES[state];
+  const sync = SYNC_STATES.find((x) => x === name);
+  if (sync && local && remote) {
     if (!ctx.options.tcpEstablished) {
+      const what = sync === 'ESTABLISHED' ? 'established TCP connection' : `TCP connection in ${sync}`;
       throw new FerryError('EUNSUPPORTED',
-        `pid ${d.pid} fd ${d.fd}: established TCP connection ${show(local)} -> ${show(remote)}; checkpoint it with --tcp-established (TCP_REPAIR) or close it first`);
+        `pid ${d.pid} fd ${d.fd}: ${what} ${show(local)} -> ${show(remote)}; checkpoint it with --tcp-established (TCP_REPAIR) or close it first`);
     }
     const opts = changedOptions(g, family, proto, false);
     const rel = relatives(d, local, remote, ctx);
-    const tcp = dumpEstablished(g, ctx);
+    const tcp = dumpEstablished(g, ctx, sync);
     return { ...base, state: 'established', opts, tcp, peer: rel.peer, after: rel.after };
   }
   throw new FerryError('EUNSUPPORTED',
@@ -263,18 +378,26 @@ function queueBytes(ctx: OpenContext, name: string, len: number): Buffer {
   return b;
 }
 
-/** Rebuilds an established connection in repair mode; returns its unsent bytes (sent once out of repair). */
+/**
+ * Rebuilds a connection in repair mode as ESTABLISHED with both queues; returns its unsent
+ * bytes (sent once out of repair). Its FINs and window are set by finishRepair, once the peer
+ * exists too.
+ */
 function buildEstablished(fd: number, rec: InetRecord, ctx: OpenContext): Buffer {
   const n = native();
   const t = rec.tcp!;
   const sendData = queueBytes(ctx, t.sendQueue, t.sendBytes);
   const recvData = queueBytes(ctx, t.recvQueue, t.recvBytes);
   const sent = t.sendBytes - t.unsentBytes;
+  const state = t.state ?? 'ESTABLISHED';
+  // An acknowledged FIN of ours took the sequence number before snd_una: the queue starts
+  // there, and shutdown(2) in repair mode queues the FIN at it (finishRepair).
+  const writeSeq = FIN_ACKED.has(state) ? u32(t.sendSeq - 1) : t.sendSeq;
   applyOptions(fd, rec, true);
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_ON);
   applyBuffers(fd, rec);
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_SEND_QUEUE);
-  n.setSockInt(fd, IPPROTO_TCP, TCP.QUEUE_SEQ, i32(t.sendSeq));
+  n.setSockInt(fd, IPPROTO_TCP, TCP.QUEUE_SEQ, i32(writeSeq));
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_RECV_QUEUE);
   n.setSockInt(fd, IPPROTO_TCP, TCP.QUEUE_SEQ, i32(t.recvSeq));
   n.sockBind(fd, toSockAddr(rec.local!, rec.family));
@@ -293,24 +416,90 @@ function buildEstablished(fd: number, rec: InetRecord, ctx: OpenContext): Buffer
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_SEND_QUEUE);
   sendAll(fd, sendData.subarray(0, sent), 'send queue');
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_NO_QUEUE);
-  if (t.window) {
-    const w = Buffer.alloc(TCP_REPAIR_WINDOW_LEN);
-    t.window.forEach((v, i) => w.writeUInt32LE(u32(v), i * 4));
-    n.setSockOpt(fd, IPPROTO_TCP, TCP.REPAIR_WINDOW, w);
-  }
   return sendData.subarray(sent);
 }
 
-/** Takes a rebuilt connection out of repair mode (a window probe goes to the peer). */
-function leaveRepair(fd: number, rec: InetRecord): void {
+/** `a` comes after `b` in sequence space (RFC 793 arithmetic modulo 2^32). */
+const seqAfter = (a: number, b: number): boolean => ((a - b) | 0) > 0;
+
+/** A segment from the connection's peer to `rec`'s socket (tcp-segment.ts). */
+function fromPeer(rec: InetRecord, seq: number, ack: number, flags: number): void {
+  const t = rec.tcp!;
+  const scale = t.sndWscale ?? 0;
+  const window = t.window ? t.window[1] >>> scale : 0xffff;
+  sendSegment({ from: rec.remote!, to: rec.local!, seq, ack, flags, window });
+}
+
+/**
+ * Waits until a socket given a segment (fromPeer) is in state `want`: looped-back packets are
+ * received in softirq context, normally before sendto(2) returns, later on a loaded machine.
+ * Throws naming the state it is in after 2 s (a firewall dropping them, say).
+ */
+function reached(fd: number, want: SyncState, what: string): void {
   const n = native();
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  for (const end = Date.now() + 2000; ;) {
+    const st = n.getSockOpt(fd, IPPROTO_TCP, TCP.INFO, TCP_INFO_LEN).readUInt8(0);
+    if (TCP_STATES[st] === want) return;
+    if (Date.now() > end) {
+      throw new Error(`${what}, sent to it again from the peer's address, did not arrive: the socket is in ${TCP_STATES[st] ?? st}, not ${want} (do firewall rules drop looped-back packets?)`);
+    }
+    Atomics.wait(nap, 0, 0, 2);
+  }
+}
+
+/** Our FIN, as shutdown(2) queues it, in repair mode (as sent: tcp_write_xmit sends nothing then) or for real. */
+function shutdownWrite(fd: number, inRepair: boolean): void {
+  const n = native();
+  if (inRepair) n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_SEND_QUEUE);
+  n.unixShutdown(fd, SHUT_WR); // shutdown(2) of any socket
+  if (inRepair) n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_NO_QUEUE);
+}
+
+/**
+ * Brings a connection built in repair mode to its state and out of repair mode: the FINs in
+ * the order they happened (LAST_ACK: theirs, then ours; CLOSING: ours, then theirs), the
+ * acknowledgement of ours (FIN_WAIT2), the window; then leaves repair mode (a window probe
+ * tells the peer of an ESTABLISHED connection we are back), sends the unsent bytes for real
+ * and, when our FIN was never sent, shuts down for real after them. Both ends must exist:
+ * the socket acknowledges the segments it is given.
+ */
+function finishRepair(fd: number, rec: InetRecord, unsent: Buffer): void {
+  const n = native();
+  const t = rec.tcp!;
+  const state = t.state ?? 'ESTABLISHED';
+  const finUnsent = t.finUnsent === true;
+  const rcvNxt = u32(t.recvSeq + t.recvBytes); // where the peer's FIN is, if any
+  const finNow = FIN_QUEUED.has(state) && !finUnsent;
+  const peerFin = (want: SyncState): void => {
+    fromPeer(rec, rcvNxt, t.sendSeq, TH_FIN | TH_ACK);
+    reached(fd, want, 'the peer\'s FIN');
+  };
+  if (state === 'CLOSE_WAIT' || state === 'LAST_ACK') peerFin('CLOSE_WAIT');
+  if (finNow) shutdownWrite(fd, true);
+  if (state === 'FIN_WAIT2') {
+    fromPeer(rec, rcvNxt, t.sendSeq, TH_ACK);
+    reached(fd, 'FIN_WAIT2', 'the peer\'s acknowledgement of our FIN');
+  }
+  if (state === 'CLOSING' && finNow) peerFin('CLOSING');
+  if (t.window) {
+    const w = [...t.window];
+    // TCP_REPAIR_WINDOW refuses an rcv_wup past rcv_nxt: a FIN still to come is not counted yet.
+    if (state === 'CLOSING' && !finNow && seqAfter(w[4]!, rcvNxt)) w[4] = rcvNxt;
+    const b = Buffer.alloc(TCP_REPAIR_WINDOW_LEN);
+    w.forEach((v, i) => b.writeUInt32LE(u32(v), i * 4));
+    n.setSockOpt(fd, IPPROTO_TCP, TCP.REPAIR_WINDOW, b);
+  }
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_OFF);
   const reuse = rec.opts.reuseaddr;
   if (typeof reuse === 'number' && reuse !== 0) n.setSockInt(fd, SOL_SOCKET, SO.REUSEADDR, reuse);
   applyOptions(fd, rec, false);
+  sendAll(fd, unsent, 'unsent data');
+  if (finUnsent) {
+    shutdownWrite(fd, false);
+    if (state === 'CLOSING') peerFin('CLOSING');
+  }
 }
-
-
 
 export function openEstablished(rec: InetRecord, ctx: OpenContext): number | typeof NOT_YET {
   if (!ctx.options.tcpEstablished) {
@@ -331,10 +520,8 @@ export function openEstablished(rec: InetRecord, ctx: OpenContext): number | typ
     }
     const other = peer !== null ? waiting.get(String(peer)) : undefined;
     if (other) waiting.delete(String(peer));
-    if (other) leaveRepair(other.fd, other.rec);
-    leaveRepair(fd, rec);
-    if (other) sendAll(other.fd, other.unsent, 'unsent data');
-    sendAll(fd, unsent, 'unsent data');
+    if (other) finishRepair(other.fd, other.rec, other.unsent);
+    finishRepair(fd, rec, unsent);
     finishFlags(fd, rec);
     return fd;
   } catch (err) {
@@ -343,13 +530,111 @@ export function openEstablished(rec: InetRecord, ctx: OpenContext): number | typ
   }
 }
 
-/** Checks the repair state of an established record. */
+/**
+ * Frees a restored socket's port from the TIME_WAIT entries on it (of the original's closed
+ * connections, or anyone's): returns how many were removed. A TIME_WAIT entry takes part in
+ * bind(2)'s conflict check with the SO_REUSEADDR of the socket it was (an accepted connection
+ * has its listener's): one without it keeps every bind and listen(2) off the port for up to a
+ * minute, SO_REUSEADDR on the new socket or not; only repair mode's forced reuse passes, and
+ * a listener cannot leave repair mode, nor could its connections send in it. So the entries
+ * are removed with SOCK_DESTROY (tcp_abort deschedules a TIME_WAIT entry), each by its
+ * 4-tuple as /proc/thread-self/net/tcp{,6} lists it in the namespace the socket is made in;
+ * a live socket on the port is never touched and still makes the bind fail. What is lost is
+ * what TIME_WAIT is for: a late duplicate of an old connection is no longer recognised, and
+ * a lost last ACK of one is answered with RST instead of again. Errors are ignored (the bind
+ * then fails as before).
+ */
+export function reclaimTimeWait(rec: InetRecord): number {
+  const local = rec.local;
+  if (rec.proto !== 'tcp' || !local) return 0;
+  const onPort = procNetTcp('thread-self').filter((e) => e.local.port === local.port
+    && (isAny(local.address) || isAny(e.local.address) || ipKey(e.local.address) === ipKey(local.address)));
+  // A live socket holds the port (the original, left running): nothing to win, nothing touched.
+  if (onPort.some((e) => e.state !== TCP_TIME_WAIT)) return 0;
+  let freed = 0;
+  for (const e of onPort) {
+    const family = e.v6 ? 'ipv6' : 'ipv4';
+    try {
+      native().tcpDestroy(toSockAddr(e.local, family), toSockAddr(e.remote, family));
+      freed++;
+    } catch { /* gone meanwhile, or no SOCK_DESTROY here */ }
+  }
+  return freed;
+}
+
+/** Binds a restored socket to its address again (SO_REUSEADDR for that moment: see openInet). */
+function bindBack(fd: number, rec: InetRecord): void {
+  const n = native();
+  const reuse = n.getSockInt(fd, SOL_SOCKET, SO.REUSEADDR) === 0;
+  if (reuse) n.setSockInt(fd, SOL_SOCKET, SO.REUSEADDR, 1);
+  try {
+    try {
+      n.sockBind(fd, toSockAddr(rec.local!, rec.family));
+    } catch (err) {
+      if (errnoCode(err) !== 'EADDRINUSE' || reclaimTimeWait(rec) === 0) throw err;
+      n.sockBind(fd, toSockAddr(rec.local!, rec.family));
+    }
+  } catch (err) {
+    if (errnoCode(err) !== 'EADDRINUSE') throw err;
+    throw new FerryError('EADDRINUSE',
+      `cannot restore TCP socket ${show(rec.local)} -> ${show(rec.remote)} (file ${rec.id}, ${rec.state}): the port is in use by another socket (ss -tan shows it)`, { cause: err });
+  }
+  if (reuse) n.setSockInt(fd, SOL_SOCKET, SO.REUSEADDR, 0);
+}
+
+/**
+ * A connection in progress (SYN_SENT: our SYN unanswered): a new socket bound to the same
+ * address and port connects again without blocking (a new SYN, a new initial sequence number:
+ * the peer never answered the old one). A program blocked in connect(2) restarts it and waits
+ * on, one that polls sees it complete (or fail) as before. The original, closed in SYN_SENT,
+ * sent nothing; should the peer answer its old SYN now, this host answers RST and the peer
+ * forgets it.
+ */
+export function openSynSent(rec: InetRecord, ctx: OpenContext): number | typeof NOT_YET {
+  if ((rec.after ?? []).some((id) => ctx.opened(id) === undefined)) return NOT_YET;
+  const n = native();
+  const fd = newSocket(rec);
+  try {
+    applyOptions(fd, rec, true);
+    applyBuffers(fd, rec);
+    bindBack(fd, rec);
+    applyOptions(fd, rec, false);
+    n.setFl(fd, O_NONBLOCK);
+    try {
+      n.sockConnect(fd, toSockAddr(rec.remote!, rec.family));
+    } catch (err) {
+      if (errnoCode(err) !== 'EINPROGRESS') throw err;
+    }
+    finishFlags(fd, rec);
+    return fd;
+  } catch (err) {
+    n.closeFd(fd);
+    throw err;
+  }
+}
+
+/** Checks the repair state of an established record (every field bounded before anything is made). */
 export function checkTcp(rec: InetRecord, bad: (why: string) => never): void {
+  if (rec.proto !== 'tcp' || !rec.local || !rec.remote) bad(`is a TCP connection (${rec.state}) without both addresses`);
+  const fileId = (v: unknown): boolean => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 2 ** 24;
+  if (rec.after !== undefined && (!Array.isArray(rec.after) || rec.after.length > 64 || !rec.after.every(fileId))) bad('has invalid listeners to open first (after)');
+  if (rec.peer !== undefined && rec.peer !== null && !fileId(rec.peer)) bad('has an invalid peer');
+  if (rec.state === 'syn-sent') return;
   const t = rec.tcp;
   if (!t || typeof t !== 'object') return bad('has no repair state');
   for (const k of ['sendSeq', 'recvSeq', 'sendBytes', 'unsentBytes', 'recvBytes', 'mss', 'tsval'] as const) {
     if (!Number.isInteger(t[k]) || t[k] < 0 || t[k] > 0xffffffff) bad(`has an invalid ${k}`);
   }
   if (t.unsentBytes > t.sendBytes) bad('has more unsent bytes than queued');
-  if (t.window !== null && (!Array.isArray(t.window) || t.window.length !== 5)) bad('has an invalid window');
+  if (typeof t.sendQueue !== 'string' || typeof t.recvQueue !== 'string') bad('has invalid queue entries');
+  for (const k of ['sndWscale', 'rcvWscale'] as const) {
+    if (t[k] !== null && (!Number.isInteger(t[k]) || t[k] < 0 || t[k] > 14)) bad(`has an invalid ${k}`);
+  }
+  if (t.window !== null && (!Array.isArray(t.window) || t.window.length !== 5
+    || !t.window.every((v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff))) bad('has an invalid window');
+  if (t.state !== undefined && !SYNC_STATES.includes(t.state)) bad(`has an invalid TCP state ${JSON.stringify(String(t.state).slice(0, 20))}`);
+  if (t.finUnsent !== undefined && typeof t.finUnsent !== 'boolean') bad('has an invalid finUnsent');
+  const state = t.state ?? 'ESTABLISHED';
+  if (t.finUnsent && (!FIN_QUEUED.has(state) || FIN_ACKED.has(state))) bad(`has an unsent FIN in ${state}`);
+  if (FIN_ACKED.has(state) && t.sendBytes !== 0) bad(`has bytes queued after its acknowledged FIN (${state})`);
 }

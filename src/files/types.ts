@@ -54,6 +54,11 @@ export interface FileOptions {
    * that a restore must be handed a descriptor for each (--inherit-fd).
    */
   external: readonly string[];
+  /**
+   * --skip-in-flight (checkpoint): connections a listener has not accepted yet are left out of
+   * the image (with a warning) instead of refusing the checkpoint.
+   */
+  skipInFlight?: boolean;
 }
 
 export const DEFAULT_FILE_OPTIONS: FileOptions = Object.freeze({
@@ -99,10 +104,11 @@ export interface DumpContext {
    */
   onFinish(fn: (leftRunning: boolean) => void): void;
   /**
-   * Optional: where a module reports what the checkpoint leaves out and goes on despite
-   * (queued netlink messages or packets dropped), one line each; logged as a warning.
+   * Reports what the checkpoint leaves out and goes on despite (connections left out with
+   * --skip-in-flight, queued netlink messages or packets dropped), one line each: logged as a
+   * warning and listed in the result's `warnings`.
    */
-  warn?(message: string): void;
+  warn(message: string): void;
 }
 
 /** What a module's `open` gets from the restore scheduler. */

@@ -355,6 +355,13 @@ export interface NativeBinding {
   /** ioctl(2) with an int result: SIOCINQ, SIOCOUTQ, SIOCOUTQNSD. */
   sockIoctlInt(fd: number, request: number): number;
   /**
+   * NETLINK_SOCK_DIAG SOCK_DESTROY (sock_diag(7), linux/inet_diag.h) of the TCP socket with
+   * exactly this local and remote address in the caller's network namespace: tcp_abort()
+   * deschedules a TIME_WAIT entry (resets anything else). Errors: ENOENT (none), EOPNOTSUPP
+   * (kernel without CONFIG_INET_DIAG_DESTROY), EPERM (no CAP_NET_ADMIN).
+   */
+  tcpDestroy(local: SockAddr, remote: SockAddr): void;
+  /**
    * kcmp(2) KCMP_EPOLL_TFD: compares file `fd1` of `pid1` with the target registered in epoll
    * `efd` of `pid2` under descriptor number `tfd` (the `toff`-th item with that number): 0 when
    * they are the same file. EBADF: fd1 is not open; ENOENT: no such item.
@@ -429,7 +436,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq',
   'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
-  'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt',
+  'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt', 'tcpDestroy',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle', 'nameToHandle', 'linkFd',
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',

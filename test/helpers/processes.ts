@@ -97,10 +97,13 @@ export async function startWorkload(cmd: string, args: string[], opts: { stderr?
   };
 }
 
-/** Asks a workload to verify itself (SIGUSR1) and returns its verdict lines. */
-export async function verify(w: Workload): Promise<string> {
+/**
+ * Asks a workload to verify itself (SIGUSR1) and returns its verdict lines (`timeoutMs`: for
+ * a check that waits on the network, e.g. a retransmitted FIN).
+ */
+export async function verify(w: Workload, timeoutMs = 10000): Promise<string> {
   process.kill(w.pid, 'SIGUSR1');
-  await waitFor(`pid ${w.pid} to verify itself`, () => /^(PASS|FAIL.*)$/m.test(w.text()));
+  await waitFor(`pid ${w.pid} to verify itself`, () => /^(PASS|FAIL.*)$/m.test(w.text()), timeoutMs);
   return w.text().split('\n').filter((l) => l === 'PASS' || l.startsWith('FAIL')).join('\n');
 }
 

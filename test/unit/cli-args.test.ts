@@ -33,6 +33,11 @@ describe('ferry checkpoint arguments', { timeout: 30_000 }, () => {
     usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--file-locks=yes']), 'checkpoint', '--file-locks takes no value');
   });
 
+  it('parses --skip-in-flight (checkpoint only)', () => {
+    assert.deepEqual(parseCheckpointArgs(['--pid', '1', '--image', 'x', '--skip-in-flight']).files, { ...NO_FLAGS, skipInFlight: true });
+    usage(() => parseRestoreArgs(['--image', 'x', '--skip-in-flight']), 'restore', 'unknown option --skip-in-flight');
+  });
+
   it('parses every option, runc alias and = form, and the global options', () => {
     assert.deepEqual(parseCheckpointArgs([
       '--pid=7', '--image-path', '-', '--leave-running', '--json',
