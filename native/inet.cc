@@ -27,6 +27,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "errors.h"
@@ -152,7 +153,9 @@ Napi::Value GetSockOpt(const Napi::CallbackInfo& info) {
     ThrowErrno(info.Env(), "getsockopt", errno, FdText(fd) + " option " + std::to_string(level) + "/" + std::to_string(name));
     return {};
   }
-  return Napi::Buffer<uint8_t>::Copy(info.Env(), buf.data(), len);
+  // Some options answer the length they would need (NETLINK_LIST_MEMBERSHIPS): never more
+  // than the buffer holds.
+  return Napi::Buffer<uint8_t>::Copy(info.Env(), buf.data(), std::min<size_t>(len, static_cast<size_t>(max)));
 }
 
 // setSockOpt(fd, level, name, Buffer).

@@ -6,7 +6,8 @@
  * getpeername(2), getsockopt(2) and TCP_INFO (state; for a listener the backlog and the number
  * of connections waiting in the accept queue).
  *
- * - TCP: see tcp.ts (closed, listening, and established connections through TCP_REPAIR).
+ * - TCP: see tcp.ts (every state; established and half-closed connections through TCP_REPAIR).
+ * - UDP: bound and connected addresses, options, and the datagrams waiting to be read, each
  *   with its sender (SO_PEEK_OFF walks the queue with MSG_PEEK; it is put back after). On
  *   restore each datagram is sent again from its sender's address: from a socket of the image
  *   bound there if one is already open, else from a temporary socket bound to that address;

@@ -6,7 +6,14 @@ import { FerryError } from '../errors.js';
 import { SIGNATURE_NAME } from './sign.js';
 
 export const IMAGE_FORMAT = 'ferry-image';
-export const FORMAT_VERSION = 1;
+/**
+ * The version this ferry writes, and the oldest it reads. 2: a TCP record's `tcp.state` names
+ * a half-closed state (CLOSE_WAIT, FIN_WAIT1…) of a connection stored as 'established', which
+ * a reader of version 1 would rebuild as ESTABLISHED without its FINs; version 1 images hold
+ * nothing a version 2 reader takes otherwise.
+ */
+export const FORMAT_VERSION = 2;
+export const OLDEST_FORMAT_VERSION = 1;
 export const MANIFEST_NAME = 'manifest.json';
 /** Bounds on what a manifest may claim. */
 export const MAX_MANIFEST_BYTES = 16 << 20;
@@ -64,7 +71,7 @@ export const chunkCount = (size: number, chunkSize: number): number => Math.ceil
 
 export interface Manifest {
   format: typeof IMAGE_FORMAT;
-  formatVersion: typeof FORMAT_VERSION;
+  formatVersion: number;
   ferryVersion: string;
   createdAt: string;
   host: ManifestHost;
@@ -138,10 +145,10 @@ export function parseManifest(buf: Buffer): Manifest {
   if (m.format !== IMAGE_FORMAT) {
     throw new FerryError('EFORMAT', `manifest field format is ${shown(m.format)}, not "${IMAGE_FORMAT}": not a ferry image`);
   }
-  if (m.formatVersion !== FORMAT_VERSION) {
+  if (!Number.isInteger(m.formatVersion) || (m.formatVersion as number) < OLDEST_FORMAT_VERSION || (m.formatVersion as number) > FORMAT_VERSION) {
     const other = typeof m.ferryVersion === 'string' ? ` (written by ferry ${shown(m.ferryVersion)})` : '';
     throw new FerryError('EFORMAT', `manifest field formatVersion is ${shown(m.formatVersion)}${other}; this ferry reads `
-      + `version ${FORMAT_VERSION}: use the ferry version that wrote the image`);
+      + `versions ${OLDEST_FORMAT_VERSION} to ${FORMAT_VERSION}: use the ferry version that wrote the image`);
   }
   const ferryVersion = str(m, 'ferryVersion', '');
   const createdAt = str(m, 'createdAt', '');
@@ -205,7 +212,7 @@ export function parseManifest(buf: Buffer): Manifest {
     entries.push({ name: e.name, size, chunkSize: chunkSize as number, chunks: [...chunks as string[]] });
   }
   return {
-    format: IMAGE_FORMAT, formatVersion: FORMAT_VERSION, ferryVersion, createdAt,
+    format: IMAGE_FORMAT, formatVersion: m.formatVersion as number, ferryVersion, createdAt,
     host: { kernelRelease, kernelVersion, arch, vdsoSha256, vdsoLayout, xfeatures, xstateSize: xstateSize as number },
     root: { pid: rootPid }, tasks, entries,
   };
