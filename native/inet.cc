@@ -1,4 +1,4 @@
-// IPv4 and IPv6 sockets (TCP and UDP): reading and rebuilding their state.
+// IPv4 and IPv6 sockets (TCP, UDP, UDP-Lite, raw, ping): reading and rebuilding their state.
 //
 // Wraps getxattr(2) "system.sockprotoname" (sockfs names the protocol of the socket behind a
 // descriptor: "TCP", "TCPv6", "UDP", "UDPv6", "UNIX-STREAM"…; works on /proc/PID/fd/N),
@@ -7,9 +7,15 @@
 // (nothing is consumed; with TCP_REPAIR_QUEUE set, a socket in repair mode peeks its send or
 // receive queue, tcp(7)), sendto(2) (in repair mode it appends to the selected queue without
 // transmitting anything), and ioctl(2) SIOCINQ / SIOCOUTQ / SIOCOUTQNSD (bytes unread, bytes
-// not yet acknowledged, bytes not yet sent), and NETLINK_SOCK_DIAG SOCK_DESTROY of one TCP
-// socket by its 4-tuple (sock_diag(7), linux/inet_diag.h; tcp_abort: a TIME_WAIT entry is
-// descheduled, anything else reset).
+// not yet acknowledged, bytes not yet sent).
+//
+// Also getsockopt(SO_GET_FILTER) and setsockopt(SO_ATTACH_FILTER) for a classic BPF socket
+// filter (socket(7), filter.rst: SO_GET_FILTER counts in instructions, not bytes), and
+// SO_ATTACH_REUSEPORT_CBPF for a classic program choosing the member of a SO_REUSEPORT group;
+// NETLINK_SOCK_DIAG with AF_INET/AF_INET6 (sock_diag(7), linux/inet_diag.h) for what
+// getsockopt does not say: a socket's shutdown bits (INET_DIAG_SHUTDOWN), whether a TCP socket
+// holds TCP_MD5SIG keys (INET_DIAG_MD5SIG); and SOCK_DESTROY of one TCP socket by its
+// 4-tuple (tcp_abort: a TIME_WAIT entry is descheduled, anything else reset).
 //
 // Addresses cross into JS as {family, address, port, flowinfo, scopeId}: family AF_INET (2) or
 // AF_INET6 (10), address in inet_ntop(3) text.
@@ -17,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/filter.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
@@ -138,7 +145,9 @@ Napi::Value Socket(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-// getSockOpt(fd, level, name, maxLen) -> Buffer (the length the kernel returned).
+// getSockOpt(fd, level, name, maxLen, input?) -> Buffer (the length the kernel returned).
+// `input` is copied into the option buffer first: a few options read a request from it
+// (MCAST_MSFILTER: the group and interface whose source filter to return).
 Napi::Value GetSockOpt(const Napi::CallbackInfo& info) {
   int64_t fd, level, name, max;
   if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &level) || !ArgInt(info, 2, &name) ||
@@ -148,6 +157,11 @@ Napi::Value GetSockOpt(const Napi::CallbackInfo& info) {
     return {};
   }
   std::vector<uint8_t> buf(static_cast<size_t>(max) + 1);
+  if (info.Length() > 4 && !info[4].IsUndefined()) {
+    Napi::Buffer<uint8_t> in;
+    if (!ArgBuffer(info, 4, &in)) return {};
+    memcpy(buf.data(), in.Data(), std::min(in.Length(), static_cast<size_t>(max)));
+  }
   socklen_t len = static_cast<socklen_t>(max);
   if (getsockopt(static_cast<int>(fd), static_cast<int>(level), static_cast<int>(name), buf.data(), &len) < 0) {
     ThrowErrno(info.Env(), "getsockopt", errno, FdText(fd) + " option " + std::to_string(level) + "/" + std::to_string(name));
@@ -371,6 +385,151 @@ Napi::Value TcpDestroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// getSockFilter(fd) -> Buffer of struct sock_filter[] (8 bytes each), empty when no filter is
+// attached. Asked with optlen 0 the kernel answers the number of instructions; then read with
+// room for that many (a filter replaced in between answers EINVAL: asked again). An eBPF
+// program (SO_ATTACH_BPF) has no classic form: EACCES.
+Napi::Value GetSockFilter(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  for (int attempt = 0; attempt < 4; attempt++) {
+    socklen_t count = 0;
+    if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_GET_FILTER, nullptr, &count) < 0) {
+      ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", errno, FdText(fd));
+      return {};
+    }
+    if (count == 0) return Napi::Buffer<uint8_t>::New(info.Env(), 0);
+    if (count > BPF_MAXINSNS) {
+      ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", E2BIG, FdText(fd));
+      return {};
+    }
+    std::vector<sock_filter> prog(count);
+    socklen_t len = count;
+    if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_GET_FILTER, prog.data(), &len) < 0) {
+      if (errno == EINVAL) continue;
+      ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", errno, FdText(fd));
+      return {};
+    }
+    return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<const uint8_t*>(prog.data()),
+                                       static_cast<size_t>(len) * sizeof(sock_filter));
+  }
+  ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", EAGAIN, FdText(fd));
+  return {};
+}
+
+// attachSockFilter(fd, insns, reuseport?): setsockopt(SO_ATTACH_FILTER, or with `reuseport`
+// SO_ATTACH_REUSEPORT_CBPF: the program then picks the member of the socket's SO_REUSEPORT
+// group by index) with struct sock_fprog over the struct sock_filter[] in `insns` (a multiple
+// of 8 bytes, 1 to BPF_MAXINSNS instructions; the kernel checks the program itself).
+Napi::Value AttachSockFilter(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  Napi::Buffer<uint8_t> b;
+  if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &b)) return {};
+  bool reuseport = info.Length() > 2 && info[2].ToBoolean().Value();
+  int opt = reuseport ? SO_ATTACH_REUSEPORT_CBPF : SO_ATTACH_FILTER;
+  size_t count = b.Length() / sizeof(sock_filter);
+  if (b.Length() % sizeof(sock_filter) != 0 || count == 0 || count > BPF_MAXINSNS) {
+    ThrowType(info.Env(), "attachSockFilter: insns must hold 1 to 4096 struct sock_filter");
+    return {};
+  }
+  std::vector<sock_filter> prog(count);
+  memcpy(prog.data(), b.Data(), b.Length());
+  sock_fprog fprog;
+  fprog.len = static_cast<unsigned short>(count);
+  fprog.filter = prog.data();
+  if (setsockopt(static_cast<int>(fd), SOL_SOCKET, opt, &fprog, sizeof fprog) < 0) {
+    ThrowErrno(info.Env(), reuseport ? "setsockopt(SO_ATTACH_REUSEPORT_CBPF)" : "setsockopt(SO_ATTACH_FILTER)", errno, FdText(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// inetDiag(family, protocol) -> [{ino, state, shutdown, md5}]: every socket of that family and
+// protocol in the caller's network namespace (a dump: an exact request needs the addresses,
+// and one dump answers for all the sockets of a checkpoint).
+Napi::Value InetDiag(const Napi::CallbackInfo& info) {
+  int64_t family, protocol;
+  if (!ArgInt(info, 0, &family) || !ArgInt(info, 1, &protocol)) return {};
+  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) {
+    ThrowErrno(info.Env(), "socket(NETLINK_SOCK_DIAG)", errno);
+    return {};
+  }
+  struct {
+    nlmsghdr nlh;
+    inet_diag_req_v2 req;
+  } msg;
+  memset(&msg, 0, sizeof msg);
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.nlh.nlmsg_seq = 1;
+  msg.req.sdiag_family = static_cast<uint8_t>(family);
+  msg.req.sdiag_protocol = static_cast<uint8_t>(protocol);
+  msg.req.idiag_states = ~0u;
+  // TCP's auxiliary attributes (INET_DIAG_MD5SIG, INET_DIAG_ULP_INFO) come with INET_DIAG_INFO.
+  if (protocol == IPPROTO_TCP) msg.req.idiag_ext = 1 << (INET_DIAG_INFO - 1);
+  sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  std::string what = "family " + std::to_string(family) + " protocol " + std::to_string(protocol);
+  if (sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
+    int e = errno;
+    close(nl);
+    ThrowErrno(info.Env(), "sock_diag(inet)", e, what);
+    return {};
+  }
+  std::vector<char> buf(64 * 1024);
+  Napi::Array out = Napi::Array::New(info.Env());
+  uint32_t count = 0;
+  for (bool done = false; !done;) {
+    ssize_t r = recv(nl, buf.data(), buf.size(), 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      int e = errno;
+      close(nl);
+      ThrowErrno(info.Env(), "sock_diag(inet)", e, what);
+      return {};
+    }
+    if (r == 0) break;
+    for (nlmsghdr* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, static_cast<size_t>(r));
+         h = NLMSG_NEXT(h, r)) {
+      if (h->nlmsg_type == NLMSG_DONE) { done = true; break; }
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        const nlmsgerr* err = reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h));
+        close(nl);
+        ThrowErrno(info.Env(), "sock_diag(inet)", err->error ? -err->error : EIO, what);
+        return {};
+      }
+      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
+      const inet_diag_msg* m = reinterpret_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("ino", Napi::Number::New(info.Env(), m->idiag_inode));
+      o.Set("state", Napi::Number::New(info.Env(), m->idiag_state));
+      o.Set("shutdown", Napi::Number::New(info.Env(), 0));
+      o.Set("md5", Napi::Boolean::New(info.Env(), false));
+      const char* p = reinterpret_cast<const char*>(m) + NLMSG_ALIGN(sizeof *m);
+      size_t left = h->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof *m));
+      while (left >= sizeof(nlattr)) {
+        const nlattr* a = reinterpret_cast<const nlattr*>(p);
+        if (a->nla_len < sizeof(nlattr) || a->nla_len > left) break;
+        if ((a->nla_type & NLA_TYPE_MASK) == INET_DIAG_SHUTDOWN && a->nla_len >= NLA_HDRLEN + 1) {
+          o.Set("shutdown", Napi::Number::New(info.Env(), *reinterpret_cast<const uint8_t*>(p + NLA_HDRLEN)));
+        }
+        // TCP: the socket holds TCP_MD5SIG keys (sent to a CAP_NET_ADMIN requester only).
+        if ((a->nla_type & NLA_TYPE_MASK) == INET_DIAG_MD5SIG) o.Set("md5", Napi::Boolean::New(info.Env(), true));
+        size_t step = NLA_ALIGN(a->nla_len);
+        if (step > left) break;
+        p += step;
+        left -= step;
+      }
+      out.Set(count++, o);
+    }
+  }
+  close(nl);
+  return out;
+}
+
 }  // namespace
 
 void InitInet(Napi::Env env, Napi::Object exports) {
@@ -387,6 +546,9 @@ void InitInet(Napi::Env env, Napi::Object exports) {
   exports.Set("sockPeek", Napi::Function::New(env, SockPeek));
   exports.Set("sockSend", Napi::Function::New(env, SockSend));
   exports.Set("sockIoctlInt", Napi::Function::New(env, SockIoctlInt));
+  exports.Set("getSockFilter", Napi::Function::New(env, GetSockFilter));
+  exports.Set("attachSockFilter", Napi::Function::New(env, AttachSockFilter));
+  exports.Set("inetDiag", Napi::Function::New(env, InetDiag));
   exports.Set("tcpDestroy", Napi::Function::New(env, TcpDestroy));
 }
 

@@ -9,9 +9,8 @@
 // Also getsockname(2)/getpeername(2), bind(2) and connect(2) with struct sockaddr_nl (a port
 // id and a group mask) and struct sockaddr_ll / sockaddr_pkt (protocol and interface; the
 // SOCK_PACKET form names the interface), ioctl(2) SIOCGIFNAME / SIOCGIFINDEX (netdevice(7):
-// interface index <-> name, in the calling thread's network namespace), and getsockopt(2)
-// SO_GET_FILTER / setsockopt(2) SO_ATTACH_FILTER (socket(7): a classic BPF program, whose
-// length getsockopt counts in instructions, not bytes).
+// interface index <-> name, in the calling thread's network namespace). Socket filters are
+// inet.cc's (getSockFilter, attachSockFilter): they work on every socket family.
 #include <napi.h>
 
 #include <arpa/inet.h>
@@ -228,54 +227,6 @@ Napi::Value IfIndex(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), ifr.ifr_ifindex);
 }
 
-// getSockFilter(fd) -> the classic BPF program attached (struct sock_filter[], 8 bytes each),
-// or an empty Buffer when there is none. getsockopt(SO_GET_FILTER) with length 0 answers the
-// instruction count; then a buffer of that many instructions is passed.
-Napi::Value GetSockFilter(const Napi::CallbackInfo& info) {
-  int64_t fd;
-  if (!ArgInt(info, 0, &fd)) return {};
-  socklen_t count = 0;
-  if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_GET_FILTER, nullptr, &count) < 0) {
-    ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", errno, FdText(fd));
-    return {};
-  }
-  if (count == 0) return Napi::Buffer<uint8_t>::New(info.Env(), 0);
-  if (count > BPF_MAXINSNS) {
-    ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", E2BIG, FdText(fd));
-    return {};
-  }
-  std::vector<sock_filter> prog(count);
-  socklen_t len = count;
-  if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_GET_FILTER, prog.data(), &len) < 0) {
-    ThrowErrno(info.Env(), "getsockopt(SO_GET_FILTER)", errno, FdText(fd));
-    return {};
-  }
-  if (len > count) len = count;
-  return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<const uint8_t*>(prog.data()),
-                                     len * sizeof(sock_filter));
-}
-
-// setSockFilter(fd, program): setsockopt(SO_ATTACH_FILTER) with struct sock_fprog.
-Napi::Value SetSockFilter(const Napi::CallbackInfo& info) {
-  int64_t fd;
-  Napi::Buffer<uint8_t> b;
-  if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &b)) return {};
-  if (b.Length() == 0 || b.Length() % sizeof(sock_filter) != 0 || b.Length() / sizeof(sock_filter) > BPF_MAXINSNS) {
-    ThrowType(info.Env(), "setSockFilter: program must be 1..4096 instructions of 8 bytes");
-    return {};
-  }
-  std::vector<sock_filter> prog(b.Length() / sizeof(sock_filter));
-  memcpy(prog.data(), b.Data(), b.Length());
-  sock_fprog fp;
-  fp.len = static_cast<unsigned short>(prog.size());
-  fp.filter = prog.data();
-  if (setsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof fp) < 0) {
-    ThrowErrno(info.Env(), "setsockopt(SO_ATTACH_FILTER)", errno, FdText(fd));
-    return {};
-  }
-  return info.Env().Undefined();
-}
-
 }  // namespace
 
 void InitSockdiag(Napi::Env env, Napi::Object exports) {
@@ -286,8 +237,6 @@ void InitSockdiag(Napi::Env env, Napi::Object exports) {
   exports.Set("packetBind", Napi::Function::New(env, PacketBind));
   exports.Set("ifName", Napi::Function::New(env, IfName));
   exports.Set("ifIndex", Napi::Function::New(env, IfIndex));
-  exports.Set("getSockFilter", Napi::Function::New(env, GetSockFilter));
-  exports.Set("setSockFilter", Napi::Function::New(env, SetSockFilter));
 }
 
 }  // namespace ferry

@@ -1,7 +1,8 @@
 /**
- * What the inet modules share (inet.ts: the file kind, UDP; tcp.ts: TCP connections through
- * TCP_REPAIR; sockopt.ts: socket options): constants, addresses as stored, a new socket of a
- * record's kind, its status flags.
+ * What the inet modules share (inet.ts: the file kind, UDP, UDP-Lite, raw and ping sockets;
+ * tcp.ts: TCP connections through TCP_REPAIR; sockopt.ts: socket options; inet-filter.ts:
+ * classic BPF filters; inet-multicast.ts: group memberships): constants, addresses as stored,
+ * a new socket of a record's kind, its status flags.
  */
 import { native, type SockAddr } from '../native/binding.js';
 import { O_NONBLOCK } from '../proc/fcntl.js';
@@ -9,7 +10,9 @@ import type { InetRecord } from './inet.js';
 
 export const AF_INET = 2, AF_INET6 = 10;
 export const SOCK_STREAM = 1, SOCK_DGRAM = 2;
-export const IPPROTO_IP = 0, IPPROTO_TCP = 6, IPPROTO_UDP = 17, IPPROTO_IPV6 = 41;
+export const SOCK_RAW = 3;
+export const IPPROTO_IP = 0, IPPROTO_ICMP = 1, IPPROTO_TCP = 6, IPPROTO_UDP = 17, IPPROTO_IPV6 = 41,
+  IPPROTO_ICMPV6 = 58, IPPROTO_UDPLITE = 136;
 
 /** tcp(7) options (<linux/tcp.h>). */
 export const TCP = {
@@ -21,7 +24,15 @@ export const TCP = {
 /** Status flags kept (O_CLOEXEC is per descriptor). */
 export const KEPT_FLAGS = O_NONBLOCK;
 
-export type Proto = 'tcp' | 'udp';
+/**
+ * The socket's protocol as sockfs names it: TCP, UDP, UDP-Lite (udplite(7)), RAW (raw(7):
+ * SOCK_RAW with an IP protocol number, `InetRecord.protocol`), PING (icmp "ping" sockets:
+ * SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6).
+ */
+export type Proto = 'tcp' | 'udp' | 'udplite' | 'raw' | 'ping';
+export const PROTOS: readonly Proto[] = ['tcp', 'udp', 'udplite', 'raw', 'ping'];
+/** Datagram-style kinds: bound and connected like UDP, queued packets peeked. */
+export const isDatagram = (p: Proto): boolean => p !== 'tcp';
 export type Family = 'ipv4' | 'ipv6';
 
 /** An address as stored: inet_ntop text, port, and for IPv6 flow label and scope. */
@@ -86,10 +97,19 @@ export function parseProcAddr(s: string, v6: boolean): Endpoint {
 
 export const sameEndpoint = (a: Endpoint, b: Endpoint): boolean => a.port === b.port && ipKey(a.address) === ipKey(b.address);
 
+/** socket(2) type and protocol of a record's kind. */
+export function socketArgs(rec: Pick<InetRecord, 'family' | 'proto' | 'protocol'>): [number, number] {
+  switch (rec.proto) {
+    case 'tcp': return [SOCK_STREAM, IPPROTO_TCP];
+    case 'udp': return [SOCK_DGRAM, IPPROTO_UDP];
+    case 'udplite': return [SOCK_DGRAM, IPPROTO_UDPLITE];
+    case 'ping': return [SOCK_DGRAM, rec.family === 'ipv6' ? IPPROTO_ICMPV6 : IPPROTO_ICMP];
+    case 'raw': return [SOCK_RAW, rec.protocol ?? 0];
+  }
+}
+
 export function newSocket(rec: InetRecord): number {
-  const n = native();
-  return n.socket(rec.family === 'ipv6' ? AF_INET6 : AF_INET, rec.proto === 'tcp' ? SOCK_STREAM : SOCK_DGRAM,
-    rec.proto === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP);
+  return native().socket(rec.family === 'ipv6' ? AF_INET6 : AF_INET, ...socketArgs(rec));
 }
 
 /** Sets the kept status flags once the socket is built. */

@@ -206,7 +206,7 @@ export function filterOf(fd: number, refuse: (why: string) => never): SocketFilt
 
 /** Attaches a stored filter (the lock comes with `lockFilter`, once everything else is set). */
 export function applyFilter(fd: number, f: SocketFilter): void {
-  if (f.filter !== undefined) native().setSockFilter(fd, Buffer.from(f.filter, 'base64'));
+  if (f.filter !== undefined) native().attachSockFilter(fd, Buffer.from(f.filter, 'base64'));
 }
 
 /** Locks the filter when the original's was locked: the last step, nothing changes it after. */

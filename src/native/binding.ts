@@ -329,8 +329,11 @@ export interface NativeBinding {
   sockProtoName(path: string): string;
   /** socket(2) (SOCK_CLOEXEC always added). */
   socket(family: number, type: number, protocol?: number): number;
-  /** getsockopt(2): the option's bytes (at most maxLen). */
-  getSockOpt(fd: number, level: number, name: number, maxLen: number): Buffer;
+  /**
+   * getsockopt(2): the option's bytes (at most maxLen). `input` is copied into the option
+   * buffer first, for options that read a request there (MCAST_MSFILTER: group, interface).
+   */
+  getSockOpt(fd: number, level: number, name: number, maxLen: number, input?: Buffer): Buffer;
   /** setsockopt(2) with raw bytes. */
   setSockOpt(fd: number, level: number, name: number, value: Buffer): void;
   /** getsockopt(2) of an int option. */
@@ -350,6 +353,25 @@ export interface NativeBinding {
    * is queued. In TCP repair mode it peeks the queue chosen with TCP_REPAIR_QUEUE.
    */
   sockPeek(fd: number, maxLen: number, flags?: number): { data: Buffer; from: SockAddr | null } | null;
+  /**
+   * getsockopt(SO_GET_FILTER) (socket(7)): the classic BPF filter attached to the socket as
+   * struct sock_filter[] (8 bytes each), empty when there is none. EACCES: an eBPF program
+   * (SO_ATTACH_BPF), which has no classic form.
+   */
+  getSockFilter(fd: number): Buffer;
+  /**
+   * setsockopt(SO_ATTACH_FILTER) (socket(7)) with the struct sock_filter[] in `insns`; with
+   * `reuseport`, SO_ATTACH_REUSEPORT_CBPF: a program for the socket's whole SO_REUSEPORT group
+   * that answers the index of the member to receive each packet.
+   */
+  attachSockFilter(fd: number, insns: Buffer, reuseport?: boolean): void;
+  /**
+   * NETLINK_SOCK_DIAG dump, AF_INET/AF_INET6 (sock_diag(7), linux/inet_diag.h): every socket of
+   * this family and protocol in the calling thread's network namespace, with its TCP-style state,
+   * shutdown bits (INET_DIAG_SHUTDOWN: RCV 1, SEND 2) and, for TCP, whether it holds
+   * TCP_MD5SIG keys (INET_DIAG_MD5SIG, which the kernel sends to a CAP_NET_ADMIN caller only).
+   */
+  inetDiag(family: number, protocol: number): Array<{ ino: number; state: number; shutdown: number; md5: boolean }>;
   /** sendto(2) (MSG_NOSIGNAL added); returns the bytes sent. */
   sockSend(fd: number, data: Buffer, flags: number, to?: SockAddr | null): number;
   /** ioctl(2) with an int result: SIOCINQ, SIOCOUTQ, SIOCOUTQNSD. */
@@ -414,11 +436,7 @@ export interface NativeBinding {
   ifName(index: number): string | null;
   /** ioctl(2) SIOCGIFINDEX (netdevice(7)) in the thread's network namespace: 0 when no such name. */
   ifIndex(name: string): number;
-  /** getsockopt(2) SO_GET_FILTER: the classic BPF program (8 bytes per instruction), empty when none. */
-  getSockFilter(fd: number): Buffer;
-  /** setsockopt(2) SO_ATTACH_FILTER of a classic BPF program (8 bytes per instruction). */
-  setSockFilter(fd: number, program: Buffer): void;
-}
+  }
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
@@ -436,11 +454,10 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq',
   'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
-  'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt', 'tcpDestroy',
+  'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt', 'tcpDestroy', 'getSockFilter', 'attachSockFilter', 'inetDiag',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle', 'nameToHandle', 'linkFd',
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
-  'getSockFilter', 'setSockFilter',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

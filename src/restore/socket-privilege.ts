@@ -4,7 +4,8 @@
  * root. A packet socket (CAP_NET_RAW at socket(2)) sees every frame of its interfaces; a
  * netlink socket joined to multicast groups of a protocol that lets only CAP_NET_ADMIN listen
  * (checked at bind(2); route and uevent groups are open to all) hears what the kernel tells
- * administrators; an inet socket with IP_TRANSPARENT, SO_MARK, SO_PRIORITY above 6 or buffers
+ * administrators; a raw IP socket (CAP_NET_RAW) or a ping socket (CAP_NET_RAW, or a group in
+ * net.ipv4.ping_group_range) was allowed by root's credentials; an inet socket with IP_TRANSPARENT, SO_MARK, SO_PRIORITY above 6 or buffers
  * past net.core's ceilings got them from setsockopt(2) as root. For an image no trusted key signed, each such socket must be held by a
  * process whose restored credentials have that capability, or the restore is refused before
  * anything is made (EPRIVILEGE), naming the process, descriptor and socket.
@@ -28,8 +29,29 @@ function sysctl(name: string): number | undefined {
   }
 }
 
-/** What a socket record needs its holder to have: any one of `caps`, for `what`. */
-interface Need { caps: readonly bigint[]; what: string }
+/**
+ * What a socket record needs its holder to have: any one of `caps`, for `what` (or, with
+ * `pingGroup`, a group in net.ipv4.ping_group_range).
+ */
+interface Need { caps: readonly bigint[]; what: string; pingGroup?: boolean }
+
+/** net.ipv4.ping_group_range: the groups that may make ping sockets ([1, 0]: none). */
+function pingGroups(): [number, number] {
+  try {
+    const [lo, hi] = readFileSync('/proc/sys/net/ipv4/ping_group_range', 'utf8').trim().split(/\s+/).map(Number);
+    return [lo ?? 1, hi ?? 0];
+  } catch {
+    return [1, 0];
+  }
+}
+
+/** Whether a group of the leader of `t` (filesystem gid or supplementary) is in the ping range. */
+function inPingRange(t: Pick<TaskRecord, 'creds'>): boolean {
+  const c = t.creds.threads[0];
+  if (!c) return false;
+  const [lo, hi] = pingGroups();
+  return [c.gids[1], ...c.groups].some((g) => g !== undefined && g >= lo && g <= hi);
+}
 
 /** The privileges a socket record carries, each with the capabilities that grant it. */
 function needs(f: FileRecord): Need[] {
@@ -38,6 +60,10 @@ function needs(f: FileRecord): Need[] {
   if (f.kind === 'netlink' && Array.isArray(f.groups) && f.groups.length > 0 && !OPEN_GROUPS.has(f.protocol as number)) {
     out.push({ caps: [CAP_NET_ADMIN], what: `a netlink socket (protocol ${String(f.protocol)}) in multicast groups only administrators may join` });
   }
+  // raw(7): a raw socket needs CAP_NET_RAW at socket(2) (a ping socket only a group in
+  // net.ipv4.ping_group_range, checked below against the holders' groups).
+  if (f.kind === 'inet' && f.proto === 'raw') out.push({ caps: [CAP_NET_RAW], what: 'a raw IP socket' });
+  if (f.kind === 'inet' && f.proto === 'ping') out.push({ caps: [CAP_NET_RAW], what: 'a ping socket', pingGroup: true });
   if (f.kind === 'inet' && typeof f.opts === 'object' && f.opts !== null) {
     const o = f.opts as Record<string, unknown>;
     const on = (k: string): boolean => typeof o[k] === 'number' && o[k] !== 0;
@@ -67,7 +93,7 @@ export function checkSocketPrivilege(label: string, tasks: readonly Pick<TaskRec
   for (const f of files) {
     for (const need of needs(f)) {
       const holders = tasks.filter((t) => t.fds.some((d) => d.file === f.id));
-      if (holders.length === 0 || holders.some((t) => need.caps.some((c) => hasCap(t, c)))) continue;
+      if (holders.length === 0 || holders.some((t) => need.caps.some((c) => hasCap(t, c)) || (need.pingGroup === true && inPingRange(t)))) continue;
       const t = holders[0]!;
       const fd = t.fds.find((d) => d.file === f.id)!.fd;
       const cap = need.caps.map((c) => CAP_NAMES[c.toString()]!).join(' or ');

@@ -27,7 +27,7 @@ after(cleanup);
 
 const STATES = 'CLOSE_WAIT,FIN_WAIT2,FIN_WAIT1,ESTABLISHED,LAST_ACK,FIN_WAIT2,CLOSING,FIN_WAIT2';
 
-describe('TCP connections in every FIN state', { skip, timeout: 120_000 }, () => {
+describe('TCP connections in every FIN state', { skip, timeout: 300_000 }, () => {
   it('are refused without --tcp-established, naming the state; nothing changes', async () => {
     const w = await startWorkload(join(WORKLOADS, 'tcpstates'), []);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
@@ -35,7 +35,7 @@ describe('TCP connections in every FIN state', { skip, timeout: 120_000 }, () =>
     assert.match(cp.stderr, new RegExp(`pid ${w.pid} fd \\d+: TCP connection in (CLOSE_WAIT|FIN_WAIT1|FIN_WAIT2|LAST_ACK|CLOSING) \\S+ -> \\S+; checkpoint it with --tcp-established`));
     assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
     assert.equal(procState(w.pid).tracer, 0, 'detached');
-    assert.equal(await verify(w, 30_000), 'PASS');
+    assert.equal(await verify(w, 120_000), 'PASS');
   });
 
   it('come back in the same states with their queues, twice in a row', async () => {
@@ -54,7 +54,7 @@ describe('TCP connections in every FIN state', { skip, timeout: 120_000 }, () =>
       assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
       own(w.pid);
     }
-    assert.equal(await verify(w, 30_000), 'PASS');
+    assert.equal(await verify(w, 120_000), 'PASS');
   });
 
   it('--leave-running: the original goes on in the same states with every byte', async () => {
@@ -62,7 +62,7 @@ describe('TCP connections in every FIN state', { skip, timeout: 120_000 }, () =>
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'tcp.tar'), '--tcp-established', '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0, 'detached');
-    assert.equal(await verify(w, 30_000), 'PASS');
+    assert.equal(await verify(w, 120_000), 'PASS');
   });
 });
 
@@ -125,7 +125,7 @@ describe('TCP connect in progress (SYN_SENT)', { skip: skip || needs('python'), 
     own(w.pid);
     assert.deepEqual(portsIn(w.pid, '02').sort(), [...local].sort(), 'all three connecting again from their ports');
     srv.drain();
-    assert.equal(await verify(w, 30_000), 'PASS');
+    assert.equal(await verify(w, 120_000), 'PASS');
   });
 
   it('--leave-running leaves the connects alone', async () => {
@@ -134,7 +134,7 @@ describe('TCP connect in progress (SYN_SENT)', { skip: skip || needs('python'), 
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'syn.tar'), '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     srv.drain();
-    assert.equal(await verify(w, 30_000), 'PASS');
+    assert.equal(await verify(w, 120_000), 'PASS');
   });
 });
 
@@ -167,7 +167,7 @@ describe('a connection that ended with bytes unread', { skip: skip || needs('pyt
     assert.equal(cp.code, 1);
     assert.match(cp.stderr, new RegExp(`pid ${w.pid} fd \\d+: TCP socket 127\\.0\\.0\\.1:\\d+ is closed \\(its connection ended\\) with 8 byte\\(s\\) not read yet`));
     assert.equal(procState(w.pid).tracer, 0);
-    assert.equal(await verify(w, 30_000), 'PASS');
+    assert.equal(await verify(w, 120_000), 'PASS');
   });
 });
 
@@ -269,7 +269,7 @@ function makeNetns(): { ns: string; host: string; peer: string; host6: string; p
   };
 }
 
-describe('a connection whose peer is outside the tree, in another network namespace', { skip, timeout: 120_000 }, () => {
+describe('a connection whose peer is outside the tree, in another network namespace', { skip, timeout: 300_000 }, () => {
   const TCPSTATES = join(WORKLOADS, 'tcpstates');
   let net: ReturnType<typeof makeNetns> | undefined;
   const peers: number[] = [];
@@ -417,7 +417,7 @@ describe('a connection whose peer is outside the tree, in another network namesp
     const rs = ferry(['restore', '--image', image, '--tcp-established']);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
-    assert.equal(await verify(w, 30_000), 'PASS');
+    assert.equal(await verify(w, 120_000), 'PASS');
   });
 
   it('--leave-running: the original runs on with every byte', async () => {

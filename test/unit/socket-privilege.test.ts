@@ -44,6 +44,11 @@ describe('socket privileges of an untrusted image', () => {
     assert.doesNotThrow(() => check({ opts: { rcvbuf: 4096 } }, '0x0'));
   });
 
+  it('a raw IP socket needs CAP_NET_RAW', () => {
+    assert.throws(() => check({ proto: 'raw', opts: {} }, '0x0'), /would get a raw IP socket, which needs CAP_NET_RAW/);
+    assert.doesNotThrow(() => check({ proto: 'raw', opts: {} }, NET_RAW));
+  });
+
   it('a socket no process holds needs nothing', () => {
     assert.doesNotThrow(() => checkSocketPrivilege('x.tar', [], [{ id: 1, kind: 'packet' }]));
   });

@@ -60,7 +60,7 @@ describe('TCP records', () => {
     refused(established({}, { sendQueue: 12 }), /invalid queue entries/);
     refused(bare(established()), /no repair state/);
     refused(established({ remote: null }), /without both addresses/);
-    refused(bare(established({ state: 'syn-sent', proto: 'udp' })), /without both addresses/);
+    refused(bare(established({ state: 'syn-sent', proto: 'udp' })), /has state syn-sent for a udp socket/);
     refused(established({ opts: { tcp_nodelay: 1 } }, { state: 'NOPE' }), /invalid TCP state/);
     refused(established({ after: 'x' }), /invalid listeners to open first/);
     refused(established({ after: Array<number>(65).fill(1) }), /invalid listeners to open first/);
