@@ -90,6 +90,11 @@ export interface CheckpointResult {
   totalMs: number;
   /** What the checkpoint went on despite (e.g. connections left out with --skip-in-flight); absent when nothing. */
   warnings?: string[];
+  /**
+   * The network lock kept for the tree's TCP connections until restore: the nftables table
+   * `inet NAME` (files/tcp-lock.ts); absent when none was kept.
+   */
+  netLock?: string;
 }
 
 export interface RestoreOptions extends CommonOptions {

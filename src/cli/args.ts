@@ -49,7 +49,7 @@ export interface GlobalCliOptions {
 
 /** runc's flags that allow more than the defaults (checkpoint and restore take the same). */
 export interface FileFlags {
-  /** --tcp-established, --ext-unix-sk, --shell-job, --file-locks. */
+  /** --tcp-established, --tcp-close, --ext-unix-sk, --shell-job, --file-locks. */
   files: CliFileFlags;
 }
 
@@ -195,7 +195,7 @@ const JSON_OPT: OptionTable = { json: { type: 'boolean' } };
 const IMAGE: OptionTable = { image: { type: 'string' }, 'image-path': { type: 'string' } };
 const CONTAINER_OPTS: OptionTable = { runtime: { type: 'string' }, root: { type: 'string' } };
 const FILE_FLAGS: OptionTable = {
-  'tcp-established': { type: 'boolean' }, 'ext-unix-sk': { type: 'boolean' },
+  'tcp-established': { type: 'boolean' }, 'tcp-close': { type: 'boolean' }, 'ext-unix-sk': { type: 'boolean' },
   'shell-job': { type: 'boolean' }, 'file-locks': { type: 'boolean' },
 };
 
@@ -222,7 +222,7 @@ export function externalKey(command: Command, option: string, key: string): stri
 /** The runc-style file flags of a parsed command line. */
 function fileFlags(v: Values): CliFileFlags {
   const out: CliFileFlags = {
-    tcpEstablished: v['tcp-established'] === true, extUnixSk: v['ext-unix-sk'] === true,
+    tcpEstablished: v['tcp-established'] === true, tcpClose: v['tcp-close'] === true, extUnixSk: v['ext-unix-sk'] === true,
     shellJob: v['shell-job'] === true, fileLocks: v['file-locks'] === true,
   };
   if (v['skip-in-flight'] === true) out.skipInFlight = true;

@@ -10,6 +10,7 @@ import { accessSync, constants, existsSync, readFileSync, realpathSync, statSync
 import { release } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { describeCause, errnoCode } from '../errors.js';
+import { probeNetLock } from '../files/tcp-lock.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { parseStatus } from '../proc/status.js';
 import type { CheckCliOptions } from './args.js';
@@ -196,6 +197,7 @@ function probes(ctx: RunContext, pkg: string, loadNative: () => typeof import('.
         }
       },
     },
+    { name: 'net_lock', needed: false, run: probeNetLock },
     {
       name: 'host_key', needed: true, run: () => {
         const path = ctx.config.image.hostKey;

@@ -110,8 +110,9 @@ SEE ALSO
 
 SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
-                   [--sign-key FILE] [--tcp-established] [--ext-unix-sk]
-                   [--shell-job] [--file-locks] [--skip-in-flight]
+                   [--sign-key FILE] [--tcp-established] [--tcp-close]
+                   [--ext-unix-sk] [--shell-job] [--file-locks]
+                   [--skip-in-flight]
                    [GLOBAL OPTIONS]
   ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR]
                    [--leave-running] [--json] [...]
@@ -191,6 +192,14 @@ OPTIONS
       is outside the tree, a terminal shared with the shell outside the tree,
       and file locks. Without the flag, a descriptor that needs it is refused
       with a message naming the flag. Give restore the same flags.
+      With --tcp-established, the packets of the tree's connections are
+      dropped from before they are read until restore (the network lock: an
+      nftables table, nft(8) from the nftables package), so that no peer sees
+      a reset; --leave-running or a failed checkpoint removes it at once.
+  --tcp-close
+      As in CRIU: TCP connections are neither kept nor locked, only their
+      addresses; restore --tcp-close gives the program closed sockets in
+      their place (a read returns 0, a write fails with EPIPE).
   --external KEY
       A descriptor whose file is also held outside the tree (KEY as the
       refusal names it: pipe:[INODE], socket:[INODE], an absolute path) is
@@ -313,7 +322,13 @@ OPTIONS
       As in runc: restore established TCP connections, unix sockets whose peer
       is outside the tree, a terminal shared with the shell outside the tree,
       and file locks. Without the flag, a descriptor that needs it is refused
-      with a message naming the flag.
+      with a message naming the flag. The network lock the checkpoint kept
+      for the connections is removed once the restored tree runs; a restore
+      that fails leaves it, for a retry.
+  --tcp-close
+      As in CRIU: TCP connections of the image are not restored; each comes
+      back as a closed TCP socket (a read returns 0, a write fails with
+      EPIPE). Needed for an image checkpointed with --tcp-close.
   --inherit-fd fd[N]:KEY
       Use this ferry's descriptor N in place of the image's file KEY (its
       name at checkpoint: pipe:[INODE], socket:[INODE], a path), for every

@@ -17,7 +17,8 @@ import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
 import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files/leaks.js';
 import { withNetns } from '../task/netns.js';
-import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
+import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
+import { NetLock, sharesNetns, treeConnections } from '../files/tcp-lock.js';
 import { hostFacts } from '../host.js';
 import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
@@ -212,7 +213,14 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       // A worker that cannot start only makes the write slower: every entry is hashed inline.
       await pool.start().catch((err: unknown) => log.warn({ err }, 'the hash worker did not start; hashing on the main thread'));
     }
+    // nft for the network lock (files/tcp-lock.ts): its start-up overlaps the warm-up.
+    const nft = fileOptions.tcpEstablished && !fileOptions.tcpClose
+      ? NetLock.start(netns !== undefined && !sharesNetns(netns) ? netns : undefined, `pid ${pid}`) : undefined;
+    if (nft) session.onUndo('let the network lock go', () => nft.release());
     if (estimate.total <= WARM_UP_MAX_BYTES) warmUp(pid);
+    // Ready before the freeze, so that its start-up is not in the frozen window (nothing is
+    // locked yet; an error is reported by take(), if the tree has connections at all).
+    await nft?.ready().catch(() => {});
     o.signal?.throwIfAborted();
     // Last, to leave the least time before the freeze; not needed for one process with no file
     // another could share (findLeaks then reads the host after the freeze, if that changed).
@@ -237,6 +245,11 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     for (const l of refuseLeaks(descs, hostFds, new Set(fileOptions.external))) {
       log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
     }
+    // The network lock, before any connection is read (files/tcp-lock.ts); let go on any way
+    // out, kept (a copy without owner) only for a tree killed after a complete image.
+    const tLock = performance.now();
+    const lock = await takeNetLock(nft, descs);
+    if (lock) log.debug({ table: lock.table, ms: performance.now() - tLock }, 'network lock taken');
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
     for (const p of live) dumped.push(dumpTask(p));
@@ -258,7 +271,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const ids = new NsIds(tree.processes);
     const root = ids.of(pid);
     const treeRecord: TreeRecord = { root, processes: tree.processes.map((p) => ids.process(p.record, p.pid === pid)) };
-    const filesRecord: FilesRecord = { files: files.files };
+    const filesRecord: FilesRecord = { files: files.files, ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: { table: lock.kept } } : {}) };
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
     for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
     for (const extra of o.extraEntries ?? []) entries.push(json(extra.name, extra.value));
@@ -278,6 +291,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       files.finish(true);
       tree.release();
       tReleased = performance.now();
+      lock?.release();
     }
     let firstChunk = true;
     for (const d of dumped) {
@@ -321,6 +335,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // an abort nor a second signal stops that (finishing()).
     return await finishing(async () => {
       await faultPoint('written', o.signal).catch(() => {});
+      // The kept lock is made last before the kill: a ferry dying before it leaves only the
+      // owned one, which goes with it.
+      if (!o.leaveRunning) await lock?.keep();
       for (const d of dumped) for (const t of d.tracees) t.close();
       files.finish(o.leaveRunning);
       session.close();
@@ -332,6 +349,8 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         o.onKilled?.();
       }
       tReleased ??= performance.now();
+      // Let go (the owned table goes with its nft) once the tree runs on or is dead.
+      await lock?.close();
       await hashPool?.close();
       if (!o.leaveRunning) {
         const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
@@ -346,6 +365,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         frozenMs: tReleased - tStopped,
         totalMs: tEnd - t0,
         ...(files.warnings.length > 0 ? { warnings: files.warnings } : {}),
+        ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: lock.kept } : {}),
       };
     });
   } catch (err) {
@@ -356,6 +376,22 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     if (err instanceof FerryError) throw err;
     throw new FerryError('EDUMP', `checkpoint of pid ${pid} failed: ${describeCause(err)} (the process was left running)`, { cause: err });
   }
+}
+
+/**
+ * Takes the network lock (started as `nft`) for the TCP connections the frozen tree holds
+ * (`descs`), if it has some; else lets nft go. The lock is on the tree's own network
+ * namespace whole (a container's), or on exactly the connections' 4-tuples on the host.
+ */
+async function takeNetLock(nft: NetLock | undefined, descs: ReadonlyMap<number, readonly FdDesc[]>): Promise<NetLock | undefined> {
+  if (nft === undefined) return undefined;
+  const connections = treeConnections(descs);
+  if (connections.length === 0) {
+    nft.release();
+    return undefined;
+  }
+  await nft.take(connections);
+  return nft;
 }
 
 /**

@@ -108,6 +108,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
   const blobs = new Map<string, Buffer>();
   const finishers: Array<(leftRunning: boolean) => void> = [];
   const grabbed = new Map<string, number>();
+  const scratches = new Map<string, Map<string, unknown>>();
   let finished = false;
   const finish = (leftRunning: boolean): void => {
     if (finished) return;
@@ -162,6 +163,11 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
         },
         onFinish: (fn) => { finishers.push(fn); },
         warn: (message) => { warnings.push(message); },
+        scratch: <T>(key: string): Map<string, T> => {
+          let m = scratches.get(key);
+          if (!m) scratches.set(key, (m = new Map()));
+          return m as Map<string, T>;
+        },
       };
       // `link`: what readlink showed at dump, the key a restore can substitute an open file
       // of its own for (runc's descriptors.json: the container's stdio pipes).

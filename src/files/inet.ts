@@ -42,7 +42,7 @@ import {
 import { applyFilter, checkFilter, dumpFilter, type SockFilter } from './inet-filter.js';
 import { applyMemberships, checkMemberships, dumpMemberships, type Membership } from './inet-multicast.js';
 import { applyBuffers, applyOptions, changedOptions, checkOptions } from './sockopt.js';
-import { checkTcp, dumpTcp, openEstablished, openSynSent, reclaimTimeWait, type TcpRepairState } from './tcp.js';
+import { checkTcp, dumpTcp, openEstablished, openSynSent, reclaimTimeWait, releaseEstablished, type TcpRepairState } from './tcp.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
 export type { Endpoint, TcpRepairState };
@@ -504,6 +504,10 @@ export const inet: FileKind<InetRecord> = {
   dump: dumpInet,
 
   check: checkRecord,
+
+  beforeLetGo(rec: InetRecord, fd: number): void {
+    if (rec.state === 'established' && rec.tcp !== undefined) releaseEstablished(fd, rec);
+  },
 
   open(rec: InetRecord, ctx: OpenContext): number | typeof NOT_YET {
     try {

@@ -173,6 +173,15 @@ export async function openAfterTree(files: RestoreFiles, records: readonly FileR
   for (const kind of new Set(records.map((r) => r.kind))) kindByName(kind).afterTree?.(files.ctx, hostPid);
 }
 
+/** Runs the `beforeLetGo` hook of each opened file's kind (FileKind.beforeLetGo). */
+export function beforeLetGo(files: RestoreFiles, records: readonly FileRecord[]): void {
+  for (const r of records) {
+    const hook = kindByName(r.kind).beforeLetGo;
+    const fd = files.opened.get(r.id);
+    if (hook && fd !== undefined) hook(r, fd);
+  }
+}
+
 /** Closes the controller's descriptors once every task holds its copies. */
 export function closeFiles(opened: Map<number, number>): void {
   for (const fd of opened.values()) native().closeFd(fd);

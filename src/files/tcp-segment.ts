@@ -20,9 +20,11 @@
  * set after anyway. The socket answers with an ACK of its own, even in repair mode: the peer
  * must exist by then (the tree's sockets are all built first), or its kernel answers RST.
  */
+import { SO, SOL_SOCKET } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
 import { AF_INET, AF_INET6, ipKey, type Endpoint } from './inet-common.js';
+import { FERRY_MARK } from './tcp-lock.js';
 
 const SOCK_DGRAM = 2, SOCK_RAW = 3, IPPROTO_RAW = 255, IPPROTO_TCP = 6;
 export const TH_FIN = 0x01, TH_ACK = 0x10;
@@ -147,6 +149,8 @@ export function sendSegment(s: Segment): void {
   const { packet, family, dst } = buildPacket(s);
   const fd = n.socket(family, SOCK_RAW, IPPROTO_RAW);
   try {
+    // Marked, so that the network lock (tcp-lock.ts) lets restore's own segment through.
+    n.setSockInt(fd, SOL_SOCKET, SO.MARK, FERRY_MARK);
     n.sockSend(fd, packet, 0, { family, address: dst, port: 0, flowinfo: 0, scopeId: s.to.scopeId ?? 0 });
   } finally {
     n.closeFd(fd);

@@ -17,17 +17,22 @@
  *   The send queue holds bytes sent but not acknowledged and bytes not sent yet (SIOCOUTQ,
  *   SIOCOUTQNSD); the receive queue the bytes the program has not read (SIOCINQ).
  *   TCP_REPAIR_WINDOW reads the window, TCP_INFO the negotiated options, TCP_MAXSEG in repair
- *   mode the peer's MSS, TCP_TIMESTAMP the timestamp clock. The original stays in repair mode
- *   until the checkpoint ends: when the tree is killed it closes in repair mode and sends
- *   neither FIN nor RST (tcp_close -> tcp_disconnect is silent in repair mode); when it runs
- *   on, repair mode is left without a window probe (TCP_REPAIR_OFF_NO_WP).
+ *   mode the peer's MSS, TCP_TIMESTAMP the timestamp clock. The original leaves repair mode
+ *   right after it is read, without a window probe (TCP_REPAIR_OFF_NO_WP), under the network
+ *   lock (tcp-lock.ts), which keeps what was read true; when the tree is killed it goes back
+ *   into repair mode just before, and closes sending neither FIN nor RST (tcp_close ->
+ *   tcp_disconnect is silent in repair mode).
  *   Restore: a new socket in repair mode, both sequence numbers set, bind and connect (in
  *   repair mode connect(2) makes it established without a handshake), TCP_REPAIR_OPTIONS (MSS,
  *   window scaling, SACK, timestamps) and TCP_TIMESTAMP, the receive queue and the
  *   already-sent part of the send queue written into their queues (buildEstablished); then,
  *   once the peer exists too, the FINs, the window, repair mode left (a window probe tells an
  *   ESTABLISHED peer we are back), and the unsent part sent for real (finishRepair). Leaving
- *   repair mode resets SO_REUSEADDR, so it is set again afterwards.
+ *   repair mode resets SO_REUSEADDR, so it is set again afterwards. Until the tree is let go
+ *   the socket closes abortively (SO_LINGER {1, 0}; its own is set back in inet's
+ *   beforeLetGo), so that a failed or killed restore leaves no orphan on the 4-tuple.
+ * - With --tcp-close a connection in any state keeps only its addresses, and comes back closed
+ *   (tcp-close.ts).
  *   Both ends of a connection inside the tree are rebuilt in repair mode before either leaves
  *   it, so neither sends to a socket that does not exist yet (which would answer RST).
  *   An accepted connection shares its port with the listener that accepted it: the listener
@@ -63,7 +68,7 @@
  *
  * Ports held by TIME_WAIT entries: see reclaimTimeWait.
  */
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SO, SOL_SOCKET } from '../arch/x86-64.js';
 import { errnoCode, FerryError } from '../errors.js';
 import { O_NONBLOCK } from '../proc/fcntl.js';
@@ -75,6 +80,7 @@ import {
 } from './inet-common.js';
 import { applyBuffers, applyOptions, changedOptions } from './sockopt.js';
 import { sendSegment, TH_ACK, TH_FIN } from './tcp-segment.js';
+import { openClosedConnection } from './tcp-close.js';
 import { NOT_YET, type DumpContext, type FdDesc, type OpenContext } from './types.js';
 
 const TCP_REPAIR_ON = 1, TCP_REPAIR_OFF = 0, TCP_REPAIR_OFF_NO_WP = -1;
@@ -210,15 +216,35 @@ function fileIdsOf(inodes: Set<string>, ctx: DumpContext): Map<string, number> {
  * listeners of the tree on its local port (to be rebuilt before it).
  */
 function relatives(d: FdDesc, local: Endpoint, remote: Endpoint, ctx: DumpContext): { peer: number | null; after: number[] } {
-  const entries = procNetTcp(d.pid);
-  const peerIno = entries.find((e) => SYNC_CODES.has(e.state) && sameEndpoint(e.local, remote) && sameEndpoint(e.remote, local))?.ino;
-  const listeners = entries.filter((e) => e.state === TCP_LISTEN && e.local.port === local.port
+  const { listening, byTuple, ids } = relativesCache(d.pid, ctx);
+  const peerIno = byTuple.get(`${ipKey(remote.address)} ${remote.port} ${ipKey(local.address)} ${local.port}`);
+  const listeners = listening.filter((e) => e.local.port === local.port
     && (isAny(e.local.address) || ipKey(e.local.address) === ipKey(local.address))).map((e) => e.ino);
-  const ids = fileIdsOf(new Set([...(peerIno ? [peerIno] : []), ...listeners]), ctx);
   return {
     peer: peerIno !== undefined ? ids.get(peerIno) ?? null : null,
     after: listeners.map((i) => ids.get(i)).filter((i): i is number => i !== undefined),
   };
+}
+
+/**
+ * What relatives() looks in, read once per checkpoint and network namespace (the tree is
+ * frozen; its sockets do not change): the namespace's listeners, its established sockets by
+ * 4-tuple, and the file id of every socket of the tree by inode. Read per connection, the two
+ * made a checkpoint of N connections O(N^2) (each read lists every socket and descriptor).
+ */
+interface RelativesCache { listening: NetEntry[]; byTuple: Map<string, string>; ids: Map<string, number> }
+function relativesCache(pid: number, ctx: DumpContext): RelativesCache {
+  const netns = String(statSync(`/proc/${pid}/ns/net`).ino);
+  let c = ctx.scratch<RelativesCache>('tcp-relatives').get(netns);
+  if (c) return c;
+  const entries = procNetTcp(pid);
+  const byTuple = new Map<string, string>();
+  for (const e of entries) {
+    if (SYNC_CODES.has(e.state)) byTuple.set(`${ipKey(e.local.address)} ${e.local.port} ${ipKey(e.remote.address)} ${e.remote.port}`, e.ino);
+  }
+  c = { listening: entries.filter((e) => e.state === TCP_LISTEN), byTuple, ids: fileIdsOf(new Set(entries.map((e) => e.ino)), ctx) };
+  ctx.scratch<RelativesCache>('tcp-relatives').set(netns, c);
+  return c;
 }
 
 // ---- dump ----
@@ -235,13 +261,28 @@ function dumpEstablished(g: number, ctx: DumpContext, state: SyncState): TcpRepa
   const n = native();
   const reuse = n.getSockInt(g, SOL_SOCKET, SO.REUSEADDR);
   n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_ON);
-  // Killed: stay in repair mode so closing sends nothing. Running on: leave it quietly; leaving
-  // repair mode resets SO_REUSEADDR, which is put back.
-  ctx.onFinish((leftRunning) => {
-    if (!leftRunning) return;
+  // Repair mode is left as soon as the socket is read (quietly: TCP_REPAIR_OFF_NO_WP; leaving
+  // it resets SO_REUSEADDR, which is put back), so that a ferry killed meanwhile leaves a
+  // working socket behind. The network lock (tcp-lock.ts), taken before, keeps what was read
+  // true: no segment comes in or goes out until the checkpoint ends. Killed, the socket is put
+  // back into repair mode just before the kill, so that closing it sends nothing.
+  const leave = (): void => {
     n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_OFF_NO_WP);
     if (reuse) n.setSockInt(g, SOL_SOCKET, SO.REUSEADDR, reuse);
+  };
+  ctx.onFinish((leftRunning) => {
+    if (!leftRunning) n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_ON);
   });
+  try {
+    return readRepairState(g, ctx, state);
+  } finally {
+    leave();
+  }
+}
+
+/** Reads the repair state of `g`, in repair mode. */
+function readRepairState(g: number, ctx: DumpContext, state: SyncState): TcpRepairState {
+  const n = native();
   const info = n.getSockOpt(g, IPPROTO_TCP, TCP.INFO, TCP_INFO_LEN);
   const options = info.readUInt8(5);
   const wscale = info.readUInt8(6);
@@ -289,7 +330,6 @@ function dumpEstablished(g: number, ctx: DumpContext, state: SyncState): TcpRepa
   };
 }
 
-
 /** The TCP part of a record: by state, or a refusal naming the state. */
 export function dumpTcp(d: FdDesc, g: number, base: TcpBase, ctx: DumpContext): Omit<InetRecord, 'id' | 'kind'> {
   const n = native();
@@ -321,6 +361,10 @@ export function dumpTcp(d: FdDesc, g: number, base: TcpBase, ctx: DumpContext): 
       ctx.warn(`pid ${d.pid} fd ${d.fd}: listening TCP socket ${show(local)}: ${waiting} connection(s) not accepted yet left out (--skip-in-flight); their clients see a reset once the original is gone`);
     }
     return { ...base, state: 'listen', remote: null, backlog: info.readUInt32LE(28), opts: changedOptions(g, family, proto, true) };
+  }
+  if (ctx.options.tcpClose && state !== TCP_CLOSE && state !== TCP_LISTEN && local && remote) {
+    // --tcp-close: the connection is not kept, only what it was; restore makes it a closed socket (tcp-close.ts).
+    return { ...base, state: 'established', opts: changedOptions(g, family, proto, false) };
   }
   if (state === TCP_SYN_SENT && local) {
     // getpeername(2) answers ENOTCONN until the handshake ends: the address connect(2) was
@@ -502,6 +546,11 @@ function finishRepair(fd: number, rec: InetRecord, unsent: Buffer): void {
 }
 
 export function openEstablished(rec: InetRecord, ctx: OpenContext): number | typeof NOT_YET {
+  if (ctx.options.tcpClose) return openClosedConnection(rec);
+  if (rec.tcp === undefined) {
+    throw new FerryError('EUNSUPPORTED',
+      `restore: the image holds TCP connection ${show(rec.local)} -> ${show(rec.remote)} (file ${rec.id}) without its state (checkpointed with --tcp-close); restore with --tcp-close, which gives the program a closed socket in its place`);
+  }
   if (!ctx.options.tcpEstablished) {
     throw new FerryError('EUNSUPPORTED',
       `restore: the image holds an established TCP connection ${show(rec.local)} -> ${show(rec.remote)} (file ${rec.id}); restore it with --tcp-established`);
@@ -522,12 +571,33 @@ export function openEstablished(rec: InetRecord, ctx: OpenContext): number | typ
     if (other) waiting.delete(String(peer));
     if (other) finishRepair(other.fd, other.rec, other.unsent);
     finishRepair(fd, rec, unsent);
+    if (other) closeAbortively(other.fd);
+    closeAbortively(fd);
     finishFlags(fd, rec);
     return fd;
   } catch (err) {
     native().closeFd(fd);
     throw err;
   }
+}
+
+/** SO_LINGER {l_onoff 1, l_linger 0}: close(2) resets the connection and frees it at once. */
+const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+/**
+ * Until the tree is let go, a rebuilt connection closes abortively: if the restore fails, or
+ * ferry and its stubs are killed, the socket is freed at once (its RST is dropped by the
+ * network lock) instead of lingering as an orphan in FIN_WAIT whose 4-tuple would make the
+ * retry's connect(2) fail with EADDRNOTAVAIL.
+ */
+function closeAbortively(fd: number): void {
+  native().setSockOpt(fd, SOL_SOCKET, SO.LINGER, LINGER_ABORT);
+}
+
+/** Gives a rebuilt connection its own SO_LINGER back, just before the tree is let go (inet's beforeLetGo). */
+export function releaseEstablished(fd: number, rec: InetRecord): void {
+  const linger = rec.opts.linger;
+  native().setSockOpt(fd, SOL_SOCKET, SO.LINGER, typeof linger === 'string' ? Buffer.from(linger, 'base64') : Buffer.alloc(8));
 }
 
 /**
@@ -621,6 +691,7 @@ export function checkTcp(rec: InetRecord, bad: (why: string) => never): void {
   if (rec.peer !== undefined && rec.peer !== null && !fileId(rec.peer)) bad('has an invalid peer');
   if (rec.state === 'syn-sent') return;
   const t = rec.tcp;
+  if (t === undefined) return; // checkpointed with --tcp-close: restored closed (tcp-close.ts)
   if (!t || typeof t !== 'object') return bad('has no repair state');
   for (const k of ['sendSeq', 'recvSeq', 'sendBytes', 'unsentBytes', 'recvBytes', 'mss', 'tsval'] as const) {
     if (!Number.isInteger(t[k]) || t[k] < 0 || t[k] > 0xffffffff) bad(`has an invalid ${k}`);

@@ -35,6 +35,11 @@ export const NOT_YET = Symbol('not-yet');
 export interface FileOptions {
   /** --tcp-established: checkpoint established TCP connections (TCP_REPAIR). */
   tcpEstablished: boolean;
+  /**
+   * --tcp-close: TCP connections are neither kept nor locked at checkpoint (their addresses
+   * only), and come back as closed sockets at restore (read gives 0, write EPIPE; tcp-close.ts).
+   */
+  tcpClose: boolean;
   /** --ext-unix-sk: allow unix sockets whose peer is outside the tree. */
   extUnixSk: boolean;
   /** --shell-job: the tree's terminal belongs to a shell outside it. */
@@ -62,7 +67,7 @@ export interface FileOptions {
 }
 
 export const DEFAULT_FILE_OPTIONS: FileOptions = Object.freeze({
-  tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false, deletedMaxBytes: 64 * 1024 * 1024,
+  tcpEstablished: false, tcpClose: false, extUnixSk: false, shellJob: false, fileLocks: false, deletedMaxBytes: 64 * 1024 * 1024,
   allowChangedFiles: false, external: [],
 });
 
@@ -109,6 +114,11 @@ export interface DumpContext {
    * warning and listed in the result's `warnings`.
    */
   warn(message: string): void;
+  /**
+   * A map that lives for this checkpoint only, one per key (use the kind's name): what a
+   * module reads once for every file of its kind (the tree is frozen meanwhile).
+   */
+  scratch<T>(key: string): Map<string, T>;
 }
 
 /** What a module's `open` gets from the restore scheduler. */
@@ -214,4 +224,11 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    * openAfterTree.
    */
   afterTree?(ctx: OpenContext, hostPid: (pid: number) => number | undefined): void;
+  /**
+   * Optional: runs on the controller's descriptor of an opened file once every process is
+   * rebuilt, just before the tree is let go, to undo what only a restore that fails (or is
+   * killed) before then should meet: an established TCP socket closes abortively until then,
+   * so that it leaves no orphan holding its 4-tuple against a retry (tcp.ts).
+   */
+  beforeLetGo?(record: R, fd: number): void;
 }

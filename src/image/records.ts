@@ -238,6 +238,12 @@ export interface TreeRecord {
 /** files.json: every distinct open file of the dumped tasks. */
 export interface FilesRecord {
   files: FileRecord[];
+  /**
+   * The network lock kept for the tree's TCP connections (files/tcp-lock.ts): the nftables
+   * table `inet NAME` that drops their packets until restore deletes it, once the restored
+   * tree runs. Absent when the checkpoint kept no lock.
+   */
+  netLock?: { table: string };
 }
 
 /** An open file; `kind` selects the module in src/files/ that dumped it and opens it again. */

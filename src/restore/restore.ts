@@ -20,9 +20,10 @@ import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
-import { checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
+import { beforeLetGo, checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
+import { removeKeptLock } from '../files/tcp-lock.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
 import { hostFacts } from '../host.js';
@@ -193,6 +194,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const hostPid = created.stubs.get(tree.root)!.pid;
     const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
     const watchdog = await starting?.armed();
+    beforeLetGo(opened, files.files);
     // The let-go: once it is done, the tree runs on its own and an abort no longer applies.
     await letGo(created, tasks, xstates, o.signal);
     const tRunning = performance.now();
@@ -202,6 +204,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     closeFiles(opened.opened);
     session.close();
     await checkRunning(hostPids, tree.root, log);
+    // The tree runs with every connection rebuilt: the network lock kept since the checkpoint
+    // goes (files/tcp-lock.ts). Before this, a failure leaves it for a retry.
+    const lockLeft = files.netLock !== undefined ? removeKeptLock(files.netLock.table) : undefined;
+    if (lockLeft !== undefined) {
+      log.warn(`the network lock kept since the checkpoint could not be removed (${lockLeft}): the tree's connections stay blocked until 'nft delete table inet ${files.netLock!.table}'`);
+    }
     const tEnd = performance.now();
     if (o.pidFile !== undefined) writeFileSync(o.pidFile, `${hostPid}\n`);
     log.info({ targetPid: hostPid, processes: tree.processes.length, pagesBytes }, 'restored');

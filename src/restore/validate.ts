@@ -12,6 +12,7 @@
 import { PAGE_SIZE, REG_NAMES } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
+import { KEPT_TABLE } from '../files/tcp-lock.js';
 import { TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
 
 /** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT). */
@@ -175,7 +176,8 @@ const SHARED_FILE_FIELDS: Readonly<Record<string, Check>> = {
 /** Checks files.json: each open file has a unique id and a kind (the rest is its module's). */
 export function validateFiles(v: unknown): FilesRecord {
   const where = 'files.json';
-  expect(where, record({ files: list(record({ id: int(0), kind: str(32) }, SHARED_FILE_FIELDS), MAX_FDS * 16) }), v);
+  expect(where, record({ files: list(record({ id: int(0), kind: str(32) }, SHARED_FILE_FIELDS), MAX_FDS * 16) },
+    { netLock: record({ table: lockTable }) }), v);
   const ids = new Set<number>();
   for (const f of (v as FilesRecord).files) {
     if (ids.has(f.id)) fail(where, `file id ${f.id} is listed twice`);
@@ -183,6 +185,10 @@ export function validateFiles(v: unknown): FilesRecord {
   }
   return v as FilesRecord;
 }
+
+/** The name of a kept network lock table: ferry's own names only, so an image cannot have another table deleted. */
+const lockTable: Check = (v, at) => (typeof v === 'string' && KEPT_TABLE.test(v) ? undefined
+  : must(at, `a network lock table's name (${KEPT_TABLE.source})`, v));
 
 /** Checks tasks/<pid>/task.json. */
 export function validateTask(v: unknown, pid: number): TaskRecord {

@@ -18,7 +18,7 @@ function usage(fn: () => unknown, command: string, message: string | RegExp): vo
   });
 }
 
-const NO_FLAGS = { tcpEstablished: false, extUnixSk: false, shellJob: false, fileLocks: false };
+const NO_FLAGS = { tcpEstablished: false, tcpClose: false, extUnixSk: false, shellJob: false, fileLocks: false };
 
 describe('ferry checkpoint arguments', { timeout: 30_000 }, () => {
   it('parses the plain form', () => {
@@ -28,8 +28,10 @@ describe('ferry checkpoint arguments', { timeout: 30_000 }, () => {
 
   it('parses the runc file flags', () => {
     assert.deepEqual(parseCheckpointArgs(['--pid', '1', '--image', 'x', '--tcp-established', '--ext-unix-sk', '--shell-job', '--file-locks']).files,
-      { tcpEstablished: true, extUnixSk: true, shellJob: true, fileLocks: true });
+      { tcpEstablished: true, tcpClose: false, extUnixSk: true, shellJob: true, fileLocks: true });
     assert.deepEqual(parseRestoreArgs(['--image', 'x', '--tcp-established']).files, { ...NO_FLAGS, tcpEstablished: true });
+    assert.deepEqual(parseCheckpointArgs(['--pid', '1', '--image', 'x', '--tcp-close']).files, { ...NO_FLAGS, tcpClose: true });
+    assert.deepEqual(parseRestoreArgs(['--image', 'x', '--tcp-close']).files, { ...NO_FLAGS, tcpClose: true });
     usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--file-locks=yes']), 'checkpoint', '--file-locks takes no value');
   });
 

@@ -44,6 +44,7 @@ describe('TCP records', () => {
     inet.check!(established({}, { state: 'FIN_WAIT1', finUnsent: true, sendBytes: 10, unsentBytes: 10 }));
     inet.check!(established({}, { state: 'FIN_WAIT2' }));
     inet.check!(bare(established({ state: 'syn-sent' })));
+    inet.check!(bare(established())); // checkpointed with --tcp-close: only its addresses
   });
 
   it('refuses what a restore cannot build, naming the field (with or without options)', () => {
@@ -58,7 +59,7 @@ describe('TCP records', () => {
     refused(established({}, { sndWscale: 15 }), /invalid sndWscale/);
     refused(established({}, { window: [1, 2, 3, 4, -5] }), /invalid window/);
     refused(established({}, { sendQueue: 12 }), /invalid queue entries/);
-    refused(bare(established()), /no repair state/);
+    refused({ ...established(), tcp: 'x' } as unknown as InetRecord, /no repair state/);
     refused(established({ remote: null }), /without both addresses/);
     refused(bare(established({ state: 'syn-sent', proto: 'udp' })), /has state syn-sent for a udp socket/);
     refused(established({ opts: { tcp_nodelay: 1 } }, { state: 'NOPE' }), /invalid TCP state/);
