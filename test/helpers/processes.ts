@@ -75,9 +75,11 @@ export interface Workload {
 
 /**
  * Starts `cmd args` (DIR in args is replaced by the scratch dir) and waits for "ready pid=".
- * It gets descriptors 0-2 only, and `extraFd` as its fd 3 when a test is about that one.
+ * It gets descriptors 0-2 only, and `extraFd` as its fd 3 when a test is about that one;
+ * `readyTimeoutMs` for a workload whose setup waits on the network.
  */
-export async function startWorkload(cmd: string, args: string[], opts: { stderr?: 'file' | 'pipe'; extraFd?: number } = {}): Promise<Workload> {
+export async function startWorkload(cmd: string, args: string[],
+  opts: { stderr?: 'file' | 'pipe'; extraFd?: number; readyTimeoutMs?: number } = {}): Promise<Workload> {
   const dir = scratchDir();
   const log = join(dir, 'workload.log');
   // O_APPEND: a process restored from an older image appends instead of overwriting.
@@ -90,7 +92,7 @@ export async function startWorkload(cmd: string, args: string[], opts: { stderr?
   owned.add(pid);
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
   const text = (): string => readFileSync(log, 'utf8');
-  await waitFor(`${cmd} to get ready`, () => text().includes(`ready pid=${pid}`));
+  await waitFor(`${cmd} to get ready`, () => text().includes(`ready pid=${pid}`), opts.readyTimeoutMs);
   return {
     pid, dir, log, text, exited,
     ticks: () => [...text().matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1])),

@@ -5,13 +5,16 @@
  * socketpairs between the master and each worker, an epoll per worker (the listener registered
  * with EPOLLEXCLUSIVE), shared anonymous memory and log files opened O_APPEND. `GET /pid`
  * answers with the pid of the worker that served it, so the test sees the same workers serve
- * after restore.
+ * after restore. 200 clients outside the tree hold connections in mid-request across three
+ * cycles with --tcp-established (a quarter half-closed with their big answers unread, so
+ * nginx's ends are in CLOSE_WAIT or closing with full send queues); each answer is checked
+ * byte for byte.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
-import { createServer } from 'node:net';
+import { createConnection, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs } from '../helpers/env.js';
@@ -48,18 +51,67 @@ function httpGet(port: number, path: string): Promise<{ status: number; body: st
 
 interface Nginx { master: number; workers: number[]; dir: string; port: number; exited: Promise<void> }
 
+/** Clients held across the checkpoints, and the document each fetches (a big one every fourth). */
+const CLIENTS = 200;
+const body = (i: number): Buffer => {
+  const size = i % 4 === 0 ? 200_000 + i : 1000 + i;
+  const b = Buffer.alloc(size);
+  for (let k = 0; k < size; k++) b[k] = (k * 31 + i) & 0xff;
+  return b;
+};
+
+/**
+ * A client in mid-request, outside the tree: either the start of a request (headers not
+ * finished: nginx waits for the rest), or, every fourth, a whole request for a big document
+ * whose answer it does not read yet, its sending side shut (half-closed: nginx's end of it is
+ * in CLOSE_WAIT, or further once it answers, its send queue full).
+ */
+interface Client { i: number; socket: Socket; data: Buffer[]; ended: Promise<void> }
+
+async function openClient(port: number, i: number): Promise<Client> {
+  const socket = createConnection({ host: '127.0.0.1', port });
+  await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+  socket.pause(); // nothing is read until the checkpoints are over
+  const data: Buffer[] = [];
+  const ended = new Promise<void>((resolve, reject) => {
+    socket.on('data', (d: Buffer) => data.push(d));
+    socket.on('end', () => resolve());
+    socket.on('error', reject);
+  });
+  if (i % 4 === 0) {
+    socket.end(`GET /f${i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n`);
+  } else {
+    socket.write(`GET /f${i} HTTP/1.1\r\nHost: t\r\n`);
+  }
+  return { i, socket, data, ended };
+}
+
+/** Finishes a client's request, reads its whole answer, and checks it byte for byte. */
+async function finishClient(c: Client): Promise<void> {
+  if (c.i % 4 !== 0) c.socket.end('Connection: close\r\n\r\n');
+  c.socket.resume();
+  await c.ended;
+  const all = Buffer.concat(c.data);
+  const head = all.indexOf('\r\n\r\n');
+  assert.ok(head > 0, `client ${c.i}: no HTTP header in ${all.length} bytes`);
+  const header = all.subarray(0, head).toString();
+  assert.match(header, /^HTTP\/1\.1 200 OK\r\n/, `client ${c.i}: ${header.split('\r\n')[0]}`);
+  assert.ok(all.subarray(head + 4).equals(body(c.i)), `client ${c.i}: the body differs (${all.length - head - 4} bytes, want ${body(c.i).length})`);
+}
+
 /** The children of `pid` (/proc/PID/task/PID/children). */
 function children(pid: number): number[] {
   return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
 }
 
 /** Starts nginx in the foreground in a scratch directory and waits until both workers serve. */
-async function startNginx(): Promise<Nginx> {
+async function startNginx(workerConnections = 64): Promise<Nginx> {
   const dir = scratchDir('ferry-nginx-');
   chmodSync(dir, 0o755); // the workers run as nobody and read the document root
   const port = await freePort();
   mkdirSync(join(dir, 'www'));
   writeFileSync(join(dir, 'www', 'index.html'), 'served by nginx across a checkpoint\n');
+  for (let i = 0; i < CLIENTS; i++) writeFileSync(join(dir, 'www', `f${i}`), body(i));
   writeFileSync(join(dir, 'nginx.conf'), `
 daemon off;
 master_process on;
@@ -67,7 +119,7 @@ worker_processes 2;
 user nobody nogroup;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log info;
-events { worker_connections 64; }
+events { worker_connections ${workerConnections}; }
 http {
   access_log ${dir}/access.log;
   client_body_temp_path ${dir}/client_body;
@@ -153,6 +205,26 @@ describe('nginx (master and two workers)', { skip, timeout: 180_000 }, () => {
     await n.exited;
     await waitFor('the tree to be gone', () => all.every((p) => !alive(p)), 5000);
     assert.deepEqual(restore(image).sort(), [...all].sort());
+    await servesAsBefore(n);
+  });
+
+  it('200 clients in mid-request (a quarter half-closed, their answers unread) are answered byte for byte after three cycles', async () => {
+    const n = await startNginx(512);
+    const all = [n.master, ...n.workers];
+    const image = join(n.dir, 'nginx-clients.tar');
+    const clients: Client[] = [];
+    for (let i = 0; i < CLIENTS; i++) clients.push(await openClient(n.port, i));
+    await sleep(300); // nginx has read what there is, and answered the whole requests as far as it can
+    for (let i = 0; i < 3; i++) {
+      const cp = ferry(['checkpoint', '--pid', String(n.master), '--image', image, '--tcp-established'], { timeoutMs: 120_000 });
+      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
+      if (i === 0) await n.exited;
+      await waitFor('the tree to be gone', () => all.every((p) => !alive(p)), 5000);
+      const rs = ferry(['restore', '--image', image, '--json', '--tcp-established'], { timeoutMs: 120_000 });
+      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
+      for (const p of (JSON.parse(rs.stdout.toString()) as { pids: number[] }).pids) own(p);
+    }
+    await Promise.all(clients.map((c) => finishClient(c)));
     await servesAsBefore(n);
   });
 });

@@ -282,10 +282,10 @@ describe('a connection whose peer is outside the tree, in another network namesp
   async function brim(): Promise<{ w: Workload; peer: Workload }> {
     net ??= makeNetns();
     net.drop();
-    const peer = await startWorkload('ip', ['netns', 'exec', net.ns, TCPSTATES, 'peer', net.peer]);
+    const peer = await startWorkload('ip', ['netns', 'exec', net.ns, TCPSTATES, 'peer', net.peer], { readyTimeoutMs: 60_000 });
     peers.push(peer.pid);
     const port = /port=(\d+)/.exec(peer.text())![1]!;
-    const w = await startWorkload(TCPSTATES, ['brim', net.peer, port]);
+    const w = await startWorkload(TCPSTATES, ['brim', net.peer, port], { readyTimeoutMs: 60_000 });
     const m = /state=(\S+) unacked=(\d+) unsent=(\d+) inq=(\d+)/.exec(w.text())!;
     assert.equal(m[1], 'FIN_WAIT1', w.text());
     assert.ok(Number(m[2]) > 0 && Number(m[3]) > 0 && Number(m[4]) > 0, `sent-unacknowledged, unsent and received bytes queued: ${m[0]}`);
@@ -324,7 +324,9 @@ describe('a connection whose peer is outside the tree, in another network namesp
     const by = new Map<number, string>();
     for (const line of readFileSync(`/proc/${pid}/net/tcp${v6 ? '6' : ''}`, 'utf8').split('\n').slice(1)) {
       const c = line.trim().split(/\s+/);
-      if (c.length > 3 && c[3] !== '0A') by.set(parseInt(c[1]!.split(':')[1]!, 16), c[3]!);
+      // Not listeners, nor TIME_WAIT entries (no descriptor: an earlier connection that had the
+      // same local port, which would hide the tree's socket).
+      if (c.length > 3 && c[3] !== '0A' && c[3] !== '06') by.set(parseInt(c[1]!.split(':')[1]!, 16), c[3]!);
     }
     return ports.map((p) => by.get(p) ?? 'none');
   }
@@ -339,10 +341,10 @@ describe('a connection whose peer is outside the tree, in another network namesp
   async function fins(v6 = false): Promise<{ w: Workload; peer: Workload; ports: number[] }> {
     net ??= makeNetns();
     const to = v6 ? net.peer6 : net.peer;
-    const peer = await startWorkload('ip', ['netns', 'exec', net.ns, TCPSTATES, 'finpeer', to]);
+    const peer = await startWorkload('ip', ['netns', 'exec', net.ns, TCPSTATES, 'finpeer', to], { readyTimeoutMs: 60_000 });
     peers.push(peer.pid);
     const port = /port=(\d+)/.exec(peer.text())![1]!;
-    const w = await startWorkload(TCPSTATES, ['fins', to, port]);
+    const w = await startWorkload(TCPSTATES, ['fins', to, port], { readyTimeoutMs: 60_000 });
     await waitFor('the peer to accept', () => peer.text().includes('accepted'));
     net.drop({ all: true });
     process.kill(w.pid, 'SIGUSR2');
@@ -392,7 +394,7 @@ describe('a connection whose peer is outside the tree, in another network namesp
   });
 
   it('an image whose connection claims an address not of this host gets no forged segment', async () => {
-    const w = await startWorkload(TCPSTATES, []);
+    const w = await startWorkload(TCPSTATES, [], { readyTimeoutMs: 60_000 });
     const image = join(w.dir, 'tcp.tar'), edited = join(w.dir, 'edited.tar');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
     assert.equal(cp.code, 0, cp.stderr);
