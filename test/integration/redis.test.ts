@@ -1,7 +1,8 @@
 /**
  * Real servers from Debian through bin/ferry, on loopback ports the test picks free:
  * redis-server (its data comes back; with --tcp-established a client connected across the
- * checkpoint, held by this test outside the tree, keeps its connection and gets answers) and
+ * checkpoint, held by this test outside the tree, keeps its connection and gets answers, a
+ * pipelined request cut in the middle included) and
  * python3 -m http.server (serves again after restore).
  */
 import assert from 'node:assert/strict';
@@ -78,6 +79,19 @@ class Redis {
       this.waiting.push((r) => { clearTimeout(timer); resolve(r); });
       this.sock.write(wire);
     });
+  }
+
+  /**
+   * Writes `bytes` as they are (part of a pipeline, maybe a command cut in the middle) and
+   * resolves with the next `replies` replies.
+   */
+  raw(bytes: string, replies: number): Promise<string[]> {
+    const got = Array.from({ length: replies }, () => new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no reply within 15 s (events: ${this.events.join(', ') || 'none'})`)), 15000);
+      this.waiting.push((r) => { clearTimeout(timer); resolve(r); });
+    }));
+    this.sock.write(bytes);
+    return Promise.all(got);
   }
 
   private drain(): void {
@@ -160,6 +174,25 @@ describe('redis-server', { skip: redisSkip, timeout: 180_000 }, () => {
     const other = await Redis.connect(s.port);
     assert.equal(await other.command('GET', 'k'), 'v2', 'new clients are served too');
     other.close();
+    c.close();
+  });
+
+  it('a pipelined request half-sent across two cycles is answered once its rest arrives', async () => {
+    const s = await startRedis();
+    const c = await Redis.connect(s.port);
+    const value = 'x'.repeat(3000) + 'the end of a value sent in two halves';
+    const wire = (...args: string[]): string => `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
+    const cut = wire('SET', 'half', value);
+    const at = 1500; // in the middle of the value
+    // Two whole commands and the first half of a third, in one write: redis answers the two and
+    // keeps the half in its query buffer (or it still waits in its socket) across the cycles.
+    assert.deepEqual(await c.raw(wire('SET', 'a', '1') + wire('INCR', 'n') + cut.slice(0, at), 2), ['OK', '1']);
+    const image = join(s.dir, 'redis.tar');
+    for (let i = 0; i < 2; i++) {
+      await cycle(s, image, ['--tcp-established'], i === 0);
+      assert.deepEqual(c.events, [], 'the client saw no FIN or RST while redis was gone');
+    }
+    assert.deepEqual(await c.raw(cut.slice(at) + wire('GET', 'half') + wire('INCR', 'n'), 3), ['OK', value, '2']);
     c.close();
   });
 
