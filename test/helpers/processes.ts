@@ -21,8 +21,24 @@ closeInheritedFds();
 
 const owned = new Set<number>();
 const dirs = new Set<string>();
+/** Pids of the ferry runs of this test file: the network locks they kept are named after them. */
+const ferries = new Set<number>();
 
-/** Kills every process the tests started or restored and removes their directories. */
+/**
+ * Deletes the network locks (nftables tables `ferry-lock-<ferry pid>-…`, src/files/tcp-lock.ts)
+ * that this file's ferry runs kept and no restore removed (a test that failed half way), and
+ * only those.
+ */
+function removeKeptLocks(): void {
+  if (ferries.size === 0) return;
+  const r = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8', timeout: 10_000 });
+  for (const m of (r.stdout ?? '').matchAll(/^table inet (ferry-lock-(\d+)-[0-9a-f]{8})$/gm)) {
+    if (ferries.has(Number(m[2]))) spawnSync('nft', ['delete', 'table', 'inet', m[1]!], { timeout: 10_000 });
+  }
+  ferries.clear();
+}
+
+/** Kills every process the tests started or restored and removes their directories and kept locks. */
 export function cleanup(): void {
   for (const pid of owned) {
     try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
@@ -30,6 +46,7 @@ export function cleanup(): void {
   owned.clear();
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
   dirs.clear();
+  removeKeptLocks();
 }
 process.on('exit', cleanup);
 // The test runner stops a file that outlives --test-timeout with SIGTERM, Ctrl-C sends SIGINT:
@@ -186,6 +203,7 @@ export interface Run {
 /** Runs bin/ferry with `args` (synchronously, bounded in time). */
 export function ferry(args: string[], opts: { input?: Buffer; timeoutMs?: number } = {}): Run {
   const r = spawnSync(FERRY, args, { input: opts.input ?? Buffer.alloc(0), timeout: opts.timeoutMs ?? 120000, maxBuffer: 1 << 30 });
+  if (r.pid) ferries.add(r.pid);
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr.toString() };
 }
 
