@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -27,19 +27,12 @@ async function inRemovedDir(uid = 0): Promise<Workload> {
   return w;
 }
 
-/** Checkpoints `w` (killing it) to `image` and waits for its pid to be free. */
-async function checkpoint(w: Workload, image: string): Promise<void> {
-  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-  assert.equal(cp.code, 0, cp.stderr);
-  await w.exited;
-  await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-}
 
 describe('a removed working directory', { skip, timeout: 120_000 }, () => {
   it('comes back removed, with its path, mode and owner; nothing is left behind', async () => {
     const w = await inRemovedDir();
     const image = join(w.dir, 'cwd.tar');
-    await checkpoint(w, image);
+    await checkpointFreed(w, image);
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
@@ -50,7 +43,7 @@ describe('a removed working directory', { skip, timeout: 120_000 }, () => {
   it('when the name was taken again meanwhile, the process does not land in the new directory', async () => {
     const w = await inRemovedDir();
     const image = join(w.dir, 'cwd.tar');
-    await checkpoint(w, image);
+    await checkpointFreed(w, image);
     mkdirSync(join(w.dir, 'gone'));
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
@@ -70,7 +63,7 @@ describe('a removed working directory', { skip, timeout: 120_000 }, () => {
   it('an untrusted image may not have it made where its process could not write', async () => {
     const w = await inRemovedDir(NOBODY);
     const image = join(w.dir, 'cwd.tar');
-    await checkpoint(w, image);
+    await checkpointFreed(w, image);
     // Any edit drops the signature: the image is then untrusted.
     const edited = join(w.dir, 'edited.tar');
     await editImage(image, edited, { 'files.json': json(() => undefined) });

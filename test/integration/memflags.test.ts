@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -19,10 +19,7 @@ describe('memory flags', { skip, timeout: 120_000 }, () => {
   it('locks, madvise flags, protections and THP_DISABLE come back as they were', async () => {
     const w = await startWorkload(MEMFLAGS, ['DIR']);
     const image = join(w.dir, 'memflags.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    await checkpointFreed(w, image);
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);

@@ -8,7 +8,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -19,10 +19,7 @@ describe('removed FIFOs and directories held open', { skip, timeout: 120_000 }, 
   it('come back removed, with their data, mode and owner; no name is left', async () => {
     const w = await startWorkload(REMOVED, ['DIR']);
     const image = join(w.dir, 'removed.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    await checkpointFreed(w, image);
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
