@@ -1,14 +1,18 @@
 /**
- * No write access from the image (docs/security.md, "Confinement"): restore opens every file
- * as root, so an edited image could hand a process a descriptor open for writing on any file
- * of the host (/etc/shadow, a root-owned binary) that its own credentials could never open so.
- * For an image no trusted key signed, every file a process of a plain restore holds open for
- * writing by path (a regular file, a character device such as /dev/mem, a FIFO, a terminal)
- * must be one that a holder of it could open for writing as its recorded
- * credentials: its filesystem uid owns the file and the owner may write, or its filesystem
- * gid or a supplementary group is the file's group and the group may write, or others may,
- * or it holds CAP_DAC_OVERRIDE. (POSIX ACLs are not read: a file writable only through an
- * ACL entry is refused; a trusted image is not held to this.)
+ * No access from the image beyond its own (docs/security.md, "Confinement"): restore opens
+ * every file as root, so an edited image could hand a process a descriptor on any file of the
+ * host: open for writing (/etc/shadow, a root-owned binary, /dev/mem) or for reading (a private
+ * key under /root) that its own credentials could never open so. For an image no trusted key
+ * signed, every file a process of a plain restore holds open by path (a regular file or
+ * directory, a character device, a FIFO, a terminal) must be one that a holder of it could
+ * open the same way as its recorded credentials:
+ * - every directory above it searchable: its filesystem uid owns the directory and the owner
+ *   may search, or its filesystem gid or a supplementary group is the directory's group and
+ *   the group may, or others may; or it holds CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE;
+ * - the file itself readable (unless the descriptor is O_PATH or write-only) and writable
+ *   (when it is open for writing) by the same rule, CAP_DAC_OVERRIDE passing both and
+ *   CAP_DAC_READ_SEARCH passing reads.
+ * POSIX ACLs are not read: a file reachable only through an ACL entry is refused.
  *
  * The same holds for the directories a restore makes for a directory that was removed (a
  * working directory, restore/cwd.ts, or one held open): they are made in the nearest directory
@@ -20,49 +24,91 @@
 import type { BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
 import { big, type FileRecord, type TaskRecord } from '../image/records.js';
-import { O_ACCMODE } from '../proc/fcntl.js';
+import { O_ACCMODE, O_PATH } from '../proc/fcntl.js';
 
-const O_WRONLY = 1, O_RDWR = 2; // O_ACCMODE values
-const CAP_DAC_OVERRIDE = 1n;
+const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2; // O_ACCMODE values
+const CAP_DAC_OVERRIDE = 1n, CAP_DAC_READ_SEARCH = 2n;
 /** The kinds restore opens by a path the image gives (src/files/). */
 const BY_PATH = new Set(['reg', 'chr', 'fifo', 'tty']);
+/** Permission bits of the owner's triple: read, write, search/execute. */
+const R = 4, W = 2, X = 1;
 
 /** What of a file the check needs, or undefined when it is not there. */
 export type StatOf = (path: string) => Pick<BigIntStats, 'uid' | 'gid' | 'mode'> | undefined;
 
-/** Whether the leader of `task` could open a file with `st` for writing, by its recorded credentials. */
-function mayWrite(task: Pick<TaskRecord, 'creds'>, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): boolean {
+type Holder = Pick<TaskRecord, 'creds'>;
+
+/**
+ * Whether the leader of `task` may access a file with `st` as `want` (R, W or X, one bit) by
+ * its recorded credentials, as the kernel's permission check would (without ACLs).
+ */
+function may(task: Holder, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>, want: number): boolean {
   const c = task.creds.threads[0];
   if (!c) return false;
-  if ((big(c.caps.effective) >> CAP_DAC_OVERRIDE) & 1n) return true;
+  const eff = big(c.caps.effective);
+  if ((eff >> CAP_DAC_OVERRIDE) & 1n) return true;
+  if (want !== W && (eff >> CAP_DAC_READ_SEARCH) & 1n) return true;
   const fsuid = c.uids[3], fsgid = c.gids[3];
   const mode = Number(st.mode);
-  if (BigInt(fsuid ?? -1) === BigInt(st.uid)) return (mode & 0o200) !== 0;
-  if (BigInt(fsgid ?? -1) === BigInt(st.gid) || c.groups.some((g) => BigInt(g) === BigInt(st.gid))) return (mode & 0o020) !== 0;
-  return (mode & 0o002) !== 0;
+  if (BigInt(fsuid ?? -1) === BigInt(st.uid)) return ((mode >> 6) & want) !== 0;
+  if (BigInt(fsgid ?? -1) === BigInt(st.gid) || c.groups.some((g) => BigInt(g) === BigInt(st.gid))) return ((mode >> 3) & want) !== 0;
+  return (mode & want) !== 0;
+}
+
+/** Whether the leader of `task` could write in (or write) a file with `st`. */
+function mayWrite(task: Holder, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): boolean {
+  return may(task, st, W);
+}
+
+/** The directories above an absolute path, nearest first, `/` last. */
+function parents(path: string): string[] {
+  const out: string[] = [];
+  for (let dir = path; dir !== '/';) {
+    dir = dir.slice(0, Math.max(dir.lastIndexOf('/'), 0)) || '/';
+    out.push(dir);
+  }
+  return out;
 }
 
 /**
- * Throws EPRIVILEGE, naming the first process, descriptor and file, when a regular file the
- * image opens for writing could not be opened so by any of its holders' recorded credentials
- * (`statOf` looks the file up as restore will open it). `label` names the image.
+ * Throws EPRIVILEGE, naming the first process, descriptor and file, when a file the image
+ * opens by path could not be opened so by any of its holders' recorded credentials: a
+ * directory above it not searchable, or the file not readable or writable as its descriptor
+ * is (`statOf` looks paths up as restore will open them). `label` names the image.
  */
-export function checkWriteAccess(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'fds'>[],
+export function checkFileAccess(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'fds'>[],
   files: readonly FileRecord[], statOf: StatOf): void {
+  const seen = new Map<string, ReturnType<StatOf>>();
+  const stat = (path: string): ReturnType<StatOf> => {
+    if (!seen.has(path)) seen.set(path, statOf(path));
+    return seen.get(path);
+  };
   for (const f of files) {
-    if (!BY_PATH.has(f.kind) || typeof f.path !== 'string' || typeof f.flags !== 'number') continue;
-    const access = f.flags & O_ACCMODE;
-    if (access !== O_WRONLY && access !== O_RDWR) continue;
-    const st = statOf(f.path);
+    if (!BY_PATH.has(f.kind) || typeof f.path !== 'string' || typeof f.flags !== 'number' || !f.path.startsWith('/')) continue;
+    const st = stat(f.path);
     if (!st) continue; // restore's own check refuses a missing file
     const holders = tasks.filter((t) => t.fds.some((d) => d.file === f.id));
-    if (holders.length === 0 || holders.some((t) => mayWrite(t, st))) continue;
-    const t = holders[0]!;
+    if (holders.length === 0) continue;
+    const access = f.flags & O_ACCMODE;
+    const reads = (f.flags & O_PATH) === 0 && (access === O_RDONLY || access === O_RDWR);
+    const writes = (f.flags & O_PATH) === 0 && (access === O_WRONLY || access === O_RDWR);
+    const dirs = parents(f.path).map((d) => ({ d, st: stat(d) }));
+    /** Why `t` could not open the file so, or undefined when it could. */
+    const lacks = (t: Holder): string | undefined => {
+      const mode = (s: NonNullable<ReturnType<StatOf>>): string => `owner ${s.uid}:${s.gid}, mode ${(Number(s.mode) & 0o7777).toString(8)}`;
+      for (const { d, st: ds } of dirs) if (ds && !may(t, ds, X)) return `could not reach: the directory ${JSON.stringify(d.slice(0, 256))} is not searchable by them (${mode(ds)})`;
+      if (writes && !may(t, st, W)) return `could not open so (${mode(st)})`;
+      if (reads && !may(t, st, R)) return `could not open so (${mode(st)})`;
+      return undefined;
+    };
+    const denied = holders.map((t) => ({ t, why: lacks(t) }));
+    if (denied.some((x) => x.why === undefined)) continue;
+    const { t, why } = denied[0]!;
     const fd = t.fds.find((d) => d.file === f.id)!.fd;
     const c = t.creds.threads[0]!;
-    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) fd ${fd} would get ${JSON.stringify(f.path.slice(0, 256))} open for writing, which its `
-      + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not open so (owner ${st.uid}:${st.gid}, mode `
-      + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`,
+    const how = writes && !may(t, st, W) ? 'open for writing' : reads ? 'open for reading' : writes ? 'open for writing' : 'open (O_PATH)';
+    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) fd ${fd} would get ${JSON.stringify(f.path.slice(0, 256))} ${how}, which its `
+      + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
     { pid: t.pid, fd, path: f.path });
   }
 }

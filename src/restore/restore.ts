@@ -35,7 +35,7 @@ import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, type AddressSpace } from './address-space.js';
-import { checkRemovedDirs, checkWriteAccess } from './file-access.js';
+import { checkFileAccess, checkRemovedDirs } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
@@ -112,8 +112,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
-    // Nor write access: an untrusted image's processes hold open for writing only what their
-    // own credentials could open so (a container's files are in its rootfs, confined there;
+    // Nor access: an untrusted image's processes hold open only what their own credentials
+    // could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).
     if (!trusted && !o.makeRoot) {
       checkRemovedDirs(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
@@ -123,7 +123,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
           return undefined;
         }
       });
-      checkWriteAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
+      checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
         try {
           return statIn(hostRoot(), path, 'file');
         } catch {

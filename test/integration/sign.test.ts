@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createPrivateKey } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -239,9 +239,10 @@ describe('the host key', { skip, timeout: 300_000 }, () => {
   it('an unsigned image of a process running as nobody restores as nobody with no option', async () => {
     const w = await startWorkload('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter'), '50']);
     await waitFor('a few ticks', () => w.ticks().length >= 3);
-    // Its log is its own, as a daemon's is: an unsigned image holds open for writing only what
-    // its process could open so (the next test shows the refusal).
+    // Its log is its own, as a daemon's is, in a directory it may search: an unsigned image
+    // holds open only what its process could open so (the next tests show the refusals).
     chownSync(w.log, 65534, 65534);
+    chmodSync(w.dir, 0o755);
     const noHostKey = join(dir, 'none.toml');
     writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
     const image = join(w.dir, 'nobody.tar');
@@ -256,7 +257,7 @@ describe('the host key', { skip, timeout: 300_000 }, () => {
   });
 });
 
-describe('no write access from an untrusted image', { skip, timeout: 300_000 }, () => {
+describe('no access beyond its own from an untrusted image', { skip, timeout: 300_000 }, () => {
   const dir = scratchDir('ferry-writes-');
   const noHostKey = join(dir, 'none.toml');
   writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
@@ -272,6 +273,7 @@ describe('no write access from an untrusted image', { skip, timeout: 300_000 }, 
     const signed = join(w.dir, 'signed.tar');
     await checkpoint(w, signed, ['--config', noHostKey, '--sign-key', site.key]);
     await w.exited;
+    chmodSync(w.dir, 0o755); // the way to the log is open: the file itself is what is refused
     const before = readFileSync(w.log);
     const fd = 1; // stdout and stderr hold the log; the lowest is named
     refusedRestore(['--image', unsigned, '--config', noHostKey], `image ${unsigned}: pid ${w.pid} (counter) fd ${fd} would get ${JSON.stringify(w.log)} open for writing, `
@@ -282,6 +284,40 @@ describe('no write access from an untrusted image', { skip, timeout: 300_000 }, 
     const rs = ferry(['restore', '--image', signed, '--config', noHostKey, '--trust', site.pub]);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
+    const n = w.ticks().length;
+    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
+  });
+
+  it('a nobody process holding a root-only file open for reading: refused unless the image is trusted', async () => {
+    const secret = join(dir, 'secret');
+    writeFileSync(secret, 'root only\n', { mode: 0o600 });
+    chmodSync(dir, 0o755);
+    const fd3 = openSync(secret, 'r');
+    let w: Awaited<ReturnType<typeof startWorkload>>;
+    try {
+      // A shell keeps the descriptor it was given (the C workloads close all but 0-2).
+      w = await startWorkload('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '/bin/sh', '-c',
+        'echo ready pid=$$; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done'], { extraFd: fd3 });
+    } finally {
+      closeSync(fd3);
+    }
+    await waitFor('a few ticks', () => w.ticks().length >= 3);
+    chownSync(w.log, 65534, 65534);
+    chmodSync(w.dir, 0o755);
+    const site = keygen(dir, 'reader');
+    const unsigned = join(w.dir, 'unsigned.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', unsigned, '--config', noHostKey, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    const signed = join(w.dir, 'signed.tar');
+    await checkpoint(w, signed, ['--config', noHostKey, '--sign-key', site.key]);
+    await w.exited;
+    refusedRestore(['--image', unsigned, '--config', noHostKey], `image ${unsigned}: pid ${w.pid} (sh) fd 3 would get ${JSON.stringify(secret)} open for reading, `
+      + 'which its credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE) could not open so (owner 0:0, mode 600): nothing was restored; '
+      + 'sign the image and restore with --trust if it is genuine', w.pid);
+    const rs = ferry(['restore', '--image', signed, '--config', noHostKey, '--trust', site.pub]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(readFileSync(`/proc/${w.pid}/fdinfo/3`, 'utf8').match(/^flags:\s+(\d+)/m)?.[1]?.slice(-1), '0', 'fd 3 back, read-only');
     const n = w.ticks().length;
     await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
   });

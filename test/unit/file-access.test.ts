@@ -1,10 +1,10 @@
 /**
- * No write access from an untrusted image (src/restore/file-access.ts): a regular file opened
- * for writing must be one a holder could open so by its recorded credentials. Pure.
+ * No access from an untrusted image beyond its own (src/restore/file-access.ts): a file opened
+ * by path must be one a holder could reach and open so by its recorded credentials. Pure.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkWriteAccess, type StatOf } from '../../src/restore/file-access.js';
+import { checkFileAccess, type StatOf } from '../../src/restore/file-access.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_APPEND = 0o2000;
 
@@ -21,27 +21,30 @@ function task(pid: number, uid: number, gid: number, groups: number[] = [], eff 
         affinity: [0], pdeathsig: 0, seccomp: [],
       }],
     },
-  } as unknown as Parameters<typeof checkWriteAccess>[1][number];
+  } as unknown as Parameters<typeof checkFileAccess>[1][number];
 }
 
 const file = (flags: number, path = '/etc/shadow') => ({ id: 1, kind: 'reg', path, flags });
-const stat = (uid: number, gid: number, mode: number): StatOf => () => ({ uid: BigInt(uid), gid: BigInt(gid), mode: BigInt(0o100000 | mode) } as never);
+/** The file has `uid`, `gid` and `mode`; the directories above it are root's, 0755 unless `dirs` says. */
+const stat = (uid: number, gid: number, mode: number, dirs: Record<string, number> = {}): StatOf => (path) =>
+  ['/', '/etc', '/dev', '/root'].includes(path)
+    ? { uid: 0n, gid: 0n, mode: BigInt(0o40000 | (dirs[path] ?? 0o755)) } as never
+    : { uid: BigInt(uid), gid: BigInt(gid), mode: BigInt(0o100000 | mode) } as never;
 
-describe('checkWriteAccess', () => {
+describe('checkFileAccess', () => {
   it('refuses a write mode on a file the holder could not open so, naming pid, fd, path and why', () => {
-    assert.throws(() => checkWriteAccess('img', [task(7, 65534, 65534)], [file(O_WRONLY | O_APPEND)], stat(0, 42, 0o640)), (err: Error & { code?: string; pid?: number; fd?: number; path?: string }) => {
+    assert.throws(() => checkFileAccess('img', [task(7, 65534, 65534)], [file(O_WRONLY | O_APPEND)], stat(0, 42, 0o640)), (err: Error & { code?: string; pid?: number; fd?: number; path?: string }) => {
       assert.equal(err.code, 'EPRIVILEGE');
       assert.equal(err.message, 'image img: pid 7 (x) fd 3 would get "/etc/shadow" open for writing, which its credentials (uid 65534, gid 65534, '
         + 'no CAP_DAC_OVERRIDE) could not open so (owner 0:42, mode 640): nothing was restored; sign the image and restore with --trust if it is genuine');
       assert.deepEqual([err.pid, err.fd, err.path], [7, 3, '/etc/shadow']);
       return true;
     });
-    assert.throws(() => checkWriteAccess('img', [task(7, 65534, 65534)], [file(O_RDWR)], stat(0, 0, 0o644)), /open for writing/);
+    assert.throws(() => checkFileAccess('img', [task(7, 65534, 65534)], [file(O_RDWR)], stat(0, 0, 0o644)), /open for writing/);
   });
 
-  it('allows reading anything, and writing as owner, group, supplementary group, other, or with CAP_DAC_OVERRIDE', () => {
-    const ok = (t: ReturnType<typeof task>, s: StatOf, flags = O_WRONLY): void => checkWriteAccess('img', [t], [file(flags)], s);
-    ok(task(7, 65534, 65534), stat(0, 0, 0o600), O_RDONLY); // a read is the kernel's and the bound's business
+  it('allows writing as owner, group, supplementary group, other, or with CAP_DAC_OVERRIDE', () => {
+    const ok = (t: ReturnType<typeof task>, s: StatOf, flags = O_WRONLY): void => checkFileAccess('img', [t], [file(flags)], s);
     ok(task(7, 1000, 1000), stat(1000, 0, 0o600));
     ok(task(7, 1000, 50), stat(0, 50, 0o660));
     ok(task(7, 1000, 1000, [50]), stat(0, 50, 0o620));
@@ -52,14 +55,38 @@ describe('checkWriteAccess', () => {
     assert.throws(() => ok(task(7, 1000, 1000), stat(1000, 0, 0o402)), /open for writing/);
   });
 
+  it('refuses reading what the holder could not read, and a file under a directory it could not search', () => {
+    const check = (t: ReturnType<typeof task>, s: StatOf, flags: number, path = '/etc/shadow'): void => checkFileAccess('img', [t], [file(flags, path)], s);
+    assert.throws(() => check(task(7, 65534, 65534), stat(0, 42, 0o640), O_RDONLY), (err: Error & { code?: string; fd?: number }) => {
+      assert.equal(err.code, 'EPRIVILEGE');
+      assert.equal(err.message, 'image img: pid 7 (x) fd 3 would get "/etc/shadow" open for reading, which its credentials (uid 65534, gid 65534, '
+        + 'no CAP_DAC_OVERRIDE) could not open so (owner 0:42, mode 640): nothing was restored; sign the image and restore with --trust if it is genuine');
+      return true;
+    });
+    assert.throws(() => check(task(7, 1000, 1000), stat(1000, 0, 0o200), O_RDWR), /open for reading, which/); // writable, not readable
+    // A readable file in a directory nobody else may search: /root/notes, 0644, under /root 0700.
+    assert.throws(() => check(task(7, 1000, 1000), stat(0, 0, 0o644, { '/root': 0o700 }), O_RDONLY, '/root/notes'),
+      /fd 3 would get "\/root\/notes" open for reading, which its credentials \(uid 1000, gid 1000, no CAP_DAC_OVERRIDE\) could not reach: the directory "\/root" is not searchable by them \(owner 0:0, mode 700\)/);
+    // Even an O_PATH descriptor needs the way there, but not read access to the file.
+    const O_PATH = 0o10000000;
+    assert.throws(() => check(task(7, 1000, 1000), stat(0, 0, 0o600, { '/root': 0o700 }), O_PATH, '/root/key'), /open \(O_PATH\), which .* could not reach/);
+    check(task(7, 1000, 1000), stat(0, 0, 0o600), O_PATH, '/root/key');
+    // Allowed: readable by owner, group or others; CAP_DAC_READ_SEARCH (bit 2) reads and searches, not writes.
+    check(task(7, 1000, 1000), stat(1000, 0, 0o400), O_RDONLY);
+    check(task(7, 1000, 50), stat(0, 50, 0o040), O_RDONLY);
+    check(task(7, 1000, 1000), stat(0, 0, 0o604), O_RDONLY);
+    check(task(7, 1000, 1000, [], '0x4'), stat(0, 0, 0o600, { '/root': 0o700 }), O_RDONLY, '/root/key');
+    assert.throws(() => check(task(7, 1000, 1000, [], '0x4'), stat(0, 0, 0o644), O_WRONLY), /open for writing/);
+  });
+
   it('any holder with the right suffices; a file no task holds, a missing file, other kinds: nothing to say', () => {
-    checkWriteAccess('img', [task(7, 65534, 65534), task(8, 0, 0, [], '0x2')], [file(O_WRONLY)], stat(0, 0, 0o600));
-    checkWriteAccess('img', [task(7, 65534, 65534, [], '0x0', [{ fd: 3, file: 2 }])], [file(O_WRONLY)], stat(0, 0, 0o600));
-    checkWriteAccess('img', [task(7, 65534, 65534)], [file(O_WRONLY)], () => undefined);
-    checkWriteAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'pipe', flags: O_RDWR }], stat(0, 0, 0o600));
+    checkFileAccess('img', [task(7, 65534, 65534), task(8, 0, 0, [], '0x2')], [file(O_WRONLY)], stat(0, 0, 0o600));
+    checkFileAccess('img', [task(7, 65534, 65534, [], '0x0', [{ fd: 3, file: 2 }])], [file(O_WRONLY)], stat(0, 0, 0o600));
+    checkFileAccess('img', [task(7, 65534, 65534)], [file(O_WRONLY)], () => undefined);
+    checkFileAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'pipe', flags: O_RDWR }], stat(0, 0, 0o600));
     // A device or FIFO by path is held to the same rule: /dev/mem is root's.
-    assert.throws(() => checkWriteAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/mem', flags: O_RDWR }], stat(0, 15, 0o640)),
+    assert.throws(() => checkFileAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/mem', flags: O_RDWR }], stat(0, 15, 0o640)),
       /fd 3 would get "\/dev\/mem" open for writing/);
-    checkWriteAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/null', flags: O_RDWR }], stat(0, 0, 0o666));
+    checkFileAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/null', flags: O_RDWR }], stat(0, 0, 0o666));
   });
 });
