@@ -178,6 +178,8 @@ export interface RestoreResult {
   restoreMs: number;
   /** Whole restore, milliseconds (with the 20 ms watch for a process dying at once after the let-go). */
   totalMs: number;
+  /** What the restore did other than asked, one line each (also logged as warnings). */
+  warnings?: string[];
 }
 
 export interface InspectOptions extends CommonOptions {

@@ -38,6 +38,7 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
   } finally {
     progress.clear();
   }
+  if (!o.json) for (const w of result.warnings ?? []) printLine(2, `warning: ${w}`);
   printLine(1, o.json ? resultJson(result) : formatRestore(result, o));
   // Like runc restore without --detach: stay until the container stops.
   if (o.container && !o.container.detach) await waitStopped(o.container, signal);

@@ -302,13 +302,53 @@ export class NetLock {
 }
 
 /**
+ * Why table `table` is not only the lock of `connections` (an untrusted image names the kept
+ * table it wants removed: it may name only one that blocks nothing but its own connections,
+ * never another checkpoint's), or undefined when it is. Reads the table (`nft -j list`): every
+ * chain must be one of the lock's, every set element one of the connections, either way round.
+ */
+function foreignLockEntry(nft: string, table: string, connections: readonly LockedConnection[]): string | undefined {
+  const r = spawnSync(nft, ['-j', 'list', 'table', 'inet', table], { encoding: 'utf8', timeout: NFT_TIMEOUT_MS, maxBuffer: 64 << 20 });
+  if (r.status !== 0) {
+    if (/No such file or directory/.test(r.stderr ?? '')) return undefined; // gone already: nothing to remove
+    return (r.stderr ?? '').split('\n').find((l) => l.startsWith('Error:')) ?? r.error?.message ?? `nft exited with ${r.status}`;
+  }
+  const ours = new Set<string>();
+  for (const c of connections) {
+    const l = `${ipKey(c.local.address)}/${c.local.port}`, p = `${ipKey(c.remote.address)}/${c.remote.port}`;
+    ours.add(`${l}|${p}`).add(`${p}|${l}`);
+  }
+  let items: unknown[];
+  try {
+    items = (JSON.parse(r.stdout) as { nftables?: unknown[] }).nftables ?? [];
+  } catch {
+    return 'its listing is not JSON';
+  }
+  for (const item of items as Array<Record<string, any>>) { // eslint-disable-line @typescript-eslint/no-explicit-any
+    if (item.chain !== undefined && item.chain.policy === 'drop') return `its chain ${item.chain.name} drops everything, which no connection lock does`;
+    if (item.set === undefined) continue;
+    for (const e of (item.set.elem ?? []) as unknown[]) {
+      const parts = (e as { concat?: unknown[] }).concat;
+      const key = Array.isArray(parts) && parts.length === 4 && typeof parts[0] === 'string' && typeof parts[2] === 'string'
+        ? `${ipKey(parts[0])}/${parts[1]}|${ipKey(parts[2])}/${parts[3]}` : undefined;
+      if (key === undefined || !ours.has(key)) return `it blocks ${JSON.stringify(e).slice(0, 200)}, which is not one of the image's connections`;
+    }
+  }
+  return undefined;
+}
+
+/**
  * Deletes the kept lock `table` (restore, once the tree runs). Returns undefined when it is
  * gone (or was already), else why not.
  */
-export function removeKeptLock(table: string): string | undefined {
+export function removeKeptLock(table: string, only?: readonly LockedConnection[]): string | undefined {
   if (!KEPT_TABLE.test(table)) return `${table} is not a lock table's name`;
   const nft = findProgram('nft');
   if (nft === undefined) return 'nft(8) is missing';
+  if (only !== undefined) {
+    const foreign = foreignLockEntry(nft, table, only);
+    if (foreign !== undefined) return foreign;
+  }
   const r = spawnSync(nft, ['delete', 'table', 'inet', table], { encoding: 'utf8', timeout: NFT_TIMEOUT_MS });
   if (r.status === 0) return undefined;
   if (/No such file or directory/.test(r.stderr ?? '')) return undefined;

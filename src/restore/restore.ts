@@ -23,7 +23,8 @@ import { checkProcfileTrust } from '../files/procfile.js';
 import { beforeLetGo, checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
-import { removeKeptLock } from '../files/tcp-lock.js';
+import { removeKeptLock, type LockedConnection } from '../files/tcp-lock.js';
+import type { InetRecord } from '../files/inet.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
 import { hostFacts } from '../host.js';
@@ -51,6 +52,11 @@ import { startWatchdog } from '../watchdog.js';
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   const t0 = performance.now();
   const log = o.logger.child({ op: 'restore' });
+  const warnings: string[] = [];
+  const warn = (m: string): void => {
+    warnings.push(m);
+    log.warn(m);
+  };
   // --trust, else image.trust of the config: read before the image, checked right after its
   // manifest. This machine's own key is trusted too (image/host-key.ts).
   const host = hostPublicKey(o.config.image.hostKey);
@@ -137,7 +143,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     for (const e of manifest.entries.filter((x) => x.name.startsWith('files/'))) blobs.set(e.name, await image.read(e.name, e.size));
     if (!o.makeRoot) {
       checkFiles(files.files, undefined, inherit);
-      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m));
+      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn);
     }
     // A migration's target waits here for the source to give the PIDs up (api.ts).
     await o.beforeCreate?.({ pids: tree.processes.map((p) => p.pid), tids: tasks.flatMap((t) => t.threads.slice(1).map((th) => th.tid)) });
@@ -156,7 +162,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (made) {
       session.onUndo('remove the container made for the root', () => made.destroy());
       checkFiles(files.files, made.fileRoot, inherit);
-      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, (m) => log.warn(m), made.fileRoot);
+      checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn, made.fileRoot);
     }
     // A container's sockets are made in its network namespace.
     const opened = withNetns(made?.pid, () => openFiles(files.files,
@@ -206,9 +212,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     await checkRunning(hostPids, tree.root, log);
     // The tree runs with every connection rebuilt: the network lock kept since the checkpoint
     // goes (files/tcp-lock.ts). Before this, a failure leaves it for a retry.
-    const lockLeft = files.netLock !== undefined ? removeKeptLock(files.netLock.table) : undefined;
+    // An untrusted image may have only a table removed that blocks its own connections.
+    const lockLeft = files.netLock !== undefined
+      ? removeKeptLock(files.netLock.table, trusted ? undefined : imageConnections(files.files)) : undefined;
     if (lockLeft !== undefined) {
-      log.warn(`the network lock kept since the checkpoint could not be removed (${lockLeft}): the tree's connections stay blocked until 'nft delete table inet ${files.netLock!.table}'`);
+      warn(`the network lock kept since the checkpoint could not be removed (${lockLeft}): if table inet ${files.netLock!.table} is the tree's lock, `
+        + `its connections stay blocked until 'nft delete table inet ${files.netLock!.table}'`);
     }
     const tEnd = performance.now();
     if (o.pidFile !== undefined) writeFileSync(o.pidFile, `${hostPid}\n`);
@@ -221,6 +230,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
       totalMs: tEnd - t0,
+      ...(warnings.length > 0 ? { warnings } : {}),
     };
   } catch (err) {
     session.unwind();
@@ -422,4 +432,14 @@ function detachInSyscall(pid: number, tid: number): void {
     sig = st.stopSig; // a signal for the thread: pass it on
   }
   n.detach(tid, 0);
+}
+
+/** The TCP connections of an image's sockets, as the network lock names them. */
+function imageConnections(files: readonly FileRecord[]): LockedConnection[] {
+  const out: LockedConnection[] = [];
+  for (const f of files as Array<FileRecord & Partial<InetRecord>>) {
+    if (f.kind !== 'inet' || f.proto !== 'tcp' || !f.local || !f.remote) continue;
+    out.push({ v6: f.family === 'ipv6', local: f.local, remote: f.remote });
+  }
+  return out;
 }

@@ -7,14 +7,16 @@
  * it; ferry-lock-FERRYPID- while ferry runs), never by listing anything else.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FERRY, needs, PYTHON } from '../helpers/env.js';
 import { allEchoed, echoPair, locksOf, NFT, tableExists, closeServers } from '../helpers/echo.js';
-import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { editImage, json } from '../helpers/images.js';
 
 const skip = needs('root', 'python') || (NFT === undefined ? 'needs nft(8) (apt-get install nftables)' : false);
 const servers: Server[] = [];
@@ -73,6 +75,72 @@ describe('the network lock', { skip, timeout: 120_000 }, () => {
       assert.equal(await verify(w), 'PASS');
     } finally {
       peer.stop();
+    }
+  });
+
+  it('an untrusted image has only a lock of its own connections removed, never another table it names', async () => {
+    const { w, peer } = await echoPair();
+    const dir = scratchDir('ferry-lockname-');
+    const noHostKey = join(dir, 'none.toml');
+    writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
+    // Another checkpoint's kept lock, as far as anyone can tell: a table of ferry's name
+    // (this test's pid in it) blocking a connection that is not the workload's.
+    const foreign = `ferry-lock-${process.pid}-${randomBytes(4).toString('hex')}`;
+    let table: string | undefined;
+    try {
+      const made = spawnSync(NFT!, ['-f', '-'], { input: `add table inet ${foreign}\nadd set inet ${foreign} v4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; `
+        + 'elements = { 127.0.0.9 . 4000 . 127.0.0.9 . 5000 }; }\n', encoding: 'utf8' });
+      assert.equal(made.status, 0, made.stderr);
+      await sleep(200);
+      const image = join(w.dir, 'echo.tar');
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established', '--json', '--config', noHostKey]);
+      assert.equal(cp.code, 0, cp.stderr);
+      table = (JSON.parse(cp.stdout.toString()) as { netLock?: string }).netLock;
+      assert.ok(table !== undefined);
+      await w.exited;
+      const edited = join(dir, 'edited.tar');
+      await editImage(image, edited, { 'files.json': json<{ netLock: { table: string } }>((v) => { v.netLock.table = foreign; }) });
+      const rs = ferry(['restore', '--image', edited, '--tcp-established', '--config', noHostKey, '--max-creds', 'root']);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+      assert.match(rs.stderr, new RegExp(`network lock kept since the checkpoint could not be removed \\(it blocks .*127\\.0\\.0\\.9.*, which is not one of the image's connections\\)`));
+      assert.ok(tableExists(foreign), 'the table the image named is left alone');
+      // The workload's own lock stays too (the image did not name it); removed here, the
+      // connection flows again.
+      assert.ok(tableExists(table));
+      spawnSync(NFT!, ['delete', 'table', 'inet', table]);
+      await allEchoed(peer);
+      assert.equal(await verify(w), 'PASS');
+    } finally {
+      peer.stop();
+      spawnSync(NFT!, ['delete', 'table', 'inet', foreign], { stdio: 'ignore' });
+      if (table !== undefined) spawnSync(NFT!, ['delete', 'table', 'inet', table], { stdio: 'ignore' });
+    }
+  });
+
+  it('an untrusted image of its own: its lock is checked against its connections and removed', async () => {
+    const { w, peer } = await echoPair();
+    const dir = scratchDir('ferry-lockname-');
+    const noHostKey = join(dir, 'none.toml');
+    writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
+    let table: string | undefined;
+    try {
+      await sleep(200);
+      const image = join(w.dir, 'echo.tar');
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established', '--json', '--config', noHostKey]);
+      assert.equal(cp.code, 0, cp.stderr);
+      table = (JSON.parse(cp.stdout.toString()) as { netLock?: string }).netLock;
+      await w.exited;
+      const rs = ferry(['restore', '--image', image, '--tcp-established', '--config', noHostKey, '--max-creds', 'root']);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+      assert.ok(table !== undefined && !tableExists(table), 'the lock is gone');
+      assert.doesNotMatch(rs.stderr, /network lock/);
+      await allEchoed(peer);
+      assert.equal(await verify(w), 'PASS');
+    } finally {
+      peer.stop();
+      if (table !== undefined) spawnSync(NFT!, ['delete', 'table', 'inet', table], { stdio: 'ignore' });
     }
   });
 
