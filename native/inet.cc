@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "sockdiag.h"
 
 namespace ferry {
 namespace {
@@ -324,63 +325,32 @@ Napi::Value TcpDestroy(const Napi::CallbackInfo& info) {
     ThrowType(info.Env(), "tcpDestroy: both addresses must be of one family");
     return {};
   }
-  struct {
-    nlmsghdr nlh;
-    inet_diag_req_v2 req;
-  } msg;
-  memset(&msg, 0, sizeof msg);
-  msg.nlh.nlmsg_len = sizeof msg;
-  msg.nlh.nlmsg_type = SOCK_DESTROY;
-  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-  msg.req.sdiag_family = static_cast<uint8_t>(l.ss_family);
-  msg.req.sdiag_protocol = IPPROTO_TCP;
-  msg.req.idiag_states = ~0U;
-  msg.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
-  msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  inet_diag_req_v2 req;
+  memset(&req, 0, sizeof req);
+  req.sdiag_family = static_cast<uint8_t>(l.ss_family);
+  req.sdiag_protocol = IPPROTO_TCP;
+  req.idiag_states = ~0U;
+  req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+  req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
   if (l.ss_family == AF_INET) {
     const auto* a = reinterpret_cast<const sockaddr_in*>(&l);
     const auto* b = reinterpret_cast<const sockaddr_in*>(&r);
-    msg.req.id.idiag_sport = a->sin_port;
-    msg.req.id.idiag_dport = b->sin_port;
-    memcpy(msg.req.id.idiag_src, &a->sin_addr, 4);
-    memcpy(msg.req.id.idiag_dst, &b->sin_addr, 4);
+    req.id.idiag_sport = a->sin_port;
+    req.id.idiag_dport = b->sin_port;
+    memcpy(req.id.idiag_src, &a->sin_addr, 4);
+    memcpy(req.id.idiag_dst, &b->sin_addr, 4);
   } else {
     const auto* a = reinterpret_cast<const sockaddr_in6*>(&l);
     const auto* b = reinterpret_cast<const sockaddr_in6*>(&r);
-    msg.req.id.idiag_sport = a->sin6_port;
-    msg.req.id.idiag_dport = b->sin6_port;
-    memcpy(msg.req.id.idiag_src, &a->sin6_addr, 16);
-    memcpy(msg.req.id.idiag_dst, &b->sin6_addr, 16);
+    req.id.idiag_sport = a->sin6_port;
+    req.id.idiag_dport = b->sin6_port;
+    memcpy(req.id.idiag_src, &a->sin6_addr, 16);
+    memcpy(req.id.idiag_dst, &b->sin6_addr, 16);
   }
-  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) {
-    ThrowErrno(info.Env(), "socket(NETLINK_SOCK_DIAG)", errno);
+  int e = SockDiagQuery(SOCK_DESTROY, &req, sizeof req, NLM_F_ACK, [](const void*, size_t) {});
+  if (e != 0) {
+    ThrowErrno(info.Env(), "SOCK_DESTROY", e);
     return {};
-  }
-  sockaddr_nl kernel;
-  memset(&kernel, 0, sizeof kernel);
-  kernel.nl_family = AF_NETLINK;
-  if (sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0) {
-    int e = errno;
-    close(nl);
-    ThrowErrno(info.Env(), "sendto(SOCK_DESTROY)", e);
-    return {};
-  }
-  alignas(nlmsghdr) char buf[1024];
-  ssize_t n = recv(nl, buf, sizeof buf, 0);
-  int e = n < 0 ? errno : 0;
-  close(nl);
-  if (n < 0) {
-    ThrowErrno(info.Env(), "recv(SOCK_DESTROY)", e);
-    return {};
-  }
-  const auto* h = reinterpret_cast<const nlmsghdr*>(buf);
-  if (NLMSG_OK(h, static_cast<size_t>(n)) && h->nlmsg_type == NLMSG_ERROR) {
-    const auto* err = reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h));
-    if (err->error != 0) {
-      ThrowErrno(info.Env(), "SOCK_DESTROY", -err->error);
-      return {};
-    }
   }
   return info.Env().Undefined();
 }
@@ -450,83 +420,44 @@ Napi::Value AttachSockFilter(const Napi::CallbackInfo& info) {
 Napi::Value InetDiag(const Napi::CallbackInfo& info) {
   int64_t family, protocol;
   if (!ArgInt(info, 0, &family) || !ArgInt(info, 1, &protocol)) return {};
-  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) {
-    ThrowErrno(info.Env(), "socket(NETLINK_SOCK_DIAG)", errno);
-    return {};
-  }
-  struct {
-    nlmsghdr nlh;
-    inet_diag_req_v2 req;
-  } msg;
-  memset(&msg, 0, sizeof msg);
-  msg.nlh.nlmsg_len = sizeof msg;
-  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  msg.nlh.nlmsg_seq = 1;
-  msg.req.sdiag_family = static_cast<uint8_t>(family);
-  msg.req.sdiag_protocol = static_cast<uint8_t>(protocol);
-  msg.req.idiag_states = ~0u;
+  inet_diag_req_v2 req;
+  memset(&req, 0, sizeof req);
+  req.sdiag_family = static_cast<uint8_t>(family);
+  req.sdiag_protocol = static_cast<uint8_t>(protocol);
+  req.idiag_states = ~0u;
   // TCP's auxiliary attributes (INET_DIAG_MD5SIG, INET_DIAG_ULP_INFO) come with INET_DIAG_INFO.
-  if (protocol == IPPROTO_TCP) msg.req.idiag_ext = 1 << (INET_DIAG_INFO - 1);
-  sockaddr_nl sa;
-  memset(&sa, 0, sizeof sa);
-  sa.nl_family = AF_NETLINK;
-  std::string what = "family " + std::to_string(family) + " protocol " + std::to_string(protocol);
-  if (sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
-    int e = errno;
-    close(nl);
-    ThrowErrno(info.Env(), "sock_diag(inet)", e, what);
-    return {};
-  }
-  std::vector<char> buf(64 * 1024);
+  if (protocol == IPPROTO_TCP) req.idiag_ext = 1 << (INET_DIAG_INFO - 1);
   Napi::Array out = Napi::Array::New(info.Env());
   uint32_t count = 0;
-  for (bool done = false; !done;) {
-    ssize_t r = recv(nl, buf.data(), buf.size(), 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      int e = errno;
-      close(nl);
-      ThrowErrno(info.Env(), "sock_diag(inet)", e, what);
-      return {};
-    }
-    if (r == 0) break;
-    for (nlmsghdr* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, static_cast<size_t>(r));
-         h = NLMSG_NEXT(h, r)) {
-      if (h->nlmsg_type == NLMSG_DONE) { done = true; break; }
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        const nlmsgerr* err = reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h));
-        close(nl);
-        ThrowErrno(info.Env(), "sock_diag(inet)", err->error ? -err->error : EIO, what);
-        return {};
+  int e = SockDiagQuery(SOCK_DIAG_BY_FAMILY, &req, sizeof req, NLM_F_DUMP, [&](const void* payload, size_t plen) {
+    if (plen < sizeof(inet_diag_msg)) return;
+    const inet_diag_msg* m = static_cast<const inet_diag_msg*>(payload);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("ino", Napi::Number::New(info.Env(), m->idiag_inode));
+    o.Set("state", Napi::Number::New(info.Env(), m->idiag_state));
+    o.Set("shutdown", Napi::Number::New(info.Env(), 0));
+    o.Set("md5", Napi::Boolean::New(info.Env(), false));
+    const char* p = reinterpret_cast<const char*>(m) + NLMSG_ALIGN(sizeof *m);
+    size_t left = plen > NLMSG_ALIGN(sizeof *m) ? plen - NLMSG_ALIGN(sizeof *m) : 0;
+    while (left >= sizeof(nlattr)) {
+      const nlattr* a = reinterpret_cast<const nlattr*>(p);
+      if (a->nla_len < sizeof(nlattr) || a->nla_len > left) break;
+      if ((a->nla_type & NLA_TYPE_MASK) == INET_DIAG_SHUTDOWN && a->nla_len >= NLA_HDRLEN + 1) {
+        o.Set("shutdown", Napi::Number::New(info.Env(), *reinterpret_cast<const uint8_t*>(p + NLA_HDRLEN)));
       }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
-      const inet_diag_msg* m = reinterpret_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-      Napi::Object o = Napi::Object::New(info.Env());
-      o.Set("ino", Napi::Number::New(info.Env(), m->idiag_inode));
-      o.Set("state", Napi::Number::New(info.Env(), m->idiag_state));
-      o.Set("shutdown", Napi::Number::New(info.Env(), 0));
-      o.Set("md5", Napi::Boolean::New(info.Env(), false));
-      const char* p = reinterpret_cast<const char*>(m) + NLMSG_ALIGN(sizeof *m);
-      size_t left = h->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof *m));
-      while (left >= sizeof(nlattr)) {
-        const nlattr* a = reinterpret_cast<const nlattr*>(p);
-        if (a->nla_len < sizeof(nlattr) || a->nla_len > left) break;
-        if ((a->nla_type & NLA_TYPE_MASK) == INET_DIAG_SHUTDOWN && a->nla_len >= NLA_HDRLEN + 1) {
-          o.Set("shutdown", Napi::Number::New(info.Env(), *reinterpret_cast<const uint8_t*>(p + NLA_HDRLEN)));
-        }
-        // TCP: the socket holds TCP_MD5SIG keys (sent to a CAP_NET_ADMIN requester only).
-        if ((a->nla_type & NLA_TYPE_MASK) == INET_DIAG_MD5SIG) o.Set("md5", Napi::Boolean::New(info.Env(), true));
-        size_t step = NLA_ALIGN(a->nla_len);
-        if (step > left) break;
-        p += step;
-        left -= step;
-      }
-      out.Set(count++, o);
+      // TCP: the socket holds TCP_MD5SIG keys (sent to a CAP_NET_ADMIN requester only).
+      if ((a->nla_type & NLA_TYPE_MASK) == INET_DIAG_MD5SIG) o.Set("md5", Napi::Boolean::New(info.Env(), true));
+      size_t step = NLA_ALIGN(a->nla_len);
+      if (step > left) break;
+      p += step;
+      left -= step;
     }
+    out.Set(count++, o);
+  });
+  if (e != 0) {
+    ThrowErrno(info.Env(), "sock_diag(inet)", e, "family " + std::to_string(family) + " protocol " + std::to_string(protocol));
+    return {};
   }
-  close(nl);
   return out;
 }
 

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "sockdiag.h"
 
 namespace ferry {
 namespace {
@@ -46,55 +47,15 @@ Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
     ThrowType(env, "sockDiagDump: request of 2..256 bytes");
     return {};
   }
-  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) {
-    ThrowErrno(env, "socket(NETLINK_SOCK_DIAG)", errno);
-    return {};
-  }
-  std::vector<char> msg(NLMSG_LENGTH(req.Length()));
-  nlmsghdr* h = reinterpret_cast<nlmsghdr*>(msg.data());
-  h->nlmsg_len = static_cast<uint32_t>(msg.size());
-  h->nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  h->nlmsg_seq = 1;
-  memcpy(NLMSG_DATA(h), req.Data(), req.Length());
-  sockaddr_nl sa;
-  memset(&sa, 0, sizeof sa);
-  sa.nl_family = AF_NETLINK;
-  const std::string what = "family " + std::to_string(req.Data()[0]);
-  if (sendto(nl, msg.data(), msg.size(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
-    int e = errno;
-    close(nl);
-    ThrowErrno(env, "sock_diag", e, what);
-    return {};
-  }
   Napi::Array out = Napi::Array::New(env);
   uint32_t n = 0;
-  std::vector<char> buf(64 * 1024);
-  for (bool done = false; !done;) {
-    ssize_t r = recv(nl, buf.data(), buf.size(), 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      int e = r < 0 ? errno : EIO;
-      close(nl);
-      ThrowErrno(env, "sock_diag", e, what);
-      return {};
-    }
-    for (nlmsghdr* m = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(m, static_cast<size_t>(r));
-         m = NLMSG_NEXT(m, r)) {
-      if (m->nlmsg_type == NLMSG_DONE) { done = true; break; }
-      if (m->nlmsg_type == NLMSG_ERROR) {
-        const nlmsgerr* err = reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(m));
-        close(nl);
-        ThrowErrno(env, "sock_diag", err->error ? -err->error : EIO, what);
-        return {};
-      }
-      if (m->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-      out.Set(n++, Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(NLMSG_DATA(m)),
-                                               m->nlmsg_len - NLMSG_HDRLEN));
-    }
+  int e = SockDiagQuery(SOCK_DIAG_BY_FAMILY, req.Data(), req.Length(), NLM_F_DUMP, [&](const void* p, size_t len) {
+    out.Set(n++, Napi::Buffer<uint8_t>::Copy(env, static_cast<const uint8_t*>(p), len));
+  });
+  if (e != 0) {
+    ThrowErrno(env, "sock_diag", e, "family " + std::to_string(req.Data()[0]));
+    return {};
   }
-  close(nl);
   return out;
 }
 

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "sockdiag.h"
 
 #ifndef SCM_PIDFD
 #define SCM_PIDFD 0x04
@@ -112,64 +113,21 @@ Napi::Object DiagToObject(Napi::Env env, const unix_diag_msg* m, size_t len) {
 // Sends one unix_diag_req (exact when ino != 0, else a dump) and collects the answers.
 // Returns false with errno set on failure.
 bool DiagQuery(Napi::Env env, uint32_t ino, Napi::Array* out) {
-  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return false;
-  struct {
-    nlmsghdr nlh;
-    unix_diag_req req;
-  } msg;
-  memset(&msg, 0, sizeof msg);
-  msg.nlh.nlmsg_len = sizeof msg;
-  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  msg.nlh.nlmsg_flags = NLM_F_REQUEST | (ino == 0 ? NLM_F_DUMP : 0);
-  msg.nlh.nlmsg_seq = 1;
-  msg.req.sdiag_family = AF_UNIX;
-  msg.req.udiag_states = ~0u;
-  msg.req.udiag_ino = ino;
-  msg.req.udiag_show = kShowAll;
+  unix_diag_req req;
+  memset(&req, 0, sizeof req);
+  req.sdiag_family = AF_UNIX;
+  req.udiag_states = ~0u;
+  req.udiag_ino = ino;
+  req.udiag_show = kShowAll;
   // No cookie known: INET_DIAG_NOCOOKIE (all ones) skips the check.
-  msg.req.udiag_cookie[0] = ~0u;
-  msg.req.udiag_cookie[1] = ~0u;
-  sockaddr_nl sa;
-  memset(&sa, 0, sizeof sa);
-  sa.nl_family = AF_NETLINK;
-  if (sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
-    int e = errno;
-    close(nl);
-    errno = e;
-    return false;
-  }
-  std::vector<char> buf(64 * 1024);
+  req.udiag_cookie[0] = ~0u;
+  req.udiag_cookie[1] = ~0u;
   uint32_t n = 0;
-  for (;;) {
-    ssize_t r = recv(nl, buf.data(), buf.size(), 0);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      close(nl);
-      errno = e;
-      return false;
-    }
-    if (r == 0) break;
-    bool done = false;
-    for (nlmsghdr* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, static_cast<size_t>(r));
-         h = NLMSG_NEXT(h, r)) {
-      if (h->nlmsg_type == NLMSG_DONE) { done = true; break; }
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        const nlmsgerr* err = reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h));
-        close(nl);
-        errno = err->error ? -err->error : EIO;
-        return false;
-      }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-      const unix_diag_msg* m = reinterpret_cast<const unix_diag_msg*>(NLMSG_DATA(h));
-      out->Set(n++, DiagToObject(env, m, h->nlmsg_len - NLMSG_HDRLEN));
-      if (ino != 0) done = true;
-    }
-    if (done) break;
-  }
-  close(nl);
-  return true;
+  int e = SockDiagQuery(SOCK_DIAG_BY_FAMILY, &req, sizeof req, ino == 0 ? NLM_F_DUMP : 0, [&](const void* p, size_t len) {
+    if (len >= sizeof(unix_diag_msg)) out->Set(n++, DiagToObject(env, static_cast<const unix_diag_msg*>(p), len));
+  });
+  errno = e;
+  return e == 0;
 }
 
 // unixDiag(ino) -> the socket, or null when no unix socket has this inode.
