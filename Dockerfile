@@ -70,6 +70,10 @@ RUN npm run --silent build
 # node_modules), the addon, the restore stub, the watchdog, the demo's counter, the launchers
 # and the default configuration. bin/ferry finds node in PATH and its package from its own path.
 FROM ${BASE} AS runtime
+# nft(8): the network lock of --tcp-established (docs/safety.md).
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=node /opt/node/bin/node /usr/local/bin/node
 COPY --from=build /src/package.json /opt/ferry/package.json
 COPY --from=build /src/bin /opt/ferry/bin

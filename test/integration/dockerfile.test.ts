@@ -226,7 +226,7 @@ describe('Dockerfile: podman build, then ferry check and ferry demo in the image
     const report = JSON.parse(r.out) as { ok: boolean; checks: Array<{ name: string; status: string; detail: string }> };
     assert.equal(report.ok, true, r.out);
     const status = (name: string): string | undefined => report.checks.find((c) => c.name === name)?.status;
-    for (const name of ['node', 'root', 'addon', 'checkpoint_restore', 'clone3_set_tid']) assert.equal(status(name), 'ok', `${name}: ${r.out}`);
+    for (const name of ['node', 'root', 'addon', 'checkpoint_restore', 'clone3_set_tid', 'net_lock']) assert.equal(status(name), 'ok', `${name}: ${r.out}`);
     assert.match(report.checks.find((c) => c.name === 'node')!.detail, /^Node\.js 2\d\./);
   });
 
