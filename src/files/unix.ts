@@ -1033,6 +1033,12 @@ export const unix: FileKind<UnixRecord> = {
 
   matches(fd: FdDesc): boolean {
     if (!fd.link.startsWith('socket:[') || !fd.stat.isSocket()) return false;
+    // The protocol's name first (one getxattr): an inet or netlink socket costs no sock_diag.
+    try {
+      if (!native().sockProtoName(`/proc/${fd.pid}/fd/${fd.fd}`).startsWith('UNIX')) return false; // UNIX, UNIX-STREAM
+    } catch {
+      return false;
+    }
     return native().unixDiag(Number(fd.stat.ino)) !== null;
   },
 
