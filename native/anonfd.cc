@@ -116,6 +116,19 @@ Napi::Value TimerfdGettime(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// clockGettime(clock) -> bigint nanoseconds: clock_gettime(2) of `clock` as the calling
+// thread's time namespace shows it (CLOCK_MONOTONIC, CLOCK_BOOTTIME…).
+Napi::Value ClockGettime(const Napi::CallbackInfo& info) {
+  int64_t clock;
+  if (!ArgInt(info, 0, &clock)) return {};
+  struct timespec now;
+  if (clock_gettime(static_cast<clockid_t>(clock), &now) < 0) {
+    ThrowErrno(info.Env(), "clock_gettime", errno, "clock " + std::to_string(clock));
+    return {};
+  }
+  return Napi::BigInt::New(info.Env(), static_cast<int64_t>(static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec));
+}
+
 // timerfdTakeTicks(fd) -> bigint: expirations since the last read (0 when none; never
 // blocks). The count is consumed: put it back with timerfdSetTicks.
 Napi::Value TimerfdTakeTicks(const Napi::CallbackInfo& info) {
@@ -196,6 +209,7 @@ void InitAnonfd(Napi::Env env, Napi::Object exports) {
   exports.Set("timerfdCreate", Napi::Function::New(env, TimerfdCreate));
   exports.Set("timerfdSettime", Napi::Function::New(env, TimerfdSettime));
   exports.Set("timerfdGettime", Napi::Function::New(env, TimerfdGettime));
+  exports.Set("clockGettime", Napi::Function::New(env, ClockGettime));
   exports.Set("timerfdTakeTicks", Napi::Function::New(env, TimerfdTakeTicks));
   exports.Set("timerfdSetTicks", Napi::Function::New(env, TimerfdSetTicks));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));

@@ -20,6 +20,7 @@ import { Session } from '../session.js';
 import { DEVSHM_ENTRY, readDevShm } from './devshm.js';
 import { readRootfsChanges, ROOTFS_ENTRY } from './rootfs.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
+import { readContainerClocks, type ContainerClocks } from './clocks.js';
 import { Runtime } from './runtime.js';
 
 export interface ContainerCheckpointOptions extends Omit<CheckpointOptions, 'pid'> {
@@ -48,6 +49,7 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
 
   const n = native();
   const preseized = new Set<number>();
+  let clocks: ContainerClocks | undefined;
   const log = o.logger.child({ op: 'checkpoint', container: o.id });
   // Every step below registers its undo; the tree's own checkpoint takes over the threads.
   const session = new Session('container checkpoint', log);
@@ -62,6 +64,7 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
     });
     await freezer.freeze();
     const dropThaw = session.onUndo('thaw the container', () => freezer.thaw());
+    clocks = readContainerClocks(state.pid); // where its clocks stop
     await faultPoint('frozen', o.signal);
     for (const tid of freezer.tids()) {
       try {
@@ -96,6 +99,7 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
     rootfs: state.rootfs,
     config,
     cgroup: freezer.version,
+    ...(clocks !== undefined ? { clocks } : {}),
   };
   let result: CheckpointResult;
   try {

@@ -32,6 +32,7 @@ import { readConfig, rootfsOf, type OciConfig } from './checkpoint.js';
 import { DEVSHM_ENTRY, writeDevShm, type DevShmRecord } from './devshm.js';
 import { applyRootfsChanges, ROOTFS_ENTRY, validateRootfs } from './rootfs.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
+import { enterTimeNamespace, validateClocks } from './clocks.js';
 import { Runtime } from './runtime.js';
 import { armWatchdog } from '../watchdog.js';
 
@@ -212,6 +213,8 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
     rt.run(['start', o.id], `container ${o.id}`);
     const pid = Number(readFileSync(join(work, 'pid'), 'utf8').trim());
     const stub = await seizeStub(pid, o.id);
+    // Its clocks go on from the checkpoint: a time namespace before any process exists.
+    if (record.clocks !== undefined) enterTimeNamespace(stub, pid, 4, validateClocks(record.clocks), o.id);
     // POSIX shared memory the processes map by path must be there before they are rebuilt.
     if (image.manifest.entries.some((e) => e.name === DEVSHM_ENTRY)) {
       writeDevShm(pid, validateDevShm(await image.readJson(DEVSHM_ENTRY)));

@@ -14,6 +14,7 @@
  */
 import { SYS, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, PAGE_SIZE, SOL_SOCKET } from '../arch/x86-64.js';
 import { seizeStub } from '../container/restore.js';
+import { enterTimeNamespace, type ContainerClocks } from '../container/clocks.js';
 import { FerryError, describeCause } from '../errors.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
@@ -66,12 +67,18 @@ export async function waitForStub(pid: number, started: string): Promise<boolean
  * from the container, and gives it a pidfd of ferry above `maxFd`, closing every descriptor
  * below. Returns that descriptor; the stub stays seized and stopped by the calling thread.
  */
-export async function adoptStub(pid: number, id: string, maxFd: number): Promise<number> {
+export async function adoptStub(pid: number, id: string, maxFd: number, clocks?: ContainerClocks): Promise<number> {
   const stub = await seizeStub(pid, id);
   try {
-    return handPidfd(stub, maxFd + 1);
-  } catch (err) {
-    throw new FerryError('ESPAWN', `container ${id}: cannot hand its init ${pid} a pidfd of ferry: ${describeCause(err)}`, { cause: err });
+    let fd: number;
+    try {
+      fd = handPidfd(stub, maxFd + 1);
+    } catch (err) {
+      throw new FerryError('ESPAWN', `container ${id}: cannot hand its init ${pid} a pidfd of ferry: ${describeCause(err)}`, { cause: err });
+    }
+    // Its clocks go on from the checkpoint (container/clocks.ts).
+    if (clocks !== undefined) enterTimeNamespace(stub, pid, fd, clocks, id);
+    return fd;
   } finally {
     stub.close();
   }

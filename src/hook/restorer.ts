@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MadeRoot } from '../api.js';
 import type { Config } from '../config/config.js';
-import { CONTAINER_ENTRY } from '../container/record.js';
+import { CONTAINER_ENTRY, type ContainerRecord } from '../container/record.js';
+import { validateClocks, type ContainerClocks } from '../container/clocks.js';
 import { FerryError, describeCause } from '../errors.js';
 import type { FilesRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -89,7 +90,7 @@ export async function runRestorer(job: RestoreJob, config: Config, logger: Logge
   n.closeFd(initPidfd);
   try {
     const inherit = stdioInherit(stdio);
-    const made = (maxFd: number): Promise<MadeRoot> => adoptStub(job.pid, job.id, maxFd).then((controllerPidfd) => ({
+    const made = (maxFd: number, clocks?: ContainerClocks): Promise<MadeRoot> => adoptStub(job.pid, job.id, maxFd, clocks).then((controllerPidfd) => ({
       pid: job.pid,
       controllerPidfd,
       fileRoot: `/proc/${job.pid}/root`,
@@ -101,9 +102,10 @@ export async function runRestorer(job: RestoreJob, config: Config, logger: Logge
       ? boundFromConfig(JSON.parse(job.boundConfig) as BoundingConfig, `the config.json of container ${job.id} (as the hook's precreate found it)`)
       : undefined;
     if (bound === undefined) log.warn('no bound recorded by precreate: the restored processes are not held to the container\'s config.json');
-    const r = await restore({ image: job.image, config, logger, inherit, ...(signal !== undefined ? { signal } : {}), ...(bound !== undefined ? { bound } : {}), makeRoot: (image, maxFd) => {
+    const r = await restore({ image: job.image, config, logger, inherit, ...(signal !== undefined ? { signal } : {}), ...(bound !== undefined ? { bound } : {}), makeRoot: async (image, maxFd) => {
       if (!image.has(CONTAINER_ENTRY)) throw new FerryError('EIMAGE', `image ${job.image} holds processes, not a container`);
-      return made(maxFd);
+      const record = await image.readJson(CONTAINER_ENTRY) as ContainerRecord;
+      return made(maxFd, record.clocks !== undefined ? validateClocks(record.clocks) : undefined);
     } });
     log.info({ targetPid: r.pid, processes: r.pids.length, totalMs: r.totalMs }, 'restored');
   } catch (err) {

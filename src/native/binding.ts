@@ -282,6 +282,8 @@ export interface NativeBinding {
   timerfdSettime(fd: number, flags: number, valueSec: number, valueNsec: number, intervalSec: number, intervalNsec: number): void;
   /** timerfd_gettime(2) (time left, period) and clock_gettime(2) of `clock` right after, as [s, ns]. */
   timerfdGettime(fd: number, clock: number): { value: [number, number]; interval: [number, number]; now: [number, number] };
+  /** clock_gettime(2) of `clock` in nanoseconds, as ferry's time namespace shows it. */
+  clockGettime(clock: number): bigint;
   /** poll(2) + read(2) of a timerfd: the expirations not read yet (0n when none), consumed (timerfd_create(2)). */
   timerfdTakeTicks(fd: number): bigint;
   /** ioctl(2) TFD_IOC_SET_TICKS: sets a timerfd's expiration count. */

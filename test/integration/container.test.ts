@@ -5,11 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { needs } from '../helpers/env.js';
-import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
+import { cleanup, ferry, scratchDir, sleep, waitFor } from '../helpers/processes.js';
 
 const BUSYBOX = '/bin/busybox';
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
@@ -118,6 +118,31 @@ describe('containers', { skip, timeout: 300_000 }, () => {
     const n = ticks(log).length;
     await waitFor('more ticks', () => ticks(log).length >= n + 3);
     assert.equal(runc('kill', 'ferry-t2', 'KILL').code, 0, 'runc kill works on a restored container');
+  });
+
+  it('its clocks go on from the checkpoint: a time namespace hides the downtime, twice in a row', async () => {
+    // /proc/uptime shows CLOCK_BOOTTIME as the container's time namespace does.
+    const b = bundle('clocks', 'while true; do read up idle < /proc/uptime; echo "up $up"; sleep 0.05; done');
+    const log = join(dir, 'clocks.log');
+    run('ferry-t9', b, log);
+    const ups = (): number[] => [...readFileSync(log, 'utf8').matchAll(/^up (\d+\.\d+)$/gm)].map((m) => Number(m[1]));
+    await waitFor('uptime lines', () => ups().length >= 3);
+    const image = join(dir, 'clocks.tar');
+    for (let i = 0; i < 2; i++) {
+      const cp = ferry(['checkpoint', 'ferry-t9', '--root', state, '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      const before = ups();
+      await sleep(3000); // the downtime its clocks must not show
+      const rs = ferry(['restore', 'ferry-t9', '--root', state, '--image', image, '--detach']);
+      assert.equal(rs.code, 0, rs.stderr);
+      await waitFor('uptime after the restore', () => ups().length >= before.length + 3);
+      const last = before.at(-1)!, next = ups()[before.length]!;
+      assert.ok(next >= last && next - last < 1.5, `uptime went on from ${last} s to ${next} s across 3 s of downtime`);
+      const init = (JSON.parse(runc('state', 'ferry-t9').out) as { pid: number }).pid;
+      assert.notEqual(readlinkSync(`/proc/${init}/ns/time`), readlinkSync('/proc/self/ns/time'), 'the restored container has a time namespace of its own');
+      assert.match(readFileSync(`/proc/${init}/timens_offsets`, 'utf8'), /^monotonic\s+-\d+\s+\d+$/m, 'its monotonic clock set back by the downtime');
+    }
+    assert.equal(runc('delete', '--force', 'ferry-t9').code, 0);
   });
 
   it('a container keeps the contents of its /dev/shm', async () => {

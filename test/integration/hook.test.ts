@@ -152,6 +152,9 @@ describe('hook: podman and runc', { skip, timeout: 300_000 }, () => {
     assert.deepEqual(got, got.map((_, i) => last + 1 + i), 'every tick once, in order');
     const top = podman('top', b, 'pid', 'args');
     assert.match(top.out, /^\s*1\s+sh -c i=0/m, 'the restored sh is the container\'s pid 1');
+    // Its clocks go on from the checkpoint: a time namespace set back by the downtime.
+    const offsets = podman('exec', b, 'cat', '/proc/1/timens_offsets');
+    assert.match(offsets.out, /^monotonic\s+-\d+\s+\d+$/m, `the restored pid 1's time namespace: ${offsets.out}${offsets.err}`);
     const mounts = podman('exec', b, 'cat', '/proc/mounts');
     assert.equal(mounts.code, 0, mounts.err);
     assert.doesNotMatch(mounts.out, /ferry/, 'the stub\'s bind mount is gone');
