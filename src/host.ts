@@ -24,6 +24,13 @@ export interface HostFacts {
 }
 
 let cached: HostFacts | undefined;
+let vdsoBytes: Buffer | undefined;
+
+/** This kernel's vDSO image (the same in every process), if it maps one. */
+export function hostVdso(): Buffer | undefined {
+  hostFacts();
+  return vdsoBytes;
+}
 
 /** Reads (once) the host facts from /proc/self and the CPU. */
 export function hostFacts(): HostFacts {
@@ -45,6 +52,7 @@ export function hostFacts(): HostFacts {
         closeSync(fd);
       }
       vdsoSha256 = createHash('sha256').update(buf).digest('hex');
+      vdsoBytes = buf;
     }
   }
   cached = {

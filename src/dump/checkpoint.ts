@@ -19,9 +19,9 @@ import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files
 import { withNetns } from '../task/netns.js';
 import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
 import { NetLock, sharesNetns, treeConnections } from '../files/tcp-lock.js';
-import { hostFacts } from '../host.js';
+import { hostFacts, hostVdso } from '../host.js';
 import {
-  FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
+  FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
 } from '../image/records.js';
 import { hostSigningKey } from '../image/host-key.js';
 import { signingKey } from '../image/sign.js';
@@ -275,6 +275,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
     for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
     for (const extra of o.extraEntries ?? []) entries.push(json(extra.name, extra.value));
+    // This kernel's vDSO: a restore on another kernel build proxies it (restore/vdso.ts).
+    const vdso = hostVdso();
+    if (vdso !== undefined) entries.push({ name: VDSO_ENTRY, size: vdso.length, produce: async (sink) => { await sink(vdso); } });
     // Left running and small: every page is copied out now and the tree let go before the
     // image is written (the write, hashing and renaming included, is most of a small tree's
     // freeze). A checkpoint that kills the tree keeps it until its image is complete and in

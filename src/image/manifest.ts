@@ -4,6 +4,7 @@
  */
 import { FerryError } from '../errors.js';
 import { SIGNATURE_NAME } from './sign.js';
+import { VDSO_ENTRY } from './records.js';
 
 export const IMAGE_FORMAT = 'ferry-image';
 /**
@@ -225,11 +226,14 @@ export function checkCompatibility(m: Manifest, host: ManifestHost): void {
     throw new FerryError('EARCH', `image was made on ${a.arch}, this host is ${host.arch}`);
   }
   const sameLayout = JSON.stringify(a.vdsoLayout) === JSON.stringify(host.vdsoLayout);
-  if (a.kernelRelease !== host.kernelRelease || a.kernelVersion !== host.kernelVersion
-    || a.vdsoSha256 !== host.vdsoSha256 || !sameLayout) {
+  // An image that carries its kernel's vDSO restores on another kernel build: restore proxies
+  // that vDSO (restore/vdso.ts). Older images need the same build.
+  const carried = m.entries.some((e) => e.name === VDSO_ENTRY);
+  if (!carried && (a.kernelRelease !== host.kernelRelease || a.kernelVersion !== host.kernelVersion
+    || a.vdsoSha256 !== host.vdsoSha256 || !sameLayout)) {
     throw new FerryError('EKERNEL',
       `image was made on kernel ${a.kernelRelease} (${a.kernelVersion}), this host runs ${host.kernelRelease} (${host.kernelVersion}): `
-      + 'restore needs the same kernel build (the vDSO is carried over as is)');
+      + 'an image without its kernel\'s vDSO (vdso.bin: older ferry versions did not write it) needs the same kernel build');
   }
   const missing = BigInt(a.xfeatures) & ~BigInt(host.xfeatures);
   if (missing !== 0n) {

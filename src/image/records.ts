@@ -15,6 +15,8 @@ export const pagesEntry = (pid: number): string => `tasks/${pid}/pages.bin`;
 export const xstateEntry = (pid: number, tid: number): string => `tasks/${pid}/xstate-${tid}.bin`;
 /** Table of open files shared by all tasks. */
 export const FILES_ENTRY = 'files.json';
+/** The checkpointing kernel's vDSO, raw (restore/vdso.ts). */
+export const VDSO_ENTRY = 'vdso.bin';
 /** The process tree: every process with its parent, group and session, zombies included. */
 export const TREE_ENTRY = 'tree.json';
 

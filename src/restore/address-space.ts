@@ -20,13 +20,14 @@ import {
 } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
-import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
+import { big, VDSO_ENTRY, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
 import { restoredGhost } from '../files/deleted.js';
 import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { Scratch, type Tracee } from '../task/tracee.js';
+import { vdsoProxy } from './vdso.js';
 
 /** "EACCES" for a negative injected result -13 (errno(3) name; the number if unknown). */
 function errnoName(r: bigint): string {
@@ -82,7 +83,7 @@ export interface AddressSpace {
 }
 
 /** Steps 1–2: gadget in place, stub gone, vDSO moved to the dumped addresses. */
-export function clearStub(t: Tracee, task: TaskRecord): AddressSpace {
+export function clearStub(t: Tracee, task: TaskRecord, imageVdso?: { label: string; bytes: Buffer }): AddressSpace {
   const stub = parseMaps(readProcText(t.pid, 'maps'));
   useStubGadget(t, stub);
   const dumped: Range[] = task.vmas.map((v) => [big(v.start), big(v.end)]);
@@ -95,6 +96,11 @@ export function clearStub(t: Tracee, task: TaskRecord): AddressSpace {
   const scratch = new Scratch(t, gadgetArea + BigInt(PAGE_SIZE), GADGET_SIZE - PAGE_SIZE);
 
   const specials = stub.filter((v) => v.path === '[vdso]' || v.path === '[vvar]' || v.path === '[vvar_vclock]');
+  // Another kernel's vDSO in the image: this one's stays where it lands below (vdso.ts).
+  const ownVdso = specials.find((v) => v.path === '[vdso]');
+  const imageArea = task.vmas.find((d) => d.kind === 'vdso');
+  const proxied = imageVdso !== undefined && ownVdso !== undefined && imageArea !== undefined
+    && !t.readMem(ownVdso.start, Number(ownVdso.end - ownVdso.start)).equals(imageVdso.bytes);
   t.syscalls(stub.filter((v) => !specials.includes(v) && v.path !== '[vsyscall]')
     .map((v) => [SYS.munmap, v.start, v.end - v.start] as const));
 
@@ -104,24 +110,51 @@ export function clearStub(t: Tracee, task: TaskRecord): AddressSpace {
   const moves: Array<readonly [number, ...bigint[]]> = [];
   const finals: Array<readonly [number, ...bigint[]]> = [];
   let at = staging;
+  let ownVdsoAt = 0n;
   for (const v of specials) {
     const name = v.path.slice(1, -1);
     const target = task.vmas.find((d) => d.kind === name);
     const size = v.end - v.start;
+    if (v === ownVdso) ownVdsoAt = at;
+    moves.push([SYS.mremap, v.start, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), at]);
+    at += size;
+    if (proxied) continue; // they stay together in the staging area, free of the image's areas
     if (!target) throw new FerryError('EKERNEL', `the image has no ${v.path} mapping but this kernel maps one: restore needs the same kernel build`);
     if (big(target.end) - big(target.start) !== size) {
       throw new FerryError('EKERNEL', `${v.path} is ${size} bytes here but ${big(target.end) - big(target.start)} in the image: restore needs the same kernel build`);
     }
-    moves.push([SYS.mremap, v.start, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), at]);
-    finals.push([SYS.mremap, at, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), big(target.start)]);
-    at += size;
+    finals.push([SYS.mremap, at - size, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), big(target.start)]);
   }
   const missing = task.vmas.filter((d) => SPECIAL.has(d.kind) && !specials.some((v) => v.path === `[${d.kind}]`));
-  if (missing.length > 0) {
+  if (!proxied && missing.length > 0) {
     throw new FerryError('EKERNEL', `the image has a [${missing[0]!.kind}] mapping this kernel does not make: restore needs the same kernel build`);
   }
   t.syscalls([...moves, ...finals]);
+  if (proxied) mapVdsoProxy(t, task, imageArea!, imageVdso!, ownVdsoAt, Number(ownVdso!.end - ownVdso!.start));
   return { scratch, gadgetArea };
+}
+
+/**
+ * Maps the proxy of the image's vDSO (vdso.ts) where the image had its [vdso]: a private
+ * copy of the image's bytes with a jump at each function into this kernel's vDSO, now at
+ * `ownAt` (`ownSize` bytes). No thread may have been stopped inside the old vDSO's code.
+ */
+function mapVdsoProxy(t: Tracee, task: TaskRecord, area: VmaRecord, image: { label: string; bytes: Buffer }, ownAt: bigint, ownSize: number): void {
+  const start = big(area.start), end = big(area.end);
+  if (BigInt(image.bytes.length) !== end - start) {
+    throw new FerryError('EIMAGE', `image ${image.label}: ${VDSO_ENTRY} is ${image.bytes.length} bytes but pid ${task.pid}'s [vdso] area is ${end - start}`);
+  }
+  for (const th of task.threads) {
+    const ip = big(th.regs.rip);
+    if (ip >= start && ip < end) {
+      throw new FerryError('EKERNEL', `thread ${th.tid} of pid ${task.pid} was stopped inside the vDSO of the checkpointing kernel, which differs from this one's: `
+        + 'checkpoint it again (it is rarely there) or restore on the same kernel build');
+    }
+  }
+  const proxy = vdsoProxy(image.label, image.bytes, t.readMem(ownAt, ownSize), ownAt);
+  t.syscall(SYS.mmap, start, end - start, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  t.writeMem(start, proxy);
+  t.syscall(SYS.mprotect, start, end - start, PROT_READ | PROT_EXEC);
 }
 
 function mmapFlags(v: VmaRecord): number {

@@ -16,6 +16,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
 import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
+import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
 import { checkOwners } from '../files/owner.js';
@@ -33,8 +34,9 @@ import type { ChunkSource } from '../image/chunks.js';
 import { openImage } from '../image/reader.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
-import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
+import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
+import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, type AddressSpace } from './address-space.js';
 import { checkFileAccess, checkRemovedDirs } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
@@ -141,6 +143,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
     const blobs = new Map<string, Buffer>();
     for (const e of manifest.entries.filter((x) => x.name.startsWith('files/'))) blobs.set(e.name, await image.read(e.name, e.size));
+    // The checkpointing kernel's vDSO (restore/vdso.ts), when the image has it.
+    const label = o.image === '-' ? '(stdin)' : o.image;
+    const vdsoEntry = manifest.entries.find((x) => x.name === VDSO_ENTRY);
+    if (vdsoEntry !== undefined && vdsoEntry.size > MAX_VDSO_BYTES) {
+      throw new FerryError('EIMAGE', `image ${label}: ${VDSO_ENTRY} is ${vdsoEntry.size} bytes, more than the ${MAX_VDSO_BYTES} a vDSO may have`);
+    }
+    const imageVdso = vdsoEntry !== undefined ? { label, bytes: await image.read(VDSO_ENTRY, vdsoEntry.size) } : undefined;
+    if (imageVdso !== undefined && createHash('sha256').update(imageVdso.bytes).digest('hex') !== manifest.host.vdsoSha256) {
+      throw new FerryError('EIMAGE', `image ${label}: ${VDSO_ENTRY} is not the vDSO the manifest names (host.vdsoSha256)`);
+    }
     if (!o.makeRoot) {
       checkFiles(files.files, undefined, inherit);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn);
@@ -189,7 +201,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (made) session.onUndo('close the container root', () => cwdRoot.close());
     for (const task of tasks) {
       o.signal?.throwIfAborted();
-      const built = rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), cwdRoot, made?.controllerPidfd);
+      const built = rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), cwdRoot, imageVdso, made?.controllerPidfd);
       spaces.set(task.pid, built.as);
       pagesBytes += built.written;
     }
@@ -336,9 +348,10 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
  * registered in `created` as soon as they exist, so a failure anywhere kills them too.
  */
 function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, pages: ChunkSource, cwdRoot: ConfinedRoot, controllerPidfd?: number): { as: AddressSpace; written: number } {
+  files: RestoreFiles, pages: ChunkSource, cwdRoot: ConfinedRoot, imageVdso: { label: string; bytes: Buffer } | undefined,
+  controllerPidfd?: number): { as: AddressSpace; written: number } {
   const t = created.stubs.get(task.pid)!;
-  const as = clearStub(t, task);
+  const as = clearStub(t, task, imageVdso);
   const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory, controllerPidfd);
   setMm(t, as, task);
   withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));

@@ -18,9 +18,9 @@ export type Edits = Readonly<Record<string, Edit>> | ReadonlyArray<readonly [str
  * hand would, so the edited records themselves are what restore and inspect meet. An edit that
  * matches no entry is an error: a test that edits nothing tests nothing. The copy is unsigned
  * (manifest.sig is dropped: only the key's holder could sign the edit). Returns the names of
- * the entries edited.
+ * the entries edited. `opts.drop` names entries to leave out.
  */
-export async function editImage(src: string, dst: string, edits: Edits): Promise<string[]> {
+export async function editImage(src: string, dst: string, edits: Edits, opts: { drop?: readonly string[] } = {}): Promise<string[]> {
   const entries: Array<{ name: string; body: Buffer }> = [];
   const extract = tar.extract();
   await new Promise<void>((resolve, reject) => {
@@ -41,6 +41,12 @@ export async function editImage(src: string, dst: string, edits: Edits): Promise
   // unless the test gives --max-creds (docs/security.md).
   const signed = entries.findIndex((e) => e.name === 'manifest.sig');
   if (signed >= 0) entries.splice(signed, 1);
+  // Entries left out (`opts.drop`), as an image of an older version that had none would be.
+  for (const name of opts.drop ?? []) {
+    const at = entries.findIndex((e) => e.name === name);
+    if (at < 1) throw new Error(`image ${src} has no entry ${name} to drop`);
+    entries.splice(at, 1);
+  }
   const rules = Array.isArray(edits) ? edits as ReadonlyArray<readonly [string | RegExp, Edit]> : Object.entries(edits);
   const matches = (rule: string | RegExp, name: string): boolean => (typeof rule === 'string' ? rule === name : rule.test(name));
   for (const [rule] of rules) {
@@ -51,10 +57,13 @@ export async function editImage(src: string, dst: string, edits: Edits): Promise
   const apply = (e: { name: string; body: Buffer }, text?: string): Buffer => {
     const mine = rules.filter(([rule]) => matches(rule, e.name));
     if (mine.length === 0) return text === undefined ? e.body : Buffer.from(text); // binary entries stay as they are
-    let t = text ?? e.body.toString();
-    for (const [, edit] of mine) t = edit(t);
+    let body = text !== undefined ? Buffer.from(text) : e.body;
+    for (const [, edit] of mine) {
+      const raw = (edit as Edit & { bytes?: (b: Buffer) => Buffer }).bytes;
+      body = raw !== undefined ? raw(body) : Buffer.from(edit(body.toString()));
+    }
     edited.push(e.name);
-    return Buffer.from(t);
+    return body;
   };
   for (const e of entries.slice(1)) e.body = apply(e);
   const manifest = JSON.parse(entries[0]!.body.toString()) as { entries: Array<{ name: string; size: number; sha256: string }> };
@@ -79,3 +88,6 @@ export const json = <T = Record<string, any>>(change: (v: T) => void) => (text: 
   change(v);
   return JSON.stringify(v);
 };
+
+/** A binary edit (an entry that is not text): `change` gets the bytes and returns the new ones. */
+export const bytes = (change: (b: Buffer) => Buffer): Edit => Object.assign((text: string): string => text, { bytes: change });
