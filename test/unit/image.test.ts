@@ -273,11 +273,15 @@ describe('manifest', { timeout: 30_000 }, () => {
     assert.throws(() => parseManifest(Buffer.from('{not json')), /not valid JSON/);
   });
 
-  it('refuses another kernel build, another arch, missing CPU features', () => {
+  it('refuses another arch, missing CPU features, and another kernel build for an image without its vDSO', () => {
     const m = good();
     checkCompatibility(m, host);
-    assert.throws(() => checkCompatibility(m, { ...host, kernelVersion: '#2 SMP' }), /restore needs the same kernel build/);
+    assert.throws(() => checkCompatibility(m, { ...host, kernelVersion: '#2 SMP' }), /an image without its kernel's vDSO \(vdso\.bin: older ferry versions did not write it\) needs the same kernel build/);
     assert.throws(() => checkCompatibility(m, { ...host, vdsoSha256: 'cd'.repeat(32) }), /same kernel build/);
+    // With vdso.bin, another build is restore's to proxy (restore/vdso.ts).
+    const carried = { ...m, entries: [...m.entries, { name: 'vdso.bin', size: 8192, sha256: 'ef'.repeat(32) }] };
+    checkCompatibility(carried, { ...host, kernelRelease: '6.19.0', kernelVersion: '#2 SMP', vdsoSha256: 'cd'.repeat(32) });
+    assert.throws(() => checkCompatibility(carried, { ...host, arch: 'aarch64' }), /made on x86_64/);
     assert.throws(() => checkCompatibility(m, { ...host, arch: 'aarch64' }), /made on x86_64/);
     assert.throws(() => checkCompatibility(m, { ...host, xfeatures: '0x7' }), /XCR0 bits 5, 6, 7/);
     checkCompatibility({ ...m, host: { ...host, xfeatures: '0x7' } }, host); // fewer features: fine
