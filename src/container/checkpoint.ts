@@ -30,6 +30,11 @@ export interface ContainerCheckpointOptions extends Omit<CheckpointOptions, 'pid
   runtime: string;
   /** The runtime's --root, if not its default. */
   root?: string;
+  /**
+   * Leave the killed container in the runtime's state instead of running its `delete`: the
+   * caller is the runtime itself (`runc checkpoint` through ferry's criu), which deletes it.
+   */
+  keepInRuntime?: boolean;
 }
 
 /** Checkpoints container `o.id`. */
@@ -109,6 +114,7 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       pidNamespace: readlinkSync(`/proc/${state.pid}/ns/pid`),
       preseized,
       onKilled: () => {
+        if (o.keepInRuntime) return;
         try {
           rt.run(['delete', '--force', o.id], `container ${o.id}`);
         } catch (err) {

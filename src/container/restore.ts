@@ -44,6 +44,12 @@ export interface ContainerRestoreOptions extends Omit<RestoreOptions, 'makeRoot'
   bundle?: string;
   runtime: string;
   root?: string;
+  /**
+   * Awaited once the runtime has made the sandbox and its init runs the stub (seized), with
+   * the init's host pid, before any process of the image is made: ferry's criu tells runc
+   * "setup-namespaces" here. Rejecting fails the restore, which removes the sandbox.
+   */
+  onInit?: (pid: number) => Promise<void>;
 }
 
 const F_DUPFD_CLOEXEC = 1030;
@@ -215,6 +221,7 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
     const stub = await seizeStub(pid, o.id);
     // Its clocks go on from the checkpoint: a time namespace before any process exists.
     if (record.clocks !== undefined) enterTimeNamespace(stub, pid, 4, validateClocks(record.clocks), o.id);
+    await o.onInit?.(pid);
     // POSIX shared memory the processes map by path must be there before they are rebuilt.
     if (image.manifest.entries.some((e) => e.name === DEVSHM_ENTRY)) {
       writeDevShm(pid, validateDevShm(await image.readJson(DEVSHM_ENTRY)));

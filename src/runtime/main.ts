@@ -16,7 +16,8 @@ import { spawn } from 'node:child_process';
 import { appendFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { loadConfig } from '../config/config.js';
-import { FerryError, internalCause, internalName, isNativeError } from '../errors.js';
+import { FerryError } from '../errors.js';
+import { errorLine } from './error-line.js';
 import {
   CHECKPOINT_USAGE, parseCheckpoint, parseRestore, RESTORE_USAGE, RuntimeUsageError, splitArgs, type RuntimeGlobals,
 } from './args.js';
@@ -110,23 +111,6 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   } finally {
     guard.dispose();
   }
-}
-
-/**
- * The one line for an error (after "ferry-runtime VERB: "): ferry's own message; for anything
- * else, a bug in ferry, named by its class or failed syscall, never by the engine's words, with
- * where the details are (the run's `log` in the work path, which has the error logged whole).
- */
-export function errorLine(err: unknown, log: string): string {
-  const bug = `this is a bug in ferry: details in ${log} of the work path (--work-path), please report it`;
-  if (err instanceof FerryError || err instanceof RuntimeUsageError) {
-    const line = err.message.replace(/\s*\n\s*/g, ' ').trim();
-    return internalCause(err) !== undefined ? `${line}; ${bug}` : line;
-  }
-  if (isNativeError(err)) {
-    return `unexpected failure: ${err.syscall}${typeof err.path === 'string' ? ` ${err.path}` : ''}: ${err.code}; ${bug}`;
-  }
-  return `internal error (${internalName(err)}); ${bug}`;
 }
 
 function requireRoot(): void {
