@@ -1,19 +1,21 @@
 /**
- * The part of CRIU's RPC protocol podman uses before it calls the runtime: `criu swrk FD`
- * gets one request per SOCK_SEQPACKET message on FD and answers each with one message.
- * Podman (through go-criu) asks VERSION before every checkpoint and restore, and
- * FEATURE_CHECK for `--pre-checkpoint` (mem_track). Ferry does not checkpoint through CRIU, so
- * the stand-in answers those two truthfully for ferry — a version high enough for podman, no
- * memory tracking, no lazy pages — and refuses every other request with an error response.
+ * CRIU's RPC messages as runc, crun and podman send them to `criu swrk FD`: one request per
+ * SOCK_SEQPACKET message on FD, each answered with one message. VERSION and FEATURE_CHECK are
+ * answered here, truthfully for ferry (a version high enough for podman and runc, no memory
+ * tracking, no lazy pages); DUMP and RESTORE are done by criu-swrk.ts with ferry's engine,
+ * their options read by criu-opts.ts; every other request is refused with an error response.
+ * While a DUMP or RESTORE runs, criu sends NOTIFY responses (criu_notify) and the caller
+ * answers each with a NOTIFY request carrying notify_success.
  *
  * Messages (CRIU's rpc.proto, field numbers): criu_req { type 1 (enum), opts 2, notify_success
  * 3, keep_open 4, features 5, pid 6 }; criu_resp { type 1, success 2, dump 3, restore 4,
  * notify 5, ps 6, cr_errno 7, features 8, cr_errmsg 9, version 10, status 11 };
  * criu_features { mem_track 1, lazy_pages 2, pidfd_store 3 }; criu_version { major_number 1,
- * minor_number 2, gitid 3, sublevel 4, extra 5, name 6 }.
+ * minor_number 2, gitid 3, sublevel 4, extra 5, name 6 }; criu_dump_resp { restored 1 };
+ * criu_restore_resp { pid 1 }; criu_notify { script 1, pid 2 }.
  */
 import { FERRY_VERSION } from '../version.js';
-import { bytesField, decodeMessage, ProtoWriter, uintField, type ProtoFields } from './protobuf.js';
+import { bytesField, decodeMessage, int32, ProtoWriter, uintField, type ProtoFields } from './protobuf.js';
 
 /** criu_req_type. */
 export const CriuReqType = {
@@ -39,6 +41,10 @@ export interface CriuFeatures {
 export interface CriuRequest {
   type: number;
   keepOpen: boolean;
+  /** notify_success (3): the caller's answer to a notification. */
+  notifySuccess: boolean;
+  /** opts (2), undecoded: criu-opts.ts reads it. */
+  opts?: Buffer;
   /** The features asked about (FEATURE_CHECK). */
   features?: CriuFeatures;
   /** Every field as decoded, for the log. */
@@ -49,6 +55,12 @@ export interface CriuRequest {
 export interface CriuResponse {
   type: number;
   success: boolean;
+  /** criu_dump_resp (field 3): `restored` 1 (false: this was a dump). */
+  dump?: { restored: boolean };
+  /** criu_restore_resp (field 4): the restored root's pid 1 (required). */
+  restore?: { pid: number };
+  /** criu_notify (field 5): the action (script 1) and a pid (2) where it has one. */
+  notify?: { script: string; pid?: number };
   crErrno?: number;
   crErrmsg?: string;
   features?: CriuFeatures;
@@ -59,9 +71,10 @@ export interface CriuResponse {
 export const REPORTED_VERSION = { major: 3, minor: 17, sublevel: 0 } as const;
 
 /** Name in the VERSION answer: says who really answers. */
-export const STAND_IN_NAME = `ferry ${FERRY_VERSION} (criu RPC stand-in: checkpoints go through ferry-runtime)`;
+export const STAND_IN_NAME = `ferry ${FERRY_VERSION} (criu RPC: DUMP and RESTORE done by ferry's engine)`;
 
-const EOPNOTSUPP = 95;
+/** errno of an unsupported request or option (cr_errno). */
+export const EOPNOTSUPP = 95;
 
 function features(f: ProtoFields): CriuFeatures {
   const out: CriuFeatures = {};
@@ -90,7 +103,11 @@ function encodeFeatures(f: CriuFeatures): ProtoWriter {
 export function decodeRequest(buf: Buffer): CriuRequest {
   const fields = decodeMessage(buf);
   const type = Number(uintField(fields, 1) ?? 0n);
-  const req: CriuRequest = { type, keepOpen: (uintField(fields, 4) ?? 0n) !== 0n, fields };
+  const req: CriuRequest = {
+    type, keepOpen: (uintField(fields, 4) ?? 0n) !== 0n, notifySuccess: (uintField(fields, 3) ?? 0n) !== 0n, fields,
+  };
+  const opts = bytesField(fields, 2);
+  if (opts !== undefined) req.opts = opts;
   const f = bytesField(fields, 5);
   if (f !== undefined) req.features = features(decodeMessage(f));
   return req;
@@ -99,6 +116,13 @@ export function decodeRequest(buf: Buffer): CriuRequest {
 /** Encodes a criu_resp. */
 export function encodeResponse(r: CriuResponse): Buffer {
   const w = new ProtoWriter().uint(1, r.type).uint(2, r.success);
+  if (r.dump !== undefined) w.bytes(3, new ProtoWriter().uint(1, r.dump.restored));
+  if (r.restore !== undefined) w.bytes(4, new ProtoWriter().uint(1, r.restore.pid));
+  if (r.notify !== undefined) {
+    const n = new ProtoWriter().bytes(1, r.notify.script);
+    if (r.notify.pid !== undefined) n.uint(2, r.notify.pid);
+    w.bytes(5, n);
+  }
   if (r.crErrno !== undefined) w.uint(7, r.crErrno);
   if (r.features !== undefined) w.bytes(8, encodeFeatures(r.features));
   if (r.crErrmsg !== undefined) w.bytes(9, r.crErrmsg);
@@ -116,6 +140,17 @@ export function encodeResponse(r: CriuResponse): Buffer {
 export function decodeResponse(buf: Buffer): CriuResponse {
   const f = decodeMessage(buf);
   const r: CriuResponse = { type: Number(uintField(f, 1) ?? 0n), success: (uintField(f, 2) ?? 0n) !== 0n };
+  const dump = bytesField(f, 3);
+  if (dump !== undefined) r.dump = { restored: (uintField(decodeMessage(dump), 1) ?? 0n) !== 0n };
+  const rst = bytesField(f, 4);
+  if (rst !== undefined) r.restore = { pid: int32(uintField(decodeMessage(rst), 1) ?? 0n) };
+  const notify = bytesField(f, 5);
+  if (notify !== undefined) {
+    const m = decodeMessage(notify);
+    r.notify = { script: bytesField(m, 1)?.toString('utf8') ?? '' };
+    const pid = uintField(m, 2);
+    if (pid !== undefined) r.notify.pid = int32(pid);
+  }
   const errno = uintField(f, 7);
   if (errno !== undefined) r.crErrno = Number(BigInt.asIntN(32, errno));
   const feat = bytesField(f, 8);
@@ -163,8 +198,9 @@ export function answer(req: CriuRequest): CriuResponse {
         type: req.type,
         success: false,
         crErrno: EOPNOTSUPP,
-        crErrmsg: `ferry's criu stand-in answers VERSION and FEATURE_CHECK only, not ${typeName(req.type)}: `
-          + 'containers are checkpointed and restored by the runtime wrapper ferry-runtime, not through CRIU',
+        crErrmsg: req.type === CriuReqType.PRE_DUMP
+          ? 'pre-dump (incremental checkpoints) is not supported by ferry; nothing was done'
+          : `${typeName(req.type)} is not supported by ferry's criu (it serves DUMP, RESTORE, VERSION and FEATURE_CHECK); nothing was done`,
       };
   }
 }

@@ -1,22 +1,30 @@
 /**
- * `criu` stand-in (run through bin/criu): podman runs `criu swrk FD` from PATH before every
- * checkpoint and restore and asks it for its version (and, for --pre-checkpoint, whether
- * memory tracking works) over the SOCK_SEQPACKET socket FD. Ferry checkpoints through the
- * runtime wrapper, not through CRIU, so this answers those questions (criu-rpc.ts) and
- * nothing else. Installing it as `criu` (a symlink in PATH) lets podman use ferry-runtime on a
- * machine without CRIU; docs/runtime.md.
+ * Ferry's `criu` (run through bin/criu): runc (`runc checkpoint`, `runc restore`) and podman
+ * run `criu swrk FD` from PATH and send CRIU RPC requests over the SOCK_SEQPACKET socket FD.
+ * VERSION and FEATURE_CHECK are answered by criu-rpc.ts; DUMP and RESTORE are done with
+ * ferry's engine by criu-swrk.ts (loaded only for them); anything else is refused with an
+ * error response. With bin/criu first in PATH as `criu`, an unmodified runc checkpoints and
+ * restores containers through ferry; docs/runtime.md.
  *
  * `FERRY_CRIU_LOG=FILE` appends one JSON line per request and answer to FILE.
  */
 import { unwindAll } from '../session.js';
 import { appendFileSync, closeSync, readSync, writeSync } from 'node:fs';
-import { describeCause, errnoCode } from '../errors.js';
+import { loadConfig } from '../config/config.js';
+import { describeCause, errnoCode, FerryError } from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
-import { answer, decodeRequest, encodeResponse, REPORTED_VERSION, typeName, type CriuResponse } from './criu-rpc.js';
+import { setPauseAt } from '../fault.js';
+import { guardSignals } from '../signals.js';
+import { errorLine } from './error-line.js';
+import { decodeOpts, optionName } from './criu-opts.js';
+import type { Channel } from './criu-swrk.js';
+import {
+  answer, CriuReqType, decodeRequest, encodeResponse, EOPNOTSUPP, REPORTED_VERSION, typeName, type CriuRequest, type CriuResponse,
+} from './criu-rpc.js';
 import { ProtoError } from './protobuf.js';
 import { isEntryPoint } from '../entry.js';
 
-const NAME = 'criu (ferry stand-in)';
+const NAME = 'criu (ferry)';
 /** Largest request read; CRIU's own requests fit in a few KiB. */
 const MAX_MESSAGE = 1 << 20;
 
@@ -40,22 +48,59 @@ function receive(fd: number, buf: Buffer): Buffer | null {
   }
 }
 
+/** Whatever DUMP and RESTORE need beyond the socket (main() fills it in). */
+export interface ServeOptions {
+  log?: (record: object) => void;
+  /** Aborts a DUMP or RESTORE (SIGINT/SIGTERM, src/signals.ts). */
+  signal?: AbortSignal;
+}
+
+/** cr_errno for a failure: EOPNOTSUPP for a refusal, EINTR when interrupted, else EIO. */
+function crErrno(err: unknown): number {
+  if (err instanceof FerryError) {
+    if (err.code === 'EUNSUPPORTED') return EOPNOTSUPP;
+    if (err.code === 'EINTR') return 4;
+  }
+  return 5;
+}
+
 /** Serves requests on `fd` until the other end closes it. Returns the exit status. */
-export function serve(fd: number, log: (record: object) => void = () => {}): number {
+export async function serve(fd: number, opts: ServeOptions = {}): Promise<number> {
+  const log = opts.log ?? ((): void => {});
   const buf = Buffer.alloc(MAX_MESSAGE);
   let status = 0;
+  const channel = {
+    send: (r: CriuResponse): void => {
+      log({ send: r });
+      writeSync(fd, encodeResponse(r));
+    },
+    receive: (): CriuRequest | null => {
+      const msg = receive(fd, buf);
+      if (msg === null) return null;
+      const req = decodeRequest(msg);
+      log({ request: typeName(req.type), notifySuccess: req.notifySuccess });
+      return req;
+    },
+  };
   for (;;) {
     const msg = receive(fd, buf);
     if (msg === null) break;
-    let reply: CriuResponse;
+    let req: CriuRequest;
     try {
-      const req = decodeRequest(msg);
-      reply = answer(req);
-      log({ request: typeName(req.type), keepOpen: req.keepOpen, features: req.features, fields: [...req.fields.keys()], reply });
+      req = decodeRequest(msg);
     } catch (err) {
       if (!(err instanceof ProtoError)) throw err;
-      reply = { type: 0, success: false, crErrno: 22, crErrmsg: `malformed request: ${err.message}` };
       log({ malformed: err.message, bytes: msg.toString('hex') });
+      status = 1;
+      writeSync(fd, encodeResponse({ type: 0, success: false, crErrno: 22, crErrmsg: `malformed request: ${err.message}` }));
+      continue;
+    }
+    let reply: CriuResponse;
+    if (req.type === CriuReqType.DUMP || req.type === CriuReqType.RESTORE) {
+      reply = await work(fd, req, channel, opts, log);
+    } else {
+      reply = answer(req);
+      log({ request: typeName(req.type), keepOpen: req.keepOpen, features: req.features, fields: [...req.fields.keys()], reply });
     }
     if (!reply.success) status = 1;
     writeSync(fd, encodeResponse(reply));
@@ -64,13 +109,38 @@ export function serve(fd: number, log: (record: object) => void = () => {}): num
   return status;
 }
 
-const USAGE = `usage: criu swrk FD | criu --version
-This is ferry's stand-in for CRIU: it answers the version and feature queries container
-engines (podman) send over 'criu swrk' before they call the runtime's checkpoint or restore.
-The checkpoint itself is done by ferry-runtime (see docs/runtime.md in ferry).`;
+/** DUMP or RESTORE with ferry's engine; a failure is an error response with ferry's line. */
+async function work(fd: number, req: CriuRequest, channel: Channel, opts: ServeOptions, log: (record: object) => void): Promise<CriuResponse> {
+  const verb = req.type === CriuReqType.DUMP ? 'checkpoint' : 'restore';
+  let peer: number | undefined;
+  let swrk: typeof import('./criu-swrk.js') | undefined;
+  try {
+    // The engine is loaded only for these two (docs/architecture.md, "Start-up").
+    swrk = await import('./criu-swrk.js');
+    peer = swrk.peerOf(fd);
+    const o = decodeOpts(req.opts ?? Buffer.alloc(0));
+    log({ request: typeName(req.type), peer, options: [...o.fields.keys()].map(optionName) });
+    const ctx = { channel, peer, config: loadConfig({}), ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
+    return req.type === CriuReqType.DUMP ? await swrk.serveDump(o, ctx) : await swrk.serveRestore(o, ctx);
+  } catch (err) {
+    const line = errorLine(err, req.type === CriuReqType.DUMP ? 'dump.log' : 'restore.log');
+    log({ request: typeName(req.type), error: line });
+    const said = `criu (ferry) ${verb}: ${line}`;
+    if (peer === undefined || swrk === undefined || !swrk.tellPeer(peer, said)) {
+      try { process.stderr.write(`${said}\n`); } catch { /* nowhere to say it */ }
+    }
+    return { type: req.type, success: false, crErrno: crErrno(err), crErrmsg: line };
+  }
+}
 
-/** Runs the stand-in on `argv` (without node and script); returns the exit status. */
-export function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): number {
+const USAGE = `usage: criu swrk FD | criu --version
+This is ferry's criu: it serves the CRIU RPC requests that runc sends over
+'criu swrk' for 'runc checkpoint' and 'runc restore' (DUMP, RESTORE, VERSION,
+FEATURE_CHECK) with ferry's engine; the image is ferry's own, not CRIU's.
+See docs/runtime.md in ferry.`;
+
+/** Runs ferry's criu on `argv` (without node and script); returns the exit status. */
+export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [verb, arg] = argv;
   const logFile = env.FERRY_CRIU_LOG;
   const log = (record: object): void => {
@@ -89,22 +159,27 @@ export function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.e
     return 0;
   }
   if (verb === 'swrk') {
+    setPauseAt(env.FERRY_TEST_PAUSE_AT); // test-only fault points (src/fault.ts); runc passes its environment on
     const fd = Number(arg);
     if (arg === undefined || !/^\d+$/.test(arg)) {
       process.stderr.write(`${NAME}: swrk needs the descriptor of its socket, got ${arg === undefined ? 'nothing' : `"${arg}"`}\n`);
       return 2;
     }
+    // SIGINT/SIGTERM abort a DUMP or RESTORE as they do `ferry checkpoint/restore`.
+    const guard = guardSignals(NAME);
     try {
-      return serve(fd, log);
+      const status = await serve(fd, { log, signal: guard.signal });
+      return guard.exitStatus ?? status;
     } catch (err) {
       log({ error: String(err) });
       process.stderr.write(`${NAME}: swrk on descriptor ${fd}: ${describeCause(err)}\n`);
       return 1;
+    } finally {
+      guard.dispose();
     }
   }
   log({ refused: verb ?? '' });
-  process.stderr.write(`${NAME}: '${verb ?? ''}' is not supported: this stand-in only answers 'criu swrk FD' version and feature queries; `
-    + 'checkpoints are made by ferry-runtime\n');
+  process.stderr.write(`${NAME}: '${verb ?? ''}' is not supported: ferry's criu serves only 'criu swrk FD' (runc's RPC)\n`);
   return 1;
 }
 
@@ -117,9 +192,6 @@ if (isEntryPoint(import.meta.url)) {
     process.exit(1);
   };
   process.on('uncaughtException', fatal);
-  try {
-    process.exit(main(process.argv.slice(2)));
-  } catch (err) {
-    fatal(err);
-  }
+  process.on('unhandledRejection', fatal);
+  process.exit(await main(process.argv.slice(2)).catch(fatal));
 }

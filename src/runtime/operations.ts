@@ -12,6 +12,7 @@
 import { closeSync, existsSync, fstatSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
+import type { CheckpointResult, RestoreResult } from '../api.js';
 import type { Config } from '../config/config.js';
 import { checkpointContainer } from '../container/checkpoint.js';
 import { restoreContainer } from '../container/restore.js';
@@ -42,7 +43,7 @@ export interface RuntimeContext {
 }
 
 /** The logger of one run, writing to `file` (emptied first, as CRIU's -o does). */
-function runLogger(file: string, debug: boolean, bindings: Record<string, unknown>): Logger {
+export function runLogger(file: string, debug: boolean, bindings: Record<string, unknown>): Logger {
   writeFileSync(file, '');
   return createLogger({ level: debug ? 'debug' : 'info', file }).child(bindings);
 }
@@ -60,6 +61,32 @@ export function stdioLinks(pid: number): string[] {
     } catch {
       return '';
     }
+  });
+}
+
+/**
+ * stats-dump for a checkpoint that wrote its image in `writeMs`. Pages are read from the
+ * frozen tasks while they are written, so memdump_time is 0 and memwrite_time is the write;
+ * freezing_time is 0 (ferry seizes the threads of the frozen cgroup in the same step,
+ * counted in frozen_time).
+ */
+export function dumpStats(result: CheckpointResult, writeMs: number): Buffer {
+  const pages = Math.ceil(result.pagesBytes / PAGE);
+  return encodeStats({
+    dump: {
+      freezingTime: 0, frozenTime: micros(result.frozenMs), memdumpTime: 0, memwriteTime: micros(writeMs),
+      pagesScanned: pages, pagesSkippedParent: 0, pagesWritten: pages, pagesLazy: 0,
+    },
+  });
+}
+
+/** stats-restore for a restore. */
+export function restoreStats(result: RestoreResult): Buffer {
+  return encodeStats({
+    restore: {
+      pagesCompared: 0, pagesSkippedCow: 0, forkingTime: 0, restoreTime: micros(result.restoreMs),
+      pagesRestored: Math.ceil(result.pagesBytes / PAGE),
+    },
   });
 }
 
@@ -91,17 +118,7 @@ export async function runtimeCheckpoint(a: RuntimeCheckpointArgs, ctx: RuntimeCo
       },
     });
     writeFileSync(join(imagePath, INVENTORY_FILE), encodeInventory());
-    const pages = Math.ceil(result.pagesBytes / PAGE);
-    // Pages are read from the frozen tasks while they are written, so memdump_time is 0 and
-    // memwrite_time is the write; freezing_time is 0 (ferry seizes the threads of the frozen
-    // cgroup in the same step, counted in frozen_time).
-    writeFileSync(join(workPath, 'stats-dump'), encodeStats({
-      dump: {
-        freezingTime: 0, frozenTime: micros(result.frozenMs), memdumpTime: 0,
-        memwriteTime: micros(writeFrom !== undefined && writeTo !== undefined ? writeTo - writeFrom : 0),
-        pagesScanned: pages, pagesSkippedParent: 0, pagesWritten: pages, pagesLazy: 0,
-      },
-    }));
+    writeFileSync(join(workPath, 'stats-dump'), dumpStats(result, writeFrom !== undefined && writeTo !== undefined ? writeTo - writeFrom : 0));
     log.info({ result }, 'checkpointed');
   } catch (err) {
     log.error({ err }, 'checkpoint failed');
@@ -170,12 +187,7 @@ export async function runtimeRestore(a: RuntimeRestoreArgs, ctx: RuntimeContext)
       ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
       ...(a.pidFile !== undefined ? { pidFile: resolve(ctx.cwd, a.pidFile) } : {}),
     });
-    writeFileSync(join(workPath, 'stats-restore'), encodeStats({
-      restore: {
-        pagesCompared: 0, pagesSkippedCow: 0, forkingTime: 0, restoreTime: micros(result.restoreMs),
-        pagesRestored: Math.ceil(result.pagesBytes / PAGE),
-      },
-    }));
+    writeFileSync(join(workPath, 'stats-restore'), restoreStats(result));
     log.info({ result }, 'restored');
   } catch (err) {
     log.error({ err }, 'restore failed');

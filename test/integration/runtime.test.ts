@@ -6,7 +6,8 @@
  * standing in for conmon (the new pipe gets the ticks, counting on from the last one; the
  * init is re-parented to the subreaper; the pid file holds its host pid), and checkpointed
  * and restored again. Also: unsupported flags leave the container untouched, `checkpoint
- * --help` exits 0, other verbs go to runc, and bin/criu answers VERSION/FEATURE_CHECK.
+ * --help` exits 0, other verbs go to runc, and bin/criu answers VERSION/FEATURE_CHECK and
+ * refuses PRE_DUMP.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -266,11 +267,11 @@ describe('the criu stand-in (bin/criu swrk)', { skip: needs('build'), timeout: 6
     return { answers, code };
   };
 
-  it('answers VERSION (>= 3.16, named ferry) and FEATURE_CHECK (nothing available); refuses DUMP', async () => {
+  it('answers VERSION (>= 3.16, named ferry) and FEATURE_CHECK (nothing available); refuses PRE_DUMP', async () => {
     const { answers, code } = await converse([
       encodeRequest(CriuReqType.VERSION),
       encodeRequest(CriuReqType.FEATURE_CHECK, { memTrack: true, lazyPages: true }),
-      encodeRequest(CriuReqType.DUMP),
+      encodeRequest(CriuReqType.PRE_DUMP),
     ]);
     const [version, features, dump] = answers.map((a) => decodeResponse(a));
     assert.equal(version!.type, CriuReqType.VERSION);
@@ -279,9 +280,9 @@ describe('the criu stand-in (bin/criu swrk)', { skip: needs('build'), timeout: 6
     assert.deepEqual([version!.version!.major, version!.version!.minor], [REPORTED_VERSION.major, REPORTED_VERSION.minor]);
     assert.match(version!.version!.name!, /^ferry /);
     assert.deepEqual(features, { type: CriuReqType.FEATURE_CHECK, success: true, features: { memTrack: false, lazyPages: false } });
-    assert.equal(dump!.type, CriuReqType.DUMP);
+    assert.equal(dump!.type, CriuReqType.PRE_DUMP);
     assert.equal(dump!.success, false);
-    assert.match(dump!.crErrmsg!, /answers VERSION and FEATURE_CHECK only, not DUMP/);
+    assert.equal(dump!.crErrmsg, 'pre-dump (incremental checkpoints) is not supported by ferry; nothing was done');
     assert.equal(code, 1, 'a refused request makes the exit status 1');
   });
 
