@@ -25,7 +25,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey } from 'node:crypto';
 import {
-  chownSync, closeSync, copyFileSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync,
+  chmodSync, chownSync, closeSync, copyFileSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync,
   rmSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -191,9 +191,13 @@ async function startWorkload(name: string, args: string[], uid?: number): Promis
   const dir = mkdtempSync(join(scratch, `${name}-`));
   const log = join(dir, 'workload.log');
   const fd = openSync(log, 'a');
-  // A process running as another user writes a log of its own (an unsigned image may hold
-  // open for writing only what its credentials could open so: restore/file-access.ts).
-  if (uid !== undefined) chownSync(log, uid, uid);
+  // A process running as another user writes a log of its own, in a directory it may search
+  // (an unsigned image may hold open only what its credentials could open so:
+  // restore/file-access.ts).
+  if (uid !== undefined) {
+    chownSync(log, uid, uid);
+    chmodSync(dir, 0o755);
+  }
   const child = spawn(join(WORKLOADS, name), args.map((a) => (a === 'DIR' ? dir : a)), {
     stdio: ['ignore', fd, fd], detached: true, cwd: dir, ...(uid !== undefined ? { uid, gid: uid } : {}),
   });
