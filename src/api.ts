@@ -75,6 +75,12 @@ export interface CheckpointOptions extends CommonOptions {
    * fails the checkpoint with that error, like any failure before the kill.
    */
   beforeKill?: (stoppedAt: number) => Promise<void>;
+  /**
+   * Return as soon as the tree is killed, without waiting until its processes are reaped and
+   * their PIDs free: a container's migration, whose target makes a PID namespace of its own
+   * (the wait is the downtime's then: up to seconds where PID 1 reaps lazily).
+   */
+  skipReapWait?: boolean;
 }
 
 export interface CheckpointResult {

@@ -6,7 +6,9 @@
  *   ferry-test: paused at PHASE (pid N)
  * on stderr and waits there, with everything it holds still held, until it is killed or its
  * abort signal fires (SIGINT/SIGTERM in the CLI), so a test can hit ferry at exactly that
- * point. Unset (always, outside tests), a fault point costs one comparison.
+ * point. `PHASE+MS` (`streaming+3000`) pauses there for MS milliseconds only and then goes on,
+ * for a test that changes the world meanwhile (cuts the network) and watches what ferry does
+ * next. Unset (always, outside tests), a fault point costs one comparison.
  *
  * The phases, in the order an operation passes them:
  * - checkpoint: `frozen` (a container's cgroup is frozen, before its threads are seized),
@@ -28,28 +30,39 @@ export const FAULT_PHASES = [
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 
 let pauseAt: FaultPhase | undefined;
+/** How long to pause, milliseconds; undefined: until killed or aborted. */
+let pauseMs: number | undefined;
 
 /** Sets the phase to pause at (the CLI programs call this with FERRY_TEST_PAUSE_AT). */
-export function setPauseAt(phase: string | undefined): void {
-  if (phase === undefined || phase === '') return;
+export function setPauseAt(spec: string | undefined): void {
+  if (spec === undefined || spec === '') return;
+  const m = /^([a-z]+)(?:\+(\d{1,7}))?$/.exec(spec);
+  const phase = m?.[1] ?? spec;
   if (!(FAULT_PHASES as readonly string[]).includes(phase)) {
-    throw new Error(`FERRY_TEST_PAUSE_AT=${phase} is not a phase (${FAULT_PHASES.join(', ')})`);
+    throw new Error(`FERRY_TEST_PAUSE_AT=${spec} is not a phase (${FAULT_PHASES.join(', ')}), optionally +MS`);
   }
   pauseAt = phase as FaultPhase;
+  pauseMs = m?.[2] !== undefined ? Number(m[2]) : undefined;
 }
 
 /**
  * Passes fault point `phase`: returns at once unless it is the one to pause at; then waits
- * until `signal` aborts (and throws its reason) or forever.
+ * until `signal` aborts (and throws its reason), for the time set, or forever.
  */
 export async function faultPoint(phase: FaultPhase, signal?: AbortSignal): Promise<void> {
   signal?.throwIfAborted();
   if (pauseAt !== phase) return;
   writeSync(2, `ferry-test: paused at ${phase} (pid ${process.pid})\n`);
-  await new Promise<never>((_, reject) => {
+  await new Promise<void>((resolve, reject) => {
     const keepAlive = setInterval(() => {}, 1 << 30);
+    const timer = pauseMs !== undefined ? setTimeout(() => {
+      clearInterval(keepAlive);
+      writeSync(2, `ferry-test: going on after ${phase} (pid ${process.pid})\n`);
+      resolve();
+    }, pauseMs) : undefined;
     signal?.addEventListener('abort', () => {
       clearInterval(keepAlive);
+      clearTimeout(timer);
       reject(signal.reason);
     }, { once: true });
   });

@@ -11,7 +11,7 @@ import { fstatSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from '../config/config.js';
 import type { FileOptions } from '../files/types.js';
-import { parseHostPort, parseUrl, type Endpoint } from '../migrate/endpoint.js';
+import { CONTAINER_ID, isSsh, parseHostPort, parseUrl, type Destination, type Endpoint } from '../migrate/endpoint.js';
 
 /** A mistake in the command line of `command`: one line on stderr, exit status 2. */
 export class UsageError extends Error {
@@ -109,12 +109,23 @@ export interface RestoreCliOptions extends GlobalCliOptions, FileFlags {
 
 /** `ferry migrate` (docs/migration.md). */
 export interface MigrateCliOptions extends GlobalCliOptions {
-  /** --pid: the root of the process tree to move. */
+  /** --pid: the root of the process tree to move; 0 with a container. */
   pid: number;
-  /** --to tcp://HOST:PORT: where `ferry receive` listens. */
-  to: Endpoint;
-  /** --key: the pre-shared key file both nodes hold (root-only, at least 32 random bytes). */
-  key: string;
+  /** CONTAINER: move this container instead, and where the target makes it. */
+  container?: ContainerCliOptions & {
+    /** --target-id: its id on the target (default: the same). */
+    targetId?: string;
+    /** --target-bundle: the bundle on the target (default: the one the image names). */
+    targetBundle?: string;
+    /** --target-root: the target runtime's state directory (default: its own default). */
+    targetRoot?: string;
+  };
+  /** --to tcp://HOST:PORT (where `ferry receive` listens) or ssh://[USER@]HOST[:PORT]. */
+  to: Destination;
+  /** --key: the pre-shared key file both nodes hold (root-only, at least 32 random bytes); tcp:// only. */
+  key?: string;
+  /** --ssh-config: an ssh configuration file for ssh:// (`ssh -F`). */
+  sshConfig?: string;
   /** --sign-key: sign the image with this Ed25519 private key (the target trusts its .pub). */
   signKey?: string;
   /** --json: one JSON record per phase instead of a sentence at the end. */
@@ -123,10 +134,14 @@ export interface MigrateCliOptions extends GlobalCliOptions {
 
 /** `ferry receive` (docs/migration.md). */
 export interface ReceiveCliOptions extends GlobalCliOptions {
-  /** --listen HOST:PORT: where to take migrations (port 0: any free one, printed). */
-  listen: Endpoint;
-  /** --key: the pre-shared key file both nodes hold. */
-  key: string;
+  /** --listen HOST:PORT: where to take migrations (port 0: any free one, printed); absent with --stdio. */
+  listen?: Endpoint;
+  /** --key: the pre-shared key file both nodes hold; absent with --stdio. */
+  key?: string;
+  /** --stdio: serve one migration on standard input and output (run by the sender's ssh). */
+  stdio: boolean;
+  /** --runtime: what makes a migrated container here ('runc', 'crun' or a path). */
+  runtime?: string;
   /** --once: take one authenticated migration, then exit with its outcome. */
   once: boolean;
   /** --trust: the senders' public keys (a .pub file or a directory); overrides image.trust. */
@@ -242,10 +257,13 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
     bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' }, 'allow-changed-files': { type: 'boolean' },
     trust: { type: 'string' }, 'max-creds': { type: 'string' }, 'inherit-fd': { type: 'string', multiple: true },
   },
-  migrate: { ...JSON_OPT, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' } },
+  migrate: {
+    ...JSON_OPT, ...CONTAINER_OPTS, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' },
+    'ssh-config': { type: 'string' }, 'target-id': { type: 'string' }, 'target-bundle': { type: 'string' }, 'target-root': { type: 'string' },
+  },
   receive: {
-    ...JSON_OPT, listen: { type: 'string' }, key: { type: 'string' }, once: { type: 'boolean' },
-    trust: { type: 'string' }, 'max-creds': { type: 'string' },
+    ...JSON_OPT, listen: { type: 'string' }, key: { type: 'string' }, once: { type: 'boolean' }, stdio: { type: 'boolean' },
+    trust: { type: 'string' }, 'max-creds': { type: 'string' }, runtime: { type: 'string' },
   },
   inspect: { ...IMAGE, ...JSON_OPT, verbose: { type: 'boolean' } },
   keygen: { ...JSON_OPT, out: { type: 'string' } },
@@ -302,7 +320,7 @@ export function wantsHelp(command: Command, argv: readonly string[]): boolean {
 /**
  * Where an error of this command line goes as JSON (besides its line on stderr): stdout (1)
  * when `--json` was asked for, stderr (2) for `checkpoint --image -` (stdout carries the image
- * then), undefined without `--json`. Read from a line that may be wrong (the error may be a
+ * then) and `receive --stdio` (it carries the migration), undefined without `--json`. Read from a line that may be wrong (the error may be a
  * usage error), so without parsing it strictly: every word before `--` counts. `command` ''
  * is the top level (no known command), where `--json` anywhere counts too.
  */
@@ -311,6 +329,8 @@ export function jsonErrorStream(command: Command | '', argv: readonly string[]):
   const end = argv.indexOf('--');
   const words = end < 0 ? argv : argv.slice(0, end);
   if (!words.includes('--json')) return undefined;
+  // Standard output carries the migration protocol under receive --stdio.
+  if (command === 'receive') return words.includes('--stdio') ? 2 : 1;
   if (command !== 'checkpoint') return 1;
   const toStdout = words.some((w, i) => w === '--image=-' || w === '--image-path=-'
     || ((w === '--image' || w === '--image-path') && words[i + 1] === '-'));
@@ -462,40 +482,90 @@ function maxCredsOption(command: 'restore' | 'receive', text: string): CredsBoun
   }
 }
 
-/** `ferry migrate --pid PID --to tcp://HOST:PORT --key FILE [--sign-key FILE] [--json]` */
+/**
+ * `ferry migrate (--pid PID | CONTAINER [--runtime R] [--root DIR] [--target-id ID]
+ * [--target-bundle DIR] [--target-root DIR]) --to (tcp://HOST:PORT --key FILE |
+ * ssh://[USER@]HOST[:PORT] [--ssh-config FILE]) [--sign-key FILE] [--json]`
+ */
 export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
-  const { values: v } = parse('migrate', argv);
-  const pid = pidOption('migrate', v, 'the root of the process tree to move');
-  const toText = text('migrate', v, 'to', 'tcp://HOST:PORT');
-  if (toText === undefined) throw new UsageError('migrate', '--to is required (tcp://HOST:PORT, where ferry receive listens)');
-  let to: Endpoint;
+  const { values: v, positionals } = parse('migrate', argv, true);
+  if (positionals.length > 1) throw new UsageError('migrate', `unexpected argument "${positionals[1]}" (one container id at most)`);
+  const id = positionals[0];
+  let pid = 0;
+  let container: MigrateCliOptions['container'];
+  if (id === undefined) {
+    for (const o of ['runtime', 'root', 'target-id', 'target-bundle', 'target-root']) {
+      if (v[o] !== undefined) throw new UsageError('migrate', `--${o} needs a container id (ferry migrate CONTAINER …)`);
+    }
+    pid = pidOption('migrate', v, 'the root of the process tree to move, or a container id');
+  } else {
+    if (v.pid !== undefined) throw new UsageError('migrate', 'give --pid or a container id, not both');
+    if (!CONTAINER_ID.test(id)) throw new UsageError('migrate', `"${id}" is not a container id (letters, digits, _ + . -)`);
+    container = { id, runtime: text('migrate', v, 'runtime', 'runc, crun or a path') ?? 'runc' };
+    const root = text('migrate', v, 'root', 'a directory');
+    if (root !== undefined) container.root = root;
+    const targetId = text('migrate', v, 'target-id', 'a container id');
+    if (targetId !== undefined) {
+      if (!CONTAINER_ID.test(targetId)) throw new UsageError('migrate', `--target-id "${targetId}" is not a container id (letters, digits, _ + . -)`);
+      container.targetId = targetId;
+    }
+    for (const [flag, field] of [['target-bundle', 'targetBundle'], ['target-root', 'targetRoot']] as const) {
+      const path = text('migrate', v, flag, 'an absolute path on the target');
+      if (path === undefined) continue;
+      if (!path.startsWith('/')) throw new UsageError('migrate', `--${flag} needs an absolute path on the target, got "${path}"`);
+      container[field] = path;
+    }
+  }
+  const toText = text('migrate', v, 'to', 'tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]');
+  if (toText === undefined) throw new UsageError('migrate', '--to is required (tcp://HOST:PORT, where ferry receive listens, or ssh://[USER@]HOST[:PORT])');
+  let to: Destination;
   try {
     to = parseUrl(toText);
   } catch (err) {
     throw new UsageError('migrate', `--to ${(err as Error).message}`);
   }
   const key = text('migrate', v, 'key', 'a key file');
-  if (key === undefined) throw new UsageError('migrate', '--key is required (the key file ferry receive was started with)');
-  const out: MigrateCliOptions = { ...globals('migrate', v), pid, to, key, json: v.json === true };
+  const sshConfig = text('migrate', v, 'ssh-config', 'an ssh configuration file');
+  if (isSsh(to)) {
+    if (key !== undefined) throw new UsageError('migrate', '--key is for tcp:// only: over ssh:// ssh authenticates both sides and encrypts');
+  } else {
+    if (key === undefined) throw new UsageError('migrate', '--key is required for tcp:// (the key file ferry receive was started with)');
+    if (sshConfig !== undefined) throw new UsageError('migrate', '--ssh-config is for ssh:// only');
+  }
+  const out: MigrateCliOptions = { ...globals('migrate', v), pid, to, json: v.json === true };
+  if (container !== undefined) out.container = container;
+  if (key !== undefined) out.key = key;
+  if (sshConfig !== undefined) out.sshConfig = sshConfig;
   const signKey = text('migrate', v, 'sign-key', 'a private key file (ferry keygen writes one)');
   if (signKey !== undefined) out.signKey = signKey;
   return out;
 }
 
-/** `ferry receive --listen HOST:PORT --key FILE [--once] [--trust KEYS] [--max-creds SPEC] [--json]` */
+/**
+ * `ferry receive (--listen HOST:PORT --key FILE [--once] | --stdio) [--trust KEYS]
+ * [--max-creds SPEC] [--runtime R] [--json]`
+ */
 export function parseReceiveArgs(argv: readonly string[]): ReceiveCliOptions {
   const { values: v } = parse('receive', argv);
   const at = text('receive', v, 'listen', 'HOST:PORT');
-  if (at === undefined) throw new UsageError('receive', '--listen is required (HOST:PORT to take migrations on, e.g. 10.0.0.2:7070)');
-  let listen: Endpoint;
-  try {
-    listen = parseHostPort(at, true);
-  } catch (err) {
-    throw new UsageError('receive', `--listen ${(err as Error).message}`);
-  }
   const key = text('receive', v, 'key', 'a key file');
-  if (key === undefined) throw new UsageError('receive', '--key is required (a root-only file of at least 32 random bytes, the same on both nodes): without it anyone could send this node an image');
-  const out: ReceiveCliOptions = { ...globals('receive', v), listen, key, once: v.once === true, json: v.json === true };
+  const out: ReceiveCliOptions = { ...globals('receive', v), stdio: v.stdio === true, once: v.once === true, json: v.json === true };
+  if (out.stdio) {
+    if (at !== undefined) throw new UsageError('receive', '--stdio and --listen exclude each other (--stdio: the sender\'s ssh runs it)');
+    if (key !== undefined) throw new UsageError('receive', '--key is for --listen only: under --stdio ssh authenticates the sender');
+    out.once = true;
+  } else {
+    if (at === undefined) throw new UsageError('receive', '--listen is required (HOST:PORT to take migrations on, e.g. 10.0.0.2:7070), or --stdio under ssh');
+    try {
+      out.listen = parseHostPort(at, true);
+    } catch (err) {
+      throw new UsageError('receive', `--listen ${(err as Error).message}`);
+    }
+    if (key === undefined) throw new UsageError('receive', '--key is required (a root-only file of at least 32 random bytes, the same on both nodes): without it anyone could send this node an image');
+    out.key = key;
+  }
+  const runtime = text('receive', v, 'runtime', 'runc, crun or a path');
+  if (runtime !== undefined) out.runtime = runtime;
   const trust = text('receive', v, 'trust', 'a public key file or a directory of them');
   if (trust !== undefined) out.trust = trust;
   const maxCreds = text('receive', v, 'max-creds', 'USER[:GROUP][,caps=CAP+CAP][,nnp][,seccomp][,securebits=BITS]');

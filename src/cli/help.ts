@@ -51,7 +51,9 @@ SYNOPSIS
   ferry restore --image PATH [--pid-file FILE] [--json]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach] [...]
   ferry migrate --pid PID --to tcp://HOST:PORT --key FILE [--json]
+  ferry migrate CONTAINER --to ssh://[USER@]HOST[:PORT] [--target-id ID] [...]
   ferry receive --listen HOST:PORT --key FILE [--once] [--json]
+  ferry receive --stdio [--trust KEYS] [--max-creds SPEC]
   ferry inspect --image PATH [--json] [--verbose]
   ferry keygen --out PREFIX [--json]
   ferry check [--json]
@@ -71,8 +73,8 @@ DESCRIPTION
 COMMANDS
   checkpoint   Capture a running process into an image.
   restore      Bring a process back from an image, with its original PID.
-  migrate      Move a running process tree to another node (ferry receive).
-  receive      Take the process trees ferry migrate sends.
+  migrate      Move a running process tree or container to another node.
+  receive      Take the process trees and containers ferry migrate sends.
   inspect      Verify an image and show what it holds, without restoring it.
   keygen       Make a key pair to sign images with and to trust them by.
   check        Say what works on this host, what does not, and what to do.
@@ -376,23 +378,37 @@ SEE ALSO
   in the package.`,
 
   migrate: `NAME
-  ferry migrate - move a running process tree to another node
+  ferry migrate - move a running process tree or container to another node
 
 SYNOPSIS
-  ferry migrate --pid PID --to tcp://HOST:PORT --key FILE [--sign-key FILE]
-                [--json] [GLOBAL OPTIONS]
+  ferry migrate --pid PID --to DEST [--sign-key FILE] [--json] [...]
+  ferry migrate CONTAINER --to DEST [--runtime R] [--root DIR]
+                [--target-id ID] [--target-bundle DIR] [--target-root DIR]
+                [--sign-key FILE] [--json] [GLOBAL OPTIONS]
+  DEST is tcp://HOST:PORT with --key FILE, or ssh://[USER@]HOST[:PORT]
+  [--ssh-config FILE].
 
 DESCRIPTION
-  Moves the process tree rooted at PID to the node where ferry receive
-  listens on HOST:PORT, with the same PIDs, in one command: stop and copy.
-  Both nodes hold the same key FILE; it authenticates each side to the other
-  and keys the TLS channel (TLS 1.2, ECDHE-PSK-CHACHA20-POLY1305). Nothing
-  is touched before the target has answered with the key.
+  Moves the process tree rooted at PID, or the OCI container CONTAINER, to
+  another node, in one command: stop and copy. Plain trees keep their PIDs;
+  a container is made again by the runtime there (runc create), from a
+  bundle of that node, under the same id or --target-id.
 
-  The tree is stopped and its image streamed to the target (and copied into
-  image.work_dir here). The tree stays stopped, not killed, until the target
-  says the image is whole and checked; only then is it killed, and the
-  target restores it. Exit status 0 means it runs there.
+  tcp://HOST:PORT reaches ferry receive --listen. Both nodes hold the same
+  key FILE; it authenticates each side to the other and keys the TLS
+  channel (TLS 1.2, ECDHE-PSK-CHACHA20-POLY1305).
+
+  ssh://[USER@]HOST[:PORT] runs "ferry receive --stdio" there through this
+  machine's ssh, with its own authentication (keys, agent, known_hosts,
+  ~/.ssh/config, or --ssh-config), in batch mode: no prompt. ssh
+  authenticates and encrypts; no --key then.
+
+  Nothing is touched before the target has answered. The tree is stopped
+  and its image streamed to the target (and copied into image.work_dir
+  here). The tree stays stopped, not killed, until the target says the
+  image is whole and checked; only then is it killed, and the target
+  restores it. Exit status 0 means it runs there; a container is deleted
+  here (it stays in the runtime, stopped, until then).
 
   Every failure before the kill leaves the tree running here as it was. If
   the target's restore fails after the kill, the copy is restored here and
@@ -402,17 +418,34 @@ DESCRIPTION
 
   The image is signed with --sign-key, else image.sign_key, else this
   machine's host key: the target restores it with its credentials only when
-  it trusts that key (ferry receive --trust), else within --max-creds.
+  it trusts that key (ferry receive --trust), else within --max-creds. A
+  container is bounded by its bundle's config.json on the target.
 
 OPTIONS
   --pid PID
       The root of the process tree to move.
-  --to tcp://HOST:PORT
-      Where ferry receive listens ([::1] for IPv6).
+  CONTAINER
+      The id of the container to move instead.
+  --to tcp://HOST:PORT | ssh://[USER@]HOST[:PORT]
+      Where ferry receive listens ([::1] for IPv6), or the node to run
+      ferry receive --stdio on through ssh.
   --key FILE
-      The pre-shared key: at least 32 random bytes, raw or hex, in a file of
-      root's that no one else can read or write (mode 0600); the same file
-      on both nodes. Make one with: (umask 077; openssl rand -hex 32 > FILE)
+      tcp:// only. The pre-shared key: at least 32 random bytes, raw or hex,
+      in a file of root's that no one else can read or write (mode 0600);
+      the same file on both nodes. Make one with:
+      (umask 077; openssl rand -hex 32 > FILE)
+  --ssh-config FILE
+      ssh:// only. The ssh configuration to use (ssh -F FILE).
+  --runtime R, --root DIR
+      The container's runtime here (runc, crun or a path; default runc)
+      and its state directory.
+  --target-id ID
+      The container's id on the target (default: the same id).
+  --target-bundle DIR
+      Its bundle on the target (default: the one it has here). The target
+      takes it only if root owns it and no one else can write it.
+  --target-root DIR
+      The runtime's state directory on the target (default: its default).
   --sign-key FILE
       Sign the image with this Ed25519 private key (ferry keygen); the
       target lists its .pub in --trust.
@@ -429,6 +462,7 @@ OUTPUT
   One line on standard output:
       migrated pid 4242 to tcp://node2:7070: 1.2 MiB, downtime 95 ms,
       total 160 ms
+      migrated container web1 as web2 (3 processes) to ssh://node2: ...
 
 ${EXIT_STATUS}
 
@@ -437,16 +471,21 @@ EXAMPLES
                  --trust /etc/ferry/site.pub
   On node1:  ferry migrate --pid 4242 --to tcp://node2:7070 \\
                  --key /etc/ferry/migrate.key --sign-key /etc/ferry/site.key
+  Over ssh, a runc container to a new id and bundle:
+      ferry migrate web1 --to ssh://root@node2 --target-id web2 \\
+          --target-bundle /srv/bundles/web2
 
 SEE ALSO
   ferry help receive; docs/migration.md in the package.`,
 
   receive: `NAME
-  ferry receive - take process trees that ferry migrate sends
+  ferry receive - take process trees and containers that ferry migrate sends
 
 SYNOPSIS
   ferry receive --listen HOST:PORT --key FILE (--trust KEYS | --max-creds SPEC)
-                [--once] [--json] [GLOBAL OPTIONS]
+                [--once] [--runtime R] [--json] [GLOBAL OPTIONS]
+  ferry receive --stdio (--trust KEYS | --max-creds SPEC) [--runtime R]
+                [--json] [GLOBAL OPTIONS]
 
 DESCRIPTION
   Listens on HOST:PORT for ferry migrate. A peer that does not hold the same
@@ -458,6 +497,16 @@ DESCRIPTION
   original PIDs. Every failure removes what was made, and the sender learns
   it. One migration at a time; another sender meanwhile is told to retry.
 
+  A container is made with the runtime (--runtime, default runc) under the
+  id, from the bundle and in the state directory the sender names; the
+  bundle and directory must be root's and writable by no one else, and the
+  id free, or the sender is refused before its image is read.
+
+  --stdio serves one migration on standard input and output instead: ferry
+  migrate --to ssh:// runs it so, and ssh has authenticated the sender.
+  Messages and --json records go to standard error then. An authorized_keys
+  entry can pin the command: command="ferry receive --stdio --trust ...".
+
   The key says who may send; it does not make an image trusted. An image
   keeps the credentials it holds only when signed by a key of --trust (or
   image.trust, or this machine's host key); --max-creds bounds any image.
@@ -467,7 +516,11 @@ OPTIONS
   --listen HOST:PORT
       Address and port to listen on; port 0 picks a free one (printed).
   --key FILE
-      The pre-shared key, as for ferry migrate. Required.
+      The pre-shared key, as for ferry migrate. Required with --listen.
+  --stdio
+      Serve one migration on standard input and output (run by ssh).
+  --runtime R
+      What makes a migrated container here: runc (default), crun or a path.
   --trust PATH
       The senders' public keys (a .pub file or a directory of them),
       overriding image.trust.

@@ -121,7 +121,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
     }
     case 'migrate': {
       const o = parseMigrateArgs(argv);
-      state.doing = `migrating pid ${o.pid}`;
+      state.doing = o.container !== undefined ? `migrating container ${o.container.id}` : `migrating pid ${o.pid}`;
       const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
       state.ctx = createContext(command, o);

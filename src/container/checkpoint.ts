@@ -31,8 +31,9 @@ export interface ContainerCheckpointOptions extends Omit<CheckpointOptions, 'pid
   /** The runtime's --root, if not its default. */
   root?: string;
   /**
-   * Leave the killed container in the runtime's state instead of running its `delete`: the
-   * caller is the runtime itself (`runc checkpoint` through ferry's criu), which deletes it.
+   * Leave the killed container in the runtime's state (stopped) instead of running its
+   * `delete`: for a caller that deletes it itself, the runtime (`runc checkpoint` through
+   * ferry's criu) or a migration once the target runs the workload (src/migrate/container.ts).
    */
   keepInRuntime?: boolean;
 }

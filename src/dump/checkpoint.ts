@@ -355,7 +355,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       // Let go (the owned table goes with its nft) once the tree runs on or is dead.
       await lock?.close();
       await hashPool?.close();
-      if (!o.leaveRunning) {
+      if (!o.leaveRunning && o.skipReapWait !== true) {
         const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
         await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));
       }

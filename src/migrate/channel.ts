@@ -17,7 +17,7 @@
  */
 import { connect as tlsConnect, createServer, type TLSSocket, type Server } from 'node:tls';
 import { FerryError, describeCause } from '../errors.js';
-import { formatHostPort, type Endpoint } from './endpoint.js';
+import { CONTAINER_ID, formatHostPort, type Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 
 /** Version of the protocol; a peer speaking another is refused at the hello. */
@@ -40,7 +40,7 @@ export const HEARTBEAT_MS = 1000;
 /** The control messages, by direction: S sender (`ferry migrate`), R receiver (`ferry receive`). */
 export type Message =
   /** S: who is coming; `bootId` tells the receiver whether it is the same running kernel. */
-  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string }
+  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget }
   /** R: ready to receive an image. */
   | { type: 'welcome'; protocol: number; ferryVersion: string }
   /** S: the image is complete; `bytes` were sent. */
@@ -60,6 +60,30 @@ export type Message =
 
 export type MessageType = Message['type'];
 
+/**
+ * S, in its hello: the tree is a container, to be restored on the target as container `id`
+ * (`--target-id`) from bundle `bundle` (`--target-bundle`, else the one the image names) with
+ * the runtime's state in `root` (`--target-root`, else the runtime's default). The target
+ * checks each path as it checks a bundle an image names (src/migrate/container.ts).
+ */
+export interface ContainerTarget { id: string; bundle?: string; root?: string }
+
+/** Longest path a container target may name. */
+const MAX_TARGET_PATH = 4096;
+
+
+/** Checks the optional container field of a hello. */
+function checkContainerTarget(v: unknown, bad: (why: string) => never): void {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return void bad('hello.container');
+  const c = v as Record<string, unknown>;
+  for (const k of Object.keys(c)) if (!['id', 'bundle', 'root'].includes(k)) bad(`unknown field hello.container.${k}`);
+  if (typeof c['id'] !== 'string' || !CONTAINER_ID.test(c['id'])) bad('hello.container.id');
+  for (const k of ['bundle', 'root']) {
+    const p = c[k];
+    if (p !== undefined && (typeof p !== 'string' || p === '' || p.length > MAX_TARGET_PATH || p.includes('\0'))) bad(`hello.container.${k}`);
+  }
+}
+
 /** Checks one decoded control message field by field; throws a protocol error. */
 function checkMessage(v: unknown): Message {
   const bad = (why: string): never => { throw new Error(`a malformed control message (${why})`); };
@@ -75,7 +99,10 @@ function checkMessage(v: unknown): Message {
     for (const k of Object.keys(m)) if (k !== 'type' && !keys.includes(k)) bad(`unknown field ${String(m['type'])}.${k}`);
   };
   switch (m['type']) {
-    case 'hello': only('protocol', 'ferryVersion', 'pid', 'bootId'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64); break;
+    case 'hello':
+      only('protocol', 'ferryVersion', 'pid', 'bootId', 'container'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64);
+      if (m['container'] !== undefined) checkContainerTarget(m['container'], bad);
+      break;
     case 'welcome': only('protocol', 'ferryVersion'); int('protocol', 1 << 16); str('ferryVersion', 64); break;
     case 'end': only('bytes'); int('bytes'); break;
     case 'ready': only('verifyMs'); num('verifyMs'); break;
@@ -90,6 +117,26 @@ function checkMessage(v: unknown): Message {
     default: return bad(`type ${JSON.stringify(m['type'])}`);
   }
   return m as unknown as Message;
+}
+
+/**
+ * What a Channel runs on: a TLS socket (tcp://), or the pipes of ssh and of `ferry receive
+ * --stdio` (pipes.ts). The TCP-only tunings are optional.
+ */
+export interface Transport {
+  readonly destroyed: boolean;
+  setTimeout(ms: number, onIdle?: () => void): unknown;
+  setNoDelay?(noDelay?: boolean): unknown;
+  setKeepAlive?(enable?: boolean, initialDelay?: number): unknown;
+  write(data: Buffer): boolean;
+  end(done?: () => void): unknown;
+  destroy(): unknown;
+  pause(): unknown;
+  resume(): unknown;
+  on(event: 'data', listener: (d: Buffer) => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  on(event: 'close', listener: () => void): unknown;
+  once(event: 'close' | 'drain', listener: () => void): unknown;
 }
 
 /** TLS options both sides share. */
@@ -116,9 +163,9 @@ export class Channel {
   private closed = false;
 
   /** `peer`: how messages name the other side ("tcp://10.0.0.2:7070", "10.0.0.1:50122"). */
-  constructor(readonly socket: TLSSocket, readonly peer: string) {
-    socket.setNoDelay(true);
-    socket.setKeepAlive(true, 5000);
+  constructor(readonly socket: Transport, readonly peer: string) {
+    socket.setNoDelay?.(true);
+    socket.setKeepAlive?.(true, 5000);
     socket.setTimeout(IDLE_MS, () => this.fail(new FerryError('ETIMEDOUT', `${peer} sent nothing for ${IDLE_MS / 1000} s`)));
     socket.on('data', (d: Buffer) => this.receive(d));
     socket.on('error', (err) => this.fail(new FerryError('ECONNRESET', `the connection to ${peer} failed: ${describeCause(err)}`, { cause: err })));

@@ -25,6 +25,7 @@ import type { CredsBound } from '../restore/bounds.js';
 import { Session } from '../session.js';
 import { FERRY_VERSION } from '../version.js';
 import { abortable, Channel, HEARTBEAT_MS, listen, PROTOCOL_VERSION } from './channel.js';
+import { containerRestorer } from './container.js';
 import type { Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { bootId, privateDir, RECEIVER_DIR, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
@@ -42,6 +43,8 @@ export interface ReceiveOptions extends CommonOptions {
   bound?: CredsBound;
   /** What file kinds may do beyond the defaults. */
   files?: Partial<FileOptions>;
+  /** The runtime that makes a migrated container here: 'runc' (default), 'crun' or a path. */
+  runtime?: string;
   /** Gets each phase's record as it completes ('listen' first). */
   onPhase?: (r: PhaseRecord) => void;
   /** A migration that failed (not the last of a --once receiver, which rejects with it). */
@@ -102,12 +105,22 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   }
 }
 
+/**
+ * Serves exactly one migration on `channel`, already authenticated by what carries it
+ * (`ferry receive --stdio` under ssh: sshd authenticated the sender); rejects with its error.
+ */
+export async function receiveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, channel: Channel): Promise<void> {
+  removeStaleDirs(o.config.image.workDir, RECEIVER_DIR);
+  removeStaleDirs(o.config.image.workDir, SENDER_DIR);
+  await serveOne(o, channel);
+}
+
 function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
 }
 
 /** One migration from an authenticated sender: its image spooled, checked, restored on "go". */
-async function serveOne(o: ReceiveOptions, ch: Channel): Promise<void> {
+async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: Channel): Promise<void> {
   const address = ch.peer.replace(/^the sender /, '');
   const log = o.logger.child({ op: 'receive', peer: address });
   const session = new Session('receive', log);
@@ -118,6 +131,8 @@ async function serveOne(o: ReceiveOptions, ch: Channel): Promise<void> {
       throw new FerryError('EPROTO', `${ch.peer} speaks migration protocol ${hello.protocol} (ferry ${hello.ferryVersion}), this node ${PROTOCOL_VERSION} (ferry ${FERRY_VERSION}): run the same ferry on both`);
     }
     const sameBoot = hello.bootId !== '' && hello.bootId === bootId();
+    // A container: where it goes is checked now, before one byte of its image is taken.
+    const restoreTree = hello.container !== undefined ? containerRestorer(hello.container, o.runtime ?? 'runc') : restore;
     const dir = privateDir(o.config.image.workDir, RECEIVER_DIR);
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const image = join(dir, 'image.tar');
@@ -146,7 +161,7 @@ async function serveOne(o: ReceiveOptions, ch: Channel): Promise<void> {
     // Verifying and restoring take a while: say so every second, so the sender keeps waiting.
     heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
     const tStart = performance.now();
-    const result = await restore({
+    const result = await restoreTree({
       image, config: o.config, logger: o.logger,
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(o.trust !== undefined ? { trust: o.trust } : {}),
@@ -154,8 +169,8 @@ async function serveOne(o: ReceiveOptions, ch: Channel): Promise<void> {
       ...(o.files !== undefined ? { files: o.files } : {}),
       beforeCreate: async ({ pids, tids }) => {
         // On another machine (or boot) the PIDs must be free already; on this one the source
-        // holds them until "go".
-        if (!sameBoot) refuseTaken(pids, tids);
+        // holds them until "go". A container's are its own pid namespace's.
+        if (!sameBoot && hello.container === undefined) refuseTaken(pids, tids);
         ch.send({ type: 'ready', verifyMs: performance.now() - tStart });
         await abortable(ch.next('waiting for the source to stop (go)', 'go'), o.signal);
       },

@@ -18,7 +18,7 @@ import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypt
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
-import type { CommonOptions, RestoreResult } from '../api.js';
+import type { CheckpointOptions, CheckpointResult, CommonOptions, RestoreOptions, RestoreResult } from '../api.js';
 import { checkpoint } from '../dump/checkpoint.js';
 import { FerryError, describeCause } from '../errors.js';
 import { faultPoint } from '../fault.js';
@@ -29,20 +29,25 @@ import { restore } from '../restore/restore.js';
 import { parseMaxCreds } from '../restore/bounds.js';
 import { finishing, Session } from '../session.js';
 import { FERRY_VERSION } from '../version.js';
-import { abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, type Channel } from './channel.js';
+import { abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, type Channel, type ContainerTarget } from './channel.js';
 import { bootId, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
-import { formatUrl, type Endpoint } from './endpoint.js';
+import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
+import { sshChannel, type SshOptions } from './ssh.js';
 
 export type { PhaseRecord };
 
 export interface MigrateOptions extends CommonOptions {
   /** Root of the process tree to migrate. */
   pid: number;
-  /** The target's `ferry receive`. */
-  to: Endpoint;
-  /** The pre-shared key (readMigrationKey). */
-  key: MigrationKey;
+  /** The target's `ferry receive` (tcp://), or the node to run `ferry receive --stdio` on (ssh://). */
+  to: Destination;
+  /** The pre-shared key (readMigrationKey); required for tcp://, not used over ssh://. */
+  key?: MigrationKey;
+  /** How ssh:// reaches the target (ssh.ts). */
+  ssh?: SshOptions;
+  /** A workload other than a plain process tree: a container (src/migrate/container.ts). */
+  workload?: MigrateWorkload;
   /**
    * Sign the image with this Ed25519 private key (the target trusts its .pub with --trust).
    * Absent: image.sign_key of the config, else the host key, else a key made for this one image.
@@ -50,6 +55,24 @@ export interface MigrateOptions extends CommonOptions {
   signKey?: string | KeyObject;
   /** Gets each phase's record as it completes. */
   onPhase?: (r: PhaseRecord) => void;
+}
+
+/**
+ * What differs for a container (src/migrate/container.ts): what the hello asks of the target,
+ * how the source is checkpointed, how it is brought back here after a failed hand-over, and
+ * what is left to do with the source once the target runs it.
+ */
+export interface MigrateWorkload {
+  /** Where the target restores it. */
+  container: ContainerTarget;
+  /** The checkpoint (its `pid` is the container's init); it must not remove the source after the kill. */
+  checkpoint(c: CheckpointOptions): Promise<CheckpointResult>;
+  /** Restores the local copy here (the target failed after the kill). */
+  restoreHere(r: RestoreOptions): Promise<RestoreResult>;
+  /** The target runs it: remove what is left of the source (the killed container's record). */
+  handedOver(): void;
+  /** The command that restores a kept copy by hand, before `--image`: "ferry restore web1". */
+  restoreCommand: string;
 }
 
 export interface MigrateResult {
@@ -166,10 +189,16 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   const session = new Session('migrate', log);
   let channel: Channel | undefined;
   try {
-    channel = await connect(o.to, o.key, to, o.signal);
+    if (isSsh(o.to)) {
+      channel = sshChannel(o.to, o.ssh ?? {}, log, o.signal);
+    } else {
+      if (o.key === undefined) throw new FerryError('EKEY', `${to} needs the key file ferry receive was started with (--key)`);
+      channel = await connect(o.to, o.key, to, o.signal);
+    }
     const ch = channel;
     session.onUndo('drop the connection', () => ch.destroy());
-    ch.send({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: o.pid, bootId: bootId() });
+    ch.send({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: o.pid, bootId: bootId(),
+      ...(o.workload !== undefined ? { container: o.workload.container } : {}) });
     const welcome = await ch.next('waiting for the target to take the migration', 'welcome');
     // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
     // pipe hashes everything first): the target hears from us meanwhile.
@@ -189,7 +218,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let stoppedAt = 0;
     let tReady = 0;
     let sent = 0;
-    const pids = await checkpoint({
+    const pids = await (o.workload?.checkpoint ?? checkpoint)({
       pid: o.pid, image: pump.path, leaveRunning: false, signKey,
       config: o.config, logger: o.logger,
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
@@ -265,6 +294,9 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   signKey: KeyObject, restoreWith: string, pids: number[], t: { t0: number; stoppedAt: number; sent: number }): Promise<MigrateResult> {
   const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
   const to = formatUrl(o.to);
+  // How to restore a kept copy by hand (a container takes no --max-creds: its bundle bounds it).
+  const manual = (kept: string): string => (o.workload !== undefined
+    ? `${o.workload.restoreCommand} --image ${kept}${restoreWith.replace(' --max-creds root', '')}` : `ferry restore --image ${kept}${restoreWith}`);
   ch.send({ type: 'go' });
   let running;
   try {
@@ -277,7 +309,7 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
       log.error({ err }, 'the target could not restore the tree; restoring it here');
       let local: RestoreResult;
       try {
-        local = await restore({
+        local = await (o.workload?.restoreHere ?? restore)({
           image: copy, config: o.config, logger: o.logger, trust: [createPublicKey(signKey)],
           // This process made the image moments ago, in a directory only root can enter.
           bound: parseMaxCreds('root'),
@@ -285,7 +317,7 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
       } catch (again) {
         const kept = keep(copy, dir, o.config.image.workDir, o.pid);
         throw new FerryError('EMIGRATE', `${to} could not restore pid ${o.pid}: ${err.peerMessage}; restoring it here failed too: `
-          + `${describeCause(again)}; its image is kept in ${kept}: ferry restore --image ${kept}${restoreWith}`, { cause: again, pid: o.pid, path: kept });
+          + `${describeCause(again)}; its image is kept in ${kept}: ${manual(kept)}`, { cause: again, pid: o.pid, path: kept });
       }
       rmSync(dir, { recursive: true, force: true });
       o.onPhase?.({ phase: 'restore', pid: local.pid, pids: local.pids, local: true });
@@ -295,7 +327,7 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
     const kept = keep(copy, dir, o.config.image.workDir, o.pid);
     const why = err instanceof FerryError ? err.message : describeCause(err);
     throw new FerryError('ELOST', `${why} after pid ${o.pid} was handed over: whether it runs on ${to} is unknown; `
-      + `if it does not, restore it here: ferry restore --image ${kept}${restoreWith}`, { cause: err, pid: o.pid, path: kept });
+      + `if it does not, restore it here: ${manual(kept)}`, { cause: err, pid: o.pid, path: kept });
   }
   const tRunning = performance.now();
   const downtimeMs = tRunning - t.stoppedAt;
@@ -303,6 +335,7 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   ch.send({ type: 'done', downtimeMs: round(downtimeMs) });
   await ch.close();
   session.unwind(); // the copy: the tree runs there
+  o.workload?.handedOver();
   const totalMs = performance.now() - t.t0;
   log.info({ pid: running.pid, downtimeMs }, 'migrated');
   o.onPhase?.({ phase: 'done', pid: running.pid, downtimeMs: round(downtimeMs), totalMs: round(totalMs) });

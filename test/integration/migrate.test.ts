@@ -342,7 +342,10 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     assert.match(m.stderr, /^ferry migrate: key file .*short\.key holds 2 bytes in hex, fewer than 32/);
     const ssh = ferry(['migrate', '--pid', '1', '--to', 'ssh://node2', '--key', key]);
     assert.equal(ssh.code, 2);
-    assert.match(ssh.stderr, /^ferry migrate: --to ssh:\/\/ is not supported \(yet\)/);
+    assert.match(ssh.stderr, /^ferry migrate: --key is for tcp:\/\/ only: over ssh:\/\/ ssh authenticates both sides and encrypts/);
+    const ftp = ferry(['migrate', '--pid', '1', '--to', 'ftp://node2:21', '--key', key]);
+    assert.equal(ftp.code, 2);
+    assert.match(ftp.stderr, /^ferry migrate: --to ftp:\/\/ is not supported: write tcp:\/\/HOST:PORT/);
     assert.ok(existsSync(workDir));
   });
 });

@@ -2,9 +2,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
-  parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs, parseRestoreArgs, parseVersionArgs,
-  PID_MAX_LIMIT, UsageError, wantsHelp,
+  jsonErrorStream, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs, parseMigrateArgs, parseReceiveArgs,
+  parseRestoreArgs, parseVersionArgs, PID_MAX_LIMIT, UsageError, wantsHelp,
 } from '../../src/cli/args.js';
+import { formatUrl, parseUrl } from '../../src/migrate/endpoint.js';
 
 /** Asserts that `fn` throws a UsageError of `command` with exactly `message` (or matching it). */
 function usage(fn: () => unknown, command: string, message: string | RegExp): void {
@@ -165,5 +166,63 @@ describe('external descriptors on the command line', () => {
     assert.deepEqual(parse(['--image', 'x', '--inherit-fd', 'fd[0]:pipe:[12]', '--inherit-fd', 'fd[2]:file:/a']).inherit, { 'pipe:[12]': 0, '/a': 2 });
     assert.throws(() => parse(['--image', 'x', '--inherit-fd', '3:pipe:[12]']), /expected fd\[N\]:KEY/);
     assert.throws(() => parse(['--image', 'x', '--inherit-fd', 'fd[9999]:pipe:[12]']), /descriptor 9999 is not open in this ferry/);
+  });
+});
+
+describe('ferry migrate and ferry receive arguments', { timeout: 30_000 }, () => {
+  it('parses a process over tcp:// and over ssh://', () => {
+    assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'tcp://10.0.0.2:7070', '--key', '/k', '--json']),
+      { pid: 42, to: { host: '10.0.0.2', port: 7070 }, key: '/k', json: true });
+    assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'ssh://root@node2:2222', '--ssh-config', '/c']),
+      { pid: 42, to: { ssh: true, user: 'root', host: 'node2', port: 2222 }, sshConfig: '/c', json: false });
+    assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'ssh://node2']).to, { ssh: true, host: 'node2' });
+    assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'ssh://[fd00::2]:22']).to, { ssh: true, host: 'fd00::2', port: 22 });
+  });
+
+  it('parses a container with its target', () => {
+    assert.deepEqual(parseMigrateArgs(['web1', '--to', 'ssh://node2', '--runtime', 'crun', '--root', '/run/c',
+      '--target-id', 'web2', '--target-bundle', '/srv/b', '--target-root', '/run/t']), {
+      pid: 0, to: { ssh: true, host: 'node2' }, json: false,
+      container: { id: 'web1', runtime: 'crun', root: '/run/c', targetId: 'web2', targetBundle: '/srv/b', targetRoot: '/run/t' },
+    });
+    assert.deepEqual(parseMigrateArgs(['web1', '--to', 'tcp://n:1', '--key', 'k']).container, { id: 'web1', runtime: 'runc' });
+  });
+
+  it('refuses what does not fit together', () => {
+    usage(() => parseMigrateArgs(['--to', 'tcp://n:1', '--key', 'k']), 'migrate', '--pid is required (the root of the process tree to move, or a container id)');
+    usage(() => parseMigrateArgs(['web1', '--pid', '1', '--to', 'tcp://n:1', '--key', 'k']), 'migrate', 'give --pid or a container id, not both');
+    usage(() => parseMigrateArgs(['a', 'b', '--to', 'tcp://n:1', '--key', 'k']), 'migrate', 'unexpected argument "b" (one container id at most)');
+    usage(() => parseMigrateArgs(['--pid', '1', '--target-id', 'x', '--to', 'tcp://n:1', '--key', 'k']), 'migrate', '--target-id needs a container id (ferry migrate CONTAINER …)');
+    usage(() => parseMigrateArgs(['w', '--target-id', 'a/b', '--to', 'tcp://n:1', '--key', 'k']), 'migrate', '--target-id "a/b" is not a container id (letters, digits, _ + . -)');
+    usage(() => parseMigrateArgs(['w', '--target-bundle', 'rel', '--to', 'tcp://n:1', '--key', 'k']), 'migrate', '--target-bundle needs an absolute path on the target, got "rel"');
+    usage(() => parseMigrateArgs(['--pid', '1', '--to', 'tcp://n:1']), 'migrate', '--key is required for tcp:// (the key file ferry receive was started with)');
+    usage(() => parseMigrateArgs(['--pid', '1', '--to', 'ssh://n', '--key', 'k']), 'migrate', '--key is for tcp:// only: over ssh:// ssh authenticates both sides and encrypts');
+    usage(() => parseMigrateArgs(['--pid', '1', '--to', 'tcp://n:1', '--key', 'k', '--ssh-config', 'c']), 'migrate', '--ssh-config is for ssh:// only');
+    usage(() => parseMigrateArgs(['--pid', '1', '--to', 'ssh://-oProxyCommand=x']), 'migrate', /^--to "ssh:\/\/-oProxyCommand=x" is not ssh:\/\/\[USER@\]HOST\[:PORT\]/);
+    usage(() => parseMigrateArgs(['--pid', '1', '--to', 'ssh://-l@n']), 'migrate', /is not ssh:\/\//);
+    usage(() => parseMigrateArgs(['--pid', '1', '--to', 'ssh://n:0']), 'migrate', '--to port 0 of "ssh://n:0" is not a TCP port (1-65535)');
+    usage(() => parseMigrateArgs(['--pid', '1', '--to', 'http://n:1']), 'migrate', /^--to http:\/\/ is not supported: write tcp:\/\/HOST:PORT/);
+  });
+
+  it('parses receive --listen and --stdio', () => {
+    assert.deepEqual(parseReceiveArgs(['--listen', '0.0.0.0:7070', '--key', '/k', '--once', '--max-creds', 'root', '--runtime', 'crun']).runtime, 'crun');
+    const l = parseReceiveArgs(['--listen', '0.0.0.0:7070', '--key', '/k', '--trust', '/t']);
+    assert.deepEqual(l, { listen: { host: '0.0.0.0', port: 7070 }, key: '/k', stdio: false, once: false, json: false, trust: '/t' });
+    assert.deepEqual(parseReceiveArgs(['--stdio', '--trust', '/t', '--json']), { stdio: true, once: true, json: true, trust: '/t' });
+    usage(() => parseReceiveArgs(['--stdio', '--listen', '1.2.3.4:1']), 'receive', /^--stdio and --listen exclude each other/);
+    usage(() => parseReceiveArgs(['--stdio', '--key', 'k']), 'receive', '--key is for --listen only: under --stdio ssh authenticates the sender');
+    usage(() => parseReceiveArgs(['--key', 'k']), 'receive', /^--listen is required .*, or --stdio under ssh$/);
+  });
+
+  it('sends the JSON error of receive --stdio to stderr: stdout carries the migration', () => {
+    assert.equal(jsonErrorStream('receive', ['--stdio', '--json']), 2);
+    assert.equal(jsonErrorStream('receive', ['--listen', 'a:1', '--json']), 1);
+    assert.equal(jsonErrorStream('migrate', ['--json']), 1);
+  });
+
+  it('formats destinations back as they were written', () => {
+    for (const url of ['tcp://10.0.0.2:7070', 'tcp://[::1]:7070', 'ssh://node2', 'ssh://root@node2:2222', 'ssh://[fd00::2]']) {
+      assert.equal(formatUrl(parseUrl(url)), url);
+    }
   });
 });

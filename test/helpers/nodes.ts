@@ -1,0 +1,166 @@
+/**
+ * Two "nodes" on this machine for the migration tests (issue 11): two network namespaces the
+ * test makes, joined by a veth pair with addresses of its own, each node with its own runc
+ * state directory (--root) and a directory for its bundles; a third namespace for a client,
+ * joined to the target, when a test asks for one.
+ *
+ * Names carry the test process's pid (`fy<pid>s`, `fy<pid>t`, `fy<pid>c`), the addresses are
+ * 10.200.X.1 and .2 (and 10.201.X.1/.2 for the client's link) with X from the pid: nothing is
+ * shared with another test run. The namespaces are entered with nsenter --net only (the mount
+ * namespace stays the machine's, so files and /proc are the same on both nodes, as the
+ * restore needs them).
+ *
+ * `removeNodes()` (also run on exit and on SIGTERM/SIGINT through cleanup hooks) kills the
+ * processes started here by pid, deletes the runc containers of the nodes' own --root by id,
+ * and deletes the namespaces (which takes their veth ends with them).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { scratchDir } from './processes.js';
+
+/** One node: a network namespace, its address, its runc state and bundle directories. */
+export interface Node {
+  /** The namespace's name (ip netns). */
+  netns: string;
+  /** Its address on the link to the other node. */
+  addr: string;
+  /** Its veth end's name. */
+  veth: string;
+  /** runc --root of this node. */
+  runcRoot: string;
+  /** Where this node's bundles go. */
+  bundles: string;
+  /** argv prefix that runs a command in this node's network namespace. */
+  exec(cmd: string, args: readonly string[]): [string, string[]];
+  /** The namespace's inode, as readlink(/proc/PID/ns/net) shows it. */
+  nsLink(): string;
+}
+
+export interface Nodes {
+  source: Node;
+  target: Node;
+  /** A client namespace linked to the target, when asked for. */
+  client?: Node;
+  /** Sets the link between source and target down (a cut network) or up. */
+  link(up: boolean): void;
+}
+
+const NSENTER = ['/usr/bin/nsenter', '/bin/nsenter'].find((p) => existsSync(p)) ?? 'nsenter';
+const made: string[] = [];
+const runcRoots: string[] = [];
+const children = new Set<ChildProcess>();
+
+/** A skip reason when the machine cannot make nodes, else false. */
+export function nodesMissing(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root (network namespaces)';
+  if (spawnSync('ip', ['-V']).status !== 0) return 'needs ip (apt-get install iproute2)';
+  if (!existsSync(NSENTER) && spawnSync('nsenter', ['--version']).status !== 0) return 'needs nsenter (apt-get install util-linux)';
+  return false;
+}
+
+function ip(...args: string[]): void {
+  const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`);
+}
+
+function node(name: string, addr: string, veth: string, dir: string): Node {
+  const runcRoot = join(dir, name, 'runc');
+  const bundles = join(dir, name, 'bundles');
+  mkdirSync(runcRoot, { recursive: true, mode: 0o700 });
+  mkdirSync(bundles, { recursive: true, mode: 0o700 });
+  runcRoots.push(runcRoot);
+  return {
+    netns: name, addr, veth, runcRoot, bundles,
+    exec: (cmd, args) => [NSENTER, [`--net=/run/netns/${name}`, '--', cmd, ...args]],
+    nsLink: () => {
+      const r = spawnSync(NSENTER, [`--net=/run/netns/${name}`, '--', 'readlink', '/proc/self/ns/net'], { encoding: 'utf8' });
+      return r.stdout.trim();
+    },
+  };
+}
+
+/** Makes the source and target nodes (and a client namespace linked to the target). */
+export function makeNodes(opts: { client?: boolean } = {}): Nodes {
+  const id = `fy${process.pid}`;
+  const x = (process.pid % 250) + 1;
+  const dir = scratchDir('ferry-nodes-');
+  const s = `${id}s`;
+  const t = `${id}t`;
+  try {
+    for (const n of [s, t]) {
+      ip('netns', 'add', n);
+      made.push(n);
+      ip('-n', n, 'link', 'set', 'lo', 'up');
+    }
+    ip('link', 'add', `${id}a`, 'type', 'veth', 'peer', 'name', `${id}b`);
+    ip('link', 'set', `${id}a`, 'netns', s);
+    ip('link', 'set', `${id}b`, 'netns', t);
+    ip('-n', s, 'addr', 'add', `10.200.${x}.1/24`, 'dev', `${id}a`);
+    ip('-n', t, 'addr', 'add', `10.200.${x}.2/24`, 'dev', `${id}b`);
+    ip('-n', s, 'link', 'set', `${id}a`, 'up');
+    ip('-n', t, 'link', 'set', `${id}b`, 'up');
+    const out: Nodes = {
+      source: node(s, `10.200.${x}.1`, `${id}a`, dir),
+      target: node(t, `10.200.${x}.2`, `${id}b`, dir),
+      link: (up) => ip('-n', s, 'link', 'set', `${id}a`, up ? 'up' : 'down'),
+    };
+    if (opts.client === true) {
+      const c = `${id}c`;
+      ip('netns', 'add', c);
+      made.push(c);
+      ip('-n', c, 'link', 'set', 'lo', 'up');
+      ip('link', 'add', `${id}c`, 'type', 'veth', 'peer', 'name', `${id}d`);
+      ip('link', 'set', `${id}c`, 'netns', c);
+      ip('link', 'set', `${id}d`, 'netns', t);
+      ip('-n', c, 'addr', 'add', `10.201.${x}.1/24`, 'dev', `${id}c`);
+      ip('-n', t, 'addr', 'add', `10.201.${x}.2/24`, 'dev', `${id}d`);
+      ip('-n', c, 'link', 'set', `${id}c`, 'up');
+      ip('-n', t, 'link', 'set', `${id}d`, 'up');
+      out.client = node(c, `10.201.${x}.1`, `${id}c`, dir);
+    }
+    return out;
+  } catch (err) {
+    removeNodes();
+    throw err;
+  }
+}
+
+/** Spawns `cmd args` in `n`'s network namespace; killed by removeNodes() if still running. */
+export function spawnIn(n: Node, cmd: string, args: readonly string[], opts: Parameters<typeof spawn>[2] = {}): ChildProcess {
+  const [c, a] = n.exec(cmd, args);
+  const child = spawn(c, a, opts);
+  children.add(child);
+  child.on('close', () => children.delete(child));
+  return child;
+}
+
+/** Ids of the containers in runc state directory `root` (its subdirectories). */
+export function containersIn(root: string): string[] {
+  try {
+    return readdirSync(root).filter((d) => existsSync(join(root, d, 'state.json')));
+  } catch {
+    return [];
+  }
+}
+
+/** The network namespace of `pid`, as readlink(/proc/PID/ns/net) shows it. */
+export function netnsOf(pid: number): string {
+  return readlinkSync(`/proc/${pid}/ns/net`);
+}
+
+/**
+ * Removes everything the nodes hold: processes started by spawnIn (by pid), the containers of
+ * the nodes' runc roots (by id), the namespaces (their veth ends go with them).
+ */
+export function removeNodes(): void {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  children.clear();
+  const runc = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
+  for (const root of runcRoots.splice(0)) {
+    if (runc === undefined) break;
+    for (const id of containersIn(root)) spawnSync(runc, ['--root', root, 'delete', '--force', id], { timeout: 30_000 });
+  }
+  for (const n of made.splice(0).reverse()) spawnSync('ip', ['netns', 'delete', n], { timeout: 10_000 });
+}
+process.on('exit', removeNodes);
