@@ -8,7 +8,10 @@
  *                  does (best of one run before and one after the checkpoint), and without;
  *   restore limit  the slower of reading the image file and writing the same amount into
  *                  never-touched memory through /proc/PID/mem (a ctrmem outside any container).
- * Frozen is the time the container's tasks were stopped during the checkpoint; downtime is
+ * The same checkpoint of a plain process with the same memory (ctrmem outside any container)
+ * is run next, and the two compared (throughput ratio, frozen difference).
+ * Frozen is the time the container's tasks were stopped during the checkpoint, from the cgroup
+ * freeze; downtime is
  * from the freeze to the restored container running again (checkpoint, then restore, back to
  * back, as a migration to the same host would do it).
  *
@@ -18,10 +21,12 @@
  */
 import { execSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import pino from 'pino';
 import { loadConfig } from '../src/config/config.js';
 import { checkpointContainer } from '../src/container/checkpoint.js';
+import { checkpoint } from '../src/dump/checkpoint.js';
 import { restoreContainer } from '../src/container/restore.js';
 import { Runtime } from '../src/container/runtime.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
@@ -112,6 +117,26 @@ function fileReadLimit(path: string): number {
   return mbps(total, performance.now() - t);
 }
 
+/**
+ * The same checkpoint of a ctrmem of the same memory outside any container (a plain process,
+ * our child): what the container path is compared with.
+ */
+async function plainCheckpoint(): Promise<{ totalMs: number; frozenMs: number; pagesBytes: number }> {
+  const log = join(dir, 'plain.log');
+  const fd = openSync(log, 'w');
+  const child = spawn(CTRMEM, [String(sizeMib)], { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  try {
+    await waitForText(log, 'ready', 'the plain ctrmem');
+    execSync('sync');
+    const cp = await checkpoint({ pid: child.pid!, image: join(dir, 'plain.tar'), leaveRunning: false, config, logger });
+    rmSync(join(dir, 'plain.tar'));
+    return cp;
+  } finally {
+    child.kill('SIGKILL');
+  }
+}
+
 /** /proc/PID/mem writes into never-touched memory of a ctrmem outside any container. */
 async function memWriteLimit(): Promise<number> {
   const log = join(dir, 'untouched.log');
@@ -147,7 +172,8 @@ async function main(): Promise<void> {
     const read = readLimit(pid);
     const { start, len } = bigArea(pid);
     let same: Buffer | undefined = Buffer.allocUnsafe(len); // the bytes the dump will write
-    native().readMemory(pid, new Float64Array([start, len]), same);
+    // In chunks: one process_vm_readv moves at most about 2 GiB (MAX_RW_COUNT).
+    for (let off = 0; off < len; off += chunk) native().readMemory(pid, new Float64Array([start + off, Math.min(chunk, len - off)]), same, off);
     writeLimit(same, false); // warm-up: the first large write of a run is slower
     const cacheWrite = writeLimit(same, false);
     const writeA = writeLimit(same, true);
@@ -167,16 +193,20 @@ async function main(): Promise<void> {
     await waitForText(log, 'PASS', 'the restored container to check its memory').catch(() => undefined);
     const verified = /^PASS$/m.test(readFileSync(log, 'utf8')) ? 'PASS' : 'FAIL';
 
+    const plain = await plainCheckpoint();
     const dump = mbps(cp.pagesBytes, cp.totalMs);
+    const plainDump = mbps(plain.pagesBytes, plain.totalMs);
     const rest = mbps(rs.pagesBytes, rs.restoreMs);
     const dumpLimit = Math.min(read, write);
     const restoreLimit = Math.min(fileRead, memWrite);
-    console.log(`ferry bench:container: runc container with ${sizeMib} MiB of dirty anonymous memory, chunk ${chunk >> 20} MiB, image in ${dir}`);
+    console.log(`ferry bench:container: runc container with ${sizeMib} MiB of dirty anonymous memory, chunk ${chunk >> 20} MiB, image in ${dir}; load average ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
     console.log(`raw limits  process_vm_readv ${fmt(read)} MB/s   file write+fsync ${fmt(write)} MB/s   file write (page cache) ${fmt(cacheWrite)} MB/s`);
     console.log(`            image file read  ${fmt(fileRead)} MB/s   /proc/PID/mem write into fresh memory ${fmt(memWrite)} MB/s`);
     console.log(`checkpoint  ${ms(cp.totalMs).padStart(8)}  ${fmt(dump)} MB/s = ${pct(dump, dumpLimit)} of min(process_vm_readv, write+fsync) ${fmt(dumpLimit)} MB/s; ${pct(dump, Math.min(read, cacheWrite))} of min(process_vm_readv, page-cache write)`);
     console.log(`restore     ${ms(rs.totalMs).padStart(8)}  ${fmt(rest)} MB/s = ${pct(rest, restoreLimit)} of min(image read, /proc/PID/mem write) ${fmt(restoreLimit)} MB/s (rebuild ${ms(rs.restoreMs)}, verification ${ms(rs.verifyMs)} before)`);
-    console.log(`frozen      ${ms(cp.frozenMs).padStart(8)}  (raw: ${ms(len / 1048576 / Math.min(read, write) * 1000)} to read and write+fsync ${(len / 1048576).toFixed(0)} MiB once)`);
+    console.log(`frozen      ${ms(cp.frozenMs).padStart(8)}  from the cgroup freeze (raw: ${ms(len / 1048576 / Math.min(read, write) * 1000)} to read and write+fsync ${(len / 1048576).toFixed(0)} MiB once)`);
+    console.log(`plain       ${ms(plain.totalMs).padStart(8)}  ${fmt(plainDump)} MB/s, frozen ${ms(plain.frozenMs)}: the same memory in a process outside any container`);
+    console.log(`            container/plain throughput ${(dump / plainDump).toFixed(2)}, frozen ${cp.frozenMs - plain.frozenMs >= 0 ? '+' : ''}${ms(cp.frozenMs - plain.frozenMs)}`);
     console.log(`downtime    ${ms(downtime).padStart(8)}  checkpoint then restore, back to back: stopped to running again (raw: ${ms(len / 1048576 / dumpLimit * 1000 + len / 1048576 / restoreLimit * 1000)} for both limits back to back)`);
     console.log(`image       ${(statSync(image).size / 1048576).toFixed(1)} MiB for ${(cp.pagesBytes / 1048576).toFixed(1)} MiB of pages`);
     console.log(`restored container verified its memory: ${verified}`);

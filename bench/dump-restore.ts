@@ -4,36 +4,44 @@
  * same memory and file system:
  *   process_vm_readv   reading the process's pages into chunk-sized buffers;
  *   file write+fsync   writing the same bytes (a copy of its memory) to a file next to the
- *                      image, then fsync, as a checkpoint does (best of one before and one
- *                      after the checkpoint); and without the fsync (page cache only);
+ *                      image, then fsync, through the page cache (best of one before and one
+ *                      after the checkpoint); without the fsync (page cache only); and with
+ *                      O_DIRECT from aligned memory, then fsync, as a checkpoint writes an
+ *                      image file (src/image/direct.ts);
  *   sha256             hashing the same bytes in 4 MiB chunks on one thread, and on two
  *                      threads at once (chunks hash independently: image-format.md);
  *   image file read    reading the image file back (page cache);
  *   /proc/PID/mem      writing the same amount into never-touched memory of a process.
- * Limits: a checkpoint must read, hash and write+fsync every page, so its limit is the slowest
- * of process_vm_readv, write+fsync and sha256 on two threads; a restore must read, hash and
- * write into the process: image read, /proc/PID/mem and sha256 on two threads. Each run's
- * figures are divided by that run's own limits, then summarised. Checkpoint and restore times
- * are end to end (the library call, from start to the tree killed or running); the frozen
- * time of the checkpoint is printed apart.
+ * Limits: a checkpoint must read, hash and write durably every page, so its limit is the
+ * slowest of process_vm_readv, the faster of the two ways to write+fsync, and sha256 on two
+ * threads; a restore must read, hash and write into the process: image read, /proc/PID/mem
+ * and sha256 on two threads. Each run's figures are divided by that run's own limits, then
+ * summarised. Checkpoint and restore times are end to end (the library call, from start to
+ * the tree killed or running); the frozen time of the checkpoint is printed apart. The load
+ * average is printed before and after: the machine may be shared.
  *
- * Usage: node dist/bench/dump-restore.js [SIZE_MIB=1024] [DIR=/var/tmp] [--runs N=3]
+ * Usage: node dist/bench/dump-restore.js [SIZES_MIB] [DIR=/var/tmp] [--runs N=3]
+ * SIZES_MIB is a size or a comma-separated list; by default 64,1024, and 4096 too when
+ * FERRY_BENCH_4G=1 (a 4 GiB run takes about a minute here, most of it making the workload).
  * Needs root and a built tree (npm run build).
  */
 import { execSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import pino from 'pino';
 import { checkpoint, restore } from '../src/index.js';
+import { directBuffer } from '../src/image/direct.js';
 import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { parseMaps } from '../src/proc/maps.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
 
-const USAGE = `usage: node dist/bench/dump-restore.js [SIZE_MIB=1024] [DIR=/var/tmp] [--runs N=3]
-  SIZE_MIB  dirty anonymous memory of the process (e.g. 64, 1024)
+const USAGE = `usage: node dist/bench/dump-restore.js [SIZES_MIB] [DIR=/var/tmp] [--runs N=3]
+  SIZES_MIB dirty anonymous memory of the process, MiB, or a comma-separated
+            list (default 64,1024; and 4096 with FERRY_BENCH_4G=1)
   DIR       where the image and the raw-write file go (its file system is measured)
   --runs N  runs to summarise as min / median / max (at least 1; 3 by default)`;
 
@@ -48,8 +56,9 @@ if (runsAt >= 0) {
   runs = Number(args[runsAt + 1]);
   args.splice(runsAt, 2);
 }
-const sizeMib = Number(args[0] ?? 1024);
-if (!Number.isInteger(sizeMib) || sizeMib < 1 || !Number.isInteger(runs) || runs < 1) {
+const sizes = (args[0] ?? `64,1024${process.env.FERRY_BENCH_4G === '1' ? ',4096' : ''}`).split(',').map(Number);
+let sizeMib = sizes[0]!;
+if (sizes.some((v) => !Number.isInteger(v) || v < 1) || !Number.isInteger(runs) || runs < 1) {
   console.error(USAGE);
   process.exit(2);
 }
@@ -107,7 +116,8 @@ function flushDirty(): void {
 function snapshot(pid: number): Buffer {
   const { start, len } = bigArea(pid);
   const buf = Buffer.from(new SharedArrayBuffer(len));
-  native().readMemory(pid, new Float64Array([start, len]), buf);
+  // In chunks: one process_vm_readv moves at most about 2 GiB (MAX_RW_COUNT).
+  for (let off = 0; off < len; off += chunk) native().readMemory(pid, new Float64Array([start + off, Math.min(chunk, len - off)]), buf, off);
   return buf;
 }
 
@@ -121,6 +131,25 @@ function writeLimit(data: Buffer, sync: boolean): number {
   if (sync) fsyncSync(fd);
   closeSync(fd);
   const r = mbps(bytes, performance.now() - t);
+  rmSync(path);
+  return r;
+}
+
+/** The same write with O_DIRECT from aligned memory (a copy of `data` in it), then fsync. */
+function directWriteLimit(data: Buffer): number {
+  flushDirty();
+  const path = join(dir, 'raw-direct');
+  const src = directBuffer(Math.min(data.length, 4 * chunk));
+  const t = performance.now();
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT, 0o600);
+  for (let off = 0; off < data.length; off += chunk) {
+    const n = Math.min(chunk, data.length - off);
+    const at = off % src.length;
+    writeSync(fd, src, at, n, off);
+  }
+  fsyncSync(fd);
+  closeSync(fd);
+  const r = mbps(data.length, performance.now() - t);
   rmSync(path);
   return r;
 }
@@ -191,6 +220,7 @@ interface Run {
   read: number;
   write: number;
   cacheWrite: number;
+  direct: number;
   hash1: number;
   hash2: number;
   fileRead: number;
@@ -218,6 +248,7 @@ async function oneRun(pids: number[]): Promise<Run> {
   writeLimit(same, false); // warm-up: the first large write of a run is always slower
   const cacheWrite = writeLimit(same, false);
   const writeA = writeLimit(same, true);
+  const direct = directWriteLimit(same);
   const hash1 = hashLimit1(same);
   const hash2 = await hashLimit2(same);
   flushDirty();
@@ -232,7 +263,7 @@ async function oneRun(pids: number[]): Promise<Run> {
   const imageBytes = statSync(image).size;
   rmSync(image);
   return {
-    read, write, cacheWrite, hash1, hash2, fileRead, memWrite, pagesBytes: cp.pagesBytes, imageBytes,
+    read, write, cacheWrite, direct, hash1, hash2, fileRead, memWrite, pagesBytes: cp.pagesBytes, imageBytes,
     cpMs: cp.totalMs, frozenMs: cp.frozenMs, rsMs: rs.totalMs, verifyMs: rs.verifyMs,
     verified: st?.exited === true && st.exitCode === 0,
   };
@@ -244,7 +275,8 @@ function summary(values: number[]): [number, number, number] {
   return [s[0]!, s[Math.floor((s.length - 1) / 2)]!, s.at(-1)!];
 }
 
-async function main(): Promise<void> {
+/** Runs and prints the bench for sizeMib. */
+async function benchSize(): Promise<boolean> {
   const pids: number[] = [];
   const done: Run[] = [];
   try {
@@ -253,16 +285,17 @@ async function main(): Promise<void> {
     for (const p of pids) {
       try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
     }
-    rmSync(dir, { recursive: true, force: true });
   }
-  const cpLimit = (r: Run): number => Math.min(r.read, r.write, r.hash2);
+  const bestWrite = (r: Run): number => Math.max(r.write, r.direct);
+  const cpLimit = (r: Run): number => Math.min(r.read, bestWrite(r), r.hash2);
   const rsLimit = (r: Run): number => Math.min(r.fileRead, r.memWrite, r.hash2);
   const cpRate = (r: Run): number => mbps(r.pagesBytes, r.cpMs);
   const rsRate = (r: Run): number => mbps(r.pagesBytes, r.rsMs);
   const rows: Array<[string, (r: Run) => number, string]> = [
     ['raw    process_vm_readv', (r) => r.read, 'MB/s'],
-    ['       file write+fsync', (r) => r.write, 'MB/s'],
-    ['       file write (page cache)', (r) => r.cacheWrite, 'MB/s'],
+    ['       file write+fsync (page cache)', (r) => r.write, 'MB/s'],
+    ['       file write+fsync (O_DIRECT)', (r) => r.direct, 'MB/s'],
+    ['       file write (page cache, no fsync)', (r) => r.cacheWrite, 'MB/s'],
     ['       sha256, 1 thread', (r) => r.hash1, 'MB/s'],
     ['       sha256, 2 threads', (r) => r.hash2, 'MB/s'],
     ['       image file read', (r) => r.fileRead, 'MB/s'],
@@ -272,7 +305,7 @@ async function main(): Promise<void> {
     ['            throughput', cpRate, 'MB/s'],
     ['            limit min(read, write+fsync, sha256 x2)', cpLimit, 'MB/s'],
     ['            of the limit', (r) => cpRate(r) / cpLimit(r) * 100, '%'],
-    ['            of min(read, write+fsync) alone', (r) => cpRate(r) / Math.min(r.read, r.write) * 100, '%'],
+    ['            of min(read, write+fsync) alone', (r) => cpRate(r) / Math.min(r.read, bestWrite(r)) * 100, '%'],
     ['restore     end to end', (r) => r.rsMs, 'ms'],
     ['            verification before any process', (r) => r.verifyMs, 'ms'],
     ['            throughput', rsRate, 'MB/s'],
@@ -282,7 +315,8 @@ async function main(): Promise<void> {
   ];
   const first = done[0]!;
   console.log(`ferry bench: ${sizeMib} MiB of dirty anonymous memory, ${runs} run(s), chunk ${chunk >> 20} MiB, image in ${dir} `
-    + `(${(first.imageBytes / 1048576).toFixed(1)} MiB for ${(first.pagesBytes / 1048576).toFixed(1)} MiB of pages)`);
+    + `(${(first.imageBytes / 1048576).toFixed(1)} MiB for ${(first.pagesBytes / 1048576).toFixed(1)} MiB of pages); `
+    + `load average ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
   const w = Math.max(...rows.map(([name]) => name.length));
   console.log(`${''.padEnd(w)}  ${'min'.padStart(8)} ${'median'.padStart(8)} ${'max'.padStart(8)}`);
   for (const [name, f, unit] of rows) {
@@ -290,8 +324,19 @@ async function main(): Promise<void> {
     console.log(`${name.padEnd(w)}  ${[lo, mid, hi].map((v) => v.toFixed(0).padStart(8)).join(' ')}  ${unit}`);
   }
   const passed = done.filter((r) => r.verified).length;
-  console.log(`restored process verified its memory: ${passed === done.length ? 'PASS' : 'FAIL'} (${passed}/${done.length})`);
-  if (passed !== done.length) process.exitCode = 1;
+  console.log(`restored process verified its memory: ${passed === done.length ? 'PASS' : 'FAIL'} (${passed}/${done.length})\n`);
+  return passed === done.length;
+}
+
+async function main(): Promise<void> {
+  try {
+    for (const size of sizes) {
+      sizeMib = size;
+      if (!await benchSize()) process.exitCode = 1;
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 await main();

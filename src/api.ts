@@ -60,8 +60,20 @@ export interface CheckpointOptions extends CommonOptions {
    * shows it; absent: ferry's own. Processes of the tree in any other one are refused.
    */
   pidNamespace?: string;
-  /** Threads already seized and stopped by the caller (a container's cgroup freeze). */
-  preseized?: ReadonlySet<number>;
+  /**
+   * Stops the tree in the checkpoint's place (a container's cgroup freeze, which seizes every
+   * thread of the cgroup: src/container/checkpoint.ts). Called at the point where the
+   * checkpoint would stop the tree itself, once everything that can be made ready before a
+   * freeze is (workers, buffers, the host's descriptors). Resolves to the threads it seized
+   * and stopped, when it began to stop them (performance.now(): the frozen time counts from
+   * there), and entries for the image read while they are stopped (written after
+   * `extraEntries`). Its undo is its caller's, who must run it when the checkpoint fails.
+   */
+  stop?: () => Promise<{
+    preseized: ReadonlySet<number>;
+    stoppedAt: number;
+    extraEntries?: ReadonlyArray<{ name: string; value: unknown }>;
+  }>;
   /**
    * Called once the tree is killed (never with leaveRunning), inside the checkpoint's final
    * step, which signals do not cut short: a container checkpoint deletes the container there.

@@ -13,7 +13,9 @@
  * The phases, in the order an operation passes them:
  * - checkpoint: `frozen` (a container's cgroup is frozen, before its threads are seized),
  *   `seized` (every thread stopped, nothing read), `dumped` (every task read, nothing
- *   written), `writing` (the first memory chunk is in the image), `written` (the image is
+ *   written), `writing` (the first memory chunk is in the image), `released` (only with
+ *   --leave-running of a tree storing over 8 MiB: every page is read and written and the
+ *   tree let go, running; the image not yet synced nor in place), `written` (the image is
  *   complete and in place, the tree not yet let go or killed);
  * - restore: `verified` (image checked, nothing created), `created` (every process exists as
  *   a stub), `rebuilt` (memory and state written, not yet let go), `letgo` (the first process
@@ -25,7 +27,7 @@ import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
-  'frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
+  'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

@@ -20,7 +20,7 @@ import { Session } from '../session.js';
 import { DEVSHM_ENTRY, readDevShm } from './devshm.js';
 import { readRootfsChanges, ROOTFS_ENTRY } from './rootfs.js';
 import { CONTAINER_ENTRY, type ContainerRecord } from './record.js';
-import { readContainerClocks, type ContainerClocks } from './clocks.js';
+import { readContainerClocks } from './clocks.js';
 import { Runtime } from './runtime.js';
 
 export interface ContainerCheckpointOptions extends Omit<CheckpointOptions, 'pid'> {
@@ -55,11 +55,26 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
 
   const n = native();
   const preseized = new Set<number>();
-  let clocks: ContainerClocks | undefined;
   const log = o.logger.child({ op: 'checkpoint', container: o.id });
-  // Every step below registers its undo; the tree's own checkpoint takes over the threads.
+  // Every step of stop() registers its undo here; the tree's own checkpoint takes over the
+  // threads once they are stopped, and lets them go itself on any way out.
   const session = new Session('container checkpoint', log);
-  try {
+  const record: ContainerRecord = {
+    id: o.id,
+    runtime: rt.name,
+    bundle: state.bundle,
+    rootfs: state.rootfs,
+    config,
+    cgroup: freezer.version,
+  };
+  /**
+   * Freezes the cgroup, seizes every thread in it, thaws it under ptrace (each seized thread
+   * goes into its ptrace stop instead of running), and reads what must be read while the
+   * container is stopped. The checkpoint calls it once it has made ready everything that can
+   * be before a freeze (its hash workers, chunk buffers, the host's descriptors), so that the
+   * container is stopped no longer than a plain process of the same memory.
+   */
+  const stop = async (): Promise<{ preseized: ReadonlySet<number>; stoppedAt: number; extraEntries: Array<{ name: string; value: unknown }> }> => {
     // Armed before the freeze: if ferry dies while the cgroup is frozen, it thaws it.
     const watchdog = await armThawWatchdog(freezer, o.id);
     session.onUndo('disarm the freezer watchdog', () => watchdog.disarm());
@@ -68,9 +83,11 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
         try { n.detach(tid, 0); } catch { /* exited */ }
       }
     });
+    const stoppedAt = performance.now();
     await freezer.freeze();
     const dropThaw = session.onUndo('thaw the container', () => freezer.thaw());
-    clocks = readContainerClocks(state.pid); // where its clocks stop
+    const clocks = readContainerClocks(state.pid); // where its clocks stop
+    if (clocks !== undefined) record.clocks = clocks;
     await faultPoint('frozen', o.signal);
     for (const tid of freezer.tids()) {
       try {
@@ -82,7 +99,6 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       preseized.add(tid);
       n.interrupt(tid);
     }
-    // Thawed under ptrace: each seized thread goes into its ptrace stop instead of running.
     freezer.thaw();
     dropThaw();
     watchdog.disarm();
@@ -90,30 +106,23 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       const st = n.waitpid(tid);
       if (!st?.stopped) preseized.delete(tid); // exited meanwhile
     }
-  } catch (err) {
-    session.unwind();
-    if (o.signal?.aborted && err === o.signal.reason) {
-      throw new FerryError('EINTR', `checkpoint of container ${o.id} ${describeCause(err)}: it was thawed and let go as it was`, { cause: err });
-    }
-    throw err;
-  }
-
-  const record: ContainerRecord = {
-    id: o.id,
-    runtime: rt.name,
-    bundle: state.bundle,
-    rootfs: state.rootfs,
-    config,
-    cgroup: freezer.version,
-    ...(clocks !== undefined ? { clocks } : {}),
+    const tSeized = performance.now();
+    // Read now: every thread of the container is stopped.
+    const extraEntries = [
+      { name: DEVSHM_ENTRY, value: readDevShm(state.pid, o.id, o.config.files.deletedMaxBytes) },
+      { name: ROOTFS_ENTRY, value: readRootfsChanges(state.pid, o.id, o.config.files.deletedMaxBytes) },
+    ];
+    log.debug({ threads: preseized.size, seizeMs: tSeized - stoppedAt, readMs: performance.now() - tSeized }, 'container stopped');
+    return { preseized, stoppedAt, extraEntries };
   };
+
   let result: CheckpointResult;
   try {
     result = await checkpoint({
       ...o,
       pid: state.pid,
       pidNamespace: readlinkSync(`/proc/${state.pid}/ns/pid`),
-      preseized,
+      stop,
       onKilled: () => {
         if (o.keepInRuntime) return;
         try {
@@ -122,15 +131,15 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
           log.warn({ err }, `the container was checkpointed and killed, but ${rt.name} delete failed`);
         }
       },
-      extraEntries: [
-        { name: CONTAINER_ENTRY, value: record },
-        // Read now: every thread of the container is stopped.
-        { name: DEVSHM_ENTRY, value: readDevShm(state.pid, o.id, o.config.files.deletedMaxBytes) },
-        { name: ROOTFS_ENTRY, value: readRootfsChanges(state.pid, o.id, o.config.files.deletedMaxBytes) },
-      ],
+      extraEntries: [{ name: CONTAINER_ENTRY, value: record }],
     });
   } catch (err) {
-    session.unwind(); // the tree's own release already did this; threads it never reached are let go here
+    // The tree's own release already let go the threads it took; the rest (threads it never
+    // reached, a frozen cgroup, the watchdog) is undone here.
+    session.unwind();
+    if (o.signal?.aborted && err instanceof FerryError && err.code === 'EINTR') {
+      throw new FerryError('EINTR', `checkpoint of container ${o.id} ${describeCause(o.signal.reason)}: it was thawed and let go as it was`, { cause: err });
+    }
     throw err;
   }
   session.close();

@@ -11,7 +11,7 @@
  * tasks go: they hold nothing of ferry's between two injected syscalls (native/inject.cc).
  */
 import { availableParallelism } from 'node:os';
-import { existsSync } from 'node:fs';
+import { existsSync, readlinkSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
@@ -25,7 +25,7 @@ import {
 } from '../image/records.js';
 import { hostSigningKey } from '../image/host-key.js';
 import { signingKey } from '../image/sign.js';
-import { HashPool, writeImage, type ImageEntry } from '../image/writer.js';
+import { HashPool, openImageTarget, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import { readProcText } from '../proc/read.js';
 import { parseSmaps } from '../proc/smaps.js';
@@ -190,6 +190,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   // read or changed.
   // A container's sockets are inspected from inside its network namespace.
   const netns = o.pidNamespace !== undefined ? pid : undefined;
+  const ownPidNamespace = o.pidNamespace !== undefined && o.pidNamespace !== readlinkSync('/proc/self/ns/pid');
   const rootDescs = withNetns(netns, () => {
     const descs = describeFds(pid);
     checkSupported(descs, fileOptions);
@@ -222,17 +223,23 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // locked yet; an error is reported by take(), if the tree has connections at all).
     await nft?.ready().catch(() => {});
     o.signal?.throwIfAborted();
+    // The image file too (its O_DIRECT probed: image/writer.ts); writeImage takes it over, and
+    // it is removed on any way out before that.
+    const target = openImageTarget(o.image);
+    session.onUndo('remove the unfinished image', () => target.discard());
     // Last, to leave the least time before the freeze; not needed for one process with no file
     // another could share (findLeaks then reads the host after the freeze, if that changed).
     const hostFds: HostFds | undefined = estimate.processes > 1 || anyWatched(rootDescs) ? snapshotHostFds() : undefined;
+    let tStopped = performance.now();
+    const stopped = await o.stop?.();
+    if (stopped !== undefined) tStopped = stopped.stoppedAt;
     const tree = freezeTree(pid, {
       ...(o.pidNamespace !== undefined ? { pidNs: o.pidNamespace } : {}),
-      ...(o.preseized !== undefined ? { preseized: o.preseized } : {}),
+      ...(stopped !== undefined ? { preseized: stopped.preseized } : {}),
     });
     // The tasks hold nothing of ferry's between injections (native/inject.cc): letting them
     // go is a detach, and if ferry dies instead, the kernel's detach is the same.
     session.onUndo('let the tree go', () => tree.release());
-    const tStopped = performance.now();
     const live = tree.processes.filter((p) => p.tids.length > 0);
     log.debug({ processes: tree.processes.length, threads: live.reduce((s, p) => s + p.tids.length, 0) }, 'stopped');
     await faultPoint('seized', o.signal);
@@ -274,15 +281,23 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const filesRecord: FilesRecord = { files: files.files, ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: { table: lock.kept } } : {}) };
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
     for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
-    for (const extra of o.extraEntries ?? []) entries.push(json(extra.name, extra.value));
+    for (const extra of [...o.extraEntries ?? [], ...stopped?.extraEntries ?? []]) entries.push(json(extra.name, extra.value));
     // This kernel's vDSO: a restore on another kernel build proxies it (restore/vdso.ts).
     const vdso = hostVdso();
     if (vdso !== undefined) entries.push({ name: VDSO_ENTRY, size: vdso.length, produce: async (sink) => { await sink(vdso); } });
     // Left running and small: every page is copied out now and the tree let go before the
     // image is written (the write, hashing and renaming included, is most of a small tree's
-    // freeze). A checkpoint that kills the tree keeps it until its image is complete and in
-    // place, so that a failed write leaves it running.
+    // freeze). Left running and bigger: let go once the writer has read every page (the
+    // final fsync and rename come after). A checkpoint that kills the tree keeps it until its
+    // image is complete and in place, so that a failed write leaves it running.
     let tReleased: number | undefined;
+    const letGoEarly = (): void => {
+      for (const d of dumped) for (const t of d.tracees) t.close();
+      files.finish(true);
+      tree.release();
+      tReleased = performance.now();
+      lock?.release();
+    };
     const copies = new Map<number, Buffer[]>();
     if (o.leaveRunning && pagesBytes <= EARLY_RELEASE_MAX_BYTES) {
       for (const d of dumped) {
@@ -290,11 +305,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         await d.memory.produce(async (chunk) => { chunks.push(Buffer.from(chunk)); }, o.config.image.chunkSize, buffers);
         copies.set(d.task.pid, chunks);
       }
-      for (const d of dumped) for (const t of d.tracees) t.close();
-      files.finish(true);
-      tree.release();
-      tReleased = performance.now();
-      lock?.release();
+      letGoEarly();
     }
     let firstChunk = true;
     for (const d of dumped) {
@@ -327,11 +338,19 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       tasks: dumped.map((d) => ids.of(d.task.pid)),
     }, entries, {
       onProgress: (done, total) => o.onProgress?.({ phase: 'write', done, total }),
+      ...(o.leaveRunning && tReleased === undefined ? {
+        onProduced: async () => {
+          letGoEarly();
+          await faultPoint('released', o.signal);
+        },
+      } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(signKey !== undefined ? { signKey } : {}),
       ...(hashPool !== undefined ? { hashPool } : {}),
+      target,
       session,
     });
+    log.debug({ dataMs: written.dataMs, syncMs: written.syncMs, bytes: written.bytes }, 'written');
     // A migration holds the tree stopped here until the target has the image (api.ts).
     if (!o.leaveRunning && o.beforeKill !== undefined) await o.beforeKill(tStopped);
     // The image is complete and in place: only letting go (or the kill) is left, and neither
@@ -355,7 +374,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       // Let go (the owned table goes with its nft) once the tree runs on or is dead.
       await lock?.close();
       await hashPool?.close();
-      if (!o.leaveRunning && o.skipReapWait !== true) {
+      // A tree in a pid namespace of its own (a container's) is restored into a new one: its
+      // PIDs need not be free, and its orphans are reaped when PID 1 gets to it.
+      if (!o.leaveRunning && !ownPidNamespace && o.skipReapWait !== true) {
         const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
         await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));
       }

@@ -10,6 +10,7 @@
 import { closeSync, openSync, readFileSync, readSync, readlinkSync, statSync } from 'node:fs';
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
+import { directBuffer } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
@@ -294,7 +295,8 @@ export function estimateTreeMemory(root: number, maxProcesses = 256): MemoryEsti
  * are produced one after another, each waiting for its last chunk to be written). Allocated
  * and every page touched before the freeze: a fresh buffer's pages are faulted in on first
  * write (4 × 8 MiB: 17–20 ms here), which was paid per process inside the frozen window.
- * Shared memory, so the image writer's worker hashes them without a copy.
+ * Shared memory, so the image writer's worker hashes them without a copy, and aligned, so it
+ * writes them to the image file with O_DIRECT (image/direct.ts).
  */
 export class ChunkBuffers {
   readonly bufs: Buffer[];
@@ -302,7 +304,7 @@ export class ChunkBuffers {
 
   constructor(readonly bytes: number) {
     this.bufs = Array.from({ length: BUFFERS }, () => {
-      const buf = Buffer.from(new SharedArrayBuffer(bytes));
+      const buf = directBuffer(bytes);
       for (let off = 0; off < bytes; off += PAGE_SIZE) buf[off] = 0; // fault every page in now
       return buf;
     });
@@ -347,8 +349,8 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
     chunkPages = Math.min(chunkPages, Math.floor(prepared!.bytes / PAGE_SIZE));
   } else {
     // No bigger than what this process stores: a tree of small processes must not allocate
-    // (and zero) BUFFERS full chunks per process. Shared: the writer's worker hashes them.
-    bufs = Array.from({ length: BUFFERS }, () => Buffer.from(new SharedArrayBuffer(chunkPages * PAGE_SIZE)));
+    // (and zero) BUFFERS full chunks per process. Shared and aligned, as ChunkBuffers.
+    bufs = Array.from({ length: BUFFERS }, () => directBuffer(chunkPages * PAGE_SIZE));
   }
   const inflight: Array<Promise<void> | undefined> = bufs.map(() => undefined);
   let cur = 0;
@@ -365,7 +367,11 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
   const flush = async (): Promise<void> => {
     readPending();
     if (filled > 0) {
-      inflight[cur] = sink(buf.subarray(0, filled * PAGE_SIZE));
+      const sent = sink(buf.subarray(0, filled * PAGE_SIZE));
+      // Awaited when its buffer comes round again (or at the end); a chunk written after it
+      // may fail first meanwhile, and then this one is not left unobserved.
+      sent.catch(() => {});
+      inflight[cur] = sent;
       cur = (cur + 1) % BUFFERS;
       buf = bufs[cur]!;
       await inflight[cur]; // the next buffer must be hashed and written out before it is refilled

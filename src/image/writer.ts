@@ -1,37 +1,43 @@
 /**
- * Writes an image: a tar stream (produced by tar-stream's pack) whose first entry is the
- * manifest listing every other entry with its size and sha256.
+ * Writes an image: a tar whose first entry is the manifest listing every other entry with its
+ * size and sha256 (or a sha256 per chunk, for page data).
  *
  * The manifest must come first, yet the hashes are only known once the data has been read,
  * and an image may be far larger than memory. All names and sizes are known up front, so the
- * manifest's length is too (a placeholder with 64 zeros per hash has the final length):
- * - to a regular file: write the placeholder, stream every entry once while hashing it, then
- *   rewrite the manifest bytes in place and fsync;
+ * manifest's length is too (a placeholder with 64 zeros per hash has the final length), and
+ * so is where every byte of the tar goes:
+ * - to a regular file: write the placeholder, stream every entry once while hashing it, each
+ *   chunk written at its own offset as soon as it is read (several at once), then rewrite
+ *   the manifest bytes in place and fsync;
  * - to anything else (stdout, a pipe, a socket): run every producer once to hash, then again
- *   to write. Producers must therefore be repeatable.
+ *   to write, in order. Producers must therefore be repeatable.
  * With a sign key, a second entry follows the manifest, manifest.sig: its Ed25519 signature
  * over the final manifest bytes (sign.ts). Its length is fixed, so it is written as a
  * placeholder and rewritten with the manifest (regular file), or made once the first pass has
  * filled in the hashes (anything else).
  * Page data flows by reference: a producer's chunk is written on the libuv pool and, for an
  * entry above INLINE_HASH_BYTES when the caller passed a running HashPool, hashed on its worker
- * thread, while the JS thread reads the next chunk; the sink's promise resolves once that
- * chunk is hashed and on the file descriptor, so the producer may reuse it. Small entries, and
- * every entry without a running pool, are hashed on the JS thread: writeImage never starts a
- * thread (a checkpoint writes while the tree is stopped).
+ * threads at the same time, while the JS thread reads the next chunk; the sink's promise
+ * resolves once that chunk is hashed and on the file descriptor, so the producer may reuse it.
+ * Small entries, and every entry without a running pool, are hashed on the JS thread:
+ * writeImage never starts a thread (a checkpoint writes while the tree is stopped). The tar
+ * headers are made here (tarHeader), in the ustar form tar-stream writes.
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { closeSync, existsSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, statSync, write, writeSync, type Stats } from 'node:fs';
+import {
+  closeSync, constants, existsSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, statSync, writeSync, type Stats,
+} from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import tar from 'tar-stream';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { Session } from '../session.js';
 import {
   checkEntryName, chunkCount, FORMAT_VERSION, IMAGE_FORMAT, MANIFEST_NAME, type Manifest, type ManifestEntry,
   type ManifestHeader,
 } from './manifest.js';
+import { directBuffer, DIRECT_ALIGN } from './direct.js';
 import { imageSigner, SIGNATURE_NAME } from './sign.js';
+import { BLOCK, EntryOut, padded, rewrite, tarHeader, TarOut } from './tar-out.js';
 
 /** One entry of the image after the manifest. */
 export interface ImageEntry {
@@ -54,33 +60,8 @@ export interface ImageEntry {
 /** Chunk size of chunked entries (the manifest says it; readers take it from there). */
 export const CHUNK_BYTES = 4 << 20;
 
-const BLOCK = 512;
 const ZERO_HASH = '0'.repeat(64);
-const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
 
-/** Writes all of `buf` at the fd's current position (waiting out EAGAIN on non-blocking pipes). */
-function writeFully(fd: number, buf: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let off = 0;
-    const step = (): void => {
-      if (off >= buf.length) return resolve();
-      write(fd, buf, off, buf.length - off, null, (err, n) => {
-        if (err) {
-          if (err.code === 'EAGAIN') return void setTimeout(step, 1);
-          return reject(err);
-        }
-        off += n;
-        step();
-      });
-    };
-    step();
-  });
-}
-
-/** Writes all of `buf` at offset `pos` of a regular file. */
-function writeAt(fd: number, buf: Buffer, pos: number): void {
-  for (let off = 0; off < buf.length;) off += writeSync(fd, buf, off, buf.length - off, pos + off);
-}
 
 /**
  * Entries up to this size are hashed on the JS thread even when a hash worker runs: sha256
@@ -293,6 +274,13 @@ export interface WriteOptions {
    * it); without one, or if it is not running, every entry is hashed on the JS thread.
    */
   hashPool?: HashPool;
+  /**
+   * Called once every entry's producer has returned in the pass that writes (no producer runs
+   * again after it); the writes may still be in flight and nothing is synced yet.
+   */
+  onProduced?: () => Promise<void> | void;
+  /** Where to write, opened ahead (openImageTarget; its path is `path`); else opened here. */
+  target?: ImageTarget;
 }
 
 /**
@@ -301,29 +289,84 @@ export interface WriteOptions {
  * image survives any failure; stdout and other non-regular files (a FIFO, /dev/null) are
  * written in place.
  */
-interface Target {
-  fd: number;
-  /** The temporary file, '' when writing in place. */
-  temp: string;
-  seekable: boolean;
+export class ImageTarget {
+  private closed = false;
+
+  constructor(
+    /** As given ('-' = stdout). */
+    readonly path: string,
+    readonly fd: number,
+    /** The temporary file, '' when writing in place. */
+    readonly temp: string,
+    readonly seekable: boolean,
+    /** Opened with O_DIRECT: every write aligned (direct.ts). */
+    readonly direct: boolean,
+  ) {}
+
+  /** Closes the descriptor (stdout stays open); idempotent. */
+  close(): void {
+    if (!this.closed && this.fd !== 1) {
+      this.closed = true;
+      try { closeSync(this.fd); } catch { /* already closed */ }
+    }
+  }
+
+  /** Closes it and removes the temporary file: nothing of an unfinished image stays. */
+  discard(): void {
+    this.close();
+    if (this.temp !== '') rmSync(this.temp, { force: true });
+  }
 }
 
-function openTarget(path: string): Target {
-  if (path === '-') return { fd: 1, temp: '', seekable: false };
+/**
+ * Opens where an image goes, ahead of writeImage (options.target), so that a checkpoint does
+ * it before it stops the tree; the caller discards it if it never gets to writeImage, which
+ * otherwise takes it over. Throws EIMAGE.
+ */
+export function openImageTarget(path: string): ImageTarget {
+  try {
+    return openTarget(path);
+  } catch (err) {
+    const where = path === '-' ? 'to stdout' : path;
+    throw new FerryError('EIMAGE', `cannot write image ${where}: ${describeCause(err)} (check the directory exists and is writable)`, { cause: err });
+  }
+}
+
+function openTarget(path: string): ImageTarget {
+  if (path === '-') return new ImageTarget(path, 1, '', false, false);
   let existing: Stats | undefined;
   try {
     existing = statSync(path);
   } catch { /* a new image */ }
   if (existing !== undefined && !existing.isFile()) {
     const fd = openSync(path, 'w');
-    return { fd, temp: '', seekable: false };
+    return new ImageTarget(path, fd, '', false, false);
   }
   // Named after ferry's pid: a leftover of a ferry that was killed (SIGKILL leaves it) is
   // recognisable, and removed here by the next write to the same path.
   removeStaleTemps(path);
   const temp = join(dirname(path), `.${basename(path)}.ferry-${process.pid}.tmp`);
   const fd = openSync(temp, 'wx', 0o600);
-  return { fd, temp, seekable: true };
+  const dfd = directFd(temp, fd);
+  return new ImageTarget(path, dfd, temp, true, dfd !== fd);
+}
+
+/**
+ * An O_DIRECT descriptor of the new file `temp` (open as `fd`), in place of `fd`, if its file
+ * system takes an aligned 512-byte write through it (a device with bigger blocks, or a file
+ * system without O_DIRECT, refuses with EINVAL); else `fd` itself.
+ */
+function directFd(temp: string, fd: number): number {
+  let dfd = -1;
+  try {
+    dfd = openSync(temp, constants.O_WRONLY | constants.O_DIRECT);
+    writeSync(dfd, directBuffer(DIRECT_ALIGN), 0, DIRECT_ALIGN, 0);
+  } catch {
+    if (dfd >= 0) closeSync(dfd);
+    return fd;
+  }
+  closeSync(fd);
+  return dfd;
 }
 
 /** Removes the temporary files of `path` left by ferry processes that no longer exist. */
@@ -344,9 +387,20 @@ function removeStaleTemps(path: string): void {
   }
 }
 
+/** What writeImage did. */
+export interface WriteResult {
+  /** Bytes of the tar. */
+  bytes: number;
+  manifest: Manifest;
+  /** Milliseconds from the first byte to the last (every entry read, hashed and written). */
+  dataMs: number;
+  /** Milliseconds of the final fsync, the rename and its directory's fsync (0 for a stream). */
+  syncMs: number;
+}
+
 /** Writes the image to `path` ('-' = stdout). */
 export async function writeImage(path: string, header: ManifestHeader, entries: ImageEntry[],
-  options: WriteOptions = {}): Promise<{ bytes: number; manifest: Manifest }> {
+  options: WriteOptions = {}): Promise<WriteResult> {
   for (const e of entries) {
     checkEntryName(e.name);
     if (e.name === MANIFEST_NAME || e.name === SIGNATURE_NAME) throw new Error(`image entry name ${e.name} is reserved`);
@@ -364,23 +418,13 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
   const total = BLOCK + padded(placeholder.length) + signatureBytes + entries.reduce((s, e) => s + BLOCK + padded(e.size), 0) + 2 * BLOCK;
 
   const where = path === '-' ? 'to stdout' : path;
-  let target: Target;
-  try {
-    target = openTarget(path);
-  } catch (err) {
-    throw new FerryError('EIMAGE', `cannot write image ${where}: ${describeCause(err)} (check the directory exists and is writable)`, { cause: err });
-  }
+  const target = options.target ?? openImageTarget(path);
   const { fd, temp, seekable } = target;
-  let closed = false;
-  const discard = (): void => {
-    if (!closed && fd !== 1) {
-      closed = true;
-      try { closeSync(fd); } catch { /* already closed */ }
-    }
-    if (temp !== '') rmSync(temp, { force: true });
-  };
+  const discard = (): void => target.discard();
   const dropUndo = options.session?.onUndo(`remove ${temp || 'nothing'}`, discard);
   const pool = options.hashPool;
+  let tData: number | undefined;
+  const t0 = performance.now();
   try {
     if (!seekable) {
       // Pass 1: hash everything.
@@ -395,26 +439,25 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     // Written now: the placeholders (a regular file), else the final manifest and its signature.
     const head = seekable ? placeholder : Buffer.from(JSON.stringify(manifest));
     const signature = seekable ? signer?.placeholder : signer?.sign(head);
-    const bytes = await writeTar(fd, manifest, head, signature, entries, seekable, pool, total, options);
+    const out = new TarOut(fd, seekable, target.direct, total, options.onProgress);
+    const bytes = await writeTar(out, manifest, head, signature, entries, seekable, pool, total, options);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));
       if (final.length !== placeholder.length) throw new Error('manifest length changed while writing');
-      writeAt(fd, final, BLOCK);
+      rewrite(out, fd, final, BLOCK);
       // The signature entry's data starts one header after the manifest's padded data.
-      if (signer !== undefined) writeAt(fd, signer.sign(final), BLOCK + padded(final.length) + BLOCK);
+      if (signer !== undefined) rewrite(out, fd, signer.sign(final), BLOCK + padded(final.length) + BLOCK);
+      tData = performance.now();
       fsyncSync(fd);
     }
     options.signal?.throwIfAborted();
-    if (fd !== 1) {
-      closed = true;
-      closeSync(fd);
-    }
+    target.close();
     if (temp !== '') {
       renameSync(temp, path);
       syncDir(dirname(path));
     }
     dropUndo?.();
-    return { bytes, manifest };
+    return { bytes, manifest, dataMs: (tData ?? performance.now()) - t0, syncMs: tData !== undefined ? performance.now() - tData : 0 };
   } catch (err) {
     dropUndo?.();
     discard();
@@ -447,88 +490,70 @@ function syncDir(dir: string): void {
 /**
  * Writes the tar: `head` as manifest.json, then `signature` (if any) as manifest.sig, then the
  * entries; with `hash`, hashes each entry on the way into `manifest` (else it has them already),
- * the big ones on `pool` if it runs.
+ * the big ones on `pool` if it runs. A chunk is hashed and written at once (hashing on the
+ * pool's workers, the write on the libuv pool), while its producer reads the next one.
+ * `onProduced` is called once every producer has returned.
  */
-async function writeTar(fd: number, manifest: Manifest, head: Buffer, signature: Buffer | undefined, entries: ImageEntry[],
+async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature: Buffer | undefined, entries: ImageEntry[],
   hash: boolean, pool: HashPool | undefined, total: number, options: WriteOptions): Promise<number> {
-  const { onProgress, signal } = options;
-  const pack = tar.pack();
-  let written = 0;
-  let failure: unknown;
-  const waiters: Array<{ at: number; resolve: () => void; reject: (e: unknown) => void }> = [];
-  const settle = (): void => {
-    for (let i = waiters.length - 1; i >= 0; i--) {
-      const w = waiters[i]!;
-      if (failure !== undefined) w.reject(failure);
-      else if (written >= w.at) w.resolve();
-      else continue;
-      waiters.splice(i, 1);
-    }
+  const { signal } = options;
+  const mtime = new Date(manifest.createdAt);
+  // Every header in aligned memory, so that a direct descriptor takes it as it is.
+  const names = [MANIFEST_NAME, ...(signature !== undefined ? [SIGNATURE_NAME] : []), ...entries.map((e) => e.name)];
+  const headers = out.direct ? directBuffer(names.length * BLOCK) : Buffer.alloc(names.length * BLOCK);
+  let pos = 0;
+  let nth = 0;
+  const writes: Array<Promise<void>> = [];
+  /** Starts the entry `name` of `size` bytes at the current position. */
+  const begin = (name: string, size: number): { w: EntryOut; dataStart: number } => {
+    const h = headers.subarray(nth * BLOCK, ++nth * BLOCK);
+    tarHeader(name, size, mtime).copy(h);
+    const w = new EntryOut(out, pos, h);
+    const dataStart = pos + BLOCK;
+    pos = dataStart + padded(size);
+    return { w, dataStart };
   };
-  const pump = (async () => {
-    try {
-      for await (const chunk of pack as AsyncIterable<Buffer>) {
-        await writeFully(fd, chunk);
-        written += chunk.length;
-        onProgress?.(written, total);
-        settle();
-      }
-    } catch (err) {
-      failure = err;
-      settle();
-      throw err;
-    }
-  })();
-  // Observed below; until then a write error reaches the producers through `failure`.
-  pump.catch(() => {});
-  const reached = (at: number): Promise<void> => new Promise((resolve, reject) => {
-    waiters.push({ at, resolve, reject });
-    settle();
-  });
-
+  /** The end of an entry: its padding (written only to a stream: a file has holes there). */
+  const finish = (w: EntryOut, size: number): Promise<void> => {
+    const tail = padded(size) - size;
+    return !out.seekable && tail > 0 ? w.put(Buffer.alloc(tail)).then(() => w.end()) : w.end();
+  };
+  const whole = (name: string, data: Buffer): void => {
+    const { w } = begin(name, data.length);
+    writes.push(w.put(data), finish(w, data.length));
+  };
   try {
-    const mtime = new Date(manifest.createdAt);
-    pack.entry({ name: MANIFEST_NAME, size: head.length, mtime, mode: 0o600 }, head);
-    let pos = BLOCK + padded(head.length);
-    if (signature !== undefined) {
-      pack.entry({ name: SIGNATURE_NAME, size: signature.length, mtime, mode: 0o600 }, signature);
-      pos += BLOCK + padded(signature.length);
-    }
+    whole(MANIFEST_NAME, head);
+    if (signature !== undefined) whole(SIGNATURE_NAME, signature);
     for (const [i, e] of entries.entries()) {
-      const dataStart = pos + BLOCK;
-      const sink = pack.entry({ name: e.name, size: e.size, mtime, mode: 0o600 });
+      const { w } = begin(e.name, e.size);
       const h = hash ? hashFor(e, pool) : undefined;
       let produced = 0;
-      const done = new Promise<void>((resolve, reject) => {
-        sink.on('error', reject);
-        sink.on('close', resolve);
-      });
-      done.catch(() => {}); // awaited below unless a producer fails first
       await e.produce((chunk) => {
-        if (failure !== undefined) return Promise.reject(failure);
+        if (out.failure !== undefined) return Promise.reject(out.failure);
         if (signal?.aborted) return Promise.reject(signal.reason);
+        if (produced + chunk.length > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
         const hashed = h?.h.update(chunk);
+        const written = w.put(chunk);
         produced += chunk.length;
-        if (produced > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
-        sink.write(chunk);
-        const written = reached(dataStart + produced);
         return hashed ? Promise.all([hashed, written]).then(() => undefined) : written;
       });
       if (produced !== e.size) throw new Error(`entry ${e.name} produced ${produced} bytes, expected ${e.size}`);
-      (sink as unknown as { end(): void }).end();
-      await done;
+      writes.push(finish(w, e.size));
       if (h) await record(manifest.entries[i]!, h);
-      pos = dataStart + padded(e.size);
     }
-    pack.finalize();
-    await pump;
-    return written;
+    await options.onProduced?.();
+    if (!out.seekable) writes.push(out.write(Buffer.alloc(2 * BLOCK), pos));
+    await Promise.all(writes);
+    await out.settled();
+    if (out.failure !== undefined) throw out.failure;
+    return total;
   } catch (err) {
-    // The first failure is the one to report: destroying the pack fails the pump too.
-    const first = failure ?? err;
-    // No write may still be in flight when the caller closes the descriptor.
-    pack.destroy();
-    await pump.catch(() => {});
+    // The first failure is the one to report; no write may still be in flight when the
+    // caller closes the descriptor.
+    const first = out.failure ?? err;
+    for (const p of writes) p.catch(() => {});
+    await out.settled();
     throw first;
   }
 }

@@ -281,6 +281,25 @@ describe('fault matrix: processes', { skip }, () => {
       (p) => small(p, (t, dir) => checkpointIntoClosedPipe(p, t, join(dir, 'ferry'))))));
   });
 
+  // --leave-running of a bigger tree lets it go once every page is read and written, before
+  // the image's fsync and rename (src/dump/checkpoint.ts, onProduced): the faults there.
+  describe('big, left running: let go before the fsync and rename', () => {
+    for (const fault of ['SIGKILL', 'SIGTERM'] as const) {
+      const row = `big --leave-running checkpoint ${fault}`;
+      it(`${row} @ released`, CELL, async () => expectOk(await cell(matrix, row, 'released', async (p) => {
+        const t = await startMemcheck(MIB.one, 'one');
+        try {
+          const target = memcheckTarget(t);
+          const dir = join(t.dir, 'images');
+          mkdirSync(dir);
+          await checkpointHit(p, { ...target, args: [...target.args, '--leave-running'] }, dir, olderImage, 'released', fault);
+        } finally {
+          killOurs(t.pids);
+        }
+      })));
+    }
+  });
+
   describe('checkpoint: the tree changes meanwhile', () => {
     it('one checkpoint: target killed mid-dump, 10 times', CELL, async () =>
       expectOk(await cell(matrix, 'one checkpoint target dies x10', 'once', targetExitsCell)));

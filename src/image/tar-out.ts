@@ -1,0 +1,249 @@
+/**
+ * Where the bytes of an image's tar go (writer.ts decides what they are): the ustar headers,
+ * and the writes themselves, at their offsets of a regular file (several in flight, O_DIRECT
+ * when the file takes it: direct.ts) or in order to a stream.
+ */
+import { fdatasync, ftruncateSync, write, writeSync } from 'node:fs';
+import { DIRECT_ALIGN, directBuffer, directReady } from './direct.js';
+
+/** The tar's block: headers, and every entry padded with zeros to a multiple of it. */
+export const BLOCK = 512;
+export const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
+
+/** Writes all of `buf` at the fd's current position (waiting out EAGAIN on non-blocking pipes). */
+function writeFully(fd: number, buf: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let off = 0;
+    const step = (): void => {
+      if (off >= buf.length) return resolve();
+      write(fd, buf, off, buf.length - off, null, (err, n) => {
+        if (err) {
+          if (err.code === 'EAGAIN') return void setTimeout(step, 1);
+          return reject(err);
+        }
+        off += n;
+        step();
+      });
+    };
+    step();
+  });
+}
+
+/** Writes all of `buf` at offset `pos` of a regular file. */
+export function writeAt(fd: number, buf: Buffer, pos: number): void {
+  for (let off = 0; off < buf.length;) off += writeSync(fd, buf, off, buf.length - off, pos + off);
+}
+/**
+ * A ustar header of a regular file, as tar-stream's pack writes it (mode 0600, uid and gid 0,
+ * octal fields ending in a space); a size past 8 GiB - 1 in base-256, as GNU tar and the
+ * reader (reader.ts) take it. `name` is under 100 bytes (checked by writeImage).
+ */
+export function tarHeader(name: string, size: number, mtime: Date): Buffer {
+  const h = Buffer.alloc(BLOCK);
+  const oct = (v: number, digits: number, at: number): void => {
+    h.write(`${v.toString(8).padStart(digits, '0')} `, at, 'latin1');
+  };
+  h.write(name, 0, 'utf8');
+  oct(0o600, 6, 100);
+  oct(0, 6, 108);
+  oct(0, 6, 116);
+  if (size.toString(8).length > 11) {
+    h[124] = 0x80;
+    for (let i = 11, v = size; i > 0; i--, v = Math.floor(v / 256)) h[124 + i] = v % 256;
+  } else {
+    oct(size, 11, 124);
+  }
+  oct(Math.floor(mtime.getTime() / 1000), 11, 136);
+  h[156] = 0x30; // '0': a regular file
+  h.write('ustar\0' + '00', 257, 'latin1');
+  oct(0, 6, 329);
+  oct(0, 6, 337);
+  let sum = 8 * 0x20; // the checksum field counts as spaces
+  for (let i = 0; i < BLOCK; i++) if (i < 148 || i >= 156) sum += h[i]!;
+  oct(sum, 6, 148);
+  return h;
+}
+
+/**
+ * Every byte of an entry is written where the tar puts it, so several writes may be in flight
+ * at once: the layout is fixed before the first (all sizes are known).
+ * - A regular file is sized to the whole tar first (ftruncate: the padding and the end-of-tar
+ *   blocks are holes that read as zeros), then takes positional writes on the libuv pool, as
+ *   many at once as its producers have chunks out. Opened O_DIRECT (openTarget), each write
+ *   goes from the caller's memory to the disk, no page cache in between; a chunk that is not
+ *   in aligned memory (direct.ts) is copied into the staging buffer first, one at a time.
+ *   Else, every SYNC_EVERY bytes written an fdatasync(2) starts (one at a time, on the pool),
+ *   so the disk writes while the next chunks are read and hashed and the final fsync finds
+ *   little left to do.
+ * - Anything else (a pipe, stdout) takes the bytes in order, one write at a time.
+ * The first failure fails every later write; none is in flight once `settled()` resolved.
+ */
+export class TarOut {
+  private chain: Promise<void> = Promise.resolve();
+  private readonly inflight = new Set<Promise<void>>();
+  private unsynced = 0;
+  private syncing: Promise<void> | undefined;
+  /** Direct only: aligned memory that chunks not in aligned memory are copied into. */
+  readonly staging: Buffer | undefined;
+  /** Direct only: the staging buffer is used by one entry at a time, in order. */
+  private stagingTurn: Promise<void> = Promise.resolve();
+  /** The first write (or sync) that failed. */
+  failure: unknown;
+  /** Bytes written so far (in any order). */
+  written = 0;
+
+  constructor(private readonly fd: number, readonly seekable: boolean, readonly direct: boolean, private readonly total: number,
+    private readonly onProgress: ((written: number, total: number) => void) | undefined) {
+    if (seekable) ftruncateSync(fd, total);
+    if (direct) this.staging = directBuffer(STAGING_BYTES);
+  }
+
+  /**
+   * Writes `buf` at `pos` of the tar; resolves once it is on the file (`buf` is free again).
+   * On a direct descriptor, `buf` is directReady and `pos` a multiple of DIRECT_ALIGN.
+   */
+  write(buf: Buffer, pos: number): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    const p = (this.seekable ? writeAtAsync(this.fd, buf, pos) : (this.chain = this.chain.then(() => writeFully(this.fd, buf))))
+      .then(() => this.wrote(buf.length), (err: unknown) => {
+        this.failure ??= err;
+        throw this.failure;
+      });
+    this.inflight.add(p);
+    const drop = (): void => { this.inflight.delete(p); };
+    p.then(drop, drop);
+    return p;
+  }
+
+  /** Runs `f` once every earlier user of the staging buffer is done with it. */
+  staged(f: () => Promise<void>): Promise<void> {
+    const p = this.stagingTurn.then(f);
+    this.stagingTurn = p.catch(() => {});
+    return p;
+  }
+
+  private wrote(n: number): void {
+    this.written += n;
+    this.onProgress?.(this.written, this.total);
+    if (!this.seekable || this.direct || (this.unsynced += n) < SYNC_EVERY || this.syncing) return;
+    this.unsynced = 0;
+    this.syncing = new Promise<void>((resolve) => {
+      fdatasync(this.fd, (err) => {
+        if (err) this.failure ??= err;
+        this.syncing = undefined;
+        resolve();
+      });
+    });
+  }
+
+  /** Resolves once no write or sync is in flight (whatever their outcome). */
+  async settled(): Promise<void> {
+    await this.stagingTurn;
+    while (this.inflight.size > 0 || this.syncing) {
+      await Promise.allSettled([...this.inflight, this.syncing]);
+    }
+  }
+}
+
+/** The staging buffer of a direct write (TarOut). */
+const STAGING_BYTES = 1 << 20;
+
+/**
+ * The bytes of one entry, its header then its data, going to `out` from tar offset `at`.
+ * On a direct descriptor, data in aligned memory is written as it is, at once; anything else
+ * (small entries, chunks of other memory, any chunk after one of those) is gathered in the
+ * staging buffer and written from there in aligned pieces, the last one padded with zeros to
+ * DIRECT_ALIGN (the tar pads every entry with zeros to 512 bytes).
+ */
+export class EntryOut {
+  /** Direct: bytes of this entry sit in the staging buffer (or have gone through it). */
+  private staging = false;
+  private fill = 0;
+  /** Where the staging buffer's first byte goes. */
+  private fillAt = 0;
+  private pos: number;
+
+  constructor(private readonly out: TarOut, at: number, header: Buffer) {
+    this.pos = at;
+    void this.put(header).catch(() => {}); // a failure is the TarOut's, seen by the next write
+  }
+
+  /** Writes `buf` next; resolves once `buf` is free again. */
+  put(buf: Buffer): Promise<void> {
+    const pos = this.pos;
+    this.pos += buf.length;
+    if (!this.out.direct) return this.out.write(buf, pos);
+    if (!this.staging) {
+      if (directReady(buf) && pos % DIRECT_ALIGN === 0) return this.out.write(buf, pos);
+      // Everything before went out whole, in multiples of DIRECT_ALIGN: `pos` is aligned.
+      this.staging = true;
+      this.fillAt = pos;
+    }
+    return this.out.staged(async () => {
+      const st = this.out.staging!;
+      for (let off = 0; off < buf.length;) {
+        const n = Math.min(buf.length - off, st.length - this.fill);
+        buf.copy(st, this.fill, off, off + n);
+        off += n;
+        this.fill += n;
+        if (this.fill === st.length) await this.flush(st.length);
+      }
+    });
+  }
+
+  /** Writes what is still staged (padded) and resolves once all of the entry is written. */
+  end(): Promise<void> {
+    if (!this.out.direct || !this.staging) return Promise.resolve();
+    return this.out.staged(async () => {
+      if (this.fill > 0) await this.flush(padded(this.fill));
+    });
+  }
+
+  private async flush(n: number): Promise<void> {
+    const st = this.out.staging!;
+    st.fill(0, this.fill, n);
+    await this.out.write(st.subarray(0, n), this.fillAt);
+    this.fillAt += n;
+    this.fill = 0;
+  }
+}
+
+/**
+ * A regular file's written data is pushed to the disk every this many bytes, while the rest
+ * is read, hashed and written (TarOut): 1 GiB here took 310-390 ms of fsync at the end when
+ * it was all left for it.
+ */
+const SYNC_EVERY = 64 << 20;
+
+/** pwrite(2) of all of `buf` at `pos`, on the libuv pool. */
+function writeAtAsync(fd: number, buf: Buffer, pos: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let off = 0;
+    const step = (): void => {
+      if (off >= buf.length) return resolve();
+      write(fd, buf, off, buf.length - off, pos + off, (err, n) => {
+        if (err) return reject(err);
+        off += n;
+        step();
+      });
+    };
+    step();
+  });
+}
+
+/**
+ * Writes `data` at `pos` of the file out of line (the final manifest and its signature over
+ * their placeholders), synchronously; on a direct descriptor through the staging buffer,
+ * padded with zeros to DIRECT_ALIGN (the tar's own padding there is zeros too).
+ */
+export function rewrite(out: TarOut, fd: number, data: Buffer, pos: number): void {
+  if (!out.direct) return writeAt(fd, data, pos);
+  const st = out.staging!;
+  for (let off = 0; off < data.length; off += st.length) {
+    const n = Math.min(st.length, data.length - off);
+    data.copy(st, 0, off, off + n);
+    const len = padded(n);
+    st.fill(0, n, len);
+    writeAt(fd, st.subarray(0, len), pos + off);
+  }
+}
