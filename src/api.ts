@@ -8,6 +8,7 @@ import type { Config } from './config/config.js';
 import type { FileOptions } from './files/types.js';
 import type { Image as OpenedImage } from './image/reader.js';
 import type { FilesRecord, TaskRecord } from './image/records.js';
+import type { CgroupMode } from './cgroups/restore.js';
 import type { CredsBound } from './restore/bounds.js';
 
 export type { FileOptions };
@@ -162,6 +163,14 @@ export interface RestoreOptions extends CommonOptions {
    * (src/migrate/receiver.ts). Rejecting fails the restore with nothing made.
    */
   beforeCreate?: (ids: { pids: number[]; tids: number[] }) => Promise<void>;
+  /**
+   * What to do with the cgroups the image recorded (src/cgroups/restore.ts, docs/cli.md):
+   * 'ignore' (absent: the tree stays in the restorer's cgroups), 'soft' (every process and
+   * thread back into its cgroups, missing ones made with the recorded settings), 'full' (also
+   * the settings of existing ones; trusted images only), 'strict' (full, and what soft warns
+   * about fails). Not for a container (`makeRoot`): its cgroups are its runtime's.
+   */
+  manageCgroups?: CgroupMode;
 }
 
 /** A root process made by `RestoreOptions.makeRoot`. */
@@ -196,7 +205,7 @@ export interface RestoreResult {
   restoreMs: number;
   /** Whole restore, milliseconds (with the 20 ms watch for a process dying at once after the let-go). */
   totalMs: number;
-  /** What the restore did other than asked, one line each (also logged as warnings). */
+  /** What the restore did other than asked or went on despite, one line each (a mapped file changed, a network lock left, a cgroup setting refused under --manage-cgroups=soft); also logged as warnings; absent when nothing. */
   warnings?: string[];
 }
 

@@ -38,7 +38,7 @@ export const SYS = {
   setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123, capset: 126, personality: 135,
   setpriority: 141, sched_setscheduler: 144, sched_getscheduler: 145, sched_setaffinity: 203, seccomp: 317,
   rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,
-  epoll_ctl: 233, mlock2: 325, unshare: 272, setns: 308,
+  epoll_ctl: 233, mlock2: 325, unshare: 272, setns: 308, mincore: 27, mlockall: 151,
   timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, clock_getres: 229,
 } as const;
 
@@ -52,6 +52,8 @@ export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
 export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20,
   MAP_GROWSDOWN = 0x100, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000;
 export const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2;
+/** madvise(2) MADV_DONTNEED; mlockall(2) flags. */
+export const MADV_DONTNEED = 4, MCL_FUTURE = 2, MCL_ONFAULT = 4;
 
 /** SOL_SOCKET options (<asm-generic/socket.h>; alpha, mips, parisc and sparc number them differently), socket(7). */
 export const SOL_SOCKET = 1;

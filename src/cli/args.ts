@@ -11,6 +11,7 @@ import { fstatSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from '../config/config.js';
 import type { FileOptions } from '../files/types.js';
+import type { CgroupMode } from '../cgroups/restore.js';
 import { CONTAINER_ID, isSsh, parseHostPort, parseUrl, type Destination, type Endpoint } from '../migrate/endpoint.js';
 
 /** A mistake in the command line of `command`: one line on stderr, exit status 2. */
@@ -103,6 +104,11 @@ export interface RestoreCliOptions extends GlobalCliOptions, FileFlags {
    * (its link at checkpoint; one marked --external must be given).
    */
   inherit?: Record<string, number>;
+  /**
+   * --manage-cgroups[=MODE] (or runc's --manage-cgroups-mode MODE): ignore, soft (the mode of
+   * a bare --manage-cgroups), full or strict; absent: ignore (src/cgroups/restore.ts).
+   */
+  manageCgroups?: CgroupMode;
   /** --json: print the result as one JSON object instead of a sentence. */
   json: boolean;
 }
@@ -256,6 +262,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },
     bundle: { type: 'string' }, detach: { type: 'boolean', short: 'd' }, 'allow-changed-files': { type: 'boolean' },
     trust: { type: 'string' }, 'max-creds': { type: 'string' }, 'inherit-fd': { type: 'string', multiple: true },
+    'manage-cgroups': { type: 'boolean' }, 'manage-cgroups-mode': { type: 'string' },
   },
   migrate: {
     ...JSON_OPT, ...CONTAINER_OPTS, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' },
@@ -292,11 +299,24 @@ function usageMessage(err: unknown): string {
   }
 }
 
+/** The modes of --manage-cgroups (src/cgroups/restore.ts). */
+const CGROUP_MODES: readonly CgroupMode[] = ['ignore', 'soft', 'full', 'strict'];
+
+/**
+ * parseArgs has no option with an optional value: `--manage-cgroups=MODE` is read as
+ * `--manage-cgroups-mode=MODE` (before any `--`), and a bare `--manage-cgroups` stays a flag.
+ */
+function optionalValues(command: Command, argv: readonly string[]): string[] {
+  if (TABLES[command]['manage-cgroups'] === undefined) return [...argv];
+  const end = argv.indexOf('--');
+  return argv.map((a, i) => ((end < 0 || i < end) && a.startsWith('--manage-cgroups=') ? `--manage-cgroups-mode=${a.slice(17)}` : a));
+}
+
 /** Strict parse of one command's argv; throws UsageError. */
 function parse(command: Command, argv: readonly string[], allowPositionals = false): { values: Values; positionals: string[] } {
   try {
     const r = parseArgs({
-      args: [...argv], options: { ...GLOBAL, ...TABLES[command] }, strict: true, allowPositionals,
+      args: optionalValues(command, argv), options: { ...GLOBAL, ...TABLES[command] }, strict: true, allowPositionals,
     });
     return { values: r.values as Values, positionals: r.positionals };
   } catch (err) {
@@ -449,6 +469,15 @@ export function parseRestoreArgs(argv: readonly string[]): RestoreCliOptions {
       }
       out.inherit[externalKey('restore', '--inherit-fd', m[2]!)] = fd;
     }
+  }
+  const mode = text('restore', v, 'manage-cgroups-mode', CGROUP_MODES.join(', '));
+  if (mode !== undefined || v['manage-cgroups'] === true) {
+    if (mode !== undefined && v['manage-cgroups'] === true) throw new UsageError('restore', 'give --manage-cgroups or --manage-cgroups=MODE once');
+    if (mode !== undefined && !(CGROUP_MODES as readonly string[]).includes(mode)) {
+      throw new UsageError('restore', `--manage-cgroups takes ${CGROUP_MODES.join(', ')}, got "${mode}"`);
+    }
+    if (out.container) throw new UsageError('restore', '--manage-cgroups is for a process tree: a container\'s cgroups are its runtime\'s');
+    out.manageCgroups = (mode ?? 'soft') as CgroupMode;
   }
   const maxCreds = text('restore', v, 'max-creds', 'USER[:GROUP][,caps=CAP+CAP][,nnp][,seccomp][,securebits=BITS]');
   if (maxCreds !== undefined) {

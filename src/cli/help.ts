@@ -251,7 +251,7 @@ SEE ALSO
 
 SYNOPSIS
   ferry restore --image PATH [--pid-file FILE] [--json] [--trust PATH]
-                [--max-creds SPEC]
+                [--max-creds SPEC] [--manage-cgroups[=MODE]]
                 [--allow-changed-files] [GLOBAL OPTIONS]
   ferry restore CONTAINER --image PATH [--bundle DIR] [--detach]
                 [--runtime R] [--root DIR] [--pid-file FILE] [...]
@@ -337,6 +337,17 @@ OPTIONS
       descriptor of the tree that held it. Required for each file the
       checkpoint marked --external. Repeatable; e.g. 3<&0 in the shell and
       --inherit-fd fd[3]:pipe:[12345].
+  --manage-cgroups[=MODE], --manage-cgroups-mode MODE
+      Put every process and thread back into the cgroups the checkpoint
+      recorded, in each hierarchy mounted here (v1 and v2). MODE: ignore
+      (the default without the option: they stay in ferry's cgroups); soft
+      (the default of a bare --manage-cgroups): a missing cgroup is made and
+      given the recorded limits (memory, pids, cpu, cpuset), existing ones
+      keep theirs, what cannot be done is a warning; full: the limits of
+      existing cgroups are set too; strict: full, and what soft warns about
+      fails the restore. An image no trusted key signed may go only into
+      ferry's own cgroups or below them, and only with soft. Cgroups the
+      restore made are removed if it fails. Not for a container.
   --allow-changed-files
       Restore even if a regular file the processes had open has another size
       or modification time than at the checkpoint (a warning on standard
@@ -349,7 +360,8 @@ OPTIONS
       "verifyMs":N,"restoreMs":N,"totalMs":N}. pids are as the processes
       see them (inside a container's pid namespace), hostPids maps each
       running one to its PID on the host, pid is the root's host PID;
-      durations are in ms, to a tenth.
+      durations are in ms, to a tenth; with "warnings":[LINE...] when the
+      restore went on despite something (--manage-cgroups=soft, full).
 
 ${GLOBAL_OPTIONS}
 

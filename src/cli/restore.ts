@@ -26,6 +26,7 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
       ...(o.trust !== undefined ? { trust: o.trust } : {}),
       ...(o.maxCreds !== undefined ? { bound: o.maxCreds } : {}),
       ...(o.inherit !== undefined ? { inherit: o.inherit } : {}),
+      ...(o.manageCgroups !== undefined ? { manageCgroups: o.manageCgroups } : {}),
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
     };
     const c = o.container;

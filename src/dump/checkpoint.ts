@@ -16,6 +16,7 @@ import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
 import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files/leaks.js';
+import { addUnheldTerminals, unheldTerminals } from '../files/tty.js';
 import { withNetns } from '../task/netns.js';
 import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
 import { NetLock, sharesNetns, treeConnections } from '../files/tcp-lock.js';
@@ -32,6 +33,8 @@ import { parseSmaps } from '../proc/smaps.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
+import { readCgroups } from '../cgroups/dump.js';
+import { CGROUPS_ENTRY } from '../cgroups/record.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers } from './memory.js';
 import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
@@ -152,12 +155,15 @@ function dumpTask(p: FrozenProcess): DumpedTask {
       ...(paths.cwdDeleted ? { cwdDeleted: paths.cwdDeleted } : {}),
       umask: status.umask,
       ...(status.thpEnabled === false ? { thpDisabled: true } : {}),
+      ...(injected.mlockall !== undefined ? { mlockall: injected.mlockall } : {}),
       mm: readMm(pid, stat, injected.brk),
       vmas: memory.vmas,
       sigactions: injected.sigactions,
       sharedPending: pendingSignals(pid, true),
       itimers: injected.itimers,
       stopped: p.stoppedBefore,
+      // A job-control stop (SIGTSTP, SIGTTIN, SIGTTOU) is kept as such; SIGSTOP is the default.
+      ...(p.stoppedBefore && p.stopSignal >= 20 && p.stopSignal <= 22 ? { stopSignal: p.stopSignal } : {}),
       threads: threads.map((th) => th.record),
       fds: [],
       pagesBytes: memory.pagesBytes,
@@ -249,6 +255,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // the freeze is stale (it ran until then), so the root is read and checked again.
     const descs = new Map(live.map((p) => [p.pid, describeFds(p.pid)]));
     withNetns(netns, () => { for (const p of live) checkSupported(descs.get(p.pid)!, fileOptions); });
+    const unheld = unheldTerminals(live, descs, o.pidNamespace !== undefined);
     for (const l of refuseLeaks(descs, hostFds, new Set(fileOptions.external))) {
       log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
     }
@@ -260,7 +267,11 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
     for (const p of live) dumped.push(dumpTask(p));
+    // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
+    // runtime's.
+    const cgroups = o.pidNamespace === undefined ? readCgroups(live) : undefined;
     const files = withNetns(netns, () => collectFiles(descs, fileOptions));
+    addUnheldTerminals(unheld, files); // controlling terminals no process holds open (files/tty.ts)
     session.onUndo('put the files back', () => files.finish(true));
     for (const w of files.warnings) log.warn(w);
     for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
@@ -280,6 +291,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const treeRecord: TreeRecord = { root, processes: tree.processes.map((p) => ids.process(p.record, p.pid === pid)) };
     const filesRecord: FilesRecord = { files: files.files, ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: { table: lock.kept } } : {}) };
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];
+    if (cgroups !== undefined) entries.push(json(CGROUPS_ENTRY, cgroups));
     for (const [name, data] of files.blobs) entries.push({ name, size: data.length, produce: async (sink) => { await sink(data); } });
     for (const extra of [...o.extraEntries ?? [], ...stopped?.extraEntries ?? []]) entries.push(json(extra.name, extra.value));
     // This kernel's vDSO: a restore on another kernel build proxies it (restore/vdso.ts).

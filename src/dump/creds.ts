@@ -135,7 +135,10 @@ export function readCreds(pid: number, tids: readonly number[], injected: Inject
     };
   });
 
+  // audit(7): the login uid of the process (its leader's; threads inherit it) if one is set.
+  const loginuid = readAuditId(pid, 'loginuid');
   return {
+    ...(loginuid !== undefined && loginuid !== AUDIT_UID_UNSET ? { audit: { loginuid, sessionid: readAuditId(pid, 'sessionid') ?? AUDIT_UID_UNSET } } : {}),
     rlimits: parseLimits(readProcText(pid, 'limits')).map(([s, h]) => [hex(s), hex(h)]),
     oomScoreAdj: Number(readProcText(pid, 'oom_score_adj').trim()),
     dumpable: injected.dumpable,
@@ -143,6 +146,18 @@ export function readCreds(pid: number, tids: readonly number[], injected: Inject
     seccompFilters: filters,
     threads,
   };
+}
+
+/** "Not set" for an audit login uid or session id. */
+const AUDIT_UID_UNSET = 4294967295;
+
+/** /proc/PID/loginuid or sessionid, or undefined where the kernel has no audit support. */
+function readAuditId(pid: number, file: 'loginuid' | 'sessionid'): number | undefined {
+  try {
+    return Number(readProcText(pid, file).trim());
+  } catch {
+    return undefined;
+  }
 }
 
 /**

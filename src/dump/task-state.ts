@@ -5,7 +5,8 @@
  * policy, dumpable and subreaper flags creds.ts records).
  */
 import {
-  decodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, NSIG,
+  decodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
+  MCL_FUTURE, MCL_ONFAULT, NSIG,
   PAGE_SIZE, PR_GET_TID_ADDRESS, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
   SYSCALL_INSN,
 } from '../arch/x86-64.js';
@@ -58,6 +59,8 @@ export interface InjectedState {
   dumpable: number;
   /** prctl(PR_GET_CHILD_SUBREAPER). */
   childSubreaper: boolean;
+  /** mlockall(2) flags in force for future mappings (MCL_FUTURE, with MCL_ONFAULT or not); absent: none. */
+  mlockall?: number;
   /** By tid. */
   threads: Map<number, ThreadInjected>;
 }
@@ -89,10 +92,11 @@ function threadState(slot: Buffer, results: ArrayLike<bigint>): ThreadInjected {
   };
 }
 
-/** Throws the first failed call of `calls` (results -4095..-1) as an injected-syscall error. */
-function checkResults(t: Tracee, calls: readonly Call[], results: ArrayLike<bigint>): void {
+/** Throws the first failed call of `calls` (results -4095..-1) as an injected-syscall error; `from` on may fail. */
+function checkResults(t: Tracee, calls: readonly Call[], results: ArrayLike<bigint>, from = calls.length): void {
   calls.forEach((c, i) => {
     const r = results[i]!;
+    if (i >= from) return;
     if (r < 0n && r >= -4095n) throw injectedError(c[0], Number(-r), t.tid);
   });
 }
@@ -132,16 +136,18 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     timers: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE + 8,
     threads: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE + 8 + timers.length * ITIMERSPEC_SIZE,
   };
-  const size = Math.ceil((layout.threads + threads.length * THREAD_SLOT) / PAGE_SIZE) * PAGE_SIZE;
+  // One page more than the results need: the probe of mlockall(MCL_FUTURE) below, never written.
+  const size = Math.ceil((layout.threads + threads.length * THREAD_SLOT) / PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE;
   const addr = freeRange(vmas, size, vmflags);
   if (addr === undefined) throw new Error(`pid ${main.pid} has no free ${size} bytes in its address space for ferry's scratch area`);
   const at = (off: number): bigint => addr + BigInt(off);
+  const probe = addr + BigInt(size - PAGE_SIZE);
   const slotOf = (i: number): number => layout.threads + i * THREAD_SLOT;
   const mmap: Call = [SYS.mmap, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0];
   const munmap: Call = [SYS.munmap, addr, size];
   let mapped = false, unmapped = false;
   /** Runs `calls` in `t`, the scratch area's mmap first if it is not mapped yet. */
-  const batch = (t: Tracee, calls: Call[], last: boolean): { results: BigInt64Array; mem?: Buffer } => {
+  const batch = (t: Tracee, calls: Call[], last: boolean, mayFailFrom = calls.length): { results: BigInt64Array; mem?: Buffer } => {
     const first = !mapped;
     const all = [...(first ? [mmap] : []), ...calls, ...(last ? [munmap] : [])];
     const mem = last ? Buffer.alloc(size) : undefined;
@@ -160,7 +166,7 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     }
     if (last) unmapped = results[results.length - 1]! === 0n;
     const own = results.subarray(first ? 1 : 0, first ? 1 + calls.length : calls.length);
-    checkResults(t, calls, own);
+    checkResults(t, calls, own, mayFailFrom);
     return { results: own, ...(mem ? { mem } : {}) };
   };
   try {
@@ -179,7 +185,15 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     calls.push(...posixTimerCalls(timers, at(layout.timers)));
     const dumpableAt = calls.length;
     calls.push([SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0], [SYS.prctl, PR_GET_CHILD_SUBREAPER, at(layout.subreaper), 0, 0, 0]);
-    const { results, mem } = batch(main, calls, true);
+    // mlockall(MCL_FUTURE) lives in the mm's def_flags, which /proc does not show; the scratch
+    // area, mapped by ferry after it, has VM_LOCKED if it is in force. MADV_DONTNEED refuses a
+    // VM_LOCKED area with EINVAL (madvise_dontneed_free_valid_vma), and mincore(2) tells
+    // whether mmap populated the probe page (MCL_FUTURE alone does; with MCL_ONFAULT it is
+    // left to fault in). The probe page is the area's last, which no call writes; madvise
+    // comes last so that the mincore answer is of the page as mmap left it.
+    const probeAt = calls.length;
+    calls.push([SYS.mincore, probe, PAGE_SIZE, at(layout.subreaper + 4)], [SYS.madvise, probe, PAGE_SIZE, MADV_DONTNEED]);
+    const { results, mem } = batch(main, calls, true, probeAt + 1);
     const m = mem!;
     const slot = (i: number): Buffer => m.subarray(slotOf(i), slotOf(i) + THREAD_SLOT);
     const states = new Map<number, ThreadInjected>([[main.tid, threadState(slot(0), results.subarray(0, 5))]]);
@@ -208,6 +222,7 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
       itimers: { real: it(0), virtual: it(1), prof: it(2), posix },
       dumpable: Number(results[dumpableAt]!),
       childSubreaper: m.readInt32LE(layout.subreaper) !== 0,
+      ...(results[probeAt + 1] === -22n ? { mlockall: MCL_FUTURE | ((m[layout.subreaper + 4]! & 1) !== 0 ? 0 : MCL_ONFAULT) } : {}),
       threads: states,
     };
   } finally {

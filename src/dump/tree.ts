@@ -13,7 +13,7 @@
  * process group whose leader is outside the tree and is not the root's.
  */
 import { readlinkSync } from 'node:fs';
-import { DUMP_TRACE_OPTIONS } from '../arch/x86-64.js';
+import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -30,6 +30,14 @@ export interface FrozenProcess {
   stat: ProcStat;
   /** Stopped by a signal (state T) before ferry came. */
   stoppedBefore: boolean;
+  /**
+   * When stoppedBefore: the signal of its group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), as
+   * the seize reported it; else 0. PTRACE_SEIZE of a task in a group stop makes it trap at once
+   * (ptrace_attach sets JOBCTL_TRAP_STOP), and do_jobctl_trap reports the stop signal the task
+   * keeps in its jobctl (JOBCTL_STOP_SIGMASK) while SIGNAL_STOP_STOPPED holds, whether or not
+   * its parent already collected the stop (which clears only signal->group_exit_code).
+   */
+  stopSignal: number;
   record: ProcessRecord;
 }
 
@@ -147,7 +155,7 @@ function precheck(pid: number, stat: ProcStat, root: number, pidNs: string, user
  * new thread. Returns the tids, the leader first, or null when the process exited (or became
  * a zombie) before it could be stopped.
  */
-function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<number>): number[] | null {
+function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<number>, stop = { signal: 0 }): number[] | null {
   const n = native();
   const mine: number[] = [];
   const known = new Set<number>(); // every tid tried, so a re-listing costs O(threads)
@@ -171,6 +179,7 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
     n.interrupt(tid);
     const st = n.waitpid(tid);
     if (!st || !st.stopped) return false;
+    if (tid === pid && st.event === PTRACE_EVENT_STOP) stop.signal = st.stopSig;
     mine.push(tid);
     return true;
   };
@@ -228,7 +237,8 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
       }
       precheck(pid, stat, root, pidNs, userNs);
       const stoppedBefore = stat.state === 'T';
-      const tids = seizeThreads(pid, seized, preseized);
+      const stop = { signal: 0 };
+      const tids = seizeThreads(pid, seized, preseized, stop);
       if (!tids) {
         if (pid === root) throw new FerryError('ENOPROC', `pid ${pid} exited before it could be stopped`);
         const now = isZombie(pid) ? parseStat(readProcText(pid, 'stat')) : undefined;
@@ -238,7 +248,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
       // Stopped now: the ids cannot change any more.
       stat = parseStat(readProcText(pid, 'stat'));
       processes.push({
-        pid, tids, stat, stoppedBefore,
+        pid, tids, stat, stoppedBefore, stopSignal: stoppedBefore ? stop.signal : 0,
         record: { pid, ppid: pid === root ? stat.ppid : next.ppid, pgid: stat.pgrp, sid: stat.session, zombie: null },
       });
       for (const tid of tids) {
@@ -262,7 +272,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
 
 function zombie(pid: number, stat: ProcStat): FrozenProcess {
   return {
-    pid, tids: [], stat, stoppedBefore: false,
+    pid, tids: [], stat, stoppedBefore: false, stopSignal: 0,
     record: { pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, zombie: { status: stat.exitCode } },
   };
 }

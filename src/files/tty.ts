@@ -38,17 +38,21 @@
  * termios is switched to raw for that moment: input processing and echo off, non-canonical.
  * Switching back to canonical mode makes every byte queued readable at once: a partial line
  * in canonical mode comes back (and stays, with --leave-running) as if it had been ended.
+ * The slave's node keeps its owner and mode (`slaveNode`: grantpt's, or a later chown/chmod).
+ * A session led from inside the tree whose controlling terminal no process of the tree holds
+ * open gets a record of its own (unheldTerminals, addUnheldTerminals), where that is exact;
+ * one whose leader does not hold it while a member does is refused.
  * Not kept: output stopped by ^S (IXON flow control is restarted), a pending packet-mode
  * status byte and output queued while in packet mode, exclusive mode (TIOCEXCL), line
  * disciplines other than N_TTY's state, a slave's queued input when no process of the tree
  * holds the slave open.
  */
-import { existsSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, fstatSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
 import { SYS, TIOCSCTTY, TIOCSPGRP } from '../arch/x86-64.js';
 import { describeCause, errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
-import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { parseFdinfo } from '../proc/fdinfo.js';
 import { listFds, readProcText } from '../proc/read.js';
 import { parseStat } from '../proc/stat.js';
@@ -57,7 +61,7 @@ import { placeOf, reopenIn, shownIn, statIn } from './confined.js';
 import type { RestoreFiles } from './install.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
-const O_RDWR = 2, O_NOCTTY = 0o400;
+const O_RDWR = 2, O_NOCTTY = 0o400, O_NOFOLLOW = 0o400000;
 /** Status flags a terminal keeps (F_SETFL can change them). */
 const KEPT_FLAGS = O_ACCMODE | O_NONBLOCK | O_APPEND;
 /** Majors (Documentation/admin-guide/devices.txt): 4 virtual consoles and serial, 5 tty/console/ptmx, 136-143 pts. */
@@ -131,6 +135,12 @@ export interface TtyRecord extends FileRecord {
   locked?: boolean;
   /** master: packet mode (TIOCPKT). */
   packet?: boolean;
+  /**
+   * master: owner and permission bits of the slave's node /dev/pts/N (grantpt(3) gives it the
+   * opener's uid, devpts' gid and mode 620; `mesg n` or a chmod/chown changes them). Absent
+   * when the node could not be seen from the process's root.
+   */
+  slaveNode?: { uid: number; gid: number; mode: number };
   /** master: bytes queued for the slave to read, base64. */
   input?: string;
   /** master: bytes the slave wrote that the master has not read, base64. */
@@ -333,6 +343,21 @@ function devPath(maj: number, min: number): string {
   throw new Error(`no device path is known for terminal ${maj}:${min}`);
 }
 
+/**
+ * Owner and mode of /dev/pts/`index` as process `pid` sees it (its root's /dev/pts), if that
+ * node is the pair's slave (the same device number): a container's devpts is its own.
+ */
+function slaveNodeOf(pid: number, index: number): TtyRecord['slaveNode'] {
+  try {
+    const st = statSync(`/proc/${pid}/root/dev/pts/${index}`, { bigint: true });
+    const maj = major(st.rdev), min = minor(st.rdev);
+    if (!st.isCharacterDevice() || !isPtsMajor(maj) || (maj - PTS_MAJOR_FIRST) * 256 + min !== index) return undefined;
+    return { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) & 0o777 };
+  } catch {
+    return undefined;
+  }
+}
+
 function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord, 'id' | 'kind'> {
   const n = native();
   const m = ctx.grab(d);
@@ -372,9 +397,10 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
       n.closeFd(s);
     }
   }
+  const slaveNode = slaveNodeOf(d.pid, index);
   return {
     role: 'master', path: d.link, flags, index, termios: t, winsize, locked, packet,
-    input: input.toString('base64'), output: output.toString('base64'),
+    input: input.toString('base64'), output: output.toString('base64'), ...(slaveNode ? { slaveNode } : {}),
   };
 }
 
@@ -404,6 +430,88 @@ function dump(d: FdDesc, ctx: DumpContext): Omit<TtyRecord, 'id' | 'kind'> {
   } catch (err) {
     if (err instanceof FerryError) throw err;
     throw new FerryError('EDUMP', `checkpoint: terminal fd ${d.fd} of pid ${d.pid} (${d.link}): ${describeCause(err)}`, { cause: err });
+  }
+}
+
+/** A session of the tree whose controlling terminal no process of the tree holds open. */
+export interface UnheldTerminal {
+  /** The session leader. */
+  leader: number;
+  /** The pts index of the terminal, whose master a process of the tree holds. */
+  index: number;
+  /** Where that master is held. */
+  master: { pid: number; fd: number };
+}
+
+/**
+ * The sessions led from inside the tree whose controlling terminal no process of the tree
+ * holds open (no descriptor, no /dev/tty). No descriptor's record would carry it, so a
+ * record of its own is added (addUnheldTerminals): restore opens the slave in the controller
+ * and the leader takes it as controlling terminal right after its setsid()
+ * (takeControllingTerminal), before any member is forked, so every member inherits it, and
+ * /dev/tty works again. Kept only where that is exact: a pty whose master is held in the tree,
+ * in a tree in ferry's pid namespace, with the leader's own group in the foreground (TIOCSCTTY
+ * makes it so; the foreground of another group needs a holder to set it). Anything else is
+ * refused here (EUNSUPPORTED, one line), before anything of the tree is read. `processes`: each
+ * live process's pid and stat; `descs`: their descriptors, read after the freeze.
+ */
+export function unheldTerminals(processes: ReadonlyArray<{ pid: number; stat: { session: number; pgrp: number; ttyNr: number; tpgid: number } }>,
+  descs: ReadonlyMap<number, readonly FdDesc[]>, container: boolean): UnheldTerminal[] {
+  const out: UnheldTerminal[] = [];
+  for (const p of processes) {
+    if (p.stat.session !== p.pid || p.stat.ttyNr === 0) continue;
+    const nr = p.stat.ttyNr;
+    const maj = (nr >> 8) & 0xfff, min = (nr & 0xff) | ((nr >> 12) & 0xfff00);
+    const held = processes.some((q) => (descs.get(q.pid) ?? []).some((d) => {
+      if (!d.stat.isCharacterDevice()) return false;
+      const dm = major(d.stat.rdev), dn = minor(d.stat.rdev);
+      // /dev/tty of a member of the session is that very terminal.
+      return (dm === maj && dn === min) || (dm === TTYAUX_MAJOR && dn === DEV_TTY_MINOR && q.stat.session === p.pid);
+    }));
+    if (held) continue;
+    let path: string;
+    try {
+      path = devPath(maj, min);
+    } catch {
+      path = `terminal ${maj}:${min}`;
+    }
+    const refuse = (why: string): never => {
+      throw new FerryError('EUNSUPPORTED', `pid ${p.pid} leads a session whose controlling terminal is ${path}, which no process of the tree holds open, `
+        + `${why}: not supported yet; the process was left running`, { pid: p.pid });
+    };
+    if (!isPtsMajor(maj)) refuse('and which is not a pseudoterminal of the tree');
+    const index = (maj - PTS_MAJOR_FIRST) * 256 + min;
+    let master: { pid: number; fd: number } | undefined;
+    for (const q of processes) {
+      const d = (descs.get(q.pid) ?? []).find((x) => x.stat.isCharacterDevice() && major(x.stat.rdev) === TTYAUX_MAJOR
+        && minor(x.stat.rdev) === PTMX_MINOR && Number(x.fdinfo.lines.get('tty-index')?.[0] ?? -1) === index);
+      if (d) {
+        master = { pid: q.pid, fd: d.fd };
+        break;
+      }
+    }
+    if (master === undefined) refuse('and whose master is held outside the tree');
+    if (container) refuse('in a container');
+    if (p.stat.tpgid !== p.stat.pgrp) refuse(`with process group ${p.stat.tpgid} in the foreground, not the leader's`);
+    out.push({ leader: p.pid, index, master: master! });
+  }
+  return out;
+}
+
+/**
+ * Adds a slave record for each of `unheld` to the collected files: held by no descriptor,
+ * the controlling terminal of its leader's session (`ctty`), its pair's master by file id.
+ */
+export function addUnheldTerminals(unheld: readonly UnheldTerminal[], files: { files: FileRecord[]; fds: ReadonlyMap<number, ReadonlyArray<{ fd: number; file: number }>> }): void {
+  for (const u of unheld) {
+    const master = files.fds.get(u.master.pid)?.find((f) => f.fd === u.master.fd)?.file;
+    if (master === undefined) throw new Error(`the master of /dev/pts/${u.index} (pid ${u.master.pid} fd ${u.master.fd}) has no record`);
+    const id = files.files.reduce((m, f) => Math.max(m, f.id), -1) + 1;
+    const rec: TtyRecord = {
+      id, kind: 'tty', role: 'slave', path: `/dev/pts/${u.index}`, link: `/dev/pts/${u.index}`, flags: O_RDWR, index: u.index, master,
+      viaDevTty: false, ctty: { session: u.leader, foreground: null },
+    };
+    files.files.push(rec);
   }
 }
 
@@ -453,12 +561,36 @@ function openMaster(rec: TtyRecord): number {
       }
     }
     if (rec.packet) n.ptySetPacket(m, 1);
+    if (rec.slaveNode) setSlaveNode(m, rec.slaveNode);
     if (rec.locked) n.ptySetLocked(m, 1);
     n.setFl(m, rec.flags & (O_NONBLOCK | O_APPEND));
     return m;
   } catch (err) {
     n.closeFd(m);
     throw err;
+  }
+}
+
+/**
+ * Gives the new pair's slave node the recorded owner and mode: the pair was opened by ferry
+ * (root), so devpts made it root's. The node is reached as an O_PATH descriptor of
+ * /dev/pts/N that must be this pair's slave (same device number), then changed through it.
+ */
+function setSlaveNode(m: number, node: NonNullable<TtyRecord['slaveNode']>): void {
+  const n = native();
+  const index = n.ptyIndex(m);
+  const fd = n.openRaw(`/dev/pts/${index}`, O_PATH | O_NOFOLLOW);
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    if (!st.isCharacterDevice() || (major(st.rdev) - PTS_MAJOR_FIRST) * 256 + minor(st.rdev) !== index) {
+      throw new Error(`/dev/pts/${index} is not the slave of the pair just opened`);
+    }
+    // chown(2) and chmod(2) through /proc/self/fd/N act on that very node (an O_PATH
+    // descriptor takes neither fchown nor fchmod).
+    chownSync(`/proc/self/fd/${fd}`, node.uid, node.gid);
+    chmodSync(`/proc/self/fd/${fd}`, node.mode);
+  } finally {
+    n.closeFd(fd);
   }
 }
 
@@ -584,6 +716,10 @@ function check(rec: TtyRecord): void {
     if (!w || ![w.row, w.col, w.xpixel, w.ypixel].every((v) => Number.isInteger(v) && v >= 0 && v < 65536)) bad('has an invalid window size');
     queued(rec.input);
     queued(rec.output);
+    const node = rec.slaveNode;
+    // Permission bits only: no set-user-ID, set-group-ID or sticky bit from an image.
+    if (node !== undefined && (typeof node !== 'object' || node === null || !Number.isInteger(node.mode) || node.mode < 0 || node.mode > 0o777
+      || ![node.uid, node.gid].every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32 - 1))) bad('has an invalid slave owner or mode');
     if (!existsSync('/dev/ptmx')) throw new FerryError('ENOENT', `/dev/ptmx does not exist here: pseudoterminals cannot be created (file ${rec.id})`);
   } else if (rec.role === 'slave') {
     if (!Number.isSafeInteger(rec.master)) bad('names no master');

@@ -160,6 +160,11 @@ export interface TaskRecord {
   umask: number;
   /** prctl PR_SET_THP_DISABLE was set (/proc/PID/status `THP_enabled: 0`). */
   thpDisabled?: boolean;
+  /**
+   * mlockall(2) flags in force for future mappings: 2 (MCL_FUTURE) or 6 (MCL_FUTURE |
+   * MCL_ONFAULT), found by a probe mapping at dump (dump/task-state.ts); absent: none.
+   */
+  mlockall?: number;
   mm: MmRecord;
   vmas: VmaRecord[];
   sigactions: SigactionRecord[];
@@ -172,6 +177,12 @@ export interface TaskRecord {
   itimers: { real: ItimerRecord; virtual: ItimerRecord; prof: ItimerRecord; posix: PosixTimerRecord[] };
   /** The process was stopped by a signal (SIGSTOP, SIGTSTP…) and stays stopped after restore. */
   stopped: boolean;
+  /**
+   * The signal that stopped it when not SIGSTOP: SIGTSTP (20), SIGTTIN (21) or SIGTTOU (22).
+   * Absent: SIGSTOP (or not stopped). Restore stops it with the same signal where the kernel
+   * lets that signal stop it (restore/stop-signal.ts).
+   */
+  stopSignal?: number;
   threads: ThreadRecord[];
   fds: FdRecord[];
   /** Size of the pages entry. */
@@ -190,6 +201,12 @@ export interface CredsRecord {
   dumpable: number;
   /** PR_GET_CHILD_SUBREAPER. */
   childSubreaper: boolean;
+  /**
+   * The audit login uid (/proc/PID/loginuid) when one is set, and the audit session id the
+   * kernel gave with it (/proc/PID/sessionid; informational: no interface sets one, a restore
+   * that sets the loginuid gets a new session id). Absent: unset (4294967295).
+   */
+  audit?: { loginuid: number; sessionid: number };
   /** Distinct seccomp filters: classic BPF program (struct sock_filter[], base64) and SECCOMP_FILTER_FLAG_* bits. */
   seccompFilters: Array<{ flags: number; program: string }>;
   /** One per thread, in the order of TaskRecord.threads. */

@@ -44,8 +44,12 @@ import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
+import { checkAuditTrust, restoreLoginuid } from './audit.js';
+import { stopSignalOf } from './stop-signal.js';
 import { createTree, type CreatedTree } from './tree.js';
 import { validateFiles, validateTask, validateTree } from './validate.js';
+import { CgroupPlan } from '../cgroups/restore.js';
+import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
 import { faultPoint } from '../fault.js';
 import { Session } from '../session.js';
 import { startWatchdog } from '../watchdog.js';
@@ -118,6 +122,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!trusted) checkLinkedTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor a socket whose privilege the kernel checks only when restore (root) makes it.
     if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
+    // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
+    if (!o.makeRoot) checkAuditTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted);
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor access: an untrusted image's processes hold open only what their own credentials
@@ -138,6 +144,20 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
           return undefined; // the file checks say why
         }
       });
+    }
+    // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
+    // now, made and joined once the processes exist. A container's are its runtime's.
+    const cgroupMode = o.makeRoot ? 'ignore' : o.manageCgroups ?? 'ignore';
+    let cgroups: CgroupPlan | undefined;
+    if (image.has(CGROUPS_ENTRY)) {
+      const record = validateCgroups(await image.readJson(CGROUPS_ENTRY), new Map(tasks.map((t) => [t.pid, t.threads.map((th) => th.tid)])));
+      if (cgroupMode !== 'ignore') {
+        const plan = (cgroups = CgroupPlan.make(record, cgroupMode, trusted, o.image === '-' ? '(stdin)' : o.image, log));
+        session.onUndo('close the cgroup roots', () => plan.close());
+        log.debug({ create: plan.toCreate }, 'cgroups planned');
+      }
+    } else if (cgroupMode === 'strict') {
+      throw new FerryError('ECGROUP', '--manage-cgroups=strict: the image records no cgroups (a container\'s, or made by an older ferry): nothing was restored');
     }
     const stubPath = o.config.restore.stub || defaultStubPath();
     if (!existsSync(stubPath)) throw new FerryError('ENOSTUB', `restore stub ${stubPath} is missing: run 'npm run build'`);
@@ -180,8 +200,14 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const opened = withNetns(made?.pid, () => openFiles(files.files,
       { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit));
     const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
+    // Made before the tree, so that their undo runs after the processes in them are killed;
+    // the watchdog that removes them if ferry dies is armed before the first.
+    await cgroups?.arm(session);
+    cgroups?.apply(session);
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
     session.onUndo('kill the processes made so far', () => created.destroy());
+    // Each process joins its cgroups before its memory is written: it is charged there.
+    cgroups?.placeProcesses((pid) => created.stubs.get(pid)?.pid);
     // While the tree is let go, the processes already let go run on and the ones still traced
     // die with ferry (PTRACE_O_EXITKILL): if ferry dies then, a watchdog kills them all. Armed
     // now, so its start overlaps the rebuild. (A container's own watchdog deletes it instead.)
@@ -205,6 +231,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       spaces.set(task.pid, built.as);
       pagesBytes += built.written;
     }
+    // Threads the image recorded in cgroups of their own (they were made in their process's).
+    cgroups?.placeThreads((tid) => tid);
     // Once every process and thread exists: what may name another one, then credentials.
     for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!);
     await faultPoint('rebuilt', o.signal);
@@ -213,10 +241,18 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
     const watchdog = await starting?.armed();
     beforeLetGo(opened, files.files);
+    // A process stopped by SIGTSTP, SIGTTIN or SIGTTOU stops by it again where it can (stop-signal.ts).
+    const stopSignals = new Map<number, number>();
+    for (const t of tasks.filter((x) => x.stopped)) {
+      const s = stopSignalOf(t, tree);
+      stopSignals.set(t.pid, s.signal);
+      if (s.instead !== undefined) log.warn(s.instead);
+    }
     // The let-go: once it is done, the tree runs on its own and an abort no longer applies.
-    await letGo(created, tasks, xstates, o.signal);
+    await letGo(created, tasks, xstates, stopSignals, o.signal);
     const tRunning = performance.now();
     watchdog?.disarm();
+    cgroups?.running();
     made?.running?.();
     dropFiles();
     closeFiles(opened.opened);
@@ -242,7 +278,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
       totalMs: tEnd - t0,
-      ...(warnings.length > 0 ? { warnings } : {}),
+      ...(warnings.length + (cgroups?.warnings.length ?? 0) > 0 ? { warnings: [...warnings, ...cgroups?.warnings ?? []] } : {}),
     };
   } catch (err) {
     session.unwind();
@@ -355,6 +391,7 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
   const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory, controllerPidfd);
   setMm(t, as, task);
   withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
+  if (!o.makeRoot) restoreLoginuid(t, as, task); // before its threads, which inherit it
   finishRemovedCwd(t.pid, task);
   installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
   created.threads.set(task.pid, createThreads(t, as, task));
@@ -376,11 +413,12 @@ function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles,
 
 /**
  * Sets every thread's registers, XSAVE area and signal mask, then lets every process go,
- * children before parents. A process stopped by a signal stays stopped: SIGSTOP queued now
- * stops it as soon as it is let go, before it runs a single instruction.
+ * children before parents. A process stopped by a signal stays stopped: its stop signal
+ * (`stopSignals`, SIGSTOP when absent) queued now stops it as soon as it is let go, before it
+ * runs a single instruction.
  */
 async function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates: ReadonlyMap<number, Buffer>,
-  signal?: AbortSignal): Promise<void> {
+  stopSignals: ReadonlyMap<number, number>, signal?: AbortSignal): Promise<void> {
   const n = native();
   const inSyscall = new Map<number, boolean>();
   for (const task of tasks) {
@@ -392,7 +430,7 @@ async function letGo(created: CreatedTree, tasks: readonly TaskRecord[], xstates
     const leader = created.stubs.get(task.pid)!;
     // Process-directed (kill, not tgkill): every thread finds it pending on its way back to
     // user space, so none runs an instruction before the group stop.
-    if (task.stopped) process.kill(leader.pid, SIGSTOP);
+    if (task.stopped) process.kill(leader.pid, stopSignals.get(task.pid) ?? SIGSTOP);
     const tids = [leader.pid, ...(created.threads.get(task.pid) ?? []).map((x) => x.tid)];
     for (const tid of [...tids].reverse()) {
       if (!task.stopped && inSyscall.get(tid)) detachInSyscall(task.pid, tid);

@@ -30,6 +30,9 @@ export function restoreTaskState(t: Tracee, as: AddressSpace, task: TaskRecord):
     [SYS.umask, task.umask],
   ];
   if (task.thpDisabled === true) calls.push([SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0]);
+  // Every area is mapped and locked as it was (address-space.ts); from here on new mappings
+  // are locked as the process asked. MCL_FUTURE alone locks nothing that exists.
+  if (task.mlockall !== undefined) calls.push([SYS.mlockall, task.mlockall]);
   // Every disposition: handlers from the image, and SIG_DFL where the stub inherited SIG_IGN
   // from ferry (ignored signals survive execve).
   const stubIgnored = parseStatus(readProcText(t.pid, 'status')).sigIgn;

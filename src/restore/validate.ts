@@ -162,7 +162,7 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { thpDisabled: bool, cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }) });
+}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }) });
 
 /**
  * The fields several kinds of open file share keep one type wherever they appear: checked
@@ -196,6 +196,8 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   expect(where, task, v);
   const t = v as TaskRecord;
   if (t.pid !== pid) fail(where, `pid is ${t.pid}, expected ${pid}`);
+  if (t.stopSignal !== undefined && !t.stopped) fail(where, `stopSignal is ${t.stopSignal} but the process is not stopped`);
+  if (t.mlockall !== undefined && t.mlockall !== 2 && t.mlockall !== 6) fail(where, `mlockall must be 2 (MCL_FUTURE) or 6 (MCL_FUTURE | MCL_ONFAULT), is ${t.mlockall}`);
   if (t.threads[0]!.tid !== pid) fail(where, `threads[0].tid is ${t.threads[0]!.tid}: the first thread must be the leader, ${pid}`);
   const tids = new Set<number>();
   for (const [i, th] of t.threads.entries()) {
@@ -293,6 +295,9 @@ const creds = record({
   childSubreaper: bool,
   seccompFilters: list(record({ flags: int(0), program: str(4096 * 8 * 2) }), 65536),
   threads: list(threadCreds, MAX_THREADS, 1),
+}, {
+  // audit(7): a set loginuid (AUDIT_UID_UNSET, 2^32 - 1, is never recorded) and its session id.
+  audit: record({ loginuid: int(0, 2 ** 32 - 2), sessionid: int(0, 2 ** 32 - 1) }),
 });
 
 /** Checks the creds field of a task (src/dump/creds.ts) against its threads. */

@@ -7,13 +7,17 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { readFileSync } from 'node:fs';
+import type { TaskRecord } from '../../src/image/records.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
 import { checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
 
 const MEMFLAGS = join(WORKLOADS, 'memflags');
+const MLOCKFUTURE = join(WORKLOADS, 'mlockfuture');
 
 describe('memory flags', { skip, timeout: 120_000 }, () => {
   it('locks, madvise flags, protections and THP_DISABLE come back as they were', async () => {
@@ -32,5 +36,40 @@ describe('memory flags', { skip, timeout: 120_000 }, () => {
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS');
+  });
+});
+
+describe('mlockall(MCL_FUTURE) and grows-down areas', { skip, timeout: 120_000 }, () => {
+  for (const mode of ['', 'onfault']) {
+    const what = mode === '' ? 'MCL_FUTURE' : 'MCL_FUTURE | MCL_ONFAULT';
+    it(`${what}: new mappings are locked after restore; a MAP_GROWSDOWN area keeps its flag, guard gap and growth`, async () => {
+      const w = await startWorkload(MLOCKFUTURE, mode === '' ? [] : [mode]);
+      const image = join(w.dir, 'mlock.tar');
+      await checkpointFreed(w, image);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+
+    it(`${what}: --leave-running leaves them as they were`, async () => {
+      const w = await startWorkload(MLOCKFUTURE, mode === '' ? [] : [mode]);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.equal(procState(w.pid).tracer, 0);
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+
+  it('a process without mlockall gets none, and its probe leaves no area behind', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'counter'), []);
+    const before = readFileSync(`/proc/${w.pid}/maps`, 'utf8');
+    const image = join(w.dir, 'plain.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(readFileSync(`/proc/${w.pid}/maps`, 'utf8'), before, 'the layout is as it was');
+    const seen: unknown[] = [];
+    await editImage(image, join(w.dir, 'copy.tar'), [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => { seen.push(t.mlockall); })]]);
+    assert.deepEqual(seen, [undefined]);
   });
 });

@@ -145,4 +145,45 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     assert.equal(await verify(w), 'PASS', w.text());
     assert.match(w.text(), /leader=1/);
   });
+
+  it('a session whose controlling terminal no process holds open gets it back: /dev/tty opens it after restore', { skip: needs('python') }, async () => {
+    // Leads its session (started detached), takes a pty slave as controlling terminal, closes
+    // every descriptor of the slave and keeps only the master. On SIGUSR1: /dev/tty must open,
+    // be the slave of the master it holds, and it must still lead its session.
+    const py = [
+      'import fcntl, os, signal, struct, termios, time',
+      'm, s = os.openpty()',
+      'fcntl.ioctl(s, termios.TIOCSCTTY, 0)',
+      'os.close(s)',
+      'flag = []',
+      'signal.signal(signal.SIGUSR1, lambda *a: flag.append(1))',
+      'print("ready pid=%d" % os.getpid(), flush=True)',
+      'while not flag: time.sleep(0.01)',
+      'n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"\\0" * 4))[0]',
+      'try:',
+      '    fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)',
+      '    dev = struct.unpack("I", fcntl.ioctl(fd, 0x80045432, b"\\0" * 4))[0]',  // TIOCGDEV: the terminal behind /dev/tty
+      '    name = "/dev/pts/%d" % ((((dev >> 8) & 0xfff) - 136) * 256 + (dev & 0xff))',
+      'except OSError as e:',
+      '    name = "none (%s)" % e',
+      'ok = name == "/dev/pts/%d" % n and os.getsid(0) == os.getpid() and os.tcgetpgrp(fd) == os.getpgrp()',
+      'print("PASS" if ok else "FAIL /dev/tty is %s, the pair is /dev/pts/%d" % (name, n), flush=True)',
+    ].join('\n');
+    const lr = await startWorkload(PYTHON, ['-c', py]);
+    const kept = ferry(['checkpoint', '--pid', String(lr.pid), '--image', join(lr.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(kept.code, 0, kept.stderr);
+    assert.equal(await verify(lr), 'PASS', `--leave-running: ${lr.text()}`);
+    const w = await startWorkload(PYTHON, ['-c', py]);
+    const image = join(w.dir, 'ctty.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
 });
+

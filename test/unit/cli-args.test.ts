@@ -119,6 +119,16 @@ describe('ferry restore, inspect, demo, version and help arguments', { timeout: 
     assert.deepEqual(parseRestoreArgs(['--image', 'x', '--trust', '/etc/ferry/trusted']),
       { image: 'x', json: false, files: NO_FLAGS, trust: '/etc/ferry/trusted' });
     usage(() => parseRestoreArgs(['--image', 'x', '--trust=']), 'restore', '--trust needs a public key file or a directory of them, got ""');
+    // --manage-cgroups[=MODE], and runc's spelling --manage-cgroups-mode MODE.
+    assert.equal(parseRestoreArgs(['--image', 'x']).manageCgroups, undefined);
+    assert.equal(parseRestoreArgs(['--image', 'x', '--manage-cgroups']).manageCgroups, 'soft');
+    assert.equal(parseRestoreArgs(['--image', 'x', '--manage-cgroups=full']).manageCgroups, 'full');
+    assert.equal(parseRestoreArgs(['--image', 'x', '--manage-cgroups-mode', 'strict']).manageCgroups, 'strict');
+    assert.equal(parseRestoreArgs(['--image', 'x', '--manage-cgroups-mode=ignore']).manageCgroups, 'ignore');
+    usage(() => parseRestoreArgs(['--image', 'x', '--manage-cgroups=props']), 'restore', '--manage-cgroups takes ignore, soft, full, strict, got "props"');
+    usage(() => parseRestoreArgs(['--image', 'x', '--manage-cgroups', '--manage-cgroups=soft']), 'restore', 'give --manage-cgroups or --manage-cgroups=MODE once');
+    usage(() => parseRestoreArgs(['c1', '--image', 'x', '--manage-cgroups']), 'restore', '--manage-cgroups is for a process tree: a container\'s cgroups are its runtime\'s');
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--manage-cgroups']), 'checkpoint', 'unknown option --manage-cgroups');
     usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--trust', 'k']), 'checkpoint', 'unknown option --trust');
     assert.deepEqual(parseKeygenArgs(['--out', '/k/site']), { out: '/k/site', json: false });
     assert.deepEqual(parseKeygenArgs(['--out=k', '--json', '--log-level', 'info']), { out: 'k', json: true, logLevel: 'info' });
