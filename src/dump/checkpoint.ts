@@ -127,7 +127,7 @@ interface DumpedTask {
 }
 
 /** Reads one stopped process whole (its descriptors are read with the others' after the freeze). */
-function dumpTask(p: FrozenProcess): DumpedTask {
+function dumpTask(p: FrozenProcess, parent?: DumpedTask): DumpedTask {
   const n = native();
   const { pid, tids, stat } = p;
   const tracees = tids.map((tid) => new Tracee(pid, tid, true));
@@ -142,7 +142,8 @@ function dumpTask(p: FrozenProcess): DumpedTask {
     for (const t of tracees) t.gadget = gadget;
     const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
     const threads = tids.map((tid) => readThread(pid, tid, n.getSigmask(tid), injected.threads.get(tid)!));
-    const memory = planMemory(pid, maps, vmflags);
+    // Pages still shared copy-on-write with the parent are recorded, not stored (image/cow.ts).
+    const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
     const paths = readPaths(pid);
     const task: TaskRecord = {
       pid,
@@ -266,7 +267,12 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     if (lock) log.debug({ table: lock.table, ms: performance.now() - tLock }, 'network lock taken');
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
-    for (const p of live) dumped.push(dumpTask(p));
+    const byPid = new Map<number, DumpedTask>();
+    for (const p of live) {
+      const d = dumpTask(p, byPid.get(p.record.ppid)); // parents come first
+      byPid.set(p.pid, d);
+      dumped.push(d);
+    }
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.
     const cgroups = o.pidNamespace === undefined ? readCgroups(live) : undefined;

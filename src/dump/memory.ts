@@ -14,7 +14,8 @@ import { directBuffer } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
-import { dumpablePageRuns } from '../proc/pagemap.js';
+import { dumpablePageRuns, sharedAnonPages, sharedWithParent } from '../proc/pagemap.js';
+import { inheritable, pageSet, runsOf } from '../image/cow.js';
 import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
 import { parseChildren } from '../proc/children.js';
 import { listFds, listTids, readProcText } from '../proc/read.js';
@@ -72,9 +73,25 @@ export interface MemoryPlan {
   produce(sink: (chunk: Buffer) => Promise<void>, chunkBytes: number, buffers?: ChunkBuffers): Promise<void>;
 }
 
-/** Plans the memory dump of a stopped task from its maps, VmFlags and pagemap. */
-export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyMap<bigint, string[]>): MemoryPlan {
+/** The parent of a process being planned: its pid and planned areas (it is stopped too). */
+export interface PlannedParent {
+  pid: number;
+  vmas: readonly VmaRecord[];
+}
+
+/**
+ * Plans the memory dump of a stopped task from its maps, VmFlags and pagemap. With `parent`
+ * (its parent, planned before it and stopped as well), the pages of an area that the parent
+ * maps too (image/cow.ts `inheritable`) and still shares with it copy-on-write (the same page
+ * frame at the same address) are recorded as the area's `cow` runs instead of being stored.
+ */
+export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyMap<bigint, string[]>,
+  parent?: PlannedParent): MemoryPlan {
   const pagemap = openSync(`/proc/${pid}/pagemap`, 'r');
+  const parentAreas = new Map((parent?.vmas ?? []).map((v) => [v.start, v]));
+  let parentPagemap = -1;
+  /** Stored pages of private areas shared copy-on-write with another process: read in place (sharedAnonPages). */
+  const viaMem = new Map<VmaRecord, Uint8Array>();
   const vmas: VmaRecord[] = [];
   let pagesBytes = 0;
   /** dev:ino of the deleted files and memfds the process holds open, read when first needed. */
@@ -169,6 +186,29 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         if (got !== entries.length) throw new Error(`short read of /proc/${pid}/pagemap at ${range}`);
         let runs = dumpablePageRuns(entries, 0, (kind === 'anon' && v.shared) || memfdData !== undefined);
         if (memfdData) runs = mergeRuns(runs, memfdData);
+        const theirs = parentAreas.get(rec.start);
+        if (parent && theirs && runs.length > 0 && inheritable(theirs, rec)) {
+          if (parentPagemap < 0) parentPagemap = openSync(`/proc/${parent.pid}/pagemap`, 'r');
+          const other = Buffer.allocUnsafe(entries.length);
+          if (readSync(parentPagemap, other, 0, other.length, first * 8) === other.length) {
+            const shared = sharedWithParent(entries, other);
+            const stored = pageSet(npages, runs);
+            const cow = new Uint8Array(npages);
+            for (let i = 0; i < npages; i++) {
+              if (stored[i] && shared[i]) {
+                stored[i] = 0;
+                cow[i] = 1;
+              }
+            }
+            runs = runsOf(stored);
+            const inherited = runsOf(cow);
+            if (inherited.length > 0) rec.cow = inherited;
+          }
+        }
+        if (!v.shared && runs.length > 0) {
+          const sharedPages = sharedAnonPages(entries);
+          if (sharedPages) viaMem.set(rec, sharedPages);
+        }
         for (const [page, count] of runs) {
           rec.runs.push([page, count]);
           pagesBytes += count * PAGE_SIZE;
@@ -178,11 +218,12 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
     }
   } finally {
     closeSync(pagemap);
+    if (parentPagemap >= 0) closeSync(parentPagemap);
   }
   return {
     vmas,
     pagesBytes,
-    produce: (sink, chunkBytes, buffers) => producePages(pid, vmas, sink, chunkBytes, buffers),
+    produce: (sink, chunkBytes, buffers) => producePages(pid, vmas, sink, chunkBytes, buffers, viaMem),
   };
 }
 
@@ -339,7 +380,7 @@ export function prepareChunkBuffers(estimate: MemoryEstimate, chunkBytes: number
  * (nothing is allocated while the tree is stopped), else allocated here.
  */
 async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chunk: Buffer) => Promise<void>,
-  chunkBytes: number, prepared?: ChunkBuffers): Promise<void> {
+  chunkBytes: number, prepared?: ChunkBuffers, viaMem?: ReadonlyMap<VmaRecord, Uint8Array>): Promise<void> {
   const stored = vmas.reduce((sum, v) => sum + v.runs.reduce((k, [, count]) => k + count, 0), 0);
   let chunkPages = Math.max(1, Math.min(Math.floor(chunkBytes / PAGE_SIZE), stored));
   const shared = prepared?.acquire();
@@ -384,16 +425,21 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
     for (const v of vmas) {
       const start = Number(BigInt(v.start));
       const readable = (v.prot & PROT_READ) !== 0;
+      const inPlace = viaMem?.get(v);
       for (const [page, count] of v.runs) {
         let done = 0;
         while (done < count) {
-          const n = Math.min(count - done, chunkPages - filled);
+          let n = Math.min(count - done, chunkPages - filled);
           const addr = start + (page + done) * PAGE_SIZE;
-          if (readable) {
+          // A stretch of pages all shared copy-on-write, or all not: the former read in place.
+          const shared = inPlace !== undefined && inPlace[page + done] === 1;
+          if (inPlace) for (let k = 1; k < n; k++) if ((inPlace[page + done + k] === 1) !== shared) { n = k; break; }
+          if (readable && !shared) {
             ranges.push(addr, n * PAGE_SIZE);
             filled += n;
           } else {
-            // process_vm_readv cannot read PROT_NONE/write-only pages; /proc/PID/mem can.
+            // process_vm_readv cannot read PROT_NONE/write-only pages; /proc/PID/mem can, and
+            // reads shared pages without unsharing them.
             readPending();
             if (memFd < 0) memFd = openSync(`/proc/${pid}/mem`, 'r');
             const got = readSync(memFd, buf, filled * PAGE_SIZE, n * PAGE_SIZE, addr);

@@ -11,9 +11,11 @@ export const IMAGE_FORMAT = 'ferry-image';
  * The version this ferry writes, and the oldest it reads. 2: a TCP record's `tcp.state` names
  * a half-closed state (CLOSE_WAIT, FIN_WAIT1…) of a connection stored as 'established', which
  * a reader of version 1 would rebuild as ESTABLISHED without its FINs; version 1 images hold
- * nothing a version 2 reader takes otherwise.
+ * nothing a version 2 reader takes otherwise. 3: an area's `cow` runs name pages it inherits
+ * from its parent instead of storing them (image/cow.ts), which a reader of version 2 would
+ * restore as zeros; older images hold none and are read as before.
  */
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 export const OLDEST_FORMAT_VERSION = 1;
 export const MANIFEST_NAME = 'manifest.json';
 /** Bounds on what a manifest may claim. */

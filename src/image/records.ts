@@ -59,6 +59,13 @@ export interface VmaRecord {
   runs: Array<[number, number]>;
   /** Offset of this area's first stored page within the task's pages entry. */
   pagesOffset: number;
+  /**
+   * Pages this area shares copy-on-write with the same area of the parent (src/image/cow.ts):
+   * [first page index within the area, count], in order, none of them in `runs`. Not stored
+   * here: restore forks the process from its parent once the parent's memory is back, so it
+   * inherits them. Absent when there are none (and in images before format version 3).
+   */
+  cow?: Array<[number, number]>;
 }
 
 /** A signal disposition that is not SIG_DFL (rt_sigaction(2), struct kernel_sigaction). */

@@ -28,6 +28,9 @@ import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/mem
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { Scratch, type Tracee } from '../task/tracee.js';
 import { vdsoProxy } from './vdso.js';
+import { pagesToDrop } from './cow.js';
+
+const MADV_DONTNEED = 4;
 
 /** "EACCES" for a negative injected result -13 (errno(3) name; the number if unknown). */
 function errnoName(r: bigint): string {
@@ -50,6 +53,8 @@ const O_RDONLY = 0, O_RDWR = 2, AT_FDCWD = -100;
 const SPECIAL = new Set(['vdso', 'vvar', 'vvar_vclock']);
 
 type Range = readonly [bigint, bigint];
+/** Above every user address (57-bit addresses included): the end of the last gap. */
+const GAPS_END = 1n << 57n;
 
 /** Lowest page-aligned range of `size` bytes at or above `from` that overlaps none of `taken`. */
 export function findFree(taken: readonly Range[], size: bigint, from: bigint): bigint {
@@ -82,10 +87,18 @@ export interface AddressSpace {
   gadgetArea: bigint;
 }
 
-/** Steps 1–2: gadget in place, stub gone, vDSO moved to the dumped addresses. */
-export function clearStub(t: Tracee, task: TaskRecord, imageVdso?: { label: string; bytes: Buffer }): AddressSpace {
+/**
+ * Steps 1–2: gadget in place, stub gone, vDSO moved to the dumped addresses. The task is a
+ * fresh stub, or (a child that inherits pages copy-on-write, restore/cow.ts) a fork of its
+ * rebuilt parent: then `keep` lists its areas fork() already made as they must be, left in
+ * place, and everything else the parent had goes. Injection runs through `t.gadget`, a
+ * `syscall` instruction in the current layout (the stub's own, or the parent's gadget).
+ * `imageVdso`: the image's vDSO (vdso.bin); when this kernel's differs, this kernel's stays
+ * out of the image's way and the image's is proxied (vdso.ts).
+ */
+export function clearStub(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[] = [], imageVdso?: { label: string; bytes: Buffer }): AddressSpace {
   const stub = parseMaps(readProcText(t.pid, 'maps'));
-  useStubGadget(t, stub);
+  if (t.gadget === 0n) useStubGadget(t, stub);
   const dumped: Range[] = task.vmas.map((v) => [big(v.start), big(v.end)]);
   const current: Range[] = stub.map((v) => [v.start, v.end]);
   const gadgetArea = findFree([...dumped, ...current], BigInt(GADGET_SIZE), 0x10000n);
@@ -101,8 +114,34 @@ export function clearStub(t: Tracee, task: TaskRecord, imageVdso?: { label: stri
   const imageArea = task.vmas.find((d) => d.kind === 'vdso');
   const proxied = imageVdso !== undefined && ownVdso !== undefined && imageArea !== undefined
     && !t.readMem(ownVdso.start, Number(ownVdso.end - ownVdso.start)).equals(imageVdso.bytes);
-  t.syscalls(stub.filter((v) => !specials.includes(v) && v.path !== '[vsyscall]')
-    .map((v) => [SYS.munmap, v.start, v.end - v.start] as const));
+  const others = stub.filter((v) => !specials.includes(v) && v.path !== '[vsyscall]');
+  if (keep.length === 0) {
+    t.syscalls(others.map((v) => [SYS.munmap, v.start, v.end - v.start] as const));
+  } else {
+    // Everything between the ranges kept (gadget, special mappings, inherited areas) that
+    // holds an area goes, holes and all: one munmap(2) per gap, however many areas it holds.
+    const kept: Range[] = [[gadgetArea, gadgetArea + BigInt(GADGET_SIZE)] as Range, ...specials.map((v): Range => [v.start, v.end]),
+      ...keep.map((v): Range => [big(v.start), big(v.end)])].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const calls: Array<readonly [number, bigint, bigint]> = [];
+    let from = 0n;
+    for (const [s, e] of [...kept, [GAPS_END, GAPS_END] as Range]) {
+      const inGap = others.filter((v) => v.end > from && v.start < s);
+      if (inGap.length > 0) {
+        const lo = inGap.reduce((m, v) => (v.start < m ? v.start : m), s);
+        const hi = inGap.reduce((m, v) => (v.end > m ? v.end : m), from);
+        const a = lo > from ? lo : from;
+        const b = hi < s ? hi : s;
+        calls.push([SYS.munmap, a, b - a]);
+      }
+      if (e > from) from = e;
+    }
+    t.syscalls(calls);
+  }
+  const inPlace = (v: Vma): boolean => task.vmas.some((d) => d.kind === v.path.slice(1, -1) && big(d.start) === v.start && big(d.end) === v.end);
+  if (keep.length > 0 && !proxied && specials.every(inPlace)) {
+    checkSpecials(task, specials);
+    return { scratch, gadgetArea };
+  }
 
   // Move each special mapping to a staging area first, then to its dumped address.
   const total = specials.reduce((sum, v) => sum + (v.end - v.start), 0n);
@@ -125,13 +164,18 @@ export function clearStub(t: Tracee, task: TaskRecord, imageVdso?: { label: stri
     }
     finals.push([SYS.mremap, at - size, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), big(target.start)]);
   }
-  const missing = task.vmas.filter((d) => SPECIAL.has(d.kind) && !specials.some((v) => v.path === `[${d.kind}]`));
-  if (!proxied && missing.length > 0) {
-    throw new FerryError('EKERNEL', `the image has a [${missing[0]!.kind}] mapping this kernel does not make: restore needs the same kernel build`);
-  }
+  if (!proxied) checkSpecials(task, specials);
   t.syscalls([...moves, ...finals]);
   if (proxied) mapVdsoProxy(t, task, imageArea!, imageVdso!, ownVdsoAt, Number(ownVdso!.end - ownVdso!.start));
   return { scratch, gadgetArea };
+}
+
+/** Refuses an image without one of the special mappings this kernel makes, or with one more. */
+function checkSpecials(task: TaskRecord, specials: readonly Vma[]): void {
+  const missing = task.vmas.filter((d) => SPECIAL.has(d.kind) && !specials.some((v) => v.path === `[${d.kind}]`));
+  if (missing.length > 0) {
+    throw new FerryError('EKERNEL', `the image has a [${missing[0]!.kind}] mapping this kernel does not make: restore needs the same kernel build`);
+  }
 }
 
 /**
@@ -169,7 +213,51 @@ function mmapFlags(v: VmaRecord): number {
  * each (in the first process that maps it), which the others map through
  * /proc/PID/map_files. One per restore, shared by every process's rebuild.
  */
-export type SharedObjects = Map<string, { pid: number; start: bigint; end: bigint; offset: bigint }>;
+export type SharedObjects = Map<string, SharedObject>;
+
+/**
+ * A restored shared object: the first area that maps it (in process `pid`), that area's
+ * offset in the original object, and `base`/`size`: which original offset is offset 0 of the
+ * restored object, and its size (absent: the area's own offset and length, the object made by
+ * that area's anonymous mmap).
+ */
+export interface SharedObject {
+  pid: number;
+  start: bigint;
+  end: bigint;
+  offset: bigint;
+  base?: bigint;
+  size?: bigint;
+}
+
+/**
+ * The extent of each shared anonymous object over every area of the image that maps it, by
+ * shmem id: [lowest offset, highest end] in the original object. An object mapped through
+ * several windows (an area split by munmap, or mapped differently by two processes) is made
+ * that big, so that every window finds its pages in it.
+ */
+export function sharedExtents(tasks: readonly TaskRecord[]): Map<string, readonly [bigint, bigint]> {
+  const out = new Map<string, readonly [bigint, bigint]>();
+  for (const task of tasks) {
+    for (const v of task.vmas) {
+      if (!v.shmem) continue;
+      const lo = big(v.shmem.offset);
+      const hi = lo + big(v.end) - big(v.start);
+      const was = out.get(v.shmem.id);
+      const extent = was ? [lo < was[0] ? lo : was[0], hi > was[1] ? hi : was[1]] as const : [lo, hi] as const;
+      // No bigger than an address space: an edited image asks for no more (before anything exists).
+      if (extent[1] - extent[0] > MAX_SHARED_OBJECT) {
+        throw new FerryError('EIMAGE', `image: pid ${task.pid} maps shared memory ${v.shmem.id} at offset ${v.shmem.offset}, which makes it `
+          + `${extent[1] - extent[0]} bytes with its other windows: refused (an edited image)`, { pid: task.pid });
+      }
+      out.set(v.shmem.id, extent);
+    }
+  }
+  return out;
+}
+
+/** The largest shared anonymous object restore makes: a 47-bit address space. */
+const MAX_SHARED_OBJECT = 1n << 47n;
 
 /**
  * Refuses an image that stores pages for a shared mapping of a file (MAP_SHARED, kind
@@ -224,10 +312,15 @@ export function checkPagesEntry(task: TaskRecord, size: number): void {
  * written, before anything else of the task is restored.
  */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
-  pages: ChunkSource, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number): number {
+  pages: ChunkSource, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number, inherited?: Inherited,
+  extents?: ReadonlyMap<string, readonly [bigint, bigint]>): number {
   checkSharedFilePages(task);
   checkPagesEntry(task, pages.size);
-  const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall');
+  const kept = new Set(inherited?.keep ?? []);
+  // Areas kept from the parent (clearStub) are in place with the parent's pages: the ones the
+  // child had not are dropped again before its own are written over the others.
+  if (inherited && kept.size > 0) dropPages(t, task, inherited);
+  const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall' && !kept.has(v));
   // Areas of a shared object another area already created are mapped after the others.
   const firsts = new Set<string>();
   const joins = all.filter((v) => {
@@ -238,8 +331,15 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   });
   // Memfds and deleted files are mapped one by one afterwards, from the restored file.
   const specials = all.filter((v) => isSpecialFile(v));
+  // The first window of a shared object that other windows of it lie beyond: made with
+  // the whole object (makeShared), one by one afterwards.
+  const wide = all.filter((v) => {
+    if (!v.shmem || joins.includes(v)) return false;
+    const e = extents?.get(v.shmem.id);
+    return e !== undefined && (e[0] !== big(v.shmem.offset) || e[1] - e[0] !== big(v.end) - big(v.start));
+  });
   // System V segments are attached (shmat) one by one afterwards.
-  const areas = all.filter((v) => !joins.includes(v) && !specials.includes(v) && !v.sysv);
+  const areas = all.filter((v) => !joins.includes(v) && !specials.includes(v) && !v.sysv && !wide.includes(v));
   // Open each mapped file once (in the task: mmap needs a descriptor of its own).
   const fileFds = new Map<string, number>();
   for (const v of areas) {
@@ -286,6 +386,7 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   for (const v of areas) {
     if (v.shmem) shared.set(v.shmem.id, { pid: task.pid, start: big(v.start), end: big(v.end), offset: big(v.shmem.offset) });
   }
+  for (const v of wide) makeShared(t, as, task, v, extents!.get(v.shmem!.id)!, shared);
   for (const v of joins) joinShared(t, as, task, v, shared.get(v.shmem!.id)!);
   for (const v of all) if (v.sysv) attachSysv(t, as, task, v, shared, controllerPidfd);
   let written = 0;
@@ -293,10 +394,34 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // Every area's own stored pages, those of joined objects too: each process stored what it
   // had mapped, and the same object pages hold the same bytes. A shared memfd area's pages
   // went into the memfd itself (mapSpecialFile).
-  written += writePages(t, all.filter((v) => !(isSpecialFile(v) && v.shared)), pages, chunkBytes);
+  // Kept areas in image order with the others: the entry is read front to back.
+  const own = new Set(all.filter((v) => !(isSpecialFile(v) && v.shared)));
+  written += writePages(t, task.vmas.filter((v) => kept.has(v) || own.has(v)), pages, chunkBytes);
   pages.finish();
-  lockAreas(t, task, all);
+  lockAreas(t, task, [...all, ...kept]);
   return written;
+}
+
+/** A child forked from its rebuilt parent (restore/cow.ts): the parent's record and the areas kept from it. */
+export interface Inherited {
+  parent: TaskRecord;
+  keep: readonly VmaRecord[];
+}
+
+/** MADV_DONTNEED over the pages of each kept area that the parent has and the child had not. */
+function dropPages(t: Tracee, task: TaskRecord, inherited: Inherited): void {
+  const theirs = new Map(inherited.parent.vmas.map((v) => [v.start, v]));
+  const calls: Array<readonly [number, bigint, bigint, number]> = [];
+  for (const v of inherited.keep) {
+    const from = theirs.get(v.start)!; // checkInherited found it
+    for (const [first, count] of pagesToDrop(from, v)) {
+      calls.push([SYS.madvise, big(v.start) + BigInt(first * PAGE_SIZE), BigInt(count * PAGE_SIZE), MADV_DONTNEED]);
+    }
+  }
+  if (calls.length === 0) return;
+  t.trySyscalls(calls).forEach((r, i) => {
+    if (r < 0n) throw new FerryError('EMAP', `cannot drop the pages at 0x${calls[i]![1].toString(16)} of pid ${task.pid} (madvise): ${errnoName(r)}`);
+  });
 }
 
 /**
@@ -456,15 +581,38 @@ function copyPages(fd: number, v: VmaRecord, pages: ChunkSource): number {
   return written;
 }
 
+/**
+ * Makes the shared anonymous object of area `v` whole, `extent` ([lowest offset, highest end]
+ * of its windows in the image) big, and maps `v` as its window: a temporary anonymous shared
+ * mapping of that size, where neither layout has anything, creates the object; `v` maps it
+ * through /proc/PID/map_files at its offset, and the temporary mapping goes. The later
+ * windows join it at theirs (joinShared).
+ */
+function makeShared(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord, extent: readonly [bigint, bigint],
+  shared: SharedObjects): void {
+  const size = extent[1] - extent[0];
+  const taken: Range[] = [...task.vmas.map((d): Range => [big(d.start), big(d.end)]),
+    ...parseMaps(readProcText(t.pid, 'maps')).map((m): Range => [m.start, m.end])];
+  const tmp = findFree(taken, size, 0x100000000n);
+  const at = t.trySyscall(SYS.mmap, tmp, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (at !== tmp) throw new FerryError('EMAP', `cannot make the shared memory of pid ${task.pid} at ${v.start} (${size} bytes): ${at < 0n ? errnoName(at) : 'mmap moved'}`);
+  try {
+    const object: SharedObject = { pid: task.pid, start: tmp, end: tmp + size, offset: extent[0] };
+    joinShared(t, as, task, v, object);
+  } finally {
+    t.syscall(SYS.munmap, tmp, size);
+  }
+  shared.set(v.shmem!.id, { pid: task.pid, start: big(v.start), end: big(v.end), offset: big(v.shmem!.offset), base: extent[0], size });
+}
+
 /** Maps the area `v` of an already restored shared object through /proc/PID/map_files. */
-function joinShared(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord,
-  first: { pid: number; start: bigint; end: bigint; offset: bigint }): void {
+function joinShared(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRecord, first: SharedObject): void {
   const start = big(v.start);
   const len = big(v.end) - start;
-  const offset = big(v.shmem!.offset) - first.offset;
-  if (offset < 0n || offset + len > first.end - first.start) {
-    throw new FerryError('EUNSUPPORTED', `shared memory at ${v.start} of pid ${task.pid} and at 0x${first.start.toString(16)} of pid ${first.pid} `
-      + 'are different windows of one object: not supported yet');
+  const offset = big(v.shmem!.offset) - (first.base ?? first.offset);
+  if (offset < 0n || offset + len > (first.size ?? first.end - first.start)) {
+    throw new FerryError('EIMAGE', `shared memory at ${v.start} of pid ${task.pid} lies outside the object made for it at 0x${first.start.toString(16)} `
+      + `of pid ${first.pid}: refused (an edited image)`);
   }
   as.scratch.reset();
   const path = `/proc/${first.pid}/map_files/${first.start.toString(16)}-${first.end.toString(16)}`;

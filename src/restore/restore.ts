@@ -15,7 +15,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { RestoreOptions, RestoreResult } from '../api.js';
-import { SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
+import { PAGE_SIZE, SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
@@ -30,14 +30,13 @@ import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
 import { hostFacts } from '../host.js';
 import { checkCompatibility } from '../image/manifest.js';
-import type { ChunkSource } from '../image/chunks.js';
 import { openImage } from '../image/reader.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
-import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, type AddressSpace } from './address-space.js';
+import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, type AddressSpace, type SharedObjects } from './address-space.js';
 import { checkFileAccess, checkRemovedDirs } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
@@ -47,6 +46,7 @@ import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegister
 import { checkAuditTrust, restoreLoginuid } from './audit.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, type CreatedTree } from './tree.js';
+import { checkInherited, inherits, keptAreas } from './cow.js';
 import { validateFiles, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
@@ -95,6 +95,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       checkPagesEntry(task, image.locate(pagesEntry(pid)).size); // its runs stay inside its own pages entry
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
+    checkInherited(tree, tasks); // pages inherited copy-on-write name the parent's (restore/cow.ts)
+    const extents = sharedExtents(tasks); // each shared anonymous object's windows, bounded
     // No privilege from the image: every task's credentials within the bound, before anything
     // exists. Without one, an image no trusted key signed gets the untrusted default.
     const trusted = image.signer !== null && (image.signer === host?.keyId || (trust?.keys.has(image.signer) ?? false));
@@ -204,10 +206,29 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // the watchdog that removes them if ferry dies is armed before the first.
     await cgroups?.arm(session);
     cgroups?.apply(session);
-    const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd);
+    // Each process's memory is rebuilt as the tree is made, before the children that inherit
+    // pages from it copy-on-write are forked from it (restore/cow.ts). Each process joins its
+    // cgroups first: its memory is charged there.
+    let pagesBytes = 0;
+    const spaces = new Map<number, AddressSpace>();
+    const taskOf = new Map(tasks.map((t) => [t.pid, t]));
+    const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
+    const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
+      late: (rec) => { const t = taskOf.get(rec.pid); return t !== undefined && inherits(t); },
+      memory: (rec, t) => {
+        o.signal?.throwIfAborted();
+        cgroups?.placeProcesses((pid) => (pid === rec.pid ? t.pid : undefined));
+        const task = taskOf.get(rec.pid)!;
+        const parent = inherits(task) ? taskOf.get(rec.ppid)! : undefined;
+        const keep = parent ? keptAreas(task) : [];
+        const as = clearStub(t, task, keep, imageVdso);
+        pagesBytes += mapAreas(t, as, task, image.pages(pagesEntry(task.pid)), o.config.image.chunkSize, sharedMemory,
+          made?.controllerPidfd, parent && { parent, keep }, extents);
+        spaces.set(task.pid, as);
+        return as.gadgetArea + BigInt(PAGE_SIZE);
+      },
+    });
     session.onUndo('kill the processes made so far', () => created.destroy());
-    // Each process joins its cgroups before its memory is written: it is charged there.
-    cgroups?.placeProcesses((pid) => created.stubs.get(pid)?.pid);
     // While the tree is let go, the processes already let go run on and the ones still traced
     // die with ferry (PTRACE_O_EXITKILL): if ferry dies then, a watchdog kills them all. Armed
     // now, so its start overlaps the rebuild. (A container's own watchdog deletes it instead.)
@@ -220,16 +241,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       ?? (made === undefined && existsSync(`/proc/${pid}`) ? pid : undefined);
     await openAfterTree(opened, files.files, hostPidOf);
     await faultPoint('created', o.signal);
-    let pagesBytes = 0;
-    const spaces = new Map<number, AddressSpace>();
     // Where a removed working directory is made for a moment (cwd.ts): the tasks' root.
     const cwdRoot = made ? new ConfinedRoot(made.fileRoot, 'in-root') : hostRoot();
     if (made) session.onUndo('close the container root', () => cwdRoot.close());
     for (const task of tasks) {
       o.signal?.throwIfAborted();
-      const built = rebuild(o, created, task, opened, image.pages(pagesEntry(task.pid)), cwdRoot, imageVdso, made?.controllerPidfd);
-      spaces.set(task.pid, built.as);
-      pagesBytes += built.written;
+      rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, made?.controllerPidfd);
     }
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
@@ -379,16 +396,13 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
 }
 
 /**
- * Rebuilds one process inside its stub: address space, mm, state, descriptors, threads,
- * pending signals. Returns its address space and the bytes of pages written. Its threads are
- * registered in `created` as soon as they exist, so a failure anywhere kills them too.
+ * Rebuilds one process inside its stub, its memory already back (createTree): mm, state,
+ * descriptors, threads, pending signals. Its threads are registered in `created` as soon as
+ * they exist, so a failure anywhere kills them too.
  */
-function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, pages: ChunkSource, cwdRoot: ConfinedRoot, imageVdso: { label: string; bytes: Buffer } | undefined,
-  controllerPidfd?: number): { as: AddressSpace; written: number } {
+function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task: TaskRecord,
+  files: RestoreFiles, as: AddressSpace, cwdRoot: ConfinedRoot, controllerPidfd?: number): void {
   const t = created.stubs.get(task.pid)!;
-  const as = clearStub(t, task, imageVdso);
-  const written = mapAreas(t, as, task, pages, o.config.image.chunkSize, created.sharedMemory, controllerPidfd);
   setMm(t, as, task);
   withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
   if (!o.makeRoot) restoreLoginuid(t, as, task); // before its threads, which inherit it
@@ -396,7 +410,6 @@ function rebuild(o: RestoreOptions, created: CreatedTree, task: TaskRecord,
   installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
-  return { as, written };
 }
 
 /**

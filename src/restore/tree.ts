@@ -26,7 +26,7 @@ import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import type { RestoreFiles } from '../files/install.js';
 import { takeControllingTerminal } from '../files/tty.js';
-import { useStubGadget, type SharedObjects } from './address-space.js';
+import { useStubGadget } from './address-space.js';
 
 const SIGCHLD = 17;
 const CLONE_ARGS_SIZE = 88;
@@ -38,22 +38,37 @@ export interface CreatedTree {
   stubs: Map<number, Tracee>;
   /** Threads created later during rebuild, by pid (registered by the caller). */
   threads: Map<number, Tracee[]>;
-  /** Shared anonymous memory restored so far (address-space.ts). */
-  sharedMemory: SharedObjects;
   /** Kills and reaps everything created so far (idempotent). */
   destroy(): void;
 }
 
 /**
+ * What restore does to each live process while the tree is being created (restore.ts):
+ * its memory is rebuilt before its children that inherit pages from it are forked.
+ */
+export interface TreeBuilder {
+  /** Whether `rec` is forked from its parent after the parent's memory is rebuilt (restore/cow.ts). */
+  late(rec: ProcessRecord): boolean;
+  /**
+   * Rebuilds the memory of the live process `rec` (created, in its session, its early
+   * children forked); returns where syscall arguments go in it from then on (a page of
+   * scratch: its stub's stack is gone). Its children forked after have the same page.
+   */
+  memory(rec: ProcessRecord, t: Tracee): bigint;
+}
+
+/**
  * Creates every process of `tree` as a stub; on failure nothing is left. `adopted`: the root
  * already exists as a stub, seized and stopped by this thread (a container's init that the
- * runtime started); it is not ferry's child.
+ * runtime started); it is not ferry's child. With `builder`, each live process in tree order:
+ * its children that inherit nothing are forked from it as a stub, then its memory is rebuilt
+ * (`builder.memory`), then its children that inherit pages copy-on-write are forked from it.
  */
 export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
-  files?: RestoreFiles, controllerPidfd?: number): CreatedTree {
+  files?: RestoreFiles, controllerPidfd?: number, builder?: TreeBuilder): CreatedTree {
   const n = native();
   const created: CreatedTree = {
-    stubs: new Map(), threads: new Map(), sharedMemory: new Map(),
+    stubs: new Map(), threads: new Map(),
     destroy: () => destroyTree(created, tree.root, adopted !== undefined),
   };
   const [rootRec, ...rest] = tree.processes;
@@ -87,18 +102,47 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
       lead(root, rootRec);
     }
 
-    for (const rec of rest) {
+    /** Where syscall arguments go in a process whose memory is rebuilt (its stub stack is gone). */
+    const argsAt = new Map<number, bigint>();
+    const put = (pid: number, t: Tracee) => (data: Buffer): bigint => {
+      const at = argsAt.get(pid);
+      if (at === undefined) return belowStack(t, data);
+      t.writeMem(at, data);
+      return at;
+    };
+    const make = (rec: ProcessRecord): void => {
       const parent = created.stubs.get(rec.ppid);
       if (!parent) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
-      const child = fork(parent, rec.pid);
+      const child = fork(parent, rec.pid, put(rec.ppid, parent));
       created.stubs.set(rec.pid, child);
+      // A fork of a rebuilt parent has the parent's gadget area as its scratch, until its own.
+      const inherited = argsAt.get(rec.ppid);
+      if (inherited) argsAt.set(rec.pid, inherited);
       if (rec.sid === rec.pid) {
         child.syscall(SYS.setsid);
         lead(child, rec);
       }
+    };
+    if (!builder) {
+      for (const rec of rest) make(rec);
+    } else {
+      const kids = new Map<number, ProcessRecord[]>();
+      for (const rec of rest) {
+        const list = kids.get(rec.ppid);
+        if (list) list.push(rec);
+        else kids.set(rec.ppid, [rec]);
+      }
+      for (const rec of tree.processes) {
+        const t = created.stubs.get(rec.pid);
+        if (!t) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
+        const mine = kids.get(rec.pid) ?? [];
+        for (const k of mine) if (!builder.late(k)) make(k);
+        if (rec.zombie === null) argsAt.set(rec.pid, builder.memory(rec, t));
+        for (const k of mine) if (builder.late(k)) make(k);
+      }
     }
     setGroups(created, tree);
-    finishZombies(created, tree.processes.filter((p) => p.zombie !== null));
+    finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {
     created.destroy();
     throw err;
@@ -125,14 +169,14 @@ function belowStack(t: Tracee, data: Buffer): bigint {
 }
 
 /** The parent stub forks a child stub with `pid`; the child is seized, stopped and returned. */
-function fork(parent: Tracee, pid: number): Tracee {
+function fork(parent: Tracee, pid: number, put: (data: Buffer) => bigint): Tracee {
   const n = native();
   // clone_args with the set_tid array right behind it.
   const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
   args.writeBigUInt64LE(BigInt(SIGCHLD), 32); // exit_signal
   args.writeBigUInt64LE(1n, 72); // set_tid_size
   args.writeBigUInt64LE(BigInt(pid), CLONE_ARGS_SIZE);
-  const argsAt = belowStack(parent, args);
+  const argsAt = put(args);
   args.writeBigUInt64LE(argsAt + BigInt(CLONE_ARGS_SIZE), 64); // set_tid
   parent.writeMem(argsAt, args);
   const before = new Set(children(parent));
@@ -192,7 +236,8 @@ function setGroups(created: CreatedTree, tree: TreeRecord): void {
  * Makes every zombie stub exit with its recorded wait status, then takes the SIGCHLD it sent
  * back out of its parent's queue (the parent had it delivered before the checkpoint).
  */
-function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[]): void {
+function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[],
+  put: (pid: number, t: Tracee) => (data: Buffer) => bigint): void {
   const n = native();
   for (const z of zombies) {
     const t = created.stubs.get(z.pid)!;
@@ -210,7 +255,7 @@ function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[]):
       n.detach(t.tid, 0);
     } else {
       // Killed: default action for the signal, no core file, unblocked, then sent.
-      const at = belowStack(t, Buffer.alloc(KSIGACTION_SIZE + 16)); // SIG_DFL, then rlimit {0, 0}
+      const at = put(z.pid, t)(Buffer.alloc(KSIGACTION_SIZE + 16)); // SIG_DFL, then rlimit {0, 0}
       if (sig !== SIGKILL && sig !== SIGSTOP) t.syscall(SYS.rt_sigaction, sig, at, 0, 8);
       t.syscall(SYS.prlimit64, 0, RLIMIT_CORE, at + BigInt(KSIGACTION_SIZE), 0);
       n.setSigmask(t.tid, 0n);
@@ -226,7 +271,7 @@ function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[]):
     const p = created.stubs.get(ppid)!;
     const args = Buffer.alloc(24); // the mask, then a zero timespec
     args.writeBigUInt64LE(1n << BigInt(SIGCHLD - 1));
-    const at = belowStack(p, args);
+    const at = put(ppid, p)(args);
     p.trySyscall(SYS.rt_sigtimedwait, at, 0, at + 8n, 8); // -EAGAIN when nothing was queued
   }
 }

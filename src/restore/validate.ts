@@ -133,6 +133,9 @@ const vma = record({
   // A memfd or deleted file mapped (files/memfd.ts MappedSpecialFile): created again from these.
   memfd: record({ id: str(64), name: str(300), size: int(0), mode: int(0, 0o7777), seals: int(0, 0x3f) }),
   ghost: str(64),
+  // Pages inherited copy-on-write from the parent's same area (image/cow.ts), checked against
+  // the parent by restore/cow.ts.
+  cow: list(tuple(int(0), int(0)), 1 << 24),
 });
 const thread = record({
   tid: pid,
@@ -217,6 +220,22 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
     for (const [j, [first, count]] of m.runs.entries()) {
       if (BigInt(first) + BigInt(count) > pages) fail(where, `vmas[${i}].runs[${j}] goes past the end of the area (${pages} pages)`);
       stored += count;
+    }
+    if (m.cow !== undefined) {
+      if (m.shared || (m.kind !== 'anon' && m.kind !== 'file')) fail(where, `vmas[${i}] inherits pages (cow) but is not a private anonymous or file area`);
+      // In order, each inside the area, none overlapping another or a stored run: both lists
+      // are sorted, so one walk over the two merged finds any overlap.
+      const all = [...m.runs.map(([f, c]) => [f, c, 'runs'] as const), ...m.cow.map(([f, c]) => [f, c, 'cow'] as const)]
+        .sort((a, b) => a[0] - b[0]);
+      let end = 0;
+      for (const [j, [first, count]] of m.cow.entries()) {
+        if (count === 0 || BigInt(first) + BigInt(count) > pages) fail(where, `vmas[${i}].cow[${j}] is empty or goes past the end of the area (${pages} pages)`);
+        if (j > 0 && first < m.cow[j - 1]![0] + m.cow[j - 1]![1]) fail(where, `vmas[${i}].cow[${j}] is out of order or overlaps the one before`);
+      }
+      for (const [first, count, list] of all) {
+        if (first < end) fail(where, `vmas[${i}].${list} has a page at ${first} that another run of the area names too`);
+        end = first + count;
+      }
     }
     if (m.pagesOffset + stored * PAGE_SIZE > t.pagesBytes) {
       fail(where, `vmas[${i}] stores pages past the end of the task's ${t.pagesBytes} bytes of pages`);

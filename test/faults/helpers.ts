@@ -376,7 +376,7 @@ process.on('exit', killAll);
  * Starts `memcheck MIB MODE` as our child, detached, its output on a log file in a fresh
  * scratch directory; the tree's pids are read from its log.
  */
-export async function startMemcheck(mib: number, mode: 'one' | 'tree' | 'forker'): Promise<Memcheck> {
+export async function startMemcheck(mib: number, mode: 'one' | 'tree' | 'cow' | 'forker'): Promise<Memcheck> {
   const dir = scratchDir('ferry-fault-');
   const log = join(dir, 'workload.log');
   // O_APPEND: a process restored from an image appends instead of overwriting.
@@ -394,7 +394,7 @@ export async function startMemcheck(mib: number, mode: 'one' | 'tree' | 'forker'
     throw err;
   }
   const kids = /^children (\d+) (\d+) (\d+)$/m.exec(text());
-  const pids = [pid, ...(mode === 'tree' && kids ? kids.slice(1).map(Number) : [])];
+  const pids = [pid, ...((mode === 'tree' || mode === 'cow') && kids ? kids.slice(1).map(Number) : [])];
   for (const p of pids) started.add(p);
   return { what: `memcheck ${mode}`, pids, log, text, dir, exited, verdict: () => askVerdict(pid, text) };
 }

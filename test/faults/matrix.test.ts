@@ -30,9 +30,9 @@ after(() => {
   cleanup();
 });
 
-type Mode = 'one' | 'tree';
+type Mode = 'one' | 'tree' | 'cow';
 /** MiB per process: small, the pause points make size irrelevant (tree: 4 processes). */
-const MIB: Record<Mode, number> = { one: 16, tree: 8 };
+const MIB: Record<Mode, number> = { one: 16, tree: 8, cow: 16 };
 const CELL = { timeout: 180000 };
 
 /** A small good image of another process: the "older image" every checkpoint cell starts with. */
@@ -324,4 +324,12 @@ describe('fault matrix: processes', { skip }, () => {
       }
     });
   }
+  // Children that inherit the root's pages copy-on-write are forked from the rebuilt root
+  // (src/restore/cow.ts): ferry dies with them made, half rebuilt, or half let go.
+  describe('cow: restore', () => {
+    before(() => makeImage('cow'));
+    for (const phase of RESTORE_PHASES) {
+      it(`cow restore SIGKILL @ ${phase}`, CELL, async () => expectOk(await cell(matrix, 'cow restore SIGKILL', phase, (p) => restoreCell(p, 'cow', phase, 'SIGKILL'))));
+    }
+  });
 });

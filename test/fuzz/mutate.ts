@@ -20,7 +20,8 @@
  *               with O_TRUNC/O_CREAT…, as a file, a deleted file, a device, a FIFO, a mapped
  *               file (shared, with pages), an executable, a working directory;
  * - pages.*     page runs beyond their area, offsets beyond the pages entry, pages entries
- *               cut short, areas that overlap or wrap; chunk lists of pages entries that lie
+ *               cut short, areas that overlap or wrap, copy-on-write (`cow`) runs past their
+ *               area or over stored pages; chunk lists of pages entries that lie
  *               about their length, chunk size or digests, or list the same bytes another way;
  * - creds.*     credentials raised on the base checkpointed as nobody, restored with the
  *               bound `nobody` (must be refused: EPRIVILEGE);
@@ -513,7 +514,7 @@ function manifestField(c: Context, b: Base): Variant {
       if (k === 0) { m.host.xstateSize = r.pick([0, 1, 65537, 2 ** 31, -1]); what = `host.xstateSize ${m.host.xstateSize}`; }
       else if (k === 1) { m.host.xfeatures = r.pick(['0x0', '0xffffffffffffffff', '0x', 'ff', '0x1ffffffffffffffff']); what = `host.xfeatures ${m.host.xfeatures}`; }
       else if (k === 2) { m.host.vdsoLayout = r.pick([[], [{ name: '[vdso]', size: -1 }], Array(9).fill({ name: 'x', size: 1 })]); what = 'host.vdsoLayout'; }
-      else { m.formatVersion = r.pick([0, 3, '1', 1.0000001]); what = `formatVersion ${m.formatVersion}`; }
+      else { m.formatVersion = r.pick([0, 4, '1', 1.0000001]); what = `formatVersion ${m.formatVersion}`; }
     } else {
       m[r.pick(['__proto__', 'constructor', 'extra', 'entries2'])] = r.pick([{ entries: [] }, raw(rawText(r)), 1]);
       what = 'an unknown field';
@@ -775,8 +776,8 @@ function pages(c: Context, b: Base): Variant {
   let what = '';
   let expect: Expect = 'refused';
   let bytes: Record<string, Buffer | null> | undefined;
-  const k = r.int(11);
-  if (k >= 9) return chunkList(c, b, pagesName, k === 10);
+  const k = r.int(13);
+  if (k === 9 || k === 10) return chunkList(c, b, pagesName, k === 10);
   const json = {
     [task]: (v: Json) => {
       const { i } = r.pick(stored);
@@ -806,6 +807,14 @@ function pages(c: Context, b: Base): Variant {
         else m.start = v.vmas[(i + 1) % v.vmas.length].start;
         what = `vmas[${i}] start/end ${m.start}-${m.end}`;
         expect = 'any';
+      } else if (k === 11) {
+        // Pages inherited copy-on-write (image/cow.ts) past the area's end.
+        m.cow = [r.pick([[n, 1], [n - 1, 2], [0, n + 1], [2 ** 31, 1]])];
+        what = `vmas[${i}] cow ${JSON.stringify(m.cow)} of ${n} pages`;
+      } else if (k === 12) {
+        // A stored page said to be inherited as well.
+        m.cow = [m.runs[0]];
+        what = `vmas[${i}] cow ${JSON.stringify(m.cow)} over a stored run`;
       } else {
         m.runs = [...m.runs, ...m.runs];
         what = `vmas[${i}] runs repeated`;

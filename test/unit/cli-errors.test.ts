@@ -158,7 +158,7 @@ function task(): Record<string, unknown> {
       auxv: [['0x6', '0x1000'], ['0x0', '0x0']],
     },
     vmas: [
-      { start: '0x1000', end: '0x3000', prot: 5, shared: false, kind: 'file', name: '/bin/w', vmflags: [], runs: [[0, 1]], pagesOffset: 0,
+      { start: '0x1000', end: '0x3000', prot: 5, shared: false, kind: 'file', name: '/bin/w', vmflags: [], runs: [[0, 1]], pagesOffset: 0, cow: [[1, 1]],
         file: { path: '/bin/w', offset: '0x0', dev: '8:1', ino: '12', size: 8192, mtimeNs: '1700000000000000000' } },
       { start: '0x7000', end: '0x8000', prot: 3, shared: false, kind: 'anon', name: '[stack]', vmflags: ['gd'], runs: [[0, 1]], pagesOffset: 4096 },
     ],

@@ -1,0 +1,93 @@
+/**
+ * Copy-on-write pages after fork, the pure logic (src/image/cow.ts, src/proc/pagemap.ts,
+ * src/restore/cow.ts, src/restore/validate.ts): which areas a child can inherit, which pages
+ * pagemap shows shared, what a kept area drops, and the refusals of edited `cow` runs, each
+ * one line naming the pid and area. The real thing runs in test/integration/cow.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { FerryError } from '../../src/errors.js';
+import { inheritable, pageSet, runsOf } from '../../src/image/cow.js';
+import type { TaskRecord, TreeRecord, VmaRecord } from '../../src/image/records.js';
+import { sharedAnonPages, sharedWithParent } from '../../src/proc/pagemap.js';
+import { checkInherited, pagesToDrop } from '../../src/restore/cow.js';
+
+const area = (over: Partial<VmaRecord> = {}): VmaRecord => ({
+  start: '0x10000', end: '0x20000', prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0, ...over,
+});
+
+/** pagemap entries: [present, file, exclusive, pfn] per page. */
+function pagemap(pages: Array<[boolean, boolean, boolean, bigint]>): Buffer {
+  const b = Buffer.alloc(pages.length * 8);
+  pages.forEach(([present, file, exclusive, pfn], i) => {
+    b.writeBigUInt64LE((present ? 1n << 63n : 0n) | (file ? 1n << 61n : 0n) | (exclusive ? 1n << 56n : 0n) | pfn, i * 8);
+  });
+  return b;
+}
+
+describe('copy-on-write after fork: pure logic', () => {
+  it('an area is inheritable only as the same private mapping, mlock aside', () => {
+    assert.ok(inheritable(area(), area()));
+    assert.ok(inheritable(area({ vmflags: ['ac', 'lo'] }), area({ vmflags: ['ac'] })), 'mlock is not inherited');
+    assert.ok(!inheritable(area(), area({ prot: 1 })));
+    assert.ok(!inheritable(area(), area({ end: '0x21000' })));
+    assert.ok(!inheritable(area(), area({ shared: true })));
+    assert.ok(!inheritable(area({ vmflags: ['ac', 'wf'] }), area({ vmflags: ['ac', 'wf'] })), 'wipe-on-fork');
+    assert.ok(!inheritable(area({ vmflags: ['ac', 'dc'] }), area({ vmflags: ['ac', 'dc'] })), 'don\'t-fork');
+    const file = { path: '/f', offset: '0x0', dev: '8:1', ino: '3', size: 4096, mtimeNs: '1' };
+    assert.ok(inheritable(area({ kind: 'file', file }), area({ kind: 'file', file: { ...file, size: 8192 } })));
+    assert.ok(!inheritable(area({ kind: 'file', file }), area({ kind: 'file', file: { ...file, ino: '4' } })));
+    assert.ok(!inheritable(area({ kind: 'vdso' }), area({ kind: 'vdso' })));
+  });
+
+  it('pagemap: a page is shared with the parent only present, anonymous, not exclusive and at the same frame', () => {
+    const mine = pagemap([[true, false, false, 5n], [true, false, true, 6n], [true, true, false, 7n], [true, false, false, 8n], [true, false, false, 0n], [false, false, false, 0n]]);
+    const theirs = pagemap([[true, false, false, 5n], [true, false, false, 6n], [true, true, false, 7n], [true, false, false, 9n], [true, false, false, 0n], [true, false, false, 0n]]);
+    assert.deepEqual([...sharedWithParent(mine, theirs)], [1, 0, 0, 0, 0, 0]);
+    // A frame number above 32 bits compares whole.
+    assert.deepEqual([...sharedWithParent(pagemap([[true, false, false, (1n << 40n) | 3n]]), pagemap([[true, false, false, 3n]]))], [0]);
+    assert.deepEqual([...sharedAnonPages(mine)!], [1, 0, 0, 1, 1, 0]);
+    assert.equal(sharedAnonPages(pagemap([[true, false, true, 1n]])), undefined);
+  });
+
+  it('page sets and runs', () => {
+    assert.deepEqual(runsOf(pageSet(10, [[1, 2]], [[3, 1], [7, 2]])), [[1, 3], [7, 2]]);
+  });
+
+  it('a kept area drops what the parent has and the child neither stores nor inherits', () => {
+    const parent = area({ runs: [[0, 4], [10, 2]], cow: [[6, 2]] });
+    assert.deepEqual(pagesToDrop(parent, area({ runs: [[1, 1]], cow: [[0, 1], [3, 1], [6, 1]] })), [[2, 1], [7, 1], [10, 2]]);
+    assert.deepEqual(pagesToDrop(parent, area({ cow: [[0, 12]] })), []);
+  });
+
+  describe('an edited image is refused before anything is made', () => {
+    const tree: TreeRecord = { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 10, sid: 10, zombie: null }, { pid: 11, ppid: 10, pgid: 10, sid: 10, zombie: null }] };
+    const task = (pid: number, vmas: VmaRecord[]): TaskRecord => ({ pid, vmas } as unknown as TaskRecord);
+    const refused = (tasks: TaskRecord[], message: RegExp): void => {
+      assert.throws(() => checkInherited(tree, tasks), (err: FerryError) => {
+        assert.equal(err.code, 'EIMAGE');
+        assert.equal(err.message.split('\n').length, 1);
+        assert.match(err.message, message);
+        return true;
+      });
+    };
+    const parent = task(10, [area({ runs: [[0, 8]] })]);
+
+    it('a child inheriting what its parent has passes', () => {
+      checkInherited(tree, [parent, task(11, [area({ runs: [[0, 1]], cow: [[1, 7]] })])]);
+    });
+    it('no parent of the image (the root)', () => {
+      refused([task(10, [area({ cow: [[0, 1]] })])], /pid 10 inherits pages \(cow\) from its parent 1, which is not a live process of the image listed before it/);
+    });
+    it('a parent listed after it', () => {
+      refused([task(11, [area({ cow: [[0, 1]] })]), parent], /pid 11 inherits pages \(cow\) from its parent 10, which is not a live process/);
+    });
+    it('an area the parent has not', () => {
+      refused([parent, task(11, [area({ start: '0x11000', cow: [[0, 1]] })])], /pid 11 vmas\[0\] \(0x11000-0x20000\) inherits pages \(cow\) from an area its parent 10 does not map the same way/);
+      refused([parent, task(11, [area({ prot: 1, cow: [[0, 1]] })])], /does not map the same way/);
+    });
+    it('pages the parent has not', () => {
+      refused([parent, task(11, [area({ cow: [[6, 4]] })])], /pid 11 vmas\[0\] inherits pages 6-9 \(cow\) that its parent 10 has not all in the same area/);
+    });
+  });
+});
