@@ -17,6 +17,7 @@ void InitAnonfd(Napi::Env env, Napi::Object exports);
 void InitInet(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
 void InitSockdiag(Napi::Env env, Napi::Object exports);
+void InitUffd(Napi::Env env, Napi::Object exports);
 }  // namespace ferry
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -34,6 +35,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitInet(env, exports);
   ferry::InitNotify(env, exports);
   ferry::InitSockdiag(env, exports);
+  ferry::InitUffd(env, exports);
   return exports;
 }
 

@@ -1,7 +1,8 @@
 // Syscall injection into a ptrace-stopped task, with no code placed in it.
 //
 // Wraps PTRACE_GETREGS/SETREGS, PTRACE_SINGLESTEP, PTRACE_SYSCALL, PTRACE_GET_SYSCALL_INFO,
-// PTRACE_GETSIGMASK/SETSIGMASK, PTRACE_INTERRUPT, PTRACE_CONT and waitpid(2). The tracee's
+// PTRACE_GETSIGMASK/SETSIGMASK, PTRACE_INTERRUPT, PTRACE_CONT and waitpid(2), and
+// pidfd_getfd(2) within a batch (BatchOptions::take_at). The tracee's
 // registers are pointed at an existing `syscall` instruction (one in its [vdso], or in a
 // gadget page restore maps), with rax = number and rdi, rsi, rdx, r10, r8, r9 = arguments,
 // and orig_rax = -1 so the kernel's syscall-restart logic (arch_do_signal_or_restart) does
@@ -228,6 +229,15 @@ struct BatchOptions {
   uint64_t read_addr = 0;
   uint8_t* read_buf = nullptr;
   size_t read_len = 0;
+  // Before call `take_at` runs (1..n), pidfd_getfd(2) copies into the caller the descriptor
+  // that call `take_at - 1` returned, through `take_pidfd` (a pidfd of the task): a descriptor
+  // the batch creates and closes again is the caller's alone, and a tracer that dies
+  // between the two leaves it in the task no longer than the rest of the batch. Call
+  // `take_at` gets that descriptor number as its first argument (it is meant to close it).
+  // Off when take_pidfd < 0. The copy (or -errno) goes to `taken`.
+  size_t take_at = 0;
+  int take_pidfd = -1;
+  int taken = -1;
 };
 
 bool IsError(int64_t r) { return r < 0 && r >= -4095; }
@@ -245,7 +255,7 @@ bool ReadBack(pid_t tid, const BatchOptions& o) {
 // Runs `n` calls ([nr, a0..a5] each) in `tid`, results into `out`. Registers (and in kSeized
 // the signal mask and the kind of stop) are as before afterwards, also after a failure when
 // the task still exists. A failing call does not stop the batch, except within `o.guard`.
-bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mode, const BatchOptions& o,
+bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mode, BatchOptions& o,
             int64_t* out, const char** what, int* err) {
   uint64_t mask = 0, all = ~0ULL;
   if (mode == kSeized) {
@@ -267,10 +277,17 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
   for (size_t i = 0; i < n; i++) out[i] = -ECANCELED;
   for (size_t i = 0; i <= n && ok && !stopped; i++) {
     if (o.read_buf != nullptr && i == o.read_at && !ReadBack(tid, o)) read_err = errno != 0 ? errno : EFAULT;
+    if (o.take_pidfd >= 0 && i == o.take_at && i > 0 && !IsError(out[i - 1])) {
+      long fd = syscall(SYS_pidfd_getfd, o.take_pidfd, static_cast<int>(out[i - 1]), 0);
+      o.taken = fd >= 0 ? static_cast<int>(fd) : -errno;
+    }
     if (i == n) break;
     ran = true;
-    ok = mode == kSeized ? RunSyscall(tid, saved, gadget, calls + i * 7, &out[i], what)
-                         : RunStep(tid, saved, gadget, calls + i * 7, &out[i], what);
+    uint64_t call[7];
+    for (size_t k = 0; k < 7; k++) call[k] = calls[i * 7 + k];
+    if (o.take_pidfd >= 0 && i == o.take_at) call[1] = static_cast<uint64_t>(out[i - 1]);
+    ok = mode == kSeized ? RunSyscall(tid, saved, gadget, call, &out[i], what)
+                         : RunStep(tid, saved, gadget, call, &out[i], what);
     if (!ok) *err = errno;
     if (ok && i < o.guard && IsError(out[i])) stopped = true;
   }
@@ -329,7 +346,8 @@ Napi::Value InjectSyscall(const Napi::CallbackInfo& info) {
   int64_t result = 0;
   const char* what = "";
   int err = 0;
-  if (!Inject(tid, gadget, call, 1, mode, BatchOptions(), &result, &what, &err)) {
+  BatchOptions none;
+  if (!Inject(tid, gadget, call, 1, mode, none, &result, &what, &err)) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid) + ", syscall " + std::to_string(call[0]));
     return {};
   }
@@ -384,12 +402,27 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
       o.read_at = static_cast<size_t>(at.As<Napi::Number>().Int64Value());
       o.read_addr = addr.As<Napi::BigInt>().Uint64Value(&lossless);
     }
+    Napi::Value takeAt = opts.Get("takeFdAt"), takePidfd = opts.Get("takeFdPidfd");
+    if (!takeAt.IsUndefined()) {
+      if (!takeAt.IsNumber() || !takePidfd.IsNumber() || takeAt.As<Napi::Number>().Int64Value() < 1 ||
+          static_cast<size_t>(takeAt.As<Napi::Number>().Int64Value()) > n || takePidfd.As<Napi::Number>().Int32Value() < 0) {
+        ThrowType(env, "injectSyscalls: takeFdAt needs a call index (1..n) and takeFdPidfd a pidfd");
+        return {};
+      }
+      o.take_at = static_cast<size_t>(takeAt.As<Napi::Number>().Int64Value());
+      o.take_pidfd = takePidfd.As<Napi::Number>().Int32Value();
+    }
   }
   pid_t tid = static_cast<pid_t>(tid64);
   auto out = Napi::TypedArrayOf<int64_t>::New(env, n, napi_bigint64_array);
   const char* what = "";
   int err = 0;
-  if (!Inject(tid, gadget, calls.Data(), n, mode, o, out.Data(), &what, &err)) {
+  bool ok = Inject(tid, gadget, calls.Data(), n, mode, o, out.Data(), &what, &err);
+  if (o.take_pidfd >= 0 && info[4].IsObject()) {
+    // The copy is the caller's to close, also when the batch failed after it was taken.
+    info[4].As<Napi::Object>().Set("takenFd", Napi::Number::New(env, o.taken));
+  }
+  if (!ok) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid));
     return {};
   }

@@ -21,6 +21,8 @@ export interface Progress {
   done: number;
   /** Total for this phase, when known. */
   total?: number;
+  /** The whole line to show instead of phase and counts (a pre-copy round's). */
+  text?: string;
 }
 
 /** Options shared by every operation. */

@@ -21,13 +21,16 @@
  *   a stub), `rebuilt` (memory and state written, not yet let go), `letgo` (the first process
  *   let go and running, the others still traced);
  * - migration (src/migrate/): `streaming` (the first chunk of the image has crossed the
- *   connection: sent by `ferry migrate`, the tree stopped; spooled by `ferry receive`).
+ *   connection: sent by `ferry migrate`, the tree stopped; spooled by `ferry receive`);
+ *   `precopy` (`ferry migrate` has sent the first pre-copy round: the tree runs, its writes
+ *   tracked through ferry's userfaultfd, nothing of it seized).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
+  'precopy',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

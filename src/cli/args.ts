@@ -134,6 +134,11 @@ export interface MigrateCliOptions extends GlobalCliOptions {
   sshConfig?: string;
   /** --sign-key: sign the image with this Ed25519 private key (the target trusts its .pub). */
   signKey?: string;
+  /**
+   * Pre-copy rounds at most: --max-rounds N (1..64, default 8); --no-pre-copy: 0 (stop and
+   * copy). Absent: the library's default.
+   */
+  maxRounds?: number;
   /** --json: one JSON record per phase instead of a sentence at the end. */
   json: boolean;
 }
@@ -267,6 +272,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
   migrate: {
     ...JSON_OPT, ...CONTAINER_OPTS, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' },
     'ssh-config': { type: 'string' }, 'target-id': { type: 'string' }, 'target-bundle': { type: 'string' }, 'target-root': { type: 'string' },
+    'pre-copy': { type: 'boolean' }, 'no-pre-copy': { type: 'boolean' }, 'max-rounds': { type: 'string' },
   },
   receive: {
     ...JSON_OPT, listen: { type: 'string' }, key: { type: 'string' }, once: { type: 'boolean' }, stdio: { type: 'boolean' },
@@ -514,7 +520,8 @@ function maxCredsOption(command: 'restore' | 'receive', text: string): CredsBoun
 /**
  * `ferry migrate (--pid PID | CONTAINER [--runtime R] [--root DIR] [--target-id ID]
  * [--target-bundle DIR] [--target-root DIR]) --to (tcp://HOST:PORT --key FILE |
- * ssh://[USER@]HOST[:PORT] [--ssh-config FILE]) [--sign-key FILE] [--json]`
+ * ssh://[USER@]HOST[:PORT] [--ssh-config FILE]) [--sign-key FILE] [--pre-copy | --no-pre-copy]
+ * [--max-rounds N] [--json]`
  */
 export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
   const { values: v, positionals } = parse('migrate', argv, true);
@@ -567,8 +574,21 @@ export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
   if (sshConfig !== undefined) out.sshConfig = sshConfig;
   const signKey = text('migrate', v, 'sign-key', 'a private key file (ferry keygen writes one)');
   if (signKey !== undefined) out.signKey = signKey;
+  if (v['pre-copy'] === true && v['no-pre-copy'] === true) throw new UsageError('migrate', '--pre-copy and --no-pre-copy contradict each other: give one');
+  const rounds = v['max-rounds'];
+  if (rounds !== undefined) {
+    if (v['no-pre-copy'] === true) throw new UsageError('migrate', '--max-rounds counts pre-copy rounds, which --no-pre-copy turns off: give one');
+    if (typeof rounds !== 'string' || !/^\d+$/.test(rounds) || Number(rounds) < 1 || Number(rounds) > MAX_ROUNDS) {
+      throw new UsageError('migrate', `--max-rounds needs a number of rounds from 1 to ${MAX_ROUNDS}, got "${String(rounds)}"`);
+    }
+    out.maxRounds = Number(rounds);
+  }
+  if (v['no-pre-copy'] === true) out.maxRounds = 0;
   return out;
 }
+
+/** Most pre-copy rounds --max-rounds allows. */
+const MAX_ROUNDS = 64;
 
 /**
  * `ferry receive (--listen HOST:PORT --key FILE [--once] | --stdio) [--trust KEYS]

@@ -393,7 +393,8 @@ SEE ALSO
   ferry migrate - move a running process tree or container to another node
 
 SYNOPSIS
-  ferry migrate --pid PID --to DEST [--sign-key FILE] [--json] [...]
+  ferry migrate --pid PID --to DEST [--sign-key FILE]
+                [--pre-copy | --no-pre-copy] [--max-rounds N] [--json] [...]
   ferry migrate CONTAINER --to DEST [--runtime R] [--root DIR]
                 [--target-id ID] [--target-bundle DIR] [--target-root DIR]
                 [--sign-key FILE] [--json] [GLOBAL OPTIONS]
@@ -402,9 +403,9 @@ SYNOPSIS
 
 DESCRIPTION
   Moves the process tree rooted at PID, or the OCI container CONTAINER, to
-  another node, in one command: stop and copy. Plain trees keep their PIDs;
-  a container is made again by the runtime there (runc create), from a
-  bundle of that node, under the same id or --target-id.
+  another node, in one command. Plain trees keep their PIDs; a container
+  is made again by the runtime there (runc create), from a bundle of that
+  node, under the same id or --target-id.
 
   tcp://HOST:PORT reaches ferry receive --listen. Both nodes hold the same
   key FILE; it authenticates each side to the other and keys the TLS
@@ -414,6 +415,14 @@ DESCRIPTION
   machine's ssh, with its own authentication (keys, agent, known_hosts,
   ~/.ssh/config, or --ssh-config), in batch mode: no prompt. ssh
   authenticates and encrypts; no --key then.
+
+  Pre-copy (the default for a process tree): while the tree runs, its
+  memory is sent in rounds, each only the pages written since the round
+  before (tracked with userfaultfd write-protection), until little
+  changes; then the tree is stopped and the image sent names the pages the
+  target holds instead of sending them again. A process with a userfaultfd
+  of its own is refused (use --no-pre-copy); a kernel that cannot track
+  writes gets stop and copy, and so does a container.
 
   Nothing is touched before the target has answered. The tree is stopped
   and its image streamed to the target (and copied into image.work_dir
@@ -461,20 +470,32 @@ OPTIONS
   --sign-key FILE
       Sign the image with this Ed25519 private key (ferry keygen); the
       target lists its .pub in --trust.
+  --pre-copy, --no-pre-copy
+      Send memory in rounds while the tree runs (the default), or stop it
+      for the whole transfer (stop and copy).
+  --max-rounds N
+      At most N pre-copy rounds (1-64, default 8); they also end once a
+      round sends at most 1 MiB or shrinks by less than a tenth.
   --json
       One JSON object per phase on standard output:
+      {"phase":"round","round":N,"pages":N,"bytes":N,"dirtyRate":N,"ms":N}
+      per pre-copy round (dirtyRate: bytes written per second),
       {"phase":"checkpoint","pid":N,"imageBytes":N,"ms":N},
       {"phase":"transfer","bytes":N,"verifyMs":N},
       {"phase":"restore","pid":N,"pids":[...],"restoreMs":N},
-      {"phase":"done","pid":N,"downtimeMs":N,"totalMs":N}.
+      {"phase":"done","pid":N,"downtimeMs":N,"totalMs":N,"rounds":N,
+      "roundBytes":N,"refBytes":N} (refBytes: image bytes the target
+      had from the rounds).
 
 ${GLOBAL_OPTIONS}
 
 OUTPUT
   One line on standard output:
-      migrated pid 4242 to tcp://node2:7070: 1.2 MiB, downtime 95 ms,
-      total 160 ms
+      migrated pid 4242 to tcp://node2:7070: 1.2 MiB, 3 pre-copy rounds
+      (70.1 MiB), downtime 95 ms, total 160 ms
       migrated container web1 as web2 (3 processes) to ssh://node2: ...
+  On a terminal, a progress line shows each round, the dirty rate and the
+  predicted downtime.
 
 ${EXIT_STATUS}
 

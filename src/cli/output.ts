@@ -125,6 +125,7 @@ export function progressLine(isTty: boolean = process.stderr.isTTY === true): Pr
 
 /** The text of a progress line: "write: 45% 12.3 MiB of 27.0 MiB". */
 export function formatProgress(p: Progress): string {
+  if (p.text !== undefined) return p.text;
   const pct = p.total ? `${Math.min(100, Math.floor((p.done / p.total) * 100))}% ` : '';
   return `${p.phase}: ${pct}${formatBytes(p.done)}${p.total !== undefined ? ` of ${formatBytes(p.total)}` : ''}`;
 }

@@ -39,8 +39,11 @@ export const HEARTBEAT_MS = 1000;
 
 /** The control messages, by direction: S sender (`ferry migrate`), R receiver (`ferry receive`). */
 export type Message =
-  /** S: who is coming; `bootId` tells the receiver whether it is the same running kernel. */
-  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget }
+  /**
+   * S: who is coming; `bootId` tells the receiver whether it is the same running kernel;
+   * `precopy`: data frames are tagged (precopy.ts: pre-copied pages, then the image).
+   */
+  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean }
   /** R: ready to receive an image. */
   | { type: 'welcome'; protocol: number; ferryVersion: string }
   /** S: the image is complete; `bytes` were sent. */
@@ -100,8 +103,9 @@ function checkMessage(v: unknown): Message {
   };
   switch (m['type']) {
     case 'hello':
-      only('protocol', 'ferryVersion', 'pid', 'bootId', 'container'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64);
+      only('protocol', 'ferryVersion', 'pid', 'bootId', 'container', 'precopy'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64);
       if (m['container'] !== undefined) checkContainerTarget(m['container'], bad);
+      if (m['precopy'] !== undefined && typeof m['precopy'] !== 'boolean') bad('hello.precopy');
       break;
     case 'welcome': only('protocol', 'ferryVersion'); int('protocol', 1 << 16); str('ferryVersion', 64); break;
     case 'end': only('bytes'); int('bytes'); break;
@@ -137,6 +141,9 @@ export interface Transport {
   on(event: 'error', listener: (err: Error) => void): unknown;
   on(event: 'close', listener: () => void): unknown;
   once(event: 'close' | 'drain', listener: () => void): unknown;
+  off(event: 'close' | 'drain', listener: () => void): unknown;
+  /** A write returned false and 'drain' has not come yet. */
+  readonly writableNeedDrain: boolean;
 }
 
 /** TLS options both sides share. */

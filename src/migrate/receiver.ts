@@ -9,6 +9,9 @@
  * image.trust, or this node's host key), it keeps its credentials; otherwise `--max-creds`
  * bounds it. The CLI refuses to start without one of the two (docs/migration.md, "Trust").
  *
+ * Pre-copy (precopy.ts): the rounds' pages are kept in a store in the spool directory, and
+ * the image is spooled rebuilt from RAW bytes and references to them, then verified whole.
+ *
  * Nothing is left behind: the spool directory is an undo of the migration's session, and one
  * left by a receiver that was SIGKILLed is removed by the next receiver or migration.
  * Restore's own guarantee covers the rest: until the tree runs, every way out removes what it
@@ -28,6 +31,7 @@ import { abortable, Channel, HEARTBEAT_MS, listen, PROTOCOL_VERSION } from './ch
 import { containerRestorer } from './container.js';
 import type { Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
+import { PreCopyReceiver } from './precopy.js';
 import { bootId, privateDir, RECEIVER_DIR, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 
 export interface ReceiveOptions extends CommonOptions {
@@ -141,14 +145,24 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const closeSpool = (): void => { if (open) { open = false; closeSync(fd); } };
     session.onUndo('close the spool', closeSpool);
     let bytes = 0;
-    ch.onData = (chunk) => {
+    const spool = (chunk: Buffer): void => {
       try {
         for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off, chunk.length - off);
       } catch (err) {
         throw new FerryError('EIMAGE', `cannot spool the image into ${dir} (image.work_dir): ${describeCause(err)}`, { cause: err, path: dir });
       }
-      bytes += chunk.length;
-      if (bytes === chunk.length) return faultPoint('streaming', o.signal);
+    };
+    // Pre-copy: tagged frames, pages kept in a store beside the spool (precopy.ts).
+    const pre = hello.precopy === true ? new PreCopyReceiver(dir, ch.peer) : undefined;
+    if (pre) session.onUndo('close the pre-copy store', () => pre.close());
+    ch.onData = (chunk) => {
+      const was = bytes;
+      if (pre) bytes += pre.handle(chunk, spool);
+      else {
+        spool(chunk);
+        bytes += chunk.length;
+      }
+      if (was === 0 && bytes > 0) return faultPoint('streaming', o.signal);
       return undefined;
     };
     ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION });
@@ -156,7 +170,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     ch.onData = undefined;
     if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
     closeSpool();
-    o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes });
+    o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes, ...(pre ? { preCopyPages: pre.pages, refBytes: pre.refBytes } : {}) });
+    pre?.close();
 
     // Verifying and restoring take a while: say so every second, so the sender keeps waiting.
     heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);

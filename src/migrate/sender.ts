@@ -13,6 +13,11 @@
  * local copy restored here; a target that falls silent leaves the outcome unknown, so the copy
  * is kept and named instead of restored (restoring it while the target may run the tree would
  * make two of it).
+ *
+ * Pre-copy (precopy.ts, the default): before the checkpoint, the tree's memory crosses in
+ * rounds while it runs, its writes tracked from outside (dump/dirty.ts); the frozen image then
+ * names the pages the target holds instead of carrying them. The tracking is an undo of the
+ * session like the rest, and dies with ferry.
  */
 import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
@@ -34,6 +39,7 @@ import { bootId, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } fro
 import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { sshChannel, type SshOptions } from './ssh.js';
+import { DEFAULT_MAX_ROUNDS, PreCopySender, type RoundRecord } from './precopy.js';
 
 export type { PhaseRecord };
 
@@ -55,6 +61,15 @@ export interface MigrateOptions extends CommonOptions {
   signKey?: string | KeyObject;
   /** Gets each phase's record as it completes. */
   onPhase?: (r: PhaseRecord) => void;
+  /**
+   * Pre-copy (precopy.ts): memory crosses in rounds while the tree runs, at most `maxRounds`
+   * (0: stop and copy, the tree stopped for the whole transfer).
+   */
+  maxRounds?: number;
+  /** Gets each pre-copy round's record (also passed to onPhase as phase 'round'). */
+  onRound?: (r: RoundRecord) => void;
+  /** Gets the one line of each warning (a kernel that cannot track writes: stop and copy). */
+  onWarning?: (line: string) => void;
 }
 
 /**
@@ -82,6 +97,11 @@ export interface MigrateResult {
   pids: number[];
   /** Bytes of image sent. */
   bytes: number;
+  /** Pre-copy rounds run (0: stop and copy). */
+  rounds: number;
+  /** Bytes that crossed during the rounds, and bytes of the image the target had from them. */
+  roundBytes: number;
+  refBytes: number;
   /** From the tree stopped here to the word that it runs there, milliseconds. */
   downtimeMs: number;
   /** Whole migration, milliseconds. */
@@ -105,7 +125,8 @@ class Pump {
   private writeEnd: number;
   private readonly reader: Socket;
 
-  constructor(private readonly channel: Channel, private readonly copyFd: number, signal: AbortSignal | undefined) {
+  constructor(private readonly channel: Channel, private readonly copyFd: number, signal: AbortSignal | undefined,
+    send: (chunk: Buffer) => boolean = (chunk) => channel.sendData(chunk)) {
     const [r, w] = native().pipe2();
     this.writeEnd = w;
     this.path = `/proc/self/fd/${w}`;
@@ -128,7 +149,12 @@ class Pump {
           return fail(new FerryError('EIMAGE', `cannot keep the copy of the image in image.work_dir: ${describeCause(err)}`, { cause: err }));
         }
         this.bytes += chunk.length;
-        const more = channel.sendData(chunk);
+        let more: boolean;
+        try {
+          more = send(chunk);
+        } catch (err) {
+          return fail(err instanceof FerryError ? err : new FerryError('EIO', `sending the image: ${describeCause(err)}`, { cause: err }));
+        }
         if (channel.failure !== undefined) return fail(channel.failure);
         if (more && !first) return;
         this.reader.pause();
@@ -197,8 +223,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     }
     const ch = channel;
     session.onUndo('drop the connection', () => ch.destroy());
+    // Pre-copy rounds for a process tree; a container's image names its pages by the pids of
+    // its own namespace, which the rounds do not know, so it goes by stop and copy.
+    const maxRounds = o.workload !== undefined ? 0 : o.maxRounds ?? DEFAULT_MAX_ROUNDS;
     ch.send({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: o.pid, bootId: bootId(),
-      ...(o.workload !== undefined ? { container: o.workload.container } : {}) });
+      ...(o.workload !== undefined ? { container: o.workload.container } : {}), ...(maxRounds > 0 ? { precopy: true } : {}) });
     const welcome = await ch.next('waiting for the target to take the migration', 'welcome');
     // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
     // pipe hashes everything first): the target hears from us meanwhile.
@@ -207,12 +236,24 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     log.debug({ peer: to, ferryVersion: welcome.ferryVersion }, 'connected');
     o.signal?.throwIfAborted();
 
+    // Pre-copy: rounds while the tree runs; the tracking ends on every way out (precopy.ts).
+    let pre: PreCopySender | undefined;
+    if (maxRounds > 0) {
+      const p = (pre = new PreCopySender(ch, o.pid, {
+        maxRounds, logger: log,
+        ...(o.signal !== undefined ? { signal: o.signal } : {}),
+        onRound: (r) => { o.onRound?.(r); o.onPhase?.({ phase: 'round', ...r }); },
+        ...(o.onWarning !== undefined ? { onWarning: o.onWarning } : {}),
+      }));
+      session.onUndo('end the dirty tracking', () => p.close());
+      await p.run();
+    }
     const dir = privateDir(workDir, SENDER_DIR);
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const copy = join(dir, 'image.tar');
     const copyFd = openSync(copy, 'wx', 0o600);
     session.onUndo('close the copy', () => { try { closeSync(copyFd); } catch { /* closed */ } });
-    const pump = new Pump(ch, copyFd, o.signal);
+    const pump = new Pump(ch, copyFd, o.signal, pre !== undefined ? (chunk) => pre.send(chunk) : undefined);
     session.onUndo('close the image pipe', () => pump.destroy());
 
     let stoppedAt = 0;
@@ -262,7 +303,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     });
 
     // The point of no return: the source is gone, the workload lives in the image only.
-    return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids, { t0, stoppedAt, sent }));
+    return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids, { t0, stoppedAt, sent, pre }));
   } catch (err) {
     // Tell the target why, so it removes what it holds (a target gone already hears nothing).
     if (channel !== undefined && channel.failure === undefined && !(err instanceof FerryError && err.cause instanceof PeerError)) {
@@ -291,7 +332,7 @@ const round = (ms: number): number => Math.round(ms * 10) / 10;
  * longer stop anything (finishing()): the tree is in flight.
  */
 async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: string, dir: string,
-  signKey: KeyObject, restoreWith: string, pids: number[], t: { t0: number; stoppedAt: number; sent: number }): Promise<MigrateResult> {
+  signKey: KeyObject, restoreWith: string, pids: number[], t: { t0: number; stoppedAt: number; sent: number; pre: PreCopySender | undefined }): Promise<MigrateResult> {
   const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
   const to = formatUrl(o.to);
   // How to restore a kept copy by hand (a container takes no --max-creds: its bundle bounds it).
@@ -338,8 +379,9 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   o.workload?.handedOver();
   const totalMs = performance.now() - t.t0;
   log.info({ pid: running.pid, downtimeMs }, 'migrated');
-  o.onPhase?.({ phase: 'done', pid: running.pid, downtimeMs: round(downtimeMs), totalMs: round(totalMs) });
-  return { pid: running.pid, pids: running.pids.length > 0 ? running.pids : pids, bytes: t.sent, downtimeMs, totalMs };
+  const pre = { rounds: t.pre?.rounds.length ?? 0, roundBytes: t.pre?.roundBytes ?? 0, refBytes: t.pre?.refBytes ?? 0 };
+  o.onPhase?.({ phase: 'done', pid: running.pid, downtimeMs: round(downtimeMs), totalMs: round(totalMs), ...pre });
+  return { pid: running.pid, pids: running.pids.length > 0 ? running.pids : pids, bytes: t.sent, downtimeMs, totalMs, ...pre };
 }
 
 /** Moves the copy out of the private directory (no sweep removes it) and returns its path. */

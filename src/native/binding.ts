@@ -24,6 +24,23 @@ export interface InjectOptions {
   readAddr?: bigint;
   /** Filled with the task's memory at readAddr (its length is the length read). */
   readInto?: Buffer;
+  /**
+   * Index of the call (1..n) before which pidfd_getfd(2) copies into ferry the descriptor the
+   * call before it returned, through `takeFdPidfd`; the copy (or -errno) is put in `takenFd`.
+   */
+  takeFdAt?: number;
+  /** A pidfd of the task, for takeFdAt. */
+  takeFdPidfd?: number;
+  /** Set by the batch with takeFdAt: the copy (ferry's to close), or -errno. */
+  takenFd?: number;
+}
+
+/** One PAGEMAP_SCAN answer (native/uffd.cc). */
+export interface PagemapScanResult {
+  /** [start, end, categories] per region. */
+  regions: BigUint64Array;
+  /** Where the walk stopped (end when it covered the whole range). */
+  walkEnd: bigint;
 }
 
 /** Result of waitpid(2) on one pid. */
@@ -438,6 +455,19 @@ export interface NativeBinding {
   ifName(index: number): string | null;
   /** ioctl(2) SIOCGIFINDEX (netdevice(7)) in the thread's network namespace: 0 when no such name. */
   ifIndex(name: string): number;
+  /** ioctl(2) UFFDIO_API asking for `features` (ioctl_userfaultfd(2)): the features the kernel offers. */
+  uffdApi(fd: number, features: bigint): bigint;
+  /** ioctl(2) UFFDIO_REGISTER of [start, start+len) with `mode` (MISSING 1, WP 2, MINOR 4): the ioctls it supports. */
+  uffdRegister(fd: number, start: bigint, len: bigint, mode: number): bigint;
+  /** ioctl(2) UFFDIO_UNREGISTER of [start, start+len). */
+  uffdUnregister(fd: number, start: bigint, len: bigint): void;
+  /**
+   * ioctl(2) PAGEMAP_SCAN on a /proc/PID/pagemap descriptor (Documentation/admin-guide/mm/
+   * pagemap.rst): the regions of [start, end) whose pages have every category of
+   * `categoryMask`, with their `returnMask` categories; flags PM_SCAN_WP_MATCHING 1 (write-
+   * protect what matched), PM_SCAN_CHECK_WPASYNC 2. At most `maxRegions`: walkEnd says where it stopped.
+   */
+  pagemapScan(fd: number, start: bigint, end: bigint, flags: number, categoryMask: number, returnMask: number, maxRegions: number): PagemapScanResult;
   }
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
@@ -460,6 +490,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle', 'nameToHandle', 'linkFd',
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
+  'uffdApi', 'uffdRegister', 'uffdUnregister', 'pagemapScan',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

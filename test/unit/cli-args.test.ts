@@ -236,3 +236,26 @@ describe('ferry migrate and ferry receive arguments', { timeout: 30_000 }, () =>
     }
   });
 });
+
+describe('ferry migrate pre-copy arguments', { timeout: 30_000 }, () => {
+  const base = ['--pid', '42', '--to', 'tcp://127.0.0.1:7070', '--key', '/k'];
+  it('leaves the rounds to the library by default and with --pre-copy', () => {
+    assert.equal(parseMigrateArgs(base).maxRounds, undefined);
+    assert.equal(parseMigrateArgs([...base, '--pre-copy']).maxRounds, undefined);
+  });
+
+  it('parses --max-rounds N and --no-pre-copy', () => {
+    assert.equal(parseMigrateArgs([...base, '--max-rounds', '3']).maxRounds, 3);
+    assert.equal(parseMigrateArgs([...base, '--pre-copy', '--max-rounds', '64']).maxRounds, 64);
+    assert.equal(parseMigrateArgs([...base, '--no-pre-copy']).maxRounds, 0);
+  });
+
+  it('refuses contradictions and rounds out of range', () => {
+    usage(() => parseMigrateArgs([...base, '--pre-copy', '--no-pre-copy']), 'migrate', '--pre-copy and --no-pre-copy contradict each other: give one');
+    usage(() => parseMigrateArgs([...base, '--no-pre-copy', '--max-rounds', '2']), 'migrate',
+      '--max-rounds counts pre-copy rounds, which --no-pre-copy turns off: give one');
+    for (const bad of ['0', '65', 'x', '-1', '1.5']) {
+      usage(() => parseMigrateArgs([...base, `--max-rounds=${bad}`]), 'migrate', `--max-rounds needs a number of rounds from 1 to 64, got "${bad}"`);
+    }
+  });
+});

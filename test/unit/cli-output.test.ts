@@ -5,6 +5,7 @@ import { formatCheckpoint } from '../../src/cli/checkpoint.js';
 import { helpPage, HELP } from '../../src/cli/help.js';
 import { formatBytes, formatMs, formatProgress, progressLine } from '../../src/cli/output.js';
 import { formatRestore } from '../../src/cli/restore.js';
+import { formatRound } from '../../src/cli/migrate.js';
 
 describe('CLI output', { timeout: 30_000 }, () => {
   it('formats sizes and durations for people', () => {
@@ -41,6 +42,13 @@ describe('CLI output', { timeout: 30_000 }, () => {
     const off = progressLine(false);
     assert.equal(off.onProgress, undefined);
     off.clear();
+  });
+
+  it('shows a pre-copy round on the progress line, with the dirty rate and the predicted downtime', () => {
+    assert.equal(formatRound({ round: 1, pages: 16384, bytes: 64 << 20, dirtyRate: 0, ms: 800 }, 0), 'pre-copy round 1: 64.0 MiB in 800 ms');
+    assert.equal(formatRound({ round: 3, pages: 256, bytes: 1 << 20, dirtyRate: 10 << 20, ms: 40 }, (66 << 20) / 1000),
+      'pre-copy round 3: 1.0 MiB in 40 ms, dirty 10.0 MiB/s, predicted downtime ~15 ms + the frozen dump');
+    assert.equal(formatProgress({ phase: 'pre-copy', done: 1, text: 'pre-copy round 2: 1.0 MiB in 40 ms' }), 'pre-copy round 2: 1.0 MiB in 40 ms');
   });
 
   it('has a page for every command, and the overview for help', () => {

@@ -1,0 +1,176 @@
+/**
+ * Live migration with pre-copy against stop and copy (issue 11, deliverable 7; docs/migration.md):
+ * a process with N MiB of touched memory and a writer rewriting 10 MiB/s of it (the dirtier
+ * workload, test/fixtures/workloads/dirtier.c) is migrated over loopback TCP by `ferry
+ * migrate` to a `ferry receive --once`, RUNS times with pre-copy and RUNS times with
+ * --no-pre-copy, for each size. Printed per size and mode: total time, downtime (from the
+ * freeze to the word that the process runs on the target), bytes that crossed (rounds and the
+ * image less what it named by reference) against the memory size, rounds, each as
+ * min/median/max; then the ratios pre-copy / stop-and-copy of the same run (downtime, total).
+ * Every restored process checks every page (SIGUSR1: PASS) before it is killed; a FAIL stops
+ * the bench.
+ *
+ * Usage: node dist/bench/migrate.js (npm run bench:migrate). Needs root and a built tree
+ * (npm run build). FERRY_BENCH_MIGRATE_MIB: the sizes in MiB, comma-separated (default
+ * 256,1024); FERRY_BENCH_MIGRATE_RATE: MiB/s the writer rewrites (default 10);
+ * FERRY_BENCH_MIGRATE_RUNS (default 3).
+ *
+ * The workload's start is one function (startWorkload) so that a container variant can be
+ * added beside the process one.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../src/native/binding.js';
+import { closeInheritedFds } from '../src/proc/inherited.js';
+
+// The workloads start with descriptors 0-2 only, whatever the shell leaked to us.
+closeInheritedFds();
+
+const SIZES = (process.env['FERRY_BENCH_MIGRATE_MIB'] ?? '256,1024').split(',').map(Number).filter((n) => n > 0);
+const RATE = Number(process.env['FERRY_BENCH_MIGRATE_RATE'] ?? '10');
+const RUNS = Number(process.env['FERRY_BENCH_MIGRATE_RUNS'] ?? '3');
+const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry');
+const DIRTIER = join(PACKAGE_ROOT, 'build', 'workloads', 'dirtier');
+
+const dir = mkdtempSync('/var/tmp/ferry-bench-migrate-');
+const workDir = join(dir, 'work');
+const config = join(dir, 'config.toml');
+const key = join(dir, 'migrate.key');
+const killed = new Set<number>();
+const children = new Set<ChildProcess>();
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what: string, cond: () => boolean, ms = 120_000): Promise<void> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(20)) if (cond()) return;
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A running workload: its pid and how to read what it printed. */
+interface Workload {
+  pid: number;
+  text(): string;
+  /** Asks it to check itself; resolves with its verdict line. */
+  verify(): Promise<string>;
+}
+
+/**
+ * Starts the workload to migrate: `mib` MiB touched, `rate` MiB/s rewritten. The one place a
+ * container variant (ferry migrate CONTAINER) plugs in.
+ */
+async function startWorkload(kind: 'process', mib: number, rate: number, run: string): Promise<Workload> {
+  if (kind !== 'process') throw new Error(`no ${String(kind)} workload yet`);
+  const log = join(dir, `${run}.log`);
+  const fd = openSync(log, 'a');
+  const child = spawn(DIRTIER, [String(mib), String(rate)], { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  const pid = child.pid!;
+  killed.add(pid);
+  child.unref();
+  const text = (): string => readFileSync(log, 'utf8');
+  await waitFor(`${run} to be ready`, () => text().includes(`ready pid=${pid}`));
+  await waitFor(`${run} to write`, () => (text().match(/^tick /gm) ?? []).length >= 2);
+  return {
+    pid, text,
+    async verify(): Promise<string> {
+      const before = (text().match(/^(PASS|FAIL.*)$/gm) ?? []).length;
+      process.kill(pid, 'SIGUSR1');
+      await waitFor(`a verdict from ${pid}`, () => (text().match(/^(PASS|FAIL.*)$/gm) ?? []).length > before, 60_000);
+      return (text().match(/^(PASS|FAIL.*)$/gm) ?? [])[before]!;
+    },
+  };
+}
+
+/** Runs bin/ferry `args`; resolves with its exit status and output. */
+function ferry(args: string[]): { child: ChildProcess; done: Promise<{ code: number; stdout: string; stderr: string }> } {
+  const child = spawn(FERRY, [...args, '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  let stdout = '', stderr = '';
+  child.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const done = new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => {
+    children.delete(child);
+    resolve({ code: code ?? 1, stdout, stderr });
+  }));
+  return { child, done };
+}
+
+const json = (s: string): Array<Record<string, number>> => s.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, number>);
+
+interface Figures { totalMs: number; downtimeMs: number; sentBytes: number; rounds: number }
+
+/** One migration of a fresh workload; the restored one checks itself and is killed. */
+async function migrateOnce(mib: number, preCopy: boolean, run: string): Promise<Figures> {
+  const w = await startWorkload('process', mib, RATE, run);
+  const recv = ferry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--once', '--max-creds', 'root', '--json']);
+  let port = 0;
+  let out = '';
+  recv.child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  await waitFor('the receiver to listen', () => { port = json(out).find((r) => r['port'] !== undefined)?.['port'] ?? 0; return port > 0; });
+  const mig = ferry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json',
+    ...(preCopy ? [] : ['--no-pre-copy'])]);
+  const m = await mig.done;
+  const r = await recv.done;
+  if (m.code !== 0 || r.code !== 0) throw new Error(`${run}: ferry migrate ${m.code}: ${m.stderr} / ferry receive ${r.code}: ${r.stderr}`);
+  // The source was killed (its zombie is init's: it was detached from us); the PID is back.
+  await waitFor(`${run} to run on the target`, () => existsSync(`/proc/${w.pid}`));
+  const verdict = await w.verify();
+  if (verdict !== 'PASS') throw new Error(`${run}: the migrated process says ${verdict}`);
+  process.kill(w.pid, 'SIGKILL');
+  killed.delete(w.pid);
+  const recs = json(m.stdout);
+  const done = recs.find((x) => x['downtimeMs'] !== undefined && x['totalMs'] !== undefined)!;
+  const image = recs.find((x) => x['imageBytes'] !== undefined)!['imageBytes']!;
+  return {
+    totalMs: done['totalMs']!, downtimeMs: done['downtimeMs']!, rounds: done['rounds']!,
+    sentBytes: done['roundBytes']! + image - done['refBytes']!,
+  };
+}
+
+const stats = (xs: number[]): { min: number; med: number; max: number } => {
+  const s = [...xs].sort((a, b) => a - b);
+  return { min: s[0]!, med: s[Math.floor(s.length / 2)]!, max: s[s.length - 1]! };
+};
+const fmt = (xs: number[], f: (n: number) => string): string => {
+  const s = stats(xs);
+  return `${f(s.min)} / ${f(s.med)} / ${f(s.max)}`;
+};
+const ms = (n: number): string => `${Math.round(n)}`;
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('needs root');
+  if (!existsSync(DIRTIER)) throw new Error(`needs ${DIRTIER} (npm run build:native)`);
+  mkdirSync(workDir, { mode: 0o700 });
+  writeFileSync(config, `[image]\nwork_dir = "${workDir}"\n`);
+  writeFileSync(key, `${'a7'.repeat(32)}\n`, { mode: 0o600 });
+  console.log(`ferry migrate over loopback TCP, a process rewriting ${RATE} MiB/s of its memory; ${RUNS} runs each; min / median / max`);
+  for (const mib of SIZES) {
+    const res: Record<'pre' | 'stop', Figures[]> = { pre: [], stop: [] };
+    for (let i = 0; i < RUNS; i++) {
+      // Alternated, so that a busy moment of the machine does not fall on one mode only.
+      res.pre.push(await migrateOnce(mib, true, `pre-${mib}-${i}`));
+      res.stop.push(await migrateOnce(mib, false, `stop-${mib}-${i}`));
+    }
+    console.log(`\n${mib} MiB                 pre-copy                 stop and copy`);
+    const row = (name: string, f: (x: Figures) => number, show: (n: number) => string): void => {
+      console.log(`  ${name.padEnd(18)} ${fmt(res.pre.map(f), show).padEnd(24)} ${fmt(res.stop.map(f), show)}`);
+    };
+    row('total ms', (x) => x.totalMs, ms);
+    row('downtime ms', (x) => x.downtimeMs, ms);
+    row('sent / memory', (x) => x.sentBytes / (mib << 20), (n) => n.toFixed(2));
+    row('rounds', (x) => x.rounds, (n) => String(n));
+    const med = (k: 'pre' | 'stop', f: (x: Figures) => number): number => stats(res[k].map(f)).med;
+    console.log(`  downtime pre-copy / stop and copy: ${(med('pre', (x) => x.downtimeMs) / med('stop', (x) => x.downtimeMs)).toFixed(2)}`
+      + `; total: ${(med('pre', (x) => x.totalMs) / med('stop', (x) => x.totalMs)).toFixed(2)} (medians of this run)`);
+  }
+}
+
+try {
+  await main();
+} finally {
+  for (const c of children) c.kill('SIGKILL');
+  for (const pid of killed) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+  rmSync(dir, { recursive: true, force: true });
+}

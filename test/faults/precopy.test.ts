@@ -1,0 +1,60 @@
+/**
+ * Fault cells of pre-copy migration (src/migrate/precopy.ts, src/dump/dirty.ts): `ferry
+ * migrate` hit after its first round (FERRY_TEST_PAUSE_AT=precopy), while the source runs
+ * with its writes tracked through ferry's userfaultfd. Whatever hits it, the source must run
+ * on as it was: not stopped, untraced, its areas no longer write-tracked (a SIGKILLed ferry's
+ * userfaultfd is released by the kernel, which unregisters them), every page right; and the
+ * target holds nothing (no spool, no page store, no stub).
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { needs } from '../helpers/env.js';
+import { cleanup, procState, stubs, verify, waitFor } from '../helpers/processes.js';
+import {
+  exitOf, killFerries, leftovers, migrationDir, startDirtier, startFerry, startReceiver, writeTracked,
+} from '../helpers/precopy-run.js';
+
+const skip = needs('root', 'build');
+after(() => { killFerries(); cleanup(); });
+
+describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_000 }, () => {
+  const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-precopy-faults-');
+
+  for (const [fault, status] of [['SIGKILL', 137], ['SIGTERM', 143]] as const) {
+    it(`${fault} after the first round: the source runs on untraced and untracked, the target holds nothing`, async () => {
+      const w = await startDirtier(32, 10);
+      const { r: recv, port } = await startReceiver(key, config);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'precopy');
+      await waitFor('ferry migrate to pause after its first round', () => /paused at precopy/.test(mig.stderr()), 60_000);
+      // Meanwhile the source runs, tracked, not seized.
+      let st = procState(w.pid);
+      assert.equal(st.tracer, 0, 'not traced during the rounds');
+      assert.notEqual(st.state, 'T');
+      assert.equal(writeTracked(w.pid), true, 'its areas are write-tracked during the rounds');
+      const n = w.ticks().length;
+      await waitFor('the source to write on during the rounds', () => w.ticks().length >= n + 1);
+
+      mig.child.kill(fault);
+      const code = await exitOf(mig, 'ferry migrate');
+      if (fault === 'SIGKILL') assert.equal(code, status);
+      else assert.ok(code === status || code === 1, `exit ${code} after SIGTERM: ${mig.stderr()}`);
+      if (fault === 'SIGTERM') {
+        assert.match(mig.stderr(), new RegExp(`^ferry migrate: pre-copy of pid ${w.pid} interrupted by SIGTERM: it runs on here as it was \\(its memory no longer tracked\\)$`, 'm'));
+        await waitFor('the receiver to report why', () => /reports: pre-copy of pid \d+ interrupted by SIGTERM/.test(recv.stderr()));
+      }
+      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+
+      st = procState(w.pid);
+      assert.equal(st.tracer, 0, 'untraced');
+      assert.notEqual(st.state, 'T', 'not stopped');
+      assert.equal(st.ppid, process.pid, 'the original process');
+      await waitFor('the tracking to be gone', () => !writeTracked(w.pid), 5000);
+      const m = w.ticks().length;
+      await waitFor('the source to write on', () => w.ticks().length >= m + 2);
+      assert.equal(await verify(w), 'PASS');
+      assert.deepEqual(leftovers(workDir), [], 'nothing left on the target (spool, page store) or the source');
+      assert.deepEqual(stubs(), []);
+      process.kill(w.pid, 'SIGKILL');
+    });
+  }
+});

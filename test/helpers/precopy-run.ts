@@ -1,0 +1,100 @@
+/**
+ * Running `ferry migrate` and `ferry receive` in the background for the pre-copy tests
+ * (test/integration/precopy.test.ts, test/faults/precopy.test.ts) and the pre-copy workload
+ * (test/fixtures/workloads/dirtier.c).
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FERRY, WORKLOADS } from './env.js';
+import { scratchDir, startWorkload, waitFor, type Workload } from './processes.js';
+
+/** A ferry started in the background. */
+export interface Running {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves with the exit status (or 128 + signal number). */
+  exited: Promise<number>;
+}
+
+const started = new Set<ChildProcess>();
+
+/** Kills every ferry still running (after()). */
+export function killFerries(): void {
+  for (const c of started) c.kill('SIGKILL');
+}
+
+/** Starts bin/ferry `args` in the background, FERRY_TEST_PAUSE_AT=`pause` if given. */
+export function startFerry(args: string[], pause?: string): Running {
+  const env = { ...process.env };
+  delete env['FERRY_TEST_PAUSE_AT'];
+  if (pause !== undefined) env['FERRY_TEST_PAUSE_AT'] = pause;
+  const child = spawn(FERRY, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  started.add(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  const signals: Record<string, number> = { SIGKILL: 9, SIGTERM: 15, SIGINT: 2 };
+  const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => {
+    started.delete(child);
+    resolve(code ?? 128 + (signals[signal ?? ''] ?? 0));
+  }));
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/** Waits for `r` to exit, at most `ms`. */
+export async function exitOf(r: Running, what: string, ms = 90_000): Promise<number> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} did not exit within ${ms / 1000} s; stderr: ${r.stderr()}`)), ms); });
+  try {
+    return await Promise.race([r.exited, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The JSON records a ferry printed so far. */
+export function records(r: Running): Array<Record<string, unknown>> {
+  return r.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** A scratch set-up: a work directory, a config naming it, a key file. */
+export function migrationDir(prefix: string): { workDir: string; config: string; key: string } {
+  const dir = scratchDir(prefix);
+  const workDir = join(dir, 'work');
+  const config = join(dir, 'config.toml');
+  const key = join(dir, 'migrate.key');
+  mkdirSync(workDir, { mode: 0o700 });
+  writeFileSync(config, `[image]\nwork_dir = "${workDir}"\n`);
+  writeFileSync(key, `${'5c'.repeat(32)}\n`, { mode: 0o600 });
+  return { workDir, config, key };
+}
+
+/** A --once receiver on 127.0.0.1 (a port the kernel picks) that takes root's images, and its port. */
+export async function startReceiver(key: string, config: string): Promise<{ r: Running; port: number }> {
+  const r = startFerry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config]);
+  await waitFor('the receiver to listen', () => records(r).some((x) => x['phase'] === 'listen') || r.child.exitCode !== null);
+  const listen = records(r).find((x) => x['phase'] === 'listen');
+  assert.ok(listen, `the receiver did not start: ${r.stderr()}`);
+  return { r, port: listen['port'] as number };
+}
+
+/** The dirtier workload: `mib` MiB rewritten at `rate` MiB/s, in `mode`. */
+export async function startDirtier(mib: number, rate: number, mode: 'plain' | 'churn' | 'uffd' | 'thp' = 'plain'): Promise<Workload> {
+  const w = await startWorkload(join(WORKLOADS, 'dirtier'), [String(mib), String(rate), mode]);
+  await waitFor('the dirtier to write', () => w.ticks().length >= 2);
+  return w;
+}
+
+/** The spool and copy directories ferry made in `workDir`. */
+export function leftovers(workDir: string): string[] {
+  return readdirSync(workDir).filter((n) => n.startsWith('.ferry-') || n.startsWith('ferry-migrate-'));
+}
+
+/** Whether any area of `pid` is registered with a userfaultfd for write-protection (VmFlags uw). */
+export function writeTracked(pid: number): boolean {
+  return /^VmFlags:.* uw( |$)/m.test(readFileSync(`/proc/${pid}/smaps`, 'utf8'));
+}

@@ -1,0 +1,150 @@
+/**
+ * Pre-copy migration (docs/migration.md, "Pre-copy") end to end over loopback TCP, on the
+ * dirtier workload (test/fixtures/workloads/dirtier.c), which rewrites its memory all the time
+ * and checks every page against a generation kept elsewhere: a page sent in an early round and
+ * changed after, and not sent again, fails its check.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, describe, it } from 'node:test';
+import { join } from 'node:path';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { alive, cleanup, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import {
+  exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver, writeTracked,
+} from '../helpers/precopy-run.js';
+
+const skip = needs('root', 'build');
+after(() => { killFerries(); cleanup(); });
+
+describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
+  const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-precopy-');
+
+  it('moves a process that writes 10 MiB/s of its 64 MiB: rounds shrink, every page comes back right, same PID', async () => {
+    const w = await startDirtier(64, 10);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited; // the source was killed and reaped here
+
+    const recs = records(mig);
+    const rounds = recs.filter((x) => x['phase'] === 'round');
+    assert.deepEqual(recs.filter((x) => x['phase'] !== 'round').map((x) => x['phase']), ['checkpoint', 'transfer', 'restore', 'done']);
+    assert.ok(rounds.length >= 2, `at least two rounds: ${JSON.stringify(rounds)}`);
+    rounds.forEach((r, i) => {
+      assert.equal(r['round'], i + 1);
+      for (const k of ['pages', 'bytes', 'dirtyRate', 'ms']) assert.equal(typeof r[k], 'number', k);
+      assert.equal(r['bytes'], (r['pages'] as number) * 4096);
+    });
+    const first = rounds[0]!['bytes'] as number;
+    assert.ok(first >= 64 << 20, `the first round sends all the touched memory (${first})`);
+    for (const r of rounds.slice(1)) assert.ok((r['bytes'] as number) < first / 4, `a later round is smaller: ${JSON.stringify(r)}`);
+    const done = recs.at(-1)!;
+    assert.equal(done['rounds'], rounds.length);
+    const image = recs[rounds.length]!['imageBytes'] as number;
+    // The frozen image named most of its pages instead of sending them again.
+    assert.ok((done['refBytes'] as number) > image / 2, `refBytes ${String(done['refBytes'])} of an image of ${image}`);
+    const got = records(recv);
+    assert.equal(got.find((x) => x['phase'] === 'transfer')!['refBytes'], done['refBytes']);
+    process.stdout.write(`# pre-copy 64 MiB at 10 MiB/s: rounds ${rounds.map((r) => r['bytes']).join(', ')} bytes; downtime ${String(done['downtimeMs'])} ms, total ${String(done['totalMs'])} ms\n`);
+
+    assert.ok(alive(w.pid), 'the same PID runs on the target');
+    const st = procState(w.pid);
+    assert.equal(st.tracer, 0);
+    assert.notEqual(st.ppid, process.pid, 'a restored process, not the original');
+    assert.equal(writeTracked(w.pid), false, 'no area of the restored process is write-tracked');
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), [], 'nothing left in image.work_dir');
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('moves a process that maps, moves and unmaps areas all through pre-copy', async () => {
+    const w = await startDirtier(16, 10, 'churn');
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json',
+      '--max-rounds', '12', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    assert.ok(records(mig).filter((x) => x['phase'] === 'round').length >= 2);
+    assert.ok(alive(w.pid));
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('moves a process whose memory is in transparent huge pages', async () => {
+    const w = await startDirtier(32, 10, 'thp');
+    const huge = Number(/^AnonHugePages:\s+(\d+) kB/m.exec(readFileSync(`/proc/${w.pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+    if (huge === 0) process.stdout.write('# no transparent huge pages were given (THP off?): the case runs on small pages\n');
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    assert.ok(records(mig).filter((x) => x['phase'] === 'round').length >= 2);
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('moves a tree of four processes that share memory and keep rewriting theirs (memcheck tree)', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'memcheck'), ['16', 'tree']);
+    const kids = (/^children (\d+) (\d+) (\d+)$/m.exec(w.text()) ?? []).slice(1).map(Number);
+    assert.equal(kids.length, 3, w.text());
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
+    for (const pid of [w.pid, ...kids]) own(pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    const recs = records(mig);
+    assert.ok(recs.filter((x) => x['phase'] === 'round').length >= 1);
+    assert.deepEqual((recs.find((x) => x['phase'] === 'restore')!['pids'] as number[]).sort(), [w.pid, ...kids].sort());
+    assert.ok((recs.at(-1)!['refBytes'] as number) > 0, 'the frozen image named pages the rounds had sent');
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    for (const pid of [w.pid, ...kids]) process.kill(pid, 'SIGKILL');
+  });
+
+  it('refuses a process that uses userfaultfd itself, which runs on unharmed (its own userfaultfd too)', async () => {
+    const w = await startDirtier(8, 5, 'uffd');
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1);
+    assert.match(mig.stderr(), new RegExp(`^ferry migrate: pid ${w.pid} uses userfaultfd itself \\(fd \\d+\\), which pre-copy's dirty tracking would conflict with: migrate it with --no-pre-copy\n$`));
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
+    const st = procState(w.pid);
+    assert.equal(st.tracer, 0);
+    assert.equal(st.ppid, process.pid, 'the original process');
+    const n = w.ticks().length;
+    await waitFor('the source to write on', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    assert.deepEqual(stubs(), []);
+  });
+
+  it('--no-pre-copy: stop and copy, no rounds', async () => {
+    const w = await startDirtier(8, 5);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--no-pre-copy', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    const recs = records(mig);
+    assert.deepEqual(recs.map((x) => x['phase']), ['checkpoint', 'transfer', 'restore', 'done']);
+    assert.equal(recs[3]!['rounds'], 0);
+    assert.equal(await verify(w), 'PASS');
+    process.kill(w.pid, 'SIGKILL');
+  });
+});
