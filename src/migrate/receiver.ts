@@ -32,7 +32,7 @@ import { containerRestorer } from './container.js';
 import type { Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { PreCopyReceiver } from './precopy.js';
-import { bootId, privateDir, RECEIVER_DIR, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
+import { bootId, keptCopyWarning, privateDir, RECEIVER_DIR, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 
 export interface ReceiveOptions extends CommonOptions {
   /** Where to listen; port 0 picks a free one (reported in the 'listen' record). */
@@ -62,7 +62,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   const log = o.logger.child({ op: 'receive' });
   const workDir = o.config.image.workDir;
   removeStaleDirs(workDir, RECEIVER_DIR);
-  removeStaleDirs(workDir, SENDER_DIR);
+  removeStaleDirs(workDir, SENDER_DIR, (image, pid) => log.warn(keptCopyWarning(image, pid)));
   let busy = false;
   let finished: (err?: unknown) => void = () => {};
   const over = new Promise<void>((resolve, reject) => {
@@ -115,7 +115,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
  */
 export async function receiveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, channel: Channel): Promise<void> {
   removeStaleDirs(o.config.image.workDir, RECEIVER_DIR);
-  removeStaleDirs(o.config.image.workDir, SENDER_DIR);
+  removeStaleDirs(o.config.image.workDir, SENDER_DIR, (image, pid) => o.logger.warn(keptCopyWarning(image, pid)));
   await serveOne(o, channel);
 }
 

@@ -20,7 +20,7 @@
  * session like the rest, and dies with ferry.
  */
 import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { CheckpointOptions, CheckpointResult, CommonOptions, RestoreOptions, RestoreResult } from '../api.js';
@@ -35,7 +35,7 @@ import { parseMaxCreds } from '../restore/bounds.js';
 import { finishing, Session } from '../session.js';
 import { FERRY_VERSION } from '../version.js';
 import { abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, type Channel, type ContainerTarget } from './channel.js';
-import { bootId, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
+import { bootId, HANDED_OVER, keptCopyWarning, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { sshChannel, type SshOptions } from './ssh.js';
@@ -210,7 +210,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   }
   const { key: signKey, restoreWith } = imageKey(o); // a key that cannot sign fails before anything else
   const workDir = o.config.image.workDir;
-  removeStaleDirs(workDir, SENDER_DIR);
+  removeStaleDirs(workDir, SENDER_DIR, (image, pid) => warnKept(o, log, image, pid));
 
   const session = new Session('migrate', log);
   let channel: Channel | undefined;
@@ -275,6 +275,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         clearInterval(heartbeat);
         ch.send({ type: 'end', bytes });
         const ready = await abortable(ch.next('waiting for the target to verify the image', 'ready'), o.signal);
+        // From the kill on, the copy may be the workload's only one: a sweep must keep it.
+        writeFileSync(join(dir, HANDED_OVER), JSON.stringify({ pid: o.pid, to }));
         tReady = performance.now();
         o.onPhase?.({ phase: 'transfer', bytes, verifyMs: round(ready.verifyMs) });
       },
@@ -314,6 +316,13 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     session.unwind();
     throw err;
   }
+}
+
+/** Says where a sweep kept a copy whose outcome is unknown (workdir.ts removeStaleDirs). */
+function warnKept(o: Pick<MigrateOptions, 'onWarning'>, log: { warn(m: string): void }, image: string, pid: number): void {
+  const line = keptCopyWarning(image, pid);
+  log.warn(line);
+  o.onWarning?.(line);
 }
 
 /** Whether a pid exists and is not a zombie. */

@@ -2,7 +2,7 @@
  * What both sides of a migration keep in image.work_dir, and the facts they exchange about
  * themselves.
  */
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError, describeCause } from '../errors.js';
 
@@ -27,10 +27,19 @@ export const SENDER_DIR = '.ferry-migrate-';
 export const RECEIVER_DIR = '.ferry-receive-';
 
 /**
- * Removes the directories of `prefix` in `workDir` left by ferry processes that no longer exist
- * (SIGKILL leaves them), as the image writer does for its temporary files.
+ * Name of the mark a sender leaves in its private directory once the target holds the image
+ * and the tree is about to be killed: from then on its copy may be the workload's only one.
  */
-export function removeStaleDirs(workDir: string, prefix: string): void {
+export const HANDED_OVER = 'handed-over';
+
+/**
+ * Removes the directories of `prefix` in `workDir` left by ferry processes that no longer exist
+ * (SIGKILL leaves them), as the image writer does for its temporary files. A sender's directory
+ * marked HANDED_OVER is not thrown away: its sender died at the hand-over, so whether the
+ * workload runs on the target is unknown, and its image is moved out of the directory (no sweep
+ * removes it there) and named to `onKept` with the pid it holds.
+ */
+export function removeStaleDirs(workDir: string, prefix: string, onKept?: (image: string, pid: number) => void): void {
   let names: string[];
   try {
     names = readdirSync(workDir);
@@ -40,10 +49,30 @@ export function removeStaleDirs(workDir: string, prefix: string): void {
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
     const pid = Number(name.slice(prefix.length).split('-')[0]);
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !existsSync(`/proc/${pid}`)) {
-      rmSync(join(workDir, name), { recursive: true, force: true });
+    if (!(Number.isInteger(pid) && pid > 0 && pid !== process.pid && !existsSync(`/proc/${pid}`))) continue;
+    const dir = join(workDir, name);
+    const mark = join(dir, HANDED_OVER);
+    if (existsSync(mark) && existsSync(join(dir, 'image.tar'))) {
+      let of = 0;
+      try {
+        of = Number(JSON.parse(readFileSync(mark, 'utf8')).pid) || 0;
+      } catch { /* unreadable: the pid stays unknown */ }
+      const kept = join(workDir, `ferry-migrate-${of}-unknown-${name.slice(prefix.length)}.tar`);
+      try {
+        renameSync(join(dir, 'image.tar'), kept);
+      } catch {
+        continue; // kept where it is: never removed without a copy elsewhere
+      }
+      onKept?.(kept, of);
     }
+    rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** removeStaleDirs' warning for a copy kept from a sender that died at the hand-over. */
+export function keptCopyWarning(image: string, pid: number): string {
+  return `a migration of pid ${pid} lost its sender at the hand-over, so whether it runs on its target is unknown: its image is kept in ${image}; `
+    + `if pid ${pid} runs neither here nor there, restore it with: ferry restore --image ${image}`;
 }
 
 /** A private directory for this run in image.work_dir; FerryError naming the setting when it cannot be made. */

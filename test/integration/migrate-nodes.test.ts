@@ -490,6 +490,9 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       await waitFor('the receiver to pause after rebuilding', () => /paused at rebuilt/.test(recv.stderr()), 30_000);
       assert.equal(status(nodes.source, 'ferry-m12'), 'stopped', 'killed, kept until the target says it runs');
       mig.child.kill('SIGKILL');
+      // Its copy may be the workload's only one now: marked, so that no sweep throws it away.
+      assert.ok(leftovers().some((n) => n.startsWith(`.ferry-migrate-${mig.child.pid}-`) && existsSync(join(workDir, n, 'handed-over'))),
+        `the sender's copy is marked as handed over: ${leftovers().join(', ')}`);
       await waitFor('the watchdog to delete the killed source', () => status(nodes.source, 'ferry-m12') === 'absent', 10_000);
       assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
       assert.equal(status(nodes.target, 'ferry-m13'), 'running');

@@ -1,0 +1,54 @@
+/**
+ * The sweep of migrations' private directories (src/migrate/workdir.ts): a dead sender's
+ * directory goes, unless it was marked at the hand-over, when its copy may be the workload's
+ * only one: that copy is moved out and named, never removed.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { HANDED_OVER, keptCopyWarning, removeStaleDirs, SENDER_DIR } from '../../src/migrate/workdir.js';
+
+const work = mkdtempSync(join(tmpdir(), 'ferry-workdir-'));
+after(() => rmSync(work, { recursive: true, force: true }));
+
+/** A pid that existed and is gone now (a child that exited and was reaped). */
+const gone = Number(spawnSync('/bin/sh', ['-c', 'echo $$'], { encoding: 'utf8' }).stdout.trim());
+
+describe('removeStaleDirs', () => {
+  it('removes a dead sender\'s directory, keeps a live one\'s', () => {
+    const dead = join(work, `${SENDER_DIR}${gone}-aaaaaa`);
+    const live = join(work, `${SENDER_DIR}${process.pid}-bbbbbb`);
+    for (const d of [dead, live]) {
+      mkdirSync(d);
+      writeFileSync(join(d, 'image.tar'), 'image');
+    }
+    const kept: string[] = [];
+    removeStaleDirs(work, SENDER_DIR, (image) => kept.push(image));
+    assert.ok(!existsSync(dead) && existsSync(live));
+    assert.deepEqual(kept, []);
+    rmSync(live, { recursive: true });
+  });
+
+  it('moves out and names the copy of a sender that died at the hand-over', () => {
+    const dir = join(work, `${SENDER_DIR}${gone}-cccccc`);
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'image.tar'), 'the only copy');
+    writeFileSync(join(dir, HANDED_OVER), JSON.stringify({ pid: 4242, to: 'tcp://node2:7070' }));
+    const kept: Array<[string, number]> = [];
+    removeStaleDirs(work, SENDER_DIR, (image, pid) => kept.push([image, pid]));
+    assert.ok(!existsSync(dir));
+    assert.equal(kept.length, 1);
+    const [image, pid] = kept[0]!;
+    assert.equal(pid, 4242);
+    assert.equal(readFileSync(image, 'utf8'), 'the only copy');
+    assert.deepEqual(readdirSync(work), [`ferry-migrate-4242-unknown-${gone}-cccccc.tar`]);
+    assert.equal(keptCopyWarning(image, pid), `a migration of pid 4242 lost its sender at the hand-over, so whether it runs on its target is unknown: `
+      + `its image is kept in ${image}; if pid 4242 runs neither here nor there, restore it with: ferry restore --image ${image}`);
+    // A later sweep leaves it: it is no private directory.
+    removeStaleDirs(work, SENDER_DIR, () => assert.fail('swept twice'));
+    assert.ok(existsSync(image));
+  });
+});
