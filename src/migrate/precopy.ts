@@ -30,7 +30,6 @@ import { PAGE_SIZE } from '../arch/x86-64.js';
 import { DirtyTracker, type ProcessScan } from '../dump/dirty.js';
 import { FerryError, describeCause } from '../errors.js';
 import { faultPoint } from '../fault.js';
-import { native } from '../native/binding.js';
 import { parseChildren } from '../proc/children.js';
 import { listTids, readProcText } from '../proc/read.js';
 import { MAX_DATA_BYTES, type Channel } from './channel.js';
@@ -164,31 +163,45 @@ export class PreCopySender {
     }
   }
 
-  /** Forgets what a scan says changed; sends the dirty pages (reading them now) and holds them. */
+  /**
+   * Forgets what a scan says changed; sends the dirty pages (reading them now) and holds them.
+   * Pages are read through /proc/PID/mem, which takes a reference (FOLL_GET), not a pin: a pin
+   * (process_vm_readv) of a page a forked tree still shares copy-on-write would copy it
+   * (proc/pagemap.ts sharedAnonPages), and the running tree's memory would grow.
+   */
   private async sendRound(scans: readonly ProcessScan[]): Promise<{ pages: number; bytes: number }> {
-    const n = native();
     let pages = 0;
     for (const s of scans) {
       const held = this.forget(s);
       if (held === undefined) continue;
-      for (const [addr, count] of s.dirty) {
-        for (let off = 0; off < count; off += FRAME_PAGES) {
-          this.o.signal?.throwIfAborted();
-          const k = Math.min(FRAME_PAGES, count - off);
-          const at = addr + BigInt(off * PAGE_SIZE);
-          const frame = Buffer.allocUnsafe(HEAD + k * PAGE_SIZE);
-          writeHead(frame, TAG_PAGES, s.pid, at, k);
-          try {
-            n.readMemory(s.pid, new Float64Array([Number(at), k * PAGE_SIZE]), frame, HEAD);
-          } catch {
-            continue; // unmapped since the scan: not held, the frozen image has what is there
+      let mem: number;
+      try {
+        mem = openSync(`/proc/${s.pid}/mem`, 'r');
+      } catch {
+        continue; // gone: the frozen image says what it had
+      }
+      try {
+        for (const [addr, count] of s.dirty) {
+          for (let off = 0; off < count; off += FRAME_PAGES) {
+            this.o.signal?.throwIfAborted();
+            const k = Math.min(FRAME_PAGES, count - off);
+            const at = addr + BigInt(off * PAGE_SIZE);
+            const frame = Buffer.allocUnsafe(HEAD + k * PAGE_SIZE);
+            writeHead(frame, TAG_PAGES, s.pid, at, k);
+            try {
+              if (readSync(mem, frame, HEAD, k * PAGE_SIZE, at) !== k * PAGE_SIZE) continue;
+            } catch {
+              continue; // unmapped since the scan: not held, the frozen image has what is there
+            }
+            const first = Number(at / BigInt(PAGE_SIZE));
+            for (let p = 0; p < k; p++) held.add(first + p);
+            pages += k;
+            this.roundBytes += frame.length;
+            if (!this.ch.sendData(frame)) await this.drained();
           }
-          const first = Number(at / BigInt(PAGE_SIZE));
-          for (let p = 0; p < k; p++) held.add(first + p);
-          pages += k;
-          this.roundBytes += frame.length;
-          if (!this.ch.sendData(frame)) await this.drained();
         }
+      } finally {
+        closeSync(mem);
       }
     }
     await this.drained();

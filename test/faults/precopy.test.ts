@@ -7,15 +7,23 @@
  * target holds nothing (no spool, no page store, no stub).
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { needs } from '../helpers/env.js';
-import { cleanup, procState, stubs, verify, waitFor } from '../helpers/processes.js';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { cleanup, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
 import {
   exitOf, killFerries, leftovers, migrationDir, startDirtier, startFerry, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
 after(() => { killFerries(); cleanup(); });
+
+/** The tree rooted at `root`: its total PSS (/proc/PID/smaps_rollup), kB. */
+function treePss(root: number): number {
+  const kids = readFileSync(`/proc/${root}/task/${root}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+  return [root, ...kids].reduce((sum, pid) => sum + Number(/^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))![1]), 0);
+}
 
 describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_000 }, () => {
   const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-precopy-faults-');
@@ -57,4 +65,20 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       process.kill(w.pid, 'SIGKILL');
     });
   }
+
+  it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'cow'), ['DIR', '32']);
+    const before = treePss(w.pid);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'precopy');
+    await waitFor('ferry migrate to pause after its first round', () => /paused at precopy/.test(mig.stderr()), 60_000);
+    const during = treePss(w.pid);
+    // A pin of each shared page would have given each of the five processes a copy: ~5x.
+    assert.ok(during < before * 1.25, `the tree's PSS went from ${before} kB to ${during} kB in the first round`);
+    mig.child.kill('SIGTERM');
+    await exitOf(mig, 'ferry migrate');
+    await exitOf(recv, 'ferry receive --once');
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
 });
