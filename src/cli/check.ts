@@ -266,13 +266,13 @@ function probes(ctx: RunContext, pkg: string, loadNative: () => typeof import('.
     },
     {
       name: 'userfaultfd', needed: false, run: () => existsSync('/proc/sys/vm/unprivileged_userfaultfd')
-        ? { ok: true, info: true, detail: `userfaultfd is built in${kernelAtLeast(6, 7) ? ', with PAGEMAP_SCAN (6.7+)' : ''} (for lazy migration)` }
-        : { ok: true, info: true, detail: 'no userfaultfd in this kernel: lazy migration is not possible here' },
+        ? { ok: true, info: true, detail: `userfaultfd is built in${kernelAtLeast(6, 7) ? ', with PAGEMAP_SCAN (6.7+)' : ''}: ferry migrate tracks a running tree's writes with it (pre-copy)` }
+        : { ok: true, info: true, detail: 'no userfaultfd in this kernel: ferry migrate goes by stop and copy (no pre-copy)' },
     },
     {
       name: 'soft_dirty', needed: false, run: () => / sd( |$)/m.test(readText('/proc/self/smaps')?.match(/^VmFlags:.*$/m)?.[0] ?? '')
         ? { ok: true, info: true, detail: 'soft-dirty page tracking is available' }
-        : { ok: true, info: true, detail: 'no soft-dirty page tracking in this kernel (pre-copy would use userfaultfd write-protection instead)' },
+        : { ok: true, info: true, detail: 'no soft-dirty page tracking in this kernel (pre-copy uses userfaultfd write-protection instead)' },
     },
     {
       name: 'time_ns', needed: false, run: () => existsSync('/proc/self/ns/time')
