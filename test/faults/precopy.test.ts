@@ -68,17 +68,35 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
 
   it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
     const w = await startWorkload(join(WORKLOADS, 'cow'), ['DIR', '32']);
-    const before = treePss(w.pid);
-    const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'precopy');
-    await waitFor('ferry migrate to pause after its first round', () => /paused at precopy/.test(mig.stderr()), 60_000);
-    const during = treePss(w.pid);
-    // A pin of each shared page would have given each of the five processes a copy: ~5x.
-    assert.ok(during < before * 1.25, `the tree's PSS went from ${before} kB to ${during} kB in the first round`);
-    mig.child.kill('SIGTERM');
-    await exitOf(mig, 'ferry migrate');
-    await exitOf(recv, 'ferry receive --once');
-    assert.equal(procState(w.pid).tracer, 0);
-    assert.equal(await verify(w), 'PASS');
+    // Its children are not the test's own: they go with the root, or here if it fails (each
+    // only while it is the same process: its start time unchanged, so a reused pid is spared).
+    const started = (pid: number): string | undefined => {
+      try {
+        return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[19];
+      } catch {
+        return undefined;
+      }
+    };
+    const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number)
+      .map((pid) => ({ pid, at: started(pid) }));
+    try {
+      const before = treePss(w.pid);
+      const { r: recv, port } = await startReceiver(key, config);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'precopy');
+      await waitFor('ferry migrate to pause after its first round', () => /paused at precopy/.test(mig.stderr()), 60_000);
+      const during = treePss(w.pid);
+      // A pin of each shared page would have given each of the five processes a copy: ~5x.
+      assert.ok(during < before * 1.25, `the tree's PSS went from ${before} kB to ${during} kB in the first round`);
+      mig.child.kill('SIGTERM');
+      await exitOf(mig, 'ferry migrate');
+      await exitOf(recv, 'ferry receive --once');
+      assert.equal(procState(w.pid).tracer, 0);
+      assert.equal(await verify(w), 'PASS');
+    } finally {
+      for (const k of kids) {
+        if (k.at === undefined || started(k.pid) !== k.at) continue; // gone: it exited after its check
+        try { process.kill(k.pid, 'SIGKILL'); } catch { /* exited meanwhile */ }
+      }
+    }
   });
 });
