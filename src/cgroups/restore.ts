@@ -58,7 +58,7 @@ interface Target {
 /** The hierarchy key as people know it. */
 const named = (key: string): string => (key === '' ? 'cgroup v2' : key);
 
-/** A plan made before anything exists; `apply`, `placeProcesses`, `placeThreads` carry it out. */
+/** A plan made before anything exists; `apply`, `placeProcess`, `placeThreads` carry it out. */
 export class CgroupPlan {
   private readonly created: Target[] = [];
   private watchdog: StartingWatchdog | undefined;
@@ -264,13 +264,21 @@ export class CgroupPlan {
     }
   }
 
-  /** Moves every process (`hostPid` of its image pid) into its cgroups, before its memory is rebuilt (it is charged there). */
-  placeProcesses(hostPid: (pid: number) => number | undefined): void {
-    for (const task of this.record.tasks) {
-      const pid = hostPid(task.pid);
-      if (pid !== undefined) this.place(pid, task.cgroups, 'cgroup.procs', `pid ${task.pid}`);
-    }
+  /**
+   * Moves the process `pid` of the image (`hostPid` here) into its cgroups, before its memory
+   * is rebuilt (it is charged there). One lookup: restore calls it once per process.
+   */
+  placeProcess(pid: number, hostPid: number): void {
+    const task = this.byPid.get(pid);
+    if (task !== undefined) this.place(hostPid, task.cgroups, 'cgroup.procs', `pid ${pid}`);
   }
+
+  /** The record's tasks by image pid. */
+  private get byPid(): Map<number, CgroupsRecord['tasks'][number]> {
+    return (this.tasksByPid ??= new Map(this.record.tasks.map((t) => [t.pid, t])));
+  }
+
+  private tasksByPid: Map<number, CgroupsRecord['tasks'][number]> | undefined;
 
   /** Moves the threads recorded apart from their process, once they exist (`hostTid` of an image tid). */
   placeThreads(hostTid: (tid: number) => number | undefined): void {

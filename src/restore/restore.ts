@@ -217,7 +217,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       late: (rec) => { const t = taskOf.get(rec.pid); return t !== undefined && inherits(t); },
       memory: (rec, t) => {
         o.signal?.throwIfAborted();
-        cgroups?.placeProcesses((pid) => (pid === rec.pid ? t.pid : undefined));
+        cgroups?.placeProcess(rec.pid, t.pid);
         const task = taskOf.get(rec.pid)!;
         const parent = inherits(task) ? taskOf.get(rec.ppid)! : undefined;
         const keep = parent ? keptAreas(task) : [];
