@@ -11,13 +11,13 @@
  * one must be reaped here for its PID to be free for the restore.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { exitOf, killFerries, records, startFerry, type Running } from '../helpers/precopy-run.js';
 import { derivePsk, keySecret } from '../../src/migrate/key.js';
 import {
   alive, cleanup, ferry, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload,
@@ -26,51 +26,9 @@ import {
 const skip = needs('root', 'build');
 after(cleanup);
 
-/** A ferry started in the background. */
-interface Running {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  /** Resolves with the exit status (or 128 + signal). */
-  exited: Promise<number>;
-}
-
-const started = new Set<ChildProcess>();
-after(() => { for (const c of started) c.kill('SIGKILL'); });
-
-/** Starts bin/ferry `args` in the background (FERRY_TEST_PAUSE_AT from `pause`). */
-function start(args: string[], pause?: string): Running {
-  const env = { ...process.env };
-  delete env['FERRY_TEST_PAUSE_AT'];
-  if (pause !== undefined) env['FERRY_TEST_PAUSE_AT'] = pause;
-  const child = spawn(FERRY, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  started.add(child);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
-  const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => {
-    started.delete(child);
-    resolve(code ?? 128 + (signal === 'SIGKILL' ? 9 : 15));
-  }));
-  return { child, stdout: () => out, stderr: () => err, exited };
-}
-
-/** Waits for `r` to exit, at most `ms`. */
-async function exitOf(r: Running, what: string, ms = 60_000): Promise<number> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} did not exit within ${ms / 1000} s; stderr: ${r.stderr()}`)), ms); });
-  try {
-    return await Promise.race([r.exited, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** The JSON records a ferry printed so far. */
-function records(r: Running): Array<Record<string, unknown>> {
-  return r.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
-}
+/** ferry in the background, its exit and its JSON records: the pre-copy tests' helpers. */
+const start = startFerry;
+after(killFerries);
 
 /** A receiver on 127.0.0.1 with a port the kernel picked, and that port. */
 async function receiver(key: string, extra: string[], pause?: string): Promise<{ r: Running; port: number }> {
