@@ -262,17 +262,35 @@ describe('no access beyond its own from an untrusted image', { skip, timeout: 30
   const noHostKey = join(dir, 'none.toml');
   writeFileSync(noHostKey, '[image]\nhost_key = ""\n');
 
-  it('a nobody process holding a root-owned file open for writing: refused unless the image is trusted; the file untouched', async () => {
-    const w = await startWorkload('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter'), '50']);
-    await waitFor('a few ticks', () => w.ticks().length >= 3);
-    const site = keygen(dir, 'site');
-    // The log stays root's, mode 0644: nobody could not open it for writing itself.
+  /**
+   * Two images of `w`: unsigned (it left running) and signed by a key of `name` (it killed),
+   * with the signer's keys.
+   */
+  async function unsignedAndSigned(w: Awaited<ReturnType<typeof startWorkload>>, name: string): Promise<{ unsigned: string; signed: string; site: ReturnType<typeof keygen> }> {
+    const site = keygen(dir, name);
     const unsigned = join(w.dir, 'unsigned.tar');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', unsigned, '--config', noHostKey, '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     const signed = join(w.dir, 'signed.tar');
     await checkpoint(w, signed, ['--config', noHostKey, '--sign-key', site.key]);
     await w.exited;
+    return { unsigned, signed, site };
+  }
+
+  /** Restores `signed`, trusting `pub`: `w` counts on. */
+  async function restoresTrusted(w: Awaited<ReturnType<typeof startWorkload>>, signed: string, pub: string): Promise<void> {
+    const rs = ferry(['restore', '--image', signed, '--config', noHostKey, '--trust', pub]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    const n = w.ticks().length;
+    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
+  }
+
+  it('a nobody process holding a root-owned file open for writing: refused unless the image is trusted; the file untouched', async () => {
+    const w = await startWorkload('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter'), '50']);
+    await waitFor('a few ticks', () => w.ticks().length >= 3);
+    // The log stays root's, mode 0644: nobody could not open it for writing itself.
+    const { unsigned, signed, site } = await unsignedAndSigned(w, 'site');
     chmodSync(w.dir, 0o755); // the way to the log is open: the file itself is what is refused
     const before = readFileSync(w.log);
     const fd = 1; // stdout and stderr hold the log; the lowest is named
@@ -281,11 +299,7 @@ describe('no access beyond its own from an untrusted image', { skip, timeout: 30
       + 'sign the image and restore with --trust if it is genuine', w.pid);
     assert.deepEqual(readFileSync(w.log), before, 'the log untouched');
     // Signed by a trusted key, the same state restores: a daemon may hold what it opened as root.
-    const rs = ferry(['restore', '--image', signed, '--config', noHostKey, '--trust', site.pub]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    const n = w.ticks().length;
-    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
+    await restoresTrusted(w, signed, site.pub);
   });
 
   it('a nobody process holding a root-only file open for reading: refused unless the image is trusted', async () => {
@@ -304,21 +318,11 @@ describe('no access beyond its own from an untrusted image', { skip, timeout: 30
     await waitFor('a few ticks', () => w.ticks().length >= 3);
     chownSync(w.log, 65534, 65534);
     chmodSync(w.dir, 0o755);
-    const site = keygen(dir, 'reader');
-    const unsigned = join(w.dir, 'unsigned.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', unsigned, '--config', noHostKey, '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    const signed = join(w.dir, 'signed.tar');
-    await checkpoint(w, signed, ['--config', noHostKey, '--sign-key', site.key]);
-    await w.exited;
+    const { unsigned, signed, site } = await unsignedAndSigned(w, 'reader');
     refusedRestore(['--image', unsigned, '--config', noHostKey], `image ${unsigned}: pid ${w.pid} (sh) fd 3 would get ${JSON.stringify(secret)} open for reading, `
       + 'which its credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE) could not open so (owner 0:0, mode 600): nothing was restored; '
       + 'sign the image and restore with --trust if it is genuine', w.pid);
-    const rs = ferry(['restore', '--image', signed, '--config', noHostKey, '--trust', site.pub]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
+    await restoresTrusted(w, signed, site.pub);
     assert.equal(readFileSync(`/proc/${w.pid}/fdinfo/3`, 'utf8').match(/^flags:\s+(\d+)/m)?.[1]?.slice(-1), '0', 'fd 3 back, read-only');
-    const n = w.ticks().length;
-    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
   });
 });
