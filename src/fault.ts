@@ -23,20 +23,24 @@
  * - migration (src/migrate/): `streaming` (the first chunk of the image has crossed the
  *   connection: sent by `ferry migrate`, the tree stopped; spooled by `ferry receive`);
  *   `precopy` (`ferry migrate` has sent the first pre-copy round: the tree runs, its writes
- *   tracked through ferry's userfaultfd, nothing of it seized).
+ *   tracked through ferry's userfaultfd, nothing of it seized); `holding` (the dirty tracking
+ *   holds a source process's threads stopped while it registers its areas, the first time it
+ *   does: a synchronous pause, ended only by its time or by SIGKILL).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy',
+  'precopy', 'holding',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 
 let pauseAt: FaultPhase | undefined;
 /** How long to pause, milliseconds; undefined: until killed or aborted. */
 let pauseMs: number | undefined;
+/** Whether a synchronous fault point has paused already (it pauses once). */
+let pausedSync = false;
 
 /** Sets the phase to pause at (the CLI programs call this with FERRY_TEST_PAUSE_AT). */
 export function setPauseAt(spec: string | undefined): void {
@@ -71,4 +75,17 @@ export async function faultPoint(phase: FaultPhase, signal?: AbortSignal): Promi
       reject(signal.reason);
     }, { once: true });
   });
+}
+
+/**
+ * Passes fault point `phase` where ferry cannot wait asynchronously (inside a synchronous
+ * hold): blocks the thread, the first time only, for the time set or until ferry is killed.
+ * Signal handlers do not run meanwhile, so only SIGKILL (or the time) ends it.
+ */
+export function faultPointSync(phase: FaultPhase): void {
+  if (pauseAt !== phase || pausedSync) return;
+  pausedSync = true;
+  writeSync(2, `ferry-test: paused at ${phase} (pid ${process.pid})\n`);
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, pauseMs ?? Infinity);
+  writeSync(2, `ferry-test: going on after ${phase} (pid ${process.pid})\n`);
 }

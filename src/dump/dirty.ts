@@ -38,6 +38,7 @@
 import { closeSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PAGE_SIZE, SYS } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import type { Logger } from 'pino';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
@@ -203,6 +204,7 @@ class TrackedProcess {
   register(strict: boolean, out?: ProcessScan): Array<{ v: Vma; flags: string[] }> {
     const n = native();
     return holdStopped(this.pid, () => {
+      faultPointSync('holding');
       const areas = trackable(readProcText(this.pid, 'smaps'));
       for (const { v, flags } of areas) {
         if (flags.includes('uw')) continue;

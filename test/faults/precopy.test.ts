@@ -1,7 +1,8 @@
 /**
  * Fault cells of pre-copy migration (src/migrate/precopy.ts, src/dump/dirty.ts): `ferry
  * migrate` hit after its first round (FERRY_TEST_PAUSE_AT=precopy), while the source runs
- * with its writes tracked through ferry's userfaultfd. Whatever hits it, the source must run
+ * with its writes tracked through ferry's userfaultfd, and inside the hold that keeps the
+ * source's threads stopped while its areas are registered (`holding`). Whatever hits it, the source must run
  * on as it was: not stopped, untraced, its areas no longer write-tracked (a SIGKILLed ferry's
  * userfaultfd is released by the kernel, which unregisters them), every page right; and the
  * target holds nothing (no spool, no page store, no stub).
@@ -65,6 +66,33 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       process.kill(w.pid, 'SIGKILL');
     });
   }
+
+  it('SIGKILL while the tracking holds the source stopped to register its areas: it runs on untraced and untracked', async () => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'holding');
+    await waitFor('ferry migrate to pause inside its hold', () => /paused at holding/.test(mig.stderr()), 60_000);
+    // The hold is real: the source is stopped, traced by ferry.
+    const held = procState(w.pid);
+    assert.equal(held.tracer, mig.child.pid, 'held by ferry migrate');
+    assert.equal(held.state, 't', 'stopped by its tracer');
+
+    mig.child.kill('SIGKILL');
+    assert.equal(await exitOf(mig, 'ferry migrate'), 137);
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+    await waitFor('the kernel to let the source go', () => procState(w.pid).tracer === 0, 5000);
+    const st = procState(w.pid);
+    assert.notEqual(st.state, 't', 'not stopped');
+    assert.notEqual(st.state, 'T', 'not stopped');
+    assert.equal(st.ppid, process.pid, 'the original process');
+    await waitFor('the tracking to be gone', () => !writeTracked(w.pid), 5000);
+    const m = w.ticks().length;
+    await waitFor('the source to write on', () => w.ticks().length >= m + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), [], 'nothing left on the target (spool, page store) or the source');
+    assert.deepEqual(stubs(), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
 
   it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
     const w = await startWorkload(join(WORKLOADS, 'cow'), ['DIR', '32']);
