@@ -28,7 +28,7 @@
  * notification removes the sandbox and everything in it; a watchdog does it if this process
  * dies first.
  */
-import { existsSync, fstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, fstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { CheckpointResult, RestoreResult } from '../api.js';
@@ -36,7 +36,7 @@ import type { Config } from '../config/config.js';
 import { checkpointContainer, readConfig, rootfsOf, type OciConfig } from '../container/checkpoint.js';
 import { restoreContainer } from '../container/restore.js';
 import { Runtime } from '../container/runtime.js';
-import { FerryError, describeCause } from '../errors.js';
+import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileOptions } from '../files/types.js';
 import { native } from '../native/binding.js';
 import { armWatchdog } from '../watchdog.js';
@@ -302,8 +302,7 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
       throw new FerryError('EBUNDLE', `RESTORE's root ${o.root} is not the rootfs ${rootfs} of bundle ${bundle}`);
     }
     const inherit = inheritOf(o, log);
-    mkdirSync(PRIVATE_STATE_PARENT, { recursive: true, mode: 0o700 });
-    priv = mkdtempSync(join(PRIVATE_STATE_PARENT, `${process.pid}-`));
+    priv = privateDir();
     const state = join(priv, 'state');
     const sandbox = join(priv, 'bundle');
     mkdirSync(state, { mode: 0o700 });
@@ -311,8 +310,9 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
     writeFileSync(join(sandbox, 'config.json'), JSON.stringify(sandboxConfig(config, bundle)), { mode: 0o600 });
     rt = new Runtime(caller.exe, state);
     // Until runc has the tree ("post-restore" answered), ferry's death must take it away.
-    // The watchdog also removes the private state (sh: one program for both steps).
-    watchdog = await armWatchdog(['exec', '/bin/sh', '-c', '"$1" --root "$2" delete --force "$3"; rm -rf -- "$4"', 'sh',
+    // The watchdog also removes the private state, and its parent if no other restore uses it
+    // (sh: one program for these steps).
+    watchdog = await armWatchdog(['exec', '/bin/sh', '-c', '"$1" --root "$2" delete --force "$3"; rm -rf -- "$4"; rmdir -- "${4%/*}" 2>/dev/null || true', 'sh',
       rt.path, state, caller.id, priv], `container ${caller.id}`);
     made = true;
     const result: RestoreResult = await restoreContainer({
@@ -335,7 +335,26 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
     throw err;
   } finally {
     watchdog?.disarm();
-    if (priv !== undefined) rmSync(priv, { recursive: true, force: true });
+    if (priv !== undefined) {
+      rmSync(priv, { recursive: true, force: true });
+      // The parent goes too when no other restore uses it (ENOTEMPTY: one does).
+      try { rmdirSync(PRIVATE_STATE_PARENT); } catch { /* in use, or gone */ }
+    }
+  }
+}
+
+/**
+ * A fresh private directory under PRIVATE_STATE_PARENT, which is made if missing (again, if a
+ * restore that just ended removed it in between).
+ */
+function privateDir(): string {
+  for (let attempt = 0; ; attempt++) {
+    mkdirSync(PRIVATE_STATE_PARENT, { recursive: true, mode: 0o700 });
+    try {
+      return mkdtempSync(join(PRIVATE_STATE_PARENT, `${process.pid}-`));
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT' || attempt >= 3) throw err;
+    }
   }
 }
 

@@ -95,6 +95,7 @@ describe('ferry\'s criu under an unmodified runc', { skip: SKIP_RUNC_CRIU, timeo
     const leftovers = existsSync(PRIVATE_STATE_PARENT)
       ? readdirSync(PRIVATE_STATE_PARENT).filter((d) => existsSync(join(PRIVATE_STATE_PARENT, d, 'state', id))) : [];
     assert.deepEqual(leftovers, [], 'the second runc\'s private state is removed');
+    assert.ok(!existsSync(PRIVATE_STATE_PARENT) || readdirSync(PRIVATE_STATE_PARENT).length > 0, `no empty ${PRIVATE_STATE_PARENT} is left`);
 
     // runc drives the restored container like any other.
     assert.equal(rc.run(['kill', id, 'KILL']).code, 0);
