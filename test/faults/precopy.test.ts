@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import { cleanup, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
   exitOf, killFerries, leftovers, migrationDir, startDirtier, startFerry, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
@@ -29,6 +29,25 @@ function treePss(root: number): number {
 describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_000 }, () => {
   const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-precopy-faults-');
 
+  /**
+   * After a hit ferry: the source is the original process, untraced, not stopped, no longer
+   * write-tracked, writing on with every page right; nothing is left on either side. Then it
+   * is killed.
+   */
+  async function runsOnUnharmed(w: Workload): Promise<void> {
+    const st = procState(w.pid);
+    assert.equal(st.tracer, 0, 'untraced');
+    assert.ok(st.state !== 'T' && st.state !== 't', `not stopped (${st.state})`);
+    assert.equal(st.ppid, process.pid, 'the original process');
+    await waitFor('the tracking to be gone', () => !writeTracked(w.pid), 5000);
+    const m = w.ticks().length;
+    await waitFor('the source to write on', () => w.ticks().length >= m + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), [], 'nothing left on the target (spool, page store) or the source');
+    assert.deepEqual(stubs(), []);
+    process.kill(w.pid, 'SIGKILL');
+  }
+
   for (const [fault, status] of [['SIGKILL', 137], ['SIGTERM', 143]] as const) {
     it(`${fault} after the first round: the source runs on untraced and untracked, the target holds nothing`, async () => {
       const w = await startDirtier(32, 10);
@@ -36,7 +55,7 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'precopy');
       await waitFor('ferry migrate to pause after its first round', () => /paused at precopy/.test(mig.stderr()), 60_000);
       // Meanwhile the source runs, tracked, not seized.
-      let st = procState(w.pid);
+      const st = procState(w.pid);
       assert.equal(st.tracer, 0, 'not traced during the rounds');
       assert.notEqual(st.state, 'T');
       assert.equal(writeTracked(w.pid), true, 'its areas are write-tracked during the rounds');
@@ -52,18 +71,7 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
         await waitFor('the receiver to report why', () => /reports: pre-copy of pid \d+ interrupted by SIGTERM/.test(recv.stderr()));
       }
       assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
-
-      st = procState(w.pid);
-      assert.equal(st.tracer, 0, 'untraced');
-      assert.notEqual(st.state, 'T', 'not stopped');
-      assert.equal(st.ppid, process.pid, 'the original process');
-      await waitFor('the tracking to be gone', () => !writeTracked(w.pid), 5000);
-      const m = w.ticks().length;
-      await waitFor('the source to write on', () => w.ticks().length >= m + 2);
-      assert.equal(await verify(w), 'PASS');
-      assert.deepEqual(leftovers(workDir), [], 'nothing left on the target (spool, page store) or the source');
-      assert.deepEqual(stubs(), []);
-      process.kill(w.pid, 'SIGKILL');
+      await runsOnUnharmed(w);
     });
   }
 
@@ -81,17 +89,7 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     assert.equal(await exitOf(mig, 'ferry migrate'), 137);
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
     await waitFor('the kernel to let the source go', () => procState(w.pid).tracer === 0, 5000);
-    const st = procState(w.pid);
-    assert.notEqual(st.state, 't', 'not stopped');
-    assert.notEqual(st.state, 'T', 'not stopped');
-    assert.equal(st.ppid, process.pid, 'the original process');
-    await waitFor('the tracking to be gone', () => !writeTracked(w.pid), 5000);
-    const m = w.ticks().length;
-    await waitFor('the source to write on', () => w.ticks().length >= m + 2);
-    assert.equal(await verify(w), 'PASS');
-    assert.deepEqual(leftovers(workDir), [], 'nothing left on the target (spool, page store) or the source');
-    assert.deepEqual(stubs(), []);
-    process.kill(w.pid, 'SIGKILL');
+    await runsOnUnharmed(w);
   });
 
   it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
