@@ -5,11 +5,12 @@
  * died with ferry have left them — and the image restores again after.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { rmCgroupTree } from '../helpers/cgroups.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, checkpointFreed, cleanup, ferry, own, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, ferry, own, startWorkload, verify, waitFor } from '../helpers/processes.js';
 import { hit, pidsFree, whilePaused, type Fault, type Problems } from './helpers.js';
 
 const CG = '/sys/fs/cgroup';
@@ -17,23 +18,9 @@ const skip = needs('root', 'build') || (!existsSync(join(CG, 'pids', 'cgroup.pro
 const NAME = `ferry-fault-cg-${process.pid}-${Date.now().toString(36)}`;
 const TOP = join(CG, 'pids', NAME);
 
-async function rmTree(dir: string): Promise<void> {
-  if (!existsSync(dir)) return;
-  for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) await rmTree(join(dir, e.name));
-  for (let i = 0; ; i++) {
-    try {
-      rmdirSync(dir);
-      return;
-    } catch (err) {
-      if (i > 100 || (err as NodeJS.ErrnoException).code !== 'EBUSY') throw err;
-      await sleep(20);
-    }
-  }
-}
-
 after(async () => {
   cleanup();
-  await rmTree(TOP).catch(() => {});
+  await rmCgroupTree(TOP).catch(() => {});
 });
 
 describe('fault cells: restore --manage-cgroups', { skip, timeout: 180_000 }, () => {
@@ -43,7 +30,7 @@ describe('fault cells: restore --manage-cgroups', { skip, timeout: 180_000 }, ()
     const w = await startWorkload(join(WORKLOADS, 'cgroups'), [join(TOP, 'a', 'cgroup.procs')]);
     const image = join(w.dir, 'cg.tar');
     await checkpointFreed(w, image);
-    await rmTree(TOP);
+    await rmCgroupTree(TOP);
     const p: Problems = [];
     const cells: Array<[string, Fault]> = [['created', 'SIGKILL'], ['created', 'SIGTERM'], ['rebuilt', 'SIGKILL'], ['rebuilt', 'SIGTERM']];
     for (const [phase, fault] of cells) {

@@ -7,13 +7,14 @@
  * rule for unsigned images, and refused edits. Every cgroup it made is removed after.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { CgroupsRecord } from '../../src/cgroups/record.js';
+import { rmCgroupTree } from '../helpers/cgroups.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointFreed, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 const CG = '/sys/fs/cgroup';
 const skip = needs('root', 'build') || (!existsSync(join(CG, 'pids', 'pids.max')) && !existsSync(join(CG, 'pids'))
@@ -35,24 +36,9 @@ function mk(dir: string, settings: Record<string, string> = {}): string {
   return dir;
 }
 
-/** Removes `dir` and the cgroups under it (the ones this test made), waiting for dying tasks to leave. */
-async function rmTree(dir: string): Promise<void> {
-  if (!existsSync(dir)) return;
-  for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) await rmTree(join(dir, e.name));
-  for (let i = 0; ; i++) {
-    try {
-      rmdirSync(dir);
-      return;
-    } catch (err) {
-      if (i > 100 || (err as NodeJS.ErrnoException).code !== 'EBUSY') throw err;
-      await sleep(20);
-    }
-  }
-}
-
 after(async () => {
   cleanup();
-  for (const d of [...made].sort((a, b) => b.length - a.length)) await rmTree(d).catch(() => {});
+  for (const d of [...made].sort((a, b) => b.length - a.length)) await rmCgroupTree(d).catch(() => {});
 });
 
 /** The cgroup (per hierarchy key) of `pid`'s thread `tid`. */
@@ -116,7 +102,7 @@ async function start(l: Layout): Promise<Workload & { tid: number }> {
 
 /** Removes the layout's cgroups (once the process left them). */
 async function removeLayout(l: Layout): Promise<void> {
-  for (const top of l.tops) await rmTree(top);
+  for (const top of l.tops) await rmCgroupTree(top);
   for (const top of l.tops) assert.ok(!existsSync(top), `${top} removed`);
 }
 
