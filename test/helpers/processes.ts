@@ -219,6 +219,27 @@ export async function checkpointFreed(w: Pick<Workload, 'pid' | 'exited'>, image
   await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
 }
 
+/** Every pid of workload `w`'s tree (it and its children), each owned: killed by cleanup(). */
+export function ownTree(w: Pick<Workload, 'pid'>): number[] {
+  const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+  for (const k of kids) own(k);
+  return [w.pid, ...kids];
+}
+
+/**
+ * Checkpoints workload `w`'s tree into `image` the default way (the tree is killed), with the
+ * further options `args`, asserting that ferry exits 0, and waits until every pid of the tree
+ * is free. Returns the pids, `w`'s first.
+ */
+export async function checkpointTreeFreed(w: Pick<Workload, 'pid' | 'exited'>, image: string, args: string[] = []): Promise<number[]> {
+  const pids = ownTree(w);
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, ...args]);
+  assert.equal(cp.code, 0, cp.stderr);
+  await w.exited;
+  await waitFor('the tree to be free', () => pids.every((p) => !alive(p)), 5000);
+  return pids;
+}
+
 /**
  * Runs a shell pipeline (for `ferry checkpoint --image - | ferry restore --image -`)
  * asynchronously, so this process can reap its children meanwhile.

@@ -10,23 +10,16 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, cleanup, ferry, ownTree, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
 
-/** Pids of the workload's processes: the parent and its child. */
-function pidsOf(w: Workload): number[] {
-  const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
-  return [w.pid, ...kids];
-}
-
 describe('eventfd, signalfd, timerfd, memfd and deleted files', { skip, timeout: 120_000 }, () => {
   it('come back with their state, shared between parent and child, three cycles in a row', async () => {
     const w = await startWorkload(join(WORKLOADS, 'anonfd'), ['DIR']);
-    const pids = pidsOf(w);
+    const pids = ownTree(w);
     assert.equal(pids.length, 2, 'parent and child');
-    pids.forEach(own);
     const image = join(w.dir, 'anonfd.tar');
     for (let i = 0; i < 3; i++) {
       await sleep(100);
@@ -44,8 +37,7 @@ describe('eventfd, signalfd, timerfd, memfd and deleted files', { skip, timeout:
 
   it('--leave-running changes nothing (timer expirations are put back), and the image restores too', async () => {
     const w = await startWorkload(join(WORKLOADS, 'anonfd'), ['DIR']);
-    const pids = pidsOf(w);
-    pids.forEach(own);
+    const pids = ownTree(w);
     const image = join(w.dir, 'anonfd.tar');
     await sleep(50);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
@@ -64,7 +56,7 @@ describe('eventfd, signalfd, timerfd, memfd and deleted files', { skip, timeout:
 
   it('refuses a deleted file above files.deleted_max_bytes before touching the tree', async () => {
     const w = await startWorkload(join(WORKLOADS, 'anonfd'), ['DIR', 'big']);
-    pidsOf(w).forEach(own);
+    ownTree(w);
     const image = join(w.dir, 'anonfd.tar');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
     assert.equal(cp.code, 1, cp.stderr);

@@ -6,12 +6,12 @@
  * nanosecond, and that the SIGIO and the lease break still reach it.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointTreeFreed, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -50,13 +50,8 @@ describe('leases and file owners', { skip, timeout: 120_000 }, () => {
 
   it('a lease being broken comes back as what it is broken to, and the breaker gets through', async () => {
     const w = await startWorkload(LEASES, ['DIR', 'breaking']);
-    const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-    for (const k of kids) own(k);
     const image = join(w.dir, 'breaking.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--file-locks']);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor('the tree to be free', () => [w.pid, ...kids].every((p) => !alive(p)), 5000);
+    await checkpointTreeFreed(w, image, ['--file-locks']);
     const rs = restore(image, ['--file-locks']);
     assert.equal(rs.code, 0, rs.stderr);
     assert.equal(await verify(w), 'PASS');

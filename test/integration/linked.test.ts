@@ -5,34 +5,23 @@
  * their offsets, with "DIR/a (deleted)" links.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, checkpointTreeFreed, cleanup, ferry, procState, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
 
 const LINKGONE = join(WORKLOADS, 'linkgone');
 
-/** Checkpoints the workload's tree (killing it) and waits for its pids to be free. */
-async function checkpoint(w: Workload, image: string): Promise<number[]> {
-  const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  for (const k of kids) own(k);
-  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-  assert.equal(cp.code, 0, cp.stderr);
-  await w.exited;
-  await waitFor('the tree to be free', () => [w.pid, ...kids].every((p) => !alive(p)), 5000);
-  return kids;
-}
-
 describe('a removed name of a file that has another', { skip, timeout: 120_000 }, () => {
   it('comes back as that inode, removed again, with offsets and sharing; nothing is left behind', async () => {
     const w = await startWorkload(LINKGONE, ['DIR']);
     const image = join(w.dir, 'linked.tar');
-    await checkpoint(w, image);
+    await checkpointTreeFreed(w, image);
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     assert.equal(await verify(w), 'PASS');
@@ -50,7 +39,7 @@ describe('a removed name of a file that has another', { skip, timeout: 120_000 }
   it('once its last name is gone too, the restore is refused naming it', async () => {
     const w = await startWorkload(LINKGONE, ['DIR']);
     const image = join(w.dir, 'linked.tar');
-    await checkpoint(w, image);
+    await checkpointTreeFreed(w, image);
     rmSync(join(w.dir, 'b'));
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 1);
@@ -61,7 +50,7 @@ describe('a removed name of a file that has another', { skip, timeout: 120_000 }
   it('an untrusted image may not reach a file by its handle', async () => {
     const w = await startWorkload(LINKGONE, ['DIR']);
     const image = join(w.dir, 'linked.tar');
-    await checkpoint(w, image);
+    await checkpointTreeFreed(w, image);
     const edited = join(w.dir, 'edited.tar');
     await editImage(image, edited, { 'files.json': json(() => undefined) });
     const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);

@@ -9,7 +9,7 @@ import { appendFileSync, readFileSync, statSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, cleanup, ferry, own, ownTree, procState, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -19,13 +19,6 @@ function restore(image: string, extra: string[] = []): ReturnType<typeof ferry> 
   const rs = ferry(['restore', '--image', image, '--json', ...extra]);
   if (rs.code === 0) for (const p of (JSON.parse(rs.stdout.toString()) as { pids: number[] }).pids) own(p);
   return rs;
-}
-
-/** Every pid of the workload's tree (the parent and its three children). */
-function treePids(w: Workload): number[] {
-  const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  for (const k of kids) own(k);
-  return [w.pid, ...kids];
 }
 
 /** Checkpoints with --file-locks and waits until every pid of the tree is free. */
@@ -38,7 +31,7 @@ async function checkpoint(w: Workload, image: string, pids: number[]): Promise<v
 describe('file locks', { skip, timeout: 120_000 }, () => {
   it('flock, POSIX and OFD locks and blocked waiters come back, three cycles in a row', async () => {
     const w = await startWorkload(join(WORKLOADS, 'locks'), ['DIR']);
-    const pids = treePids(w);
+    const pids = ownTree(w);
     assert.equal(pids.length, 4);
     const image = join(w.dir, 'locks.tar');
     for (let i = 0; i < 3; i++) {
@@ -54,7 +47,7 @@ describe('file locks', { skip, timeout: 120_000 }, () => {
 
   it('without --file-locks a held lock is refused before the tree is touched', async () => {
     const w = await startWorkload(join(WORKLOADS, 'locks'), ['DIR']);
-    treePids(w);
+    ownTree(w);
     const image = join(w.dir, 'locks.tar');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
     assert.equal(cp.code, 1);
@@ -68,7 +61,7 @@ describe('file locks', { skip, timeout: 120_000 }, () => {
 
   it('--leave-running keeps the original\'s locks; the image has them too', async () => {
     const w = await startWorkload(join(WORKLOADS, 'locks'), ['DIR']);
-    const pids = treePids(w);
+    const pids = ownTree(w);
     const image = join(w.dir, 'locks.tar');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--file-locks', '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
@@ -87,7 +80,7 @@ describe('file locks', { skip, timeout: 120_000 }, () => {
 describe('changed files', { skip, timeout: 60_000 }, () => {
   it('a file whose size or mtime changed is refused naming it, and allowed with --allow-changed-files', async () => {
     const w = await startWorkload(join(WORKLOADS, 'locks'), ['DIR']);
-    const pids = treePids(w);
+    const pids = ownTree(w);
     const image = join(w.dir, 'locks.tar');
     await checkpoint(w, image, pids);
     const data = join(w.dir, 'data');

@@ -4,33 +4,23 @@
  * directory and /proc/1/stat; after restore it checks each names the same (restored) process.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, checkpointTreeFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
 
 const PROCFDS = join(WORKLOADS, 'procfds');
 
-/** Checkpoints the tree (killing it) and waits for its pids to be free. */
-async function checkpoint(w: Workload, image: string): Promise<void> {
-  const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  for (const k of kids) own(k);
-  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-  assert.equal(cp.code, 0, cp.stderr);
-  await w.exited;
-  await waitFor('the tree to be free', () => [w.pid, ...kids].every((p) => !alive(p)), 5000);
-}
-
 describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
   it('come back naming the restored processes, with their offsets', async () => {
     const w = await startWorkload(PROCFDS, ['DIR']);
     const image = join(w.dir, 'proc.tar');
-    await checkpoint(w, image);
+    await checkpointTreeFreed(w, image);
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     assert.equal(await verify(w), 'PASS');
@@ -47,7 +37,7 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
   it('an untrusted image may not open a /proc file of a process outside its tree', async () => {
     const w = await startWorkload(PROCFDS, ['DIR']);
     const image = join(w.dir, 'proc.tar');
-    await checkpoint(w, image);
+    await checkpointTreeFreed(w, image);
     const edited = join(w.dir, 'edited.tar');
     await editImage(image, edited, { 'files.json': json(() => undefined) });
     const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
