@@ -134,6 +134,8 @@ export interface MigrateCliOptions extends GlobalCliOptions {
   sshConfig?: string;
   /** --sign-key: sign the image with this Ed25519 private key (the target trusts its .pub). */
   signKey?: string;
+  /** The runc-style file flags, as checkpoint takes them; the target restores with the same. */
+  files: CliFileFlags;
   /**
    * Pre-copy rounds at most: --max-rounds N (1..64, default 8); --no-pre-copy: 0 (stop and
    * copy). Absent: the library's default.
@@ -245,15 +247,15 @@ export function externalKey(command: Command, option: string, key: string): stri
   throw new UsageError(command, `${option} ${JSON.stringify(key)}: expected pipe:[INODE], socket:[INODE] (or unix:[INODE]) or an absolute path (or file:/PATH), as the leak error names it`);
 }
 
-/** The runc-style file flags of a parsed command line. */
-function fileFlags(v: Values): CliFileFlags {
+/** The runc-style file flags of a parsed command line (`command` names --external's errors). */
+function fileFlags(v: Values, command: Command = 'checkpoint'): CliFileFlags {
   const out: CliFileFlags = {
     tcpEstablished: v['tcp-established'] === true, tcpClose: v['tcp-close'] === true, extUnixSk: v['ext-unix-sk'] === true,
     shellJob: v['shell-job'] === true, fileLocks: v['file-locks'] === true,
   };
   if (v['skip-in-flight'] === true) out.skipInFlight = true;
   const external = v.external;
-  if (Array.isArray(external) && external.length > 0) out.external = external.map((k) => externalKey('checkpoint', '--external', k));
+  if (Array.isArray(external) && external.length > 0) out.external = external.map((k) => externalKey(command, '--external', k));
   return out;
 }
 
@@ -273,6 +275,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
     ...JSON_OPT, ...CONTAINER_OPTS, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' },
     'ssh-config': { type: 'string' }, 'target-id': { type: 'string' }, 'target-bundle': { type: 'string' }, 'target-root': { type: 'string' },
     'pre-copy': { type: 'boolean' }, 'no-pre-copy': { type: 'boolean' }, 'max-rounds': { type: 'string' },
+    ...FILE_FLAGS, external: { type: 'string', multiple: true }, 'skip-in-flight': { type: 'boolean' },
   },
   receive: {
     ...JSON_OPT, listen: { type: 'string' }, key: { type: 'string' }, once: { type: 'boolean' }, stdio: { type: 'boolean' },
@@ -521,7 +524,8 @@ function maxCredsOption(command: 'restore' | 'receive', text: string): CredsBoun
  * `ferry migrate (--pid PID | CONTAINER [--runtime R] [--root DIR] [--target-id ID]
  * [--target-bundle DIR] [--target-root DIR]) --to (tcp://HOST:PORT --key FILE |
  * ssh://[USER@]HOST[:PORT] [--ssh-config FILE]) [--sign-key FILE] [--pre-copy | --no-pre-copy]
- * [--max-rounds N] [--json]`
+ * [--max-rounds N] [--tcp-established] [--tcp-close] [--skip-in-flight] [--ext-unix-sk]
+ * [--shell-job] [--file-locks] [--external KEY]... [--json]`
  */
 export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
   const { values: v, positionals } = parse('migrate', argv, true);
@@ -568,7 +572,7 @@ export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
     if (key === undefined) throw new UsageError('migrate', '--key is required for tcp:// (the key file ferry receive was started with)');
     if (sshConfig !== undefined) throw new UsageError('migrate', '--ssh-config is for ssh:// only');
   }
-  const out: MigrateCliOptions = { ...globals('migrate', v), pid, to, json: v.json === true };
+  const out: MigrateCliOptions = { ...globals('migrate', v), pid, to, json: v.json === true, files: fileFlags(v, 'migrate') };
   if (container !== undefined) out.container = container;
   if (key !== undefined) out.key = key;
   if (sshConfig !== undefined) out.sshConfig = sshConfig;

@@ -394,7 +394,8 @@ SEE ALSO
 
 SYNOPSIS
   ferry migrate --pid PID --to DEST [--sign-key FILE]
-                [--pre-copy | --no-pre-copy] [--max-rounds N] [--json] [...]
+                [--pre-copy | --no-pre-copy] [--max-rounds N]
+                [--tcp-established] [...] [--json] [GLOBAL OPTIONS]
   ferry migrate CONTAINER --to DEST [--runtime R] [--root DIR]
                 [--target-id ID] [--target-bundle DIR] [--target-root DIR]
                 [--sign-key FILE] [--json] [GLOBAL OPTIONS]
@@ -476,6 +477,15 @@ OPTIONS
   --max-rounds N
       At most N pre-copy rounds (1-64, default 8); they also end once a
       round sends at most 1 MiB or shrinks by less than a tenth.
+  --tcp-established, --tcp-close, --ext-unix-sk, --shell-job,
+  --file-locks, --skip-in-flight, --external KEY
+      As for ferry checkpoint; the target restores with the same flags.
+      With --tcp-established, a tree's connections are locked (nftables)
+      from before they are read until they run on the target; the lock
+      kept here after the kill is removed once they do. Their local
+      addresses must be this tree's on the target too: move the addresses
+      with the workload (a container's namespace, or a service address the
+      peers reach on the target once ferry migrate returns).
   --json
       One JSON object per phase on standard output:
       {"phase":"round","round":N,"pages":N,"bytes":N,"dirtyRate":N,"ms":N}

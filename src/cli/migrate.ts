@@ -25,7 +25,7 @@ export async function runMigrate(o: MigrateCliOptions, ctx: RunContext, signal?:
   const progress = progressLine();
   let sent = 0, ms = 0;
   const common = {
-    to: o.to, config: ctx.config, logger: ctx.logger,
+    to: o.to, config: ctx.config, logger: ctx.logger, files: o.files,
     ...(key !== undefined ? { key } : {}),
     ...(o.sshConfig !== undefined ? { ssh: { config: o.sshConfig } } : {}),
     ...(o.signKey !== undefined ? { signKey: o.signKey } : {}),

@@ -43,7 +43,7 @@ export type Message =
    * S: who is coming; `bootId` tells the receiver whether it is the same running kernel;
    * `precopy`: data frames are tagged (precopy.ts: pre-copied pages, then the image).
    */
-  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean }
+  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean; files?: RestoreFlags }
   /** R: ready to receive an image. */
   | { type: 'welcome'; protocol: number; ferryVersion: string }
   /** S: the image is complete; `bytes` were sent. */
@@ -75,6 +75,28 @@ export interface ContainerTarget { id: string; bundle?: string; root?: string }
 const MAX_TARGET_PATH = 4096;
 
 
+/**
+ * S, in its hello: the runc-style file flags the tree was checkpointed with, which its restore
+ * needs too (--tcp-established: its connections are rebuilt; --file-locks: its locks taken).
+ */
+export interface RestoreFlags {
+  tcpEstablished?: boolean;
+  tcpClose?: boolean;
+  extUnixSk?: boolean;
+  shellJob?: boolean;
+  fileLocks?: boolean;
+}
+export const RESTORE_FLAGS = ['tcpEstablished', 'tcpClose', 'extUnixSk', 'shellJob', 'fileLocks'] as const;
+
+/** Checks the optional files field of a hello: RESTORE_FLAGS, booleans, nothing else. */
+function checkRestoreFlags(v: unknown, bad: (what: string) => never): void {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return void bad('hello.files');
+  for (const [k, x] of Object.entries(v)) {
+    if (!(RESTORE_FLAGS as readonly string[]).includes(k)) bad(`unknown field hello.files.${k}`);
+    if (typeof x !== 'boolean') bad(`hello.files.${k}`);
+  }
+}
+
 /** Checks the optional container field of a hello. */
 function checkContainerTarget(v: unknown, bad: (why: string) => never): void {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return void bad('hello.container');
@@ -103,8 +125,9 @@ function checkMessage(v: unknown): Message {
   };
   switch (m['type']) {
     case 'hello':
-      only('protocol', 'ferryVersion', 'pid', 'bootId', 'container', 'precopy'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64);
+      only('protocol', 'ferryVersion', 'pid', 'bootId', 'container', 'precopy', 'files'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64);
       if (m['container'] !== undefined) checkContainerTarget(m['container'], bad);
+      if (m['files'] !== undefined) checkRestoreFlags(m['files'], bad);
       if (m['precopy'] !== undefined && typeof m['precopy'] !== 'boolean') bad('hello.precopy');
       break;
     case 'welcome': only('protocol', 'ferryVersion'); int('protocol', 1 << 16); str('ferryVersion', 64); break;

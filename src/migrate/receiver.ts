@@ -181,7 +181,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(o.trust !== undefined ? { trust: o.trust } : {}),
       ...(o.bound !== undefined ? { bound: o.bound } : {}),
-      ...(o.files !== undefined ? { files: o.files } : {}),
+      // The flags the tree was checkpointed with (its hello), over this node's own.
+      ...(o.files !== undefined || hello.files !== undefined ? { files: { ...o.files, ...hello.files } } : {}),
       beforeCreate: async ({ pids, tids }) => {
         // On another machine (or boot) the PIDs must be free already; on this one the source
         // holds them until "go". A container's are its own pid namespace's.

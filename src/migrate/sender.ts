@@ -27,6 +27,8 @@ import type { CheckpointOptions, CheckpointResult, CommonOptions, RestoreOptions
 import { checkpoint } from '../dump/checkpoint.js';
 import { FerryError, describeCause } from '../errors.js';
 import { faultPoint } from '../fault.js';
+import { removeKeptLock } from '../files/tcp-lock.js';
+import type { FileOptions } from '../files/types.js';
 import { hostSigningKey } from '../image/host-key.js';
 import { signingKey } from '../image/sign.js';
 import { native } from '../native/binding.js';
@@ -34,7 +36,9 @@ import { restore } from '../restore/restore.js';
 import { parseMaxCreds } from '../restore/bounds.js';
 import { finishing, Session } from '../session.js';
 import { FERRY_VERSION } from '../version.js';
-import { abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, type Channel, type ContainerTarget } from './channel.js';
+import {
+  abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, RESTORE_FLAGS, type Channel, type ContainerTarget, type RestoreFlags,
+} from './channel.js';
 import { bootId, HANDED_OVER, keptCopyWarning, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
@@ -70,6 +74,11 @@ export interface MigrateOptions extends CommonOptions {
   onRound?: (r: RoundRecord) => void;
   /** Gets the one line of each warning (a kernel that cannot track writes: stop and copy). */
   onWarning?: (line: string) => void;
+  /**
+   * The runc-style file flags for the checkpoint (--tcp-established, --external, …); the
+   * target restores with the same flags (the hello carries those a restore reads).
+   */
+  files?: Partial<FileOptions>;
 }
 
 /**
@@ -226,8 +235,10 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     // Pre-copy rounds for a process tree; a container's image names its pages by the pids of
     // its own namespace, which the rounds do not know, so it goes by stop and copy.
     const maxRounds = o.workload !== undefined ? 0 : o.maxRounds ?? DEFAULT_MAX_ROUNDS;
+    const flags = restoreFlags(o.files);
     ch.send({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: o.pid, bootId: bootId(),
-      ...(o.workload !== undefined ? { container: o.workload.container } : {}), ...(maxRounds > 0 ? { precopy: true } : {}) });
+      ...(o.workload !== undefined ? { container: o.workload.container } : {}), ...(maxRounds > 0 ? { precopy: true } : {}),
+      ...(flags !== undefined ? { files: flags } : {}) });
     const welcome = await ch.next('waiting for the target to take the migration', 'welcome');
     // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
     // pipe hashes everything first): the target hears from us meanwhile.
@@ -259,9 +270,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let stoppedAt = 0;
     let tReady = 0;
     let sent = 0;
+    let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
       pid: o.pid, image: pump.path, leaveRunning: false, signKey,
       config: o.config, logger: o.logger,
+      ...(o.files !== undefined ? { files: o.files } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(o.onProgress !== undefined ? { onProgress: o.onProgress } : {}),
       // The image is written, the tree still stopped: wait for the target to hold it whole.
@@ -280,7 +293,10 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         tReady = performance.now();
         o.onPhase?.({ phase: 'transfer', bytes, verifyMs: round(ready.verifyMs) });
       },
-    }).then((r) => r.pids, (err: unknown) => {
+    }).then((r) => {
+      netLock = r.netLock;
+      return r.pids;
+    }, (err: unknown) => {
       // Killed, and only the clean-up after the kill failed: the workload is in flight.
       if (tReady > 0 && !alive(o.pid)) {
         log.warn({ err }, 'the checkpoint failed after the kill; handing over');
@@ -305,7 +321,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     });
 
     // The point of no return: the source is gone, the workload lives in the image only.
-    return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids, { t0, stoppedAt, sent, pre }));
+    return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids, { t0, stoppedAt, sent, pre, netLock }));
   } catch (err) {
     // Tell the target why, so it removes what it holds (a target gone already hears nothing).
     if (channel !== undefined && channel.failure === undefined && !(err instanceof FerryError && err.cause instanceof PeerError)) {
@@ -316,6 +332,13 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     session.unwind();
     throw err;
   }
+}
+
+/** The file flags a restore reads, of those the checkpoint was given (only those set). */
+function restoreFlags(files: Partial<FileOptions> | undefined): RestoreFlags | undefined {
+  const out: RestoreFlags = {};
+  for (const k of RESTORE_FLAGS) if (files?.[k] === true) out[k] = true;
+  return Object.keys(out).length > 0 ? out : undefined;
 }
 
 /** Says where a sweep kept a copy whose outcome is unknown (workdir.ts removeStaleDirs). */
@@ -341,7 +364,8 @@ const round = (ms: number): number => Math.round(ms * 10) / 10;
  * longer stop anything (finishing()): the tree is in flight.
  */
 async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: string, dir: string,
-  signKey: KeyObject, restoreWith: string, pids: number[], t: { t0: number; stoppedAt: number; sent: number; pre: PreCopySender | undefined }): Promise<MigrateResult> {
+  signKey: KeyObject, restoreWith: string, pids: number[],
+  t: { t0: number; stoppedAt: number; sent: number; pre: PreCopySender | undefined; netLock: string | undefined }): Promise<MigrateResult> {
   const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
   const to = formatUrl(o.to);
   // How to restore a kept copy by hand (a container takes no --max-creds: its bundle bounds it).
@@ -361,6 +385,7 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
       try {
         local = await (o.workload?.restoreHere ?? restore)({
           image: copy, config: o.config, logger: o.logger, trust: [createPublicKey(signKey)],
+          ...(o.files !== undefined ? { files: o.files } : {}),
           // This process made the image moments ago, in a directory only root can enter.
           bound: parseMaxCreds('root'),
         });
@@ -386,6 +411,16 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   await ch.close();
   session.unwind(); // the copy: the tree runs there
   o.workload?.handedOver();
+  // The connections' lock kept here since the kill (a tree on the host, --tcp-established):
+  // they live on the target now, whose restore has no table of this node to remove.
+  if (t.netLock !== undefined) {
+    const left = removeKeptLock(t.netLock);
+    if (left !== undefined) {
+      const line = `the network lock kept here since the kill could not be removed (${left}): remove it with 'nft delete table inet ${t.netLock}'`;
+      log.warn(line);
+      o.onWarning?.(line);
+    }
+  }
   const totalMs = performance.now() - t.t0;
   log.info({ pid: running.pid, downtimeMs }, 'migrated');
   const pre = { rounds: t.pre?.rounds.length ?? 0, roundBytes: t.pre?.roundBytes ?? 0, refBytes: t.pre?.refBytes ?? 0 };

@@ -2,11 +2,13 @@
  * Two "nodes" on this machine for the migration tests (issue 11): two network namespaces the
  * test makes, joined by a veth pair with addresses of its own, each node with its own runc
  * state directory (--root) and a directory for its bundles; a third namespace for a client,
- * joined to the target, when a test asks for one.
+ * joined to both nodes, when a test asks for one: it reaches a service address that both
+ * nodes hold on the node the test routes it to (as a virtual address moves with a workload).
  *
  * Names carry the test process's pid (`fy<pid>s`, `fy<pid>t`, `fy<pid>c`), the addresses are
- * 10.200.X.1 and .2 (and 10.201.X.1/.2 for the client's link) with X from the pid: nothing is
- * shared with another test run. The namespaces are entered with nsenter --net only (the mount
+ * 10.200.X.1 and .2 (10.201.X.1/.2 and 10.202.X.1/.2 for the client's links to the target and
+ * the source, 10.203.X.1 the service address, 10.204.X.1 the client's) with X from the pid:
+ * nothing is shared with another test run. The namespaces are entered with nsenter --net only (the mount
  * namespace stays the machine's, so files and /proc are the same on both nodes, as the
  * restore needs them).
  *
@@ -40,8 +42,15 @@ export interface Node {
 export interface Nodes {
   source: Node;
   target: Node;
-  /** A client namespace linked to the target, when asked for. */
+  /**
+   * A client namespace linked to both nodes, when asked for: its `addr` is its own address
+   * (on its lo), which both nodes route to it.
+   */
   client?: Node;
+  /** With a client: the service address, on both nodes' lo; the client reaches it on one. */
+  service?: string;
+  /** With a client: routes the client's traffic for the service address to that node. */
+  serve?: (node: 'source' | 'target') => void;
   /** Sets the link between source and target down (a cut network) or up. */
   link(up: boolean): void;
 }
@@ -80,7 +89,7 @@ function node(name: string, addr: string, veth: string, dir: string): Node {
   };
 }
 
-/** Makes the source and target nodes (and a client namespace linked to the target). */
+/** Makes the source and target nodes (and a client namespace linked to both). */
 export function makeNodes(opts: { client?: boolean } = {}): Nodes {
   const id = `fy${process.pid}`;
   const x = (process.pid % 250) + 1;
@@ -106,18 +115,28 @@ export function makeNodes(opts: { client?: boolean } = {}): Nodes {
       link: (up) => ip('-n', s, 'link', 'set', `${id}a`, up ? 'up' : 'down'),
     };
     if (opts.client === true) {
+      // The client: links to both nodes, its own address on lo, reached by each node through
+      // its link; a service address on both nodes' lo (moved by routing the client to it).
       const c = `${id}c`;
       ip('netns', 'add', c);
       made.push(c);
       ip('-n', c, 'link', 'set', 'lo', 'up');
-      ip('link', 'add', `${id}c`, 'type', 'veth', 'peer', 'name', `${id}d`);
-      ip('link', 'set', `${id}c`, 'netns', c);
-      ip('link', 'set', `${id}d`, 'netns', t);
-      ip('-n', c, 'addr', 'add', `10.201.${x}.1/24`, 'dev', `${id}c`);
-      ip('-n', t, 'addr', 'add', `10.201.${x}.2/24`, 'dev', `${id}d`);
-      ip('-n', c, 'link', 'set', `${id}c`, 'up');
-      ip('-n', t, 'link', 'set', `${id}d`, 'up');
-      out.client = node(c, `10.201.${x}.1`, `${id}c`, dir);
+      for (const [near, far, node, net] of [[`${id}c`, `${id}d`, t, 201], [`${id}e`, `${id}f`, s, 202]] as const) {
+        ip('link', 'add', near, 'type', 'veth', 'peer', 'name', far);
+        ip('link', 'set', near, 'netns', c);
+        ip('link', 'set', far, 'netns', node);
+        ip('-n', c, 'addr', 'add', `10.${net}.${x}.1/24`, 'dev', near);
+        ip('-n', node, 'addr', 'add', `10.${net}.${x}.2/24`, 'dev', far);
+        ip('-n', c, 'link', 'set', near, 'up');
+        ip('-n', node, 'link', 'set', far, 'up');
+        ip('-n', node, 'addr', 'add', `10.203.${x}.1/32`, 'dev', 'lo');
+        ip('-n', node, 'route', 'add', `10.204.${x}.1/32`, 'via', `10.${net}.${x}.1`);
+      }
+      ip('-n', c, 'addr', 'add', `10.204.${x}.1/32`, 'dev', 'lo');
+      out.client = node(c, `10.204.${x}.1`, `${id}c`, dir);
+      out.service = `10.203.${x}.1`;
+      out.serve = (from) => ip('-n', c, 'route', 'replace', `10.203.${x}.1/32`, 'via', `10.${from === 'target' ? 201 : 202}.${x}.2`);
+      out.serve('source');
     }
     return out;
   } catch (err) {

@@ -1,6 +1,6 @@
 /**
- * Running `ferry migrate` and `ferry receive` in the background for the pre-copy tests
- * (test/integration/precopy.test.ts, test/faults/precopy.test.ts) and the pre-copy workload
+ * Running `ferry migrate` and `ferry receive` in the background for the migration tests
+ * (test/integration/precopy.test.ts, migrate.test.ts, migrate-tcp.test.ts, test/faults/precopy.test.ts) and the pre-copy workload
  * (test/fixtures/workloads/dirtier.c).
  */
 import assert from 'node:assert/strict';
@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FERRY, WORKLOADS } from './env.js';
+import { spawnIn, type Node } from './nodes.js';
 import { scratchDir, startWorkload, waitFor, type Workload } from './processes.js';
 
 /** A ferry started in the background. */
@@ -26,12 +27,16 @@ export function killFerries(): void {
   for (const c of started) c.kill('SIGKILL');
 }
 
-/** Starts bin/ferry `args` in the background, FERRY_TEST_PAUSE_AT=`pause` if given. */
-export function startFerry(args: string[], pause?: string): Running {
+/**
+ * Starts bin/ferry `args` in the background, FERRY_TEST_PAUSE_AT=`pause` if given, in node
+ * `inNode`'s network namespace if given (test/helpers/nodes.ts).
+ */
+export function startFerry(args: string[], pause?: string, inNode?: Node): Running {
   const env = { ...process.env };
   delete env['FERRY_TEST_PAUSE_AT'];
   if (pause !== undefined) env['FERRY_TEST_PAUSE_AT'] = pause;
-  const child = spawn(FERRY, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const opts = { stdio: ['ignore', 'pipe', 'pipe'] as ['ignore', 'pipe', 'pipe'], env };
+  const child = inNode !== undefined ? spawnIn(inNode, FERRY, args, opts) : spawn(FERRY, args, opts);
   started.add(child);
   let out = '';
   let err = '';

@@ -262,15 +262,24 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     });
     // A frame of 2 GiB announced first, then a hello with a field the protocol does not have.
     await send(Buffer.from([2, 0x80, 0, 0, 0]));
-    const hello = Buffer.from(JSON.stringify({ type: 'hello', protocol: 1, ferryVersion: 'x', pid: 1, bootId: '', extra: 1 }));
-    const head = Buffer.alloc(5);
-    head.writeUInt8(1, 0);
-    head.writeUInt32BE(hello.length, 1);
-    await send(Buffer.concat([head, hello]));
-    await waitFor('two failed migrations', () => recv.stderr().split('\n').filter((l) => l.includes('protocol error')).length >= 2);
+    const control = (m: object): Buffer => {
+      const body = Buffer.from(JSON.stringify(m));
+      const head = Buffer.alloc(5);
+      head.writeUInt8(1, 0);
+      head.writeUInt32BE(body.length, 1);
+      return Buffer.concat([head, body]);
+    };
+    const hello = { type: 'hello', protocol: 1, ferryVersion: 'x', pid: 1, bootId: '' };
+    await send(control({ ...hello, extra: 1 }));
+    // File flags: only the ones a restore reads, only booleans.
+    await send(control({ ...hello, files: { tcpEstablished: 'yes' } }));
+    await send(control({ ...hello, files: { external: true } }));
+    await waitFor('four failed migrations', () => recv.stderr().split('\n').filter((l) => l.includes('protocol error')).length >= 4);
     const lines = recv.stderr().trim().split('\n');
     assert.match(lines[0]!, /^ferry receive: the sender 127\.0\.0\.1:\d+ sent a frame of 2147483648 bytes, over the limit: a protocol error while waiting for its hello$/);
     assert.match(lines[1]!, /^ferry receive: the sender 127\.0\.0\.1:\d+ sent a malformed control message \(unknown field hello\.extra\): a protocol error while waiting for its hello$/);
+    assert.match(lines[2]!, /sent a malformed control message \(hello\.files\.tcpEstablished\): a protocol error/);
+    assert.match(lines[3]!, /sent a malformed control message \(unknown field hello\.files\.external\): a protocol error/);
     assert.equal(recv.child.exitCode, null, 'the receiver goes on');
     assert.deepEqual(leftovers(workDir), []);
     recv.child.kill('SIGTERM');

@@ -182,17 +182,24 @@ describe('external descriptors on the command line', () => {
 describe('ferry migrate and ferry receive arguments', { timeout: 30_000 }, () => {
   it('parses a process over tcp:// and over ssh://', () => {
     assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'tcp://10.0.0.2:7070', '--key', '/k', '--json']),
-      { pid: 42, to: { host: '10.0.0.2', port: 7070 }, key: '/k', json: true });
+      { pid: 42, to: { host: '10.0.0.2', port: 7070 }, key: '/k', json: true, files: NO_FLAGS });
     assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'ssh://root@node2:2222', '--ssh-config', '/c']),
-      { pid: 42, to: { ssh: true, user: 'root', host: 'node2', port: 2222 }, sshConfig: '/c', json: false });
+      { pid: 42, to: { ssh: true, user: 'root', host: 'node2', port: 2222 }, sshConfig: '/c', json: false, files: NO_FLAGS });
     assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'ssh://node2']).to, { ssh: true, host: 'node2' });
     assert.deepEqual(parseMigrateArgs(['--pid', '42', '--to', 'ssh://[fd00::2]:22']).to, { ssh: true, host: 'fd00::2', port: 22 });
+  });
+
+  it('takes the file flags as checkpoint does', () => {
+    const base = ['--pid', '42', '--to', 'tcp://n:1', '--key', 'k'];
+    assert.deepEqual(parseMigrateArgs([...base, '--tcp-established', '--file-locks', '--skip-in-flight', '--external', 'pipe:[7]']).files,
+      { ...NO_FLAGS, tcpEstablished: true, fileLocks: true, skipInFlight: true, external: ['pipe:[7]'] });
+    usage(() => parseMigrateArgs([...base, '--external', 'rel/x']), 'migrate', /^--external "rel\/x": expected pipe:\[INODE\]/);
   });
 
   it('parses a container with its target', () => {
     assert.deepEqual(parseMigrateArgs(['web1', '--to', 'ssh://node2', '--runtime', 'crun', '--root', '/run/c',
       '--target-id', 'web2', '--target-bundle', '/srv/b', '--target-root', '/run/t']), {
-      pid: 0, to: { ssh: true, host: 'node2' }, json: false,
+      pid: 0, to: { ssh: true, host: 'node2' }, json: false, files: NO_FLAGS,
       container: { id: 'web1', runtime: 'crun', root: '/run/c', targetId: 'web2', targetBundle: '/srv/b', targetRoot: '/run/t' },
     });
     assert.deepEqual(parseMigrateArgs(['web1', '--to', 'tcp://n:1', '--key', 'k']).container, { id: 'web1', runtime: 'runc' });
