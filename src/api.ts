@@ -64,6 +64,13 @@ export interface CheckpointOptions extends CommonOptions {
    */
   pidNamespace?: string;
   /**
+   * The tree's network namespace (one of its own) outlives it: a container that joined it by
+   * path, as a pod's. With --tcp-established its connections are then locked by their
+   * 4-tuples in it and the lock is kept after the kill (files/tcp-lock.ts), since the peers
+   * keep sending to its addresses, which would otherwise answer with resets.
+   */
+  netnsPersists?: boolean;
+  /**
    * Stops the tree in the checkpoint's place (a container's cgroup freeze, which seizes every
    * thread of the cgroup: src/container/checkpoint.ts). Called at the point where the
    * checkpoint would stop the tree itself, once everything that can be made ready before a

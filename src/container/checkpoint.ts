@@ -122,6 +122,7 @@ export async function checkpointContainer(o: ContainerCheckpointOptions): Promis
       ...o,
       pid: state.pid,
       pidNamespace: readlinkSync(`/proc/${state.pid}/ns/pid`),
+      netnsPersists: (config.linux?.namespaces ?? []).some((ns) => ns.type === 'network' && ns.path !== undefined && ns.path !== ''),
       stop,
       onKilled: () => {
         if (o.keepInRuntime) return;

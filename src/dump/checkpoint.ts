@@ -223,7 +223,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     }
     // nft for the network lock (files/tcp-lock.ts): its start-up overlaps the warm-up.
     const nft = fileOptions.tcpEstablished && !fileOptions.tcpClose
-      ? NetLock.start(netns !== undefined && !sharesNetns(netns) ? netns : undefined, `pid ${pid}`) : undefined;
+      ? NetLock.start(netns !== undefined && !sharesNetns(netns) ? netns : undefined, `pid ${pid}`, o.netnsPersists === true) : undefined;
     if (nft) session.onUndo('let the network lock go', () => nft.release());
     if (estimate.total <= WARM_UP_MAX_BYTES) warmUp(pid);
     // Ready before the freeze, so that its start-up is not in the frozen window (nothing is

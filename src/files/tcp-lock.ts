@@ -14,7 +14,11 @@
  *   each connection in both directions, and a rule per chain dropping TCP that matches;
  * - a tree in a network namespace of its own (a container): everything in that namespace is
  *   dropped (policy drop). That namespace dies with the container, so this lock is never
- *   kept past the checkpoint.
+ *   kept past the checkpoint;
+ * - a container in a namespace that outlives it (joined by path, as a pod's, which holds the
+ *   address its peers keep sending to): the 4-tuples, as on the host, inside that namespace,
+ *   and kept like the host's. The restore (or, after a migration, the source) removes the
+ *   kept table in that namespace.
  *
  * Ownership is what makes a dying ferry safe. During the checkpoint the table has the `owner`
  * flag (NFT_TABLE_F_OWNER, Linux 5.12): the kernel deletes it when the netlink socket that
@@ -184,8 +188,8 @@ export class NetLock {
   private starting: Promise<void> = Promise.resolve();
 
   private constructor(private readonly child: ChildProcess | undefined, private readonly netnsPid: number | undefined,
-    private readonly what: string, private readonly missing?: string) {
-    this.kept = netnsPid === undefined ? `ferry-lock-${process.pid}-${randomBytes(4).toString('hex')}` : undefined;
+    private readonly what: string, private readonly persists: boolean, private readonly missing?: string) {
+    this.kept = netnsPid === undefined || persists ? `ferry-lock-${process.pid}-${randomBytes(4).toString('hex')}` : undefined;
     if (!child) {
       this.exited = true;
       return;
@@ -201,21 +205,24 @@ export class NetLock {
   /**
    * Starts nft for a lock on the host's network namespace, or on all of the network namespace
    * of `netnsPid` (a container's own): nothing is locked yet. `what` names the tree in errors.
-   * When nft (or nsenter) is missing, `take` says so (a tree without connections needs none).
+   * `persists`: that namespace outlives the tree (a container that joined it by path, as a
+   * pod's): the lock is on the connections' 4-tuples in it, as on the host, and kept after the
+   * kill. When nft (or nsenter) is missing, `take` says so (a tree without connections needs
+   * none).
    */
-  static start(netnsPid: number | undefined, what: string): NetLock {
+  static start(netnsPid: number | undefined, what: string, persists = false): NetLock {
     const nft = findProgram('nft');
-    if (nft === undefined) return new NetLock(undefined, netnsPid, what, 'nft(8) is missing; install nftables (Debian: apt-get install nftables)');
+    if (nft === undefined) return new NetLock(undefined, netnsPid, what, persists, 'nft(8) is missing; install nftables (Debian: apt-get install nftables)');
     const setpriv = findProgram('setpriv');
     const argv = [...(setpriv !== undefined ? [setpriv, '--pdeathsig', 'KILL', '--'] : []), nft, '-i'];
     if (netnsPid !== undefined) {
       const nsenter = findProgram('nsenter');
-      if (nsenter === undefined) return new NetLock(undefined, netnsPid, what, 'nsenter(1) is missing (util-linux)');
+      if (nsenter === undefined) return new NetLock(undefined, netnsPid, what, persists, 'nsenter(1) is missing (util-linux)');
       argv.unshift(nsenter, `--net=/proc/${netnsPid}/ns/net`, '--');
     }
     // Its own process group: a Ctrl-C to ferry's must not take the lock away before ferry is done.
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
-    const lock = new NetLock(child, netnsPid, what);
+    const lock = new NetLock(child, netnsPid, what, persists);
     // The owned table, empty (no chain: it drops nothing yet). nft's first command is its
     // slowest (it loads libnftables' cache, tens of ms): paid here, before the freeze.
     lock.starting = lock.request(`add table inet ${lock.table} { flags owner; }`, `list table inet ${lock.table}`);
@@ -236,15 +243,15 @@ export class NetLock {
     if (this.missing !== undefined) {
       throw new FerryError('EUNSUPPORTED', `${this.what} has ${connections.length} TCP connection(s), which need the network lock: ${this.missing}; or checkpoint with --tcp-close (they are not kept then); the process was left running`);
     }
-    this.scope = this.netnsPid !== undefined ? { kind: 'netns' } : { kind: 'tuples', connections };
+    this.scope = this.netnsPid !== undefined && !this.persists ? { kind: 'netns' } : { kind: 'tuples', connections };
     await this.starting;
     await this.request(lockCommands(this.table, this.scope), `list chain inet ${this.table} out`);
   }
 
   /**
    * Makes the kept copy of the lock, named `kept` (no owner flag: it outlives ferry), for a
-   * tree about to be killed; nothing for a network namespace of the tree's own, which dies
-   * with the tree.
+   * tree about to be killed; nothing for a network namespace of the tree's own that dies with
+   * the tree.
    */
   async keep(): Promise<void> {
     if (this.kept === undefined || this.scope === undefined) return;
@@ -278,7 +285,7 @@ export class NetLock {
   }
 
   private failure(why: string): FerryError {
-    const on = this.netnsPid !== undefined ? 'its network namespace'
+    const on = this.scope?.kind === 'netns' || (this.scope === undefined && this.netnsPid !== undefined && !this.persists) ? 'its network namespace'
       : this.scope?.kind === 'tuples' ? `${this.scope.connections.length} connection(s)` : 'its connections';
     return new FerryError('EDUMP', `${this.what}: cannot take the network lock (nftables table inet ${this.table} on ${on}): ${why.slice(0, 300)}; the process was left running`);
   }

@@ -21,7 +21,7 @@
 import { existsSync, lstatSync } from 'node:fs';
 import { dirname, posix } from 'node:path';
 import type { RestoreOptions, RestoreResult } from '../api.js';
-import { checkpointContainer } from '../container/checkpoint.js';
+import { checkpointContainer, readConfig } from '../container/checkpoint.js';
 import type { ContainerRecord } from '../container/record.js';
 import { bundleOf, restoreContainer } from '../container/restore.js';
 import { Runtime } from '../container/runtime.js';
@@ -55,7 +55,9 @@ export async function migrateContainer(o: ContainerMigrateOptions): Promise<Migr
       log.warn({ err }, `container ${o.id} was killed here, but ${rt.name} delete failed`);
     }
   };
-  const rootArg = o.root !== undefined ? ` --runtime ${o.runtime} --root ${o.root}` : ` --runtime ${o.runtime}`;
+  // A network namespace joined by path outlives the container: a kept lock is there.
+  const netnsPath = readConfig(state.bundle, o.id).linux?.namespaces?.find((ns) => ns.type === 'network')?.path || undefined;
+    const rootArg = o.root !== undefined ? ` --runtime ${o.runtime} --root ${o.root}` : ` --runtime ${o.runtime}`;
   const workload: MigrateWorkload = {
     container: {
       id: o.target.id ?? o.id,
@@ -75,6 +77,7 @@ export async function migrateContainer(o: ContainerMigrateOptions): Promise<Migr
     },
     handedOver: deleteSource,
     restoreCommand: `ferry restore ${o.id}${rootArg} --bundle ${state.bundle}`,
+    ...(netnsPath !== undefined ? { netnsPath } : {}),
   };
   const { target: _target, id: _id, runtime: _runtime, root: _root, ...common } = o;
   // If ferry dies after the kill and before the target's word, the killed container's record

@@ -35,6 +35,7 @@ import { native } from '../native/binding.js';
 import { restore } from '../restore/restore.js';
 import { parseMaxCreds } from '../restore/bounds.js';
 import { finishing, Session } from '../session.js';
+import { withNetns } from '../task/netns.js';
 import { FERRY_VERSION } from '../version.js';
 import {
   abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, RESTORE_FLAGS, type Channel, type ContainerTarget, type RestoreFlags,
@@ -97,6 +98,11 @@ export interface MigrateWorkload {
   handedOver(): void;
   /** The command that restores a kept copy by hand, before `--image`: "ferry restore web1". */
   restoreCommand: string;
+  /**
+   * The network namespace the source joined by path (a pod's), which outlives it: a kept
+   * network lock is there (files/tcp-lock.ts).
+   */
+  netnsPath?: string;
 }
 
 export interface MigrateResult {
@@ -414,7 +420,7 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   // The connections' lock kept here since the kill (a tree on the host, --tcp-established):
   // they live on the target now, whose restore has no table of this node to remove.
   if (t.netLock !== undefined) {
-    const left = removeKeptLock(t.netLock);
+    const left = withNetns(o.workload?.netnsPath, () => removeKeptLock(t.netLock!));
     if (left !== undefined) {
       const line = `the network lock kept here since the kill could not be removed (${left}): remove it with 'nft delete table inet ${t.netLock}'`;
       log.warn(line);

@@ -278,8 +278,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // The tree runs with every connection rebuilt: the network lock kept since the checkpoint
     // goes (files/tcp-lock.ts). Before this, a failure leaves it for a retry.
     // An untrusted image may have only a table removed that blocks its own connections.
+    // A container's is in its network namespace (one that outlives it, files/tcp-lock.ts).
     const lockLeft = files.netLock !== undefined
-      ? removeKeptLock(files.netLock.table, trusted ? undefined : imageConnections(files.files)) : undefined;
+      ? withNetns(made?.pid, () => removeKeptLock(files.netLock!.table, trusted ? undefined : imageConnections(files.files))) : undefined;
     if (lockLeft !== undefined) {
       warn(`the network lock kept since the checkpoint could not be removed (${lockLeft}): if table inet ${files.netLock!.table} is the tree's lock, `
         + `its connections stay blocked until 'nft delete table inet ${files.netLock!.table}'`);

@@ -10,10 +10,13 @@ import { native } from '../native/binding.js';
 
 const CLONE_NEWNET = 0x40000000;
 
-/** Runs `fn` in the network namespace of `pid` (as is when `pid` is undefined or shares ours). */
-export function withNetns<T>(pid: number | undefined, fn: () => T): T {
+/**
+ * Runs `fn` in the network namespace of `pid`, or of the namespace file at path `pid` (a
+ * bind-mounted one, /run/netns/NAME); as is when `pid` is undefined or shares ours.
+ */
+export function withNetns<T>(pid: number | string | undefined, fn: () => T): T {
   if (pid === undefined) return fn();
-  const target = openSync(`/proc/${pid}/ns/net`, 'r');
+  const target = openSync(typeof pid === 'string' ? pid : `/proc/${pid}/ns/net`, 'r');
   const own = openSync('/proc/thread-self/ns/net', 'r');
   try {
     if (fstatSync(target).ino === fstatSync(own).ino) return fn();

@@ -49,8 +49,8 @@ export interface Nodes {
   client?: Node;
   /** With a client: the service address, on both nodes' lo; the client reaches it on one. */
   service?: string;
-  /** With a client: routes the client's traffic for the service address to that node. */
-  serve?: (node: 'source' | 'target') => void;
+  /** With a client: routes the client's traffic for the service address (or `addr`) to that node. */
+  serve?: (node: 'source' | 'target', addr?: string) => void;
   /** Sets the link between source and target down (a cut network) or up. */
   link(up: boolean): void;
 }
@@ -135,7 +135,7 @@ export function makeNodes(opts: { client?: boolean } = {}): Nodes {
       ip('-n', c, 'addr', 'add', `10.204.${x}.1/32`, 'dev', 'lo');
       out.client = node(c, `10.204.${x}.1`, `${id}c`, dir);
       out.service = `10.203.${x}.1`;
-      out.serve = (from) => ip('-n', c, 'route', 'replace', `10.203.${x}.1/32`, 'via', `10.${from === 'target' ? 201 : 202}.${x}.2`);
+      out.serve = (from, addr = `10.203.${x}.1`) => ip('-n', c, 'route', 'replace', `${addr}/32`, 'via', `10.${from === 'target' ? 201 : 202}.${x}.2`);
       out.serve('source');
     }
     return out;
@@ -143,6 +143,37 @@ export function makeNodes(opts: { client?: boolean } = {}): Nodes {
     removeNodes();
     throw err;
   }
+}
+
+/**
+ * A pod's network namespace on node `n` (as a CNI plugin makes one): its own namespace named
+ * `name` (a suffix: the pid goes before it), joined to the node by a veth pair, holding
+ * address `addr`/32, its default route through the node (a link-local gateway address), the
+ * node routing `addr` to it and forwarding. Removed by removeNodes(). Returns its path.
+ */
+export function makePod(n: Node, name: string, addr: string): string {
+  const id = `fy${process.pid}`;
+  const pod = `${id}${name}`;
+  const x = (process.pid % 250) + 1;
+  ip('netns', 'add', pod);
+  made.push(pod);
+  ip('-n', pod, 'link', 'set', 'lo', 'up');
+  const [inner, outer] = [`${pod}i`.slice(-15), `${pod}o`.slice(-15)];
+  ip('link', 'add', inner, 'type', 'veth', 'peer', 'name', outer);
+  ip('link', 'set', inner, 'netns', pod);
+  ip('link', 'set', outer, 'netns', n.netns);
+  const gw = `169.254.${x}.1`;
+  ip('-n', n.netns, 'addr', 'add', `${gw}/32`, 'dev', outer);
+  ip('-n', n.netns, 'link', 'set', outer, 'up');
+  ip('-n', n.netns, 'route', 'add', `${addr}/32`, 'dev', outer);
+  ip('-n', pod, 'addr', 'add', `${addr}/32`, 'dev', inner);
+  ip('-n', pod, 'link', 'set', inner, 'up');
+  ip('-n', pod, 'route', 'add', gw, 'dev', inner);
+  ip('-n', pod, 'route', 'add', 'default', 'via', gw, 'dev', inner);
+  const [cmd, args] = n.exec('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`sysctl net.ipv4.ip_forward=1 in ${n.netns}: ${r.stderr.trim()}`);
+  return `/run/netns/${pod}`;
 }
 
 /** Spawns `cmd args` in `n`'s network namespace; killed by removeNodes() if still running. */

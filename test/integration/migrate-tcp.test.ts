@@ -7,20 +7,24 @@
  * routed to the source until ferry migrate returns, then to the target, as a virtual address
  * moves with a workload. The connection must carry on in order, without a reset; the network
  * lock kept on the source after the kill must be gone once the workload runs on the target,
- * and no lock may be left on the target.
+ * and no lock may be left on the target. The same for a runc container that joins a pod's
+ * network namespace by path (as a CNI plugin sets one up, the address on the pod's side of a
+ * veth to its node): it is made again on the target in that node's pod, with the same address.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { NFT } from '../helpers/echo.js';
 import { needs, PYTHON } from '../helpers/env.js';
-import { makeNodes, netnsOf, nodesMissing, removeNodes, spawnIn, type Node, type Nodes } from '../helpers/nodes.js';
-import { exitOf, killFerries, records, startFerry } from '../helpers/precopy-run.js';
+import { makeNodes, makePod, netnsOf, nodesMissing, removeNodes, spawnIn, type Node, type Nodes } from '../helpers/nodes.js';
+import { exitOf, killFerries, records, startFerry, type Running } from '../helpers/precopy-run.js';
 import { cleanup, own, procState, scratchDir, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build') || nodesMissing() || (NFT === undefined ? 'needs nft (apt-get install nftables)' : false);
+const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
+const runcSkip = skip || (RUNC === undefined ? 'needs runc (apt-get install runc)' : false);
 
 after(() => {
   killFerries();
@@ -86,12 +90,12 @@ const CLIENT = [
   'print(f"error {err}", flush=True)',
 ].join('\n');
 
-/** The lock tables (ferry-lock-…) in node `n`'s network namespace. */
-function locksIn(n: Node): string[] {
-  const [cmd, args] = n.exec(NFT!, ['list', 'tables']);
-  const out = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000 }).stdout ?? '';
+/** The lock tables (ferry-lock-…) in the network namespace at `netns` (/run/netns/NAME). */
+function locksIn(netns: string): string[] {
+  const out = spawnSync('nsenter', [`--net=${netns}`, '--', NFT!, 'list', 'tables'], { encoding: 'utf8', timeout: 10_000 }).stdout ?? '';
   return [...out.matchAll(/^table inet (ferry-lock-\S+)$/gm)].map((m) => m[1]!);
 }
+const nsPath = (n: Node): string => `/run/netns/${n.netns}`;
 
 describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () => {
   let nodes: Nodes;
@@ -108,34 +112,50 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
     writeFileSync(key, `${'3a'.repeat(32)}\n`, { mode: 0o600 });
   });
 
-  it('--tcp-established: the connection carries on from the target, in order, without a reset; no lock is left', async () => {
-    // The client, in its namespace.
+  /** The client, in its namespace: its port and what it says. */
+  async function startClient(): Promise<{ port: string; status(): { sent: number; received: number; error?: string }; said(): string; kill(): void }> {
     const client = spawnIn(nodes.client!, PYTHON, ['-c', CLIENT, nodes.client!.addr], { stdio: ['ignore', 'pipe', 'pipe'] });
     let said = '';
     client.stdout!.on('data', (d: Buffer) => { said += d.toString(); });
     client.stderr!.on('data', (d: Buffer) => { said += d.toString(); });
-    const status = (): { sent: number; received: number; error?: string } => {
-      const error = /^error (.*)$/m.exec(said)?.[1];
-      const last = [...said.matchAll(/^sent (\d+) received (\d+)$/gm)].at(-1);
-      return { sent: Number(last?.[1] ?? 0), received: Number(last?.[2] ?? 0), ...(error !== undefined ? { error } : {}) };
-    };
     await waitFor('the client to listen', () => /^port \d+$/m.test(said), 20_000);
-    const port = /^port (\d+)$/m.exec(said)![1]!;
+    return {
+      port: /^port (\d+)$/m.exec(said)![1]!,
+      said: () => said,
+      status: () => {
+        const error = /^error (.*)$/m.exec(said)?.[1];
+        const last = [...said.matchAll(/^sent (\d+) received (\d+)$/gm)].at(-1);
+        return { sent: Number(last?.[1] ?? 0), received: Number(last?.[2] ?? 0), ...(error !== undefined ? { error } : {}) };
+      },
+      kill: () => client.kill('SIGKILL'),
+    };
+  }
 
-    // The workload, in the source node, connected from the service address.
-    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, nodes.service!, nodes.client!.addr, port]);
-    const w = await startWorkload(cmd, args);
-    assert.equal(netnsOf(w.pid), nodes.source.nsLink());
-    await waitFor('echoes through the source', () => status().received > 50_000 || status().error !== undefined, 20_000);
-    assert.equal(status().error, undefined, said);
-
-    // The receiver takes the flags from the sender's hello.
+  /** A --once receiver in the target node; its port. */
+  async function receiver(): Promise<{ recv: Running; port: string }> {
     const recv = startFerry(['receive', '--listen', `${nodes.target.addr}:0`, '--key', key, '--json', '--once', '--max-creds', 'root',
       '--config', config], undefined, nodes.target);
     await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.child.exitCode !== null);
     const listen = records(recv).find((x) => x['phase'] === 'listen');
     assert.ok(listen, recv.stderr());
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://${nodes.target.addr}:${String(listen['port'])}`, '--key', key,
+    return { recv, port: String(listen['port']) };
+  }
+
+  it('--tcp-established: the connection carries on from the target, in order, without a reset; no lock is left', async () => {
+    const client = await startClient();
+    const { status } = client;
+    nodes.serve!('source');
+
+    // The workload, in the source node, connected from the service address.
+    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, nodes.service!, nodes.client!.addr, client.port]);
+    const w = await startWorkload(cmd, args);
+    assert.equal(netnsOf(w.pid), nodes.source.nsLink());
+    await waitFor('echoes through the source', () => status().received > 50_000 || status().error !== undefined, 20_000);
+    assert.equal(status().error, undefined, client.said());
+
+    // The receiver takes the flags from the sender's hello.
+    const { recv, port } = await receiver();
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key,
       '--tcp-established', '--json', '--config', config], undefined, nodes.source);
     assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
     assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
@@ -151,27 +171,83 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
     await waitFor('echoes through the target', () => status().received > at + 200_000 || status().error !== undefined, 60_000);
     assert.equal(status().error, undefined, `the client saw: ${status().error ?? ''}`);
     assert.equal(await verify(w), 'PASS');
-    assert.deepEqual(locksIn(nodes.source), [], 'the lock kept on the source after the kill is removed');
-    assert.deepEqual(locksIn(nodes.target), [], 'no lock is left on the target');
+    assert.deepEqual(locksIn(nsPath(nodes.source)), [], 'the lock kept on the source after the kill is removed');
+    assert.deepEqual(locksIn(nsPath(nodes.target)), [], 'no lock is left on the target');
     const done = records(mig).find((x) => x['phase'] === 'done');
     process.stdout.write(`# a TCP connection migrated: downtime ${String(done?.['downtimeMs'])} ms\n`);
     process.kill(w.pid, 'SIGKILL');
-    client.kill('SIGKILL');
+    client.kill();
+  });
+
+  it('a runc container in a pod\'s namespace keeps its connection on the target, in the target\'s pod; no lock is left', { skip: runcSkip }, async () => {
+    // A pod on each node (a namespace the container joins by path), with the same address.
+    const x = (process.pid % 250) + 1;
+    const podAddr = `10.205.${x}.1`;
+    const pods = { source: makePod(nodes.source, 'ps', podAddr), target: makePod(nodes.target, 'pt', podAddr) };
+    nodes.serve!('source', podAddr);
+    const client = await startClient();
+
+    // A rootfs with the host's /usr (python3) bind-mounted, read-only.
+    const dir = scratchDir('ferry-migrate-tcp-ctr-');
+    const rootfs = join(dir, 'rootfs');
+    for (const d of ['usr', 'proc', 'dev', 'sys', 'tmp', 'etc']) mkdirSync(join(rootfs, d), { recursive: true });
+    for (const l of ['bin', 'lib', 'lib64', 'sbin']) symlinkSync(`usr/${l}`, join(rootfs, l));
+    /** A bundle in node `n`'s bundle directory, joining pod namespace `pod`. */
+    const bundle = (n: Node, name: string, pod: string): string => {
+      const b = join(n.bundles, name);
+      mkdirSync(b, { mode: 0o755 });
+      const spec = spawnSync(RUNC!, ['spec', '--bundle', b], { encoding: 'utf8' });
+      assert.equal(spec.status, 0, spec.stderr);
+      const c = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+      c.root = { path: rootfs, readonly: true };
+      c.process.terminal = false;
+      c.process.args = ['/usr/bin/python3', '-c', ECHO, podAddr, nodes.client!.addr, client.port];
+      c.mounts.push({ destination: '/usr', type: 'bind', source: '/usr', options: ['rbind', 'ro'] });
+      c.linux.namespaces = (c.linux.namespaces as Array<{ type: string }>).map((ns) => (ns.type === 'network' ? { type: 'network', path: pod } : ns));
+      writeFileSync(join(b, 'config.json'), JSON.stringify(c, null, 1), { mode: 0o644 });
+      return b;
+    };
+    const id = `ferry-tcp-${process.pid}`;
+    const log = join(dir, 'ctr.log');
+    const fd = openSync(log, 'a');
+    const [cmd, args] = nodes.source.exec(RUNC!, ['--root', nodes.source.runcRoot, 'run', '-d', '--bundle', bundle(nodes.source, id, pods.source), id]);
+    const run = spawnSync(cmd, args, { stdio: ['ignore', fd, fd], timeout: 60_000 });
+    closeSync(fd);
+    assert.equal(run.status, 0, `runc run failed: ${readFileSync(log, 'utf8')}`);
+    await waitFor('echoes through the source pod', () => client.status().received > 50_000 || client.status().error !== undefined, 20_000);
+    assert.equal(client.status().error, undefined, client.said());
+
+    const tb = bundle(nodes.target, `${id}-t`, pods.target);
+    const { recv, port } = await receiver();
+    const mig = startFerry(['migrate', id, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key,
+      '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--tcp-established', '--json', '--config', config], undefined, nodes.source);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    nodes.serve!('target', podAddr);
+    const state = spawnSync(RUNC!, ['--root', nodes.target.runcRoot, 'state', id], { encoding: 'utf8' });
+    assert.equal(state.status, 0, state.stderr);
+    const init = (JSON.parse(state.stdout) as { pid: number; status: string }).pid;
+    assert.equal(readlinkSync(`/proc/${init}/ns/net`), spawnSync('nsenter', [`--net=${pods.target}`, '--', 'readlink', '/proc/self/ns/net'],
+      { encoding: 'utf8' }).stdout.trim(), 'it runs in the target pod');
+
+    const at = client.status().received;
+    await waitFor('echoes through the target pod', () => client.status().received > at + 200_000 || client.status().error !== undefined, 60_000);
+    assert.equal(client.status().error, undefined, `the client saw: ${client.status().error ?? ''}`);
+    assert.deepEqual(locksIn(pods.source), [], 'the lock kept in the source pod after the kill is removed');
+    assert.deepEqual(locksIn(pods.target), [], 'no lock is left in the target pod');
+    const done = records(mig).find((x) => x['phase'] === 'done');
+    process.stdout.write(`# a container's TCP connection migrated: downtime ${String(done?.['downtimeMs'])} ms\n`);
+    spawnSync(RUNC!, ['--root', nodes.target.runcRoot, 'delete', '--force', id], { timeout: 30_000 });
+    client.kill();
   });
 
   it('without --tcp-established, the connection is refused naming the flag, and the workload runs on', async () => {
-    const client = spawnIn(nodes.client!, PYTHON, ['-c', CLIENT, nodes.client!.addr], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let said = '';
-    client.stdout!.on('data', (d: Buffer) => { said += d.toString(); });
-    await waitFor('the client to listen', () => /^port \d+$/m.test(said), 20_000);
+    const client = await startClient();
     nodes.serve!('source');
-    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, nodes.service!, nodes.client!.addr, /^port (\d+)$/m.exec(said)![1]!]);
+    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, nodes.service!, nodes.client!.addr, client.port]);
     const w = await startWorkload(cmd, args);
-    await waitFor('echoes', () => / received [1-9]\d{4,}$/m.test(said), 20_000);
-    const recv = startFerry(['receive', '--listen', `${nodes.target.addr}:0`, '--key', key, '--json', '--once', '--max-creds', 'root',
-      '--config', config], undefined, nodes.target);
-    await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.child.exitCode !== null);
-    const port = String(records(recv).find((x) => x['phase'] === 'listen')?.['port']);
+    await waitFor('echoes', () => client.status().received > 20_000, 20_000);
+    const { recv, port } = await receiver();
     const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key, '--config', config],
       undefined, nodes.source);
     assert.equal(await exitOf(mig, 'ferry migrate'), 1);
@@ -180,11 +256,11 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
     await exitOf(recv, 'ferry receive --once');
     assert.equal(procState(w.pid).tracer, 0);
     assert.equal(procState(w.pid).ppid, process.pid, 'the original runs on');
-    const n = Number(/received (\d+)\n?$/.exec(said.trim())?.[1] ?? 0);
-    await waitFor('echoes go on', () => Number(/received (\d+)$/.exec(said.trim())?.[1] ?? 0) > n + 20_000, 20_000);
-    assert.doesNotMatch(said, /^error /m);
+    const n = client.status().received;
+    await waitFor('echoes go on', () => client.status().received > n + 20_000, 20_000);
+    assert.equal(client.status().error, undefined);
     assert.equal(await verify(w), 'PASS');
     process.kill(w.pid, 'SIGKILL');
-    client.kill('SIGKILL');
+    client.kill();
   });
 });
