@@ -62,6 +62,33 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     process.kill(w.pid, 'SIGKILL');
   });
 
+  it('moves a process that writes 50 MiB/s of its 64 MiB: the rounds end when they stop shrinking; every page right', async () => {
+    const w = await startDirtier(64, 50);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    const recs = records(mig);
+    const rounds = recs.filter((x) => x['phase'] === 'round');
+    assert.ok(rounds.length >= 2 && rounds.length <= 8, `between two rounds and the limit: ${rounds.length}`);
+    const last = rounds.at(-1)!['bytes'] as number;
+    // Rounds end at 1 MiB, at a round that shrinks less than a tenth, or at the limit.
+    const prev = rounds.at(-2)!['bytes'] as number;
+    assert.ok(last <= 1 << 20 || last > prev * 0.9 || rounds.length === 8, `why the rounds ended: ${JSON.stringify(rounds)}`);
+    const done = recs.at(-1)!;
+    process.stdout.write(`# pre-copy 64 MiB at 50 MiB/s: ${rounds.length} rounds (${rounds.map((r) => r['bytes']).join(', ')} bytes); `
+      + `downtime ${String(done['downtimeMs'])} ms, total ${String(done['totalMs'])} ms\n`);
+    assert.ok(alive(w.pid), 'the same PID runs on the target');
+    assert.equal(procState(w.pid).tracer, 0);
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
+
   it('moves a process that maps, moves and unmaps areas all through pre-copy', async () => {
     const w = await startDirtier(16, 10, 'churn');
     const { r: recv, port } = await startReceiver(key, config);
