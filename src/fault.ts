@@ -25,14 +25,16 @@
  *   `precopy` (`ferry migrate` has sent the first pre-copy round: the tree runs, its writes
  *   tracked through ferry's userfaultfd, nothing of it seized); `holding` (the dirty tracking
  *   holds a source process's threads stopped while it registers its areas, the first time it
- *   does: a synchronous pause, ended only by its time or by SIGKILL).
+ *   does: a synchronous pause, ended only by its time or by SIGKILL); `transient` (restore has
+ *   made a name it removes again at once: a removed directory, FIFO or further name of a file,
+ *   files/transient.ts; synchronous too).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy', 'holding',
+  'precopy', 'holding', 'transient',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

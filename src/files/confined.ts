@@ -25,6 +25,7 @@ import { FerryError, errnoCode } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
+import { noteTransient, transientMade } from './transient.js';
 
 /** openat2(2) resolve flags (linux/openat2.h). */
 export const RESOLVE_NO_XDEV = 0x01, RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04,
@@ -505,15 +506,19 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
     if (!st.isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: /${parts.slice(0, have + 1).join('/')} is no longer a directory`);
     have++;
   }
-  const made: string[] = [];
+  // Each directory made is written down before it is made (restore/transient.ts): a ferry
+  // killed before it removes them again leaves them to the next restore's sweep.
+  const made: Array<{ path: string; forget: () => void }> = [];
   const mk = (path: string): boolean => {
+    const forget = noteTransient('dir', root.path, path);
     try {
       mkdirIn(root, path, 0o700, what);
     } catch (err) {
+      forget();
       if (errnoCode(err) === 'EEXIST' || (err instanceof FerryError && errnoCode(err.cause) === 'EEXIST')) return false;
       throw err;
     }
-    made.push(path);
+    made.push({ path, forget });
     return true;
   };
   try {
@@ -523,12 +528,14 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
       if (n > 100) throw new FerryError('EEXIST', `cannot restore ${what}: its name and 100 others beside it are taken`);
       path = `/${parts.join('/')}.ferry-removed-${n}`;
     }
+    transientMade();
     return fn(path);
   } finally {
     for (const d of made.reverse()) {
       try {
-        unlinkIn(root, d, what, true);
+        unlinkIn(root, d.path, what, true);
       } catch { /* not empty any more: someone else's now */ }
+      d.forget();
     }
   }
 }

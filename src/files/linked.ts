@@ -31,6 +31,7 @@ import {
 import { placeOf, statIn, withParent } from './confined.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, TaskContext } from './types.js';
+import { noteTransient, transientMade } from './transient.js';
 
 const SUFFIX = ' (deleted)';
 /** The flags an open file keeps (never what creates or truncates). */
@@ -153,20 +154,32 @@ export const linked: FileKind<LinkedRecord> = {
         try {
           let fd: number | undefined;
           let linkedHere = false;
+          // Written down first (restore/transient.ts): a killed ferry's extra name goes with the next sweep.
+          const forget = noteTransient('link', root.path, path, rec.ino);
           try {
-            n.linkFd(h, dir.dir, dir.name);
-            linkedHere = true;
-          } catch (err) {
-            if (errnoCode(err) !== 'EEXIST') throw err;
-          }
-          if (linkedHere) {
-            // Ours: opened through the name, so /proc shows "path (deleted)" once it is removed.
-            fd = dir.open(rec.flags & REOPEN_FLAGS);
-            if (fstatSync(fd, { bigint: true }).ino.toString() !== rec.ino) {
-              n.closeFd(fd);
-              throw new FerryError('ECHANGED', `${what(rec)}: its name was replaced while it was being restored`);
+            try {
+              n.linkFd(h, dir.dir, dir.name);
+              linkedHere = true;
+            } catch (err) {
+              if (errnoCode(err) !== 'EEXIST') throw err;
             }
-            dir.unlink();
+            if (linkedHere) {
+              transientMade();
+              // Ours: opened through the name, so /proc shows "path (deleted)" once it is removed.
+              let ours = true;
+              try {
+                fd = dir.open(rec.flags & REOPEN_FLAGS);
+                if (fstatSync(fd, { bigint: true }).ino.toString() !== rec.ino) {
+                  ours = false; // another file took the name meanwhile: it stays
+                  n.closeFd(fd);
+                  throw new FerryError('ECHANGED', `${what(rec)}: its name was replaced while it was being restored`);
+                }
+              } finally {
+                if (ours) dir.unlink();
+              }
+            }
+          } finally {
+            forget();
           }
           fd ??= n.openRaw(`/proc/self/fd/${h}`, rec.flags & REOPEN_FLAGS);
           const pos = Number(rec.pos);

@@ -31,6 +31,7 @@ import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { NAME_RESOLVE, placeOf, reopenIn, shownIn, statIn, withParent, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
+import { noteTransient, transientMade } from './transient.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_NOFOLLOW = 0o400000;
 const REMOVED = ' (deleted)';
@@ -263,17 +264,22 @@ function makeRemovedFifo(rec: FifoRecord, root: ConfinedRoot, path: string, what
   return withParent(root, path, what, (dir) => {
     for (let i = 0; i <= 100; i++) {
       const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
+      // Written down first (restore/transient.ts): a killed ferry's FIFO goes with the next sweep.
+      const forget = noteTransient('fifo', root.path, `${path.slice(0, path.lastIndexOf('/'))}/${name}`);
       try {
         n.mkfifoat(dir.dir, name, 0o600);
       } catch (err) {
+        forget();
         if (errnoCode(err) === 'EEXIST') continue;
         throw err;
       }
       let fd: number;
       try {
+        transientMade();
         fd = n.openat2(dir.dir, name, O_RDWR | O_NONBLOCK | O_NOFOLLOW, 0, NAME_RESOLVE);
       } finally {
         n.unlinkat(dir.dir, name, 0);
+        forget();
       }
       if (!fstatSync(fd, { bigint: true }).isFIFO()) {
         n.closeFd(fd);

@@ -25,6 +25,7 @@ import { beforeLetGo, checkFiles, closeFiles, installFds, openAfterTree, openFil
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { removeKeptLock, type LockedConnection } from '../files/tcp-lock.js';
+import { sweepTransientNames } from '../files/transient.js';
 import type { InetRecord } from '../files/inet.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
@@ -63,6 +64,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     warnings.push(m);
     log.warn(m);
   };
+  // Names an earlier restore made for a moment and could not remove, being killed (files/transient.ts).
+  const swept = sweepTransientNames(log);
+  if (swept > 0) log.info({ swept }, 'removed names a killed restore had made');
   // --trust, else image.trust of the config: read before the image, checked right after its
   // manifest. This machine's own key is trusted too (image/host-key.ts).
   const host = hostPublicKey(o.config.image.hostKey);

@@ -1,0 +1,142 @@
+/**
+ * Names that restore makes for a moment. A few things a process held can only be opened again
+ * through a name that no longer exists: a removed working or held-open directory (made, entered
+ * or opened, removed: files/confined.ts withRemovedDir), a removed FIFO (mkfifo, open, unlink:
+ * files/pipe.ts), a removed name of a file that has another (a hard link made, opened,
+ * unlinked: files/linked.ts). Each name exists for the span of a syscall or two and is removed
+ * on every way out that ferry lives through; but if ferry is SIGKILLed in that span, no kernel
+ * mechanism removes a name for it.
+ *
+ * So each such name is written down first, in a journal of ferry's own
+ * (/run/ferry/transient, root's, 0700): one file per name, made before the name and removed
+ * after it (noteTransient). Between the making and the removal the restore passes the fault
+ * point `transient` (transientMade), where the fault cells kill it. `sweepTransientNames` (at the start of every restore, and by `ferry check`) takes
+ * each entry whose ferry is gone (its pid and start time no longer match) and removes the name
+ * if it is still what ferry made: an empty directory of root's with mode 0700, a FIFO of
+ * root's with mode 0600, or a further name of the inode the entry records (which still has
+ * another). Anything else at that name is someone else's by now and is left alone; the entry
+ * goes either way.
+ */
+import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { faultPointSync } from '../fault.js';
+import { readProcText } from '../proc/read.js';
+
+/** Where the entries live. */
+export const TRANSIENT_DIR = '/run/ferry/transient';
+
+/** What a transient name is. */
+export type TransientKind = 'dir' | 'fifo' | 'link';
+
+interface Entry {
+  pid: number;
+  start: string;
+  kind: TransientKind;
+  /** The name, as the host sees it (the root's path joined with the path inside it). */
+  path: string;
+  /** `link`: the inode the name leads to. */
+  ino?: string;
+}
+
+let counter = 0;
+let ownStart: string | undefined;
+
+function startOf(pid: number): string | undefined {
+  try {
+    return readProcText(pid, 'stat').replace(/^.*\) /s, '').split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Writes down that name `path` (inside the root at `rootPath`) of kind `kind` is about to be
+ * made, before it is; returns the function that forgets it, to call once the name is removed
+ * again (or was never made). `ino`: a `link` leads to that inode.
+ */
+export function noteTransient(kind: TransientKind, rootPath: string, path: string, ino?: string): () => void {
+  mkdirSync(TRANSIENT_DIR, { recursive: true, mode: 0o700 });
+  ownStart ??= startOf(process.pid) ?? '0';
+  const entry: Entry = { pid: process.pid, start: ownStart, kind, path: hostPath(rootPath, path), ...(ino !== undefined ? { ino } : {}) };
+  const file = join(TRANSIENT_DIR, `${process.pid}-${String(++counter).padStart(8, '0')}.json`);
+  const fd = openSync(file, 'wx', 0o600);
+  try {
+    writeSync(fd, JSON.stringify(entry));
+  } finally {
+    closeSync(fd);
+  }
+  return () => rmSync(file, { force: true });
+}
+
+/** The fault point between a transient name's making and its removal. */
+export function transientMade(): void {
+  faultPointSync('transient');
+}
+
+function hostPath(rootPath: string, path: string): string {
+  return rootPath === '/' ? path : `${rootPath.replace(/\/$/, '')}/${path.replace(/^\//, '')}`;
+}
+
+/**
+ * Removes the names that ferries which died left (see above). Returns how many it removed.
+ * Never throws: a journal it cannot read is left for the next sweep.
+ */
+export function sweepTransientNames(log?: { warn(o: object, m: string): void }): number {
+  let files: string[];
+  try {
+    files = readdirSync(TRANSIENT_DIR);
+  } catch {
+    return 0; // no journal: nothing was ever left
+  }
+  let removed = 0;
+  // The latest first: a directory made inside another made one goes before it.
+  for (const f of files.sort().reverse()) {
+    const file = join(TRANSIENT_DIR, f);
+    let e: Entry;
+    try {
+      e = JSON.parse(readFileSync(file, 'utf8')) as Entry;
+    } catch {
+      continue; // being written by a live ferry, or not ours
+    }
+    if (!Number.isInteger(e.pid) || startOf(e.pid) === e.start) continue; // its ferry lives
+    try {
+      if (removeIfOurs(e)) removed++;
+    } catch (err) {
+      log?.warn({ err, path: e.path }, 'a name a killed restore made could not be removed');
+    }
+    rmSync(file, { force: true });
+  }
+  return removed;
+}
+
+/** Removes `e`'s name if it is still what ferry made; whether it did. */
+function removeIfOurs(e: Entry): boolean {
+  if (typeof e.path !== 'string' || !e.path.startsWith('/')) return false;
+  let st;
+  try {
+    st = lstatSync(e.path, { bigint: true });
+  } catch {
+    return false; // gone
+  }
+  const mode = Number(st.mode & 0o7777n);
+  switch (e.kind) {
+    case 'dir':
+      if (!st.isDirectory() || st.uid !== 0n || mode !== 0o700) return false;
+      try {
+        rmdirSync(e.path); // only if empty
+      } catch {
+        return false;
+      }
+      return true;
+    case 'fifo':
+      if (!st.isFIFO() || st.uid !== 0n || mode !== 0o600) return false;
+      unlinkSync(e.path);
+      return true;
+    case 'link':
+      if (!st.isFile() || st.ino.toString() !== e.ino || st.nlink < 2n) return false;
+      unlinkSync(e.path);
+      return true;
+    default:
+      return false;
+  }
+}
