@@ -12,13 +12,13 @@
  * after it (noteTransient). Between the making and the removal the restore passes the fault
  * point `transient` (transientMade), where the fault cells kill it. `sweepTransientNames` (at the start of every restore, and by `ferry check`) takes
  * each entry whose ferry is gone (its pid and start time no longer match) and removes the name
- * if it is still what ferry made: an empty directory of root's with mode 0700, a FIFO of
- * root's with mode 0600, or a further name of the inode the entry records (which still has
- * another). Anything else at that name is someone else's by now and is left alone; the entry
+ * if it is still what ferry made, in the very directory it was made in (device and inode
+ * recorded): an empty directory of root's with mode 0700, a FIFO of root's with mode 0600, or
+ * a further name of the inode the entry records (which still has another). Anything else at that name is someone else's by now and is left alone; the entry
  * goes either way.
  */
 import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { faultPointSync } from '../fault.js';
 import { readProcText } from '../proc/read.js';
 
@@ -36,6 +36,11 @@ interface Entry {
   path: string;
   /** `link`: the inode the name leads to. */
   ino?: string;
+  /**
+   * The directory the name is made in, `dev:ino`, as it was then: the sweep acts only in that
+   * very directory (a root under /proc/PID/root may be another process's by then).
+   */
+  parent?: string;
 }
 
 let counter = 0;
@@ -57,7 +62,9 @@ function startOf(pid: number): string | undefined {
 export function noteTransient(kind: TransientKind, rootPath: string, path: string, ino?: string): () => void {
   mkdirSync(TRANSIENT_DIR, { recursive: true, mode: 0o700 });
   ownStart ??= startOf(process.pid) ?? '0';
-  const entry: Entry = { pid: process.pid, start: ownStart, kind, path: hostPath(rootPath, path), ...(ino !== undefined ? { ino } : {}) };
+  const at = hostPath(rootPath, path);
+  const parent = identity(dirname(at));
+  const entry: Entry = { pid: process.pid, start: ownStart, kind, path: at, ...(ino !== undefined ? { ino } : {}), ...(parent !== undefined ? { parent } : {}) };
   const file = join(TRANSIENT_DIR, `${process.pid}-${String(++counter).padStart(8, '0')}.json`);
   const fd = openSync(file, 'wx', 0o600);
   try {
@@ -71,6 +78,16 @@ export function noteTransient(kind: TransientKind, rootPath: string, path: strin
 /** The fault point between a transient name's making and its removal. */
 export function transientMade(): void {
   faultPointSync('transient');
+}
+
+/** `dev:ino` of directory `path`, or undefined. */
+function identity(path: string): string | undefined {
+  try {
+    const st = lstatSync(path, { bigint: true });
+    return st.isDirectory() ? `${st.dev}:${st.ino}` : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function hostPath(rootPath: string, path: string): string {
@@ -112,6 +129,8 @@ export function sweepTransientNames(log?: { warn(o: object, m: string): void }):
 /** Removes `e`'s name if it is still what ferry made; whether it did. */
 function removeIfOurs(e: Entry): boolean {
   if (typeof e.path !== 'string' || !e.path.startsWith('/')) return false;
+  // Only in the directory it was made in (another one may have its path by now).
+  if (e.parent === undefined || identity(dirname(e.path)) !== e.parent) return false;
   let st;
   try {
     st = lstatSync(e.path, { bigint: true });
@@ -133,7 +152,8 @@ function removeIfOurs(e: Entry): boolean {
       unlinkSync(e.path);
       return true;
     case 'link':
-      if (!st.isFile() || st.ino.toString() !== e.ino || st.nlink < 2n) return false;
+      // The same filesystem as its directory, the recorded inode, and another name besides.
+      if (!st.isFile() || st.ino.toString() !== e.ino || `${st.dev}` !== e.parent.split(':')[0] || st.nlink < 2n) return false;
       unlinkSync(e.path);
       return true;
     default:
