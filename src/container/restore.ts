@@ -13,12 +13,13 @@
  * Before any of that, the image's credentials are held against the bundle's config.json
  * (restore/bounds.ts): an image cannot give its processes more than the runtime would.
  */
-import { closeSync, existsSync, lstatSync, mkdtempSync, openSync, readFileSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdtempSync, openSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
 import type { MadeRoot, RestoreOptions, RestoreResult } from '../api.js';
 import { SYS } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import type { Image } from '../image/reader.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
@@ -192,8 +193,12 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
   const out = openSync(join(work, 'runtime.log'), 'w+');
   const nul = openSync('/dev/null', 'r+');
   let created = false;
-  // If ferry dies from here until the tree runs, the runtime must not keep the container.
-  const watchdog = await armWatchdog(['exec', rt.path, ...rt.args(['delete', '--force', o.id])], `container ${o.id}`);
+  // config.json is swapped for the moment of `create` (below); its original waits beside it.
+  const backup = `${configPath}.ferry-${process.pid}.orig`;
+  // If ferry dies from here until the tree runs, the runtime must not keep the container, and
+  // the bundle gets its config.json back if ferry was killed while it was swapped.
+  const watchdog = await armWatchdog(['exec', '/bin/sh', '-c', 'b="$1"; c="$2"; shift 2; if [ -e "$b" ]; then mv -f -- "$b" "$c"; fi; exec "$@"',
+    'sh', backup, configPath, rt.path, ...rt.args(['delete', '--force', o.id])], `container ${o.id}`);
   const destroy = (): void => {
     if (created) {
       created = false;
@@ -202,11 +207,14 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
     watchdog.disarm();
   };
   try {
-    // runc reads the config during create only: swap it in for that moment.
+    // runc reads the config during create only: swap it in for that moment. Every file is
+    // renamed into place, so config.json is always whole: the original or the restore's.
     const tmp = `${configPath}.ferry-${process.pid}`;
+    writeFileSync(backup, original, { mode: statSync(configPath).mode & 0o7777, flag: 'w' });
     writeFileSync(tmp, JSON.stringify(restoreConfig(config, bundle)));
     renameSync(tmp, configPath);
     try {
+      faultPointSync('configswap');
       rt.run(['create', '--bundle', bundle, '--pid-file', join(work, 'pid'), '--preserve-fds', '2', o.id], `container ${o.id}`,
         { stdio: [nul, out, out, stubFd, pidfd] });
       created = true;
@@ -214,7 +222,7 @@ async function makeInit(o: ContainerRestoreOptions, rt: Runtime, image: Image, m
       throw new FerryError('ERUNTIME', `cannot create container ${o.id} from bundle ${bundle}: ${describeCause(err)}`
         + ` (${readFileSync(join(work, 'runtime.log'), 'utf8').trim().split('\n').at(-1) ?? ''})`, { cause: err });
     } finally {
-      writeFileSync(configPath, original);
+      renameSync(backup, configPath);
     }
     rt.run(['start', o.id], `container ${o.id}`);
     const pid = Number(readFileSync(join(work, 'pid'), 'utf8').trim());

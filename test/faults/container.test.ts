@@ -36,6 +36,8 @@ const CELL = { timeout: 180000 };
 let dir = '';
 let state = '';
 let bundle = '';
+/** The bundle's config.json as the test wrote it. */
+let bundleConfig = '';
 /** The static memcheck's path, on the host and inside the rootfs alike. */
 let memcheck = '';
 let olderImage = '';
@@ -196,6 +198,11 @@ async function restoreCell(p: Problems, phase: string, fault: Fault): Promise<vo
     await waitFor('the container to be gone', () => ctrState(RESTORE_ID).status === 'absent', 10000).catch(() => {
       q.push(`runc still lists container ${RESTORE_ID} (${ctrState(RESTORE_ID).status})`);
     });
+    // The bundle's config.json is its own again (a killed ferry's watchdog puts it back), and
+    // nothing of ferry's is left beside it.
+    const beside = (): string[] => readdirSync(bundle).filter((n) => n !== 'config.json');
+    await waitFor('the bundle\'s own config.json', () => readFileSync(join(bundle, 'config.json'), 'utf8') === bundleConfig && beside().length === 0, 10000)
+      .catch(() => q.push(`the bundle's config.json is ${readFileSync(join(bundle, 'config.json'), 'utf8') === bundleConfig ? '' : 'not '}its own; beside it: ${beside().join(', ')}`));
     if (restoreCgroup !== '') {
       await waitFor('its cgroup to be empty', () => cgroupPids(restoreCgroup).length === 0, 10000).catch(() => {
         q.push(`processes left in its cgroup: ${cgroupPids(restoreCgroup).join(' ')}`);
@@ -256,7 +263,8 @@ describe('fault matrix: containers', { skip }, () => {
     config.root = { path: rootfs, readonly: false };
     config.process.terminal = false;
     config.process.args = [memcheck, String(MIB)];
-    writeFileSync(join(bundle, 'config.json'), JSON.stringify(config, null, 1));
+    bundleConfig = JSON.stringify(config, null, 1);
+    writeFileSync(join(bundle, 'config.json'), bundleConfig);
 
     // The older image every checkpoint cell finds at its target path: a small real one.
     const w = await startWorkload(join(WORKLOADS, 'counter'), ['50']);
@@ -300,5 +308,8 @@ describe('fault matrix: containers', { skip }, () => {
         it(`${row} @ ${phase}`, CELL, async () => expectOk(await cell(matrix, row, phase, (p) => restoreCell(p, phase, fault))));
       }
     }
+    // While the bundle's config.json is swapped for runc create's (a synchronous pause: SIGKILL only).
+    it('container restore SIGKILL @ configswap', CELL, async () => expectOk(await cell(matrix, 'container restore SIGKILL', 'configswap',
+      (p) => restoreCell(p, 'configswap', 'SIGKILL'))));
   });
 });

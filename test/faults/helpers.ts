@@ -39,7 +39,7 @@ export const CONTAINER_CHECKPOINT_PHASES = ['frozen', 'seized', 'dumped', 'writi
 /** Restore phases (src/fault.ts). */
 export const RESTORE_PHASES = ['verified', 'created', 'rebuilt', 'letgo'] as const;
 /** Columns of the table: every phase, then the faults that are not tied to one. */
-export const COLUMNS = ['frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'once'] as const;
+export const COLUMNS = ['frozen', 'seized', 'dumped', 'writing', 'written', 'verified', 'configswap', 'created', 'rebuilt', 'letgo', 'once'] as const;
 
 /** The exit status the CLI gives for a handled signal. */
 export const SIGNAL_STATUS = { SIGTERM: 143, SIGINT: 130 } as const;
