@@ -43,8 +43,22 @@ function errnoName(r: bigint): string {
  * where a thread created by an injected clone3 starts (it resumes after the `syscall`) and
  * waits, touching no memory, until it is seized:
  *   G+0 syscall; G+2 mov $34,%eax; G+7 syscall; G+9 jmp G+2
+ * and, at G+16 (FORK_GADGET), the `syscall` a process is forked through (restore/tree.ts, a
+ * child that inherits its rebuilt parent's pages): the child (the one return of 0) asks for
+ * SIGKILL when its parent dies, then waits in the loop if its parent is still the one in r12,
+ * else exits, as the restore stub's own child does (native/helpers/stub.c):
+ *   G+16 syscall; G+18 test %rax,%rax; G+21 jnz G+2; G+23 prctl(PR_SET_PDEATHSIG, SIGKILL);
+ *   G+40 getppid(); G+47 cmp %r12,%rax; G+50 je G+2; G+52 exit_group(0); G+61 jmp G+2
  */
-export const GADGET_CODE = Buffer.from([0x0f, 0x05, 0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7]);
+export const GADGET_CODE = Buffer.from([
+  0x0f, 0x05, 0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7, 0x90, 0x90, 0x90, 0x90, 0x90,
+  0x0f, 0x05, 0x48, 0x85, 0xc0, 0x75, 0xeb,
+  0xb8, 0x9d, 0x00, 0x00, 0x00, 0xbf, 0x01, 0x00, 0x00, 0x00, 0xbe, 0x09, 0x00, 0x00, 0x00, 0x0f, 0x05,
+  0xb8, 0x6e, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x4c, 0x39, 0xe0, 0x74, 0xce,
+  0xb8, 0xe7, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05, 0xeb, 0xc3,
+]);
+/** Offset of the fork `syscall` in GADGET_CODE. */
+export const FORK_GADGET = 16;
 
 /** Gadget area: one code page (`syscall`) and scratch pages for syscall arguments. */
 const GADGET_PAGES = 8;

@@ -16,6 +16,7 @@ import {
   ALL_SIGNALS, decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
 } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import type { ProcessRecord, TreeRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
@@ -26,11 +27,12 @@ import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import type { RestoreFiles } from '../files/install.js';
 import { takeControllingTerminal } from '../files/tty.js';
-import { useStubGadget } from './address-space.js';
+import { FORK_GADGET, GADGET_CODE, useStubGadget } from './address-space.js';
 
 const SIGCHLD = 17;
 const CLONE_ARGS_SIZE = 88;
 const RLIMIT_CORE = 4;
+const PR_SET_PDEATHSIG = 1;
 
 /** The created tree: a stopped, traced stub per live process. */
 export interface CreatedTree {
@@ -180,7 +182,21 @@ function fork(parent: Tracee, pid: number, put: (data: Buffer) => bigint): Trace
   args.writeBigUInt64LE(argsAt + BigInt(CLONE_ARGS_SIZE), 64); // set_tid
   parent.writeMem(argsAt, args);
   const before = new Set(children(parent));
-  const r = parent.trySyscall(SYS.clone3, argsAt, CLONE_ARGS_SIZE);
+  // The child runs on its own until it is seized: it asks to die with its parent, and checks
+  // that its parent is the one in r12, its pid as the child's namespace shows it (stub.c).
+  const regs = decodeRegs(n.getRegs(parent.tid));
+  regs.r12 = BigInt(parseStatus(readProcText(parent.pid, 'status')).nsPid.at(-1) ?? 0);
+  n.setRegs(parent.tid, encodeRegs(regs));
+  // Through the `syscall` whose child path does that: the stub's own, or the gadget page's
+  // fork entry in a rebuilt parent (address-space.ts GADGET_CODE).
+  const gadget = parent.gadget;
+  if (parent.readMem(gadget, GADGET_CODE.length).equals(GADGET_CODE)) parent.gadget = gadget + BigInt(FORK_GADGET);
+  let r: bigint;
+  try {
+    r = parent.trySyscall(SYS.clone3, argsAt, CLONE_ARGS_SIZE);
+  } finally {
+    parent.gadget = gadget;
+  }
   if (r < 0n) {
     throw new FerryError(r === -17n ? 'EPIDINUSE' : 'ESPAWN', r === -17n
       ? `pid ${pid} is in use by another process: stop it, or restore elsewhere`
@@ -190,7 +206,9 @@ function fork(parent: Tracee, pid: number, put: (data: Buffer) => bigint): Trace
   const fresh = children(parent).filter((c) => !before.has(c));
   if (fresh.length !== 1) throw new FerryError('ESPAWN', `pid ${pid} (child of ${parent.pid}) cannot be found after its creation`);
   const host = fresh[0]!;
-  // Until it is seized the child runs the stub's pause() loop with every signal blocked.
+  // Until it is seized the child runs the stub's pause() loop with every signal blocked, set
+  // to die with its parent (which dies with ferry).
+  faultPointSync('forked');
   n.seize(host, 0);
   n.interrupt(host);
   const st = n.waitpid(host);
@@ -198,6 +216,9 @@ function fork(parent: Tracee, pid: number, put: (data: Buffer) => bigint): Trace
   n.setOptions(host, RESTORE_TRACE_OPTIONS);
   const child = new Tracee(host, host);
   child.gadget = parent.gadget;
+  // Traced with PTRACE_O_EXITKILL now: its parent-death signal goes back to none (its own,
+  // if it had one, is set with its credentials).
+  child.syscall(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
   return child;
 }
 

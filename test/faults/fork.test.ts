@@ -1,0 +1,56 @@
+/**
+ * Fault cells of a restore's forks (src/restore/tree.ts `fork`): a parent stub has forked a
+ * child stub, which runs on its own until ferry seizes it. Restore is SIGKILLed right there
+ * (FERRY_TEST_PAUSE_AT=forked, a synchronous pause): the traced parent dies with ferry
+ * (PTRACE_O_EXITKILL) and the child, which asked for SIGKILL on its parent's death
+ * (native/helpers/stub.c, the gadget page's fork entry for a rebuilt parent), dies too, so
+ * every pid of the image is free again at once, and a retry restores the tree. Both ways a
+ * child is forked: from its parent's stub (memcheck tree) and from its rebuilt parent, whose
+ * pages it inherits (memcheck cow).
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { needs } from '../helpers/env.js';
+import { cleanup } from '../helpers/processes.js';
+import {
+  checkRestored, killAll, pidsFree, runFerry, settle, startFerry, startMemcheck, waitPaused, type Problems,
+} from './helpers.js';
+
+const skip = needs('root', 'build');
+after(() => { killAll(); cleanup(); });
+
+describe('fault cells: restore killed between a fork and the seize of the child', { skip, timeout: 180_000 }, () => {
+  for (const mode of ['tree', 'cow'] as const) {
+    it(`memcheck ${mode}: SIGKILL at forked; no stub is left, every pid is free, a retry restores`, async () => {
+      const t = await startMemcheck(8, mode);
+      assert.ok(t.pids.length > 1, 'a tree');
+      const image = join(t.dir, 'tree.tar');
+      const cp = await runFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      await t.exited;
+      assert.deepEqual(await pidsFree(t.pids), []);
+
+      const p: Problems = [];
+      const run = startFerry(['restore', '--image', image], 'forked');
+      try {
+        assert.equal(await waitPaused(run, 'forked'), undefined);
+        run.child.kill('SIGKILL');
+        await settle(run, 'after SIGKILL', p);
+      } finally {
+        if (!run.exited) run.child.kill('SIGKILL');
+        await run.exit;
+      }
+      assert.deepEqual(p, []);
+      // At once: the kernel kills the stubs (no wait for a reaper beyond the usual).
+      assert.deepEqual(await pidsFree(t.pids, 5000), [], 'nothing of the killed restore holds the pids');
+
+      const rs = await runFerry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      const q: Problems = [];
+      await checkRestored(q, t);
+      assert.deepEqual(q, []);
+      killAll();
+    });
+  }
+});
