@@ -23,7 +23,9 @@
  * - migration (src/migrate/): `streaming` (the first chunk of the image has crossed the
  *   connection: sent by `ferry migrate`, the tree stopped; spooled by `ferry receive`);
  *   `precopy` (`ferry migrate` has sent the first pre-copy round: the tree runs, its writes
- *   tracked through ferry's userfaultfd, nothing of it seized); `holding` (the dirty tracking
+ *   tracked through ferry's userfaultfd, nothing of it seized; also a pre-dump of ferry's
+ *   criu or ferry-runtime once its scan is done, before it copies pages and hands the
+ *   tracking to its holder); `holding` (the dirty tracking
  *   holds a source process's threads stopped while it registers its areas, the first time it
  *   does: a synchronous pause, ended only by its time or by SIGKILL); `transient` (restore has
  *   made a name it removes again at once: a removed directory, FIFO or further name of a file,

@@ -1,6 +1,7 @@
 /*
  * ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] |
- * ferry-watchdog kill PID...: undoes one step if ferry dies before it does so itself.
+ * ferry-watchdog kill PID... | ferry-watchdog hold PID START SECONDS STATE N: undoes one step if
+ * ferry dies before it does so itself, or holds descriptors between two of ferry's runs.
  *
  * Some of ferry's steps are not undone by the kernel when ferry dies: a frozen cgroup stays
  * frozen (a container checkpoint freezes it while it seizes every thread), and a container
@@ -21,6 +22,16 @@
  * It ignores SIGINT, SIGTERM, SIGHUP and SIGPIPE: a Ctrl-C meant for ferry must not kill it.
  * Exit status: 0 disarmed, 1 acted, 2 usage or setup error (reported on stderr); in exec mode
  * the program's own once it acted.
+ *
+ * `hold` (the memory tracker between a pre-dump and the next dump, src/runtime/criu-track.ts):
+ * it keeps the N descriptors it was started with from 3 on (userfaultfds made in a container's
+ * processes) and closes any other (its caller's, inherited without O_CLOEXEC: runc's socket). It takes a pidfd of PID (the container's init) and checks that
+ * PID is still the process started at START (field 22 of /proc/PID/stat), prints "armed" and
+ * waits until that process exits or SECONDS pass; the next dump takes the descriptors with
+ * pidfd_getfd(2) and kills it (SIGKILL). Exiting closes them, and the kernel then unregisters
+ * every area they had (userfaultfd_release()): the container runs on as if never tracked. On
+ * its way out it removes STATE, the file that names it, if that still names it (its pid in a
+ * line "holder PID").
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,14 +42,82 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
+
+/* Start time (field 22) of process `pid`, or -1. */
+static long long start_time(const char *pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%s/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) return -1;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0) return -1;
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	for (int field = 2; p && field < 22; field++) p = strchr(p + 1, ' ');
+	return p ? strtoll(p + 1, NULL, 10) : -1;
+}
+
+/* hold PID START SECONDS STATE N: see the comment at the top. */
+static int hold(char **argv)
+{
+	char *end;
+	long pid = strtol(argv[2], &end, 10);
+	long seconds = strtol(argv[4], NULL, 10);
+	long held = strtol(argv[6], NULL, 10);
+	if (held < 0 || held > 65536) return 2;
+	syscall(SYS_close_range, 3 + (unsigned int)held, ~0U, 0);
+	int init = pid > 0 && *end == '\0' ? (int)syscall(SYS_pidfd_open, (pid_t)pid, 0) : -1;
+	if (init < 0 || seconds <= 0 || start_time(argv[2]) != strtoll(argv[3], NULL, 10)) {
+		fprintf(stderr, "ferry-watchdog: pid %s is not the process to hold for\n", argv[2]);
+		return 2;
+	}
+	if (write(1, "armed\n", 6) != 6) return 2;
+	int nul = open("/dev/null", O_RDWR);
+	if (nul >= 0) {
+		dup2(nul, 0);
+		dup2(nul, 1);
+		dup2(nul, 2);
+		if (nul > 2) close(nul);
+	}
+	struct pollfd fd = { .fd = init, .events = POLLIN };
+	struct timespec now, until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += seconds;
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long long left = (long long)(until.tv_sec - now.tv_sec) * 1000 + (until.tv_nsec - now.tv_nsec) / 1000000;
+		if (left <= 0) break;
+		int r = poll(&fd, 1, left > 60000 ? 60000 : (int)left);
+		if (r > 0 || (r < 0 && errno != EINTR)) break;
+	}
+	char buf[256], want[32];
+	int st = open(argv[5], O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (st >= 0) {
+		ssize_t n = read(st, buf, sizeof buf - 1);
+		close(st);
+		snprintf(want, sizeof want, "holder %d\n", (int)getpid());
+		if (n > 0 && (buf[n] = '\0', strstr(buf, want) != NULL)) unlink(argv[5]);
+	}
+	return 1;
+}
 
 int main(int argc, char **argv)
 {
+	if (argc == 7 && strcmp(argv[1], "hold") == 0) {
+		signal(SIGINT, SIG_IGN);
+		signal(SIGTERM, SIG_IGN);
+		signal(SIGHUP, SIG_IGN);
+		signal(SIGPIPE, SIG_IGN);
+		return hold(argv);
+	}
 	int exec_mode = argc >= 3 && strcmp(argv[1], "exec") == 0;
 	int kill_mode = argc >= 3 && strcmp(argv[1], "kill") == 0;
 	if (!exec_mode && !kill_mode && !(argc == 4 && strcmp(argv[1], "write") == 0)) {
-		fprintf(stderr, "usage: ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] | ferry-watchdog kill PID...\n");
+		fprintf(stderr, "usage: ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] | ferry-watchdog kill PID... | ferry-watchdog hold PID START SECONDS STATE N\n");
 		return 2;
 	}
 	signal(SIGINT, SIG_IGN);

@@ -97,7 +97,7 @@ function keepRegion(categories: number): boolean {
 }
 
 /** start time (field 22 of /proc/PID/stat): with the pid, it names one process for good. */
-function startTime(pid: number): bigint | undefined {
+export function startTime(pid: number): bigint | undefined {
   try {
     const text = readProcText(pid, 'stat');
     const s = parseStat(text);
@@ -300,6 +300,50 @@ export class DirtyTracker {
   /** Scans every process (see TrackedProcess.scan). */
   scan(): ProcessScan[] {
     return this.procs.map((p) => p.scan());
+  }
+
+  /**
+   * The tracked processes, each with its start time and ferry's userfaultfd of it: for a
+   * holder that keeps the tracking between two runs (src/runtime/criu-track.ts). The
+   * descriptors stay this tracker's: close() still closes them.
+   */
+  get descriptors(): Array<{ pid: number; start: bigint; uffd: number }> {
+    return this.procs.map((p) => ({ pid: p.pid, start: p.start, uffd: p.uffd }));
+  }
+
+  /**
+   * Takes over tracking that another run started (`descriptors`, the userfaultfds taken back
+   * from their holder): every descriptor becomes this tracker's. A process that is gone or no
+   * longer the one tracked (start time) is dropped, its descriptor closed: the caller holds
+   * nothing of it (its scans never name it).
+   */
+  static adopt(held: ReadonlyArray<{ pid: number; start: bigint; uffd: number }>): DirtyTracker {
+    const procs: TrackedProcess[] = [];
+    for (const h of held) {
+      let pagemap = -1;
+      try {
+        if (startTime(h.pid) === h.start) pagemap = openSync(`/proc/${h.pid}/pagemap`, 'r');
+      } catch { /* gone */ }
+      if (pagemap < 0) {
+        try { closeSync(h.uffd); } catch { /* closed */ }
+        continue;
+      }
+      procs.push(new TrackedProcess(h.pid, h.start, h.uffd, pagemap));
+    }
+    return new DirtyTracker(procs);
+  }
+
+  /**
+   * Starts tracking the processes of `pids` not tracked yet (forked since the start), as
+   * start() does; throws as start() does for one that cannot be tracked.
+   */
+  add(pids: readonly number[], log: Logger): void {
+    const known = new Set(this.procs.map((p) => p.pid));
+    for (const pid of pids) {
+      if (known.has(pid)) continue;
+      const p = trackProcess(pid, log);
+      if (p) this.procs.push(p);
+    }
   }
 
   /** Ends tracking: ferry's userfaultfds are closed, which unregisters every area. */

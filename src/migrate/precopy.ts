@@ -36,7 +36,7 @@ import { MAX_DATA_BYTES, type Channel } from './channel.js';
 
 export const TAG_RAW = 0, TAG_PAGES = 1, TAG_REF = 2;
 /** tag, pid, address, count. */
-const HEAD = 1 + 4 + 8 + 4;
+export const HEAD = 1 + 4 + 8 + 4;
 /** Pages in one PAGES frame (its payload within the channel's frame bound). */
 export const FRAME_PAGES = Math.floor((MAX_DATA_BYTES - HEAD) / PAGE_SIZE);
 /** Pages one REF may name. */
@@ -208,24 +208,9 @@ export class PreCopySender {
     return { pages, bytes: pages * PAGE_SIZE };
   }
 
-  /** Applies a scan to the held set: written, re-registered or untracked pages are no longer held. */
+  /** Applies a scan to the held set (forgetScan). */
   private forget(s: ProcessScan): Set<number> | undefined {
-    if (!s.same) {
-      this.held.delete(s.pid);
-      return undefined;
-    }
-    let held = this.held.get(s.pid);
-    if (!held) this.held.set(s.pid, (held = new Set()));
-    const page = (a: bigint): number => Number(a / BigInt(PAGE_SIZE));
-    for (const [addr, count] of s.dirty) for (let p = 0, f = page(addr); p < count; p++) held.delete(f + p);
-    for (const [start, end] of [...s.fresh, ...s.untracked]) {
-      if (held.size < Number((end - start) / BigInt(PAGE_SIZE))) {
-        for (const p of [...held]) if (p >= page(start) && p < page(end)) held.delete(p);
-      } else {
-        for (let p = page(start); p < page(end); p++) held.delete(p);
-      }
-    }
-    return held;
+    return forgetScan(this.held, s);
   }
 
   /** Waits until the socket takes more (or fails). */
@@ -276,7 +261,32 @@ export class PreCopySender {
   }
 }
 
-function writeHead(b: Buffer, tag: number, pid: number, addr: bigint, count: number): void {
+/**
+ * Applies a scan to a held set (pid -> page numbers): written, re-registered or untracked
+ * pages are no longer held; a process that is not the one tracked any more is forgotten
+ * whole. Returns the process's set (made empty if new), or undefined when it was forgotten.
+ */
+export function forgetScan(heldByPid: Map<number, Set<number>>, s: ProcessScan, key: number = s.pid): Set<number> | undefined {
+  if (!s.same) {
+    heldByPid.delete(key);
+    return undefined;
+  }
+  let held = heldByPid.get(key);
+  if (!held) heldByPid.set(key, (held = new Set()));
+  const page = (a: bigint): number => Number(a / BigInt(PAGE_SIZE));
+  for (const [addr, count] of s.dirty) for (let p = 0, f = page(addr); p < count; p++) held.delete(f + p);
+  for (const [start, end] of [...s.fresh, ...s.untracked]) {
+    if (held.size < Number((end - start) / BigInt(PAGE_SIZE))) {
+      for (const p of [...held]) if (p >= page(start) && p < page(end)) held.delete(p);
+    } else {
+      for (let p = page(start); p < page(end); p++) held.delete(p);
+    }
+  }
+  return held;
+}
+
+/** Writes a frame's head: tag, pid, address, page count (big-endian). */
+export function writeHead(b: Buffer, tag: number, pid: number, addr: bigint, count: number): void {
   b.writeUInt8(tag, 0);
   b.writeUInt32BE(pid, 1);
   b.writeBigUInt64BE(addr, 5);
@@ -299,7 +309,7 @@ const MAX_TASK_JSON = 64 << 20;
  * not understand switches it to passing every byte as RAW: the receiver then gets the whole
  * image, which is only slower.
  */
-class ImageFilter {
+export class ImageFilter {
   private head = Buffer.alloc(0);
   private entry: { name: string; size: number; pos: number; pad: number; task?: Buffer[]; pages?: { pid: number; segs: Segments; seg: number } } | undefined;
   private paxSize: number | undefined;

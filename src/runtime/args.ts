@@ -138,6 +138,10 @@ export interface RuntimeCheckpointArgs {
   /** --empty-ns (only "network"): ferry does not dump network namespaces anyway. */
   emptyNs?: string;
   autoDedup: boolean;
+  /** --pre-dump: copy the memory while the container runs and leave it tracked (docs/runtime.md, "Pre-dump"). */
+  preDump: boolean;
+  /** --parent-path: the pre-dump this checkpoint continues from, relative to the image path. */
+  parentPath?: string;
   /** --status-fd N: closed once the dump is done. */
   statusFd?: number;
   /** Flags given that ferry cannot do (refused before anything is touched). */
@@ -213,7 +217,8 @@ export function parseCheckpoint(argv: readonly string[]): RuntimeCheckpointArgs 
   const help = v.get('help') === true || v.get('h') === true;
   const out: RuntimeCheckpointArgs = {
     help, id: containerId('checkpoint', argv, next, help), leaveRunning: v.get('leave-running') === true,
-    files: fileFlags(v), autoDedup: v.get('auto-dedup') === true, unsupported: [], ...common(v, 'checkpoint'),
+    files: fileFlags(v), autoDedup: v.get('auto-dedup') === true, preDump: v.get('pre-dump') === true, unsupported: [],
+    ...common(v, 'checkpoint'),
   };
   const image = str(v, 'image-path');
   if (image !== undefined && image !== '') out.imagePath = image;
@@ -224,10 +229,10 @@ export function parseCheckpoint(argv: readonly string[]): RuntimeCheckpointArgs 
     if (!/^\d+$/.test(fd)) throw new RuntimeUsageError(`checkpoint: --status-fd needs a descriptor number, got "${fd}"`);
     out.statusFd = Number(fd);
   }
-  if (v.get('pre-dump') === true) out.unsupported.push('--pre-dump (ferry has no memory tracking: every checkpoint is a full one)');
   if (v.get('lazy-pages') === true) out.unsupported.push('--lazy-pages');
   if (str(v, 'page-server') !== undefined) out.unsupported.push('--page-server (write the image to a file and copy it)');
-  if (str(v, 'parent-path') !== undefined) out.unsupported.push('--parent-path (no incremental checkpoints)');
+  const parent = str(v, 'parent-path');
+  if (parent !== undefined && parent !== '') out.parentPath = parent;
   return out;
 }
 
@@ -268,6 +273,9 @@ USAGE:
 The container is checkpointed into ferry-image.tar in the image path (with
 descriptors.json and inventory.img next to it); dump.log and stats-dump go to
 the work path. Without --leave-running the container is killed and deleted.
+--pre-dump copies its memory while it runs and keeps tracking its writes; a
+checkpoint with --parent-path then writes only what changed since
+(ferry-image.delta) and restore takes the rest from the parent.
 
 OPTIONS:
    --image-path value          path for saving the image files (default: ./checkpoint)
@@ -279,10 +287,13 @@ OPTIONS:
    --file-locks                handle file locks
    --manage-cgroups-mode value accepted: soft, full, strict, ignore (the runtime keeps cgroups)
    --empty-ns network          accepted (network namespaces are not dumped)
-   --auto-dedup                accepted (no parent images)
+   --pre-dump                  copy memory, leave the container running, tracked
+   --parent-path value         the pre-dump to continue from (relative to the
+                               image path, e.g. ../pre)
+   --auto-dedup                accepted (the parent is left as it is)
    --status-fd value           closed when the dump is done
-   --pre-dump, --lazy-pages, --page-server, --parent-path
-                               not supported: refused before the container is touched
+   --lazy-pages, --page-server not supported: refused before the container is
+                               touched
 `;
 
 /** `restore --help`. */

@@ -50,6 +50,8 @@ export interface CriuOpts {
   notifyScripts: boolean;
   /** root (13): the container's rootfs (dump) or runc's bind mount of it (restore). */
   root?: string;
+  /** parent_img (14): the parent pre-dump's directory, relative to the images dir (runc's --parent-path). */
+  parentImg?: string;
   /** work_dir_fd (17): like images_dir_fd; absent: the images dir. */
   workDirFd?: number;
   extMnt: ExtMount[];
@@ -90,9 +92,9 @@ const POLICY: ReadonlyMap<number, Policy> = new Map<number, Policy>([
   [11, { name: 'ps', refuse: 'a page server (--page-server)' }],
   [12, { name: 'notify_scripts', use: true }],
   [13, { name: 'root', use: true }],
-  [14, { name: 'parent_img', refuse: 'incremental checkpoints (--parent-path)' }],
-  [15, { name: 'track_mem', refuse: 'memory tracking (pre-dump)' }],
-  [16, { name: 'auto_dedup', ignore: 'ferry\'s image has no parent to deduplicate against' }],
+  [14, { name: 'parent_img', use: true }],
+  [15, { name: 'track_mem', ignore: 'a pre-dump always tracks memory; a dump continues the tracking of the parent it names' }],
+  [16, { name: 'auto_dedup', ignore: 'a dump against a parent names the parent\'s pages instead of copying them; the parent is left as it is' }],
   [17, { name: 'work_dir_fd', use: true }],
   [18, { name: 'link_remap', ignore: 'deleted files are kept in the image (files.deleted_max_bytes)' }],
   [19, { name: 'veths', refuse: 'veth pairs (network interfaces are the runtime\'s)' }],
@@ -136,7 +138,7 @@ const POLICY: ReadonlyMap<number, Policy> = new Map<number, Policy>([
   [58, { name: 'tls', refuse: 'TLS for a page server' }],
   [59, { name: 'tls_no_cn_verify', refuse: 'TLS for a page server' }],
   [60, { name: 'cgroup_yard', ignore: 'the runtime makes the cgroups' }],
-  [61, { name: 'pre_dump_mode', ignore: 'there is no pre-dump' }],
+  [61, { name: 'pre_dump_mode', ignore: 'ferry\'s pre-dump reads pages through /proc/PID/mem in every mode' }],
   [62, { name: 'pidfd_store_sk', refuse: 'a pidfd store (pre-dump)' }],
   [63, { name: 'lsm_mount_context', ignore: 'the runtime mounts with the context of config.json' }],
   [64, { name: 'network_lock', ignore: 'ferry locks connections its own way (docs/safety.md)' }],
@@ -202,7 +204,7 @@ export function decodeOpts(buf: Buffer): CriuOpts {
   if (pid !== undefined) o.pid = int32(pid);
   const level = uintField(f, 9);
   if (level !== undefined) o.logLevel = int32(level);
-  for (const [n, key] of [[10, 'logFile'], [13, 'root'], [44, 'freezeCgroup'], [51, 'configFile']] as const) {
+  for (const [n, key] of [[10, 'logFile'], [13, 'root'], [14, 'parentImg'], [44, 'freezeCgroup'], [51, 'configFile']] as const) {
     const v = str(f, n);
     if (v !== undefined) o[key] = v;
   }

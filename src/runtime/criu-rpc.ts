@@ -184,11 +184,12 @@ export function answer(req: CriuRequest): CriuResponse {
     case CriuReqType.VERSION:
       return { type: req.type, success: true, version: { ...REPORTED_VERSION, name: STAND_IN_NAME } };
     case CriuReqType.FEATURE_CHECK: {
-      // Only the features asked about are answered, each "not available": ferry has no
-      // memory tracking (pre-dump), no lazy pages and no pidfd store.
+      // Only the features asked about are answered: memory tracking (pre-dump) with
+      // userfaultfd (criu-track.ts; a kernel without WP_ASYNC refuses the PRE_DUMP itself), no
+      // lazy pages and no pidfd store.
       const asked = req.features ?? {};
       const out: CriuFeatures = {};
-      if (asked.memTrack !== undefined) out.memTrack = false;
+      if (asked.memTrack !== undefined) out.memTrack = true;
       if (asked.lazyPages !== undefined) out.lazyPages = false;
       if (asked.pidfdStore !== undefined) out.pidfdStore = false;
       return { type: req.type, success: true, features: out };
@@ -198,9 +199,7 @@ export function answer(req: CriuRequest): CriuResponse {
         type: req.type,
         success: false,
         crErrno: EOPNOTSUPP,
-        crErrmsg: req.type === CriuReqType.PRE_DUMP
-          ? 'pre-dump (incremental checkpoints) is not supported by ferry; nothing was done'
-          : `${typeName(req.type)} is not supported by ferry's criu (it serves DUMP, RESTORE, VERSION and FEATURE_CHECK); nothing was done`,
+        crErrmsg: `${typeName(req.type)} is not supported by ferry's criu (it serves DUMP, PRE_DUMP, RESTORE, VERSION and FEATURE_CHECK); nothing was done`,
       };
   }
 }

@@ -44,7 +44,8 @@ import { parseCheckpoint, parseRestore, splitArgs, type RuntimeGlobals } from '.
 import { encodeInventory } from './criu-files.js';
 import { refusal, type CriuOpts } from './criu-opts.js';
 import { CriuReqType, typeName, type CriuRequest, type CriuResponse } from './criu-rpc.js';
-import { dumpStats, IMAGE_FILE, INVENTORY_FILE, restoreStats, runLogger } from './operations.js';
+import { checkpointAgainst, imageToRestore, initOf, preDump } from './criu-track.js';
+import { dumpStats, IMAGE_FILE, INVENTORY_FILE, preDumpStats, restoreStats, runLogger } from './operations.js';
 
 /** The socket to the caller, message by message. */
 export interface Channel {
@@ -201,6 +202,47 @@ function refuse(o: CriuOpts): void {
   if (why !== undefined) throw new FerryError('EUNSUPPORTED', `${why}; nothing was done`);
 }
 
+/** The container runc's command names, checked against the request's pid. */
+function containerOf(o: CriuOpts, caller: Caller, type: string): { pid: number; status: string } {
+  const state = new Runtime(caller.exe, caller.globals.root).state(caller.id);
+  if (o.pid !== undefined && o.pid !== state.pid) {
+    throw new FerryError('ECALLER', `${type} asks for pid ${o.pid}, but container ${caller.id}'s init is ${state.pid}; nothing was done`);
+  }
+  return state;
+}
+
+/** A warning for the user: in the log, and on runc's stderr. */
+function warner(ctx: SwrkContext, log: Logger): (line: string) => void {
+  return (line) => {
+    log.warn(line);
+    tellPeer(ctx.peer, `criu (ferry): warning: ${line}`);
+  };
+}
+
+/**
+ * PRE_DUMP: copies the memory of the container whose init is `o.pid` while it runs (only
+ * what changed since the parent, with parent_img) and leaves its memory tracked for the next
+ * dump (criu-track.ts). The container is never stopped but for the brief holds of tracking.
+ */
+export async function servePreDump(o: CriuOpts, ctx: SwrkContext): Promise<CriuResponse> {
+  refuse(o);
+  const caller = callerOf(ctx.peer, 'checkpoint', 'PRE_DUMP');
+  const { images, work, log } = dirs(ctx, o, 'dump.log', { command: 'criu pre-dump', container: caller.id });
+  log.info({ images, work, caller, options: summary(o) }, 'start');
+  try {
+    const state = containerOf(o, caller, 'PRE_DUMP');
+    if (state.status !== 'running') throw new FerryError('ENOTRUNNING', `container ${caller.id} is ${state.status}, not running: only a running container can be pre-dumped`);
+    const t0 = performance.now();
+    const r = await preDump(initOf(state.pid), images, o.parentImg, log, warner(ctx, log), ctx.signal);
+    writeFileSync(join(work, 'stats-dump'), preDumpStats(r.pages, performance.now() - t0));
+    log.info(r, 'pre-dumped');
+    return { type: CriuReqType.PRE_DUMP, success: true, dump: { restored: false } };
+  } catch (err) {
+    log.error({ err }, 'pre-dump failed');
+    throw err;
+  }
+}
+
 /** DUMP: checkpoints the container whose init is `o.pid`. */
 export async function serveDump(o: CriuOpts, ctx: SwrkContext): Promise<CriuResponse> {
   refuse(o);
@@ -208,11 +250,7 @@ export async function serveDump(o: CriuOpts, ctx: SwrkContext): Promise<CriuResp
   const { images, work, log } = dirs(ctx, o, 'dump.log', { command: 'criu dump', container: caller.id });
   log.info({ images, work, caller, options: summary(o) }, 'start');
   try {
-    const rt = new Runtime(caller.exe, caller.globals.root);
-    const state = rt.state(caller.id);
-    if (o.pid !== undefined && o.pid !== state.pid) {
-      throw new FerryError('ECALLER', `DUMP asks for pid ${o.pid}, but container ${caller.id}'s init is ${state.pid}; nothing was done`);
-    }
+    const state = containerOf(o, caller, 'DUMP');
     if (o.freezeCgroup !== undefined && !inCgroup(o.freezeCgroup, state.pid)) {
       throw new FerryError('ECALLER', `DUMP asks to freeze ${o.freezeCgroup}, which does not hold container ${caller.id}'s init ${state.pid}; nothing was done`);
     }
@@ -220,18 +258,20 @@ export async function serveDump(o: CriuOpts, ctx: SwrkContext): Promise<CriuResp
     if (o.tcpEstablished) notify(ctx, o, 'network-lock', log);
     let writeFrom: number | undefined;
     let writeTo: number | undefined;
-    const result: CheckpointResult = await checkpointContainer({
-      id: caller.id, runtime: caller.exe, ...(caller.globals.root !== undefined ? { root: caller.globals.root } : {}),
-      image: join(images, IMAGE_FILE), leaveRunning: o.leaveRunning, files: fileOptions(o), config: ctx.config, logger: log,
-      keepInRuntime: true, ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
-      onProgress: (p) => {
-        if (p.phase !== 'write') return;
-        writeFrom ??= performance.now();
-        writeTo = performance.now();
-      },
-    });
+    // Against a pre-dump (parent_img): a delta of it when its tracking goes on (criu-track.ts).
+    const { result, skippedPages }: { result: CheckpointResult; skippedPages: number } = await checkpointAgainst(state.pid, images, o.parentImg, o.leaveRunning, log, warner(ctx, log),
+      ({ image, beforeKill }) => checkpointContainer({
+        id: caller.id, runtime: caller.exe, ...(caller.globals.root !== undefined ? { root: caller.globals.root } : {}),
+        image, leaveRunning: o.leaveRunning, files: fileOptions(o), config: ctx.config, logger: log,
+        keepInRuntime: true, ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}), ...(beforeKill !== undefined ? { beforeKill } : {}),
+        onProgress: (p) => {
+          if (p.phase !== 'write') return;
+          writeFrom ??= performance.now();
+          writeTo = performance.now();
+        },
+      }));
     writeFileSync(join(images, INVENTORY_FILE), encodeInventory());
-    writeFileSync(join(work, 'stats-dump'), dumpStats(result, writeFrom !== undefined && writeTo !== undefined ? writeTo - writeFrom : 0));
+    writeFileSync(join(work, 'stats-dump'), dumpStats(result, writeFrom !== undefined && writeTo !== undefined ? writeTo - writeFrom : 0, skippedPages));
     log.info({ result }, 'checkpointed');
     notify(ctx, o, 'post-dump', log);
     if (o.tcpEstablished && o.leaveRunning) notify(ctx, o, 'network-unlock', log);
@@ -287,12 +327,16 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
   const { images, work, log } = dirs(ctx, o, 'restore.log', { command: 'criu restore', container: caller.id });
   const bundle = caller.bundle!;
   log.info({ images, work, caller, options: summary(o) }, 'start');
-  const image = join(images, IMAGE_FILE);
+  let image = join(images, IMAGE_FILE);
+  let assembled: { image: string; done(): void } | undefined;
   let priv: string | undefined;
   let watchdog: { disarm(): void } | undefined;
   let made = false;
   let rt: Runtime | undefined;
   try {
+    // A dump against pre-dumps: its image rebuilt from them (verified as any by the restore).
+    assembled = imageToRestore(images, work, log);
+    image = assembled.image;
     if (!existsSync(image)) {
       throw new FerryError('EIMAGE', `${images} holds no ferry checkpoint (${IMAGE_FILE} is missing): ferry's criu restores only what it checkpointed`);
     }
@@ -340,6 +384,7 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
       // The parent goes too when no other restore uses it (ENOTEMPTY: one does).
       try { rmdirSync(PRIVATE_STATE_PARENT); } catch { /* in use, or gone */ }
     }
+    assembled?.done();
   }
 }
 

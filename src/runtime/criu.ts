@@ -1,8 +1,8 @@
 /**
  * Ferry's `criu` (run through bin/criu): runc (`runc checkpoint`, `runc restore`) and podman
  * run `criu swrk FD` from PATH and send CRIU RPC requests over the SOCK_SEQPACKET socket FD.
- * VERSION and FEATURE_CHECK are answered by criu-rpc.ts; DUMP and RESTORE are done with
- * ferry's engine by criu-swrk.ts (loaded only for them); anything else is refused with an
+ * VERSION and FEATURE_CHECK are answered by criu-rpc.ts; DUMP, PRE_DUMP and RESTORE are done
+ * with ferry's engine by criu-swrk.ts (loaded only for them); anything else is refused with an
  * error response. With bin/criu first in PATH as `criu`, an unmodified runc checkpoints and
  * restores containers through ferry; docs/runtime.md.
  *
@@ -96,7 +96,7 @@ export async function serve(fd: number, opts: ServeOptions = {}): Promise<number
       continue;
     }
     let reply: CriuResponse;
-    if (req.type === CriuReqType.DUMP || req.type === CriuReqType.RESTORE) {
+    if (req.type === CriuReqType.DUMP || req.type === CriuReqType.PRE_DUMP || req.type === CriuReqType.RESTORE) {
       reply = await work(fd, req, channel, opts, log);
     } else {
       reply = answer(req);
@@ -109,9 +109,9 @@ export async function serve(fd: number, opts: ServeOptions = {}): Promise<number
   return status;
 }
 
-/** DUMP or RESTORE with ferry's engine; a failure is an error response with ferry's line. */
+/** DUMP, PRE_DUMP or RESTORE with ferry's engine; a failure is an error response with ferry's line. */
 async function work(fd: number, req: CriuRequest, channel: Channel, opts: ServeOptions, log: (record: object) => void): Promise<CriuResponse> {
-  const verb = req.type === CriuReqType.DUMP ? 'checkpoint' : 'restore';
+  const verb = req.type === CriuReqType.DUMP ? 'checkpoint' : req.type === CriuReqType.PRE_DUMP ? 'pre-dump' : 'restore';
   let peer: number | undefined;
   let swrk: typeof import('./criu-swrk.js') | undefined;
   try {
@@ -121,9 +121,10 @@ async function work(fd: number, req: CriuRequest, channel: Channel, opts: ServeO
     const o = decodeOpts(req.opts ?? Buffer.alloc(0));
     log({ request: typeName(req.type), peer, options: [...o.fields.keys()].map(optionName) });
     const ctx = { channel, peer, config: loadConfig({}), ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
+    if (req.type === CriuReqType.PRE_DUMP) return await swrk.servePreDump(o, ctx);
     return req.type === CriuReqType.DUMP ? await swrk.serveDump(o, ctx) : await swrk.serveRestore(o, ctx);
   } catch (err) {
-    const line = errorLine(err, req.type === CriuReqType.DUMP ? 'dump.log' : 'restore.log');
+    const line = errorLine(err, req.type === CriuReqType.RESTORE ? 'restore.log' : 'dump.log');
     log({ request: typeName(req.type), error: line });
     const said = `criu (ferry) ${verb}: ${line}`;
     if (peer === undefined || swrk === undefined || !swrk.tellPeer(peer, said)) {
@@ -135,8 +136,8 @@ async function work(fd: number, req: CriuRequest, channel: Channel, opts: ServeO
 
 const USAGE = `usage: criu swrk FD | criu --version
 This is ferry's criu: it serves the CRIU RPC requests that runc sends over
-'criu swrk' for 'runc checkpoint' and 'runc restore' (DUMP, RESTORE, VERSION,
-FEATURE_CHECK) with ferry's engine; the image is ferry's own, not CRIU's.
+'criu swrk' for 'runc checkpoint' and 'runc restore' (DUMP, PRE_DUMP, RESTORE,
+VERSION, FEATURE_CHECK) with ferry's engine; the image is ferry's own, not CRIU's.
 See docs/runtime.md in ferry.`;
 
 /** Runs ferry's criu on `argv` (without node and script); returns the exit status. */

@@ -21,6 +21,7 @@ import { FerryError } from '../errors.js';
 import { createLogger } from '../log.js';
 import type { RuntimeCheckpointArgs, RuntimeGlobals, RuntimeRestoreArgs } from './args.js';
 import { encodeInventory, encodeStats, micros } from './criu-files.js';
+import { checkpointAgainst, DELTA_FILE, imageToRestore, initOf, preDump } from './criu-track.js';
 
 /** ferry's image inside the image path. */
 export const IMAGE_FILE = 'ferry-image.tar';
@@ -70,11 +71,21 @@ export function stdioLinks(pid: number): string[] {
  * freezing_time is 0 (ferry seizes the threads of the frozen cgroup in the same step,
  * counted in frozen_time).
  */
-export function dumpStats(result: CheckpointResult, writeMs: number): Buffer {
+export function dumpStats(result: CheckpointResult, writeMs: number, skippedParent = 0): Buffer {
   const pages = Math.ceil(result.pagesBytes / PAGE);
   return encodeStats({
     dump: {
       freezingTime: 0, frozenTime: micros(result.frozenMs), memdumpTime: 0, memwriteTime: micros(writeMs),
+      pagesScanned: pages, pagesSkippedParent: skippedParent, pagesWritten: pages - skippedParent, pagesLazy: 0,
+    },
+  });
+}
+
+/** stats-dump for a pre-dump: the pages it copied; nothing was frozen. */
+export function preDumpStats(pages: number, ms: number): Buffer {
+  return encodeStats({
+    dump: {
+      freezingTime: 0, frozenTime: 0, memdumpTime: micros(ms), memwriteTime: 0,
       pagesScanned: pages, pagesSkippedParent: 0, pagesWritten: pages, pagesLazy: 0,
     },
   });
@@ -102,23 +113,35 @@ export async function runtimeCheckpoint(a: RuntimeCheckpointArgs, ctx: RuntimeCo
   try {
     const rt = new Runtime(ctx.runc, ctx.globals.root);
     const state = rt.state(a.id);
+    const warn = (line: string): void => {
+      log.warn(line);
+      process.stderr.write(`ferry-runtime checkpoint: warning: ${line}\n`);
+    };
+    if (a.preDump) {
+      if (state.status !== 'running') throw new FerryError('ENOTRUNNING', `container ${a.id} is ${state.status}, not running: only a running container can be pre-dumped`);
+      const t0 = performance.now();
+      const r = await preDump(initOf(state.pid), imagePath, a.parentPath, log, warn, ctx.signal);
+      writeFileSync(join(workPath, 'stats-dump'), preDumpStats(r.pages, performance.now() - t0));
+      log.info(r, 'pre-dumped');
+      return;
+    }
     // runc writes the init's stdio before the dump; restore swaps the pipes among them for
     // the ones its caller (conmon) hands over.
     if (state.status === 'running') writeFileSync(join(imagePath, DESCRIPTORS_FILE), JSON.stringify(stdioLinks(state.pid)));
     let writeFrom: number | undefined;
     let writeTo: number | undefined;
-    const result = await checkpointContainer({
+    const { result, skippedPages } = await checkpointAgainst(state.pid, imagePath, a.parentPath, a.leaveRunning, log, warn, ({ image, beforeKill }) => checkpointContainer({
       id: a.id, runtime: ctx.runc, ...(ctx.globals.root !== undefined ? { root: ctx.globals.root } : {}),
-      image: join(imagePath, IMAGE_FILE), leaveRunning: a.leaveRunning, files: a.files, config: ctx.config, logger: log,
-      ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
+      image, leaveRunning: a.leaveRunning, files: a.files, config: ctx.config, logger: log,
+      ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}), ...(beforeKill !== undefined ? { beforeKill } : {}),
       onProgress: (p) => {
         if (p.phase !== 'write') return;
         writeFrom ??= performance.now();
         writeTo = performance.now();
       },
-    });
+    }));
     writeFileSync(join(imagePath, INVENTORY_FILE), encodeInventory());
-    writeFileSync(join(workPath, 'stats-dump'), dumpStats(result, writeFrom !== undefined && writeTo !== undefined ? writeTo - writeFrom : 0));
+    writeFileSync(join(workPath, 'stats-dump'), dumpStats(result, writeFrom !== undefined && writeTo !== undefined ? writeTo - writeFrom : 0, skippedPages));
     log.info({ result }, 'checkpointed');
   } catch (err) {
     log.error({ err }, 'checkpoint failed');
@@ -172,8 +195,7 @@ export async function runtimeRestore(a: RuntimeRestoreArgs, ctx: RuntimeContext)
   const bundle = resolve(ctx.cwd, a.bundle ?? '.');
   const imagePath = resolve(ctx.cwd, a.imagePath ?? 'checkpoint');
   const workPath = a.workPath !== undefined ? resolve(ctx.cwd, a.workPath) : imagePath;
-  const image = join(imagePath, IMAGE_FILE);
-  if (!existsSync(image)) {
+  if (!existsSync(join(imagePath, IMAGE_FILE)) && !existsSync(join(imagePath, DELTA_FILE))) {
     throw new FerryError('EIMAGE', `${imagePath} holds no ferry checkpoint (${IMAGE_FILE} is missing): only checkpoints made by ferry-runtime can be restored`);
   }
   mkdirSync(workPath, { recursive: true, mode: 0o700 });
@@ -181,7 +203,11 @@ export async function runtimeRestore(a: RuntimeRestoreArgs, ctx: RuntimeContext)
   const inherit = stdioInherit(imagePath);
   log.info({ bundle, imagePath, workPath, detach: a.detach, pidFile: a.pidFile, inherit, files: a.files, runc: ctx.runc }, 'start');
   const rtOpts = { runtime: ctx.runc, ...(ctx.globals.root !== undefined ? { root: ctx.globals.root } : {}) };
+  let assembled: { image: string; done(): void } | undefined;
   try {
+    // A checkpoint against pre-dumps: its image rebuilt from them (verified as any).
+    assembled = imageToRestore(imagePath, workPath, log);
+    const image = assembled.image;
     const result = await restoreContainer({
       ...rtOpts, id: a.id, bundle, image, inherit, files: a.files, config: ctx.config, logger: log,
       ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
@@ -192,6 +218,8 @@ export async function runtimeRestore(a: RuntimeRestoreArgs, ctx: RuntimeContext)
   } catch (err) {
     log.error({ err }, 'restore failed');
     throw err;
+  } finally {
+    assembled?.done();
   }
   if (!a.detach) await waitStopped(new Runtime(ctx.runc, ctx.globals.root), a.id);
 }

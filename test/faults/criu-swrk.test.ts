@@ -9,12 +9,19 @@
  *   processes made, the first one let go): runc fails, nothing is left behind (no container
  *   in runc's state or in the private one, no process in the container's cgroup, no private
  *   state directory), and the same restore run again works.
+ * - PRE_DUMP at `precopy` (the container's memory tracked through criu's userfaultfds, its
+ *   pages being copied, nothing of it stopped): the container runs on, untraced, its memory
+ *   no longer tracked (no `uw` area: the kernel unregistered it with criu's descriptors), no
+ *   holder and no state file are left, and a pre-dump run again works.
+ * - DUMP against that pre-dump at `seized` (the holder's tracking taken over and the holder
+ *   ended, every thread stopped): the container runs on, thawed, untraced, untracked.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { PRIVATE_STATE_PARENT } from '../../src/runtime/criu-swrk.js';
+import { TRACK_DIR } from '../../src/runtime/criu-track.js';
 import { cleanup, scratchDir, sleep, waitFor } from '../helpers/processes.js';
 import { makeBundle, RuncCriu, SKIP_RUNC_CRIU, TICKS } from '../helpers/runc-criu.js';
 
@@ -123,4 +130,80 @@ describe('fault cells: ferry\'s criu SIGKILLed under runc', { skip: SKIP_RUNC_CR
       await waitFor('the retry\'s container gone', () => rc.status(id) === undefined && cgroupPids(id).length === 0);
     });
   }
+});
+
+/** Whether any area of `pid` is registered for write-protection (VmFlags uw). */
+function tracked(pid: number): boolean {
+  return /^VmFlags:.*\buw\b/m.test(readFileSync(`/proc/${pid}/smaps`, 'utf8'));
+}
+
+/** State files of holders of container init `init`. */
+function holderStates(init: number): string[] {
+  return existsSync(TRACK_DIR) ? readdirSync(TRACK_DIR).filter((n) => n.startsWith(`${init}-`)) : [];
+}
+
+describe('fault cells: ferry\'s criu SIGKILLed during a pre-dump under runc', { skip: SKIP_RUNC_CRIU, timeout: 300_000 }, () => {
+  let dir = '';
+  let rc: RuncCriu;
+  const id = `ferry-swrk-pf-${process.pid}`;
+
+  before(() => {
+    dir = scratchDir('ferry-criu-pfaults-');
+    rc = new RuncCriu(join(dir, 'bin'), join(dir, 'runc-root'));
+    rc.own(id);
+  });
+
+  after(() => {
+    rc?.cleanup();
+    cleanup();
+  });
+
+  /**
+   * SIGKILLs the criu under `run` (runc gives a dumping criu /dev/null as stderr: it is found
+   * as runc's child) once `ready(criu)` holds and it has had time to reach its pause; resolves
+   * with runc's exit status.
+   */
+  const killWhen = async (run: ReturnType<RuncCriu['start']>, ready: (criu: number) => boolean): Promise<number> => {
+    let criu = 0;
+    await waitFor('criu to reach the fault point', () => {
+      criu = childrenOf(run.child.pid!, 'swrk').find(ready) ?? 0;
+      return criu !== 0;
+    }, 60_000);
+    await sleep(300);
+    process.kill(criu, 'SIGKILL');
+    return run.exited;
+  };
+
+  it('PRE_DUMP killed at precopy, then DUMP against a pre-dump killed at seized: the container runs on, untracked', async () => {
+    const bundle = makeBundle(dir, 'bundle', TICKS);
+    const run = await rc.detached(['run', '-d', '--bundle', bundle, id], bundle);
+    assert.equal(run.code, 0, run.err());
+    await waitFor('ticks', () => (run.ticks.last ?? 0) >= 3);
+    const init = rc.status(id)!.pid;
+
+    const pre = rc.start(['checkpoint', '--pre-dump', '--image-path', join(dir, 'pre-killed'), id], dir, { FERRY_TEST_PAUSE_AT: 'precopy' });
+    assert.notEqual(await killWhen(pre, () => tracked(init)), 0, 'runc checkpoint --pre-dump fails');
+    assert.equal(rc.status(id)?.status, 'running');
+    assert.equal(tracerOf(init), 0, 'untraced');
+    await waitFor('the tracking dropped with criu\'s descriptors', () => !tracked(init), 10_000);
+    assert.deepEqual(holderStates(init), [], 'no holder');
+    let at = run.ticks.last!;
+    await waitFor('ticks after the fault', () => run.ticks.last! >= at + 3);
+
+    // A pre-dump that completes leaves a holder; a DUMP against it killed once it has
+    // taken the tracking over and stopped the container.
+    const ok = rc.run(['checkpoint', '--pre-dump', '--image-path', join(dir, 'pre'), id]);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(holderStates(init).length, 1, 'a holder keeps the tracking');
+    assert.ok(tracked(init));
+    const cp = rc.start(['checkpoint', '--parent-path', '../pre', '--image-path', join(dir, 'dump-killed'), id], dir, { FERRY_TEST_PAUSE_AT: 'seized' });
+    assert.notEqual(await killWhen(cp, (criu) => tracerOf(init) === criu), 0, 'runc checkpoint fails');
+    assert.equal(rc.status(id)?.status, 'running');
+    await waitFor('the cgroup thawed', () => readFileSync(`/sys/fs/cgroup/freezer/${id}/freezer.state`, 'utf8').trim() === 'THAWED');
+    for (const pid of cgroupPids(id)) assert.equal(tracerOf(pid), 0, `pid ${pid} untraced`);
+    await waitFor('the tracking dropped', () => !tracked(init), 10_000);
+    assert.deepEqual(holderStates(init), [], 'the holder was ended by the dump that took over');
+    at = run.ticks.last!;
+    await waitFor('ticks after the fault', () => run.ticks.last! >= at + 3);
+  });
 });

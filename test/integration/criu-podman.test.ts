@@ -124,4 +124,19 @@ describe('podman with its default runtime (runc) and ferry\'s criu', { skip, tim
     ok('container', 'restore', '--import', tar);
     last = await countsOn(last);
   });
+
+  it('--pre-checkpoint, then --with-previous, exported; restored with --import-previous: the container counts on', async () => {
+    const pre = join(dir, 'pre.tar');
+    const full = join(dir, 'full.tar');
+    ok('container', 'checkpoint', '--pre-checkpoint', '--export', pre, '--compress', 'none', name);
+    assert.equal(status(), 'running', 'a pre-checkpoint leaves the container running');
+    ok('container', 'checkpoint', '--with-previous', '--export', full, '--compress', 'none', name);
+    const list = spawnSync('tar', ['-tf', full], { encoding: 'utf8' }).stdout.split('\n');
+    assert.ok(list.includes('checkpoint/ferry-image.delta') && !list.includes('checkpoint/ferry-image.tar'),
+      `a delta of the pre-checkpoint, not a full image: ${list.join(' ')}`);
+    last = ticks().at(-1)!;
+    ok('rm', '-f', '-t', '0', name);
+    ok('container', 'restore', '--import', full, '--import-previous', pre);
+    last = await countsOn(last);
+  });
 });

@@ -2,8 +2,10 @@
  * Real podman 4.3 with `--runtime <bin/ferry-runtime>` and ferry's criu stand-in first in
  * PATH: a busybox container counting "tick N" is checkpointed and restored by
  * `podman container checkpoint/restore` (with --print-stats, which reads stats-dump and
- * stats-restore), and exported and imported through a tar; each time it counts on in
- * `podman logs` and its init is a child of conmon.
+ * stats-restore), exported and imported through a tar, and pre-checkpointed
+ * (`--pre-checkpoint`, then `--with-previous`, both exported; restored with
+ * `--import-previous`); each time it counts on in `podman logs` and its init is a child of
+ * conmon.
  *
  * Isolation: a private --root/--runroot/--tmpdir and the vfs storage driver, the cgroupfs
  * manager, the file events backend, --network none (no systemd, no CNI here). The container
@@ -125,11 +127,21 @@ describe('podman with --runtime ferry-runtime', { skip, timeout: 300_000 }, () =
     last = await countsOn(last);
   });
 
-  it('--pre-checkpoint is refused (the stand-in reports no memory tracking); the container keeps running', () => {
-    const r = podman('container', 'checkpoint', '--pre-checkpoint', name);
-    assert.notEqual(r.code, 0);
-    assert.equal(status(), 'running', r.err);
+  it('--pre-checkpoint, then --with-previous, exported and imported: the container counts on', async () => {
+    const pre = join(dir, 'pre.tar');
+    const full = join(dir, 'full.tar');
+    ok('container', 'checkpoint', '--pre-checkpoint', '--export', pre, '--compress', 'none', name);
+    assert.equal(status(), 'running', 'a pre-checkpoint leaves the container running');
     const log = readFileSync(join(dir, 'criu.log'), 'utf8');
-    assert.match(log, /"request":"FEATURE_CHECK".*"memTrack":true.*"reply":\{[^}]*"features":\{"memTrack":false\}/);
+    assert.match(log, /"request":"FEATURE_CHECK".*"memTrack":true.*"reply":\{[^}]*"features":\{"memTrack":true\}/);
+    ok('container', 'checkpoint', '--with-previous', '--export', full, '--compress', 'none', name);
+    const list = spawnSync('tar', ['-tf', full], { encoding: 'utf8' }).stdout.split('\n');
+    assert.ok(list.includes('checkpoint/ferry-image.delta'), `a delta of the pre-checkpoint: ${list.join(' ')}`);
+    const preList = spawnSync('tar', ['-tf', pre], { encoding: 'utf8' }).stdout.split('\n');
+    assert.ok(preList.some((f) => f.endsWith('ferry-pages.bin')), `the pre-checkpoint's pages: ${preList.join(' ')}`);
+    last = ticks().at(-1)!;
+    ok('rm', '-f', '-t', '0', name);
+    ok('container', 'restore', '--import', full, '--import-previous', pre);
+    last = await countsOn(last);
   });
 });

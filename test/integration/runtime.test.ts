@@ -150,7 +150,7 @@ describe('ferry-runtime with runc, as podman and conmon call it', { skip, timeou
   });
 
   it('unsupported flags are refused with one line, the container untouched', () => {
-    for (const flag of [['--pre-dump'], ['--lazy-pages'], ['--page-server', '127.0.0.1:9999'], ['--parent-path', '../pre']]) {
+    for (const flag of [['--lazy-pages'], ['--page-server', '127.0.0.1:9999']]) {
       const r = rt(['--root', root, 'checkpoint', '--image-path', join(dir, 'nope'), ...flag, id]);
       assert.equal(r.code, 1, `${flag[0]}: ${r.err}`);
       assert.match(r.err, new RegExp(`^ferry-runtime checkpoint: ${flag[0]}.* not supported by ferry; nothing was done\\n$`));
@@ -267,7 +267,7 @@ describe('the criu stand-in (bin/criu swrk)', { skip: needs('build'), timeout: 6
     return { answers, code };
   };
 
-  it('answers VERSION (>= 3.16, named ferry) and FEATURE_CHECK (nothing available); refuses PRE_DUMP', async () => {
+  it('answers VERSION (>= 3.16, named ferry) and FEATURE_CHECK (memory tracking only); PRE_DUMP only for runc', async () => {
     const { answers, code } = await converse([
       encodeRequest(CriuReqType.VERSION),
       encodeRequest(CriuReqType.FEATURE_CHECK, { memTrack: true, lazyPages: true }),
@@ -279,10 +279,10 @@ describe('the criu stand-in (bin/criu swrk)', { skip: needs('build'), timeout: 6
     assert.ok(version!.version!.major * 10000 + version!.version!.minor * 100 >= 31600);
     assert.deepEqual([version!.version!.major, version!.version!.minor], [REPORTED_VERSION.major, REPORTED_VERSION.minor]);
     assert.match(version!.version!.name!, /^ferry /);
-    assert.deepEqual(features, { type: CriuReqType.FEATURE_CHECK, success: true, features: { memTrack: false, lazyPages: false } });
+    assert.deepEqual(features, { type: CriuReqType.FEATURE_CHECK, success: true, features: { memTrack: true, lazyPages: false } });
     assert.equal(dump!.type, CriuReqType.PRE_DUMP);
     assert.equal(dump!.success, false);
-    assert.equal(dump!.crErrmsg, 'pre-dump (incremental checkpoints) is not supported by ferry; nothing was done');
+    assert.match(dump!.crErrmsg!, /^PRE_DUMP is served for 'checkpoint' of a runc-compatible runtime, but the caller \(pid \d+/);
     assert.equal(code, 1, 'a refused request makes the exit status 1');
   });
 

@@ -8,8 +8,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { parseCheckpoint } from '../../src/runtime/args.js';
 import { decodeOpts, refusal } from '../../src/runtime/criu-opts.js';
-import { answer, CriuReqType, decodeRequest, decodeResponse, encodeResponse } from '../../src/runtime/criu-rpc.js';
+import { answer, CriuReqType, decodeRequest, decodeResponse, encodeRequest, encodeResponse } from '../../src/runtime/criu-rpc.js';
 import { sandboxConfig } from '../../src/runtime/criu-swrk.js';
 import { ProtoError, ProtoWriter } from '../../src/runtime/protobuf.js';
 
@@ -54,8 +55,8 @@ describe('criu_opts', () => {
     const with_ = (f: (w: ProtoWriter) => ProtoWriter): string | undefined => refusal(decodeOpts(f(runcDumpOpts()).finish()));
     assert.equal(with_((w) => w.bytes(11, new ProtoWriter().bytes(1, '127.0.0.1').uint(2, 9))), 'a page server (--page-server) is not supported by ferry');
     assert.equal(with_((w) => w.uint(48, true)), 'lazy pages (--lazy-pages) is not supported by ferry');
-    assert.equal(with_((w) => w.bytes(14, '../parent')), 'incremental checkpoints (--parent-path) is not supported by ferry');
-    assert.equal(with_((w) => w.uint(15, true)), 'memory tracking (pre-dump) is not supported by ferry');
+    assert.equal(with_((w) => w.bytes(14, '../parent').uint(15, true)), undefined, 'a dump against a pre-dump (criu-track.ts)');
+    assert.equal(decodeOpts(runcDumpOpts().bytes(14, '../parent').finish()).parentImg, '../parent');
     assert.match(with_((w) => w.uint(99, 1)) ?? '', /^criu option field 99 \(not known to ferry\) is not supported/);
     assert.equal(with_((w) => w.uint(99, 0)), undefined, 'an unknown option at its zero value is harmless');
     assert.equal(with_((w) => w.bytes(37, 'net[4026531992]:extRootNetNS')), undefined, 'a namespace joined by path is the runtime\'s');
@@ -98,9 +99,9 @@ describe('criu RPC answers', () => {
     assert.equal(decodeOpts(dump.opts!).pid, 17956);
   });
 
-  it('refuses PRE_DUMP and other requests with one line', () => {
-    const pre = answer(decodeRequest(new ProtoWriter().uint(1, CriuReqType.PRE_DUMP).finish()));
-    assert.deepEqual([pre.success, pre.crErrno, pre.crErrmsg], [false, 95, 'pre-dump (incremental checkpoints) is not supported by ferry; nothing was done']);
+  it('says memory tracking is available; refuses other requests with one line', () => {
+    const f = answer(decodeRequest(encodeRequest(CriuReqType.FEATURE_CHECK, { memTrack: true, lazyPages: true, pidfdStore: true })));
+    assert.deepEqual(f.features, { memTrack: true, lazyPages: false, pidfdStore: false });
     const ps = answer(decodeRequest(new ProtoWriter().uint(1, CriuReqType.PAGE_SERVER).finish()));
     assert.match(ps.crErrmsg!, /^PAGE_SERVER is not supported by ferry's criu/);
   });
@@ -121,5 +122,15 @@ describe('the sandbox config of a RESTORE', () => {
     assert.deepEqual(c.root, { path: '/b/rootfs', readonly: true });
     assert.equal((c.linux as { cgroupsPath: string }).cgroupsPath, '.');
     assert.deepEqual((c.mounts as Array<{ source: string }>).map((m) => m.source), ['/b/data', 'proc']);
+  });
+});
+
+describe('ferry-runtime checkpoint: pre-dump flags', () => {
+  it('reads --pre-dump and --parent-path as runc does, refusing neither', () => {
+    const pre = parseCheckpoint(['--pre-dump', '--image-path', '/x/pre', 'c1']);
+    assert.deepEqual([pre.preDump, pre.parentPath, pre.unsupported], [true, undefined, []]);
+    const dump = parseCheckpoint(['--parent-path', '../pre', '--image-path', '/x/full', 'c1']);
+    assert.deepEqual([dump.preDump, dump.parentPath, dump.unsupported], [false, '../pre', []]);
+    assert.deepEqual(parseCheckpoint(['--lazy-pages', 'c1']).unsupported, ['--lazy-pages']);
   });
 });
