@@ -16,7 +16,7 @@ import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
 import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files/leaks.js';
-import { addUnheldTerminals, unheldTerminals } from '../files/tty.js';
+import { addUnheldTerminals, cttyInNamespace, unheldTerminals } from '../files/tty.js';
 import { withNetns } from '../task/netns.js';
 import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
 import { NetLock, sharesNetns, treeConnections } from '../files/tcp-lock.js';
@@ -294,6 +294,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // The image holds every id as the tree sees it (ns-ids.ts).
     const ids = new NsIds(tree.processes);
     const root = ids.of(pid);
+    cttyInNamespace(files.files, (host) => ids.of(host), (pgid) => {
+      const member = live.find((p) => p.stat.pgrp === pgid);
+      return member && ids.groupOf(member.pid).pgid;
+    });
     const treeRecord: TreeRecord = { root, processes: tree.processes.map((p) => ids.process(p.record, p.pid === pid)) };
     const filesRecord: FilesRecord = { files: files.files, ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: { table: lock.kept } } : {}) };
     const entries: ImageEntry[] = [json(TREE_ENTRY, treeRecord), json(FILES_ENTRY, filesRecord)];

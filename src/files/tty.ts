@@ -14,9 +14,21 @@
  *   (NOT_YET) and is opened through the new master with TIOCGPTPEER. A /dev/tty descriptor
  *   comes back as a descriptor of the terminal it led to (readlink shows /dev/pts/N).
  * - `external`: any other terminal (the shell's /dev/pts/N whose master is held by sshd, a
- *   terminal emulator or script(1); /dev/ttyN; /dev/console). Only with --shell-job: it is
+ *   terminal emulator or script(1)). Only with --shell-job: it is
  *   reopened by the same path, which must exist where the image is restored; its termios is
  *   set back, its window size and queued bytes belong to its owner and are left alone.
+ * - `device`: /dev/console (5:1), a virtual console (/dev/ttyN, 4:N below 64, /dev/tty0
+ *   the current one) or a serial line (/dev/ttySN, 4:64 and up): a device of the machine,
+ *   not anyone's terminal, so no --shell-job is needed. Restore reopens the same path, which
+ *   must be a character device with exactly the recorded major:minor, and sets its termios
+ *   back; its window size and queued bytes are the machine's and are left alone.
+ * - `console`: a container's own terminal (runc's `terminal: true`): a slave of the
+ *   container's devpts instance whose master runc sent over its console socket to a process
+ *   outside (conmon, containerd's shim). Only with `orphanPts` (CRIU's orphan_pts_master,
+ *   which runc sends). It keeps the slave's termios and window size; restore makes a new pair
+ *   in the container's devpts (its /dev/ptmx, inside the container's root), gives the tree the
+ *   slave and hands the new master to `onConsoleMaster` (runc passes it on to the console
+ *   socket). Bytes queued on the old pair are its master's holder's and stay there.
  *
  * The pts number: the kernel gives a new pair the lowest free index; there is no way to ask
  * for one. When /dev/pts/N (the index at dump) is free, the master takes it by holding new
@@ -41,7 +53,8 @@
  * The slave's node keeps its owner and mode (`slaveNode`: grantpt's, or a later chown/chmod).
  * A session led from inside the tree whose controlling terminal no process of the tree holds
  * open gets a record of its own (unheldTerminals, addUnheldTerminals), where that is exact;
- * one whose leader does not hold it while a member does is refused.
+ * a session whose leader holds none of it while a member does is kept too: the leader takes
+ * it before forking, the member inherits it and sets the foreground group.
  * Not kept: output stopped by ^S (IXON flow control is restarted), a pending packet-mode
  * status byte and output queued while in packet mode, exclusive mode (TIOCEXCL), line
  * disciplines other than N_TTY's state, a slave's queued input when no process of the tree
@@ -66,7 +79,9 @@ const O_RDWR = 2, O_NOCTTY = 0o400, O_NOFOLLOW = 0o400000;
 const KEPT_FLAGS = O_ACCMODE | O_NONBLOCK | O_APPEND;
 /** Majors (Documentation/admin-guide/devices.txt): 4 virtual consoles and serial, 5 tty/console/ptmx, 136-143 pts. */
 const TTY_MAJOR = 4, TTYAUX_MAJOR = 5, PTS_MAJOR_FIRST = 136, PTS_MAJOR_LAST = 143;
-const PTMX_MINOR = 2, DEV_TTY_MINOR = 0;
+const PTMX_MINOR = 2, DEV_TTY_MINOR = 0, CONSOLE_MINOR = 1;
+/** Largest pts index (devpts allows 1 << 20 pairs). */
+const MAX_PTS_INDEX = (1 << 20) - 1;
 /** Largest number of pairs held open to reach the recorded pts index. */
 const MAX_FILL = 1024;
 /** Largest queue accepted from an image (N_TTY keeps 4 KiB, the flip buffers 64 KiB more). */
@@ -83,6 +98,8 @@ const ISIG = 0o1, ICANON = 0o2, XCASE = 0o4, ECHO = 0o10, ECHOE = 0o20, ECHOK = 
 const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
 const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
 const isPtsMajor = (maj: number): boolean => maj >= PTS_MAJOR_FIRST && maj <= PTS_MAJOR_LAST;
+/** /dev/console, a virtual console or a serial line: a terminal of the machine (role `device`). */
+const isMachineTerminal = (maj: number, min: number): boolean => maj === TTY_MAJOR || (maj === TTYAUX_MAJOR && min === CONSOLE_MINOR);
 
 /** Whether a character device number is a terminal this module handles (chrdev.ts leaves them). */
 export function isTerminal(rdev: bigint): boolean {
@@ -116,20 +133,22 @@ export interface CttyState {
 
 export interface TtyRecord extends FileRecord {
   kind: 'tty';
-  role: 'master' | 'slave' | 'external';
+  role: 'master' | 'slave' | 'external' | 'console' | 'device';
+  /** device: the device number at dump, which the path must still have. */
+  device?: { major: number; minor: number };
   /** What the descriptor linked to at dump: /dev/ptmx, /dev/pts/N, /dev/tty, /dev/ttyS0… */
   path: string;
   /** open(2) access mode and status flags (O_NONBLOCK, O_APPEND). */
   flags: number;
-  /** master, slave: index N of the pair (/dev/pts/N) at dump. */
+  /** master, slave, console: index N of the pair (/dev/pts/N) at dump. */
   index?: number;
   /** slave: file id of the master record of its pair. */
   master?: number;
   /** slave, external: the descriptor was opened as /dev/tty. */
   viaDevTty?: boolean;
-  /** master: the slave's termios; external: the terminal's. */
+  /** master, console: the slave's termios; external, device: the terminal's. */
   termios?: Termios;
-  /** master: window size of the pair. */
+  /** master, console: window size of the pair. */
   winsize?: Winsize;
   /** master: the slave is locked (TIOCSPTLCK: posix_openpt(3) without unlockpt(3)). */
   locked?: boolean;
@@ -145,7 +164,7 @@ export interface TtyRecord extends FileRecord {
   input?: string;
   /** master: bytes the slave wrote that the master has not read, base64. */
   output?: string;
-  /** slave, external: the terminal is a controlling terminal in the tree. */
+  /** slave, external, console, device: the terminal is a controlling terminal in the tree. */
   ctty?: CttyState | null;
 }
 
@@ -295,7 +314,7 @@ function steal(pid: number, fd: number): number {
 }
 
 /** Whether the terminal `maj:min` is the controlling terminal of a session of the tree. */
-function cttyOf(maj: number, min: number, pids: ReadonlySet<number>, d: FdDesc, path: string): CttyState | null {
+function cttyOf(maj: number, min: number, pids: ReadonlySet<number>): CttyState | null {
   const stats = [...pids].map((pid) => ({ pid, stat: parseStat(readProcText(pid, 'stat')) }));
   const holder = stats.find(({ stat }) => stat.ttyNr !== 0
     && ((stat.ttyNr >> 8) & 0xfff) === maj && ((stat.ttyNr & 0xff) | ((stat.ttyNr >> 12) & 0xfff00)) === min);
@@ -303,34 +322,7 @@ function cttyOf(maj: number, min: number, pids: ReadonlySet<number>, d: FdDesc, 
   const sid = holder.stat.session;
   const fg = holder.stat.tpgid;
   const session = pids.has(sid) ? sid : null;
-  if (session !== null && !leaderHolds(session, maj, min)) {
-    throw new FerryError('EUNSUPPORTED',
-      `pid ${session} leads a session whose controlling terminal is ${path} (pid ${d.pid} fd ${d.fd}), but holds no descriptor of it: such a session cannot be restored yet`);
-  }
   return { session, foreground: fg > 0 && stats.some(({ stat }) => stat.pgrp === fg) ? fg : null };
-}
-
-/** Whether `pid` holds a descriptor of terminal `maj:min` (directly or through /dev/tty). */
-function leaderHolds(pid: number, maj: number, min: number): boolean {
-  const n = native();
-  for (const fd of listFds(pid)) {
-    let st;
-    try {
-      st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
-    } catch { continue; }
-    if (!st.isCharacterDevice()) continue;
-    if (major(st.rdev) === maj && minor(st.rdev) === min) return true;
-    if (major(st.rdev) === TTYAUX_MAJOR && minor(st.rdev) === DEV_TTY_MINOR) {
-      const c = steal(pid, fd);
-      try {
-        const dev = n.ttyDevice(c);
-        if (dev.major === maj && dev.minor === min) return true;
-      } finally {
-        n.closeFd(c);
-      }
-    }
-  }
-  return false;
 }
 
 /** The /dev path of terminal `maj:min` (pts by index; others from sysfs). */
@@ -417,8 +409,20 @@ function dump(d: FdDesc, ctx: DumpContext): Omit<TtyRecord, 'id' | 'kind'> {
       const m = ptyEnds(ctx.pids, index).find((e) => e.master);
       const master = m && ctx.fileIdOf(m.pid, m.fd);
       if (master !== undefined) {
-        return { role: 'slave', path, flags, index, master, viaDevTty, ctty: cttyOf(maj, min, ctx.pids, d, path) };
+        return { role: 'slave', path, flags, index, master, viaDevTty, ctty: cttyOf(maj, min, ctx.pids) };
       }
+      if (ctx.options.orphanPts && inOwnDevpts(d, viaDevTty)) {
+        const c = ctx.grab(d);
+        const n = native();
+        return {
+          role: 'console', path, flags, index, viaDevTty, termios: decodeTermios(n.ttyGetTermios(c)), winsize: n.ttyGetWinsize(c),
+          ctty: cttyOf(maj, min, ctx.pids),
+        };
+      }
+    }
+    if (isMachineTerminal(maj, min)) {
+      const termios = decodeTermios(native().ttyGetTermios(ctx.grab(d)));
+      return { role: 'device', path, flags, viaDevTty, device: { major: maj, minor: min }, termios, ctty: cttyOf(maj, min, ctx.pids) };
     }
     if (!ctx.options.shellJob) {
       throw new FerryError('EUNSUPPORTED',
@@ -426,10 +430,40 @@ function dump(d: FdDesc, ctx: DumpContext): Omit<TtyRecord, 'id' | 'kind'> {
         + `(e.g. the shell's terminal): checkpoint with --shell-job to take it along (restore then reopens ${path}, which must exist)`);
     }
     const termios = decodeTermios(native().ttyGetTermios(ctx.grab(d)));
-    return { role: 'external', path, flags, viaDevTty, termios, ctty: cttyOf(maj, min, ctx.pids, d, path) };
+    return { role: 'external', path, flags, viaDevTty, termios, ctty: cttyOf(maj, min, ctx.pids) };
   } catch (err) {
     if (err instanceof FerryError) throw err;
     throw new FerryError('EDUMP', `checkpoint: terminal fd ${d.fd} of pid ${d.pid} (${d.link}): ${describeCause(err)}`, { cause: err });
+  }
+}
+
+/**
+ * Whether the pts behind `d` is of a devpts instance of the process's own (a container's),
+ * not of ferry's /dev/pts: the process's /dev/pts/ptmx is another file system than ferry's,
+ * and a descriptor of a slave (not /dev/tty) is on it.
+ */
+function inOwnDevpts(d: FdDesc, viaDevTty: boolean): boolean {
+  try {
+    const own = statSync(`/proc/${d.pid}/root/dev/pts/ptmx`, { bigint: true }).dev;
+    return own !== statSync('/dev/pts/ptmx', { bigint: true }).dev && (viaDevTty || d.stat.dev === own);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The image holds every id as the tree sees it (dump/ns-ids.ts): the controlling terminals'
+ * session leaders and foreground groups are given in the tree's pid namespace. `pidOf` maps a
+ * host pid of the tree, `groupOf` a host process group id of the tree (undefined: none).
+ */
+export function cttyInNamespace(files: readonly FileRecord[], pidOf: (host: number) => number, groupOf: (hostPgid: number) => number | undefined): void {
+  for (const f of files) {
+    const c = (f as TtyRecord).ctty;
+    if (f.kind !== 'tty' || !c) continue;
+    (f as TtyRecord).ctty = {
+      session: c.session === null ? null : pidOf(c.session),
+      foreground: c.foreground === null ? null : groupOf(c.foreground) ?? null,
+    };
   }
 }
 
@@ -607,6 +641,61 @@ function openSlave(rec: TtyRecord, ctx: OpenContext): number | typeof NOT_YET {
   }
 }
 
+/**
+ * A container's terminal: a new pair in the container's devpts (its /dev/ptmx, resolved in
+ * the container's root, must be the ptmx device), made once for all the records of the old
+ * pair; its master goes to `onConsoleMaster`, the tree gets a slave.
+ */
+function openConsole(rec: TtyRecord, ctx: OpenContext): number {
+  const give = ctx.options.onConsoleMaster;
+  if (!give) {
+    throw new FerryError('EUNSUPPORTED', `file ${rec.id} of the image is the container's terminal /dev/pts/${rec.index}, whose master was held `
+      + 'outside the container: restore it with --console-socket (runc restore, ferry-runtime restore), which receives the new master');
+  }
+  const n = native();
+  const pairs = ctx.scratch<number>('tty-console');
+  let m = pairs.get(String(rec.index));
+  if (m === undefined) {
+    const { root } = placeOf(rec);
+    m = reopenIn(root, '/dev/ptmx', O_RDWR | O_NOCTTY, `the container's /dev/ptmx (for file ${rec.id} of the image)`,
+      (st) => (st.isCharacterDevice() && major(st.rdev) === TTYAUX_MAJOR && minor(st.rdev) === PTMX_MINOR ? undefined : 'is not the pseudoterminal multiplexor (5:2)'));
+    ctx.hold(m);
+    n.ptySetLocked(m, 0);
+    n.ttySetTermios(m, encodeTermios(rec.termios!));
+    const w = rec.winsize!;
+    n.ttySetWinsize(m, w.row, w.col, w.xpixel, w.ypixel);
+    pairs.set(String(rec.index), m);
+    give(steal(process.pid, m)); // a copy of its own
+  }
+  return n.ptyPeer(m, (rec.flags & KEPT_FLAGS) | O_NOCTTY);
+}
+
+/**
+ * /dev/console, a virtual console or a serial line: the same path, in the process's recorded
+ * root, if it is a character device with the recorded major:minor (checked through O_PATH
+ * before the driver's open runs; opened non-blocking, so that a serial line waits for no
+ * carrier, then given the recorded flags).
+ */
+function openDevice(rec: TtyRecord): number {
+  const n = native();
+  const { root, path } = placeOf(rec);
+  const want = rec.device;
+  if (!want || !isMachineTerminal(want.major, want.minor)) {
+    throw new FerryError('EIMAGE', `image: terminal (file ${rec.id}) has no valid device number: it must be /dev/console (5:1) or a console or serial line (4:N)`);
+  }
+  const fd = reopenIn(root, path, (rec.flags & O_ACCMODE) | O_NOCTTY | O_NONBLOCK, `terminal (file ${rec.id} of the image)`,
+    (st) => (st.isCharacterDevice() && major(st.rdev) === want.major && minor(st.rdev) === want.minor
+      ? undefined : `is not the character device ${want.major}:${want.minor} it was`));
+  try {
+    n.setFl(fd, rec.flags & (O_NONBLOCK | O_APPEND));
+    if (rec.termios) n.ttySetTermios(fd, encodeTermios(rec.termios));
+    return fd;
+  } catch (err) {
+    n.closeFd(fd);
+    throw err;
+  }
+}
+
 function openExternal(rec: TtyRecord, ctx: OpenContext): number {
   if (!ctx.options.shellJob) {
     throw new FerryError('EUNSUPPORTED',
@@ -644,7 +733,21 @@ function installed(rec: TtyRecord, task: TaskContext): void {
     } catch (err) {
       throw new FerryError('ERESTORE',
         `cannot make ${rec.path} the controlling terminal of session ${c.session} again (fd ${task.fd} of pid ${task.pid}): ${describeCause(err)}`
-        + (rec.role === 'external' ? ' (is it the controlling terminal of another session now?)' : ''), { cause: err });
+        + (rec.role === 'external' || rec.role === 'device' ? ' (is it the controlling terminal of another session now?)' : ''), { cause: err });
+    }
+  } else if (c.session !== null && c.foreground !== null) {
+    // A member of the session holds the terminal (its leader may hold none: it took it right
+    // after setsid, takeControllingTerminal, and the member inherited it at fork). The
+    // foreground group is set by a holder in the session (another may hold it too, whose
+    // controlling terminal it is not); once per terminal.
+    if (Number(t.syscall(SYS.getsid, 0)) !== c.session) return;
+    const done = task.open.scratch<boolean>('tty-foreground');
+    if (done.has(String(rec.id))) return;
+    done.set(String(rec.id), true);
+    try {
+      t.syscall(SYS.ioctl, task.fd, TIOCSPGRP, fg());
+    } catch (err) {
+      throw new FerryError('ERESTORE', `cannot make group ${c.foreground} the foreground of ${rec.path} again (fd ${task.fd} of pid ${task.pid}): ${describeCause(err)}`, { cause: err });
     }
   } else if (c.session === null && c.foreground !== null) {
     // A shell job: the session is restore's own; the terminal is its controlling terminal
@@ -692,7 +795,7 @@ function check(rec: TtyRecord): void {
   const bad = (why: string): never => {
     throw new FerryError('EIMAGE', `image: terminal (file ${rec.id}) ${why}`);
   };
-  if (!['master', 'slave', 'external'].includes(rec.role)) bad('has an unknown role');
+  if (!['master', 'slave', 'external', 'console', 'device'].includes(rec.role)) bad('has an unknown role');
   if (typeof rec.path !== 'string' || !rec.path.startsWith('/')) bad('has no valid path');
   if (!Number.isSafeInteger(rec.flags) || (rec.flags & O_ACCMODE) === 3) bad('has invalid flags');
   const termios = (t: unknown): void => {
@@ -709,11 +812,16 @@ function check(rec: TtyRecord): void {
     const ok = (v: unknown): boolean => v === null || (Number.isSafeInteger(v) && (v as number) > 0);
     if (!ok(rec.ctty.session) || !ok(rec.ctty.foreground)) bad('has an invalid controlling terminal state');
   }
-  if (rec.role === 'master') {
-    if (!Number.isSafeInteger(rec.index) || rec.index! < 0) bad('has no valid pts index');
+  const pair = (): void => {
+    if (!Number.isSafeInteger(rec.index) || rec.index! < 0 || rec.index! > MAX_PTS_INDEX) bad('has no valid pts index');
     termios(rec.termios);
     const w = rec.winsize;
     if (!w || ![w.row, w.col, w.xpixel, w.ypixel].every((v) => Number.isInteger(v) && v >= 0 && v < 65536)) bad('has an invalid window size');
+  };
+  if (rec.role === 'console') {
+    pair();
+  } else if (rec.role === 'master') {
+    pair();
     queued(rec.input);
     queued(rec.output);
     const node = rec.slaveNode;
@@ -726,10 +834,20 @@ function check(rec: TtyRecord): void {
   } else {
     if (rec.termios !== undefined) termios(rec.termios);
     if (rec.path.includes('\0') || rec.path.length > 4096) bad('has no valid path');
+    const dev = rec.device;
+    if (rec.role === 'device' && (typeof dev !== 'object' || dev === null || !Number.isInteger(dev.major) || !Number.isInteger(dev.minor)
+      || dev.minor < 0 || dev.minor > 0xfffff || !isMachineTerminal(dev.major, dev.minor))) {
+      bad('has no valid device number: it must be /dev/console (5:1) or a console or serial line (4:N)');
+    }
     // Resolved inside the process's recorded root (confined.ts), as open() will.
     const { root, path } = placeOf(rec);
     const st = statIn(root, path, `terminal (file ${rec.id} of the image)`);
-    if (!st || !st.isCharacterDevice() || !isTerminal(st.rdev)) {
+    if (rec.role === 'device') {
+      if (!st || !st.isCharacterDevice() || major(st.rdev) !== dev!.major || minor(st.rdev) !== dev!.minor) {
+        throw new FerryError('ENOENT', `terminal ${shownIn(root, path)} (file ${rec.id} of the image, a device of the machine) `
+          + `${st ? `is not the character device ${dev!.major}:${dev!.minor} here` : 'does not exist here'}: restore where it exists with that number`, { path: rec.path });
+      }
+    } else if (!st || !st.isCharacterDevice() || !isTerminal(st.rdev)) {
       throw new FerryError('ENOENT', `terminal ${shownIn(root, path)} (file ${rec.id} of the image, outside the checkpointed tree) `
         + `${st ? 'is not a terminal here' : 'does not exist here'}: restore where it exists (--shell-job reopens the same path)`, { path: rec.path });
     }
@@ -756,6 +874,8 @@ export const tty: FileKind<TtyRecord> = {
     try {
       if (rec.role === 'master') return openMaster(rec);
       if (rec.role === 'slave') return openSlave(rec, ctx);
+      if (rec.role === 'console') return openConsole(rec, ctx);
+      if (rec.role === 'device') return openDevice(rec);
       return openExternal(rec, ctx);
     } catch (err) {
       if (err instanceof FerryError) throw err;

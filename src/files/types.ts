@@ -46,6 +46,18 @@ export interface FileOptions {
   shellJob: boolean;
   /** --file-locks: checkpoint and restore file locks. */
   fileLocks: boolean;
+  /**
+   * A container's own terminal (runc's `terminal: true`: a slave of the container's devpts
+   * whose master runc sent to a console socket outside) may be checkpointed (files/tty.ts,
+   * role `console`); CRIU's orphan_pts_master, which runc always sends.
+   */
+  orphanPts?: boolean;
+  /**
+   * Restore: gets the new master of a container's terminal made again (a descriptor of its
+   * own, to close), to hand to whoever held the old one (runc's console socket). Absent: an
+   * image with such a terminal is refused.
+   */
+  onConsoleMaster?: (master: number) => void;
   /** files.deleted_max_bytes of the configuration: the most a deleted file's contents may take. */
   deletedMaxBytes: number;
   /**

@@ -259,7 +259,6 @@ export function parseRestore(argv: readonly string[]): RuntimeRestoreArgs {
   set('lsmProfile', 'lsm-profile');
   set('lsmMountContext', 'lsm-mount-context');
   if (v.get('lazy-pages') === true) out.unsupported.push('--lazy-pages');
-  if (out.consoleSocket !== undefined) out.unsupported.push('--console-socket (containers with a terminal cannot be restored yet)');
   return out;
 }
 
@@ -317,6 +316,7 @@ OPTIONS:
    --no-subreaper, --no-pivot, --no-new-keyring, --empty-ns network,
    --lsm-profile value, --lsm-mount-context value
                                accepted (see docs/runtime.md)
-   --console-socket, --lazy-pages
-                               not supported: refused before anything is made
+   --console-socket value      a container with a terminal: the new pty master
+                               is sent to this unix socket (as runc does)
+   --lazy-pages                not supported: refused before anything is made
 `;

@@ -42,6 +42,11 @@ export interface CriuOpts {
   tcpEstablished: boolean;
   shellJob: boolean;
   fileLocks: boolean;
+  /**
+   * orphan_pts_master (50): the container's terminal (runc's `terminal: true`) is dumped, and
+   * at restore made again with its new master sent to the caller ("orphan-pts-master").
+   */
+  orphanPtsMaster: boolean;
   /** log_level (9): 4 and up is debug. */
   logLevel?: number;
   /** log_file (10): a name in the work dir. */
@@ -127,7 +132,7 @@ const POLICY: ReadonlyMap<number, Policy> = new Map<number, Policy>([
   [47, { name: 'weak_sysctls', ignore: 'ferry does not restore sysctls' }],
   [48, { name: 'lazy_pages', refuse: 'lazy pages (--lazy-pages)' }],
   [49, { name: 'status_fd', ignore: 'it only serves lazy pages, and runc closes it' }],
-  [50, { name: 'orphan_pts_master', ignore: 'a container with a terminal is refused when its pty is dumped' }],
+  [50, { name: 'orphan_pts_master', use: true }],
   [51, { name: 'config_file', use: true }],
   [52, { name: 'tcp_close', use: true }],
   [53, { name: 'lsm_profile', ignore: 'the runtime applies the LSM profile of config.json' }],
@@ -186,6 +191,7 @@ export function decodeOpts(buf: Buffer): CriuOpts {
   const o: CriuOpts = {
     leaveRunning: bool(f, 3), extUnixSk: bool(f, 4), tcpEstablished: bool(f, 5), shellJob: bool(f, 7),
     fileLocks: bool(f, 8), notifyScripts: bool(f, 12), tcpSkipInFlight: bool(f, 46), tcpClose: bool(f, 52),
+    orphanPtsMaster: bool(f, 50),
     extMnt: pairs(23).map((p) => ({ key: p.key, val: str(p.second, 2) ?? '' })),
     inheritFd: pairs(27).map((p) => {
       const n = uintField(p.second, 2);

@@ -49,7 +49,8 @@ import { dumpStats, IMAGE_FILE, INVENTORY_FILE, preDumpStats, restoreStats, runL
 
 /** The socket to the caller, message by message. */
 export interface Channel {
-  send(r: CriuResponse): void;
+  /** Sends `r`, with descriptors `fds` attached (SCM_RIGHTS) if given. */
+  send(r: CriuResponse, fds?: readonly number[]): void;
   /** The next request, or null when the caller closed the socket. */
   receive(): CriuRequest | null;
 }
@@ -164,10 +165,10 @@ function callerOf(peer: number, verb: 'checkpoint' | 'restore', type: string): C
   }
 }
 
-/** Sends notification `script` (with `pid`) and waits for the caller's answer. */
-function notify(ctx: SwrkContext, o: CriuOpts, script: string, log: Logger, pid?: number): void {
+/** Sends notification `script` (with `pid`, and descriptors `fds`) and waits for the caller's answer. */
+function notify(ctx: SwrkContext, o: CriuOpts, script: string, log: Logger, pid?: number, fds?: readonly number[]): void {
   if (!o.notifyScripts) return;
-  ctx.channel.send({ type: CriuReqType.NOTIFY, success: true, notify: { script, ...(pid !== undefined ? { pid } : {}) } });
+  ctx.channel.send({ type: CriuReqType.NOTIFY, success: true, notify: { script, ...(pid !== undefined ? { pid } : {}) } }, fds);
   const ack = ctx.channel.receive();
   log.info({ script, notifyPid: pid, ack: ack === null ? 'closed' : { type: typeName(ack.type), success: ack.notifySuccess } }, 'notified');
   if (ack === null) throw new FerryError('ECALLER', `the caller closed the socket instead of answering notification "${script}"`);
@@ -192,7 +193,7 @@ function dirs(ctx: SwrkContext, o: CriuOpts, defaultLog: string, bindings: Recor
 function fileOptions(o: CriuOpts): Partial<FileOptions> {
   return {
     tcpEstablished: o.tcpEstablished, extUnixSk: o.extUnixSk, shellJob: o.shellJob, fileLocks: o.fileLocks,
-    tcpClose: o.tcpClose, skipInFlight: o.tcpSkipInFlight,
+    tcpClose: o.tcpClose, skipInFlight: o.tcpSkipInFlight, orphanPts: o.orphanPtsMaster,
   };
 }
 
@@ -333,6 +334,10 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
   let watchdog: { disarm(): void } | undefined;
   let made = false;
   let rt: Runtime | undefined;
+  // The container's terminal made again (files/tty.ts, role console): its new master, a copy
+  // of ours, until runc has it ("orphan-pts-master", which runc passes on to its console
+  // socket). Closed on every way out; if this process dies, the kernel closes it.
+  const masters: number[] = [];
   try {
     // A dump against pre-dumps: its image rebuilt from them (verified as any by the restore).
     assembled = imageToRestore(images, work, log);
@@ -360,10 +365,12 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
       rt.path, state, caller.id, priv], `container ${caller.id}`);
     made = true;
     const result: RestoreResult = await restoreContainer({
-      id: caller.id, runtime: caller.exe, root: state, bundle: sandbox, image, inherit, files: fileOptions(o),
+      id: caller.id, runtime: caller.exe, root: state, bundle: sandbox, image, inherit,
+      files: { ...fileOptions(o), ...(o.orphanPtsMaster && o.notifyScripts ? { onConsoleMaster: (m: number) => { masters.push(m); } } : {}) },
       config: ctx.config, logger: log, ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
       onInit: async (pid) => { notify(ctx, o, 'setup-namespaces', log, pid); },
     });
+    for (const m of masters) notify(ctx, o, 'orphan-pts-master', log, undefined, [m]);
     notify(ctx, o, 'post-restore', log, result.pid);
     if (o.tcpEstablished) notify(ctx, o, 'network-unlock', log);
     made = false;
@@ -379,6 +386,7 @@ export async function serveRestore(o: CriuOpts, ctx: SwrkContext): Promise<CriuR
     throw err;
   } finally {
     watchdog?.disarm();
+    for (const m of masters) native().closeFd(m);
     if (priv !== undefined) {
       rmSync(priv, { recursive: true, force: true });
       // The parent goes too when no other restore uses it (ENOTEMPTY: one does).

@@ -11,6 +11,7 @@
 import { unwindAll } from '../session.js';
 import { appendFileSync, closeSync, readSync, writeSync } from 'node:fs';
 import { loadConfig } from '../config/config.js';
+import { native } from '../native/binding.js';
 import { describeCause, errnoCode, FerryError } from '../errors.js';
 import { FERRY_VERSION } from '../version.js';
 import { setPauseAt } from '../fault.js';
@@ -70,9 +71,10 @@ export async function serve(fd: number, opts: ServeOptions = {}): Promise<number
   const buf = Buffer.alloc(MAX_MESSAGE);
   let status = 0;
   const channel = {
-    send: (r: CriuResponse): void => {
-      log({ send: r });
-      writeSync(fd, encodeResponse(r));
+    send: (r: CriuResponse, fds?: readonly number[]): void => {
+      log({ send: r, ...(fds?.length ? { fds: fds.length } : {}) });
+      if (fds?.length) native().unixSend(fd, encodeResponse(r), null, fds);
+      else writeSync(fd, encodeResponse(r));
     },
     receive: (): CriuRequest | null => {
       const msg = receive(fd, buf);

@@ -16,6 +16,7 @@ import { spawn } from 'node:child_process';
 import { appendFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { loadConfig } from '../config/config.js';
+import { setPauseAt } from '../fault.js';
 import { FerryError } from '../errors.js';
 import { errorLine } from './error-line.js';
 import {
@@ -80,6 +81,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   }
   const { globals, verb, rest } = split;
   if (verb !== 'checkpoint' && verb !== 'restore') return passThrough(runc, argv);
+  setPauseAt(env.FERRY_TEST_PAUSE_AT); // test-only fault points (src/fault.ts)
   // SIGINT/SIGTERM abort the operation as they do `ferry checkpoint/restore` (src/signals.ts).
   const guard = guardSignals(`ferry-runtime ${verb}`);
   try {

@@ -17,7 +17,8 @@ import type { Config } from '../config/config.js';
 import { checkpointContainer } from '../container/checkpoint.js';
 import { restoreContainer } from '../container/restore.js';
 import { Runtime } from '../container/runtime.js';
-import { FerryError } from '../errors.js';
+import { describeCause, FerryError } from '../errors.js';
+import { native } from '../native/binding.js';
 import { createLogger } from '../log.js';
 import type { RuntimeCheckpointArgs, RuntimeGlobals, RuntimeRestoreArgs } from './args.js';
 import { encodeInventory, encodeStats, micros } from './criu-files.js';
@@ -132,7 +133,8 @@ export async function runtimeCheckpoint(a: RuntimeCheckpointArgs, ctx: RuntimeCo
     let writeTo: number | undefined;
     const { result, skippedPages } = await checkpointAgainst(state.pid, imagePath, a.parentPath, a.leaveRunning, log, warn, ({ image, beforeKill }) => checkpointContainer({
       id: a.id, runtime: ctx.runc, ...(ctx.globals.root !== undefined ? { root: ctx.globals.root } : {}),
-      image, leaveRunning: a.leaveRunning, files: a.files, config: ctx.config, logger: log,
+      // A container run with a terminal keeps it (files/tty.ts, role console), as with runc's criu.
+      image, leaveRunning: a.leaveRunning, files: { ...a.files, orphanPts: true }, config: ctx.config, logger: log,
       ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}), ...(beforeKill !== undefined ? { beforeKill } : {}),
       onProgress: (p) => {
         if (p.phase !== 'write') return;
@@ -204,15 +206,28 @@ export async function runtimeRestore(a: RuntimeRestoreArgs, ctx: RuntimeContext)
   log.info({ bundle, imagePath, workPath, detach: a.detach, pidFile: a.pidFile, inherit, files: a.files, runc: ctx.runc }, 'start');
   const rtOpts = { runtime: ctx.runc, ...(ctx.globals.root !== undefined ? { root: ctx.globals.root } : {}) };
   let assembled: { image: string; done(): void } | undefined;
+  // --console-socket: connected before anything is made (a wrong path fails first); the new
+  // master of the container's terminal goes to it once the container runs.
+  const console = a.consoleSocket !== undefined ? connectConsole(resolve(ctx.cwd, a.consoleSocket)) : undefined;
+  const masters: number[] = [];
   try {
     // A checkpoint against pre-dumps: its image rebuilt from them (verified as any).
     assembled = imageToRestore(imagePath, workPath, log);
     const image = assembled.image;
     const result = await restoreContainer({
-      ...rtOpts, id: a.id, bundle, image, inherit, files: a.files, config: ctx.config, logger: log,
+      ...rtOpts, id: a.id, bundle, image, inherit, config: ctx.config, logger: log,
+      files: { ...a.files, ...(console !== undefined ? { onConsoleMaster: (m: number) => { masters.push(m); } } : {}) },
       ...(ctx.signal !== undefined ? { signal: ctx.signal } : {}),
       ...(a.pidFile !== undefined ? { pidFile: resolve(ctx.cwd, a.pidFile) } : {}),
     });
+    try {
+      for (const m of masters) native().unixSend(console!, Buffer.from('orphan-pts-master'), null, [m]);
+    } catch (err) {
+      // The container runs without anyone on its terminal: take it away, as runc would.
+      try { new Runtime(ctx.runc, ctx.globals.root).run(['delete', '--force', a.id], `container ${a.id}`); } catch { /* gone */ }
+      throw new FerryError('ECONSOLE', `cannot send container ${a.id}'s terminal to the console socket ${a.consoleSocket}: ${describeCause(err)}; `
+        + 'the restored container was removed', { cause: err });
+    }
     writeFileSync(join(workPath, 'stats-restore'), restoreStats(result));
     log.info({ result }, 'restored');
   } catch (err) {
@@ -220,8 +235,31 @@ export async function runtimeRestore(a: RuntimeRestoreArgs, ctx: RuntimeContext)
     throw err;
   } finally {
     assembled?.done();
+    for (const m of masters) native().closeFd(m);
+    if (console !== undefined) native().closeFd(console);
   }
   if (!a.detach) await waitStopped(new Runtime(ctx.runc, ctx.globals.root), a.id);
+}
+
+const AF_UNIX = 1, SOCK_STREAM = 1;
+/** Longest sun_path (unix(7)). */
+const SUN_PATH_MAX = 107;
+
+/** A unix stream socket connected to `path` (runc's --console-socket). */
+function connectConsole(path: string): number {
+  const n = native();
+  const name = Buffer.from(path);
+  if (name.length > SUN_PATH_MAX) {
+    throw new FerryError('EUSAGE', `--console-socket ${path} is longer than a unix socket name may be (${SUN_PATH_MAX} bytes); nothing was done`);
+  }
+  const fd = n.socket(AF_UNIX, SOCK_STREAM);
+  try {
+    n.unixConnect(fd, name);
+    return fd;
+  } catch (err) {
+    n.closeFd(fd);
+    throw new FerryError('ECONSOLE', `cannot connect to the console socket ${path}: ${describeCause(err)}; nothing was done`, { cause: err });
+  }
 }
 
 /** Polls the runtime until the container is stopped or gone. */

@@ -5,12 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { native } from '../../src/native/binding.js';
-import { needs, ROOT } from './env.js';
+import { needs, PYTHON, ROOT } from './env.js';
+import { own, waitFor } from './processes.js';
 
 export const CRIU = join(ROOT, 'bin', 'criu');
 export const BUSYBOX = '/bin/busybox';
@@ -75,6 +76,120 @@ export function makeBundle(dir: string, name: string, script: string, hostNet = 
   if (hostNet) config.linux.namespaces = config.linux.namespaces.filter((n) => n.type !== 'network');
   writeFileSync(join(bundle, 'config.json'), JSON.stringify(config));
   return bundle;
+}
+
+/** `makeBundle` with `"terminal": true` and busybox's stty and tty in the rootfs. */
+export function makeTerminalBundle(dir: string, name: string, script: string): string {
+  const bundle = makeBundle(dir, name, script);
+  for (const a of ['stty', 'tty']) symlinkSync('busybox', join(bundle, 'rootfs', 'bin', a));
+  const config = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as { process: Record<string, unknown> };
+  config.process.terminal = true;
+  writeFileSync(join(bundle, 'config.json'), JSON.stringify(config));
+  return bundle;
+}
+
+/**
+ * The container's shell for terminal tests: sets its terminal (37 rows, 101 columns, echo
+ * off), then every 100 ms prints a tick with what it sees of it (TERMINAL_SEEN when kept),
+ * and answers a line of input with "got LINE".
+ */
+export const TERMINAL_SCRIPT = [
+  'stty rows 37 cols 101 -echo',
+  'i=0',
+  'while true; do',
+  '  i=$((i+1))',
+  '  set -- $(stty size)',
+  '  case "$(stty -a)" in *" -echo "*) e=off;; *) e=on;; esac',
+  '  if (: </dev/tty) 2>/dev/null; then c=yes; else c=no; fi',
+  '  echo "tick $i size=$1x$2 echo=$e tty=$(tty) ctty=$c"',
+  '  if read -t 0.1 line; then echo "got $line"; fi',
+  'done',
+].join('\n');
+
+/** What TERMINAL_SCRIPT prints after "tick N " while its terminal is as it set it. */
+export const TERMINAL_SEEN = 'size=37x101 echo=off tty=/dev/pts/0 ctty=yes';
+
+/**
+ * The test's console-socket receiver (test/fixtures/scripts/console_receiver.py), started
+ * (owned: killed by cleanup()): `socket` for --console-socket; `masters()` splits what it
+ * logged at each new master into ticks of TERMINAL_SCRIPT and text; `input(s)` writes `s` to
+ * the newest master.
+ */
+export async function consoleReceiver(dir: string): Promise<{
+  socket: string; masters(): Array<{ ticks: Array<{ n: number; line: string }>; text: string }>; input(s: string): void;
+}> {
+  const socket = join(dir, 'console.sock');
+  const log = join(dir, 'console.log');
+  const child = spawn(PYTHON, [join(ROOT, 'test', 'fixtures', 'scripts', 'console_receiver.py'), socket, log], { stdio: 'ignore', detached: true });
+  own(child.pid!);
+  await waitFor('the console socket', () => existsSync(socket));
+  return {
+    socket,
+    masters: () => (existsSync(log) ? readFileSync(log, 'utf8') : '').split(/\r?\nmaster \d+\r?\n/).slice(1).map((text) => ({
+      text, ticks: [...text.matchAll(/^tick (\d+) (.*?)\r?$/gm)].map((m) => ({ n: Number(m[1]), line: m[2]! })),
+    })),
+    input: (s) => appendFileSync(`${log}.in`, s),
+  };
+}
+
+type Podman = (...args: string[]) => { code: number; out: string; err: string };
+
+/**
+ * `podman run -d -t` of TERMINAL_SCRIPT in `image` as container `name` (removed at the end),
+ * `container checkpoint`, `container restore`: conmon holds the terminal's master, and after
+ * the restore the ticks in `podman logs` count on, each seeing TERMINAL_SEEN. `podman` runs
+ * podman with the test's global flags.
+ */
+export async function podmanTerminalRoundTrip(podman: Podman, image: string, name: string): Promise<void> {
+  const ok = (...args: string[]): string => {
+    const r = podman(...args);
+    assert.equal(r.code, 0, `podman ${args.join(' ')}: ${r.err}`);
+    return r.out;
+  };
+  const lines = (): Array<{ n: number; rest: string }> => [...podman('logs', name).out.matchAll(/^tick (\d+) (.*?)\r?$/gm)]
+    .map((m) => ({ n: Number(m[1]), rest: m[2]! }));
+  try {
+    ok('run', '-d', '-t', '--name', name, '--network', 'none', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096',
+      image, 'sh', '-c', TERMINAL_SCRIPT);
+    await waitFor('first ticks', () => lines().length >= 3, 20000);
+    ok('container', 'checkpoint', name);
+    assert.equal(podman('inspect', '--format', '{{.State.Status}}', name).out.trim(), 'exited');
+    const at = lines().at(-1)!.n;
+    ok('container', 'restore', name);
+    await waitFor(`ticks after ${at}`, () => (lines().at(-1)?.n ?? 0) > at + 2, 20000);
+    const all = lines();
+    const after = all.slice(all.findIndex((l) => l.n === at) + 1);
+    after.forEach((l, i) => {
+      assert.equal(l.n, at + 1 + i, `counting on from ${at}: ${after.slice(0, 5).map((x) => x.n).join(', ')}`);
+      assert.equal(l.rest, TERMINAL_SEEN, `tick ${l.n}`);
+    });
+  } finally {
+    podman('rm', '-f', '-t', '0', name);
+  }
+}
+
+/** Pids whose parent is `ppid` and whose command line holds `word` (runc's `criu swrk`). */
+export function childrenOf(ppid: number, word: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === ppid && readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(word)) out.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+/** Pids in a container's freezer cgroup (runc's default cgroupsPath: /ID), [] when it is gone. */
+export function cgroupPids(id: string): number[] {
+  const f = `/sys/fs/cgroup/freezer/${id}/cgroup.procs`;
+  if (!existsSync(f)) return [];
+  try {
+    return readFileSync(f, 'utf8').split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
 
 /** A runc run by a test, its stdout read as ticks, its stderr gathered. */

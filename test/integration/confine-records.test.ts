@@ -92,6 +92,12 @@ const chr = (id: number, path: string, flags: number, major = 1, minor = 3): Fil
 const fifo = (id: number, path: string, flags: number): FileRecord =>
   ({ id, kind: 'fifo', path, flags, dev: '0', ino: '0', size: 65536, data: '' });
 const ttyExt = (id: number, path: string): FileRecord => ({ id, kind: 'tty', role: 'external', path, flags: O_RDWR });
+const ttyDevice = (id: number, path: string, major: number, minor: number): FileRecord =>
+  ({ id, kind: 'tty', role: 'device', path, flags: O_WRONLY, device: { major, minor } });
+const TERMIOS = { iflag: 0, oflag: 0, cflag: 0o277, lflag: 0, line: 0, cc: new Array(19).fill(0), ispeed: 38400, ospeed: 38400 };
+const ttyConsole = (id: number, index: number): FileRecord => ({
+  id, kind: 'tty', role: 'console', path: `/dev/pts/${index}`, flags: O_RDWR, index, termios: TERMIOS, winsize: { row: 24, col: 80, xpixel: 0, ypixel: 0 },
+});
 const inotify = (id: number, path: string): FileRecord =>
   ({ id, kind: 'inotify', flags: O_NONBLOCK, watches: [{ wd: 7, mask: IN_CREATE, path, dev: '0:0', ino: '0' }] });
 const fanotify = (id: number, path: string): FileRecord =>
@@ -139,6 +145,26 @@ describe('images are untrusted: every kind that names a path resolves it confine
     bothRefuse([ttyExt(2, `/proc/${process.pid}/root/dev/null`)], 'ECONFINE', /magic link/, undefined, true);
     bothRefuse([ttyExt(3, '/dev/null')], /^(ENOENT|ECHANGED)$/, /is not a terminal here/, undefined, true);
     untouched(c, 'terminal records');
+  });
+
+  it('terminals of the machine: the recorded console device only; a container\'s terminal only with a receiver for its master', () => {
+    const c = canaryDir();
+    // A device record must name /dev/console or a console or serial line...
+    bothRefuse([ttyDevice(1, '/dev/null', 1, 3)], 'EIMAGE', /must be \/dev\/console \(5:1\) or a console or serial line/);
+    // ...and its path must still be that very device.
+    bothRefuse([ttyDevice(2, c.file, 5, 1)], /^(ENOENT|ECHANGED)$/, /is not the character device 5:1/);
+    bothRefuse([ttyDevice(3, '/dev/null', 4, 1)], /^(ENOENT|ECHANGED)$/, /is not the character device 4:1/);
+    bothRefuse([ttyDevice(4, `/proc/${process.pid}/root/dev/console`, 5, 1)], 'ECONFINE', /magic link/);
+    untouched(c, 'console records');
+    if (existsSync('/dev/console')) {
+      opened([ttyDevice(5, '/dev/console', 5, 1)], (fds) => {
+        assert.equal(fstatSync(fds.get(5)!).rdev, statSync('/dev/console').rdev);
+        assert.equal(native().getFl(fds.get(5)!) & 0o3, O_WRONLY, 'the recorded access mode');
+      });
+    }
+    // A container's terminal: shape checked; without a caller to hand its master to, refused.
+    refused(() => checkFiles([{ ...ttyConsole(6, 0), index: 1 << 20 }]), 'EIMAGE', /no valid pts index/);
+    refused(() => openFiles([ttyConsole(7, 0)], { ...DEFAULT_FILE_OPTIONS }, new Map()), 'EUNSUPPORTED', /container's terminal \/dev\/pts\/0.*--console-socket/);
   });
 
   it('inotify watches and fanotify marks: added through the confined descriptor, magic links refused', () => {

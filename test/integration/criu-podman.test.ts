@@ -4,7 +4,10 @@
  * and RESTORE to ferry's criu. A busybox container counting "tick N" is checkpointed and
  * restored with --print-stats (podman reads the stats-dump and stats-restore ferry's criu
  * writes), then exported and imported through a tar; each time it counts on in `podman logs`,
- * its init a child of conmon, and the checkpoint is ferry's image.
+ * its init a child of conmon, and the checkpoint is ferry's image. A container run with `-t`
+ * (runc's console socket, conmon holding the master) keeps its terminal across checkpoint and
+ * restore: its shell sees the same size, echo flag and controlling terminal, and its output
+ * reaches conmon's new master (`podman logs` counts on).
  *
  * Isolation as in podman.test.ts: a private --root/--runroot/--tmpdir, the vfs storage driver,
  * the cgroupfs manager, the file events backend, --network none, --ulimit values within this
@@ -17,6 +20,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { needs, ROOT } from '../helpers/env.js';
 import { cleanup, scratchDir, waitFor } from '../helpers/processes.js';
+import { podmanTerminalRoundTrip } from '../helpers/runc-criu.js';
 
 const CRIU = join(ROOT, 'bin', 'criu');
 const BUSYBOX = '/bin/busybox';
@@ -73,7 +77,7 @@ describe('podman with its default runtime (runc) and ferry\'s criu', { skip, tim
     mkdirSync(join(rootfs, 'bin'), { recursive: true });
     copyFileSync(BUSYBOX, join(rootfs, 'bin', 'busybox'));
     chmodSync(join(rootfs, 'bin', 'busybox'), 0o755);
-    for (const a of ['sh', 'sleep', 'echo']) symlinkSync('busybox', join(rootfs, 'bin', a));
+    for (const a of ['sh', 'sleep', 'echo', 'stty', 'tty']) symlinkSync('busybox', join(rootfs, 'bin', a));
     const tar = spawnSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
     assert.equal(tar.status, 0);
     ok('import', join(dir, 'rootfs.tar'), image);
@@ -138,5 +142,9 @@ describe('podman with its default runtime (runc) and ferry\'s criu', { skip, tim
     ok('rm', '-f', '-t', '0', name);
     ok('container', 'restore', '--import', full, '--import-previous', pre);
     last = await countsOn(last);
+  });
+
+  it('a container run with -t keeps its terminal across checkpoint and restore', async () => {
+    await podmanTerminalRoundTrip(podman, image, `${name}-tty`);
   });
 });

@@ -5,7 +5,8 @@
  * stats-restore), exported and imported through a tar, and pre-checkpointed
  * (`--pre-checkpoint`, then `--with-previous`, both exported; restored with
  * `--import-previous`); each time it counts on in `podman logs` and its init is a child of
- * conmon.
+ * conmon. A container run with `-t` keeps its terminal (conmon gets the new master through
+ * `restore --console-socket`).
  *
  * Isolation: a private --root/--runroot/--tmpdir and the vfs storage driver, the cgroupfs
  * manager, the file events backend, --network none (no systemd, no CNI here). The container
@@ -20,6 +21,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { needs, ROOT } from '../helpers/env.js';
 import { cleanup, scratchDir, waitFor } from '../helpers/processes.js';
+import { podmanTerminalRoundTrip } from '../helpers/runc-criu.js';
 
 const RUNTIME = join(ROOT, 'bin', 'ferry-runtime');
 const CRIU = join(ROOT, 'bin', 'criu');
@@ -75,7 +77,7 @@ describe('podman with --runtime ferry-runtime', { skip, timeout: 300_000 }, () =
     mkdirSync(join(rootfs, 'bin'), { recursive: true });
     copyFileSync(BUSYBOX, join(rootfs, 'bin', 'busybox'));
     chmodSync(join(rootfs, 'bin', 'busybox'), 0o755);
-    for (const a of ['sh', 'sleep', 'echo']) symlinkSync('busybox', join(rootfs, 'bin', a));
+    for (const a of ['sh', 'sleep', 'echo', 'stty', 'tty']) symlinkSync('busybox', join(rootfs, 'bin', a));
     const tar = spawnSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
     assert.equal(tar.status, 0);
     ok('import', join(dir, 'rootfs.tar'), image);
@@ -125,6 +127,10 @@ describe('podman with --runtime ferry-runtime', { skip, timeout: 300_000 }, () =
     ok('container', 'restore', '--import', tar);
     // Whether or not the export carried the old log along, the ticks after `last` count on.
     last = await countsOn(last);
+  });
+
+  it('a container run with -t keeps its terminal: conmon gets the new master through restore --console-socket', async () => {
+    await podmanTerminalRoundTrip(podman, image, `${name}-tty`);
   });
 
   it('--pre-checkpoint, then --with-previous, exported and imported: the container counts on', async () => {

@@ -4,11 +4,13 @@
  * a window size, bytes queued both ways, /dev/tty, a locked second pair) and checks it all
  * itself after restore. `ptys external` runs with its stdio on a terminal whose master is
  * held outside the tree (a python3 holder made here, or script(1)): refused without
- * --shell-job, restored onto the same terminal with it.
+ * --shell-job, restored onto the same terminal with it. build/workloads/consoles holds terminals
+ * of the machine (a virtual console as its controlling terminal, /dev/tty, /dev/console,
+ * /dev/tty0): they come back without --shell-job, with the console's termios set back.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
@@ -16,6 +18,17 @@ import { alive, cleanup, ferry, own, procState, scratchDir, sleep, startWorkload
 
 after(cleanup);
 const PTYS = join(WORKLOADS, 'ptys');
+const CONSOLES = join(WORKLOADS, 'consoles');
+/** The virtual console the consoles test takes as its controlling terminal. */
+const VT = '/dev/tty1';
+const noVt = ((): string | false => {
+  try {
+    const st = statSync(VT);
+    return st.isCharacterDevice() && existsSync('/dev/console') ? false : `${VT} is not a character device here`;
+  } catch {
+    return `no ${VT} or /dev/console on this machine (no virtual consoles)`;
+  }
+})();
 
 /** Pids of the children of `pid`. */
 const children = (pid: number): number[] =>
@@ -185,5 +198,98 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS', w.text());
   });
-});
 
+  it('a controlling terminal held only by a member of the session, not its leader, comes back with its foreground group', { skip: needs('python') }, async () => {
+    // The leader takes a pty slave as controlling terminal, forks a member (in a group of its
+    // own, made the foreground group) that keeps the slave, and closes its own: it keeps only
+    // the master. On SIGUSR1 both check their session, /dev/tty and the foreground group.
+    const py = [
+      'import fcntl, os, signal, struct, termios, time',
+      'm, s = os.openpty()',
+      'fcntl.ioctl(s, termios.TIOCSCTTY, 0)',
+      'r, w = os.pipe()',
+      'leader = os.getpid()',
+      'flag = []',
+      'signal.signal(signal.SIGUSR1, lambda *a: flag.append(1))',
+      'def pts():',
+      '    return struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"\\0" * 4))[0]',  // TIOCGPTN
+      'def devtty():',
+      '    try:',
+      '        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)',
+      '    except OSError as e:',
+      '        return "none (%s)" % e, None',
+      '    dev = struct.unpack("I", fcntl.ioctl(fd, 0x80045432, b"\\0" * 4))[0]',  // TIOCGDEV
+      '    return "/dev/pts/%d" % ((((dev >> 8) & 0xfff) - 136) * 256 + (dev & 0xff)), fd',
+      'kid = os.fork()',
+      'if kid == 0:',
+      '    os.close(r); os.close(m); os.setpgid(0, 0); os.write(w, b"x"); os.close(w)',
+      '    while not flag: time.sleep(0.01)',
+      '    ok = os.getsid(0) == leader and os.tcgetpgrp(s) == os.getpgrp() and struct.unpack("i", fcntl.ioctl(s, 0x5429, b"\\0" * 4))[0] == leader', // TIOCGSID
+      '    print("kid: sid %d fg %d pgrp %d" % (os.getsid(0), os.tcgetpgrp(s), os.getpgrp()), flush=True)',
+      '    os._exit(0 if ok else 1)',
+      'os.close(w); os.read(r, 1); os.close(r)',
+      'os.setpgid(kid, kid)',
+      'os.tcsetpgrp(s, kid)',
+      'os.close(s)',
+      'print("ready pid=%d" % leader, flush=True)',
+      'while not flag: time.sleep(0.01)',
+      'name, fd = devtty()',
+      'ok = name == "/dev/pts/%d" % pts() and fd is not None and os.tcgetpgrp(fd) == kid and os.getsid(0) == leader',
+      'os.kill(kid, signal.SIGUSR1)',
+      '_, st = os.waitpid(kid, 0)',
+      'ok = ok and os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0',
+      'print("PASS" if ok else "FAIL /dev/tty is %s, the pair is /dev/pts/%d, kid %d" % (name, pts(), st), flush=True)',
+    ].join('\n');
+    const lr = await startWorkload(PYTHON, ['-c', py]);
+    own(children(lr.pid)[0]!);
+    const kept = ferry(['checkpoint', '--pid', String(lr.pid), '--image', join(lr.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(kept.code, 0, kept.stderr);
+    assert.equal(await verify(lr), 'PASS', `--leave-running: ${lr.text()}`);
+    const w = await startWorkload(PYTHON, ['-c', py]);
+    const kid = children(w.pid)[0]!;
+    own(kid);
+    const image = join(w.dir, 'member.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    await waitFor('the pids to be free', () => !alive(w.pid) && !alive(kid), 8000);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('/dev/console, a virtual console as controlling terminal, /dev/tty and /dev/tty0 come back without --shell-job', { skip: noVt }, async () => {
+    // The console's termios is the machine's: kept as it was found, whatever the test does.
+    const saved = spawnSync('stty', ['-F', VT, '-g'], { encoding: 'utf8' }).stdout.trim();
+    try {
+      const w = await startWorkload(CONSOLES, [VT]);
+      const image = join(w.dir, 'consoles.tar');
+      const lr = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+      assert.equal(lr.code, 0, lr.stderr);
+      assert.equal(procState(w.pid).tracer, 0, 'detached');
+      assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
+      await w.exited;
+      await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+      // Someone changes the console meanwhile: restore sets the image's termios back.
+      assert.equal(spawnSync('stty', ['-F', VT, 'min', '9', 'time', '1']).status, 0);
+      const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+      for (let i = 0; i < 2; i++) {
+        const rs = ferry(['restore', '--image', image]);
+        assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
+        own(w.pid);
+        assert.equal(procState(w.pid).tracer, 0);
+        if (i === 0) {
+          const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+          assert.equal(cp.code, 0, cp.stderr);
+          await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+        }
+      }
+      assert.equal(await verify(w2), 'PASS', w2.text());
+      if (/NOTE no ctty/.test(w.text())) process.stderr.write(`note: ${VT} is another session's controlling terminal; that part was not checked\n`);
+    } finally {
+      if (saved !== '') spawnSync('stty', ['-F', VT, saved]);
+    }
+  });
+});

@@ -34,6 +34,7 @@ describe('criu_opts', () => {
     assert.equal(o.logFile, 'dump.log');
     assert.equal(o.logLevel, 4);
     assert.equal(o.notifyScripts, true);
+    assert.equal(o.orphanPtsMaster, true, 'runc always sends orphan_pts_master');
     assert.equal(o.root, '/tmp/b/rootfs');
     assert.equal(o.freezeCgroup, '/sys/fs/cgroup/freezer/c1');
     assert.deepEqual(o.extMnt.map((m) => m.key), ['/sys/fs/cgroup/cpu', '/proc/keys', '/dev/null']);
