@@ -3,7 +3,7 @@
 // Wraps getxattr(2) "system.sockprotoname" (sockfs names the protocol of the socket behind a
 // descriptor: "TCP", "TCPv6", "UDP", "UDPv6", "UNIX-STREAM"…; works on /proc/PID/fd/N),
 // socket(2) (SOCK_CLOEXEC always added), getsockopt(2)/setsockopt(2) (raw bytes or an int),
-// getsockname(2)/getpeername(2), bind(2), connect(2), listen(2), recvfrom(2) with MSG_PEEK
+// getsockname(2)/getpeername(2), bind(2), connect(2), listen(2), recv(2) (MSG_OOB: the urgent byte), recvfrom(2) with MSG_PEEK
 // (nothing is consumed; with TCP_REPAIR_QUEUE set, a socket in repair mode peeks its send or
 // receive queue, tcp(7)), sendto(2) (in repair mode it appends to the selected queue without
 // transmitting anything), and ioctl(2) SIOCINQ / SIOCOUTQ / SIOCOUTQNSD (bytes unread, bytes
@@ -284,6 +284,25 @@ Napi::Value SockPeek(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// sockRecv(fd, maxLen, flags) -> Buffer: recv(2) with MSG_DONTWAIT | flags, consuming what it
+// reads (MSG_OOB takes a TCP socket's urgent byte); EAGAIN gives null.
+Napi::Value SockRecv(const Napi::CallbackInfo& info) {
+  int64_t fd, max, flags;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &max) || !ArgInt(info, 2, &flags)) return {};
+  if (max < 0 || max > (1LL << 30)) {
+    ThrowType(info.Env(), "sockRecv: maxLen out of range");
+    return {};
+  }
+  std::vector<uint8_t> buf(static_cast<size_t>(max) + 1);
+  ssize_t n = recv(static_cast<int>(fd), buf.data(), static_cast<size_t>(max), MSG_DONTWAIT | static_cast<int>(flags));
+  if (n < 0) {
+    if (errno == EAGAIN) return info.Env().Null();
+    ThrowErrno(info.Env(), "recv", errno, FdText(fd));
+    return {};
+  }
+  return Napi::Buffer<uint8_t>::Copy(info.Env(), buf.data(), static_cast<size_t>(n));
+}
+
 // sockSend(fd, data, flags, address?) -> bytes sent (sendto(2)).
 Napi::Value SockSend(const Napi::CallbackInfo& info) {
   int64_t fd, flags;
@@ -475,6 +494,7 @@ void InitInet(Napi::Env env, Napi::Object exports) {
   exports.Set("sockConnect", Napi::Function::New(env, SockConnect));
   exports.Set("sockListen", Napi::Function::New(env, SockListen));
   exports.Set("sockPeek", Napi::Function::New(env, SockPeek));
+  exports.Set("sockRecv", Napi::Function::New(env, SockRecv));
   exports.Set("sockSend", Napi::Function::New(env, SockSend));
   exports.Set("sockIoctlInt", Napi::Function::New(env, SockIoctlInt));
   exports.Set("getSockFilter", Napi::Function::New(env, GetSockFilter));

@@ -208,10 +208,13 @@ OPTIONS
       taken anyway and marked external in the image: a restore must then be
       handed a descriptor for it with --inherit-fd. Repeatable.
   --skip-in-flight
-      Leave out connections a TCP listener has not accepted yet (they are
-      refused without it): with a warning in the log and in the result's
-      "warnings". A restored listener comes back without them; their clients
-      see a reset once the original is killed.
+      Leave out what is in flight and cannot be put back (refused without
+      it), with a warning in the log and in the result's "warnings":
+      connections a TCP listener has not accepted yet (a restored listener
+      comes back without them; their clients see a reset once the original
+      is killed), and messages queued on a netlink socket (replies and
+      notifications the kernel sent; a program waiting for a reply dropped
+      so waits forever).
   --json
       Print the result as one JSON object instead of a sentence:
       {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N},

@@ -20,8 +20,9 @@
  *   with IPPROTO_ICMP/ICMPV6; net.ipv4.ping_group_range decides who may make them, at restore
  *   too): protocol, bound and connected addresses (a ping socket's port is its ICMP id),
  *   options (IP_HDRINCL, ICMP_FILTER, ICMPV6_FILTER, IPV6_CHECKSUM…). Their queued packets are
- *   not carried: a raw packet carries its IP header and a ping reply must come from the
- *   network, neither can be queued again from user space; they are dropped, as a network may.
+ *   not carried: only the first can be read without consuming it (raw_recvmsg and
+ *   ping_recvmsg ignore SO_PEEK_OFF), and the original must be left as it was; they are
+ *   dropped, as a network may, with a warning naming the bytes.
  * - Every kind: classic BPF filters (inet-filter.ts); datagram kinds: multicast memberships
  *   (inet-multicast.ts). SO_REUSEPORT groups come back as groups: every member is bound again
  *   with SO_REUSEPORT set before bind.
@@ -132,11 +133,10 @@ function where(d: FdDesc, local: Endpoint | null, remote: Endpoint | null, proto
 }
 
 /**
- * A raw or ping socket's peer: connect(2) gives it a destination but no port, and getpeername
- * answers ENOTCONN without a port; /proc/PID/net/raw, raw6, icmp and icmp6 (proc(5)) list it,
- * by inode, with the state (TCP_ESTABLISHED once connected).
+ * A raw or ping socket's line in /proc/PID/net/raw, raw6, icmp or icmp6 (proc(5)), by inode:
+ * its fields split on blanks, or null.
  */
-function portlessPeer(pid: number, ino: string, family: Family, proto: 'raw' | 'ping'): Endpoint | null {
+function portlessLine(pid: number, ino: string, family: Family, proto: 'raw' | 'ping'): string[] | null {
   let text: string;
   try {
     text = readFileSync(`/proc/${pid}/net/${proto === 'raw' ? 'raw' : 'icmp'}${family === 'ipv6' ? '6' : ''}`, 'utf8');
@@ -145,10 +145,26 @@ function portlessPeer(pid: number, ino: string, family: Family, proto: 'raw' | '
   }
   for (const line of text.split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
-    if (f.length < 10 || f[9] !== ino || parseInt(f[3]!, 16) !== TCP_ESTABLISHED) continue;
-    return { ...parseProcAddr(f[2]!, family === 'ipv6'), port: 0 };
+    if (f.length >= 10 && f[9] === ino) return f;
   }
   return null;
+}
+
+/**
+ * A raw or ping socket's peer: connect(2) gives it a destination but no port, and getpeername
+ * answers ENOTCONN without a port; its /proc line (portlessLine) has it, with the state
+ * (TCP_ESTABLISHED once connected).
+ */
+function portlessPeer(pid: number, ino: string, family: Family, proto: 'raw' | 'ping'): Endpoint | null {
+  const f = portlessLine(pid, ino, family, proto);
+  if (!f || parseInt(f[3]!, 16) !== TCP_ESTABLISHED) return null;
+  return { ...parseProcAddr(f[2]!, family === 'ipv6'), port: 0 };
+}
+
+/** The bytes (sk_rmem_alloc, the "rx_queue" of its /proc line) queued on a raw or ping socket. */
+function portlessQueued(pid: number, ino: string, family: Family, proto: 'raw' | 'ping'): number {
+  const rx = portlessLine(pid, ino, family, proto)?.[4]?.split(':')[1];
+  return rx !== undefined ? parseInt(rx, 16) || 0 : 0;
 }
 
 /** Every datagram of a UDP receive queue with its sender, read with MSG_PEEK at SO_PEEK_OFF. */
@@ -216,6 +232,10 @@ function dumpDatagram(d: FdDesc, g: number, base: Base, here: string, ctx: DumpC
     const bits = diagOf(ctx, family, proto === 'udp' ? IPPROTO_UDP : IPPROTO_UDPLITE).get(Number(d.stat.ino))?.shutdown ?? 0;
     if (bits !== 0) rec.shutdown = bits & (RCV_SHUTDOWN | SEND_SHUTDOWN);
     rec.datagrams = peekDatagrams(g);
+  }
+  if (proto === 'raw' || proto === 'ping') {
+    const queued = portlessQueued(d.pid, base.ino, family, proto);
+    if (queued > 0) ctx.warn(`pid ${d.pid} fd ${d.fd}: ${what(proto, family, base.local, base.remote, base.protocol)}: ${queued} bytes of queued packets are not kept (network traffic, dropped)`);
   }
   const memberships = dumpMemberships(d.pid, g, family);
   if (memberships.length > 0) rec.memberships = memberships;

@@ -22,11 +22,20 @@
  * again; a socket never bound stays unbound (the kernel autobinds it on its first send). Then
  * NETLINK_ADD_MEMBERSHIP per group and connect(2) to the destination.
  *
- * Not kept: queued messages. They are replies and notifications the kernel (or another
- * process) sent; a message cannot be queued again as coming from the kernel, so they are
- * dropped with a warning in the log (a process waiting for a reply that was queued at the
- * checkpoint waits on after restore: checkpoint it between requests). Refused: a socket with a
- * dump in progress (NLM_F_DUMP: the kernel holds the rest of the dump, it cannot be rebuilt).
+ * Queued messages (replies and notifications not read yet) are refused, or dropped with a
+ * warning with --skip-in-flight: none can be put back as it was.
+ * - A message's sender is the sending socket's port id (netlink_sendmsg; recvmsg's nl_pid).
+ *   The kernel's is 0, a port no user socket can take (bind(2) with 0 autobinds), so a reply
+ *   or notification sent again by ferry would come from a user port, and programs drop those
+ *   (iproute2's rtnl_talk and systemd's sd-netlink check that the sender is the kernel).
+ *   Root may send to any port id of any protocol (NL_CFG_F_NONROOT_SEND or CAP_NET_ADMIN),
+ *   which is all a user-space message (NETLINK_USERSOCK) would need, but:
+ * - the queue can only be read whole by consuming it: netlink_recvmsg peeks only its first
+ *   message (skb_recv_datagram, no SO_PEEK_OFF), so a failed or --leave-running checkpoint
+ *   could not give the original its messages back as they were.
+ * A process waiting for a reply that was dropped would wait forever; hence the refusal.
+ * Refused too: a socket with a dump in progress (NLM_F_DUMP: the kernel holds the rest of
+ * the dump, it cannot be rebuilt).
  * Sockets are recreated in ferry's network namespace (a container's: its own).
  */
 import { SO, SOL_SOCKET } from '../arch/x86-64.js';
@@ -135,8 +144,11 @@ function dumpNetlink(d: FdDesc, ctx: DumpContext): Omit<NetlinkRecord, 'id' | 'k
   try {
     const opts = Object.entries(NETLINK_OPTIONS).filter(([, opt]) => n.getSockInt(g, SOL_NETLINK, opt) !== 0).map(([name]) => name);
     const filter = filterOf(g, (why) => refuse(`${shown} ${why}`));
+    if (diag && diag.rmem > 0 && !ctx.options.skipInFlight) {
+      refuse(`${shown} holds ${diag.rmem} bytes of messages not read yet (replies or notifications), which cannot be queued again as the kernel's; checkpoint it once the program has read them, or drop them with --skip-in-flight`);
+    }
     if (diag && diag.rmem > 0) {
-      ctx.warn(`pid ${d.pid} fd ${d.fd}: ${shown}: ${diag.rmem} bytes of queued messages are not kept (replies and notifications cannot be queued again)`);
+      ctx.warn(`pid ${d.pid} fd ${d.fd}: ${shown}: ${diag.rmem} bytes of queued messages are not kept (--skip-in-flight; replies and notifications cannot be queued again)`);
     }
     // sock_diag shows the destination group as a number (connect(2) keeps a mask's lowest group).
     return {

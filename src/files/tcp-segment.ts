@@ -27,7 +27,7 @@ import { AF_INET, AF_INET6, ipKey, type Endpoint } from './inet-common.js';
 import { FERRY_MARK } from './tcp-lock.js';
 
 const SOCK_DGRAM = 2, SOCK_RAW = 3, IPPROTO_RAW = 255, IPPROTO_TCP = 6;
-export const TH_FIN = 0x01, TH_ACK = 0x10;
+export const TH_FIN = 0x01, TH_PSH = 0x08, TH_ACK = 0x10, TH_URG = 0x20;
 
 export interface Segment {
   /** The peer's address and port (source) and ours (destination). */
@@ -38,6 +38,10 @@ export interface Segment {
   flags: number;
   /** Window field (already scaled down). */
   window: number;
+  /** Bytes the segment carries (none when absent). */
+  payload?: Buffer;
+  /** Urgent pointer field (with TH_URG); 0 when absent. */
+  urgent?: number;
 }
 
 /** The 4 bytes of a dotted IPv4 address, or null. */
@@ -70,7 +74,7 @@ function checksum(parts: Buffer[]): number {
   return ~sum & 0xffff;
 }
 
-/** The 20-byte TCP header (no options, no payload), checksum zero. */
+/** The 20-byte TCP header (no options) and the payload, checksum zero. */
 function tcpHeader(s: Segment): Buffer {
   const h = Buffer.alloc(20);
   h.writeUInt16BE(s.from.port, 0);
@@ -80,7 +84,8 @@ function tcpHeader(s: Segment): Buffer {
   h.writeUInt8(5 << 4, 12);
   h.writeUInt8(s.flags, 13);
   h.writeUInt16BE(Math.min(0xffff, Math.max(0, s.window)), 14);
-  return h;
+  h.writeUInt16BE(s.urgent ?? 0, 18);
+  return s.payload?.length ? Buffer.concat([h, s.payload]) : h;
 }
 
 /**
@@ -91,7 +96,7 @@ export function buildPacket(s: Segment): { packet: Buffer; family: number; dst: 
   const tcp = tcpHeader(s);
   const src4 = v4Bytes(s.from.address), dst4 = v4Bytes(s.to.address);
   if (src4 && dst4) {
-    tcp.writeUInt16BE(checksum([src4, dst4, Buffer.from([0, IPPROTO_TCP, 0, tcp.length]), tcp]), 16);
+    tcp.writeUInt16BE(checksum([src4, dst4, Buffer.from([0, IPPROTO_TCP, tcp.length >> 8, tcp.length & 0xff]), tcp]), 16);
     const ip = Buffer.alloc(20);
     ip.writeUInt8(0x45, 0);
     ip.writeUInt16BE(20 + tcp.length, 2); // filled by the kernel too (raw(7))
@@ -133,6 +138,21 @@ function isLocal(e: Endpoint): boolean {
     return false;
   } finally {
     n.closeFd(fd);
+  }
+}
+
+/**
+ * Waits until `arrived()` says the segments sent (`what`) were taken: looped-back packets are
+ * received in softirq context, normally before sendto(2) returns, later on a loaded machine.
+ * After 2 s throws, with `where()` saying how far the socket got (a firewall dropping them, say).
+ */
+export function awaitSegment(what: string, arrived: () => boolean, where: () => string): void {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  for (const end = Date.now() + 2000; !arrived();) {
+    if (Date.now() > end) {
+      throw new Error(`${what}, sent to it again from the peer's address, did not arrive: ${where()} (do firewall rules drop looped-back packets?)`);
+    }
+    Atomics.wait(nap, 0, 0, 2);
   }
 }
 

@@ -9,7 +9,9 @@
  *   the original listener closes.
  * - SYN_SENT (connect(2) in progress): the destination comes from /proc/PID/net/tcp (getpeername
  *   answers ENOTCONN before the handshake); restore binds the same address and port and
- *   connects again without blocking (openSynSent). Needs no flag: nothing was agreed yet.
+ *   connects again without blocking (openSynSent). Needs no flag: nothing was agreed yet. A
+ *   SYN that carried TCP Fast Open data is refused (refuseSynData): a new connect would not.
+ * - SYN_RECV: only a socket accepted through TCP Fast Open before its handshake ended; refused.
  * - Synchronized (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING): only with
  *   --tcp-established, through TCP_REPAIR. In repair mode the socket sends no data;
  *   TCP_REPAIR_QUEUE selects the send or the receive queue, whose sequence number
@@ -66,6 +68,8 @@
  *   only once the peer exists (an end in the tree is built first; one outside always exists).
  * FIN_WAIT2 and TIME_WAIT sockets without a descriptor (orphans) are not part of the tree.
  *
+ * Urgent data (MSG_OOB) received and not passed yet comes back with its mark: tcp-urgent.ts.
+ *
  * Ports held by TIME_WAIT entries: see reclaimTimeWait.
  */
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
@@ -79,7 +83,8 @@ import {
   type Endpoint,
 } from './inet-common.js';
 import { applyBuffers, applyOptions, changedOptions } from './sockopt.js';
-import { sendSegment, TH_ACK, TH_FIN } from './tcp-segment.js';
+import { awaitSegment, sendSegment, TH_ACK, TH_FIN } from './tcp-segment.js';
+import { checkUrgent, deliverUrgent, readReceiveQueue, type TcpUrgent } from './tcp-urgent.js';
 import { openClosedConnection } from './tcp-close.js';
 import { NOT_YET, type DumpContext, type FdDesc, type OpenContext } from './types.js';
 
@@ -96,7 +101,7 @@ const TCP_REPAIR_WINDOW_LEN = 20;
 /** TCP states (include/net/tcp_states.h). */
 const TCP_STATES = ['?', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT',
   'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING', 'NEW_SYN_RECV'] as const;
-const TCP_SYN_SENT = 2, TCP_TIME_WAIT = 6, TCP_CLOSE = 7, TCP_LISTEN = 10;
+const TCP_SYN_SENT = 2, TCP_SYN_RECV = 3, TCP_TIME_WAIT = 6, TCP_CLOSE = 7, TCP_LISTEN = 10;
 /**
  * The states of a synchronized connection rebuilt through repair mode: both sides agreed on
  * sequence numbers, and a FIN of either side may have been sent, received or acknowledged.
@@ -147,6 +152,8 @@ export interface TcpRepairState {
   /** Image entry with the receive queue ('' when empty) and its length. */
   recvQueue: string;
   recvBytes: number;
+  /** An urgent byte received in the receive queue, where its mark is (tcp-urgent.ts). */
+  urgent?: TcpUrgent;
   /** The peer's MSS (mss_clamp), window scales, SACK and timestamps as negotiated. */
   mss: number;
   sndWscale: number | null;
@@ -302,8 +309,7 @@ function readRepairState(g: number, ctx: DumpContext, state: SyncState): TcpRepa
   const sendData = peekQueue(g, sendBytes, 'send');
   n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_RECV_QUEUE);
   const recvEnd = u32(n.getSockInt(g, IPPROTO_TCP, TCP.QUEUE_SEQ));
-  const inq = n.sockIoctlInt(g, SIOCINQ);
-  const recvData = peekQueue(g, inq, 'receive');
+  const { inq, data: recvData, urgent } = readReceiveQueue(g);
   n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_NO_QUEUE);
 
   const win = n.getSockOpt(g, IPPROTO_TCP, TCP.REPAIR_WINDOW, TCP_REPAIR_WINDOW_LEN);
@@ -318,6 +324,7 @@ function readRepairState(g: number, ctx: DumpContext, state: SyncState): TcpRepa
     unsentBytes: Math.min(unsent, sendBytes),
     recvQueue: inq > 0 ? ctx.blob('recvq', recvData) : '',
     recvBytes: inq,
+    ...(urgent ? { urgent } : {}),
     // In repair mode TCP_MAXSEG answers the MSS the peer announced (mss_clamp).
     mss: n.getSockInt(g, IPPROTO_TCP, TCP.MAXSEG),
     sndWscale: (options & TCPI_OPT_WSCALE) !== 0 ? wscale & 15 : null,
@@ -372,6 +379,7 @@ export function dumpTcp(d: FdDesc, g: number, base: TcpBase, ctx: DumpContext): 
     const entries = procNetTcp(d.pid);
     const to = entries.find((e) => e.ino === base.ino)?.remote;
     if (!to || to.port === 0) throw new Error('its destination is not in /proc/net/tcp');
+    refuseSynData(d, g, local, to);
     // A listener of the tree it connects to comes back first (a SYN to no listener is refused).
     const listeners = entries.filter((e) => e.state === TCP_LISTEN && e.local.port === to.port
       && (isAny(e.local.address) || ipKey(e.local.address) === ipKey(to.address))).map((e) => e.ino);
@@ -392,8 +400,33 @@ export function dumpTcp(d: FdDesc, g: number, base: TcpBase, ctx: DumpContext): 
     const tcp = dumpEstablished(g, ctx, sync);
     return { ...base, state: 'established', opts, tcp, peer: rel.peer, after: rel.after };
   }
+  if (state === TCP_SYN_RECV) {
+    // Only TCP Fast Open gives a program a socket before the handshake ends (accept(2) returns
+    // the child as soon as the SYN with data arrives). TCP_REPAIR's connect makes a socket
+    // ESTABLISHED, never SYN_RECV: the client, still in SYN_SENT, would meet a socket that no
+    // longer answers its SYN with a SYN-ACK (RFC 7413), and reset.
+    throw new FerryError('EUNSUPPORTED',
+      `pid ${d.pid} fd ${d.fd}: TCP connection ${show(local)}${remote ? ` -> ${show(remote)}` : ''} was accepted through TCP Fast Open before its handshake ended (SYN_RECV), which TCP_REPAIR cannot rebuild; checkpoint it once the client's ACK has come (a moment, unless the network drops it)`);
+  }
   throw new FerryError('EUNSUPPORTED',
     `pid ${d.pid} fd ${d.fd}: TCP socket ${show(local)}${remote ? ` -> ${show(remote)}` : ''} is in state ${TCP_STATES[state] ?? state}, which cannot be checkpointed (only closed, listening and established sockets can)`);
+}
+
+/** struct tcp_info up to tcpi_bytes_sent (u64 at 200); tcpi_data_segs_out is the u32 at 156. */
+const TCP_INFO_SENT_LEN = 208, TCPI_DATA_SEGS_OUT = 156, TCPI_BYTES_SENT = 200;
+
+/**
+ * A connect in progress whose SYN carried data (TCP Fast Open: sendto(2) with MSG_FASTOPEN, or
+ * a write after TCP_FASTOPEN_CONNECT): the data waits unacknowledged behind the SYN, and the
+ * connect restore makes again would not carry it, so it would be lost. SIOCOUTQ answers 0
+ * in SYN_SENT; TCP_INFO's tcpi_data_segs_out counts segments that carried data (a plain SYN
+ * does not), tcpi_bytes_sent their bytes. Refused, naming them.
+ */
+function refuseSynData(d: FdDesc, g: number, local: Endpoint, to: Endpoint): void {
+  const info = native().getSockOpt(g, IPPROTO_TCP, TCP.INFO, TCP_INFO_SENT_LEN);
+  if (info.length < TCP_INFO_SENT_LEN || info.readUInt32LE(TCPI_DATA_SEGS_OUT) === 0) return;
+  throw new FerryError('EUNSUPPORTED',
+    `pid ${d.pid} fd ${d.fd}: TCP connection ${show(local)} -> ${show(to)} is being made (SYN_SENT) with ${info.readBigUInt64LE(TCPI_BYTES_SENT)} bytes of TCP Fast Open data in its SYN, which a new connect would not send; checkpoint it once the handshake has ended`);
 }
 
 /** The fields of a record every inet socket has, as dumpInet has them. */
@@ -402,7 +435,7 @@ export type TcpBase = Pick<InetRecord, 'family' | 'proto' | 'ino' | 'flags' | 'l
 // ---- restore ----
 
 /** An established socket rebuilt in repair mode whose other end is not open yet. */
-interface Waiting { fd: number; rec: InetRecord; unsent: Buffer }
+interface Waiting { fd: number; rec: InetRecord; rest: Rest }
 
 /** Writes `data` into the queue selected in repair mode, or for real (MSG_DONTWAIT). */
 function sendAll(fd: number, data: Buffer, what: string): void {
@@ -422,12 +455,20 @@ function queueBytes(ctx: OpenContext, name: string, len: number): Buffer {
   return b;
 }
 
+/** What a connection built in repair mode still needs once its peer exists (finishRepair). */
+interface Rest {
+  /** Bytes never sent: sent for real out of repair mode. */
+  unsent: Buffer;
+  /** The receive queue from its urgent mark on: given as the peer's segments (tcp-urgent.ts). */
+  urgentTail: Buffer;
+}
+
 /**
- * Rebuilds a connection in repair mode as ESTABLISHED with both queues; returns its unsent
- * bytes (sent once out of repair). Its FINs and window are set by finishRepair, once the peer
- * exists too.
+ * Rebuilds a connection in repair mode as ESTABLISHED with both queues (the receive queue up to
+ * its urgent mark, if any); returns what finishRepair needs. Its FINs, urgent data and window
+ * are set by finishRepair, once the peer exists too.
  */
-function buildEstablished(fd: number, rec: InetRecord, ctx: OpenContext): Buffer {
+function buildEstablished(fd: number, rec: InetRecord, ctx: OpenContext): Rest {
   const n = native();
   const t = rec.tcp!;
   const sendData = queueBytes(ctx, t.sendQueue, t.sendBytes);
@@ -456,40 +497,48 @@ function buildEstablished(fd: number, rec: InetRecord, ctx: OpenContext): Buffer
   n.setSockOpt(fd, IPPROTO_TCP, TCP.REPAIR_OPTIONS, buf);
   if (t.timestamps) n.setSockInt(fd, IPPROTO_TCP, TCP.TIMESTAMP, i32(t.tsval));
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_RECV_QUEUE);
-  sendAll(fd, recvData, 'receive queue');
+  const mark = t.urgent?.at ?? recvData.length;
+  sendAll(fd, recvData.subarray(0, mark), 'receive queue');
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_SEND_QUEUE);
   sendAll(fd, sendData.subarray(0, sent), 'send queue');
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR_QUEUE, TCP_NO_QUEUE);
-  return sendData.subarray(sent);
+  return { unsent: sendData.subarray(sent), urgentTail: recvData.subarray(mark) };
 }
 
 /** `a` comes after `b` in sequence space (RFC 793 arithmetic modulo 2^32). */
 const seqAfter = (a: number, b: number): boolean => ((a - b) | 0) > 0;
 
+/** The window field of the peer's segments: its window as the socket knows it, scaled down. */
+function peerWindow(rec: InetRecord): number {
+  const t = rec.tcp!;
+  return t.window ? t.window[1] >>> (t.sndWscale ?? 0) : 0xffff;
+}
+
 /** A segment from the connection's peer to `rec`'s socket (tcp-segment.ts). */
 function fromPeer(rec: InetRecord, seq: number, ack: number, flags: number): void {
-  const t = rec.tcp!;
-  const scale = t.sndWscale ?? 0;
-  const window = t.window ? t.window[1] >>> scale : 0xffff;
-  sendSegment({ from: rec.remote!, to: rec.local!, seq, ack, flags, window });
+  sendSegment({ from: rec.remote!, to: rec.local!, seq, ack, flags, window: peerWindow(rec) });
 }
 
 /**
- * Waits until a socket given a segment (fromPeer) is in state `want`: looped-back packets are
- * received in softirq context, normally before sendto(2) returns, later on a loaded machine.
- * Throws naming the state it is in after 2 s (a firewall dropping them, say).
+ * TCP_REPAIR_WINDOW with the image's window, where rcv_nxt is `rcvNxt` now: the kernel refuses
+ * an rcv_wup past rcv_nxt (bytes or a FIN still to come are not counted yet), so it is moved
+ * back to rcv_nxt and rcv_wnd grown by as much, which keeps the window's right edge.
  */
-function reached(fd: number, want: SyncState, what: string): void {
-  const n = native();
-  const nap = new Int32Array(new SharedArrayBuffer(4));
-  for (const end = Date.now() + 2000; ;) {
-    const st = n.getSockOpt(fd, IPPROTO_TCP, TCP.INFO, TCP_INFO_LEN).readUInt8(0);
-    if (TCP_STATES[st] === want) return;
-    if (Date.now() > end) {
-      throw new Error(`${what}, sent to it again from the peer's address, did not arrive: the socket is in ${TCP_STATES[st] ?? st}, not ${want} (do firewall rules drop looped-back packets?)`);
-    }
-    Atomics.wait(nap, 0, 0, 2);
+function setWindow(fd: number, window: readonly number[], rcvNxt: number): void {
+  const w = [...window];
+  if (seqAfter(w[4]!, rcvNxt)) {
+    w[3] = u32(w[3]! + (w[4]! - rcvNxt));
+    w[4] = rcvNxt;
   }
+  const b = Buffer.alloc(TCP_REPAIR_WINDOW_LEN);
+  w.forEach((v, i) => b.writeUInt32LE(u32(v), i * 4));
+  native().setSockOpt(fd, IPPROTO_TCP, TCP.REPAIR_WINDOW, b);
+}
+
+/** Waits until a socket given a segment (fromPeer) is in state `want` (awaitSegment). */
+function reached(fd: number, want: SyncState, what: string): void {
+  const state = (): number => native().getSockOpt(fd, IPPROTO_TCP, TCP.INFO, TCP_INFO_LEN).readUInt8(0);
+  awaitSegment(what, () => TCP_STATES[state()] === want, () => `the socket is in ${TCP_STATES[state()] ?? state()}, not ${want}`);
 }
 
 /** Our FIN, as shutdown(2) queues it, in repair mode (as sent: tcp_write_xmit sends nothing then) or for real. */
@@ -508,10 +557,15 @@ function shutdownWrite(fd: number, inRepair: boolean): void {
  * and, when our FIN was never sent, shuts down for real after them. Both ends must exist:
  * the socket acknowledges the segments it is given.
  */
-function finishRepair(fd: number, rec: InetRecord, unsent: Buffer): void {
+function finishRepair(fd: number, rec: InetRecord, rest: Rest): void {
   const n = native();
   const t = rec.tcp!;
   const state = t.state ?? 'ESTABLISHED';
+  if (t.urgent) {
+    // Before any FIN (which follows these bytes), with a window that takes them.
+    if (t.window) setWindow(fd, t.window, u32(t.recvSeq + t.urgent.at));
+    deliverUrgent(fd, rec, rest.urgentTail, FIN_ACKED.has(state) ? u32(t.sendSeq - 1) : t.sendSeq, peerWindow(rec));
+  }
   const finUnsent = t.finUnsent === true;
   const rcvNxt = u32(t.recvSeq + t.recvBytes); // where the peer's FIN is, if any
   const finNow = FIN_QUEUED.has(state) && !finUnsent;
@@ -526,19 +580,13 @@ function finishRepair(fd: number, rec: InetRecord, unsent: Buffer): void {
     reached(fd, 'FIN_WAIT2', 'the peer\'s acknowledgement of our FIN');
   }
   if (state === 'CLOSING' && finNow) peerFin('CLOSING');
-  if (t.window) {
-    const w = [...t.window];
-    // TCP_REPAIR_WINDOW refuses an rcv_wup past rcv_nxt: a FIN still to come is not counted yet.
-    if (state === 'CLOSING' && !finNow && seqAfter(w[4]!, rcvNxt)) w[4] = rcvNxt;
-    const b = Buffer.alloc(TCP_REPAIR_WINDOW_LEN);
-    w.forEach((v, i) => b.writeUInt32LE(u32(v), i * 4));
-    n.setSockOpt(fd, IPPROTO_TCP, TCP.REPAIR_WINDOW, b);
-  }
+  // In CLOSING with our FIN unsent the peer's FIN is still to come: rcv_nxt is short of it.
+  if (t.window) setWindow(fd, t.window, state === 'CLOSING' && !finNow ? rcvNxt : u32(rcvNxt + (FIN_RECEIVED.has(state) ? 1 : 0)));
   n.setSockInt(fd, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_OFF);
   const reuse = rec.opts.reuseaddr;
   if (typeof reuse === 'number' && reuse !== 0) n.setSockInt(fd, SOL_SOCKET, SO.REUSEADDR, reuse);
   applyOptions(fd, rec, false);
-  sendAll(fd, unsent, 'unsent data');
+  sendAll(fd, rest.unsent, 'unsent data');
   if (finUnsent) {
     shutdownWrite(fd, false);
     if (state === 'CLOSING') peerFin('CLOSING');
@@ -559,18 +607,18 @@ export function openEstablished(rec: InetRecord, ctx: OpenContext): number | typ
   const waiting = ctx.scratch<Waiting>('inet');
   const fd = newSocket(rec);
   try {
-    const unsent = buildEstablished(fd, rec, ctx);
+    const rest = buildEstablished(fd, rec, ctx);
     const peer = rec.peer ?? null;
     if (peer !== null && ctx.opened(peer) === undefined) {
       // The other end is rebuilt later; both leave repair mode then.
-      waiting.set(String(rec.id), { fd, rec, unsent });
+      waiting.set(String(rec.id), { fd, rec, rest });
       finishFlags(fd, rec);
       return fd;
     }
     const other = peer !== null ? waiting.get(String(peer)) : undefined;
     if (other) waiting.delete(String(peer));
-    if (other) finishRepair(other.fd, other.rec, other.unsent);
-    finishRepair(fd, rec, unsent);
+    if (other) finishRepair(other.fd, other.rec, other.rest);
+    finishRepair(fd, rec, rest);
     if (other) closeAbortively(other.fd);
     closeAbortively(fd);
     finishFlags(fd, rec);
@@ -708,4 +756,5 @@ export function checkTcp(rec: InetRecord, bad: (why: string) => never): void {
   const state = t.state ?? 'ESTABLISHED';
   if (t.finUnsent && (!FIN_QUEUED.has(state) || FIN_ACKED.has(state))) bad(`has an unsent FIN in ${state}`);
   if (FIN_ACKED.has(state) && t.sendBytes !== 0) bad(`has bytes queued after its acknowledged FIN (${state})`);
+  checkUrgent(t.urgent, t.recvBytes, bad);
 }

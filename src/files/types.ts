@@ -72,8 +72,9 @@ export interface FileOptions {
    */
   external: readonly string[];
   /**
-   * --skip-in-flight (checkpoint): connections a listener has not accepted yet are left out of
-   * the image (with a warning) instead of refusing the checkpoint.
+   * --skip-in-flight (checkpoint): what is in flight and cannot be put back is left out of the
+   * image (with a warning) instead of refusing the checkpoint: connections a listener has not
+   * accepted yet, messages queued on a netlink socket.
    */
   skipInFlight?: boolean;
 }

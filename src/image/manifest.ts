@@ -13,9 +13,12 @@ export const IMAGE_FORMAT = 'ferry-image';
  * a reader of version 1 would rebuild as ESTABLISHED without its FINs; version 1 images hold
  * nothing a version 2 reader takes otherwise. 3: an area's `cow` runs name pages it inherits
  * from its parent instead of storing them (image/cow.ts), which a reader of version 2 would
- * restore as zeros; older images hold none and are read as before.
+ * restore as zeros; older images hold none and are read as before. 4: a TCP record's
+ * `tcp.urgent` marks an urgent byte in its receive queue (files/tcp-urgent.ts), which a reader
+ * of version 3 would queue as an ordinary byte (one MSG_OOB had read would reappear in the
+ * stream); older images hold none.
  */
-export const FORMAT_VERSION = 3;
+export const FORMAT_VERSION = 4;
 export const OLDEST_FORMAT_VERSION = 1;
 export const MANIFEST_NAME = 'manifest.json';
 /** Bounds on what a manifest may claim. */

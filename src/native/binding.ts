@@ -391,6 +391,11 @@ export interface NativeBinding {
    * TCP_MD5SIG keys (INET_DIAG_MD5SIG, which the kernel sends to a CAP_NET_ADMIN caller only).
    */
   inetDiag(family: number, protocol: number): Array<{ ino: number; state: number; shutdown: number; md5: boolean }>;
+  /**
+   * recv(2) with MSG_DONTWAIT | flags, consuming what it reads (MSG_OOB: a TCP socket's urgent
+   * byte, tcp(7)); null when nothing is there (EAGAIN).
+   */
+  sockRecv(fd: number, maxLen: number, flags: number): Buffer | null;
   /** sendto(2) (MSG_NOSIGNAL added); returns the bytes sent. */
   sockSend(fd: number, data: Buffer, flags: number, to?: SockAddr | null): number;
   /** ioctl(2) with an int result: SIOCINQ, SIOCOUTQ, SIOCOUTQNSD. */
@@ -486,7 +491,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq',
   'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
-  'sockConnect', 'sockListen', 'sockPeek', 'sockSend', 'sockIoctlInt', 'tcpDestroy', 'getSockFilter', 'attachSockFilter', 'inetDiag',
+  'sockConnect', 'sockListen', 'sockPeek', 'sockRecv', 'sockSend', 'sockIoctlInt', 'tcpDestroy', 'getSockFilter', 'attachSockFilter', 'inetDiag',
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle', 'nameToHandle', 'linkFd',
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',

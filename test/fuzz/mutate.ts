@@ -514,7 +514,7 @@ function manifestField(c: Context, b: Base): Variant {
       if (k === 0) { m.host.xstateSize = r.pick([0, 1, 65537, 2 ** 31, -1]); what = `host.xstateSize ${m.host.xstateSize}`; }
       else if (k === 1) { m.host.xfeatures = r.pick(['0x0', '0xffffffffffffffff', '0x', 'ff', '0x1ffffffffffffffff']); what = `host.xfeatures ${m.host.xfeatures}`; }
       else if (k === 2) { m.host.vdsoLayout = r.pick([[], [{ name: '[vdso]', size: -1 }], Array(9).fill({ name: 'x', size: 1 })]); what = 'host.vdsoLayout'; }
-      else { m.formatVersion = r.pick([0, 4, '1', 1.0000001]); what = `formatVersion ${m.formatVersion}`; }
+      else { m.formatVersion = r.pick([0, 5, '1', 1.0000001]); what = `formatVersion ${m.formatVersion}`; }
     } else {
       m[r.pick(['__proto__', 'constructor', 'extra', 'entries2'])] = r.pick([{ entries: [] }, raw(rawText(r)), 1]);
       what = 'an unknown field';

@@ -10,8 +10,6 @@
  * makes (ferry-t-<random>, with veth pairs inside, deleted after); everything else stays on lo.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -20,30 +18,19 @@ import { netlink, type NetlinkRecord } from '../../src/files/netlink.js';
 import { packet, type PacketRecord } from '../../src/files/packet.js';
 import { packetDiag } from '../../src/files/sockdiag.js';
 import { native } from '../../src/native/binding.js';
-import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
+import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Run, type Workload } from '../helpers/processes.js';
+import { ferryIn, ip, removeNetns, testNetns } from '../helpers/netns.js';
+import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
-const namespaces: string[] = [];
 after(() => {
   cleanup();
-  for (const ns of namespaces) spawnSync('ip', ['netns', 'del', ns], { timeout: 10_000 });
+  removeNetns();
 });
 
-const ip = (...args: string[]): void => {
-  const r = spawnSync('ip', args, { timeout: 10_000, encoding: 'utf8' });
-  assert.equal(r.status, 0, `ip ${args.join(' ')}: ${r.stderr}`);
-};
-
 /** A network namespace of this test with an id in ours (so NETLINK_LISTEN_ALL_NSID sockets hear it). */
-function netns(): string {
-  const ns = `ferry-t-${randomBytes(4).toString('hex')}`;
-  ip('netns', 'add', ns);
-  namespaces.push(ns);
-  ip('netns', 'set', ns, 'auto');
-  return ns;
-}
+const netns = (): string => testNetns({ nsid: true });
 
 /**
  * Asks netlinksk to check itself: once it says "listening", the test's namespace makes link
@@ -61,18 +48,31 @@ async function verifyNetlink(w: Workload, ns: string): Promise<string> {
 }
 
 describe('netlink sockets', { skip, timeout: 120_000 }, () => {
-  it('come back with port ids, groups past 32, destination, options and filter, twice in a row; queued messages dropped with a warning', async () => {
+  it('queued messages are refused in one line naming the flag; the process runs on with them', async () => {
+    const ns = netns();
+    const w = await startWorkload(join(WORKLOADS, 'netlinksk'), []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'nl.tar')]);
+    assert.equal(cp.code, 1);
+    assert.match(cp.stderr, new RegExp(`pid ${w.pid} fd 5: netlink usersock socket \\(port id \\d+\\) holds \\d+ bytes of messages not read yet \\(replies or notifications\\), which cannot be queued again as the kernel's; checkpoint it once the program has read them, or drop them with --skip-in-flight`));
+    assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verifyNetlink(w, ns), 'PASS', 'the process runs on');
+  });
+
+  it('come back with port ids, groups past 32, destination, options and filter, twice in a row; --skip-in-flight drops queued messages with a warning', async () => {
     const ns = netns();
     const w = await startWorkload(join(WORKLOADS, 'netlinksk'), []);
     const image = join(w.dir, 'nl.tar');
     for (let i = 0; i < 2; i++) {
       const log = join(w.dir, `cp${i}.log`);
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--log-file', log, '--log-level', 'info']);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--skip-in-flight', '--log-file', log, '--log-level', 'info']);
       assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
       if (i === 0) {
         await w.exited;
-        // U1 held a message from U2: not kept, and the log says so.
-        assert.match(readFileSync(log, 'utf8'), new RegExp(`pid ${w.pid} fd 5: netlink usersock socket \\(port id \\d+\\): \\d+ bytes of queued messages are not kept`));
+        // U1 held a message from U2: not kept, and the log and stderr say so.
+        const said = new RegExp(`pid ${w.pid} fd 5: netlink usersock socket \\(port id \\d+\\): \\d+ bytes of queued messages are not kept \\(--skip-in-flight`);
+        assert.match(readFileSync(log, 'utf8'), said);
+        assert.match(cp.stderr, said);
       }
       await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
       const rs = ferry(['restore', '--image', image]);
@@ -85,7 +85,7 @@ describe('netlink sockets', { skip, timeout: 120_000 }, () => {
   it('--leave-running: the original goes on with every socket as it was', async () => {
     const ns = netns();
     const w = await startWorkload(join(WORKLOADS, 'netlinksk'), []);
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'nl.tar'), '--leave-running']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'nl.tar'), '--leave-running', '--skip-in-flight']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0, 'detached');
     assert.equal(await verifyNetlink(w, ns), 'PASS');
@@ -95,7 +95,7 @@ describe('netlink sockets', { skip, timeout: 120_000 }, () => {
     const ns = netns();
     const w = await startWorkload(join(WORKLOADS, 'netlinksk'), []);
     const image = join(w.dir, 'nl.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--skip-in-flight']);
     assert.equal(cp.code, 0, cp.stderr);
     await w.exited;
     await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
@@ -147,12 +147,6 @@ describe('netlink sockets', { skip, timeout: 120_000 }, () => {
     }
   });
 });
-
-/** bin/ferry run inside network namespace `ns` (nsenter: its mounts stay ours). */
-function ferryIn(ns: string, args: string[]): Run {
-  const r = spawnSync('nsenter', [`--net=/run/netns/${ns}`, FERRY, ...args], { timeout: 120_000, encoding: 'utf8' });
-  return { code: r.status ?? -1, stdout: Buffer.from(r.stdout ?? ''), stderr: r.stderr ?? '' };
-}
 
 /** The memberships sock_diag shows for descriptor `fd` of `pid`, as text. */
 function memberships(pid: number, fd: number): string[] {

@@ -51,20 +51,6 @@ describe('socket options, filters, memberships, reuseport groups', { skip, timeo
     assert.equal(await verify(w), 'PASS');
   });
 
-  it('ping sockets come back bound to their ICMP id and answer echoes', { skip: pingSkip() }, async () => {
-    const { w, child } = await startSockopts();
-    assert.match(w.text(), /ping=1/, 'the workload made its ping sockets');
-    const image = join(w.dir, 'ping.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor('the tree to be free', () => !alive(w.pid) && !alive(child), 5000);
-    const rs = ferry(['restore', '--image', image, '--tcp-established']);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    assert.equal(await verify(w), 'PASS');
-  });
-
   it('--leave-running: the original keeps every option and membership and runs on', async () => {
     const { w } = await startSockopts();
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar'), '--leave-running', '--tcp-established']);

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { inet, type InetRecord } from '../../src/files/inet.js';
-import { buildPacket, TH_ACK, TH_FIN } from '../../src/files/tcp-segment.js';
+import { buildPacket, TH_ACK, TH_FIN, TH_PSH, TH_URG } from '../../src/files/tcp-segment.js';
 
 function established(over: Record<string, unknown> = {}, tcp: Record<string, unknown> = {}): InetRecord {
   return {
@@ -45,6 +45,8 @@ describe('TCP records', () => {
     inet.check!(established({}, { state: 'FIN_WAIT2' }));
     inet.check!(bare(established({ state: 'syn-sent' })));
     inet.check!(bare(established())); // checkpointed with --tcp-close: only its addresses
+    inet.check!(established({}, { recvBytes: 7, urgent: { at: 0 } }));
+    inet.check!(established({}, { recvBytes: 7, urgent: { at: 6, read: true } }));
   });
 
   it('refuses what a restore cannot build, naming the field (with or without options)', () => {
@@ -67,6 +69,10 @@ describe('TCP records', () => {
     refused(established({ after: Array<number>(65).fill(1) }), /invalid listeners to open first/);
     refused(established({ peer: 0 }), /invalid peer/);
     refused(bare(established({ state: 'syn-sent', after: [1.5] })), /invalid listeners to open first/);
+    for (const urgent of [{ at: 7 }, { at: -1 }, { at: 1.5 }, { at: 0, read: 1 }, { at: 0, byte: 88 }, 'x', null]) {
+      refused(established({}, { recvBytes: 7, urgent }), /invalid urgent mark/);
+    }
+    refused(established({}, { recvBytes: 0, urgent: { at: 0 } }), /invalid urgent mark/);
   });
 });
 
@@ -75,6 +81,7 @@ function sums(parts: Buffer[]): number {
   const all = Buffer.concat(parts);
   let s = 0;
   for (let i = 0; i + 1 < all.length; i += 2) s += all.readUInt16BE(i);
+  if (all.length % 2) s += all[all.length - 1]! << 8; // an odd last byte, padded with zero
   while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
   return s;
 }
@@ -100,6 +107,21 @@ describe('a segment from the peer', () => {
       assert.equal(tcp.readUInt16BE(14), 512);
       assert.equal(sums([packet.subarray(12, 20), Buffer.from([0, 6, 0, 20]), tcp]), 0xffff);
     }
+  });
+
+  it('with a payload and an urgent pointer: lengths and checksum cover the payload', () => {
+    const payload = Buffer.alloc(1001, 0x5a);
+    const { packet } = buildPacket({
+      from: { address: '127.0.0.2', port: 5000 }, to: { address: '127.0.0.1', port: 4000 }, seq: 9, ack: 7,
+      flags: TH_ACK | TH_PSH | TH_URG, window: 512, payload, urgent: 1,
+    });
+    assert.equal(packet.length, 40 + 1001);
+    assert.equal(packet.readUInt16BE(2), 1041);
+    const tcp = packet.subarray(20);
+    assert.equal(tcp[13], TH_ACK | TH_PSH | TH_URG);
+    assert.equal(tcp.readUInt16BE(18), 1);
+    assert.deepEqual(tcp.subarray(20), payload);
+    assert.equal(sums([packet.subarray(12, 20), Buffer.from([0, 6, 1021 >> 8, 1021 & 0xff]), tcp]), 0xffff);
   });
 
   it('IPv6: 40-byte header with the payload length, checksum over the IPv6 pseudo-header', () => {
