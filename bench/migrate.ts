@@ -2,11 +2,14 @@
  * Live migration with pre-copy against stop and copy (issue 11, deliverable 7; docs/migration.md):
  * a process with N MiB of touched memory and a writer rewriting 10 MiB/s of it (the dirtier
  * workload, test/fixtures/workloads/dirtier.c) is migrated over loopback TCP by `ferry
- * migrate` to a `ferry receive --once`, RUNS times with pre-copy and RUNS times with
- * --no-pre-copy, for each size. Printed per size and mode: total time, downtime (from the
- * freeze to the word that the process runs on the target), bytes that crossed (rounds and the
- * image less what it named by reference) against the memory size, rounds, each as
- * min/median/max; then the ratios pre-copy / stop-and-copy of the same run (downtime, total).
+ * migrate` to a `ferry receive --once`, RUNS times each with pre-copy, with pre-copy and
+ * --lazy (lazy pages, src/restore/lazy.ts) and with --no-pre-copy, for each size. Printed per
+ * size and mode: total time (for --lazy, until the target holds every page), downtime (from
+ * the freeze to the word that the process runs on the target), where the downtime went (the
+ * source's checkpoint to its last byte, and of it to its first: the tree read and hashed; the
+ * target's verification, the kill, the restore, and of it the memory written), bytes that crossed (rounds and the image less what it named by
+ * reference) against the memory size, rounds, each as min/median/max; then the ratios
+ * pre-copy / stop-and-copy and lazy / stop-and-copy of the same run (downtime, total).
  * Every restored process checks every page (SIGUSR1: PASS) before it is killed; a FAIL stops
  * the bench.
  *
@@ -97,10 +100,15 @@ function ferry(args: string[]): { child: ChildProcess; done: Promise<{ code: num
 
 const json = (s: string): Array<Record<string, number>> => s.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, number>);
 
-interface Figures { totalMs: number; downtimeMs: number; sentBytes: number; rounds: number }
+interface Figures {
+  totalMs: number; downtimeMs: number; sentBytes: number; rounds: number;
+  /** Of the downtime: checkpoint to its last byte, target's verification, kill, restore, memory written in it. */
+  checkpointMs: number; firstByteMs: number; verifyMs: number; killMs: number; restoreMs: number; memoryMs: number;
+}
+type Mode = 'pre' | 'lazy' | 'stop';
 
 /** One migration of a fresh workload; the restored one checks itself and is killed. */
-async function migrateOnce(mib: number, preCopy: boolean, run: string): Promise<Figures> {
+async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figures> {
   const w = await startWorkload('process', mib, RATE, run);
   const recv = ferry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--once', '--max-creds', 'root', '--json']);
   let port = 0;
@@ -108,7 +116,7 @@ async function migrateOnce(mib: number, preCopy: boolean, run: string): Promise<
   recv.child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
   await waitFor('the receiver to listen', () => { port = json(out).find((r) => r['port'] !== undefined)?.['port'] ?? 0; return port > 0; });
   const mig = ferry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json',
-    ...(preCopy ? [] : ['--no-pre-copy'])]);
+    ...(mode === 'stop' ? ['--no-pre-copy'] : mode === 'lazy' ? ['--lazy'] : [])]);
   const m = await mig.done;
   const r = await recv.done;
   if (m.code !== 0 || r.code !== 0) throw new Error(`${run}: ferry migrate ${m.code}: ${m.stderr} / ferry receive ${r.code}: ${r.stderr}`);
@@ -121,9 +129,12 @@ async function migrateOnce(mib: number, preCopy: boolean, run: string): Promise<
   const recs = json(m.stdout);
   const done = recs.find((x) => x['downtimeMs'] !== undefined && x['totalMs'] !== undefined)!;
   const image = recs.find((x) => x['imageBytes'] !== undefined)!['imageBytes']!;
+  const phases = done['phases'] as unknown as Record<string, number> & { target?: Record<string, number> };
   return {
     totalMs: done['totalMs']!, downtimeMs: done['downtimeMs']!, rounds: done['rounds']!,
     sentBytes: done['roundBytes']! + image - done['refBytes']!,
+    checkpointMs: phases['checkpointMs']!, firstByteMs: phases['firstByteMs']!, verifyMs: phases['verifyMs']!, killMs: phases['killMs']!, restoreMs: phases['restoreMs']!,
+    memoryMs: phases.target?.['memoryMs'] ?? 0,
   };
 }
 
@@ -145,23 +156,29 @@ async function main(): Promise<void> {
   writeFileSync(key, `${'a7'.repeat(32)}\n`, { mode: 0o600 });
   console.log(`ferry migrate over loopback TCP, a process rewriting ${RATE} MiB/s of its memory; ${RUNS} runs each; min / median / max`);
   for (const mib of SIZES) {
-    const res: Record<'pre' | 'stop', Figures[]> = { pre: [], stop: [] };
+    const res: Record<Mode, Figures[]> = { pre: [], lazy: [], stop: [] };
     for (let i = 0; i < RUNS; i++) {
       // Alternated, so that a busy moment of the machine does not fall on one mode only.
-      res.pre.push(await migrateOnce(mib, true, `pre-${mib}-${i}`));
-      res.stop.push(await migrateOnce(mib, false, `stop-${mib}-${i}`));
+      for (const mode of ['pre', 'lazy', 'stop'] as const) res[mode].push(await migrateOnce(mib, mode, `${mode}-${mib}-${i}`));
     }
-    console.log(`\n${mib} MiB                 pre-copy                 stop and copy`);
+    console.log(`\n${mib} MiB                 pre-copy                 pre-copy --lazy          stop and copy`);
     const row = (name: string, f: (x: Figures) => number, show: (n: number) => string): void => {
-      console.log(`  ${name.padEnd(18)} ${fmt(res.pre.map(f), show).padEnd(24)} ${fmt(res.stop.map(f), show)}`);
+      console.log(`  ${name.padEnd(18)} ${fmt(res.pre.map(f), show).padEnd(24)} ${fmt(res.lazy.map(f), show).padEnd(24)} ${fmt(res.stop.map(f), show)}`);
     };
     row('total ms', (x) => x.totalMs, ms);
     row('downtime ms', (x) => x.downtimeMs, ms);
+    row('  checkpoint ms', (x) => x.checkpointMs, ms);
+    row('    1st byte ms', (x) => x.firstByteMs, ms);
+    row('  verify ms', (x) => x.verifyMs, ms);
+    row('  kill ms', (x) => x.killMs, ms);
+    row('  restore ms', (x) => x.restoreMs, ms);
+    row('    memory ms', (x) => x.memoryMs, ms);
     row('sent / memory', (x) => x.sentBytes / (mib << 20), (n) => n.toFixed(2));
     row('rounds', (x) => x.rounds, (n) => String(n));
-    const med = (k: 'pre' | 'stop', f: (x: Figures) => number): number => stats(res[k].map(f)).med;
-    console.log(`  downtime pre-copy / stop and copy: ${(med('pre', (x) => x.downtimeMs) / med('stop', (x) => x.downtimeMs)).toFixed(2)}`
-      + `; total: ${(med('pre', (x) => x.totalMs) / med('stop', (x) => x.totalMs)).toFixed(2)} (medians of this run)`);
+    const med = (k: Mode, f: (x: Figures) => number): number => stats(res[k].map(f)).med;
+    const ratio = (k: Mode, f: (x: Figures) => number): string => (med(k, f) / med('stop', f)).toFixed(2);
+    console.log(`  against stop and copy: downtime pre-copy ${ratio('pre', (x) => x.downtimeMs)}, lazy ${ratio('lazy', (x) => x.downtimeMs)}`
+      + `; total pre-copy ${ratio('pre', (x) => x.totalMs)}, lazy ${ratio('lazy', (x) => x.totalMs)} (medians of this run)`);
   }
 }
 

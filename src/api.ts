@@ -10,6 +10,7 @@ import type { Image as OpenedImage } from './image/reader.js';
 import type { FilesRecord, TaskRecord } from './image/records.js';
 import type { CgroupMode } from './cgroups/restore.js';
 import type { CredsBound } from './restore/bounds.js';
+import type { LazyStats } from './restore/lazy.js';
 
 export type { FileOptions };
 
@@ -180,6 +181,13 @@ export interface RestoreOptions extends CommonOptions {
    * about fails). Not for a container (`makeRoot`): its cgroups are its runtime's.
    */
   manageCgroups?: CgroupMode;
+  /**
+   * Lazy pages (src/restore/lazy.ts): the tree is let go before the anonymous private memory
+   * of its processes is written; userfaultfd serves each page on first touch and the rest in
+   * the background, every chunk verified first. RestoreResult.lazy settles once every page
+   * is in; the image stays open until then.
+   */
+  lazyPages?: boolean;
 }
 
 /** A root process made by `RestoreOptions.makeRoot`. */
@@ -214,6 +222,17 @@ export interface RestoreResult {
   restoreMs: number;
   /** Whole restore, milliseconds (with the 20 ms watch for a process dying at once after the let-go). */
   totalMs: number;
+  /**
+   * Where restoreMs went: writing memory (mapping areas and writing their pages), the rest of
+   * the rebuild (state, files, threads, credentials), the let-go; milliseconds.
+   */
+  phases?: { memoryMs: number; rebuildMs: number; letGoMs: number };
+  /**
+   * With lazyPages, when some memory was left to serve: settles once every page is in (pages
+   * copied, faults served, milliseconds from the let-go), or rejects with the one line of
+   * why the tree was killed (a page that failed verification or could not be read).
+   */
+  lazy?: Promise<LazyStats>;
   /** What the restore did other than asked or went on despite, one line each (a mapped file changed, a network lock left, a cgroup setting refused under --manage-cgroups=soft); also logged as warnings; absent when nothing. */
   warnings?: string[];
 }

@@ -31,14 +31,16 @@
  *   made a name it removes again at once: a removed directory, FIFO or further name of a file,
  *   files/transient.ts; synchronous too); `configswap` (a container restore has the bundle's
  *   config.json swapped for the restore's, for `runc create`; synchronous); `forked` (a
- *   restore's parent stub has forked a child stub, not seized yet: the first time; synchronous).
+ *   restore's parent stub has forked a child stub, not seized yet: the first time; synchronous);
+ *   `lazy` (a lazy restore let the tree go: faults are served, the background fill has not
+ *   begun — paused, pages stay missing until touched).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy', 'holding', 'transient', 'configswap', 'forked',
+  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lazy',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

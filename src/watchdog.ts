@@ -30,13 +30,16 @@ export interface StartingWatchdog {
 /**
  * Starts a watchdog with `args` (`['write', FILE, VALUE]`, `['kill', PID...]` or
  * `['exec', PROGRAM, ...ARGS]`) and returns at once: its start-up overlaps the caller's work.
- * `what` names the step's object in an error.
+ * `what` names the step's object in an error. `hold`: descriptors of ferry's it keeps open
+ * until it exits — a `kill` watchdog only after its victims are dead (lazy pages hand it
+ * their userfaultfds, restore/lazy.ts).
  */
-export function startWatchdog(args: readonly string[], what: string): StartingWatchdog {
+export function startWatchdog(args: readonly string[], what: string, hold: readonly number[] = []): StartingWatchdog {
   const path = watchdogPath();
   if (!existsSync(path)) throw new FerryError('ENOSTUB', `the watchdog ${path} is missing: run 'npm run build'`);
-  // Detached: a Ctrl-C sent to ferry's process group must not reach it.
-  const child = spawn(path, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  // Detached: a Ctrl-C sent to ferry's process group must not reach it. `hold`: descriptors
+  // it keeps open (as its 3, 4, …) until it exits.
+  const child = spawn(path, args, { stdio: ['pipe', 'pipe', 'pipe', ...hold], detached: true });
   let stderr = '';
   let out = '';
   let exited = false;

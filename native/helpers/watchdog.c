@@ -17,7 +17,8 @@
  *   - "d" on stdin (ferry undid or finished the step itself): it exits without doing anything;
  *   - EOF on stdin, or the pidfd becoming readable (ferry exited without disarming it):
  *     `write` writes VALUE to FILE (THAWED or 0: the cgroup thaws); `kill` sends SIGKILL to
- *     every process through its pidfd; `exec` runs PROGRAM with its arguments (e.g.
+ *     every process through its pidfd and waits (10 s at most each) until it is dead, holding
+ *     every descriptor it inherited beyond 0-2 until then; `exec` runs PROGRAM with its arguments (e.g.
  *     `runc delete --force ID`), with stdio on /dev/null.
  * It ignores SIGINT, SIGTERM, SIGHUP and SIGPIPE: a Ctrl-C meant for ferry must not kill it.
  * Exit status: 0 disarmed, 1 acted, 2 usage or setup error (reported on stderr); in exec mode
@@ -168,6 +169,12 @@ int main(int argc, char **argv)
 	}
 	if (kill_mode) {
 		for (int i = 2; i < argc; i++) syscall(SYS_pidfd_send_signal, victims[i], SIGKILL, NULL, 0);
+		/* Exit (closing what ferry handed it to hold, e.g. userfaultfds: restore/lazy.ts)
+		 * only once every victim is dead: a pidfd is readable once its process exited. */
+		for (int i = 2; i < argc; i++) {
+			struct pollfd v = { .fd = victims[i], .events = POLLIN };
+			while (poll(&v, 1, 10000) < 0 && errno == EINTR) {}
+		}
 		return 1;
 	}
 	if (exec_mode) {

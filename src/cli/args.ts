@@ -141,6 +141,8 @@ export interface MigrateCliOptions extends GlobalCliOptions {
    * copy). Absent: the library's default.
    */
   maxRounds?: number;
+  /** --lazy: the target runs the tree before its memory is in, and serves it on first touch. */
+  lazy?: boolean;
   /** --json: one JSON record per phase instead of a sentence at the end. */
   json: boolean;
 }
@@ -274,7 +276,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
   migrate: {
     ...JSON_OPT, ...CONTAINER_OPTS, pid: { type: 'string' }, to: { type: 'string' }, key: { type: 'string' }, 'sign-key': { type: 'string' },
     'ssh-config': { type: 'string' }, 'target-id': { type: 'string' }, 'target-bundle': { type: 'string' }, 'target-root': { type: 'string' },
-    'pre-copy': { type: 'boolean' }, 'no-pre-copy': { type: 'boolean' }, 'max-rounds': { type: 'string' },
+    'pre-copy': { type: 'boolean' }, 'no-pre-copy': { type: 'boolean' }, 'max-rounds': { type: 'string' }, lazy: { type: 'boolean' },
     ...FILE_FLAGS, external: { type: 'string', multiple: true }, 'skip-in-flight': { type: 'boolean' },
   },
   receive: {
@@ -524,7 +526,7 @@ function maxCredsOption(command: 'restore' | 'receive', text: string): CredsBoun
  * `ferry migrate (--pid PID | CONTAINER [--runtime R] [--root DIR] [--target-id ID]
  * [--target-bundle DIR] [--target-root DIR]) --to (tcp://HOST:PORT --key FILE |
  * ssh://[USER@]HOST[:PORT] [--ssh-config FILE]) [--sign-key FILE] [--pre-copy | --no-pre-copy]
- * [--max-rounds N] [--tcp-established] [--tcp-close] [--skip-in-flight] [--ext-unix-sk]
+ * [--max-rounds N] [--lazy] [--tcp-established] [--tcp-close] [--skip-in-flight] [--ext-unix-sk]
  * [--shell-job] [--file-locks] [--external KEY]... [--json]`
  */
 export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
@@ -588,6 +590,11 @@ export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
     out.maxRounds = Number(rounds);
   }
   if (v['no-pre-copy'] === true) out.maxRounds = 0;
+  if (v.lazy === true) out.lazy = true;
+  if (out.lazy && v['no-pre-copy'] === true) {
+    throw new UsageError('migrate', '--lazy serves the pages the target holds from pre-copy; --lazy --no-pre-copy (pages served by the source) is not supported yet');
+  }
+  if (out.lazy && container !== undefined) throw new UsageError('migrate', '--lazy is for a process tree (--pid), not a container yet');
   return out;
 }
 

@@ -396,7 +396,7 @@ SEE ALSO
   ferry migrate - move a running process tree or container to another node
 
 SYNOPSIS
-  ferry migrate --pid PID --to DEST [--sign-key FILE]
+  ferry migrate --pid PID --to DEST [--sign-key FILE] [--lazy]
                 [--pre-copy | --no-pre-copy] [--max-rounds N]
                 [--tcp-established] [...] [--json] [GLOBAL OPTIONS]
   ferry migrate CONTAINER --to DEST [--runtime R] [--root DIR]
@@ -427,6 +427,13 @@ DESCRIPTION
   target holds instead of sending them again. A process with a userfaultfd
   of its own is refused (use --no-pre-copy); a kernel that cannot track
   writes gets stop and copy, and so does a container.
+
+  Lazy pages (--lazy, with pre-copy): the target lets the tree run before
+  its anonymous memory is written, and copies each page in from the pages
+  it holds on first touch (userfaultfd), the rest in the background, each
+  checked against the image's checksums first. A page that fails the check
+  kills the tree there, and it is restored here (status 1). ferry migrate
+  exits 0 once the target holds every page in the tree.
 
   Nothing is touched before the target has answered. The tree is stopped
   and its image streamed to the target (and copied into image.work_dir
@@ -480,6 +487,9 @@ OPTIONS
   --max-rounds N
       At most N pre-copy rounds (1-64, default 8); they also end once a
       round sends at most 1 MiB or shrinks by less than a tenth.
+  --lazy
+      Lazy pages: the tree runs on the target before its memory is in.
+      Needs pre-copy and a process tree (--pid).
   --tcp-established, --tcp-close, --ext-unix-sk, --shell-job,
   --file-locks, --skip-in-flight, --external KEY
       As for ferry checkpoint; the target restores with the same flags.
@@ -496,9 +506,12 @@ OPTIONS
       {"phase":"checkpoint","pid":N,"imageBytes":N,"ms":N},
       {"phase":"transfer","bytes":N,"verifyMs":N},
       {"phase":"restore","pid":N,"pids":[...],"restoreMs":N},
+      {"phase":"filled","pid":N,"pages":N,"faults":N,"fillMs":N} with
+      --lazy (pages served after the start, faults among them),
       {"phase":"done","pid":N,"downtimeMs":N,"totalMs":N,"rounds":N,
-      "roundBytes":N,"refBytes":N} (refBytes: image bytes the target
-      had from the rounds).
+      "roundBytes":N,"refBytes":N,"phases":{...}} (refBytes: image bytes
+      the target had from the rounds; phases: where the downtime went,
+      ms: checkpointMs, verifyMs, killMs, restoreMs, and the target's).
 
 ${GLOBAL_OPTIONS}
 
@@ -548,6 +561,12 @@ DESCRIPTION
   bundle and directory must be root's and writable by no one else, and the
   id free, or the sender is refused before its image is read.
 
+  A sender with --lazy: the tree is let go before its anonymous memory is
+  written; this ferry receive serves each page on first touch and the rest
+  in the background (checked against the image first), and finishes the
+  migration only once every page is in. If it dies meanwhile, the tree is
+  killed (a watchdog holds the pages' descriptors), never left on zeros.
+
   --stdio serves one migration on standard input and output instead: ferry
   migrate --to ssh:// runs it so, and ssh has authenticated the sender.
   Messages and --json records go to standard error then. An authorized_keys
@@ -578,8 +597,10 @@ OPTIONS
   --json
       One JSON object per phase on standard output: {"phase":"listen",
       "host":H,"port":N}, then per migration {"phase":"transfer",...},
-      {"phase":"restore","pid":N,...}, {"phase":"done","pid":N,
-      "downtimeMs":N}; a failed migration's error object.
+      {"phase":"restore","pid":N,"phases":{...},...}, with --lazy
+      {"phase":"filled","pages":N,"faults":N,"fillMs":N}, then
+      {"phase":"done","pid":N,"downtimeMs":N}; a failed migration's error
+      object.
 
 ${GLOBAL_OPTIONS}
 

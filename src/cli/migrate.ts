@@ -30,6 +30,7 @@ export async function runMigrate(o: MigrateCliOptions, ctx: RunContext, signal?:
     ...(o.sshConfig !== undefined ? { ssh: { config: o.sshConfig } } : {}),
     ...(o.signKey !== undefined ? { signKey: o.signKey } : {}),
     ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+    ...(o.lazy ? { lazy: true } : {}),
     ...(signal !== undefined ? { signal } : {}),
     ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
     ...(progress.onProgress !== undefined ? {
@@ -60,7 +61,8 @@ export async function runMigrate(o: MigrateCliOptions, ctx: RunContext, signal?:
     const tasks = result.pids.length > 1 ? ` (${result.pids.length} processes)` : '';
     const what = c === undefined ? `pid ${result.pid}` : `container ${c.id}${c.targetId !== undefined && c.targetId !== c.id ? ` as ${c.targetId}` : ''}`;
     const rounds = (result.rounds ?? 0) > 0 ? `, ${result.rounds} pre-copy round${result.rounds > 1 ? 's' : ''} (${formatBytes(result.roundBytes)})` : '';
+    const lazy = result.lazy !== undefined ? `, lazy pages: ${result.lazy.pages} served after the start (${result.lazy.faults} on touch) in ${formatMs(result.lazy.fillMs)}` : '';
     printLine(1, `migrated ${what}${tasks} to ${formatUrl(o.to)}: ${formatBytes(result.bytes)}${rounds}, `
-      + `downtime ${formatMs(result.downtimeMs)}, total ${formatMs(result.totalMs)}`);
+      + `downtime ${formatMs(result.downtimeMs)}, total ${formatMs(result.totalMs)}${lazy}`);
   }
 }

@@ -43,7 +43,7 @@ export type Message =
    * S: who is coming; `bootId` tells the receiver whether it is the same running kernel;
    * `precopy`: data frames are tagged (precopy.ts: pre-copied pages, then the image).
    */
-  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean; files?: RestoreFlags }
+  | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean; lazy?: boolean; files?: RestoreFlags }
   /** R: ready to receive an image. */
   | { type: 'welcome'; protocol: number; ferryVersion: string }
   /** S: the image is complete; `bytes` were sent. */
@@ -53,7 +53,9 @@ export type Message =
   /** S: the source is killed and its PIDs are free: restore. */
   | { type: 'go' }
   /** R: the restored tree runs. */
-  | { type: 'running'; pid: number; pids: number[]; restoreMs: number }
+  | { type: 'running'; pid: number; pids: number[]; restoreMs: number; phases?: Record<string, number> }
+  /** R, after 'running' with `lazy`: every page is in (pages served after the start, faults among them, ms from the start). */
+  | { type: 'filled'; pages: number; faults: number; fillMs: number }
   /** S: the migration is over, with the downtime the sender measured. */
   | { type: 'done'; downtimeMs: number }
   /** Either: still busy (verifying, restoring). */
@@ -125,7 +127,8 @@ function checkMessage(v: unknown): Message {
   };
   switch (m['type']) {
     case 'hello':
-      only('protocol', 'ferryVersion', 'pid', 'bootId', 'container', 'precopy', 'files'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64);
+      only('protocol', 'ferryVersion', 'pid', 'bootId', 'container', 'precopy', 'lazy', 'files'); int('protocol', 1 << 16); str('ferryVersion', 64); int('pid', 1 << 22); str('bootId', 64);
+      if (m['lazy'] !== undefined && typeof m['lazy'] !== 'boolean') bad('hello.lazy');
       if (m['container'] !== undefined) checkContainerTarget(m['container'], bad);
       if (m['files'] !== undefined) checkRestoreFlags(m['files'], bad);
       if (m['precopy'] !== undefined && typeof m['precopy'] !== 'boolean') bad('hello.precopy');
@@ -135,9 +138,15 @@ function checkMessage(v: unknown): Message {
     case 'ready': only('verifyMs'); num('verifyMs'); break;
     case 'go': only(); break;
     case 'running':
-      only('pid', 'pids', 'restoreMs'); int('pid', 1 << 22); num('restoreMs');
+      only('pid', 'pids', 'restoreMs', 'phases'); int('pid', 1 << 22); num('restoreMs');
+      if (m['phases'] !== undefined) {
+        const ph = m['phases'];
+        if (typeof ph !== 'object' || ph === null || Array.isArray(ph) || Object.keys(ph).length > 16
+          || !Object.entries(ph).every(([k, x]) => /^[a-zA-Z]{1,32}$/.test(k) && typeof x === 'number' && Number.isFinite(x) && x >= 0)) bad('running.phases');
+      }
       if (!Array.isArray(m['pids']) || m['pids'].length > 1 << 16 || !m['pids'].every((p) => Number.isInteger(p) && p > 0 && p <= 1 << 22)) bad('running.pids');
       break;
+    case 'filled': only('pages', 'faults', 'fillMs'); int('pages'); int('faults'); num('fillMs'); break;
     case 'done': only('downtimeMs'); num('downtimeMs'); break;
     case 'busy': only(); break;
     case 'error': only('code', 'message'); str('code', 32); str('message'); break;

@@ -166,17 +166,24 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       return undefined;
     };
     ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION });
+    const tWelcome = performance.now();
     const end = await abortable(ch.next('receiving the image', 'end'), o.signal);
+    const tEnd = performance.now();
     ch.onData = undefined;
     if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
     closeSpool();
-    o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes, ...(pre ? { preCopyPages: pre.pages, refBytes: pre.refBytes } : {}) });
+    o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes, ms: round(tEnd - tWelcome),
+      ...(pre ? { preCopyPages: pre.pages, refBytes: pre.refBytes } : {}) });
     pre?.close();
 
     // Verifying and restoring take a while: say so every second, so the sender keeps waiting.
     heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
     const tStart = performance.now();
+    let tReady = 0, tGo = 0;
+    // Lazy pages (restore/lazy.ts) serve from the pages this node holds: with pre-copy only.
+    const lazy = hello.lazy === true && hello.precopy === true && hello.container === undefined;
     const result = await restoreTree({
+      ...(lazy ? { lazyPages: true } : {}),
       image, config: o.config, logger: o.logger,
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(o.trust !== undefined ? { trust: o.trust } : {}),
@@ -187,15 +194,31 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
         // On another machine (or boot) the PIDs must be free already; on this one the source
         // holds them until "go". A container's are its own pid namespace's.
         if (!sameBoot && hello.container === undefined) refuseTaken(pids, tids);
-        ch.send({ type: 'ready', verifyMs: performance.now() - tStart });
+        tReady = performance.now();
+        ch.send({ type: 'ready', verifyMs: tReady - tStart });
         await abortable(ch.next('waiting for the source to stop (go)', 'go'), o.signal);
+        tGo = performance.now();
       },
     });
+    const tRunning = performance.now();
+    // Where the target's part of the downtime went (docs/migration.md, "Downtime").
+    const phases = {
+      verifyMs: round(tReady - tStart), goToRunningMs: round(tRunning - tGo), ...Object.fromEntries(
+        Object.entries(result.phases ?? {}).map(([k, v]) => [k, round(v)])),
+    };
+    ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs, phases });
+    session.unwind(); // the spool (a lazy restore reads its open image, removed from the directory)
+    o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases, ...(lazy ? { lazy: result.lazy !== undefined } : {}) });
+    if (lazy) {
+      // The tree runs; its memory comes in (if any was left to serve: memory shared or
+      // inherited copy-on-write is written before the start). The source waits for the word
+      // that all is in; a failure (the tree killed) is said to it below.
+      const stats = await (result.lazy ?? { pages: 0, faults: 0, fillMs: 0 });
+      ch.send({ type: 'filled', pages: stats.pages, faults: stats.faults, fillMs: round(stats.fillMs) });
+      o.onPhase?.({ phase: 'filled', peer: address, pid: result.pid, pages: stats.pages, faults: stats.faults, fillMs: round(stats.fillMs) });
+    }
     clearInterval(heartbeat);
     heartbeat = undefined;
-    ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs });
-    session.unwind(); // the spool: the tree runs
-    o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: Math.round(result.restoreMs * 10) / 10 });
     const done = await ch.next('finishing', 'done').catch(() => undefined);
     o.onPhase?.({ phase: 'done', peer: address, pid: result.pid, ...(done !== undefined ? { downtimeMs: done.downtimeMs } : {}) });
     await ch.close();
@@ -208,6 +231,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     throw e.message.includes(ch.peer) ? e : new FerryError(e.code, `migration from ${address}: ${e.message}`, { cause: err, ...contextOf(e) });
   }
 }
+
+const round = (ms: number): number => Math.round(ms * 10) / 10;
 
 /** The pid, fd and path an error names. */
 function contextOf(e: FerryError): { pid?: number; fd?: number; path?: string } {

@@ -80,6 +80,12 @@ export interface MigrateOptions extends CommonOptions {
    * target restores with the same flags (the hello carries those a restore reads).
    */
   files?: Partial<FileOptions>;
+  /**
+   * Lazy pages (restore/lazy.ts): the target lets the tree run before its memory is written
+   * and serves it from the pages it holds; resolves once the target says every page is in.
+   * Needs pre-copy (maxRounds > 0) and a process tree.
+   */
+  lazy?: boolean;
 }
 
 /**
@@ -121,6 +127,10 @@ export interface MigrateResult {
   downtimeMs: number;
   /** Whole migration, milliseconds. */
   totalMs: number;
+  /** Where the downtime went, milliseconds (docs/migration.md, "Downtime"). */
+  phases?: { [phase: string]: number | Record<string, number> };
+  /** With `lazy`: pages the target served after the start, faults among them, and the time until all were in. */
+  lazy?: { pages: number; faults: number; fillMs: number };
 }
 
 /**
@@ -133,6 +143,8 @@ export interface MigrateResult {
 class Pump {
   /** Bytes sent so far. */
   bytes = 0;
+  /** When the image's first byte came out of the checkpoint (performance.now()); 0 before. */
+  firstAt = 0;
   /** The pipe's write end, for the checkpoint to open by path. */
   readonly path: string;
   /** Resolves at the pipe's end (every byte sent and copied); rejects on the first failure. */
@@ -158,6 +170,7 @@ class Pump {
       // A connection that fails while the checkpoint is still reading the tree ends it at once.
       channel.socket.once('close', () => fail(channel.failure ?? new FerryError('ECONNRESET', `${channel.peer} closed the connection`)));
       this.reader.on('data', (chunk: Buffer) => {
+        if (this.firstAt === 0) this.firstAt = performance.now();
         try {
           for (let off = 0; off < chunk.length;) off += writeSync(copyFd, chunk, off, chunk.length - off);
         } catch (err) {
@@ -241,10 +254,15 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     // Pre-copy rounds for a process tree; a container's image names its pages by the pids of
     // its own namespace, which the rounds do not know, so it goes by stop and copy.
     const maxRounds = o.workload !== undefined ? 0 : o.maxRounds ?? DEFAULT_MAX_ROUNDS;
+    // Lazy pages are served from what pre-copy put on the target.
+    if (o.lazy === true && (maxRounds === 0 || o.workload !== undefined)) {
+      throw new FerryError('EUSAGE', 'lazy pages need pre-copy of a process tree: the target serves them from the pages the rounds sent');
+    }
+    const lazy = o.lazy === true;
     const flags = restoreFlags(o.files);
     ch.send({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: o.pid, bootId: bootId(),
       ...(o.workload !== undefined ? { container: o.workload.container } : {}), ...(maxRounds > 0 ? { precopy: true } : {}),
-      ...(flags !== undefined ? { files: flags } : {}) });
+      ...(lazy ? { lazy: true } : {}), ...(flags !== undefined ? { files: flags } : {}) });
     const welcome = await ch.next('waiting for the target to take the migration', 'welcome');
     // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
     // pipe hashes everything first): the target hears from us meanwhile.
@@ -275,6 +293,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
 
     let stoppedAt = 0;
     let tReady = 0;
+    let tEnd = 0;
     let sent = 0;
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
@@ -292,6 +311,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         closeSync(copyFd);
         o.onPhase?.({ phase: 'checkpoint', pid: o.pid, imageBytes: bytes, ms: round(performance.now() - stoppedAt) });
         clearInterval(heartbeat);
+        tEnd = performance.now();
         ch.send({ type: 'end', bytes });
         const ready = await abortable(ch.next('waiting for the target to verify the image', 'ready'), o.signal);
         // From the kill on, the copy may be the workload's only one: a sweep must keep it.
@@ -327,7 +347,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     });
 
     // The point of no return: the source is gone, the workload lives in the image only.
-    return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids, { t0, stoppedAt, sent, pre, netLock }));
+    return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids, { t0, stoppedAt, tFirst: pump.firstAt, tEnd, tReady, sent, pre, netLock }));
   } catch (err) {
     // Tell the target why, so it removes what it holds (a target gone already hears nothing).
     if (channel !== undefined && channel.failure === undefined && !(err instanceof FerryError && err.cause instanceof PeerError)) {
@@ -371,16 +391,23 @@ const round = (ms: number): number => Math.round(ms * 10) / 10;
  */
 async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: string, dir: string,
   signKey: KeyObject, restoreWith: string, pids: number[],
-  t: { t0: number; stoppedAt: number; sent: number; pre: PreCopySender | undefined; netLock: string | undefined }): Promise<MigrateResult> {
+  t: { t0: number; stoppedAt: number; tFirst: number; tEnd: number; tReady: number; sent: number; pre: PreCopySender | undefined; netLock: string | undefined }): Promise<MigrateResult> {
   const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
   const to = formatUrl(o.to);
   // How to restore a kept copy by hand (a container takes no --max-creds: its bundle bounds it).
   const manual = (kept: string): string => (o.workload !== undefined
     ? `${o.workload.restoreCommand} --image ${kept}${restoreWith.replace(' --max-creds root', '')}` : `ferry restore --image ${kept}${restoreWith}`);
+  const tGo = performance.now();
   ch.send({ type: 'go' });
   let running;
+  let tRunning = 0;
+  let filled;
   try {
     running = await ch.next('restoring the tree', 'running');
+    tRunning = performance.now();
+    // Lazy pages: the tree runs there, its memory still coming in from the target's store;
+    // it is not the target's for sure until every page is in.
+    if (o.lazy === true) filled = await ch.next('waiting for the target to hold every page of the tree', 'filled');
   } catch (err) {
     session.close(); // the copy is the workload now: nothing of it is removed by an undo
     ch.destroy();
@@ -410,9 +437,17 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
     throw new FerryError('ELOST', `${why} after pid ${o.pid} was handed over: whether it runs on ${to} is unknown; `
       + `if it does not, restore it here: ${manual(kept)}`, { cause: err, pid: o.pid, path: kept });
   }
-  const tRunning = performance.now();
   const downtimeMs = tRunning - t.stoppedAt;
+  // Freeze to last byte sent (of it, to the first byte: the tree read and every page hashed,
+  // the manifest coming first), to the target's "ready", to the source killed and its PIDs
+  // free, to "running" (the target's own part in its `phases`).
+  const phases = {
+    checkpointMs: round(t.tEnd - t.stoppedAt), firstByteMs: round(Math.max(0, t.tFirst - t.stoppedAt)), verifyMs: round(t.tReady - t.tEnd), killMs: round(tGo - t.tReady),
+    restoreMs: round(tRunning - tGo), ...(running.phases !== undefined ? { target: running.phases } : {}),
+  };
   o.onPhase?.({ phase: 'restore', pid: running.pid, pids: running.pids, restoreMs: round(running.restoreMs) });
+  const lazy = filled !== undefined ? { pages: filled.pages, faults: filled.faults, fillMs: filled.fillMs } : undefined;
+  if (lazy) o.onPhase?.({ phase: 'filled', pid: running.pid, ...lazy });
   ch.send({ type: 'done', downtimeMs: round(downtimeMs) });
   await ch.close();
   session.unwind(); // the copy: the tree runs there
@@ -430,8 +465,9 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   const totalMs = performance.now() - t.t0;
   log.info({ pid: running.pid, downtimeMs }, 'migrated');
   const pre = { rounds: t.pre?.rounds.length ?? 0, roundBytes: t.pre?.roundBytes ?? 0, refBytes: t.pre?.refBytes ?? 0 };
-  o.onPhase?.({ phase: 'done', pid: running.pid, downtimeMs: round(downtimeMs), totalMs: round(totalMs), ...pre });
-  return { pid: running.pid, pids: running.pids.length > 0 ? running.pids : pids, bytes: t.sent, downtimeMs, totalMs, ...pre };
+  o.onPhase?.({ phase: 'done', pid: running.pid, downtimeMs: round(downtimeMs), totalMs: round(totalMs), ...pre, phases });
+  return { pid: running.pid, pids: running.pids.length > 0 ? running.pids : pids, bytes: t.sent, downtimeMs, totalMs, ...pre, phases,
+    ...(lazy ? { lazy } : {}) };
 }
 
 /** Moves the copy out of the private directory (no sweep removes it) and returns its path. */

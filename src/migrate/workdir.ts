@@ -8,7 +8,7 @@ import { FerryError, describeCause } from '../errors.js';
 
 /** One record of a migration's progress (`--json`: one line each). */
 export interface PhaseRecord {
-  phase: 'listen' | 'round' | 'checkpoint' | 'transfer' | 'restore' | 'done';
+  phase: 'listen' | 'round' | 'checkpoint' | 'transfer' | 'restore' | 'filled' | 'done';
   [field: string]: unknown;
 }
 

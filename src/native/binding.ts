@@ -473,7 +473,24 @@ export interface NativeBinding {
    * protect what matched), PM_SCAN_CHECK_WPASYNC 2. At most `maxRegions`: walkEnd says where it stopped.
    */
   pagemapScan(fd: number, start: bigint, end: bigint, flags: number, categoryMask: number, returnMask: number, maxRegions: number): PagemapScanResult;
+  /**
+   * read(2) of a non-blocking userfaultfd (userfaultfd(2), "Reading from the userfaultfd
+   * structure"): [event, a, b, c] per message (UFFD_EVENT_PAGEFAULT 0x12 [flags, address],
+   * FORK 0x13 [new fd], REMAP 0x14 [from, to, len], REMOVE 0x15 / UNMAP 0x16 [start, end]); empty when none is queued.
+   */
+  uffdReadEvents(fd: number): BigUint64Array;
+  /** ioctl(2) UFFDIO_COPY of `buf` to `dst` (whole pages): bytes copied, and whether it stopped at a page already there (EEXIST). */
+  uffdCopy(fd: number, dst: bigint, buf: Buffer): { copied: number; exists: boolean };
+  /** ioctl(2) UFFDIO_ZEROPAGE of [dst, dst+len): false when a page of it was there already (EEXIST). */
+  uffdZeropage(fd: number, dst: bigint, len: bigint): boolean;
+  /** uv_poll_start(UV_READABLE) on the JS thread's loop: `callback` runs whenever `fd` is readable, until uffdUnwatch. */
+  uffdWatch(fd: number, callback: (status: number) => void): UffdWatchHandle;
+  /** Stops a uffdWatch (uv_poll_stop, uv_close). */
+  uffdUnwatch(handle: UffdWatchHandle): void;
   }
+
+/** An opaque handle of native uffdWatch. */
+export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 
 /** Names every NativeBinding member; a test checks this against the addon's exports. */
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
@@ -495,7 +512,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'kcmpEpollTfd', 'epollCreate1', 'inotifyInit1', 'inotifySetNextWd', 'inotifyAddWatch', 'openByHandle', 'nameToHandle', 'linkFd',
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
-  'uffdApi', 'uffdRegister', 'uffdUnregister', 'pagemapScan',
+  'uffdApi', 'uffdRegister', 'uffdUnregister', 'pagemapScan', 'uffdReadEvents', 'uffdCopy', 'uffdZeropage', 'uffdWatch', 'uffdUnwatch',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

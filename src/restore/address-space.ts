@@ -323,11 +323,12 @@ export function checkPagesEntry(task: TaskRecord, size: number): void {
 /**
  * Step 3: map every dumped area and write its stored pages from the image, each chunk of
  * `pages` verified against the manifest (image.pages()): all of them once the last is
- * written, before anything else of the task is restored.
+ * written, before anything else of the task is restored. The areas in `lazy` are mapped but
+ * not written (restore/lazy.ts serves them).
  */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   pages: ChunkSource, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number, inherited?: Inherited,
-  extents?: ReadonlyMap<string, readonly [bigint, bigint]>): number {
+  extents?: ReadonlyMap<string, readonly [bigint, bigint]>, lazy?: ReadonlySet<VmaRecord>): number {
   checkSharedFilePages(task);
   checkPagesEntry(task, pages.size);
   const kept = new Set(inherited?.keep ?? []);
@@ -410,7 +411,8 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // went into the memfd itself (mapSpecialFile).
   // Kept areas in image order with the others: the entry is read front to back.
   const own = new Set(all.filter((v) => !(isSpecialFile(v) && v.shared)));
-  written += writePages(t, task.vmas.filter((v) => kept.has(v) || own.has(v)), pages, chunkBytes);
+  // Areas left to lazy pages (restore/lazy.ts) are served after the let-go instead.
+  written += writePages(t, task.vmas.filter((v) => (kept.has(v) || own.has(v)) && !(lazy?.has(v) ?? false)), pages, chunkBytes);
   pages.finish();
   lockAreas(t, task, [...all, ...kept]);
   return written;

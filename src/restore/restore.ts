@@ -53,7 +53,8 @@ import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
 import { faultPoint } from '../fault.js';
 import { Session } from '../session.js';
-import { startWatchdog } from '../watchdog.js';
+import { startWatchdog, type Watchdog } from '../watchdog.js';
+import { LazyPages } from './lazy.js';
 
 /** Restores the image `o.image`; resolves once every process runs on its own. */
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
@@ -82,6 +83,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   // removes all of it. If ferry dies instead, the stubs die with it (PTRACE_O_EXITKILL).
   const session = new Session('restore', log);
   let rootPid = 0;
+  // Lazy pages (restore/lazy.ts): once the tree runs, they own the image until every page is in.
+  let lazyLive: LazyPages | undefined;
   try {
     o.signal?.throwIfAborted();
     const tVerified = performance.now();
@@ -214,8 +217,14 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // pages from it copy-on-write are forked from it (restore/cow.ts). Each process joins its
     // cgroups first: its memory is charged there.
     let pagesBytes = 0;
+    let memoryMs = 0;
     const spaces = new Map<number, AddressSpace>();
     const taskOf = new Map(tasks.map((t) => [t.pid, t]));
+    // Lazy pages: a process that forks children copy-on-write in the restore, or is one, is
+    // written whole (its children must inherit its pages).
+    const lazy = o.lazyPages === true ? new LazyPages({ image, label, logger: log }) : undefined;
+    if (lazy) session.onUndo('close the lazy pages', () => lazy.close());
+    const cowParents = new Set(tree.processes.filter((p) => { const t = taskOf.get(p.pid); return t !== undefined && inherits(t); }).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
       late: (rec) => { const t = taskOf.get(rec.pid); return t !== undefined && inherits(t); },
@@ -226,8 +235,11 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         const parent = inherits(task) ? taskOf.get(rec.ppid)! : undefined;
         const keep = parent ? keptAreas(task) : [];
         const as = clearStub(t, task, keep, imageVdso);
+        const tMemory = performance.now();
+        const lazyAreas = lazy?.plan(task, parent !== undefined || cowParents.has(task.pid));
         pagesBytes += mapAreas(t, as, task, image.pages(pagesEntry(task.pid)), o.config.image.chunkSize, sharedMemory,
-          made?.controllerPidfd, parent && { parent, keep }, extents);
+          made?.controllerPidfd, parent && { parent, keep }, extents, lazyAreas);
+        memoryMs += performance.now() - tMemory;
         spaces.set(task.pid, as);
         return as.gadgetArea + BigInt(PAGE_SIZE);
       },
@@ -255,11 +267,21 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
     // Once every process and thread exists: what may name another one, then credentials.
-    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!);
+    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!, lazy);
     await faultPoint('rebuilt', o.signal);
     o.signal?.throwIfAborted();
     const hostPid = created.stubs.get(tree.root)!.pid;
     const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
+    // Lazy pages: nothing more is written into the processes, so their areas are registered
+    // now; a watchdog holds the userfaultfds, so that if ferry dies the faulting threads wait
+    // until it has killed the tree (restore/lazy.ts).
+    let lazyWatchdog: Watchdog | undefined;
+    if (lazy?.any) {
+      const starting = startWatchdog(['kill', ...hostPids.map(String)], `the lazily restored processes of ${label}`, lazy.descriptors);
+      session.onUndo('stop the lazy pages watchdog', () => starting.abandon());
+      lazy.register((pid) => created.stubs.get(pid)!, (pid) => created.stubs.get(pid)!.pid);
+      lazyWatchdog = await starting.armed();
+    }
     const watchdog = await starting?.armed();
     beforeLetGo(opened, files.files);
     // A process stopped by SIGTSTP, SIGTTIN or SIGTTOU stops by it again where it can (stop-signal.ts).
@@ -270,8 +292,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       if (s.instead !== undefined) log.warn(s.instead);
     }
     // The let-go: once it is done, the tree runs on its own and an abort no longer applies.
+    // Lazy pages are served from before it: a thread may touch one as soon as it runs.
+    const tLetGo = performance.now();
+    if (lazy?.any) lazy.start(lazyWatchdog);
     await letGo(created, tasks, xstates, stopSignals, o.signal);
     const tRunning = performance.now();
+    if (lazy?.any) lazyLive = lazy;
+    else lazy?.close();
     watchdog?.disarm();
     cgroups?.running();
     made?.running?.();
@@ -299,11 +326,15 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       pagesBytes,
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
+      phases: { memoryMs, rebuildMs: tLetGo - tStart - memoryMs, letGoMs: tRunning - tLetGo },
+      ...(lazyLive !== undefined ? { lazy: lazyLive.done } : {}),
       totalMs: tEnd - t0,
       ...(warnings.length + (cgroups?.warnings.length ?? 0) > 0 ? { warnings: [...warnings, ...cgroups?.warnings ?? []] } : {}),
     };
   } catch (err) {
     session.unwind();
+    lazyLive?.close(); // the tree died at once (checkRunning killed it)
+    lazyLive = undefined;
     const what = rootPid ? `restore of pid ${rootPid}` : 'restore';
     if (o.signal?.aborted && err === o.signal.reason) {
       throw new FerryError('EINTR', `${what} ${describeCause(err)}: everything it had made was removed`, { cause: err });
@@ -311,7 +342,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (err instanceof FerryError) throw err;
     throw new FerryError('ERESTORE', `${what} failed: ${describeCause(err)} (nothing was left running)`, { cause: err });
   } finally {
-    await image.close();
+    if (lazyLive === undefined) await image.close();
   }
 }
 
@@ -422,8 +453,9 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
  * owners (a thread of another process may be one), its credentials, then the injection gadget
  * goes.
  */
-function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace): void {
+function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, lazy?: LazyPages): void {
   const t = created.stubs.get(task.pid)!;
+  lazy?.makeUffd(t, task.pid); // while the stub is still root
   restoreOwners(t, as.scratch, task.pid, task.fds, files);
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);

@@ -1,0 +1,197 @@
+/**
+ * Lazy pages (docs/migration.md, "Lazy pages"; src/restore/lazy.ts) end to end over loopback
+ * TCP: the target lets the tree run before its anonymous memory is written and serves it
+ * through userfaultfd from the pages pre-copy put there. The dirtier workload
+ * (test/fixtures/workloads/dirtier.c) checks every page against a generation kept elsewhere:
+ * a page served twice (an old copy over a newer write), lost or zero fails its check.
+ */
+import assert from 'node:assert/strict';
+import { openSync, closeSync, readdirSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { alive, cleanup, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import { exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver } from '../helpers/precopy-run.js';
+
+const skip = needs('root', 'build');
+after(() => { killFerries(); cleanup(); });
+
+/** Whether any area of `pid` is registered with a userfaultfd for missing pages (VmFlags um). */
+function missingRegistered(pid: number): boolean {
+  return /^VmFlags:.* um( |$)/m.test(readFileSync(`/proc/${pid}/smaps`, 'utf8'));
+}
+
+describe('ferry migrate --lazy', { skip, timeout: 300_000 }, () => {
+  const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-lazy-');
+
+  it('runs a process writing 10 MiB/s of its 64 MiB on the target before its memory is in: every page right, same PID', async () => {
+    const w = await startDirtier(64, 10);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--lazy', '--json', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+
+    const recs = records(mig);
+    assert.deepEqual(recs.filter((x) => x['phase'] !== 'round').map((x) => x['phase']), ['checkpoint', 'transfer', 'restore', 'filled', 'done']);
+    const filled = recs.find((x) => x['phase'] === 'filled')!;
+    assert.ok((filled['pages'] as number) >= (60 << 20) / 4096, `most of the 64 MiB served after the start: ${JSON.stringify(filled)}`);
+    const done = recs.at(-1)!;
+    const phases = done['phases'] as Record<string, unknown>;
+    for (const k of ['checkpointMs', 'verifyMs', 'killMs', 'restoreMs']) assert.equal(typeof phases[k], 'number', k);
+    const target = phases['target'] as Record<string, number>;
+    for (const k of ['verifyMs', 'goToRunningMs', 'memoryMs', 'rebuildMs', 'letGoMs']) assert.equal(typeof target[k], 'number', `target ${k}`);
+    const got = records(recv);
+    assert.deepEqual(got.map((x) => x['phase']), ['listen', 'transfer', 'restore', 'filled', 'done']);
+    process.stdout.write(`# lazy 64 MiB at 10 MiB/s: downtime ${String(done['downtimeMs'])} ms (${JSON.stringify(phases)}), total ${String(done['totalMs'])} ms, `
+      + `${String(filled['pages'])} pages served, ${String(filled['faults'])} on touch, in ${String(filled['fillMs'])} ms\n`);
+
+    assert.ok(alive(w.pid), 'the same PID runs on the target');
+    const st = procState(w.pid);
+    assert.equal(st.tracer, 0);
+    assert.equal(missingRegistered(w.pid), false, 'no area is left registered once every page is in');
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), [], 'nothing left in image.work_dir');
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  /** Migrates `pids` (root first; a child it is forking may come along) with --lazy, the background fill held back `holdMs`; returns the 'filled' record. */
+  async function lazyMigrate(w: { pid: number; exited: Promise<unknown> }, pids: number[], holdMs: number): Promise<Record<string, unknown>> {
+    const recv = startFerry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], `lazy+${holdMs}`);
+    await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.child.exitCode !== null);
+    const port = records(recv).find((x) => x['phase'] === 'listen')!['port'] as number;
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--lazy', '--json', '--config', config]);
+    for (const pid of pids) own(pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    const restored = records(mig).find((x) => x['phase'] === 'restore')!['pids'] as number[];
+    for (const pid of pids) assert.ok(restored.includes(pid), `pid ${pid} restored: ${JSON.stringify(restored)}`);
+    for (const pid of pids) assert.equal(missingRegistered(pid), false, `pid ${pid}: no area left registered`);
+    return records(mig).find((x) => x['phase'] === 'filled')!;
+  }
+
+  it('serves the pages a running process touches while the background fill is held back', async () => {
+    const w = await startDirtier(32, 20);
+    const filled = await lazyMigrate(w, [w.pid], 1500);
+    assert.ok((filled['faults'] as number) > 0, `faults were served: ${JSON.stringify(filled)}`);
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('follows a process that maps, moves (mremap) and unmaps its areas while pages are missing', async () => {
+    const w = await startDirtier(16, 10, 'churn');
+    await lazyMigrate(w, [w.pid], 1500);
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('gives a child the process forks while pages are missing every page too', async () => {
+    // It writes nothing itself: its pages stay missing until the fill, held back 1.5 s, while
+    // the children it forks (on SIGUSR2, every 100 ms from the moment it runs there) read
+    // every one of them.
+    const w = await startDirtier(16, 0, 'fork');
+    const migrated = lazyMigrate(w, [w.pid], 1500);
+    let over = false;
+    void migrated.finally(() => { over = true; });
+    await w.exited; // killed on the source: the restore is about to let it go on the target
+    let forks = 0;
+    while (!over) {
+      if (isDirtier(w.pid)) { // restored there (not another process that took the free PID meanwhile)
+        process.kill(w.pid, 'SIGUSR2');
+        forks++;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const filled = await migrated;
+    assert.ok((filled['fillMs'] as number) >= 1000 && forks >= 5, `it forked (${forks}) while pages were missing: ${JSON.stringify(filled)}`);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('moves a tree of four processes whose memory is shared (memcheck tree): written before the start, nothing left to serve', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'memcheck'), ['16', 'tree']);
+    const kids = (/^children (\d+) (\d+) (\d+)$/m.exec(w.text()) ?? []).slice(1).map(Number);
+    assert.equal(kids.length, 3, w.text());
+    await lazyMigrate(w, [w.pid, ...kids], 1000);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    for (const pid of [w.pid, ...kids]) process.kill(pid, 'SIGKILL');
+  });
+
+  it('refuses a page corrupted in the target\'s store: the tree there is killed, and runs here again', async () => {
+    const w = await startDirtier(32, 10);
+    const recv = startFerry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], 'verified+3000');
+    await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.child.exitCode !== null);
+    const port = records(recv).find((x) => x['phase'] === 'listen')!['port'] as number;
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--lazy', '--json', '--config', config]);
+    own(w.pid);
+    await waitFor('the target to hold the image', () => /paused at verified/.test(recv.stderr()), 90_000);
+    // One byte in the middle of the tree's pages, as a disk or a bug in the store would have it.
+    const spool = readdirSync(workDir).find((n) => n.startsWith('.ferry-receive-'))!;
+    corruptEntry(join(workDir, spool, 'image.tar'), /^tasks\/\d+\/pages/);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+    assert.match(mig.stderr(), /is corrupt: entry tasks\/\d+\/pages\S* chunk \d+ has sha256/);
+    assert.match(mig.stderr(), /restored here instead/);
+    assert.ok(alive(w.pid), 'the same PID runs here again');
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    assert.deepEqual(stubs(), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
+});
+
+/** Whether `pid` is the dirtier workload (its PID is free for a moment between the kill and the restore). */
+function isDirtier(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'dirtier';
+  } catch {
+    return false;
+  }
+}
+
+/** Flips one byte in the middle of the first entry of the tar `path` whose name matches `name`. */
+function corruptEntry(path: string, name: RegExp): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const h = Buffer.alloc(512);
+    let pax: string | undefined;
+    for (let at = 0; readSync(fd, h, 0, 512, at) === 512 && h[0] !== 0;) {
+      const size = Number.parseInt(h.toString('latin1', 124, 136).replace(/\0.*$/s, '').trim() || '0', 8);
+      const type = String.fromCharCode(h[156]!);
+      const entry = pax ?? h.toString('latin1', 0, 100).replace(/\0.*$/s, '');
+      if (type === 'x') {
+        const body = Buffer.alloc(size);
+        readSync(fd, body, 0, size, at + 512);
+        pax = /\d+ path=([^\n]*)\n/.exec(body.toString('utf8'))?.[1];
+      } else {
+        pax = undefined;
+        if (name.test(entry) && size > 0) {
+          const where = at + 512 + Math.floor(size / 2);
+          const b = Buffer.alloc(1);
+          readSync(fd, b, 0, 1, where);
+          b[0] = b[0]! ^ 0xff;
+          writeSync(fd, b, 0, 1, where);
+          return;
+        }
+      }
+      at += 512 + Math.ceil(size / 512) * 512;
+    }
+    throw new Error(`no entry like ${String(name)} in ${path}`);
+  } finally {
+    closeSync(fd);
+  }
+}
