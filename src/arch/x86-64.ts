@@ -38,7 +38,7 @@ export const SYS = {
   setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123, capset: 126, personality: 135,
   setpriority: 141, sched_setscheduler: 144, sched_getscheduler: 145, sched_setaffinity: 203, seccomp: 317,
   rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,
-  epoll_ctl: 233, mlock2: 325, unshare: 272, setns: 308, mincore: 27, mlockall: 151, userfaultfd: 323,
+  epoll_ctl: 233, mlock2: 325, membarrier: 324, unshare: 272, setns: 308, mincore: 27, mlockall: 151, userfaultfd: 323,
   timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, clock_getres: 229,
 } as const;
 
@@ -80,6 +80,13 @@ export const MADVISE_BY_VMFLAG: Readonly<Record<string, number>> = {
 
 /** mlock2(2) flag: lock pages as they are faulted in (VmFlags 'lf'). */
 export const MLOCK_ONFAULT = 1;
+/**
+ * membarrier(2): MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3) answers with the
+ * MEMBARRIER_CMD_REGISTER_* commands the process's mm has done: GLOBAL_EXPEDITED (1 << 2),
+ * PRIVATE_EXPEDITED (1 << 4), PRIVATE_EXPEDITED_SYNC_CORE (1 << 6), PRIVATE_EXPEDITED_RSEQ
+ * (1 << 8); each is done again with its own value.
+ */
+export const MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9, MEMBARRIER_REGISTRATIONS = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
 /** prctl(2) PR_SET_THP_DISABLE. */
 export const PR_SET_THP_DISABLE = 41;
 

@@ -233,8 +233,8 @@ const FILE_FLAGS: OptionTable = {
  * The file options that are runc flags (the rest come from the configuration);
  * `allowChangedFiles` (--allow-changed-files) is a restore flag, present only when given.
  */
-export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes' | 'allowChangedFiles' | 'external' | 'skipInFlight'>
-  & { allowChangedFiles?: boolean; external?: string[]; skipInFlight?: boolean };
+export type CliFileFlags = Omit<FileOptions, 'deletedMaxBytes' | 'allowChangedFiles' | 'external' | 'skipInFlight' | 'dropQueuedEvents'>
+  & { allowChangedFiles?: boolean; external?: string[]; skipInFlight?: boolean; dropQueuedEvents?: boolean };
 
 /**
  * A descriptor's key as the leak error prints it (its link: `pipe:[123]`, `socket:[456]`, an
@@ -256,6 +256,7 @@ function fileFlags(v: Values, command: Command = 'checkpoint'): CliFileFlags {
     shellJob: v['shell-job'] === true, fileLocks: v['file-locks'] === true,
   };
   if (v['skip-in-flight'] === true) out.skipInFlight = true;
+  if (v['drop-queued-events'] === true) out.dropQueuedEvents = true;
   const external = v.external;
   if (Array.isArray(external) && external.length > 0) out.external = external.map((k) => externalKey(command, '--external', k));
   return out;
@@ -266,6 +267,7 @@ const TABLES: Readonly<Record<Command, OptionTable>> = {
   checkpoint: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, pid: { type: 'string' }, 'leave-running': { type: 'boolean' },
     'sign-key': { type: 'string' }, external: { type: 'string', multiple: true }, 'skip-in-flight': { type: 'boolean' },
+    'drop-queued-events': { type: 'boolean' },
   },
   restore: {
     ...IMAGE, ...JSON_OPT, ...FILE_FLAGS, ...CONTAINER_OPTS, 'pid-file': { type: 'string' },

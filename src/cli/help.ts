@@ -114,7 +114,7 @@ SYNOPSIS
   ferry checkpoint --pid PID --image PATH [--leave-running] [--json]
                    [--sign-key FILE] [--tcp-established] [--tcp-close]
                    [--ext-unix-sk] [--shell-job] [--file-locks]
-                   [--skip-in-flight]
+                   [--skip-in-flight] [--drop-queued-events]
                    [GLOBAL OPTIONS]
   ferry checkpoint CONTAINER --image PATH [--runtime R] [--root DIR]
                    [--leave-running] [--json] [...]
@@ -215,6 +215,13 @@ OPTIONS
       is killed), and messages queued on a netlink socket (replies and
       notifications the kernel sent; a program waiting for a reply dropped
       so waits forever).
+  --drop-queued-events
+      Leave out the events queued in an inotify or fanotify instance (they
+      are refused without it: they cannot be read without consuming them,
+      nor queued again), with a warning naming the descriptor. The restored
+      instance starts with an empty queue; --leave-running keeps the
+      original's. A fanotify group of a content class is still refused: its
+      queue may hold permission events whose accessors wait for an answer.
   --json
       Print the result as one JSON object instead of a sentence:
       {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N},

@@ -11,7 +11,7 @@
  * tasks go: they hold nothing of ferry's between two injected syscalls (native/inject.cc).
  */
 import { availableParallelism } from 'node:os';
-import { existsSync, readlinkSync } from 'node:fs';
+import { existsSync, readlinkSync, statSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
@@ -28,6 +28,7 @@ import { hostSigningKey } from '../image/host-key.js';
 import { signingKey } from '../image/sign.js';
 import { HashPool, openImageTarget, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
+import { O_CLOEXEC } from '../proc/fcntl.js';
 import { readProcText } from '../proc/read.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStatus } from '../proc/status.js';
@@ -40,7 +41,7 @@ import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
-import { pendingSignals, readInjectedState, readMm, readPaths, readThread, vdsoGadget } from './task-state.js';
+import { pendingSignals, readInjectedState, readMm, readPaths, readThread, syscallGadget } from './task-state.js';
 import { SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
@@ -110,12 +111,37 @@ function warmUp(pid: number): void {
     const statusText = readProcText(pid, 'status');
     parseStatus(statusText);
     const { vmas, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
-    vdsoGadget(pid, vmas);
+    syscallGadget(pid, vmas);
     listPosixTimers(pid);
     planMemory(pid, vmas, vmflags);
     readPaths(pid);
     warmUpCreds(pid, statusText);
   } catch { /* the freeze meets it, with its own error */ }
+}
+
+/**
+ * The deleted files the tree maps but holds no descriptor of (memory.ts `unheldGhosts`), each
+ * opened once through map_files(5) (one per inode: the first mapping found) for the files to
+ * store as a ghost.
+ */
+function unheldGhosts(dumped: readonly DumpedTask[]): Array<{ fd: number; via: string }> {
+  const n = native();
+  const seen = new Set<string>();
+  const out: Array<{ fd: number; via: string }> = [];
+  try {
+    for (const d of dumped) {
+      for (const path of d.memory.unheldGhosts) {
+        const st = statSync(path, { bigint: true });
+        if (seen.has(`${st.dev}:${st.ino}`)) continue;
+        seen.add(`${st.dev}:${st.ino}`);
+        out.push({ fd: n.openRaw(path, O_CLOEXEC), via: `mapped by pid ${d.task.pid}` });
+      }
+    }
+  } catch (err) {
+    for (const o of out) n.closeFd(o.fd);
+    throw err;
+  }
+  return out;
 }
 
 /** One live process, read and ready to be written. */
@@ -138,7 +164,7 @@ function dumpTask(p: FrozenProcess, parent?: DumpedTask): DumpedTask {
     // One reading of smaps gives the layout and VmFlags; the injected batch below leaves the
     // layout as it found it (its scratch area is unmapped again, and could merge with nothing).
     const { vmas: maps, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
-    const gadget = vdsoGadget(pid, maps);
+    const gadget = syscallGadget(pid, maps);
     for (const t of tracees) t.gadget = gadget;
     const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
     const threads = tids.map((tid) => readThread(pid, tid, n.getSigmask(tid), injected.threads.get(tid)!));
@@ -157,6 +183,7 @@ function dumpTask(p: FrozenProcess, parent?: DumpedTask): DumpedTask {
       umask: status.umask,
       ...(status.thpEnabled === false ? { thpDisabled: true } : {}),
       ...(injected.mlockall !== undefined ? { mlockall: injected.mlockall } : {}),
+      ...(injected.membarrier !== undefined ? { membarrier: injected.membarrier } : {}),
       mm: readMm(pid, stat, injected.brk),
       vmas: memory.vmas,
       sigactions: injected.sigactions,
@@ -276,7 +303,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.
     const cgroups = o.pidNamespace === undefined ? readCgroups(live) : undefined;
-    const files = withNetns(netns, () => collectFiles(descs, fileOptions));
+    const files = withNetns(netns, () => collectFiles(descs, fileOptions, unheldGhosts(dumped)));
     addUnheldTerminals(unheld, files); // controlling terminals no process holds open (files/tty.ts)
     session.onUndo('put the files back', () => files.finish(true));
     for (const w of files.warnings) log.warn(w);

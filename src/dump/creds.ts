@@ -9,9 +9,10 @@
  * PR_GET_PDEATHSIG and sched_getscheduler(0) (for SCHED_RESET_ON_FORK) in each thread,
  * PR_GET_DUMPABLE and PR_GET_CHILD_SUBREAPER in the main thread (prctl(2)).
  *
- * Refused (restore could not bring them back): seccomp strict mode and SCHED_DEADLINE. Seccomp
- * filters need neither no_new_privs nor CAP_SYS_ADMIN of the task: restore installs them while
- * the task still has every capability (restore/creds.ts).
+ * Refused (restore could not bring it back): SCHED_DEADLINE. Seccomp filters need neither
+ * no_new_privs nor CAP_SYS_ADMIN of the task: restore installs them while the task still has
+ * every capability (restore/creds.ts). Seccomp strict mode (status `Seccomp: 1`) is recorded
+ * per thread: ferry's own syscalls into such a thread get past it (PTRACE_O_SUSPEND_SECCOMP).
  */
 import { FerryError } from '../errors.js';
 import { hex, type CredsRecord, type ThreadCredsRecord } from '../image/records.js';
@@ -106,9 +107,6 @@ export function readCreds(pid: number, tids: readonly number[], injected: Inject
     if (sched.policy === SCHED_DEADLINE) {
       throw new FerryError('EUNSUPPORTED', `pid ${pid}: thread ${tid} runs under SCHED_DEADLINE, which ferry cannot restore (the process was left running)`);
     }
-    if (st.seccomp === 1) {
-      throw new FerryError('EUNSUPPORTED', `pid ${pid}: thread ${tid} is in seccomp strict mode, which ferry cannot restore (the process was left running)`);
-    }
     const quad = (v: number[], what: string): [number, number, number, number] => {
       if (v.length !== 4) throw new Error(`pid ${pid} thread ${tid}: ${what} line of status has ${v.length} values`);
       return [v[0]!, v[1]!, v[2]!, v[3]!];
@@ -130,6 +128,7 @@ export function readCreds(pid: number, tids: readonly number[], injected: Inject
       sched: { policy: sched.policy, priority: sched.priority, nice: sched.nice, resetOnFork: (inj.schedPolicy & SCHED_RESET_ON_FORK) !== 0 },
       affinity: st.cpus,
       seccomp: seccomp.map(filterIndex),
+      ...(st.seccomp === 1 ? { seccompStrict: true } : {}),
       securebits: inj.securebits,
       pdeathsig: inj.pdeathsig,
     };

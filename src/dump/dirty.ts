@@ -47,7 +47,7 @@ import { parseStat } from '../proc/stat.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { Session } from '../session.js';
 import { injectedError, Tracee } from '../task/tracee.js';
-import { vdsoGadget } from './task-state.js';
+import { syscallGadget } from './task-state.js';
 
 /** PAGEMAP_SCAN categories (include/uapi/linux/fs.h). */
 export const PAGE_IS_WPALLOWED = 1, PAGE_IS_WRITTEN = 2, PAGE_IS_FILE = 4, PAGE_IS_PRESENT = 8, PAGE_IS_SWAPPED = 16;
@@ -413,7 +413,7 @@ function trackProcess(pid: number, log: Logger): TrackedProcess | undefined | nu
     const st = n.waitpid(tid, 0, 5000);
     if (!st || !st.stopped) return undefined;
     const t = new Tracee(pid, tid, true);
-    t.gadget = vdsoGadget(pid, vmas);
+    t.gadget = syscallGadget(pid, vmas);
     const opts: { takeFdAt: number; takeFdPidfd: number; takenFd?: number } = { takeFdAt: 1, takeFdPidfd: pidfd };
     const results = t.trySyscalls([
       [SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY],

@@ -71,6 +71,12 @@ export interface MemoryPlan {
    * read into `buffers` (prepared before the freeze) when given.
    */
   produce(sink: (chunk: Buffer) => Promise<void>, chunkBytes: number, buffers?: ChunkBuffers): Promise<void>;
+  /**
+   * Deleted files the process maps but holds no descriptor of (a binary or library replaced
+   * by an upgrade), as `/proc/PID/map_files/START-END` paths: the checkpoint opens each and
+   * makes it a file of the image (a ghost, files/deleted.ts), which the areas' `ghost` name.
+   */
+  unheldGhosts: string[];
 }
 
 /** The parent of a process being planned: its pid and planned areas (it is stopped too). */
@@ -92,6 +98,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
   let parentPagemap = -1;
   /** Stored pages of private areas shared copy-on-write with another process: read in place (sharedAnonPages). */
   const viaMem = new Map<VmaRecord, Uint8Array>();
+  const unheldGhosts: string[] = [];
   const vmas: VmaRecord[] = [];
   let pagesBytes = 0;
   /** dev:ino of the deleted files and memfds the process holds open, read when first needed. */
@@ -110,6 +117,11 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       // the socket itself is closed and only the mapping is left (src/files/packet.ts).
       if (/^socket:\[\d+\]$/.test(v.path)) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is memory of a socket (a packet ring, PACKET_MMAP, or the like), which cannot be checkpointed yet; unmap it or run the process without it`);
+      }
+      // io_setup(2)'s completion ring: the kernel's aio context behind it (its requests in
+      // flight, its own head and tail) is not readable from outside.
+      if (v.path === '/[aio]' && v.deleted) {
+        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is the completion ring of an io_setup(2) context (aio), which cannot be checkpointed yet; io_destroy(2) it first or run the process without it`);
       }
       const sharedAnon = isSharedAnon(v);
       const sysv = v.shared && v.path.startsWith('/SYSV') ? sysvSegment(pid, v, range) : undefined;
@@ -141,9 +153,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       } else if (kind === 'file' && v.deleted) {
         const st = statSync(mapFiles, { bigint: true });
         held ??= heldDeleted(pid);
-        if (!held.has(`${st.dev}:${st.ino}`)) {
-          throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps a deleted file that the process does not hold open`);
-        }
+        if (!held.has(`${st.dev}:${st.ino}`)) unheldGhosts.push(mapFiles);
         mapped.ghost = `${st.dev}:${st.ino}`;
       }
       if (kind === 'anon' && v.shared && !sharedAnon && !sysv) {
@@ -223,6 +233,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
   return {
     vmas,
     pagesBytes,
+    unheldGhosts,
     produce: (sink, chunkBytes, buffers) => producePages(pid, vmas, sink, chunkBytes, buffers, viaMem),
   };
 }

@@ -6,7 +6,7 @@
  */
 import {
   decodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
-  MCL_FUTURE, MCL_ONFAULT, NSIG,
+  MCL_FUTURE, MCL_ONFAULT, MEMBARRIER_CMD_GET_REGISTRATIONS, MEMBARRIER_REGISTRATIONS, NSIG,
   PAGE_SIZE, PR_GET_TID_ADDRESS, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
   SYSCALL_INSN,
 } from '../arch/x86-64.js';
@@ -14,6 +14,7 @@ import {
   hex, type Hex, type ItimerRecord, type MmRecord, type PendingSignal, type SigactionRecord, type TaskRecord,
   type ThreadRecord, xstateEntry,
 } from '../image/records.js';
+import { FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
 import { parseAuxv } from '../proc/auxv.js';
 import { freeRange, type Vma } from '../proc/maps.js';
@@ -24,16 +25,27 @@ import { injectedError, type Tracee } from '../task/tracee.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
 
-/** Finds a `syscall` instruction in the task's [vdso] to inject syscalls through. */
-export function vdsoGadget(pid: number, vmas: readonly Vma[]): bigint {
-  const vdso = vmas.find((v) => v.path === '[vdso]');
-  if (!vdso) throw new Error(`pid ${pid} has no [vdso] mapping to inject syscalls through`);
-  const len = Number(vdso.end - vdso.start);
-  const buf = Buffer.alloc(len);
-  native().readMemory(pid, new Float64Array([Number(vdso.start), len]), buf);
-  const off = buf.indexOf(SYSCALL_INSN);
-  if (off < 0) throw new Error(`no syscall instruction in the [vdso] of pid ${pid}`);
-  return vdso.start + BigInt(off);
+/**
+ * Finds a `syscall` instruction to inject syscalls through: in the task's [vdso], or, for a
+ * process that unmapped its vDSO, in its other readable executable areas (any two bytes 0f 05
+ * do: the thread executes one instruction from there). The areas are read, never written.
+ */
+export function syscallGadget(pid: number, vmas: readonly Vma[]): bigint {
+  const vdso = vmas.filter((v) => v.path === '[vdso]');
+  const code = vdso.length > 0 ? vdso : vmas.filter((v) => v.exec && v.read && v.path !== '[vsyscall]');
+  for (const v of code) {
+    const len = Number(v.end - v.start);
+    const buf = Buffer.alloc(len);
+    try {
+      native().readMemory(pid, new Float64Array([Number(v.start), len]), buf);
+    } catch {
+      continue; // not backed here (a truncated file): another area may do
+    }
+    const off = buf.indexOf(SYSCALL_INSN);
+    if (off >= 0) return v.start + BigInt(off);
+  }
+  throw new FerryError('EUNSUPPORTED', `pid ${pid} has no syscall instruction ferry can inject syscalls through `
+    + `(${vdso.length > 0 ? 'none in its [vdso]' : 'no [vdso], and none in its executable areas'}); the process was left running`);
 }
 
 const PR_GET_PDEATHSIG = 2, PR_GET_DUMPABLE = 3, PR_GET_SECUREBITS = 27, PR_GET_CHILD_SUBREAPER = 37;
@@ -61,6 +73,8 @@ export interface InjectedState {
   childSubreaper: boolean;
   /** mlockall(2) flags in force for future mappings (MCL_FUTURE, with MCL_ONFAULT or not); absent: none. */
   mlockall?: number;
+  /** membarrier(2) MEMBARRIER_CMD_REGISTER_* commands the process did (ORed); absent: none, or a kernel that cannot tell. */
+  membarrier?: number;
   /** By tid. */
   threads: Map<number, ThreadInjected>;
 }
@@ -193,6 +207,10 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     // comes last so that the mincore answer is of the page as mmap left it.
     const probeAt = calls.length;
     calls.push([SYS.mincore, probe, PAGE_SIZE, at(layout.subreaper + 4)], [SYS.madvise, probe, PAGE_SIZE, MADV_DONTNEED]);
+    // membarrier(2) registrations live in the mm (membarrier_state), which /proc does not
+    // show either; a kernel before 6.3 answers EINVAL (or ENOSYS without membarrier): none known.
+    const membarrierAt = calls.length;
+    calls.push([SYS.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]);
     const { results, mem } = batch(main, calls, true, probeAt + 1);
     const m = mem!;
     const slot = (i: number): Buffer => m.subarray(slotOf(i), slotOf(i) + THREAD_SLOT);
@@ -223,12 +241,20 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
       dumpable: Number(results[dumpableAt]!),
       childSubreaper: m.readInt32LE(layout.subreaper) !== 0,
       ...(results[probeAt + 1] === -22n ? { mlockall: MCL_FUTURE | ((m[layout.subreaper + 4]! & 1) !== 0 ? 0 : MCL_ONFAULT) } : {}),
+      ...membarrierOf(results[membarrierAt]!),
       threads: states,
     };
   } finally {
     // A batch that failed after the area was mapped (or a thread's, before the main's ran).
     if (mapped && !unmapped) unmapTry(main, addr, size);
   }
+}
+
+/** The registrations MEMBARRIER_CMD_GET_REGISTRATIONS answered (an error, or none: nothing to record). */
+function membarrierOf(r: bigint): { membarrier?: number } {
+  if (r <= 0n) return {};
+  if ((r & ~BigInt(MEMBARRIER_REGISTRATIONS)) !== 0n) throw new Error(`membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) answered 0x${r.toString(16)}, which ferry does not know`);
+  return { membarrier: Number(r) };
 }
 
 /** munmap in `t`, for clean-up on a failure path: errors (the task died) are left to the caller's own. */

@@ -258,6 +258,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
       }
     }
     checkGroups(processes.map((p) => p.record), root);
+    checkSharing(processes.filter((p) => p.tids.length > 0));
     const walked = new Set(processes.flatMap((p) => p.tids));
     const stray = [...preseized].find((tid) => !walked.has(tid));
     if (stray !== undefined) {
@@ -298,6 +299,43 @@ export function checkGroups(recs: readonly ProcessRecord[], root: number): void 
     }
     if (!byPid.has(r.pgid) && r.pgid !== rootRec.pgid) {
       throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in process group ${r.pgid}, led from outside the tree: not supported yet`);
+    }
+  }
+}
+
+/** kcmp(2) types: the descriptor table; the fs struct (root, working directory, umask). */
+const KCMP_FILES = 2, KCMP_FS = 3;
+
+/**
+ * Refuses what restore would silently split: processes of the tree sharing one descriptor
+ * table (clone(2) CLONE_FILES) or one fs struct (CLONE_FS: root, working directory, umask),
+ * and a thread that stopped sharing its process's (unshare(2)). Restore gives each process
+ * its own table and fs struct, made from its leader's, so what one opened or where one moved
+ * would no longer be seen by the other. kcmp(2) orders the tables, so one sort finds any two
+ * that are one.
+ */
+export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids'>[]): void {
+  const n = native();
+  const kinds = [[KCMP_FILES, 'descriptor table', 'CLONE_FILES'], [KCMP_FS, 'root, working directory and umask', 'CLONE_FS']] as const;
+  for (const [type, what, flag] of kinds) {
+    for (const p of procs) {
+      const own = p.tids.slice(1).find((tid) => n.kcmp(p.pid, tid, type, 0, 0) !== 0);
+      if (own !== undefined) {
+        throw new FerryError('EUNSUPPORTED', `thread ${own} of pid ${p.pid} has a ${what} of its own (unshare(2) of ${flag}), `
+          + 'which restore cannot rebuild yet; the process was left running', { pid: p.pid });
+      }
+    }
+    if (procs.length < 2) continue;
+    const order = (a: number, b: number): number => {
+      const r = n.kcmp(a, b, type, 0, 0);
+      return r === 0 ? 0 : r === 1 ? -1 : 1; // kcmp: 1 means a orders first, 2 after
+    };
+    const sorted = procs.map((p) => p.pid).sort(order);
+    for (let i = 1; i < sorted.length; i++) {
+      if (order(sorted[i - 1]!, sorted[i]!) === 0) {
+        throw new FerryError('EUNSUPPORTED', `pids ${sorted[i - 1]} and ${sorted[i]} share one ${what} (clone(2) with ${flag}), `
+          + 'which restore cannot rebuild yet: each would get its own; the tree was left running', { pid: sorted[i - 1]! });
+      }
     }
   }
 }

@@ -5,7 +5,8 @@
  * terminal) before that very file is opened, with the record's access mode and status flags
  * only (never O_CREAT, O_TRUNC…: a record that says "chr" never opens a regular file for
  * writing). Terminals are not handled here (they have sessions, termios and peers): tty.ts
- * takes them.
+ * takes them. A node whose name was removed is refused at checkpoint (nothing could open it
+ * again, and restore does not make device nodes).
  */
 import type { BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
@@ -47,6 +48,15 @@ export const chrdev: FileKind<ChrdevRecord> = {
 
   matches(fd: FdDesc): boolean {
     return fd.link.startsWith('/') && fd.stat.isCharacterDevice() && !isTerminal(fd.stat.rdev);
+  },
+
+  precheck(fd: FdDesc): void {
+    // A node whose name was removed has no path to open again, and making one (mknod) from
+    // an image would hand it any device: refused, before the tree is touched.
+    if (fd.link.endsWith(' (deleted)')) {
+      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a character device node `
+        + `${major(fd.stat.rdev)}:${minor(fd.stat.rdev)} whose name was removed cannot be checkpointed yet; open the device by a name that stays)`);
+    }
   },
 
   key(fd: FdDesc): string {

@@ -66,9 +66,12 @@ export interface CollectedFiles {
  * Groups descriptors into open files, then dumps each open file once. Grouping comes first
  * for the whole tree, so a module can name other files by id (an epoll's targets, a socket's
  * peer). On failure, whatever the modules changed is undone before the error propagates.
+ * `adopted`: controller descriptors of files no process holds that the image needs anyway (a
+ * deleted file only mapped), made files of the image as `DumpContext.adopt` does; owned from
+ * now on.
  */
 export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
-  options: FileOptions = DEFAULT_FILE_OPTIONS): CollectedFiles {
+  options: FileOptions = DEFAULT_FILE_OPTIONS, adopted: ReadonlyArray<{ fd: number; via: string }> = []): CollectedFiles {
   const fds = new Map<number, FdRecord[]>();
   /** Representatives per cheap key: one descriptor per distinct open file seen so far. */
   const groups = new Map<string, Array<{ desc: FdDesc; id: number }>>();
@@ -146,6 +149,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     return id;
   };
   try {
+    for (const a of adopted) adopt(a.fd, a.via);
     // Files found in flight while dumping are appended: the loop reads the length each time.
     for (let i = 0; i < firsts.length; i++) {
       const { desc, kind, via } = firsts[i]!;

@@ -28,6 +28,8 @@ const SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
 /** Flags the file is reopened with are kept; these are per-creation only. */
 const SETFL_FLAGS = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME;
 const CHUNK = 1 << 20;
+/** S_ISUID | S_ISGID. */
+const SETID_BITS = 0o6000;
 
 // ---- contents: data extents, stored as one image entry ----
 
@@ -302,7 +304,10 @@ export const deleted: FileKind<DeletedRecord> = {
       let out = fd;
       try {
         fchownSync(fd, rec.uid, rec.gid);
-        fchmodSync(fd, rec.mode);
+        // Without set-user-ID and set-group-ID: the contents are the image's, written by root
+        // (CAP_FSETID keeps the bits), and a holder could execute the file through its
+        // descriptor (execveat(2)), as its owner.
+        fchmodSync(fd, rec.mode & ~SETID_BITS);
         writeContents(fd, rec, ctx);
         if ((rec.flags & ~O_LARGEFILE) !== O_RDWR) out = reopen(fd, rec.flags, pos);
         else if (pos !== 0) n.lseek(fd, pos, SEEK_SET);

@@ -12,7 +12,9 @@
  * is found again by its handle (inotify.ts), a mount by its id in the process's mountinfo (its
  * mount point), a file system through any of its mounts. Mount-namespace and user-namespace
  * marks (Linux 6.14+) are refused, as is a group with events queued (they cannot be read
- * without consuming them, nor queued again).
+ * without consuming them, nor queued again) unless --drop-queued-events drops them with a
+ * warning; a group of a content class with events queued is refused even then, since some
+ * may be permission events whose accessors wait for an answer.
  *
  * Restore: fanotify_init in the controller with the same flags, then each mark is added with
  * fanotify_mark(FAN_MARK_ADD | its type | FAN_MARK_EVICTABLE if it had it): first its mask,
@@ -27,10 +29,12 @@ import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
 import { rootOf, statIn, viaFd } from './confined.js';
 import type { DumpContext, FdDesc, FileKind } from './types.js';
 import { readProcText } from '../proc/read.js';
-import { closeMounts, fdinfoFields, hexField, kernelDev, locateInode, mountsOf, queuedBytes } from './inotify.js';
+import { closeMounts, dropQueued, fdinfoFields, hexField, kernelDev, locateInode, mountsOf } from './inotify.js';
 
 /** fanotify_init(2) flags kept by the engine elsewhere. */
 const FAN_CLOEXEC = 0x1, FAN_NONBLOCK = 0x2;
+/** fanotify_init(2) class bits: FAN_CLASS_CONTENT (0x4) and FAN_CLASS_PRE_CONTENT (0x8); 0 is FAN_CLASS_NOTIF. */
+const FAN_CLASS_MASK = 0xc;
 /** fanotify_mark(2) flags. */
 const FAN_MARK_ADD = 0x1, FAN_MARK_MOUNT = 0x10, FAN_MARK_IGNORED_MASK = 0x20,
   FAN_MARK_IGNORED_SURV_MODIFY = 0x40, FAN_MARK_FILESYSTEM = 0x100, FAN_MARK_EVICTABLE = 0x200, FAN_MARK_IGNORE = 0x400;
@@ -72,11 +76,10 @@ function dumpFanotify(d: FdDesc, ctx: DumpContext): Omit<FanotifyRecord, 'id' | 
   const head = lines.map(fdinfoFields).find((f) => f.has('flags') && f.has('event-flags'));
   if (!head) throw new Error(`fdinfo has no 'fanotify flags:' line`);
   const headWhat = "fdinfo line 'fanotify flags:'";
-  const queued = queuedBytes(d, ctx);
-  if (queued > 0) {
-    throw unsupported(d, `${queued} bytes of events are queued; they cannot be read without consuming them nor queued again `
-      + 'on restore: let the application read them, then checkpoint again');
-  }
+  // Permission events come only to a group of a content class; one queued holds its
+  // accessor until it is answered, which a dropped event never would be in the restored tree.
+  const contentClass = (Number(hexField(head, 'flags', headWhat)) & FAN_CLASS_MASK) !== 0;
+  dropQueued(d, ctx, (why) => unsupported(d, why), contentClass ? 'the group\'s class (content) lets them be permission events awaiting an answer' : undefined);
   const marks: FanotifyMark[] = [];
   const mounts = new Map<string, number>();
   let mountinfo: ReturnType<typeof mountsOf> | undefined;

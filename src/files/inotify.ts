@@ -7,8 +7,11 @@
  * includes IN_ONESHOT and IN_EXCL_UNLINK). The inode is found again from its file handle with
  * open_by_handle_at(2), given a mount of the file system `sdev` names (from the process's
  * mountinfo), and its path is what /proc/self/fd says of the result, checked against `ino` and
- * `sdev` with fstat. A watched inode that is deleted (still alive because something holds it)
- * has no path to watch again and is refused.
+ * `sdev` with fstat. A watched inode with no path (a file removed but held open, a memfd) is
+ * found among the tree's descriptors by device and inode, and the watch names that file of the
+ * image instead; one the tree does not hold (held by a mapping only, or from outside) is
+ * refused. Restore adds such a watch through /proc/self/fd/N of the restored file, once that
+ * file is open.
  *
  * Restore: inotify_init1 in the controller, then for each watch, oldest first,
  * ioctl(INOTIFY_IOC_SETNEXTWD, wd) right before inotify_add_watch(/proc/self/fd/N, mask), N an
@@ -21,18 +24,20 @@
  * application set it itself since. Adding them in that order also gives the same fdinfo order.
  *
  * Queued events cannot be read without consuming them, and no call puts events back into an
- * instance: an instance with events queued (FIONREAD) is refused, naming the byte count.
+ * instance: an instance with events queued (FIONREAD) is refused, naming the byte count, unless
+ * --drop-queued-events leaves them out with a warning (the restored instance starts empty; a
+ * copy left running keeps its queue, as nothing read it).
  *
  * The helpers that turn an fdinfo handle into a path are shared with fanotify.ts.
  */
-import { fstatSync, readlinkSync } from 'node:fs';
+import { fstatSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { readProcText } from '../proc/read.js';
 import { rootOf, statIn, viaFd } from './confined.js';
-import type { DumpContext, FdDesc, FileKind } from './types.js';
+import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
 
 /** inotify(7) flags of inotify_add_watch's mask. */
 const IN_EXCL_UNLINK = 0x04000000, IN_ONESHOT = 0x80000000;
@@ -54,6 +59,12 @@ export interface InotifyWatch {
   /** The inode: its file system (`major:minor`) and number, as they were at checkpoint. */
   dev: string;
   ino: string;
+  /**
+   * The file of the image the watched inode is, when no path leads to it (a file removed, or
+   * a memfd, that the tree holds open): watched again through that file's restored
+   * descriptor; `path` is then only what /proc showed (`/dir/name (deleted)`).
+   */
+  file?: number;
 }
 
 export interface InotifyRecord extends FileRecord {
@@ -211,17 +222,30 @@ export function queuedBytes(d: FdDesc, ctx: DumpContext): number {
   return native().pipeUnread(ctx.grab(d));
 }
 
+/**
+ * Events queued in an inotify or fanotify instance cannot be read without consuming them (the
+ * original, left running, would lose them), nor queued again on restore. They are refused
+ * with `refuse`, or with --drop-queued-events left out of the image with a warning naming the
+ * descriptor (`held`: why even the flag does not drop them).
+ */
+export function dropQueued(d: FdDesc, ctx: DumpContext, refuse: (why: string) => FerryError, held?: string): void {
+  const queued = queuedBytes(d, ctx);
+  if (queued === 0) return;
+  const why = `${queued} bytes of events are queued; they cannot be read without consuming them nor queued again on restore`;
+  if (held !== undefined) throw refuse(`${why}, and ${held}: let the application read them, then checkpoint again`);
+  if (ctx.options.dropQueuedEvents !== true) {
+    throw refuse(`${why}: let the application read them, then checkpoint again, or drop them with --drop-queued-events`);
+  }
+  ctx.warn(`pid ${d.pid} fd ${d.fd} (${d.link}): ${queued} bytes of queued events dropped (--drop-queued-events); the restored instance starts with none`);
+}
+
 // ---- inotify ----
 
 const unsupported = (d: FdDesc, why: string): FerryError =>
   new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${why})`);
 
 function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'kind'> {
-  const queued = queuedBytes(d, ctx);
-  if (queued > 0) {
-    throw unsupported(d, `${queued} bytes of events are queued; they cannot be read without consuming them nor queued again `
-      + 'on restore: let the application read them, then checkpoint again');
-  }
+  dropQueued(d, ctx, (why) => unsupported(d, why));
   const watches: InotifyWatch[] = [];
   const mounts = new Map<string, number>();
   try {
@@ -231,7 +255,14 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
       const wd = Number(hexField(f, 'wd', what));
       const mask = Number(hexField(f, 'mask', what));
       const where = locateInode(d.pid, f, what, mounts);
-      if ('why' in where) throw unsupported(d, `watch ${wd}: ${where.why}`);
+      if ('why' in where) {
+        // No path leads to it (deleted, or a memfd): a file the tree holds is watched again
+        // through that file's restored descriptor.
+        const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
+        if (!held) throw unsupported(d, `watch ${wd}: ${where.why}, and no process of the tree holds it open`);
+        watches.push({ wd, mask, ...held });
+        continue;
+      }
       watches.push({ wd, mask, ...where });
     }
   } finally {
@@ -239,6 +270,38 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
   }
   watches.reverse();
   return { flags: d.fdinfo.flags & ~O_CLOEXEC, watches };
+}
+
+/**
+ * The image file of a descriptor of the tree whose inode is `dev`:`ino` (`major:minor` and
+ * number), with its path and inode as a watch records them, or undefined when the tree holds
+ * no such descriptor. Every descriptor of the tree is looked at once per checkpoint, only when
+ * a watched inode has no path.
+ */
+function heldByTree(ctx: DumpContext, dev: string, ino: bigint): Pick<InotifyWatch, 'path' | 'dev' | 'ino' | 'file'> | undefined {
+  const held = ctx.scratch<{ file: number; path: string }>('inotify-held');
+  if (held.size === 0) {
+    held.set('', { file: -1, path: '' }); // read: not again, even when the tree holds nothing
+    for (const pid of ctx.pids) {
+      let fds: string[];
+      try {
+        fds = readdirSync(`/proc/${pid}/fd`);
+      } catch {
+        continue;
+      }
+      for (const fd of fds) {
+        const file = ctx.fileIdOf(pid, Number(fd));
+        if (file === undefined) continue;
+        try {
+          const st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
+          const key = `${userDev(st.dev)}:${st.ino}`;
+          if (!held.has(key)) held.set(key, { file, path: readlinkSync(`/proc/${pid}/fd/${fd}`) });
+        } catch { /* closed meanwhile: not the tree's (it is stopped) */ }
+      }
+    }
+  }
+  const h = held.get(`${dev}:${ino}`);
+  return h && { path: h.path, dev, ino: ino.toString(), file: h.file };
 }
 
 function checkRecord(rec: InotifyRecord): void {
@@ -257,6 +320,11 @@ function checkRecord(rec: InotifyRecord): void {
     }
     seen.add(w.wd);
     if (w.path.length > 4096) bad(`has a watch on a path longer than 4096 bytes`);
+    if (w.file !== undefined) {
+      // Watched through another file of the image (its restored descriptor): no path is used.
+      if (!Number.isSafeInteger(w.file) || w.file < 0 || w.file === rec.id) bad(`has a watch ${w.wd} on an invalid file ${String(w.file)}`);
+      continue;
+    }
     // Resolved inside the host's root (confined.ts; no magic link), as open() will.
     if (!statIn(rootOf(rec), w.path, `inotify watch ${w.wd} (file ${rec.id} of the image)`, true)) {
       throw new FerryError('ENOENT', `inotify watch ${w.wd} (file ${rec.id} of the image) watched ${w.path}, which no longer exists`);
@@ -264,22 +332,36 @@ function checkRecord(rec: InotifyRecord): void {
   }
 }
 
-function openInotify(rec: InotifyRecord): number {
+function openInotify(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_YET {
   const n = native();
   const root = rootOf(rec);
+  for (const w of rec.watches) {
+    if (w.file === undefined) continue;
+    if (ctx.record(w.file) === undefined) {
+      throw new FerryError('EIMAGE', `image: inotify (file ${rec.id}) watch ${w.wd} names file ${w.file}, which the image does not hold`);
+    }
+    if (ctx.opened(w.file) === undefined) return NOT_YET;
+  }
   const fd = n.inotifyInit1(rec.flags & O_NONBLOCK);
   try {
     for (const w of rec.watches) {
+      const held = w.file === undefined ? undefined : ctx.opened(w.file);
       let got: number;
       try {
-        // The watched path is resolved confined to an O_PATH descriptor of the inode itself
-        // (its last component not followed, as IN_DONT_FOLLOW did), and the watch is added
-        // through /proc/self/fd/N, which leads to that inode and nowhere else (so without
-        // IN_DONT_FOLLOW, which would watch the /proc link itself).
-        got = viaFd(root, w.path, `inotify watch ${w.wd} (file ${rec.id} of the image)`, true, (at) => {
+        if (held !== undefined) {
+          // /proc/self/fd/N leads to the restored file's inode itself, which has no name.
           n.inotifySetNextWd(fd, w.wd);
-          return n.inotifyAddWatch(fd, at, w.mask >>> 0);
-        });
+          got = n.inotifyAddWatch(fd, `/proc/self/fd/${held}`, w.mask >>> 0);
+        } else {
+          // The watched path is resolved confined to an O_PATH descriptor of the inode itself
+          // (its last component not followed, as IN_DONT_FOLLOW did), and the watch is added
+          // through /proc/self/fd/N, which leads to that inode and nowhere else (so without
+          // IN_DONT_FOLLOW, which would watch the /proc link itself).
+          got = viaFd(root, w.path, `inotify watch ${w.wd} (file ${rec.id} of the image)`, true, (at) => {
+            n.inotifySetNextWd(fd, w.wd);
+            return n.inotifyAddWatch(fd, at, w.mask >>> 0);
+          });
+        }
       } catch (err) {
         if (err instanceof FerryError) throw err;
         const why = errnoCode(err) === 'ENOENT' ? 'no longer exists' : `cannot be watched (${(err as Error).message})`;
@@ -320,9 +402,9 @@ export const inotify: FileKind<InotifyRecord> = {
 
   check: checkRecord,
 
-  open(rec: InotifyRecord): number {
+  open(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_YET {
     try {
-      return openInotify(rec);
+      return openInotify(rec, ctx);
     } catch (err) {
       if (err instanceof FerryError) throw err;
       throw new FerryError('EOPEN', `cannot restore inotify (file ${rec.id}): ${(err as Error).message}`, { cause: err });

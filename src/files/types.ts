@@ -77,6 +77,12 @@ export interface FileOptions {
    * accepted yet, messages queued on a netlink socket.
    */
   skipInFlight?: boolean;
+  /**
+   * --drop-queued-events (checkpoint): events queued in an inotify or fanotify instance (which
+   * cannot be read without consuming them, nor queued again) are left out of the image with a
+   * warning naming the descriptor, instead of refusing the checkpoint.
+   */
+  dropQueuedEvents?: boolean;
 }
 
 export const DEFAULT_FILE_OPTIONS: FileOptions = Object.freeze({

@@ -16,7 +16,9 @@ export const IMAGE_FORMAT = 'ferry-image';
  * restore as zeros; older images hold none and are read as before. 4: a TCP record's
  * `tcp.urgent` marks an urgent byte in its receive queue (files/tcp-urgent.ts), which a reader
  * of version 3 would queue as an ordinary byte (one MSG_OOB had read would reappear in the
- * stream); older images hold none.
+ * stream); and a thread may be in seccomp strict mode (`seccompStrict`), which a reader of
+ * version 3 would restore without it (a sandboxed thread let out; it refused such threads at
+ * checkpoint). Older images hold neither.
  */
 export const FORMAT_VERSION = 4;
 export const OLDEST_FORMAT_VERSION = 1;

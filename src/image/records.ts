@@ -172,6 +172,11 @@ export interface TaskRecord {
    * MCL_ONFAULT), found by a probe mapping at dump (dump/task-state.ts); absent: none.
    */
   mlockall?: number;
+  /**
+   * membarrier(2) registrations of the process (MEMBARRIER_CMD_GET_REGISTRATIONS at dump): the
+   * MEMBARRIER_CMD_REGISTER_* commands ORed, each done again on restore; absent: none.
+   */
+  membarrier?: number;
   mm: MmRecord;
   vmas: VmaRecord[];
   sigactions: SigactionRecord[];
@@ -242,6 +247,8 @@ export interface ThreadCredsRecord {
   pdeathsig: number;
   /** Seccomp filters of the thread, oldest first, as indices into CredsRecord.seccompFilters. */
   seccomp: number[];
+  /** The thread is in seccomp strict mode (SECCOMP_MODE_STRICT: read, write, exit, sigreturn only); never with filters. */
+  seccompStrict?: boolean;
 }
 
 /** One process of tree.json. */

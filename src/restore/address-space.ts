@@ -10,7 +10,9 @@
  *    written through /proc/PID/mem, which also writes read-only pages.
  * 4. prctl(PR_SET_MM_MAP) sets code/data/brk/stack/arg/env/auxv and the exe file — possible
  *    only now that the stub's own executable is unmapped (EBUSY otherwise).
- * At the very end `dropGadget` unmaps the gadget through a `syscall` inside the restored vDSO.
+ * At the very end `dropGadget` unmaps the gadget through a `syscall` inside the restored vDSO
+ * (or the process's own code, for a process that had unmapped its vDSO: this kernel's special
+ * mappings the image lacks are unmapped in step 2).
  */
 import { constants as osConstants } from 'node:os';
 import {
@@ -162,6 +164,9 @@ export function clearStub(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[
   const staging = findFree([...dumped, ...current, [gadgetArea, gadgetArea + BigInt(GADGET_SIZE)]], total, 0x100000000n);
   const moves: Array<readonly [number, ...bigint[]]> = [];
   const finals: Array<readonly [number, ...bigint[]]> = [];
+  // A process that unmapped its vDSO has none in the image: this kernel's special mappings
+  // the image lacks go too, once moved out of the way.
+  const dropped: Array<readonly [number, ...bigint[]]> = [];
   let at = staging;
   let ownVdsoAt = 0n;
   for (const v of specials) {
@@ -172,6 +177,10 @@ export function clearStub(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[
     moves.push([SYS.mremap, v.start, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), at]);
     at += size;
     if (proxied) continue; // they stay together in the staging area, free of the image's areas
+    if (!target && imageArea === undefined) {
+      dropped.push([SYS.munmap, at - size, size]);
+      continue;
+    }
     if (!target) throw new FerryError('EKERNEL', `the image has no ${v.path} mapping but this kernel maps one: restore needs the same kernel build`);
     if (big(target.end) - big(target.start) !== size) {
       throw new FerryError('EKERNEL', `${v.path} is ${size} bytes here but ${big(target.end) - big(target.start)} in the image: restore needs the same kernel build`);
@@ -179,7 +188,7 @@ export function clearStub(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[
     finals.push([SYS.mremap, at - size, size, size, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), big(target.start)]);
   }
   if (!proxied) checkSpecials(task, specials);
-  t.syscalls([...moves, ...finals]);
+  t.syscalls([...moves, ...finals, ...dropped]);
   if (proxied) mapVdsoProxy(t, task, imageArea!, imageVdso!, ownVdsoAt, Number(ownVdso!.end - ownVdso!.start));
   return { scratch, gadgetArea };
 }
@@ -688,13 +697,24 @@ export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
   if (r < 0n) throw new FerryError('EMM', `prctl(PR_SET_MM_MAP) failed for pid ${task.pid}: ${errnoName(r)}`);
 }
 
-/** Step 9: unmap the gadget area through a `syscall` in the restored vDSO. */
+/**
+ * A `syscall` instruction of the restored process, outside ferry's gadget: in its [vdso], or,
+ * for a process that unmapped its vDSO, in its executable areas (as at checkpoint:
+ * dump/task-state.ts syscallGadget); 0n when it has none.
+ */
+export function restoredSyscall(t: Tracee, task: TaskRecord): bigint {
+  const vdso = task.vmas.filter((v) => v.kind === 'vdso');
+  for (const v of vdso.length > 0 ? vdso : task.vmas.filter((a) => (a.prot & PROT_EXEC) !== 0 && a.kind !== 'vsyscall')) {
+    const off = t.readMem(big(v.start), Number(big(v.end) - big(v.start))).indexOf(SYSCALL_INSN);
+    if (off >= 0) return big(v.start) + BigInt(off);
+  }
+  return 0n;
+}
+
+/** Step 9: unmap the gadget area through a `syscall` of the restored process (restoredSyscall). */
 export function dropGadget(t: Tracee, as: AddressSpace, task: TaskRecord): void {
-  const vdso = task.vmas.find((v) => v.kind === 'vdso');
-  if (!vdso) throw new Error(`pid ${task.pid} has no [vdso] in the image`);
-  const code = t.readMem(big(vdso.start), Number(big(vdso.end) - big(vdso.start)));
-  const off = code.indexOf(SYSCALL_INSN);
-  if (off < 0) throw new Error('no syscall instruction in the restored [vdso]');
-  t.gadget = big(vdso.start) + BigInt(off);
+  const at = restoredSyscall(t, task);
+  if (at === 0n) throw new FerryError('EKERNEL', `pid ${task.pid} has no syscall instruction left to unmap ferry's gadget through (no [vdso], none in its code)`);
+  t.gadget = at;
   t.syscall(SYS.munmap, as.gadgetArea, GADGET_SIZE);
 }

@@ -18,26 +18,29 @@
  *    final capset of effective, permitted and inheritable.
  * 4. dumpable (the mm's, process-wide) and each thread's parent-death signal: the kernel
  *    resets both when credentials change (commit_creds), so they come after every thread's.
- * 5. Per thread: no_new_privs, then the seccomp filters in their original order. Filters see
+ * 5. Per thread: no_new_privs, then the seccomp filters in their original order (those all
+ *    threads have in common from the oldest on once, with TSYNC, so they are shared). Filters see
  *    every later syscall, injected ones too, so before anything is touched each thread's
  *    filters are run here on the install calls and on the main thread's final munmap of the
  *    gadget; a filter that would refuse one of them fails the restore with a clear error.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { SYS, SYSCALL_INSN } from '../arch/x86-64.js';
+import { SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { big, type CredsRecord, type TaskRecord, type ThreadCredsRecord } from '../image/records.js';
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
 import { injectedError, type Tracee } from '../task/tracee.js';
 import { parseLimits, parseSchedStat, RLIMIT_NAMES, SCHED_RESET_ON_FORK } from '../dump/creds.js';
-import type { AddressSpace } from './address-space.js';
+import { restoredSyscall, type AddressSpace } from './address-space.js';
 
 const PR_SET_PDEATHSIG = 1, PR_SET_DUMPABLE = 4, PR_SET_SECCOMP = 22, PR_CAPBSET_DROP = 24,
   PR_SET_SECUREBITS = 28, PR_SET_CHILD_SUBREAPER = 36, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47;
 const PR_CAP_AMBIENT_RAISE = 2, PR_CAP_AMBIENT_CLEAR_ALL = 4;
 const SECBIT_NO_SETUID_FIXUP = 1 << 2, SECBIT_KEEP_CAPS = 1 << 4;
-const SECCOMP_SET_MODE_FILTER = 1, SECCOMP_MODE_FILTER = 2;
+const SECCOMP_SET_MODE_FILTER = 1, SECCOMP_MODE_STRICT = 1, SECCOMP_MODE_FILTER = 2;
+/** seccomp(2) SECCOMP_SET_MODE_FILTER flags: every thread gets the caller's filters; a listener (excludes TSYNC without TSYNC_ESRCH). */
+const SECCOMP_FILTER_FLAG_TSYNC = 1, SECCOMP_FILTER_FLAG_NEW_LISTENER = 8;
 const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 const PRIO_PROCESS = 0;
 const AUDIT_ARCH_X86_64 = 0xc000003e;
@@ -119,15 +122,6 @@ function allAllow(programs: readonly Buffer[], nr: number, ip: bigint, args: rea
   return programs.every((p) => allows(runSeccompFilter(p, nr, ip, args)));
 }
 
-/** Address of a `syscall` instruction in the restored [vdso] (what dropGadget injects through). */
-function vdsoSyscall(t: Tracee, task: TaskRecord): bigint {
-  const vdso = task.vmas.find((v) => v.kind === 'vdso');
-  if (!vdso) return 0n;
-  const code = t.readMem(big(vdso.start), Number(big(vdso.end) - big(vdso.start)));
-  const off = code.indexOf(SYSCALL_INSN);
-  return off < 0 ? 0n : big(vdso.start) + BigInt(off);
-}
-
 const capsOf = (tid: number, pid: number): ReturnType<typeof parseStatus> => parseStatus(readProcText(pid, `task/${tid}/status`));
 
 /**
@@ -177,8 +171,20 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
     if (flags === 0 && allAllow(before, SYS.prctl, ip, [BigInt(PR_SET_SECCOMP), BigInt(SECCOMP_MODE_FILTER), as.scratch.addr, 0n, 0n])) return true;
     return fail(`seccomp filter ${k + 1} of thread ${c.tid} could not be installed: the filters before it forbid seccomp(2) and prctl(PR_SET_SECCOMP)`);
   }));
+  // The filters every thread has, from the oldest on, are installed once, by the main thread
+  // with SECCOMP_FILTER_FLAG_TSYNC: the threads share them as they did (a filter installed
+  // with TSYNC, or inherited at clone(2), is one filter of every thread; a copy per thread
+  // would make the program's next TSYNC fail naming a thread). The kernel does not show
+  // whether equal filters are one, so equal ones are made one. Each thread adds the rest.
+  const shared = tracees.length < 2 ? 0 : creds.threads[0]!.seccomp.findIndex((idx, k) => {
+    const flags = creds.seccompFilters[idx]!.flags | SECCOMP_FILTER_FLAG_TSYNC;
+    const before = creds.threads[0]!.seccomp.slice(0, k).map((j) => programs[j]!);
+    return !creds.threads.every((c) => c.seccomp[k] === idx) || (flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) !== 0
+      || !allAllow(before, SYS.seccomp, main.gadget + 2n, [BigInt(SECCOMP_SET_MODE_FILTER), BigInt(flags), as.scratch.addr]);
+  });
+  const synced = shared < 0 ? creds.threads[0]!.seccomp.length : shared;
   const mainFilters = creds.threads[0]!.seccomp.map((j) => programs[j]!);
-  if (mainFilters.length > 0 && !allAllow(mainFilters, SYS.munmap, vdsoSyscall(main, task) + 2n, [as.gadgetArea, gadgetSize])) {
+  if (mainFilters.length > 0 && !allAllow(mainFilters, SYS.munmap, restoredSyscall(main, task) + 2n, [as.gadgetArea, gadgetSize])) {
     fail('its seccomp filters forbid munmap(2), which ferry needs once more after installing them');
   }
 
@@ -223,15 +229,16 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
   });
   if (creds.childSubreaper) processSteps.push({ what: 'PR_SET_CHILD_SUBREAPER', call: [SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0] });
   // A single-threaded process without seccomp filters does steps 1 to 5 in one batch.
-  const merge = tracees.length === 1 && creds.threads.every((c) => c.seccomp.length === 0);
+  const merge = tracees.length === 1 && creds.threads.every((c) => c.seccomp.length === 0 && c.seccompStrict !== true);
   if (!merge) runAll(main, processSteps);
 
   // --- Seccomp filters, in their original order, while the task still has CAP_SYS_ADMIN (no
   // no_new_privs needed). Every tracee runs with PTRACE_O_SUSPEND_SECCOMP, so the filters do
   // not see the syscalls ferry still injects; they apply from the moment it detaches.
-  tracees.forEach((t, i) => {
+  const install = (t: Tracee, i: number, from: number, to: number, tsync: boolean): void => {
     const c = creds.threads[i]!;
-    c.seccomp.forEach((idx, k) => {
+    c.seccomp.slice(from, to).forEach((idx, j) => {
+      const k = from + j;
       s.reset();
       const prog = programs[idx]!;
       const progAt = s.put(prog);
@@ -240,10 +247,20 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
       fprog.writeBigUInt64LE(progAt, 8);
       const fprogAt = s.put(fprog);
       const flags = creds.seccompFilters[idx]!.flags;
-      run(t, `installing seccomp filter ${k + 1} of ${c.seccomp.length}`, viaPrctl[i]![k]
-        ? [SYS.prctl, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprogAt, 0, 0]
-        : [SYS.seccomp, SECCOMP_SET_MODE_FILTER, flags, fprogAt]);
+      const what = `installing seccomp filter ${k + 1} of ${c.seccomp.length}${tsync ? ' for every thread (TSYNC)' : ''}`;
+      const r = run(t, what, tsync ? [SYS.seccomp, SECCOMP_SET_MODE_FILTER, flags | SECCOMP_FILTER_FLAG_TSYNC, fprogAt]
+        : viaPrctl[i]![k] ? [SYS.prctl, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprogAt, 0, 0]
+          : [SYS.seccomp, SECCOMP_SET_MODE_FILTER, flags, fprogAt]);
+      // TSYNC answers with the id of a thread it could not synchronise.
+      if (tsync && r !== 0n) fail(`thread ${t.tid}: ${what}: thread ${r} could not be synchronised`);
     });
+  };
+  install(main, 0, 0, synced, true);
+  tracees.forEach((t, i) => install(t, i, synced, creds.threads[i]!.seccomp.length, false));
+  // Strict mode (read, write, exit and sigreturn only), per thread; it applies, as filters do,
+  // once ferry detaches.
+  tracees.forEach((t, i) => {
+    if (creds.threads[i]!.seccompStrict === true) run(t, 'entering seccomp strict mode', [SYS.prctl, PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0]);
   });
 
   // --- 2 and 3. Per thread: scheduling, affinity, then credentials; what the stub already

@@ -6,7 +6,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import {
-  decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, NSIG, PR_SET_NAME, PR_SET_THP_DISABLE,
+  decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, MEMBARRIER_REGISTRATIONS, NSIG, PR_SET_NAME, PR_SET_THP_DISABLE,
   inRestartableSyscall, planSyscallRestart, REG_NAMES, SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
@@ -33,6 +33,10 @@ export function restoreTaskState(t: Tracee, as: AddressSpace, task: TaskRecord):
   // Every area is mapped and locked as it was (address-space.ts); from here on new mappings
   // are locked as the process asked. MCL_FUTURE alone locks nothing that exists.
   if (task.mlockall !== undefined) calls.push([SYS.mlockall, task.mlockall]);
+  // membarrier(2) registrations, each command again (the stub, freshly exec'd, has none).
+  for (let cmd = 1; cmd <= MEMBARRIER_REGISTRATIONS; cmd <<= 1) {
+    if ((cmd & MEMBARRIER_REGISTRATIONS & (task.membarrier ?? 0)) !== 0) calls.push([SYS.membarrier, cmd, 0, 0]);
+  }
   // Every disposition: handlers from the image, and SIG_DFL where the stub inherited SIG_IGN
   // from ferry (ignored signals survive execve).
   const stubIgnored = parseStatus(readProcText(t.pid, 'status')).sigIgn;

@@ -9,7 +9,7 @@
  * fields of one kind of open file are its module's to check (FileKind.check). Fields this
  * version does not know are let through: a newer ferry may add some.
  */
-import { PAGE_SIZE, REG_NAMES } from '../arch/x86-64.js';
+import { MEMBARRIER_REGISTRATIONS, PAGE_SIZE, REG_NAMES } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import { KEPT_TABLE } from '../files/tcp-lock.js';
@@ -165,7 +165,7 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }) });
+}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }) });
 
 /**
  * The fields several kinds of open file share keep one type wherever they appear: checked
@@ -201,6 +201,9 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   if (t.pid !== pid) fail(where, `pid is ${t.pid}, expected ${pid}`);
   if (t.stopSignal !== undefined && !t.stopped) fail(where, `stopSignal is ${t.stopSignal} but the process is not stopped`);
   if (t.mlockall !== undefined && t.mlockall !== 2 && t.mlockall !== 6) fail(where, `mlockall must be 2 (MCL_FUTURE) or 6 (MCL_FUTURE | MCL_ONFAULT), is ${t.mlockall}`);
+  if (t.membarrier !== undefined && (t.membarrier & ~MEMBARRIER_REGISTRATIONS) !== 0) {
+    fail(where, `membarrier must hold only MEMBARRIER_CMD_REGISTER_* commands (0x${MEMBARRIER_REGISTRATIONS.toString(16)}), is 0x${t.membarrier.toString(16)}`);
+  }
   if (t.threads[0]!.tid !== pid) fail(where, `threads[0].tid is ${t.threads[0]!.tid}: the first thread must be the leader, ${pid}`);
   const tids = new Set<number>();
   for (const [i, th] of t.threads.entries()) {
@@ -306,7 +309,7 @@ const threadCreds = record({
   affinity: list(int(0, 65535), 65536), // CPU numbers (NR_CPUS is at most 8192)
   pdeathsig: int(0, 64),
   seccomp: list(int(0), 65536),
-});
+}, { seccompStrict: bool });
 const creds = record({
   rlimits: tuple(...Array.from({ length: 16 }, () => tuple(hex, hex))),
   oomScoreAdj: int(-1000, 1000),
@@ -332,5 +335,6 @@ function validateCreds(where: string, c: unknown, threads: ReadonlyArray<{ tid: 
   for (const [i, t] of cr.threads.entries()) {
     if (t.tid !== threads[i]!.tid) fail(where, `threads[${i}].tid must be ${threads[i]!.tid}`);
     if (!t.seccomp.every((x) => x < cr.seccompFilters.length)) fail(where, `threads[${i}].seccomp must index seccompFilters`);
+    if (t.seccompStrict === true && t.seccomp.length > 0) fail(where, `threads[${i}] cannot be in seccomp strict mode and have filters`);
   }
 }

@@ -126,3 +126,52 @@ describe('credentials and limits', { skip, timeout: 120_000 }, () => {
     assert.equal(await verify(w), 'PASS', 'filter, no_new_privs off and the capabilities as they were');
   });
 });
+
+describe('seccomp filters installed with TSYNC', { skip, timeout: 120_000 }, () => {
+  const TSYNC = join(WORKLOADS, 'seccomptsync');
+
+  it('come back shared by the threads (a later TSYNC names the one thread with a filter of its own), twice', async () => {
+    const w = await startWorkload(TSYNC, []);
+    const image = join(w.dir, 'tsync.tar');
+    for (let i = 0; i < 2; i++) {
+      await checkpointFreed(i === 0 ? w : { pid: w.pid, exited: Promise.resolve() }, image, `checkpoint ${i + 1}`);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+      assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves them as they were', async () => {
+    const w = await startWorkload(TSYNC, []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('a thread in seccomp strict mode', { skip, timeout: 120_000 }, () => {
+  const STRICT = join(WORKLOADS, 'seccompstrict');
+
+  it('comes back in strict mode, answering through its pipes, twice', async () => {
+    const w = await startWorkload(STRICT, []);
+    const image = join(w.dir, 'strict.tar');
+    for (let i = 0; i < 2; i++) {
+      await checkpointFreed(i === 0 ? w : { pid: w.pid, exited: Promise.resolve() }, image, `checkpoint ${i + 1}`);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves it as it was', async () => {
+    const w = await startWorkload(STRICT, []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});

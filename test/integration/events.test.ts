@@ -84,7 +84,6 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
   });
 
   const refusals: Array<[string, RegExp]> = [
-    ['deleted', /^ferry checkpoint: unsupported file: pid (\d+) fd \d+ -> anon_inode:inotify \(watch \d+: the watched file .* is deleted\)/m],
     ['queued', /^ferry checkpoint: unsupported file: pid (\d+) fd \d+ -> anon_inode:inotify \(\d+ bytes of events are queued/m],
   ];
   for (const [mode, message] of refusals) {
@@ -101,4 +100,58 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
       assert.notEqual(procState(w.pid).state, 'T', 'not stopped');
     });
   }
+});
+
+describe('queued inotify and fanotify events (--drop-queued-events), a watch on a removed file', { skip, timeout: 120_000 }, () => {
+  const NOTIFYQ = join(WORKLOADS, 'notifyq');
+  /** The workload's "inotify queued N" and "fanotify queued N" counts, in `text`. */
+  const queued = (text: string): string[] => text.split('\n').filter((l) => / queued \d+$/.test(l));
+  const warned = (stderr: string, pid: number): void => {
+    for (const kind of ['inotify', '\\[fanotify\\]']) {
+      assert.match(stderr, new RegExp(`^warning: pid ${pid} fd \\d+ \\(anon_inode:${kind}\\): \\d+ bytes of queued events dropped \\(--drop-queued-events\\)`, 'm'));
+    }
+  };
+
+  it('are dropped with a warning naming each descriptor; the restored instances start empty and work; the removed file is watched again', async () => {
+    const w = await startWorkload(NOTIFYQ, ['DIR']);
+    const image = join(w.dir, 'q.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--drop-queued-events']);
+    assert.equal(cp.code, 0, cp.stderr);
+    warned(cp.stderr, w.pid);
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(queued(w.text()), ['inotify queued 0', 'fanotify queued 0']);
+  });
+
+  it('--leave-running: the original keeps its queued events and its removed file\'s watch', async () => {
+    const w = await startWorkload(NOTIFYQ, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running', '--drop-queued-events']);
+    assert.equal(cp.code, 0, cp.stderr);
+    warned(cp.stderr, w.pid);
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(queued(w.text()), ['inotify queued 1', 'fanotify queued 1']);
+  });
+
+  it('without the flag, or for a fanotify group of a content class, refused with one line; the process runs on', async () => {
+    for (const [args, flags, message] of [
+      [[], [], /^ferry checkpoint: unsupported file: pid (\d+) fd \d+ -> anon_inode:inotify \(\d+ bytes of events are queued.* or drop them with --drop-queued-events\)$/m],
+      [['content'], ['--drop-queued-events'], /^ferry checkpoint: unsupported file: pid (\d+) fd \d+ -> anon_inode:\[fanotify\] \(\d+ bytes of events are queued.*permission events awaiting an answer/m],
+    ] as const) {
+      const w = await startWorkload(NOTIFYQ, ['DIR', ...args]);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar'), ...flags]);
+      assert.equal(cp.code, 1, cp.stderr);
+      const m = message.exec(cp.stderr);
+      assert.ok(m, cp.stderr);
+      assert.equal(Number(m[1]), w.pid);
+      assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
+      assert.equal(procState(w.pid).tracer, 0, 'not traced');
+      assert.equal(await verify(w), 'PASS', 'the process runs on with its queues');
+      assert.deepEqual(queued(w.text()), ['inotify queued 1', 'fanotify queued 1']);
+    }
+  });
 });

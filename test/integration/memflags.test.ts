@@ -73,3 +73,59 @@ describe('mlockall(MCL_FUTURE) and grows-down areas', { skip, timeout: 120_000 }
     assert.deepEqual(seen, [undefined]);
   });
 });
+
+describe('membarrier(2) registrations', { skip, timeout: 120_000 }, () => {
+  const MEMBARRIER = join(WORKLOADS, 'membarrier');
+
+  it('come back: the same MEMBARRIER_CMD_GET_REGISTRATIONS, and every private expedited barrier works', async () => {
+    const w = await startWorkload(MEMBARRIER, []);
+    const image = join(w.dir, 'membarrier.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves them as they were; a process with none records none', async () => {
+    const w = await startWorkload(MEMBARRIER, []);
+    const image = join(w.dir, 'lr.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+    const seen: unknown[] = [];
+    await editImage(image, join(w.dir, 'copy.tar'), [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => { seen.push(t.membarrier); })]]);
+    assert.deepEqual(seen, [(1 << 2) | (1 << 4) | (1 << 6) | (1 << 8)]);
+    const plain = await startWorkload(join(WORKLOADS, 'counter'), []);
+    const pi = join(plain.dir, 'plain.tar');
+    assert.equal(ferry(['checkpoint', '--pid', String(plain.pid), '--image', pi, '--leave-running']).code, 0);
+    const none: unknown[] = [];
+    await editImage(pi, join(plain.dir, 'copy.tar'), [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => { none.push(t.membarrier); })]]);
+    assert.deepEqual(none, [undefined]);
+  });
+
+  it('an image edited to a command that is no registration is refused with one line, nothing made', async () => {
+    const w = await startWorkload(MEMBARRIER, []);
+    const image = join(w.dir, 'lr.tar');
+    assert.equal(ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']).code, 0);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => { t.membarrier = 1; })]]);
+    const rs = ferry(['restore', '--image', edited]);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, /membarrier must hold only MEMBARRIER_CMD_REGISTER_\* commands/);
+    assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+  });
+});
+
+describe('an io_setup(2) completion ring', { skip, timeout: 60_000 }, () => {
+  it('is refused with one line naming it; the process runs on with its context', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'aioring'), []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported memory area of pid ${w.pid}: 0x[0-9a-f]+-0x[0-9a-f]+ \\(/\\[aio\\]\\) is the completion ring of an io_setup\\(2\\) context`));
+    assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});

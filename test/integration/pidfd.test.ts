@@ -7,10 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { needs, PYTHON, ROOT } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, verify, startWorkload, waitFor } from '../helpers/processes.js';
+import { needs, PYTHON, ROOT, WORKLOADS } from '../helpers/env.js';
+import { alive, checkpointFreed, cleanup, ferry, own, procState, verify, startWorkload, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build', 'python');
 after(cleanup);
@@ -61,5 +62,33 @@ describe('pidfds', { skip, timeout: 300_000 }, () => {
     } finally {
       outsider.kill('SIGKILL');
     }
+  });
+});
+
+describe('a pidfd from clone3(CLONE_PIDFD), used with pidfd_getfd', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
+  const CLONEPIDFD = join(WORKLOADS, 'clonepidfd');
+  const childOf = (pid: number): number[] => readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+
+  it('comes back naming the restored child: pidfd_getfd, pidfd_send_signal and waitid(P_PIDFD) work', async () => {
+    const w = await startWorkload(CLONEPIDFD, []);
+    const kids = childOf(w.pid);
+    for (const k of kids) own(k);
+    const image = join(w.dir, 'clonepidfd.tar');
+    await checkpointFreed(w, image);
+    await waitFor('the child to be gone', () => kids.every((k) => !alive(k)));
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.deepEqual(childOf(w.pid), kids, 'the same child');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves them working', async () => {
+    const w = await startWorkload(CLONEPIDFD, []);
+    for (const k of childOf(w.pid)) own(k);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
   });
 });

@@ -35,3 +35,62 @@ describe('removed FIFOs and directories held open', { skip, timeout: 120_000 }, 
     assert.equal(await verify(w), 'PASS');
   });
 });
+
+describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file and a directory', { skip, timeout: 120_000 }, () => {
+  const OPATH = join(WORKLOADS, 'opath');
+
+  it('come back as the symlink itself, the file and the directory, still O_PATH', async () => {
+    const w = await startWorkload(OPATH, ['DIR']);
+    const image = join(w.dir, 'opath.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves them as they were', async () => {
+    const w = await startWorkload(OPATH, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('a character device node whose name was removed', { skip, timeout: 60_000 }, () => {
+  it('is refused with one line before the tree is touched; the process runs on with it', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'devgone'), ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported file: pid ${w.pid} fd \\d+ -> .*/null \\(deleted\\) \\(a character device node 1:3 whose name was removed cannot be checkpointed yet`));
+    assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('a deleted file only mapped (no descriptor holds it)', { skip, timeout: 120_000 }, () => {
+  const MAPGONE = join(WORKLOADS, 'mapgone');
+
+  it('comes back as one removed file under its path, mapped as it was, twice', async () => {
+    const w = await startWorkload(MAPGONE, ['DIR']);
+    const image = join(w.dir, 'mapgone.tar');
+    for (let i = 0; i < 2; i++) {
+      await checkpointFreed(i === 0 ? w : { pid: w.pid, exited: Promise.resolve() }, image, `checkpoint ${i + 1}`);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+      assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('lib')), [], 'no name is left');
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves it as it was', async () => {
+    const w = await startWorkload(MAPGONE, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});

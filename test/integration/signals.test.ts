@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import {
-  alive, cleanup, ferry, own, procState, sleep, startWorkload, waitFor, type Workload,
+  alive, checkpointFreed, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
 
 after(cleanup);
@@ -119,5 +119,31 @@ describe('signals and timers', { skip, timeout: 120_000 }, () => {
     process.kill(w.pid, 'SIGCONT');
     await waitFor('the process to run again', () => threadStates(w.pid).every((s) => s !== 'T'));
     assert.equal(await verifyNow(w), 'PASS');
+  });
+});
+
+describe('a program that single-steps itself with a SIGTRAP handler', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
+  const SINGLESTEP = join(WORKLOADS, 'singlestep');
+
+  it('goes on stepping after checkpoint and restore, three cycles: no trap lost or made up', async () => {
+    const w = await startWorkload(SINGLESTEP, []);
+    const image = join(w.dir, 'step.tar');
+    for (let i = 0; i < 3; i++) {
+      await checkpointFreed(i === 0 ? w : { pid: w.pid, exited: Promise.resolve() }, image, `checkpoint ${i + 1}`);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves it stepping', async () => {
+    const w = await startWorkload(SINGLESTEP, []);
+    for (let i = 0; i < 3; i++) {
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
   });
 });

@@ -80,3 +80,24 @@ describe('process trees', { skip: needs('root', 'build'), timeout: 180_000 }, ()
     assert.equal(await verify(w), 'PASS');
   });
 });
+
+describe('sharing restore cannot rebuild yet', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
+  const cases: Array<[string, RegExp]> = [
+    ['files', /^ferry checkpoint: pids \d+ and \d+ share one descriptor table \(clone\(2\) with CLONE_FILES\), which restore cannot rebuild yet/],
+    ['fs', /^ferry checkpoint: pids \d+ and \d+ share one root, working directory and umask \(clone\(2\) with CLONE_FS\)/],
+    ['thread', /^ferry checkpoint: thread \d+ of pid (\d+) has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\)/],
+  ];
+  for (const [mode, message] of cases) {
+    it(`${mode}: refused with one line; the tree runs on as it was`, async () => {
+      const w = await startWorkload(join(WORKLOADS, 'sharetables'), [mode]);
+      const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+      for (const k of kids) own(k);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+      assert.equal(cp.code, 1, cp.stderr);
+      assert.match(cp.stderr, message);
+      assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
+      for (const p of [w.pid, ...kids]) assert.equal(procState(p).tracer, 0, `pid ${p} not traced`);
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+});

@@ -130,3 +130,33 @@ describe('a vDSO of another kernel build', { skip, timeout: 120_000 }, () => {
     assert.ok(!alive(w.pid));
   });
 });
+
+describe('a process that unmapped its vDSO', { skip, timeout: 120_000 }, () => {
+  const NOVDSO = join(WORKLOADS, 'novdso');
+  const vdsoOf = (pid: number): boolean => parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')).some((v) => v.path === '[vdso]');
+
+  it('is checkpointed through a syscall of its own code and comes back without one, twice', async () => {
+    const w = await startWorkload(NOVDSO, []);
+    const image = join(w.dir, 'novdso.tar');
+    await checkpointFreed(w, image);
+    let rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(vdsoOf(w.pid), false, 'no [vdso] after restore');
+    // The restored copy is checkpointed again: injection finds no vDSO there either.
+    await checkpointFreed({ pid: w.pid, exited: Promise.resolve() }, image, 'second checkpoint');
+    rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves it as it was', async () => {
+    const w = await startWorkload(NOVDSO, []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.ok(alive(w.pid));
+    assert.equal(vdsoOf(w.pid), false);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});

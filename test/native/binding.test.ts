@@ -12,7 +12,7 @@ import { decodeRegs } from '../../src/arch/x86-64.js';
 import { defaultStubPath, INJECT_SEIZED, INJECT_STEP, native, NATIVE_EXPORTS } from '../../src/native/binding.js';
 import { parseMaps } from '../../src/proc/maps.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
-import { vdsoGadget } from '../../src/dump/task-state.js';
+import { syscallGadget } from '../../src/dump/task-state.js';
 
 // What it spawns starts with descriptors 0-2 only, whatever the shell leaked (src/proc/inherited.ts).
 closeInheritedFds();
@@ -86,7 +86,7 @@ describe('native binding', { timeout: 60_000 }, () => {
     assert.ok(st?.stopped, 'stopped after PTRACE_INTERRUPT');
     assert.equal(st.event, 128, 'PTRACE_EVENT_STOP');
     const before = n.getRegs(pid);
-    const gadget = vdsoGadget(pid, parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')));
+    const gadget = syscallGadget(pid, parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')));
     const mask = n.getSigmask(pid);
     for (const mode of [INJECT_STEP, INJECT_SEIZED]) {
       assert.equal(n.injectSyscall(pid, gadget, mode, SYS.getpid), BigInt(pid));

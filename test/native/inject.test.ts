@@ -15,7 +15,7 @@ import {
 import { defaultStubPath, INJECT_SEIZED, INJECT_STEP, native } from '../../src/native/binding.js';
 import { freeRange, parseMaps } from '../../src/proc/maps.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
-import { vdsoGadget } from '../../src/dump/task-state.js';
+import { syscallGadget } from '../../src/dump/task-state.js';
 
 closeInheritedFds();
 
@@ -56,7 +56,7 @@ describe('injected batches', { timeout: 60_000 }, () => {
     const n = native();
     const pid = seizedSleeper();
     const maps = readFileSync(`/proc/${pid}/maps`, 'utf8');
-    const gadget = vdsoGadget(pid, parseMaps(maps));
+    const gadget = syscallGadget(pid, parseMaps(maps));
     const regs = n.getRegs(pid);
     const mask = n.getSigmask(pid);
     const addr = freeRange(parseMaps(maps), PAGE_SIZE)!;
@@ -80,7 +80,7 @@ describe('injected batches', { timeout: 60_000 }, () => {
     const n = native();
     const pid = seizedSleeper();
     const maps = parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8'));
-    const gadget = vdsoGadget(pid, maps);
+    const gadget = syscallGadget(pid, maps);
     // MAP_FIXED_NOREPLACE over the vdso itself: EEXIST.
     const taken = maps.find((v) => v.path === '[vdso]')!.start;
     const into = Buffer.alloc(8, 0xaa);
@@ -101,7 +101,7 @@ describe('injected batches', { timeout: 60_000 }, () => {
     const n = native();
     const pid = seizedSleeper();
     const maps = parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8'));
-    const gadget = vdsoGadget(pid, maps);
+    const gadget = syscallGadget(pid, maps);
     const mask = n.getSigmask(pid);
     assert.throws(() => n.injectSyscalls(pid, gadget, flat([[SYS.getpid], [SYS.getpid]]), INJECT_SEIZED,
       { readAt: 1, readAddr: freeRange(maps, PAGE_SIZE)!, readInto: Buffer.alloc(16) }),
@@ -123,7 +123,7 @@ describe('injected batches', { timeout: 60_000 }, () => {
     assert.equal(field(status, 'SigBlk'), field(own, 'SigBlk'), 'the caller\'s signal mask');
     assert.equal(field(own, 'SigBlk'), field(readFileSync('/proc/self/status', 'utf8'), 'SigBlk'), 'ferry\'s own mask back');
     assert.deepEqual(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0], defaultStubPath());
-    const gadget = vdsoGadget(pid, parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')));
+    const gadget = syscallGadget(pid, parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')));
     assert.equal(n.injectSyscall(pid, gadget, INJECT_STEP, SYS.getpid), BigInt(pid));
     n.tgkill(pid, pid, 9);
     assert.ok(n.waitpid(pid)?.signaled);

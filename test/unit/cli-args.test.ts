@@ -41,6 +41,12 @@ describe('ferry checkpoint arguments', { timeout: 30_000 }, () => {
     usage(() => parseRestoreArgs(['--image', 'x', '--skip-in-flight']), 'restore', 'unknown option --skip-in-flight');
   });
 
+  it('parses --drop-queued-events (checkpoint only)', () => {
+    assert.deepEqual(parseCheckpointArgs(['--pid', '1', '--image', 'x', '--drop-queued-events']).files, { ...NO_FLAGS, dropQueuedEvents: true });
+    usage(() => parseCheckpointArgs(['--pid', '1', '--image', 'x', '--drop-queued-events=yes']), 'checkpoint', '--drop-queued-events takes no value');
+    usage(() => parseRestoreArgs(['--image', 'x', '--drop-queued-events']), 'restore', 'unknown option --drop-queued-events');
+  });
+
   it('parses every option, runc alias and = form, and the global options', () => {
     assert.deepEqual(parseCheckpointArgs([
       '--pid=7', '--image-path', '-', '--leave-running', '--json',
