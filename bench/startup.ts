@@ -8,8 +8,10 @@
  * The bare node runs without NODE_EXTRA_CA_CERTS, as the launchers run node (Node.js 20 reads
  * that file at start-up, 40 ms for Debian's bundle); ferry gets the environment as it is and
  * its launcher drops it. When it is set here, a last row shows the bare node with it. The
- * first line says which file bin/ferry runs: the bundle, or dist/src when the bundle is
- * missing or older than dist/src (after a `tsc` alone; `npm run build:bundle` makes it anew).
+ * first line says which file bin/ferry runs: the code-cached start of the bundle, or dist/src
+ * when the bundle is missing or older than dist/src (after a `tsc` alone; `npm run
+ * build:bundle` makes it anew). A row runs the ES module bundle without the code cache, for
+ * comparison (node itself, without the launcher).
  *
  * Two measures:
  * - wall: from spawn to exit, through bin/ferry (the shell launcher included), as a user sees it;
@@ -31,6 +33,7 @@ import { PACKAGE_ROOT } from '../src/native/binding.js';
 const RUNS = Math.max(10, Number(process.env.FERRY_BENCH_RUNS ?? 20) || 20);
 const WARMUP = 3;
 const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry');
+const ESM_BUNDLE = join(PACKAGE_ROOT, 'dist', 'bundle', 'ferry', 'ferry.js');
 
 /** Preloaded into every measured process: prints its uptime and node's bootstrap time at exit. */
 const PROBE = `data:text/javascript,${encodeURIComponent('process.on("exit", () => process.stderr.write('
@@ -49,6 +52,8 @@ const BASE: Case = { name: 'node -e 0 (the limit)', file: process.execPath, args
 const CASES: Case[] = [
   { name: 'ferry --version', file: FERRY, args: ['--version'] },
   { name: 'ferry help', file: FERRY, args: ['help'] },
+  // The same through the ES module bundle, without the code cache (what bin/ferry ran before).
+  ...(existsSync(ESM_BUNDLE) ? [{ name: 'ES module bundle --version', file: process.execPath, args: [ESM_BUNDLE, '--version'], dropCa: true }] : []),
   ...(image !== undefined ? [{ name: 'ferry inspect (small image)', file: FERRY, args: ['inspect', '--image', image] }] : []),
   ...(process.env.NODE_EXTRA_CA_CERTS ? [{ name: 'node -e 0, NODE_EXTRA_CA_CERTS', file: process.execPath, args: ['-e', '0'] }] : []),
 ];
@@ -111,13 +116,18 @@ function measure(probe: boolean): Map<string, Sample[]> {
 const width = Math.max(...[BASE, ...CASES].map((c) => c.name.length)) + 2;
 const row = (name: string, text: string): void => { console.log(`  ${name.padEnd(width)}${text}`); };
 
-/** What bin/ferry runs, by its own rule: the bundle unless dist/src is newer (in whole seconds). */
+/**
+ * What bin/ferry runs, by its own rule: the code-cached start of the bundle unless dist/src is
+ * newer (in whole seconds), and whether the code cache is there.
+ */
 function entry(): string {
-  const bundle = join('dist', 'bundle', 'ferry', 'ferry.js');
+  const bundle = join('dist', 'bundle', 'ferry', 'start.cjs');
   const src = join('dist', 'src', 'cli', 'main.js');
   const seconds = (p: string): number => Math.floor(statSync(join(PACKAGE_ROOT, p)).mtimeMs / 1000);
   if (!existsSync(join(PACKAGE_ROOT, bundle))) return `${src} (no bundle: npm run build:bundle)`;
-  return seconds(src) > seconds(bundle) ? `${src} (the bundle is older: npm run build:bundle)` : bundle;
+  if (seconds(src) > seconds(bundle)) return `${src} (the bundle is older: npm run build:bundle)`;
+  const cache = join('dist', 'bundle', 'ferry', 'ferry.cjs.cache');
+  return `${bundle} (${existsSync(join(PACKAGE_ROOT, cache)) ? 'with' : 'without'} its code cache)`;
 }
 
 console.log(`ferry start-up, Node.js ${process.version}, bin/ferry runs ${entry()}, ${RUNS} rounds (min / median / max)`);

@@ -2,9 +2,12 @@
  * Checkpoint side of cgroups (cgroups/record.ts): which cgroup every process and thread of a
  * stopped tree is in, in every hierarchy, and the allow-listed settings of those cgroups and
  * their ancestors. Read from /proc and the cgroup file systems only: nothing is changed, so
- * nothing needs undoing. Runs in the frozen window (a stopped task cannot move itself; another
- * process could move it meanwhile, which no tool can prevent), costing one small read per
- * thread plus a few per distinct cgroup.
+ * nothing needs undoing. Membership is read in the frozen window (a stopped task cannot move
+ * itself; another process could move it meanwhile, which no tool can prevent), one small read
+ * per thread. The settings, a few reads per cgroup in each of a dozen hierarchies (0.5-2 ms
+ * for one process here), are read before the freeze for the cgroups the root is in then
+ * (readCgroupsAhead): they are an administrator's, which the freeze does not hold still
+ * either; only a cgroup first met after the freeze is read in it.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,12 +17,46 @@ import {
   type CgroupRecord, type CgroupsRecord, type Hierarchy,
 } from './record.js';
 
-/** Reads the cgroups of every live process (`pid` with its thread ids, leader first). */
-export function readCgroups(processes: ReadonlyArray<{ pid: number; tids: readonly number[] }>): CgroupsRecord {
+/** What readCgroupsAhead read before the freeze. */
+export interface CgroupsAhead {
+  /** The host's cgroup mounts (hostHierarchies). */
+  mounts: Map<string, Hierarchy>;
+  /** Settings by "hierarchy key:path", of the cgroups the root was in and their ancestors. */
+  settings: Map<string, Record<string, string>>;
+}
+
+/**
+ * Reads, while the tree still runs, the settings readCgroups would read in the frozen window:
+ * those of every cgroup `pid` is in and of their ancestors. Undefined if `pid` cannot be read
+ * (it exited): readCgroups then reads everything itself.
+ */
+export function readCgroupsAhead(pid: number): CgroupsAhead | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const mounts = hostHierarchies();
+  const settings = new Map<string, Record<string, string>>();
+  for (const [key, path] of parseCgroupFile(text)) {
+    if (badPath(path) !== undefined) continue;
+    for (const p of lineage(path)) {
+      if (p !== '/' && !settings.has(`${key}:${p}`)) settings.set(`${key}:${p}`, readSettings(mounts.get(key), p));
+    }
+  }
+  return { mounts, settings };
+}
+
+/**
+ * Reads the cgroups of every live process (`pid` with its thread ids, leader first); the
+ * settings of a cgroup from `ahead` when it has them.
+ */
+export function readCgroups(processes: ReadonlyArray<{ pid: number; tids: readonly number[] }>, ahead?: CgroupsAhead): CgroupsRecord {
   const hierarchies: string[] = [];
   const cgroups: CgroupRecord[] = [];
   const index = new Map<string, number>(); // "h:path" -> index
-  let mounts: Map<string, Hierarchy> | undefined; // read once a cgroup with settings is met
+  let mounts: Map<string, Hierarchy> | undefined = ahead?.mounts; // read once a cgroup with settings is met
   const hierarchyOf = (key: string): number => {
     let h = hierarchies.indexOf(key);
     if (h < 0) h = hierarchies.push(key) - 1;
@@ -37,7 +74,8 @@ export function readCgroups(processes: ReadonlyArray<{ pid: number; tids: readon
       }
       if (cgroups.length >= MAX_CGROUPS) throw new Error(`the tree is in more than ${MAX_CGROUPS} cgroups`);
       if (p !== '/') mounts ??= hostHierarchies();
-      last = cgroups.push({ hierarchy: h, path: p, settings: p === '/' ? {} : readSettings(mounts!.get(key), p) }) - 1;
+      const settings = p === '/' ? {} : ahead?.settings.get(`${key}:${p}`) ?? readSettings(mounts!.get(key), p);
+      last = cgroups.push({ hierarchy: h, path: p, settings }) - 1;
       index.set(k, last);
     }
     return last;

@@ -272,10 +272,17 @@ function crashed(err: unknown): void {
   }
 }
 
-if (isEntryPoint(import.meta.url)) {
+/**
+ * Runs ferry as the program: `main` on the process's arguments, then exits with its status.
+ * Called below when this module is the one node was started with, and by the code-cached
+ * start (cli/start.cts), which runs the whole command line from one CommonJS bundle.
+ */
+export function entryPoint(): void {
   process.on('uncaughtException', crashed);
   process.on('unhandledRejection', crashed);
   // Every line was written synchronously, so exiting now loses nothing, and a stray handle
   // (an unfinished stdin stream, a timer) cannot keep a finished command alive.
-  process.exit(await main(process.argv.slice(2)));
+  void main(process.argv.slice(2)).then((status) => process.exit(status), crashed);
 }
+
+if (isEntryPoint(import.meta.url)) entryPoint();

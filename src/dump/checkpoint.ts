@@ -25,16 +25,16 @@ import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
 } from '../image/records.js';
 import { hostSigningKey } from '../image/host-key.js';
-import { signingKey } from '../image/sign.js';
+import { imageSigner, signingKey } from '../image/sign.js';
 import { HashPool, openImageTarget, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
-import { readProcText } from '../proc/read.js';
+import { ProcessGoneError, readProcText } from '../proc/read.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
-import { readCgroups } from '../cgroups/dump.js';
+import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers } from './memory.js';
 import { readCreds, warmUpCreds } from './creds.js';
@@ -46,12 +46,14 @@ import { SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
 
+/** The error of a root that does not exist, or exited before it was stopped. */
+function noProcess(pid: number, cause?: unknown): FerryError {
+  return new FerryError('ENOPROC', `no process with pid ${pid} (check the pid; it may have exited)`, { pid, ...(cause !== undefined ? { cause } : {}) });
+}
 
 /** Checks that `pid` can be checkpointed, before touching it (init, ferry or its ancestors are refused). */
 function precheck(pid: number): void {
-  if (!existsSync(`/proc/${pid}`)) {
-    throw new FerryError('ENOPROC', `no process with pid ${pid} (check the pid; it may have exited)`, { pid });
-  }
+  if (!existsSync(`/proc/${pid}`)) throw noProcess(pid);
   precheckRoot(pid);
 }
 
@@ -226,7 +228,13 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const netns = o.pidNamespace !== undefined ? pid : undefined;
   const ownPidNamespace = o.pidNamespace !== undefined && o.pidNamespace !== readlinkSync('/proc/self/ns/pid');
   const rootDescs = withNetns(netns, () => {
-    const descs = describeFds(pid);
+    let descs: FdDesc[];
+    try {
+      descs = describeFds(pid);
+    } catch (err) {
+      // It exited since precheck: nothing was touched yet.
+      throw err instanceof ProcessGoneError && err.targetPid === pid ? noProcess(pid, err) : err;
+    }
     checkSupported(descs, fileOptions);
     return descs;
   });
@@ -261,6 +269,12 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // it is removed on any way out before that.
     const target = openImageTarget(o.image);
     session.onUndo('remove the unfinished image', () => target.discard());
+    // The settings of the root's cgroups (cgroups/dump.ts); a container's are its runtime's.
+    const cgroupsAhead = o.pidNamespace === undefined ? readCgroupsAhead(pid) : undefined;
+    // The manifest's signer, and one signature thrown away: the first costs a command 0.5 ms
+    // more than the next (the key's export and fingerprint, the signing code's first run).
+    const signer = signKey !== undefined ? imageSigner(signKey) : undefined;
+    signer?.sign(Buffer.alloc(0));
     // Last, to leave the least time before the freeze; not needed for one process with no file
     // another could share (findLeaks then reads the host after the freeze, if that changed).
     const hostFds: HostFds | undefined = estimate.processes > 1 || anyWatched(rootDescs) ? snapshotHostFds() : undefined;
@@ -302,7 +316,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     }
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.
-    const cgroups = o.pidNamespace === undefined ? readCgroups(live) : undefined;
+    const cgroups = o.pidNamespace === undefined ? readCgroups(live, cgroupsAhead) : undefined;
     const files = withNetns(netns, () => collectFiles(descs, fileOptions, unheldGhosts(dumped)));
     addUnheldTerminals(unheld, files); // controlling terminals no process holds open (files/tty.ts)
     session.onUndo('put the files back', () => files.finish(true));
@@ -394,7 +408,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         },
       } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
-      ...(signKey !== undefined ? { signKey } : {}),
+      ...(signer !== undefined ? { signer } : {}),
       ...(hashPool !== undefined ? { hashPool } : {}),
       target,
       session,

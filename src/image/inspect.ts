@@ -148,7 +148,8 @@ export function formatInspect(r: InspectReport, verbose = false): string {
         k.stored += v.storedBytes;
         kinds.set(v.kind, k);
       }
-      for (const [kind, k] of [...kinds].sort((a, b) => b[1].stored - a[1].stored || a[0].localeCompare(b[0]))) {
+      // By code unit, not localeCompare: its first call loads ICU's collation, 13 ms of `inspect`.
+      for (const [kind, k] of [...kinds].sort((a, b) => b[1].stored - a[1].stored || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
         lines.push(`    ${kind.padEnd(11)} ${String(k.areas).padStart(5)} area${k.areas === 1 ? ' ' : 's'} ${mib(Number(k.size)).padStart(10)} mapped ${mib(k.stored).padStart(10)} stored`);
       }
     }

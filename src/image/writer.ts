@@ -36,7 +36,7 @@ import {
   type ManifestHeader,
 } from './manifest.js';
 import { directBuffer, DIRECT_ALIGN } from './direct.js';
-import { imageSigner, SIGNATURE_NAME } from './sign.js';
+import { imageSigner, SIGNATURE_NAME, type ImageSigner } from './sign.js';
 import { BLOCK, EntryOut, padded, rewrite, tarHeader, TarOut } from './tar-out.js';
 
 /** One entry of the image after the manifest. */
@@ -270,6 +270,11 @@ export interface WriteOptions {
   /** Signs the manifest with this Ed25519 private key (sign.ts signingKey()): adds manifest.sig. */
   signKey?: KeyObject;
   /**
+   * Signs the manifest with this signer (sign.ts imageSigner()) instead of one made from
+   * `signKey` here: a checkpoint makes it before the freeze.
+   */
+  signer?: ImageSigner;
+  /**
    * A running hash worker for entries above INLINE_HASH_BYTES (its owner starts and closes
    * it); without one, or if it is not running, every entry is hashed on the JS thread.
    */
@@ -413,7 +418,7 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     entries: entries.map(placeholderEntry),
   };
   const placeholder = Buffer.from(JSON.stringify(manifest));
-  const signer = options.signKey !== undefined ? imageSigner(options.signKey) : undefined;
+  const signer = options.signer ?? (options.signKey !== undefined ? imageSigner(options.signKey) : undefined);
   const signatureBytes = signer !== undefined ? BLOCK + padded(signer.placeholder.length) : 0;
   const total = BLOCK + padded(placeholder.length) + signatureBytes + entries.reduce((s, e) => s + BLOCK + padded(e.size), 0) + 2 * BLOCK;
 

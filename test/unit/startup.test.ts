@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
-  chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync,
+  chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync,
   utimesSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -58,6 +58,19 @@ function loaded(file: string, args: string[]): { files: string[]; objects: strin
   return { files, objects, status: r.status };
 }
 
+/**
+ * Runs `file args` with a preloaded CommonJS probe (no module hooks, which load built-in
+ * modules of their own); returns node's built-in modules it loaded (process.moduleLoadList).
+ */
+function builtinsOf(file: string, args: string[]): Set<string> {
+  const out = join(dir, `builtins-${runs++}.txt`);
+  const script = join(dir, 'builtins-probe.cjs');
+  writeFileSync(script, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}, process.moduleLoadList.join('\\n')));\n`);
+  const r = spawnSync(file, args, { encoding: 'utf8', input: '', timeout: 30_000, env: { ...process.env, NODE_OPTIONS: `--require=${script}` } });
+  assert.ok(existsSync(out), `the probe saw nothing of ${file} ${args.join(' ')}: ${r.stderr}`);
+  return new Set(readFileSync(out, 'utf8').split('\n').filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)));
+}
+
 /** The packages of node_modules among `files`, by path or, for a bundle chunk, by esbuild's comments. */
 function packagesOf(files: string[]): Set<string> {
   const found = new Set<string>();
@@ -75,23 +88,45 @@ describe('what a command loads', { timeout: 120_000 }, () => {
   const ferry = join(ROOT, 'bin', 'ferry');
   const light: string[][] = [['--version'], ['version', '--json'], ['help'], ['checkpoint', '--help'], ['checkpoint', '--pid', 'x', '--image', 'y']];
 
-  it('--version, help and usage errors load neither pino, tar-stream nor the native addon', () => {
+  // bin/ferry runs the one CommonJS bundle (cli/start.cts), whose modules the load hook does
+  // not see: what it initialised shows in the built-in modules they need, which a light
+  // command needs none of (pino: stream, worker_threads; tar-stream and the engine: stream).
+  // Node's ESM loader needs node:stream itself, so for the ES module programs only
+  // worker_threads tells.
+  const HEAVY_BUILTINS = ['stream', 'worker_threads'];
+  const programs: Array<[string, string, string[], string[]]> = [
+    ['bin/ferry', ferry, [], HEAVY_BUILTINS],
+    ['dist/src', process.execPath, [join(ROOT, 'dist', 'src', 'cli', 'main.js')], ['worker_threads']],
+    ['the ES module bundle', process.execPath, [join(BUNDLE, 'ferry.js')], ['worker_threads']],
+  ];
+
+  it('--version, help and usage errors load neither pino, tar-stream nor the native addon', (t) => {
+    if (!existsSync(join(BUNDLE, 'ferry.js'))) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
     for (const args of light) {
-      for (const [file, argv] of [[ferry, args], [process.execPath, [join(ROOT, 'dist', 'src', 'cli', 'main.js'), ...args]]] as const) {
-        const l = loaded(file, [...argv]);
-        const what = `${file === ferry ? 'bin/ferry' : 'dist/src'} ${args.join(' ')}`;
+      for (const [name, file, before, heavyBuiltins] of programs) {
+        const l = loaded(file, [...before, ...args]);
+        const what = `${name} ${args.join(' ')}`;
         assert.ok(l.status === 0 || l.status === 2, `${what}: status ${l.status}`);
         const packages = packagesOf(l.files);
         for (const heavy of ['pino', 'tar-stream']) assert.ok(!packages.has(heavy), `${what} loaded ${heavy}: ${[...packages].join(', ')}`);
+        const builtins = builtinsOf(file, [...before, ...args]);
+        for (const heavy of heavyBuiltins) assert.ok(!builtins.has(heavy), `${what} loaded node:${heavy}`);
         assert.deepEqual(l.objects.filter((o) => o.includes('ferry_native')), [], `${what} loaded the native addon`);
       }
     }
   });
 
   it('sees what a command that logs loads (the probe works)', () => {
-    const l = loaded(ferry, ['inspect', '--image', join(dir, 'missing.tar')]);
-    assert.equal(l.status, 1);
-    assert.ok(packagesOf(l.files).has('pino'), l.files.join('\n'));
+    for (const [name, file, before] of programs.filter(([n]) => n !== 'bin/ferry')) {
+      const l = loaded(file, [...before, 'inspect', '--image', join(dir, 'missing.tar')]);
+      assert.equal(l.status, 1, name);
+      assert.ok(packagesOf(l.files).has('pino'), `${name}: ${l.files.join('\n')}`);
+    }
+    const builtins = builtinsOf(ferry, ['inspect', '--image', join(dir, 'missing.tar')]);
+    for (const heavy of HEAVY_BUILTINS) assert.ok(builtins.has(heavy), `bin/ferry inspect did not load node:${heavy}: ${[...builtins].join(', ')}`);
   });
 
   it('sees the native addon once it is loaded (the probe works)', (t) => {
@@ -113,8 +148,9 @@ describe('the bundle', () => {
       return;
     }
     let seen = 0;
-    for (const name of readdirSync(BUNDLE).filter((n) => n.endsWith('.js'))) {
-      for (const m of readFileSync(join(BUNDLE, name), 'utf8').matchAll(/new URL\(\s*["'`]([^"'`]+)["'`]\s*,\s*import\.meta\.url\s*\)/g)) {
+    // The CommonJS bundle's import.meta.url is __ferryUrl (its banner, package.json).
+    for (const name of readdirSync(BUNDLE).filter((n) => n.endsWith('.js') || n.endsWith('.cjs'))) {
+      for (const m of readFileSync(join(BUNDLE, name), 'utf8').matchAll(/new URL\(\s*["'`]([^"'`]+)["'`]\s*,\s*(?:import\.meta\.url|__ferryUrl)\s*\)/g)) {
         seen++;
         const target = fileURLToPath(new URL(m[1]!, `file://${join(BUNDLE, name)}`));
         assert.ok(existsSync(target), `${name} points to ${m[1]}, which the bundle does not have: add it as an entry of build:bundle`);
@@ -140,7 +176,7 @@ describe('the launchers', { timeout: 60_000 }, () => {
   }
 
   const cases: Array<[string, string, string, string[]]> = [
-    ['bin/ferry', 'dist/src/cli/main.js', 'dist/bundle/ferry/ferry.js', ['--version']],
+    ['bin/ferry', 'dist/src/cli/main.js', 'dist/bundle/ferry/start.cjs', ['--version']],
     ['bin/criu', 'dist/src/runtime/criu.js', 'dist/bundle/ferry/criu.js', ['--version']],
     ['hooks/ferry-hook', 'dist/src/hook/main.js', 'dist/bundle/ferry/ferry-hook.js', ['poststop']],
     ['bin/ferry-runtime', 'dist/src/runtime/main.js', 'dist/bundle/ferry/ferry-runtime.js', ['checkpoint', 'c1']],
@@ -174,4 +210,60 @@ describe('the launchers', { timeout: 60_000 }, () => {
       assert.equal(run(join(root, launcher)).ran, 'src');
     });
   }
+});
+
+describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
+  /** A copy of the package's bundle and package.json; the copies have new modification times. */
+  function copyPackage(): string {
+    const root = mkdtempSync(join(dir, 'cached-'));
+    cpSync(BUNDLE, join(root, 'dist', 'bundle', 'ferry'), { recursive: true });
+    copyFileSync(join(ROOT, 'package.json'), join(root, 'package.json'));
+    return root;
+  }
+  const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
+  it('starts whatever state the code cache is in, and without the CommonJS bundle', (t) => {
+    if (!existsSync(join(BUNDLE, 'start.cjs'))) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
+    const root = copyPackage();
+    const bundle = join(root, 'dist', 'bundle', 'ferry');
+    const run = (args: string[]): { status: number | null; stdout: string; stderr: string } =>
+      spawnSync(process.execPath, [join(bundle, 'start.cjs'), ...args], { encoding: 'utf8', timeout: 30_000 });
+    const check = (what: string): void => {
+      const r = run(['--version']);
+      assert.equal(r.status, 0, `${what}: ${r.stderr}`);
+      assert.equal(r.stdout, `ferry ${version}\n`, what);
+      const usage = run(['nonsense']);
+      assert.equal(usage.status, 2, `${what}: ${usage.stderr}`);
+      assert.match(usage.stderr, /^ferry: unknown command "nonsense"/, what);
+    };
+    // Copied: the cache names the bundle by its size and time, which the copy changed.
+    check('a cache made for another bundle');
+    // A cache of this bundle's size and time whose contents V8 refuses.
+    const st = statSync(join(bundle, 'ferry.cjs'), { bigint: true });
+    const header = Buffer.alloc(16);
+    header.writeBigUInt64LE(st.size, 0);
+    header.writeBigUInt64LE(st.mtimeNs, 8);
+    writeFileSync(join(bundle, 'ferry.cjs.cache'), Buffer.concat([header, Buffer.alloc(4096, 0xa5)]));
+    check('a cache V8 refuses');
+    writeFileSync(join(bundle, 'ferry.cjs.cache'), header);
+    check('a cache with a header only');
+    rmSync(join(bundle, 'ferry.cjs.cache'));
+    check('no cache');
+    // Made again here: the functions compiled, with this bundle's header.
+    const made = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(bundle, 'start.cjs'))}).makeCodeCache()`], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(made.status, 0, made.stderr);
+    assert.ok(readFileSync(join(bundle, 'ferry.cjs.cache')).subarray(0, 16).equals(header), 'the cache names the bundle it was made from');
+    check('a cache made for this bundle');
+    // No CommonJS bundle (an older build): the ES module bundle runs.
+    rmSync(join(bundle, 'ferry.cjs'));
+    check('no CommonJS bundle');
+    // Neither: one line saying what to do.
+    rmSync(join(bundle, 'ferry.js'));
+    const none = run(['--version']);
+    assert.equal(none.status, 1);
+    assert.match(none.stderr, /^ferry: cannot load .*ferry\.cjs nor ferry\.js next to it .*: run 'npm run build'\n$/);
+  });
 });
