@@ -203,11 +203,12 @@ Napi::Value UffdReadEvents(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// uffdCopy(fd, dst, buf) -> { copied, exists } (UFFDIO_COPY of `buf`, whole pages, to `dst`,
-// waking the threads that wait on the range). The kernel stops at the first page already
-// present: `exists` is then true and `copied` counts the bytes before it (the caller goes on
-// after that page). EAGAIN (the mm is changing: an mremap) is retried here; ESRCH/ENOENT: the
-// mm is gone or the range is no longer registered.
+// uffdCopy(fd, dst, buf) -> { copied, exists, again } (UFFDIO_COPY of `buf`, whole pages, to
+// `dst`, waking the threads that wait on the range). The kernel stops at the first page
+// already present: `exists` is then true and `copied` counts the bytes before it (the caller
+// goes on after that page). EAGAIN (the mm is changing: an event waits to be read first)
+// returns with `again` true. ESRCH: the mm is gone; ENOENT: the range is not inside one
+// registered area (split, moved or unmapped).
 Napi::Value UffdCopy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd;
@@ -220,6 +221,7 @@ Napi::Value UffdCopy(const Napi::CallbackInfo& info) {
   auto buf = info[2].As<Napi::Buffer<uint8_t>>();
   uint64_t done = 0;
   bool exists = false;
+  bool again = false;
   while (done < buf.Length()) {
     struct uffdio_copy c = {};
     c.dst = dst + done;
@@ -231,7 +233,13 @@ Napi::Value UffdCopy(const Napi::CallbackInfo& info) {
     }
     int err = errno;
     if (c.copy > 0) done += static_cast<uint64_t>(c.copy);
-    if (err == EAGAIN) continue;
+    if (err == EAGAIN) {
+      // The mm is changing: an event (fork, mremap, madvise, munmap) waits to be read, and
+      // only the caller can read it. Retrying here would spin while the process that caused
+      // it waits for us: the caller reads the events and tries again.
+      again = true;
+      break;
+    }
     if (err == EEXIST) {
       exists = true;
       break;
@@ -242,25 +250,25 @@ Napi::Value UffdCopy(const Napi::CallbackInfo& info) {
   Napi::Object r = Napi::Object::New(env);
   r.Set("copied", Napi::Number::New(env, static_cast<double>(done)));
   r.Set("exists", Napi::Boolean::New(env, exists));
+  r.Set("again", Napi::Boolean::New(env, again));
   return r;
 }
 
-// uffdZeropage(fd, dst, len) -> false if a page of the range was present already (EEXIST)
-// (UFFDIO_ZEROPAGE: the range maps the zero page, the waiting threads are woken).
+// uffdZeropage(fd, dst, len) -> 1: done; 0: a page of the range was present already (EEXIST);
+// -1: the mm is changing (EAGAIN: read the events, then try again) (UFFDIO_ZEROPAGE: the range
+// maps the zero page, the waiting threads are woken).
 Napi::Value UffdZeropage(const Napi::CallbackInfo& info) {
   int64_t fd;
   uint64_t dst, len;
   if (!ArgInt(info, 0, &fd) || !ArgU64(info, 1, &dst) || !ArgU64(info, 2, &len)) return {};
-  for (;;) {
-    struct uffdio_zeropage z = {};
-    z.range.start = dst;
-    z.range.len = len;
-    if (ioctl(static_cast<int>(fd), UFFDIO_ZEROPAGE, &z) == 0) return Napi::Boolean::New(info.Env(), true);
-    if (errno == EAGAIN) continue;
-    if (errno == EEXIST) return Napi::Boolean::New(info.Env(), false);
-    ThrowErrno(info.Env(), "ioctl(UFFDIO_ZEROPAGE)", errno);
-    return {};
-  }
+  struct uffdio_zeropage z = {};
+  z.range.start = dst;
+  z.range.len = len;
+  if (ioctl(static_cast<int>(fd), UFFDIO_ZEROPAGE, &z) == 0) return Napi::Number::New(info.Env(), 1);
+  if (errno == EAGAIN) return Napi::Number::New(info.Env(), -1);
+  if (errno == EEXIST) return Napi::Number::New(info.Env(), 0);
+  ThrowErrno(info.Env(), "ioctl(UFFDIO_ZEROPAGE)", errno);
+  return {};
 }
 
 // One watched userfaultfd: a libuv poll handle on the JS thread's loop and its callback.

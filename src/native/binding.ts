@@ -479,10 +479,14 @@ export interface NativeBinding {
    * FORK 0x13 [new fd], REMAP 0x14 [from, to, len], REMOVE 0x15 / UNMAP 0x16 [start, end]); empty when none is queued.
    */
   uffdReadEvents(fd: number): BigUint64Array;
-  /** ioctl(2) UFFDIO_COPY of `buf` to `dst` (whole pages): bytes copied, and whether it stopped at a page already there (EEXIST). */
-  uffdCopy(fd: number, dst: bigint, buf: Buffer): { copied: number; exists: boolean };
-  /** ioctl(2) UFFDIO_ZEROPAGE of [dst, dst+len): false when a page of it was there already (EEXIST). */
-  uffdZeropage(fd: number, dst: bigint, len: bigint): boolean;
+  /**
+   * ioctl(2) UFFDIO_COPY of `buf` to `dst` (whole pages): bytes copied, and whether it stopped
+   * at a page already there (EEXIST) or because the mm is changing (EAGAIN: read the events,
+   * then try again).
+   */
+  uffdCopy(fd: number, dst: bigint, buf: Buffer): { copied: number; exists: boolean; again: boolean };
+  /** ioctl(2) UFFDIO_ZEROPAGE of [dst, dst+len): 1 done, 0 a page of it was there already (EEXIST), -1 the mm is changing (EAGAIN). */
+  uffdZeropage(fd: number, dst: bigint, len: bigint): 1 | 0 | -1;
   /** uv_poll_start(UV_READABLE) on the JS thread's loop: `callback` runs whenever `fd` is readable, until uffdUnwatch. */
   uffdWatch(fd: number, callback: (status: number) => void): UffdWatchHandle;
   /** Stops a uffdWatch (uv_poll_stop, uv_close). */

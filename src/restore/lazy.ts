@@ -41,7 +41,7 @@
  * ahead of events), is served as a zero page; a child forked during the fill is filled at
  * once, but is not in the watchdog's list if ferry dies during that copy.
  */
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { PAGE_SIZE, SYS } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
@@ -78,7 +78,9 @@ export function lazyAreas(task: TaskRecord, eager: boolean): VmaRecord[] {
   if (eager) return [];
   return task.vmas.filter((v) => v.kind === 'anon' && !v.shared && v.shmem === undefined && v.sysv === undefined
     && v.runs.length > 0 && v.prot !== 0 && (v.cow?.length ?? 0) === 0
-    && !v.vmflags.some((f) => f === 'lo' || f === 'lf' || f === 'ht'));
+    // Not wipe-on-fork (wf) nor don't-copy (dc) areas: a child forked during the fill must get
+    // zeros there, or no area at all, not the parent's pages.
+    && !v.vmflags.some((f) => f === 'lo' || f === 'lf' || f === 'ht' || f === 'wf' || f === 'dc'));
 }
 
 /** Stored pages still to serve: `pages` pages at `addr`, at `src` in the pages entry, inside one chunk. */
@@ -179,6 +181,8 @@ export class LazyPages {
   private readonly uffds = new Map<number, number>();
   private faults = 0;
   private served = 0;
+  /** Copies the kernel refused with EAGAIN (an event to read first), run once events are read. */
+  private readonly pending: Array<() => void> = [];
   private startedAt = 0;
   private finished = false;
   private watchdog: Watchdog | undefined;
@@ -313,15 +317,20 @@ export class LazyPages {
     const events = n.uffdReadEvents(p.uffd);
     for (let i = 0; i < events.length; i += 4) {
       const [ev, a, b, c] = [events[i]!, events[i + 1]!, events[i + 2]!, events[i + 3]!];
-      if (ev === EVENT_PAGEFAULT) this.fault(p, b & ~(PAGE - 1n));
+      // A fork's child has a userfaultfd in ferry's table from the read on: it is filled even
+      // when its parent went meanwhile (a daemon forking, then exiting).
+      if (ev === EVENT_FORK) this.fillChild(p, Number(a));
+      else if (p.gone) continue;
+      else if (ev === EVENT_PAGEFAULT) this.fault(p, b & ~(PAGE - 1n));
       else if (ev === EVENT_REMOVE || ev === EVENT_UNMAP) {
         for (const s of p.cut(a, b)) this.forget(p, s);
       } else if (ev === EVENT_REMAP) {
         for (const s of p.cut(a, a + c)) this.copy(p, s, s.addr - a + b, p.uffd);
-      } else if (ev === EVENT_FORK) this.fillChild(p, Number(a));
-      if (p.gone) return;
+      }
     }
-    if (p.left === 0) this.drop(p);
+    // The events are read: what the kernel refused meanwhile (EAGAIN) can go now.
+    this.retryPending();
+    if (!p.gone && p.left === 0) this.drop(p);
     this.maybeDone();
   }
 
@@ -330,11 +339,22 @@ export class LazyPages {
     this.faults++;
     const s = p.find(addr);
     if (s !== undefined) return this.serveChunk(p, s.chunk);
+    this.zeroPage(p, addr);
+  }
+
+  /** The zero page at `addr` (the image stores nothing there); again later if the mm is changing. */
+  private zeroPage(p: LazyProcess, addr: bigint): void {
+    if (p.gone) return;
+    let r;
     try {
-      native().uffdZeropage(p.uffd, addr, PAGE);
+      r = native().uffdZeropage(p.uffd, addr, PAGE);
     } catch (err) {
-      this.processGone(p, err);
+      const code = errnoCode(err);
+      if (code === 'ESRCH') return this.processGone(p);
+      if (code === 'ENOENT') return; // no longer a registered area (unmapped, moved): its event says so
+      throw err;
     }
+    if (r === -1) this.pending.push(() => this.zeroPage(p, addr));
   }
 
   /** Copies every page of chunk `c` of `p` still to serve. */
@@ -345,31 +365,62 @@ export class LazyPages {
     p.byChunk.delete(c);
   }
 
-  /** Copies segment `s` (verified: ChunkSource checks its chunk's sha256) to `dst` through `fd`. */
+  /**
+   * Copies segment `s` (verified: ChunkSource checks its chunk's sha256) to `dst` through `fd`;
+   * when the mm is changing (an event to read first), again after the events are read.
+   */
   private copy(p: LazyProcess, s: Segment, dst: bigint, fd: number): void {
     if (p.gone || s.done) return;
     const buf = p.source.view(s.src, s.pages * PAGE_SIZE);
+    const r = this.copyPages(fd, dst, buf);
+    if (r === 'again') {
+      this.pending.push(() => this.copy(p, s, dst, fd));
+      return;
+    }
     s.done = true;
     p.left -= s.pages;
-    if (this.copyPages(fd, dst, buf) === false) this.processGone(p);
+    if (r === 'gone') return this.processGone(p);
     this.served += s.pages;
   }
 
-  /** UFFDIO_COPY of `buf` to `dst`, skipping pages already there; false when the mm is gone. */
-  private copyPages(fd: number, dst: bigint, buf: Buffer): boolean {
+  /** Runs what the kernel refused with EAGAIN, now that the events are read. */
+  private retryPending(): void {
+    for (const again of this.pending.splice(0)) again();
+  }
+
+  /**
+   * UFFDIO_COPY of `buf` to `dst`, skipping pages already there: 'done'; 'again' when the mm is
+   * changing (the pages copied so far are skipped next time, as present); 'gone' when it is.
+   * A range no longer inside one registered area (ENOENT: split by mprotect, or part of it
+   * unmapped or moved, whose event comes) goes page by page, skipping the pages that are not
+   * there any more. Any other error is thrown: the tree is killed, never left on a zero page.
+   */
+  private copyPages(fd: number, dst: bigint, buf: Buffer): 'done' | 'again' | 'gone' {
     const n = native();
     for (let off = 0; off < buf.length;) {
       let r;
+      const whole = buf.length - off > PAGE_SIZE ? buf.subarray(off) : buf.subarray(off, off + PAGE_SIZE);
       try {
-        r = n.uffdCopy(fd, dst + BigInt(off), buf.subarray(off));
+        r = n.uffdCopy(fd, dst + BigInt(off), whole);
       } catch (err) {
         const code = errnoCode(err);
-        if (code === 'ESRCH' || code === 'ENOENT' || code === 'EINVAL') return false;
-        throw err;
+        if (code === 'ESRCH') return 'gone';
+        if (code !== 'ENOENT') throw err;
+        // Page by page from here; a page in no registered area is skipped.
+        try {
+          r = n.uffdCopy(fd, dst + BigInt(off), buf.subarray(off, off + PAGE_SIZE));
+        } catch (err2) {
+          const code2 = errnoCode(err2);
+          if (code2 === 'ESRCH') return 'gone';
+          if (code2 !== 'ENOENT') throw err2;
+          off += PAGE_SIZE;
+          continue;
+        }
       }
+      if (r.again) return 'again';
       off += r.copied + (r.exists ? PAGE_SIZE : 0);
     }
-    return true;
+    return 'done';
   }
 
   private forget(p: LazyProcess, s: Segment): void {
@@ -378,22 +429,42 @@ export class LazyPages {
     p.left -= s.pages;
   }
 
-  /** A child forked during the fill: every page not yet served, into its own userfaultfd, closed then. */
+  /**
+   * A child forked during the fill: every page not yet served, into its own userfaultfd, closed
+   * then. Its own events are not followed: if it changes its memory meanwhile (EAGAIN), or a
+   * page cannot be served, the child and the tree are killed, and only then is its descriptor
+   * closed (by ferry's exit), so that it never runs on a zero page.
+   */
   private fillChild(p: LazyProcess, fd: number): void {
-    try {
-      for (const s of p.segments) {
-        if (s.done) continue;
-        const buf = p.source.view(s.src, s.pages * PAGE_SIZE);
-        if (!this.copyPages(fd, s.addr, buf)) break;
+    let failure: unknown;
+    for (const s of p.segments) {
+      if (s.done) continue;
+      const buf = p.source.view(s.src, s.pages * PAGE_SIZE);
+      let r: 'done' | 'again' | 'gone';
+      try {
+        r = this.copyPages(fd, s.addr, buf);
+      } catch (err) {
+        failure = err;
+        break;
       }
-    } finally {
-      closeSync(fd);
+      if (r === 'gone') break; // the child exited
+      if (r === 'again') {
+        failure = new FerryError('ELAZY', `a child of restored pid ${p.pid} changed its memory while it was being filled`);
+        break;
+      }
     }
+    if (failure === undefined) {
+      closeSync(fd);
+      return;
+    }
+    for (const pid of descendants(p.hostPid)) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+    throw failure; // guard() -> fail(): the tree is killed
   }
 
-  /** The process exited (or was killed): nothing more to serve it. */
-  private processGone(p: LazyProcess, err?: unknown): void {
-    if (err !== undefined && !['ESRCH', 'ENOENT', 'EINVAL'].includes(errnoCode(err) ?? '')) throw err;
+  /** The process exited (or was killed: ESRCH): nothing more to serve it. */
+  private processGone(p: LazyProcess): void {
     this.o.logger.debug({ targetPid: p.pid }, 'lazy pages: the process is gone');
     p.left = 0;
     this.drop(p);
@@ -413,6 +484,7 @@ export class LazyPages {
   /** One chunk of the background fill per turn of the event loop. */
   private fillNext(): void {
     this.guard(() => {
+      this.retryPending();
       const p = this.procs.find((x) => !x.gone && x.left > 0);
       if (p === undefined) return this.maybeDone();
       const c = p.byChunk.keys().next().value;
@@ -440,8 +512,10 @@ export class LazyPages {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
     void (async () => {
-      for (const end = performance.now() + 5000; performance.now() < end && pids.some(alive);) await new Promise((r) => setTimeout(r, 5));
-      this.close();
+      // The descriptors stay open until every process is dead (a killed process in D state
+      // takes a while): closing them earlier would let it run on zero pages.
+      for (const end = performance.now() + 60_000; performance.now() < end && pids.some(alive);) await new Promise((r) => setTimeout(r, 5));
+      if (!pids.some(alive)) this.close();
       void this.o.image.close();
       const why = err instanceof FerryError ? err.message : describeCause(err);
       this.rejectDone(new FerryError(err instanceof FerryError ? err.code : 'ELAZY',
@@ -458,6 +532,30 @@ export class LazyPages {
     for (const fd of this.uffds.values()) closeSync(fd);
     this.uffds.clear();
   }
+}
+
+/** Every descendant of `pid` (children, theirs, …), from /proc's children lists. */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const walk = (at: number): void => {
+    let tids: string[];
+    try {
+      tids = readdirSync(`/proc/${at}/task`);
+    } catch {
+      return;
+    }
+    for (const tid of tids) {
+      let kids: number[];
+      try {
+        kids = readFileSync(`/proc/${at}/task/${tid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+      } catch {
+        continue;
+      }
+      for (const k of kids) if (!out.includes(k)) { out.push(k); walk(k); }
+    }
+  };
+  walk(pid);
+  return out;
 }
 
 /** Whether a pid exists and is not a zombie. */

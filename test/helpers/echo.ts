@@ -33,10 +33,14 @@ export function closeServers(): void {
   servers.clear();
 }
 
-const ECHO = [
+/**
+ * The echo workload (python3 -c ECHO PORT HOST [SOURCE]): connects to HOST:PORT (from address
+ * SOURCE if given), prints "ready pid=N", echoes what it reads; SIGUSR1 prints PASS.
+ */
+export const ECHO = [
   'import os, signal, socket, sys',
   'os.closerange(3, 1 << 16)',
-  's = socket.create_connection((sys.argv[2], int(sys.argv[1])))',
+  's = socket.create_connection((sys.argv[2], int(sys.argv[1])), source_address=(sys.argv[3], 0) if len(sys.argv) > 3 else None)',
   'def check(*_):',
   '    print("PASS", flush=True)',
   'signal.signal(signal.SIGUSR1, check)',

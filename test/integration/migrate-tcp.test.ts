@@ -1,8 +1,9 @@
 /**
  * A TCP connection that lives through a migration between two "nodes" (test/helpers/nodes.ts,
  * with a client namespace linked to both): `ferry migrate --tcp-established` moves a Python
- * echo workload from the source node to the target node while its peer, a Python client in
- * the client namespace, goes on sending numbered bytes and checking each echo. The workload's
+ * echo workload (test/helpers/echo.ts ECHO) from the source node to the target node while its
+ * peer, a Python client in the client namespace, goes on sending numbered bytes and checking
+ * each echo. The workload's
  * end of the connection is the service address, which both nodes hold on lo; the client is
  * routed to the source until ferry migrate returns, then to the target, as a virtual address
  * moves with a workload. The connection must carry on in order, without a reset; the network
@@ -16,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { NFT } from '../helpers/echo.js';
+import { ECHO, NFT } from '../helpers/echo.js';
 import { needs, PYTHON } from '../helpers/env.js';
 import { makeNodes, makePod, netnsOf, nodesMissing, removeNodes, spawnIn, type Node, type Nodes } from '../helpers/nodes.js';
 import { exitOf, killFerries, records, startFerry, type Running } from '../helpers/precopy-run.js';
@@ -32,22 +33,6 @@ after(() => {
   cleanup();
 });
 
-/** The workload: connects from the service address to the client, echoes what it reads. */
-const ECHO = [
-  'import os, signal, socket, sys',
-  'os.closerange(3, 1 << 16)',
-  's = socket.socket()',
-  's.bind((sys.argv[1], 0))',
-  's.connect((sys.argv[2], int(sys.argv[3])))',
-  'def check(*_):',
-  '    print("PASS", flush=True)',
-  'signal.signal(signal.SIGUSR1, check)',
-  'print(f"ready pid={os.getpid()}", flush=True)',
-  'while True:',
-  '    d = s.recv(65536)',
-  '    if not d: break',
-  '    s.sendall(d)',
-].join('\n');
 
 /**
  * The client: listens on its address, takes the workload's connection, sends numbered bytes
@@ -147,7 +132,7 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
     nodes.serve!('source');
 
     // The workload, in the source node, connected from the service address.
-    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, nodes.service!, nodes.client!.addr, client.port]);
+    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, client.port, nodes.client!.addr, nodes.service!]);
     const w = await startWorkload(cmd, args);
     assert.equal(netnsOf(w.pid), nodes.source.nsLink());
     await waitFor('echoes through the source', () => status().received > 50_000 || status().error !== undefined, 20_000);
@@ -201,7 +186,7 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
       const c = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
       c.root = { path: rootfs, readonly: true };
       c.process.terminal = false;
-      c.process.args = ['/usr/bin/python3', '-c', ECHO, podAddr, nodes.client!.addr, client.port];
+      c.process.args = ['/usr/bin/python3', '-c', ECHO, client.port, nodes.client!.addr, podAddr];
       c.mounts.push({ destination: '/usr', type: 'bind', source: '/usr', options: ['rbind', 'ro'] });
       c.linux.namespaces = (c.linux.namespaces as Array<{ type: string }>).map((ns) => (ns.type === 'network' ? { type: 'network', path: pod } : ns));
       writeFileSync(join(b, 'config.json'), JSON.stringify(c, null, 1), { mode: 0o644 });
@@ -244,7 +229,7 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
   it('without --tcp-established, the connection is refused naming the flag, and the workload runs on', async () => {
     const client = await startClient();
     nodes.serve!('source');
-    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, nodes.service!, nodes.client!.addr, client.port]);
+    const [cmd, args] = nodes.source.exec(PYTHON, ['-c', ECHO, client.port, nodes.client!.addr, nodes.service!]);
     const w = await startWorkload(cmd, args);
     await waitFor('echoes', () => client.status().received > 20_000, 20_000);
     const { recv, port } = await receiver();

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { join } from 'node:path';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, own, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
   exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
@@ -20,16 +20,25 @@ after(() => { killFerries(); cleanup(); });
 describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
   const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-precopy-');
 
-  it('moves a process that writes 10 MiB/s of its 64 MiB: rounds shrink, every page comes back right, same PID', async () => {
-    const w = await startDirtier(64, 10);
+  /**
+   * Migrates workload `w` (and `also`, its children) over loopback with `extra` options;
+   * asserts that both sides exit 0 and waits for the original to be reaped here. Returns the
+   * sender's and the receiver's records.
+   */
+  async function migrated(w: Workload, extra: string[] = [], also: number[] = []): Promise<{ recs: Array<Record<string, unknown>>; got: Array<Record<string, unknown>> }> {
     const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
-    own(w.pid);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', ...extra, '--config', config]);
+    for (const pid of [w.pid, ...also]) own(pid);
     assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
     assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
     await w.exited; // the source was killed and reaped here
+    return { recs: records(mig), got: records(recv) };
+  }
 
-    const recs = records(mig);
+  it('moves a process that writes 10 MiB/s of its 64 MiB: rounds shrink, every page comes back right, same PID', async () => {
+    const w = await startDirtier(64, 10);
+    const { recs, got } = await migrated(w);
+
     const rounds = recs.filter((x) => x['phase'] === 'round');
     assert.deepEqual(recs.filter((x) => x['phase'] !== 'round').map((x) => x['phase']), ['checkpoint', 'transfer', 'restore', 'done']);
     assert.ok(rounds.length >= 2, `at least two rounds: ${JSON.stringify(rounds)}`);
@@ -46,7 +55,6 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     const image = recs[rounds.length]!['imageBytes'] as number;
     // The frozen image named most of its pages instead of sending them again.
     assert.ok((done['refBytes'] as number) > image / 2, `refBytes ${String(done['refBytes'])} of an image of ${image}`);
-    const got = records(recv);
     assert.equal(got.find((x) => x['phase'] === 'transfer')!['refBytes'], done['refBytes']);
     process.stdout.write(`# pre-copy 64 MiB at 10 MiB/s: rounds ${rounds.map((r) => r['bytes']).join(', ')} bytes; downtime ${String(done['downtimeMs'])} ms, total ${String(done['totalMs'])} ms\n`);
 
@@ -64,13 +72,7 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
 
   it('moves a process that writes 50 MiB/s of its 64 MiB: the rounds end when they stop shrinking; every page right', async () => {
     const w = await startDirtier(64, 50);
-    const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
-    own(w.pid);
-    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-    await w.exited;
-    const recs = records(mig);
+    const { recs } = await migrated(w);
     const rounds = recs.filter((x) => x['phase'] === 'round');
     assert.ok(rounds.length >= 2 && rounds.length <= 8, `between two rounds and the limit: ${rounds.length}`);
     const last = rounds.at(-1)!['bytes'] as number;
@@ -91,14 +93,8 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
 
   it('moves a process that maps, moves and unmaps areas all through pre-copy', async () => {
     const w = await startDirtier(16, 10, 'churn');
-    const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json',
-      '--max-rounds', '12', '--config', config]);
-    own(w.pid);
-    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-    await w.exited;
-    assert.ok(records(mig).filter((x) => x['phase'] === 'round').length >= 2);
+    const { recs } = await migrated(w, ['--max-rounds', '12']);
+    assert.ok(recs.filter((x) => x['phase'] === 'round').length >= 2);
     assert.ok(alive(w.pid));
     const n = w.ticks().length;
     await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
@@ -111,13 +107,8 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     const w = await startDirtier(32, 10, 'thp');
     const huge = Number(/^AnonHugePages:\s+(\d+) kB/m.exec(readFileSync(`/proc/${w.pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
     if (huge === 0) process.stdout.write('# no transparent huge pages were given (THP off?): the case runs on small pages\n');
-    const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
-    own(w.pid);
-    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-    await w.exited;
-    assert.ok(records(mig).filter((x) => x['phase'] === 'round').length >= 2);
+    const { recs } = await migrated(w);
+    assert.ok(recs.filter((x) => x['phase'] === 'round').length >= 2);
     const n = w.ticks().length;
     await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
     assert.equal(await verify(w), 'PASS');
@@ -128,13 +119,7 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     const w = await startWorkload(join(WORKLOADS, 'memcheck'), ['16', 'tree']);
     const kids = (/^children (\d+) (\d+) (\d+)$/m.exec(w.text()) ?? []).slice(1).map(Number);
     assert.equal(kids.length, 3, w.text());
-    const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
-    for (const pid of [w.pid, ...kids]) own(pid);
-    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-    await w.exited;
-    const recs = records(mig);
+    const { recs } = await migrated(w, [], kids);
     assert.ok(recs.filter((x) => x['phase'] === 'round').length >= 1);
     assert.deepEqual((recs.find((x) => x['phase'] === 'restore')!['pids'] as number[]).sort(), [w.pid, ...kids].sort());
     assert.ok((recs.at(-1)!['refBytes'] as number) > 0, 'the frozen image named pages the rounds had sent');
@@ -162,13 +147,7 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
 
   it('--no-pre-copy: stop and copy, no rounds', async () => {
     const w = await startDirtier(8, 5);
-    const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--no-pre-copy', '--config', config]);
-    own(w.pid);
-    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-    await w.exited;
-    const recs = records(mig);
+    const { recs } = await migrated(w, ['--no-pre-copy']);
     assert.deepEqual(recs.map((x) => x['phase']), ['checkpoint', 'transfer', 'restore', 'done']);
     assert.equal(recs[3]!['rounds'], 0);
     assert.equal(await verify(w), 'PASS');
