@@ -241,7 +241,7 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
       dumpable: Number(results[dumpableAt]!),
       childSubreaper: m.readInt32LE(layout.subreaper) !== 0,
       ...(results[probeAt + 1] === -22n ? { mlockall: MCL_FUTURE | ((m[layout.subreaper + 4]! & 1) !== 0 ? 0 : MCL_ONFAULT) } : {}),
-      ...membarrierOf(results[membarrierAt]!),
+      ...membarrierOf(results[membarrierAt]!, main.pid),
       threads: states,
     };
   } finally {
@@ -251,9 +251,12 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
 }
 
 /** The registrations MEMBARRIER_CMD_GET_REGISTRATIONS answered (an error, or none: nothing to record). */
-function membarrierOf(r: bigint): { membarrier?: number } {
+function membarrierOf(r: bigint, pid: number): { membarrier?: number } {
   if (r <= 0n) return {};
-  if ((r & ~BigInt(MEMBARRIER_REGISTRATIONS)) !== 0n) throw new Error(`membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) answered 0x${r.toString(16)}, which ferry does not know`);
+  if ((r & ~BigInt(MEMBARRIER_REGISTRATIONS)) !== 0n) {
+    throw new FerryError('EUNSUPPORTED', `pid ${pid} holds membarrier registrations 0x${r.toString(16)}, some of which this ferry does not know `
+      + '(a newer kernel\'s): it cannot restore them; the process was left running', { pid });
+  }
   return { membarrier: Number(r) };
 }
 

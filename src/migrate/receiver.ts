@@ -27,7 +27,7 @@ import { restore } from '../restore/restore.js';
 import type { CredsBound } from '../restore/bounds.js';
 import { Session } from '../session.js';
 import { FERRY_VERSION } from '../version.js';
-import { abortable, Channel, HEARTBEAT_MS, listen, PROTOCOL_VERSION } from './channel.js';
+import { abortable, Channel, HEARTBEAT_MS, listen, PROTOCOL_VERSION, type RestoreFlags } from './channel.js';
 import { containerRestorer } from './container.js';
 import type { Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
@@ -188,8 +188,11 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(o.trust !== undefined ? { trust: o.trust } : {}),
       ...(o.bound !== undefined ? { bound: o.bound } : {}),
-      // The flags the tree was checkpointed with (its hello), over this node's own.
-      ...(o.files !== undefined || hello.files !== undefined ? { files: { ...o.files, ...hello.files } } : {}),
+      // The flags the tree was checkpointed with that only say what its image holds (its
+      // connections, its locks) add to this node's own; what would reach beyond the image
+      // (a terminal or unix peer of this node's: --shell-job, --ext-unix-sk) is this node's
+      // to give, never the sender's.
+      ...(o.files !== undefined || hello.files !== undefined ? { files: { ...o.files, ...senderFlags(hello.files) } } : {}),
       beforeCreate: async ({ pids, tids }) => {
         // On another machine (or boot) the PIDs must be free already; on this one the source
         // holds them until "go". A container's are its own pid namespace's.
@@ -233,6 +236,13 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
 }
 
 const round = (ms: number): number => Math.round(ms * 10) / 10;
+
+/** Of a hello's file flags, those a sender may set: what its image holds, only turned on. */
+function senderFlags(f: RestoreFlags | undefined): Partial<FileOptions> {
+  const out: Partial<FileOptions> = {};
+  for (const k of ['tcpEstablished', 'tcpClose', 'fileLocks'] as const) if (f?.[k] === true) out[k] = true;
+  return out;
+}
 
 /** The pid, fd and path an error names. */
 function contextOf(e: FerryError): { pid?: number; fd?: number; path?: string } {

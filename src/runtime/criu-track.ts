@@ -34,7 +34,7 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import {
-  closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, openSync, readSync, readlinkSync,
+  closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, readlinkSync,
   realpathSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync, writeSync,
 } from 'node:fs';
 import { dirname, isAbsolute, join, relative, sep } from 'node:path';
@@ -170,16 +170,23 @@ export function readIndex(dir: string): PagesIndex {
   if (typeof o !== 'object' || o === null || o.format !== 1 || typeof o.id !== 'string' || !ID_RE.test(o.id)) return bad('has no format 1 and id');
   if (o.parent !== undefined && (typeof o.parent !== 'string' || !ID_RE.test(o.parent))) return bad('names a parent that is not an id');
   if (!Array.isArray(o.held) || o.held.length > MAX_PIDS) return bad(`holds pages of more than ${MAX_PIDS} processes`);
+  let total = 0;
   for (const e of o.held) {
     if (!Array.isArray(e) || !Number.isInteger(e[0]) || e[0] < 1 || e[0] > 1 << 22 || !Array.isArray(e[1])) return bad('has a malformed entry');
     for (const r of e[1] as unknown[]) {
       if (!Array.isArray(r) || !Number.isInteger(r[0]) || !Number.isInteger(r[1]) || r[0] < 0 || r[1] < 1 || r[0] + r[1] > MAX_PAGE) {
         return bad(`has a page run of pid ${e[0]} that is not user memory`);
       }
+      // Bounded before a set of them is made (heldOf): one entry per page.
+      total += r[1] as number;
+      if (total > MAX_HELD_PAGES) return bad(`holds more than ${MAX_HELD_PAGES} pages (${(MAX_HELD_PAGES * 4096) / 2 ** 30} GiB): beyond what a pre-dump of ferry's tracks`);
     }
   }
   return o as PagesIndex;
 }
+
+/** The most pages a pre-dump chain holds, all processes together (32 GiB). */
+const MAX_HELD_PAGES = 1 << 23;
 
 function heldOf(index: PagesIndex): Held {
   const out: Held = new Map();
@@ -607,7 +614,8 @@ export function assemble(imagesDir: string, work: string, log: Logger): { image:
   let first = true;
   // The chain: the parent link of each directory, checked against the ids.
   const chain: string[] = [];
-  const dir = mkdtempSync(join(work, '.ferry-assemble-'));
+  sweepAssembled(work, log);
+  const dir = mkdtempSync(join(work, `.ferry-assemble-${process.pid}-`));
   try {
     readRecords(deltaPath, (frame) => {
       if (!first) return;
@@ -706,6 +714,26 @@ export async function checkpointAgainst<T>(pid: number, images: string, parentIm
  * The image in `images` to restore: IMAGE_FILE, or one rebuilt from DELTA_FILE and its
  * parents in `work` (assemble); `done()` removes what was rebuilt.
  */
+/**
+ * Removes the rebuilt images that restores killed before their end left in `work` (named by
+ * their ferry's pid: only those whose ferry no longer exists). A killed restore cannot remove
+ * its own; the next one in the same work directory does.
+ */
+function sweepAssembled(work: string, log: Logger): void {
+  let names: string[];
+  try {
+    names = readdirSync(work);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^\.ferry-assemble-(\d{1,7})-/.exec(name);
+    if (!m || Number(m[1]) === process.pid || existsSync(`/proc/${m[1]}`)) continue;
+    log.info({ dir: join(work, name) }, 'removing the rebuilt image a killed restore left');
+    rmSync(join(work, name), { recursive: true, force: true });
+  }
+}
+
 export function imageToRestore(images: string, work: string, log: Logger): { image: string; done(): void } {
   const image = join(images, IMAGE_FILE);
   if (existsSync(image) || !existsSync(join(images, DELTA_FILE))) return { image, done: () => {} };
