@@ -7,7 +7,8 @@
  *
  * A Node worker is one more thread with an event loop of its own (its own epoll instance), so
  * it shows in /proc/PID/task and /proc/PID/fd of ferry. The control is the same workload under
- * 8 MiB, paused at the same point: the difference between the two is the worker.
+ * 8 MiB, paused at the same point: the one more epoll instance is the worker (libuv's thread
+ * pool, which only a big image's writes start, adds threads but no epoll instance).
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
@@ -59,7 +60,9 @@ describe('the hash worker', { skip, timeout: 120_000 }, () => {
     const big = await pausedAtSeized(24);
     assert.ok(small.rss < 8 << 20, `the small tree is under 8 MiB (${small.rss} bytes)`);
     assert.ok(big.rss > 8 << 20, `the big tree is over 8 MiB (${big.rss} bytes)`);
-    assert.equal(big.threads, small.threads + 1, `threads of ferry at seized: ${small.threads} for the small tree, ${big.threads} for the big one`);
+    // The worker is the one more event loop (libuv's thread pool, which a big image's writes
+    // use and a small one's do not, adds threads but no epoll instance).
     assert.equal(big.eventpolls, small.eventpolls + 1, `epoll instances of ferry at seized: ${small.eventpolls} and ${big.eventpolls}`);
+    assert.ok(big.threads >= small.threads + 1, `threads of ferry at seized: ${small.threads} for the small tree, ${big.threads} for the big one`);
   });
 });
