@@ -20,7 +20,7 @@
 import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { faultPointSync } from '../fault.js';
-import { readProcText } from '../proc/read.js';
+import { startTimeOf } from '../proc/read.js';
 
 /** Where the entries live. */
 export const TRANSIENT_DIR = '/run/ferry/transient';
@@ -46,13 +46,6 @@ interface Entry {
 let counter = 0;
 let ownStart: string | undefined;
 
-function startOf(pid: number): string | undefined {
-  try {
-    return readProcText(pid, 'stat').replace(/^.*\) /s, '').split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
 
 /**
  * Writes down that name `path` (inside the root at `rootPath`) of kind `kind` is about to be
@@ -61,7 +54,7 @@ function startOf(pid: number): string | undefined {
  */
 export function noteTransient(kind: TransientKind, rootPath: string, path: string, ino?: string): () => void {
   mkdirSync(TRANSIENT_DIR, { recursive: true, mode: 0o700 });
-  ownStart ??= startOf(process.pid) ?? '0';
+  ownStart ??= startTimeOf(process.pid) ?? '0';
   const at = hostPath(rootPath, path);
   const parent = identity(dirname(at));
   const entry: Entry = { pid: process.pid, start: ownStart, kind, path: at, ...(ino !== undefined ? { ino } : {}), ...(parent !== undefined ? { parent } : {}) };
@@ -115,7 +108,7 @@ export function sweepTransientNames(log?: { warn(o: object, m: string): void }):
     } catch {
       continue; // being written by a live ferry, or not ours
     }
-    if (!Number.isInteger(e.pid) || startOf(e.pid) === e.start) continue; // its ferry lives
+    if (!Number.isInteger(e.pid) || startTimeOf(e.pid) === e.start) continue; // its ferry lives
     try {
       if (removeIfOurs(e)) removed++;
     } catch (err) {

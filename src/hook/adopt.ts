@@ -18,7 +18,7 @@ import { enterTimeNamespace, type ContainerClocks } from '../container/clocks.js
 import { FerryError, describeCause } from '../errors.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
-import { readProcText } from '../proc/read.js';
+import { readProcText, startTimeOf } from '../proc/read.js';
 import type { Tracee } from '../task/tracee.js';
 import { STUB_DIR_IN_CONTAINER, STUB_IN_CONTAINER } from './spec.js';
 
@@ -32,13 +32,7 @@ const F_DUPFD_CLOEXEC = 1030;
 const MNT_DETACH = 2;
 
 /** /proc/PID/stat field 22 (start time): tells a pid reused by another process apart. */
-export function startTime(pid: number): string | undefined {
-  try {
-    return readProcText(pid, 'stat').replace(/^.*\) /s, '').split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
+export const startTime = startTimeOf;
 
 /** Whether process `pid` has the restore stub mapped (its runtime has exec'd it). */
 function runsStub(pid: number): boolean {

@@ -31,6 +31,7 @@ import { removeKeptLock } from '../files/tcp-lock.js';
 import type { FileOptions } from '../files/types.js';
 import { hostSigningKey } from '../image/host-key.js';
 import { signingKey } from '../image/sign.js';
+import { isAlive } from '../proc/read.js';
 import { native } from '../native/binding.js';
 import { restore } from '../restore/restore.js';
 import { parseMaxCreds } from '../restore/bounds.js';
@@ -324,7 +325,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       return r.pids;
     }, (err: unknown) => {
       // Killed, and only the clean-up after the kill failed: the workload is in flight.
-      if (tReady > 0 && !alive(o.pid)) {
+      if (tReady > 0 && !isAlive(o.pid)) {
         log.warn({ err }, 'the checkpoint failed after the kill; handing over');
         return [o.pid];
       }
@@ -374,14 +375,6 @@ function warnKept(o: Pick<MigrateOptions, 'onWarning'>, log: { warn(m: string): 
   o.onWarning?.(line);
 }
 
-/** Whether a pid exists and is not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    return !/^\S+ \(.*\) [ZX]/s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
 
 const round = (ms: number): number => Math.round(ms * 10) / 10;
 

@@ -60,3 +60,24 @@ export function listTids(pid: number): number[] {
 export function inOwnMountNs(pid: number): boolean {
   return readlinkSync(procPath(pid, 'ns', 'mnt')) === readlinkSync('/proc/self/ns/mnt');
 }
+
+/**
+ * Field 22 of /proc/PID/stat, the start time (clock ticks after boot), as its text: with the
+ * pid it names one process for good (a reused pid has another). undefined: no such process.
+ */
+export function startTimeOf(pid: number): string | undefined {
+  try {
+    return readProcText(pid, 'stat').replace(/^.*\) /s, '').split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether process `pid` exists and is not a zombie. */
+export function isAlive(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) [ZX]/s.test(readProcText(pid, 'stat'));
+  } catch {
+    return false;
+  }
+}

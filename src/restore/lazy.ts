@@ -50,6 +50,7 @@ import { ChunkSource } from '../image/chunks.js';
 import { isChunked } from '../image/manifest.js';
 import type { Image } from '../image/reader.js';
 import { big, pagesEntry, type TaskRecord, type VmaRecord } from '../image/records.js';
+import { isAlive } from '../proc/read.js';
 import { native, type UffdWatchHandle } from '../native/binding.js';
 import { injectedError, type Tracee } from '../task/tracee.js';
 import type { Watchdog } from '../watchdog.js';
@@ -514,8 +515,8 @@ export class LazyPages {
     void (async () => {
       // The descriptors stay open until every process is dead (a killed process in D state
       // takes a while): closing them earlier would let it run on zero pages.
-      for (const end = performance.now() + 60_000; performance.now() < end && pids.some(alive);) await new Promise((r) => setTimeout(r, 5));
-      if (!pids.some(alive)) this.close();
+      for (const end = performance.now() + 60_000; performance.now() < end && pids.some(isAlive);) await new Promise((r) => setTimeout(r, 5));
+      if (!pids.some(isAlive)) this.close();
       void this.o.image.close();
       const why = err instanceof FerryError ? err.message : describeCause(err);
       this.rejectDone(new FerryError(err instanceof FerryError ? err.code : 'ELAZY',
@@ -558,11 +559,3 @@ function descendants(pid: number): number[] {
   return out;
 }
 
-/** Whether a pid exists and is not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    return !/^\S+ \(.*\) [ZX]/s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
