@@ -23,36 +23,11 @@ import { after, before, describe, it } from 'node:test';
 import { PRIVATE_STATE_PARENT } from '../../src/runtime/criu-swrk.js';
 import { TRACK_DIR } from '../../src/runtime/criu-track.js';
 import { cleanup, scratchDir, sleep, waitFor } from '../helpers/processes.js';
-import { makeBundle, RuncCriu, SKIP_RUNC_CRIU, TICKS } from '../helpers/runc-criu.js';
-
-/** Every pid in /proc whose parent is `ppid` and whose command line holds `word`. */
-function childrenOf(ppid: number, word: string): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== ppid) continue;
-      if (readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(word)) out.push(Number(d));
-    } catch { /* gone */ }
-  }
-  return out;
-}
+import { cgroupPids, childrenOf, makeBundle, RuncCriu, SKIP_RUNC_CRIU, TICKS } from '../helpers/runc-criu.js';
 
 function tracerOf(tid: number): number {
   const m = /^TracerPid:\s+(\d+)$/m.exec(readFileSync(`/proc/${tid}/status`, 'utf8'));
   return Number(m?.[1] ?? -1);
-}
-
-/** Pids in the container's freezer cgroup (runc's default cgroupsPath: /ID), [] when it is gone. */
-function cgroupPids(id: string): number[] {
-  const f = `/sys/fs/cgroup/freezer/${id}/cgroup.procs`;
-  if (!existsSync(f)) return [];
-  try {
-    return readFileSync(f, 'utf8').split('\n').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
 }
 
 describe('fault cells: ferry\'s criu SIGKILLed under runc', { skip: SKIP_RUNC_CRIU, timeout: 300_000 }, () => {
