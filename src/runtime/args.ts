@@ -277,14 +277,17 @@ checkpoint with --parent-path then writes only what changed since
 (ferry-image.delta) and restore takes the rest from the parent.
 
 OPTIONS:
-   --image-path value          path for saving the image files (default: ./checkpoint)
-   --work-path value           path for saving the log and stats files (default: the image path)
+   --image-path value          path for saving the image files
+                               (default: ./checkpoint)
+   --work-path value           path for saving the log and stats files
+                               (default: the image path)
    --leave-running             leave the process running after the checkpoint
    --tcp-established           allow open tcp connections
    --ext-unix-sk               allow external unix sockets
    --shell-job                 allow shell jobs
    --file-locks                handle file locks
-   --manage-cgroups-mode value accepted: soft, full, strict, ignore (the runtime keeps cgroups)
+   --manage-cgroups-mode value accepted: soft, full, strict, ignore (the
+                               runtime keeps cgroups)
    --empty-ns network          accepted (network namespaces are not dumped)
    --pre-dump                  copy memory, leave the container running, tracked
    --parent-path value         the pre-dump to continue from (relative to the
@@ -303,11 +306,14 @@ USAGE:
    ferry-runtime [global options] restore [command options] <container-id>
 
 OPTIONS:
-   --bundle value, -b value    path to the root of the bundle directory (default: .)
+   --bundle value, -b value    path to the root of the bundle directory
+                               (default: .)
    --image-path value          path of the checkpoint (default: ./checkpoint)
-   --work-path value           path for the log and stats files (default: the image path)
+   --work-path value           path for the log and stats files
+                               (default: the image path)
    --detach, -d                detach from the container's process
-   --pid-file value            write the container's init pid (host pid) to this file
+   --pid-file value            write the container's init pid (host pid) to
+                               this file
    --tcp-established           allow open tcp connections
    --ext-unix-sk               allow external unix sockets
    --shell-job                 allow shell jobs

@@ -6,6 +6,7 @@ import { helpPage, HELP } from '../../src/cli/help.js';
 import { formatBytes, formatMs, formatProgress, progressLine } from '../../src/cli/output.js';
 import { formatRestore } from '../../src/cli/restore.js';
 import { formatRound } from '../../src/cli/migrate.js';
+import { CHECKPOINT_USAGE, RESTORE_USAGE } from '../../src/runtime/args.js';
 
 describe('CLI output', { timeout: 30_000 }, () => {
   it('formats sizes and durations for people', () => {
@@ -61,6 +62,10 @@ describe('CLI output', { timeout: 30_000 }, () => {
     // Every line fits an 80-column terminal.
     for (const [topic, page] of Object.entries(HELP)) {
       for (const line of page.split('\n')) assert.ok(line.length <= 80, `${topic}: ${line}`);
+    }
+    // ferry-runtime's pages too.
+    for (const [topic, page] of Object.entries({ checkpoint: CHECKPOINT_USAGE, restore: RESTORE_USAGE })) {
+      for (const line of page.split('\n')) assert.ok(line.length <= 80, `ferry-runtime ${topic}: ${line}`);
     }
   });
 });
