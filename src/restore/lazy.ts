@@ -63,6 +63,10 @@ const EVENT_PAGEFAULT = 0x12n, EVENT_FORK = 0x13n, EVENT_REMAP = 0x14n, EVENT_RE
 /** PAGEMAP_SCAN category PAGE_IS_PRESENT (include/uapi/linux/fs.h). */
 const PAGE_IS_PRESENT = 8;
 const PAGE = BigInt(PAGE_SIZE);
+/** sigaltstack(2) SS_DISABLE. */
+const SS_DISABLE = 2;
+/** A stack area this close to a thread's stack pointer is written up front (a frame may reach into it). */
+const RED_ZONE = 64n * 1024n;
 
 /** What a lazy restore did, for the records. */
 export interface LazyStats {
@@ -77,7 +81,18 @@ export interface LazyStats {
 /** The areas of `task` that a lazy restore leaves unwritten; `eager`: none (it forks children copy-on-write, or is one). */
 export function lazyAreas(task: TaskRecord, eager: boolean): VmaRecord[] {
   if (eager) return [];
-  return task.vmas.filter((v) => v.kind === 'anon' && !v.shared && v.shmem === undefined && v.sysv === undefined
+  // Not the areas of the threads' stacks and alternate signal stacks: the kernel writes a
+  // signal frame there as a thread is let go (a fault of the kernel's, which only SIGKILL
+  // interrupts, while ferry's event loop may still be in the let-go).
+  const stacks: bigint[] = [];
+  for (const t of task.threads) {
+    stacks.push(big(t.regs.rsp));
+    if ((t.sigaltstack.flags & SS_DISABLE) === 0 && big(t.sigaltstack.size) > 0n) {
+      stacks.push(big(t.sigaltstack.sp), big(t.sigaltstack.sp) + big(t.sigaltstack.size) - 1n);
+    }
+  }
+  const onStack = (v: VmaRecord): boolean => stacks.some((sp) => sp >= big(v.start) - RED_ZONE && sp < big(v.end) + RED_ZONE);
+  return task.vmas.filter((v) => v.kind === 'anon' && !v.shared && v.shmem === undefined && v.sysv === undefined && !onStack(v)
     && v.runs.length > 0 && v.prot !== 0 && (v.cow?.length ?? 0) === 0
     // Not wipe-on-fork (wf) nor don't-copy (dc) areas: a child forked during the fill must get
     // zeros there, or no area at all, not the parent's pages.
