@@ -82,6 +82,20 @@ Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(r));
 }
 
+// pidfdSendSignal(pidfd, sig) -> false if the process is gone (ESRCH), true once sent: no pid
+// that was reused can be hit.
+Napi::Value PidfdSendSignal(const Napi::CallbackInfo& info) {
+  int64_t pidfd, sig;
+  if (!ArgInt(info, 0, &pidfd) || !ArgInt(info, 1, &sig)) return {};
+  long r = syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0);
+  if (r < 0 && errno == ESRCH) return Napi::Boolean::New(info.Env(), false);
+  if (r < 0) {
+    ThrowErrno(info.Env(), "pidfd_send_signal", errno);
+    return {};
+  }
+  return Napi::Boolean::New(info.Env(), true);
+}
+
 // pidfdGetfd(pidfd, targetFd) -> fd in this process (O_CLOEXEC set).
 Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
   int64_t pidfd, fd;
@@ -361,6 +375,7 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("asyncOwner", Napi::Function::New(env, AsyncOwner));
   exports.Set("kcmp", Napi::Function::New(env, Kcmp));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
+  exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal));
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
   exports.Set("lseek", Napi::Function::New(env, Lseek));

@@ -181,6 +181,8 @@ export interface NativeBinding {
   kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number;
   /** pidfd_open(2). */
   pidfdOpen(pid: number, flags?: number): number;
+  /** pidfd_send_signal(2): false when the process is gone (ESRCH). */
+  pidfdSendSignal(pidfd: number, sig: number): boolean;
   /** pidfd_getfd(2): duplicates another process's fd into this one (O_CLOEXEC). */
   pidfdGetfd(pidfd: number, fd: number): number;
   /** close(2). */
@@ -500,7 +502,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',

@@ -304,10 +304,9 @@ export function takeOver(init: Init, image: string | undefined, log: Logger): Ta
     log.warn({ err }, 'cannot take the tracking from its holder');
     taken.length = 0;
   } finally {
-    // Checked again just before: the pid names the holder unless it exited, was reaped and its
-    // pid reused within these microseconds (the native binding has no pidfd_send_signal yet).
+    // Through its pidfd: no process that took a reused pid can be hit.
     try {
-      if (startTime(holder)?.toString() === state.holderStart) process.kill(holder, 'SIGKILL');
+      n.pidfdSendSignal(pidfd, 9);
     } catch { /* exited */ }
     closeSync(pidfd);
   }
