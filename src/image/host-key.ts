@@ -15,11 +15,11 @@
  * /var/lib/ferry/host.key; "" = none), written to a temporary file and linked into place, so
  * two checkpoints starting at once end up with the same key. A restore never makes one.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { closeSync, constants, fstatSync, fsyncSync, linkSync, lstatSync, mkdirSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { FerryError, describeCause } from '../errors.js';
-import { fingerprint, type KeyId } from './sign.js';
+import { fingerprint, newEd25519Key, type KeyId } from './sign.js';
 
 /** Largest host key file read (a PEM Ed25519 key is 119 bytes). */
 const MAX_KEY_FILE = 4096;
@@ -97,7 +97,7 @@ export function hostSigningKey(path: string): KeyObject | undefined {
   checkDir(dir);
   const have = readHostKey(path);
   if (have) return have;
-  const pem = generateKeyPairSync('ed25519').privateKey.export({ format: 'pem', type: 'pkcs8' }) as string;
+  const pem = newEd25519Key().export({ format: 'pem', type: 'pkcs8' }) as string;
   const tmp = `${path}.${process.pid}.tmp`;
   try {
     const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);

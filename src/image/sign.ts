@@ -13,7 +13,7 @@
  * A key is named by its fingerprint, `SHA256:` and the base64 (unpadded, as ssh prints it) of
  * the sha256 of the raw 32-byte public key.
  */
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyObject } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
@@ -36,12 +36,27 @@ const MAX_TRUSTED = 4096;
 /** A signer's identity: `SHA256:` + unpadded base64 of sha256(raw public key). */
 export type KeyId = string;
 
+/** DER of an Ed25519 key up to its 32 key bytes: PKCS#8 (private) and SPKI (public), RFC 8410. */
+const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex');
+const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex');
+
+/**
+ * A new Ed25519 private key, made from 32 random bytes. Not with generateKeyPairSync: on
+ * Node 20 a key-generation job that the garbage collector frees while the same key is being
+ * exported can deadlock the process (seen here: ferry keygen hung in a JWK export).
+ */
+export function newEd25519Key(): KeyObject {
+  return createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, randomBytes(32)]), format: 'der', type: 'pkcs8' });
+}
+
 /** The 32 bytes of an Ed25519 public key (from a public or a private key). */
 export function rawPublicKey(key: KeyObject): Buffer {
   const pub = key.type === 'private' ? createPublicKey(key) : key;
-  const x = pub.export({ format: 'jwk' }).x;
-  if (typeof x !== 'string') throw new FerryError('EKEY', 'not an Ed25519 key');
-  return Buffer.from(x, 'base64url');
+  const der = pub.export({ format: 'der', type: 'spki' });
+  if (der.length !== SPKI_ED25519.length + 32 || !der.subarray(0, SPKI_ED25519.length).equals(SPKI_ED25519)) {
+    throw new FerryError('EKEY', 'not an Ed25519 key');
+  }
+  return der.subarray(SPKI_ED25519.length);
 }
 
 /** The fingerprint of a key (public or private): `SHA256:…`, 43 base64 characters. */
@@ -51,7 +66,8 @@ export function fingerprint(key: KeyObject): KeyId {
 
 /** A new Ed25519 key pair, its PEM encodings (PKCS#8 private, SPKI public) and fingerprint. */
 export function generateSigningKey(): { privatePem: string; publicPem: string; keyId: KeyId } {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const privateKey = newEd25519Key();
+  const publicKey = createPublicKey(privateKey);
   return {
     privatePem: privateKey.export({ format: 'pem', type: 'pkcs8' }) as string,
     publicPem: publicKey.export({ format: 'pem', type: 'spki' }) as string,

@@ -19,7 +19,7 @@
  * names the pages the target holds instead of carrying them. The tracking is an undo of the
  * session like the rest, and dies with ferry.
  */
-import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
@@ -30,7 +30,7 @@ import { faultPoint } from '../fault.js';
 import { removeKeptLock } from '../files/tcp-lock.js';
 import type { FileOptions } from '../files/types.js';
 import { hostSigningKey } from '../image/host-key.js';
-import { signingKey } from '../image/sign.js';
+import { newEd25519Key, signingKey } from '../image/sign.js';
 import { isAlive } from '../proc/read.js';
 import { native } from '../native/binding.js';
 import { restore } from '../restore/restore.js';
@@ -226,7 +226,7 @@ function imageKey(o: MigrateOptions): { key: KeyObject; restoreWith: string } {
   if (o.config.image.signKey !== '') return { key: signingKey(o.config.image.signKey), restoreWith: ' --trust PUB (the .pub of image.sign_key)' };
   const host = hostSigningKey(o.config.image.hostKey);
   if (host !== undefined) return { key: host, restoreWith: '' };
-  return { key: generateKeyPairSync('ed25519').privateKey, restoreWith: ' --max-creds root' };
+  return { key: newEd25519Key(), restoreWith: ' --max-creds root' };
 }
 
 /** Migrates the process tree rooted at `o.pid` to `o.to`; resolves once it runs there. */
