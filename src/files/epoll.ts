@@ -40,6 +40,7 @@ import type { FileRecord, Hex } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
 import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { treeFds } from '../proc/read.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
 /** kcmp(2) type comparing two descriptors' open files. */
@@ -89,31 +90,22 @@ function parseItem(line: string): { tfd: number; events: number; data: bigint; i
  * kcmp(KCMP_EPOLL_TFD) finds to be the item's file; its file id, or undefined.
  */
 function findDetached(d: FdDesc, ctx: DumpContext, tfd: number, toff: number, ino: bigint | undefined): number | undefined {
-  for (const pid of ctx.pids) {
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const name of fds) {
-      const fd = Number(name);
-      if (ctx.fileIdOf(pid, fd) === undefined) continue;
-      if (ino !== undefined) {
-        try {
-          if (statSync(`/proc/${pid}/fd/${fd}`, { bigint: true }).ino !== ino) continue;
-        } catch {
-          continue;
-        }
-      }
-      let same = false;
+  for (const [pid, fd] of treeFds(ctx.pids)) {
+    if (ctx.fileIdOf(pid, fd) === undefined) continue;
+    if (ino !== undefined) {
       try {
-        same = native().kcmpEpollTfd(pid, d.pid, fd, d.fd, tfd, toff) === 0;
-      } catch (err) {
-        if (errnoCode(err) !== 'EBADF') throw err;
+        if (statSync(`/proc/${pid}/fd/${fd}`, { bigint: true }).ino !== ino) continue;
+      } catch {
+        continue;
       }
-      if (same) return ctx.fileIdOf(pid, fd);
     }
+    let same = false;
+    try {
+      same = native().kcmpEpollTfd(pid, d.pid, fd, d.fd, tfd, toff) === 0;
+    } catch (err) {
+      if (errnoCode(err) !== 'EBADF') throw err;
+    }
+    if (same) return ctx.fileIdOf(pid, fd);
   }
   return undefined;
 }

@@ -30,12 +30,12 @@
  *
  * The helpers that turn an fdinfo handle into a path are shared with fanotify.ts.
  */
-import { fstatSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { fstatSync, readlinkSync, statSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { readProcText } from '../proc/read.js';
+import { readProcText, treeFds } from '../proc/read.js';
 import { rootOf, statIn, viaFd } from './confined.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
 
@@ -282,22 +282,14 @@ function heldByTree(ctx: DumpContext, dev: string, ino: bigint): Pick<InotifyWat
   const held = ctx.scratch<{ file: number; path: string }>('inotify-held');
   if (held.size === 0) {
     held.set('', { file: -1, path: '' }); // read: not again, even when the tree holds nothing
-    for (const pid of ctx.pids) {
-      let fds: string[];
+    for (const [pid, fd] of treeFds(ctx.pids)) {
+      const file = ctx.fileIdOf(pid, fd);
+      if (file === undefined) continue;
       try {
-        fds = readdirSync(`/proc/${pid}/fd`);
-      } catch {
-        continue;
-      }
-      for (const fd of fds) {
-        const file = ctx.fileIdOf(pid, Number(fd));
-        if (file === undefined) continue;
-        try {
-          const st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
-          const key = `${userDev(st.dev)}:${st.ino}`;
-          if (!held.has(key)) held.set(key, { file, path: readlinkSync(`/proc/${pid}/fd/${fd}`) });
-        } catch { /* closed meanwhile: not the tree's (it is stopped) */ }
-      }
+        const st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
+        const key = `${userDev(st.dev)}:${st.ino}`;
+        if (!held.has(key)) held.set(key, { file, path: readlinkSync(`/proc/${pid}/fd/${fd}`) });
+      } catch { /* closed meanwhile: not the tree's (it is stopped) */ }
     }
   }
   const h = held.get(`${dev}:${ino}`);
