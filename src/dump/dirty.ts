@@ -185,6 +185,12 @@ class TrackedProcess {
       try {
         scanArea(this.pagemap, v.start, v.end, out.dirty);
       } catch (err) {
+        // ESRCH: the process exited meanwhile (a short-lived child of the tree): it is gone.
+        if (errnoCode(err) === 'ESRCH') {
+          out.same = false;
+          out.dirty.length = 0;
+          return out;
+        }
         // EPERM: part of the area is no longer registered (moved, replaced) since smaps was read.
         if (errnoCode(err) !== 'EPERM' && errnoCode(err) !== 'EINVAL') throw err;
         out.untracked.push([v.start, v.end]);
