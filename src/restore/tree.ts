@@ -115,7 +115,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     const make = (rec: ProcessRecord): void => {
       const parent = created.stubs.get(rec.ppid);
       if (!parent) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
-      const child = fork(parent, rec.pid, put(rec.ppid, parent));
+      const child = fork(parent, rec.pid, rec.ppid, put(rec.ppid, parent));
       created.stubs.set(rec.pid, child);
       // A fork of a rebuilt parent has the parent's gadget area as its scratch, until its own.
       const inherited = argsAt.get(rec.ppid);
@@ -170,8 +170,11 @@ function belowStack(t: Tracee, data: Buffer): bigint {
   return at;
 }
 
-/** The parent stub forks a child stub with `pid`; the child is seized, stopped and returned. */
-function fork(parent: Tracee, pid: number, put: (data: Buffer) => bigint): Tracee {
+/**
+ * The parent stub (`ppid`, as the image and the child's pid namespace number it: restore keeps
+ * the pids) forks a child stub with `pid`; the child is seized, stopped and returned.
+ */
+function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => bigint): Tracee {
   const n = native();
   // clone_args with the set_tid array right behind it.
   const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
@@ -185,7 +188,7 @@ function fork(parent: Tracee, pid: number, put: (data: Buffer) => bigint): Trace
   // The child runs on its own until it is seized: it asks to die with its parent, and checks
   // that its parent is the one in r12, its pid as the child's namespace shows it (stub.c).
   const regs = decodeRegs(n.getRegs(parent.tid));
-  regs.r12 = BigInt(parseStatus(readProcText(parent.pid, 'status')).nsPid.at(-1) ?? 0);
+  regs.r12 = BigInt(ppid);
   n.setRegs(parent.tid, encodeRegs(regs));
   // Through the `syscall` whose child path does that: the stub's own, or the gadget page's
   // fork entry in a rebuilt parent (address-space.ts GADGET_CODE).
