@@ -219,6 +219,21 @@ export async function checkpointFreed(w: Pick<Workload, 'pid' | 'exited'>, image
   await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
 }
 
+/**
+ * Cycle `i` (from 0) of checkpoint and restore of workload `w` through `image` with `flags`
+ * (given to both): the checkpoint kills it (the first time our own child, reaped here), its
+ * pid is free again, the restore brings it back, owned by the test.
+ */
+export async function cycleThrough(w: Pick<Workload, 'pid' | 'exited'>, image: string, i: number, flags: string[] = []): Promise<void> {
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, ...flags]);
+  assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
+  if (i === 0) await w.exited;
+  await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+  const rs = ferry(['restore', '--image', image, ...flags]);
+  assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
+  own(w.pid);
+}
+
 /** Every pid of workload `w`'s tree (it and its children), each owned: killed by cleanup(). */
 export function ownTree(w: Pick<Workload, 'pid'>): number[] {
   const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);

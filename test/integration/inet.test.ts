@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, cycleThrough, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -33,13 +33,7 @@ describe('TCP and UDP sockets', { skip, timeout: 180_000 }, () => {
     const w = await startWorkload(join(WORKLOADS, 'tcp'), ['DIR']);
     const image = join(w.dir, 'tcp.tar');
     for (let i = 0; i < 3; i++) {
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-      const rs = ferry(['restore', '--image', image, '--tcp-established']);
-      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
-      own(w.pid);
+      await cycleThrough(w, image, i, ['--tcp-established']);
       assert.ok(alive(w.pid), 'restored process runs');
     }
     await sleep(100);

@@ -20,7 +20,9 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import {
+  alive, cleanup, cycleThrough, ferry, own, procState, startWorkload, verify, waitFor, type Workload,
+} from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -46,13 +48,7 @@ describe('TCP connections in every FIN state', { skip, timeout: 300_000 }, () =>
     for (let i = 0; i < 2; i++) {
       // TIME_WAIT (06) on every listener's port: the restore binds them again all the same.
       if (i === 0) assert.deepEqual(listen.filter((p) => portsIn(w.pid, '06').includes(p)), listen, 'TIME_WAIT on the listeners\' ports');
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-      const rs = ferry(['restore', '--image', image, '--tcp-established']);
-      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
-      own(w.pid);
+      await cycleThrough(w, image, i, ['--tcp-established']);
     }
     assert.equal(await verify(w, 120_000), 'PASS');
   });

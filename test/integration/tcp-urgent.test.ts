@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { cleanup, cycleThrough, ferry, procState, startWorkload, verify, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -32,13 +32,7 @@ describe('TCP urgent data', { skip, timeout: 180_000 }, () => {
       const w = await tcpurg(addr);
       const image = join(w.dir, 'urg.tar');
       for (let i = 0; i < 2; i++) {
-        const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
-        assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-        if (i === 0) await w.exited;
-        await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-        const rs = ferry(['restore', '--image', image, '--tcp-established']);
-        assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
-        own(w.pid);
+        await cycleThrough(w, image, i, ['--tcp-established']);
       }
       assert.equal(await verify(w, 30_000), 'PASS');
     });
