@@ -33,14 +33,16 @@
  *   config.json swapped for the restore's, for `runc create`; synchronous); `forked` (a
  *   restore's parent stub has forked a child stub, not seized yet: the first time; synchronous);
  *   `lazy` (a lazy restore let the tree go: faults are served, the background fill has not
- *   begun — paused, pages stay missing until touched).
+ *   begun — paused, pages stay missing until touched); `repair` (a checkpoint with
+ *   --tcp-established has the first TCP socket it reads in repair mode, with SO_OOBINLINE and
+ *   SO_PEEK_OFF changed to read its receive queue, files/tcp-urgent.ts; synchronous).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lazy',
+  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lazy', 'repair',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

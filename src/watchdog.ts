@@ -5,9 +5,9 @@
  * See docs/safety.md.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, writeSync } from 'node:fs';
 import { FerryError } from './errors.js';
-import { watchdogPath } from './native/binding.js';
+import { native, watchdogPath } from './native/binding.js';
 
 /** An armed watchdog. */
 export interface Watchdog {
@@ -35,11 +35,52 @@ export interface StartingWatchdog {
  * their userfaultfds, restore/lazy.ts).
  */
 export function startWatchdog(args: readonly string[], what: string, hold: readonly number[] = []): StartingWatchdog {
+  return spawnWatchdog(args, what, hold);
+}
+
+/** An armed watchdog that is told what to guard as ferry goes (the `sockets` mode). */
+export interface FedWatchdog extends Watchdog {
+  /**
+   * Writes `line` (and a newline) on its stdin, synchronously: once this returns, the line is
+   * the kernel's to deliver, even if ferry dies the next instant.
+   */
+  send(line: string): void;
+}
+
+/**
+ * Starts a watchdog with `args` whose stdin is a pipe written synchronously (FedWatchdog.send)
+ * rather than through the event loop, and resolves once it is armed.
+ */
+export async function armFedWatchdog(args: readonly string[], what: string): Promise<FedWatchdog> {
+  const [readEnd, writeEnd] = native().pipe2();
+  let starting: StartingWatchdog;
+  try {
+    starting = spawnWatchdog(args, what, [], readEnd, writeEnd);
+  } catch (err) {
+    closeSync(writeEnd);
+    throw err;
+  } finally {
+    closeSync(readEnd);
+  }
+  return (await starting.armed()) as FedWatchdog;
+}
+
+/**
+ * startWatchdog, with `stdin` (a pipe's read end, whose write end `feed` ferry keeps and
+ * writes synchronously) instead of a pipe of the event loop's.
+ */
+function spawnWatchdog(args: readonly string[], what: string, hold: readonly number[], stdin?: number, feed?: number): StartingWatchdog {
   const path = watchdogPath();
   if (!existsSync(path)) throw new FerryError('ENOSTUB', `the watchdog ${path} is missing: run 'npm run build'`);
   // Detached: a Ctrl-C sent to ferry's process group must not reach it. `hold`: descriptors
   // it keeps open (as its 3, 4, …) until it exits.
-  const child = spawn(path, args, { stdio: ['pipe', 'pipe', 'pipe', ...hold], detached: true });
+  const child = spawn(path, args, { stdio: [stdin ?? 'pipe', 'pipe', 'pipe', ...hold], detached: true });
+  let feedOpen = feed !== undefined;
+  const closeFeed = (): void => {
+    if (!feedOpen) return;
+    feedOpen = false;
+    closeSync(feed!);
+  };
   let stderr = '';
   let out = '';
   let exited = false;
@@ -48,7 +89,7 @@ export function startWatchdog(args: readonly string[], what: string, hold: reado
   const wake = (): void => { for (const w of waiters.splice(0)) w(); };
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
   child.stdout!.on('data', (d: Buffer) => { out += d.toString(); wake(); });
-  child.stdin!.on('error', () => { /* it exited: nothing to disarm */ });
+  child.stdin?.on('error', () => { /* it exited: nothing to disarm */ });
   child.on('error', (err) => { failure = err; wake(); });
   child.on('exit', () => { exited = true; wake(); });
   return {
@@ -71,12 +112,14 @@ export function startWatchdog(args: readonly string[], what: string, hold: reado
         });
       } catch (err) {
         child.kill('SIGKILL');
+        closeFeed();
         throw new FerryError('EWATCHDOG', `cannot start the watchdog for ${what}: ${err instanceof Error ? err.message : String(err)}: nothing was touched`, { cause: err });
       }
-      return armedWatchdog(child);
+      return feed !== undefined ? fedWatchdog(child, feed, closeFeed) : armedWatchdog(child);
     },
     abandon() {
       if (!exited) child.kill('SIGKILL');
+      closeFeed();
     },
   };
 }
@@ -100,6 +143,32 @@ function armedWatchdog(child: ReturnType<typeof spawn>): Watchdog {
       if (disarmed) return;
       disarmed = true;
       child.stdin!.end('d');
+    },
+  };
+}
+
+/** The handle of an armed watchdog `child` whose stdin ferry writes through `feed`. */
+function fedWatchdog(child: ReturnType<typeof spawn>, feed: number, closeFeed: () => void): FedWatchdog {
+  child.stdout!.destroy();
+  child.stderr!.destroy();
+  child.unref();
+  let disarmed = false;
+  return {
+    send(line: string) {
+      if (disarmed) throw new Error('a line for a disarmed watchdog');
+      try {
+        writeSync(feed, `${line}\n`);
+      } catch (err) {
+        throw new FerryError('EWATCHDOG', `the watchdog exited before ferry was done (${err instanceof Error ? err.message : String(err)}): nothing more was changed`, { cause: err });
+      }
+    },
+    disarm() {
+      if (disarmed) return;
+      disarmed = true;
+      try {
+        writeSync(feed, 'd\n');
+      } catch { /* it is gone: nothing to disarm */ }
+      closeFeed();
     },
   };
 }

@@ -1,7 +1,8 @@
 /*
  * ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] |
- * ferry-watchdog kill PID... | ferry-watchdog hold PID START SECONDS STATE N: undoes one step if
- * ferry dies before it does so itself, or holds descriptors between two of ferry's runs.
+ * ferry-watchdog kill PID... | ferry-watchdog sockets |
+ * ferry-watchdog hold PID START SECONDS STATE N: undoes one step if ferry dies before it does
+ * so itself, or holds descriptors between two of ferry's runs.
  *
  * Some of ferry's steps are not undone by the kernel when ferry dies: a frozen cgroup stays
  * frozen (a container checkpoint freezes it while it seizes every thread), and a container
@@ -24,6 +25,18 @@
  * Exit status: 0 disarmed, 1 acted, 2 usage or setup error (reported on stderr); in exec mode
  * the program's own once it acted.
  *
+ * `sockets` (src/files/socket-guard.ts): the TCP sockets a checkpoint puts in repair mode and
+ * whose SO_OOBINLINE and SO_PEEK_OFF it changes while it reads them, which nothing of the
+ * kernel's puts back if ferry dies meanwhile (a socket left in repair mode sends nothing: its
+ * connection hangs). Before it changes a socket, ferry writes a line on stdin,
+ *   + PID FD INODE REUSEADDR OOBINLINE PEEKOFF
+ * (the task's pid and descriptor, the socket's inode, the three options' values before), and
+ * the watchdog takes that socket at once with pidfd_getfd(2) (checking that it is the socket
+ * of that inode) and keeps it. "d" disarms it as in the other modes; when ferry dies instead,
+ * it reads what lines are left, and puts back every socket whose process is still alive:
+ * repair mode left quietly (TCP_REPAIR_OFF_NO_WP, as ferry leaves it), then the three options.
+ * A socket of a process that died is left alone: closing it in repair mode sends nothing.
+ *
  * `hold` (the memory tracker between a pre-dump and the next dump, src/runtime/criu-track.ts):
  * it keeps the N descriptors it was started with from 3 on (userfaultfds made in a container's
  * processes) and closes any other (its caller's, inherited without O_CLOEXEC: runc's socket). It takes a pidfd of PID (the container's init) and checks that
@@ -42,6 +55,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -106,6 +122,121 @@ static int hold(char **argv)
 	return 1;
 }
 
+/* A socket the `sockets` mode guards. */
+struct guarded {
+	int fd;     /* its copy, taken with pidfd_getfd */
+	int owner;  /* a pidfd of the process that holds it */
+	int reuse, oob, peek, has_peek;
+};
+
+#ifndef TCP_REPAIR
+#define TCP_REPAIR 19
+#endif
+#ifndef TCP_REPAIR_OFF_NO_WP
+#define TCP_REPAIR_OFF_NO_WP -1
+#endif
+#ifndef SO_PEEK_OFF
+#define SO_PEEK_OFF 42
+#endif
+
+/* Takes the socket a "+ PID FD INODE REUSE OOB PEEK" line names; 0 when it is not one. */
+static int guard_line(const char *line, struct guarded *g)
+{
+	long pid, fd, reuse, oob, peek;
+	unsigned long long ino;
+	char peek_text[24];
+	if (sscanf(line, "+ %ld %ld %llu %ld %ld %23s", &pid, &fd, &ino, &reuse, &oob, peek_text) != 6) return 0;
+	if (pid <= 0 || fd < 0 || fd > 0x7fffffff) return 0;
+	g->has_peek = strcmp(peek_text, "-") != 0;
+	peek = g->has_peek ? strtol(peek_text, NULL, 10) : 0;
+	g->owner = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+	if (g->owner < 0) return 0;
+	g->fd = (int)syscall(SYS_pidfd_getfd, g->owner, (int)fd, 0);
+	struct stat st;
+	if (g->fd < 0 || fstat(g->fd, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_ino != ino) {
+		if (g->fd >= 0) close(g->fd);
+		close(g->owner);
+		return 0;
+	}
+	g->reuse = (int)reuse;
+	g->oob = (int)oob;
+	g->peek = (int)peek;
+	return 1;
+}
+
+/* Puts a guarded socket back as it was, if its process still lives. */
+static void put_back(const struct guarded *g)
+{
+	struct pollfd dead = { .fd = g->owner, .events = POLLIN };
+	if (poll(&dead, 1, 0) != 0) return; /* exited (or cannot tell): leave it closed quietly */
+	int on = 0;
+	socklen_t len = sizeof on;
+	if (getsockopt(g->fd, IPPROTO_TCP, TCP_REPAIR, &on, &len) == 0 && on) {
+		int off = TCP_REPAIR_OFF_NO_WP;
+		setsockopt(g->fd, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
+	}
+	setsockopt(g->fd, SOL_SOCKET, SO_REUSEADDR, &g->reuse, sizeof g->reuse);
+	setsockopt(g->fd, SOL_SOCKET, SO_OOBINLINE, &g->oob, sizeof g->oob);
+	if (g->has_peek) setsockopt(g->fd, SOL_SOCKET, SO_PEEK_OFF, &g->peek, sizeof g->peek);
+}
+
+/* sockets: see the comment at the top. */
+static int sockets(void)
+{
+	int parent = (int)syscall(SYS_pidfd_open, getppid(), 0);
+	if (parent < 0 || getppid() == 1) {
+		fprintf(stderr, "ferry-watchdog: no parent to watch: %s\n", strerror(errno));
+		return 2;
+	}
+	size_t n = 0, cap = 16;
+	struct guarded *gs = malloc(cap * sizeof *gs);
+	if (!gs) return 2;
+	if (write(1, "armed\n", 6) != 6) return 2;
+	char buf[4096];
+	size_t have = 0;
+	int gone = 0, eof = 0;
+	struct pollfd fds[2] = { { .fd = 0, .events = POLLIN }, { .fd = parent, .events = POLLIN } };
+	for (;;) {
+		/* Once ferry is gone, what it wrote before it went is still read, without waiting. */
+		if (!eof && poll(fds, 2, gone ? 0 : -1) < 0) {
+			if (errno == EINTR) continue;
+			gone = 1;
+		}
+		if (fds[1].revents) gone = 1;
+		if (!eof && (fds[0].revents || gone)) {
+			if (gone) fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+			ssize_t r = have < sizeof buf ? read(0, buf + have, sizeof buf - have) : 0;
+			if (r < 0 && errno == EINTR) continue;
+			if (r <= 0) {
+				eof = 1; /* EOF, nothing more now, or a line too long: ferry is gone */
+				gone = 1;
+			} else {
+				have += (size_t)r;
+			}
+		}
+		char *nl;
+		while ((nl = memchr(buf, '\n', have)) != NULL) {
+			*nl = '\0';
+			if (buf[0] == 'd') return 0;
+			if (n == cap) {
+				struct guarded *more = realloc(gs, 2 * cap * sizeof *gs);
+				if (more) {
+					gs = more;
+					cap *= 2;
+				}
+			}
+			if (n < cap && guard_line(buf, &gs[n])) n++;
+			size_t used = (size_t)(nl - buf) + 1;
+			memmove(buf, nl + 1, have - used);
+			have -= used;
+		}
+		if (have == 1 && buf[0] == 'd') return 0;
+		if (gone && eof) break;
+	}
+	for (size_t i = 0; i < n; i++) put_back(&gs[i]);
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 7 && strcmp(argv[1], "hold") == 0) {
@@ -115,10 +246,17 @@ int main(int argc, char **argv)
 		signal(SIGPIPE, SIG_IGN);
 		return hold(argv);
 	}
+	if (argc == 2 && strcmp(argv[1], "sockets") == 0) {
+		signal(SIGINT, SIG_IGN);
+		signal(SIGTERM, SIG_IGN);
+		signal(SIGHUP, SIG_IGN);
+		signal(SIGPIPE, SIG_IGN);
+		return sockets();
+	}
 	int exec_mode = argc >= 3 && strcmp(argv[1], "exec") == 0;
 	int kill_mode = argc >= 3 && strcmp(argv[1], "kill") == 0;
 	if (!exec_mode && !kill_mode && !(argc == 4 && strcmp(argv[1], "write") == 0)) {
-		fprintf(stderr, "usage: ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] | ferry-watchdog kill PID... | ferry-watchdog hold PID START SECONDS STATE N\n");
+		fprintf(stderr, "usage: ferry-watchdog write FILE VALUE | ferry-watchdog exec PROGRAM [ARG...] | ferry-watchdog kill PID... | ferry-watchdog sockets | ferry-watchdog hold PID START SECONDS STATE N\n");
 		return 2;
 	}
 	signal(SIGINT, SIG_IGN);

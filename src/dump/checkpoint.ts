@@ -18,7 +18,8 @@ import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
 import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files/leaks.js';
 import { addUnheldTerminals, cttyInNamespace, unheldTerminals } from '../files/tty.js';
 import { withNetns } from '../task/netns.js';
-import { DEFAULT_FILE_OPTIONS, type FdDesc } from '../files/types.js';
+import { DEFAULT_FILE_OPTIONS, type FdDesc, type FileOptions } from '../files/types.js';
+import { startSocketGuard } from '../files/socket-guard.js';
 import { NetLock, sharesNetns, treeConnections } from '../files/tcp-lock.js';
 import { hostFacts, hostVdso } from '../host.js';
 import {
@@ -260,10 +261,16 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const nft = fileOptions.tcpEstablished && !fileOptions.tcpClose
       ? NetLock.start(netns !== undefined && !sharesNetns(netns) ? netns : undefined, `pid ${pid}`, o.netnsPersists === true) : undefined;
     if (nft) session.onUndo('let the network lock go', () => nft.release());
+    // The watchdog of the sockets the dump puts in repair mode (files/socket-guard.ts), too.
+    const guarding = fileOptions.tcpEstablished ? startSocketGuard(`pid ${pid}`) : undefined;
+    guarding?.catch(() => {}); // awaited below
     if (estimate.total <= WARM_UP_MAX_BYTES) warmUp(pid);
     // Ready before the freeze, so that its start-up is not in the frozen window (nothing is
     // locked yet; an error is reported by take(), if the tree has connections at all).
     await nft?.ready().catch(() => {});
+    const socketGuard = await guarding;
+    if (socketGuard) session.onUndo('disarm the sockets watchdog', () => socketGuard.disarm());
+    const dumpOptions: FileOptions = socketGuard ? { ...fileOptions, guardSocket: socketGuard.guard } : fileOptions;
     o.signal?.throwIfAborted();
     // The image file too (its O_DIRECT probed: image/writer.ts); writeImage takes it over, and
     // it is removed on any way out before that.
@@ -317,7 +324,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.
     const cgroups = o.pidNamespace === undefined ? readCgroups(live, cgroupsAhead) : undefined;
-    const files = withNetns(netns, () => collectFiles(descs, fileOptions, unheldGhosts(dumped)));
+    const files = withNetns(netns, () => collectFiles(descs, dumpOptions, unheldGhosts(dumped)));
     addUnheldTerminals(unheld, files); // controlling terminals no process holds open (files/tty.ts)
     session.onUndo('put the files back', () => files.finish(true));
     for (const w of files.warnings) log.warn(w);
@@ -424,6 +431,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       // owned one, which goes with it.
       if (!o.leaveRunning) await lock?.keep();
       for (const d of dumped) for (const t of d.tracees) t.close();
+      // The sockets are back as they were, or go into repair mode for the kill just below: a
+      // watchdog that took them out of it again for a dying tree would reset its connections.
+      socketGuard?.disarm();
       files.finish(o.leaveRunning);
       session.close();
 

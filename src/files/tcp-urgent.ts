@@ -33,6 +33,7 @@
 import { readFileSync } from 'node:fs';
 import { SIOCINQ, SO, SOL_SOCKET } from '../arch/x86-64.js';
 import { errnoCode } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import { native } from '../native/binding.js';
 import type { InetRecord } from './inet.js';
 import { IPPROTO_TCP, TCP, u32 } from './inet-common.js';
@@ -49,6 +50,15 @@ export interface TcpUrgent {
   at: number;
   /** recv(MSG_OOB) read it already (absent: still valid, or in the stream with SO_OOBINLINE). */
   read?: boolean;
+}
+
+/** The socket's SO_PEEK_OFF, or null where it has none (a kernel without it for TCP). */
+export function peekOffset(g: number): number | null {
+  try {
+    return native().getSockInt(g, SOL_SOCKET, SO.PEEK_OFF);
+  } catch {
+    return null; // the queue is then peeked once
+  }
 }
 
 /**
@@ -71,18 +81,14 @@ export function readReceiveQueue(g: number): { inq: number; data: Buffer; urgent
       if (errnoCode(err) !== 'EINVAL') throw err;
     }
   }
-  let peekOff: number | null;
-  try {
-    peekOff = n.getSockInt(g, SOL_SOCKET, SO.PEEK_OFF);
-  } catch {
-    peekOff = null; // no SO_PEEK_OFF for TCP here: the queue is peeked once
-  }
+  const peekOff = peekOffset(g);
   if (!inline) n.setSockInt(g, SOL_SOCKET, SO.OOBINLINE, 1);
   // From the queue's start: a program's own SO_PEEK_OFF would shift the peek. It moves with
   // every peek, so the second peek goes on where the first stopped.
   if (peekOff !== null) n.setSockInt(g, SOL_SOCKET, SO.PEEK_OFF, 0);
   let inq = 0, data: Buffer = Buffer.alloc(0), at: number | null = null;
   try {
+    faultPointSync('repair'); // in repair mode, both options changed: socket-guard.ts's window
     inq = n.sockIoctlInt(g, SIOCINQ);
     if (inq > 0) data = n.sockPeek(g, inq)?.data ?? Buffer.alloc(0);
     if (data.length < inq && data.length > 0 && peekOff !== null) {

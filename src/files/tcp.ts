@@ -85,7 +85,7 @@ import {
 } from './inet-common.js';
 import { applyBuffers, applyOptions, changedOptions } from './sockopt.js';
 import { awaitSegment, sendSegment, TH_ACK, TH_FIN } from './tcp-segment.js';
-import { checkUrgent, deliverUrgent, readReceiveQueue, type TcpUrgent } from './tcp-urgent.js';
+import { checkUrgent, deliverUrgent, peekOffset, readReceiveQueue, type TcpUrgent } from './tcp-urgent.js';
 import { openClosedConnection } from './tcp-close.js';
 import { NOT_YET, type DumpContext, type FdDesc, type OpenContext } from './types.js';
 
@@ -257,9 +257,11 @@ function peekQueue(fd: number, len: number, what: string): Buffer {
   return got;
 }
 
-function dumpEstablished(g: number, ctx: DumpContext, state: SyncState): TcpRepairState {
+function dumpEstablished(d: FdDesc, g: number, ctx: DumpContext, state: SyncState): TcpRepairState {
   const n = native();
   const reuse = n.getSockInt(g, SOL_SOCKET, SO.REUSEADDR);
+  // The watchdog learns what to put back before anything changes (files/socket-guard.ts).
+  ctx.options.guardSocket?.(d, { reuseAddr: reuse, oobInline: n.getSockInt(g, SOL_SOCKET, SO.OOBINLINE), peekOff: peekOffset(g) });
   n.setSockInt(g, IPPROTO_TCP, TCP.REPAIR, TCP_REPAIR_ON);
   // Repair mode is left as soon as the socket is read (quietly: TCP_REPAIR_OFF_NO_WP; leaving
   // it resets SO_REUSEADDR, which is put back), so that a ferry killed meanwhile leaves a
@@ -390,7 +392,7 @@ export function dumpTcp(d: FdDesc, g: number, base: TcpBase, ctx: DumpContext): 
     }
     const opts = changedOptions(g, family, proto, false);
     const rel = relatives(d, local, remote, ctx);
-    const tcp = dumpEstablished(g, ctx, sync);
+    const tcp = dumpEstablished(d, g, ctx, sync);
     return { ...base, state: 'established', opts, tcp, peer: rel.peer, after: rel.after };
   }
   if (state === TCP_SYN_RECV) {

@@ -6,6 +6,7 @@
 import type { BigIntStats } from 'node:fs';
 import type { FileRecord } from '../image/records.js';
 import type { Fdinfo } from '../proc/fdinfo.js';
+import type { GuardSocket } from './socket-guard.js';
 
 /** What the engine knows about one descriptor of one task before asking a module. */
 export interface FdDesc {
@@ -58,6 +59,12 @@ export interface FileOptions {
    * image with such a terminal is refused.
    */
   onConsoleMaster?: (master: number) => void;
+  /**
+   * Checkpoint: tells the watchdog of the tree's TCP sockets about one before the dump changes
+   * it (repair mode and the options read with it: files/socket-guard.ts). Absent: nothing
+   * watches them (a ferry killed meanwhile leaves the socket changed).
+   */
+  guardSocket?: GuardSocket;
   /** files.deleted_max_bytes of the configuration: the most a deleted file's contents may take. */
   deletedMaxBytes: number;
   /**

@@ -5,6 +5,11 @@
  * the workload runs on untraced, and its connection still works both ways: the peer outside
  * the tree, which kept sending all along, gets every byte echoed back, in order, and never a
  * reset. A retry of the checkpoint then takes and keeps the lock, and the restore removes it.
+ * The `repair` cell hits ferry while the socket is in repair mode with two options changed to
+ * read its queue: the sockets watchdog (src/files/socket-guard.ts) puts it back, and the
+ * workload's check (SIGUSR1) finds the options it never changed. Its workload sleeps between
+ * reads: one blocked in recv(2) on that socket would get EPERM at once, since the kernel lets
+ * the tracee go before the watchdog can learn that ferry died (docs/safety.md).
  * Restore cells: a restore hit after the connection is rebuilt leaves the kept lock and no
  * orphan socket on the 4-tuple (the rebuilt socket closes abortively until the let-go), so
  * the retry works.
@@ -24,11 +29,14 @@ after(() => {
   cleanup();
 });
 
-/** Phases where the lock is held (taken after the tree is frozen, before its sockets are read). */
-const PHASES = ['dumped', 'writing', 'written'] as const;
+/**
+ * Phases where the lock is held (taken after the tree is frozen, before its sockets are read):
+ * `repair` is inside the reading of the socket.
+ */
+const PHASES = ['repair', 'dumped', 'writing', 'written'] as const;
 
 async function lockCell(p: Problems, phase: string, fault: Fault): Promise<void> {
-  const { w, peer } = await echoPair();
+  const { w, peer } = await echoPair('127.0.0.1', phase === 'repair');
   try {
     await sleep(200);
     const run = startFerry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'echo.tar'), '--tcp-established'], phase);

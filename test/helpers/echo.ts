@@ -35,17 +35,31 @@ export function closeServers(): void {
 
 /**
  * The echo workload (python3 -c ECHO PORT HOST [SOURCE]): connects to HOST:PORT (from address
- * SOURCE if given), prints "ready pid=N", echoes what it reads; SIGUSR1 prints PASS.
+ * SOURCE if given), prints "ready pid=N", echoes what it reads (blocked in recv, or with
+ * a last argument `--poll` asleep for 1.5 s between drains of its socket that do not wait); SIGUSR1 prints PASS if its
+ * socket's options are the defaults it never changed (SO_OOBINLINE off, SO_PEEK_OFF -1, not in
+ * TCP_REPAIR mode), else FAIL: a checkpoint changes them while it reads the socket.
  */
 export const ECHO = [
-  'import os, signal, socket, sys',
+  'import os, signal, socket, sys, time',
   'os.closerange(3, 1 << 16)',
+  'polling = sys.argv[-1] == "--poll"',
+  'if polling: sys.argv.pop()',
   's = socket.create_connection((sys.argv[2], int(sys.argv[1])), source_address=(sys.argv[3], 0) if len(sys.argv) > 3 else None)',
   'def check(*_):',
-  '    print("PASS", flush=True)',
+  '    got = (s.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE), s.getsockopt(socket.SOL_SOCKET, 42), s.getsockopt(socket.IPPROTO_TCP, 19))',
+  '    print("PASS" if got == (0, -1, 0) else f"FAIL SO_OOBINLINE, SO_PEEK_OFF, TCP_REPAIR are {got}", flush=True)',
   'signal.signal(signal.SIGUSR1, check)',
   'print(f"ready pid={os.getpid()}", flush=True)',
   'while True:',
+  '    if polling:',
+  '        time.sleep(1.5)',
+  '        while True:',
+  '            try: d = s.recv(65536, socket.MSG_DONTWAIT)',
+  '            except BlockingIOError: break',
+  '            if not d: sys.exit(0)',
+  '            s.sendall(d)',
+  '        continue',
   '    d = s.recv(65536)',
   '    if not d: break',
   '    s.sendall(d)',
@@ -62,16 +76,17 @@ export interface Peer {
 /**
  * Starts the echo workload and its peer (sending at once). `connectTo` is the address the
  * workload connects to: 127.0.0.1, or ::ffff:127.0.0.1 for an IPv6 socket whose packets are
- * IPv4 (the peer listens on 127.0.0.1 either way).
+ * IPv4 (the peer listens on 127.0.0.1 either way). `polling`: the workload sleeps between
+ * reads that do not wait (ECHO's `--poll`), instead of waiting in recv.
  */
-export async function echoPair(connectTo = '127.0.0.1'): Promise<{ w: Workload; peer: Peer }> {
+export async function echoPair(connectTo = '127.0.0.1', polling = false): Promise<{ w: Workload; peer: Peer }> {
   let accept!: (s: Socket) => void;
   const accepted = new Promise<Socket>((r) => { accept = r; });
   const server = createServer((s) => accept(s));
   servers.add(server);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const port = (server.address() as { port: number }).port;
-  const w = await startWorkload(PYTHON, ['-c', ECHO, String(port), connectTo]);
+  const w = await startWorkload(PYTHON, ['-c', ECHO, String(port), connectTo, ...(polling ? ['--poll'] : [])]);
   const sock = await accepted;
   server.close();
   servers.delete(server);
