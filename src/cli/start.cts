@@ -1,8 +1,9 @@
 /**
- * The start of the `ferry` command line that bin/ferry runs (docs/architecture.md,
- * "Start-up"): the whole command line bundled into one CommonJS file, `ferry.cjs`, compiled
- * with V8's code cache, `ferry.cjs.cache`, both next to this file in dist/bundle/ferry/ and
- * both made by `npm run build:bundle`.
+ * The start of ferry's programs that the launchers run (docs/architecture.md, "Start-up"):
+ * `ferry` (bin/ferry), and with a first argument `--program=NAME` `ferry-runtime`, `criu` and
+ * `ferry-hook`. Each program is bundled into one CommonJS file, `NAME.cjs`, compiled with V8's
+ * code cache, `NAME.cjs.cache`, both next to this file in dist/bundle/ferry/ and both made by
+ * `npm run build:bundle`.
  *
  * Node.js 20 keeps no compiled code for ES modules between runs (NODE_COMPILE_CACHE is 22.1+),
  * and its ESM loader costs a few milliseconds per module before any of ferry's code runs.
@@ -14,8 +15,8 @@
  * The cache is only an accelerator, never needed: a missing or unreadable cache, one made for
  * another build of the bundle (its header records the bundle's size and modification time,
  * which V8's own check, on the source's length only, would not see), or one V8 refuses (another
- * node binary, other V8 flags) means a plain compile, about 20 ms slower. Without ferry.cjs
- * at all, the ES module bundle runs instead.
+ * node binary, other V8 flags) means a plain compile, about 20 ms slower. Without NAME.cjs
+ * at all, the ES module bundle NAME.js runs instead.
  */
 import { isAscii } from 'node:buffer';
 import { closeSync, fstatSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -24,18 +25,41 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Script } from 'node:vm';
 
-/** The CommonJS bundle of the command line (src/cli/main.ts and everything it imports). */
-const BUNDLE = join(__dirname, 'ferry.cjs');
-/** V8's code cache of BUNDLE, behind a header naming the bundle it was made from. */
-const CACHE = `${BUNDLE}.cache`;
 /** Bytes of the cache's header: the bundle's size and modification time (ns), u64 LE each. */
 const HEADER_BYTES = 16;
 
-/** What src/cli/main.ts exports. */
-interface CommandLine {
+/** What each program's module exports (src/cli/main.ts, runtime/main.ts, runtime/criu.ts, hook/main.ts). */
+interface Program {
+  /** Runs it on the process's arguments, and exits. */
   entryPoint(): void;
-  main(argv: readonly string[]): Promise<number>;
+  /** Runs it on `argv` (and `env`, where it reads it); its exit status, where it has one. */
+  main(argv: readonly string[], env?: NodeJS.ProcessEnv): Promise<number | void>;
 }
+
+/**
+ * The programs, with what makeCodeCache runs of each and the exit status each ends with.
+ * ferry: `--version` and `help`, and the path of every command that works (the config, pino
+ * and the log, the error report) through an inspect of an image that cannot exist (a path
+ * under the bundle file), logging to /dev/null. Measured here (CPU time, medians): the
+ * inspect makes the cache 450 KB instead of 240 KB, which costs `--version` about 2 ms and
+ * saves `inspect` of a small image 6-10 ms. The others: their help, which leaves the
+ * functions of their start compiled; their work needs a container.
+ */
+const PROGRAMS: Readonly<Record<string, ReadonlyArray<[string[], number | undefined]>>> = {
+  'ferry': [
+    [['--version'], 0],
+    [['help'], 0],
+    [['inspect', '--image', join(__dirname, 'ferry.cjs', 'missing.tar'), '--log-file', '/dev/null'], 1],
+  ],
+  'ferry-runtime': [[['checkpoint', '--help'], 0], [['restore', '--help'], 0]],
+  'criu': [[['--version'], 0], [['--help'], 0]],
+  'ferry-hook': [],
+};
+
+/** The CommonJS bundle of `program`. */
+const bundleOf = (program: string): string => join(__dirname, `${program}.cjs`);
+/** V8's code cache of that bundle, behind a header naming the bundle it was made from. */
+const cacheOf = (program: string): string => `${bundleOf(program)}.cache`;
 
 /** The header for the bundle whose stat is `st`. */
 function header(st: { size: bigint; mtimeNs: bigint }): Buffer {
@@ -45,11 +69,11 @@ function header(st: { size: bigint; mtimeNs: bigint }): Buffer {
   return h;
 }
 
-/** The code cache if it was made from the bundle as it is now (`st`), else undefined. */
-function readCache(st: { size: bigint; mtimeNs: bigint }): Buffer | undefined {
+/** The code cache of `program` if it was made from its bundle as it is now (`st`), else undefined. */
+function readCache(program: string, st: { size: bigint; mtimeNs: bigint }): Buffer | undefined {
   let data: Buffer;
   try {
-    data = readFileSync(CACHE);
+    data = readFileSync(cacheOf(program));
   } catch {
     return undefined;
   }
@@ -58,13 +82,14 @@ function readCache(st: { size: bigint; mtimeNs: bigint }): Buffer | undefined {
 }
 
 /**
- * Compiles and runs the bundle as a CommonJS module (with the code cache unless `useCache` is
- * false); undefined when there is no bundle.
+ * Compiles and runs the bundle of `program` as a CommonJS module (with the code cache unless
+ * `useCache` is false); undefined when there is no bundle.
  */
-function load(useCache: boolean): { script: Script; commandLine: CommandLine; stat: { size: bigint; mtimeNs: bigint } } | undefined {
+function load(program: string, useCache: boolean): { script: Script; exports: Program; stat: { size: bigint; mtimeNs: bigint } } | undefined {
+  const bundle = bundleOf(program);
   let fd: number;
   try {
-    fd = openSync(BUNDLE, 'r');
+    fd = openSync(bundle, 'r');
   } catch {
     return undefined;
   }
@@ -79,56 +104,65 @@ function load(useCache: boolean): { script: Script; commandLine: CommandLine; st
   } finally {
     closeSync(fd);
   }
-  const cachedData = useCache ? readCache(stat) : undefined;
-  const script = new Script(Module.wrap(source), { filename: BUNDLE, ...(cachedData !== undefined ? { cachedData } : {}) });
-  const module = { exports: {} as CommandLine };
-  (script.runInThisContext() as (...args: unknown[]) => void)(module.exports, Module.createRequire(BUNDLE), module, BUNDLE, __dirname);
-  return { script, commandLine: module.exports, stat };
+  const cachedData = useCache ? readCache(program, stat) : undefined;
+  const script = new Script(Module.wrap(source), { filename: bundle, ...(cachedData !== undefined ? { cachedData } : {}) });
+  const module = { exports: {} as Program };
+  (script.runInThisContext() as (...args: unknown[]) => void)(module.exports, Module.createRequire(bundle), module, bundle, __dirname);
+  return { script, exports: module.exports, stat };
 }
 
-/** Runs the command line on the process's arguments. */
+/**
+ * Runs the program on the process's arguments: `ferry`, or the one a first argument
+ * `--program=NAME` names (taken out of process.argv before the program sees it).
+ */
 function start(): void {
-  const loaded = load(true);
+  let program = 'ferry';
+  const named = /^--program=(.*)$/.exec(process.argv[2] ?? '');
+  if (named) {
+    program = named[1]!;
+    process.argv.splice(2, 1);
+  }
+  if (!Object.hasOwn(PROGRAMS, program)) {
+    process.stderr.write(`ferry: start.cjs knows no program "${program}" (${Object.keys(PROGRAMS).join(', ')})\n`);
+    process.exit(2);
+  }
+  const loaded = load(program, true);
   if (loaded !== undefined) {
-    loaded.commandLine.entryPoint();
+    loaded.exports.entryPoint();
     return;
   }
-  // No CommonJS bundle (an older build): the ES module one.
-  import(pathToFileURL(join(__dirname, 'ferry.js')).href).then((m: CommandLine) => m.entryPoint(), (err: unknown) => {
-    process.stderr.write(`ferry: cannot load ${BUNDLE} nor ferry.js next to it (${String(err)}): run 'npm run build'\n`);
+  // No CommonJS bundle (an older build): the ES module one. Its module does not run itself,
+  // since node was started with this file (src/entry.ts isEntryPoint).
+  const esm = join(__dirname, `${program}.js`);
+  import(pathToFileURL(esm).href).then((m: Partial<Program>) => {
+    if (typeof m.entryPoint !== 'function') throw new Error(`${program}.js exports no entryPoint`);
+    m.entryPoint();
+  }).catch((err: unknown) => {
+    process.stderr.write(`${program}: cannot load ${bundleOf(program)} nor ${program}.js next to it (${String(err)}): run 'npm run build'\n`);
     process.exit(1);
   });
 }
 
 /**
- * What makeCodeCache runs, with the exit status each ends with: `--version` and `help`, and
- * the path of every command that works (the config, pino and the log, the error report)
- * through an inspect of an image that cannot exist (a path under the bundle file), logging to
- * /dev/null. Measured here (CPU time, medians): the inspect makes the cache 450 KB instead of
- * 240 KB, which costs `--version` about 2 ms and saves `inspect` of a small image 6-10 ms.
- */
-const WARM_UP: ReadonlyArray<[string[], number]> = [
-  [['--version'], 0],
-  [['help'], 0],
-  [['inspect', '--image', join(BUNDLE, 'missing.tar'), '--log-file', '/dev/null'], 1],
-];
-
-/**
- * Makes the code cache (npm run build:bundle): compiles the bundle without a cache, runs
- * WARM_UP (their output goes to stdout and stderr) so that the functions most commands go
- * through are compiled, and writes what V8 then holds, with the header, under a temporary
- * name renamed over the cache.
+ * Makes the code caches (npm run build:bundle): for each program, compiles its bundle without
+ * a cache, runs what PROGRAMS lists (their output goes to stdout and stderr) so that the
+ * functions most runs go through are compiled, and writes what V8 then holds, with the
+ * header, under a temporary name renamed over the cache.
  */
 export async function makeCodeCache(): Promise<void> {
-  const loaded = load(false);
-  if (loaded === undefined) throw new Error(`${BUNDLE} is missing: npm run build:bundle makes it`);
-  for (const [argv, expected] of WARM_UP) {
-    const status = await loaded.commandLine.main(argv);
-    if (status !== expected) throw new Error(`ferry ${argv.join(' ')} exited with ${status}, not ${expected}, while making the code cache`);
+  for (const [program, warmUp] of Object.entries(PROGRAMS)) {
+    const loaded = load(program, false);
+    if (loaded === undefined) throw new Error(`${bundleOf(program)} is missing: npm run build:bundle makes it`);
+    // ferry-runtime looks for runc before anything else; the help needs none.
+    const env = { ...process.env, FERRY_RUNC: '/bin/true' };
+    for (const [argv, expected] of warmUp) {
+      const status = await loaded.exports.main(argv, env);
+      if (status !== expected) throw new Error(`${program} ${argv.join(' ')} exited with ${String(status)}, not ${String(expected)}, while making the code cache`);
+    }
+    const tmp = `${cacheOf(program)}.${process.pid}.tmp`;
+    writeFileSync(tmp, Buffer.concat([header(loaded.stat), loaded.script.createCachedData()]));
+    renameSync(tmp, cacheOf(program));
   }
-  const tmp = `${CACHE}.${process.pid}.tmp`;
-  writeFileSync(tmp, Buffer.concat([header(loaded.stat), loaded.script.createCachedData()]));
-  renameSync(tmp, CACHE);
 }
 
 if (require.main === module) start();

@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config/config.js';
 import type { OciConfig } from '../container/checkpoint.js';
+import { isEntryPoint } from '../entry.js';
 import { FerryError, describeCause, internalCause } from '../errors.js';
 import { createLogger } from '../log.js';
 import { defaultStubPath } from '../native/binding.js';
@@ -34,7 +35,7 @@ function loggerFor(config: Config, dir?: string): Logger {
   return createLogger({ level: file === '' ? 'silent' : config.log.level, file }).child({ command: 'hook' });
 }
 
-async function main(argv: string[]): Promise<void> {
+export async function main(argv: readonly string[]): Promise<void> {
   const config = loadConfig({});
   if (argv[0] === WORKER) {
     const dir = argv[1]!;
@@ -97,6 +98,15 @@ function report(err: unknown): never {
   process.exit(1);
 }
 
-process.on('uncaughtException', report);
-process.on('unhandledRejection', report);
-main(process.argv.slice(2)).then(() => process.exit(0), report);
+/**
+ * Runs the hook as the program: `main` on the process's arguments, then exits. Called below
+ * when this module is the one node was started with (the launcher's dist/src, or the restore
+ * worker started from it), and by the code-cached start (cli/start.cts) of hooks/ferry-hook.
+ */
+export function entryPoint(): void {
+  process.on('uncaughtException', report);
+  process.on('unhandledRejection', report);
+  main(process.argv.slice(2)).then(() => process.exit(0), report);
+}
+
+if (isEntryPoint(import.meta.url)) entryPoint();

@@ -187,7 +187,12 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
 }
 
 
-if (isEntryPoint(import.meta.url)) {
+/**
+ * Runs ferry's criu as the program: `main` on the process's arguments, then exits with its
+ * status. Called below when this module is the one node was started with, and by the
+ * code-cached start (cli/start.cts) of bin/criu.
+ */
+export function entryPoint(): void {
   // Whatever escapes main() (a bug) is still one line, never a stack.
   const fatal = (err: unknown): never => {
     unwindAll(); // let go of whatever a checkpoint or restore holds (src/session.ts)
@@ -196,5 +201,7 @@ if (isEntryPoint(import.meta.url)) {
   };
   process.on('uncaughtException', fatal);
   process.on('unhandledRejection', fatal);
-  process.exit(await main(process.argv.slice(2)).catch(fatal));
+  main(process.argv.slice(2)).then((status) => process.exit(status), fatal);
 }
+
+if (isEntryPoint(import.meta.url)) entryPoint();

@@ -120,7 +120,12 @@ function requireRoot(): void {
 }
 
 
-if (isEntryPoint(import.meta.url)) {
+/**
+ * Runs the wrapper as the program: `main` on the process's arguments, then exits with its
+ * status. Called below when this module is the one node was started with, and by the
+ * code-cached start (cli/start.cts) of bin/ferry-runtime.
+ */
+export function entryPoint(): void {
   // Whatever escapes main() (a bug) is still one line, never a stack.
   const fatal = (err: unknown): never => {
     unwindAll(); // let go of whatever a checkpoint or restore holds (src/session.ts)
@@ -131,5 +136,7 @@ if (isEntryPoint(import.meta.url)) {
   process.on('unhandledRejection', fatal);
   // FERRY_RUNTIME_SELF: the launcher's own path, so a wrapper installed as `runc` is not
   // mistaken for the real one.
-  process.exit(await main(process.argv.slice(2), process.env, process.env.FERRY_RUNTIME_SELF).catch(fatal));
+  main(process.argv.slice(2), process.env, process.env.FERRY_RUNTIME_SELF).then((status) => process.exit(status), fatal);
 }
+
+if (isEntryPoint(import.meta.url)) entryPoint();

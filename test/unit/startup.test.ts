@@ -175,13 +175,16 @@ describe('the launchers', { timeout: 60_000 }, () => {
     return root;
   }
 
-  const cases: Array<[string, string, string, string[]]> = [
-    ['bin/ferry', 'dist/src/cli/main.js', 'dist/bundle/ferry/start.cjs', ['--version']],
-    ['bin/criu', 'dist/src/runtime/criu.js', 'dist/bundle/ferry/criu.js', ['--version']],
-    ['hooks/ferry-hook', 'dist/src/hook/main.js', 'dist/bundle/ferry/ferry-hook.js', ['poststop']],
-    ['bin/ferry-runtime', 'dist/src/runtime/main.js', 'dist/bundle/ferry/ferry-runtime.js', ['checkpoint', 'c1']],
+  // The launcher, dist/src's file, the bundle's start, the arguments, and the start's first
+  // argument naming the program (none for ferry).
+  const START = 'dist/bundle/ferry/start.cjs';
+  const cases: Array<[string, string, string, string[], string[]]> = [
+    ['bin/ferry', 'dist/src/cli/main.js', START, ['--version'], []],
+    ['bin/criu', 'dist/src/runtime/criu.js', START, ['--version'], ['--program=criu']],
+    ['hooks/ferry-hook', 'dist/src/hook/main.js', START, ['poststop'], ['--program=ferry-hook']],
+    ['bin/ferry-runtime', 'dist/src/runtime/main.js', START, ['checkpoint', 'c1'], ['--program=ferry-runtime']],
   ];
-  for (const [launcher, src, bundled, args] of cases) {
+  for (const [launcher, src, bundled, args, program] of cases) {
     it(`${launcher} runs the bundle while it is not older than dist/src, else dist/src`, () => {
       const root = fakePackage(launcher, src, bundled);
       const env: NodeJS.ProcessEnv = { ...process.env, NODE_EXTRA_CA_CERTS: '/nonexistent.pem', FERRY_RUNC: '/bin/true' };
@@ -194,7 +197,7 @@ describe('the launchers', { timeout: 60_000 }, () => {
       const old = new Date(Date.now() - 3_600_000);
       utimesSync(join(root, src), old, old);
       const first = run(join(root, launcher));
-      assert.deepEqual(first, { ran: 'bundle', ca: null, cache: join(root, 'dist', 'compile-cache'), args });
+      assert.deepEqual(first, { ran: 'bundle', ca: null, cache: join(root, 'dist', 'compile-cache'), args: [...program, ...args] });
       // Through a symlink and a relative path, the same package is found.
       const link = join(dir, `link-${statSync(root).ino}`);
       symlinkSync(join(root, launcher), link);
@@ -265,5 +268,32 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     const none = run(['--version']);
     assert.equal(none.status, 1);
     assert.match(none.stderr, /^ferry: cannot load .*ferry\.cjs nor ferry\.js next to it .*: run 'npm run build'\n$/);
+  });
+
+  it('starts the other programs by name, each from its own cached bundle', (t) => {
+    if (!existsSync(join(BUNDLE, 'start.cjs'))) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
+    const start = join(BUNDLE, 'start.cjs');
+    const run = (args: string[], env: NodeJS.ProcessEnv = process.env): { status: number | null; stdout: string; stderr: string } =>
+      spawnSync(process.execPath, [start, ...args], { encoding: 'utf8', timeout: 30_000, input: '', env });
+    for (const program of ['ferry-runtime', 'criu', 'ferry-hook']) {
+      assert.ok(readFileSync(join(BUNDLE, `${program}.cjs.cache`)).length > 16, `${program} has a code cache`);
+    }
+    const criu = run(['--program=criu', '--version']);
+    assert.equal(criu.status, 0, criu.stderr);
+    assert.match(criu.stdout, /^Version: \d+\.\d+\ncriu \(ferry\): ferry /);
+    // The program's own argv: runc's usage comes back from ferry-runtime, not ferry's.
+    const runtime = run(['--program=ferry-runtime', 'checkpoint', '--help'], { ...process.env, FERRY_RUNC: '/bin/true' });
+    assert.equal(runtime.status, 0, runtime.stderr);
+    assert.match(runtime.stdout, /checkpoint/);
+    // The hook reads its stdin: an empty one is not JSON, said in one line.
+    const hook = run(['--program=ferry-hook']);
+    assert.equal(hook.status, 1);
+    assert.match(hook.stderr, /^ferry-hook: stdin is not JSON/);
+    const unknown = run(['--program=nonsense', '--version']);
+    assert.equal(unknown.status, 2);
+    assert.match(unknown.stderr, /^ferry: start\.cjs knows no program "nonsense"/);
   });
 });
