@@ -26,6 +26,7 @@ import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
 } from '../image/records.js';
 import { hostSigningKey } from '../image/host-key.js';
+import { forkedBySiblings } from '../image/sharing.js';
 import { imageSigner, signingKey } from '../image/sign.js';
 import { HashPool, openImageTarget, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
@@ -316,8 +317,11 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
     const byPid = new Map<number, DumpedTask>();
+    // A process restore forks from a sibling, to share its table, and that sibling inherit no
+    // pages from their parent (image/sharing.ts): each stores all its own.
+    const ownPages = forkedBySiblings(tree.processes.map((p) => p.record));
     for (const p of live) {
-      const d = dumpTask(p, byPid.get(p.record.ppid)); // parents come first
+      const d = dumpTask(p, ownPages.has(p.pid) ? undefined : byPid.get(p.record.ppid)); // parents come first
       byPid.set(p.pid, d);
       dumped.push(d);
     }

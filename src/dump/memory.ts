@@ -118,10 +118,17 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       if (/^socket:\[\d+\]$/.test(v.path)) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is memory of a socket (a packet ring, PACKET_MMAP, or the like), which cannot be checkpointed yet; unmap it or run the process without it`);
       }
-      // io_setup(2)'s completion ring: the kernel's aio context behind it (its requests in
-      // flight, its own head and tail) is not readable from outside.
+      // io_setup(2)'s completion ring. Placing a new context's ring at this address works
+      // (mremap(2) of the ring moves the context's id with it), and the ring's head, tail and
+      // unreaped events are in these pages; but the requests in flight are not: the kernel
+      // counts them only in the context (reqs_available, per-CPU caches), which no interface
+      // shows, and io_getevents(2) would consume what it finds. A request in flight at the
+      // checkpoint (an IOCB_CMD_POLL waits indefinitely) would never complete in the restored
+      // process, which would wait for it for ever: refused.
       if (v.path === '/[aio]' && v.deleted) {
-        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is the completion ring of an io_setup(2) context (aio), which cannot be checkpointed yet; io_destroy(2) it first or run the process without it`);
+        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is the completion ring of an io_setup(2) context (aio), `
+          + 'which cannot be checkpointed: the kernel shows no way to tell whether requests are in flight in it, whose completions '
+          + 'a restored process would wait for in vain; io_destroy(2) it first or run the process without it');
       }
       const sharedAnon = isSharedAnon(v);
       const sysv = v.shared && v.path.startsWith('/SYSV') ? sysvSegment(pid, v, range) : undefined;

@@ -52,7 +52,11 @@ export class NsIds {
   /** A tree.json record with the tree's ids; a parent outside the tree keeps its host id. */
   process(r: ProcessRecord, isRoot: boolean): ProcessRecord {
     const g = this.groupOf(r.pid);
-    return { ...r, pid: this.of(r.pid), ppid: isRoot ? (this.nested ? 0 : r.ppid) : this.of(r.ppid), pgid: g.pgid, sid: g.sid };
+    return {
+      ...r, pid: this.of(r.pid), ppid: isRoot ? (this.nested ? 0 : r.ppid) : this.of(r.ppid), pgid: g.pgid, sid: g.sid,
+      ...(r.sharesFiles !== undefined ? { sharesFiles: this.of(r.sharesFiles) } : {}),
+      ...(r.sharesFs !== undefined ? { sharesFs: this.of(r.sharesFs) } : {}),
+    };
   }
 
   /** A task record with the tree's ids (its threads, xstate entries, credentials, timers). */

@@ -10,12 +10,14 @@
  *
  * What restore cannot rebuild yet is refused here, before the tree is touched or while it is
  * being seized (and then released): another pid or user namespace, a tracer, a session or
- * process group whose leader is outside the tree and is not the root's.
+ * process group whose leader is outside the tree and is not the root's, a descriptor table or
+ * fs struct shared in a way restore cannot fork (checkSharing).
  */
 import { readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord } from '../image/records.js';
+import { Forkers } from '../image/sharing.js';
 import { native } from '../native/binding.js';
 import { parseChildren } from '../proc/children.js';
 import { listTids, readProcText } from '../proc/read.js';
@@ -307,16 +309,24 @@ export function checkGroups(recs: readonly ProcessRecord[], root: number): void 
 const KCMP_FILES = 2, KCMP_FS = 3;
 
 /**
- * Refuses what restore would silently split: processes of the tree sharing one descriptor
- * table (clone(2) CLONE_FILES) or one fs struct (CLONE_FS: root, working directory, umask),
- * and a thread that stopped sharing its process's (unshare(2)). Restore gives each process
- * its own table and fs struct, made from its leader's, so what one opened or where one moved
- * would no longer be seen by the other. kcmp(2) orders the tables, so one sort finds any two
- * that are one.
+ * Finds processes of the tree sharing one descriptor table (clone(2) CLONE_FILES) or one fs
+ * struct (CLONE_FS: root, working directory, umask) and records it in their records
+ * (ProcessRecord.sharesFiles, sharesFs: the first process of the tree holding the table), so
+ * that restore forks them sharing one again (restore/tree.ts). kcmp(2) orders the tables, so
+ * one sort finds the processes that hold the same one.
+ *
+ * Restore forks a sharer from its parent, or from a sibling, holding what it shares
+ * (image/sharing.ts Forkers). What it could not fork is refused: processes sharing a table
+ * that neither the parent of one of them nor a sibling of it in its session holds (the
+ * parent exited and left them to a reaper), and a thread that stopped sharing its process's
+ * (unshare(2)).
  */
-export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids'>[]): void {
+export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids' | 'record'>[]): void {
   const n = native();
-  const kinds = [[KCMP_FILES, 'descriptor table', 'CLONE_FILES'], [KCMP_FS, 'root, working directory and umask', 'CLONE_FS']] as const;
+  const kinds = [
+    [KCMP_FILES, 'descriptor table', 'CLONE_FILES', 'sharesFiles'],
+    [KCMP_FS, 'root, working directory and umask', 'CLONE_FS', 'sharesFs'],
+  ] as const;
   for (const [type, what, flag] of kinds) {
     for (const p of procs) {
       const own = p.tids.slice(1).find((tid) => n.kcmp(p.pid, tid, type, 0, 0) !== 0);
@@ -325,17 +335,31 @@ export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids'>
           + 'which restore cannot rebuild yet; the process was left running', { pid: p.pid });
       }
     }
-    if (procs.length < 2) continue;
+  }
+  if (procs.length < 2) return;
+  const rank = new Map(procs.map((p, i) => [p.pid, i]));
+  for (const [type, , , field] of kinds) {
     const order = (a: number, b: number): number => {
       const r = n.kcmp(a, b, type, 0, 0);
       return r === 0 ? 0 : r === 1 ? -1 : 1; // kcmp: 1 means a orders first, 2 after
     };
     const sorted = procs.map((p) => p.pid).sort(order);
-    for (let i = 1; i < sorted.length; i++) {
-      if (order(sorted[i - 1]!, sorted[i]!) === 0) {
-        throw new FerryError('EUNSUPPORTED', `pids ${sorted[i - 1]} and ${sorted[i]} share one ${what} (clone(2) with ${flag}), `
-          + 'which restore cannot rebuild yet: each would get its own; the tree was left running', { pid: sorted[i - 1]! });
-      }
+    for (let start = 0; start < sorted.length;) {
+      let end = start + 1;
+      while (end < sorted.length && order(sorted[start]!, sorted[end]!) === 0) end++;
+      // One table: its holders in tree order (parents before children), the first one owns it.
+      const group = sorted.slice(start, end).sort((a, b) => rank.get(a)! - rank.get(b)!);
+      start = end;
+      for (const pid of group.slice(1)) procs[rank.get(pid)!]!.record[field] = group[0]!;
+    }
+  }
+  const forkers = new Forkers();
+  for (const { record: r } of procs) {
+    const shared = kinds.find(([, , , field]) => r[field] !== undefined);
+    if (forkers.add(r) === undefined && shared) {
+      const [, what, flag, field] = shared;
+      throw new FerryError('EUNSUPPORTED', `pids ${r[field]} and ${r.pid} share one ${what} (clone(2) with ${flag}) that neither the `
+        + `parent ${r.ppid} of ${r.pid} nor a sibling in its session shares with it, which restore cannot rebuild yet; the tree was left running`, { pid: r.pid });
     }
   }
 }

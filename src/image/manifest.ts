@@ -18,9 +18,12 @@ export const IMAGE_FORMAT = 'ferry-image';
  * of version 3 would queue as an ordinary byte (one MSG_OOB had read would reappear in the
  * stream); and a thread may be in seccomp strict mode (`seccompStrict`), which a reader of
  * version 3 would restore without it (a sandboxed thread let out; it refused such threads at
- * checkpoint). Older images hold neither.
+ * checkpoint). Older images hold neither. 5: a process of tree.json may share its descriptor
+ * table or fs struct with others (`sharesFiles`, `sharesFs`), which a reader of version 4
+ * would give each its own (what one opens or where one moves no longer seen by the other; it
+ * refused such trees at checkpoint); older images hold none.
  */
-export const FORMAT_VERSION = 4;
+export const FORMAT_VERSION = 5;
 export const OLDEST_FORMAT_VERSION = 1;
 export const MANIFEST_NAME = 'manifest.json';
 /** Bounds on what a manifest may claim. */

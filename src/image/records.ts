@@ -260,6 +260,17 @@ export interface ProcessRecord {
   sid: number;
   /** An exited process its parent has not reaped yet: its wait status; null when alive. */
   zombie: { status: number } | null;
+  /**
+   * The process shares its descriptor table (clone(2) CLONE_FILES) with process `sharesFiles`,
+   * the first of this list to hold that table; its parent, or a sibling listed before it, holds
+   * it too (image/sharing.ts). Its `fds` are that process's. Absent: a table of its own.
+   */
+  sharesFiles?: number;
+  /**
+   * Likewise for its fs struct (CLONE_FS: root, working directory and umask), shared with
+   * process `sharesFs`; its cwd and umask are that process's.
+   */
+  sharesFs?: number;
 }
 
 /** tree.json: every process, parents before children, the root first. */

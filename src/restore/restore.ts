@@ -48,7 +48,7 @@ import { checkAuditTrust, restoreLoginuid } from './audit.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, type CreatedTree } from './tree.js';
 import { checkInherited, inherits, keptAreas } from './cow.js';
-import { validateFiles, validateTask, validateTree } from './validate.js';
+import { validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
 import { faultPoint } from '../fault.js';
@@ -103,6 +103,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
     checkInherited(tree, tasks); // pages inherited copy-on-write name the parent's (restore/cow.ts)
+    validateSharing(tree, tasks); // processes sharing a descriptor table hold the same descriptors
     const extents = sharedExtents(tasks); // each shared anonymous object's windows, bounded
     // No privilege from the image: every task's credentials within the bound, before anything
     // exists. Without one, an image no trusted key signed gets the untrusted default.
@@ -260,14 +261,17 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Where a removed working directory is made for a moment (cwd.ts): the tasks' root.
     const cwdRoot = made ? new ConfinedRoot(made.fileRoot, 'in-root') : hostRoot();
     if (made) session.onUndo('close the container root', () => cwdRoot.close());
+    // A process forked sharing the descriptor table of one before it (tree.ts) finds its
+    // descriptors installed there: each table is filled once.
+    const tableShared = new Set(tree.processes.filter((p) => p.sharesFiles !== undefined).map((p) => p.pid));
     for (const task of tasks) {
       o.signal?.throwIfAborted();
-      rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, made?.controllerPidfd);
+      rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, tableShared.has(task.pid), made?.controllerPidfd);
     }
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
     // Once every process and thread exists: what may name another one, then credentials.
-    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!, lazy);
+    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), lazy);
     await faultPoint('rebuilt', o.signal);
     o.signal?.throwIfAborted();
     const hostPid = created.stubs.get(tree.root)!.pid;
@@ -433,30 +437,31 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
 
 /**
  * Rebuilds one process inside its stub, its memory already back (createTree): mm, state,
- * descriptors, threads, pending signals. Its threads are registered in `created` as soon as
- * they exist, so a failure anywhere kills them too.
+ * descriptors (unless `tableShared`: another process installed the table they share), threads,
+ * pending signals. Its threads are registered in `created` as soon as they exist, so a failure
+ * anywhere kills them too.
  */
 function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, as: AddressSpace, cwdRoot: ConfinedRoot, controllerPidfd?: number): void {
+  files: RestoreFiles, as: AddressSpace, cwdRoot: ConfinedRoot, tableShared: boolean, controllerPidfd?: number): void {
   const t = created.stubs.get(task.pid)!;
   setMm(t, as, task);
   withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
   if (!o.makeRoot) restoreLoginuid(t, as, task); // before its threads, which inherit it
   finishRemovedCwd(t.pid, task);
-  installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
+  if (!tableShared) installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
 }
 
 /**
  * Finishes a rebuilt process once every process and thread of the tree exists: its files'
- * owners (a thread of another process may be one), its credentials, then the injection gadget
- * goes.
+ * owners (a thread of another process may be one; set once per shared table), its
+ * credentials, then the injection gadget goes.
  */
-function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, lazy?: LazyPages): void {
+function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, tableShared: boolean, lazy?: LazyPages): void {
   const t = created.stubs.get(task.pid)!;
   lazy?.makeUffd(t, task.pid); // while the stub is still root
-  restoreOwners(t, as.scratch, task.pid, task.fds, files);
+  if (!tableShared) restoreOwners(t, as.scratch, task.pid, task.fds, files);
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
 }

@@ -9,8 +9,12 @@
  * and is seized there. Parents come before children in tree.json, so a parent always exists
  * first. Sessions: a session leader calls setsid() right after it is created, before it forks
  * children, which inherit the session. Groups: once every process exists, group leaders call
- * setpgid(0, 0), then members join their group. Zombies are created like the others and then
- * made to exit with their status: their parent reaps them after restore.
+ * setpgid(0, 0), then members join their group. A process that shared a descriptor table or fs
+ * struct (clone(2) CLONE_FILES, CLONE_FS) is forked with the same flags by its parent holding
+ * them, or by a sibling holding them with CLONE_PARENT too (image/sharing.ts), so they share
+ * them again; the table is filled once, by the first process holding it. Zombies are created
+ * like the others and then made to exit with their status: their parent reaps them after
+ * restore.
  */
 import {
   ALL_SIGNALS, decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
@@ -18,6 +22,7 @@ import {
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { faultPointSync } from '../fault.js';
 import type { ProcessRecord, TreeRecord } from '../image/records.js';
+import { Forkers } from '../image/sharing.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
@@ -30,6 +35,11 @@ import { takeControllingTerminal } from '../files/tty.js';
 import { FORK_GADGET, GADGET_CODE, useStubGadget } from './address-space.js';
 
 const SIGCHLD = 17;
+/**
+ * clone(2) flags: share the fs struct (root, working directory, umask); share the descriptor
+ * table; give the child the caller's parent.
+ */
+const CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_PARENT = 0x8000;
 const CLONE_ARGS_SIZE = 88;
 const RLIMIT_CORE = 4;
 const PR_SET_PDEATHSIG = 1;
@@ -112,13 +122,24 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
       t.writeMem(at, data);
       return at;
     };
+    // Who forks each process: its parent, or a sibling holding a table it shares (below).
+    const forkers = new Map<number, number>();
+    const listed = new Forkers();
+    for (const rec of tree.processes) forkers.set(rec.pid, listed.add(rec)?.pid ?? rec.ppid);
     const make = (rec: ProcessRecord): void => {
       const parent = created.stubs.get(rec.ppid);
-      if (!parent) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
-      const child = fork(parent, rec.pid, rec.ppid, put(rec.ppid, parent));
+      const via = forkers.get(rec.pid)!;
+      const forker = created.stubs.get(via);
+      if (!parent || !forker) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
+      // One sharing a descriptor table or fs struct is forked sharing them (validate.ts checked
+      // that the forker holds the tables the image names): by its parent, or by a sibling
+      // (image/sharing.ts) with CLONE_PARENT, which makes it the sibling's parent's child.
+      const flags = (rec.sharesFiles !== undefined ? CLONE_FILES : 0) | (rec.sharesFs !== undefined ? CLONE_FS : 0)
+        | (via !== rec.ppid ? CLONE_PARENT : 0);
+      const child = fork(forker, rec.pid, rec.ppid, put(via, forker), flags, parent);
       created.stubs.set(rec.pid, child);
-      // A fork of a rebuilt parent has the parent's gadget area as its scratch, until its own.
-      const inherited = argsAt.get(rec.ppid);
+      // A fork of a rebuilt process has its gadget area as its scratch, until its own.
+      const inherited = argsAt.get(via);
       if (inherited) argsAt.set(rec.pid, inherited);
       if (rec.sid === rec.pid) {
         child.syscall(SYS.setsid);
@@ -172,19 +193,24 @@ function belowStack(t: Tracee, data: Buffer): bigint {
 
 /**
  * The parent stub (`ppid`, as the image and the child's pid namespace number it: restore keeps
- * the pids) forks a child stub with `pid`; the child is seized, stopped and returned.
+ * the pids) forks a child stub with `pid` and clone(2) `flags` (CLONE_FILES, CLONE_FS); the
+ * child is seized, stopped and returned. With CLONE_PARENT, `parent` is a sibling of the
+ * child, and `home` its parent, whose child it becomes.
  */
-function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => bigint): Tracee {
+function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => bigint, flags = 0, home = parent): Tracee {
   const n = native();
   // clone_args with the set_tid array right behind it.
   const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
-  args.writeBigUInt64LE(BigInt(SIGCHLD), 32); // exit_signal
+  args.writeBigUInt64LE(BigInt(flags), 0);
+  // exit_signal; with CLONE_PARENT clone3 takes none (EINVAL): the child gets its forker's,
+  // SIGCHLD, as its sibling's own.
+  args.writeBigUInt64LE((flags & CLONE_PARENT) !== 0 ? 0n : BigInt(SIGCHLD), 32);
   args.writeBigUInt64LE(1n, 72); // set_tid_size
   args.writeBigUInt64LE(BigInt(pid), CLONE_ARGS_SIZE);
   const argsAt = put(args);
   args.writeBigUInt64LE(argsAt + BigInt(CLONE_ARGS_SIZE), 64); // set_tid
   parent.writeMem(argsAt, args);
-  const before = new Set(children(parent));
+  const before = new Set(children(home));
   // The child runs on its own until it is seized: it asks to die with its parent, and checks
   // that its parent is the one in r12, its pid as the child's namespace shows it (stub.c).
   const regs = decodeRegs(n.getRegs(parent.tid));
@@ -206,7 +232,7 @@ function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => 
       : `cannot create pid ${pid} (child of ${parent.pid}): clone3 failed with errno ${-r}`);
   }
   // clone3 returned `pid` as the parent's namespace sees it; ptrace needs ferry's id of it.
-  const fresh = children(parent).filter((c) => !before.has(c));
+  const fresh = children(home).filter((c) => !before.has(c));
   if (fresh.length !== 1) throw new FerryError('ESPAWN', `pid ${pid} (child of ${parent.pid}) cannot be found after its creation`);
   const host = fresh[0]!;
   // Until it is seized the child runs the stub's pause() loop with every signal blocked, set

@@ -14,6 +14,8 @@ import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import { KEPT_TABLE } from '../files/tcp-lock.js';
 import { TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
+import { forkedBySiblings, Forkers, SHARED_TABLES } from '../image/sharing.js';
+import { inherits } from './cow.js';
 
 /** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT). */
 const PID_MAX = 4 * 1024 * 1024;
@@ -277,20 +279,70 @@ export function validateTree(v: unknown, root: number, tasks: readonly number[])
     processes: list(record({
       pid: int(1, PID_MAX), ppid: int(0, PID_MAX), pgid: int(0, PID_MAX), sid: int(0, PID_MAX),
       zombie: nullable(record({ status: int() })),
-    }), PID_MAX, 1),
+    }, { sharesFiles: pid, sharesFs: pid }), PID_MAX, 1),
   }), v);
   const tree = v as TreeRecord;
   if (tree.root !== root) fail(where, `root is ${tree.root}, the manifest says ${root}`);
-  const seen = new Set<number>();
+  const seen = new Map<number, TreeRecord['processes'][number]>();
+  const forkers = new Forkers();
   for (const [i, p] of tree.processes.entries()) {
+    const forker = forkers.add(p);
     if (i === 0 && p.pid !== root) fail(where, 'the root must come first');
     if (i > 0 && !seen.has(p.ppid)) fail(where, `processes[${i}] (pid ${p.pid}) comes before its parent ${p.ppid}`);
     if (seen.has(p.pid)) fail(where, `pid ${p.pid} is listed twice`);
-    seen.add(p.pid);
+    for (const field of SHARED_TABLES) {
+      const first = p[field];
+      if (first === undefined) continue;
+      // Restore forks it from a process holding what it shares (restore/tree.ts): the first
+      // holder listed before, holding the table as its own; its parent or a sibling holds it too.
+      const owner = seen.get(first);
+      if (p.zombie !== null || owner === undefined || owner.zombie !== null || owner[field] !== undefined || forker === undefined) {
+        fail(where, `processes[${i}].${field} (pid ${p.pid} sharing with ${first}) must name a live process listed before it, `
+          + 'holding the table as its own, that its parent, or a sibling in its session, shares with it');
+      }
+    }
+    seen.set(p.pid, p);
   }
   const live = tree.processes.filter((p) => p.zombie === null).map((p) => p.pid);
   if (live.length !== tasks.length || live.some((p, i) => p !== tasks[i])) fail(where, 'its live processes differ from the manifest\'s tasks');
   return tree;
+}
+
+/**
+ * Checks the tasks that share a descriptor table or an fs struct (tree.json sharesFiles,
+ * sharesFs) against the one whose table they share: the same descriptors (number, file,
+ * close-on-exec), the same working directory and umask. Restore installs the table, and sets
+ * the working directory, once for all of them, so each gets exactly what its own record says
+ * and never another's descriptors beyond that.
+ */
+export function validateSharing(tree: TreeRecord, tasks: readonly TaskRecord[]): void {
+  const byPid = new Map(tasks.map((t) => [t.pid, t]));
+  const tables = new Map<TaskRecord, string>(); // each holder's table, written out once
+  const fdsOf = (t: TaskRecord): string => {
+    let text = tables.get(t);
+    if (text === undefined) tables.set(t, (text = JSON.stringify([...t.fds].sort((a, b) => a.fd - b.fd).map((f) => [f.fd, f.file, f.cloexec]))));
+    return text;
+  };
+  const fsOf = (t: TaskRecord): string => JSON.stringify([t.cwd, t.cwdDeleted ?? null, t.umask]);
+  // A process forked by a sibling, and the sibling, are forked from stubs: neither inherits pages.
+  for (const pid of forkedBySiblings(tree.processes)) {
+    const task = byPid.get(pid);
+    if (task !== undefined && inherits(task)) {
+      fail(`tasks/${pid}/task.json`, `pid ${pid} inherits pages from its parent (cow), but is forked by or forks a sibling to share its tables (${TREE_ENTRY})`);
+    }
+  }
+  for (const p of tree.processes) {
+    const task = byPid.get(p.pid);
+    if (!task) continue; // a zombie: validateTree refused any sharing of it
+    for (const [field, what, same] of [['sharesFiles', 'descriptors', fdsOf], ['sharesFs', 'working directory and umask', fsOf]] as const) {
+      const first = p[field];
+      if (first === undefined) continue;
+      const owner = byPid.get(first)!;
+      if (same(task) !== same(owner)) {
+        fail(`tasks/${p.pid}/task.json`, `pid ${p.pid} shares the ${field === 'sharesFiles' ? 'descriptor table' : 'fs struct'} of pid ${first} (${TREE_ENTRY}) but its ${what} differ from that process's`);
+      }
+    }
+  }
 }
 
 /** A uid or gid (32 bits). */

@@ -6,13 +6,15 @@
  * (native/helpers/stub.c, the gadget page's fork entry for a rebuilt parent), dies too, so
  * every pid of the image is free again at once, and a retry restores the tree. Both ways a
  * child is forked: from its parent's stub (memcheck tree) and from its rebuilt parent, whose
- * pages it inherits (memcheck cow).
+ * pages it inherits (memcheck cow), and with CLONE_FILES | CLONE_FS from a parent whose
+ * descriptor table and fs struct it shares (sharetables both).
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { needs } from '../helpers/env.js';
-import { cleanup } from '../helpers/processes.js';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { cleanup, own, startWorkload, verify } from '../helpers/processes.js';
 import {
   checkRestored, killAll, pidsFree, runFerry, settle, startFerry, startMemcheck, waitPaused, type Problems,
 } from './helpers.js';
@@ -53,4 +55,33 @@ describe('fault cells: restore killed between a fork and the seize of the child'
       killAll();
     });
   }
+
+  it('sharetables both: SIGKILL at forked of a child sharing its parent\'s table; nothing is left, a retry restores', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'sharetables'), ['both']);
+    const pids = [w.pid, ...readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number)];
+    for (const pid of pids) own(pid);
+    assert.equal(pids.length, 2, 'parent and child');
+    const image = join(w.dir, 'share.tar');
+    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    assert.deepEqual(await pidsFree(pids), []);
+
+    const p: Problems = [];
+    const run = startFerry(['restore', '--image', image], 'forked');
+    try {
+      assert.equal(await waitPaused(run, 'forked'), undefined);
+      run.child.kill('SIGKILL');
+      await settle(run, 'after SIGKILL', p);
+    } finally {
+      if (!run.exited) run.child.kill('SIGKILL');
+      await run.exit;
+    }
+    assert.deepEqual(p, []);
+    assert.deepEqual(await pidsFree(pids, 5000), [], 'nothing of the killed restore holds the pids');
+
+    const rs = await runFerry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
 });

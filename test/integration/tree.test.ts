@@ -3,11 +3,14 @@
  * zombies come back as zombies their parent can reap, with their exit status.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import type { TaskRecord, TreeRecord } from '../../src/image/records.js';
+import { editImage, json, type Edits } from '../helpers/images.js';
+import { alive, cleanup, ferry, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
 
 after(cleanup);
 
@@ -81,10 +84,77 @@ describe('process trees', { skip: needs('root', 'build'), timeout: 180_000 }, ()
   });
 });
 
+describe('processes sharing a descriptor table or an fs struct', { skip: needs('root', 'build'), timeout: 240_000 }, () => {
+  /** Every process of the tree, owned by the test. */
+  const ownAll = (root: number): Proc[] => {
+    const ps = walk(root);
+    for (const p of ps) own(p.pid);
+    return ps;
+  };
+
+  for (const mode of ['files', 'fs', 'both', 'siblings']) {
+    it(`${mode}: two cycles of checkpoint and restore; they share again`, async () => {
+      const w = await startWorkload(join(WORKLOADS, 'sharetables'), [mode]);
+      const before = ownAll(w.pid);
+      assert.equal(before.length, mode === 'both' || mode === 'fs' ? 2 : 3, JSON.stringify(before));
+      const image = join(w.dir, 'share.tar');
+      for (let i = 0; i < 2; i++) {
+        const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+        assert.equal(cp.code, 0, cp.stderr);
+        if (i === 0) await w.exited;
+        await waitFor('every pid of the tree to be free', () => before.every((p) => !alive(p.pid)), 8000);
+        const tree = imageTree(image);
+        const field = mode === 'fs' ? 'sharesFs' : 'sharesFiles';
+        // Siblings share the first child's table, their parent has its own.
+        const first = mode === 'siblings' ? tree.processes[1]!.pid : w.pid;
+        assert.deepEqual(tree.processes.map((p) => p[field]), before.map((p) => (p.pid === w.pid || p.pid === first ? undefined : first)),
+          `the image says who shares: ${JSON.stringify(tree)}`);
+        const rs = ferry(['restore', '--image', image]);
+        assert.equal(rs.code, 0, rs.stderr);
+        assert.deepEqual(shape(ownAll(w.pid), w.pid), shape(before, w.pid), `cycle ${i + 1}: the same tree`);
+      }
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+
+  it('--leave-running leaves them running and sharing as they were', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'sharetables'), ['both']);
+    const before = ownAll(w.pid);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    for (const p of before) assert.equal(procState(p.pid).tracer, 0, `pid ${p.pid} not traced`);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an image edited to share what the processes did not hold alike is refused with one line, nothing made', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'sharetables'), ['files']);
+    const [, child] = ownAll(w.pid);
+    const image = join(w.dir, 'lr.tar');
+    assert.equal(ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']).code, 0);
+    const cases: Array<[string, Edits, RegExp]> = [
+      // The child claims the table but lists a descriptor fewer than its holder.
+      ['fewer.tar', [[`tasks/${child!.pid}/task.json`, json<TaskRecord>((t) => { t.fds = t.fds.filter((f) => f.fd !== 41); })]],
+        new RegExp(`pid ${child!.pid} shares the descriptor table of pid ${w.pid} \\(tree\\.json\\) but its descriptors differ`)],
+      // The root claims to share a child's table: nothing restore could fork it from.
+      ['root.tar', [['tree.json', json<TreeRecord>((t) => { t.processes[0]!.sharesFiles = child!.pid; })]],
+        /image entry tree\.json is invalid: processes\[0\]\.sharesFiles .* must name a live process listed before it/],
+    ];
+    for (const [name, edits, message] of cases) {
+      const edited = join(w.dir, name);
+      await editImage(image, edited, edits);
+      const rs = ferry(['restore', '--image', edited]);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.match(rs.stderr, message);
+      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    }
+    assert.deepEqual(stubs(), [], 'nothing left behind');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
 describe('sharing restore cannot rebuild yet', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
   const cases: Array<[string, RegExp]> = [
-    ['files', /^ferry checkpoint: pids \d+ and \d+ share one descriptor table \(clone\(2\) with CLONE_FILES\), which restore cannot rebuild yet/],
-    ['fs', /^ferry checkpoint: pids \d+ and \d+ share one root, working directory and umask \(clone\(2\) with CLONE_FS\)/],
+    ['sessions', /^ferry checkpoint: pids \d+ and \d+ share one descriptor table \(clone\(2\) with CLONE_FILES\) that neither the parent \d+ of \d+ nor a sibling in its session shares with it, which restore cannot rebuild yet/],
     ['thread', /^ferry checkpoint: thread \d+ of pid (\d+) has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\)/],
   ];
   for (const [mode, message] of cases) {
@@ -92,6 +162,7 @@ describe('sharing restore cannot rebuild yet', { skip: needs('root', 'build'), t
       const w = await startWorkload(join(WORKLOADS, 'sharetables'), [mode]);
       const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
       for (const k of kids) own(k);
+      if (mode === 'sessions') assert.equal(walk(w.pid).find((p) => p.pid === kids[0])?.sid, kids[0], 'the first child leads its session');
       const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
       assert.equal(cp.code, 1, cp.stderr);
       assert.match(cp.stderr, message);
@@ -101,3 +172,10 @@ describe('sharing restore cannot rebuild yet', { skip: needs('root', 'build'), t
     });
   }
 });
+
+/** tree.json of `image` (a tar file). */
+function imageTree(image: string): TreeRecord {
+  const r = spawnSync('tar', ['-xOf', image, 'tree.json'], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as TreeRecord;
+}

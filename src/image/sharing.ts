@@ -1,0 +1,74 @@
+/**
+ * Processes sharing a descriptor table or an fs struct, as the image records them
+ * (docs/image-format.md, tree.json `sharesFiles`, `sharesFs`): which process restore forks
+ * each one from so that it shares them again. Here, where both dump/ (which refuses what
+ * restore could not fork) and restore/ reach it.
+ *
+ * clone(2) shares the caller's tables with the child (CLONE_FILES, CLONE_FS), and with
+ * CLONE_PARENT makes the child the caller's sibling: its parent is the caller's parent. So a
+ * process is forked by its parent when the parent holds every table it shares (the usual
+ * shape: a child made with CLONE_FILES); otherwise by a sibling listed before it that holds
+ * them (two children made with CLONE_FILES, after which their parent unshare(2)d its own
+ * table), with CLONE_PARENT. The sibling must be in the process's session, or the process
+ * must lead its own: a forked process starts in its forker's session, and setsid(2) is the
+ * only way out of it. The sibling is looked up, not searched for, so that a forged tree of
+ * millions of processes costs no more than a true one.
+ */
+import type { ProcessRecord } from './records.js';
+
+/** The fields of a process record naming a table it shares. */
+export const SHARED_TABLES = ['sharesFiles', 'sharesFs'] as const;
+
+/** Whether `q` holds the table that `first` holds as its own, in the sense of `field`. */
+const holds = (q: ProcessRecord, field: (typeof SHARED_TABLES)[number], first: number): boolean => q.pid === first || q[field] === first;
+
+/**
+ * Finds who forks each process of a tree fed in order (parents first), in constant time per
+ * process whatever the image claims: its parent when the parent holds every table it shares,
+ * else the first sibling listed before it holding the first of those tables, if that one
+ * holds them all and lets it keep its session.
+ */
+export class Forkers {
+  private readonly byPid = new Map<number, ProcessRecord>();
+  /** The first process listed with each parent and table: `ppid field table`. */
+  private readonly holders = new Map<string, ProcessRecord>();
+
+  /** The process `p` is forked from (undefined: none can fork it so), then `p` joins the listed ones. */
+  add(p: ProcessRecord): ProcessRecord | undefined {
+    const via = this.forker(p);
+    this.byPid.set(p.pid, p);
+    for (const f of SHARED_TABLES) {
+      const key = `${p.ppid} ${f} ${p[f] ?? p.pid}`;
+      if (p.zombie === null && !this.holders.has(key)) this.holders.set(key, p);
+    }
+    return via;
+  }
+
+  private forker(p: ProcessRecord): ProcessRecord | undefined {
+    const parent = this.byPid.get(p.ppid);
+    const shared = SHARED_TABLES.filter((f) => p[f] !== undefined);
+    const holdsAll = (q: ProcessRecord): boolean => q.zombie === null && shared.every((f) => holds(q, f, p[f]!));
+    if (parent === undefined || shared.length === 0 || holdsAll(parent)) return parent;
+    const sibling = this.holders.get(`${p.ppid} ${shared[0]!} ${p[shared[0]!]!}`);
+    return sibling !== undefined && holdsAll(sibling) && (sibling.sid === p.sid || p.sid === p.pid) ? sibling : undefined;
+  }
+}
+
+/**
+ * The pids of the processes forked by a sibling (Forkers) and of those siblings, in a tree
+ * whose records are in order (parents first): neither may inherit pages copy-on-write from
+ * its parent (image/cow.ts), since such a child is forked only once its parent's memory is
+ * back, and these are forked from stubs before that.
+ */
+export function forkedBySiblings(processes: readonly ProcessRecord[]): Set<number> {
+  const out = new Set<number>();
+  const forkers = new Forkers();
+  for (const p of processes) {
+    const via = forkers.add(p);
+    if (via !== undefined && via.pid !== p.ppid) {
+      out.add(p.pid);
+      out.add(via.pid);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,85 @@
+/**
+ * Records of processes sharing a descriptor table or fs struct (tree.json sharesFiles,
+ * sharesFs), as an edited image could forge them: only the shapes restore forks (each sharer's
+ * parent holds the table, its first holder listed before it) pass, and a sharer must hold the
+ * same descriptors, working directory and umask as the process it shares with.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { ProcessRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
+import { forkedBySiblings, Forkers } from '../../src/image/sharing.js';
+import { validateSharing, validateTree } from '../../src/restore/validate.js';
+
+const proc = (pid: number, ppid: number, extra: Partial<ProcessRecord> = {}): ProcessRecord => (
+  { pid, ppid, pgid: 100, sid: 100, zombie: null, ...extra });
+
+/** 100 -> 101 -> 102, and 100 -> 103. */
+const tree = (edit: (ps: ProcessRecord[]) => void): TreeRecord => {
+  const processes = [proc(100, 1), proc(101, 100), proc(102, 101), proc(103, 100)];
+  edit(processes);
+  return { root: 100, processes };
+};
+const check = (t: TreeRecord): TreeRecord => validateTree(t, 100, t.processes.filter((p) => p.zombie === null).map((p) => p.pid));
+
+describe('tree.json sharing records', () => {
+  it('accepts a chain sharing from its first holder, siblings sharing their parent\'s, and siblings sharing their own', () => {
+    check(tree((ps) => { ps[1]!.sharesFiles = 100; ps[2]!.sharesFiles = 100; ps[3]!.sharesFs = 100; }));
+    check(tree((ps) => { ps[2]!.sharesFs = 101; }));
+    const t = check(tree((ps) => { ps[3]!.sharesFiles = 101; }));
+    assert.deepEqual([...forkedBySiblings(t.processes)], [103, 101], '103 is forked by its sibling 101');
+    const forkers = new Forkers();
+    assert.deepEqual(t.processes.map((p) => forkers.add(p)?.pid), [undefined, 100, 101, 101]);
+    // A sibling holding only one of the two tables it shares cannot fork it.
+    assert.throws(() => check(tree((ps) => { ps[3]!.sharesFiles = 101; ps[3]!.sharesFs = 100; })), /sharesFiles/);
+  });
+
+  const refused: Array<[string, (ps: ProcessRecord[]) => void]> = [
+    ['the root (nothing restore forks it from)', (ps) => { ps[0]!.sharesFiles = 101; }],
+    ['a holder listed after it', (ps) => { ps[1]!.sharesFiles = 102; }],
+    ['a holder its parent does not share', (ps) => { ps[2]!.sharesFiles = 100; }],
+    ['a sibling in another session', (ps) => { ps[1]!.sid = 101; ps[2]!.sid = 101; ps[3]!.sharesFiles = 101; }],
+    ['a sibling listed after it', (ps) => { ps[1]!.sharesFiles = 103; }],
+    ['a holder that itself shares another\'s', (ps) => { ps[1]!.sharesFs = 100; ps[2]!.sharesFs = 101; }],
+    ['itself', (ps) => { ps[1]!.sharesFiles = 101; }],
+    ['a process not in the tree', (ps) => { ps[1]!.sharesFiles = 999; }],
+    ['a zombie', (ps) => { ps[3]!.zombie = { status: 0 }; ps[3]!.sharesFiles = 100; }],
+  ];
+  for (const [what, edit] of refused) {
+    it(`refuses a process sharing with ${what}, in one line naming the field`, () => {
+      assert.throws(() => check(tree(edit)), (err: Error) => /^image entry tree\.json is invalid: processes\[\d\]\.shares(Files|Fs) .*must name a live process listed before it/.test(err.message)
+        && !err.message.includes('\n'));
+    });
+  }
+});
+
+describe('tasks sharing a table hold the same', () => {
+  const task = (pid: number, extra: Partial<TaskRecord> = {}): TaskRecord => ({
+    pid, cwd: '/tmp', umask: 0o22, vmas: [], fds: [{ fd: 0, file: 1, cloexec: false }, { fd: 5, file: 2, cloexec: true }], ...extra,
+  }) as TaskRecord;
+  const shared = tree((ps) => { ps[1]!.sharesFiles = 100; ps[1]!.sharesFs = 100; });
+  const others = [task(102), task(103)];
+
+  it('passes the same descriptors in another order, cwd and umask', () => {
+    validateSharing(shared, [task(100), task(101, { fds: [...task(101).fds].reverse() }), ...others]);
+  });
+  const differ: Array<[string, Partial<TaskRecord>, RegExp]> = [
+    ['a descriptor more', { fds: [...task(101).fds, { fd: 9, file: 3, cloexec: false }] }, /descriptors differ/],
+    ['another file at a number', { fds: [{ fd: 0, file: 2, cloexec: false }, { fd: 5, file: 2, cloexec: true }] }, /descriptors differ/],
+    ['another close-on-exec', { fds: [{ fd: 0, file: 1, cloexec: true }, { fd: 5, file: 2, cloexec: true }] }, /descriptors differ/],
+    ['another working directory', { cwd: '/' }, /working directory and umask differ/],
+    ['another umask', { umask: 0o77 }, /working directory and umask differ/],
+  ];
+  it('refuses a process forked by a sibling that inherits pages copy-on-write', () => {
+    const siblings = tree((ps) => { ps[3]!.sharesFiles = 101; });
+    const cow = [{ start: '0x1000', end: '0x2000', cow: [[0, 1]] }] as unknown as TaskRecord['vmas'];
+    validateSharing(siblings, [task(100), task(101, { vmas: [] }), task(102, { vmas: cow }), task(103, { vmas: [] })]);
+    assert.throws(() => validateSharing(siblings, [task(100), task(101, { vmas: [] }), task(102), task(103, { vmas: cow })]),
+      /pid 103 inherits pages from its parent \(cow\), but is forked by or forks a sibling/);
+  });
+  for (const [what, edit, message] of differ) {
+    it(`refuses ${what}, naming both pids`, () => {
+      assert.throws(() => validateSharing(shared, [task(100), task(101, edit), ...others]),
+        (err: Error) => message.test(err.message) && /pid 101 shares the (descriptor table|fs struct) of pid 100/.test(err.message));
+    });
+  }
+});
