@@ -198,9 +198,15 @@ export interface MadeRoot {
   controllerPidfd: number;
   /** Prefix that makes paths inside its mount namespace reachable from ferry: /proc/PID/root. */
   fileRoot: string;
-  /** Kills it and removes what was made for it (after a failure). */
+  /**
+   * Kills it and removes what was made for it (after a failure; with lazy pages also after
+   * the let-go, once a page that could not be served has had the tree killed).
+   */
   destroy(): void;
-  /** Called once the restored tree runs on its own: what guarded its making may stop. */
+  /**
+   * Called once the restored tree runs on its own: what guarded its making may stop. With
+   * lazy pages, only once every page is in (until then ferry's death must still remove it).
+   */
   running?(): void;
 }
 

@@ -593,10 +593,6 @@ export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
   }
   if (v['no-pre-copy'] === true) out.maxRounds = 0;
   if (v.lazy === true) out.lazy = true;
-  if (out.lazy && v['no-pre-copy'] === true) {
-    throw new UsageError('migrate', '--lazy serves the pages the target holds from pre-copy; --lazy --no-pre-copy (pages served by the source) is not supported yet');
-  }
-  if (out.lazy && container !== undefined) throw new UsageError('migrate', '--lazy is for a process tree (--pid), not a container yet');
   return out;
 }
 

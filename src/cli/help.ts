@@ -408,7 +408,7 @@ SYNOPSIS
                 [--tcp-established] [...] [--json] [GLOBAL OPTIONS]
   ferry migrate CONTAINER --to DEST [--runtime R] [--root DIR]
                 [--target-id ID] [--target-bundle DIR] [--target-root DIR]
-                [--sign-key FILE] [--json] [GLOBAL OPTIONS]
+                [--sign-key FILE] [--lazy] [--json] [GLOBAL OPTIONS]
   DEST is tcp://HOST:PORT with --key FILE, or ssh://[USER@]HOST[:PORT]
   [--ssh-config FILE].
 
@@ -435,12 +435,15 @@ DESCRIPTION
   of its own is refused (use --no-pre-copy); a kernel that cannot track
   writes gets stop and copy, and so does a container.
 
-  Lazy pages (--lazy, with pre-copy): the target lets the tree run before
-  its anonymous memory is written, and copies each page in from the pages
-  it holds on first touch (userfaultfd), the rest in the background, each
-  checked against the image's checksums first. A page that fails the check
-  kills the tree there, and it is restored here (status 1). ferry migrate
-  exits 0 once the target holds every page in the tree.
+  Lazy pages (--lazy): the target lets the tree run before its anonymous
+  memory is written, and copies each page in from the image it holds on
+  first touch (userfaultfd), the rest in the background, each checked
+  against the image's checksums first. The target holds the whole image
+  before the tree is stopped here for good, with pre-copy or without:
+  pages are never fetched from this node after the kill. A page that fails
+  the check kills the tree there (and removes its container), and it is
+  restored here (status 1). ferry migrate exits 0 once the target holds
+  every page in the tree.
 
   Nothing is touched before the target has answered. The tree is stopped
   and its image streamed to the target (and copied into image.work_dir
@@ -495,8 +498,8 @@ OPTIONS
       At most N pre-copy rounds (1-64, default 8); they also end once a
       round sends at most 1 MiB or shrinks by less than a tenth.
   --lazy
-      Lazy pages: the tree runs on the target before its memory is in.
-      Needs pre-copy and a process tree (--pid).
+      Lazy pages: the tree or container runs on the target before its
+      memory is written there; with pre-copy or stop and copy.
   --tcp-established, --tcp-close, --ext-unix-sk, --shell-job,
   --file-locks, --skip-in-flight, --external KEY
       As for ferry checkpoint; the target restores with the same flags.

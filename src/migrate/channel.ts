@@ -41,7 +41,8 @@ export const HEARTBEAT_MS = 1000;
 export type Message =
   /**
    * S: who is coming; `bootId` tells the receiver whether it is the same running kernel;
-   * `precopy`: data frames are tagged (precopy.ts: pre-copied pages, then the image).
+   * `precopy`: data frames are tagged (precopy.ts: pre-copied pages, then the image);
+   * `lazy`: restore with lazy pages (restore/lazy.ts) from the image as spooled, and say 'filled'.
    */
   | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean; lazy?: boolean; files?: RestoreFlags }
   /** R: ready to receive an image. */

@@ -17,6 +17,10 @@
  * else can write it or a directory above it: its config.json bounds what the restored
  * processes may get, container/restore.ts), and so is the state directory; an id already in
  * use there is refused. All of it before the first byte of the image is taken.
+ *
+ * Lazy pages (`--lazy`): the target lets the container run before its memory is written and
+ * serves it from the image it holds (restore/lazy.ts); the source's killed record is deleted
+ * once the target says every page is in.
  */
 import { existsSync, lstatSync } from 'node:fs';
 import { dirname, posix } from 'node:path';

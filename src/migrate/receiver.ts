@@ -180,8 +180,9 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
     const tStart = performance.now();
     let tReady = 0, tGo = 0;
-    // Lazy pages (restore/lazy.ts) serve from the pages this node holds: with pre-copy only.
-    const lazy = hello.lazy === true && hello.precopy === true && hello.container === undefined;
+    // Lazy pages (restore/lazy.ts) serve from the image spooled here, whole and verified: the
+    // rounds' pages and the frozen image's (pre-copy), or every page (stop and copy, a container).
+    const lazy = hello.lazy === true;
     const result = await restoreTree({
       ...(lazy ? { lazyPages: true } : {}),
       image, config: o.config, logger: o.logger,

@@ -83,8 +83,8 @@ export interface MigrateOptions extends CommonOptions {
   files?: Partial<FileOptions>;
   /**
    * Lazy pages (restore/lazy.ts): the target lets the tree run before its memory is written
-   * and serves it from the pages it holds; resolves once the target says every page is in.
-   * Needs pre-copy (maxRounds > 0) and a process tree.
+   * and serves it from the image it holds (the rounds' pages and the frozen image's, or with
+   * stop and copy the whole image); resolves once the target says every page is in.
    */
   lazy?: boolean;
 }
@@ -255,10 +255,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     // Pre-copy rounds for a process tree; a container's image names its pages by the pids of
     // its own namespace, which the rounds do not know, so it goes by stop and copy.
     const maxRounds = o.workload !== undefined ? 0 : o.maxRounds ?? DEFAULT_MAX_ROUNDS;
-    // Lazy pages are served from what pre-copy put on the target.
-    if (o.lazy === true && (maxRounds === 0 || o.workload !== undefined)) {
-      throw new FerryError('EUSAGE', 'lazy pages need pre-copy of a process tree: the target serves them from the pages the rounds sent');
-    }
+    // Lazy pages are served from the image the target holds whole before "go" (rounds or not).
     const lazy = o.lazy === true;
     const flags = restoreFlags(o.files);
     ch.send({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: o.pid, bootId: bootId(),
@@ -398,8 +395,8 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   try {
     running = await ch.next('restoring the tree', 'running');
     tRunning = performance.now();
-    // Lazy pages: the tree runs there, its memory still coming in from the target's store;
-    // it is not the target's for sure until every page is in.
+    // Lazy pages: the tree runs there, its memory still coming in from the target's copy of
+    // the image; it is not the target's for sure until every page is in.
     if (o.lazy === true) filled = await ch.next('waiting for the target to hold every page of the tree', 'filled');
   } catch (err) {
     session.close(); // the copy is the workload now: nothing of it is removed by an undo
@@ -426,6 +423,9 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
         + `(pid ${local.pid} runs on this node again, down ${Math.round(performance.now() - t.stoppedAt)} ms)`, { cause: err, pid: local.pid });
     }
     const kept = keep(copy, dir, o.config.image.workDir, o.pid);
+    // A container's killed record would hold its id here, and the restore by hand needs it
+    // free: it is dead either way (killed at the hand-over), so it goes, as after a success.
+    o.workload?.handedOver();
     const why = err instanceof FerryError ? err.message : describeCause(err);
     throw new FerryError('ELOST', `${why} after pid ${o.pid} was handed over: whether it runs on ${to} is unknown; `
       + `if it does not, restore it here: ${manual(kept)}`, { cause: err, pid: o.pid, path: kept });

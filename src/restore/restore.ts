@@ -14,7 +14,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import type { RestoreOptions, RestoreResult } from '../api.js';
+import type { MadeRoot, RestoreOptions, RestoreResult } from '../api.js';
 import { PAGE_SIZE, SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
@@ -54,7 +54,7 @@ import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
 import { faultPoint } from '../fault.js';
 import { Session } from '../session.js';
 import { startWatchdog, type Watchdog } from '../watchdog.js';
-import { LazyPages } from './lazy.js';
+import { LazyPages, type LazyStats } from './lazy.js';
 
 /** Restores the image `o.image`; resolves once every process runs on its own. */
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
@@ -85,6 +85,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   let rootPid = 0;
   // Lazy pages (restore/lazy.ts): once the tree runs, they own the image until every page is in.
   let lazyLive: LazyPages | undefined;
+  // A container made for a lazily restored tree, until every page is in.
+  let madeLive: MadeRoot | undefined;
   try {
     o.signal?.throwIfAborted();
     const tVerified = performance.now();
@@ -305,7 +307,11 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     else lazy?.close();
     watchdog?.disarm();
     cgroups?.running();
-    made?.running?.();
+    // A container's runtime record is removed by its own watchdog if ferry dies: with lazy
+    // pages that stays armed until every page is in, and a tree killed for a page that could
+    // not be served takes its container with it (below), so nothing is left of it.
+    if (lazyLive === undefined) made?.running?.();
+    else madeLive = made;
     dropFiles();
     closeFiles(opened.opened);
     session.close();
@@ -331,7 +337,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
       phases: { memoryMs, rebuildMs: tLetGo - tStart - memoryMs, letGoMs: tRunning - tLetGo },
-      ...(lazyLive !== undefined ? { lazy: lazyLive.done } : {}),
+      ...(lazyLive !== undefined ? { lazy: settleMade(lazyLive.done, made) } : {}),
       totalMs: tEnd - t0,
       ...(warnings.length + (cgroups?.warnings.length ?? 0) > 0 ? { warnings: [...warnings, ...cgroups?.warnings ?? []] } : {}),
     };
@@ -339,6 +345,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     session.unwind();
     lazyLive?.close(); // the tree died at once (checkRunning killed it)
     lazyLive = undefined;
+    madeLive?.destroy();
     const what = rootPid ? `restore of pid ${rootPid}` : 'restore';
     if (o.signal?.aborted && err === o.signal.reason) {
       throw new FerryError('EINTR', `${what} ${describeCause(err)}: everything it had made was removed`, { cause: err });
@@ -348,6 +355,24 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   } finally {
     if (lazyLive === undefined) await image.close();
   }
+}
+
+/**
+ * A container's part once its lazily restored tree has every page (MadeRoot.running), or,
+ * if the tree was killed for a page that could not be served, its removal (destroy: the
+ * runtime deletes the container the killed tree leaves behind).
+ */
+function settleMade(done: Promise<LazyStats>, made: MadeRoot | undefined): Promise<LazyStats> {
+  if (made === undefined) return done;
+  const settled = done.then((stats) => {
+    made.running?.();
+    return stats;
+  }, (err: unknown) => {
+    made.destroy();
+    throw err;
+  });
+  settled.catch(() => {}); // the owner awaits it, as it does `done`
+  return settled;
 }
 
 /** Owner and mode of a task's recorded executable as this machine has it, or undefined. */

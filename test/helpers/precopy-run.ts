@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { FERRY, WORKLOADS } from './env.js';
 import { spawnIn, type Node } from './nodes.js';
@@ -102,4 +102,37 @@ export function leftovers(workDir: string): string[] {
 /** Whether any area of `pid` is registered with a userfaultfd for write-protection (VmFlags uw). */
 export function writeTracked(pid: number): boolean {
   return /^VmFlags:.* uw( |$)/m.test(readFileSync(`/proc/${pid}/smaps`, 'utf8'));
+}
+
+/** Flips one byte in the middle of the first entry of the tar `path` whose name matches `name`. */
+export function corruptEntry(path: string, name: RegExp): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const h = Buffer.alloc(512);
+    let pax: string | undefined;
+    for (let at = 0; readSync(fd, h, 0, 512, at) === 512 && h[0] !== 0;) {
+      const size = Number.parseInt(h.toString('latin1', 124, 136).replace(/\0.*$/s, '').trim() || '0', 8);
+      const type = String.fromCharCode(h[156]!);
+      const entry = pax ?? h.toString('latin1', 0, 100).replace(/\0.*$/s, '');
+      if (type === 'x') {
+        const body = Buffer.alloc(size);
+        readSync(fd, body, 0, size, at + 512);
+        pax = /\d+ path=([^\n]*)\n/.exec(body.toString('utf8'))?.[1];
+      } else {
+        pax = undefined;
+        if (name.test(entry) && size > 0) {
+          const where = at + 512 + Math.floor(size / 2);
+          const b = Buffer.alloc(1);
+          readSync(fd, b, 0, 1, where);
+          b[0] = b[0]! ^ 0xff;
+          writeSync(fd, b, 0, 1, where);
+          return;
+        }
+      }
+      at += 512 + Math.ceil(size / 512) * 512;
+    }
+    throw new Error(`no entry like ${String(name)} in ${path}`);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -1,17 +1,18 @@
 /**
  * Lazy pages (docs/migration.md, "Lazy pages"; src/restore/lazy.ts) end to end over loopback
  * TCP: the target lets the tree run before its anonymous memory is written and serves it
- * through userfaultfd from the pages pre-copy put there. The dirtier workload
- * (test/fixtures/workloads/dirtier.c) checks every page against a generation kept elsewhere:
- * a page served twice (an old copy over a newer write), lost or zero fails its check.
+ * through userfaultfd from the image it holds (the pages pre-copy put there and the frozen
+ * image's; with --no-pre-copy, the whole image, sent while the tree was stopped). The dirtier
+ * workload (test/fixtures/workloads/dirtier.c) checks every page against a generation kept
+ * elsewhere: a page served twice (an old copy over a newer write), lost or zero fails its check.
  */
 import assert from 'node:assert/strict';
-import { openSync, closeSync, readdirSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { alive, cleanup, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
-import { exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver } from '../helpers/precopy-run.js';
+import { corruptEntry, exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
 after(() => { killFerries(); cleanup(); });
@@ -55,6 +56,34 @@ describe('ferry migrate --lazy', { skip, timeout: 300_000 }, () => {
     await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
     assert.equal(await verify(w), 'PASS');
     assert.deepEqual(leftovers(workDir), [], 'nothing left in image.work_dir');
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('--lazy --no-pre-copy: the whole image crosses while the tree is stopped, then it runs before its memory is written', async () => {
+    const w = await startDirtier(64, 10);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--lazy', '--no-pre-copy', '--json', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    const recs = records(mig);
+    assert.deepEqual(recs.map((x) => x['phase']), ['checkpoint', 'transfer', 'restore', 'filled', 'done'], 'no pre-copy round');
+    assert.ok((recs[0]!['imageBytes'] as number) >= 64 << 20, 'every page crossed in the frozen image');
+    const filled = recs.find((x) => x['phase'] === 'filled')!;
+    assert.ok((filled['pages'] as number) >= (60 << 20) / 4096, `most of the 64 MiB served after the start: ${JSON.stringify(filled)}`);
+    const done = recs.at(-1)!;
+    assert.equal(done['rounds'], 0);
+    const target = (done['phases'] as Record<string, unknown>)['target'] as Record<string, number>;
+    process.stdout.write(`# lazy --no-pre-copy 64 MiB: downtime ${String(done['downtimeMs'])} ms (target memory ${String(target['memoryMs'])} ms), `
+      + `${String(filled['pages'])} pages served, ${String(filled['faults'])} on touch, in ${String(filled['fillMs'])} ms\n`);
+    assert.ok(alive(w.pid), 'the same PID runs on the target');
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(missingRegistered(w.pid), false, 'no area is left registered once every page is in');
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
     process.kill(w.pid, 'SIGKILL');
   });
 
@@ -160,38 +189,5 @@ function isDirtier(pid: number): boolean {
     return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'dirtier';
   } catch {
     return false;
-  }
-}
-
-/** Flips one byte in the middle of the first entry of the tar `path` whose name matches `name`. */
-function corruptEntry(path: string, name: RegExp): void {
-  const fd = openSync(path, 'r+');
-  try {
-    const h = Buffer.alloc(512);
-    let pax: string | undefined;
-    for (let at = 0; readSync(fd, h, 0, 512, at) === 512 && h[0] !== 0;) {
-      const size = Number.parseInt(h.toString('latin1', 124, 136).replace(/\0.*$/s, '').trim() || '0', 8);
-      const type = String.fromCharCode(h[156]!);
-      const entry = pax ?? h.toString('latin1', 0, 100).replace(/\0.*$/s, '');
-      if (type === 'x') {
-        const body = Buffer.alloc(size);
-        readSync(fd, body, 0, size, at + 512);
-        pax = /\d+ path=([^\n]*)\n/.exec(body.toString('utf8'))?.[1];
-      } else {
-        pax = undefined;
-        if (name.test(entry) && size > 0) {
-          const where = at + 512 + Math.floor(size / 2);
-          const b = Buffer.alloc(1);
-          readSync(fd, b, 0, 1, where);
-          b[0] = b[0]! ^ 0xff;
-          writeSync(fd, b, 0, 1, where);
-          return;
-        }
-      }
-      at += 512 + Math.ceil(size / 512) * 512;
-    }
-    throw new Error(`no entry like ${String(name)} in ${path}`);
-  } finally {
-    closeSync(fd);
   }
 }

@@ -272,13 +272,15 @@ describe('ferry migrate pre-copy arguments', { timeout: 30_000 }, () => {
     }
   });
 
-  it('parses --lazy (off by default) with pre-copy, and refuses it without pre-copy or for a container', () => {
+  it('parses --lazy (off by default) with pre-copy, with --no-pre-copy, and for a container', () => {
     assert.equal(parseMigrateArgs(base).lazy, undefined);
     assert.equal(parseMigrateArgs([...base, '--lazy']).lazy, true);
     assert.equal(parseMigrateArgs([...base, '--lazy', '--max-rounds', '4']).maxRounds, 4);
-    usage(() => parseMigrateArgs([...base, '--lazy', '--no-pre-copy']), 'migrate',
-      '--lazy serves the pages the target holds from pre-copy; --lazy --no-pre-copy (pages served by the source) is not supported yet');
-    usage(() => parseMigrateArgs(['web1', '--to', 'tcp://127.0.0.1:7070', '--key', '/k', '--lazy']), 'migrate',
-      '--lazy is for a process tree (--pid), not a container yet');
+    const stopAndCopy = parseMigrateArgs([...base, '--lazy', '--no-pre-copy']);
+    assert.equal(stopAndCopy.lazy, true);
+    assert.equal(stopAndCopy.maxRounds, 0);
+    const container = parseMigrateArgs(['web1', '--to', 'tcp://127.0.0.1:7070', '--key', '/k', '--lazy', '--target-id', 'web2']);
+    assert.equal(container.lazy, true);
+    assert.equal(container.container?.id, 'web1');
   });
 });
