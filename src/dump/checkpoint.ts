@@ -31,7 +31,8 @@ import { imageSigner, signingKey } from '../image/sign.js';
 import { HashPool, openImageTarget, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
-import { ProcessGoneError, readProcText } from '../proc/read.js';
+import { ProcessGoneError, readProcLink, readProcText } from '../proc/read.js';
+import { readRootDir } from './root-dir.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
@@ -157,7 +158,7 @@ interface DumpedTask {
 }
 
 /** Reads one stopped process whole (its descriptors are read with the others' after the freeze). */
-function dumpTask(p: FrozenProcess, parent?: DumpedTask): DumpedTask {
+function dumpTask(p: FrozenProcess, rootBase: { path: string; container: boolean }, parent?: DumpedTask): DumpedTask {
   const n = native();
   const { pid, tids, stat } = p;
   const tracees = tids.map((tid) => new Tracee(pid, tid, true));
@@ -175,6 +176,7 @@ function dumpTask(p: FrozenProcess, parent?: DumpedTask): DumpedTask {
     // Pages still shared copy-on-write with the parent are recorded, not stored (image/cow.ts).
     const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
     const paths = readPaths(pid);
+    const rootDir = readRootDir(pid, rootBase.path, rootBase.container);
     const task: TaskRecord = {
       pid,
       ppid: p.record.ppid,
@@ -184,6 +186,7 @@ function dumpTask(p: FrozenProcess, parent?: DumpedTask): DumpedTask {
       exe: paths.exe,
       cwd: paths.cwd,
       ...(paths.cwdDeleted ? { cwdDeleted: paths.cwdDeleted } : {}),
+      ...(rootDir !== undefined ? { root: rootDir } : {}),
       umask: status.umask,
       ...(status.thpEnabled === false ? { thpDisabled: true } : {}),
       ...(injected.mlockall !== undefined ? { mlockall: injected.mlockall } : {}),
@@ -320,8 +323,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // A process restore forks from a sibling, to share its table, and that sibling inherit no
     // pages from their parent (image/sharing.ts): each stores all its own.
     const ownPages = forkedBySiblings(tree.processes.map((p) => p.record));
+    // The root directory every process shares unless it was chroot'ed (dump/root-dir.ts).
+    const rootBase = o.pidNamespace !== undefined ? { path: readProcLink(pid, 'root'), container: true } : { path: '/', container: false };
     for (const p of live) {
-      const d = dumpTask(p, ownPages.has(p.pid) ? undefined : byPid.get(p.record.ppid)); // parents come first
+      const d = dumpTask(p, rootBase, ownPages.has(p.pid) ? undefined : byPid.get(p.record.ppid)); // parents come first
       byPid.set(p.pid, d);
       dumped.push(d);
     }

@@ -164,6 +164,11 @@ export interface TaskRecord {
    * Restore makes it for the chdir only (restore/cwd.ts).
    */
   cwdDeleted?: { mode: number; uid: number; gid: number };
+  /**
+   * The root directory the process was chroot'ed into, as ferry saw it (an absolute path on
+   * the host): absent when it is `/`. Only in a process tree's image; restore/root-dir.ts.
+   */
+  root?: string;
   umask: number;
   /** prctl PR_SET_THP_DISABLE was set (/proc/PID/status `THP_enabled: 0`). */
   thpDisabled?: boolean;

@@ -45,6 +45,7 @@ import { checkSocketPrivilege } from './socket-privilege.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { checkAuditTrust, restoreLoginuid } from './audit.js';
+import { checkRootTrust, enterRootDir } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, type CreatedTree } from './tree.js';
 import { checkInherited, inherits, keptAreas } from './cow.js';
@@ -136,6 +137,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted);
+    checkRootTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted); // chroot'ed processes (root-dir.ts)
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor access: an untrusted image's processes hold open only what their own credentials
@@ -266,6 +268,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // A process forked sharing the descriptor table of one before it (tree.ts) finds its
     // descriptors installed there: each table is filled once.
     const tableShared = new Set(tree.processes.filter((p) => p.sharesFiles !== undefined).map((p) => p.pid));
+    const fsShared = new Set(tree.processes.filter((p) => p.sharesFs !== undefined).map((p) => p.pid));
     for (const task of tasks) {
       o.signal?.throwIfAborted();
       rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, tableShared.has(task.pid), made?.controllerPidfd);
@@ -273,7 +276,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
     // Once every process and thread exists: what may name another one, then credentials.
-    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), lazy);
+    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), lazy);
     await faultPoint('rebuilt', o.signal);
     o.signal?.throwIfAborted();
     const hostPid = created.stubs.get(tree.root)!.pid;
@@ -480,13 +483,16 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
 
 /**
  * Finishes a rebuilt process once every process and thread of the tree exists: its files'
- * owners (a thread of another process may be one; set once per shared table), its
- * credentials, then the injection gadget goes.
+ * owners (a thread of another process may be one; set once per shared table), its root
+ * directory (chroot'ed; once per shared fs struct), its credentials, then the injection gadget
+ * goes.
  */
-function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, tableShared: boolean, lazy?: LazyPages): void {
+function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, tableShared: boolean,
+  fsShared: boolean, lazy?: LazyPages): void {
   const t = created.stubs.get(task.pid)!;
   lazy?.makeUffd(t, task.pid); // while the stub is still root
   if (!tableShared) restoreOwners(t, as.scratch, task.pid, task.fds, files);
+  enterRootDir(t, as, task, fsShared); // after the last host path, before the credentials
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
 }

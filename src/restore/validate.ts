@@ -167,7 +167,7 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }) });
+}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }), root: absPath });
 
 /**
  * The fields several kinds of open file share keep one type wherever they appear: checked
@@ -323,7 +323,7 @@ export function validateSharing(tree: TreeRecord, tasks: readonly TaskRecord[]):
     if (text === undefined) tables.set(t, (text = JSON.stringify([...t.fds].sort((a, b) => a.fd - b.fd).map((f) => [f.fd, f.file, f.cloexec]))));
     return text;
   };
-  const fsOf = (t: TaskRecord): string => JSON.stringify([t.cwd, t.cwdDeleted ?? null, t.umask]);
+  const fsOf = (t: TaskRecord): string => JSON.stringify([t.cwd, t.cwdDeleted ?? null, t.umask, t.root ?? null]);
   // A process forked by a sibling, and the sibling, are forked from stubs: neither inherits pages.
   for (const pid of forkedBySiblings(tree.processes)) {
     const task = byPid.get(pid);
@@ -334,7 +334,7 @@ export function validateSharing(tree: TreeRecord, tasks: readonly TaskRecord[]):
   for (const p of tree.processes) {
     const task = byPid.get(p.pid);
     if (!task) continue; // a zombie: validateTree refused any sharing of it
-    for (const [field, what, same] of [['sharesFiles', 'descriptors', fdsOf], ['sharesFs', 'working directory and umask', fsOf]] as const) {
+    for (const [field, what, same] of [['sharesFiles', 'descriptors', fdsOf], ['sharesFs', 'root, working directory and umask', fsOf]] as const) {
       const first = p[field];
       if (first === undefined) continue;
       const owner = byPid.get(first)!;
