@@ -3,7 +3,8 @@
 // Wraps kcmp(2) (KCMP_FILE: do two fds refer to the same open file description? returns 0
 // equal, 1/2 ordered less/greater, 3 unordered-unequal), pidfd_open(2) and pidfd_getfd(2)
 // (duplicates another process's fd into the caller: the same open file description, so file
-// offsets stay shared; needs PTRACE_MODE_ATTACH_REALCREDS), lseek(2) and open(2).
+// offsets stay shared; needs PTRACE_MODE_ATTACH_REALCREDS), lseek(2), open(2), and cachestat(2)
+// (Linux 6.5: how many pages of a file range are in the page cache).
 //
 // And the *at() family that resolves a path relative to a directory descriptor, for paths that
 // come from an image (untrusted input: docs/security.md): openat2(2) with struct open_how
@@ -127,6 +128,29 @@ Napi::Value Lseek(const Napi::CallbackInfo& info) {
     return {};
   }
   return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
+// cachestat(2) of a range is not in the C library yet: the kernel's uapi (linux/mman.h).
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct CachestatRange { uint64_t off, len; };
+struct Cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+
+// cachedPages(fd, offset, length) -> pages of [offset, offset + length) of the file in the page
+// cache (cachestat(2) nr_cache, dirty ones included), or -1 where the kernel has no cachestat
+// (ENOSYS before 6.5) or the file does not take it (EOPNOTSUPP: hugetlbfs).
+Napi::Value CachedPages(const Napi::CallbackInfo& info) {
+  int64_t fd, off, len;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &off) || !ArgInt(info, 2, &len)) return {};
+  CachestatRange range{static_cast<uint64_t>(off), static_cast<uint64_t>(len)};
+  Cachestat cs{};
+  if (syscall(__NR_cachestat, static_cast<int>(fd), &range, &cs, 0) < 0) {
+    if (errno == ENOSYS || errno == EOPNOTSUPP) return Napi::Number::New(info.Env(), -1);
+    ThrowErrno(info.Env(), "cachestat", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(cs.nr_cache));
 }
 
 // openRaw(path, flags, mode) -> fd: open(2) with flags passed through unchanged (O_PATH,
@@ -379,6 +403,7 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
   exports.Set("lseek", Napi::Function::New(env, Lseek));
+  exports.Set("cachedPages", Napi::Function::New(env, CachedPages));
   exports.Set("openRaw", Napi::Function::New(env, OpenRaw));
 }
 

@@ -253,14 +253,17 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // (files/leaks.ts says what it does about what changes after). Estimates: the tree runs.
     const host = hostFacts(); // read once per ferry process (the vDSO hashed)
     const estimate = estimateTreeMemory(pid);
-    const buffers = prepareChunkBuffers(estimate, o.config.image.chunkSize);
     let hashPool: HashPool | undefined;
     if (!estimate.complete || estimate.total > HASH_WORKER_MIN_BYTES) {
       const pool = (hashPool = new HashPool(hashThreads(estimate.complete ? estimate.total : Infinity)));
       session.onUndo('stop the hash worker', () => { pool.close().catch(() => {}); });
-      // A worker that cannot start only makes the write slower: every entry is hashed inline.
-      await pool.start().catch((err: unknown) => log.warn({ err }, 'the hash worker did not start; hashing on the main thread'));
     }
+    // Started first, so that the buffers are made while the workers start (on the other core).
+    const poolStarted = hashPool?.start();
+    const buffers = prepareChunkBuffers(estimate, o.config.image.chunkSize);
+    // One worker up is enough to go on (HashPool: a second one comes up meanwhile). One that
+    // cannot start only makes the write slower: every entry is hashed inline.
+    await poolStarted?.catch((err: unknown) => log.warn({ err }, 'the hash worker did not start; hashing on the main thread'));
     // nft for the network lock (files/tcp-lock.ts): its start-up overlaps the warm-up.
     const nft = fileOptions.tcpEstablished && !fileOptions.tcpClose
       ? NetLock.start(netns !== undefined && !sharesNetns(netns) ? netns : undefined, `pid ${pid}`, o.netnsPersists === true) : undefined;

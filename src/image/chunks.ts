@@ -1,137 +1,219 @@
 /**
- * Reading a chunked entry (page data) with each chunk verified against its sha256 as it is
- * read, so restore reads every byte of the image once (docs/image-format.md, "Chunked entries").
+ * Reading a chunked entry (page data) with each chunk verified against its sha256 before any
+ * byte of it is handed out, so restore reads every byte of the image once (docs/image-format.md,
+ * "Chunked entries").
  *
  * Restore writes pages into the new process from the JS thread, synchronously (the tracee's
- * thread affinity, and /proc/PID/mem writes are plain pwrite(2)s). To keep the second core
- * busy, the chunks are hashed on a worker thread driven through shared memory and Atomics,
- * not messages: the JS thread never returns to the event loop in the middle of a process's
- * rebuild. A chunk is read into one of a few shared buffers, handed to the worker, and written
- * into the process while the worker hashes it; its digest is checked before its buffer is
- * reused and, for all of them, by finish(), which the caller runs before the process goes on
- * to its next step. So bytes of a chunk may be in the stopped, traced new process a few
- * milliseconds before their digest is confirmed, but no process runs before every digest is,
- * and a mismatch fails the restore, which kills every process it made.
- * Without a worker (a small image: starting one costs tens of milliseconds) each chunk is
- * hashed on the JS thread before a byte of it is handed out.
+ * thread affinity, and /proc/PID/mem writes are plain pwrite(2)s). To keep both cores busy and
+ * the disk reading meanwhile, the chunks are read and hashed by worker threads ("lanes") that
+ * the JS thread drives through shared memory and Atomics, not messages: it never returns to
+ * the event loop in the middle of a process's rebuild. The JS thread asks for the chunks it
+ * will need next, each into one of a few shared buffers ("slots"); a lane reads the chunk into
+ * its slot (pread(2), with O_DIRECT when the entry is not in the page cache: see below) and
+ * hashes it there; the JS thread takes a slot once its digest matches, writes it into the
+ * process while the lanes read and hash the next ones, and only then hands the slot back. The
+ * bytes handed out are the very bytes hashed: no lane touches a slot between its digest and
+ * its next request.
+ * Why O_DIRECT: a checkpoint writes its image with O_DIRECT (direct.ts), so right after it (or
+ * a reboot, or a copy) the image is not in the page cache, and a read through the page cache
+ * fills fresh pages of it, which on this VM cost 1.8 s of CPU per GiB (the hypervisor backs
+ * each on first touch: direct.ts) where a direct read costs 0.1 s and no copy. An entry that
+ * is in the page cache (reader.ts asks cachestat(2)) is read through it: a copy from there is
+ * 5-10 times as fast as the disk.
+ * Without lanes (a small image: starting one costs tens of milliseconds; or before they run)
+ * each chunk is read and hashed on the JS thread before a byte of it is handed out.
  */
 import { createHash } from 'node:crypto';
 import { readSync } from 'node:fs';
+import { constants } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { FerryError, type ErrorContext } from '../errors.js';
+import { directBuffer, DIRECT_ALIGN } from './direct.js';
 
-/** Control words of the ring (Int32Array indices). */
+/** Control words of the ring (Int32Array indices): requests made (-1: closed). */
 const HEAD = 0;
-/** 1 once the worker serves the ring. */
+/** How many lanes serve the ring. */
 const READY = 1;
+/** Requests a lane has taken (each lane takes the next one when it is free). */
+const TAKEN = 2;
 /** Per slot: the number of the last request served (1-based). */
-const DONE = 2;
+const DONE = 3;
 /** Most slots a ring may have. */
 const MAX_SLOTS = 8;
-/** Requests: [slot, length] pairs, MAX_SLOTS of them. */
-const REQ = DONE + MAX_SLOTS;
-const CTL_WORDS = REQ + 2 * MAX_SLOTS;
-/** How long the JS thread waits for one chunk's digest before it gives up on the worker. */
+/** Per slot: 0, or the errno of the read that failed (a positive number), or -1: short read. */
+const STATUS = DONE + MAX_SLOTS;
+const CTL_WORDS = STATUS + MAX_SLOTS;
+/** Requests (Float64Array): slot, bytes to hash, fd, file offset, bytes to read, buffered fd. */
+const REQ_WORDS = 6;
+/** How long the JS thread waits for one chunk before it gives up on the lanes. */
 const WAIT_MS = 60_000;
 
-/** What hash-worker.ts is started with to serve a SyncHasher. */
+/** What hash-worker.ts is started with to serve a ChunkLoader as one of its lanes. */
 export interface RingData {
-  ring: { ctl: SharedArrayBuffer; out: SharedArrayBuffer; slots: SharedArrayBuffer[] };
+  ring: { ctl: SharedArrayBuffer; req: SharedArrayBuffer; out: SharedArrayBuffer; slots: SharedArrayBuffer[] };
 }
 
 /**
- * A worker thread hashing chunks of a few shared buffers ("slots") on request, driven
- * synchronously: submit() hands it a slot, digest() blocks (Atomics.wait) until that slot's
- * sha256 is ready. A slot is submitted again only after its digest was taken, so the ring
- * never holds more requests than slots. Nothing waits for the thread to start: until it
- * serves the ring (`ready`), chunks are hashed on the JS thread.
+ * Worker threads ("lanes") reading chunks of the image into a few shared, aligned buffers
+ * ("slots") and hashing them there, on request: submit() asks for a chunk into a slot, take()
+ * blocks (Atomics.wait) until it is read and hashed. A free lane takes the next request, so
+ * two lanes read and hash two chunks at once (one waits for the disk while the other hashes).
+ * A slot is submitted again only after it was taken, so the ring never holds more requests
+ * than slots. Nothing waits for the lanes to start: until one serves the ring (`ready`),
+ * callers read and hash on their own thread; a lane that comes up later takes its share.
  */
-export class SyncHasher {
+export class ChunkLoader {
   readonly slots: Buffer[];
   private readonly ctl: Int32Array;
+  private readonly req: Float64Array;
   private readonly out: Uint8Array;
-  private readonly worker: Worker;
+  private readonly workers: Worker[];
   /** The request number each slot waits for. */
   private readonly want: number[];
   private seq = 0;
   private closed = false;
 
-  /** Starts the worker with `count` slots of `bytes` each. It does not keep the process alive; the owner closes it. */
-  constructor(count: number, bytes: number) {
-    if (count < 1 || count > MAX_SLOTS) throw new RangeError(`a hash ring has 1 to ${MAX_SLOTS} slots`);
+  /**
+   * Starts `lanes` workers with `count` slots of at least `bytes` each (rounded up to
+   * DIRECT_ALIGN). They do not keep the process alive; the owner closes them.
+   */
+  constructor(count: number, bytes: number, lanes = 1) {
+    if (count < 1 || count > MAX_SLOTS) throw new RangeError(`a chunk ring has 1 to ${MAX_SLOTS} slots`);
     const ctl = new SharedArrayBuffer(CTL_WORDS * 4);
+    const req = new SharedArrayBuffer(MAX_SLOTS * REQ_WORDS * 8);
     const out = new SharedArrayBuffer(count * 32);
-    this.slots = Array.from({ length: count }, () => Buffer.from(new SharedArrayBuffer(bytes)));
+    const slotBytes = Math.ceil(bytes / DIRECT_ALIGN) * DIRECT_ALIGN;
+    this.slots = Array.from({ length: count }, () => directBuffer(slotBytes));
     this.ctl = new Int32Array(ctl);
+    this.req = new Float64Array(req);
     this.out = new Uint8Array(out);
     this.want = this.slots.map(() => 0);
     // A worker inherits the process's execArgv; --input-type (node -e) is refused there.
     const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-    const workerData: RingData = { ring: { ctl, out, slots: this.slots.map((s) => s.buffer as SharedArrayBuffer) } };
-    this.worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv, workerData });
-    // A worker that fails to start never says it is ready: the JS thread hashes everything.
-    this.worker.on('error', () => {});
-    this.worker.unref();
+    const slots = this.slots.map((s) => s.buffer as SharedArrayBuffer);
+    const workerData: RingData = { ring: { ctl, req, out, slots } };
+    this.workers = Array.from({ length: lanes }, () => {
+      const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv, workerData });
+      // A lane that fails to start never says it is ready: the JS thread does all the work.
+      worker.on('error', () => {});
+      worker.unref();
+      return worker;
+    });
   }
 
-  /** Whether the worker serves the ring now (else the caller hashes on its own thread). */
+  /** Whether a lane serves the ring now (else the caller reads and hashes on its own thread). */
   get ready(): boolean {
-    return !this.closed && Atomics.load(this.ctl, READY) === 1;
+    return !this.closed && Atomics.load(this.ctl, READY) > 0;
   }
 
-  /** Asks for the sha256 of the first `length` bytes of slot `slot` (only when ready). */
-  submit(slot: number, length: number): void {
-    const at = REQ + (this.seq % MAX_SLOTS) * 2;
-    this.ctl[at] = slot;
-    this.ctl[at + 1] = length;
+  /**
+   * Asks for `length` bytes at `offset` of `fd` in slot `slot`, hashed (only when ready). With
+   * `direct` (an O_DIRECT descriptor of the same file, or -1), the read goes through it, padded
+   * to DIRECT_ALIGN; it falls back to `fd` if the file refuses it.
+   */
+  submit(slot: number, fd: number, offset: number, length: number, direct: number): void {
+    const at = (this.seq % MAX_SLOTS) * REQ_WORDS;
+    const aligned = direct >= 0 && offset % DIRECT_ALIGN === 0;
+    this.req.set([slot, length, aligned ? direct : fd, offset, aligned ? Math.ceil(length / DIRECT_ALIGN) * DIRECT_ALIGN : length, fd], at);
     this.seq++;
     this.want[slot] = this.seq;
     Atomics.store(this.ctl, HEAD, this.seq);
     Atomics.notify(this.ctl, HEAD);
   }
 
-  /** The sha256 (hex) of what was last submitted in `slot`; blocks until it is ready. */
-  digest(slot: number): string {
+  /**
+   * The sha256 (hex) of what was last submitted in `slot`, once read and hashed; blocks until
+   * then. Throws what the read met: an errno error, or a short read ('truncated').
+   */
+  take(slot: number): string {
     const want = this.want[slot]!;
     for (const end = Date.now() + WAIT_MS; ;) {
       const done = Atomics.load(this.ctl, DONE + slot);
       if (done === want) break;
-      if (Date.now() > end) throw new Error('the hash worker did not answer within 60 s');
+      if (Date.now() > end) throw new Error('the chunk reader did not answer within 60 s');
       Atomics.wait(this.ctl, DONE + slot, done, 1000);
+    }
+    const status = Atomics.load(this.ctl, STATUS + slot);
+    if (status === -1) throw new ShortRead();
+    if (status !== 0) {
+      const code = Object.entries(constants.errno).find(([, n]) => n === status)?.[0] ?? `errno ${status}`;
+      throw Object.assign(new Error(`pread: ${code}`), { code, errno: -status, syscall: 'pread' });
     }
     return Buffer.from(this.out.subarray(slot * 32, slot * 32 + 32)).toString('hex');
   }
 
-  /** Stops the worker (idempotent). */
+  /** Stops the lanes (idempotent). */
   async close(): Promise<void> {
     this.closed = true;
     Atomics.store(this.ctl, HEAD, -1);
     Atomics.notify(this.ctl, HEAD);
-    await this.worker.terminate();
+    await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
 
+/** The image file ended before the chunk did. */
+class ShortRead extends Error {
+  constructor() {
+    super('short read');
+  }
+}
+
+/** Reads `length` bytes at `offset` of `fd` into `buf`; the bytes it got (fewer only at the end of the file). */
+function readFully(fd: number, buf: Uint8Array, length: number, offset: number): number {
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, buf, got, length - got, offset + got);
+    if (n <= 0) break;
+    got += n;
+  }
+  return got;
+}
+
 /**
- * The worker's side of SyncHasher (hash-worker.ts runs it when started with RingData): says
- * it is ready, then serves requests in order until the head turns negative.
+ * One lane of a ChunkLoader (hash-worker.ts runs it when started with RingData): says it is
+ * ready, then takes the next request no other lane took and serves it, until the head turns
+ * negative.
  */
 export function serveRing({ ring }: RingData): void {
   const ctl = new Int32Array(ring.ctl);
+  const req = new Float64Array(ring.req);
   const out = new Uint8Array(ring.out);
-  Atomics.store(ctl, READY, 1);
-  for (let served = 0; ;) {
-    let head = Atomics.load(ctl, HEAD);
-    while (head === served) {
-      Atomics.wait(ctl, HEAD, served);
-      head = Atomics.load(ctl, HEAD);
-    }
+  Atomics.add(ctl, READY, 1);
+  for (;;) {
+    const head = Atomics.load(ctl, HEAD);
     if (head < 0) return;
-    const at = REQ + (served % MAX_SLOTS) * 2;
-    const slot = ctl[at]!;
-    const length = ctl[at + 1]!;
-    out.set(createHash('sha256').update(new Uint8Array(ring.slots[slot]!, 0, length)).digest(), slot * 32);
-    served++;
-    Atomics.store(ctl, DONE + slot, served);
+    const taken = Atomics.load(ctl, TAKEN);
+    if (taken >= head) {
+      Atomics.wait(ctl, HEAD, head); // returns at once if a request came meanwhile
+      continue;
+    }
+    if (Atomics.compareExchange(ctl, TAKEN, taken, taken + 1) !== taken) continue; // another lane took it
+    const next = taken + 1;
+    const at = ((next - 1) % MAX_SLOTS) * REQ_WORDS;
+    const slot = req[at]!;
+    const length = req[at + 1]!;
+    const fd = req[at + 2]!;
+    const offset = req[at + 3]!;
+    const readLength = req[at + 4]!;
+    const buffered = req[at + 5]!;
+    const buf = new Uint8Array(ring.slots[slot]!);
+    let status = 0;
+    try {
+      let got: number;
+      try {
+        got = readFully(fd, buf, readLength, offset);
+      } catch (err) {
+        // A file system that takes O_DIRECT opens but not this read: through the page cache.
+        if (fd === buffered || (err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+        got = readFully(buffered, buf, length, offset);
+      }
+      if (got < length) status = -1;
+      else out.set(createHash('sha256').update(buf.subarray(0, length)).digest(), slot * 32);
+    } catch (err) {
+      status = Math.abs((err as NodeJS.ErrnoException).errno ?? 5 /* EIO */);
+    }
+    Atomics.store(ctl, STATUS + slot, status);
+    Atomics.store(ctl, DONE + slot, next);
     Atomics.notify(ctl, DONE + slot);
   }
 }
@@ -139,6 +221,11 @@ export function serveRing({ ring }: RingData): void {
 /** Where a chunked entry is and what its chunks must hash to. */
 export interface ChunkedLocation {
   fd: number;
+  /**
+   * An O_DIRECT descriptor of the same file for the lanes to read the entry with (it is not
+   * in the page cache), or -1: through `fd`.
+   */
+  directFd?: number;
   /** Offset of the entry's first byte in the image file. */
   offset: number;
   size: number;
@@ -150,26 +237,28 @@ export interface ChunkedLocation {
 /**
  * Verified random access to one entry, chunk by chunk. Reads are expected in increasing order
  * (restore holds each process's areas to consecutive ranges of its pages entry before it
- * reads any: checkPagesEntry), so each chunk is read and hashed once; a chunk asked for
- * again is read and hashed again. One source at a time may use a hasher: finish() ends its use.
+ * reads any: checkPagesEntry), so with a loader the chunks after the one asked for are read
+ * and hashed ahead, in every slot but the one handed out; a chunk asked for out of that order
+ * (again, or past a gap) waits for what was read ahead, which is dropped. One source at a time
+ * may use a loader: finish() ends its use.
  */
 export class ChunkSource {
   private cur = -1;
   private curSlot = -1;
-  private next = 0;
-  /** Chunk whose digest each slot still has to confirm; -1: none. */
-  private readonly pending: number[];
+  /** Chunks asked of the loader and not taken yet, in the order asked: [chunk, slot]. */
+  private ahead: Array<[number, number]> = [];
   private readonly bufs: Buffer[];
   private readonly chunkSize: number;
+  private readonly count: number;
 
-  constructor(private readonly at: ChunkedLocation, private readonly hasher: SyncHasher | undefined,
+  constructor(private readonly at: ChunkedLocation, private readonly loader: ChunkLoader | undefined,
     private readonly label: string, private readonly name: string, private readonly where: ErrorContext) {
     // An entry verified whole is read in chunks of the same bound.
     this.chunkSize = at.chunkSize;
-    const useRing = hasher !== undefined && at.digests !== undefined && hasher.slots[0]!.length >= at.chunkSize;
-    this.bufs = useRing ? hasher.slots : [Buffer.allocUnsafe(Math.min(at.chunkSize, Math.max(at.size, 1)))];
-    if (!useRing) this.hasher = undefined;
-    this.pending = this.bufs.map(() => -1);
+    this.count = Math.ceil(at.size / at.chunkSize);
+    const useRing = loader !== undefined && at.digests !== undefined && loader.slots[0]!.length >= at.chunkSize;
+    this.bufs = useRing ? loader.slots : [Buffer.allocUnsafe(Math.min(at.chunkSize, Math.max(at.size, 1)))];
+    if (!useRing) this.loader = undefined;
   }
 
   get size(): number {
@@ -192,46 +281,78 @@ export class ChunkSource {
     return this.bufs[this.curSlot]!.subarray(off, off + Math.min(max, len - off));
   }
 
-  /** Confirms every chunk handed out so far; throws the first mismatch. */
+  /** Ends this source's use of the loader: waits out the chunks read ahead (they are dropped). */
   finish(): void {
-    for (let s = 0; s < this.bufs.length; s++) this.confirm(s);
+    this.drain();
+    this.cur = -1;
+    this.curSlot = -1;
   }
 
   private load(c: number): void {
-    const slot = this.next;
-    this.next = (this.next + 1) % this.bufs.length;
-    this.confirm(slot);
+    this.cur = -1; // until chunk c is verified, nothing is handed out
+    if (this.loader?.ready) return this.loadAhead(c);
+    this.drain();
+    const slot = 0;
     const buf = this.bufs[slot]!;
-    const start = c * this.chunkSize;
-    const len = Math.min(this.chunkSize, this.at.size - start);
-    for (let got = 0; got < len;) {
-      const n = readSync(this.at.fd, buf, got, len - got, this.at.offset + start + got);
-      if (n <= 0) throw new FerryError('EIMAGE', `image ${this.label} is truncated inside entry ${this.name}`, this.where);
-      got += n;
-    }
+    const len = this.length(c);
+    if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize) < len) throw this.truncated();
+    if (this.at.digests !== undefined) this.check(c, createHash('sha256').update(buf.subarray(0, len)).digest('hex'));
     this.cur = c;
     this.curSlot = slot;
-    const digests = this.at.digests;
-    if (digests === undefined) return;
-    if (this.hasher?.ready) {
-      this.hasher.submit(slot, len);
-      this.pending[slot] = c;
-    } else {
-      this.check(c, createHash('sha256').update(buf.subarray(0, len)).digest('hex'));
+  }
+
+  /** Chunk `c` from the loader, and the chunks after it asked for in the slots left. */
+  private loadAhead(c: number): void {
+    const loader = this.loader!;
+    if (this.ahead[0]?.[0] !== c) this.drain();
+    if (this.ahead.length === 0) this.ask(c, this.curSlot >= 0 ? this.curSlot : 0);
+    const [, slot] = this.ahead.shift()!;
+    // The slot handed out before is free again: the caller is done with what view() gave it.
+    const busy = new Set([slot, ...this.ahead.map(([, s]) => s)]);
+    const last = this.ahead.at(-1)?.[0] ?? c;
+    for (let k = last + 1, s = 0; k < this.count && s < this.bufs.length; s++) {
+      if (!busy.has(s)) this.ask(k++, s);
+    }
+    this.check(c, this.taken(slot));
+    this.cur = c;
+    this.curSlot = slot;
+  }
+
+  private ask(c: number, slot: number): void {
+    this.loader!.submit(slot, this.at.fd, this.at.offset + c * this.chunkSize, this.length(c), this.at.directFd ?? -1);
+    this.ahead.push([c, slot]);
+  }
+
+  /** The digest of the chunk in `slot`, once read; a read that failed is the image's error. */
+  private taken(slot: number): string {
+    try {
+      return this.loader!.take(slot);
+    } catch (err) {
+      if (err instanceof ShortRead) throw this.truncated();
+      throw new FerryError('EIMAGE', `cannot read image ${this.label}: entry ${this.name}: ${(err as Error).message} (check the file system it is on)`, { cause: err, ...this.where });
     }
   }
 
-  private confirm(slot: number): void {
-    const c = this.pending[slot]!;
-    if (c < 0) return;
-    this.pending[slot] = -1;
-    this.check(c, this.hasher!.digest(slot));
+  /** Waits out every chunk read ahead (a slot is not reused while a lane may write it). */
+  private drain(): void {
+    const ahead = this.ahead;
+    this.ahead = [];
+    for (const [, slot] of ahead) {
+      try { this.loader!.take(slot); } catch { /* dropped unread: never handed out */ }
+    }
+  }
+
+  private length(c: number): number {
+    return Math.min(this.chunkSize, this.at.size - c * this.chunkSize);
+  }
+
+  private truncated(): FerryError {
+    return new FerryError('EIMAGE', `image ${this.label} is truncated inside entry ${this.name}`, this.where);
   }
 
   private check(c: number, sum: string): void {
     const want = this.at.digests![c]!;
     if (sum !== want) {
-      this.cur = -1; // never handed out again
       throw new FerryError('EIMAGE', `image ${this.label} is corrupt: entry ${this.name} chunk ${c} has sha256 ${sum.slice(0, 12)}… `
         + `but the manifest says ${want.slice(0, 12)}…`, this.where);
     }

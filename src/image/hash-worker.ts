@@ -5,9 +5,9 @@
  * its handler is installed it says so (`{ ready: true }`): HashPool.start() waits for that, so
  * a checkpoint can have the thread running before it stops the tree (writer.ts).
  *
- * Started with RingData (workerData), it is a SyncHasher's worker instead (chunks.ts): it
- * serves requests from shared memory, blocked in Atomics.wait between them, and takes no
- * messages.
+ * Started with RingData (workerData), it is a lane of a ChunkLoader instead (chunks.ts): it
+ * reads and hashes chunks of an image on requests from shared memory, blocked in Atomics.wait
+ * between them, and takes no messages.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';

@@ -12,10 +12,12 @@
  * in the work directory, hashed on the way, so it can be read at random afterwards.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
-import { ChunkSource, SyncHasher } from './chunks.js';
+import { native } from '../native/binding.js';
+import { ChunkLoader, ChunkSource } from './chunks.js';
 import { isChunked, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type ChunkedEntry, type Manifest } from './manifest.js';
 import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
 
@@ -48,8 +50,9 @@ export interface Image {
   locate(name: string): { fd: number; offset: number; size: number };
   /**
    * Verified random access to an entry, chunk by chunk: a chunked entry's chunks are checked
-   * against their digests as they are read (on the hash worker, when the image has one); any
-   * other entry was verified whole already. One at a time: finish() ends one.
+   * against their digests as they are read (read ahead and hashed by the loader's threads,
+   * when the image has them); any other entry was verified whole already. One at a time:
+   * finish() ends one.
    */
   pages(name: string): ChunkSource;
   /** Streams an entry in chunks (verified as read when it is chunked and lazily verified). */
@@ -194,12 +197,24 @@ export interface OpenOptions {
 }
 
 /**
- * Chunked entries of more than this in all get a hash worker with lazyChunks (started while
- * the rest is verified); below it, starting a thread costs more than hashing on the JS thread.
+ * Chunked entries of more than this in all get a chunk loader with lazyChunks (its lanes
+ * started while the rest is verified); below it, starting a thread costs more than reading and
+ * hashing on the JS thread.
  */
-const HASHER_MIN_BYTES = 8 << 20;
-/** Shared buffers of that worker: one being read into, one written out, one being hashed. */
-const HASHER_SLOTS = 3;
+const LOADER_MIN_BYTES = 8 << 20;
+/**
+ * Chunked entries of more than this in all get two lanes (on a machine of two cores or more):
+ * one reads a chunk while the other hashes the one before, as the JS thread writes an earlier
+ * one into the process (one lane does its read and its hash one after the other).
+ */
+const TWO_LANES_MIN_BYTES = 32 << 20;
+/** Shared buffers of the loader: one handed out, the others read and hashed ahead. */
+const LOADER_SLOTS = 6;
+/**
+ * An entry at least this much of which is in the page cache is read through it; any other
+ * with O_DIRECT (chunks.ts says why).
+ */
+const CACHED_ENOUGH = 0.9;
 
 /** Opens and fully verifies an image ('-' = stdin). */
 export async function openImage(path: string, options: OpenOptions): Promise<Image> {
@@ -216,7 +231,7 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
       throw new FerryError('EIMAGE', `cannot read image ${path}: ${why}`, { cause: err, path });
     }
   }
-  let hasher: SyncHasher | undefined;
+  let loader: ChunkLoader | undefined;
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new FerryError('EIMAGE', `image ${label} is not a regular file`, where);
@@ -271,8 +286,10 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     const chunked = manifest.entries.filter(isChunked);
     const lazyBytes = lazy ? chunked.reduce((s, e) => s + e.size, 0) : 0;
     // Started now and never waited for: until it runs, chunks are hashed on the JS thread.
-    hasher = lazyBytes > HASHER_MIN_BYTES
-      ? new SyncHasher(HASHER_SLOTS, chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1)) : undefined;
+    loader = lazyBytes > LOADER_MIN_BYTES
+      ? new ChunkLoader(LOADER_SLOTS, chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1),
+        lazyBytes > TWO_LANES_MIN_BYTES && availableParallelism() > 1 ? 2 : 1)
+      : undefined;
     const total = manifest.entries.reduce((s, e) => s + (lazy && isChunked(e) ? 0 : e.size), 0);
     let done = 0;
     // Room for the largest chunk (at most MAX_CHUNK_BYTES) when chunks are verified here.
@@ -306,10 +323,10 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
         throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has sha256 ${sum.slice(0, 12)}… but the manifest says ${e.sha256.slice(0, 12)}…`, where);
       }
     }
-    return makeImage(fd, manifest, signer, byName, label, where, lazy, hasher);
+    return makeImage(fd, manifest, signer, byName, label, where, lazy, loader);
   } catch (err) {
     closeSync(fd);
-    await hasher?.close();
+    await loader?.close();
     throw err;
   }
 }
@@ -332,19 +349,41 @@ export function tooDeep(value: unknown, limit: number): string | undefined {
 }
 
 function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName: Map<string, Located>, label: string, where: ErrorContext,
-  lazy: boolean, hasher: SyncHasher | undefined): Image {
+  lazy: boolean, loader: ChunkLoader | undefined): Image {
   let closed = false;
+  /** An O_DIRECT descriptor of the image for the loader, opened when first needed; -1: none. */
+  let directFd: number | undefined;
+  /** The descriptor the loader reads `l` through: O_DIRECT unless it is in the page cache. */
+  const directFor = (l: Located): number => {
+    if (loader === undefined || l.size < LOADER_MIN_BYTES) return -1;
+    const pages = Math.ceil(l.size / 4096);
+    let cached = -1;
+    try {
+      cached = native().cachedPages(fd, l.offset, l.size);
+    } catch { /* not known: read it directly */ }
+    if (cached >= pages * CACHED_ENOUGH) return -1;
+    if (directFd === undefined) {
+      // The very file this descriptor reads (an image spooled from stdin has no name).
+      try {
+        directFd = openSync(`/proc/self/fd/${fd}`, constants.O_RDONLY | constants.O_DIRECT);
+      } catch {
+        directFd = -1; // a file system without O_DIRECT: through the page cache
+      }
+    }
+    return directFd;
+  };
   const entries = new Map(manifest.entries.map((e) => [e.name, e]));
   /** The entry, when its chunks are still to be verified as they are read. */
   const unverified = (name: string): ChunkedEntry | undefined => {
     const e = entries.get(name);
     return lazy && e !== undefined && isChunked(e) ? e : undefined;
   };
-  const source = (name: string, withHasher: boolean): ChunkSource => {
+  const source = (name: string, withLoader: boolean): ChunkSource => {
     const l = get(name);
     const e = unverified(name);
-    return new ChunkSource({ fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks },
-      withHasher ? hasher : undefined, label, nameOf(name), where);
+    return new ChunkSource({
+      fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks, directFd: withLoader ? directFor(l) : -1,
+    }, withLoader ? loader : undefined, label, nameOf(name), where);
   };
   const get = (name: string): Located => {
     const l = byName.get(name);
@@ -415,9 +454,12 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       }
     },
     async close() {
-      if (!closed) closeSync(fd);
+      await loader?.close(); // first: no lane reads the image any more
+      if (!closed) {
+        closeSync(fd);
+        if (directFd !== undefined && directFd >= 0) closeSync(directFd);
+      }
       closed = true;
-      await hasher?.close();
     },
   };
   return image;

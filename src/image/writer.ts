@@ -77,8 +77,11 @@ export const INLINE_HASH_BYTES = 256 * 1024;
 class EntryHash {
   private readonly inline: Hash | undefined;
   private readonly id: number;
+  /** The pool's thread that hashes every chunk of this hash. */
+  private readonly lane: number;
   constructor(private readonly pool: HashPool | undefined) {
     this.id = pool?.newId() ?? 0;
+    this.lane = pool?.laneFor(this.id) ?? 0;
     if (!pool) this.inline = createHash('sha256');
   }
 
@@ -93,12 +96,12 @@ class EntryHash {
       chunk.copy(data);
     }
     const sab = data.buffer as SharedArrayBuffer;
-    return this.pool.request({ op: 'update', id: this.id, sab, offset: data.byteOffset, length: data.length }).then(() => undefined);
+    return this.pool.request(this.lane, { op: 'update', id: this.id, sab, offset: data.byteOffset, length: data.length }).then(() => undefined);
   }
 
   async digest(): Promise<string> {
     if (!this.pool) return this.inline!.digest('hex');
-    return (await this.pool.request({ op: 'digest', id: this.id })) as string;
+    return (await this.pool.request(this.lane, { op: 'digest', id: this.id })) as string;
   }
 }
 
@@ -199,11 +202,15 @@ class Lane {
 
 /**
  * Hashing worker threads. Starting a thread costs tens of milliseconds (a new isolate, the
- * module loaded), so the owner starts them before it needs them — a checkpoint does so before
- * it stops the tree, and only when the tree has enough memory to be worth it — and writeImage
- * only uses a pool that already runs: it never starts a thread itself. Each hash id belongs to
- * one thread (ids in turn): the chunks of a chunked entry, each its own hash, are spread over
- * all of them. Idle, the workers do not keep the process alive (unref); the owner closes them.
+ * module loaded; two at once on two cores take about as long as one after the other), so the
+ * owner starts them before it needs them — a checkpoint does so before it stops the tree, and
+ * only when the tree has enough memory to be worth it — and writeImage only uses a pool that
+ * already runs: it never starts a thread itself. The pool runs once one thread does; the others
+ * take work as they come up (a checkpoint waits for the first only: the second starts while the
+ * tree is frozen and its state read, which keeps one core busy). Each hash belongs to one thread,
+ * chosen in turn among those up when it is made: the chunks of a chunked entry, each its own
+ * hash, are spread over all of them. Idle, the workers do not keep the process alive (unref);
+ * the owner closes them.
  */
 export class HashPool {
   private lanes: Lane[] = [];
@@ -214,19 +221,22 @@ export class HashPool {
   /** `threads`: how many worker threads hash at once. */
   constructor(private readonly threads = 1) {}
 
-  /** Starts the worker threads; resolves once every one is ready for work. */
+  /**
+   * Starts the worker threads; resolves once one is ready for work (the others come up on
+   * their own), rejects if none could start.
+   */
   start(): Promise<void> {
     if (!this.ready) {
       this.lanes = Array.from({ length: this.threads }, () => new Lane());
-      this.ready = Promise.all(this.lanes.map((l) => l.ready)).then(() => undefined);
+      this.ready = Promise.any(this.lanes.map((l) => l.ready)).then(() => undefined);
       this.ready.catch(() => {}); // a start nobody waits for fails quietly; its users see it
     }
     return this.ready;
   }
 
-  /** Whether every worker is up and can take work now. */
+  /** Whether a worker is up and can take work now. */
   get running(): boolean {
-    return this.lanes.length > 0 && this.lanes.every((l) => l.up);
+    return this.lanes.some((l) => l.up);
   }
 
   /** A fresh hash id (ids are never reused, so a hash abandoned by a failed write stays apart). */
@@ -234,8 +244,14 @@ export class HashPool {
     return ++this.ids;
   }
 
-  request(m: { op: 'update'; id: number; sab: SharedArrayBuffer; offset: number; length: number } | { op: 'digest'; id: number }): Promise<unknown> {
-    const lane = this.lanes[m.id % Math.max(1, this.lanes.length)];
+  /** The thread that hashes everything of hash `id`: in turn among those up now. */
+  laneFor(id: number): number {
+    const up = this.lanes.flatMap((l, i) => (l.up ? [i] : []));
+    return up.length > 0 ? up[id % up.length]! : 0;
+  }
+
+  request(laneIndex: number, m: { op: 'update'; id: number; sab: SharedArrayBuffer; offset: number; length: number } | { op: 'digest'; id: number }): Promise<unknown> {
+    const lane = this.lanes[laneIndex];
     const worker = lane?.worker;
     if (!lane?.up || !worker) return Promise.reject(new Error('the hash worker is not running'));
     const seq = ++this.seq;

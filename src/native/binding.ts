@@ -189,6 +189,11 @@ export interface NativeBinding {
   closeFd(fd: number): void;
   /** lseek(2); returns the new offset. */
   lseek(fd: number, offset: number, whence: number): number;
+  /**
+   * cachestat(2): pages of the file range [offset, offset + length) in the page cache (dirty
+   * ones included); -1 when the kernel (before 6.5) or the file system does not tell.
+   */
+  cachedPages(fd: number, offset: number, length: number): number;
   /** open(2) with raw flags (O_CLOEXEC always added); returns the fd. */
   openRaw(path: string, flags: number, mode?: number): number;
   /**
@@ -503,7 +508,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen', 'pidfdSendSignal',
-  'pidfdGetfd', 'closeFd', 'lseek', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
+  'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixBindIn', 'unixConnect', 'unixListen',

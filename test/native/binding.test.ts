@@ -5,11 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DUMP_TRACE_OPTIONS, SYS } from '../../src/arch/x86-64.js';
 import { decodeRegs } from '../../src/arch/x86-64.js';
 import { defaultStubPath, INJECT_SEIZED, INJECT_STEP, native, NATIVE_EXPORTS } from '../../src/native/binding.js';
+import { directBuffer } from '../../src/image/direct.js';
 import { parseMaps } from '../../src/proc/maps.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
 import { syscallGadget } from '../../src/dump/task-state.js';
@@ -70,6 +72,33 @@ describe('native binding', { timeout: 60_000 }, () => {
     } finally {
       closeSync(a);
       closeSync(b);
+    }
+  });
+
+  it('counts the pages of a file range in the page cache with cachestat: none after an O_DIRECT write, all once read', () => {
+    const dir = mkdtempSync(join('/var/tmp', 'ferry-cachestat-'));
+    const path = join(dir, 'f');
+    const size = 1 << 20;
+    let fd = -1;
+    try {
+      let direct: number;
+      try {
+        direct = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT, 0o600);
+      } catch {
+        return; // a file system without O_DIRECT: nothing to compare
+      }
+      writeSync(direct, directBuffer(size).fill(7), 0, size, 0);
+      closeSync(direct);
+      fd = openSync(path, 'r');
+      const before = native().cachedPages(fd, 0, size);
+      if (before === -1) return; // a kernel before 6.5
+      assert.equal(before, 0, 'written around the page cache');
+      readFileSync(path);
+      assert.equal(native().cachedPages(fd, 0, size), size / 4096, 'all of it once read through it');
+      assert.equal(native().cachedPages(fd, size / 2, size / 4), size / 4 / 4096, 'a range of it');
+    } finally {
+      if (fd >= 0) closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

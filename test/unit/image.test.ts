@@ -2,11 +2,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import tar from 'tar-stream';
+import { ChunkLoader, ChunkSource } from '../../src/image/chunks.js';
 import { checkCompatibility, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
 import { openImage } from '../../src/image/reader.js';
 import { tarHeader } from '../../src/image/tar-out.js';
@@ -239,6 +240,64 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
       await assert.rejects(lazy.stream('tasks/42/pages.bin', () => {}), said);
     } finally {
       await lazy.close();
+    }
+  });
+
+  it('reads chunks ahead on two lanes, with O_DIRECT, and hands out none that does not match its sha256', async () => {
+    const path = join(dir, 'chunk-lanes.tar');
+    // Written with O_DIRECT where the file system takes it: not in the page cache.
+    await writeImage(path, header, chunkedEntries());
+    const img = await openImage(path, { workDir: dir });
+    const { offset, size } = img.locate('tasks/42/pages.bin');
+    const e = img.manifest.entries[1] as ChunkedEntry;
+    await img.close();
+    const loader = new ChunkLoader(4, CHUNK_BYTES, 2);
+    const fd = openSync(path, 'r');
+    let direct = -1;
+    try {
+      direct = openSync(path, constants.O_RDONLY | constants.O_DIRECT);
+    } catch { /* a file system without O_DIRECT: the lanes read through the page cache */ }
+    try {
+      for (let i = 0; !loader.ready; i++) {
+        assert.ok(i < 500, 'the lanes start');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const read = (digests: readonly string[]): Buffer => {
+        const src = new ChunkSource({ fd, directFd: direct, offset, size, chunkSize: e.chunkSize, digests }, loader, 'x.tar', 'pages', {});
+        const got = Buffer.alloc(size);
+        try {
+          for (let off = 0; off < size;) {
+            const v = src.view(off, 3_000_000);
+            v.copy(got, off);
+            off += v.length;
+          }
+          // Asked again out of order: chunk 1 after 3, then 0.
+          assert.ok(src.view(CHUNK_BYTES + 5, 10).equals(got.subarray(CHUNK_BYTES + 5, CHUNK_BYTES + 15)));
+          assert.ok(src.view(7, 10).equals(got.subarray(7, 17)));
+        } finally {
+          src.finish();
+        }
+        return got;
+      };
+      assert.ok(read(e.chunks).equals(expected(big)));
+      // Chunk 2 said to be something else: chunks 0 and 1 come out whole, chunk 2 never.
+      const lie = [...e.chunks];
+      lie[2] = 'ab'.repeat(32);
+      const src = new ChunkSource({ fd, directFd: direct, offset, size, chunkSize: e.chunkSize, digests: lie }, loader, 'x.tar', 'pages', {});
+      assert.ok(src.view(0, CHUNK_BYTES).equals(expected(CHUNK_BYTES)));
+      assert.ok(src.view(CHUNK_BYTES, CHUNK_BYTES).equals(expected(2 * CHUNK_BYTES).subarray(CHUNK_BYTES)));
+      assert.throws(() => src.view(2 * CHUNK_BYTES, 1), /x.tar is corrupt: entry pages chunk 2 has sha256 [0-9a-f]{12}… but the manifest says abababababab…$/);
+      assert.throws(() => src.view(2 * CHUNK_BYTES + 100, 1), /chunk 2 has sha256/, 'and not later either');
+      src.finish();
+      // The image cut inside the entry: refused as truncated, from the lanes too.
+      const cut = new ChunkSource({ fd, directFd: direct, offset, size: size + 2 * CHUNK_BYTES, chunkSize: e.chunkSize, digests: [...e.chunks, 'ab'.repeat(32), 'ab'.repeat(32)] },
+        loader, 'x.tar', 'pages', {});
+      assert.throws(() => { for (let off = 0; ;) off += cut.view(off, CHUNK_BYTES).length; }, /x.tar is truncated inside entry pages/);
+      cut.finish();
+    } finally {
+      await loader.close();
+      closeSync(fd);
+      if (direct >= 0) closeSync(direct);
     }
   });
 
