@@ -32,6 +32,8 @@
  *   files/transient.ts; synchronous too); `configswap` (a container restore has the bundle's
  *   config.json swapped for the restore's, for `runc create`; synchronous); `forked` (a
  *   restore's parent stub has forked a child stub, not seized yet: the first time; synchronous);
+ *   `lent` (a restore's rebuilt parent holds the pages its children lend through it,
+ *   restore/cow.ts, before they are forked: the first time; synchronous);
  *   `lazy` (a lazy restore let the tree go: faults are served, the background fill has not
  *   begun — paused, pages stay missing until touched); `repair` (a checkpoint with
  *   --tcp-established has the first TCP socket it reads in repair mode, with SO_OOBINLINE and
@@ -42,7 +44,7 @@ import { writeSync } from 'node:fs';
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lazy', 'repair',
+  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

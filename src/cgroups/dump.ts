@@ -123,6 +123,8 @@ function readSettings(h: Hierarchy | undefined, path: string): Record<string, st
     } catch {
       continue; // the controller is not enabled here (v2), or the kernel lacks the file
     }
+    // A cgroup is a domain unless made threaded: only that is kept (the rest follows from it).
+    if (file === 'cgroup.type' && value !== 'threaded') continue;
     if (value.length <= MAX_VALUE && /^[\x20-\x7e]*$/.test(value)) out[file] = value;
   }
   return out;

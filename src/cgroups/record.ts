@@ -54,9 +54,12 @@ export const CONTROL_FILES: Readonly<Record<string, readonly string[]>> = {
   pids: ['pids.max'],
   cpu: ['cpu.shares', 'cpu.cfs_period_us', 'cpu.cfs_quota_us'],
   cpuset: ['cpuset.cpus', 'cpuset.mems'],
-  // cgroup v2: every controller's files in the one hierarchy; subtree_control first (it makes
-  // the controllers' files appear in the children).
-  '': ['cgroup.subtree_control', 'cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'pids.max',
+  // cgroup v2: every controller's files in the one hierarchy; the type first (a threaded
+  // cgroup is made so before anything else: only threaded controllers go below it, and a
+  // thread joins one apart from its process only there), subtree_control next (it makes the
+  // controllers' files appear in the children). The type is recorded only when "threaded",
+  // the one value written (dump.ts, restore.ts).
+  '': ['cgroup.type', 'cgroup.subtree_control', 'cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'pids.max',
     'memory.min', 'memory.low', 'memory.high', 'memory.max', 'memory.swap.max'],
 };
 

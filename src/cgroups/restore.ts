@@ -227,7 +227,11 @@ export class CgroupPlan {
       const failed: Array<[string, string, unknown]> = [];
       for (const [file, value] of pending) {
         try {
-          if (file === 'cgroup.subtree_control') {
+          if (file === 'cgroup.type') {
+            // Only "threaded" can be written (a domain is the default; "domain threaded" and
+            // "domain invalid" follow from the cgroups below).
+            if (value === 'threaded') this.writeControl(t, t.rel, file, value);
+          } else if (file === 'cgroup.subtree_control') {
             const ctrls = value.split(' ').filter(Boolean);
             if (ctrls.length > 0) this.writeControl(t, t.rel, file, ctrls.map((c) => `+${c}`).join(' '));
           } else {

@@ -39,7 +39,7 @@ import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
 import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
-import { estimateTreeMemory, planMemory, prepareChunkBuffers } from './memory.js';
+import { estimateTreeMemory, planMemory, prepareChunkBuffers, shareAmongSiblings } from './memory.js';
 import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
@@ -214,6 +214,31 @@ function dumpTask(p: FrozenProcess, rootBase: { path: string; container: boolean
   }
 }
 
+/**
+ * Pages only siblings still share copy-on-write (their parent wrote its own since the fork)
+ * are stored once, by the first of them (memory.ts shareAmongSiblings, image/cow.ts). Not for
+ * a process restore forks from a sibling (`ownPages`, image/sharing.ts): it inherits nothing.
+ */
+function shareSiblingPages(dumped: readonly DumpedTask[], ownPages: ReadonlySet<number>): void {
+  const kids = new Map<number, DumpedTask[]>();
+  for (const d of dumped.slice(1)) {
+    if (ownPages.has(d.task.pid)) continue;
+    const list = kids.get(d.task.ppid);
+    if (list) list.push(d);
+    else kids.set(d.task.ppid, [d]);
+  }
+  const byPid = new Map(dumped.map((d) => [d.task.pid, d]));
+  for (const [ppid, list] of kids) {
+    const parent = byPid.get(ppid);
+    if (!parent || list.length < 2) continue;
+    const changed = shareAmongSiblings({ pid: ppid, vmas: parent.memory.vmas }, list.map((d) => ({ pid: d.task.pid, plan: d.memory })));
+    for (const pid of changed) {
+      const d = byPid.get(pid)!;
+      d.task.pagesBytes = d.memory.pagesBytes;
+    }
+  }
+}
+
 /** Checkpoints the process tree rooted at `o.pid` into `o.image`. */
 export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult> {
   const t0 = performance.now();
@@ -333,6 +358,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       byPid.set(p.pid, d);
       dumped.push(d);
     }
+    shareSiblingPages(dumped, ownPages);
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.
     const cgroups = o.pidNamespace === undefined ? readCgroups(live, cgroupsAhead) : undefined;

@@ -14,7 +14,7 @@ import { directBuffer } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
-import { dumpablePageRuns, sharedAnonPages, sharedWithParent } from '../proc/pagemap.js';
+import { dumpablePageRuns, sharedAnonPages, sharedFrames, sharedWithParent } from '../proc/pagemap.js';
 import { inheritable, pageSet, runsOf } from '../image/cow.js';
 import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
 import { parseChildren } from '../proc/children.js';
@@ -479,4 +479,95 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
     if (memFd >= 0) closeSync(memFd);
     if (shared) prepared!.release();
   }
+}
+
+/** A planned child of a parent, for shareAmongSiblings. */
+export interface PlannedChild {
+  pid: number;
+  plan: Pick<MemoryPlan, 'vmas' | 'pagesBytes'>;
+}
+
+/**
+ * Pages that only children share (image/cow.ts, `lent`): after fork(2) the parent wrote its
+ * copy of a page, so the children, none of which wrote theirs, still share one page frame
+ * that the parent no longer maps. For each area that a parent's children (all planned, all
+ * stopped) map as the same private mapping as the parent (`inheritable`), a page that two or
+ * more of them store with the same frame (and none inherits from the parent, nor the parent
+ * from its own) stays stored by the first of them only, marked `lent`; the others record it as
+ * inherited (`cow`). Restore writes it into the parent before it forks them and gives the
+ * parent its own page back after. One frame per page: the first child (in tree order) that
+ * shares its page there with any process picks it; children sharing another frame there keep
+ * theirs stored. Linear in children × pages. Updates the children's `pagesOffset` and
+ * `pagesBytes`; returns the pids whose plan changed.
+ */
+export function shareAmongSiblings(parent: PlannedParent, children: readonly PlannedChild[]): number[] {
+  if (children.length < 2) return [];
+  const changed = new Set<number>();
+  for (const theirs of parent.vmas) {
+    if (theirs.kind !== 'anon' && theirs.kind !== 'file') continue;
+    const special = theirs as VmaRecord & { memfd?: unknown; ghost?: unknown };
+    if (special.memfd !== undefined || special.ghost !== undefined) continue;
+    // A locked area's pages cannot be dropped again (madvise(2) MADV_DONTNEED fails on one).
+    if (theirs.vmflags.includes('lo') || theirs.vmflags.includes('lf')) continue;
+    const kids = children.flatMap((c) => {
+      const v = c.plan.vmas.find((a) => a.start === theirs.start);
+      return v && v.runs.length > 0 && inheritable(theirs, v) ? [{ c, v }] : [];
+    });
+    if (kids.length < 2) continue;
+    const npages = Number((BigInt(theirs.end) - BigInt(theirs.start)) / BigInt(PAGE_SIZE));
+    const first = Number(BigInt(theirs.start) / BigInt(PAGE_SIZE));
+    // Not where the parent inherits from its own parent, nor where a child inherits the
+    // parent's page: restore forks every such child while the parent holds the lent page.
+    const excluded = pageSet(npages, theirs.cow ?? [], ...kids.map((k) => k.v.cow ?? []));
+    const frame = new Float64Array(npages); // the frame picked at each page, 0: none yet
+    const lender = new Int32Array(npages).fill(-1);
+    const lent = kids.map(() => new Uint8Array(npages));
+    const moved = kids.map(() => new Uint8Array(npages));
+    const entries = Buffer.allocUnsafe(npages * 8);
+    kids.forEach(({ c, v }, k) => {
+      const fd = openSync(`/proc/${c.pid}/pagemap`, 'r');
+      try {
+        if (readSync(fd, entries, 0, entries.length, first * 8) !== entries.length) return;
+      } finally {
+        closeSync(fd);
+      }
+      const frames = sharedFrames(entries);
+      const stored = pageSet(npages, v.runs);
+      for (let i = 0; i < npages; i++) {
+        const f = frames[i]!;
+        if (f === 0 || !stored[i] || excluded[i]) continue;
+        if (lender[i]! < 0) {
+          lender[i] = k;
+          frame[i] = f;
+        } else if (frame[i] === f) {
+          lent[lender[i]!]![i] = 1;
+          moved[k]![i] = 1;
+        }
+      }
+    });
+    kids.forEach(({ c, v }, k) => {
+      const gives = runsOf(lent[k]!);
+      const takes = runsOf(moved[k]!);
+      if (gives.length === 0 && takes.length === 0) return;
+      if (gives.length > 0) v.lent = gives;
+      if (takes.length > 0) {
+        const stored = pageSet(npages, v.runs);
+        for (let i = 0; i < npages; i++) if (moved[k]![i]) stored[i] = 0;
+        v.runs = runsOf(stored);
+        v.cow = runsOf(pageSet(npages, v.cow ?? [], takes));
+      }
+      changed.add(c.pid);
+    });
+  }
+  // The areas' stored pages stay back to back in the pages entry.
+  for (const c of children) {
+    if (!changed.has(c.pid)) continue;
+    let at = 0;
+    for (const v of c.plan.vmas) {
+      v.pagesOffset = at;
+      at += v.runs.reduce((k, [, count]) => k + count, 0) * PAGE_SIZE;
+    }
+    c.plan.pagesBytes = at;
+  }
+  return [...changed];
 }

@@ -9,9 +9,9 @@
  * (exited, unreaped children) cannot be seized; they are recorded with their exit status.
  *
  * What restore cannot rebuild yet is refused here, before the tree is touched or while it is
- * being seized (and then released): another pid or user namespace, a tracer, a session or
- * process group whose leader is outside the tree and is not the root's, a descriptor table or
- * fs struct shared in a way restore cannot fork (checkSharing).
+ * being seized (and then released): another pid or user namespace, a tracer, a session
+ * whose leader is outside the tree and is not the root's, a descriptor table or fs struct
+ * shared in a way restore cannot fork (checkSharing).
  */
 import { readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
@@ -283,8 +283,11 @@ function zombie(pid: number, stat: ProcStat): FrozenProcess {
 /**
  * Refuses sessions and process groups restore cannot rebuild: restore gives each process the
  * session of its parent unless it leads its own (setsid), so a process in a session other
- * than its parent's must lead it; and a group or session led from outside the tree must be
- * the root's (the restored root takes ferry's caller's instead).
+ * than its parent's must lead it, and a session led from outside the tree must be the root's
+ * (the restored root takes ferry's caller's: a session can be inherited or made, never
+ * joined). A process group led from outside the tree is kept when it is in that session: the
+ * restore joins it again if it still exists in the restored root's session (restore/tree.ts
+ * outsideGroups); the root's own falls back to ferry's caller's group.
  */
 export function checkGroups(recs: readonly ProcessRecord[], root: number): void {
   const byPid = new Map(recs.map((r) => [r.pid, r]));
@@ -297,10 +300,13 @@ export function checkGroups(recs: readonly ProcessRecord[], root: number): void 
         `pid ${r.pid} is in session ${r.sid} but its parent ${r.ppid} is in session ${parent.sid}: such a tree cannot be restored yet`);
     }
     if (!byPid.has(r.sid) && r.sid !== rootRec.sid) {
-      throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in session ${r.sid}, led from outside the tree: not supported yet`);
+      throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in session ${r.sid}, led from outside the tree and not the root's: `
+        + 'a session can only be inherited or made (setsid(2)), so restore cannot put it back there');
     }
-    if (!byPid.has(r.pgid) && r.pgid !== rootRec.pgid) {
-      throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in process group ${r.pgid}, led from outside the tree: not supported yet`);
+    // The session the tree leads is made anew by the restore: no group of it is left outside.
+    if (!byPid.has(r.pgid) && r.pgid !== rootRec.pgid && byPid.has(r.sid)) {
+      throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in process group ${r.pgid} of session ${r.sid}, which the tree leads, `
+        + 'but the group is led from outside the tree: restore cannot make that group again');
     }
   }
 }

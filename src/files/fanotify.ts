@@ -10,7 +10,9 @@
  *   filesystem mark  `fanotify sdev: mflags: mask: ignored_mask:`
  * `mflags` holds FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE and FAN_MARK_IGNORE. An inode
  * is found again by its handle (inotify.ts), a mount by its id in the process's mountinfo (its
- * mount point), a file system through any of its mounts. Mount-namespace and user-namespace
+ * mount point), a file system through any of its mounts. An inode no path leads to (a file
+ * removed but held open, a memfd) is found among the tree's descriptors, as an inotify watch's
+ * is, and the mark names that file of the image; one the tree does not hold is refused. Mount-namespace and user-namespace
  * marks (Linux 6.14+) are refused, as is a group with events queued (they cannot be read
  * without consuming them, nor queued again) unless --drop-queued-events drops them with a
  * warning; a group of a content class with events queued is refused even then, since some
@@ -19,7 +21,8 @@
  * Restore: fanotify_init in the controller with the same flags, then each mark is added with
  * fanotify_mark(FAN_MARK_ADD | its type | FAN_MARK_EVICTABLE if it had it): first its mask,
  * then its ignore mask (FAN_MARK_IGNORE when the mark used that interface, else
- * FAN_MARK_IGNORED_MASK, with FAN_MARK_IGNORED_SURV_MODIFY when it had it). Permission events
+ * FAN_MARK_IGNORED_MASK, with FAN_MARK_IGNORED_SURV_MODIFY when it had it). A mark on a file of
+ * the image is added through /proc/self/fd/N of that restored file, once it is open. Permission events
  * a listener read but has not answered yet are not visible from outside and are not kept.
  */
 import { FerryError } from '../errors.js';
@@ -27,9 +30,9 @@ import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
 import { rootOf, statIn, viaFd } from './confined.js';
-import type { DumpContext, FdDesc, FileKind } from './types.js';
+import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
 import { readProcText } from '../proc/read.js';
-import { closeMounts, dropQueued, fdinfoFields, hexField, kernelDev, locateInode, mountsOf } from './inotify.js';
+import { closeMounts, dropQueued, fdinfoFields, heldByTree, hexField, kernelDev, locateInode, mountsOf } from './inotify.js';
 
 /** fanotify_init(2) flags kept by the engine elsewhere. */
 const FAN_CLOEXEC = 0x1, FAN_NONBLOCK = 0x2;
@@ -52,6 +55,12 @@ export interface FanotifyMark {
   mflags: number;
   mask: number;
   ignoredMask: number;
+  /**
+   * An inode mark's file of the image, when no path leads to the inode (a file removed, or a
+   * memfd, that the tree holds open): marked again through that file's restored descriptor;
+   * `path` is then only what /proc showed (`/dir/name (deleted)`).
+   */
+  file?: number;
 }
 
 export interface FanotifyRecord extends FileRecord {
@@ -96,7 +105,12 @@ function dumpFanotify(d: FdDesc, ctx: DumpContext): Omit<FanotifyRecord, 'id' | 
       if ((masks.mflags & ~MFLAGS) !== 0) throw unsupported(d, `a mark has flags 0x${masks.mflags.toString(16)} this ferry does not know`);
       if (f.has('ino')) {
         const where = locateInode(d.pid, f, what, mounts);
-        if ('why' in where) throw unsupported(d, `inode mark: ${where.why}`);
+        if ('why' in where) {
+          const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
+          if (!held) throw unsupported(d, `inode mark: ${where.why}, and no process of the tree holds it open`);
+          marks.push({ type: 'inode', path: held.path, file: held.file!, ...masks });
+          continue;
+        }
         marks.push({ type: 'inode', path: where.path, ...masks });
       } else if (f.has('mnt_id')) {
         const id = Number(hexField(f, 'mnt_id', what));
@@ -141,6 +155,11 @@ function checkRecord(rec: FanotifyRecord): void {
       bad(`has an invalid mark ${String(JSON.stringify(m)).slice(0, 120)}`);
     }
     if (m.path.length > 4096) bad('has a mark on a path longer than 4096 bytes');
+    if (m.file !== undefined) {
+      // Marked through another file of the image (its restored descriptor): no path is used.
+      if (m.type !== 'inode' || !Number.isSafeInteger(m.file) || m.file < 0 || m.file === rec.id) bad(`has a mark on an invalid file ${String(m.file)}`);
+      continue;
+    }
     // Resolved inside the host's root (confined.ts; no magic link), as open() will.
     if (!statIn(rootOf(rec), m.path, `fanotify ${m.type} mark (file ${rec.id} of the image)`, m.type === 'inode')) {
       throw new FerryError('ENOENT', `fanotify ${m.type} mark (file ${rec.id} of the image) was on ${m.path}, which no longer exists`);
@@ -148,9 +167,16 @@ function checkRecord(rec: FanotifyRecord): void {
   }
 }
 
-function openFanotify(rec: FanotifyRecord): number {
+function openFanotify(rec: FanotifyRecord, ctx: OpenContext): number | typeof NOT_YET {
   const n = native();
   const root = rootOf(rec);
+  for (const m of rec.marks) {
+    if (m.file === undefined) continue;
+    if (ctx.record(m.file) === undefined) {
+      throw new FerryError('EIMAGE', `image: fanotify (file ${rec.id}) has a mark on file ${m.file}, which the image does not hold`);
+    }
+    if (ctx.opened(m.file) === undefined) return NOT_YET;
+  }
   const fd = n.fanotifyInit(rec.initFlags | ((rec.flags & O_NONBLOCK) !== 0 ? FAN_NONBLOCK : 0), rec.eventFlags);
   try {
     for (const m of rec.marks) {
@@ -160,14 +186,18 @@ function openFanotify(rec: FanotifyRecord): number {
       // FAN_MARK_DONT_FOLLOW, which would mark the /proc link itself.
       const base = FAN_MARK_ADD | (m.mflags & FAN_MARK_EVICTABLE)
         | (m.type === 'mount' ? FAN_MARK_MOUNT : m.type === 'filesystem' ? FAN_MARK_FILESYSTEM : 0);
+      const mark = (at: string): void => {
+        if (m.mask !== 0) n.fanotifyMark(fd, base, m.mask, AT_FDCWD, at);
+        if (m.ignoredMask !== 0) {
+          const ignore = (m.mflags & FAN_MARK_IGNORE) !== 0 ? FAN_MARK_IGNORE : FAN_MARK_IGNORED_MASK;
+          n.fanotifyMark(fd, base | ignore | (m.mflags & FAN_MARK_IGNORED_SURV_MODIFY), m.ignoredMask, AT_FDCWD, at);
+        }
+      };
+      const held = m.file === undefined ? undefined : ctx.opened(m.file);
       try {
-        viaFd(root, m.path, `fanotify ${m.type} mark (file ${rec.id} of the image)`, m.type === 'inode', (at) => {
-          if (m.mask !== 0) n.fanotifyMark(fd, base, m.mask, AT_FDCWD, at);
-          if (m.ignoredMask !== 0) {
-            const ignore = (m.mflags & FAN_MARK_IGNORE) !== 0 ? FAN_MARK_IGNORE : FAN_MARK_IGNORED_MASK;
-            n.fanotifyMark(fd, base | ignore | (m.mflags & FAN_MARK_IGNORED_SURV_MODIFY), m.ignoredMask, AT_FDCWD, at);
-          }
-        });
+        // /proc/self/fd/N leads to the restored file's inode itself, which has no name.
+        if (held !== undefined) mark(`/proc/self/fd/${held}`);
+        else viaFd(root, m.path, `fanotify ${m.type} mark (file ${rec.id} of the image)`, m.type === 'inode', mark);
       } catch (err) {
         if (err instanceof FerryError) throw err;
         throw new FerryError('EOPEN', `cannot restore the fanotify ${m.type} mark on ${m.path} (file ${rec.id}): ${(err as Error).message}`, { cause: err });
@@ -202,9 +232,9 @@ export const fanotify: FileKind<FanotifyRecord> = {
 
   check: checkRecord,
 
-  open(rec: FanotifyRecord): number {
+  open(rec: FanotifyRecord, ctx: OpenContext): number | typeof NOT_YET {
     try {
-      return openFanotify(rec);
+      return openFanotify(rec, ctx);
     } catch (err) {
       if (err instanceof FerryError) throw err;
       throw new FerryError('EOPEN', `cannot restore fanotify (file ${rec.id}): ${(err as Error).message}`, { cause: err });

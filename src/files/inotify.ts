@@ -276,9 +276,9 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
  * The image file of a descriptor of the tree whose inode is `dev`:`ino` (`major:minor` and
  * number), with its path and inode as a watch records them, or undefined when the tree holds
  * no such descriptor. Every descriptor of the tree is looked at once per checkpoint, only when
- * a watched inode has no path.
+ * a watched inode has no path. (fanotify.ts finds its inode marks' files so too.)
  */
-function heldByTree(ctx: DumpContext, dev: string, ino: bigint): Pick<InotifyWatch, 'path' | 'dev' | 'ino' | 'file'> | undefined {
+export function heldByTree(ctx: DumpContext, dev: string, ino: bigint): Pick<InotifyWatch, 'path' | 'dev' | 'ino' | 'file'> | undefined {
   const held = ctx.scratch<{ file: number; path: string }>('inotify-held');
   if (held.size === 0) {
     held.set('', { file: -1, path: '' }); // read: not again, even when the tree holds nothing

@@ -10,6 +10,13 @@
  * parent's memory is back, so it inherits them as the original did, and writes only the
  * child's own pages. The check and the page sets live here, where both dump/ and restore/
  * reach them.
+ *
+ * Pages only siblings share (the parent wrote its copy after forking them): the first of them
+ * stores the page and marks it `lent`, the others record it as `cow`. Restore writes the lent
+ * pages into the parent before it forks its children, so they inherit one page again, then
+ * puts the parent's own pages back (or drops them where it had none). Only siblings of one
+ * parent are matched: a page shared by cousins, or by a child and a grandchild but not the
+ * process between them, is stored once per process that has it.
  */
 import type { VmaRecord } from './records.js';
 

@@ -21,7 +21,9 @@ export const IMAGE_FORMAT = 'ferry-image';
  * checkpoint). Older images hold neither. 5: a process of tree.json may share its descriptor
  * table or fs struct with others (`sharesFiles`, `sharesFs`), which a reader of version 4
  * would give each its own (what one opens or where one moves no longer seen by the other; it
- * refused such trees at checkpoint); older images hold none.
+ * refused such trees at checkpoint); and a private area may lend pages (`lent`) that its
+ * siblings inherit through their parent (image/cow.ts), which a reader of version 4 would
+ * ignore, giving those siblings the parent's own page there instead. Older images hold none.
  */
 export const FORMAT_VERSION = 5;
 export const OLDEST_FORMAT_VERSION = 1;

@@ -66,6 +66,14 @@ export interface VmaRecord {
    * inherits them. Absent when there are none (and in images before format version 3).
    */
   cow?: Array<[number, number]>;
+  /**
+   * Pages of `runs` that siblings inherit from this process through the parent (image/cow.ts):
+   * the parent wrote its own copy after forking them, so only they share this page. Restore
+   * writes these into the parent's same area before forking its children, then gives the
+   * parent its own pages back; this process inherits them like its siblings (their `cow`) and
+   * does not write them again. Absent when there are none.
+   */
+  lent?: Array<[number, number]>;
 }
 
 /** A signal disposition that is not SIG_DFL (rt_sigaction(2), struct kernel_sigaction). */

@@ -90,3 +90,20 @@ export function sharedAnonPages(entries: Buffer): Uint8Array | undefined {
   }
   return out;
 }
+
+/**
+ * The page frame of each page that sharedAnonPages counts shared (present, anonymous, not
+ * exclusively mapped), else 0 (also when the kernel hides frames: without CAP_SYS_ADMIN it
+ * reports 0). Frames below 2^53 are exact in a double: far beyond any machine's memory.
+ */
+export function sharedFrames(entries: Buffer): Float64Array {
+  const n = entries.length >>> 3;
+  const aligned = entries.byteOffset % 4 === 0 ? entries : Buffer.from(entries);
+  const w = new Uint32Array(aligned.buffer, aligned.byteOffset, n * 2);
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const hi = w[i * 2 + 1]!;
+    if ((hi & HI_PRESENT) !== 0 && (hi & (HI_FILE | HI_EXCLUSIVE)) === 0) out[i] = (hi & HI_PFN) * 2 ** 32 + w[i * 2]!;
+  }
+  return out;
+}

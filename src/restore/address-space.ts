@@ -30,7 +30,7 @@ import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/mem
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { Scratch, type Tracee } from '../task/tracee.js';
 import { vdsoProxy } from './vdso.js';
-import { pagesToDrop } from './cow.js';
+import { pagesToDrop, storedParts } from './cow.js';
 
 const MADV_DONTNEED = 4;
 
@@ -655,9 +655,11 @@ function writePages(t: Tracee, areas: readonly VmaRecord[], pages: ChunkSource, 
   const most = Math.max(PAGE_SIZE, chunkBytes - (chunkBytes % PAGE_SIZE));
   let written = 0;
   for (const v of areas) {
-    let src = v.pagesOffset;
     const start = big(v.start);
-    for (const [page, count] of v.runs) {
+    // Pages it lent its siblings through the parent (restore/cow.ts lendPages) are inherited
+    // already: written again, they would be its own copy.
+    for (const [page, count, at] of storedParts(v)) {
+      let src = at;
       let left = count * PAGE_SIZE;
       let dst = start + BigInt(page * PAGE_SIZE);
       while (left > 0) {

@@ -10,18 +10,62 @@
  * child had not (it dropped them, MADV_DONTNEED) are dropped again; the child's own stored
  * pages are written over the inherited ones, which gives it its own copy of those only.
  */
+import { PAGE_SIZE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
+import type { ChunkSource } from '../image/chunks.js';
 import { inheritable } from '../image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../image/records.js';
+import type { Tracee } from '../task/tracee.js';
 
-/** Whether a task has pages to inherit from its parent. */
+const MADV_DONTNEED = 4;
+
+/** Whether an area of a child has pages from its parent's at fork: inherited, or lent to it. */
+const fromParent = (v: VmaRecord): boolean => (v.cow?.length ?? 0) > 0 || (v.lent?.length ?? 0) > 0;
+
+/** Whether a task has pages to inherit from its parent (its own lent ones too). */
 export function inherits(task: TaskRecord): boolean {
-  return task.vmas.some((v) => (v.cow?.length ?? 0) > 0);
+  return task.vmas.some(fromParent);
 }
 
 /** The child's areas kept from its parent at fork: those with pages to inherit. */
 export function keptAreas(task: TaskRecord): VmaRecord[] {
-  return task.vmas.filter((v) => (v.cow?.length ?? 0) > 0);
+  return task.vmas.filter(fromParent);
+}
+
+/** The pages children lend through their parent, by parent pid and area start (image/cow.ts). */
+type Lent = Map<number, Map<string, Array<[number, number]>>>;
+
+/** Every child's lent pages, gathered by parent and area. */
+function lentByParent(tasks: readonly TaskRecord[], parentOf: (pid: number) => number | undefined): Lent {
+  const out: Lent = new Map();
+  for (const t of tasks) {
+    for (const v of t.vmas) {
+      if (!v.lent || v.lent.length === 0) continue;
+      const p = parentOf(t.pid) ?? 0;
+      let areas = out.get(p);
+      if (!areas) out.set(p, (areas = new Map()));
+      const list = areas.get(v.start);
+      if (list) list.push(...v.lent);
+      else areas.set(v.start, [...v.lent]);
+    }
+  }
+  return out;
+}
+
+/**
+ * The parent as its children find it at fork: its areas with the pages its children lend
+ * through it (image/cow.ts) counted as its own (`cow`), for what they inherit and drop.
+ */
+export function atFork(parent: TaskRecord, children: readonly TaskRecord[]): TaskRecord {
+  const lent = lentByParent(children, () => parent.pid).get(parent.pid);
+  if (!lent) return parent;
+  return {
+    ...parent,
+    vmas: parent.vmas.map((v) => {
+      const more = lent.get(v.start);
+      return more ? { ...v, cow: merged(v.cow ?? [], more).map(([s, e]): [number, number] => [s, e - s]) } : v;
+    }),
+  };
 }
 
 /**
@@ -34,6 +78,18 @@ export function keptAreas(task: TaskRecord): VmaRecord[] {
 export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): void {
   const ppid = new Map(tree.processes.map((p) => [p.pid, p.ppid]));
   const seen = new Map<number, TaskRecord>();
+  const lent = lentByParent(tasks, (pid) => ppid.get(pid));
+  // Two children lending one page of their parent's: the parent can hold only one of them.
+  for (const [p, areas] of lent) {
+    for (const [start, runs] of areas) {
+      const sorted = [...runs].sort((a, b) => a[0] - b[0]);
+      for (let i = 1; i < sorted.length; i++) {
+        if (sorted[i]![0] < sorted[i - 1]![0] + sorted[i - 1]![1]) {
+          throw new FerryError('EIMAGE', `image: two children of pid ${p} lend the same pages of its area at ${start} (lent): refused (an edited image)`, { pid: p });
+        }
+      }
+    }
+  }
   for (const task of tasks) {
     if (inherits(task)) {
       const parentPid = ppid.get(task.pid);
@@ -43,15 +99,16 @@ export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): 
           + 'which is not a live process of the image listed before it: refused (an edited image)', { pid: task.pid });
       }
       const areas = new Map(parent.vmas.map((v) => [v.start, v]));
+      const lentHere = lent.get(parent.pid);
       for (const [i, v] of task.vmas.entries()) {
-        if (!v.cow || v.cow.length === 0) continue;
+        if (!fromParent(v)) continue;
         const from = areas.get(v.start);
         if (!from || !inheritable(from, v)) {
           throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) inherits pages (cow) from an area `
             + `its parent ${parent.pid} does not map the same way: refused (an edited image)`, { pid: task.pid });
         }
-        const present = merged(from.runs, from.cow ?? []);
-        for (const [first, count] of v.cow) {
+        const present = merged(from.runs, from.cow ?? [], lentHere?.get(v.start) ?? []);
+        for (const [first, count] of v.cow ?? []) {
           if (!covered(present, first, first + count)) {
             throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] inherits pages ${first}-${first + count - 1} (cow) that its parent `
               + `${parent.pid} has not all in the same area: refused (an edited image)`, { pid: task.pid });
@@ -109,4 +166,88 @@ export function pagesToDrop(from: VmaRecord, v: VmaRecord): Array<[number, numbe
     if (s < e) out.push([s, e - s]);
   }
   return out;
+}
+
+/**
+ * The stored pages of area `v` to write, as [first page, count, offset in the pages entry], in
+ * entry order: its runs, less the pages it lent (`lent`), or with `lentOnly` those alone.
+ */
+export function storedParts(v: VmaRecord, lentOnly = false): Array<[number, number, number]> {
+  const out: Array<[number, number, number]> = [];
+  const lent = v.lent ?? [];
+  let at = v.pagesOffset;
+  let j = 0;
+  for (const [first, count] of v.runs) {
+    const end = first + count;
+    let p = first;
+    while (j < lent.length && lent[j]![0] + lent[j]![1] <= p) j++;
+    for (let k = j; p < end;) {
+      const l = lent[k];
+      const ls = l && l[0] < end ? Math.max(l[0], p) : end; // next lent page in the run, or its end
+      if (ls > p && !lentOnly) out.push([p, ls - p, at + (p - first) * PAGE_SIZE]);
+      if (ls >= end) break;
+      const le = Math.min(l![0] + l![1], end);
+      if (lentOnly) out.push([ls, le - ls, at + (ls - first) * PAGE_SIZE]);
+      p = le;
+      if (le === l![0] + l![1]) k++;
+    }
+    at += count * PAGE_SIZE;
+  }
+  return out;
+}
+
+/**
+ * Gives the rebuilt parent `t` the pages its children lend through it (image/cow.ts), read
+ * from each lending child's pages entry (`pagesOf`, verified as it is read), so that the
+ * children forked next inherit them; its own pages there are read first. Returns what puts
+ * them back once the children are forked (or drops the lent ones where it had none), or
+ * undefined when no child lends. The children checkInherited passed.
+ */
+export function lendPages(t: Tracee, parent: TaskRecord, children: readonly TaskRecord[],
+  pagesOf: (pid: number) => ChunkSource): (() => void) | undefined {
+  const areas = new Map(parent.vmas.map((v) => [v.start, v]));
+  const own: Array<{ at: bigint; data: Buffer }> = [];
+  const drop: Array<readonly [number, bigint, bigint, number]> = [];
+  for (const c of children) {
+    const lending = c.vmas.filter((v) => (v.lent?.length ?? 0) > 0);
+    if (lending.length === 0) continue;
+    const src = pagesOf(c.pid);
+    for (const v of lending) {
+      const from = areas.get(v.start)!;
+      const has = merged(from.runs, from.cow ?? []);
+      const base = BigInt(v.start);
+      for (const [page, count, offset] of storedParts(v, true)) {
+        // What the parent has there is kept to be put back; where it has nothing, dropped after.
+        for (let p = page; p < page + count;) {
+          const inside = has.find(([s, e]) => s <= p && p < e);
+          const next = inside ? Math.min(inside[1], page + count) : Math.min(page + count, has.find(([s]) => s > p)?.[0] ?? Infinity);
+          const at = base + BigInt(p * PAGE_SIZE);
+          const len = (next - p) * PAGE_SIZE;
+          if (inside) own.push({ at, data: t.readMem(at, len) });
+          else drop.push([SYS.madvise, at, BigInt(len), MADV_DONTNEED]);
+          p = next;
+        }
+        let dst = base + BigInt(page * PAGE_SIZE);
+        for (let off = offset, left = count * PAGE_SIZE; left > 0;) {
+          const buf = src.view(off, left);
+          t.writeMem(dst, buf);
+          off += buf.length;
+          dst += BigInt(buf.length);
+          left -= buf.length;
+        }
+      }
+    }
+    src.finish();
+  }
+  if (own.length === 0 && drop.length === 0) return undefined;
+  return () => {
+    for (const o of own) t.writeMem(o.at, o.data);
+    if (drop.length === 0) return;
+    t.trySyscalls(drop).forEach((r, i) => {
+      if (r < 0n) {
+        throw new FerryError('EMAP', `cannot drop the pages lent at 0x${drop[i]![1].toString(16)} of pid ${parent.pid} (madvise): errno ${-r}`,
+          { pid: parent.pid });
+      }
+    });
+  };
 }

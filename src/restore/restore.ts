@@ -47,8 +47,8 @@ import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegister
 import { checkAuditTrust, restoreLoginuid } from './audit.js';
 import { checkRootTrust, enterRootDir } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
-import { createTree, type CreatedTree } from './tree.js';
-import { checkInherited, inherits, keptAreas } from './cow.js';
+import { createTree, outsideGroups, type CreatedTree } from './tree.js';
+import { atFork, checkInherited, inherits, keptAreas, lendPages } from './cow.js';
 import { validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
@@ -198,6 +198,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!o.makeRoot) {
       for (const p of tree.processes) await assertPidFree(p.pid);
       for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
+      outsideGroups(tree); // a group led from outside the tree is there to join again
     }
     await faultPoint('verified', o.signal);
 
@@ -231,13 +232,20 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (lazy) session.onUndo('close the lazy pages', () => lazy.close());
     const cowParents = new Set(tree.processes.filter((p) => { const t = taskOf.get(p.pid); return t !== undefined && inherits(t); }).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
+    const kidsOf = new Map<number, TaskRecord[]>();
+    for (const t of tasks.slice(1)) {
+      const list = kidsOf.get(t.ppid);
+      if (list) list.push(t);
+      else kidsOf.set(t.ppid, [t]);
+    }
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
       late: (rec) => { const t = taskOf.get(rec.pid); return t !== undefined && inherits(t); },
       memory: (rec, t) => {
         o.signal?.throwIfAborted();
         cgroups?.placeProcess(rec.pid, t.pid);
         const task = taskOf.get(rec.pid)!;
-        const parent = inherits(task) ? taskOf.get(rec.ppid)! : undefined;
+        // As its children find it at fork: with the pages they lend through it.
+        const parent = inherits(task) ? atFork(taskOf.get(rec.ppid)!, kidsOf.get(rec.ppid) ?? []) : undefined;
         const keep = parent ? keptAreas(task) : [];
         const as = clearStub(t, task, keep, imageVdso);
         const tMemory = performance.now();
@@ -248,6 +256,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         spaces.set(task.pid, as);
         return as.gadgetArea + BigInt(PAGE_SIZE);
       },
+      lend: (rec, t) => lendPages(t, taskOf.get(rec.pid)!, kidsOf.get(rec.pid) ?? [], (pid) => image.pages(pagesEntry(pid))),
     });
     session.onUndo('kill the processes made so far', () => created.destroy());
     // While the tree is let go, the processes already let go run on and the ones still traced

@@ -16,6 +16,7 @@
  * like the others and then made to exit with their status: their parent reaps them after
  * restore.
  */
+import { readdirSync } from 'node:fs';
 import {
   ALL_SIGNALS, decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
 } from '../arch/x86-64.js';
@@ -67,6 +68,11 @@ export interface TreeBuilder {
    * scratch: its stub's stack is gone). Its children forked after have the same page.
    */
   memory(rec: ProcessRecord, t: Tracee): bigint;
+  /**
+   * Gives the live process `rec`, its memory rebuilt, the pages its children inherit from it
+   * at fork only (restore/cow.ts lendPages); returns what takes them back once they are forked.
+   */
+  lend?(rec: ProcessRecord, t: Tracee): (() => void) | undefined;
 }
 
 /**
@@ -161,10 +167,13 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         const mine = kids.get(rec.pid) ?? [];
         for (const k of mine) if (!builder.late(k)) make(k);
         if (rec.zombie === null) argsAt.set(rec.pid, builder.memory(rec, t));
+        const giveBack = rec.zombie === null && mine.some((k) => builder.late(k)) ? builder.lend?.(rec, t) : undefined;
+        if (giveBack) faultPointSync('lent');
         for (const k of mine) if (builder.late(k)) make(k);
+        giveBack?.();
       }
     }
-    setGroups(created, tree);
+    setGroups(created, tree, adopted === undefined ? outsideGroups(tree) : new Set());
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {
     created.destroy();
@@ -262,12 +271,68 @@ function groupOf(t: Tracee): { pgid: number; sid: number } {
   return { pgid: st.nsPgid.at(-1) ?? 0, sid: st.nsSid.at(-1) ?? 0 };
 }
 
-/** Group leaders first, then members, so every group exists when it is joined. */
-function setGroups(created: CreatedTree, tree: TreeRecord): void {
+/**
+ * The session a process group of this host is in (any member's; a zombie still is one), or
+ * undefined when no process is in it.
+ */
+function sessionOfGroup(pgid: number): number | undefined {
+  const of = (pid: number): number | undefined => {
+    try {
+      const st = parseStat(readProcText(pid, 'stat'));
+      return st.pgrp === pgid ? st.session : undefined;
+    } catch {
+      return undefined; // gone meanwhile
+    }
+  };
+  const leader = of(pgid); // usually its leader is alive: one read
+  if (leader !== undefined) return leader;
+  for (const d of readdirSync('/proc')) {
+    const found = /^\d+$/.test(d) ? of(Number(d)) : undefined;
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
+/**
+ * Process groups of the tree led from outside it (setpgid(2): a member left in a shell's job
+ * when its parent made a group of its own; the root's own job), which the restore joins again:
+ * the groups that exist in ferry's session, the one the restored root inherits (the image's
+ * ids are the host's: not for a container's tree, whose root ferry does not make, where such
+ * a group is recorded as 0). Any other such group, but the root's own, makes the restore fail
+ * here, before anything is made; the root's own falls back to ferry's caller's group (the
+ * restored root stays in the group it was made in), as a shell job comes back in the shell
+ * that restores it.
+ */
+export function outsideGroups(tree: TreeRecord): Set<number> {
+  const inTree = new Set(tree.processes.map((p) => p.pid));
+  const rootRec = tree.processes[0]!;
+  const mine = parseStat(readProcText(process.pid, 'stat')).session;
+  const joined = new Set<number>();
+  const checked = new Set<number>();
+  for (const p of tree.processes) {
+    if (p.pgid === 0 || inTree.has(p.pgid) || checked.has(p.pgid)) continue;
+    checked.add(p.pgid);
+    const session = sessionOfGroup(p.pgid);
+    if (session === mine) {
+      joined.add(p.pgid);
+    } else if (p.pgid !== rootRec.pgid) {
+      throw new FerryError('EGROUP', `pid ${p.pid} was in process group ${p.pgid}, led from outside the tree, and `
+        + (session === undefined ? 'no process is in that group now' : `that group is now in session ${session}, not in ferry's ${mine}`)
+        + `: run the restore from a process of the session the group is in (the shell that started the job)`, { pid: p.pid });
+    }
+  }
+  return joined;
+}
+
+/**
+ * Group leaders first, then members, so every group exists when it is joined; `outside`: the
+ * groups led from outside the tree to join again (outsideGroups), else the root's group.
+ */
+function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<number>): void {
   const inTree = new Set(tree.processes.map((p) => p.pid));
   const root = created.stubs.get(tree.root)!;
   const rootGroup = groupOf(root).pgid;
-  const target = (p: ProcessRecord): number => (inTree.has(p.pgid) ? p.pgid : rootGroup);
+  const target = (p: ProcessRecord): number => (inTree.has(p.pgid) || outside.has(p.pgid) ? p.pgid : rootGroup);
   const leaders = tree.processes.filter((p) => p.pgid === p.pid && p.sid !== p.pid);
   const members = tree.processes.filter((p) => p.pgid !== p.pid);
   for (const p of [...leaders, ...members]) {

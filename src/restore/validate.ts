@@ -138,6 +138,8 @@ const vma = record({
   // Pages inherited copy-on-write from the parent's same area (image/cow.ts), checked against
   // the parent by restore/cow.ts.
   cow: list(tuple(int(0), int(0)), 1 << 24),
+  // Stored pages its siblings inherit through the parent (image/cow.ts), checked by restore/cow.ts.
+  lent: list(tuple(int(0), int(0)), 1 << 24),
 });
 const thread = record({
   tid: pid,
@@ -240,6 +242,18 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
       for (const [first, count, list] of all) {
         if (first < end) fail(where, `vmas[${i}].${list} has a page at ${first} that another run of the area names too`);
         end = first + count;
+      }
+    }
+    if (m.lent !== undefined) {
+      if (m.shared || (m.kind !== 'anon' && m.kind !== 'file')) fail(where, `vmas[${i}] lends pages but is not a private anonymous or file area`);
+      // In order, each a stored page of the area: both lists sorted, one walk.
+      let r = 0;
+      for (const [j, [first, count]] of m.lent.entries()) {
+        if (count === 0) fail(where, `vmas[${i}].lent[${j}] is empty`);
+        if (j > 0 && first < m.lent[j - 1]![0] + m.lent[j - 1]![1]) fail(where, `vmas[${i}].lent[${j}] is out of order or overlaps the one before`);
+        while (r < m.runs.length && m.runs[r]![0] + m.runs[r]![1] <= first) r++;
+        const run = m.runs[r];
+        if (!run || first < run[0] || first + count > run[0] + run[1]) fail(where, `vmas[${i}].lent[${j}] names pages that are not in one run of its stored pages`);
       }
     }
     if (m.pagesOffset + stored * PAGE_SIZE > t.pagesBytes) {

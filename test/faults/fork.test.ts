@@ -7,7 +7,8 @@
  * every pid of the image is free again at once, and a retry restores the tree. Both ways a
  * child is forked: from its parent's stub (memcheck tree) and from its rebuilt parent, whose
  * pages it inherits (memcheck cow), and with CLONE_FILES | CLONE_FS from a parent whose
- * descriptor table and fs struct it shares (sharetables both).
+ * descriptor table and fs struct it shares (sharetables both); and (FERRY_TEST_PAUSE_AT=lent)
+ * the rebuilt parent holding the pages its children lend through it, before they are forked.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -22,9 +23,11 @@ import {
 const skip = needs('root', 'build');
 after(() => { killAll(); cleanup(); });
 
-describe('fault cells: restore killed between a fork and the seize of the child', { skip, timeout: 180_000 }, () => {
-  for (const mode of ['tree', 'cow'] as const) {
-    it(`memcheck ${mode}: SIGKILL at forked; no stub is left, every pid is free, a retry restores`, async () => {
+describe('fault cells: restore killed between a fork and the seize of the child, or while a parent holds lent pages', { skip, timeout: 180_000 }, () => {
+  // `lent`: the rebuilt root holds the pages its children lend through it (restore/cow.ts:
+  // memcheck cow's children share pages of the C library's data the root wrote after forking).
+  for (const [mode, at] of [['tree', 'forked'], ['cow', 'forked'], ['cow', 'lent']] as const) {
+    it(`memcheck ${mode}: SIGKILL at ${at}; no stub is left, every pid is free, a retry restores`, async () => {
       const t = await startMemcheck(8, mode);
       assert.ok(t.pids.length > 1, 'a tree');
       const image = join(t.dir, 'tree.tar');
@@ -34,9 +37,9 @@ describe('fault cells: restore killed between a fork and the seize of the child'
       assert.deepEqual(await pidsFree(t.pids), []);
 
       const p: Problems = [];
-      const run = startFerry(['restore', '--image', image], 'forked');
+      const run = startFerry(['restore', '--image', image], at);
       try {
-        assert.equal(await waitPaused(run, 'forked'), undefined);
+        assert.equal(await waitPaused(run, at), undefined);
         run.child.kill('SIGKILL');
         await settle(run, 'after SIGKILL', p);
       } finally {

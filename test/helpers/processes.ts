@@ -93,16 +93,18 @@ export interface Workload {
 /**
  * Starts `cmd args` (DIR in args is replaced by the scratch dir) and waits for "ready pid=".
  * It gets descriptors 0-2 only, and `extraFd` as its fd 3 when a test is about that one;
- * `readyTimeoutMs` for a workload whose setup waits on the network.
+ * `readyTimeoutMs` for a workload whose setup waits on the network; `attached` for one that
+ * stays in this process's session and group instead of a session of its own.
  */
 export async function startWorkload(cmd: string, args: string[],
-  opts: { stderr?: 'file' | 'pipe'; extraFd?: number; readyTimeoutMs?: number } = {}): Promise<Workload> {
+  opts: { stderr?: 'file' | 'pipe'; extraFd?: number; readyTimeoutMs?: number; attached?: boolean } = {}): Promise<Workload> {
   const dir = scratchDir();
   const log = join(dir, 'workload.log');
   // O_APPEND: a process restored from an older image appends instead of overwriting.
   const fd = openSync(log, 'a');
   const child = spawn(cmd, args.map((a) => (a === 'DIR' ? dir : a)), {
-    stdio: ['ignore', fd, opts.stderr === 'pipe' ? 'pipe' : fd, ...(opts.extraFd !== undefined ? [opts.extraFd] : [])], detached: true, cwd: dir,
+    stdio: ['ignore', fd, opts.stderr === 'pipe' ? 'pipe' : fd, ...(opts.extraFd !== undefined ? [opts.extraFd] : [])],
+    detached: opts.attached !== true, cwd: dir,
   });
   closeSync(fd);
   const pid = child.pid!;

@@ -254,3 +254,81 @@ describe('cgroups (--manage-cgroups)', { skip, timeout: 180_000 }, () => {
     }
   });
 });
+
+/**
+ * cgroup v2 alone (the unified hierarchy, at /sys/fs/cgroup/unified on a hybrid host): the
+ * process in a v2 cgroup of its own and in none of the test's v1 ones. Its membership comes
+ * back, the cgroup made again when gone. Settings need a controller the v2 root hands down
+ * (its cgroup.subtree_control): a hybrid host usually hands down none, and enabling one there
+ * would change the host's own root cgroup, so that part runs only where one is (pids).
+ */
+describe('cgroup v2 (--manage-cgroups)', { skip: needs('root', 'build') || (!existsSync(join(CG, 'unified', 'cgroup.procs')) ? 'needs cgroup v2 at /sys/fs/cgroup/unified' : false), timeout: 120_000 }, () => {
+  const V2 = join(CG, 'unified');
+  const handedDown = (): string[] => read(V2, 'cgroup.subtree_control').split(' ').filter(Boolean);
+
+  /** NAME/sub/a in v2, with pids.max when pids can be enabled down to it. */
+  function v2Layout(sub: string): Layout & { limited: boolean } {
+    const limited = handedDown().includes('pids');
+    const top = mk(join(V2, NAME), limited ? { 'cgroup.subtree_control': '+pids' } : {});
+    mk(join(top, sub), limited ? { 'cgroup.subtree_control': '+pids' } : {});
+    const settings = limited ? { 'pids.max': '64' } : {};
+    const a = mk(join(top, sub, 'a'), settings);
+    return { procs: [join(a, 'cgroup.procs')], tasks: [], settings: [[a, settings]], tops: [join(top, sub)], limited };
+  }
+
+  it('membership (and a limit where a controller can be enabled) comes back; --leave-running changes nothing', async (t) => {
+    const l = v2Layout('v2');
+    if (!l.limited) t.diagnostic('the v2 root enables no controller for its children (cgroup.subtree_control is empty): membership only');
+    const w = await start(l);
+    const before = cgroupsOf(w.pid);
+    assert.equal(before.get(''), `/${NAME}/v2/a`, 'in its v2 cgroup');
+    const image = join(w.dir, 'v2.tar');
+    const lr = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(lr.code, 0, lr.stderr);
+    assert.deepEqual(cgroupsOf(w.pid), before, 'left where it was');
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+    await w.exited;
+    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+
+    // Gone entirely: made again (with the limit), and joined.
+    await removeLayout(l);
+    const rs = restoreOk(image, '--manage-cgroups');
+    own(w.pid);
+    assert.equal(rs.stderr, '', 'no warning');
+    assert.deepEqual(cgroupsOf(w.pid), before);
+    assert.equal(read(join(V2, NAME, 'v2', 'a'), 'cgroup.procs'), String(w.pid), 'the only process of its cgroup');
+    checkSettings(l);
+
+    // Checkpointed again, restored into the cgroup that is still there.
+    await checkpointFreed({ pid: w.pid, exited: Promise.resolve() }, image);
+    assert.equal(read(join(V2, NAME, 'v2', 'a'), 'cgroup.procs'), '', 'empty once the tree is killed');
+    restoreOk(image, '--manage-cgroups=soft');
+    assert.deepEqual(cgroupsOf(w.pid), before);
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    assert.equal(await verify(w2), 'PASS', w2.text());
+  });
+
+  it('a threaded subtree: the process in one threaded cgroup, its second thread in another, made again threaded', async () => {
+    // NAME/thr becomes "domain threaded" once a cgroup below it is made threaded.
+    const top = mk(join(V2, NAME));
+    const thr = mk(join(top, 'thr'));
+    const a = mk(join(thr, 'a'), { 'cgroup.type': 'threaded' });
+    const b = mk(join(thr, 'b'), { 'cgroup.type': 'threaded' });
+    const l: Layout = { procs: [join(a, 'cgroup.procs')], tasks: [join(b, 'cgroup.threads')], settings: [[a, {}], [b, {}]], tops: [thr] };
+    const w = await start(l);
+    const before = [cgroupsOf(w.pid), cgroupsOf(w.pid, w.tid)];
+    assert.equal(before[0]!.get(''), `/${NAME}/thr/a`);
+    assert.equal(before[1]!.get(''), `/${NAME}/thr/b`, 'the second thread apart, in a threaded cgroup of its own');
+    const image = join(w.dir, 'thr.tar');
+    await checkpointFreed(w, image);
+    await removeLayout(l);
+    const rs = restoreOk(image, '--manage-cgroups');
+    own(w.pid);
+    assert.equal(rs.stderr, '', 'no warning');
+    assert.deepEqual([cgroupsOf(w.pid), cgroupsOf(w.pid, w.tid)], before);
+    for (const d of [a, b]) assert.equal(read(d, 'cgroup.type'), 'threaded', `${d} made threaded again`);
+    assert.equal(read(thr, 'cgroup.type'), 'domain threaded');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});

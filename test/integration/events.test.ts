@@ -102,7 +102,7 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
   }
 });
 
-describe('queued inotify and fanotify events (--drop-queued-events), a watch on a removed file', { skip, timeout: 120_000 }, () => {
+describe('queued inotify and fanotify events (--drop-queued-events), a watch and a mark on a removed file', { skip, timeout: 120_000 }, () => {
   const NOTIFYQ = join(WORKLOADS, 'notifyq');
   /** The workload's "inotify queued N" and "fanotify queued N" counts, in `text`. */
   const queued = (text: string): string[] => text.split('\n').filter((l) => / queued \d+$/.test(l));
@@ -112,7 +112,7 @@ describe('queued inotify and fanotify events (--drop-queued-events), a watch on 
     }
   };
 
-  it('are dropped with a warning naming each descriptor; the restored instances start empty and work; the removed file is watched again', async () => {
+  it('are dropped with a warning naming each descriptor; the restored instances start empty and work; the removed file is watched and marked again', async () => {
     const w = await startWorkload(NOTIFYQ, ['DIR']);
     const image = join(w.dir, 'q.tar');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--drop-queued-events']);
@@ -127,7 +127,7 @@ describe('queued inotify and fanotify events (--drop-queued-events), a watch on 
     assert.deepEqual(queued(w.text()), ['inotify queued 0', 'fanotify queued 0']);
   });
 
-  it('--leave-running: the original keeps its queued events and its removed file\'s watch', async () => {
+  it('--leave-running: the original keeps its queued events and its removed file\'s watch and mark', async () => {
     const w = await startWorkload(NOTIFYQ, ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running', '--drop-queued-events']);
     assert.equal(cp.code, 0, cp.stderr);

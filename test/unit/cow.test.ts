@@ -1,16 +1,16 @@
 /**
  * Copy-on-write pages after fork, the pure logic (src/image/cow.ts, src/proc/pagemap.ts,
  * src/restore/cow.ts, src/restore/validate.ts): which areas a child can inherit, which pages
- * pagemap shows shared, what a kept area drops, and the refusals of edited `cow` runs, each
- * one line naming the pid and area. The real thing runs in test/integration/cow.test.ts.
+ * pagemap shows shared, what a kept area drops, which pages siblings lend through their parent,
+ * and the refusals of edited `cow` and `lent` runs, each one line naming the pid and area. The real thing runs in test/integration/cow.test.ts.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { FerryError } from '../../src/errors.js';
 import { inheritable, pageSet, runsOf } from '../../src/image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../../src/image/records.js';
-import { sharedAnonPages, sharedWithParent } from '../../src/proc/pagemap.js';
-import { checkInherited, pagesToDrop } from '../../src/restore/cow.js';
+import { sharedAnonPages, sharedFrames, sharedWithParent } from '../../src/proc/pagemap.js';
+import { atFork, checkInherited, pagesToDrop, storedParts } from '../../src/restore/cow.js';
 
 const area = (over: Partial<VmaRecord> = {}): VmaRecord => ({
   start: '0x10000', end: '0x20000', prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0, ...over,
@@ -24,6 +24,8 @@ function pagemap(pages: Array<[boolean, boolean, boolean, bigint]>): Buffer {
   });
   return b;
 }
+
+const task = (pid: number, vmas: VmaRecord[]): TaskRecord => ({ pid, vmas } as unknown as TaskRecord);
 
 describe('copy-on-write after fork: pure logic', () => {
   it('an area is inheritable only as the same private mapping, mlock aside', () => {
@@ -50,6 +52,29 @@ describe('copy-on-write after fork: pure logic', () => {
     assert.equal(sharedAnonPages(pagemap([[true, false, true, 1n]])), undefined);
   });
 
+  it('pagemap: the frames of shared pages, 0 elsewhere', () => {
+    const f = sharedFrames(pagemap([[true, false, false, 5n], [true, false, true, 6n], [true, true, false, 7n], [false, false, false, 0n], [true, false, false, (1n << 40n) | 3n]]));
+    assert.deepEqual([...f], [5, 0, 0, 0, 2 ** 40 + 3]);
+  });
+
+  it('lent pages: the stored parts written (less the lent ones) and the lent ones, with their offsets in the entry', () => {
+    const v = area({ runs: [[0, 4], [10, 3]], pagesOffset: 8192, lent: [[1, 2], [11, 2]] });
+    assert.deepEqual(storedParts(v), [[0, 1, 8192], [3, 1, 8192 + 3 * 4096], [10, 1, 8192 + 4 * 4096]]);
+    assert.deepEqual(storedParts(v, true), [[1, 2, 8192 + 4096], [11, 2, 8192 + 5 * 4096]]);
+    assert.deepEqual(storedParts(area({ runs: [[2, 3]] })), [[2, 3, 0]]);
+    assert.deepEqual(storedParts(area({ runs: [[2, 3]], lent: [[2, 3]] })), []);
+  });
+
+  it('the parent at fork counts its children\'s lent pages as its own', () => {
+    const parent = task(10, [area({ runs: [[0, 2]] }), area({ start: '0x30000', end: '0x40000' })]);
+    const kid = task(11, [area({ runs: [[4, 2]], lent: [[4, 2]] })]);
+    const at = atFork(parent, [kid]);
+    assert.deepEqual(at.vmas[0]!.cow, [[4, 2]]);
+    assert.equal(at.vmas[1], parent.vmas[1]);
+    assert.deepEqual(pagesToDrop(at.vmas[0]!, area({ cow: [[4, 1]] })), [[0, 2], [5, 1]]);
+    assert.equal(atFork(parent, []), parent);
+  });
+
   it('page sets and runs', () => {
     assert.deepEqual(runsOf(pageSet(10, [[1, 2]], [[3, 1], [7, 2]])), [[1, 3], [7, 2]]);
   });
@@ -61,8 +86,8 @@ describe('copy-on-write after fork: pure logic', () => {
   });
 
   describe('an edited image is refused before anything is made', () => {
-    const tree: TreeRecord = { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 10, sid: 10, zombie: null }, { pid: 11, ppid: 10, pgid: 10, sid: 10, zombie: null }] };
-    const task = (pid: number, vmas: VmaRecord[]): TaskRecord => ({ pid, vmas } as unknown as TaskRecord);
+    const tree: TreeRecord = { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 10, sid: 10, zombie: null }, { pid: 11, ppid: 10, pgid: 10, sid: 10, zombie: null },
+      { pid: 12, ppid: 10, pgid: 10, sid: 10, zombie: null }] };
     const refused = (tasks: TaskRecord[], message: RegExp): void => {
       assert.throws(() => checkInherited(tree, tasks), (err: FerryError) => {
         assert.equal(err.code, 'EIMAGE');
@@ -88,6 +113,13 @@ describe('copy-on-write after fork: pure logic', () => {
     });
     it('pages the parent has not', () => {
       refused([parent, task(11, [area({ cow: [[6, 4]] })])], /pid 11 vmas\[0\] inherits pages 6-9 \(cow\) that its parent 10 has not all in the same area/);
+    });
+    it('pages a sibling lends count as the parent\'s; two lending one page are refused', () => {
+      const lender = task(11, [area({ runs: [[8, 2]], lent: [[8, 2]] })]);
+      checkInherited(tree, [parent, lender, task(12, [area({ cow: [[0, 10]] })])]);
+      refused([parent, lender, task(12, [area({ cow: [[0, 11]] })])], /pid 12 vmas\[0\] inherits pages 0-10 \(cow\) that its parent 10 has not all/);
+      refused([parent, lender, task(12, [area({ runs: [[9, 1]], lent: [[9, 1]] })])], /two children of pid 10 lend the same pages of its area at 0x10000 \(lent\)/);
+      refused([parent, task(11, [area({ start: '0x11000', runs: [[0, 1]], lent: [[0, 1]] })])], /pid 11 vmas\[0\] \(0x11000-0x20000\) inherits pages \(cow\) from an area its parent 10 does not map the same way/);
     });
   });
 });
