@@ -6,11 +6,12 @@ import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Config } from './config/config.js';
 import type { FileOptions } from './files/types.js';
-import type { Image as OpenedImage } from './image/reader.js';
+import type { Image as OpenedImage, ImageOverlay } from './image/reader.js';
 import type { FilesRecord, TaskRecord } from './image/records.js';
 import type { CgroupMode } from './cgroups/restore.js';
 import type { CredsBound } from './restore/bounds.js';
 import type { LazyStats } from './restore/lazy.js';
+import type { HeldPages } from './dump/memory.js';
 
 export type { FileOptions };
 
@@ -104,6 +105,13 @@ export interface CheckpointOptions extends CommonOptions {
    * (the wait is the downtime's then: up to seconds where PID 1 reaps lazily).
    */
   skipReapWait?: boolean;
+  /**
+   * The image's reader already holds these pages (pre-copy: src/migrate/precopy.ts): the
+   * frozen dump names them by their digests from the rounds and leaves them out of the stream,
+   * reading only the others (docs/migration.md, "The frozen image"). Only for a stream
+   * (`image` a pipe), whose reader puts them back.
+   */
+  heldPages?: HeldPages;
 }
 
 export interface CheckpointResult {
@@ -129,6 +137,11 @@ export interface CheckpointResult {
 export interface RestoreOptions extends CommonOptions {
   /** Image path; '-' reads the tar from stdin. */
   image: string;
+  /**
+   * Page data of `image` that lives elsewhere (a migration's page store: the spooled image
+   * has holes there, src/migrate/precopy.ts); the restore takes it over and closes it.
+   */
+  imageOverlay?: ImageOverlay;
   /** Write the restored root's PID here. */
   pidFile?: string;
   /** What file kinds may do beyond the defaults; all off if absent. */

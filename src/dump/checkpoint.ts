@@ -424,7 +424,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
           name: pagesEntry(task.pid),
           size: d.memory.pagesBytes,
           chunked: true, // verified chunk by chunk as restore writes it
-          produce: async (sink) => {
+          // Under pre-copy, verified per page: pages the target holds are named by digest.
+          ...(o.heldPages !== undefined ? { paged: true } : {}),
+          produce: async (sink, heldSink) => {
             const emit = async (chunk: Buffer): Promise<void> => {
               await sink(chunk);
               if (firstChunk) {
@@ -433,7 +435,13 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
               }
             };
             const copied = copies.get(d.task.pid);
-            if (!copied) return d.memory.produce(emit, o.config.image.chunkSize, buffers);
+            if (!copied) {
+              const set = heldSink !== undefined ? o.heldPages?.of(task.pid) : undefined;
+              const counts = await d.memory.produce(emit, o.config.image.chunkSize, buffers,
+                set !== undefined ? { set, sink: heldSink! } : undefined);
+              o.heldPages?.counted(task.pid, counts);
+              return;
+            }
             for (const chunk of copied) await emit(chunk);
           },
         });
@@ -455,6 +463,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(signer !== undefined ? { signer } : {}),
       ...(hashPool !== undefined ? { hashPool } : {}),
+      ...(o.heldPages !== undefined ? { omitHeld: true } : {}),
       target,
       session,
     });

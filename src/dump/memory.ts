@@ -61,6 +61,40 @@ function isSharedAnon(v: Vma): boolean {
   return v.shared && ((v.path === '/dev/zero' && v.deleted) || v.path.startsWith('[anon_shmem:'));
 }
 
+/**
+ * Pages of one process the image's reader already holds (pre-copy: migrate/precopy.ts), so
+ * the frozen dump names them by digest instead of reading them. Pages are numbered by
+ * address / PAGE_SIZE.
+ */
+export interface HeldSet {
+  /**
+   * How many pages from `page` on are held (`want` true) or not (false), at most `max`;
+   * with `out`, the sha256 of each held one (as the reader holds it) is copied into it from
+   * `at`, 32 bytes a page.
+   */
+  run(page: number, max: number, want?: boolean, out?: Buffer, at?: number): number;
+}
+
+/** A process's held pages and where their digests go (writer.ts ImageEntry.produce's `held`). */
+export interface HeldRun {
+  set: HeldSet;
+  sink(digests: Buffer): Promise<void>;
+}
+
+/** The pages a stream's reader holds, by process (api.ts CheckpointOptions.heldPages). */
+export interface HeldPages {
+  /** Of process `pid` (as the image names it); undefined: it holds none. */
+  of(pid: number): HeldSet | undefined;
+  /** What the last pass of the dump over `pid`'s pages did. */
+  counted(pid: number, counts: PageCounts): void;
+}
+
+/** What a producer did: pages read from the process, pages named by digest instead. */
+export interface PageCounts {
+  read: number;
+  held: number;
+}
+
 /** The memory part of a task's dump. */
 export interface MemoryPlan {
   vmas: VmaRecord[];
@@ -70,7 +104,7 @@ export interface MemoryPlan {
    * Streams the stored pages, in VMA order, through `sink`, in chunks of at most `chunkBytes`
    * read into `buffers` (prepared before the freeze) when given.
    */
-  produce(sink: (chunk: Buffer) => Promise<void>, chunkBytes: number, buffers?: ChunkBuffers): Promise<void>;
+  produce(sink: (chunk: Buffer) => Promise<void>, chunkBytes: number, buffers?: ChunkBuffers, held?: HeldRun): Promise<PageCounts>;
   /**
    * Deleted files the process maps but holds no descriptor of (a binary or library replaced
    * by an upgrade), as `/proc/PID/map_files/START-END` paths: the checkpoint opens each and
@@ -241,7 +275,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
     vmas,
     pagesBytes,
     unheldGhosts,
-    produce: (sink, chunkBytes, buffers) => producePages(pid, vmas, sink, chunkBytes, buffers, viaMem),
+    produce: (sink, chunkBytes, buffers, held) => producePages(pid, vmas, sink, chunkBytes, buffers, viaMem, held),
   };
 }
 
@@ -391,6 +425,9 @@ export function prepareChunkBuffers(estimate: MemoryEstimate, chunkBytes: number
   return new ChunkBuffers(Math.max(PAGE_SIZE, Math.ceil(want / PAGE_SIZE) * PAGE_SIZE));
 }
 
+/** Pages of one `held` call at most (8 MiB of memory, 32 KiB of digests). */
+const HELD_RUN_PAGES = 2048;
+
 /**
  * Reads the planned pages in chunks of at most `chunkBytes` and hands each to `sink`. Buffers
  * rotate: earlier chunks are still being hashed and written out while the next is read from
@@ -398,7 +435,8 @@ export function prepareChunkBuffers(estimate: MemoryEstimate, chunkBytes: number
  * (nothing is allocated while the tree is stopped), else allocated here.
  */
 async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chunk: Buffer) => Promise<void>,
-  chunkBytes: number, prepared?: ChunkBuffers, viaMem?: ReadonlyMap<VmaRecord, Uint8Array>): Promise<void> {
+  chunkBytes: number, prepared?: ChunkBuffers, viaMem?: ReadonlyMap<VmaRecord, Uint8Array>, held?: HeldRun): Promise<PageCounts> {
+  const counts: PageCounts = { read: 0, held: 0 };
   const stored = vmas.reduce((sum, v) => sum + v.runs.reduce((k, [, count]) => k + count, 0), 0);
   let chunkPages = Math.max(1, Math.min(Math.floor(chunkBytes / PAGE_SIZE), stored));
   const shared = prepared?.acquire();
@@ -447,8 +485,23 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
       for (const [page, count] of v.runs) {
         let done = 0;
         while (done < count) {
-          let n = Math.min(count - done, chunkPages - filled);
           const addr = start + (page + done) * PAGE_SIZE;
+          // A stretch the reader holds: named by its pages' digests, not read.
+          if (held) {
+            const k = held.set.run(addr / PAGE_SIZE, Math.min(count - done, HELD_RUN_PAGES));
+            if (k > 0) {
+              await flush();
+              const digests = Buffer.allocUnsafe(k * 32);
+              held.set.run(addr / PAGE_SIZE, k, true, digests);
+              await held.sink(digests);
+              counts.held += k;
+              done += k;
+              continue;
+            }
+          }
+          let n = Math.min(count - done, chunkPages - filled);
+          if (held) n = held.set.run(addr / PAGE_SIZE, n, false);
+          counts.read += n;
           // A stretch of pages all shared copy-on-write, or all not: the former read in place.
           const shared = inPlace !== undefined && inPlace[page + done] === 1;
           if (inPlace) for (let k = 1; k < n; k++) if ((inPlace[page + done + k] === 1) !== shared) { n = k; break; }
@@ -472,6 +525,7 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
     }
     await flush();
     await Promise.all(inflight);
+    return counts;
   } finally {
     // On a failure the chunks still in flight fail too; their rejections are this one's (and
     // the write as a whole fails: no other producer takes the buffers after).

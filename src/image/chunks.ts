@@ -43,8 +43,11 @@ const MAX_SLOTS = 8;
 /** Per slot: 0, or the errno of the read that failed (a positive number), or -1: short read. */
 const STATUS = DONE + MAX_SLOTS;
 const CTL_WORDS = STATUS + MAX_SLOTS;
-/** Requests (Float64Array): slot, bytes to hash, fd, file offset, bytes to read, buffered fd. */
-const REQ_WORDS = 6;
+/**
+ * Requests (Float64Array): slot, bytes to hash, fd, file offset, bytes to read, buffered fd,
+ * and 1 for a `pageDigests` entry (chunkDigest).
+ */
+const REQ_WORDS = 7;
 /** How long the JS thread waits for one chunk before it gives up on the lanes. */
 const WAIT_MS = 60_000;
 
@@ -109,12 +112,13 @@ export class ChunkLoader {
   /**
    * Asks for `length` bytes at `offset` of `fd` in slot `slot`, hashed (only when ready). With
    * `direct` (an O_DIRECT descriptor of the same file, or -1), the read goes through it, padded
-   * to DIRECT_ALIGN; it falls back to `fd` if the file refuses it.
+   * to DIRECT_ALIGN; it falls back to `fd` if the file refuses it. `paged`: the entry's digests
+   * are of page digests (chunkDigest).
    */
-  submit(slot: number, fd: number, offset: number, length: number, direct: number): void {
+  submit(slot: number, fd: number, offset: number, length: number, direct: number, paged = false): void {
     const at = (this.seq % MAX_SLOTS) * REQ_WORDS;
     const aligned = direct >= 0 && offset % DIRECT_ALIGN === 0;
-    this.req.set([slot, length, aligned ? direct : fd, offset, aligned ? Math.ceil(length / DIRECT_ALIGN) * DIRECT_ALIGN : length, fd], at);
+    this.req.set([slot, length, aligned ? direct : fd, offset, aligned ? Math.ceil(length / DIRECT_ALIGN) * DIRECT_ALIGN : length, fd, paged ? 1 : 0], at);
     this.seq++;
     this.want[slot] = this.seq;
     Atomics.store(this.ctl, HEAD, this.seq);
@@ -158,11 +162,14 @@ class ShortRead extends Error {
   }
 }
 
-/** Reads `length` bytes at `offset` of `fd` into `buf`; the bytes it got (fewer only at the end of the file). */
-function readFully(fd: number, buf: Uint8Array, length: number, offset: number): number {
+/**
+ * Reads `length` bytes at `offset` of `fd` into `buf` (with `read`, or pread(2)); the bytes it
+ * got (fewer only at the end of the file).
+ */
+function readFully(fd: number, buf: Uint8Array, length: number, offset: number, read: ImageRead = readSync): number {
   let got = 0;
   while (got < length) {
-    const n = readSync(fd, buf, got, length - got, offset + got);
+    const n = read(fd, buf as Buffer, got, length - got, offset + got);
     if (n <= 0) break;
     got += n;
   }
@@ -196,6 +203,7 @@ export function serveRing({ ring }: RingData): void {
     const offset = req[at + 3]!;
     const readLength = req[at + 4]!;
     const buffered = req[at + 5]!;
+    const paged = req[at + 6] === 1;
     const buf = new Uint8Array(ring.slots[slot]!);
     let status = 0;
     try {
@@ -208,7 +216,7 @@ export function serveRing({ ring }: RingData): void {
         got = readFully(buffered, buf, length, offset);
       }
       if (got < length) status = -1;
-      else out.set(createHash('sha256').update(buf.subarray(0, length)).digest(), slot * 32);
+      else out.set(chunkDigest(buf.subarray(0, length), paged), slot * 32);
     } catch (err) {
       status = Math.abs((err as NodeJS.ErrnoException).errno ?? 5 /* EIO */);
     }
@@ -217,6 +225,35 @@ export function serveRing({ ring }: RingData): void {
     Atomics.notify(ctl, DONE + slot);
   }
 }
+
+/** The unit of a `pageDigests` entry's digests (docs/image-format.md). */
+export const DIGEST_PAGE = 4096;
+
+/**
+ * The sha256 of each DIGEST_PAGE bytes of `data` (the last piece may be shorter), 32 bytes
+ * each, into `out` from `at` (made when not given). One createHash per page: 0.75 GB/s here,
+ * against 1.4 GB/s for one hash over the whole (measured on the 2-core machine, 64 MiB).
+ */
+export function pageDigests(data: Uint8Array, out?: Buffer, at = 0): Buffer {
+  const n = Math.ceil(data.length / DIGEST_PAGE);
+  const o = out ?? Buffer.allocUnsafe(n * 32);
+  for (let p = 0; p < n; p++) {
+    createHash('sha256').update(data.subarray(p * DIGEST_PAGE, Math.min(data.length, (p + 1) * DIGEST_PAGE))).digest().copy(o, at + p * 32);
+  }
+  return o;
+}
+
+/**
+ * The digest of one chunk of a chunked entry: sha256 of its bytes, or for a `pageDigests`
+ * entry sha256 of its pages' sha256 concatenated (so a writer that knows a page's digest need
+ * not read the page).
+ */
+export function chunkDigest(data: Uint8Array, paged: boolean): Buffer {
+  return createHash('sha256').update(paged ? pageDigests(data) : data).digest();
+}
+
+/** pread(2) of an image: `len` bytes at `pos` of the image `fd` into `buf` at `off`; the bytes read. */
+export type ImageRead = (fd: number, buf: Buffer, off: number, len: number, pos: number) => number;
 
 /** Where a chunked entry is and what its chunks must hash to. */
 export interface ChunkedLocation {
@@ -232,6 +269,13 @@ export interface ChunkedLocation {
   chunkSize: number;
   /** The manifest's digests; undefined when the entry was verified whole already (openImage). */
   digests: readonly string[] | undefined;
+  /** The digests are of page digests (the manifest entry's `pageDigests`). */
+  paged?: boolean;
+  /**
+   * How to read the image, when not plain pread(2) of `fd` (ImageOverlay: a migration target's
+   * spool with the held pages in its page store). Read on the JS thread: no loader then.
+   */
+  read?: ImageRead | undefined;
 }
 
 /**
@@ -256,7 +300,7 @@ export class ChunkSource {
     // An entry verified whole is read in chunks of the same bound.
     this.chunkSize = at.chunkSize;
     this.count = Math.ceil(at.size / at.chunkSize);
-    const useRing = loader !== undefined && at.digests !== undefined && loader.slots[0]!.length >= at.chunkSize;
+    const useRing = loader !== undefined && at.digests !== undefined && at.read === undefined && loader.slots[0]!.length >= at.chunkSize;
     this.bufs = useRing ? loader.slots : [Buffer.allocUnsafe(Math.min(at.chunkSize, Math.max(at.size, 1)))];
     if (!useRing) this.loader = undefined;
   }
@@ -295,8 +339,8 @@ export class ChunkSource {
     const slot = 0;
     const buf = this.bufs[slot]!;
     const len = this.length(c);
-    if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize) < len) throw this.truncated();
-    if (this.at.digests !== undefined) this.check(c, createHash('sha256').update(buf.subarray(0, len)).digest('hex'));
+    if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize, this.at.read) < len) throw this.truncated();
+    if (this.at.digests !== undefined) this.check(c, chunkDigest(buf.subarray(0, len), this.at.paged === true).toString('hex'));
     this.cur = c;
     this.curSlot = slot;
   }
@@ -319,7 +363,7 @@ export class ChunkSource {
   }
 
   private ask(c: number, slot: number): void {
-    this.loader!.submit(slot, this.at.fd, this.at.offset + c * this.chunkSize, this.length(c), this.at.directFd ?? -1);
+    this.loader!.submit(slot, this.at.fd, this.at.offset + c * this.chunkSize, this.length(c), this.at.directFd ?? -1, this.at.paged === true);
     this.ahead.push([c, slot]);
   }
 

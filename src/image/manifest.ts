@@ -24,8 +24,14 @@ export const IMAGE_FORMAT = 'ferry-image';
  * refused such trees at checkpoint); and a private area may lend pages (`lent`) that its
  * siblings inherit through their parent (image/cow.ts), which a reader of version 4 would
  * ignore, giving those siblings the parent's own page there instead. Older images hold none.
+ * 6: a chunked entry may be `pageDigests` (an image taken under pre-copy), its chunk digests
+ * made from per-page digests, which a reader of version 5 would take for plain sha256 of the
+ * chunk and refuse as corrupt; an image without such an entry is still written as version 5
+ * (PAGED_FORMAT_VERSION - 1), so readers of version 5 take it.
  */
-export const FORMAT_VERSION = 5;
+export const FORMAT_VERSION = 6;
+/** The first version with `pageDigests` entries; images without one are written as the one before. */
+export const PAGED_FORMAT_VERSION = 6;
 export const OLDEST_FORMAT_VERSION = 1;
 export const MANIFEST_NAME = 'manifest.json';
 /** Bounds on what a manifest may claim. */
@@ -65,6 +71,13 @@ export interface ChunkedEntry {
   size: number;
   chunkSize: number;
   chunks: string[];
+  /**
+   * Each chunk's digest is sha256 of the concatenated sha256 of its pages (4 KiB each, the
+   * last one possibly shorter) instead of sha256 of its bytes (image/chunks.ts chunkDigest):
+   * a pre-copy checkpoint takes the digests of the pages the target holds from the rounds
+   * instead of reading them while the tree is frozen (docs/image-format.md). Version 5 on.
+   */
+  pageDigests?: true;
 }
 
 export type ManifestEntry = WholeEntry | ChunkedEntry;
@@ -222,7 +235,10 @@ export function parseManifest(buf: Buffer): Manifest {
       const d = chunks[c];
       if (typeof d !== 'string' || !HEX64.test(d)) bad(`entries[${i}].chunks[${c}]`, `is ${shown(d)}, must be a sha256 (64 lowercase hex digits)`);
     }
-    entries.push({ name: e.name, size, chunkSize: chunkSize as number, chunks: [...chunks as string[]] });
+    if (e.pageDigests !== undefined && (e.pageDigests !== true || (m.formatVersion as number) < PAGED_FORMAT_VERSION)) {
+      bad(`entries[${i}].pageDigests`, `is ${shown(e.pageDigests)}, may only be true, in an image of version ${PAGED_FORMAT_VERSION} or later`);
+    }
+    entries.push({ name: e.name, size, chunkSize: chunkSize as number, chunks: [...chunks as string[]], ...(e.pageDigests === true ? { pageDigests: true as const } : {}) });
   }
   return {
     format: IMAGE_FORMAT, formatVersion: m.formatVersion as number, ferryVersion, createdAt,

@@ -17,7 +17,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
 import { native } from '../native/binding.js';
-import { ChunkLoader, ChunkSource } from './chunks.js';
+import { ChunkLoader, ChunkSource, chunkDigest, type ImageRead } from './chunks.js';
 import { isChunked, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type ChunkedEntry, type Manifest } from './manifest.js';
 import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
 
@@ -47,7 +47,7 @@ export interface Image {
    * Where an entry's bytes lie in the image file. Reading them there reads them unverified
    * when the image was opened with `lazyChunks`: page data is read through pages().
    */
-  locate(name: string): { fd: number; offset: number; size: number };
+  locate(name: string): { fd: number; offset: number; size: number; read?: ImageRead };
   /**
    * Verified random access to an entry, chunk by chunk: a chunked entry's chunks are checked
    * against their digests as they are read (read ahead and hashed by the loader's threads,
@@ -194,6 +194,21 @@ export interface OpenOptions {
    * reader that does not read every chunk (inspect) must not.
    */
   lazyChunks?: boolean;
+  /**
+   * Bytes of page data that live outside the image file (a migration's page store, whose
+   * pages the spooled image leaves as holes: migrate/precopy.ts). Needs lazyChunks (those
+   * bytes are verified as they are read). The image takes it over (adopt) once opened and
+   * closes it with itself.
+   */
+  overlay?: ImageOverlay;
+}
+
+/** Ranges of an image file read from elsewhere (OpenOptions.overlay). */
+export interface ImageOverlay {
+  read: ImageRead;
+  /** The image owns it from now on: its close() closes the overlay. */
+  adopt(): void;
+  close(): void;
 }
 
 /**
@@ -303,10 +318,10 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
         const want = Math.min(step, loc.size - off);
         const n = await readAt(fd, want === chunk.length ? chunk : chunk.subarray(0, want), loc.offset + off);
         if (n !== want) throw new FerryError('EIMAGE', `image ${label} is truncated inside entry ${e.name}`, where);
-        h.update(want === chunk.length ? chunk : chunk.subarray(0, want));
+        if (!isChunked(e) || e.pageDigests !== true) h.update(want === chunk.length ? chunk : chunk.subarray(0, want));
         if (isChunked(e)) {
           const c = off / e.chunkSize;
-          const sum = h.digest('hex');
+          const sum = e.pageDigests === true ? chunkDigest(chunk.subarray(0, want), true).toString('hex') : h.digest('hex');
           if (sum !== e.chunks[c]) {
             throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} chunk ${c} has sha256 ${sum.slice(0, 12)}… `
               + `but the manifest says ${e.chunks[c]!.slice(0, 12)}…`, where);
@@ -323,7 +338,9 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
         throw new FerryError('EIMAGE', `image ${label} is corrupt: entry ${e.name} has sha256 ${sum.slice(0, 12)}… but the manifest says ${e.sha256.slice(0, 12)}…`, where);
       }
     }
-    return makeImage(fd, manifest, signer, byName, label, where, lazy, loader);
+    if (options.overlay !== undefined && !lazy) throw new Error('an image overlay needs lazyChunks');
+    options.overlay?.adopt();
+    return makeImage(fd, manifest, signer, byName, label, where, lazy, loader, options.overlay);
   } catch (err) {
     closeSync(fd);
     await loader?.close();
@@ -349,7 +366,7 @@ export function tooDeep(value: unknown, limit: number): string | undefined {
 }
 
 function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName: Map<string, Located>, label: string, where: ErrorContext,
-  lazy: boolean, loader: ChunkLoader | undefined): Image {
+  lazy: boolean, loader: ChunkLoader | undefined, overlay?: ImageOverlay): Image {
   let closed = false;
   /** An O_DIRECT descriptor of the image for the loader, opened when first needed; -1: none. */
   let directFd: number | undefined;
@@ -381,9 +398,12 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
   const source = (name: string, withLoader: boolean): ChunkSource => {
     const l = get(name);
     const e = unverified(name);
+    // Ranges an overlay reads (a migration's page store) are read on the JS thread: no loader.
+    const ahead = withLoader && overlay === undefined;
     return new ChunkSource({
-      fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks, directFd: withLoader ? directFor(l) : -1,
-    }, withLoader ? loader : undefined, label, nameOf(name), where);
+      fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks, directFd: ahead ? directFor(l) : -1,
+      paged: e?.pageDigests === true, read: overlay?.read,
+    }, ahead ? loader : undefined, label, nameOf(name), where);
   };
   const get = (name: string): Located => {
     const l = byName.get(name);
@@ -429,7 +449,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
     },
     locate(name) {
       const l = get(name);
-      return { fd, offset: l.offset, size: l.size };
+      return { fd, offset: l.offset, size: l.size, ...(overlay !== undefined ? { read: overlay.read } : {}) };
     },
     pages(name) {
       return source(name, true);
@@ -458,6 +478,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       if (!closed) {
         closeSync(fd);
         if (directFd !== undefined && directFd >= 0) closeSync(directFd);
+        overlay?.close();
       }
       closed = true;
     },

@@ -211,6 +211,15 @@ export class EntryOut {
     });
   }
 
+  /**
+   * Leaves `n` bytes of the entry out of a stream (held pages that its reader puts back:
+   * writer.ts omitHeld); never on a file.
+   */
+  skip(n: number): void {
+    if (this.out.seekable || this.out.direct) throw new Error('only a stream leaves bytes out');
+    this.pos += n;
+  }
+
   /** Writes what is still staged (padded) and resolves once all of the entry is written. */
   end(): Promise<void> {
     if (!this.out.direct || !this.staging) return Promise.resolve();

@@ -32,9 +32,10 @@ import { basename, dirname, join } from 'node:path';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { Session } from '../session.js';
 import {
-  checkEntryName, chunkCount, FORMAT_VERSION, IMAGE_FORMAT, MANIFEST_NAME, type Manifest, type ManifestEntry,
+  checkEntryName, chunkCount, IMAGE_FORMAT, MANIFEST_NAME, PAGED_FORMAT_VERSION, type Manifest, type ManifestEntry,
   type ManifestHeader,
 } from './manifest.js';
+import { DIGEST_PAGE, pageDigests } from './chunks.js';
 import { directBuffer, DIRECT_ALIGN } from './direct.js';
 import { imageSigner, SIGNATURE_NAME, type ImageSigner } from './sign.js';
 import { BLOCK, EntryOut, padded, rewrite, tarHeader, TarOut } from './tar-out.js';
@@ -48,13 +49,21 @@ export interface ImageEntry {
   /**
    * Produces exactly `size` bytes through `sink`. May be called twice. A chunk may be reused
    * once its sink promise resolved; several sink calls may be outstanding (order is kept).
+   * `held`, given only for a `paged` entry of an image whose reader already holds some pages
+   * (WriteOptions.omitHeld): the next pages are not produced but named by their sha256 (32
+   * bytes each), which the stream then leaves out; they count toward `size` as if produced.
    */
-  produce(sink: (chunk: Buffer) => Promise<void>): Promise<void>;
+  produce(sink: (chunk: Buffer) => Promise<void>, held?: (digests: Buffer) => Promise<void>): Promise<void>;
   /**
    * Listed with a sha256 per CHUNK_BYTES instead of one for the whole (page data): restore
    * verifies each chunk as it reads it, and chunks hash independently.
    */
   chunked?: boolean;
+  /**
+   * With `chunked`: each chunk's digest is made of its pages' digests (manifest `pageDigests`,
+   * chunks.ts chunkDigest), so pages the reader holds can be named by digest (`held`).
+   */
+  paged?: boolean;
 }
 
 /** Chunk size of chunked entries (the manifest says it; readers take it from there). */
@@ -143,10 +152,57 @@ class ChunkedHash {
   }
 }
 
-type AnyHash = { kind: 'whole'; h: EntryHash } | { kind: 'chunked'; h: ChunkedHash };
+/**
+ * The digests of a `paged` entry's chunks (chunks.ts chunkDigest): each page's sha256, hashed
+ * here on the JS thread, or given (`held`: pages the reader holds, never read), and each
+ * chunk's digest the sha256 of its pages' digests. An image is paged only under pre-copy,
+ * whose frozen image reads few pages.
+ */
+class PagedHash {
+  private readonly pageSums = Buffer.allocUnsafe((CHUNK_BYTES / DIGEST_PAGE) * 32);
+  private filled = 0;
+  private readonly sums: string[] = [];
+
+  update(chunk: Buffer): undefined {
+    if (chunk.length % DIGEST_PAGE !== 0) throw new Error(`a chunk of a paged entry is not whole pages (${chunk.length} bytes)`);
+    for (let off = 0; off < chunk.length; off += DIGEST_PAGE) this.page(chunk.subarray(off, off + DIGEST_PAGE));
+    return undefined;
+  }
+
+  /** Pages given by their digests, copied in as many at a time as the chunk has room for. */
+  held(digests: Buffer): Promise<void> {
+    for (let off = 0; off < digests.length;) {
+      const n = Math.min(digests.length - off, ((CHUNK_BYTES - this.filled) / DIGEST_PAGE) * 32);
+      digests.copy(this.pageSums, (this.filled / DIGEST_PAGE) * 32, off, off + n);
+      off += n;
+      this.filled += (n / 32) * DIGEST_PAGE;
+      if (this.filled === CHUNK_BYTES) this.close();
+    }
+    return Promise.resolve();
+  }
+
+  private page(data: Buffer): void {
+    pageDigests(data, this.pageSums, (this.filled / DIGEST_PAGE) * 32);
+    this.filled += DIGEST_PAGE;
+    if (this.filled === CHUNK_BYTES) this.close();
+  }
+
+  private close(): void {
+    this.sums.push(createHash('sha256').update(this.pageSums.subarray(0, (this.filled / DIGEST_PAGE) * 32)).digest('hex'));
+    this.filled = 0;
+  }
+
+  digests(): Promise<string[]> {
+    if (this.filled > 0) this.close();
+    return Promise.resolve(this.sums);
+  }
+}
+
+type AnyHash = { kind: 'whole'; h: EntryHash } | { kind: 'chunked'; h: ChunkedHash } | { kind: 'paged'; h: PagedHash };
 
 /** The hash of entry `e`: on `pool`'s worker if it runs and the entry is worth the round trips. */
 function hashFor(e: ImageEntry, pool: HashPool | undefined): AnyHash {
+  if (e.chunked && e.paged) return { kind: 'paged', h: new PagedHash() };
   const on = pool?.running && e.size > INLINE_HASH_BYTES ? pool : undefined;
   return e.chunked ? { kind: 'chunked', h: new ChunkedHash(on) } : { kind: 'whole', h: new EntryHash(on) };
 }
@@ -154,13 +210,15 @@ function hashFor(e: ImageEntry, pool: HashPool | undefined): AnyHash {
 /** Puts the digest(s) of `h` into the manifest's entry. */
 async function record(entry: ManifestEntry, h: AnyHash): Promise<void> {
   if (h.kind === 'chunked' && 'chunks' in entry) entry.chunks = await h.h.digests();
+  else if (h.kind === 'paged' && 'chunks' in entry) entry.chunks = await h.h.digests();
   else if (h.kind === 'whole' && 'sha256' in entry) entry.sha256 = await h.h.digest();
 }
 
 /** The manifest's entry for `e`, its digests zeros until they are known. */
 function placeholderEntry(e: ImageEntry): ManifestEntry {
   if (!e.chunked) return { name: e.name, size: e.size, sha256: ZERO_HASH };
-  return { name: e.name, size: e.size, chunkSize: CHUNK_BYTES, chunks: Array<string>(chunkCount(e.size, CHUNK_BYTES)).fill(ZERO_HASH) };
+  return { name: e.name, size: e.size, chunkSize: CHUNK_BYTES, chunks: Array<string>(chunkCount(e.size, CHUNK_BYTES)).fill(ZERO_HASH),
+    ...(e.paged === true ? { pageDigests: true as const } : {}) };
 }
 
 /** One worker thread of a HashPool and the requests it has not answered yet. */
@@ -302,6 +360,13 @@ export interface WriteOptions {
   onProduced?: () => Promise<void> | void;
   /** Where to write, opened ahead (openImageTarget; its path is `path`); else opened here. */
   target?: ImageTarget;
+  /**
+   * The stream's reader already holds some pages (pre-copy: precopy.ts ImageFilter puts them
+   * back): `paged` entries' producers get `held`, and the pages it names are left out of the
+   * stream. Only for a stream (a regular file gets every byte); the result is not a tar until
+   * its reader has put them back.
+   */
+  omitHeld?: boolean;
 }
 
 /**
@@ -429,7 +494,8 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
   }
   const manifest: Manifest = {
     format: IMAGE_FORMAT,
-    formatVersion: FORMAT_VERSION,
+    // Version 4 unless an entry needs 5: older readers still take every other image.
+    formatVersion: entries.some((e) => e.chunked === true && e.paged === true) ? PAGED_FORMAT_VERSION : PAGED_FORMAT_VERSION - 1,
     ...header,
     entries: entries.map(placeholderEntry),
   };
@@ -452,7 +518,9 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
       for (const [i, e] of entries.entries()) {
         const h = hashFor(e, pool);
         let n = 0;
-        await e.produce(async (chunk) => { options.signal?.throwIfAborted(); n += chunk.length; await h.h.update(chunk); });
+        const held = h.kind === 'paged' && options.omitHeld === true
+          ? (digests: Buffer): Promise<void> => { n += (digests.length / 32) * DIGEST_PAGE; return h.h.held(digests); } : undefined;
+        await e.produce(async (chunk) => { options.signal?.throwIfAborted(); n += chunk.length; await h.h.update(chunk); }, held);
         if (n !== e.size) throw new Error(`entry ${e.name} produced ${n} bytes, expected ${e.size}`);
         await record(manifest.entries[i]!, h);
       }
@@ -550,6 +618,15 @@ async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature
       const { w } = begin(e.name, e.size);
       const h = hash ? hashFor(e, pool) : undefined;
       let produced = 0;
+      // Held pages leave no bytes in a stream (writeImage hashed them in its first pass).
+      const held = !out.seekable && options.omitHeld === true && e.chunked === true && e.paged === true
+        ? (digests: Buffer): Promise<void> => {
+          const n = (digests.length / 32) * DIGEST_PAGE;
+          if (produced + n > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
+          w.skip(n);
+          produced += n;
+          return Promise.resolve();
+        } : undefined;
       await e.produce((chunk) => {
         if (out.failure !== undefined) return Promise.reject(out.failure);
         if (signal?.aborted) return Promise.reject(signal.reason);
@@ -558,7 +635,7 @@ async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature
         const written = w.put(chunk);
         produced += chunk.length;
         return hashed ? Promise.all([hashed, written]).then(() => undefined) : written;
-      });
+      }, held);
       if (produced !== e.size) throw new Error(`entry ${e.name} produced ${produced} bytes, expected ${e.size}`);
       writes.push(finish(w, e.size));
       if (h) await record(manifest.entries[i]!, h);

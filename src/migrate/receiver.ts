@@ -17,7 +17,7 @@
  * Restore's own guarantee covers the rest: until the tree runs, every way out removes what it
  * made; stubs die with a ferry that dies (PTRACE_O_EXITKILL).
  */
-import { closeSync, existsSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server, TLSSocket } from 'node:tls';
 import type { CommonOptions, FileOptions } from '../api.js';
@@ -145,19 +145,23 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const closeSpool = (): void => { if (open) { open = false; closeSync(fd); } };
     session.onUndo('close the spool', closeSpool);
     let bytes = 0;
+    /** Where the next byte of the spool goes (pages named by REF are left as holes: skip). */
+    let spoolAt = 0;
     const spool = (chunk: Buffer): void => {
       try {
-        for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off, chunk.length - off);
+        for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off, chunk.length - off, spoolAt + off);
+        spoolAt += chunk.length;
       } catch (err) {
         throw new FerryError('EIMAGE', `cannot spool the image into ${dir} (image.work_dir): ${describeCause(err)}`, { cause: err, path: dir });
       }
     };
+    const skip = (n: number): void => { spoolAt += n; };
     // Pre-copy: tagged frames, pages kept in a store beside the spool (precopy.ts).
     const pre = hello.precopy === true ? new PreCopyReceiver(dir, ch.peer) : undefined;
     if (pre) session.onUndo('close the pre-copy store', () => pre.close());
     ch.onData = (chunk) => {
       const was = bytes;
-      if (pre) bytes += pre.handle(chunk, spool);
+      if (pre) bytes += pre.handle(chunk, spool, skip);
       else {
         spool(chunk);
         bytes += chunk.length;
@@ -171,10 +175,10 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const tEnd = performance.now();
     ch.onData = undefined;
     if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
+    ftruncateSync(fd, bytes); // a hole at the end too (a tar never ends in pages, but its reader need not know)
     closeSpool();
     o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes, ms: round(tEnd - tWelcome),
       ...(pre ? { preCopyPages: pre.pages, refBytes: pre.refBytes } : {}) });
-    pre?.close();
 
     // Verifying and restoring take a while: say so every second, so the sender keeps waiting.
     heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
@@ -186,6 +190,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const result = await restoreTree({
       ...(lazy ? { lazyPages: true } : {}),
       image, config: o.config, logger: o.logger,
+      // The pages REFs named stay in the store: the restore reads them from there, verified.
+      ...(pre ? { imageOverlay: pre.overlay() } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
       ...(o.trust !== undefined ? { trust: o.trust } : {}),
       ...(o.bound !== undefined ? { bound: o.bound } : {}),

@@ -16,8 +16,10 @@
  *
  * Pre-copy (precopy.ts, the default): before the checkpoint, the tree's memory crosses in
  * rounds while it runs, its writes tracked from outside (dump/dirty.ts); the frozen image then
- * names the pages the target holds instead of carrying them. The tracking is an undo of the
- * session like the rest, and dies with ferry.
+ * names the pages the target holds instead of carrying them, without reading them. The
+ * tracking is an undo of the session like the rest, and dies with ferry. The local copy is
+ * then the frames sent (FrameLog: the frozen stream lacks the held pages), made into a tar
+ * only when it is needed (workdir.ts copyImage).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
@@ -32,6 +34,7 @@ import type { FileOptions } from '../files/types.js';
 import { hostSigningKey } from '../image/host-key.js';
 import { newEd25519Key, signingKey } from '../image/sign.js';
 import { isAlive } from '../proc/read.js';
+import { PAGE_SIZE } from '../arch/x86-64.js';
 import { native } from '../native/binding.js';
 import { restore } from '../restore/restore.js';
 import { parseMaxCreds } from '../restore/bounds.js';
@@ -41,11 +44,11 @@ import { FERRY_VERSION } from '../version.js';
 import {
   abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, RESTORE_FLAGS, type Channel, type ContainerTarget, type RestoreFlags,
 } from './channel.js';
-import { bootId, HANDED_OVER, keptCopyWarning, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
+import { bootId, copyImage, FRAME_LOG, HANDED_OVER, keptCopyWarning, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { sshChannel, type SshOptions } from './ssh.js';
-import { DEFAULT_MAX_ROUNDS, PreCopySender, type RoundRecord } from './precopy.js';
+import { DEFAULT_MAX_ROUNDS, FrameLog, PreCopySender, type RoundRecord } from './precopy.js';
 
 export type { PhaseRecord };
 
@@ -173,7 +176,7 @@ class Pump {
       this.reader.on('data', (chunk: Buffer) => {
         if (this.firstAt === 0) this.firstAt = performance.now();
         try {
-          for (let off = 0; off < chunk.length;) off += writeSync(copyFd, chunk, off, chunk.length - off);
+          if (copyFd >= 0) for (let off = 0; off < chunk.length;) off += writeSync(copyFd, chunk, off, chunk.length - off);
         } catch (err) {
           return fail(new FerryError('EIMAGE', `cannot keep the copy of the image in image.work_dir: ${describeCause(err)}`, { cause: err }));
         }
@@ -270,22 +273,32 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     o.signal?.throwIfAborted();
 
     // Pre-copy: rounds while the tree runs; the tracking ends on every way out (precopy.ts).
+    // The copy is then the frames sent (FRAME_LOG): the frozen image leaves out held pages.
     let pre: PreCopySender | undefined;
+    let frames: FrameLog | undefined;
     if (maxRounds > 0) {
+      const f = (frames = new FrameLog(workDir, join(workDir, `${SENDER_DIR}${process.pid}-frames`)));
+      session.onUndo('remove the copy', () => f.discard());
       const p = (pre = new PreCopySender(ch, o.pid, {
-        maxRounds, logger: log,
+        maxRounds, logger: log, log: (frame) => f.append(frame),
         ...(o.signal !== undefined ? { signal: o.signal } : {}),
         onRound: (r) => { o.onRound?.(r); o.onPhase?.({ phase: 'round', ...r }); },
         ...(o.onWarning !== undefined ? { onWarning: o.onWarning } : {}),
       }));
       session.onUndo('end the dirty tracking', () => p.close());
-      await p.run();
+      // No tracking on this kernel: stop and copy, the copy a plain one.
+      if (!await p.run()) {
+        pre = undefined;
+        f.discard();
+        frames = undefined;
+      }
     }
     const dir = privateDir(workDir, SENDER_DIR);
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const copy = join(dir, 'image.tar');
-    const copyFd = openSync(copy, 'wx', 0o600);
-    session.onUndo('close the copy', () => { try { closeSync(copyFd); } catch { /* closed */ } });
+    frames?.name(join(dir, FRAME_LOG));
+    const copyFd = frames === undefined ? openSync(copy, 'wx', 0o600) : -1;
+    if (copyFd >= 0) session.onUndo('close the copy', () => { try { closeSync(copyFd); } catch { /* closed */ } });
     const pump = new Pump(ch, copyFd, o.signal, pre !== undefined ? (chunk) => pre.send(chunk) : undefined);
     session.onUndo('close the image pipe', () => pump.destroy());
 
@@ -296,6 +309,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
       pid: o.pid, image: pump.path, leaveRunning: false, signKey,
+      ...(pre !== undefined ? { heldPages: pre.heldPages() } : {}),
       config: o.config, logger: o.logger,
       ...(o.files !== undefined ? { files: o.files } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
@@ -304,10 +318,20 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       beforeKill: async (at) => {
         stoppedAt = at;
         pump.closeWriteEnd();
-        const bytes = await pump.done;
+        // The image's bytes: under pre-copy the pipe carried all but the held pages (REFs).
+        const bytes = await pump.done + (pre?.refBytes ?? 0);
         sent = bytes;
-        closeSync(copyFd);
-        o.onPhase?.({ phase: 'checkpoint', pid: o.pid, imageBytes: bytes, ms: round(performance.now() - stoppedAt) });
+        if (copyFd >= 0) closeSync(copyFd);
+        frames?.close();
+        // Under pre-copy: pages the frozen dump read from the tree, and those it named by digest,
+        // which left them out of the stream: each must have become a REF, else the image
+        // would come out wrong here as there (checked before anything is killed).
+        const pages = pre !== undefined ? { pagesRead: pre.frozenPages.read, pagesHeld: pre.frozenPages.held } : {};
+        if (pre !== undefined && pre.refBytes !== pre.frozenPages.held * PAGE_SIZE) {
+          throw new FerryError('EIMAGE', `the frozen image of pid ${o.pid} left out ${pre.frozenPages.held} pages the target holds, `
+            + `but ${pre.refBytes / PAGE_SIZE} were named to it: migrate with --no-pre-copy`);
+        }
+        o.onPhase?.({ phase: 'checkpoint', pid: o.pid, imageBytes: bytes, ms: round(performance.now() - stoppedAt), ...pages });
         clearInterval(heartbeat);
         tEnd = performance.now();
         ch.send({ type: 'end', bytes });
@@ -406,6 +430,7 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
       log.error({ err }, 'the target could not restore the tree; restoring it here');
       let local: RestoreResult;
       try {
+        copyImage(dir); // under pre-copy, made from the frames sent
         local = await (o.workload?.restoreHere ?? restore)({
           image: copy, config: o.config, logger: o.logger, trust: [createPublicKey(signKey)],
           ...(o.files !== undefined ? { files: o.files } : {}),
@@ -465,6 +490,11 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
 
 /** Moves the copy out of the private directory (no sweep removes it) and returns its path. */
 function keep(copy: string, dir: string, workDir: string, pid: number): string {
+  try {
+    copyImage(dir);
+  } catch {
+    return dir; // the frames it is made from stay: never removed without a copy elsewhere
+  }
   const kept = join(workDir, `ferry-migrate-${pid}-${new Date().toISOString().replace(/[:.]/g, '-')}.tar`);
   try {
     mkdirSync(workDir, { recursive: true });

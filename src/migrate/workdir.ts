@@ -5,6 +5,7 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError, describeCause } from '../errors.js';
+import { rebuildImage } from './precopy.js';
 
 /** One record of a migration's progress (`--json`: one line each). */
 export interface PhaseRecord {
@@ -33,6 +34,23 @@ export const RECEIVER_DIR = '.ferry-receive-';
 export const HANDED_OVER = 'handed-over';
 
 /**
+ * A sender's copy under pre-copy, in its private directory: the frames it sent (precopy.ts
+ * FrameLog), from which copyImage makes the image when it is needed.
+ */
+export const FRAME_LOG = 'image.frames';
+
+/**
+ * The sender's copy of the image in its private directory `dir` as a tar (`dir`/image.tar),
+ * made from its FRAME_LOG first if it is kept as one (pre-copy). Throws what rebuildImage
+ * throws.
+ */
+export function copyImage(dir: string): string {
+  const tar = join(dir, 'image.tar');
+  if (!existsSync(tar) && existsSync(join(dir, FRAME_LOG))) rebuildImage(join(dir, FRAME_LOG), dir, tar);
+  return tar;
+}
+
+/**
  * Removes the directories of `prefix` in `workDir` left by ferry processes that no longer exist
  * (SIGKILL leaves them), as the image writer does for its temporary files. A sender's directory
  * marked HANDED_OVER is not thrown away: its sender died at the hand-over, so whether the
@@ -52,7 +70,12 @@ export function removeStaleDirs(workDir: string, prefix: string, onKept?: (image
     if (!(Number.isInteger(pid) && pid > 0 && pid !== process.pid && !existsSync(`/proc/${pid}`))) continue;
     const dir = join(workDir, name);
     const mark = join(dir, HANDED_OVER);
-    if (existsSync(mark) && existsSync(join(dir, 'image.tar'))) {
+    if (existsSync(mark) && (existsSync(join(dir, 'image.tar')) || existsSync(join(dir, FRAME_LOG)))) {
+      try {
+        copyImage(dir);
+      } catch {
+        continue; // the frames stay where they are: never removed without a copy elsewhere
+      }
       let of = 0;
       try {
         of = Number(JSON.parse(readFileSync(mark, 'utf8')).pid) || 0;

@@ -272,7 +272,8 @@ export class LazyPages {
       const at = image.locate(name);
       const chunkSize = entry !== undefined && isChunked(entry) ? entry.chunkSize : 4 << 20;
       const source = new ChunkSource({ fd: at.fd, offset: at.offset, size: at.size, chunkSize,
-        digests: entry !== undefined && isChunked(entry) ? entry.chunks : undefined }, undefined, this.o.label, name, { pid });
+        digests: entry !== undefined && isChunked(entry) ? entry.chunks : undefined,
+        paged: entry !== undefined && isChunked(entry) && entry.pageDigests === true, read: at.read }, undefined, this.o.label, name, { pid });
       const p = new LazyProcess(pid, hostPid(pid), fd, areas, source, chunkSize);
       for (const v of areas) {
         try {

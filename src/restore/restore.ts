@@ -79,6 +79,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     onProgress: (done, total) => o.onProgress?.({ phase: 'verify', done, total }),
     ...(trust !== undefined ? { trust } : {}),
     lazyChunks: true, // page data is verified chunk by chunk as it is written (mapAreas)
+    ...(o.imageOverlay !== undefined ? { overlay: o.imageOverlay } : {}),
   });
   // Every step that makes something registers its undo; any way out before the tree runs
   // removes all of it. If ferry dies instead, the stubs die with it (PTRACE_O_EXITKILL).

@@ -7,7 +7,7 @@
  * elsewhere: a page served twice (an old copy over a newer write), lost or zero fails its check.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { openSync, closeSync, fstatSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -166,9 +166,10 @@ describe('ferry migrate --lazy', { skip, timeout: 300_000 }, () => {
     const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--lazy', '--json', '--config', config]);
     own(w.pid);
     await waitFor('the target to hold the image', () => /paused at verified/.test(recv.stderr()), 90_000);
-    // One byte in the middle of the tree's pages, as a disk or a bug in the store would have it.
+    // 8 bytes of every page of the store, as a disk or a bug in the store would have it: the
+    // spooled image leaves the pages the rounds sent as holes, read from the store (precopy.ts).
     const spool = readdirSync(workDir).find((n) => n.startsWith('.ferry-receive-'))!;
-    corruptEntry(join(workDir, spool, 'image.tar'), /^tasks\/\d+\/pages/);
+    corruptPages(join(workDir, spool, 'precopy.pages'));
     assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
     assert.match(mig.stderr(), /is corrupt: entry tasks\/\d+\/pages\S* chunk \d+ has sha256/);
@@ -191,3 +192,15 @@ function isDirtier(pid: number): boolean {
     return false;
   }
 }
+
+/** Writes 8 wrong bytes into every page of the file `path`. */
+function corruptPages(path: string): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const bad = Buffer.alloc(8, 0xa5);
+    for (let at = 0; at < fstatSync(fd).size; at += 4096) writeSync(fd, bad, 0, 8, at + 64);
+  } finally {
+    closeSync(fd);
+  }
+}
+

@@ -5,7 +5,7 @@
  * changed after, and not sent again, fails its check.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { join } from 'node:path';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -56,6 +56,13 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     // The frozen image named most of its pages instead of sending them again.
     assert.ok((done['refBytes'] as number) > image / 2, `refBytes ${String(done['refBytes'])} of an image of ${image}`);
     assert.equal(got.find((x) => x['phase'] === 'transfer')!['refBytes'], done['refBytes']);
+    // While frozen, the checkpoint read only the pages the target did not hold: the others it
+    // named by the digests the rounds took (the target verified them as it wrote them).
+    const cp = recs.find((x) => x['phase'] === 'checkpoint')!;
+    const read = cp['pagesRead'] as number;
+    const held = cp['pagesHeld'] as number;
+    assert.equal(held * 4096, done['refBytes'], `every page named by reference was left unread: ${JSON.stringify(cp)}`);
+    assert.ok(held >= (48 << 20) / 4096 && read < held / 4, `few pages read while frozen: ${JSON.stringify(cp)}`);
     process.stdout.write(`# pre-copy 64 MiB at 10 MiB/s: rounds ${rounds.map((r) => r['bytes']).join(', ')} bytes; downtime ${String(done['downtimeMs'])} ms, total ${String(done['totalMs'])} ms\n`);
 
     assert.ok(alive(w.pid), 'the same PID runs on the target');
@@ -126,6 +133,39 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     assert.equal(await verify(w), 'PASS');
     assert.deepEqual(leftovers(workDir), []);
     for (const pid of [w.pid, ...kids]) process.kill(pid, 'SIGKILL');
+  });
+
+  it('a held page corrupted in the store of the target fails its restore: the source runs on (restored from its copy)', async () => {
+    const w = await startDirtier(64, 1);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config], 'precopy+4000');
+    own(w.pid);
+    await waitFor('the sender to pause after round 1', () => mig.stderr().includes('ferry-test: paused at precopy'));
+    // Every page the target holds gets 8 wrong bytes: those not sent again are named by
+    // reference in the frozen image and come from this store.
+    const spool = readdirSync(workDir).find((n) => n.startsWith('.ferry-receive-'));
+    assert.ok(spool !== undefined, `the receiver's spool in ${workDir}`);
+    const store = join(workDir, spool, 'precopy.pages');
+    const fd = openSync(store, 'r+');
+    try {
+      const bad = Buffer.alloc(8, 0xa5);
+      for (let at = 0; at < fstatSync(fd).size; at += 4096) writeSync(fd, bad, 0, 8, at + 64);
+    } finally {
+      closeSync(fd);
+    }
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1);
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
+    assert.match(mig.stderr(), /is corrupt: entry tasks\/\d+\/pages\.bin chunk \d+ has sha256/, mig.stderr());
+    // Refused before the kill (the original runs on), or after it (restored here from the copy).
+    assert.ok(alive(w.pid), 'pid runs on here');
+    assert.equal(procState(w.pid).tracer, 0);
+    const n = w.ticks().length;
+    await waitFor('the source to write on', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), []);
+    assert.deepEqual(stubs(), []);
+    process.stdout.write(`# corrupted store: ${mig.stderr().trim()}\n`);
+    process.kill(w.pid, 'SIGKILL');
   });
 
   it('refuses a process that uses userfaultfd itself, which runs on unharmed (its own userfaultfd too)', async () => {

@@ -382,6 +382,37 @@ describe('manifest', { timeout: 30_000 }, () => {
     assert.throws(() => parseManifest(Buffer.from('{not json')), /not valid JSON/);
   });
 
+  it('takes pageDigests only as true, only in a version 6 manifest', () => {
+    const chunked = (v: number, extra: Record<string, unknown>): unknown => ({ ...good(), formatVersion: v,
+      entries: [{ name: 'p', size: 4096, chunkSize: 4096, chunks: ['a'.repeat(64)], ...extra }] });
+    assert.equal((parse(chunked(6, { pageDigests: true })).entries[0] as ChunkedEntry).pageDigests, true);
+    assert.equal((parse(chunked(5, {})).entries[0] as ChunkedEntry).pageDigests, undefined);
+    assert.throws(() => parse(chunked(5, { pageDigests: true })), /entries\[0\]\.pageDigests is true, may only be true, in an image of version 6/);
+    assert.throws(() => parse(chunked(6, { pageDigests: 1 })), /entries\[0\]\.pageDigests is 1/);
+  });
+
+  it('writes a paged entry: chunk digests of page digests, version 6, and verifies it', async () => {
+    const data = Buffer.alloc(CHUNK_BYTES + 3 * 4096);
+    for (let p = 0; p < data.length / 4096; p++) data.fill(p % 251, p * 4096, (p + 1) * 4096);
+    const path = join(dir, 'paged.img');
+    const { manifest } = await writeImage(path, header, [{ name: 'p', size: data.length, chunked: true, paged: true, produce: async (sink) => { await sink(data); } }]);
+    assert.equal(manifest.formatVersion, 6);
+    const e = manifest.entries[0] as ChunkedEntry;
+    assert.equal(e.pageDigests, true);
+    const pageSum = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
+    const want = (b: Buffer): string => createHash('sha256').update(Buffer.concat(
+      Array.from({ length: b.length / 4096 }, (_, i) => pageSum(b.subarray(i * 4096, (i + 1) * 4096))))).digest('hex');
+    assert.deepEqual(e.chunks, [want(data.subarray(0, CHUNK_BYTES)), want(data.subarray(CHUNK_BYTES))]);
+    const img = await openImage(path, { workDir: dir, lazyChunks: true });
+    const src = img.pages('p');
+    for (let off = 0; off < data.length;) { const v = src.view(off, data.length - off); assert.deepEqual(v, data.subarray(off, off + v.length)); off += v.length; }
+    src.finish();
+    await img.close();
+    // Any other image is still version 5.
+    const plain = await writeImage(join(dir, 'plain.img'), header, [{ name: 'p', size: 4096, chunked: true, produce: async (sink) => { await sink(data.subarray(0, 4096)); } }]);
+    assert.equal(plain.manifest.formatVersion, 5);
+  });
+
   it('refuses another arch, missing CPU features, and another kernel build for an image without its vDSO', () => {
     const m = good();
     checkCompatibility(m, host);

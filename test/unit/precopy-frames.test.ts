@@ -6,12 +6,13 @@
  * image has begun: each is a one-line protocol error.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FerryError } from '../../src/errors.js';
-import { FRAME_PAGES, PreCopyReceiver, TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/precopy.js';
+import { FRAME_PAGES, HeldPagesOf, ImageFilter, PreCopyReceiver, TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/precopy.js';
+import { tarHeader } from '../../src/image/tar-out.js';
 
 const dirs: string[] = [];
 after(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
@@ -65,6 +66,57 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     r.close(); // idempotent
   });
 
+  it('with skip, leaves REF pages as holes and reads them back from the store (the overlay)', () => {
+    const r = receiver();
+    const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
+    dirs.push(d);
+    const spool = join(d, 'image.tar');
+    const fd = openSync(spool, 'w+');
+    let at = 0;
+    const write = (b: Buffer): void => { writeSync(fd, b, 0, b.length, at); at += b.length; };
+    const skip = (n: number): void => { at += n; };
+    r.handle(frame(TAG_PAGES, 42, 0x10000n, 2, Buffer.concat([page(1), page(2)])), write, skip);
+    r.handle(frame(TAG_PAGES, 42, 0x20000n, 1, page(5)), write, skip);
+    assert.equal(r.handle(raw(Buffer.from('head')), write, skip), 4);
+    assert.equal(r.handle(frame(TAG_REF, 42, 0x10000n, 2), write, skip), 2 * 4096);
+    r.handle(raw(Buffer.from('mid')), write, skip);
+    r.handle(frame(TAG_REF, 42, 0x20000n, 1), write, skip);
+    r.handle(raw(Buffer.from('tail')), write, skip);
+    const o = r.overlay();
+    o.adopt();
+    r.close(); // the store's path goes; the image reads through the adopted descriptor
+    const whole = Buffer.concat([Buffer.from('head'), page(1), page(2), Buffer.from('mid'), page(5), Buffer.from('tail')]);
+    const got = Buffer.alloc(whole.length);
+    assert.equal(o.read(fd, got, 0, got.length, 0), whole.length);
+    assert.deepEqual(got, whole);
+    // Reads that start and end inside runs and gaps.
+    for (const [pos, len] of [[2, 10], [4096, 4096], [4 + 4000, 200], [4 + 8192, 3 + 100], [whole.length - 5, 5]] as const) {
+      const part = Buffer.alloc(len);
+      assert.equal(o.read(fd, part, 0, len, pos), len);
+      assert.deepEqual(part, whole.subarray(pos, pos + len), `at ${pos}, ${len}`);
+    }
+    o.close();
+    closeSync(fd);
+  });
+
+  it('held pages with their digests: runs of held and not held pages, across blocks', () => {
+    const h = new HeldPagesOf();
+    const sums = Buffer.alloc(32 * 1024);
+    for (let i = 0; i < 1024; i++) sums.writeUInt32BE(i, i * 32);
+    for (let p = 500; p < 1500; p++) h.set(p, sums, (p - 500) * 32);
+    h.delete(1000);
+    assert.equal(h.size, 999);
+    assert.equal(h.run(400, 1000, false), 100);
+    assert.equal(h.run(500, 10_000), 500);
+    const out = Buffer.alloc(500 * 32);
+    assert.equal(h.run(500, 500, true, out), 500);
+    assert.deepEqual(out, sums.subarray(0, 500 * 32));
+    assert.equal(h.run(1000, 5), 0);
+    assert.equal(h.run(1000, 5, false), 1);
+    assert.equal(h.run(1001, 10_000), 499);
+    assert.deepEqual([...h.keys()].length, 999);
+  });
+
   it('refuses what an edited stream could try', () => {
     const r = receiver();
     const w = (): void => {};
@@ -85,5 +137,32 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     r.handle(raw(Buffer.from('x')), w);
     protocolError(() => r.handle(frame(TAG_PAGES, 1, 0x3000n, 1, page(0)), w), /pre-copy pages after the image began/);
     r.close();
+  });
+
+  it('the filter of an image that leaves held pages out: a REF where they stood, whatever the chunks; refuses what it cannot follow', () => {
+    const pad = (b: Buffer): Buffer => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
+    const entry = (name: string, size: number, data: Buffer): Buffer => Buffer.concat([tarHeader(name, size, new Date(0)), pad(data)]);
+    const task = Buffer.from(JSON.stringify({ vmas: [{ start: '0x10000', runs: [[0, 4]], pagesOffset: 0 }] }));
+    // Pages 1 and 2 of the area (0x11000, 0x12000) are held: the stream carries pages 0 and 3.
+    const stream = Buffer.concat([entry('tasks/7/task.json', task.length, task), entry('tasks/7/pages.bin', 4 * 4096, Buffer.concat([page(1), page(4)])), Buffer.alloc(1024)]);
+    const held = new Set([0x11, 0x12]);
+    for (const step of [stream.length, 1000, 4096, 7]) {
+      const frames: Buffer[] = [];
+      const f = new ImageFilter((fr) => { frames.push(Buffer.from(fr)); return true; }, (pid, p) => pid === 7 && held.has(p), true);
+      for (let off = 0; off < stream.length; off += step) f.push(stream.subarray(off, off + step));
+      const refs = frames.filter((fr) => fr[0] === TAG_REF);
+      assert.equal(refs.length, 1, `step ${step}`);
+      assert.deepEqual([refs[0]!.readUInt32BE(1), refs[0]!.readBigUInt64BE(5), refs[0]!.readUInt32BE(13)], [7, 0x11000n, 2]);
+      // The image rebuilt: the RAW bytes with the two held pages where the REF stands.
+      const at = frames.indexOf(refs[0]!);
+      const raw = (fs: Buffer[]): Buffer => Buffer.concat(fs.map((fr) => fr.subarray(1)));
+      const before = raw(frames.slice(0, at)), after = raw(frames.slice(at + 1));
+      assert.equal(before.length, 512 + 512 + 512 + 4096, `step ${step}`); // headers, task.json padded, page 0
+      assert.deepEqual(after, Buffer.concat([page(4), Buffer.alloc(1024)]));
+      assert.equal(f.refPages, 2);
+    }
+    const noTask = Buffer.concat([entry('tasks/7/pages.bin', 4 * 4096, Buffer.concat([page(1), page(4)])), Buffer.alloc(1024)]);
+    const f = new ImageFilter(() => true, () => true, true);
+    assert.throws(() => f.push(noTask), /the pre-copy filter cannot follow the image \(tasks\/7\/pages\.bin without its task\.json\)/);
   });
 });

@@ -9,7 +9,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { HANDED_OVER, keptCopyWarning, removeStaleDirs, SENDER_DIR } from '../../src/migrate/workdir.js';
+import { FrameLog, TAG_PAGES, TAG_RAW, TAG_REF, writeHead } from '../../src/migrate/precopy.js';
+import { FRAME_LOG, HANDED_OVER, keptCopyWarning, removeStaleDirs, SENDER_DIR } from '../../src/migrate/workdir.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ferry-workdir-'));
 after(() => rmSync(work, { recursive: true, force: true }));
@@ -50,5 +51,25 @@ describe('removeStaleDirs', () => {
     // A later sweep leaves it: it is no private directory.
     removeStaleDirs(work, SENDER_DIR, () => assert.fail('swept twice'));
     assert.ok(existsSync(image));
+  });
+
+  it('makes the image from the frames a pre-copy sender kept, then moves it out', () => {
+    const dir = join(work, `${SENDER_DIR}${gone}-dddddd`);
+    mkdirSync(dir);
+    const log = new FrameLog(work, join(work, 'unused'));
+    const pages = Buffer.alloc(17 + 2 * 4096, 7);
+    writeHead(pages, TAG_PAGES, 4242, 0x10000n, 2);
+    const ref = Buffer.alloc(17);
+    writeHead(ref, TAG_REF, 4242, 0x10000n, 2);
+    for (const f of [pages, Buffer.concat([Buffer.from([TAG_RAW]), Buffer.from('head')]), ref, Buffer.concat([Buffer.from([TAG_RAW]), Buffer.from('tail')])]) log.append(f);
+    assert.deepEqual(readdirSync(work).filter((n) => n !== `ferry-migrate-4242-unknown-${gone}-cccccc.tar`).sort(), [`${SENDER_DIR}${gone}-dddddd`], 'no name until it is given one');
+    log.name(join(dir, FRAME_LOG));
+    log.close();
+    writeFileSync(join(dir, HANDED_OVER), JSON.stringify({ pid: 4243, to: 'tcp://node2:7070' }));
+    const kept: string[] = [];
+    removeStaleDirs(work, SENDER_DIR, (image) => kept.push(image));
+    assert.ok(!existsSync(dir));
+    assert.equal(kept.length, 1);
+    assert.deepEqual(readFileSync(kept[0]!), Buffer.concat([Buffer.from('head'), Buffer.alloc(2 * 4096, 7), Buffer.from('tail')]));
   });
 });

@@ -1,0 +1,287 @@
+/**
+ * The receiver's side of pre-copy (precopy.ts): the store of the rounds' pages and the tagged
+ * frames (frames.ts) read into the spooled image; and the sender's copy of what it sent
+ * (FrameLog), made into the image the same way when it is needed.
+ */
+import { closeSync, constants, openSync, readSync, renameSync, rmSync, statfsSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { PAGE_SIZE } from '../arch/x86-64.js';
+import { FerryError, describeCause } from '../errors.js';
+import type { ImageOverlay } from '../image/reader.js';
+import { native } from '../native/binding.js';
+import { MAX_DATA_BYTES } from './channel.js';
+import { FRAME_PAGES, HEAD, MAX_REF_PAGES, TAG_PAGES, TAG_RAW, TAG_REF, USER_END } from './frames.js';
+
+/** open(2)'s O_TMPFILE (with O_DIRECTORY, as the kernel defines it) and linkat(2)'s AT_FDCWD. */
+const O_TMPFILE = 0o20000000 | constants.O_DIRECTORY;
+const AT_FDCWD = -100;
+
+/** Highest pid a frame may name. */
+const MAX_PID = 1 << 22;
+/** Processes whose pages the store may hold. */
+const MAX_PIDS = 4096;
+/** The store's bound whatever the disk: 64 GiB. */
+const MAX_STORE_BYTES = 64 * 2 ** 30;
+
+/**
+ * The receiver's side: the store of pre-copied pages (a file in the spool directory, removed
+ * with it) and the reading of tagged frames into the spooled image.
+ */
+export class PreCopyReceiver {
+  private fd: number;
+  private readonly path: string;
+  private readonly index = new Map<number, Map<number, number>>();
+  private slots = 0;
+  private readonly maxSlots: number;
+  private imageStarted = false;
+  /** Bytes of the image so far (RAW and REF). */
+  private imageAt = 0;
+  /** With `skip`: where REFs left the image's pages in the store, in image order. */
+  private readonly runs: Array<{ at: number; slot: number; count: number }> = [];
+  /** An image took the store over (overlay()): it closes the descriptor. */
+  private adopted = false;
+  /** Pages received in rounds, and bytes of the image REFs filled in. */
+  pages = 0;
+  refBytes = 0;
+
+  constructor(dir: string, private readonly peer: string) {
+    this.path = join(dir, 'precopy.pages');
+    this.fd = openSync(this.path, 'wx+', 0o600);
+    let free = MAX_STORE_BYTES;
+    try {
+      const st = statfsSync(dir);
+      free = Math.min(free, Math.floor(Number(st.bavail) * Number(st.bsize) * 0.9));
+    } catch { /* the fixed bound */ }
+    this.maxSlots = Math.max(0, Math.floor(free / PAGE_SIZE));
+  }
+
+  /**
+   * Removes the store, and closes it unless an image took it over (overlay): idempotent.
+   */
+  close(): void {
+    rmSync(this.path, { force: true });
+    if (this.fd < 0 || this.adopted) return;
+    closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  /**
+   * The image's REF pages as read from the store (reader.ts ImageOverlay), for an image
+   * spooled with `skip`: its holes are read from where the store holds those pages. Nothing
+   * is checked here: restore verifies every chunk as it reads it (the manifest's digests).
+   */
+  overlay(): ImageOverlay {
+    return {
+      read: (fd, buf, off, len, pos) => this.readImage(fd, buf, off, len, pos),
+      adopt: () => { this.adopted = true; },
+      close: () => {
+        if (this.fd < 0) return;
+        closeSync(this.fd);
+        this.fd = -1;
+      },
+    };
+  }
+
+  private readImage(fd: number, buf: Buffer, off: number, len: number, pos: number): number {
+    let done = 0;
+    while (done < len) {
+      const at = pos + done;
+      // The last run at or before `at` (binary search: runs are in image order).
+      let lo = 0, hi = this.runs.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (this.runs[mid]!.at <= at) lo = mid + 1;
+        else hi = mid;
+      }
+      const r = this.runs[lo - 1];
+      let got: number;
+      if (r !== undefined && at < r.at + r.count * PAGE_SIZE) {
+        const n = Math.min(len - done, r.at + r.count * PAGE_SIZE - at);
+        got = readSync(this.fd, buf, off + done, n, r.slot * PAGE_SIZE + (at - r.at));
+      } else {
+        const next = this.runs[lo];
+        got = readSync(fd, buf, off + done, Math.min(len - done, next !== undefined ? next.at - at : Infinity), at);
+      }
+      if (got <= 0) break;
+      done += got;
+    }
+    return done;
+  }
+
+  private bad(why: string): never {
+    throw new FerryError('EPROTO', `${this.peer} sent ${why}: a protocol error`);
+  }
+
+  /**
+   * One data frame: pages into the store, or image bytes (RAW as they are, REF from the store)
+   * into `write`. Returns the image bytes written. With `skip`, a REF's pages are not copied:
+   * `skip` is told their length (a hole in the spool) and overlay() reads them from the store.
+   */
+  handle(frame: Buffer, write: (b: Buffer) => void, skip?: (n: number) => void): number {
+    if (frame.length < 1) this.bad('an empty data frame');
+    const tag = frame[0]!;
+    if (tag === TAG_RAW) {
+      this.imageStarted = true;
+      const b = frame.subarray(1);
+      write(b);
+      this.imageAt += b.length;
+      return b.length;
+    }
+    if (tag !== TAG_PAGES && tag !== TAG_REF) this.bad(`a data frame of unknown tag ${tag}`);
+    if (frame.length < HEAD) this.bad('a short page frame');
+    const pid = frame.readUInt32BE(1);
+    const addr = frame.readBigUInt64BE(5);
+    const count = frame.readUInt32BE(13);
+    if (pid < 1 || pid > MAX_PID) this.bad(`pages of pid ${pid}`);
+    if (count < 1 || count > MAX_REF_PAGES || addr % BigInt(PAGE_SIZE) !== 0n || addr + BigInt(count * PAGE_SIZE) > USER_END) {
+      this.bad(`pages at 0x${addr.toString(16)} x ${count}, not user memory`);
+    }
+    const first = Number(addr / BigInt(PAGE_SIZE));
+    if (tag === TAG_PAGES) {
+      if (this.imageStarted) this.bad('pre-copy pages after the image began');
+      if (count > FRAME_PAGES || frame.length !== HEAD + count * PAGE_SIZE) this.bad('a page frame of the wrong length');
+      let idx = this.index.get(pid);
+      if (!idx) {
+        if (this.index.size >= MAX_PIDS) this.bad(`pages of more than ${MAX_PIDS} processes`);
+        this.index.set(pid, (idx = new Map()));
+      }
+      const slots: number[] = [];
+      for (let p = 0; p < count; p++) {
+        let slot = idx.get(first + p);
+        if (slot === undefined) {
+          if (this.slots >= this.maxSlots) {
+            throw new FerryError('ENOSPC', `${this.peer} sent more pre-copy pages than this node keeps (${this.maxSlots * PAGE_SIZE} bytes, image.work_dir's free space): migrate with --no-pre-copy or free space`);
+          }
+          slot = this.slots++;
+          idx.set(first + p, slot);
+        }
+        slots.push(slot);
+      }
+      // Pages whose slots follow each other (new pages always do) are one write.
+      for (let p = 0; p < count;) {
+        let k = 1;
+        while (p + k < count && slots[p + k] === slots[p]! + k) k++;
+        writeAll(this.fd, frame.subarray(HEAD + p * PAGE_SIZE, HEAD + (p + k) * PAGE_SIZE), slots[p]! * PAGE_SIZE);
+        p += k;
+      }
+      this.pages += count;
+      return 0;
+    }
+    // REF: the held pages, in order, into the image.
+    if (frame.length !== HEAD) this.bad('a page reference of the wrong length');
+    this.imageStarted = true;
+    const idx = this.index.get(pid);
+    const buf = skip ? undefined : Buffer.allocUnsafe(Math.min(count, 256) * PAGE_SIZE);
+    for (let p = 0; p < count;) {
+      // A run of consecutive slots is one read.
+      const slot = idx?.get(first + p);
+      if (slot === undefined) this.bad(`a reference to page 0x${((BigInt(first + p)) * BigInt(PAGE_SIZE)).toString(16)} of pid ${pid}, which it never sent`);
+      let k = 1;
+      while (p + k < count && k < 256 && idx!.get(first + p + k) === slot + k) k++;
+      if (skip) {
+        this.runs.push({ at: this.imageAt + p * PAGE_SIZE, slot, count: k });
+      } else {
+        const got = readSync(this.fd, buf!, 0, k * PAGE_SIZE, slot * PAGE_SIZE);
+        if (got !== k * PAGE_SIZE) throw new FerryError('EIO', `short read of the pre-copy store (${got} of ${k * PAGE_SIZE} bytes)`);
+        write(buf!.subarray(0, k * PAGE_SIZE));
+      }
+      p += k;
+    }
+    skip?.(count * PAGE_SIZE);
+    this.imageAt += count * PAGE_SIZE;
+    this.refBytes += count * PAGE_SIZE;
+    return count * PAGE_SIZE;
+  }
+}
+
+/** Writes all of `b` at `pos` (-1: at the file's end, appending). */
+function writeAll(fd: number, b: Buffer, pos: number): void {
+  for (let off = 0; off < b.length;) {
+    const n = writeSync(fd, b, off, b.length - off, pos < 0 ? null : pos + off);
+    if (n <= 0) throw new FerryError('EIO', `cannot write the pre-copy store: ${describeCause(new Error('short write'))}`);
+    off += n;
+  }
+}
+
+/**
+ * The sender's copy of the image under pre-copy: every frame it sent (the rounds' PAGES, then
+ * the frozen image's RAW and REF frames), each as u32 length + frame, appended in order. The
+ * frozen image leaves held pages out, so this is what holds them; rebuildImage makes the tar
+ * from it when it is needed (restored here, or kept). It lives in the sender's private
+ * directory (mode 0700, root's), and is read back with the receiver's own checks.
+ */
+export class FrameLog {
+  private fd: number;
+  /** Its name; '' while it has none (an O_TMPFILE file: the kernel removes it with ferry). */
+  private path: string;
+
+  /**
+   * A new log in `workDir` without a name (open(2) O_TMPFILE), so that a sender killed during
+   * the rounds leaves nothing; where the file system cannot, one named `temp` (which the next
+   * run's sweep removes: workdir.ts removeStaleDirs).
+   */
+  constructor(workDir: string, temp: string) {
+    try {
+      this.fd = openSync(workDir, O_TMPFILE | constants.O_RDWR, 0o600);
+      this.path = '';
+    } catch {
+      this.fd = openSync(temp, 'wx', 0o600);
+      this.path = temp;
+    }
+  }
+
+  /** Gives it the name `path` (before the tree is killed: a sweep finds it there). */
+  name(path: string): void {
+    if (this.path === '') native().linkFd(this.fd, AT_FDCWD, path);
+    else renameSync(this.path, path);
+    this.path = path;
+  }
+
+  /** Closes and removes it (a failure before it was named). */
+  discard(): void {
+    this.close();
+    if (this.path !== '') rmSync(this.path, { force: true });
+  }
+
+  /** Appends one frame (throws on a failed write: the migration fails, the tree runs on). */
+  append(frame: Buffer): void {
+    const len = Buffer.allocUnsafe(4);
+    len.writeUInt32BE(frame.length, 0);
+    writeAll(this.fd, len, -1);
+    writeAll(this.fd, frame, -1);
+  }
+
+  /** Closes it (idempotent). */
+  close(): void {
+    if (this.fd < 0) return;
+    closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+/**
+ * Makes the image (a tar at `out`) from a FrameLog at `log`, through a page store in `dir`
+ * (removed after): byte for byte the image the checkpoint took, which restore verifies.
+ */
+export function rebuildImage(log: string, dir: string, out: string): void {
+  const store = new PreCopyReceiver(dir, `the copy ${log}`);
+  const ifd = openSync(log, 'r');
+  const ofd = openSync(out, 'wx', 0o600);
+  try {
+    const len = Buffer.alloc(4);
+    for (let pos = 0; ;) {
+      const n = readSync(ifd, len, 0, 4, pos);
+      if (n === 0) break;
+      const size = n === 4 ? len.readUInt32BE(0) : -1;
+      if (size < 1 || size > MAX_DATA_BYTES) throw new FerryError('EIMAGE', `the copy ${log} has a record of ${size} bytes at offset ${pos}`);
+      const frame = Buffer.allocUnsafe(size);
+      if (readSync(ifd, frame, 0, size, pos + 4) !== size) throw new FerryError('EIMAGE', `the copy ${log} ends inside a record at offset ${pos}`);
+      pos += 4 + size;
+      store.handle(frame, (b) => writeAll(ofd, b, -1));
+    }
+  } finally {
+    closeSync(ifd);
+    closeSync(ofd);
+    store.close();
+  }
+}
