@@ -7,7 +7,7 @@
  * or swapped page. Pages never touched or still backed by the file are not stored: restore
  * maps the same file or fresh zero memory.
  */
-import { closeSync, openSync, readFileSync, readSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { directBuffer } from '../image/direct.js';
@@ -137,6 +137,8 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
   let pagesBytes = 0;
   /** dev:ino of the deleted files and memfds the process holds open, read when first needed. */
   let held: Set<string> | undefined;
+  /** The stat of each file mapped, by the device and inode its areas name. */
+  const fileStats = new Map<string, BigIntStats>();
   try {
     for (const v of maps) {
       const flags = vmflags.get(v.start) ?? [];
@@ -219,8 +221,11 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       Object.assign(rec, mapped);
       if (kind === 'file') {
         // Through map_files: the file as the process maps it, even when its path is only
-        // valid inside its mount namespace (a container's binary).
-        const st = statSync(mapFiles, { bigint: true });
+        // valid inside its mount namespace (a container's binary). Once per file: a library
+        // is mapped four or five times.
+        const id = `${v.major}:${v.minor}:${v.inode}`;
+        let st = fileStats.get(id);
+        if (st === undefined) fileStats.set(id, st = statSync(mapFiles, { bigint: true }));
         rec.file = {
           path: v.path, offset: hex(v.offset), dev: `${v.major}:${v.minor}`, ino: v.inode.toString(),
           size: Number(st.size), mtimeNs: st.mtimeNs.toString(),

@@ -156,17 +156,21 @@ function precheck(pid: number, stat: ProcStat, root: number, pidNs: string, user
  * Seizes and stops every thread of `pid`, re-listing /proc/PID/task until a round finds no
  * new thread. Returns the tids, the leader first, or null when the process exited (or became
  * a zombie) before it could be stopped.
+ *
+ * The threads of one listing are seized and interrupted one after the other, then their stops
+ * collected: the round trips (a thread woken to trap into its PTRACE_EVENT_STOP, ferry woken
+ * by the stop) overlap instead of following each other, one per thread. A thread seized but
+ * not yet stopped runs on as it did before the seize; the leader is stopped before the first
+ * listing, so that its stop signal is read before anything else.
  */
 function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<number>, stop = { signal: 0 }): number[] | null {
   const n = native();
   const mine: number[] = [];
   const known = new Set<number>(); // every tid tried, so a re-listing costs O(threads)
+  /** Seizes and interrupts `tid`; false when it exited meanwhile; true for a pre-seized one. */
   const attach = (tid: number): boolean => {
     known.add(tid);
-    if (preseized.has(tid)) {
-      mine.push(tid);
-      return true;
-    }
+    if (preseized.has(tid)) return true;
     try {
       // Its seccomp filters must not see the syscalls ferry injects.
       n.seize(tid, DUMP_TRACE_OPTIONS);
@@ -179,18 +183,25 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
     }
     seized.push(tid);
     n.interrupt(tid);
-    const st = n.waitpid(tid);
-    if (!st || !st.stopped) return false;
-    if (tid === pid && st.event === PTRACE_EVENT_STOP) stop.signal = st.stopSig;
+    return true;
+  };
+  /** Collects the stop of an attached `tid`; false when it died instead. */
+  const stopped = (tid: number): boolean => {
+    if (!preseized.has(tid)) {
+      const st = n.waitpid(tid);
+      if (!st || !st.stopped) return false;
+      if (tid === pid && st.event === PTRACE_EVENT_STOP) stop.signal = st.stopSig;
+    }
     mine.push(tid);
     return true;
   };
-  if (!attach(pid)) return null;
+  if (!attach(pid) || !stopped(pid)) return null;
   for (let round = 0; ; round++) {
     const fresh = listTids(pid).filter((t) => !known.has(t));
     if (fresh.length === 0) break;
     if (round > 1000) throw new FerryError('EBUSY', `pid ${pid} keeps creating threads faster than they can be stopped`);
-    for (const tid of fresh) attach(tid);
+    const attached = fresh.filter(attach);
+    for (const tid of attached) stopped(tid);
   }
   return mine;
 }

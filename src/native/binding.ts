@@ -175,6 +175,14 @@ export interface NativeBinding {
    * stopped with SIGTRAP after the exec, traced by the calling thread.
    */
   spawnStub(path: string, tids: number[]): number;
+  /**
+   * Starts `path` with `args` and ferry's environment in a session of its own (setsid(2)), as
+   * posix_spawn(3) does (clone3 CLONE_VM|CLONE_VFORK: Node's memory is not copied). Its stdin
+   * is a pipe whose write end is `stdin`, its stdout and stderr one pipe whose read end is
+   * `stdout` (O_NONBLOCK; both O_CLOEXEC here); `hold` (at most 64) become its descriptors 3, 4, ... and it
+   * has no other. Node does not know the child: the caller reaps it (waitpid).
+   */
+  spawnDetached(path: string, args: readonly string[], hold: readonly number[]): { pid: number; stdin: number; stdout: number };
   /** process_vm_readv(2): reads [addr, len] pairs back to back into dst at dstOffset. */
   readMemory(pid: number, ranges: Float64Array, dst: Buffer, dstOffset?: number): number;
   /** kcmp(2): 0 equal, 1 less, 2 greater, 3 not equal (unordered). */
@@ -507,7 +515,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'spawnStub', 'readMemory', 'kcmp', 'pidfdOpen', 'pidfdSendSignal',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'kcmp', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',

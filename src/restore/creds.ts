@@ -127,7 +127,9 @@ const capsOf = (tid: number, pid: number): ReturnType<typeof parseStatus> => par
 /**
  * Restores credentials and limits of `task` into its rebuilt threads (main first, then
  * `others`). The root of the tree (`isRoot`) gets no parent-death signal back: its parent is
- * now ferry, which exits right after the restore, so the signal would fire at once.
+ * now ferry, which exits right after the restore, so the signal would fire at once. Every
+ * other process's main thread gets its own set here, none included (its stub's SIGKILL
+ * goes: restore/tree.ts fork).
  */
 export function restoreCreds(main: Tracee, others: readonly Tracee[], as: AddressSpace, task: TaskRecord, isRoot = false): void {
   const { pid } = task;
@@ -274,7 +276,10 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
       out.push({ what: `PR_SET_DUMPABLE ${creds.dumpable}`, call: [SYS.prctl, PR_SET_DUMPABLE, creds.dumpable, 0, 0, 0] });
     }
     // 2 (suid_dumpable) cannot be set by prctl; the kernel set fs.suid_dumpable with the uid change.
-    if (c.pdeathsig !== 0 && !isRoot) out.push({ what: `PR_SET_PDEATHSIG ${c.pdeathsig}`, call: [SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0] });
+    // A forked stub's main thread still has the SIGKILL its stub code set to die with its
+    // parent stub until seized (restore/tree.ts fork): it gets the image's, none included.
+    // Other threads start with none (copy_process()).
+    if (!isRoot && (c.pdeathsig !== 0 || t === main)) out.push({ what: `PR_SET_PDEATHSIG ${c.pdeathsig}`, call: [SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0] });
     if (c.noNewPrivs) out.push({ what: 'PR_SET_NO_NEW_PRIVS', call: [SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0] });
     return out;
   };

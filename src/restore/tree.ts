@@ -43,7 +43,6 @@ const SIGCHLD = 17;
 const CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_PARENT = 0x8000;
 const CLONE_ARGS_SIZE = 88;
 const RLIMIT_CORE = 4;
-const PR_SET_PDEATHSIG = 1;
 
 /** The created tree: a stopped, traced stub per live process. */
 export interface CreatedTree {
@@ -142,7 +141,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
       // (image/sharing.ts) with CLONE_PARENT, which makes it the sibling's parent's child.
       const flags = (rec.sharesFiles !== undefined ? CLONE_FILES : 0) | (rec.sharesFs !== undefined ? CLONE_FS : 0)
         | (via !== rec.ppid ? CLONE_PARENT : 0);
-      const child = fork(forker, rec.pid, rec.ppid, put(via, forker), flags, parent);
+      const child = fork(forker, rec.pid, rec.ppid, put(via, forker), adopted === undefined, flags, parent);
       created.stubs.set(rec.pid, child);
       // A fork of a rebuilt process has its gadget area as its scratch, until its own.
       const inherited = argsAt.get(via);
@@ -204,9 +203,10 @@ function belowStack(t: Tracee, data: Buffer): bigint {
  * The parent stub (`ppid`, as the image and the child's pid namespace number it: restore keeps
  * the pids) forks a child stub with `pid` and clone(2) `flags` (CLONE_FILES, CLONE_FS); the
  * child is seized, stopped and returned. With CLONE_PARENT, `parent` is a sibling of the
- * child, and `home` its parent, whose child it becomes.
+ * child, and `home` its parent, whose child it becomes. `hostIds`: the tree is in ferry's own
+ * pid namespace, so clone3's answer is ferry's id of the child too.
  */
-function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => bigint, flags = 0, home = parent): Tracee {
+function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => bigint, hostIds: boolean, flags = 0, home = parent): Tracee {
   const n = native();
   // clone_args with the set_tid array right behind it.
   const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
@@ -219,7 +219,7 @@ function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => 
   const argsAt = put(args);
   args.writeBigUInt64LE(argsAt + BigInt(CLONE_ARGS_SIZE), 64); // set_tid
   parent.writeMem(argsAt, args);
-  const before = new Set(children(home));
+  const before = hostIds ? undefined : new Set(children(home));
   // The child runs on its own until it is seized: it asks to die with its parent, and checks
   // that its parent is the one in r12, its pid as the child's namespace shows it (stub.c).
   const regs = decodeRegs(n.getRegs(parent.tid));
@@ -240,8 +240,9 @@ function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => 
       ? `pid ${pid} is in use by another process: stop it, or restore elsewhere`
       : `cannot create pid ${pid} (child of ${parent.pid}): clone3 failed with errno ${-r}`);
   }
-  // clone3 returned `pid` as the parent's namespace sees it; ptrace needs ferry's id of it.
-  const fresh = children(home).filter((c) => !before.has(c));
+  // clone3 returned `pid` as the parent's namespace sees it; ptrace needs ferry's id of it,
+  // which in another pid namespace (a container's) is the one new child of `home`.
+  const fresh = before ? children(home).filter((c) => !before.has(c)) : [Number(r)];
   if (fresh.length !== 1) throw new FerryError('ESPAWN', `pid ${pid} (child of ${parent.pid}) cannot be found after its creation`);
   const host = fresh[0]!;
   // Until it is seized the child runs the stub's pause() loop with every signal blocked, set
@@ -254,9 +255,10 @@ function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => 
   n.setOptions(host, RESTORE_TRACE_OPTIONS);
   const child = new Tracee(host, host);
   child.gadget = parent.gadget;
-  // Traced with PTRACE_O_EXITKILL now: its parent-death signal goes back to none (its own,
-  // if it had one, is set with its credentials).
-  child.syscall(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
+  // Traced with PTRACE_O_EXITKILL now. Its parent-death signal (SIGKILL, with its parent
+  // stub) stays until its credentials are restored, which set the image's in the same batch
+  // (restore/creds.ts), none included: it can only fire when the parent stub dies, which is
+  // then being killed with the whole unfinished tree.
   return child;
 }
 

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DUMP_TRACE_OPTIONS, SYS } from '../../src/arch/x86-64.js';
@@ -161,5 +161,39 @@ describe('native binding', { timeout: 60_000 }, () => {
         }
       });
     });
+  });
+
+  it('spawns a helper detached, with its pipes and the descriptors it holds only', async () => {
+    const n = native();
+    const held = openSync('/proc/self/status', 'r'); // any file, told apart by its link
+    // Tested before any command substitution, whose pipe the shell holds meanwhile.
+    const script = 'for fd in 0 1 2 3 4 5 6 7 8 9; do [ -e /proc/$$/fd/$fd ] && printf "%s " $fd; done; '
+      + 'echo "sid=$(cut -d" " -f6 /proc/$$/stat) pid=$$ 3=$(readlink /proc/$$/fd/3)"; read x; echo "got=$x"';
+    const c = n.spawnDetached('/bin/sh', ['-c', script], [held]);
+    started.push(c.pid);
+    closeSync(held);
+    try {
+      const flags = (fd: number): number => parseInt(/flags:\s+(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+      const O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
+      assert.ok((flags(c.stdin) & O_CLOEXEC) !== 0 && (flags(c.stdout) & O_CLOEXEC) !== 0, 'ferry\'s ends are close-on-exec');
+      assert.ok((flags(c.stdout) & O_NONBLOCK) !== 0, 'ferry\'s read end does not block');
+      writeSync(c.stdin, 'hello\n');
+      let text = '';
+      for (const end = Date.now() + 10_000; !text.includes('got=') && Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
+        try {
+          const buf = Buffer.alloc(4096);
+          text += buf.toString('utf8', 0, readSync(c.stdout, buf));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        }
+      }
+      // 0-2 and the one held (as 3), no other; its own session.
+      assert.match(text, new RegExp(`^0 1 2 3 sid=${c.pid} pid=${c.pid} 3=/proc/${process.pid}/status$`, 'm'));
+      assert.match(text, /^got=hello$/m);
+      assert.ok(n.waitpid(c.pid)?.exited, 'reaped by its caller');
+    } finally {
+      closeSync(c.stdin);
+      closeSync(c.stdout);
+    }
   });
 });
