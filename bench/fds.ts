@@ -19,7 +19,7 @@
  * FERRY_BENCH_PROFILE=DIR writes a V8 CPU profile of each case process into DIR.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
@@ -28,6 +28,7 @@ import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { kindByName } from '../src/files/registry.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
+import { alive, killAll, waitFor } from './procs.js';
 
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
@@ -47,14 +48,6 @@ const fixture = join(PACKAGE_ROOT, 'build', 'bench', 'manyfds');
 
 const tracked = new Set<number>();
 const children: ChildProcess[] = [];
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const alive = (pid: number): boolean => existsSync(`/proc/${pid}`);
-
-async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(10)) if (cond()) return;
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 interface Figures { fds: number; frozenMs: number; checkpointMs: number; restoreMs: number }
 
 /** One checkpoint + restore cycle of a fresh fixture; the restored copy checks itself and is killed. */
@@ -99,15 +92,6 @@ async function cycle(run: string, nfds: number, epoll: number, watches: number, 
   return { fds, frozenMs: cp.frozenMs, checkpointMs: cp.totalMs, restoreMs: rs.restoreMs };
 }
 
-function killAll(): void {
-  for (const p of tracked) {
-    try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
-    try { native().waitpid(p); } catch { /* not ours */ }
-  }
-  tracked.clear();
-  for (const c of children) c.unref();
-}
-
 async function runCaseHere(args: number[]): Promise<void> {
   const [runs, nfds, epoll, watches, eventfds, firstWd] = args as [number, number, number, number, number, number];
   let best: Figures | undefined;
@@ -122,7 +106,7 @@ async function runCaseHere(args: number[]): Promise<void> {
       } : f;
     }
   } finally {
-    killAll();
+    killAll(tracked, children);
   }
   console.log(JSON.stringify(best));
 }

@@ -19,14 +19,15 @@
  * case process into DIR.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { checkpoint, restore } from '../src/index.js';
 import { loadConfig } from '../src/config/config.js';
-import { native, PACKAGE_ROOT } from '../src/native/binding.js';
+import { PACKAGE_ROOT } from '../src/native/binding.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
+import { alive, killAll, waitFor } from './procs.js';
 
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
@@ -44,14 +45,6 @@ const files = { tcpEstablished: true };
 
 const tracked = new Set<number>();
 const children: ChildProcess[] = [];
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const alive = (pid: number): boolean => existsSync(`/proc/${pid}`);
-
-async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(10)) if (cond()) return;
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 interface Figures { frozenMs: number; checkpointMs: number; restoreMs: number; imageMiB: number }
 
 /** One checkpoint + restore cycle of a fresh tree; the restored tree checks itself and is killed. */
@@ -80,20 +73,11 @@ async function cycle(run: string, n: number): Promise<Figures> {
   await waitFor('the restored tree to check itself', () => /^(PASS|FAIL.*)$/m.test(readFileSync(log, 'utf8')), 20_000);
   const verdict = /^(PASS|FAIL.*)$/m.exec(readFileSync(log, 'utf8'))![1];
   const imageMiB = Number(readFileSync(image).length) / (1 << 20);
-  killAll();
+  killAll(tracked, children);
   await waitFor('the restored tree to be gone', () => !alive(root) && !alive(peer), 120_000);
   if (verdict !== 'PASS') throw new Error(`restored tree: ${verdict}`);
   rmSync(image, { force: true });
   return { frozenMs: cp.frozenMs, checkpointMs: cp.totalMs, restoreMs: rs.restoreMs, imageMiB };
-}
-
-function killAll(): void {
-  for (const p of tracked) {
-    try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
-    try { native().waitpid(p); } catch { /* not ours */ }
-  }
-  tracked.clear();
-  for (const c of children) c.unref();
 }
 
 async function runCaseHere(runs: number, n: number): Promise<void> {
@@ -109,7 +93,7 @@ async function runCaseHere(runs: number, n: number): Promise<void> {
       } : f;
     }
   } finally {
-    killAll();
+    killAll(tracked, children);
   }
   console.log(JSON.stringify(best));
 }

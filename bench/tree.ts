@@ -21,7 +21,7 @@
  * (`--only 1x1,10x1,1x16`); the flatness lines need the cases they compare. --help says so.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
@@ -29,6 +29,7 @@ import { checkpoint, restore } from '../src/index.js';
 import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
+import { alive, sleep } from './procs.js';
 
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
@@ -79,8 +80,6 @@ const tracked = new Set<number>();
 const ownRoots = new Set<number>();
 const children: ChildProcess[] = [];
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const alive = (pid: number): boolean => existsSync(`/proc/${pid}`);
 
 /** Pids of the live tree under `root` (root included), from /proc/PID/task/TID/children. */
 function treePids(root: number): number[] {

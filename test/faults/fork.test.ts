@@ -17,7 +17,7 @@ import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { cleanup, own, startWorkload, verify } from '../helpers/processes.js';
 import {
-  checkRestored, killAll, pidsFree, runFerry, settle, startFerry, startMemcheck, waitPaused, type Problems,
+  checkRestored, hit, killAll, pidsFree, runFerry, startMemcheck, whilePaused, type Problems,
 } from './helpers.js';
 
 const skip = needs('root', 'build');
@@ -37,15 +37,7 @@ describe('fault cells: restore killed between a fork and the seize of the child,
       assert.deepEqual(await pidsFree(t.pids), []);
 
       const p: Problems = [];
-      const run = startFerry(['restore', '--image', image], at);
-      try {
-        assert.equal(await waitPaused(run, at), undefined);
-        run.child.kill('SIGKILL');
-        await settle(run, 'after SIGKILL', p);
-      } finally {
-        if (!run.exited) run.child.kill('SIGKILL');
-        await run.exit;
-      }
+      await whilePaused(p, ['restore', '--image', image], at, (run) => hit(run, 'SIGKILL', p).then(() => undefined));
       assert.deepEqual(p, []);
       // At once: the kernel kills the stubs (no wait for a reaper beyond the usual).
       assert.deepEqual(await pidsFree(t.pids, 5000), [], 'nothing of the killed restore holds the pids');
@@ -71,15 +63,7 @@ describe('fault cells: restore killed between a fork and the seize of the child,
     assert.deepEqual(await pidsFree(pids), []);
 
     const p: Problems = [];
-    const run = startFerry(['restore', '--image', image], 'forked');
-    try {
-      assert.equal(await waitPaused(run, 'forked'), undefined);
-      run.child.kill('SIGKILL');
-      await settle(run, 'after SIGKILL', p);
-    } finally {
-      if (!run.exited) run.child.kill('SIGKILL');
-      await run.exit;
-    }
+    await whilePaused(p, ['restore', '--image', image], 'forked', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
     assert.deepEqual(p, []);
     assert.deepEqual(await pidsFree(pids, 5000), [], 'nothing of the killed restore holds the pids');
 

@@ -13,7 +13,7 @@ import { after, describe, it } from 'node:test';
 import { TRANSIENT_DIR } from '../../src/files/transient.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { checkpointTreeFreed, cleanup, ferry, own, startWorkload, verify } from '../helpers/processes.js';
-import { pidsFree, settle, startFerry, waitPaused, type Problems } from './helpers.js';
+import { hit, pidsFree, whilePaused, type Problems } from './helpers.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -31,19 +31,14 @@ describe('fault cells: restore killed while it holds a name it made for a moment
       assert.deepEqual(before, [], 'the names are removed before the restore');
 
       const p: Problems = [];
-      const run = startFerry(['restore', '--image', image], 'transient');
-      try {
-        const notPaused = await waitPaused(run, 'transient');
-        assert.equal(notPaused, undefined, notPaused);
+      let killed = 0; // the killed ferry's pid: its journal entries are named after it
+      await whilePaused(p, ['restore', '--image', image], 'transient', async (run) => {
+        killed = run.child.pid!;
         const left = readdirSync(w.dir).filter((n) => made.test(n) || n.includes('.ferry-removed-'));
         assert.equal(left.length, 1, `one name made for the moment: ${readdirSync(w.dir).join(', ')}`);
-        assert.ok(entriesOf(run.child.pid!).length >= 1, 'written down in the journal first');
-        run.child.kill('SIGKILL');
-        await settle(run, 'after SIGKILL', p);
-      } finally {
-        if (!run.exited) run.child.kill('SIGKILL');
-        await run.exit;
-      }
+        assert.ok(entriesOf(killed).length >= 1, 'written down in the journal first');
+        await hit(run, 'SIGKILL', p);
+      });
       assert.deepEqual(p, []);
       assert.deepEqual(await pidsFree(pids), [], 'nothing of the killed restore holds the pids');
 
@@ -53,7 +48,7 @@ describe('fault cells: restore killed while it holds a name it made for a moment
       pids.forEach(own);
       assert.equal(await verify(w), 'PASS');
       assert.deepEqual(readdirSync(w.dir).filter((n) => made.test(n) || n.includes('.ferry-removed-')), [], 'no name is left');
-      assert.deepEqual(entriesOf(run.child.pid!), [], 'no journal entry of the killed ferry is left');
+      assert.deepEqual(entriesOf(killed), [], 'no journal entry of the killed ferry is left');
     });
   }
 });

@@ -12,6 +12,18 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { PYTHON } from './env.js';
 import { sleep, startWorkload, waitFor, type Workload } from './processes.js';
 
+/** A TCP port free on 127.0.0.1 right now (the kernel picks it). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
 /** nft(8), if installed. */
 export const NFT = ['/usr/sbin/nft', '/sbin/nft'].find((p) => existsSync(p));
 

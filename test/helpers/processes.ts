@@ -221,19 +221,35 @@ export async function checkpointFreed(w: Pick<Workload, 'pid' | 'exited'>, image
   await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
 }
 
+/** What a cycle of cycleThrough may do besides checkpoint and restore. */
+export interface CycleOptions {
+  /** Further pids of the tree (children), which must be free too before the restore. */
+  tree?: number[];
+  /** Options for the checkpoint only (e.g. --json), after `flags`. */
+  checkpointFlags?: string[];
+  /** Runs when the pids are free, before the restore (e.g. to read the image). */
+  beforeRestore?: () => void;
+}
+
 /**
  * Cycle `i` (from 0) of checkpoint and restore of workload `w` through `image` with `flags`
  * (given to both): the checkpoint kills it (the first time our own child, reaped here), its
- * pid is free again, the restore brings it back, owned by the test.
+ * pid (and those of `opts.tree`) is free again, the restore brings it back, owned by the test.
+ * Returns the checkpoint's run (its --json output, if asked for).
  */
-export async function cycleThrough(w: Pick<Workload, 'pid' | 'exited'>, image: string, i: number, flags: string[] = []): Promise<void> {
-  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, ...flags]);
+export async function cycleThrough(w: Pick<Workload, 'pid' | 'exited'>, image: string, i: number, flags: string[] = [],
+  opts: CycleOptions = {}): Promise<Run> {
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, ...flags, ...(opts.checkpointFlags ?? [])]);
   assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
   if (i === 0) await w.exited;
-  await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+  const tree = opts.tree ?? [];
+  await waitFor(tree.length > 0 ? `every pid of the tree of ${w.pid} to be free` : `pid ${w.pid} to be free`,
+    () => !alive(w.pid) && tree.every((p) => !alive(p)), tree.length > 0 ? 8000 : 5000);
+  opts.beforeRestore?.();
   const rs = ferry(['restore', '--image', image, ...flags]);
   assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
   own(w.pid);
+  return cp;
 }
 
 /** Every pid of workload `w`'s tree (it and its children), each owned: killed by cleanup(). */
@@ -270,6 +286,21 @@ export function shell(script: string): Promise<Run> {
     c.stderr.on('data', (d: Buffer) => err.push(d));
     c.on('close', (code) => resolve({ code: code ?? -1, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString() }));
   });
+}
+
+/**
+ * Checks run `r` of a `ferry checkpoint --image - | ferry restore --image -` pipeline (shell) of
+ * workload `w`: both ends said what they did, and the restored copy (owned) counts on and
+ * passes its check.
+ */
+export async function checkPipedRestore(w: Workload, r: Run): Promise<void> {
+  own(w.pid);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /checkpointed pid \d+ to stdout/);
+  assert.match(r.stdout.toString(), new RegExp(`restored pid ${w.pid}`));
+  const n = w.ticks().length;
+  await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
+  assert.equal(await verify(w), 'PASS');
 }
 
 /**

@@ -1,7 +1,9 @@
 /**
  * runc driven with ferry's criu first in PATH (test/integration/criu-swrk.test.ts,
  * test/faults/criu-swrk.test.ts): busybox bundles, a state directory of the test's own, and
- * runc started with pipes (pipe2) as its stdout and stderr, which a detached container keeps.
+ * runc started with pipes (pipe2) as its stdout and stderr, which a detached container keeps;
+ * and real podman, isolated, with ferry's criu (podmanHarness: test/integration/podman.test.ts,
+ * test/integration/criu-podman.test.ts).
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -11,7 +13,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { native } from '../../src/native/binding.js';
 import { needs, PYTHON, ROOT } from './env.js';
-import { own, waitFor } from './processes.js';
+import { own, scratchDir, waitFor } from './processes.js';
 
 export const CRIU = join(ROOT, 'bin', 'criu');
 export const BUSYBOX = '/bin/busybox';
@@ -24,6 +26,17 @@ export const SKIP_RUNC_CRIU: string | false = needs('root', 'build')
 
 /** The container's counter: one "tick N" line every 100 ms, N kept in the shell's memory. */
 export const TICKS = 'i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done';
+
+/** The numbers of the "tick N" lines of file `log` (a container's stdout). */
+export const ticks = (log: string): number[] => [...readFileSync(log, 'utf8').matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
+
+/** The ticks of `log` so far are 1..N once each, and more keep coming. */
+export async function countsOn(log: string): Promise<void> {
+  const n = ticks(log).length;
+  await waitFor('more ticks', () => ticks(log).length >= n + 3);
+  const all = ticks(log);
+  assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order');
+}
 
 /** Lines "tick N" read from a stream. */
 export class Ticks {
@@ -52,16 +65,24 @@ export class Ticks {
 }
 
 /**
+ * A busybox root filesystem at `rootfs`: /bin/busybox with `tools` linked to it, and the empty
+ * directories `dirs` (mount points for a container's /proc, /sys, /dev, /tmp by default).
+ */
+export function busyboxRootfs(rootfs: string, tools = ['sh', 'sleep', 'echo', 'cat'], dirs = ['proc', 'sys', 'dev', 'tmp']): void {
+  for (const d of ['bin', ...dirs]) mkdirSync(join(rootfs, d), { recursive: true });
+  copyFileSync(BUSYBOX, join(rootfs, 'bin', 'busybox'));
+  chmodSync(join(rootfs, 'bin', 'busybox'), 0o755);
+  for (const a of tools) symlinkSync('busybox', join(rootfs, 'bin', a));
+}
+
+/**
  * A busybox bundle `name` in `dir` running `script` with sh; no network namespace when
  * `hostNet`; `bind`: a host directory bind-mounted at /data (runc hands it to criu as ext_mnt).
  */
 export function makeBundle(dir: string, name: string, script: string, hostNet = false, bind?: string): string {
   const bundle = join(dir, name);
   const rootfs = join(bundle, 'rootfs');
-  for (const d of ['bin', 'proc', 'dev', 'sys', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
-  copyFileSync(BUSYBOX, join(rootfs, 'bin', 'busybox'));
-  chmodSync(join(rootfs, 'bin', 'busybox'), 0o755);
-  for (const a of ['sh', 'sleep', 'echo', 'cat']) symlinkSync('busybox', join(rootfs, 'bin', a));
+  busyboxRootfs(rootfs);
   const spec = spawnSync(RUNC!, ['spec'], { cwd: bundle, encoding: 'utf8' });
   assert.equal(spec.status, 0, spec.stderr);
   const config = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as {
@@ -132,7 +153,101 @@ export async function consoleReceiver(dir: string): Promise<{
   };
 }
 
-type Podman = (...args: string[]) => { code: number; out: string; err: string };
+/** Runs podman with a test's global flags: its exit code, stdout and stderr. */
+export type Podman = (...args: string[]) => { code: number; out: string; err: string };
+
+export const PODMAN = ['/usr/bin/podman', '/usr/local/bin/podman'].find((p) => existsSync(p));
+export const CONMON = ['/usr/bin/conmon', '/usr/libexec/podman/conmon', '/usr/local/bin/conmon'].find((p) => existsSync(p));
+
+/** Why a podman test cannot run here, or false. */
+export const SKIP_PODMAN: string | false = needs('root', 'build')
+  || (PODMAN ? false : 'needs podman (apt-get install podman)')
+  || (CONMON ? false : 'needs conmon (apt-get install conmon)')
+  || (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`);
+
+/** A podman of a test file's own, isolated, and its counting busybox container: see podmanHarness. */
+export interface PodmanHarness {
+  /** The scratch directory (storage, run and tmp dirs, a bin dir first in PATH), once set up. */
+  readonly dir: string;
+  podman: Podman;
+  /** podman `args`, asserted to exit 0: its stdout. */
+  ok: (...args: string[]) => string;
+  /** The numbers of the "tick N" lines of `podman logs` of the container. */
+  ticks: () => number[];
+  /** The container's state (running, exited...). */
+  status: () => string;
+  /** Checks the container runs, its init's parent is conmon, and it counts on after `last`; returns its last tick. */
+  countsOn: (last: number) => Promise<number>;
+  /** Starts the container, detached, counting (TICKS), with --network none and ulimits within this host's hard limits. */
+  runCounter: () => void;
+  /** Makes the directories and imports the busybox image: call in before(). */
+  setUp: () => void;
+  /** Removes the container, the image and podman's state: call in after() (cleanup() stays the test's). */
+  tearDown: () => void;
+}
+
+/**
+ * Real podman, isolated: a private --root/--runroot/--tmpdir, the vfs storage driver, the
+ * cgroupfs manager, the file events backend, and ferry's criu first in PATH (podman and runc
+ * run `criu swrk` from PATH); image `image` is a busybox rootfs (sh, sleep, echo, stty, tty),
+ * container `name` runs in it. `flags`: further global flags (--runtime); `env`: further
+ * environment, given the scratch directory.
+ */
+export function podmanHarness(o: { prefix: string; image: string; name: string; flags?: string[]; env?: (dir: string) => NodeJS.ProcessEnv }): PodmanHarness {
+  let dir = '';
+  let global: string[] = [];
+  let env: NodeJS.ProcessEnv = {};
+  const podman: Podman = (...args) => {
+    const r = spawnSync(PODMAN!, [...global, ...args], { encoding: 'utf8', env, timeout: 180000 });
+    return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+  };
+  const ok = (...args: string[]): string => {
+    const r = podman(...args);
+    assert.equal(r.code, 0, `podman ${args.join(' ')}: ${r.err}`);
+    return r.out;
+  };
+  const ticks = (): number[] => [...podman('logs', o.name).out.matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
+  const status = (): string => podman('inspect', '--format', '{{.State.Status}}', o.name).out.trim();
+  return {
+    get dir() { return dir; },
+    podman, ok, ticks, status,
+    countsOn: async (last) => {
+      assert.equal(status(), 'running');
+      const pid = Number(ok('inspect', '--format', '{{.State.Pid}}', o.name).trim());
+      const ppid = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[1]);
+      assert.equal(readFileSync(`/proc/${ppid}/comm`, 'utf8').trim(), 'conmon', 'the restored init is a child of conmon');
+      await waitFor(`ticks after ${last}`, () => (ticks().at(-1) ?? 0) > last + 2, 20000);
+      const t = ticks();
+      const after = t.slice(t.indexOf(last) + 1);
+      after.forEach((n, i) => assert.equal(n, last + 1 + i, `counting on from ${last}: ${after.slice(0, 5).join(', ')}`));
+      return t.at(-1)!;
+    },
+    runCounter: () => {
+      ok('run', '-d', '--name', o.name, '--network', 'none',
+        '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096', o.image, 'sh', '-c', TICKS);
+    },
+    setUp: () => {
+      dir = scratchDir(o.prefix);
+      const bin = join(dir, 'bin');
+      mkdirSync(bin);
+      symlinkSync(CRIU, join(bin, 'criu'));
+      env = { PATH: `${bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`, ...o.env?.(dir) };
+      global = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run'), '--tmpdir', join(dir, 'tmp'),
+        '--storage-driver', 'vfs', '--cgroup-manager', 'cgroupfs', '--events-backend', 'file', ...(o.flags ?? [])];
+      const rootfs = join(dir, 'rootfs');
+      busyboxRootfs(rootfs, ['sh', 'sleep', 'echo', 'stty', 'tty'], []);
+      const tar = spawnSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
+      assert.equal(tar.status, 0);
+      ok('import', join(dir, 'rootfs.tar'), o.image);
+    },
+    tearDown: () => {
+      if (global.length === 0) return;
+      podman('rm', '-f', '-t', '0', o.name);
+      podman('rmi', '-f', o.image);
+      podman('system', 'reset', '-f');
+    },
+  };
+}
 
 /**
  * `podman run -d -t` of TERMINAL_SCRIPT in `image` as container `name` (removed at the end),

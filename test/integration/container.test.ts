@@ -5,13 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { needs } from '../helpers/env.js';
 import { cleanup, ferry, scratchDir, sleep, waitFor } from '../helpers/processes.js';
+import { BUSYBOX, busyboxRootfs, countsOn, ticks } from '../helpers/runc-criu.js';
 
-const BUSYBOX = '/bin/busybox';
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
 const skip = needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`) : 'needs runc (apt-get install runc)');
 
@@ -53,16 +53,6 @@ function run(id: string, b: string, log: string): void {
   ids.add(id);
 }
 
-const ticks = (log: string): number[] => [...readFileSync(log, 'utf8').matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
-
-/** The ticks so far are 1..N once each, and more keep coming. */
-async function countsOn(log: string): Promise<void> {
-  const n = ticks(log).length;
-  await waitFor('more ticks', () => ticks(log).length >= n + 3);
-  const all = ticks(log);
-  assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order');
-}
-
 const COUNTER = 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done';
 /** Counts only in /dev/shm (its own tmpfs): a restore without it would start again at 1. */
 const SHM_COUNTER = 'while true; do n=$(( $(cat /dev/shm/n 2>/dev/null || echo 0) + 1 )); echo $n > /dev/shm/n; echo "tick $n"; sleep 0.05; done';
@@ -73,9 +63,7 @@ describe('containers', { skip, timeout: 300_000 }, () => {
     dir = scratchDir('ferry-ctr-');
     state = join(dir, 'state');
     const rootfs = join(dir, 'rootfs');
-    for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
-    spawnSync('cp', [BUSYBOX, join(rootfs, 'bin', 'busybox')]);
-    for (const a of ['sh', 'sleep', 'cat', 'echo']) symlinkSync('busybox', join(rootfs, 'bin', a));
+    busyboxRootfs(rootfs);
   });
   after(() => {
     for (const id of ids) runc('delete', '--force', id);

@@ -9,7 +9,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, cycleThrough, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -27,13 +27,7 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
     const image = join(w.dir, 'events.tar');
     for (let i = 0; i < 3; i++) {
       await sleep(50);
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor('the pids to be free', () => !alive(w.pid) && kids.every((k) => !alive(k)), 8000);
-      const rs = ferry(['restore', '--image', image]);
-      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
-      own(w.pid);
+      await cycleThrough(w, image, i, [], { tree: kids });
       assert.deepEqual(children(w.pid), kids, 'same child');
     }
     // The watch with descriptor 0x34d71d7 is restored at once (INOTIFY_IOC_SETNEXTWD) and
@@ -44,13 +38,7 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
   it('epoll items whose number no longer holds their file come back under their numbers', async () => {
     const w = await startWorkload(join(WORKLOADS, 'epolldetach'), ['DIR']);
     const image = join(w.dir, 'detached.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
+    await cycleThrough(w, image, 0);
     assert.equal(await verify(w), 'PASS');
   });
 

@@ -13,14 +13,14 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { hookRestoreConfig, restoreImageOf, stageOf, STUB_IN_CONTAINER } from '../../src/hook/spec.js';
 import { ROOT, needs } from '../helpers/env.js';
 import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
+import { BUSYBOX, busyboxRootfs } from '../helpers/runc-criu.js';
 
-const BUSYBOX = '/bin/busybox';
 const PODMAN = ['/usr/bin/podman', '/usr/local/bin/podman'].find((p) => existsSync(p));
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
 const HOOK = join(ROOT, 'hooks', 'ferry-hook');
@@ -111,9 +111,7 @@ describe('hook: podman and runc', { skip, timeout: 300_000 }, () => {
   before(() => {
     dir = scratchDir('ferry-hook-');
     const rootfs = join(dir, 'rootfs');
-    for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp', 'etc']) mkdirSync(join(rootfs, d), { recursive: true });
-    spawnSync('cp', [BUSYBOX, join(rootfs, 'bin', 'busybox')]);
-    for (const a of ['sh', 'sleep', 'cat', 'echo']) symlinkSync('busybox', join(rootfs, 'bin', a));
+    busyboxRootfs(rootfs, undefined, ['proc', 'sys', 'dev', 'tmp', 'etc']);
     assert.equal(spawnSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']).status, 0);
     hooksDir = join(dir, 'hooks.d');
     mkdirSync(hooksDir);

@@ -25,9 +25,11 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
 import { containersIn, makeNodes, netnsOf, nodesMissing, removeNodes, spawnIn, type Node, type Nodes } from '../helpers/nodes.js';
+import { exitOf, records, startFerry, type Running } from '../helpers/precopy-run.js';
 import {
   alive, cleanup, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
+import { countsOn, ticks } from '../helpers/runc-criu.js';
 
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
 const SSHD = ['/usr/sbin/sshd'].find((p) => existsSync(p));
@@ -41,42 +43,8 @@ after(() => {
   cleanup();
 });
 
-/** A ferry started in the background in a node. */
-interface Running {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<number>;
-}
-
 /** Starts bin/ferry `args` in node `n` (FERRY_TEST_PAUSE_AT from `pause`). */
-function start(n: Node, args: string[], pause?: string): Running {
-  const env = { ...process.env };
-  delete env['FERRY_TEST_PAUSE_AT'];
-  if (pause !== undefined) env['FERRY_TEST_PAUSE_AT'] = pause;
-  const child = spawnIn(n, FERRY, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
-  const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? 128 + (signal === 'SIGKILL' ? 9 : 15))));
-  return { child, stdout: () => out, stderr: () => err, exited };
-}
-
-/** Waits for `r` to exit, at most `ms`. */
-async function exitOf(r: Running, what: string, ms = 60_000): Promise<number> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} did not exit within ${ms / 1000} s; stderr: ${r.stderr()}`)), ms); });
-  try {
-    return await Promise.race([r.exited, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function records(r: Running): Array<Record<string, unknown>> {
-  return r.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
-}
+const start = (n: Node, args: string[], pause?: string): Running => startFerry(args, pause, n);
 
 /** Kills `pid` if it still runs (a counter exits by itself after its check). */
 function stop(pid: number): void {
@@ -364,13 +332,6 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       closeSync(fd);
       assert.equal(r.status, 0, `runc run ${id} failed`);
       await waitFor('ticks', () => ticks(log).length >= 3);
-    }
-    const ticks = (log: string): number[] => [...readFileSync(log, 'utf8').matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
-    async function countsOn(log: string): Promise<void> {
-      const n = ticks(log).length;
-      await waitFor('more ticks', () => ticks(log).length >= n + 3);
-      const all = ticks(log);
-      assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order');
     }
     /** The source container runs on unharmed: running in runc, its init untraced and not stopped. */
     async function containerRunsOn(id: string, log: string): Promise<void> {

@@ -8,14 +8,14 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FERRY, needs } from '../helpers/env.js';
 import { locksOf, NFT } from '../helpers/echo.js';
 import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
+import { BUSYBOX, busyboxRootfs } from '../helpers/runc-criu.js';
 
-const BUSYBOX = '/bin/busybox';
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
 const skip = needs('root', 'build') || (RUNC === undefined ? 'needs runc (apt-get install runc)' : false)
   || (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`)
@@ -55,9 +55,7 @@ describe('the network lock of a container', { skip, timeout: 120_000 }, () => {
     dir = scratchDir('ferry-nlc-');
     state = join(dir, 'state');
     const rootfs = join(dir, 'rootfs');
-    for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp']) mkdirSync(join(rootfs, d), { recursive: true });
-    spawnSync('cp', [BUSYBOX, join(rootfs, 'bin', 'busybox')]);
-    for (const a of ['sh', 'sleep', 'cat', 'echo']) symlinkSync('busybox', join(rootfs, 'bin', a));
+    busyboxRootfs(rootfs);
   });
   after(() => {
     runc('delete', '--force', ID);

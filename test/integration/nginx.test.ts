@@ -14,27 +14,16 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
-import { createConnection, createServer, type Socket } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs } from '../helpers/env.js';
+import { freePort } from '../helpers/echo.js';
 import { alive, cleanup, ferry, own, procState, scratchDir, sleep, waitFor } from '../helpers/processes.js';
 
 const NGINX = '/usr/sbin/nginx';
 const skip = needs('root', 'build') || (existsSync(NGINX) ? false : `needs ${NGINX} (apt-get install nginx; .ci/setup installs it)`);
 after(cleanup);
-
-/** A TCP port free on 127.0.0.1 right now (the kernel picks it). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** HTTP GET of http://127.0.0.1:port/path on a connection of its own, closed after the answer. */
 function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {

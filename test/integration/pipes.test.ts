@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, cycleThrough, ferry, own, procState, sleep, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -23,13 +23,7 @@ describe('pipes and FIFOs', { skip, timeout: 120_000 }, () => {
     const image = join(w.dir, 'pipes.tar');
     for (let i = 0; i < 3; i++) {
       await sleep(100);
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-      const rs = ferry(['restore', '--image', image]);
-      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
-      own(w.pid);
+      await cycleThrough(w, image, i);
       assert.ok(alive(w.pid), 'restored process runs');
     }
     await sleep(100);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
 import {
-  alive, cleanup, ferry, own, procState, shell, sleep, startWorkload, verify, waitFor, type Workload,
+  alive, checkPipedRestore, cleanup, ferry, own, procState, shell, sleep, startWorkload, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
@@ -96,13 +96,7 @@ describe('checkpoint and restore of one process', { skip, timeout: 180_000 }, ()
     const w = await startWorkload(join(WORKLOADS, 'counter'), ['50']);
     await waitFor('ticks', () => w.ticks().length >= 3);
     const r = await shell(`'${process.cwd()}/bin/ferry' checkpoint --pid ${w.pid} --image - | '${process.cwd()}/bin/ferry' restore --image -`);
-    own(w.pid);
-    assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /checkpointed pid \d+ to stdout/);
-    assert.match(r.stdout.toString(), new RegExp(`restored pid ${w.pid}`));
-    const n = w.ticks().length;
-    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
-    assert.equal(await verify(w), 'PASS');
+    await checkPipedRestore(w, r);
   });
 
   it('a python3 loop continues and verifies itself', { skip: needs('python') }, async () => {

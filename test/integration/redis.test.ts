@@ -9,27 +9,16 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
-import { createServer, Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON } from '../helpers/env.js';
+import { freePort } from '../helpers/echo.js';
 import { alive, cleanup, ferry, own, scratchDir, sleep, waitFor } from '../helpers/processes.js';
 
 const REDIS = '/usr/bin/redis-server';
 const skip = needs('root', 'build');
 after(cleanup);
-
-/** A TCP port free on 127.0.0.1 right now (the kernel picks it). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Server { pid: number; dir: string; log: string; port: number; exited: Promise<void> }
 

@@ -20,42 +20,13 @@ import { CriuReqType, decodeResponse, encodeRequest, REPORTED_VERSION } from '..
 import { decodeInventory, decodeStats, encodeStats } from '../../src/runtime/criu-files.js';
 import { needs, PYTHON, ROOT } from '../helpers/env.js';
 import { cleanup, scratchDir, sleep, waitFor } from '../helpers/processes.js';
+import { BUSYBOX, CRIU, RUNC, Ticks } from '../helpers/runc-criu.js';
 
 const RUNTIME = join(ROOT, 'bin', 'ferry-runtime');
-const CRIU = join(ROOT, 'bin', 'criu');
-const BUSYBOX = '/bin/busybox';
-const RUNC = ['/usr/sbin/runc', '/usr/bin/runc', '/usr/local/sbin/runc'].find((p) => existsSync(p));
 
 const skip = needs('root', 'build', 'python')
   || (RUNC ? false : 'needs runc (apt-get install runc)')
   || (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`);
-
-/** Lines "tick N" read from a stream, as numbers. */
-class Ticks {
-  readonly seen: number[] = [];
-  /** The other lines (the wrapper's error line). */
-  readonly other: string[] = [];
-  private partial = '';
-  ended = false;
-
-  constructor(stream: Readable) {
-    stream.setEncoding('utf8');
-    stream.on('data', (s: string) => {
-      const lines = (this.partial + s).split('\n');
-      this.partial = lines.pop() ?? '';
-      for (const l of lines) {
-        const m = /^tick (\d+)$/.exec(l);
-        if (m) this.seen.push(Number(m[1]));
-        else this.other.push(l);
-      }
-    });
-    stream.on('end', () => { this.ended = true; });
-  }
-
-  get last(): number | undefined {
-    return this.seen.at(-1);
-  }
-}
 
 describe('ferry-runtime with runc, as podman and conmon call it', { skip, timeout: 300_000 }, () => {
   const id = `ferry-rt-${process.pid}`;

@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import {
-  alive, cleanup, ferry, own, procState, scratchDir, shell, startWorkload, verify, waitFor, type Workload,
+  alive, checkPipedRestore, cleanup, ferry, own, procState, scratchDir, shell, startWorkload, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
 import { fingerprint } from '../../src/image/sign.js';
 
@@ -166,13 +166,7 @@ describe('signed images', { skip, timeout: 300_000 }, () => {
     assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'left running, untraced');
 
     const r = await shell(`'${bin}' checkpoint --pid ${w.pid} --image - --sign-key '${site!.key}' | '${bin}' restore --image - --trust '${site!.pub}'`);
-    own(w.pid);
-    assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /checkpointed pid \d+ to stdout/);
-    assert.match(r.stdout.toString(), new RegExp(`restored pid ${w.pid}`));
-    const n = w.ticks().length;
-    await waitFor('ticks after restore', () => w.ticks().length >= n + 3);
-    assert.equal(await verify(w), 'PASS');
+    await checkPipedRestore(w, r);
   });
 });
 

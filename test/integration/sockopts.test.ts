@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, cleanup, cycleThrough, ferry, own, procState, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -35,19 +35,26 @@ interface Inspected {
   tasks: Array<{ pid: number; fds: Array<{ fd: number; kind: string }> }>;
 }
 
+/**
+ * Runs python `script` (it prints "ready pid=N fd=M", M its socket) and checks that checkpoint
+ * refuses it with one line matching `reason(pid, fd)`, leaving it running, untraced.
+ */
+async function refusedPython(script: string, reason: (pid: number, fd: string) => string): Promise<void> {
+  const w = await startWorkload(PYTHON, ['-c', script]);
+  const fd = /fd=(\d+)/.exec(w.text())![1]!;
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+  assert.equal(cp.code, 1);
+  assert.match(cp.stderr, new RegExp(reason(w.pid, fd)));
+  assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
+  assert.ok(alive(w.pid));
+  assert.equal(procState(w.pid).tracer, 0);
+}
+
 describe('socket options, filters, memberships, reuseport groups', { skip, timeout: 120_000 }, () => {
   it('come back as they were after checkpoint and restore, twice', async () => {
     const { w, child } = await startSockopts();
     const image = join(w.dir, 'sockopts.tar');
-    for (let i = 0; i < 2; i++) {
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor(`pid ${w.pid} and ${child} to be free`, () => !alive(w.pid) && !alive(child), 5000);
-      const rs = ferry(['restore', '--image', image, '--tcp-established']);
-      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
-      own(w.pid);
-    }
+    for (let i = 0; i < 2; i++) await cycleThrough(w, image, i, ['--tcp-established'], { tree: [child] });
     assert.equal(await verify(w), 'PASS');
   });
 
@@ -80,14 +87,7 @@ describe('socket options, filters, memberships, reuseport groups', { skip, timeo
       'print(f"ready pid={os.getpid()} fd={s.fileno()}", flush=True)',
       'signal.pause()',
     ].join('\n');
-    const w = await startWorkload(PYTHON, ['-c', script]);
-    const fd = /fd=(\d+)/.exec(w.text())![1];
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
-    assert.equal(cp.code, 1);
-    assert.match(cp.stderr, new RegExp(`UDP socket 127\\.0\\.0\\.1:\\d+ fd ${fd} of pid ${w.pid} has an eBPF socket filter \\(SO_ATTACH_BPF\\)`));
-    assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
-    assert.ok(alive(w.pid));
-    assert.equal(procState(w.pid).tracer, 0);
+    await refusedPython(script, (pid, fd) => `UDP socket 127\\.0\\.0\\.1:\\d+ fd ${fd} of pid ${pid} has an eBPF socket filter \\(SO_ATTACH_BPF\\)`);
   });
 
   it('a TCP listener holding TCP_MD5SIG keys is refused (the kernel does not give them back)', { skip: needs('python') }, async () => {
@@ -101,14 +101,7 @@ describe('socket options, filters, memberships, reuseport groups', { skip, timeo
       'print(f"ready pid={os.getpid()} fd={l.fileno()}", flush=True)',
       'signal.pause()',
     ].join('\n');
-    const w = await startWorkload(PYTHON, ['-c', script]);
-    const fd = /fd=(\d+)/.exec(w.text())![1];
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
-    assert.equal(cp.code, 1);
-    assert.match(cp.stderr, new RegExp(`TCP socket 127\\.0\\.0\\.1:\\d+ fd ${fd} of pid ${w.pid} holds TCP_MD5SIG keys`));
-    assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
-    assert.ok(alive(w.pid));
-    assert.equal(procState(w.pid).tracer, 0);
+    await refusedPython(script, (pid, fd) => `TCP socket 127\\.0\\.0\\.1:\\d+ fd ${fd} of pid ${pid} holds TCP_MD5SIG keys`);
   });
 
   it('a corked UDP socket holding unsent data is refused', { skip: needs('python') }, async () => {
@@ -121,11 +114,7 @@ describe('socket options, filters, memberships, reuseport groups', { skip, timeo
       'print(f"ready pid={os.getpid()} fd={s.fileno()}", flush=True)',
       'signal.pause()',
     ].join('\n');
-    const w = await startWorkload(PYTHON, ['-c', script]);
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
-    assert.equal(cp.code, 1);
-    assert.match(cp.stderr, new RegExp(`UDP socket 127\\.0\\.0\\.1:\\d+ fd \\d+ of pid ${w.pid} is corked \\(UDP_CORK\\) with \\d+ bytes not sent yet`));
-    assert.ok(alive(w.pid));
+    await refusedPython(script, (pid, fd) => `UDP socket 127\\.0\\.0\\.1:\\d+ fd ${fd} of pid ${pid} is corked \\(UDP_CORK\\) with \\d+ bytes not sent yet`);
   });
 
   it('an image with a bad option, filter, membership, protocol or shutdown is refused before anything is made', async (t) => {

@@ -112,13 +112,7 @@ describe('TCP connect in progress (SYN_SENT)', { skip: skip || needs('python'), 
     assert.match(w.text(), /states=SYN_SENT,SYN_SENT,SYN_SENT/);
     const local = /ports=(\d+),(\d+),(\d+)/.exec(w.text())!.slice(1).map(Number);
     const image = join(w.dir, 'syn.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
+    await cycleThrough(w, image, 0);
     assert.deepEqual(portsIn(w.pid, '02').sort(), [...local].sort(), 'all three connecting again from their ports');
     srv.drain();
     assert.equal(await verify(w, 120_000), 'PASS');
@@ -306,13 +300,7 @@ describe('a connection whose peer is outside the tree, in another network namesp
     const { w, peer } = await brim();
     net!.drop({ lock: true }); // still dropping the tree's data, and now everything the peer sends
     const image = join(w.dir, 'brim.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-    const rs = ferry(['restore', '--image', image, '--tcp-established']);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
+    await cycleThrough(w, image, 0, ['--tcp-established']);
     net!.open();
     await conversation(w, peer);
   });
@@ -368,13 +356,7 @@ describe('a connection whose peer is outside the tree, in another network namesp
     const { w, peer, ports } = await fins(v6);
     net!.drop({ all: true, lock: true });
     const image = join(w.dir, 'fins.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--tcp-established']);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-    const rs = ferry(['restore', '--image', image, '--tcp-established']);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
+    await cycleThrough(w, image, 0, ['--tcp-established']);
     assert.deepEqual(statesOf(w.pid, ports, v6), FINS, 'the same states after restore');
     net!.open();
     await finish(w, peer);

@@ -7,7 +7,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { cleanup, cycleThrough, ferry, procState, startWorkload, verify } from '../helpers/processes.js';
 
 after(cleanup);
 
@@ -20,13 +20,7 @@ describe('threads', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
     assert.equal(before.length, 65);
     const image = join(w.dir, 'threads.tar');
     for (let i = 0; i < 2; i++) {
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-      assert.equal(cp.code, 0, cp.stderr);
-      if (i === 0) await w.exited;
-      await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
-      const rs = ferry(['restore', '--image', image]);
-      assert.equal(rs.code, 0, rs.stderr);
-      own(w.pid);
+      await cycleThrough(w, image, i);
       assert.deepEqual(tids(w.pid), before, 'same thread ids');
       for (const tid of before) assert.equal(procState(tid).tracer, 0, `thread ${tid} not traced`);
     }

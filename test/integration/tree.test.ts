@@ -10,7 +10,7 @@ import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import type { TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { editImage, json, type Edits } from '../helpers/images.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, cycleThrough, ferry, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
 
 after(cleanup);
 
@@ -45,13 +45,8 @@ describe('process trees', { skip: needs('root', 'build'), timeout: 180_000 }, ()
     for (const p of before) own(p.pid);
     const image = join(w.dir, 'tree.tar');
     for (let i = 0; i < 3; i++) {
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--json']);
-      assert.equal(cp.code, 0, cp.stderr);
+      const cp = await cycleThrough(w, image, i, [], { tree: before.map((p) => p.pid), checkpointFlags: ['--json'] });
       assert.deepEqual([...(JSON.parse(cp.stdout.toString()) as { pids: number[] }).pids].sort((a, b) => a - b), before.map((p) => p.pid));
-      if (i === 0) await w.exited;
-      await waitFor('every pid of the tree to be free', () => before.every((p) => !alive(p.pid)), 8000);
-      const rs = ferry(['restore', '--image', image]);
-      assert.equal(rs.code, 0, rs.stderr);
       const after = walk(w.pid);
       assert.deepEqual(shape(after, w.pid), shape(before, w.pid), `cycle ${i + 1}: same pids, parents, groups, sessions, threads, zombies`);
       for (const p of after) assert.equal(procState(p.pid).tracer, 0, `pid ${p.pid} not traced`);
@@ -99,18 +94,17 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
       assert.equal(before.length, mode === 'both' || mode === 'fs' ? 2 : 3, JSON.stringify(before));
       const image = join(w.dir, 'share.tar');
       for (let i = 0; i < 2; i++) {
-        const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-        assert.equal(cp.code, 0, cp.stderr);
-        if (i === 0) await w.exited;
-        await waitFor('every pid of the tree to be free', () => before.every((p) => !alive(p.pid)), 8000);
-        const tree = imageTree(image);
-        const field = mode === 'fs' ? 'sharesFs' : 'sharesFiles';
-        // Siblings share the first child's table, their parent has its own.
-        const first = mode === 'siblings' ? tree.processes[1]!.pid : w.pid;
-        assert.deepEqual(tree.processes.map((p) => p[field]), before.map((p) => (p.pid === w.pid || p.pid === first ? undefined : first)),
-          `the image says who shares: ${JSON.stringify(tree)}`);
-        const rs = ferry(['restore', '--image', image]);
-        assert.equal(rs.code, 0, rs.stderr);
+        await cycleThrough(w, image, i, [], {
+          tree: before.map((p) => p.pid),
+          beforeRestore: () => {
+            const tree = imageTree(image);
+            const field = mode === 'fs' ? 'sharesFs' : 'sharesFiles';
+            // Siblings share the first child's table, their parent has its own.
+            const first = mode === 'siblings' ? tree.processes[1]!.pid : w.pid;
+            assert.deepEqual(tree.processes.map((p) => p[field]), before.map((p) => (p.pid === w.pid || p.pid === first ? undefined : first)),
+              `the image says who shares: ${JSON.stringify(tree)}`);
+          },
+        });
         assert.deepEqual(shape(ownAll(w.pid), w.pid), shape(before, w.pid), `cycle ${i + 1}: the same tree`);
       }
       assert.equal(await verify(w), 'PASS', w.text());

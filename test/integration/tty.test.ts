@@ -14,7 +14,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, cleanup, cycleThrough, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 after(cleanup);
 const PTYS = join(WORKLOADS, 'ptys');
@@ -78,12 +78,7 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     const first = ptsNames(w)[0];
     const image = join(w.dir, 'ptys.tar');
     for (let i = 0; i < 3; i++) {
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor('both pids to be free', () => !alive(w.pid) && !alive(kid), 8000);
-      const rs = ferry(['restore', '--image', image]);
-      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
+      await cycleThrough(w, image, i, [], { tree: [kid] });
       assert.ok(alive(w.pid) && alive(kid));
       assert.equal(procState(w.pid).tracer, 0);
     }

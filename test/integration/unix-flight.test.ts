@@ -35,23 +35,32 @@ function childOf(pid: number): number {
   return kids[0]!;
 }
 
+/**
+ * unixflight `args` (with its child) checkpointed with --leave-running: the original, left
+ * running and detached, passes its check (`original` says what that means), exits; then the
+ * image is restored, and the copy passes its check too.
+ */
+async function leaveRunningThenRestore(args: string[], original: string): Promise<void> {
+  const w = await startWorkload(join(WORKLOADS, 'unixflight'), args);
+  const kid = childOf(w.pid);
+  own(kid);
+  const image = join(w.dir, 'flight.tar');
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+  assert.equal(cp.code, 0, cp.stderr);
+  assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'left running, detached');
+  assert.equal(await verify(w), 'PASS', original);
+  await w.exited;
+  await waitFor('the tree to be gone', () => !alive(w.pid) && !alive(kid), 8000);
+  const rs = ferry(['restore', '--image', image]);
+  assert.equal(rs.code, 0, rs.stderr);
+  own(w.pid);
+  own(kid);
+  assert.equal(await verify(afterFirstPass(w)), 'PASS');
+}
+
 describe('unix sockets: descriptors in flight', { skip, timeout: 60_000 }, () => {
   it('--leave-running leaves every message and descriptor queued; the restored copy receives them too', async () => {
-    const w = await startWorkload(join(WORKLOADS, 'unixflight'), ['DIR']);
-    const kid = childOf(w.pid);
-    own(kid);
-    const image = join(w.dir, 'flight.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'left running, detached');
-    assert.equal(await verify(w), 'PASS', 'the original reads the same messages, descriptors and credentials');
-    await w.exited;
-    await waitFor('the tree to be gone', () => !alive(w.pid) && !alive(kid), 8000);
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    own(kid);
-    assert.equal(await verify(afterFirstPass(w)), 'PASS');
+    await leaveRunningThenRestore(['DIR'], 'the original reads the same messages, descriptors and credentials');
   });
 
   it('an epoll in flight, held by no process, is refused naming where it is; the workload runs on untouched', async () => {
@@ -87,21 +96,7 @@ describe('unix sockets: descriptors in flight', { skip, timeout: 60_000 }, () =>
 
 describe('unix sockets: names whose files are elsewhere, unnamed datagrams with no peer', { skip, timeout: 60_000 }, () => {
   it('come back with the same names, no path made again, after --leave-running and after a restore', async () => {
-    const w = await startWorkload(join(WORKLOADS, 'unixflight'), ['DIR', 'names']);
-    const kid = childOf(w.pid);
-    own(kid);
-    const image = join(w.dir, 'names.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'left running, detached');
-    assert.equal(await verify(w), 'PASS', 'the original is as it was');
-    await w.exited;
-    await waitFor('the tree to be gone', () => !alive(w.pid) && !alive(kid), 8000);
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    own(kid);
-    assert.equal(await verify(afterFirstPass(w)), 'PASS');
+    await leaveRunningThenRestore(['DIR', 'names'], 'the original is as it was');
   });
 
   it('twice in a row: checkpoint, restore, checkpoint, restore', async () => {

@@ -10,7 +10,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, cleanup, cycleThrough, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -54,12 +54,7 @@ describe('unix sockets', { skip, timeout: 120_000 }, () => {
     const image = join(w.dir, 'unixsk.tar');
     for (let i = 0; i < 3; i++) {
       await sleep(100);
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-      assert.equal(cp.code, 0, `checkpoint ${i + 1}: ${cp.stderr}`);
-      if (i === 0) await w.exited;
-      await waitFor('every pid of the tree to be free', () => pids.every((p) => !alive(p)), 8000);
-      const rs = ferry(['restore', '--image', image]);
-      assert.equal(rs.code, 0, `restore ${i + 1}: ${rs.stderr}`);
+      await cycleThrough(w, image, i, [], { tree: pids });
       assert.deepEqual(treeOf(w.pid), pids, `cycle ${i + 1}: same processes`);
     }
     const ticks = w.ticks().length;

@@ -13,24 +13,17 @@ import { decodeRegs } from '../../src/arch/x86-64.js';
 import { defaultStubPath, INJECT_SEIZED, INJECT_STEP, native, NATIVE_EXPORTS } from '../../src/native/binding.js';
 import { directBuffer } from '../../src/image/direct.js';
 import { parseMaps } from '../../src/proc/maps.js';
-import { closeInheritedFds } from '../../src/proc/inherited.js';
 import { syscallGadget } from '../../src/dump/task-state.js';
-
-// What it spawns starts with descriptors 0-2 only, whatever the shell leaked (src/proc/inherited.ts).
-closeInheritedFds();
+// Importing it closes what the shell leaked: what this spawns starts with descriptors 0-2 only.
+import { cleanup, own } from '../helpers/processes.js';
 
 const root = process.getuid?.() === 0;
 const skipUnlessRoot = root ? false : 'needs root (ptrace of other processes, clone3 with set_tid)';
-const started: number[] = [];
-after(() => {
-  for (const pid of started) {
-    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-  }
-});
+after(cleanup);
 
 function startSleeper(): number {
   const c = spawn('sleep', ['60'], { stdio: 'ignore', detached: true });
-  started.push(c.pid!);
+  own(c.pid!);
   return c.pid!;
 }
 
@@ -148,7 +141,7 @@ describe('native binding', { timeout: 60_000 }, () => {
       probe.on('exit', () => {
         try {
           const stub = n.spawnStub(defaultStubPath(), [pid]);
-          started.push(stub);
+          own(stub);
           assert.equal(stub, pid);
           assert.match(readFileSync(`/proc/${pid}/status`, 'utf8'), new RegExp(`TracerPid:\\t${process.pid}`));
           assert.throws(() => n.spawnStub(defaultStubPath(), [pid]), { code: 'EEXIST', syscall: 'clone3' });
@@ -170,7 +163,7 @@ describe('native binding', { timeout: 60_000 }, () => {
     const script = 'for fd in 0 1 2 3 4 5 6 7 8 9; do [ -e /proc/$$/fd/$fd ] && printf "%s " $fd; done; '
       + 'echo "sid=$(cut -d" " -f6 /proc/$$/stat) pid=$$ 3=$(readlink /proc/$$/fd/3)"; read x; echo "got=$x"';
     const c = n.spawnDetached('/bin/sh', ['-c', script], [held]);
-    started.push(c.pid);
+    own(c.pid);
     closeSync(held);
     try {
       const flags = (fd: number): number => parseInt(/flags:\s+(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);

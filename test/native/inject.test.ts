@@ -14,19 +14,13 @@ import {
 } from '../../src/arch/x86-64.js';
 import { defaultStubPath, INJECT_SEIZED, INJECT_STEP, native } from '../../src/native/binding.js';
 import { freeRange, parseMaps } from '../../src/proc/maps.js';
-import { closeInheritedFds } from '../../src/proc/inherited.js';
 import { syscallGadget } from '../../src/dump/task-state.js';
-
-closeInheritedFds();
+// Importing it closes what the shell leaked: what this spawns starts with descriptors 0-2 only.
+import { cleanup, own } from '../helpers/processes.js';
 
 const root = process.getuid?.() === 0;
 const skipUnlessRoot = root ? false : 'needs root (ptrace of other processes, clone3 with set_tid)';
-const started: number[] = [];
-after(() => {
-  for (const pid of started) {
-    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-  }
-});
+after(cleanup);
 
 const ECANCELED = 125n;
 
@@ -34,7 +28,7 @@ const ECANCELED = 125n;
 function seizedSleeper(): number {
   const c = spawn('sleep', ['60'], { stdio: 'ignore', detached: true });
   const pid = c.pid!;
-  started.push(pid);
+  own(pid);
   for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/maps`, 'utf8').includes('sleep'); i++) {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
   }
@@ -112,16 +106,16 @@ describe('injected batches', { timeout: 60_000 }, () => {
 
   it('spawns stubs with CLONE_VM | CLONE_VFORK that start as a fork-made one did', { skip: skipUnlessRoot }, () => {
     const n = native();
-    const own = readFileSync('/proc/self/status', 'utf8');
+    const mine = readFileSync('/proc/self/status', 'utf8');
     const pid = n.spawnStub(defaultStubPath(), []);
-    started.push(pid);
+    own(pid);
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const field = (text: string, key: string): string => new RegExp(`^${key}:\\s*(.*)$`, 'm').exec(text)?.[1] ?? '';
     assert.equal(field(status, 'TracerPid'), String(process.pid));
     assert.equal(field(status, 'SigCgt'), '0000000000000000', 'no handler of Node\'s survives');
-    assert.equal(field(status, 'SigIgn'), field(own, 'SigIgn'), 'ignored signals stay ignored, as execve keeps them');
-    assert.equal(field(status, 'SigBlk'), field(own, 'SigBlk'), 'the caller\'s signal mask');
-    assert.equal(field(own, 'SigBlk'), field(readFileSync('/proc/self/status', 'utf8'), 'SigBlk'), 'ferry\'s own mask back');
+    assert.equal(field(status, 'SigIgn'), field(mine, 'SigIgn'), 'ignored signals stay ignored, as execve keeps them');
+    assert.equal(field(status, 'SigBlk'), field(mine, 'SigBlk'), 'the caller\'s signal mask');
+    assert.equal(field(mine, 'SigBlk'), field(readFileSync('/proc/self/status', 'utf8'), 'SigBlk'), 'ferry\'s own mask back');
     assert.deepEqual(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0], defaultStubPath());
     const gadget = syscallGadget(pid, parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')));
     assert.equal(n.injectSyscall(pid, gadget, INJECT_STEP, SYS.getpid), BigInt(pid));
