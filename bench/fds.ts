@@ -3,8 +3,8 @@
  * (bench/fixtures/manyfds.c) holding 1,000, 5,000 and 10,000 descriptors of mixed kinds
  * (pipes, regular files, /dev/null, eventfds when this ferry has the eventfd kind) with one
  * epoll of n/10 items and one inotify instance of n/10 watches. Each case runs in a fresh node
- * process, twice (five times for the small ones); the best of each figure is printed in ms and
- * in µs per descriptor. A base case, the same process with a dozen descriptors, gives the
+ * process, three times (five times for the small ones); the median of each figure is printed
+ * in ms with its min and max, and in µs per descriptor. A base case, the same process with a dozen descriptors, gives the
  * fixed cost of a process; the cost per descriptor above it is printed for each size, then how
  * flat it is (its value at the largest size over its value at the smallest: 1.00 is flat). A
  * last pair of cases compares one inotify watch with descriptor 1 against one with descriptor
@@ -33,7 +33,7 @@ import { alive, killAll, waitFor } from './procs.js';
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
 
-const RUNS = 2;
+const RUNS = 3;
 /** Runs of the small cases (the base and the watch-descriptor comparison), whose figures are a few ms. */
 const SMALL_RUNS = 5;
 const SIZES = [1000, 5000, 10000];
@@ -94,24 +94,27 @@ async function cycle(run: string, nfds: number, epoll: number, watches: number, 
 
 async function runCaseHere(args: number[]): Promise<void> {
   const [runs, nfds, epoll, watches, eventfds, firstWd] = args as [number, number, number, number, number, number];
-  let best: Figures | undefined;
+  const all: Figures[] = [];
   try {
-    for (let i = 0; i < runs; i++) {
-      const f = await cycle(`run${i}`, nfds, epoll, watches, eventfds, firstWd);
-      best = best ? {
-        fds: f.fds,
-        frozenMs: Math.min(best.frozenMs, f.frozenMs),
-        checkpointMs: Math.min(best.checkpointMs, f.checkpointMs),
-        restoreMs: Math.min(best.restoreMs, f.restoreMs),
-      } : f;
-    }
+    for (let i = 0; i < runs; i++) all.push(await cycle(`run${i}`, nfds, epoll, watches, eventfds, firstWd));
   } finally {
     killAll(tracked, children);
   }
-  console.log(JSON.stringify(best));
+  console.log(JSON.stringify(all));
 }
 
-interface Row extends Figures { label: string }
+type K = 'frozenMs' | 'checkpointMs' | 'restoreMs';
+/** A case's median figures, with the min and max of each over its runs. */
+interface Row extends Figures { label: string; min: Figures; max: Figures }
+
+function summary(label: string, all: Figures[]): Row {
+  const pick = (k: K, at: (sorted: number[]) => number): number => at(all.map((f) => f[k]).sort((a, b) => a - b));
+  const of = (at: (sorted: number[]) => number): Figures => ({
+    fds: all[0]!.fds,
+    frozenMs: pick('frozenMs', at), checkpointMs: pick('checkpointMs', at), restoreMs: pick('restoreMs', at),
+  });
+  return { label, ...of((v) => v[(v.length - 1) >> 1]!), min: of((v) => v[0]!), max: of((v) => v.at(-1)!) };
+}
 
 function runCase(label: string, runs: number, nfds: number, epoll: number, watches: number, eventfds: number, firstWd: number): Row {
   const prof = process.env.FERRY_BENCH_PROFILE;
@@ -120,8 +123,8 @@ function runCase(label: string, runs: number, nfds: number, epoll: number, watch
     String(nfds), String(epoll), String(watches), String(eventfds), String(firstWd)],
   { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
   const last = r.stdout.trim().split('\n').pop() ?? '';
-  if (r.status !== 0 || !last.startsWith('{')) throw new Error(`case ${label} failed (${r.signal ?? `exit status ${r.status}`})`);
-  const row = { label, ...(JSON.parse(last) as Figures) };
+  if (r.status !== 0 || !last.startsWith('[')) throw new Error(`case ${label} failed (${r.signal ?? `exit status ${r.status}`})`);
+  const row = summary(label, JSON.parse(last) as Figures[]);
   printRow(row);
   return row;
 }
@@ -129,9 +132,12 @@ function runCase(label: string, runs: number, nfds: number, epoll: number, watch
 const ms = (v: number): string => v.toFixed(1).padStart(11);
 const us = (v: number, n: number): string => (v * 1000 / n).toFixed(1).padStart(10);
 
+const range = (r: Row, k: K): string => `${r.min[k].toFixed(0)}-${r.max[k].toFixed(0)}`.padStart(11);
+
 function printRow(r: Row): void {
   console.log(`${r.label.padEnd(34)}${String(r.fds).padStart(6)}${ms(r.frozenMs)}${ms(r.checkpointMs)}${ms(r.restoreMs)}   `
-    + `${us(r.frozenMs, r.fds)}${us(r.checkpointMs, r.fds)}${us(r.restoreMs, r.fds).padStart(11)}`);
+    + `${us(r.frozenMs, r.fds)}${us(r.checkpointMs, r.fds)}${us(r.restoreMs, r.fds).padStart(11)}   `
+    + `${range(r, 'frozenMs')}${range(r, 'checkpointMs')}${range(r, 'restoreMs')}`);
 }
 
 async function main(): Promise<void> {
@@ -142,10 +148,11 @@ async function main(): Promise<void> {
   let hasEventfd = true;
   try { kindByName('eventfd'); } catch { hasEventfd = false; }
   try {
-    console.log(`ferry bench:fds: checkpoint and restore per descriptor, best of ${RUNS} runs, image in ${dir} (tmpfs)`);
+    console.log(`ferry bench:fds: checkpoint and restore per descriptor, median of ${RUNS} runs (min-max at the right), image in ${dir} (tmpfs)`);
     console.log(`kinds: 30% pipe ends, 30% regular files, ${hasEventfd ? '20% eventfds, ' : ''}the rest /dev/null; one epoll with n/10 items, one inotify with n/10 watches`);
     console.log(`${'case'.padEnd(34)}${'fds'.padStart(6)}${'frozen ms'.padStart(11)}${'ckpt ms'.padStart(11)}${'restore ms'.padStart(11)}   `
-      + `${'frozen µs'.padStart(10)}${'ckpt µs'.padStart(10)}${'restore µs'.padStart(11)}  (µs: per fd)`);
+      + `${'frozen µs'.padStart(10)}${'ckpt µs'.padStart(10)}${'restore µs'.padStart(11)}   `
+      + `${'frozen ms'.padStart(11)}${'ckpt ms'.padStart(11)}${'restore ms'.padStart(11)}  (µs: per fd; then min-max)`);
     // The base: the same process with a dozen descriptors; what the sizes cost above it is
     // what their descriptors cost.
     const base = runCase('base: 13 fds', SMALL_RUNS, 10, 0, 0, 0, 1);
@@ -153,7 +160,6 @@ async function main(): Promise<void> {
     for (const n of SIZES) {
       rows.push(runCase(`${n} fds, ${n / 10} epoll, ${n / 10} inotify`, RUNS, n, n / 10, n / 10, hasEventfd ? n / 5 : 0, 1));
     }
-    type K = 'frozenMs' | 'checkpointMs' | 'restoreMs';
     const above = (r: Row, k: K): number => (r[k] - base[k]) * 1000 / (r.fds - base.fds);
     for (const r of rows) {
       console.log(`per fd above the base at ${String(r.fds).padStart(5)} fds: frozen ${above(r, 'frozenMs').toFixed(1)} µs, `

@@ -2,8 +2,8 @@
  * Dump side of the file engine: describe every descriptor of the tasks, find which share one
  * open file (cheap key, confirmed with kcmp(KCMP_FILE)), and dump each open file once.
  */
-import { readlinkSync, statSync } from 'node:fs';
-import { FerryError, errnoCode } from '../errors.js';
+import { FerryError } from '../errors.js';
+import { FdStat } from '../proc/fd-stat.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { parseFdinfo } from '../proc/fdinfo.js';
@@ -21,24 +21,19 @@ const O_CLOEXEC = 0o2000000;
 
 /**
  * Reads link, stat and fdinfo of every descriptor of `pid` (a descriptor closed meanwhile is
- * skipped), or of those in `only`.
+ * skipped), or of those in `only`: in one native call (procFds), the part of a checkpoint
+ * that grows with the descriptors, once before the freeze (the root) and once inside it.
  */
 export function describeFds(pid: number, only?: readonly number[]): FdDesc[] {
+  const fds = only ?? listFds(pid);
   const out: FdDesc[] = [];
-  for (const fd of only ?? listFds(pid)) {
-    const path = `/proc/${pid}/fd/${fd}`;
-    try {
-      const link = readlinkSync(path);
-      const stat = statSync(path, { bigint: true });
-      const fdinfo = parseFdinfo(readProcText(pid, `fdinfo/${fd}`));
-      const async = (fdinfo.flags & O_ASYNC) !== 0;
-      fdinfo.flags &= ~O_ASYNC;
-      out.push({ pid, fd, link, stat, fdinfo, ...(async ? { async } : {}) });
-    } catch (err) {
-      if (errnoCode(err) === 'ENOENT') continue;
-      throw err;
-    }
-  }
+  native().procFds(pid, fds).forEach((r, i) => {
+    if (r === null) return;
+    const fdinfo = parseFdinfo(r.fdinfo);
+    const async = (fdinfo.flags & O_ASYNC) !== 0;
+    fdinfo.flags &= ~O_ASYNC;
+    out.push({ pid, fd: fds[i]!, link: r.link, stat: new FdStat(r.stat), fdinfo, ...(async ? { async } : {}) });
+  });
   return out;
 }
 
@@ -239,21 +234,23 @@ function inFlight(err: unknown, via: string): Error {
   return err instanceof FerryError ? new FerryError(err.code, message, { cause: err }) : new Error(message, { cause: err });
 }
 
-/** pidfd_getfd of `d` into the controller, once per descriptor. */
+/**
+ * pidfd_getfd of `d` into the controller, once per descriptor; the pidfd of each process is
+ * opened once and kept in `grabbed` too (under `pidfd:PID`), closed with the copies.
+ */
 function grab(d: Pick<FdDesc, 'pid' | 'fd' | 'link'>, grabbed: Map<string, number>): number {
   const key = `${d.pid}:${d.fd}`;
   const have = grabbed.get(key);
   if (have !== undefined) return have;
   const n = native();
-  const pidfd = n.pidfdOpen(d.pid);
   try {
+    let pidfd = grabbed.get(`pidfd:${d.pid}`);
+    if (pidfd === undefined) grabbed.set(`pidfd:${d.pid}`, (pidfd = n.pidfdOpen(d.pid)));
     const fd = n.pidfdGetfd(pidfd, d.fd);
     grabbed.set(key, fd);
     return fd;
   } catch (err) {
     throw new FerryError('EGRAB', `cannot take a copy of fd ${d.fd} of pid ${d.pid} (${d.link}): ${(err as Error).message}`, { cause: err });
-  } finally {
-    n.closeFd(pidfd);
   }
 }
 

@@ -2,14 +2,17 @@
  * Restore side of the file engine: a scheduler that opens every file in the controller (a
  * module may answer NOT_YET and is retried once others are open; no progress in a full round
  * means a dependency cycle), then installs the open files into each task at their descriptor
- * numbers: the task itself pulls each from the controller with pidfd_getfd(2) (the same open
- * file description, so offsets stay shared between all holders) and moves it with dup3(2).
+ * numbers: the controller sends them to the task in SCM_RIGHTS messages, each one injected
+ * recvmsg(2) (receiveTable); a few far above the rest the task pulls one by one with
+ * pidfd_getfd(2) and moves with dup3(2). Either way the task holds the same open file
+ * description, so offsets stay shared between all holders.
  */
+import { closeSync, openSync } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
-import type { Scratch, Tracee } from '../task/tracee.js';
+import { injectedError, type Scratch, type Tracee } from '../task/tracee.js';
 import { ConfinedRoot, placeRecord } from './confined.js';
 import { describeOwner, restoreOwner, type OwnerRecord } from './owner.js';
 import { kindByName } from './registry.js';
@@ -206,10 +209,16 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
     pidfd = Number(t.syscall(SYS.fcntl, first, F_DUPFD_CLOEXEC, top));
     t.syscall(SYS.close, first);
   }
-  for (const rec of sorted) {
+  const controllerFd = (rec: FdRecord): number => {
     const cfd = opened.get(rec.file);
     if (cfd === undefined) throw new Error(`file ${rec.file} of fd ${rec.fd} was not opened`);
-    const got = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0)); // O_CLOEXEC set
+    return cfd;
+  };
+  const dense = densePrefix(sorted);
+  const received = dense.length >= BATCH_MIN ? receiveTable(t, scratch, pidfd, top, dense, controllerFd) : 0;
+  // The rest one by one: the lowest free number is a copy's, then moved where it belongs.
+  for (const rec of sorted.slice(received)) {
+    const got = Number(t.syscall(SYS.pidfd_getfd, pidfd, controllerFd(rec), 0)); // O_CLOEXEC set
     if (got === rec.fd) {
       if (!rec.cloexec) t.syscall(SYS.fcntl, got, F_SETFD, 0);
     } else {
@@ -228,6 +237,126 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
       scratch.reset();
       kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), open: files.ctx });
     }
+  }
+}
+
+/** Fewest descriptors worth passing in messages (below it the fixed calls cost more than they save). */
+const BATCH_MIN = 8;
+/** Numbers a dense prefix may leave unused beyond one per descriptor (each is filled, then closed). */
+const HOLE_SLACK = 64;
+/** SCM_MAX_FD: most descriptors one SCM_RIGHTS message carries (include/net/scm.h). */
+const SCM_MAX_FD = 253;
+const MSG_DONTWAIT = 0x40, MSG_CTRUNC = 0x8, MSG_CMSG_CLOEXEC = 0x40000000, SOL_SOCKET = 1, SCM_RIGHTS = 1;
+const SOCK_DGRAM = 2;
+/** struct msghdr, struct iovec, one byte of data, struct cmsghdr: offsets in the scratch area. */
+const IOV_AT = 56, DATA_AT = 72, CMSG_AT = 80, CMSG_HDR = 16;
+
+/**
+ * The longest prefix of `sorted` whose numbers leave at most as many unused below them as it
+ * holds descriptors, plus HOLE_SLACK: those are passed in messages (receiveTable), the few far
+ * above them one by one.
+ */
+function densePrefix(sorted: readonly FdRecord[]): readonly FdRecord[] {
+  let k = 0;
+  sorted.forEach((rec, i) => { if (rec.fd + 1 - (i + 1) <= i + 1 + HOLE_SLACK) k = i + 1; });
+  return sorted.slice(0, k);
+}
+
+/**
+ * Installs `dense` (ascending, the task's table empty below `top`) by passing the controller's
+ * descriptors (`controllerFd`) to the task in SCM_RIGHTS messages of up to 253, each received
+ * by one injected recvmsg(2): the kernel gives received descriptors the lowest free numbers in the order they
+ * were sent, so sending every number from 0 in order, a filler (/dev/null) where the table
+ * has none, puts each where it belongs; the fillers are closed after (close_range(2)). One
+ * message holds descriptors of one close-on-exec flag (MSG_CMSG_CLOEXEC sets it for all). The
+ * same open file description arrives as with pidfd_getfd (offsets stay shared). A message the
+ * kernel refuses to carry (a file that cannot travel: sendmsg ETOOMANYREFS, EINVAL) is
+ * installed one by one with pidfd_getfd instead, which also takes the lowest free number.
+ * Every received number is checked against the one expected. Returns dense.length.
+ */
+function receiveTable(t: Tracee, scratch: Scratch, pidfd: number, top: number, dense: readonly FdRecord[],
+  controllerFd: (rec: FdRecord) => number): number {
+  const n = native();
+  const end = dense.at(-1)!.fd + 1;
+  const slots: Array<{ cfd: number; cloexec?: boolean }> = [];
+  const holes: Array<[number, number]> = [];
+  let filler = -1;
+  for (const rec of dense) {
+    if (rec.fd > slots.length) {
+      if (filler < 0) filler = openSync('/dev/null', 'r'); // close-on-exec (libuv)
+      holes.push([slots.length, rec.fd - 1]);
+      while (slots.length < rec.fd) slots.push({ cfd: filler });
+    }
+    slots.push({ cfd: controllerFd(rec), cloexec: rec.cloexec });
+  }
+  const [mine, theirs] = n.unixSocketpair(SOCK_DGRAM);
+  try {
+    // The task's end of the pair, above every number of its table.
+    const got = Number(t.syscall(SYS.pidfd_getfd, pidfd, theirs, 0));
+    const sock = Number(t.syscalls([[SYS.fcntl, got, F_DUPFD_CLOEXEC, top], [SYS.close, got]])[0]);
+    scratch.reset();
+    const msg = scratch.alloc(CMSG_AT + CMSG_HDR + SCM_MAX_FD * 4);
+    for (let at = 0; at < end;) {
+      // One message: up to SCM_MAX_FD numbers of one close-on-exec flag (a filler's is either).
+      let flag: boolean | undefined;
+      let to = at;
+      while (to < end && to - at < SCM_MAX_FD) {
+        const c = slots[to]!.cloexec;
+        if (c !== undefined && flag !== undefined && c !== flag) break;
+        flag ??= c;
+        to++;
+      }
+      const fds = slots.slice(at, to).map((s) => s.cfd);
+      let sent = true;
+      try {
+        n.unixSend(mine, Buffer.from([0]), null, fds);
+      } catch {
+        sent = false;
+      }
+      if (sent) receiveOne(t, msg, sock, at, fds.length, flag === true);
+      else {
+        for (let fd = at; fd < to; fd++) {
+          const got1 = Number(t.syscall(SYS.pidfd_getfd, pidfd, slots[fd]!.cfd, 0)); // O_CLOEXEC set
+          if (got1 !== fd) throw new FerryError('EINTERNAL', `installing fd ${fd} of pid ${t.pid}: it came as fd ${got1}`);
+          if (slots[fd]!.cloexec === false) t.syscall(SYS.fcntl, fd, F_SETFD, 0);
+        }
+      }
+      at = to;
+    }
+    if (holes.length > 0) t.syscalls(holes.map(([a, b]) => [SYS.close_range, a, b, 0] as const));
+    t.syscall(SYS.close, sock);
+  } finally {
+    // A task left holding its end (a failure) is being removed with it.
+    n.closeFd(mine);
+    n.closeFd(theirs);
+    if (filler >= 0) closeSync(filler);
+  }
+  return dense.length;
+}
+
+/** One injected recvmsg(2) of a message of `count` descriptors, which must land at `first`, `first + 1`, … */
+function receiveOne(t: Tracee, msg: bigint, sock: number, first: number, count: number, cloexec: boolean): void {
+  const controlLen = CMSG_HDR + Math.ceil((count * 4) / 8) * 8;
+  const head = Buffer.alloc(CMSG_AT);
+  head.writeBigUInt64LE(msg + BigInt(IOV_AT), 16); // msg_iov
+  head.writeBigUInt64LE(1n, 24); // msg_iovlen
+  head.writeBigUInt64LE(msg + BigInt(CMSG_AT), 32); // msg_control
+  head.writeBigUInt64LE(BigInt(controlLen), 40); // msg_controllen
+  head.writeBigUInt64LE(msg + BigInt(DATA_AT), IOV_AT); // iov_base
+  head.writeBigUInt64LE(1n, IOV_AT + 8); // iov_len
+  t.writeMem(msg, head);
+  const r = t.trySyscall(SYS.recvmsg, sock, msg, MSG_DONTWAIT | (cloexec ? MSG_CMSG_CLOEXEC : 0));
+  if (r < 0n) throw injectedError(SYS.recvmsg, Number(-r), t.tid);
+  const back = t.readMem(msg, CMSG_AT + controlLen);
+  const flags = back.readInt32LE(48);
+  const len = Number(back.readBigUInt64LE(CMSG_AT));
+  const got: number[] = [];
+  if (back.readInt32LE(CMSG_AT + 8) === SOL_SOCKET && back.readInt32LE(CMSG_AT + 12) === SCM_RIGHTS) {
+    for (let i = 0; i < Math.min((len - CMSG_HDR) / 4, count); i++) got.push(back.readInt32LE(CMSG_AT + CMSG_HDR + i * 4));
+  }
+  if ((flags & MSG_CTRUNC) !== 0 || got.length !== count || got.some((fd, i) => fd !== first + i)) {
+    const came = got.length > 0 ? `${got.length} descriptors from ${got[0]}` : 'nothing';
+    throw new FerryError('EINTERNAL', `installing fds ${first}-${first + count - 1} of pid ${t.pid}: ${came} came${(flags & MSG_CTRUNC) !== 0 ? ' (truncated: its open file limit is lower than its descriptors)' : ''}`);
   }
 }
 

@@ -79,10 +79,17 @@ function dumpState(d: FdDesc, ctx: DumpContext, storeData: boolean): PipeState {
   const what = `${d.link.startsWith('/') ? 'fifo' : 'pipe'} fd ${d.fd} of pid ${d.pid} (${d.link})`;
   const flags = d.fdinfo.flags & ~O_CLOEXEC;
   const n = native();
+  // The capacity is the pipe's: an end whose data is not stored needs no copy of its own
+  // once the other end was read (the tree is frozen).
+  const sizes = ctx.scratch<number>('pipe-size');
+  const key = `${d.stat.dev}:${d.stat.ino}`;
+  const known = sizes.get(key);
+  if (!storeData && known !== undefined) return { flags, size: known, data: '' };
   try {
     // The engine's copy of the open file (it closes it after the checkpoint).
     const stolen = ctx.grab(d);
-    const size = n.pipeSize(stolen);
+    const size = known ?? n.pipeSize(stolen);
+    sizes.set(key, size);
     if (!storeData) return { flags, size, data: '' };
     // tee(2) reads from a read end: a write-only end is opened again for reading (anonymous
     // pipe: never blocks; FIFO: O_NONBLOCK never blocks a reader).

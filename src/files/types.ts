@@ -3,8 +3,8 @@
  * side; DESIGN.md §4). The registry (registry.ts) maps descriptors to modules; collect.ts
  * groups descriptors into open files; install.ts is the restore scheduler.
  */
-import type { BigIntStats } from 'node:fs';
 import type { FileRecord } from '../image/records.js';
+import type { FileStat } from '../proc/fd-stat.js';
 import type { Fdinfo } from '../proc/fdinfo.js';
 import type { GuardSocket } from './socket-guard.js';
 
@@ -16,7 +16,7 @@ export interface FdDesc {
   /** readlink(/proc/PID/fd/FD): a path, 'pipe:[123]', 'socket:[456]', 'anon_inode:[eventfd]'… */
   link: string;
   /** stat(/proc/PID/fd/FD): the file behind the descriptor. */
-  stat: BigIntStats;
+  stat: FileStat;
   /** Parsed /proc/PID/fdinfo/FD; O_ASYNC is taken out of its flags (see `async`). */
   fdinfo: Fdinfo;
   /**

@@ -187,6 +187,13 @@ export interface NativeBinding {
   readMemory(pid: number, ranges: Float64Array, dst: Buffer, dstOffset?: number): number;
   /** kcmp(2): 0 equal, 1 less, 2 greater, 3 not equal (unordered). */
   kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number;
+  /**
+   * For each of `fds` of process `pid`: readlink(2) and stat(2) of /proc/PID/fd/FD and the
+   * text of /proc/PID/fdinfo/FD (proc(5)), or null when it is gone (ENOENT). `stat` holds
+   * st_dev, st_ino, st_mode, st_nlink, st_uid, st_gid, st_rdev, st_size, st_blksize,
+   * st_blocks, then atime, mtime and ctime in ns.
+   */
+  procFds(pid: number, fds: readonly number[]): Array<{ link: string; stat: BigInt64Array; fdinfo: string } | null>;
   /** pidfd_open(2). */
   pidfdOpen(pid: number, flags?: number): number;
   /** pidfd_send_signal(2): false when the process is gone (ESRCH). */
@@ -515,7 +522,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'kcmp', 'pidfdOpen', 'pidfdSendSignal',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',

@@ -137,4 +137,12 @@ describe('checkpoint and restore of one process', { skip, timeout: 180_000 }, ()
     const verbose = ferry(['inspect', '--image', image, '--verbose']).stdout.toString();
     for (const v of t.vmas) assert.ok(verbose.includes(`${v.start.padStart(14)}-`), `area ${v.start} listed with --verbose`);
   });
+
+  it('a table of 850 descriptors comes back number by number: holes, close-on-exec runs, far numbers, shared offsets', async () => {
+    // More than one SCM_RIGHTS message of descriptors (files/install.ts receiveTable), holes
+    // filled and closed again, and descriptors 1200 and 15000 placed one by one.
+    const w = await startWorkload(join(WORKLOADS, 'fdtable'), ['DIR']);
+    await cycle(w, join(w.dir, 'fdtable.tar'));
+    assert.equal(await verify(w), 'PASS');
+  });
 });
