@@ -59,19 +59,25 @@ long Raw(long nr, long a = 0, long b = 0, long c = 0, long d = 0) {
   return ret;
 }
 
-// The child, on its own stack in the caller's memory: handlers back to SIG_DFL (none of
-// Node's may run here), the caller's mask back, then traced, no descriptors, the stub.
-[[noreturn]] __attribute__((noinline)) void StubChild(const SpawnChild* c) {
+// In a child, before execve: every handler back to SIG_DFL (none of Node's may run there) and,
+// with `ignored`, every ignored signal too, as libuv's spawn does (Node ignores SIGPIPE, which
+// a program such as `runc delete` or `sh` must not inherit).
+void DefaultHandlers(bool ignored) {
   struct {
     uint64_t handler, flags, restorer, mask;
   } act, dfl = {0, 0, 0, 0};
   for (long sig = 1; sig <= 64; sig++) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     if (Raw(SYS_rt_sigaction, sig, 0, reinterpret_cast<long>(&act), 8) != 0) continue;
-    if (act.handler != reinterpret_cast<uint64_t>(SIG_DFL) && act.handler != reinterpret_cast<uint64_t>(SIG_IGN)) {
-      Raw(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0, 8);
-    }
+    if (act.handler == reinterpret_cast<uint64_t>(SIG_DFL)) continue;
+    if (act.handler != reinterpret_cast<uint64_t>(SIG_IGN) || ignored) Raw(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0, 8);
   }
+}
+
+// The child, on its own stack in the caller's memory: handlers back to SIG_DFL (none of
+// Node's may run here), the caller's mask back, then traced, no descriptors, the stub.
+[[noreturn]] __attribute__((noinline)) void StubChild(const SpawnChild* c) {
+  DefaultHandlers(false);
   Raw(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&c->mask), 0, 8);
   Raw(SYS_ptrace, PTRACE_TRACEME);
   Raw(SYS_close_range, 0, ~0U, 0);
@@ -188,20 +194,11 @@ void ChildFail(const char* what, long err) {
   Raw(SYS_write, 1, reinterpret_cast<long>(buf), n);
 }
 
-// The helper child: handlers back to SIG_DFL, a session of its own (no Ctrl-C of ferry's
+// The helper child: handlers and ignored signals back to SIG_DFL, a session of its own (no Ctrl-C of ferry's
 // terminal reaches it), the pipes as 0-2, the held descriptors as 3.., nothing else, the
 // caller's mask, then the program.
 [[noreturn]] __attribute__((noinline)) void DetachedChildMain(const DetachedChild* c) {
-  struct {
-    uint64_t handler, flags, restorer, mask;
-  } act, dfl = {0, 0, 0, 0};
-  for (long sig = 1; sig <= 64; sig++) {
-    if (sig == SIGKILL || sig == SIGSTOP) continue;
-    if (Raw(SYS_rt_sigaction, sig, 0, reinterpret_cast<long>(&act), 8) != 0) continue;
-    if (act.handler != reinterpret_cast<uint64_t>(SIG_DFL) && act.handler != reinterpret_cast<uint64_t>(SIG_IGN)) {
-      Raw(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0, 8);
-    }
-  }
+  DefaultHandlers(true);
   Raw(SYS_setsid);
   // Every source first above every target (a held descriptor may be numbered 0..2+n), then down.
   long in = Raw(SYS_fcntl, c->in, F_DUPFD, c->high);

@@ -203,7 +203,7 @@ export class CgroupPlan {
     for (const t of this.order) {
       const made = this.created.includes(t);
       if (made && t.hierarchy.version === 1 && t.key.split(',').includes('cpuset')) this.inheritCpuset(t);
-      if (made || (this.trusted && this.mode !== 'soft')) this.writeSettings(t);
+      if (made || (this.trusted && this.mode !== 'soft')) this.writeSettings(t, made);
     }
   }
 
@@ -220,8 +220,13 @@ export class CgroupPlan {
     }
   }
 
-  /** Writes the recorded settings of `t` in allow-list order; a refused one is tried once more after the others (limits that depend on each other). */
-  private writeSettings(t: Target): void {
+  /**
+   * Writes the recorded settings of `t` in allow-list order; a refused one is tried once more
+   * after the others (limits that depend on each other). `made`: this restore made `t`. A
+   * cgroup that was there already is never made threaded: that cannot be undone, and it
+   * changes it for every process in it.
+   */
+  private writeSettings(t: Target, made: boolean): void {
     let pending = Object.entries(t.settings);
     for (let pass = 0; pass < 2 && pending.length > 0; pass++) {
       const failed: Array<[string, string, unknown]> = [];
@@ -230,7 +235,7 @@ export class CgroupPlan {
           if (file === 'cgroup.type') {
             // Only "threaded" can be written (a domain is the default; "domain threaded" and
             // "domain invalid" follow from the cgroups below).
-            if (value === 'threaded') this.writeControl(t, t.rel, file, value);
+            if (value === 'threaded' && made) this.writeControl(t, t.rel, file, value);
           } else if (file === 'cgroup.subtree_control') {
             const ctrls = value.split(' ').filter(Boolean);
             if (ctrls.length > 0) this.writeControl(t, t.rel, file, ctrls.map((c) => `+${c}`).join(' '));

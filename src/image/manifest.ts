@@ -75,7 +75,7 @@ export interface ChunkedEntry {
    * Each chunk's digest is sha256 of the concatenated sha256 of its pages (4 KiB each, the
    * last one possibly shorter) instead of sha256 of its bytes (image/chunks.ts chunkDigest):
    * a pre-copy checkpoint takes the digests of the pages the target holds from the rounds
-   * instead of reading them while the tree is frozen (docs/image-format.md). Version 5 on.
+   * instead of reading them while the tree is frozen (docs/image-format.md). Version 6 on.
    */
   pageDigests?: true;
 }

@@ -3,7 +3,7 @@
  * frames (frames.ts) read into the spooled image; and the sender's copy of what it sent
  * (FrameLog), made into the image the same way when it is needed.
  */
-import { closeSync, constants, openSync, readSync, renameSync, rmSync, statfsSync, writeSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, openSync, readSync, renameSync, rmSync, statfsSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
@@ -11,6 +11,9 @@ import type { ImageOverlay } from '../image/reader.js';
 import { native } from '../native/binding.js';
 import { MAX_DATA_BYTES } from './channel.js';
 import { FRAME_PAGES, HEAD, MAX_REF_PAGES, TAG_PAGES, TAG_RAW, TAG_REF, USER_END } from './frames.js';
+
+/** The page store's file in its directory. */
+const STORE_FILE = 'precopy.pages';
 
 /** open(2)'s O_TMPFILE (with O_DIRECTORY, as the kernel defines it) and linkat(2)'s AT_FDCWD. */
 const O_TMPFILE = 0o20000000 | constants.O_DIRECTORY;
@@ -45,7 +48,7 @@ export class PreCopyReceiver {
   refBytes = 0;
 
   constructor(dir: string, private readonly peer: string) {
-    this.path = join(dir, 'precopy.pages');
+    this.path = join(dir, STORE_FILE);
     this.fd = openSync(this.path, 'wx+', 0o600);
     let free = MAX_STORE_BYTES;
     try {
@@ -261,13 +264,20 @@ export class FrameLog {
 
 /**
  * Makes the image (a tar at `out`) from a FrameLog at `log`, through a page store in `dir`
- * (removed after): byte for byte the image the checkpoint took, which restore verifies.
+ * (removed after): byte for byte the image the checkpoint took, which restore verifies. It is
+ * written as `out`.partial, synced and renamed: `out` exists only whole (workdir.ts copyImage
+ * takes an existing one for done). What a rebuild killed before left in `dir` goes first.
  */
 export function rebuildImage(log: string, dir: string, out: string): void {
+  const partial = `${out}.partial`;
+  rmSync(partial, { force: true });
+  rmSync(join(dir, STORE_FILE), { force: true });
   const store = new PreCopyReceiver(dir, `the copy ${log}`);
-  const ifd = openSync(log, 'r');
-  const ofd = openSync(out, 'wx', 0o600);
+  let ifd = -1, ofd = -1;
+  let done = false;
   try {
+    ifd = openSync(log, 'r');
+    ofd = openSync(partial, 'wx', 0o600);
     const len = Buffer.alloc(4);
     for (let pos = 0; ;) {
       const n = readSync(ifd, len, 0, 4, pos);
@@ -279,9 +289,13 @@ export function rebuildImage(log: string, dir: string, out: string): void {
       pos += 4 + size;
       store.handle(frame, (b) => writeAll(ofd, b, -1));
     }
+    fsyncSync(ofd);
+    renameSync(partial, out);
+    done = true;
   } finally {
-    closeSync(ifd);
-    closeSync(ofd);
+    if (ifd >= 0) closeSync(ifd);
+    if (ofd >= 0) closeSync(ofd);
+    if (!done) rmSync(partial, { force: true });
     store.close();
   }
 }

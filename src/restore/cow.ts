@@ -91,6 +91,17 @@ export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): 
     }
   }
   for (const task of tasks) {
+    // A lending child's areas are written into its parent's (lendPages): the same private
+    // mapping there, or nothing is written.
+    for (const [i, v] of task.vmas.entries()) {
+      if ((v.lent?.length ?? 0) === 0) continue;
+      const parentPid = ppid.get(task.pid);
+      const from = parentPid === undefined ? undefined : seen.get(parentPid)?.vmas.find((a) => a.start === v.start);
+      if (!from || !inheritable(from, v)) {
+        throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through an area its parent `
+          + `${parentPid ?? '?'} does not map the same way, or through no live parent listed before it: refused (an edited image)`, { pid: task.pid });
+      }
+    }
     if (inherits(task)) {
       const parentPid = ppid.get(task.pid);
       const parent = parentPid === undefined ? undefined : seen.get(parentPid);
@@ -213,7 +224,11 @@ export function lendPages(t: Tracee, parent: TaskRecord, children: readonly Task
     if (lending.length === 0) continue;
     const src = pagesOf(c.pid);
     for (const v of lending) {
-      const from = areas.get(v.start)!;
+      // checkInherited refused any other image; kept here too, as this writes into the parent.
+      const from = areas.get(v.start);
+      if (!from || !inheritable(from, v)) {
+        throw new FerryError('EIMAGE', `image: pid ${c.pid} lends pages through an area at ${v.start} its parent ${parent.pid} does not map the same way: refused (an edited image)`, { pid: c.pid });
+      }
       const has = merged(from.runs, from.cow ?? []);
       const base = BigInt(v.start);
       for (const [page, count, offset] of storedParts(v, true)) {

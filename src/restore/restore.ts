@@ -138,7 +138,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted);
-    checkRootTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted); // chroot'ed processes (root-dir.ts)
+    checkRootTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor access: an untrusted image's processes hold open only what their own credentials
@@ -233,11 +233,14 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (lazy) session.onUndo('close the lazy pages', () => lazy.close());
     const cowParents = new Set(tree.processes.filter((p) => { const t = taskOf.get(p.pid); return t !== undefined && inherits(t); }).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
+    // Each live process's children as tree.json has them (the parent checkInherited checked).
     const kidsOf = new Map<number, TaskRecord[]>();
-    for (const t of tasks.slice(1)) {
-      const list = kidsOf.get(t.ppid);
+    for (const rec of tree.processes.slice(1)) {
+      const t = taskOf.get(rec.pid);
+      if (t === undefined) continue;
+      const list = kidsOf.get(rec.ppid);
       if (list) list.push(t);
-      else kidsOf.set(t.ppid, [t]);
+      else kidsOf.set(rec.ppid, [t]);
     }
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
       late: (rec) => { const t = taskOf.get(rec.pid); return t !== undefined && inherits(t); },

@@ -20,8 +20,15 @@ import type { AddressSpace } from './address-space.js';
 
 const CAP_SYS_CHROOT = 18n;
 
-/** Refuses (EPRIVILEGE, one line) an untrusted image giving a process a root it could not make. */
-export function checkRootTrust(image: string, tasks: readonly TaskRecord[], trusted: boolean): void {
+/**
+ * Refuses (EPRIVILEGE, one line) an untrusted image giving a process a root it could not make,
+ * and (EIMAGE) any root in a container's image (`container`): checkpoint records none there.
+ */
+export function checkRootTrust(image: string, tasks: readonly TaskRecord[], trusted: boolean, container: boolean): void {
+  const inContainer = container ? tasks.find((t) => t.root !== undefined) : undefined;
+  if (inContainer !== undefined) {
+    throw new FerryError('EIMAGE', `image ${image}: pid ${inContainer.pid} of a container's image has a root directory of its own (task.json root), which a checkpoint never records there: refused (an edited image); nothing was restored`, { pid: inContainer.pid });
+  }
   if (trusted) return;
   for (const task of tasks) {
     if (task.root === undefined) continue;

@@ -131,7 +131,7 @@ describe('copy-on-write after fork', { skip, timeout: 300_000 }, () => {
     assert.equal(await askVerdict(w.pid, w.text), 'PASS'); // its second verdict
   });
 
-  it('an image edited to inherit from no parent, another area or pages the parent has not, or to lend what it has not: refused, nothing made', async () => {
+  it('an image edited to inherit from no parent, another area or pages the parent has not, or to lend what it has not or through another area: refused, nothing made', async () => {
     const { w } = await started();
     const kids = childrenOf(w.pid);
     const image = join(w.dir, 'cow.tar');
@@ -141,6 +141,13 @@ describe('copy-on-write after fork', { skip, timeout: 300_000 }, () => {
     const child = kids[0]!;
     const root = await img.readJson(`tasks/${w.pid}/task.json`) as TaskRecord;
     const kid = await img.readJson(`tasks/${child}/task.json`) as TaskRecord;
+    // The child that lends pages through the root (the first of those that share them).
+    let lender: number | undefined;
+    for (const k of kids) {
+      const t = await img.readJson(`tasks/${k}/task.json`) as TaskRecord;
+      if (lender === undefined && t.vmas.some((v) => (v.lent?.length ?? 0) > 0)) lender = k;
+    }
+    assert.ok(lender !== undefined, 'a child lends pages through the root');
     await img.close();
     /** A page of `v` that neither `v` nor `also` stores or inherits. */
     const gap = (v: VmaRecord, also?: VmaRecord): number | undefined => {
@@ -173,6 +180,9 @@ describe('copy-on-write after fork', { skip, timeout: 300_000 }, () => {
         const v = t.vmas[kidArea]!;
         v.lent = [[gap(v)!, 1]];
       }, new RegExp(`vmas\\[${kidArea}\\]\\.lent\\[0\\] names pages that are not in one run of its stored pages`)],
+      // Its pages would be written into whatever the parent maps there (a shared file, say).
+      ['lends through an area its parent maps otherwise', `tasks/${lender}/task.json`, (t) => { t.vmas.find((v) => (v.lent?.length ?? 0) > 0)!.prot ^= 2; },
+        new RegExp(`pid ${lender} vmas\\[\\d+\\] \\(0x[0-9a-f]+-0x[0-9a-f]+\\) lends pages \\(lent\\) through an area its parent ${w.pid} does not map the same way`)],
     ];
     for (const [what, entry, change, message] of cases) {
       const edited = join(w.dir, `edited-${what.replace(/\W+/g, '-')}.tar`);

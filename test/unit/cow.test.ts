@@ -119,7 +119,7 @@ describe('copy-on-write after fork: pure logic', () => {
       checkInherited(tree, [parent, lender, task(12, [area({ cow: [[0, 10]] })])]);
       refused([parent, lender, task(12, [area({ cow: [[0, 11]] })])], /pid 12 vmas\[0\] inherits pages 0-10 \(cow\) that its parent 10 has not all/);
       refused([parent, lender, task(12, [area({ runs: [[9, 1]], lent: [[9, 1]] })])], /two children of pid 10 lend the same pages of its area at 0x10000 \(lent\)/);
-      refused([parent, task(11, [area({ start: '0x11000', runs: [[0, 1]], lent: [[0, 1]] })])], /pid 11 vmas\[0\] \(0x11000-0x20000\) inherits pages \(cow\) from an area its parent 10 does not map the same way/);
+      refused([parent, task(11, [area({ start: '0x11000', runs: [[0, 1]], lent: [[0, 1]] })])], /pid 11 vmas\[0\] \(0x11000-0x20000\) lends pages \(lent\) through an area its parent 10 does not map the same way/);
     });
   });
 });
