@@ -170,8 +170,10 @@ export class PreCopyReceiver {
       this.pages += count;
       return 0;
     }
-    // REF: the held pages, in order, into the image.
+    // REF: the held pages, in order, into the image. An image names each page it holds once,
+    // so it can name no more than were sent (which bounds the runs kept for the overlay too).
     if (frame.length !== HEAD) this.bad('a page reference of the wrong length');
+    if (this.refBytes + count * PAGE_SIZE > this.slots * PAGE_SIZE) this.bad(`references to more pages than it sent (${this.slots})`);
     this.imageStarted = true;
     const idx = this.index.get(pid);
     const buf = skip ? undefined : Buffer.allocUnsafe(Math.min(count, 256) * PAGE_SIZE);
@@ -182,7 +184,11 @@ export class PreCopyReceiver {
       let k = 1;
       while (p + k < count && k < 256 && idx!.get(first + p + k) === slot + k) k++;
       if (skip) {
-        this.runs.push({ at: this.imageAt + p * PAGE_SIZE, slot, count: k });
+        // One run where the last one goes on, in the image and in the store.
+        const last = this.runs.at(-1);
+        const at = this.imageAt + p * PAGE_SIZE;
+        if (last !== undefined && last.at + last.count * PAGE_SIZE === at && last.slot + last.count === slot) last.count += k;
+        else this.runs.push({ at, slot, count: k });
       } else {
         const got = readSync(this.fd, buf!, 0, k * PAGE_SIZE, slot * PAGE_SIZE);
         if (got !== k * PAGE_SIZE) throw new FerryError('EIO', `short read of the pre-copy store (${got} of ${k * PAGE_SIZE} bytes)`);

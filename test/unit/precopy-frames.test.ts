@@ -131,7 +131,8 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     protocolError(() => r.handle(frame(TAG_PAGES, 1, 0x1000n, 2, page(0)), w), /wrong length/);
     protocolError(() => r.handle(frame(TAG_PAGES, 1, 0x1000n, FRAME_PAGES + 1, page(0, FRAME_PAGES + 1)), w), /wrong length/);
     r.handle(frame(TAG_PAGES, 1, 0x1000n, 1, page(5)), w);
-    protocolError(() => r.handle(frame(TAG_REF, 1, 0x1000n, 2), w), /page 0x2000 of pid 1, which it never sent/);
+    protocolError(() => r.handle(frame(TAG_REF, 1, 0x1000n, 2), w), /references to more pages than it sent \(1\)/);
+    protocolError(() => r.handle(frame(TAG_REF, 1, 0x2000n, 1), w), /page 0x2000 of pid 1, which it never sent/);
     protocolError(() => r.handle(frame(TAG_REF, 2, 0x1000n, 1), w), /page 0x1000 of pid 2, which it never sent/);
     protocolError(() => r.handle(Buffer.concat([frame(TAG_REF, 1, 0x1000n, 1), Buffer.from([0])]), w), /wrong length/);
     r.handle(raw(Buffer.from('x')), w);
