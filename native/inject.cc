@@ -292,9 +292,13 @@ int RunnableNow() {
 // Best effort: a thread whose affinity cannot be read or set runs the batch unpinned.
 class PinHere {
  public:
-  PinHere() {
+  // `tid`: the tracee, which must be allowed on this CPU (a container's cpuset may keep it
+  // off it: pinned here, every stop would cross CPUs).
+  explicit PinHere(pid_t tid) {
     int cpu = sched_getcpu();
     if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof(saved_), &saved_) != 0) return;
+    cpu_set_t theirs;
+    if (sched_getaffinity(tid, sizeof(theirs), &theirs) != 0 || !CPU_ISSET(cpu, &theirs)) return;
     int runnable = RunnableNow();
     if (runnable < 0 || runnable > CPU_COUNT(&saved_)) return;
     cpu_set_t one;
@@ -328,7 +332,7 @@ bool ReadBack(pid_t tid, const BatchOptions& o) {
 // the task still exists. A failing call does not stop the batch, except within `o.guard`.
 bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mode, BatchOptions& o,
             int64_t* out, const char** what, int* err) {
-  PinHere pin;
+  PinHere pin(tid);
   uint64_t mask = 0, all = ~0ULL;
   if (mode == kSeized) {
     if (Ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(sizeof(mask)), &mask) < 0 ||
