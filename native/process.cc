@@ -74,6 +74,50 @@ void DefaultHandlers(bool ignored) {
   }
 }
 
+// clone3(CLONE_VM | CLONE_VFORK) onto a stack of this frame: the child calls `child(arg)` there
+// and never returns; the caller goes on once the child has exec'd or exited. Every signal is
+// blocked around it (no handler of Node's may run in the child), the caller's mask saved in
+// `*mask` for the child to put back. `tids`: clone3's set_tid (none when empty). The child's
+// pid, or -errno.
+template <typename T>
+long VforkCall(void (*child)(const T*), const T* arg, sigset_t* mask, const std::vector<pid_t>& tids) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, mask);
+  alignas(16) uint8_t stack[16384];
+  struct clone_args args;
+  memset(&args, 0, sizeof(args));
+  args.flags = CLONE_VM | CLONE_VFORK;
+  args.exit_signal = SIGCHLD;
+  args.stack = reinterpret_cast<uintptr_t>(stack);
+  args.stack_size = sizeof(stack);
+  if (!tids.empty()) {
+    args.set_tid = reinterpret_cast<uintptr_t>(tids.data());
+    args.set_tid_size = tids.size();
+  }
+  // The child starts after the `syscall` with rsp at the top of `stack` (16-byte aligned) and
+  // every other register as the caller's; it calls child(arg) there. The caller goes on with
+  // rax = the child's pid or -errno.
+  register long rdi asm("rdi") = reinterpret_cast<long>(&args);
+  register long rsi asm("rsi") = sizeof(args);
+  register long r12 asm("r12") = reinterpret_cast<long>(arg);
+  register long r13 asm("r13") = reinterpret_cast<long>(child);
+  long rax = SYS_clone3;
+  asm volatile(
+      "syscall\n\t"
+      "test %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "mov %%r12, %%rdi\n\t"
+      "call *%%r13\n\t"
+      "ud2\n\t"
+      "1:\n\t"
+      : "+a"(rax)
+      : "r"(rdi), "r"(rsi), "r"(r12), "r"(r13)
+      : "rcx", "r11", "memory", "cc");
+  pthread_sigmask(SIG_SETMASK, mask, nullptr);
+  return rax;
+}
+
 // The child, on its own stack in the caller's memory: handlers back to SIG_DFL (none of
 // Node's may run here), the caller's mask back, then traced, no descriptors, the stub.
 [[noreturn]] __attribute__((noinline)) void StubChild(const SpawnChild* c) {
@@ -103,45 +147,7 @@ Napi::Value SpawnStub(const Napi::CallbackInfo& info) {
   char* const argv[] = {const_cast<char*>(path.c_str()), nullptr};
   char* const envp[] = {nullptr};
   SpawnChild c = {path.c_str(), argv, envp, {}};
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &c.mask);
-
-  alignas(16) uint8_t stack[16384];
-  struct clone_args args;
-  memset(&args, 0, sizeof(args));
-  args.flags = CLONE_VM | CLONE_VFORK;
-  args.exit_signal = SIGCHLD;
-  args.stack = reinterpret_cast<uintptr_t>(stack);
-  args.stack_size = sizeof(stack);
-  if (!tids.empty()) {
-    args.set_tid = reinterpret_cast<uintptr_t>(tids.data());
-    args.set_tid_size = tids.size();
-  }
-  long child;
-  {
-    // The child starts after the `syscall` with rsp at the top of `stack` (16-byte aligned)
-    // and every other register as the parent's; it calls StubChild(&c) there and never
-    // returns. The parent goes on with rax = the child's pid or -errno.
-    register long rdi asm("rdi") = reinterpret_cast<long>(&args);
-    register long rsi asm("rsi") = sizeof(args);
-    register long r12 asm("r12") = reinterpret_cast<long>(&c);
-    register long r13 asm("r13") = reinterpret_cast<long>(&StubChild);
-    long rax = SYS_clone3;
-    asm volatile(
-        "syscall\n\t"
-        "test %%rax, %%rax\n\t"
-        "jnz 1f\n\t"
-        "mov %%r12, %%rdi\n\t"
-        "call *%%r13\n\t"
-        "ud2\n\t"
-        "1:\n\t"
-        : "+a"(rax)
-        : "r"(rdi), "r"(rsi), "r"(r12), "r"(r13)
-        : "rcx", "r11", "memory", "cc");
-    child = rax;
-  }
-  pthread_sigmask(SIG_SETMASK, &c.mask, nullptr);
+  long child = VforkCall(&StubChild, &c, &c.mask, tids);
   if (child < 0) {
     ThrowErrno(env, "clone3", static_cast<int>(-child), tids.empty() ? "" : "pid " + std::to_string(tids[0]));
     return {};
@@ -255,6 +261,10 @@ Napi::Value SpawnDetached(const Napi::CallbackInfo& info) {
   std::vector<int> hold(h.Length());
   int high = 3 + static_cast<int>(h.Length());
   for (uint32_t i = 0; i < h.Length(); i++) {
+    if (!h.Get(i).IsNumber()) {
+      ThrowType(env, "spawnDetached: hold descriptors must be numbers");
+      return {};
+    }
     hold[i] = h.Get(i).As<Napi::Number>().Int32Value();
     if (hold[i] < 0) {
       ThrowType(env, "spawnDetached: hold descriptors must be >= 0");
@@ -278,38 +288,7 @@ Napi::Value SpawnDetached(const Napi::CallbackInfo& info) {
   fcntl(out[0], F_SETFL, O_NONBLOCK);
   for (int fd : {in[0], in[1], out[0], out[1]}) if (fd + 1 > high) high = fd + 1;
   DetachedChild c = {path.c_str(), argv.data(), environ, {}, in[0], out[1], hold.data(), static_cast<int>(hold.size()), high};
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &c.mask);
-  alignas(16) uint8_t stack[16384];
-  struct clone_args args3;
-  memset(&args3, 0, sizeof(args3));
-  args3.flags = CLONE_VM | CLONE_VFORK;
-  args3.exit_signal = SIGCHLD;
-  args3.stack = reinterpret_cast<uintptr_t>(stack);
-  args3.stack_size = sizeof(stack);
-  long child;
-  {
-    // As in SpawnStub: the child calls DetachedChildMain(&c) on `stack` and never returns.
-    register long rdi asm("rdi") = reinterpret_cast<long>(&args3);
-    register long rsi asm("rsi") = sizeof(args3);
-    register long r12 asm("r12") = reinterpret_cast<long>(&c);
-    register long r13 asm("r13") = reinterpret_cast<long>(&DetachedChildMain);
-    long rax = SYS_clone3;
-    asm volatile(
-        "syscall\n\t"
-        "test %%rax, %%rax\n\t"
-        "jnz 1f\n\t"
-        "mov %%r12, %%rdi\n\t"
-        "call *%%r13\n\t"
-        "ud2\n\t"
-        "1:\n\t"
-        : "+a"(rax)
-        : "r"(rdi), "r"(rsi), "r"(r12), "r"(r13)
-        : "rcx", "r11", "memory", "cc");
-    child = rax;
-  }
-  pthread_sigmask(SIG_SETMASK, &c.mask, nullptr);
+  long child = VforkCall(&DetachedChildMain, &c, &c.mask, std::vector<pid_t>());
   close(in[0]);
   close(out[1]);
   if (child < 0) {
