@@ -5,12 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FrameLog, TAG_PAGES, TAG_RAW, TAG_REF, writeHead } from '../../src/migrate/precopy.js';
-import { FRAME_LOG, HANDED_OVER, keptCopyWarning, removeStaleDirs, SENDER_DIR } from '../../src/migrate/workdir.js';
+import { copyImage, FRAME_LOG, HANDED_OVER, keptCopyWarning, removeStaleDirs, SENDER_DIR } from '../../src/migrate/workdir.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ferry-workdir-'));
 after(() => rmSync(work, { recursive: true, force: true }));
@@ -71,5 +71,33 @@ describe('removeStaleDirs', () => {
     assert.ok(!existsSync(dir));
     assert.equal(kept.length, 1);
     assert.deepEqual(readFileSync(kept[0]!), Buffer.concat([Buffer.from('head'), Buffer.alloc(2 * 4096, 7), Buffer.from('tail')]));
+  });
+
+  it('a rebuild that fails leaves no image and the frames as they were; one killed before does not block the next', () => {
+    const dir = join(work, `${SENDER_DIR}${process.pid}-eeeeee`);
+    mkdirSync(dir);
+    const frames = join(dir, FRAME_LOG);
+    const log = new FrameLog(work, join(work, 'unused2'));
+    const pages = Buffer.alloc(17 + 4096, 9);
+    writeHead(pages, TAG_PAGES, 4244, 0x10000n, 1);
+    const ref = Buffer.alloc(17);
+    writeHead(ref, TAG_REF, 4244, 0x10000n, 1);
+    for (const f of [pages, Buffer.concat([Buffer.from([TAG_RAW]), Buffer.from('head')]), ref]) log.append(f);
+    log.name(frames);
+    log.close();
+    const whole = readFileSync(frames);
+    // Cut inside a record: the rebuild fails part-way, after it has written some of the image.
+    appendFileSync(frames, Buffer.from([0, 0, 0, 9, TAG_RAW]));
+    assert.throws(() => copyImage(dir), /ends inside a record/);
+    assert.deepEqual(readdirSync(dir).sort(), [FRAME_LOG], 'neither the image nor its partial nor the store is left');
+    assert.deepEqual(readFileSync(frames).subarray(0, whole.length), whole, 'the frames are untouched');
+    // What a rebuild killed mid-way leaves (a partial image, the page store) is not taken for
+    // the image, nor does it stop the next rebuild.
+    writeFileSync(frames, whole);
+    copyFileSync(frames, join(dir, 'image.tar.partial'));
+    writeFileSync(join(dir, 'precopy.pages'), 'stale');
+    assert.deepEqual(readFileSync(copyImage(dir)), Buffer.concat([Buffer.from('head'), Buffer.alloc(4096, 9)]));
+    assert.deepEqual(readdirSync(dir).sort(), [FRAME_LOG, 'image.tar']);
+    rmSync(dir, { recursive: true });
   });
 });
