@@ -32,7 +32,7 @@ import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
 import { rootOf, statIn, viaFd } from './confined.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
 import { readProcText } from '../proc/read.js';
-import { closeMounts, dropQueued, fdinfoFields, heldByTree, hexField, kernelDev, locateInode, mountsOf } from './inotify.js';
+import { closeMounts, dropQueued, fdinfoFields, heldByTree, heldFilesOpen, hexField, kernelDev, locateInode, mountsOf } from './inotify.js';
 
 /** fanotify_init(2) flags kept by the engine elsewhere. */
 const FAN_CLOEXEC = 0x1, FAN_NONBLOCK = 0x2;
@@ -170,13 +170,7 @@ function checkRecord(rec: FanotifyRecord): void {
 function openFanotify(rec: FanotifyRecord, ctx: OpenContext): number | typeof NOT_YET {
   const n = native();
   const root = rootOf(rec);
-  for (const m of rec.marks) {
-    if (m.file === undefined) continue;
-    if (ctx.record(m.file) === undefined) {
-      throw new FerryError('EIMAGE', `image: fanotify (file ${rec.id}) has a mark on file ${m.file}, which the image does not hold`);
-    }
-    if (ctx.opened(m.file) === undefined) return NOT_YET;
-  }
+  if (!heldFilesOpen(ctx, rec.marks.map((m) => ({ file: m.file, what: `fanotify (file ${rec.id}) ${m.type} mark` })))) return NOT_YET;
   const fd = n.fanotifyInit(rec.initFlags | ((rec.flags & O_NONBLOCK) !== 0 ? FAN_NONBLOCK : 0), rec.eventFlags);
   try {
     for (const m of rec.marks) {

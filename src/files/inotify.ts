@@ -273,6 +273,21 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
 }
 
 /**
+ * Whether every file of the image that watches or marks are made through (their restored
+ * descriptors: heldByTree at dump) is open already; restore's order waits for them otherwise
+ * (NOT_YET). Refuses one the image does not hold. `what` names the watch or mark.
+ */
+export function heldFilesOpen(ctx: OpenContext, through: Iterable<{ file?: number | undefined; what: string }>): boolean {
+  let ready = true;
+  for (const { file, what } of through) {
+    if (file === undefined) continue;
+    if (ctx.record(file) === undefined) throw new FerryError('EIMAGE', `image: ${what} is made through file ${file}, which the image does not hold`);
+    if (ctx.opened(file) === undefined) ready = false;
+  }
+  return ready;
+}
+
+/**
  * The image file of a descriptor of the tree whose inode is `dev`:`ino` (`major:minor` and
  * number), with its path and inode as a watch records them, or undefined when the tree holds
  * no such descriptor. Every descriptor of the tree is looked at once per checkpoint, only when
@@ -327,13 +342,7 @@ function checkRecord(rec: InotifyRecord): void {
 function openInotify(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_YET {
   const n = native();
   const root = rootOf(rec);
-  for (const w of rec.watches) {
-    if (w.file === undefined) continue;
-    if (ctx.record(w.file) === undefined) {
-      throw new FerryError('EIMAGE', `image: inotify (file ${rec.id}) watch ${w.wd} names file ${w.file}, which the image does not hold`);
-    }
-    if (ctx.opened(w.file) === undefined) return NOT_YET;
-  }
+  if (!heldFilesOpen(ctx, rec.watches.map((w) => ({ file: w.file, what: `inotify (file ${rec.id}) watch ${w.wd}` })))) return NOT_YET;
   const fd = n.inotifyInit1(rec.flags & O_NONBLOCK);
   try {
     for (const w of rec.watches) {
