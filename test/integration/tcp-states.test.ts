@@ -272,7 +272,7 @@ describe('a connection whose peer is outside the tree, in another network namesp
   });
 
   /** The peer in the namespace and the tree's end, both queues full, FIN_WAIT1 with data in flight. */
-  async function brim(): Promise<{ w: Workload; peer: Workload }> {
+  async function brim(): Promise<{ w: Workload; peer: Workload; lport: number }> {
     net ??= makeNetns();
     net.drop();
     const peer = await startWorkload('ip', ['netns', 'exec', net.ns, TCPSTATES, 'peer', net.peer], { readyTimeoutMs: 60_000 });
@@ -283,7 +283,7 @@ describe('a connection whose peer is outside the tree, in another network namesp
     assert.equal(m[1], 'FIN_WAIT1', w.text());
     assert.ok(Number(m[2]) > 0 && Number(m[3]) > 0 && Number(m[4]) > 0, `sent-unacknowledged, unsent and received bytes queued: ${m[0]}`);
     await waitFor('the peer\'s flood', () => /sent=\d+/.test(peer.text()));
-    return { w, peer };
+    return { w, peer, lport: Number(/lport=(\d+)/.exec(w.text())![1]) };
   }
 
   /** Both ends read the rest of the conversation: every byte each sent, then EOF. */
@@ -297,10 +297,11 @@ describe('a connection whose peer is outside the tree, in another network namesp
   }
 
   it('checkpoint and restore: every byte both ways, then both FINs', async () => {
-    const { w, peer } = await brim();
+    const { w, peer, lport } = await brim();
     net!.drop({ lock: true }); // still dropping the tree's data, and now everything the peer sends
     const image = join(w.dir, 'brim.tar');
     await cycleThrough(w, image, 0, ['--tcp-established']);
+    assert.deepEqual(statesOf(w.pid, [lport]), ['04'], 'FIN_WAIT1 after restore');
     net!.open();
     await conversation(w, peer);
   });
@@ -402,9 +403,10 @@ describe('a connection whose peer is outside the tree, in another network namesp
   });
 
   it('--leave-running: the original runs on with every byte', async () => {
-    const { w, peer } = await brim();
+    const { w, peer, lport } = await brim();
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'brim.tar'), '--tcp-established', '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
+    assert.deepEqual(statesOf(w.pid, [lport]), ['04'], 'FIN_WAIT1 after the checkpoint');
     net!.open();
     await conversation(w, peer);
   });
