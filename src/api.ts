@@ -242,6 +242,11 @@ export interface RestoreResult {
   /** Whole restore, milliseconds (with the 20 ms watch for a process dying at once after the let-go). */
   totalMs: number;
   /**
+   * performance.now() of this process when the last task was let go: the tree runs from then
+   * (what follows is the watch above and clean-up). A migration's downtime ends here.
+   */
+  runningAt: number;
+  /**
    * Where restoreMs went: writing memory (mapping areas and writing their pages), the rest of
    * the rebuild (state, files, threads, credentials), the let-go; milliseconds.
    */

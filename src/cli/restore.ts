@@ -40,7 +40,8 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
     progress.clear();
   }
   if (!o.json) for (const w of result.warnings ?? []) printLine(2, `warning: ${w}`);
-  printLine(1, o.json ? resultJson(result) : formatRestore(result, o));
+  // runningAt is a moment on this process's clock, of use to a caller in it only.
+  printLine(1, o.json ? resultJson({ ...result, runningAt: undefined }) : formatRestore(result, o));
   // Like runc restore without --detach: stay until the container stops.
   if (o.container && !o.container.detach) await waitStopped(o.container, signal);
 }

@@ -216,7 +216,10 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       verifyMs: round(tReady - tStart), goToRunningMs: round(tRunning - tGo), ...Object.fromEntries(
         Object.entries(result.phases ?? {}).map(([k, v]) => [k, round(v)])),
     };
-    ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs, phases });
+    // The tree has run since its let-go; what came after (the watch for a process dying at
+    // once, clean-up) is not downtime: the sender takes it off (docs/migration.md, "Downtime").
+    ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs,
+      phases: { ...phases, runningForMs: round(Math.max(0, performance.now() - result.runningAt)) } });
     session.unwind(); // the spool (a lazy restore reads its open image, removed from the directory)
     o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases, ...(lazy ? { lazy: result.lazy !== undefined } : {}) });
     if (lazy) {

@@ -455,13 +455,16 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
     throw new FerryError('ELOST', `${why} after pid ${o.pid} was handed over: whether it runs on ${to} is unknown; `
       + `if it does not, restore it here: ${manual(kept)}`, { cause: err, pid: o.pid, path: kept });
   }
-  const downtimeMs = tRunning - t.stoppedAt;
+  // The tree runs on the target from its let-go, which "running" follows by the target's
+  // watch for a process dying at once and its clean-up (runningForMs, at most the time since "go").
+  const runningFor = Math.min(running.phases?.['runningForMs'] ?? 0, tRunning - tGo);
+  const downtimeMs = tRunning - runningFor - t.stoppedAt;
   // Freeze to last byte sent (of it, to the first byte: the tree read and every page hashed,
   // the manifest coming first), to the target's "ready", to the source killed and its PIDs
-  // free, to "running" (the target's own part in its `phases`).
+  // free, to the let-go on the target (the target's own part in its `phases`).
   const phases = {
     checkpointMs: round(t.tEnd - t.stoppedAt), firstByteMs: round(Math.max(0, t.tFirst - t.stoppedAt)), verifyMs: round(t.tReady - t.tEnd), killMs: round(tGo - t.tReady),
-    restoreMs: round(tRunning - tGo), ...(running.phases !== undefined ? { target: running.phases } : {}),
+    restoreMs: round(tRunning - runningFor - tGo), ...(running.phases !== undefined ? { target: running.phases } : {}),
   };
   o.onPhase?.({ phase: 'restore', pid: running.pid, pids: running.pids, restoreMs: round(running.restoreMs) });
   const lazy = filled !== undefined ? { pages: filled.pages, faults: filled.faults, fillMs: filled.fillMs } : undefined;

@@ -352,6 +352,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       pagesBytes,
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
+      runningAt: tRunning,
       phases: { memoryMs, rebuildMs: tLetGo - tStart - memoryMs, letGoMs: tRunning - tLetGo },
       ...(lazyLive !== undefined ? { lazy: settleMade(lazyLive.done, made) } : {}),
       totalMs: tEnd - t0,

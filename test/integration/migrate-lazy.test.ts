@@ -42,7 +42,11 @@ describe('ferry migrate --lazy', { skip, timeout: 300_000 }, () => {
     const phases = done['phases'] as Record<string, unknown>;
     for (const k of ['checkpointMs', 'verifyMs', 'killMs', 'restoreMs']) assert.equal(typeof phases[k], 'number', k);
     const target = phases['target'] as Record<string, number>;
-    for (const k of ['verifyMs', 'goToRunningMs', 'memoryMs', 'rebuildMs', 'letGoMs']) assert.equal(typeof target[k], 'number', `target ${k}`);
+    for (const k of ['verifyMs', 'goToRunningMs', 'memoryMs', 'rebuildMs', 'letGoMs', 'runningForMs']) assert.equal(typeof target[k], 'number', `target ${k}`);
+    // The downtime ends at the let-go there: the target's watch after it (20 ms) is not in it.
+    assert.ok(target['runningForMs']! >= 20, `the target ran the tree ${target['runningForMs']} ms before it said so`);
+    const parts = (['checkpointMs', 'verifyMs', 'killMs', 'restoreMs'] as const).reduce((s, k) => s + (phases[k] as number), 0);
+    assert.ok(Math.abs(parts - (done['downtimeMs'] as number)) < 1, `the phases make the downtime: ${parts} against ${String(done['downtimeMs'])}`);
     const got = records(recv);
     assert.deepEqual(got.map((x) => x['phase']), ['listen', 'transfer', 'restore', 'filled', 'done']);
     process.stdout.write(`# lazy 64 MiB at 10 MiB/s: downtime ${String(done['downtimeMs'])} ms (${JSON.stringify(phases)}), total ${String(done['totalMs'])} ms, `

@@ -30,7 +30,7 @@ describe('CLI output', { timeout: 30_000 }, () => {
   });
 
   it('prints the restore result as one sentence', () => {
-    const r = { pid: 1234, pids: [1234], hostPids: { 1234: 1234 }, pagesBytes: 12.3 * 1048576, verifyMs: 5, restoreMs: 9.4, totalMs: 20 };
+    const r = { pid: 1234, pids: [1234], hostPids: { 1234: 1234 }, pagesBytes: 12.3 * 1048576, verifyMs: 5, restoreMs: 9.4, totalMs: 20, runningAt: 1000 };
     assert.equal(formatRestore(r, { image: '/tmp/x.tar' }),
       'restored pid 1234 from /tmp/x.tar: 12.3 MiB of memory, verify 5 ms, restore 9 ms, total 20 ms');
     assert.equal(formatRestore(r, { image: '-' }),
