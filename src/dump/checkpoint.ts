@@ -11,6 +11,7 @@
  * tasks go: they hold nothing of ferry's between two injected syscalls (native/inject.cc).
  */
 import { availableParallelism } from 'node:os';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { existsSync, readlinkSync, statSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
@@ -28,12 +29,13 @@ import {
 import { hostSigningKey } from '../image/host-key.js';
 import { forkedBySiblings } from '../image/sharing.js';
 import { imageSigner, signingKey } from '../image/sign.js';
-import { HashPool, openImageTarget, writeImage, type ImageEntry } from '../image/writer.js';
+import { HashPool, openImageTarget, warmUpWriter, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
 import { ProcessGoneError, readProcLink, readProcText } from '../proc/read.js';
 import { readRootDir } from './root-dir.js';
 import { parseSmaps } from '../proc/smaps.js';
+import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
@@ -102,6 +104,9 @@ const EARLY_RELEASE_MAX_BYTES = 8 * 1024 * 1024;
  */
 const WARM_UP_MAX_BYTES = 8 * 1024 * 1024;
 
+/** A root storing at most this much has its pages read ahead too (warmUpWriter in checkpoint()). */
+const WARM_UP_PAGES_MAX_BYTES = 1024 * 1024;
+
 /**
  * Runs the /proc readers the frozen window runs, once, on the root while it still runs, and
  * throws the results away: a command is a fresh Node process, and the first call of each
@@ -109,20 +114,50 @@ const WARM_UP_MAX_BYTES = 8 * 1024 * 1024;
  * on its first use), measured at about 5 of a small process's 12-17 ms of freeze from the
  * command line. Read-only: no ptrace, nothing the process can notice; any error (the process
  * exited meanwhile) is left for the checkpoint itself to meet. Skipped for trees with much
- * memory, where reading the pagemap twice would cost more than compiling.
+ * memory, where reading the pagemap twice would cost more than compiling. Returns the memory
+ * plan it made (undefined on an error), whose pages warm the writer up (checkpoint()).
  */
-function warmUp(pid: number): void {
+function warmUp(pid: number): ReturnType<typeof planMemory> | undefined {
   try {
     const statusText = readProcText(pid, 'status');
     parseStatus(statusText);
     const { vmas, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
     syscallGadget(pid, vmas);
     listPosixTimers(pid);
-    planMemory(pid, vmas, vmflags);
+    const plan = planMemory(pid, vmas, vmflags);
     readPaths(pid);
+    readMm(pid, parseStat(readProcText(pid, 'stat')), 0n);
     warmUpCreds(pid, statusText);
-  } catch { /* the freeze meets it, with its own error */ }
+    return plan;
+  } catch {
+    return undefined; // the freeze meets it, with its own error
+  }
 }
+
+/**
+ * Bytes the frozen window of a small tree allocates on V8's young generation, with room to
+ * spare (measured here: about 0.8 MiB for one process).
+ */
+const WINDOW_YOUNG_BYTES = 2 * 1024 * 1024;
+
+/**
+ * Makes the young generation's next collection (a scavenge) happen now, before the freeze,
+ * if the frozen window would otherwise fill it: a command is a fresh Node process whose young
+ * generation is still small and nearly full when it gets there, and the scavenge then ran in
+ * the window of nearly every command (2 ms of a small process's freeze, measured here). V8
+ * has no call for it without --expose-gc: short-lived arrays fill what is left, which makes it
+ * collect; only what is alive survives it, as it would in the window.
+ */
+function makeYoungRoom(): void {
+  const young = getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+  if (young === undefined || young.space_available_size >= WINDOW_YOUNG_BYTES) return;
+  // Kept in a module variable, so that no compiler can find them unused and leave them out.
+  for (let left = young.space_available_size + FILL_BYTES; left > 0; left -= FILL_BYTES) filler = new Array<unknown>(FILL_BYTES / 8);
+  filler = undefined;
+}
+/** What one filler array takes (8 bytes an element), well below V8's large-object size. */
+const FILL_BYTES = 16 * 1024;
+let filler: unknown[] | undefined;
 
 /**
  * The deleted files the tree maps but holds no descriptor of (memory.ts `unheldGhosts`), each
@@ -296,7 +331,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // The watchdog of the sockets the dump puts in repair mode (files/socket-guard.ts), too.
     const guarding = fileOptions.tcpEstablished ? startSocketGuard(`pid ${pid}`) : undefined;
     guarding?.catch(() => {}); // awaited below
-    if (estimate.total <= WARM_UP_MAX_BYTES) warmUp(pid);
+    const warmPlan = estimate.total <= WARM_UP_MAX_BYTES ? warmUp(pid) : undefined;
     // Ready before the freeze, so that its start-up is not in the frozen window (nothing is
     // locked yet; an error is reported by take(), if the tree has connections at all).
     await nft?.ready().catch(() => {});
@@ -310,17 +345,32 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     session.onUndo('remove the unfinished image', () => target.discard());
     // The settings of the root's cgroups (cgroups/dump.ts); a container's are its runtime's.
     const cgroupsAhead = o.pidNamespace === undefined ? readCgroupsAhead(pid) : undefined;
+    // Their reader compiled too, as warmUp does for the others: the root's read once, thrown away.
+    if (cgroupsAhead !== undefined && estimate.total <= WARM_UP_MAX_BYTES) {
+      try { readCgroups([{ pid, tids: [pid] }], cgroupsAhead); } catch { /* the frozen window meets it */ }
+    }
     // The manifest's signer, and one signature thrown away: the first costs a command 0.5 ms
     // more than the next (the key's export and fingerprint, the signing code's first run).
     const signer = signKey !== undefined ? imageSigner(signKey) : undefined;
     signer?.sign(Buffer.alloc(0));
+    // The writer's code compiled too (warmUpWriter), and the page reader's: a root storing
+    // little has its pages read once more, into that throw-away image, while it runs (read
+    // only: process_vm_readv(2), as the dump reads them).
+    const warmPages: ImageEntry[] = warmPlan !== undefined && warmPlan.pagesBytes <= WARM_UP_PAGES_MAX_BYTES ? [{
+      name: 'warm-up/pages.bin', size: warmPlan.pagesBytes, chunked: true,
+      produce: async (sink) => { await warmPlan.produce(sink, o.config.image.chunkSize, buffers); },
+    }] : [];
+    await warmUpWriter(target, { ferryVersion: FERRY_VERSION, createdAt: new Date().toISOString(), host: { ...host, xstateSize: 0 }, root: { pid }, tasks: [pid] }, signer, warmPages);
     // Last, to leave the least time before the freeze; not needed for one process with no file
     // another could share (findLeaks then reads the host after the freeze, if that changed).
     const hostFds: HostFds | undefined = estimate.processes > 1 || anyWatched(rootDescs) ? snapshotHostFds() : undefined;
+    // After everything that allocates much (the host's reading above included).
+    makeYoungRoom();
     let tStopped = performance.now();
     const stopped = await o.stop?.();
     if (stopped !== undefined) tStopped = stopped.stoppedAt;
     const tree = freezeTree(pid, {
+      prechecked: true, // precheck() above
       ...(o.pidNamespace !== undefined ? { pidNs: o.pidNamespace } : {}),
       ...(stopped !== undefined ? { preseized: stopped.preseized } : {}),
     });

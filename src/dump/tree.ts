@@ -64,6 +64,12 @@ export interface FreezeOptions {
   pidNs?: string;
   /** Threads already seized and stopped (by a cgroup freeze); every one must be in the tree. */
   preseized?: ReadonlySet<number>;
+  /**
+   * The caller ran precheckRoot on the root already, before the freeze began: it is not run
+   * again in the frozen window (what it refuses cannot change meanwhile: the root's pid, ferry
+   * and its ancestors; access is checked again for every process as it is met).
+   */
+  prechecked?: boolean;
 }
 
 /** Why the kernel may refuse ferry a process although ferry runs as root; what to do. */
@@ -232,7 +238,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
   };
   const processes: FrozenProcess[] = [];
   try {
-    precheckRoot(root);
+    if (opts.prechecked !== true) precheckRoot(root);
     const queue: Array<{ pid: number; ppid: number }> = [{ pid: root, ppid: 0 }];
     for (let next = queue.shift(); next; next = queue.shift()) {
       const { pid } = next;

@@ -10,3 +10,5 @@ export const O_NOATIME = 0o1000000;
 export const O_CLOEXEC = 0o2000000;
 export const O_SYNC = 0o4010000;
 export const O_PATH = 0o10000000;
+/** __O_TMPFILE | O_DIRECTORY: an unnamed file in the directory opened. */
+export const O_TMPFILE = 0o20200000;

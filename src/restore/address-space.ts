@@ -24,11 +24,11 @@ import { FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
 import { big, VDSO_ENTRY, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
-import { readProcText } from '../proc/read.js';
+import { listFds, readProcText } from '../proc/read.js';
 import { restoredGhost } from '../files/deleted.js';
 import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
-import { Scratch, type Tracee } from '../task/tracee.js';
+import { injectedError, Scratch, type Tracee } from '../task/tracee.js';
 import { vdsoProxy } from './vdso.js';
 import { pagesToDrop, storedParts } from './cow.js';
 
@@ -675,11 +675,20 @@ function writePages(t: Tracee, areas: readonly VmaRecord[], pages: ChunkSource, 
   return written;
 }
 
-/** Step 4: prctl(PR_SET_MM, PR_SET_MM_MAP) with the dumped mm fields, auxv and exe. */
+/**
+ * Step 4: prctl(PR_SET_MM, PR_SET_MM_MAP) with the dumped mm fields, auxv and exe, in one
+ * injected batch with the open and the close of the exe: the struct names the descriptor
+ * before the open has run, so it names the one open(2) gives, the lowest free number of the
+ * stub's table as /proc lists it (nothing else changes that table meanwhile: the stubs are
+ * all stopped, and only ferry runs calls in them). The batch stops if the open fails, and a
+ * descriptor other than the one named fails the restore, closed again first.
+ */
 export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
   as.scratch.reset();
-  const exeFd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(task.exe), O_RDONLY, 0);
-  if (exeFd < 0n) throw new FerryError('EOPEN', `cannot open the executable ${task.exe} of pid ${task.pid}: ${errnoName(exeFd)}`);
+  const used = new Set(listFds(t.pid));
+  let exeFd = 0;
+  while (used.has(exeFd)) exeFd++;
+  const pathAt = as.scratch.putString(task.exe);
   const auxv = Buffer.alloc(task.mm.auxv.length * 16);
   task.mm.auxv.forEach(([k, v], i) => {
     auxv.writeBigUInt64LE(big(k), i * 16);
@@ -692,11 +701,20 @@ export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
     m.argEnd, m.envStart, m.envEnd].forEach((v, i) => map.writeBigUInt64LE(big(v), i * 8));
   map.writeBigUInt64LE(auxvAt, 88);
   map.writeUInt32LE(auxv.length, 96);
-  map.writeUInt32LE(Number(exeFd), 100);
+  map.writeUInt32LE(exeFd, 100);
   const mapAt = as.scratch.put(map);
-  const r = t.trySyscall(SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, mapAt, PRCTL_MM_MAP_SIZE, 0);
-  t.syscall(SYS.close, exeFd);
-  if (r < 0n) throw new FerryError('EMM', `prctl(PR_SET_MM_MAP) failed for pid ${task.pid}: ${errnoName(r)}`);
+  const [opened, r, closed] = t.trySyscalls([
+    [SYS.openat, AT_FDCWD, pathAt, O_RDONLY, 0],
+    [SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, mapAt, PRCTL_MM_MAP_SIZE, 0],
+    [SYS.close, exeFd],
+  ], { guard: 1 });
+  if (opened! < 0n) throw new FerryError('EOPEN', `cannot open the executable ${task.exe} of pid ${task.pid}: ${errnoName(opened!)}`);
+  if (opened !== BigInt(exeFd)) {
+    t.trySyscall(SYS.close, opened!);
+    throw new Error(`the executable of pid ${task.pid} was opened as descriptor ${opened}, not as ${exeFd}, the lowest free one`);
+  }
+  if (r! < 0n) throw new FerryError('EMM', `prctl(PR_SET_MM_MAP) failed for pid ${task.pid}: ${errnoName(r!)}`);
+  if (closed! < 0n) throw injectedError(SYS.close, Number(-closed!), t.tid);
 }
 
 /**

@@ -196,10 +196,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     await o.beforeCreate?.({ pids: tree.processes.map((p) => p.pid), tids: tasks.flatMap((t) => t.threads.slice(1).map((th) => th.tid)) });
     // In a fresh pid namespace (a container) every pid is free by construction. Elsewhere
     // every PID and thread ID is checked now, before anything is made.
+    let outside: Set<number> | undefined;
     if (!o.makeRoot) {
       for (const p of tree.processes) await assertPidFree(p.pid);
       for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
-      outsideGroups(tree); // a group led from outside the tree is there to join again
+      // A group led from outside the tree is there to join again (createTree joins it).
+      outside = outsideGroups(tree);
     }
     await faultPoint('verified', o.signal);
 
@@ -261,7 +263,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         return as.gadgetArea + BigInt(PAGE_SIZE);
       },
       lend: (rec, t) => lendPages(t, taskOf.get(rec.pid)!, kidsOf.get(rec.pid) ?? [], (pid) => image.pages(pagesEntry(pid))),
-    });
+    }, outside);
     session.onUndo('kill the processes made so far', () => created.destroy());
     // While the tree is let go, the processes already let go run on and the ones still traced
     // die with ferry (PTRACE_O_EXITKILL): if ferry dies then, a watchdog kills them all. Armed

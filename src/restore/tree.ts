@@ -80,9 +80,12 @@ export interface TreeBuilder {
  * runtime started); it is not ferry's child. With `builder`, each live process in tree order:
  * its children that inherit nothing are forked from it as a stub, then its memory is rebuilt
  * (`builder.memory`), then its children that inherit pages copy-on-write are forked from it.
+ * `outside`: the groups led from outside the tree to join again, as outsideGroups found them
+ * (the caller's check before anything was made: the search may read all of /proc); else
+ * looked for here.
  */
 export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
-  files?: RestoreFiles, controllerPidfd?: number, builder?: TreeBuilder): CreatedTree {
+  files?: RestoreFiles, controllerPidfd?: number, builder?: TreeBuilder, outside?: ReadonlySet<number>): CreatedTree {
   const n = native();
   const created: CreatedTree = {
     stubs: new Map(), threads: new Map(),
@@ -172,7 +175,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         giveBack?.();
       }
     }
-    setGroups(created, tree, adopted === undefined ? outsideGroups(tree) : new Set());
+    setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree));
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {
     created.destroy();
