@@ -45,6 +45,7 @@ import { FerryError, describeCause } from '../errors.js';
 import { faultPoint } from '../fault.js';
 import { parseChildren } from '../proc/children.js';
 import { listTids, readProcText } from '../proc/read.js';
+import { parseStatus } from '../proc/status.js';
 import type { Channel } from './channel.js';
 import { FRAME_PAGES, HEAD, TAG_PAGES, writeHead } from './frames.js';
 import { ImageFilter } from './image-filter.js';
@@ -182,6 +183,15 @@ export class PreCopySender {
   private tracker: DirtyTracker | undefined;
   private finalized = false;
   private readonly filter: ImageFilter;
+  /**
+   * Each tracked process's pid as the image names it (imagePid), from when it was first seen:
+   * frames and held pages go by it, so that the frozen dump, the filter and the receiver's
+   * store agree for a tree in a pid namespace of its own (a container's) too.
+   */
+  private readonly imagePids = new Map<number, number>();
+  /** Which process holds each image pid; one two processes would share holds nothing (poisoned). */
+  private readonly byImagePid = new Map<number, number>();
+  private readonly poisoned = new Set<number>();
   /** Bytes put on the wire in rounds (page data and headers). */
   roundBytes = 0;
   readonly rounds: RoundRecord[] = [];
@@ -303,7 +313,7 @@ export class PreCopySender {
             const k = Math.min(FRAME_PAGES, count - off);
             const at = addr + BigInt(off * PAGE_SIZE);
             const frame = Buffer.allocUnsafe(HEAD + k * PAGE_SIZE);
-            writeHead(frame, TAG_PAGES, s.pid, at, k);
+            writeHead(frame, TAG_PAGES, this.keyOf(s.pid)!, at, k);
             try {
               if (readSync(mem, frame, HEAD, k * PAGE_SIZE, at) !== k * PAGE_SIZE) continue;
             } catch {
@@ -329,7 +339,33 @@ export class PreCopySender {
 
   /** Applies a scan to the held set (forgetScan). */
   private forget(s: ProcessScan): HeldPagesOf | undefined {
-    return forgetScan(this.held, s, s.pid, () => new HeldPagesOf());
+    const key = this.keyOf(s.pid);
+    if (key === undefined) return undefined; // gone before it was first seen: nothing held
+    return forgetScan(this.held, s, key, () => new HeldPagesOf());
+  }
+
+  /**
+   * The image pid of tracked process `pid`; undefined when it is gone and was never seen, or
+   * when another process has the same one (processes in sibling pid namespaces): the pages of
+   * neither are held then, since the frozen dump could not tell whose they are.
+   */
+  private keyOf(pid: number): number | undefined {
+    let key = this.imagePids.get(pid);
+    if (key === undefined) {
+      try {
+        key = imagePid(pid);
+      } catch {
+        return undefined;
+      }
+      this.imagePids.set(pid, key);
+      const other = this.byImagePid.get(key);
+      if (other !== undefined && other !== pid) {
+        this.poisoned.add(key);
+        this.held.delete(key);
+      }
+      this.byImagePid.set(key, pid);
+    }
+    return this.poisoned.has(key) ? undefined : key;
   }
 
   /** Waits until the socket takes more (or fails). */
@@ -410,4 +446,12 @@ export function forgetScan<S extends PageSet = Set<number>>(heldByPid: Map<numbe
     }
   }
   return held;
+}
+
+/**
+ * The pid the image names process `pid` by: its pid in its innermost pid namespace, as the
+ * checkpoint records it (dump/ns-ids.ts); the same for a tree in ferry's own namespace.
+ */
+export function imagePid(pid: number): number {
+  return parseStatus(readProcText(pid, 'status')).nsPid.at(-1) ?? pid;
 }

@@ -255,9 +255,9 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     }
     const ch = channel;
     session.onUndo('drop the connection', () => ch.destroy());
-    // Pre-copy rounds for a process tree; a container's image names its pages by the pids of
-    // its own namespace, which the rounds do not know, so it goes by stop and copy.
-    const maxRounds = o.workload !== undefined ? 0 : o.maxRounds ?? DEFAULT_MAX_ROUNDS;
+    // Pre-copy rounds, for a process tree or a container (whose pages go by the pids of its
+    // own namespace, as its image names them: precopy.ts imagePid).
+    const maxRounds = o.maxRounds ?? DEFAULT_MAX_ROUNDS;
     // Lazy pages are served from the image the target holds whole before "go" (rounds or not).
     const lazy = o.lazy === true;
     const flags = restoreFlags(o.files);
