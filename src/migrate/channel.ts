@@ -21,7 +21,7 @@ import { CONTAINER_ID, formatHostPort, type Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 
 /** Version of the protocol; a peer speaking another is refused at the hello. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 /** The only cipher suite either side offers or accepts. */
 export const CIPHER = 'ECDHE-PSK-CHACHA20-POLY1305';
 /** PSK identity both sides use (there is one key per pair of nodes, not per identity). */
@@ -46,7 +46,8 @@ export type Message =
    */
   | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean; lazy?: boolean; files?: RestoreFlags }
   /** R: ready to receive an image. */
-  | { type: 'welcome'; protocol: number; ferryVersion: string }
+  /** R: it takes the migration; `bootId` tells the sender whether R runs on its kernel (a kill there need not wait for the reaping). */
+  | { type: 'welcome'; protocol: number; ferryVersion: string; bootId: string }
   /** S: the image is complete; `bytes` were sent. */
   | { type: 'end'; bytes: number }
   /** R: the image is spooled, verified and checked; the tree stays where it is until 'go'. */
@@ -134,7 +135,7 @@ function checkMessage(v: unknown): Message {
       if (m['files'] !== undefined) checkRestoreFlags(m['files'], bad);
       if (m['precopy'] !== undefined && typeof m['precopy'] !== 'boolean') bad('hello.precopy');
       break;
-    case 'welcome': only('protocol', 'ferryVersion'); int('protocol', 1 << 16); str('ferryVersion', 64); break;
+    case 'welcome': only('protocol', 'ferryVersion', 'bootId'); int('protocol', 1 << 16); str('ferryVersion', 64); str('bootId', 64); break;
     case 'end': only('bytes'); int('bytes'); break;
     case 'ready': only('verifyMs'); num('verifyMs'); break;
     case 'go': only(); break;

@@ -169,7 +169,7 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       if (was === 0 && bytes > 0) return faultPoint('streaming', o.signal);
       return undefined;
     };
-    ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION });
+    ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, bootId: bootId() });
     const tWelcome = performance.now();
     const end = await abortable(ch.next('receiving the image', 'end'), o.signal);
     const tEnd = performance.now();

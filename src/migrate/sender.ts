@@ -265,6 +265,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       ...(o.workload !== undefined ? { container: o.workload.container } : {}), ...(maxRounds > 0 ? { precopy: true } : {}),
       ...(lazy ? { lazy: true } : {}), ...(flags !== undefined ? { files: flags } : {}) });
     const welcome = await ch.next('waiting for the target to take the migration', 'welcome');
+    // A target on another kernel needs none of the tree's PIDs free here: the kill does not
+    // wait for its processes to be reaped (seconds where PID 1 reaps lazily), only for their
+    // exit. Unknown boot ids count as the same kernel.
+    const ourBoot = bootId();
+    const otherKernel = welcome.bootId !== '' && ourBoot !== '' && welcome.bootId !== ourBoot;
     // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
     // pipe hashes everything first): the target hears from us meanwhile.
     const heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
@@ -308,7 +313,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let sent = 0;
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
-      pid: o.pid, image: pump.path, leaveRunning: false, signKey,
+      pid: o.pid, image: pump.path, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
       ...(pre !== undefined ? { heldPages: pre.heldPages() } : {}),
       config: o.config, logger: o.logger,
       ...(o.files !== undefined ? { files: o.files } : {}),
@@ -430,6 +435,9 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
       log.error({ err }, 'the target could not restore the tree; restoring it here');
       let local: RestoreResult;
       try {
+        // The kill did not wait for the reaping if the target runs on another kernel: the
+        // PIDs must be free here now (a container's restoreHere waits for its own).
+        if (o.workload === undefined) await waitReaped(pids, 5000);
         copyImage(dir); // under pre-copy, made from the frames sent
         local = await (o.workload?.restoreHere ?? restore)({
           image: copy, config: o.config, logger: o.logger, trust: [createPublicKey(signKey)],
@@ -489,6 +497,13 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   o.onPhase?.({ phase: 'done', pid: running.pid, downtimeMs: round(downtimeMs), totalMs: round(totalMs), ...pre, phases });
   return { pid: running.pid, pids: running.pids.length > 0 ? running.pids : pids, bytes: t.sent, downtimeMs, totalMs, ...pre, phases,
     ...(lazy ? { lazy } : {}) };
+}
+
+/** Waits until none of `pids` exists (their parents reaped them), at most `ms`. */
+async function waitReaped(pids: readonly number[], ms: number): Promise<void> {
+  for (const end = Date.now() + ms; pids.some((p) => existsSync(`/proc/${p}`)) && Date.now() < end;) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 /** Moves the copy out of the private directory (no sweep removes it) and returns its path. */
