@@ -18,6 +18,7 @@ void InitInet(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
 void InitSockdiag(Napi::Env env, Napi::Object exports);
 void InitUffd(Napi::Env env, Napi::Object exports);
+void InitDigest(Napi::Env env, Napi::Object exports);
 }  // namespace ferry
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -36,6 +37,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitNotify(env, exports);
   ferry::InitSockdiag(env, exports);
   ferry::InitUffd(env, exports);
+  ferry::InitDigest(env, exports);
   return exports;
 }
 

@@ -20,6 +20,11 @@
  * each on first touch: direct.ts) where a direct read costs 0.1 s and no copy. An entry that
  * is in the page cache (reader.ts asks cachestat(2)) is read through it: a copy from there is
  * 5-10 times as fast as the disk.
+ * An image read partly from elsewhere (a migration target's spool, whose held pages are in its
+ * page store: reader.ts ImageOverlay) is read by the lanes all the same, each chunk from the
+ * pieces it lies in, one after the other into its slot, and hashed there.
+ * A lane that has not answered within WAIT_MS may still be reading into its slot (a file
+ * system that hangs): the JS thread gives up on that chunk, and on every slot of the ring.
  * Without lanes (a small image: starting one costs tens of milliseconds; or before they run)
  * each chunk is read and hashed on the JS thread before a byte of it is handed out.
  */
@@ -28,6 +33,7 @@ import { readSync } from 'node:fs';
 import { constants } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { FerryError, type ErrorContext } from '../errors.js';
+import { native } from '../native/binding.js';
 import { directBuffer, DIRECT_ALIGN } from './direct.js';
 
 /** Control words of the ring (Int32Array indices): requests made (-1: closed). */
@@ -45,15 +51,25 @@ const STATUS = DONE + MAX_SLOTS;
 const CTL_WORDS = STATUS + MAX_SLOTS;
 /**
  * Requests (Float64Array): slot, bytes to hash, fd, file offset, bytes to read, buffered fd,
- * and 1 for a `pageDigests` entry (chunkDigest).
+ * 1 for a `pageDigests` entry (chunkDigest), and the number of pieces the chunk is read from
+ * (0: the one range the request names).
  */
-const REQ_WORDS = 7;
+const REQ_WORDS = 8;
+/**
+ * Pieces (Float64Array, the slot's own rows): O_DIRECT fd or -1, buffered fd, file offset and
+ * length of each piece of the chunk, read one after the other into the slot (ImagePiece).
+ */
+const PIECE_WORDS = 4;
 /** How long the JS thread waits for one chunk before it gives up on the lanes. */
 const WAIT_MS = 60_000;
 
 /** What hash-worker.ts is started with to serve a ChunkLoader as one of its lanes. */
 export interface RingData {
-  ring: { ctl: SharedArrayBuffer; req: SharedArrayBuffer; out: SharedArrayBuffer; slots: SharedArrayBuffer[] };
+  ring: {
+    ctl: SharedArrayBuffer; req: SharedArrayBuffer; out: SharedArrayBuffer; slots: SharedArrayBuffer[];
+    /** Each slot's rows of pieces (`perSlot` of them), for requests read in pieces. */
+    pieces: SharedArrayBuffer; perSlot: number;
+  };
 }
 
 /**
@@ -70,31 +86,47 @@ export class ChunkLoader {
   private readonly ctl: Int32Array;
   private readonly req: Float64Array;
   private readonly out: Uint8Array;
+  private readonly pieceRows: Float64Array;
+  /** Most pieces one request may be read from (submit). */
+  readonly maxPieces: number;
   private readonly workers: Worker[];
   /** The request number each slot waits for. */
   private readonly want: number[];
   private seq = 0;
   private closed = false;
+  /**
+   * A chunk was not read in time: its lane may still be writing into its slot (a read stuck
+   * on a file system), so no slot of this ring is used again (`broken`).
+   */
+  private lost = false;
+  /** How long take() waits for a chunk. */
+  private readonly waitMs: number;
 
   /**
    * Starts `lanes` workers with `count` slots of at least `bytes` each (rounded up to
-   * DIRECT_ALIGN). They do not keep the process alive; the owner closes them.
+   * DIRECT_ALIGN), whose requests may be read from up to `pieces` pieces each (0: one range);
+   * take() waits `waitMs` for a chunk (WAIT_MS; a test shortens it). They do not keep the
+   * process alive; the owner closes them.
    */
-  constructor(count: number, bytes: number, lanes = 1) {
+  constructor(count: number, bytes: number, lanes = 1, { pieces = 0, waitMs = WAIT_MS }: { pieces?: number; waitMs?: number } = {}) {
     if (count < 1 || count > MAX_SLOTS) throw new RangeError(`a chunk ring has 1 to ${MAX_SLOTS} slots`);
     const ctl = new SharedArrayBuffer(CTL_WORDS * 4);
     const req = new SharedArrayBuffer(MAX_SLOTS * REQ_WORDS * 8);
     const out = new SharedArrayBuffer(count * 32);
+    const rows = new SharedArrayBuffer(Math.max(1, count * pieces * PIECE_WORDS) * 8);
     const slotBytes = Math.ceil(bytes / DIRECT_ALIGN) * DIRECT_ALIGN;
     this.slots = Array.from({ length: count }, () => directBuffer(slotBytes));
     this.ctl = new Int32Array(ctl);
     this.req = new Float64Array(req);
     this.out = new Uint8Array(out);
+    this.pieceRows = new Float64Array(rows);
+    this.maxPieces = pieces;
+    this.waitMs = waitMs;
     this.want = this.slots.map(() => 0);
     // A worker inherits the process's execArgv; --input-type (node -e) is refused there.
     const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
     const slots = this.slots.map((s) => s.buffer as SharedArrayBuffer);
-    const workerData: RingData = { ring: { ctl, req, out, slots } };
+    const workerData: RingData = { ring: { ctl, req, out, slots, pieces: rows, perSlot: pieces } };
     this.workers = Array.from({ length: lanes }, () => {
       const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv, workerData });
       // A lane that fails to start never says it is ready: the JS thread does all the work.
@@ -106,36 +138,58 @@ export class ChunkLoader {
 
   /** Whether a lane serves the ring now (else the caller reads and hashes on its own thread). */
   get ready(): boolean {
-    return !this.closed && Atomics.load(this.ctl, READY) > 0;
+    return !this.closed && !this.lost && Atomics.load(this.ctl, READY) > 0;
+  }
+
+  /** A chunk was not read in time: no slot may be used again (a lane may write it yet). */
+  get broken(): boolean {
+    return this.lost;
   }
 
   /**
    * Asks for `length` bytes at `offset` of `fd` in slot `slot`, hashed (only when ready). With
    * `direct` (an O_DIRECT descriptor of the same file, or -1), the read goes through it, padded
    * to DIRECT_ALIGN; it falls back to `fd` if the file refuses it. `paged`: the entry's digests
-   * are of page digests (chunkDigest).
+   * are of page digests (chunkDigest). With `pieces` (which add up to `length`), the chunk is
+   * read from those instead, each the same way; false, and nothing asked, when there are more
+   * than maxPieces.
    */
-  submit(slot: number, fd: number, offset: number, length: number, direct: number, paged = false): void {
+  submit(slot: number, fd: number, offset: number, length: number, direct: number, paged = false, pieces?: readonly ImagePiece[]): boolean {
+    if (this.lost) throw new Error('the chunk reader stopped answering');
+    if (pieces !== undefined && pieces.length > this.maxPieces) return false;
+    if (pieces !== undefined && pieces.reduce((n, p) => n + p.len, 0) !== length) throw new RangeError('the pieces of a chunk add up to its length');
     const at = (this.seq % MAX_SLOTS) * REQ_WORDS;
     const aligned = direct >= 0 && offset % DIRECT_ALIGN === 0;
-    this.req.set([slot, length, aligned ? direct : fd, offset, aligned ? Math.ceil(length / DIRECT_ALIGN) * DIRECT_ALIGN : length, fd, paged ? 1 : 0], at);
+    this.req.set([slot, length, aligned ? direct : fd, offset, aligned ? Math.ceil(length / DIRECT_ALIGN) * DIRECT_ALIGN : length, fd, paged ? 1 : 0,
+      pieces?.length ?? 0], at);
+    if (pieces !== undefined) {
+      pieces.forEach((p, i) => this.pieceRows.set([p.direct ?? -1, p.fd, p.at, p.len], (slot * this.maxPieces + i) * PIECE_WORDS));
+    }
     this.seq++;
     this.want[slot] = this.seq;
     Atomics.store(this.ctl, HEAD, this.seq);
     Atomics.notify(this.ctl, HEAD);
+    return true;
   }
 
   /**
    * The sha256 (hex) of what was last submitted in `slot`, once read and hashed; blocks until
-   * then. Throws what the read met: an errno error, or a short read ('truncated').
+   * then. Throws what the read met: an errno error, or a short read ('truncated'); and, once
+   * a chunk was not read in time, at once for every slot (`broken`).
    */
   take(slot: number): string {
+    if (this.lost) throw new Error('the chunk reader stopped answering');
     const want = this.want[slot]!;
-    for (const end = Date.now() + WAIT_MS; ;) {
+    for (const end = Date.now() + this.waitMs; ;) {
       const done = Atomics.load(this.ctl, DONE + slot);
       if (done === want) break;
-      if (Date.now() > end) throw new Error('the chunk reader did not answer within 60 s');
-      Atomics.wait(this.ctl, DONE + slot, done, 1000);
+      if (Date.now() > end) {
+        // Its lane may still write into the slot, and hash what another request reads there:
+        // the slot is never handed out or asked for again, nor any other of this ring.
+        this.lost = true;
+        throw new Error(`the chunk reader did not answer within ${this.waitMs / 1000} s`);
+      }
+      Atomics.wait(this.ctl, DONE + slot, done, Math.min(1000, this.waitMs));
     }
     const status = Atomics.load(this.ctl, STATUS + slot);
     if (status === -1) throw new ShortRead();
@@ -177,6 +231,21 @@ function readFully(fd: number, buf: Uint8Array, length: number, offset: number, 
 }
 
 /**
+ * Reads `length` bytes at `offset` of `fd` into `buf` from `at`, asking for `readLength` (an
+ * O_DIRECT descriptor's length, padded to DIRECT_ALIGN): through `buffered` when the file
+ * refuses the direct read. The bytes it got.
+ */
+function readRange(buf: Uint8Array, at: number, fd: number, buffered: number, offset: number, length: number, readLength: number): number {
+  try {
+    return readFully(fd, buf.subarray(at), readLength, offset);
+  } catch (err) {
+    // A file system that takes O_DIRECT opens but not this read: through the page cache.
+    if (fd === buffered || (err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+    return readFully(buffered, buf.subarray(at), length, offset);
+  }
+}
+
+/**
  * One lane of a ChunkLoader (hash-worker.ts runs it when started with RingData): says it is
  * ready, then takes the next request no other lane took and serves it, until the head turns
  * negative.
@@ -185,6 +254,7 @@ export function serveRing({ ring }: RingData): void {
   const ctl = new Int32Array(ring.ctl);
   const req = new Float64Array(ring.req);
   const out = new Uint8Array(ring.out);
+  const rows = new Float64Array(ring.pieces);
   Atomics.add(ctl, READY, 1);
   for (;;) {
     const head = Atomics.load(ctl, HEAD);
@@ -204,16 +274,19 @@ export function serveRing({ ring }: RingData): void {
     const readLength = req[at + 4]!;
     const buffered = req[at + 5]!;
     const paged = req[at + 6] === 1;
+    const pieces = req[at + 7]!;
     const buf = new Uint8Array(ring.slots[slot]!);
     let status = 0;
     try {
-      let got: number;
-      try {
-        got = readFully(fd, buf, readLength, offset);
-      } catch (err) {
-        // A file system that takes O_DIRECT opens but not this read: through the page cache.
-        if (fd === buffered || (err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-        got = readFully(buffered, buf, length, offset);
+      let got = 0;
+      if (pieces === 0) got = readRange(buf, 0, fd, buffered, offset, length, readLength);
+      // Each piece after the one before (a direct read's padding past its piece is overwritten
+      // by the next piece), until one comes short.
+      for (let i = 0, row = slot * ring.perSlot * PIECE_WORDS; i < pieces; i++, row += PIECE_WORDS) {
+        const direct = rows[row]!, plain = rows[row + 1]!, pos = rows[row + 2]!, len = rows[row + 3]!;
+        const aligned = direct >= 0 && pos % DIRECT_ALIGN === 0 && got % DIRECT_ALIGN === 0;
+        if (readRange(buf, got, aligned ? direct : plain, plain, pos, len, aligned ? Math.ceil(len / DIRECT_ALIGN) * DIRECT_ALIGN : len) < len) break;
+        got += len;
       }
       if (got < length) status = -1;
       else out.set(chunkDigest(buf.subarray(0, length), paged), slot * 32);
@@ -229,14 +302,25 @@ export function serveRing({ ring }: RingData): void {
 /** The unit of a `pageDigests` entry's digests (docs/image-format.md). */
 export const DIGEST_PAGE = 4096;
 
+/** Whether the addon hashes pages (native pageDigests): until it says it cannot. */
+let nativeDigests = true;
+
 /**
  * The sha256 of each DIGEST_PAGE bytes of `data` (the last piece may be shorter), 32 bytes
- * each, into `out` from `at` (made when not given). One createHash per page: 0.75 GB/s here,
- * against 1.4 GB/s for one hash over the whole (measured on the 2-core machine, 64 MiB).
+ * each, into `out` from `at` (made when not given). In the addon, one call for all: about the
+ * speed of one hash over the whole. Else one createHash per page: 0.75 GB/s here, against 1.4
+ * GB/s for one hash over the whole (measured on the 2-core machine, 64 MiB), which made a
+ * paged entry (pre-copy's) take twice the CPU of another to verify.
  */
 export function pageDigests(data: Uint8Array, out?: Buffer, at = 0): Buffer {
   const n = Math.ceil(data.length / DIGEST_PAGE);
   const o = out ?? Buffer.allocUnsafe(n * 32);
+  if (nativeDigests) {
+    try {
+      if (native().pageDigests(data, o, at, DIGEST_PAGE)) return o;
+    } catch { /* no addon here: in JavaScript */ }
+    nativeDigests = false;
+  }
   for (let p = 0; p < n; p++) {
     createHash('sha256').update(data.subarray(p * DIGEST_PAGE, Math.min(data.length, (p + 1) * DIGEST_PAGE))).digest().copy(o, at + p * 32);
   }
@@ -254,6 +338,17 @@ export function chunkDigest(data: Uint8Array, paged: boolean): Buffer {
 
 /** pread(2) of an image: `len` bytes at `pos` of the image `fd` into `buf` at `off`; the bytes read. */
 export type ImageRead = (fd: number, buf: Buffer, off: number, len: number, pos: number) => number;
+
+/**
+ * Where some bytes of an image lie: `len` bytes at `at` of `fd` (ImageOverlay.pieces), and
+ * for a loader's lanes the O_DIRECT descriptor of the same file to read them with, or -1.
+ */
+export interface ImagePiece {
+  fd: number;
+  at: number;
+  len: number;
+  direct?: number;
+}
 
 /** Where a chunked entry is and what its chunks must hash to. */
 export interface ChunkedLocation {
@@ -273,9 +368,12 @@ export interface ChunkedLocation {
   paged?: boolean;
   /**
    * How to read the image, when not plain pread(2) of `fd` (ImageOverlay: a migration target's
-   * spool with the held pages in its page store). Read on the JS thread: no loader then.
+   * spool with the held pages in its page store). Read on the JS thread: no loader then,
+   * unless `pieces` says where the loader's lanes find the same bytes.
    */
   read?: ImageRead | undefined;
+  /** Where `len` bytes at `pos` of the image file are (with `read`: the pieces it reads). */
+  pieces?: ((pos: number, len: number) => ImagePiece[]) | undefined;
 }
 
 /**
@@ -289,20 +387,28 @@ export interface ChunkedLocation {
 export class ChunkSource {
   private cur = -1;
   private curSlot = -1;
-  /** Chunks asked of the loader and not taken yet, in the order asked: [chunk, slot]. */
-  private ahead: Array<[number, number]> = [];
-  private readonly bufs: Buffer[];
+  /**
+   * Chunks asked of the loader and not taken yet, in the order asked: [chunk, slot], and the
+   * chunk's digest (or what its read threw) when the JS thread read it itself (ask).
+   */
+  private ahead: Array<[number, number, (string | Error)?]> = [];
+  private bufs: Buffer[];
   private readonly chunkSize: number;
   private readonly count: number;
 
-  constructor(private readonly at: ChunkedLocation, private readonly loader: ChunkLoader | undefined,
+  constructor(private readonly at: ChunkedLocation, private loader: ChunkLoader | undefined,
     private readonly label: string, private readonly name: string, private readonly where: ErrorContext) {
     // An entry verified whole is read in chunks of the same bound.
     this.chunkSize = at.chunkSize;
     this.count = Math.ceil(at.size / at.chunkSize);
-    const useRing = loader !== undefined && at.digests !== undefined && at.read === undefined && loader.slots[0]!.length >= at.chunkSize;
-    this.bufs = useRing ? loader.slots : [Buffer.allocUnsafe(Math.min(at.chunkSize, Math.max(at.size, 1)))];
+    const useRing = loader !== undefined && !loader.broken && at.digests !== undefined && (at.read === undefined || at.pieces !== undefined)
+      && loader.slots[0]!.length >= at.chunkSize;
+    this.bufs = useRing ? loader.slots : [this.ownBuffer()];
     if (!useRing) this.loader = undefined;
+  }
+
+  private ownBuffer(): Buffer {
+    return Buffer.allocUnsafe(Math.min(this.at.chunkSize, Math.max(this.at.size, 1)));
   }
 
   get size(): number {
@@ -336,11 +442,17 @@ export class ChunkSource {
     this.cur = -1; // until chunk c is verified, nothing is handed out
     if (this.loader?.ready) return this.loadAhead(c);
     this.drain();
+    if (this.loader?.broken) {
+      // A lane may still write into any of its slots: read on this thread, into a buffer of
+      // this source's own, from now on.
+      this.loader = undefined;
+      this.bufs = [this.ownBuffer()];
+    }
     const slot = 0;
     const buf = this.bufs[slot]!;
     const len = this.length(c);
-    if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize, this.at.read) < len) throw this.truncated();
-    if (this.at.digests !== undefined) this.check(c, chunkDigest(buf.subarray(0, len), this.at.paged === true).toString('hex'));
+    if (this.at.digests !== undefined) this.check(c, this.readHere(buf, c));
+    else if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize, this.at.read) < len) throw this.truncated();
     this.cur = c;
     this.curSlot = slot;
   }
@@ -350,21 +462,44 @@ export class ChunkSource {
     const loader = this.loader!;
     if (this.ahead[0]?.[0] !== c) this.drain();
     if (this.ahead.length === 0) this.ask(c, this.curSlot >= 0 ? this.curSlot : 0);
-    const [, slot] = this.ahead.shift()!;
+    const [, slot, here] = this.ahead.shift()!;
     // The slot handed out before is free again: the caller is done with what view() gave it.
     const busy = new Set([slot, ...this.ahead.map(([, s]) => s)]);
     const last = this.ahead.at(-1)?.[0] ?? c;
     for (let k = last + 1, s = 0; k < this.count && s < this.bufs.length; s++) {
       if (!busy.has(s)) this.ask(k++, s);
     }
-    this.check(c, this.taken(slot));
+    if (here instanceof Error) throw here;
+    this.check(c, here ?? this.taken(slot));
     this.cur = c;
     this.curSlot = slot;
   }
 
+  /** Asks the loader for chunk `c` in the free `slot`. */
   private ask(c: number, slot: number): void {
-    this.loader!.submit(slot, this.at.fd, this.at.offset + c * this.chunkSize, this.length(c), this.at.directFd ?? -1, this.at.paged === true);
-    this.ahead.push([c, slot]);
+    const pos = this.at.offset + c * this.chunkSize;
+    const len = this.length(c);
+    const pieces = this.at.pieces?.(pos, len);
+    if (this.loader!.submit(slot, this.at.fd, pos, len, this.at.directFd ?? -1, this.at.paged === true, pieces)) {
+      this.ahead.push([c, slot]);
+      return;
+    }
+    // In more pieces than a request holds (none that an ImageOverlay makes): read and hashed
+    // here, into the slot no lane was asked to write.
+    let here: string | Error;
+    try {
+      here = this.readHere(this.bufs[slot]!, c);
+    } catch (err) {
+      here = err as Error;
+    }
+    this.ahead.push([c, slot, here]);
+  }
+
+  /** Reads chunk `c` into `buf` on this thread; its digest (not checked yet). */
+  private readHere(buf: Buffer, c: number): string {
+    const len = this.length(c);
+    if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize, this.at.read) < len) throw this.truncated();
+    return chunkDigest(buf.subarray(0, len), this.at.paged === true).toString('hex');
   }
 
   /** The digest of the chunk in `slot`, once read; a read that failed is the image's error. */
@@ -381,7 +516,8 @@ export class ChunkSource {
   private drain(): void {
     const ahead = this.ahead;
     this.ahead = [];
-    for (const [, slot] of ahead) {
+    for (const [, slot, here] of ahead) {
+      if (here !== undefined) continue; // read here: no lane has it
       try { this.loader!.take(slot); } catch { /* dropped unread: never handed out */ }
     }
   }

@@ -17,7 +17,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
 import { native } from '../native/binding.js';
-import { ChunkLoader, ChunkSource, chunkDigest, type ImageRead } from './chunks.js';
+import { ChunkLoader, ChunkSource, chunkDigest, DIGEST_PAGE, type ChunkedLocation, type ImagePiece, type ImageRead } from './chunks.js';
 import { isChunked, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type ChunkedEntry, type Manifest } from './manifest.js';
 import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
 
@@ -206,6 +206,12 @@ export interface OpenOptions {
 /** Ranges of an image file read from elsewhere (OpenOptions.overlay). */
 export interface ImageOverlay {
   read: ImageRead;
+  /**
+   * Where `len` bytes at `pos` of the image file `fd` are, in order (what `read` reads): at most
+   * 2 * ceil(len / 4096) + 3 pieces. With it the loader's lanes read and hash those bytes as
+   * they do an image's own; without it they are read on the JS thread.
+   */
+  pieces?(fd: number, pos: number, len: number): ImagePiece[];
   /** The image owns it from now on: its close() closes the overlay. */
   adopt(): void;
   close(): void;
@@ -301,9 +307,10 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     const chunked = manifest.entries.filter(isChunked);
     const lazyBytes = lazy ? chunked.reduce((s, e) => s + e.size, 0) : 0;
     // Started now and never waited for: until it runs, chunks are hashed on the JS thread.
+    const slotBytes = chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1);
     loader = lazyBytes > LOADER_MIN_BYTES
-      ? new ChunkLoader(LOADER_SLOTS, chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1),
-        lazyBytes > TWO_LANES_MIN_BYTES && availableParallelism() > 1 ? 2 : 1)
+      ? new ChunkLoader(LOADER_SLOTS, slotBytes, lazyBytes > TWO_LANES_MIN_BYTES && availableParallelism() > 1 ? 2 : 1,
+        { pieces: options.overlay?.pieces !== undefined ? 2 * Math.ceil(slotBytes / DIGEST_PAGE) + 3 : 0 })
       : undefined;
     const total = manifest.entries.reduce((s, e) => s + (lazy && isChunked(e) ? 0 : e.size), 0);
     let done = 0;
@@ -368,26 +375,56 @@ export function tooDeep(value: unknown, limit: number): string | undefined {
 function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName: Map<string, Located>, label: string, where: ErrorContext,
   lazy: boolean, loader: ChunkLoader | undefined, overlay?: ImageOverlay): Image {
   let closed = false;
-  /** An O_DIRECT descriptor of the image for the loader, opened when first needed; -1: none. */
-  let directFd: number | undefined;
-  /** The descriptor the loader reads `l` through: O_DIRECT unless it is in the page cache. */
-  const directFor = (l: Located): number => {
-    if (loader === undefined || l.size < LOADER_MIN_BYTES) return -1;
-    const pages = Math.ceil(l.size / 4096);
-    let cached = -1;
+  /**
+   * O_DIRECT descriptors for the loader, of the image and of the files an overlay reads, each
+   * opened when first needed (-1: that file has none).
+   */
+  const twins = new Map<number, number>();
+  /**
+   * The O_DIRECT descriptor the loader reads `ranges` of the file `f` through (`bytes` in
+   * all), unless they are few or in the page cache: -1, through `f`.
+   */
+  const directFor = (f: number, ranges: ReadonlyArray<readonly [number, number]>, bytes: number): number => {
+    if (loader === undefined || bytes < LOADER_MIN_BYTES) return -1;
+    let pages = 0, cached = -1;
     try {
-      cached = native().cachedPages(fd, l.offset, l.size);
-    } catch { /* not known: read it directly */ }
+      // Many scattered ranges (an overlay's runs) are asked as the one range they span: its
+      // holes count as not cached, so it is read directly when in doubt.
+      const asked = ranges.length > 256 ? [[ranges[0]![0], ranges.at(-1)![0] + ranges.at(-1)![1] - ranges[0]![0]] as const] : ranges;
+      cached = 0;
+      for (const [at, len] of asked) {
+        pages += Math.ceil(len / 4096);
+        cached += native().cachedPages(f, at, len);
+      }
+    } catch { cached = -1; /* not known: read it directly */ }
     if (cached >= pages * CACHED_ENOUGH) return -1;
-    if (directFd === undefined) {
+    let d = twins.get(f);
+    if (d === undefined) {
       // The very file this descriptor reads (an image spooled from stdin has no name).
       try {
-        directFd = openSync(`/proc/self/fd/${fd}`, constants.O_RDONLY | constants.O_DIRECT);
+        d = openSync(`/proc/self/fd/${f}`, constants.O_RDONLY | constants.O_DIRECT);
       } catch {
-        directFd = -1; // a file system without O_DIRECT: through the page cache
+        d = -1; // a file system without O_DIRECT: through the page cache
       }
+      twins.set(f, d);
     }
-    return directFd;
+    return d;
+  };
+  /**
+   * Where the loader reads the chunks of `l` when an overlay reads parts of it elsewhere (a
+   * migration's page store): its pieces, each file's through O_DIRECT or not as directFor says
+   * of that file's pieces of the whole entry.
+   */
+  const piecesOf = (l: Located, pieces: NonNullable<ImageOverlay['pieces']>): ChunkedLocation['pieces'] => {
+    const byFile = new Map<number, { ranges: Array<[number, number]>; bytes: number }>();
+    for (const p of pieces(fd, l.offset, l.size)) {
+      let f = byFile.get(p.fd);
+      if (f === undefined) byFile.set(p.fd, (f = { ranges: [], bytes: 0 }));
+      f.ranges.push([p.at, p.len]);
+      f.bytes += p.len;
+    }
+    const direct = new Map([...byFile].map(([f, { ranges, bytes }]) => [f, directFor(f, ranges.sort((a, b) => a[0] - b[0]), bytes)]));
+    return (pos, len) => pieces(fd, pos, len).map((p) => ({ ...p, direct: direct.get(p.fd) ?? -1 }));
   };
   const entries = new Map(manifest.entries.map((e) => [e.name, e]));
   /** The entry, when its chunks are still to be verified as they are read. */
@@ -398,11 +435,14 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
   const source = (name: string, withLoader: boolean): ChunkSource => {
     const l = get(name);
     const e = unverified(name);
-    // Ranges an overlay reads (a migration's page store) are read on the JS thread: no loader.
-    const ahead = withLoader && overlay === undefined;
+    // Ranges an overlay reads (a migration's page store) are read by the lanes when it says
+    // where they are (pieces), else on the JS thread: no loader.
+    const ahead = withLoader && loader !== undefined && e !== undefined && (overlay === undefined || overlay.pieces !== undefined);
+    const pieces = ahead && overlay?.pieces !== undefined ? piecesOf(l, overlay.pieces.bind(overlay)) : undefined;
     return new ChunkSource({
-      fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks, directFd: ahead ? directFor(l) : -1,
-      paged: e?.pageDigests === true, read: overlay?.read,
+      fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks,
+      directFd: ahead && pieces === undefined ? directFor(fd, [[l.offset, l.size]], l.size) : -1,
+      paged: e?.pageDigests === true, read: overlay?.read, pieces,
     }, ahead ? loader : undefined, label, nameOf(name), where);
   };
   const get = (name: string): Located => {
@@ -477,7 +517,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       await loader?.close(); // first: no lane reads the image any more
       if (!closed) {
         closeSync(fd);
-        if (directFd !== undefined && directFd >= 0) closeSync(directFd);
+        for (const d of twins.values()) if (d >= 0) closeSync(d);
         overlay?.close();
       }
       closed = true;

@@ -7,6 +7,7 @@ import { closeSync, constants, fsyncSync, openSync, readSync, renameSync, rmSync
 import { join } from 'node:path';
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
+import type { ImagePiece } from '../image/chunks.js';
 import type { ImageOverlay } from '../image/reader.js';
 import { native } from '../native/binding.js';
 import { MAX_DATA_BYTES } from './channel.js';
@@ -71,11 +72,13 @@ export class PreCopyReceiver {
   /**
    * The image's REF pages as read from the store (reader.ts ImageOverlay), for an image
    * spooled with `skip`: its holes are read from where the store holds those pages. Nothing
-   * is checked here: restore verifies every chunk as it reads it (the manifest's digests).
+   * is checked here: restore verifies every chunk as it reads it (the manifest's digests),
+   * on the JS thread (read) or on the loader's lanes (pieces).
    */
   overlay(): ImageOverlay {
     return {
       read: (fd, buf, off, len, pos) => this.readImage(fd, buf, off, len, pos),
+      pieces: (fd, pos, len) => this.pieces(fd, pos, len),
       adopt: () => { this.adopted = true; },
       close: () => {
         if (this.fd < 0) return;
@@ -85,28 +88,48 @@ export class PreCopyReceiver {
     };
   }
 
+  /**
+   * Where `len` bytes at `pos` of the spooled image `fd` are: in the spool, or (a REF's run)
+   * in the store, in order. A run is whole pages (at least one), so `len` bytes lie in at
+   * most 2 * ceil(len / PAGE_SIZE) + 3 pieces (ImageOverlay.pieces).
+   */
+  private pieces(fd: number, pos: number, len: number): ImagePiece[] {
+    const out: ImagePiece[] = [];
+    // The last run at or before `pos` (binary search: runs are in image order).
+    let lo = 0, hi = this.runs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.runs[mid]!.at <= pos) lo = mid + 1;
+      else hi = mid;
+    }
+    // Always the last run that starts at or before `at` (-1: none does).
+    let i = lo - 1;
+    for (let at = pos, end = pos + len; at < end;) {
+      const r = this.runs[i];
+      let n: number;
+      if (r !== undefined && at < r.at + r.count * PAGE_SIZE) {
+        n = Math.min(end - at, r.at + r.count * PAGE_SIZE - at);
+        out.push({ fd: this.fd, at: r.slot * PAGE_SIZE + (at - r.at), len: n });
+      } else {
+        const next = this.runs[i + 1];
+        n = Math.min(end - at, next !== undefined ? next.at - at : Infinity);
+        out.push({ fd, at, len: n });
+      }
+      at += n;
+      if (this.runs[i + 1]?.at === at) i++;
+    }
+    return out;
+  }
+
   private readImage(fd: number, buf: Buffer, off: number, len: number, pos: number): number {
     let done = 0;
-    while (done < len) {
-      const at = pos + done;
-      // The last run at or before `at` (binary search: runs are in image order).
-      let lo = 0, hi = this.runs.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if (this.runs[mid]!.at <= at) lo = mid + 1;
-        else hi = mid;
+    for (const p of this.pieces(fd, pos, len)) {
+      for (let got = 0; got < p.len;) {
+        const n = readSync(p.fd, buf, off + done, p.len - got, p.at + got);
+        if (n <= 0) return done;
+        got += n;
+        done += n;
       }
-      const r = this.runs[lo - 1];
-      let got: number;
-      if (r !== undefined && at < r.at + r.count * PAGE_SIZE) {
-        const n = Math.min(len - done, r.at + r.count * PAGE_SIZE - at);
-        got = readSync(this.fd, buf, off + done, n, r.slot * PAGE_SIZE + (at - r.at));
-      } else {
-        const next = this.runs[lo];
-        got = readSync(fd, buf, off + done, Math.min(len - done, next !== undefined ? next.at - at : Infinity), at);
-      }
-      if (got <= 0) break;
-      done += got;
     }
     return done;
   }

@@ -513,6 +513,12 @@ export interface NativeBinding {
   uffdWatch(fd: number, callback: (status: number) => void): UffdWatchHandle;
   /** Stops a uffdWatch (uv_poll_stop, uv_close). */
   uffdUnwatch(handle: UffdWatchHandle): void;
+  /**
+   * The sha256 of each `pageSize` bytes of `data` (the last piece may be shorter), 32 bytes
+   * each, into `out` from `at`, with OpenSSL's SHA256_Init(3) family as Node exports it;
+   * false when this Node does not (the caller hashes in JavaScript).
+   */
+  pageDigests(data: Uint8Array, out: Uint8Array, at: number, pageSize: number): boolean;
   }
 
 /** An opaque handle of native uffdWatch. */
@@ -539,6 +545,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
   'uffdApi', 'uffdRegister', 'uffdUnregister', 'pagemapScan', 'uffdReadEvents', 'uffdCopy', 'uffdZeropage', 'uffdWatch', 'uffdUnwatch',
+  'pageDigests',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

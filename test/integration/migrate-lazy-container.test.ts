@@ -106,7 +106,11 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
     // The background fill is held back 1.5 s: the shell's pages come in as it touches them
     // (a fault brings its whole chunk: all of a shell's few pages).
     const { r: recv, port } = await receiver('lazy+1500');
-    const mig = migrate('ferry-l5', 'ferry-l6', tb, port);
+    // Stop and copy, as this test was made: with pre-copy one run in about five here served no
+    // page at all (a freeze that catches a child between its fork and its exec has it share the
+    // shell's pages copy-on-write, which are then written before the start, restore/lazy.ts;
+    // the rounds' tracking seems to widen that window). Pre-copy with lazy pages: the first test.
+    const mig = migrate('ferry-l5', 'ferry-l6', tb, port, ['--no-pre-copy']);
     assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
     assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
     const filled = records(mig).find((x) => x['phase'] === 'filled')!;
@@ -125,12 +129,13 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
 
   for (const where of ['image', 'store'] as const) {
   it(`a page corrupted in the target's ${where === 'image' ? 'spooled image (stop and copy)' : 'pre-copy store'}: the container there is killed and deleted, and runs here again under its id`, async () => {
-    const log = join(dir, 'l3.log');
-    await runDirtier(nodes.source, 'ferry-l3', dirtierBundle(nodes.source, 'ferry-l3', rootfs, 32, 10), log);
-    const tb = dirtierBundle(nodes.target, 'ferry-l4', rootfs, 32, 10);
+    const src = where === 'image' ? 'ferry-l3' : 'ferry-l7', dst = where === 'image' ? 'ferry-l4' : 'ferry-l8';
+    const log = join(dir, `${src}.log`);
+    await runDirtier(nodes.source, src, dirtierBundle(nodes.source, src, rootfs, 32, 10), log);
+    const tb = dirtierBundle(nodes.target, dst, rootfs, 32, 10);
     // The target pauses once it holds the image, verified (after "go": the source is killed).
     const { r: recv, port } = await receiver('verified+3000');
-    const mig = migrate('ferry-l3', 'ferry-l4', tb, port, where === 'image' ? ['--no-pre-copy'] : []);
+    const mig = migrate(src, dst, tb, port, where === 'image' ? ['--no-pre-copy'] : []);
     await waitFor('the target to hold the image', () => /paused at verified/.test(recv.stderr()), 90_000);
     // One byte in the middle of the tree's pages, as a disk or a bug would have it: in the
     // image, or in the store of the rounds' pages the image's references are read from.
@@ -143,9 +148,9 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
     assert.match(mig.stderr(), /restored here instead/);
     // (The store's bytes are spoilt throughout: one of its pages may be written before the start.)
     if (where === 'image') assert.ok(records(recv).some((x) => x['phase'] === 'restore'), 'the container ran on the target before the page was found corrupt');
-    assert.equal(stateIn(nodes.target, 'ferry-l4').status, 'absent', 'no container on the target');
-    assert.ok(!containersIn(nodes.target.runcRoot).includes('ferry-l4'));
-    const st = stateIn(nodes.source, 'ferry-l3');
+    assert.equal(stateIn(nodes.target, dst).status, 'absent', 'no container on the target');
+    assert.ok(!containersIn(nodes.target.runcRoot).includes(dst));
+    const st = stateIn(nodes.source, src);
     assert.equal(st.status, 'running', 'the same id runs here again');
     assert.equal(procState(st.pid).tracer, 0);
     const n = ticksIn(log);
@@ -153,7 +158,7 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
     assert.equal(await verifyDirtier(st.pid, log), 'PASS');
     assert.deepEqual(leftovers(workDir), []);
     assert.deepEqual(stubs(), []);
-    assert.equal(runcIn(nodes.source, 'delete', '--force', 'ferry-l3').code, 0);
+    assert.equal(runcIn(nodes.source, 'delete', '--force', src).code, 0);
   });
   }
 });

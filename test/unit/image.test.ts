@@ -2,16 +2,18 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import tar from 'tar-stream';
-import { ChunkLoader, ChunkSource } from '../../src/image/chunks.js';
+import { ChunkLoader, ChunkSource, pageDigests, type ImagePiece } from '../../src/image/chunks.js';
 import { checkCompatibility, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
-import { openImage } from '../../src/image/reader.js';
+import { openImage, type ImageOverlay } from '../../src/image/reader.js';
 import { tarHeader } from '../../src/image/tar-out.js';
 import { CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
+import { TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/frames.js';
+import { PreCopyReceiver } from '../../src/migrate/page-store.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
 
 // What it spawns starts with descriptors 0-2 only, whatever the shell leaked (src/proc/inherited.ts).
@@ -298,6 +300,186 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
       await loader.close();
       closeSync(fd);
       if (direct >= 0) closeSync(direct);
+    }
+  });
+
+  it('reads an entry whose pages a migration\'s page store holds on the lanes, and hands out no page of the store that does not match', async () => {
+    // A pre-copy spool (migrate/page-store.ts): pages of the entry sent in rounds are holes in
+    // it, read from the store; runs that cross chunks and pages, one where a later round wrote
+    // another page over the one the image has.
+    const size = 3 * CHUNK_BYTES + 5 * 4096;
+    const path = join(dir, 'overlay-src.tar');
+    await writeImage(path, header, [entry('tree.json', 10), { ...entry('tasks/42/pages.bin', size, 65536), chunked: true, paged: true }, entry('odd', 513)]);
+    const data = readFileSync(path);
+    const src = await openImage(path, { workDir: dir });
+    const { offset } = src.locate('tasks/42/pages.bin');
+    const e = src.manifest.entries[1] as ChunkedEntry;
+    await src.close();
+    assert.equal(e.pageDigests, true);
+    const runs: Array<[number, number]> = [[3, 5], [256, 700], [1020, 8], [1500, 600], [2200, 1]]; // [page of the entry, pages]
+    const spoolOf = (changed: boolean): { spool: string; fd: number; overlay: ImageOverlay } => {
+      const d = mkdtempSync(join(dir, 'overlay-'));
+      const store = new PreCopyReceiver(d, 'the sender 10.0.0.1:5000');
+      const spool = join(d, 'image.tar');
+      const fd = openSync(spool, 'w+');
+      let at = 0;
+      const write = (b: Buffer): void => { writeSync(fd, b, 0, b.length, at); at += b.length; };
+      const skip = (n: number): void => { at += n; };
+      const addr = (page: number): bigint => 0x10000000n + BigInt(page) * 4096n;
+      const frame = (tag: number, page: number, count: number, body = Buffer.alloc(0)): Buffer => {
+        const h = Buffer.alloc(17);
+        h.writeUInt8(tag, 0);
+        h.writeUInt32BE(42, 1);
+        h.writeBigUInt64BE(addr(page), 5);
+        h.writeUInt32BE(count, 13);
+        return Buffer.concat([h, body]);
+      };
+      // The rounds, in reverse (so the store's slots are not in the image's order).
+      for (const [page, count] of [...runs].reverse()) {
+        for (let p = 0; p < count; p += 64) {
+          const n = Math.min(64, count - p);
+          store.handle(frame(TAG_PAGES, page + p, n, data.subarray(offset + (page + p) * 4096, offset + (page + p + n) * 4096)), write, skip);
+        }
+      }
+      if (changed) store.handle(frame(TAG_PAGES, 1600, 1, Buffer.alloc(4096, 0x5a)), write, skip); // chunk 1
+      let done = 0;
+      for (const [page, count] of runs) {
+        store.handle(Buffer.concat([Buffer.from([TAG_RAW]), data.subarray(done, offset + page * 4096)]), write, skip);
+        store.handle(frame(TAG_REF, page, count), write, skip);
+        done = offset + (page + count) * 4096;
+      }
+      store.handle(Buffer.concat([Buffer.from([TAG_RAW]), data.subarray(done)]), write, skip);
+      const overlay = store.overlay();
+      overlay.adopt();
+      store.close();
+      return { spool, fd, overlay };
+    };
+    const body = expected(size);
+    const said = /is corrupt: entry (pages|tasks\/42\/pages.bin) chunk 1 has sha256 [0-9a-f]{12}… but the manifest says [0-9a-f]{12}…$/;
+    // Through openImage: the loader's lanes read the store's pieces (once they run).
+    for (const changed of [false, true]) {
+      const { spool, fd, overlay } = spoolOf(changed);
+      closeSync(fd);
+      const img = await openImage(spool, { workDir: dir, lazyChunks: true, overlay });
+      try {
+        const pages = img.pages('tasks/42/pages.bin');
+        const got = Buffer.alloc(size);
+        const readAll = (): void => {
+          for (let off = 0; off < size;) off += pages.view(off, size).copy(got, off);
+        };
+        if (changed) assert.throws(readAll, said);
+        else {
+          readAll();
+          assert.ok(got.equals(body));
+        }
+        pages.finish();
+      } finally {
+        await img.close();
+      }
+    }
+    // Straight on two lanes that run: every chunk read from its pieces there.
+    const loader = new ChunkLoader(4, CHUNK_BYTES, 2, { pieces: 2 * (CHUNK_BYTES / 4096) + 3 });
+    const twins = new Map<number, number>();
+    const twin = (f: number): number => {
+      if (!twins.has(f)) {
+        try {
+          twins.set(f, openSync(`/proc/self/fd/${f}`, constants.O_RDONLY | constants.O_DIRECT));
+        } catch {
+          twins.set(f, -1); // a file system without O_DIRECT: through the page cache
+        }
+      }
+      return twins.get(f)!;
+    };
+    try {
+      for (let i = 0; !loader.ready; i++) {
+        assert.ok(i < 500, 'the lanes start');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      for (const changed of [false, true]) {
+        const { fd, overlay } = spoolOf(changed);
+        const pieces = (pos: number, len: number): ImagePiece[] => overlay.pieces!(fd, pos, len).map((p) => ({ ...p, direct: twin(p.fd) }));
+        const at = { fd, offset, size, chunkSize: e.chunkSize, digests: e.chunks, paged: true, read: overlay.read, pieces };
+        const pages = new ChunkSource(at, loader, 'x.tar', 'pages', {});
+        try {
+          assert.ok(pages.view(0, CHUNK_BYTES).equals(body.subarray(0, CHUNK_BYTES)));
+          if (changed) {
+            assert.throws(() => pages.view(CHUNK_BYTES, 1), said);
+            assert.ok(pages.view(2 * CHUNK_BYTES + 3, size).equals(body.subarray(2 * CHUNK_BYTES + 3, 3 * CHUNK_BYTES)));
+          } else {
+            for (let off = CHUNK_BYTES; off < size;) {
+              const v = pages.view(off, size);
+              assert.ok(v.equals(body.subarray(off, off + v.length)), `at ${off}`);
+              off += v.length;
+            }
+          }
+        } finally {
+          pages.finish();
+          for (const [f, d] of twins) if (f !== fd && d >= 0) closeSync(d);
+          twins.clear();
+          overlay.close();
+          closeSync(fd);
+        }
+      }
+    } finally {
+      await loader.close();
+    }
+  });
+
+  it('gives each page\'s sha256, the last piece shorter, where it is asked (pageDigests: the addon, or JavaScript without it)', () => {
+    const data = Buffer.from(new SharedArrayBuffer(3 * 4096 + 100)); // as a loader's slot is
+    for (let i = 0; i < data.length; i++) data[i] = (i * 31) & 0xff;
+    const want = Buffer.concat([0, 1, 2, 3].map((p) => createHash('sha256').update(data.subarray(p * 4096, (p + 1) * 4096)).digest()));
+    assert.ok(pageDigests(data).equals(want));
+    const out = Buffer.alloc(7 + want.length + 5, 0xcc);
+    pageDigests(data, out, 7);
+    assert.ok(out.subarray(7, 7 + want.length).equals(want));
+    assert.ok(out.subarray(0, 7).every((b) => b === 0xcc) && out.subarray(7 + want.length).every((b) => b === 0xcc), 'nothing written around them');
+    assert.equal(pageDigests(Buffer.alloc(0)).length, 0);
+  });
+
+  it('never uses a slot again once a lane did not answer in time: the chunks are read on the JS thread', async () => {
+    const path = join(dir, 'chunk-stuck.tar');
+    await writeImage(path, header, chunkedEntries());
+    const img = await openImage(path, { workDir: dir });
+    const { offset, size } = img.locate('tasks/42/pages.bin');
+    const e = img.manifest.entries[1] as ChunkedEntry;
+    await img.close();
+    // A lane stuck in a read: read(2) of an empty FIFO (offset -1: at its position).
+    const fifo = join(dir, 'stuck.fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const stuck = openSync(fifo, constants.O_RDWR);
+    const fd = openSync(path, 'r');
+    const loader = new ChunkLoader(2, CHUNK_BYTES, 1, { waitMs: 200 });
+    try {
+      for (let i = 0; !loader.ready; i++) {
+        assert.ok(i < 500, 'the lane starts');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(loader.submit(0, stuck, -1, 4096, -1));
+      assert.throws(() => loader.take(0), /did not answer within 0.2 s/);
+      assert.equal(loader.broken, true);
+      assert.equal(loader.ready, false);
+      assert.throws(() => loader.take(1), /stopped answering/);
+      assert.throws(() => loader.submit(1, fd, offset, 4096, -1), /stopped answering/);
+      const src = new ChunkSource({ fd, offset, size, chunkSize: e.chunkSize, digests: e.chunks }, loader, 'x.tar', 'pages', {});
+      const v = src.view(5, 4096);
+      assert.ok(v.equals(expected(4101).subarray(5)));
+      // The lane goes on: it writes into slot 0, never into what was handed out.
+      writeSync(stuck, Buffer.alloc(4096, 0xee));
+      for (let i = 0; loader.slots[0]![0] !== 0xee; i++) {
+        assert.ok(i < 500, 'the lane reads');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(v.equals(expected(4101).subarray(5)));
+      assert.notEqual(v.buffer, loader.slots[0]!.buffer);
+      const got = Buffer.alloc(size);
+      for (let off = 0; off < size;) off += src.view(off, size).copy(got, off);
+      assert.ok(got.equals(expected(size)));
+      src.finish();
+    } finally {
+      await loader.close();
+      closeSync(fd);
+      closeSync(stuck);
     }
   });
 

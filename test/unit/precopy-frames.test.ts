@@ -6,7 +6,7 @@
  * image has begun: each is a one-line protocol error.
  */
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -95,6 +95,19 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
       assert.equal(o.read(fd, part, 0, len, pos), len);
       assert.deepEqual(part, whole.subarray(pos, pos + len), `at ${pos}, ${len}`);
     }
+    // The same bytes in pieces (what the loader's lanes read): none empty, the store's in
+    // whole runs where they can be, no more than the bound says.
+    for (const [pos, len] of [[0, whole.length], [2, 10], [4096, 4096], [4 + 4000, 200], [4 + 8192, 3 + 100], [whole.length - 5, 5]] as const) {
+      const pieces = o.pieces!(fd, pos, len);
+      assert.ok(pieces.every((p) => p.len > 0) && pieces.length <= 2 * Math.ceil(len / 4096) + 3, `at ${pos}, ${len}`);
+      const part = Buffer.concat(pieces.map((p) => {
+        const b = Buffer.alloc(p.len);
+        assert.equal(readSync(p.fd, b, 0, p.len, p.at), p.len);
+        return b;
+      }));
+      assert.deepEqual(part, whole.subarray(pos, pos + len), `at ${pos}, ${len}`);
+    }
+    assert.deepEqual(o.pieces!(fd, 0, whole.length).map((p) => [p.fd === fd, p.len]), [[true, 4], [false, 8192], [true, 3], [false, 4096], [true, 4]]);
     o.close();
     closeSync(fd);
   });
