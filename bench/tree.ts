@@ -75,7 +75,20 @@ const logger = pino({ level: 'silent' });
 const forker = join(PACKAGE_ROOT, 'build', 'bench', 'forker');
 
 /** Every pid the bench started or restored and has not seen gone yet. */
-const tracked = new Set<number>();
+/** Pids the bench made (or restored), each with its start time: a pid taken again by another process is not ours. */
+const tracked = new Map<number, string>();
+/** The start time of `pid` (field 22 of /proc/PID/stat), or '' when it is gone. */
+function startOf(pid: number): string {
+  try {
+    const t = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return t.slice(t.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+  } catch {
+    return '';
+  }
+}
+/** Whether `pid` is still the process that had start time `start` (zombies included). */
+const ours = (pid: number, start: string): boolean => start !== '' && startOf(pid) === start;
+const track = (pid: number): void => { tracked.set(pid, startOf(pid)); };
 /** Roots that are the bench's own children and must be reaped with waitpid. */
 const ownRoots = new Set<number>();
 const children: ChildProcess[] = [];
@@ -112,13 +125,13 @@ async function startTree(procs: number, threads: number): Promise<Started> {
   closeSync(fd);
   children.push(child);
   const reaper = child.pid!;
-  tracked.add(reaper);
+  track(reaper);
   for (const end = Date.now() + 60_000; Date.now() < end; await sleep(20)) {
     const text = readFileSync(log, 'utf8');
     const ready = /ready pid=(\d+)/.exec(text);
     if (ready) {
       const root = Number(ready[1]);
-      for (const p of treePids(root)) tracked.add(p);
+      for (const p of treePids(root)) track(p);
       return { reaper, root };
     }
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`forker ${procs} ${threads} exited early: ${text.trim()}`);
@@ -129,7 +142,7 @@ async function startTree(procs: number, threads: number): Promise<Started> {
 /** Waits until none of `pids` exists any more (zombies included), then forgets them. */
 async function waitGone(pids: readonly number[], what: string): Promise<void> {
   for (const end = Date.now() + 120_000; ; await sleep(10)) {
-    const left = pids.filter(alive);
+    const left = pids.filter((p) => alive(p) && ours(p, tracked.get(p) ?? ''));
     if (left.length === 0) break;
     if (Date.now() > end) throw new Error(`${what}: ${left.length} pids still exist after 120 s (first ${left[0]})`);
   }
@@ -138,8 +151,9 @@ async function waitGone(pids: readonly number[], what: string): Promise<void> {
 
 /** SIGKILLs every tracked pid, reaps the roots that are the bench's children, waits for the rest. */
 async function killAll(): Promise<void> {
-  const pids = [...tracked];
+  const pids = [...tracked.keys()];
   for (const p of pids) {
+    if (!ours(p, tracked.get(p)!)) continue; // gone, or another process's pid now
     try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
   }
   for (const r of ownRoots) {
@@ -165,7 +179,7 @@ async function cycle(procs: number, threads: number, tasks: number): Promise<Fig
   // The forker reaps the killed tree and then exits; make sure every pid is free before restoring.
   await waitGone([...cp.pids, reaper], 'after checkpoint');
   const rs = await restore({ image, config, logger });
-  for (const p of rs.pids) tracked.add(p);
+  for (const p of rs.pids) track(p);
   ownRoots.add(rs.pid);
   const restoredTasks = countTasks(rs.pids);
   if (rs.pids.length !== procs || restoredTasks !== tasks) {
