@@ -200,12 +200,23 @@ export class ChunkLoader {
     return Buffer.from(this.out.subarray(slot * 32, slot * 32 + 32)).toString('hex');
   }
 
-  /** Stops the lanes (idempotent). */
+  /**
+   * Stops the lanes (idempotent). After a lane timed out, it may be blocked in a read(2)
+   * that terminate() cannot interrupt (a hung file system): it is asked to stop and left to
+   * end on its own, not waited for, so that what closes the image (a failed restore) goes on
+   * to say why; it keeps nothing alive (unref).
+   */
   async close(): Promise<void> {
     this.closed = true;
     Atomics.store(this.ctl, HEAD, -1);
     Atomics.notify(this.ctl, HEAD);
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    const stopping = Promise.all(this.workers.map((w) => w.terminate()));
+    if (!this.lost) {
+      await stopping;
+      return;
+    }
+    stopping.catch(() => {});
+    for (const w of this.workers) w.unref();
   }
 }
 

@@ -218,10 +218,10 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     };
     // The tree has run since its let-go; what came after (the watch for a process dying at
     // once, clean-up) is not downtime: the sender takes it off (docs/migration.md, "Downtime").
-    ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs,
-      phases: { ...phases, runningForMs: round(Math.max(0, performance.now() - result.runningAt)) } });
+    const said = { ...phases, runningForMs: round(Math.max(0, performance.now() - result.runningAt)) };
+    ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs, phases: said });
     session.unwind(); // the spool (a lazy restore reads its open image, removed from the directory)
-    o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases, ...(lazy ? { lazy: result.lazy !== undefined } : {}) });
+    o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases: said, ...(lazy ? { lazy: result.lazy !== undefined } : {}) });
     if (lazy) {
       // The tree runs; its memory comes in (if any was left to serve: memory shared or
       // inherited copy-on-write is written before the start). The source waits for the word

@@ -436,8 +436,9 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
       let local: RestoreResult;
       try {
         // The kill did not wait for the reaping if the target runs on another kernel: the
-        // PIDs must be free here now (a container's restoreHere waits for its own).
-        if (o.workload === undefined) await waitReaped(pids, 5000);
+        // PIDs must be free here now (a container's restoreHere waits for its own). Nothing
+        // runs meanwhile, so the wait may be long where PID 1 reaps lazily.
+        if (o.workload === undefined) await waitReaped(pids, 30_000);
         copyImage(dir); // under pre-copy, made from the frames sent
         local = await (o.workload?.restoreHere ?? restore)({
           image: copy, config: o.config, logger: o.logger, trust: [createPublicKey(signKey)],
