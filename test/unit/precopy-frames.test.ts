@@ -112,6 +112,41 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     closeSync(fd);
   });
 
+  it('references across the store index\'s blocks: one run per stretch of slots that follow each other', () => {
+    const r = receiver();
+    const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
+    dirs.push(d);
+    const fd = openSync(join(d, 'image.tar'), 'w+');
+    let at = 0;
+    const write = (b: Buffer): void => { writeSync(fd, b, 0, b.length, at); at += b.length; };
+    const skip = (n: number): void => { at += n; };
+    // 200 pages from page 60 (blocks of 64 pages: the run crosses four), each its own byte;
+    // then a later round: page 100 again (its slot kept), and page 10 (a new slot, out of order).
+    const base = 60n * 4096n;
+    const pages = Array.from({ length: 200 }, (_, i) => page(i & 0xff));
+    r.handle(frame(TAG_PAGES, 7, base, 200, Buffer.concat(pages)), write, skip);
+    r.handle(frame(TAG_PAGES, 7, base + 40n * 4096n, 1, page(0xee)), write, skip);
+    r.handle(frame(TAG_PAGES, 7, 10n * 4096n, 1, page(0xdd)), write, skip);
+    r.handle(raw(Buffer.from('h')), write, skip);
+    // A page never sent, inside a block the index has and in one it has not (nothing is kept).
+    protocolError(() => r.handle(frame(TAG_REF, 7, 59n * 4096n, 1), write, skip), /page 0x3b000 of pid 7, which it never sent/);
+    protocolError(() => r.handle(frame(TAG_REF, 7, 5000n * 4096n, 1), write, skip), /page 0x1388000 of pid 7, which it never sent/);
+    assert.equal(r.handle(frame(TAG_REF, 7, base, 200), write, skip), 200 * 4096);
+    assert.equal(r.handle(frame(TAG_REF, 7, 10n * 4096n, 1), write, skip), 4096);
+    const o = r.overlay();
+    o.adopt();
+    r.close();
+    pages[40] = page(0xee);
+    const whole = Buffer.concat([Buffer.from('h'), ...pages, page(0xdd)]);
+    const got = Buffer.alloc(whole.length);
+    assert.equal(o.read(fd, got, 0, got.length, 0), whole.length);
+    assert.ok(got.equals(whole), 'every page from its slot, the latest copy of page 100 too');
+    // The 200 pages are one run of the store (slots 0-199), page 10 another (slot 200).
+    assert.deepEqual(o.pieces!(fd, 0, whole.length).map((p) => [p.fd === fd, p.len]), [[true, 1], [false, 201 * 4096]]);
+    o.close();
+    closeSync(fd);
+  });
+
   it('held pages with their digests: runs of held and not held pages, across blocks', () => {
     const h = new HeldPagesOf();
     const sums = Buffer.alloc(32 * 1024);
