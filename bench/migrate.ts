@@ -16,7 +16,8 @@
  * Usage: node dist/bench/migrate.js (npm run bench:migrate). Needs root and a built tree
  * (npm run build). FERRY_BENCH_MIGRATE_MIB: the sizes in MiB, comma-separated (default
  * 256,1024); FERRY_BENCH_MIGRATE_RATE: MiB/s the writer rewrites (default 10);
- * FERRY_BENCH_MIGRATE_RUNS (default 3).
+ * FERRY_BENCH_MIGRATE_RUNS (default 3); FERRY_BENCH_MIGRATE_MODES: which of pre, lazy, stop to
+ * run (default all three; the ratios are printed only with all three).
  *
  * The workload's start is one function (startWorkload) so that a container variant can be
  * added beside the process one.
@@ -33,6 +34,8 @@ closeInheritedFds();
 const SIZES = (process.env['FERRY_BENCH_MIGRATE_MIB'] ?? '256,1024').split(',').map(Number).filter((n) => n > 0);
 const RATE = Number(process.env['FERRY_BENCH_MIGRATE_RATE'] ?? '10');
 const RUNS = Number(process.env['FERRY_BENCH_MIGRATE_RUNS'] ?? '3');
+const MODES = (process.env['FERRY_BENCH_MIGRATE_MODES'] ?? 'pre,lazy,stop').split(',')
+  .filter((m): m is Mode => m === 'pre' || m === 'lazy' || m === 'stop');
 const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry');
 const DIRTIER = join(PACKAGE_ROOT, 'build', 'workloads', 'dirtier');
 
@@ -159,11 +162,12 @@ async function main(): Promise<void> {
     const res: Record<Mode, Figures[]> = { pre: [], lazy: [], stop: [] };
     for (let i = 0; i < RUNS; i++) {
       // Alternated, so that a busy moment of the machine does not fall on one mode only.
-      for (const mode of ['pre', 'lazy', 'stop'] as const) res[mode].push(await migrateOnce(mib, mode, `${mode}-${mib}-${i}`));
+      for (const mode of MODES) res[mode].push(await migrateOnce(mib, mode, `${mode}-${mib}-${i}`));
     }
     console.log(`\n${mib} MiB                 pre-copy                 pre-copy --lazy          stop and copy`);
     const row = (name: string, f: (x: Figures) => number, show: (n: number) => string): void => {
-      console.log(`  ${name.padEnd(18)} ${fmt(res.pre.map(f), show).padEnd(24)} ${fmt(res.lazy.map(f), show).padEnd(24)} ${fmt(res.stop.map(f), show)}`);
+      const col = (m: Mode): string => (res[m].length > 0 ? fmt(res[m].map(f), show) : '-');
+      console.log(`  ${name.padEnd(18)} ${col('pre').padEnd(24)} ${col('lazy').padEnd(24)} ${col('stop')}`);
     };
     row('total ms', (x) => x.totalMs, ms);
     row('downtime ms', (x) => x.downtimeMs, ms);
@@ -177,6 +181,7 @@ async function main(): Promise<void> {
     row('rounds', (x) => x.rounds, (n) => String(n));
     const med = (k: Mode, f: (x: Figures) => number): number => stats(res[k].map(f)).med;
     const ratio = (k: Mode, f: (x: Figures) => number): string => (med(k, f) / med('stop', f)).toFixed(2);
+    if (res.stop.length === 0 || res.pre.length === 0 || res.lazy.length === 0) continue;
     console.log(`  against stop and copy: downtime pre-copy ${ratio('pre', (x) => x.downtimeMs)}, lazy ${ratio('lazy', (x) => x.downtimeMs)}`
       + `; total pre-copy ${ratio('pre', (x) => x.totalMs)}, lazy ${ratio('lazy', (x) => x.totalMs)} (medians of this run)`);
   }

@@ -1,4 +1,4 @@
-// Reading another process's memory in bulk.
+// Reading another process's memory in bulk, and sorting its pagemap entries.
 //
 // Wraps process_vm_readv(2). Needs PTRACE_MODE_ATTACH_REALCREDS over the target, not the
 // tracer thread, so it may run on any thread. Writing goes through /proc/PID/mem from TS
@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #include <string>
@@ -82,10 +83,80 @@ Napi::Value ReadMemory(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(total));
 }
 
+// /proc/PID/pagemap entries (one u64 per page, proc/pagemap.ts): bit 63 present, 62 swapped,
+// 61 file page or shared anonymous, 56 exclusively mapped. A frozen dump sorts every page of
+// every area it stores (262144 of them for 1 GiB); done here, that costs a fraction of a
+// millisecond, where a JavaScript loop run once costs milliseconds before it is optimised.
+constexpr uint64_t kPresent = 1ull << 63, kSwapped = 1ull << 62, kFile = 1ull << 61, kExclusive = 1ull << 56;
+
+inline uint64_t Entry(const uint8_t* p) {
+  uint64_t e;
+  memcpy(&e, p, sizeof e);  // any alignment (a view into a bigger buffer)
+  return e;
+}
+
+// pagemapRuns(entries: Buffer, anonShared: boolean) -> Float64Array [first, count, ...]: the
+// runs of pages a dump stores, page numbers counted from the first entry: present and not a
+// file page, or swapped; with anonShared (shared anonymous memory, which pagemap reports as
+// file pages) present or swapped.
+Napi::Value PagemapRuns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Buffer<uint8_t> entries;
+  if (!ArgBuffer(info, 0, &entries)) return {};
+  bool anonShared = info.Length() > 1 && info[1].ToBoolean().Value();
+  size_t n = entries.Length() / 8;
+  const uint8_t* d = entries.Data();
+  std::vector<double> runs;
+  size_t start = SIZE_MAX;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t e = Entry(d + i * 8);
+    bool store = anonShared ? (e & (kPresent | kSwapped)) != 0
+                            : ((e & kPresent) != 0 && (e & kFile) == 0) || (e & kSwapped) != 0;
+    if (store) {
+      if (start == SIZE_MAX) start = i;
+    } else if (start != SIZE_MAX) {
+      runs.push_back(static_cast<double>(start));
+      runs.push_back(static_cast<double>(i - start));
+      start = SIZE_MAX;
+    }
+  }
+  if (start != SIZE_MAX) {
+    runs.push_back(static_cast<double>(start));
+    runs.push_back(static_cast<double>(n - start));
+  }
+  auto out = Napi::Float64Array::New(env, runs.size());
+  if (!runs.empty()) memcpy(out.Data(), runs.data(), runs.size() * sizeof(double));
+  return out;
+}
+
+// pagemapSharedAnon(entries: Buffer) -> Uint8Array | undefined: one byte per page, 1 where the
+// page is present, anonymous and not exclusively mapped (shared copy-on-write with another
+// process); undefined when no page is.
+Napi::Value PagemapSharedAnon(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Buffer<uint8_t> entries;
+  if (!ArgBuffer(info, 0, &entries)) return {};
+  size_t n = entries.Length() / 8;
+  const uint8_t* d = entries.Data();
+  size_t i = 0;
+  auto shared = [&](size_t k) {
+    uint64_t e = Entry(d + k * 8);
+    return (e & kPresent) != 0 && (e & (kFile | kExclusive)) == 0;
+  };
+  while (i < n && !shared(i)) i++;
+  if (i == n) return env.Undefined();
+  auto out = Napi::Uint8Array::New(env, n);
+  memset(out.Data(), 0, n);
+  for (; i < n; i++) out[i] = shared(i) ? 1 : 0;
+  return out;
+}
+
 }  // namespace
 
 void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("readMemory", Napi::Function::New(env, ReadMemory));
+  exports.Set("pagemapRuns", Napi::Function::New(env, PagemapRuns));
+  exports.Set("pagemapSharedAnon", Napi::Function::New(env, PagemapSharedAnon));
 }
 
 }  // namespace ferry

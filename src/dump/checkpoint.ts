@@ -314,7 +314,11 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const host = hostFacts(); // read once per ferry process (the vDSO hashed)
     const estimate = estimateTreeMemory(pid);
     let hashPool: HashPool | undefined;
-    if (!estimate.complete || estimate.total > HASH_WORKER_MIN_BYTES) {
+    // Not for an image whose reader holds pages (pre-copy): its page data is hashed page by
+    // page on the JS thread (writer.ts PagedHash), so the workers would have nothing to do,
+    // and the second one would come up while the tree is frozen, its start-up (tens of ms of
+    // CPU) taken from the frozen image's on a 2-core machine.
+    if (o.heldPages === undefined && (!estimate.complete || estimate.total > HASH_WORKER_MIN_BYTES)) {
       const pool = (hashPool = new HashPool(hashThreads(estimate.complete ? estimate.total : Infinity)));
       session.onUndo('stop the hash worker', () => { pool.close().catch(() => {}); });
     }

@@ -53,6 +53,7 @@ export interface ImageEntry {
    * `held`, given only for a `paged` entry of an image whose reader already holds some pages
    * (WriteOptions.omitHeld): the next pages are not produced but named by their sha256 (32
    * bytes each), which the stream then leaves out; they count toward `size` as if produced.
+   * The digests may be reused once that promise resolved, as a chunk may.
    */
   produce(sink: (chunk: Buffer) => Promise<void>, held?: (digests: Buffer) => Promise<void>): Promise<void>;
   /**

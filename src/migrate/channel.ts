@@ -166,6 +166,9 @@ export interface Transport {
   setTimeout(ms: number, onIdle?: () => void): unknown;
   setNoDelay?(noDelay?: boolean): unknown;
   setKeepAlive?(enable?: boolean, initialDelay?: number): unknown;
+  /** Gathers writes until uncork(), which sends them in one (a stream's cork). */
+  cork?(): void;
+  uncork?(): void;
   write(data: Buffer): boolean;
   end(done?: () => void): unknown;
   destroy(): unknown;

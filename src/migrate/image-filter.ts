@@ -262,14 +262,31 @@ export class ImageFilter {
 
   private flushRaw(): void {
     if (this.rawBytes === 0) return;
-    const data = this.raw.length === 1 ? this.raw[0]! : Buffer.concat(this.raw);
+    // The pieces go into their frames as they are (each frame made once, its tag first): a
+    // frozen image's RAW pieces are hundreds, and every copy of them costs page faults.
+    const pieces = this.raw;
+    let left = this.rawBytes;
     this.raw = [];
     this.rawBytes = 0;
-    for (let off = 0; off < data.length; off += MAX_DATA_BYTES - 1) {
-      const part = data.subarray(off, Math.min(data.length, off + MAX_DATA_BYTES - 1));
-      if (!this.send(Buffer.concat([TAG_RAW_BYTE, part]))) this.ok = false;
+    let i = 0, from = 0; // the next byte: of piece i, at `from`
+    while (left > 0) {
+      const n = Math.min(left, MAX_DATA_BYTES - 1);
+      const frame = Buffer.allocUnsafe(1 + n);
+      frame[0] = TAG_RAW;
+      for (let at = 1; at < frame.length;) {
+        const p = pieces[i]!;
+        const k = Math.min(p.length - from, frame.length - at);
+        p.copy(frame, at, from, from + k);
+        at += k;
+        from += k;
+        if (from === p.length) {
+          i++;
+          from = 0;
+        }
+      }
+      left -= n;
+      if (!this.send(frame)) this.ok = false;
     }
   }
 }
 
-const TAG_RAW_BYTE = Buffer.from([TAG_RAW]);

@@ -185,6 +185,13 @@ export interface NativeBinding {
   spawnDetached(path: string, args: readonly string[], hold: readonly number[]): { pid: number; stdin: number; stdout: number };
   /** process_vm_readv(2): reads [addr, len] pairs back to back into dst at dstOffset. */
   readMemory(pid: number, ranges: Float64Array, dst: Buffer, dstOffset?: number): number;
+  /**
+   * Runs of pages a dump stores among pagemap entries (proc/pagemap.ts dumpablePageRuns):
+   * [first, count, ...], counted from the first entry.
+   */
+  pagemapRuns(entries: Buffer, anonShared: boolean): Float64Array;
+  /** One byte per pagemap entry, 1: present, anonymous, not exclusively mapped; undefined when none is. */
+  pagemapSharedAnon(entries: Buffer): Uint8Array | undefined;
   /** kcmp(2): 0 equal, 1 less, 2 greater, 3 not equal (unordered). */
   kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number;
   /**
@@ -528,7 +535,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
