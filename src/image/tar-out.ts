@@ -150,7 +150,10 @@ export class TarOut {
     const p = new Promise<void>((resolve, reject) => {
       this.queued.push({ buf, done: (err) => (err === undefined ? resolve() : reject(err)) });
     });
-    this.draining ??= this.drain();
+    if (this.draining === undefined) {
+      this.draining = this.drain();
+      this.draining.catch(() => {}); // it settles every write itself; settled() waits for it
+    }
     return p;
   }
 
@@ -170,9 +173,17 @@ export class TarOut {
           for (const q of batch) q.done(this.failure);
           continue;
         }
+        // A progress callback (wrote) that throws fails this write and every later one, as
+        // a failed write does: nothing queued is left unsettled, the checkpoint fails.
         for (const q of batch) {
-          this.wrote(q.buf.length);
-          q.done();
+          if (this.failure === undefined) {
+            try {
+              this.wrote(q.buf.length);
+            } catch (err) {
+              this.failure = err;
+            }
+          }
+          q.done(this.failure);
         }
       }
     } finally {

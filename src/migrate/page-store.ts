@@ -30,10 +30,11 @@ const MAX_STORE_BYTES = 64 * 2 ** 30;
 /** Pages of one block of a SlotIndex: 256 KiB of memory, 256 bytes of index. */
 const INDEX_BLOCK = 64;
 /**
- * The most blocks the store's index keeps (about 300 MB): what a sender's pages may cost this
- * node in memory, whatever their spread (one page per block at worst).
+ * The most blocks the store's index keeps (about 300 MB: a block costs V8 about 600 bytes with
+ * its Map entry): what a sender's pages may cost this node in memory, whatever their spread
+ * (one page per block at worst, 2 GiB of pages spread over 32 GiB of memory).
  */
-const MAX_INDEX_BLOCKS = 1 << 20;
+const MAX_INDEX_BLOCKS = 1 << 19;
 
 /**
  * Where the store holds each page of one process: its slot by page number, in blocks of
@@ -350,6 +351,7 @@ export class FrameLog {
    * milliseconds of the frozen time. `frame` must not change after (no caller reuses one).
    */
   append(frame: Buffer): void {
+    if (this.fd < 0) throw new FerryError('EIO', 'the local copy of the migration\'s frames was closed before its last frame');
     const len = Buffer.allocUnsafe(4);
     len.writeUInt32BE(frame.length, 0);
     if (frame.length >= LOG_BATCH_BYTES) {

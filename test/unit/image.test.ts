@@ -10,7 +10,7 @@ import tar from 'tar-stream';
 import { ChunkLoader, ChunkSource, pageDigests, type ImagePiece } from '../../src/image/chunks.js';
 import { checkCompatibility, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
 import { openImage, type ImageOverlay } from '../../src/image/reader.js';
-import { tarHeader } from '../../src/image/tar-out.js';
+import { tarHeader, TarOut } from '../../src/image/tar-out.js';
 import { CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
 import { TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/frames.js';
 import { PreCopyReceiver } from '../../src/migrate/page-store.js';
@@ -547,6 +547,25 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
       src.finish();
       await img.close();
     }
+  });
+});
+
+describe('a stream\'s writes (TarOut)', { timeout: 30_000 }, () => {
+  it('a progress callback that throws fails that write and every later one; none is left waiting', async () => {
+    const path = join(dir, 'tarout.fifo');
+    spawnSync('mkfifo', [path]);
+    const reader = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    const fd = openSync(path, constants.O_WRONLY);
+    let calls = 0;
+    const out = new TarOut(fd, false, false, 4096, () => { if (++calls === 2) throw new Error('progress failed'); });
+    // Queued in one turn: one writev(2) for the three, then the callbacks.
+    const writes = [0, 1, 2].map((i) => out.write(Buffer.alloc(512, i), 0));
+    const results = await Promise.allSettled(writes);
+    assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'rejected']);
+    await assert.rejects(out.write(Buffer.alloc(512), 0), /progress failed/);
+    await out.settled();
+    closeSync(fd);
+    closeSync(reader);
   });
 });
 
