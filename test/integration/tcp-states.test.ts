@@ -406,7 +406,9 @@ describe('a connection whose peer is outside the tree, in another network namesp
     const { w, peer, lport } = await brim();
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'brim.tar'), '--tcp-established', '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
-    assert.deepEqual(statesOf(w.pid, [lport]), ['04'], 'FIN_WAIT1 after the checkpoint');
+    // FIN_WAIT1, or CLOSING: the tree still runs, and the peer's last bytes and FIN may have
+    // come in meanwhile (once seen in CI).
+    assert.ok(['04', '0B'].includes(statesOf(w.pid, [lport])[0]!), `FIN_WAIT1 or CLOSING after the checkpoint: ${statesOf(w.pid, [lport]).join()}`);
     net!.open();
     await conversation(w, peer);
   });
