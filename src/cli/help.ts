@@ -431,9 +431,9 @@ DESCRIPTION
   while it runs, its memory is sent in rounds, each only the pages written
   since the round before (tracked with userfaultfd write-protection), until
   little changes; then the tree is stopped and the image sent names the
-  pages the target holds instead of sending them again. A process with a userfaultfd
-  of its own is refused (use --no-pre-copy); a kernel that cannot track
-  writes gets stop and copy.
+  pages the target holds instead of sending them again. A process with a
+  userfaultfd of its own is refused (use --no-pre-copy); a kernel that
+  cannot track writes gets stop and copy.
 
   Lazy pages (--lazy): the target lets the tree run before its anonymous
   memory is written, and copies each page in from the image it holds on

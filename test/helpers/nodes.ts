@@ -49,8 +49,11 @@ export interface Nodes {
   client?: Node;
   /** With a client: the service address, on both nodes' lo; the client reaches it on one. */
   service?: string;
-  /** With a client: routes the client's traffic for the service address (or `addr`) to that node. */
-  serve?: (node: 'source' | 'target', addr?: string) => void;
+  /**
+   * With a client: routes the client's traffic for the service address (or `addr`) to that
+   * node, or nowhere (`none`: dropped, an address in transit between nodes).
+   */
+  serve?: (node: 'source' | 'target' | 'none', addr?: string) => void;
   /** Sets the link between source and target down (a cut network) or up. */
   link(up: boolean): void;
 }
@@ -135,7 +138,9 @@ export function makeNodes(opts: { client?: boolean } = {}): Nodes {
       ip('-n', c, 'addr', 'add', `10.204.${x}.1/32`, 'dev', 'lo');
       out.client = node(c, `10.204.${x}.1`, `${id}c`, dir);
       out.service = `10.203.${x}.1`;
-      out.serve = (from, addr = `10.203.${x}.1`) => ip('-n', c, 'route', 'replace', `${addr}/32`, 'via', `10.${from === 'target' ? 201 : 202}.${x}.2`);
+      out.serve = (from, addr = `10.203.${x}.1`) => (from === 'none'
+        ? ip('-n', c, 'route', 'replace', 'blackhole', `${addr}/32`)
+        : ip('-n', c, 'route', 'replace', `${addr}/32`, 'via', `10.${from === 'target' ? 201 : 202}.${x}.2`));
       out.serve('source');
     }
     return out;

@@ -140,6 +140,10 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
 
     // The receiver takes the flags from the sender's hello.
     const { recv, port } = await receiver();
+    // The address moves while the tree does: ferry migrate removes the source's lock once
+    // the tree runs on the target, and a packet that reached the source after that would be
+    // answered by a reset (docs/migration.md).
+    nodes.serve!('none');
     const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key,
       '--tcp-established', '--json', '--config', config], undefined, nodes.source);
     assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
@@ -204,6 +208,7 @@ describe('a TCP connection through a migration', { skip, timeout: 300_000 }, () 
 
     const tb = bundle(nodes.target, `${id}-t`, pods.target);
     const { recv, port } = await receiver();
+    nodes.serve!('none', podAddr); // the address in transit, as above
     const mig = startFerry(['migrate', id, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key,
       '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--tcp-established', '--json', '--config', config], undefined, nodes.source);
     assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
