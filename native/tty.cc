@@ -8,17 +8,22 @@
 //   TIOCGPTN            index N of the pair (/dev/pts/N), on a master
 //   TIOCGPTLCK / TIOCSPTLCK  lock of the slave (unlockpt(3) clears it; a locked slave cannot
 //                       be opened: EIO)
-//   TIOCGPKT / TIOCPKT  packet mode of a master
+//   TIOCGPKT / TIOCPKT  packet mode of a master (a state of the pair: the master's tty)
+//   TIOCGEXCL / TIOCEXCL / TIOCNXCL  exclusive mode of the tty behind the descriptor (a
+//                       master's own, or the slave's): only CAP_SYS_ADMIN opens it again
 //   TIOCGPTPEER         opens the slave of a master through the master's own devpts instance
 //                       (Linux 4.13), without a path lookup
 //   TIOCGDEV            device number of the tty behind a descriptor (also behind /dev/tty)
 //   FIONREAD (TIOCINQ)  bytes the line discipline holds for reading (canonical mode: complete
 //                       lines only)
 //   TIOCOUTQ            bytes not yet sent by the driver
+// and poll(2) with no timeout: on a master in packet mode POLLPRI says a status byte is
+// pending (n_tty_poll), which only a read(2) would take.
 #include <napi.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
@@ -29,6 +34,9 @@
 
 #ifndef TIOCGPTPEER
 #define TIOCGPTPEER _IO('T', 0x41)
+#endif
+#ifndef TIOCGEXCL
+#define TIOCGEXCL _IOR('T', 0x40, int)
 #endif
 
 namespace ferry {
@@ -131,8 +139,40 @@ Napi::Value PtyLocked(const Napi::CallbackInfo& info) { return GetInt(info, TIOC
 Napi::Value PtySetLocked(const Napi::CallbackInfo& info) { return SetInt(info, TIOCSPTLCK, "ioctl(TIOCSPTLCK)"); }
 Napi::Value PtyPacket(const Napi::CallbackInfo& info) { return GetInt(info, TIOCGPKT, "ioctl(TIOCGPKT)"); }
 Napi::Value PtySetPacket(const Napi::CallbackInfo& info) { return SetInt(info, TIOCPKT, "ioctl(TIOCPKT)"); }
+Napi::Value TtyExclusive(const Napi::CallbackInfo& info) { return GetInt(info, TIOCGEXCL, "ioctl(TIOCGEXCL)"); }
 Napi::Value TtyInq(const Napi::CallbackInfo& info) { return GetInt(info, FIONREAD, "ioctl(FIONREAD)"); }
 Napi::Value TtyOutq(const Napi::CallbackInfo& info) { return GetInt(info, TIOCOUTQ, "ioctl(TIOCOUTQ)"); }
+
+// ttySetExclusive(fd, on): TIOCEXCL (on) or TIOCNXCL (0); neither takes an argument.
+Napi::Value TtySetExclusive(const Napi::CallbackInfo& info) {
+  int64_t fd, on;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &on)) return {};
+  const char* name = on ? "ioctl(TIOCEXCL)" : "ioctl(TIOCNXCL)";
+  if (ioctl(static_cast<int>(fd), on ? TIOCEXCL : TIOCNXCL) < 0) {
+    ThrowErrno(info.Env(), name, errno, FdDetail(fd));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
+// ttyPoll(fd, events) -> revents of poll(2) with timeout 0 (0: none of them now).
+Napi::Value TtyPoll(const Napi::CallbackInfo& info) {
+  int64_t fd, events;
+  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &events)) return {};
+  struct pollfd p;
+  p.fd = static_cast<int>(fd);
+  p.events = static_cast<short>(events);
+  p.revents = 0;
+  int r;
+  do {
+    r = poll(&p, 1, 0);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    ThrowErrno(info.Env(), "poll", errno, FdDetail(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), r == 0 ? 0 : p.revents);
+}
 
 // ttyDevice(fd) -> {major, minor} of the tty behind fd (TIOCGDEV).
 Napi::Value TtyDevice(const Napi::CallbackInfo& info) {
@@ -172,6 +212,9 @@ void InitTty(Napi::Env env, Napi::Object exports) {
   exports.Set("ttyDevice", Napi::Function::New(env, TtyDevice));
   exports.Set("ttyInq", Napi::Function::New(env, TtyInq));
   exports.Set("ttyOutq", Napi::Function::New(env, TtyOutq));
+  exports.Set("ttyExclusive", Napi::Function::New(env, TtyExclusive));
+  exports.Set("ttySetExclusive", Napi::Function::New(env, TtySetExclusive));
+  exports.Set("ttyPoll", Napi::Function::New(env, TtyPoll));
   exports.Set("ptyIndex", Napi::Function::New(env, PtyIndex));
   exports.Set("ptyLocked", Napi::Function::New(env, PtyLocked));
   exports.Set("ptySetLocked", Napi::Function::New(env, PtySetLocked));

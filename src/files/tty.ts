@@ -55,10 +55,17 @@
  * open gets a record of its own (unheldTerminals, addUnheldTerminals), where that is exact;
  * a session whose leader holds none of it while a member does is kept too: the leader takes
  * it before forking, the member inherits it and sets the foreground group.
- * Not kept: output stopped by ^S (IXON flow control is restarted), a pending packet-mode
- * status byte and output queued while in packet mode, exclusive mode (TIOCEXCL), line
- * disciplines other than N_TTY's state, a slave's queued input when no process of the tree
- * holds the slave open.
+ * Packet mode (TIOCPKT) is the pair's: it is switched off while the bytes are taken and
+ * queued back (on, a read of the master puts a header byte before the output, and each termios
+ * change queues a status byte for the tree's reader), then on again. Switching it on clears a
+ * pending status byte (TIOCPKT_FLUSHREAD, _STOP, _START…), which only the read that returns it
+ * takes: a master with one pending (POLLPRI) is refused, before anything is changed, naming pid
+ * and fd, and the tree runs on. Exclusive mode (TIOCEXCL) is kept for the master, and for the
+ * slave when a process of the tree holds the slave (read there).
+ * Not kept: output stopped by ^S (IXON flow control is restarted), line disciplines other
+ * than N_TTY's state; when no process of the tree holds the slave open, the bytes queued
+ * either way and the slave's exclusive mode; exclusive mode of a terminal whose pair is not the
+ * tree's (`external`, `device`, `console`).
  */
 import { chmodSync, chownSync, existsSync, fstatSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
 import { SYS, TIOCSCTTY, TIOCSPGRP } from '../arch/x86-64.js';
@@ -75,6 +82,8 @@ import type { RestoreFiles } from './install.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
 const O_RDWR = 2, O_NOCTTY = 0o400, O_NOFOLLOW = 0o400000;
+/** poll(2): urgent data; on a pty master in packet mode, a pending status byte. */
+const POLLPRI = 0x2;
 /** Status flags a terminal keeps (F_SETFL can change them). */
 const KEPT_FLAGS = O_ACCMODE | O_NONBLOCK | O_APPEND;
 /** Majors (Documentation/admin-guide/devices.txt): 4 virtual consoles and serial, 5 tty/console/ptmx, 136-143 pts. */
@@ -154,6 +163,13 @@ export interface TtyRecord extends FileRecord {
   locked?: boolean;
   /** master: packet mode (TIOCPKT). */
   packet?: boolean;
+  /**
+   * master: the slave is in exclusive mode (TIOCEXCL: only CAP_SYS_ADMIN opens it again).
+   * Read through a slave the tree holds; absent when it holds none, or when it is off.
+   */
+  exclusive?: boolean;
+  /** master: the master's own tty is in exclusive mode (TIOCEXCL on the master; absent when off). */
+  masterExclusive?: boolean;
   /**
    * master: owner and permission bits of the slave's node /dev/pts/N (grantpt(3) gives it the
    * opener's uid, devpts' gid and mode 620; `mesg n` or a chmod/chown changes them). Absent
@@ -358,28 +374,51 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
   const winsize = n.ttyGetWinsize(m);
   const locked = n.ptyLocked(m) === 1;
   const packet = n.ptyPacket(m) === 1;
+  const masterExclusive = n.ttyExclusive(m) === 1;
+  // A status byte pending in packet mode (TIOCPKT_FLUSHREAD after a tcflush, _STOP/_START
+  // after a tcflow or ^S/^Q, _NOSTOP/_DOSTOP, _IOCTL) is taken only by the read(2) that
+  // returns it, and nothing queues one again short of doing to the slave what made it (a
+  // flush, a stop): refused, before anything is changed, rather than lost.
+  if (packet && (n.ttyPoll(m, POLLPRI) & POLLPRI) !== 0) {
+    throw new FerryError('EUNSUPPORTED', `pid ${d.pid} fd ${d.fd} (the master of /dev/pts/${index}, in packet mode) has a status byte pending `
+      + '(TIOCPKT: a flush, stop or start not read yet) that a checkpoint cannot take without consuming it: checkpoint again once the '
+      + 'process has read it; the process was left running', { pid: d.pid, fd: d.fd });
+  }
   let input: Buffer = Buffer.alloc(0);
   let output: Buffer = Buffer.alloc(0);
+  let exclusive: boolean | undefined;
   // A slave the tree holds open: copies of it do not change the pair's open count (opening
   // and closing one of our own could mark the master's other side closed).
   const slave = ptyEnds(ctx.pids, index).find((e) => !e.master);
   if (slave) {
     const s = steal(slave.pid, slave.fd);
     try {
+      exclusive = n.ttyExclusive(s) === 1;
       const sFl = n.getFl(s);
       const mFl = n.getFl(m);
       n.setFl(s, sFl | O_NONBLOCK);
       n.setFl(m, mFl | O_NONBLOCK);
       try {
-        n.ttySetTermios(m, encodeTermios(rawInput(t)));
+        // Packet mode is the pair's (the master's tty), not our copy's: on, a read of the
+        // master puts a header byte before the output, and each termios change made here
+        // queues a TIOCPKT_NOSTOP/_DOSTOP or _IOCTL status for the tree's reader
+        // (pty_set_termios). Off for that moment, neither; switching it back on clears the
+        // pair's status (pty_set_pktmode), none being pending (refused above). The tree is
+        // frozen meanwhile: its reader never sees it off.
+        if (packet) n.ptySetPacket(m, 0);
         try {
-          input = drain(s, `the input of /dev/pts/${index}`);
+          n.ttySetTermios(m, encodeTermios(rawInput(t)));
+          try {
+            input = drain(s, `the input of /dev/pts/${index}`);
+          } finally {
+            queueInput(m, s, t, input); // puts the bytes back for the original, then termios
+          }
+          if (n.ttyInq(m) > 0) {
+            output = drain(m, `the output of /dev/pts/${index}`);
+            queueOutput(m, s, t, output);
+          }
         } finally {
-          queueInput(m, s, t, input); // puts the bytes back for the original, then termios
-        }
-        if (!packet && n.ttyInq(m) > 0) {
-          output = drain(m, `the output of /dev/pts/${index}`);
-          queueOutput(m, s, t, output);
+          if (packet) n.ptySetPacket(m, 1);
         }
       } finally {
         n.setFl(s, sFl);
@@ -393,6 +432,7 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
   return {
     role: 'master', path: d.link, flags, index, termios: t, winsize, locked, packet,
     input: input.toString('base64'), output: output.toString('base64'), ...(slaveNode ? { slaveNode } : {}),
+    ...(masterExclusive ? { masterExclusive } : {}), ...(exclusive ? { exclusive } : {}),
   };
 }
 
@@ -583,18 +623,25 @@ function openMaster(rec: TtyRecord): number {
     n.ttySetWinsize(m, w.row, w.col, w.xpixel, w.ypixel);
     const input = Buffer.from(rec.input ?? '', 'base64');
     const output = Buffer.from(rec.output ?? '', 'base64');
-    if (input.length > 0 || output.length > 0) {
+    if (input.length > 0 || output.length > 0 || rec.exclusive === true) {
       // A slave open meanwhile, to see the bytes arrive; closing it again is what the original
-      // pair saw too if no slave is restored.
+      // pair saw too if no slave is restored. Exclusive mode is a flag of the slave's tty,
+      // which lives as long as the master: it outlasts this descriptor, and ferry's own opens
+      // of the slave (TIOCGPTPEER, with CAP_SYS_ADMIN) pass it.
       const s = n.ptyPeer(m, O_RDWR | O_NOCTTY | O_NONBLOCK);
       try {
         queueInput(m, s, t, input);
         queueOutput(m, s, t, output);
+        if (rec.exclusive === true) n.ttySetExclusive(s, 1);
       } finally {
         n.closeFd(s);
       }
     }
+    // Last: termios changes made above with packet mode on would queue status bytes, and
+    // switching it on clears any. The output queued comes to the reader as a packet
+    // (TIOCPKT_DATA, then the bytes), as it would have from the original.
     if (rec.packet) n.ptySetPacket(m, 1);
+    if (rec.masterExclusive === true) n.ttySetExclusive(m, 1);
     if (rec.slaveNode) setSlaveNode(m, rec.slaveNode);
     if (rec.locked) n.ptySetLocked(m, 1);
     n.setFl(m, rec.flags & (O_NONBLOCK | O_APPEND));
@@ -824,6 +871,7 @@ function check(rec: TtyRecord): void {
     pair();
     queued(rec.input);
     queued(rec.output);
+    if (![rec.exclusive, rec.masterExclusive].every((v) => v === undefined || typeof v === 'boolean')) bad('has an invalid exclusive mode');
     const node = rec.slaveNode;
     // Permission bits only: no set-user-ID, set-group-ID or sticky bit from an image.
     if (node !== undefined && (typeof node !== 'object' || node === null || !Number.isInteger(node.mode) || node.mode < 0 || node.mode > 0o777

@@ -354,6 +354,12 @@ export interface NativeBinding {
   ttyInq(fd: number): number;
   /** ioctl(2) TIOCOUTQ: bytes not yet sent by the driver. */
   ttyOutq(fd: number): number;
+  /** ioctl(2) TIOCGEXCL: 1 when the tty behind `fd` (a master's own, or the slave) is in exclusive mode. */
+  ttyExclusive(fd: number): number;
+  /** ioctl(2) TIOCEXCL (1) or TIOCNXCL (0): exclusive mode of the tty behind `fd`; only CAP_SYS_ADMIN opens it again. */
+  ttySetExclusive(fd: number, on: number): void;
+  /** poll(2) of `fd` for `events` with timeout 0: the revents (0 when none now). On a pty master in packet mode POLLPRI is a pending status byte. */
+  ttyPoll(fd: number, events: number): number;
   /** ioctl(2) TIOCGPTN on a pty master (pty(7)): the index N of /dev/pts/N. */
   ptyIndex(fd: number): number;
   /** ioctl(2) TIOCGPTLCK on a pty master: 1 while the slave is locked (before unlockpt(3)). */
@@ -544,7 +550,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'eventfdCreate', 'signalfdCreate', 'timerfdCreate', 'timerfdSettime', 'timerfdGettime', 'clockGettime', 'timerfdTakeTicks',
   'timerfdSetTicks', 'memfdCreate', 'getSeals', 'addSeals',
   'getSeccompFilter', 'getSeccompFlags',
-  'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq',
+  'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq', 'ttyExclusive', 'ttySetExclusive', 'ttyPoll',
   'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
   'sockConnect', 'sockListen', 'sockPeek', 'sockRecv', 'sockSend', 'sockIoctlInt', 'tcpDestroy', 'getSockFilter', 'attachSockFilter', 'inetDiag',

@@ -1,18 +1,25 @@
 /**
  * Terminals through bin/ferry. build/workloads/ptys holds a pty pair inside the tree (the
  * slave is its session's controlling terminal, a child's group in the foreground, raw termios,
- * a window size, bytes queued both ways, /dev/tty, a locked second pair) and checks it all
- * itself after restore. `ptys external` runs with its stdio on a terminal whose master is
- * held outside the tree (a python3 holder made here, or script(1)): refused without
- * --shell-job, restored onto the same terminal with it. build/workloads/consoles holds terminals
- * of the machine (a virtual console as its controlling terminal, /dev/tty, /dev/console,
- * /dev/tty0): they come back without --shell-job, with the console's termios set back.
+ * a window size, bytes queued both ways, /dev/tty, a locked second pair, a third in packet
+ * mode with output queued, exclusive mode) and checks it all itself after restore; `ptys
+ * status` holds a packet-mode master with a status byte pending, which a checkpoint refuses.
+ * `ptys external` runs with its stdio on a terminal whose master is held outside the tree (a
+ * python3 holder made here, or script(1)): refused without --shell-job, restored onto the
+ * same terminal with it. build/workloads/consoles holds terminals of the machine (a virtual
+ * console as its controlling terminal, /dev/tty, /dev/console, /dev/tty0): they come back
+ * without --shell-job, with the console's termios set back.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { FerryError } from '../../src/errors.js';
+import { checkFiles, closeFiles, openFiles } from '../../src/files/install.js';
+import { DEFAULT_FILE_OPTIONS } from '../../src/files/types.js';
+import type { FileRecord } from '../../src/image/records.js';
+import { native } from '../../src/native/binding.js';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
 import { alive, cleanup, cycleThrough, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
@@ -117,6 +124,46 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     assert.equal(await verify(w2), 'PASS', w2.text());
+  });
+
+  it('a packet-mode master with a status byte pending is refused, naming pid and fd, and keeps the byte', async () => {
+    const w = await startWorkload(PTYS, ['status']);
+    const fd = Number(/^master fd (\d+)$/m.exec(w.text())![1]);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.match(cp.stderr, new RegExp(`pid ${w.pid} fd ${fd} .*status byte pending.*checkpoint again once the process has read it`));
+    assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
+    assert.ok(alive(w.pid));
+    assert.equal(procState(w.pid).tracer, 0, 'left alone');
+    // The workload finds the status byte still pending, then its output in a packet of its own.
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('exclusive mode in an image is a boolean, and comes back on the master and on the slave of the new pair', () => {
+    const O_RDWR = 2, O_NOCTTY = 0o400;
+    const master = (extra: Record<string, unknown>): FileRecord => ({
+      id: 1, kind: 'tty', role: 'master', path: '/dev/ptmx', flags: O_RDWR, index: 0, packet: true,
+      termios: { iflag: 0, oflag: 0, cflag: 0o277, lflag: 0, line: 0, cc: new Array(19).fill(0), ispeed: 38400, ospeed: 38400 },
+      winsize: { row: 24, col: 80, xpixel: 0, ypixel: 0 }, ...extra,
+    });
+    assert.throws(() => checkFiles([master({ exclusive: 1 })]),
+      (e: unknown) => e instanceof FerryError && e.code === 'EIMAGE' && /file 1\) has an invalid exclusive mode/.test(e.message));
+    const n = native();
+    for (const [exclusive, masterExclusive] of [[true, false], [false, true]] as const) {
+      const files = openFiles([master({ exclusive, masterExclusive })], DEFAULT_FILE_OPTIONS, new Map());
+      try {
+        const m = files.opened.get(1)!;
+        const s = n.ptyPeer(m, O_RDWR | O_NOCTTY);
+        try {
+          assert.deepEqual([n.ttyExclusive(s), n.ttyExclusive(m)], [Number(exclusive), Number(masterExclusive)], 'exclusive mode of slave and master');
+          assert.equal(n.ptyPacket(m), 1);
+        } finally {
+          n.closeFd(s);
+        }
+      } finally {
+        closeFiles(files.opened);
+      }
+    }
   });
 
   it('a terminal from outside the tree is refused without --shell-job, naming pid, fd, tty and flag', async () => {
