@@ -9,7 +9,8 @@
 //
 // And the *at() family that resolves a path relative to a directory descriptor, for paths that
 // come from an image (untrusted input: docs/security.md): openat2(2) with struct open_how
-// {flags, mode, resolve}, mkdirat(2), mkfifoat(3) (mknodat(2)), unlinkat(2), symlinkat(2), renameat2(2), fchownat(2).
+// {flags, mode, resolve}, mkdirat(2), mkfifoat(3) and mknodat(2) of a character device, unlinkat(2), symlinkat(2),
+// renameat2(2), fchownat(2).
 // Only openat2 takes RESOLVE_* flags, so the policy (src/files/confined.ts) resolves the parent
 // directory of a name with openat2 and then acts on the last component alone through that
 // directory's descriptor: a single component cannot traverse anything, and the *at() calls
@@ -47,6 +48,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sched.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -384,6 +386,26 @@ Napi::Value Mkfifoat(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// mknodChr(dirfd, path, mode, major, minor): a character device node named `path` under `dirfd`
+// (mknodat(2) S_IFCHR with the permission bits of `mode`; EEXIST on any existing name, a
+// symlink included: never followed). Nothing but a character device can be made through it.
+Napi::Value MknodChr(const Napi::CallbackInfo& info) {
+  int64_t dirfd, mode, major, minor;
+  std::string path;
+  if (!ArgInt(info, 0, &dirfd) || !ArgPath(info, 1, "mknodat", &path) || !ArgInt(info, 2, &mode)
+      || !ArgInt(info, 3, &major) || !ArgInt(info, 4, &minor)) return {};
+  if (major < 0 || major > 0xfff || minor < 0 || minor > 0xfffff) {
+    Napi::RangeError::New(info.Env(), "mknodChr: device number out of range").ThrowAsJavaScriptException();
+    return {};
+  }
+  dev_t dev = makedev(static_cast<unsigned>(major), static_cast<unsigned>(minor));
+  if (mknodat(static_cast<int>(dirfd), path.c_str(), S_IFCHR | (static_cast<mode_t>(mode) & 07777), dev) < 0) {
+    ThrowErrno(info.Env(), "mknodat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return info.Env().Undefined();
+}
+
 // procFds(pid, fds) -> [{link, stat, fdinfo} | null, ...]: for each descriptor, readlink(2) of
 // /proc/PID/fd/FD, stat(2) of it (the file behind; stat is a BigInt64Array of st_dev, st_ino,
 // st_mode, st_nlink, st_uid, st_gid, st_rdev, st_size, st_blksize, st_blocks, then atime,
@@ -486,6 +508,7 @@ Napi::Value ProcFds(const Napi::CallbackInfo& info) {
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("mkfifoat", Napi::Function::New(env, Mkfifoat));
+  exports.Set("mknodChr", Napi::Function::New(env, MknodChr));
   exports.Set("nameToHandle", Napi::Function::New(env, NameToHandle));
   exports.Set("linkFd", Napi::Function::New(env, LinkFd));
   exports.Set("openat2", Napi::Function::New(env, Openat2));

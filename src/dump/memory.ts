@@ -24,9 +24,24 @@ import { listFds, listTids, readProcText } from '../proc/read.js';
  * VmFlags (smaps) carried into the image: grows-down, accountable (a private area that was
  * once writable keeps VM_ACCOUNT, which keeps it from merging with its neighbours), locked
  * (mlock: 'lo', and 'lf' with MLOCK_ONFAULT), and the madvise() ones (random, sequential,
- * don't-fork, mergeable, don't-dump, wipe-on-fork, huge pages or not).
+ * don't-fork, mergeable, don't-dump, wipe-on-fork, huge pages or not). And may-write ('mw'),
+ * for shared mappings of a file only (keptVmflags): a private area always has it.
  */
 const KEPT_VMFLAGS = new Set(['gd', 'ac', 'lo', 'lf', 'rr', 'sr', 'dc', 'mg', 'dd', 'wf', 'hg', 'nh']);
+
+/**
+ * VM_MAYWRITE ('mw') of a shared (MAP_SHARED) mapping of a file says whether the file was open
+ * for writing when it was mapped (mmap(2) clears it otherwise), hence whether mprotect(2) may
+ * make the area writable later: an area mapped PROT_READ from a descriptor opened O_RDWR has
+ * it, one mapped from an O_RDONLY descriptor has not (EACCES). The protection does not tell
+ * the two apart; restore opens the file for writing when the flag is kept (address-space.ts
+ * sharedWritable). VM_MAYREAD is always set, and VM_MAYEXEC (cleared on a noexec mount) comes
+ * back with the same mount: neither is kept.
+ */
+function keptVmflags(flags: readonly string[], shared: boolean, kind: VmaRecord['kind']): string[] {
+  return flags.filter((f) => KEPT_VMFLAGS.has(f) || (f === 'mw' && shared && kind === 'file'));
+}
+
 /** VmFlags of areas we cannot rebuild: raw PFN or I/O mappings of device drivers. */
 const UNSUPPORTED_VMFLAGS = new Set(['io', 'pf']);
 
@@ -209,7 +224,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         shared: v.shared,
         kind,
         name: sharedAnon ? '' : v.path,
-        vmflags: flags.filter((f) => KEPT_VMFLAGS.has(f)),
+        vmflags: keptVmflags(flags, v.shared, kind),
         runs: [],
         pagesOffset: pagesBytes,
       };

@@ -5,22 +5,40 @@
  * terminal) before that very file is opened, with the record's access mode and status flags
  * only (never O_CREAT, O_TRUNC…: a record that says "chr" never opens a regular file for
  * writing). Terminals are not handled here (they have sessions, termios and peers): tty.ts
- * takes them. A node whose name was removed is refused at checkpoint (nothing could open it
- * again, and restore does not make device nodes).
+ * takes them.
+ *
+ * A node whose name was removed (its link reads `path (deleted)`) has no name to open again:
+ * restore makes one for the moment of the open (mknodat(2) of the recorded number, mode 0600,
+ * in the recorded directory inside the root, or a free name beside it; a directory removed
+ * too is made for the moment as well: confined.ts withRemovedDir), opens it with the record's
+ * flags, removes the name at once (written down first: transient.ts) and gives the node its
+ * mode and owner. Only for the memory devices (mem(4): null, zero, full, random, urandom),
+ * which hold no state of their own and which every container has, so that the node made is
+ * no device a path would not give; any other is refused at checkpoint. And only for an image
+ * this host signed or one the caller trusts (checkRemovedNodeTrust): an image anyone could
+ * write must not have restore make device nodes.
  */
-import type { BigIntStats } from 'node:fs';
-import { FerryError } from '../errors.js';
-import type { FileRecord } from '../image/records.js';
+import { fchmodSync, fchownSync, fstatSync, type BigIntStats } from 'node:fs';
+import { errnoCode, FerryError } from '../errors.js';
+import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_SYNC } from '../proc/fcntl.js';
-import { placeOf, reopenIn, shownIn, statIn } from './confined.js';
+import { NAME_RESOLVE, placeOf, reopenIn, shownIn, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
+import { noteTransient, transientMade } from './transient.js';
 import { isTerminal } from './tty.js';
 import type { FdDesc, FileKind } from './types.js';
 
 const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
 const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
 
-const O_NOCTTY = 0o400;
+const O_NOCTTY = 0o400, O_NOFOLLOW = 0o400000;
+const REMOVED = ' (deleted)';
+/**
+ * The devices whose removed nodes are made again: mem(4)'s null, zero, full, random and
+ * urandom (major 1), by minor.
+ */
+const REMAKEABLE: ReadonlyMap<number, string> = new Map([[3, 'null'], [5, 'zero'], [7, 'full'], [8, 'random'], [9, 'urandom']]);
+const remakeable = (maj: number, min: number): boolean => maj === 1 && REMAKEABLE.has(min);
 /** What a device is opened again with: access mode and status flags (O_NOCTTY added), nothing that creates. */
 const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_NOATIME;
 
@@ -41,6 +59,70 @@ export interface ChrdevRecord extends FileRecord {
   pos: string;
   major: number;
   minor: number;
+  /** The node's name was removed (`path` is the name it had): its mode and owner. */
+  removed?: { mode: number; uid: number; gid: number };
+}
+
+/**
+ * Refuses, for an image not trusted, a device node whose name was removed: restore would make
+ * one (mknod) for it. One line naming the first process and descriptor holding it.
+ */
+export function checkRemovedNodeTrust(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'fds'>[], files: readonly FileRecord[]): void {
+  const f = files.find((x) => x.kind === 'chr' && x.removed !== undefined);
+  if (!f) return;
+  const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));
+  const held = t ? `pid ${t.pid} fd ${t.fds.find((d) => d.file === f.id)!.fd}` : `file ${f.id}`;
+  throw new FerryError('EPRIVILEGE', `image ${label}: ${held} holds ${JSON.stringify(String(f.path).slice(0, 256))}, a device node whose name was removed, `
+    + 'which restore would make again (mknod): only an image this host signed or one you trust may have device nodes made (sign it and restore with --trust if it is genuine)',
+  { ...(t ? { pid: t.pid, fd: t.fds.find((d) => d.file === f.id)!.fd } : {}), ...(typeof f.path === 'string' ? { path: f.path } : {}) });
+}
+
+/**
+ * Opens a device node made for a record whose node was removed: under its old name (or a free
+ * one beside it) in its directory inside the root, mode 0600 and root's until it is open and
+ * its name removed again, then given the recorded mode and owner.
+ */
+function openRemoved(rec: ChrdevRecord, root: ConfinedRoot, path: string, what: string): number {
+  const n = native();
+  const flags = (rec.flags & REOPEN_FLAGS) | O_NOCTTY | O_NOFOLLOW;
+  const make = (at: string): number => withParent(root, at, what, (dir) => {
+    for (let i = 0; i <= 100; i++) {
+      const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
+      // Written down first (transient.ts): a killed ferry's node goes with the next sweep.
+      const forget = noteTransient('chr', root.path, `${at.slice(0, at.lastIndexOf('/'))}/${name}`, `${rec.major}:${rec.minor}`);
+      try {
+        n.mknodChr(dir.dir, name, 0o600, rec.major, rec.minor);
+      } catch (err) {
+        forget();
+        if (errnoCode(err) === 'EEXIST') continue;
+        throw err;
+      }
+      let fd: number;
+      try {
+        transientMade();
+        fd = n.openat2(dir.dir, name, flags, 0, NAME_RESOLVE);
+      } finally {
+        n.unlinkat(dir.dir, name, 0);
+        forget();
+      }
+      try {
+        const why = notTheDevice(rec, fstatSync(fd, { bigint: true }));
+        if (why !== undefined) throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (it ${why})`);
+        fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
+        fchmodSync(fd, rec.removed!.mode); // after chown, which clears set-id bits
+      } catch (err) {
+        n.closeFd(fd);
+        throw err;
+      }
+      return fd;
+    }
+    throw new FerryError('EEXIST', `${what}: its name ${rec.path} and 100 others beside it are taken`);
+  });
+  const cut = path.lastIndexOf('/');
+  const dirPath = path.slice(0, cut) || '/';
+  if (statIn(root, dirPath, what)?.isDirectory() ?? false) return make(path);
+  // Its directory was removed too: made for the moment, and removed again with the node's name.
+  return withRemovedDir(root, dirPath, what, (made) => make(`${made}/${path.slice(cut + 1)}`));
 }
 
 export const chrdev: FileKind<ChrdevRecord> = {
@@ -51,11 +133,12 @@ export const chrdev: FileKind<ChrdevRecord> = {
   },
 
   precheck(fd: FdDesc): void {
-    // A node whose name was removed has no path to open again, and making one (mknod) from
-    // an image would hand it any device: refused, before the tree is touched.
-    if (fd.link.endsWith(' (deleted)')) {
+    // A node whose name was removed is made again at restore, which only the memory devices
+    // may be (see above): any other is refused, before the tree is touched.
+    if (fd.link.endsWith(REMOVED) && !remakeable(major(fd.stat.rdev), minor(fd.stat.rdev))) {
       throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a character device node `
-        + `${major(fd.stat.rdev)}:${minor(fd.stat.rdev)} whose name was removed cannot be checkpointed yet; open the device by a name that stays)`);
+        + `${major(fd.stat.rdev)}:${minor(fd.stat.rdev)} whose name was removed cannot be checkpointed: only removed nodes of `
+        + `${[...REMAKEABLE.values()].join(', ')} (1:${[...REMAKEABLE.keys()].join(', 1:')}) can be made again; open the device by a name that stays)`);
     }
   },
 
@@ -64,12 +147,14 @@ export const chrdev: FileKind<ChrdevRecord> = {
   },
 
   dump(fd: FdDesc): Omit<ChrdevRecord, 'id' | 'kind'> {
+    const removed = fd.link.endsWith(REMOVED);
     return {
-      path: fd.link,
+      path: removed ? fd.link.slice(0, -REMOVED.length) : fd.link,
       flags: fd.fdinfo.flags & ~O_CLOEXEC,
       pos: fd.fdinfo.pos.toString(),
       major: major(fd.stat.rdev),
       minor: minor(fd.stat.rdev),
+      ...(removed ? { removed: { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) } } : {}),
     };
   },
 
@@ -84,6 +169,17 @@ export const chrdev: FileKind<ChrdevRecord> = {
     // Resolved inside the process's recorded root (confined.ts), as open() will.
     const { root, path } = placeOf(rec);
     const what = `character device (file ${rec.id} of the image)`;
+    if (rec.removed !== undefined) {
+      const r = rec.removed as unknown as Record<string, unknown>;
+      const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
+      if (typeof r !== 'object' || r === null || !Number.isSafeInteger(r.mode) || (r.mode as number) < 0 || (r.mode as number) > 0o7777
+        || !id(r.uid) || !id(r.gid)) throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) has an invalid removed mode or owner`);
+      if (!remakeable(rec.major, rec.minor)) {
+        throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) is a removed node of ${rec.major}:${rec.minor}, which restore does not make (only 1:${[...REMAKEABLE.keys()].join(', 1:')})`);
+      }
+      if (path.split('/').some((c) => c === '..') || path.endsWith('/')) throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) has no valid path`);
+      return; // made at open, in its directory or one made for it
+    }
     const st = statIn(root, path, what);
     if (!st) throw new FerryError('ENOENT', `${what}: ${shownIn(root, path)} (${rec.major}:${rec.minor}) does not exist here`, { path: rec.path });
     const why = notTheDevice(rec, st);
@@ -95,10 +191,12 @@ export const chrdev: FileKind<ChrdevRecord> = {
     const what = `character device (file ${rec.id} of the image)`;
     let fd: number;
     try {
-      fd = reopenIn(root, path, (rec.flags & REOPEN_FLAGS) | O_NOCTTY, what, (st) => notTheDevice(rec, st));
+      fd = rec.removed !== undefined ? openRemoved(rec, root, path, what)
+        : reopenIn(root, path, (rec.flags & REOPEN_FLAGS) | O_NOCTTY, what, (st) => notTheDevice(rec, st));
     } catch (err) {
       if (err instanceof FerryError) throw err;
-      throw new FerryError('EOPEN', `${what}: cannot open ${shownIn(root, path)}: ${(err as Error).message}`, { cause: err, path: rec.path });
+      const how = rec.removed !== undefined ? 'cannot make the removed node again (mknod, open) as' : 'cannot open';
+      throw new FerryError('EOPEN', `${what}: ${how} ${shownIn(root, path)}: ${(err as Error).message}`, { cause: err, path: rec.path });
     }
     const pos = Number(rec.pos);
     if (pos !== 0) native().lseek(fd, pos, 0);

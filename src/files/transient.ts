@@ -3,9 +3,10 @@
  * through a name that no longer exists: a removed working or held-open directory (made, entered
  * or opened, removed: files/confined.ts withRemovedDir), a removed FIFO (mkfifo, open, unlink:
  * files/pipe.ts), a removed name of a file that has another (a hard link made, opened,
- * unlinked: files/linked.ts). Each name exists for the span of a syscall or two and is removed
- * on every way out that ferry lives through; but if ferry is SIGKILLed in that span, no kernel
- * mechanism removes a name for it.
+ * unlinked: files/linked.ts), a removed device node (mknod, open, unlink: files/chrdev.ts).
+ * Each name exists for the span of a syscall or two and is removed on every way out that ferry
+ * lives through; but if ferry is SIGKILLed in that span, no kernel mechanism removes a name
+ * for it.
  *
  * So each such name is written down first, in a journal of ferry's own
  * (/run/ferry/transient, root's, 0700): one file per name, made before the name and removed
@@ -13,7 +14,8 @@
  * point `transient` (transientMade), where the fault cells kill it. `sweepTransientNames` (at the start of every restore, and by `ferry check`) takes
  * each entry whose ferry is gone (its pid and start time no longer match) and removes the name
  * if it is still what ferry made, in the very directory it was made in (device and inode
- * recorded): an empty directory of root's with mode 0700, a FIFO of root's with mode 0600, or
+ * recorded): an empty directory of root's with mode 0700, a FIFO of root's with mode 0600, a
+ * character device node of root's with mode 0600 and the device number the entry records, or
  * a further name of the inode the entry records (which still has another). Anything else at that name is someone else's by now and is left alone; the entry
  * goes either way.
  */
@@ -26,7 +28,7 @@ import { startTimeOf } from '../proc/read.js';
 export const TRANSIENT_DIR = '/run/ferry/transient';
 
 /** What a transient name is. */
-export type TransientKind = 'dir' | 'fifo' | 'link';
+export type TransientKind = 'dir' | 'fifo' | 'link' | 'chr';
 
 interface Entry {
   pid: number;
@@ -36,6 +38,8 @@ interface Entry {
   path: string;
   /** `link`: the inode the name leads to. */
   ino?: string;
+  /** `chr`: the device number of the node, `major:minor`. */
+  rdev?: string;
   /**
    * The directory the name is made in, `dev:ino`, as it was then: the sweep acts only in that
    * very directory (a root under /proc/PID/root may be another process's by then).
@@ -50,14 +54,17 @@ let ownStart: string | undefined;
 /**
  * Writes down that name `path` (inside the root at `rootPath`) of kind `kind` is about to be
  * made, before it is; returns the function that forgets it, to call once the name is removed
- * again (or was never made). `ino`: a `link` leads to that inode.
+ * again (or was never made). `id`: the inode a `link` leads to, the `major:minor` of a `chr`.
  */
-export function noteTransient(kind: TransientKind, rootPath: string, path: string, ino?: string): () => void {
+export function noteTransient(kind: TransientKind, rootPath: string, path: string, id?: string): () => void {
   mkdirSync(TRANSIENT_DIR, { recursive: true, mode: 0o700 });
   ownStart ??= startTimeOf(process.pid) ?? '0';
   const at = hostPath(rootPath, path);
   const parent = identity(dirname(at));
-  const entry: Entry = { pid: process.pid, start: ownStart, kind, path: at, ...(ino !== undefined ? { ino } : {}), ...(parent !== undefined ? { parent } : {}) };
+  const entry: Entry = {
+    pid: process.pid, start: ownStart, kind, path: at, ...(id !== undefined ? (kind === 'chr' ? { rdev: id } : { ino: id }) : {}),
+    ...(parent !== undefined ? { parent } : {}),
+  };
   const file = join(TRANSIENT_DIR, `${process.pid}-${String(++counter).padStart(8, '0')}.json`);
   const fd = openSync(file, 'wx', 0o600);
   try {
@@ -144,6 +151,12 @@ function removeIfOurs(e: Entry): boolean {
       if (!st.isFIFO() || st.uid !== 0n || mode !== 0o600) return false;
       unlinkSync(e.path);
       return true;
+    case 'chr': {
+      const rdev = `${Number(((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn))}:${Number((st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn))}`;
+      if (!st.isCharacterDevice() || st.uid !== 0n || mode !== 0o600 || rdev !== e.rdev) return false;
+      unlinkSync(e.path);
+      return true;
+    }
     case 'link':
       // The same filesystem as its directory, the recorded inode, and another name besides.
       if (!st.isFile() || st.ino.toString() !== e.ino || `${st.dev}` !== e.parent.split(':')[0] || st.nlink < 2n) return false;

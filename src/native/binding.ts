@@ -230,6 +230,11 @@ export interface NativeBinding {
   mkdirat(dirfd: number, path: string, mode: number): void;
   /** mkfifoat(3) (mknodat(2) S_IFIFO): EEXIST on any existing name, a symlink included (never followed). */
   mkfifoat(dirfd: number, path: string, mode: number): void;
+  /**
+   * mknodat(2) of a character device `major`:`minor` with the permission bits of `mode`, and
+   * nothing else (S_IFCHR always): EEXIST on any existing name, a symlink included.
+   */
+  mknodChr(dirfd: number, path: string, mode: number, major: number, minor: number): void;
   /** unlinkat(2): removes the name itself; flags AT_REMOVEDIR (0x200) for an empty directory. */
   unlinkat(dirfd: number, path: string, flags: number): void;
   /** symlinkat(2): a symlink `path` under `dirfd` holding the text `target` (not resolved). */
@@ -542,7 +547,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
-  'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
+  'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixBindIn', 'unixConnect', 'unixListen',

@@ -279,6 +279,18 @@ export function sharedExtents(tasks: readonly TaskRecord[]): Map<string, readonl
   return out;
 }
 
+/**
+ * Whether area `v` maps its file shared and writable, or could be made so (VmFlags 'mw',
+ * kept for shared file mappings only: dump/memory.ts): the file is then opened for writing
+ * to map it, as the original was (mmap(2) leaves VM_MAYWRITE off a shared mapping of a file
+ * opened read-only, and mprotect(PROT_WRITE) then fails with EACCES). For an image no
+ * trusted key signed, such a file must be one the process's credentials could open for
+ * writing (restore/file-access.ts checkMappedAccess).
+ */
+export function sharedWritable(v: Pick<VmaRecord, 'shared' | 'prot' | 'vmflags'>): boolean {
+  return v.shared && ((v.prot & PROT_WRITE) !== 0 || v.vmflags.includes('mw'));
+}
+
 /** The largest shared anonymous object restore makes: a 47-bit address space. */
 const MAX_SHARED_OBJECT = 1n << 47n;
 
@@ -368,13 +380,16 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   const fileFds = new Map<string, number>();
   for (const v of areas) {
     if (v.kind !== 'file' || !v.file) continue;
-    const mode = v.shared && (v.prot & PROT_WRITE) ? O_RDWR : O_RDONLY;
+    const mode = sharedWritable(v) ? O_RDWR : O_RDONLY;
     const key = `${mode}:${v.file.path}`;
     if (fileFds.has(key)) continue;
     as.scratch.reset();
     const r = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(v.file.path), mode, 0);
     if (r < 0n) {
-      throw new FerryError('EOPEN', `cannot open ${v.file.path}, mapped by pid ${task.pid} at ${v.start}: ${errnoName(r)}`);
+      const how = mode === O_RDONLY ? 'mapped' : (v.prot & PROT_WRITE) !== 0 ? 'for writing, mapped shared and writable'
+        : 'for writing, mapped shared from a descriptor open for writing (mprotect may make it writable)';
+      throw new FerryError('EOPEN', `cannot open ${v.file.path} ${how} by pid ${task.pid} at ${v.start}: ${errnoName(r)}`,
+        { pid: task.pid, path: v.file.path });
     }
     fileFds.set(key, Number(r));
   }
@@ -385,7 +400,7 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
     let fd = -1;
     let offset = 0n;
     if (v.kind === 'file' && v.file) {
-      const mode = v.shared && (v.prot & PROT_WRITE) ? O_RDWR : O_RDONLY;
+      const mode = sharedWritable(v) ? O_RDWR : O_RDONLY;
       fd = fileFds.get(`${mode}:${v.file.path}`)!;
       offset = big(v.file.offset);
     }
@@ -568,7 +583,7 @@ function mapSpecialFile(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRec
   }
   try {
     as.scratch.reset();
-    const mode = v.shared && (v.prot & PROT_WRITE) ? O_RDWR : O_RDONLY;
+    const mode = sharedWritable(v) ? O_RDWR : O_RDONLY;
     const fd = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(path), mode, 0);
     if (fd < 0n) throw new FerryError('EOPEN', `cannot open ${v.file!.path} (${path}), mapped by pid ${task.pid} at ${v.start}: ${errnoName(fd)}`);
     const reprotect = !v.shared && v.vmflags.includes('ac') && (v.prot & PROT_WRITE) === 0;

@@ -14,6 +14,11 @@
  *   CAP_DAC_READ_SEARCH passing reads.
  * POSIX ACLs are not read: a file reachable only through an ACL entry is refused.
  *
+ * The same holds for a file a process maps shared and writable, or may make writable (a
+ * MAP_SHARED mapping of a file it had open for writing: VmFlags 'mw'), which the task opens
+ * for writing, as root, to map it (restore/address-space.ts sharedWritable): its writes go to
+ * the file (checkMappedAccess).
+ *
  * The same holds for the directories a restore makes for a directory that was removed (a
  * working directory, restore/cwd.ts, or one held open): they are made in the nearest directory
  * that still exists, which the process must be able to write in.
@@ -22,9 +27,11 @@
  * `nobody` holds it for writing legitimately, and its image says so truthfully.
  */
 import type { BigIntStats } from 'node:fs';
+import { PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { big, type FileRecord, type TaskRecord } from '../image/records.js';
 import { O_ACCMODE, O_PATH } from '../proc/fcntl.js';
+import { sharedWritable } from './address-space.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2; // O_ACCMODE values
 const CAP_DAC_OVERRIDE = 1n, CAP_DAC_READ_SEARCH = 2n;
@@ -110,6 +117,42 @@ export function checkFileAccess(label: string, tasks: readonly Pick<TaskRecord, 
     throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) fd ${fd} would get ${JSON.stringify(f.path.slice(0, 256))} ${how}, which its `
       + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
     { pid: t.pid, fd, path: f.path });
+  }
+}
+
+/**
+ * Throws EPRIVILEGE, naming the process, the area and the file, when a file a process maps
+ * shared and writable (or may make writable: sharedWritable), which restore opens for writing
+ * to map it, is one its recorded credentials could neither reach nor open for reading and
+ * writing. A memfd or a deleted file mapped is the image's own (made by restore), not looked
+ * at; `statOf` looks paths up as restore will open them.
+ */
+export function checkMappedAccess(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'vmas'>[], statOf: StatOf): void {
+  const mode = (s: NonNullable<ReturnType<StatOf>>): string => `owner ${s.uid}:${s.gid}, mode ${(Number(s.mode) & 0o7777).toString(8)}`;
+  for (const t of tasks) {
+    for (const v of t.vmas) {
+      const special = v as { memfd?: unknown; ghost?: unknown };
+      const path = v.file?.path;
+      if (v.kind !== 'file' || typeof path !== 'string' || !path.startsWith('/') || special.memfd !== undefined
+        || special.ghost !== undefined || !sharedWritable(v)) continue;
+      const st = statOf(path);
+      if (!st) continue; // checkMappedFiles says why
+      let why: string | undefined;
+      for (const d of parents(path)) {
+        const ds = statOf(d);
+        if (ds && !may(t, ds, X)) {
+          why = `could not reach: the directory ${JSON.stringify(d.slice(0, 256))} is not searchable by them (${mode(ds)})`;
+          break;
+        }
+      }
+      if (why === undefined && (!may(t, st, W) || !may(t, st, R))) why = `could not open so (${mode(st)})`;
+      if (why === undefined) continue;
+      const c = t.creds.threads[0]!;
+      throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) maps ${JSON.stringify(path.slice(0, 256))} shared at ${v.start} `
+        + `${(v.prot & PROT_WRITE) !== 0 ? 'and writable' : 'from a descriptor open for writing'}, so restore would open it for writing, which its credentials `
+        + `(uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
+      { pid: t.pid, path });
+    }
   }
 }
 

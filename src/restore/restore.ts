@@ -19,6 +19,7 @@ import { PAGE_SIZE, SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
 import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
+import { checkRemovedNodeTrust } from '../files/chrdev.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import { beforeLetGo, checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
@@ -38,7 +39,7 @@ import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRe
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, type AddressSpace, type SharedObjects } from './address-space.js';
-import { checkFileAccess, checkRemovedDirs } from './file-access.js';
+import { checkFileAccess, checkMappedAccess, checkRemovedDirs } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
@@ -134,6 +135,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     checkOwners(files.files, tree.processes, tasks);
     // A file reached by its handle is confined by nothing.
     if (!trusted) checkLinkedTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
+    // Nor may it have a device node made (a removed one held open).
+    if (!trusted) checkRemovedNodeTrust(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor a socket whose privilege the kernel checks only when restore (root) makes it.
     if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
@@ -152,13 +155,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
           return undefined;
         }
       });
-      checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
+      const statFile = (path: string): ReturnType<typeof statIn> => {
         try {
           return statIn(hostRoot(), path, 'file');
         } catch {
           return undefined; // the file checks say why
         }
-      });
+      };
+      checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile);
+      // And files mapped shared that the task opens for writing to map them.
+      checkMappedAccess(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
     }
     // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
     // now, made and joined once the processes exist. A container's are its runtime's.

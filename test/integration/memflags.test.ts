@@ -1,8 +1,10 @@
 /**
  * Memory flags through bin/ferry: build/workloads/memflags holds areas locked with mlock and
  * mlock2(MLOCK_ONFAULT), areas with each madvise() flag the kernel shows in VmFlags, a
- * read-only file mapping partly mprotect()ed to PROT_NONE, and PR_SET_THP_DISABLE; after
- * restore it compares each area's permissions and VmFlags with what they were.
+ * shared mapping of a read-only file partly mprotect()ed to PROT_NONE, a shared PROT_READ
+ * mapping of a file opened read-write, and PR_SET_THP_DISABLE; after restore it compares each
+ * area's permissions and VmFlags with what they were, then makes the read-write file's
+ * mapping writable and writes the file through it, and sees the read-only one refuse that.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -20,7 +22,7 @@ const MEMFLAGS = join(WORKLOADS, 'memflags');
 const MLOCKFUTURE = join(WORKLOADS, 'mlockfuture');
 
 describe('memory flags', { skip, timeout: 120_000 }, () => {
-  it('locks, madvise flags, protections and THP_DISABLE come back as they were', async () => {
+  it('locks, madvise flags, protections, may-write of shared file mappings and THP_DISABLE come back as they were', async () => {
     const w = await startWorkload(MEMFLAGS, ['DIR']);
     const image = join(w.dir, 'memflags.tar');
     await checkpointFreed(w, image);

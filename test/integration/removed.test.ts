@@ -1,14 +1,17 @@
 /**
  * A FIFO (with queued bytes, both ends open) and a directory held open after their names were
  * removed, through bin/ferry: build/workloads/removed checks after restore that both are
- * still removed, with their links, data, mode and owner, and that no name came back.
+ * still removed, with their links, data, mode and owner, and that no name came back. Likewise
+ * removed device nodes (build/workloads/devgone: /dev/null's and, under a removed directory,
+ * /dev/zero's), which only a trusted image may have made again.
  */
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
+import { editImage, json } from '../helpers/images.js';
+import { alive, checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -58,12 +61,48 @@ describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file and a directory',
   });
 });
 
-describe('a character device node whose name was removed', { skip, timeout: 60_000 }, () => {
-  it('is refused with one line before the tree is touched; the process runs on with it', async () => {
-    const w = await startWorkload(join(WORKLOADS, 'devgone'), ['DIR']);
+describe('character device nodes whose names were removed', { skip, timeout: 120_000 }, () => {
+  const DEVGONE = join(WORKLOADS, 'devgone');
+
+  it('come back as the same devices, removed, with mode, owner and links; a removed directory above one too; no name is left', async () => {
+    const w = await startWorkload(DEVGONE, ['DIR']);
+    const image = join(w.dir, 'devgone.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.deepEqual(readdirSync(w.dir).filter((n) => /^(null|sub)/.test(n)), [], 'the names made for the restore are gone');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves the original as it was', async () => {
+    const w = await startWorkload(DEVGONE, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an untrusted image may not have device nodes made: one line naming pid, fd and node, nothing made', async () => {
+    const w = await startWorkload(DEVGONE, ['DIR']);
+    const image = join(w.dir, 'devgone.tar');
+    await checkpointFreed(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, { 'files.json': json(() => undefined) });
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${edited}: pid ${w.pid} fd \\d+ holds "${w.dir}/(null|sub/zero)", a device node whose name was removed, `
+      + 'which restore would make again \\(mknod\\): only an image this host signed or one you trust may have device nodes made'));
+    assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.ok(!alive(w.pid));
+    assert.deepEqual(readdirSync(w.dir).filter((n) => /^(null|sub)/.test(n)), [], 'no node was made');
+  });
+
+  it('a removed node of another device is refused with one line before the tree is touched; the process runs on with it', async () => {
+    const w = await startWorkload(DEVGONE, ['DIR', 'kmsg']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
     assert.equal(cp.code, 1, cp.stderr);
-    assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported file: pid ${w.pid} fd \\d+ -> .*/null \\(deleted\\) \\(a character device node 1:3 whose name was removed cannot be checkpointed yet`));
+    assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported file: pid ${w.pid} fd \\d+ -> .*/kmsg \\(deleted\\) \\(a character device node 1:11 whose name was removed cannot be checkpointed: only removed nodes of null, zero, full, random, urandom`));
     assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
     assert.equal(procState(w.pid).tracer, 0, 'not traced');
     assert.equal(await verify(w), 'PASS', w.text());

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkFileAccess, type StatOf } from '../../src/restore/file-access.js';
+import { checkFileAccess, checkMappedAccess, type StatOf } from '../../src/restore/file-access.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_APPEND = 0o2000;
 
@@ -88,5 +88,39 @@ describe('checkFileAccess', () => {
     assert.throws(() => checkFileAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/mem', flags: O_RDWR }], stat(0, 15, 0o640)),
       /fd 3 would get "\/dev\/mem" open for writing/);
     checkFileAccess('img', [task(7, 65534, 65534)], [{ id: 1, kind: 'chr', path: '/dev/null', flags: O_RDWR }], stat(0, 0, 0o666));
+  });
+});
+
+describe('checkMappedAccess', () => {
+  const PROT_READ = 1, PROT_WRITE = 2;
+  /** Task `t` mapping `path` at 0x7f0000000000 with `prot`, shared or not, with VmFlags `vmflags`. */
+  const mapping = (t: ReturnType<typeof task>, path: string, prot: number, shared: boolean, vmflags: string[] = [], extra = {}) =>
+    ({ ...t, vmas: [{ start: '0x7f0000000000', end: '0x7f0000001000', prot, shared, kind: 'file', name: path, vmflags,
+      file: { path, offset: '0x0', dev: '8:1', ino: '12', size: 4096 }, runs: [], pagesOffset: 0, ...extra }] }) as unknown as Parameters<typeof checkMappedAccess>[1][number];
+
+  it('refuses a shared mapping opened for writing (writable, or may-write) that the credentials could not open so', () => {
+    assert.throws(() => checkMappedAccess('img', [mapping(task(7, 65534, 65534), '/etc/shadow', PROT_READ, true, ['mw'])], stat(0, 42, 0o640)),
+      (err: Error & { code?: string; pid?: number; path?: string }) => {
+        assert.equal(err.code, 'EPRIVILEGE');
+        assert.equal(err.message, 'image img: pid 7 (x) maps "/etc/shadow" shared at 0x7f0000000000 from a descriptor open for writing, so restore '
+          + 'would open it for writing, which its credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE) could not open so (owner 0:42, mode 640): '
+          + 'nothing was restored; sign the image and restore with --trust if it is genuine');
+        assert.deepEqual([err.pid, err.path], [7, '/etc/shadow']);
+        return true;
+      });
+    assert.throws(() => checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/etc/passwd', PROT_READ | PROT_WRITE, true)], stat(0, 0, 0o644)),
+      /shared at 0x7f0000000000 and writable, so restore would open it for writing/);
+    assert.throws(() => checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/root/db', PROT_READ, true, ['mw'])], stat(1000, 1000, 0o600, { '/root': 0o700 })),
+      /could not reach: the directory "\/root" is not searchable/);
+  });
+
+  it('allows what the credentials could open for writing; read-only, private, memfd and deleted mappings are not opened for writing', () => {
+    checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/etc/db', PROT_READ, true, ['mw'])], stat(1000, 1000, 0o600));
+    checkMappedAccess('img', [mapping(task(7, 1000, 1000, [], '0x2'), '/etc/shadow', PROT_READ | PROT_WRITE, true)], stat(0, 0, 0o600));
+    checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/etc/shadow', PROT_READ, true)], stat(0, 0, 0o644));
+    checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/etc/shadow', PROT_READ | PROT_WRITE, false, ['mw'])], stat(0, 0, 0o644));
+    checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/memfd:x (deleted)', PROT_READ | PROT_WRITE, true, ['mw'], { memfd: { id: '0:1:2' } })], stat(0, 0, 0o600));
+    checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/tmp/gone', PROT_READ | PROT_WRITE, true, ['mw'], { ghost: '8:1:3' })], stat(0, 0, 0o600));
+    checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/missing', PROT_READ | PROT_WRITE, true)], () => undefined);
   });
 });
