@@ -11,8 +11,8 @@ import {
   SYSCALL_INSN,
 } from '../arch/x86-64.js';
 import {
-  hex, type Hex, type ItimerRecord, type MmRecord, type PendingSignal, type SigactionRecord, type TaskRecord,
-  type ThreadRecord, xstateEntry,
+  hex, type Hex, type ItimerRecord, type MmRecord, type PendingSignal, type RemovedDirRecord, type SigactionRecord,
+  type TaskRecord, type ThreadRecord, xstateEntry,
 } from '../image/records.js';
 import { FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
@@ -22,6 +22,7 @@ import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
 import { readFileSync, statSync } from 'node:fs';
 import { injectedError, type Tracee } from '../task/tracee.js';
+import { removedDir } from './root-dir.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
 
@@ -314,15 +315,16 @@ export function readMm(pid: number, stat: ProcStat, brk: bigint): MmRecord {
 /**
  * Where the task's executable and cwd are. A removed working directory reads
  * `/path (deleted)` and has no links left: its path comes without the suffix, and
- * `cwdDeleted` with the directory's mode and owner.
+ * `cwdDeleted` with the directory's mode, owner and identity (the same directory as a removed
+ * root: dump/root-dir.ts).
  */
-export function readPaths(pid: number): { exe: string; cwd: string; cwdDeleted?: { mode: number; uid: number; gid: number } } {
+export function readPaths(pid: number): { exe: string; cwd: string; cwdDeleted?: RemovedDirRecord } {
   const cwd = readProcLink(pid, 'cwd');
   const exe = readProcLink(pid, 'exe');
   if (!cwd.endsWith(DELETED)) return { exe, cwd };
-  const st = statSync(`/proc/${pid}/cwd`);
-  if (st.nlink !== 0) return { exe, cwd }; // a name that ends so
-  return { exe, cwd: cwd.slice(0, -DELETED.length), cwdDeleted: { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } };
+  const st = statSync(`/proc/${pid}/cwd`, { bigint: true });
+  if (st.nlink !== 0n) return { exe, cwd }; // a name that ends so
+  return { exe, cwd: cwd.slice(0, -DELETED.length), cwdDeleted: removedDir(st) };
 }
 
 const DELETED = ' (deleted)';

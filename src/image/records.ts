@@ -158,6 +158,19 @@ export interface FdRecord {
   cloexec: boolean;
 }
 
+/**
+ * A directory a process is in (working or root directory) that was removed: its mode and
+ * owner, and its device and inode as stat(2) gives them (decimal), which tell whether two
+ * records are the same directory (absent in a working directory's record of older images).
+ */
+export interface RemovedDirRecord {
+  mode: number;
+  uid: number;
+  gid: number;
+  dev?: string;
+  ino?: string;
+}
+
 /** tasks/<pid>/task.json */
 export interface TaskRecord {
   pid: number;
@@ -168,15 +181,23 @@ export interface TaskRecord {
   exe: string;
   cwd: string;
   /**
-   * The working directory was removed (its link read `cwd (deleted)`): its mode and owner.
-   * Restore makes it for the chdir only (restore/cwd.ts).
+   * The working directory was removed (its link read `cwd (deleted)`): its mode and owner
+   * (and, since removed roots are kept, its device and inode). Restore makes it for the chdir
+   * only (restore/cwd.ts), or enters the directory made for a removed root that is the same
+   * one (restore/root-dir.ts).
    */
-  cwdDeleted?: { mode: number; uid: number; gid: number };
+  cwdDeleted?: RemovedDirRecord;
   /**
    * The root directory the process was chroot'ed into, as ferry saw it (an absolute path on
    * the host): absent when it is `/`. Only in a process tree's image; restore/root-dir.ts.
    */
   root?: string;
+  /**
+   * The root directory was removed (its link read `root (deleted)`): its mode, owner, device
+   * and inode; `root` is its path without the suffix. Restore makes one directory for all
+   * tasks whose removed root (or working directory) is this one (restore/root-dir.ts).
+   */
+  rootDeleted?: RemovedDirRecord;
   umask: number;
   /** prctl PR_SET_THP_DISABLE was set (/proc/PID/status `THP_enabled: 0`). */
   thpDisabled?: boolean;

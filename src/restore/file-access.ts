@@ -20,8 +20,9 @@
  * the file (checkMappedAccess).
  *
  * The same holds for the directories a restore makes for a directory that was removed (a
- * working directory, restore/cwd.ts, or one held open): they are made in the nearest directory
- * that still exists, which the process must be able to write in.
+ * working directory, restore/cwd.ts, a root directory, restore/root-dir.ts, or one held
+ * open): they are made in the nearest directory that still exists, which the process must be
+ * able to write in.
  *
  * A trusted image is exempt: a daemon that opened its log as root and then dropped to
  * `nobody` holds it for writing legitimately, and its image says so truthfully.
@@ -160,12 +161,15 @@ export function checkMappedAccess(label: string, tasks: readonly Pick<TaskRecord
  * Throws EPRIVILEGE when a directory that was removed would be made again (for a chdir or an
  * open, removed at once: files/confined.ts withRemovedDir) in a directory the recorded
  * credentials of the process needing it could not create anything in: a removed working
- * directory, or a removed directory held open (`statOf` looks paths up as restore will).
+ * directory, a removed root directory, or a removed directory held open (`statOf` looks paths
+ * up as restore will). A root shared by several processes is checked for each.
  */
-export function checkRemovedDirs(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'fds'>[],
+export function checkRemovedDirs(label: string,
+  tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'fds'>[],
   files: readonly FileRecord[], statOf: StatOf): void {
   const wanted: Array<{ t: (typeof tasks)[number]; path: string; as: string }> = [];
   for (const t of tasks) if (t.cwdDeleted) wanted.push({ t, path: t.cwd, as: 'as its working directory' });
+  for (const t of tasks) if (t.rootDeleted && t.root !== undefined) wanted.push({ t, path: t.root, as: 'as its root directory' });
   for (const f of files) {
     if (f.kind !== 'reg' || f.removed === undefined || typeof f.path !== 'string') continue;
     const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));

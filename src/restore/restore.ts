@@ -46,7 +46,7 @@ import { checkSocketPrivilege } from './socket-privilege.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { checkAuditTrust, restoreLoginuid } from './audit.js';
-import { checkRootTrust, enterRootDir } from './root-dir.js';
+import { checkRootTrust, enterRootDir, planRemovedRoots, RemovedRoots } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, outsideGroups, type CreatedTree } from './tree.js';
 import { atFork, checkInherited, inherits, keptAreas, lendPages } from './cow.js';
@@ -142,6 +142,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted);
     checkRootTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
+    const removedRootPlan = planRemovedRoots(o.image === '-' ? '(stdin)' : o.image, tasks); // each removed root made once (root-dir.ts)
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor access: an untrusted image's processes hold open only what their own credentials
@@ -290,14 +291,22 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // descriptors installed there: each table is filled once.
     const tableShared = new Set(tree.processes.filter((p) => p.sharesFiles !== undefined).map((p) => p.pid));
     const fsShared = new Set(tree.processes.filter((p) => p.sharesFs !== undefined).map((p) => p.pid));
+    // Removed roots (root-dir.ts): each made once, its name removed at once, held until every
+    // process in it (or with it as its working directory) has entered it.
+    const removedRoots = RemovedRoots.make(removedRootPlan, cwdRoot);
+    const dropRoots = session.onUndo('close the removed root directories', () => removedRoots.close());
     for (const task of tasks) {
       o.signal?.throwIfAborted();
-      rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, tableShared.has(task.pid), made?.controllerPidfd);
+      rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, removedRoots, tableShared.has(task.pid), made?.controllerPidfd);
     }
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
     // Once every process and thread exists: what may name another one, then credentials.
-    for (const task of tasks) finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), lazy);
+    for (const task of tasks) {
+      finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), removedRoots, lazy);
+    }
+    dropRoots();
+    removedRoots.close();
     await faultPoint('rebuilt', o.signal);
     o.signal?.throwIfAborted();
     const hostPid = created.stubs.get(tree.root)!.pid;
@@ -491,13 +500,17 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
  * pending signals. Its threads are registered in `created` as soon as they exist, so a failure
  * anywhere kills them too.
  */
-function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task: TaskRecord,
-  files: RestoreFiles, as: AddressSpace, cwdRoot: ConfinedRoot, tableShared: boolean, controllerPidfd?: number): void {
+function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task: TaskRecord, files: RestoreFiles,
+  as: AddressSpace, cwdRoot: ConfinedRoot, removedRoots: RemovedRoots, tableShared: boolean, controllerPidfd?: number): void {
   const t = created.stubs.get(task.pid)!;
   setMm(t, as, task);
-  withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
+  // A removed working directory that is a removed root is that root's directory, held with
+  // its mode and owner (root-dir.ts); any other is made for the chdir (cwd.ts).
+  const heldCwd = removedRoots.cwdOf(task);
+  if (heldCwd !== undefined) restoreTaskState(t, as, { ...task, cwd: heldCwd });
+  else withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
   if (!o.makeRoot) restoreLoginuid(t, as, task); // before its threads, which inherit it
-  finishRemovedCwd(t.pid, task);
+  if (heldCwd === undefined) finishRemovedCwd(t.pid, task);
   if (!tableShared) installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
   created.threads.set(task.pid, createThreads(t, as, task));
   queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
@@ -510,11 +523,11 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
  * goes.
  */
 function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, tableShared: boolean,
-  fsShared: boolean, lazy?: LazyPages): void {
+  fsShared: boolean, removedRoots: RemovedRoots, lazy?: LazyPages): void {
   const t = created.stubs.get(task.pid)!;
   lazy?.makeUffd(t, task.pid); // while the stub is still root
   if (!tableShared) restoreOwners(t, as.scratch, task.pid, task.fds, files);
-  enterRootDir(t, as, task, fsShared); // after the last host path, before the credentials
+  enterRootDir(t, as, task, fsShared, removedRoots); // after the last host path, before the credentials
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
 }

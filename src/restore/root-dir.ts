@@ -6,19 +6,39 @@
  * A process sharing its fs struct with one restored before it (CLONE_FS, image/sharing.ts)
  * has that root already.
  *
+ * A root that was removed (`rootDeleted`) is a directory no name leads to, and chroot(2)
+ * needs a name. So restore makes it, once for every process whose removed root it is (the
+ * same device and inode at checkpoint: a tree forked after the chroot shares it), as a removed
+ * working directory is made (files/confined.ts withRemovedDir: the missing part of the path,
+ * inside the host's root, mode 0700, a new name beside it when the path was taken meanwhile),
+ * opens it O_PATH and removes the name at once; it then gives the held directory its recorded
+ * mode and owner, and each process chroots into it through /proc/<ferry>/fd/N, which the
+ * kernel follows to that directory itself (no name anyone could take or replace). A working
+ * directory that is that same directory (the usual chroot(dir); chdir("/"); then dir removed)
+ * is entered the same way: cwd and root come back as one directory, as they were. Being
+ * removed, it is empty (rmdir(2) removes only an empty directory, and nothing can be made in
+ * a removed one), so there is nothing in it to restore; files the process had open from it
+ * were removed with it and come back as deleted files.
+ *
  * A chroot is no privilege in itself, but one the process could not have made itself is a way
  * to one: a setuid program run inside a root whose files its caller chose. So an image no
  * trusted key signed may give a process a root only if each of its threads could chroot(2)
- * itself (CAP_SYS_CHROOT effective) or can gain nothing by exec (no_new_privs).
+ * itself (CAP_SYS_CHROOT effective) or can gain nothing by exec (no_new_privs). A removed root
+ * is made only where the process could write (restore/file-access.ts checkRemovedDirs).
  */
+import { chmodSync, chownSync, fstatSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
-import { big, type TaskRecord } from '../image/records.js';
+import { openIn, withRemovedDir, type ConfinedRoot } from '../files/confined.js';
+import { big, type RemovedDirRecord, type TaskRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
 import type { Tracee } from '../task/tracee.js';
 import type { AddressSpace } from './address-space.js';
 
 const CAP_SYS_CHROOT = 18n;
+const O_NOFOLLOW = 0o400000;
 
 /**
  * Refuses (EPRIVILEGE, one line) an untrusted image giving a process a root it could not make,
@@ -39,13 +59,132 @@ export function checkRootTrust(image: string, tasks: readonly TaskRecord[], trus
   }
 }
 
-/** Puts the rebuilt process `t` into its recorded root directory (`sharesFs`: it has it already). */
-export function enterRootDir(t: Tracee, as: AddressSpace, task: TaskRecord, sharesFs: boolean): void {
+/** The identity of a removed directory (device:inode), or undefined when its record has none. */
+function identity(d: RemovedDirRecord | undefined): string | undefined {
+  return d?.dev !== undefined && d.ino !== undefined ? `${d.dev}:${d.ino}` : undefined;
+}
+
+/** One removed root directory of an image: where it was, as recorded, and the processes in it. */
+export interface RemovedRoot {
+  path: string;
+  dir: RemovedDirRecord;
+  pids: number[];
+}
+
+/**
+ * The removed root directories of `tasks`, one per directory (device and inode), checked
+ * before anything is made: the processes sharing one agree on its path, mode and owner, and a
+ * removed working directory that is the same directory has its path; otherwise EIMAGE (an
+ * edited image), in one line naming both processes.
+ */
+export function planRemovedRoots(image: string, tasks: readonly TaskRecord[]): Map<string, RemovedRoot> {
+  const plan = new Map<string, RemovedRoot>();
+  for (const t of tasks) {
+    const key = identity(t.rootDeleted);
+    if (key === undefined || t.root === undefined) continue;
+    if (t.root.split('/').every((x) => x === '')) {
+      throw new FerryError('EIMAGE', `image ${image}: pid ${t.pid} has '/' as a removed root directory, which it cannot be: refused (an edited image); nothing was restored`, { pid: t.pid });
+    }
+    const seen = plan.get(key);
+    if (seen === undefined) {
+      plan.set(key, { path: t.root, dir: t.rootDeleted!, pids: [t.pid] });
+      continue;
+    }
+    const d = t.rootDeleted!;
+    if (seen.path !== t.root || seen.dir.mode !== d.mode || seen.dir.uid !== d.uid || seen.dir.gid !== d.gid) {
+      throw new FerryError('EIMAGE', `image ${image}: pids ${seen.pids[0]} and ${t.pid} have the same removed root directory (device ${d.dev}, inode ${d.ino}) `
+        + `with another path, mode or owner (${JSON.stringify(seen.path.slice(0, 256))}, ${JSON.stringify(t.root.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: t.pid });
+    }
+    seen.pids.push(t.pid);
+  }
+  for (const t of tasks) {
+    const root = plan.get(identity(t.cwdDeleted) ?? '');
+    if (root === undefined || root.path === t.cwd) continue;
+    throw new FerryError('EIMAGE', `image ${image}: the removed working directory ${JSON.stringify(t.cwd.slice(0, 256))} of pid ${t.pid} is the removed root directory `
+      + `${JSON.stringify(root.path.slice(0, 256))} of pid ${root.pids[0]} (the same device and inode) under another path: refused (an edited image); nothing was restored`, { pid: t.pid });
+  }
+  return plan;
+}
+
+/**
+ * The directories made for the removed roots of an image (planRemovedRoots), each held open
+ * (O_PATH) by ferry, its name already removed, until every process has entered it; close()
+ * them then (and on failure: the caller registers that undo).
+ */
+export class RemovedRoots {
+  private readonly held = new Map<string, number>();
+
+  private constructor() {}
+
+  /**
+   * Makes each directory of `plan` in `root` (the tasks' root), opens it, removes its name
+   * again and gives it its recorded mode and owner. Whatever it holds is closed if it throws.
+   */
+  static make(plan: ReadonlyMap<string, RemovedRoot>, root: ConfinedRoot): RemovedRoots {
+    const made = new RemovedRoots();
+    try {
+      for (const [key, r] of plan) {
+        const what = `the removed root directory ${r.path} of pid ${r.pids[0]}`;
+        // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
+        const fd = withRemovedDir(root, r.path, what, (path) => openIn(root, path, O_PATH | O_DIRECTORY | O_NOFOLLOW, what));
+        made.held.set(key, fd);
+        // Its name is removed only while it is empty: one someone put something in meanwhile
+        // is theirs now, and no removed root.
+        if (fstatSync(fd).nlink !== 0) {
+          throw new FerryError('ECHANGED', `cannot restore ${what}: the directory made for it there could not be removed again (something was put in it meanwhile); nothing was restored`, { pid: r.pids[0]! });
+        }
+        try {
+          chownSync(`/proc/self/fd/${fd}`, r.dir.uid, r.dir.gid);
+          chmodSync(`/proc/self/fd/${fd}`, r.dir.mode); // after chown, which may clear set-id bits
+        } catch (err) {
+          throw new FerryError('ESTATE', `cannot give ${what} its owner ${r.dir.uid}:${r.dir.gid} and mode ${r.dir.mode.toString(8)}: ${(err as Error).message}; nothing was restored`, { cause: err, pid: r.pids[0]! });
+        }
+      }
+    } catch (err) {
+      made.close();
+      throw err;
+    }
+    return made;
+  }
+
+  /** The path the restored task chroots into when its root was removed: the held directory. */
+  rootOf(task: Pick<TaskRecord, 'rootDeleted'>): string | undefined {
+    return this.pathOf(task.rootDeleted);
+  }
+
+  /**
+   * The path the restored task chdirs into when its removed working directory is a removed
+   * root (the held directory), else undefined (restore/cwd.ts makes it as a directory of its own).
+   */
+  cwdOf(task: Pick<TaskRecord, 'cwdDeleted'>): string | undefined {
+    return this.pathOf(task.cwdDeleted);
+  }
+
+  private pathOf(d: RemovedDirRecord | undefined): string | undefined {
+    const fd = this.held.get(identity(d) ?? '');
+    return fd === undefined ? undefined : `/proc/${process.pid}/fd/${fd}`;
+  }
+
+  /** Closes every held directory (again: nothing). */
+  close(): void {
+    for (const fd of this.held.values()) native().closeFd(fd);
+    this.held.clear();
+  }
+}
+
+/**
+ * Puts the rebuilt process `t` into its recorded root directory (`sharesFs`: it has it
+ * already); a removed one is the directory `removed` holds for it.
+ */
+export function enterRootDir(t: Tracee, as: AddressSpace, task: TaskRecord, sharesFs: boolean, removed: RemovedRoots): void {
   if (task.root === undefined || sharesFs) return;
+  const held = removed.rootOf(task);
   as.scratch.reset();
-  const r = t.trySyscall(SYS.chroot, as.scratch.putString(task.root));
+  const r = t.trySyscall(SYS.chroot, as.scratch.putString(held ?? task.root));
   if (r < 0n) {
     const name = Object.entries(osConstants.errno).find(([, v]) => v === Number(-r))?.[0] ?? `errno ${-r}`;
-    throw new FerryError('ESTATE', `cannot put pid ${task.pid} back into its root directory ${task.root}: chroot failed with ${name}; make that directory exist as it was`, { pid: task.pid });
+    throw new FerryError('ESTATE', held !== undefined
+      ? `cannot put pid ${task.pid} back into its removed root directory ${task.root} (held by ferry as ${held}): chroot failed with ${name}`
+      : `cannot put pid ${task.pid} back into its root directory ${task.root}: chroot failed with ${name}; make that directory exist as it was`, { pid: task.pid });
   }
 }

@@ -153,6 +153,15 @@ const thread = record({
   comm: str(64),
   pending: list(pending, 1_000_000),
 });
+/** A device or inode number as stat(2) gives it, in decimal. */
+const id64: Check = (v, at) => (typeof v === 'string' && /^\d{1,20}$/.test(v) ? undefined : must(at, 'a string of at most 20 decimal digits', v));
+/**
+ * A removed directory a process is in (cwdDeleted, rootDeleted): mode and owner, and its
+ * device and inode (`identity`: required; a working directory of an older image has none).
+ */
+const removedDir = (identity: boolean): Check => record({
+  mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2), ...(identity ? { dev: id64, ino: id64 } : {}),
+}, identity ? {} : { dev: id64, ino: id64 });
 const task = record({
   pid, ppid: int(0, PID_MAX), pgid: int(0, PID_MAX), sid: int(0, PID_MAX),
   comm: str(64), exe: absPath, cwd: absPath, umask: int(0, 0o777),
@@ -169,7 +178,7 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: record({ mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2) }), root: absPath });
+}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: removedDir(false), root: absPath, rootDeleted: removedDir(true) });
 
 /**
  * The fields several kinds of open file share keep one type wherever they appear: checked
@@ -203,6 +212,7 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   expect(where, task, v);
   const t = v as TaskRecord;
   if (t.pid !== pid) fail(where, `pid is ${t.pid}, expected ${pid}`);
+  if (t.rootDeleted !== undefined && t.root === undefined) fail(where, 'rootDeleted is there but root is not');
   if (t.stopSignal !== undefined && !t.stopped) fail(where, `stopSignal is ${t.stopSignal} but the process is not stopped`);
   if (t.mlockall !== undefined && t.mlockall !== 2 && t.mlockall !== 6) fail(where, `mlockall must be 2 (MCL_FUTURE) or 6 (MCL_FUTURE | MCL_ONFAULT), is ${t.mlockall}`);
   if (t.membarrier !== undefined && (t.membarrier & ~MEMBARRIER_REGISTRATIONS) !== 0) {
@@ -337,7 +347,7 @@ export function validateSharing(tree: TreeRecord, tasks: readonly TaskRecord[]):
     if (text === undefined) tables.set(t, (text = JSON.stringify([...t.fds].sort((a, b) => a.fd - b.fd).map((f) => [f.fd, f.file, f.cloexec]))));
     return text;
   };
-  const fsOf = (t: TaskRecord): string => JSON.stringify([t.cwd, t.cwdDeleted ?? null, t.umask, t.root ?? null]);
+  const fsOf = (t: TaskRecord): string => JSON.stringify([t.cwd, t.cwdDeleted ?? null, t.umask, t.root ?? null, t.rootDeleted ?? null]);
   // A process forked by a sibling, and the sibling, are forked from stubs: neither inherits pages.
   for (const pid of forkedBySiblings(tree.processes)) {
     const task = byPid.get(pid);

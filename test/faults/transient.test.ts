@@ -1,11 +1,11 @@
 /**
  * Fault cells of the names restore makes for a moment (src/files/transient.ts): a removed FIFO
- * or directory held open (build/workloads/removed), a removed name of a file that has another
- * (build/workloads/linkgone) and removed device nodes (build/workloads/devgone). Restore is
- * SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is
- * there, written down in ferry's journal; the next restore sweeps it before it starts,
- * restores the workload, which passes its check, and no name is left beside the workload's
- * own, nor any journal entry.
+ * or directory held open (build/workloads/removed), a removed name of a file that has
+ * another (build/workloads/linkgone), removed device nodes (build/workloads/devgone) and a
+ * removed root directory (build/workloads/chrooted removed). Restore is SIGKILLed right after
+ * it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
+ * ferry's journal; the next restore sweeps it before it starts, restores the workload, which
+ * passes its check, and no name is left beside the workload's own, nor any journal entry.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
@@ -23,9 +23,9 @@ after(cleanup);
 const entriesOf = (pid: number): string[] => (existsSync(TRANSIENT_DIR) ? readdirSync(TRANSIENT_DIR).filter((f) => f.startsWith(`${pid}-`)) : []);
 
 describe('fault cells: restore killed while it holds a name it made for a moment', { skip, timeout: 180_000 }, () => {
-  for (const [workload, made] of [['removed', /^(ff|d)$/], ['linkgone', /^a$/], ['devgone', /^(null|sub)$/]] as const) {
-    it(`${workload}: SIGKILL at transient; the next restore sweeps the name and restores`, async () => {
-      const w = await startWorkload(join(WORKLOADS, workload), ['DIR']);
+  for (const [workload, args, made] of [['removed', [], /^(ff|d)$/], ['linkgone', [], /^a$/], ['devgone', [], /^(null|sub)$/], ['chrooted', ['removed'], /^jail$/]] as const) {
+    it(`${[workload, ...args].join(' ')}: SIGKILL at transient; the next restore sweeps the name and restores`, async () => {
+      const w = await startWorkload(join(WORKLOADS, workload), ['DIR', ...args]);
       const image = join(w.dir, `${workload}.tar`);
       const pids = await checkpointTreeFreed(w, image);
       const before = readdirSync(w.dir).filter((n) => made.test(n));

@@ -6,19 +6,57 @@
  * trusted key signed may not put a process in a root it could not have made itself (an
  * unprivileged process without no_new_privs): refused before anything is made. A jail removed
  * since (with the working directory in it) is a restore failure in one line, with nothing left.
+ *
+ * A jail removed while the process lived in it (`removed`: chroot, chdir("/"), rmdir, then a
+ * child forked) comes back removed: root and working directory of both processes one removed
+ * directory of the jail's path, with its mode and owner (0751, 65534's), in which nothing can
+ * be made; nothing is left at the path. With --leave-running both keep it. An edited image
+ * whose two processes give their one removed root two paths is refused in one line, nothing made.
  */
 import assert from 'node:assert/strict';
-import { readlinkSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { editImage } from '../helpers/images.js';
-import { alive, askVerdict, checkpointFreed, cleanup, cycleThrough, ferry, own, startWorkload, verify } from '../helpers/processes.js';
+import type { TaskRecord } from '../../src/image/records.js';
+import { editImage, json } from '../helpers/images.js';
+import {
+  alive, askVerdict, checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, startWorkload, verify, type Workload,
+} from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
 
 const start = (...args: string[]) => startWorkload(join(WORKLOADS, 'chrooted'), ['DIR', ...args]);
+
+/** Starts chrooted in a jail it removes, with its child; returns both pids (owned) and the workload. */
+async function inRemovedRoot(): Promise<{ w: Workload; pids: number[] }> {
+  const w = await start('removed');
+  const pids = ownTree(w);
+  assert.deepEqual(pids, [w.pid, Number(/child=(\d+)/.exec(w.text())?.[1])], w.text());
+  return { w, pids };
+}
+
+/**
+ * Asserts that every one of `pids` has the removed jail of `w` as its root and working
+ * directory, one directory for all (the same device and inode), and that nothing is at its path.
+ */
+function inOneRemovedJail(w: Workload, pids: readonly number[], label: string): void {
+  const jail = join(w.dir, 'jail');
+  const ids = new Set<string>();
+  for (const pid of pids) {
+    for (const link of ['root', 'cwd']) {
+      assert.equal(readlinkSync(`/proc/${pid}/${link}`), `${jail} (deleted)`, `${label}: pid ${pid} ${link}`);
+      const st = statSync(`/proc/${pid}/${link}`);
+      assert.equal(st.nlink, 0, `${label}: pid ${pid} ${link} has no links`);
+      assert.deepEqual([st.mode & 0o7777, st.uid, st.gid], [0o751, 65534, 65534], `${label}: pid ${pid} ${link} has the jail's mode and owner`);
+      ids.add(`${st.dev}:${st.ino}`);
+    }
+  }
+  assert.equal(ids.size, 1, `${label}: the roots and working directories of ${pids.join(', ')} are one directory`);
+  assert.ok(!existsSync(jail), `${label}: nothing at ${jail}`);
+  assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${label}: nothing made beside it`);
+}
 
 describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
   it('comes back in its root, twice in a row', async () => {
@@ -40,6 +78,50 @@ describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(readlinkSync(`/proc/${w.pid}/root`), join(w.dir, 'jail'));
     assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('a removed root comes back removed, one directory for root and working directory of the tree, twice in a row', async () => {
+    const { w, pids } = await inRemovedRoot();
+    inOneRemovedJail(w, pids, 'before');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, join(w.dir, 'removed.tar'), i, [], { tree: pids.slice(1) });
+      for (const pid of pids.slice(1)) own(pid);
+      inOneRemovedJail(w, pids, `cycle ${i + 1}`);
+      assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    }
+  });
+
+  it('--leave-running leaves a removed root as it was', async () => {
+    const { w, pids } = await inRemovedRoot();
+    const before = statSync(`/proc/${w.pid}/root`).ino;
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    for (const pid of pids) assert.equal(procState(pid).tracer, 0, `pid ${pid} untraced`);
+    inOneRemovedJail(w, pids, 'after');
+    assert.equal(statSync(`/proc/${w.pid}/root`).ino, before, 'the very directory it had');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an edited image giving one removed root two paths is refused in one line, with nothing made', async () => {
+    const { w, pids } = await inRemovedRoot();
+    const image = join(w.dir, 'removed.tar');
+    await checkpointTreeFreed(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, { [`tasks/${pids[1]}/task.json`]: json<TaskRecord>((t) => { t.root = `${t.root!}2`; }) });
+    // Unsigned, so untrusted: --max-creds root lets its root processes reach the check.
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1);
+    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${edited}: pids ${pids[0]} and ${pids[1]} have the same removed root directory \\(device \\d+, inode \\d+\\) `
+      + 'with another path, mode or owner .*: refused \\(an edited image\\); nothing was restored\\n$'));
+    for (const pid of pids) assert.ok(!alive(pid), `pid ${pid}: nothing made`);
+    assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], 'no directory made');
+    // The image as checkpointed still comes back.
+    const ok = ferry(['restore', '--image', image]);
+    assert.equal(ok.code, 0, ok.stderr);
+    pids.forEach(own);
+    inOneRemovedJail(w, pids, 'restored');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
   });
 
   it('an unsigned image may not chroot a process that could not do it itself; a removed root fails the restore in one line', async () => {

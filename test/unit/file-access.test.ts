@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkFileAccess, checkMappedAccess, type StatOf } from '../../src/restore/file-access.js';
+import { checkFileAccess, checkMappedAccess, checkRemovedDirs, type StatOf } from '../../src/restore/file-access.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_APPEND = 0o2000;
 
@@ -122,5 +122,26 @@ describe('checkMappedAccess', () => {
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/memfd:x (deleted)', PROT_READ | PROT_WRITE, true, ['mw'], { memfd: { id: '0:1:2' } })], stat(0, 0, 0o600));
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/tmp/gone', PROT_READ | PROT_WRITE, true, ['mw'], { ghost: '8:1:3' })], stat(0, 0, 0o600));
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/missing', PROT_READ | PROT_WRITE, true)], () => undefined);
+  });
+});
+
+describe('checkRemovedDirs', () => {
+  const jailed = (uid: number, eff = '0x0') => ({ ...task(7, uid, uid, [], eff, []), cwd: '/srv/jail', root: '/srv/jail',
+    rootDeleted: { mode: 0o751, uid, gid: uid, dev: '1', ino: '2' } }) as unknown as Parameters<typeof checkRemovedDirs>[1][number];
+  /** Every directory is root's, 0755, except `/srv` (`srv`). */
+  const dirs = (srv: number): StatOf => (path) => ({ uid: 0n, gid: 0n, mode: BigInt(0o40000 | (path === '/srv' ? srv : 0o755)) }) as never;
+
+  it('refuses a removed root made again where its process could not write, naming pid, path and where', () => {
+    assert.throws(() => checkRemovedDirs('img', [jailed(65534)], [], dirs(0o755)), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'EPRIVILEGE');
+      assert.equal(err.message, 'image img: pid 7 (x) had the removed directory "/srv/jail" as its root directory; restore would make it again in "/srv", which its '
+        + 'credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE) could not write in (owner 0:0, mode 755): nothing was restored; sign the image and restore with --trust if it is genuine');
+      return true;
+    });
+  });
+
+  it('allows it where the process could write, or with CAP_DAC_OVERRIDE', () => {
+    checkRemovedDirs('img', [jailed(65534)], [], dirs(0o1777));
+    checkRemovedDirs('img', [jailed(65534, '0x2')], [], dirs(0o755));
   });
 });

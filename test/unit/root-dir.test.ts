@@ -1,0 +1,36 @@
+/**
+ * Removed root directories of an image (src/restore/root-dir.ts planRemovedRoots): one
+ * directory per device and inode for every process in it, and an edited image whose processes
+ * disagree about one refused before anything is made. Pure.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { TaskRecord } from '../../src/image/records.js';
+import { planRemovedRoots } from '../../src/restore/root-dir.js';
+
+/** A task chroot'ed into the removed `root` (device 8, inode `ino`), its working directory `cwd`. */
+function task(pid: number, root: string, ino: string, cwd = root, mode = 0o751): TaskRecord {
+  const dir = { mode, uid: 65534, gid: 65534, dev: '8', ino };
+  return { pid, cwd, cwdDeleted: dir, root, rootDeleted: dir } as unknown as TaskRecord;
+}
+
+describe('planRemovedRoots', () => {
+  it('makes one directory for the processes sharing a removed root, one per directory', () => {
+    const plan = planRemovedRoots('img', [task(10, '/srv/jail', '5'), task(11, '/srv/jail', '5'), task(12, '/srv/other', '6'),
+      { pid: 13, cwd: '/' } as unknown as TaskRecord]);
+    assert.deepEqual([...plan.entries()].map(([k, r]) => [k, r.path, r.pids]), [['8:5', '/srv/jail', [10, 11]], ['8:6', '/srv/other', [12]]]);
+  });
+
+  it('refuses processes that give one removed root other paths or modes, a working directory of it elsewhere, and /', () => {
+    assert.throws(() => planRemovedRoots('img', [task(10, '/srv/jail', '5'), task(11, '/srv/jail', '5', '/srv/jail', 0o777)]), (err: Error & { code?: string; pid?: number }) => {
+      assert.equal(err.code, 'EIMAGE');
+      assert.equal(err.pid, 11);
+      assert.match(err.message, /^image img: pids 10 and 11 have the same removed root directory \(device 8, inode 5\) with another path, mode or owner/);
+      return true;
+    });
+    assert.throws(() => planRemovedRoots('img', [task(10, '/srv/jail', '5'), task(11, '/srv/else', '5')]), /pids 10 and 11 have the same removed root directory/);
+    assert.throws(() => planRemovedRoots('img', [task(10, '/srv/jail', '5', '/tmp/x')]),
+      /image img: the removed working directory "\/tmp\/x" of pid 10 is the removed root directory "\/srv\/jail" of pid 10 \(the same device and inode\) under another path/);
+    assert.throws(() => planRemovedRoots('img', [task(10, '/', '5')]), /pid 10 has '\/' as a removed root directory/);
+  });
+});
