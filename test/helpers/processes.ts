@@ -73,9 +73,9 @@ export function scratchDir(prefix = 'ferry-test-'): string {
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until `cond()` holds, or throws naming `what`. */
-export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10000): Promise<void> {
+export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10000, detail?: () => string): Promise<void> {
   for (const end = Date.now() + timeoutMs; Date.now() < end; await sleep(20)) if (cond()) return;
-  throw new Error(`timed out waiting for ${what}`);
+  throw new Error(`timed out waiting for ${what}${detail !== undefined ? `: ${detail()}` : ''}`);
 }
 
 export interface Workload {

@@ -162,7 +162,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
     const to = `tcp://${nodes.target.addr}:${port}`;
     // The sender stops 3 s after the first chunk crossed; the link goes down meanwhile.
     const mig = start(nodes.source, ['migrate', '--pid', String(w.pid), '--to', to, '--key', key, '--config', config], 'streaming+3000');
-    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000);
+    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
     assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while it streams');
     nodes.link(false);
     const t0 = Date.now();
@@ -191,7 +192,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
     const w = await counter();
     const { r: recv, port } = await receiver(['--once', '--max-creds', 'root']);
     const mig = start(nodes.source, ['migrate', '--pid', String(w.pid), '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key, '--config', config], 'streaming');
-    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000);
+    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
     mig.child.kill('SIGKILL');
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
     assert.match(recv.stderr(), /^ferry receive: the sender 10\.200\.\d+\.1:\d+ closed the connection while receiving the image\n$/);
@@ -266,7 +268,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       const w = await counter();
       const to = `ssh://root@${nodes.target.addr}:${sshPort}`;
       const mig = start(nodes.source, ['migrate', '--pid', String(w.pid), '--to', to, '--ssh-config', sshConfig, '--config', config], 'streaming');
-      await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000);
+      await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000,
+        () => `ferry migrate: ${mig.stderr()}`);
       await waitFor('the target to spool', () => leftovers().some((n) => n.startsWith('.ferry-receive-')));
       mig.child.kill('SIGKILL');
       // ssh's stdin ends with its parent; the remote receiver reads EOF and removes its spool.
@@ -369,7 +372,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root'], 'streaming');
       const mig = start(nodes.source, ['migrate', 'ferry-m3', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
         '--key', key, '--target-id', 'ferry-m4', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
-      await waitFor('the receiver to pause while streaming', () => /paused at streaming/.test(recv.stderr()), 30_000);
+      await waitFor('the receiver to pause while streaming', () => /paused at streaming/.test(recv.stderr()), 30_000,
+        () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
       recv.child.kill('SIGKILL');
       assert.equal(await exitOf(mig, 'ferry migrate'), 1);
       assert.match(mig.stderr(), /^ferry migrate: .*, so pid \d+ was let go as it was: it runs on here\n$/);
@@ -424,7 +428,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root'], 'created');
       const mig = start(nodes.source, ['migrate', 'ferry-m7', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
         '--key', key, '--target-id', 'ferry-m8', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--json', '--config', config]);
-      await waitFor('the receiver to pause after creating the container', () => /paused at created/.test(recv.stderr()), 30_000);
+      await waitFor('the receiver to pause after creating the container', () => /paused at created/.test(recv.stderr()), 30_000,
+        () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
       assert.equal(status(nodes.source, 'ferry-m7'), 'stopped', 'killed, but kept in runc until the target says it runs');
       recv.child.kill('SIGTERM');
       assert.equal(await exitOf(recv, 'ferry receive'), 143);
@@ -448,7 +453,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root'], 'rebuilt+3000');
       const mig = start(nodes.source, ['migrate', 'ferry-m12', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
         '--key', key, '--target-id', 'ferry-m13', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
-      await waitFor('the receiver to pause after rebuilding', () => /paused at rebuilt/.test(recv.stderr()), 30_000);
+      await waitFor('the receiver to pause after rebuilding', () => /paused at rebuilt/.test(recv.stderr()), 30_000,
+        () => `ferry migrate said: ${mig.stderr()} (exit ${String(mig.child.exitCode)}); ferry receive said: ${recv.stdout()}${recv.stderr()}`);
       assert.equal(status(nodes.source, 'ferry-m12'), 'stopped', 'killed, kept until the target says it runs');
       mig.child.kill('SIGKILL');
       // Its copy may be the workload's only one now: marked, so that no sweep throws it away.
@@ -470,7 +476,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root']);
       const mig = start(nodes.source, ['migrate', 'ferry-m5', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
         '--key', key, '--target-id', 'ferry-m6', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config], 'streaming');
-      await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000);
+      await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000,
+        () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
       mig.child.kill('SIGKILL');
       assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
       assert.match(recv.stderr(), /^ferry receive: the sender 10\.200\.\d+\.1:\d+ closed the connection while receiving the image\n$/);

@@ -154,7 +154,8 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     const w = await counter();
     const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config], 'streaming');
     const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
-    await waitFor('the receiver to pause while streaming', () => /paused at streaming/.test(recv.stderr()), 30_000);
+    await waitFor('the receiver to pause while streaming', () => /paused at streaming/.test(recv.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
     // The source is stopped meanwhile (seized by the sender).
     assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while it streams');
     recv.child.kill('SIGKILL');
@@ -176,7 +177,8 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     const w = await counter();
     const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config]);
     const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'streaming');
-    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000);
+    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
     assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while it streams');
     mig.child.kill('SIGKILL');
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
@@ -196,7 +198,8 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     const w = await counter();
     const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config]);
     const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'streaming');
-    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000);
+    await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
     mig.child.kill('SIGTERM');
     assert.equal(await exitOf(mig, 'ferry migrate'), 143);
     const why = `checkpoint of pid ${w.pid} interrupted by SIGTERM: the process was let go as it was and no image was written`;
@@ -213,7 +216,8 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config], 'created');
     const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
     own(w.pid);
-    await waitFor('the receiver to pause after creating the tree', () => /paused at created/.test(recv.stderr()), 30_000);
+    await waitFor('the receiver to pause after creating the tree', () => /paused at created/.test(recv.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
     recv.child.kill('SIGTERM');
     assert.equal(await exitOf(recv, 'ferry receive'), 143);
     assert.equal(await exitOf(mig, 'ferry migrate'), 1);
