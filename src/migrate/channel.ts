@@ -17,6 +17,7 @@
  */
 import { connect as tlsConnect, createServer, type TLSSocket, type Server } from 'node:tls';
 import { FerryError, describeCause } from '../errors.js';
+import { native } from '../native/binding.js';
 import { CONTAINER_ID, formatHostPort, type Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 
@@ -36,6 +37,15 @@ export const MAX_DATA_BYTES = 1024 * 1024;
 export const IDLE_MS = 30_000;
 /** How often a side that is busy (verifying, restoring) tells the other it still is. */
 export const HEARTBEAT_MS = 1000;
+/**
+ * How long sent bytes may go unacknowledged before the connection is given up (TCP_USER_TIMEOUT,
+ * tcp(7)). The idle limit cannot see a dead link on a side that is writing: its own writes
+ * (image frames, heartbeats) are the socket's activity for Node, and a silent peer is expected
+ * while the image streams. Without it a cut link was found by TCP's retransmissions after a
+ * minute or more, the tree stopped all along.
+ */
+export const UNACKED_MS = 15_000;
+const IPPROTO_TCP = 6, TCP_USER_TIMEOUT = 18;
 
 /** The control messages, by direction: S sender (`ferry migrate`), R receiver (`ferry receive`). */
 export type Message =
@@ -210,6 +220,7 @@ export class Channel {
   constructor(readonly socket: Transport, readonly peer: string) {
     socket.setNoDelay?.(true);
     socket.setKeepAlive?.(true, 5000);
+    boundUnacked(socket);
     socket.setTimeout(IDLE_MS, () => this.fail(new FerryError('ETIMEDOUT', `${peer} sent nothing for ${IDLE_MS / 1000} s`)));
     socket.on('data', (d: Buffer) => this.receive(d));
     socket.on('error', (err) => this.fail(new FerryError('ECONNRESET', `the connection to ${peer} failed: ${describeCause(err)}`, { cause: err })));
@@ -401,6 +412,20 @@ export function connect(to: Endpoint, key: MigrationKey, label: string, signal?:
     });
     socket.once('error', (err: NodeJS.ErrnoException) => fail(connectError(err, label, key)));
   });
+}
+
+/**
+ * Sets UNACKED_MS on a TCP transport's socket (also over TLS, whose handle has the socket's
+ * descriptor); pipes (ssh) have none, and ssh its own keepalive.
+ */
+function boundUnacked(socket: Transport): void {
+  const fd = (socket as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return;
+  try {
+    native().setSockInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, UNACKED_MS);
+  } catch {
+    // not a TCP socket: nothing to bound
+  }
 }
 
 /** One line for a failed connection or handshake. */
