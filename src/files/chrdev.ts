@@ -19,19 +19,18 @@
  * write must not have restore make device nodes.
  */
 import { fchmodSync, fchownSync, fstatSync, type BigIntStats } from 'node:fs';
-import { errnoCode, FerryError } from '../errors.js';
+import { FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_SYNC } from '../proc/fcntl.js';
-import { NAME_RESOLVE, placeOf, reopenIn, shownIn, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
-import { noteTransient, transientMade } from './transient.js';
+import { openRemovedNode, placeOf, reopenIn, shownIn, statIn, withRemovedDir, type ConfinedRoot } from './confined.js';
 import { isTerminal } from './tty.js';
 import type { FdDesc, FileKind } from './types.js';
 
 const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
 const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
 
-const O_NOCTTY = 0o400, O_NOFOLLOW = 0o400000;
+const O_NOCTTY = 0o400;
 const REMOVED = ' (deleted)';
 /**
  * The devices whose removed nodes are made again: mem(4)'s null, zero, full, random and
@@ -84,40 +83,21 @@ export function checkRemovedNodeTrust(label: string, tasks: readonly Pick<TaskRe
  */
 function openRemoved(rec: ChrdevRecord, root: ConfinedRoot, path: string, what: string): number {
   const n = native();
-  const flags = (rec.flags & REOPEN_FLAGS) | O_NOCTTY | O_NOFOLLOW;
-  const make = (at: string): number => withParent(root, at, what, (dir) => {
-    for (let i = 0; i <= 100; i++) {
-      const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
-      // Written down first (transient.ts): a killed ferry's node goes with the next sweep.
-      const forget = noteTransient('chr', root.path, `${at.slice(0, at.lastIndexOf('/'))}/${name}`, `${rec.major}:${rec.minor}`);
-      try {
-        n.mknodChr(dir.dir, name, 0o600, rec.major, rec.minor);
-      } catch (err) {
-        forget();
-        if (errnoCode(err) === 'EEXIST') continue;
-        throw err;
-      }
-      let fd: number;
-      try {
-        transientMade();
-        fd = n.openat2(dir.dir, name, flags, 0, NAME_RESOLVE);
-      } finally {
-        n.unlinkat(dir.dir, name, 0);
-        forget();
-      }
-      try {
-        const why = notTheDevice(rec, fstatSync(fd, { bigint: true }));
-        if (why !== undefined) throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (it ${why})`);
-        fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
-        fchmodSync(fd, rec.removed!.mode); // after chown, which clears set-id bits
-      } catch (err) {
-        n.closeFd(fd);
-        throw err;
-      }
-      return fd;
+  const make = (at: string): number => {
+    const fd = openRemovedNode(root, at, what, 'chr', `${rec.major}:${rec.minor}`, (dir, name) => n.mknodChr(dir, name, 0o600, rec.major, rec.minor),
+      (rec.flags & REOPEN_FLAGS) | O_NOCTTY, (made) => {
+        const why = notTheDevice(rec, fstatSync(made, { bigint: true }));
+        return why !== undefined ? `it ${why}` : undefined;
+      });
+    try {
+      fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
+      fchmodSync(fd, rec.removed!.mode); // after chown, which clears set-id bits
+    } catch (err) {
+      n.closeFd(fd);
+      throw err;
     }
-    throw new FerryError('EEXIST', `${what}: its name ${rec.path} and 100 others beside it are taken`);
-  });
+    return fd;
+  };
   const cut = path.lastIndexOf('/');
   const dirPath = path.slice(0, cut) || '/';
   if (statIn(root, dirPath, what)?.isDirectory() ?? false) return make(path);

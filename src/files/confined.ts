@@ -25,7 +25,7 @@ import { FerryError, errnoCode } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
-import { noteTransient, transientMade } from './transient.js';
+import { noteTransient, transientMade, type TransientKind } from './transient.js';
 
 /** openat2(2) resolve flags (linux/openat2.h). */
 export const RESOLVE_NO_XDEV = 0x01, RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04,
@@ -331,6 +331,47 @@ export function withParent<T>(root: ConfinedRoot, path: string, what: string, fn
   } finally {
     p.close();
   }
+}
+
+/**
+ * Opens a node made for the moment of the open, for a record whose node was removed: `make`
+ * makes it (mode 0600, root's) under `path`'s own name in its directory inside `root`, or a
+ * free name beside it, written down first (transient.ts: a killed ferry's node goes with the
+ * next sweep); it is opened with `flags` (never following a link) and its name removed at
+ * once. `check` gets the descriptor and says what is wrong if the node was replaced meanwhile
+ * (the descriptor is closed then: ECHANGED). The caller gives it its mode and owner.
+ */
+export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: TransientKind, id: string | undefined,
+  make: (dir: number, name: string) => void, flags: number, check: (fd: number) => string | undefined): number {
+  const n = native();
+  return withParent(root, path, what, (dir) => {
+    for (let i = 0; i <= 100; i++) {
+      const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
+      const forget = noteTransient(kind, root.path, `${path.slice(0, path.lastIndexOf('/'))}/${name}`, id);
+      try {
+        make(dir.dir, name);
+      } catch (err) {
+        forget();
+        if (errnoCode(err) === 'EEXIST') continue;
+        throw err;
+      }
+      let fd: number;
+      try {
+        transientMade();
+        fd = n.openat2(dir.dir, name, flags | O_NOFOLLOW, 0, NAME_RESOLVE);
+      } finally {
+        n.unlinkat(dir.dir, name, 0);
+        forget();
+      }
+      const why = check(fd);
+      if (why !== undefined) {
+        n.closeFd(fd);
+        throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${why})`);
+      }
+      return fd;
+    }
+    throw new FerryError('EEXIST', `${what}: its name ${path} and 100 others beside it are taken`);
+  });
 }
 
 /** Removes `name` under directory `dirfd`, a directory with all it holds. */

@@ -24,16 +24,15 @@
  * (writes through an O_DIRECT end, pipe(2)) keeps its packet boundaries.
  */
 import { fchmodSync, fchownSync, fstatSync, readSync, writeSync, type BigIntStats } from 'node:fs';
-import { errnoCode, FerryError } from '../errors.js';
+import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { NAME_RESOLVE, placeOf, reopenIn, shownIn, statIn, withParent, type ConfinedRoot } from './confined.js';
+import { openRemovedNode, placeOf, reopenIn, shownIn, statIn, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
-import { noteTransient, transientMade } from './transient.js';
 
-const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_NOFOLLOW = 0o400000;
+const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2;
 const REMOVED = ' (deleted)';
 /** Status flags F_SETFL can change (fcntl(2)); the access mode comes from how the file is opened. */
 const SETFL_FLAGS = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME;
@@ -267,37 +266,16 @@ function openFifo(rec: FifoRecord, ctx: OpenContext): number {
  * at once, then given the recorded mode and owner.
  */
 function makeRemovedFifo(rec: FifoRecord, root: ConfinedRoot, path: string, what: string): number {
-  const n = native();
-  return withParent(root, path, what, (dir) => {
-    for (let i = 0; i <= 100; i++) {
-      const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
-      // Written down first (restore/transient.ts): a killed ferry's FIFO goes with the next sweep.
-      const forget = noteTransient('fifo', root.path, `${path.slice(0, path.lastIndexOf('/'))}/${name}`);
-      try {
-        n.mkfifoat(dir.dir, name, 0o600);
-      } catch (err) {
-        forget();
-        if (errnoCode(err) === 'EEXIST') continue;
-        throw err;
-      }
-      let fd: number;
-      try {
-        transientMade();
-        fd = n.openat2(dir.dir, name, O_RDWR | O_NONBLOCK | O_NOFOLLOW, 0, NAME_RESOLVE);
-      } finally {
-        n.unlinkat(dir.dir, name, 0);
-        forget();
-      }
-      if (!fstatSync(fd, { bigint: true }).isFIFO()) {
-        n.closeFd(fd);
-        throw new FerryError('ECHANGED', `${what}: the FIFO made for it was replaced before it was opened`);
-      }
-      fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
-      fchmodSync(fd, rec.removed!.mode);
-      return fd;
-    }
-    throw new FerryError('EEXIST', `${what}: its name ${rec.path} and 100 others beside it are taken`);
-  });
+  const fd = openRemovedNode(root, path, what, 'fifo', undefined, (dir, name) => native().mkfifoat(dir, name, 0o600), O_RDWR | O_NONBLOCK,
+    (made) => (fstatSync(made, { bigint: true }).isFIFO() ? undefined : 'it is no FIFO'));
+  try {
+    fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
+    fchmodSync(fd, rec.removed!.mode);
+  } catch (err) {
+    native().closeFd(fd);
+    throw err;
+  }
+  return fd;
 }
 
 /** Shape checks of what both kinds store (the image is input: every length is bounded). */
