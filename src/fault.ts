@@ -37,14 +37,16 @@
  *   `lazy` (a lazy restore let the tree go: faults are served, the background fill has not
  *   begun — paused, pages stay missing until touched); `repair` (a checkpoint with
  *   --tcp-established has the first TCP socket it reads in repair mode, with SO_OOBINLINE and
- *   SO_PEEK_OFF changed to read its receive queue, files/tcp-urgent.ts; synchronous).
+ *   SO_PEEK_OFF changed to read its receive queue, files/tcp-urgent.ts; synchronous); `grouped`
+ *   (a restore's helper holds the id of a process group whose leader had exited, the members
+ *   joined, before it exits, restore/tree.ts setGroups: the first time; synchronous).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair',
+  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

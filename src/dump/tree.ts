@@ -10,8 +10,9 @@
  *
  * What restore cannot rebuild yet is refused here, before the tree is touched or while it is
  * being seized (and then released): another pid or user namespace, a tracer, a session
- * whose leader is outside the tree and is not the root's, a descriptor table or fs struct
- * shared in a way restore cannot fork (checkSharing).
+ * whose leader is outside the tree and is not the root's, a group of a session the tree leads
+ * whose leader runs outside the tree, a descriptor table or fs struct shared in a way restore
+ * cannot fork (checkSharing).
  */
 import { readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
@@ -297,6 +298,16 @@ function zombie(pid: number, stat: ProcStat): FrozenProcess {
   };
 }
 
+/** Whether a process with `pid` exists (a zombie too) in ferry's pid namespace. */
+function pidExists(pid: number): boolean {
+  try {
+    readProcText(pid, 'stat');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Refuses sessions and process groups restore cannot rebuild: restore gives each process the
  * session of its parent unless it leads its own (setsid), so a process in a session other
@@ -305,8 +316,15 @@ function zombie(pid: number, stat: ProcStat): FrozenProcess {
  * joined). A process group led from outside the tree is kept when it is in that session: the
  * restore joins it again if it still exists in the restored root's session (restore/tree.ts
  * outsideGroups); the root's own falls back to ferry's caller's group.
+ *
+ * In a session the tree leads, a group whose leader is not in the tree is kept when that
+ * leader has exited (a shell's pipeline whose first process ended: `exists` says no process
+ * has its pid; the group id keeps the pid from being reused while members live): restore makes
+ * it again around a short-lived process with that pid (restore/tree.ts leaderlessGroups). A
+ * leader alive outside the tree (a process of the session its parent left behind) is refused:
+ * its pid is taken, and the group would come back without it.
  */
-export function checkGroups(recs: readonly ProcessRecord[], root: number): void {
+export function checkGroups(recs: readonly ProcessRecord[], root: number, exists: (pid: number) => boolean = pidExists): void {
   const byPid = new Map(recs.map((r) => [r.pid, r]));
   const rootRec = byPid.get(root)!;
   for (const r of recs) {
@@ -320,10 +338,12 @@ export function checkGroups(recs: readonly ProcessRecord[], root: number): void 
       throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in session ${r.sid}, led from outside the tree and not the root's: `
         + 'a session can only be inherited or made (setsid(2)), so restore cannot put it back there');
     }
-    // The session the tree leads is made anew by the restore: no group of it is left outside.
-    if (!byPid.has(r.pgid) && r.pgid !== rootRec.pgid && byPid.has(r.sid)) {
+    // The session the tree leads is made anew by the restore: a group of it whose leader is
+    // alive outside the tree cannot come back whole.
+    if (!byPid.has(r.pgid) && r.pgid !== rootRec.pgid && byPid.has(r.sid) && exists(r.pgid)) {
       throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in process group ${r.pgid} of session ${r.sid}, which the tree leads, `
-        + 'but the group is led from outside the tree: restore cannot make that group again');
+        + `but the group is led from outside the tree (by pid ${r.pgid}, still running): restore cannot make that group again; `
+        + 'checkpoint the tree of a process that holds its leader too', { pid: r.pid });
     }
   }
 }

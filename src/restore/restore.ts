@@ -48,7 +48,7 @@ import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegister
 import { checkAuditTrust, restoreLoginuid } from './audit.js';
 import { checkRootTrust, enterRootDir, planRemovedRoots, RemovedRoots } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
-import { createTree, outsideGroups, type CreatedTree } from './tree.js';
+import { createTree, leaderlessGroups, outsideGroups, type CreatedTree } from './tree.js';
 import { atFork, checkInherited, inherits, keptAreas, lendPages } from './cow.js';
 import { validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
@@ -204,9 +204,17 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // In a fresh pid namespace (a container) every pid is free by construction. Elsewhere
     // every PID and thread ID is checked now, before anything is made.
     let outside: Set<number> | undefined;
+    // A group whose leader had exited is made around a helper with its id (createTree). Its id
+    // was no thread's either: the group kept the pid from being reused.
+    const leaderless = [...leaderlessGroups(tree).keys()];
+    for (const g of leaderless) {
+      const th = tasks.find((t) => t.threads.some((x) => x.tid === g));
+      if (th) throw new FerryError('EIMAGE', `image ${label}: process group ${g} has no leader in the tree, yet ${g} is a thread of pid ${th.pid}`);
+    }
     if (!o.makeRoot) {
       for (const p of tree.processes) await assertPidFree(p.pid);
       for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
+      for (const g of leaderless) await assertPidFree(g, undefined, `pid ${g} (the id of process group ${g}, whose leader had exited)`);
       // A group led from outside the tree is there to join again (createTree joins it).
       outside = outsideGroups(tree);
     }
@@ -473,9 +481,9 @@ function signalName(n: number): string {
 
 /**
  * Throws unless `pid` is free; a zombie holding it gets a moment to be reaped by its parent.
- * `threadOf`: it is a thread ID of that process.
+ * `threadOf`: it is a thread ID of that process; `what`: what the pid is, for the message.
  */
-async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
+async function assertPidFree(pid: number, threadOf?: number, what?: string): Promise<void> {
   for (const end = Date.now() + 2000; Date.now() < end; await new Promise((r) => setTimeout(r, 10))) {
     let state = '';
     try {
@@ -490,8 +498,8 @@ async function assertPidFree(pid: number, threadOf?: number): Promise<void> {
   try {
     comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
   } catch { /* gone meanwhile */ }
-  const what = threadOf === undefined ? `pid ${pid}` : `thread id ${pid} (of pid ${threadOf})`;
-  throw new FerryError('EPIDINUSE', `${what} is in use by another process (${comm}): stop it, or restore elsewhere`, { pid });
+  const who = what ?? (threadOf === undefined ? `pid ${pid}` : `thread id ${pid} (of pid ${threadOf})`);
+  throw new FerryError('EPIDINUSE', `${who} is in use by another process (${comm}): stop it, or restore elsewhere`, { pid });
 }
 
 /**

@@ -9,7 +9,9 @@
  * and is seized there. Parents come before children in tree.json, so a parent always exists
  * first. Sessions: a session leader calls setsid() right after it is created, before it forks
  * children, which inherit the session. Groups: once every process exists, group leaders call
- * setpgid(0, 0), then members join their group. A process that shared a descriptor table or fs
+ * setpgid(0, 0), then members join their group; a group whose leader had exited is made around a
+ * short-lived process with its id, forked by a member, which exits once the members joined
+ * (leaderlessGroups). A process that shared a descriptor table or fs
  * struct (clone(2) CLONE_FILES, CLONE_FS) is forked with the same flags by its parent holding
  * them, or by a sibling holding them with CLONE_PARENT too (image/sharing.ts), so they share
  * them again; the table is filled once, by the first process holding it. Zombies are created
@@ -42,6 +44,8 @@ const SIGCHLD = 17;
  */
 const CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_PARENT = 0x8000;
 const CLONE_ARGS_SIZE = 88;
+/** wait4(2) options: do not block; children of any exit signal (a helper has none). */
+const WNOHANG = 1, WALL = 0x40000000;
 const RLIMIT_CORE = 4;
 
 /** The created tree: a stopped, traced stub per live process. */
@@ -175,7 +179,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         giveBack?.();
       }
     }
-    setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree));
+    setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree), put, adopted === undefined);
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {
     created.destroy();
@@ -209,14 +213,15 @@ function belowStack(t: Tracee, data: Buffer): bigint {
  * child, and `home` its parent, whose child it becomes. `hostIds`: the tree is in ferry's own
  * pid namespace, so clone3's answer is ferry's id of the child too.
  */
-function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => bigint, hostIds: boolean, flags = 0, home = parent): Tracee {
+function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => bigint, hostIds: boolean, flags = 0, home = parent,
+  exitSignal = SIGCHLD): Tracee {
   const n = native();
   // clone_args with the set_tid array right behind it.
   const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
   args.writeBigUInt64LE(BigInt(flags), 0);
   // exit_signal; with CLONE_PARENT clone3 takes none (EINVAL): the child gets its forker's,
   // SIGCHLD, as its sibling's own.
-  args.writeBigUInt64LE((flags & CLONE_PARENT) !== 0 ? 0n : BigInt(SIGCHLD), 32);
+  args.writeBigUInt64LE((flags & CLONE_PARENT) !== 0 ? 0n : BigInt(exitSignal), 32);
   args.writeBigUInt64LE(1n, 72); // set_tid_size
   args.writeBigUInt64LE(BigInt(pid), CLONE_ARGS_SIZE);
   const argsAt = put(args);
@@ -313,7 +318,7 @@ export function outsideGroups(tree: TreeRecord): Set<number> {
   const rootRec = tree.processes[0]!;
   const mine = parseStat(readProcText(process.pid, 'stat')).session;
   const joined = new Set<number>();
-  const checked = new Set<number>();
+  const checked = new Set(leaderlessGroups(tree).keys()); // made again, not joined
   for (const p of tree.processes) {
     if (p.pgid === 0 || inTree.has(p.pgid) || checked.has(p.pgid)) continue;
     checked.add(p.pgid);
@@ -330,24 +335,83 @@ export function outsideGroups(tree: TreeRecord): Set<number> {
 }
 
 /**
+ * Process groups of a session the tree leads whose leader is not in the tree, by group id,
+ * each with the member that makes it again (the first listed: a live one if any). The leader
+ * had exited (dump/tree.ts checkGroups refuses one alive outside the tree): the group lived
+ * on in its members, its id a pid no process had and none could take. Such a session is made
+ * anew by the restore, so the group is made anew in it too (setGroups).
+ */
+export function leaderlessGroups(tree: TreeRecord): Map<number, ProcessRecord> {
+  const inTree = new Set(tree.processes.map((p) => p.pid));
+  const out = new Map<number, ProcessRecord>();
+  for (const p of tree.processes) {
+    if (p.pgid === 0 || inTree.has(p.pgid) || !inTree.has(p.sid)) continue;
+    const first = out.get(p.pgid);
+    if (first === undefined || (first.zombie !== null && p.zombie === null)) out.set(p.pgid, p);
+  }
+  return out;
+}
+
+/**
  * Group leaders first, then members, so every group exists when it is joined; `outside`: the
  * groups led from outside the tree to join again (outsideGroups), else the root's group.
+ *
+ * A group whose leader had exited (leaderlessGroups) needs a process with its id to exist
+ * when it is made and joined (setpgid(2) takes an existing group, or makes the caller's own):
+ * one of its members forks a helper with that pid (clone3 set_tid, no exit signal, in the
+ * member's session and so the group's), which makes the group (setpgid(0, 0)); once the
+ * members joined, it exits and its parent reaps it (wait4, __WALL), leaving the group to its
+ * members as the original leader did. Until then it is one of `created`'s stubs, so a failure
+ * kills and collects it with the tree.
  */
-function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<number>): void {
+function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<number>,
+  put: (pid: number, t: Tracee) => (data: Buffer) => bigint, hostIds: boolean): void {
+  const n = native();
   const inTree = new Set(tree.processes.map((p) => p.pid));
   const root = created.stubs.get(tree.root)!;
   const rootGroup = groupOf(root).pgid;
-  const target = (p: ProcessRecord): number => (inTree.has(p.pgid) || outside.has(p.pgid) ? p.pgid : rootGroup);
+  const orphans = leaderlessGroups(tree);
+  const target = (p: ProcessRecord): number => (inTree.has(p.pgid) || outside.has(p.pgid) || orphans.has(p.pgid) ? p.pgid : rootGroup);
   const leaders = tree.processes.filter((p) => p.pgid === p.pid && p.sid !== p.pid);
   const members = tree.processes.filter((p) => p.pgid !== p.pid);
-  for (const p of [...leaders, ...members]) {
+  const join = (t: Tracee, pid: number, pgid: number): void => {
+    try {
+      t.syscall(SYS.setpgid, 0, pgid);
+    } catch (err) {
+      throw new FerryError('ESTATE', `cannot put pid ${pid} into process group ${pgid || pid}: ${describeCause(err)}`, { cause: err, pid });
+    }
+  };
+  for (const p of leaders) if (groupOf(created.stubs.get(p.pid)!).pgid !== p.pid) join(created.stubs.get(p.pid)!, p.pid, 0);
+  // Helpers are keyed by their group id, which no process of the tree has.
+  const helpers: Array<{ pgid: number; by: ProcessRecord; t: Tracee }> = [];
+  for (const [pgid, by] of orphans) {
+    const parent = created.stubs.get(by.pid)!;
+    const t = fork(parent, pgid, by.pid, put(by.pid, parent), hostIds, 0, parent, 0);
+    created.stubs.set(pgid, t);
+    helpers.push({ pgid, by, t });
+    join(t, pgid, 0);
+  }
+  for (const p of members) {
     const t = created.stubs.get(p.pid)!;
     const want = target(p);
-    if (groupOf(t).pgid === want) continue;
-    try {
-      t.syscall(SYS.setpgid, 0, p.pgid === p.pid ? 0 : want);
-    } catch (err) {
-      throw new FerryError('ESTATE', `cannot put pid ${p.pid} into process group ${want}: ${describeCause(err)}`, { cause: err });
+    if (groupOf(t).pgid !== want) join(t, p.pid, want);
+  }
+  if (helpers.length > 0) faultPointSync('grouped');
+  for (const { pgid, by, t } of helpers) {
+    // exit_group(0) at the gadget, untraced (a traced child's exit goes to its tracer first).
+    const regs = decodeRegs(n.getRegs(t.tid));
+    regs.rip = t.gadget;
+    regs.rax = BigInt(SYS.exit_group);
+    regs.orig_rax = -1n;
+    regs.rdi = 0n;
+    n.setRegs(t.tid, encodeRegs(regs));
+    created.stubs.delete(pgid);
+    n.detach(t.tid, 0);
+    t.close();
+    waitZombie(t.pid);
+    const r = created.stubs.get(by.pid)!.trySyscall(SYS.wait4, pgid, 0, WNOHANG | WALL, 0);
+    if (r !== BigInt(pgid)) {
+      throw new FerryError('ESPAWN', `the process holding id ${pgid} for process group ${pgid} was not reaped by pid ${by.pid} (wait4: ${r})`, { pid: by.pid });
     }
   }
 }

@@ -327,6 +327,16 @@ export function validateTree(v: unknown, root: number, tasks: readonly number[])
     }
     seen.set(p.pid, p);
   }
+  // A process group is in one session (setpgid(2) joins only a group of the caller's own):
+  // restore makes a group whose leader had exited in its members' session (restore/tree.ts
+  // leaderlessGroups), so they must agree on it.
+  const sessionOf = new Map<number, number>();
+  for (const p of tree.processes) {
+    if (p.pgid === 0) continue;
+    const sid = sessionOf.get(p.pgid) ?? p.sid;
+    if (sid !== p.sid) fail(where, `pid ${p.pid} is in process group ${p.pgid} of session ${p.sid}, another member of it in session ${sid}`);
+    sessionOf.set(p.pgid, sid);
+  }
   const live = tree.processes.filter((p) => p.zombie === null).map((p) => p.pid);
   if (live.length !== tasks.length || live.some((p, i) => p !== tasks[i])) fail(where, 'its live processes differ from the manifest\'s tasks');
   return tree;

@@ -8,7 +8,10 @@
  * child is forked: from its parent's stub (memcheck tree) and from its rebuilt parent, whose
  * pages it inherits (memcheck cow), and with CLONE_FILES | CLONE_FS from a parent whose
  * descriptor table and fs struct it shares (sharetables both); and (FERRY_TEST_PAUSE_AT=lent)
- * the rebuilt parent holding the pages its children lend through it, before they are forked.
+ * the rebuilt parent holding the pages its children lend through it, before they are forked;
+ * (FERRY_TEST_PAUSE_AT=grouped) the helper a member forked with the id of a process group whose
+ * leader had exited, holding the group for the members that joined it: it dies with its traced
+ * parent too, and the group id is free again with the tree's pids.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -66,6 +69,29 @@ describe('fault cells: restore killed between a fork and the seize of the child,
     await whilePaused(p, ['restore', '--image', image], 'forked', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
     assert.deepEqual(p, []);
     assert.deepEqual(await pidsFree(pids, 5000), [], 'nothing of the killed restore holds the pids');
+
+    const rs = await runFerry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('orphangroup: SIGKILL at grouped, a helper holding a group id; nothing is left, a retry restores', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'orphangroup'), []);
+    const m = /ready pid=\d+ group=(\d+) members=([\d,]+)/.exec(w.text());
+    assert.ok(m, w.text());
+    const group = Number(m[1]);
+    const pids = [w.pid, ...m[2]!.split(',').map(Number)];
+    for (const pid of pids) own(pid);
+    const image = join(w.dir, 'orphans.tar');
+    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    assert.deepEqual(await pidsFree(pids), []);
+
+    const p: Problems = [];
+    await whilePaused(p, ['restore', '--image', image], 'grouped', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
+    assert.deepEqual(p, []);
+    assert.deepEqual(await pidsFree([...pids, group], 5000), [], 'nothing of the killed restore holds the pids or the group id');
 
     const rs = await runFerry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
