@@ -30,11 +30,25 @@
  * plain files here: an epoll only needs its targets to exist, and the kernel refused cycles
  * when the items were first added.
  *
- * Not kept exactly: an EPOLLONESHOT item that already fired (its events hold only the flag
- * bits) comes back armed for EPOLLERR|EPOLLHUP, which epoll_ctl always adds; an EPOLLET item
- * whose target is ready is reported once more after restore (epoll_ctl queues a ready target).
+ * An EPOLLONESHOT item that already fired keeps only its flag bits (EP_PRIVATE_BITS: EPOLLET,
+ * EPOLLONESHOT, EPOLLEXCLUSIVE, EPOLLWAKEUP) and reports nothing, not even a hangup, until
+ * EPOLL_CTL_MOD arms it again. epoll_ctl cannot make such an item (ADD and MOD always add
+ * EPOLLERR|EPOLLHUP): only its firing clears the poll bits, when epoll_wait reports it. So a
+ * fired item is added with every poll bit, reported by an injected epoll_wait(timeout 0)
+ * while the epoll is ready only for such items and level-triggered ones (their reports are
+ * repeated anyway), and fdinfo then shows it as it was. That is before this task adds the
+ * epoll's other items, and only if no process restored before added an edge-triggered or an
+ * armed one-shot item to it (the wait would use up its event). The target must be ready for
+ * something (a connected socket is writable, a pipe with data readable, one without writers
+ * hung up).
+ *
+ * Not kept exactly: a fired one-shot item whose target is ready for nothing (an empty pipe
+ * with a writer, a listening socket with no connection waiting), that is detached, or that is
+ * added after an edge-triggered or armed one-shot item of a shared epoll, comes back armed for
+ * EPOLLERR|EPOLLHUP; an EPOLLET item whose target is ready is reported once more after
+ * restore (epoll_ctl queues a ready target).
  */
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, Hex } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -45,7 +59,15 @@ import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext
 
 /** kcmp(2) type comparing two descriptors' open files. */
 const KCMP_FILE = 0;
-const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_ADD = 1, EPOLL_CTL_MOD = 3;
+const EPOLLERR = 0x8, EPOLLHUP = 0x10, EPOLLEXCLUSIVE = 1 << 28, EPOLLWAKEUP = 1 << 29, EPOLLONESHOT = 1 << 30, EPOLLET = 2 ** 31;
+/** EP_PRIVATE_BITS (fs/eventpoll.c): what a fired one-shot item's events keep. */
+const PRIVATE_BITS = EPOLLWAKEUP + EPOLLONESHOT + EPOLLET + EPOLLEXCLUSIVE;
+/**
+ * Every poll bit an item may ask for besides EPOLLERR|EPOLLHUP: IN, PRI, OUT, RDNORM, RDBAND,
+ * WRNORM, WRBAND, MSG, RDHUP.
+ */
+const ALL_POLL = 0x27c7;
 /** sizeof(struct epoll_event) on x86-64: packed { u32 events; u64 data; }. */
 const EPOLL_EVENT_SIZE = 12;
 /** Items added per batch of injected syscalls (their events fill one scratch allocation). */
@@ -219,6 +241,12 @@ function addItems(rec: EventpollRecord, task: TaskContext): void {
     }
     if (same) todo.push(i);
   });
+  // Fired one-shot items first, while the epoll is ready for nothing a wait could spoil.
+  const fired = todo.filter((i) => isFired(rec.targets[i]!.events));
+  if (fired.length > 0 && [...added].every((i) => !spoiledByWait(rec.targets[i]!.events))) {
+    addFired(rec, task, fired, added.size);
+    for (const i of fired) added.add(i);
+  }
   // Detached items: through the task's own descriptor of the file, put at the item's number.
   rec.targets.forEach((t, i) => {
     if (added.has(i) || todo.includes(i) || t.detached !== true) return;
@@ -227,20 +255,78 @@ function addItems(rec: EventpollRecord, task: TaskContext): void {
     addDetached(task, t, src);
     added.add(i);
   });
-  for (let start = 0; start < todo.length; start += BATCH) {
-    const chunk = todo.slice(start, start + BATCH);
+  addBatches(rec, task, todo.filter((i) => !added.has(i)), (t) => t.events);
+  for (const i of todo) added.add(i);
+}
+
+/**
+ * Adds (EPOLL_CTL_ADD) or sets (EPOLL_CTL_MOD) items `which` (indices of `rec.targets`, held
+ * by the task at their numbers) with `events`.
+ */
+function addBatches(rec: EventpollRecord, task: TaskContext, which: readonly number[], events: (t: EpollTarget) => number,
+  op = EPOLL_CTL_ADD): void {
+  for (let start = 0; start < which.length; start += BATCH) {
+    const chunk = which.slice(start, start + BATCH);
     task.scratch.reset();
-    const events = Buffer.alloc(chunk.length * EPOLL_EVENT_SIZE);
+    const buf = Buffer.alloc(chunk.length * EPOLL_EVENT_SIZE);
     chunk.forEach((i, k) => {
       const t = rec.targets[i]!;
-      events.writeUInt32LE(t.events >>> 0, k * EPOLL_EVENT_SIZE);
-      events.writeBigUInt64LE(BigInt(t.data), k * EPOLL_EVENT_SIZE + 4);
+      buf.writeUInt32LE(events(t) >>> 0, k * EPOLL_EVENT_SIZE);
+      buf.writeBigUInt64LE(BigInt(t.data), k * EPOLL_EVENT_SIZE + 4);
     });
-    const at = task.scratch.put(events);
+    const at = task.scratch.put(buf);
     task.tracee.syscalls(chunk.map((i, k) =>
-      [SYS.epoll_ctl, task.fd, EPOLL_CTL_ADD, rec.targets[i]!.fd, at + BigInt(k * EPOLL_EVENT_SIZE)] as const));
-    for (const i of chunk) added.add(i);
+      [SYS.epoll_ctl, task.fd, op, rec.targets[i]!.fd, at + BigInt(k * EPOLL_EVENT_SIZE)] as const));
   }
+}
+
+/** A one-shot item that fired: its events hold flag bits only (EPOLLERR|EPOLLHUP are gone too). */
+const isFired = (events: number): boolean => (events & EPOLLONESHOT) !== 0 && (events & ~PRIVATE_BITS) === 0;
+
+/**
+ * An item whose pending report a stray epoll_wait would use up: an edge-triggered one (its
+ * edge), an armed one-shot one (it would be disarmed). A level-triggered item is reported
+ * again by the next wait; a fired one-shot item reports nothing.
+ */
+const spoiledByWait = (events: number): boolean => (events & (EPOLLET | EPOLLONESHOT)) !== 0 && !isFired(events);
+
+/**
+ * Adds fired one-shot items `fired` (held by the task at their numbers) and has them fire
+ * again, so that they are left as they were: added with every poll bit (their own are not
+ * known any more, and a fired item keeps none), they are queued if their target is ready for
+ * anything; an injected epoll_wait(timeout 0) reports them, which clears their poll bits. The
+ * epoll holds `before` other items, none of which a wait spoils (addItems): the waits go on
+ * until one returns fewer events than asked, the ready list then being gone through, or until
+ * as many items as the epoll holds were asked for (level-triggered ones go back to the end of
+ * the list). An item still armed after that (its target ready for nothing) is set to its
+ * flag bits with EPOLL_CTL_MOD, which arms it for EPOLLERR|EPOLLHUP: the closest epoll_ctl
+ * allows.
+ */
+function addFired(rec: EventpollRecord, task: TaskContext, fired: readonly number[], before: number): void {
+  const tr = task.tracee;
+  addBatches(rec, task, fired, (t) => t.events | ALL_POLL);
+  const total = before + fired.length;
+  const max = Math.min(total, BATCH);
+  for (let asked = 0; asked < total; asked += max) {
+    task.scratch.reset();
+    const at = task.scratch.alloc(max * EPOLL_EVENT_SIZE);
+    if (Number(tr.syscall(SYS.epoll_wait, task.fd, at, max, 0)) < max) break;
+  }
+  // fdinfo tells which ones are still armed: every poll bit asked, EPOLLERR|EPOLLHUP added
+  // (an item of another file under the same number with just these events would pass for
+  // one: the fired item is then set as below, as it would be without this).
+  const armed = new Set<string>();
+  const fdinfo = readFileSync(`/proc/${task.pid}/fdinfo/${task.fd}`, 'utf8');
+  for (const line of fdinfo.split('\n')) {
+    if (!line.startsWith('tfd:')) continue;
+    const item = parseItem(line.slice(4));
+    if (item) armed.add(`${item.tfd} ${item.events}`);
+  }
+  const left = fired.filter((i) => {
+    const t = rec.targets[i]!;
+    return armed.has(`${t.fd} ${(t.events | ALL_POLL | EPOLLERR | EPOLLHUP) >>> 0}`);
+  });
+  addBatches(rec, task, left, (t) => t.events, EPOLL_CTL_MOD);
 }
 
 const F_DUPFD_CLOEXEC = 1030, F_GETFD = 1, FD_CLOEXEC = 1, O_CLOEXEC_DUP3 = 0o2000000;

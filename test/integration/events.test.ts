@@ -1,6 +1,7 @@
 /**
  * epoll, inotify and fanotify through bin/ferry: build/workloads/events holds nested, shared,
- * edge-triggered, one-shot and exclusive epoll items, inotify watches with chosen descriptors
+ * edge-triggered (one with an edge pending), one-shot (armed, and fired: reporting nothing
+ * until EPOLL_CTL_MOD), exclusive and EPOLLWAKEUP epoll items, inotify watches with chosen descriptors
  * (one above 0x34d71d6) and fanotify inode, mount and filesystem marks, and checks them itself
  * after restore. What cannot be restored is refused with the process left running.
  */

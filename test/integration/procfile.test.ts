@@ -1,7 +1,8 @@
 /**
  * Files under /proc/PID/ held open, through bin/ferry: build/workloads/procfds holds its own
- * /proc/self/stat (past its start), its child's status, its main thread's comm, its /proc
- * directory and /proc/1/stat; after restore it checks each names the same (restored) process.
+ * /proc/self/stat (past its start), its child's status and maps, its main thread's comm, its
+ * /proc directory and /proc/1/stat, and its child its own /proc/self/stat; after restore each
+ * checks they name the same (restored) process (the maps its restored address space).
  */
 import assert from 'node:assert/strict';
 
