@@ -46,7 +46,7 @@ import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
-import { pendingSignals, readInjectedState, readMm, readPaths, readThread, syscallGadget } from './task-state.js';
+import { pendingSignals, readInjectedState, readMm, readPaths, readThread, readThreadFs, syscallGadget } from './task-state.js';
 import { SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
@@ -208,6 +208,9 @@ function dumpTask(p: FrozenProcess, rootBase: { path: string; container: boolean
     for (const t of tracees) t.gadget = gadget;
     const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
     const threads = tids.map((tid) => readThread(pid, tid, n.getSigmask(tid), injected.threads.get(tid)!));
+    // A thread with a root, working directory and umask of its own (unshare(2) of CLONE_FS).
+    const ownFs = new Set(p.ownFs);
+    for (const th of threads) if (ownFs.has(th.record.tid)) th.record.fs = readThreadFs(pid, th.record.tid, rootBase);
     // Pages still shared copy-on-write with the parent are recorded, not stored (image/cow.ts).
     const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
     const paths = readPaths(pid);

@@ -21,16 +21,18 @@ const DELETED = ' (deleted)';
 
 /**
  * The root directory of `pid` to record, or undefined when it is the tree's own (`base`: `/`
- * for a plain tree, the container's root for a container's).
+ * for a plain tree, the container's root for a container's). With `tid`: that thread's, one
+ * with an fs struct of its own (ThreadRecord.fs).
  */
-export function readRootDir(pid: number, base: string, container: boolean): { root: string; rootDeleted?: RemovedDirRecord } | undefined {
-  const root = readProcLink(pid, 'root');
+export function readRootDir(pid: number, base: string, container: boolean, tid?: number): { root: string; rootDeleted?: RemovedDirRecord } | undefined {
+  const link = tid === undefined ? 'root' : `task/${tid}/root`;
+  const root = readProcLink(pid, link);
   if (root === base) return undefined;
   if (container) {
-    throw new FerryError('EUNSUPPORTED', `pid ${pid}: its root directory ${root} is not its container's (${base}): a process chroot'ed inside a container cannot be checkpointed yet`, { pid });
+    throw new FerryError('EUNSUPPORTED', `${tid === undefined ? 'pid' : `thread ${tid} of pid`} ${pid}: its root directory ${root} is not its container's (${base}): a process chroot'ed inside a container cannot be checkpointed yet`, { pid });
   }
   if (!root.endsWith(DELETED)) return { root };
-  const st = statSync(`/proc/${pid}/root`, { bigint: true });
+  const st = statSync(`/proc/${pid}/${link}`, { bigint: true });
   if (st.nlink !== 0n) return { root }; // a name that ends so
   return { root: root.slice(0, -DELETED.length), rootDeleted: removedDir(st) };
 }

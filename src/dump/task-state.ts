@@ -12,7 +12,7 @@ import {
 } from '../arch/x86-64.js';
 import {
   hex, type Hex, type ItimerRecord, type MmRecord, type PendingSignal, type RemovedDirRecord, type SigactionRecord,
-  type TaskRecord, type ThreadRecord, xstateEntry,
+  type TaskRecord, type ThreadFsRecord, type ThreadRecord, xstateEntry,
 } from '../image/records.js';
 import { FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
@@ -20,9 +20,10 @@ import { parseAuxv } from '../proc/auxv.js';
 import { freeRange, type Vma } from '../proc/maps.js';
 import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
+import { parseStatus } from '../proc/status.js';
 import { readFileSync, statSync } from 'node:fs';
 import { injectedError, type Tracee } from '../task/tracee.js';
-import { removedDir } from './root-dir.js';
+import { readRootDir, removedDir } from './root-dir.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
 
@@ -328,3 +329,23 @@ export function readPaths(pid: number): { exe: string; cwd: string; cwdDeleted?:
 }
 
 const DELETED = ' (deleted)';
+
+/**
+ * The root, working directory and umask of thread `tid` of `pid`, which holds an fs struct of
+ * its own (dump/tree.ts threadsWithOwnFs): its /proc/PID/task/TID links, and the Umask of its
+ * own status (the kernel shows each thread's fs there). `base`: the tree's root directory, as
+ * for the process (root-dir.ts). A removed working or root directory of such a thread is
+ * refused: restore makes those once per process (restore/cwd.ts, root-dir.ts), not per thread.
+ */
+export function readThreadFs(pid: number, tid: number, base: { path: string; container: boolean }): ThreadFsRecord {
+  const cwd = readProcLink(pid, `task/${tid}/cwd`);
+  const root = readRootDir(pid, base.path, base.container, tid);
+  const removed = root?.rootDeleted !== undefined ? `root directory ${root.root}`
+    : cwd.endsWith(DELETED) && statSync(`/proc/${pid}/task/${tid}/cwd`, { bigint: true }).nlink === 0n ? `working directory ${cwd.slice(0, -DELETED.length)}` : undefined;
+  if (removed !== undefined) {
+    throw new FerryError('EUNSUPPORTED', `thread ${tid} of pid ${pid} has a root, working directory and umask of its own (unshare(2) of CLONE_FS) `
+      + `and its ${removed} was removed, which restore cannot rebuild yet for a thread; the process was left running`, { pid });
+  }
+  const umask = parseStatus(readProcText(pid, `task/${tid}/status`)).umask;
+  return { cwd, ...(root !== undefined ? { root: root.root } : {}), umask };
+}

@@ -12,7 +12,8 @@
  * being seized (and then released): another pid or user namespace, a tracer, a session
  * whose leader is outside the tree and is not the root's, a group of a session the tree leads
  * whose leader runs outside the tree, a descriptor table or fs struct shared in a way restore
- * cannot fork (checkSharing).
+ * cannot fork, a thread with a descriptor table of its own, a thread's own fs struct that
+ * another task shares (checkSharing).
  */
 import { readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
@@ -42,6 +43,8 @@ export interface FrozenProcess {
    */
   stopSignal: number;
   record: ProcessRecord;
+  /** Threads with a root, working directory and umask of their own (unshare(2) of CLONE_FS; checkSharing). */
+  ownFs?: number[];
 }
 
 /** The frozen tree: parents before children, the root first. */
@@ -278,7 +281,11 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
       }
     }
     checkGroups(processes.map((p) => p.record), root);
-    checkSharing(processes.filter((p) => p.tids.length > 0));
+    const ownFs = checkSharing(processes.filter((p) => p.tids.length > 0));
+    for (const p of processes) {
+      const tids = ownFs.get(p.pid);
+      if (tids !== undefined) p.ownFs = tids;
+    }
     const walked = new Set(processes.flatMap((p) => p.tids));
     const stray = [...preseized].find((tid) => !walked.has(tid));
     if (stray !== undefined) {
@@ -362,30 +369,27 @@ const KCMP_FILES = 2, KCMP_FS = 3;
  * (image/sharing.ts Forkers). What it could not fork is refused: processes sharing a table
  * that neither the parent of one of them nor a sibling of it in its session holds (the
  * parent exited and left them to a reaper), and a thread that stopped sharing its process's
- * (unshare(2)).
+ * descriptor table (unshare(2) of CLONE_FILES). A thread with an fs struct of its own is
+ * returned (threadsWithOwnFs), by process: its fs is recorded with it (ThreadRecord.fs).
  */
-export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids' | 'record'>[]): void {
+export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids' | 'record'>[]): Map<number, number[]> {
   const n = native();
+  for (const p of procs) {
+    const own = p.tids.slice(1).find((tid) => n.kcmp(p.pid, tid, KCMP_FILES, 0, 0) !== 0);
+    if (own !== undefined) {
+      throw new FerryError('EUNSUPPORTED', `thread ${own} of pid ${p.pid} has a descriptor table of its own (unshare(2) of CLONE_FILES), `
+        + 'which restore cannot rebuild yet; the process was left running', { pid: p.pid });
+    }
+  }
+  const ownFs = threadsWithOwnFs(procs);
+  if (procs.length < 2) return ownFs;
   const kinds = [
     [KCMP_FILES, 'descriptor table', 'CLONE_FILES', 'sharesFiles'],
     [KCMP_FS, 'root, working directory and umask', 'CLONE_FS', 'sharesFs'],
   ] as const;
-  for (const [type, what, flag] of kinds) {
-    for (const p of procs) {
-      const own = p.tids.slice(1).find((tid) => n.kcmp(p.pid, tid, type, 0, 0) !== 0);
-      if (own !== undefined) {
-        throw new FerryError('EUNSUPPORTED', `thread ${own} of pid ${p.pid} has a ${what} of its own (unshare(2) of ${flag}), `
-          + 'which restore cannot rebuild yet; the process was left running', { pid: p.pid });
-      }
-    }
-  }
-  if (procs.length < 2) return;
   const rank = new Map(procs.map((p, i) => [p.pid, i]));
   for (const [type, , , field] of kinds) {
-    const order = (a: number, b: number): number => {
-      const r = n.kcmp(a, b, type, 0, 0);
-      return r === 0 ? 0 : r === 1 ? -1 : 1; // kcmp: 1 means a orders first, 2 after
-    };
+    const order = kcmpOrder(type);
     const sorted = procs.map((p) => p.pid).sort(order);
     for (let start = 0; start < sorted.length;) {
       let end = start + 1;
@@ -405,4 +409,45 @@ export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids' 
         + `parent ${r.ppid} of ${r.pid} nor a sibling in its session shares with it, which restore cannot rebuild yet; the tree was left running`, { pid: r.pid });
     }
   }
+  return ownFs;
+}
+
+/** Sorts tasks by the kernel object of kcmp(2) type `type` they hold: the same one compares equal. */
+const kcmpOrder = (type: number) => (a: number, b: number): number => {
+  const r = native().kcmp(a, b, type, 0, 0);
+  return r === 0 ? 0 : r === 1 ? -1 : 1; // kcmp: 1 means a orders first, 2 after
+};
+
+/**
+ * The threads holding an fs struct (root, working directory, umask) other than their leader's,
+ * by process: each unshare(2)d CLONE_FS (or its leader did, and it is the one thread left on
+ * the old one). Restore makes each unshare its own again, so one it shares with another task
+ * is refused: a thread it made with CLONE_FS, or a process cloned from it so, would come back
+ * with a copy, no longer moving with it. One sort of the leaders and those threads by their fs
+ * struct (kcmp(2)) finds them, a neighbour each.
+ */
+function threadsWithOwnFs(procs: readonly Pick<FrozenProcess, 'pid' | 'tids'>[]): Map<number, number[]> {
+  const n = native();
+  const out = new Map<number, number[]>();
+  const processOf = new Map<number, number>();
+  for (const p of procs) {
+    const own = p.tids.slice(1).filter((tid) => n.kcmp(p.pid, tid, KCMP_FS, 0, 0) !== 0);
+    if (own.length === 0) continue;
+    out.set(p.pid, own);
+    for (const tid of own) processOf.set(tid, p.pid);
+  }
+  if (out.size === 0) return out;
+  const order = kcmpOrder(KCMP_FS);
+  const sorted = [...procs.map((p) => p.pid), ...processOf.keys()].sort(order);
+  for (let i = 0; i + 1 < sorted.length; i++) {
+    const [a, b] = [sorted[i]!, sorted[i + 1]!];
+    if (order(a, b) !== 0) continue;
+    const tid = processOf.has(a) ? a : processOf.has(b) ? b : undefined;
+    if (tid === undefined) continue; // two processes sharing one: checkSharing's
+    const other = tid === a ? b : a;
+    const who = processOf.has(other) ? `thread ${other} of pid ${processOf.get(other)!}` : `pid ${other}`;
+    throw new FerryError('EUNSUPPORTED', `thread ${tid} of pid ${processOf.get(tid)!} has a root, working directory and umask of its own `
+      + `(unshare(2) of CLONE_FS) that ${who} shares, which restore cannot rebuild yet; the tree was left running`, { pid: processOf.get(tid)! });
+  }
+  return out;
 }

@@ -102,6 +102,24 @@ export interface ThreadRecord {
   comm: string;
   /** Signals queued for this thread only (siginfo_t, 128 bytes, base64), oldest first. */
   pending: PendingSignal[];
+  /**
+   * The thread has a root, working directory and umask of its own, not its process's (it
+   * called unshare(2) with CLONE_FS): never the leader's. Absent: it shares its process's.
+   */
+  fs?: ThreadFsRecord;
+}
+
+/**
+ * A thread's own fs struct (ThreadRecord.fs, dump/task-state.ts readThreadFs): restore makes
+ * the thread unshare(2) CLONE_FS again, then chdir, chroot and umask as recorded
+ * (restore/task-state.ts). Neither directory was removed: the checkpoint refuses that.
+ */
+export interface ThreadFsRecord {
+  /** The working directory, as ferry saw it (an absolute path on the host), like TaskRecord.cwd. */
+  cwd: string;
+  /** The root directory when it is not the tree's own (`/`, or a container's), like TaskRecord.root. */
+  root?: string;
+  umask: number;
 }
 
 /** A queued signal with its whole siginfo (sigqueue payloads included). */

@@ -46,7 +46,7 @@ import { checkSocketPrivilege } from './socket-privilege.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
 import { checkAuditTrust, restoreLoginuid } from './audit.js';
-import { checkRootTrust, enterRootDir, planRemovedRoots, RemovedRoots } from './root-dir.js';
+import { checkRootTrust, enterRootDir, enterThreadRootDirs, planRemovedRoots, RemovedRoots } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, leaderlessGroups, outsideGroups, type CreatedTree } from './tree.js';
 import { atFork, checkInherited, inherits, keptAreas, lendPages } from './cow.js';
@@ -536,6 +536,7 @@ function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles,
   lazy?.makeUffd(t, task.pid); // while the stub is still root
   if (!tableShared) restoreOwners(t, as.scratch, task.pid, task.fds, files);
   enterRootDir(t, as, task, fsShared, removedRoots); // after the last host path, before the credentials
+  enterThreadRootDirs(created.threads.get(task.pid)!, as, task); // likewise, a thread's own
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
 }

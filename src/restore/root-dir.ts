@@ -31,7 +31,7 @@ import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { openIn, withRemovedDir, type ConfinedRoot } from '../files/confined.js';
-import { big, type RemovedDirRecord, type TaskRecord } from '../image/records.js';
+import { big, type RemovedDirRecord, type TaskRecord, type ThreadCredsRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
 import type { Tracee } from '../task/tracee.js';
@@ -45,16 +45,19 @@ const O_NOFOLLOW = 0o400000;
  * and (EIMAGE) any root in a container's image (`container`): checkpoint records none there.
  */
 export function checkRootTrust(image: string, tasks: readonly TaskRecord[], trusted: boolean, container: boolean): void {
-  const inContainer = container ? tasks.find((t) => t.root !== undefined) : undefined;
+  const inContainer = container ? tasks.find((t) => t.root !== undefined || t.threads.some((th) => th.fs?.root !== undefined)) : undefined;
   if (inContainer !== undefined) {
-    throw new FerryError('EIMAGE', `image ${image}: pid ${inContainer.pid} of a container's image has a root directory of its own (task.json root), which a checkpoint never records there: refused (an edited image); nothing was restored`, { pid: inContainer.pid });
+    throw new FerryError('EIMAGE', `image ${image}: pid ${inContainer.pid} of a container's image has a root directory of its own (task.json root, or a thread's fs.root), which a checkpoint never records there: refused (an edited image); nothing was restored`, { pid: inContainer.pid });
   }
   if (trusted) return;
+  const unable = (th: ThreadCredsRecord): boolean => !th.noNewPrivs && ((big(th.caps.effective) >> CAP_SYS_CHROOT) & 1n) === 0n;
   for (const task of tasks) {
-    if (task.root === undefined) continue;
-    const unable = task.creds.threads.find((th) => !th.noNewPrivs && ((big(th.caps.effective) >> CAP_SYS_CHROOT) & 1n) === 0n);
-    if (unable === undefined) continue;
-    throw new FerryError('EPRIVILEGE', `image ${image}: pid ${task.pid} (${task.comm}) would be restored chroot'ed into ${task.root}, which its thread ${unable.tid} `
+    // The process's root is every thread's but those with an fs of their own; theirs is theirs.
+    const chroots = task.threads.map((th, i) => ({ own: th.fs !== undefined, root: th.fs !== undefined ? th.fs.root : task.root, creds: task.creds.threads[i]! }));
+    const bad = chroots.find((c) => c.root !== undefined && unable(c.creds));
+    if (bad === undefined) continue;
+    const what = bad.own ? `with its thread ${bad.creds.tid} chroot'ed into ${bad.root!}, which that thread` : `chroot'ed into ${bad.root!}, which its thread ${bad.creds.tid}`;
+    throw new FerryError('EPRIVILEGE', `image ${image}: pid ${task.pid} (${task.comm}) would be restored ${what} `
       + 'could not do itself (no CAP_SYS_CHROOT, no no_new_privs), and only an image a trusted key signed may give: sign it and restore with --trust; nothing was restored', { pid: task.pid });
   }
 }
@@ -170,6 +173,23 @@ export class RemovedRoots {
     for (const fd of this.held.values()) native().closeFd(fd);
     this.held.clear();
   }
+}
+
+/**
+ * Puts each thread of a rebuilt process that has a root directory of its own (ThreadRecord.fs,
+ * unshared in createThreads) into it: as the process's, after the last host path, before the
+ * credentials. `threads`: the process's other threads, in the image's order.
+ */
+export function enterThreadRootDirs(threads: readonly Tracee[], as: AddressSpace, task: TaskRecord): void {
+  task.threads.slice(1).forEach((th, i) => {
+    if (th.fs?.root === undefined) return;
+    as.scratch.reset();
+    const r = threads[i]!.trySyscall(SYS.chroot, as.scratch.putString(th.fs.root));
+    if (r < 0n) {
+      const name = Object.entries(osConstants.errno).find(([, v]) => v === Number(-r))?.[0] ?? `errno ${-r}`;
+      throw new FerryError('ESTATE', `cannot put thread ${th.tid} of pid ${task.pid} back into its own root directory ${th.fs.root}: chroot failed with ${name}; make that directory exist as it was`, { pid: task.pid });
+    }
+  });
 }
 
 /**

@@ -5,12 +5,13 @@
  * mask, set right before the task is let go.
  */
 import { readdirSync, readFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import {
   decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, MEMBARRIER_REGISTRATIONS, NSIG, PR_SET_NAME, PR_SET_THP_DISABLE,
   inRestartableSyscall, planSyscallRestart, REG_NAMES, SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
-import { big, type PendingSignal, type TaskRecord, type ThreadRecord } from '../image/records.js';
+import { big, type PendingSignal, type TaskRecord, type ThreadFsRecord, type ThreadRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
@@ -231,6 +232,7 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
       out.push(t);
       as.scratch.reset();
       t.syscalls([[SYS.prctl, PR_SET_NAME, as.scratch.putString(th.comm), 0, 0, 0], ...threadCalls(as, th)]);
+      if (th.fs) restoreThreadFs(t, as, task, th, th.fs);
       rebuildRestartBlock(t, th);
     }
   } catch (err) {
@@ -248,6 +250,30 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
   }
   return out;
 }
+
+/**
+ * Gives a new thread the root, working directory and umask of its own it had (ThreadRecord.fs):
+ * made with CLONE_FS, it shares its process's fs struct, whose working directory and umask
+ * are back already (restoreTaskState); unshare(2) of CLONE_FS gives it a copy, then it
+ * chdirs, as its process did, to the host path recorded (its process is not chroot'ed yet:
+ * enterRootDir, and the thread's own root, enterThreadRootDirs, come after the last host path)
+ * and sets its umask. The process's later chroot moves only the fs struct it keeps.
+ */
+function restoreThreadFs(t: Tracee, as: AddressSpace, task: TaskRecord, th: ThreadRecord, fs: ThreadFsRecord): void {
+  as.scratch.reset();
+  const calls: Array<[number, ...Array<bigint | number>]> = [[SYS.unshare, CLONE_FS], [SYS.chdir, as.scratch.putString(fs.cwd)], [SYS.umask, fs.umask]];
+  // Guarded: a chdir after a failed unshare would move the whole process.
+  const r = t.trySyscalls(calls, { guard: 2 });
+  const failed = [...r].findIndex((x, i) => i < 2 && x < 0n);
+  if (failed >= 0) {
+    const name = Object.entries(osConstants.errno).find(([, v]) => v === Number(-r[failed]!))?.[0] ?? `errno ${-r[failed]!}`;
+    throw new FerryError('ESTATE', failed === 0
+      ? `cannot give thread ${th.tid} of pid ${task.pid} its own root, working directory and umask again: unshare(CLONE_FS) failed with ${name}`
+      : `cannot put thread ${th.tid} of pid ${task.pid} back into its own working directory ${fs.cwd}: chdir failed with ${name}; make that directory exist as it was`, { pid: task.pid });
+  }
+}
+
+const CLONE_FS = 0x200;
 
 /**
  * The one entry of directory `dir` (/proc/PID/task, or a children list) that `known` lacks:

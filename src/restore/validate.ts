@@ -152,6 +152,9 @@ const thread = record({
   tidAddress: hex,
   comm: str(64),
   pending: list(pending, 1_000_000),
+}, {
+  // A thread's own root, working directory and umask (unshare(2) of CLONE_FS), as the task's.
+  fs: record({ cwd: absPath, umask: int(0, 0o777) }, { root: absPath }),
 });
 /** A device or inode number as stat(2) gives it, in decimal. */
 const id64: Check = (v, at) => (typeof v === 'string' && /^\d{1,20}$/.test(v) ? undefined : must(at, 'a string of at most 20 decimal digits', v));
@@ -219,6 +222,7 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
     fail(where, `membarrier must hold only MEMBARRIER_CMD_REGISTER_* commands (0x${MEMBARRIER_REGISTRATIONS.toString(16)}), is 0x${t.membarrier.toString(16)}`);
   }
   if (t.threads[0]!.tid !== pid) fail(where, `threads[0].tid is ${t.threads[0]!.tid}: the first thread must be the leader, ${pid}`);
+  if (t.threads[0]!.fs !== undefined) fail(where, 'threads[0].fs is there: the leader\'s root, working directory and umask are the process\'s (cwd, root, umask)');
   const tids = new Set<number>();
   for (const [i, th] of t.threads.entries()) {
     if (tids.has(th.tid)) fail(where, `threads[${i}].tid ${th.tid} is listed twice`);

@@ -1,13 +1,16 @@
 /**
  * Multi-threaded processes: every thread comes back with its TID, registers, mask, altstack,
- * name and TLS, and threads parked in futex, nanosleep and poll waits go on.
+ * name and TLS, and threads parked in futex, nanosleep and poll waits go on; a thread with a
+ * root, working directory and umask of its own (unshare(2) of CLONE_FS) comes back with them.
  */
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, cycleThrough, ferry, procState, startWorkload, verify } from '../helpers/processes.js';
+import { editImage, json } from '../helpers/images.js';
+import { cleanup, cycleThrough, ferry, own, procState, startWorkload, stubs, verify } from '../helpers/processes.js';
+import type { TaskRecord } from '../../src/image/records.js';
 
 after(cleanup);
 
@@ -38,4 +41,82 @@ describe('threads', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
     }
     assert.equal(await verify(w), 'PASS');
   });
+});
+
+/** The working directory, root and umask of thread `tid` of `pid`, as /proc shows them. */
+function fsOf(pid: number, tid: number): { cwd: string; root: string; umask: string } {
+  const umask = /^Umask:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'))?.[1] ?? '?';
+  return { cwd: readlinkSync(`/proc/${pid}/task/${tid}/cwd`), root: readlinkSync(`/proc/${pid}/task/${tid}/root`), umask };
+}
+
+describe('a thread with a root, working directory and umask of its own', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
+  // leader: the main thread unshare(2)d, the other one kept the fs struct they shared.
+  for (const mode of ['cwd', 'chroot', 'leader']) {
+    it(`${mode}: survives two cycles with them, its process with its own`, async () => {
+      const w = await startWorkload(join(WORKLOADS, 'threadfs'), mode === 'cwd' ? [] : [mode]);
+      const [leader, thread] = tids(w.pid);
+      const want = { leader: fsOf(w.pid, leader!), thread: fsOf(w.pid, thread!) };
+      assert.deepEqual(want.leader, { cwd: join(w.dir, 'a'), root: '/', umask: '0022' });
+      assert.deepEqual(want.thread, { cwd: join(w.dir, 'b'), root: mode === 'chroot' ? join(w.dir, 'b') : '/', umask: '0077' });
+      const image = join(w.dir, 'threadfs.tar');
+      for (let i = 0; i < 2; i++) {
+        await cycleThrough(w, image, i);
+        assert.deepEqual(tids(w.pid), [leader, thread], 'same thread ids');
+        assert.deepEqual({ leader: fsOf(w.pid, leader!), thread: fsOf(w.pid, thread!) }, want, `cycle ${i + 1}: each its own`);
+      }
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+
+  it('--leave-running leaves it running with them', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'threadfs'), ['chroot']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    for (const tid of tids(w.pid)) assert.equal(procState(tid).tracer, 0, `thread ${tid} not traced`);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an image giving the leader an fs of its own, or an unsigned one a thread a root it could not make, is refused with one line, nothing made', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'threadfs'), ['chroot']);
+    const image = join(w.dir, 'lr.tar');
+    assert.equal(ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']).code, 0);
+    const entry = `tasks/${w.pid}/task.json`;
+    const cases: Array<[string, (t: TaskRecord) => void, RegExp]> = [
+      ['leader.tar', (t) => { t.threads[0]!.fs = { cwd: '/', umask: 0o22 }; }, /image entry tasks\/\d+\/task\.json is invalid: threads\[0\]\.fs is there/],
+      ['root.tar', (t) => { t.creds.threads[1]!.caps.effective = '0x0'; },
+        new RegExp(`would be restored with its thread \\d+ chroot'ed into ${join(w.dir, 'b')}, which that thread could not do itself`)],
+    ];
+    for (const [name, edit, message] of cases) {
+      const edited = join(w.dir, name);
+      await editImage(image, edited, [[entry, json<TaskRecord>(edit)]]);
+      // Unsigned, so untrusted: --max-creds root lets its root process reach the check.
+      const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.match(rs.stderr, message);
+      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    }
+    assert.deepEqual(stubs(), [], 'nothing left behind');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  const refused: Array<[string, RegExp]> = [
+    ['removed', /^ferry checkpoint: thread \d+ of pid \d+ has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\) and its working directory \S+ was removed, which restore cannot rebuild yet for a thread/],
+    ['shared', /^ferry checkpoint: thread \d+ of pid \d+ has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\) that thread \d+ of pid \d+ shares, which restore cannot rebuild yet/],
+    ['child', /^ferry checkpoint: thread \d+ of pid \d+ has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\) that pid \d+ shares, which restore cannot rebuild yet/],
+  ];
+  for (const [mode, message] of refused) {
+    it(`${mode}: refused with one line; the process runs on as it was`, async () => {
+      const w = await startWorkload(join(WORKLOADS, 'threadfs'), [mode]);
+      // The child mode's child, a child of the thread: killed by cleanup() if the test fails.
+      const kids = tids(w.pid).flatMap((tid) => readFileSync(`/proc/${w.pid}/task/${tid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number));
+      kids.forEach(own);
+      assert.equal(kids.length, mode === 'child' ? 1 : 0);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+      assert.equal(cp.code, 1, cp.stderr);
+      assert.match(cp.stderr, message);
+      assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
+      for (const tid of [...tids(w.pid), ...kids]) assert.equal(procState(tid).tracer, 0, `task ${tid} not traced`);
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
 });

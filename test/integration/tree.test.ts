@@ -149,7 +149,7 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
 describe('sharing restore cannot rebuild yet', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
   const cases: Array<[string, RegExp]> = [
     ['sessions', /^ferry checkpoint: pids \d+ and \d+ share one descriptor table \(clone\(2\) with CLONE_FILES\) that neither the parent \d+ of \d+ nor a sibling in its session shares with it, which restore cannot rebuild yet/],
-    ['thread', /^ferry checkpoint: thread \d+ of pid (\d+) has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\)/],
+    ['thread', /^ferry checkpoint: thread \d+ of pid (\d+) has a descriptor table of its own \(unshare\(2\) of CLONE_FILES\)/],
   ];
   for (const [mode, message] of cases) {
     it(`${mode}: refused with one line; the tree runs on as it was`, async () => {

@@ -169,21 +169,22 @@ function task(): Record<string, unknown> {
       posix: [{ id: 0, clock: 1, notify: 'signal', thread: null, signo: 14, value: '0x0', interval: pair, remaining: pair, overrun: 0 }],
     },
     stopped: false,
-    threads: [{
-      tid: 100, regs: Object.fromEntries(REG_NAMES.map((r) => [r, '0x0'])), xstate: 'tasks/100/xstate-100.bin', sigmask: '0x0',
+    // The second thread has a root, working directory and umask of its own (unshare(CLONE_FS)).
+    threads: [100, 101].map((tid) => ({
+      tid, regs: Object.fromEntries(REG_NAMES.map((r) => [r, '0x0'])), xstate: `tasks/100/xstate-${tid}.bin`, sigmask: '0x0',
       sigaltstack: { sp: '0x0', flags: 2, size: '0x0' }, rseq: null, robustList: { head: '0x0', len: 24 }, tidAddress: '0x0',
-      comm: 'w', pending: [],
-    }],
+      comm: 'w', pending: [], ...(tid === 101 ? { fs: { cwd: '/tmp', root: '/srv', umask: 63 } } : {}),
+    })),
     fds: [{ fd: 0, file: 1, cloexec: false }],
     pagesBytes: 8192,
     creds: {
       rlimits: Array.from({ length: 16 }, () => ['0x0', '0xffffffffffffffff']), oomScoreAdj: 0, dumpable: 1, childSubreaper: false,
       seccompFilters: [{ flags: 0, program: Buffer.alloc(8).toString('base64') }],
-      threads: [{
-        tid: 100, uids: [0, 0, 0, 0], gids: [0, 0, 0, 0], groups: [], caps: Object.fromEntries(['effective', 'permitted', 'inheritable', 'bounding', 'ambient'].map((k) => [k, '0x0'])),
+      threads: [100, 101].map((tid) => ({
+        tid, uids: [0, 0, 0, 0], gids: [0, 0, 0, 0], groups: [], caps: Object.fromEntries(['effective', 'permitted', 'inheritable', 'bounding', 'ambient'].map((k) => [k, '0x0'])),
         securebits: 0, noNewPrivs: false, personality: 0, sched: { policy: 0, priority: 0, nice: 0, resetOnFork: false },
         affinity: [0], pdeathsig: 0, seccomp: [0],
-      }],
+      })),
     },
   };
 }

@@ -1,12 +1,13 @@
 /**
  * Removed root directories of an image (src/restore/root-dir.ts planRemovedRoots): one
  * directory per device and inode for every process in it, and an edited image whose processes
- * disagree about one refused before anything is made. Pure.
+ * disagree about one refused before anything is made; which roots an untrusted image may give
+ * (checkRootTrust), a thread's own too. Pure.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { TaskRecord } from '../../src/image/records.js';
-import { planRemovedRoots } from '../../src/restore/root-dir.js';
+import { checkRootTrust, planRemovedRoots } from '../../src/restore/root-dir.js';
 
 /** A task chroot'ed into the removed `root` (device 8, inode `ino`), its working directory `cwd`. */
 function task(pid: number, root: string, ino: string, cwd = root, mode = 0o751): TaskRecord {
@@ -32,5 +33,31 @@ describe('planRemovedRoots', () => {
     assert.throws(() => planRemovedRoots('img', [task(10, '/srv/jail', '5', '/tmp/x')]),
       /image img: the removed working directory "\/tmp\/x" of pid 10 is the removed root directory "\/srv\/jail" of pid 10 \(the same device and inode\) under another path/);
     assert.throws(() => planRemovedRoots('img', [task(10, '/', '5')]), /pid 10 has '\/' as a removed root directory/);
+  });
+});
+
+describe('checkRootTrust', () => {
+  /** Pid 10 with threads 10 and 11 (11 with an fs of its own, `own`), whose effective capabilities are `caps`. */
+  const threaded = (root: string | undefined, own: { cwd: string; root?: string; umask: number } | undefined, caps: [string, string]): TaskRecord => ({
+    pid: 10, comm: 'w', cwd: '/', ...(root !== undefined ? { root } : {}),
+    threads: [{ tid: 10 }, { tid: 11, ...(own ? { fs: own } : {}) }],
+    creds: { threads: caps.map((effective, i) => ({ tid: 10 + i, noNewPrivs: false, caps: { effective } })) },
+  }) as unknown as TaskRecord;
+  const CHROOT = '0x40000', NONE = '0x0';
+
+  it('a thread\'s own root is checked against that thread\'s capabilities only; a process root against every thread\'s but those with their own', () => {
+    checkRootTrust('img', [threaded(undefined, { cwd: '/srv', root: '/srv', umask: 0o77 }, [NONE, CHROOT])], false, false);
+    assert.throws(() => checkRootTrust('img', [threaded(undefined, { cwd: '/srv', root: '/srv', umask: 0o77 }, [CHROOT, NONE])], false, false),
+      /image img: pid 10 \(w\) would be restored with its thread 11 chroot'ed into \/srv, which that thread could not do itself/);
+    // Thread 11 keeps / (its own fs has no root): the process's root is thread 10's only.
+    checkRootTrust('img', [threaded('/jail', { cwd: '/', umask: 0o22 }, [CHROOT, NONE])], false, false);
+    assert.throws(() => checkRootTrust('img', [threaded('/jail', undefined, [CHROOT, NONE])], false, false),
+      /would be restored chroot'ed into \/jail, which its thread 11 could not do itself/);
+    checkRootTrust('img', [threaded('/jail', undefined, [NONE, NONE])], true, false); // trusted
+  });
+
+  it('refuses a thread\'s own root in a container\'s image', () => {
+    assert.throws(() => checkRootTrust('img', [threaded(undefined, { cwd: '/', root: '/srv', umask: 0 }, [CHROOT, CHROOT])], true, true),
+      /pid 10 of a container's image has a root directory of its own \(task\.json root, or a thread's fs\.root\)/);
   });
 });
