@@ -38,6 +38,8 @@ const REMOVED = ' (deleted)';
  */
 const REMAKEABLE: ReadonlyMap<number, string> = new Map([[3, 'null'], [5, 'zero'], [7, 'full'], [8, 'random'], [9, 'urandom']]);
 const remakeable = (maj: number, min: number): boolean => maj === 1 && REMAKEABLE.has(min);
+/** The node's name was removed: no link left (a name of its own may end in " (deleted)" too). */
+const isRemoved = (fd: FdDesc): boolean => fd.stat.nlink === 0n && fd.link.endsWith(REMOVED);
 /** What a device is opened again with: access mode and status flags (O_NOCTTY added), nothing that creates. */
 const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_NOATIME;
 
@@ -115,7 +117,7 @@ export const chrdev: FileKind<ChrdevRecord> = {
   precheck(fd: FdDesc): void {
     // A node whose name was removed is made again at restore, which only the memory devices
     // may be (see above): any other is refused, before the tree is touched.
-    if (fd.link.endsWith(REMOVED) && !remakeable(major(fd.stat.rdev), minor(fd.stat.rdev))) {
+    if (isRemoved(fd) && !remakeable(major(fd.stat.rdev), minor(fd.stat.rdev))) {
       throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a character device node `
         + `${major(fd.stat.rdev)}:${minor(fd.stat.rdev)} whose name was removed cannot be checkpointed: only removed nodes of `
         + `${[...REMAKEABLE.values()].join(', ')} (1:${[...REMAKEABLE.keys()].join(', 1:')}) can be made again; open the device by a name that stays)`);
@@ -127,7 +129,7 @@ export const chrdev: FileKind<ChrdevRecord> = {
   },
 
   dump(fd: FdDesc): Omit<ChrdevRecord, 'id' | 'kind'> {
-    const removed = fd.link.endsWith(REMOVED);
+    const removed = isRemoved(fd);
     return {
       path: removed ? fd.link.slice(0, -REMOVED.length) : fd.link,
       flags: fd.fdinfo.flags & ~O_CLOEXEC,

@@ -337,9 +337,10 @@ export function withParent<T>(root: ConfinedRoot, path: string, what: string, fn
  * Opens a node made for the moment of the open, for a record whose node was removed: `make`
  * makes it (mode 0600, root's) under `path`'s own name in its directory inside `root`, or a
  * free name beside it, written down first (transient.ts: a killed ferry's node goes with the
- * next sweep); it is opened with `flags` (never following a link) and its name removed at
- * once. `check` gets the descriptor and says what is wrong if the node was replaced meanwhile
- * (the descriptor is closed then: ECHANGED). The caller gives it its mode and owner.
+ * next sweep); it is taken (O_PATH, never following a link) and its name removed at once.
+ * `check` gets that descriptor and says what is wrong if the node was replaced meanwhile
+ * (ECHANGED); only then is it opened with `flags`, through the descriptor. The caller gives it
+ * its mode and owner.
  */
 export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: TransientKind, id: string | undefined,
   make: (dir: number, name: string) => void, flags: number, check: (fd: number) => string | undefined): number {
@@ -355,20 +356,28 @@ export function openRemovedNode(root: ConfinedRoot, path: string, what: string, 
         if (errnoCode(err) === 'EEXIST') continue;
         throw err;
       }
-      let fd: number;
+      transientMade();
+      // O_PATH first: nothing of the node runs until it is checked to be the one made (a FIFO
+      // put in its place would block an open for reading; a device's open is its driver's).
+      let held: number;
       try {
-        transientMade();
-        fd = n.openat2(dir.dir, name, flags | O_NOFOLLOW, 0, NAME_RESOLVE);
-      } finally {
-        n.unlinkat(dir.dir, name, 0);
+        held = n.openat2(dir.dir, name, O_PATH | O_NOFOLLOW, 0, NAME_RESOLVE);
+      } catch (err) {
+        try {
+          n.unlinkat(dir.dir, name, 0);
+          forget();
+        } catch { /* left in the journal: the next sweep removes it if it is still ours */ }
+        throw err;
+      }
+      try {
+        n.unlinkat(dir.dir, name, 0); // if this fails, the journal keeps the name for the sweep
         forget();
+        const why = check(held);
+        if (why !== undefined) throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${why})`);
+        return n.openRaw(`/proc/self/fd/${held}`, flags);
+      } finally {
+        n.closeFd(held);
       }
-      const why = check(fd);
-      if (why !== undefined) {
-        n.closeFd(fd);
-        throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${why})`);
-      }
-      return fd;
     }
     throw new FerryError('EEXIST', `${what}: its name ${path} and 100 others beside it are taken`);
   });
