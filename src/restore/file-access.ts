@@ -189,3 +189,40 @@ export function checkRemovedDirs(label: string,
       + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`);
   }
 }
+
+/**
+ * Throws EPRIVILEGE when a directory a process or thread is put in by path (its working
+ * directory, its root, a thread's own: restore chdirs and chroots as root, before the
+ * credentials) could not be reached by the recorded credentials of whoever is put there: the
+ * directory or one above it not searchable. Once there, it could open whatever lies below by
+ * a relative name, as a descriptor of that directory would let it, and a descriptor of one is
+ * held to this rule (checkFileAccess). Removed directories are checkRemovedDirs' (`statOf`
+ * looks paths up as restore will; one not there is for the restore to refuse).
+ */
+export function checkDirsReachable(label: string,
+  tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'threads'>[], statOf: StatOf): void {
+  for (const t of tasks) {
+    const wanted: Array<{ path: string; as: string; who: Holder; tid?: number }> = [];
+    if (!t.cwdDeleted && typeof t.cwd === 'string') wanted.push({ path: t.cwd, as: 'its working directory', who: t });
+    if (!t.rootDeleted && typeof t.root === 'string') wanted.push({ path: t.root, as: 'its root directory', who: t });
+    for (const th of t.threads ?? []) {
+      if (th.fs === undefined) continue;
+      const c = t.creds.threads.find((x) => x.tid === th.tid);
+      const who: Holder = { creds: { ...t.creds, threads: c ? [c] : [] } };
+      if (typeof th.fs.cwd === 'string') wanted.push({ path: th.fs.cwd, as: `the working directory of its thread ${th.tid}`, who, tid: th.tid });
+      if (typeof th.fs.root === 'string') wanted.push({ path: th.fs.root, as: `the root directory of its thread ${th.tid}`, who, tid: th.tid });
+    }
+    for (const { path, as, who } of wanted) {
+      if (!path.startsWith('/')) continue; // validate.ts refuses it
+      for (const d of [path, ...parents(path)]) {
+        const st = statOf(d);
+        if (!st || may(who, st, X)) continue;
+        const c = who.creds.threads[0];
+        throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) has ${JSON.stringify(path.slice(0, 256))} as ${as}, which its credentials `
+          + `(uid ${c?.uids[3] ?? '?'}, gid ${c?.gids[3] ?? '?'}, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH) could not reach: ${JSON.stringify(d.slice(0, 256))} `
+          + `is not searchable by them (owner ${st.uid}:${st.gid}, mode ${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; `
+          + 'sign the image and restore with --trust if it is genuine', { pid: t.pid, path });
+      }
+    }
+  }
+}

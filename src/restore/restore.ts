@@ -39,7 +39,7 @@ import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRe
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, type AddressSpace, type SharedObjects } from './address-space.js';
-import { checkFileAccess, checkMappedAccess, checkRemovedDirs } from './file-access.js';
+import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkRemovedDirs } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
@@ -166,6 +166,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile);
       // And files mapped shared that the task opens for writing to map them.
       checkMappedAccess(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
+      // And the directories processes and threads are put in by path.
+      checkDirsReachable(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
     }
     // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
     // now, made and joined once the processes exist. A container's are its runtime's.
