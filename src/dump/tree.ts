@@ -349,7 +349,7 @@ export function checkGroups(recs: readonly ProcessRecord[], root: number, exists
     // alive outside the tree cannot come back whole.
     if (!byPid.has(r.pgid) && r.pgid !== rootRec.pgid && byPid.has(r.sid) && exists(r.pgid)) {
       throw new FerryError('EUNSUPPORTED', `pid ${r.pid} is in process group ${r.pgid} of session ${r.sid}, which the tree leads, `
-        + `but the group is led from outside the tree (by pid ${r.pgid}, still running): restore cannot make that group again; `
+        + `but the group is led from outside the tree (by pid ${r.pgid}, which exists: running, or a zombie its parent has not reaped): restore cannot make that group again; `
         + 'checkpoint the tree of a process that holds its leader too', { pid: r.pid });
     }
   }

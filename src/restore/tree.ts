@@ -408,10 +408,11 @@ function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<
     created.stubs.delete(pgid);
     n.detach(t.tid, 0);
     t.close();
-    waitZombie(t.pid);
+    waitZombie(t.pid, `the process holding id ${pgid} for process group ${pgid}`);
     const r = created.stubs.get(by.pid)!.trySyscall(SYS.wait4, pgid, 0, WNOHANG | WALL, 0);
     if (r !== BigInt(pgid)) {
-      throw new FerryError('ESPAWN', `the process holding id ${pgid} for process group ${pgid} was not reaped by pid ${by.pid} (wait4: ${r})`, { pid: by.pid });
+      throw new FerryError('ESPAWN', `the process holding id ${pgid} for process group ${pgid} was not reaped by pid ${by.pid} (wait4: ${r}): `
+        + 'nothing was restored; retry, and report it if it persists', { pid: by.pid });
     }
   }
 }
@@ -460,13 +461,13 @@ function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[],
   }
 }
 
-/** Waits (bounded) until `pid` is a zombie. */
-function waitZombie(pid: number): void {
+/** Waits (bounded) until `pid` is a zombie; `what` it is, for the error. */
+function waitZombie(pid: number, what = `zombie ${pid}`): void {
   for (const end = Date.now() + 2000; Date.now() < end;) {
     if (parseStat(readProcText(pid, 'stat')).state === 'Z') return;
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
   }
-  throw new FerryError('ESPAWN', `zombie ${pid} did not exit with its recorded status`);
+  throw new FerryError('ESPAWN', `${what} did not exit within 2 s: nothing was restored; retry, and report it if it persists`, { pid });
 }
 
 /**

@@ -335,8 +335,15 @@ export function validateTree(v: unknown, root: number, tasks: readonly number[])
   // restore makes a group whose leader had exited in its members' session (restore/tree.ts
   // leaderlessGroups), so they must agree on it.
   const sessionOf = new Map<number, number>();
+  const listed = new Map(tree.processes.map((p) => [p.pid, p]));
   for (const p of tree.processes) {
     if (p.pgid === 0) continue;
+    // Such a group's session is one the tree leads: its `sid` names a listed session leader,
+    // not merely a listed process (else the group would be made in the caller's session).
+    const leader = listed.get(p.sid);
+    if (!listed.has(p.pgid) && leader !== undefined && leader.sid !== leader.pid) {
+      fail(where, `pid ${p.pid} is in session ${p.sid}, which pid ${p.sid} does not lead (its session is ${leader.sid})`);
+    }
     const sid = sessionOf.get(p.pgid) ?? p.sid;
     if (sid !== p.sid) fail(where, `pid ${p.pid} is in process group ${p.pgid} of session ${p.sid}, another member of it in session ${sid}`);
     sessionOf.set(p.pgid, sid);
