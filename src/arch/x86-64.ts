@@ -37,7 +37,7 @@ export const SYS = {
   rt_sigtimedwait: 128, prlimit64: 302, shmget: 29, shmat: 30, shmctl: 31,
   setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123, capset: 126, personality: 135,
   setpriority: 141, sched_setscheduler: 144, sched_getscheduler: 145, sched_setaffinity: 203, seccomp: 317,
-  rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, pidfd_getfd: 438,
+  rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, openat2: 437, pidfd_getfd: 438,
   epoll_ctl: 233, epoll_wait: 232, mlock2: 325, membarrier: 324, unshare: 272, setns: 308, mincore: 27, mlockall: 151, userfaultfd: 323,
   timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, clock_getres: 229,
 } as const;

@@ -20,14 +20,15 @@ import {
   MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PR_SET_MM, PR_SET_MM_MAP, PRCTL_MM_MAP_SIZE,
   PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
 } from '../arch/x86-64.js';
-import { FerryError } from '../errors.js';
+import { describeCause, FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
 import { big, VDSO_ENTRY, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
 import { listFds, readProcText } from '../proc/read.js';
+import { RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS } from '../files/confined.js';
 import { restoredGhost } from '../files/deleted.js';
 import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, statSync, writeSync, type BigIntStats } from 'node:fs';
 import { injectedError, Scratch, type Tracee } from '../task/tracee.js';
 import { vdsoProxy } from './vdso.js';
 import { pagesToDrop, storedParts } from './cow.js';
@@ -264,6 +265,13 @@ export function sharedExtents(tasks: readonly TaskRecord[]): Map<string, readonl
   for (const task of tasks) {
     for (const v of task.vmas) {
       if (!v.shmem) continue;
+      // Only shared anonymous memory is one (dump/memory.ts): an object whose first area maps
+      // a file would have its other windows open that file through /proc/PID/map_files for
+      // writing, as root (joinShared), whatever file-access.ts was shown.
+      if (v.kind !== 'anon' || !v.shared || v.file !== undefined || v.sysv !== undefined || isSpecialFile(v)) {
+        throw new FerryError('EIMAGE', `image: pid ${task.pid} area ${v.start}-${v.end} names shared memory ${v.shmem.id.slice(0, 64)} but is not a shared `
+          + 'anonymous mapping: refused (an edited image: a checkpoint gives the id to shared anonymous memory only)', { pid: task.pid });
+      }
       const lo = big(v.shmem.offset);
       const hi = lo + big(v.end) - big(v.start);
       const was = out.get(v.shmem.id);
@@ -345,11 +353,12 @@ export function checkPagesEntry(task: TaskRecord, size: number): void {
  * Step 3: map every dumped area and write its stored pages from the image, each chunk of
  * `pages` verified against the manifest (image.pages()): all of them once the last is
  * written, before anything else of the task is restored. The areas in `lazy` are mapped but
- * not written (restore/lazy.ts serves them).
+ * not written (restore/lazy.ts serves them). `opened`, for an untrusted image: the files it
+ * maps for writing are opened with no symlink followed and judged as opened (OpenedCheck).
  */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   pages: ChunkSource, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number, inherited?: Inherited,
-  extents?: ReadonlyMap<string, readonly [bigint, bigint]>, lazy?: ReadonlySet<VmaRecord>): number {
+  extents?: ReadonlyMap<string, readonly [bigint, bigint]>, lazy?: ReadonlySet<VmaRecord>, opened?: OpenedCheck): number {
   checkSharedFilePages(task);
   checkPagesEntry(task, pages.size);
   const kept = new Set(inherited?.keep ?? []);
@@ -384,14 +393,37 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
     const key = `${mode}:${v.file.path}`;
     if (fileFds.has(key)) continue;
     as.scratch.reset();
-    const r = t.trySyscall(SYS.openat, AT_FDCWD, as.scratch.putString(v.file.path), mode, 0);
+    // For an untrusted image, a file opened for writing is reached through real directories
+    // only (the directories checkMappedAccess judged by name) and judged again as opened. Not
+    // the read-only ones: a genuine path may cross a symlink of this machine's own (a merged
+    // /usr's /lib, an image from a machine without one), and they give no write access.
+    const confined = opened !== undefined && mode === O_RDWR;
+    const path = as.scratch.putString(v.file.path);
+    const r = confined
+      ? t.trySyscall(SYS.openat2, AT_FDCWD, path, as.scratch.put(openHow(mode, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)), OPEN_HOW_SIZE)
+      : t.trySyscall(SYS.openat, AT_FDCWD, path, mode, 0);
     if (r < 0n) {
       const how = mode === O_RDONLY ? 'mapped' : (v.prot & PROT_WRITE) !== 0 ? 'for writing, mapped shared and writable'
         : 'for writing, mapped shared from a descriptor open for writing (mprotect may make it writable)';
-      throw new FerryError('EOPEN', `cannot open ${v.file.path} ${how} by pid ${task.pid} at ${v.start}: ${errnoName(r)}`,
+      const why = confined && r === -BigInt(osConstants.errno.ELOOP)
+        ? 'its path goes through a symbolic link, which a file an untrusted image maps for writing may not (sign the image and restore with --trust if it is genuine)'
+        : errnoName(r);
+      throw new FerryError('EOPEN', `cannot open ${v.file.path} ${how} by pid ${task.pid} at ${v.start}: ${why}`,
         { pid: task.pid, path: v.file.path });
     }
     fileFds.set(key, Number(r));
+    if (confined) {
+      try {
+        opened(v, statSync(`/proc/${t.pid}/fd/${r}`, { bigint: true }));
+      } catch (err) {
+        // The task is killed with the tree; its descriptors go first all the same, so the
+        // refused file is never held open for writing by anything of the restore.
+        t.trySyscalls([...fileFds.values()].map((fd) => [SYS.close, fd] as const));
+        if (err instanceof FerryError) throw err;
+        throw new FerryError('EOPEN', `cannot check ${v.file.path}, opened for writing to map it shared by pid ${task.pid} at ${v.start}: ${describeCause(err)}`,
+          { cause: err, pid: task.pid, path: v.file.path });
+      }
+    }
   }
   const calls: Array<readonly [number, ...Array<bigint | number>]> = [];
   for (const v of areas) {
@@ -440,6 +472,24 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   pages.finish();
   lockAreas(t, task, [...all, ...kept]);
   return written;
+}
+
+/**
+ * For an untrusted image: judges the file a task opened for writing to map area `v` shared
+ * (`st`: the fstat of the task's descriptor), throwing to refuse it (restore/file-access.ts
+ * checkOpenedMapping). Given, mapAreas opens such files with no symlink followed.
+ */
+export type OpenedCheck = (v: VmaRecord, st: BigIntStats) => void;
+
+/** sizeof(struct open_how): { u64 flags; u64 mode; u64 resolve }. */
+const OPEN_HOW_SIZE = 24;
+
+/** struct open_how for openat2(2): `flags`, no mode (nothing is created), `resolve`. */
+function openHow(flags: number, resolve: number): Buffer {
+  const how = Buffer.alloc(OPEN_HOW_SIZE);
+  how.writeBigUInt64LE(BigInt(flags), 0);
+  how.writeBigUInt64LE(BigInt(resolve), 16);
+  return how;
 }
 
 /** A child forked from its rebuilt parent (restore/cow.ts): the parent's record and the areas kept from it. */

@@ -17,7 +17,11 @@
  * The same holds for a file a process maps shared and writable, or may make writable (a
  * MAP_SHARED mapping of a file it had open for writing: VmFlags 'mw'), which the task opens
  * for writing, as root, to map it (restore/address-space.ts sharedWritable): its writes go to
- * the file (checkMappedAccess).
+ * the file. checkMappedAccess judges the recorded path before anything exists; the task then
+ * opens it with no symbolic link followed (openat2 RESOLVE_NO_SYMLINKS), so the directories
+ * checked by name are the ones the open walks through, and checkOpenedMapping judges again the
+ * file the task got, by its descriptor: a directory swapped for a symlink between the two, or
+ * a symlink the image's path goes through, cannot lead the open to a file the check never saw.
  *
  * The same holds for the directories a restore makes for a directory that was removed (a
  * working directory, restore/cwd.ts, a root directory, restore/root-dir.ts, or one held
@@ -30,7 +34,7 @@
 import type { BigIntStats } from 'node:fs';
 import { PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
-import { big, type FileRecord, type TaskRecord } from '../image/records.js';
+import { big, type FileRecord, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { O_ACCMODE, O_PATH } from '../proc/fcntl.js';
 import { sharedWritable } from './address-space.js';
 
@@ -61,6 +65,14 @@ function may(task: Holder, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>, want: 
   if (BigInt(fsuid ?? -1) === BigInt(st.uid)) return ((mode >> 6) & want) !== 0;
   if (BigInt(fsgid ?? -1) === BigInt(st.gid) || c.groups.some((g) => BigInt(g) === BigInt(st.gid))) return ((mode >> 3) & want) !== 0;
   return (mode & want) !== 0;
+}
+
+/**
+ * Whether the leader of `task` could open a file with `st` for reading and writing by its
+ * recorded credentials (the file itself: the directories above it are the caller's).
+ */
+export function mayReadWrite(task: Holder, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): boolean {
+  return may(task, st, W) && may(task, st, R);
 }
 
 /** Whether the leader of `task` could write in (or write) a file with `st`. */
@@ -129,7 +141,6 @@ export function checkFileAccess(label: string, tasks: readonly Pick<TaskRecord, 
  * at; `statOf` looks paths up as restore will open them.
  */
 export function checkMappedAccess(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'vmas'>[], statOf: StatOf): void {
-  const mode = (s: NonNullable<ReturnType<StatOf>>): string => `owner ${s.uid}:${s.gid}, mode ${(Number(s.mode) & 0o7777).toString(8)}`;
   for (const t of tasks) {
     for (const v of t.vmas) {
       const special = v as { memfd?: unknown; ghost?: unknown };
@@ -138,23 +149,44 @@ export function checkMappedAccess(label: string, tasks: readonly Pick<TaskRecord
         || special.ghost !== undefined || !sharedWritable(v)) continue;
       const st = statOf(path);
       if (!st) continue; // checkMappedFiles says why
+      // By name: sound because the task's open follows no symlink (mapAreas), so every
+      // directory it searches is one of these prefixes ("." and ".." included: each resolves
+      // to a directory some prefix names, which is checked).
       let why: string | undefined;
       for (const d of parents(path)) {
         const ds = statOf(d);
         if (ds && !may(t, ds, X)) {
-          why = `could not reach: the directory ${JSON.stringify(d.slice(0, 256))} is not searchable by them (${mode(ds)})`;
+          why = `could not reach: the directory ${JSON.stringify(d.slice(0, 256))} is not searchable by them (${modeOf(ds)})`;
           break;
         }
       }
-      if (why === undefined && (!may(t, st, W) || !may(t, st, R))) why = `could not open so (${mode(st)})`;
-      if (why === undefined) continue;
-      const c = t.creds.threads[0]!;
-      throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) maps ${JSON.stringify(path.slice(0, 256))} shared at ${v.start} `
-        + `${(v.prot & PROT_WRITE) !== 0 ? 'and writable' : 'from a descriptor open for writing'}, so restore would open it for writing, which its credentials `
-        + `(uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
-      { pid: t.pid, path });
+      if (why === undefined && !mayReadWrite(t, st)) why = `could not open so (${modeOf(st)})`;
+      if (why !== undefined) throw mappedAccessError(label, t, v, path, why);
     }
   }
+}
+
+/**
+ * Throws EPRIVILEGE, in checkMappedAccess's words, when the file a task got for area `v`
+ * (`st`: the fstat of its descriptor, opened for writing to map it shared) is one the recorded
+ * credentials of `t` could not open for reading and writing: what was opened, not what the
+ * path named when it was checked (a rename may have raced in between).
+ */
+export function checkOpenedMapping(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | 'creds'>,
+  v: Pick<VmaRecord, 'start' | 'prot'> & { file?: { path: string } }, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): void {
+  if (!mayReadWrite(t, st)) throw mappedAccessError(label, t, v, v.file?.path ?? '', `could not open so (${modeOf(st)})`);
+}
+
+const modeOf = (s: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): string => `owner ${s.uid}:${s.gid}, mode ${(Number(s.mode) & 0o7777).toString(8)}`;
+
+/** The one line of a refused shared writable mapping: `why` the credentials could not open it. */
+function mappedAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | 'creds'>, v: Pick<VmaRecord, 'start' | 'prot'>,
+  path: string, why: string): FerryError {
+  const c = t.creds.threads[0]!;
+  return new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) maps ${JSON.stringify(path.slice(0, 256))} shared at ${v.start} `
+    + `${(v.prot & PROT_WRITE) !== 0 ? 'and writable' : 'from a descriptor open for writing'}, so restore would open it for writing, which its credentials `
+    + `(uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
+  { pid: t.pid, path });
 }
 
 /**

@@ -38,8 +38,8 @@ import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
-import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, type AddressSpace, type SharedObjects } from './address-space.js';
-import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkRemovedDirs } from './file-access.js';
+import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
+import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkRemovedDirs } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
@@ -164,11 +164,14 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         }
       };
       checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile);
-      // And files mapped shared that the task opens for writing to map them.
+      // And files mapped shared that the task opens for writing to map them: by path now, and
+      // again as the task opened them (no symlink followed), by descriptor (mapAreas).
       checkMappedAccess(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
       // And the directories processes and threads are put in by path.
       checkDirsReachable(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
     }
+    const mappedCheck = trusted || o.makeRoot ? undefined : (task: TaskRecord): OpenedCheck => (v, st) =>
+      checkOpenedMapping(o.image === '-' ? '(stdin)' : o.image, task, v, st);
     // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
     // now, made and joined once the processes exist. A container's are its runtime's.
     const cgroupMode = o.makeRoot ? 'ignore' : o.manageCgroups ?? 'ignore';
@@ -274,7 +277,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         const tMemory = performance.now();
         const lazyAreas = lazy?.plan(task, parent !== undefined || cowParents.has(task.pid));
         pagesBytes += mapAreas(t, as, task, image.pages(pagesEntry(task.pid)), o.config.image.chunkSize, sharedMemory,
-          made?.controllerPidfd, parent && { parent, keep }, extents, lazyAreas);
+          made?.controllerPidfd, parent && { parent, keep }, extents, lazyAreas, mappedCheck?.(task));
         memoryMs += performance.now() - tMemory;
         spaces.set(task.pid, as);
         return as.gadgetArea + BigInt(PAGE_SIZE);

@@ -6,11 +6,11 @@
  * the confinement, and that a canary outside is untouched.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  closeSync, copyFileSync, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync,
-  statSync, symlinkSync, writeFileSync,
+  chmodSync, closeSync, copyFileSync, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync,
+  renameSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -21,10 +21,10 @@ import { checkFiles, closeFiles, openFiles } from '../../src/files/install.js';
 import { DEFAULT_FILE_OPTIONS } from '../../src/files/types.js';
 import type { FileRecord, TaskRecord } from '../../src/image/records.js';
 import { native } from '../../src/native/binding.js';
-import { checkSharedFilePages } from '../../src/restore/address-space.js';
-import { needs, WORKLOADS } from '../helpers/env.js';
+import { checkSharedFilePages, sharedExtents } from '../../src/restore/address-space.js';
+import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, chrooted, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
+import { alive, checkpointFreed, chrooted, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
@@ -181,6 +181,108 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     assert.match(line, new RegExp(`pid ${pid}\\b`));
     assert.ok(line.includes(area), `names the area ${area}: ${line}`);
     assert.ok(!alive(pid), 'nothing left running');
+  });
+
+  it('(b) a shared writable mapping whose path goes through a symlink: refused in one line, nothing left; the same file by its real path maps', async (t) => {
+    const { image, pid, dir } = await counterImage();
+    // The file the symlink leads to (a 0666 file behind a directory the image's process could
+    // not search, or one swapped in after the check, in the attacks this stands for).
+    const canary = canaryFile(Buffer.alloc(4096, 'C'));
+    const link = join(scratchDir('ferry-maplink-'), 'link');
+    symlinkSync(canary.path, link);
+    const AT = '0x200000000000';
+    /** The image with an area mapping `path` shared, from a descriptor open for writing. */
+    const withMapping = async (path: string, name: string): Promise<string> => {
+      const out = join(dir, name);
+      await editImage(image, out, {
+        [`tasks/${pid}/task.json`]: json((task) => {
+          const vmas = task.vmas as Json[];
+          assert.ok(vmas.every((m) => BigInt(m.end) <= BigInt(AT) || BigInt(m.start) >= BigInt(AT) + 4096n), `${AT} is free in the counter`);
+          vmas.push({
+            start: AT, end: '0x200000001000', prot: 1, shared: true, kind: 'file', name: path, vmflags: ['rd', 'sh', 'mr', 'mw', 'me', 'ms'],
+            runs: [], pagesOffset: 0, file: { path, offset: '0x0', dev: '0:0', ino: '0', size: 4096 },
+          });
+          vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
+        }),
+      });
+      return out;
+    };
+    const bad = await withMapping(link, 'maplink.tar');
+    const r = ferry(['restore', '--image', bad, ...ROOT_ALLOWED]);
+    if (alive(pid)) own(pid);
+    assert.notEqual(r.code, 0, 'refused');
+    const line = oneLine(r.stderr);
+    t.diagnostic(line);
+    assert.match(line, new RegExp(`cannot open ${link} for writing, mapped shared from a descriptor open for writing .* by pid ${pid} at ${AT}: `
+      + 'its path goes through a symbolic link, which a file an untrusted image maps for writing may not'));
+    assert.ok(!alive(pid), 'nothing left running');
+    untouched(canary, line);
+    // The same area by the file's own path: opened (checked as opened) and mapped.
+    const good = await withMapping(canary.path, 'mapreal.tar');
+    const ok = ferry(['restore', '--image', good, ...ROOT_ALLOWED]);
+    if (alive(pid)) own(pid);
+    assert.equal(ok.code, 0, ok.stderr);
+    const maps = readFileSync(`/proc/${pid}/maps`, 'utf8');
+    assert.match(maps, new RegExp(`^200000000000-200000001000 r--s 00000000 \\S+ \\d+ +${canary.path}$`, 'm'), maps);
+    untouched(canary, 'mapped, never written');
+  });
+
+  it('(b) a directory of a shared writable mapping\'s path swapped after the check: the file the task got is judged, refused in one line, nothing left', async (t) => {
+    // A nobody counter, bounded to nobody: its credentials, not root's, decide.
+    const w = await startWorkload('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter')]);
+    const image = join(w.dir, 'nobody.tar');
+    await checkpointFreed(w, image);
+    // Its own files (the log its output goes to, in the test's root-only directory) it may open.
+    chmodSync(w.dir, 0o755);
+    for (const name of readdirSync(w.dir).filter((n) => n.endsWith('.log'))) chmodSync(join(w.dir, name), 0o666);
+    const base = scratchDir('ferry-mapswap-');
+    chmodSync(base, 0o755);
+    mkdirSync(join(base, 'open'), { mode: 0o755 });
+    writeFileSync(join(base, 'open', 'data'), Buffer.alloc(4096, 'D'), { mode: 0o666 });
+    chmodSync(join(base, 'open', 'data'), 0o666);
+    // What the swap brings in: a file of the same name nobody may not open for writing.
+    mkdirSync(join(base, 'vault'), { mode: 0o755 });
+    const secret = { path: join(base, 'vault', 'data'), bytes: Buffer.alloc(4096, 'S') };
+    writeFileSync(secret.path, secret.bytes, { mode: 0o600 });
+    const path = join(base, 'open', 'data');
+    const AT = '0x200000000000';
+    const bad = join(w.dir, 'mapswap.tar');
+    await editImage(image, bad, {
+      [`tasks/${w.pid}/task.json`]: json((task) => {
+        const vmas = task.vmas as Json[];
+        assert.ok(vmas.every((m) => BigInt(m.end) <= BigInt(AT) || BigInt(m.start) >= BigInt(AT) + 4096n), `${AT} is free in the counter`);
+        vmas.push({
+          start: AT, end: '0x200000001000', prot: 3, shared: true, kind: 'file', name: path, vmflags: ['rd', 'wr', 'sh', 'mr', 'mw', 'me', 'ms'],
+          runs: [], pagesOffset: 0, file: { path, offset: '0x0', dev: '0:0', ino: '0', size: 4096 },
+        });
+        vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
+      }),
+    });
+    // Restore pauses once every check has passed (fault point 'verified'), and the directory
+    // is swapped for another then, with no symlink anywhere: only the open's own result can tell.
+    const child = spawn(FERRY, ['restore', '--image', bad, '--max-creds', 'nobody'], {
+      env: { ...process.env, FERRY_TEST_PAUSE_AT: 'verified+2000' }, stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+    const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? -1)));
+    try {
+      await waitFor('restore to pause after its checks', () => /paused at verified/.test(stderr) || child.exitCode !== null, 60_000, () => stderr);
+      assert.match(stderr, /paused at verified/, 'every check passed before the swap');
+      renameSync(join(base, 'open'), join(base, 'was-open'));
+      renameSync(join(base, 'vault'), join(base, 'open'));
+      const code = await Promise.race([exited, new Promise<number>((_, reject) => setTimeout(() => reject(new Error(`restore hangs: ${stderr}`)), 120_000))]);
+      if (alive(w.pid)) own(w.pid);
+      assert.notEqual(code, 0, 'refused');
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+    const line = oneLine(stderr.split('\n').filter((l) => !l.startsWith('ferry-test:')).join('\n'));
+    t.diagnostic(line);
+    assert.match(line, new RegExp(`pid ${w.pid} \\(counter\\) maps "${path}" shared at ${AT} and writable, so restore would open it for writing, which its `
+      + 'credentials \\(uid 65534, gid 65534, no CAP_DAC_OVERRIDE\\) could not open so \\(owner 0:0, mode 600\\): nothing was restored'));
+    assert.ok(!alive(w.pid), 'nothing left running');
+    untouched({ ...secret, path: join(base, 'open', 'data') }, line); // where the swap put it
   });
 
   it('(c) rootfs changes through a symlink to a directory outside: refused, nothing created or deleted outside', () => {
@@ -445,6 +547,20 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     (task.vmas as unknown as Json[]).push({ start: '0x8000', end: '0x9000', prot: 1, shared: true, kind: 'file', name: '/etc/x', file: { path: '/etc/x' }, runs: [[0, 1]] });
     const err = thrown(() => checkSharedFilePages(task));
     assert.match(err.message, /pid 4242 area 0x8000-0x9000 is a shared mapping of \/etc\/x/);
+  });
+
+  it('only shared anonymous memory may name a shared memory object (its windows are opened for writing through map_files), by a check alone', () => {
+    const anon = { start: '0x1000', end: '0x2000', prot: 3, shared: true, kind: 'anon', name: '', runs: [], shmem: { id: '0:1:7', offset: '0x0' } };
+    assert.deepEqual([...sharedExtents([{ pid: 4242, vmas: [anon, { ...anon, start: '0x3000', end: '0x5000', shmem: { id: '0:1:7', offset: '0x1000' } }] } as unknown as TaskRecord])],
+      [['0:1:7', [0n, 0x3000n]]]);
+    // A read-only shared mapping of a file, which the check of writable mappings lets by,
+    // named as the object an anonymous writable window joins.
+    const file = { ...anon, prot: 1, kind: 'file', name: '/etc/shadow', file: { path: '/etc/shadow', offset: '0x0' } };
+    const err = thrown(() => sharedExtents([{ pid: 4242, vmas: [file, { ...anon, start: '0x3000', end: '0x4000' }] } as unknown as TaskRecord]));
+    assert.equal(err.code, 'EIMAGE');
+    assert.match(err.message, /^image: pid 4242 area 0x1000-0x2000 names shared memory 0:1:7 but is not a shared anonymous mapping: refused/);
+    assert.equal(thrown(() => sharedExtents([{ pid: 1, vmas: [{ ...anon, shared: false }] } as unknown as TaskRecord])).code, 'EIMAGE');
+    assert.equal(thrown(() => sharedExtents([{ pid: 1, vmas: [{ ...anon, sysv: { shmid: 1 } }] } as unknown as TaskRecord])).code, 'EIMAGE');
   });
   it('(c) end to end: a container image with rootfs changes through a symlink, or a file behind one, is refused; nothing outside touched', { skip: skipContainer }, async (t) => {
     const dir = scratchDir('ferry-ctr-');

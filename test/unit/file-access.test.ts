@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkFileAccess, checkMappedAccess, checkRemovedDirs, type StatOf } from '../../src/restore/file-access.js';
+import { checkFileAccess, checkMappedAccess, checkOpenedMapping, checkRemovedDirs, mayReadWrite, type StatOf } from '../../src/restore/file-access.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_APPEND = 0o2000;
 
@@ -122,6 +122,50 @@ describe('checkMappedAccess', () => {
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/memfd:x (deleted)', PROT_READ | PROT_WRITE, true, ['mw'], { memfd: { id: '0:1:2' } })], stat(0, 0, 0o600));
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/tmp/gone', PROT_READ | PROT_WRITE, true, ['mw'], { ghost: '8:1:3' })], stat(0, 0, 0o600));
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/missing', PROT_READ | PROT_WRITE, true)], () => undefined);
+  });
+});
+
+describe('mayReadWrite and checkOpenedMapping: the file a task got for a shared writable mapping, judged as opened', () => {
+  const PROT_READ = 1, PROT_WRITE = 2;
+  const st = (uid: number, gid: number, mode: number) => ({ uid: BigInt(uid), gid: BigInt(gid), mode: BigInt(0o100000 | mode) });
+  const area = { start: '0x7f0000000000', prot: PROT_READ | PROT_WRITE, file: { path: '/home/u/data', offset: '0x0', dev: '8:1', ino: '12', size: 4096 } };
+
+  it('decides read and write together, as the kernel would for O_RDWR', () => {
+    assert.equal(mayReadWrite(task(7, 1000, 1000), st(1000, 1000, 0o600)), true);
+    assert.equal(mayReadWrite(task(7, 1000, 1000), st(1000, 1000, 0o200)), false, 'the owner may write but not read');
+    assert.equal(mayReadWrite(task(7, 1000, 1000), st(1000, 1000, 0o400)), false, 'the owner may read but not write');
+    assert.equal(mayReadWrite(task(7, 1000, 50), st(0, 50, 0o660)), true);
+    assert.equal(mayReadWrite(task(7, 1000, 1000, [50]), st(0, 50, 0o640)), false);
+    assert.equal(mayReadWrite(task(7, 1000, 1000), st(0, 0, 0o666)), true);
+    assert.equal(mayReadWrite(task(7, 1000, 1000, [], '0x4'), st(0, 0, 0o644)), false, 'CAP_DAC_READ_SEARCH passes reads only');
+    assert.equal(mayReadWrite(task(7, 1000, 1000, [], '0x2'), st(0, 0, 0o000)), true, 'CAP_DAC_OVERRIDE passes both');
+  });
+
+  it('refuses what the task opened when its credentials could not open it so (a path swapped after the check), in checkMappedAccess\'s words', () => {
+    // /home/u/data was the user's own when checked; the descriptor is on /etc/shadow.
+    assert.throws(() => checkOpenedMapping('img', task(7, 1000, 1000), area, st(0, 42, 0o640)), (err: Error & { code?: string; pid?: number; path?: string }) => {
+      assert.equal(err.code, 'EPRIVILEGE');
+      assert.equal(err.message, 'image img: pid 7 (x) maps "/home/u/data" shared at 0x7f0000000000 and writable, so restore would open it for writing, '
+        + 'which its credentials (uid 1000, gid 1000, no CAP_DAC_OVERRIDE) could not open so (owner 0:42, mode 640): '
+        + 'nothing was restored; sign the image and restore with --trust if it is genuine');
+      assert.deepEqual([err.pid, err.path], [7, '/home/u/data']);
+      return true;
+    });
+    assert.throws(() => checkOpenedMapping('img', task(7, 1000, 1000), { ...area, prot: PROT_READ }, st(0, 0, 0o644)),
+      /shared at 0x7f0000000000 from a descriptor open for writing, so restore would open it for writing/);
+    checkOpenedMapping('img', task(7, 1000, 1000), area, st(1000, 1000, 0o600));
+    checkOpenedMapping('img', task(7, 0, 0, [], '0x1ffffffffff'), area, st(0, 42, 0o640));
+  });
+
+  it('checkMappedAccess and checkOpenedMapping agree on the file itself', () => {
+    const mapped = (t: ReturnType<typeof task>) => ({ ...t, vmas: [{ ...area, end: '0x7f0000001000', shared: true, kind: 'file', name: '', vmflags: [], runs: [], pagesOffset: 0 }] }) as never;
+    for (const [t, s] of [[task(7, 1000, 1000), st(0, 0, 0o664)], [task(7, 1000, 0), st(0, 0, 0o664)], [task(7, 1000, 1000), st(1000, 0, 0o644)],
+      [task(7, 1000, 1000), st(1000, 0, 0o244)]] as const) {
+      const byPath = (() => { try { checkMappedAccess('img', [mapped(t)], (p) => (p === area.file.path ? s : st(0, 0, 0o40755)) as never); return true; } catch { return false; } })();
+      const byFd = (() => { try { checkOpenedMapping('img', t, area, s); return true; } catch { return false; } })();
+      assert.equal(byFd, byPath, `mode ${(Number(s.mode) & 0o777).toString(8)}, uid ${s.uid}`);
+      assert.equal(byFd, mayReadWrite(t, s));
+    }
   });
 });
 
