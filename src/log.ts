@@ -12,6 +12,7 @@ import { dirname } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { LogLevel } from './config/config.js';
 import { FerryError } from './errors.js';
+import { silentLogger } from './log-silent.js';
 
 /** Where and what to log. */
 export interface LogOptions {
@@ -37,7 +38,7 @@ export function createLogger(o: LogOptions): Logger {
     timestamp: pino.stdTimeFunctions.isoTime,
     serializers: { err: pino.stdSerializers.errWithCause },
   };
-  if (o.level === 'silent') return pino({ ...options, enabled: false });
+  if (o.level === 'silent') return silentLogger;
   if (o.file === '') return pino(options, pino.destination({ dest: 2, sync: true }));
   let fd: number;
   try {

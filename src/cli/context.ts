@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import { loadConfig, type Config, type LogLevel } from '../config/config.js';
 import { FerryError } from '../errors.js';
-import { createLogger } from '../log.js';
+import { silentLogger } from '../log-silent.js';
 import { setPauseAt } from '../fault.js';
 import type { GlobalCliOptions } from './args.js';
 import { printLine } from './output.js';
@@ -26,14 +26,14 @@ export interface RunContext {
  * With a log file (--log-file, else log.file of the config) records go there at --log-level,
  * else log.level of the config. Without one, records go to stderr only when --log-level was
  * given on the command line; otherwise nothing is logged, and the user sees just the one
- * line the CLI prints.
+ * line the CLI prints, and pino is not even loaded (log-silent.ts).
  */
-export function createContext(command: string, g: GlobalCliOptions): RunContext {
+export async function createContext(command: string, g: GlobalCliOptions): Promise<RunContext> {
   setPauseAt(process.env['FERRY_TEST_PAUSE_AT']); // test-only fault points (fault.ts)
   const config = loadConfig(g.config !== undefined ? { path: g.config } : {});
   const logFile = g.logFile ?? config.log.file;
   const level: LogLevel = logFile !== '' ? g.logLevel ?? config.log.level : g.logLevel ?? 'silent';
-  const logger = createLogger({ level, file: logFile }).child({ command });
+  const logger = level === 'silent' ? silentLogger : (await import('../log.js')).createLogger({ level, file: logFile }).child({ command });
   logger.debug({ argv: process.argv.slice(2), config }, 'start');
   return { config, logger, logFile };
 }

@@ -102,7 +102,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       if (o.image !== '-') state.image = o.image;
       const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
       const { runCheckpoint } = await import('./checkpoint.js');
       return runCheckpoint(o, state.ctx, state.guard.signal);
@@ -114,7 +114,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       if (o.image !== '-') state.image = o.image;
       const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
       const { runRestore } = await import('./restore.js');
       return runRestore(o, state.ctx, state.guard.signal);
@@ -124,7 +124,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       state.doing = o.container !== undefined ? `migrating container ${o.container.id}` : `migrating pid ${o.pid}`;
       const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
       const { runMigrate } = await import('./migrate.js');
       return runMigrate(o, state.ctx, state.guard.signal);
@@ -134,7 +134,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       state.doing = 'receiving migrations';
       const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       state.guard = guardSignals(`ferry ${command}`);
       const { runReceive } = await import('./receive.js');
       return runReceive(o, state.ctx, state.guard.signal);
@@ -144,7 +144,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       state.doing = `inspecting ${o.image === '-' ? 'the image on stdin' : o.image}`;
       if (o.image !== '-') state.image = o.image;
       const { createContext } = await import('./context.js');
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       const { runInspect } = await import('./inspect.js');
       return runInspect(o, state.ctx);
     }
@@ -152,7 +152,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       const o = parseKeygenArgs(argv);
       state.doing = `making a key pair at ${o.out}`;
       const { createContext } = await import('./context.js');
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       const { runKeygen } = await import('./keygen.js');
       return runKeygen(o, state.ctx);
     }
@@ -160,7 +160,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       const o = parseCheckArgs(argv);
       state.doing = 'checking this host';
       const { createContext } = await import('./context.js');
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       const { runCheck } = await import('./check.js');
       return runCheck(o, state.ctx);
     }
@@ -169,7 +169,7 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       state.doing = 'running the demo';
       const { createContext, guardSignals, requireRoot } = await import('./context.js');
       requireRoot();
-      state.ctx = createContext(command, o);
+      state.ctx = await createContext(command, o);
       const guard = guardSignals(`ferry ${command}`);
       state.guard = guard;
       const { runDemo } = await import('./demo.js');

@@ -120,13 +120,22 @@ describe('what a command loads', { timeout: 120_000 }, () => {
   });
 
   it('sees what a command that logs loads (the probe works)', () => {
+    const logging = ['inspect', '--image', join(dir, 'missing.tar'), '--log-level', 'info'];
     for (const [name, file, before] of programs.filter(([n]) => n !== 'bin/ferry')) {
-      const l = loaded(file, [...before, 'inspect', '--image', join(dir, 'missing.tar')]);
+      const l = loaded(file, [...before, ...logging]);
       assert.equal(l.status, 1, name);
       assert.ok(packagesOf(l.files).has('pino'), `${name}: ${l.files.join('\n')}`);
     }
-    const builtins = builtinsOf(ferry, ['inspect', '--image', join(dir, 'missing.tar')]);
+    const builtins = builtinsOf(ferry, logging);
     for (const heavy of HEAVY_BUILTINS) assert.ok(builtins.has(heavy), `bin/ferry inspect did not load node:${heavy}: ${[...builtins].join(', ')}`);
+  });
+
+  it('a command that logs nothing (no log file, no --log-level) does not load pino', () => {
+    for (const [name, file, before] of programs.filter(([n]) => n !== 'bin/ferry')) {
+      const l = loaded(file, [...before, 'inspect', '--image', join(dir, 'missing.tar')]);
+      assert.equal(l.status, 1, name);
+      assert.ok(!packagesOf(l.files).has('pino'), `${name} loaded pino: ${[...packagesOf(l.files)].join(', ')}`);
+    }
   });
 
   it('sees the native addon once it is loaded (the probe works)', (t) => {
