@@ -8,7 +8,6 @@ import { FerryError } from '../errors.js';
 import { silentLogger } from '../log-silent.js';
 import { setPauseAt } from '../fault.js';
 import type { GlobalCliOptions } from './args.js';
-import { printLine } from './output.js';
 
 /** Configuration and logger of one run. */
 export interface RunContext {

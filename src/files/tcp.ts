@@ -80,7 +80,7 @@ import { native } from '../native/binding.js';
 import { treeFds } from '../proc/read.js';
 import type { InetRecord } from './inet.js';
 import {
-  finishFlags, i32, IPPROTO_TCP, isAny, ipKey, newSocket, parseProcAddr, sameEndpoint, show, TCP, toSockAddr, u32,
+  finishFlags, i32, IPPROTO_TCP, isAny, ipKey, newSocket, parseProcAddr, show, TCP, toSockAddr, u32,
   type Endpoint,
 } from './inet-common.js';
 import { applyBuffers, applyOptions, changedOptions } from './sockopt.js';

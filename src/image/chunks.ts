@@ -470,7 +470,6 @@ export class ChunkSource {
 
   /** Chunk `c` from the loader, and the chunks after it asked for in the slots left. */
   private loadAhead(c: number): void {
-    const loader = this.loader!;
     if (this.ahead[0]?.[0] !== c) this.drain();
     if (this.ahead.length === 0) this.ask(c, this.curSlot >= 0 ? this.curSlot : 0);
     const [, slot, here] = this.ahead.shift()!;

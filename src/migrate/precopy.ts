@@ -58,8 +58,6 @@ export { FrameLog, PreCopyReceiver, rebuildImage } from './page-store.js';
 const SMALL_BYTES = 1 << 20;
 /** ...or shrank by less than this fraction since the round before. */
 const MIN_SHRINK = 0.1;
-/** Highest user address on x86-64 (47 bits). */
-const USER_END = 0x800000000000n;
 /** Default bound of rounds (`--max-rounds`). */
 export const DEFAULT_MAX_ROUNDS = 8;
 

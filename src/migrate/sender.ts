@@ -22,7 +22,7 @@
  * only when it is needed (workdir.ts copyImage).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { CheckpointOptions, CheckpointResult, CommonOptions, RestoreOptions, RestoreResult } from '../api.js';
@@ -159,7 +159,7 @@ class Pump {
   private writeEnd: number;
   private readonly reader: Socket;
 
-  constructor(private readonly channel: Channel, private readonly copyFd: number, signal: AbortSignal | undefined,
+  constructor(channel: Channel, copyFd: number, signal: AbortSignal | undefined,
     send: (chunk: Buffer) => boolean = (chunk) => channel.sendData(chunk)) {
     const [r, w] = native().pipe2();
     this.writeEnd = w;
