@@ -272,6 +272,9 @@ function crashed(err: unknown): void {
   }
 }
 
+/** For the build's code cache (cli/start.cts): compiles the engine's functions (warm-up.ts). */
+export { warmUpEngine as warmUp } from '../warm-up.js';
+
 /**
  * Runs ferry as the program: `main` on the process's arguments, then exits with its status.
  * Called below when this module is the one node was started with, and by the code-cached

@@ -98,6 +98,9 @@ function report(err: unknown): never {
   process.exit(1);
 }
 
+/** For the build's code cache (cli/start.cts): compiles the engine's functions (warm-up.ts). */
+export { warmUpEngine as warmUp } from '../warm-up.js';
+
 /**
  * Runs the hook as the program: `main` on the process's arguments, then exits. Called below
  * when this module is the one node was started with (the launcher's dist/src, or the restore

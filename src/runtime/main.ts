@@ -120,6 +120,9 @@ function requireRoot(): void {
 }
 
 
+/** For the build's code cache (cli/start.cts): compiles the engine's functions (warm-up.ts). */
+export { warmUpEngine as warmUp } from '../warm-up.js';
+
 /**
  * Runs the wrapper as the program: `main` on the process's arguments, then exits with its
  * status. Called below when this module is the one node was started with, and by the

@@ -1,0 +1,18 @@
+/**
+ * What the build runs in each program's bundle before it writes the bundle's code cache
+ * (cli/start.cts makeCodeCache): the built-in demo, a real checkpoint and restore of a small
+ * process (cli/demo.ts), so that the engine's functions are compiled and kept in the cache.
+ * Without it every checkpoint or restore compiles them on their first call, inside its run
+ * and much of it inside the frozen window. Each program bundles the engine on its own
+ * (ferry, ferry-runtime, criu, the hook), so each runs it. The log goes nowhere; the demo's
+ * narration goes to the build's log (dist/code-cache.log). It needs root and ptrace: without
+ * them it fails, and the cache is made without it.
+ */
+import { loadConfig } from './config/config.js';
+import { silentLogger } from './log-silent.js';
+
+/** Runs the demo in this process; rejects when it could not run (not root, no ptrace...). */
+export async function warmUpEngine(): Promise<void> {
+  const { runDemo } = await import('./cli/demo.js');
+  await runDemo({ json: false }, { config: loadConfig({}), logger: silentLogger, logFile: '' }, () => undefined);
+}
