@@ -31,7 +31,7 @@ export function encodeRegs(regs: Regs): Buffer {
 export const SYS = {
   read: 0, write: 1, close: 3, lseek: 8, mmap: 9, mprotect: 10, munmap: 11, brk: 12,
   rt_sigaction: 13, rt_sigprocmask: 14, ioctl: 16, mremap: 25, madvise: 28, dup2: 33, recvmsg: 47,
-  pause: 34, getitimer: 36, setitimer: 38, getpid: 39, rt_sigqueueinfo: 129, fcntl: 72, chdir: 80, umask: 95, chroot: 161,
+  pause: 34, getitimer: 36, setitimer: 38, getpid: 39, rt_sigqueueinfo: 129, fcntl: 72, chdir: 80, fchdir: 81, umask: 95, chroot: 161,
   setpgid: 109, setsid: 112, getsid: 124, sigaltstack: 131, prctl: 157, arch_prctl: 158, gettid: 186,
   set_tid_address: 218, exit_group: 231, wait4: 61, openat: 257, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297,
   rt_sigtimedwait: 128, prlimit64: 302, shmget: 29, shmat: 30, shmctl: 31,

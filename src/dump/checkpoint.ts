@@ -33,7 +33,7 @@ import { HashPool, openImageTarget, warmUpWriter, writeImage, type ImageEntry } 
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
 import { ProcessGoneError, readProcLink, readProcText } from '../proc/read.js';
-import { readRootDir } from './root-dir.js';
+import { containerBase, readRootDir, type RootBase } from './root-dir.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
@@ -193,7 +193,7 @@ interface DumpedTask {
 }
 
 /** Reads one stopped process whole (its descriptors are read with the others' after the freeze). */
-function dumpTask(p: FrozenProcess, rootBase: { path: string; container: boolean }, parent?: DumpedTask): DumpedTask {
+function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): DumpedTask {
   const n = native();
   const { pid, tids, stat } = p;
   const tracees = tids.map((tid) => new Tracee(pid, tid, true));
@@ -214,7 +214,7 @@ function dumpTask(p: FrozenProcess, rootBase: { path: string; container: boolean
     // Pages still shared copy-on-write with the parent are recorded, not stored (image/cow.ts).
     const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
     const paths = readPaths(pid);
-    const rootDir = readRootDir(pid, rootBase.path, rootBase.container);
+    const rootDir = readRootDir(pid, rootBase);
     const task: TaskRecord = {
       pid,
       ppid: p.record.ppid,
@@ -410,7 +410,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // pages from their parent (image/sharing.ts): each stores all its own.
     const ownPages = forkedBySiblings(tree.processes.map((p) => p.record));
     // The root directory every process shares unless it was chroot'ed (dump/root-dir.ts).
-    const rootBase = o.pidNamespace !== undefined ? { path: readProcLink(pid, 'root'), container: true } : { path: '/', container: false };
+    const rootBase: RootBase = o.pidNamespace !== undefined ? containerBase(pid) : { path: '/', container: false };
     for (const p of live) {
       const d = dumpTask(p, rootBase, ownPages.has(p.pid) ? undefined : byPid.get(p.record.ppid)); // parents come first
       byPid.set(p.pid, d);

@@ -2,7 +2,12 @@
  * A process's root directory (chroot(2)): /proc/PID/root, read as ferry sees it. A process of a
  * plain tree whose root is not ferry's own `/` was chroot'ed, and its root is recorded
  * (TaskRecord `root`, restored by restore/root-dir.ts). A container's processes share their
- * init's root, the container's; one chroot'ed inside the container is refused.
+ * init's root, the container's; one chroot'ed inside the container has its root recorded as
+ * the path inside the container's root (the link reads so: the container's root is the root
+ * of its mount namespace, which ferry's root does not reach), after checking that this path,
+ * resolved inside the container's root as restore will resolve it, is that very directory
+ * (same device and inode): a root outside the container's, reached through a descriptor
+ * from outside, is refused rather than recorded as a path that names another directory.
  *
  * A root that was removed while the process lived in it (chroot(dir), then rmdir(dir): its
  * link reads `/path (deleted)` and the directory has no links left) is recorded by its path
@@ -10,27 +15,79 @@
  * removed working directory's: dump/task-state.ts readPaths), by which restore makes one
  * directory for every process of the tree in it, and for a working directory that is the same
  * directory. rmdir(2) removes only an empty directory, and nothing can be made in a removed
- * one: such a root holds nothing, so nothing but the directory itself is recorded.
+ * one: such a root holds nothing, so nothing but the directory itself is recorded. A
+ * removed root inside a container is refused (restore makes one on the host's side only).
  */
-import { statSync } from 'node:fs';
+import { fstatSync, readlinkSync, statSync } from 'node:fs';
 import { FerryError } from '../errors.js';
+import { ConfinedRoot, statIn } from '../files/confined.js';
 import type { RemovedDirRecord } from '../image/records.js';
+import { native } from '../native/binding.js';
+import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
 import { readProcLink } from '../proc/read.js';
 
 const DELETED = ' (deleted)';
 
 /**
- * The root directory of `pid` to record, or undefined when it is the tree's own (`base`: `/`
- * for a plain tree, the container's root for a container's). With `tid`: that thread's, one
- * with an fs struct of its own (ThreadRecord.fs).
+ * The root every process of a tree shares unless chroot'ed, as its link reads (`path`): `/`
+ * for a plain tree; for a container's (`container`, `init` its init's pid as ferry sees it),
+ * the container's root (containerBase).
  */
-export function readRootDir(pid: number, base: string, container: boolean, tid?: number): { root: string; rootDeleted?: RemovedDirRecord } | undefined {
+export interface RootBase {
+  path: string;
+  container: boolean;
+  init?: number;
+  /** The container has a mount namespace of its own, whose root is the container's. */
+  ownMounts?: boolean;
+}
+
+/**
+ * The root of the container whose init is `init`. In a mount namespace of its own (what a
+ * runtime makes, pivot_root(2) into the rootfs), the container's root is that namespace's,
+ * and a link of its processes reads as the path from there, `/` for the root itself, however
+ * the init is chroot'ed (its own root link may read `/jail`). Otherwise (the container shares
+ * ferry's mounts), its root is what its init's root link reads: a chroot of the init itself
+ * cannot be told from its container's root there.
+ */
+export function containerBase(init: number): RootBase {
+  const ownMounts = readProcLink(init, 'ns/mnt') !== readlinkSync('/proc/self/ns/mnt');
+  return ownMounts ? { path: '/', container: true, init, ownMounts } : { path: readProcLink(init, 'root'), container: true, init };
+}
+
+/**
+ * The container's root of `base`, open: with a mount namespace of its own, the top of its
+ * mounts, reached from its init's root by ".." until it leads nowhere higher (the root of a
+ * mount namespace is its own parent); else its init's root.
+ */
+function openContainerRoot(base: RootBase): ConfinedRoot {
+  const n = native();
+  let fd = n.openRaw(`/proc/${base.init!}/root`, O_PATH | O_DIRECTORY);
+  if (base.ownMounts !== true) return new ConfinedRoot(`/proc/${base.init!}/root`, 'in-root', fd);
+  try {
+    for (let i = 0; i < 4096; i++) {
+      const up = n.openat2(fd, '..', O_PATH | O_DIRECTORY, 0, 0);
+      const a = fstatSync(fd, { bigint: true }), b = fstatSync(up, { bigint: true });
+      n.closeFd(fd);
+      fd = up;
+      if (a.dev === b.dev && a.ino === b.ino) return new ConfinedRoot(`the root of container init ${base.init!}`, 'in-root', fd);
+    }
+  } catch (err) {
+    n.closeFd(fd);
+    throw err;
+  }
+  n.closeFd(fd);
+  throw new FerryError('EDUMP', `the root of the container of pid ${base.init!} is more than 4096 directories above its init's root`, { pid: base.init! });
+}
+
+/**
+ * The root directory of `pid` to record, or undefined when it is the tree's own (`base`).
+ * With `tid`: that thread's, one with an fs struct of its own (ThreadRecord.fs).
+ */
+export function readRootDir(pid: number, base: RootBase, tid?: number): { root: string; rootDeleted?: RemovedDirRecord } | undefined {
   const link = tid === undefined ? 'root' : `task/${tid}/root`;
   const root = readProcLink(pid, link);
-  if (root === base) return undefined;
-  if (container) {
-    throw new FerryError('EUNSUPPORTED', `${tid === undefined ? 'pid' : `thread ${tid} of pid`} ${pid}: its root directory ${root} is not its container's (${base}): a process chroot'ed inside a container cannot be checkpointed yet`, { pid });
-  }
+  if (root === base.path) return undefined;
+  if (base.container) return { root: containerRoot(pid, base, link, root, tid) };
   if (!root.endsWith(DELETED)) return { root };
   const st = statSync(`/proc/${pid}/${link}`, { bigint: true });
   if (st.nlink !== 0n) return { root }; // a name that ends so
@@ -40,4 +97,35 @@ export function readRootDir(pid: number, base: string, container: boolean, tid?:
 /** What a removed directory's record keeps of its stat: mode, owner, device and inode. */
 export function removedDir(st: { mode: bigint; uid: bigint; gid: bigint; dev: bigint; ino: bigint }): RemovedDirRecord {
   return { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), dev: st.dev.toString(), ino: st.ino.toString() };
+}
+
+/**
+ * The root `root` (the link `link` of `pid` as read) of a process chroot'ed inside a
+ * container, as the path inside the container's root; refused (EUNSUPPORTED, the tree left
+ * running) when it was removed, or when that path, resolved inside the container's root, is
+ * not the directory the process is in.
+ */
+function containerRoot(pid: number, base: RootBase, link: string, root: string, tid: number | undefined): string {
+  const who = tid === undefined ? `pid ${pid}` : `thread ${tid} of pid ${pid}`;
+  const refuse = (why: string): never => {
+    throw new FerryError('EUNSUPPORTED', `${who} is chroot'ed inside its container into ${root}, ${why}: it cannot be checkpointed; the tree was left running`, { pid });
+  };
+  const st = statSync(`/proc/${pid}/${link}`, { bigint: true });
+  if (root.endsWith(DELETED) && st.nlink === 0n) refuse('a directory removed since, which restore cannot make again inside a container');
+  const prefix = base.path === '/' ? '' : base.path;
+  if (!root.startsWith(`${prefix}/`) || base.init === undefined) refuse(`which is not under its container's root (${base.path})`);
+  const inside = root.slice(prefix.length);
+  // Resolved as restore resolves it: inside the container's root, no magic link followed.
+  let found;
+  let top: ConfinedRoot | undefined;
+  try {
+    top = openContainerRoot(base);
+    found = statIn(top, inside, `the root directory of ${who}`);
+  } catch {
+    found = undefined;
+  } finally {
+    top?.close();
+  }
+  if (found?.dev !== st.dev || found.ino !== st.ino) refuse(`which is not what ${inside} inside its container's root is (a directory reached from outside it)`);
+  return inside;
 }

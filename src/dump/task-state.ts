@@ -23,7 +23,7 @@ import type { ProcStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
 import { readFileSync, statSync } from 'node:fs';
 import { injectedError, type Tracee } from '../task/tracee.js';
-import { readRootDir, removedDir } from './root-dir.js';
+import { readRootDir, removedDir, type RootBase } from './root-dir.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
 
@@ -337,9 +337,9 @@ const DELETED = ' (deleted)';
  * for the process (root-dir.ts). A removed working or root directory of such a thread is
  * refused: restore makes those once per process (restore/cwd.ts, root-dir.ts), not per thread.
  */
-export function readThreadFs(pid: number, tid: number, base: { path: string; container: boolean }): ThreadFsRecord {
+export function readThreadFs(pid: number, tid: number, base: RootBase): ThreadFsRecord {
   const cwd = readProcLink(pid, `task/${tid}/cwd`);
-  const root = readRootDir(pid, base.path, base.container, tid);
+  const root = readRootDir(pid, base, tid);
   const removed = root?.rootDeleted !== undefined ? `root directory ${root.root}`
     : cwd.endsWith(DELETED) && statSync(`/proc/${pid}/task/${tid}/cwd`, { bigint: true }).nlink === 0n ? `working directory ${cwd.slice(0, -DELETED.length)}` : undefined;
   if (removed !== undefined) {

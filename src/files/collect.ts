@@ -117,6 +117,8 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
   const files: FileRecord[] = [];
   const warnings: string[] = [];
   const mounts = new Map<number, ReadonlySet<number> | null>();
+  /** Files found in flight (adopt), by id, with where the first was found. */
+  const inFlightIds = new Map<number, string>();
   /**
    * A controller descriptor (a file in flight, installed by a MSG_PEEK) made a file of the
    * image: owned from now on (closed with the grabbed ones), grouped like the tree's.
@@ -137,6 +139,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     }
     const id = place(d, kind, via);
     idOf.set(`${process.pid}:${fd}`, id);
+    if (!inFlightIds.has(id)) inFlightIds.set(id, via);
     const holders = firsts[id - 1]!;
     if (kind.needsHolder && holders.via !== undefined) {
       throw new FerryError('EUNSUPPORTED', `unsupported file: ${d.link}, in flight ${via} and held by no process of the tree: a file of kind ${kind.kind} is restored through a process holding it; let the receiver read the message first`);
@@ -183,6 +186,27 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
         if (owner) rec[desc.async ? 'async' : 'owner'] = owner;
       }
       files.push(rec);
+    }
+    // A file that names a thread is opened on restore only once every thread exists, after
+    // the queues that carry files are filled and the epoll items added: one in flight (held
+    // by a process too, or not) could not be put back in its message, nor one an epoll
+    // watches in its interest list.
+    const byId = new Map(files.map((r) => [r.id, r]));
+    const namesThread = (id: number): FileRecord | undefined => {
+      const rec = byId.get(id);
+      return rec !== undefined && firsts[id - 1]!.kind.namesThread?.(rec) === true ? rec : undefined;
+    };
+    for (const [id, via] of inFlightIds) {
+      const rec = namesThread(id);
+      if (rec === undefined) continue;
+      throw new FerryError('EUNSUPPORTED', `unsupported file: ${String(rec.link)}, in flight ${via}: a /proc file of a thread, which restore opens only after the queued messages are put back; let the receiver read the message first`);
+    }
+    for (const ep of files.filter((r) => r.kind === 'eventpoll')) {
+      for (const t of (ep.targets ?? []) as Array<{ fd: number; file: number }>) {
+        const rec = namesThread(t.file);
+        if (rec === undefined) continue;
+        throw new FerryError('EUNSUPPORTED', `unsupported file: ${String(rec.link)}, watched by an epoll (item fd ${t.fd}): a /proc file of a thread, which restore opens only after the epoll items are added; remove it from the epoll first`);
+      }
     }
   } catch (err) {
     finish(true);

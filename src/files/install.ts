@@ -18,7 +18,7 @@ import { describeOwner, restoreOwner, type OwnerRecord } from './owner.js';
 import { kindByName } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, NOT_YET, type FileOptions, type OpenContext } from './types.js';
 
-const F_DUPFD_CLOEXEC = 1030, F_SETFD = 2, O_CLOEXEC = 0o2000000;
+const F_DUPFD_CLOEXEC = 1030, F_GETFD = 1, F_SETFD = 2, O_CLOEXEC = 0o2000000;
 
 /**
  * The roots the paths of the records resolve in while the scheduler checks or opens them
@@ -70,6 +70,11 @@ export interface RestoreFiles {
   opened: Map<number, number>;
   /** The context the modules got (and `installed` hooks get again). */
   ctx: OpenContext;
+  /**
+   * Files that name a thread (FileKind.namesThread), by id: opened once every thread exists
+   * (openAfterThreads) and installed then (installLate), left out of installFds.
+   */
+  late: ReadonlySet<number>;
 }
 
 /**
@@ -136,7 +141,9 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
     },
     release,
   };
-  // A kind that names restored processes is opened once the tree exists (openAfterTree).
+  // A kind that names restored processes is opened once the tree exists (openAfterTree), a
+  // record that names a thread once every thread does (openAfterThreads).
+  const late = new Set(records.filter((r) => !opened.has(r.id) && kindByName(r.kind).namesThread?.(r) === true).map((r) => r.id));
   let pending = records.filter((r) => !opened.has(r.id) && !kindByName(r.kind).openAfterTree);
   try {
     while (pending.length > 0) {
@@ -158,7 +165,7 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
     closeFiles(opened);
     throw err;
   }
-  return { opened, ctx };
+  return { opened, ctx, late };
 }
 
 /**
@@ -170,10 +177,25 @@ export async function openAfterTree(files: RestoreFiles, records: readonly FileR
   hostPid: (pid: number) => number | undefined): Promise<void> {
   for (const r of records) {
     const late = kindByName(r.kind).openAfterTree;
-    if (late) files.opened.set(r.id, await late(r, hostPid));
+    if (late && !files.late.has(r.id) && !files.opened.has(r.id)) files.opened.set(r.id, await late(r, hostPid));
   }
   // Then each kind's work that needs every file and process (FileKind.afterTree), once.
   for (const kind of new Set(records.map((r) => r.kind))) kindByName(kind).afterTree?.(files.ctx, hostPid);
+}
+
+/**
+ * Opens, once every thread of the tree exists, the files that name a thread
+ * (FileKind.namesThread: RestoreFiles.late), into `files`; `hostTid` maps a thread of the
+ * image (its process's pid and its tid) to ferry's id of it.
+ */
+export async function openAfterThreads(files: RestoreFiles, records: readonly FileRecord[],
+  hostTid: (pid: number, tid: number) => number | undefined): Promise<void> {
+  for (const r of records) {
+    if (!files.late.has(r.id) || files.opened.has(r.id)) continue;
+    const open = kindByName(r.kind).openAfterThreads;
+    if (!open) throw new Error(`file ${r.id} (${r.kind}) names a thread, yet its kind has no openAfterThreads`);
+    files.opened.set(r.id, await open(r, hostTid));
+  }
 }
 
 /** Runs the `beforeLetGo` hook of each opened file's kind (FileKind.beforeLetGo). */
@@ -198,6 +220,8 @@ export function closeFiles(opened: Map<number, number>): void {
 export function installFds(t: Tracee, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles,
   controllerPidfd?: number): void {
   const { opened } = files;
+  // A file that names a thread comes later (installLate): its number stays free until then.
+  if (files.late.size > 0) table = table.filter((rec) => !files.late.has(rec.file));
   const sorted = [...table].sort((a, b) => a.fd - b.fd);
   const top = (sorted.at(-1)?.fd ?? -1) + 1;
   // A pidfd of the controller above every descriptor the task will have: opened here, or
@@ -238,6 +262,43 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
       kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), open: files.ctx });
     }
   }
+}
+
+/**
+ * Installs the descriptors of a task's table that installFds left out (files that name a
+ * thread: RestoreFiles.late), once they are open, each at its number with its close-on-exec
+ * flag: pulled with pidfd_getfd(2) through a pidfd of the controller (the same open file
+ * description, so flags and offset are the ones openAfterThreads gave it and shared between
+ * holders), then moved with dup3(2). Each number must still be free (F_GETFD fails with
+ * EBADF): nothing of the task's own is ever replaced. Runs before anything else takes a
+ * descriptor in the task and before its credentials are restored (the pull needs the
+ * stub's privilege over ferry). `container`: the task is in a pid namespace where ferry's
+ * pid names another process or none, and its pidfd of ferry was closed with installFds; a
+ * file of ferry's own /proc is never recorded there (procfile.ts), so one is refused.
+ */
+export function installLate(t: Tracee, pid: number, table: readonly FdRecord[], files: RestoreFiles, container: boolean): void {
+  const todo = [...table].filter((rec) => files.late.has(rec.file)).sort((a, b) => a.fd - b.fd);
+  if (todo.length === 0) return;
+  if (container) {
+    throw new FerryError('EIMAGE', `fd ${todo[0]!.fd} of pid ${pid} (file ${todo[0]!.file}) is a file of the host's /proc naming a thread, which a container's image never holds: refused (an edited image); nothing was restored`, { pid });
+  }
+  const top = Math.max(...table.map((rec) => rec.fd)) + 1;
+  const first = Number(t.syscall(SYS.pidfd_open, process.pid, 0));
+  const pidfd = Number(t.syscalls([[SYS.fcntl, first, F_DUPFD_CLOEXEC, top], [SYS.close, first]])[0]);
+  for (const rec of todo) {
+    const cfd = files.opened.get(rec.file);
+    if (cfd === undefined) throw new Error(`file ${rec.file} of fd ${rec.fd} was not opened`);
+    const r = t.trySyscall(SYS.fcntl, rec.fd, F_GETFD);
+    if (r !== -9n) throw new FerryError('EINTERNAL', `installing fd ${rec.fd} of pid ${pid} (file ${rec.file}): the number is taken already (fcntl: ${r})`, { pid });
+    const got = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0)); // O_CLOEXEC set
+    if (got === rec.fd) {
+      if (!rec.cloexec) t.syscall(SYS.fcntl, got, F_SETFD, 0);
+    } else {
+      t.syscalls([[SYS.dup3, got, rec.fd, rec.cloexec ? O_CLOEXEC : 0], [SYS.close, got]]);
+    }
+  }
+  // A task left holding it after a failure is being removed with it.
+  t.syscall(SYS.close, pidfd);
 }
 
 /** Fewest descriptors worth passing in messages (below it the fixed calls cost more than they save). */

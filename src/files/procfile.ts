@@ -10,8 +10,14 @@
  * restored process's pid, with the same flags and offset. A file of a process outside the tree
  * (`/proc/1/stat`) is stored by path and opened by path again, as a regular file is; only a
  * trusted image may hold one (it would let an image read any process's /proc files as root).
- * Refused: a file of another thread of the tree (threads are made after the descriptors are
- * installed). A /proc of another pid namespace (a container's own) is not this kind's: such a
+ *
+ * A file of another thread of the tree (/proc/PID/task/TID/…, what /proc/thread-self/…
+ * names) is stored with that thread's tid in the tree's pid namespace (`thread`), which
+ * restore gives the thread again. Threads are made after the descriptors are installed, so
+ * such a file is opened once every thread exists (`openAfterThreads`) and put into each table
+ * holding it then (files/install.ts installLate), at its number with its flags and offset.
+ * Refused: one in flight (queued in a unix socket) or watched by an epoll (restore fills the
+ * queues and adds the items before the threads exist; files/collect.ts). A /proc of another pid namespace (a container's own) is not this kind's: such a
  * path is the regular module's, resolved in the container.
  */
 import { statSync } from 'node:fs';
@@ -39,6 +45,11 @@ export interface ProcfileRecord extends FileRecord {
   sub: string;
   /** The path was /proc/PID/task/PID/…: the main thread's own directory. */
   task?: boolean;
+  /**
+   * The path was /proc/PID/task/TID/… of another thread of `target`: that thread's tid in the
+   * tree's pid namespace (never with `task`, nor with `target` null).
+   */
+  thread?: number;
   flags: number;
   pos: string;
 }
@@ -50,9 +61,9 @@ function onOwnProc(d: FdDesc): boolean {
   return d.stat.dev === procDev;
 }
 
-/** The tree's (innermost) pid of host pid `pid`. */
-function nsPid(pid: number): number {
-  return parseStatus(readProcText(pid, 'status')).nsPid.at(-1) ?? pid;
+/** The tree's (innermost) pid of host pid `pid`; with `tid`, of that thread of it. */
+function nsPid(pid: number, tid?: number): number {
+  return parseStatus(readProcText(pid, tid === undefined ? 'status' : `task/${tid}/status`)).nsPid.at(-1) ?? tid ?? pid;
 }
 
 /** Checks the shape of `sub`: names below /proc/PID, none of them "." or "..". */
@@ -106,9 +117,8 @@ export const procfile: FileKind<ProcfileRecord> = {
     const flags = fd.fdinfo.flags & REOPEN_FLAGS;
     const pos = fd.fdinfo.pos.toString();
     if (!ctx.pids.has(pid)) return { target: null, sub: fd.link, flags, pos };
-    if (tid !== undefined && tid !== pid) {
-      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a /proc file of thread ${tid}: threads are made after the descriptors, so it cannot be opened again yet; open /proc/${pid}/ files instead)`);
-    }
+    // Another thread's (restore opens it once the threads exist: namesThread).
+    if (tid !== undefined && tid !== pid) return { target: nsPid(pid), sub: rest, thread: nsPid(pid, tid), flags, pos };
     return { target: nsPid(pid), sub: rest, ...(tid !== undefined ? { task: true } : {}), flags, pos };
   },
 
@@ -120,12 +130,28 @@ export const procfile: FileKind<ProcfileRecord> = {
     if (rec.target === null ? !(typeof rec.sub === 'string' && PROC_PATH.test(rec.sub) && validSub(PROC_PATH.exec(rec.sub)![3] ?? ''))
       : !validSub(rec.sub)) bad('has an invalid path');
     if (rec.task !== undefined && typeof rec.task !== 'boolean') bad('has an invalid task flag');
+    if (rec.thread !== undefined && (rec.target === null || rec.task !== undefined || !Number.isInteger(rec.thread)
+      || rec.thread < 1 || rec.thread > MAX_PID || rec.thread === rec.target)) bad('has an invalid thread');
     if (!Number.isSafeInteger(rec.flags) || rec.flags < 0 || (rec.flags & ~REOPEN_FLAGS) !== 0) bad('has invalid flags');
     if (typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos)) bad('has an invalid position');
   },
 
   open(rec: ProcfileRecord): never {
     throw new Error(`procfile (file ${rec.id}) is opened after the tree (openAfterTree), not with the other files`);
+  },
+
+  namesThread(rec: ProcfileRecord): boolean {
+    return rec.thread !== undefined;
+  },
+
+  async openAfterThreads(rec: ProcfileRecord, hostTid: (pid: number, tid: number) => number | undefined): Promise<number> {
+    const where = `/proc/${String(rec.target)}/task/${String(rec.thread)}${rec.sub}`;
+    const pid = rec.target === null ? undefined : hostTid(rec.target, rec.target);
+    const tid = rec.target === null || rec.thread === undefined ? undefined : hostTid(rec.target, rec.thread);
+    if (pid === undefined || tid === undefined) {
+      throw new FerryError('EOPEN', `cannot restore file ${rec.id} (${where}): thread ${String(rec.thread)} of pid ${String(rec.target)} is not a thread restored here (an edited image?)`);
+    }
+    return openProc(`/proc/${pid}/task/${tid}${rec.sub}`, rec);
   },
 
   async openAfterTree(rec: ProcfileRecord, hostPid: (pid: number) => number | undefined): Promise<number> {

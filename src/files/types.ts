@@ -225,6 +225,19 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    */
   openAfterTree?(record: R, hostPid: (pid: number) => number | undefined): Promise<number>;
   /**
+   * Optional: whether `record` names a thread other than a process's main one (a /proc file
+   * of it), which exists only once the tree's threads are made, after the descriptors are
+   * installed: such a record is opened by `openAfterThreads` instead of `openAfterTree`, and
+   * put into each table holding it then (install.ts installLate), not with the rest.
+   */
+  namesThread?(record: R): boolean;
+  /**
+   * Opens a record `namesThread` picked, once every thread of the tree exists; `hostTid`
+   * gives ferry's id of thread `tid` of process `pid` (both as the image numbers them;
+   * undefined: no such thread of that process is restored here).
+   */
+  openAfterThreads?(record: R, hostTid: (pid: number, tid: number) => number | undefined): Promise<number>;
+  /**
    * Optional: runs in each task holding the file, once all of the task's descriptors are
    * installed, for state only the task can set with its own descriptor numbers (epoll_ctl,
    * TIOCSCTTY, POSIX locks owned by the process). Called once per task for its lowest fd.

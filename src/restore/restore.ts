@@ -22,7 +22,9 @@ import { checkLinkedTrust } from '../files/linked.js';
 import { checkRemovedNodeTrust } from '../files/chrdev.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
-import { beforeLetGo, checkFiles, closeFiles, installFds, openAfterTree, openFiles, restoreOwners, type RestoreFiles } from '../files/install.js';
+import {
+  beforeLetGo, checkFiles, closeFiles, installFds, installLate, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
+} from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { removeKeptLock, type LockedConnection } from '../files/tcp-lock.js';
@@ -314,9 +316,17 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     }
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
+    // Files that name a thread (a /proc file of one, files/procfile.ts) are opened now that
+    // every thread exists; finishTask installs them.
+    const taskThreads = new Map(tasks.map((t) => [t.pid, t]));
+    await openAfterThreads(opened, files.files, (pid, tid) => {
+      const i = taskThreads.get(pid)?.threads.findIndex((th) => th.tid === tid) ?? -1;
+      if (i < 0) return undefined;
+      return i === 0 ? created.stubs.get(pid)?.pid : created.threads.get(pid)?.[i - 1]?.tid;
+    });
     // Once every process and thread exists: what may name another one, then credentials.
     for (const task of tasks) {
-      finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), removedRoots, lazy);
+      finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), removedRoots, made !== undefined, lazy);
     }
     dropRoots();
     removedRoots.close();
@@ -530,18 +540,21 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
 }
 
 /**
- * Finishes a rebuilt process once every process and thread of the tree exists: its files'
+ * Finishes a rebuilt process once every process and thread of the tree exists: the files that
+ * name a thread (installLate; once per shared table), its files'
  * owners (a thread of another process may be one; set once per shared table), its root
  * directory (chroot'ed; once per shared fs struct), its credentials, then the injection gadget
  * goes.
  */
 function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, tableShared: boolean,
-  fsShared: boolean, removedRoots: RemovedRoots, lazy?: LazyPages): void {
+  fsShared: boolean, removedRoots: RemovedRoots, container: boolean, lazy?: LazyPages): void {
   const t = created.stubs.get(task.pid)!;
+  // First: their numbers were left free, and the next calls may take a descriptor for a moment.
+  if (!tableShared) installLate(t, task.pid, task.fds, files, container);
   lazy?.makeUffd(t, task.pid); // while the stub is still root
   if (!tableShared) restoreOwners(t, as.scratch, task.pid, task.fds, files);
-  enterRootDir(t, as, task, fsShared, removedRoots); // after the last host path, before the credentials
-  enterThreadRootDirs(created.threads.get(task.pid)!, as, task); // likewise, a thread's own
+  enterRootDir(t, as, task, fsShared, removedRoots, container); // after the last host path, before the credentials
+  enterThreadRootDirs(created.threads.get(task.pid)!, as, task, container); // likewise, a thread's own
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
   dropGadget(t, as, task);
 }

@@ -20,6 +20,16 @@
  * a removed one), so there is nothing in it to restore; files the process had open from it
  * were removed with it and come back as deleted files.
  *
+ * A process chroot'ed inside a container has its root recorded as the path inside the
+ * container's root (dump/root-dir.ts). The restored task, made by the runtime inside that
+ * root, resolves it itself, confined there whatever the image says: it opens its own '/'
+ * (the container's root, as nothing is chroot'ed yet), then the path with openat2(2)
+ * RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS from there (".." stops at the container's root,
+ * an absolute symlink starts from it, no /proc magic link leads out), and chroots into what
+ * it opened: fchdir(2) to it, chroot("."), fchdir(2) back to the working directory it was put
+ * in (held open meanwhile), the descriptors closed again. A removed root is never recorded
+ * inside a container, so an image with one there is refused.
+ *
  * A chroot is no privilege in itself, but one the process could not have made itself is a way
  * to one: a setuid program run inside a root whose files its caller chose. So an image no
  * trusted key signed may give a process a root only if each of its threads could chroot(2)
@@ -42,12 +52,12 @@ const O_NOFOLLOW = 0o400000;
 
 /**
  * Refuses (EPRIVILEGE, one line) an untrusted image giving a process a root it could not make,
- * and (EIMAGE) any root in a container's image (`container`): checkpoint records none there.
+ * and (EIMAGE) a removed root in a container's image (`container`): checkpoint records none there.
  */
 export function checkRootTrust(image: string, tasks: readonly TaskRecord[], trusted: boolean, container: boolean): void {
-  const inContainer = container ? tasks.find((t) => t.root !== undefined || t.threads.some((th) => th.fs?.root !== undefined)) : undefined;
-  if (inContainer !== undefined) {
-    throw new FerryError('EIMAGE', `image ${image}: pid ${inContainer.pid} of a container's image has a root directory of its own (task.json root, or a thread's fs.root), which a checkpoint never records there: refused (an edited image); nothing was restored`, { pid: inContainer.pid });
+  const removed = container ? tasks.find((t) => t.rootDeleted !== undefined) : undefined;
+  if (removed !== undefined) {
+    throw new FerryError('EIMAGE', `image ${image}: pid ${removed.pid} of a container's image has a removed root directory (task.json rootDeleted), which a checkpoint never records there: refused (an edited image); nothing was restored`, { pid: removed.pid });
   }
   if (trusted) return;
   const unable = (th: ThreadCredsRecord): boolean => !th.noNewPrivs && ((big(th.caps.effective) >> CAP_SYS_CHROOT) & 1n) === 0n;
@@ -180,29 +190,77 @@ export class RemovedRoots {
  * unshared in createThreads) into it: as the process's, after the last host path, before the
  * credentials. `threads`: the process's other threads, in the image's order.
  */
-export function enterThreadRootDirs(threads: readonly Tracee[], as: AddressSpace, task: TaskRecord): void {
+export function enterThreadRootDirs(threads: readonly Tracee[], as: AddressSpace, task: TaskRecord, container = false): void {
   task.threads.slice(1).forEach((th, i) => {
     if (th.fs?.root === undefined) return;
     as.scratch.reset();
-    const r = threads[i]!.trySyscall(SYS.chroot, as.scratch.putString(th.fs.root));
-    if (r < 0n) {
-      const name = Object.entries(osConstants.errno).find(([, v]) => v === Number(-r))?.[0] ?? `errno ${-r}`;
-      throw new FerryError('ESTATE', `cannot put thread ${th.tid} of pid ${task.pid} back into its own root directory ${th.fs.root}: chroot failed with ${name}; make that directory exist as it was`, { pid: task.pid });
+    const r = container ? chrootInside(threads[i]!, as, th.fs.root) : { call: 'chroot', r: threads[i]!.trySyscall(SYS.chroot, as.scratch.putString(th.fs.root)) };
+    if (r.r < 0n) {
+      throw new FerryError('ESTATE', `cannot put thread ${th.tid} of pid ${task.pid} back into its own root directory ${th.fs.root}${container ? ' inside its container' : ''}: `
+        + `${r.call} failed with ${errnoName(r.r)}; make that directory exist as it was`, { pid: task.pid });
     }
   });
+}
+
+/** The name of a negative errno an injected call returned. */
+function errnoName(r: bigint): string {
+  return Object.entries(osConstants.errno).find(([, v]) => v === Number(-r))?.[0] ?? `errno ${-r}`;
+}
+
+const AT_FDCWD = -100, O_CLOEXEC = 0o2000000;
+/** openat2(2) resolve flags: no magic link followed; the directory given is the root. */
+const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
+
+/**
+ * Chroots `t` (a task of a container, not chroot'ed yet: its root is the container's) into
+ * `path` resolved inside its own root, confined there (the module comment); its working
+ * directory stays. Returns the first call that failed and its result, or `r` 0.
+ */
+function chrootInside(t: Tracee, as: AddressSpace, path: string): { call: string; r: bigint } {
+  const s = as.scratch;
+  const how = Buffer.alloc(24); // struct open_how: flags, mode, resolve
+  how.writeBigUInt64LE(BigInt(O_PATH | O_DIRECTORY | O_CLOEXEC), 0);
+  how.writeBigUInt64LE(BigInt(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), 16);
+  const slash = s.putString('/'), dot = s.putString('.'), name = s.putString(path), howAt = s.put(how);
+  const top = t.trySyscall(SYS.openat, AT_FDCWD, slash, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (top < 0n) return { call: 'open of its root', r: top };
+  const dir = t.trySyscall(SYS.openat2, top, name, howAt, 24);
+  t.trySyscall(SYS.close, top);
+  if (dir < 0n) return { call: 'openat2', r: dir };
+  const cwd = t.trySyscall(SYS.openat, AT_FDCWD, dot, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (cwd < 0n) {
+    t.trySyscall(SYS.close, dir);
+    return { call: 'open of its working directory', r: cwd };
+  }
+  let out = { call: 'fchdir', r: t.trySyscall(SYS.fchdir, dir) };
+  if (out.r === 0n) out = { call: 'chroot', r: t.trySyscall(SYS.chroot, dot) };
+  // Back where it was put, chroot'ed or not.
+  const back = t.trySyscall(SYS.fchdir, cwd);
+  t.trySyscall(SYS.close, dir);
+  t.trySyscall(SYS.close, cwd);
+  if (out.r === 0n && back < 0n) out = { call: 'fchdir back to its working directory', r: back };
+  return out;
 }
 
 /**
  * Puts the rebuilt process `t` into its recorded root directory (`sharesFs`: it has it
  * already); a removed one is the directory `removed` holds for it.
  */
-export function enterRootDir(t: Tracee, as: AddressSpace, task: TaskRecord, sharesFs: boolean, removed: RemovedRoots): void {
+export function enterRootDir(t: Tracee, as: AddressSpace, task: TaskRecord, sharesFs: boolean, removed: RemovedRoots, container = false): void {
   if (task.root === undefined || sharesFs) return;
-  const held = removed.rootOf(task);
   as.scratch.reset();
+  if (container) {
+    const r = chrootInside(t, as, task.root);
+    if (r.r < 0n) {
+      throw new FerryError('ESTATE', `cannot put pid ${task.pid} back into its root directory ${task.root} inside its container: ${r.call} failed with ${errnoName(r.r)}; `
+        + 'make that directory exist in the container\'s root as it was', { pid: task.pid });
+    }
+    return;
+  }
+  const held = removed.rootOf(task);
   const r = t.trySyscall(SYS.chroot, as.scratch.putString(held ?? task.root));
   if (r < 0n) {
-    const name = Object.entries(osConstants.errno).find(([, v]) => v === Number(-r))?.[0] ?? `errno ${-r}`;
+    const name = errnoName(r);
     throw new FerryError('ESTATE', held !== undefined
       ? `cannot put pid ${task.pid} back into its removed root directory ${task.root} (held by ferry as ${held}): chroot failed with ${name}`
       : `cannot put pid ${task.pid} back into its root directory ${task.root}: chroot failed with ${name}; make that directory exist as it was`, { pid: task.pid });

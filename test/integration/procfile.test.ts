@@ -3,19 +3,31 @@
  * /proc/self/stat (past its start), its child's status and maps, its main thread's comm, its
  * /proc directory and /proc/1/stat, and its child its own /proc/self/stat; after restore each
  * checks they name the same (restored) process (the maps its restored address space).
+ * build/workloads/threadproc holds /proc files of a thread other than its main one (the
+ * thread's own /proc/thread-self/stat and directory, its status held by the main thread, its
+ * stat held by a child): after restore they read the restored thread, renamed since, at their
+ * offsets and with their flags; --leave-running leaves them as they were. One in flight
+ * (SCM_RIGHTS queued on a unix socket) or watched by an epoll is refused with the tree left
+ * running; an edited image
+ * naming a thread the tree does not have fails the restore with nothing left.
  */
 import assert from 'node:assert/strict';
-
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointTreeFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
+import { alive, checkpointTreeFreed, cleanup, ferry, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
 
 const PROCFDS = join(WORKLOADS, 'procfds');
+
+/** The file records of `image`. */
+const imageFiles = (image: string): Array<Record<string, unknown>> =>
+  (JSON.parse(spawnSync('tar', ['-xOf', image, 'files.json'], { encoding: 'utf8' }).stdout) as { files: Array<Record<string, unknown>> }).files;
+const THREADPROC = join(WORKLOADS, 'threadproc');
 
 describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
   it('come back naming the restored processes, with their offsets', async () => {
@@ -35,12 +47,74 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
     assert.equal(await verify(w), 'PASS');
   });
 
+  it('a thread\'s /proc files come back naming the restored thread, twice in a row', async () => {
+    const w = await startWorkload(THREADPROC, []);
+    for (let i = 0; i < 2; i++) {
+      const image = join(w.dir, `thread${i}.tar`);
+      await checkpointTreeFreed(w, image);
+      const threads = imageFiles(image).filter((f) => f.kind === 'procfile' && typeof f.thread === 'number');
+      assert.equal(threads.length, 4, `the four files of the worker thread are recorded by its tid: ${JSON.stringify(threads)}`);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+    }
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('--leave-running leaves a thread\'s /proc files as they were', async () => {
+    const w = await startWorkload(THREADPROC, []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('a thread\'s /proc file in flight is refused in one line, the tree left running as it was', async () => {
+    const w = await startWorkload(THREADPROC, ['inflight']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'flight.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.equal(cp.stderr.trim().split('\n').length, 1, cp.stderr);
+    assert.match(cp.stderr, /unsupported file: \/proc\/\d+\/task\/\d+\/stat, in flight .*a \/proc file of a thread, which restore opens only after the queued messages are put back/);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('a thread\'s /proc file an epoll watches is refused in one line, the tree left running as it was', async () => {
+    const w = await startWorkload(THREADPROC, ['epoll']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'epoll.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.equal(cp.stderr.trim().split('\n').length, 1, cp.stderr);
+    assert.match(cp.stderr, /unsupported file: \/proc\/\d+\/task\/\d+\/mounts, watched by an epoll \(item fd \d+\): a \/proc file of a thread/);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('an edited image naming a thread not in the tree is refused in one line, nothing left', async () => {
+    const w = await startWorkload(THREADPROC, []);
+    const image = join(w.dir, 'thread.tar');
+    const pids = await checkpointTreeFreed(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, {
+      'files.json': json<{ files: Array<Record<string, unknown>> }>((v) => {
+        for (const f of v.files) if (f.kind === 'procfile' && typeof f.thread === 'number') f.thread = 4194000;
+      }),
+    });
+    const before = stubs();
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, /cannot restore file \d+ \(\/proc\/\d+\/task\/4194000\/[a-z]*\): thread 4194000 of pid \d+ is not a thread restored here/);
+    assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
+    assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no restore stub is left');
+    // A killed child stub is init's to reap, which it does in a moment.
+    await waitFor('the pids to be free', () => pids.every((p) => !alive(p)), 5000);
+  });
+
   it('an untrusted image may not open a /proc file of a process outside its tree', async () => {
     const w = await startWorkload(PROCFDS, ['DIR']);
     const image = join(w.dir, 'proc.tar');
     await checkpointTreeFreed(w, image);
     const edited = join(w.dir, 'edited.tar');
     await editImage(image, edited, { 'files.json': json(() => undefined) });
+    const before = stubs();
     const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
     assert.equal(rs.code, 1);
     assert.match(rs.stderr, /file \d+ \("\/proc\/1\/stat"\) is a \/proc file of a process outside the image's tree, which restore would open as root/);

@@ -2,7 +2,7 @@
  * Removed root directories of an image (src/restore/root-dir.ts planRemovedRoots): one
  * directory per device and inode for every process in it, and an edited image whose processes
  * disagree about one refused before anything is made; which roots an untrusted image may give
- * (checkRootTrust), a thread's own too. Pure.
+ * (checkRootTrust), a thread's own too, and a container's. Pure.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -56,8 +56,12 @@ describe('checkRootTrust', () => {
     checkRootTrust('img', [threaded('/jail', undefined, [NONE, NONE])], true, false); // trusted
   });
 
-  it('refuses a thread\'s own root in a container\'s image', () => {
-    assert.throws(() => checkRootTrust('img', [threaded(undefined, { cwd: '/', root: '/srv', umask: 0 }, [CHROOT, CHROOT])], true, true),
-      /pid 10 of a container's image has a root directory of its own \(task\.json root, or a thread's fs\.root\)/);
+  it('lets a container\'s image give roots (resolved inside the container at restore), by the same rule, but no removed one', () => {
+    checkRootTrust('img', [threaded('/jail', { cwd: '/', root: '/srv', umask: 0 }, [CHROOT, CHROOT])], true, true);
+    checkRootTrust('img', [threaded('/jail', { cwd: '/', root: '/srv', umask: 0 }, [CHROOT, CHROOT])], false, true);
+    assert.throws(() => checkRootTrust('img', [threaded('/jail', undefined, [CHROOT, NONE])], false, true),
+      /would be restored chroot'ed into \/jail, which its thread 11 could not do itself/);
+    assert.throws(() => checkRootTrust('img', [task(10, '/srv/jail', '5')], true, true),
+      /pid 10 of a container's image has a removed root directory \(task\.json rootDeleted\), which a checkpoint never records there/);
   });
 });

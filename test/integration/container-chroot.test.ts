@@ -1,0 +1,165 @@
+/**
+ * A process chroot'ed inside its container (src/dump/root-dir.ts, src/restore/root-dir.ts),
+ * with real runc: build/workloads/ctrjail-static, the container's init, chroots into /jail of
+ * its rootfs, a thread of it into /jail/inner with a root of its own, and a child inherits the
+ * jail; on SIGUSR1 each checks its root (device and inode, a file only there, the container's
+ * /bin not visible) and working directory. The root is recorded as the path inside the
+ * container's root; the restored container's processes are back in the same directories, as
+ * the host sees them too, twice in a row; --leave-running leaves them as they were. An edited
+ * image whose root goes through a symlink of the rootfs pointing at a host directory is
+ * resolved inside the container's root: refused in one line, no container left, the host
+ * directory untouched; one whose root climbs with ".." stays at the container's root.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
+import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
+import { BUSYBOX, busyboxRootfs, RUNC } from '../helpers/runc-criu.js';
+
+const JAILER = join(WORKLOADS, 'ctrjail-static');
+const skip = needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`) : 'needs runc (apt-get install runc)')
+  || (existsSync(JAILER) ? false : `needs ${JAILER} (npm run build)`);
+
+let dir = '';
+let state = '';
+let rootfs = '';
+const ids = new Set<string>();
+
+function runc(...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+/** Container `id`'s status ('absent' when runc does not know it) and its init's host pid. */
+function stateOf(id: string): { status: string; pid: number } {
+  const r = runc('state', id);
+  if (r.code !== 0) return { status: 'absent', pid: 0 };
+  const s = JSON.parse(r.out) as { status: string; pid: number };
+  return { status: s.status, pid: s.pid };
+}
+
+/** Starts container `id` running the jailer (CAP_SYS_CHROOT added to runc's defaults), its output on `log`. */
+async function start(id: string, log: string): Promise<void> {
+  const b = join(dir, `bundle-${id}`);
+  mkdirSync(b);
+  assert.equal(spawnSync(RUNC!, ['spec', '--bundle', b]).status, 0);
+  const config = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  config.root = { path: rootfs, readonly: false };
+  config.process.terminal = false;
+  config.process.args = ['/bin/ctrjail'];
+  for (const set of Object.values(config.process.capabilities as Record<string, string[]>)) set.push('CAP_SYS_CHROOT');
+  writeFileSync(join(b, 'config.json'), JSON.stringify(config));
+  const fd = openSync(log, 'a');
+  const r = spawnSync(RUNC!, ['--root', state, 'run', '-d', '--bundle', b, id], { stdio: ['ignore', fd, fd], timeout: 60000 });
+  closeSync(fd);
+  assert.equal(r.status, 0, `runc run ${id} failed: ${readFileSync(log, 'utf8')}`);
+  ids.add(id);
+  await waitFor(`${id} to get ready`, () => readFileSync(log, 'utf8').includes('ready pid=1'));
+}
+
+/** Asks the container's processes to check themselves; resolves once the init and the child answered. */
+async function verdict(id: string, log: string): Promise<void> {
+  const count = (re: RegExp): number => [...readFileSync(log, 'utf8').matchAll(re)].length;
+  const passes = count(/^PASS$/gm), fails = count(/^FAIL/gm), children = count(/^child (passed|failed)$/gm);
+  process.kill(stateOf(id).pid, 'SIGUSR1');
+  await waitFor(`${id} to check itself`, () => (count(/^PASS$/gm) > passes || count(/^FAIL/gm) > fails) && count(/^child (passed|failed)$/gm) > children,
+    10000, () => readFileSync(log, 'utf8'));
+  const text = readFileSync(log, 'utf8');
+  assert.deepEqual(text.split('\n').filter((l) => l.startsWith('FAIL') || l === 'child failed'), [], text);
+  assert.equal(count(/^PASS$/gm), passes + 1, text);
+}
+
+/** The host's view: the init's root is the jail, one of its threads' /jail/inner. */
+function jailedOnHost(id: string): void {
+  const pid = stateOf(id).pid;
+  const jail = statSync(join(rootfs, 'jail')), inner = statSync(join(rootfs, 'jail', 'inner'));
+  const root = statSync(`/proc/${pid}/root`);
+  assert.deepEqual([root.dev, root.ino], [jail.dev, jail.ino], 'the init\'s root is the jail');
+  assert.equal(readlinkSync(`/proc/${pid}/root`), '/jail');
+  const threads = readdirSync(`/proc/${pid}/task`).filter((t) => Number(t) !== pid);
+  assert.equal(threads.length, 1);
+  const th = statSync(`/proc/${pid}/task/${threads[0]!}/root`);
+  assert.deepEqual([th.dev, th.ino], [inner.dev, inner.ino], 'the thread\'s root is /jail/inner');
+}
+
+describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }, () => {
+  before(() => {
+    dir = scratchDir('ferry-ctrjail-');
+    state = join(dir, 'state');
+    rootfs = join(dir, 'rootfs');
+    busyboxRootfs(rootfs);
+    copyFileSync(JAILER, join(rootfs, 'bin', 'ctrjail'));
+    chmodSync(join(rootfs, 'bin', 'ctrjail'), 0o755);
+    mkdirSync(join(rootfs, 'jail'));
+    writeFileSync(join(rootfs, 'jail', 'only-here'), 'jail\n');
+  });
+  after(() => {
+    for (const id of ids) runc('delete', '--force', id);
+    cleanup();
+  });
+
+  it('comes back in the same root, its thread in its own, twice in a row', async () => {
+    const id = `ferry-jail-${process.pid}`;
+    const log = join(dir, 'jail.log');
+    await start(id, log);
+    await verdict(id, log);
+    const image = join(dir, 'jail.tar');
+    for (let i = 0; i < 2; i++) {
+      const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.equal(stateOf(id).status, 'absent', 'checkpoint deletes the container');
+      const task = JSON.parse(spawnSync('tar', ['-xOf', image, 'tasks/1/task.json'], { encoding: 'utf8' }).stdout) as { root?: string; threads: Array<{ fs?: { root?: string } }> };
+      assert.equal(task.root, '/jail', 'the root as the path inside the container');
+      assert.equal(task.threads[1]?.fs?.root, '/jail/inner', 'the thread\'s root as the path inside the container');
+      const rs = ferry(['restore', id, '--root', state, '--image', image, '--detach']);
+      assert.equal(rs.code, 0, rs.stderr);
+      assert.equal(stateOf(id).status, 'running');
+      jailedOnHost(id);
+      await verdict(id, log);
+    }
+  });
+
+  it('--leave-running leaves it in its root', async () => {
+    const id = `ferry-jail-lr-${process.pid}`;
+    const log = join(dir, 'jail-lr.log');
+    await start(id, log);
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', join(dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(stateOf(id).status, 'running');
+    jailedOnHost(id);
+    await verdict(id, log);
+  });
+
+  it('an edited root through a symlink to a host directory is resolved inside the container: refused, nothing left', async () => {
+    const id = `ferry-jail-ed-${process.pid}`;
+    const log = join(dir, 'jail-ed.log');
+    await start(id, log);
+    const image = join(dir, 'ed.tar');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    // A host directory, and a symlink in the rootfs to it: followed from the host it would lead out.
+    const outside = scratchDir('ferry-jail-outside-');
+    mkdirSync(join(outside, 'inner'));
+    symlinkSync(outside, join(rootfs, 'esc'));
+    const edited = join(dir, 'ed-edited.tar');
+    await editImage(image, edited, { 'tasks/1/task.json': json((v) => { v.root = '/esc'; }) });
+    const rs = ferry(['restore', id, '--root', state, '--image', edited, '--detach']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
+    assert.match(rs.stderr, /cannot put pid 1 back into its root directory \/esc inside its container: openat2 failed with ENOENT/);
+    assert.equal(stateOf(id).status, 'absent', 'no container left');
+    assert.deepEqual(readdirSync(outside), ['inner'], 'the host directory untouched');
+    // ".." stops at the container's root: the process comes back there, not in the host's.
+    const up = join(dir, 'ed-up.tar');
+    await editImage(image, up, { 'tasks/1/task.json': json((v) => { v.root = '/../../../..'; }) });
+    const ru = ferry(['restore', id, '--root', state, '--image', up, '--detach']);
+    assert.equal(ru.code, 0, ru.stderr);
+    const root = statSync(`/proc/${stateOf(id).pid}/root`), top = statSync(rootfs);
+    assert.deepEqual([root.dev, root.ino], [top.dev, top.ino], 'the root is the container\'s');
+    assert.equal(runc('delete', '--force', id).code, 0);
+  });
+});
