@@ -17,6 +17,12 @@
 //   FIONREAD (TIOCINQ)  bytes the line discipline holds for reading (canonical mode: complete
 //                       lines only)
 //   TIOCOUTQ            bytes not yet sent by the driver
+//   TIOCSTI             hands one byte to the line discipline as if the terminal had received
+//                       it (tiocsti: receive_buf under the ldisc and the port's buffer lock), at
+//                       once rather than through the flip buffer's worker as a master's write
+//                       does; it needs CAP_SYS_ADMIN (or the terminal as controlling terminal
+//                       with dev.tty.legacy_tiocsti), checked before the byte is read, so a null
+//                       argument asks whether it is allowed (EFAULT) without giving one
 // and poll(2) with no timeout: on a master in packet mode POLLPRI says a status byte is
 // pending (n_tty_poll), which only a read(2) would take.
 #include <napi.h>
@@ -190,6 +196,42 @@ Napi::Value TtyDevice(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// ttyInsertInput(fd, Buffer): TIOCSTI for each byte, in order; throws at the first error,
+// saying after how many bytes.
+Napi::Value InsertInput(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  Napi::Buffer<uint8_t> b;
+  if (!ArgInt(info, 0, &fd) || !ArgBuffer(info, 1, &b)) return {};
+  for (size_t i = 0; i < b.Length(); i++) {
+    char c = static_cast<char>(b.Data()[i]);
+    int r;
+    do {
+      r = ioctl(static_cast<int>(fd), TIOCSTI, &c);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      ThrowErrno(info.Env(), "ioctl(TIOCSTI)", errno, FdDetail(fd) + ", after " + std::to_string(i) + " of " + std::to_string(b.Length()) + " bytes");
+      return {};
+    }
+  }
+  return info.Env().Undefined();
+}
+
+// ttyMayInsertInput(fd) -> whether TIOCSTI is allowed on fd: with a null argument the kernel
+// checks the capability (EPERM/EIO) before it reads the byte (EFAULT), so nothing is inserted.
+Napi::Value MayInsertInput(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  if (ioctl(static_cast<int>(fd), TIOCSTI, nullptr) == 0) {
+    ThrowType(info.Env(), "ttyMayInsertInput: TIOCSTI took a byte from a null pointer");
+    return {};
+  }
+  int e = errno;
+  if (e == EFAULT) return Napi::Boolean::New(info.Env(), true);
+  if (e == EPERM || e == EIO) return Napi::Boolean::New(info.Env(), false);
+  ThrowErrno(info.Env(), "ioctl(TIOCSTI)", e, FdDetail(fd));
+  return {};
+}
+
 // ptyPeer(masterFd, flags) -> fd of the slave opened with `flags` (| O_CLOEXEC).
 Napi::Value PtyPeer(const Napi::CallbackInfo& info) {
   int64_t fd, flags;
@@ -215,6 +257,8 @@ void InitTty(Napi::Env env, Napi::Object exports) {
   exports.Set("ttyExclusive", Napi::Function::New(env, TtyExclusive));
   exports.Set("ttySetExclusive", Napi::Function::New(env, TtySetExclusive));
   exports.Set("ttyPoll", Napi::Function::New(env, TtyPoll));
+  exports.Set("ttyInsertInput", Napi::Function::New(env, InsertInput));
+  exports.Set("ttyMayInsertInput", Napi::Function::New(env, MayInsertInput));
   exports.Set("ptyIndex", Napi::Function::New(env, PtyIndex));
   exports.Set("ptyLocked", Napi::Function::New(env, PtyLocked));
   exports.Set("ptySetLocked", Napi::Function::New(env, PtySetLocked));

@@ -48,13 +48,25 @@
  * Queued bytes are taken with read(2) on copies in the controller, then written back at once,
  * so the originals keep them (--leave-running). To read and re-queue them verbatim the slave's
  * termios is switched to raw for that moment: input processing and echo off, non-canonical.
- * Switching back to canonical mode makes every byte queued readable at once: a partial line
- * in canonical mode comes back (and stays, with --leave-running) as if it had been ended.
+ * In canonical mode (ICANON) the input is lines, and n_tty forgets where they end whenever
+ * ICANON is switched (the whole queue would come back as one line, a line not ended yet
+ * readable as if it had been): the complete lines are read first, one read(2) each, with
+ * ICANON still on (a line VEOF ended comes without its VEOF, an empty one as 0 bytes), then
+ * the rest raw; they are queued again (`inputLines`) by inserting the bytes into the line
+ * discipline with TIOCSTI under a termios that quotes every byte with VLNEXT except the one
+ * that ends each line (queueLines), so each read returns one line again, FIONREAD counts the
+ * complete lines' bytes and the line not ended stays so. Not kept: a VLNEXT typed last, whose
+ * next byte is still to be quoted; which of two lines that read the same (a quoted line-ending
+ * byte then VEOF, or that byte) it was, which shows only if the reader later leaves canonical
+ * mode (a VEOF leaves a NUL there).
  * The slave's node keeps its owner and mode (`slaveNode`: grantpt's, or a later chown/chmod).
  * A session led from inside the tree whose controlling terminal no process of the tree holds
- * open gets a record of its own (unheldTerminals, addUnheldTerminals), where that is exact;
- * a session whose leader holds none of it while a member does is kept too: the leader takes
- * it before forking, the member inherits it and sets the foreground group.
+ * open gets a record of its own (unheldTerminals, addUnheldTerminals), where that is exact:
+ * a pty whose master the tree holds, outside a container, with a group of the session in the
+ * foreground (another than the leader's, a shell's job, is set by the leader once the tree
+ * exists: setForegroundGroups); a session whose leader holds none of it while a member does
+ * is kept too: the leader takes it before forking, the member inherits it and sets the
+ * foreground group.
  * Packet mode (TIOCPKT) is the pair's: it is switched off while the bytes are taken and
  * queued back (on, a read of the master puts a header byte before the output, and each termios
  * change queues a status byte for the tree's reader), then on again. Switching it on clears a
@@ -76,7 +88,7 @@ import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_PATH } from '../proc/fcnt
 import { parseFdinfo } from '../proc/fdinfo.js';
 import { listFds, readProcText } from '../proc/read.js';
 import { parseStat } from '../proc/stat.js';
-import type { Tracee } from '../task/tracee.js';
+import type { Scratch, Tracee } from '../task/tracee.js';
 import { placeOf, reopenIn, shownIn, statIn } from './confined.js';
 import type { RestoreFiles } from './install.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
@@ -101,6 +113,11 @@ const TERMIOS2_SIZE = 44, NCCS = 19, VTIME = 5, VMIN = 6;
 const IGNBRK = 0o1, BRKINT = 0o2, PARMRK = 0o10, ISTRIP = 0o40, INLCR = 0o100, IGNCR = 0o200, ICRNL = 0o400,
   IUCLC = 0o1000, IXON = 0o2000, IXOFF = 0o10000;
 const OPOST = 0o1;
+// c_cc indices (asm-generic/termbits.h).
+const VERASE = 2, VKILL = 3, VEOF = 4, VREPRINT = 12, VWERASE = 14, VLNEXT = 15, VEOL = 11, VEOL2 = 16;
+const NL = 0x0a;
+/** Bytes N_TTY's read buffer holds (N_TTY_BUF_SIZE less the one receive_room keeps free). */
+const N_TTY_HELD = 4095;
 const ISIG = 0o1, ICANON = 0o2, XCASE = 0o4, ECHO = 0o10, ECHOE = 0o20, ECHOK = 0o40, ECHONL = 0o100,
   ECHOCTL = 0o1000, ECHOPRT = 0o2000, ECHOKE = 0o4000, IEXTEN = 0o100000, EXTPROC = 0o200000;
 
@@ -128,6 +145,14 @@ export interface Termios {
   cc: number[];
   ispeed: number;
   ospeed: number;
+}
+
+/** A complete line queued for a slave in canonical mode. */
+export interface InputLine {
+  /** Bytes of the line as a read(2) returns them (with the '\n', VEOL or VEOL2 that ended it). */
+  length: number;
+  /** VEOF ended it: no byte of it ends the line (a read returns the rest; 0 bytes, end of file, for an empty one). */
+  eof: boolean;
 }
 
 export interface Winsize { row: number; col: number; xpixel: number; ypixel: number }
@@ -178,6 +203,13 @@ export interface TtyRecord extends FileRecord {
   slaveNode?: { uid: number; gid: number; mode: number };
   /** master: bytes queued for the slave to read, base64. */
   input?: string;
+  /**
+   * master, when the slave was in canonical mode (ICANON) with input queued: the complete
+   * lines at the start of `input`, in order; the bytes after them are a line not ended yet
+   * (and, beyond what the line discipline holds, input it had no room for). Absent: `input`
+   * is one run of bytes.
+   */
+  inputLines?: InputLine[];
   /** master: bytes the slave wrote that the master has not read, base64. */
   output?: string;
   /** slave, external, console, device: the terminal is a controlling terminal in the tree. */
@@ -216,6 +248,29 @@ function rawInput(t: Termios): Termios {
     iflag: t.iflag & ~(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IUCLC | IXON | IXOFF),
     lflag: t.lflag & ~(ISIG | ICANON | XCASE | ECHO | ECHOE | ECHOK | ECHONL | ECHOCTL | ECHOPRT | ECHOKE | IEXTEN | EXTPROC),
   };
+}
+
+/** Whether `t` reads by lines: ICANON, without EXTPROC (with it n_tty's reads are not canonical). */
+const canonical = (t: Termios): boolean => (t.lflag & ICANON) !== 0 && (t.lflag & EXTPROC) === 0;
+
+/**
+ * Whether `c`, the last byte of a line read in canonical mode, is the byte that ended it:
+ * '\n', VEOL, or VEOL2 with IEXTEN (n_tty_receive_char_canon). A c_cc of 0 matches no byte.
+ */
+const endsLine = (c: number, t: Termios): boolean =>
+  c === NL || (c !== 0 && (c === t.cc[VEOL] || ((t.lflag & IEXTEN) !== 0 && c === t.cc[VEOL2])));
+
+/**
+ * `t` still canonical (the lines already queued keep their ends: n_tty forgets them only when
+ * ICANON or EXTPROC changes), with signals, echo and input processing off and its editing
+ * and line-ending characters disabled (0): input the line discipline had no room for, which
+ * reading lines lets in, is taken verbatim, ended only at '\n'.
+ */
+function quietLines(t: Termios): Termios {
+  const r = rawInput(t);
+  const cc = [...t.cc];
+  for (const i of [VERASE, VKILL, VEOF, VEOL, VEOL2, VWERASE, VLNEXT, VREPRINT]) cc[i] = 0;
+  return { ...r, cc, lflag: r.lflag | ICANON };
 }
 
 // ---- reading and queueing bytes ----
@@ -276,6 +331,104 @@ function queueInput(m: number, s: number, t: Termios, data: Buffer): void {
   } finally {
     n.ttySetTermios(m, encodeTermios(t));
   }
+}
+
+/**
+ * Reads the complete lines queued for canonical slave `s` (non-blocking), one read(2) each:
+ * n_tty returns one line per read, and a line VEOF ended without its VEOF (0 bytes for an
+ * empty one). A line whose last byte is not a line-ending byte of `t` was ended by VEOF; one
+ * ended by a quoted (VLNEXT) line-ending byte and VEOF, or left whole when ICANON was switched
+ * on under it, reads the same as the line rebuilt here (only the NUL n_tty keeps for the VEOF,
+ * which no canonical read returns, differs). Pushes into `got` and `lines` as it goes, so
+ * that what was read can be put back whatever happens.
+ */
+function readLines(s: number, t: Termios, got: Buffer[], lines: InputLine[], what: string): void {
+  const b = Buffer.alloc(65536);
+  let total = 0;
+  for (;;) {
+    let k: number;
+    try {
+      k = readSync(s, b, 0, b.length, null);
+    } catch (err) {
+      if (errnoCode(err) === 'EAGAIN') return; // no complete line left (n_tty flushed its flip buffer first)
+      throw err;
+    }
+    const eof = k === 0 || !endsLine(b[k - 1]!, t);
+    got.push(Buffer.from(b.subarray(0, k)));
+    lines.push({ length: k, eof });
+    total += k + (eof ? 1 : 0);
+    if (total > MAX_QUEUED) throw new Error(`more than ${MAX_QUEUED} bytes queued in ${what}`);
+  }
+}
+
+/** The leading lines of `lines` that n_tty holds whole (a VEOF takes a byte of its buffer too). */
+function heldLines(lines: readonly InputLine[]): InputLine[] {
+  const out: InputLine[] = [];
+  let held = 0;
+  for (const l of lines) {
+    held += l.length + (l.eof ? 1 : 0);
+    if (held > N_TTY_HELD) break;
+    out.push(l);
+  }
+  return out;
+}
+
+/**
+ * Queues `data` for canonical slave `s` to read as `lines`, then the rest as a line not ended:
+ * inserted (TIOCSTI) into the line discipline, which takes each byte at once, with `t` still
+ * canonical and everything else off, each byte quoted with VLNEXT (IEXTEN on for it) so that
+ * none edits or ends a line, except the last byte of a line ('\n', VEOL, VEOL2) and a VEOF
+ * for a line VEOF ended. VLNEXT, VEOF and every other special character are bytes that end
+ * no line of `t`, so none of them is taken for another. Written into master `m` then:
+ * bytes beyond what n_tty holds, which waited in the flip buffer unprocessed and do so again.
+ * `t` is set back at the end (ICANON unchanged: the line ends stay).
+ */
+function queueLines(m: number, s: number, t: Termios, data: Buffer, lines: readonly InputLine[]): void {
+  const n = native();
+  if (data.length === 0) {
+    n.ttySetTermios(m, encodeTermios(t));
+    return;
+  }
+  const veol = t.cc[VEOL]!, veol2 = (t.lflag & IEXTEN) !== 0 ? t.cc[VEOL2]! : 0;
+  const [lnext, veof, dead] = [...Array(256).keys()].filter((c) => c !== 0 && c !== NL && c !== veol && c !== veol2);
+  const cc = new Array<number>(NCCS).fill(dead!);
+  cc[VLNEXT] = lnext!;
+  cc[VEOF] = veof!;
+  cc[VEOL] = veol === 0 ? dead! : veol;
+  cc[VEOL2] = veol2 === 0 ? dead! : veol2;
+  cc[VMIN] = 1;
+  cc[VTIME] = 0;
+  const r = rawInput(t);
+  const rebuild: Termios = { ...r, cc, lflag: r.lflag | ICANON | IEXTEN };
+  const bytes: number[] = [];
+  const quoted = (b: Buffer): void => { for (const c of b) bytes.push(lnext!, c); };
+  let off = 0, held = 0, want = 0;
+  for (const l of lines) {
+    const line = data.subarray(off, off + l.length);
+    if (l.eof) {
+      quoted(line);
+      bytes.push(veof!);
+    } else {
+      quoted(line.subarray(0, -1));
+      bytes.push(line[line.length - 1]!);
+    }
+    off += l.length;
+    held += l.length + (l.eof ? 1 : 0);
+    want += l.length;
+  }
+  const rest = data.subarray(off);
+  const partial = rest.subarray(0, Math.max(0, N_TTY_HELD - held));
+  quoted(partial);
+  n.ttySetTermios(m, encodeTermios(rebuild));
+  try {
+    n.ttyInsertInput(s, Buffer.from(bytes));
+  } finally {
+    n.ttySetTermios(m, encodeTermios(t));
+  }
+  // FIONREAD in canonical mode: the bytes of complete lines (a VEOF's NUL not counted).
+  const got = n.ttyInq(s);
+  if (got !== want) throw new Error(`terminal input: ${want} bytes of complete lines queued, the line discipline holds ${got}`);
+  if (rest.length > partial.length) writeAll(m, rest.subarray(partial.length));
 }
 
 /** Queues `data` for master `m` to read: written into slave `s` with output processing off. */
@@ -385,6 +538,7 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
       + 'process has read it; the process was left running', { pid: d.pid, fd: d.fd });
   }
   let input: Buffer = Buffer.alloc(0);
+  let inputLines: InputLine[] | undefined;
   let output: Buffer = Buffer.alloc(0);
   let exclusive: boolean | undefined;
   // A slave the tree holds open: copies of it do not change the pair's open count (opening
@@ -393,6 +547,12 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
   if (slave) {
     const s = steal(slave.pid, slave.fd);
     try {
+      // Lines queued in canonical mode are put back through TIOCSTI (queueLines), which needs
+      // CAP_SYS_ADMIN: asked before anything is read.
+      if (canonical(t) && !n.ttyMayInsertInput(s)) {
+        throw new FerryError('EPERM', `pid ${d.pid} fd ${d.fd} (the master of /dev/pts/${index}): its slave is in canonical mode, and ferry `
+          + 'needs CAP_SYS_ADMIN (TIOCSTI) to queue its input again line by line: run ferry as root; the process was left running', { pid: d.pid, fd: d.fd });
+      }
       exclusive = n.ttyExclusive(s) === 1;
       const sFl = n.getFl(s);
       const mFl = n.getFl(m);
@@ -407,11 +567,34 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
         // frozen meanwhile: its reader never sees it off.
         if (packet) n.ptySetPacket(m, 0);
         try {
-          n.ttySetTermios(m, encodeTermios(rawInput(t)));
-          try {
-            input = drain(s, `the input of /dev/pts/${index}`);
-          } finally {
-            queueInput(m, s, t, input); // puts the bytes back for the original, then termios
+          if (canonical(t)) {
+            // Each complete line is read as one, then the rest raw; switching back to
+            // canonical mode would make all of it one line, so the lines are inserted again
+            // one by one (queueLines) for the original, and for the restored pair alike.
+            const got: Buffer[] = [];
+            const lines: InputLine[] = [];
+            n.ttySetTermios(m, encodeTermios(quietLines(t)));
+            try {
+              readLines(s, t, got, lines, `the input of /dev/pts/${index}`);
+            } finally {
+              // The rest raw, also after a failed read: the bytes go back in their order.
+              n.ttySetTermios(m, encodeTermios(rawInput(t)));
+              try {
+                got.push(drain(s, `the input of /dev/pts/${index}`));
+              } finally {
+                input = Buffer.concat(got);
+                queueLines(m, s, t, input, heldLines(lines)); // puts the lines back, then termios
+              }
+            }
+            if (input.length > MAX_QUEUED) throw new Error(`more than ${MAX_QUEUED} bytes queued in the input of /dev/pts/${index}`);
+            if (input.length > 0) inputLines = heldLines(lines);
+          } else {
+            n.ttySetTermios(m, encodeTermios(rawInput(t)));
+            try {
+              input = drain(s, `the input of /dev/pts/${index}`);
+            } finally {
+              queueInput(m, s, t, input); // puts the bytes back for the original, then termios
+            }
           }
           if (n.ttyInq(m) > 0) {
             output = drain(m, `the output of /dev/pts/${index}`);
@@ -431,7 +614,7 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
   const slaveNode = slaveNodeOf(d.pid, index);
   return {
     role: 'master', path: d.link, flags, index, termios: t, winsize, locked, packet,
-    input: input.toString('base64'), output: output.toString('base64'), ...(slaveNode ? { slaveNode } : {}),
+    input: input.toString('base64'), ...(inputLines ? { inputLines } : {}), output: output.toString('base64'), ...(slaveNode ? { slaveNode } : {}),
     ...(masterExclusive ? { masterExclusive } : {}), ...(exclusive ? { exclusive } : {}),
   };
 }
@@ -515,6 +698,8 @@ export interface UnheldTerminal {
   index: number;
   /** Where that master is held. */
   master: { pid: number; fd: number };
+  /** The foreground process group when it is not the leader's own (a group of the tree, in the session). */
+  foreground: number | null;
 }
 
 /**
@@ -523,10 +708,13 @@ export interface UnheldTerminal {
  * record of its own is added (addUnheldTerminals): restore opens the slave in the controller
  * and the leader takes it as controlling terminal right after its setsid()
  * (takeControllingTerminal), before any member is forked, so every member inherits it, and
- * /dev/tty works again. Kept only where that is exact: a pty whose master is held in the tree,
- * in a tree in ferry's pid namespace, with the leader's own group in the foreground (TIOCSCTTY
- * makes it so; the foreground of another group needs a holder to set it). Anything else is
- * refused here (EUNSUPPORTED, one line), before anything of the tree is read. `processes`: each
+ * /dev/tty works again; TIOCSCTTY puts the leader's group in the foreground, and another
+ * group (a shell's job) is put back by the leader once every group exists
+ * (setForegroundGroups). Kept only where that is exact: a pty whose master is held in the
+ * tree, in a tree in ferry's pid namespace, with a group of the session that a live process of
+ * the tree is in as the foreground. Anything else (a terminal of the machine or one whose
+ * master is outside, a container, a foreground group no process is in any more) is refused
+ * here (EUNSUPPORTED, one line), before anything of the tree is read. `processes`: each
  * live process's pid and stat; `descs`: their descriptors, read after the freeze.
  */
 export function unheldTerminals(processes: ReadonlyArray<{ pid: number; stat: { session: number; pgrp: number; ttyNr: number; tpgid: number } }>,
@@ -566,8 +754,14 @@ export function unheldTerminals(processes: ReadonlyArray<{ pid: number; stat: { 
     }
     if (master === undefined) refuse('and whose master is held outside the tree');
     if (container) refuse('in a container');
-    if (p.stat.tpgid !== p.stat.pgrp) refuse(`with process group ${p.stat.tpgid} in the foreground, not the leader's`);
-    out.push({ leader: p.pid, index, master: master! });
+    // Another group in the foreground (a shell's job): the leader sets it once the tree exists
+    // (setForegroundGroups). A group no live process of the tree is in (it exited, and nobody
+    // took the terminal back) would not exist after restore.
+    const fg = p.stat.tpgid;
+    if (fg !== p.stat.pgrp && !processes.some((q) => q.stat.pgrp === fg && q.stat.session === p.pid)) {
+      refuse(fg > 0 ? `with process group ${fg} in the foreground, a group no process of the tree is in` : 'with no foreground process group');
+    }
+    out.push({ leader: p.pid, index, master: master!, foreground: fg === p.stat.pgrp ? null : fg });
   }
   return out;
 }
@@ -583,7 +777,7 @@ export function addUnheldTerminals(unheld: readonly UnheldTerminal[], files: { f
     const id = files.files.reduce((m, f) => Math.max(m, f.id), -1) + 1;
     const rec: TtyRecord = {
       id, kind: 'tty', role: 'slave', path: `/dev/pts/${u.index}`, link: `/dev/pts/${u.index}`, flags: O_RDWR, index: u.index, master,
-      viaDevTty: false, ctty: { session: u.leader, foreground: null },
+      viaDevTty: false, ctty: { session: u.leader, foreground: u.foreground },
     };
     files.files.push(rec);
   }
@@ -630,7 +824,8 @@ function openMaster(rec: TtyRecord): number {
       // of the slave (TIOCGPTPEER, with CAP_SYS_ADMIN) pass it.
       const s = n.ptyPeer(m, O_RDWR | O_NOCTTY | O_NONBLOCK);
       try {
-        queueInput(m, s, t, input);
+        if (rec.inputLines !== undefined) queueLines(m, s, t, input, rec.inputLines);
+        else queueInput(m, s, t, input);
         queueOutput(m, s, t, output);
         if (rec.exclusive === true) n.ttySetExclusive(s, 1);
       } finally {
@@ -837,6 +1032,65 @@ export function takeControllingTerminal(t: Tracee, pid: number, files: RestoreFi
   return false;
 }
 
+/**
+ * The lines of a master's input (queueLines inserts them): each a whole number of bytes of
+ * `input`, ended by a line-ending byte of the termios unless VEOF ended it, all within what
+ * n_tty holds, the termios canonical.
+ */
+function checkLines(rec: TtyRecord, bad: (why: string) => never): void {
+  const lines = rec.inputLines;
+  if (!Array.isArray(lines) || lines.length > N_TTY_HELD) bad('has invalid input lines');
+  if (!canonical(rec.termios!)) bad('has input lines, but its termios is not canonical (ICANON)');
+  const data = Buffer.from(rec.input ?? '', 'base64');
+  let off = 0, held = 0;
+  for (const l of lines!) {
+    if (typeof l !== 'object' || l === null || !Number.isInteger(l.length) || l.length < 0 || typeof l.eof !== 'boolean'
+      || (!l.eof && l.length === 0)) bad('has an invalid input line');
+    off += l.length;
+    held += l.length + (l.eof ? 1 : 0);
+    if (off > data.length || held > N_TTY_HELD) bad(`has input lines beyond its input or beyond the ${N_TTY_HELD} bytes a line discipline holds`);
+    if (!l.eof && !endsLine(data[off - 1]!, rec.termios!)) bad('has an input line that no line-ending byte of its termios ends');
+  }
+}
+
+/**
+ * For restore/restore.ts, once every process and group of the tree exists: each session
+ * leader sets the foreground group of the controlling terminal it took after its setsid()
+ * (takeControllingTerminal) when no process of the tree holds that terminal open
+ * (addUnheldTerminals), for which no `installed` hook runs. TIOCSPGRP needs a descriptor of
+ * the terminal in a process whose controlling terminal it is: the leader pulls the
+ * controller's with pidfd_getfd(2) for that one call. A terminal some task holds gets its
+ * foreground group from `installed`, as before. `held`: the file ids the tree's descriptors
+ * refer to; `task`: a restored process by pid (its stub and scratch area).
+ */
+export function setForegroundGroups(files: RestoreFiles, held: ReadonlySet<number>,
+  task: (pid: number) => { t: Tracee; scratch: Scratch } | undefined, controllerPidfd?: number): void {
+  for (const [id, cfd] of files.opened) {
+    const rec = files.ctx.record(id) as TtyRecord | undefined;
+    const c = rec?.kind === 'tty' && rec.role === 'slave' && !held.has(id) ? rec.ctty : undefined;
+    if (!c || c.session === null || c.foreground === null) continue;
+    const leader = task(c.session);
+    if (!leader) continue;
+    const { t, scratch } = leader;
+    const pidfd = controllerPidfd ?? Number(t.syscall(SYS.pidfd_open, process.pid, 0));
+    try {
+      const fd = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0));
+      try {
+        const b = Buffer.alloc(4);
+        b.writeInt32LE(c.foreground);
+        scratch.reset();
+        t.syscall(SYS.ioctl, fd, TIOCSPGRP, scratch.put(b));
+      } catch (err) {
+        throw new FerryError('ERESTORE', `cannot make group ${c.foreground} the foreground of ${rec!.path} again (session ${c.session}): ${describeCause(err)}`, { cause: err });
+      } finally {
+        t.syscall(SYS.close, fd);
+      }
+    } finally {
+      if (controllerPidfd === undefined) t.syscall(SYS.close, pidfd);
+    }
+  }
+}
+
 /** Shape checks (the image is input). */
 function check(rec: TtyRecord): void {
   const bad = (why: string): never => {
@@ -871,6 +1125,7 @@ function check(rec: TtyRecord): void {
     pair();
     queued(rec.input);
     queued(rec.output);
+    if (rec.inputLines !== undefined) checkLines(rec, bad);
     if (![rec.exclusive, rec.masterExclusive].every((v) => v === undefined || typeof v === 'boolean')) bad('has an invalid exclusive mode');
     const node = rec.slaveNode;
     // Permission bits only: no set-user-ID, set-group-ID or sticky bit from an image.

@@ -365,6 +365,13 @@ export interface NativeBinding {
   ttySetExclusive(fd: number, on: number): void;
   /** poll(2) of `fd` for `events` with timeout 0: the revents (0 when none now). On a pty master in packet mode POLLPRI is a pending status byte. */
   ttyPoll(fd: number, events: number): number;
+  /**
+   * ioctl(2) TIOCSTI for each byte of `data`, in order: the line discipline takes each as
+   * received input at once (no flip buffer, no worker). Needs CAP_SYS_ADMIN.
+   */
+  ttyInsertInput(fd: number, data: Buffer): void;
+  /** ioctl(2) TIOCSTI with a null byte pointer: whether TIOCSTI is allowed on `fd` (EFAULT), inserting nothing. */
+  ttyMayInsertInput(fd: number): boolean;
   /** ioctl(2) TIOCGPTN on a pty master (pty(7)): the index N of /dev/pts/N. */
   ptyIndex(fd: number): number;
   /** ioctl(2) TIOCGPTLCK on a pty master: 1 while the slave is locked (before unlockpt(3)). */
@@ -556,6 +563,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'timerfdSetTicks', 'memfdCreate', 'getSeals', 'addSeals',
   'getSeccompFilter', 'getSeccompFlags',
   'ttyGetTermios', 'ttySetTermios', 'ttyGetWinsize', 'ttySetWinsize', 'ttyDevice', 'ttyInq', 'ttyOutq', 'ttyExclusive', 'ttySetExclusive', 'ttyPoll',
+  'ttyInsertInput', 'ttyMayInsertInput',
   'ptyIndex', 'ptyLocked', 'ptySetLocked', 'ptyPacket', 'ptySetPacket', 'ptyPeer',
   'sockProtoName', 'socket', 'getSockOpt', 'setSockOpt', 'getSockInt', 'setSockInt', 'sockName', 'sockBind',
   'sockConnect', 'sockListen', 'sockPeek', 'sockRecv', 'sockSend', 'sockIoctlInt', 'tcpDestroy', 'getSockFilter', 'attachSockFilter', 'inetDiag',

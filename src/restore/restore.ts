@@ -29,6 +29,7 @@ import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { removeKeptLock, type LockedConnection } from '../files/tcp-lock.js';
 import { sweepTransientNames } from '../files/transient.js';
+import { setForegroundGroups } from '../files/tty.js';
 import type { InetRecord } from '../files/inet.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
@@ -314,6 +315,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       o.signal?.throwIfAborted();
       rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, removedRoots, tableShared.has(task.pid), made?.controllerPidfd);
     }
+    // The foreground group of a controlling terminal no descriptor of the tree holds, set by
+    // its session's leader now that every group exists (files/tty.ts).
+    setForegroundGroups(opened, new Set(tasks.flatMap((task) => task.fds.map((f) => f.file))), (pid) => {
+      const t = created.stubs.get(pid), as = spaces.get(pid);
+      return t && as && { t, scratch: as.scratch };
+    }, made?.controllerPidfd);
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
     // Files that name a thread (a /proc file of one, files/procfile.ts) are opened now that

@@ -6,13 +6,17 @@
  * status` holds a packet-mode master with a status byte pending, which a checkpoint refuses.
  * `ptys external` runs with its stdio on a terminal whose master is held outside the tree (a
  * python3 holder made here, or script(1)): refused without --shell-job, restored onto the
- * same terminal with it. build/workloads/consoles holds terminals of the machine (a virtual
+ * same terminal with it. build/workloads/ptylines holds input queued on a canonical slave
+ * (complete lines, lines VEOF ended, a line not ended) and checks that each read returns one
+ * line and the last stays unended; build/workloads/ptyjob is a shell-like session whose
+ * controlling terminal no process holds open, a job's group in the foreground (the master held
+ * by the leader, or by its parent). build/workloads/consoles holds terminals of the machine (a virtual
  * console as its controlling terminal, /dev/tty, /dev/console, /dev/tty0): they come back
  * without --shell-job, with the console's termios set back.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FerryError } from '../../src/errors.js';
@@ -26,6 +30,8 @@ import { alive, cleanup, cycleThrough, ferry, own, procState, scratchDir, sleep,
 after(cleanup);
 const PTYS = join(WORKLOADS, 'ptys');
 const CONSOLES = join(WORKLOADS, 'consoles');
+const PTYLINES = join(WORKLOADS, 'ptylines');
+const PTYJOB = join(WORKLOADS, 'ptyjob');
 /** The virtual console the consoles test takes as its controlling terminal. */
 const VT = '/dev/tty1';
 const noVt = ((): string | false => {
@@ -124,6 +130,94 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     assert.equal(await verify(w2), 'PASS', w2.text());
+  });
+
+  it('input queued in canonical mode keeps its lines: one read per line, VEOF-ended lines, a line not ended stays so (--leave-running, then restored)', async () => {
+    const w = await startWorkload(PTYLINES, []);
+    const image = join(w.dir, 'lines.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
+    await w.exited;
+    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w2), 'PASS', w2.text());
+  });
+
+  it('canonical input keeps its lines through two checkpoint and restore cycles', async () => {
+    const w = await startWorkload(PTYLINES, []);
+    const image = join(w.dir, 'lines.tar');
+    for (let i = 0; i < 2; i++) await cycleThrough(w, image, i);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('canonical input beyond what the line discipline holds keeps every line, in order (--leave-running, then restored)', async () => {
+    const w = await startWorkload(PTYLINES, ['full']);
+    const image = join(w.dir, 'full.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
+    await w.exited;
+    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w2), 'PASS', w2.text());
+  });
+
+  it('input lines in an image must fit its input and end with a line-ending byte of its canonical termios', () => {
+    const O_RDWR = 2, O_NOCTTY = 0o400, O_NONBLOCK = 0o4000;
+    const cc = new Array(19).fill(0);
+    cc[4] = 4; // VEOF
+    cc[11] = 0x3b; // VEOL ';'
+    const master = (extra: Record<string, unknown>): FileRecord => ({
+      id: 1, kind: 'tty', role: 'master', path: '/dev/ptmx', flags: O_RDWR, index: 0,
+      termios: { iflag: 0, oflag: 0, cflag: 0o277, lflag: 0o2 /* ICANON */, line: 0, cc, ispeed: 38400, ospeed: 38400 },
+      winsize: { row: 24, col: 80, xpixel: 0, ypixel: 0 }, ...extra,
+    });
+    const refused = (extra: Record<string, unknown>, why: RegExp): void => {
+      assert.throws(() => checkFiles([master(extra)]), (e: unknown) => e instanceof FerryError && e.code === 'EIMAGE' && why.test(e.message), JSON.stringify(extra));
+    };
+    const input = Buffer.from('ab\nc;de').toString('base64');
+    refused({ input, inputLines: [{ length: 2, eof: false }] }, /no line-ending byte/);
+    refused({ input, inputLines: [{ length: 9, eof: true }] }, /beyond its input/);
+    refused({ input, inputLines: [{ length: 0, eof: false }] }, /invalid input line/);
+    refused({ input, inputLines: [{ length: 3, eof: 'no' }] }, /invalid input line/);
+    refused({ input, inputLines: {} }, /invalid input lines/);
+    refused({ input: Buffer.alloc(5000, 0x61).toString('base64'), inputLines: new Array(2000).fill({ length: 2, eof: true }) }, /beyond the 4095 bytes/);
+    refused({ input, inputLines: [], termios: { ...(master({}) as unknown as { termios: object }).termios, lflag: 0 } }, /not canonical/);
+    // A good one: the new pair's slave reads "ab\n", "c;", an empty line VEOF ended, then nothing (the rest, "de", is not a line).
+    const rec = master({ input: Buffer.from('ab\nc;de').toString('base64'), inputLines: [{ length: 3, eof: false }, { length: 2, eof: false }, { length: 0, eof: true }] });
+    checkFiles([rec]);
+    const n = native();
+    const files = openFiles([rec], DEFAULT_FILE_OPTIONS, new Map());
+    try {
+      const s = n.ptyPeer(files.opened.get(1)!, O_RDWR | O_NOCTTY | O_NONBLOCK);
+      try {
+        assert.equal(n.ttyInq(s), 5, 'FIONREAD: the bytes of the complete lines');
+        const reads: string[] = [];
+        const b = Buffer.alloc(64);
+        for (;;) {
+          try {
+            reads.push(b.subarray(0, readSync(s, b)).toString());
+          } catch (err) {
+            assert.equal((err as NodeJS.ErrnoException).code, 'EAGAIN');
+            break;
+          }
+        }
+        assert.deepEqual(reads, ['ab\n', 'c;', '']);
+      } finally {
+        n.closeFd(s);
+      }
+    } finally {
+      closeFiles(files.opened);
+    }
   });
 
   it('a packet-mode master with a status byte pending is refused, naming pid and fd, and keeps the byte', async () => {
@@ -299,6 +393,69 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
     assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  for (const mode of ['leader', 'parent'] as const) {
+    it(`a job in the foreground of a terminal no process holds open comes back in the foreground (master held by the ${mode === 'leader' ? 'session leader' : 'leader\'s parent'})`, async () => {
+      // The leader took a pty slave as controlling terminal, made a job's group the foreground
+      // group, and every process closed the slave: /dev/tty, the foreground group through the
+      // master and through /dev/tty, and input reaching the job must all come back.
+      const args = mode === 'parent' ? ['parent'] : [];
+      const tree = (w: Workload): number[] => {
+        const kids = children(w.pid);
+        return mode === 'parent' ? [...kids, ...kids.flatMap(children)] : kids;
+      };
+      const lr = await startWorkload(PTYJOB, args);
+      for (const p of tree(lr)) own(p);
+      const kept = ferry(['checkpoint', '--pid', String(lr.pid), '--image', join(lr.dir, 'lr.tar'), '--leave-running']);
+      assert.equal(kept.code, 0, kept.stderr);
+      assert.equal(procState(lr.pid).tracer, 0, 'detached');
+      assert.equal(await verify(lr), 'PASS', `--leave-running: ${lr.text()}`);
+      const w = await startWorkload(PTYJOB, args);
+      const pids = tree(w);
+      for (const p of pids) own(p);
+      assert.equal(pids.length, mode === 'parent' ? 2 : 1);
+      const image = join(w.dir, 'job.tar');
+      for (let i = 0; i < 2; i++) {
+        await cycleThrough(w, image, i, [], { tree: pids });
+        assert.ok(pids.every(alive));
+        assert.equal(procState(w.pid).tracer, 0);
+      }
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+
+  it('a terminal no process holds open whose foreground group has no process left is refused, naming the leader, and left running', { skip: needs('python') }, async () => {
+    // The job was the foreground group, then exited and was reaped, and nobody took the
+    // terminal back: that group would not exist after a restore.
+    const py = [
+      'import fcntl, os, signal, termios, time',
+      'm, s = os.openpty()',
+      'fcntl.ioctl(s, termios.TIOCSCTTY, 0)',
+      'r, w = os.pipe()',
+      'kid = os.fork()',
+      'if kid == 0:',
+      '    os.setpgid(0, 0); os.close(w); os.read(r, 1); os._exit(0)',
+      'os.setpgid(kid, kid)',
+      'os.tcsetpgrp(s, kid)',
+      'os.close(s)',
+      'os.close(w)',
+      'os.waitpid(kid, 0)',
+      'flag = []',
+      'signal.signal(signal.SIGUSR1, lambda *a: flag.append(1))',
+      'print("job %d ready pid=%d" % (kid, os.getpid()), flush=True)',
+      'while not flag: time.sleep(0.01)',
+      'print("PASS" if os.tcgetpgrp(m) == kid else "FAIL foreground %d" % os.tcgetpgrp(m), flush=True)',
+    ].join('\n');
+    const w = await startWorkload(PYTHON, ['-c', py]);
+    const job = Number(/job (\d+)/.exec(w.text())![1]);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.match(cp.stderr, new RegExp(`pid ${w.pid} leads a session .*process group ${job} in the foreground, a group no process of the tree is in`));
+    assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
+    assert.ok(alive(w.pid));
+    assert.equal(procState(w.pid).tracer, 0, 'left alone');
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
