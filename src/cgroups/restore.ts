@@ -75,6 +75,8 @@ export class CgroupPlan {
     /** Every target with its ancestors, parents first, by "key:path". */
     private readonly order: Target[],
     private readonly roots: ConfinedRoot[],
+    /** The restorer's own cgroup in each hierarchy the tree goes into: its root, relative path. */
+    private readonly own: ReadonlyArray<{ key: string; root: ConfinedRoot; rel: string }>,
     private readonly log: Logger,
   ) {}
 
@@ -146,7 +148,15 @@ export class CgroupPlan {
       for (const r of roots.values()) r.close();
       throw err;
     }
-    const plan = new CgroupPlan(record, mode, trusted, targets, order, [...roots.values()], log);
+    const mine: Array<{ key: string; root: ConfinedRoot; rel: string }> = [];
+    for (const [key, root] of roots) {
+      const h = hosts.get(key)!;
+      const path = own.get(key) ?? '/';
+      // A restorer whose own cgroup is not below the mount (another cgroup namespace's) has
+      // none to set aside into here.
+      if (within(path, h.mountRoot)) mine.push({ key, root, rel: (h.mountRoot === '/' ? path : path.slice(h.mountRoot.length)).replace(/^\/+/, '') });
+    }
+    const plan = new CgroupPlan(record, mode, trusted, targets, order, [...roots.values()], mine, log);
     plan.warnings.push(...new Set(warnings));
     return plan;
   }
@@ -280,6 +290,29 @@ export class CgroupPlan {
   placeProcess(pid: number, hostPid: number): void {
     const task = this.byPid.get(pid);
     if (task !== undefined) this.place(hostPid, task.cgroups, 'cgroup.procs', `pid ${pid}`);
+  }
+
+  /**
+   * Moves `hostPid`, a process the restore makes for a moment that is none of the image's (the
+   * holder of a process group's id, restore/tree.ts holdGroup), into the restorer's own cgroups
+   * in every hierarchy the tree goes into: forked by a process already in one of the tree's, it
+   * would count against its pids.max. Moving in is never refused for a limit (pids, cgroup v1
+   * and v2), and it has no memory of its own to charge anywhere.
+   */
+  setAside(hostPid: number): void {
+    for (const { key, root, rel } of this.own) {
+      try {
+        const fd = openIn(root, rel === '' ? 'cgroup.procs' : `${rel}/cgroup.procs`, O_WRONLY, `the restorer's cgroup of ${named(key)}`);
+        try {
+          writeSync(fd, String(hostPid));
+        } finally {
+          closeSync(fd);
+        }
+      } catch (err) {
+        if (err instanceof FerryError && err.code === 'ECONFINE') throw err;
+        this.problem(`process ${hostPid}, holding a process group's id for a moment, could not be set aside into the restorer's cgroup of ${named(key)}: ${describeCause(err)}`, err);
+      }
+    }
   }
 
   /** The record's tasks by image pid. */

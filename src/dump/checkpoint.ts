@@ -26,6 +26,7 @@ import { hostFacts, hostVdso } from '../host.js';
 import {
   FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord,
 } from '../image/records.js';
+import { requiredFeatures } from '../image/features.js';
 import { hostSigningKey } from '../image/host-key.js';
 import { forkedBySiblings } from '../image/sharing.js';
 import { imageSigner, signingKey } from '../image/sign.js';
@@ -33,7 +34,7 @@ import { HashPool, openImageTarget, warmUpWriter, writeImage, type ImageEntry } 
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
 import { ProcessGoneError, readProcLink, readProcText } from '../proc/read.js';
-import { containerBase, readRootDir, type RootBase } from './root-dir.js';
+import { checkRemovedCwdInRoot, containerBase, readRootDir, type RootBase } from './root-dir.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
@@ -215,6 +216,7 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
     const paths = readPaths(pid);
     const rootDir = readRootDir(pid, rootBase);
+    checkRemovedCwdInRoot(pid, paths, rootDir);
     const task: TaskRecord = {
       pid,
       ppid: p.record.ppid,
@@ -504,12 +506,18 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
           },
         });
     }
+    // Record fields an older ferry would pass over are named in the manifest (image/features.ts).
+    const requires = requiredFeatures({
+      tree: treeRecord, tasks: dumped.map((d) => d.task), files: filesRecord.files,
+      extra: new Map([...o.extraEntries ?? [], ...stopped?.extraEntries ?? []].map((e) => [e.name, e.value])),
+    });
     const written = await writeImage(o.image, {
       ferryVersion: FERRY_VERSION,
       createdAt: new Date().toISOString(),
       host: { ...host, xstateSize: dumped[0]!.xstates[0]!.data.length },
       root: { pid: root },
       tasks: dumped.map((d) => ids.of(d.task.pid)),
+      ...(requires.length > 0 ? { requires } : {}),
     }, entries, {
       onProgress: (done, total) => o.onProgress?.({ phase: 'write', done, total }),
       ...(o.leaveRunning && tReleased === undefined ? {

@@ -15,8 +15,12 @@
  * removed working directory's: dump/task-state.ts readPaths), by which restore makes one
  * directory for every process of the tree in it, and for a working directory that is the same
  * directory. rmdir(2) removes only an empty directory, and nothing can be made in a removed
- * one: such a root holds nothing, so nothing but the directory itself is recorded. A
- * removed root inside a container is refused (restore makes one on the host's side only).
+ * one: such a root holds nothing, so nothing but the directory itself is recorded. A working
+ * directory removed in it (chroot(dir); chdir("/sub"); both removed) is a removed directory
+ * whose parent is that root: restore makes it in the root's directory while that still has a
+ * name (restore/root-dir.ts). One deeper, the directories between are recorded nowhere, and
+ * is refused (checkRemovedCwdInRoot). A removed root inside a container is refused (restore
+ * makes one on the host's side only).
  */
 import { fstatSync, readlinkSync, statSync } from 'node:fs';
 import { FerryError } from '../errors.js';
@@ -128,4 +132,30 @@ function containerRoot(pid: number, base: RootBase, link: string, root: string, 
   }
   if (found?.dev !== st.dev || found.ino !== st.ino) refuse(`which is not what ${inside} inside its container's root is (a directory reached from outside it)`);
   return inside;
+}
+
+/**
+ * Refuses (EUNSUPPORTED, one line; the process is left running) a removed working directory
+ * `paths` below the removed root directory `root` of `pid` that restore cannot rebuild as it
+ * was: more than one directory below it (the removed directories between are recorded
+ * nowhere), or one whose path says it is directly in the root but whose parent (`..` of
+ * /proc/PID/cwd, walked from ferry's root, which the process's does not stop) is not that
+ * root. One directly in it comes back in it (restore/root-dir.ts RemovedRoots); one that is
+ * the root itself is the root's.
+ */
+export function checkRemovedCwdInRoot(pid: number, paths: { cwd: string; cwdDeleted?: RemovedDirRecord },
+  root: { root: string; rootDeleted?: RemovedDirRecord } | undefined): void {
+  const cwd = paths.cwdDeleted;
+  const dir = root?.rootDeleted;
+  if (cwd === undefined || dir === undefined || !paths.cwd.startsWith(`${root!.root}/`) || (cwd.dev === dir.dev && cwd.ino === dir.ino)) return;
+  const rel = paths.cwd.slice(root!.root.length + 1);
+  let parent = '';
+  try {
+    const up = statSync(`/proc/${pid}/cwd/..`, { bigint: true });
+    parent = `${up.dev}:${up.ino}`;
+  } catch { /* not there: refused below */ }
+  if (!rel.includes('/') && parent === `${dir.dev}:${dir.ino}`) return;
+  throw new FerryError('EUNSUPPORTED', `pid ${pid}: its working directory ${paths.cwd} was removed, and so was its root directory ${root!.root}, `
+    + `${rel.includes('/') ? 'more than one directory above it' : 'which is not its parent, as its path says'}: `
+    + 'restore cannot rebuild that yet (only a removed working directory that is the removed root or directly in it); the process was left running', { pid });
 }

@@ -25,7 +25,7 @@ import { FerryError, errnoCode } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
-import { noteTransient, transientMade, type TransientKind } from './transient.js';
+import { makeTransient, transientMade } from './transient.js';
 
 /** openat2(2) resolve flags (linux/openat2.h). */
 export const RESOLVE_NO_XDEV = 0x01, RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04,
@@ -342,20 +342,14 @@ export function withParent<T>(root: ConfinedRoot, path: string, what: string, fn
  * (ECHANGED); only then is it opened with `flags`, through the descriptor. The caller gives it
  * its mode and owner.
  */
-export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: TransientKind, id: string | undefined,
+export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: 'fifo' | 'chr', id: string | undefined,
   make: (dir: number, name: string) => void, flags: number, check: (fd: number) => string | undefined): number {
   const n = native();
   return withParent(root, path, what, (dir) => {
     for (let i = 0; i <= 100; i++) {
       const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
-      const forget = noteTransient(kind, root.path, `${path.slice(0, path.lastIndexOf('/'))}/${name}`, id);
-      try {
-        make(dir.dir, name);
-      } catch (err) {
-        forget();
-        if (errnoCode(err) === 'EEXIST') continue;
-        throw err;
-      }
+      const forget = makeTransient(kind, root.path, `${path.slice(0, path.lastIndexOf('/'))}/${name}`, dir.dir, id, make);
+      if (forget === undefined) continue; // taken
       transientMade();
       // O_PATH first: nothing of the node runs until it is checked to be the one made (a FIFO
       // put in its place would block an open for reading; a device's open is its driver's).
@@ -556,18 +550,18 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
     if (!st.isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: /${parts.slice(0, have + 1).join('/')} is no longer a directory`);
     have++;
   }
-  // Each directory made is written down before it is made (restore/transient.ts): a ferry
-  // killed before it removes them again leaves them to the next restore's sweep.
+  // Each directory made is written down as it is made (files/transient.ts): a ferry killed
+  // before it removes them again leaves them to the next restore's sweep.
   const made: Array<{ path: string; forget: () => void }> = [];
   const mk = (path: string): boolean => {
-    const forget = noteTransient('dir', root.path, path);
-    try {
-      mkdirIn(root, path, 0o700, what);
-    } catch (err) {
-      forget();
-      if (errnoCode(err) === 'EEXIST' || (err instanceof FerryError && errnoCode(err.cause) === 'EEXIST')) return false;
-      throw err;
-    }
+    const forget = withParent(root, path, what, (p) => {
+      try {
+        return makeTransient('dir', root.path, path, p.dir, undefined, (dir, name) => native().mkdirat(dir, name, 0o700));
+      } catch (err) {
+        throw confinedError(err, root, path, what, true);
+      }
+    });
+    if (forget === undefined) return false; // taken
     made.push({ path, forget });
     return true;
   };

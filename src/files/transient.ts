@@ -10,19 +10,40 @@
  *
  * So each such name is written down first, in a journal of ferry's own
  * (/run/ferry/transient, root's, 0700): one file per name, made before the name and removed
- * after it (noteTransient). Between the making and the removal the restore passes the fault
- * point `transient` (transientMade), where the fault cells kill it. `sweepTransientNames` (at the start of every restore, and by `ferry check`) takes
- * each entry whose ferry is gone (its pid and start time no longer match) and removes the name
- * if it is still what ferry made, in the very directory it was made in (device and inode
- * recorded): an empty directory of root's with mode 0700, a FIFO of root's with mode 0600, a
- * character device node of root's with mode 0600 and the device number the entry records, or
- * a further name of the inode the entry records (which still has another). Anything else at that name is someone else's by now and is left alone; the entry
- * goes either way.
+ * after it. Between the making and the removal the restore passes the fault point `transient`
+ * (transientMade), where the fault cells kill it. `sweepTransientNames` (at the start of every
+ * restore, and by `ferry check`) takes each entry whose ferry is gone (its pid and start time no
+ * longer match) and removes the name if it is still the very node ferry made: in the very
+ * directory it was made in (device and inode recorded, the directory opened once and the name
+ * looked at and removed relative to it, never resolved again), the inode the entry records,
+ * and the shape ferry gave it: an empty directory of root's with mode 0700, a FIFO of root's
+ * with mode 0600, a character device node of root's with mode 0600 and the device number the
+ * entry records, or a further name of the file's inode (which still has another). Anything
+ * else at that name is someone else's by now and is left alone; the entry goes either way.
+ *
+ * A node ferry makes (a directory, FIFO or device node: makeTransient) has no inode to write
+ * down before it exists, and a node of the same shape that someone else makes at that name
+ * after a ferry died must not go. So it is made under a name of ferry's own
+ * (`.ferry-transient-PID-START-N` beside it, the entry naming it), its inode written into the
+ * entry (a new entry file renamed over the old: whole or not at all), and only then renamed to
+ * its name (RENAME_NOREPLACE). A ferry killed before the inode is written leaves the node under
+ * its own name alone, which the sweep removes by its shape; after, the inode decides, under
+ * either name. A linked name's inode is the file's, known before.
  */
-import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync, type BigIntStats } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { errnoCode } from '../errors.js';
 import { faultPointSync } from '../fault.js';
+import { native } from '../native/binding.js';
+import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
 import { startTimeOf } from '../proc/read.js';
+
+const O_NOFOLLOW = 0o400000, AT_REMOVEDIR = 0x200, RENAME_NOREPLACE = 1;
+/** openat2(2) resolve: the name itself, in the directory, no link followed. */
+const RESOLVE_BENEATH = 0x08, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_NO_MAGICLINKS = 0x02;
+const NAME_ONLY = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+/** The names ferry makes its nodes under before they get theirs (makeTransient). */
+const OWN_NAME = /^\.ferry-transient-\d+-\d+-\d+$/;
 
 /** Where the entries live. */
 export const TRANSIENT_DIR = '/run/ferry/transient';
@@ -36,8 +57,13 @@ interface Entry {
   kind: TransientKind;
   /** The name, as the host sees it (the root's path joined with the path inside it). */
   path: string;
-  /** `link`: the inode the name leads to. */
+  /**
+   * The inode the name leads to: a `link`'s from the start, a made node's once it exists
+   * (absent until then, and in an older ferry's entries: such a name is left).
+   */
   ino?: string;
+  /** A made node's own name beside `path`, which it has until it is renamed to `path`. */
+  temp?: string;
   /** `chr`: the device number of the node, `major:minor`. */
   rdev?: string;
   /**
@@ -52,27 +78,81 @@ let ownStart: string | undefined;
 
 
 /**
- * Writes down that name `path` (inside the root at `rootPath`) of kind `kind` is about to be
- * made, before it is; returns the function that forgets it, to call once the name is removed
- * again (or was never made). `id`: the inode a `link` leads to, the `major:minor` of a `chr`.
+ * Writes down that name `path` (inside the root at `rootPath`) of a file's inode `ino` is
+ * about to be linked, before it is; returns the function that forgets it, to call once the
+ * name is removed again (or was never made).
  */
-export function noteTransient(kind: TransientKind, rootPath: string, path: string, id?: string): () => void {
-  mkdirSync(TRANSIENT_DIR, { recursive: true, mode: 0o700 });
-  ownStart ??= startTimeOf(process.pid) ?? '0';
+export function noteTransient(kind: 'link', rootPath: string, path: string, ino: string): () => void {
   const at = hostPath(rootPath, path);
   const parent = identity(dirname(at));
-  const entry: Entry = {
-    pid: process.pid, start: ownStart, kind, path: at, ...(id !== undefined ? (kind === 'chr' ? { rdev: id } : { ino: id }) : {}),
-    ...(parent !== undefined ? { parent } : {}),
+  return writeEntry({ kind, path: at, ino, ...(parent !== undefined ? { parent } : {}) }).forget;
+}
+
+/**
+ * Makes node `path` (inside the root at `rootPath`; its directory open as `dirfd`) of kind
+ * `kind` for a moment, written down so that the sweep can tell the very node (see above):
+ * `make(dirfd, name)` makes it under a name of ferry's own, which is then renamed to its own.
+ * Returns the function that forgets it, to call once it is removed again; undefined when the
+ * name is taken (nothing made is left). `rdev`: a `chr`'s `major:minor`. Errors are the
+ * syscalls' own (the caller says what was being made).
+ */
+export function makeTransient(kind: 'dir' | 'fifo' | 'chr', rootPath: string, path: string, dirfd: number, rdev: string | undefined,
+  make: (dirfd: number, name: string) => void): (() => void) | undefined {
+  const n = native();
+  const dir = fstatSync(dirfd, { bigint: true });
+  const name = basename(path);
+  ownStart ??= startTimeOf(process.pid) ?? '0';
+  const temp = `.ferry-transient-${process.pid}-${ownStart}-${++counter}`;
+  const entry: Omit<Entry, 'pid' | 'start'> = {
+    kind, path: hostPath(rootPath, path), temp, parent: `${dir.dev}:${dir.ino}`, ...(rdev !== undefined ? { rdev } : {}),
   };
-  const file = join(TRANSIENT_DIR, `${process.pid}-${String(++counter).padStart(8, '0')}.json`);
-  const fd = openSync(file, 'wx', 0o600);
+  const journal = writeEntry(entry);
   try {
-    writeSync(fd, JSON.stringify(entry));
-  } finally {
-    closeSync(fd);
+    make(dirfd, temp);
+  } catch (err) {
+    journal.forget();
+    throw err;
   }
-  return () => rmSync(file, { force: true });
+  try {
+    const st = statAt(dirfd, temp);
+    if (st === undefined) throw Object.assign(new Error(`${temp} vanished once made`), { code: 'ENOENT' });
+    journal.rewrite({ ...entry, ino: String(st.ino) });
+    n.renameat2(dirfd, temp, dirfd, name, RENAME_NOREPLACE);
+  } catch (err) {
+    try {
+      n.unlinkat(dirfd, temp, kind === 'dir' ? AT_REMOVEDIR : 0);
+      journal.forget();
+    } catch { /* left in the journal: the sweep removes it */ }
+    if (errnoCode(err) === 'EEXIST') return undefined;
+    throw err;
+  }
+  return journal.forget;
+}
+
+/** Writes `e` as a new entry of this ferry; `rewrite` replaces it whole, `forget` removes it. */
+function writeEntry(e: Omit<Entry, 'pid' | 'start'>): { rewrite(e: Omit<Entry, 'pid' | 'start'>): void; forget(): void } {
+  mkdirSync(TRANSIENT_DIR, { recursive: true, mode: 0o700 });
+  ownStart ??= startTimeOf(process.pid) ?? '0';
+  const file = join(TRANSIENT_DIR, `${process.pid}-${String(++counter).padStart(8, '0')}.json`);
+  const write = (to: string, what: Omit<Entry, 'pid' | 'start'>): void => {
+    const fd = openSync(to, 'wx', 0o600);
+    try {
+      writeSync(fd, JSON.stringify({ pid: process.pid, start: ownStart, ...what }));
+    } finally {
+      closeSync(fd);
+    }
+  };
+  write(file, e);
+  return {
+    // A new file renamed over the old one: a sweep reads the one or the other whole. (Killed
+    // between the two, both are left; each is swept, and the name is the inode's either way.)
+    rewrite: (what) => {
+      rmSync(`${file}.new`, { force: true });
+      write(`${file}.new`, what);
+      renameSync(`${file}.new`, file);
+    },
+    forget: () => rmSync(file, { force: true }),
+  };
 }
 
 /** The fault point between a transient name's making and its removal. */
@@ -126,43 +206,77 @@ export function sweepTransientNames(log?: { warn(o: object, m: string): void }):
   return removed;
 }
 
-/** Removes `e`'s name if it is still what ferry made; whether it did. */
+/**
+ * Removes `e`'s name if it is still the node ferry made (see above); whether it did. Its
+ * directory is opened once and everything else is done relative to it.
+ */
 function removeIfOurs(e: Entry): boolean {
-  if (typeof e.path !== 'string' || !e.path.startsWith('/')) return false;
-  // Only in the directory it was made in (another one may have its path by now).
-  if (e.parent === undefined || identity(dirname(e.path)) !== e.parent) return false;
-  let st;
+  if (typeof e.path !== 'string' || !e.path.startsWith('/') || typeof e.parent !== 'string') return false;
+  let dir: number;
   try {
-    st = lstatSync(e.path, { bigint: true });
+    dir = openSync(dirname(e.path), O_PATH | O_DIRECTORY | O_NOFOLLOW);
   } catch {
     return false; // gone
   }
+  try {
+    // Only in the directory it was made in (another one may have its path by now).
+    const st = fstatSync(dir, { bigint: true });
+    if (`${st.dev}:${st.ino}` !== e.parent) return false;
+    const temp = typeof e.temp === 'string' && OWN_NAME.test(e.temp) && removeAt(dir, e.temp, e, true);
+    return removeAt(dir, basename(e.path), e, false) || temp;
+  } finally {
+    closeSync(dir);
+  }
+}
+
+/**
+ * Removes `name` in directory `dir` if it is `e`'s node: the recorded inode, on the directory's
+ * filesystem, and the shape ferry gave it; with no inode recorded (a ferry killed between the
+ * making and the writing down) only under a name of ferry's own (`own`), by its shape.
+ */
+function removeAt(dir: number, name: string, e: Entry, own: boolean): boolean {
+  const st = statAt(dir, name);
+  if (st === undefined) return false;
+  if (e.ino !== undefined ? st.ino.toString() !== e.ino || `${st.dev}` !== e.parent!.split(':')[0] : !own) return false;
   const mode = Number(st.mode & 0o7777n);
   switch (e.kind) {
     case 'dir':
       if (!st.isDirectory() || st.uid !== 0n || mode !== 0o700) return false;
-      try {
-        rmdirSync(e.path); // only if empty
-      } catch {
-        return false;
-      }
-      return true;
+      break;
     case 'fifo':
       if (!st.isFIFO() || st.uid !== 0n || mode !== 0o600) return false;
-      unlinkSync(e.path);
-      return true;
+      break;
     case 'chr': {
       const rdev = `${Number(((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn))}:${Number((st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn))}`;
       if (!st.isCharacterDevice() || st.uid !== 0n || mode !== 0o600 || rdev !== e.rdev) return false;
-      unlinkSync(e.path);
-      return true;
+      break;
     }
     case 'link':
-      // The same filesystem as its directory, the recorded inode, and another name besides.
-      if (!st.isFile() || st.ino.toString() !== e.ino || `${st.dev}` !== e.parent.split(':')[0] || st.nlink < 2n) return false;
-      unlinkSync(e.path);
-      return true;
+      // The recorded inode, and another name besides.
+      if (!st.isFile() || e.ino === undefined || st.nlink < 2n) return false;
+      break;
     default:
       return false;
+  }
+  try {
+    native().unlinkat(dir, name, e.kind === 'dir' ? AT_REMOVEDIR : 0); // a directory only if empty
+  } catch {
+    return false;
+  }
+  return true;
+}
+
+/** lstat of `name` in directory `dir`, resolving nothing else; undefined when it is not there. */
+function statAt(dir: number, name: string): BigIntStats | undefined {
+  let fd: number;
+  try {
+    fd = native().openat2(dir, name, O_PATH | O_NOFOLLOW, 0, NAME_ONLY);
+  } catch {
+    return undefined;
+  }
+  try {
+    return fstatSync(fd, { bigint: true });
+  } finally {
+    native().closeFd(fd);
   }
 }

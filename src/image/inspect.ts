@@ -126,6 +126,7 @@ export function formatInspect(r: InspectReport, verbose = false): string {
   const lines = [
     `image      ${r.image}`,
     `format     ${m.format} v${m.formatVersion}, written by ferry ${m.ferryVersion} at ${m.createdAt}`,
+    ...(m.requires !== undefined ? [`requires   ${m.requires.join(', ')}`] : []),
     `kernel     ${m.host.kernelRelease} (${m.host.arch}), xfeatures ${m.host.xfeatures}`,
     `signer     ${r.signer ?? 'unsigned'}`,
     `root pid   ${m.root.pid}`,

@@ -3,6 +3,7 @@
  * and the host the image was made on, and lists every other entry with its size and sha256.
  */
 import { FerryError } from '../errors.js';
+import { KNOWN_FEATURES, REQUIRES_FORMAT_VERSION } from './features.js';
 import { SIGNATURE_NAME } from './sign.js';
 import { VDSO_ENTRY } from './records.js';
 
@@ -27,9 +28,13 @@ export const IMAGE_FORMAT = 'ferry-image';
  * 6: a chunked entry may be `pageDigests` (an image taken under pre-copy), its chunk digests
  * made from per-page digests, which a reader of version 5 would take for plain sha256 of the
  * chunk and refuse as corrupt; an image without such an entry is still written as version 5
- * (PAGED_FORMAT_VERSION - 1), so readers of version 5 take it.
+ * (PAGED_FORMAT_VERSION - 1), so readers of version 5 take it. 7: the manifest may list the
+ * features the image requires (`requires`, image/features.ts): record fields a reader that does
+ * not know them would pass over, restoring something else; a reader refuses any name it does
+ * not know. Later such fields register as features, not as versions; an image that requires
+ * none is written as version 5 or 6, as before.
  */
-export const FORMAT_VERSION = 6;
+export const FORMAT_VERSION = 7;
 /** The first version with `pageDigests` entries; images without one are written as the one before. */
 export const PAGED_FORMAT_VERSION = 6;
 export const OLDEST_FORMAT_VERSION = 1;
@@ -104,6 +109,11 @@ export interface Manifest {
   root: { pid: number };
   /** PIDs of every task in the image, root first. */
   tasks: number[];
+  /**
+   * The features the image requires a reader to know (image/features.ts), by name; absent when
+   * none. Version 7 on.
+   */
+  requires?: string[];
   entries: ManifestEntry[];
 }
 
@@ -177,6 +187,7 @@ export function parseManifest(buf: Buffer): Manifest {
       + `versions ${OLDEST_FORMAT_VERSION} to ${FORMAT_VERSION}: use the ferry version that wrote the image`);
   }
   const ferryVersion = str(m, 'ferryVersion', '');
+  const requires = requiredOf(m, ferryVersion);
   const createdAt = str(m, 'createdAt', '');
   const h = m.host;
   if (!isObj(h)) bad('host', `is ${shown(h)}, must be an object`);
@@ -243,8 +254,39 @@ export function parseManifest(buf: Buffer): Manifest {
   return {
     format: IMAGE_FORMAT, formatVersion: m.formatVersion as number, ferryVersion, createdAt,
     host: { kernelRelease, kernelVersion, arch, vdsoSha256, vdsoLayout, xfeatures, xstateSize: xstateSize as number },
-    root: { pid: rootPid }, tasks, entries,
+    root: { pid: rootPid }, tasks, ...(requires !== undefined ? { requires } : {}), entries,
   };
+}
+
+/** Bounds on `requires`: names, and how long each may be. */
+const MAX_REQUIRES = 256;
+const FEATURE_NAME = /^[a-z0-9]+(?:-[a-z0-9]+)*$/;
+const MAX_FEATURE_NAME = 64;
+
+/**
+ * The manifest's `requires` (a list of 1 to 256 unique feature names, version 7 on), refused
+ * with 'EFORMAT' when it names one this ferry does not know: it would restore something else.
+ */
+function requiredOf(m: Record<string, unknown>, ferryVersion: string): string[] | undefined {
+  const r = m.requires;
+  if (r === undefined) return undefined;
+  if ((m.formatVersion as number) < REQUIRES_FORMAT_VERSION) bad('requires', `may only be in an image of version ${REQUIRES_FORMAT_VERSION} or later`);
+  if (!Array.isArray(r) || r.length === 0 || r.length > MAX_REQUIRES) bad('requires', `must be a list of 1 to ${MAX_REQUIRES} feature names`);
+  for (const [i, name] of r.entries()) {
+    if (typeof name !== 'string' || name.length > MAX_FEATURE_NAME || !FEATURE_NAME.test(name)) {
+      bad(`requires[${i}]`, `is ${shown(name)}, must be a feature name (lowercase words joined by "-", at most ${MAX_FEATURE_NAME} characters)`);
+    }
+  }
+  const names = r as string[];
+  if (new Set(names).size !== names.length) bad('requires', 'lists a feature twice');
+  const unknown = names.filter((n) => !KNOWN_FEATURES.has(n));
+  if (unknown.length > 0) {
+    const other = ferryVersion !== '' ? ` (written by ferry ${shown(ferryVersion)})` : '';
+    throw new FerryError('EFORMAT', `manifest field requires names ${unknown.map((n) => `"${n}"`).join(', ')}${other}, `
+      + `${unknown.length > 1 ? 'features' : 'a feature'} this ferry does not know and would restore as something else: `
+      + 'restore the image with the ferry version that wrote it, or a newer one');
+  }
+  return [...names];
 }
 
 /** Refuses an image this host cannot restore: other kernel build, arch, or missing CPU features. */

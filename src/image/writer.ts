@@ -36,6 +36,7 @@ import {
   type ManifestHeader,
 } from './manifest.js';
 import { DIGEST_PAGE, pageDigests } from './chunks.js';
+import { REQUIRES_FORMAT_VERSION } from './features.js';
 import { directBuffer, DIRECT_ALIGN } from './direct.js';
 import { O_DIRECT, O_TMPFILE } from '../proc/fcntl.js';
 import { imageSigner, SIGNATURE_NAME, type ImageSigner } from './sign.js';
@@ -525,11 +526,16 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     if (e.name === MANIFEST_NAME || e.name === SIGNATURE_NAME) throw new Error(`image entry name ${e.name} is reserved`);
     if (Buffer.byteLength(e.name) >= 100) throw new Error(`image entry name too long for a plain header: ${e.name}`);
   }
+  const { requires, ...rest } = header;
+  const required = requires !== undefined && requires.length > 0;
   const manifest: Manifest = {
     format: IMAGE_FORMAT,
-    // Version 4 unless an entry needs 5: older readers still take every other image.
-    formatVersion: entries.some((e) => e.chunked === true && e.paged === true) ? PAGED_FORMAT_VERSION : PAGED_FORMAT_VERSION - 1,
-    ...header,
+    // The oldest version that holds what the image uses, so older readers still take every
+    // other image: 7 with required features, 6 with a pageDigests entry, else 5.
+    formatVersion: required ? REQUIRES_FORMAT_VERSION
+      : entries.some((e) => e.chunked === true && e.paged === true) ? PAGED_FORMAT_VERSION : PAGED_FORMAT_VERSION - 1,
+    ...rest,
+    ...(required ? { requires: [...requires] } : {}),
     entries: entries.map(placeholderEntry),
   };
   const placeholder = Buffer.from(JSON.stringify(manifest));

@@ -286,6 +286,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         return as.gadgetArea + BigInt(PAGE_SIZE);
       },
       lend: (rec, t) => lendPages(t, taskOf.get(rec.pid)!, kidsOf.get(rec.pid) ?? [], (pid) => image.pages(pagesEntry(pid))),
+      aside: (hostPid) => cgroups?.setAside(hostPid),
     }, outside);
     session.onUndo('kill the processes made so far', () => created.destroy());
     // While the tree is let go, the processes already let go run on and the ones still traced

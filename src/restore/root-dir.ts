@@ -15,7 +15,14 @@
  * mode and owner, and each process chroots into it through /proc/<ferry>/fd/N, which the
  * kernel follows to that directory itself (no name anyone could take or replace). A working
  * directory that is that same directory (the usual chroot(dir); chdir("/"); then dir removed)
- * is entered the same way: cwd and root come back as one directory, as they were. Being
+ * is entered the same way: cwd and root come back as one directory, as they were. A removed
+ * working directory directly in a removed root (chroot(dir); chdir("/sub"); both removed: its
+ * path is the root's and one name more) is made in the root's directory while that still has
+ * its name (nothing can be made in a removed directory), held and removed the same way, given
+ * its mode and owner, and entered through /proc/<ferry>/fd/N: its `..` is the root again, not a
+ * directory of the host (one made for it alone at its path would lead out of the root). One
+ * deeper is refused (checkpoint refuses it too: the directories between are recorded nowhere).
+ * Being
  * removed, it is empty (rmdir(2) removes only an empty directory, and nothing can be made in
  * a removed one), so there is nothing in it to restore; files the process had open from it
  * were removed with it and come back as deleted files.
@@ -82,6 +89,11 @@ export interface RemovedRoot {
   path: string;
   dir: RemovedDirRecord;
   pids: number[];
+  /**
+   * Removed working directories directly in it, by identity: the name in it, the recorded
+   * path and record, and the processes there.
+   */
+  below: Map<string, { name: string; path: string; dir: RemovedDirRecord; pids: number[] }>;
 }
 
 /**
@@ -100,13 +112,36 @@ export function planRemovedRoots(image: string, tasks: readonly TaskRecord[]): M
     }
     const seen = plan.get(key);
     if (seen === undefined) {
-      plan.set(key, { path: t.root, dir: t.rootDeleted!, pids: [t.pid] });
+      plan.set(key, { path: t.root, dir: t.rootDeleted!, pids: [t.pid], below: new Map() });
       continue;
     }
     const d = t.rootDeleted!;
     if (seen.path !== t.root || seen.dir.mode !== d.mode || seen.dir.uid !== d.uid || seen.dir.gid !== d.gid) {
       throw new FerryError('EIMAGE', `image ${image}: pids ${seen.pids[0]} and ${t.pid} have the same removed root directory (device ${d.dev}, inode ${d.ino}) `
         + `with another path, mode or owner (${JSON.stringify(seen.path.slice(0, 256))}, ${JSON.stringify(t.root.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: t.pid });
+    }
+    seen.pids.push(t.pid);
+  }
+  for (const t of tasks) {
+    // A removed working directory in the process's removed root, by its path: made in it.
+    const own = plan.get(identity(t.rootDeleted) ?? '');
+    const key = identity(t.cwdDeleted);
+    if (own === undefined || key === undefined || plan.has(key) || !t.cwd.startsWith(`${own.path}/`)) continue;
+    const name = t.cwd.slice(own.path.length + 1);
+    if (name.includes('/') || name === '' || name === '.' || name === '..') {
+      throw new FerryError('EUNSUPPORTED', `image ${image}: the removed working directory ${JSON.stringify(t.cwd.slice(0, 256))} of pid ${t.pid} is more than one directory `
+        + `below its removed root directory ${JSON.stringify(own.path.slice(0, 256))}, which restore cannot rebuild in it (the directories between are recorded nowhere; `
+        + 'a checkpoint refuses it): nothing was restored', { pid: t.pid });
+    }
+    const seen = own.below.get(key);
+    if (seen === undefined) {
+      own.below.set(key, { name, path: t.cwd, dir: t.cwdDeleted!, pids: [t.pid] });
+      continue;
+    }
+    const d = t.cwdDeleted!;
+    if (seen.name !== name || seen.dir.mode !== d.mode || seen.dir.uid !== d.uid || seen.dir.gid !== d.gid) {
+      throw new FerryError('EIMAGE', `image ${image}: pids ${seen.pids[0]} and ${t.pid} have the same removed working directory (device ${d.dev}, inode ${d.ino}) `
+        + `with another path, mode or owner (${JSON.stringify(seen.path.slice(0, 256))}, ${JSON.stringify(t.cwd.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: t.pid });
     }
     seen.pids.push(t.pid);
   }
@@ -138,19 +173,34 @@ export class RemovedRoots {
     try {
       for (const [key, r] of plan) {
         const what = `the removed root directory ${r.path} of pid ${r.pids[0]}`;
+        const dirs: Array<{ fd: number; what: string; dir: RemovedDirRecord; pid: number }> = [];
         // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
-        const fd = withRemovedDir(root, r.path, what, (path) => openIn(root, path, O_PATH | O_DIRECTORY | O_NOFOLLOW, what));
-        made.held.set(key, fd);
-        // Its name is removed only while it is empty: one someone put something in meanwhile
-        // is theirs now, and no removed root.
-        if (fstatSync(fd).nlink !== 0) {
-          throw new FerryError('ECHANGED', `cannot restore ${what}: the directory made for it there could not be removed again (something was put in it meanwhile); nothing was restored`, { pid: r.pids[0]! });
-        }
-        try {
-          chownSync(`/proc/self/fd/${fd}`, r.dir.uid, r.dir.gid);
-          chmodSync(`/proc/self/fd/${fd}`, r.dir.mode); // after chown, which may clear set-id bits
-        } catch (err) {
-          throw new FerryError('ESTATE', `cannot give ${what} its owner ${r.dir.uid}:${r.dir.gid} and mode ${r.dir.mode.toString(8)}: ${(err as Error).message}; nothing was restored`, { cause: err, pid: r.pids[0]! });
+        const open = (path: string, whose: string): number => openIn(root, path, O_PATH | O_DIRECTORY | O_NOFOLLOW, whose);
+        withRemovedDir(root, r.path, what, (path) => {
+          const fd = open(path, what);
+          made.held.set(key, fd);
+          dirs.push({ fd, what, dir: r.dir, pid: r.pids[0]! });
+          // The working directories in it are made in it now, while it has a name, and their
+          // names removed before its own.
+          for (const [cwdKey, b] of r.below) {
+            const whose = `the removed working directory ${b.path} of pid ${b.pids[0]}`;
+            const sub = withRemovedDir(root, `${path}/${b.name}`, whose, (p) => open(p, whose));
+            made.held.set(cwdKey, sub);
+            dirs.push({ fd: sub, what: whose, dir: b.dir, pid: b.pids[0]! });
+          }
+        });
+        for (const d of dirs) {
+          // Its name is removed only while it is empty: one someone put something in meanwhile
+          // is theirs now, and no removed directory.
+          if (fstatSync(d.fd).nlink !== 0) {
+            throw new FerryError('ECHANGED', `cannot restore ${d.what}: the directory made for it there could not be removed again (something was put in it meanwhile); nothing was restored`, { pid: d.pid });
+          }
+          try {
+            chownSync(`/proc/self/fd/${d.fd}`, d.dir.uid, d.dir.gid);
+            chmodSync(`/proc/self/fd/${d.fd}`, d.dir.mode); // after chown, which may clear set-id bits
+          } catch (err) {
+            throw new FerryError('ESTATE', `cannot give ${d.what} its owner ${d.dir.uid}:${d.dir.gid} and mode ${d.dir.mode.toString(8)}: ${(err as Error).message}; nothing was restored`, { cause: err, pid: d.pid });
+          }
         }
       }
     } catch (err) {
@@ -167,7 +217,8 @@ export class RemovedRoots {
 
   /**
    * The path the restored task chdirs into when its removed working directory is a removed
-   * root (the held directory), else undefined (restore/cwd.ts makes it as a directory of its own).
+   * root or directly in one (the held directory), else undefined (restore/cwd.ts makes it as a
+   * directory of its own).
    */
   cwdOf(task: Pick<TaskRecord, 'cwdDeleted'>): string | undefined {
     return this.pathOf(task.cwdDeleted);

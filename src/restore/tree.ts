@@ -10,11 +10,11 @@
  * first. Sessions: a session leader calls setsid() right after it is created, before it forks
  * children, which inherit the session. Groups: once every process exists, group leaders call
  * setpgid(0, 0), then members join their group; a group whose leader had exited is made around a
- * short-lived process with its id, forked by a member, which exits once the members joined
- * (leaderlessGroups). A process that shared a descriptor table or fs
- * struct (clone(2) CLONE_FILES, CLONE_FS) is forked with the same flags by its parent holding
- * them, or by a sibling holding them with CLONE_PARENT too (image/sharing.ts), so they share
- * them again; the table is filled once, by the first process holding it. Zombies are created
+ * short-lived process with its id, forked by the session's leader as soon as that exists, which
+ * exits once the members joined (leaderlessGroups, holdGroup). A process that shared a
+ * descriptor table or fs struct (clone(2) CLONE_FILES, CLONE_FS) is forked with the same flags
+ * by its parent holding them, or by a sibling holding them with CLONE_PARENT too
+ * (image/sharing.ts), so they share them again; the table is filled once, by the first process holding it. Zombies are created
  * like the others and then made to exit with their status: their parent reaps them after
  * restore.
  */
@@ -76,6 +76,12 @@ export interface TreeBuilder {
    * at fork only (restore/cow.ts lendPages); returns what takes them back once they are forked.
    */
   lend?(rec: ProcessRecord, t: Tracee): (() => void) | undefined;
+  /**
+   * Keeps a process the restore makes for a moment, none of the image's (`hostPid`, holding a
+   * process group's id: holdGroup), out of the cgroups the tree is put into: it must not count
+   * against their limits (pids.max), as the group's exited leader did not.
+   */
+  aside?(hostPid: number): void;
 }
 
 /**
@@ -134,6 +140,14 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
       t.writeMem(at, data);
       return at;
     };
+    // Groups whose leader had exited: each one's id holder is forked by its forker as soon as
+    // that exists (groupHolders, holdGroup), the root included.
+    const holders = groupHolders(tree);
+    const held: HeldGroup[] = [];
+    const hold = (rec: ProcessRecord, t: Tracee): void => {
+      for (const pgid of holders.get(rec.pid) ?? []) held.push(holdGroup(created, rec, t, pgid, put(rec.pid, t), adopted === undefined, builder));
+    };
+    hold(rootRec, root);
     // Who forks each process: its parent, or a sibling holding a table it shares (below).
     const forkers = new Map<number, number>();
     const listed = new Forkers();
@@ -157,6 +171,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         child.syscall(SYS.setsid);
         lead(child, rec);
       }
+      hold(rec, child);
     };
     if (!builder) {
       for (const rec of rest) make(rec);
@@ -179,7 +194,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         giveBack?.();
       }
     }
-    setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree), put, adopted === undefined);
+    setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree), held);
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {
     created.destroy();
@@ -246,7 +261,8 @@ function fork(parent: Tracee, pid: number, ppid: number, put: (data: Buffer) => 
   if (r < 0n) {
     throw new FerryError(r === -17n ? 'EPIDINUSE' : 'ESPAWN', r === -17n
       ? `pid ${pid} is in use by another process: stop it, or restore elsewhere`
-      : `cannot create pid ${pid} (child of ${parent.pid}): clone3 failed with errno ${-r}`);
+      : `cannot create pid ${pid} (child of ${parent.pid}): clone3 failed with errno ${-r}`
+        + (r === -11n ? ' (EAGAIN: a pids.max of its cgroups, or the host\'s threads-max, is reached: raise it, or restore elsewhere)' : ''));
   }
   // clone3 returned `pid` as the parent's namespace sees it; ptrace needs ferry's id of it,
   // which in another pid namespace (a container's) is the one new child of `home`.
@@ -336,7 +352,8 @@ export function outsideGroups(tree: TreeRecord): Set<number> {
 
 /**
  * Process groups of a session the tree leads whose leader is not in the tree, by group id,
- * each with the member that makes it again (the first listed: a live one if any). The leader
+ * each with a member of it (the first listed: a live one if any), which makes it again when the
+ * session's leader is not a live process (groupHolders). The leader
  * had exited (dump/tree.ts checkGroups refuses one alive outside the tree): the group lived
  * on in its members, its id a pid no process had and none could take. Such a session is made
  * anew by the restore, so the group is made anew in it too (setGroups).
@@ -352,25 +369,72 @@ export function leaderlessGroups(tree: TreeRecord): Map<number, ProcessRecord> {
   return out;
 }
 
+/** A process holding the id of a group whose leader had exited (holdGroup), until setGroups ends it. */
+interface HeldGroup {
+  pgid: number;
+  /** Its parent, which reaps it: the group's session leader, or a member. */
+  by: ProcessRecord;
+  t: Tracee;
+}
+
+/**
+ * Who forks the process holding the id of each group whose leader had exited (leaderlessGroups),
+ * by that forker's pid: the group's session leader when it is a live process, else the member
+ * leaderlessGroups chose. The leader comes before every process of its session in tree order,
+ * so its holder exists before any member does: in a cgroup whose pids.max is the tree's size
+ * (the leader had exited) a member is never the one that finds it full.
+ */
+function groupHolders(tree: TreeRecord): Map<number, number[]> {
+  const listed = new Map(tree.processes.map((p) => [p.pid, p]));
+  const out = new Map<number, number[]>();
+  for (const [pgid, member] of leaderlessGroups(tree)) {
+    const leader = listed.get(member.sid);
+    const by = leader !== undefined && leader.zombie === null ? leader.pid : member.pid;
+    const list = out.get(by);
+    if (list) list.push(pgid);
+    else out.set(by, [pgid]);
+  }
+  return out;
+}
+
+/**
+ * Makes process group `pgid`, whose leader had exited, around a process with its id: `rec`
+ * (its stub `parent`, just made, in the group's session) forks it (clone3 set_tid, no exit
+ * signal, in `rec`'s session and so the group's) and it calls setpgid(0, 0) (setpgid(2) makes
+ * only the caller's own group, and members join only an existing one). Forked before `rec` is
+ * put into its cgroups and its memory rebuilt, and set aside from the tree's cgroups
+ * (`builder.aside`) in case `rec` was forked into one already: it is none of the image's
+ * processes. Until setGroups ends it, it is one of `created`'s stubs (keyed by its id, which no
+ * process of the tree has), so a failure kills and collects it with the tree.
+ */
+function holdGroup(created: CreatedTree, rec: ProcessRecord, parent: Tracee, pgid: number, put: (data: Buffer) => bigint,
+  hostIds: boolean, builder: TreeBuilder | undefined): HeldGroup {
+  const t = fork(parent, pgid, rec.pid, put, hostIds, 0, parent, 0);
+  created.stubs.set(pgid, t);
+  builder?.aside?.(t.pid);
+  try {
+    t.syscall(SYS.setpgid, 0, 0);
+  } catch (err) {
+    throw new FerryError('ESTATE', `cannot make process group ${pgid} (whose leader had exited) again: ${describeCause(err)}`, { cause: err, pid: rec.pid });
+  }
+  return { pgid, by: rec, t };
+}
+
 /**
  * Group leaders first, then members, so every group exists when it is joined; `outside`: the
  * groups led from outside the tree to join again (outsideGroups), else the root's group.
  *
  * A group whose leader had exited (leaderlessGroups) needs a process with its id to exist
- * when it is made and joined (setpgid(2) takes an existing group, or makes the caller's own):
- * one of its members forks a helper with that pid (clone3 set_tid, no exit signal, in the
- * member's session and so the group's), which makes the group (setpgid(0, 0)); once the
- * members joined, it exits and its parent reaps it (wait4, __WALL), leaving the group to its
- * members as the original leader did. Until then it is one of `created`'s stubs, so a failure
- * kills and collects it with the tree.
+ * when it is made and joined: `held` (holdGroup made them as the tree was made). Once the
+ * members joined, each exits and its parent reaps it (wait4, __WALL), leaving the group to its
+ * members as the original leader did.
  */
-function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<number>,
-  put: (pid: number, t: Tracee) => (data: Buffer) => bigint, hostIds: boolean): void {
+function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<number>, held: readonly HeldGroup[]): void {
   const n = native();
   const inTree = new Set(tree.processes.map((p) => p.pid));
   const root = created.stubs.get(tree.root)!;
   const rootGroup = groupOf(root).pgid;
-  const orphans = leaderlessGroups(tree);
+  const orphans = new Set(held.map((h) => h.pgid));
   const target = (p: ProcessRecord): number => (inTree.has(p.pgid) || outside.has(p.pgid) || orphans.has(p.pgid) ? p.pgid : rootGroup);
   const leaders = tree.processes.filter((p) => p.pgid === p.pid && p.sid !== p.pid);
   const members = tree.processes.filter((p) => p.pgid !== p.pid);
@@ -382,22 +446,13 @@ function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<
     }
   };
   for (const p of leaders) if (groupOf(created.stubs.get(p.pid)!).pgid !== p.pid) join(created.stubs.get(p.pid)!, p.pid, 0);
-  // Helpers are keyed by their group id, which no process of the tree has.
-  const helpers: Array<{ pgid: number; by: ProcessRecord; t: Tracee }> = [];
-  for (const [pgid, by] of orphans) {
-    const parent = created.stubs.get(by.pid)!;
-    const t = fork(parent, pgid, by.pid, put(by.pid, parent), hostIds, 0, parent, 0);
-    created.stubs.set(pgid, t);
-    helpers.push({ pgid, by, t });
-    join(t, pgid, 0);
-  }
   for (const p of members) {
     const t = created.stubs.get(p.pid)!;
     const want = target(p);
     if (groupOf(t).pgid !== want) join(t, p.pid, want);
   }
-  if (helpers.length > 0) faultPointSync('grouped');
-  for (const { pgid, by, t } of helpers) {
+  if (held.length > 0) faultPointSync('grouped');
+  for (const { pgid, by, t } of held) {
     // exit_group(0) at the gadget, untraced (a traced child's exit goes to its tracer first).
     const regs = decodeRegs(n.getRegs(t.tid));
     regs.rip = t.gadget;

@@ -9,7 +9,7 @@
  * pages it inherits (memcheck cow), and with CLONE_FILES | CLONE_FS from a parent whose
  * descriptor table and fs struct it shares (sharetables both); and (FERRY_TEST_PAUSE_AT=lent)
  * the rebuilt parent holding the pages its children lend through it, before they are forked;
- * (FERRY_TEST_PAUSE_AT=grouped) the helper a member forked with the id of a process group whose
+ * (FERRY_TEST_PAUSE_AT=grouped) the helper the session leader forked with the id of a group whose
  * leader had exited, holding the group for the members that joined it: it dies with its traced
  * parent too, and the group id is free again with the tree's pids.
  */

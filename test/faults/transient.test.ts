@@ -6,14 +6,21 @@
  * it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
  * ferry's journal; the next restore sweeps it before it starts, restores the workload, which
  * passes its check, and no name is left beside the workload's own, nor any journal entry.
+ *
+ * And the sweep itself, against processes that make such a node through ferry's own code
+ * (files/transient.ts makeTransient) and SIGKILL themselves: with the node under ferry's own
+ * name before its inode is written down, or at its name after; the sweep removes what they
+ * made and leaves a node of the very same shape (root's, the same mode) that someone else made
+ * at the name afterwards, and the made node itself once it has another name.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { TRANSIENT_DIR } from '../../src/files/transient.js';
+import { sweepTransientNames, TRANSIENT_DIR } from '../../src/files/transient.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { checkpointTreeFreed, cleanup, ferry, own, startWorkload, verify } from '../helpers/processes.js';
+import { checkpointTreeFreed, cleanup, ferry, own, scratchDir, startWorkload, verify } from '../helpers/processes.js';
 import { hit, pidsFree, whilePaused, type Problems } from './helpers.js';
 
 const skip = needs('root', 'build');
@@ -50,6 +57,66 @@ describe('fault cells: restore killed while it holds a name it made for a moment
       assert.equal(await verify(w), 'PASS');
       assert.deepEqual(readdirSync(w.dir).filter((n) => made.test(n) || n.includes('.ferry-removed-')), [], 'no name is left');
       assert.deepEqual(entriesOf(killed), [], 'no journal entry of the killed ferry is left');
+    });
+  }
+});
+
+/**
+ * Runs a process that makes node `name` of `kind` in `dir` as a restore does (makeTransient)
+ * and SIGKILLs itself: `made` inside the making, the node under ferry's own name and its inode
+ * not yet written down; `named` once it has its name. Returns its pid.
+ */
+function killedMaking(kind: 'fifo' | 'dir', dir: string, name: string, when: 'made' | 'named'): number {
+  const script = `
+    import { openSync } from 'node:fs';
+    import { makeTransient } from ${JSON.stringify(new URL('../../src/files/transient.js', import.meta.url).href)};
+    import { native } from ${JSON.stringify(new URL('../../src/native/binding.js', import.meta.url).href)};
+    const [kind, dir, name, when] = process.argv.slice(1);
+    const dirfd = openSync(dir, 0o10000000 | 0o200000); // O_PATH | O_DIRECTORY
+    const forget = makeTransient(kind, '/', dir + '/' + name, dirfd, undefined, (d, n) => {
+      if (kind === 'dir') native().mkdirat(d, n, 0o700);
+      else native().mkfifoat(d, n, 0o600);
+      if (when === 'made') process.kill(process.pid, 'SIGKILL');
+    });
+    if (forget === undefined) process.exit(3);
+    process.kill(process.pid, 'SIGKILL');
+  `;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, kind, dir, name, when],
+    { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.signal, 'SIGKILL', r.stderr);
+  return r.pid!;
+}
+
+/** A node like the one ferry makes (root's, the same mode), made by someone else. */
+function foreign(kind: 'fifo' | 'dir', path: string): void {
+  if (kind === 'dir') mkdirSync(path, 0o700);
+  else assert.equal(spawnSync('mkfifo', ['-m', '600', path]).status, 0);
+  const st = statSync(path);
+  assert.equal(st.mode & 0o7777, kind === 'dir' ? 0o700 : 0o600, 'the shape ferry gives its node');
+  assert.equal(st.uid, 0);
+}
+
+describe('the sweep of the names a killed ferry made', { skip, timeout: 60_000 }, () => {
+  for (const kind of ['fifo', 'dir'] as const) {
+    it(`${kind}: what it made goes, under ferry's own name or its own; a same-shaped node someone else made there stays`, () => {
+      const dir = scratchDir('ferry-sweep-');
+      // Killed before the inode was written down: its node is under ferry's own name only;
+      // someone then made the name itself, with the same shape.
+      const a = killedMaking(kind, dir, 'a', 'made');
+      assert.deepEqual(readdirSync(dir).map((n) => n.replace(/\d+/g, 'N')), ['.ferry-transient-N-N-N'], 'made under ferry\'s own name');
+      foreign(kind, join(dir, 'a'));
+      // Killed at its name, its inode written down; someone then moved it away and made the
+      // name again with the same shape.
+      const b = killedMaking(kind, dir, 'b', 'named');
+      renameSync(join(dir, 'b'), join(dir, 'b.moved'));
+      foreign(kind, join(dir, 'b'));
+      // Killed at its name, nothing touched since.
+      const c = killedMaking(kind, dir, 'c', 'named');
+      assert.deepEqual(readdirSync(dir).filter((n) => !n.startsWith('.')).sort(), ['a', 'b', 'b.moved', 'c']);
+
+      sweepTransientNames();
+      assert.deepEqual(readdirSync(dir).sort(), ['a', 'b', 'b.moved'], 'ferry\'s own name and c went; the others stay');
+      for (const pid of [a, b, c]) assert.deepEqual(entriesOf(pid), [], `no journal entry of ${pid} is left`);
     });
   }
 });

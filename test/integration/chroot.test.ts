@@ -21,7 +21,7 @@ import { needs, WORKLOADS } from '../helpers/env.js';
 import type { TaskRecord } from '../../src/image/records.js';
 import { editImage, json } from '../helpers/images.js';
 import {
-  alive, askVerdict, checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, startWorkload, verify, type Workload,
+  alive, askVerdict, checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, startWorkload, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
@@ -29,9 +29,12 @@ after(cleanup);
 
 const start = (...args: string[]) => startWorkload(join(WORKLOADS, 'chrooted'), ['DIR', ...args]);
 
-/** Starts chrooted in a jail it removes, with its child; returns both pids (owned) and the workload. */
-async function inRemovedRoot(): Promise<{ w: Workload; pids: number[] }> {
-  const w = await start('removed');
+/**
+ * Starts chrooted in a jail it removes (`removedsub`: in /sub of it, removed too), with its
+ * child; returns both pids (owned) and the workload.
+ */
+async function inRemovedRoot(mode: 'removed' | 'removedsub' | 'removeddeep' = 'removed'): Promise<{ w: Workload; pids: number[] }> {
+  const w = await start(mode);
   const pids = ownTree(w);
   assert.deepEqual(pids, [w.pid, Number(/child=(\d+)/.exec(w.text())?.[1])], w.text());
   return { w, pids };
@@ -56,6 +59,31 @@ function inOneRemovedJail(w: Workload, pids: readonly number[], label: string): 
   assert.equal(ids.size, 1, `${label}: the roots and working directories of ${pids.join(', ')} are one directory`);
   assert.ok(!existsSync(jail), `${label}: nothing at ${jail}`);
   assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${label}: nothing made beside it`);
+}
+
+/**
+ * Asserts that every one of `pids` has the removed jail of `w` as its root and its removed /sub
+ * as its working directory, one directory each for all, and that nothing is at their paths.
+ */
+function inRemovedSub(w: Workload, pids: readonly number[], label: string): void {
+  const jail = join(w.dir, 'jail');
+  const ids = { root: new Set<string>(), cwd: new Set<string>() };
+  for (const pid of pids) {
+    for (const [link, path, mode] of [['root', jail, 0o751], ['cwd', join(jail, 'sub'), 0o710]] as const) {
+      assert.equal(readlinkSync(`/proc/${pid}/${link}`), `${path} (deleted)`, `${label}: pid ${pid} ${link}`);
+      const st = statSync(`/proc/${pid}/${link}`);
+      assert.equal(st.nlink, 0, `${label}: pid ${pid} ${link} has no links`);
+      assert.deepEqual([st.mode & 0o7777, st.uid, st.gid], [mode, 65534, 65534], `${label}: pid ${pid} ${link} has its mode and owner`);
+      ids[link].add(`${st.dev}:${st.ino}`);
+    }
+    // Walked from here, not stopped by the process's root: the working directory's parent.
+    const up = statSync(`/proc/${pid}/cwd/..`);
+    assert.ok(ids.root.has(`${up.dev}:${up.ino}`), `${label}: pid ${pid}: the parent of its working directory is its root`);
+  }
+  assert.equal(ids.root.size, 1, `${label}: one root for ${pids.join(', ')}`);
+  assert.equal(ids.cwd.size, 1, `${label}: one working directory for ${pids.join(', ')}`);
+  assert.ok(![...ids.cwd].some((id) => ids.root.has(id)), `${label}: the working directory is not the root`);
+  assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${label}: nothing at the jail's path or beside it`);
 }
 
 describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
@@ -100,7 +128,65 @@ describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
     for (const pid of pids) assert.equal(procState(pid).tracer, 0, `pid ${pid} untraced`);
     inOneRemovedJail(w, pids, 'after');
     assert.equal(statSync(`/proc/${w.pid}/root`).ino, before, 'the very directory it had');
+    // A ferry that does not know removed roots refuses the image rather than chroot into
+    // whatever has the path (image/features.ts).
+    const ins = ferry(['inspect', '--image', join(w.dir, 'lr.tar'), '--json']);
+    assert.equal(ins.code, 0, ins.stderr);
+    const { manifest } = JSON.parse(ins.stdout.toString()) as { manifest: { formatVersion: number; requires?: string[] } };
+    assert.equal(manifest.formatVersion, 7);
+    assert.ok(manifest.requires?.includes('removed-root'), JSON.stringify(manifest.requires));
     assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('a removed working directory in a removed root comes back in it, one for the tree, twice in a row', async () => {
+    const { w, pids } = await inRemovedRoot('removedsub');
+    inRemovedSub(w, pids, 'before');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, join(w.dir, 'sub.tar'), i, [], { tree: pids.slice(1) });
+      for (const pid of pids.slice(1)) own(pid);
+      inRemovedSub(w, pids, `cycle ${i + 1}`);
+      assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    }
+  });
+
+  it('--leave-running leaves a removed working directory in a removed root as it was; one deeper in an edited image is refused', async () => {
+    const { w, pids } = await inRemovedRoot('removedsub');
+    const image = join(w.dir, 'lr.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    for (const pid of pids) assert.equal(procState(pid).tracer, 0, `pid ${pid} untraced`);
+    inRemovedSub(w, pids, 'after');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    for (const pid of pids) process.kill(pid, 'SIGKILL');
+    await w.exited;
+    await waitFor('the tree to be free', () => !pids.some(alive), 8000);
+    // Its working directory claimed a directory deeper: one made at that path would not be in
+    // the root (the directory between is recorded nowhere).
+    const deeper = join(w.dir, 'deeper.tar');
+    await editImage(image, deeper, { [`tasks/${w.pid}/task.json`]: json<TaskRecord>((t) => { t.cwd = `${t.root!}/a/sub`; }) });
+    const rs = ferry(['restore', '--image', deeper, '--max-creds', 'root']);
+    assert.equal(rs.code, 1);
+    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${deeper}: the removed working directory "${w.dir}/jail/a/sub" of pid ${w.pid} is more than one directory below `
+      + `its removed root directory "${w.dir}/jail", which restore cannot rebuild in it .*: nothing was restored\n$`));
+    for (const pid of pids) assert.ok(!alive(pid), `pid ${pid}: nothing made`);
+    assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], 'no directory made');
+  });
+
+  it('a removed working directory deeper in a removed root is refused at checkpoint in one line; the tree runs on', async () => {
+    const { w, pids } = await inRemovedRoot('removeddeep');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'no.tar')]);
+    assert.equal(cp.code, 1);
+    assert.equal(cp.stderr, `ferry checkpoint: pid ${w.pid}: its working directory ${w.dir}/jail/a/sub was removed, and so was its root directory ${w.dir}/jail, `
+      + 'more than one directory above it: restore cannot rebuild that yet (only a removed working directory that is the removed root or directly in it); '
+      + 'the process was left running\n');
+    for (const pid of pids) {
+      const st = procState(pid);
+      assert.equal(st.tracer, 0, `pid ${pid} untraced`);
+      assert.ok(!'tT'.includes(st.state), `pid ${pid} not stopped`);
+    }
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
   });
 
   it('an edited image giving one removed root two paths is refused in one line, with nothing made', async () => {

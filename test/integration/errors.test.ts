@@ -281,7 +281,9 @@ describe('the error contract', { skip, timeout: 300_000 }, () => {
       ['a manifest whose format is nested 100000 deep', { 'manifest.json': json((v) => { v.format = '@DEEP@'; }) },
         'EFORMAT', /^image \S+: manifest field format is a list, not "ferry-image": not a ferry image/],
       ['a manifest of another format version', { 'manifest.json': json((v) => { v.formatVersion = { v: 2 }; }) },
-        'EFORMAT', /^image \S+: manifest field formatVersion is an object \(written by ferry "[^"]+"\); this ferry reads versions 1 to 6: use the ferry version that wrote the image/],
+        'EFORMAT', /^image \S+: manifest field formatVersion is an object \(written by ferry "[^"]+"\); this ferry reads versions 1 to 7: use the ferry version that wrote the image/],
+      ['a manifest that requires a feature this ferry does not know', { 'manifest.json': json((v) => { v.formatVersion = 7; v.requires = ['from-a-newer-ferry']; }) },
+        'EFORMAT', /^image \S+: manifest field requires names "from-a-newer-ferry" \(written by ferry "[^"]+"\), a feature this ferry does not know and would restore as something else: restore the image with the ferry version that wrote it, or a newer one$/],
     ];
     for (const [what, edits, code, message] of cases) {
       const edited = join(dir, `${what.replace(/\W+/g, '-')}.tar`);

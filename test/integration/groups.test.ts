@@ -3,23 +3,31 @@
  * parent made a group of its own comes back into that group, when the group still exists in
  * the session the restore runs in; elsewhere the restore is refused before anything is made.
  * A group of a session the tree leads whose leader exited (a pipeline whose first process
- * ended) comes back with its id, the leader gone again; one whose leader runs on outside the
- * tree is refused at checkpoint.
+ * ended) comes back with its id, the leader gone again, also into a v1 pids cgroup the tree
+ * fills exactly (the process holding the id for a moment must not count there); one whose
+ * leader runs on outside the tree is refused at checkpoint.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SIGKILL } from '../../src/arch/x86-64.js';
 import { defaultStubPath, native } from '../../src/native/binding.js';
+import { rmCgroupTree } from '../helpers/cgroups.js';
 import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
 import {
   alive, checkpointTreeFreed, cleanup, ferry, own, ownTree, procState, startWorkload, stubs, verify, waitFor,
 } from '../helpers/processes.js';
 
-after(cleanup);
+/** The v1 pids cgroup the orphan test makes (unique name), removed after. */
+const PIDS_CG = `/sys/fs/cgroup/pids/ferry-test-groups-${process.pid}-${Date.now().toString(36)}`;
+
+after(async () => {
+  cleanup();
+  await rmCgroupTree(PIDS_CG).catch(() => {});
+});
 
 /** Group and session of a process, from /proc/PID/stat. */
 function groupOf(pid: number | 'self'): { pgid: number; sid: number } {
@@ -161,6 +169,31 @@ describe('a process group whose leader exited, in a session the tree leads', { s
     for (const p of members) assert.deepEqual(groupOf(p), { pgid: group, sid: w.pid });
     assert.ok(!alive(group));
     assert.equal(await verify(w), 'PASS');
+  });
+
+  it('in a pids cgroup whose pids.max is the tree\'s size, comes back into it with --manage-cgroups', {
+    skip: existsSync('/sys/fs/cgroup/pids/cgroup.procs') ? false : 'needs the v1 pids controller at /sys/fs/cgroup/pids (a hybrid host)',
+  }, async () => {
+    const { w, group, members } = await startOrphans();
+    const tree = [w.pid, ...members];
+    mkdirSync(PIDS_CG);
+    for (const p of tree) writeFileSync(join(PIDS_CG, 'cgroup.procs'), String(p));
+    // Moving in is not limited; forking is: the tree alone fills it, as the group's exited
+    // leader left it.
+    writeFileSync(join(PIDS_CG, 'pids.max'), String(tree.length));
+    const image = join(w.dir, 'orphans.tar');
+    await checkpointTreeFreed(w, image);
+    // Soft: the cgroup exists, its limit stays; the process holding the group id for a moment
+    // must not count in it.
+    const rs = ferry(['restore', '--image', image, '--manage-cgroups']);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(readFileSync(join(PIDS_CG, 'pids.max'), 'utf8').trim(), String(tree.length));
+    const inside = readFileSync(join(PIDS_CG, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+    assert.deepEqual(inside.sort((a, b) => a - b), [...tree].sort((a, b) => a - b), 'the tree, and only it, is in the cgroup');
+    for (const p of members) assert.deepEqual(groupOf(p), { pgid: group, sid: w.pid });
+    assert.ok(!alive(group), 'no process has the group id');
+    assert.equal(await verify(w), 'PASS', w.text());
   });
 
   it('its id held by another process at restore is refused in one line, before anything is made; a retry restores', async () => {

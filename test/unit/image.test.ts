@@ -8,7 +8,9 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import tar from 'tar-stream';
 import { ChunkLoader, ChunkSource, pageDigests, type ImagePiece } from '../../src/image/chunks.js';
-import { checkCompatibility, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
+import { FEATURES, requiredFeatures, type FeatureProbe } from '../../src/image/features.js';
+import { checkCompatibility, FORMAT_VERSION, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
+import type { FileRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { openImage, type ImageOverlay } from '../../src/image/reader.js';
 import { tarHeader, TarOut } from '../../src/image/tar-out.js';
 import { CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
@@ -612,6 +614,66 @@ describe('manifest', { timeout: 30_000 }, () => {
     // Any other image is still version 5.
     const plain = await writeImage(join(dir, 'plain.img'), header, [{ name: 'p', size: 4096, chunked: true, produce: async (sink) => { await sink(data.subarray(0, 4096)); } }]);
     assert.equal(plain.manifest.formatVersion, 5);
+  });
+
+  it('takes required features it knows (version 7 on), refuses in one line one it does not know', () => {
+    assert.equal(FORMAT_VERSION, 7);
+    const v7 = (requires: unknown): Record<string, unknown> => ({ ...good(), formatVersion: 7, requires });
+    assert.deepEqual(parse(v7(['thread-fs', 'removed-root'])).requires, ['thread-fs', 'removed-root']);
+    assert.equal(parse({ ...good(), formatVersion: 7 }).requires, undefined, 'none required');
+    // What a newer ferry may write: a feature this one does not know restores as something else.
+    const unknown = (): Manifest => parse({ ...v7(['thread-fs', 'proc-file-target']), ferryVersion: '9.9.9' });
+    assert.throws(unknown, (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'EFORMAT');
+      assert.equal(err.message, 'manifest field requires names "proc-file-target" (written by ferry "9.9.9"), a feature this ferry does not know '
+        + 'and would restore as something else: restore the image with the ferry version that wrote it, or a newer one');
+      return true;
+    });
+    assert.throws(() => parse({ ...good(), formatVersion: 6, requires: ['thread-fs'] }), /manifest field requires may only be in an image of version 7 or later/);
+    assert.throws(() => parse(v7([])), /requires must be a list of 1 to 256 feature names/);
+    assert.throws(() => parse(v7('thread-fs')), /requires must be a list/);
+    assert.throws(() => parse(v7(['thread-fs', 'thread-fs'])), /lists a feature twice/);
+    assert.throws(() => parse(v7(['Thread_FS'])), /requires\[0\] is "Thread_FS", must be a feature name/);
+    assert.throws(() => parse(v7(Array.from({ length: 257 }, (_, i) => `f${i}`))), /1 to 256/);
+  });
+
+  it('writes version 7 and the required features only when the image requires some', async () => {
+    const entry = (): ImageEntry[] => [{ name: 'x', size: 1, produce: async (sink) => { await sink(Buffer.from('x')); } }];
+    const req = await writeImage(join(dir, 'req.img'), { ...header, requires: ['removed-root'] }, entry());
+    assert.equal(req.manifest.formatVersion, 7);
+    assert.deepEqual(req.manifest.requires, ['removed-root']);
+    const img = await openImage(join(dir, 'req.img'), { workDir: dir });
+    assert.deepEqual(img.manifest.requires, ['removed-root'], 'read back');
+    await img.close();
+    const none = await writeImage(join(dir, 'none.img'), { ...header, requires: [] }, entry());
+    assert.equal(none.manifest.formatVersion, 5);
+    assert.equal('requires' in none.manifest, false);
+  });
+
+  it('finds each feature an image uses in its records, and none in a plain one', () => {
+    const task = (extra: Record<string, unknown> = {}, thread: Record<string, unknown> = {}): TaskRecord =>
+      ({ pid: 10, threads: [{ tid: 10 }, { tid: 11, ...thread }], vmas: [{ vmflags: ['ac'] }], fds: [], ...extra }) as unknown as TaskRecord;
+    const tree: TreeRecord = { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 10, sid: 10, zombie: null }] } as TreeRecord;
+    const probe = (p: Partial<FeatureProbe>): FeatureProbe => ({ tree, tasks: [task()], files: [], extra: new Map(), ...p });
+    assert.deepEqual(requiredFeatures(probe({})), []);
+    const cases: Array<[string, FeatureProbe]> = [
+      ['thread-fs', probe({ tasks: [task({}, { fs: { cwd: '/', umask: 18 } })] })],
+      ['removed-root', probe({ tasks: [task({ root: '/jail', rootDeleted: { mode: 0o755, uid: 0, gid: 0 } })] })],
+      ['shared-may-write', probe({ tasks: [task({ vmas: [{ vmflags: ['mw'] }] })] })],
+      ['removed-device', probe({ files: [{ id: 1, kind: 'chr', removed: { mode: 0o600, uid: 0, gid: 0 } } as FileRecord] })],
+      ['tty-exclusive', probe({ files: [{ id: 1, kind: 'tty', exclusive: true } as FileRecord] })],
+      ['leaderless-group', probe({ tree: { root: 10, processes: [...tree.processes, { pid: 12, ppid: 10, pgid: 11, sid: 10, zombie: null }] } as TreeRecord })],
+      ['proc-thread-file', probe({ files: [{ id: 1, kind: 'procfile', target: 10, thread: 11 } as FileRecord] })],
+      ['tty-input-lines', probe({ files: [{ id: 1, kind: 'tty', inputLines: [{ length: 3, eof: false }] } as FileRecord] })],
+      ['tty-unheld-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
+    ];
+    assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
+    for (const [name, p] of cases) assert.deepEqual(requiredFeatures(p), [name], name);
+    // A terminal a descriptor holds sets its foreground group as every older reader does.
+    const held = task({ fds: [{ fd: 0, file: 1, cloexec: false }] });
+    assert.deepEqual(requiredFeatures(probe({ tasks: [held], files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })), []);
+    // A group led from outside the tree (not a session it leads) is no leaderless group.
+    assert.deepEqual(requiredFeatures(probe({ tree: { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 5, sid: 5, zombie: null }] } as TreeRecord })), []);
   });
 
   it('refuses another arch, missing CPU features, and another kernel build for an image without its vDSO', () => {

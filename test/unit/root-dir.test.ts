@@ -1,7 +1,8 @@
 /**
  * Removed root directories of an image (src/restore/root-dir.ts planRemovedRoots): one
  * directory per device and inode for every process in it, and an edited image whose processes
- * disagree about one refused before anything is made; which roots an untrusted image may give
+ * disagree about one refused before anything is made; a removed working directory directly in
+ * a removed root made in it, one deeper refused; which roots an untrusted image may give
  * (checkRootTrust), a thread's own too, and a container's. Pure.
  */
 import assert from 'node:assert/strict';
@@ -33,6 +34,34 @@ describe('planRemovedRoots', () => {
     assert.throws(() => planRemovedRoots('img', [task(10, '/srv/jail', '5', '/tmp/x')]),
       /image img: the removed working directory "\/tmp\/x" of pid 10 is the removed root directory "\/srv\/jail" of pid 10 \(the same device and inode\) under another path/);
     assert.throws(() => planRemovedRoots('img', [task(10, '/', '5')]), /pid 10 has '\/' as a removed root directory/);
+  });
+});
+
+describe('planRemovedRoots: a removed working directory in a removed root', () => {
+  /** Pid `pid` in the removed root /srv/jail (inode 5), its working directory `cwd` removed too (inode `ino`). */
+  const inSub = (pid: number, cwd: string, ino: string, mode = 0o710): TaskRecord => ({
+    ...task(pid, '/srv/jail', '5'), cwd, cwdDeleted: { mode, uid: 65534, gid: 65534, dev: '8', ino },
+  }) as unknown as TaskRecord;
+
+  it('is made in the root, once for the processes sharing it', () => {
+    const plan = planRemovedRoots('img', [inSub(10, '/srv/jail/sub', '7'), inSub(11, '/srv/jail/sub', '7'), task(12, '/srv/jail', '5')]);
+    const root = plan.get('8:5')!;
+    assert.deepEqual(root.pids, [10, 11, 12]);
+    assert.deepEqual([...root.below.entries()].map(([k, b]) => [k, b.name, b.pids]), [['8:7', 'sub', [10, 11]]]);
+    // One outside the root's path is made at its own path, as before.
+    assert.equal(planRemovedRoots('img', [inSub(10, '/srv/other/sub', '7')]).get('8:5')!.below.size, 0);
+  });
+
+  it('refuses one deeper, and processes that give one another name or mode', () => {
+    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/a/sub', '7')]), (err: Error & { code?: string; pid?: number }) => {
+      assert.equal(err.code, 'EUNSUPPORTED');
+      assert.equal(err.pid, 10);
+      assert.match(err.message, /^image img: the removed working directory "\/srv\/jail\/a\/sub" of pid 10 is more than one directory below its removed root directory "\/srv\/jail"/);
+      return true;
+    });
+    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/sub', '7'), inSub(11, '/srv/jail/sub', '7', 0o777)]),
+      /pids 10 and 11 have the same removed working directory \(device 8, inode 7\) with another path, mode or owner/);
+    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/sub', '7'), inSub(11, '/srv/jail/bus', '7')]), /same removed working directory/);
   });
 });
 
