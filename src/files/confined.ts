@@ -5,12 +5,16 @@
  * whoever can edit it (and recompute its hashes) chooses every path in it.
  *
  * A `ConfinedRoot` holds an O_PATH descriptor of the root; every lookup is openat2(2) relative
- * to it with one of two confinements:
+ * to it with one of three confinements:
  *   'in-root'  RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS: the root acts as "/" for the lookup,
  *              as it does for the process that lives in it (chroot semantics): absolute paths,
  *              absolute symlinks and ".." stay inside. For the files a process had open: its
  *              recorded root ('/' on the host, which confines nothing but still refuses
  *              magic links; a container's /proc/<init>/root).
+ *   'in-root-no-symlinks'  'in-root' and RESOLVE_NO_SYMLINKS: the same, walking real
+ *              directories only. For the files an untrusted image's processes had open by
+ *              path (restore/file-access.ts): the directories judged by name are then the
+ *              ones the open walks through. A path read from /proc/PID/fd has no symlink in it.
  *   'beneath'  RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: nothing but real
  *              directories under the root may be walked. For trees an image writes (a
  *              container's rootfs changes, its /dev/shm): a symlink the image itself made is
@@ -39,10 +43,11 @@ const EAGAIN_TRIES = 16;
 const MAX_DEPTH = 512;
 
 /** How a root confines the paths resolved under it (see the module comment). */
-export type Confinement = 'in-root' | 'beneath';
+export type Confinement = 'in-root' | 'in-root-no-symlinks' | 'beneath';
 
 const RESOLVE: Readonly<Record<Confinement, number>> = {
   'in-root': RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+  'in-root-no-symlinks': RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
   beneath: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
 };
 
@@ -112,7 +117,7 @@ function shown(root: ConfinedRoot, path: string): string {
  * `noSymlinks`: the lookup refused every symlink (so ELOOP means one was met).
  */
 function confinedError(err: unknown, root: ConfinedRoot, path: string, what: string,
-  noSymlinks = root.confinement === 'beneath'): unknown {
+  noSymlinks = root.confinement !== 'in-root'): unknown {
   const at = shown(root, path);
   const opts = { cause: err, path };
   switch (errnoCode(err)) {

@@ -7,8 +7,8 @@
  * pidfd_getfd(2) and moves with dup3(2). Either way the task holds the same open file
  * description, so offsets stay shared between all holders.
  */
-import { closeSync, openSync } from 'node:fs';
-import { FerryError } from '../errors.js';
+import { closeSync, fstatSync, openSync, type BigIntStats } from 'node:fs';
+import { errnoCode, FerryError } from '../errors.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
@@ -28,8 +28,9 @@ const F_DUPFD_CLOEXEC = 1030, F_GETFD = 1, F_SETFD = 2, O_CLOEXEC = 0o2000000;
  */
 class Roots {
   private task: ConfinedRoot | undefined;
+  private real: ConfinedRoot | undefined;
 
-  constructor(private readonly taskRoot: string | undefined) {}
+  constructor(private readonly taskRoot: string | undefined, private readonly guard?: FileGuard) {}
 
   /**
    * A record as its module must see it: a path inside a container is made reachable from
@@ -37,7 +38,14 @@ class Roots {
    * path inside the task's root, is given to the modules that resolve it confined there.
    */
   rebased(r: FileRecord): FileRecord {
-    if (r.root !== 'task') return r;
+    if (r.root !== 'task') {
+      if (!this.guard?.covers(r)) return r;
+      // A copy: the place lives as long as the record, the root only as long as these Roots.
+      this.real ??= new ConfinedRoot('/', 'in-root-no-symlinks');
+      const out = { ...r };
+      placeRecord(out, { root: this.real, path: r.path as string });
+      return out;
+    }
     if (this.taskRoot === undefined) throw new FerryError('EIMAGE', `file ${r.id} (${String(r.path ?? r.kind)}) is inside a container: restore it as a container`);
     this.task ??= new ConfinedRoot(this.taskRoot, 'in-root');
     // A record whose paths are elsewhere (a socket's name) gets its root only (confined.ts rootOf).
@@ -48,16 +56,43 @@ class Roots {
 
   close(): void {
     this.task?.close();
+    this.real?.close();
   }
 }
 
+/**
+ * For an untrusted image (restore/file-access.ts openedFileGuard): the host files its
+ * processes hold open by path are resolved with no symlink followed ('in-root-no-symlinks'),
+ * and what each open gave is judged before any process gets it.
+ */
+export interface FileGuard {
+  /** Whether `rec`'s path is resolved with no symlink followed (a host path, by its kind). */
+  covers(rec: FileRecord): boolean;
+  /** Throws to refuse the file `rec`'s module opened (`st`: its fstat); covered records only. */
+  opened(rec: FileRecord, st: BigIntStats): void;
+  /** The error for a covered record whose path goes through a symlink (`cause`: confined.ts's ECONFINE). */
+  throughSymlink(rec: FileRecord, cause: FerryError): FerryError;
+}
+
+/** `err` as the guard words it when it is a covered record's path going through a symlink. */
+function guarded(err: unknown, r: FileRecord, guard: FileGuard | undefined): unknown {
+  if (guard?.covers(r) && err instanceof FerryError && err.code === 'ECONFINE' && errnoCode(err.cause) === 'ELOOP') {
+    return guard.throughSymlink(r, err);
+  }
+  return err;
+}
+
 /** Checks that every file can be opened here, before any process is created. */
-export function checkFiles(records: readonly FileRecord[], taskRoot?: string, inherit?: ReadonlyMap<string, number>): void {
-  const roots = new Roots(taskRoot);
+export function checkFiles(records: readonly FileRecord[], taskRoot?: string, inherit?: ReadonlyMap<string, number>, guard?: FileGuard): void {
+  const roots = new Roots(taskRoot, guard);
   try {
     for (const r of records) {
       if (typeof r.link === 'string' && inherit?.has(r.link)) continue;
-      kindByName(r.kind).check?.(roots.rebased(r));
+      try {
+        kindByName(r.kind).check?.(roots.rebased(r));
+      } catch (err) {
+        throw guarded(err, r, guard);
+      }
     }
   } finally {
     roots.close();
@@ -82,13 +117,13 @@ export interface RestoreFiles {
  * are open, and a round without progress is a dependency cycle.
  */
 export function openFiles(records: readonly FileRecord[], options: FileOptions = DEFAULT_FILE_OPTIONS,
-  blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string, inherit?: ReadonlyMap<string, number>): RestoreFiles {
+  blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string, inherit?: ReadonlyMap<string, number>, guard?: FileGuard): RestoreFiles {
   const opened = new Map<number, number>();
   // Every path is opened by now (modules open in `open`, never later): the roots close at the end.
-  const roots = new Roots(taskRoot);
+  const roots = new Roots(taskRoot, guard);
   try {
     records = records.map((r) => roots.rebased(r));
-    return openAll(records, opened, options, blobs, inherit);
+    return openAll(records, opened, options, blobs, inherit, guard);
   } finally {
     roots.close();
   }
@@ -96,7 +131,7 @@ export function openFiles(records: readonly FileRecord[], options: FileOptions =
 
 /** The scheduler itself: `openFiles` with the records rebased. */
 function openAll(records: readonly FileRecord[], opened: Map<number, number>, options: FileOptions,
-  blobs: ReadonlyMap<string, Buffer>, inherit: ReadonlyMap<string, number> | undefined): RestoreFiles {
+  blobs: ReadonlyMap<string, Buffer>, inherit: ReadonlyMap<string, number> | undefined, guard: FileGuard | undefined): RestoreFiles {
   // Files the caller hands in instead (by the link text they had at dump): used as they are.
   const inherited = records.filter((r) => typeof r.link === 'string' && inherit?.has(r.link));
   if (inherited.length > 0) {
@@ -149,11 +184,19 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
     while (pending.length > 0) {
       const waiting: FileRecord[] = [];
       for (const r of pending) {
-        const fd = kindByName(r.kind).open(r, ctx);
+        let fd: number | typeof NOT_YET;
+        try {
+          fd = kindByName(r.kind).open(r, ctx);
+        } catch (err) {
+          throw guarded(err, r, guard);
+        }
         if (fd === NOT_YET) waiting.push(r);
         else {
           release(fd); // a held descriptor returned becomes that file's
           opened.set(r.id, fd);
+          // Judged as opened (after `opened` has it: a refusal closes it with the rest), not
+          // as the path named it when checked: a rename may have raced in between.
+          if (guard?.covers(r)) guard.opened(r, fstatSync(fd, { bigint: true }));
         }
       }
       if (waiting.length === pending.length) {

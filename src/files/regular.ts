@@ -245,9 +245,10 @@ export const regular: FileKind<RegularRecord> = {
       }
       return; // made again when opened
     }
-    // Resolved inside the process's recorded root (confined.ts), as open() will.
+    // Resolved inside the process's recorded root (confined.ts), as open() will: an O_PATH
+    // descriptor of a symlink itself (O_NOFOLLOW) is the link, not what it leads to.
     const { root, path } = placeOf(rec);
-    const st = statIn(root, path, `file ${rec.id} of the image`);
+    const st = statIn(root, path, `file ${rec.id} of the image`, (rec.flags & O_PATH) !== 0 && (rec.flags & constants.O_NOFOLLOW) !== 0);
     if (!st) {
       throw new FerryError('ENOENT', `file ${rec.path} (file ${rec.id} of the image) no longer exists: restore it first`);
     }

@@ -28,7 +28,7 @@ import { listFds, readProcText } from '../proc/read.js';
 import { RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS } from '../files/confined.js';
 import { restoredGhost } from '../files/deleted.js';
 import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
-import { closeSync, ftruncateSync, openSync, statSync, writeSync, type BigIntStats } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readlinkSync, statSync, writeSync, type BigIntStats } from 'node:fs';
 import { injectedError, Scratch, type Tracee } from '../task/tracee.js';
 import { vdsoProxy } from './vdso.js';
 import { pagesToDrop, storedParts } from './cow.js';
@@ -354,7 +354,7 @@ export function checkPagesEntry(task: TaskRecord, size: number): void {
  * `pages` verified against the manifest (image.pages()): all of them once the last is
  * written, before anything else of the task is restored. The areas in `lazy` are mapped but
  * not written (restore/lazy.ts serves them). `opened`, for an untrusted image: the files it
- * maps for writing are opened with no symlink followed and judged as opened (OpenedCheck).
+ * maps are judged as opened (OpenedCheck), those for writing opened with no symlink followed.
  */
 export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   pages: ChunkSource, chunkBytes: number, shared: SharedObjects, controllerPidfd?: number, inherited?: Inherited,
@@ -394,33 +394,34 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
     if (fileFds.has(key)) continue;
     as.scratch.reset();
     // For an untrusted image, a file opened for writing is reached through real directories
-    // only (the directories checkMappedAccess judged by name) and judged again as opened. Not
-    // the read-only ones: a genuine path may cross a symlink of this machine's own (a merged
-    // /usr's /lib, an image from a machine without one), and they give no write access.
-    const confined = opened !== undefined && mode === O_RDWR;
+    // only (the directories checkMappedAccess judged by name) and judged again as opened. The
+    // read-only ones may cross a symlink (a genuine path may cross one of this machine's own:
+    // a merged /usr's /lib, an image from a machine without one), but no /proc magic link,
+    // and are judged as opened, with the directories of the path the file was found at.
+    const writes = mode === O_RDWR;
     const path = as.scratch.putString(v.file.path);
-    const r = confined
-      ? t.trySyscall(SYS.openat2, AT_FDCWD, path, as.scratch.put(openHow(mode, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)), OPEN_HOW_SIZE)
+    const r = opened !== undefined
+      ? t.trySyscall(SYS.openat2, AT_FDCWD, path, as.scratch.put(openHow(mode, (writes ? RESOLVE_NO_SYMLINKS : 0) | RESOLVE_NO_MAGICLINKS)), OPEN_HOW_SIZE)
       : t.trySyscall(SYS.openat, AT_FDCWD, path, mode, 0);
     if (r < 0n) {
       const how = mode === O_RDONLY ? 'mapped' : (v.prot & PROT_WRITE) !== 0 ? 'for writing, mapped shared and writable'
         : 'for writing, mapped shared from a descriptor open for writing (mprotect may make it writable)';
-      const why = confined && r === -BigInt(osConstants.errno.ELOOP)
+      const why = opened !== undefined && writes && r === -BigInt(osConstants.errno.ELOOP)
         ? 'its path goes through a symbolic link, which a file an untrusted image maps for writing may not (sign the image and restore with --trust if it is genuine)'
         : errnoName(r);
       throw new FerryError('EOPEN', `cannot open ${v.file.path} ${how} by pid ${task.pid} at ${v.start}: ${why}`,
         { pid: task.pid, path: v.file.path });
     }
     fileFds.set(key, Number(r));
-    if (confined) {
+    if (opened !== undefined) {
       try {
-        opened(v, statSync(`/proc/${t.pid}/fd/${r}`, { bigint: true }));
+        opened(v, statSync(`/proc/${t.pid}/fd/${r}`, { bigint: true }), readlinkSync(`/proc/${t.pid}/fd/${r}`));
       } catch (err) {
         // The task is killed with the tree; its descriptors go first all the same, so the
-        // refused file is never held open for writing by anything of the restore.
+        // refused file is never held open by anything of the restore.
         t.trySyscalls([...fileFds.values()].map((fd) => [SYS.close, fd] as const));
         if (err instanceof FerryError) throw err;
-        throw new FerryError('EOPEN', `cannot check ${v.file.path}, opened for writing to map it shared by pid ${task.pid} at ${v.start}: ${describeCause(err)}`,
+        throw new FerryError('EOPEN', `cannot check ${v.file.path}, opened ${writes ? 'for writing to map it shared' : 'to map it'} by pid ${task.pid} at ${v.start}: ${describeCause(err)}`,
           { cause: err, pid: task.pid, path: v.file.path });
       }
     }
@@ -475,11 +476,13 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
 }
 
 /**
- * For an untrusted image: judges the file a task opened for writing to map area `v` shared
- * (`st`: the fstat of the task's descriptor), throwing to refuse it (restore/file-access.ts
- * checkOpenedMapping). Given, mapAreas opens such files with no symlink followed.
+ * For an untrusted image: judges the file a task opened to map area `v` (`st`: the fstat of
+ * the task's descriptor; `at`: where the kernel says it is, its /proc/PID/fd link), throwing
+ * to refuse it (restore/file-access.ts checkOpenedMapping, checkOpenedReadMapping). Given,
+ * mapAreas opens the files it maps for writing with no symlink followed, the others with no
+ * /proc magic link.
  */
-export type OpenedCheck = (v: VmaRecord, st: BigIntStats) => void;
+export type OpenedCheck = (v: VmaRecord, st: BigIntStats, at: string) => void;
 
 /** sizeof(struct open_how): { u64 flags; u64 mode; u64 resolve }. */
 const OPEN_HOW_SIZE = 24;

@@ -13,6 +13,12 @@
  *   (when it is open for writing) by the same rule, CAP_DAC_OVERRIDE passing both and
  *   CAP_DAC_READ_SEARCH passing reads.
  * POSIX ACLs are not read: a file reachable only through an ACL entry is refused.
+ * checkFileAccess judges the recorded path before anything exists; the restore then opens it
+ * with no symbolic link followed (openedFileGuard: files/install.ts resolves it in the
+ * 'in-root-no-symlinks' confinement), so the directories judged by name are the ones the open
+ * walks through, and checkOpenedFile judges the file each open gave, by its descriptor: a
+ * symlink to a file under a directory the process could not search, or a directory renamed
+ * between the check and the open, hands it nothing.
  *
  * The same holds for a file a process maps shared and writable, or may make writable (a
  * MAP_SHARED mapping of a file it had open for writing: VmFlags 'mw'), which the task opens
@@ -22,6 +28,10 @@
  * checked by name are the ones the open walks through, and checkOpenedMapping judges again the
  * file the task got, by its descriptor: a directory swapped for a symlink between the two, or
  * a symlink the image's path goes through, cannot lead the open to a file the check never saw.
+ * A file it maps privately or read-only, which the task opens for reading, must be readable
+ * (its executable and interpreter: or executable, as execve(2) maps a mode 711 binary), by path first and
+ * again as opened (checkOpenedReadMapping). That open may cross this machine's own symlinks (a
+ * merged /usr), so the directories judged as opened are those of where the file was found.
  *
  * The same holds for the directories a restore makes for a directory that was removed (a
  * working directory, restore/cwd.ts, a root directory, restore/root-dir.ts, or one held
@@ -35,6 +45,7 @@ import type { BigIntStats } from 'node:fs';
 import { PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { big, type FileRecord, type TaskRecord, type VmaRecord } from '../image/records.js';
+import type { FileGuard } from '../files/install.js';
 import { O_ACCMODE, O_PATH } from '../proc/fcntl.js';
 import { sharedWritable } from './address-space.js';
 
@@ -123,47 +134,176 @@ export function checkFileAccess(label: string, tasks: readonly Pick<TaskRecord, 
     };
     const denied = holders.map((t) => ({ t, why: lacks(t) }));
     if (denied.some((x) => x.why === undefined)) continue;
-    const { t, why } = denied[0]!;
-    const fd = t.fds.find((d) => d.file === f.id)!.fd;
-    const c = t.creds.threads[0]!;
-    const how = writes && !may(t, st, W) ? 'open for writing' : reads ? 'open for reading' : writes ? 'open for writing' : 'open (O_PATH)';
-    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) fd ${fd} would get ${JSON.stringify(f.path.slice(0, 256))} ${how}, which its `
-      + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
-    { pid: t.pid, fd, path: f.path });
+    throw fileAccessError(label, denied[0]!.t, f, f.path, st, reads, writes, denied[0]!.why!);
   }
 }
 
+/** The one line of a refused file: `why` the credentials of `t`, its first holder, could not open it so. */
+function fileAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'fds'>, f: FileRecord, path: string,
+  st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>, reads: boolean, writes: boolean, why: string): FerryError {
+  const fd = t.fds.find((d) => d.file === f.id)!.fd;
+  const c = t.creds.threads[0]!;
+  const how = writes && !may(t, st, W) ? 'open for writing' : reads ? 'open for reading' : writes ? 'open for writing' : 'open (O_PATH)';
+  return new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) fd ${fd} would get ${JSON.stringify(path.slice(0, 256))} ${how}, which its `
+    + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
+  { pid: t.pid, fd, path });
+}
+
+/** Whether a record of `kind` opened by path: what checkFileAccess judges and openedFileGuard guards. */
+function byPath(f: FileRecord): f is FileRecord & { path: string; flags: number } {
+  return BY_PATH.has(f.kind) && typeof f.path === 'string' && typeof f.flags === 'number' && f.path.startsWith('/') && f.root !== 'task';
+}
+
 /**
- * Throws EPRIVILEGE, naming the process, the area and the file, when a file a process maps
- * shared and writable (or may make writable: sharedWritable), which restore opens for writing
- * to map it, is one its recorded credentials could neither reach nor open for reading and
- * writing. A memfd or a deleted file mapped is the image's own (made by restore), not looked
- * at; `statOf` looks paths up as restore will open them.
+ * Throws EPRIVILEGE, in checkFileAccess's words, when the file the restore opened for record
+ * `f` (`st`: the fstat of that descriptor) is one none of its holders' recorded credentials
+ * could open as the record's flags say: the file itself, as opened, not what its path named
+ * when checkFileAccess judged it (a symlink or a rename between the two). The directories
+ * above it are checkFileAccess's, sound since the open followed no symlink. A node made by
+ * the restore for a removed one, and a terminal made with its pair, are the image's own.
  */
-export function checkMappedAccess(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'vmas'>[], statOf: StatOf): void {
+export function checkOpenedFile(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'fds'>[],
+  f: FileRecord, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): void {
+  if (!byPath(f) || f.removed !== undefined) return;
+  if (f.kind === 'tty' && f.role !== 'device' && f.role !== 'external') return;
+  const holders = tasks.filter((t) => t.fds.some((d) => d.file === f.id));
+  if (holders.length === 0) return;
+  const access = f.flags & O_ACCMODE;
+  const reads = (f.flags & O_PATH) === 0 && (access === O_RDONLY || access === O_RDWR);
+  const writes = (f.flags & O_PATH) === 0 && (access === O_WRONLY || access === O_RDWR);
+  const lacks = (t: Holder): boolean => (writes && !may(t, st, W)) || (reads && !may(t, st, R));
+  if (holders.some((t) => !lacks(t))) return;
+  throw fileAccessError(label, holders[0]!, f, f.path, st, reads, writes, `could not open so (the file opened there: ${modeOf(st)})`);
+}
+
+/**
+ * What openFiles needs for an untrusted image (files/install.ts FileGuard): host paths of the
+ * kinds opened by path resolved with no symlink followed, each file judged as opened
+ * (checkOpenedFile), a path through a symlink refused in one line naming a holder.
+ */
+export function openedFileGuard(label: string, tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'fds'>[]): FileGuard {
+  return {
+    covers: byPath,
+    opened: (f, st) => checkOpenedFile(label, tasks, f, st),
+    throughSymlink: (f, cause) => {
+      const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));
+      const fd = t?.fds.find((d) => d.file === f.id)?.fd ?? -1;
+      const who = t ? `pid ${t.pid} (${t.comm}) fd ${fd}` : `file ${f.id}`;
+      return new FerryError('EPRIVILEGE', `image ${label}: ${who} would get ${JSON.stringify(String(f.path).slice(0, 256))} through a symbolic link, `
+        + 'which a file an untrusted image holds open may not go through (its credentials were judged on the directories the path names, not on those a link leads through): '
+        + 'nothing was restored; sign the image and restore with --trust if it is genuine', { cause, ...(t ? { pid: t.pid, fd } : {}), path: String(f.path) });
+    },
+  };
+}
+
+/**
+ * Throws EPRIVILEGE, naming the process, the area and the file, when a file a process maps is
+ * one its recorded credentials could not have mapped so: shared and writable (or may make
+ * writable: sharedWritable), which restore opens for writing to map it, a file they could
+ * neither reach nor open for reading and writing; any other (private or read-only), which
+ * restore opens for reading, one they could neither reach nor read (`unreadable`: its own
+ * executable and ELF interpreter may be executable only). A memfd or a
+ * deleted file mapped is the image's own (made by restore), not looked at; `statOf` looks
+ * paths up as restore will open them.
+ */
+export function checkMappedAccess(label: string, tasks: readonly (Pick<TaskRecord, 'pid' | 'comm' | 'creds'> & Execed)[], lookUp: StatOf): void {
+  // Each path looked up once: every process maps the same libraries, from the same directories.
+  const seen = new Map<string, ReturnType<StatOf>>();
+  const statOf: StatOf = (path) => {
+    if (!seen.has(path)) seen.set(path, lookUp(path));
+    return seen.get(path);
+  };
   for (const t of tasks) {
+    const execed = execedPaths(t);
     for (const v of t.vmas) {
       const special = v as { memfd?: unknown; ghost?: unknown };
       const path = v.file?.path;
       if (v.kind !== 'file' || typeof path !== 'string' || !path.startsWith('/') || special.memfd !== undefined
-        || special.ghost !== undefined || !sharedWritable(v)) continue;
+        || special.ghost !== undefined) continue;
       const st = statOf(path);
       if (!st) continue; // checkMappedFiles says why
-      // By name: sound because the task's open follows no symlink (mapAreas), so every
-      // directory it searches is one of these prefixes ("." and ".." included: each resolves
-      // to a directory some prefix names, which is checked).
-      let why: string | undefined;
-      for (const d of parents(path)) {
-        const ds = statOf(d);
-        if (ds && !may(t, ds, X)) {
-          why = `could not reach: the directory ${JSON.stringify(d.slice(0, 256))} is not searchable by them (${modeOf(ds)})`;
-          break;
-        }
-      }
-      if (why === undefined && !mayReadWrite(t, st)) why = `could not open so (${modeOf(st)})`;
-      if (why !== undefined) throw mappedAccessError(label, t, v, path, why);
+      const writes = sharedWritable(v);
+      // By name: for a file mapped for writing sound because the task's open follows no
+      // symlink (mapAreas), so every directory it searches is one of these prefixes ("." and
+      // ".." included: each resolves to a directory some prefix names, which is checked).
+      // The others may be reached through a symlink: judged again on the path the file was
+      // found at (checkOpenedReadMapping).
+      const why = unreachable(t, path, statOf)
+        ?? (writes ? (!mayReadWrite(t, st) ? `could not open so (${modeOf(st)})` : undefined) : unreadable(t, execed, v, st));
+      if (why === undefined) continue;
+      throw writes ? mappedAccessError(label, t, v, path, why) : readMappedError(label, t, v, path, undefined, why);
     }
   }
+}
+
+/** Why `t` could not reach `path` (a directory above it not searchable), or undefined. */
+function unreachable(t: Holder, path: string, statOf: StatOf): string | undefined {
+  for (const d of parents(path)) {
+    const ds = statOf(d);
+    if (ds && !may(t, ds, X)) return `could not reach: the directory ${JSON.stringify(d.slice(0, 256))} is not searchable by them (${modeOf(ds)})`;
+  }
+  return undefined;
+}
+
+/** AT_BASE (elf.h): where execve(2) loaded the ELF interpreter. */
+const AT_BASE = 7n;
+
+/** What of a task says which files it maps as execve(2) did: its executable and its auxiliary vector. */
+type Execed = Pick<TaskRecord, 'exe' | 'vmas'> & { mm?: Pick<TaskRecord['mm'], 'auxv'> };
+
+/**
+ * The files `t` may map executable only, as execve(2) maps them whatever their read
+ * permission: its executable and its ELF interpreter, the file whose start is mapped at
+ * AT_BASE. Both are the image's word: the most it buys is a mapping of a file the
+ * credentials could have executed, as an execve of it would give.
+ */
+function execedPaths(t: Execed): Set<string> {
+  const out = new Set([t.exe]);
+  const base = t.mm?.auxv?.find(([type]) => big(type) === AT_BASE)?.[1];
+  if (base === undefined || big(base) === 0n) return out;
+  const interp = t.vmas.find((v) => v.kind === 'file' && v.file !== undefined && big(v.start) === big(base) && big(v.file.offset) === 0n);
+  if (interp?.file) out.add(interp.file.path);
+  return out;
+}
+
+/**
+ * Why `t` could not map the file `st` that area `v` maps for reading, or undefined: it must
+ * be readable, but its own executable and ELF interpreter (`execed`) may be executable only
+ * instead (execve(2) maps a mode 711 binary that its user may not read).
+ */
+function unreadable(t: Holder, execed: ReadonlySet<string>, v: { file?: { path: string } }, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): string | undefined {
+  if (may(t, st, R)) return undefined;
+  const exe = v.file !== undefined && execed.has(v.file.path);
+  if (exe && may(t, st, X)) return undefined;
+  return `could ${exe ? 'neither read nor execute' : 'not read'} (${modeOf(st)})`;
+}
+
+/**
+ * Throws EPRIVILEGE, in checkMappedAccess's words, when the file a task got for area `v`
+ * (`st`: the fstat of its descriptor, opened for reading to map it privately or read-only;
+ * `at`: where the kernel says the file is, its /proc/PID/fd link) is one the recorded
+ * credentials of `t` could not map so: not readable (its executable or interpreter: nor executable), or
+ * a directory above where it was found not searchable. That open may cross a symlink (a
+ * merged /usr's), so the directories judged are those of `at`, the path it led to, not the
+ * recorded one's: a symlink to a file under a directory they could not search gets nothing.
+ * `statOf` looks the directories up.
+ */
+export function checkOpenedReadMapping(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | 'creds'> & Execed,
+  v: Pick<VmaRecord, 'start' | 'shared'> & { file?: { path: string } }, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>, at: string, statOf: StatOf): void {
+  const path = v.file?.path ?? '';
+  const why = (at.startsWith('/') ? unreachable(t, at, statOf) : `could not be checked on the file it led to (${JSON.stringify(at.slice(0, 256))}, no path)`)
+    ?? unreadable(t, execedPaths(t), v, st);
+  if (why !== undefined) throw readMappedError(label, t, v, path, at === path ? undefined : at, why);
+}
+
+/** The one line of a refused private or read-only mapping: `why` the credentials could not map it; `at`: where the path led. */
+function readMappedError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | 'creds'>, v: Pick<VmaRecord, 'start' | 'shared'>,
+  path: string, at: string | undefined, why: string): FerryError {
+  const c = t.creds.threads[0]!;
+  return new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) maps ${JSON.stringify(path.slice(0, 256))}${at === undefined ? '' : ` (which leads to ${JSON.stringify(at.slice(0, 256))})`} `
+    + `${v.shared ? 'shared, read-only,' : 'privately'} at ${v.start}, so restore would open it for reading, which its credentials `
+    + `(uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH) ${why}: nothing was restored; sign the image and restore with --trust if it is genuine`,
+  { pid: t.pid, path });
 }
 
 /**

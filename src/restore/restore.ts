@@ -41,8 +41,8 @@ import { restoreTrust } from '../image/sign.js';
 import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
-import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
-import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkRemovedDirs } from './file-access.js';
+import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
+import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, openedFileGuard } from './file-access.js';
 import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
@@ -151,6 +151,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Nor access: an untrusted image's processes hold open only what their own credentials
     // could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).
+    const statFile = (path: string): ReturnType<typeof statIn> => {
+      try {
+        return statIn(hostRoot(), path, 'file');
+      } catch {
+        return undefined; // the file checks say why
+      }
+    };
     if (!trusted && !o.makeRoot) {
       checkRemovedDirs(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
         try {
@@ -159,22 +166,19 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
           return undefined;
         }
       });
-      const statFile = (path: string): ReturnType<typeof statIn> => {
-        try {
-          return statIn(hostRoot(), path, 'file');
-        } catch {
-          return undefined; // the file checks say why
-        }
-      };
       checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile);
-      // And files mapped shared that the task opens for writing to map them: by path now, and
-      // again as the task opened them (no symlink followed), by descriptor (mapAreas).
+      // And the files mapped: by path now, and again as the task opened them, by descriptor
+      // (mapAreas; those it opens for writing to map them shared, with no symlink followed).
       checkMappedAccess(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
       // And the directories processes and threads are put in by path.
       checkDirsReachable(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
     }
-    const mappedCheck = trusted || o.makeRoot ? undefined : (task: TaskRecord): OpenedCheck => (v, st) =>
-      checkOpenedMapping(o.image === '-' ? '(stdin)' : o.image, task, v, st);
+    const mappedCheck = trusted || o.makeRoot ? undefined : (task: TaskRecord): OpenedCheck => (v, st, at) => (sharedWritable(v)
+      ? checkOpenedMapping(o.image === '-' ? '(stdin)' : o.image, task, v, st)
+      : checkOpenedReadMapping(o.image === '-' ? '(stdin)' : o.image, task, v, st, at, statFile));
+    // And the files they hold open by path: opened with no symlink followed and judged again
+    // as opened (files/install.ts FileGuard), as the mapped ones are.
+    const fileGuard = trusted || o.makeRoot ? undefined : openedFileGuard(o.image === '-' ? '(stdin)' : o.image, tasks);
     // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
     // now, made and joined once the processes exist. A container's are its runtime's.
     const cgroupMode = o.makeRoot ? 'ignore' : o.manageCgroups ?? 'ignore';
@@ -204,7 +208,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       throw new FerryError('EIMAGE', `image ${label}: ${VDSO_ENTRY} is not the vDSO the manifest names (host.vdsoSha256)`);
     }
     if (!o.makeRoot) {
-      checkFiles(files.files, undefined, inherit);
+      checkFiles(files.files, undefined, inherit, fileGuard);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn);
     }
     // A migration's target waits here for the source to give the PIDs up (api.ts).
@@ -239,7 +243,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     }
     // A container's sockets are made in its network namespace.
     const opened = withNetns(made?.pid, () => openFiles(files.files,
-      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit));
+      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit, fileGuard));
     const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
     // Made before the tree, so that their undo runs after the processes in them are killed;
     // the watchdog that removes them if ferry dies is armed before the first.

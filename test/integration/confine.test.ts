@@ -24,7 +24,7 @@ import { native } from '../../src/native/binding.js';
 import { checkSharedFilePages, sharedExtents } from '../../src/restore/address-space.js';
 import { FERRY, needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointFreed, chrooted, cleanup, ferry, own, scratchDir, startWorkload, waitFor } from '../helpers/processes.js';
+import { alive, checkpointFreed, chrooted, cleanup, ferry, own, procState, scratchDir, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
@@ -116,6 +116,52 @@ function oneLine(stderr: string): string {
   const lines = stderr.trimEnd().split('\n');
   assert.equal(lines.length, 1, `expected one line on stderr, got:\n${stderr}`);
   return lines[0]!;
+}
+
+/**
+ * A real image of a counter running as nobody (checkpointed and killed), whose own files (the
+ * log its output goes to, in the test's root-only directory) nobody may then open.
+ */
+async function nobodyCounterImage(): Promise<{ image: string; pid: number; dir: string }> {
+  const w = await startWorkload('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', join(WORKLOADS, 'counter')]);
+  const image = join(w.dir, 'nobody.tar');
+  await checkpointFreed(w, image);
+  chmodSync(w.dir, 0o755);
+  for (const name of readdirSync(w.dir).filter((n) => n.endsWith('.log'))) chmodSync(join(w.dir, name), 0o666);
+  return { image, pid: w.pid, dir: w.dir };
+}
+
+/**
+ * `base` (mode 755) holding `vault` (700, root's) with `notes` (644: readable, but only by
+ * whoever may search the vault) and `link`, a symlink to it in a directory anyone may search.
+ */
+function vaultWithLink(): { base: string; vault: string; notes: { path: string; bytes: Buffer }; link: string } {
+  const base = scratchDir('ferry-vault-');
+  chmodSync(base, 0o755);
+  const vault = join(base, 'vault');
+  mkdirSync(vault, { mode: 0o700 });
+  const notes = { path: join(vault, 'notes'), bytes: Buffer.alloc(4096, 'N') };
+  writeFileSync(notes.path, notes.bytes, { mode: 0o644 });
+  const link = join(base, 'link');
+  symlinkSync(notes.path, link);
+  return { base, vault, notes, link };
+}
+
+/** Runs `ferry restore args` paused after its checks (fault point 'verified'), runs `swap` then, and gives its exit code and stderr. */
+async function restoreSwapped(args: string[], swap: () => void): Promise<{ code: number; stderr: string }> {
+  const child = spawn(FERRY, ['restore', ...args], { env: { ...process.env, FERRY_TEST_PAUSE_AT: 'verified+2000' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? -1)));
+  try {
+    await waitFor('restore to pause after its checks', () => /paused at verified/.test(stderr) || child.exitCode !== null, 60_000, () => stderr);
+    assert.match(stderr, /paused at verified/, 'every check passed before the swap');
+    swap();
+    const code = await Promise.race([exited, new Promise<number>((_, reject) => setTimeout(() => reject(new Error(`restore hangs: ${stderr}`)), 120_000))]);
+    return { code, stderr: stderr.split('\n').filter((l) => !l.startsWith('ferry-test:')).join('\n') };
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  }
 }
 
 describe('images are untrusted: confined file operations', { skip, timeout: 300_000 }, () => {
@@ -283,6 +329,96 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
       + 'credentials \\(uid 65534, gid 65534, no CAP_DAC_OVERRIDE\\) could not open so \\(owner 0:0, mode 600\\): nothing was restored'));
     assert.ok(!alive(w.pid), 'nothing left running');
     untouched({ ...secret, path: join(base, 'open', 'data') }, line); // where the swap put it
+  });
+
+  it('(d) a file held open re-pointed at a symlink to a readable file under a directory its process could not search: refused in one line, nothing left', async (t) => {
+    const { image, pid, dir } = await nobodyCounterImage();
+    const { notes, link } = vaultWithLink();
+    const bad = join(dir, 'fdlink.tar');
+    await editImage(image, bad, { 'files.json': moveLog('the counter', { path: link, link, flags: O_RDONLY | O_LARGEFILE }) });
+    const r = ferry(['restore', '--image', bad, '--max-creds', 'nobody']);
+    if (alive(pid)) own(pid);
+    assert.notEqual(r.code, 0, 'refused');
+    const line = oneLine(r.stderr);
+    t.diagnostic(line);
+    assert.match(line, new RegExp(`image ${bad}: pid ${pid} \\(counter\\) fd \\d+ would get "${link}" through a symbolic link, which a file an untrusted `
+      + 'image holds open may not go through .*: nothing was restored; sign the image and restore with --trust if it is genuine$'));
+    assert.ok(!alive(pid), 'nothing left running');
+    untouched(notes, line);
+  });
+
+  it('(d) a directory of a held file\'s path swapped after the check: the file opened is judged, refused in one line, nothing left', async (t) => {
+    const { image, pid, dir } = await nobodyCounterImage();
+    const base = scratchDir('ferry-fdswap-');
+    chmodSync(base, 0o755);
+    mkdirSync(join(base, 'open'), { mode: 0o755 });
+    writeFileSync(join(base, 'open', 'log'), '', { mode: 0o666 });
+    chmodSync(join(base, 'open', 'log'), 0o666);
+    // What the swap brings in: a file of the same name nobody may not open for writing.
+    mkdirSync(join(base, 'vault'), { mode: 0o755 });
+    const secret = { path: join(base, 'vault', 'log'), bytes: Buffer.alloc(4096, 'S') };
+    writeFileSync(secret.path, secret.bytes, { mode: 0o600 });
+    const path = join(base, 'open', 'log');
+    const bad = join(dir, 'fdswap.tar');
+    await editImage(image, bad, { 'files.json': moveLog('the counter', { path, link: path }) });
+    const r = await restoreSwapped(['--image', bad, '--max-creds', 'nobody'], () => {
+      renameSync(join(base, 'open'), join(base, 'was-open'));
+      renameSync(join(base, 'vault'), join(base, 'open'));
+    });
+    if (alive(pid)) own(pid);
+    assert.notEqual(r.code, 0, 'refused');
+    const line = oneLine(r.stderr);
+    t.diagnostic(line);
+    assert.match(line, new RegExp(`pid ${pid} \\(counter\\) fd \\d+ would get "${path}" open for writing, which its credentials \\(uid 65534, gid 65534, `
+      + 'no CAP_DAC_OVERRIDE\\) could not open so \\(the file opened there: owner 0:0, mode 600\\): nothing was restored'));
+    assert.ok(!alive(pid), 'nothing left running');
+    untouched({ ...secret, path }, line); // where the swap put it
+  });
+
+  it('(e) a private mapping of a file its process could not read, or of a symlink to one it could not reach: refused in one line, nothing left', async (t) => {
+    const { image, pid, dir } = await nobodyCounterImage();
+    const { base, vault, notes, link } = vaultWithLink();
+    const secret = { path: join(base, 'secret'), bytes: Buffer.alloc(4096, 'S') };
+    writeFileSync(secret.path, secret.bytes, { mode: 0o600 });
+    const AT = '0x200000000000';
+    /** The image with an area mapping `path` privately, read-only, as a library's data would be. */
+    const withMapping = async (path: string, name: string): Promise<string> => {
+      const out = join(dir, name);
+      await editImage(image, out, {
+        [`tasks/${pid}/task.json`]: json((task) => {
+          const vmas = task.vmas as Json[];
+          assert.ok(vmas.every((m) => BigInt(m.end) <= BigInt(AT) || BigInt(m.start) >= BigInt(AT) + 4096n), `${AT} is free in the counter`);
+          vmas.push({
+            start: AT, end: '0x200000001000', prot: 1, shared: false, kind: 'file', name: path, vmflags: ['rd', 'mr', 'mw', 'me'],
+            runs: [], pagesOffset: 0, file: { path, offset: '0x0', dev: '0:0', ino: '0', size: 4096 },
+          });
+          vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
+        }),
+      });
+      return out;
+    };
+    // By its path, before anything is made.
+    const unreadable = await withMapping(secret.path, 'mapsecret.tar');
+    const r = ferry(['restore', '--image', unreadable, '--max-creds', 'nobody']);
+    if (alive(pid)) own(pid);
+    assert.notEqual(r.code, 0, 'refused');
+    const line = oneLine(r.stderr);
+    t.diagnostic(line);
+    assert.match(line, new RegExp(`pid ${pid} \\(counter\\) maps "${secret.path}" privately at ${AT}, so restore would open it for reading, which its credentials `
+      + '\\(uid 65534, gid 65534, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH\\) could not read \\(owner 0:0, mode 600\\): nothing was restored'));
+    assert.ok(!alive(pid), 'nothing left running');
+    // Through a symlink whose own directories nobody may search: judged on where the open led.
+    const linked = await withMapping(link, 'maplink.tar');
+    const l = ferry(['restore', '--image', linked, '--max-creds', 'nobody']);
+    if (alive(pid)) own(pid);
+    assert.notEqual(l.code, 0, 'refused');
+    const line2 = oneLine(l.stderr);
+    t.diagnostic(line2);
+    assert.match(line2, new RegExp(`pid ${pid} \\(counter\\) maps "${link}" \\(which leads to "${notes.path}"\\) privately at ${AT}, so restore would open it `
+      + `for reading, which its credentials .* could not reach: the directory "${vault}" is not searchable by them \\(owner 0:0, mode 700\\): nothing was restored`));
+    assert.ok(!alive(pid), 'nothing left running');
+    untouched(secret, line);
+    untouched(notes, line2);
   });
 
   it('(c) rootfs changes through a symlink to a directory outside: refused, nothing created or deleted outside', () => {
@@ -631,5 +767,47 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     assert.deepEqual(snapshot(outside), before, 'the canary keeps its content');
     assert.equal(readlinkSync(join(rootfs, 'esc')), outside, 'the symlink was made as a symlink, inside the rootfs');
     assert.ok(absent(), 'no container left');
+  });
+});
+
+describe('an untrusted image of a process running as nobody from a mode 711 binary, holding and mapping a file it opened through a symlink', { skip, timeout: 300_000 }, () => {
+  /**
+   * build/workloads/symlinked as nobody: copied to a mode 711 file (execve maps it with no read
+   * permission), given DIR/link/data where DIR/link -> DIR/real; the files nobody may open.
+   */
+  async function start(): Promise<Awaited<ReturnType<typeof startWorkload>>> {
+    const base = scratchDir('ferry-symlinked-');
+    chmodSync(base, 0o755);
+    mkdirSync(join(base, 'bin'), { mode: 0o755 });
+    const exe = join(base, 'bin', 'symlinked');
+    copyFileSync(join(WORKLOADS, 'symlinked'), exe);
+    chmodSync(exe, 0o711);
+    mkdirSync(join(base, 'real'), { mode: 0o755 });
+    writeFileSync(join(base, 'real', 'data'), 'symlinked data, read through a link\n', { mode: 0o644 });
+    symlinkSync(join(base, 'real'), join(base, 'link'));
+    return startWorkload('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', exe, join(base, 'link', 'data')]);
+  }
+
+  it('comes back: the paths recorded are the real ones, its executable may be executable only', async () => {
+    const w = await start();
+    const image = join(w.dir, 'symlinked.tar');
+    await checkpointFreed(w, image);
+    chmodSync(w.dir, 0o755);
+    for (const name of readdirSync(w.dir).filter((n) => n.endsWith('.log'))) chmodSync(join(w.dir, name), 0o666);
+    // Unsigned, so the untrusted rules hold, bounded to nobody.
+    const unsigned = join(w.dir, 'unsigned.tar');
+    await editImage(image, unsigned, { 'files.json': json(() => undefined) });
+    const rs = ferry(['restore', '--image', unsigned, '--max-creds', 'nobody']);
+    if (alive(w.pid)) own(w.pid);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves it as it was', async () => {
+    const w = await start();
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
   });
 });

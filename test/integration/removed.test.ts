@@ -52,6 +52,18 @@ describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file and a directory',
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
+  it('come back from an unsigned image too, whose files are opened with no symlink followed: the symlink itself is the link', async () => {
+    const w = await startWorkload(OPATH, ['DIR']);
+    const image = join(w.dir, 'opath.tar');
+    await checkpointFreed(w, image);
+    const unsigned = join(w.dir, 'unsigned.tar');
+    await editImage(image, unsigned, { 'files.json': json(() => undefined) });
+    const rs = ferry(['restore', '--image', unsigned, '--max-creds', 'root']);
+    if (alive(w.pid)) own(w.pid);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
   it('--leave-running leaves them as they were', async () => {
     const w = await startWorkload(OPATH, ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);

@@ -4,7 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkFileAccess, checkMappedAccess, checkOpenedMapping, checkRemovedDirs, mayReadWrite, type StatOf } from '../../src/restore/file-access.js';
+import {
+  checkFileAccess, checkMappedAccess, checkOpenedFile, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, mayReadWrite, type StatOf,
+} from '../../src/restore/file-access.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_APPEND = 0o2000;
 
@@ -122,6 +124,92 @@ describe('checkMappedAccess', () => {
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/memfd:x (deleted)', PROT_READ | PROT_WRITE, true, ['mw'], { memfd: { id: '0:1:2' } })], stat(0, 0, 0o600));
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/tmp/gone', PROT_READ | PROT_WRITE, true, ['mw'], { ghost: '8:1:3' })], stat(0, 0, 0o600));
     checkMappedAccess('img', [mapping(task(7, 1000, 1000), '/missing', PROT_READ | PROT_WRITE, true)], () => undefined);
+  });
+});
+
+describe('checkMappedAccess and checkOpenedReadMapping: files mapped privately or read-only must be readable', () => {
+  const PROT_READ = 1, PROT_EXEC = 4;
+  const st = (uid: number, gid: number, mode: number) => ({ uid: BigInt(uid), gid: BigInt(gid), mode: BigInt(0o100000 | mode) });
+  const area = (path: string, shared = false) => ({ start: '0x7f0000000000', end: '0x7f0000001000', prot: PROT_READ | PROT_EXEC, shared, kind: 'file', name: path,
+    vmflags: shared ? ['rd', 'ex', 'sh', 'mr', 'me', 'ms'] : ['rd', 'ex', 'mr', 'mw', 'me'], runs: [], pagesOffset: 0, file: { path, offset: '0x0', dev: '8:1', ino: '12', size: 4096 } });
+  const mapper = (t: ReturnType<typeof task>, path: string, exe = '/etc/app', shared = false) =>
+    ({ ...t, exe, vmas: [area(path, shared)] }) as unknown as Parameters<typeof checkMappedAccess>[1][number];
+
+  it('refuses, by path, a file the credentials could not read or reach, in one line naming the area', () => {
+    assert.throws(() => checkMappedAccess('img', [mapper(task(7, 65534, 65534), '/etc/shadow')], stat(0, 42, 0o640)),
+      (err: Error & { code?: string; pid?: number; path?: string }) => {
+        assert.equal(err.code, 'EPRIVILEGE');
+        assert.equal(err.message, 'image img: pid 7 (x) maps "/etc/shadow" privately at 0x7f0000000000, so restore would open it for reading, which its '
+          + 'credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH) could not read (owner 0:42, mode 640): '
+          + 'nothing was restored; sign the image and restore with --trust if it is genuine');
+        assert.deepEqual([err.pid, err.path], [7, '/etc/shadow']);
+        return true;
+      });
+    assert.throws(() => checkMappedAccess('img', [mapper(task(7, 65534, 65534), '/etc/shadow', '/etc/app', true)], stat(0, 42, 0o640)),
+      /maps "\/etc\/shadow" shared, read-only, at 0x7f0000000000/);
+    assert.throws(() => checkMappedAccess('img', [mapper(task(7, 1000, 1000), '/root/lib.so')], stat(0, 0, 0o644, { '/root': 0o700 })),
+      /could not reach: the directory "\/root" is not searchable by them \(owner 0:0, mode 700\)/);
+    // Its own executable may be executable only (execve maps a mode 711 binary); another file not.
+    checkMappedAccess('img', [mapper(task(7, 1000, 1000), '/etc/app')], stat(0, 0, 0o711));
+    assert.throws(() => checkMappedAccess('img', [mapper(task(7, 1000, 1000), '/etc/other')], stat(0, 0, 0o711)), /could not read \(owner 0:0, mode 711\)/);
+    assert.throws(() => checkMappedAccess('img', [mapper(task(7, 1000, 1000), '/etc/app')], stat(0, 0, 0o700)),
+      /could neither read nor execute \(owner 0:0, mode 700\)/);
+    // So may its ELF interpreter, the file execve mapped at AT_BASE (auxv type 7).
+    const interp = (auxv: Array<[string, string]>) => ({ ...mapper(task(7, 1000, 1000), '/etc/ld.so'), mm: { auxv } }) as never;
+    checkMappedAccess('img', [interp([['0x7', '0x7f0000000000'], ['0x0', '0x0']])], stat(0, 0, 0o711));
+    assert.throws(() => checkMappedAccess('img', [interp([['0x7', '0x7f0000100000'], ['0x0', '0x0']])], stat(0, 0, 0o711)), /could not read \(owner 0:0, mode 711\)/);
+    assert.throws(() => checkMappedAccess('img', [interp([['0x7', '0x0'], ['0x0', '0x0']])], stat(0, 0, 0o711)), /could not read/);
+    // Readable ones, and any with CAP_DAC_READ_SEARCH.
+    checkMappedAccess('img', [mapper(task(7, 1000, 1000), '/etc/libc.so.6')], stat(0, 0, 0o644));
+    checkMappedAccess('img', [mapper(task(7, 1000, 1000, [], '0x4'), '/root/key')], stat(0, 42, 0o600, { '/root': 0o700 }));
+  });
+
+  it('judges what the task opened, and the directories of the path it led to, not of the recorded one', () => {
+    const dirs: StatOf = (p) => ({ uid: 0n, gid: 0n, mode: BigInt(0o40000 | (p === '/root' ? 0o700 : 0o755)) }) as never;
+    const t = { ...task(7, 65534, 65534), exe: '/usr/bin/app' } as never;
+    // A symlink /tmp/l -> /root/notes (mode 644): readable, behind a directory nobody may not search.
+    assert.throws(() => checkOpenedReadMapping('img', t, area('/tmp/l'), st(0, 0, 0o644), '/root/notes', dirs),
+      (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'EPRIVILEGE');
+        assert.equal(err.message, 'image img: pid 7 (x) maps "/tmp/l" (which leads to "/root/notes") privately at 0x7f0000000000, so restore would open it '
+          + 'for reading, which its credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH) could not reach: the directory "/root" '
+          + 'is not searchable by them (owner 0:0, mode 700): nothing was restored; sign the image and restore with --trust if it is genuine');
+        return true;
+      });
+    // A path swapped for one to a file it may not read.
+    assert.throws(() => checkOpenedReadMapping('img', t, area('/srv/data'), st(0, 0, 0o600), '/srv/data', dirs), /"\/srv\/data" privately .* could not read \(owner 0:0, mode 600\)/);
+    // A merged /usr: /lib/x.so leads to /usr/lib/x.so, readable, reachable.
+    checkOpenedReadMapping('img', t, area('/lib/x.so'), st(0, 0, 0o644), '/usr/lib/x.so', dirs);
+    checkOpenedReadMapping('img', t, area('/usr/bin/app'), st(0, 0, 0o711), '/usr/bin/app', dirs);
+    assert.throws(() => checkOpenedReadMapping('img', t, area('/x'), st(0, 0, 0o644), 'anon_inode:[x]', dirs), /could not be checked on the file it led to/);
+  });
+});
+
+describe('checkOpenedFile: the file opened for a record, judged as opened', () => {
+  const st = (uid: number, gid: number, mode: number, kind = 0o100000) => ({ uid: BigInt(uid), gid: BigInt(gid), mode: BigInt(kind | mode) });
+
+  it('refuses what none of its holders could open as the record says, in checkFileAccess\'s words', () => {
+    // /home/u/log was nobody's when checked; a rename brought a root file there before the open.
+    assert.throws(() => checkOpenedFile('img', [task(7, 65534, 65534)], file(O_WRONLY | O_APPEND, '/home/u/log'), st(0, 0, 0o600)),
+      (err: Error & { code?: string; pid?: number; fd?: number; path?: string }) => {
+        assert.equal(err.code, 'EPRIVILEGE');
+        assert.equal(err.message, 'image img: pid 7 (x) fd 3 would get "/home/u/log" open for writing, which its credentials (uid 65534, gid 65534, '
+          + 'no CAP_DAC_OVERRIDE) could not open so (the file opened there: owner 0:0, mode 600): nothing was restored; sign the image and restore with --trust if it is genuine');
+        assert.deepEqual([err.pid, err.fd, err.path], [7, 3, '/home/u/log']);
+        return true;
+      });
+    assert.throws(() => checkOpenedFile('img', [task(7, 65534, 65534)], file(O_RDONLY, '/x'), st(0, 0, 0o640)), /open for reading/);
+    assert.throws(() => checkOpenedFile('img', [task(7, 65534, 65534)], { id: 1, kind: 'chr', path: '/dev/x', flags: O_RDWR }, st(0, 0, 0o600, 0o20000)), /fd 3 would get "\/dev\/x"/);
+  });
+
+  it('lets by what a holder could open, O_PATH, and what the restore made itself', () => {
+    checkOpenedFile('img', [task(7, 65534, 65534)], file(O_WRONLY | O_APPEND, '/home/u/log'), st(65534, 65534, 0o600));
+    checkOpenedFile('img', [task(7, 65534, 65534), task(8, 0, 0, [], '0x2')], file(O_RDWR), st(0, 0, 0o600));
+    checkOpenedFile('img', [task(7, 65534, 65534)], file(0o10000000), st(0, 0, 0o600));
+    checkOpenedFile('img', [task(7, 65534, 65534)], { ...file(O_RDONLY | 0o200000, '/gone'), removed: { mode: 0o700, uid: 0, gid: 0 } }, st(0, 0, 0o700, 0o40000));
+    checkOpenedFile('img', [task(7, 65534, 65534)], { id: 1, kind: 'tty', role: 'slave', path: '/dev/pts/3', flags: O_RDWR }, st(0, 5, 0o620, 0o20000));
+    checkOpenedFile('img', [task(7, 65534, 65534)], { id: 1, kind: 'pipe', flags: O_RDWR }, st(0, 0, 0o600, 0o10000));
+    checkOpenedFile('img', [task(7, 65534, 65534)], { ...file(O_RDWR), root: 'task' }, st(0, 0, 0o600));
   });
 });
 
