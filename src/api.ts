@@ -161,8 +161,8 @@ export interface RestoreOptions extends CommonOptions {
    * the pid, the field and the bound. A function gets the verified image (a container's bound is its bundle's config.json) and
    * may answer undefined. Absent (or undefined): an image signed by this machine's host key
    * or a trusted key restores with the credentials it holds; any other gets the untrusted
-   * default (`untrustedBound`: no root, gid 0 or capabilities unless its executable is
-   * set-user-ID/set-group-ID root), and may hold open for writing only what its processes
+   * default (`untrustedBound`: no root, gid 0 or capabilities, whatever executable it
+   * names), and may hold open for writing only what its processes
    * could open so (restore/file-access.ts).
    */
   bound?: CredsBound | ((image: OpenedImage) => Promise<CredsBound | undefined>);

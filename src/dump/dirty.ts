@@ -42,7 +42,7 @@ import { faultPointSync } from '../fault.js';
 import type { Logger } from 'pino';
 import { native } from '../native/binding.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
-import { listTids, readProcText } from '../proc/read.js';
+import { listTids, ProcessGoneError, readProcText } from '../proc/read.js';
 import { parseStat } from '../proc/stat.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { Session } from '../session.js';
@@ -410,13 +410,27 @@ function trackProcess(pid: number, log: Logger): TrackedProcess | undefined | nu
   const n = native();
   const start = startTime(pid);
   if (start === undefined) return undefined;
-  const smaps = readProcText(pid, 'smaps');
+  let smaps: string;
+  try {
+    smaps = readProcText(pid, 'smaps');
+  } catch (err) {
+    if (err instanceof ProcessGoneError) return undefined; // exited meanwhile, as below
+    throw err;
+  }
   refuseOwnUserfaultfd(pid, smaps);
   const { vmas } = parseSmaps(smaps);
   const session = new Session('dirty-tracking', log);
   let uffd = -1;
   try {
-    const pidfd = n.pidfdOpen(pid);
+    let pidfd: number;
+    try {
+      pidfd = n.pidfdOpen(pid);
+    } catch (err) {
+      // Exited since its start time was read: the tree runs on meanwhile, and a short-lived
+      // child (a shell loop's sleep) comes and goes. A pre-dump in a CI run met it.
+      if (errnoCode(err) === 'ESRCH') return undefined;
+      throw err;
+    }
     session.onUndo('close the pidfd', () => closeSync(pidfd));
     // One thread is enough to run a syscall for the whole mm; the others run on meanwhile. Not
     // a leader that exited before its threads (a zombie thread never stops).

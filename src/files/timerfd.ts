@@ -7,6 +7,12 @@
  * when the timer is read (it then re-arms it at the next period). So the dump reads the timer
  * from a pidfd_getfd copy (the same open file) after a zero-timeout poll, and puts the count
  * straight back with TFD_IOC_SET_TICKS; then timerfd_gettime gives the true time left.
+ * Not a timer set with TFD_TIMER_CANCEL_ON_SET: once the real-time clock is set (settimeofday,
+ * an NTP step, a virtual machine's clock corrected after a pause), its next read fails with
+ * ECANCELED and clears that mark, which nothing can put back: the process would never learn
+ * that the clock changed (a CI run on a virtual machine met it). Its count is fdinfo's, which
+ * a one-shot timer keeps exact; for a periodic one it misses the periods not read yet since
+ * the first, and a cancel the process had not read yet is not carried into the image.
  *
  * On restore a relative timer counts its time left again from the restore, like the POSIX
  * timers. An absolute timer on a real-time clock keeps its absolute expiry (wall-clock time
@@ -75,8 +81,13 @@ export const timerfd: FileKind<TimerfdRecord> = {
     const n = native();
     try {
       const copy = ctx.grab(fd);
-      const ticks = n.timerfdTakeTicks(copy);
-      if (ticks > 0n) n.timerfdSetTicks(copy, ticks);
+      let ticks: bigint;
+      if ((settime & TFD_TIMER_CANCEL_ON_SET) !== 0) {
+        ticks = BigInt(field(fd, 'ticks') ?? '0');
+      } else {
+        ticks = n.timerfdTakeTicks(copy);
+        if (ticks > 0n) n.timerfdSetTicks(copy, ticks);
+      }
       const t = n.timerfdGettime(copy, clock);
       const armed = t.value[0] !== 0 || t.value[1] !== 0;
       const realtime = clock === CLOCK_REALTIME || clock === CLOCK_REALTIME_ALARM;

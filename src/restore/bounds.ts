@@ -16,8 +16,7 @@
  *   process.rlimits, process.oomScoreAdj, linux.seccomp);
  * - a plain restore: a policy given by the caller (`parseMaxCreds`: "nobody", "65534:65534",
  *   "www-data,caps=net_bind_service", "root" for anything); without one, none for an image a
- *   trusted key signed (the host key's included), else `untrustedBound`, from the recorded
- *   executable's stat.
+ *   trusted key signed (the host key's included), else `untrustedBound`.
  *
  * What a process may legitimately change within a bound is allowed: with CAP_SETUID any uid,
  * with CAP_SETGID any gid and groups, with CAP_SYS_RESOURCE any hard limit and
@@ -231,53 +230,39 @@ export function checkBound(image: string, tasks: readonly BoundedTask[], bound: 
 
 // --- The default for an untrusted image ----------------------------------------------------
 
-/** What of a task's recorded executable, as this machine has it, the untrusted default looks at. */
-export interface ExecutableStat {
-  uid: number;
-  gid: number;
-  /** st_mode (S_ISUID 0o4000, S_ISGID 0o2000). */
-  mode: number;
-}
-
-const S_ISUID = 0o4000, S_ISGID = 0o2000;
-
 /**
  * The bound of a plain restore of an image no trusted key signed (neither this machine's host
  * key, image/host-key.ts, nor a `--trust` key) when no `--max-creds` is given: the
- * credentials an ordinary program could hold, by what `stat` of its recorded executable
- * (`exe`: as this machine has it, undefined when it has none) allows. No task runs as root
- * (uid 0 as any uid) unless its executable is set-user-ID root, nor with gid 0 (also as a
- * supplementary group) unless it is set-group-ID root; no capability in the effective,
- * permitted, inheritable or ambient set (a set-user-ID-root executable: any, as the kernel
- * gives it); scheduling and oom_score_adj only as an unprivileged thread may set them. The
- * bounding set, no_new_privs, seccomp and securebits are restrictions, left as recorded.
- * `path` is the executable's path, for messages.
+ * credentials an ordinary program could hold. No task runs as root (uid 0 as any uid) nor
+ * with gid 0 (also as a supplementary group); no capability in the effective, permitted,
+ * inheritable or ambient set; scheduling and oom_score_adj only as an unprivileged thread may
+ * set them. The bounding set, no_new_privs, seccomp and securebits are restrictions, left as
+ * recorded.
+ * A set-user-ID-root executable gives nothing: the image names its executable, but its memory
+ * (its code) and its registers are its own word too, so an edited image naming
+ * /usr/bin/passwd would run code of its own as root (this bound allowed that before; a
+ * reviewer found it). A tree that really holds such a program is restored from a signed
+ * image, or with --max-creds.
  */
-export function untrustedBound(path: string, exe: ExecutableStat | undefined): CredsBound {
-  const setuidRoot = exe !== undefined && exe.uid === 0 && (exe.mode & S_ISUID) !== 0;
-  const setgidRoot = exe !== undefined && exe.gid === 0 && (exe.mode & S_ISGID) !== 0;
+export function untrustedBound(): CredsBound {
   const source = 'an image no trusted key signed';
   const how = 'sign it and restore with --trust, or allow it with --max-creds';
-  if (setuidRoot) return { source, origins: {} };
   const none = `no privilege: ${how}`;
-  const bound: CredsBound = {
+  const noRoot = `no root: an unsigned image's code is its own, whatever executable it names; ${how}`;
+  const noGid0 = `no gid 0: an unsigned image's code is its own, whatever executable it names; ${how}`;
+  return {
     source,
     noRootUid: true,
+    noRootGid: true,
     caps: { effective: 0n, permitted: 0n, inheritable: 0n, ambient: 0n },
     sched: 'all',
     oomScoreAdj: 0,
     origins: {
-      uids: `no root: ${path} is not set-user-ID root; ${how}`,
+      uids: noRoot, gids: noGid0, groups: noGid0,
       effective: none, permitted: none, inheritable: none, ambient: none,
       sched: `no CAP_SYS_NICE: ${how}`, oomScoreAdj: `no CAP_SYS_RESOURCE: ${how}`,
     },
   };
-  if (!setgidRoot) {
-    bound.noRootGid = true;
-    bound.origins!.gids = `no gid 0: ${path} is not set-group-ID root; ${how}`;
-    bound.origins!.groups = bound.origins!.gids;
-  }
-  return bound;
 }
 
 // --- Bounds from a container's config.json --------------------------------------------------

@@ -43,7 +43,7 @@ import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
 import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, openedFileGuard } from './file-access.js';
-import { checkBound, untrustedBound, type BoundedTask, type ExecutableStat } from './bounds.js';
+import { checkBound, untrustedBound } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
@@ -117,11 +117,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // exists. Without one, an image no trusted key signed gets the untrusted default.
     const trusted = image.signer !== null && (image.signer === host?.keyId || (trust?.keys.has(image.signer) ?? false));
     const bound = typeof o.bound === 'function' ? await o.bound(image) : o.bound;
-    const exeOf = new Map(tasks.map((t) => [t.pid, t.exe]));
-    checkBound(o.image, tasks, bound ?? (trusted ? undefined : (t: BoundedTask) => {
-      const exe = exeOf.get(t.pid)!;
-      return untrustedBound(exe, executableStat(exe));
-    }));
+    checkBound(o.image, tasks, bound ?? (trusted ? undefined : untrustedBound()));
     log.debug({ signer: image.signer, trusted, bound: bound?.source }, 'credentials bound');
     // A function picks the substitutes from the image, read and verified once here.
     const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
@@ -442,16 +438,6 @@ function settleMade(done: Promise<LazyStats>, made: MadeRoot | undefined): Promi
   });
   settled.catch(() => {}); // the owner awaits it, as it does `done`
   return settled;
-}
-
-/** Owner and mode of a task's recorded executable as this machine has it, or undefined. */
-function executableStat(path: string): ExecutableStat | undefined {
-  try {
-    const st = statIn(hostRoot(), path, 'executable');
-    return st && { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) };
-  } catch {
-    return undefined; // not reachable: the task gets no privilege from it
-  }
 }
 
 /** How long a restored tree is watched for a process that dies at once. */

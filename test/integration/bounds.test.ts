@@ -66,11 +66,11 @@ describe('no privilege from the image: a process', { skip, timeout: 120_000 }, (
     assert.deepEqual(stubs({ zombies: true }), before, 'no stub left');
 
     // Without --max-creds the edited image (unsigned: the edit dropped its signature) gets the
-    // untrusted default, which refuses root to a program that is not set-user-ID root.
+    // untrusted default, which refuses root to any program.
     const dflt = ferry(['restore', '--image', edited]);
     assert.equal(dflt.code, 1);
     assert.equal(dflt.stderr, `ferry restore: image ${edited}: pid ${w.pid} (counter) would get uid 0 as its real, effective, saved and filesystem uid, `
-      + `beyond what an image no trusted key signed allows (no root: ${join(WORKLOADS, 'counter')} is not set-user-ID root; `
+      + "beyond what an image no trusted key signed allows (no root: an unsigned image's code is its own, whatever executable it names; "
       + 'sign it and restore with --trust, or allow it with --max-creds) (and 6 more): nothing was restored\n');
     assert.ok(!alive(w.pid), 'no process made');
 

@@ -115,7 +115,7 @@ describe('signed images', { skip, timeout: 300_000 }, () => {
     // process needs --max-creds root.
     refusedRestore(['--image', unsigned], `image ${unsigned}: pid ${w.pid} (counter) would get uid 0 as its real, effective, saved `
       + 'and filesystem uid, beyond what an image no trusted key signed allows (no root: '
-      + `${join(WORKLOADS, 'counter')} is not set-user-ID root; sign it and restore with --trust, or allow it with --max-creds) `
+      + "an unsigned image's code is its own, whatever executable it names; sign it and restore with --trust, or allow it with --max-creds) "
       + '(and 3 more): nothing was restored', w.pid);
     const rs = ferry(['restore', '--image', unsigned, '--max-creds', 'root']);
     assert.equal(rs.code, 0, rs.stderr);
