@@ -8,7 +8,9 @@
  * abort signal fires (SIGINT/SIGTERM in the CLI), so a test can hit ferry at exactly that
  * point. `PHASE+MS` (`streaming+3000`) pauses there for MS milliseconds only and then goes on,
  * for a test that changes the world meanwhile (cuts the network) and watches what ferry does
- * next. Unset (always, outside tests), a fault point costs one comparison.
+ * next. `PHASE!` (`ttydrain!`) throws there instead, the first time (an Error whose message
+ * says so), for a test of a failure no test can cause from outside (a read error, a kernel
+ * refusing a byte). Unset (always, outside tests), a fault point costs one comparison.
  *
  * The phases, in the order an operation passes them:
  * - checkpoint: `frozen` (a container's cgroup is frozen, before its threads are seized),
@@ -39,14 +41,18 @@
  *   --tcp-established has the first TCP socket it reads in repair mode, with SO_OOBINLINE and
  *   SO_PEEK_OFF changed to read its receive queue, files/tcp-urgent.ts; synchronous); `grouped`
  *   (a restore's helper holds the id of a process group whose leader had exited, the members
- *   joined, before it exits, restore/tree.ts setGroups: the first time; synchronous).
+ *   joined, before it exits, restore/tree.ts setGroups: the first time; synchronous);
+ * - terminals (files/tty.ts), checkpoint and restore: `ttydrain` (bytes queued on a pty have
+ *   been read, before the rest: the first time; synchronous); `ttyinsert` (input of a
+ *   canonical-mode slave is being inserted again, right after a quoting VLNEXT: the first
+ *   time; synchronous).
  */
 import { writeSync } from 'node:fs';
 
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped',
+  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 
@@ -55,17 +61,27 @@ let pauseAt: FaultPhase | undefined;
 let pauseMs: number | undefined;
 /** Whether a synchronous fault point has paused already (it pauses once). */
 let pausedSync = false;
+/** `PHASE!`: the fault point throws instead of pausing. */
+let throwAt = false;
 
 /** Sets the phase to pause at (the CLI programs call this with FERRY_TEST_PAUSE_AT). */
 export function setPauseAt(spec: string | undefined): void {
   if (spec === undefined || spec === '') return;
-  const m = /^([a-z]+)(?:\+(\d{1,7}))?$/.exec(spec);
+  const m = /^([a-z]+)(?:\+(\d{1,7})|(!))?$/.exec(spec);
   const phase = m?.[1] ?? spec;
   if (!(FAULT_PHASES as readonly string[]).includes(phase)) {
-    throw new Error(`FERRY_TEST_PAUSE_AT=${spec} is not a phase (${FAULT_PHASES.join(', ')}), optionally +MS`);
+    throw new Error(`FERRY_TEST_PAUSE_AT=${spec} is not a phase (${FAULT_PHASES.join(', ')}), optionally +MS or !`);
   }
   pauseAt = phase as FaultPhase;
   pauseMs = m?.[2] !== undefined ? Number(m[2]) : undefined;
+  throwAt = m?.[3] !== undefined;
+}
+
+/** An injected failure (`PHASE!`), thrown once. */
+function injected(phase: FaultPhase): Error {
+  pausedSync = true;
+  pauseAt = undefined;
+  return new Error(`ferry-test: failure injected at ${phase}`);
 }
 
 /**
@@ -75,6 +91,7 @@ export function setPauseAt(spec: string | undefined): void {
 export async function faultPoint(phase: FaultPhase, signal?: AbortSignal): Promise<void> {
   signal?.throwIfAborted();
   if (pauseAt !== phase) return;
+  if (throwAt) throw injected(phase);
   writeSync(2, `ferry-test: paused at ${phase} (pid ${process.pid})\n`);
   await new Promise<void>((resolve, reject) => {
     const keepAlive = setInterval(() => {}, 1 << 30);
@@ -98,6 +115,7 @@ export async function faultPoint(phase: FaultPhase, signal?: AbortSignal): Promi
  */
 export function faultPointSync(phase: FaultPhase): void {
   if (pauseAt !== phase || pausedSync) return;
+  if (throwAt) throw injected(phase);
   pausedSync = true;
   writeSync(2, `ferry-test: paused at ${phase} (pid ${process.pid})\n`);
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, pauseMs ?? Infinity);

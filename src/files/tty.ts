@@ -55,10 +55,16 @@
  * the rest raw; they are queued again (`inputLines`) by inserting the bytes into the line
  * discipline with TIOCSTI under a termios that quotes every byte with VLNEXT except the one
  * that ends each line (queueLines), so each read returns one line again, FIONREAD counts the
- * complete lines' bytes and the line not ended stays so. Not kept: a VLNEXT typed last, whose
- * next byte is still to be quoted; which of two lines that read the same (a quoted line-ending
- * byte then VEOF, or that byte) it was, which shows only if the reader later leaves canonical
- * mode (a VEOF leaves a NUL there).
+ * complete lines' bytes and the line not ended stays so. n_tty holds 4095 bytes, and a 4096th
+ * while no complete line is pending (so that a full line can still be ended); beyond that,
+ * input waits unprocessed in the flip buffer and is written to the master again. Whatever
+ * fails while the bytes are taken (a termios change, a read, the limit), everything read so
+ * far is queued again and the termios set back; an insertion that stops part-way is reported
+ * as possibly damaging the input (TIOCSTI takes no byte back, and a pending VLNEXT is
+ * forgotten only by switching ICANON, which forgets every line end too). Not kept: a VLNEXT
+ * typed last, whose next byte is still to be quoted; which of two lines that read the same (a
+ * quoted line-ending byte then VEOF, or that byte) it was, which shows only if the reader
+ * later leaves canonical mode (a VEOF leaves a NUL there).
  * The slave's node keeps its owner and mode (`slaveNode`: grantpt's, or a later chown/chmod).
  * A session led from inside the tree whose controlling terminal no process of the tree holds
  * open gets a record of its own (unheldTerminals, addUnheldTerminals), where that is exact:
@@ -66,7 +72,8 @@
  * foreground (another than the leader's, a shell's job, is set by the leader once the tree
  * exists: setForegroundGroups); a session whose leader holds none of it while a member does
  * is kept too: the leader takes it before forking, the member inherits it and sets the
- * foreground group.
+ * foreground group. Such a record in a container's image, or one whose session leader is not
+ * in the image, is refused before anything is made (checkUnheldTerminals).
  * Packet mode (TIOCPKT) is the pair's: it is switched off while the bytes are taken and
  * queued back (on, a read of the master puts a header byte before the output, and each termios
  * change queues a status byte for the tree's reader), then on again. Switching it on clears a
@@ -82,6 +89,7 @@
 import { chmodSync, chownSync, existsSync, fstatSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
 import { SYS, TIOCSCTTY, TIOCSPGRP } from '../arch/x86-64.js';
 import { describeCause, errnoCode, FerryError } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
@@ -105,8 +113,18 @@ const PTMX_MINOR = 2, DEV_TTY_MINOR = 0, CONSOLE_MINOR = 1;
 const MAX_PTS_INDEX = (1 << 20) - 1;
 /** Largest number of pairs held open to reach the recorded pts index. */
 const MAX_FILL = 1024;
-/** Largest queue accepted from an image (N_TTY keeps 4 KiB, the flip buffers 64 KiB more). */
+/**
+ * Most bytes read from one queue at checkpoint (a holder of the master outside the tree may
+ * keep writing while they are taken).
+ */
 const MAX_QUEUED = 1 << 20;
+/**
+ * Most bytes one direction of a pair holds and takes back: N_TTY's buffer (N_TTY_BUF_SIZE)
+ * and the flip buffers' 64 KiB (TTYB_DEFAULT_MEM_LIMIT), which a writer of the other side
+ * fills, then waits. A checkpoint that read more refuses (what it read is put back), and an
+ * image's queue may not hold more.
+ */
+const MAX_REQUEUED = 4096 + 65536;
 /** The master keeps a copy of its recorded state in these termios2 offsets (x86-64). */
 const TERMIOS2_SIZE = 44, NCCS = 19, VTIME = 5, VMIN = 6;
 // termios(3) bits (octal, asm-generic/termbits.h).
@@ -275,9 +293,11 @@ function quietLines(t: Termios): Termios {
 
 // ---- reading and queueing bytes ----
 
-/** Reads everything readable now from non-blocking `fd`. */
-function drain(fd: number, what: string): Buffer {
-  const chunks: Buffer[] = [];
+/**
+ * Reads everything readable now from non-blocking `fd` into `chunks`, as it goes, so that
+ * what was read can be put back whatever happens (the limit, a read error).
+ */
+function drain(fd: number, what: string, chunks: Buffer[]): void {
   let total = 0;
   for (;;) {
     const b = Buffer.alloc(65536);
@@ -293,8 +313,8 @@ function drain(fd: number, what: string): Buffer {
     chunks.push(b.subarray(0, k));
     total += k;
     if (total > MAX_QUEUED) throw new Error(`more than ${MAX_QUEUED} bytes queued in ${what}`);
+    faultPointSync('ttydrain'); // tests only: a read failing part-way
   }
-  return Buffer.concat(chunks);
 }
 
 /** Writes all of `data` to non-blocking `fd`. */
@@ -303,6 +323,40 @@ function writeAll(fd: number, data: Buffer): void {
     const k = writeSync(fd, data, off, data.length - off);
     if (k <= 0) throw new Error(`short write of queued terminal data: ${off} of ${data.length} bytes`);
     off += k;
+  }
+}
+
+/**
+ * What TIOCSTI needs that ferry lacks: capable(CAP_SYS_ADMIN) is asked of the initial user
+ * namespace, so root of a user namespace of its own (a rootless container's) has it not.
+ */
+function insertNeeds(): string {
+  let map = '';
+  try {
+    map = readFileSync('/proc/self/uid_map', 'utf8').trim().split(/\s+/).join(' ');
+  } catch { /* no procfs: say the capability */ }
+  return map === '' || map === '0 0 4294967295'
+    ? 'CAP_SYS_ADMIN, which ferry lacks: run ferry as root with all capabilities'
+    : 'CAP_SYS_ADMIN in the initial user namespace, which ferry (in a user namespace of its own) cannot have: run ferry outside that user namespace';
+}
+
+/**
+ * Whether ferry may insert input (TIOCSTI) into a terminal: asked of the slave of a pair made
+ * and closed again at once (a terminal not ferry's controlling terminal, as a restored one).
+ */
+function mayInsertInput(): boolean {
+  const n = native();
+  const m = n.openRaw('/dev/ptmx', O_RDWR | O_NOCTTY | O_NONBLOCK);
+  try {
+    n.ptySetLocked(m, 0);
+    const s = n.ptyPeer(m, O_RDWR | O_NOCTTY | O_NONBLOCK);
+    try {
+      return n.ttyMayInsertInput(s);
+    } finally {
+      n.closeFd(s);
+    }
+  } finally {
+    n.closeFd(m);
   }
 }
 
@@ -322,9 +376,9 @@ function waitQueued(fd: number, len: number, what: string): void {
  */
 function queueInput(m: number, s: number, t: Termios, data: Buffer): void {
   const n = native();
-  n.ttySetTermios(m, encodeTermios(rawInput(t)));
   try {
     if (data.length > 0) {
+      n.ttySetTermios(m, encodeTermios(rawInput(t)));
       writeAll(m, data);
       waitQueued(s, data.length, 'terminal input');
     }
@@ -361,13 +415,21 @@ function readLines(s: number, t: Termios, got: Buffer[], lines: InputLine[], wha
   }
 }
 
+/**
+ * Bytes n_tty holds before the next complete line, `before` complete lines being held already:
+ * its buffer keeps one byte free (receive_room), except while no complete line is pending,
+ * when it takes a last byte so that a full line can still be ended (n_tty_receive_buf_common:
+ * the `overflow` case; further bytes overwrite that last one).
+ */
+const heldRoom = (before: number): number => (before === 0 ? N_TTY_HELD + 1 : N_TTY_HELD);
+
 /** The leading lines of `lines` that n_tty holds whole (a VEOF takes a byte of its buffer too). */
 function heldLines(lines: readonly InputLine[]): InputLine[] {
   const out: InputLine[] = [];
   let held = 0;
   for (const l of lines) {
     held += l.length + (l.eof ? 1 : 0);
-    if (held > N_TTY_HELD) break;
+    if (held > heldRoom(out.length)) break;
     out.push(l);
   }
   return out;
@@ -381,14 +443,14 @@ function heldLines(lines: readonly InputLine[]): InputLine[] {
  * for a line VEOF ended. VLNEXT, VEOF and every other special character are bytes that end
  * no line of `t`, so none of them is taken for another. Written into master `m` then:
  * bytes beyond what n_tty holds, which waited in the flip buffer unprocessed and do so again.
- * `t` is set back at the end (ICANON unchanged: the line ends stay).
+ * `t` is set back at the end, whatever failed (ICANON unchanged: the line ends stay), and the
+ * bytes beyond are written back even then: at checkpoint they are the original's.
+ * `what` names the terminal for the error of an insertion that stopped part-way, after which
+ * the input is not what it was (n_tty has no way to take bytes back, nor to forget a VLNEXT
+ * short of switching ICANON, which would forget every line end too).
  */
-function queueLines(m: number, s: number, t: Termios, data: Buffer, lines: readonly InputLine[]): void {
+function queueLines(m: number, s: number, t: Termios, data: Buffer, lines: readonly InputLine[], what: string): void {
   const n = native();
-  if (data.length === 0) {
-    n.ttySetTermios(m, encodeTermios(t));
-    return;
-  }
   const veol = t.cc[VEOL]!, veol2 = (t.lflag & IEXTEN) !== 0 ? t.cc[VEOL2]! : 0;
   const [lnext, veof, dead] = [...Array(256).keys()].filter((c) => c !== 0 && c !== NL && c !== veol && c !== veol2);
   const cc = new Array<number>(NCCS).fill(dead!);
@@ -401,7 +463,14 @@ function queueLines(m: number, s: number, t: Termios, data: Buffer, lines: reado
   const r = rawInput(t);
   const rebuild: Termios = { ...r, cc, lflag: r.lflag | ICANON | IEXTEN };
   const bytes: number[] = [];
-  const quoted = (b: Buffer): void => { for (const c of b) bytes.push(lnext!, c); };
+  /** Where in `bytes` a VLNEXT quotes the next byte. */
+  const quotes = new Set<number>();
+  const quoted = (b: Buffer): void => {
+    for (const c of b) {
+      quotes.add(bytes.length);
+      bytes.push(lnext!, c);
+    }
+  };
   let off = 0, held = 0, want = 0;
   for (const l of lines) {
     const line = data.subarray(off, off + l.length);
@@ -417,26 +486,43 @@ function queueLines(m: number, s: number, t: Termios, data: Buffer, lines: reado
     want += l.length;
   }
   const rest = data.subarray(off);
-  const partial = rest.subarray(0, Math.max(0, N_TTY_HELD - held));
+  const partial = rest.subarray(0, Math.max(0, heldRoom(lines.length) - held));
   quoted(partial);
-  n.ttySetTermios(m, encodeTermios(rebuild));
+  let done = 0;
   try {
-    n.ttyInsertInput(s, Buffer.from(bytes));
+    if (bytes.length > 0) {
+      n.ttySetTermios(m, encodeTermios(rebuild));
+      // One byte a call: where a failure stopped is known (after a VLNEXT, the next byte
+      // inserted would be taken literally).
+      const one = Buffer.alloc(1);
+      for (; done < bytes.length; done++) {
+        if (quotes.has(done - 1)) faultPointSync('ttyinsert'); // tests only: an insert failing part-way
+        one[0] = bytes[done]!;
+        n.ttyInsertInput(s, one);
+      }
+    }
+  } catch (err) {
+    // What was taken is not all back: the input is what came back of it, then what arrives.
+    throw new Error(`inserting queued input again stopped after ${done} of ${bytes.length} bytes (${describeCause(err)}): `
+      + `the input of ${what} may be damaged${quotes.has(done - 1) ? ' (its next byte will be taken literally)' : ''}`, { cause: err });
   } finally {
-    n.ttySetTermios(m, encodeTermios(t));
+    try {
+      n.ttySetTermios(m, encodeTermios(t));
+    } finally {
+      if (rest.length > partial.length) writeAll(m, rest.subarray(partial.length));
+    }
   }
   // FIONREAD in canonical mode: the bytes of complete lines (a VEOF's NUL not counted).
   const got = n.ttyInq(s);
-  if (got !== want) throw new Error(`terminal input: ${want} bytes of complete lines queued, the line discipline holds ${got}`);
-  if (rest.length > partial.length) writeAll(m, rest.subarray(partial.length));
+  if (got !== want) throw new Error(`the input of ${what}: ${want} bytes of complete lines queued, the line discipline holds ${got}`);
 }
 
 /** Queues `data` for master `m` to read: written into slave `s` with output processing off. */
 function queueOutput(m: number, s: number, t: Termios, data: Buffer): void {
   if (data.length === 0) return;
   const n = native();
-  n.ttySetTermios(m, encodeTermios({ ...t, oflag: t.oflag & ~OPOST }));
   try {
+    n.ttySetTermios(m, encodeTermios({ ...t, oflag: t.oflag & ~OPOST }));
     writeAll(s, data);
     waitQueued(m, data.length, 'terminal output');
   } finally {
@@ -548,10 +634,10 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
     const s = steal(slave.pid, slave.fd);
     try {
       // Lines queued in canonical mode are put back through TIOCSTI (queueLines), which needs
-      // CAP_SYS_ADMIN: asked before anything is read.
+      // CAP_SYS_ADMIN in the initial user namespace: asked before anything is read.
       if (canonical(t) && !n.ttyMayInsertInput(s)) {
-        throw new FerryError('EPERM', `pid ${d.pid} fd ${d.fd} (the master of /dev/pts/${index}): its slave is in canonical mode, and ferry `
-          + 'needs CAP_SYS_ADMIN (TIOCSTI) to queue its input again line by line: run ferry as root; the process was left running', { pid: d.pid, fd: d.fd });
+        throw new FerryError('EPERM', `pid ${d.pid} fd ${d.fd} (the master of /dev/pts/${index}): its slave is in canonical mode, and queueing `
+          + `its input again line by line (TIOCSTI) needs ${insertNeeds()}; the process was left running`, { pid: d.pid, fd: d.fd });
       }
       exclusive = n.ttyExclusive(s) === 1;
       const sFl = n.getFl(s);
@@ -571,34 +657,54 @@ function dumpMaster(d: FdDesc, ctx: DumpContext, flags: number): Omit<TtyRecord,
             // Each complete line is read as one, then the rest raw; switching back to
             // canonical mode would make all of it one line, so the lines are inserted again
             // one by one (queueLines) for the original, and for the restored pair alike.
+            // Whatever fails (a termios change, a read, the limit), everything read so far
+            // goes back, lines as lines, and the termios is set back (queueLines).
             const got: Buffer[] = [];
             const lines: InputLine[] = [];
-            n.ttySetTermios(m, encodeTermios(quietLines(t)));
+            let held: InputLine[] = [];
+            let raw = false;
             try {
-              readLines(s, t, got, lines, `the input of /dev/pts/${index}`);
-            } finally {
-              // The rest raw, also after a failed read: the bytes go back in their order.
-              n.ttySetTermios(m, encodeTermios(rawInput(t)));
+              n.ttySetTermios(m, encodeTermios(quietLines(t)));
               try {
-                got.push(drain(s, `the input of /dev/pts/${index}`));
+                readLines(s, t, got, lines, `the input of /dev/pts/${index}`);
               } finally {
-                input = Buffer.concat(got);
-                queueLines(m, s, t, input, heldLines(lines)); // puts the lines back, then termios
+                // The rest raw, also after a failed read: the bytes go back in their order.
+                n.ttySetTermios(m, encodeTermios(rawInput(t)));
+                raw = true;
+                drain(s, `the input of /dev/pts/${index}`, got);
               }
-            }
-            if (input.length > MAX_QUEUED) throw new Error(`more than ${MAX_QUEUED} bytes queued in the input of /dev/pts/${index}`);
-            if (input.length > 0) inputLines = heldLines(lines);
-          } else {
-            n.ttySetTermios(m, encodeTermios(rawInput(t)));
-            try {
-              input = drain(s, `the input of /dev/pts/${index}`);
+            } catch (err) {
+              // Not switched to raw: a line not ended stays in n_tty, before the lines that
+              // are queued again after it.
+              if (raw || lines.length === 0) throw err;
+              throw new Error(`${describeCause(err)}; the input of /dev/pts/${index} may be damaged (a line not ended came before its complete lines)`, { cause: err });
             } finally {
+              input = Buffer.concat(got);
+              held = heldLines(lines);
+              queueLines(m, s, t, input, held, `/dev/pts/${index}`); // puts the lines back, then termios
+            }
+            if (input.length > MAX_REQUEUED) throw new Error(`more than ${MAX_REQUEUED} bytes queued in the input of /dev/pts/${index}`);
+            if (input.length > 0) inputLines = held;
+          } else {
+            const got: Buffer[] = [];
+            try {
+              n.ttySetTermios(m, encodeTermios(rawInput(t)));
+              drain(s, `the input of /dev/pts/${index}`, got);
+            } finally {
+              input = Buffer.concat(got);
               queueInput(m, s, t, input); // puts the bytes back for the original, then termios
             }
+            if (input.length > MAX_REQUEUED) throw new Error(`more than ${MAX_REQUEUED} bytes queued in the input of /dev/pts/${index}`);
           }
           if (n.ttyInq(m) > 0) {
-            output = drain(m, `the output of /dev/pts/${index}`);
-            queueOutput(m, s, t, output);
+            const got: Buffer[] = [];
+            try {
+              drain(m, `the output of /dev/pts/${index}`, got);
+            } finally {
+              output = Buffer.concat(got);
+              queueOutput(m, s, t, output);
+            }
+            if (output.length > MAX_REQUEUED) throw new Error(`more than ${MAX_REQUEUED} bytes queued in the output of /dev/pts/${index}`);
           }
         } finally {
           if (packet) n.ptySetPacket(m, 1);
@@ -824,7 +930,7 @@ function openMaster(rec: TtyRecord): number {
       // of the slave (TIOCGPTPEER, with CAP_SYS_ADMIN) pass it.
       const s = n.ptyPeer(m, O_RDWR | O_NOCTTY | O_NONBLOCK);
       try {
-        if (rec.inputLines !== undefined) queueLines(m, s, t, input, rec.inputLines);
+        if (rec.inputLines !== undefined) queueLines(m, s, t, input, rec.inputLines, `/dev/pts/${n.ptyIndex(m)} (file ${rec.id} of the image)`);
         else queueInput(m, s, t, input);
         queueOutput(m, s, t, output);
         if (rec.exclusive === true) n.ttySetExclusive(s, 1);
@@ -1002,6 +1108,25 @@ function installed(rec: TtyRecord, task: TaskContext): void {
 }
 
 /**
+ * Runs `fn` in task `t` with a copy of the controller's descriptor `cfd` (pidfd_getfd(2)),
+ * closed again after. The pidfd of ferry is opened here, or handed in (inside a container
+ * ferry's pid is not visible); it must still be open.
+ */
+function withControllerCopy(t: Tracee, cfd: number, fn: (fd: number) => void, controllerPidfd?: number): void {
+  const pidfd = controllerPidfd ?? Number(t.syscall(SYS.pidfd_open, process.pid, 0));
+  try {
+    const fd = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0));
+    try {
+      fn(fd);
+    } finally {
+      t.syscall(SYS.close, fd);
+    }
+  } finally {
+    if (controllerPidfd === undefined) t.syscall(SYS.close, pidfd);
+  }
+}
+
+/**
  * For restore/tree.ts: the session leader `pid`, just after its setsid()
  * and before it forks anyone, takes the terminal its session had as controlling terminal.
  * Members of a session get their controlling terminal only by inheriting it at fork(2), so
@@ -1013,20 +1138,13 @@ export function takeControllingTerminal(t: Tracee, pid: number, files: RestoreFi
   for (const [id, cfd] of files.opened) {
     const rec = files.ctx.record(id) as TtyRecord | undefined;
     if (rec?.kind !== 'tty' || rec.role === 'master' || rec.ctty?.session !== pid) continue;
-    // A pidfd of ferry: opened here, or handed in (inside a container ferry's pid is not visible).
-    const pidfd = controllerPidfd ?? Number(t.syscall(SYS.pidfd_open, process.pid, 0));
-    try {
-      const fd = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0));
+    withControllerCopy(t, cfd, (fd) => {
       try {
         t.syscall(SYS.ioctl, fd, TIOCSCTTY, 0);
       } catch (err) {
         throw new FerryError('ERESTORE', `cannot make ${rec.path} the controlling terminal of session ${pid} again: ${describeCause(err)}`, { cause: err });
-      } finally {
-        t.syscall(SYS.close, fd);
       }
-    } finally {
-      if (controllerPidfd === undefined) t.syscall(SYS.close, pidfd);
-    }
+    }, controllerPidfd);
     return true;
   }
   return false;
@@ -1042,13 +1160,13 @@ function checkLines(rec: TtyRecord, bad: (why: string) => never): void {
   if (!Array.isArray(lines) || lines.length > N_TTY_HELD) bad('has invalid input lines');
   if (!canonical(rec.termios!)) bad('has input lines, but its termios is not canonical (ICANON)');
   const data = Buffer.from(rec.input ?? '', 'base64');
-  let off = 0, held = 0;
+  let off = 0, held = 0, before = 0;
   for (const l of lines!) {
     if (typeof l !== 'object' || l === null || !Number.isInteger(l.length) || l.length < 0 || typeof l.eof !== 'boolean'
       || (!l.eof && l.length === 0)) bad('has an invalid input line');
     off += l.length;
     held += l.length + (l.eof ? 1 : 0);
-    if (off > data.length || held > N_TTY_HELD) bad(`has input lines beyond its input or beyond the ${N_TTY_HELD} bytes a line discipline holds`);
+    if (off > data.length || held > heldRoom(before++)) bad(`has input lines beyond its input or beyond the ${N_TTY_HELD + 1} bytes a line discipline holds`);
     if (!l.eof && !endsLine(data[off - 1]!, rec.termios!)) bad('has an input line that no line-ending byte of its termios ends');
   }
 }
@@ -1061,33 +1179,48 @@ function checkLines(rec: TtyRecord, bad: (why: string) => never): void {
  * the terminal in a process whose controlling terminal it is: the leader pulls the
  * controller's with pidfd_getfd(2) for that one call. A terminal some task holds gets its
  * foreground group from `installed`, as before. `held`: the file ids the tree's descriptors
- * refer to; `task`: a restored process by pid (its stub and scratch area).
+ * refer to; `task`: a restored process by pid (its stub and scratch area). Never in a
+ * container (checkUnheldTerminals refused it): ferry's pid is visible, and its pidfd opened here.
  */
 export function setForegroundGroups(files: RestoreFiles, held: ReadonlySet<number>,
-  task: (pid: number) => { t: Tracee; scratch: Scratch } | undefined, controllerPidfd?: number): void {
+  task: (pid: number) => { t: Tracee; scratch: Scratch } | undefined): void {
   for (const [id, cfd] of files.opened) {
     const rec = files.ctx.record(id) as TtyRecord | undefined;
     const c = rec?.kind === 'tty' && rec.role === 'slave' && !held.has(id) ? rec.ctty : undefined;
     if (!c || c.session === null || c.foreground === null) continue;
     const leader = task(c.session);
-    if (!leader) continue;
+    if (!leader) throw new Error(`the leader ${c.session} of the session of ${rec!.path} was not restored`);
     const { t, scratch } = leader;
-    const pidfd = controllerPidfd ?? Number(t.syscall(SYS.pidfd_open, process.pid, 0));
-    try {
-      const fd = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0));
+    withControllerCopy(t, cfd, (fd) => {
       try {
         const b = Buffer.alloc(4);
-        b.writeInt32LE(c.foreground);
+        b.writeInt32LE(c.foreground!);
         scratch.reset();
         t.syscall(SYS.ioctl, fd, TIOCSPGRP, scratch.put(b));
       } catch (err) {
         throw new FerryError('ERESTORE', `cannot make group ${c.foreground} the foreground of ${rec!.path} again (session ${c.session}): ${describeCause(err)}`, { cause: err });
-      } finally {
-        t.syscall(SYS.close, fd);
       }
-    } finally {
-      if (controllerPidfd === undefined) t.syscall(SYS.close, pidfd);
-    }
+    });
+  }
+}
+
+/**
+ * Checks, before anything is made, the records of terminals no descriptor of the tree holds
+ * (addUnheldTerminals): the controlling terminal of a session whose leader is a process of the
+ * tree, outside a container (a checkpoint never records one there, and inside one the leader
+ * could not reach ferry's copy: setForegroundGroups). `held`: the file ids the tree's
+ * descriptors refer to; `pids`: the tree's processes.
+ */
+export function checkUnheldTerminals(files: readonly FileRecord[], held: ReadonlySet<number>, pids: ReadonlySet<number>, container: boolean): void {
+  for (const f of files) {
+    const rec = f as TtyRecord;
+    if (f.kind !== 'tty' || rec.role !== 'slave' || held.has(f.id) || !rec.ctty) continue;
+    const bad = (why: string): never => {
+      throw new FerryError('EIMAGE', `image: terminal (file ${f.id}), held by no process of the tree, ${why}`);
+    };
+    if (container) bad('is in a container\'s image, where a checkpoint records none');
+    const c = rec.ctty;
+    if (c.session === null || !pids.has(c.session)) bad(`is the controlling terminal of session ${c.session ?? '(none)'}, whose leader is no process of the image`);
   }
 }
 
@@ -1106,8 +1239,12 @@ function check(rec: TtyRecord): void {
       || ![x.iflag, x.oflag, x.cflag, x.lflag, x.ispeed, x.ospeed].every((v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff)
       || !Number.isInteger(x.line) || x.line < 0 || x.line > 255) bad('has invalid termios');
   };
-  const queued = (s: unknown): void => {
-    if (s !== undefined && (typeof s !== 'string' || s.length > Math.ceil(MAX_QUEUED / 3) * 4)) bad('has invalid queued data');
+  const queued = (s: unknown, which: string): void => {
+    if (s !== undefined && (typeof s !== 'string' || s.length > Math.ceil(MAX_REQUEUED / 3) * 4)) bad(`has invalid queued ${which}`);
+    // More than the pair holds could not be queued again (MAX_REQUEUED).
+    if (typeof s === 'string' && Buffer.byteLength(s, 'base64') > MAX_REQUEUED) {
+      bad(`has more queued ${which} than a pseudoterminal holds (${MAX_REQUEUED} bytes)`);
+    }
   };
   if (rec.ctty != null) {
     const ok = (v: unknown): boolean => v === null || (Number.isSafeInteger(v) && (v as number) > 0);
@@ -1123,8 +1260,8 @@ function check(rec: TtyRecord): void {
     pair();
   } else if (rec.role === 'master') {
     pair();
-    queued(rec.input);
-    queued(rec.output);
+    queued(rec.input, 'input');
+    queued(rec.output, 'output');
     if (rec.inputLines !== undefined) checkLines(rec, bad);
     if (![rec.exclusive, rec.masterExclusive].every((v) => v === undefined || typeof v === 'boolean')) bad('has an invalid exclusive mode');
     const node = rec.slaveNode;
@@ -1132,6 +1269,11 @@ function check(rec: TtyRecord): void {
     if (node !== undefined && (typeof node !== 'object' || node === null || !Number.isInteger(node.mode) || node.mode < 0 || node.mode > 0o777
       || ![node.uid, node.gid].every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32 - 1))) bad('has an invalid slave owner or mode');
     if (!existsSync('/dev/ptmx')) throw new FerryError('ENOENT', `/dev/ptmx does not exist here: pseudoterminals cannot be created (file ${rec.id})`);
+    // Input lines are inserted with TIOCSTI (queueLines): asked now, before anything is made.
+    if (rec.inputLines !== undefined && rec.input !== undefined && rec.input !== '' && !mayInsertInput()) {
+      throw new FerryError('EPERM', `terminal /dev/pts/${rec.index} (file ${rec.id} of the image) has input queued in canonical mode, and queueing `
+        + `it again line by line (TIOCSTI) needs ${insertNeeds()}`);
+    }
   } else if (rec.role === 'slave') {
     if (!Number.isSafeInteger(rec.master)) bad('names no master');
   } else {

@@ -29,7 +29,7 @@ import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { removeKeptLock, type LockedConnection } from '../files/tcp-lock.js';
 import { sweepTransientNames } from '../files/transient.js';
-import { setForegroundGroups } from '../files/tty.js';
+import { checkUnheldTerminals, setForegroundGroups } from '../files/tty.js';
 import type { InetRecord } from '../files/inet.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
@@ -203,6 +203,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (imageVdso !== undefined && createHash('sha256').update(imageVdso.bytes).digest('hex') !== manifest.host.vdsoSha256) {
       throw new FerryError('EIMAGE', `image ${label}: ${VDSO_ENTRY} is not the vDSO the manifest names (host.vdsoSha256)`);
     }
+    checkUnheldTerminals(files.files, new Set(tasks.flatMap((task) => task.fds.map((f) => f.file))), new Set(tree.processes.map((p) => p.pid)),
+      o.makeRoot !== undefined);
     if (!o.makeRoot) {
       checkFiles(files.files, undefined, inherit, fileGuard);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn);
@@ -321,7 +323,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     setForegroundGroups(opened, new Set(tasks.flatMap((task) => task.fds.map((f) => f.file))), (pid) => {
       const t = created.stubs.get(pid), as = spaces.get(pid);
       return t && as && { t, scratch: as.scratch };
-    }, made?.controllerPidfd);
+    });
     // Threads the image recorded in cgroups of their own (they were made in their process's).
     cgroups?.placeThreads((tid) => tid);
     // Files that name a thread (a /proc file of one, files/procfile.ts) are opened now that

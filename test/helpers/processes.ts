@@ -202,9 +202,12 @@ export interface Run {
   stderr: string;
 }
 
-/** Runs bin/ferry with `args` (synchronously, bounded in time). */
-export function ferry(args: string[], opts: { input?: Buffer; timeoutMs?: number } = {}): Run {
-  const r = spawnSync(FERRY, args, { input: opts.input ?? Buffer.alloc(0), timeout: opts.timeoutMs ?? 120000, maxBuffer: 1 << 30 });
+/** Runs bin/ferry with `args` (synchronously, bounded in time); `env` is added to its environment. */
+export function ferry(args: string[], opts: { input?: Buffer; timeoutMs?: number; env?: Record<string, string> } = {}): Run {
+  const r = spawnSync(FERRY, args, {
+    input: opts.input ?? Buffer.alloc(0), timeout: opts.timeoutMs ?? 120000, maxBuffer: 1 << 30,
+    ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
+  });
   if (r.pid) ferries.add(r.pid);
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr.toString() };
 }

@@ -8,7 +8,9 @@
  * python3 holder made here, or script(1)): refused without --shell-job, restored onto the
  * same terminal with it. build/workloads/ptylines holds input queued on a canonical slave
  * (complete lines, lines VEOF ended, a line not ended) and checks that each read returns one
- * line and the last stays unended; build/workloads/ptyjob is a shell-like session whose
+ * line and the last stays unended (`full`: more than n_tty holds; `long`: one 4096-byte line with
+ * echo on), and that its termios is the same; failures while its input is taken are injected
+ * (FERRY_TEST_PAUSE_AT=ttydrain! or ttyinsert!, src/fault.ts); build/workloads/ptyjob is a shell-like session whose
  * controlling terminal no process holds open, a job's group in the foreground (the master held
  * by the leader, or by its parent). build/workloads/consoles holds terminals of the machine (a virtual
  * console as its controlling terminal, /dev/tty, /dev/console, /dev/tty0): they come back
@@ -21,6 +23,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FerryError } from '../../src/errors.js';
 import { checkFiles, closeFiles, openFiles } from '../../src/files/install.js';
+import { checkUnheldTerminals } from '../../src/files/tty.js';
 import { DEFAULT_FILE_OPTIONS } from '../../src/files/types.js';
 import type { FileRecord } from '../../src/image/records.js';
 import { native } from '../../src/native/binding.js';
@@ -171,6 +174,78 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     assert.equal(await verify(w2), 'PASS', w2.text());
   });
 
+  it('a 4096-byte line, which n_tty takes whole, comes back whole and is not echoed again (echo on; --leave-running, then restored)', async () => {
+    const w = await startWorkload(PTYLINES, ['long']);
+    const image = join(w.dir, 'long.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
+    await w.exited;
+    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w2), 'PASS', w2.text());
+  });
+
+  it('a read failing part-way through canonical input puts back all of it, lines and rest, and the termios (injected)', async () => {
+    const w = await startWorkload(PTYLINES, []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'never.tar')], { env: { FERRY_TEST_PAUSE_AT: 'ttydrain!' } });
+    assert.notEqual(cp.code, 0, 'the checkpoint fails');
+    assert.equal(cp.stderr.trim().split('\n').length, 1, `one line: ${cp.stderr}`);
+    assert.match(cp.stderr, new RegExp(`fd \\d+ of pid ${w.pid} .*failure injected at ttydrain`));
+    assert.ok(alive(w.pid), 'left running');
+    assert.equal(procState(w.pid).tracer, 0, 'untraced');
+    assert.equal(await verify(w), 'PASS', `the original reads exactly its input, with its termios: ${w.text()}`);
+  });
+
+  it('an insertion failing part-way says that the input of /dev/pts/N may be damaged, and sets the termios back (injected)', async () => {
+    const w = await startWorkload(PTYLINES, []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'never.tar')], { env: { FERRY_TEST_PAUSE_AT: 'ttyinsert!' } });
+    assert.notEqual(cp.code, 0, 'the checkpoint fails');
+    assert.equal(cp.stderr.trim().split('\n').length, 1, `one line: ${cp.stderr}`);
+    assert.match(cp.stderr, /stopped after 1 of \d+ bytes .*failure injected at ttyinsert.*: the input of \/dev\/pts\/\d+ may be damaged \(its next byte will be taken literally\)/);
+    assert.ok(alive(w.pid), 'left running');
+    assert.equal(procState(w.pid).tracer, 0, 'untraced');
+    // Its lines are not all back (what a failed insertion cannot help), but its termios is.
+    const verdict = await verify(w);
+    assert.doesNotMatch(verdict, /termios changed/, w.text());
+  });
+
+  it('input lines need TIOCSTI: a restore in a user namespace of its own refuses them up front, saying what is missing', () => {
+    // Root of a new user namespace has every capability there, but TIOCSTI asks for
+    // CAP_SYS_ADMIN in the initial one.
+    const cc = new Array(19).fill(0);
+    cc[4] = 4;
+    const rec = {
+      id: 1, kind: 'tty', role: 'master', path: '/dev/ptmx', flags: 2, index: 0,
+      termios: { iflag: 0, oflag: 0, cflag: 0o277, lflag: 0o2, line: 0, cc, ispeed: 38400, ospeed: 38400 },
+      winsize: { row: 24, col: 80, xpixel: 0, ypixel: 0 }, input: Buffer.from('ab\n').toString('base64'), inputLines: [{ length: 3, eof: false }],
+    };
+    const script = `const { checkFiles } = await import(${JSON.stringify(new URL('../../src/files/install.js', import.meta.url).href)});
+      try { checkFiles([${JSON.stringify(rec)}]); console.log('accepted'); } catch (e) { console.log(e.code + ' ' + e.message); }`;
+    const r = spawnSync('unshare', ['-U', '-r', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim().split('\n').length, 1, r.stdout);
+    assert.match(r.stdout, /^EPERM terminal \/dev\/pts\/0 \(file 1 of the image\) has input queued in canonical mode, .*needs CAP_SYS_ADMIN in the initial user namespace, which ferry \(in a user namespace of its own\) cannot have/);
+  });
+
+  it('a terminal no descriptor holds is refused in a container image, and when its session leader is not in the image', () => {
+    const rec = (ctty: unknown): FileRecord => ({ id: 2, kind: 'tty', role: 'slave', path: '/dev/pts/3', link: '/dev/pts/3', flags: 2, index: 3, master: 1, ctty } as FileRecord);
+    const pids = new Set([100, 101]);
+    const refused = (r: FileRecord, container: boolean, why: RegExp): void => {
+      assert.throws(() => checkUnheldTerminals([r], new Set([1]), pids, container),
+        (e: unknown) => e instanceof FerryError && e.code === 'EIMAGE' && /terminal \(file 2\), held by no process of the tree/.test(e.message) && why.test(e.message));
+    };
+    checkUnheldTerminals([rec({ session: 100, foreground: 101 })], new Set([1]), pids, false);
+    refused(rec({ session: 100, foreground: 101 }), true, /in a container's image/);
+    refused(rec({ session: 7, foreground: 101 }), false, /session 7, whose leader is no process of the image/);
+    refused(rec({ session: null, foreground: 101 }), false, /whose leader is no process of the image/);
+    // Held by a descriptor: the `installed` hook of its holder does the work, as before.
+    checkUnheldTerminals([rec({ session: 7, foreground: 101 })], new Set([1, 2]), pids, true);
+  });
+
   it('input lines in an image must fit its input and end with a line-ending byte of its canonical termios', () => {
     const O_RDWR = 2, O_NOCTTY = 0o400, O_NONBLOCK = 0o4000;
     const cc = new Array(19).fill(0);
@@ -190,7 +265,17 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     refused({ input, inputLines: [{ length: 0, eof: false }] }, /invalid input line/);
     refused({ input, inputLines: [{ length: 3, eof: 'no' }] }, /invalid input line/);
     refused({ input, inputLines: {} }, /invalid input lines/);
-    refused({ input: Buffer.alloc(5000, 0x61).toString('base64'), inputLines: new Array(2000).fill({ length: 2, eof: true }) }, /beyond the 4095 bytes/);
+    refused({ input: Buffer.alloc(5000, 0x61).toString('base64'), inputLines: new Array(2000).fill({ length: 2, eof: true }) }, /beyond the 4096 bytes/);
+    // n_tty takes a 4096th byte only while no complete line is pending: a first line of 4096
+    // bytes, but not a second line that would end there.
+    const long = Buffer.concat([Buffer.alloc(4095, 0x61), Buffer.from('\n'), Buffer.from('b\n')]).toString('base64');
+    checkFiles([master({ input: long, inputLines: [{ length: 4096, eof: false }] })]);
+    const twoLines = Buffer.concat([Buffer.from('b\n'), Buffer.alloc(4093, 0x61), Buffer.from('\n')]).toString('base64');
+    refused({ input: twoLines, inputLines: [{ length: 2, eof: false }, { length: 4094, eof: false }] }, /beyond the 4096 bytes/);
+    // More than a pair holds (N_TTY's 4096 bytes and the flip buffers' 64 KiB) cannot be queued again.
+    refused({ input: Buffer.alloc(4096 + 65536 + 1).toString('base64') }, /more queued input than a pseudoterminal holds \(69632 bytes\)/);
+    refused({ output: Buffer.alloc(4096 + 65536 + 1).toString('base64') }, /more queued output than a pseudoterminal holds/);
+    checkFiles([master({ input: Buffer.alloc(4096 + 65536).toString('base64') })]);
     refused({ input, inputLines: [], termios: { ...(master({}) as unknown as { termios: object }).termios, lflag: 0 } }, /not canonical/);
     // A good one: the new pair's slave reads "ab\n", "c;", an empty line VEOF ended, then nothing (the rest, "de", is not a line).
     const rec = master({ input: Buffer.from('ab\nc;de').toString('base64'), inputLines: [{ length: 3, eof: false }, { length: 2, eof: false }, { length: 0, eof: true }] });
