@@ -33,8 +33,8 @@ import { imageSigner, signingKey } from '../image/sign.js';
 import { HashPool, openImageTarget, warmUpWriter, writeImage, type ImageEntry } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
-import { ProcessGoneError, readProcLink, readProcText } from '../proc/read.js';
-import { checkRemovedCwdInRoot, containerBase, readRootDir, type RootBase } from './root-dir.js';
+import { ProcessGoneError, readProcText } from '../proc/read.js';
+import { checkRemovedCwdInRoot, closeRootBase, containerBase, readRootDir, type RootBase } from './root-dir.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
@@ -413,11 +413,14 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const ownPages = forkedBySiblings(tree.processes.map((p) => p.record));
     // The root directory every process shares unless it was chroot'ed (dump/root-dir.ts).
     const rootBase: RootBase = o.pidNamespace !== undefined ? containerBase(pid) : { path: '/', container: false };
+    const dropBase = session.onUndo('close the container\'s root', () => closeRootBase(rootBase));
     for (const p of live) {
       const d = dumpTask(p, rootBase, ownPages.has(p.pid) ? undefined : byPid.get(p.record.ppid)); // parents come first
       byPid.set(p.pid, d);
       dumped.push(d);
     }
+    dropBase();
+    closeRootBase(rootBase);
     shareSiblingPages(dumped, ownPages);
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.

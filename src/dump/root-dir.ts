@@ -43,6 +43,17 @@ export interface RootBase {
   init?: number;
   /** The container has a mount namespace of its own, whose root is the container's. */
   ownMounts?: boolean;
+  /**
+   * The container's root, open (openContainerRoot): opened once, for the first process or
+   * thread chroot'ed inside it, and closed with closeRootBase once every task is read.
+   */
+  top?: ConfinedRoot;
+}
+
+/** Closes what `base` holds open (RootBase.top); it may be used again after. */
+export function closeRootBase(base: RootBase): void {
+  base.top?.close();
+  delete base.top;
 }
 
 /**
@@ -121,14 +132,11 @@ function containerRoot(pid: number, base: RootBase, link: string, root: string, 
   const inside = root.slice(prefix.length);
   // Resolved as restore resolves it: inside the container's root, no magic link followed.
   let found;
-  let top: ConfinedRoot | undefined;
   try {
-    top = openContainerRoot(base);
-    found = statIn(top, inside, `the root directory of ${who}`);
+    base.top ??= openContainerRoot(base);
+    found = statIn(base.top, inside, `the root directory of ${who}`);
   } catch {
     found = undefined;
-  } finally {
-    top?.close();
   }
   if (found?.dev !== st.dev || found.ino !== st.ino) refuse(`which is not what ${inside} inside its container's root is (a directory reached from outside it)`);
   return inside;

@@ -35,6 +35,20 @@ import { makeTransient, transientMade } from './transient.js';
 export const RESOLVE_NO_XDEV = 0x01, RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04,
   RESOLVE_BENEATH = 0x08, RESOLVE_IN_ROOT = 0x10;
 
+/** sizeof(struct open_how): { u64 flags; u64 mode; u64 resolve }. */
+export const OPEN_HOW_SIZE = 24;
+
+/**
+ * struct open_how for an openat2(2) a task makes itself (injected, restore/address-space.ts,
+ * root-dir.ts): `flags`, no mode (nothing is created), `resolve`.
+ */
+export function openHow(flags: number, resolve: number): Buffer {
+  const how = Buffer.alloc(OPEN_HOW_SIZE);
+  how.writeBigUInt64LE(BigInt(flags), 0);
+  how.writeBigUInt64LE(BigInt(resolve), 16);
+  return how;
+}
+
 const O_RDONLY = 0, O_WRONLY = 1, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
 const AT_REMOVEDIR = 0x200, AT_SYMLINK_NOFOLLOW = 0x100, RENAME_NOREPLACE = 1;
 /** How often a lookup the kernel gave up on (EAGAIN: a ".." raced with a rename) is retried. */

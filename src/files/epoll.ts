@@ -387,6 +387,11 @@ export const eventpoll: FileKind<EventpollRecord> = {
 
   check: checkRecord,
 
+  // Its items are added as its holders' descriptors are installed, before the threads exist.
+  filesBeforeThreads(rec: EventpollRecord): readonly number[] {
+    return Array.isArray(rec.targets) ? rec.targets.flatMap((t: Partial<EpollTarget> | null) => (typeof t?.file === 'number' ? [t.file] : [])) : [];
+  },
+
   open(rec: EventpollRecord, ctx: OpenContext): number | typeof NOT_YET {
     try {
       return openEpoll(rec, ctx);

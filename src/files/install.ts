@@ -99,6 +99,31 @@ export function checkFiles(records: readonly FileRecord[], taskRoot?: string, in
   }
 }
 
+/**
+ * Refuses (EIMAGE, one line), before anything is made, a file that names a thread
+ * (FileKind.namesThread) where restore could not put it: in a container's image
+ * (`container`: installLate pulls it through ferry's pid, which the container's pid namespace
+ * does not show; a container's /proc is its own, so its image never holds one), or one that
+ * another file puts in place before the threads exist (FileKind.filesBeforeThreads: an epoll's
+ * item, a file a unix socket's queued message carries), which a checkpoint refuses
+ * (collect.ts). Either is an edited image. `label` names the image.
+ */
+export function checkThreadFiles(label: string, records: readonly FileRecord[], container: boolean): void {
+  const late = new Map<number, FileRecord>();
+  for (const r of records) if (kindByName(r.kind).namesThread?.(r) === true) late.set(r.id, r);
+  if (late.size === 0) return;
+  const refuse = (why: string): never => {
+    throw new FerryError('EIMAGE', `image ${label}: ${why}, which a checkpoint never records: refused (an edited image); nothing was restored`);
+  };
+  if (container) refuse(`file ${late.keys().next().value!} is a /proc file of a thread in a container's image`);
+  for (const r of records) {
+    const id = kindByName(r.kind).filesBeforeThreads?.(r).find((x) => late.has(x));
+    if (id !== undefined) {
+      refuse(`file ${r.id} (${r.kind}) names file ${id}, a /proc file of a thread, as an epoll item or a file in flight (restore opens such a file only once every thread exists)`);
+    }
+  }
+}
+
 /** Everything the scheduler knows during one restore. */
 export interface RestoreFiles {
   /** file id -> controller descriptor (negative keys: descriptors the modules hold, OpenContext.hold). */
@@ -262,7 +287,6 @@ export function closeFiles(opened: Map<number, number>): void {
  */
 export function installFds(t: Tracee, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles,
   controllerPidfd?: number): void {
-  const { opened } = files;
   // A file that names a thread comes later (installLate): its number stays free until then.
   if (files.late.size > 0) table = table.filter((rec) => !files.late.has(rec.file));
   const sorted = [...table].sort((a, b) => a.fd - b.fd);
@@ -272,26 +296,13 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
   let pidfd = controllerPidfd ?? -1;
   if (pidfd < 0) {
     if (table.length === 0) return;
-    const first = Number(t.syscall(SYS.pidfd_open, process.pid, 0));
-    pidfd = Number(t.syscall(SYS.fcntl, first, F_DUPFD_CLOEXEC, top));
-    t.syscall(SYS.close, first);
+    pidfd = controllerPidfdIn(t, top);
   }
-  const controllerFd = (rec: FdRecord): number => {
-    const cfd = opened.get(rec.file);
-    if (cfd === undefined) throw new Error(`file ${rec.file} of fd ${rec.fd} was not opened`);
-    return cfd;
-  };
+  const controllerFd = (rec: FdRecord): number => openedFd(files, rec);
   const dense = densePrefix(sorted);
   const received = dense.length >= BATCH_MIN ? receiveTable(t, scratch, pidfd, top, dense, controllerFd) : 0;
-  // The rest one by one: the lowest free number is a copy's, then moved where it belongs.
-  for (const rec of sorted.slice(received)) {
-    const got = Number(t.syscall(SYS.pidfd_getfd, pidfd, controllerFd(rec), 0)); // O_CLOEXEC set
-    if (got === rec.fd) {
-      if (!rec.cloexec) t.syscall(SYS.fcntl, got, F_SETFD, 0);
-    } else {
-      t.syscalls([[SYS.dup3, got, rec.fd, rec.cloexec ? O_CLOEXEC : 0], [SYS.close, got]]);
-    }
-  }
+  // The rest one by one.
+  pullEach(t, pidfd, sorted.slice(received), controllerFd);
   t.syscall(SYS.close, pidfd);
 
   const lowest = new Map<number, number>();
@@ -307,32 +318,33 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
   }
 }
 
-/**
- * Installs the descriptors of a task's table that installFds left out (files that name a
- * thread: RestoreFiles.late), once they are open, each at its number with its close-on-exec
- * flag: pulled with pidfd_getfd(2) through a pidfd of the controller (the same open file
- * description, so flags and offset are the ones openAfterThreads gave it and shared between
- * holders), then moved with dup3(2). Each number must still be free (F_GETFD fails with
- * EBADF): nothing of the task's own is ever replaced. Runs before anything else takes a
- * descriptor in the task and before its credentials are restored (the pull needs the
- * stub's privilege over ferry). `container`: the task is in a pid namespace where ferry's
- * pid names another process or none, and its pidfd of ferry was closed with installFds; a
- * file of ferry's own /proc is never recorded there (procfile.ts), so one is refused.
- */
-export function installLate(t: Tracee, pid: number, table: readonly FdRecord[], files: RestoreFiles, container: boolean): void {
-  const todo = [...table].filter((rec) => files.late.has(rec.file)).sort((a, b) => a.fd - b.fd);
-  if (todo.length === 0) return;
-  if (container) {
-    throw new FerryError('EIMAGE', `fd ${todo[0]!.fd} of pid ${pid} (file ${todo[0]!.file}) is a file of the host's /proc naming a thread, which a container's image never holds: refused (an edited image); nothing was restored`, { pid });
-  }
-  const top = Math.max(...table.map((rec) => rec.fd)) + 1;
+/** The controller's descriptor of the file `rec` installs (opened by now). */
+function openedFd(files: RestoreFiles, rec: FdRecord): number {
+  const cfd = files.opened.get(rec.file);
+  if (cfd === undefined) throw new Error(`file ${rec.file} of fd ${rec.fd} was not opened`);
+  return cfd;
+}
+
+/** A pidfd of the controller (ferry) opened in `t`, at `top` or above (close-on-exec). */
+function controllerPidfdIn(t: Tracee, top: number): number {
   const first = Number(t.syscall(SYS.pidfd_open, process.pid, 0));
-  const pidfd = Number(t.syscalls([[SYS.fcntl, first, F_DUPFD_CLOEXEC, top], [SYS.close, first]])[0]);
-  for (const rec of todo) {
-    const cfd = files.opened.get(rec.file);
-    if (cfd === undefined) throw new Error(`file ${rec.file} of fd ${rec.fd} was not opened`);
-    const r = t.trySyscall(SYS.fcntl, rec.fd, F_GETFD);
-    if (r !== -9n) throw new FerryError('EINTERNAL', `installing fd ${rec.fd} of pid ${pid} (file ${rec.file}): the number is taken already (fcntl: ${r})`, { pid });
+  return Number(t.syscalls([[SYS.fcntl, first, F_DUPFD_CLOEXEC, top], [SYS.close, first]])[0]);
+}
+
+/**
+ * Installs `recs` in `t` one by one: each pulled with pidfd_getfd(2) through `pidfd` (the
+ * copy takes the lowest free number, O_CLOEXEC set), then moved to its number with dup3(2)
+ * and its close-on-exec flag. `free`: the task may hold descriptors already, and each number
+ * must still be free (F_GETFD fails with EBADF), so that nothing of its own is replaced
+ * (`pid` names the task then).
+ */
+function pullEach(t: Tracee, pidfd: number, recs: readonly FdRecord[], controllerFd: (rec: FdRecord) => number, free?: { pid: number }): void {
+  for (const rec of recs) {
+    const cfd = controllerFd(rec);
+    if (free !== undefined) {
+      const r = t.trySyscall(SYS.fcntl, rec.fd, F_GETFD);
+      if (r !== -9n) throw new FerryError('EINTERNAL', `installing fd ${rec.fd} of pid ${free.pid} (file ${rec.file}): the number is taken already (fcntl: ${r})`, { pid: free.pid });
+    }
     const got = Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0)); // O_CLOEXEC set
     if (got === rec.fd) {
       if (!rec.cloexec) t.syscall(SYS.fcntl, got, F_SETFD, 0);
@@ -340,6 +352,28 @@ export function installLate(t: Tracee, pid: number, table: readonly FdRecord[], 
       t.syscalls([[SYS.dup3, got, rec.fd, rec.cloexec ? O_CLOEXEC : 0], [SYS.close, got]]);
     }
   }
+}
+
+/**
+ * Installs the descriptors of a task's table that installFds left out (files that name a
+ * thread: RestoreFiles.late), once they are open, each at its number with its close-on-exec
+ * flag, by pullEach through a pidfd of the controller (the same open file description, so
+ * flags and offset are the ones openAfterThreads gave it and shared between holders), each
+ * number checked free: nothing of the task's own is ever replaced. Runs before anything else
+ * takes a descriptor in the task and before its credentials are restored (the pull needs the
+ * stub's privilege over ferry). `container`: the task is in a pid namespace where ferry's
+ * pid names another process or none, and its pidfd of ferry was closed with installFds;
+ * checkThreadFiles refused such a file before anything was made, and this refuses it again.
+ */
+export function installLate(t: Tracee, pid: number, table: readonly FdRecord[], files: RestoreFiles, container: boolean): void {
+  const sorted = [...table].sort((a, b) => a.fd - b.fd);
+  const todo = sorted.filter((rec) => files.late.has(rec.file));
+  if (todo.length === 0) return;
+  if (container) {
+    throw new FerryError('EIMAGE', `fd ${todo[0]!.fd} of pid ${pid} (file ${todo[0]!.file}) is a file of the host's /proc naming a thread, which a container's image never holds: refused (an edited image); nothing was restored`, { pid });
+  }
+  const pidfd = controllerPidfdIn(t, sorted.at(-1)!.fd + 1);
+  pullEach(t, pidfd, todo, (rec) => openedFd(files, rec), { pid });
   // A task left holding it after a failure is being removed with it.
   t.syscall(SYS.close, pidfd);
 }

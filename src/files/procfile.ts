@@ -17,8 +17,10 @@
  * such a file is opened once every thread exists (`openAfterThreads`) and put into each table
  * holding it then (files/install.ts installLate), at its number with its flags and offset.
  * Refused: one in flight (queued in a unix socket) or watched by an epoll (restore fills the
- * queues and adds the items before the threads exist; files/collect.ts). A /proc of another pid namespace (a container's own) is not this kind's: such a
- * path is the regular module's, resolved in the container.
+ * queues and adds the items before the threads exist; files/collect.ts), and an edited image
+ * with one so, or in a container's image, before anything is made (files/install.ts
+ * checkThreadFiles). A /proc of another pid namespace (a container's own) is not this kind's:
+ * such a path is the regular module's, resolved in the container.
  */
 import { statSync } from 'node:fs';
 import { FerryError } from '../errors.js';

@@ -238,6 +238,13 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    */
   openAfterThreads?(record: R, hostTid: (pid: number, tid: number) => number | undefined): Promise<number>;
   /**
+   * Optional: the ids of the other files `record` puts in place before the tree's threads
+   * exist (an epoll's items, the files a unix socket's queued messages carry), none of which
+   * may be one `namesThread` picks (install.ts checkThreadFiles). Called on a record no
+   * `check` has seen yet: what is not a number there is left for `check` to refuse.
+   */
+  filesBeforeThreads?(record: R): readonly number[];
+  /**
    * Optional: runs in each task holding the file, once all of the task's descriptors are
    * installed, for state only the task can set with its own descriptor numbers (epoll_ctl,
    * TIOCSCTTY, POSIX locks owned by the process). Called once per task for its lowest fd.

@@ -1061,6 +1061,11 @@ export const unix: FileKind<UnixRecord> = {
     if (rec.name && !rec.nameLost && rec.role !== 'accepted' && rec.name.file !== null) checkFree(rec, rec.name, liveNames());
   },
 
+  // The files its queued messages carry: sent with them (afterTree), before the threads exist.
+  filesBeforeThreads(rec: UnixRecord): readonly number[] {
+    return Array.isArray(rec.fds) ? rec.fds.flatMap((m: unknown) => (Array.isArray(m) ? m.filter((id): id is number => typeof id === 'number') : [])) : [];
+  },
+
   open(rec: UnixRecord, ctx: OpenContext): number | typeof NOT_YET {
     try {
       return openUnix(rec, ctx);

@@ -12,3 +12,5 @@ export const O_SYNC = 0o4010000;
 export const O_PATH = 0o10000000;
 /** __O_TMPFILE | O_DIRECTORY: an unnamed file in the directory opened. */
 export const O_TMPFILE = 0o20200000;
+/** The *at(2) calls' directory descriptor meaning the caller's working directory. */
+export const AT_FDCWD = -100;

@@ -24,8 +24,9 @@ import { describeCause, FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
 import { big, VDSO_ENTRY, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
+import { AT_FDCWD } from '../proc/fcntl.js';
 import { listFds, readProcText } from '../proc/read.js';
-import { RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS } from '../files/confined.js';
+import { OPEN_HOW_SIZE, openHow, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS } from '../files/confined.js';
 import { restoredGhost } from '../files/deleted.js';
 import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
 import { closeSync, ftruncateSync, openSync, readlinkSync, statSync, writeSync, type BigIntStats } from 'node:fs';
@@ -66,7 +67,7 @@ export const FORK_GADGET = 16;
 /** Gadget area: one code page (`syscall`) and scratch pages for syscall arguments. */
 const GADGET_PAGES = 8;
 const GADGET_SIZE = GADGET_PAGES * PAGE_SIZE;
-const O_RDONLY = 0, O_RDWR = 2, AT_FDCWD = -100;
+const O_RDONLY = 0, O_RDWR = 2;
 const SPECIAL = new Set(['vdso', 'vvar', 'vvar_vclock']);
 
 type Range = readonly [bigint, bigint];
@@ -483,17 +484,6 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
  * /proc magic link.
  */
 export type OpenedCheck = (v: VmaRecord, st: BigIntStats, at: string) => void;
-
-/** sizeof(struct open_how): { u64 flags; u64 mode; u64 resolve }. */
-const OPEN_HOW_SIZE = 24;
-
-/** struct open_how for openat2(2): `flags`, no mode (nothing is created), `resolve`. */
-function openHow(flags: number, resolve: number): Buffer {
-  const how = Buffer.alloc(OPEN_HOW_SIZE);
-  how.writeBigUInt64LE(BigInt(flags), 0);
-  how.writeBigUInt64LE(BigInt(resolve), 16);
-  return how;
-}
 
 /** A child forked from its rebuilt parent (restore/cow.ts): the parent's record and the areas kept from it. */
 export interface Inherited {

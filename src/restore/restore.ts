@@ -23,7 +23,7 @@ import { checkRemovedNodeTrust } from '../files/chrdev.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import {
-  beforeLetGo, checkFiles, closeFiles, installFds, installLate, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
+  beforeLetGo, checkFiles, checkThreadFiles, closeFiles, installFds, installLate, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
 } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
@@ -142,6 +142,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!o.makeRoot) checkAuditTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted);
     checkRootTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
     const removedRootPlan = planRemovedRoots(o.image === '-' ? '(stdin)' : o.image, tasks); // each removed root made once (root-dir.ts)
+    // A /proc file of a thread only where restore can put it (files/install.ts).
+    checkThreadFiles(o.image === '-' ? '(stdin)' : o.image, files.files, o.makeRoot !== undefined);
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
     // Nor access: an untrusted image's processes hold open only what their own credentials
@@ -234,10 +236,26 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // A container's init is made by its runtime; its files are reachable through its root.
     const maxFd = tasks.reduce((m, t) => t.fds.reduce((k, f) => Math.max(k, f.fd), m), 2);
     const made = o.makeRoot ? await o.makeRoot(image, maxFd) : undefined;
+    if (made) session.onUndo('remove the container made for the root', () => made.destroy());
+    // Where the tasks' own paths (working and removed root directories) resolve: the
+    // container's root, held open from now, or the host's.
+    const cwdRoot = made ? new ConfinedRoot(made.fileRoot, 'in-root') : hostRoot();
     if (made) {
-      session.onUndo('remove the container made for the root', () => made.destroy());
+      session.onUndo('close the container root', () => cwdRoot.close());
       checkFiles(files.files, made.fileRoot, inherit);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn, made.fileRoot);
+      // The directories its processes and threads are put in are the rootfs's, there only
+      // now: judged as the host's are above, each resolved in that root (a chroot into a
+      // directory its uid could not search would reach what is below it by name).
+      if (!trusted) {
+        checkDirsReachable(label, tasks, (path) => {
+          try {
+            return statIn(cwdRoot, path, 'directory');
+          } catch {
+            return undefined; // restore says why when it puts the process there
+          }
+        });
+      }
     }
     // A container's sockets are made in its network namespace.
     const opened = withNetns(made?.pid, () => openFiles(files.files,
@@ -303,9 +321,6 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       ?? (made === undefined && existsSync(`/proc/${pid}`) ? pid : undefined);
     await openAfterTree(opened, files.files, hostPidOf);
     await faultPoint('created', o.signal);
-    // Where a removed working directory is made for a moment (cwd.ts): the tasks' root.
-    const cwdRoot = made ? new ConfinedRoot(made.fileRoot, 'in-root') : hostRoot();
-    if (made) session.onUndo('close the container root', () => cwdRoot.close());
     // A process forked sharing the descriptor table of one before it (tree.ts) finds its
     // descriptors installed there: each table is filled once.
     const tableShared = new Set(tree.processes.filter((p) => p.sharesFiles !== undefined).map((p) => p.pid));
@@ -328,9 +343,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     cgroups?.placeThreads((tid) => tid);
     // Files that name a thread (a /proc file of one, files/procfile.ts) are opened now that
     // every thread exists; finishTask installs them.
-    const taskThreads = new Map(tasks.map((t) => [t.pid, t]));
     await openAfterThreads(opened, files.files, (pid, tid) => {
-      const i = taskThreads.get(pid)?.threads.findIndex((th) => th.tid === tid) ?? -1;
+      const i = taskOf.get(pid)?.threads.findIndex((th) => th.tid === tid) ?? -1;
       if (i < 0) return undefined;
       return i === 0 ? created.stubs.get(pid)?.pid : created.threads.get(pid)?.[i - 1]?.tid;
     });

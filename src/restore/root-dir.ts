@@ -47,10 +47,12 @@ import { chmodSync, chownSync, fstatSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
-import { openIn, withRemovedDir, type ConfinedRoot } from '../files/confined.js';
+import {
+  OPEN_HOW_SIZE, openHow, openIn, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, withRemovedDir, type ConfinedRoot,
+} from '../files/confined.js';
 import { big, type RemovedDirRecord, type TaskRecord, type ThreadCredsRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
-import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
+import { AT_FDCWD, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
 import type { Tracee } from '../task/tracee.js';
 import type { AddressSpace } from './address-space.js';
 
@@ -258,10 +260,6 @@ function errnoName(r: bigint): string {
   return Object.entries(osConstants.errno).find(([, v]) => v === Number(-r))?.[0] ?? `errno ${-r}`;
 }
 
-const AT_FDCWD = -100, O_CLOEXEC = 0o2000000;
-/** openat2(2) resolve flags: no magic link followed; the directory given is the root. */
-const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
-
 /**
  * Chroots `t` (a task of a container, not chroot'ed yet: its root is the container's) into
  * `path` resolved inside its own root, confined there (the module comment); its working
@@ -269,13 +267,11 @@ const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
  */
 function chrootInside(t: Tracee, as: AddressSpace, path: string): { call: string; r: bigint } {
   const s = as.scratch;
-  const how = Buffer.alloc(24); // struct open_how: flags, mode, resolve
-  how.writeBigUInt64LE(BigInt(O_PATH | O_DIRECTORY | O_CLOEXEC), 0);
-  how.writeBigUInt64LE(BigInt(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), 16);
+  const how = openHow(O_PATH | O_DIRECTORY | O_CLOEXEC, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
   const slash = s.putString('/'), dot = s.putString('.'), name = s.putString(path), howAt = s.put(how);
   const top = t.trySyscall(SYS.openat, AT_FDCWD, slash, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (top < 0n) return { call: 'open of its root', r: top };
-  const dir = t.trySyscall(SYS.openat2, top, name, howAt, 24);
+  const dir = t.trySyscall(SYS.openat2, top, name, howAt, OPEN_HOW_SIZE);
   t.trySyscall(SYS.close, top);
   if (dir < 0n) return { call: 'openat2', r: dir };
   const cwd = t.trySyscall(SYS.openat, AT_FDCWD, dot, O_PATH | O_DIRECTORY | O_CLOEXEC);

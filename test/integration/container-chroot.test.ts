@@ -8,11 +8,14 @@
  * the host sees them too, twice in a row; --leave-running leaves them as they were. An edited
  * image whose root goes through a symlink of the rootfs pointing at a host directory is
  * resolved inside the container's root: refused in one line, no container left, the host
- * directory untouched; one whose root climbs with ".." stays at the container's root.
+ * directory untouched; one whose root climbs with ".." stays at the container's root. An
+ * edited image holding a /proc file of a thread is refused before any container is made; one
+ * whose root is a directory of the rootfs its credentials cannot search (an untrusted image) is
+ * refused before any of its processes is made, the container removed.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -161,5 +164,44 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
     const root = statSync(`/proc/${stateOf(id).pid}/root`), top = statSync(rootfs);
     assert.deepEqual([root.dev, root.ino], [top.dev, top.ino], 'the root is the container\'s');
     assert.equal(runc('delete', '--force', id).code, 0);
+  });
+
+  it('an edited image is judged before its processes are made: a thread\'s /proc file, a root its credentials cannot search', async () => {
+    const id = `ferry-jail-tr-${process.pid}`;
+    const log = join(dir, 'jail-tr.log');
+    await start(id, log);
+    const image = join(dir, 'tr.tar');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    // A /proc file of the init's thread: installed through ferry's pid, which the container does not see.
+    const proc = join(dir, 'tr-proc.tar');
+    await editImage(image, proc, {
+      'files.json': json<{ files: Array<Record<string, unknown>> }>((v) => {
+        v.files.push({ id: Math.max(0, ...v.files.map((f) => f.id as number)) + 1, kind: 'procfile', target: 1, sub: '/stat', thread: 2, flags: 0, pos: '0' });
+      }),
+    });
+    const rp = ferry(['restore', id, '--root', state, '--image', proc, '--detach']);
+    assert.equal(rp.code, 1, rp.stderr);
+    assert.equal(rp.stderr.trim().split('\n').length, 1, rp.stderr);
+    assert.match(rp.stderr, /file \d+ is a \/proc file of a thread in a container's image, which a checkpoint never records: refused \(an edited image\); nothing was restored/);
+    assert.equal(stateOf(id).status, 'absent', 'no container made');
+    // A root its uid cannot search (0700, another owner), the leader left only CAP_SYS_CHROOT:
+    // chroot'ed there by restore, it would reach what is below by name.
+    mkdirSync(join(rootfs, 'locked'), 0o700);
+    chownSync(join(rootfs, 'locked'), 4242, 4242);
+    mkdirSync(join(rootfs, 'locked', 'below'));
+    const locked = join(dir, 'tr-locked.tar');
+    await editImage(image, locked, {
+      'tasks/1/task.json': json<{ root?: string; creds: { threads: Array<{ caps: { effective: string } }> } }>((v) => {
+        v.root = '/locked';
+        v.creds.threads[0]!.caps.effective = '0x40000'; // CAP_SYS_CHROOT
+      }),
+    });
+    const rl = ferry(['restore', id, '--root', state, '--image', locked, '--detach']);
+    assert.equal(rl.code, 1, rl.stderr);
+    assert.equal(rl.stderr.trim().split('\n').length, 1, rl.stderr);
+    assert.match(rl.stderr, /pid 1 \(ctrjail\) has "\/locked" as its root directory, which its credentials \(uid 0, gid 0, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH\) could not reach: "\/locked" is not searchable by them/);
+    assert.equal(stateOf(id).status, 'absent', 'the container made for it removed');
+    assert.deepEqual(readdirSync(join(rootfs, 'locked')), ['below'], 'the directory untouched');
   });
 });

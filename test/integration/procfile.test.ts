@@ -9,7 +9,9 @@
  * offsets and with their flags; --leave-running leaves them as they were. One in flight
  * (SCM_RIGHTS queued on a unix socket) or watched by an epoll is refused with the tree left
  * running; an edited image
- * naming a thread the tree does not have fails the restore with nothing left.
+ * naming a thread the tree does not have fails the restore with nothing left, and one with an
+ * epoll watching such a file or a queued message carrying one is refused before anything is
+ * made.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -106,6 +108,34 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
     assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no restore stub is left');
     // A killed child stub is init's to reap, which it does in a moment.
     await waitFor('the pids to be free', () => pids.every((p) => !alive(p)), 5000);
+  });
+
+  it('an edited image with an epoll watching a thread\'s /proc file, or a message carrying one, is refused before anything is made', async () => {
+    const w = await startWorkload(THREADPROC, []);
+    const image = join(w.dir, 'thread.tar');
+    const pids = await checkpointTreeFreed(w, image);
+    const before = stubs();
+    for (const [name, add] of [
+      ['epoll', (thread: number, id: number) => ({ id, kind: 'eventpoll', flags: 0, targets: [{ fd: 900, file: thread, events: 1, data: '0x0' }] })],
+      ['unix', (thread: number, id: number) => ({ id, kind: 'unix', fds: [[thread]] })],
+    ] as const) {
+      const edited = join(w.dir, `${name}.tar`);
+      let names = '';
+      await editImage(image, edited, {
+        'files.json': json<{ files: Array<Record<string, unknown>> }>((v) => {
+          const thread = v.files.find((f) => f.kind === 'procfile' && typeof f.thread === 'number')!.id as number;
+          const id = Math.max(...v.files.map((f) => f.id as number)) + 1;
+          names = `file ${id} \\(${add(thread, id).kind}\\) names file ${thread}`;
+          v.files.push(add(thread, id));
+        }),
+      });
+      const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
+      assert.match(rs.stderr, new RegExp(`${names}, a /proc file of a thread, as an epoll item or a file in flight .*refused \\(an edited image\\); nothing was restored`));
+      assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no restore stub was made');
+      assert.ok(pids.every((p) => !alive(p)), 'no process of the tree was made');
+    }
   });
 
   it('an untrusted image may not open a /proc file of a process outside its tree', async () => {

@@ -2,11 +2,15 @@
  * The procfile record's check (files/procfile.ts) on edited records of a thread's /proc file
  * (`thread`): a tid in range, only beside a process of the tree, never with `task` nor the
  * process's own pid; and which records the engine opens once every thread exists
- * (namesThread). Nothing is opened by a check.
+ * (namesThread). Nothing is opened by a check. Before anything is made, restore refuses such a
+ * record in a container's image, and one an epoll watches or a unix socket's queued message
+ * carries (files/install.ts checkThreadFiles): neither is ever recorded so.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { checkThreadFiles } from '../../src/files/install.js';
 import { procfile, type ProcfileRecord } from '../../src/files/procfile.js';
+import type { FileRecord } from '../../src/image/records.js';
 
 /** A record of /proc/`target`/task/`thread``sub`, with `extra` fields as given. */
 const record = (target: unknown, thread: unknown, extra: Record<string, unknown> = {}): ProcfileRecord =>
@@ -26,5 +30,34 @@ describe('a procfile record of a thread', () => {
       record(100, 101, { task: true }), record(null, 101, { sub: '/proc/1/task/2/stat' })]) {
       assert.throws(() => procfile.check!(bad), { code: 'EIMAGE', message: /^image: file 7 \(kind procfile\) has an invalid thread$/ });
     }
+  });
+});
+
+describe('an image holding a thread\'s /proc file', () => {
+  const thread = record(100, 101);
+  const plain = record(100, undefined, { id: 8 });
+  const epoll = (file: unknown): FileRecord => ({ id: 9, kind: 'eventpoll', flags: 0, targets: [{ fd: 4, file, events: 1, data: '0x0' }] });
+  const unix = (fds: unknown): FileRecord => ({ id: 10, kind: 'unix', fds });
+
+  it('is restored as a tree\'s, the file watched or carried being another', () => {
+    checkThreadFiles('img', [thread, plain, epoll(8), unix([[8], []])], false);
+    // Malformed lists are `check`'s to refuse, not this check's to trip on.
+    checkThreadFiles('img', [thread, { id: 9, kind: 'eventpoll', targets: 'x' }, { id: 10, kind: 'unix', fds: [null, 'x', [null]] }], false);
+  });
+
+  it('is refused as a container\'s', () => {
+    assert.throws(() => checkThreadFiles('img', [plain, thread], true), {
+      code: 'EIMAGE', message: /^image img: file 7 is a \/proc file of a thread in a container's image, which a checkpoint never records: refused \(an edited image\); nothing was restored$/,
+    });
+    checkThreadFiles('img', [plain, epoll(8)], true);
+  });
+
+  it('is refused when an epoll watches it or a queued message carries it', () => {
+    assert.throws(() => checkThreadFiles('img', [thread, epoll(7)], false), {
+      code: 'EIMAGE', message: /^image img: file 9 \(eventpoll\) names file 7, a \/proc file of a thread, as an epoll item or a file in flight .*nothing was restored$/,
+    });
+    assert.throws(() => checkThreadFiles('img', [thread, unix([[], [8, 7]])], false), {
+      code: 'EIMAGE', message: /^image img: file 10 \(unix\) names file 7, a \/proc file of a thread/,
+    });
   });
 });
