@@ -236,6 +236,15 @@ export function checkMappedAccess(label: string, tasks: readonly (Pick<TaskRecor
   }
 }
 
+/**
+ * Why the leader of `t` could not read the file `st` at `path` by its recorded credentials (a
+ * directory above it not searchable, or the file not readable), or undefined: what
+ * inotify_add_watch(2) and fanotify_mark(2) ask of the inode they watch (MAY_READ).
+ */
+export function unreadableAt(t: Holder, path: string, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>, statOf: StatOf): string | undefined {
+  return unreachable(t, path, statOf) ?? (may(t, st, R) ? undefined : `could not read (${modeOf(st)})`);
+}
+
 /** Why `t` could not reach `path` (a directory above it not searchable), or undefined. */
 function unreachable(t: Holder, path: string, statOf: StatOf): string | undefined {
   for (const d of parents(path)) {

@@ -43,6 +43,7 @@ import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
 import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, openedFileGuard } from './file-access.js';
+import { checkFilePrivilege, checkPseudoFiles, checkWatchAccess, guardPseudoFiles, pseudoFsDevices } from './file-privilege.js';
 import { checkBound, untrustedBound } from './bounds.js';
 import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
@@ -138,6 +139,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!trusted) checkRemovedNodeTrust(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor a socket whose privilege the kernel checks only when restore (root) makes it.
     if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
+    // Nor a fanotify group, an alarm timer or a device whose privilege is checked the same way (file-privilege.ts).
+    if (!trusted) checkFilePrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted);
     checkRootTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
@@ -156,6 +159,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         return undefined; // the file checks say why
       }
     };
+    const pseudoFs = trusted || o.makeRoot ? new Map<string, string>() : pseudoFsDevices(); // kernel pseudo file systems mounted here
     if (!trusted && !o.makeRoot) {
       checkRemovedDirs(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
         try {
@@ -165,6 +169,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         }
       });
       checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile);
+      checkPseudoFiles(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile, pseudoFs);
+      checkWatchAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
       // And the files mapped: by path now, and again as the task opened them, by descriptor
       // (mapAreas; those it opens for writing to map them shared, with no symlink followed).
       checkMappedAccess(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
@@ -176,7 +182,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       : checkOpenedReadMapping(o.image === '-' ? '(stdin)' : o.image, task, v, st, at, statFile));
     // And the files they hold open by path: opened with no symlink followed and judged again
     // as opened (files/install.ts FileGuard), as the mapped ones are.
-    const fileGuard = trusted || o.makeRoot ? undefined : openedFileGuard(o.image === '-' ? '(stdin)' : o.image, tasks);
+    const fileGuard = trusted || o.makeRoot ? undefined
+      : guardPseudoFiles(openedFileGuard(o.image === '-' ? '(stdin)' : o.image, tasks), o.image === '-' ? '(stdin)' : o.image, tasks, pseudoFs);
     // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
     // now, made and joined once the processes exist. A container's are its runtime's.
     const cgroupMode = o.makeRoot ? 'ignore' : o.manageCgroups ?? 'ignore';

@@ -811,3 +811,85 @@ describe('an untrusted image of a process running as nobody from a mode 711 bina
     assert.equal(await verify(w), 'PASS', w.text());
   });
 });
+
+describe('an untrusted image may not carry a privilege the kernel checks only when a file is made or opened (restore/file-privilege.ts)', { skip, timeout: 300_000 }, () => {
+  // One real image of a counter running as nobody; each case re-types its log's record (its
+  // descriptor kept) and restores the edit with --max-creds nobody, which must refuse it before
+  // any process exists.
+  let made: Promise<{ image: string; pid: number; dir: string }> | undefined;
+  const retyped = (fields: Json) => json((v) => {
+    const reg = (v.files as Json[]).find((f) => f.kind === 'reg');
+    assert.ok(reg, 'the counter has its log open');
+    for (const k of Object.keys(reg)) if (k !== 'id') delete reg[k];
+    Object.assign(reg, fields);
+  });
+  async function refusedEdit(name: string, edit: (text: string) => string, expect: RegExp): Promise<string> {
+    const { image, pid, dir } = await (made ??= nobodyCounterImage());
+    const bad = join(dir, `${name}.tar`);
+    await editImage(image, bad, { 'files.json': edit });
+    const r = ferry(['restore', '--image', bad, '--max-creds', 'nobody']);
+    if (alive(pid)) own(pid);
+    assert.notEqual(r.code, 0, 'refused');
+    const line = oneLine(r.stderr);
+    assert.match(line, new RegExp(`image ${bad}: pid ${pid} \\(counter\\) fd \\d+ would get ${expect.source}.*: nothing was restored; sign the image and restore with --trust if it is genuine$`));
+    assert.ok(!alive(pid), 'nothing left running');
+    return line;
+  }
+
+  it('a fanotify group reporting descriptors, with a mount mark on /, is refused to a process without CAP_SYS_ADMIN', async (t) => {
+    t.diagnostic(await refusedEdit('fanotify', retyped({
+      kind: 'fanotify', flags: O_RDONLY, initFlags: 0, eventFlags: O_RDWR | O_LARGEFILE, marks: [{ type: 'mount', path: '/', mflags: 0, mask: 0x20, ignoredMask: 0 }],
+    }), /a fanotify group \(init flags 0x0, 1 marks\) that only CAP_SYS_ADMIN may make/));
+  });
+
+  it('an inotify watch on a directory its process could not reach is refused (its names would leak)', async (t) => {
+    const { vault } = vaultWithLink();
+    t.diagnostic(await refusedEdit('inotify', retyped({ kind: 'inotify', flags: O_RDONLY, watches: [{ wd: 1, mask: 0x100, path: '/root' }, { wd: 2, mask: 0x100, path: vault }] }),
+      /an inotify watch on "\/root", which needs read permission on it/));
+  });
+
+  it('a timerfd on CLOCK_BOOTTIME_ALARM is refused without CAP_WAKE_ALARM', async (t) => {
+    t.diagnostic(await refusedEdit('alarm', retyped({
+      kind: 'timerfd', clock: 9, flags: O_RDONLY, settime: 0, value: [0, 0], interval: [0, 0], absolute: null, ticks: '0x0',
+    }), /a timerfd on CLOCK_BOOTTIME_ALARM, which needs CAP_WAKE_ALARM/));
+  });
+
+  it('a file of /proc opened by path (root\'s view of kernel addresses) is refused, though its mode lets anyone read it', async (t) => {
+    t.diagnostic(await refusedEdit('kallsyms', moveLog('the counter', { path: '/proc/kallsyms', link: '/proc/kallsyms', flags: O_RDONLY | O_LARGEFILE }),
+      /"\/proc\/kallsyms", a file of the kernel's proc file system/));
+  });
+
+  it('a directory of a held file\'s path replaced by /proc after the check: the file opened is judged, refused in one line, nothing left', async (t) => {
+    const { image, pid } = await (made ??= nobodyCounterImage());
+    const base = scratchDir('ferry-procswap-');
+    chmodSync(base, 0o755);
+    mkdirSync(join(base, 'open'), { mode: 0o755 });
+    // A plain file of the same name and mode as /proc/kallsyms, which the checks by path pass.
+    writeFileSync(join(base, 'open', 'kallsyms'), '', { mode: 0o444 });
+    const path = join(base, 'open', 'kallsyms');
+    const bad = join(base, 'procswap.tar');
+    await editImage(image, bad, { 'files.json': moveLog('the counter', { path, link: path, flags: O_RDONLY | O_LARGEFILE }) });
+    let mounted = false;
+    try {
+      // A mount, not a symlink: the open that follows no symlink still crosses it.
+      const r = await restoreSwapped(['--image', bad, '--max-creds', 'nobody'], () => {
+        const m = spawnSync('mount', ['--bind', '/proc', join(base, 'open')], { encoding: 'utf8', timeout: 30_000 });
+        assert.equal(m.status, 0, m.stderr);
+        mounted = true;
+      });
+      if (alive(pid)) own(pid);
+      assert.notEqual(r.code, 0, 'refused');
+      const line = oneLine(r.stderr);
+      t.diagnostic(line);
+      assert.match(line, new RegExp(`pid ${pid} \\(counter\\) fd \\d+ would get "${path}", a file of the kernel's proc file system, .*: nothing was restored`));
+      assert.ok(!alive(pid), 'nothing left running');
+    } finally {
+      if (mounted) spawnSync('umount', ['-l', join(base, 'open')], { timeout: 30_000 });
+    }
+  });
+
+  it('a character device outside the allow-list is refused before its driver is opened', async (t) => {
+    t.diagnostic(await refusedEdit('kmsg', retyped({ kind: 'chr', path: '/dev/kmsg', flags: O_RDONLY, pos: '0', major: 1, minor: 11 }),
+      /the character device "\/dev\/kmsg" \(1:11\), which an untrusted image may not have opened/));
+  });
+});
