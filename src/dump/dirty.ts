@@ -422,15 +422,7 @@ function trackProcess(pid: number, log: Logger): TrackedProcess | undefined | nu
   const session = new Session('dirty-tracking', log);
   let uffd = -1;
   try {
-    let pidfd: number;
-    try {
-      pidfd = n.pidfdOpen(pid);
-    } catch (err) {
-      // Exited since its start time was read: the tree runs on meanwhile, and a short-lived
-      // child (a shell loop's sleep) comes and goes. A pre-dump in a CI run met it.
-      if (errnoCode(err) === 'ESRCH') return undefined;
-      throw err;
-    }
+    const pidfd = n.pidfdOpen(pid); // ESRCH when it exited: the catch below
     session.onUndo('close the pidfd', () => closeSync(pidfd));
     // One thread is enough to run a syscall for the whole mm; the others run on meanwhile. Not
     // a leader that exited before its threads (a zombie thread never stops).
@@ -492,6 +484,12 @@ function trackProcess(pid: number, log: Logger): TrackedProcess | undefined | nu
     session.close(); // the pidfd stays open only through here
     closeSync(pidfd);
     return p;
+  } catch (err) {
+    // Whatever failed (its pagemap gone, ESRCH from a call on it), a process that exited
+    // meanwhile is skipped, as start() says: the tree runs on while tracking starts, and a
+    // short-lived child (a shell loop's sleep) comes and goes (CI runs met two such calls).
+    if (startTime(pid) !== start) return undefined;
+    throw err;
   } finally {
     if (uffd >= 0) closeSync(uffd);
     session.unwind();
