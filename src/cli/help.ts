@@ -324,9 +324,8 @@ OPTIONS
       is made (EPRIVILEGE), naming the pid and the field. root allows
       anything. Without the option, an image signed by this machine's host
       key or a --trust key restores with the credentials it holds; any other
-      gets no root, no gid 0 and no capabilities unless its executable is
-      set-user-ID (set-group-ID) root. Containers are always bounded by their
-      bundle's config.json.
+      gets no root, no gid 0 and no capabilities, whatever executable it
+      names. Containers are always bounded by their bundle's config.json.
   CONTAINER, --bundle DIR, --detach, -d, --runtime R, --root DIR
       Restore as this container, built from bundle DIR, and return at once
       with --detach; the runtime and its state directory as for checkpoint.
