@@ -157,7 +157,7 @@ async function restoreSwapped(args: string[], swap: () => void): Promise<{ code:
     await waitFor('restore to pause after its checks', () => /paused at verified/.test(stderr) || child.exitCode !== null, 60_000, () => stderr);
     assert.match(stderr, /paused at verified/, 'every check passed before the swap');
     swap();
-    const code = await Promise.race([exited, new Promise<number>((_, reject) => setTimeout(() => reject(new Error(`restore hangs: ${stderr}`)), 120_000))]);
+    const code = await Promise.race([exited, new Promise<number>((_, reject) => setTimeout(() => reject(new Error(`restore hangs: ${stderr}`)), 120_000).unref())]);
     return { code, stderr: stderr.split('\n').filter((l) => !l.startsWith('ferry-test:')).join('\n') };
   } finally {
     if (child.exitCode === null) child.kill('SIGKILL');
@@ -317,7 +317,7 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
       assert.match(stderr, /paused at verified/, 'every check passed before the swap');
       renameSync(join(base, 'open'), join(base, 'was-open'));
       renameSync(join(base, 'vault'), join(base, 'open'));
-      const code = await Promise.race([exited, new Promise<number>((_, reject) => setTimeout(() => reject(new Error(`restore hangs: ${stderr}`)), 120_000))]);
+      const code = await Promise.race([exited, new Promise<number>((_, reject) => setTimeout(() => reject(new Error(`restore hangs: ${stderr}`)), 120_000).unref())]);
       if (alive(w.pid)) own(w.pid);
       assert.notEqual(code, 0, 'refused');
     } finally {
