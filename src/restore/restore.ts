@@ -124,6 +124,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const substitutes = typeof o.inherit === 'function' ? o.inherit({ files, root: tasks[0]! }) : o.inherit;
     const inherit = new Map(Object.entries(substitutes ?? {}));
     const inherited = (f: FileRecord): boolean => typeof f.link === 'string' && inherit.has(f.link);
+    /** The image as messages name it, and its files other than those the caller hands in. */
+    const label = o.image === '-' ? '(stdin)' : o.image;
+    const ownFiles = files.files.filter((f) => !inherited(f));
     // A file marked external at checkpoint is the caller's to hand in (--inherit-fd).
     const missing = files.files.find((f) => f.external === true && !inherited(f));
     if (missing) {
@@ -134,21 +137,21 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Signals the files send (F_SETOWN) go to the image's own processes only.
     checkOwners(files.files, tree.processes, tasks);
     // A file reached by its handle is confined by nothing.
-    if (!trusted) checkLinkedTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
+    if (!trusted) checkLinkedTrust(label, ownFiles);
     // Nor may it have a device node made (a removed one held open).
-    if (!trusted) checkRemovedNodeTrust(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
+    if (!trusted) checkRemovedNodeTrust(label, tasks, ownFiles);
     // Nor a socket whose privilege the kernel checks only when restore (root) makes it.
-    if (!trusted) checkSocketPrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
+    if (!trusted) checkSocketPrivilege(label, tasks, ownFiles);
     // Nor a fanotify group, an alarm timer or a device whose privilege is checked the same way (file-privilege.ts).
-    if (!trusted) checkFilePrivilege(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
+    if (!trusted) checkFilePrivilege(label, tasks, ownFiles);
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
-    if (!o.makeRoot) checkAuditTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted);
-    checkRootTrust(o.image === '-' ? '(stdin)' : o.image, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
-    const removedRootPlan = planRemovedRoots(o.image === '-' ? '(stdin)' : o.image, tasks); // each removed root made once (root-dir.ts)
+    if (!o.makeRoot) checkAuditTrust(label, tasks, trusted);
+    checkRootTrust(label, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
+    const removedRootPlan = planRemovedRoots(label, tasks); // each removed root made once (root-dir.ts)
     // A /proc file of a thread only where restore can put it (files/install.ts).
-    checkThreadFiles(o.image === '-' ? '(stdin)' : o.image, files.files, o.makeRoot !== undefined);
+    checkThreadFiles(label, files.files, o.makeRoot !== undefined);
     // Nor a /proc file of a process outside the tree, opened as root.
-    if (!trusted) checkProcfileTrust(o.image === '-' ? '(stdin)' : o.image, files.files.filter((f) => !inherited(f)));
+    if (!trusted) checkProcfileTrust(label, ownFiles);
     // Nor access: an untrusted image's processes hold open only what their own credentials
     // could open so (a container's files are in its rootfs, confined there;
     // the files the caller hands in are the caller's business).
@@ -161,29 +164,29 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     };
     const pseudoFs = trusted || o.makeRoot ? new Map<string, string>() : pseudoFsDevices(); // kernel pseudo file systems mounted here
     if (!trusted && !o.makeRoot) {
-      checkRemovedDirs(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), (path) => {
+      checkRemovedDirs(label, tasks, ownFiles, (path) => {
         try {
           return statIn(hostRoot(), path, 'directory');
         } catch {
           return undefined;
         }
       });
-      checkFileAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile);
-      checkPseudoFiles(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)), statFile, pseudoFs);
-      checkWatchAccess(o.image === '-' ? '(stdin)' : o.image, tasks, files.files.filter((f) => !inherited(f)));
+      checkFileAccess(label, tasks, ownFiles, statFile);
+      checkPseudoFiles(label, tasks, ownFiles, statFile, pseudoFs);
+      checkWatchAccess(label, tasks, ownFiles);
       // And the files mapped: by path now, and again as the task opened them, by descriptor
       // (mapAreas; those it opens for writing to map them shared, with no symlink followed).
-      checkMappedAccess(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
+      checkMappedAccess(label, tasks, statFile);
       // And the directories processes and threads are put in by path.
-      checkDirsReachable(o.image === '-' ? '(stdin)' : o.image, tasks, statFile);
+      checkDirsReachable(label, tasks, statFile);
     }
     const mappedCheck = trusted || o.makeRoot ? undefined : (task: TaskRecord): OpenedCheck => (v, st, at) => (sharedWritable(v)
-      ? checkOpenedMapping(o.image === '-' ? '(stdin)' : o.image, task, v, st)
-      : checkOpenedReadMapping(o.image === '-' ? '(stdin)' : o.image, task, v, st, at, statFile));
+      ? checkOpenedMapping(label, task, v, st)
+      : checkOpenedReadMapping(label, task, v, st, at, statFile));
     // And the files they hold open by path: opened with no symlink followed and judged again
     // as opened (files/install.ts FileGuard), as the mapped ones are.
     const fileGuard = trusted || o.makeRoot ? undefined
-      : guardPseudoFiles(openedFileGuard(o.image === '-' ? '(stdin)' : o.image, tasks), o.image === '-' ? '(stdin)' : o.image, tasks, pseudoFs);
+      : guardPseudoFiles(openedFileGuard(label, tasks), label, tasks, pseudoFs);
     // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
     // now, made and joined once the processes exist. A container's are its runtime's.
     const cgroupMode = o.makeRoot ? 'ignore' : o.manageCgroups ?? 'ignore';
@@ -191,7 +194,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (image.has(CGROUPS_ENTRY)) {
       const record = validateCgroups(await image.readJson(CGROUPS_ENTRY), new Map(tasks.map((t) => [t.pid, t.threads.map((th) => th.tid)])));
       if (cgroupMode !== 'ignore') {
-        const plan = (cgroups = CgroupPlan.make(record, cgroupMode, trusted, o.image === '-' ? '(stdin)' : o.image, log));
+        const plan = (cgroups = CgroupPlan.make(record, cgroupMode, trusted, label, log));
         session.onUndo('close the cgroup roots', () => plan.close());
         log.debug({ create: plan.toCreate }, 'cgroups planned');
       }
@@ -203,7 +206,6 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const blobs = new Map<string, Buffer>();
     for (const e of manifest.entries.filter((x) => x.name.startsWith('files/'))) blobs.set(e.name, await image.read(e.name, e.size));
     // The checkpointing kernel's vDSO (restore/vdso.ts), when the image has it.
-    const label = o.image === '-' ? '(stdin)' : o.image;
     const vdsoEntry = manifest.entries.find((x) => x.name === VDSO_ENTRY);
     if (vdsoEntry !== undefined && vdsoEntry.size > MAX_VDSO_BYTES) {
       throw new FerryError('EIMAGE', `image ${label}: ${VDSO_ENTRY} is ${vdsoEntry.size} bytes, more than the ${MAX_VDSO_BYTES} a vDSO may have`);
