@@ -164,6 +164,31 @@ async function restoreSwapped(args: string[], swap: () => void): Promise<{ code:
   }
 }
 
+
+/** Where the edited images below map their one extra page: free in the counter. */
+const EXTRA_AT = '0x200000000000';
+
+/**
+ * Writes to `out` the image `image` with one more area of pid `pid`: a page of the file `path`
+ * mapped read-only at EXTRA_AT, shared (from a descriptor open for writing, as `mw` says) or
+ * private (as a library's data would be).
+ */
+async function imageWithFileMapping(image: string, pid: number, out: string, path: string, shared: boolean): Promise<string> {
+  await editImage(image, out, {
+    [`tasks/${pid}/task.json`]: json((task) => {
+      const vmas = task.vmas as Json[];
+      assert.ok(vmas.every((m) => BigInt(m.end) <= BigInt(EXTRA_AT) || BigInt(m.start) >= BigInt(EXTRA_AT) + 4096n), `${EXTRA_AT} is free in the counter`);
+      vmas.push({
+        start: EXTRA_AT, end: '0x200000001000', prot: 1, shared, kind: 'file', name: path,
+        vmflags: shared ? ['rd', 'sh', 'mr', 'mw', 'me', 'ms'] : ['rd', 'mr', 'mw', 'me'],
+        runs: [], pagesOffset: 0, file: { path, offset: '0x0', dev: '0:0', ino: '0', size: 4096 },
+      });
+      vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
+    }),
+  });
+  return out;
+}
+
 describe('images are untrusted: confined file operations', { skip, timeout: 300_000 }, () => {
   // An edited image is unsigned: the untrusted default would refuse this root counter before any
   // file is touched. --max-creds root lets it through, and confinement must still hold.
@@ -236,23 +261,8 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     const canary = canaryFile(Buffer.alloc(4096, 'C'));
     const link = join(scratchDir('ferry-maplink-'), 'link');
     symlinkSync(canary.path, link);
-    const AT = '0x200000000000';
-    /** The image with an area mapping `path` shared, from a descriptor open for writing. */
-    const withMapping = async (path: string, name: string): Promise<string> => {
-      const out = join(dir, name);
-      await editImage(image, out, {
-        [`tasks/${pid}/task.json`]: json((task) => {
-          const vmas = task.vmas as Json[];
-          assert.ok(vmas.every((m) => BigInt(m.end) <= BigInt(AT) || BigInt(m.start) >= BigInt(AT) + 4096n), `${AT} is free in the counter`);
-          vmas.push({
-            start: AT, end: '0x200000001000', prot: 1, shared: true, kind: 'file', name: path, vmflags: ['rd', 'sh', 'mr', 'mw', 'me', 'ms'],
-            runs: [], pagesOffset: 0, file: { path, offset: '0x0', dev: '0:0', ino: '0', size: 4096 },
-          });
-          vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
-        }),
-      });
-      return out;
-    };
+    const AT = EXTRA_AT;
+    const withMapping = (path: string, name: string): Promise<string> => imageWithFileMapping(image, pid, join(dir, name), path, true);
     const bad = await withMapping(link, 'maplink.tar');
     const r = ferry(['restore', '--image', bad, ...ROOT_ALLOWED]);
     if (alive(pid)) own(pid);
@@ -291,7 +301,7 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     const secret = { path: join(base, 'vault', 'data'), bytes: Buffer.alloc(4096, 'S') };
     writeFileSync(secret.path, secret.bytes, { mode: 0o600 });
     const path = join(base, 'open', 'data');
-    const AT = '0x200000000000';
+    const AT = EXTRA_AT;
     const bad = join(w.dir, 'mapswap.tar');
     await editImage(image, bad, {
       [`tasks/${w.pid}/task.json`]: json((task) => {
@@ -380,23 +390,8 @@ describe('images are untrusted: confined file operations', { skip, timeout: 300_
     const { base, vault, notes, link } = vaultWithLink();
     const secret = { path: join(base, 'secret'), bytes: Buffer.alloc(4096, 'S') };
     writeFileSync(secret.path, secret.bytes, { mode: 0o600 });
-    const AT = '0x200000000000';
-    /** The image with an area mapping `path` privately, read-only, as a library's data would be. */
-    const withMapping = async (path: string, name: string): Promise<string> => {
-      const out = join(dir, name);
-      await editImage(image, out, {
-        [`tasks/${pid}/task.json`]: json((task) => {
-          const vmas = task.vmas as Json[];
-          assert.ok(vmas.every((m) => BigInt(m.end) <= BigInt(AT) || BigInt(m.start) >= BigInt(AT) + 4096n), `${AT} is free in the counter`);
-          vmas.push({
-            start: AT, end: '0x200000001000', prot: 1, shared: false, kind: 'file', name: path, vmflags: ['rd', 'mr', 'mw', 'me'],
-            runs: [], pagesOffset: 0, file: { path, offset: '0x0', dev: '0:0', ino: '0', size: 4096 },
-          });
-          vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
-        }),
-      });
-      return out;
-    };
+    const AT = EXTRA_AT;
+    const withMapping = (path: string, name: string): Promise<string> => imageWithFileMapping(image, pid, join(dir, name), path, false);
     // By its path, before anything is made.
     const unreadable = await withMapping(secret.path, 'mapsecret.tar');
     const r = ferry(['restore', '--image', unreadable, '--max-creds', 'nobody']);

@@ -86,6 +86,28 @@ async function startExternal(holder: 'python' | 'script'): Promise<Workload & { 
   return { pid, dir, log, text, exited, ticks: () => [], holder: child.pid!, tty: /^tty (\S+)/m.exec(text())![1]! };
 }
 
+
+/**
+ * Checkpoints `w` with --leave-running (the original, detached, must pass its check), then,
+ * once it exited and its pid is free, restores the image (`name` in its directory): the
+ * restored process, untraced, must pass its check too.
+ */
+async function leaveRunningThenRestore(w: Awaited<ReturnType<typeof startWorkload>>, name: string): Promise<void> {
+  const image = join(w.dir, name);
+  const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+  assert.equal(cp.code, 0, cp.stderr);
+  assert.equal(procState(w.pid).tracer, 0, 'detached');
+  assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
+  await w.exited;
+  await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+  const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+  const rs = ferry(['restore', '--image', image]);
+  assert.equal(rs.code, 0, rs.stderr);
+  own(w.pid);
+  assert.equal(procState(w.pid).tracer, 0);
+  assert.equal(await verify(w2), 'PASS', w2.text());
+}
+
 describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
   it('a pty pair with its session, foreground group, termios and queued bytes survives three cycles', async () => {
     const w = await startWorkload(PTYS, []);
@@ -136,20 +158,7 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
   });
 
   it('input queued in canonical mode keeps its lines: one read per line, VEOF-ended lines, a line not ended stays so (--leave-running, then restored)', async () => {
-    const w = await startWorkload(PTYLINES, []);
-    const image = join(w.dir, 'lines.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    assert.equal(procState(w.pid).tracer, 0, 'detached');
-    assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
-    await w.exited;
-    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
-    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    assert.equal(procState(w.pid).tracer, 0);
-    assert.equal(await verify(w2), 'PASS', w2.text());
+    await leaveRunningThenRestore(await startWorkload(PTYLINES, []), 'lines.tar');
   });
 
   it('canonical input keeps its lines through two checkpoint and restore cycles', async () => {
@@ -160,33 +169,11 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
   });
 
   it('canonical input beyond what the line discipline holds keeps every line, in order (--leave-running, then restored)', async () => {
-    const w = await startWorkload(PTYLINES, ['full']);
-    const image = join(w.dir, 'full.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
-    await w.exited;
-    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
-    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    assert.equal(await verify(w2), 'PASS', w2.text());
+    await leaveRunningThenRestore(await startWorkload(PTYLINES, ['full']), 'full.tar');
   });
 
   it('a 4096-byte line, which n_tty takes whole, comes back whole and is not echoed again (echo on; --leave-running, then restored)', async () => {
-    const w = await startWorkload(PTYLINES, ['long']);
-    const image = join(w.dir, 'long.tar');
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    assert.equal(await verify(w), 'PASS', `--leave-running: ${w.text()}`);
-    await w.exited;
-    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
-    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    assert.equal(await verify(w2), 'PASS', w2.text());
+    await leaveRunningThenRestore(await startWorkload(PTYLINES, ['long']), 'long.tar');
   });
 
   it('a read failing part-way through canonical input puts back all of it, lines and rest, and the termios (injected)', async () => {
