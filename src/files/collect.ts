@@ -9,7 +9,6 @@ import { native } from '../native/binding.js';
 import { parseFdinfo } from '../proc/fdinfo.js';
 import { fdCloexec } from '../proc/fdinfo.js';
 import { inOwnMountNs, listFds, readProcText } from '../proc/read.js';
-import { parseStatus } from '../proc/status.js';
 import { dumpOwner, ownerMatters } from './owner.js';
 import { kindOf } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, type DumpContext, type FdDesc, type FileKind, type FileOptions } from './types.js';

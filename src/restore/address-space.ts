@@ -523,7 +523,7 @@ function lockAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[]): vo
 }
 
 const IPC_PRIVATE = 0, IPC_CREAT = 0o1000, IPC_EXCL = 0o2000, IPC_RMID = 0, IPC_SET = 1;
-const SHM_RDONLY = 0o10000, SHM_EXEC = 0o100000, O_WRONLY = 1;
+const SHM_RDONLY = 0o10000, SHM_EXEC = 0o100000;
 /** struct shmid64_ds (x86-64): ipc64_perm {key, uid, gid, cuid, cgid, mode, …} first. */
 const SHMID_DS_SIZE = 112;
 

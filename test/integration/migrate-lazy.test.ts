@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { alive, cleanup, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
-import { corruptEntry, exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver } from '../helpers/precopy-run.js';
+import { exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
 after(() => { killFerries(); cleanup(); });

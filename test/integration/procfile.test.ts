@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointTreeFreed, cleanup, ferry, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointTreeFreed, cleanup, ferry, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -149,5 +149,6 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
     assert.equal(rs.code, 1);
     assert.match(rs.stderr, /file \d+ \("\/proc\/1\/stat"\) is a \/proc file of a process outside the image's tree, which restore would open as root/);
     assert.ok(!alive(w.pid));
+    assert.deepEqual(stubs(), before, 'no stub left');
   });
 });
