@@ -19,6 +19,7 @@ void InitNotify(Napi::Env env, Napi::Object exports);
 void InitSockdiag(Napi::Env env, Napi::Object exports);
 void InitUffd(Napi::Env env, Napi::Object exports);
 void InitDigest(Napi::Env env, Napi::Object exports);
+void InitMmHold(Napi::Env env, Napi::Object exports);
 }  // namespace ferry
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -38,6 +39,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitSockdiag(env, exports);
   ferry::InitUffd(env, exports);
   ferry::InitDigest(env, exports);
+  ferry::InitMmHold(env, exports);
   return exports;
 }
 

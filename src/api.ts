@@ -106,6 +106,12 @@ export interface CheckpointOptions extends CommonOptions {
    */
   skipReapWait?: boolean;
   /**
+   * The killed tree's memory is freed once this settles, by threads of ferry's
+   * (dump/memory-hold.ts), so that the kill does not wait for it: a migration frees it once
+   * the tree runs on the target. Absent: once the tree is reaped.
+   */
+  teardownAfter?: Promise<unknown>;
+  /**
    * The image's reader already holds these pages (pre-copy: src/migrate/precopy.ts): the
    * frozen dump names them by their digests from the rounds and leaves them out of the stream,
    * reading only the others (docs/migration.md, "The frozen image"). Only for a stream

@@ -43,6 +43,7 @@ import { FERRY_VERSION } from '../version.js';
 import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers, shareAmongSiblings } from './memory.js';
+import { holdAddressSpaces } from './memory-hold.js';
 import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
@@ -69,7 +70,7 @@ function precheck(pid: number): void {
  */
 async function waitReaped(pid: number, timeoutMs: number): Promise<void> {
   for (const end = Date.now() + timeoutMs; existsSync(`/proc/${pid}`) && Date.now() < end;) {
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 1));
   }
 }
 
@@ -542,32 +543,47 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // The image is complete and in place: only letting go (or the kill) is left, and neither
     // an abort nor a second signal stops that (finishing()).
     return await finishing(async () => {
-      await faultPoint('written', o.signal).catch(() => {});
-      // The kept lock is made last before the kill: a ferry dying before it leaves only the
-      // owned one, which goes with it.
-      if (!o.leaveRunning) await lock?.keep();
-      for (const d of dumped) for (const t of d.tracees) t.close();
-      // The sockets are back as they were, or go into repair mode for the kill just below: a
-      // watchdog that took them out of it again for a dying tree would reset its connections.
-      socketGuard?.disarm();
-      files.finish(o.leaveRunning);
-      session.close();
+      // The big address spaces are held from here across the kill, so that its processes exit
+      // without freeing their memory first (memory-hold.ts): a thread of ours frees it once
+      // let go. Taken before the fault point, so that a ferry dying with them held is tested.
+      const letMemoryGo = o.leaveRunning ? () => {}
+        : holdAddressSpaces(dumped.map((d) => ({ pid: d.task.pid, pagesBytes: d.memory.pagesBytes, vmas: d.memory.vmas })));
+      try {
+        await faultPoint('written', o.signal).catch(() => {});
+        // The kept lock is made last before the kill: a ferry dying before it leaves only the
+        // owned one, which goes with it.
+        if (!o.leaveRunning) await lock?.keep();
+        for (const d of dumped) for (const t of d.tracees) t.close();
+        // The sockets are back as they were, or go into repair mode for the kill just below: a
+        // watchdog that took them out of it again for a dying tree would reset its connections.
+        socketGuard?.disarm();
+        files.finish(o.leaveRunning);
+        session.close();
 
-      if (o.leaveRunning) {
-        tree.release(); // a no-op when it was let go before the write
-      } else {
-        killTree(live);
-        o.onKilled?.();
+        if (o.leaveRunning) {
+          tree.release(); // a no-op when it was let go before the write
+        } else {
+          killTree(live);
+          if (o.teardownAfter !== undefined) o.teardownAfter.then(letMemoryGo, letMemoryGo);
+          o.onKilled?.();
+        }
+      } catch (err) {
+        letMemoryGo();
+        throw err;
       }
       tReleased ??= performance.now();
-      // Let go (the owned table goes with its nft) once the tree runs on or is dead.
-      await lock?.close();
-      await hashPool?.close();
-      // A tree in a pid namespace of its own (a container's) is restored into a new one: its
-      // PIDs need not be free, and its orphans are reaped when PID 1 gets to it.
-      if (!o.leaveRunning && !ownPidNamespace && o.skipReapWait !== true) {
-        const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
-        await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));
+      try {
+        // Let go (the owned table goes with its nft) once the tree runs on or is dead.
+        await lock?.close();
+        await hashPool?.close();
+        // A tree in a pid namespace of its own (a container's) is restored into a new one: its
+        // PIDs need not be free, and its orphans are reaped when PID 1 gets to it.
+        if (!o.leaveRunning && !ownPidNamespace && o.skipReapWait !== true) {
+          const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
+          await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));
+        }
+      } finally {
+        if (o.teardownAfter === undefined) letMemoryGo();
       }
       const tEnd = performance.now();
       log.info({ imageBytes: written.bytes, pagesBytes }, 'checkpointed');

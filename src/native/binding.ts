@@ -544,6 +544,16 @@ export interface NativeBinding {
    * false when this Node does not (the caller hashes in JavaScript).
    */
   pageDigests(data: Uint8Array, out: Uint8Array, at: number, pageSize: number): boolean;
+  /**
+   * Holds a reference to the address space of `pid` (mm_users) from a thread of ferry's: a
+   * process_vm_readv(2) of the present page at `address`, kept waiting on a page of ours
+   * (native/mm-hold.cc), so that the process, killed, exits without freeing its memory. An
+   * id: > 0 held; < 0 not known to be (nothing seen within `timeoutMs`), release it all the
+   * same; 0 none.
+   */
+  mmHold(pid: number, address: bigint, timeoutMs: number): number;
+  /** Lets a hold go: the memory of a process gone meanwhile is freed on the holding thread. */
+  mmRelease(id: number): void;
   }
 
 /** An opaque handle of native uffdWatch. */
@@ -571,7 +581,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
   'uffdApi', 'uffdRegister', 'uffdUnregister', 'pagemapScan', 'uffdReadEvents', 'uffdCopy', 'uffdZeropage', 'uffdWatch', 'uffdUnwatch',
-  'pageDigests',
+  'pageDigests', 'mmHold', 'mmRelease',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */
