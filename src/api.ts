@@ -253,10 +253,13 @@ export interface RestoreResult {
    */
   runningAt: number;
   /**
-   * Where restoreMs went: writing memory (mapping areas and writing their pages), the rest of
-   * the rebuild (state, files, threads, credentials), the let-go; milliseconds.
+   * Where the time went, milliseconds: of verifyMs and the checks after it, opening the image
+   * (its signature, manifest and records verified) and checking the records (bounds, trust,
+   * files) before anything is made (a migration's target says "ready" after both); of
+   * restoreMs, writing memory (mapping areas and writing their pages), the rest of the rebuild
+   * (state, files, threads, credentials), the let-go.
    */
-  phases?: { memoryMs: number; rebuildMs: number; letGoMs: number };
+  phases?: { openMs: number; checkMs: number; memoryMs: number; rebuildMs: number; letGoMs: number };
   /**
    * With lazyPages, when some memory was left to serve: settles once every page is in (pages
    * copied, faults served, milliseconds from the let-go), or rejects with the one line of

@@ -89,7 +89,9 @@ export class ChunkLoader {
   private readonly pieceRows: Float64Array;
   /** Most pieces one request may be read from (submit). */
   readonly maxPieces: number;
-  private readonly workers: Worker[];
+  private readonly workers: Worker[] = [];
+  /** Lanes not started yet (`deferred`: start()). */
+  private unstarted: { lanes: number; workerData: RingData } | undefined;
   /** The request number each slot waits for. */
   private readonly want: number[];
   private seq = 0;
@@ -106,9 +108,11 @@ export class ChunkLoader {
    * Starts `lanes` workers with `count` slots of at least `bytes` each (rounded up to
    * DIRECT_ALIGN), whose requests may be read from up to `pieces` pieces each (0: one range);
    * take() waits `waitMs` for a chunk (WAIT_MS; a test shortens it). They do not keep the
-   * process alive; the owner closes them.
+   * process alive; the owner closes them. `deferred`: the lanes start at start() only (until
+   * then, as before they are up, callers read and hash on their own thread).
    */
-  constructor(count: number, bytes: number, lanes = 1, { pieces = 0, waitMs = WAIT_MS }: { pieces?: number; waitMs?: number } = {}) {
+  constructor(count: number, bytes: number, lanes = 1,
+    { pieces = 0, waitMs = WAIT_MS, deferred = false }: { pieces?: number; waitMs?: number; deferred?: boolean } = {}) {
     if (count < 1 || count > MAX_SLOTS) throw new RangeError(`a chunk ring has 1 to ${MAX_SLOTS} slots`);
     const ctl = new SharedArrayBuffer(CTL_WORDS * 4);
     const req = new SharedArrayBuffer(MAX_SLOTS * REQ_WORDS * 8);
@@ -123,17 +127,25 @@ export class ChunkLoader {
     this.maxPieces = pieces;
     this.waitMs = waitMs;
     this.want = this.slots.map(() => 0);
+    const slots = this.slots.map((s) => s.buffer as SharedArrayBuffer);
+    this.unstarted = { lanes, workerData: { ring: { ctl, req, out, slots, pieces: rows, perSlot: pieces } } };
+    if (!deferred) this.start();
+  }
+
+  /** Starts the lanes (once; not after close()). */
+  start(): void {
+    const todo = this.unstarted;
+    this.unstarted = undefined;
+    if (todo === undefined || this.closed) return;
     // A worker inherits the process's execArgv; --input-type (node -e) is refused there.
     const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-    const slots = this.slots.map((s) => s.buffer as SharedArrayBuffer);
-    const workerData: RingData = { ring: { ctl, req, out, slots, pieces: rows, perSlot: pieces } };
-    this.workers = Array.from({ length: lanes }, () => {
-      const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv, workerData });
+    for (let i = 0; i < todo.lanes; i++) {
+      const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv, workerData: todo.workerData });
       // A lane that fails to start never says it is ready: the JS thread does all the work.
       worker.on('error', () => {});
       worker.unref();
-      return worker;
-    });
+      this.workers.push(worker);
+    }
   }
 
   /** Whether a lane serves the ring now (else the caller reads and hashes on its own thread). */

@@ -57,6 +57,8 @@ export interface Image {
   pages(name: string): ChunkSource;
   /** Streams an entry in chunks (verified as read when it is chunked and lazily verified). */
   stream(name: string, onChunk: (chunk: Buffer, offset: number) => void | Promise<void>, chunkSize?: number): Promise<void>;
+  /** Starts the loader's lanes, if they were left for later (OpenOptions.lanesLater). */
+  startLanes(): void;
   close(): Promise<void>;
 }
 
@@ -66,7 +68,23 @@ interface Located {
   size: number;
 }
 
+/**
+ * Reads small pieces (records, the vDSO, a task's xstate) at once, on the JS thread: through
+ * the libuv pool a read waits for a turn of the event loop, 5-25 ms each while the machine is
+ * busy (a migration's target verifying with its sender and the chunk lanes starting beside
+ * it). Big ones (a deleted file's contents) go through the pool, so that the loop still runs
+ * (heartbeats, signals) while they are read.
+ */
+const SYNC_READ_MAX = 256 << 10;
+
 function readAt(fd: number, buf: Buffer, pos: number): Promise<number> {
+  if (buf.length <= SYNC_READ_MAX) {
+    try {
+      return Promise.resolve(readSync(fd, buf, 0, buf.length, pos));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
   return new Promise((resolve, reject) => {
     read(fd, buf, 0, buf.length, pos, (err, n) => (err ? reject(err) : resolve(n)));
   });
@@ -201,6 +219,12 @@ export interface OpenOptions {
    * closes it with itself.
    */
   overlay?: ImageOverlay;
+  /**
+   * The chunk loader's lanes (worker threads) start only at startLanes(): a lazy restore
+   * reads no page data before its let-go, and lanes starting beside its checks take the CPU
+   * they need (tens of ms each, on a machine of 2 cores).
+   */
+  lanesLater?: boolean;
 }
 
 /** Ranges of an image file read from elsewhere (OpenOptions.overlay). */
@@ -310,7 +334,7 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     const slotBytes = chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1);
     loader = lazyBytes > LOADER_MIN_BYTES
       ? new ChunkLoader(LOADER_SLOTS, slotBytes, lazyBytes > TWO_LANES_MIN_BYTES && availableParallelism() > 1 ? 2 : 1,
-        { pieces: options.overlay?.pieces !== undefined ? 2 * Math.ceil(slotBytes / DIGEST_PAGE) + 3 : 0 })
+        { pieces: options.overlay?.pieces !== undefined ? 2 * Math.ceil(slotBytes / DIGEST_PAGE) + 3 : 0, deferred: options.lanesLater === true })
       : undefined;
     const total = manifest.entries.reduce((s, e) => s + (lazy && isChunked(e) ? 0 : e.size), 0);
     let done = 0;
@@ -512,6 +536,9 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
         await onChunk(buf.subarray(0, n), off);
         off += n;
       }
+    },
+    startLanes() {
+      loader?.start();
     },
     async close() {
       await loader?.close(); // first: no lane reads the image any more

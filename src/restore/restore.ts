@@ -84,6 +84,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     onProgress: (done, total) => o.onProgress?.({ phase: 'verify', done, total }),
     ...(trust !== undefined ? { trust } : {}),
     lazyChunks: true, // page data is verified chunk by chunk as it is written (mapAreas)
+    // Lazy pages: the lanes read ahead for the fill after the let-go; before it they would
+    // only take the CPU the checks and the rebuild need.
+    ...(o.lazyPages === true ? { lanesLater: true } : {}),
     ...(o.imageOverlay !== undefined ? { overlay: o.imageOverlay } : {}),
   });
   // Every step that makes something registers its undo; any way out before the tree runs
@@ -221,6 +224,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn);
     }
     // A migration's target waits here for the source to give the PIDs up (api.ts).
+    const tChecked = performance.now();
     await o.beforeCreate?.({ pids: tree.processes.map((p) => p.pid), tids: tasks.flatMap((t) => t.threads.slice(1).map((th) => th.tid)) });
     // In a fresh pid namespace (a container) every pid is free by construction. Elsewhere
     // every PID and thread ID is checked now, before anything is made.
@@ -392,8 +396,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (lazy?.any) lazy.start(lazyWatchdog);
     await letGo(created, tasks, xstates, stopSignals, o.signal);
     const tRunning = performance.now();
-    if (lazy?.any) lazyLive = lazy;
-    else lazy?.close();
+    if (lazy?.any) {
+      lazyLive = lazy;
+      image.startLanes();
+    } else lazy?.close();
     watchdog?.disarm();
     cgroups?.running();
     // A container's runtime record is removed by its own watchdog if ferry dies: with lazy
@@ -426,7 +432,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
       runningAt: tRunning,
-      phases: { memoryMs, rebuildMs: tLetGo - tStart - memoryMs, letGoMs: tRunning - tLetGo },
+      phases: { openMs: tVerified - t0, checkMs: tChecked - tVerified, memoryMs, rebuildMs: tLetGo - tStart - memoryMs, letGoMs: tRunning - tLetGo },
       ...(lazyLive !== undefined ? { lazy: settleMade(lazyLive.done, made) } : {}),
       totalMs: tEnd - t0,
       ...(warnings.length + (cgroups?.warnings.length ?? 0) > 0 ? { warnings: [...warnings, ...cgroups?.warnings ?? []] } : {}),
