@@ -7,6 +7,11 @@
  * (ferry, ferry-runtime, criu, the hook), so each runs it. The log goes nowhere; the demo's
  * narration goes to the build's log (dist/code-cache.log). It needs root and ptrace: without
  * them it fails, and the cache is made without it.
+ *
+ * The `ferry` program also migrates a small process to itself over loopback (warmUpMigration):
+ * pre-copy, the frozen image with held pages, the receiver and a lazy restore are engine code
+ * the demo does not run, and a long-lived `ferry receive` otherwise compiles them inside its
+ * first migration's downtime (tens of ms).
  */
 import { loadConfig } from './config/config.js';
 import { silentLogger } from './log-silent.js';
@@ -15,4 +20,10 @@ import { silentLogger } from './log-silent.js';
 export async function warmUpEngine(): Promise<void> {
   const { runDemo } = await import('./cli/demo.js');
   await runDemo({ json: false }, { config: loadConfig({}), logger: silentLogger, logFile: '' }, () => undefined);
+}
+
+/** The migration's warm-up (warm-up-migration.ts), imported only when it runs. */
+export async function warmUpMigration(): Promise<void> {
+  const { migrateToSelf } = await import('./warm-up-migration.js');
+  await migrateToSelf();
 }

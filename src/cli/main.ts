@@ -13,6 +13,7 @@
  * what to do; anything else is a bug in ferry and is named as one (internal error, by class),
  * never by the engine's own words (`x is not a function`), with the details in the log.
  */
+import { warmUpEngine, warmUpMigration } from '../warm-up.js';
 import {
   FerryError, INTERNAL_CODE, internalCause, internalName, isNativeError, type ErrorContext,
 } from '../errors.js';
@@ -272,8 +273,18 @@ function crashed(err: unknown): void {
   }
 }
 
-/** For the build's code cache (cli/start.cts): compiles the engine's functions (warm-up.ts). */
-export { warmUpEngine as warmUp } from '../warm-up.js';
+/**
+ * For the build's code cache (cli/start.cts): compiles the engine's functions (warm-up.ts),
+ * the migration's too (this program's own commands).
+ */
+export async function warmUp(): Promise<void> {
+  await warmUpEngine();
+  try {
+    await warmUpMigration();
+  } catch (err) {
+    throw new Error(`the migration's warm-up failed (the demo's ran): ${String(err)}`, { cause: err });
+  }
+}
 
 /**
  * Runs ferry as the program: `main` on the process's arguments, then exits with its status.
