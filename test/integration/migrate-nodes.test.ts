@@ -304,6 +304,14 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       spawnSync('chmod', ['755', join(rootfs, 'bin', 'busybox')]);
       for (const a of ['sh', 'sleep', 'echo']) symlinkSync('busybox', join(rootfs, 'bin', a));
     });
+    // Every container a test made goes, after a failed test too: one that failed before its
+    // own delete left its container running, and its cgroup (named by its id) then held a
+    // stray process for the next run's container of that id.
+    after(() => {
+      for (const n of [nodes.source, nodes.target]) {
+        for (const id of runc(n.runcRoot, 'list', '-q').out.split('\n').filter(Boolean)) runc(n.runcRoot, 'delete', '--force', id);
+      }
+    });
 
     const runc = (root: string, ...args: string[]): { code: number; out: string; err: string } => {
       const r = spawnSync(RUNC!, ['--root', root, ...args], { encoding: 'utf8', timeout: 60_000 });
