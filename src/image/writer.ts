@@ -71,6 +71,14 @@ export interface ImageEntry {
 
 /** Chunk size of chunked entries (the manifest says it; readers take it from there). */
 export const CHUNK_BYTES = 4 << 20;
+/**
+ * Chunk size of `paged` entries (a migration's frozen image under pre-copy), smaller: a chunk
+ * is verified whole, its pages read and each hashed, before any page of it is used, and a
+ * lazy restore uses a few pages of some chunks before its let-go (the areas it writes at once
+ * share chunks with the big ones it leaves to the fill: 4 MiB cost 10-20 ms each there) and
+ * serves each fault after it by its whole chunk.
+ */
+export const PAGED_CHUNK_BYTES = 1 << 20;
 
 const ZERO_HASH = '0'.repeat(64);
 
@@ -162,7 +170,7 @@ class ChunkedHash {
  * whose frozen image reads few pages.
  */
 class PagedHash {
-  private readonly pageSums = Buffer.allocUnsafe((CHUNK_BYTES / DIGEST_PAGE) * 32);
+  private readonly pageSums = Buffer.allocUnsafe((PAGED_CHUNK_BYTES / DIGEST_PAGE) * 32);
   private filled = 0;
   private readonly sums: string[] = [];
 
@@ -175,11 +183,11 @@ class PagedHash {
   /** Pages given by their digests, copied in as many at a time as the chunk has room for. */
   held(digests: Buffer): Promise<void> {
     for (let off = 0; off < digests.length;) {
-      const n = Math.min(digests.length - off, ((CHUNK_BYTES - this.filled) / DIGEST_PAGE) * 32);
+      const n = Math.min(digests.length - off, ((PAGED_CHUNK_BYTES - this.filled) / DIGEST_PAGE) * 32);
       digests.copy(this.pageSums, (this.filled / DIGEST_PAGE) * 32, off, off + n);
       off += n;
       this.filled += (n / 32) * DIGEST_PAGE;
-      if (this.filled === CHUNK_BYTES) this.close();
+      if (this.filled === PAGED_CHUNK_BYTES) this.close();
     }
     return Promise.resolve();
   }
@@ -187,7 +195,7 @@ class PagedHash {
   private page(data: Buffer): void {
     pageDigests(data, this.pageSums, (this.filled / DIGEST_PAGE) * 32);
     this.filled += DIGEST_PAGE;
-    if (this.filled === CHUNK_BYTES) this.close();
+    if (this.filled === PAGED_CHUNK_BYTES) this.close();
   }
 
   private close(): void {
@@ -220,7 +228,8 @@ async function record(entry: ManifestEntry, h: AnyHash): Promise<void> {
 /** The manifest's entry for `e`, its digests zeros until they are known. */
 function placeholderEntry(e: ImageEntry): ManifestEntry {
   if (!e.chunked) return { name: e.name, size: e.size, sha256: ZERO_HASH };
-  return { name: e.name, size: e.size, chunkSize: CHUNK_BYTES, chunks: Array<string>(chunkCount(e.size, CHUNK_BYTES)).fill(ZERO_HASH),
+  const chunkSize = e.paged === true ? PAGED_CHUNK_BYTES : CHUNK_BYTES;
+  return { name: e.name, size: e.size, chunkSize, chunks: Array<string>(chunkCount(e.size, chunkSize)).fill(ZERO_HASH),
     ...(e.paged === true ? { pageDigests: true as const } : {}) };
 }
 

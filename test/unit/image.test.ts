@@ -13,7 +13,7 @@ import { checkCompatibility, FORMAT_VERSION, isChunked, parseManifest, type Chun
 import type { FileRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { openImage, type ImageOverlay } from '../../src/image/reader.js';
 import { tarHeader, TarOut } from '../../src/image/tar-out.js';
-import { CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
+import { CHUNK_BYTES, PAGED_CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
 import { TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/frames.js';
 import { PreCopyReceiver } from '../../src/migrate/page-store.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
@@ -343,7 +343,7 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
           store.handle(frame(TAG_PAGES, page + p, n, data.subarray(offset + (page + p) * 4096, offset + (page + p + n) * 4096)), write, skip);
         }
       }
-      if (changed) store.handle(frame(TAG_PAGES, 1600, 1, Buffer.alloc(4096, 0x5a)), write, skip); // chunk 1
+      if (changed) store.handle(frame(TAG_PAGES, 1600, 1, Buffer.alloc(4096, 0x5a)), write, skip); // chunk 6 (PAGED_CHUNK_BYTES)
       let done = 0;
       for (const [page, count] of runs) {
         store.handle(Buffer.concat([Buffer.from([TAG_RAW]), data.subarray(done, offset + page * 4096)]), write, skip);
@@ -357,7 +357,9 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
       return { spool, fd, overlay };
     };
     const body = expected(size);
-    const said = /is corrupt: entry (pages|tasks\/42\/pages.bin) chunk 1 has sha256 [0-9a-f]{12}… but the manifest says [0-9a-f]{12}…$/;
+    assert.equal(e.chunkSize, PAGED_CHUNK_BYTES);
+    const PC = PAGED_CHUNK_BYTES; // the changed page, 1600, is in chunk 6
+    const said = /is corrupt: entry (pages|tasks\/42\/pages.bin) chunk 6 has sha256 [0-9a-f]{12}… but the manifest says [0-9a-f]{12}…$/;
     // Through openImage: the loader's lanes read the store's pieces (once they run).
     for (const changed of [false, true]) {
       const { spool, fd, overlay } = spoolOf(changed);
@@ -403,10 +405,10 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
         const at = { fd, offset, size, chunkSize: e.chunkSize, digests: e.chunks, paged: true, read: overlay.read, pieces };
         const pages = new ChunkSource(at, loader, 'x.tar', 'pages', {});
         try {
-          assert.ok(pages.view(0, CHUNK_BYTES).equals(body.subarray(0, CHUNK_BYTES)));
+          assert.ok(pages.view(0, PC).equals(body.subarray(0, PC)));
           if (changed) {
-            assert.throws(() => pages.view(CHUNK_BYTES, 1), said);
-            assert.ok(pages.view(2 * CHUNK_BYTES + 3, size).equals(body.subarray(2 * CHUNK_BYTES + 3, 3 * CHUNK_BYTES)));
+            assert.throws(() => pages.view(6 * PC, 1), said);
+            assert.ok(pages.view(8 * PC + 3, size).equals(body.subarray(8 * PC + 3, 9 * PC)));
           } else {
             for (let off = CHUNK_BYTES; off < size;) {
               const v = pages.view(off, size);
@@ -595,7 +597,7 @@ describe('manifest', { timeout: 30_000 }, () => {
   });
 
   it('writes a paged entry: chunk digests of page digests, version 6, and verifies it', async () => {
-    const data = Buffer.alloc(CHUNK_BYTES + 3 * 4096);
+    const data = Buffer.alloc(PAGED_CHUNK_BYTES + 3 * 4096);
     for (let p = 0; p < data.length / 4096; p++) data.fill(p % 251, p * 4096, (p + 1) * 4096);
     const path = join(dir, 'paged.img');
     const { manifest } = await writeImage(path, header, [{ name: 'p', size: data.length, chunked: true, paged: true, produce: async (sink) => { await sink(data); } }]);
@@ -605,7 +607,8 @@ describe('manifest', { timeout: 30_000 }, () => {
     const pageSum = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
     const want = (b: Buffer): string => createHash('sha256').update(Buffer.concat(
       Array.from({ length: b.length / 4096 }, (_, i) => pageSum(b.subarray(i * 4096, (i + 1) * 4096))))).digest('hex');
-    assert.deepEqual(e.chunks, [want(data.subarray(0, CHUNK_BYTES)), want(data.subarray(CHUNK_BYTES))]);
+    assert.equal(e.chunkSize, PAGED_CHUNK_BYTES);
+    assert.deepEqual(e.chunks, [want(data.subarray(0, PAGED_CHUNK_BYTES)), want(data.subarray(PAGED_CHUNK_BYTES))]);
     const img = await openImage(path, { workDir: dir, lazyChunks: true });
     const src = img.pages('p');
     for (let off = 0; off < data.length;) { const v = src.view(off, data.length - off); assert.deepEqual(v, data.subarray(off, off + v.length)); off += v.length; }
