@@ -1,5 +1,7 @@
 // Digests of page data: the sha256 of each page of a buffer (docs/image-format.md,
-// `pageDigests`), which a chunk of a paged entry is verified by (src/image/chunks.ts).
+// `pageDigests`), which a chunk of a paged entry is verified by (src/image/chunks.ts); and the
+// image writer's sha256 of big entries, computed on libuv's thread pool (src/image/writer.ts
+// HashPool) so that several chunks hash at once while the JS thread reads the next.
 //
 // One sha256 per page from JavaScript costs a Hash object and a call into OpenSSL each: half
 // the speed of hashing the same bytes whole. Here it is one call per buffer. The hash is
@@ -12,6 +14,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <string>
 
 #include "errors.h"
 
@@ -37,9 +41,10 @@ const Sha256* Sha256Fns() {
   return fns.init != nullptr && fns.update != nullptr && fns.final != nullptr ? &fns : nullptr;
 }
 
-bool ArgBytes(const Napi::CallbackInfo& info, size_t i, uint8_t** data, size_t* len) {
+bool ArgBytes(const Napi::CallbackInfo& info, size_t i, uint8_t** data, size_t* len,
+              const char* usage = "pageDigests(data: Uint8Array, out: Uint8Array, at: number, pageSize: number)") {
   if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    ThrowType(info.Env(), "pageDigests(data: Uint8Array, out: Uint8Array, at: number, pageSize: number)");
+    ThrowType(info.Env(), usage);
     return false;
   }
   Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
@@ -79,10 +84,97 @@ Napi::Value PageDigests(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), true);
 }
 
+// A SHA256_CTX lives in memory of the caller's (sha256Init): room for it, and aligned as
+// OpenSSL's own allocation would be.
+constexpr size_t kStateBytes = 256;
+constexpr uintptr_t kStateAlign = 16;
+
+bool ArgState(const Napi::CallbackInfo& info, const char* usage, uint8_t** state) {
+  size_t len;
+  if (!ArgBytes(info, 0, state, &len, usage)) return false;
+  if (len < kStateBytes || reinterpret_cast<uintptr_t>(*state) % kStateAlign != 0) {
+    ThrowType(info.Env(), std::string(usage) + ": state must be 256 bytes, 16-byte aligned");
+    return false;
+  }
+  return true;
+}
+
+// sha256Init(state) -> boolean: starts a sha256 in `state` (a Uint8Array of its own, 256
+// bytes); false without OpenSSL's SHA-256 here (the caller hashes in JavaScript).
+Napi::Value Sha256InitJs(const Napi::CallbackInfo& info) {
+  uint8_t* state;
+  if (!ArgState(info, "sha256Init(state: Uint8Array)", &state)) return {};
+  const Sha256* sha = Sha256Fns();
+  return Napi::Boolean::New(info.Env(), sha != nullptr && sha->init(state) == 1);
+}
+
+// One sha256Update: hashes on a thread of libuv's pool, the state and the data held (kept
+// from the garbage collector) until it is done.
+class UpdateWork : public Napi::AsyncWorker {
+ public:
+  UpdateWork(Napi::Env env, const Sha256* sha, Napi::Uint8Array state, Napi::Uint8Array data)
+      : Napi::AsyncWorker(env, "ferry.sha256Update"), deferred_(Napi::Promise::Deferred::New(env)), sha_(sha),
+        state_(state.Data()), data_(data.Data()), len_(data.ByteLength()),
+        stateRef_(Napi::Persistent(state)), dataRef_(Napi::Persistent(data)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    if (sha_->update(state_, data_, len_) != 1) SetError("SHA256_Update failed");
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  const Sha256* sha_;
+  void* state_;
+  const uint8_t* data_;
+  size_t len_;
+  Napi::Reference<Napi::Uint8Array> stateRef_;
+  Napi::Reference<Napi::Uint8Array> dataRef_;
+};
+
+// sha256Update(state, data) -> Promise<void>: adds `data` to the sha256 in `state`, on libuv's
+// thread pool. Neither may be changed, nor `state` given to another call, until it settles
+// (either may be a view of a SharedArrayBuffer: the chunk buffers of a checkpoint).
+Napi::Value Sha256UpdateJs(const Napi::CallbackInfo& info) {
+  uint8_t *state, *data;
+  size_t len;
+  if (!ArgState(info, "sha256Update(state: Uint8Array, data: Uint8Array)", &state) || !ArgBytes(info, 1, &data, &len, "sha256Update(state: Uint8Array, data: Uint8Array)")) return {};
+  const Sha256* sha = Sha256Fns();
+  if (sha == nullptr) {
+    ThrowType(info.Env(), "sha256Update: no SHA-256 in this Node (sha256Init said so)");
+    return {};
+  }
+  auto* work = new UpdateWork(info.Env(), sha, info[0].As<Napi::Uint8Array>(), info[1].As<Napi::Uint8Array>());
+  Napi::Promise promise = work->Promise();
+  work->Queue();  // deletes itself once settled
+  return promise;
+}
+
+// sha256Final(state, out) -> undefined: the digest (32 bytes) into `out`; `state` is spent.
+Napi::Value Sha256FinalJs(const Napi::CallbackInfo& info) {
+  uint8_t *state, *out;
+  size_t outLen;
+  if (!ArgState(info, "sha256Final(state: Uint8Array, out: Uint8Array)", &state) || !ArgBytes(info, 1, &out, &outLen, "sha256Final(state: Uint8Array, out: Uint8Array)")) return {};
+  const Sha256* sha = Sha256Fns();
+  if (outLen < 32 || sha == nullptr) {
+    ThrowType(info.Env(), "sha256Final: out must have room for 32 bytes, and sha256Init have said true");
+    return {};
+  }
+  if (sha->final(out, state) != 1) ThrowType(info.Env(), "sha256Final: SHA256_Final failed");
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitDigest(Napi::Env env, Napi::Object exports) {
   exports.Set("pageDigests", Napi::Function::New(env, PageDigests));
+  exports.Set("sha256Init", Napi::Function::New(env, Sha256InitJs));
+  exports.Set("sha256Update", Napi::Function::New(env, Sha256UpdateJs));
+  exports.Set("sha256Final", Napi::Function::New(env, Sha256FinalJs));
 }
 
 }  // namespace ferry

@@ -10,7 +10,6 @@
  * renamed into place only when complete (writer.ts). If ferry itself dies, the kernel lets the
  * tasks go: they hold nothing of ferry's between two injected syscalls (native/inject.cc).
  */
-import { availableParallelism } from 'node:os';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { existsSync, readlinkSync, statSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
@@ -75,23 +74,12 @@ async function waitReaped(pid: number, timeoutMs: number): Promise<void> {
 }
 
 /**
- * A tree expected to store more than this gets the image writer's hash worker, started before
- * the freeze (40 ms here); below it every entry is hashed on the JS thread while frozen, which
- * costs at most what 8 MiB take at 1.6 GB/s (5 ms).
+ * A tree expected to store more than this has its page data hashed on libuv's thread pool
+ * (image/writer.ts HashPool), a chunk per core at once; below it every entry is hashed on the
+ * JS thread, which costs at most what 8 MiB take at 1 GB/s (8 ms), against a wake-up of a pool
+ * thread on each side per chunk (0.2-3 ms on a loaded 2-core machine).
  */
-const HASH_WORKER_MIN_BYTES = 8 * 1024 * 1024;
-
-/**
- * How many hash workers a checkpoint of a tree expected to store `bytes` starts. Page data is
- * hashed in independent chunks (image/writer.ts, CHUNK_BYTES) spread over them. One hashes
- * about 1.5 GB/s here, about what the file system takes with the fsync, so a second (when
- * there is a second core) pays only when the write is long enough to hide the start of
- * another thread (tens of milliseconds, before the freeze but in the checkpoint's time).
- */
-function hashThreads(bytes: number): number {
-  return bytes >= TWO_HASH_THREADS_BYTES && availableParallelism() > 1 ? 2 : 1;
-}
-const TWO_HASH_THREADS_BYTES = 256 * 1024 * 1024;
+const HASH_POOL_MIN_BYTES = 8 * 1024 * 1024;
 
 /**
  * A tree left running that stores at most this many bytes of pages is let go before its image
@@ -315,26 +303,22 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   const session = new Session('checkpoint', log);
   try {
     // Made ready before the tree is stopped, so that the frozen window holds only what must be
-    // frozen: the page chunk buffers allocated and faulted in, the hash worker running if the
-    // tree has memory enough to need it, the host's descriptors read for the leak check
+    // frozen: the page chunk buffers allocated and faulted in, the hash pool ready if the tree
+    // has memory enough to need it, the host's descriptors read for the leak check
     // (files/leaks.ts says what it does about what changes after). Estimates: the tree runs.
     const host = hostFacts(); // read once per ferry process (the vDSO hashed)
     const estimate = estimateTreeMemory(pid);
     let hashPool: HashPool | undefined;
     // Not for an image whose reader holds pages (pre-copy): its page data is hashed page by
-    // page on the JS thread (writer.ts PagedHash), so the workers would have nothing to do,
-    // and the second one would come up while the tree is frozen, its start-up (tens of ms of
-    // CPU) taken from the frozen image's on a 2-core machine.
-    if (o.heldPages === undefined && (!estimate.complete || estimate.total > HASH_WORKER_MIN_BYTES)) {
-      const pool = (hashPool = new HashPool(hashThreads(estimate.complete ? estimate.total : Infinity)));
-      session.onUndo('stop the hash worker', () => { pool.close().catch(() => {}); });
+    // page on the JS thread (writer.ts PagedHash), so the pool would have nothing to do.
+    if (o.heldPages === undefined && (!estimate.complete || estimate.total > HASH_POOL_MIN_BYTES)) {
+      const pool = (hashPool = new HashPool());
+      session.onUndo('stop the hash pool', () => { pool.close().catch(() => {}); });
     }
-    // Started first, so that the buffers are made while the workers start (on the other core).
-    const poolStarted = hashPool?.start();
+    // A pool that cannot hash (a Node without SHA-256 for addons) only makes the write slower:
+    // every entry is hashed inline.
+    await hashPool?.start().catch((err: unknown) => log.warn({ err }, 'the hash pool did not start; hashing on the main thread'));
     const buffers = prepareChunkBuffers(estimate, o.config.image.chunkSize);
-    // One worker up is enough to go on (HashPool: a second one comes up meanwhile). One that
-    // cannot start only makes the write slower: every entry is hashed inline.
-    await poolStarted?.catch((err: unknown) => log.warn({ err }, 'the hash worker did not start; hashing on the main thread'));
     // nft for the network lock (files/tcp-lock.ts): its start-up overlaps the warm-up.
     const nft = fileOptions.tcpEstablished && !fileOptions.tcpClose
       ? NetLock.start(netns !== undefined && !sharesNetns(netns) ? netns : undefined, `pid ${pid}`, o.netnsPersists === true) : undefined;

@@ -380,7 +380,7 @@ function statusKb(text: string, key: string): number {
  * + RssShmem + VmSwap, the present anonymous and shared-memory pages and the swapped ones a dump
  * stores (RssShmem also counts mapped tmpfs files it does not). Walks at most `maxProcesses`
  * processes through /proc/PID/task/TID/children. It only sizes what a checkpoint prepares
- * before the freeze (chunk buffers, the hash worker): a wrong guess costs time, never
+ * before the freeze (chunk buffers, the hash pool): a wrong guess costs time, never
  * correctness.
  */
 export function estimateTreeMemory(root: number, maxProcesses = 256): MemoryEstimate {
@@ -408,8 +408,8 @@ export function estimateTreeMemory(root: number, maxProcesses = 256): MemoryEsti
  * are produced one after another, each waiting for its last chunk to be written). Allocated
  * and every page touched before the freeze: a fresh buffer's pages are faulted in on first
  * write (4 × 8 MiB: 17–20 ms here), which was paid per process inside the frozen window.
- * Shared memory, so the image writer's worker hashes them without a copy, and aligned, so it
- * writes them to the image file with O_DIRECT (image/direct.ts).
+ * Aligned, so the image writer writes them to the image file with O_DIRECT (image/direct.ts);
+ * its hash pool hashes them where they are, on libuv's threads.
  */
 export class ChunkBuffers {
   readonly bufs: Buffer[];
@@ -466,7 +466,7 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
     chunkPages = Math.min(chunkPages, Math.floor(prepared!.bytes / PAGE_SIZE));
   } else {
     // No bigger than what this process stores: a tree of small processes must not allocate
-    // (and zero) BUFFERS full chunks per process. Shared and aligned, as ChunkBuffers.
+    // (and zero) BUFFERS full chunks per process. Aligned, as ChunkBuffers.
     bufs = Array.from({ length: BUFFERS }, () => directBuffer(chunkPages * PAGE_SIZE));
   }
   /** Per buffer, the sink calls of its pages not known to be done. */

@@ -16,15 +16,15 @@
  * placeholder and rewritten with the manifest (regular file), or made once the first pass has
  * filled in the hashes (anything else).
  * Page data flows by reference: a producer's chunk is written on the libuv pool and, for an
- * entry above INLINE_HASH_BYTES when the caller passed a running HashPool, hashed on its worker
- * threads at the same time, while the JS thread reads the next chunk; the sink's promise
- * resolves once that chunk is hashed and on the file descriptor, so the producer may reuse it.
- * Small entries, and every entry without a running pool, are hashed on the JS thread:
- * writeImage never starts a thread (a checkpoint writes while the tree is stopped). The tar
- * headers are made here (tarHeader), in the ustar form tar-stream writes.
+ * entry above INLINE_HASH_BYTES when the caller passed a running HashPool, hashed on the same
+ * pool's other threads at the same time (each CHUNK_BYTES of a chunked entry a hash of its
+ * own, so the chunks hash side by side), while the JS thread reads the next chunk; the sink's
+ * promise resolves once that chunk is hashed and on the file descriptor, so the producer may
+ * reuse it. Small entries, and every entry without a running pool, are hashed on the JS
+ * thread. The tar headers are made here (tarHeader), in the ustar form tar-stream writes.
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
-import { Worker } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
 import {
   closeSync, constants, existsSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, statSync, writeSync, type Stats,
 } from 'node:fs';
@@ -41,6 +41,7 @@ import { directBuffer, DIRECT_ALIGN } from './direct.js';
 import { O_DIRECT, O_TMPFILE } from '../proc/fcntl.js';
 import { imageSigner, SIGNATURE_NAME, type ImageSigner } from './sign.js';
 import { BLOCK, EntryOut, padded, rewrite, tarHeader, TarOut } from './tar-out.js';
+import { native } from '../native/binding.js';
 
 /** One entry of the image after the manifest. */
 export interface ImageEntry {
@@ -90,19 +91,18 @@ const ZERO_HASH = '0'.repeat(64);
 export const INLINE_HASH_BYTES = 256 * 1024;
 
 /**
- * sha256 of one entry, computed in one place: on the pool's worker thread when the entry was
- * given one, else on the JS thread. A chunk sent to the worker must stay untouched until
- * update() resolves; one that does not live in a SharedArrayBuffer is copied into one first.
+ * sha256 of one entry, computed in one place: on the pool (libuv's threads) when the entry was
+ * given one, else on the JS thread. A chunk handed to the pool must stay untouched until
+ * update() resolves; the updates of one hash go to the pool one after another.
  */
 class EntryHash {
   private readonly inline: Hash | undefined;
-  private readonly id: number;
-  /** The pool's thread that hashes every chunk of this hash. */
-  private readonly lane: number;
+  private readonly state: Uint8Array | undefined;
+  /** The last update of this hash: the next one starts once it is done. */
+  private tail: Promise<void> = Promise.resolve();
   constructor(private readonly pool: HashPool | undefined) {
-    this.id = pool?.newId() ?? 0;
-    this.lane = pool?.laneFor(this.id) ?? 0;
-    if (!pool) this.inline = createHash('sha256');
+    if (pool) this.state = pool.newState();
+    else this.inline = createHash('sha256');
   }
 
   update(chunk: Buffer): Promise<void> | undefined {
@@ -110,18 +110,16 @@ class EntryHash {
       this.inline!.update(chunk);
       return undefined;
     }
-    let data = chunk;
-    if (!(chunk.buffer instanceof SharedArrayBuffer)) {
-      data = Buffer.from(new SharedArrayBuffer(chunk.length));
-      chunk.copy(data);
-    }
-    const sab = data.buffer as SharedArrayBuffer;
-    return this.pool.request(this.lane, { op: 'update', id: this.id, sab, offset: data.byteOffset, length: data.length }).then(() => undefined);
+    const pool = this.pool;
+    const state = this.state!;
+    // A failed update fails every later one and the digest: the caller sees the first.
+    return (this.tail = this.tail.then(() => pool.update(state, chunk)));
   }
 
   async digest(): Promise<string> {
     if (!this.pool) return this.inline!.digest('hex');
-    return (await this.pool.request(this.lane, { op: 'digest', id: this.id })) as string;
+    await this.tail;
+    return this.pool.final(this.state!);
   }
 }
 
@@ -233,117 +231,91 @@ function placeholderEntry(e: ImageEntry): ManifestEntry {
     ...(e.paged === true ? { pageDigests: true as const } : {}) };
 }
 
-/** One worker thread of a HashPool and the requests it has not answered yet. */
-class Lane {
-  worker: Worker | undefined;
-  up = false;
-  readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
-  readonly ready: Promise<void>;
+/**
+ * Hashing on libuv's thread pool, through the addon (native sha256Update: OpenSSL's SHA-256,
+ * as Node's own hashes are): at most `threads` chunks at once, each on a thread of the pool,
+ * while the JS thread reads the next chunk and the pool's other threads write the previous
+ * ones. It replaced worker threads, each a Node isolate of its own: starting one took 40-90 ms
+ * of the checkpoint's time before the freeze (a 64 MiB checkpoint waited a third of its time
+ * for it), so a small tree hashed on one thread while frozen, and every chunk cost two
+ * messages. The pool's threads start with its first task, in microseconds. A Node that does
+ * not export SHA-256 to addons (start() rejects) leaves the writer hashing on the JS thread.
+ * Nothing runs once the last update settled: close() only refuses later use.
+ */
+export class HashPool {
+  private started: Promise<void> | undefined;
+  private up = false;
+  /** Updates on the pool now, and those waiting for a turn. */
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
 
-  constructor() {
-    this.ready = new Promise<void>((resolve, reject) => {
-      // A worker inherits the process's execArgv; --input-type (node -e) is refused there.
-      const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-      const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv });
-      this.worker = worker;
-      worker.on('message', (r: { ready?: boolean; seq?: number; digest?: string }) => {
-        if (r.ready) {
-          this.up = true;
-          worker.unref();
-          resolve();
-          return;
-        }
-        this.waiting.get(r.seq!)?.resolve(r.digest);
-        this.waiting.delete(r.seq!);
-        if (this.waiting.size === 0) worker.unref();
-      });
-      const fail = (err: unknown): void => {
-        this.up = false;
-        for (const w of this.waiting.values()) w.reject(err);
-        this.waiting.clear();
-        reject(err);
-      };
-      worker.on('error', fail);
-      worker.on('exit', (code) => fail(new Error(`the hash worker exited (code ${code})`)));
-    });
-    this.ready.catch(() => {}); // a start nobody waits for fails quietly; its users see it
+  /** `threads`: how many chunks hash at once (hashThreads()). */
+  constructor(readonly threads = hashThreads()) {}
+
+  /** Makes the pool ready; rejects if this Node gives the addon no SHA-256. */
+  start(): Promise<void> {
+    this.started ??= (async () => {
+      if (!native().sha256Init(new Uint8Array(HASH_STATE_BYTES))) throw new Error('this Node exports no SHA-256 to addons');
+      this.up = true;
+    })();
+    return this.started;
+  }
+
+  /** Whether it can take work now. */
+  get running(): boolean {
+    return this.up;
+  }
+
+  /** A new hash's state (256 bytes of its own: aligned as the addon wants). */
+  newState(): Uint8Array {
+    const state = new Uint8Array(HASH_STATE_BYTES);
+    if (!native().sha256Init(state)) throw new Error('sha256Init failed');
+    return state;
+  }
+
+  /** Adds `data` to the hash `state` on the pool, once fewer than `threads` are at it. */
+  async update(state: Uint8Array, data: Uint8Array): Promise<void> {
+    if (!this.up) throw new Error('the hash pool is not running');
+    if (this.active >= this.threads) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else this.active++;
+    try {
+      await native().sha256Update(state, data);
+    } finally {
+      // The turn goes to the next waiting update as it is (active stays), else it is given back.
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
+    }
+  }
+
+  /** The hex digest of `state` (spent then). */
+  final(state: Uint8Array): string {
+    const out = Buffer.allocUnsafe(32);
+    native().sha256Final(state, out);
+    return out.toString('hex');
+  }
+
+  /** Refuses later work (idempotent); updates on the pool finish on their own. */
+  async close(): Promise<void> {
+    this.up = false;
   }
 }
 
+/** The bytes of a sha256 state for the addon (native sha256Init). */
+const HASH_STATE_BYTES = 256;
+
 /**
- * Hashing worker threads. Starting a thread costs tens of milliseconds (a new isolate, the
- * module loaded; two at once on two cores take about as long as one after the other), so the
- * owner starts them before it needs them — a checkpoint does so before it stops the tree, and
- * only when the tree has enough memory to be worth it — and writeImage only uses a pool that
- * already runs: it never starts a thread itself. The pool runs once one thread does; the others
- * take work as they come up (a checkpoint waits for the first only: the second starts while the
- * tree is frozen and its state read, which keeps one core busy). Each hash belongs to one thread,
- * chosen in turn among those up when it is made: the chunks of a chunked entry, each its own
- * hash, are spread over all of them. Idle, the workers do not keep the process alive (unref);
- * the owner closes them.
+ * How many chunks hash at once: one per core, leaving at least one of libuv's threads
+ * (UV_THREADPOOL_SIZE, 4 by default) to the writes, which take turns with the hashes there.
  */
-export class HashPool {
-  private lanes: Lane[] = [];
-  private ready: Promise<void> | undefined;
-  private seq = 0;
-  private ids = 0;
+export function hashThreads(): number {
+  return Math.max(1, Math.min(availableParallelism(), libuvThreads() - 1));
+}
 
-  /** `threads`: how many worker threads hash at once. */
-  constructor(private readonly threads = 1) {}
-
-  /**
-   * Starts the worker threads; resolves once one is ready for work (the others come up on
-   * their own), rejects if none could start.
-   */
-  start(): Promise<void> {
-    if (!this.ready) {
-      this.lanes = Array.from({ length: this.threads }, () => new Lane());
-      this.ready = Promise.any(this.lanes.map((l) => l.ready)).then(() => undefined);
-      this.ready.catch(() => {}); // a start nobody waits for fails quietly; its users see it
-    }
-    return this.ready;
-  }
-
-  /** Whether a worker is up and can take work now. */
-  get running(): boolean {
-    return this.lanes.some((l) => l.up);
-  }
-
-  /** A fresh hash id (ids are never reused, so a hash abandoned by a failed write stays apart). */
-  newId(): number {
-    return ++this.ids;
-  }
-
-  /** The thread that hashes everything of hash `id`: in turn among those up now. */
-  laneFor(id: number): number {
-    const up = this.lanes.flatMap((l, i) => (l.up ? [i] : []));
-    return up.length > 0 ? up[id % up.length]! : 0;
-  }
-
-  request(laneIndex: number, m: { op: 'update'; id: number; sab: SharedArrayBuffer; offset: number; length: number } | { op: 'digest'; id: number }): Promise<unknown> {
-    const lane = this.lanes[laneIndex];
-    const worker = lane?.worker;
-    if (!lane?.up || !worker) return Promise.reject(new Error('the hash worker is not running'));
-    const seq = ++this.seq;
-    // Outstanding work keeps the process alive until it is answered.
-    if (lane.waiting.size === 0) worker.ref();
-    return new Promise((resolve, reject) => {
-      lane.waiting.set(seq, { resolve, reject });
-      worker.postMessage({ ...m, seq });
-    });
-  }
-
-  /** Stops the workers (idempotent). */
-  async close(): Promise<void> {
-    const lanes = this.lanes;
-    this.lanes = [];
-    await Promise.all(lanes.map(async (l) => {
-      const worker = l.worker;
-      l.worker = undefined;
-      l.up = false;
-      await worker?.terminate();
-    }));
-  }
+/** The threads of libuv's pool (UV_THREADPOOL_SIZE, else 4: libuv's default). */
+function libuvThreads(): number {
+  const n = Number(process.env['UV_THREADPOOL_SIZE']);
+  return Number.isInteger(n) && n > 0 ? Math.min(n, 1024) : 4;
 }
 
 /** How writeImage may be stopped and cleaned up after. */
@@ -576,7 +548,9 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     // Written now: the placeholders (a regular file), else the final manifest and its signature.
     const head = seekable ? placeholder : Buffer.from(JSON.stringify(manifest));
     const signature = seekable ? signer?.placeholder : signer?.sign(head);
-    const out = new TarOut(fd, seekable, target.direct, total, options.onProgress);
+    // The pool's threads the hashes do not take are the writes' (TarOut).
+    const writeSlots = pool?.running === true ? Math.max(1, libuvThreads() - pool.threads) : Infinity;
+    const out = new TarOut(fd, seekable, target.direct, total, options.onProgress, writeSlots);
     const bytes = await writeTar(out, manifest, head, signature, entries, seekable, pool, total, options);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));

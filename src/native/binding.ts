@@ -554,6 +554,18 @@ export interface NativeBinding {
   mmHold(pid: number, address: bigint, timeoutMs: number): number;
   /** Lets a hold go: the memory of a process gone meanwhile is freed on the holding thread. */
   mmRelease(id: number): void;
+  /**
+   * Starts a sha256 in `state` (a Uint8Array of its own, 256 bytes: 16-byte aligned); false
+   * when this Node does not export OpenSSL's SHA256_Init(3) family (hash in JavaScript then).
+   */
+  sha256Init(state: Uint8Array): boolean;
+  /**
+   * Adds `data` to the sha256 in `state` on a thread of libuv's pool. Neither may be changed,
+   * nor `state` given to another call, until the promise settles.
+   */
+  sha256Update(state: Uint8Array, data: Uint8Array): Promise<void>;
+  /** The digest of the sha256 in `state` (spent then) into `out` (32 bytes). */
+  sha256Final(state: Uint8Array, out: Uint8Array): void;
   }
 
 /** An opaque handle of native uffdWatch. */
@@ -581,7 +593,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
   'uffdApi', 'uffdRegister', 'uffdUnregister', 'pagemapScan', 'uffdReadEvents', 'uffdCopy', 'uffdZeropage', 'uffdWatch', 'uffdUnwatch',
-  'pageDigests', 'mmHold', 'mmRelease',
+  'pageDigests', 'sha256Init', 'sha256Update', 'sha256Final', 'mmHold', 'mmRelease',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

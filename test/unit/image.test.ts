@@ -13,7 +13,7 @@ import { checkCompatibility, FORMAT_VERSION, isChunked, parseManifest, type Chun
 import type { FileRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { openImage, type ImageOverlay } from '../../src/image/reader.js';
 import { tarHeader, TarOut } from '../../src/image/tar-out.js';
-import { CHUNK_BYTES, PAGED_CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
+import { CHUNK_BYTES, HashPool, PAGED_CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
 import { TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/frames.js';
 import { PreCopyReceiver } from '../../src/migrate/page-store.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
@@ -48,6 +48,33 @@ const expected = (size: number): Buffer => Buffer.from(Array.from({ length: size
 const entries = (): ImageEntry[] => [entry('a.json', 0), entry('tasks/42/pages.bin', 100_003, 4096), entry('odd', 513)];
 
 describe('image writer and reader', { timeout: 60_000 }, () => {
+  it('hashes on the hash pool (libuv\'s threads) to the same digests as on the JS thread, a chunk cut across hashes and a big whole entry included', async () => {
+    // Chunks of 3 MiB + 17 bytes cut every CHUNK_BYTES hash in two or three updates, which the
+    // pool takes one after another per hash; 300 000 bytes whole are past INLINE_HASH_BYTES.
+    const made = (): ImageEntry[] => [
+      { ...entry('tasks/42/pages.bin', 2 * CHUNK_BYTES + 12_345, 3 * 1024 * 1024 + 17), chunked: true },
+      entry('big.bin', 300_000, 70_000), entry('odd', 513),
+    ];
+    const inline = await writeImage(join(dir, 'inline.tar'), header, made());
+    const pool = new HashPool(2);
+    await pool.start();
+    assert.ok(pool.running, 'the addon hashes here');
+    const path = join(dir, 'pool.tar');
+    try {
+      const pooled = await writeImage(path, header, made(), { hashPool: pool });
+      assert.deepEqual(pooled.manifest.entries, inline.manifest.entries);
+      const chunks = pooled.manifest.entries.find((e) => e.name === 'tasks/42/pages.bin');
+      assert.ok(chunks !== undefined && isChunked(chunks) && chunks.chunks.length === 3, 'three chunk digests');
+      const last = Buffer.from(Array.from({ length: 12_345 }, (_, i) => (2 * CHUNK_BYTES + i) * 7 & 0xff));
+      assert.equal(chunks.chunks[2], createHash('sha256').update(last).digest('hex'), 'the last chunk\'s digest is its bytes\' sha256');
+    } finally {
+      await pool.close();
+    }
+    const img = await openImage(path, { workDir: dir });
+    assert.deepEqual(await img.read('big.bin'), expected(300_000), 'read back and verified');
+    await img.close();
+  });
+
   it('round-trips through a file; the manifest comes first with every size and sha256', async () => {
     const path = join(dir, 'file.tar');
     const { manifest } = await writeImage(path, header, entries());
