@@ -380,15 +380,20 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // check and the dump: the tree cannot change them any more. The root's reading from before
     // the freeze is stale (it ran until then), so the root is read and checked again.
     const descs = new Map(live.map((p) => [p.pid, describeFds(p.pid)]));
-    withNetns(netns, () => { for (const p of live) checkSupported(descs.get(p.pid)!, fileOptions); });
+    // A thread with a descriptor table of its own (unshare(2) of CLONE_FILES) has it read
+    // likewise, by its tid: /proc/TID/fd is that thread's table. Its descriptors are checked,
+    // held against the host and locked as the processes' are (`allDescs`).
+    const threadDescs = new Map(live.flatMap((p) => (p.ownFiles ?? []).map((tid) => [tid, { pid: p.pid, descs: describeFds(tid) }] as const)));
+    const allDescs = threadDescs.size === 0 ? descs : new Map([...descs, ...[...threadDescs].map(([tid, t]) => [tid, t.descs] as const)]);
+    withNetns(netns, () => { for (const list of allDescs.values()) checkSupported(list, fileOptions); });
     const unheld = unheldTerminals(live, descs, o.pidNamespace !== undefined);
-    for (const l of refuseLeaks(descs, hostFds, new Set(fileOptions.external))) {
+    for (const l of refuseLeaks(allDescs, hostFds, new Set(fileOptions.external))) {
       log.info({ pid: l.inside.pid, fd: l.inside.fd, link: l.inside.link, outsidePid: l.pid, outsideFd: l.fd }, 'a standard stream is shared with a process outside the tree');
     }
     // The network lock, before any connection is read (files/tcp-lock.ts); let go on any way
     // out, kept (a copy without owner) only for a tree killed after a complete image.
     const tLock = performance.now();
-    const lock = await takeNetLock(nft, descs);
+    const lock = await takeNetLock(nft, allDescs);
     if (lock) log.debug({ table: lock.table, ms: performance.now() - tLock }, 'network lock taken');
     const dumped: DumpedTask[] = [];
     session.onUndo('close the tasks\' memory', () => { for (const d of dumped) for (const t of d.tracees) t.close(); });
@@ -410,11 +415,15 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.
     const cgroups = o.pidNamespace === undefined ? readCgroups(live, cgroupsAhead) : undefined;
-    const files = withNetns(netns, () => collectFiles(descs, dumpOptions, unheldGhosts(dumped)));
+    const files = withNetns(netns, () => collectFiles(descs, dumpOptions, unheldGhosts(dumped), threadDescs));
     addUnheldTerminals(unheld, files); // controlling terminals no process holds open (files/tty.ts)
     session.onUndo('put the files back', () => files.finish(true));
     for (const w of files.warnings) log.warn(w);
-    for (const d of dumped) d.task.fds = files.fds.get(d.task.pid) ?? [];
+    for (const d of dumped) {
+      d.task.fds = files.fds.get(d.task.pid) ?? [];
+      // A thread's own table (ThreadRecord.fds), its file ids shared with the tree's.
+      for (const th of d.task.threads.slice(1)) if (threadDescs.has(th.tid)) th.fds = files.fds.get(th.tid) ?? [];
+    }
     // Files the caller calls external: a restore must be handed a descriptor for each.
     for (const f of files.files) if (typeof f.link === 'string' && fileOptions.external.includes(f.link)) f.external = true;
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);

@@ -12,8 +12,8 @@
  * being seized (and then released): another pid or user namespace, a tracer, a session
  * whose leader is outside the tree and is not the root's, a group of a session the tree leads
  * whose leader runs outside the tree, a descriptor table or fs struct shared in a way restore
- * cannot fork, a thread with a descriptor table of its own, a thread's own fs struct that
- * another task shares (checkSharing).
+ * cannot fork, a thread's own descriptor table or fs struct that another task shares
+ * (checkSharing).
  */
 import { readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
@@ -45,6 +45,8 @@ export interface FrozenProcess {
   record: ProcessRecord;
   /** Threads with a root, working directory and umask of their own (unshare(2) of CLONE_FS; checkSharing). */
   ownFs?: number[];
+  /** Threads with a descriptor table of their own (unshare(2) of CLONE_FILES; checkSharing). */
+  ownFiles?: number[];
 }
 
 /** The frozen tree: parents before children, the root first. */
@@ -281,10 +283,12 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
       }
     }
     checkGroups(processes.map((p) => p.record), root);
-    const ownFs = checkSharing(processes.filter((p) => p.tids.length > 0));
+    const own = checkSharing(processes.filter((p) => p.tids.length > 0));
     for (const p of processes) {
-      const tids = ownFs.get(p.pid);
-      if (tids !== undefined) p.ownFs = tids;
+      const fs = own.fs.get(p.pid);
+      if (fs !== undefined) p.ownFs = fs;
+      const files = own.files.get(p.pid);
+      if (files !== undefined) p.ownFiles = files;
     }
     const walked = new Set(processes.flatMap((p) => p.tids));
     const stray = [...preseized].find((tid) => !walked.has(tid));
@@ -358,6 +362,14 @@ export function checkGroups(recs: readonly ProcessRecord[], root: number, exists
 /** kcmp(2) types: the descriptor table; the fs struct (root, working directory, umask). */
 const KCMP_FILES = 2, KCMP_FS = 3;
 
+/** Threads with a table or struct of their own (threadsWithOwn), by process. */
+export interface OwnTables {
+  /** Threads with a descriptor table of their own (ThreadRecord.fds). */
+  files: Map<number, number[]>;
+  /** Threads with a root, working directory and umask of their own (ThreadRecord.fs). */
+  fs: Map<number, number[]>;
+}
+
 /**
  * Finds processes of the tree sharing one descriptor table (clone(2) CLONE_FILES) or one fs
  * struct (CLONE_FS: root, working directory, umask) and records it in their records
@@ -368,21 +380,13 @@ const KCMP_FILES = 2, KCMP_FS = 3;
  * Restore forks a sharer from its parent, or from a sibling, holding what it shares
  * (image/sharing.ts Forkers). What it could not fork is refused: processes sharing a table
  * that neither the parent of one of them nor a sibling of it in its session holds (the
- * parent exited and left them to a reaper), and a thread that stopped sharing its process's
- * descriptor table (unshare(2) of CLONE_FILES). A thread with an fs struct of its own is
- * returned (threadsWithOwnFs), by process: its fs is recorded with it (ThreadRecord.fs).
+ * parent exited and left them to a reaper). A thread with a descriptor table or an fs struct
+ * of its own is returned (threadsWithOwn), by process: its descriptors (ThreadRecord.fds) and
+ * its fs (ThreadRecord.fs) are recorded with it.
  */
-export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids' | 'record'>[]): Map<number, number[]> {
-  const n = native();
-  for (const p of procs) {
-    const own = p.tids.slice(1).find((tid) => n.kcmp(p.pid, tid, KCMP_FILES, 0, 0) !== 0);
-    if (own !== undefined) {
-      throw new FerryError('EUNSUPPORTED', `thread ${own} of pid ${p.pid} has a descriptor table of its own (unshare(2) of CLONE_FILES), `
-        + 'which restore cannot rebuild yet; the process was left running', { pid: p.pid });
-    }
-  }
-  const ownFs = threadsWithOwnFs(procs);
-  if (procs.length < 2) return ownFs;
+export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids' | 'record'>[]): OwnTables {
+  const own: OwnTables = { files: threadsWithOwn(procs, KCMP_FILES), fs: threadsWithOwn(procs, KCMP_FS) };
+  if (procs.length < 2) return own;
   const kinds = [
     [KCMP_FILES, 'descriptor table', 'CLONE_FILES', 'sharesFiles'],
     [KCMP_FS, 'root, working directory and umask', 'CLONE_FS', 'sharesFs'],
@@ -409,7 +413,7 @@ export function checkSharing(procs: readonly Pick<FrozenProcess, 'pid' | 'tids' 
         + `parent ${r.ppid} of ${r.pid} nor a sibling in its session shares with it, which restore cannot rebuild yet; the tree was left running`, { pid: r.pid });
     }
   }
-  return ownFs;
+  return own;
 }
 
 /** Sorts tasks by the kernel object of kcmp(2) type `type` they hold: the same one compares equal. */
@@ -419,26 +423,28 @@ const kcmpOrder = (type: number) => (a: number, b: number): number => {
 };
 
 /**
- * The threads holding an fs struct (root, working directory, umask) other than their leader's,
- * by process: each unshare(2)d CLONE_FS (or its leader did, and it is the one thread left on
- * the old one). Restore makes each unshare its own again, so one it shares with another task
- * is refused: a thread it made with CLONE_FS, or a process cloned from it so, would come back
- * with a copy, no longer moving with it. One sort of the leaders and those threads by their fs
- * struct (kcmp(2)) finds them, a neighbour each.
+ * The threads holding a descriptor table (`type` KCMP_FILES) or an fs struct (root, working
+ * directory, umask: KCMP_FS) other than their leader's, by process: each unshare(2)d
+ * CLONE_FILES or CLONE_FS (or its leader did, and it is the one thread left on the old one).
+ * Restore makes each unshare its own again, so one it shares with another task is refused: a
+ * thread it made with CLONE_FILES or CLONE_FS, or a process cloned from it so, would come back
+ * with a copy, no longer moving with it. One sort of the leaders and those threads by their
+ * table (kcmp(2)) finds them, a neighbour each.
  */
-function threadsWithOwnFs(procs: readonly Pick<FrozenProcess, 'pid' | 'tids'>[]): Map<number, number[]> {
+function threadsWithOwn(procs: readonly Pick<FrozenProcess, 'pid' | 'tids'>[], type: typeof KCMP_FILES | typeof KCMP_FS): Map<number, number[]> {
   const n = native();
   const out = new Map<number, number[]>();
   const processOf = new Map<number, number>();
   for (const p of procs) {
-    const own = p.tids.slice(1).filter((tid) => n.kcmp(p.pid, tid, KCMP_FS, 0, 0) !== 0);
+    const own = p.tids.slice(1).filter((tid) => n.kcmp(p.pid, tid, type, 0, 0) !== 0);
     if (own.length === 0) continue;
     out.set(p.pid, own);
     for (const tid of own) processOf.set(tid, p.pid);
   }
   if (out.size === 0) return out;
-  const order = kcmpOrder(KCMP_FS);
+  const order = kcmpOrder(type);
   const sorted = [...procs.map((p) => p.pid), ...processOf.keys()].sort(order);
+  const [what, flag] = type === KCMP_FILES ? ['a descriptor table', 'CLONE_FILES'] : ['a root, working directory and umask', 'CLONE_FS'];
   for (let i = 0; i + 1 < sorted.length; i++) {
     const [a, b] = [sorted[i]!, sorted[i + 1]!];
     if (order(a, b) !== 0) continue;
@@ -446,8 +452,8 @@ function threadsWithOwnFs(procs: readonly Pick<FrozenProcess, 'pid' | 'tids'>[])
     if (tid === undefined) continue; // two processes sharing one: checkSharing's
     const other = tid === a ? b : a;
     const who = processOf.has(other) ? `thread ${other} of pid ${processOf.get(other)!}` : `pid ${other}`;
-    throw new FerryError('EUNSUPPORTED', `thread ${tid} of pid ${processOf.get(tid)!} has a root, working directory and umask of its own `
-      + `(unshare(2) of CLONE_FS) that ${who} shares, which restore cannot rebuild yet; the tree was left running`, { pid: processOf.get(tid)! });
+    throw new FerryError('EUNSUPPORTED', `thread ${tid} of pid ${processOf.get(tid)!} has ${what} of its own `
+      + `(unshare(2) of ${flag}) that ${who} shares, which restore cannot rebuild yet; the tree was left running`, { pid: processOf.get(tid)! });
   }
   return out;
 }

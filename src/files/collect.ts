@@ -2,7 +2,7 @@
  * Dump side of the file engine: describe every descriptor of the tasks, find which share one
  * open file (cheap key, confirmed with kcmp(KCMP_FILE)), and dump each open file once.
  */
-import { FerryError } from '../errors.js';
+import { errnoCode, FerryError } from '../errors.js';
 import { FdStat } from '../proc/fd-stat.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -47,6 +47,7 @@ export function checkSupported(descs: readonly FdDesc[], options: FileOptions = 
 /** Open files of the dumped tasks and each task's descriptor table. */
 export interface CollectedFiles {
   files: FileRecord[];
+  /** Each process's table by pid, and each thread's own table (ThreadRecord.fds) by tid. */
   fds: Map<number, FdRecord[]>;
   /** Image entries the modules stored with `DumpContext.blob`, by name. */
   blobs: Map<string, Buffer>;
@@ -62,10 +63,13 @@ export interface CollectedFiles {
  * peer). On failure, whatever the modules changed is undone before the error propagates.
  * `adopted`: controller descriptors of files no process holds that the image needs anyway (a
  * deleted file only mapped), made files of the image as `DumpContext.adopt` does; owned from
- * now on.
+ * now on. `threads`: the descriptors of the threads with a table of their own (unshare(2) of
+ * CLONE_FILES), by tid (their `pid` is the tid: /proc/TID shows the thread's table, and
+ * kcmp(2) and pidfd_getfd(2) take it), grouped with the processes' (refuseInThreadTable).
  */
 export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
-  options: FileOptions = DEFAULT_FILE_OPTIONS, adopted: ReadonlyArray<{ fd: number; via: string }> = []): CollectedFiles {
+  options: FileOptions = DEFAULT_FILE_OPTIONS, adopted: ReadonlyArray<{ fd: number; via: string }> = [],
+  threads: ReadonlyMap<number, { pid: number; descs: readonly FdDesc[] }> = new Map()): CollectedFiles {
   const fds = new Map<number, FdRecord[]>();
   /** Representatives per cheap key: one descriptor per distinct open file seen so far. */
   const groups = new Map<string, Array<{ desc: FdDesc; id: number }>>();
@@ -100,6 +104,19 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       table.push({ fd: d.fd, file: id, cloexec: fdCloexec(d.fdinfo) });
     }
     fds.set(pid, table);
+  }
+  // The processes' tables first: a file a thread's own table shares with one is dumped from
+  // the process's descriptor, and the ids a thread's table adds are files it alone holds.
+  const processFiles = firsts.length;
+  for (const [tid, { pid, descs }] of threads) {
+    const table: FdRecord[] = [];
+    for (const d of descs) {
+      const kind = kindOf(d);
+      const id = place(d, kind);
+      refuseInThreadTable(d, pid, kind, id > processFiles);
+      table.push({ fd: d.fd, file: id, cloexec: fdCloexec(d.fdinfo) });
+    }
+    fds.set(tid, table);
   }
 
   const blobs = new Map<string, Buffer>();
@@ -247,6 +264,35 @@ function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: Map<number, Readonl
   return (named(rec.name) || named(rec.external)) && taskMounts(d.pid, mounts) !== null;
 }
 
+/**
+ * Kinds a thread's own descriptor table may hold alone (no process of the tree holds them):
+ * their modules dump one descriptor by itself (its fdinfo, a copy taken with pidfd_getfd(2)),
+ * and restore installs them with nothing more to do in the holder (no `installed` hook). The
+ * others look for their peers, targets or holders through the processes' tables, or set
+ * state through a process holding them.
+ */
+const THREAD_ALONE_KINDS: ReadonlySet<string> = new Set(['reg', 'ghost', 'pipe', 'fifo', 'chr', 'eventfd', 'memfd', 'timerfd', 'signalfd']);
+
+/**
+ * Refuses a descriptor of a thread's own table (`tid` is `d.pid`, of process `pid`) restore
+ * could not put back there: an epoll (its items are keyed by the numbers of the table they
+ * were added through, and added again through a process's), a file only such a table holds
+ * (`alone`) of a kind not in THREAD_ALONE_KINDS or with a lock (restore takes locks back
+ * through a process's table), and a POSIX lock held through it (fdinfo shows the locks of
+ * the table it is read through: such a lock belongs to the thread's table, not its process's).
+ * A flock, OFD lock or lease of a file its process holds too belongs to the open file, and
+ * comes back through the process.
+ */
+function refuseInThreadTable(d: FdDesc, pid: number, kind: FileKind, alone: boolean): void {
+  const locks = (d.fdinfo.lines.get('lock') ?? []).filter((l) => alone || /^\d+:\s+(->\s+)?POSIX\s/.test(l.trim()));
+  const why = kind.kind === 'eventpoll' ? 'an epoll'
+    : alone && !THREAD_ALONE_KINDS.has(kind.kind) ? `a file of kind ${kind.kind} that no process of the tree holds`
+      : locks.length > 0 ? `a file locked through it (${locks[0]!.trim()})` : undefined;
+  if (why === undefined) return;
+  throw new FerryError('EUNSUPPORTED', `unsupported file: fd ${d.fd} of thread ${d.pid} of pid ${pid} -> ${d.link} is ${why}, in a descriptor table `
+    + 'of the thread\'s own (unshare(2) of CLONE_FILES), which restore cannot put back there yet; the tree was left running', { pid });
+}
+
 /** O_ASYNC: the open file signals its owner (owner.ts). */
 const O_ASYNC = 0o20000;
 
@@ -268,12 +314,32 @@ function grab(d: Pick<FdDesc, 'pid' | 'fd' | 'link'>, grabbed: Map<string, numbe
   const n = native();
   try {
     let pidfd = grabbed.get(`pidfd:${d.pid}`);
-    if (pidfd === undefined) grabbed.set(`pidfd:${d.pid}`, (pidfd = n.pidfdOpen(d.pid)));
+    if (pidfd === undefined) grabbed.set(`pidfd:${d.pid}`, (pidfd = taskPidfd(d.pid)));
     const fd = n.pidfdGetfd(pidfd, d.fd);
     grabbed.set(key, fd);
     return fd;
   } catch (err) {
     throw new FerryError('EGRAB', `cannot take a copy of fd ${d.fd} of pid ${d.pid} (${d.link}): ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** PIDFD_THREAD (O_EXCL): pidfd_open(2) of a thread that leads no process (Linux 6.9). */
+const PIDFD_THREAD = 0o200;
+
+/**
+ * A pidfd of `pid`, or of a thread with a descriptor table of its own (`pid` is its tid):
+ * pidfd_open(2) refuses a thread that leads no process (EINVAL, ENOENT on newer kernels)
+ * unless asked for a thread's pidfd, and pidfd_getfd(2) through that takes from the thread's
+ * table. A kernel before 6.9 refuses PIDFD_THREAD too: such a thread's files are not taken.
+ */
+function taskPidfd(pid: number): number {
+  const n = native();
+  try {
+    return n.pidfdOpen(pid);
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code !== 'EINVAL' && code !== 'ENOENT') throw err;
+    return n.pidfdOpen(pid, PIDFD_THREAD);
   }
 }
 

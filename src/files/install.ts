@@ -283,10 +283,11 @@ export function closeFiles(opened: Map<number, number>): void {
 
 /**
  * Installs a task's descriptor table (the task must have no descriptors yet), then runs the
- * `installed` hook of each file kind that has one, once per file, with the task's numbers.
+ * `installed` hook of each file kind that has one, once per file, with the task's numbers
+ * (unless `hooks` is false: a thread's own table, installThreadTable).
  */
 export function installFds(t: Tracee, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles,
-  controllerPidfd?: number): void {
+  controllerPidfd?: number, hooks = true): void {
   // A file that names a thread comes later (installLate): its number stays free until then.
   if (files.late.size > 0) table = table.filter((rec) => !files.late.has(rec.file));
   const sorted = [...table].sort((a, b) => a.fd - b.fd);
@@ -304,6 +305,7 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
   // The rest one by one.
   pullEach(t, pidfd, sorted.slice(received), controllerFd);
   t.syscall(SYS.close, pidfd);
+  if (!hooks) return;
 
   const lowest = new Map<number, number>();
   for (const rec of sorted) if (!lowest.has(rec.file)) lowest.set(rec.file, rec.fd);
@@ -317,6 +319,33 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
     }
   }
 }
+
+/**
+ * Gives thread `t` (`tid` in the image) of process `pid` the descriptor table of its own it
+ * had (ThreadRecord.fds, `table`): made with CLONE_FILES, it shares its process's, installed
+ * already; unshare(2) of CLONE_FILES gives it a copy of that, which it empties with
+ * close_range(2) (but for `keep`, a pidfd of the controller above every number of the image,
+ * inside a container where ferry's pid is not visible), then its own descriptors are
+ * installed there as a process's are, the same open file descriptions where its process's
+ * table (or another's) holds them too, so offsets and flags stay shared. Closing the copies drops nothing of the process's: POSIX
+ * locks belong to the table they were taken through. The kinds' `installed` hooks do not run
+ * again: what a thread's table holds alone needs none (files/collect.ts THREAD_ALONE_KINDS),
+ * and a file it shares had them run through a process's table.
+ */
+export function installThreadTable(t: Tracee, tid: number, scratch: Scratch, pid: number, table: readonly FdRecord[], files: RestoreFiles,
+  keep?: number): void {
+  // Checked before the close: a close_range after a failed unshare would empty the process's table.
+  const r = t.trySyscall(SYS.unshare, CLONE_FILES);
+  if (r < 0n) throw new FerryError('ESTATE', `cannot give thread ${tid} of pid ${pid} its own descriptor table again: unshare(CLONE_FILES) failed with ${injectedError(SYS.unshare, Number(-r), t.tid).code}`, { pid });
+  t.syscalls(keep === undefined ? [[SYS.close_range, 0, CLOSE_ALL]]
+    : [[SYS.close_range, 0, keep - 1], [SYS.close_range, keep + 1, CLOSE_ALL]]);
+  installFds(t, scratch, pid, table, files, keep, false);
+}
+
+/** unshare(2) flag: a descriptor table of one's own. */
+const CLONE_FILES = 0x400;
+/** close_range(2)'s last descriptor meaning all of them (~0U). */
+const CLOSE_ALL = 0xffffffff;
 
 /** The controller's descriptor of the file `rec` installs (opened by now). */
 function openedFd(files: RestoreFiles, rec: FdRecord): number {

@@ -98,6 +98,11 @@ export const FEATURES: readonly Feature[] = [
         && ((f.ctty as { foreground?: unknown } | null | undefined)?.foreground ?? null) !== null);
     },
   },
+  {
+    name: 'thread-fds',
+    what: 'a thread with a descriptor table of its own (task.json threads[].fds)',
+    uses: ({ tasks }) => tasks.some((t) => t.threads.some((th) => th.fds !== undefined)),
+  },
 ];
 
 /** The names this ferry knows. */

@@ -7,7 +7,7 @@ import { PAGE_SIZE } from '../arch/x86-64.js';
 import { validateFiles, validateTask, validateTree } from '../restore/validate.js';
 import type { Manifest } from './manifest.js';
 import { openImage } from './reader.js';
-import { FILES_ENTRY, taskEntry, TREE_ENTRY, type FileRecord } from './records.js';
+import { FILES_ENTRY, taskEntry, TREE_ENTRY, type FdRecord, type FileRecord } from './records.js';
 
 /** One memory area as inspect shows it. */
 export interface InspectVma {
@@ -29,7 +29,7 @@ export interface InspectFd {
   /** Path or description of the open file. */
   target: string;
   cloexec: boolean;
-  /** Other descriptors (pid:fd) sharing the same open file. */
+  /** Other descriptors (pid:fd, or pid/tid:fd in a thread's own table) sharing the same open file. */
   sharedWith: string[];
 }
 
@@ -45,6 +45,8 @@ export interface InspectTask {
   creds: string;
   vmas: InspectVma[];
   fds: InspectFd[];
+  /** The descriptors of each thread with a table of its own (ThreadRecord.fds); absent: none. */
+  threadFds?: Array<{ tid: number; fds: InspectFd[] }>;
 }
 
 /** Everything `ferry inspect` reports. */
@@ -75,6 +77,7 @@ export async function inspect(o: InspectOptions): Promise<InspectReport> {
     for (const pid of manifest.tasks) {
       const t = validateTask(await image.readJson(taskEntry(pid)), pid);
       for (const f of t.fds) holders.set(f.file, [...(holders.get(f.file) ?? []), `${pid}:${f.fd}`]);
+      for (const th of t.threads) for (const f of th.fds ?? []) holders.set(f.file, [...(holders.get(f.file) ?? []), `${pid}/${th.tid}:${f.fd}`]);
       tasks.push({
         pid: t.pid, ppid: t.ppid, comm: t.comm, exe: t.exe, cwd: t.cwd, threads: t.threads.length,
         pagesBytes: t.pagesBytes,
@@ -91,14 +94,17 @@ export async function inspect(o: InspectOptions): Promise<InspectReport> {
     for (const pid of manifest.tasks) {
       const t = validateTask(await image.readJson(taskEntry(pid)), pid);
       const out = tasks.find((x) => x.pid === pid)!;
-      out.fds = t.fds.map((f) => {
+      const describe = (f: FdRecord, self: string): InspectFd => {
         const file = files.find((x) => x.id === f.file);
         return {
           fd: f.fd, file: f.file, kind: file?.kind ?? '?', target: typeof file?.path === 'string' ? file.path : file?.kind ?? '?',
           cloexec: f.cloexec,
-          sharedWith: (holders.get(f.file) ?? []).filter((h) => h !== `${pid}:${f.fd}`),
+          sharedWith: (holders.get(f.file) ?? []).filter((h) => h !== self),
         };
-      });
+      };
+      out.fds = t.fds.map((f) => describe(f, `${pid}:${f.fd}`));
+      const own = t.threads.filter((th) => th.fds !== undefined);
+      if (own.length > 0) out.threadFds = own.map((th) => ({ tid: th.tid, fds: th.fds!.map((f) => describe(f, `${pid}/${th.tid}:${f.fd}`)) }));
     }
     return {
       image: o.image,
@@ -154,10 +160,12 @@ export function formatInspect(r: InspectReport, verbose = false): string {
         lines.push(`    ${kind.padEnd(11)} ${String(k.areas).padStart(5)} area${k.areas === 1 ? ' ' : 's'} ${mib(Number(k.size)).padStart(10)} mapped ${mib(k.stored).padStart(10)} stored`);
       }
     }
-    lines.push(`  descriptors: ${t.fds.length}`);
-    for (const f of t.fds) {
-      const shared = f.sharedWith.length > 0 ? `  (shared with ${f.sharedWith.join(', ')})` : '';
-      lines.push(`    fd ${String(f.fd).padStart(4)} ${f.kind.padEnd(5)} ${f.target}${f.cloexec ? '  [cloexec]' : ''}${shared}`);
+    for (const [title, fds] of [['descriptors', t.fds] as const, ...(t.threadFds ?? []).map((th) => [`thread ${th.tid}'s own descriptors`, th.fds] as const)]) {
+      lines.push(`  ${title}: ${fds.length}`);
+      for (const f of fds) {
+        const shared = f.sharedWith.length > 0 ? `  (shared with ${f.sharedWith.join(', ')})` : '';
+        lines.push(`    fd ${String(f.fd).padStart(4)} ${f.kind.padEnd(5)} ${f.target}${f.cloexec ? '  [cloexec]' : ''}${shared}`);
+      }
     }
   }
   return lines.join('\n');

@@ -107,6 +107,14 @@ export interface ThreadRecord {
    * called unshare(2) with CLONE_FS): never the leader's. Absent: it shares its process's.
    */
   fs?: ThreadFsRecord;
+  /**
+   * The thread has a descriptor table of its own, not its process's (it called unshare(2)
+   * with CLONE_FILES, or was cloned without CLONE_FILES): its descriptors, as TaskRecord.fds,
+   * a file it shares with its process's table (or another's) under the same id. Never the
+   * leader's. Restore makes the thread unshare(2) CLONE_FILES again and installs these in
+   * its new table (restore/restore.ts threadTables). Absent: it shares its process's.
+   */
+  fds?: FdRecord[];
 }
 
 /**

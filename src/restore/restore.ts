@@ -15,7 +15,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { MadeRoot, RestoreOptions, RestoreResult } from '../api.js';
-import { PAGE_SIZE, SIGSTOP, SIGTRAP } from '../arch/x86-64.js';
+import { PAGE_SIZE, SIGSTOP, SIGTRAP, SYS } from '../arch/x86-64.js';
 import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
@@ -23,7 +23,7 @@ import { checkRemovedNodeTrust } from '../files/chrdev.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import {
-  beforeLetGo, checkFiles, checkThreadFiles, closeFiles, installFds, installLate, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
+  beforeLetGo, checkFiles, checkThreadFiles, closeFiles, installFds, installLate, installThreadTable, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
 } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
@@ -54,7 +54,7 @@ import { checkRootTrust, enterRootDir, enterThreadRootDirs, planRemovedRoots, Re
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, leaderlessGroups, outsideGroups, type CreatedTree } from './tree.js';
 import { atFork, checkInherited, inherits, keptAreas, lendPages } from './cow.js';
-import { validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
+import { threadTableHolders, validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
 import { faultPoint } from '../fault.js';
@@ -130,6 +130,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     /** The image as messages name it, and its files other than those the caller hands in. */
     const label = o.image === '-' ? '(stdin)' : o.image;
     const ownFiles = files.files.filter((f) => !inherited(f));
+    // Each task as a holder of files: its process's descriptors and its threads' own tables
+    // (ThreadRecord.fds), for every check of what it holds.
+    const holders = threadTableHolders(label, tree, tasks, files.files, o.makeRoot !== undefined);
     // A file marked external at checkpoint is the caller's to hand in (--inherit-fd).
     const missing = files.files.find((f) => f.external === true && !inherited(f));
     if (missing) {
@@ -138,15 +141,15 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         + `restore with --inherit-fd fd[N]:${link.replace(/[\0-\x1f]/g, '?')}, N a descriptor of yours to use in its place`);
     }
     // Signals the files send (F_SETOWN) go to the image's own processes only.
-    checkOwners(files.files, tree.processes, tasks);
+    checkOwners(files.files, tree.processes, holders);
     // A file reached by its handle is confined by nothing.
     if (!trusted) checkLinkedTrust(label, ownFiles);
     // Nor may it have a device node made (a removed one held open).
-    if (!trusted) checkRemovedNodeTrust(label, tasks, ownFiles);
+    if (!trusted) checkRemovedNodeTrust(label, holders, ownFiles);
     // Nor a socket whose privilege the kernel checks only when restore (root) makes it.
-    if (!trusted) checkSocketPrivilege(label, tasks, ownFiles);
+    if (!trusted) checkSocketPrivilege(label, holders, ownFiles);
     // Nor a fanotify group, an alarm timer or a device whose privilege is checked the same way (file-privilege.ts).
-    if (!trusted) checkFilePrivilege(label, tasks, ownFiles);
+    if (!trusted) checkFilePrivilege(label, holders, ownFiles);
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(label, tasks, trusted);
     checkRootTrust(label, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
@@ -167,16 +170,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     };
     const pseudoFs = trusted || o.makeRoot ? new Map<string, string>() : pseudoFsDevices(); // kernel pseudo file systems mounted here
     if (!trusted && !o.makeRoot) {
-      checkRemovedDirs(label, tasks, ownFiles, (path) => {
+      checkRemovedDirs(label, holders, ownFiles, (path) => {
         try {
           return statIn(hostRoot(), path, 'directory');
         } catch {
           return undefined;
         }
       });
-      checkFileAccess(label, tasks, ownFiles, statFile);
-      checkPseudoFiles(label, tasks, ownFiles, statFile, pseudoFs);
-      checkWatchAccess(label, tasks, ownFiles);
+      checkFileAccess(label, holders, ownFiles, statFile);
+      checkPseudoFiles(label, holders, ownFiles, statFile, pseudoFs);
+      checkWatchAccess(label, holders, ownFiles);
       // And the files mapped: by path now, and again as the task opened them, by descriptor
       // (mapAreas; those it opens for writing to map them shared, with no symlink followed).
       checkMappedAccess(label, tasks, statFile);
@@ -189,7 +192,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // And the files they hold open by path: opened with no symlink followed and judged again
     // as opened (files/install.ts FileGuard), as the mapped ones are.
     const fileGuard = trusted || o.makeRoot ? undefined
-      : guardPseudoFiles(openedFileGuard(label, tasks), label, tasks, pseudoFs);
+      : guardPseudoFiles(openedFileGuard(label, holders), label, holders, pseudoFs);
     // The tree's cgroups (cgroups/restore.ts): checked against the mode and the trust rule
     // now, made and joined once the processes exist. A container's are its runtime's.
     const cgroupMode = o.makeRoot ? 'ignore' : o.manageCgroups ?? 'ignore';
@@ -217,7 +220,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (imageVdso !== undefined && createHash('sha256').update(imageVdso.bytes).digest('hex') !== manifest.host.vdsoSha256) {
       throw new FerryError('EIMAGE', `image ${label}: ${VDSO_ENTRY} is not the vDSO the manifest names (host.vdsoSha256)`);
     }
-    checkUnheldTerminals(files.files, new Set(tasks.flatMap((task) => task.fds.map((f) => f.file))), new Set(tree.processes.map((p) => p.pid)),
+    checkUnheldTerminals(files.files, new Set(holders.flatMap((task) => task.fds.map((f) => f.file))), new Set(tree.processes.map((p) => p.pid)),
       o.makeRoot !== undefined);
     if (!o.makeRoot) {
       checkFiles(files.files, undefined, inherit, fileGuard);
@@ -247,7 +250,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
 
     const tStart = performance.now();
     // A container's init is made by its runtime; its files are reachable through its root.
-    const maxFd = tasks.reduce((m, t) => t.fds.reduce((k, f) => Math.max(k, f.fd), m), 2);
+    const maxFd = holders.reduce((m, t) => t.fds.reduce((k, f) => Math.max(k, f.fd), m), 2);
     const made = o.makeRoot ? await o.makeRoot(image, maxFd) : undefined;
     if (made) session.onUndo('remove the container made for the root', () => made.destroy());
     // Where the tasks' own paths (working and removed root directories) resolve: the
@@ -348,7 +351,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     }
     // The foreground group of a controlling terminal no descriptor of the tree holds, set by
     // its session's leader now that every group exists (files/tty.ts).
-    setForegroundGroups(opened, new Set(tasks.flatMap((task) => task.fds.map((f) => f.file))), (pid) => {
+    setForegroundGroups(opened, new Set(holders.flatMap((task) => task.fds.map((f) => f.file))), (pid) => {
       const t = created.stubs.get(pid), as = spaces.get(pid);
       return t && as && { t, scratch: as.scratch };
     });
@@ -548,8 +551,8 @@ async function assertPidFree(pid: number, threadOf?: number, what?: string): Pro
 
 /**
  * Rebuilds one process inside its stub, its memory already back (createTree): mm, state,
- * descriptors (unless `tableShared`: another process installed the table they share), threads,
- * pending signals. Its threads are registered in `created` as soon as they exist, so a failure
+ * descriptors (unless `tableShared`: another process installed the table they share), threads
+ * (and the tables of their own some had: installThreadTable), pending signals. Its threads are registered in `created` as soon as they exist, so a failure
  * anywhere kills them too.
  */
 function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task: TaskRecord, files: RestoreFiles,
@@ -563,10 +566,26 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
   else withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
   if (!o.makeRoot) restoreLoginuid(t, as, task); // before its threads, which inherit it
   if (heldCwd === undefined) finishRemovedCwd(t.pid, task);
+  // Threads with a table of their own need ferry's pidfd once installFds has closed the
+  // process's (inside a container, where ferry's pid is not visible): a copy, above it.
+  // (A process sharing its table has none to copy from: refused before anything was made.)
+  const own = task.threads.some((th) => th.fds !== undefined);
+  const keep = own && controllerPidfd !== undefined ? Number(t.syscall(SYS.fcntl, controllerPidfd, F_DUPFD_CLOEXEC, controllerPidfd + 1)) : undefined;
   if (!tableShared) installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
-  created.threads.set(task.pid, createThreads(t, as, task));
-  queuePendingSignals(t, created.threads.get(task.pid)!, as, task);
+  const threads = createThreads(t, as, task);
+  created.threads.set(task.pid, threads);
+  // A thread's own table (ThreadRecord.fds), once the process's is complete: it starts as a copy.
+  task.threads.slice(1).forEach((th, i) => {
+    if (th.fds === undefined) return;
+    as.scratch.reset();
+    // The unshare copies `keep` into the thread's table, which closes it there once done.
+    installThreadTable(threads[i]!, th.tid, as.scratch, task.pid, th.fds, files, keep);
+  });
+  if (keep !== undefined) t.syscall(SYS.close, keep);
+  queuePendingSignals(t, threads, as, task);
 }
+
+const F_DUPFD_CLOEXEC = 1030;
 
 /**
  * Finishes a rebuilt process once every process and thread of the tree exists: the files that
@@ -582,6 +601,13 @@ function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles,
   if (!tableShared) installLate(t, task.pid, task.fds, files, container);
   lazy?.makeUffd(t, task.pid); // while the stub is still root
   if (!tableShared) restoreOwners(t, as.scratch, task.pid, task.fds, files);
+  // Likewise in the threads' own tables (ThreadRecord.fds).
+  const threads = created.threads.get(task.pid)!;
+  task.threads.slice(1).forEach((th, i) => {
+    if (th.fds === undefined) return;
+    installLate(threads[i]!, task.pid, th.fds, files, container);
+    restoreOwners(threads[i]!, as.scratch, task.pid, th.fds, files);
+  });
   enterRootDir(t, as, task, fsShared, removedRoots, container); // after the last host path, before the credentials
   enterThreadRootDirs(created.threads.get(task.pid)!, as, task, container); // likewise, a thread's own
   restoreCreds(t, created.threads.get(task.pid)!, as, task, task.pid === created.stubs.keys().next().value);
@@ -671,3 +697,4 @@ function imageConnections(files: readonly FileRecord[]): LockedConnection[] {
   }
   return out;
 }
+

@@ -13,7 +13,7 @@ import { MEMBARRIER_REGISTRATIONS, PAGE_SIZE, REG_NAMES } from '../arch/x86-64.j
 import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import { KEPT_TABLE } from '../files/tcp-lock.js';
-import { TREE_ENTRY, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
+import { TREE_ENTRY, type FileRecord, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
 import { forkedBySiblings, Forkers, SHARED_TABLES } from '../image/sharing.js';
 import { inherits } from './cow.js';
 
@@ -155,6 +155,8 @@ const thread = record({
 }, {
   // A thread's own root, working directory and umask (unshare(2) of CLONE_FS), as the task's.
   fs: record({ cwd: absPath, umask: int(0, 0o777) }, { root: absPath }),
+  // A thread's own descriptor table (unshare(2) of CLONE_FILES), as the task's.
+  fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
 });
 /** A device or inode number as stat(2) gives it, in decimal. */
 const id64: Check = (v, at) => (typeof v === 'string' && /^\d{1,20}$/.test(v) ? undefined : must(at, 'a string of at most 20 decimal digits', v));
@@ -232,6 +234,18 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   for (const [i, f] of t.fds.entries()) {
     if (fds.has(f.fd)) fail(where, `fds[${i}]: descriptor ${f.fd} is listed twice`);
     fds.add(f.fd);
+  }
+  if (t.threads[0]!.fds !== undefined) fail(where, 'threads[0].fds is there: the leader\'s descriptors are the process\'s (fds)');
+  // Threads' own tables: each as the task's, all of them together no more than one table may hold.
+  let threadFds = 0;
+  for (const [i, th] of t.threads.entries()) {
+    const own = new Set<number>();
+    for (const [j, f] of (th.fds ?? []).entries()) {
+      if (own.has(f.fd)) fail(where, `threads[${i}].fds[${j}]: descriptor ${f.fd} is listed twice`);
+      own.add(f.fd);
+    }
+    threadFds += own.size;
+    if (threadFds > MAX_FDS) fail(where, `the threads' own descriptor tables hold more than ${MAX_FDS} descriptors`);
   }
   for (const [i, m] of t.vmas.entries()) {
     const pages = (BigInt(m.end) - BigInt(m.start)) / BigInt(PAGE_SIZE);
@@ -434,4 +448,32 @@ function validateCreds(where: string, c: unknown, threads: ReadonlyArray<{ tid: 
     if (!t.seccomp.every((x) => x < cr.seccompFilters.length)) fail(where, `threads[${i}].seccomp must index seccompFilters`);
     if (t.seccompStrict === true && t.seccomp.length > 0) fail(where, `threads[${i}] cannot be in seccomp strict mode and have filters`);
   }
+}
+
+/**
+ * Each task as a holder of files: its descriptors and those of its threads' own tables
+ * (ThreadRecord.fds) as one list (a number may be there twice), for the checks of what a
+ * process may hold. Refuses (EIMAGE, one line) a thread's descriptor naming a file files.json
+ * does not list (installing it would fail only once processes exist), and, in a container
+ * (`container`), a thread with a table of its own in a process that shares its table with
+ * another: its table is filled through a copy of ferry's pidfd its process keeps
+ * (restore.ts rebuild), which a shared table no longer holds once its first holder is filled.
+ */
+export function threadTableHolders(label: string, tree: TreeRecord, tasks: readonly TaskRecord[], files: readonly FileRecord[],
+  container: boolean): TaskRecord[] {
+  const ids = new Set(files.map((f) => f.id));
+  const sharing = new Set(tree.processes.filter((p) => p.sharesFiles !== undefined).map((p) => p.pid));
+  return tasks.map((t) => {
+    const own = t.threads.filter((th) => th.fds !== undefined);
+    if (own.length === 0) return t;
+    if (container && sharing.has(t.pid)) {
+      throw new FerryError('EUNSUPPORTED', `image ${label}: pid ${t.pid} shares a descriptor table with another process and has a thread with a table of its own, `
+        + 'which restore cannot rebuild inside a container yet: nothing was restored', { pid: t.pid });
+    }
+    for (const th of own) {
+      const bad = th.fds!.find((f) => !ids.has(f.file));
+      if (bad) throw new FerryError('EIMAGE', `image ${label}: fd ${bad.fd} of thread ${th.tid} of pid ${t.pid} names file ${bad.file}, which files.json does not list: refused; nothing was restored`, { pid: t.pid });
+    }
+    return { ...t, fds: [...t.fds, ...own.flatMap((th) => th.fds!)] };
+  });
 }

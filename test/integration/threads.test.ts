@@ -1,7 +1,8 @@
 /**
  * Multi-threaded processes: every thread comes back with its TID, registers, mask, altstack,
  * name and TLS, and threads parked in futex, nanosleep and poll waits go on; a thread with a
- * root, working directory and umask of its own (unshare(2) of CLONE_FS) comes back with them.
+ * root, working directory and umask of its own (unshare(2) of CLONE_FS) comes back with them,
+ * and one with a descriptor table of its own (unshare(2) of CLONE_FILES) with it.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
@@ -120,3 +121,85 @@ describe('a thread with a root, working directory and umask of its own', { skip:
     });
   }
 });
+
+/** Descriptor numbers of thread `tid` of `pid` with what each names (a pipe's or anon inode's number left out). */
+function fdsOf(pid: number, tid: number): string[] {
+  const dir = `/proc/${pid}/task/${tid}/fd`;
+  return readdirSync(dir).map(Number).sort((a, b) => a - b)
+    .map((fd) => `${fd} ${readlinkSync(`${dir}/${fd}`).replace(/^(pipe|socket):\[\d+\]$/, '$1')}`);
+}
+
+describe('a thread with a descriptor table of its own', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
+  it('survives two cycles with it, its process with its own', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'threadfds'), []);
+    const [leader, thread] = tids(w.pid);
+    const want = { leader: fdsOf(w.pid, leader!), thread: fdsOf(w.pid, thread!) };
+    // Opened only in one table each: not in the other.
+    assert.ok(want.leader.includes(`30 ${join(w.dir, 'leader-only.txt')}`) && !want.thread.some((l) => l.startsWith('30 ')), JSON.stringify(want));
+    assert.ok(want.thread.includes(`20 ${join(w.dir, 'thread.txt')}`) && !want.leader.some((l) => l.startsWith('20 ')), JSON.stringify(want));
+    const image = join(w.dir, 'threadfds.tar');
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, image, i);
+      assert.deepEqual(tids(w.pid), [leader, thread], 'same thread ids');
+      assert.deepEqual({ leader: fdsOf(w.pid, leader!), thread: fdsOf(w.pid, thread!) }, want, `cycle ${i + 1}: each its own table`);
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves it running with it', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'threadfds'), []);
+    const [leader, thread] = tids(w.pid);
+    const want = { leader: fdsOf(w.pid, leader!), thread: fdsOf(w.pid, thread!) };
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    for (const tid of tids(w.pid)) assert.equal(procState(tid).tracer, 0, `thread ${tid} not traced`);
+    assert.deepEqual({ leader: fdsOf(w.pid, leader!), thread: fdsOf(w.pid, thread!) }, want, 'nothing taken into ferry is left in either table');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an image giving the leader a table of its own, or a thread a file files.json lacks, is refused with one line, nothing made', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'threadfds'), []);
+    const image = join(w.dir, 'lr.tar');
+    assert.equal(ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']).code, 0);
+    const entry = `tasks/${w.pid}/task.json`;
+    const cases: Array<[string, (t: TaskRecord) => void, RegExp]> = [
+      ['leader.tar', (t) => { t.threads[0]!.fds = []; }, /image entry tasks\/\d+\/task\.json is invalid: threads\[0\]\.fds is there/],
+      ['twice.tar', (t) => { t.threads[1]!.fds!.push({ ...t.threads[1]!.fds![0]! }); }, /threads\[1\]\.fds\[\d+\]: descriptor \d+ is listed twice/],
+      ['nofile.tar', (t) => { t.threads[1]!.fds![0]!.file = 999_999; },
+        new RegExp(`fd \\d+ of thread ${t1(w.pid)} of pid ${w.pid} names file 999999, which files.json does not list`)],
+    ];
+    for (const [name, edit, message] of cases) {
+      const edited = join(w.dir, name);
+      await editImage(image, edited, [[entry, json<TaskRecord>(edit)]]);
+      // Unsigned, so untrusted: --max-creds root lets its root process reach the check.
+      const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.match(rs.stderr, message);
+      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    }
+    assert.deepEqual(stubs(), [], 'nothing left behind');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  const refused: Array<[string, string[], RegExp]> = [
+    ['epoll', [], /^ferry checkpoint: unsupported file: fd 25 of thread \d+ of pid \d+ -> anon_inode:\[eventpoll\] is an epoll, in a descriptor table of the thread's own \(unshare\(2\) of CLONE_FILES\)/],
+    // A POSIX lock belongs to the table it was taken through: the thread's, not its process's.
+    ['lock', ['--file-locks'], /^ferry checkpoint: unsupported file: fd 13 of thread \d+ of pid \d+ -> \S+shared\.txt is a file locked through it \(\d+: POSIX .*\), in a descriptor table of the thread's own/],
+  ];
+  for (const [mode, flags, message] of refused) {
+    it(`${mode} in its table: refused with one line; the process runs on as it was`, async () => {
+      const w = await startWorkload(join(WORKLOADS, 'threadfds'), [mode]);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar'), ...flags]);
+      assert.equal(cp.code, 1, cp.stderr);
+      assert.match(cp.stderr, message);
+      assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
+      for (const tid of tids(w.pid)) assert.equal(procState(tid).tracer, 0, `thread ${tid} not traced`);
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+});
+
+/** The second thread of `pid`. */
+function t1(pid: number): number {
+  return tids(pid)[1]!;
+}

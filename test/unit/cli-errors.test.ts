@@ -169,11 +169,13 @@ function task(): Record<string, unknown> {
       posix: [{ id: 0, clock: 1, notify: 'signal', thread: null, signo: 14, value: '0x0', interval: pair, remaining: pair, overrun: 0 }],
     },
     stopped: false,
-    // The second thread has a root, working directory and umask of its own (unshare(CLONE_FS)).
+    // The second thread has a root, working directory and umask of its own (unshare(CLONE_FS))
+    // and a descriptor table of its own (unshare(CLONE_FILES)).
     threads: [100, 101].map((tid) => ({
       tid, regs: Object.fromEntries(REG_NAMES.map((r) => [r, '0x0'])), xstate: `tasks/100/xstate-${tid}.bin`, sigmask: '0x0',
       sigaltstack: { sp: '0x0', flags: 2, size: '0x0' }, rseq: null, robustList: { head: '0x0', len: 24 }, tidAddress: '0x0',
-      comm: 'w', pending: [], ...(tid === 101 ? { fs: { cwd: '/tmp', root: '/srv', umask: 63 } } : {}),
+      comm: 'w', pending: [],
+      ...(tid === 101 ? { fs: { cwd: '/tmp', root: '/srv', umask: 63 }, fds: [{ fd: 0, file: 1, cloexec: false }, { fd: 3, file: 1, cloexec: true }] } : {}),
     })),
     fds: [{ fd: 0, file: 1, cloexec: false }],
     pagesBytes: 8192,

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ProcessRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { forkedBySiblings, Forkers } from '../../src/image/sharing.js';
-import { validateSharing, validateTree } from '../../src/restore/validate.js';
+import { threadTableHolders, validateSharing, validateTree } from '../../src/restore/validate.js';
 
 const proc = (pid: number, ppid: number, extra: Partial<ProcessRecord> = {}): ProcessRecord => (
   { pid, ppid, pgid: 100, sid: 100, zombie: null, ...extra });
@@ -82,4 +82,27 @@ describe('tasks sharing a table hold the same', () => {
         (err: Error) => message.test(err.message) && /pid 101 shares the (descriptor table|fs struct) of pid 100/.test(err.message));
     });
   }
+});
+
+describe('threads with a descriptor table of their own (threads[].fds)', () => {
+  const task = (pid: number, threadFds?: TaskRecord['fds']): TaskRecord => ({
+    pid, fds: [{ fd: 0, file: 1, cloexec: false }],
+    threads: [{ tid: pid }, { tid: pid + 1000, ...(threadFds !== undefined ? { fds: threadFds } : {}) }],
+  }) as unknown as TaskRecord;
+  const files = [{ id: 1, kind: 'chr' }, { id: 2, kind: 'pipe' }];
+  const t = tree((ps) => { ps[1]!.sharesFiles = 100; });
+
+  it('count as their process\'s for the checks of what it holds', () => {
+    const [plain, own] = threadTableHolders('x.tar', t, [task(100), task(103, [{ fd: 0, file: 1, cloexec: false }, { fd: 7, file: 2, cloexec: true }])], files, false);
+    assert.deepEqual(plain!.fds.map((f) => f.file), [1], 'a task with no thread table as it is');
+    assert.deepEqual(own!.fds.map((f) => [f.fd, f.file]), [[0, 1], [0, 1], [7, 2]]);
+  });
+
+  it('refuse a file files.json lacks, and a thread table in a container\'s process sharing its table, with one line', () => {
+    assert.throws(() => threadTableHolders('x.tar', t, [task(103, [{ fd: 4, file: 9, cloexec: false }])], files, false),
+      /^FerryError: image x\.tar: fd 4 of thread 1103 of pid 103 names file 9, which files\.json does not list/);
+    const shared = [task(101, [{ fd: 4, file: 2, cloexec: false }])];
+    threadTableHolders('x.tar', t, shared, files, false);
+    assert.throws(() => threadTableHolders('x.tar', t, shared, files, true), /pid 101 shares a descriptor table with another process and has a thread with a table of its own/);
+  });
 });

@@ -1,0 +1,91 @@
+/**
+ * A thread with a descriptor table of its own inside a container, with real runc:
+ * build/workloads/threadfds-static is the container's init (test/fixtures/workloads/threadfds.c).
+ * Inside a container ferry's pid is not visible, so the thread's table is filled through a copy
+ * of ferry's pidfd its process keeps (restore/restore.ts rebuild): the restored container's
+ * thread has its own table again, the same descriptors as before, and checks itself.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
+import { BUSYBOX, busyboxRootfs, RUNC } from '../helpers/runc-criu.js';
+
+const WORKLOAD = join(WORKLOADS, 'threadfds-static');
+const skip = needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`) : 'needs runc (apt-get install runc)')
+  || (existsSync(WORKLOAD) ? false : `needs ${WORKLOAD} (npm run build)`);
+
+let dir = '';
+let state = '';
+let rootfs = '';
+const ids = new Set<string>();
+
+function runc(...args: string[]): { code: number; out: string } {
+  const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
+  return { code: r.status ?? -1, out: r.stdout };
+}
+
+/** The host pid of container `id`'s init, or 0 when runc does not know it. */
+function initPid(id: string): number {
+  const r = runc('state', id);
+  return r.code === 0 ? (JSON.parse(r.out) as { pid: number }).pid : 0;
+}
+
+/** Each thread's descriptor numbers with what they name (a pipe's inode left out), leader first. */
+function tables(pid: number): string[][] {
+  return readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b).map((tid) => {
+    const d = `/proc/${pid}/task/${tid}/fd`;
+    return readdirSync(d).map(Number).sort((a, b) => a - b).map((fd) => `${fd} ${readlinkSync(`${d}/${fd}`).replace(/^(pipe|socket|anon_inode):\[?[^\]]*\]?$/, '$1')}`);
+  });
+}
+
+describe('a thread with a descriptor table of its own inside a container', { skip, timeout: 180_000 }, () => {
+  before(() => {
+    dir = scratchDir('ferry-ctrfds-');
+    state = join(dir, 'state');
+    rootfs = join(dir, 'rootfs');
+    busyboxRootfs(rootfs);
+    copyFileSync(WORKLOAD, join(rootfs, 'bin', 'threadfds'));
+    chmodSync(join(rootfs, 'bin', 'threadfds'), 0o755);
+  });
+  after(() => {
+    for (const id of ids) runc('delete', '--force', id);
+    cleanup();
+  });
+
+  it('comes back with it, and checks itself', async () => {
+    const id = `ferry-threadfds-${process.pid}`;
+    const log = join(dir, 'threadfds.log');
+    const b = join(dir, 'bundle');
+    mkdirSync(b);
+    assert.equal(spawnSync(RUNC!, ['spec', '--bundle', b]).status, 0);
+    const config = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+    config.root = { path: rootfs, readonly: false };
+    config.process.terminal = false;
+    config.process.args = ['/bin/threadfds'];
+    writeFileSync(join(b, 'config.json'), JSON.stringify(config));
+    const fd = openSync(log, 'a');
+    const r = spawnSync(RUNC!, ['--root', state, 'run', '-d', '--bundle', b, id], { stdio: ['ignore', fd, fd], timeout: 60000 });
+    closeSync(fd);
+    assert.equal(r.status, 0, `runc run ${id} failed: ${readFileSync(log, 'utf8')}`);
+    ids.add(id);
+    await waitFor(`${id} to get ready`, () => readFileSync(log, 'utf8').includes('ready pid=1'));
+    const want = tables(initPid(id));
+    assert.equal(want.length, 2, 'two threads');
+    const image = join(dir, 'threadfds.tar');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    const rs = ferry(['restore', id, '--root', state, '--image', image, '--detach']);
+    assert.equal(rs.code, 0, rs.stderr);
+    const pid = initPid(id);
+    assert.deepEqual(tables(pid), want, 'each thread its own table, as before');
+    process.kill(pid, 'SIGUSR1');
+    await waitFor(`${id} to check itself`, () => /^(PASS|FAIL)/m.test(readFileSync(log, 'utf8')), 10000, () => readFileSync(log, 'utf8'));
+    const text = readFileSync(log, 'utf8');
+    assert.deepEqual(text.split('\n').filter((l) => l.startsWith('FAIL')), [], text);
+    assert.match(text, /^PASS$/m);
+  });
+});
