@@ -177,7 +177,7 @@ async function main(): Promise<void> {
     row('  kill ms', (x) => x.killMs, ms);
     row('  restore ms', (x) => x.restoreMs, ms);
     row('    memory ms', (x) => x.memoryMs, ms);
-    row('sent / memory', (x) => x.sentBytes / (mib << 20), (n) => n.toFixed(2));
+    row('sent / memory', (x) => x.sentBytes / (mib * 1024 * 1024), (n) => n.toFixed(2));
     row('rounds', (x) => x.rounds, (n) => String(n));
     const med = (k: Mode, f: (x: Figures) => number): number => stats(res[k].map(f)).med;
     const ratio = (k: Mode, f: (x: Figures) => number): string => (med(k, f) / med('stop', f)).toFixed(2);

@@ -34,6 +34,9 @@ export async function migrateToSelf(): Promise<void> {
   closeSync(out);
   const pid = child.pid!;
   const abort = new AbortController();
+  // A build never waits on it for long (a container build without ptrace, a loopback that
+  // drops): it is only a warm-up.
+  const timer = setTimeout(() => abort.abort(new Error('the migration warm-up took over 60 s')), 60_000);
   try {
     for (const end = Date.now() + 5000; !readFileSync(join(dir, 'counter.log'), 'utf8').includes('tick'); await sleep(10)) {
       if (Date.now() > end) throw new Error('the counter did not start');
@@ -48,6 +51,7 @@ export async function migrateToSelf(): Promise<void> {
     await migrate({ pid, to: { host: '127.0.0.1', port }, key, lazy: true, config, logger: silentLogger, signal: abort.signal });
     await receiving;
   } finally {
+    clearTimeout(timer);
     abort.abort();
     try {
       process.kill(pid, 'SIGKILL');
