@@ -5,6 +5,7 @@
 import { errnoCode, FerryError } from '../errors.js';
 import { FdStat } from '../proc/fd-stat.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
+import { THREAD_ALONE_KINDS } from '../image/sharing.js';
 import { native } from '../native/binding.js';
 import { parseFdinfo } from '../proc/fdinfo.js';
 import { fdCloexec } from '../proc/fdinfo.js';
@@ -264,14 +265,6 @@ function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: Map<number, Readonl
   return (named(rec.name) || named(rec.external)) && taskMounts(d.pid, mounts) !== null;
 }
 
-/**
- * Kinds a thread's own descriptor table may hold alone (no process of the tree holds them):
- * their modules dump one descriptor by itself (its fdinfo, a copy taken with pidfd_getfd(2)),
- * and restore installs them with nothing more to do in the holder (no `installed` hook). The
- * others look for their peers, targets or holders through the processes' tables, or set
- * state through a process holding them.
- */
-const THREAD_ALONE_KINDS: ReadonlySet<string> = new Set(['reg', 'ghost', 'pipe', 'fifo', 'chr', 'eventfd', 'memfd', 'timerfd', 'signalfd']);
 
 /**
  * Refuses a descriptor of a thread's own table (`tid` is `d.pid`, of process `pid`) restore

@@ -16,6 +16,15 @@
  */
 import type { ProcessRecord } from './records.js';
 
+/**
+ * Kinds a thread's own descriptor table may hold alone (no process of the tree holds them):
+ * their modules dump one descriptor by itself (its fdinfo, a copy taken with pidfd_getfd(2)),
+ * and restore installs them with nothing more to do in the holder (no `installed` hook). The
+ * others look for their peers, targets or holders through the processes' tables, or set
+ * state through a process holding them.
+ */
+export const THREAD_ALONE_KINDS: ReadonlySet<string> = new Set(['reg', 'ghost', 'pipe', 'fifo', 'chr', 'eventfd', 'memfd', 'timerfd', 'signalfd']);
+
 /** The fields of a process record naming a table it shares. */
 export const SHARED_TABLES = ['sharesFiles', 'sharesFs'] as const;
 

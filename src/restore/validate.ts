@@ -14,7 +14,7 @@ import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import { KEPT_TABLE } from '../files/tcp-lock.js';
 import { TREE_ENTRY, type FileRecord, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
-import { forkedBySiblings, Forkers, SHARED_TABLES } from '../image/sharing.js';
+import { forkedBySiblings, Forkers, SHARED_TABLES, THREAD_ALONE_KINDS } from '../image/sharing.js';
 import { inherits } from './cow.js';
 
 /** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT). */
@@ -461,8 +461,12 @@ function validateCreds(where: string, c: unknown, threads: ReadonlyArray<{ tid: 
  */
 export function threadTableHolders(label: string, tree: TreeRecord, tasks: readonly TaskRecord[], files: readonly FileRecord[],
   container: boolean): TaskRecord[] {
-  const ids = new Set(files.map((f) => f.id));
+  const byId = new Map(files.map((f) => [f.id, f]));
   const sharing = new Set(tree.processes.filter((p) => p.sharesFiles !== undefined).map((p) => p.pid));
+  // What a checkpoint refuses in a thread's own table is refused here too (files/collect.ts
+  // refuseInThreadTable): its table is filled without the kinds' `installed` hooks, so an
+  // epoll, a file only such tables hold of another kind, or its lock would come back wrong.
+  const processHeld = new Set(tasks.flatMap((t) => t.fds.map((f) => f.file)));
   return tasks.map((t) => {
     const own = t.threads.filter((th) => th.fds !== undefined);
     if (own.length === 0) return t;
@@ -471,8 +475,19 @@ export function threadTableHolders(label: string, tree: TreeRecord, tasks: reado
         + 'which restore cannot rebuild inside a container yet: nothing was restored', { pid: t.pid });
     }
     for (const th of own) {
-      const bad = th.fds!.find((f) => !ids.has(f.file));
+      const bad = th.fds!.find((f) => !byId.has(f.file));
       if (bad) throw new FerryError('EIMAGE', `image ${label}: fd ${bad.fd} of thread ${th.tid} of pid ${t.pid} names file ${bad.file}, which files.json does not list: refused; nothing was restored`, { pid: t.pid });
+      for (const fd of th.fds!) {
+        const f = byId.get(fd.file)!;
+        const alone = !processHeld.has(fd.file);
+        const locked = ((f as { locks?: unknown[] }).locks?.length ?? 0) > 0;
+        const why = f.kind === 'eventpoll' ? 'an epoll'
+          : alone && !THREAD_ALONE_KINDS.has(f.kind) ? `a file of kind ${String(f.kind).slice(0, 32)} no process holds`
+            : alone && locked ? 'a locked file no process holds' : undefined;
+        if (why !== undefined) {
+          throw new FerryError('EIMAGE', `image ${label}: fd ${fd.fd} of thread ${th.tid} of pid ${t.pid} is ${why}, which a checkpoint never puts in a thread's own descriptor table: refused; nothing was restored`, { pid: t.pid });
+        }
+      }
     }
     return { ...t, fds: [...t.fds, ...own.flatMap((th) => th.fds!)] };
   });

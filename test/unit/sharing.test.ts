@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { ProcessRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
+import type { FileRecord, ProcessRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { forkedBySiblings, Forkers } from '../../src/image/sharing.js';
 import { threadTableHolders, validateSharing, validateTree } from '../../src/restore/validate.js';
 
@@ -89,7 +89,8 @@ describe('threads with a descriptor table of their own (threads[].fds)', () => {
     pid, fds: [{ fd: 0, file: 1, cloexec: false }],
     threads: [{ tid: pid }, { tid: pid + 1000, ...(threadFds !== undefined ? { fds: threadFds } : {}) }],
   }) as unknown as TaskRecord;
-  const files = [{ id: 1, kind: 'chr' }, { id: 2, kind: 'pipe' }];
+  const files = [{ id: 1, kind: 'chr' }, { id: 2, kind: 'pipe' }, { id: 3, kind: 'eventpoll' }, { id: 4, kind: 'unix' },
+    { id: 5, kind: 'reg', locks: [{ kind: 'flock', type: 'write', start: '0', len: '0' }] }] as unknown as FileRecord[];
   const t = tree((ps) => { ps[1]!.sharesFiles = 100; });
 
   it('count as their process\'s for the checks of what it holds', () => {
@@ -104,5 +105,20 @@ describe('threads with a descriptor table of their own (threads[].fds)', () => {
     const shared = [task(101, [{ fd: 4, file: 2, cloexec: false }])];
     threadTableHolders('x.tar', t, shared, files, false);
     assert.throws(() => threadTableHolders('x.tar', t, shared, files, true), /pid 101 shares a descriptor table with another process and has a thread with a table of its own/);
+  });
+
+  it('refuse what a checkpoint never puts in such a table (an epoll, a kind or a locked file only it holds), with one line', () => {
+    const one = (file: number, held = false): TaskRecord => {
+      const tk = task(103, [{ fd: 5, file, cloexec: false }]);
+      if (held) tk.fds.push({ fd: 9, file, cloexec: false });
+      return tk;
+    };
+    for (const [file, why] of [[3, 'an epoll'], [4, 'a file of kind unix no process holds'], [5, 'a locked file no process holds']] as const) {
+      assert.throws(() => threadTableHolders('x.tar', t, [one(file)], files, false), (err: Error) => err.message.includes(`fd 5 of thread 1103 of pid 103 is ${why}`) && !err.message.includes('\n'));
+    }
+    assert.throws(() => threadTableHolders('x.tar', t, [one(3, true)], files, false), /is an epoll/, 'an epoll even where its process holds it too');
+    // The same kinds are fine where a process's table holds them too (installed through it).
+    threadTableHolders('x.tar', t, [one(4, true)], files, false);
+    threadTableHolders('x.tar', t, [one(5, true)], files, false);
   });
 });
