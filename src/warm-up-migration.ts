@@ -14,7 +14,7 @@ import { silentLogger } from './log-silent.js';
 import { derivePsk } from './migrate/key.js';
 import { receive } from './migrate/receiver.js';
 import { migrate } from './migrate/sender.js';
-import { PACKAGE_ROOT } from './native/binding.js';
+import { native, PACKAGE_ROOT } from './native/binding.js';
 import { closeInheritedFds } from './proc/inherited.js';
 import { parseMaxCreds } from './restore/bounds.js';
 /**
@@ -33,6 +33,10 @@ export async function migrateToSelf(): Promise<void> {
   const child = spawn(counter, ['20'], { stdio: ['ignore', out, out], detached: true });
   closeSync(out);
   const pid = child.pid!;
+  // Killed by pidfd at the end, the original or the one restored: never a process that took
+  // the PID meanwhile (the build runs as root).
+  const n = native();
+  let pidfd = n.pidfdOpen(pid);
   const abort = new AbortController();
   // A build never waits on it for long (a container build without ptrace, a loopback that
   // drops): it is only a warm-up.
@@ -48,16 +52,23 @@ export async function migrateToSelf(): Promise<void> {
     });
     receiving.catch(() => {});
     for (const end = Date.now() + 5000; port === 0; await sleep(5)) if (Date.now() > end) throw new Error('the receiver did not listen');
-    await migrate({ pid, to: { host: '127.0.0.1', port }, key, lazy: true, config, logger: silentLogger, signal: abort.signal });
+    const moved = await migrate({ pid, to: { host: '127.0.0.1', port }, key, lazy: true, config, logger: silentLogger, signal: abort.signal });
+    // The counter restored here: it runs (it never exits by itself) until the kill below.
+    const restored = n.pidfdOpen(moved.pid);
+    closeSync(pidfd);
+    pidfd = restored;
     await receiving;
   } finally {
     clearTimeout(timer);
     abort.abort();
     try {
-      process.kill(pid, 'SIGKILL');
-    } catch { /* gone */ }
+      n.pidfdSendSignal(pidfd, SIGKILL);
+    } finally {
+      closeSync(pidfd);
+    }
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
+const SIGKILL = 9;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
