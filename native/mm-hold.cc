@@ -27,6 +27,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -117,8 +118,14 @@ Napi::Value MmHold(const Napi::CallbackInfo& info) {
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, 64 * 1024);
+  // Every signal blocked in the thread (it inherits the mask it is created with): a signal to
+  // ferry is the JS thread's to take, not one to end a hold early.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   pthread_t th;
   int err = pthread_create(&th, &attr, Reader, h);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   pthread_attr_destroy(&attr);
   if (err != 0) {
     h->owners = 1;  // no thread: ours alone
@@ -128,7 +135,7 @@ Napi::Value MmHold(const Napi::CallbackInfo& info) {
   // The thread's fault on our page (held), or its read returning (not held).
   struct pollfd fds[2] = {{h->uffd, POLLIN, 0}, {h->done, POLLIN, 0}};
   int n;
-  do n = poll(fds, 2, static_cast<int>(timeoutMs));
+  do n = poll(fds, 2, static_cast<int>(timeoutMs < 0 ? 0 : timeoutMs));
   while (n < 0 && errno == EINTR);
   bool held = n > 0 && (fds[0].revents & POLLIN) != 0;
   if (held) {
@@ -157,7 +164,13 @@ Napi::Value MmRelease(const Napi::CallbackInfo& info) {
   zero.range.start = reinterpret_cast<uint64_t>(h->page);
   zero.range.len = kPage;
   // Resolves the fault and wakes the thread; a page already there (EEXIST) needs nothing.
-  ioctl(h->uffd, UFFDIO_ZEROPAGE, &zero);
+  // Should it fail otherwise, the page leaves the userfaultfd (an ordinary fault then gives
+  // it a zero page) and the thread is woken to take it: it must never wait on for ever.
+  if (ioctl(h->uffd, UFFDIO_ZEROPAGE, &zero) < 0 && errno != EEXIST) {
+    struct uffdio_range range = {reinterpret_cast<uint64_t>(h->page), kPage};
+    ioctl(h->uffd, UFFDIO_UNREGISTER, &range);
+    ioctl(h->uffd, UFFDIO_WAKE, &range);
+  }
   h->Drop();
   return info.Env().Undefined();
 }

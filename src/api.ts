@@ -106,9 +106,10 @@ export interface CheckpointOptions extends CommonOptions {
    */
   skipReapWait?: boolean;
   /**
-   * The killed tree's memory is freed once this settles, by threads of ferry's
-   * (dump/memory-hold.ts), so that the kill does not wait for it: a migration frees it once
-   * the tree runs on the target. Absent: once the tree is reaped.
+   * The killed tree's memory is freed once this settles (at the latest a minute after the
+   * kill), by threads of ferry's (dump/memory-hold.ts), so that the kill does not wait for it.
+   * Absent: once the tree is reaped. Meanwhile the memory stays in use, and so do the files it
+   * maps: a caller restoring the tree on this host lets it go first.
    */
   teardownAfter?: Promise<unknown>;
   /**

@@ -43,6 +43,7 @@ import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers, shareAmongSiblings } from './memory.js';
 import { holdAddressSpaces } from './memory-hold.js';
+import type { LockRecord } from '../files/locks.js';
 import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
@@ -80,6 +81,9 @@ async function waitReaped(pid: number, timeoutMs: number): Promise<void> {
  * thread on each side per chunk (0.2-3 ms on a loaded 2-core machine).
  */
 const HASH_POOL_MIN_BYTES = 8 * 1024 * 1024;
+
+/** The longest a checkpoint's caller may keep a killed tree's memory held (teardownAfter). */
+const TEARDOWN_AFTER_MAX_MS = 60_000;
 
 /**
  * A tree left running that stores at most this many bytes of pages is let go before its image
@@ -539,7 +543,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       // The big address spaces are held from here across the kill, so that its processes exit
       // without freeing their memory first (memory-hold.ts): a thread of ours frees it once
       // let go. Taken before the fault point, so that a ferry dying with them held is tested.
-      const letMemoryGo = o.leaveRunning ? () => {}
+      // Not for a tree holding a flock, OFD lock or lease: its open file description stays
+      // while a held address space maps the file, and so would the lock after the kill.
+      const fileLocked = files.files.some((f) => (f as { locks?: readonly LockRecord[] }).locks?.some((l) => l.kind !== 'posix') ?? false);
+      const letMemoryGo = o.leaveRunning || fileLocked ? () => {}
         : holdAddressSpaces(dumped.map((d) => ({ pid: d.task.pid, pagesBytes: d.memory.pagesBytes, vmas: d.memory.vmas })));
       try {
         await faultPoint('written', o.signal).catch(() => {});
@@ -557,7 +564,11 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
           tree.release(); // a no-op when it was let go before the write
         } else {
           killTree(live);
-          if (o.teardownAfter !== undefined) o.teardownAfter.then(letMemoryGo, letMemoryGo);
+          if (o.teardownAfter !== undefined) {
+            o.teardownAfter.then(letMemoryGo, letMemoryGo);
+            // A caller that never settles it does not keep the memory for ever.
+            setTimeout(letMemoryGo, TEARDOWN_AFTER_MAX_MS).unref();
+          }
           o.onKilled?.();
         }
       } catch (err) {

@@ -15,7 +15,7 @@ import { native } from '../native/binding.js';
 const HOLD_MIN_BYTES = 16 << 20;
 /** At most this many holds (a thread each), the biggest first. */
 const MAX_HOLDS = 16;
-/** How long a hold may take to be seen before the kill goes on without it. */
+/** How long the holds may take to be seen, all of them, before the kill goes on without the rest. */
 const HOLD_TIMEOUT_MS = 50;
 
 /** A process's memory plan, as far as a hold needs it. */
@@ -32,11 +32,14 @@ export interface HeldSpace {
 export function holdAddressSpaces(spaces: readonly HeldSpace[]): () => void {
   const ids: number[] = [];
   const big = spaces.filter((s) => s.pagesBytes >= HOLD_MIN_BYTES).sort((a, b) => b.pagesBytes - a.pagesBytes).slice(0, MAX_HOLDS);
+  const deadline = performance.now() + HOLD_TIMEOUT_MS;
   for (const s of big) {
     const at = presentPage(s.vmas);
     if (at === undefined) continue;
     try {
-      const id = native().mmHold(s.pid, at, HOLD_TIMEOUT_MS);
+      // One budget for all (the tree is stopped meanwhile): a hold not seen in what is left of
+      // it is still released later, its thread never waiting on anything of ours.
+      const id = native().mmHold(s.pid, at, Math.max(0, Math.ceil(deadline - performance.now())));
       if (id !== 0) ids.push(id);
     } catch { /* no userfaultfd for ferry: the kill frees the memory itself */ }
   }

@@ -249,10 +249,6 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
 
   const session = new Session('migrate', log);
   let channel: Channel | undefined;
-  // The killed tree's memory is freed once the tree runs there, or once it is back here (or
-  // on any other way out): the kill does not wait for it (dump/memory-hold.ts).
-  let freeSource = (): void => {};
-  const teardownAfter = new Promise<void>((resolve) => { freeSource = resolve; });
   try {
     if (isSsh(o.to)) {
       channel = sshChannel(o.to, o.ssh ?? {}, log, o.signal);
@@ -311,6 +307,9 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const copy = join(dir, 'image.tar');
     frames?.name(join(dir, FRAME_LOG));
+    // The frozen image's frames are written to it on the pool while the tree is stopped, and
+    // waited for before "end" (below).
+    frames?.deferWrites();
     const copyFd = frames === undefined ? openSync(copy, 'wx', 0o600) : -1;
     if (copyFd >= 0) session.onUndo('close the copy', () => { try { closeSync(copyFd); } catch { /* closed */ } });
     const pump = new Pump(ch, copyFd, o.signal, pre !== undefined ? (chunk) => pre.send(chunk) : undefined);
@@ -322,7 +321,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let sent = 0;
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
-      pid: o.pid, image: pump.path, leaveRunning: false, signKey, teardownAfter, ...(otherKernel ? { skipReapWait: true } : {}),
+      pid: o.pid, image: pump.path, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
       ...(pre !== undefined ? { heldPages: pre.heldPages() } : {}),
       config: o.config, logger: o.logger,
       ...(o.files !== undefined ? { files: o.files } : {}),
@@ -336,7 +335,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         const bytes = await pump.done + (pre?.refBytes ?? 0);
         sent = bytes;
         if (copyFd >= 0) closeSync(copyFd);
-        frames?.close();
+        await frames?.finish();
         // Under pre-copy: pages the frozen dump read from the tree, and those it named by digest,
         // which left them out of the stream: each must have become a REF, else the image
         // would come out wrong here as there (checked before anything is killed).
@@ -384,7 +383,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
 
     // The point of no return: the source is gone, the workload lives in the image only.
     return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids,
-      { t0, stoppedAt, tFirst: pump.firstAt, tEnd, tReady, sent, pre, netLock, freeSource }));
+      { t0, stoppedAt, tFirst: pump.firstAt, tEnd, tReady, sent, pre, netLock }));
   } catch (err) {
     // Tell the target why, so it removes what it holds (a target gone already hears nothing).
     if (channel !== undefined && channel.failure === undefined && !(err instanceof FerryError && err.cause instanceof PeerError)) {
@@ -394,8 +393,6 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     }
     session.unwind();
     throw err;
-  } finally {
-    freeSource();
   }
 }
 
@@ -422,8 +419,7 @@ const round = (ms: number): number => Math.round(ms * 10) / 10;
  */
 async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: string, dir: string,
   signKey: KeyObject, restoreWith: string, pids: number[],
-  t: { t0: number; stoppedAt: number; tFirst: number; tEnd: number; tReady: number; sent: number; pre: PreCopySender | undefined; netLock: string | undefined;
-    freeSource: () => void }): Promise<MigrateResult> {
+  t: { t0: number; stoppedAt: number; tFirst: number; tEnd: number; tReady: number; sent: number; pre: PreCopySender | undefined; netLock: string | undefined }): Promise<MigrateResult> {
   const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
   const to = formatUrl(o.to);
   // How to restore a kept copy by hand (a container takes no --max-creds: its bundle bounds it).
@@ -437,14 +433,12 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   try {
     running = await ch.next('restoring the tree', 'running');
     tRunning = performance.now();
-    t.freeSource();
     // Lazy pages: the tree runs there, its memory still coming in from the target's copy of
     // the image; it is not the target's for sure until every page is in.
     if (o.lazy === true) filled = await ch.next('waiting for the target to hold every page of the tree', 'filled');
   } catch (err) {
     session.close(); // the copy is the workload now: nothing of it is removed by an undo
     ch.destroy();
-    t.freeSource(); // before a restore here, which needs as much memory
     if (err instanceof PeerError) {
       // The target says it failed, and a failed restore leaves nothing there: restore here.
       log.error({ err }, 'the target could not restore the tree; restoring it here');

@@ -9,7 +9,7 @@
  * restores the workload whole. Nothing about time is asserted (bench:migrate shows the kill).
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -21,8 +21,10 @@ import { needs, WORKLOADS } from '../helpers/env.js';
 import { alive, cleanup, own, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const MEMCHECK = join(WORKLOADS, 'memcheck');
+const DIRTIER = join(WORKLOADS, 'dirtier');
 const MEMORY = '/sys/fs/cgroup/memory';
 const skip = needs('root', 'build') || (!existsSync(MEMCHECK) && "needs build/workloads/memcheck ('npm run build')")
+  || (!existsSync('/usr/bin/flock') && 'needs /usr/bin/flock (util-linux)')
   || (!existsSync(join(MEMORY, 'memory.usage_in_bytes')) && `needs the cgroup v1 memory controller at ${MEMORY}`);
 
 const imageDir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'ferry-kill-hold-'));
@@ -64,6 +66,36 @@ describe('the kill of a checkpoint', { skip, timeout: 120_000 }, () => {
     const back = await restore({ image, config, logger });
     own(back.pid);
     assert.equal(back.pid, w.pid);
+    assert.equal(await verify(w), 'PASS');
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  it('holds nothing for a tree holding a flock: the memory and the lock go with the kill; the image restores it with its lock', async () => {
+    mkdirSync(cgroup, { recursive: true });
+    // The shell opens the file, flock(1) locks that open file, and the dirtier keeps it (fd 9;
+    // memcheck closes what it inherits).
+    const lockFile = join(imageDir, 'held.lock');
+    const w = await startWorkload('/bin/sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec 9>${lockFile} && /usr/bin/flock 9 && exec ${DIRTIER} 32 1`]);
+    const ino = statSync(lockFile).ino;
+    const locked = (): boolean => new RegExp(`FLOCK\\s+ADVISORY\\s+WRITE\\s+\\d+\\s+[0-9a-f]+:[0-9a-f]+:${ino} `).test(readFileSync('/proc/locks', 'utf8'));
+    assert.ok(locked(), 'the workload holds the lock');
+    const image = join(imageDir, 'img3.tar');
+    let letGo = (): void => {};
+    const teardownAfter = new Promise<void>((resolve) => { letGo = resolve; });
+    try {
+      const r = await checkpoint({ pid: w.pid, image, leaveRunning: false, config, logger, teardownAfter, files: { fileLocks: true } });
+      assert.deepEqual(r.pids, [w.pid]);
+      await waitFor(`pid ${w.pid} to be reaped`, () => !alive(w.pid), 10_000);
+      // Nothing held although teardownAfter is pending: the lock would live on in a held mapping.
+      await waitFor('the memory to be freed', () => charged() < 8 * MIB, 10_000, () => `${Math.round(charged() / MIB)} MiB still charged`);
+      assert.ok(!locked(), 'the lock went with the kill');
+    } finally {
+      letGo();
+    }
+    const back = await restore({ image, config, logger, files: { fileLocks: true } });
+    own(back.pid);
+    assert.equal(back.pid, w.pid);
+    assert.ok(locked(), 'the lock is held again');
     assert.equal(await verify(w), 'PASS');
     process.kill(w.pid, 'SIGKILL');
   });

@@ -53,10 +53,12 @@ describe('removeStaleDirs', () => {
     assert.ok(existsSync(image));
   });
 
-  it('makes the image from the frames a pre-copy sender kept, then moves it out', () => {
+  it('makes the image from the frames a pre-copy sender kept, then moves it out', async () => {
     const dir = join(work, `${SENDER_DIR}${gone}-dddddd`);
     mkdirSync(dir);
     const log = new FrameLog(work, join(work, 'unused'));
+    // The frozen image's frames are written on the pool (the sender defers once the rounds end).
+    log.deferWrites();
     const pages = Buffer.alloc(17 + 2 * 4096, 7);
     writeHead(pages, TAG_PAGES, 4242, 0x10000n, 2);
     const ref = Buffer.alloc(17);
@@ -64,7 +66,7 @@ describe('removeStaleDirs', () => {
     for (const f of [pages, Buffer.concat([Buffer.from([TAG_RAW]), Buffer.from('head')]), ref, Buffer.concat([Buffer.from([TAG_RAW]), Buffer.from('tail')])]) log.append(f);
     assert.deepEqual(readdirSync(work).filter((n) => n !== `ferry-migrate-4242-unknown-${gone}-cccccc.tar`).sort(), [`${SENDER_DIR}${gone}-dddddd`], 'no name until it is given one');
     log.name(join(dir, FRAME_LOG));
-    log.close();
+    await log.finish();
     writeFileSync(join(dir, HANDED_OVER), JSON.stringify({ pid: 4243, to: 'tcp://node2:7070' }));
     const kept: string[] = [];
     removeStaleDirs(work, SENDER_DIR, (image) => kept.push(image));
@@ -73,7 +75,7 @@ describe('removeStaleDirs', () => {
     assert.deepEqual(readFileSync(kept[0]!), Buffer.concat([Buffer.from('head'), Buffer.alloc(2 * 4096, 7), Buffer.from('tail')]));
   });
 
-  it('a rebuild that fails leaves no image and the frames as they were; one killed before does not block the next', () => {
+  it('a rebuild that fails leaves no image and the frames as they were; one killed before does not block the next', async () => {
     const dir = join(work, `${SENDER_DIR}${process.pid}-eeeeee`);
     mkdirSync(dir);
     const frames = join(dir, FRAME_LOG);
@@ -84,7 +86,7 @@ describe('removeStaleDirs', () => {
     writeHead(ref, TAG_REF, 4244, 0x10000n, 1);
     for (const f of [pages, Buffer.concat([Buffer.from([TAG_RAW]), Buffer.from('head')]), ref]) log.append(f);
     log.name(frames);
-    log.close();
+    await log.finish();
     const whole = readFileSync(frames);
     // Cut inside a record: the rebuild fails part-way, after it has written some of the image.
     appendFileSync(frames, Buffer.from([0, 0, 0, 9, TAG_RAW]));
