@@ -26,6 +26,9 @@ import { corruptEntry, exitOf, killFerries, leftovers, migrationDir, records, st
 import { cleanup, procState, scratchDir, stubs, waitFor } from '../helpers/processes.js';
 import { SKIP_RUNC_CRIU } from '../helpers/runc-criu.js';
 
+/** In this run's container ids: another run on the machine has other cgroups (runc names them by id). */
+const RUN = process.pid;
+
 const skip = needs('root', 'build') || nodesMissing() || SKIP_RUNC_CRIU;
 after(() => { killFerries(); removeNodes(); cleanup(); });
 
@@ -63,10 +66,10 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
 
   it('moves a container writing 10 MiB/s of its 32 MiB: it runs on the target before its memory is in, every page right', async () => {
     const log = join(dir, 'l1.log');
-    await runDirtier(nodes.source, 'ferry-l1', dirtierBundle(nodes.source, 'ferry-l1', rootfs, 32, 10), log);
-    const tb = dirtierBundle(nodes.target, 'ferry-l2', rootfs, 32, 10);
+    await runDirtier(nodes.source, `ferry-l1-${RUN}`, dirtierBundle(nodes.source, `ferry-l1-${RUN}`, rootfs, 32, 10), log);
+    const tb = dirtierBundle(nodes.target, `ferry-l2-${RUN}`, rootfs, 32, 10);
     const { r: recv, port } = await receiver();
-    const mig = migrate('ferry-l1', 'ferry-l2', tb, port, ['--pre-copy']);
+    const mig = migrate(`ferry-l1-${RUN}`, `ferry-l2-${RUN}`, tb, port, ['--pre-copy']);
     assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
     assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
 
@@ -87,8 +90,8 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
       + `total ${String(done['totalMs'])} ms, ${String(filled['pages'])} pages served, ${String(filled['faults'])} on touch, in ${String(filled['fillMs'])} ms\n`);
     assert.deepEqual(records(recv).map((x) => x['phase']), ['listen', 'transfer', 'restore', 'filled', 'done']);
 
-    assert.equal(stateIn(nodes.source, 'ferry-l1').status, 'absent', 'the source container is deleted');
-    const st = stateIn(nodes.target, 'ferry-l2');
+    assert.equal(stateIn(nodes.source, `ferry-l1-${RUN}`).status, 'absent', 'the source container is deleted');
+    const st = stateIn(nodes.target, `ferry-l2-${RUN}`);
     assert.equal(st.status, 'running');
     assert.equal(procState(st.pid).tracer, 0, 'untraced');
     assert.equal(missingRegistered(st.pid), false, 'no area left registered once every page is in');
@@ -96,24 +99,24 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
     await waitFor('ticks on the target', () => ticksIn(log) >= n + 2);
     assert.equal(await verifyDirtier(st.pid, log), 'PASS');
     assert.deepEqual(leftovers(workDir), [], 'nothing left in image.work_dir');
-    assert.equal(runcIn(nodes.target, 'delete', '--force', 'ferry-l2').code, 0);
+    assert.equal(runcIn(nodes.target, 'delete', '--force', `ferry-l2-${RUN}`).code, 0);
   });
 
   it('a shell forking a child every 50 ms, its pages served as it touches them, counts on there: every tick once, in order', async () => {
     const log = join(dir, 'l5.log');
     const counter = ['sh', '-c', 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done'];
-    await runDirtier(nodes.source, 'ferry-l5', bundleOn(nodes.source, 'ferry-l5', rootfs, counter), log);
-    const tb = bundleOn(nodes.target, 'ferry-l6', rootfs, counter);
+    await runDirtier(nodes.source, `ferry-l5-${RUN}`, bundleOn(nodes.source, `ferry-l5-${RUN}`, rootfs, counter), log);
+    const tb = bundleOn(nodes.target, `ferry-l6-${RUN}`, rootfs, counter);
     // The background fill is held back 1.5 s: the shell's pages come in as it touches them
     // (a fault brings its whole chunk: all of a shell's few pages). Stop and copy, a
     // container's default (pre-copy of a forking container is asked for only: sender.ts).
     const { r: recv, port } = await receiver('lazy+1500');
-    const mig = migrate('ferry-l5', 'ferry-l6', tb, port);
+    const mig = migrate(`ferry-l5-${RUN}`, `ferry-l6-${RUN}`, tb, port);
     assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
     assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
     const filled = records(mig).find((x) => x['phase'] === 'filled')!;
     assert.ok((filled['pages'] as number) > 0 && (filled['faults'] as number) > 0, `served on touch: ${JSON.stringify(filled)}`);
-    const st = stateIn(nodes.target, 'ferry-l6');
+    const st = stateIn(nodes.target, `ferry-l6-${RUN}`);
     assert.equal(st.status, 'running');
     assert.equal(missingRegistered(st.pid), false);
     const n = ticksIn(log);
@@ -122,12 +125,12 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
     assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order');
     assert.deepEqual(leftovers(workDir), []);
     assert.deepEqual(stubs(), []);
-    assert.equal(runcIn(nodes.target, 'delete', '--force', 'ferry-l6').code, 0);
+    assert.equal(runcIn(nodes.target, 'delete', '--force', `ferry-l6-${RUN}`).code, 0);
   });
 
   for (const where of ['image', 'store'] as const) {
   it(`a page corrupted in the target's ${where === 'image' ? 'spooled image (stop and copy)' : 'pre-copy store'}: the container there is killed and deleted, and runs here again under its id`, async () => {
-    const src = where === 'image' ? 'ferry-l3' : 'ferry-l7', dst = where === 'image' ? 'ferry-l4' : 'ferry-l8';
+    const src = where === 'image' ? `ferry-l3-${RUN}` : `ferry-l7-${RUN}`, dst = where === 'image' ? `ferry-l4-${RUN}` : `ferry-l8-${RUN}`;
     const log = join(dir, `${src}.log`);
     await runDirtier(nodes.source, src, dirtierBundle(nodes.source, src, rootfs, 32, 10), log);
     const tb = dirtierBundle(nodes.target, dst, rootfs, 32, 10);

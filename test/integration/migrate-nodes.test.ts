@@ -31,6 +31,9 @@ import {
 } from '../helpers/processes.js';
 import { countsOn, ticks } from '../helpers/runc-criu.js';
 
+/** In this run's container ids: another run on the machine has other cgroups (runc names them by id). */
+const RUN = process.pid;
+
 const RUNC = ['/usr/sbin/runc', '/usr/bin/runc'].find((p) => existsSync(p));
 const SSHD = ['/usr/sbin/sshd'].find((p) => existsSync(p));
 const BUSYBOX = '/bin/busybox';
@@ -356,38 +359,38 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
 
     it('moves a runc container to a new id, its bundle and runc root on the target node', async () => {
       const log = join(dir, 'm1.log');
-      await runCounter('ferry-m1', log);
-      const tb = bundle(nodes.target, 'ferry-m2');
+      await runCounter(`ferry-m1-${RUN}`, log);
+      const tb = bundle(nodes.target, `ferry-m2-${RUN}`);
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root']);
-      const mig = start(nodes.source, ['migrate', 'ferry-m1', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
-        '--key', key, '--target-id', 'ferry-m2', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
+      const mig = start(nodes.source, ['migrate', `ferry-m1-${RUN}`, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
+        '--key', key, '--target-id', `ferry-m2-${RUN}`, '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
       assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
       process.stdout.write(`# container between nodes: ${mig.stdout().trim()}\n`);
-      assert.match(mig.stdout(), /^migrated container ferry-m1 as ferry-m2(?: \(\d+ processes\))? to tcp:\/\/10\.200\.\d+\.2:\d+: .+, downtime \d+ ms, total \d+ ms\n$/);
+      assert.match(mig.stdout(), new RegExp(`^migrated container ferry-m1-${RUN} as ferry-m2-${RUN}(?: \\(\\d+ processes\\))? to tcp://10\\.200\\.\\d+\\.2:\\d+: .+, downtime \\d+ ms, total \\d+ ms\n$`));
       assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-      assert.equal(status(nodes.source, 'ferry-m1'), 'absent', 'the source container is deleted');
-      assert.equal(status(nodes.target, 'ferry-m2'), 'running');
-      const st = JSON.parse(runc(nodes.target.runcRoot, 'state', 'ferry-m2').out) as { bundle: string; pid: number };
+      assert.equal(status(nodes.source, `ferry-m1-${RUN}`), 'absent', 'the source container is deleted');
+      assert.equal(status(nodes.target, `ferry-m2-${RUN}`), 'running');
+      const st = JSON.parse(runc(nodes.target.runcRoot, 'state', `ferry-m2-${RUN}`).out) as { bundle: string; pid: number };
       assert.equal(st.bundle, tb);
       unharmed(st.pid);
       await countsOn(log);
-      assert.equal(runc(nodes.target.runcRoot, 'delete', '--force', 'ferry-m2').code, 0);
+      assert.equal(runc(nodes.target.runcRoot, 'delete', '--force', `ferry-m2-${RUN}`).code, 0);
       assert.deepEqual(leftovers(), []);
     });
 
     it('the receiver SIGKILLed while a container\'s image streams: it runs on here, the target holds nothing', async () => {
       const log = join(dir, 'm3.log');
-      await runCounter('ferry-m3', log);
-      const tb = bundle(nodes.target, 'ferry-m4');
+      await runCounter(`ferry-m3-${RUN}`, log);
+      const tb = bundle(nodes.target, `ferry-m4-${RUN}`);
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root'], 'streaming');
-      const mig = start(nodes.source, ['migrate', 'ferry-m3', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
-        '--key', key, '--target-id', 'ferry-m4', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
+      const mig = start(nodes.source, ['migrate', `ferry-m3-${RUN}`, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
+        '--key', key, '--target-id', `ferry-m4-${RUN}`, '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
       await waitFor('the receiver to pause while streaming', () => /paused at streaming/.test(recv.stderr()), 30_000,
         () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
       recv.child.kill('SIGKILL');
       assert.equal(await exitOf(mig, 'ferry migrate'), 1);
       assert.match(mig.stderr(), /^ferry migrate: .*, so pid \d+ was let go as it was: it runs on here\n$/);
-      await containerRunsOn('ferry-m3', log);
+      await containerRunsOn(`ferry-m3-${RUN}`, log);
       assert.deepEqual(containersIn(nodes.target.runcRoot), [], 'no container on the target');
       assert.deepEqual(stubs(), []);
       // The killed receiver's spool goes with the next receiver on that node.
@@ -395,107 +398,107 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       assert.deepEqual(leftovers(), []);
       next.r.child.kill('SIGTERM');
       await exitOf(next.r, 'ferry receive');
-      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', 'ferry-m3').code, 0);
+      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', `ferry-m3-${RUN}`).code, 0);
     });
 
     it('the target refuses a bundle others can write, and an id in use, before one byte of image: the container runs on', async () => {
       const log = join(dir, 'm9.log');
-      await runCounter('ferry-m9', log);
-      const open = bundle(nodes.target, 'ferry-m10');
+      await runCounter(`ferry-m9-${RUN}`, log);
+      const open = bundle(nodes.target, `ferry-m10-${RUN}`);
       chmodSync(open, 0o777);
-      const migrate = (extra: string[], port: number): Running => start(nodes.source, ['migrate', 'ferry-m9', '--root', nodes.source.runcRoot,
+      const migrate = (extra: string[], port: number): Running => start(nodes.source, ['migrate', `ferry-m9-${RUN}`, '--root', nodes.source.runcRoot,
         '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key, '--target-root', nodes.target.runcRoot, '--config', config, ...extra]);
       let { r: recv, port } = await receiver(['--once', '--max-creds', 'root']);
-      let mig = migrate(['--target-id', 'ferry-m10', '--target-bundle', open], port);
+      let mig = migrate(['--target-id', `ferry-m10-${RUN}`, '--target-bundle', open], port);
       assert.equal(await exitOf(mig, 'ferry migrate'), 1);
       assert.match(mig.stderr(), new RegExp(`^ferry migrate: .*reports: the sender names bundle "${open}": ${open} is writable by group or others: not used; migrate with --target-bundle naming a bundle of root's\n$`));
       assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
-      await containerRunsOn('ferry-m9', log);
+      await containerRunsOn(`ferry-m9-${RUN}`, log);
       // An id that exists on the target already.
-      const other = bundle(nodes.target, 'ferry-m11');
-      const [cmd, args] = nodes.target.exec(RUNC!, ['--root', nodes.target.runcRoot, 'create', '--bundle', other, 'ferry-m11']);
+      const other = bundle(nodes.target, `ferry-m11-${RUN}`);
+      const [cmd, args] = nodes.target.exec(RUNC!, ['--root', nodes.target.runcRoot, 'create', '--bundle', other, `ferry-m11-${RUN}`]);
       const fd = openSync('/dev/null', 'r+');
       assert.equal(spawnSync(cmd, args, { stdio: ['ignore', fd, fd], timeout: 60_000 }).status, 0);
       closeSync(fd);
       ({ r: recv, port } = await receiver(['--once', '--max-creds', 'root']));
-      mig = migrate(['--target-id', 'ferry-m11', '--target-bundle', other], port);
+      mig = migrate(['--target-id', `ferry-m11-${RUN}`, '--target-bundle', other], port);
       assert.equal(await exitOf(mig, 'ferry migrate'), 1);
-      assert.match(mig.stderr(), /reports: container ferry-m11 already exists in runc on the target \(--root \S+\): delete it there first, or migrate with --target-id\n$/);
+      assert.match(mig.stderr(), new RegExp(`reports: container ferry-m11-${RUN} already exists in runc on the target \\(--root \\S+\\): delete it there first, or migrate with --target-id\n$`));
       assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
-      await containerRunsOn('ferry-m9', log);
-      assert.deepEqual(containersIn(nodes.target.runcRoot), ['ferry-m11'], 'the target has only what it had');
-      assert.equal(status(nodes.target, 'ferry-m11'), 'created');
+      await containerRunsOn(`ferry-m9-${RUN}`, log);
+      assert.deepEqual(containersIn(nodes.target.runcRoot), [`ferry-m11-${RUN}`], 'the target has only what it had');
+      assert.equal(status(nodes.target, `ferry-m11-${RUN}`), 'created');
       assert.deepEqual(leftovers(), []);
-      assert.equal(runc(nodes.target.runcRoot, 'delete', '--force', 'ferry-m11').code, 0);
-      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', 'ferry-m9').code, 0);
+      assert.equal(runc(nodes.target.runcRoot, 'delete', '--force', `ferry-m11-${RUN}`).code, 0);
+      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', `ferry-m9-${RUN}`).code, 0);
     });
 
     it('a container whose restore fails on the target after the kill is restored here under its id', async () => {
       const log = join(dir, 'm7.log');
-      await runCounter('ferry-m7', log);
-      const tb = bundle(nodes.target, 'ferry-m8');
+      await runCounter(`ferry-m7-${RUN}`, log);
+      const tb = bundle(nodes.target, `ferry-m8-${RUN}`);
       // The target stops once its processes exist, then is told to stop: it removes all it made.
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root'], 'created');
-      const mig = start(nodes.source, ['migrate', 'ferry-m7', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
-        '--key', key, '--target-id', 'ferry-m8', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--json', '--config', config]);
+      const mig = start(nodes.source, ['migrate', `ferry-m7-${RUN}`, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
+        '--key', key, '--target-id', `ferry-m8-${RUN}`, '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--json', '--config', config]);
       await waitFor('the receiver to pause after creating the container', () => /paused at created/.test(recv.stderr()), 30_000,
         () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
-      assert.equal(status(nodes.source, 'ferry-m7'), 'stopped', 'killed, but kept in runc until the target says it runs');
+      assert.equal(status(nodes.source, `ferry-m7-${RUN}`), 'stopped', 'killed, but kept in runc until the target says it runs');
       recv.child.kill('SIGTERM');
       assert.equal(await exitOf(recv, 'ferry receive'), 143);
       assert.equal(await exitOf(mig, 'ferry migrate'), 1);
       assert.match(mig.stderr(), /^ferry migrate: tcp:\/\/10\.200\.\d+\.2:\d+ could not restore pid \d+: .*interrupted by SIGTERM.*; it was restored here instead \(pid \d+ runs on this node again, down \d+ ms\)\n$/);
       assert.equal(records(mig).find((x) => x['phase'] === 'restore')?.['local'], true);
       assert.deepEqual(containersIn(nodes.target.runcRoot), [], 'no container on the target');
-      assert.equal(status(nodes.source, 'ferry-m7'), 'running', 'the same id runs here again');
-      const st = JSON.parse(runc(nodes.source.runcRoot, 'state', 'ferry-m7').out) as { pid: number };
+      assert.equal(status(nodes.source, `ferry-m7-${RUN}`), 'running', 'the same id runs here again');
+      const st = JSON.parse(runc(nodes.source.runcRoot, 'state', `ferry-m7-${RUN}`).out) as { pid: number };
       unharmed(st.pid);
       await countsOn(log);
       assert.deepEqual(leftovers(), []);
-      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', 'ferry-m7').code, 0);
+      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', `ferry-m7-${RUN}`).code, 0);
     });
 
     it('the sender SIGKILLed after the kill: the container runs on the target, the killed source is deleted', async () => {
       const log = join(dir, 'm12.log');
-      await runCounter('ferry-m12', log);
-      const tb = bundle(nodes.target, 'ferry-m13');
+      await runCounter(`ferry-m12-${RUN}`, log);
+      const tb = bundle(nodes.target, `ferry-m13-${RUN}`);
       // The target pauses 3 s once the processes are rebuilt (after "go": the source is killed).
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root'], 'rebuilt+3000');
-      const mig = start(nodes.source, ['migrate', 'ferry-m12', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
-        '--key', key, '--target-id', 'ferry-m13', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
+      const mig = start(nodes.source, ['migrate', `ferry-m12-${RUN}`, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
+        '--key', key, '--target-id', `ferry-m13-${RUN}`, '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config]);
       await waitFor('the receiver to pause after rebuilding', () => /paused at rebuilt/.test(recv.stderr()), 30_000,
         () => `ferry migrate said: ${mig.stderr()} (exit ${String(mig.child.exitCode)}); ferry receive said: ${recv.stdout()}${recv.stderr()}`);
-      assert.equal(status(nodes.source, 'ferry-m12'), 'stopped', 'killed, kept until the target says it runs');
+      assert.equal(status(nodes.source, `ferry-m12-${RUN}`), 'stopped', 'killed, kept until the target says it runs');
       mig.child.kill('SIGKILL');
       // Its copy may be the workload's only one now: marked, so that no sweep throws it away.
       assert.ok(leftovers().some((n) => n.startsWith(`.ferry-migrate-${mig.child.pid}-`) && existsSync(join(workDir, n, 'handed-over'))),
         `the sender's copy is marked as handed over: ${leftovers().join(', ')}`);
-      await waitFor('the watchdog to delete the killed source', () => status(nodes.source, 'ferry-m12') === 'absent', 10_000);
+      await waitFor('the watchdog to delete the killed source', () => status(nodes.source, `ferry-m12-${RUN}`) === 'absent', 10_000);
       assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-      assert.equal(status(nodes.target, 'ferry-m13'), 'running');
-      unharmed((JSON.parse(runc(nodes.target.runcRoot, 'state', 'ferry-m13').out) as { pid: number }).pid);
+      assert.equal(status(nodes.target, `ferry-m13-${RUN}`), 'running');
+      unharmed((JSON.parse(runc(nodes.target.runcRoot, 'state', `ferry-m13-${RUN}`).out) as { pid: number }).pid);
       await countsOn(log);
-      assert.equal(runc(nodes.target.runcRoot, 'delete', '--force', 'ferry-m13').code, 0);
+      assert.equal(runc(nodes.target.runcRoot, 'delete', '--force', `ferry-m13-${RUN}`).code, 0);
       assert.deepEqual(leftovers().filter((n) => n.startsWith('.ferry-receive-')), []);
     });
 
     it('the sender SIGKILLed while a container\'s image streams: it runs on here, the target holds nothing', async () => {
       const log = join(dir, 'm5.log');
-      await runCounter('ferry-m5', log);
-      const tb = bundle(nodes.target, 'ferry-m6');
+      await runCounter(`ferry-m5-${RUN}`, log);
+      const tb = bundle(nodes.target, `ferry-m6-${RUN}`);
       const { r: recv, port } = await receiver(['--once', '--max-creds', 'root']);
-      const mig = start(nodes.source, ['migrate', 'ferry-m5', '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
-        '--key', key, '--target-id', 'ferry-m6', '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config], 'streaming');
+      const mig = start(nodes.source, ['migrate', `ferry-m5-${RUN}`, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`,
+        '--key', key, '--target-id', `ferry-m6-${RUN}`, '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--config', config], 'streaming');
       await waitFor('the sender to pause while streaming', () => /paused at streaming/.test(mig.stderr()), 30_000,
         () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
       mig.child.kill('SIGKILL');
       assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
       assert.match(recv.stderr(), /^ferry receive: the sender 10\.200\.\d+\.1:\d+ closed the connection while receiving the image\n$/);
-      await containerRunsOn('ferry-m5', log);
+      await containerRunsOn(`ferry-m5-${RUN}`, log);
       assert.deepEqual(containersIn(nodes.target.runcRoot), []);
       assert.deepEqual(leftovers().filter((n) => n.startsWith('.ferry-receive-')), []);
       assert.deepEqual(stubs(), []);
-      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', 'ferry-m5').code, 0);
+      assert.equal(runc(nodes.source.runcRoot, 'delete', '--force', `ferry-m5-${RUN}`).code, 0);
     });
   });
 });
