@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -384,4 +384,38 @@ export class RuncCriu {
     for (const id of this.ids) spawnSync(RUNC!, ['--root', this.state, 'delete', '--force', id]);
     for (const c of this.children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   }
+}
+
+/** Why a test running the static `workload` in a busybox container under runc cannot run here, or false. */
+export function runcWorkloadSkip(workload: string): string | false {
+  return needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`) : 'needs runc (apt-get install runc)')
+    || (existsSync(workload) ? false : `needs ${workload} (npm run build)`);
+}
+
+/** runc with its state under `state` (--root). */
+export function runcAt(state: string, ...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+/**
+ * Runs container `id` (runc root `state`) from a new bundle `bundle` on `rootfs` running
+ * `args`, its output on `log` (`edit` changes runc's default config.json first), and waits
+ * for its init to say "ready pid=1".
+ */
+export async function runReady(o: { state: string; bundle: string; rootfs: string; id: string; args: string[]; log: string;
+  edit?: (config: Record<string, any>) => void }): Promise<void> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  mkdirSync(o.bundle);
+  assert.equal(spawnSync(RUNC!, ['spec', '--bundle', o.bundle]).status, 0);
+  const config = JSON.parse(readFileSync(join(o.bundle, 'config.json'), 'utf8')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  config.root = { path: o.rootfs, readonly: false };
+  config.process.terminal = false;
+  config.process.args = o.args;
+  o.edit?.(config);
+  writeFileSync(join(o.bundle, 'config.json'), JSON.stringify(config));
+  const fd = openSync(o.log, 'a');
+  const r = spawnSync(RUNC!, ['--root', o.state, 'run', '-d', '--bundle', o.bundle, o.id], { stdio: ['ignore', fd, fd], timeout: 60000 });
+  closeSync(fd);
+  assert.equal(r.status, 0, `runc run ${o.id} failed: ${readFileSync(o.log, 'utf8')}`);
+  await waitFor(`${o.id} to get ready`, () => readFileSync(o.log, 'utf8').includes('ready pid=1'));
 }

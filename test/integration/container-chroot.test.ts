@@ -15,27 +15,23 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { needs, WORKLOADS } from '../helpers/env.js';
+import { WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
 import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
-import { BUSYBOX, busyboxRootfs, RUNC } from '../helpers/runc-criu.js';
+import { busyboxRootfs, runcAt, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
 
 const JAILER = join(WORKLOADS, 'ctrjail-static');
-const skip = needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`) : 'needs runc (apt-get install runc)')
-  || (existsSync(JAILER) ? false : `needs ${JAILER} (npm run build)`);
+const skip = runcWorkloadSkip(JAILER);
 
 let dir = '';
 let state = '';
 let rootfs = '';
 const ids = new Set<string>();
 
-function runc(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
-  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
-}
+const runc = (...args: string[]): { code: number; out: string; err: string } => runcAt(state, ...args);
 
 /** Container `id`'s status ('absent' when runc does not know it) and its init's host pid. */
 function stateOf(id: string): { status: string; pid: number } {
@@ -47,21 +43,10 @@ function stateOf(id: string): { status: string; pid: number } {
 
 /** Starts container `id` running the jailer (CAP_SYS_CHROOT added to runc's defaults), its output on `log`. */
 async function start(id: string, log: string): Promise<void> {
-  const b = join(dir, `bundle-${id}`);
-  mkdirSync(b);
-  assert.equal(spawnSync(RUNC!, ['spec', '--bundle', b]).status, 0);
-  const config = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
-  config.root = { path: rootfs, readonly: false };
-  config.process.terminal = false;
-  config.process.args = ['/bin/ctrjail'];
-  for (const set of Object.values(config.process.capabilities as Record<string, string[]>)) set.push('CAP_SYS_CHROOT');
-  writeFileSync(join(b, 'config.json'), JSON.stringify(config));
-  const fd = openSync(log, 'a');
-  const r = spawnSync(RUNC!, ['--root', state, 'run', '-d', '--bundle', b, id], { stdio: ['ignore', fd, fd], timeout: 60000 });
-  closeSync(fd);
-  assert.equal(r.status, 0, `runc run ${id} failed: ${readFileSync(log, 'utf8')}`);
   ids.add(id);
-  await waitFor(`${id} to get ready`, () => readFileSync(log, 'utf8').includes('ready pid=1'));
+  await runReady({ state, bundle: join(dir, `bundle-${id}`), rootfs, id, args: ['/bin/ctrjail'], log, edit: (config) => {
+    for (const set of Object.values(config.process.capabilities as Record<string, string[]>)) set.push('CAP_SYS_CHROOT');
+  } });
 }
 
 /** Asks the container's processes to check themselves; resolves once the init and the child answered. */

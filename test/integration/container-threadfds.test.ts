@@ -6,27 +6,22 @@
  * thread has its own table again, the same descriptors as before, and checks itself.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { needs, WORKLOADS } from '../helpers/env.js';
+import { WORKLOADS } from '../helpers/env.js';
 import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
-import { BUSYBOX, busyboxRootfs, RUNC } from '../helpers/runc-criu.js';
+import { busyboxRootfs, runcAt, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
 
 const WORKLOAD = join(WORKLOADS, 'threadfds-static');
-const skip = needs('root', 'build') || (RUNC ? (existsSync(BUSYBOX) ? false : `needs ${BUSYBOX} (apt-get install busybox-static)`) : 'needs runc (apt-get install runc)')
-  || (existsSync(WORKLOAD) ? false : `needs ${WORKLOAD} (npm run build)`);
+const skip = runcWorkloadSkip(WORKLOAD);
 
 let dir = '';
 let state = '';
 let rootfs = '';
 const ids = new Set<string>();
 
-function runc(...args: string[]): { code: number; out: string } {
-  const r = spawnSync(RUNC!, ['--root', state, ...args], { encoding: 'utf8', timeout: 60000 });
-  return { code: r.status ?? -1, out: r.stdout };
-}
+const runc = (...args: string[]): { code: number; out: string; err: string } => runcAt(state, ...args);
 
 /** The host pid of container `id`'s init, or 0 when runc does not know it. */
 function initPid(id: string): number {
@@ -59,20 +54,8 @@ describe('a thread with a descriptor table of its own inside a container', { ski
   it('comes back with it, and checks itself', async () => {
     const id = `ferry-threadfds-${process.pid}`;
     const log = join(dir, 'threadfds.log');
-    const b = join(dir, 'bundle');
-    mkdirSync(b);
-    assert.equal(spawnSync(RUNC!, ['spec', '--bundle', b]).status, 0);
-    const config = JSON.parse(readFileSync(join(b, 'config.json'), 'utf8')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
-    config.root = { path: rootfs, readonly: false };
-    config.process.terminal = false;
-    config.process.args = ['/bin/threadfds'];
-    writeFileSync(join(b, 'config.json'), JSON.stringify(config));
-    const fd = openSync(log, 'a');
-    const r = spawnSync(RUNC!, ['--root', state, 'run', '-d', '--bundle', b, id], { stdio: ['ignore', fd, fd], timeout: 60000 });
-    closeSync(fd);
-    assert.equal(r.status, 0, `runc run ${id} failed: ${readFileSync(log, 'utf8')}`);
     ids.add(id);
-    await waitFor(`${id} to get ready`, () => readFileSync(log, 'utf8').includes('ready pid=1'));
+    await runReady({ state, bundle: join(dir, 'bundle'), rootfs, id, args: ['/bin/threadfds'], log });
     const want = tables(initPid(id));
     assert.equal(want.length, 2, 'two threads');
     const image = join(dir, 'threadfds.tar');
