@@ -103,3 +103,23 @@ describe('removeStaleDirs', () => {
     rmSync(dir, { recursive: true });
   });
 });
+
+describe('FrameLog, its writes deferred (the frozen image\'s frames)', { skip: process.getuid?.() !== 0 && 'needs root (a tmpfs of its own)' }, () => {
+  it('fails finish() in one line when the file system is full (ENOSPC), and closes its descriptor', async () => {
+    // A 64 KiB tmpfs of its own: the frames do not fit.
+    const small = mkdtempSync(join(tmpdir(), 'ferry-framelog-full-'));
+    assert.equal(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', small]).status, 0);
+    try {
+      const log = new FrameLog(small, join(small, 'frames'));
+      log.deferWrites();
+      const frame = Buffer.concat([Buffer.from([TAG_RAW]), Buffer.alloc(256 << 10, 1)]);
+      for (let i = 0; i < 8; i++) log.append(frame);
+      await assert.rejects(log.finish(), (err: Error & { code?: string }) => err.code === 'EIO'
+        && /cannot keep the local copy of the migration's frames: .*ENOSPC|no space/i.test(err.message) && !err.message.includes('\n'));
+      assert.throws(() => log.append(frame), /closed before its last frame/, 'nothing more is taken');
+    } finally {
+      spawnSync('umount', [small]);
+      rmSync(small, { recursive: true, force: true });
+    }
+  });
+});
