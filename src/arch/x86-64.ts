@@ -87,8 +87,13 @@ export const MLOCK_ONFAULT = 1;
  * (1 << 8); each is done again with its own value.
  */
 export const MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9, MEMBARRIER_REGISTRATIONS = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
-/** prctl(2) PR_SET_THP_DISABLE. */
-export const PR_SET_THP_DISABLE = 41;
+/** prctl(2) PR_SET_THP_DISABLE, PR_GET_THP_DISABLE. */
+export const PR_SET_THP_DISABLE = 41, PR_GET_THP_DISABLE = 42;
+/**
+ * PR_SET_THP_DISABLE's flag (Linux 6.18): huge pages stay off except in areas madvise(2)d
+ * MADV_HUGEPAGE. PR_GET_THP_DISABLE answers it as bit 1, beside bit 0 (disabled).
+ */
+export const PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1;
 
 /** struct itimerval: two struct timeval (tv_sec, tv_usec as i64). */
 export const ITIMERVAL_SIZE = 32;

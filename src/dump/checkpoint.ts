@@ -49,7 +49,7 @@ import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
 import { pendingSignals, readInjectedState, readMm, readPaths, readThread, readThreadFs, syscallGadget } from './task-state.js';
-import { SIGKILL } from '../arch/x86-64.js';
+import { PR_THP_DISABLE_EXCEPT_ADVISED, SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
 
@@ -222,7 +222,8 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
       ...(rootDir !== undefined ? { root: rootDir.root } : {}),
       ...(rootDir?.rootDeleted !== undefined ? { rootDeleted: rootDir.rootDeleted } : {}),
       umask: status.umask,
-      ...(status.thpEnabled === false ? { thpDisabled: true } : {}),
+      ...((injected.thpDisable & 1) !== 0 || status.thpEnabled === false ? { thpDisabled: true } : {}),
+      ...((injected.thpDisable & PR_THP_DISABLE_EXCEPT_ADVISED) !== 0 ? { thpExceptAdvised: true } : {}),
       ...(injected.mlockall !== undefined ? { mlockall: injected.mlockall } : {}),
       ...(injected.membarrier !== undefined ? { membarrier: injected.membarrier } : {}),
       mm: readMm(pid, stat, injected.brk),

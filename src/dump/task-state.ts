@@ -7,7 +7,7 @@
 import {
   decodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
   MCL_FUTURE, MCL_ONFAULT, MEMBARRIER_CMD_GET_REGISTRATIONS, MEMBARRIER_REGISTRATIONS, NSIG,
-  PAGE_SIZE, PR_GET_TID_ADDRESS, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
+  PAGE_SIZE, PR_GET_THP_DISABLE, PR_GET_TID_ADDRESS, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
   SYSCALL_INSN,
 } from '../arch/x86-64.js';
 import {
@@ -77,6 +77,8 @@ export interface InjectedState {
   mlockall?: number;
   /** membarrier(2) MEMBARRIER_CMD_REGISTER_* commands the process did (ORed); absent: none, or a kernel that cannot tell. */
   membarrier?: number;
+  /** prctl(PR_GET_THP_DISABLE): 0, 1 (huge pages off), or 1 | PR_THP_DISABLE_EXCEPT_ADVISED. */
+  thpDisable: number;
   /** By tid. */
   threads: Map<number, ThreadInjected>;
 }
@@ -213,6 +215,11 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     // show either; a kernel before 6.3 answers EINVAL (or ENOSYS without membarrier): none known.
     const membarrierAt = calls.length;
     calls.push([SYS.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]);
+    // prctl(PR_SET_THP_DISABLE) lives in the mm's flags; /proc/PID/status shows THP_enabled,
+    // which reads 1 under PR_THP_DISABLE_EXCEPT_ADVISED (huge pages where advised): only
+    // PR_GET_THP_DISABLE tells it.
+    const thpAt = calls.length;
+    calls.push([SYS.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0]);
     const { results, mem } = batch(main, calls, true, probeAt + 1);
     const m = mem!;
     const slot = (i: number): Buffer => m.subarray(slotOf(i), slotOf(i) + THREAD_SLOT);
@@ -244,6 +251,7 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
       childSubreaper: m.readInt32LE(layout.subreaper) !== 0,
       ...(results[probeAt + 1] === -22n ? { mlockall: MCL_FUTURE | ((m[layout.subreaper + 4]! & 1) !== 0 ? 0 : MCL_ONFAULT) } : {}),
       ...membarrierOf(results[membarrierAt]!, main.pid),
+      thpDisable: thpDisableOf(results[thpAt]!, main.pid),
       threads: states,
     };
   } finally {
@@ -260,6 +268,16 @@ function membarrierOf(r: bigint, pid: number): { membarrier?: number } {
       + '(a newer kernel\'s): it cannot restore them; the process was left running', { pid });
   }
   return { membarrier: Number(r) };
+}
+
+/** What PR_GET_THP_DISABLE answered; a bit this ferry does not know (a newer kernel's) is refused. */
+function thpDisableOf(r: bigint, pid: number): number {
+  if (r <= 0n) return 0;
+  if ((r & ~BigInt(1 | PR_THP_DISABLE_EXCEPT_ADVISED)) !== 0n || (r & 1n) === 0n) {
+    throw new FerryError('EUNSUPPORTED', `pid ${pid} has prctl(PR_SET_THP_DISABLE) flags 0x${r.toString(16)}, some of which this ferry does not know `
+      + '(a newer kernel\'s): it cannot restore them; the process was left running', { pid });
+  }
+  return Number(r);
 }
 
 /** munmap in `t`, for clean-up on a failure path: errors (the task died) are left to the caller's own. */

@@ -103,6 +103,11 @@ export const FEATURES: readonly Feature[] = [
     what: 'a thread with a descriptor table of its own (task.json threads[].fds)',
     uses: ({ tasks }) => tasks.some((t) => t.threads.some((th) => th.fds !== undefined)),
   },
+  {
+    name: 'thp-except-advised',
+    what: 'huge pages disabled except where advised (task.json thpExceptAdvised: prctl PR_SET_THP_DISABLE with PR_THP_DISABLE_EXCEPT_ADVISED)',
+    uses: ({ tasks }) => tasks.some((t) => t.thpExceptAdvised === true),
+  },
 ];
 
 /** The names this ferry knows. */

@@ -225,8 +225,10 @@ export interface TaskRecord {
    */
   rootDeleted?: RemovedDirRecord;
   umask: number;
-  /** prctl PR_SET_THP_DISABLE was set (/proc/PID/status `THP_enabled: 0`). */
+  /** prctl PR_SET_THP_DISABLE was set (PR_GET_THP_DISABLE, or /proc/PID/status `THP_enabled: 0`). */
   thpDisabled?: boolean;
+  /** With thpDisabled: with PR_THP_DISABLE_EXCEPT_ADVISED (huge pages where madvise(2)d MADV_HUGEPAGE). */
+  thpExceptAdvised?: boolean;
   /**
    * mlockall(2) flags in force for future mappings: 2 (MCL_FUTURE) or 6 (MCL_FUTURE |
    * MCL_ONFAULT), found by a probe mapping at dump (dump/task-state.ts); absent: none.

@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import {
-  decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, MEMBARRIER_REGISTRATIONS, NSIG, PR_SET_NAME, PR_SET_THP_DISABLE,
+  decodeRegs, encodeRegs, EINTR, ERESTART_RESTARTBLOCK, RESTORE_TRACE_OPTIONS, KSIGACTION_SIZE, MEMBARRIER_REGISTRATIONS, NSIG, PR_SET_NAME, PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED,
   inRestartableSyscall, planSyscallRestart, REG_NAMES, SIGKILL, SIGSTOP, STACK_T_SIZE, SYS, type Regs,
 } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
@@ -30,7 +30,7 @@ export function restoreTaskState(t: Tracee, as: AddressSpace, task: TaskRecord):
     [SYS.chdir, as.scratch.putString(task.cwd)],
     [SYS.umask, task.umask],
   ];
-  if (task.thpDisabled === true) calls.push([SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0]);
+  if (task.thpDisabled === true) calls.push([SYS.prctl, PR_SET_THP_DISABLE, 1, task.thpExceptAdvised === true ? PR_THP_DISABLE_EXCEPT_ADVISED : 0, 0, 0]);
   // Every area is mapped and locked as it was (address-space.ts); from here on new mappings
   // are locked as the process asked. MCL_FUTURE alone locks nothing that exists.
   if (task.mlockall !== undefined) calls.push([SYS.mlockall, task.mlockall]);

@@ -183,7 +183,7 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { thpDisabled: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: removedDir(false), root: absPath, rootDeleted: removedDir(true) });
+}, { thpDisabled: bool, thpExceptAdvised: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: removedDir(false), root: absPath, rootDeleted: removedDir(true) });
 
 /**
  * The fields several kinds of open file share keep one type wherever they appear: checked
@@ -218,6 +218,7 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   const t = v as TaskRecord;
   if (t.pid !== pid) fail(where, `pid is ${t.pid}, expected ${pid}`);
   if (t.rootDeleted !== undefined && t.root === undefined) fail(where, 'rootDeleted is there but root is not');
+  if (t.thpExceptAdvised !== undefined && t.thpDisabled !== true) fail(where, 'thpExceptAdvised is there but thpDisabled is not');
   if (t.stopSignal !== undefined && !t.stopped) fail(where, `stopSignal is ${t.stopSignal} but the process is not stopped`);
   if (t.mlockall !== undefined && t.mlockall !== 2 && t.mlockall !== 6) fail(where, `mlockall must be 2 (MCL_FUTURE) or 6 (MCL_FUTURE | MCL_ONFAULT), is ${t.mlockall}`);
   if (t.membarrier !== undefined && (t.membarrier & ~MEMBARRIER_REGISTRATIONS) !== 0) {

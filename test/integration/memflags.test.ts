@@ -2,7 +2,8 @@
  * Memory flags through bin/ferry: build/workloads/memflags holds areas locked with mlock and
  * mlock2(MLOCK_ONFAULT), areas with each madvise() flag the kernel shows in VmFlags, a
  * shared mapping of a read-only file partly mprotect()ed to PROT_NONE, a shared PROT_READ
- * mapping of a file opened read-write, and PR_SET_THP_DISABLE; after restore it compares each
+ * mapping of a file opened read-write, and PR_SET_THP_DISABLE (also with
+ * PR_THP_DISABLE_EXCEPT_ADVISED, which /proc shows nowhere: THP_enabled reads 1); after restore it compares each
  * area's permissions and VmFlags with what they were, then makes the read-write file's
  * mapping writable and writes the file through it, and sees the read-only one refuse that.
  */
@@ -10,6 +11,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { readFileSync } from 'node:fs';
+import { release } from 'node:os';
 import type { TaskRecord } from '../../src/image/records.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
@@ -20,6 +22,9 @@ after(cleanup);
 
 const MEMFLAGS = join(WORKLOADS, 'memflags');
 const MLOCKFUTURE = join(WORKLOADS, 'mlockfuture');
+/** PR_THP_DISABLE_EXCEPT_ADVISED came with Linux 6.18. */
+const [major = 0, minor = 0] = release().split('.').map(Number);
+const exceptAdvised = major > 6 || (major === 6 && minor >= 18) ? false : 'PR_THP_DISABLE_EXCEPT_ADVISED needs Linux 6.18';
 
 describe('memory flags', { skip, timeout: 120_000 }, () => {
   it('locks, madvise flags, protections, may-write of shared file mappings and THP_DISABLE come back as they were', async () => {
@@ -37,6 +42,30 @@ describe('memory flags', { skip, timeout: 120_000 }, () => {
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('THP_DISABLE with PR_THP_DISABLE_EXCEPT_ADVISED comes back with its flag, also left running; an edited image is refused', { skip: exceptAdvised }, async () => {
+    const w = await startWorkload(MEMFLAGS, ['DIR', 'except-advised']);
+    assert.match(readFileSync(`/proc/${w.pid}/status`, 'utf8'), /^THP_enabled:\s+1$/m, '/proc shows huge pages on: only prctl tells');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    const image = join(w.dir, 'ea.tar');
+    await checkpointFreed(w, image);
+    const seen: unknown[] = [];
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, { [`tasks/${w.pid}/task.json`]: json<TaskRecord>((t) => {
+      seen.push(t.thpDisabled, t.thpExceptAdvised);
+      delete t.thpDisabled;
+    }) });
+    assert.deepEqual(seen, [true, true]);
+    const bad = ferry(['restore', '--image', edited]);
+    assert.equal(bad.code, 1, bad.stderr);
+    assert.match(bad.stderr, /thpExceptAdvised is there but thpDisabled is not/);
+    assert.equal(bad.stderr.trimEnd().split('\n').length, 1, 'one line');
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
     assert.equal(await verify(w), 'PASS');
   });
 });

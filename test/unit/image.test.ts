@@ -697,6 +697,7 @@ describe('manifest', { timeout: 30_000 }, () => {
       ['tty-input-lines', probe({ files: [{ id: 1, kind: 'tty', inputLines: [{ length: 3, eof: false }] } as FileRecord] })],
       ['tty-unheld-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
       ['thread-fds', probe({ tasks: [task({}, { fds: [{ fd: 3, file: 1, cloexec: false }] })] })],
+      ['thp-except-advised', probe({ tasks: [task({ thpDisabled: true, thpExceptAdvised: true })] })],
     ];
     assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
     for (const [name, p] of cases) assert.deepEqual(requiredFeatures(p), [name], name);
