@@ -305,7 +305,7 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
 function zombie(pid: number, stat: ProcStat): FrozenProcess {
   return {
     pid, tids: [], stat, stoppedBefore: false, stopSignal: 0,
-    record: { pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, zombie: { status: stat.exitCode } },
+    record: { pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, zombie: { status: stat.exitCode, comm: stat.comm } },
   };
 }
 

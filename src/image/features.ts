@@ -104,6 +104,11 @@ export const FEATURES: readonly Feature[] = [
     uses: ({ tasks }) => tasks.some((t) => t.threads.some((th) => th.fds !== undefined)),
   },
   {
+    name: 'zombie-name',
+    what: 'the name of a zombie (tree.json processes[].zombie.comm)',
+    uses: ({ tree }) => tree.processes.some((p) => p.zombie?.comm !== undefined),
+  },
+  {
     name: 'thp-except-advised',
     what: 'huge pages disabled except where advised (task.json thpExceptAdvised: prctl PR_SET_THP_DISABLE with PR_THP_DISABLE_EXCEPT_ADVISED)',
     uses: ({ tasks }) => tasks.some((t) => t.thpExceptAdvised === true),

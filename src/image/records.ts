@@ -320,8 +320,11 @@ export interface ProcessRecord {
   ppid: number;
   pgid: number;
   sid: number;
-  /** An exited process its parent has not reaped yet: its wait status; null when alive. */
-  zombie: { status: number } | null;
+  /**
+   * An exited process its parent has not reaped yet: its wait status, and its name (`comm`, as
+   * /proc/PID/stat shows it; absent in older images); null when alive.
+   */
+  zombie: { status: number; comm?: string } | null;
   /**
    * The process shares its descriptor table (clone(2) CLONE_FILES) with process `sharesFiles`,
    * the first of this list to hold that table; its parent, or a sibling listed before it, holds

@@ -20,7 +20,7 @@
  */
 import { readdirSync } from 'node:fs';
 import {
-  ALL_SIGNALS, decodeRegs, encodeRegs, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
+  ALL_SIGNALS, decodeRegs, encodeRegs, PR_SET_NAME, RESTORE_TRACE_OPTIONS, SIGKILL, SIGSTOP, SYS, KSIGACTION_SIZE,
 } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { faultPointSync } from '../fault.js';
@@ -482,6 +482,9 @@ function finishZombies(created: CreatedTree, zombies: readonly ProcessRecord[],
   for (const z of zombies) {
     const t = created.stubs.get(z.pid)!;
     const status = z.zombie!.status;
+    // Its name, which it keeps as a zombie (the stub's is ferry-stub's).
+    const comm = z.zombie!.comm;
+    if (comm !== undefined) t.syscall(SYS.prctl, PR_SET_NAME, put(z.pid, t)(Buffer.from(`${comm}\0`)), 0, 0, 0);
     const sig = status & 0x7f;
     if (sig === 0) {
       // Exited: resume it at the gadget as exit_group(code).

@@ -321,7 +321,7 @@ export function validateTree(v: unknown, root: number, tasks: readonly number[])
     root: int(1, PID_MAX),
     processes: list(record({
       pid: int(1, PID_MAX), ppid: int(0, PID_MAX), pgid: int(0, PID_MAX), sid: int(0, PID_MAX),
-      zombie: nullable(record({ status: int() })),
+      zombie: nullable(record({ status: int() }, { comm: str(15) })),
     }, { sharesFiles: pid, sharesFs: pid }), PID_MAX, 1),
   }), v);
   const tree = v as TreeRecord;

@@ -14,7 +14,7 @@ import { alive, cleanup, cycleThrough, ferry, own, procState, startWorkload, stu
 
 after(cleanup);
 
-interface Proc { pid: number; ppid: number; pgid: number; sid: number; state: string; threads: number }
+interface Proc { pid: number; ppid: number; pgid: number; sid: number; state: string; threads: number; comm: string }
 
 /** Every process under `root` (included), from /proc, sorted by pid. */
 function walk(root: number): Proc[] {
@@ -22,7 +22,8 @@ function walk(root: number): Proc[] {
   const visit = (pid: number): void => {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    out.push({ pid, ppid: Number(f[1]), pgid: Number(f[2]), sid: Number(f[3]), state: f[0]!, threads: Number(f[17]) });
+    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    out.push({ pid, ppid: Number(f[1]), pgid: Number(f[2]), sid: Number(f[3]), state: f[0]!, threads: Number(f[17]), comm });
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
       const kids = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
       kids.forEach(visit);
@@ -41,14 +42,14 @@ describe('process trees', { skip: needs('root', 'build'), timeout: 180_000 }, ()
     const w = await startWorkload(join(WORKLOADS, 'tree'), []);
     const before = walk(w.pid);
     assert.equal(before.length, 9, `nine processes: ${JSON.stringify(before)}`);
-    assert.equal(before.filter((p) => p.state === 'Z').length, 2, 'two zombies');
+    assert.deepEqual(before.filter((p) => p.state === 'Z').map((p) => p.comm).sort(), ['z1-exited', 'z2-killed'], 'two zombies, named');
     for (const p of before) own(p.pid);
     const image = join(w.dir, 'tree.tar');
     for (let i = 0; i < 3; i++) {
       const cp = await cycleThrough(w, image, i, [], { tree: before.map((p) => p.pid), checkpointFlags: ['--json'] });
       assert.deepEqual([...(JSON.parse(cp.stdout.toString()) as { pids: number[] }).pids].sort((a, b) => a - b), before.map((p) => p.pid));
       const after = walk(w.pid);
-      assert.deepEqual(shape(after, w.pid), shape(before, w.pid), `cycle ${i + 1}: same pids, parents, groups, sessions, threads, zombies`);
+      assert.deepEqual(shape(after, w.pid), shape(before, w.pid), `cycle ${i + 1}: same pids, parents, groups, sessions, threads, names, zombies`);
       for (const p of after) assert.equal(procState(p.pid).tracer, 0, `pid ${p.pid} not traced`);
     }
     assert.equal(await verify(w), 'PASS');

@@ -697,6 +697,7 @@ describe('manifest', { timeout: 30_000 }, () => {
       ['tty-input-lines', probe({ files: [{ id: 1, kind: 'tty', inputLines: [{ length: 3, eof: false }] } as FileRecord] })],
       ['tty-unheld-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
       ['thread-fds', probe({ tasks: [task({}, { fds: [{ fd: 3, file: 1, cloexec: false }] })] })],
+      ['zombie-name', probe({ tree: { root: 10, processes: [...tree.processes, { pid: 11, ppid: 10, pgid: 10, sid: 10, zombie: { status: 0, comm: 'z' } }] } as TreeRecord })],
       ['thp-except-advised', probe({ tasks: [task({ thpDisabled: true, thpExceptAdvised: true })] })],
     ];
     assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
