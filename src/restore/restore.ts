@@ -38,7 +38,8 @@ import { checkCompatibility } from '../image/manifest.js';
 import { openImage } from '../image/reader.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
-import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type TaskRecord } from '../image/records.js';
+import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type ProcessRecord, type TaskRecord } from '../image/records.js';
+import type { Tracee } from '../task/tracee.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
@@ -49,7 +50,7 @@ import { restoreCreds } from './creds.js';
 import { checkSocketPrivilege } from './socket-privilege.js';
 import { finishRemovedCwd, withCwd } from './cwd.js';
 import { createThreads, queuePendingSignals, restoreTaskState, setThreadRegisters } from './task-state.js';
-import { checkAuditTrust, restoreLoginuid } from './audit.js';
+import { checkAuditTrust, keepAuditSession, restoreLoginuid } from './audit.js';
 import { checkRootTrust, enterRootDir, enterThreadRootDirs, planRemovedRoots, RemovedRoots } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, leaderlessGroups, outsideGroups, type CreatedTree } from './tree.js';
@@ -323,6 +324,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       },
       lend: (rec, t) => lendPages(t, taskOf.get(rec.pid)!, kidsOf.get(rec.pid) ?? [], (pid) => image.pages(pagesEntry(pid))),
       aside: (hostPid) => cgroups?.setAside(hostPid),
+      // A container's processes keep the runtime's login uid (finishTask).
+      ...(!o.makeRoot ? {
+        born: (rec: ProcessRecord, t: Tracee, forker: ProcessRecord | undefined, put: (data: Buffer) => bigint) => {
+          const task = taskOf.get(rec.pid);
+          if (task !== undefined) keepAuditSession(t, task, forker && taskOf.get(forker.pid), put);
+        },
+      } : {}),
     }, outside);
     session.onUndo('kill the processes made so far', () => created.destroy());
     // While the tree is let go, the processes already let go run on and the ones still traced

@@ -82,6 +82,12 @@ export interface TreeBuilder {
    * against their limits (pids.max), as the group's exited leader did not.
    */
   aside?(hostPid: number): void;
+  /**
+   * Called for each process as soon as its stub exists (in its session, before it forks any
+   * child), with the process that forked it (undefined: ferry) and where syscall arguments go
+   * in it: what children inherit at fork is set here (the audit session, restore/audit.ts).
+   */
+  born?(rec: ProcessRecord, t: Tracee, forker: ProcessRecord | undefined, put: (data: Buffer) => bigint): void;
 }
 
 /**
@@ -140,6 +146,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
       t.writeMem(at, data);
       return at;
     };
+    builder?.born?.(rootRec, root, undefined, put(rootRec.pid, root));
     // Groups whose leader had exited: each one's id holder is forked by its forker as soon as
     // that exists (groupHolders, holdGroup), the root included.
     const holders = groupHolders(tree);
@@ -150,6 +157,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     hold(rootRec, root);
     // Who forks each process: its parent, or a sibling holding a table it shares (below).
     const forkers = new Map<number, number>();
+    const byPid = new Map(tree.processes.map((p) => [p.pid, p]));
     const listed = new Forkers();
     for (const rec of tree.processes) forkers.set(rec.pid, listed.add(rec)?.pid ?? rec.ppid);
     const make = (rec: ProcessRecord): void => {
@@ -171,6 +179,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         child.syscall(SYS.setsid);
         lead(child, rec);
       }
+      builder?.born?.(rec, child, byPid.get(via), put(rec.pid, child));
       hold(rec, child);
     };
     if (!builder) {

@@ -2,7 +2,9 @@
  * The audit login uid (src/restore/audit.ts) through bin/ferry: build/workloads/counter run
  * with a login uid of its own (a shell sets /proc/self/loginuid, then execs it) comes back with
  * it; the session id is a new one (the kernel hands one out with each loginuid set, and has no
- * way to choose it). An image no trusted key signed may only carry the restorer's login uid.
+ * way to choose it), but processes that shared one share one again, and one that set its login
+ * uid again (a session of its own) has its own. An image no trusted key signed may only carry
+ * the restorer's login uid.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
@@ -56,6 +58,35 @@ describe('audit login uid', { skip, timeout: 120_000 }, () => {
     assert.equal(after.loginuid, LOGINUID);
     assert.notEqual(after.sessionid, 4294967295, 'a session id came with it');
     assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('processes of one audit session come back in one, one of another session in its own', async () => {
+    // The counter and two children in its session; a third child set the login uid again.
+    const w = await startWorkload('sh', ['-c', `echo ${LOGINUID} > /proc/self/loginuid; sleep 600 & sleep 600 & `
+      + `(echo ${LOGINUID} > /proc/self/loginuid && exec sleep 600) & exec ${join(WORKLOADS, 'counter')}`]);
+    const kids = (): number[] => readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number).sort((a, b) => a - b);
+    let pids: number[] = [];
+    for (let i = 0; i < 100 && (pids = kids()).length < 3; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(pids.length, 3, 'three children');
+    for (const p of pids) own(p);
+    // Which processes share a session, by pid: the same partition must come back.
+    const partition = (): number[][] => {
+      const by = new Map<number, number[]>();
+      for (const p of [w.pid, ...pids]) {
+        const a = auditOf(p);
+        assert.equal(a.loginuid, LOGINUID, `pid ${p}'s login uid`);
+        by.set(a.sessionid, [...(by.get(a.sessionid) ?? []), p]);
+      }
+      return [...by.values()].sort((a, b) => b.length - a.length);
+    };
+    const before = partition();
+    assert.equal(before.length, 2, `two sessions: ${JSON.stringify(before)}`);
+    await checkpointFreed(w, join(w.dir, 'tree.tar'));
+    const rs = ferry(['restore', '--image', join(w.dir, 'tree.tar')]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.deepEqual(partition(), before);
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
