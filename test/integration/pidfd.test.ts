@@ -39,6 +39,20 @@ describe('pidfds', { skip, timeout: 300_000 }, () => {
     assert.equal(await verify(w), 'PASS');
   });
 
+  it('--leave-running leaves them as they were, working', async () => {
+    const w = await startWorkload(PYTHON, [SCRIPT]);
+    const [, child, zombie] = /alive=(\d+) zombie=(\d+)/.exec(w.text())!.map(Number);
+    own(child!);
+    await waitFor('ticks', () => w.ticks().length >= 3);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(procState(zombie!).state, 'Z', 'the zombie is left unreaped');
+    const n = w.ticks().length;
+    await waitFor('ticks after the checkpoint', () => w.ticks().length >= n + 3);
+    assert.equal(await verify(w), 'PASS');
+  });
+
   it('a pidfd of a process outside the tree is refused, and the tree runs on untouched', async () => {
     const outsider = spawn('/bin/sleep', ['600'], { stdio: 'ignore' });
     own(outsider.pid!);
