@@ -9,10 +9,13 @@
  * process is forked by its parent when the parent holds every table it shares (the usual
  * shape: a child made with CLONE_FILES); otherwise by a sibling listed before it that holds
  * them (two children made with CLONE_FILES, after which their parent unshare(2)d its own
- * table), with CLONE_PARENT. The sibling must be in the process's session, or the process
- * must lead its own: a forked process starts in its forker's session, and setsid(2) is the
- * only way out of it. The sibling is looked up, not searched for, so that a forged tree of
- * millions of processes costs no more than a true one.
+ * table), with CLONE_PARENT. A forked process starts in its forker's session, and setsid(2)
+ * is the only way out of it, so the sibling must be in the process's session, or the process
+ * must lead its own, or the sibling leads its own while the process is in their parent's:
+ * restore then forks the process from the sibling before the sibling's setsid (which it
+ * defers until its last such sharer is forked: restore/tree.ts), so the sibling must have been
+ * forked by the parent itself. The sibling is looked up, not searched for, so that a forged
+ * tree of millions of processes costs no more than a true one.
  */
 import type { ProcessRecord } from './records.js';
 
@@ -39,6 +42,8 @@ const holds = (q: ProcessRecord, field: (typeof SHARED_TABLES)[number], first: n
  */
 export class Forkers {
   private readonly byPid = new Map<number, ProcessRecord>();
+  /** Who forks each process added (its pid, or undefined: none could). */
+  private readonly via = new Map<number, number | undefined>();
   /** The first process listed with each parent and table: `ppid field table`. */
   private readonly holders = new Map<string, ProcessRecord>();
 
@@ -46,6 +51,7 @@ export class Forkers {
   add(p: ProcessRecord): ProcessRecord | undefined {
     const via = this.forker(p);
     this.byPid.set(p.pid, p);
+    this.via.set(p.pid, via?.pid);
     for (const f of SHARED_TABLES) {
       const key = `${p.ppid} ${f} ${p[f] ?? p.pid}`;
       if (p.zombie === null && !this.holders.has(key)) this.holders.set(key, p);
@@ -59,7 +65,17 @@ export class Forkers {
     const holdsAll = (q: ProcessRecord): boolean => q.zombie === null && shared.every((f) => holds(q, f, p[f]!));
     if (parent === undefined || shared.length === 0 || holdsAll(parent)) return parent;
     const sibling = this.holders.get(`${p.ppid} ${shared[0]!} ${p[shared[0]!]!}`);
-    return sibling !== undefined && holdsAll(sibling) && (sibling.sid === p.sid || p.sid === p.pid) ? sibling : undefined;
+    if (sibling === undefined || !holdsAll(sibling)) return undefined;
+    return sibling.sid === p.sid || p.sid === p.pid || Forkers.beforeSetsid(sibling, p, parent, this.via.get(sibling.pid)) ? sibling : undefined;
+  }
+
+  /**
+   * Whether `p` can be forked by `sibling` before the sibling leaves for a session of its own:
+   * the sibling leads one, was forked by their parent (so it was in the parent's session until
+   * its setsid), and `p` is in the parent's session.
+   */
+  static beforeSetsid(sibling: ProcessRecord, p: ProcessRecord, parent: ProcessRecord, siblingVia: number | undefined): boolean {
+    return sibling.sid === sibling.pid && siblingVia === parent.pid && p.sid === parent.sid && p.sid !== sibling.sid;
   }
 }
 

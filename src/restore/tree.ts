@@ -160,11 +160,36 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     const byPid = new Map(tree.processes.map((p) => [p.pid, p]));
     const listed = new Forkers();
     for (const rec of tree.processes) forkers.set(rec.pid, listed.add(rec)?.pid ?? rec.ppid);
+    // A session leader that forks, as a sibling, sharers of its tables in their parent's
+    // session (image/sharing.ts Forkers.beforeSetsid) forks them before its own setsid(2),
+    // which waits for the last of them: the sharers it still has to fork, by its pid.
+    const beforeSetsid = new Map<number, Set<number>>();
+    for (const rec of rest) {
+      const via = forkers.get(rec.pid)!;
+      const sibling = byPid.get(via);
+      if (via === rec.ppid || sibling === undefined || sibling.sid !== sibling.pid || rec.sid === sibling.sid || rec.sid === rec.pid) continue;
+      const mine = beforeSetsid.get(via);
+      if (mine) mine.add(rec.pid);
+      else beforeSetsid.set(via, new Set([rec.pid]));
+    }
+    /** What a process does once it exists and has forked its sharers in the old session. */
+    const settle = (rec: ProcessRecord, t: Tracee): void => {
+      if (rec.sid === rec.pid) {
+        t.syscall(SYS.setsid);
+        lead(t, rec);
+      }
+      hold(rec, t);
+    };
     const make = (rec: ProcessRecord): void => {
       const parent = created.stubs.get(rec.ppid);
       const via = forkers.get(rec.pid)!;
       const forker = created.stubs.get(via);
       if (!parent || !forker) throw new FerryError('EIMAGE', `image entry tree.json is invalid: the parent ${rec.ppid} of pid ${rec.pid} is not a live process listed before it`);
+      // A forker that has not left for its own session yet forks only what must stay in the old one.
+      const unsettled = beforeSetsid.get(via);
+      if (unsettled !== undefined && !unsettled.has(rec.pid) && rec.sid !== rec.pid) {
+        throw new Error(`pid ${via} would fork ${rec.pid} before its setsid, which waits for its sharers ${[...unsettled].join(', ')}`);
+      }
       // One sharing a descriptor table or fs struct is forked sharing them (validate.ts checked
       // that the forker holds the tables the image names): by its parent, or by a sibling
       // (image/sharing.ts) with CLONE_PARENT, which makes it the sibling's parent's child.
@@ -175,12 +200,13 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
       // A fork of a rebuilt process has its gadget area as its scratch, until its own.
       const inherited = argsAt.get(via);
       if (inherited) argsAt.set(rec.pid, inherited);
-      if (rec.sid === rec.pid) {
-        child.syscall(SYS.setsid);
-        lead(child, rec);
-      }
       builder?.born?.(rec, child, byPid.get(via), put(rec.pid, child));
-      hold(rec, child);
+      if (!beforeSetsid.has(rec.pid)) settle(rec, child);
+      const waiting = beforeSetsid.get(via);
+      if (waiting?.delete(rec.pid) === true && waiting.size === 0) {
+        beforeSetsid.delete(via);
+        settle(byPid.get(via)!, forker);
+      }
     };
     if (!builder) {
       for (const rec of rest) make(rec);
@@ -203,6 +229,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         giveBack?.();
       }
     }
+    if (beforeSetsid.size > 0) throw new Error(`pids ${[...beforeSetsid.keys()].join(', ')} were never given the sharers they fork before their setsid`);
     setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree), held);
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {

@@ -88,7 +88,9 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
     return ps;
   };
 
-  for (const mode of ['files', 'fs', 'both', 'siblings']) {
+  // sessions: as siblings, but the first child leads a session of its own, the second stays in
+  // its parent's: restore forks the second from the first before the first's setsid.
+  for (const mode of ['files', 'fs', 'both', 'siblings', 'sessions']) {
     it(`${mode}: two cycles of checkpoint and restore; they share again`, async () => {
       const w = await startWorkload(join(WORKLOADS, 'sharetables'), [mode]);
       const before = ownAll(w.pid);
@@ -101,7 +103,7 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
             const tree = imageTree(image);
             const field = mode === 'fs' ? 'sharesFs' : 'sharesFiles';
             // Siblings share the first child's table, their parent has its own.
-            const first = mode === 'siblings' ? tree.processes[1]!.pid : w.pid;
+            const first = mode === 'siblings' || mode === 'sessions' ? tree.processes[1]!.pid : w.pid;
             assert.deepEqual(tree.processes.map((p) => p[field]), before.map((p) => (p.pid === w.pid || p.pid === first ? undefined : first)),
               `the image says who shares: ${JSON.stringify(tree)}`);
           },
@@ -151,26 +153,6 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
     assert.deepEqual(stubs(), [], 'nothing left behind');
     assert.equal(await verify(w), 'PASS', w.text());
   });
-});
-
-describe('sharing restore cannot rebuild yet', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
-  const cases: Array<[string, RegExp]> = [
-    ['sessions', /^ferry checkpoint: pids \d+ and \d+ share one descriptor table \(clone\(2\) with CLONE_FILES\) that neither the parent \d+ of \d+ nor a sibling in its session shares with it, which restore cannot rebuild yet/],
-  ];
-  for (const [mode, message] of cases) {
-    it(`${mode}: refused with one line; the tree runs on as it was`, async () => {
-      const w = await startWorkload(join(WORKLOADS, 'sharetables'), [mode]);
-      const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
-      for (const k of kids) own(k);
-      if (mode === 'sessions') assert.equal(walk(w.pid).find((p) => p.pid === kids[0])?.sid, kids[0], 'the first child leads its session');
-      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
-      assert.equal(cp.code, 1, cp.stderr);
-      assert.match(cp.stderr, message);
-      assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
-      for (const p of [w.pid, ...kids]) assert.equal(procState(p).tracer, 0, `pid ${p} not traced`);
-      assert.equal(await verify(w), 'PASS', w.text());
-    });
-  }
 });
 
 /** tree.json of `image` (a tar file). */
