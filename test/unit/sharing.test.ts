@@ -29,6 +29,10 @@ describe('tree.json sharing records', () => {
     assert.deepEqual([...forkedBySiblings(t.processes)], [103, 101], '103 is forked by its sibling 101');
     const forkers = new Forkers();
     assert.deepEqual(t.processes.map((p) => forkers.add(p)?.pid), [undefined, 100, 101, 101]);
+    // A sibling leading a session of its own forks one that stays in their parent's (before its setsid).
+    const led = check(tree((ps) => { ps[1]!.sid = 101; ps[1]!.pgid = 101; ps[2]!.sid = 101; ps[2]!.pgid = 101; ps[3]!.sharesFiles = 101; }));
+    const again = new Forkers();
+    assert.deepEqual(led.processes.map((p) => again.add(p)?.pid), [undefined, 100, 101, 101]);
     // A sibling holding only one of the two tables it shares cannot fork it.
     assert.throws(() => check(tree((ps) => { ps[3]!.sharesFiles = 101; ps[3]!.sharesFs = 100; })), /sharesFiles/);
   });
@@ -37,7 +41,9 @@ describe('tree.json sharing records', () => {
     ['the root (nothing restore forks it from)', (ps) => { ps[0]!.sharesFiles = 101; }],
     ['a holder listed after it', (ps) => { ps[1]!.sharesFiles = 102; }],
     ['a holder its parent does not share', (ps) => { ps[2]!.sharesFiles = 100; }],
-    ['a sibling in another session', (ps) => { ps[1]!.sid = 101; ps[2]!.sid = 101; ps[3]!.sharesFiles = 101; }],
+    ['a sibling, in a session neither it nor their parent is in', (ps) => {
+      ps[1]!.sid = 101; ps[2]!.sid = 102; ps[2]!.pgid = 102; ps[3]!.sid = 102; ps[3]!.pgid = 102; ps[3]!.sharesFiles = 101;
+    }],
     ['a sibling listed after it', (ps) => { ps[1]!.sharesFiles = 103; }],
     ['a holder that itself shares another\'s', (ps) => { ps[1]!.sharesFs = 100; ps[2]!.sharesFs = 101; }],
     ['itself', (ps) => { ps[1]!.sharesFiles = 101; }],
