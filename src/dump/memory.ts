@@ -123,7 +123,8 @@ export interface MemoryPlan {
   /**
    * Deleted files the process maps but holds no descriptor of (a binary or library replaced
    * by an upgrade), as `/proc/PID/map_files/START-END` paths: the checkpoint opens each and
-   * makes it a file of the image (a ghost, files/deleted.ts), which the areas' `ghost` name.
+   * makes it a file of the image (a ghost, files/deleted.ts, or, when the file kept another
+   * name, a linked file, files/linked.ts), which the areas' `ghost` name.
    */
   unheldGhosts: string[];
 }
@@ -185,8 +186,10 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       const sysv = v.shared && v.path.startsWith('/SYSV') ? sysvSegment(pid, v, range) : undefined;
       const kind: VmaRecord['kind'] = special ?? (v.inode !== 0n && !sharedAnon && !sysv ? 'file' : 'anon');
       // A memfd (always "deleted") is mapped again from the memfd restored with the files, or
-      // made anew from what the areas store; a deleted file only when this process holds it
-      // open too (its contents are then in its file record).
+      // made anew from what the areas store; a deleted file from the file of the image that
+      // restores it: held open by this process, or opened through map_files for the image
+      // (unheldGhosts). Its kind is the file's: a ghost whose contents the image stores when no
+      // name is left, a linked file (found again by its handle) when it kept another name.
       const mapFiles = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
       const memfd = kind === 'file' && v.deleted && isMemfdPath(v.path);
       const mapped: MappedSpecialFile = {};

@@ -16,6 +16,13 @@
  * When the name is taken meanwhile, the file is opened through the handle's descriptor and
  * /proc then shows another of its names.
  *
+ * A memory area mapping the file through its removed name maps `/dir/name (deleted)` too
+ * (dump/memory.ts names it by `ghost`, st_dev:st_ino, as a deleted file's). Each record opened
+ * registers its file by that identity (`restoredLinked`), and restore/address-space.ts maps
+ * the area from it, as it maps a ghost's: the same inode, hence the same page cache, at the
+ * area's offset. When no descriptor of the tree holds the file, the checkpoint opens it through
+ * /proc/PID/map_files and makes it a file of the image nobody holds (collect.ts `adopted`).
+ *
  * A handle reaches any inode of its file system, wherever it is, so nothing confines it: only
  * an image this host signed or one the caller trusts may use it (checkLinkedTrust; docs/
  * security.md). A handle names an inode of this host's file system: on another host, or once
@@ -30,7 +37,8 @@ import {
 } from '../proc/fcntl.js';
 import { placeOf, statIn, withParent } from './confined.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
-import type { DumpContext, FdDesc, FileKind, FileOptions, TaskContext } from './types.js';
+import { Registry } from './deleted.js';
+import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 import { noteTransient, transientMade } from './transient.js';
 
 const SUFFIX = ' (deleted)';
@@ -61,6 +69,14 @@ export function checkLinkedTrust(label: string, files: readonly FileRecord[]): v
   if (!f) return;
   throw new FerryError('EPRIVILEGE', `image ${label}: file ${f.id} (${JSON.stringify(String(f.path).slice(0, 256))}, a removed name of a file that has another) is reached by its file system handle, which no path confines: `
     + 'only an image this host signed or one you trust may do that (sign it and restore with --trust if it is genuine)');
+}
+
+/** The files restored by the current restore, by their identity at dump (`dev:ino`, a mapping's `ghost`). */
+const restored = new Registry();
+
+/** The controller descriptor of the linked file `dev:ino` opened by the current restore, if any. */
+export function restoredLinked(identity: string): number | undefined {
+  return restored.get(identity);
 }
 
 const what = (rec: LinkedRecord): string => `file ${rec.id} (${rec.path}${SUFFIX}) of the image`;
@@ -135,6 +151,7 @@ export const linked: FileKind<LinkedRecord> = {
     if (!Number.isSafeInteger(rec.flags) || rec.flags < 0 || (rec.flags & ~REOPEN_FLAGS) !== 0) bad('has invalid flags');
     if (typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos) || !Number.isSafeInteger(Number(rec.pos))) bad('has an invalid position');
     if (typeof rec.ino !== 'string' || !/^\d{1,20}$/.test(rec.ino)) bad('has an invalid inode number');
+    if (typeof rec.dev !== 'string' || !/^\d{1,20}$/.test(rec.dev)) bad('has an invalid device number');
     if (!Number.isInteger(rec.handleType) || rec.handleType < 0 || rec.handleType > 2 ** 31 - 1) bad('has an invalid handle type');
     if (typeof rec.handle !== 'string' || !/^(?:[0-9a-f]{2})+$/.test(rec.handle) || rec.handle.length > 2 * MAX_HANDLE) bad('has an invalid handle');
     validateLocks(rec.locks, `file ${rec.id} (${rec.path})`);
@@ -145,7 +162,7 @@ export const linked: FileKind<LinkedRecord> = {
     }
   },
 
-  open(rec: LinkedRecord): number {
+  open(rec: LinkedRecord, ctx: OpenContext): number {
     const n = native();
     const { root, path } = placeOf(rec);
     try {
@@ -182,8 +199,14 @@ export const linked: FileKind<LinkedRecord> = {
             forget();
           }
           fd ??= n.openRaw(`/proc/self/fd/${h}`, rec.flags & REOPEN_FLAGS);
-          const pos = Number(rec.pos);
-          if (pos !== 0) n.lseek(fd, pos, 0);
+          try {
+            const pos = Number(rec.pos);
+            if (pos !== 0) n.lseek(fd, pos, 0);
+            restored.set(`${rec.dev}:${rec.ino}`, rec.id, fd, ctx);
+          } catch (err) {
+            n.closeFd(fd);
+            throw err;
+          }
           return fd;
         } finally {
           n.closeFd(h);

@@ -16,10 +16,21 @@
  *
  * A lease (fcntl(2) F_SETLEASE, class LEASE) belongs to the open file too and shows in every
  * descriptor's fdinfo of it. One being broken (BREAKING: another open is waiting for the
- * holder to give it up or downgrade it) shows the type it is being broken to; it comes back as
- * that type (none for UNLCK): the breaker's open is interrupted by the checkpoint, and the
- * holder's signal for the break is already queued or handled, so the lease comes back as the
- * holder would have left it. Delegations (DELEG, NFS server) are refused.
+ * holder to give it up or downgrade it) shows the type it is being broken to. Broken to none
+ * (UNLCK: an open for writing waits) it does not come back: the breaker's open is interrupted
+ * by the checkpoint, and the holder's signal for the break is already queued or handled, so
+ * the lease comes back as the holder would have left it. Broken to read (READ: an open for
+ * reading waits on a write lease) it cannot come back as a read lease: the kernel refuses one
+ * on a file open for writing, the holder's own descriptor included, which is why the holder
+ * could not downgrade it either (its choices are giving it up or letting the kernel downgrade
+ * it when the break time runs out). It comes back as what it was, a write lease being broken
+ * to read (`breaking`): taken again, then broken as before, by an open for reading, ferry's
+ * own with O_NONBLOCK, which marks the break pending and returns at once (EWOULDBLOCK). The
+ * kernel would signal the break to the file's owner, the holder, who had that signal at the
+ * original break: the owner is cleared first (F_SETOWN 0: no target, no signal) and set again
+ * from the record afterwards (owner.ts), as for every leased file. The break time starts
+ * again at the restore (/proc/sys/fs/lease-break-time, 45 s by default). Delegations (DELEG,
+ * NFS server) are refused.
  *
  * Restore takes every lock back without waiting (LOCK_NB, F_SETLK, F_OFD_SETLK) through the
  * task's own descriptor, once all its descriptors are installed: a POSIX lock by its owner
@@ -30,10 +41,14 @@
  * (a read lease) or at all (a write lease), as when it was taken.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { FerryError } from '../errors.js';
+import { errnoCode, FerryError } from '../errors.js';
+import { native } from '../native/binding.js';
+import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { parseMaps, type Vma } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
 import { SYS } from '../arch/x86-64.js';
+import { memfdIdentity } from './memfd.js';
 import type { DumpContext, FdDesc, FileOptions, TaskContext } from './types.js';
 
 /** One lock of an open file, as stored in its record. */
@@ -51,6 +66,8 @@ export interface LockRecord {
   len: string;
   /** POSIX locks: the owning process, as the tree's pid namespace names it. */
   owner?: number;
+  /** A write lease being broken to a read lease (/proc/locks: BREAKING READ). */
+  breaking?: 'read';
 }
 
 /** A parsed "lock:" line (pid as /proc shows it: ferry's namespace). */
@@ -125,7 +142,11 @@ const isLease = (l: LockLine): boolean =>
 
 /** A parsed line as a record; POSIX owners translated into the tree's pid namespace. */
 function toRecord(l: LockLine, owner?: number): LockRecord {
-  if (l.cls === 'LEASE') return { kind: 'lease', type: l.type === 'WRITE' ? 'write' : 'read', start: '0', len: '0' };
+  if (l.cls === 'LEASE') {
+    // Only a write lease is broken by an open for reading.
+    if (l.type === 'READ' && /\bLEASE\s+BREAKING\s/.test(l.text)) return { kind: 'lease', type: 'write', start: '0', len: '0', breaking: 'read' };
+    return { kind: 'lease', type: l.type === 'WRITE' ? 'write' : 'read', start: '0', len: '0' };
+  }
   const len = l.end === null ? 0n : l.end - l.start + 1n;
   const rec: LockRecord = {
     kind: l.cls === 'FLOCK' ? 'flock' : l.cls === 'OFDLCK' ? 'ofd' : 'posix',
@@ -154,6 +175,7 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
     if (l.cls === 'FLOCK' || l.cls === 'OFDLCK' || (isLease(l) && l.type !== 'UNLCK')) out.push(toRecord(l));
     else if (l.cls === 'POSIX' && l.pid === d.pid) out.push(toRecord(l, nsPid(d.pid)));
   }
+  if (out.some((l) => l.kind === 'lease' && l.type === 'write')) refuseMappedWriteLease(d, ctx.pids);
   // Other processes holding this open file may own POSIX locks set through it: each shows them
   // in its own fdinfo only. Processes without a descriptor of the file are skipped cheaply.
   const id = ctx.fileIdOf(d.pid, d.fd);
@@ -173,6 +195,29 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
   }
   if (out.length > MAX_LOCKS) throw unsupported(d, `holds ${out.length} locks, more than ${MAX_LOCKS}`);
   return out;
+}
+
+/**
+ * Refuses a write lease on a file the tree maps. The kernel counts every open file of the
+ * inode, a mapping's included, and grants a write lease only to the one open file there is: the
+ * original's mappings are of the holder's own open file (another open would have broken the
+ * lease), but restore maps a file through an open file of its own (restore/address-space.ts),
+ * after which the lease could not be taken back. Refused here, where the tree runs on.
+ */
+function refuseMappedWriteLease(d: FdDesc, pids: ReadonlySet<number>): void {
+  const id = memfdIdentity(d.stat.dev, d.stat.ino);
+  for (const pid of pids) {
+    let maps: Vma[];
+    try {
+      maps = parseMaps(readProcText(pid, 'maps'));
+    } catch {
+      continue; // gone: the freeze says so if it matters
+    }
+    const v = maps.find((m) => `${m.major}:${m.minor}:${m.inode}` === id);
+    if (v === undefined) continue;
+    throw unsupported(d, `holds a write lease, and pid ${pid} maps the file at 0x${v.start.toString(16)}: a restore maps it through an open file of its own, `
+      + 'which would keep the lease from being taken back; release the lease or unmap the file first');
+  }
 }
 
 /** /proc/locks (proc_locks(5)), or undefined when it cannot be read. */
@@ -207,12 +252,13 @@ export function validateLocks(locks: unknown, where: string): LockRecord[] {
       if (typeof r[k] !== 'string' || !/^\d{1,19}$/.test(r[k]) || BigInt(r[k]) > OFF_MAX) bad(`has a bad ${k}`);
     }
     if (r.kind === 'posix' && !(Number.isSafeInteger(r.owner) && (r.owner as number) > 0)) bad('has a POSIX lock without owner');
+    if (r.breaking !== undefined && (r.breaking !== 'read' || r.kind !== 'lease' || r.type !== 'write')) bad('has a break that is not of a write lease to a read one');
   }
   return locks as LockRecord[];
 }
 
 const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
-const F_SETLK = 6, F_OFD_SETLK = 37, F_SETLEASE = 1024, F_RDLCK = 0, F_WRLCK = 1, SEEK_SET = 0;
+const F_SETLK = 6, F_SETOWN = 8, F_OFD_SETLK = 37, F_SETLEASE = 1024, F_GETLEASE = 1025, F_RDLCK = 0, F_WRLCK = 1, SEEK_SET = 0;
 const EAGAIN = 11, EACCES = 13;
 /** flock(2)'s number on x86-64 (not in the shared table). */
 const SYS_flock = 73;
@@ -233,7 +279,7 @@ export function describeRecord(l: LockRecord): string {
   const len = BigInt(l.len);
   const range = len === 0n ? (start === 0n ? 'the whole file' : `bytes ${start}-EOF`) : `bytes ${start}-${start + len - 1n}`;
   if (l.kind === 'flock') return `flock ${l.type === 'write' ? 'exclusive' : 'shared'} lock`;
-  if (l.kind === 'lease') return `${l.type} lease`;
+  if (l.kind === 'lease') return l.breaking === 'read' ? 'write lease being broken to a read lease' : `${l.type} lease`;
   return `${l.kind === 'ofd' ? 'OFD' : 'POSIX'} ${l.type} lock on ${range}`;
 }
 
@@ -250,6 +296,29 @@ function holders(ino: bigint | undefined): string {
 }
 
 /**
+ * Breaks the write lease the task just took at `task.fd` to a read lease, as an open for
+ * reading did before the checkpoint: ferry's own open, O_NONBLOCK, marks the break pending and
+ * fails at once with EWOULDBLOCK. The owner (the task, since F_SETLEASE) is cleared first, so
+ * the break signals no one; the task sets its recorded owner again after its hooks (owner.ts).
+ * Returns what F_SETOWN returned (a negative errno when it failed).
+ */
+function breakToRead(path: string, task: TaskContext): bigint {
+  const where = `${path} (fd ${task.fd} of pid ${task.pid})`;
+  const r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETOWN, 0);
+  if (r < 0n) return r;
+  const n = native();
+  let fd: number;
+  try {
+    fd = n.openRaw(`/proc/${task.tracee.tid}/fd/${task.fd}`, O_NONBLOCK | O_CLOEXEC);
+  } catch (err) {
+    if (errnoCode(err) === 'EAGAIN') return r; // the break is pending, as it was
+    throw new FerryError('ELOCK', `cannot break the write lease of ${where} to a read lease again: ${(err as Error).message}`, { cause: err });
+  }
+  n.closeFd(fd);
+  throw new FerryError('ELOCK', `cannot break the write lease of ${where} to a read lease again: an open for reading went through, the lease is gone`);
+}
+
+/**
  * Takes back, in the task, the locks of a record installed at `task.fd`: flock and OFD locks
  * always (per open file), POSIX locks only those the task owns. Throws naming the file and lock.
  */
@@ -260,6 +329,13 @@ export function restoreLocks(locks: readonly LockRecord[], path: string, task: T
     let r: bigint;
     if (l.kind === 'flock') {
       r = task.tracee.trySyscall(SYS_flock, task.fd, (l.type === 'write' ? LOCK_EX : LOCK_SH) | LOCK_NB);
+    } else if (l.kind === 'lease' && l.breaking === 'read') {
+      // Another process of the tree holding the open file took it and broke it already: taking
+      // it again would end the break (the kernel clears a pending break on a change).
+      r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_GETLEASE);
+      if (r === BigInt(F_RDLCK)) continue;
+      if (r >= 0n) r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, F_WRLCK);
+      if (r >= 0n) r = breakToRead(path, task);
     } else if (l.kind === 'lease') {
       r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, l.type === 'write' ? F_WRLCK : F_RDLCK);
     } else {

@@ -174,6 +174,10 @@ export const memfd: FileKind<MemfdRecord> = {
 export interface MappedSpecialFile {
   /** A memfd: identity (as MemfdRecord.memfd), name, size, mode and seals at dump. */
   memfd?: { id: string; name: string; size: number; mode: number; seals: number };
-  /** A deleted file the same process holds open: its identity (DeletedRecord.ghost). */
+  /**
+   * A deleted file (its mapped name removed): its identity st_dev:st_ino at dump, which a file
+   * of the image restores: DeletedRecord.ghost (no name left), or LinkedRecord dev:ino (it
+   * kept another name), held by a descriptor of the tree or by none (memory.ts unheldGhosts).
+   */
   ghost?: string;
 }

@@ -28,6 +28,7 @@ import { AT_FDCWD } from '../proc/fcntl.js';
 import { listFds, readProcText } from '../proc/read.js';
 import { OPEN_HOW_SIZE, openHow, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS } from '../files/confined.js';
 import { restoredGhost } from '../files/deleted.js';
+import { restoredLinked } from '../files/linked.js';
 import { createMemfd, restoredMemfd, type MappedSpecialFile } from '../files/memfd.js';
 import { closeSync, ftruncateSync, openSync, readlinkSync, statSync, writeSync, type BigIntStats } from 'node:fs';
 import { injectedError, Scratch, type Tracee } from '../task/tracee.js';
@@ -589,7 +590,8 @@ const WRITE_SEALS = 0x8 | 0x10;
 
 /**
  * Maps an area of a memfd or deleted file. The file is the one the file engine restored when
- * a descriptor of the image holds it (opened by the task through /proc/<ferry>/fd/N); a memfd
+ * a file of the image is it (opened by the task through /proc/<ferry>/fd/N): a memfd, a ghost
+ * or, for a deleted name of a file that kept another, a linked file (files/linked.ts); a memfd
  * only mapped is created here by its first area, from that area's stored pages (written into
  * the memfd, not the mapping: a sealed or read-only shared mapping cannot be written through),
  * and later areas open it through /proc/<first>/map_files, at any offset. Returns the bytes of
@@ -604,7 +606,9 @@ function mapSpecialFile(t: Tracee, as: AddressSpace, task: TaskRecord, v: VmaRec
   let path: string;
   let created = -1;
   let written = 0;
-  const held = v.memfd ? restoredMemfd(v.memfd.id) : restoredGhost(v.ghost!);
+  // A deleted file is a ghost (no name left) or a linked file (another name kept), by the
+  // same identity: whichever kind the image restores it as.
+  const held = v.memfd ? restoredMemfd(v.memfd.id) : restoredGhost(v.ghost!) ?? restoredLinked(v.ghost!);
   const first = v.memfd ? shared.get(key) : undefined;
   if (held !== undefined) {
     path = `/proc/${process.pid}/fd/${held}`;

@@ -3,7 +3,8 @@
  * write lease (the read one with its own break signal), a socket whose owner is the process,
  * one whose owner is a thread, and an O_ASYNC pipe whose owner is the process group with
  * F_SETSIG; it checks each after restore, that the two leased files kept their times to the
- * nanosecond, and that the SIGIO and the lease break still reach it.
+ * nanosecond, and that the SIGIO and the lease break still reach it. With "breaking" and
+ * "breaking-read" leases are being broken when the checkpoint comes (to none; to read).
  */
 import assert from 'node:assert/strict';
 
@@ -57,10 +58,37 @@ describe('leases and file owners', { skip, timeout: 120_000 }, () => {
     assert.equal(await verify(w), 'PASS');
   });
 
+  it('a write lease being broken to read comes back being broken, its breakers still waiting, no second signal', async () => {
+    const w = await startWorkload(LEASES, ['DIR', 'breaking-read']);
+    const image = join(w.dir, 'breaking-read.tar');
+    await checkpointTreeFreed(w, image, ['--file-locks']);
+    const rs = restore(image, ['--file-locks']);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('--leave-running leaves write leases being broken to read as they were', async () => {
+    const w = await startWorkload(LEASES, ['DIR', 'breaking-read']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--file-locks', '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
   it('--leave-running keeps the original\'s leases, owners and times', async () => {
     const w = await startWorkload(LEASES, ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--file-locks', '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('a write lease on a file the tree maps is refused at checkpoint, naming both; it runs on with them', async () => {
+    const w = await startWorkload(LEASES, ['DIR', 'mapped']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar'), '--file-locks']);
+    assert.equal(cp.code, 1);
+    assert.match(cp.stderr, new RegExp(`pid ${w.pid} fd \\d+ -> .*/wr \\(holds a write lease, and pid ${w.pid} maps the file at 0x[0-9a-f]+: a restore maps it through an open file of its own`));
+    assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
     assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS');
   });

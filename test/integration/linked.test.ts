@@ -2,7 +2,9 @@
  * Open files whose name was removed while the file kept another name, through bin/ferry:
  * build/workloads/linkgone holds two open files (and a child shares one) of DIR/a, linked as
  * DIR/b before DIR/a was removed; it checks after restore that they are still that inode, at
- * their offsets, with "DIR/a (deleted)" links.
+ * their offsets, with "DIR/a (deleted)" links. With "maps" it maps such files too, one only
+ * through its maps (shared and private), one through a descriptor it holds, and checks the
+ * areas map the same inodes at their offsets, with their protection and own pages.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, rmSync } from 'node:fs';
@@ -34,6 +36,25 @@ describe('a removed name of a file that has another', { skip, timeout: 120_000 }
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS');
+  });
+
+  it('its memory maps come back mapping that inode, held by a descriptor or by the maps alone', async () => {
+    const w = await startWorkload(LINKGONE, ['DIR', 'maps']);
+    const image = join(w.dir, 'maps.tar');
+    await checkpointTreeFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(readdirSync(w.dir).filter((n) => n.length === 1).sort(), ['b', 'd', 'f'], 'the names made for the restore are gone');
+  });
+
+  it('--leave-running leaves the original\'s maps as they were', async () => {
+    const w = await startWorkload(LINKGONE, ['DIR', 'maps']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(readdirSync(w.dir).filter((n) => n.length === 1).sort(), ['b', 'd', 'f']);
   });
 
   it('once its last name is gone too, the restore is refused naming it', async () => {
