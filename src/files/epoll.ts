@@ -16,8 +16,10 @@
  * other descriptors of the same inode with kcmp(KCMP_EPOLL_TFD), and the item keeps its number.
  * A detached item whose file no process of the tree holds is refused.
  *
- * Restore: `open` creates an empty epoll in the controller (epoll_create1). Items are added by
- * the task itself in `installed`, once all its descriptors are in place, with an injected
+ * Restore: `open` creates an empty epoll in the controller (epoll_create1), waiting for no
+ * target: every file is open before the first task's `installed` hook runs, the kinds opened
+ * only once the tree exists (a pidfd, a /proc file of the tree: openAfterTree) too. Items are
+ * added by the task itself in `installed`, once all its descriptors are in place, with an injected
  * epoll_ctl(EPOLL_CTL_ADD) per item using the task's own descriptor numbers, so the restored
  * keys are the original ones. An epoll shared by several processes (fork) has each item added
  * once, by the first process restored that holds the target file at that number (checked
@@ -27,8 +29,7 @@
  * close-on-exec flag), then the number is closed or given back. This runs before the other
  * kinds' `installed` hooks (`installFirst`): closing a descriptor would drop the task's POSIX
  * locks on that file. Targets that are epolls themselves are
- * plain files here: an epoll only needs its targets to exist, and the kernel refused cycles
- * when the items were first added.
+ * plain files here: the kernel refused cycles when the items were first added.
  *
  * An EPOLLONESHOT item that already fired keeps only its flag bits (EP_PRIVATE_BITS: EPOLLET,
  * EPOLLONESHOT, EPOLLEXCLUSIVE, EPOLLWAKEUP) and reports nothing, not even a hangup, until
@@ -55,7 +56,7 @@ import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
 import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
 import { treeFds } from '../proc/read.js';
-import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
+import { type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
 /** kcmp(2) type comparing two descriptors' open files. */
 const KCMP_FILE = 0;
@@ -203,13 +204,12 @@ function checkRecord(rec: EventpollRecord): void {
   }
 }
 
-function openEpoll(rec: EventpollRecord, ctx: OpenContext): number | typeof NOT_YET {
-  // Targets are added inside each task; they must exist by then, so the epoll waits for them
-  // (a target that is an epoll itself only needs to be created, which never waits).
+function openEpoll(rec: EventpollRecord, ctx: OpenContext): number {
+  // Created empty: targets are added inside each task (installed), after every file is open,
+  // those opened once the tree exists too (pidfds, the tree's /proc files: openAfterTree), so
+  // the epoll waits for none of them here; waiting would never end for those.
   for (const t of rec.targets) {
-    const target = ctx.record(t.file);
-    if (!target) throw new FerryError('EIMAGE', `image: epoll (file ${rec.id}) watches file ${t.file}, which the image does not hold`);
-    if (target.kind !== 'eventpoll' && ctx.opened(t.file) === undefined) return NOT_YET;
+    if (!ctx.record(t.file)) throw new FerryError('EIMAGE', `image: epoll (file ${rec.id}) watches file ${t.file}, which the image does not hold`);
   }
   const n = native();
   const fd = n.epollCreate1(0);
@@ -392,7 +392,7 @@ export const eventpoll: FileKind<EventpollRecord> = {
     return Array.isArray(rec.targets) ? rec.targets.flatMap((t: Partial<EpollTarget> | null) => (typeof t?.file === 'number' ? [t.file] : [])) : [];
   },
 
-  open(rec: EventpollRecord, ctx: OpenContext): number | typeof NOT_YET {
+  open(rec: EventpollRecord, ctx: OpenContext): number {
     try {
       return openEpoll(rec, ctx);
     } catch (err) {

@@ -21,9 +21,21 @@
  * with one so, or in a container's image, before anything is made (files/install.ts
  * checkThreadFiles). A /proc of another pid namespace (a container's own) is not this kind's:
  * such a path is the regular module's, resolved in the container.
+ *
+ * A file whose process had exited and been reaped (a child's /proc/PID/stat kept after
+ * waitpid) names a dead task: its reads fail (ESRCH), and its pid is free, or another
+ * process's by now. Its path tells it from a live one's: looked up again, it finds no file, or
+ * another inode (an open /proc file pins its dentry, which stays the one the path leads to as
+ * long as its process lives; the reaping unhashes the process's directory, whose link then
+ * ends in " (deleted)"). Such a file is stored by that pid (`gone`, as ferry saw it) and the
+ * path below it, and restore makes it the way it came about: a process of ferry's, made at that
+ * pid when it is free (clone3 set_tid; any pid when it is not), stopped after its exec, has
+ * its file opened, then is killed and reaped. Not kept exactly: the pid in the link text when
+ * that pid is taken at restore. A reaped thread's file (/proc/PID/task/TID/… of a thread that
+ * exited) is refused at checkpoint: restore has no thread to make it through.
  */
 import { statSync } from 'node:fs';
-import { FerryError } from '../errors.js';
+import { errnoCode, FerryError, describeCause } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import {
@@ -38,6 +50,20 @@ const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_LARGEFILE | O_NOATIME
 const MAX_PID = 4194304;
 /** /proc/<pid>[/task/<tid>][/rest]: the rest is plain names, no "." or "..". */
 const PROC_PATH = /^\/proc\/(\d+)(?:\/task\/(\d+))?((?:\/[^/]+)*)$/;
+/** What d_path adds to the link of a directory unhashed since it was opened (a reaped process's). */
+const DELETED = ' (deleted)';
+const SIGKILL = 9;
+
+/**
+ * The link of a /proc file, parsed: its pid, its thread's tid, the rest of the path, and
+ * whether the link said " (deleted)" (a reaped process's directory); undefined if it is none.
+ */
+function parseLink(link: string): { pid: number; tid: number | undefined; rest: string; deleted: boolean } | undefined {
+  const deleted = link.endsWith(DELETED);
+  const m = PROC_PATH.exec(deleted ? link.slice(0, -DELETED.length) : link);
+  if (!m) return undefined;
+  return { pid: Number(m[1]), tid: m[2] === undefined ? undefined : Number(m[2]), rest: m[3] ?? '', deleted };
+}
 
 export interface ProcfileRecord extends FileRecord {
   kind: 'procfile';
@@ -47,6 +73,11 @@ export interface ProcfileRecord extends FileRecord {
   sub: string;
   /** The path was /proc/PID/task/PID/…: the main thread's own directory. */
   task?: boolean;
+  /**
+   * The file's process had exited and been reaped: its pid as ferry saw it (`target` null,
+   * `sub` the path below /proc/PID, never with `thread`).
+   */
+  gone?: number;
   /**
    * The path was /proc/PID/task/TID/… of another thread of `target`: that thread's tid in the
    * tree's pid namespace (never with `task`, nor with `target` null).
@@ -92,9 +123,59 @@ function openProc(path: string, rec: ProcfileRecord): number {
   }
 }
 
+const unsupported = (d: FdDesc, why: string): FerryError =>
+  new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} (${why})`);
+
+/**
+ * Whether `d`, a /proc file, names a task that has been reaped: its path, looked up now,
+ * finds no file or another inode than the one held (see the module comment).
+ */
+function namesGone(d: FdDesc, path: string, deleted: boolean): boolean {
+  if (deleted) return true;
+  try {
+    const now = statSync(path, { bigint: true });
+    return now.ino !== d.stat.ino || now.dev !== d.stat.dev;
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ESRCH') return true;
+    throw new FerryError('EDUMP', `checkpoint: pid ${d.pid} fd ${d.fd} -> ${d.link}: cannot look its path up again: ${describeCause(err)}`, { cause: err });
+  }
+}
+
+/**
+ * Opens the file of record `rec` of a reaped process (`gone`) as it came about: through a
+ * process of ferry's made at that pid (any pid when it is taken), stopped right after its exec,
+ * killed and reaped once the file is open, so that the file names a dead task.
+ */
+function openGone(rec: ProcfileRecord, gone: number): number {
+  const n = native();
+  let pid: number;
+  try {
+    try {
+      // Node itself: a program that is there wherever ferry runs, never run past its exec.
+      pid = n.spawnStub(process.execPath, [gone]);
+    } catch (err) {
+      if (errnoCode(err) !== 'EEXIST') throw err;
+      pid = n.spawnStub(process.execPath, []); // the pid is taken: the link text names another
+    }
+  } catch (err) {
+    throw new FerryError('EOPEN', `cannot restore file ${rec.id} (/proc/${gone}${rec.sub}, of a process already reaped): `
+      + `no process could be made to stand for it: ${describeCause(err)}`, { cause: err });
+  }
+  try {
+    return openProc(`/proc/${pid}${rec.task === true ? `/task/${pid}` : ''}${rec.sub}`, rec);
+  } finally {
+    try {
+      process.kill(pid, SIGKILL);
+    } finally {
+      n.waitExit(pid);
+    }
+  }
+}
+
 /** Refuses, for an image not trusted, a /proc file of a process outside its tree. */
 export function checkProcfileTrust(label: string, files: readonly FileRecord[]): void {
-  const f = files.find((x) => x.kind === 'procfile' && x.target === null);
+  // A reaped process's file (`gone`) is opened through a process ferry makes for it.
+  const f = files.find((x) => x.kind === 'procfile' && x.target === null && x.gone === undefined);
   if (!f) return;
   throw new FerryError('EPRIVILEGE', `image ${label}: file ${f.id} (${JSON.stringify(String(f.sub).slice(0, 256))}) is a /proc file of a process outside the image's tree, `
     + 'which restore would open as root: only an image this host signed or one you trust may hold one (sign it and restore with --trust if it is genuine)');
@@ -104,7 +185,7 @@ export const procfile: FileKind<ProcfileRecord> = {
   kind: 'procfile',
 
   matches(fd: FdDesc): boolean {
-    return PROC_PATH.test(fd.link) && (fd.fdinfo.flags & O_PATH) === 0 && onOwnProc(fd);
+    return parseLink(fd.link) !== undefined && (fd.fdinfo.flags & O_PATH) === 0 && onOwnProc(fd);
   },
 
   key(fd: FdDesc): string {
@@ -112,13 +193,19 @@ export const procfile: FileKind<ProcfileRecord> = {
   },
 
   dump(fd: FdDesc, ctx): Omit<ProcfileRecord, 'id' | 'kind'> {
-    const m = PROC_PATH.exec(fd.link)!;
-    const pid = Number(m[1]);
-    const tid = m[2] === undefined ? undefined : Number(m[2]);
-    const rest = m[3] ?? '';
+    const { pid, tid, rest, deleted } = parseLink(fd.link)!;
     const flags = fd.fdinfo.flags & REOPEN_FLAGS;
     const pos = fd.fdinfo.pos.toString();
-    if (!ctx.pids.has(pid)) return { target: null, sub: fd.link, flags, pos };
+    const path = `/proc/${pid}${tid === undefined ? '' : `/task/${tid}`}${rest}`;
+    // Before the tree's pids: a reaped process's pid may be a process of the tree's by now.
+    if (namesGone(fd, path, deleted)) {
+      if (tid !== undefined && tid !== pid) {
+        throw unsupported(fd, `a /proc file of thread ${tid} of pid ${pid}, which has exited: restore has no thread to open it through; `
+          + 'close the descriptor');
+      }
+      return { target: null, gone: pid, sub: rest, ...(tid !== undefined ? { task: true } : {}), flags, pos };
+    }
+    if (!ctx.pids.has(pid)) return { target: null, sub: path, flags, pos };
     // Another thread's (restore opens it once the threads exist: namesThread).
     if (tid !== undefined && tid !== pid) return { target: nsPid(pid), sub: rest, thread: nsPid(pid, tid), flags, pos };
     return { target: nsPid(pid), sub: rest, ...(tid !== undefined ? { task: true } : {}), flags, pos };
@@ -129,7 +216,10 @@ export const procfile: FileKind<ProcfileRecord> = {
       throw new FerryError('EIMAGE', `image: file ${rec.id} (kind procfile) ${why}`);
     };
     if (rec.target !== null && (!Number.isInteger(rec.target) || rec.target < 1 || rec.target > MAX_PID)) bad('has an invalid target');
-    if (rec.target === null ? !(typeof rec.sub === 'string' && PROC_PATH.test(rec.sub) && validSub(PROC_PATH.exec(rec.sub)![3] ?? ''))
+    if (rec.gone !== undefined && (rec.target !== null || !Number.isInteger(rec.gone) || rec.gone < 1 || rec.gone > MAX_PID
+      || rec.thread !== undefined)) bad('has an invalid reaped process (gone)');
+    if (rec.target === null && rec.gone === undefined
+      ? !(typeof rec.sub === 'string' && PROC_PATH.test(rec.sub) && validSub(PROC_PATH.exec(rec.sub)![3] ?? ''))
       : !validSub(rec.sub)) bad('has an invalid path');
     if (rec.task !== undefined && typeof rec.task !== 'boolean') bad('has an invalid task flag');
     if (rec.thread !== undefined && (rec.target === null || rec.task !== undefined || !Number.isInteger(rec.thread)
@@ -157,6 +247,7 @@ export const procfile: FileKind<ProcfileRecord> = {
   },
 
   async openAfterTree(rec: ProcfileRecord, hostPid: (pid: number) => number | undefined): Promise<number> {
+    if (rec.gone !== undefined) return openGone(rec, rec.gone);
     if (rec.target === null) return openProc(rec.sub, rec);
     const pid = hostPid(rec.target);
     if (pid === undefined) {

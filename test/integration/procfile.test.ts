@@ -2,13 +2,17 @@
  * Files under /proc/PID/ held open, through bin/ferry: build/workloads/procfds holds its own
  * /proc/self/stat (past its start), its child's status and maps, its main thread's comm, its
  * /proc directory and /proc/1/stat, and its child its own /proc/self/stat; after restore each
- * checks they name the same (restored) process (the maps its restored address space).
+ * checks they name the same (restored) process (the maps its restored address space). It
+ * also holds the stat and directory of a child it reaped (they come back naming that pid, a
+ * dead task: ESRCH), and an epoll watching its /proc/self/mountinfo (it reports a mount
+ * after restore); an edited image with an invalid reaped process's file is refused before
+ * anything is made.
  * build/workloads/threadproc holds /proc files of a thread other than its main one (the
  * thread's own /proc/thread-self/stat and directory, its status held by the main thread, its
  * stat held by a child): after restore they read the restored thread, renamed since, at their
  * offsets and with their flags; --leave-running leaves them as they were. One in flight
  * (SCM_RIGHTS queued on a unix socket) or watched by an epoll is refused with the tree left
- * running; an edited image
+ * running, and so is the file of a thread that has exited; an edited image
  * naming a thread the tree does not have fails the restore with nothing left, and one with an
  * epoll watching such a file or a queued message carrying one is refused before anything is
  * made.
@@ -90,6 +94,17 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
     assert.equal(await verify(w), 'PASS');
   });
 
+  it('the /proc file of a thread that has exited is refused in one line, the tree left running as it was', async () => {
+    const w = await startWorkload(THREADPROC, ['exited']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'exited.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.equal(cp.stderr.trim().split('\n').length, 1, cp.stderr);
+    assert.match(cp.stderr, new RegExp(`unsupported file: pid ${w.pid} fd \\d+ -> /proc/${w.pid}/task/(\\d+)/stat \\(a /proc file of thread \\1 of pid ${w.pid}, `
+      + 'which has exited: restore has no thread to open it through; close the descriptor\\)'));
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
   it('an edited image naming a thread not in the tree is refused in one line, nothing left', async () => {
     const w = await startWorkload(THREADPROC, []);
     const image = join(w.dir, 'thread.tar');
@@ -135,6 +150,38 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
       assert.match(rs.stderr, new RegExp(`${names}, a /proc file of a thread, as an epoll item or a file in flight .*refused \\(an edited image\\); nothing was restored`));
       assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no restore stub was made');
       assert.ok(pids.every((p) => !alive(p)), 'no process of the tree was made');
+    }
+  });
+
+  it('an edited image with an invalid reaped process\'s file is refused in one line, before anything is made', async () => {
+    const w = await startWorkload(PROCFDS, ['DIR']);
+    const image = join(w.dir, 'proc.tar');
+    await checkpointTreeFreed(w, image);
+    const gone = imageFiles(image).filter((f) => f.kind === 'procfile' && typeof f.gone === 'number');
+    assert.equal(gone.length, 2, `the reaped child's stat and directory are recorded by its pid: ${JSON.stringify(gone)}`);
+    const before = stubs();
+    for (const [name, edit] of [
+      ['thread', (f: Record<string, unknown>) => { f.thread = 5; }],
+      ['pid', (f: Record<string, unknown>) => { f.gone = 4194305; }],
+      ['target', (f: Record<string, unknown>) => { f.target = f.gone; }],
+      ['path', (f: Record<string, unknown>) => { f.sub = '/../1/stat'; }],
+    ] as const) {
+      const edited = join(w.dir, `${name}.tar`);
+      await editImage(image, edited, {
+        'files.json': json<{ files: Array<Record<string, unknown>> }>((v) => {
+          for (const f of v.files) {
+            if (f.kind === 'procfile' && typeof f.gone === 'number') edit(f);
+            // /proc/1/stat made the process's own: an unsigned image may not hold the outsider's.
+            else if (f.kind === 'procfile' && f.target === null) Object.assign(f, { target: w.pid, sub: '/stat' });
+          }
+        }),
+      });
+      const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
+      assert.match(rs.stderr, /image: file \d+ \(kind procfile\) has an invalid (reaped process \(gone\)|path)/);
+      assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no restore stub was made');
+      assert.ok(!alive(w.pid), 'the tree was not made');
     }
   });
 

@@ -9,7 +9,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { checkThreadFiles } from '../../src/files/install.js';
-import { procfile, type ProcfileRecord } from '../../src/files/procfile.js';
+import { checkProcfileTrust, procfile, type ProcfileRecord } from '../../src/files/procfile.js';
 import type { FileRecord } from '../../src/image/records.js';
 
 /** A record of /proc/`target`/task/`thread``sub`, with `extra` fields as given. */
@@ -59,5 +59,28 @@ describe('an image holding a thread\'s /proc file', () => {
     assert.throws(() => checkThreadFiles('img', [thread, unix([[], [8, 7]])], false), {
       code: 'EIMAGE', message: /^image img: file 10 \(unix\) names file 7, a \/proc file of a thread/,
     });
+  });
+});
+
+describe('a procfile record of a process already reaped (gone)', () => {
+  const gone = (extra: Record<string, unknown> = {}): ProcfileRecord =>
+    ({ id: 7, kind: 'procfile', target: null, gone: 1234, sub: '/stat', flags: 0, pos: '0', ...extra }) as unknown as ProcfileRecord;
+
+  it('is accepted with a pid in range and a path below it, and needs no trust', () => {
+    procfile.check!(gone());
+    procfile.check!(gone({ sub: '' }));
+    procfile.check!(gone({ task: true }));
+    checkProcfileTrust('img', [gone()]);
+    assert.equal(procfile.namesThread!(gone()), false);
+  });
+
+  it('is refused with a pid out of range, a process of the tree, a thread, or a path that leaves it', () => {
+    for (const bad of [gone({ gone: 0 }), gone({ gone: 4194305 }), gone({ gone: 1.5 }), gone({ gone: '1234' }), gone({ target: 1234 }),
+      gone({ thread: 5 })]) {
+      assert.throws(() => procfile.check!(bad), { code: 'EIMAGE', message: /^image: file 7 \(kind procfile\) has an invalid reaped process \(gone\)$/ });
+    }
+    for (const sub of ['stat', '/../1/stat', '/./stat', '/a//b']) {
+      assert.throws(() => procfile.check!(gone({ sub })), { code: 'EIMAGE', message: /^image: file 7 \(kind procfile\) has an invalid path$/ });
+    }
   });
 });
