@@ -39,6 +39,7 @@ export const SYS = {
   setpriority: 141, sched_setscheduler: 144, sched_getscheduler: 145, sched_setaffinity: 203, seccomp: 317,
   rseq: 334, pidfd_open: 434, clone3: 435, close_range: 436, openat2: 437, pidfd_getfd: 438,
   epoll_ctl: 233, epoll_wait: 232, mlock2: 325, membarrier: 324, unshare: 272, setns: 308, mincore: 27, mlockall: 151, userfaultfd: 323,
+  io_setup: 206, io_destroy: 207, io_getevents: 208, io_submit: 209, memfd_create: 319,
   timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, clock_getres: 229,
 } as const;
 

@@ -41,7 +41,7 @@ import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
 import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
-import { estimateTreeMemory, planMemory, prepareChunkBuffers, shareAmongSiblings } from './memory.js';
+import { estimateTreeMemory, planMemory, prepareChunkBuffers, readAioRings, shareAmongSiblings } from './memory.js';
 import { holdAddressSpaces } from './memory-hold.js';
 import type { LockRecord } from '../files/locks.js';
 import { readCreds, warmUpCreds } from './creds.js';
@@ -431,6 +431,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     }
     // Files the caller calls external: a restore must be handed a descriptor for each.
     for (const f of files.files) if (typeof f.link === 'string' && fileOptions.external.includes(f.link)) f.external = true;
+    // The io_setup(2) rings last, as late as the frozen reading allows: disk requests that
+    // finish meanwhile have their events in them (memory.ts readAioRings).
+    for (const d of dumped) readAioRings(d.tracees[0]!, d.memory.vmas);
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
     log.debug({ processes: dumped.length, pagesBytes, files: files.files.length }, 'collected');
     await faultPoint('dumped', o.signal);

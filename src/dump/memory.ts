@@ -8,7 +8,8 @@
  * maps the same file or fresh zero memory.
  */
 import { closeSync, openSync, readFileSync, readSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
-import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from '../arch/x86-64.js';
+import { constants as osConstants } from 'node:os';
+import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { directBuffer } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
@@ -19,6 +20,8 @@ import { inheritable, pageSet, runsOf } from '../image/cow.js';
 import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
 import { parseChildren } from '../proc/children.js';
 import { listFds, listTids, readProcText } from '../proc/read.js';
+import { AIO_RING_HEADER, AIO_RING_MAX_PAGES, IO_EVENT_SIZE, MAX_AIO_EVENTS, parseRingHeader, ringHeaderProblem } from '../image/aio-ring.js';
+import { injectedError, type Tracee } from '../task/tracee.js';
 
 /**
  * VmFlags (smaps) carried into the image: grows-down, accountable (a private area that was
@@ -170,17 +173,19 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       if (/^socket:\[\d+\]$/.test(v.path)) {
         throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is memory of a socket (a packet ring, PACKET_MMAP, or the like), which cannot be checkpointed yet; unmap it or run the process without it`);
       }
-      // io_setup(2)'s completion ring. Placing a new context's ring at this address works
-      // (mremap(2) of the ring moves the context's id with it), and the ring's head, tail and
-      // unreaped events are in these pages; but the requests in flight are not: the kernel
-      // counts them only in the context (reqs_available, per-CPU caches), which no interface
-      // shows, and io_getevents(2) would consume what it finds. A request in flight at the
-      // checkpoint (an IOCB_CMD_POLL waits indefinitely) would never complete in the restored
-      // process, which would wait for it for ever: refused.
+      // io_setup(2)'s completion ring: an area of its own kind, no page stored. Its header and
+      // the events not reaped yet are read last (readAioRings), and restore makes a new
+      // context whose ring it moves here (restore/aio.ts).
       if (v.path === '/[aio]' && v.deleted) {
-        throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} is the completion ring of an io_setup(2) context (aio), `
-          + 'which cannot be checkpointed: the kernel shows no way to tell whether requests are in flight in it, whose completions '
-          + 'a restored process would wait for in vain; io_destroy(2) it first or run the process without it');
+        if (!v.shared || v.offset !== 0n || v.end - v.start > BigInt(AIO_RING_MAX_PAGES * PAGE_SIZE)) {
+          throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${pid}: ${range} maps an io_setup(2) completion ring otherwise than io_setup does (private, at an offset, or too big)`);
+        }
+        vmas.push({
+          start: hex(v.start), end: hex(v.end),
+          prot: (v.read ? PROT_READ : 0) | (v.write ? PROT_WRITE : 0) | (v.exec ? PROT_EXEC : 0),
+          shared: true, kind: 'aio', name: v.path, vmflags: [], runs: [], pagesOffset: pagesBytes,
+        });
+        continue;
       }
       const sharedAnon = isSharedAnon(v);
       const sysv = v.shared && v.path.startsWith('/SYSV') ? sysvSegment(pid, v, range) : undefined;
@@ -300,6 +305,61 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
     unheldGhosts,
     produce: (sink, chunkBytes, buffers, held) => producePages(pid, vmas, sink, chunkBytes, buffers, viaMem, held),
   };
+}
+
+/** errno(3) numbers readAioRings tells apart. */
+const { EINTR, EINVAL } = osConstants.errno;
+
+/**
+ * Reads the io_setup(2) rings among the planned areas `vmas` of the stopped process `t`: each
+ * area of kind 'aio' gets its `aio` (image/aio-ring.ts). Called as late as the frozen dump
+ * allows, after the other memory work: requests on files opened with O_DIRECT complete within
+ * milliseconds, also while the tree is stopped, and their events are then in the ring. A
+ * request still in flight (an IOCB_CMD_POLL waiting, a read of a slow device) is counted only
+ * inside the kernel's context (reqs_available, per-CPU), which no interface shows: it is not
+ * seen, and does not come back (docs/architecture.md).
+ *
+ * The area must be a context's own ring: an injected io_getevents(2) with min_nr and nr 0
+ * reads nothing and returns 0 for a context of this process whose ring is at that address,
+ * EINVAL otherwise. fork(2) copies the mapping but not the context: a child's copy of its
+ * parent's ring (or a part of a ring split by mprotect) is refused, as is a header fs/aio.c
+ * would not have written. The events are [head, tail) modulo nr: the kernel writes tail, the
+ * process head (libaio reaps by reading the ring and moving head itself), which the kernel
+ * takes modulo nr.
+ */
+export function readAioRings(t: Tracee, vmas: readonly VmaRecord[]): void {
+  const rings = vmas.filter((v) => v.kind === 'aio');
+  if (rings.length === 0) return;
+  const probe = (v: VmaRecord): readonly [number, ...bigint[]] => [SYS.io_getevents, BigInt(v.start), 0n, 0n, 0n, 0n];
+  const probes = t.trySyscalls(rings.map(probe));
+  rings.forEach((v, i) => {
+    const range = `${v.start}-${v.end} (/[aio])`;
+    const refuse = (what: string): never => {
+      throw new FerryError('EUNSUPPORTED', `unsupported memory area of pid ${t.pid}: ${range} ${what}`);
+    };
+    // EINTR: a stop of the seize's own was pending as it ran (nothing was read); asked again.
+    for (let tries = 0; probes[i] === -BigInt(EINTR) && tries < 3; tries++) probes[i] = t.trySyscalls([probe(v)])[0]!;
+    if (probes[i]! < 0n && probes[i] !== -BigInt(EINVAL)) throw injectedError(SYS.io_getevents, Number(-probes[i]!), t.tid);
+    if (probes[i]! !== 0n) {
+      refuse('is not the whole completion ring of an io_setup(2) context of this process (a copy of its parent\'s inherited through fork(2), '
+        + 'or part of a ring), which cannot be checkpointed: unmap it in that process or run it without it');
+    }
+    const start = BigInt(v.start);
+    const bytes = Number(BigInt(v.end) - start);
+    const h = parseRingHeader(t.readMem(start, AIO_RING_HEADER));
+    const problem = ringHeaderProblem(h, bytes);
+    if (problem !== undefined) refuse(`is the completion ring of an io_setup(2) context, but ${problem}: refused`);
+    const head = h.head % h.nr;
+    const count = (h.tail - head + h.nr) % h.nr;
+    if (count > MAX_AIO_EVENTS) {
+      refuse(`is the completion ring of an io_setup(2) context holding ${count} completed events not reaped yet, more than the ${MAX_AIO_EVENTS} `
+        + 'a checkpoint records: let the process reap them (io_getevents(2)) and checkpoint again');
+    }
+    const at = (slot: number): bigint => start + BigInt(AIO_RING_HEADER + slot * IO_EVENT_SIZE);
+    const first = Math.min(count, h.nr - head);
+    const events = Buffer.concat([t.readMem(at(head), first * IO_EVENT_SIZE), t.readMem(at(0), (count - first) * IO_EVENT_SIZE)]);
+    v.aio = { nr: h.nr, events: events.toString('base64') };
+  });
 }
 
 /**

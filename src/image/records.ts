@@ -32,8 +32,11 @@ export interface VmaRecord {
   prot: number;
   /** MAP_SHARED (else private). */
   shared: boolean;
-  /** 'anon' (private or shared anonymous), 'file' (mapped file), or a kernel special mapping. */
-  kind: 'anon' | 'file' | 'vdso' | 'vvar' | 'vvar_vclock' | 'vsyscall';
+  /**
+   * 'anon' (private or shared anonymous), 'file' (mapped file), a kernel special mapping, or
+   * 'aio': the completion ring of an io_setup(2) context (`aio`).
+   */
+  kind: 'anon' | 'file' | 'vdso' | 'vvar' | 'vvar_vclock' | 'vsyscall' | 'aio';
   /** /proc/PID/maps name: a path, [heap], [stack], [anon:…], '' for plain anonymous memory. */
   name: string;
   /**
@@ -48,6 +51,14 @@ export interface VmaRecord {
    * first process that attaches it and attaches it in every one.
    */
   sysv?: { shmid: number; key: number; size: number; mode: number; uid: number; gid: number; removed: boolean };
+  /**
+   * For 'aio' (and only there): the ring of an io_setup(2) context of this process, whose id
+   * is the area's start (image/aio-ring.ts). `nr` is the ring's event count (what its length
+   * holds); `events` the completed events the process had not reaped yet, oldest first, each
+   * a struct io_event (data, obj, res, res2: 32 bytes) back to back, base64. Its pages are
+   * not stored: restore makes a new context, moves its ring here and puts the events back.
+   */
+  aio?: { nr: number; events: string };
   /** For 'file': the file, its offset, and the identity it had. */
   file?: { path: string; offset: Hex; dev: string; ino: string; size: number; mtimeNs: string };
   /**

@@ -367,7 +367,7 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // Areas kept from the parent (clearStub) are in place with the parent's pages: the ones the
   // child had not are dropped again before its own are written over the others.
   if (inherited && kept.size > 0) dropPages(t, task, inherited);
-  const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall' && !kept.has(v));
+  const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall' && v.kind !== 'aio' && !kept.has(v));
   // Areas of a shared object another area already created are mapped after the others.
   const firsts = new Set<string>();
   const joins = all.filter((v) => {
@@ -448,6 +448,11 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
       const advice = MADVISE_BY_VMFLAG[f];
       if (advice !== undefined) calls.push([SYS.madvise, start, len, advice]);
     }
+  }
+  // An io_setup(2) ring's range is held by a placeholder until its context is made again and
+  // its ring moved over it (restore/aio.ts), so that nothing lands there meanwhile.
+  for (const v of task.vmas) {
+    if (v.kind === 'aio') calls.push([SYS.mmap, big(v.start), big(v.end) - big(v.start), 0, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0]);
   }
   for (const fd of fileFds.values()) calls.push([SYS.close, fd]);
   const results = t.syscalls(calls);

@@ -42,6 +42,7 @@ import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRe
 import type { Tracee } from '../task/tracee.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
+import { checkAioRings, restoreAioRings } from './aio.js';
 import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
 import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, openedFileGuard } from './file-access.js';
 import { checkFilePrivilege, checkPseudoFiles, checkWatchAccess, guardPseudoFiles, pseudoFsDevices } from './file-privilege.js';
@@ -118,6 +119,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     checkInherited(tree, tasks); // pages inherited copy-on-write name the parent's (restore/cow.ts)
     validateSharing(tree, tasks); // processes sharing a descriptor table hold the same descriptors
     const extents = sharedExtents(tasks); // each shared anonymous object's windows, bounded
+    checkAioRings(o.image === '-' ? '(stdin)' : o.image, tasks); // io_setup(2) rings this machine makes at their size (aio.ts)
     // No privilege from the image: every task's credentials within the bound, before anything
     // exists. Without one, an image no trusted key signed gets the untrusted default.
     const trusted = image.signer !== null && (image.signer === host?.keyId || (trust?.keys.has(image.signer) ?? false));
@@ -567,6 +569,7 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
   as: AddressSpace, cwdRoot: ConfinedRoot, removedRoots: RemovedRoots, tableShared: boolean, controllerPidfd?: number): void {
   const t = created.stubs.get(task.pid)!;
   setMm(t, as, task);
+  restoreAioRings(t, as, task); // its io_setup(2) contexts, each ring moved to where it was (aio.ts)
   // A removed working directory that is a removed root is that root's directory, held with
   // its mode and owner (root-dir.ts); any other is made for the chdir (cwd.ts).
   const heldCwd = removedRoots.cwdOf(task);

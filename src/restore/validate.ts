@@ -16,6 +16,7 @@ import { KEPT_TABLE } from '../files/tcp-lock.js';
 import { TREE_ENTRY, type FileRecord, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
 import { forkedBySiblings, Forkers, SHARED_TABLES, THREAD_ALONE_KINDS } from '../image/sharing.js';
 import { inherits } from './cow.js';
+import { AIO_RING_MAX_PAGES, IO_EVENT_SIZE, MAX_AIO_EVENTS, ringEvents } from '../image/aio-ring.js';
 
 /** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT). */
 const PID_MAX = 4 * 1024 * 1024;
@@ -56,6 +57,9 @@ const hex: Check = (v, at) => (typeof v === 'string' && HEX.test(v) ? undefined 
 /** A string of at most `max` characters. */
 const str = (max = 8192): Check => (v, at) => (typeof v === 'string' && v.length <= max ? undefined
   : must(at, `a string of at most ${max} characters`, v));
+/** Base64 text of at most `max` characters. */
+const base64 = (max: number): Check => (v, at) => str(max)(v, at)
+  ?? (/^[A-Za-z0-9+/]*={0,2}$/.test(v as string) && (v as string).length % 4 === 0 ? undefined : must(at, 'base64 text', v));
 /** A string of decimal digits (a 64-bit or wider integer kept exact). */
 const digits: Check = (v, at) => (typeof v === 'string' && /^-?\d{1,25}$/.test(v) ? undefined : must(at, 'a string of digits', v));
 const bool: Check = (v, at) => (typeof v === 'boolean' ? undefined : must(at, 'true or false', v));
@@ -122,7 +126,7 @@ const posixTimer = record({
 });
 const vma = record({
   start: hex, end: hex, prot: int(0, 15), shared: bool,
-  kind: oneOf('anon', 'file', 'vdso', 'vvar', 'vvar_vclock', 'vsyscall'), name: str(),
+  kind: oneOf('anon', 'file', 'vdso', 'vvar', 'vvar_vclock', 'vsyscall', 'aio'), name: str(),
   vmflags: list(str(2), 64), runs: list(tuple(int(0), int(0)), 1 << 24), pagesOffset: int(0),
 }, {
   shmem: record({ id: str(64), offset: hex }),
@@ -140,6 +144,9 @@ const vma = record({
   cow: list(tuple(int(0), int(0)), 1 << 24),
   // Stored pages its siblings inherit through the parent (image/cow.ts), checked by restore/cow.ts.
   lent: list(tuple(int(0), int(0)), 1 << 24),
+  // An io_setup(2) ring (image/aio-ring.ts): its events base64, at most MAX_AIO_EVENTS of them
+  // (checked against the area below).
+  aio: record({ nr: int(1, ringEvents(AIO_RING_MAX_PAGES)), events: base64(Math.ceil(MAX_AIO_EVENTS * IO_EVENT_SIZE / 3) * 4) }),
 });
 const thread = record({
   tid: pid,
@@ -248,10 +255,16 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
     threadFds += own.size;
     if (threadFds > MAX_FDS) fail(where, `the threads' own descriptor tables hold more than ${MAX_FDS} descriptors`);
   }
+  let rings = false;
   for (const [i, m] of t.vmas.entries()) {
     const pages = (BigInt(m.end) - BigInt(m.start)) / BigInt(PAGE_SIZE);
     if (pages <= 0n) fail(where, `vmas[${i}] ends at ${m.end}, not after its start ${m.start}`);
     if (m.kind === 'file' && m.file === undefined) fail(where, `vmas[${i}] is a file mapping without file`);
+    if ((m.kind === 'aio') !== (m.aio !== undefined)) fail(where, `vmas[${i}] ${m.kind === 'aio' ? 'is an io_setup(2) ring without aio' : 'has aio but is not of kind aio'}`);
+    if (m.aio !== undefined) {
+      checkAioRing(where, t, i);
+      rings = true;
+    }
     let stored = 0;
     for (const [j, [first, count]] of m.runs.entries()) {
       if (BigInt(first) + BigInt(count) > pages) fail(where, `vmas[${i}].runs[${j}] goes past the end of the area (${pages} pages)`);
@@ -289,6 +302,7 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
       fail(where, `vmas[${i}] stores pages past the end of the task's ${t.pagesBytes} bytes of pages`);
     }
   }
+  if (rings) checkAioOverlaps(where, t);
   for (const [i, th] of t.threads.entries()) {
     // What the kernel refuses outright, refused here, before any thread exists (set_robust_list(2): the
     // size of struct robust_list_head; sigaltstack(2): SS_ONSTACK, SS_DISABLE, SS_AUTODISARM, and a
@@ -312,6 +326,50 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   }
   validateCreds(`${where} creds`, (v as { creds?: unknown }).creds, t.threads);
   return t;
+}
+
+/**
+ * An io_setup(2) ring (`vmas[i]`, kind 'aio'; image/aio-ring.ts), checked before anything is
+ * made: a page-aligned shared area of user space no bigger than the largest ring io_setup
+ * makes, overlapping no other area of the task; `nr` the events its length holds; fewer events
+ * than `nr` (a ring holds at most nr - 1), whole io_events; no pages, nothing inherited, no
+ * file or shared object behind it.
+ */
+function checkAioRing(where: string, t: TaskRecord, i: number): void {
+  const m = t.vmas[i]!;
+  const at = `vmas[${i}] (an io_setup(2) ring at ${m.start})`;
+  const start = BigInt(m.start), end = BigInt(m.end);
+  const page = BigInt(PAGE_SIZE);
+  if (start % page !== 0n || end % page !== 0n || start < page || end > USER_END) fail(where, `${at} must be page-aligned in user space, is ${m.start}-${m.end}`);
+  const pages = (end - start) / page;
+  if (pages > BigInt(AIO_RING_MAX_PAGES)) fail(where, `${at} is ${pages} pages, more than the ${AIO_RING_MAX_PAGES} of the largest ring io_setup(2) makes`);
+  if (m.aio!.nr !== ringEvents(Number(pages))) fail(where, `${at} has nr ${m.aio!.nr}, but its ${pages} pages hold ${ringEvents(Number(pages))} events`);
+  const bytes = Buffer.byteLength(m.aio!.events, 'base64');
+  if (bytes % IO_EVENT_SIZE !== 0 || bytes / IO_EVENT_SIZE >= m.aio!.nr || bytes / IO_EVENT_SIZE > MAX_AIO_EVENTS) {
+    fail(where, `${at} must hold whole events (${IO_EVENT_SIZE} bytes each), fewer than its nr ${m.aio!.nr} and at most ${MAX_AIO_EVENTS}; it holds ${bytes} bytes`);
+  }
+  if (!m.shared || m.runs.length > 0 || m.cow !== undefined || m.lent !== undefined || m.file !== undefined || m.shmem !== undefined
+    || m.sysv !== undefined || (m as { memfd?: unknown }).memfd !== undefined || (m as { ghost?: unknown }).ghost !== undefined || m.vmflags.length > 0) {
+    fail(where, `${at} must be a shared area with no pages, files, shared objects or VmFlags of its own`);
+  }
+}
+
+/**
+ * No io_setup(2) ring overlaps another area of the task (restore moves the ring over whatever
+ * is there: mremap(2) with MREMAP_FIXED). One walk in address order, whatever the number of
+ * areas: an area overlaps one before it when it starts below the furthest end so far.
+ */
+function checkAioOverlaps(where: string, t: TaskRecord): void {
+  const order = t.vmas.map((v, i) => ({ i, start: BigInt(v.start), end: BigInt(v.end), aio: v.kind === 'aio' }))
+    .sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  let far = { i: -1, end: 0n };
+  let farRing = { i: -1, end: 0n };
+  for (const a of order) {
+    const hit = a.aio && a.start < far.end ? far.i : a.start < farRing.end ? farRing.i : -1;
+    if (hit >= 0) fail(where, `vmas[${a.i}] (${t.vmas[a.i]!.start}-${t.vmas[a.i]!.end}) overlaps vmas[${hit}], ${a.aio ? 'an area' : 'an io_setup(2) ring'} restore would move its ring over`);
+    if (a.end > far.end) far = { i: a.i, end: a.end };
+    if (a.aio && a.end > farRing.end) farRing = { i: a.i, end: a.end };
+  }
 }
 
 /** Checks tree.json against the manifest: the root first, every live task listed once. */

@@ -6,19 +6,22 @@
  * PR_THP_DISABLE_EXCEPT_ADVISED, which /proc shows nowhere: THP_enabled reads 1); after restore it compares each
  * area's permissions and VmFlags with what they were, then makes the read-write file's
  * mapping writable and writes the file through it, and sees the read-only one refuse that.
+ * And io_setup(2) contexts (build/workloads/aioring): their rings back at their addresses
+ * with the events the process had not reaped.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import type { TaskRecord } from '../../src/image/records.js';
+import type { TaskRecord, VmaRecord } from '../../src/image/records.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
+import { exitOf, killFerries, migrationDir, records, startFerry, startReceiver } from '../helpers/precopy-run.js';
+import { checkpointFreed, cleanup, cycleThrough, ferry, own, procState, startWorkload, stubs, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
-after(cleanup);
+after(() => { killFerries(); cleanup(); });
 
 const MEMFLAGS = join(WORKLOADS, 'memflags');
 const MLOCKFUTURE = join(WORKLOADS, 'mlockfuture');
@@ -149,14 +152,91 @@ describe('membarrier(2) registrations', { skip, timeout: 120_000 }, () => {
   });
 });
 
-describe('an io_setup(2) completion ring', { skip, timeout: 60_000 }, () => {
-  it('is refused with one line naming it; the process runs on with its context', async () => {
-    const w = await startWorkload(join(WORKLOADS, 'aioring'), []);
+describe('io_setup(2) contexts', { skip, timeout: 120_000 }, () => {
+  const AIORING = join(WORKLOADS, 'aioring');
+
+  it('come back at their rings\' addresses with the events not reaped, in order, twice, and take new requests', async () => {
+    const w = await startWorkload(AIORING, ['DIR']);
+    const image = join(w.dir, 'aio.tar');
+    await checkpointFreed(w, image);
+    // Two rings, no pages stored for them, their unreaped events recorded (8 and 4).
+    const rings: Array<{ pages: number; nr: number; events: number }> = [];
+    await editImage(image, join(w.dir, 'copy.tar'), [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => {
+      for (const v of t.vmas.filter((a) => a.kind === 'aio')) {
+        assert.deepEqual(v.runs, []);
+        rings.push({ pages: Number((BigInt(v.end) - BigInt(v.start)) / 4096n), nr: v.aio!.nr, events: Buffer.from(v.aio!.events, 'base64').length / 32 });
+      }
+    })]]);
+    assert.deepEqual(rings.map((r) => r.events).sort(), [4, 8]);
+    for (const r of rings) assert.equal(r.nr, r.pages * 128 - 1);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    // Once more: the restored contexts (their rings moved where they were) checkpoint as the first did.
+    await cycleThrough(w, join(w.dir, 'aio2.tar'), 1);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves them as they were', async () => {
+    const w = await startWorkload(AIORING, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('ferry migrate --lazy, after pre-copy rounds, brings them over: the ring is neither write-tracked nor served lazily', async () => {
+    const { config, key } = migrationDir('ferry-aio-');
+    const w = await startWorkload(AIORING, ['DIR']);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--lazy', '--json', '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    assert.ok(records(mig).some((x) => x['phase'] === 'round'), 'pre-copy rounds ran');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('a child\'s copy of its parent\'s ring (fork(2) copies the mapping, not the context) is refused with one line; both run on', async () => {
+    const w = await startWorkload(AIORING, ['DIR', 'fork']);
+    const child = Number(/^child pid=(\d+)$/m.exec(w.text())![1]);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
     assert.equal(cp.code, 1, cp.stderr);
-    assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported memory area of pid ${w.pid}: 0x[0-9a-f]+-0x[0-9a-f]+ \\(/\\[aio\\]\\) is the completion ring of an io_setup\\(2\\) context`));
+    assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported memory area of pid ${child}: 0x[0-9a-f]+-0x[0-9a-f]+ \\(/\\[aio\\]\\) `
+      + 'is not the whole completion ring of an io_setup\\(2\\) context of this process'));
     assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
-    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(procState(w.pid).tracer, 0, 'the parent is not traced');
+    assert.equal(procState(child).tracer, 0, 'the child is not traced');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an edited ring is refused with one line before anything is made', async () => {
+    const w = await startWorkload(AIORING, ['DIR']);
+    const image = join(w.dir, 'lr.tar');
+    assert.equal(ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']).code, 0);
+    const ring = (t: TaskRecord): VmaRecord => t.vmas.find((v) => v.kind === 'aio' && Buffer.from(v.aio!.events, 'base64').length === 8 * 32)!;
+    const cases: Array<[string, (t: TaskRecord) => void, RegExp]> = [
+      ['nr.tar', (t) => { ring(t).aio!.nr += 1; }, /an io_setup\(2\) ring at 0x[0-9a-f]+\) has nr \d+, but its \d+ pages hold \d+ events/],
+      ['full.tar', (t) => { const v = ring(t); v.aio!.events = Buffer.alloc(v.aio!.nr * 32).toString('base64'); }, /must hold whole events \(32 bytes each\), fewer than its nr/],
+      ['overlap.tar', (t) => {
+        const v = ring(t);
+        const other = t.vmas.find((a) => a.kind === 'anon' && a.name === '[stack]')!;
+        const len = BigInt(v.end) - BigInt(v.start);
+        v.start = other.start;
+        v.end = `0x${(BigInt(other.start) + len).toString(16)}`;
+      }, /overlaps vmas\[\d+\]/],
+      ['kind.tar', (t) => { ring(t).kind = 'anon'; }, /has aio but is not of kind aio/],
+    ];
+    for (const [name, edit, message] of cases) {
+      const edited = join(w.dir, name);
+      await editImage(image, edited, [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>(edit)]]);
+      // Unsigned, so untrusted: --max-creds root lets its root process reach the check.
+      const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.match(rs.stderr, message);
+      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    }
+    assert.deepEqual(stubs(), [], 'nothing left behind');
     assert.equal(await verify(w), 'PASS', w.text());
   });
 });

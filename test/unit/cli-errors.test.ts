@@ -161,6 +161,9 @@ function task(): Record<string, unknown> {
       { start: '0x1000', end: '0x3000', prot: 5, shared: false, kind: 'file', name: '/bin/w', vmflags: [], runs: [[0, 1]], pagesOffset: 0, cow: [[1, 1]],
         file: { path: '/bin/w', offset: '0x0', dev: '8:1', ino: '12', size: 8192, mtimeNs: '1700000000000000000' } },
       { start: '0x7000', end: '0x8000', prot: 3, shared: false, kind: 'anon', name: '[stack]', vmflags: ['gd'], runs: [[0, 1]], pagesOffset: 4096 },
+      // An io_setup(2) ring of one page with one unreaped event.
+      { start: '0x9000', end: '0xa000', prot: 3, shared: true, kind: 'aio', name: '/[aio]', vmflags: [], runs: [], pagesOffset: 8192,
+        aio: { nr: 127, events: Buffer.alloc(32, 1).toString('base64') } },
     ],
     sigactions: [{ signo: 10, handler: '0x1', flags: '0x0', restorer: '0x0', mask: '0x0' }],
     sharedPending: [{ signo: 10, siginfo: Buffer.alloc(128).toString('base64') }],
