@@ -33,7 +33,7 @@ import { HashPool, openImageTarget, warmUpWriter, writeImage, type ImageEntry } 
 import { native } from '../native/binding.js';
 import { O_CLOEXEC } from '../proc/fcntl.js';
 import { ProcessGoneError, readProcText } from '../proc/read.js';
-import { checkRemovedCwdInRoot, closeRootBase, containerBase, readRootDir, type RootBase } from './root-dir.js';
+import { closeRootBase, containerBase, readCwdBetween, readRootDir, type RootBase } from './root-dir.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
@@ -209,7 +209,7 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
     const paths = readPaths(pid);
     const rootDir = readRootDir(pid, rootBase);
-    checkRemovedCwdInRoot(pid, paths, rootDir);
+    const cwdBetween = readCwdBetween(pid, paths, rootDir);
     const task: TaskRecord = {
       pid,
       ppid: p.record.ppid,
@@ -219,6 +219,7 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
       exe: paths.exe,
       cwd: paths.cwd,
       ...(paths.cwdDeleted ? { cwdDeleted: paths.cwdDeleted } : {}),
+      ...(cwdBetween !== undefined ? { cwdBetween } : {}),
       ...(rootDir !== undefined ? { root: rootDir.root } : {}),
       ...(rootDir?.rootDeleted !== undefined ? { rootDeleted: rootDir.rootDeleted } : {}),
       umask: status.umask,

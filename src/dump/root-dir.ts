@@ -18,14 +18,17 @@
  * one: such a root holds nothing, so nothing but the directory itself is recorded. A working
  * directory removed in it (chroot(dir); chdir("/sub"); both removed) is a removed directory
  * whose parent is that root: restore makes it in the root's directory while that still has a
- * name (restore/root-dir.ts). One deeper, the directories between are recorded nowhere, and
- * is refused (checkRemovedCwdInRoot). A removed root inside a container is refused (restore
- * makes one on the host's side only).
+ * name (restore/root-dir.ts). One deeper (chroot(dir); chdir("/a/b"); b, a and dir removed)
+ * has the removed directories between recorded too, from the root down (`cwdBetween`: read
+ * from the working directory up by "..", readCwdBetween; their names are its path's), and
+ * restore makes the chain in the root's directory the same way. A removed root inside a
+ * container is recorded by its path inside the container's root (containerRoot), once ".."
+ * from it leads to that root where its path says.
  */
 import { fstatSync, readlinkSync, statSync } from 'node:fs';
 import { FerryError } from '../errors.js';
 import { ConfinedRoot, statIn } from '../files/confined.js';
-import type { RemovedDirRecord } from '../image/records.js';
+import { MAX_REMOVED_DEPTH, type RemovedDirRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
 import { readProcLink } from '../proc/read.js';
@@ -102,7 +105,7 @@ export function readRootDir(pid: number, base: RootBase, tid?: number): { root: 
   const link = tid === undefined ? 'root' : `task/${tid}/root`;
   const root = readProcLink(pid, link);
   if (root === base.path) return undefined;
-  if (base.container) return { root: containerRoot(pid, base, link, root, tid) };
+  if (base.container) return containerRoot(pid, base, link, root, tid);
   if (!root.endsWith(DELETED)) return { root };
   const st = statSync(`/proc/${pid}/${link}`, { bigint: true });
   if (st.nlink !== 0n) return { root }; // a name that ends so
@@ -117,53 +120,92 @@ export function removedDir(st: { mode: bigint; uid: bigint; gid: bigint; dev: bi
 /**
  * The root `root` (the link `link` of `pid` as read) of a process chroot'ed inside a
  * container, as the path inside the container's root; refused (EUNSUPPORTED, the tree left
- * running) when it was removed, or when that path, resolved inside the container's root, is
- * not the directory the process is in.
+ * running) when that path, resolved inside the container's root, is not the directory the
+ * process is in. A removed one (its link reads `/path (deleted)`, no links left) has no path
+ * to resolve: it is recorded with `rootDeleted`, as on the host, once ".." from it, as many
+ * times as its path has names, is the container's root and nothing before is: a directory of
+ * the container, not one reached from outside it.
  */
-function containerRoot(pid: number, base: RootBase, link: string, root: string, tid: number | undefined): string {
+function containerRoot(pid: number, base: RootBase, link: string, root: string, tid: number | undefined): { root: string; rootDeleted?: RemovedDirRecord } {
   const who = tid === undefined ? `pid ${pid}` : `thread ${tid} of pid ${pid}`;
   const refuse = (why: string): never => {
     throw new FerryError('EUNSUPPORTED', `${who} is chroot'ed inside its container into ${root}, ${why}: it cannot be checkpointed; the tree was left running`, { pid });
   };
   const st = statSync(`/proc/${pid}/${link}`, { bigint: true });
-  if (root.endsWith(DELETED) && st.nlink === 0n) refuse('a directory removed since, which restore cannot make again inside a container');
+  const removed = root.endsWith(DELETED) && st.nlink === 0n;
+  const path = removed ? root.slice(0, -DELETED.length) : root;
   const prefix = base.path === '/' ? '' : base.path;
-  if (!root.startsWith(`${prefix}/`) || base.init === undefined) refuse(`which is not under its container's root (${base.path})`);
-  const inside = root.slice(prefix.length);
-  // Resolved as restore resolves it: inside the container's root, no magic link followed.
+  if (!path.startsWith(`${prefix}/`) || base.init === undefined) refuse(`which is not under its container's root (${base.path})`);
+  const inside = path.slice(prefix.length);
   let found;
   try {
     base.top ??= openContainerRoot(base);
+    if (removed) {
+      // From the directory itself up, walked from ferry's root, which neither the process's
+      // nor the container's stops: the container's root where its path says, and not before.
+      const top = fstatSync(base.top.fd, { bigint: true });
+      const names = inside.split('/').filter((n) => n !== '');
+      if (names.length === 0 || names.length > 4096) refuse(`a directory removed since, ${names.length === 0 ? 'its container\'s root itself' : 'more than 4096 directories below its container\'s root'}`);
+      for (let up = 1; up <= names.length; up++) {
+        const at = statSync(`/proc/${pid}/${link}/${Array<string>(up).fill('..').join('/')}`, { bigint: true });
+        const isTop = at.dev === top.dev && at.ino === top.ino;
+        if (isTop !== (up === names.length)) refuse(`a directory removed since, which is not where ${inside} inside its container's root would be (a directory reached from outside it)`);
+      }
+      return { root: inside, rootDeleted: removedDir(st) };
+    }
+    // Resolved as restore resolves it: inside the container's root, no magic link followed.
     found = statIn(base.top, inside, `the root directory of ${who}`);
-  } catch {
+  } catch (err) {
+    if (err instanceof FerryError && err.code === 'EUNSUPPORTED') throw err;
     found = undefined;
   }
   if (found?.dev !== st.dev || found.ino !== st.ino) refuse(`which is not what ${inside} inside its container's root is (a directory reached from outside it)`);
-  return inside;
+  return { root: inside };
 }
 
+const sameDir = (a: { dev?: string | bigint; ino?: string | bigint }, b: RemovedDirRecord): boolean => String(a.dev) === b.dev && String(a.ino) === b.ino;
+
 /**
- * Refuses (EUNSUPPORTED, one line; the process is left running) a removed working directory
- * `paths` below the removed root directory `root` of `pid` that restore cannot rebuild as it
- * was: more than one directory below it (the removed directories between are recorded
- * nowhere), or one whose path says it is directly in the root but whose parent (`..` of
- * /proc/PID/cwd, walked from ferry's root, which the process's does not stop) is not that
- * root. One directly in it comes back in it (restore/root-dir.ts RemovedRoots); one that is
- * the root itself is the root's.
+ * The removed directories between the removed root `root` of `pid` and its removed working
+ * directory `paths` more than one directory below it (TaskRecord `cwdBetween`, from the root
+ * down), or undefined when there are none to record: the working directory is not removed, is
+ * the root, or is directly in it. They are reached from the working directory by "..", once
+ * for each name of its path below the root (/proc/PID/cwd/.., /proc/PID/cwd/../.., walked
+ * from ferry's root, which the process's does not stop), and the last ".." must be the root
+ * itself: a directory between that still has a name, a chain deeper than
+ * MAX_REMOVED_DEPTH, or one that does not end at the root where the path says is refused
+ * (EUNSUPPORTED, one line; the process is left running): restore could not rebuild it as it was.
  */
-export function checkRemovedCwdInRoot(pid: number, paths: { cwd: string; cwdDeleted?: RemovedDirRecord },
-  root: { root: string; rootDeleted?: RemovedDirRecord } | undefined): void {
+export function readCwdBetween(pid: number, paths: { cwd: string; cwdDeleted?: RemovedDirRecord },
+  root: { root: string; rootDeleted?: RemovedDirRecord } | undefined): RemovedDirRecord[] | undefined {
   const cwd = paths.cwdDeleted;
   const dir = root?.rootDeleted;
-  if (cwd === undefined || dir === undefined || !paths.cwd.startsWith(`${root!.root}/`) || (cwd.dev === dir.dev && cwd.ino === dir.ino)) return;
-  const rel = paths.cwd.slice(root!.root.length + 1);
-  let parent = '';
-  try {
-    const up = statSync(`/proc/${pid}/cwd/..`, { bigint: true });
-    parent = `${up.dev}:${up.ino}`;
-  } catch { /* not there: refused below */ }
-  if (!rel.includes('/') && parent === `${dir.dev}:${dir.ino}`) return;
-  throw new FerryError('EUNSUPPORTED', `pid ${pid}: its working directory ${paths.cwd} was removed, and so was its root directory ${root!.root}, `
-    + `${rel.includes('/') ? 'more than one directory above it' : 'which is not its parent, as its path says'}: `
-    + 'restore cannot rebuild that yet (only a removed working directory that is the removed root or directly in it); the process was left running', { pid });
+  if (cwd === undefined || dir === undefined || !paths.cwd.startsWith(`${root!.root}/`) || (cwd.dev === dir.dev && cwd.ino === dir.ino)) return undefined;
+  const names = paths.cwd.slice(root!.root.length + 1).split('/');
+  const refuse = (why: string): never => {
+    throw new FerryError('EUNSUPPORTED', `pid ${pid}: its working directory ${paths.cwd} was removed, and so was its root directory ${root!.root}, `
+      + `${why}: restore cannot rebuild that; the process was left running`, { pid });
+  };
+  if (names.length > MAX_REMOVED_DEPTH) refuse(`more than ${MAX_REMOVED_DEPTH} directories above it`);
+  if (names.some((n) => n === '' || n === '.' || n === '..')) refuse('and its path below the root is not a plain one');
+  const between: RemovedDirRecord[] = [];
+  for (let up = 1; up <= names.length; up++) {
+    let st;
+    try {
+      st = statSync(`/proc/${pid}/cwd/${Array<string>(up).fill('..').join('/')}`, { bigint: true });
+    } catch {
+      return refuse('whose directories between could not be read');
+    }
+    // Where the path says the root is, the walk must be at the root, and nowhere before.
+    const atRoot = sameDir(st, dir);
+    if (up === names.length) {
+      if (!atRoot) refuse(`which is not ${names.length === 1 ? 'its parent' : `${names.length} directories above it`}, as its path says`);
+      break;
+    }
+    const at = `${root!.root}/${names.slice(0, names.length - up).join('/')}`;
+    if (atRoot) refuse(`which is its directory ${at}, as its path does not say`);
+    if (st.nlink !== 0n) refuse(`and ${at} between them was not (it has a name elsewhere)`);
+    between.unshift(removedDir(st));
+  }
+  return between.length > 0 ? between : undefined;
 }

@@ -208,6 +208,12 @@ export interface RemovedDirRecord {
   ino?: string;
 }
 
+/**
+ * Most names a removed working directory's path may have below a removed root (TaskRecord
+ * `cwdBetween` holds one directory fewer): deeper is refused at checkpoint, and in an image.
+ */
+export const MAX_REMOVED_DEPTH = 64;
+
 /** tasks/<pid>/task.json */
 export interface TaskRecord {
   pid: number;
@@ -224,6 +230,15 @@ export interface TaskRecord {
    * one (restore/root-dir.ts).
    */
   cwdDeleted?: RemovedDirRecord;
+  /**
+   * The working directory was removed more than one directory below a removed root (`cwd` is
+   * `root`, then a name for each of these and one for the working directory itself): the
+   * removed directories between, from the one in the root down, each with its mode, owner,
+   * device and inode (their names are those of `cwd`). Restore makes the chain in the root's
+   * directory, so that the working directory's `..` leads through them to the root as it did
+   * (restore/root-dir.ts).
+   */
+  cwdBetween?: RemovedDirRecord[];
   /**
    * The root directory the process was chroot'ed into, as ferry saw it (an absolute path on
    * the host): absent when it is `/`. Only in a process tree's image; restore/root-dir.ts.

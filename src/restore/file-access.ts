@@ -343,13 +343,37 @@ function mappedAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | '
  * open, removed at once: files/confined.ts withRemovedDir) in a directory the recorded
  * credentials of the process needing it could not create anything in: a removed working
  * directory, a removed root directory, or a removed directory held open (`statOf` looks paths
- * up as restore will). A root shared by several processes is checked for each.
+ * up as restore will). A root shared by several processes is checked for each. A removed
+ * working directory below a removed root, and each removed directory between (cwdBetween), is
+ * made in the removed directory above it (restore/root-dir.ts), judged by that one's recorded
+ * mode and owner.
  */
 export function checkRemovedDirs(label: string,
-  tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'fds'>[],
+  tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'cwdBetween' | 'root' | 'rootDeleted' | 'fds'>[],
   files: readonly FileRecord[], statOf: StatOf): void {
+  const refuse = (t: (typeof tasks)[number], path: string, as: string, dir: string, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): never => {
+    const c = t.creds.threads[0]!;
+    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) had the removed directory ${JSON.stringify(path.slice(0, 256))} ${as}; restore would make it again in ${JSON.stringify(dir.slice(0, 256))}, which its `
+      + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not write in (owner ${st.uid}:${st.gid}, mode `
+      + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`);
+  };
   const wanted: Array<{ t: (typeof tasks)[number]; path: string; as: string }> = [];
-  for (const t of tasks) if (t.cwdDeleted) wanted.push({ t, path: t.cwd, as: 'as its working directory' });
+  for (const t of tasks) {
+    if (!t.cwdDeleted) continue;
+    const root = t.rootDeleted !== undefined && t.root !== undefined && t.cwd.startsWith(`${t.root}/`) ? t.root : undefined;
+    if (root === undefined) {
+      wanted.push({ t, path: t.cwd, as: 'as its working directory' });
+      continue;
+    }
+    // Made in its removed root, or in the removed directory between above it, as recorded.
+    const names = t.cwd.slice(root.length + 1).split('/');
+    const above = [t.rootDeleted!, ...(t.cwdBetween ?? [])].map((d) => ({ uid: BigInt(d.uid), gid: BigInt(d.gid), mode: BigInt(d.mode) }));
+    for (const [i, parent] of above.slice(0, names.length).entries()) {
+      if (mayWrite(t, parent)) continue;
+      const path = `${root}/${names.slice(0, i + 1).join('/')}`;
+      refuse(t, path, i === names.length - 1 ? 'as its working directory' : 'on the way to its working directory', path.slice(0, path.lastIndexOf('/')), parent);
+    }
+  }
   for (const t of tasks) if (t.rootDeleted && t.root !== undefined) wanted.push({ t, path: t.root, as: 'as its root directory' });
   for (const f of files) {
     if (f.kind !== 'reg' || f.removed === undefined || typeof f.path !== 'string') continue;
@@ -364,10 +388,7 @@ export function checkRemovedDirs(label: string,
       st = statOf(dir);
     } while (!st && dir !== '/');
     if (!st || mayWrite(t, st)) continue;
-    const c = t.creds.threads[0]!;
-    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) had the removed directory ${JSON.stringify(path.slice(0, 256))} ${as}; restore would make it again in ${JSON.stringify(dir.slice(0, 256))}, which its `
-      + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not write in (owner ${st.uid}:${st.gid}, mode `
-      + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`);
+    refuse(t, path, as, dir, st);
   }
 }
 

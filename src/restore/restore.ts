@@ -155,7 +155,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (!trusted) checkFilePrivilege(label, holders, ownFiles);
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(label, tasks, trusted);
-    checkRootTrust(label, tasks, trusted, o.makeRoot !== undefined); // chroot'ed processes (root-dir.ts)
+    checkRootTrust(label, tasks, trusted); // chroot'ed processes (root-dir.ts)
     const removedRootPlan = planRemovedRoots(label, tasks); // each removed root made once (root-dir.ts)
     // A /proc file of a thread only where restore can put it (files/install.ts).
     checkThreadFiles(label, files.files, o.makeRoot !== undefined);
@@ -267,13 +267,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       // now: judged as the host's are above, each resolved in that root (a chroot into a
       // directory its uid could not search would reach what is below it by name).
       if (!trusted) {
-        checkDirsReachable(label, tasks, (path) => {
+        const statDir = (path: string): ReturnType<typeof statIn> => {
           try {
             return statIn(cwdRoot, path, 'directory');
           } catch {
             return undefined; // restore says why when it puts the process there
           }
-        });
+        };
+        checkDirsReachable(label, tasks, statDir);
+        // And the removed directories made again there (a removed root, working directory).
+        checkRemovedDirs(label, tasks, [], statDir);
       }
     }
     // A container's sockets are made in its network namespace.
@@ -570,9 +573,12 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
   const t = created.stubs.get(task.pid)!;
   setMm(t, as, task);
   restoreAioRings(t, as, task); // its io_setup(2) contexts, each ring moved to where it was (aio.ts)
-  // A removed working directory that is a removed root is that root's directory, held with
-  // its mode and owner (root-dir.ts); any other is made for the chdir (cwd.ts).
-  const heldCwd = removedRoots.cwdOf(task);
+  // A removed working directory that is a removed root, or below one, is the directory ferry
+  // holds for it, with its mode and owner (root-dir.ts); any other is made for the chdir
+  // (cwd.ts). Inside a container, where /proc/<ferry>/fd/N is not the task's to see, the task
+  // takes those directories (and its removed root, for enterRootDir) through ferry's pidfd.
+  const heldCwd = o.makeRoot && controllerPidfd !== undefined
+    ? removedRoots.takeInto(t, task, controllerPidfd, controllerPidfd + 1) : removedRoots.cwdOf(task);
   if (heldCwd !== undefined) restoreTaskState(t, as, { ...task, cwd: heldCwd });
   else withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
   if (!o.makeRoot) restoreLoginuid(t, as, task); // before its threads, which inherit it

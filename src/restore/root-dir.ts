@@ -21,8 +21,12 @@
  * its name (nothing can be made in a removed directory), held and removed the same way, given
  * its mode and owner, and entered through /proc/<ferry>/fd/N: its `..` is the root again, not a
  * directory of the host (one made for it alone at its path would lead out of the root). One
- * deeper is refused (checkpoint refuses it too: the directories between are recorded nowhere).
- * Being
+ * deeper (chroot(dir); chdir("/a/b"); b, a and dir removed) has the removed directories between
+ * recorded (`cwdBetween`: mode, owner, identity; their names are the working directory's path's):
+ * each is made in the one made before it, from the root down, while that still has its name,
+ * held, and its name removed before its parent's, so that the working directory's ".." is the
+ * removed a again and a's the root. Processes whose chains pass through one directory (the same
+ * device and inode) get one. Being
  * removed, it is empty (rmdir(2) removes only an empty directory, and nothing can be made in
  * a removed one), so there is nothing in it to restore; files the process had open from it
  * were removed with it and come back as deleted files.
@@ -34,8 +38,14 @@
  * RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS from there (".." stops at the container's root,
  * an absolute symlink starts from it, no /proc magic link leads out), and chroots into what
  * it opened: fchdir(2) to it, chroot("."), fchdir(2) back to the working directory it was put
- * in (held open meanwhile), the descriptors closed again. A removed root is never recorded
- * inside a container, so an image with one there is refused.
+ * in (held open meanwhile), the descriptors closed again. A removed root inside a container
+ * is made as on the host, in the container's root (the tasks' root: ferry's ConfinedRoot of
+ * /proc/<init>/root, whose descriptors are on the container's own mount of its rootfs, where
+ * ".." stops, not on ferry's view of the rootfs); the task cannot see /proc/<ferry>/fd/N
+ * there, so it takes ferry's descriptor of it, while it still holds ferry's pidfd (before
+ * installFds closes it), with pidfd_getfd(2), above every number of the image
+ * (RemovedRoots.takeInto), and enters it with fchdir(2) and chroot("."), then goes back to its
+ * working directory; a removed working directory ferry holds is entered the same way, at once.
  *
  * A chroot is no privilege in itself, but one the process could not have made itself is a way
  * to one: a setuid program run inside a root whose files its caller chose. So an image no
@@ -58,16 +68,10 @@ import type { AddressSpace } from './address-space.js';
 
 const CAP_SYS_CHROOT = 18n;
 const O_NOFOLLOW = 0o400000;
+const F_DUPFD_CLOEXEC = 1030;
 
-/**
- * Refuses (EPRIVILEGE, one line) an untrusted image giving a process a root it could not make,
- * and (EIMAGE) a removed root in a container's image (`container`): checkpoint records none there.
- */
-export function checkRootTrust(image: string, tasks: readonly TaskRecord[], trusted: boolean, container: boolean): void {
-  const removed = container ? tasks.find((t) => t.rootDeleted !== undefined) : undefined;
-  if (removed !== undefined) {
-    throw new FerryError('EIMAGE', `image ${image}: pid ${removed.pid} of a container's image has a removed root directory (task.json rootDeleted), which a checkpoint never records there: refused (an edited image); nothing was restored`, { pid: removed.pid });
-  }
+/** Refuses (EPRIVILEGE, one line) an untrusted image giving a process a root it could not make. */
+export function checkRootTrust(image: string, tasks: readonly TaskRecord[], trusted: boolean): void {
   if (trusted) return;
   const unable = (th: ThreadCredsRecord): boolean => !th.noNewPrivs && ((big(th.caps.effective) >> CAP_SYS_CHROOT) & 1n) === 0n;
   for (const task of tasks) {
@@ -86,23 +90,40 @@ function identity(d: RemovedDirRecord | undefined): string | undefined {
   return d?.dev !== undefined && d.ino !== undefined ? `${d.dev}:${d.ino}` : undefined;
 }
 
+/**
+ * A removed directory below a removed root (a working directory, or one between the root and a
+ * working directory): its name in the directory it is in (`parent`, by identity; undefined: the
+ * root), its recorded path and record, the processes below it, and what it is, for messages.
+ */
+export interface RemovedBelow {
+  name: string;
+  parent: string | undefined;
+  path: string;
+  dir: RemovedDirRecord;
+  pids: number[];
+  what: string;
+}
+
 /** One removed root directory of an image: where it was, as recorded, and the processes in it. */
 export interface RemovedRoot {
   path: string;
   dir: RemovedDirRecord;
   pids: number[];
   /**
-   * Removed working directories directly in it, by identity: the name in it, the recorded
-   * path and record, and the processes there.
+   * Removed directories below it, by identity: the working directories of the processes in it
+   * and the directories between (TaskRecord cwdBetween), each made in its parent.
    */
-  below: Map<string, { name: string; path: string; dir: RemovedDirRecord; pids: number[] }>;
+  below: Map<string, RemovedBelow>;
 }
 
 /**
  * The removed root directories of `tasks`, one per directory (device and inode), checked
  * before anything is made: the processes sharing one agree on its path, mode and owner, and a
- * removed working directory that is the same directory has its path; otherwise EIMAGE (an
- * edited image), in one line naming both processes.
+ * removed working directory that is the same directory has its path; a removed working
+ * directory below it has one recorded directory between for each name of its path between
+ * (cwdBetween), and the processes whose chains share a directory agree on where it is (its
+ * name and parent), its mode and owner; otherwise EIMAGE (an edited image), in one line
+ * naming both processes.
  */
 export function planRemovedRoots(image: string, tasks: readonly TaskRecord[]): Map<string, RemovedRoot> {
   const plan = new Map<string, RemovedRoot>();
@@ -124,28 +145,43 @@ export function planRemovedRoots(image: string, tasks: readonly TaskRecord[]): M
     }
     seen.pids.push(t.pid);
   }
+  const rootOfBelow = new Map<string, RemovedRoot>(); // each directory below one root only
   for (const t of tasks) {
-    // A removed working directory in the process's removed root, by its path: made in it.
+    // A removed working directory in the process's removed root, by its path: made in it, and
+    // the directories between made too, each in the one before.
     const own = plan.get(identity(t.rootDeleted) ?? '');
     const key = identity(t.cwdDeleted);
     if (own === undefined || key === undefined || plan.has(key) || !t.cwd.startsWith(`${own.path}/`)) continue;
-    const name = t.cwd.slice(own.path.length + 1);
-    if (name.includes('/') || name === '' || name === '.' || name === '..') {
-      throw new FerryError('EUNSUPPORTED', `image ${image}: the removed working directory ${JSON.stringify(t.cwd.slice(0, 256))} of pid ${t.pid} is more than one directory `
-        + `below its removed root directory ${JSON.stringify(own.path.slice(0, 256))}, which restore cannot rebuild in it (the directories between are recorded nowhere; `
-        + 'a checkpoint refuses it): nothing was restored', { pid: t.pid });
+    const names = t.cwd.slice(own.path.length + 1).split('/');
+    const between = t.cwdBetween ?? [];
+    if (names.length !== between.length + 1 || names.some((n) => n === '' || n === '.' || n === '..')) {
+      throw new FerryError('EIMAGE', `image ${image}: the removed working directory ${JSON.stringify(t.cwd.slice(0, 256))} of pid ${t.pid} is ${names.length} names `
+        + `below its removed root directory ${JSON.stringify(own.path.slice(0, 256))}, and the image records ${between.length} directories between (task.json cwdBetween), `
+        + 'not one for each name but its own: refused (an edited image); nothing was restored', { pid: t.pid });
     }
-    const seen = own.below.get(key);
-    if (seen === undefined) {
-      own.below.set(key, { name, path: t.cwd, dir: t.cwdDeleted!, pids: [t.pid] });
-      continue;
+    let parent: string | undefined;
+    for (const [i, d] of [...between, t.cwdDeleted!].entries()) {
+      const k = identity(d) ?? '';
+      const path = `${own.path}/${names.slice(0, i + 1).join('/')}`;
+      const other = rootOfBelow.get(k);
+      if (plan.has(k) || (other !== undefined && other !== own)) {
+        throw new FerryError('EIMAGE', `image ${image}: the removed directory ${JSON.stringify(path.slice(0, 256))} on the way to the working directory of pid ${t.pid} `
+          + `(device ${d.dev}, inode ${d.ino}) is also a removed root directory, or below another one: refused (an edited image); nothing was restored`, { pid: t.pid });
+      }
+      rootOfBelow.set(k, own);
+      const seen = own.below.get(k);
+      if (seen === undefined) {
+        const what = i === between.length ? `the removed working directory ${path} of pid ${t.pid}` : `the removed directory ${path} above the working directory of pid ${t.pid}`;
+        own.below.set(k, { name: names[i]!, parent, path, dir: d, pids: [t.pid], what });
+      } else {
+        if (seen.name !== names[i] || seen.parent !== parent || seen.dir.mode !== d.mode || seen.dir.uid !== d.uid || seen.dir.gid !== d.gid) {
+          throw new FerryError('EIMAGE', `image ${image}: pids ${seen.pids[0]} and ${t.pid} have the same removed directory (device ${d.dev}, inode ${d.ino}) below their removed root `
+            + `with another path, mode or owner (${JSON.stringify(seen.path.slice(0, 256))}, ${JSON.stringify(path.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: t.pid });
+        }
+        seen.pids.push(t.pid);
+      }
+      parent = k;
     }
-    const d = t.cwdDeleted!;
-    if (seen.name !== name || seen.dir.mode !== d.mode || seen.dir.uid !== d.uid || seen.dir.gid !== d.gid) {
-      throw new FerryError('EIMAGE', `image ${image}: pids ${seen.pids[0]} and ${t.pid} have the same removed working directory (device ${d.dev}, inode ${d.ino}) `
-        + `with another path, mode or owner (${JSON.stringify(seen.path.slice(0, 256))}, ${JSON.stringify(t.cwd.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: t.pid });
-    }
-    seen.pids.push(t.pid);
   }
   for (const t of tasks) {
     const root = plan.get(identity(t.cwdDeleted) ?? '');
@@ -178,18 +214,27 @@ export class RemovedRoots {
         const dirs: Array<{ fd: number; what: string; dir: RemovedDirRecord; pid: number }> = [];
         // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
         const open = (path: string, whose: string): number => openIn(root, path, O_PATH | O_DIRECTORY | O_NOFOLLOW, whose);
+        // The directories below it by the one they are in (undefined: the root itself).
+        const children = new Map<string | undefined, Array<[string, RemovedBelow]>>();
+        for (const [k, b] of r.below) children.set(b.parent, [...children.get(b.parent) ?? [], [k, b]]);
+        // Each is made in the one made for its parent while that still has a name (nothing can
+        // be made in a removed directory), held, and its name removed before its parent's: the
+        // chain of ".." from a working directory leads through them to the root, as it did.
+        const makeBelow = (parent: string | undefined, at: string): void => {
+          for (const [k, b] of children.get(parent) ?? []) {
+            withRemovedDir(root, `${at}/${b.name}`, b.what, (p) => {
+              const sub = open(p, b.what);
+              made.held.set(k, sub);
+              dirs.push({ fd: sub, what: b.what, dir: b.dir, pid: b.pids[0]! });
+              makeBelow(k, p);
+            });
+          }
+        };
         withRemovedDir(root, r.path, what, (path) => {
           const fd = open(path, what);
           made.held.set(key, fd);
           dirs.push({ fd, what, dir: r.dir, pid: r.pids[0]! });
-          // The working directories in it are made in it now, while it has a name, and their
-          // names removed before its own.
-          for (const [cwdKey, b] of r.below) {
-            const whose = `the removed working directory ${b.path} of pid ${b.pids[0]}`;
-            const sub = withRemovedDir(root, `${path}/${b.name}`, whose, (p) => open(p, whose));
-            made.held.set(cwdKey, sub);
-            dirs.push({ fd: sub, what: whose, dir: b.dir, pid: b.pids[0]! });
-          }
+          makeBelow(undefined, path);
         });
         for (const d of dirs) {
           // Its name is removed only while it is empty: one someone put something in meanwhile
@@ -210,6 +255,56 @@ export class RemovedRoots {
       throw err;
     }
     return made;
+  }
+
+  /**
+   * Inside a container, where ferry's /proc/<ferry>/fd/N is not visible: the descriptor of the
+   * removed root each task took from ferry while it still held ferry's pidfd (takeInto), by
+   * the task's pid in the image, until enterRootDir has chrooted into it and closed it.
+   */
+  private readonly taken = new Map<number, number>();
+
+  /** Ferry's descriptor of the removed directory `d` (a root, or a directory below one), if it holds one. */
+  private fdOf(d: RemovedDirRecord | undefined): number | undefined {
+    return this.held.get(identity(d) ?? '');
+  }
+
+  /**
+   * Inside a container: gives the task `t` (`task` of the image) the removed directories ferry
+   * holds for it, through `pidfd` (ferry's pidfd in the task, from installFds' hand until it
+   * closes it): its removed working directory, which it enters at once (fchdir(2); the path
+   * restoreTaskState then changes to is "."), and its removed root, kept above every number of
+   * the image (`above`) until enterRootDir. Returns the working directory to pass on ("."), or
+   * undefined when ferry holds none for it. A failure throws ESTATE naming the task.
+   */
+  takeInto(t: Tracee, task: Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted'>, pidfd: number, above: number): string | undefined {
+    const fail = (what: string, r: bigint): never => {
+      throw new FerryError('ESTATE', `cannot put pid ${task.pid} back into its removed ${what} inside its container: ${errnoName(r)}; nothing was restored`, { pid: task.pid });
+    };
+    const root = this.fdOf(task.rootDeleted);
+    if (root !== undefined) {
+      const got = t.trySyscall(SYS.pidfd_getfd, pidfd, root, 0);
+      if (got < 0n) fail(`root directory ${task.root ?? ''} (pidfd_getfd)`, got);
+      const kept = t.trySyscall(SYS.fcntl, got, F_DUPFD_CLOEXEC, above);
+      t.trySyscall(SYS.close, got);
+      if (kept < 0n) fail(`root directory ${task.root ?? ''} (fcntl)`, kept);
+      this.taken.set(task.pid, Number(kept));
+    }
+    const cwd = this.fdOf(task.cwdDeleted);
+    if (cwd === undefined) return undefined;
+    const got = t.trySyscall(SYS.pidfd_getfd, pidfd, cwd, 0);
+    if (got < 0n) fail(`working directory ${task.cwd} (pidfd_getfd)`, got);
+    const r = t.trySyscall(SYS.fchdir, got);
+    t.trySyscall(SYS.close, got);
+    if (r < 0n) fail(`working directory ${task.cwd} (fchdir)`, r);
+    return '.';
+  }
+
+  /** The descriptor of its removed root a task of a container took (takeInto), forgotten once asked. */
+  takenBy(pid: number): number | undefined {
+    const fd = this.taken.get(pid);
+    this.taken.delete(pid);
+    return fd;
   }
 
   /** The path the restored task chroots into when its root was removed: the held directory. */
@@ -290,12 +385,46 @@ function chrootInside(t: Tracee, as: AddressSpace, path: string): { call: string
 }
 
 /**
+ * Chroots `t` into the directory its descriptor `fd` is (a removed root ferry made inside its
+ * container and handed it: RemovedRoots.takeInto): fchdir(2) to it, chroot("."), fchdir(2)
+ * back to its working directory (held open meanwhile); `fd` and that one closed. Returns the
+ * first call that failed and its result, or `r` 0.
+ */
+function chrootTaken(t: Tracee, as: AddressSpace, fd: number): { call: string; r: bigint } {
+  const dot = as.scratch.putString('.');
+  const cwd = t.trySyscall(SYS.openat, AT_FDCWD, dot, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (cwd < 0n) {
+    t.trySyscall(SYS.close, fd);
+    return { call: 'open of its working directory', r: cwd };
+  }
+  let out = { call: 'fchdir', r: t.trySyscall(SYS.fchdir, fd) };
+  if (out.r === 0n) out = { call: 'chroot', r: t.trySyscall(SYS.chroot, dot) };
+  const back = t.trySyscall(SYS.fchdir, cwd);
+  t.trySyscall(SYS.close, fd);
+  t.trySyscall(SYS.close, cwd);
+  if (out.r === 0n && back < 0n) out = { call: 'fchdir back to its working directory', r: back };
+  return out;
+}
+
+/**
  * Puts the rebuilt process `t` into its recorded root directory (`sharesFs`: it has it
  * already); a removed one is the directory `removed` holds for it.
  */
 export function enterRootDir(t: Tracee, as: AddressSpace, task: TaskRecord, sharesFs: boolean, removed: RemovedRoots, container = false): void {
-  if (task.root === undefined || sharesFs) return;
+  // A removed root taken into a container's task (RemovedRoots.takeInto): entered, then closed.
+  const taken = container ? removed.takenBy(task.pid) : undefined;
+  if (task.root === undefined || sharesFs) {
+    if (taken !== undefined) t.trySyscall(SYS.close, taken);
+    return;
+  }
   as.scratch.reset();
+  if (taken !== undefined) {
+    const r = chrootTaken(t, as, taken);
+    if (r.r < 0n) {
+      throw new FerryError('ESTATE', `cannot put pid ${task.pid} back into its removed root directory ${task.root} inside its container: ${r.call} failed with ${errnoName(r.r)}`, { pid: task.pid });
+    }
+    return;
+  }
   if (container) {
     const r = chrootInside(t, as, task.root);
     if (r.r < 0n) {

@@ -13,7 +13,7 @@ import { MEMBARRIER_REGISTRATIONS, PAGE_SIZE, REG_NAMES } from '../arch/x86-64.j
 import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import { KEPT_TABLE } from '../files/tcp-lock.js';
-import { TREE_ENTRY, type FileRecord, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
+import { MAX_REMOVED_DEPTH, TREE_ENTRY, type FileRecord, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
 import { forkedBySiblings, Forkers, SHARED_TABLES, THREAD_ALONE_KINDS } from '../image/sharing.js';
 import { inherits } from './cow.js';
 import { AIO_RING_MAX_PAGES, IO_EVENT_SIZE, MAX_AIO_EVENTS, ringEvents } from '../image/aio-ring.js';
@@ -22,6 +22,8 @@ import { AIO_RING_MAX_PAGES, IO_EVENT_SIZE, MAX_AIO_EVENTS, ringEvents } from '.
 const PID_MAX = 4 * 1024 * 1024;
 /** Most descriptors a process can have (fs.nr_open can go higher, no real process does). */
 const MAX_FDS = 1 << 20;
+/** Longest name of one directory entry (NAME_MAX), in bytes. */
+const NAME_MAX = 255;
 /** Most threads of one process restore accepts. */
 const MAX_THREADS = 65536;
 
@@ -190,7 +192,9 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { thpDisabled: bool, thpExceptAdvised: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: removedDir(false), root: absPath, rootDeleted: removedDir(true) });
+}, { thpDisabled: bool, thpExceptAdvised: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: removedDir(false),
+  // The removed directories between a removed root and a removed working directory deeper in it.
+  cwdBetween: list(removedDir(true), MAX_REMOVED_DEPTH - 1, 1), root: absPath, rootDeleted: removedDir(true) });
 
 /**
  * The fields several kinds of open file share keep one type wherever they appear: checked
@@ -218,6 +222,27 @@ export function validateFiles(v: unknown): FilesRecord {
 const lockTable: Check = (v, at) => (typeof v === 'string' && KEPT_TABLE.test(v) ? undefined
   : must(at, `a network lock table's name (${KEPT_TABLE.source})`, v));
 
+/**
+ * The removed directories between a removed root and a removed working directory (cwdBetween)
+ * take their names from `cwd`: it must be `root` and one name for each of them and one for
+ * itself, every name one path component (not empty, "." or "..", at most NAME_MAX bytes), and
+ * both directories removed, so that restore makes each directory by one name inside the one
+ * made before it and never walks anywhere else.
+ */
+function checkCwdBetween(where: string, t: TaskRecord): void {
+  const between = t.cwdBetween!;
+  if (t.cwdDeleted?.dev === undefined || t.rootDeleted === undefined || t.root === undefined) {
+    fail(where, 'cwdBetween is there but cwdDeleted (with dev and ino), root or rootDeleted is not');
+  }
+  if (!t.cwd.startsWith(`${t.root}/`)) fail(where, `cwdBetween is there but cwd ${shown(t.cwd)} is not below root ${shown(t.root)}`);
+  const names = t.cwd.slice(t.root.length + 1).split('/');
+  if (names.length !== between.length + 1) {
+    fail(where, `cwd ${shown(t.cwd)} has ${names.length} names below root, where cwdBetween (${between.length} directories) wants ${between.length + 1}`);
+  }
+  const bad = names.find((n) => n === '' || n === '.' || n === '..' || Buffer.byteLength(n) > NAME_MAX);
+  if (bad !== undefined) fail(where, `cwd ${shown(t.cwd)} has ${shown(bad.slice(0, 64))} as a name below root, which is not one directory's name`);
+}
+
 /** Checks tasks/<pid>/task.json. */
 export function validateTask(v: unknown, pid: number): TaskRecord {
   const where = `tasks/${pid}/task.json`;
@@ -226,6 +251,7 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   if (t.pid !== pid) fail(where, `pid is ${t.pid}, expected ${pid}`);
   if (t.rootDeleted !== undefined && t.root === undefined) fail(where, 'rootDeleted is there but root is not');
   if (t.thpExceptAdvised !== undefined && t.thpDisabled !== true) fail(where, 'thpExceptAdvised is there but thpDisabled is not');
+  if (t.cwdBetween !== undefined) checkCwdBetween(where, t);
   if (t.stopSignal !== undefined && !t.stopped) fail(where, `stopSignal is ${t.stopSignal} but the process is not stopped`);
   if (t.mlockall !== undefined && t.mlockall !== 2 && t.mlockall !== 6) fail(where, `mlockall must be 2 (MCL_FUTURE) or 6 (MCL_FUTURE | MCL_ONFAULT), is ${t.mlockall}`);
   if (t.membarrier !== undefined && (t.membarrier & ~MEMBARRIER_REGISTRATIONS) !== 0) {
@@ -441,7 +467,7 @@ export function validateSharing(tree: TreeRecord, tasks: readonly TaskRecord[]):
     if (text === undefined) tables.set(t, (text = JSON.stringify([...t.fds].sort((a, b) => a.fd - b.fd).map((f) => [f.fd, f.file, f.cloexec]))));
     return text;
   };
-  const fsOf = (t: TaskRecord): string => JSON.stringify([t.cwd, t.cwdDeleted ?? null, t.umask, t.root ?? null, t.rootDeleted ?? null]);
+  const fsOf = (t: TaskRecord): string => JSON.stringify([t.cwd, t.cwdDeleted ?? null, t.cwdBetween ?? null, t.umask, t.root ?? null, t.rootDeleted ?? null]);
   // A process forked by a sibling, and the sibling, are forked from stubs: neither inherits pages.
   for (const pid of forkedBySiblings(tree.processes)) {
     const task = byPid.get(pid);

@@ -12,8 +12,14 @@
  * directory of the jail's path, with its mode and owner (0751, 65534's), in which nothing can
  * be made; nothing is left at the path. With --leave-running both keep it. An edited image
  * whose two processes give their one removed root two paths is refused in one line, nothing made.
+ * A removed working directory in the removed jail, directly (/sub) or deeper (/a/b/sub, with
+ * the removed /a and /a/b between: task.json cwdBetween), comes back there, its chain of ".."
+ * as it was, twice in a row and with --leave-running; edited chains (a ".." name, one directory
+ * between missing, two modes for one directory, a directory its own parent) are refused in one
+ * line with nothing made; one more than 64 directories deep is refused at checkpoint.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -83,6 +89,34 @@ function inRemovedSub(w: Workload, pids: readonly number[], label: string): void
   assert.equal(ids.root.size, 1, `${label}: one root for ${pids.join(', ')}`);
   assert.equal(ids.cwd.size, 1, `${label}: one working directory for ${pids.join(', ')}`);
   assert.ok(![...ids.cwd].some((id) => ids.root.has(id)), `${label}: the working directory is not the root`);
+  assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${label}: nothing at the jail's path or beside it`);
+}
+
+/**
+ * Asserts that every one of `pids` has the removed jail of `w` as its root and its removed
+ * /a/b/sub as its working directory, with the removed /a/b and /a between (as the host sees
+ * them, walking ".." from the working directory): each with its mode and owner, one directory
+ * each for all, the working directory's fourth ".." the root; nothing at their paths.
+ */
+function inRemovedChain(w: Workload, pids: readonly number[], label: string): void {
+  const jail = join(w.dir, 'jail');
+  const ids = new Map<string, Set<string>>();
+  for (const pid of pids) {
+    assert.equal(readlinkSync(`/proc/${pid}/root`), `${jail} (deleted)`, `${label}: pid ${pid} root`);
+    assert.equal(readlinkSync(`/proc/${pid}/cwd`), `${jail}/a/b/sub (deleted)`, `${label}: pid ${pid} cwd`);
+    for (const [at, mode, uid, gid] of [['root', 0o751, 65534, 65534], ['cwd', 0o710, 65534, 65534], ['cwd/..', 0o750, 65534, 0],
+      ['cwd/../..', 0o755, 0, 0], ['cwd/../../..', 0o751, 65534, 65534]] as const) {
+      const st = statSync(`/proc/${pid}/${at}`);
+      assert.equal(st.nlink, 0, `${label}: pid ${pid} ${at} has no links`);
+      assert.deepEqual([st.mode & 0o7777, st.uid, st.gid], [mode, uid, gid], `${label}: pid ${pid} ${at} has its mode and owner`);
+      if (!ids.has(at)) ids.set(at, new Set());
+      ids.get(at)!.add(`${st.dev}:${st.ino}`);
+    }
+  }
+  for (const [at, set] of ids) assert.equal(set.size, 1, `${label}: one ${at} for ${pids.join(', ')}`);
+  const one = (at: string): string => [...ids.get(at)!][0]!;
+  assert.equal(one('cwd/../../..'), one('root'), `${label}: the working directory's chain of ".." ends at the root`);
+  assert.equal(new Set(['root', 'cwd', 'cwd/..', 'cwd/../..'].map(one)).size, 4, `${label}: four directories`);
   assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${label}: nothing at the jail's path or beside it`);
 }
 
@@ -161,31 +195,99 @@ describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
     for (const pid of pids) process.kill(pid, 'SIGKILL');
     await w.exited;
     await waitFor('the tree to be free', () => !pids.some(alive), 8000);
-    // Its working directory claimed a directory deeper: one made at that path would not be in
-    // the root (the directory between is recorded nowhere).
+    // Its working directory claimed a directory deeper, with none recorded between: one made at
+    // that path would not be where it was.
     const deeper = join(w.dir, 'deeper.tar');
     await editImage(image, deeper, { [`tasks/${w.pid}/task.json`]: json<TaskRecord>((t) => { t.cwd = `${t.root!}/a/sub`; }) });
     const rs = ferry(['restore', '--image', deeper, '--max-creds', 'root']);
     assert.equal(rs.code, 1);
-    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${deeper}: the removed working directory "${w.dir}/jail/a/sub" of pid ${w.pid} is more than one directory below `
-      + `its removed root directory "${w.dir}/jail", which restore cannot rebuild in it .*: nothing was restored\n$`));
+    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${deeper}: the removed working directory "${w.dir}/jail/a/sub" of pid ${w.pid} is 2 names below `
+      + `its removed root directory "${w.dir}/jail", and the image records 0 directories between \\(task.json cwdBetween\\), not one for each name but its own: `
+      + 'refused \\(an edited image\\); nothing was restored\n$'));
     for (const pid of pids) assert.ok(!alive(pid), `pid ${pid}: nothing made`);
     assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], 'no directory made');
   });
 
-  it('a removed working directory deeper in a removed root is refused at checkpoint in one line; the tree runs on', async () => {
+  it('a removed working directory deeper in a removed root comes back with the removed directories between, one chain for the tree, twice in a row', async () => {
     const { w, pids } = await inRemovedRoot('removeddeep');
+    inRemovedChain(w, pids, 'before');
     assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'no.tar')]);
-    assert.equal(cp.code, 1);
-    assert.equal(cp.stderr, `ferry checkpoint: pid ${w.pid}: its working directory ${w.dir}/jail/a/sub was removed, and so was its root directory ${w.dir}/jail, `
-      + 'more than one directory above it: restore cannot rebuild that yet (only a removed working directory that is the removed root or directly in it); '
-      + 'the process was left running\n');
+    const image = join(w.dir, 'deep.tar');
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, image, i, [], { tree: pids.slice(1) });
+      for (const pid of pids.slice(1)) own(pid);
+      inRemovedChain(w, pids, `cycle ${i + 1}`);
+      assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    }
+    // The directories between are recorded from the root down: /a, then /a/b.
+    const task = JSON.parse(spawnSync('tar', ['-xOf', image, `tasks/${w.pid}/task.json`], { encoding: 'utf8' }).stdout) as TaskRecord;
+    assert.deepEqual(task.cwdBetween?.map((d) => [d.mode, d.uid, d.gid]), [[0o755, 0, 0], [0o750, 65534, 0]]);
+  });
+
+  it('--leave-running leaves a deeper removed working directory as it was; edited chains are refused in one line, with nothing made', async () => {
+    const { w, pids } = await inRemovedRoot('removeddeep');
+    const image = join(w.dir, 'deep-lr.tar');
+    const before = statSync(`/proc/${w.pid}/cwd/..`).ino;
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
     for (const pid of pids) {
       const st = procState(pid);
       assert.equal(st.tracer, 0, `pid ${pid} untraced`);
       assert.ok(!'tT'.includes(st.state), `pid ${pid} not stopped`);
     }
+    inRemovedChain(w, pids, 'after');
+    assert.equal(statSync(`/proc/${w.pid}/cwd/..`).ino, before, 'the very directories it had');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    for (const pid of pids) process.kill(pid, 'SIGKILL');
+    await w.exited;
+    await waitFor('the tree to be free', () => !pids.some(alive), 8000);
+    const refused = async (name: string, edits: Parameters<typeof editImage>[2], why: RegExp): Promise<void> => {
+      const edited = join(w.dir, name);
+      await editImage(image, edited, edits);
+      // Unsigned, so untrusted: --max-creds root lets its root processes reach the checks.
+      const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.equal(rs.stderr.split('\n').length, 2, rs.stderr);
+      assert.match(rs.stderr, why);
+      for (const pid of pids) assert.ok(!alive(pid), `${name}: pid ${pid}: nothing made`);
+      assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${name}: no directory made`);
+    };
+    // A name of the path that is no directory's name: it would climb out of the chain.
+    await refused('dots.tar', { [`tasks/${w.pid}/task.json`]: json<TaskRecord>((t) => { t.cwd = `${t.root!}/a/../sub`; }) },
+      new RegExp(`^ferry restore: image entry tasks/${w.pid}/task.json is invalid: cwd ".*" has "\\.\\." as a name below root, which is not one directory's name`));
+    // One directory between fewer than the path has names.
+    await refused('short.tar', { [`tasks/${w.pid}/task.json`]: json<TaskRecord>((t) => { t.cwdBetween = t.cwdBetween!.slice(1); }) },
+      new RegExp(`^ferry restore: image entry tasks/${w.pid}/task.json is invalid: cwd ".*" has 3 names below root, where cwdBetween \\(1 directories\\) wants 2`));
+    // The two processes give the one directory /a/b two modes.
+    await refused('modes.tar', { [`tasks/${pids[1]}/task.json`]: json<TaskRecord>((t) => { t.cwdBetween![1]!.mode = 0o777; }) },
+      new RegExp(`^ferry restore: image ${w.dir}/modes.tar: pids ${pids[0]} and ${pids[1]} have the same removed directory \\(device \\d+, inode \\d+\\) below their removed root `
+        + 'with another path, mode or owner .*: refused \\(an edited image\\); nothing was restored\n$'));
+    // /a/b given /a's identity: a directory that would be its own parent.
+    await refused('loop.tar', Object.fromEntries(pids.map((pid) => [`tasks/${pid}/task.json`, json<TaskRecord>((t) => {
+      t.cwdBetween![1] = { ...t.cwdBetween![1]!, dev: t.cwdBetween![0]!.dev!, ino: t.cwdBetween![0]!.ino! };
+    })])), /: pids \d+ and \d+ have the same removed directory .* below their removed root with another path, mode or owner .*: refused \(an edited image\); nothing was restored\n$/);
+    // The image as checkpointed still comes back.
+    const ok = ferry(['restore', '--image', image]);
+    assert.equal(ok.code, 0, ok.stderr);
+    pids.forEach(own);
+    inRemovedChain(w, pids, 'restored');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+  });
+
+  it('a removed working directory more than 64 directories below a removed root is refused at checkpoint in one line; the tree runs on', async () => {
+    const w = await start('removedtoodeep');
+    const pids = ownTree(w);
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'no.tar')]);
+    assert.equal(cp.code, 1);
+    assert.equal(cp.stderr, `ferry checkpoint: pid ${w.pid}: its working directory ${w.dir}/jail${'/d'.repeat(65)} was removed, and so was its root directory ${w.dir}/jail, `
+      + 'more than 64 directories above it: restore cannot rebuild that; the process was left running\n');
+    for (const pid of pids) {
+      const st = procState(pid);
+      assert.equal(st.tracer, 0, `pid ${pid} untraced`);
+      assert.ok(!'tT'.includes(st.state), `pid ${pid} not stopped`);
+    }
+    assert.ok(!existsSync(join(w.dir, 'no.tar')), 'no image left');
     assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
   });
 

@@ -11,11 +11,15 @@
  * directory untouched; one whose root climbs with ".." stays at the container's root. An
  * edited image holding a /proc file of a thread is refused before any container is made; one
  * whose root is a directory of the rootfs its credentials cannot search (an untrusted image) is
- * refused before any of its processes is made, the container removed.
+ * refused before any of its processes is made, the container removed. A root removed inside
+ * the container (`ctrjail removed`: /gone, the working directory the removed /a/b in it) comes
+ * back removed, made inside the restored container's root and on its own mount, twice in a
+ * row and with --leave-running; an edited image giving it two paths is refused in one line,
+ * no container left.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, copyFileSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WORKLOADS } from '../helpers/env.js';
@@ -41,11 +45,14 @@ function stateOf(id: string): { status: string; pid: number } {
   return { status: s.status, pid: s.pid };
 }
 
-/** Starts container `id` running the jailer (CAP_SYS_CHROOT added to runc's defaults), its output on `log`. */
-async function start(id: string, log: string): Promise<void> {
+/**
+ * Starts container `id` running the jailer with `args`, its output on `log`: CAP_SYS_CHROOT
+ * added to runc's defaults (and CAP_CHOWN, to give the directory it removes another owner).
+ */
+async function start(id: string, log: string, args: string[] = []): Promise<void> {
   ids.add(id);
-  await runReady({ state, bundle: join(dir, `bundle-${id}`), rootfs, id, args: ['/bin/ctrjail'], log, edit: (config) => {
-    for (const set of Object.values(config.process.capabilities as Record<string, string[]>)) set.push('CAP_SYS_CHROOT');
+  await runReady({ state, bundle: join(dir, `bundle-${id}`), rootfs, id, args: ['/bin/ctrjail', ...args], log, edit: (config) => {
+    for (const set of Object.values(config.process.capabilities as Record<string, string[]>)) set.push('CAP_SYS_CHROOT', 'CAP_CHOWN');
   } });
 }
 
@@ -72,6 +79,47 @@ function jailedOnHost(id: string): void {
   assert.equal(threads.length, 1);
   const th = statSync(`/proc/${pid}/task/${threads[0]!}/root`);
   assert.deepEqual([th.dev, th.ino], [inner.dev, inner.ino], 'the thread\'s root is /jail/inner');
+}
+
+/**
+ * The host's view of a container whose init chroot'ed into /gone and removed it (`ctrjail
+ * removed`): the init's and its child's root one removed directory, mode 0751 and 65534's,
+ * their working directory the removed /a/b in it (0710), whose ".." is the removed /a (0750)
+ * and whose "../.." is the root; the root's mount the container's own mount of its rootfs (its "/" as a
+ * process run in it sees it); nothing at /gone in the rootfs or beside it.
+ */
+function goneOnHost(id: string, label: string): void {
+  const pid = stateOf(id).pid;
+  const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+  assert.equal(kids.length, 1, `${label}: the init's child`);
+  const seen = new Map<string, Set<string>>();
+  for (const p of [pid, ...kids]) {
+    assert.equal(readlinkSync(`/proc/${p}/root`), '/gone (deleted)', `${label}: pid ${p} root`);
+    assert.equal(readlinkSync(`/proc/${p}/cwd`), '/gone/a/b (deleted)', `${label}: pid ${p} cwd`);
+    for (const [at, mode, uid] of [['root', 0o751, 65534], ['cwd', 0o710, 0], ['cwd/..', 0o750, 0], ['cwd/../..', 0o751, 65534]] as const) {
+      const st = statSync(`/proc/${p}/${at}`);
+      assert.deepEqual([st.nlink, st.mode & 0o7777, st.uid], [0, mode, uid], `${label}: pid ${p} ${at}: removed, its mode and owner`);
+      if (!seen.has(at)) seen.set(at, new Set());
+      seen.get(at)!.add(`${st.dev}:${st.ino}`);
+    }
+  }
+  for (const [at, ids] of seen) assert.equal(ids.size, 1, `${label}: one ${at} for the init and its child`);
+  assert.deepEqual(seen.get('cwd/../..'), seen.get('root'), `${label}: the working directory's chain of ".." ends at the root`);
+  // The mount its root is on, as a descriptor of it opened here shows (its own mountinfo lists
+  // only the mounts below its root: none), and the container's own root mount, as a process
+  // run in the container sees it ("/" in its mountinfo): one mount, not ferry's view of the rootfs.
+  const fd = openSync(`/proc/${pid}/root`, 'r');
+  let rootMount: string | undefined;
+  try {
+    rootMount = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+  } finally {
+    closeSync(fd);
+  }
+  const info = runc('exec', id, '/bin/cat', '/proc/self/mountinfo');
+  assert.equal(info.code, 0, info.err);
+  const top = info.out.split('\n').map((l) => l.split(' ')).find((f) => f[4] === '/')?.[0];
+  assert.ok(rootMount !== undefined && rootMount === top, `${label}: the root is on mount ${rootMount}, the container's root on ${top}`);
+  assert.deepEqual(readdirSync(rootfs).filter((n) => n.startsWith('gone')), [], `${label}: nothing at /gone in the rootfs or beside it`);
 }
 
 describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }, () => {
@@ -188,5 +236,59 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
     assert.match(rl.stderr, /pid 1 \(ctrjail\) has "\/locked" as its root directory, which its credentials \(uid 0, gid 0, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH\) could not reach: "\/locked" is not searchable by them/);
     assert.equal(stateOf(id).status, 'absent', 'the container made for it removed');
     assert.deepEqual(readdirSync(join(rootfs, 'locked')), ['below'], 'the directory untouched');
+  });
+  it('a removed root, with a removed working directory two below it, comes back removed inside the container, on the container\'s own mount, twice in a row', async () => {
+    const id = `ferry-gone-${process.pid}`;
+    const log = join(dir, 'gone.log');
+    await start(id, log, ['removed']);
+    goneOnHost(id, 'before');
+    await verdict(id, log);
+    const image = join(dir, 'gone.tar');
+    for (let i = 0; i < 2; i++) {
+      const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.equal(stateOf(id).status, 'absent', 'checkpoint deletes the container');
+      const task = JSON.parse(spawnSync('tar', ['-xOf', image, 'tasks/1/task.json'], { encoding: 'utf8' }).stdout) as { root?: string; rootDeleted?: { mode: number; uid: number }; cwd: string; cwdBetween?: Array<{ mode: number }> };
+      assert.equal(task.root, '/gone', 'the root as the path inside the container');
+      assert.deepEqual([task.rootDeleted?.mode, task.rootDeleted?.uid], [0o751, 65534], 'recorded as removed');
+      assert.deepEqual([task.cwd, task.cwdBetween?.map((d) => d.mode)], ['/gone/a/b', [0o750]], 'the working directory below it, with /a between');
+      const rs = ferry(['restore', id, '--root', state, '--image', image, '--detach']);
+      assert.equal(rs.code, 0, rs.stderr);
+      assert.equal(stateOf(id).status, 'running');
+      goneOnHost(id, `cycle ${i + 1}`);
+      await verdict(id, log);
+    }
+  });
+
+  it('--leave-running leaves a removed root as it was; an edited image giving it two paths is refused in one line, nothing made', async () => {
+    const id = `ferry-gone-lr-${process.pid}`;
+    const log = join(dir, 'gone-lr.log');
+    await start(id, log, ['removed']);
+    const pid = stateOf(id).pid;
+    const before = statSync(`/proc/${pid}/root`).ino;
+    const image = join(dir, 'gone-lr.tar');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(stateOf(id).status, 'running');
+    goneOnHost(id, 'after');
+    assert.equal(statSync(`/proc/${pid}/root`).ino, before, 'the very directory it had');
+    await verdict(id, log);
+    assert.equal(runc('delete', '--force', id).code, 0);
+    // The child's record gives the one removed root another path.
+    const child = JSON.parse(spawnSync('tar', ['-xOf', image, 'tree.json'], { encoding: 'utf8' }).stdout) as { processes: Array<{ pid: number }> };
+    const other = child.processes.find((p) => p.pid !== 1)!.pid;
+    const edited = join(dir, 'gone-edited.tar');
+    await editImage(image, edited, { [`tasks/${other}/task.json`]: json((v) => { v.root = '/gone2'; v.cwd = '/gone2/a/b'; }) });
+    const rs = ferry(['restore', id, '--root', state, '--image', edited, '--detach']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
+    assert.match(rs.stderr, /pids 1 and \d+ have the same removed root directory \(device \d+, inode \d+\) with another path, mode or owner .*: refused \(an edited image\); nothing was restored/);
+    assert.equal(stateOf(id).status, 'absent', 'no container left');
+    assert.deepEqual(readdirSync(rootfs).filter((n) => n.startsWith('gone')), [], 'nothing made in the rootfs');
+    // As checkpointed, it comes back.
+    const ok = ferry(['restore', id, '--root', state, '--image', image, '--detach']);
+    assert.equal(ok.code, 0, ok.stderr);
+    goneOnHost(id, 'restored');
+    await verdict(id, log);
   });
 });

@@ -151,7 +151,10 @@ describe('errors.ts', { timeout: 30_000 }, () => {
 function task(): Record<string, unknown> {
   const pair = [0, 0];
   return {
-    pid: 100, ppid: 1, pgid: 100, sid: 100, comm: 'w', exe: '/bin/w', cwd: '/', umask: 18,
+    pid: 100, ppid: 1, pgid: 100, sid: 100, comm: 'w', exe: '/bin/w', umask: 18,
+    // Chroot'ed into a removed root, in a removed working directory two below it (cwdBetween).
+    cwd: '/srv/jail/a/sub', root: '/srv/jail', rootDeleted: { mode: 0o751, uid: 0, gid: 0, dev: '8', ino: '5' },
+    cwdDeleted: { mode: 0o710, uid: 0, gid: 0, dev: '8', ino: '7' }, cwdBetween: [{ mode: 0o755, uid: 0, gid: 0, dev: '8', ino: '6' }],
     mm: {
       ...Object.fromEntries(['startCode', 'endCode', 'startData', 'endData', 'startBrk', 'brk', 'startStack', 'argStart',
         'argEnd', 'envStart', 'envEnd'].map((k) => [k, '0x1000'])),
@@ -274,6 +277,30 @@ describe('edited image records give one line naming the field', { timeout: 120_0
       assert.ok(refused > 0);
     });
   }
+
+  it('task.json cwdBetween: one removed directory for each name of cwd between root and its last, each name one plain component', () => {
+    const bad = (patch: Record<string, unknown>, why: RegExp): void => {
+      assert.throws(() => validateTask({ ...task(), ...patch }, 100), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'EIMAGE');
+        assert.match(err.message, /^image entry tasks\/100\/task.json is invalid: /);
+        assert.match(err.message, why);
+        return true;
+      });
+    };
+    bad({ cwd: '/srv/jail/sub' }, /cwd "\/srv\/jail\/sub" has 1 names below root, where cwdBetween \(1 directories\) wants 2/);
+    bad({ cwd: '/srv/jail/a/b/sub' }, /has 3 names below root, where cwdBetween \(1 directories\) wants 2/);
+    bad({ cwd: '/srv/jail/../sub' }, /cwd "\/srv\/jail\/..\/sub" has ".." as a name below root, which is not one directory's name/);
+    bad({ cwd: '/srv/jail/./sub' }, /has "." as a name below root/);
+    bad({ cwd: '/srv/jail//sub' }, /has "" as a name below root/);
+    bad({ cwd: `/srv/jail/${'x'.repeat(256)}/sub` }, /as a name below root, which is not one directory's name/);
+    bad({ cwd: '/srv/other/a/sub' }, /cwdBetween is there but cwd "\/srv\/other\/a\/sub" is not below root "\/srv\/jail"/);
+    bad({ cwdDeleted: undefined }, /cwdBetween is there but cwdDeleted \(with dev and ino\), root or rootDeleted is not/);
+    bad({ rootDeleted: undefined }, /cwdBetween is there but cwdDeleted/);
+    bad({ cwdBetween: [] }, /cwdBetween must be a list of 1 to 63 items/);
+    bad({ cwdBetween: Array.from({ length: 64 }, (_, i) => ({ mode: 0o755, uid: 0, gid: 0, dev: '8', ino: String(10 + i) })) }, /cwdBetween must be a list of 1 to 63 items/);
+    bad({ cwdBetween: [{ mode: 0o755, uid: 0, gid: 0 }] }, /cwdBetween\[0\]\.dev must be a string of at most 20 decimal digits/);
+    validateTask({ ...task(), cwd: `/srv/jail/${'x'.repeat(255)}/sub` }, 100);
+  });
 
   it('a value nested deeper than the reader allows is found without recursion', () => {
     assert.equal(tooDeep({ a: [1, { b: 2 }] }, 32), undefined);

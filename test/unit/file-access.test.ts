@@ -276,4 +276,25 @@ describe('checkRemovedDirs', () => {
     checkRemovedDirs('img', [jailed(65534)], [], dirs(0o1777));
     checkRemovedDirs('img', [jailed(65534, '0x2')], [], dirs(0o755));
   });
+
+  it('judges a removed working directory below a removed root, and each directory between, by the recorded one above it', () => {
+    /** In /srv/jail/a/b/sub, the removed /a owned by `aUid` (0755), /a/b by 65534 (0755). */
+    const deep = (uid: number, aUid: number, eff = '0x0') => ({ ...jailed(uid, eff), cwd: '/srv/jail/a/b/sub',
+      cwdDeleted: { mode: 0o710, uid, gid: uid, dev: '1', ino: '5' },
+      cwdBetween: [{ mode: 0o755, uid: aUid, gid: aUid, dev: '1', ino: '3' }, { mode: 0o755, uid: 65534, gid: 65534, dev: '1', ino: '4' }] }) as never;
+    // The jail (65534's, 0751) takes /a, /a/b takes sub; /a (root's) could not have taken /a/b.
+    checkRemovedDirs('img', [deep(65534, 65534)], [], dirs(0o1777));
+    assert.throws(() => checkRemovedDirs('img', [deep(65534, 0)], [], dirs(0o1777)), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'EPRIVILEGE');
+      assert.equal(err.message, 'image img: pid 7 (x) had the removed directory "/srv/jail/a/b" on the way to its working directory; restore would make it again in "/srv/jail/a", which its '
+        + 'credentials (uid 65534, gid 65534, no CAP_DAC_OVERRIDE) could not write in (owner 0:0, mode 755): nothing was restored; sign the image and restore with --trust if it is genuine');
+      return true;
+    });
+    checkRemovedDirs('img', [deep(65534, 0, '0x2')], [], dirs(0o1777));
+    // A jail its process could not write in takes no working directory either.
+    const inRoot = { ...jailed(4242), cwd: '/srv/jail/sub', cwdDeleted: { mode: 0o700, uid: 4242, gid: 4242, dev: '1', ino: '5' },
+      rootDeleted: { mode: 0o755, uid: 0, gid: 0, dev: '1', ino: '2' } } as never;
+    assert.throws(() => checkRemovedDirs('img', [inRoot], [], dirs(0o1777)),
+      /had the removed directory "\/srv\/jail\/sub" as its working directory; restore would make it again in "\/srv\/jail", which its credentials \(uid 4242/);
+  });
 });

@@ -2,7 +2,8 @@
  * Removed root directories of an image (src/restore/root-dir.ts planRemovedRoots): one
  * directory per device and inode for every process in it, and an edited image whose processes
  * disagree about one refused before anything is made; a removed working directory directly in
- * a removed root made in it, one deeper refused; which roots an untrusted image may give
+ * a removed root made in it, one deeper made with the directories between (cwdBetween) in
+ * each other, an edited chain refused; which roots an untrusted image may give
  * (checkRootTrust), a thread's own too, and a container's. Pure.
  */
 import assert from 'node:assert/strict';
@@ -52,16 +53,51 @@ describe('planRemovedRoots: a removed working directory in a removed root', () =
     assert.equal(planRemovedRoots('img', [inSub(10, '/srv/other/sub', '7')]).get('8:5')!.below.size, 0);
   });
 
-  it('refuses one deeper, and processes that give one another name or mode', () => {
-    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/a/sub', '7')]), (err: Error & { code?: string; pid?: number }) => {
-      assert.equal(err.code, 'EUNSUPPORTED');
+  it('refuses processes that give one another name or mode', () => {
+    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/sub', '7'), inSub(11, '/srv/jail/sub', '7', 0o777)]),
+      /pids 10 and 11 have the same removed directory \(device 8, inode 7\) below their removed root with another path, mode or owner/);
+    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/sub', '7'), inSub(11, '/srv/jail/bus', '7')]), /same removed directory/);
+  });
+});
+
+describe('planRemovedRoots: a removed working directory deeper in a removed root', () => {
+  /** A removed directory of device 8, inode `ino`. */
+  const dir = (ino: string, mode = 0o755) => ({ mode, uid: 0, gid: 0, dev: '8', ino });
+  /** Pid `pid` in the removed root /srv/jail (inode 5), in the removed `cwd` (inode `ino`), with `between` recorded. */
+  const deep = (pid: number, cwd: string, ino: string, between: ReturnType<typeof dir>[] | undefined): TaskRecord => ({
+    ...task(pid, '/srv/jail', '5'), cwd, cwdDeleted: dir(ino, 0o710), ...(between !== undefined ? { cwdBetween: between } : {}),
+  }) as unknown as TaskRecord;
+
+  it('makes each directory between once, in the one above it, for the processes whose chains pass through it', () => {
+    const plan = planRemovedRoots('img', [deep(10, '/srv/jail/a/b/sub', '9', [dir('6'), dir('7', 0o750)]),
+      deep(11, '/srv/jail/a/c', '8', [dir('6')]), deep(12, '/srv/jail/a/b/sub', '9', [dir('6'), dir('7', 0o750)])]);
+    const below = [...plan.get('8:5')!.below.entries()].map(([k, b]) => [k, b.name, b.parent ?? null, b.path, b.pids]);
+    assert.deepEqual(below, [
+      ['8:6', 'a', null, '/srv/jail/a', [10, 11, 12]], ['8:7', 'b', '8:6', '/srv/jail/a/b', [10, 12]],
+      ['8:9', 'sub', '8:7', '/srv/jail/a/b/sub', [10, 12]], ['8:8', 'c', '8:6', '/srv/jail/a/c', [11]],
+    ]);
+  });
+
+  it('refuses a chain that does not match its path, or that gives one directory two places or modes, or a root\'s identity', () => {
+    assert.throws(() => planRemovedRoots('img', [deep(10, '/srv/jail/a/sub', '7', undefined)]), (err: Error & { code?: string; pid?: number }) => {
+      assert.equal(err.code, 'EIMAGE');
       assert.equal(err.pid, 10);
-      assert.match(err.message, /^image img: the removed working directory "\/srv\/jail\/a\/sub" of pid 10 is more than one directory below its removed root directory "\/srv\/jail"/);
+      assert.equal(err.message, 'image img: the removed working directory "/srv/jail/a/sub" of pid 10 is 2 names below its removed root directory "/srv/jail", '
+        + 'and the image records 0 directories between (task.json cwdBetween), not one for each name but its own: refused (an edited image); nothing was restored');
       return true;
     });
-    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/sub', '7'), inSub(11, '/srv/jail/sub', '7', 0o777)]),
-      /pids 10 and 11 have the same removed working directory \(device 8, inode 7\) with another path, mode or owner/);
-    assert.throws(() => planRemovedRoots('img', [inSub(10, '/srv/jail/sub', '7'), inSub(11, '/srv/jail/bus', '7')]), /same removed working directory/);
+    assert.throws(() => planRemovedRoots('img', [deep(10, '/srv/jail/a/../sub', '7', [dir('6'), dir('8')])]), /is 3 names below its removed root directory/);
+    // /a of one is /b of the other; /a given two modes; a directory its own parent; the root's identity between.
+    assert.throws(() => planRemovedRoots('img', [deep(10, '/srv/jail/a/sub', '9', [dir('6')]), deep(11, '/srv/jail/b/sub', '9', [dir('6')])]),
+      /^FerryError: image img: pids 10 and 11 have the same removed directory \(device 8, inode 6\) below their removed root with another path/);
+    assert.throws(() => planRemovedRoots('img', [deep(10, '/srv/jail/a/sub', '9', [dir('6')]), deep(11, '/srv/jail/a/sub', '9', [dir('6', 0o777)])]),
+      /pids 10 and 11 have the same removed directory \(device 8, inode 6\)/);
+    assert.throws(() => planRemovedRoots('img', [deep(10, '/srv/jail/a/a/sub', '9', [dir('6'), dir('6')])]), /pids 10 and 10 have the same removed directory/);
+    assert.throws(() => planRemovedRoots('img', [deep(10, '/srv/jail/a/sub', '9', [dir('5')])]),
+      /the removed directory "\/srv\/jail\/a" on the way to the working directory of pid 10 \(device 8, inode 5\) is also a removed root directory/);
+    // Below two roots: one chain cannot lead to both.
+    const other = { ...deep(11, '/srv/two/a/sub', '10', [dir('6')]), root: '/srv/two', rootDeleted: dir('4') } as unknown as TaskRecord;
+    assert.throws(() => planRemovedRoots('img', [deep(10, '/srv/jail/a/sub', '9', [dir('6')]), other]), /is also a removed root directory, or below another one/);
   });
 });
 
@@ -75,22 +111,19 @@ describe('checkRootTrust', () => {
   const CHROOT = '0x40000', NONE = '0x0';
 
   it('a thread\'s own root is checked against that thread\'s capabilities only; a process root against every thread\'s but those with their own', () => {
-    checkRootTrust('img', [threaded(undefined, { cwd: '/srv', root: '/srv', umask: 0o77 }, [NONE, CHROOT])], false, false);
-    assert.throws(() => checkRootTrust('img', [threaded(undefined, { cwd: '/srv', root: '/srv', umask: 0o77 }, [CHROOT, NONE])], false, false),
+    checkRootTrust('img', [threaded(undefined, { cwd: '/srv', root: '/srv', umask: 0o77 }, [NONE, CHROOT])], false);
+    assert.throws(() => checkRootTrust('img', [threaded(undefined, { cwd: '/srv', root: '/srv', umask: 0o77 }, [CHROOT, NONE])], false),
       /image img: pid 10 \(w\) would be restored with its thread 11 chroot'ed into \/srv, which that thread could not do itself/);
     // Thread 11 keeps / (its own fs has no root): the process's root is thread 10's only.
-    checkRootTrust('img', [threaded('/jail', { cwd: '/', umask: 0o22 }, [CHROOT, NONE])], false, false);
-    assert.throws(() => checkRootTrust('img', [threaded('/jail', undefined, [CHROOT, NONE])], false, false),
+    checkRootTrust('img', [threaded('/jail', { cwd: '/', umask: 0o22 }, [CHROOT, NONE])], false);
+    assert.throws(() => checkRootTrust('img', [threaded('/jail', undefined, [CHROOT, NONE])], false),
       /would be restored chroot'ed into \/jail, which its thread 11 could not do itself/);
-    checkRootTrust('img', [threaded('/jail', undefined, [NONE, NONE])], true, false); // trusted
+    checkRootTrust('img', [threaded('/jail', undefined, [NONE, NONE])], true); // trusted
   });
 
-  it('lets a container\'s image give roots (resolved inside the container at restore), by the same rule, but no removed one', () => {
-    checkRootTrust('img', [threaded('/jail', { cwd: '/', root: '/srv', umask: 0 }, [CHROOT, CHROOT])], true, true);
-    checkRootTrust('img', [threaded('/jail', { cwd: '/', root: '/srv', umask: 0 }, [CHROOT, CHROOT])], false, true);
-    assert.throws(() => checkRootTrust('img', [threaded('/jail', undefined, [CHROOT, NONE])], false, true),
-      /would be restored chroot'ed into \/jail, which its thread 11 could not do itself/);
-    assert.throws(() => checkRootTrust('img', [task(10, '/srv/jail', '5')], true, true),
-      /pid 10 of a container's image has a removed root directory \(task\.json rootDeleted\), which a checkpoint never records there/);
+  it('judges a removed root by the same rule (a container\'s too: made inside it at restore)', () => {
+    const removed = (caps: [string, string]): TaskRecord => ({ ...threaded('/jail', undefined, caps), rootDeleted: { mode: 0o751, uid: 0, gid: 0, dev: '8', ino: '5' } }) as TaskRecord;
+    checkRootTrust('img', [removed([CHROOT, CHROOT])], false);
+    assert.throws(() => checkRootTrust('img', [removed([CHROOT, NONE])], false), /would be restored chroot'ed into \/jail, which its thread 11 could not do itself/);
   });
 });
