@@ -108,6 +108,7 @@ function dumpFanotify(d: FdDesc, ctx: DumpContext): Omit<FanotifyRecord, 'id' | 
         if ('why' in where) {
           const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
           if (!held) throw unsupported(d, `inode mark: ${where.why}, and no process of the tree holds it open`);
+          if (!held.path.startsWith('/')) throw unsupported(d, `inode mark on ${held.path}, no file of a file system, which cannot be marked again yet; remove the mark or run the process without it`);
           marks.push({ type: 'inode', path: held.path, file: held.file!, ...masks });
           continue;
         }

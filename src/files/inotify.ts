@@ -260,6 +260,7 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
         // through that file's restored descriptor.
         const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
         if (!held) throw unsupported(d, `watch ${wd}: ${where.why}, and no process of the tree holds it open`);
+        if (!held.path.startsWith('/')) throw unsupported(d, `watch ${wd} is on ${held.path}, no file of a file system, which cannot be watched again yet; remove the watch or run the process without it`);
         watches.push({ wd, mask, ...held });
         continue;
       }
@@ -289,7 +290,9 @@ export function heldFilesOpen(ctx: OpenContext, through: Iterable<{ file?: numbe
 
 /**
  * The image file of a descriptor of the tree whose inode is `dev`:`ino` (`major:minor` and
- * number), with its path and inode as a watch records them, or undefined when the tree holds
+ * number), with its path and inode as a watch records them (a path that does not start with
+ * "/" is an inode of no mounted file system, a pidfd's, which callers refuse: restore makes
+ * a pidfd only once the tree exists, after the watches), or undefined when the tree holds
  * no such descriptor. Every descriptor of the tree is looked at once per checkpoint, only when
  * a watched inode has no path. (fanotify.ts finds its inode marks' files so too.)
  */
