@@ -236,9 +236,10 @@ export const deleted: FileKind<DeletedRecord> = {
   kind: 'ghost',
 
   matches(fd: FdDesc): boolean {
-    // A removed name of a file that has other names is linked.ts's.
-    if (!fd.link.startsWith('/') || !fd.link.endsWith(SUFFIX) || !fd.stat.isFile() || fd.stat.nlink > 0n || isMemfdLink(fd)) return false;
-    return (fd.fdinfo.flags & O_PATH) === 0;
+    // A removed name of a file that has other names is linked.ts's. An O_PATH descriptor is one
+    // too: its contents are read through a new open of it (/proc/self/fd, as any other's), and
+    // it is opened O_PATH again from the file made (reopen).
+    return fd.link.startsWith('/') && fd.link.endsWith(SUFFIX) && fd.stat.isFile() && fd.stat.nlink === 0n && !isMemfdLink(fd);
   },
 
   /** Refuses, before anything is touched, a ghost bigger than the limit. */

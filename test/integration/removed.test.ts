@@ -39,10 +39,10 @@ describe('removed FIFOs and directories held open', { skip, timeout: 120_000 }, 
   });
 });
 
-describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file and a directory', { skip, timeout: 120_000 }, () => {
+describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file, a directory and a removed file', { skip, timeout: 120_000 }, () => {
   const OPATH = join(WORKLOADS, 'opath');
 
-  it('come back as the symlink itself, the file and the directory, still O_PATH', async () => {
+  it('come back as the symlink itself, the file, the directory and the removed file (made again from its stored contents), still O_PATH', async () => {
     const w = await startWorkload(OPATH, ['DIR']);
     const image = join(w.dir, 'opath.tar');
     await checkpointFreed(w, image);
