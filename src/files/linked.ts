@@ -43,7 +43,7 @@ import { noteTransient, transientMade } from './transient.js';
 
 const SUFFIX = ' (deleted)';
 /** The flags an open file keeps (never what creates or truncates). */
-const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_NOATIME;
+const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_NOATIME | O_PATH;
 /** MAX_HANDLE_SZ (<fcntl.h>). */
 const MAX_HANDLE = 128;
 
@@ -109,8 +109,9 @@ export const linked: FileKind<LinkedRecord> = {
   kind: 'linked',
 
   matches(fd: FdDesc): boolean {
+    // An O_PATH descriptor too: opened O_PATH through the name linked back, or the handle.
     return fd.link.startsWith('/') && fd.link.endsWith(SUFFIX) && fd.stat.isFile() && fd.stat.nlink > 0n
-      && (fd.fdinfo.flags & O_PATH) === 0 && !(fd.link.startsWith('/memfd:') && fd.fdinfo.mntId === 0);
+      && !(fd.link.startsWith('/memfd:') && fd.fdinfo.mntId === 0);
   },
 
   precheck(fd: FdDesc, options: FileOptions): void {

@@ -64,6 +64,19 @@ describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file, a directory and 
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
+  it('one of a removed name whose file has another comes back as that file, still O_PATH; --leave-running too', async () => {
+    const w = await startWorkload(OPATH, ['DIR', 'linked']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    const image = join(w.dir, 'linked.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
   it('--leave-running leaves them as they were', async () => {
     const w = await startWorkload(OPATH, ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
