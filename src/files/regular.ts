@@ -162,20 +162,27 @@ function checkMapped(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'a
 function openRemovedDir(rec: RegularRecord, root: ConfinedRoot, path: string): number {
   const what = `the removed directory ${rec.path} (file ${rec.id} of the image)`;
   try {
-    const fd = withRemovedDir(root, path, what, (made) => openIn(root, made, (rec.flags & REOPEN_FLAGS) | O_DIRECTORY, what));
+    // An O_PATH descriptor takes no fchown(2) nor fchmod(2): the directory is opened for them,
+    // and the O_PATH descriptor is opened through that one.
+    const oPath = (rec.flags & O_PATH) !== 0;
+    const opened = withRemovedDir(root, path, what, (made) => openIn(root, made, (oPath ? 0 : rec.flags & REOPEN_FLAGS) | O_DIRECTORY, what));
+    let fd = opened;
     try {
-      fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
-      fchmodSync(fd, rec.removed!.mode);
+      fchownSync(opened, rec.removed!.uid, rec.removed!.gid);
+      fchmodSync(opened, rec.removed!.mode);
+      if (oPath) fd = native().openRaw(`/proc/self/fd/${opened}`, O_PATH | O_DIRECTORY);
       const pos = Number(rec.pos);
-      if (pos !== 0) {
+      if (pos !== 0 && !oPath) {
         try {
           native().lseek(fd, pos, 0);
         } catch { /* a position this file system does not take back: read from the start */ }
       }
     } catch (err) {
-      native().closeFd(fd);
+      if (fd !== opened) native().closeFd(fd);
+      native().closeFd(opened);
       throw err;
     }
+    if (fd !== opened) native().closeFd(opened);
     return fd;
   } catch (err) {
     if (err instanceof FerryError) throw err;
@@ -201,9 +208,9 @@ export const regular: FileKind<RegularRecord> = {
 
   dump(fd: FdDesc, ctx: DumpContext): Omit<RegularRecord, 'id' | 'kind'> {
     const removed = fd.link.endsWith(' (deleted)');
-    if (removed && !(fd.stat.isDirectory() && fd.stat.nlink === 0n && (fd.fdinfo.flags & O_PATH) === 0)) {
+    if (removed && !(fd.stat.isDirectory() && fd.stat.nlink === 0n)) {
       throw new FerryError('EUNSUPPORTED',
-        `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (${fd.stat.isDirectory() ? 'an O_PATH descriptor of a removed directory' : 'a removed file of this kind'} cannot be checkpointed yet)`);
+        `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (${(fd.fdinfo.flags & O_PATH) !== 0 ? 'an O_PATH descriptor of ' : ''}a removed file of this kind cannot be checkpointed yet)`);
     }
     const rec: Omit<RegularRecord, 'id' | 'kind'> = {
       path: removed ? fd.link.slice(0, -' (deleted)'.length) : fd.link,
@@ -240,7 +247,7 @@ export const regular: FileKind<RegularRecord> = {
       const r = rec.removed as unknown as Record<string, unknown>;
       const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
       if (!rec.directory || typeof r !== 'object' || r === null || !Number.isSafeInteger(r.mode) || (r.mode as number) < 0
-        || (r.mode as number) > 0o7777 || !id(r.uid) || !id(r.gid) || (rec.flags & O_PATH) !== 0) {
+        || (r.mode as number) > 0o7777 || !id(r.uid) || !id(r.gid)) {
         throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) has an invalid removed directory`);
       }
       return; // made again when opened
