@@ -9,9 +9,14 @@
  * (`openAfterTree`: every other file is opened before the first process is made), and a pidfd
  * of a process already gone (reaped), made by opening a pidfd of a short-lived child of
  * ferry and reaping it: like the original, it signals nothing (ESRCH) and waits for nothing.
+ * A pidfd of a single thread (PIDFD_THREAD, Linux 6.9: signals go to that thread, poll says
+ * when it exits) records the thread (`thread`, its tid in the tree's pid namespace): threads
+ * are made after the descriptors are installed, so it is opened once every thread exists
+ * (`namesThread`, `openAfterThreads`, as a thread's /proc file is), with PIDFD_THREAD again;
+ * one of a thread already gone is a reaped process's, PIDFD_THREAD kept.
  * Refused at checkpoint: a pidfd of a process outside the tree (restoring it would name
- * another process, or none), and one of a single thread (PIDFD_THREAD, Linux 6.9): threads
- * are made after the descriptors are installed.
+ * another process, or none), and a thread's in a container (whose threads restore reaches
+ * only through its own pid namespace).
  */
 import { spawn } from 'node:child_process';
 import { FerryError, describeCause } from '../errors.js';
@@ -20,6 +25,7 @@ import { native } from '../native/binding.js';
 import { O_ACCMODE, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
 import { readProcText } from '../proc/read.js';
 import { parseStat } from '../proc/stat.js';
+import { parseStatus } from '../proc/status.js';
 import type { FdDesc, FileKind } from './types.js';
 
 /** pidfd_open(2) PIDFD_THREAD (= O_EXCL). */
@@ -30,8 +36,10 @@ export interface PidfdRecord extends FileRecord {
   kind: 'pidfd';
   /** The process, by its pid in the tree's pid namespace (as the image records pids); 0: one already reaped. */
   target: number;
-  /** Status flags of the open file (O_NONBLOCK, i.e. PIDFD_NONBLOCK); the access mode is O_RDWR. */
+  /** Status flags of the open file (O_NONBLOCK, i.e. PIDFD_NONBLOCK; PIDFD_THREAD); the access mode is O_RDWR. */
   flags: number;
+  /** With PIDFD_THREAD, of a thread that runs: its tid in the tree's pid namespace (of process `target`). */
+  thread?: number;
 }
 
 const unsupported = (d: FdDesc, why: string): FerryError =>
@@ -59,9 +67,6 @@ export const pidfd: FileKind<PidfdRecord> = {
     return fd.link === 'anon_inode:[pidfd]';
   },
 
-  precheck(fd: FdDesc): void {
-    if ((fd.fdinfo.flags & PIDFD_THREAD) !== 0) throw unsupported(fd, 'a pidfd of a single thread (PIDFD_THREAD) cannot be checkpointed yet');
-  },
 
   key(fd: FdDesc): string {
     // Every pidfd of one process shares its pidfs inode; kcmp tells the open files apart.
@@ -74,6 +79,7 @@ export const pidfd: FileKind<PidfdRecord> = {
     const flags = fd.fdinfo.flags & ~O_CLOEXEC & ~O_ACCMODE;
     if (pid === undefined || !Number.isSafeInteger(pid)) throw new FerryError('EDUMP', `checkpoint: pidfd fd ${fd.fd} of pid ${fd.pid}: fdinfo has no Pid`);
     if (pid === -1) return { target: 0, flags };
+    if ((flags & PIDFD_THREAD) !== 0) return threadPidfd(fd, pid, nspid, flags, ctx.pids);
     if (!ctx.pids.has(pid) && !zombieOfTree(pid, ctx.pids)) {
       throw unsupported(fd, `a pidfd of pid ${pid}, which is outside the checkpointed tree: restored, it would name another process; `
         + 'checkpoint the tree that holds that process, or close the descriptor');
@@ -82,13 +88,32 @@ export const pidfd: FileKind<PidfdRecord> = {
   },
 
   check(rec: PidfdRecord): void {
+    const thread = (rec.flags & PIDFD_THREAD) !== 0;
     const ok = Number.isSafeInteger(rec.target) && rec.target >= 0 && rec.target <= MAX_PID
-      && Number.isSafeInteger(rec.flags) && (rec.flags & ~O_NONBLOCK) === 0;
+      && Number.isSafeInteger(rec.flags) && (rec.flags & ~(O_NONBLOCK | PIDFD_THREAD)) === 0
+      && (rec.thread === undefined ? !thread || rec.target === 0
+        : thread && rec.target !== 0 && Number.isSafeInteger(rec.thread) && rec.thread >= 1 && rec.thread <= MAX_PID);
     if (!ok) throw new FerryError('EIMAGE', `image: pidfd (file ${rec.id}) has an invalid record`);
   },
 
   open(rec: PidfdRecord): never {
     throw new Error(`pidfd (file ${rec.id}) is opened after the tree (openAfterTree), not with the other files`);
+  },
+
+  namesThread(rec: PidfdRecord): boolean {
+    return rec.thread !== undefined;
+  },
+
+  async openAfterThreads(rec: PidfdRecord, hostTid: (pid: number, tid: number) => number | undefined): Promise<number> {
+    const tid = hostTid(rec.target, rec.thread!);
+    if (tid === undefined) {
+      throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of thread ${rec.thread} of pid ${rec.target}: not a thread restored here (an edited image?)`);
+    }
+    try {
+      return native().pidfdOpen(tid, rec.flags & (O_NONBLOCK | PIDFD_THREAD));
+    } catch (err) {
+      throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of thread ${rec.thread} of pid ${rec.target}: ${describeCause(err)}`, { cause: err });
+    }
   },
 
   async openAfterTree(rec: PidfdRecord, hostPid: (pid: number) => number | undefined): Promise<number> {
@@ -107,6 +132,28 @@ export const pidfd: FileKind<PidfdRecord> = {
 };
 
 /**
+ * The record of a PIDFD_THREAD pidfd of the running thread `tid` (as ferry sees it; `nspid`
+ * its tids down to the innermost namespace): the thread of a process of the tree, recorded
+ * by both ids in the tree's namespace. Refused for a thread outside the tree, and in a pid
+ * namespace of its own (a container's: restore reaches threads there only through ferry's).
+ */
+function threadPidfd(d: FdDesc, tid: number, nspid: readonly number[], flags: number, pids: ReadonlySet<number>): Omit<PidfdRecord, 'id' | 'kind'> {
+  let tgid: number | undefined;
+  let nsTgid: number[] = [];
+  try {
+    const status = parseStatus(readProcText(tid, 'status'));
+    tgid = status.tgid;
+    nsTgid = status.nsTgid;
+  } catch { /* gone meanwhile: refused below */ }
+  if (tgid === undefined || !pids.has(tgid)) {
+    throw unsupported(d, `a pidfd of thread ${tid}${tgid !== undefined ? ` of pid ${tgid}` : ''}, which is outside the checkpointed tree: restored, it would name another thread, or none; `
+      + 'checkpoint the tree that holds that process, or close the descriptor');
+  }
+  if (nspid.length > 1) throw unsupported(d, `a pidfd of thread ${tid} of pid ${tgid} in a pid namespace of its own (a container's) cannot be checkpointed yet`);
+  return { target: nsTgid.at(-1) ?? tgid, thread: nspid.at(-1) ?? tid, flags };
+}
+
+/**
  * A pidfd of a process that has exited and been reaped: one of a child of ferry, opened
  * before the event loop can reap it (a zombie still has its pid), then reaped.
  */
@@ -120,7 +167,7 @@ async function goneProcessPidfd(flags: number): Promise<number> {
     await exited.catch(() => {});
     throw new FerryError('EOPEN', 'cannot restore a pidfd of a process already gone: /bin/true could not be run to stand for it');
   }
-  const fd = native().pidfdOpen(child.pid, flags & O_NONBLOCK);
+  const fd = native().pidfdOpen(child.pid, flags & (O_NONBLOCK | PIDFD_THREAD));
   await exited;
   return fd;
 }

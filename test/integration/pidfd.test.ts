@@ -10,6 +10,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { release } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, ROOT, WORKLOADS } from '../helpers/env.js';
@@ -102,6 +103,31 @@ describe('a pidfd from clone3(CLONE_PIDFD), used with pidfd_getfd', { skip: need
   it('--leave-running leaves them working', async () => {
     const w = await startWorkload(CLONEPIDFD, []);
     for (const k of childOf(w.pid)) own(k);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('pidfds of single threads (PIDFD_THREAD)', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
+  const THREADPIDFD = join(WORKLOADS, 'threadpidfd');
+  /** PIDFD_THREAD came with Linux 6.9. */
+  const [major = 0, minor = 0] = release().split('.').map(Number);
+  const skip = major > 6 || (major === 6 && minor >= 9) ? false : 'PIDFD_THREAD needs Linux 6.9';
+
+  it('come back naming the same threads: flags, fdinfo, a signal through each runs in its thread, poll sees the thread exit', { skip }, async () => {
+    const w = await startWorkload(THREADPIDFD, []);
+    const image = join(w.dir, 'threadpidfd.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves them working', { skip }, async () => {
+    const w = await startWorkload(THREADPIDFD, []);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
