@@ -265,7 +265,7 @@ describe('the error contract', { skip, timeout: 300_000 }, () => {
       ['a file record nested 100000 deep', { 'files.json': json((v) => { v.files[0].path = '@DEEP@'; }) },
         'EIMAGE', /^image \S+: entry files\.json nests values more than 32 levels deep \(at files\[0\]\.path\[0\]/],
       ['a memory area of kind 7', { [task]: json((v) => { v.vmas[0].kind = 7; }) },
-        'EIMAGE', new RegExp(`^image entry ${task} is invalid: vmas\\[0\\]\\.kind must be one of anon, file, vdso, vvar, vvar_vclock, vsyscall, is 7`)],
+        'EIMAGE', new RegExp(`^image entry ${task} is invalid: vmas\\[0\\]\\.kind must be one of anon, file, vdso, vvar, vvar_vclock, vsyscall, aio, is 7`)],
       ['a descriptor that is null', { [task]: json((v) => { v.fds[0] = null; }) },
         'EIMAGE', /is invalid: fds\[0\] must be an object, is null/],
       ['no threads', { [task]: json((v) => { delete v.threads; }) },
