@@ -2,6 +2,7 @@
  * Dump side of the file engine: describe every descriptor of the tasks, find which share one
  * open file (cheap key, confirmed with kcmp(KCMP_FILE)), and dump each open file once.
  */
+import { fstatSync, readFileSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import { FdStat } from '../proc/fd-stat.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
@@ -9,7 +10,9 @@ import { THREAD_ALONE_KINDS } from '../image/sharing.js';
 import { native } from '../native/binding.js';
 import { parseFdinfo } from '../proc/fdinfo.js';
 import { fdCloexec } from '../proc/fdinfo.js';
-import { inOwnMountNs, listFds, readProcText } from '../proc/read.js';
+import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
+import { inOwnMountNs, listFds, readProcLink, readProcText } from '../proc/read.js';
+import { ConfinedRoot, statIn } from './confined.js';
 import { dumpOwner, ownerMatters } from './owner.js';
 import { kindOf } from './registry.js';
 import { DEFAULT_FILE_OPTIONS, type DumpContext, type FdDesc, type FileKind, type FileOptions } from './types.js';
@@ -133,7 +136,8 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
   };
   const files: FileRecord[] = [];
   const warnings: string[] = [];
-  const mounts = new Map<number, ReadonlySet<number> | null>();
+  const mounts = new TaskMounts();
+  finishers.push(() => mounts.close());
   /** Files found in flight (adopt), by id, with where the first was found. */
   const inFlightIds = new Map<number, string>();
   /**
@@ -197,7 +201,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
         throw via === undefined ? err : inFlight(err, via);
       }
       const rec = { ...dumped, id, kind: kind.kind, link: desc.link } as FileRecord;
-      if (typeof rec.path === 'string' ? rootedInTask(desc, mounts) : namesPathInTask(rec, desc, mounts)) rec.root = 'task';
+      if (typeof rec.path === 'string' ? rootedInTask(desc, rec.path, mounts) : namesPathInTask(rec, desc, mounts)) rec.root = 'task';
       if (ownerMatters(desc)) {
         const owner = dumpOwner(desc, grab(desc, grabbed), ctx.pids);
         if (owner) rec[desc.async ? 'async' : 'owner'] = owner;
@@ -233,25 +237,106 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
 }
 
 /**
- * Whether the path of `d` is relative to its task's root rather than ferry's: the task lives
- * in another mount namespace (a container) and the file is on one of that namespace's mounts
- * (a file inherited from outside, such as a log the runtime opened, is on a mount of ferry's
- * and its path is ferry's). `mounts` caches each task's mount ids (null: ferry's namespace).
+ * The mounts of the tasks' namespaces, as `rootedInTask` needs them: each task's mount ids
+ * as its mountinfo lists them (null: ferry's namespace), ferry's own, and, opened when first
+ * needed, the root of a task's mount namespace. Closed with `close`.
  */
-function rootedInTask(d: FdDesc, mounts: Map<number, ReadonlySet<number> | null>): boolean {
-  const ids = taskMounts(d.pid, mounts);
-  return ids !== null && ids.has(d.fdinfo.mntId);
+class TaskMounts {
+  private readonly byPid = new Map<number, ReadonlySet<number> | null>();
+  private readonly roots = new Map<string, ConfinedRoot>();
+  private own: ReadonlySet<number> | undefined;
+
+  /** The mount ids of `pid`'s mountinfo, or null when it is in ferry's mount namespace. */
+  of(pid: number): ReadonlySet<number> | null {
+    let ids = this.byPid.get(pid);
+    if (ids === undefined) {
+      ids = inOwnMountNs(pid) ? null : mountIds(readProcText(pid, 'mountinfo'));
+      this.byPid.set(pid, ids);
+    }
+    return ids;
+  }
+
+  /** The mount ids of ferry's namespace (ferry's root is its root: the list is whole). */
+  ferry(): ReadonlySet<number> {
+    return (this.own ??= mountIds(readFileSync('/proc/self/mountinfo', 'utf8')));
+  }
+
+  /**
+   * The root of `pid`'s mount namespace (its container's root), whatever the task's own root:
+   * from there by ".." until it leads nowhere higher (the root of a mount namespace is its own
+   * parent; ".." from ferry stops at ferry's root only, which this namespace's does not hold).
+   */
+  root(pid: number): ConfinedRoot {
+    const ns = readProcLink(pid, 'ns/mnt');
+    let root = this.roots.get(ns);
+    if (root) return root;
+    const n = native();
+    let fd = n.openRaw(`/proc/${pid}/root`, O_PATH | O_DIRECTORY);
+    try {
+      for (let i = 0; ; i++) {
+        if (i >= 4096) throw new FerryError('EDUMP', `the root of the mount namespace of pid ${pid} is more than 4096 directories above its root`, { pid });
+        const up = n.openat2(fd, '..', O_PATH | O_DIRECTORY, 0, 0);
+        const a = fstatSync(fd, { bigint: true }), b = fstatSync(up, { bigint: true });
+        n.closeFd(fd);
+        fd = up;
+        if (a.dev === b.dev && a.ino === b.ino) break;
+      }
+    } catch (err) {
+      n.closeFd(fd);
+      throw err;
+    }
+    root = new ConfinedRoot(`the root of the mount namespace of pid ${pid}`, 'in-root', fd);
+    this.roots.set(ns, root);
+    return root;
+  }
+
+  close(): void {
+    for (const r of this.roots.values()) r.close();
+    this.roots.clear();
+  }
 }
 
-/** The mount ids of `pid`'s mount namespace, or null when it is ferry's (cached in `mounts`). */
-function taskMounts(pid: number, mounts: Map<number, ReadonlySet<number> | null>): ReadonlySet<number> | null {
-  let ids = mounts.get(pid);
-  if (ids === undefined) {
-    ids = inOwnMountNs(pid) ? null
-      : new Set(readProcText(pid, 'mountinfo').split('\n').filter(Boolean).map((l) => Number(l.split(' ')[0])));
-    mounts.set(pid, ids);
+/** The mount ids (first field) of a mountinfo text. */
+function mountIds(text: string): ReadonlySet<number> {
+  return new Set(text.split('\n').filter(Boolean).map((l) => Number(l.split(' ')[0])));
+}
+
+/**
+ * Whether the path of `d` (`path`, what its record keeps) is relative to its task's root
+ * rather than ferry's: the task lives in another mount namespace (a container) and the file
+ * is on a mount of that namespace, its link the path from that namespace's root; a file
+ * inherited from outside, such as a log the runtime opened, is on a mount of ferry's and its
+ * path is ferry's.
+ *
+ * A task's mountinfo lists only the mounts its own root reaches: one chroot'ed inside its
+ * container (chroot("/jail")) does not see its container's root mount, nor /proc or /dev,
+ * and a file it holds from before the chroot (its container's "/", opened O_PATH) is on one
+ * of them. Such a file is its namespace's all the same, never ferry's, whose mounts ferry's
+ * own mountinfo lists whole: it is the task's when its path, resolved inside the root of the
+ * task's mount namespace as restore resolves it, is that very file (device and inode). One
+ * that is not (on a mount of a third namespace, or unmounted since) is refused: restore would
+ * find another file there, and resolved on the host it would give the container a file of the
+ * host's (docs/security.md).
+ */
+function rootedInTask(d: FdDesc, path: string, mounts: TaskMounts): boolean {
+  const ids = mounts.of(d.pid);
+  if (ids === null) return false;
+  if (ids.has(d.fdinfo.mntId)) return true;
+  if (mounts.ferry().has(d.fdinfo.mntId)) return false;
+  // A removed file comes back from the image's copy, by its identity, not by this path.
+  if (d.link.endsWith(' (deleted)')) return true;
+  let st;
+  try {
+    st = statIn(mounts.root(d.pid), path, `fd ${d.fd} of pid ${d.pid}`, !d.stat.isDirectory() && (d.fdinfo.flags & O_PATH) !== 0);
+  } catch {
+    st = undefined;
   }
-  return ids;
+  if (st?.dev !== d.stat.dev || st.ino !== d.stat.ino) {
+    throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} is on a mount that the root of its mount namespace `
+      + '(its container\'s) does not lead to (a mount of another namespace, or one unmounted since): restore could not find that file again by its path; '
+      + 'close it in the process before the checkpoint; the tree was left running', { pid: d.pid });
+  }
+  return true;
 }
 
 /**
@@ -259,10 +344,10 @@ function taskMounts(pid: number, mounts: Map<number, ReadonlySet<number> | null>
  * path name (its own, or the outside peer's it connects to again) held by a task of another
  * mount namespace (a container) was bound there, inside the task's root.
  */
-function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: Map<number, ReadonlySet<number> | null>): boolean {
+function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: TaskMounts): boolean {
   if (rec.kind !== 'unix') return false;
   const named = (n: unknown): boolean => typeof (n as { path?: unknown } | null | undefined)?.path === 'string';
-  return (named(rec.name) || named(rec.external)) && taskMounts(d.pid, mounts) !== null;
+  return (named(rec.name) || named(rec.external)) && mounts.of(d.pid) !== null;
 }
 
 

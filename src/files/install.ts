@@ -24,13 +24,17 @@ const F_DUPFD_CLOEXEC = 1030, F_GETFD = 1, F_SETFD = 2, O_CLOEXEC = 0o2000000;
  * The roots the paths of the records resolve in while the scheduler checks or opens them
  * (confined.ts): the host's '/' (the default), and for a record with `root: 'task'` (a file
  * inside a container) the task's root, `taskRoot` (/proc/<the restored container's init>/root),
- * opened when first needed and closed by `close`.
+ * opened when first needed and closed by `close`. With `confineAll` (a container restored
+ * from an image no trusted key signed) every record resolves in the task's root: nothing of
+ * such an image reaches the host's file system (checkContainerHostFiles refused those that
+ * name a host path; a socket's name, a watched file are resolved in the container).
  */
 class Roots {
   private task: ConfinedRoot | undefined;
   private real: ConfinedRoot | undefined;
 
-  constructor(private readonly taskRoot: string | undefined, private readonly guard?: FileGuard) {}
+  constructor(private readonly taskRoot: string | undefined, private readonly guard?: FileGuard,
+    private readonly confineAll = false) {}
 
   /**
    * A record as its module must see it: a path inside a container is made reachable from
@@ -38,7 +42,7 @@ class Roots {
    * path inside the task's root, is given to the modules that resolve it confined there.
    */
   rebased(r: FileRecord): FileRecord {
-    if (r.root !== 'task') {
+    if (r.root !== 'task' && !(this.confineAll && this.taskRoot !== undefined)) {
       if (!this.guard?.covers(r)) return r;
       // A copy: the place lives as long as the record, the root only as long as these Roots.
       this.real ??= new ConfinedRoot('/', 'in-root-no-symlinks');
@@ -83,8 +87,9 @@ function guarded(err: unknown, r: FileRecord, guard: FileGuard | undefined): unk
 }
 
 /** Checks that every file can be opened here, before any process is created. */
-export function checkFiles(records: readonly FileRecord[], taskRoot?: string, inherit?: ReadonlyMap<string, number>, guard?: FileGuard): void {
-  const roots = new Roots(taskRoot, guard);
+export function checkFiles(records: readonly FileRecord[], taskRoot?: string, inherit?: ReadonlyMap<string, number>, guard?: FileGuard,
+  confineAll = false): void {
+  const roots = new Roots(taskRoot, guard, confineAll);
   try {
     for (const r of records) {
       if (typeof r.link === 'string' && inherit?.has(r.link)) continue;
@@ -97,6 +102,24 @@ export function checkFiles(records: readonly FileRecord[], taskRoot?: string, in
   } finally {
     roots.close();
   }
+}
+
+/**
+ * Refuses (EPRIVILEGE, one line), before anything is made, a file of a container's image no
+ * trusted key signed (`files`: those the caller does not hand in) that names a path on the
+ * host: a record without `root: 'task'`. A checkpoint records so what a container's process
+ * held from outside its container (its stdout, a log its runtime opened), and the restore
+ * opens it by that path on the host; an edited image would name any file of the host there
+ * (/etc/shadow, opened for writing) and give it to the container. Such a file comes back only
+ * from an image this host or a trusted key signed, or handed in by the caller (--inherit-fd).
+ */
+export function checkContainerHostFiles(label: string, files: readonly FileRecord[]): void {
+  const r = files.find((f) => f.root !== 'task' && typeof f.path === 'string');
+  if (r === undefined) return;
+  const shown = (v: unknown): string => String(v).slice(0, 256).replace(/[\0-\x1f]/g, '?'); // the image's words: bounded, one line
+  throw new FerryError('EPRIVILEGE', `image ${label}: file ${r.id} (${r.kind} ${shown(r.path)}) of the container's processes is a file of the host, `
+    + 'outside the container, which only an image signed by a trusted key may name: refused, nothing was restored; '
+    + `hand it in with --inherit-fd fd[N]:${shown(r.link ?? r.path)}, or restore an image signed by a key of image.trust`, { path: shown(r.path) });
 }
 
 /**
@@ -142,10 +165,11 @@ export interface RestoreFiles {
  * are open, and a round without progress is a dependency cycle.
  */
 export function openFiles(records: readonly FileRecord[], options: FileOptions = DEFAULT_FILE_OPTIONS,
-  blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string, inherit?: ReadonlyMap<string, number>, guard?: FileGuard): RestoreFiles {
+  blobs: ReadonlyMap<string, Buffer> = new Map(), taskRoot?: string, inherit?: ReadonlyMap<string, number>, guard?: FileGuard,
+  confineAll = false): RestoreFiles {
   const opened = new Map<number, number>();
   // Every path is opened by now (modules open in `open`, never later): the roots close at the end.
-  const roots = new Roots(taskRoot, guard);
+  const roots = new Roots(taskRoot, guard, confineAll);
   try {
     records = records.map((r) => roots.rebased(r));
     return openAll(records, opened, options, blobs, inherit, guard);

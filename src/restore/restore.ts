@@ -23,7 +23,7 @@ import { checkRemovedNodeTrust } from '../files/chrdev.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import {
-  beforeLetGo, checkFiles, checkThreadFiles, closeFiles, installFds, installLate, installThreadTable, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
+  beforeLetGo, checkContainerHostFiles, checkFiles, checkThreadFiles, closeFiles, installFds, installLate, installThreadTable, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
 } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
@@ -159,6 +159,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const removedRootPlan = planRemovedRoots(label, tasks); // each removed root made once (root-dir.ts)
     // A /proc file of a thread only where restore can put it (files/install.ts).
     checkThreadFiles(label, files.files, o.makeRoot !== undefined);
+    // Nor a file of the host for a container's process: its files are its rootfs's.
+    if (!trusted && o.makeRoot) checkContainerHostFiles(label, ownFiles);
     // Nor a /proc file of a process outside the tree, opened as root.
     if (!trusted) checkProcfileTrust(label, ownFiles);
     // Nor access: an untrusted image's processes hold open only what their own credentials
@@ -261,7 +263,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const cwdRoot = made ? new ConfinedRoot(made.fileRoot, 'in-root') : hostRoot();
     if (made) {
       session.onUndo('close the container root', () => cwdRoot.close());
-      checkFiles(files.files, made.fileRoot, inherit);
+      checkFiles(files.files, made.fileRoot, inherit, undefined, !trusted);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn, made.fileRoot);
       // The directories its processes and threads are put in are the rootfs's, there only
       // now: judged as the host's are above, each resolved in that root (a chroot into a
@@ -281,7 +283,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     }
     // A container's sockets are made in its network namespace.
     const opened = withNetns(made?.pid, () => openFiles(files.files,
-      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit, fileGuard));
+      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit, fileGuard,
+      made !== undefined && !trusted));
     const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
     // Made before the tree, so that their undo runs after the processes in them are killed;
     // the watchdog that removes them if ferry dies is armed before the first.

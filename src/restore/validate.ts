@@ -203,6 +203,8 @@ const task = record({
 const SHARED_FILE_FIELDS: Readonly<Record<string, Check>> = {
   path, link: str(), flags: int(0, 2 ** 32 - 1), pos: digits, major: int(0, 2 ** 32 - 1), minor: int(0, 2 ** 32 - 1),
   dev: str(64), ino: str(64), directory: bool,
+  // Where the path resolves: 'task', the container's root (files/install.ts); absent, the host's.
+  root: (v, at) => (v === 'task' ? undefined : must(at, '"task"', v)),
 };
 
 /** Checks files.json: each open file has a unique id and a kind (the rest is its module's). */

@@ -2,7 +2,8 @@
  * Chroot'ed processes (TaskRecord `root`: src/dump/root-dir.ts, src/restore/root-dir.ts)
  * through bin/ferry: build/workloads/chrooted changes its root to a jail of its own and checks
  * on SIGUSR1 that it is still there (the jail's marker, no /proc, its working directory). It
- * comes back chroot'ed, twice in a row, and with --leave-running keeps its root. An image no
+ * comes back chroot'ed, twice in a row, and with --leave-running keeps its root; descriptors of
+ * the host's / it opened before the chroot (`rootfd`) come back as the host's /. An image no
  * trusted key signed may not put a process in a root it could not have made itself (an
  * unprivileged process without no_new_privs): refused before anything is made. A jail removed
  * since (with the working directory in it) is a restore failure in one line, with nothing left.
@@ -140,6 +141,31 @@ describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(readlinkSync(`/proc/${w.pid}/root`), join(w.dir, 'jail'));
     assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('a descriptor of the host\'s / held from before the chroot comes back as the host\'s /, twice in a row; --leave-running keeps it', async () => {
+    const w = await start('rootfd');
+    const host = statSync('/');
+    /** Descriptors 10 and 11 of the process are the host's / (from the host: device and inode, and the path). */
+    const outside = (label: string): void => {
+      for (const fd of [10, 11]) {
+        const st = statSync(`/proc/${w.pid}/fd/${fd}`);
+        assert.deepEqual([st.dev, st.ino], [host.dev, host.ino], `${label}: fd ${fd} is the host's /`);
+        assert.equal(readlinkSync(`/proc/${w.pid}/fd/${fd}`), '/', `${label}: fd ${fd}`);
+      }
+    };
+    outside('before');
+    assert.equal(await verify(w), 'PASS', w.text());
+    const lr = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'rootfd-lr.tar'), '--leave-running']);
+    assert.equal(lr.code, 0, lr.stderr);
+    outside('left running');
+    assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, join(w.dir, 'rootfd.tar'), i);
+      assert.equal(readlinkSync(`/proc/${w.pid}/root`), join(w.dir, 'jail'), `cycle ${i + 1}`);
+      outside(`cycle ${i + 1}`);
+      assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    }
   });
 
   it('a removed root comes back removed, one directory for root and working directory of the tree, twice in a row', async () => {

@@ -16,15 +16,23 @@
  * back removed, made inside the restored container's root and on its own mount, twice in a
  * row and with --leave-running; an edited image giving it two paths is refused in one line,
  * no container left.
+ *
+ * Descriptors of the container's / the init kept from before its chroot (ctrjail `rootfd`) come
+ * back as the container's root, on its root mount (never the host's /), with --leave-running
+ * and twice in a row; one of a file on a tmpfs unmounted lazily (`detached`), whose link reads
+ * /etc/passwd, is refused at checkpoint, the container running on. An image no trusted key
+ * signed names no file of the host for the container: the container's / edited into a host
+ * path is refused before anything is made; unedited, with the host's log handed in
+ * (--inherit-fd), it comes back confined.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, copyFileSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, copyFileSync, fstatSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { WORKLOADS } from '../helpers/env.js';
+import { FERRY, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
+import { cleanup, ferry, procState, scratchDir, waitFor } from '../helpers/processes.js';
 import { busyboxRootfs, runcAt, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
 
 const JAILER = join(WORKLOADS, 'ctrjail-static');
@@ -37,6 +45,22 @@ const ids = new Set<string>();
 
 const runc = (...args: string[]): { code: number; out: string; err: string } => runcAt(state, ...args);
 
+/**
+ * `ferry restore` of container `id` from `image`, an image no trusted key signed (edited): the
+ * container's stdout and stderr, `log`, a file of the host, handed in (--inherit-fd), as only a
+ * signed image may name it.
+ */
+function restoreUnsigned(id: string, image: string, log: string): { code: number; stderr: string } {
+  const fd = openSync(log, 'a');
+  try {
+    const r = spawnSync(FERRY, ['restore', id, '--root', state, '--image', image, '--detach', '--inherit-fd', `fd[3]:${log}`],
+      { stdio: ['ignore', 'pipe', 'pipe', fd], timeout: 120_000, encoding: 'utf8' });
+    return { code: r.status ?? -1, stderr: r.stderr };
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Container `id`'s status ('absent' when runc does not know it) and its init's host pid. */
 function stateOf(id: string): { status: string; pid: number } {
   const r = runc('state', id);
@@ -46,13 +70,14 @@ function stateOf(id: string): { status: string; pid: number } {
 }
 
 /**
- * Starts container `id` running the jailer with `args`, its output on `log`: CAP_SYS_CHROOT
- * added to runc's defaults (and CAP_CHOWN, to give the directory it removes another owner).
+ * Starts container `id` running the jailer with `mode`, its output on `log`: CAP_SYS_CHROOT
+ * added to runc's defaults (and CAP_CHOWN, to give a directory it removes another owner), and
+ * `caps`.
  */
-async function start(id: string, log: string, args: string[] = []): Promise<void> {
+async function start(id: string, log: string, mode: string[] = [], caps: string[] = []): Promise<void> {
   ids.add(id);
-  await runReady({ state, bundle: join(dir, `bundle-${id}`), rootfs, id, args: ['/bin/ctrjail', ...args], log, edit: (config) => {
-    for (const set of Object.values(config.process.capabilities as Record<string, string[]>)) set.push('CAP_SYS_CHROOT', 'CAP_CHOWN');
+  await runReady({ state, bundle: join(dir, `bundle-${id}`), rootfs, id, args: ['/bin/ctrjail', ...mode], log, edit: (config) => {
+    for (const set of Object.values(config.process.capabilities as Record<string, string[]>)) set.push('CAP_SYS_CHROOT', 'CAP_CHOWN', ...caps);
   } });
 }
 
@@ -122,6 +147,36 @@ function goneOnHost(id: string, label: string): void {
   assert.deepEqual(readdirSync(rootfs).filter((n) => n.startsWith('gone')), [], `${label}: nothing at /gone in the rootfs or beside it`);
 }
 
+/** The mount id fdinfo shows for descriptor `fd` of `pid`. */
+function mntId(pid: number | 'self', fd: number): number {
+  const m = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+  assert.ok(m, `fdinfo of fd ${fd} of ${pid} has a mnt_id`);
+  return Number(m[1]);
+}
+
+/**
+ * The host's view of ctrjail's `rootfd` mode: its descriptors 10 and 11 are the container's
+ * root directory (the rootfs's device and inode, not the host's /), on the container's root
+ * mount: the one its init's root leads to by ".." (its root is /jail on that mount).
+ */
+function rootFdsOnHost(id: string): void {
+  const pid = stateOf(id).pid;
+  const top = statSync(rootfs), host = statSync('/');
+  const up = openSync(`/proc/${pid}/root/..`, 'r');
+  try {
+    const st = fstatSync(up);
+    assert.deepEqual([st.dev, st.ino], [top.dev, top.ino], 'the init\'s root leads to the container\'s by ".."');
+    for (const fd of [10, 11]) {
+      const at = statSync(`/proc/${pid}/fd/${fd}`);
+      assert.deepEqual([at.dev, at.ino], [top.dev, top.ino], `fd ${fd} is the container's root`);
+      assert.notDeepEqual([at.dev, at.ino], [host.dev, host.ino], `fd ${fd} is not the host's /`);
+      assert.equal(mntId(pid, fd), mntId('self', up), `fd ${fd} is on the container's root mount`);
+    }
+  } finally {
+    closeSync(up);
+  }
+}
+
 describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }, () => {
   before(() => {
     dir = scratchDir('ferry-ctrjail-');
@@ -170,6 +225,47 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
     await verdict(id, log);
   });
 
+  it('a descriptor of the container\'s / held from before the chroot comes back as the container\'s root, not the host\'s', async () => {
+    const id = `ferry-jail-fd-${process.pid}`;
+    const log = join(dir, 'jail-fd.log');
+    await start(id, log, ['rootfd']);
+    await verdict(id, log);
+    rootFdsOnHost(id);
+    const image = join(dir, 'fd.tar');
+    const lr = ferry(['checkpoint', id, '--root', state, '--image', image, '--leave-running']);
+    assert.equal(lr.code, 0, lr.stderr);
+    assert.equal(stateOf(id).status, 'running');
+    rootFdsOnHost(id);
+    await verdict(id, log);
+    for (let i = 0; i < 2; i++) {
+      const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.equal(stateOf(id).status, 'absent', 'checkpoint deletes the container');
+      const rs = ferry(['restore', id, '--root', state, '--image', image, '--detach']);
+      assert.equal(rs.code, 0, rs.stderr);
+      rootFdsOnHost(id);
+      await verdict(id, log);
+    }
+  });
+
+  it('a descriptor of a file on a mount of no namespace (unmounted lazily) is refused at checkpoint in one line; the container runs on', async () => {
+    const id = `ferry-jail-dt-${process.pid}`;
+    const log = join(dir, 'jail-dt.log');
+    await start(id, log, ['detached'], ['CAP_SYS_ADMIN']);
+    const pid = stateOf(id).pid;
+    // Its link reads /etc/passwd: resolved on the host, it would be the host's.
+    assert.equal(readlinkSync(`/proc/${pid}/fd/12`), '/etc/passwd');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', join(dir, 'dt.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.equal(cp.stderr.trim().split('\n').length, 1, cp.stderr);
+    assert.match(cp.stderr, /unsupported file: pid \d+ fd 12 -> \/etc\/passwd is on a mount that the root of its mount namespace \(its container's\) does not lead to .*the tree was left running/);
+    assert.equal(stateOf(id).status, 'running');
+    assert.equal(stateOf(id).pid, pid);
+    assert.equal(procState(pid).tracer, 0, 'the init untraced');
+    assert.notEqual(procState(pid).state, 'T', 'the init not stopped');
+    await verdict(id, log);
+  });
+
   it('an edited root through a symlink to a host directory is resolved inside the container: refused, nothing left', async () => {
     const id = `ferry-jail-ed-${process.pid}`;
     const log = join(dir, 'jail-ed.log');
@@ -183,7 +279,7 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
     symlinkSync(outside, join(rootfs, 'esc'));
     const edited = join(dir, 'ed-edited.tar');
     await editImage(image, edited, { 'tasks/1/task.json': json((v) => { v.root = '/esc'; }) });
-    const rs = ferry(['restore', id, '--root', state, '--image', edited, '--detach']);
+    const rs = restoreUnsigned(id, edited, log);
     assert.equal(rs.code, 1, rs.stderr);
     assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
     assert.match(rs.stderr, /cannot put pid 1 back into its root directory \/esc inside its container: openat2 failed with ENOENT/);
@@ -192,7 +288,7 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
     // ".." stops at the container's root: the process comes back there, not in the host's.
     const up = join(dir, 'ed-up.tar');
     await editImage(image, up, { 'tasks/1/task.json': json((v) => { v.root = '/../../../..'; }) });
-    const ru = ferry(['restore', id, '--root', state, '--image', up, '--detach']);
+    const ru = restoreUnsigned(id, up, log);
     assert.equal(ru.code, 0, ru.stderr);
     const root = statSync(`/proc/${stateOf(id).pid}/root`), top = statSync(rootfs);
     assert.deepEqual([root.dev, root.ino], [top.dev, top.ino], 'the root is the container\'s');
@@ -213,7 +309,7 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
         v.files.push({ id: Math.max(0, ...v.files.map((f) => f.id as number)) + 1, kind: 'procfile', target: 1, sub: '/stat', thread: 2, flags: 0, pos: '0' });
       }),
     });
-    const rp = ferry(['restore', id, '--root', state, '--image', proc, '--detach']);
+    const rp = restoreUnsigned(id, proc, log);
     assert.equal(rp.code, 1, rp.stderr);
     assert.equal(rp.stderr.trim().split('\n').length, 1, rp.stderr);
     assert.match(rp.stderr, /file \d+ is a \/proc file of a thread in a container's image, which a checkpoint never records: refused \(an edited image\); nothing was restored/);
@@ -230,7 +326,7 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
         v.creds.threads[0]!.caps.effective = '0x40000'; // CAP_SYS_CHROOT
       }),
     });
-    const rl = ferry(['restore', id, '--root', state, '--image', locked, '--detach']);
+    const rl = restoreUnsigned(id, locked, log);
     assert.equal(rl.code, 1, rl.stderr);
     assert.equal(rl.stderr.trim().split('\n').length, 1, rl.stderr);
     assert.match(rl.stderr, /pid 1 \(ctrjail\) has "\/locked" as its root directory, which its credentials \(uid 0, gid 0, no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH\) could not reach: "\/locked" is not searchable by them/);
@@ -289,6 +385,46 @@ describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }
     const ok = ferry(['restore', id, '--root', state, '--image', image, '--detach']);
     assert.equal(ok.code, 0, ok.stderr);
     goneOnHost(id, 'restored');
+  });
+
+  it('an image no trusted key signed names no file of the host for the container: refused; unedited, it comes back confined', async () => {
+    const id = `ferry-jail-hf-${process.pid}`;
+    const log = join(dir, 'jail-hf.log');
+    await start(id, log, ['rootfd']);
+    const image = join(dir, 'hf.tar');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    type Files = { files: Array<Record<string, unknown>> };
+    const files = JSON.parse(spawnSync('tar', ['-xOf', image, 'files.json'], { encoding: 'utf8' }).stdout) as Files;
+    const top = files.files.filter((f) => f.kind === 'reg' && f.path === '/');
+    assert.equal(top.length, 2, 'fds 10 and 11: two open files of the container\'s /');
+    assert.ok(top.every((f) => f.root === 'task'), 'the container\'s / is recorded as the container\'s');
+    // The container's / made a path of the host's (its record's `root` dropped): it would be the host's /.
+    const host = join(dir, 'hf-host.tar');
+    await editImage(image, host, { 'files.json': json<Files>((v) => { for (const f of v.files) if (f.path === '/') delete f.root; }) });
+    // Without the log handed in, the log is refused first (a file of the host too); with it, the /.
+    const runs = [{ r: ferry(['restore', id, '--root', state, '--image', host, '--detach']), path: '\\S+' }, { r: restoreUnsigned(id, host, log), path: '\\/' }];
+    for (const { r, path } of runs) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`file \\d+ \\(reg ${path}\\) of the container's processes is a file of the host, outside the container, which only an image `
+        + 'signed by a trusted key may name: refused, nothing was restored; hand it in with --inherit-fd'));
+      assert.equal(stateOf(id).status, 'absent', 'no container made');
+    }
+    // Nor any other word for where it resolves.
+    const other = join(dir, 'hf-other.tar');
+    await editImage(image, other, { 'files.json': json<Files>((v) => { for (const f of v.files) if (f.path === '/') f.root = 'host'; }) });
+    const ro = restoreUnsigned(id, other, log);
+    assert.equal(ro.code, 1, ro.stderr);
+    assert.equal(ro.stderr.trim().split('\n').length, 1, ro.stderr);
+    assert.match(ro.stderr, /root must be "task", is "host"/);
+    assert.equal(stateOf(id).status, 'absent', 'no container made');
+    // Unedited but unsigned: the host's log handed in, the rest resolved in the container.
+    const plain = join(dir, 'hf-unsigned.tar');
+    await editImage(image, plain, { 'files.json': json<Files>(() => { /* unchanged, the signature dropped */ }) });
+    const rs = restoreUnsigned(id, plain, log);
+    assert.equal(rs.code, 0, rs.stderr);
+    rootFdsOnHost(id);
     await verdict(id, log);
   });
 });
