@@ -9,11 +9,11 @@
  * (readCgroupsAhead): they are an administrator's, which the freeze does not hold still
  * either; only a cgroup first met after the freeze is read in it.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readProcText } from '../proc/read.js';
 import {
-  badPath, controlFiles, hostHierarchies, lineage, MAX_CGROUPS, MAX_VALUE, parseCgroupFile, within,
+  badPath, controlFilesOf, hostHierarchies, lineage, MAX_CGROUPS, MAX_VALUE, notCarried, parseCgroupFile, within,
   type CgroupRecord, type CgroupsRecord, type Hierarchy,
 } from './record.js';
 
@@ -22,7 +22,7 @@ export interface CgroupsAhead {
   /** The host's cgroup mounts (hostHierarchies). */
   mounts: Map<string, Hierarchy>;
   /** Settings by "hierarchy key:path", of the cgroups the root was in and their ancestors. */
-  settings: Map<string, Record<string, string>>;
+  settings: Map<string, CgroupSettings>;
 }
 
 /**
@@ -38,7 +38,7 @@ export function readCgroupsAhead(pid: number): CgroupsAhead | undefined {
     return undefined;
   }
   const mounts = hostHierarchies();
-  const settings = new Map<string, Record<string, string>>();
+  const settings = new Map<string, CgroupSettings>();
   for (const [key, path] of parseCgroupFile(text)) {
     if (badPath(path) !== undefined) continue;
     for (const p of lineage(path)) {
@@ -50,9 +50,10 @@ export function readCgroupsAhead(pid: number): CgroupsAhead | undefined {
 
 /**
  * Reads the cgroups of every live process (`pid` with its thread ids, leader first); the
- * settings of a cgroup from `ahead` when it has them.
+ * settings of a cgroup from `ahead` when it has them. `warn` gets one line per cgroup that has
+ * settings no restore carries (the checkpoint's warnings); none with no `warn`.
  */
-export function readCgroups(processes: ReadonlyArray<{ pid: number; tids: readonly number[] }>, ahead?: CgroupsAhead): CgroupsRecord {
+export function readCgroups(processes: ReadonlyArray<{ pid: number; tids: readonly number[] }>, ahead?: CgroupsAhead, warn?: (message: string) => void): CgroupsRecord {
   const hierarchies: string[] = [];
   const cgroups: CgroupRecord[] = [];
   const index = new Map<string, number>(); // "h:path" -> index
@@ -74,8 +75,12 @@ export function readCgroups(processes: ReadonlyArray<{ pid: number; tids: readon
       }
       if (cgroups.length >= MAX_CGROUPS) throw new Error(`the tree is in more than ${MAX_CGROUPS} cgroups`);
       if (p !== '/') mounts ??= hostHierarchies();
-      const settings = p === '/' ? {} : ahead?.settings.get(`${key}:${p}`) ?? readSettings(mounts!.get(key), p);
-      last = cgroups.push({ hierarchy: h, path: p, settings }) - 1;
+      const read = p === '/' ? { settings: {}, dropped: [] } : ahead?.settings.get(`${key}:${p}`) ?? readSettings(mounts!.get(key), p);
+      if (read.dropped.length > 0) {
+        warn?.(`cgroup ${p} of ${key === '' ? 'cgroup v2' : key} has ${read.dropped.join(', ')} set, which restore --manage-cgroups does not carry: `
+          + 'the restored tree goes without (set them again after restore if it needs them)');
+      }
+      last = cgroups.push({ hierarchy: h, path: p, settings: read.settings }) - 1;
       index.set(k, last);
     }
     return last;
@@ -111,21 +116,59 @@ export function readCgroups(processes: ReadonlyArray<{ pid: number; tids: readon
   return { hierarchies, cgroups, tasks };
 }
 
-/** The allow-listed control files of cgroup `path` that exist and read as printable text. */
-function readSettings(h: Hierarchy | undefined, path: string): Record<string, string> {
-  const out: Record<string, string> = {};
+/** What readSettings read of one cgroup. */
+export interface CgroupSettings {
+  /** Its allow-listed control files that exist and read as printable text. */
+  settings: Record<string, string>;
+  /** The NOT_CARRIED files set to something other than their default (what the restore goes without). */
+  dropped: string[];
+}
+
+/**
+ * The allow-listed control files of cgroup `path` that exist and read as printable text, and
+ * the files it has set that no restore carries (record.ts NOT_CARRIED).
+ */
+function readSettings(h: Hierarchy | undefined, path: string): CgroupSettings {
+  const out: CgroupSettings = { settings: {}, dropped: [] };
   if (h === undefined || !within(path, h.mountRoot)) return out; // not mounted here: membership only
   const dir = join(h.mount, path.slice(h.mountRoot === '/' ? 0 : h.mountRoot.length));
-  for (const file of controlFiles(h.key)) {
-    let value: string;
+  const lines = (file: string): string[] | undefined => {
     try {
-      value = readFileSync(join(dir, file), 'utf8').trim().replace(/\n/g, ' ');
+      return readFileSync(join(dir, file), 'utf8').split('\n').map((l) => l.trim()).filter(Boolean);
     } catch {
-      continue; // the controller is not enabled here (v2), or the kernel lacks the file
+      return undefined; // the controller is not enabled here (v2), or the kernel lacks the file
     }
-    // A cgroup is a domain unless made threaded: only that is kept (the rest follows from it).
-    if (file === 'cgroup.type' && value !== 'threaded') continue;
-    if (value.length <= MAX_VALUE && /^[\x20-\x7e]*$/.test(value)) out[file] = value;
+  };
+  // hugetlb's files are named by huge page size: the ones this cgroup has, listed once.
+  const specs = controlFilesOf(h.key);
+  let listing: string[] | undefined;
+  const names = (name: string | RegExp): string[] => {
+    if (typeof name === 'string') return [name];
+    try {
+      listing ??= readdirSync(dir);
+    } catch {
+      listing = [];
+    }
+    return listing.filter((f) => name.test(f)).sort();
+  };
+  for (const spec of specs) {
+    for (const file of names(spec.name)) {
+      const read = lines(file);
+      if (read === undefined) continue;
+      let value = read.join(' ');
+      // A cgroup is a domain unless made threaded: only that is kept (the rest follows from it).
+      if (file === 'cgroup.type' && value !== 'threaded') continue;
+      // v1's OOM control reads "oom_kill_disable N", "under_oom N", "oom_kill N": only the first is a setting.
+      if (file === 'memory.oom_control') value = /^oom_kill_disable ([01])$/.exec(read[0] ?? '')?.[1] ?? '';
+      // v2's io weights: the "default N" line is the cgroup's weight; per-device lines are
+      // NOT_CARRIED's (below).
+      if (file === 'io.weight' || file === 'io.bfq.weight') value = read.find((l) => l.startsWith('default ')) ?? '';
+      if (value.length <= MAX_VALUE && spec.value.test(value)) out.settings[file] = value;
+    }
+  }
+  for (const { name, isDefault } of notCarried(h.key)) {
+    const read = lines(name);
+    if (read !== undefined && !isDefault(read)) out.dropped.push(name);
   }
   return out;
 }

@@ -41,32 +41,139 @@ export interface CgroupsRecord {
   tasks: Array<{ pid: number; cgroups: number[]; threads?: Array<{ tid: number; cgroups: number[] }> }>;
 }
 
+/** One control file a restore may write, and the shape a recorded value of it must have. */
+export interface ControlFile {
+  /** Its name; a pattern for hugetlb's, one per huge page size (`hugetlb.2MB.max`). */
+  name: string | RegExp;
+  /** What the value may be: the file's own syntax, numbers at most 20 digits (u64). */
+  value: RegExp;
+  /** The same in words, for an error. */
+  what: string;
+}
+
+/** A value's shape, and how an error names it. */
+interface Shape { re: RegExp; what: string }
+const NUM: Shape = { re: /^[0-9]{1,20}$/, what: 'a number' };
+const INT: Shape = { re: /^-?[0-9]{1,20}$/, what: 'a number or -1' };
+const MAX_OR_NUM: Shape = { re: /^(max|[0-9]{1,20})$/, what: '"max" or a number' };
+const FLAG: Shape = { re: /^[01]$/, what: '0 or 1' };
+const CPU_LIST: Shape = { re: /^[0-9,-]*$/, what: 'a list of CPU or node numbers' };
+const PERCENT: Shape = { re: /^(max|[0-9]{1,3}(\.[0-9]{1,2})?)$/, what: '"max" or a percentage' };
+const DEFAULT_WEIGHT: Shape = { re: /^default [0-9]{1,5}$/, what: '"default N"' };
+// A huge page size as the kernel names it in hugetlb's files (mm/hugetlb_cgroup.c: KB, MB, GB).
+const HUGE = '[1-9][0-9]{0,5}[KMG]B';
+const cf = (name: string | RegExp, shape: Shape): ControlFile => ({ name, value: shape.re, what: shape.what });
+
 /**
  * The control files a restore may write, by controller, in the order they are written: limits
- * and weights, nothing that names a device, a class id or a freezer state, nothing outside the
- * controller's own hierarchical resource. Each is hierarchical (a child never gets more than
- * its parent: memory, pids, cpu bandwidth, cpuset subsets), which is what makes writing them
- * into a cgroup the restore made under the restorer's own safe (docs/security.md).
+ * and weights, and flags that change how the cgroup uses its own resources (cpu.idle,
+ * memory.oom.group, cpuset's memory spreading); nothing that names a device, a class id or a
+ * freezer state, nothing outside the controller's own hierarchical resource. Each is
+ * hierarchical (a child never gets more than its parent: memory, hugetlb, pids, cpu bandwidth
+ * and rt time, uclamp, cpuset subsets; a weight only shares out what the parent gets) or
+ * touches only the cgroup's own tasks, which is what makes writing them into a cgroup the
+ * restore made under the restorer's own safe (docs/security.md). Within a controller a limit
+ * comes after what it is bounded by (a period before its quota or runtime, the quota before its
+ * burst, memory.limit_in_bytes before memsw's); restore tries a refused one again after the
+ * others. What is left out on purpose, and warned about at checkpoint when set: NOT_CARRIED.
  */
-export const CONTROL_FILES: Readonly<Record<string, readonly string[]>> = {
+export const CONTROL_FILES: Readonly<Record<string, readonly ControlFile[]>> = {
   // cgroup v1, by controller
-  memory: ['memory.limit_in_bytes', 'memory.memsw.limit_in_bytes', 'memory.soft_limit_in_bytes', 'memory.swappiness'],
-  pids: ['pids.max'],
-  cpu: ['cpu.shares', 'cpu.cfs_period_us', 'cpu.cfs_quota_us'],
-  cpuset: ['cpuset.cpus', 'cpuset.mems'],
+  memory: [cf('memory.limit_in_bytes', NUM), cf('memory.memsw.limit_in_bytes', NUM), cf('memory.soft_limit_in_bytes', NUM),
+    cf('memory.swappiness', NUM), cf('memory.kmem.tcp.limit_in_bytes', NUM),
+    // Recorded as its one writable part, oom_kill_disable (dump.ts): the file reads three lines.
+    cf('memory.oom_control', FLAG)],
+  pids: [cf('pids.max', MAX_OR_NUM)],
+  // The rt files exist only with CONFIG_RT_GROUP_SCHED; a SCHED_FIFO task cannot join a cgroup
+  // whose rt_runtime_us is 0 there, so they are carried where they are.
+  cpu: [cf('cpu.shares', NUM), cf('cpu.cfs_period_us', NUM), cf('cpu.cfs_quota_us', INT), cf('cpu.cfs_burst_us', NUM),
+    cf('cpu.rt_period_us', NUM), cf('cpu.rt_runtime_us', INT), cf('cpu.idle', FLAG),
+    cf('cpu.uclamp.min', PERCENT), cf('cpu.uclamp.max', PERCENT)],
+  cpuset: [cf('cpuset.cpus', CPU_LIST), cf('cpuset.mems', CPU_LIST), cf('cpuset.mem_hardwall', FLAG), cf('cpuset.memory_migrate', FLAG),
+    cf('cpuset.memory_spread_page', FLAG), cf('cpuset.memory_spread_slab', FLAG)],
+  // v1 blkio's weights as one number (CFQ's blkio.weight, BFQ's blkio.bfq.weight); the
+  // per-device ones (blkio.*weight_device) name devices.
+  blkio: [cf('blkio.weight', NUM), cf('blkio.bfq.weight', NUM)],
+  hugetlb: [cf(new RegExp(`^hugetlb\\.${HUGE}\\.limit_in_bytes$`), NUM), cf(new RegExp(`^hugetlb\\.${HUGE}\\.rsvd\\.limit_in_bytes$`), NUM)],
   // cgroup v2: every controller's files in the one hierarchy; the type first (a threaded
   // cgroup is made so before anything else: only threaded controllers go below it, and a
   // thread joins one apart from its process only there), subtree_control next (it makes the
   // controllers' files appear in the children). The type is recorded only when "threaded",
-  // the one value written (dump.ts, restore.ts).
-  '': ['cgroup.type', 'cgroup.subtree_control', 'cpuset.cpus', 'cpuset.mems', 'cpu.weight', 'cpu.max', 'pids.max',
-    'memory.min', 'memory.low', 'memory.high', 'memory.max', 'memory.swap.max'],
+  // the one value written (dump.ts, restore.ts). io.weight and io.bfq.weight only as their
+  // "default N" line: the others name devices (dump.ts).
+  '': [cf('cgroup.type', { re: /^threaded$/, what: '"threaded"' }),
+    cf('cgroup.subtree_control', { re: /^([a-z_]+( [a-z_]+)*)?$/, what: 'controller names' }),
+    cf('cgroup.max.depth', MAX_OR_NUM), cf('cgroup.max.descendants', MAX_OR_NUM),
+    cf('cpuset.cpus', CPU_LIST), cf('cpuset.mems', CPU_LIST),
+    cf('cpu.weight', NUM), cf('cpu.max', { re: /^(max|[0-9]{1,20}) [0-9]{1,20}$/, what: '"QUOTA PERIOD"' }), cf('cpu.max.burst', NUM), cf('cpu.idle', FLAG),
+    cf('cpu.uclamp.min', PERCENT), cf('cpu.uclamp.max', PERCENT),
+    cf('pids.max', MAX_OR_NUM),
+    cf('memory.min', MAX_OR_NUM), cf('memory.low', MAX_OR_NUM), cf('memory.high', MAX_OR_NUM), cf('memory.max', MAX_OR_NUM),
+    cf('memory.swap.high', MAX_OR_NUM), cf('memory.swap.max', MAX_OR_NUM), cf('memory.zswap.max', MAX_OR_NUM),
+    cf('memory.zswap.writeback', FLAG), cf('memory.oom.group', FLAG),
+    cf('io.weight', DEFAULT_WEIGHT), cf('io.bfq.weight', DEFAULT_WEIGHT),
+    cf(new RegExp(`^hugetlb\\.${HUGE}\\.max$`), MAX_OR_NUM), cf(new RegExp(`^hugetlb\\.${HUGE}\\.rsvd\\.max$`), MAX_OR_NUM)],
 };
 
 /** The control files of hierarchy `key` ('' = v2), in write order. */
-export function controlFiles(key: string): string[] {
+export function controlFilesOf(key: string): ControlFile[] {
   if (key === '') return [...CONTROL_FILES['']!];
   return key.split(',').flatMap((c) => CONTROL_FILES[c] ?? []);
+}
+
+/** The names of the control files of hierarchy `key` ('' = v2), in write order; hugetlb's as patterns (`hugetlb.<size>.max`). */
+export function controlFiles(key: string): string[] {
+  return controlFilesOf(key).map((f) => (typeof f.name === 'string' ? f.name : f.name.source.replace(/^\^|\$$/g, '').replace(HUGE, '<size>').replace(/\\\./g, '.')));
+}
+
+/** Where control file `file` of hierarchy `key` comes in write order, or -1 if it is not one restore writes. */
+export function controlFileRank(key: string, file: string): number {
+  return controlFilesOf(key).findIndex((f) => (typeof f.name === 'string' ? f.name === file : f.name.test(file)));
+}
+
+/**
+ * Control files ferry does not carry, by controller, with what each reads when nothing was set
+ * (a new cgroup's value here): the ones that name a device (blkio's and io's per-device limits
+ * and weights, rdma), a class id or priority map (net_cls, net_prio), a device list, a freezer
+ * state, and the ones that reach beyond the cgroup (exclusive cpusets and partitions, which take
+ * CPUs from siblings; load balancing domains; io.prio.class, which raises I/O priority). A
+ * checkpoint warns about each that is set otherwise (dump.ts): the restored tree goes without it.
+ * `isDefault` gets the file's lines, trimmed, empty ones left out.
+ */
+export const NOT_CARRIED: Readonly<Record<string, ReadonlyArray<{ name: string; isDefault: (lines: string[]) => boolean }>>> = (() => {
+  const empty = (l: string[]): boolean => l.length === 0;
+  const is = (v: string) => (l: string[]): boolean => l.length === 1 && l[0] === v;
+  // "default N" (a weight for every device) is carried as the cgroup's weight; any other line names a device.
+  const defaultOnly = (l: string[]): boolean => l.every((x) => /^default [0-9]+$/.test(x));
+  // `NAME key=max key=max`, `RES max`: no limit.
+  const unlimited = (l: string[]): boolean => l.every((x) => x.split(' ').slice(1).every((f) => f === 'max' || f.endsWith('=max')));
+  const rdmaMisc = [{ name: 'rdma.max', isDefault: unlimited }, { name: 'misc.max', isDefault: unlimited }];
+  return {
+    blkio: ['blkio.throttle.read_bps_device', 'blkio.throttle.write_bps_device', 'blkio.throttle.read_iops_device',
+      'blkio.throttle.write_iops_device', 'blkio.leaf_weight_device'].map((name) => ({ name, isDefault: empty }))
+      .concat([{ name: 'blkio.weight_device', isDefault: defaultOnly }, { name: 'blkio.bfq.weight_device', isDefault: defaultOnly }]),
+    // It lists what is allowed: a rule denied on top of the default "a *:* rwm" does not show,
+    // so only a list of allowed devices (a container's) is seen and warned about.
+    devices: [{ name: 'devices.list', isDefault: is('a *:* rwm') }],
+    freezer: [{ name: 'freezer.state', isDefault: is('THAWED') }],
+    net_cls: [{ name: 'net_cls.classid', isDefault: is('0') }],
+    net_prio: [{ name: 'net_prio.ifpriomap', isDefault: (l) => l.every((x) => / 0$/.test(x)) }],
+    cpuset: [{ name: 'cpuset.cpu_exclusive', isDefault: is('0') }, { name: 'cpuset.mem_exclusive', isDefault: is('0') },
+      { name: 'cpuset.sched_load_balance', isDefault: is('1') }, { name: 'cpuset.sched_relax_domain_level', isDefault: is('-1') }],
+    memory: [{ name: 'memory.move_charge_at_immigrate', isDefault: is('0') }],
+    rdma: rdmaMisc.slice(0, 1),
+    misc: rdmaMisc.slice(1),
+    '': [{ name: 'io.max', isDefault: empty }, { name: 'io.latency', isDefault: empty }, { name: 'io.weight', isDefault: defaultOnly },
+      { name: 'io.bfq.weight', isDefault: defaultOnly }, { name: 'io.prio.class', isDefault: is('no-change') },
+      { name: 'cgroup.freeze', isDefault: is('0') }, { name: 'cpuset.cpus.partition', isDefault: is('member') },
+      { name: 'cpuset.cpus.exclusive', isDefault: empty }, ...rdmaMisc],
+  };
+})();
+
+/** The files of NOT_CARRIED for hierarchy `key` ('' = v2). */
+export function notCarried(key: string): ReadonlyArray<{ name: string; isDefault: (lines: string[]) => boolean }> {
+  if (key === '') return NOT_CARRIED['']!;
+  return key.split(',').flatMap((c) => NOT_CARRIED[c] ?? []);
 }
 
 /** Limits on what an image may hold (and what a checkpoint records). */
@@ -206,12 +313,15 @@ export function validateCgroups(v: unknown, threads: ReadonlyMap<number, readonl
     }
     seen.add(key);
     if (!isObj(c.settings)) fail(`${at}.settings must be an object`);
-    const allowed = controlFiles(hierarchies[c.hierarchy as number] as string);
+    const hkey = hierarchies[c.hierarchy as number] as string;
+    const allowed = controlFilesOf(hkey);
     for (const [file, value] of Object.entries(c.settings)) {
-      if (!allowed.includes(file)) fail(`${at}.settings names ${shown(file)}, which is not a control file restore writes (${allowed.join(', ') || 'none in this hierarchy'})`);
+      const spec = file.length <= 64 ? allowed.find((f) => (typeof f.name === 'string' ? f.name === file : f.name.test(file))) : undefined;
+      if (spec === undefined) fail(`${at}.settings names ${shown(file)}, which is not a control file restore writes (${controlFiles(hkey).join(', ') || 'none in this hierarchy'})`);
       if (typeof value !== 'string' || value.length > MAX_VALUE || !/^[\x20-\x7e]*$/.test(value)) {
         fail(`${at}.settings[${file}] must be printable text of at most ${MAX_VALUE} characters, is ${shown(value)}`);
       }
+      if (!spec.value.test(value)) fail(`${at}.settings[${file}] must be ${spec.what}, is ${shown(value)}`);
     }
   });
   if (!Array.isArray(tasks) || tasks.length > threads.size) fail('tasks must list at most the image\'s processes');

@@ -32,7 +32,7 @@ import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { ConfinedRoot, mkdirIn, openIn, statIn, unlinkIn } from '../files/confined.js';
 import type { Session } from '../session.js';
 import { startWatchdog, type StartingWatchdog, type Watchdog } from '../watchdog.js';
-import { hostHierarchies, lineage, parseCgroupFile, within, type CgroupsRecord, type Hierarchy } from './record.js';
+import { controlFileRank, hostHierarchies, lineage, parseCgroupFile, within, type CgroupsRecord, type Hierarchy } from './record.js';
 
 /** What a restore does with the image's cgroups (see the module comment). */
 export type CgroupMode = 'ignore' | 'soft' | 'full' | 'strict';
@@ -231,13 +231,14 @@ export class CgroupPlan {
   }
 
   /**
-   * Writes the recorded settings of `t` in allow-list order; a refused one is tried once more
+   * Writes the recorded settings of `t` in allow-list order (not the image's: a period before
+   * its quota, a limit before the one bounded by it); a refused one is tried once more
    * after the others (limits that depend on each other). `made`: this restore made `t`. A
    * cgroup that was there already is never made threaded: that cannot be undone, and it
    * changes it for every process in it.
    */
   private writeSettings(t: Target, made: boolean): void {
-    let pending = Object.entries(t.settings);
+    let pending = Object.entries(t.settings).sort(([a], [b]) => controlFileRank(t.key, a) - controlFileRank(t.key, b));
     for (let pass = 0; pass < 2 && pending.length > 0; pass++) {
       const failed: Array<[string, string, unknown]> = [];
       for (const [file, value] of pending) {

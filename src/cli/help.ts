@@ -351,7 +351,8 @@ OPTIONS
       recorded, in each hierarchy mounted here (v1 and v2). MODE: ignore
       (the default without the option: they stay in ferry's cgroups); soft
       (the default of a bare --manage-cgroups): a missing cgroup is made and
-      given the recorded limits (memory, pids, cpu, cpuset), existing ones
+      given the recorded limits, weights and flags (memory, pids, cpu,
+      cpuset, hugetlb, blkio/io weights; not per-device ones), existing ones
       keep theirs, what cannot be done is a warning; full: the limits of
       existing cgroups are set too; strict: full, and what soft warns about
       fails the restore. An image no trusted key signed may go only into

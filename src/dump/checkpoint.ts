@@ -420,7 +420,10 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     shareSiblingPages(dumped, ownPages);
     // Which cgroups every process and thread is in (cgroups/dump.ts); a container's are its
     // runtime's.
-    const cgroups = o.pidNamespace === undefined ? readCgroups(live, cgroupsAhead) : undefined;
+    // Settings no restore carries are a warning each (one line per cgroup), as the files' are.
+    const cgroupWarnings: string[] = [];
+    const cgroups = o.pidNamespace === undefined ? readCgroups(live, cgroupsAhead, (m) => cgroupWarnings.push(m)) : undefined;
+    for (const w of cgroupWarnings) log.warn(w);
     const files = withNetns(netns, () => collectFiles(descs, dumpOptions, unheldGhosts(dumped), threadDescs));
     addUnheldTerminals(unheld, files); // controlling terminals no process holds open (files/tty.ts)
     session.onUndo('put the files back', () => files.finish(true));
@@ -602,7 +605,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         pagesBytes,
         frozenMs: tReleased - tStopped,
         totalMs: tEnd - t0,
-        ...(files.warnings.length > 0 ? { warnings: files.warnings } : {}),
+        ...(cgroupWarnings.length + files.warnings.length > 0 ? { warnings: [...cgroupWarnings, ...files.warnings] } : {}),
         ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: lock.kept } : {}),
       };
     });

@@ -4,10 +4,13 @@
  * memory, cpu, cpuset and the v2 hierarchy) and its second thread alone into another v1 pids
  * cgroup, keeps what /proc/self/task/TID/cgroup said, and compares after restore. The test
  * checks the settings the restore wrote, what each mode does with existing cgroups, the trust
- * rule for unsigned images, and refused edits. Every cgroup it made is removed after.
+ * rule for unsigned images, and refused edits; and the newer v1 settings (cpu.idle, burst and
+ * real-time time, cpuset's memory flags, BFQ's weight, the OOM killer's switch) with the one
+ * warning line per cgroup a checkpoint gives for what it does not carry (a disk's read limit, a
+ * list of allowed devices). Every cgroup it made is removed after.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { CgroupsRecord } from '../../src/cgroups/record.js';
@@ -68,10 +71,14 @@ interface Layout {
   tops: string[];
 }
 
-/** Cgroups under `NAME/sub` in the v1 controllers given and the v2 hierarchy, with limits. */
-function layout(sub: string, controllers: readonly string[]): Layout {
+/**
+ * Cgroups under `NAME/sub` in the v1 controllers given and the v2 hierarchy, with limits;
+ * `extra` adds settings to a controller's `a` (written after its own, checked after restore).
+ */
+function layout(sub: string, controllers: readonly string[], extra: Record<string, Record<string, string>> = {}): Layout {
   const l: Layout = { procs: [], tasks: [], settings: [], tops: [] };
-  const add = (ctrl: string, settings: Record<string, string>): void => {
+  const add = (ctrl: string, own: Record<string, string>): void => {
+    const settings = { ...own, ...extra[ctrl] };
     const dir = mk(join(CG, ctrl, NAME, sub, 'a'), settings);
     l.procs.push(join(dir, 'cgroup.procs'));
     l.settings.push([dir, settings]);
@@ -90,6 +97,8 @@ function layout(sub: string, controllers: readonly string[]): Layout {
     mk(join(CG, 'cpuset', NAME, sub), { 'cpuset.cpus': firstCpu(), 'cpuset.mems': '0' });
     add('cpuset', { 'cpuset.cpus': firstCpu(), 'cpuset.mems': '0' });
   }
+  if (controllers.includes('blkio')) add('blkio', {});
+  if (controllers.includes('devices')) add('devices', {});
   if (controllers.includes('unified')) add('unified', {});
   return l;
 }
@@ -231,6 +240,68 @@ describe('cgroups (--manage-cgroups)', { skip, timeout: 180_000 }, () => {
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
+  it('carries the newer limits, weights and flags (v1), warns once per cgroup about what it does not carry; --leave-running', async () => {
+    // Real-time time is hierarchical: the parents get some first (NAME stays; NAME/five is
+    // removed and made again from the image, with its own).
+    const rt = existsSync(join(CG, 'cpu', 'cpu.rt_runtime_us'));
+    if (rt) {
+      mk(join(CG, 'cpu', NAME), { 'cpu.rt_runtime_us': '20000' });
+      mk(join(CG, 'cpu', NAME, 'five'), { 'cpu.rt_runtime_us': '10000' });
+    }
+    const bfq = existsSync(join(CG, 'blkio', 'blkio.bfq.weight')) || existsSync(join(mk(join(CG, 'blkio', NAME)), 'blkio.bfq.weight'));
+    const l = layout('five', ['cpu', 'memory', 'cpuset', 'blkio', 'devices'], {
+      // cpu.idle makes the group's weight the least (its shares read 3), which is what comes back.
+      cpu: { 'cpu.cfs_burst_us': '20000', ...(rt ? { 'cpu.rt_period_us': '500000', 'cpu.rt_runtime_us': '2000' } : {}), 'cpu.shares': '3', 'cpu.idle': '1' },
+      memory: { 'memory.kmem.tcp.limit_in_bytes': String(64 << 20) },
+      cpuset: { 'cpuset.mem_hardwall': '1', 'cpuset.memory_migrate': '1', 'cpuset.memory_spread_page': '1' },
+      blkio: bfq ? { 'blkio.bfq.weight': '200' } : {},
+    });
+    if (rt) l.settings.push([join(CG, 'cpu', NAME, 'five'), { 'cpu.rt_runtime_us': '10000' }]);
+    const memA = join(CG, 'memory', NAME, 'five', 'a');
+    writeFileSync(join(memA, 'memory.oom_control'), '1'); // reads "oom_kill_disable 1" and two more lines
+    // Not carried: a read limit on a disk of this machine, a device denied.
+    const disk = ['vda', 'sda', 'nvme0n1', ...readdirSync('/sys/block')].find((b) => existsSync(join('/sys/block', b, 'dev')))!;
+    const blkA = join(CG, 'blkio', NAME, 'five', 'a');
+    writeFileSync(join(blkA, 'blkio.throttle.read_bps_device'), `${read(join('/sys/block', disk), 'dev')} 104857600`);
+    // devices.list shows only what is allowed (a rule denied on top of "a *:* rwm" does not
+    // show): a list of allowed devices, as a container's, then.
+    const devA = join(CG, 'devices', NAME, 'five', 'a');
+    writeFileSync(join(devA, 'devices.deny'), 'a');
+    for (const d of ['c 1:3 rwm', 'c 1:5 rwm', 'c 1:8 rwm', 'c 1:9 rwm']) writeFileSync(join(devA, 'devices.allow'), d);
+    checkSettings(l);
+    const w = await start(l);
+    const before = cgroupsOf(w.pid);
+    const image = join(w.dir, 'cg.tar');
+    const notCarried = [
+      `warning: cgroup /${NAME}/five/a of blkio has blkio.throttle.read_bps_device set, which restore --manage-cgroups does not carry: the restored tree goes without (set them again after restore if it needs them)`,
+      `warning: cgroup /${NAME}/five/a of devices has devices.list set, which restore --manage-cgroups does not carry: the restored tree goes without (set them again after restore if it needs them)`,
+    ];
+    const lr = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(lr.code, 0, lr.stderr);
+    assert.deepEqual(lr.stderr.split('\n').filter(Boolean).sort(), notCarried, 'one warning line per cgroup');
+    const js = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'cg2.tar'), '--leave-running', '--json']);
+    assert.equal(js.code, 0, js.stderr);
+    assert.equal(js.stderr, '', 'with --json the warnings are in the result');
+    assert.deepEqual((JSON.parse(js.stdout.toString()) as { warnings?: string[] }).warnings?.sort(), notCarried.map((x) => x.slice('warning: '.length)));
+    assert.deepEqual(cgroupsOf(w.pid), before, 'left where it was');
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+    await w.exited;
+    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+
+    await removeLayout(l);
+    const rs = restoreOk(image, '--manage-cgroups');
+    own(w.pid);
+    assert.equal(rs.stderr, '', 'no warning');
+    assert.deepEqual(cgroupsOf(w.pid), before);
+    checkSettings(l);
+    assert.match(read(memA, 'memory.oom_control'), /^oom_kill_disable 1\n/);
+    assert.equal(read(blkA, 'blkio.throttle.read_bps_device'), '', 'not carried');
+    assert.equal(read(devA, 'devices.list'), 'a *:* rwm', 'not carried');
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    assert.equal(await verify(w2), 'PASS', w2.text());
+  });
+
   it('refuses an edited record with one line before anything is made: a "..", a control file off the list', async () => {
     const l = layout('four', ['pids']);
     const w = await start(l);
@@ -240,6 +311,7 @@ describe('cgroups (--manage-cgroups)', { skip, timeout: 180_000 }, () => {
       ['dotdot', (r) => { r.cgroups.at(-1)!.path = `/${NAME}/../../escape`; }, /cgroups\[\d+\]\.path must be a path without empty, "\." or "\.\." components/],
       ['devices', (r) => { r.cgroups.at(-1)!.settings['devices.allow'] = 'a *:* rwm'; }, /names "devices\.allow", which is not a control file restore writes/],
       ['procs', (r) => { r.cgroups.at(-1)!.settings['cgroup.procs'] = '1'; }, /names "cgroup\.procs", which is not a control file restore writes/],
+      ['shape', (r) => { r.cgroups.at(-1)!.settings['pids.max'] = '-1'; }, /settings\[pids\.max\] must be "max" or a number, is "-1"/],
       ['stranger', (r) => { r.tasks[0]!.pid = 1; }, /tasks\[0\]\.pid 1 is not a process of the image/],
     ];
     for (const [name, edit, message] of cases) {
@@ -266,12 +338,20 @@ describe('cgroup v2 (--manage-cgroups)', { skip: needs('root', 'build') || (!exi
   const V2 = join(CG, 'unified');
   const handedDown = (): string[] => read(V2, 'cgroup.subtree_control').split(' ').filter(Boolean);
 
-  /** NAME/sub/a in v2, with pids.max when pids can be enabled down to it. */
+  /**
+   * NAME/sub/a in v2, with pids.max when pids can be enabled down to it, and memory.oom.group
+   * (a flag carried since) when memory can.
+   */
   function v2Layout(sub: string): Layout & { limited: boolean } {
-    const limited = handedDown().includes('pids');
-    const top = mk(join(V2, NAME), limited ? { 'cgroup.subtree_control': '+pids' } : {});
-    mk(join(top, sub), limited ? { 'cgroup.subtree_control': '+pids' } : {});
-    const settings = limited ? { 'pids.max': '64' } : {};
+    const ctrls = ['pids', 'memory'].filter((c) => handedDown().includes(c));
+    const limited = ctrls.length > 0;
+    const enable = limited ? { 'cgroup.subtree_control': ctrls.map((c) => `+${c}`).join(' ') } : {};
+    const top = mk(join(V2, NAME), enable);
+    mk(join(top, sub), enable);
+    const settings = {
+      ...(ctrls.includes('pids') ? { 'pids.max': '64' } : {}),
+      ...(ctrls.includes('memory') ? { 'memory.oom.group': '1' } : {}),
+    };
     const a = mk(join(top, sub, 'a'), settings);
     return { procs: [join(a, 'cgroup.procs')], tasks: [], settings: [[a, settings]], tops: [join(top, sub)], limited };
   }
