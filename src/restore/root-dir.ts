@@ -374,9 +374,17 @@ function chrootInside(t: Tracee, as: AddressSpace, path: string): { call: string
     t.trySyscall(SYS.close, dir);
     return { call: 'open of its working directory', r: cwd };
   }
+  return chrootAt(t, dot, dir, cwd);
+}
+
+/**
+ * fchdir(2) of `t` to its descriptor `dir`, chroot(".") (`dot` its address), then fchdir(2)
+ * back to `cwd`, its working directory held open, chroot'ed or not; both closed. Returns the
+ * first call that failed and its result, or `r` 0.
+ */
+function chrootAt(t: Tracee, dot: bigint, dir: bigint | number, cwd: bigint): { call: string; r: bigint } {
   let out = { call: 'fchdir', r: t.trySyscall(SYS.fchdir, dir) };
   if (out.r === 0n) out = { call: 'chroot', r: t.trySyscall(SYS.chroot, dot) };
-  // Back where it was put, chroot'ed or not.
   const back = t.trySyscall(SYS.fchdir, cwd);
   t.trySyscall(SYS.close, dir);
   t.trySyscall(SYS.close, cwd);
@@ -397,13 +405,7 @@ function chrootTaken(t: Tracee, as: AddressSpace, fd: number): { call: string; r
     t.trySyscall(SYS.close, fd);
     return { call: 'open of its working directory', r: cwd };
   }
-  let out = { call: 'fchdir', r: t.trySyscall(SYS.fchdir, fd) };
-  if (out.r === 0n) out = { call: 'chroot', r: t.trySyscall(SYS.chroot, dot) };
-  const back = t.trySyscall(SYS.fchdir, cwd);
-  t.trySyscall(SYS.close, fd);
-  t.trySyscall(SYS.close, cwd);
-  if (out.r === 0n && back < 0n) out = { call: 'fchdir back to its working directory', r: back };
-  return out;
+  return chrootAt(t, dot, fd, cwd);
 }
 
 /**

@@ -122,6 +122,24 @@ function checkSettings(l: Layout): void {
 }
 
 /** Restores `image` and waits until its pids are in use; returns the run. */
+/**
+ * After a --leave-running checkpoint of `w` into `image`: it is left in its cgroups `before`,
+ * untraced, passing its checks; once it has exited and its cgroups `l` are removed, the image
+ * restores it with --manage-cgroups into the same cgroups, made again, without a warning.
+ */
+async function leftThenRestored(w: Workload, l: Layout, image: string, before: Map<string, string>): Promise<void> {
+  assert.deepEqual(cgroupsOf(w.pid), before, 'left where it was');
+  assert.equal(procState(w.pid).tracer, 0);
+  assert.equal(await verify(w), 'PASS', w.text());
+  await w.exited;
+  await waitFor('the pid to be free', () => !alive(w.pid), 8000);
+  await removeLayout(l);
+  const rs = restoreOk(image, '--manage-cgroups');
+  own(w.pid);
+  assert.equal(rs.stderr, '', 'no warning');
+  assert.deepEqual(cgroupsOf(w.pid), before);
+}
+
 function restoreOk(image: string, ...flags: string[]): ReturnType<typeof ferry> {
   const rs = ferry(['restore', '--image', image, ...flags]);
   assert.equal(rs.code, 0, rs.stderr);
@@ -283,17 +301,7 @@ describe('cgroups (--manage-cgroups)', { skip, timeout: 180_000 }, () => {
     assert.equal(js.code, 0, js.stderr);
     assert.equal(js.stderr, '', 'with --json the warnings are in the result');
     assert.deepEqual((JSON.parse(js.stdout.toString()) as { warnings?: string[] }).warnings?.sort(), notCarried.map((x) => x.slice('warning: '.length)));
-    assert.deepEqual(cgroupsOf(w.pid), before, 'left where it was');
-    assert.equal(procState(w.pid).tracer, 0);
-    assert.equal(await verify(w), 'PASS', w.text());
-    await w.exited;
-    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
-
-    await removeLayout(l);
-    const rs = restoreOk(image, '--manage-cgroups');
-    own(w.pid);
-    assert.equal(rs.stderr, '', 'no warning');
-    assert.deepEqual(cgroupsOf(w.pid), before);
+    await leftThenRestored(w, l, image, before);
     checkSettings(l);
     assert.match(read(memA, 'memory.oom_control'), /^oom_kill_disable 1\n/);
     assert.equal(read(blkA, 'blkio.throttle.read_bps_device'), '', 'not carried');
@@ -365,18 +373,8 @@ describe('cgroup v2 (--manage-cgroups)', { skip: needs('root', 'build') || (!exi
     const image = join(w.dir, 'v2.tar');
     const lr = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
     assert.equal(lr.code, 0, lr.stderr);
-    assert.deepEqual(cgroupsOf(w.pid), before, 'left where it was');
-    assert.equal(procState(w.pid).tracer, 0);
-    assert.equal(await verify(w), 'PASS', w.text());
-    await w.exited;
-    await waitFor('the pid to be free', () => !alive(w.pid), 8000);
-
     // Gone entirely: made again (with the limit), and joined.
-    await removeLayout(l);
-    const rs = restoreOk(image, '--manage-cgroups');
-    own(w.pid);
-    assert.equal(rs.stderr, '', 'no warning');
-    assert.deepEqual(cgroupsOf(w.pid), before);
+    await leftThenRestored(w, l, image, before);
     assert.equal(read(join(V2, NAME, 'v2', 'a'), 'cgroup.procs'), String(w.pid), 'the only process of its cgroup');
     checkSettings(l);
 
