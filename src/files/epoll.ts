@@ -181,7 +181,9 @@ function dumpEpoll(d: FdDesc, ctx: DumpContext): Omit<EventpollRecord, 'id' | 'k
     if (file === undefined) {
       throw unsupported(d, `its target fd ${item.tfd} (events 0x${item.events.toString(16)}) is still registered, but fd ${item.tfd} `
         + 'was closed or now holds another file in every process holding this epoll, and no process of the tree holds that file '
-        + 'under another number: checkpoint the process that holds it too');
+        + 'under another number (what keeps it open is outside the tree\'s descriptors: a process outside the tree, a descriptor in flight '
+        + 'in a unix socket\'s queue, a mapping of it), so restore could not make the item again: close the item (EPOLL_CTL_DEL) '
+        + 'or checkpoint a tree that holds the file');
     }
     targets.push({ fd: item.tfd, file, events: item.events, data: `0x${item.data.toString(16)}`, ...(held === undefined ? { detached: true } : {}) });
   }
