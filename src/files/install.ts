@@ -138,11 +138,15 @@ export function checkThreadFiles(label: string, records: readonly FileRecord[], 
   const refuse = (why: string): never => {
     throw new FerryError('EIMAGE', `image ${label}: ${why}, which a checkpoint never records: refused (an edited image); nothing was restored`);
   };
-  if (container) refuse(`file ${late.keys().next().value!} is a /proc file of a thread in a container's image`);
+  const what = (r: FileRecord): string => (r.kind === 'pidfd' ? 'a pidfd of a thread' : 'a /proc file of a thread');
+  if (container) {
+    const first = late.values().next().value!;
+    refuse(`file ${first.id} is ${what(first)} in a container's image`);
+  }
   for (const r of records) {
     const id = kindByName(r.kind).filesBeforeThreads?.(r).find((x) => late.has(x));
     if (id !== undefined) {
-      refuse(`file ${r.id} (${r.kind}) names file ${id}, a /proc file of a thread, as an epoll item or a file in flight (restore opens such a file only once every thread exists)`);
+      refuse(`file ${r.id} (${r.kind}) names file ${id}, ${what(late.get(id)!)}, as an epoll item or a file in flight (restore opens such a file only once every thread exists)`);
     }
   }
 }

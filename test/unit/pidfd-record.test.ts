@@ -2,10 +2,12 @@
  * The pidfd record's check (files/pidfd.ts) on edited records: PIDFD_THREAD (O_EXCL) only with
  * the thread named (`thread`, a tid in range) for a process of the tree, or with none for one
  * already gone; `thread` never without the flag; and which records the engine opens once every
- * thread exists (namesThread). Nothing is opened by a check.
+ * thread exists (namesThread). Nothing is opened by a check. A thread's pidfd in a container's
+ * image is refused before anything is made (a checkpoint never records one there).
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { checkThreadFiles } from '../../src/files/install.js';
 import { pidfd, type PidfdRecord } from '../../src/files/pidfd.js';
 
 const PIDFD_THREAD = 0o200, O_NONBLOCK = 0o4000;
@@ -26,5 +28,11 @@ describe('a pidfd record', () => {
       record(100, PIDFD_THREAD, 4194305), record(100, PIDFD_THREAD, 1.5), record(100, PIDFD_THREAD, '101'), record(100, 0o2)]) {
       assert.throws(() => pidfd.check!(bad), /^FerryError: image: pidfd \(file 3\) has an invalid record$|image: pidfd \(file 3\) has an invalid record/, JSON.stringify(bad));
     }
+  });
+
+  it('of a thread is refused in a container\'s image, named as a thread\'s pidfd', () => {
+    assert.throws(() => checkThreadFiles('img', [record(100, PIDFD_THREAD, 101)], true), (err: Error & { code?: string }) => err.code === 'EIMAGE'
+      && /^image img: file 3 is a pidfd of a thread in a container's image, which a checkpoint never records: refused \(an edited image\); nothing was restored$/.test(err.message));
+    checkThreadFiles('img', [record(100, PIDFD_THREAD, 101)], false);
   });
 });
