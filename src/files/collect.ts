@@ -244,6 +244,8 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
 class TaskMounts {
   private readonly byPid = new Map<number, ReadonlySet<number> | null>();
   private readonly roots = new Map<string, ConfinedRoot>();
+  /** The same, by pid, so that a pid asked again costs no readlink of its namespace. */
+  private readonly rootOfPid = new Map<number, ConfinedRoot>();
   private own: ReadonlySet<number> | undefined;
 
   /** The mount ids of `pid`'s mountinfo, or null when it is in ferry's mount namespace. */
@@ -267,32 +269,45 @@ class TaskMounts {
    * parent; ".." from ferry stops at ferry's root only, which this namespace's does not hold).
    */
   root(pid: number): ConfinedRoot {
+    const known = this.rootOfPid.get(pid);
+    if (known) return known;
     const ns = readProcLink(pid, 'ns/mnt');
     let root = this.roots.get(ns);
-    if (root) return root;
-    const n = native();
-    let fd = n.openRaw(`/proc/${pid}/root`, O_PATH | O_DIRECTORY);
-    try {
-      for (let i = 0; ; i++) {
-        if (i >= 4096) throw new FerryError('EDUMP', `the root of the mount namespace of pid ${pid} is more than 4096 directories above its root`, { pid });
-        const up = n.openat2(fd, '..', O_PATH | O_DIRECTORY, 0, 0);
-        const a = fstatSync(fd, { bigint: true }), b = fstatSync(up, { bigint: true });
+    if (!root) {
+      const n = native();
+      let fd = n.openRaw(`/proc/${pid}/root`, O_PATH | O_DIRECTORY);
+      try {
+        let here = fstatSync(fd, { bigint: true });
+        for (let i = 0; ; i++) {
+          if (i >= 4096) throw new FerryError('EDUMP', `the root of the mount namespace of pid ${pid} is more than 4096 directories above its root`, { pid });
+          const up = n.openat2(fd, '..', O_PATH | O_DIRECTORY, 0, 0);
+          let above;
+          try {
+            above = fstatSync(up, { bigint: true });
+          } catch (err) {
+            n.closeFd(up);
+            throw err;
+          }
+          n.closeFd(fd);
+          fd = up;
+          if (above.dev === here.dev && above.ino === here.ino) break;
+          here = above;
+        }
+      } catch (err) {
         n.closeFd(fd);
-        fd = up;
-        if (a.dev === b.dev && a.ino === b.ino) break;
+        throw err;
       }
-    } catch (err) {
-      n.closeFd(fd);
-      throw err;
+      root = new ConfinedRoot(`the root of the mount namespace of pid ${pid}`, 'in-root', fd);
+      this.roots.set(ns, root);
     }
-    root = new ConfinedRoot(`the root of the mount namespace of pid ${pid}`, 'in-root', fd);
-    this.roots.set(ns, root);
+    this.rootOfPid.set(pid, root);
     return root;
   }
 
   close(): void {
     for (const r of this.roots.values()) r.close();
     this.roots.clear();
+    this.rootOfPid.clear();
   }
 }
 

@@ -67,7 +67,6 @@ export const pidfd: FileKind<PidfdRecord> = {
     return fd.link === 'anon_inode:[pidfd]';
   },
 
-
   key(fd: FdDesc): string {
     // Every pidfd of one process shares its pidfs inode; kcmp tells the open files apart.
     return `pidfd:${fd.fdinfo.ino}`;

@@ -15,6 +15,7 @@ import {
   O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH, O_SYNC,
 } from '../proc/fcntl.js';
 import { ConfinedRoot, hostRoot, openIn, placeOf, statIn, withRemovedDir } from './confined.js';
+import { reopen } from './deleted.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 
@@ -170,7 +171,7 @@ function openRemovedDir(rec: RegularRecord, root: ConfinedRoot, path: string): n
     try {
       fchownSync(opened, rec.removed!.uid, rec.removed!.gid);
       fchmodSync(opened, rec.removed!.mode);
-      if (oPath) fd = native().openRaw(`/proc/self/fd/${opened}`, O_PATH | O_DIRECTORY);
+      if (oPath) fd = reopen(opened, rec.flags, 0);
       const pos = Number(rec.pos);
       if (pos !== 0 && !oPath) {
         try {

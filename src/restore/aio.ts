@@ -22,7 +22,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { MREMAP_FIXED, MREMAP_MAYMOVE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
+import { MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { AIO_RING_HEADER, IO_EVENT_SIZE, parseRingHeader, setupEventsFor, setupPages } from '../image/aio-ring.js';
 import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
@@ -51,7 +51,7 @@ function errnoName(r: bigint): string {
 /** A task's io_setup(2) rings, with their pages. */
 function ringsOf(task: TaskRecord): Array<{ v: VmaRecord; pages: number }> {
   return task.vmas.filter((v) => v.kind === 'aio' && v.aio !== undefined)
-    .map((v) => ({ v, pages: Number((big(v.end) - big(v.start)) / 4096n) }));
+    .map((v) => ({ v, pages: Number((big(v.end) - big(v.start)) / BigInt(PAGE_SIZE)) }));
 }
 
 /**

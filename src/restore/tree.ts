@@ -167,7 +167,9 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     for (const rec of rest) {
       const via = forkers.get(rec.pid)!;
       const sibling = byPid.get(via);
-      if (via === rec.ppid || sibling === undefined || sibling.sid !== sibling.pid || rec.sid === sibling.sid || rec.sid === rec.pid) continue;
+      const parent = byPid.get(rec.ppid);
+      if (via === rec.ppid || sibling === undefined || parent === undefined || rec.sid === rec.pid
+        || !Forkers.beforeSetsid(sibling, rec, parent, forkers.get(sibling.pid))) continue;
       const mine = beforeSetsid.get(via);
       if (mine) mine.add(rec.pid);
       else beforeSetsid.set(via, new Set([rec.pid]));

@@ -15,7 +15,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultStubPath } from '../../src/native/binding.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
+import type { TaskRecord } from '../../src/image/records.js';
 import { FERRY, ROOT } from './env.js';
+import { editImage, json } from './images.js';
 
 closeInheritedFds();
 
@@ -319,4 +321,22 @@ export async function chrooted(dir: string): Promise<number> {
     try { return readlinkSync(`/proc/${pid}/root`) === dir; } catch { return false; }
   });
   return pid;
+}
+
+/**
+ * Restores each edited copy of `image` (its task record `entry` (a name, or a pattern of names) changed by the case's edit):
+ * each refused in one line matching the case, nothing left behind, and the original `w` intact.
+ */
+export async function refuseEdited(w: Workload, image: string, entry: string | RegExp, cases: Array<[string, (t: TaskRecord) => void, RegExp]>): Promise<void> {
+  for (const [name, edit, message] of cases) {
+    const edited = join(w.dir, name);
+    await editImage(image, edited, [[entry, json<TaskRecord>(edit)]]);
+    // Unsigned, so untrusted: --max-creds root lets its root process reach the check.
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, message);
+    assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+  }
+  assert.deepEqual(stubs(), [], 'nothing left behind');
+  assert.equal(await verify(w), 'PASS', w.text());
 }

@@ -13,7 +13,7 @@ import { after, describe, it } from 'node:test';
 import type { TaskRecord } from '../../src/image/records.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const writable = ((): boolean => {
   try {
@@ -80,8 +80,9 @@ describe('audit login uid', { skip, timeout: 120_000 }, () => {
       }
       return [...by.values()].sort((a, b) => b.length - a.length);
     };
-    const before = partition();
-    assert.equal(before.length, 2, `two sessions: ${JSON.stringify(before)}`);
+    // The third child writes its login uid once forked: wait until it is in a session of its own.
+    let before: number[][] = [];
+    await waitFor('two sessions', () => (before = partition()).length === 2, 5000, () => JSON.stringify(before));
     await checkpointFreed(w, join(w.dir, 'tree.tar'));
     const rs = ferry(['restore', '--image', join(w.dir, 'tree.tar')]);
     assert.equal(rs.code, 0, rs.stderr);

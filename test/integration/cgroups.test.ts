@@ -121,7 +121,6 @@ function checkSettings(l: Layout): void {
   }
 }
 
-/** Restores `image` and waits until its pids are in use; returns the run. */
 /**
  * After a --leave-running checkpoint of `w` into `image`: it is left in its cgroups `before`,
  * untraced, passing its checks; once it has exited and its cgroups `l` are removed, the image
@@ -140,6 +139,7 @@ async function leftThenRestored(w: Workload, l: Layout, image: string, before: M
   assert.deepEqual(cgroupsOf(w.pid), before);
 }
 
+/** Restores `image` and waits until its pids are in use; returns the run. */
 function restoreOk(image: string, ...flags: string[]): ReturnType<typeof ferry> {
   const rs = ferry(['restore', '--image', image, ...flags]);
   assert.equal(rs.code, 0, rs.stderr);

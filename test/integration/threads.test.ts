@@ -9,31 +9,12 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { editImage, json } from '../helpers/images.js';
-import { cleanup, cycleThrough, ferry, own, procState, startWorkload, stubs, verify, type Workload } from '../helpers/processes.js';
+import { cleanup, cycleThrough, ferry, own, procState, refuseEdited, startWorkload, verify } from '../helpers/processes.js';
 import type { TaskRecord } from '../../src/image/records.js';
 
 after(cleanup);
 
 const tids = (pid: number): number[] => readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b);
-
-/**
- * Restores each edited copy of `image` (its task record `entry` changed by the case's edit):
- * each refused in one line matching the case, nothing left behind, and the original `w` intact.
- */
-async function refuseEdited(w: Workload, image: string, entry: string, cases: Array<[string, (t: TaskRecord) => void, RegExp]>): Promise<void> {
-  for (const [name, edit, message] of cases) {
-    const edited = join(w.dir, name);
-    await editImage(image, edited, [[entry, json<TaskRecord>(edit)]]);
-    // Unsigned, so untrusted: --max-creds root lets its root process reach the check.
-    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
-    assert.equal(rs.code, 1, rs.stderr);
-    assert.match(rs.stderr, message);
-    assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
-  }
-  assert.deepEqual(stubs(), [], 'nothing left behind');
-  assert.equal(await verify(w), 'PASS', w.text());
-}
 
 describe('threads', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
   it('a process with 64 threads survives two cycles with every TID', async () => {
