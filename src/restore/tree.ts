@@ -190,7 +190,7 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
       // A forker that has not left for its own session yet forks only what must stay in the old one.
       const unsettled = beforeSetsid.get(via);
       if (unsettled !== undefined && !unsettled.has(rec.pid) && rec.sid !== rec.pid) {
-        throw new Error(`pid ${via} would fork ${rec.pid} before its setsid, which waits for its sharers ${[...unsettled].join(', ')}`);
+        throw new FerryError('EIMAGE', `image entry tree.json is invalid: pid ${via} would fork ${rec.pid} before its own setsid, which must wait until it has forked ${[...unsettled].join(', ')} (processes that share its tables in its parent's session); restore an image as ferry wrote it, in the order it listed the processes`);
       }
       // One sharing a descriptor table or fs struct is forked sharing them (validate.ts checked
       // that the forker holds the tables the image names): by its parent, or by a sibling
@@ -231,7 +231,9 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         giveBack?.();
       }
     }
-    if (beforeSetsid.size > 0) throw new Error(`pids ${[...beforeSetsid.keys()].join(', ')} were never given the sharers they fork before their setsid`);
+    if (beforeSetsid.size > 0) {
+      throw new FerryError('EIMAGE', `image entry tree.json is invalid: pids ${[...beforeSetsid.keys()].join(', ')} never forked the processes sharing their tables that they fork before their setsid; restore an image as ferry wrote it`);
+    }
     setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree), held);
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {

@@ -1,5 +1,6 @@
 /** Where things are, and what a test needs before it can run. */
 import { existsSync } from 'node:fs';
+import { release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -17,4 +18,10 @@ export function needs(...what: Array<'root' | 'build' | 'python'>): string | fal
     if (w === 'python' && !existsSync(PYTHON)) return `needs ${PYTHON} (apt-get install python3)`;
   }
   return false;
+}
+
+/** A skip reason when the running kernel is older than MAJOR.MINOR (`what` needs it), else false. */
+export function needsKernel(major: number, minor: number, what: string): string | false {
+  const [have = 0, haveMinor = 0] = release().split('.').map(Number);
+  return have > major || (have === major && haveMinor >= minor) ? false : `${what} needs Linux ${major}.${minor}`;
 }

@@ -13,9 +13,8 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { readFileSync } from 'node:fs';
-import { release } from 'node:os';
 import type { TaskRecord, VmaRecord } from '../../src/image/records.js';
-import { needs, WORKLOADS } from '../helpers/env.js';
+import { needs, needsKernel, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
 import { exitOf, killFerries, migrationDir, records, startFerry, startReceiver } from '../helpers/precopy-run.js';
 import { checkpointFreed, cleanup, cycleThrough, ferry, own, procState, refuseEdited, startWorkload, verify } from '../helpers/processes.js';
@@ -26,8 +25,7 @@ after(() => { killFerries(); cleanup(); });
 const MEMFLAGS = join(WORKLOADS, 'memflags');
 const MLOCKFUTURE = join(WORKLOADS, 'mlockfuture');
 /** PR_THP_DISABLE_EXCEPT_ADVISED came with Linux 6.18. */
-const [major = 0, minor = 0] = release().split('.').map(Number);
-const exceptAdvised = major > 6 || (major === 6 && minor >= 18) ? false : 'PR_THP_DISABLE_EXCEPT_ADVISED needs Linux 6.18';
+const exceptAdvised = needsKernel(6, 18, 'PR_THP_DISABLE_EXCEPT_ADVISED');
 
 describe('memory flags', { skip, timeout: 120_000 }, () => {
   it('locks, madvise flags, protections, may-write of shared file mappings and THP_DISABLE come back as they were', async () => {

@@ -10,10 +10,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { release } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { needs, PYTHON, ROOT, WORKLOADS } from '../helpers/env.js';
+import { needs, needsKernel, PYTHON, ROOT, WORKLOADS } from '../helpers/env.js';
 import { alive, checkpointFreed, cleanup, ferry, own, procState, verify, startWorkload, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build', 'python');
@@ -113,8 +112,7 @@ describe('a pidfd from clone3(CLONE_PIDFD), used with pidfd_getfd', { skip: need
 describe('pidfds of single threads (PIDFD_THREAD)', { skip: needs('root', 'build'), timeout: 120_000 }, () => {
   const THREADPIDFD = join(WORKLOADS, 'threadpidfd');
   /** PIDFD_THREAD came with Linux 6.9. */
-  const [major = 0, minor = 0] = release().split('.').map(Number);
-  const skip = major > 6 || (major === 6 && minor >= 9) ? false : 'PIDFD_THREAD needs Linux 6.9';
+  const skip = needsKernel(6, 9, 'PIDFD_THREAD');
 
   it('come back naming the same threads: flags, fdinfo, a signal through each runs in its thread, poll sees the thread exit', { skip }, async () => {
     const w = await startWorkload(THREADPIDFD, []);
