@@ -141,8 +141,6 @@ export interface MigrateCliOptions extends GlobalCliOptions {
    * copy). Absent: the library's default.
    */
   maxRounds?: number;
-  /** --pre-copy: asked for (a container goes by stop and copy without it). */
-  preCopy?: boolean;
   /** --lazy: the target runs the tree before its memory is in, and serves it on first touch. */
   lazy?: boolean;
   /** --json: one JSON record per phase instead of a sentence at the end. */
@@ -594,7 +592,6 @@ export function parseMigrateArgs(argv: readonly string[]): MigrateCliOptions {
     out.maxRounds = Number(rounds);
   }
   if (v['no-pre-copy'] === true) out.maxRounds = 0;
-  if (v['pre-copy'] === true) out.preCopy = true;
   if (v.lazy === true) out.lazy = true;
   return out;
 }

@@ -427,7 +427,7 @@ DESCRIPTION
   ~/.ssh/config, or --ssh-config), in batch mode: no prompt. ssh
   authenticates and encrypts; no --key then.
 
-  Pre-copy (the default for a process tree; --pre-copy for a container):
+  Pre-copy (the default, for a process tree and a container alike):
   while it runs, its memory is sent in rounds, each only the pages written
   since the round before (tracked with userfaultfd write-protection), until
   little changes; then the tree is stopped and the image sent names the
@@ -492,9 +492,8 @@ OPTIONS
       Sign the image with this Ed25519 private key (ferry keygen); the
       target lists its .pub in --trust.
   --pre-copy, --no-pre-copy
-      Send memory in rounds while the tree runs (the default for a tree;
-      a container goes by stop and copy unless --pre-copy or --max-rounds
-      is given), or stop it for the whole transfer (stop and copy).
+      Send memory in rounds while the tree runs (the default, for a
+      container too), or stop it for the whole transfer (stop and copy).
   --max-rounds N
       At most N pre-copy rounds (1-64, default 8); they also end once a
       round sends at most 1 MiB or shrinks by less than a tenth.

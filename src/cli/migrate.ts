@@ -30,7 +30,6 @@ export async function runMigrate(o: MigrateCliOptions, ctx: RunContext, signal?:
     ...(o.sshConfig !== undefined ? { ssh: { config: o.sshConfig } } : {}),
     ...(o.signKey !== undefined ? { signKey: o.signKey } : {}),
     ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
-    ...(o.preCopy === true ? { preCopy: true } : {}),
     ...(o.lazy ? { lazy: true } : {}),
     ...(signal !== undefined ? { signal } : {}),
     ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),

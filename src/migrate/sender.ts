@@ -73,12 +73,10 @@ export interface MigrateOptions extends CommonOptions {
   onPhase?: (r: PhaseRecord) => void;
   /**
    * Pre-copy (precopy.ts): memory crosses in rounds while the tree runs, at most `maxRounds`
-   * (0: stop and copy, the tree stopped for the whole transfer). Absent: DEFAULT_MAX_ROUNDS
-   * for a tree; for a container, that with `preCopy` and stop and copy without.
+   * (0: stop and copy, the tree stopped for the whole transfer). Absent: DEFAULT_MAX_ROUNDS,
+   * for a tree and a container alike.
    */
   maxRounds?: number;
-  /** Pre-copy asked for: a container goes by it too (see maxRounds). */
-  preCopy?: boolean;
   /** Gets each pre-copy round's record (also passed to onPhase as phase 'round'). */
   onRound?: (r: RoundRecord) => void;
   /** Gets the one line of each warning (a kernel that cannot track writes: stop and copy). */
@@ -259,11 +257,9 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     }
     const ch = channel;
     session.onUndo('drop the connection', () => ch.destroy());
-    // Pre-copy rounds, for a process tree, or a container when asked for (its pages go by the
-    // pids of its own namespace, as its image names them: precopy.ts imagePid). A container
-    // goes by stop and copy unless asked: one of its fault tests (a forking shell, the target
-    // paused) once did not reach the target's rebuild with pre-copy, not seen again in 8 runs.
-    const maxRounds = o.maxRounds ?? (o.workload !== undefined && o.preCopy !== true ? 0 : DEFAULT_MAX_ROUNDS);
+    // Pre-copy rounds, for a process tree or a container (a container's pages go by the pids
+    // of its own namespace, as its image names them: precopy.ts imagePid).
+    const maxRounds = o.maxRounds ?? DEFAULT_MAX_ROUNDS;
     // Lazy pages are served from the image the target holds whole before "go" (rounds or not).
     const lazy = o.lazy === true;
     const flags = restoreFlags(o.files);

@@ -255,8 +255,6 @@ describe('ferry migrate pre-copy arguments', { timeout: 30_000 }, () => {
   it('leaves the rounds to the library by default and with --pre-copy', () => {
     assert.equal(parseMigrateArgs(base).maxRounds, undefined);
     assert.equal(parseMigrateArgs([...base, '--pre-copy']).maxRounds, undefined);
-    assert.equal(parseMigrateArgs([...base, '--pre-copy']).preCopy, true);
-    assert.equal(parseMigrateArgs(base).preCopy, undefined);
   });
 
   it('parses --max-rounds N and --no-pre-copy', () => {
