@@ -25,7 +25,7 @@
  * container is recorded by its path inside the container's root (containerRoot), once ".."
  * from it leads to that root where its path says.
  */
-import { fstatSync, readlinkSync, statSync } from 'node:fs';
+import { fstatSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
 import { ConfinedRoot, statIn } from '../files/confined.js';
 import { MAX_REMOVED_DEPTH, type RemovedDirRecord } from '../image/records.js';
@@ -118,6 +118,27 @@ export function removedDir(st: { mode: bigint; uid: bigint; gid: bigint; dev: bi
 }
 
 /**
+ * Walks up from the directory `link` (a /proc link of a process) by "..", `n` times at most,
+ * through descriptors (one path resolution a step), from ferry's root, which a process's own
+ * root does not stop: `each` gets the stat of the directory `up` levels above, and stops the
+ * walk by returning false. Errors (a directory gone meanwhile) are thrown.
+ */
+function walkUp(link: string, n: number, each: (st: BigIntStats, up: number) => boolean | void): void {
+  const nat = native();
+  let fd = nat.openRaw(link, O_PATH | O_DIRECTORY);
+  try {
+    for (let up = 1; up <= n; up++) {
+      const parent = nat.openat2(fd, '..', O_PATH | O_DIRECTORY, 0, 0);
+      nat.closeFd(fd);
+      fd = parent;
+      if (each(fstatSync(fd, { bigint: true }), up) === false) return;
+    }
+  } finally {
+    nat.closeFd(fd);
+  }
+}
+
+/**
  * The root `root` (the link `link` of `pid` as read) of a process chroot'ed inside a
  * container, as the path inside the container's root; refused (EUNSUPPORTED, the tree left
  * running) when that path, resolved inside the container's root, is not the directory the
@@ -146,11 +167,10 @@ function containerRoot(pid: number, base: RootBase, link: string, root: string, 
       const top = fstatSync(base.top.fd, { bigint: true });
       const names = inside.split('/').filter((n) => n !== '');
       if (names.length === 0 || names.length > 4096) refuse(`a directory removed since, ${names.length === 0 ? 'its container\'s root itself' : 'more than 4096 directories below its container\'s root'}`);
-      for (let up = 1; up <= names.length; up++) {
-        const at = statSync(`/proc/${pid}/${link}/${Array<string>(up).fill('..').join('/')}`, { bigint: true });
+      walkUp(`/proc/${pid}/${link}`, names.length, (at, up) => {
         const isTop = at.dev === top.dev && at.ino === top.ino;
         if (isTop !== (up === names.length)) refuse(`a directory removed since, which is not where ${inside} inside its container's root would be (a directory reached from outside it)`);
-      }
+      });
       return { root: inside, rootDeleted: removedDir(st) };
     }
     // Resolved as restore resolves it: inside the container's root, no magic link followed.
@@ -189,23 +209,23 @@ export function readCwdBetween(pid: number, paths: { cwd: string; cwdDeleted?: R
   if (names.length > MAX_REMOVED_DEPTH) refuse(`more than ${MAX_REMOVED_DEPTH} directories above it`);
   if (names.some((n) => n === '' || n === '.' || n === '..')) refuse('and its path below the root is not a plain one');
   const between: RemovedDirRecord[] = [];
-  for (let up = 1; up <= names.length; up++) {
-    let st;
-    try {
-      st = statSync(`/proc/${pid}/cwd/${Array<string>(up).fill('..').join('/')}`, { bigint: true });
-    } catch {
-      return refuse('whose directories between could not be read');
-    }
+  const step = (st: BigIntStats, up: number): void => {
     // Where the path says the root is, the walk must be at the root, and nowhere before.
     const atRoot = sameDir(st, dir);
     if (up === names.length) {
       if (!atRoot) refuse(`which is not ${names.length === 1 ? 'its parent' : `${names.length} directories above it`}, as its path says`);
-      break;
+      return;
     }
     const at = `${root!.root}/${names.slice(0, names.length - up).join('/')}`;
     if (atRoot) refuse(`which is its directory ${at}, as its path does not say`);
     if (st.nlink !== 0n) refuse(`and ${at} between them was not (it has a name elsewhere)`);
     between.unshift(removedDir(st));
+  };
+  try {
+    walkUp(`/proc/${pid}/cwd`, names.length, step);
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    refuse('whose directories between could not be read');
   }
   return between.length > 0 ? between : undefined;
 }
