@@ -126,9 +126,12 @@ export function controlFiles(key: string): string[] {
   return controlFilesOf(key).map((f) => (typeof f.name === 'string' ? f.name : f.name.source.replace(/^\^|\$$/g, '').replace(HUGE, '<size>').replace(/\\\./g, '.')));
 }
 
+/** Whether control file `file` is the one `f` names (hugetlb's: by pattern). */
+const matchesFile = (f: ControlFile, file: string): boolean => (typeof f.name === 'string' ? f.name === file : f.name.test(file));
+
 /** Where control file `file` of hierarchy `key` comes in write order, or -1 if it is not one restore writes. */
 export function controlFileRank(key: string, file: string): number {
-  return controlFilesOf(key).findIndex((f) => (typeof f.name === 'string' ? f.name === file : f.name.test(file)));
+  return controlFilesOf(key).findIndex((f) => matchesFile(f, file));
 }
 
 /**
@@ -316,7 +319,7 @@ export function validateCgroups(v: unknown, threads: ReadonlyMap<number, readonl
     const hkey = hierarchies[c.hierarchy as number] as string;
     const allowed = controlFilesOf(hkey);
     for (const [file, value] of Object.entries(c.settings)) {
-      const spec = file.length <= 64 ? allowed.find((f) => (typeof f.name === 'string' ? f.name === file : f.name.test(file))) : undefined;
+      const spec = file.length <= 64 ? allowed.find((f) => matchesFile(f, file)) : undefined;
       if (spec === undefined) fail(`${at}.settings names ${shown(file)}, which is not a control file restore writes (${controlFiles(hkey).join(', ') || 'none in this hierarchy'})`);
       if (typeof value !== 'string' || value.length > MAX_VALUE || !/^[\x20-\x7e]*$/.test(value)) {
         fail(`${at}.settings[${file}] must be printable text of at most ${MAX_VALUE} characters, is ${shown(value)}`);
