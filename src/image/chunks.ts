@@ -329,23 +329,23 @@ export const DIGEST_PAGE = 4096;
 let nativeDigests = true;
 
 /**
- * The sha256 of each DIGEST_PAGE bytes of `data` (the last piece may be shorter), 32 bytes
- * each, into `out` from `at` (made when not given). In the addon, one call for all: about the
- * speed of one hash over the whole. Else one createHash per page: 0.75 GB/s here, against 1.4
- * GB/s for one hash over the whole (measured on the 2-core machine, 64 MiB), which made a
- * paged entry (pre-copy's) take twice the CPU of another to verify.
+ * The sha256 of each `unit` bytes of `data` (DIGEST_PAGE: its pages; the last piece may be
+ * shorter), 32 bytes each, into `out` from `at` (made when not given). In the addon, one call
+ * for all: about the speed of one hash over the whole. Else one createHash per piece: 0.75 GB/s
+ * here for pages, against 1.4 GB/s for one hash over the whole (measured on the 2-core machine,
+ * 64 MiB), which made a paged entry (pre-copy's) take twice the CPU of another to verify.
  */
-export function pageDigests(data: Uint8Array, out?: Buffer, at = 0): Buffer {
-  const n = Math.ceil(data.length / DIGEST_PAGE);
+export function pageDigests(data: Uint8Array, out?: Buffer, at = 0, unit = DIGEST_PAGE): Buffer {
+  const n = Math.ceil(data.length / unit);
   const o = out ?? Buffer.allocUnsafe(n * 32);
   if (nativeDigests) {
     try {
-      if (native().pageDigests(data, o, at, DIGEST_PAGE)) return o;
+      if (native().pageDigests(data, o, at, unit)) return o;
     } catch { /* no addon here: in JavaScript */ }
     nativeDigests = false;
   }
   for (let p = 0; p < n; p++) {
-    createHash('sha256').update(data.subarray(p * DIGEST_PAGE, Math.min(data.length, (p + 1) * DIGEST_PAGE))).digest().copy(o, at + p * 32);
+    createHash('sha256').update(data.subarray(p * unit, Math.min(data.length, (p + 1) * unit))).digest().copy(o, at + p * 32);
   }
   return o;
 }

@@ -1,6 +1,6 @@
 /** Image format: manifest validation, writer/reader round trips, and every corruption case. */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -644,6 +644,48 @@ describe('manifest', { timeout: 30_000 }, () => {
     // Any other image is still version 5.
     const plain = await writeImage(join(dir, 'plain.img'), header, [{ name: 'p', size: 4096, chunked: true, produce: async (sink) => { await sink(data.subarray(0, 4096)); } }]);
     assert.equal(plain.manifest.formatVersion, 5);
+  });
+
+  it('takes a paged entry\'s chunk digests from pages read and pages held alike, across batches of chunks (omitHeld, a stream)', async () => {
+    // 130 chunks and 3 pages: more than one batch of chunk digests (writer.ts PAGED_BATCH),
+    // the last chunk short; most pages named only by digest (held), some read (sink).
+    const pages = 130 * (PAGED_CHUNK_BYTES / 4096) + 3;
+    const pageSum = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
+    const read = (i: number): boolean => i % 97 === 0 || i === pages - 1;
+    const page = (i: number): Buffer => Buffer.alloc(4096, i % 251);
+    const heldSum = (i: number): Buffer => createHash('sha256').update(`page ${i}`).digest();
+    const sums = Array.from({ length: pages }, (_, i) => (read(i) ? pageSum(page(i)) : heldSum(i)));
+    const perChunk = PAGED_CHUNK_BYTES / 4096;
+    const want = Array.from({ length: Math.ceil(pages / perChunk) }, (_, c) =>
+      createHash('sha256').update(Buffer.concat(sums.slice(c * perChunk, (c + 1) * perChunk))).digest('hex'));
+    const fifo = join(dir, 'paged-held.fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    // The stream's reader, a process of its own (the writer's writes may take every thread of
+    // libuv's pool): drains it; what it holds is not a tar until held pages are put back.
+    const reader = spawn('wc', ['-c', fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const drain = new Promise<number>((resolve, reject) => {
+      let out = '';
+      reader.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+      reader.on('error', reject).on('close', () => resolve(parseInt(out, 10)));
+    });
+    const { manifest } = await writeImage(fifo, header, [{
+      name: 'p', size: pages * 4096, chunked: true, paged: true,
+      produce: async (sink, held) => {
+        assert.ok(held, 'a paged entry of a stream with omitHeld gets held');
+        for (let i = 0; i < pages;) {
+          let j = i + 1;
+          while (j < pages && read(j) === read(i)) j++;
+          if (read(i)) await sink(Buffer.concat(Array.from({ length: j - i }, (_, k) => page(i + k))));
+          else await held(Buffer.concat(sums.slice(i, j)));
+          i = j;
+        }
+      },
+    }], { omitHeld: true });
+    assert.ok(await drain > 0);
+    const e = manifest.entries[0] as ChunkedEntry;
+    assert.equal(e.pageDigests, true);
+    assert.equal(e.chunks.length, 131);
+    assert.deepEqual(e.chunks, want);
   });
 
   it('takes required features it knows (version 7 on), refuses in one line one it does not know', () => {
