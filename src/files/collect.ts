@@ -2,7 +2,7 @@
  * Dump side of the file engine: describe every descriptor of the tasks, find which share one
  * open file (cheap key, confirmed with kcmp(KCMP_FILE)), and dump each open file once.
  */
-import { fstatSync, readFileSync } from 'node:fs';
+import { fstatSync, readFileSync, statfsSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import { FdStat } from '../proc/fd-stat.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
@@ -191,9 +191,11 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
           if (!m) scratches.set(key, (m = new Map()));
           return m as Map<string, T>;
         },
+        mountNsRoot: (pid) => (mounts.of(pid) === null ? undefined : mounts.root(pid)),
       };
       // `link`: what readlink showed at dump, the key a restore can substitute an open file
       // of its own for (runc's descriptors.json: the container's stdio pipes).
+      refuseReapedProcFile(desc, mounts);
       let dumped: Omit<FileRecord, 'id' | 'kind'>;
       try {
         dumped = kind.dump(desc, ctx);
@@ -201,7 +203,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
         throw via === undefined ? err : inFlight(err, via);
       }
       const rec = { ...dumped, id, kind: kind.kind, link: desc.link } as FileRecord;
-      if (typeof rec.path === 'string' ? rootedInTask(desc, rec.path, mounts) : namesPathInTask(rec, desc, mounts)) rec.root = 'task';
+      if (typeof rec.path === 'string' ? rootedInTask(desc, rec.path, mounts) : namesPathInTask(rec, kind, desc, mounts)) rec.root = 'task';
       if (ownerMatters(desc)) {
         const owner = dumpOwner(desc, grab(desc, grabbed), ctx.pids);
         if (owner) rec[desc.async ? 'async' : 'owner'] = owner;
@@ -355,16 +357,58 @@ function rootedInTask(d: FdDesc, path: string, mounts: TaskMounts): boolean {
 }
 
 /**
- * Whether a record without a `path` names paths of its task's file system: a unix socket's
- * path name (its own, or the outside peer's it connects to again) held by a task of another
- * mount namespace (a container) was bound there, inside the task's root.
+ * Whether a record without a `path` names paths of its task's file system, held by a task of
+ * another mount namespace (a container): a unix socket's path name (its own, or the outside
+ * peer's it connects to again) was bound there, inside the task's root; the paths of a kind
+ * that finds them through the task's mounts (FileKind.pathsInTask: a watched file's, which
+ * its module looked up from the root of the task's mount namespace) are from there.
  */
-function namesPathInTask(rec: FileRecord, d: FdDesc, mounts: TaskMounts): boolean {
+function namesPathInTask(rec: FileRecord, kind: FileKind, d: FdDesc, mounts: TaskMounts): boolean {
+  if (kind.pathsInTask === true) return mounts.of(d.pid) !== null;
   if (rec.kind !== 'unix') return false;
   const named = (n: unknown): boolean => typeof (n as { path?: unknown } | null | undefined)?.path === 'string';
   return (named(rec.name) || named(rec.external)) && mounts.of(d.pid) !== null;
 }
 
+
+/** statfs(2) f_type of a procfs. */
+const PROC_SUPER_MAGIC = 0x9fa0;
+/** The link of a file under /proc/<pid>/ (or the directory itself), maybe of a reaped process's. */
+const PROC_PID_LINK = /^\/proc\/(\d+)(?:\/[^\0]*)?(?: \(deleted\))?$/;
+
+/**
+ * Refuses a file under /proc/<pid>/ of a container's own procfs (its pid namespace's: such a
+ * file is stored by its path, as a regular file is, and restore opens it by that path inside
+ * the restored container) whose process had exited and been reaped (a child's
+ * /proc/<pid>/status kept after waitpid). Its path, looked up again from the root of the
+ * task's mount namespace, finds no file or another inode (procfile.ts tells a live one's file
+ * so on ferry's own procfs): restore would find no file there, or the file of whatever process
+ * has that pid in the restored container. Ferry's procfs files of reaped processes
+ * (procfile.ts `gone`) are made again through a process of ferry's, which a container's pid
+ * namespace does not hold.
+ */
+function refuseReapedProcFile(d: FdDesc, mounts: TaskMounts): void {
+  const m = PROC_PID_LINK.exec(d.link);
+  if (!m || mounts.of(d.pid) === null) return;
+  try {
+    if (statfsSync(`/proc/${d.pid}/fd/${d.fd}`).type !== PROC_SUPER_MAGIC) return;
+  } catch {
+    return; // closed meanwhile: the module says so
+  }
+  const deleted = d.link.endsWith(' (deleted)');
+  let st;
+  if (!deleted) {
+    try {
+      st = statIn(mounts.root(d.pid), d.link, `fd ${d.fd} of pid ${d.pid}`, !d.stat.isDirectory() && (d.fdinfo.flags & O_PATH) !== 0);
+    } catch {
+      st = undefined;
+    }
+  }
+  if (st !== undefined && st.dev === d.stat.dev && st.ino === d.stat.ino) return;
+  throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} is a /proc file of process ${m[1]} of its container, `
+    + 'which had exited and been reaped: restore opens a container\'s /proc files by path, which would find no file there or another process\'s; '
+    + 'close it in the process before the checkpoint; the tree was left running', { pid: d.pid });
+}
 
 /**
  * Refuses a descriptor of a thread's own table (`tid` is `d.pid`, of process `pid`) restore

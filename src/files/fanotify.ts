@@ -104,7 +104,7 @@ function dumpFanotify(d: FdDesc, ctx: DumpContext): Omit<FanotifyRecord, 'id' | 
       };
       if ((masks.mflags & ~MFLAGS) !== 0) throw unsupported(d, `a mark has flags 0x${masks.mflags.toString(16)} this ferry does not know`);
       if (f.has('ino')) {
-        const where = locateInode(d.pid, f, what, mounts);
+        const where = locateInode(d.pid, f, what, mounts, ctx.mountNsRoot(d.pid));
         if ('why' in where) {
           const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
           if (!held) throw unsupported(d, `inode mark: ${where.why}, and no process of the tree holds it open`);
@@ -161,7 +161,7 @@ function checkRecord(rec: FanotifyRecord): void {
       if (m.type !== 'inode' || !Number.isSafeInteger(m.file) || m.file < 0 || m.file === rec.id) bad(`has a mark on an invalid file ${String(m.file)}`);
       continue;
     }
-    // Resolved inside the host's root (confined.ts; no magic link), as open() will.
+    // Resolved inside the record's root (the host's, a container's; confined.ts, no magic link), as open() will.
     if (!statIn(rootOf(rec), m.path, `fanotify ${m.type} mark (file ${rec.id} of the image)`, m.type === 'inode')) {
       throw new FerryError('ENOENT', `fanotify ${m.type} mark (file ${rec.id} of the image) was on ${m.path}, which no longer exists`);
     }
@@ -207,6 +207,7 @@ function openFanotify(rec: FanotifyRecord, ctx: OpenContext): number | typeof NO
 
 export const fanotify: FileKind<FanotifyRecord> = {
   kind: 'fanotify',
+  pathsInTask: true,
 
   matches(fd: FdDesc): boolean {
     return fd.link === 'anon_inode:[fanotify]';

@@ -7,11 +7,15 @@
  * includes IN_ONESHOT and IN_EXCL_UNLINK). The inode is found again from its file handle with
  * open_by_handle_at(2), given a mount of the file system `sdev` names (from the process's
  * mountinfo), and its path is what /proc/self/fd says of the result, checked against `ino` and
- * `sdev` with fstat. A watched inode with no path (a file removed but held open, a memfd) is
- * found among the tree's descriptors by device and inode, and the watch names that file of the
- * image instead; one the tree does not hold (held by a mapping only, or from outside) is
- * refused. Restore adds such a watch through /proc/self/fd/N of the restored file, once that
- * file is open.
+ * `sdev` with fstat. For a process of a container (another mount namespace), that path is from
+ * the root of the container's mount namespace (ferry's root is none of its mounts) and is
+ * looked up again there: the record is then the container's (`root: 'task'`), and restore
+ * resolves its watches in the restored container's root (FileKind.pathsInTask: in any
+ * container's image, whatever the record says, never on the host). A watched inode with no
+ * path (a file removed but held open, a memfd) is found among the tree's descriptors by device
+ * and inode, and the watch names that file of the image instead; one the tree does not hold
+ * (held by a mapping only, or from outside) is refused. Restore adds such a watch through
+ * /proc/self/fd/N of the restored file, once that file is open.
  *
  * Restore: inotify_init1 in the controller, then for each watch, oldest first,
  * ioctl(INOTIFY_IOC_SETNEXTWD, wd) right before inotify_add_watch(/proc/self/fd/N, mask), N an
@@ -36,7 +40,7 @@ import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { readProcText, treeFds } from '../proc/read.js';
-import { rootOf, statIn, viaFd } from './confined.js';
+import { rootOf, statIn, viaFd, type ConfinedRoot } from './confined.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
 
 /** inotify(7) flags of inotify_add_watch's mask. */
@@ -172,9 +176,14 @@ export type Located = { path: string; dev: string; ino: string } | { why: string
 
 /**
  * Finds the path of the inode an fsnotify fdinfo line names (`ino`, `sdev`, `fhandle-bytes`,
- * `fhandle-type`, `f_handle`) with open_by_handle_at(2).
+ * `fhandle-type`, `f_handle`) with open_by_handle_at(2). `nsRoot`: the root of the task's
+ * mount namespace when it is not ferry's (a container's, DumpContext.mountNsRoot): the inode
+ * is opened through a mount of that namespace, whose paths /proc shows from its root (ferry's
+ * root is none of its mounts), so the path is looked up again there, as restore resolves it
+ * inside the container's root, and never on the host.
  */
-export function locateInode(pid: number, f: Map<string, string>, what: string, cache: Map<string, number>): Located {
+export function locateInode(pid: number, f: Map<string, string>, what: string, cache: Map<string, number>,
+  nsRoot?: ConfinedRoot): Located {
   const ino = hexField(f, 'ino', what);
   const dev = kernelDev(hexField(f, 'sdev', what));
   const where = `inode ${ino} on device ${dev}`;
@@ -199,6 +208,19 @@ export function locateInode(pid: number, f: Map<string, string>, what: string, c
     const st = fstatSync(fd, { bigint: true });
     if (st.ino !== ino || userDev(st.dev) !== dev) return { why: `no path leads to the watched ${where}` };
     // The path must lead back to the same inode from the controller (not a disconnected name).
+    if (nsRoot !== undefined) {
+      // Its last component not followed, as restore resolves it (the watched inode itself).
+      let again;
+      try {
+        again = statIn(nsRoot, path, what, true);
+      } catch (err) {
+        if (!(err instanceof FerryError)) throw err;
+        return { why: `no path inside its container leads to the watched ${where} (${path}: ${err.message})` };
+      }
+      if (again === undefined) return { why: `no path leads to the watched ${where} (${path} does not exist in its container)` };
+      if (again.ino !== ino || again.dev !== st.dev) return { why: `no path leads to the watched ${where} (${path} is another file in its container)` };
+      return { path, dev, ino: ino.toString() };
+    }
     try {
       const again = n.openRaw(path, O_PATH);
       try {
@@ -254,7 +276,7 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
       const what = `fdinfo line 'inotify ${line}'`;
       const wd = Number(hexField(f, 'wd', what));
       const mask = Number(hexField(f, 'mask', what));
-      const where = locateInode(d.pid, f, what, mounts);
+      const where = locateInode(d.pid, f, what, mounts, ctx.mountNsRoot(d.pid));
       if ('why' in where) {
         // No path leads to it (deleted, or a memfd): a file the tree holds is watched again
         // through that file's restored descriptor.
@@ -335,7 +357,7 @@ function checkRecord(rec: InotifyRecord): void {
       if (!Number.isSafeInteger(w.file) || w.file < 0 || w.file === rec.id) bad(`has a watch ${w.wd} on an invalid file ${String(w.file)}`);
       continue;
     }
-    // Resolved inside the host's root (confined.ts; no magic link), as open() will.
+    // Resolved inside the record's root (the host's, a container's; confined.ts, no magic link), as open() will.
     if (!statIn(rootOf(rec), w.path, `inotify watch ${w.wd} (file ${rec.id} of the image)`, true)) {
       throw new FerryError('ENOENT', `inotify watch ${w.wd} (file ${rec.id} of the image) watched ${w.path}, which no longer exists`);
     }
@@ -385,6 +407,7 @@ function openInotify(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_
 
 export const inotify: FileKind<InotifyRecord> = {
   kind: 'inotify',
+  pathsInTask: true,
 
   matches(fd: FdDesc): boolean {
     return fd.link === 'anon_inode:inotify';

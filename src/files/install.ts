@@ -27,7 +27,8 @@ const F_DUPFD_CLOEXEC = 1030, F_GETFD = 1, F_SETFD = 2, O_CLOEXEC = 0o2000000;
  * opened when first needed and closed by `close`. With `confineAll` (a container restored
  * from an image no trusted key signed) every record resolves in the task's root: nothing of
  * such an image reaches the host's file system (checkContainerHostFiles refused those that
- * name a host path; a socket's name, a watched file are resolved in the container).
+ * name a host path; a socket's name, a watched file are resolved in the container). A watched
+ * file of any container's image is resolved in the task's root (FileKind.pathsInTask).
  */
 class Roots {
   private task: ConfinedRoot | undefined;
@@ -42,7 +43,12 @@ class Roots {
    * path inside the task's root, is given to the modules that resolve it confined there.
    */
   rebased(r: FileRecord): FileRecord {
-    if (r.root !== 'task' && !(this.confineAll && this.taskRoot !== undefined)) {
+    // A kind whose paths are always its task's (a watched file's: FileKind.pathsInTask) has
+    // them resolved in the container's root whatever the record says: a record without
+    // `root: 'task'` (from an older ferry, or edited before a trusted key signed it) would
+    // otherwise have the host's /etc/shadow watched for the container.
+    const inTask = r.root === 'task' || (this.taskRoot !== undefined && (this.confineAll || kindByName(r.kind).pathsInTask === true));
+    if (!inTask) {
       if (!this.guard?.covers(r)) return r;
       // A copy: the place lives as long as the record, the root only as long as these Roots.
       this.real ??= new ConfinedRoot('/', 'in-root-no-symlinks');

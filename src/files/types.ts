@@ -7,6 +7,7 @@ import type { FileRecord } from '../image/records.js';
 import type { FileStat } from '../proc/fd-stat.js';
 import type { Fdinfo } from '../proc/fdinfo.js';
 import type { GuardSocket } from './socket-guard.js';
+import type { ConfinedRoot } from './confined.js';
 
 /** What the engine knows about one descriptor of one task before asking a module. */
 export interface FdDesc {
@@ -145,6 +146,12 @@ export interface DumpContext {
    * module reads once for every file of its kind (the tree is frozen meanwhile).
    */
   scratch<T>(key: string): Map<string, T>;
+  /**
+   * The root of `pid`'s mount namespace when it is not ferry's (a container's), else
+   * undefined: a path /proc shows of a file found through the task's own mounts (a watched
+   * inode's) is from there, and is looked up there, never on the host. Held by the engine.
+   */
+  mountNsRoot(pid: number): ConfinedRoot | undefined;
 }
 
 /** What a module's `open` gets from the restore scheduler. */
@@ -262,6 +269,13 @@ export interface FileKind<R extends FileRecord = FileRecord> {
    * is refused.
    */
   readonly needsHolder?: boolean;
+  /**
+   * Optional: set when every path the kind's records name (a watched file's) was found
+   * through the task's own mounts, so is its task's: in a container's restore such paths
+   * resolve inside the container's root even in a record without `root: 'task'` (a trusted
+   * image of an older ferry, or one edited before it was signed), never on the host.
+   */
+  readonly pathsInTask?: boolean;
   /**
    * Optional: runs once per kind present in the image, after every file is open in the
    * controller (openAfterTree ones too) and every process exists, before any descriptor is

@@ -1,7 +1,8 @@
 /** Images edited by hand, as an attacker or a careless hand would: for tests of bad input. */
-import { createHash } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import tar from 'tar-stream';
+import { imageSigner, SIGNATURE_NAME } from '../../src/image/sign.js';
 
 /** An edit of one entry: its text in, the new text out. */
 export type Edit = (text: string) => string;
@@ -17,10 +18,12 @@ export type Edits = Readonly<Record<string, Edit>> | ReadonlyArray<readonly [str
  * manifest's sizes and sha256 are brought up to date before its own edit (if any), as a careful
  * hand would, so the edited records themselves are what restore and inspect meet. An edit that
  * matches no entry is an error: a test that edits nothing tests nothing. The copy is unsigned
- * (manifest.sig is dropped: only the key's holder could sign the edit). Returns the names of
- * the entries edited. `opts.drop` names entries to leave out.
+ * (manifest.sig is dropped: only the key's holder could sign the edit) unless `opts.signKey`
+ * signs it with that key (an image edited by a key's holder, or before it was signed).
+ * Returns the names of the entries edited. `opts.drop` names entries to leave out.
  */
-export async function editImage(src: string, dst: string, edits: Edits, opts: { drop?: readonly string[] } = {}): Promise<string[]> {
+export async function editImage(src: string, dst: string, edits: Edits,
+  opts: { drop?: readonly string[]; signKey?: KeyObject } = {}): Promise<string[]> {
   const entries: Array<{ name: string; body: Buffer }> = [];
   const extract = tar.extract();
   await new Promise<void>((resolve, reject) => {
@@ -69,6 +72,7 @@ export async function editImage(src: string, dst: string, edits: Edits, opts: { 
   const manifest = JSON.parse(entries[0]!.body.toString()) as { entries: Array<{ name: string; size: number; sha256: string }> };
   manifest.entries = entries.slice(1).map((e) => ({ name: e.name, size: e.body.length, sha256: createHash('sha256').update(e.body).digest('hex') }));
   entries[0]!.body = apply(entries[0]!, JSON.stringify(manifest));
+  if (opts.signKey !== undefined) entries.splice(1, 0, { name: SIGNATURE_NAME, body: imageSigner(opts.signKey).sign(entries[0]!.body) });
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   pack.on('data', (c: unknown) => chunks.push(c as Buffer));
