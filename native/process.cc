@@ -2,7 +2,8 @@
 //
 // Wraps clone3(2) with set_tid (CLONE_ARGS set_tid/set_tid_size: one entry per pid-namespace
 // level, innermost first; needs CAP_SYS_ADMIN in the owning user namespace — root here),
-// ptrace(PTRACE_TRACEME), close_range(2), execve(2), waitpid(2); and for spawnDetached
+// ptrace(PTRACE_TRACEME, PTRACE_SETOPTIONS), prctl(PR_SET_PDEATHSIG), close_range(2),
+// execve(2), waitpid(2); and for spawnDetached
 // pipe2(2), setsid(2), dup2(2) and fcntl(2) F_DUPFD.
 //
 // We do not use ns_last_pid: it is racy. PTRACE_TRACEME makes the calling JS thread the
@@ -28,6 +29,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -49,6 +51,8 @@ struct SpawnChild {
   char* const* argv;
   char* const* envp;
   sigset_t mask;  // the caller's, restored in the child before execve
+  long parent;    // with die_with_parent: the caller's pid, which the child checks after its prctl
+  bool die_with_parent;
 };
 
 // A syscall with no errno (the child shares the caller's TLS), -errno on failure.
@@ -122,6 +126,14 @@ long VforkCall(void (*child)(const T*), const T* arg, sigset_t* mask, const std:
 // Node's may run here), the caller's mask back, then traced, no descriptors, the stub.
 [[noreturn]] __attribute__((noinline)) void StubChild(const SpawnChild* c) {
   DefaultHandlers(false);
+  // Before the exec, the caller is not yet a tracer that can ask for PTRACE_O_EXITKILL: a
+  // caller killed meanwhile would let the program run. The parent-death signal covers that
+  // window (kept across the exec: root execs with no gain of capabilities); a parent already
+  // gone before the prctl is seen by getppid.
+  if (c->die_with_parent) {
+    Raw(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    if (Raw(SYS_getppid) != c->parent) Raw(SYS_exit_group, 127);
+  }
   Raw(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&c->mask), 0, 8);
   Raw(SYS_ptrace, PTRACE_TRACEME);
   Raw(SYS_close_range, 0, ~0U, 0);
@@ -130,15 +142,21 @@ long VforkCall(void (*child)(const T*), const T* arg, sigset_t* mask, const std:
   __builtin_unreachable();
 }
 
-// spawnStub(path, tids: number[]) -> pid. tids[0] is the PID in the innermost namespace; an
-// empty array lets the kernel choose. On return the child is stopped (SIGTRAP after execve)
-// and traced by the calling thread. Throws EEXIST (syscall clone3) when the PID is taken.
+// spawnStub(path, tids: number[], dieWithParent?) -> pid. tids[0] is the PID in the innermost
+// namespace; an empty array lets the kernel choose. On return the child is stopped (SIGTRAP
+// after execve), traced by the calling thread with PTRACE_O_EXITKILL: it dies with ferry.
+// Without that option a tracer's death resumes the exec-stopped child, which then runs the
+// program untraced (seen: a stand-in Node ran and exited 0). `dieWithParent`: it also dies if
+// ferry dies before its exec (PR_SET_PDEATHSIG SIGKILL, which it keeps: only for a child that
+// is killed before it ever runs, never a restored process). Throws EEXIST (syscall clone3)
+// when the PID is taken.
 Napi::Value SpawnStub(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray()) {
-    ThrowType(env, "spawnStub(path: string, tids: number[])");
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray() || (info.Length() > 2 && !info[2].IsBoolean() && !info[2].IsUndefined())) {
+    ThrowType(env, "spawnStub(path: string, tids: number[], dieWithParent?: boolean)");
     return {};
   }
+  bool die_with_parent = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
   std::string path = info[0].As<Napi::String>().Utf8Value();
   Napi::Array arr = info[1].As<Napi::Array>();
   std::vector<pid_t> tids(arr.Length());
@@ -146,7 +164,7 @@ Napi::Value SpawnStub(const Napi::CallbackInfo& info) {
 
   char* const argv[] = {const_cast<char*>(path.c_str()), nullptr};
   char* const envp[] = {nullptr};
-  SpawnChild c = {path.c_str(), argv, envp, {}};
+  SpawnChild c = {path.c_str(), argv, envp, {}, static_cast<long>(getpid()), die_with_parent};
   long child = VforkCall(&StubChild, &c, &c.mask, tids);
   if (child < 0) {
     ThrowErrno(env, "clone3", static_cast<int>(-child), tids.empty() ? "" : "pid " + std::to_string(tids[0]));
@@ -167,6 +185,13 @@ Napi::Value SpawnStub(const Napi::CallbackInfo& info) {
       waitpid(static_cast<pid_t>(child), &status, __WALL);
     }
     ThrowErrno(env, "execve", ENOEXEC, "stub " + path + " did not start (status " + std::to_string(status) + ")");
+    return {};
+  }
+  if (ptrace(PTRACE_SETOPTIONS, static_cast<pid_t>(child), nullptr, reinterpret_cast<void*>(PTRACE_O_EXITKILL)) != 0) {
+    int e = errno;
+    kill(static_cast<pid_t>(child), SIGKILL);
+    waitpid(static_cast<pid_t>(child), &status, __WALL);
+    ThrowErrno(env, "ptrace", e, "PTRACE_SETOPTIONS of stub " + std::to_string(child));
     return {};
   }
   return Napi::Number::New(env, static_cast<double>(child));

@@ -45,7 +45,15 @@
  * - terminals (files/tty.ts), checkpoint and restore: `ttydrain` (bytes queued on a pty have
  *   been read, before the rest: the first time; synchronous); `ttyinsert` (input of a
  *   canonical-mode slave is being inserted again, right after a quoting VLNEXT: the first
- *   time; synchronous).
+ *   time; synchronous);
+ * - what a checkpoint reads and a restore makes for a moment: `aioring` (checkpoint: the tree
+ *   stopped, the first io_setup(2) ring probed as its process's own, before its header and
+ *   events are read, dump/memory.ts readAioRings: the first time; synchronous); `standin`
+ *   (restore: the short-lived process standing at a reaped process's pid exists, stopped after
+ *   its exec, before its /proc file is opened, files/procfile.ts openGone: the first time;
+ *   synchronous); `threadpidfd` (restore: every thread exists, the first pidfd of a thread
+ *   (PIDFD_THREAD) is about to be opened, files/pidfd.ts openAfterThreads: the first time;
+ *   synchronous).
  */
 import { writeSync } from 'node:fs';
 
@@ -53,6 +61,7 @@ import { writeSync } from 'node:fs';
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
   'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
+  'aioring', 'standin', 'threadpidfd',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

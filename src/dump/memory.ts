@@ -10,7 +10,8 @@
 import { closeSync, openSync, readFileSync, readSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
-import { FerryError } from '../errors.js';
+import { describeCause, FerryError } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import { directBuffer } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -346,7 +347,16 @@ export function readAioRings(t: Tracee, vmas: readonly VmaRecord[]): void {
     }
     const start = BigInt(v.start);
     const bytes = Number(BigInt(v.end) - start);
-    const h = parseRingHeader(t.readMem(start, AIO_RING_HEADER));
+    // Reads only: a failure here leaves the ring as it was (the checkpoint lets the tree go).
+    const read = (at: bigint, n: number): Buffer => {
+      try {
+        faultPointSync('aioring'); // tests only: a read failing
+        return t.readMem(at, n);
+      } catch (err) {
+        throw new FerryError('EDUMP', `checkpoint: pid ${t.pid}: cannot read the io_setup(2) completion ring at ${range}: ${describeCause(err)}`, { cause: err });
+      }
+    };
+    const h = parseRingHeader(read(start, AIO_RING_HEADER));
     const problem = ringHeaderProblem(h, bytes);
     if (problem !== undefined) refuse(`is the completion ring of an io_setup(2) context, but ${problem}: refused`);
     const head = h.head % h.nr;
@@ -357,7 +367,7 @@ export function readAioRings(t: Tracee, vmas: readonly VmaRecord[]): void {
     }
     const at = (slot: number): bigint => start + BigInt(AIO_RING_HEADER + slot * IO_EVENT_SIZE);
     const first = Math.min(count, h.nr - head);
-    const events = Buffer.concat([t.readMem(at(head), first * IO_EVENT_SIZE), t.readMem(at(0), (count - first) * IO_EVENT_SIZE)]);
+    const events = Buffer.concat([read(at(head), first * IO_EVENT_SIZE), read(at(0), (count - first) * IO_EVENT_SIZE)]);
     v.aio = { nr: h.nr, events: events.toString('base64') };
   });
 }

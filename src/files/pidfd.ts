@@ -20,6 +20,7 @@
  */
 import { spawn } from 'node:child_process';
 import { FerryError, describeCause } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
@@ -109,6 +110,7 @@ export const pidfd: FileKind<PidfdRecord> = {
       throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of thread ${rec.thread} of pid ${rec.target}: not a thread restored here (an edited image?)`);
     }
     try {
+      faultPointSync('threadpidfd'); // tests only: an open failing
       return native().pidfdOpen(tid, rec.flags & (O_NONBLOCK | PIDFD_THREAD));
     } catch (err) {
       throw new FerryError('EOPEN', `cannot restore pidfd (file ${rec.id}) of thread ${rec.thread} of pid ${rec.target}: ${describeCause(err)}`, { cause: err });

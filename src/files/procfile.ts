@@ -31,11 +31,15 @@
  * path below it, and restore makes it the way it came about: a process of ferry's, made at that
  * pid when it is free (clone3 set_tid; any pid when it is not), stopped after its exec, has
  * its file opened, then is killed and reaped. Not kept exactly: the pid in the link text when
- * that pid is taken at restore. A reaped thread's file (/proc/PID/task/TID/… of a thread that
- * exited) is refused at checkpoint: restore has no thread to make it through.
+ * that pid is taken at restore. Refused at checkpoint when a process or thread of the tree has
+ * that pid by now (restore/validate.ts checkNamedPids refuses such an image), and at restore
+ * from an image not trusted (checkProcfileTrust: a root process at a pid the image picks). A
+ * reaped thread's file (/proc/PID/task/TID/… of a thread that exited) is refused at
+ * checkpoint: restore has no thread to make it through.
  */
 import { statSync } from 'node:fs';
 import { errnoCode, FerryError, describeCause } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import {
@@ -142,6 +146,24 @@ function namesGone(d: FdDesc, path: string, deleted: boolean): boolean {
 }
 
 /**
+ * What of the tree `pids` (its live processes) holds pid `pid` now, reused since the process a
+ * /proc file named was reaped: "process N", "thread N of pid M", "zombie N"; undefined when
+ * none does. Such a pid is the tree's at restore: an image may not name it as a reaped
+ * process's (restore/validate.ts checkNamedPids), so the checkpoint refuses the file.
+ */
+function treeHolder(pid: number, pids: ReadonlySet<number>): string | undefined {
+  let st;
+  try {
+    st = parseStatus(readProcText(pid, 'status'));
+  } catch {
+    return undefined; // free
+  }
+  if (pids.has(st.tgid)) return st.tgid === pid ? `process ${pid}` : `thread ${pid} of pid ${st.tgid}`;
+  if (st.state.startsWith('Z') && pids.has(st.ppid)) return `zombie ${pid}`;
+  return undefined;
+}
+
+/**
  * Opens the file of record `rec` of a reaped process (`gone`) as it came about: through a
  * process of ferry's made at that pid (any pid when it is taken), stopped right after its exec,
  * killed and reaped once the file is open, so that the file names a dead task.
@@ -152,17 +174,27 @@ function openGone(rec: ProcfileRecord, gone: number): number {
   try {
     try {
       // Node itself: a program that is there wherever ferry runs, never run past its exec.
-      pid = n.spawnStub(process.execPath, [gone]);
+      pid = n.spawnStub(process.execPath, [gone], true);
     } catch (err) {
       if (errnoCode(err) !== 'EEXIST') throw err;
-      pid = n.spawnStub(process.execPath, []); // the pid is taken: the link text names another
+      pid = n.spawnStub(process.execPath, [], true); // the pid is taken: the link text names another
     }
   } catch (err) {
     throw new FerryError('EOPEN', `cannot restore file ${rec.id} (/proc/${gone}${rec.sub}, of a process already reaped): `
       + `no process could be made to stand for it: ${describeCause(err)}`, { cause: err });
   }
   try {
+    // It dies with ferry: the kernel kills it if ferry dies from before its exec (its
+    // parent-death signal) and while traced (PTRACE_O_EXITKILL, set by spawnStub). Without them
+    // a ferry killed now let it go on: its tracer gone, the kernel resumed it and it ran Node,
+    // untraced, at the pid. Killed, nothing stands at the pid once whoever inherits it (ferry's
+    // parent's subreaper, or init) has reaped it.
+    faultPointSync('standin'); // tests only: the open failing
     return openProc(`/proc/${pid}${rec.task === true ? `/task/${pid}` : ''}${rec.sub}`, rec);
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('EOPEN', `cannot restore file ${rec.id} (/proc/${gone}${rec.sub}, of a process already reaped) through process ${pid} `
+      + `made for it: ${describeCause(err)}`, { cause: err });
   } finally {
     try {
       process.kill(pid, SIGKILL);
@@ -172,11 +204,30 @@ function openGone(rec: ProcfileRecord, gone: number): number {
   }
 }
 
-/** Refuses, for an image not trusted, a /proc file of a process outside its tree. */
+/**
+ * Refuses, for an image not trusted, a /proc file of a process outside its tree, and one of a
+ * reaped process (`gone`).
+ *
+ * A reaped process's file makes restore create a process of its own at the pid the image
+ * names, for a moment: ferry's process, root with every capability, at a pid an image's author
+ * picked, at a time the restorer picks. That is a foothold for the pid-reuse races of programs
+ * that judge a process by its pid: one that recorded a pid of its client and looks at
+ * /proc/PID/status again later (its uid, its executable) would find root there; one that kills
+ * or signals a pid from a stale pid file would hit ferry's process instead of nothing. An
+ * unsigned image may not ask for that: it is refused, before anything is made (a checkpoint of
+ * this host's is signed by its key, so the files come back as ever there).
+ */
 export function checkProcfileTrust(label: string, files: readonly FileRecord[]): void {
-  // A reaped process's file (`gone`) is opened through a process ferry makes for it.
-  const f = files.find((x) => x.kind === 'procfile' && x.target === null && x.gone === undefined);
+  const outside = files.find((x) => x.kind === 'procfile' && x.target === null && x.gone === undefined);
+  const f = outside ?? files.find((x) => x.kind === 'procfile' && x.gone !== undefined);
   if (!f) return;
+  if (f.gone !== undefined) {
+    procfile.check!(f as ProcfileRecord); // an invalid record is said to be so first
+    const where = `/proc/${String(f.gone).slice(0, 16)}${String(f.sub).slice(0, 256)}`.replace(/[\0-\x1f]/g, '?'); // the image's words: bounded, one line
+    throw new FerryError('EPRIVILEGE', `image ${label}: file ${f.id} (${where}) `
+      + 'is a /proc file of a process already reaped, which restore opens through a process of its own made at that pid: only an image this host '
+      + 'signed or one you trust may ask for a process at a pid it chooses (sign it and restore with --trust if it is genuine)');
+  }
   throw new FerryError('EPRIVILEGE', `image ${label}: file ${f.id} (${JSON.stringify(String(f.sub).slice(0, 256))}) is a /proc file of a process outside the image's tree, `
     + 'which restore would open as root: only an image this host signed or one you trust may hold one (sign it and restore with --trust if it is genuine)');
 }
@@ -202,6 +253,11 @@ export const procfile: FileKind<ProcfileRecord> = {
       if (tid !== undefined && tid !== pid) {
         throw unsupported(fd, `a /proc file of thread ${tid} of pid ${pid}, which has exited: restore has no thread to open it through; `
           + 'close the descriptor');
+      }
+      const now = treeHolder(pid, ctx.pids);
+      if (now !== undefined) {
+        throw unsupported(fd, `a /proc file of pid ${pid}, which has exited and been reaped; its pid is now ${now} of the checkpointed tree, `
+          + 'where restore could not make a process to open the file through; close the descriptor');
       }
       return { target: null, gone: pid, sub: rest, ...(tid !== undefined ? { task: true } : {}), flags, pos };
     }

@@ -172,9 +172,12 @@ export interface NativeBinding {
   /**
    * clone3(2) with set_tid = tids (innermost pid namespace first; [] = any PID); the child
    * calls PTRACE_TRACEME, closes every fd and execve(2)s `path`. Returns once the child is
-   * stopped with SIGTRAP after the exec, traced by the calling thread.
+   * stopped with SIGTRAP after the exec, traced by the calling thread with PTRACE_O_EXITKILL
+   * (it dies with ferry). `dieWithParent`: the child also asks for SIGKILL on ferry's death
+   * before its exec (prctl(2) PR_SET_PDEATHSIG, which it keeps): only for a child killed
+   * before it ever runs.
    */
-  spawnStub(path: string, tids: number[]): number;
+  spawnStub(path: string, tids: number[], dieWithParent?: boolean): number;
   /**
    * Starts `path` with `args` and ferry's environment in a session of its own (setsid(2)), as
    * posix_spawn(3) does (clone3 CLONE_VM|CLONE_VFORK: Node's memory is not copied). Its stdin

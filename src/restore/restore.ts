@@ -56,7 +56,7 @@ import { checkRootTrust, enterRootDir, enterThreadRootDirs, planRemovedRoots, Re
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, leaderlessGroups, outsideGroups, type CreatedTree } from './tree.js';
 import { atFork, checkInherited, inherits, keptAreas, lendPages } from './cow.js';
-import { threadTableHolders, validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
+import { checkNamedPids, threadTableHolders, validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
 import { faultPoint } from '../fault.js';
@@ -159,6 +159,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const removedRootPlan = planRemovedRoots(label, tasks); // each removed root made once (root-dir.ts)
     // A /proc file of a thread only where restore can put it (files/install.ts).
     checkThreadFiles(label, files.files, o.makeRoot !== undefined);
+    // Pids the files name for restore to act on: bounded, the image's own threads (validate.ts).
+    checkNamedPids(label, tree, tasks, ownFiles, o.makeRoot !== undefined);
     // Nor a file of the host for a container's process: its files are its rootfs's.
     if (!trusted && o.makeRoot) checkContainerHostFiles(label, ownFiles);
     // Nor a /proc file of a process outside the tree, opened as root.

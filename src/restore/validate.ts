@@ -455,6 +455,59 @@ export function validateTree(v: unknown, root: number, tasks: readonly number[])
 }
 
 /**
+ * Most files of one image that restore opens through a short-lived process of its own: a
+ * reaped process's /proc file (procfile `gone`, made at that pid) and its pidfd (pidfd
+ * `target` 0). Each costs a process made and reaped (a millisecond or two); a process keeps a
+ * few such descriptors of children it reaped, not hundreds.
+ */
+export const MAX_STAND_INS = 256;
+/** Most files of one image naming a thread (a thread's /proc file or pidfd): as many as threads restore makes in one process. */
+export const MAX_THREAD_FILES = MAX_THREADS;
+
+/**
+ * Checks the files that name a pid for restore to act on, before anything is made (each kind's
+ * check() refuses a record of the wrong shape and bounds the numbers; whether an untrusted
+ * image may have a process made at a pid at all is files/procfile.ts checkProcfileTrust's):
+ * - at most MAX_STAND_INS files restore opens through a short-lived process of its own;
+ * - a reaped process's /proc file (`gone`) never naming a pid or tid of the image's own
+ *   (outside a container, whose pids are its namespace's and the reaped one's ferry's):
+ *   restore would make that one once the tree holds its pids, and a checkpoint never records
+ *   one so (files/procfile.ts treeHolder);
+ * - at most MAX_THREAD_FILES files naming a thread, each a thread of the image (a thread's
+ *   /proc file or pidfd: `target` and `thread`), which restore would otherwise find missing
+ *   only once every process and thread is made.
+ * Refusals are EIMAGE, one line, naming the file.
+ */
+export function checkNamedPids(label: string, tree: TreeRecord, tasks: readonly TaskRecord[], files: readonly FileRecord[], container: boolean): void {
+  const refuse = (f: FileRecord, why: string): never => {
+    throw new FerryError('EIMAGE', `image ${label}: file ${f.id} (${String(f.kind).slice(0, 32)}) ${why}: refused (an edited image); nothing was restored`);
+  };
+  const threadsOf = new Map(tasks.map((t) => [t.pid, new Set(t.threads.map((th) => th.tid))]));
+  const taken = new Set<number>([...tree.processes.map((p) => p.pid), ...tasks.flatMap((t) => t.threads.map((th) => th.tid))]);
+  let standIns = 0;
+  let threadFiles = 0;
+  for (const f of files) {
+    const gone = f.kind === 'procfile' && f.gone !== undefined ? f.gone : undefined;
+    if (gone !== undefined || (f.kind === 'pidfd' && f.target === 0)) {
+      if (++standIns > MAX_STAND_INS) {
+        refuse(f, `is the ${MAX_STAND_INS + 1}th file of a process already reaped, which restore opens through a process it makes for each, `
+          + `more than the ${MAX_STAND_INS} an image may have`);
+      }
+    }
+    if (!container && typeof gone === 'number' && taken.has(gone)) {
+      refuse(f, `is a /proc file of pid ${gone}, reaped, yet ${gone} is a pid of the image's own processes or threads`);
+    }
+    if ((f.kind === 'procfile' || f.kind === 'pidfd') && f.thread !== undefined) {
+      if (++threadFiles > MAX_THREAD_FILES) refuse(f, `is the ${MAX_THREAD_FILES + 1}th file naming a thread, more than the ${MAX_THREAD_FILES} an image may have`);
+      // A record of the wrong shape is its kind's check() to refuse, by what is wrong with it.
+      if (typeof f.target === 'number' && typeof f.thread === 'number' && threadsOf.get(f.target)?.has(f.thread) !== true) {
+        refuse(f, `names thread ${f.thread} of pid ${f.target}, which is not a thread of the image`);
+      }
+    }
+  }
+}
+
+/**
  * Checks the tasks that share a descriptor table or an fs struct (tree.json sharesFiles,
  * sharesFs) against the one whose table they share: the same descriptors (number, file,
  * close-on-exec), the same working directory and umask. Restore installs the table, and sets

@@ -314,6 +314,11 @@ export function status(pid: number): { state: string; tracer: number; ppid: numb
   return { state: f('State').slice(0, 1), tracer: Number(f('TracerPid')), ppid: Number(f('PPid')), sigblk: BigInt(`0x${f('SigBlk') || '0'}`), name: f('Name') };
 }
 
+/** A status() for a message: name, state, tracer, parent. */
+export function shown(st: ReturnType<typeof status>): string {
+  return st === undefined ? 'gone' : `${st.name} state ${st.state} tracer ${st.tracer} parent ${st.ppid}`;
+}
+
 /** Whether `pid` is one of ours: a memcheck or a restore stub (before it is killed or signalled). */
 export function ours(pid: number): boolean {
   const st = status(pid);

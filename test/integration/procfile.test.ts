@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointTreeFreed, cleanup, ferry, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointTreeFreed, cleanup, ferry, procState, startWorkload, stubs, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -105,7 +105,7 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
     assert.equal(await verify(w), 'PASS');
   });
 
-  it('an edited image naming a thread not in the tree is refused in one line, nothing left', async () => {
+  it('an edited image naming a thread not in the tree is refused in one line, before anything is made', async () => {
     const w = await startWorkload(THREADPROC, []);
     const image = join(w.dir, 'thread.tar');
     const pids = await checkpointTreeFreed(w, image);
@@ -118,11 +118,11 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
     const before = stubs();
     const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
     assert.equal(rs.code, 1, rs.stderr);
-    assert.match(rs.stderr, /cannot restore file \d+ \(\/proc\/\d+\/task\/4194000\/[a-z]*\): thread 4194000 of pid \d+ is not a thread restored here/);
+    assert.match(rs.stderr, new RegExp(`image ${edited}: file \\d+ \\(procfile\\) names thread 4194000 of pid ${w.pid}, which is not a thread of the image: `
+      + 'refused \\(an edited image\\); nothing was restored'));
     assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
-    assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no restore stub is left');
-    // A killed child stub is init's to reap, which it does in a moment.
-    await waitFor('the pids to be free', () => pids.every((p) => !alive(p)), 5000);
+    assert.deepEqual(stubs().filter((p) => !before.includes(p)), [], 'no restore stub was made');
+    assert.ok(pids.every((p) => !alive(p)), 'no process of the tree was made');
   });
 
   it('an edited image with an epoll watching a thread\'s /proc file, or a message carrying one, is refused before anything is made', async () => {
@@ -195,6 +195,26 @@ describe('/proc files of the tree', { skip, timeout: 120_000 }, () => {
     const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
     assert.equal(rs.code, 1);
     assert.match(rs.stderr, /file \d+ \("\/proc\/1\/stat"\) is a \/proc file of a process outside the image's tree, which restore would open as root/);
+    assert.ok(!alive(w.pid));
+    assert.deepEqual(stubs(), before, 'no stub left');
+  });
+
+  it('an untrusted image may not have restore make a process at a reaped process\'s pid', async () => {
+    const w = await startWorkload(PROCFDS, ['DIR']);
+    const image = join(w.dir, 'proc.tar');
+    await checkpointTreeFreed(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, {
+      'files.json': json<{ files: Array<Record<string, unknown>> }>((v) => {
+        // /proc/1/stat made the process's own: the reaped child's files are what is left to refuse.
+        for (const f of v.files) if (f.kind === 'procfile' && f.target === null && f.gone === undefined) Object.assign(f, { target: w.pid, sub: '/stat' });
+      }),
+    });
+    const before = stubs();
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.equal(rs.stderr.trim().split('\n').length, 1, rs.stderr);
+    assert.match(rs.stderr, /file \d+ \(\/proc\/\d+(\/stat)?\) is a \/proc file of a process already reaped, which restore opens through a process of its own made at that pid: only an image this host signed or one you trust/);
     assert.ok(!alive(w.pid));
     assert.deepEqual(stubs(), before, 'no stub left');
   });

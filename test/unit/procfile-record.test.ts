@@ -66,12 +66,24 @@ describe('a procfile record of a process already reaped (gone)', () => {
   const gone = (extra: Record<string, unknown> = {}): ProcfileRecord =>
     ({ id: 7, kind: 'procfile', target: null, gone: 1234, sub: '/stat', flags: 0, pos: '0', ...extra }) as unknown as ProcfileRecord;
 
-  it('is accepted with a pid in range and a path below it, and needs no trust', () => {
+  it('is accepted with a pid in range and a path below it', () => {
     procfile.check!(gone());
     procfile.check!(gone({ sub: '' }));
     procfile.check!(gone({ task: true }));
-    checkProcfileTrust('img', [gone()]);
     assert.equal(procfile.namesThread!(gone()), false);
+  });
+
+  it('needs trust: restore would make a process of its own, root, at the pid the image names', () => {
+    assert.throws(() => checkProcfileTrust('img', [gone()]), {
+      code: 'EPRIVILEGE',
+      message: /^image img: file 7 \(\/proc\/1234\/stat\) is a \/proc file of a process already reaped, which restore opens through a process of its own made at that pid: only an image this host signed or one you trust may ask for a process at a pid it chooses/,
+    });
+    // An invalid one is said to be invalid first.
+    assert.throws(() => checkProcfileTrust('img', [gone({ gone: 0 })]), { code: 'EIMAGE', message: /has an invalid reaped process \(gone\)/ });
+    // Another process's /proc file is named before it.
+    assert.throws(() => checkProcfileTrust('img', [gone(), gone({ id: 8, gone: undefined, sub: '/proc/1/stat' })]), {
+      code: 'EPRIVILEGE', message: /^image img: file 8 \("\/proc\/1\/stat"\) is a \/proc file of a process outside the image's tree/,
+    });
   });
 
   it('is refused with a pid out of range, a process of the tree, a thread, or a path that leaves it', () => {
