@@ -10,7 +10,7 @@
 // And the *at() family that resolves a path relative to a directory descriptor, for paths that
 // come from an image (untrusted input: docs/security.md): openat2(2) with struct open_how
 // {flags, mode, resolve}, mkdirat(2), mkfifoat(3) and mknodat(2) of a character device, unlinkat(2), symlinkat(2),
-// renameat2(2), fchownat(2).
+// renameat2(2), fchownat(2), readlinkat(2).
 // Only openat2 takes RESOLVE_* flags, so the policy (src/files/confined.ts) resolves the parent
 // directory of a name with openat2 and then acts on the last component alone through that
 // directory's descriptor: a single component cannot traverse anything, and the *at() calls
@@ -44,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <limits.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -308,6 +309,23 @@ Napi::Value Symlinkat(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// readlinkat(dirfd, path) -> Buffer: the text of symlink `path` under `dirfd`; with path "" the
+// text of the symlink `dirfd` itself refers to (an O_PATH | O_NOFOLLOW descriptor of it, which
+// may have no name left), as bytes (a symlink's text need not be UTF-8). At most PATH_MAX - 1
+// bytes: the kernel stores no longer text.
+Napi::Value Readlinkat(const Napi::CallbackInfo& info) {
+  int64_t dirfd;
+  std::string path;
+  if (!ArgInt(info, 0, &dirfd) || !ArgPath(info, 1, "readlinkat", &path)) return {};
+  std::vector<char> buf(PATH_MAX);
+  ssize_t n = readlinkat(static_cast<int>(dirfd), path.c_str(), buf.data(), buf.size());
+  if (n < 0) {
+    ThrowErrno(info.Env(), "readlinkat", errno, AtDetail(dirfd, path));
+    return {};
+  }
+  return Napi::Buffer<char>::Copy(info.Env(), buf.data(), static_cast<size_t>(n));
+}
+
 // renameat2(olddirfd, oldpath, newdirfd, newpath, flags): renames the names themselves (a
 // symlink is moved, not followed); RENAME_NOREPLACE 1 fails with EEXIST instead of replacing,
 // RENAME_EXCHANGE 2 swaps both atomically.
@@ -517,6 +535,7 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("symlinkat", Napi::Function::New(env, Symlinkat));
   exports.Set("renameat2", Napi::Function::New(env, Renameat2));
   exports.Set("fchownat", Napi::Function::New(env, Fchownat));
+  exports.Set("readlinkat", Napi::Function::New(env, Readlinkat));
   exports.Set("setNs", Napi::Function::New(env, SetNs));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("asyncOwner", Napi::Function::New(env, AsyncOwner));

@@ -451,7 +451,13 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     const root = ids.of(pid);
     cttyInNamespace(files.files, (host) => ids.of(host), (pgid) => {
       const member = live.find((p) => p.stat.pgrp === pgid);
-      return member && ids.groupOf(member.pid).pgid;
+      if (member) return ids.groupOf(member.pid).pgid;
+      // A group no process is in any more, the foreground of a terminal no process holds
+      // (files/tty.ts unheldTerminals kept it only then): its id as the tree sees it is ferry's
+      // when the tree is in ferry's pid namespace; in another, no process tells it.
+      if (live.every((p) => ids.of(p.pid) === p.pid)) return pgid;
+      throw new FerryError('EUNSUPPORTED', `process group ${pgid}, the foreground of a terminal no process holds, has no process left to tell its id in the tree's pid namespace: `
+        + 'not supported yet; the process was left running');
     });
     const treeRecord: TreeRecord = { root, processes: tree.processes.map((p) => ids.process(p.record, p.pid === pid)) };
     const filesRecord: FilesRecord = { files: files.files, ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: { table: lock.kept } } : {}) };

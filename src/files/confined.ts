@@ -358,12 +358,15 @@ export function withParent<T>(root: ConfinedRoot, path: string, what: string, fn
  * free name beside it, written down first (transient.ts: a killed ferry's node goes with the
  * next sweep); it is taken (O_PATH, never following a link) and its name removed at once.
  * `check` gets that descriptor and says what is wrong if the node was replaced meanwhile
- * (ECHANGED); only then is it opened with `flags`, through the descriptor. The caller gives it
- * its mode and owner.
+ * (ECHANGED); only then is it opened with `flags`, through the descriptor. With O_PATH in
+ * `flags` that descriptor is the result itself, taken with `flags` (O_PATH, O_NOFOLLOW for a
+ * symlink itself): a new open through /proc/self/fd could not keep O_NOFOLLOW (it would open
+ * the magic link). The caller gives it its mode and owner.
  */
-export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: 'fifo' | 'chr', id: string | undefined,
+export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: 'fifo' | 'chr' | 'symlink', id: string | undefined,
   make: (dir: number, name: string) => void, flags: number, check: (fd: number) => string | undefined): number {
   const n = native();
+  const oPath = (flags & O_PATH) !== 0;
   return withParent(root, path, what, (dir) => {
     for (let i = 0; i <= 100; i++) {
       const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
@@ -372,9 +375,10 @@ export function openRemovedNode(root: ConfinedRoot, path: string, what: string, 
       transientMade();
       // O_PATH first: nothing of the node runs until it is checked to be the one made (a FIFO
       // put in its place would block an open for reading; a device's open is its driver's).
+      // NAME_RESOLVE refuses a symlink (ELOOP) unless O_PATH | O_NOFOLLOW asks for the link itself.
       let held: number;
       try {
-        held = n.openat2(dir.dir, name, O_PATH | O_NOFOLLOW, 0, NAME_RESOLVE);
+        held = n.openat2(dir.dir, name, oPath ? flags & (O_PATH | O_NOFOLLOW) : O_PATH | O_NOFOLLOW, 0, NAME_RESOLVE);
       } catch (err) {
         try {
           n.unlinkat(dir.dir, name, 0);
@@ -382,14 +386,19 @@ export function openRemovedNode(root: ConfinedRoot, path: string, what: string, 
         } catch { /* left in the journal: the next sweep removes it if it is still ours */ }
         throw err;
       }
+      let kept = false;
       try {
         n.unlinkat(dir.dir, name, 0); // if this fails, the journal keeps the name for the sweep
         forget();
         const why = check(held);
         if (why !== undefined) throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${why})`);
+        if (oPath) {
+          kept = true;
+          return held;
+        }
         return n.openRaw(`/proc/self/fd/${held}`, flags);
       } finally {
-        n.closeFd(held);
+        if (!kept) n.closeFd(held);
       }
     }
     throw new FerryError('EEXIST', `${what}: its name ${path} and 100 others beside it are taken`);

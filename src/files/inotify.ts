@@ -15,7 +15,13 @@
  * path (a file removed but held open, a memfd) is found among the tree's descriptors by device
  * and inode, and the watch names that file of the image instead; one the tree does not hold
  * (held by a mapping only, or from outside) is refused. Restore adds such a watch through
- * /proc/self/fd/N of the restored file, once that file is open.
+ * /proc/self/fd/N of the restored file, once that file is open. A watched directory with no
+ * path that is a process's working directory (it was removed while the process was in it, and
+ * the watch stays while the directory lives) names that process instead (`cwd`): restore makes
+ * the removed working directory only for the moment of the process's chdir (restore/cwd.ts),
+ * so the watch is added once every process is rebuilt, through /proc/PID/cwd of the restored
+ * process (afterRebuild), and the instance's next descriptor is then set back to follow the
+ * newest watch's.
  *
  * Restore: inotify_init1 in the controller, then for each watch, oldest first,
  * ioctl(INOTIFY_IOC_SETNEXTWD, wd) right before inotify_add_watch(/proc/self/fd/N, mask), N an
@@ -41,6 +47,7 @@ import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { readProcText, treeFds } from '../proc/read.js';
 import { rootOf, statIn, viaFd, type ConfinedRoot } from './confined.js';
+import { nsPid } from './procfile.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
 
 /** inotify(7) flags of inotify_add_watch's mask. */
@@ -51,6 +58,8 @@ const WD_MAX = 0x7fffffff;
 const O_RDONLY = 0;
 /** Largest number of watches accepted from an image (max_user_watches is far lower in practice). */
 const MAX_WATCHES = 1 << 22;
+/** Largest pid (PID_MAX_LIMIT). */
+const MAX_PID = 4194304;
 
 /** One watch. */
 export interface InotifyWatch {
@@ -69,6 +78,12 @@ export interface InotifyWatch {
    * descriptor; `path` is then only what /proc showed (`/dir/name (deleted)`).
    */
   file?: number;
+  /**
+   * The process (its pid in the tree) whose working directory the watched inode is, when it is
+   * a removed directory no descriptor holds: watched again through that process's restored
+   * working directory, once it is in it; `path` is then what /proc showed (`/dir (deleted)`).
+   */
+  cwd?: number;
 }
 
 export interface InotifyRecord extends FileRecord {
@@ -280,8 +295,9 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
       if ('why' in where) {
         // No path leads to it (deleted, or a memfd): a file the tree holds is watched again
         // through that file's restored descriptor.
-        const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
-        if (!held) throw unsupported(d, `watch ${wd}: ${where.why}, and no process of the tree holds it open`);
+        const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what))
+          ?? cwdOfTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
+        if (!held) throw unsupported(d, `watch ${wd}: ${where.why}, and no process of the tree holds it open or is in it`);
         if (!held.path.startsWith('/')) throw unsupported(d, `watch ${wd} is on ${held.path}, no file of a file system, which cannot be watched again yet; remove the watch or run the process without it`);
         watches.push({ wd, mask, ...held });
         continue;
@@ -336,6 +352,30 @@ export function heldByTree(ctx: DumpContext, dev: string, ino: bigint): Pick<Ino
   return h && { path: h.path, dev, ino: ino.toString(), file: h.file };
 }
 
+/**
+ * The watch of a removed directory that is the working directory of a process of the tree
+ * (its pid in the tree, `cwd`), with its path and inode as a watch records them, or
+ * undefined. Every process's working directory is looked at once per checkpoint, only when a
+ * watched inode has no path and no descriptor of the tree holds it.
+ */
+function cwdOfTree(ctx: DumpContext, dev: string, ino: bigint): Pick<InotifyWatch, 'path' | 'dev' | 'ino' | 'cwd'> | undefined {
+  const cwds = ctx.scratch<{ pid: number; path: string }>('inotify-cwd');
+  if (cwds.size === 0) {
+    cwds.set('', { pid: -1, path: '' }); // read: not again
+    for (const pid of ctx.pids) {
+      try {
+        const path = readlinkSync(`/proc/${pid}/cwd`);
+        if (!path.startsWith('/') || !path.endsWith(' (deleted)')) continue; // a path leads to it: not this one
+        const st = statSync(`/proc/${pid}/cwd`, { bigint: true });
+        const key = `${userDev(st.dev)}:${st.ino}`;
+        if (!cwds.has(key)) cwds.set(key, { pid: nsPid(pid), path });
+      } catch { /* gone meanwhile: not the tree's (it is stopped) */ }
+    }
+  }
+  const c = cwds.get(`${dev}:${ino}`);
+  return c && { path: c.path, dev, ino: ino.toString(), cwd: c.pid };
+}
+
 function checkRecord(rec: InotifyRecord): void {
   const bad = (why: string): never => {
     throw new FerryError('EIMAGE', `image: inotify (file ${rec.id}) ${why}`);
@@ -352,6 +392,11 @@ function checkRecord(rec: InotifyRecord): void {
     }
     seen.add(w.wd);
     if (w.path.length > 4096) bad(`has a watch on a path longer than 4096 bytes`);
+    if (w.cwd !== undefined) {
+      // Watched through a restored process's working directory (afterRebuild): no path is used.
+      if (!Number.isSafeInteger(w.cwd) || w.cwd < 1 || w.cwd > MAX_PID || w.file !== undefined) bad(`has a watch ${w.wd} on the working directory of an invalid process ${String(w.cwd)}`);
+      continue;
+    }
     if (w.file !== undefined) {
       // Watched through another file of the image (its restored descriptor): no path is used.
       if (!Number.isSafeInteger(w.file) || w.file < 0 || w.file === rec.id) bad(`has a watch ${w.wd} on an invalid file ${String(w.file)}`);
@@ -371,6 +416,7 @@ function openInotify(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_
   const fd = n.inotifyInit1(rec.flags & O_NONBLOCK);
   try {
     for (const w of rec.watches) {
+      if (w.cwd !== undefined) continue; // once its process is in it (afterRebuild)
       const held = w.file === undefined ? undefined : ctx.opened(w.file);
       let got: number;
       try {
@@ -405,6 +451,39 @@ function openInotify(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_
   return fd;
 }
 
+/**
+ * Adds the watches on removed working directories (`cwd`), once every process is rebuilt, each
+ * through /proc/PID/cwd of its restored process, which leads to that directory: it has no name
+ * (its chdir was to a name made for the moment and removed at once, restore/cwd.ts). Then the
+ * instance's next descriptor follows the newest watch's again, as openInotify left it.
+ */
+function watchRemovedCwds(rec: InotifyRecord, fd: number, hostPid: (pid: number) => number | undefined): void {
+  const n = native();
+  const late = rec.watches.filter((w) => w.cwd !== undefined);
+  if (late.length === 0) return;
+  for (const w of late) {
+    const what = `inotify watch ${w.wd} (file ${rec.id}) on the working directory of pid ${w.cwd}`;
+    const pid = hostPid(w.cwd!);
+    if (pid === undefined) throw new FerryError('EIMAGE', `image: ${what}: the image restores no such process`);
+    const at = `/proc/${pid}/cwd`;
+    let got: number;
+    try {
+      // Only a removed directory, as recorded: not any directory a process of the image is in.
+      if (!readlinkSync(at).endsWith(' (deleted)') || !statSync(at).isDirectory()) {
+        throw new FerryError('EIMAGE', `image: ${what}: its working directory was not removed (${w.path})`);
+      }
+      n.inotifySetNextWd(fd, w.wd);
+      got = n.inotifyAddWatch(fd, at, w.mask >>> 0);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('EOPEN', `cannot restore ${what}: ${(err as Error).message}`, { cause: err });
+    }
+    if (got !== w.wd) throw new FerryError('EOPEN', `cannot restore ${what}: the kernel gave descriptor ${got}`);
+  }
+  const newest = rec.watches.at(-1)!;
+  if (newest.cwd === undefined) n.inotifySetNextWd(fd, newest.wd + 1);
+}
+
 export const inotify: FileKind<InotifyRecord> = {
   kind: 'inotify',
   pathsInTask: true,
@@ -437,4 +516,6 @@ export const inotify: FileKind<InotifyRecord> = {
       throw new FerryError('EOPEN', `cannot restore inotify (file ${rec.id}): ${(err as Error).message}`, { cause: err });
     }
   },
+
+  afterRebuild: watchRemovedCwds,
 };

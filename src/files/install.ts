@@ -300,6 +300,15 @@ export async function openAfterThreads(files: RestoreFiles, records: readonly Fi
   }
 }
 
+/** Runs the `afterRebuild` hook of each opened file's kind (FileKind.afterRebuild). */
+export function afterRebuild(files: RestoreFiles, records: readonly FileRecord[], hostPid: (pid: number) => number | undefined): void {
+  for (const r of records) {
+    const hook = kindByName(r.kind).afterRebuild;
+    const fd = files.opened.get(r.id);
+    if (hook && fd !== undefined) hook(r, fd, hostPid);
+  }
+}
+
 /** Runs the `beforeLetGo` hook of each opened file's kind (FileKind.beforeLetGo). */
 export function beforeLetGo(files: RestoreFiles, records: readonly FileRecord[]): void {
   for (const r of records) {

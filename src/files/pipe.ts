@@ -347,6 +347,14 @@ export const fifo: FileKind<FifoRecord> = {
   dump(fd: FdDesc, ctx: DumpContext): Omit<FifoRecord, 'id' | 'kind'> {
     const identity = { dev: fd.stat.dev.toString(), ino: fd.stat.ino.toString() };
     if (fd.link.endsWith(REMOVED) && fd.stat.nlink === 0n) {
+      // An O_PATH descriptor of the same removed FIFO would come back as a FIFO of its own
+      // (files/regular.ts): refused, whichever open file is met first.
+      const seen = ctx.scratch<string>('removed-node');
+      if (seen.get(`${identity.dev}:${identity.ino}`) === 'opath') {
+        throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a removed FIFO held open `
+          + 'and held O_PATH by another open file too cannot be checkpointed yet; close one of them)');
+      }
+      seen.set(`${identity.dev}:${identity.ino}`, 'fifo');
       const removed = { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) };
       return { path: fd.link.slice(0, -REMOVED.length), ...identity, removed, ...dumpState(fd, ctx, true) };
     }

@@ -98,8 +98,8 @@ function onOwnProc(d: FdDesc): boolean {
   return d.stat.dev === procDev;
 }
 
-/** The tree's (innermost) pid of host pid `pid`; with `tid`, of that thread of it. */
-function nsPid(pid: number, tid?: number): number {
+/** The tree's (innermost) pid of host pid `pid`; with `tid`, of that thread of it. (inotify.ts too.) */
+export function nsPid(pid: number, tid?: number): number {
   return parseStatus(readProcText(pid, tid === undefined ? 'status' : `task/${tid}/status`)).nsPid.at(-1) ?? tid ?? pid;
 }
 

@@ -7,14 +7,14 @@
  * checkpoint's is refused unless --allow-changed-files (then a warning is logged): the process
  * remembers offsets, lengths and contents that no longer hold.
  */
-import { constants, fchmodSync, fchownSync, fstatSync, statSync } from 'node:fs';
+import { chmodSync, constants, fchmodSync, fchownSync, fstatSync, statSync } from 'node:fs';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import {
   O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH, O_SYNC,
 } from '../proc/fcntl.js';
-import { ConfinedRoot, hostRoot, openIn, placeOf, statIn, withRemovedDir } from './confined.js';
+import { ConfinedRoot, hostRoot, openIn, openRemovedNode, placeOf, statIn, withRemovedDir } from './confined.js';
 import { reopen } from './deleted.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
@@ -30,6 +30,11 @@ const OPEN_ONLY_FLAGS = constants.O_CREAT | constants.O_EXCL | constants.O_TRUNC
  * of its O_PATH descriptor, which O_NOFOLLOW would refuse, and it means nothing once open.
  */
 const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | O_NOATIME;
+
+/** fchownat(2) of the file a descriptor refers to (an O_PATH one too). */
+const AT_EMPTY_PATH = 0x1000;
+/** The longest symlink text the kernel stores (PATH_MAX, its NUL included). */
+const MAX_TARGET = 4095;
 
 export interface RegularRecord extends FileRecord {
   kind: 'reg';
@@ -49,9 +54,22 @@ export interface RegularRecord extends FileRecord {
   locks?: LockRecord[];
   /**
    * A directory that was removed (its link read `path (deleted)`): its mode and owner. It is
-   * made again for the moment of the open (confined.ts withRemovedDir) and removed.
+   * made again for the moment of the open (confined.ts withRemovedDir) and removed. An O_PATH
+   * descriptor of a removed FIFO or symlink says which in `type` (absent: a directory), and a
+   * symlink's text is `target`; the node is made again the same way (openRemovedNode).
    */
-  removed?: { mode: number; uid: number; gid: number };
+  removed?: RemovedNode;
+}
+
+/** What a removed directory, FIFO or symlink held by a descriptor of this kind was. */
+export interface RemovedNode {
+  mode: number;
+  uid: number;
+  gid: number;
+  /** An O_PATH descriptor's removed FIFO or symlink; absent for a directory. */
+  type?: 'fifo' | 'symlink';
+  /** A symlink's text (readlinkat(2)), UTF-8. */
+  target?: string;
 }
 
 /** What a file looked like at checkpoint. */
@@ -191,6 +209,67 @@ function openRemovedDir(rec: RegularRecord, root: ConfinedRoot, path: string): n
   }
 }
 
+/**
+ * The FIFO or symlink of an O_PATH descriptor whose name was removed: made again under its old
+ * name (or a free one beside it) in its directory inside the root (mkfifoat with mode 0600, or
+ * symlinkat with the recorded text; root's), taken O_PATH (O_NOFOLLOW: the symlink itself), the
+ * name removed at once (confined.ts openRemovedNode), then given its owner and (a FIFO) its
+ * mode. A symlink's mode is always 0777: no call changes it.
+ */
+function openRemovedPathNode(rec: RegularRecord, root: ConfinedRoot, path: string): number {
+  const r = rec.removed!;
+  const symlink = r.type === 'symlink';
+  const what = `the removed ${symlink ? 'symlink' : 'FIFO'} ${rec.path} (file ${rec.id} of the image)`;
+  const n = native();
+  try {
+    const target = Buffer.from(r.target ?? '', 'utf8');
+    const fd = openRemovedNode(root, path, what, symlink ? 'symlink' : 'fifo', undefined,
+      symlink ? (dir, name) => n.symlinkat(r.target!, dir, name) : (dir, name) => n.mkfifoat(dir, name, 0o600),
+      rec.flags & (O_PATH | constants.O_NOFOLLOW), (made) => {
+        const st = fstatSync(made);
+        if (!symlink) return st.isFIFO() ? undefined : 'it is no FIFO';
+        return st.isSymbolicLink() && n.readlinkat(made, '').equals(target) ? undefined : 'it is not the symlink made';
+      });
+    try {
+      n.fchownat(fd, '', r.uid, r.gid, AT_EMPTY_PATH);
+      // An O_PATH descriptor takes no fchmod(2); chmod(2) follows its /proc/self/fd link to the
+      // FIFO itself (after chown, which clears set-id bits).
+      if (!symlink) chmodSync(`/proc/self/fd/${fd}`, r.mode);
+    } catch (err) {
+      n.closeFd(fd);
+      throw err;
+    }
+    return fd;
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('EOPEN', `cannot restore ${what}: ${(err as Error).message}`, { cause: err, path: rec.path });
+  }
+}
+
+/**
+ * The type of a removed node an O_PATH descriptor may hold that openRemovedPathNode makes
+ * again, or undefined. Only one with no name left: a removed name of a FIFO or symlink that
+ * has others could not be told from a new node.
+ */
+function removedPathNode(fd: FdDesc): 'fifo' | 'symlink' | undefined {
+  if ((fd.fdinfo.flags & O_PATH) === 0 || fd.stat.nlink !== 0n) return undefined;
+  if (fd.stat.isFIFO()) return 'fifo';
+  // Only the symlink itself (O_NOFOLLOW); without it the descriptor is of what the link led to.
+  if (fd.stat.isSymbolicLink() && (fd.fdinfo.flags & constants.O_NOFOLLOW) !== 0) return 'symlink';
+  return undefined;
+}
+
+/** The text of the removed symlink an O_PATH descriptor holds: UTF-8, or it is refused. */
+function symlinkText(fd: FdDesc, ctx: DumpContext): string {
+  const bytes = native().readlinkat(ctx.grab(fd), '');
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (an O_PATH descriptor of a removed `
+      + 'symlink whose text is not UTF-8 cannot be checkpointed yet)');
+  }
+}
+
 export const regular: FileKind<RegularRecord> = {
   kind: 'reg',
 
@@ -209,9 +288,22 @@ export const regular: FileKind<RegularRecord> = {
 
   dump(fd: FdDesc, ctx: DumpContext): Omit<RegularRecord, 'id' | 'kind'> {
     const removed = fd.link.endsWith(' (deleted)');
-    if (removed && !(fd.stat.isDirectory() && fd.stat.nlink === 0n)) {
+    const node = removed ? removedPathNode(fd) : undefined;
+    if (removed && node === undefined && !(fd.stat.isDirectory() && fd.stat.nlink === 0n)) {
       throw new FerryError('EUNSUPPORTED',
         `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (${(fd.fdinfo.flags & O_PATH) !== 0 ? 'an O_PATH descriptor of ' : ''}a removed file of this kind cannot be checkpointed yet)`);
+    }
+    if (node !== undefined) {
+      // Each open file of a removed node makes a node of its own on restore: a second open file
+      // of the same one (another O_PATH open, or the FIFO opened for I/O: files/pipe.ts) would
+      // come back as another node, which the process could tell.
+      const seen = ctx.scratch<string>('removed-node');
+      const identity = `${fd.stat.dev}:${fd.stat.ino}`;
+      if (seen.has(identity)) {
+        throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a removed ${node === 'fifo' ? 'FIFO' : 'symlink'} `
+          + 'held O_PATH by one open file and by another too cannot be checkpointed yet; close one of them)');
+      }
+      seen.set(identity, 'opath');
     }
     const rec: Omit<RegularRecord, 'id' | 'kind'> = {
       path: removed ? fd.link.slice(0, -' (deleted)'.length) : fd.link,
@@ -225,7 +317,12 @@ export const regular: FileKind<RegularRecord> = {
       rec.size = fd.stat.size.toString();
       rec.mtimeNs = fd.stat.mtimeNs.toString();
     }
-    if (removed) rec.removed = { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) };
+    if (removed) {
+      const r: RemovedNode = { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) };
+      if (node !== undefined) r.type = node;
+      if (node === 'symlink') r.target = symlinkText(fd, ctx);
+      rec.removed = r;
+    }
     const locks = dumpLocks(fd, ctx);
     if (locks.length > 0) rec.locks = locks;
     return rec;
@@ -247,9 +344,29 @@ export const regular: FileKind<RegularRecord> = {
     if (rec.removed !== undefined) {
       const r = rec.removed as unknown as Record<string, unknown>;
       const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
-      if (!rec.directory || typeof r !== 'object' || r === null || !Number.isSafeInteger(r.mode) || (r.mode as number) < 0
+      if (typeof r !== 'object' || r === null || !Number.isSafeInteger(r.mode) || (r.mode as number) < 0
         || (r.mode as number) > 0o7777 || !id(r.uid) || !id(r.gid)) {
         throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) has an invalid removed directory`);
+      }
+      if (r.type === undefined) {
+        if (!rec.directory || r.target !== undefined) throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) has an invalid removed directory`);
+        return; // made again when opened
+      }
+      // A removed FIFO or symlink: only ever of an O_PATH descriptor (a FIFO opened for I/O is
+      // pipe.ts's), a symlink only as itself (O_NOFOLLOW), its text what symlinkat(2) takes.
+      const oPath = (rec.flags & O_PATH) !== 0, noFollow = (rec.flags & constants.O_NOFOLLOW) !== 0;
+      const text = r.target;
+      const node = r.type === 'fifo' ? text === undefined
+        : r.type === 'symlink' && noFollow && typeof text === 'string' && text !== '' && !text.includes('\0')
+          && Buffer.byteLength(text, 'utf8') <= MAX_TARGET;
+      const { root, path } = placeOf(rec);
+      if (!node || !oPath || rec.directory || path.split('/').some((c) => c === '..') || path.endsWith('/')) {
+        throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) has an invalid removed FIFO or symlink`);
+      }
+      const dir = path.slice(0, path.lastIndexOf('/')) || '/';
+      if (!(statIn(root, dir, `file ${rec.id} of the image`)?.isDirectory() ?? false)) {
+        throw new FerryError('ENOENT', `the directory of the removed ${r.type === 'fifo' ? 'FIFO' : 'symlink'} ${rec.path} (file ${rec.id} of the image) `
+          + 'does not exist here: create it first');
       }
       return; // made again when opened
     }
@@ -274,7 +391,7 @@ export const regular: FileKind<RegularRecord> = {
     // kind of file is then opened for I/O, through the descriptor itself: what is opened is
     // what was checked.
     const { root, path } = placeOf(rec);
-    if (rec.removed) return openRemovedDir(rec, root, path);
+    if (rec.removed) return rec.removed.type !== undefined ? openRemovedPathNode(rec, root, path) : openRemovedDir(rec, root, path);
     let at: number;
     try {
       at = openIn(root, path, O_PATH | (rec.flags & (O_DIRECTORY | constants.O_NOFOLLOW)), `file ${rec.id} of the image`);

@@ -3,7 +3,9 @@
  * through a name that no longer exists: a removed working or held-open directory (made, entered
  * or opened, removed: files/confined.ts withRemovedDir), a removed FIFO (mkfifo, open, unlink:
  * files/pipe.ts), a removed name of a file that has another (a hard link made, opened,
- * unlinked: files/linked.ts), a removed device node (mknod, open, unlink: files/chrdev.ts).
+ * unlinked: files/linked.ts), a removed device node (mknod, open, unlink: files/chrdev.ts), the
+ * removed FIFO or symlink of an O_PATH descriptor (mkfifo or symlink, open O_PATH, unlink:
+ * files/regular.ts).
  * Each name exists for the span of a syscall or two and is removed on every way out that ferry
  * lives through; but if ferry is SIGKILLed in that span, no kernel mechanism removes a name
  * for it.
@@ -18,12 +20,13 @@
  * looked at and removed relative to it, never resolved again), the inode the entry records,
  * and the shape ferry gave it: an empty directory of root's with mode 0700, a FIFO of root's
  * with mode 0600, a character device node of root's with mode 0600 and the device number the
- * entry records, or a further name of the file's inode (which still has another). Anything
- * else at that name is someone else's by now and is left alone; the entry goes either way.
+ * entry records, a symlink of root's, or a further name of the file's inode (which still has
+ * another). Anything else at that name is someone else's by now and is left alone; the entry
+ * goes either way.
  *
- * A node ferry makes (a directory, FIFO or device node: makeTransient) has no inode to write
- * down before it exists, and a node of the same shape that someone else makes at that name
- * after a ferry died must not go. So it is made under a name of ferry's own
+ * A node ferry makes (a directory, FIFO, device node or symlink: makeTransient) has no inode
+ * to write down before it exists, and a node of the same shape that someone else makes at
+ * that name after a ferry died must not go. So it is made under a name of ferry's own
  * (`.ferry-transient-PID-START-N` beside it, the entry naming it), its inode written into the
  * entry (a new entry file renamed over the old: whole or not at all), and only then renamed to
  * its name (RENAME_NOREPLACE). A ferry killed before the inode is written leaves the node under
@@ -49,7 +52,7 @@ const OWN_NAME = /^\.ferry-transient-\d+-\d+-\d+$/;
 export const TRANSIENT_DIR = '/run/ferry/transient';
 
 /** What a transient name is. */
-export type TransientKind = 'dir' | 'fifo' | 'link' | 'chr';
+export type TransientKind = 'dir' | 'fifo' | 'link' | 'chr' | 'symlink';
 
 interface Entry {
   pid: number;
@@ -96,7 +99,7 @@ export function noteTransient(kind: 'link', rootPath: string, path: string, ino:
  * name is taken (nothing made is left). `rdev`: a `chr`'s `major:minor`. Errors are the
  * syscalls' own (the caller says what was being made).
  */
-export function makeTransient(kind: 'dir' | 'fifo' | 'chr', rootPath: string, path: string, dirfd: number, rdev: string | undefined,
+export function makeTransient(kind: 'dir' | 'fifo' | 'chr' | 'symlink', rootPath: string, path: string, dirfd: number, rdev: string | undefined,
   make: (dirfd: number, name: string) => void): (() => void) | undefined {
   const n = native();
   const dir = fstatSync(dirfd, { bigint: true });
@@ -251,6 +254,9 @@ function removeAt(dir: number, name: string, e: Entry, own: boolean): boolean {
       if (!st.isCharacterDevice() || st.uid !== 0n || mode !== 0o600 || rdev !== e.rdev) return false;
       break;
     }
+    case 'symlink':
+      if (!st.isSymbolicLink() || st.uid !== 0n) return false; // its mode is always 0777
+      break;
     case 'link':
       // The recorded inode, and another name besides.
       if (!st.isFile() || e.ino === undefined || st.nlink < 2n) return false;

@@ -70,7 +70,8 @@
  * open gets a record of its own (unheldTerminals, addUnheldTerminals), where that is exact:
  * a pty whose master the tree holds, outside a container, with a group of the session in the
  * foreground (another than the leader's, a shell's job, is set by the leader once the tree
- * exists: setForegroundGroups); a session whose leader holds none of it while a member does
+ * exists: setForegroundGroups; one no process is in any more, a job that exited, is made
+ * around a process with its id for the leader's TIOCSPGRP: emptyForegrounds); a session whose leader holds none of it while a member does
  * is kept too: the leader takes it before forking, the member inherits it and sets the
  * foreground group. Such a record in a container's image, or one whose session leader is not
  * in the image, is refused before anything is made (checkUnheldTerminals).
@@ -818,8 +819,9 @@ export interface UnheldTerminal {
  * group (a shell's job) is put back by the leader once every group exists
  * (setForegroundGroups). Kept only where that is exact: a pty whose master is held in the
  * tree, in a tree in ferry's pid namespace, with a group of the session that a live process of
- * the tree is in as the foreground. Anything else (a terminal of the machine or one whose
- * master is outside, a container, a foreground group no process is in any more) is refused
+ * the tree is in as the foreground, or one no process is in any more whose id no process has
+ * (made again for the moment: emptyForegrounds). Anything else (a terminal of the machine or
+ * one whose master is outside, a container, an empty foreground group whose id is taken) is refused
  * here (EUNSUPPORTED, one line), before anything of the tree is read. `processes`: each
  * live process's pid and stat; `descs`: their descriptors, read after the freeze.
  */
@@ -861,15 +863,30 @@ export function unheldTerminals(processes: ReadonlyArray<{ pid: number; stat: { 
     if (master === undefined) refuse('and whose master is held outside the tree');
     if (container) refuse('in a container');
     // Another group in the foreground (a shell's job): the leader sets it once the tree exists
-    // (setForegroundGroups). A group no live process of the tree is in (it exited, and nobody
-    // took the terminal back) would not exist after restore.
+    // (setForegroundGroups). A group no process is in any more (the job exited, and nobody
+    // took the terminal back: the terminal keeps the group's id, tcgetpgrp(3) still gives it)
+    // is made again for the moment of the leader's TIOCSPGRP around a process with its id
+    // (emptyForegrounds), which needs that id free: no process in the group, none with the id.
     const fg = p.stat.tpgid;
     if (fg !== p.stat.pgrp && !processes.some((q) => q.stat.pgrp === fg && q.stat.session === p.pid)) {
-      refuse(fg > 0 ? `with process group ${fg} in the foreground, a group no process of the tree is in` : 'with no foreground process group');
+      if (fg <= 0) refuse('with no foreground process group');
+      if (alive(-fg) || alive(fg)) {
+        refuse(`with process group ${fg} in the foreground, a group no process of the tree is in, which ${alive(-fg) ? 'a process outside the tree is in' : `pid ${fg} now has as its id`}`);
+      }
     }
     out.push({ leader: p.pid, index, master: master!, foreground: fg === p.stat.pgrp ? null : fg });
   }
   return out;
+}
+
+/** Whether a process (`id` > 0) or a process group (`-id`) exists (kill(2) with signal 0). */
+function alive(id: number): boolean {
+  try {
+    process.kill(id, 0);
+    return true;
+  } catch (err) {
+    return errnoCode(err) !== 'ESRCH';
+  }
 }
 
 /**
@@ -1171,6 +1188,54 @@ function checkLines(rec: TtyRecord, bad: (why: string) => never): void {
   }
 }
 
+/** A foreground group no process of the tree is in (emptyForegrounds). */
+export interface EmptyForeground {
+  /** The session leader, which sets it. */
+  leader: number;
+  pgid: number;
+  /** The terminal's record and the controller's descriptor of it. */
+  id: number;
+  cfd: number;
+  path: string;
+}
+
+/**
+ * For restore/tree.ts: the controlling terminals no process of the tree holds whose foreground
+ * group no process of the tree is in (unheldTerminals kept it: no process was in it any more).
+ * Such a group is made around a process with its id, forked by the session's leader (tree.ts
+ * holdGroup, as for a group whose leader had exited); the leader makes it the foreground group
+ * (setEmptyForeground) and the process exits: the terminal keeps the group, empty, as before.
+ */
+export function emptyForegrounds(files: RestoreFiles, groups: ReadonlySet<number>): EmptyForeground[] {
+  const out: EmptyForeground[] = [];
+  for (const [id, cfd] of files.opened) {
+    const rec = files.ctx.record(id) as TtyRecord | undefined;
+    const c = rec?.kind === 'tty' && rec.role === 'slave' ? rec.ctty : undefined;
+    if (!c || c.session === null || c.foreground === null || groups.has(c.foreground)) continue;
+    out.push({ leader: c.session, pgid: c.foreground, id, cfd, path: rec!.path });
+  }
+  return out;
+}
+
+/**
+ * The session leader `t` makes group `e.pgid` (a process with its id is in it for the moment)
+ * the foreground group of its controlling terminal (TIOCSPGRP through a copy of the
+ * controller's descriptor); setForegroundGroups then leaves that terminal alone. `put` writes
+ * the argument into the task.
+ */
+export function setEmptyForeground(t: Tracee, e: EmptyForeground, files: RestoreFiles, put: (data: Buffer) => bigint, controllerPidfd?: number): void {
+  withControllerCopy(t, e.cfd, (fd) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(e.pgid);
+    try {
+      t.syscall(SYS.ioctl, fd, TIOCSPGRP, put(b));
+    } catch (err) {
+      throw new FerryError('ERESTORE', `cannot make group ${e.pgid} the foreground of ${e.path} again (session ${e.leader}): ${describeCause(err)}`, { cause: err });
+    }
+  }, controllerPidfd);
+  files.ctx.scratch<boolean>('tty-empty-foreground').set(String(e.id), true);
+}
+
 /**
  * For restore/restore.ts, once every process and group of the tree exists: each session
  * leader sets the foreground group of the controlling terminal it took after its setsid()
@@ -1188,6 +1253,7 @@ export function setForegroundGroups(files: RestoreFiles, held: ReadonlySet<numbe
     const rec = files.ctx.record(id) as TtyRecord | undefined;
     const c = rec?.kind === 'tty' && rec.role === 'slave' && !held.has(id) ? rec.ctty : undefined;
     if (!c || c.session === null || c.foreground === null) continue;
+    if (files.ctx.scratch<boolean>('tty-empty-foreground').has(String(id))) continue; // set already (setEmptyForeground)
     const leader = task(c.session);
     if (!leader) throw new Error(`the leader ${c.session} of the session of ${rec!.path} was not restored`);
     const { t, scratch } = leader;
@@ -1211,7 +1277,8 @@ export function setForegroundGroups(files: RestoreFiles, held: ReadonlySet<numbe
  * could not reach ferry's copy: setForegroundGroups). `held`: the file ids the tree's
  * descriptors refer to; `pids`: the tree's processes.
  */
-export function checkUnheldTerminals(files: readonly FileRecord[], held: ReadonlySet<number>, pids: ReadonlySet<number>, container: boolean): void {
+export function checkUnheldTerminals(files: readonly FileRecord[], held: ReadonlySet<number>, pids: ReadonlySet<number>, container: boolean,
+  groups: ReadonlySet<number> = pids): void {
   for (const f of files) {
     const rec = f as TtyRecord;
     if (f.kind !== 'tty' || rec.role !== 'slave' || held.has(f.id) || !rec.ctty) continue;
@@ -1221,6 +1288,11 @@ export function checkUnheldTerminals(files: readonly FileRecord[], held: Readonl
     if (container) bad('is in a container\'s image, where a checkpoint records none');
     const c = rec.ctty;
     if (c.session === null || !pids.has(c.session)) bad(`is the controlling terminal of session ${c.session ?? '(none)'}, whose leader is no process of the image`);
+    // A foreground group no process of the image is in is made around a process with its id
+    // (emptyForegrounds): an id no process of the image has.
+    if (c.foreground !== null && !groups.has(c.foreground) && pids.has(c.foreground)) {
+      bad(`has group ${c.foreground} in the foreground, which no process of the image is in, though one has its id`);
+    }
   }
 }
 

@@ -286,6 +286,14 @@ export interface FileKind<R extends FileRecord = FileRecord> {
   afterTree?(ctx: OpenContext, hostPid: (pid: number) => number | undefined): void;
   /**
    * Optional: runs on the controller's descriptor of an opened file once every process is
+   * rebuilt (in its working directory: a removed one exists only as the process's by then),
+   * before any is given its root directory and credentials or let go: for what is made through
+   * a restored process's own state (an inotify watch on its removed working directory).
+   * `hostPid` gives ferry's pid of a live process of the image (undefined for any other).
+   */
+  afterRebuild?(record: R, fd: number, hostPid: (pid: number) => number | undefined): void;
+  /**
+   * Optional: runs on the controller's descriptor of an opened file once every process is
    * rebuilt, just before the tree is let go, to undo what only a restore that fails (or is
    * killed) before then should meet: an established TCP socket closes abortively until then,
    * so that it leaves no orphan holding its 4-tuple against a retry (tcp.ts).

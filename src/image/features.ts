@@ -113,6 +113,17 @@ export const FEATURES: readonly Feature[] = [
     what: 'huge pages disabled except where advised (task.json thpExceptAdvised: prctl PR_SET_THP_DISABLE with PR_THP_DISABLE_EXCEPT_ADVISED)',
     uses: ({ tasks }) => tasks.some((t) => t.thpExceptAdvised === true),
   },
+  {
+    name: 'tty-empty-foreground',
+    what: 'a controlling terminal no process holds, with a group no process is in any more in the foreground (files.json tty ctty.foreground)',
+    uses: ({ tree, tasks, files }) => {
+      const groups = new Set(tree.processes.map((p) => p.pgid));
+      const held = new Set(tasks.flatMap((t) => t.fds.map((d) => d.file)));
+      return files.some((f) => f.kind === 'tty' && !held.has(f.id)
+        && typeof (f.ctty as { foreground?: unknown } | null | undefined)?.foreground === 'number'
+        && !groups.has((f.ctty as { foreground: number }).foreground));
+    },
+  },
 ];
 
 /** The names this ferry knows. */

@@ -249,6 +249,12 @@ export interface NativeBinding {
    * with path '' for the file `dirfd` refers to (also an O_PATH descriptor); -1 keeps an id.
    */
   fchownat(dirfd: number, path: string, uid: number, gid: number, flags: number): void;
+  /**
+   * readlinkat(2): the text of symlink `path` under `dirfd`, as bytes (not resolved; it need
+   * not be UTF-8); with path '' the text of the symlink an O_PATH | O_NOFOLLOW descriptor
+   * `dirfd` refers to (named or not).
+   */
+  readlinkat(dirfd: number, path: string): Buffer;
   /** fcntl F_GETOWN_EX and F_GETSIG of an O_ASYNC file: owner type (F_OWNER_TID 0, PID 1, PGRP 2), id, signal (0 = SIGIO). */
   asyncOwner(fd: number): { type: number; pid: number; sig: number };
   /** lgetxattr(2): the attribute's value, or null when the file has none. */
@@ -579,7 +585,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
-  'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat',
+  'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixBindIn', 'unixConnect', 'unixListen',

@@ -342,8 +342,9 @@ function mappedAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | '
  * Throws EPRIVILEGE when a directory that was removed would be made again (for a chdir or an
  * open, removed at once: files/confined.ts withRemovedDir) in a directory the recorded
  * credentials of the process needing it could not create anything in: a removed working
- * directory, a removed root directory, or a removed directory held open (`statOf` looks paths
- * up as restore will). A root shared by several processes is checked for each. A removed
+ * directory, a removed root directory, a removed directory held open, or the removed FIFO or
+ * symlink of an O_PATH descriptor, made the same way (`statOf` looks paths up as restore
+ * will). A root shared by several processes is checked for each. A removed
  * working directory below a removed root, and each removed directory between (cwdBetween), is
  * made in the removed directory above it (restore/root-dir.ts), judged by that one's recorded
  * mode and owner.
@@ -351,13 +352,14 @@ function mappedAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | '
 export function checkRemovedDirs(label: string,
   tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'cwdBetween' | 'root' | 'rootDeleted' | 'fds'>[],
   files: readonly FileRecord[], statOf: StatOf): void {
-  const refuse = (t: (typeof tasks)[number], path: string, as: string, dir: string, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>): never => {
+  const refuse = (t: (typeof tasks)[number], path: string, as: string, dir: string, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>,
+    node = 'directory'): never => {
     const c = t.creds.threads[0]!;
-    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) had the removed directory ${JSON.stringify(path.slice(0, 256))} ${as}; restore would make it again in ${JSON.stringify(dir.slice(0, 256))}, which its `
+    throw new FerryError('EPRIVILEGE', `image ${label}: pid ${t.pid} (${t.comm}) had the removed ${node} ${JSON.stringify(path.slice(0, 256))} ${as}; restore would make it again in ${JSON.stringify(dir.slice(0, 256))}, which its `
       + `credentials (uid ${c.uids[3]}, gid ${c.gids[3]}, no CAP_DAC_OVERRIDE) could not write in (owner ${st.uid}:${st.gid}, mode `
       + `${(Number(st.mode) & 0o7777).toString(8)}): nothing was restored; sign the image and restore with --trust if it is genuine`);
   };
-  const wanted: Array<{ t: (typeof tasks)[number]; path: string; as: string }> = [];
+  const wanted: Array<{ t: (typeof tasks)[number]; path: string; as: string; node?: string }> = [];
   for (const t of tasks) {
     if (!t.cwdDeleted) continue;
     const root = t.rootDeleted !== undefined && t.root !== undefined && t.cwd.startsWith(`${t.root}/`) ? t.root : undefined;
@@ -378,9 +380,12 @@ export function checkRemovedDirs(label: string,
   for (const f of files) {
     if (f.kind !== 'reg' || f.removed === undefined || typeof f.path !== 'string') continue;
     const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));
-    if (t) wanted.push({ t, path: f.path, as: `open (fd ${t.fds.find((d) => d.file === f.id)!.fd})` });
+    // An O_PATH descriptor's removed FIFO or symlink (files/regular.ts) is made there too.
+    const type = (f.removed as { type?: unknown } | null)?.type;
+    const node = type === 'fifo' ? 'FIFO' : type === 'symlink' ? 'symlink' : undefined;
+    if (t) wanted.push({ t, path: f.path, as: `open (fd ${t.fds.find((d) => d.file === f.id)!.fd})`, ...(node !== undefined ? { node } : {}) });
   }
-  for (const { t, path, as } of wanted) {
+  for (const { t, path, as, node } of wanted) {
     let dir = path;
     let st: ReturnType<StatOf>;
     do {
@@ -388,7 +393,7 @@ export function checkRemovedDirs(label: string,
       st = statOf(dir);
     } while (!st && dir !== '/');
     if (!st || mayWrite(t, st)) continue;
-    refuse(t, path, as, dir, st);
+    refuse(t, path, as, dir, st, node);
   }
 }
 

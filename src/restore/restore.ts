@@ -23,7 +23,7 @@ import { checkRemovedNodeTrust } from '../files/chrdev.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import {
-  beforeLetGo, checkContainerHostFiles, checkFiles, checkThreadFiles, closeFiles, installFds, installLate, installThreadTable, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
+  afterRebuild, beforeLetGo, checkContainerHostFiles, checkFiles, checkThreadFiles, closeFiles, installFds, installLate, installThreadTable, openAfterThreads, openAfterTree, openFiles, restoreOwners, type RestoreFiles,
 } from '../files/install.js';
 import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
@@ -228,7 +228,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       throw new FerryError('EIMAGE', `image ${label}: ${VDSO_ENTRY} is not the vDSO the manifest names (host.vdsoSha256)`);
     }
     checkUnheldTerminals(files.files, new Set(holders.flatMap((task) => task.fds.map((f) => f.file))), new Set(tree.processes.map((p) => p.pid)),
-      o.makeRoot !== undefined);
+      o.makeRoot !== undefined, new Set(tree.processes.map((p) => p.pgid)));
     if (!o.makeRoot) {
       checkFiles(files.files, undefined, inherit, fileGuard);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn);
@@ -367,6 +367,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       o.signal?.throwIfAborted();
       rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, removedRoots, tableShared.has(task.pid), made?.controllerPidfd);
     }
+    // What is made through a rebuilt process's own state: an inotify watch on its removed
+    // working directory, which only it has now (files/inotify.ts). Only a live process of the
+    // image: never a process of the host that happens to have the pid an image names.
+    afterRebuild(opened, files.files, (pid) => (taskOf.has(pid) ? created.stubs.get(pid)?.pid : undefined));
     // The foreground group of a controlling terminal no descriptor of the tree holds, set by
     // its session's leader now that every group exists (files/tty.ts).
     setForegroundGroups(opened, new Set(holders.flatMap((task) => task.fds.map((f) => f.file))), (pid) => {

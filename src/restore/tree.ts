@@ -34,7 +34,7 @@ import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
 import type { RestoreFiles } from '../files/install.js';
-import { takeControllingTerminal } from '../files/tty.js';
+import { emptyForegrounds, setEmptyForeground, takeControllingTerminal } from '../files/tty.js';
 import { FORK_GADGET, GADGET_CODE, useStubGadget } from './address-space.js';
 
 const SIGCHLD = 17;
@@ -150,6 +150,14 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     // Groups whose leader had exited: each one's id holder is forked by its forker as soon as
     // that exists (groupHolders, holdGroup), the root included.
     const holders = groupHolders(tree);
+    // And the foreground group no process is in of a terminal no process holds: its id holder
+    // is forked by the session's leader, which makes it the foreground group (setGroups).
+    const foregrounds = files ? emptyForegrounds(files, new Set(tree.processes.map((p) => p.pgid))) : [];
+    for (const e of foregrounds) {
+      const list = holders.get(e.leader);
+      if (list) list.push(e.pgid);
+      else holders.set(e.leader, [e.pgid]);
+    }
     const held: HeldGroup[] = [];
     const hold = (rec: ProcessRecord, t: Tracee): void => {
       for (const pgid of holders.get(rec.pid) ?? []) held.push(holdGroup(created, rec, t, pgid, put(rec.pid, t), adopted === undefined, builder));
@@ -234,7 +242,12 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     if (beforeSetsid.size > 0) {
       throw new FerryError('EIMAGE', `image entry tree.json is invalid: pids ${[...beforeSetsid.keys()].join(', ')} never forked the processes sharing their tables that they fork before their setsid; restore an image as ferry wrote it`);
     }
-    setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree), held);
+    setGroups(created, tree, adopted !== undefined ? new Set() : outside ?? outsideGroups(tree), held, () => {
+      for (const e of foregrounds) {
+        const t = created.stubs.get(e.leader)!;
+        setEmptyForeground(t, e, files!, put(e.leader, t), controllerPidfd);
+      }
+    });
     finishZombies(created, tree.processes.filter((p) => p.zombie !== null), put);
   } catch (err) {
     created.destroy();
@@ -467,9 +480,11 @@ function holdGroup(created: CreatedTree, rec: ProcessRecord, parent: Tracee, pgi
  * A group whose leader had exited (leaderlessGroups) needs a process with its id to exist
  * when it is made and joined: `held` (holdGroup made them as the tree was made). Once the
  * members joined, each exits and its parent reaps it (wait4, __WALL), leaving the group to its
- * members as the original leader did.
+ * members as the original leader did. `beforeEnd` runs before they exit: a group no member is
+ * in, a terminal's foreground group (files/tty.ts emptyForegrounds), is set then, and stays
+ * the terminal's when it empties, as it was.
  */
-function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<number>, held: readonly HeldGroup[]): void {
+function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<number>, held: readonly HeldGroup[], beforeEnd?: () => void): void {
   const n = native();
   const inTree = new Set(tree.processes.map((p) => p.pid));
   const root = created.stubs.get(tree.root)!;
@@ -492,6 +507,7 @@ function setGroups(created: CreatedTree, tree: TreeRecord, outside: ReadonlySet<
     if (groupOf(t).pgid !== want) join(t, p.pid, want);
   }
   if (held.length > 0) faultPointSync('grouped');
+  beforeEnd?.();
   for (const { pgid, by, t } of held) {
     // exit_group(0) at the gadget, untraced (a traced child's exit goes to its tracer first).
     const regs = decodeRegs(n.getRegs(t.tid));

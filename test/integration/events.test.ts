@@ -6,11 +6,11 @@
  * after restore. What cannot be restored is refused with the process left running.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, cycleThrough, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -144,5 +144,28 @@ describe('queued inotify and fanotify events (--drop-queued-events), a watch and
       assert.equal(await verify(w), 'PASS', 'the process runs on with its queues');
       assert.deepEqual(queued(w.text()), ['inotify queued 1', 'fanotify queued 1']);
     }
+  });
+});
+
+describe('an inotify watch on the process\'s own removed working directory', { skip, timeout: 120_000 }, () => {
+  const CWDWATCH = join(WORKLOADS, 'cwdwatch');
+
+  it('comes back on the restored removed working directory, with its descriptor and mask, and reports a chmod of it; no name is left', async () => {
+    const w = await startWorkload(CWDWATCH, ['DIR']);
+    const image = join(w.dir, 'cwdwatch.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('d') || n.includes('ferry-')), [], 'the directory made for the restore is gone');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves the watch as it was', async () => {
+    const w = await startWorkload(CWDWATCH, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verify(w), 'PASS', w.text());
   });
 });

@@ -39,16 +39,17 @@ describe('removed FIFOs and directories held open', { skip, timeout: 120_000 }, 
   });
 });
 
-describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file, a directory and a removed file', { skip, timeout: 120_000 }, () => {
+describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file, a directory, and a removed file, FIFO and symlink', { skip, timeout: 120_000 }, () => {
   const OPATH = join(WORKLOADS, 'opath');
 
-  it('come back as the symlink itself, the file, the directory and the removed file (made again from its stored contents), still O_PATH', async () => {
+  it('come back as the symlink itself, the file, the directory, the removed file (made again from its stored contents) and the removed FIFO and symlink (made again, owner, mode, text), still O_PATH; no name is left', async () => {
     const w = await startWorkload(OPATH, ['DIR']);
     const image = join(w.dir, 'opath.tar');
     await checkpointFreed(w, image);
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
+    assert.deepEqual(readdirSync(w.dir).filter((n) => /^(fifo|gonelink|ghost|gonedir)|ferry/.test(n)), [], 'the names made for the restore are gone');
     assert.equal(await verify(w), 'PASS', w.text());
   });
 

@@ -737,13 +737,21 @@ describe('manifest', { timeout: 30_000 }, () => {
       ['leaderless-group', probe({ tree: { root: 10, processes: [...tree.processes, { pid: 12, ppid: 10, pgid: 11, sid: 10, zombie: null }] } as TreeRecord })],
       ['proc-thread-file', probe({ files: [{ id: 1, kind: 'procfile', target: 10, thread: 11 } as FileRecord] })],
       ['tty-input-lines', probe({ files: [{ id: 1, kind: 'tty', inputLines: [{ length: 3, eof: false }] } as FileRecord] })],
-      ['tty-unheld-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
+      ['tty-unheld-foreground', probe({
+        tree: { root: 10, processes: [...tree.processes, { pid: 12, ppid: 10, pgid: 12, sid: 10, zombie: null }] } as TreeRecord,
+        files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord],
+      })],
       ['thread-fds', probe({ tasks: [task({}, { fds: [{ fd: 3, file: 1, cloexec: false }] })] })],
       ['zombie-name', probe({ tree: { root: 10, processes: [...tree.processes, { pid: 11, ppid: 10, pgid: 10, sid: 10, zombie: { status: 0, comm: 'z' } }] } as TreeRecord })],
       ['thp-except-advised', probe({ tasks: [task({ thpDisabled: true, thpExceptAdvised: true })] })],
+      // No process is in group 12 any more: the terminal's foreground is that group, empty (an
+      // unheld terminal's foreground too).
+      ['tty-empty-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
     ];
     assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
-    for (const [name, p] of cases) assert.deepEqual(requiredFeatures(p), [name], name);
+    for (const [name, p] of cases) {
+      assert.deepEqual(requiredFeatures(p), name === 'tty-empty-foreground' ? ['tty-unheld-foreground', name] : [name], name);
+    }
     // A terminal a descriptor holds sets its foreground group as every older reader does.
     const held = task({ fds: [{ fd: 0, file: 1, cloexec: false }] });
     assert.deepEqual(requiredFeatures(probe({ tasks: [held], files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })), []);
