@@ -140,6 +140,10 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
   finishers.push(() => mounts.close());
   /** Files found in flight (adopt), by id, with where the first was found. */
   const inFlightIds = new Map<number, string>();
+  /** A controller descriptor of each file found in flight (DumpContext.inFlight). */
+  const inFlightFds: Array<{ fd: number; id: number }> = [];
+  /** What the modules left for once every file is dumped (DumpContext.afterDump). */
+  const afterDumps: Array<() => void> = [];
   /**
    * A controller descriptor (a file in flight, installed by a MSG_PEEK) made a file of the
    * image: owned from now on (closed with the grabbed ones), grouped like the tree's.
@@ -160,7 +164,10 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     }
     const id = place(d, kind, via);
     idOf.set(`${process.pid}:${fd}`, id);
-    if (!inFlightIds.has(id)) inFlightIds.set(id, via);
+    if (!inFlightIds.has(id)) {
+      inFlightIds.set(id, via);
+      inFlightFds.push({ fd, id });
+    }
     const holders = firsts[id - 1]!;
     if (kind.needsHolder && holders.via !== undefined) {
       throw new FerryError('EUNSUPPORTED', `unsupported file: ${d.link}, in flight ${via} and held by no process of the tree: a file of kind ${kind.kind} is restored through a process holding it; let the receiver read the message first`);
@@ -179,6 +186,8 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
         fileIdOf: (pid, fd) => idOf.get(`${pid}:${fd}`),
         grab: (d) => grab(d, grabbed),
         adopt,
+        inFlight: () => inFlightFds,
+        afterDump: (fn) => { afterDumps.push(fn); },
         blob: (suffix, data) => {
           const name = `files/${id}-${suffix}`;
           blobs.set(name, data);
@@ -210,6 +219,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       }
       files.push(rec);
     }
+    for (const fn of afterDumps) fn();
     // A file that names a thread is opened on restore only once every thread exists, after
     // the queues that carry files are filled and the epoll items added: one in flight (held
     // by a process too, or not) could not be put back in its message, nor one an epoll

@@ -14,7 +14,11 @@
  * file (fd N was closed, or now holds another file, while the file stays open under another
  * number or in another process) is "detached": its file is found by comparing the tree's
  * other descriptors of the same inode with kcmp(KCMP_EPOLL_TFD), and the item keeps its number.
- * A detached item whose file no process of the tree holds is refused.
+ * A detached item whose file no process of the tree holds may be in flight, carried by a
+ * message queued on a unix socket of the tree (SCM_RIGHTS): it is looked for among the files
+ * found in flight once every file is dumped (a queue dumped after the epoll adds more), and
+ * marked `inFlight`; one that none of them is either (a process outside the tree holds it, or
+ * only a mapping does) is refused.
  *
  * Restore: `open` creates an empty epoll in the controller (epoll_create1), waiting for no
  * target: every file is open before the first task's `installed` hook runs, the kinds opened
@@ -26,9 +30,12 @@
  * with kcmp(KCMP_FILE) against the controller's copy). A detached item is added by the first
  * task holding both the epoll and its file: the file is put at the item's number for the one
  * epoll_ctl (dup3; whatever that number held is kept aside with F_DUPFD and put back, with its
- * close-on-exec flag), then the number is closed or given back. This runs before the other
- * kinds' `installed` hooks (`installFirst`): closing a descriptor would drop the task's POSIX
- * locks on that file. Targets that are epolls themselves are
+ * close-on-exec flag), then the number is closed or given back. An `inFlight` item is added
+ * so by the first task holding the epoll, through a copy of the controller's descriptor of its
+ * file pulled into the task (the unix socket's queue was refilled with that file before any
+ * descriptor was installed, afterTree, and the controller holds it until the restore ends).
+ * This runs before the other kinds' `installed` hooks (`installFirst`): closing a descriptor
+ * would drop the task's POSIX locks on that file. Targets that are epolls themselves are
  * plain files here: the kernel refused cycles when the items were first added.
  *
  * An EPOLLONESHOT item that already fired keeps only its flag bits (EP_PRIVATE_BITS: EPOLLET,
@@ -41,20 +48,24 @@
  * epoll's other items, and only if no process restored before added an edge-triggered or an
  * armed one-shot item to it (the wait would use up its event). The target must be ready for
  * something (a connected socket is writable, a pipe with data readable, one without writers
- * hung up).
+ * hung up), or be made so for the wait: an empty anonymous pipe with a writer (Blips). No
+ * epoll_ctl stands in for that: ADD or MOD with events EPOLLONESHOT alone (or 0) arms the item
+ * for EPOLLERR|EPOLLHUP (fdinfo 40000018, and a hangup is reported), where a fired one shows
+ * 40000000 and reports nothing.
  *
- * Not kept exactly: a fired one-shot item whose target is ready for nothing (an empty pipe
- * with a writer, a listening socket with no connection waiting), that is detached, or that is
- * added after an edge-triggered or armed one-shot item of a shared epoll, comes back armed for
+ * Not kept exactly: a fired one-shot item whose target is ready for nothing and no pipe Blips
+ * may touch (a FIFO, a pipe of one page, a listening socket with no connection waiting, a
+ * socket whose peer's queue is full), that is detached, or that is added after an
+ * edge-triggered or armed one-shot item of a shared epoll, comes back armed for
  * EPOLLERR|EPOLLHUP; an EPOLLET item whose target is ready is reported once more after
  * restore (epoll_ctl queues a ready target).
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { fstatSync, readdirSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, Hex } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
-import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { O_ACCMODE, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
 import { treeFds } from '../proc/read.js';
 import { type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
@@ -88,6 +99,8 @@ export interface EpollTarget {
   data: Hex;
   /** No process holds the file at `fd` any more (see the module comment). */
   detached?: boolean;
+  /** Detached, and no process of the tree holds the file: only a queued message carries it. */
+  inFlight?: boolean;
 }
 
 export interface EventpollRecord extends FileRecord {
@@ -129,6 +142,19 @@ function findDetached(d: FdDesc, ctx: DumpContext, tfd: number, toff: number, in
       if (errnoCode(err) !== 'EBADF') throw err;
     }
     if (same) return ctx.fileIdOf(pid, fd);
+  }
+  return undefined;
+}
+
+/**
+ * A detached item's file that no process of the tree holds: one found in flight in a unix
+ * socket's queue (the controller's descriptor of it, from the peek) that
+ * kcmp(KCMP_EPOLL_TFD) finds to be the item's file; its file id, or undefined.
+ */
+function findInFlight(d: FdDesc, ctx: DumpContext, tfd: number, toff: number, ino: bigint | undefined): number | undefined {
+  for (const { fd, id } of ctx.inFlight()) {
+    if (ino !== undefined && fstatSync(fd, { bigint: true }).ino !== ino) continue;
+    if (native().kcmpEpollTfd(process.pid, d.pid, fd, d.fd, tfd, toff) === 0) return id;
   }
   return undefined;
 }
@@ -178,14 +204,29 @@ function dumpEpoll(d: FdDesc, ctx: DumpContext): Omit<EventpollRecord, 'id' | 'k
     }
     const held = holder === undefined ? undefined : ctx.fileIdOf(holder, item.tfd);
     const file = held ?? findDetached(d, ctx, item.tfd, toff, item.ino);
-    if (file === undefined) {
-      throw unsupported(d, `its target fd ${item.tfd} (events 0x${item.events.toString(16)}) is still registered, but fd ${item.tfd} `
-        + 'was closed or now holds another file in every process holding this epoll, and no process of the tree holds that file '
-        + 'under another number (what keeps it open is outside the tree\'s descriptors: a process outside the tree, a descriptor in flight '
-        + 'in a unix socket\'s queue, a mapping of it), so restore could not make the item again: close the item (EPOLL_CTL_DEL) '
-        + 'or checkpoint a tree that holds the file');
-    }
-    targets.push({ fd: item.tfd, file, events: item.events, data: `0x${item.data.toString(16)}`, ...(held === undefined ? { detached: true } : {}) });
+    const target: EpollTarget = { fd: item.tfd, file: file ?? 0, events: item.events, data: `0x${item.data.toString(16)}`, ...(held === undefined ? { detached: true } : {}) };
+    targets.push(target);
+    if (file !== undefined) continue;
+    // Perhaps in flight in a unix socket's queue: those files are all known only once every
+    // file is dumped (a queue dumped after this epoll finds more).
+    const { tfd, events, ino } = item;
+    ctx.afterDump(() => {
+      let id: number | undefined;
+      try {
+        id = findInFlight(d, ctx, tfd, toff, ino);
+      } catch (err) {
+        throw new FerryError('EDUMP', `checkpoint: epoll fd ${d.fd} of pid ${d.pid}: item fd ${tfd}: ${(err as Error).message}`, { cause: err });
+      }
+      if (id === undefined) {
+        throw unsupported(d, `its target fd ${tfd} (events 0x${events.toString(16)}) is still registered, but fd ${tfd} `
+          + 'was closed or now holds another file in every process holding this epoll, and neither a process of the tree holds that file '
+          + 'under another number nor a message queued on a unix socket of the tree carries it (what keeps it open is outside the tree: '
+          + 'a process outside the tree, a mapping of it), so restore could not make the item again: close the item (EPOLL_CTL_DEL) '
+          + 'or checkpoint a tree that holds the file');
+      }
+      target.file = id;
+      target.inFlight = true;
+    });
   }
   return { flags: d.fdinfo.flags & ~O_CLOEXEC, targets };
 }
@@ -200,7 +241,8 @@ function checkRecord(rec: EventpollRecord): void {
     if (typeof t !== 'object' || t === null || !Number.isSafeInteger(t.fd) || t.fd < 0 || t.fd > 0x7fffffff
       || !Number.isSafeInteger(t.file) || t.file === rec.id || !Number.isSafeInteger(t.events) || t.events < 0
       || t.events > 0xffffffff || typeof t.data !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(t.data)
-      || (t.detached !== undefined && typeof t.detached !== 'boolean')) {
+      || (t.detached !== undefined && typeof t.detached !== 'boolean')
+      || (t.inFlight !== undefined && (t.inFlight !== true || t.detached !== true))) {
       bad(`has an invalid target ${String(JSON.stringify(t)).slice(0, 120)}`);
     }
   }
@@ -249,12 +291,14 @@ function addItems(rec: EventpollRecord, task: TaskContext): void {
     addFired(rec, task, fired, added.size);
     for (const i of fired) added.add(i);
   }
-  // Detached items: through the task's own descriptor of the file, put at the item's number.
+  // Detached items: through the task's own descriptor of the file, put at the item's number;
+  // one whose file is only in flight through a copy of the controller's, pulled for it.
   rec.targets.forEach((t, i) => {
     if (added.has(i) || todo.includes(i) || t.detached !== true) return;
     const src = task.fdOf(t.file);
-    if (src === undefined) return; // another holder of the epoll has the file
-    addDetached(task, t, src);
+    if (src !== undefined) addDetached(task, t, src);
+    else if (t.inFlight === true) addPulled(task, t);
+    else return; // another holder of the epoll has the file
     added.add(i);
   });
   addBatches(rec, task, todo.filter((i) => !added.has(i)), (t) => t.events);
@@ -300,19 +344,25 @@ const spoiledByWait = (events: number): boolean => (events & (EPOLLET | EPOLLONE
  * epoll holds `before` other items, none of which a wait spoils (addItems): the waits go on
  * until one returns fewer events than asked, the ready list then being gone through, or until
  * as many items as the epoll holds were asked for (level-triggered ones go back to the end of
- * the list). An item still armed after that (its target ready for nothing) is set to its
- * flag bits with EPOLL_CTL_MOD, which arms it for EPOLLERR|EPOLLHUP: the closest epoll_ctl
- * allows.
+ * the list). A target ready for nothing is made ready for the waits when it is an anonymous
+ * pipe's read end (`Blips`). An item still armed after that is set to its flag bits with
+ * EPOLL_CTL_MOD, which arms it for EPOLLERR|EPOLLHUP: the closest epoll_ctl allows.
  */
 function addFired(rec: EventpollRecord, task: TaskContext, fired: readonly number[], before: number): void {
   const tr = task.tracee;
   addBatches(rec, task, fired, (t) => t.events | ALL_POLL);
-  const total = before + fired.length;
-  const max = Math.min(total, BATCH);
-  for (let asked = 0; asked < total; asked += max) {
-    task.scratch.reset();
-    const at = task.scratch.alloc(max * EPOLL_EVENT_SIZE);
-    if (Number(tr.syscall(SYS.epoll_wait, task.fd, at, max, 0)) < max) break;
+  const blips = new Blips(task.open);
+  try {
+    for (const i of fired) blips.ready(rec.targets[i]!.file);
+    const total = before + fired.length;
+    const max = Math.min(total, BATCH);
+    for (let asked = 0; asked < total; asked += max) {
+      task.scratch.reset();
+      const at = task.scratch.alloc(max * EPOLL_EVENT_SIZE);
+      if (Number(tr.syscall(SYS.epoll_wait, task.fd, at, max, 0)) < max) break;
+    }
+  } finally {
+    blips.undo();
   }
   // fdinfo tells which ones are still armed: every poll bit asked, EPOLLERR|EPOLLHUP added
   // (an item of another file under the same number with just these events would pass for
@@ -331,6 +381,88 @@ function addFired(rec: EventpollRecord, task: TaskContext, fired: readonly numbe
   addBatches(rec, task, left, (t) => t.events, EPOLL_CTL_MOD);
 }
 
+const PAGE = 4096;
+
+/**
+ * Makes the targets of fired one-shot items that are ready for nothing ready for a moment, so
+ * that the wait of addFired disarms their items, then as they were. Only an anonymous pipe's
+ * read end (a record of kind `pipe` opened O_RDONLY) whose pipe is empty and has a writer
+ * (poll(2) of it reports nothing: no hangup) and more than one page of capacity: a byte is
+ * written to its pipe through a new open file of it (`/proc/self/fd/N` opened O_RDWR, as
+ * pipe.ts opens a pipe's other ends) and read back through the same one once the waits are
+ * done, before any process of the tree runs; not when the image has a file of that pipe
+ * opened read-write, nor a pipe handed in by the caller, which processes outside the tree
+ * share (below). That leaves no trace the workload can see: the
+ * pipe is empty again, its readers and writers counts are back (both stayed above zero, so
+ * opening and closing the extra file woke nobody), no O_ASYNC owner is set yet (owners come
+ * back in finishTask, after every table is installed) so no SIGIO is sent, and an item of
+ * another epoll the write queued (edge-triggered, or an armed one-shot one) is polled again
+ * by its epoll before anything is reported and dropped, the pipe being ready for nothing
+ * again: the kernel reports and disarms only what a poll finds ready. The capacity matters:
+ * with one page, the byte fills the pipe, and reading it wakes the writers' side
+ * (EPOLLOUT), an edge an EPOLLET item on a write end would report. A FIFO is left alone (the
+ * write and read would change its node's times on disk and reach inotify and fanotify
+ * watchers of its path, outside the tree), as are other kinds: an eventfd is never ready for
+ * nothing (writable below its largest count), a socket would need its peer or a connection
+ * made from outside, which another client could race.
+ */
+class Blips {
+  private readonly done = new Set<string>();
+  /** The extra open files, each with whether its byte is in the pipe. */
+  private readonly made: Array<{ fd: number; wrote: boolean }> = [];
+
+  constructor(private readonly open: OpenContext) {}
+
+  /** Makes file `id` ready for reading, if it is such a pipe end ready for nothing. */
+  ready(id: number): void {
+    const rec = this.open.record(id) as Partial<{ kind: string; flags: number; pipe: string }> | undefined;
+    const cfd = this.open.opened(id);
+    if (rec?.kind !== 'pipe' || typeof rec.pipe !== 'string' || ((rec.flags ?? -1) & O_ACCMODE) !== O_RDONLY
+      || cfd === undefined || this.done.has(rec.pipe) || this.readWrite(rec.pipe) || this.handedIn(rec.pipe)) return;
+    const n = native();
+    // poll(2) of the end (the binding is the tty module's, any file will do).
+    if (n.ttyPoll(cfd, ALL_POLL) !== 0 || n.pipeUnread(cfd) !== 0 || n.pipeSize(cfd) <= PAGE) return;
+    const m = { fd: n.openRaw(`/proc/self/fd/${cfd}`, O_RDWR | O_NONBLOCK | O_CLOEXEC), wrote: false };
+    this.made.push(m);
+    this.done.add(rec.pipe);
+    if (writeSync(m.fd, Buffer.from([0])) !== 1) throw new Error(`cannot write a byte to pipe:[${rec.pipe}] (file ${id})`);
+    m.wrote = true;
+  }
+
+  /**
+   * Whether pipe `pipe` is one the caller handed in (a runtime's stdio pipe, --inherit-fd):
+   * a process outside the tree may read the byte, or see the pipe ready.
+   */
+  private handedIn(pipe: string): boolean {
+    return this.open.records().some((r) => r.kind === 'pipe' && r.pipe === pipe && this.open.inherited(r.id));
+  }
+
+  /**
+   * Whether pipe `pipe` has a file opened read-write in the image: the write wakes its
+   * readers' side, and such a file is writable, so an edge-triggered item on it that the wake
+   * queued would report EPOLLOUT, an edge of nothing.
+   */
+  private readWrite(pipe: string): boolean {
+    return this.open.records().some((r) => r.kind === 'pipe' && r.pipe === pipe && typeof r.flags === 'number' && (r.flags & O_ACCMODE) === O_RDWR);
+  }
+
+  /** Reads every byte written back, closes the extra files. */
+  undo(): void {
+    const n = native();
+    const buf = Buffer.alloc(2);
+    try {
+      for (const m of this.made) {
+        if (!m.wrote) continue;
+        const k = readSync(m.fd, buf, 0, buf.length, null);
+        if (k !== 1 || n.pipeUnread(m.fd) !== 0) throw new Error('a pipe made ready for a moment no longer holds just the byte written to it');
+      }
+    } finally {
+      for (const m of this.made.splice(0)) n.closeFd(m.fd);
+    }
+  }
+}
+
+const O_RDONLY = 0, O_RDWR = 2;
 const F_DUPFD_CLOEXEC = 1030, F_GETFD = 1, FD_CLOEXEC = 1, O_CLOEXEC_DUP3 = 0o2000000;
 
 /**
@@ -361,6 +493,23 @@ function addDetached(task: TaskContext, t: EpollTarget, src: number): void {
     } else {
       tr.syscall(SYS.close, t.fd);
     }
+  }
+}
+
+/**
+ * Adds detached item `t` whose file no process of the tree holds (it is in flight: the unix
+ * socket's queue was filled with the controller's descriptor of it, which the controller
+ * keeps until the restore ends): a copy of that descriptor is pulled into the task, above
+ * the item's number, for addDetached, then closed.
+ */
+function addPulled(task: TaskContext, t: EpollTarget): void {
+  const tr = task.tracee;
+  let src = task.pull(t.file);
+  if (src === t.fd) src = Number(tr.syscalls([[SYS.fcntl, src, F_DUPFD_CLOEXEC, t.fd + 1], [SYS.close, src]])[0]);
+  try {
+    addDetached(task, t, src);
+  } finally {
+    tr.syscall(SYS.close, src);
   }
 }
 

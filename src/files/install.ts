@@ -218,6 +218,8 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
     options,
     opened: (id) => opened.get(id),
     record: (id) => byId.get(id),
+    records: () => records,
+    inherited: (id) => inherited.some((r) => r.id === id),
     blob: (name) => {
       const b = blobs.get(name);
       if (!b) throw new FerryError('EIMAGE', `image entry ${name} is missing`);
@@ -347,9 +349,19 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
   const received = dense.length >= BATCH_MIN ? receiveTable(t, scratch, pidfd, top, dense, controllerFd) : 0;
   // The rest one by one.
   pullEach(t, pidfd, sorted.slice(received), controllerFd);
+  // The hooks may pull a file no process holds through the pidfd (TaskContext.pull); a task
+  // left holding it after a failure is being removed with it.
+  if (hooks) runHooks(t, scratch, pid, sorted, files, pidfd);
   t.syscall(SYS.close, pidfd);
-  if (!hooks) return;
+}
 
+/** Runs the kinds' `installed` hooks for a table just installed (installFds). */
+function runHooks(t: Tracee, scratch: Scratch, pid: number, sorted: readonly FdRecord[], files: RestoreFiles, pidfd: number): void {
+  const pull = (id: number): number => {
+    const cfd = files.opened.get(id);
+    if (cfd === undefined) throw new Error(`file ${id} was not opened`);
+    return Number(t.syscall(SYS.pidfd_getfd, pidfd, cfd, 0)); // O_CLOEXEC set
+  };
   const lowest = new Map<number, number>();
   for (const rec of sorted) if (!lowest.has(rec.file)) lowest.set(rec.file, rec.fd);
   for (const first of [true, false]) {
@@ -358,7 +370,7 @@ export function installFds(t: Tracee, scratch: Scratch, pid: number, table: read
       const kind = record && kindByName(record.kind);
       if (!record || !kind?.installed || (kind.installFirst === true) !== first) continue;
       scratch.reset();
-      kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), open: files.ctx });
+      kind.installed(record, { tracee: t, scratch, pid, fd, fdOf: (id) => lowest.get(id), pull, open: files.ctx });
     }
   }
 }

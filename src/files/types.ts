@@ -124,6 +124,18 @@ export interface DumpContext {
    */
   adopt(fd: number, via: string): number;
   /**
+   * The files found in flight so far (`adopt`), one controller descriptor each with its file
+   * id: complete once every file is dumped (`afterDump`). Owned by the engine.
+   */
+  inFlight(): ReadonlyArray<{ fd: number; id: number }>;
+  /**
+   * Runs `fn` once every file is dumped, the ones found in flight meanwhile too, before the
+   * image is written: for a record naming a file that may be found only later (an epoll item
+   * whose file is in flight in a queue dumped after the epoll). It may complete the record
+   * its `dump` returned; what it throws fails the checkpoint as the dump's own errors do.
+   */
+  afterDump(fn: () => void): void;
+  /**
    * Stores `data` in the image as an entry of its own (for data too big or too binary for
    * the JSON record: file contents, socket queues) and returns the entry's name, to keep in
    * the record; on restore `OpenContext.blob(name)` gives the bytes back.
@@ -161,6 +173,10 @@ export interface OpenContext {
   opened(fileId: number): number | undefined;
   /** Another record of the image, by id. */
   record(fileId: number): FileRecord | undefined;
+  /** Every record of the image (those of its other kinds too, unchecked where not opened). */
+  records(): readonly FileRecord[];
+  /** Whether file `fileId` is one the caller handed in (--inherit-fd, a runtime's stdio): shared with what is outside the tree. */
+  inherited(fileId: number): boolean;
   /** The bytes of an entry a module stored with `DumpContext.blob`. */
   blob(name: string): Buffer;
   /**
@@ -194,6 +210,12 @@ export interface TaskContext {
   readonly fd: number;
   /** The task's descriptor number holding file `fileId` (the lowest), if it holds it. */
   fdOf(fileId: number): number | undefined;
+  /**
+   * Puts in the task a copy of the controller's descriptor of file `fileId` (pidfd_getfd(2):
+   * the same open file, at the lowest free number, close-on-exec) and returns its number: for
+   * a file no process of the tree holds (an epoll item's file in flight). The hook closes it.
+   */
+  pull(fileId: number): number;
   readonly open: OpenContext;
 }
 

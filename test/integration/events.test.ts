@@ -51,6 +51,30 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
     assert.equal(await verify(w), 'PASS');
   });
 
+  it('a fired one-shot item on an idle pipe comes back disarmed, leaving no byte or edge; twice in a row', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollidle'), ['DIR']);
+    const image = join(w.dir, 'idle.tar');
+    // The second checkpoint reads the state the first restore made.
+    for (let i = 0; i < 2; i++) await cycleThrough(w, image, i);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('a fired one-shot item on an idle pipe: --leave-running leaves it as it was, and the image restores it', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollidle'), ['DIR']);
+    const image = join(w.dir, 'idle-lr.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verify(w), 'PASS', 'the original is intact');
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    assert.equal(await verify(w2), 'PASS', 'the restored copy');
+  });
+
   it('--leave-running changes nothing, and the image restores the same state', async () => {
     const w = await startWorkload(join(WORKLOADS, 'events'), ['DIR']);
     const kids = children(w.pid);

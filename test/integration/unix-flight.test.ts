@@ -18,7 +18,7 @@ import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { closeFiles, openFiles } from '../../src/files/install.js';
 import type { FileRecord } from '../../src/image/records.js';
-import { alive, checkpointFreed, cleanup, ferry, own, procState, scratchDir, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, procState, scratchDir, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -90,6 +90,43 @@ describe('unix sockets: descriptors in flight', { skip, timeout: 60_000 }, () =>
       assert.equal(cp.code, 0, `checkpoint 2: ${cp.stderr}`);
       await waitFor('the tree to be free', () => !alive(w.pid) && !alive(kid), 8000);
     }
+    assert.equal(await verify(w), 'PASS');
+  });
+});
+
+describe('epoll items whose file only a queued message holds', { skip, timeout: 60_000 }, () => {
+  it('come back registered under their numbers, their files in flight; twice in a row', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollflight'), ['DIR']);
+    const image = join(w.dir, 'epflight.tar');
+    // The second checkpoint finds the items the first restore added.
+    for (let i = 0; i < 2; i++) await cycleThrough(w, image, i);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('--leave-running leaves them and the message as they were; the image restores them', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollflight'), ['DIR']);
+    const image = join(w.dir, 'epflight-lr.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'left running, detached');
+    assert.equal(await verify(w), 'PASS', 'the original receives the message and finds its items');
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(await verify(afterFirstPass(w)), 'PASS');
+  });
+
+  it('an item whose file only a process outside the tree holds is still refused; the workload runs on untouched', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollflight'), ['DIR', 'outside']);
+    const keeper = Number(/^outside pid=(\d+)$/m.exec(w.text())?.[1]);
+    assert.ok(keeper > 0, 'the workload printed its outside process');
+    own(keeper);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'outside.tar')]);
+    assert.equal(cp.code, 1);
+    assert.match(cp.stderr, new RegExp(`unsupported file: pid ${w.pid} fd \\d+ -> anon_inode:\\[eventpoll\\] \\(its target fd \\d+ .*neither a process of the tree holds that file under another number nor a message queued on a unix socket of the tree carries it`), cp.stderr);
+    assert.ok(alive(w.pid) && procState(w.pid).tracer === 0, 'left running, detached');
     assert.equal(await verify(w), 'PASS');
   });
 });

@@ -54,6 +54,8 @@ describe('unix records: messages with descriptors and credentials', () => {
       options: DEFAULT_FILE_OPTIONS,
       opened: () => undefined,
       record: (id) => (id === 1 ? rec(1) : undefined),
+      records: () => [rec(1)],
+      inherited: () => false,
       blob: () => Buffer.alloc(1),
       scratch: <T>(): Map<string, T> => new Map(),
       hold: () => {},
