@@ -17,7 +17,7 @@ import { hex, type VmaRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
 import { dumpablePageRuns, sharedAnonPages, sharedFrames, sharedWithParent } from '../proc/pagemap.js';
-import { inheritable, pageSet, runsOf } from '../image/cow.js';
+import { inheritable, lendableUnmapped, pageSet, runsOf } from '../image/cow.js';
 import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
 import { parseChildren } from '../proc/children.js';
 import { listFds, listTids, readProcText } from '../proc/read.js';
@@ -646,6 +646,46 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
   }
 }
 
+/**
+ * The areas children map that their parent maps nothing over any more (it unmapped them after
+ * forking them), which they may lend pages through a temporary area of the parent's
+ * (image/cow.ts `lendableUnmapped`): the first child's (in tree order) area at each address,
+ * and none that overlaps another one taken (restore holds them all at once).
+ */
+function unmappedAreas(parent: PlannedParent, children: readonly PlannedChild[]): VmaRecord[] {
+  const taken = parent.vmas.map((v) => [BigInt(v.start), BigInt(v.end)] as const);
+  const sorted = taken.length;
+  const overlaps = (s: bigint, e: bigint): boolean => {
+    // The parent's areas, in address order and disjoint as maps lists them: a binary search.
+    let lo = 0;
+    let hi = sorted - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const [a, b] = taken[mid]!;
+      if (e <= a) hi = mid - 1;
+      else if (s >= b) lo = mid + 1;
+      else return true;
+    }
+    // And the areas taken here so far (few).
+    for (let i = sorted; i < taken.length; i++) if (taken[i]![0] < e && s < taken[i]![1]) return true;
+    return false;
+  };
+  const out: VmaRecord[] = [];
+  const starts = new Set<string>();
+  for (const c of children) {
+    for (const v of c.plan.vmas) {
+      if (v.runs.length === 0 || starts.has(v.start) || !lendableUnmapped(v)) continue;
+      const s = BigInt(v.start);
+      const e = BigInt(v.end);
+      if (overlaps(s, e)) continue;
+      starts.add(v.start);
+      taken.push([s, e]);
+      out.push(v);
+    }
+  }
+  return out;
+}
+
 /** A planned child of a parent, for shareAmongSiblings. */
 export interface PlannedChild {
   pid: number;
@@ -660,7 +700,9 @@ export interface PlannedChild {
  * more of them store with the same frame (and none inherits from the parent, nor the parent
  * from its own) stays stored by the first of them only, marked `lent`; the others record it as
  * inherited (`cow`). Restore writes it into the parent before it forks them and gives the
- * parent its own page back after. One frame per page: the first child (in tree order) that
+ * parent its own page back after. Likewise for an area the children map alike that the parent
+ * maps nothing over any more (unmappedAreas: it unmapped it after forking them), which restore
+ * gives the parent for a moment, as the first of them maps it (restore/cow.ts temporaryAreas). One frame per page: the first child (in tree order) that
  * shares its page there with any process picks it; children sharing another frame there keep
  * theirs stored. Linear in children × pages. Updates the children's `pagesOffset` and
  * `pagesBytes`; returns the pids whose plan changed.
@@ -668,12 +710,15 @@ export interface PlannedChild {
 export function shareAmongSiblings(parent: PlannedParent, children: readonly PlannedChild[]): number[] {
   if (children.length < 2) return [];
   const changed = new Set<number>();
-  for (const theirs of parent.vmas) {
-    if (theirs.kind !== 'anon' && theirs.kind !== 'file') continue;
+  const candidates = parent.vmas.filter((theirs) => {
+    if (theirs.kind !== 'anon' && theirs.kind !== 'file') return false;
     const special = theirs as VmaRecord & { memfd?: unknown; ghost?: unknown };
-    if (special.memfd !== undefined || special.ghost !== undefined) continue;
+    if (special.memfd !== undefined || special.ghost !== undefined) return false;
     // A locked area's pages cannot be dropped again (madvise(2) MADV_DONTNEED fails on one).
-    if (theirs.vmflags.includes('lo') || theirs.vmflags.includes('lf')) continue;
+    return !theirs.vmflags.includes('lo') && !theirs.vmflags.includes('lf');
+  });
+  const unmapped = unmappedAreas(parent, children);
+  for (const theirs of [...candidates, ...unmapped]) {
     const kids = children.flatMap((c) => {
       const v = c.plan.vmas.find((a) => a.start === theirs.start);
       return v && v.runs.length > 0 && inheritable(theirs, v) ? [{ c, v }] : [];
@@ -683,7 +728,7 @@ export function shareAmongSiblings(parent: PlannedParent, children: readonly Pla
     const first = Number(BigInt(theirs.start) / BigInt(PAGE_SIZE));
     // Not where the parent inherits from its own parent, nor where a child inherits the
     // parent's page: restore forks every such child while the parent holds the lent page.
-    const excluded = pageSet(npages, theirs.cow ?? [], ...kids.map((k) => k.v.cow ?? []));
+    const excluded = pageSet(npages, unmapped.includes(theirs) ? [] : theirs.cow ?? [], ...kids.map((k) => k.v.cow ?? []));
     const frame = new Float64Array(npages); // the frame picked at each page, 0: none yet
     const lender = new Int32Array(npages).fill(-1);
     const lent = kids.map(() => new Uint8Array(npages));

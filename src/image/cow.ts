@@ -14,9 +14,13 @@
  * Pages only siblings share (the parent wrote its copy after forking them): the first of them
  * stores the page and marks it `lent`, the others record it as `cow`. Restore writes the lent
  * pages into the parent before it forks its children, so they inherit one page again, then
- * puts the parent's own pages back (or drops them where it had none). Only siblings of one
- * parent are matched: a page shared by cousins, or by a child and a grandchild but not the
- * process between them, is stored once per process that has it.
+ * puts the parent's own pages back (or drops them where it had none). The same holds where
+ * the parent no longer maps the area at all (it unmapped it after forking them): siblings
+ * that map it alike, a plain private anonymous area (`lendableUnmapped`) over which the
+ * parent maps nothing, lend its pages through a temporary area restore gives the parent at
+ * that address while it forks them, and takes away after. Only siblings of one parent are
+ * matched: a page shared by cousins, or by a child and a grandchild but not the process
+ * between them, is stored once per process that has it.
  */
 import type { VmaRecord } from './records.js';
 
@@ -50,6 +54,18 @@ export function inheritable(parent: VmaRecord, child: VmaRecord): boolean {
     return `${m.memfd?.id ?? ''}|${m.ghost ?? ''}`;
   };
   return special(parent) === special(child);
+}
+
+/**
+ * Whether an area a child lends pages through may be held by its parent as a temporary area
+ * (it maps nothing over it any more): a plain private anonymous area, with no name
+ * (a temporary mapping has none to give), not locked (as areas lent through the parent's
+ * own are not: dump/memory.ts shareAmongSiblings), not growing down, and inheritable at all
+ * (not don't-fork nor wipe-on-fork).
+ */
+export function lendableUnmapped(v: VmaRecord): boolean {
+  return v.kind === 'anon' && !v.shared && v.name === '' && v.file === undefined && v.shmem === undefined && v.sysv === undefined
+    && !v.vmflags.some((f) => f === 'lo' || f === 'lf' || f === 'gd' || f === 'dc' || f === 'wf') && inheritable(v, v);
 }
 
 /** The pages of an area of `pages` pages that `runs` name, as one byte per page (1: named). */

@@ -113,12 +113,14 @@ export interface AddressSpace {
  * place, and everything else the parent had goes. Injection runs through `t.gadget`, a
  * `syscall` instruction in the current layout (the stub's own, or the parent's gadget).
  * `imageVdso`: the image's vDSO (vdso.bin); when this kernel's differs, this kernel's stays
- * out of the image's way and the image's is proxied (vdso.ts).
+ * out of the image's way and the image's is proxied (vdso.ts). `avoid`: areas the task will
+ * hold for a moment (holdTemporary), which the gadget and staging areas stay out of too.
  */
-export function clearStub(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[] = [], imageVdso?: { label: string; bytes: Buffer }): AddressSpace {
+export function clearStub(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[] = [], imageVdso?: { label: string; bytes: Buffer },
+  avoid: readonly VmaRecord[] = []): AddressSpace {
   const stub = parseMaps(readProcText(t.pid, 'maps'));
   if (t.gadget === 0n) useStubGadget(t, stub);
-  const dumped: Range[] = task.vmas.map((v) => [big(v.start), big(v.end)]);
+  const dumped: Range[] = [...task.vmas, ...avoid].map((v) => [big(v.start), big(v.end)]);
   const current: Range[] = stub.map((v) => [v.start, v.end]);
   const gadgetArea = findFree([...dumped, ...current], BigInt(GADGET_SIZE), 0x10000n);
   t.syscall(SYS.mmap, gadgetArea, GADGET_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
@@ -225,6 +227,66 @@ function mapVdsoProxy(t: Tracee, task: TaskRecord, area: VmaRecord, image: { lab
   t.syscall(SYS.mmap, start, end - start, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
   t.writeMem(start, proxy);
   t.syscall(SYS.mprotect, start, end - start, PROT_READ | PROT_EXEC);
+}
+
+/**
+ * The calls that map area `v` at its address with mmap(2) `flags` (from `fd` at `offset` for a
+ * file), its protection and its VmFlags' madvise(2) advice.
+ */
+function areaCalls(v: VmaRecord, flags: number, fd: number, offset: bigint): Array<readonly [number, ...Array<bigint | number>]> {
+  const start = big(v.start);
+  const len = big(v.end) - start;
+  // A private area that was once writable carries VM_ACCOUNT ('ac'); mapping it writable
+  // first gives it the same flag, so it does not merge with neighbours it was apart from.
+  const reprotect = !v.shared && v.vmflags.includes('ac') && (v.prot & PROT_WRITE) === 0;
+  const calls: Array<readonly [number, ...Array<bigint | number>]> = [[SYS.mmap, start, len, reprotect ? v.prot | PROT_WRITE : v.prot, flags, fd, offset]];
+  if (reprotect) calls.push([SYS.mprotect, start, len, v.prot]);
+  for (const f of v.vmflags) {
+    const advice = MADVISE_BY_VMFLAG[f];
+    if (advice !== undefined) calls.push([SYS.madvise, start, len, advice]);
+  }
+  return calls;
+}
+
+/**
+ * Maps in the rebuilt parent `t` the temporary areas its children lend pages through
+ * (restore/cow.ts temporaryAreas: private anonymous areas it does not map itself), each at
+ * its address as the lender maps it, so that the children forked next inherit them with the
+ * lent pages; returns what unmaps them again once they are forked, leaving the parent's layout
+ * exactly its own. MAP_FIXED_NOREPLACE: the range is free by construction (the parent's image
+ * maps nothing over it, checkInherited; its gadget and staging areas are kept out of it,
+ * clearStub's `avoid`), and nothing of the parent is ever replaced.
+ */
+export function holdTemporary(t: Tracee, pid: number, areas: readonly VmaRecord[]): (() => void) | undefined {
+  if (areas.length === 0) return undefined;
+  const each = areas.map((v) => areaCalls(v, (mmapFlags(v) & ~MAP_FIXED) | MAP_FIXED_NOREPLACE, -1, 0n));
+  const unmap = (upTo: number): Array<readonly [number, bigint, bigint]> =>
+    areas.slice(0, upTo).map((v) => [SYS.munmap, big(v.start), big(v.end) - big(v.start)] as const);
+  // The mmaps first, as a guarded batch: after one that failed nothing runs, and only those
+  // before it are unmapped again (what holds its range is not ours to touch).
+  const mapped = t.trySyscalls(each.map((c) => c[0]!), { guard: each.length });
+  const unheld = mapped.findIndex((r, i) => r !== big(areas[i]!.start));
+  let failure = unheld < 0 ? undefined
+    : `${areas[unheld]!.start} (mmap: ${mapped[unheld]! < 0n ? errnoName(mapped[unheld]!) : `landed at 0x${mapped[unheld]!.toString(16)}`})`;
+  if (failure === undefined) {
+    const rest = each.flatMap((c, i) => c.slice(1).map((call) => [i, call] as const));
+    const results = rest.length > 0 ? t.trySyscalls(rest.map(([, c]) => c)) : new BigInt64Array(0);
+    const failed = results.findIndex((r) => r < 0n);
+    if (failed >= 0) {
+      const [i, call] = rest[failed]!;
+      failure = `${areas[i]!.start} (${call[0] === SYS.madvise ? 'madvise' : 'mprotect'}: ${errnoName(results[failed]!)})`;
+    }
+  }
+  if (failure !== undefined) {
+    t.trySyscalls(unmap(unheld < 0 ? areas.length : unheld));
+    throw new FerryError('EMAP', `cannot hold the pages its children lend at ${failure} in pid ${pid}: nothing was restored; retry, and report it if it persists`, { pid });
+  }
+  const all = unmap(areas.length);
+  return () => {
+    t.trySyscalls(all).forEach((r, i) => {
+      if (r < 0n) throw new FerryError('EMAP', `cannot unmap the pages lent at 0x${all[i]![1].toString(16)} in pid ${pid} (munmap): ${errnoName(r)}`, { pid });
+    });
+  };
 }
 
 function mmapFlags(v: VmaRecord): number {
@@ -430,8 +492,6 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   }
   const calls: Array<readonly [number, ...Array<bigint | number>]> = [];
   for (const v of areas) {
-    const start = big(v.start);
-    const len = big(v.end) - start;
     let fd = -1;
     let offset = 0n;
     if (v.kind === 'file' && v.file) {
@@ -439,15 +499,7 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
       fd = fileFds.get(`${mode}:${v.file.path}`)!;
       offset = big(v.file.offset);
     }
-    // A private area that was once writable carries VM_ACCOUNT ('ac'); mapping it writable
-    // first gives it the same flag, so it does not merge with neighbours it was apart from.
-    const reprotect = !v.shared && v.vmflags.includes('ac') && (v.prot & PROT_WRITE) === 0;
-    calls.push([SYS.mmap, start, len, reprotect ? v.prot | PROT_WRITE : v.prot, mmapFlags(v), fd, offset]);
-    if (reprotect) calls.push([SYS.mprotect, start, len, v.prot]);
-    for (const f of v.vmflags) {
-      const advice = MADVISE_BY_VMFLAG[f];
-      if (advice !== undefined) calls.push([SYS.madvise, start, len, advice]);
-    }
+    calls.push(...areaCalls(v, mmapFlags(v), fd, offset));
   }
   // An io_setup(2) ring's range is held by a placeholder until its context is made again and
   // its ring moved over it (restore/aio.ts), so that nothing lands there meanwhile.

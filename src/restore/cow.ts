@@ -9,11 +9,17 @@
  * unmapped (address-space.ts, clearStub). In a kept area, the pages the parent has and the
  * child had not (it dropped them, MADV_DONTNEED) are dropped again; the child's own stored
  * pages are written over the inherited ones, which gives it its own copy of those only.
+ *
+ * Pages children lend through their parent (image/cow.ts `lent`) are written into the parent's
+ * same area right before those children are forked. Where the parent maps nothing at all any
+ * more (it unmapped the area after forking them), the parent holds a temporary area there,
+ * the lenders' mapping, only while those children are forked (`temporaryAreas`, lendPages):
+ * its layout after is exactly its own.
  */
 import { PAGE_SIZE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
-import { inheritable } from '../image/cow.js';
+import { inheritable, lendableUnmapped } from '../image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../image/records.js';
 import type { Tracee } from '../task/tracee.js';
 
@@ -53,19 +59,40 @@ function lentByParent(tasks: readonly TaskRecord[], parentOf: (pid: number) => n
 }
 
 /**
+ * The temporary areas the parent `parent` holds while its children are forked, by start: one
+ * for each area its children lend pages through that it does not map itself, made as the
+ * first lender's (tree order) mapping, storing nothing (image/cow.ts). checkInherited refused
+ * any such area the parent maps something over, or that is no lendableUnmapped one.
+ */
+export function temporaryAreas(parent: TaskRecord, children: readonly TaskRecord[]): Map<string, VmaRecord> {
+  const own = new Set(parent.vmas.map((v) => v.start));
+  const out = new Map<string, VmaRecord>();
+  for (const c of children) {
+    for (const v of c.vmas) {
+      if ((v.lent?.length ?? 0) === 0 || own.has(v.start) || out.has(v.start)) continue;
+      const { cow: _cow, lent: _lent, ...mapping } = v;
+      out.set(v.start, { ...mapping, runs: [], pagesOffset: 0 });
+    }
+  }
+  return out;
+}
+
+/**
  * The parent as its children find it at fork: its areas with the pages its children lend
- * through it (image/cow.ts) counted as its own (`cow`), for what they inherit and drop.
+ * through it (image/cow.ts) counted as its own (`cow`), for what they inherit and drop, and
+ * the temporary areas it holds for them (temporaryAreas), in address order.
  */
 export function atFork(parent: TaskRecord, children: readonly TaskRecord[]): TaskRecord {
   const lent = lentByParent(children, () => parent.pid).get(parent.pid);
   if (!lent) return parent;
-  return {
-    ...parent,
-    vmas: parent.vmas.map((v) => {
-      const more = lent.get(v.start);
-      return more ? { ...v, cow: merged(v.cow ?? [], more).map(([s, e]): [number, number] => [s, e - s]) } : v;
-    }),
+  const withLent = (v: VmaRecord): VmaRecord => {
+    const more = lent.get(v.start);
+    return more ? { ...v, cow: merged(v.cow ?? [], more).map(([s, e]): [number, number] => [s, e - s]) } : v;
   };
+  const temporary = [...temporaryAreas(parent, children).values()];
+  const vmas = [...parent.vmas, ...temporary].map(withLent);
+  if (temporary.length > 0) vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : BigInt(a.start) > BigInt(b.start) ? 1 : 0));
+  return { ...parent, vmas };
 }
 
 /**
@@ -90,13 +117,50 @@ export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): 
       }
     }
   }
+  const kids = new Map<number, TaskRecord[]>();
+  for (const t of tasks) {
+    const p = ppid.get(t.pid);
+    if (p === undefined) continue;
+    const list = kids.get(p);
+    if (list) list.push(t);
+    else kids.set(p, [t]);
+  }
+  /** The temporary areas of each parent (temporaryAreas), checked once: none over another. */
+  const temporaries = new Map<number, Map<string, VmaRecord>>();
+  const temporaryOf = (parent: TaskRecord): Map<string, VmaRecord> => {
+    let found = temporaries.get(parent.pid);
+    if (found) return found;
+    found = temporaryAreas(parent, kids.get(parent.pid) ?? []);
+    const sorted = [...found.values()].sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
+    for (let i = 1; i < sorted.length; i++) {
+      if (BigInt(sorted[i]!.start) < BigInt(sorted[i - 1]!.end)) {
+        throw new FerryError('EIMAGE', `image: children of pid ${parent.pid} lend pages through areas at ${sorted[i - 1]!.start} and ${sorted[i]!.start} `
+          + 'that overlap, which it does not map: refused (an edited image)', { pid: parent.pid });
+      }
+    }
+    temporaries.set(parent.pid, found);
+    return found;
+  };
   for (const task of tasks) {
     // A lending child's areas are written into its parent's (lendPages): the same private
-    // mapping there, or nothing is written.
+    // mapping there, or nothing is written. Where the parent maps nothing over the area, it
+    // holds a temporary one while its children are forked: a plain private anonymous area
+    // (lendableUnmapped), as the first child lending through it maps it.
     for (const [i, v] of task.vmas.entries()) {
       if ((v.lent?.length ?? 0) === 0) continue;
       const parentPid = ppid.get(task.pid);
-      const from = parentPid === undefined ? undefined : seen.get(parentPid)?.vmas.find((a) => a.start === v.start);
+      const parent = parentPid === undefined ? undefined : seen.get(parentPid);
+      let from = parent?.vmas.find((a) => a.start === v.start);
+      if (parent && !from) {
+        const s = BigInt(v.start);
+        const e = BigInt(v.end);
+        if (!lendableUnmapped(v) || parent.vmas.some((a) => BigInt(a.start) < e && s < BigInt(a.end))) {
+          throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through an area its parent `
+            + `${parent.pid} does not map, which it cannot hold for it (it maps something over part of it, or the area is no plain private anonymous one): `
+            + 'refused (an edited image)', { pid: task.pid });
+        }
+        from = temporaryOf(parent).get(v.start);
+      }
       if (!from || !inheritable(from, v)) {
         throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through an area its parent `
           + `${parentPid ?? '?'} does not map the same way, or through no live parent listed before it: refused (an edited image)`, { pid: task.pid });
@@ -109,7 +173,7 @@ export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): 
         throw new FerryError('EIMAGE', `image: pid ${task.pid} inherits pages (cow) from its parent ${parentPid ?? '?'}, `
           + 'which is not a live process of the image listed before it: refused (an edited image)', { pid: task.pid });
       }
-      const areas = new Map(parent.vmas.map((v) => [v.start, v]));
+      const areas = new Map([...parent.vmas, ...temporaryOf(parent).values()].map((v) => [v.start, v]));
       const lentHere = lent.get(parent.pid);
       for (const [i, v] of task.vmas.entries()) {
         if (!fromParent(v)) continue;
@@ -212,11 +276,15 @@ export function storedParts(v: VmaRecord, lentOnly = false): Array<[number, numb
  * from each lending child's pages entry (`pagesOf`, verified as it is read), so that the
  * children forked next inherit them; its own pages there are read first. Returns what puts
  * them back once the children are forked (or drops the lent ones where it had none), or
- * undefined when no child lends. The children checkInherited passed.
+ * undefined when no child lends. The children checkInherited passed. The temporary areas
+ * (temporaryAreas) are the caller's to map before and unmap after (address-space.ts
+ * holdTemporary): what is lent there is gone with them.
  */
 export function lendPages(t: Tracee, parent: TaskRecord, children: readonly TaskRecord[],
   pagesOf: (pid: number) => ChunkSource): (() => void) | undefined {
-  const areas = new Map(parent.vmas.map((v) => [v.start, v]));
+  // A temporary area (the caller mapped it: holdTemporary) has nothing of the parent's own.
+  const temporary = temporaryAreas(parent, children);
+  const areas = new Map([...parent.vmas, ...temporary.values()].map((v) => [v.start, v]));
   const own: Array<{ at: bigint; data: Buffer }> = [];
   const drop: Array<readonly [number, bigint, bigint, number]> = [];
   for (const c of children) {
@@ -233,7 +301,7 @@ export function lendPages(t: Tracee, parent: TaskRecord, children: readonly Task
       const base = BigInt(v.start);
       for (const [page, count, offset] of storedParts(v, true)) {
         // What the parent has there is kept to be put back; where it has nothing, dropped after.
-        for (let p = page; p < page + count;) {
+        for (let p = page; p < page + count && !temporary.has(v.start);) {
           const inside = has.find(([s, e]) => s <= p && p < e);
           const next = inside ? Math.min(inside[1], page + count) : Math.min(page + count, has.find(([s]) => s > p)?.[0] ?? Infinity);
           const at = base + BigInt(p * PAGE_SIZE);

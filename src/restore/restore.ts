@@ -43,7 +43,7 @@ import type { Tracee } from '../task/tracee.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkAioRings, restoreAioRings } from './aio.js';
-import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
+import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, holdTemporary, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
 import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, openedFileGuard } from './file-access.js';
 import { checkFilePrivilege, checkPseudoFiles, checkWatchAccess, guardPseudoFiles, pseudoFsDevices } from './file-privilege.js';
 import { checkBound, untrustedBound } from './bounds.js';
@@ -55,7 +55,7 @@ import { checkAuditTrust, keepAuditSession, restoreLoginuid } from './audit.js';
 import { checkRootTrust, enterRootDir, enterThreadRootDirs, planRemovedRoots, RemovedRoots } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, leaderlessGroups, outsideGroups, type CreatedTree } from './tree.js';
-import { atFork, checkInherited, inherits, keptAreas, lendPages } from './cow.js';
+import { atFork, checkInherited, inherits, keptAreas, lendPages, temporaryAreas } from './cow.js';
 import { checkNamedPids, threadTableHolders, validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
@@ -323,7 +323,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         // As its children find it at fork: with the pages they lend through it.
         const parent = inherits(task) ? atFork(taskOf.get(rec.ppid)!, kidsOf.get(rec.ppid) ?? []) : undefined;
         const keep = parent ? keptAreas(task) : [];
-        const as = clearStub(t, task, keep, imageVdso);
+        // The areas it holds for a moment for its children (restore/cow.ts temporaryAreas):
+        // nothing of the restore's own may sit there.
+        const as = clearStub(t, task, keep, imageVdso, [...temporaryAreas(task, kidsOf.get(task.pid) ?? []).values()]);
         const tMemory = performance.now();
         const lazyAreas = lazy?.plan(task, parent !== undefined || cowParents.has(task.pid));
         pagesBytes += mapAreas(t, as, task, image.pages(pagesEntry(task.pid)), o.config.image.chunkSize, sharedMemory,
@@ -332,7 +334,17 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         spaces.set(task.pid, as);
         return as.gadgetArea + BigInt(PAGE_SIZE);
       },
-      lend: (rec, t) => lendPages(t, taskOf.get(rec.pid)!, kidsOf.get(rec.pid) ?? [], (pid) => image.pages(pagesEntry(pid))),
+      lend: (rec, t) => {
+        const task = taskOf.get(rec.pid)!;
+        const kids = kidsOf.get(rec.pid) ?? [];
+        // Where it maps nothing its children lend through, a temporary area of theirs, mapped
+        // before the lent pages are written and gone once they are forked (restore/cow.ts).
+        const temporary = [...temporaryAreas(task, kids).values()];
+        if (temporary.length > 0) log.debug({ targetPid: task.pid, areas: temporary.map((v) => `${v.start}-${v.end}`) }, 'pages lent through temporary areas');
+        const unmap = holdTemporary(t, task.pid, temporary);
+        const giveBack = lendPages(t, task, kids, (pid) => image.pages(pagesEntry(pid)));
+        return unmap === undefined ? giveBack : () => { giveBack?.(); unmap(); };
+      },
       aside: (hostPid) => cgroups?.setAside(hostPid),
       // A container's processes keep the runtime's login uid (finishTask).
       ...(!o.makeRoot ? {

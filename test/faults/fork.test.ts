@@ -8,7 +8,8 @@
  * child is forked: from its parent's stub (memcheck tree) and from its rebuilt parent, whose
  * pages it inherits (memcheck cow), and with CLONE_FILES | CLONE_FS from a parent whose
  * descriptor table and fs struct it shares (sharetables both); and (FERRY_TEST_PAUSE_AT=lent)
- * the rebuilt parent holding the pages its children lend through it, before they are forked;
+ * the rebuilt parent holding the pages its children lend through it, before they are forked
+ * (through its own area, memcheck cow, or a temporary one where it unmapped theirs, cowshare);
  * (FERRY_TEST_PAUSE_AT=grouped) the helper the session leader forked with the id of a group whose
  * leader had exited, holding the group for the members that joined it: it dies with its traced
  * parent too, and the group id is free again with the tree's pids.
@@ -67,6 +68,30 @@ describe('fault cells: restore killed between a fork and the seize of the child,
 
     const p: Problems = [];
     await whilePaused(p, ['restore', '--image', image], 'forked', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
+    assert.deepEqual(p, []);
+    assert.deepEqual(await pidsFree(pids, 5000), [], 'nothing of the killed restore holds the pids');
+
+    const rs = await runFerry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('cowshare siblings: SIGKILL at lent, the root holding a temporary area for its children; nothing is left, a retry restores', async () => {
+    // The root unmapped the area its two children share: restore maps one in it for them
+    // (restore/cow.ts temporaryAreas, address-space.ts holdTemporary), held at `lent`.
+    const w = await startWorkload(join(WORKLOADS, 'cowshare'), ['siblings', '8']);
+    const m = /ready pid=\d+ pids=([\d,]+) /.exec(w.text());
+    assert.ok(m, w.text());
+    const pids = m[1]!.split(',').map(Number);
+    for (const pid of pids) own(pid);
+    const image = join(w.dir, 'share.tar');
+    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    assert.deepEqual(await pidsFree(pids), []);
+
+    const p: Problems = [];
+    await whilePaused(p, ['restore', '--image', image], 'lent', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
     assert.deepEqual(p, []);
     assert.deepEqual(await pidsFree(pids, 5000), [], 'nothing of the killed restore holds the pids');
 

@@ -10,7 +10,7 @@ import { FerryError } from '../../src/errors.js';
 import { inheritable, pageSet, runsOf } from '../../src/image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../../src/image/records.js';
 import { sharedAnonPages, sharedFrames, sharedWithParent } from '../../src/proc/pagemap.js';
-import { atFork, checkInherited, pagesToDrop, storedParts } from '../../src/restore/cow.js';
+import { atFork, checkInherited, pagesToDrop, storedParts, temporaryAreas } from '../../src/restore/cow.js';
 
 const area = (over: Partial<VmaRecord> = {}): VmaRecord => ({
   start: '0x10000', end: '0x20000', prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0, ...over,
@@ -119,7 +119,29 @@ describe('copy-on-write after fork: pure logic', () => {
       checkInherited(tree, [parent, lender, task(12, [area({ cow: [[0, 10]] })])]);
       refused([parent, lender, task(12, [area({ cow: [[0, 11]] })])], /pid 12 vmas\[0\] inherits pages 0-10 \(cow\) that its parent 10 has not all/);
       refused([parent, lender, task(12, [area({ runs: [[9, 1]], lent: [[9, 1]] })])], /two children of pid 10 lend the same pages of its area at 0x10000 \(lent\)/);
-      refused([parent, task(11, [area({ start: '0x11000', runs: [[0, 1]], lent: [[0, 1]] })])], /pid 11 vmas\[0\] \(0x11000-0x20000\) lends pages \(lent\) through an area its parent 10 does not map the same way/);
+      refused([parent, task(11, [area({ runs: [[0, 1]], lent: [[0, 1]], prot: 1 })])], /pid 11 vmas\[0\] \(0x10000-0x20000\) lends pages \(lent\) through an area its parent 10 does not map the same way/);
+      // Its pages would be written into the parent's area it overlaps.
+      refused([parent, task(11, [area({ start: '0x11000', runs: [[0, 1]], lent: [[0, 1]] })])],
+        /pid 11 vmas\[0\] \(0x11000-0x20000\) lends pages \(lent\) through an area its parent 10 does not map, which it cannot hold for it/);
+    });
+    it('pages siblings lend through an area their parent unmapped: held for a moment as the first lender maps it', () => {
+      const away = { start: '0x40000', end: '0x48000' };
+      const lender = task(11, [area({ ...away, runs: [[0, 8]], lent: [[2, 4]] })]);
+      checkInherited(tree, [parent, lender, task(12, [area({ ...away, runs: [[0, 1]], cow: [[2, 3]] })])]);
+      refused([parent, lender, task(12, [area({ ...away, cow: [[1, 2]] })])], /pid 12 vmas\[0\] inherits pages 1-2 \(cow\) that its parent 10 has not all in the same area/);
+      refused([parent, lender, task(12, [area({ ...away, prot: 1, cow: [[2, 1]] })])], /pid 12 vmas\[0\] \(0x40000-0x48000\) inherits pages \(cow\) from an area its parent 10 does not map the same way/);
+      // No plain private anonymous area: a temporary one would not be the same mapping.
+      refused([parent, task(11, [area({ ...away, name: '[heap]', runs: [[0, 1]], lent: [[0, 1]] })])], /lends pages \(lent\) through an area its parent 10 does not map, which it cannot hold/);
+      refused([parent, task(11, [area({ ...away, vmflags: ['ac', 'lo'], runs: [[0, 1]], lent: [[0, 1]] })])], /which it cannot hold/);
+      // Two temporary areas over one another cannot be held at once.
+      refused([parent, lender, task(12, [area({ start: '0x44000', end: '0x50000', runs: [[0, 1]], lent: [[0, 1]] })])],
+        /children of pid 10 lend pages through areas at 0x40000 and 0x44000 that overlap, which it does not map/);
+      // As the children find it at fork: its own areas, and the temporary one in address order.
+      const at = atFork(parent, [lender]);
+      assert.deepEqual(at.vmas.map((v) => [v.start, v.runs, v.cow]), [['0x10000', [[0, 8]], undefined], ['0x40000', [], [[2, 4]]]]);
+      assert.deepEqual([...temporaryAreas(parent, [lender]).keys()], ['0x40000']);
+      assert.equal(temporaryAreas(parent, [lender]).get('0x40000')!.lent, undefined);
+      assert.deepEqual(pagesToDrop(at.vmas[1]!, area({ ...away, runs: [[0, 1]], cow: [[2, 3]] })), [[5, 1]]);
     });
   });
 });
