@@ -333,6 +333,7 @@ bool ReadBack(pid_t tid, const BatchOptions& o) {
 bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mode, BatchOptions& o,
             int64_t* out, const char** what, int* err) {
   PinHere pin(tid);
+  QuietWaits quiet;
   uint64_t mask = 0, all = ~0ULL;
   if (mode == kSeized) {
     if (Ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(sizeof(mask)), &mask) < 0 ||

@@ -11,6 +11,18 @@ namespace ferry {
 // microseconds), then sleeps in growing steps up to 1 ms, checking /proc/TID/stat meanwhile.
 pid_t WaitBounded(pid_t tid, int* status, int flags, int timeout_ms);
 
+// While one lives on a thread, the waits of that thread leave ferry's SIGCHLD handler as it
+// is (see QuietStops in wait.cc): it makes SA_NOCLDSTOP sure once, for a whole injected batch.
+// A batch runs no JavaScript, so nothing reinstalls Node's handler before it ends; without
+// it, every wait of the batch (two per injected call) asked the kernel for the handler again.
+class QuietWaits {
+ public:
+  QuietWaits();
+  ~QuietWaits();
+  QuietWaits(const QuietWaits&) = delete;
+  QuietWaits& operator=(const QuietWaits&) = delete;
+};
+
 // Default bound of every wait for a ptrace stop or exit: long enough for a loaded machine,
 // short enough that no path hangs.
 constexpr int kWaitTimeoutMs = 30000;

@@ -184,6 +184,8 @@ interface DumpedTask {
   tracees: Tracee[];
   xstates: Array<{ entry: string; data: Buffer }>;
   memory: ReturnType<typeof planMemory>;
+  /** Each thread's /proc status by tid, read while the tree was frozen (dumpTask). */
+  statuses: ReadonlyMap<number, string>;
 }
 
 /** Reads one stopped process whole (its descriptors are read with the others' after the freeze). */
@@ -201,7 +203,10 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     const gadget = syscallGadget(pid, maps);
     for (const t of tracees) t.gadget = gadget;
     const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
-    const threads = tids.map((tid) => readThread(pid, tid, n.getSigmask(tid), injected.threads.get(tid)!));
+    // Every thread's status, read once: it names the thread (readThread), the credentials take
+    // theirs from it (creds.ts), and so do the ids in the tree's namespace (ns-ids.ts).
+    const statuses = new Map(tids.map((tid, i) => [tid, i === 0 ? statusText : readProcText(pid, `task/${tid}/status`)]));
+    const threads = tids.map((tid) => readThread(pid, tid, n.getSigmask(tid), injected.threads.get(tid)!, statuses.get(tid)));
     // A thread with a root, working directory and umask of its own (unshare(2) of CLONE_FS).
     const ownFs = new Set(p.ownFs);
     for (const th of threads) if (ownFs.has(th.record.tid)) th.record.fs = readThreadFs(pid, th.record.tid, rootBase);
@@ -238,10 +243,10 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
       threads: threads.map((th) => th.record),
       fds: [],
       pagesBytes: memory.pagesBytes,
-      creds: readCreds(pid, tids, injected, statusText),
+      creds: readCreds(pid, tids, injected, statuses),
     };
     return {
-      task, tracees, memory,
+      task, tracees, memory, statuses,
       xstates: threads.map((th) => ({ entry: th.record.xstate, data: th.xstate })),
     };
   } catch (err) {
@@ -447,7 +452,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       return { name, size: data.length, produce: async (sink) => { await sink(data); } };
     };
     // The image holds every id as the tree sees it (ns-ids.ts).
-    const ids = new NsIds(tree.processes);
+    const ids = new NsIds(tree.processes, new Map(dumped.flatMap((d) => [...d.statuses])));
     const root = ids.of(pid);
     cttyInNamespace(files.files, (host) => ids.of(host), (pgid) => {
       const member = live.find((p) => p.stat.pgrp === pgid);

@@ -87,11 +87,12 @@ function readFilters(tid: number): Array<{ flags: number; program: Buffer }> {
 /**
  * Reads the credentials and limits of process `pid` and of each of its threads (`tids`, in
  * TaskRecord.threads order) from outside, and takes what only the task can tell from the
- * injected batch of task-state.ts (`injected`). `mainStatus`: /proc/PID/status as the caller
- * already read it while the task was stopped (the main thread's own status), so it is read
- * once. Every thread must be in a ptrace stop.
+ * injected batch of task-state.ts (`injected`). `statuses`: each thread's status by tid, as
+ * the caller already read it while the task was stopped (/proc/PID/status for the main
+ * thread, its own status), so that none is read twice; a thread missing there is read here.
+ * Every thread must be in a ptrace stop.
  */
-export function readCreds(pid: number, tids: readonly number[], injected: InjectedState, mainStatus?: string): CredsRecord {
+export function readCreds(pid: number, tids: readonly number[], injected: InjectedState, statuses?: ReadonlyMap<number, string>): CredsRecord {
   const filters: Array<{ flags: number; program: string }> = [];
   const filterIndex = (f: { flags: number; program: Buffer }): number => {
     const program = f.program.toString('base64');
@@ -101,7 +102,7 @@ export function readCreds(pid: number, tids: readonly number[], injected: Inject
   };
 
   const threads = tids.map((tid, i): ThreadCredsRecord => {
-    const text = i === 0 && mainStatus !== undefined ? mainStatus : readProcText(pid, `task/${tid}/status`);
+    const text = statuses?.get(tid) ?? readProcText(pid, `task/${tid}/status`);
     const st = parseStatus(text);
     const sched = parseSchedStat(readProcText(pid, `task/${tid}/stat`));
     if (sched.policy === SCHED_DEADLINE) {

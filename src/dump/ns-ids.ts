@@ -19,13 +19,17 @@ export class NsIds {
   /** Group and session of each process in the tree's namespace, by host pid. */
   private readonly groups = new Map<number, { pgid: number; sid: number }>();
 
-  constructor(processes: readonly FrozenProcess[]) {
+  /**
+   * `statuses`: /proc status texts by tid that the dump read already while the tree was
+   * frozen (the main thread's is /proc/PID/status); whatever is missing (a zombie's) is read here.
+   */
+  constructor(processes: readonly FrozenProcess[], statuses: ReadonlyMap<number, string> = new Map()) {
     for (const p of processes) {
-      const st = parseStatus(readProcText(p.pid, 'status'));
+      const st = parseStatus(statuses.get(p.pid) ?? readProcText(p.pid, 'status'));
       this.ids.set(p.pid, st.nsPid.at(-1) ?? p.pid);
       this.groups.set(p.pid, { pgid: st.nsPgid.at(-1) ?? p.stat.pgrp, sid: st.nsSid.at(-1) ?? p.stat.session });
       for (const tid of p.tids.slice(1)) {
-        const t = parseStatus(readProcText(p.pid, `task/${tid}/status`));
+        const t = parseStatus(statuses.get(tid) ?? readProcText(p.pid, `task/${tid}/status`));
         this.ids.set(tid, t.nsPid.at(-1) ?? tid);
       }
     }

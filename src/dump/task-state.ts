@@ -20,7 +20,7 @@ import { parseAuxv } from '../proc/auxv.js';
 import { freeRange, type Vma } from '../proc/maps.js';
 import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
-import { parseStatus } from '../proc/status.js';
+import { parseStatus, statusComm } from '../proc/status.js';
 import { readFileSync, statSync } from 'node:fs';
 import { injectedError, type Tracee } from '../task/tracee.js';
 import { readRootDir, removedDir, type RootBase } from './root-dir.js';
@@ -287,8 +287,11 @@ function unmapTry(t: Tracee, addr: bigint, size: number): void {
   } catch { /* the task is gone or cannot run it: the first error is the one reported */ }
 }
 
-/** Registers, XSAVE area, mask, rseq and robust list of one stopped thread. */
-export function readThread(pid: number, tid: number, realSigmask: bigint, injected: ThreadInjected):
+/**
+ * Registers, XSAVE area, mask, rseq and robust list of one stopped thread. `status`: its
+ * /proc status text, read already, which names it (statusComm); else its comm file is read.
+ */
+export function readThread(pid: number, tid: number, realSigmask: bigint, injected: ThreadInjected, status?: string):
   { record: ThreadRecord; xstate: Buffer } {
   const n = native();
   const regs = decodeRegs(n.getRegs(tid));
@@ -306,7 +309,7 @@ export function readThread(pid: number, tid: number, realSigmask: bigint, inject
       rseq: rseq && { pointer: hex(rseq.pointer), size: rseq.size, signature: rseq.signature, flags: rseq.flags },
       robustList: { head: hex(robust.head), len: robust.len },
       tidAddress: injected.tidAddress,
-      comm: readProcText(pid, `task/${tid}/comm`).replace(/\n$/, ''),
+      comm: (status !== undefined ? statusComm(status) : undefined) ?? readProcText(pid, `task/${tid}/comm`).replace(/\n$/, ''),
       pending: pendingSignals(tid, false),
     },
     xstate: n.getXstate(tid),

@@ -64,6 +64,20 @@ const nsOf = (pid: number, ns: string): string => {
   }
 };
 
+/**
+ * Ferry's own pid and user namespaces, read once per ferry process (precheckRoot reads them
+ * before the freeze): neither can change under a running process (setns(2) of a pid namespace
+ * moves only its children, and a multithreaded process cannot join another user namespace),
+ * and every link read in the frozen window lengthens it. A failed reading is not kept.
+ */
+let ownNs: { pid: string; user: string } | undefined;
+function ferryNs(): { pid: string; user: string } {
+  if (ownNs !== undefined) return ownNs;
+  const ns = { pid: nsOf(process.pid, 'pid'), user: nsOf(process.pid, 'user') };
+  if (ns.pid !== '' && ns.user !== '') ownNs = ns;
+  return ns;
+}
+
 /** How to freeze: for a container, its pid namespace and the threads its cgroup freeze seized. */
 export interface FreezeOptions {
   /** The pid namespace the tree lives in (readlink of /proc/PID/ns/pid); default: ferry's. */
@@ -103,6 +117,7 @@ function ferryAndAncestors(): Set<number> {
  * inspect. A root that does not exist is left to the caller's own error.
  */
 export function precheckRoot(root: number): void {
+  ferryNs(); // read now, not in the frozen window
   let stat: ProcStat;
   try {
     stat = parseStat(readProcText(root, 'stat'));
@@ -230,8 +245,8 @@ function isZombie(pid: number): boolean {
 export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
   const n = native();
   const preseized = opts.preseized ?? new Set<number>();
-  const pidNs = opts.pidNs ?? nsOf(process.pid, 'pid');
-  const userNs = nsOf(process.pid, 'user'); // read once, not once per process
+  const pidNs = opts.pidNs ?? ferryNs().pid;
+  const userNs = ferryNs().user; // read once, not once per process
   // Pre-seized threads are let go by release() too, whether the walk reaches them or not.
   const seized: number[] = [...preseized];
   let released = false;

@@ -175,7 +175,7 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
     if (l.cls === 'FLOCK' || l.cls === 'OFDLCK' || (isLease(l) && l.type !== 'UNLCK')) out.push(toRecord(l));
     else if (l.cls === 'POSIX' && l.pid === d.pid) out.push(toRecord(l, nsPid(d.pid)));
   }
-  if (out.some((l) => l.kind === 'lease' && l.type === 'write')) refuseMappedWriteLease(d, ctx.pids);
+  if (out.some((l) => l.kind === 'lease' && l.type === 'write')) refuseMappedWriteLease(d, ctx);
   // Other processes holding this open file may own POSIX locks set through it: each shows them
   // in its own fdinfo only. Processes without a descriptor of the file are skipped cheaply.
   const id = ctx.fileIdOf(d.pid, d.fd);
@@ -202,17 +202,23 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
  * inode, a mapping's included, and grants a write lease only to the one open file there is: the
  * original's mappings are of the holder's own open file (another open would have broken the
  * lease), but restore maps a file through an open file of its own (restore/address-space.ts),
- * after which the lease could not be taken back. Refused here, where the tree runs on.
+ * after which the lease could not be taken back. Refused here, where the tree runs on. Each
+ * process's maps are read once for all the leased files of the checkpoint (the tree is frozen).
  */
-function refuseMappedWriteLease(d: FdDesc, pids: ReadonlySet<number>): void {
+function refuseMappedWriteLease(d: FdDesc, ctx: DumpContext): void {
   const id = memfdIdentity(d.stat.dev, d.stat.ino);
-  for (const pid of pids) {
-    let maps: Vma[];
-    try {
-      maps = parseMaps(readProcText(pid, 'maps'));
-    } catch {
-      continue; // gone: the freeze says so if it matters
+  const read = ctx.scratch<Vma[] | null>('lease-maps');
+  for (const pid of ctx.pids) {
+    let maps = read.get(String(pid));
+    if (maps === undefined) {
+      try {
+        maps = parseMaps(readProcText(pid, 'maps'));
+      } catch {
+        maps = null; // gone: the freeze says so if it matters
+      }
+      read.set(String(pid), maps);
     }
+    if (maps === null) continue;
     const v = maps.find((m) => `${m.major}:${m.minor}:${m.inode}` === id);
     if (v === undefined) continue;
     throw unsupported(d, `holds a write lease, and pid ${pid} maps the file at 0x${v.start.toString(16)}: a restore maps it through an open file of its own, `

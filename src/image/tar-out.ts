@@ -118,7 +118,8 @@ export class TarOut {
   constructor(private readonly fd: number, readonly seekable: boolean, readonly direct: boolean, private readonly total: number,
     private readonly onProgress: ((written: number, total: number) => void) | undefined, private readonly writeSlots = Infinity) {
     if (seekable) ftruncateSync(fd, total);
-    if (direct) this.staging = directBuffer(STAGING_BYTES);
+    if (direct) this.staging = spareStaging ?? directBuffer(STAGING_BYTES);
+    if (this.staging === spareStaging) spareStaging = undefined;
     this.inline = seekable && total <= INLINE_WRITE_MAX_BYTES;
   }
 
@@ -244,6 +245,14 @@ export class TarOut {
     });
   }
 
+  /**
+   * Gives the staging buffer back for the next TarOut of this process (spareStaging), once the
+   * last write through it is done: nothing of this TarOut may write after it.
+   */
+  releaseStaging(): void {
+    if (this.staging !== undefined && spareStaging === undefined) spareStaging = this.staging;
+  }
+
   /** Resolves once no write or sync is in flight (whatever their outcome). */
   async settled(): Promise<void> {
     await this.stagingTurn;
@@ -255,6 +264,15 @@ export class TarOut {
 
 /** The staging buffer of a direct write (TarOut). */
 const STAGING_BYTES = 1 << 20;
+
+/**
+ * A staging buffer a finished TarOut left for the next one (releaseStaging): a checkpoint's
+ * image is written in its frozen window, and a new one there cost a WebAssembly.Memory (a
+ * mapping of its own, and 1 MiB more external memory, which can start a garbage collection
+ * right there); the throw-away image written before the freeze (writer.ts warmUpWriter) leaves
+ * its own for it. One is kept, for the life of the process; a TarOut that finds none makes one.
+ */
+let spareStaging: Buffer | undefined;
 
 /** A tar of at most this many bytes is written on the JS thread (TarOut). */
 const INLINE_WRITE_MAX_BYTES = 1 << 20;

@@ -583,6 +583,9 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
       tData = performance.now();
       fsyncSync(fd);
     }
+    // Every write through it is done: the next image of this process (the real one after a
+    // warm-up) takes it instead of making its own (tar-out.ts spareStaging).
+    out.releaseStaging();
     options.signal?.throwIfAborted();
     target.close();
     if (temp !== '') {

@@ -61,3 +61,32 @@ export function parseStatus(text: string): ProcStatus {
     thpEnabled: kv.has('THP_enabled') ? s('THP_enabled') === '1' : undefined,
   };
 }
+
+/**
+ * The task's name (comm) from its status text, as /proc/PID/task/TID/comm has it without the
+ * newline, so that a dump which read the status anyway reads no comm file. The status escapes
+ * just two characters of it (proc_task_name: seq_escape_str with ESCAPE_SPACE |
+ * ESCAPE_SPECIAL limited to "\n\\"): a newline as \n and a backslash as \\; nothing is
+ * trimmed. undefined when the text has no Name line or another escape (a kernel that escapes
+ * otherwise): the caller reads the comm file then.
+ */
+export function statusComm(text: string): string | undefined {
+  const at = text.startsWith('Name:\t') ? 0 : text.indexOf('\nName:\t') + 1;
+  if (at === 0 && !text.startsWith('Name:\t')) return undefined;
+  const from = at + 'Name:\t'.length;
+  const end = text.indexOf('\n', from);
+  const escaped = text.slice(from, end < 0 ? text.length : end);
+  let out = '';
+  for (let i = 0; i < escaped.length; i++) {
+    const c = escaped[i]!;
+    if (c !== '\\') {
+      out += c;
+      continue;
+    }
+    const next = escaped[++i];
+    if (next === 'n') out += '\n';
+    else if (next === '\\') out += '\\';
+    else return undefined;
+  }
+  return out;
+}

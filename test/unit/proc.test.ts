@@ -1,6 +1,6 @@
 /** /proc parsers, on real text from this machine and on edge cases. */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { parseAuxv } from '../../src/proc/auxv.js';
 import { fdCloexec, parseFdinfo } from '../../src/proc/fdinfo.js';
@@ -9,7 +9,7 @@ import { freeRange, parseMaps } from '../../src/proc/maps.js';
 import { dumpablePageRuns } from '../../src/proc/pagemap.js';
 import { parseSmaps, parseSmapsVmFlags } from '../../src/proc/smaps.js';
 import { isKernelThread, parseStat } from '../../src/proc/stat.js';
-import { parseCpuList, parseStatus } from '../../src/proc/status.js';
+import { parseCpuList, parseStatus, statusComm } from '../../src/proc/status.js';
 
 describe('maps', { timeout: 30_000 }, () => {
   it('parses this process', () => {
@@ -66,6 +66,27 @@ describe('stat and status', { timeout: 30_000 }, () => {
     assert.equal(st.umask, process.umask());
     assert.equal(st.uid.length, 4);
     assert.equal(typeof st.sigIgn, 'bigint');
+  });
+
+  it('takes a thread\'s comm from its status exactly as the comm file has it', () => {
+    // This thread renamed (through its own comm file) to names the status escapes or could
+    // trim, each read back both ways; its name is put back whatever happens.
+    const comm = '/proc/thread-self/comm';
+    const was = readFileSync(comm, 'utf8').replace(/\n$/, '');
+    try {
+      for (const name of ['a\\b\nc', ' x\ty\r ', 'n\\n\\\\', 'ends\n', 'plain', '\\']) {
+        writeFileSync(comm, name);
+        const want = readFileSync(comm, 'utf8').replace(/\n$/, '');
+        assert.equal(want, name.slice(0, 15));
+        assert.equal(statusComm(readFileSync('/proc/thread-self/status', 'utf8')), want);
+      }
+    } finally {
+      writeFileSync(comm, was);
+    }
+    assert.equal(statusComm('Umask:\t0022\nName:\tx\\\\y\nState:\tS\n'), 'x\\y');
+    // An escape this parser does not know (octal, as some kernel could write): the caller reads comm.
+    assert.equal(statusComm('Name:\tx\\012y\n'), undefined);
+    assert.equal(statusComm('State:\tS\n'), undefined);
   });
 });
 
