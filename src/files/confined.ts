@@ -390,6 +390,13 @@ export function openRemovedNode(root: ConfinedRoot, path: string, what: string, 
       try {
         n.unlinkat(dir.dir, name, 0); // if this fails, the journal keeps the name for the sweep
         forget();
+        // The node made is ferry's and had that one name: one swapped in between the make and
+        // the open (someone who may write the directory) is another's, or has a name of its
+        // own elsewhere, and must not be given the image's owner by a root chown.
+        const st = fstatSync(held, { bigint: true });
+        if (st.nlink !== 0n || st.uid !== BigInt(process.geteuid?.() ?? 0)) {
+          throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${st.nlink !== 0n ? 'it has another name' : `owner ${st.uid}`})`);
+        }
         const why = check(held);
         if (why !== undefined) throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${why})`);
         if (oPath) {

@@ -392,7 +392,7 @@ const PAGE = 4096;
  * pipe.ts opens a pipe's other ends) and read back through the same one once the waits are
  * done, before any process of the tree runs; not when the image has a file of that pipe
  * opened read-write, nor a pipe handed in by the caller, which processes outside the tree
- * share (below). That leaves no trace the workload can see: the
+ * share, nor one an inotify watch or fanotify mark of the image is on (below). That leaves no trace the workload can see: the
  * pipe is empty again, its readers and writers counts are back (both stayed above zero, so
  * opening and closing the extra file woke nobody), no O_ASYNC owner is set yet (owners come
  * back in finishTask, after every table is installed) so no SIGIO is sent, and an item of
@@ -418,7 +418,7 @@ class Blips {
     const rec = this.open.record(id) as Partial<{ kind: string; flags: number; pipe: string }> | undefined;
     const cfd = this.open.opened(id);
     if (rec?.kind !== 'pipe' || typeof rec.pipe !== 'string' || ((rec.flags ?? -1) & O_ACCMODE) !== O_RDONLY
-      || cfd === undefined || this.done.has(rec.pipe) || this.readWrite(rec.pipe) || this.handedIn(rec.pipe)) return;
+      || cfd === undefined || this.done.has(rec.pipe) || this.readWrite(rec.pipe) || this.handedIn(rec.pipe) || this.watched(rec.pipe)) return;
     const n = native();
     // poll(2) of the end (the binding is the tty module's, any file will do).
     if (n.ttyPoll(cfd, ALL_POLL) !== 0 || n.pipeUnread(cfd) !== 0 || n.pipeSize(cfd) <= PAGE) return;
@@ -435,6 +435,19 @@ class Blips {
    */
   private handedIn(pipe: string): boolean {
     return this.open.records().some((r) => r.kind === 'pipe' && r.pipe === pipe && this.open.inherited(r.id));
+  }
+
+  /**
+   * Whether an inotify watch or fanotify mark of the image is on pipe `pipe` (through one of
+   * its files): it would see the extra open, the write, the read and the close (IN_OPEN,
+   * IN_MODIFY, IN_ACCESS, IN_CLOSE_WRITE: checked on 6.18).
+   */
+  private watched(pipe: string): boolean {
+    const ids = new Set(this.open.records().filter((r) => r.kind === 'pipe' && r.pipe === pipe).map((r) => r.id));
+    return this.open.records().some((r) => {
+      const list = r.kind === 'inotify' ? r.watches : r.kind === 'fanotify' ? r.marks : undefined;
+      return Array.isArray(list) && list.some((w: unknown) => ids.has((w as { file?: unknown } | null)?.file as number));
+    });
   }
 
   /**

@@ -242,7 +242,14 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // A group whose leader had exited is made around a helper with its id (createTree). Its id
     // was no thread's either: the group kept the pid from being reused.
     const leaderless = [...leaderlessGroups(tree).keys()];
-    for (const g of leaderless) {
+    // So is a terminal's foreground group no process is in (files/tty.ts emptyForegrounds).
+    const groupIds = new Set(tree.processes.map((p) => p.pgid));
+    const emptyForeground = [...new Set(files.files.flatMap((r) => {
+      const c = r.kind === 'tty' && r.role === 'slave' ? (r.ctty as { session?: unknown; foreground?: unknown } | null | undefined) : undefined;
+      return c && c.session !== null && typeof c.foreground === 'number' && !groupIds.has(c.foreground) ? [c.foreground] : [];
+    }))];
+    for (const g of [...leaderless, ...emptyForeground]) {
+      if (!Number.isSafeInteger(g) || g < 1 || g > 4 * 1024 * 1024) throw new FerryError('EIMAGE', `image ${label}: process group ${g} is no pid (1 to 4194304)`);
       const th = tasks.find((t) => t.threads.some((x) => x.tid === g));
       if (th) throw new FerryError('EIMAGE', `image ${label}: process group ${g} has no leader in the tree, yet ${g} is a thread of pid ${th.pid}`);
     }
@@ -250,6 +257,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       for (const p of tree.processes) await assertPidFree(p.pid);
       for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
       for (const g of leaderless) await assertPidFree(g, undefined, `pid ${g} (the id of process group ${g}, whose leader had exited)`);
+      for (const g of emptyForeground) await assertPidFree(g, undefined, `pid ${g} (the id of process group ${g}, a terminal's foreground group no process is in)`);
       // A group led from outside the tree is there to join again (createTree joins it).
       outside = outsideGroups(tree);
     }
