@@ -3,7 +3,7 @@
  * open file (cheap key, confirmed with kcmp(KCMP_FILE)), and dump each open file once.
  */
 import { fstatSync, readFileSync, statfsSync } from 'node:fs';
-import { errnoCode, FerryError } from '../errors.js';
+import { describeCause, errnoCode, FerryError } from '../errors.js';
 import { FdStat } from '../proc/fd-stat.js';
 import type { FdRecord, FileRecord } from '../image/records.js';
 import { THREAD_ALONE_KINDS } from '../image/sharing.js';
@@ -410,13 +410,17 @@ function refuseReapedProcFile(d: FdDesc, mounts: TaskMounts): void {
   if (!deleted) {
     try {
       st = statIn(mounts.root(d.pid), d.link, `fd ${d.fd} of pid ${d.pid}`, !d.stat.isDirectory() && (d.fdinfo.flags & O_PATH) !== 0);
-    } catch {
-      st = undefined;
+    } catch (err) {
+      // Not "gone": the path could not be looked up (a magic link, a permission): said as such.
+      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link}, a /proc file in its container, could not be looked up `
+        + `again inside the container (${describeCause(err)}), which restore does to open it; close it in the process before the checkpoint; `
+        + 'the tree was left running', { pid: d.pid, cause: err });
     }
   }
   if (st !== undefined && st.dev === d.stat.dev && st.ino === d.stat.ino) return;
-  throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} is a /proc file of process ${m[1]} of its container, `
-    + 'which had exited and been reaped: restore opens a container\'s /proc files by path, which would find no file there or another process\'s; '
+  const task = /^\/proc\/\d+\/task\/(\d+)\//.exec(d.link)?.[1];
+  throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${d.pid} fd ${d.fd} -> ${d.link} is a /proc file of ${task !== undefined && task !== m[1] ? `thread ${task} of ` : ''}process ${m[1]} of its container, `
+    + `which had exited${task !== undefined && task !== m[1] ? '' : ' and been reaped'}: restore opens a container's /proc files by path, which would find no file there or another process's; `
     + 'close it in the process before the checkpoint; the tree was left running', { pid: d.pid });
 }
 
