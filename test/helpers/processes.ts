@@ -113,7 +113,16 @@ export async function startWorkload(cmd: string, args: string[],
   owned.add(pid);
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
   const text = (): string => readFileSync(log, 'utf8');
-  await waitFor(`${cmd} to get ready`, () => text().includes(`ready pid=${pid}`), opts.readyTimeoutMs);
+  // One that exits before it is ready (a setup step failed: `must`) is said at once, with what
+  // it printed; one still setting up when the time is up, with what it printed so far.
+  const ready = (): boolean => text().includes(`ready pid=${pid}`);
+  const said = (): string => {
+    const t = text().trim();
+    return `${child.exitCode !== null || child.signalCode !== null ? `it ended (${child.signalCode ?? `status ${child.exitCode}`})` : 'it runs'}, `
+      + `${t === '' ? 'having said nothing' : `having said: ${t.slice(-400)}`}`;
+  };
+  await waitFor(`${cmd} to get ready`, () => ready() || child.exitCode !== null || child.signalCode !== null, opts.readyTimeoutMs, said);
+  if (!ready()) throw new Error(`${cmd} ${args.join(' ')} did not get ready: ${said()}`);
   return {
     pid, dir, log, text, exited,
     ticks: () => [...text().matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1])),

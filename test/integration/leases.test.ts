@@ -50,7 +50,7 @@ describe('leases and file owners', { skip, timeout: 120_000 }, () => {
   });
 
   it('a lease being broken comes back as what it is broken to, and the breaker gets through', async () => {
-    const w = await startWorkload(LEASES, ['DIR', 'breaking']);
+    const w = await startWorkload(LEASES, ['DIR', 'breaking'], { readyTimeoutMs: 30_000 });
     const image = join(w.dir, 'breaking.tar');
     await checkpointTreeFreed(w, image, ['--file-locks']);
     const rs = restore(image, ['--file-locks']);
@@ -59,7 +59,7 @@ describe('leases and file owners', { skip, timeout: 120_000 }, () => {
   });
 
   it('a write lease being broken to read comes back being broken, its breakers still waiting, no second signal', async () => {
-    const w = await startWorkload(LEASES, ['DIR', 'breaking-read']);
+    const w = await startWorkload(LEASES, ['DIR', 'breaking-read'], { readyTimeoutMs: 30_000 });
     const image = join(w.dir, 'breaking-read.tar');
     await checkpointTreeFreed(w, image, ['--file-locks']);
     const rs = restore(image, ['--file-locks']);
@@ -68,7 +68,7 @@ describe('leases and file owners', { skip, timeout: 120_000 }, () => {
   });
 
   it('--leave-running leaves write leases being broken to read as they were', async () => {
-    const w = await startWorkload(LEASES, ['DIR', 'breaking-read']);
+    const w = await startWorkload(LEASES, ['DIR', 'breaking-read'], { readyTimeoutMs: 30_000 });
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--file-locks', '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
