@@ -18,8 +18,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import type { FaultPhase } from '../../src/fault.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, own, startWorkload, verify } from '../helpers/processes.js';
+import { cleanup, own, startWorkload, verify, type Workload } from '../helpers/processes.js';
 import {
   checkRestored, hit, killAll, pidsFree, runFerry, startMemcheck, whilePaused, type Problems,
 } from './helpers.js';
@@ -28,6 +29,27 @@ const skip = needs('root', 'build');
 after(() => { killAll(); cleanup(); });
 
 describe('fault cells: restore killed between a fork and the seize of the child, or while a parent holds lent pages', { skip, timeout: 180_000 }, () => {
+  /**
+   * Checkpoints `w` (its tree of `pids` killed), SIGKILLs a restore of it paused at `phase`:
+   * every pid of `pids` and `also` is free again at once; then a retry restores it whole.
+   */
+  const killedThenRetried = async (w: Workload, pids: number[], phase: FaultPhase, also: number[] = []): Promise<void> => {
+    const image = join(w.dir, 'image.tar');
+    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    assert.deepEqual(await pidsFree(pids), []);
+
+    const p: Problems = [];
+    await whilePaused(p, ['restore', '--image', image], phase, (run) => hit(run, 'SIGKILL', p).then(() => undefined));
+    assert.deepEqual(p, []);
+    assert.deepEqual(await pidsFree([...pids, ...also], 5000), [], 'nothing of the killed restore holds the pids');
+
+    const rs = await runFerry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    assert.equal(await verify(w), 'PASS', w.text());
+  };
+
   // `lent`: the rebuilt root holds the pages its children lend through it (restore/cow.ts:
   // memcheck cow's children share pages of the C library's data the root wrote after forking).
   for (const [mode, at] of [['tree', 'forked'], ['cow', 'forked'], ['cow', 'lent']] as const) {
@@ -60,20 +82,7 @@ describe('fault cells: restore killed between a fork and the seize of the child,
     const pids = [w.pid, ...readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number)];
     for (const pid of pids) own(pid);
     assert.equal(pids.length, 2, 'parent and child');
-    const image = join(w.dir, 'share.tar');
-    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    assert.deepEqual(await pidsFree(pids), []);
-
-    const p: Problems = [];
-    await whilePaused(p, ['restore', '--image', image], 'forked', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
-    assert.deepEqual(p, []);
-    assert.deepEqual(await pidsFree(pids, 5000), [], 'nothing of the killed restore holds the pids');
-
-    const rs = await runFerry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    assert.equal(await verify(w), 'PASS', w.text());
+    await killedThenRetried(w, pids, 'forked');
   });
 
   it('cowshare siblings: SIGKILL at lent, the root holding a temporary area for its children; nothing is left, a retry restores', async () => {
@@ -84,20 +93,7 @@ describe('fault cells: restore killed between a fork and the seize of the child,
     assert.ok(m, w.text());
     const pids = m[1]!.split(',').map(Number);
     for (const pid of pids) own(pid);
-    const image = join(w.dir, 'share.tar');
-    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    assert.deepEqual(await pidsFree(pids), []);
-
-    const p: Problems = [];
-    await whilePaused(p, ['restore', '--image', image], 'lent', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
-    assert.deepEqual(p, []);
-    assert.deepEqual(await pidsFree(pids, 5000), [], 'nothing of the killed restore holds the pids');
-
-    const rs = await runFerry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    assert.equal(await verify(w), 'PASS', w.text());
+    await killedThenRetried(w, pids, 'lent');
   });
 
   it('orphangroup: SIGKILL at grouped, a helper holding a group id; nothing is left, a retry restores', async () => {
@@ -107,19 +103,6 @@ describe('fault cells: restore killed between a fork and the seize of the child,
     const group = Number(m[1]);
     const pids = [w.pid, ...m[2]!.split(',').map(Number)];
     for (const pid of pids) own(pid);
-    const image = join(w.dir, 'orphans.tar');
-    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
-    assert.equal(cp.code, 0, cp.stderr);
-    await w.exited;
-    assert.deepEqual(await pidsFree(pids), []);
-
-    const p: Problems = [];
-    await whilePaused(p, ['restore', '--image', image], 'grouped', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
-    assert.deepEqual(p, []);
-    assert.deepEqual(await pidsFree([...pids, group], 5000), [], 'nothing of the killed restore holds the pids or the group id');
-
-    const rs = await runFerry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    assert.equal(await verify(w), 'PASS', w.text());
+    await killedThenRetried(w, pids, 'grouped', [group]);
   });
 });

@@ -337,10 +337,14 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
     assert.equal(await verify(s.w), 'PASS');
   });
 
-  it('siblings --leave-running: the tree runs on sharing them, and the image restores them shared', async () => {
-    const s = await startShare('siblings');
+  /**
+   * Checkpoints `mode`'s tree with --leave-running (it runs on as it was, sharing as before),
+   * lets it end, restores the image: the same layouts, sharing the pages where `shared`.
+   */
+  const leftThenRestored = async (mode: 'siblings' | 'cousins', shared: boolean): Promise<void> => {
+    const s = await startShare(mode);
     const was = layouts(s.pids);
-    const image = join(s.w.dir, 'lr.tar');
+    const image = join(s.w.dir, `${mode}.tar`);
     const cp = ferry(['checkpoint', '--pid', String(s.w.pid), '--image', image, '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assertAsBefore(s, was, true, 'left running');
@@ -350,24 +354,11 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
     const rs = ferry(['restore', '--image', image]);
     assert.equal(rs.code, 0, rs.stderr);
     s.pids.forEach(own);
-    assertAsBefore(s, was, true, 'restored');
+    assertAsBefore(s, was, shared, 'restored');
     assert.equal(await askVerdict(s.w.pid, s.w.text), 'PASS'); // its second verdict
-  });
+  };
 
-  it('cousins: left running and restored, each grandchild has its pages, no ancestor maps the area', async () => {
-    const s = await startShare('cousins');
-    const was = layouts(s.pids);
-    const image = join(s.w.dir, 'cousins.tar');
-    const cp = ferry(['checkpoint', '--pid', String(s.w.pid), '--image', image, '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    assertAsBefore(s, was, true, 'left running');
-    assert.equal(await verify(s.w), 'PASS');
-    await s.w.exited;
-    await waitFor('every pid of the tree to be free', () => !s.pids.some(alive));
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    s.pids.forEach(own);
-    assertAsBefore(s, was, false, 'restored');
-    assert.equal(await askVerdict(s.w.pid, s.w.text), 'PASS');
-  });
+  it('siblings --leave-running: the tree runs on sharing them, and the image restores them shared', () => leftThenRestored('siblings', true));
+
+  it('cousins: left running and restored, each grandchild has its pages, no ancestor maps the area', () => leftThenRestored('cousins', false));
 });
