@@ -1209,12 +1209,21 @@ export interface EmptyForeground {
 export function emptyForegrounds(files: RestoreFiles, groups: ReadonlySet<number>): EmptyForeground[] {
   const out: EmptyForeground[] = [];
   for (const [id, cfd] of files.opened) {
-    const rec = files.ctx.record(id) as TtyRecord | undefined;
-    const c = rec?.kind === 'tty' && rec.role === 'slave' ? rec.ctty : undefined;
-    if (!c || c.session === null || c.foreground === null || groups.has(c.foreground)) continue;
-    out.push({ leader: c.session, pgid: c.foreground, id, cfd, path: rec!.path });
+    const rec = files.ctx.record(id);
+    const pgid = rec && emptyForegroundOf(rec, groups);
+    if (pgid !== undefined) out.push({ leader: (rec as TtyRecord).ctty!.session!, pgid, id, cfd, path: (rec as TtyRecord).path });
   }
   return out;
+}
+
+/**
+ * The foreground group of the controlling terminal `rec` (a slave's record) when no process of
+ * the tree is in it (`groups`: the tree's group ids), else undefined: what emptyForegrounds
+ * makes, and what restore.ts checks is free before anything is made.
+ */
+export function emptyForegroundOf(rec: FileRecord, groups: ReadonlySet<number>): number | undefined {
+  const c = rec.kind === 'tty' && (rec as TtyRecord).role === 'slave' ? (rec as TtyRecord).ctty : undefined;
+  return c && c.session !== null && c.foreground !== null && !groups.has(c.foreground) ? c.foreground : undefined;
 }
 
 /**

@@ -29,7 +29,7 @@ import { ConfinedRoot, hostRoot, statIn } from '../files/confined.js';
 import { checkMappedFiles } from '../files/regular.js';
 import { removeKeptLock, type LockedConnection } from '../files/tcp-lock.js';
 import { sweepTransientNames } from '../files/transient.js';
-import { checkUnheldTerminals, setForegroundGroups } from '../files/tty.js';
+import { checkUnheldTerminals, emptyForegroundOf, setForegroundGroups } from '../files/tty.js';
 import type { InetRecord } from '../files/inet.js';
 import { DEFAULT_FILE_OPTIONS } from '../files/types.js';
 import { withNetns } from '../task/netns.js';
@@ -244,10 +244,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const leaderless = [...leaderlessGroups(tree).keys()];
     // So is a terminal's foreground group no process is in (files/tty.ts emptyForegrounds).
     const groupIds = new Set(tree.processes.map((p) => p.pgid));
-    const emptyForeground = [...new Set(files.files.flatMap((r) => {
-      const c = r.kind === 'tty' && r.role === 'slave' ? (r.ctty as { session?: unknown; foreground?: unknown } | null | undefined) : undefined;
-      return c && c.session !== null && typeof c.foreground === 'number' && !groupIds.has(c.foreground) ? [c.foreground] : [];
-    }))];
+    const emptyForeground = [...new Set(files.files.flatMap((r) => emptyForegroundOf(r, groupIds) ?? []))];
     for (const g of [...leaderless, ...emptyForeground]) {
       if (!Number.isSafeInteger(g) || g < 1 || g > 4 * 1024 * 1024) throw new FerryError('EIMAGE', `image ${label}: process group ${g} is no pid (1 to 4194304)`);
       const th = tasks.find((t) => t.threads.some((x) => x.tid === g));
