@@ -33,7 +33,7 @@ export const SYS = {
   rt_sigaction: 13, rt_sigprocmask: 14, ioctl: 16, mremap: 25, madvise: 28, dup2: 33, recvmsg: 47,
   pause: 34, getitimer: 36, setitimer: 38, getpid: 39, rt_sigqueueinfo: 129, fcntl: 72, chdir: 80, fchdir: 81, umask: 95, chroot: 161,
   setpgid: 109, setsid: 112, getsid: 124, sigaltstack: 131, prctl: 157, arch_prctl: 158, gettid: 186,
-  set_tid_address: 218, exit_group: 231, wait4: 61, openat: 257, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297,
+  set_tid_address: 218, exit_group: 231, tgkill: 234, wait4: 61, openat: 257, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297,
   rt_sigtimedwait: 128, prlimit64: 302, shmget: 29, shmat: 30, shmctl: 31,
   setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123, capset: 126, personality: 135,
   setpriority: 141, sched_setscheduler: 144, sched_getscheduler: 145, sched_setaffinity: 203, seccomp: 317,

@@ -40,27 +40,35 @@
  *
  * An EPOLLONESHOT item that already fired keeps only its flag bits (EP_PRIVATE_BITS: EPOLLET,
  * EPOLLONESHOT, EPOLLEXCLUSIVE, EPOLLWAKEUP) and reports nothing, not even a hangup, until
- * EPOLL_CTL_MOD arms it again. epoll_ctl cannot make such an item (ADD and MOD always add
- * EPOLLERR|EPOLLHUP): only its firing clears the poll bits, when epoll_wait reports it. So a
- * fired item is added with every poll bit, reported by an injected epoll_wait(timeout 0)
- * while the epoll is ready only for such items and level-triggered ones (their reports are
- * repeated anyway), and fdinfo then shows it as it was. That is before this task adds the
- * epoll's other items, and only if no process restored before added an edge-triggered or an
- * armed one-shot item to it (the wait would use up its event). The target must be ready for
- * something (a connected socket is writable, a pipe with data readable, one without writers
- * hung up), or be made so for the wait: an empty anonymous pipe with a writer (Blips). No
- * epoll_ctl stands in for that: ADD or MOD with events EPOLLONESHOT alone (or 0) arms the item
- * for EPOLLERR|EPOLLHUP (fdinfo 40000018, and a hangup is reported), where a fired one shows
- * 40000000 and reports nothing.
+ * EPOLL_CTL_MOD arms it again. epoll_ctl cannot make such an item: ADD and MOD always add
+ * EPOLLERR|EPOLLHUP, so events EPOLLONESHOT alone (or 0) arm the item for those (fdinfo
+ * 40000018, and a hangup is reported) where a fired one shows 40000000 and reports nothing
+ * (checked on 6.18). Only its firing clears the poll bits, when epoll_wait reports it, and
+ * epoll_wait reports only what a poll of the target finds ready then (a wake-up merely queues
+ * the item). So a fired item is added with every poll bit, reported by an injected
+ * epoll_wait(timeout 0) while the epoll is ready only for such items and level-triggered ones
+ * (their reports are repeated anyway), and fdinfo then shows it as it was. That is before this
+ * task adds the epoll's other items, and only if no process restored before added an
+ * edge-triggered or an armed one-shot item to it (the wait would use up its event). The
+ * target must be ready for something (a connected socket or an eventfd is writable, a pipe
+ * with data readable, one without writers hung up), or be made so for the wait with no trace
+ * the workload can see (Blips): an empty anonymous pipe with a writer, a timerfd with no
+ * expiration counted, a signalfd with none of its signals pending. A FIFO ready for nothing is
+ * refused at checkpoint (refuseIdleFifo).
  *
- * Not kept exactly: a fired one-shot item whose target is ready for nothing and no pipe Blips
- * may touch (a FIFO, a pipe of one page, a listening socket with no connection waiting, a
- * socket whose peer's queue is full), that is detached, or that is added after an
- * edge-triggered or armed one-shot item of a shared epoll, comes back armed for
- * EPOLLERR|EPOLLHUP; an EPOLLET item whose target is ready is reported once more after
+ * Not kept exactly: a fired one-shot item whose target is ready for nothing and of another
+ * kind (a listening socket with no connection waiting, an inotify or fanotify instance with no
+ * event queued, an epoll ready for nothing, a socket whose peer's queue is full), a pipe Blips
+ * may not touch (handed in, or watched) or a signalfd reading only SIGCONT and stop signals,
+ * that is detached, or that is added after an edge-triggered or armed one-shot item of a
+ * shared epoll, comes back armed for EPOLLERR|EPOLLHUP (set with EPOLL_CTL_MOD): listeners,
+ * inotify, fanotify, epolls and signalfds never report either (tcp_poll of a listener,
+ * inotify_poll, fanotify_poll, ep_eventpoll_poll, signalfd_poll: EPOLLIN at most; a unix
+ * listener reports EPOLLHUP once the process shuts it down both ways), so for them only fdinfo
+ * tells the difference. An EPOLLET item whose target is ready is reported once more after
  * restore (epoll_ctl queues a ready target).
  */
-import { fstatSync, readdirSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
+import { fstatSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, writeSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, Hex } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -186,6 +194,29 @@ function otherHolders(d: FdDesc, ctx: DumpContext): number[] {
   return out;
 }
 
+/**
+ * Refuses fired one-shot item `tfd` (held by `holder` at that number) when its target is a
+ * FIFO ready for nothing (poll(2) of the holder's open file, copied with pidfd_getfd, reports
+ * nothing): restore could disarm it only by making the FIFO ready for a moment, which takes a
+ * write through its node (the node's times change on disk, and watchers of its path outside
+ * the tree see it), and an item armed for EPOLLERR|EPOLLHUP instead would report the hangup
+ * when the FIFO's last writer goes.
+ */
+function refuseIdleFifo(d: FdDesc, ctx: DumpContext, holder: number, tfd: number): void {
+  const at = `/proc/${holder}/fd/${tfd}`;
+  let link: string;
+  try {
+    link = readlinkSync(at);
+    if (!link.startsWith('/') || !statSync(at).isFIFO()) return;
+  } catch {
+    return; // not a FIFO of a file system (stat of a socket or anonymous file works too)
+  }
+  if (native().ttyPoll(ctx.grab({ pid: holder, fd: tfd, link }), ALL_POLL) !== 0) return;
+  throw unsupported(d, `its EPOLLONESHOT item on fd ${tfd} (FIFO ${link}) fired and the FIFO is ready for nothing: restore could disarm `
+    + 'the item again only by writing to the FIFO, which changes its times on disk; checkpoint once the process has re-armed '
+    + 'the item (EPOLL_CTL_MOD) or removed it (EPOLL_CTL_DEL), or while the FIFO holds data');
+}
+
 function dumpEpoll(d: FdDesc, ctx: DumpContext): Omit<EventpollRecord, 'id' | 'kind'> {
   const lines = d.fdinfo.lines.get('tfd') ?? [];
   const targets: EpollTarget[] = [];
@@ -203,6 +234,7 @@ function dumpEpoll(d: FdDesc, ctx: DumpContext): Omit<EventpollRecord, 'id' | 'k
       holder = others.find((p) => holdsItem(p, d.pid, d.fd, item.tfd, toff));
     }
     const held = holder === undefined ? undefined : ctx.fileIdOf(holder, item.tfd);
+    if (holder !== undefined && isFired(item.events)) refuseIdleFifo(d, ctx, holder, item.tfd);
     const file = held ?? findDetached(d, ctx, item.tfd, toff, item.ino);
     const target: EpollTarget = { fd: item.tfd, file: file ?? 0, events: item.events, data: `0x${item.data.toString(16)}`, ...(held === undefined ? { detached: true } : {}) };
     targets.push(target);
@@ -345,13 +377,13 @@ const spoiledByWait = (events: number): boolean => (events & (EPOLLET | EPOLLONE
  * until one returns fewer events than asked, the ready list then being gone through, or until
  * as many items as the epoll holds were asked for (level-triggered ones go back to the end of
  * the list). A target ready for nothing is made ready for the waits when it is an anonymous
- * pipe's read end (`Blips`). An item still armed after that is set to its flag bits with
- * EPOLL_CTL_MOD, which arms it for EPOLLERR|EPOLLHUP: the closest epoll_ctl allows.
+ * pipe's read end, a timerfd or a signalfd (`Blips`). An item still armed after that is set to its flag
+ * bits with EPOLL_CTL_MOD, which arms it for EPOLLERR|EPOLLHUP: the closest epoll_ctl allows.
  */
 function addFired(rec: EventpollRecord, task: TaskContext, fired: readonly number[], before: number): void {
   const tr = task.tracee;
   addBatches(rec, task, fired, (t) => t.events | ALL_POLL);
-  const blips = new Blips(task.open);
+  const blips = new Blips(task);
   try {
     for (const i of fired) blips.ready(rec.targets[i]!.file);
     const total = before + fired.length;
@@ -381,50 +413,88 @@ function addFired(rec: EventpollRecord, task: TaskContext, fired: readonly numbe
   addBatches(rec, task, left, (t) => t.events, EPOLL_CTL_MOD);
 }
 
-const PAGE = 4096;
+/** timerfd_settime(2) flag: its timerfd's reads fail with ECANCELED once the clock is set. */
+const TFD_TIMER_CANCEL_ON_SET = 2;
+/** SIGKILL, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: not queued for a moment (Blips). */
+const SIDE_EFFECTS = new Set([9, 18, 19, 20, 21, 22]);
 
 /**
  * Makes the targets of fired one-shot items that are ready for nothing ready for a moment, so
- * that the wait of addFired disarms their items, then as they were. Only an anonymous pipe's
- * read end (a record of kind `pipe` opened O_RDONLY) whose pipe is empty and has a writer
- * (poll(2) of it reports nothing: no hangup) and more than one page of capacity: a byte is
- * written to its pipe through a new open file of it (`/proc/self/fd/N` opened O_RDWR, as
- * pipe.ts opens a pipe's other ends) and read back through the same one once the waits are
- * done, before any process of the tree runs; not when the image has a file of that pipe
- * opened read-write, nor a pipe handed in by the caller, which processes outside the tree
- * share, nor one an inotify watch or fanotify mark of the image is on (below). That leaves no trace the workload can see: the
- * pipe is empty again, its readers and writers counts are back (both stayed above zero, so
- * opening and closing the extra file woke nobody), no O_ASYNC owner is set yet (owners come
- * back in finishTask, after every table is installed) so no SIGIO is sent, and an item of
- * another epoll the write queued (edge-triggered, or an armed one-shot one) is polled again
- * by its epoll before anything is reported and dropped, the pipe being ready for nothing
- * again: the kernel reports and disarms only what a poll finds ready. The capacity matters:
- * with one page, the byte fills the pipe, and reading it wakes the writers' side
- * (EPOLLOUT), an edge an EPOLLET item on a write end would report. A FIFO is left alone (the
- * write and read would change its node's times on disk and reach inotify and fanotify
- * watchers of its path, outside the tree), as are other kinds: an eventfd is never ready for
- * nothing (writable below its largest count), a socket would need its peer or a connection
- * made from outside, which another client could race.
+ * that the wait of addFired disarms their items, then as they were, before any process of the
+ * tree runs. Three kinds have a means that leaves no trace the workload can see:
+ *
+ * - an anonymous pipe's read end (a record of kind `pipe` opened O_RDONLY) whose pipe is empty
+ *   and has a writer (poll(2) of it reports nothing: no hangup): a byte is written to its pipe
+ *   through a new open file of it (`/proc/self/fd/N` opened O_RDWR, as pipe.ts opens a pipe's
+ *   other ends) and read back through the same one once the waits are done. The pipe is empty
+ *   again, its readers and writers counts are back (both stayed above zero, so opening and
+ *   closing the extra file woke nobody), no O_ASYNC owner is set yet (owners come back in
+ *   finishTask, after every table is installed) so no SIGIO is sent, and an item of another
+ *   epoll the write or the read queued (edge-triggered, or an armed one-shot one) is polled
+ *   again by its epoll before anything is reported, and dropped when the pipe is ready for
+ *   nothing it asks: the kernel reports and disarms only what a poll finds ready. A writable
+ *   file of the pipe (its write end, one opened read-write) is ready for writing throughout,
+ *   blip or not: an edge-triggered item asking EPOLLOUT on one is queued by its own ADD at
+ *   restore already (the limit in the module comment), and the wake-ups of the write (the
+ *   readers' side, where a read-write file waits too) and of the read (the writers' side of a
+ *   pipe of one page, which the byte filled) queue it no further. Not a pipe handed in by the
+ *   caller, which processes outside the tree share, nor one an inotify watch or fanotify mark
+ *   of the image is on (`watched`).
+ * - a timerfd with no expiration counted (and not TFD_TIMER_CANCEL_ON_SET, whose reads may
+ *   fail with ECANCELED): TFD_IOC_SET_TICKS counts one (waking its waiters with EPOLLIN, like
+ *   an expiry), and a read of the controller's descriptor takes it back once the waits are
+ *   done, as timerfd.ts does at checkpoint. Should the timer expire in between, the read
+ *   counts that expiry too (and, being periodic, the kernel restarts it there, as a read by
+ *   the process would): all but the one count are set back.
+ * - a signalfd none of whose signals is pending for the task: one of them is queued to the
+ *   task for the waits and taken back with rt_sigtimedwait (`signal`).
+ *
+ * A FIFO would need a write through its node, which changes the node's times on disk and
+ * reaches inotify and fanotify watchers of its path outside the tree: checkpoint refuses such
+ * an item (dumpEpoll). An eventfd is never ready for nothing (writable below its largest
+ * count); a socket would need its peer or a connection made from outside, which another
+ * client could race.
  */
 class Blips {
   private readonly done = new Set<string>();
-  /** The extra open files, each with whether its byte is in the pipe. */
+  /** The extra open files of pipes, each with whether its byte is in the pipe. */
   private readonly made: Array<{ fd: number; wrote: boolean }> = [];
+  /** The controller's descriptors of the timerfds counted an expiration. */
+  private readonly timers: number[] = [];
 
-  constructor(private readonly open: OpenContext) {}
+  /** The signals queued to the task for its signalfds. */
+  private readonly signals: number[] = [];
+  private readonly open: OpenContext;
 
-  /** Makes file `id` ready for reading, if it is such a pipe end ready for nothing. */
+  constructor(private readonly task: TaskContext) {
+    this.open = task.open;
+  }
+
+  /** Makes file `id` ready for reading, if it is such a pipe end, timerfd or signalfd ready for nothing. */
   ready(id: number): void {
-    const rec = this.open.record(id) as Partial<{ kind: string; flags: number; pipe: string }> | undefined;
+    const rec = this.open.record(id) as Partial<{ kind: string; flags: number; pipe: string; settime: number }> | undefined;
     const cfd = this.open.opened(id);
-    if (rec?.kind !== 'pipe' || typeof rec.pipe !== 'string' || ((rec.flags ?? -1) & O_ACCMODE) !== O_RDONLY
-      || cfd === undefined || this.done.has(rec.pipe) || this.readWrite(rec.pipe) || this.handedIn(rec.pipe) || this.watched(rec.pipe)) return;
+    if (cfd === undefined) return;
     const n = native();
+    if (rec?.kind === 'signalfd') {
+      this.signal(rec as { mask?: unknown });
+      return;
+    }
+    if (rec?.kind === 'timerfd') {
+      if (this.done.has(`timerfd ${id}`) || ((rec.settime ?? TFD_TIMER_CANCEL_ON_SET) & TFD_TIMER_CANCEL_ON_SET) !== 0
+        || n.ttyPoll(cfd, ALL_POLL) !== 0) return;
+      this.done.add(`timerfd ${id}`);
+      n.timerfdSetTicks(cfd, 1n);
+      this.timers.push(cfd);
+      return;
+    }
+    if (rec?.kind !== 'pipe' || typeof rec.pipe !== 'string' || ((rec.flags ?? -1) & O_ACCMODE) !== O_RDONLY
+      || this.done.has(`pipe ${rec.pipe}`) || this.handedIn(rec.pipe) || this.watched(rec.pipe)) return;
     // poll(2) of the end (the binding is the tty module's, any file will do).
-    if (n.ttyPoll(cfd, ALL_POLL) !== 0 || n.pipeUnread(cfd) !== 0 || n.pipeSize(cfd) <= PAGE) return;
+    if (n.ttyPoll(cfd, ALL_POLL) !== 0 || n.pipeUnread(cfd) !== 0) return;
     const m = { fd: n.openRaw(`/proc/self/fd/${cfd}`, O_RDWR | O_NONBLOCK | O_CLOEXEC), wrote: false };
     this.made.push(m);
-    this.done.add(rec.pipe);
+    this.done.add(`pipe ${rec.pipe}`);
     if (writeSync(m.fd, Buffer.from([0])) !== 1) throw new Error(`cannot write a byte to pipe:[${rec.pipe}] (file ${id})`);
     m.wrote = true;
   }
@@ -451,19 +521,51 @@ class Blips {
   }
 
   /**
-   * Whether pipe `pipe` has a file opened read-write in the image: the write wakes its
-   * readers' side, and such a file is writable, so an edge-triggered item on it that the wake
-   * queued would report EPOLLOUT, an edge of nothing.
+   * Queues to the task (tgkill, injected) a signal of signalfd record `rec`'s mask when none of
+   * its signals is pending for the task (its /proc status, SigPnd and ShdPnd): a signalfd
+   * polls the pending signals of the task that polls it, here the task's own epoll_wait. Only
+   * a signal the task blocks (the restore blocks every one until the very end: it is not
+   * delivered), a real-time one first (it queues apart: the wait of `undo` takes the first
+   * queued, this one), never SIGCONT nor a stop signal (sending them drops pending ones of the
+   * other kind). Process-wide and per-thread pending signals are queued only later, once the
+   * threads exist, so the queue holds none the wait could take instead.
    */
-  private readWrite(pipe: string): boolean {
-    return this.open.records().some((r) => r.kind === 'pipe' && r.pipe === pipe && typeof r.flags === 'number' && (r.flags & O_ACCMODE) === O_RDWR);
+  private signal(rec: { mask?: unknown }): void {
+    if (typeof rec.mask !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(rec.mask)) return;
+    const mask = BigInt(rec.mask);
+    const bit = (sig: number): bigint => 1n << BigInt(sig - 1);
+    if (this.signals.some((sig) => (mask & bit(sig)) !== 0n)) return;
+    const status = readFileSync(`/proc/${this.task.pid}/task/${this.task.pid}/status`, 'utf8');
+    const field = (name: string): bigint => BigInt(`0x${new RegExp(`^${name}:\\s*([0-9a-f]+)$`, 'm').exec(status)?.[1] ?? '0'}`);
+    if ((mask & (field('SigPnd') | field('ShdPnd'))) !== 0n) return;
+    const blocked = field('SigBlk');
+    const order = [...Array.from({ length: 33 }, (_, i) => 64 - i), ...Array.from({ length: 31 }, (_, i) => i + 1)]; // 64..32, 1..31
+    const sig = order.find((s) => !SIDE_EFFECTS.has(s) && (mask & bit(s)) !== 0n && (blocked & bit(s)) !== 0n);
+    if (sig === undefined) return;
+    const tr = this.task.tracee;
+    const [tgid, tid] = tr.syscalls([[SYS.getpid], [SYS.gettid]]);
+    tr.syscall(SYS.tgkill, tgid!, tid!, sig);
+    this.signals.push(sig);
   }
 
-  /** Reads every byte written back, closes the extra files. */
+  /** Reads every byte written back, takes every expiration counted back, closes the extra files. */
   undo(): void {
     const n = native();
     const buf = Buffer.alloc(2);
     try {
+      for (const sig of this.signals.splice(0)) {
+        this.task.scratch.reset();
+        const set = Buffer.alloc(8);
+        set.writeBigUInt64LE(1n << BigInt(sig - 1));
+        const at = this.task.scratch.put(Buffer.concat([set, Buffer.alloc(16)]));
+        const got = Number(this.task.tracee.syscall(SYS.rt_sigtimedwait, at, 0, at + 8n, 8));
+        if (got !== sig) throw new Error(`signal ${sig} queued for a moment is no longer pending`);
+      }
+      for (const fd of this.timers.splice(0)) {
+        const ticks = n.timerfdTakeTicks(fd);
+        if (ticks === 0n) throw new Error('a timerfd counted an expiration for a moment no longer counts it');
+        if (ticks > 1n) n.timerfdSetTicks(fd, ticks - 1n);
+      }
       for (const m of this.made) {
         if (!m.wrote) continue;
         const k = readSync(m.fd, buf, 0, buf.length, null);

@@ -3,7 +3,7 @@
  * edge-triggered (one with an edge pending), one-shot (armed, and fired: reporting nothing
  * until EPOLL_CTL_MOD), exclusive and EPOLLWAKEUP epoll items, inotify watches with chosen descriptors
  * (one above 0x34d71d6) and fanotify inode, mount and filesystem marks, and checks them itself
- * after restore. What cannot be restored is refused with the process left running.
+ * after restore; build/workloads/epollfired has a fired one-shot item on each kind of target. What cannot be restored is refused with the process left running.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -73,6 +73,40 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
     own(w.pid);
     const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
     assert.equal(await verify(w2), 'PASS', 'the restored copy');
+  });
+
+  it('a fired one-shot item comes back disarmed on every kind of target (sockets, eventfd, timerfd, signalfd, one-page pipe, inotify)', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollfired'), ['DIR']);
+    const image = join(w.dir, 'fired.tar');
+    for (let i = 0; i < 2; i++) await cycleThrough(w, image, i, ['--tcp-established']);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('fired one-shot items on every kind: --leave-running leaves them as they were, and the image restores them', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollfired'), ['DIR']);
+    const image = join(w.dir, 'fired-lr.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running', '--tcp-established']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verify(w), 'PASS', 'the original is intact');
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid), 5000);
+    const rs = ferry(['restore', '--image', image, '--tcp-established']);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    const w2 = { ...w, text: () => readFileSync(w.log, 'utf8').split('PASS\n').slice(1).join('PASS\n') };
+    assert.equal(await verify(w2), 'PASS', 'the restored copy');
+  });
+
+  it('refuses a fired one-shot item on an idle FIFO in one line (disarming it would write to the FIFO) and leaves it as it was', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epollfired'), ['DIR', 'fifo']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'fifo.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported file: pid ${w.pid} fd \\d+ -> anon_inode:\\[eventpoll\\] `
+      + `\\(its EPOLLONESHOT item on fd \\d+ \\(FIFO ${w.dir}/fifo\\) fired and the FIFO is ready for nothing: .*EPOLL_CTL_MOD`, 'm'));
+    assert.equal(cp.stderr.trim().split('\n').length, 1, 'one line');
+    assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(await verify(w), 'PASS', 'the item is as it was');
   });
 
   it('--leave-running changes nothing, and the image restores the same state', async () => {
