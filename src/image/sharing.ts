@@ -97,3 +97,67 @@ export function forkedBySiblings(processes: readonly ProcessRecord[]): Set<numbe
   }
   return out;
 }
+
+/**
+ * Who forks each process of a tree whose records are in order (parents first), and what each
+ * sibling leading a session of its own forks before its setsid(2): `forkers`, by pid, the pid
+ * of the process each one is forked from (Forkers' choice, else its parent); `beforeSetsid`,
+ * by the pid of such a sibling, the sharers of its tables in their parent's session it forks
+ * first (Forkers.beforeSetsid). Restore defers the sibling's setsid until the last of them
+ * (restore/tree.ts); validate.ts refuses a tree in whose order that cannot be.
+ */
+export function setsidPlan(processes: readonly ProcessRecord[]): { forkers: Map<number, number>; beforeSetsid: Map<number, Set<number>> } {
+  const forkers = new Map<number, number>();
+  const listed = new Forkers();
+  for (const p of processes) forkers.set(p.pid, listed.add(p)?.pid ?? p.ppid);
+  const byPid = new Map(processes.map((p) => [p.pid, p]));
+  const beforeSetsid = new Map<number, Set<number>>();
+  for (const p of processes.slice(1)) {
+    const via = forkers.get(p.pid)!;
+    const sibling = byPid.get(via);
+    const parent = byPid.get(p.ppid);
+    if (via === p.ppid || sibling === undefined || parent === undefined || p.sid === p.pid
+      || !Forkers.beforeSetsid(sibling, p, parent, forkers.get(sibling.pid))) continue;
+    const mine = beforeSetsid.get(via);
+    if (mine) mine.add(p.pid);
+    else beforeSetsid.set(via, new Set([p.pid]));
+  }
+  return { forkers, beforeSetsid };
+}
+
+/**
+ * What stops restore from forking `processes` in their order, or undefined: a sibling that
+ * leads a session of its own forks the sharers of its tables that stay in their parent's
+ * session before its setsid(2), which waits for the last of them (setsidPlan); until then it
+ * can fork nothing that belongs in its new session. Restore forks each process's children in
+ * the order listed, parent after parent in tree order (restore/tree.ts createTree), so a tree
+ * listing such a process before the last of those sharers cannot be made. The checkpoint
+ * refuses such a tree with the tree left running (dump/tree.ts), restore an image with one
+ * before anything is made (restore/validate.ts). (A child inheriting pages copy-on-write is
+ * forked after its siblings, but neither such a sibling nor its sharers may inherit any:
+ * validateSharing.)
+ */
+export function setsidOrderProblem(processes: readonly ProcessRecord[]): string | undefined {
+  const { forkers, beforeSetsid } = setsidPlan(processes);
+  if (beforeSetsid.size === 0) return undefined;
+  const kids = new Map<number, ProcessRecord[]>();
+  for (const p of processes.slice(1)) {
+    const list = kids.get(p.ppid);
+    if (list) list.push(p);
+    else kids.set(p.ppid, [p]);
+  }
+  for (const parent of processes) {
+    for (const p of kids.get(parent.pid) ?? []) {
+      const via = forkers.get(p.pid)!;
+      const waiting = beforeSetsid.get(via);
+      if (waiting === undefined || p.sid === p.pid) continue;
+      if (waiting.delete(p.pid)) {
+        if (waiting.size === 0) beforeSetsid.delete(via); // its setsid: it forks anything from here
+        continue;
+      }
+      return `pid ${via} would fork ${p.pid} (of session ${p.sid}) before its own setsid, which waits until it has forked `
+        + `${[...waiting].slice(0, 8).join(', ')} (sharing its tables in their parent's session)`;
+    }
+  }
+  return undefined;
+}

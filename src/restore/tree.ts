@@ -25,7 +25,7 @@ import {
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { faultPointSync } from '../fault.js';
 import type { ProcessRecord, TreeRecord } from '../image/records.js';
-import { Forkers } from '../image/sharing.js';
+import { setsidPlan } from '../image/sharing.js';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
@@ -164,24 +164,12 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     };
     hold(rootRec, root);
     // Who forks each process: its parent, or a sibling holding a table it shares (below).
-    const forkers = new Map<number, number>();
-    const byPid = new Map(tree.processes.map((p) => [p.pid, p]));
-    const listed = new Forkers();
-    for (const rec of tree.processes) forkers.set(rec.pid, listed.add(rec)?.pid ?? rec.ppid);
     // A session leader that forks, as a sibling, sharers of its tables in their parent's
-    // session (image/sharing.ts Forkers.beforeSetsid) forks them before its own setsid(2),
-    // which waits for the last of them: the sharers it still has to fork, by its pid.
-    const beforeSetsid = new Map<number, Set<number>>();
-    for (const rec of rest) {
-      const via = forkers.get(rec.pid)!;
-      const sibling = byPid.get(via);
-      const parent = byPid.get(rec.ppid);
-      if (via === rec.ppid || sibling === undefined || parent === undefined || rec.sid === rec.pid
-        || !Forkers.beforeSetsid(sibling, rec, parent, forkers.get(sibling.pid))) continue;
-      const mine = beforeSetsid.get(via);
-      if (mine) mine.add(rec.pid);
-      else beforeSetsid.set(via, new Set([rec.pid]));
-    }
+    // session (image/sharing.ts setsidPlan) forks them before its own setsid(2), which waits
+    // for the last of them: the sharers it still has to fork, by its pid. validateTree
+    // refused a tree in whose order a forker would fork anything else before (checkSetsidOrder).
+    const { forkers, beforeSetsid } = setsidPlan(tree.processes);
+    const byPid = new Map(tree.processes.map((p) => [p.pid, p]));
     /** What a process does once it exists and has forked its sharers in the old session. */
     const settle = (rec: ProcessRecord, t: Tracee): void => {
       if (rec.sid === rec.pid) {

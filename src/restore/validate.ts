@@ -14,7 +14,7 @@ import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import { KEPT_TABLE } from '../files/tcp-lock.js';
 import { MAX_REMOVED_DEPTH, TREE_ENTRY, type FileRecord, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
-import { forkedBySiblings, Forkers, SHARED_TABLES, THREAD_ALONE_KINDS } from '../image/sharing.js';
+import { forkedBySiblings, Forkers, setsidOrderProblem, SHARED_TABLES, THREAD_ALONE_KINDS } from '../image/sharing.js';
 import { inherits } from './cow.js';
 import { AIO_RING_MAX_PAGES, IO_EVENT_SIZE, MAX_AIO_EVENTS, ringEvents } from '../image/aio-ring.js';
 
@@ -432,6 +432,8 @@ export function validateTree(v: unknown, root: number, tasks: readonly number[])
     }
     seen.set(p.pid, p);
   }
+  const order = setsidOrderProblem(tree.processes);
+  if (order !== undefined) fail(where, `${order}: those must be listed before it`);
   // A process group is in one session (setpgid(2) joins only a group of the caller's own):
   // restore makes a group whose leader had exited in its members' session (restore/tree.ts
   // leaderlessGroups), so they must agree on it.

@@ -398,6 +398,28 @@ export function runcAt(state: string, ...args: string[]): { code: number; out: s
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
+/** Container `id`'s status ('absent' when runc, its state under `state`, does not know it) and its init's host pid (0 then). */
+export function runcState(state: string, id: string): { status: string; pid: number } {
+  const r = runcAt(state, 'state', id);
+  if (r.code !== 0) return { status: 'absent', pid: 0 };
+  const s = JSON.parse(r.out) as { status: string; pid: number };
+  return { status: s.status, pid: s.pid };
+}
+
+/**
+ * A scratch directory (`prefix`, removed by cleanup()) for runc tests of one static
+ * `workload` in a busybox container: runc's state goes under `state`, and `rootfs` has the
+ * workload as /bin/`name`.
+ */
+export function runcScratch(prefix: string, workload: string, name: string): { dir: string; state: string; rootfs: string } {
+  const dir = scratchDir(prefix);
+  const rootfs = join(dir, 'rootfs');
+  busyboxRootfs(rootfs);
+  copyFileSync(workload, join(rootfs, 'bin', name));
+  chmodSync(join(rootfs, 'bin', name), 0o755);
+  return { dir, state: join(dir, 'state'), rootfs };
+}
+
 /**
  * Runs container `id` (runc root `state`) from a new bundle `bundle` on `rootfs` running
  * `args`, its output on `log` (`edit` changes runc's default config.json first), and waits

@@ -27,13 +27,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, copyFileSync, fstatSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chownSync, closeSync, fstatSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FERRY, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
 import { cleanup, ferry, procState, scratchDir, waitFor } from '../helpers/processes.js';
-import { busyboxRootfs, runcAt, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
+import { runcAt, runcScratch, runcState, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
 
 const JAILER = join(WORKLOADS, 'ctrjail-static');
 const skip = runcWorkloadSkip(JAILER);
@@ -62,12 +62,7 @@ function restoreUnsigned(id: string, image: string, log: string): { code: number
 }
 
 /** Container `id`'s status ('absent' when runc does not know it) and its init's host pid. */
-function stateOf(id: string): { status: string; pid: number } {
-  const r = runc('state', id);
-  if (r.code !== 0) return { status: 'absent', pid: 0 };
-  const s = JSON.parse(r.out) as { status: string; pid: number };
-  return { status: s.status, pid: s.pid };
-}
+const stateOf = (id: string): { status: string; pid: number } => runcState(state, id);
 
 /**
  * Starts container `id` running the jailer with `mode`, its output on `log`: CAP_SYS_CHROOT
@@ -179,12 +174,7 @@ function rootFdsOnHost(id: string): void {
 
 describe('a process chroot\'ed inside its container', { skip, timeout: 300_000 }, () => {
   before(() => {
-    dir = scratchDir('ferry-ctrjail-');
-    state = join(dir, 'state');
-    rootfs = join(dir, 'rootfs');
-    busyboxRootfs(rootfs);
-    copyFileSync(JAILER, join(rootfs, 'bin', 'ctrjail'));
-    chmodSync(join(rootfs, 'bin', 'ctrjail'), 0o755);
+    ({ dir, state, rootfs } = runcScratch('ferry-ctrjail-', JAILER, 'ctrjail'));
     mkdirSync(join(rootfs, 'jail'));
     writeFileSync(join(rootfs, 'jail', 'only-here'), 'jail\n');
   });

@@ -6,12 +6,12 @@
  * thread has its own table again, the same descriptors as before, and checks itself.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, copyFileSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WORKLOADS } from '../helpers/env.js';
-import { cleanup, ferry, scratchDir, waitFor } from '../helpers/processes.js';
-import { busyboxRootfs, runcAt, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
+import { cleanup, ferry, waitFor } from '../helpers/processes.js';
+import { runcAt, runcScratch, runcState, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
 
 const WORKLOAD = join(WORKLOADS, 'threadfds-static');
 const skip = runcWorkloadSkip(WORKLOAD);
@@ -24,10 +24,7 @@ const ids = new Set<string>();
 const runc = (...args: string[]): { code: number; out: string; err: string } => runcAt(state, ...args);
 
 /** The host pid of container `id`'s init, or 0 when runc does not know it. */
-function initPid(id: string): number {
-  const r = runc('state', id);
-  return r.code === 0 ? (JSON.parse(r.out) as { pid: number }).pid : 0;
-}
+const initPid = (id: string): number => runcState(state, id).pid;
 
 /** Each thread's descriptor numbers with what they name (a pipe's inode left out), leader first. */
 function tables(pid: number): string[][] {
@@ -39,12 +36,7 @@ function tables(pid: number): string[][] {
 
 describe('a thread with a descriptor table of its own inside a container', { skip, timeout: 180_000 }, () => {
   before(() => {
-    dir = scratchDir('ferry-ctrfds-');
-    state = join(dir, 'state');
-    rootfs = join(dir, 'rootfs');
-    busyboxRootfs(rootfs);
-    copyFileSync(WORKLOAD, join(rootfs, 'bin', 'threadfds'));
-    chmodSync(join(rootfs, 'bin', 'threadfds'), 0o755);
+    ({ dir, state, rootfs } = runcScratch('ferry-ctrfds-', WORKLOAD, 'threadfds'));
   });
   after(() => {
     for (const id of ids) runc('delete', '--force', id);

@@ -19,13 +19,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createPrivateKey, type KeyObject } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, mkdirSync, openSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FERRY, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { cleanup, ferry, procState, scratchDir, waitFor } from '../helpers/processes.js';
-import { busyboxRootfs, runcAt, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
+import { cleanup, ferry, procState, waitFor } from '../helpers/processes.js';
+import { runcAt, runcScratch, runcState, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
 
 const WORKLOAD = join(WORKLOADS, 'ctrwatch-static');
 const skip = runcWorkloadSkip(WORKLOAD);
@@ -38,12 +38,7 @@ const ids = new Set<string>();
 const runc = (...args: string[]): { code: number; out: string; err: string } => runcAt(state, ...args);
 
 /** Container `id`'s status ('absent' when runc does not know it) and its init's host pid. */
-function stateOf(id: string): { status: string; pid: number } {
-  const r = runc('state', id);
-  if (r.code !== 0) return { status: 'absent', pid: 0 };
-  const s = JSON.parse(r.out) as { status: string; pid: number };
-  return { status: s.status, pid: s.pid };
-}
+const stateOf = (id: string): { status: string; pid: number } => runcState(state, id);
 
 /** Starts container `id` (removed by `after` whatever happens) running ctrwatch `args`, its output on `log`. */
 async function start(id: string, log: string, args: string[]): Promise<void> {
@@ -101,12 +96,7 @@ describe('a container\'s watched files and /proc files', { skip, timeout: 300_00
   let key: KeyObject | undefined;
   let pub = '';
   before(() => {
-    dir = scratchDir('ferry-ctrwatch-');
-    state = join(dir, 'state');
-    rootfs = join(dir, 'rootfs');
-    busyboxRootfs(rootfs);
-    copyFileSync(WORKLOAD, join(rootfs, 'bin', 'ctrwatch'));
-    chmodSync(join(rootfs, 'bin', 'ctrwatch'), 0o755);
+    ({ dir, state, rootfs } = runcScratch('ferry-ctrwatch-', WORKLOAD, 'ctrwatch'));
     const k = ferry(['keygen', '--out', join(dir, 'site'), '--json']);
     assert.equal(k.code, 0, k.stderr.toString());
     const made = JSON.parse(k.stdout.toString()) as { privateKey: string; publicKey: string };

@@ -6,11 +6,13 @@
  * after restore; build/workloads/epollfired has a fired one-shot item on each kind of target. What cannot be restored is refused with the process left running.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import type { FilesRecord } from '../../src/image/records.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { editImage, json } from '../helpers/images.js';
+import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -216,6 +218,31 @@ describe('an inotify watch on the process\'s own removed working directory', { s
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
     assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('d') || n.includes('ferry-')), [], 'the directory made for the restore is gone');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('in an unsigned image, its path is text the host never judges: a path there its process could not read is no refusal', async () => {
+    // The watch is added through the restored process's own working directory (/proc/PID/cwd),
+    // never by the path recorded with it, so a host directory of that name is nothing to it.
+    const base = scratchDir('ferry-cwdwatch-');
+    chownSync(base, 65534, 65534);
+    const w = await startWorkload('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', CWDWATCH, base]);
+    const image = join(w.dir, 'cwdwatch.tar');
+    await checkpointFreed(w, image);
+    // Its own files (the log its output goes to, in the test's root-only directory) it may open.
+    chmodSync(w.dir, 0o755);
+    chmodSync(w.log, 0o666);
+    const secret = scratchDir('ferry-secret-'); // root's, mode 0700: nobody may not read it
+    const edited = join(w.dir, 'secret.tar');
+    await editImage(image, edited, { 'files.json': json<FilesRecord>((v) => {
+      const onCwd = v.files.flatMap((f) => (f.kind === 'inotify' ? (f as unknown as { watches: Array<{ cwd?: number; path: string }> }).watches : []))
+        .filter((x) => x.cwd !== undefined);
+      assert.equal(onCwd.length, 1, 'one watch on a removed working directory');
+      onCwd[0]!.path = secret;
+    }) });
+    const rs = ferry(['restore', '--image', edited]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
     assert.equal(await verify(w), 'PASS', w.text());
   });
 

@@ -7,11 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync, fstatSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FERRY, needs, PYTHON } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
 import { native } from '../../src/native/binding.js';
 
 const skip = needs('root', 'build', 'python');
@@ -30,6 +30,32 @@ const WRITER = [
   '    os.write(3, f"tick {n}\\n".encode())',
   '    time.sleep(0.05)',
 ].join('\n');
+
+/**
+ * An epoll whose one-shot item on fd 3 (a pipe's read end) fired on the byte the test wrote and
+ * was read back: the pipe is empty, the item reports nothing. On SIGUSR1: PASS when the pipe is
+ * still empty and the epoll still reports nothing.
+ */
+const FIRED = [
+  'import os, select, signal, time',
+  'os.closerange(4, 4096)',
+  'ep = select.epoll()',
+  'ep.register(3, select.EPOLLIN | select.EPOLLONESHOT)',
+  'assert ep.poll(5) == [(3, select.EPOLLIN)], "the byte fires the item"',
+  'assert os.read(3, 1) == b"x" and ep.poll(0) == [], "fired, and read back"',
+  'asked = []',
+  'signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))',
+  'print(f"ready pid={os.getpid()}", flush=True)',
+  'while not asked: time.sleep(0.02)',
+  'os.set_blocking(3, False)',
+  'try:',
+  '    os.read(3, 1)',
+  '    print("FAIL: a byte in the pipe", flush=True)',
+  'except BlockingIOError:',
+  '    print("PASS" if ep.poll(0) == [] else "FAIL: the epoll reports something", flush=True)',
+].join('\n');
+/** inotify(7): a file was read, written. */
+const IN_ACCESS = 0x1, IN_MODIFY = 0x2;
 
 describe('external descriptors', { skip, timeout: 300_000 }, () => {
   it('--external lets a shared pipe through; restore needs --inherit-fd for it, and writes on into the caller\'s pipe', async () => {
@@ -91,4 +117,33 @@ describe('external descriptors', { skip, timeout: 300_000 }, () => {
       closeSync(w);
     }
   });
+  it('a fired one-shot epoll item on a pipe handed in (--inherit-fd) is not made to fire again: restore writes and reads no byte of it', async () => {
+    // Restore makes an idle pipe ready for a moment with a byte of its own (epoll.ts Blips) to
+    // disarm such an item again; a pipe the caller handed in is shared with processes outside
+    // the tree, which would see that byte: it is left alone (the item comes back armed for
+    // EPOLLERR|EPOLLHUP, docs/architecture.md). An inotify watch on the pipe is the outside
+    // reader here: it sees any byte written or read, however briefly.
+    const n = native();
+    const [r, w] = n.pipe2();
+    const watch = n.inotifyInit1(O_NONBLOCK);
+    try {
+      writeSync(w, 'x');
+      const wl = await startWorkload(PYTHON, ['-c', FIRED], { extraFd: r });
+      const key = `pipe:[${fstatSync(r).ino}]`;
+      const image = join(wl.dir, 'fired.tar');
+      const cp = ferry(['checkpoint', '--pid', String(wl.pid), '--image', image, '--external', key]);
+      assert.equal(cp.code, 0, cp.stderr);
+      await wl.exited;
+      await waitFor(`pid ${wl.pid} to be free`, () => !alive(wl.pid));
+      n.inotifyAddWatch(watch, `/proc/self/fd/${r}`, IN_ACCESS | IN_MODIFY);
+      const rs = spawnSync(FERRY, ['restore', '--image', image, '--inherit-fd', `fd[3]:${key}`], { stdio: ['ignore', 'pipe', 'pipe', r], timeout: 120_000 });
+      assert.equal(rs.status, 0, rs.stderr.toString());
+      own(wl.pid);
+      assert.throws(() => readSync(watch, Buffer.alloc(4096)), { code: 'EAGAIN' }, 'no byte of the pipe was written or read');
+      assert.equal(await verify(wl), 'PASS', wl.text());
+    } finally {
+      for (const fd of [watch, r, w]) closeSync(fd);
+    }
+  });
+
 });

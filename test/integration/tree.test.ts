@@ -10,7 +10,7 @@ import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import type { TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { editImage, json, type Edits } from '../helpers/images.js';
-import { alive, cleanup, cycleThrough, ferry, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, procState, startWorkload, stubs, verify, waitFor } from '../helpers/processes.js';
 
 after(cleanup);
 
@@ -78,6 +78,45 @@ describe('process trees', { skip: needs('root', 'build'), timeout: 180_000 }, ()
     assert.deepEqual(shape(walk(w.pid), w.pid), shape(before, w.pid));
     assert.equal(await verify(w), 'PASS');
   });
+
+  it('a tree.json edited so a session leader forks a member of its session before its setsid is refused before anything is made', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'tree'), []);
+    for (const p of walk(w.pid)) own(p.pid);
+    const image = join(w.dir, 'tree.tar');
+    await checkpointFreed(w, image);
+    // The root's first three live children: the first leads a session, the second shares its
+    // descriptor table in that session, the third shares it in the root's, so the first must
+    // fork the third before its setsid, yet the second, in its new session, is listed first.
+    // Each holds the first's descriptors and no process inherits pages copy-on-write (a
+    // process forked by a sibling may not), so that only the order is wrong.
+    const [a, e, b] = imageEntry<TreeRecord>(image, 'tree.json').processes.filter((p) => p.ppid === w.pid && p.zombie === null).map((p) => p.pid);
+    const fds = imageEntry<TaskRecord>(image, `tasks/${a}/task.json`).fds;
+    const edited = join(w.dir, 'order.tar');
+    await editImage(image, edited, [
+      ['tree.json', json<TreeRecord>((t) => {
+        for (const p of t.processes) {
+          if (p.pid === a || p.pid === e) Object.assign(p, { sid: a, pgid: a });
+          if (p.pid === e || p.pid === b) p.sharesFiles = a!;
+          if (p.pid === b) Object.assign(p, { sid: t.processes[0]!.sid, pgid: t.processes[0]!.pgid });
+        }
+      })],
+      [/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => {
+        for (const v of t.vmas) { delete v.cow; delete v.lent; }
+        if (t.pid === e || t.pid === b) t.fds = fds;
+      })],
+    ]);
+    // `verified!` fails a restore that gets past its last check before making anything.
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root'], { env: { FERRY_TEST_PAUSE_AT: 'verified!' } });
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, new RegExp(`image entry tree\\.json is invalid: pid ${a} would fork ${e} \\(of session ${a}\\) before its own setsid, which waits until it has forked ${b} `));
+    assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.ok(!alive(w.pid), 'nothing made');
+    assert.deepEqual(stubs(), [], 'nothing left behind');
+    // The image as it was restores.
+    const ok = ferry(['restore', '--image', image]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
 });
 
 describe('processes sharing a descriptor table or an fs struct', { skip: needs('root', 'build'), timeout: 240_000 }, () => {
@@ -100,7 +139,7 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
         await cycleThrough(w, image, i, [], {
           tree: before.map((p) => p.pid),
           beforeRestore: () => {
-            const tree = imageTree(image);
+            const tree = imageEntry<TreeRecord>(image, 'tree.json');
             const field = mode === 'fs' ? 'sharesFs' : 'sharesFiles';
             // Siblings share the first child's table, their parent has its own.
             const first = mode === 'siblings' || mode === 'sessions' ? tree.processes[1]!.pid : w.pid;
@@ -117,6 +156,28 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
   it('thread: a thread that unshare(2)d its table has one of its own again after a cycle', async () => {
     const w = await startWorkload(join(WORKLOADS, 'sharetables'), ['thread']);
     await cycleThrough(w, join(w.dir, 'thread.tar'), 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  // late: the session leader clones a process of its new session as its parent's child,
+  // sharing the table, before the parent clones the sharer that stays in its session. Listed
+  // breadth first, as made, the order is one restore refuses (validate.ts): the checkpoint must
+  // refuse the tree, killing nothing (checkGroups does, for the member whose parent is in
+  // another session; setsidOrderProblem would, for the order).
+  it('late: a tree restore cannot rebuild is refused at checkpoint, the tree left running', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'sharetables'), ['late']);
+    const before = ownAll(w.pid);
+    assert.equal(before.length, 4, JSON.stringify(before));
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'late.tar')]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.match(cp.stderr, /^ferry checkpoint: pid \d+ is in session \d+ but its parent \d+ is in session \d+: such a tree cannot be restored yet|would fork \d+ \(of session \d+\) before its own setsid/);
+    assert.equal(cp.stderr.trim().split('\n').length, 1, cp.stderr);
+    for (const p of before) {
+      assert.ok(alive(p.pid), `pid ${p.pid} alive`);
+      const st = procState(p.pid);
+      assert.equal(st.tracer, 0, `pid ${p.pid} not traced`);
+      assert.notEqual(st.state, 'T', `pid ${p.pid} not stopped`);
+    }
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
@@ -155,9 +216,9 @@ describe('processes sharing a descriptor table or an fs struct', { skip: needs('
   });
 });
 
-/** tree.json of `image` (a tar file). */
-function imageTree(image: string): TreeRecord {
-  const r = spawnSync('tar', ['-xOf', image, 'tree.json'], { encoding: 'utf8', timeout: 10_000 });
+/** The JSON entry `name` of `image` (a tar file). */
+function imageEntry<T>(image: string, name: string): T {
+  const r = spawnSync('tar', ['-xOf', image, name], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout) as TreeRecord;
+  return JSON.parse(r.stdout) as T;
 }

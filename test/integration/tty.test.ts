@@ -25,9 +25,10 @@ import { FerryError } from '../../src/errors.js';
 import { checkFiles, closeFiles, openFiles } from '../../src/files/install.js';
 import { checkUnheldTerminals } from '../../src/files/tty.js';
 import { DEFAULT_FILE_OPTIONS } from '../../src/files/types.js';
-import type { FileRecord } from '../../src/image/records.js';
+import type { FileRecord, FilesRecord } from '../../src/image/records.js';
 import { native } from '../../src/native/binding.js';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
 import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 
 after(cleanup);
@@ -521,6 +522,37 @@ describe('terminals', { skip: needs('root', 'build'), timeout: 180_000 }, () => 
     assert.equal(rs.code, 0, rs.stderr);
     own(w.pid);
     assert.ok(!alive(job), 'the process made for the group is gone');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an image whose terminal keeps an empty foreground group whose id a host process has is refused up front, naming the pid', async () => {
+    // Restore makes that group around a process with its id (restore/tree.ts holdGroup): a pid
+    // another process holds is refused before anything is made, as the image's own pids are.
+    const w = await startWorkload(FGGONE, []);
+    const job = Number(/job (\d+)/.exec(w.text())![1]);
+    const image = join(w.dir, 'fggone.tar');
+    await checkpointFreed(w, image);
+    const host = spawn('sleep', ['120'], { stdio: 'ignore' });
+    const taken = host.pid!;
+    own(taken);
+    const edited = join(w.dir, 'taken.tar');
+    await editImage(image, edited, { 'files.json': json<FilesRecord>((v) => {
+      const slaves = v.files.filter((f) => (f as { ctty?: { foreground: number | null } }).ctty?.foreground === job);
+      assert.equal(slaves.length, 1, 'the slave keeps the job\'s group in the foreground');
+      (slaves[0] as unknown as { ctty: { foreground: number } }).ctty.foreground = taken;
+    }) });
+    // `verified!` fails a restore that gets as far as its last check before making anything.
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root'], { env: { FERRY_TEST_PAUSE_AT: 'verified!' } });
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, new RegExp(`^ferry restore: pid ${taken} \\(the id of process group ${taken}, a terminal's foreground group no process is in\\) is in use by another process \\(sleep\\)`));
+    assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.ok(!alive(w.pid), 'nothing made');
+    assert.ok(alive(taken), 'the host process untouched');
+    host.kill('SIGKILL');
+    // The image as it was restores.
+    const ok = ferry(['restore', '--image', image]);
+    assert.equal(ok.code, 0, ok.stderr);
+    own(w.pid);
     assert.equal(await verify(w), 'PASS', w.text());
   });
 

@@ -58,6 +58,27 @@ describe('tree.json sharing records', () => {
   }
 });
 
+describe('tree.json order of a session leader forking sharers before its setsid', () => {
+  // 100 -> 101 (leads session 101), 102 (sharing 101's table, in 101's session), 103 (sharing
+  // 101's table, in 100's: 101 forks it before its setsid), 104 (101's child, in its session).
+  const procs = (): Record<number, ProcessRecord> => ({
+    100: proc(100, 1), 101: proc(101, 100, { sid: 101, pgid: 101 }), 102: proc(102, 100, { sid: 101, pgid: 101, sharesFiles: 101 }),
+    103: proc(103, 100, { sharesFiles: 101 }), 104: proc(104, 101, { sid: 101, pgid: 101 }),
+  });
+  const listed = (...pids: number[]): TreeRecord => ({ root: 100, processes: pids.map((p) => procs()[p]!) });
+
+  it('accepts the sharer in the old session before one in the new, and a child of the leader listed before it (depth first)', () => {
+    check(listed(100, 101, 103, 102, 104));
+    check(listed(100, 101, 104, 103, 102));
+  });
+
+  it('refuses, in one line and before anything is made, a process of the new session listed before that sharer', () => {
+    assert.throws(() => check(listed(100, 101, 102, 103, 104)), (err: Error) => err.message.startsWith(
+      'image entry tree.json is invalid: pid 101 would fork 102 (of session 101) before its own setsid, which waits until it has forked 103')
+      && !err.message.includes('\n'));
+  });
+});
+
 describe('tasks sharing a table hold the same', () => {
   const task = (pid: number, extra: Partial<TaskRecord> = {}): TaskRecord => ({
     pid, cwd: '/tmp', umask: 0o22, vmas: [], fds: [{ fd: 0, file: 1, cloexec: false }, { fd: 5, file: 2, cloexec: true }], ...extra,
