@@ -10,22 +10,24 @@
  * A node whose name was removed (its link reads `path (deleted)`) has no name to open again:
  * restore makes one for the moment of the open (mknodat(2) of the recorded number, mode 0600,
  * in the recorded directory inside the root, or a free name beside it; a directory removed
- * too is made for the moment as well: confined.ts withRemovedDir), opens it with the record's
- * flags, removes the name at once (written down first: transient.ts) and gives the node its
- * mode and owner. Only for the memory devices (mem(4): null, zero, full, random, urandom),
- * which hold no state of their own and which every container has, so that the node made is
- * no device a path would not give; any other is refused at checkpoint. And only for an image
- * this host signed or one the caller trusts (checkRemovedNodeTrust): an image anyone could
- * write must not have restore make device nodes.
+ * too is made for the moment as well: confined.ts withRemovedDir), takes it O_PATH, removes
+ * the name at once (written down first: transient.ts), gives the node its mode and owner and
+ * opens it with the record's flags; once for every open file of the node, which all open that
+ * one node (files/removed-node.ts). Only for the memory devices (mem(4): null, zero, full,
+ * random, urandom), which hold no state of their own and which every container has, so that
+ * the node made is no device a path would not give; any other is refused at checkpoint. And
+ * only for an image this host signed or one the caller trusts (checkRemovedNodeTrust): an
+ * image anyone could write must not have restore make device nodes.
  */
-import { fchmodSync, fchownSync, fstatSync, type BigIntStats } from 'node:fs';
+import { fstatSync, type BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_SYNC } from '../proc/fcntl.js';
-import { openRemovedNode, placeOf, reopenIn, shownIn, statIn, withRemovedDir, type ConfinedRoot } from './confined.js';
+import { openRemovedNode, placeOf, reopenIn, shownIn, statIn, withRemovedDir, type ConfinedRoot, type RemovedNodeMade } from './confined.js';
+import { openRemovedNodeOf } from './removed-node.js';
 import { isTerminal } from './tty.js';
-import type { FdDesc, FileKind } from './types.js';
+import type { FdDesc, FileKind, OpenContext } from './types.js';
 
 const major = (rdev: bigint): number => Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
 const minor = (rdev: bigint): number => Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
@@ -62,6 +64,13 @@ export interface ChrdevRecord extends FileRecord {
   minor: number;
   /** The node's name was removed (`path` is the name it had): its mode and owner. */
   removed?: { mode: number; uid: number; gid: number };
+  /**
+   * A removed node's identity at dump (st_dev, st_ino): the records of one node share it and
+   * restore makes it once for them all (files/removed-node.ts). Absent in an older ferry's
+   * image: each record's node is then made on its own.
+   */
+  dev?: string;
+  ino?: string;
 }
 
 /**
@@ -79,32 +88,25 @@ export function checkRemovedNodeTrust(label: string, tasks: readonly Pick<TaskRe
 }
 
 /**
- * Opens a device node made for a record whose node was removed: under its old name (or a free
- * one beside it) in its directory inside the root, mode 0600 and root's until it is open and
- * its name removed again, then given the recorded mode and owner.
+ * Opens a device node made for a record whose node was removed (files/removed-node.ts: made
+ * once for every record of it): under its old name (or a free one beside it) in its directory
+ * inside the root, mode 0600 and root's until it is taken and its name removed again, then
+ * given the recorded mode and owner.
  */
-function openRemoved(rec: ChrdevRecord, root: ConfinedRoot, path: string, what: string): number {
+function openRemoved(rec: ChrdevRecord, ctx: OpenContext, root: ConfinedRoot, path: string, what: string): number {
   const n = native();
-  const make = (at: string): number => {
-    const fd = openRemovedNode(root, at, what, 'chr', `${rec.major}:${rec.minor}`, (dir, name) => n.mknodChr(dir, name, 0o600, rec.major, rec.minor),
-      (rec.flags & REOPEN_FLAGS) | O_NOCTTY, (made) => {
-        const why = notTheDevice(rec, fstatSync(made, { bigint: true }));
-        return why !== undefined ? `it ${why}` : undefined;
-      });
-    try {
-      fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
-      fchmodSync(fd, rec.removed!.mode); // after chown, which clears set-id bits
-    } catch (err) {
-      n.closeFd(fd);
-      throw err;
-    }
-    return fd;
-  };
+  const make = (at: string, also: readonly number[]): RemovedNodeMade => openRemovedNode(root, at, what, 'chr', `${rec.major}:${rec.minor}`,
+    (dir, name) => n.mknodChr(dir, name, 0o600, rec.major, rec.minor), (made) => {
+      const why = notTheDevice(rec, fstatSync(made, { bigint: true }));
+      return why !== undefined ? `it ${why}` : undefined;
+    }, also);
   const cut = path.lastIndexOf('/');
   const dirPath = path.slice(0, cut) || '/';
-  if (statIn(root, dirPath, what)?.isDirectory() ?? false) return make(path);
-  // Its directory was removed too: made for the moment, and removed again with the node's name.
-  return withRemovedDir(root, dirPath, what, (made) => make(`${made}/${path.slice(cut + 1)}`));
+  return openRemovedNodeOf(rec, ctx, (rec.flags & REOPEN_FLAGS) | O_NOCTTY, { ...rec.removed!, symlink: false }, (also) => {
+    if (statIn(root, dirPath, what)?.isDirectory() ?? false) return make(path, also);
+    // Its directory was removed too: made for the moment, and removed again with the node's name.
+    return withRemovedDir(root, dirPath, what, (made) => make(`${made}/${path.slice(cut + 1)}`, also));
+  });
 }
 
 export const chrdev: FileKind<ChrdevRecord> = {
@@ -136,7 +138,11 @@ export const chrdev: FileKind<ChrdevRecord> = {
       pos: fd.fdinfo.pos.toString(),
       major: major(fd.stat.rdev),
       minor: minor(fd.stat.rdev),
-      ...(removed ? { removed: { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) } } : {}),
+      ...(removed ? {
+        removed: { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) },
+        dev: fd.stat.dev.toString(),
+        ino: fd.stat.ino.toString(),
+      } : {}),
     };
   },
 
@@ -160,6 +166,10 @@ export const chrdev: FileKind<ChrdevRecord> = {
         throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) is a removed node of ${rec.major}:${rec.minor}, which restore does not make (only 1:${[...REMAKEABLE.keys()].join(', 1:')})`);
       }
       if (path.split('/').some((c) => c === '..') || path.endsWith('/')) throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) has no valid path`);
+      const ident = (v: unknown): boolean => typeof v === 'string' && /^\d{1,20}$/.test(v);
+      if ((rec.dev !== undefined || rec.ino !== undefined) && !(ident(rec.dev) && ident(rec.ino))) {
+        throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) has an invalid removed node identity (dev, ino)`);
+      }
       return; // made at open, in its directory or one made for it
     }
     const st = statIn(root, path, what);
@@ -168,12 +178,12 @@ export const chrdev: FileKind<ChrdevRecord> = {
     if (why !== undefined) throw new FerryError('ECHANGED', `${what}: ${shownIn(root, path)} ${why}: refused, nothing was opened`, { path: rec.path });
   },
 
-  open(rec: ChrdevRecord): number {
+  open(rec: ChrdevRecord, ctx: OpenContext): number {
     const { root, path } = placeOf(rec);
     const what = `character device (file ${rec.id} of the image)`;
     let fd: number;
     try {
-      fd = rec.removed !== undefined ? openRemoved(rec, root, path, what)
+      fd = rec.removed !== undefined ? openRemoved(rec, ctx, root, path, what)
         : reopenIn(root, path, (rec.flags & REOPEN_FLAGS) | O_NOCTTY, what, (st) => notTheDevice(rec, st));
     } catch (err) {
       if (err instanceof FerryError) throw err;

@@ -352,60 +352,71 @@ export function withParent<T>(root: ConfinedRoot, path: string, what: string, fn
   }
 }
 
+/** A node openRemovedNode made: its O_PATH descriptor, and those it took as asked (`also`). */
+export interface RemovedNodeMade {
+  /** O_PATH | O_NOFOLLOW: the node itself, opening nothing. */
+  held: number;
+  /** One descriptor for each flags of `also`, in order, each its own open file. */
+  also: number[];
+}
+
 /**
- * Opens a node made for the moment of the open, for a record whose node was removed: `make`
- * makes it (mode 0600, root's) under `path`'s own name in its directory inside `root`, or a
- * free name beside it, written down first (transient.ts: a killed ferry's node goes with the
- * next sweep); it is taken (O_PATH, never following a link) and its name removed at once.
- * `check` gets that descriptor and says what is wrong if the node was replaced meanwhile
- * (ECHANGED); only then is it opened with `flags`, through the descriptor. With O_PATH in
- * `flags` that descriptor is the result itself, taken with `flags` (O_PATH, O_NOFOLLOW for a
- * symlink itself): a new open through /proc/self/fd could not keep O_NOFOLLOW (it would open
- * the magic link). The caller gives it its mode and owner.
+ * Makes a node for the moment, for records whose node was removed: `make` makes it (mode
+ * 0600, root's) under `path`'s own name in its directory inside `root`, or a free name beside
+ * it, written down first (transient.ts: a killed ferry's node goes with the next sweep); it is
+ * taken (O_PATH | O_NOFOLLOW, opening nothing: a FIFO put in its place would block an open for
+ * reading, a device's open is its driver's), taken again by name once for each flags of
+ * `also` (O_PATH, O_NOFOLLOW or not: an O_PATH descriptor of a symlink itself can only be had
+ * by a name, never through /proc/self/fd, whose magic link O_NOFOLLOW would give), and its
+ * name removed at once. Then it must be ferry's with no name left (a node swapped in between
+ * the make and the open is someone else's, or has a name of its own elsewhere, and must not be
+ * given the image's owner by a root chown), each descriptor of `also` that same inode, and
+ * `check` must find nothing wrong with it (ECHANGED otherwise). The caller opens it for I/O
+ * through /proc/self/fd of `held`, and gives it its mode and owner.
  */
 export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: 'fifo' | 'chr' | 'symlink', id: string | undefined,
-  make: (dir: number, name: string) => void, flags: number, check: (fd: number) => string | undefined): number {
+  make: (dir: number, name: string) => void, check: (fd: number) => string | undefined, also: readonly number[] = []): RemovedNodeMade {
   const n = native();
-  const oPath = (flags & O_PATH) !== 0;
   return withParent(root, path, what, (dir) => {
     for (let i = 0; i <= 100; i++) {
       const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
       const forget = makeTransient(kind, root.path, `${path.slice(0, path.lastIndexOf('/'))}/${name}`, dir.dir, id, make);
       if (forget === undefined) continue; // taken
       transientMade();
-      // O_PATH first: nothing of the node runs until it is checked to be the one made (a FIFO
-      // put in its place would block an open for reading; a device's open is its driver's).
       // NAME_RESOLVE refuses a symlink (ELOOP) unless O_PATH | O_NOFOLLOW asks for the link itself.
-      let held: number;
-      try {
-        held = n.openat2(dir.dir, name, oPath ? flags & (O_PATH | O_NOFOLLOW) : O_PATH | O_NOFOLLOW, 0, NAME_RESOLVE);
-      } catch (err) {
-        try {
-          n.unlinkat(dir.dir, name, 0);
-          forget();
-        } catch { /* left in the journal: the next sweep removes it if it is still ours */ }
-        throw err;
-      }
+      const taken: number[] = [];
       let kept = false;
       try {
+        try {
+          taken.push(n.openat2(dir.dir, name, O_PATH | O_NOFOLLOW, 0, NAME_RESOLVE));
+          for (const flags of also) taken.push(n.openat2(dir.dir, name, flags & (O_PATH | O_NOFOLLOW), 0, NAME_RESOLVE));
+        } catch (err) {
+          try {
+            n.unlinkat(dir.dir, name, 0);
+            forget();
+          } catch { /* left in the journal: the next sweep removes it if it is still ours */ }
+          throw err;
+        }
         n.unlinkat(dir.dir, name, 0); // if this fails, the journal keeps the name for the sweep
         forget();
         // The node made is ferry's and had that one name: one swapped in between the make and
         // the open (someone who may write the directory) is another's, or has a name of its
         // own elsewhere, and must not be given the image's owner by a root chown.
+        const held = taken[0]!;
         const st = fstatSync(held, { bigint: true });
         if (st.nlink !== 0n || st.uid !== BigInt(process.geteuid?.() ?? 0)) {
           throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${st.nlink !== 0n ? 'it has another name' : `owner ${st.uid}`})`);
         }
+        for (const fd of taken.slice(1)) {
+          const other = fstatSync(fd, { bigint: true });
+          if (other.dev !== st.dev || other.ino !== st.ino) throw new FerryError('ECHANGED', `${what}: the node made for it was replaced while it was opened`);
+        }
         const why = check(held);
         if (why !== undefined) throw new FerryError('ECHANGED', `${what}: the node made for it was replaced before it was opened (${why})`);
-        if (oPath) {
-          kept = true;
-          return held;
-        }
-        return n.openRaw(`/proc/self/fd/${held}`, flags);
+        kept = true;
+        return { held, also: taken.slice(1) };
       } finally {
-        if (!kept) n.closeFd(held);
+        if (!kept) for (const fd of taken) n.closeFd(fd);
       }
     }
     throw new FerryError('EEXIST', `${what}: its name ${path} and 100 others beside it are taken`);

@@ -21,7 +21,9 @@
  * the removed working directory only for the moment of the process's chdir (restore/cwd.ts),
  * so the watch is added once every process is rebuilt, through /proc/PID/cwd of the restored
  * process (afterRebuild), and the instance's next descriptor is then set back to follow the
- * newest watch's.
+ * newest watch's. One that is a process's root directory (chroot(2)), removed, and no process's
+ * working directory, names that process so (`root`) and is added the same way, through
+ * /proc/PID/root.
  *
  * Restore: inotify_init1 in the controller, then for each watch, oldest first,
  * ioctl(INOTIFY_IOC_SETNEXTWD, wd) right before inotify_add_watch(/proc/self/fd/N, mask), N an
@@ -84,6 +86,13 @@ export interface InotifyWatch {
    * working directory, once it is in it; `path` is then what /proc showed (`/dir (deleted)`).
    */
   cwd?: number;
+  /**
+   * The process (its pid in the tree) whose root directory (chroot(2)) the watched inode is,
+   * when it is a removed directory no descriptor holds and no process's working directory:
+   * watched again through that process's restored root, once it is in it (restore/root-dir.ts
+   * makes a removed root); `path` is then what /proc showed. Never with `cwd` or `file`.
+   */
+  root?: number;
 }
 
 export interface InotifyRecord extends FileRecord {
@@ -295,9 +304,9 @@ function dumpInotify(d: FdDesc, ctx: DumpContext): Omit<InotifyRecord, 'id' | 'k
       if ('why' in where) {
         // No path leads to it (deleted, or a memfd): a file the tree holds is watched again
         // through that file's restored descriptor.
-        const held = heldByTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what))
-          ?? cwdOfTree(ctx, kernelDev(hexField(f, 'sdev', what)), hexField(f, 'ino', what));
-        if (!held) throw unsupported(d, `watch ${wd}: ${where.why}, and no process of the tree holds it open or is in it`);
+        const dev = kernelDev(hexField(f, 'sdev', what)), ino = hexField(f, 'ino', what);
+        const held = heldByTree(ctx, dev, ino) ?? dirOfTree(ctx, 'cwd', dev, ino) ?? dirOfTree(ctx, 'root', dev, ino);
+        if (!held) throw unsupported(d, `watch ${wd}: ${where.why}, and no process of the tree holds it open, is in it or has it as its root`);
         if (!held.path.startsWith('/')) throw unsupported(d, `watch ${wd} is on ${held.path}, no file of a file system, which cannot be watched again yet; remove the watch or run the process without it`);
         watches.push({ wd, mask, ...held });
         continue;
@@ -353,27 +362,28 @@ export function heldByTree(ctx: DumpContext, dev: string, ino: bigint): Pick<Ino
 }
 
 /**
- * The watch of a removed directory that is the working directory of a process of the tree
- * (its pid in the tree, `cwd`), with its path and inode as a watch records them, or
- * undefined. Every process's working directory is looked at once per checkpoint, only when a
- * watched inode has no path and no descriptor of the tree holds it.
+ * The watch of a removed directory that is the working directory (`which` 'cwd') or the root
+ * directory ('root') of a process of the tree (its pid in the tree, in the field of that name),
+ * with its path and inode as a watch records them, or undefined. Every process's working or
+ * root directory is looked at once per checkpoint, only when a watched inode has no path and no
+ * descriptor of the tree holds it (nor, for a root, is a working directory).
  */
-function cwdOfTree(ctx: DumpContext, dev: string, ino: bigint): Pick<InotifyWatch, 'path' | 'dev' | 'ino' | 'cwd'> | undefined {
-  const cwds = ctx.scratch<{ pid: number; path: string }>('inotify-cwd');
-  if (cwds.size === 0) {
-    cwds.set('', { pid: -1, path: '' }); // read: not again
+function dirOfTree(ctx: DumpContext, which: 'cwd' | 'root', dev: string, ino: bigint): Pick<InotifyWatch, 'path' | 'dev' | 'ino' | 'cwd' | 'root'> | undefined {
+  const dirs = ctx.scratch<{ pid: number; path: string }>(`inotify-${which}`);
+  if (dirs.size === 0) {
+    dirs.set('', { pid: -1, path: '' }); // read: not again
     for (const pid of ctx.pids) {
       try {
-        const path = readlinkSync(`/proc/${pid}/cwd`);
+        const path = readlinkSync(`/proc/${pid}/${which}`);
         if (!path.startsWith('/') || !path.endsWith(' (deleted)')) continue; // a path leads to it: not this one
-        const st = statSync(`/proc/${pid}/cwd`, { bigint: true });
+        const st = statSync(`/proc/${pid}/${which}`, { bigint: true });
         const key = `${userDev(st.dev)}:${st.ino}`;
-        if (!cwds.has(key)) cwds.set(key, { pid: nsPid(pid), path });
+        if (!dirs.has(key)) dirs.set(key, { pid: nsPid(pid), path });
       } catch { /* gone meanwhile: not the tree's (it is stopped) */ }
     }
   }
-  const c = cwds.get(`${dev}:${ino}`);
-  return c && { path: c.path, dev, ino: ino.toString(), cwd: c.pid };
+  const c = dirs.get(`${dev}:${ino}`);
+  return c && { path: c.path, dev, ino: ino.toString(), [which]: c.pid };
 }
 
 function checkRecord(rec: InotifyRecord): void {
@@ -394,7 +404,14 @@ function checkRecord(rec: InotifyRecord): void {
     if (w.path.length > 4096) bad(`has a watch on a path longer than 4096 bytes`);
     if (w.cwd !== undefined) {
       // Watched through a restored process's working directory (afterRebuild): no path is used.
-      if (!Number.isSafeInteger(w.cwd) || w.cwd < 1 || w.cwd > MAX_PID || w.file !== undefined) bad(`has a watch ${w.wd} on the working directory of an invalid process ${String(w.cwd)}`);
+      if (!Number.isSafeInteger(w.cwd) || w.cwd < 1 || w.cwd > MAX_PID || w.file !== undefined || w.root !== undefined) {
+        bad(`has a watch ${w.wd} on the working directory of an invalid process ${String(w.cwd)}`);
+      }
+      continue;
+    }
+    if (w.root !== undefined) {
+      // Watched through a restored process's root directory (afterRebuild): no path is used.
+      if (!Number.isSafeInteger(w.root) || w.root < 1 || w.root > MAX_PID || w.file !== undefined) bad(`has a watch ${w.wd} on the root directory of an invalid process ${String(w.root)}`);
       continue;
     }
     if (w.file !== undefined) {
@@ -416,7 +433,7 @@ function openInotify(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_
   const fd = n.inotifyInit1(rec.flags & O_NONBLOCK);
   try {
     for (const w of rec.watches) {
-      if (w.cwd !== undefined) continue; // once its process is in it (afterRebuild)
+      if (w.cwd !== undefined || w.root !== undefined) continue; // once its process is in it (afterRebuild)
       const held = w.file === undefined ? undefined : ctx.opened(w.file);
       let got: number;
       try {
@@ -452,25 +469,28 @@ function openInotify(rec: InotifyRecord, ctx: OpenContext): number | typeof NOT_
 }
 
 /**
- * Adds the watches on removed working directories (`cwd`), once every process is rebuilt, each
- * through /proc/PID/cwd of its restored process, which leads to that directory: it has no name
- * (its chdir was to a name made for the moment and removed at once, restore/cwd.ts). Then the
- * instance's next descriptor follows the newest watch's again, as openInotify left it.
+ * Adds the watches on removed working and root directories (`cwd`, `root`), once every process
+ * is rebuilt, each through /proc/PID/cwd or /proc/PID/root of its restored process, which leads
+ * to that directory: it has no name (its chdir was to a name made for the moment and removed at
+ * once, restore/cwd.ts; a removed root is made, entered and removed so too, restore/root-dir.ts).
+ * Then the instance's next descriptor follows the newest watch's again, as openInotify left it.
  */
-function watchRemovedCwds(rec: InotifyRecord, fd: number, hostPid: (pid: number) => number | undefined): void {
+function watchRemovedDirs(rec: InotifyRecord, fd: number, hostPid: (pid: number) => number | undefined): void {
   const n = native();
-  const late = rec.watches.filter((w) => w.cwd !== undefined);
-  if (late.length === 0) return;
-  for (const w of late) {
-    const what = `inotify watch ${w.wd} (file ${rec.id}) on the working directory of pid ${w.cwd}`;
-    const pid = hostPid(w.cwd!);
+  const late = (w: InotifyWatch): boolean => w.cwd !== undefined || w.root !== undefined;
+  if (!rec.watches.some(late)) return;
+  for (const w of rec.watches.filter(late)) {
+    const which = w.cwd !== undefined ? 'cwd' : 'root';
+    const of = w.cwd ?? w.root!;
+    const what = `inotify watch ${w.wd} (file ${rec.id}) on the ${which === 'cwd' ? 'working' : 'root'} directory of pid ${of}`;
+    const pid = hostPid(of);
     if (pid === undefined) throw new FerryError('EIMAGE', `image: ${what}: the image restores no such process`);
-    const at = `/proc/${pid}/cwd`;
+    const at = `/proc/${pid}/${which}`;
     let got: number;
     try {
       // Only a removed directory, as recorded: not any directory a process of the image is in.
       if (!readlinkSync(at).endsWith(' (deleted)') || !statSync(at).isDirectory()) {
-        throw new FerryError('EIMAGE', `image: ${what}: its working directory was not removed (${w.path})`);
+        throw new FerryError('EIMAGE', `image: ${what}: it was not removed (${w.path})`);
       }
       n.inotifySetNextWd(fd, w.wd);
       got = n.inotifyAddWatch(fd, at, w.mask >>> 0);
@@ -481,7 +501,7 @@ function watchRemovedCwds(rec: InotifyRecord, fd: number, hostPid: (pid: number)
     if (got !== w.wd) throw new FerryError('EOPEN', `cannot restore ${what}: the kernel gave descriptor ${got}`);
   }
   const newest = rec.watches.at(-1)!;
-  if (newest.cwd === undefined) n.inotifySetNextWd(fd, newest.wd + 1);
+  if (!late(newest)) n.inotifySetNextWd(fd, newest.wd + 1);
 }
 
 export const inotify: FileKind<InotifyRecord> = {
@@ -517,5 +537,5 @@ export const inotify: FileKind<InotifyRecord> = {
     }
   },
 
-  afterRebuild: watchRemovedCwds,
+  afterRebuild: watchRemovedDirs,
 };

@@ -11,7 +11,8 @@
  * name reaches any more, the link reading `path (deleted)`) is made again under that name for
  * the moment of its first open (mkfifoat, opened O_RDWR, name removed at once; a free name
  * beside it when the path was taken), then given its mode and owner; its other records open
- * it through the first one's descriptor. No per-process assumption: ends held by
+ * it through the first one's descriptor, an O_PATH descriptor of it (files/regular.ts) the
+ * same node (files/removed-node.ts). No per-process assumption: ends held by
  * different processes are found the same way.
  *
  * Buffered data is copied without consuming it: the pipe is taken into the controller with
@@ -23,13 +24,14 @@
  * it). On restore it is written once per pipe, whichever record opens first. Packet-mode data
  * (writes through an O_DIRECT end, pipe(2)) keeps its packet boundaries.
  */
-import { fchmodSync, fchownSync, fstatSync, readSync, writeSync, type BigIntStats } from 'node:fs';
+import { fstatSync, readSync, writeSync, type BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
 import { shown } from '../image/manifest.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { openRemovedNode, placeOf, reopenIn, shownIn, statIn, type ConfinedRoot } from './confined.js';
+import { openRemovedNodeOf } from './removed-node.js';
 import type { DumpContext, FdDesc, FileKind, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2;
@@ -238,7 +240,7 @@ function openFifo(rec: FifoRecord, ctx: OpenContext): number {
   const notFifo = (st: BigIntStats): string | undefined => (st.isFIFO() ? undefined : 'is no longer a FIFO');
   let m = current(key, ctx);
   const helper = !rec.removed ? reopenIn(root, path, O_RDWR | O_NONBLOCK, what, notFifo)
-    : m ? n.openRaw(`/proc/self/fd/${m.fd}`, O_RDWR | O_NONBLOCK) : makeRemovedFifo(rec, root, path, what);
+    : m ? n.openRaw(`/proc/self/fd/${m.fd}`, O_RDWR | O_NONBLOCK) : makeRemovedFifo(rec, ctx, root, path, what);
   try {
     const st = fstatSync(helper, { bigint: true });
     const fd = n.openRaw(`/proc/self/fd/${helper}`, (rec.flags & O_ACCMODE) | O_NONBLOCK);
@@ -261,21 +263,14 @@ function openFifo(rec: FifoRecord, ctx: OpenContext): number {
 }
 
 /**
- * A FIFO for a record whose FIFO was removed: made under its old name (or a free one beside
- * it) in its directory, inside the root, opened O_RDWR (which never blocks), the name removed
- * at once, then given the recorded mode and owner.
+ * A FIFO for a record whose FIFO was removed, opened O_RDWR (which never blocks): made once for
+ * every record of it, an O_PATH one's too (files/removed-node.ts), under its old name (or a
+ * free one beside it) in its directory, inside the root, the name removed at once, then given
+ * the recorded mode and owner.
  */
-function makeRemovedFifo(rec: FifoRecord, root: ConfinedRoot, path: string, what: string): number {
-  const fd = openRemovedNode(root, path, what, 'fifo', undefined, (dir, name) => native().mkfifoat(dir, name, 0o600), O_RDWR | O_NONBLOCK,
-    (made) => (fstatSync(made, { bigint: true }).isFIFO() ? undefined : 'it is no FIFO'));
-  try {
-    fchownSync(fd, rec.removed!.uid, rec.removed!.gid);
-    fchmodSync(fd, rec.removed!.mode);
-  } catch (err) {
-    native().closeFd(fd);
-    throw err;
-  }
-  return fd;
+function makeRemovedFifo(rec: FifoRecord, ctx: OpenContext, root: ConfinedRoot, path: string, what: string): number {
+  return openRemovedNodeOf(rec, ctx, O_RDWR | O_NONBLOCK, { ...rec.removed!, symlink: false }, (also) => openRemovedNode(root, path, what, 'fifo',
+    undefined, (dir, name) => native().mkfifoat(dir, name, 0o600), (made) => (fstatSync(made, { bigint: true }).isFIFO() ? undefined : 'it is no FIFO'), also));
 }
 
 /** Shape checks of what both kinds store (the image is input: every length is bounded). */
@@ -347,14 +342,6 @@ export const fifo: FileKind<FifoRecord> = {
   dump(fd: FdDesc, ctx: DumpContext): Omit<FifoRecord, 'id' | 'kind'> {
     const identity = { dev: fd.stat.dev.toString(), ino: fd.stat.ino.toString() };
     if (fd.link.endsWith(REMOVED) && fd.stat.nlink === 0n) {
-      // An O_PATH descriptor of the same removed FIFO would come back as a FIFO of its own
-      // (files/regular.ts): refused, whichever open file is met first.
-      const seen = ctx.scratch<string>('removed-node');
-      if (seen.get(`${identity.dev}:${identity.ino}`) === 'opath') {
-        throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a removed FIFO held open `
-          + 'and held O_PATH by another open file too cannot be checkpointed yet; close one of them)');
-      }
-      seen.set(`${identity.dev}:${identity.ino}`, 'fifo');
       const removed = { mode: Number(fd.stat.mode & 0o7777n), uid: Number(fd.stat.uid), gid: Number(fd.stat.gid) };
       return { path: fd.link.slice(0, -REMOVED.length), ...identity, removed, ...dumpState(fd, ctx, true) };
     }

@@ -7,7 +7,7 @@
  * checkpoint's is refused unless --allow-changed-files (then a warning is logged): the process
  * remembers offsets, lengths and contents that no longer hold.
  */
-import { chmodSync, constants, fchmodSync, fchownSync, fstatSync, statSync } from 'node:fs';
+import { constants, fchmodSync, fchownSync, fstatSync, statSync } from 'node:fs';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -16,6 +16,7 @@ import {
 } from '../proc/fcntl.js';
 import { ConfinedRoot, hostRoot, openIn, openRemovedNode, placeOf, statIn, withRemovedDir } from './confined.js';
 import { reopen } from './deleted.js';
+import { openRemovedNodeOf } from './removed-node.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 
@@ -31,8 +32,6 @@ const OPEN_ONLY_FLAGS = constants.O_CREAT | constants.O_EXCL | constants.O_TRUNC
  */
 const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | O_NOATIME;
 
-/** fchownat(2) of the file a descriptor refers to (an O_PATH one too). */
-const AT_EMPTY_PATH = 0x1000;
 /** The longest symlink text the kernel stores (PATH_MAX, its NUL included). */
 const MAX_TARGET = 4095;
 
@@ -210,36 +209,27 @@ function openRemovedDir(rec: RegularRecord, root: ConfinedRoot, path: string): n
 }
 
 /**
- * The FIFO or symlink of an O_PATH descriptor whose name was removed: made again under its old
- * name (or a free one beside it) in its directory inside the root (mkfifoat with mode 0600, or
- * symlinkat with the recorded text; root's), taken O_PATH (O_NOFOLLOW: the symlink itself), the
- * name removed at once (confined.ts openRemovedNode), then given its owner and (a FIFO) its
- * mode. A symlink's mode is always 0777: no call changes it.
+ * The FIFO or symlink of an O_PATH descriptor whose name was removed: made once for every record
+ * of it (files/removed-node.ts) under its old name (or a free one beside it) in its directory
+ * inside the root (mkfifoat with mode 0600, or symlinkat with the recorded text; root's), taken
+ * O_PATH by name with the record's O_NOFOLLOW (the symlink itself), the name removed at once
+ * (confined.ts openRemovedNode), then given its owner and (a FIFO) its mode. A symlink's mode
+ * is always 0777: no call changes it.
  */
-function openRemovedPathNode(rec: RegularRecord, root: ConfinedRoot, path: string): number {
+function openRemovedPathNode(rec: RegularRecord, ctx: OpenContext, root: ConfinedRoot, path: string): number {
   const r = rec.removed!;
   const symlink = r.type === 'symlink';
   const what = `the removed ${symlink ? 'symlink' : 'FIFO'} ${rec.path} (file ${rec.id} of the image)`;
   const n = native();
   try {
     const target = Buffer.from(r.target ?? '', 'utf8');
-    const fd = openRemovedNode(root, path, what, symlink ? 'symlink' : 'fifo', undefined,
-      symlink ? (dir, name) => n.symlinkat(r.target!, dir, name) : (dir, name) => n.mkfifoat(dir, name, 0o600),
-      rec.flags & (O_PATH | constants.O_NOFOLLOW), (made) => {
+    return openRemovedNodeOf(rec, ctx, rec.flags & (O_PATH | constants.O_NOFOLLOW), { ...r, symlink }, (also) => openRemovedNode(root, path, what,
+      symlink ? 'symlink' : 'fifo', undefined, symlink ? (dir, name) => n.symlinkat(r.target!, dir, name) : (dir, name) => n.mkfifoat(dir, name, 0o600),
+      (made) => {
         const st = fstatSync(made);
         if (!symlink) return st.isFIFO() ? undefined : 'it is no FIFO';
         return st.isSymbolicLink() && n.readlinkat(made, '').equals(target) ? undefined : 'it is not the symlink made';
-      });
-    try {
-      n.fchownat(fd, '', r.uid, r.gid, AT_EMPTY_PATH);
-      // An O_PATH descriptor takes no fchmod(2); chmod(2) follows its /proc/self/fd link to the
-      // FIFO itself (after chown, which clears set-id bits).
-      if (!symlink) chmodSync(`/proc/self/fd/${fd}`, r.mode);
-    } catch (err) {
-      n.closeFd(fd);
-      throw err;
-    }
-    return fd;
+      }, also));
   } catch (err) {
     if (err instanceof FerryError) throw err;
     throw new FerryError('EOPEN', `cannot restore ${what}: ${(err as Error).message}`, { cause: err, path: rec.path });
@@ -292,18 +282,6 @@ export const regular: FileKind<RegularRecord> = {
     if (removed && node === undefined && !(fd.stat.isDirectory() && fd.stat.nlink === 0n)) {
       throw new FerryError('EUNSUPPORTED',
         `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (${(fd.fdinfo.flags & O_PATH) !== 0 ? 'an O_PATH descriptor of ' : ''}a removed file of this kind cannot be checkpointed yet)`);
-    }
-    if (node !== undefined) {
-      // Each open file of a removed node makes a node of its own on restore: a second open file
-      // of the same one (another O_PATH open, or the FIFO opened for I/O: files/pipe.ts) would
-      // come back as another node, which the process could tell.
-      const seen = ctx.scratch<string>('removed-node');
-      const identity = `${fd.stat.dev}:${fd.stat.ino}`;
-      if (seen.has(identity)) {
-        throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (a removed ${node === 'fifo' ? 'FIFO' : 'symlink'} `
-          + 'held O_PATH by one open file and by another too cannot be checkpointed yet; close one of them)');
-      }
-      seen.set(identity, 'opath');
     }
     const rec: Omit<RegularRecord, 'id' | 'kind'> = {
       path: removed ? fd.link.slice(0, -' (deleted)'.length) : fd.link,
@@ -391,7 +369,7 @@ export const regular: FileKind<RegularRecord> = {
     // kind of file is then opened for I/O, through the descriptor itself: what is opened is
     // what was checked.
     const { root, path } = placeOf(rec);
-    if (rec.removed) return rec.removed.type !== undefined ? openRemovedPathNode(rec, root, path) : openRemovedDir(rec, root, path);
+    if (rec.removed) return rec.removed.type !== undefined ? openRemovedPathNode(rec, ctx, root, path) : openRemovedDir(rec, root, path);
     let at: number;
     try {
       at = openIn(root, path, O_PATH | (rec.flags & (O_DIRECTORY | constants.O_NOFOLLOW)), `file ${rec.id} of the image`);

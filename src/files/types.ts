@@ -308,9 +308,9 @@ export interface FileKind<R extends FileRecord = FileRecord> {
   afterTree?(ctx: OpenContext, hostPid: (pid: number) => number | undefined): void;
   /**
    * Optional: runs on the controller's descriptor of an opened file once every process is
-   * rebuilt (in its working directory: a removed one exists only as the process's by then),
-   * before any is given its root directory and credentials or let go: for what is made through
-   * a restored process's own state (an inotify watch on its removed working directory).
+   * rebuilt and finished (in its working and root directory: a removed one exists only as the
+   * process's by then; with its credentials), before any is let go: for what is made through a
+   * restored process's own state (an inotify watch on its removed working or root directory).
    * `hostPid` gives ferry's pid of a live process of the image (undefined for any other).
    */
   afterRebuild?(record: R, fd: number, hostPid: (pid: number) => number | undefined): void;

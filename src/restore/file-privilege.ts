@@ -139,13 +139,14 @@ function dirsOf(path: string): string[] {
 export function checkWatchAccess(label: string, tasks: readonly Holder[], files: readonly FileRecord[], statOf: StatOf = statNoFollow): void {
   for (const f of files) {
     if (f.kind !== 'inotify' && f.kind !== 'fanotify') continue;
-    const list = (f.kind === 'inotify' ? f.watches : f.marks) as Array<{ path?: unknown; file?: unknown; type?: unknown; cwd?: unknown }> | undefined;
+    const list = (f.kind === 'inotify' ? f.watches : f.marks) as Array<{ path?: unknown; file?: unknown; type?: unknown; cwd?: unknown; root?: unknown }> | undefined;
     if (!Array.isArray(list)) continue;
     const holders = holdersOf(tasks, f);
     for (const w of list) {
-      // A watch on a process's removed working directory (`cwd`) is added through that
-      // process's own directory, its path only the text it had: nothing of the host to judge.
-      if (typeof w !== 'object' || w === null || w.file !== undefined || w.cwd !== undefined || typeof w.path !== 'string' || !w.path.startsWith('/')
+      // A watch on a process's removed working or root directory (`cwd`, `root`) is added through
+      // that process's own directory, its path only the text it had: nothing of the host to judge.
+      if (typeof w !== 'object' || w === null || w.file !== undefined || w.cwd !== undefined || w.root !== undefined
+        || typeof w.path !== 'string' || !w.path.startsWith('/')
         || w.path.includes('\0') || (f.kind === 'fanotify' && typeof w.type !== 'string')) continue; // the kind's check refuses it
       const st = statOf(w.path);
       if (!st) continue; // the kind's own check refuses a missing path

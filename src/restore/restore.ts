@@ -20,6 +20,7 @@ import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
 import { checkRemovedNodeTrust } from '../files/chrdev.js';
+import { checkRemovedNodes } from '../files/removed-node.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import {
@@ -145,6 +146,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     }
     // Signals the files send (F_SETOWN) go to the image's own processes only.
     checkOwners(files.files, tree.processes, holders);
+    checkRemovedNodes(label, ownFiles); // the records of one removed node say one node (files/removed-node.ts)
     // A file reached by its handle is confined by nothing.
     if (!trusted) checkLinkedTrust(label, ownFiles);
     // Nor may it have a device node made (a removed one held open).
@@ -384,10 +386,6 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       o.signal?.throwIfAborted();
       rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, removedRoots, tableShared.has(task.pid), made?.controllerPidfd);
     }
-    // What is made through a rebuilt process's own state: an inotify watch on its removed
-    // working directory, which only it has now (files/inotify.ts). Only a live process of the
-    // image: never a process of the host that happens to have the pid an image names.
-    afterRebuild(opened, files.files, (pid) => (taskOf.has(pid) ? created.stubs.get(pid)?.pid : undefined));
     // The foreground group of a controlling terminal no descriptor of the tree holds, set by
     // its session's leader now that every group exists (files/tty.ts).
     setForegroundGroups(opened, new Set(holders.flatMap((task) => task.fds.map((f) => f.file))), (pid) => {
@@ -407,6 +405,11 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     for (const task of tasks) {
       finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), removedRoots, made !== undefined, lazy);
     }
+    // What is made through a rebuilt process's own state: an inotify watch on its removed
+    // working or root directory, which only it has now (files/inotify.ts), once it is in both
+    // (finishTask chroots). Only a live process of the image: never a process of the host that
+    // happens to have the pid an image names.
+    afterRebuild(opened, files.files, (pid) => (taskOf.has(pid) ? created.stubs.get(pid)?.pid : undefined));
     dropRoots();
     removedRoots.close();
     await faultPoint('rebuilt', o.signal);

@@ -477,7 +477,10 @@ export const MAX_THREAD_FILES = MAX_THREADS;
  *   one so (files/procfile.ts treeHolder);
  * - at most MAX_THREAD_FILES files naming a thread, each a thread of the image (a thread's
  *   /proc file or pidfd: `target` and `thread`), which restore would otherwise find missing
- *   only once every process and thread is made.
+ *   only once every process and thread is made;
+ * - an inotify watch through a process's removed working or root directory (`cwd`, `root`)
+ *   naming a process of the image whose record says that directory was removed
+ *   (`cwdDeleted`, `rootDeleted`): restore adds it once the processes are rebuilt.
  * Refusals are EIMAGE, one line, naming the file.
  */
 export function checkNamedPids(label: string, tree: TreeRecord, tasks: readonly TaskRecord[], files: readonly FileRecord[], container: boolean): void {
@@ -504,6 +507,18 @@ export function checkNamedPids(label: string, tree: TreeRecord, tasks: readonly 
       // A record of the wrong shape is its kind's check() to refuse, by what is wrong with it.
       if (typeof f.target === 'number' && typeof f.thread === 'number' && threadsOf.get(f.target)?.has(f.thread) !== true) {
         refuse(f, `names thread ${f.thread} of pid ${f.target}, which is not a thread of the image`);
+      }
+    }
+    if (f.kind === 'inotify' && Array.isArray(f.watches)) {
+      for (const w of f.watches as Array<{ wd?: unknown; cwd?: unknown; root?: unknown }>) {
+        if (typeof w !== 'object' || w === null) continue; // the kind's check refuses it
+        for (const [which, pid] of [['working', w.cwd], ['root', w.root]] as const) {
+          if (typeof pid !== 'number') continue;
+          const t = tasks.find((x) => x.pid === pid);
+          if ((which === 'working' ? t?.cwdDeleted : t?.rootDeleted) === undefined) {
+            refuse(f, `has watch ${String(w.wd)} on the removed ${which} directory of pid ${pid}, which is no process of the image whose ${which} directory was removed`);
+          }
+        }
       }
     }
   }

@@ -1,9 +1,10 @@
 /**
  * Fault cells of the names restore makes for a moment (src/files/transient.ts): a removed FIFO
  * or directory held open (build/workloads/removed), a removed name of a file that has
- * another (build/workloads/linkgone), removed device nodes (build/workloads/devgone) and a
- * removed root directory (build/workloads/chrooted removed). Restore is SIGKILLed right after
- * it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
+ * another (build/workloads/linkgone), removed device nodes (build/workloads/devgone), removed
+ * nodes each held by several open files (build/workloads/gonetwice: taken again by name for the
+ * O_PATH ones while the name exists) and a removed root directory (build/workloads/chrooted
+ * removed). Restore is SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
  * ferry's journal; the next restore sweeps it before it starts, restores the workload, which
  * passes its check, and no name is left beside the workload's own, nor any journal entry.
  *
@@ -30,7 +31,7 @@ after(cleanup);
 const entriesOf = (pid: number): string[] => (existsSync(TRANSIENT_DIR) ? readdirSync(TRANSIENT_DIR).filter((f) => f.startsWith(`${pid}-`)) : []);
 
 describe('fault cells: restore killed while it holds a name it made for a moment', { skip, timeout: 180_000 }, () => {
-  for (const [workload, args, made] of [['removed', [], /^(ff|d)$/], ['linkgone', [], /^a$/], ['devgone', [], /^(null|sub)$/], ['chrooted', ['removed'], /^jail$/]] as const) {
+  for (const [workload, args, made] of [['removed', [], /^(ff|d)$/], ['linkgone', [], /^a$/], ['devgone', [], /^(null|sub)$/], ['gonetwice', [], /^(null|ff|sym)$/], ['chrooted', ['removed'], /^jail$/]] as const) {
     it(`${[workload, ...args].join(' ')}: SIGKILL at transient; the next restore sweeps the name and restores`, async () => {
       const w = await startWorkload(join(WORKLOADS, workload), ['DIR', ...args]);
       const image = join(w.dir, `${workload}.tar`);

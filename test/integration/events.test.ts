@@ -3,7 +3,10 @@
  * edge-triggered (one with an edge pending), one-shot (armed, and fired: reporting nothing
  * until EPOLL_CTL_MOD), exclusive and EPOLLWAKEUP epoll items, inotify watches with chosen descriptors
  * (one above 0x34d71d6) and fanotify inode, mount and filesystem marks, and checks them itself
- * after restore; build/workloads/epollfired has a fired one-shot item on each kind of target. What cannot be restored is refused with the process left running.
+ * after restore; build/workloads/epollfired has a fired one-shot item on each kind of target.
+ * What cannot be restored is refused with the process left running. Watches on a process's
+ * removed working directory (build/workloads/cwdwatch) and on its removed root directory
+ * (build/workloads/rootwatch) come back through the restored directories.
  */
 import assert from 'node:assert/strict';
 import { chmodSync, chownSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -252,5 +255,50 @@ describe('an inotify watch on the process\'s own removed working directory', { s
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0, 'detached');
     assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('inotify watches on the process\'s removed root directory (chroot(2))', { skip, timeout: 120_000 }, () => {
+  const ROOTWATCH = join(WORKLOADS, 'rootwatch');
+
+  it('come back on the restored removed root and working directory, each with its descriptor and mask, twice; no name is left', async () => {
+    const w = await startWorkload(ROOTWATCH, ['DIR']);
+    const image = join(w.dir, 'rootwatch.tar');
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, image, i);
+      assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail') || n.includes('ferry-')), [], 'the directories made for the restore are gone');
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('comes back when the root is the working directory too', async () => {
+    const w = await startWorkload(ROOTWATCH, ['DIR', 'cwd']);
+    await cycleThrough(w, join(w.dir, 'cwd.tar'), 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves the watches as they were', async () => {
+    const w = await startWorkload(ROOTWATCH, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0, 'detached');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an edited watch naming a process whose root was not removed is refused in one line before anything is made', async () => {
+    const w = await startWorkload(ROOTWATCH, ['DIR']);
+    const image = join(w.dir, 'rootwatch.tar');
+    await checkpointFreed(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, { 'files.json': json<{ files: Array<{ kind: string; watches?: Array<{ root?: number; cwd?: number }> }> }>((v) => {
+      const watch = v.files.find((f) => f.kind === 'inotify')!.watches!.find((x) => x.root !== undefined)!;
+      watch.root = w.pid + 1;
+    }) });
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${edited}: file \\d+ \\(inotify\\) has watch 1 on the removed root directory of pid ${w.pid + 1}, `
+      + 'which is no process of the image whose root directory was removed: refused \\(an edited image\\); nothing was restored\\n$'));
+    assert.ok(!alive(w.pid), 'no process made');
+    assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail') || n.includes('ferry-')), [], 'no directory made');
   });
 });

@@ -3,7 +3,10 @@
  * removed, through bin/ferry: build/workloads/removed checks after restore that both are
  * still removed, with their links, data, mode and owner, and that no name came back. Likewise
  * removed device nodes (build/workloads/devgone: /dev/null's and, under a removed directory,
- * /dev/zero's), which only a trusted image may have made again.
+ * /dev/zero's), which only a trusted image may have made again. And removed nodes each held by
+ * several open files opened separately, in two processes (build/workloads/gonetwice: a device
+ * node, a FIFO opened for reading, writing and O_PATH, a symlink held O_PATH twice), which come
+ * back as one inode each.
  */
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
@@ -11,7 +14,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointFreed, cleanup, ferry, own, procState, startWorkload, verify } from '../helpers/processes.js';
+import { alive, checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -131,6 +134,45 @@ describe('character device nodes whose names were removed', { skip, timeout: 120
     assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported file: pid ${w.pid} fd \\d+ -> .*/kmsg \\(deleted\\) \\(a character device node 1:11 whose name was removed cannot be checkpointed: only removed nodes of null, zero, full, random, urandom`));
     assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
     assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('removed nodes each held by several open files, in two processes', { skip, timeout: 180_000 }, () => {
+  const GONETWICE = join(WORKLOADS, 'gonetwice');
+
+  it('come back as one inode each, opened as often as it was: a device node, a FIFO (its ends joined, its bytes queued once, O_PATH too) and a symlink; twice; no name is left', async () => {
+    const w = await startWorkload(GONETWICE, ['DIR']);
+    const image = join(w.dir, 'gonetwice.tar');
+    const tree = ownTree(w);
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, image, i, [], { tree });
+      assert.deepEqual(readdirSync(w.dir).filter((n) => /^(null|ff|sym)|ferry/.test(n)), [], 'the names made for the restore are gone');
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an image whose records of one node say different nodes is refused in one line before anything is made', async () => {
+    const w = await startWorkload(GONETWICE, ['DIR']);
+    const image = join(w.dir, 'gonetwice.tar');
+    const pids = await checkpointTreeFreed(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    await editImage(image, edited, { 'files.json': json<{ files: Array<{ id: number; kind: string; removed?: { mode: number } }> }>((v) => {
+      v.files.find((f) => f.kind === 'fifo' && f.removed !== undefined)!.removed!.mode = 0o666;
+    }) });
+    const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${edited}: files \\d+ and \\d+ hold one removed node \\(\\d+:\\d+\\) but say different ones `
+      + '\\(FIFO, mode (620|666) owner 56:78; FIFO, mode (620|666) owner 56:78\\): refused, nothing was restored\n$'));
+    assert.ok(pids.every((p) => !alive(p)), 'no process made');
+    assert.deepEqual(readdirSync(w.dir).filter((n) => /^(null|ff|sym)|ferry/.test(n)), [], 'no node made');
+  });
+
+  it('--leave-running leaves them as they were', async () => {
+    const w = await startWorkload(GONETWICE, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS', w.text());
   });
 });
