@@ -35,7 +35,10 @@
  *   config.json swapped for the restore's, for `runc create`; synchronous); `forked` (a
  *   restore's parent stub has forked a child stub, not seized yet: the first time; synchronous);
  *   `lent` (a restore's rebuilt parent holds the pages its children lend through it,
- *   restore/cow.ts, before they are forked: the first time; synchronous);
+ *   restore/cow.ts, before they are forked: the first time; synchronous); `relayed` (a
+ *   restore's rebuilt process holds an area it kept from its parent only to pass it on to its
+ *   children, restore/cow.ts CowPlan.relayed, before they are forked: the first time;
+ *   synchronous);
  *   `lazy` (a lazy restore let the tree go: faults are served, the background fill has not
  *   begun — paused, pages stay missing until touched); `repair` (a checkpoint with
  *   --tcp-established has the first TCP socket it reads in repair mode, with SO_OOBINLINE and
@@ -61,7 +64,7 @@ import { writeSync } from 'node:fs';
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
   'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
-  'aioring', 'standin', 'threadpidfd',
+  'aioring', 'standin', 'threadpidfd', 'relayed',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

@@ -41,6 +41,7 @@ import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
 import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
+import { shareAcrossBranches } from './cow-branches.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers, readAioRings, shareAmongSiblings } from './memory.js';
 import { holdAddressSpaces } from './memory-hold.js';
 import type { LockRecord } from '../files/locks.js';
@@ -257,8 +258,10 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
 
 /**
  * Pages only siblings still share copy-on-write (their parent wrote its own since the fork)
- * are stored once, by the first of them (memory.ts shareAmongSiblings, image/cow.ts). Not for
- * a process restore forks from a sibling (`ownPages`, image/sharing.ts): it inherits nothing.
+ * are stored once, by the first of them (memory.ts shareAmongSiblings, image/cow.ts); then
+ * those shared across branches of the tree (cousins…), lent through their common ancestor
+ * (cow-branches.ts). Not for a process restore forks from a sibling (`ownPages`,
+ * image/sharing.ts): it inherits nothing.
  */
 function shareSiblingPages(dumped: readonly DumpedTask[], ownPages: ReadonlySet<number>): void {
   const kids = new Map<number, DumpedTask[]>();
@@ -277,6 +280,11 @@ function shareSiblingPages(dumped: readonly DumpedTask[], ownPages: ReadonlySet<
       const d = byPid.get(pid)!;
       d.task.pagesBytes = d.memory.pagesBytes;
     }
+  }
+  // Then those processes in different branches share, lent through their common ancestor.
+  for (const pid of shareAcrossBranches(dumped.map((d) => ({ pid: d.task.pid, ppid: d.task.ppid, plan: d.memory, ownPages: ownPages.has(d.task.pid) })))) {
+    const d = byPid.get(pid)!;
+    d.task.pagesBytes = d.memory.pagesBytes;
   }
 }
 

@@ -650,9 +650,10 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
  * The areas children map that their parent maps nothing over any more (it unmapped them after
  * forking them), which they may lend pages through a temporary area of the parent's
  * (image/cow.ts `lendableUnmapped`): the first child's (in tree order) area at each address,
- * and none that overlaps another one taken (restore holds them all at once).
+ * and none that overlaps another one taken (restore holds them all at once). Also for
+ * descendants further down (dump/cow-branches.ts), `children` then all of them in tree order.
  */
-function unmappedAreas(parent: PlannedParent, children: readonly PlannedChild[]): VmaRecord[] {
+export function unmappedAreas(parent: PlannedParent, children: readonly PlannedChild[]): VmaRecord[] {
   const taken = parent.vmas.map((v) => [BigInt(v.start), BigInt(v.end)] as const);
   const sorted = taken.length;
   const overlaps = (s: bigint, e: bigint): boolean => {
@@ -702,7 +703,7 @@ export interface PlannedChild {
  * inherited (`cow`). Restore writes it into the parent before it forks them and gives the
  * parent its own page back after. Likewise for an area the children map alike that the parent
  * maps nothing over any more (unmappedAreas: it unmapped it after forking them), which restore
- * gives the parent for a moment, as the first of them maps it (restore/cow.ts temporaryAreas). One frame per page: the first child (in tree order) that
+ * gives the parent for a moment, as the first of them maps it (restore/cow.ts CowPlan.temporary). One frame per page: the first child (in tree order) that
  * shares its page there with any process picks it; children sharing another frame there keep
  * theirs stored. Linear in children × pages. Updates the children's `pagesOffset` and
  * `pagesBytes`; returns the pids whose plan changed.

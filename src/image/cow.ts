@@ -18,11 +18,24 @@
  * the parent no longer maps the area at all (it unmapped it after forking them): siblings
  * that map it alike, a plain private anonymous area (`lendableUnmapped`) over which the
  * parent maps nothing, lend its pages through a temporary area restore gives the parent at
- * that address while it forks them, and takes away after. Only siblings of one parent are
- * matched: a page shared by cousins, or by a child and a grandchild but not the process
- * between them, is stored once per process that has it.
+ * that address while it forks them, and takes away after.
+ *
+ * Pages shared further down, by processes in different branches under a common ancestor
+ * (cousins; a child of it and a grandchild under another child), none of the processes
+ * between mapping anything over the area any more: the first sharer (tree order) stores the
+ * page and lends it through that ancestor (`lent`, with `lentThrough` the generations up),
+ * the others record it as `cow`. Restore writes the lent pages into the ancestor's area (its
+ * own, or a temporary one as above) before it forks its children; each process between,
+ * forked from its parent, keeps the area fork() gave it only until it has forked its own
+ * children, and unmaps it then (restore/cow.ts CowPlan.relayed). Not matched: a page a
+ * process shares with its grandchild only (the process between unmapped it) stays stored by
+ * both; a page two siblings (their parent having unmapped it) and a cousin of theirs share is
+ * lent among the siblings and stored again by the cousin.
  */
 import type { VmaRecord } from './records.js';
+
+/** The most generations up pages may be lent through (`lentThrough`): deeper sharing is stored. */
+export const MAX_LENT_THROUGH = 1024;
 
 /**
  * VmFlags codes fork() does not carry into the child as they are: mlock (`lo`, `lf`: a

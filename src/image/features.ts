@@ -124,6 +124,11 @@ export const FEATURES: readonly Feature[] = [
         && !groups.has((f.ctty as { foreground: number }).foreground));
     },
   },
+  {
+    name: 'lent-through-ancestor',
+    what: 'pages lent through a process further up than the parent (task.json vmas[].lentThrough)',
+    uses: ({ tasks }) => tasks.some((t) => t.vmas.some((v) => v.lentThrough !== undefined)),
+  },
 ];
 
 /** The names this ferry knows. */

@@ -85,6 +85,12 @@ export interface VmaRecord {
    * does not write them again. Absent when there are none.
    */
   lent?: Array<[number, number]>;
+  /**
+   * With `lent`: how many generations up the process is that the pages are lent through
+   * (image/cow.ts), 2 or more; absent, 1: the parent. Every process between maps nothing over
+   * the area and passes it on (restore/cow.ts CowPlan.relayed).
+   */
+  lentThrough?: number;
 }
 
 /** A signal disposition that is not SIG_DFL (rt_sigaction(2), struct kernel_sigaction). */

@@ -250,7 +250,7 @@ function areaCalls(v: VmaRecord, flags: number, fd: number, offset: bigint): Arr
 
 /**
  * Maps in the rebuilt parent `t` the temporary areas its children lend pages through
- * (restore/cow.ts temporaryAreas: private anonymous areas it does not map itself), each at
+ * (restore/cow.ts CowPlan.temporary: private anonymous areas it does not map itself), each at
  * its address as the lender maps it, so that the children forked next inherit them with the
  * lent pages; returns what unmaps them again once they are forked, leaving the parent's layout
  * exactly its own. MAP_FIXED_NOREPLACE: the range is free by construction (the parent's image
@@ -281,7 +281,17 @@ export function holdTemporary(t: Tracee, pid: number, areas: readonly VmaRecord[
     t.trySyscalls(unmap(unheld < 0 ? areas.length : unheld));
     throw new FerryError('EMAP', `cannot hold the pages its children lend at ${failure} in pid ${pid}: nothing was restored; retry, and report it if it persists`, { pid });
   }
-  const all = unmap(areas.length);
+  return releaseAreas(t, pid, areas);
+}
+
+/**
+ * What unmaps the areas `areas` of `t` (`pid`) that it holds only while its children are
+ * forked: the temporary ones (holdTemporary) and those it relays, kept from its parent at
+ * fork (restore/cow.ts CowPlan.relayed); undefined when there are none.
+ */
+export function releaseAreas(t: Tracee, pid: number, areas: readonly VmaRecord[]): (() => void) | undefined {
+  if (areas.length === 0) return undefined;
+  const all = areas.map((v) => [SYS.munmap, big(v.start), big(v.end) - big(v.start)] as const);
   return () => {
     t.trySyscalls(all).forEach((r, i) => {
       if (r < 0n) throw new FerryError('EMAP', `cannot unmap the pages lent at 0x${all[i]![1].toString(16)} in pid ${pid} (munmap): ${errnoName(r)}`, { pid });

@@ -10,17 +10,21 @@
  * child had not (it dropped them, MADV_DONTNEED) are dropped again; the child's own stored
  * pages are written over the inherited ones, which gives it its own copy of those only.
  *
- * Pages children lend through their parent (image/cow.ts `lent`) are written into the parent's
- * same area right before those children are forked. Where the parent maps nothing at all any
- * more (it unmapped the area after forking them), the parent holds a temporary area there,
- * the lenders' mapping, only while those children are forked (`temporaryAreas`, lendPages):
- * its layout after is exactly its own.
+ * Pages descendants lend through a process (image/cow.ts `lent`: its children's, or with
+ * `lentThrough` those of processes further down) are written into its same area right before
+ * its children are forked. Where it maps nothing at all any more (it unmapped the area after
+ * forking them), it holds a temporary area there, the lenders' mapping, only while its
+ * children are forked (CowPlan.temporary, lendPages). Each process between it and the ones
+ * that inherit the area further down maps nothing there: it is forked from its parent too,
+ * keeps the area fork() gave it (CowPlan.relayed) only until it has forked its own children,
+ * and unmaps it then. Every layout after is exactly the process's own.
  */
 import { PAGE_SIZE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
-import { inheritable, lendableUnmapped } from '../image/cow.js';
+import { inheritable, lendableUnmapped, MAX_LENT_THROUGH } from '../image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../image/records.js';
+import { forkedBySiblings } from '../image/sharing.js';
 import type { Tracee } from '../task/tracee.js';
 
 const MADV_DONTNEED = 4;
@@ -38,161 +42,269 @@ export function keptAreas(task: TaskRecord): VmaRecord[] {
   return task.vmas.filter(fromParent);
 }
 
-/** The pages children lend through their parent, by parent pid and area start (image/cow.ts). */
-type Lent = Map<number, Map<string, Array<[number, number]>>>;
-
-/** Every child's lent pages, gathered by parent and area. */
-function lentByParent(tasks: readonly TaskRecord[], parentOf: (pid: number) => number | undefined): Lent {
-  const out: Lent = new Map();
-  for (const t of tasks) {
-    for (const v of t.vmas) {
-      if (!v.lent || v.lent.length === 0) continue;
-      const p = parentOf(t.pid) ?? 0;
-      let areas = out.get(p);
-      if (!areas) out.set(p, (areas = new Map()));
-      const list = areas.get(v.start);
-      if (list) list.push(...v.lent);
-      else areas.set(v.start, [...v.lent]);
-    }
-  }
-  return out;
+/** A lending area: the process and its area, as the image lists them. */
+interface Lending {
+  task: TaskRecord;
+  index: number;
+  v: VmaRecord;
 }
 
 /**
- * The temporary areas the parent `parent` holds while its children are forked, by start: one
- * for each area its children lend pages through that it does not map itself, made as the
- * first lender's (tree order) mapping, storing nothing (image/cow.ts). checkInherited refused
- * any such area the parent maps something over, or that is no lendableUnmapped one.
+ * What restore does for pages inherited copy-on-write, planned once from the whole tree by
+ * checkInherited (which refused any image it could not give): which processes are forked from
+ * their rebuilt parent, what each holds while it forks its children, and how each looks to
+ * them at fork.
  */
-export function temporaryAreas(parent: TaskRecord, children: readonly TaskRecord[]): Map<string, VmaRecord> {
-  const own = new Set(parent.vmas.map((v) => v.start));
-  const out = new Map<string, VmaRecord>();
-  for (const c of children) {
-    for (const v of c.vmas) {
-      if ((v.lent?.length ?? 0) === 0 || own.has(v.start) || out.has(v.start)) continue;
-      const { cow: _cow, lent: _lent, ...mapping } = v;
-      out.set(v.start, { ...mapping, runs: [], pagesOffset: 0 });
-    }
-  }
-  return out;
+export interface CowPlan {
+  /** Whether the live process `pid` is forked from its parent once the parent's memory is back. */
+  late(pid: number): boolean;
+  /**
+   * The process `pid` as its children find it at fork: its areas with the pages its
+   * descendants lend through it counted as its own (`cow`), for what they inherit and drop,
+   * the temporary areas it holds for them, and the areas it relays, in address order.
+   */
+  atFork(pid: number): TaskRecord;
+  /**
+   * The temporary areas `pid` maps while its children are forked (holdTemporary), by start:
+   * one for each area its descendants lend pages through it that it does not map itself,
+   * made as the first lender's (tree order) mapping, storing nothing (image/cow.ts).
+   */
+  temporary(pid: number): VmaRecord[];
+  /**
+   * The areas `pid` keeps from its parent at fork only to pass them on to its children (it
+   * maps nothing there itself: image/cow.ts), unmapped once they are forked.
+   */
+  relayed(pid: number): VmaRecord[];
+  /** The areas lending pages through `pid`, with their processes, in tree order. */
+  lentThrough(pid: number): ReadonlyArray<Readonly<Lending>>;
 }
 
-/**
- * The parent as its children find it at fork: its areas with the pages its children lend
- * through it (image/cow.ts) counted as its own (`cow`), for what they inherit and drop, and
- * the temporary areas it holds for them (temporaryAreas), in address order.
- */
-export function atFork(parent: TaskRecord, children: readonly TaskRecord[]): TaskRecord {
-  const lent = lentByParent(children, () => parent.pid).get(parent.pid);
-  if (!lent) return parent;
-  const withLent = (v: VmaRecord): VmaRecord => {
-    const more = lent.get(v.start);
-    return more ? { ...v, cow: merged(v.cow ?? [], more).map(([s, e]): [number, number] => [s, e - s]) } : v;
-  };
-  const temporary = [...temporaryAreas(parent, children).values()];
-  const vmas = [...parent.vmas, ...temporary].map(withLent);
-  if (temporary.length > 0) vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : BigInt(a.start) > BigInt(b.start) ? 1 : 0));
-  return { ...parent, vmas };
-}
+/** [start, end) of an area as numbers of bytes. */
+const range = (v: VmaRecord): readonly [bigint, bigint] => [BigInt(v.start), BigInt(v.end)];
+const byStart = (a: VmaRecord, b: VmaRecord): number => (BigInt(a.start) < BigInt(b.start) ? -1 : BigInt(a.start) > BigInt(b.start) ? 1 : 0);
 
 /**
- * Refuses an image whose `cow` runs name what restore cannot give: a child whose parent is
- * not a live process of the image listed before it, an area its parent has not as the same
- * private mapping (`inheritable`), or a page the parent's area neither stores nor inherits
- * itself (restore would hand the child whatever fork() gave it there). One line naming the
- * pid and area; before any process is created.
+ * Refuses an image whose `cow` runs name what restore cannot give, and plans the rest
+ * (CowPlan). A process inherits an area from its parent's same area, or, where the parent
+ * maps nothing over it and nothing is lent through it there, from the nearest ancestor that
+ * maps it or holds it for lenders, each process between relaying it (image/cow.ts). Refused:
+ * a process whose parent (or an ancestor it reaches so) is not a live process of the image
+ * listed before it, a relay forked by or forking a sibling (image/sharing.ts), an area the
+ * ancestor has not as the same private mapping (`inheritable`), a page it neither stores nor
+ * inherits itself (restore would hand over whatever fork() gave there), pages lent through an
+ * ancestor the area does not come from, two lenders of one page, and areas one process would
+ * hold at once over one another. One line naming the pid and area; before any process is
+ * created.
  */
-export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): void {
+export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): CowPlan {
   const ppid = new Map(tree.processes.map((p) => [p.pid, p.ppid]));
-  const seen = new Map<number, TaskRecord>();
-  const lent = lentByParent(tasks, (pid) => ppid.get(pid));
-  // Two children lending one page of their parent's: the parent can hold only one of them.
-  for (const [p, areas] of lent) {
-    for (const [start, runs] of areas) {
-      const sorted = [...runs].sort((a, b) => a[0] - b[0]);
+  const bySibling = forkedBySiblings(tree.processes);
+  const refuse = (pid: number, what: string): never => {
+    throw new FerryError('EIMAGE', `image: ${what}: refused (an edited image)`, { pid });
+  };
+  // Which process each lending area lends through: its parent, or `lentThrough` generations up.
+  const lending = new Map<number, Map<string, Lending[]>>();
+  for (const task of tasks) {
+    for (const [index, v] of task.vmas.entries()) {
+      if ((v.lent?.length ?? 0) === 0) continue;
+      let holder = ppid.get(task.pid);
+      for (let up = v.lentThrough ?? 1; up > 1 && holder !== undefined; up--) holder = ppid.get(holder);
+      if (holder === undefined) {
+        refuse(task.pid, `pid ${task.pid} vmas[${index}] lends pages (lent) through an ancestor ${v.lentThrough ?? 1} generations up, which tree.json has not`);
+      }
+      let areas = lending.get(holder!);
+      if (!areas) lending.set(holder!, (areas = new Map()));
+      const list = areas.get(v.start);
+      if (list) list.push({ task, index, v });
+      else areas.set(v.start, [{ task, index, v }]);
+    }
+  }
+  // Two processes lending one page through one area: it can hold only one of them.
+  for (const [p, areas] of lending) {
+    for (const [start, list] of areas) {
+      const sorted = list.flatMap((l) => l.v.lent!).sort((a, b) => a[0] - b[0]);
       for (let i = 1; i < sorted.length; i++) {
-        if (sorted[i]![0] < sorted[i - 1]![0] + sorted[i - 1]![1]) {
-          throw new FerryError('EIMAGE', `image: two children of pid ${p} lend the same pages of its area at ${start} (lent): refused (an edited image)`, { pid: p });
-        }
+        if (sorted[i]![0] < sorted[i - 1]![0] + sorted[i - 1]![1]) refuse(p, `two descendants of pid ${p} lend the same pages of its area at ${start} (lent)`);
       }
     }
   }
-  const kids = new Map<number, TaskRecord[]>();
-  for (const t of tasks) {
-    const p = ppid.get(t.pid);
-    if (p === undefined) continue;
-    const list = kids.get(p);
-    if (list) list.push(t);
-    else kids.set(p, [t]);
-  }
-  /** The temporary areas of each parent (temporaryAreas), checked once: none over another. */
+  const seen = new Map<number, TaskRecord>();
+  /** The temporary areas of each holder (CowPlan.temporary), checked once: none over its own or another. */
   const temporaries = new Map<number, Map<string, VmaRecord>>();
-  const temporaryOf = (parent: TaskRecord): Map<string, VmaRecord> => {
-    let found = temporaries.get(parent.pid);
+  const temporaryOf = (holder: TaskRecord): Map<string, VmaRecord> => {
+    let found = temporaries.get(holder.pid);
     if (found) return found;
-    found = temporaryAreas(parent, kids.get(parent.pid) ?? []);
-    const sorted = [...found.values()].sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
+    found = new Map();
+    const own = new Set(holder.vmas.map((v) => v.start));
+    for (const [start, list] of lending.get(holder.pid) ?? []) {
+      if (own.has(start)) continue;
+      for (const { task, index, v } of list) {
+        // A plain private anonymous area (lendableUnmapped) over which the holder maps nothing.
+        const [s, e] = range(v);
+        if (!lendableUnmapped(v) || holder.vmas.some((a) => BigInt(a.start) < e && s < BigInt(a.end))) {
+          refuse(task.pid, `pid ${task.pid} vmas[${index}] (${v.start}-${v.end}) lends pages (lent) through an area its ${(v.lentThrough ?? 1) > 1 ? 'ancestor' : 'parent'} `
+            + `${holder.pid} does not map, which it cannot hold for it (it maps something over part of it, or the area is no plain private anonymous one)`);
+        }
+      }
+      const { cow: _cow, lent: _lent, lentThrough: _through, ...mapping } = list[0]!.v;
+      found.set(start, { ...mapping, runs: [], pagesOffset: 0 });
+    }
+    const sorted = [...found.values()].sort(byStart);
     for (let i = 1; i < sorted.length; i++) {
       if (BigInt(sorted[i]!.start) < BigInt(sorted[i - 1]!.end)) {
-        throw new FerryError('EIMAGE', `image: children of pid ${parent.pid} lend pages through areas at ${sorted[i - 1]!.start} and ${sorted[i]!.start} `
-          + 'that overlap, which it does not map: refused (an edited image)', { pid: parent.pid });
+        refuse(holder.pid, `descendants of pid ${holder.pid} lend pages through areas at ${sorted[i - 1]!.start} and ${sorted[i]!.start} `
+          + 'that overlap, which it does not map');
       }
     }
-    temporaries.set(parent.pid, found);
+    temporaries.set(holder.pid, found);
     return found;
   };
+  /** Each process's area starts, and whether an area of it overlaps a range (binary search), made once. */
+  const layouts = new Map<number, { starts: Set<string>; over: (r: readonly [bigint, bigint]) => boolean }>();
+  const layoutOf = (t: TaskRecord): { starts: Set<string>; over: (r: readonly [bigint, bigint]) => boolean } => {
+    let found = layouts.get(t.pid);
+    if (found) return found;
+    // By start, with the furthest end so far (an edited image's areas may overlap each other):
+    // some area overlaps [s, e) when one starting below e ends above s.
+    const sorted = t.vmas.map(range).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const furthest: bigint[] = [];
+    for (const [i, [, end]] of sorted.entries()) furthest.push(i > 0 && furthest[i - 1]! > end ? furthest[i - 1]! : end);
+    found = {
+      starts: new Set(t.vmas.map((v) => v.start)),
+      over: ([s, e]) => {
+        let lo = 0;
+        let hi = sorted.length; // the first area starting at e or above
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (sorted[mid]![0] < e) lo = mid + 1;
+          else hi = mid;
+        }
+        return lo > 0 && furthest[lo - 1]! > s;
+      },
+    };
+    layouts.set(t.pid, found);
+    return found;
+  };
+  /** The areas each relay passes on, by start: the process its chain starts at (CowPlan.relayed). */
+  const relays = new Map<number, Map<string, number>>();
+  // Where each inheriting or lending area comes from: up from the parent, through every
+  // process that maps nothing over it and holds nothing there, to the first that maps it or
+  // holds it for lenders. A lender's must be the one it lends through.
   for (const task of tasks) {
-    // A lending child's areas are written into its parent's (lendPages): the same private
-    // mapping there, or nothing is written. Where the parent maps nothing over the area, it
-    // holds a temporary one while its children are forked: a plain private anonymous area
-    // (lendableUnmapped), as the first child lending through it maps it.
     for (const [i, v] of task.vmas.entries()) {
-      if ((v.lent?.length ?? 0) === 0) continue;
-      const parentPid = ppid.get(task.pid);
-      const parent = parentPid === undefined ? undefined : seen.get(parentPid);
-      let from = parent?.vmas.find((a) => a.start === v.start);
-      if (parent && !from) {
-        const s = BigInt(v.start);
-        const e = BigInt(v.end);
-        if (!lendableUnmapped(v) || parent.vmas.some((a) => BigInt(a.start) < e && s < BigInt(a.end))) {
-          throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through an area its parent `
-            + `${parent.pid} does not map, which it cannot hold for it (it maps something over part of it, or the area is no plain private anonymous one): `
-            + 'refused (an edited image)', { pid: task.pid });
+      if (!fromParent(v)) continue;
+      const chain: TaskRecord[] = [];
+      let top: TaskRecord | undefined;
+      for (let p = ppid.get(task.pid); top === undefined;) {
+        const at = p === undefined ? undefined : seen.get(p);
+        if (!at) {
+          refuse(task.pid, chain.length === 0
+            ? `pid ${task.pid} ${v.cow?.length ? 'inherits pages (cow)' : 'lends pages (lent)'} from its parent ${p ?? '?'}, which is not a live process of the image listed before it`
+            : `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) ${(v.lent?.length ?? 0) > 0 ? 'lends' : 'inherits'} pages through pid ${chain.at(-1)!.pid}, which maps nothing there, from its parent ${p ?? '?'}, which is not a live process of the image listed before it`);
         }
-        from = temporaryOf(parent).get(v.start);
-      }
-      if (!from || !inheritable(from, v)) {
-        throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through an area its parent `
-          + `${parentPid ?? '?'} does not map the same way, or through no live parent listed before it: refused (an edited image)`, { pid: task.pid });
-      }
-    }
-    if (inherits(task)) {
-      const parentPid = ppid.get(task.pid);
-      const parent = parentPid === undefined ? undefined : seen.get(parentPid);
-      if (!parent) {
-        throw new FerryError('EIMAGE', `image: pid ${task.pid} inherits pages (cow) from its parent ${parentPid ?? '?'}, `
-          + 'which is not a live process of the image listed before it: refused (an edited image)', { pid: task.pid });
-      }
-      const areas = new Map([...parent.vmas, ...temporaryOf(parent).values()].map((v) => [v.start, v]));
-      const lentHere = lent.get(parent.pid);
-      for (const [i, v] of task.vmas.entries()) {
-        if (!fromParent(v)) continue;
-        const from = areas.get(v.start);
-        if (!from || !inheritable(from, v)) {
-          throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) inherits pages (cow) from an area `
-            + `its parent ${parent.pid} does not map the same way: refused (an edited image)`, { pid: task.pid });
+        if (layoutOf(at!).starts.has(v.start) || lending.get(at!.pid)?.has(v.start) === true) {
+          top = at;
+          break;
         }
-        const present = merged(from.runs, from.cow ?? [], lentHere?.get(v.start) ?? []);
-        for (const [first, count] of v.cow ?? []) {
-          if (!covered(present, first, first + count)) {
-            throw new FerryError('EIMAGE', `image: pid ${task.pid} vmas[${i}] inherits pages ${first}-${first + count - 1} (cow) that its parent `
-              + `${parent.pid} has not all in the same area: refused (an edited image)`, { pid: task.pid });
-          }
+        if (layoutOf(at!).over(range(v))) {
+          refuse(task.pid, chain.length === 0 && (v.lent?.length ?? 0) === 0
+            ? `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) inherits pages (cow) from an area its parent ${at!.pid} does not map the same way`
+            : `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) ${(v.lent?.length ?? 0) > 0 ? 'lends' : 'inherits'} pages through pid ${at!.pid}, which maps something else over that area`);
         }
+        if (bySibling.has(at!.pid)) {
+          refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) ${(v.lent?.length ?? 0) > 0 ? 'lends' : 'inherits'} pages through pid ${at!.pid}, which maps nothing there and is forked by or forks `
+            + 'a sibling to share its tables (tree.json): it cannot pass them on');
+        }
+        chain.push(at!);
+        if (chain.length >= MAX_LENT_THROUGH) {
+          refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) has pages from an ancestor more than ${MAX_LENT_THROUGH} generations up`);
+        }
+        p = ppid.get(at!.pid);
+      }
+      if ((v.lent?.length ?? 0) > 0 && chain.length !== (v.lentThrough ?? 1) - 1) {
+        refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through the process ${v.lentThrough ?? 1} generations up, `
+          + `but the area comes from pid ${top!.pid}, ${chain.length + 1} up`);
+      }
+      for (const r of chain) {
+        let mine = relays.get(r.pid);
+        if (!mine) relays.set(r.pid, (mine = new Map()));
+        mine.set(v.start, top!.pid);
       }
     }
     seen.set(task.pid, task);
   }
+  // Every holder's temporary areas checked, whoever reaches them.
+  for (const h of lending.keys()) {
+    const holder = seen.get(h);
+    if (holder) temporaryOf(holder);
+  }
+  /** Each process as its children find it at fork (CowPlan.atFork), by start; made once. */
+  const views = new Map<number, Map<string, VmaRecord>>();
+  const viewOf = (p: TaskRecord): Map<string, VmaRecord> => {
+    let view = views.get(p.pid);
+    if (view) return view;
+    const lent = lending.get(p.pid);
+    const withLent = (v: VmaRecord): VmaRecord => {
+      const more = lent?.get(v.start);
+      return more ? { ...v, cow: merged(v.cow ?? [], ...more.map((l) => l.v.lent!)).map(([s, e]): [number, number] => [s, e - s]) } : v;
+    };
+    const relayed = [...relays.get(p.pid) ?? []].map(([start, top]) => viewOf(seen.get(top)!).get(start)!);
+    const held = [...temporaryOf(p).values(), ...relayed].sort(byStart);
+    for (let i = 1; i < held.length; i++) {
+      if (BigInt(held[i]!.start) < BigInt(held[i - 1]!.end)) {
+        refuse(p.pid, `pid ${p.pid} would hold areas at ${held[i - 1]!.start} and ${held[i]!.start} that overlap for its descendants`);
+      }
+    }
+    view = new Map([...p.vmas, ...temporaryOf(p).values()].map((v) => [v.start, withLent(v)]));
+    for (const v of relayed) view.set(v.start, v);
+    views.set(p.pid, view);
+    return view;
+  };
+  for (const task of tasks) {
+    for (const [i, v] of task.vmas.entries()) {
+      if (!fromParent(v)) continue;
+      const parent = seen.get(ppid.get(task.pid)!)!;
+      const from = viewOf(parent).get(v.start);
+      if ((v.lent?.length ?? 0) > 0 && (!from || !inheritable(from, v))) {
+        refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through an area its parent `
+          + `${parent.pid} does not map the same way, or through no live parent listed before it`);
+      }
+      if (!from || !inheritable(from, v)) {
+        refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) inherits pages (cow) from an area `
+          + `its parent ${parent.pid} does not map the same way`);
+      }
+      const present = merged(from!.runs, from!.cow ?? []);
+      for (const [first, count] of v.cow ?? []) {
+        if (!covered(present, first, first + count)) {
+          refuse(task.pid, `pid ${task.pid} vmas[${i}] inherits pages ${first}-${first + count - 1} (cow) that its parent `
+            + `${parent.pid} has not all in the same area`);
+        }
+      }
+    }
+  }
+  const none: never[] = [];
+  const order = new Map(tasks.map((t, i) => [t, i]));
+  return {
+    late: (pid) => {
+      const t = seen.get(pid);
+      return t !== undefined && (inherits(t) || relays.has(pid));
+    },
+    atFork: (pid) => {
+      const p = seen.get(pid)!;
+      const view = viewOf(p);
+      if (!lending.has(pid) && !relays.has(pid)) return p;
+      return { ...p, vmas: [...view.values()].sort(byStart) };
+    },
+    temporary: (pid) => {
+      const p = seen.get(pid);
+      return p ? [...temporaryOf(p).values()] : none;
+    },
+    relayed: (pid) => {
+      const p = seen.get(pid);
+      return p && relays.has(pid) ? [...relays.get(pid)!.keys()].map((start) => viewOf(p).get(start)!) : none;
+    },
+    lentThrough: (pid) => [...lending.get(pid)?.values() ?? []].flat().sort((a, b) => order.get(a.task)! - order.get(b.task)!),
+  };
 }
 
 /** The union of run lists as sorted, disjoint [start, end) page intervals (no page sets: areas may be huge). */
@@ -272,30 +384,33 @@ export function storedParts(v: VmaRecord, lentOnly = false): Array<[number, numb
 }
 
 /**
- * Gives the rebuilt parent `t` the pages its children lend through it (image/cow.ts), read
- * from each lending child's pages entry (`pagesOf`, verified as it is read), so that the
- * children forked next inherit them; its own pages there are read first. Returns what puts
- * them back once the children are forked (or drops the lent ones where it had none), or
- * undefined when no child lends. The children checkInherited passed. The temporary areas
- * (temporaryAreas) are the caller's to map before and unmap after (address-space.ts
- * holdTemporary): what is lent there is gone with them.
+ * Gives the rebuilt process `t` (`holder`) the pages its descendants lend through it
+ * (image/cow.ts; `plan`, which checkInherited made), read from each lender's pages entry
+ * (`pagesOf`, verified as it is read), so that the children forked next inherit them; its own
+ * pages there are read first. Returns what puts them back once the children are forked (or
+ * drops the lent ones where it had none), or undefined when none lends through it. The
+ * temporary areas (CowPlan.temporary) are the caller's to map before and unmap after
+ * (address-space.ts holdTemporary): what is lent there is gone with them.
  */
-export function lendPages(t: Tracee, parent: TaskRecord, children: readonly TaskRecord[],
-  pagesOf: (pid: number) => ChunkSource): (() => void) | undefined {
-  // A temporary area (the caller mapped it: holdTemporary) has nothing of the parent's own.
-  const temporary = temporaryAreas(parent, children);
-  const areas = new Map([...parent.vmas, ...temporary.values()].map((v) => [v.start, v]));
+export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf: (pid: number) => ChunkSource): (() => void) | undefined {
+  // A temporary area (the caller mapped it: holdTemporary) has nothing of the holder's own.
+  const temporary = new Map(plan.temporary(holder.pid).map((v) => [v.start, v]));
+  const areas = new Map([...holder.vmas, ...temporary.values()].map((v) => [v.start, v]));
+  const lenders = new Map<TaskRecord, VmaRecord[]>();
+  for (const { task, v } of plan.lentThrough(holder.pid)) {
+    const list = lenders.get(task);
+    if (list) list.push(v);
+    else lenders.set(task, [v]);
+  }
   const own: Array<{ at: bigint; data: Buffer }> = [];
   const drop: Array<readonly [number, bigint, bigint, number]> = [];
-  for (const c of children) {
-    const lending = c.vmas.filter((v) => (v.lent?.length ?? 0) > 0);
-    if (lending.length === 0) continue;
+  for (const [c, lending] of lenders) {
     const src = pagesOf(c.pid);
     for (const v of lending) {
       // checkInherited refused any other image; kept here too, as this writes into the parent.
       const from = areas.get(v.start);
       if (!from || !inheritable(from, v)) {
-        throw new FerryError('EIMAGE', `image: pid ${c.pid} lends pages through an area at ${v.start} its parent ${parent.pid} does not map the same way: refused (an edited image)`, { pid: c.pid });
+        throw new FerryError('EIMAGE', `image: pid ${c.pid} lends pages through an area at ${v.start} pid ${holder.pid} does not map the same way: refused (an edited image)`, { pid: c.pid });
       }
       const has = merged(from.runs, from.cow ?? []);
       const base = BigInt(v.start);
@@ -328,8 +443,8 @@ export function lendPages(t: Tracee, parent: TaskRecord, children: readonly Task
     if (drop.length === 0) return;
     t.trySyscalls(drop).forEach((r, i) => {
       if (r < 0n) {
-        throw new FerryError('EMAP', `cannot drop the pages lent at 0x${drop[i]![1].toString(16)} of pid ${parent.pid} (madvise): errno ${-r}`,
-          { pid: parent.pid });
+        throw new FerryError('EMAP', `cannot drop the pages lent at 0x${drop[i]![1].toString(16)} of pid ${holder.pid} (madvise): errno ${-r}`,
+          { pid: holder.pid });
       }
     });
   };

@@ -44,7 +44,7 @@ import type { Tracee } from '../task/tracee.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
 import { checkAioRings, restoreAioRings } from './aio.js';
-import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, holdTemporary, mapAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
+import { checkPagesEntry, checkSharedFilePages, clearStub, dropGadget, holdTemporary, mapAreas, releaseAreas, setMm, sharedExtents, sharedWritable, type AddressSpace, type OpenedCheck, type SharedObjects } from './address-space.js';
 import { checkDirsReachable, checkFileAccess, checkMappedAccess, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, openedFileGuard } from './file-access.js';
 import { checkFilePrivilege, checkPseudoFiles, checkWatchAccess, guardPseudoFiles, pseudoFsDevices } from './file-privilege.js';
 import { checkBound, untrustedBound } from './bounds.js';
@@ -56,11 +56,11 @@ import { checkAuditTrust, keepAuditSession, restoreLoginuid } from './audit.js';
 import { checkRootTrust, enterRootDir, enterThreadRootDirs, planRemovedRoots, RemovedRoots } from './root-dir.js';
 import { stopSignalOf } from './stop-signal.js';
 import { createTree, leaderlessGroups, outsideGroups, type CreatedTree } from './tree.js';
-import { atFork, checkInherited, inherits, keptAreas, lendPages, temporaryAreas } from './cow.js';
+import { checkInherited, keptAreas, lendPages } from './cow.js';
 import { checkNamedPids, threadTableHolders, validateFiles, validateSharing, validateTask, validateTree } from './validate.js';
 import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
-import { faultPoint } from '../fault.js';
+import { faultPoint, faultPointSync } from '../fault.js';
 import { Session } from '../session.js';
 import { startWatchdog, type Watchdog } from '../watchdog.js';
 import { LazyPages, type LazyStats } from './lazy.js';
@@ -117,7 +117,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       checkPagesEntry(task, image.locate(pagesEntry(pid)).size); // its runs stay inside its own pages entry
       for (const th of task.threads) xstates.set(th.tid, await image.read(th.xstate, 1 << 16));
     }
-    checkInherited(tree, tasks); // pages inherited copy-on-write name the parent's (restore/cow.ts)
+    const cow = checkInherited(tree, tasks); // pages inherited copy-on-write name the parent's (restore/cow.ts)
     validateSharing(tree, tasks); // processes sharing a descriptor table hold the same descriptors
     const extents = sharedExtents(tasks); // each shared anonymous object's windows, bounded
     checkAioRings(o.image === '-' ? '(stdin)' : o.image, tasks); // io_setup(2) rings this machine makes at their size (aio.ts)
@@ -310,29 +310,21 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // written whole (its children must inherit its pages).
     const lazy = o.lazyPages === true ? new LazyPages({ image, label, logger: log }) : undefined;
     if (lazy) session.onUndo('close the lazy pages', () => lazy.close());
-    const cowParents = new Set(tree.processes.filter((p) => { const t = taskOf.get(p.pid); return t !== undefined && inherits(t); }).map((p) => p.ppid));
+    const cowParents = new Set(tree.processes.filter((p) => cow.late(p.pid)).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
-    // Each live process's children as tree.json has them (the parent checkInherited checked).
-    const kidsOf = new Map<number, TaskRecord[]>();
-    for (const rec of tree.processes.slice(1)) {
-      const t = taskOf.get(rec.pid);
-      if (t === undefined) continue;
-      const list = kidsOf.get(rec.ppid);
-      if (list) list.push(t);
-      else kidsOf.set(rec.ppid, [t]);
-    }
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
-      late: (rec) => { const t = taskOf.get(rec.pid); return t !== undefined && inherits(t); },
+      late: (rec) => cow.late(rec.pid),
       memory: (rec, t) => {
         o.signal?.throwIfAborted();
         cgroups?.placeProcess(rec.pid, t.pid);
         const task = taskOf.get(rec.pid)!;
         // As its children find it at fork: with the pages they lend through it.
-        const parent = inherits(task) ? atFork(taskOf.get(rec.ppid)!, kidsOf.get(rec.ppid) ?? []) : undefined;
+        const parent = cow.late(task.pid) ? cow.atFork(rec.ppid) : undefined;
         const keep = parent ? keptAreas(task) : [];
-        // The areas it holds for a moment for its children (restore/cow.ts temporaryAreas):
-        // nothing of the restore's own may sit there.
-        const as = clearStub(t, task, keep, imageVdso, [...temporaryAreas(task, kidsOf.get(task.pid) ?? []).values()]);
+        // The areas it holds for a moment for its children (restore/cow.ts CowPlan.temporary,
+        // relayed: the latter kept from its parent): nothing of the restore's own may sit there.
+        const relayed = cow.relayed(task.pid);
+        const as = clearStub(t, task, [...keep, ...relayed], imageVdso, [...cow.temporary(task.pid), ...relayed]);
         const tMemory = performance.now();
         const lazyAreas = lazy?.plan(task, parent !== undefined || cowParents.has(task.pid));
         pagesBytes += mapAreas(t, as, task, image.pages(pagesEntry(task.pid)), o.config.image.chunkSize, sharedMemory,
@@ -343,14 +335,21 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       },
       lend: (rec, t) => {
         const task = taskOf.get(rec.pid)!;
-        const kids = kidsOf.get(rec.pid) ?? [];
-        // Where it maps nothing its children lend through, a temporary area of theirs, mapped
-        // before the lent pages are written and gone once they are forked (restore/cow.ts).
-        const temporary = [...temporaryAreas(task, kids).values()];
-        if (temporary.length > 0) log.debug({ targetPid: task.pid, areas: temporary.map((v) => `${v.start}-${v.end}`) }, 'pages lent through temporary areas');
+        // Where it maps nothing its descendants lend through, a temporary area of theirs, mapped
+        // before the lent pages are written and gone once its children are forked; the areas
+        // it relays, kept from its parent, go then too (restore/cow.ts).
+        const temporary = cow.temporary(task.pid);
+        const relayed = cow.relayed(task.pid);
+        if (temporary.length > 0 || relayed.length > 0) {
+          log.debug({ targetPid: task.pid, areas: temporary.map((v) => `${v.start}-${v.end}`), relayed: relayed.map((v) => `${v.start}-${v.end}`) },
+            'pages lent through temporary or relayed areas');
+        }
         const unmap = holdTemporary(t, task.pid, temporary);
-        const giveBack = lendPages(t, task, kids, (pid) => image.pages(pagesEntry(pid)));
-        return unmap === undefined ? giveBack : () => { giveBack?.(); unmap(); };
+        const giveBack = lendPages(t, task, cow, (pid) => image.pages(pagesEntry(pid)));
+        const unrelay = releaseAreas(t, task.pid, relayed);
+        if (unrelay) faultPointSync('relayed');
+        if (!unmap && !unrelay) return giveBack;
+        return () => { giveBack?.(); unmap?.(); unrelay?.(); };
       },
       aside: (hostPid) => cgroups?.setAside(hostPid),
       // A container's processes keep the runtime's login uid (finishTask).

@@ -73,7 +73,8 @@ export interface TreeBuilder {
   memory(rec: ProcessRecord, t: Tracee): bigint;
   /**
    * Gives the live process `rec`, its memory rebuilt, the pages its children inherit from it
-   * at fork only (restore/cow.ts lendPages); returns what takes them back once they are forked.
+   * at fork only (restore/cow.ts lendPages, and the areas it relays); returns what takes them
+   * back once they are forked.
    */
   lend?(rec: ProcessRecord, t: Tracee): (() => void) | undefined;
   /**

@@ -16,6 +16,7 @@ import { KEPT_TABLE } from '../files/tcp-lock.js';
 import { MAX_REMOVED_DEPTH, TREE_ENTRY, type FileRecord, type FilesRecord, type TaskRecord, type TreeRecord } from '../image/records.js';
 import { forkedBySiblings, Forkers, setsidOrderProblem, SHARED_TABLES, THREAD_ALONE_KINDS } from '../image/sharing.js';
 import { inherits } from './cow.js';
+import { MAX_LENT_THROUGH } from '../image/cow.js';
 import { AIO_RING_MAX_PAGES, IO_EVENT_SIZE, MAX_AIO_EVENTS, ringEvents } from '../image/aio-ring.js';
 
 /** The largest PID Linux can hand out on 64-bit (PID_MAX_LIMIT). */
@@ -146,6 +147,8 @@ const vma = record({
   cow: list(tuple(int(0), int(0)), 1 << 24),
   // Stored pages its siblings inherit through the parent (image/cow.ts), checked by restore/cow.ts.
   lent: list(tuple(int(0), int(0)), 1 << 24),
+  // How many generations up they are lent through (image/cow.ts), with lent only.
+  lentThrough: int(2, MAX_LENT_THROUGH),
   // An io_setup(2) ring (image/aio-ring.ts): its events base64, at most MAX_AIO_EVENTS of them
   // (checked against the area below).
   aio: record({ nr: int(1, ringEvents(AIO_RING_MAX_PAGES)), events: base64(Math.ceil(MAX_AIO_EVENTS * IO_EVENT_SIZE / 3) * 4) }),
@@ -326,6 +329,7 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
         if (!run || first < run[0] || first + count > run[0] + run[1]) fail(where, `vmas[${i}].lent[${j}] names pages that are not in one run of its stored pages`);
       }
     }
+    if (m.lentThrough !== undefined && m.lent === undefined) fail(where, `vmas[${i}] names whom it lends pages through (lentThrough) but lends none`);
     if (m.pagesOffset + stored * PAGE_SIZE > t.pagesBytes) {
       fail(where, `vmas[${i}] stores pages past the end of the task's ${t.pagesBytes} bytes of pages`);
     }

@@ -10,6 +10,8 @@
  * descriptor table and fs struct it shares (sharetables both); and (FERRY_TEST_PAUSE_AT=lent)
  * the rebuilt parent holding the pages its children lend through it, before they are forked
  * (through its own area, memcheck cow, or a temporary one where it unmapped theirs, cowshare);
+ * (FERRY_TEST_PAUSE_AT=relayed) a rebuilt child holding the area it passes on from the root to
+ * its own child, cousins sharing pages lent through the root (cowshare cousins);
  * (FERRY_TEST_PAUSE_AT=grouped) the helper the session leader forked with the id of a group whose
  * leader had exited, holding the group for the members that joined it: it dies with its traced
  * parent too, and the group id is free again with the tree's pids.
@@ -28,7 +30,7 @@ import {
 const skip = needs('root', 'build');
 after(() => { killAll(); cleanup(); });
 
-describe('fault cells: restore killed between a fork and the seize of the child, or while a parent holds lent pages', { skip, timeout: 180_000 }, () => {
+describe('fault cells: restore killed between a fork and the seize of the child, or while a parent holds lent or relayed pages', { skip, timeout: 180_000 }, () => {
   /**
    * Checkpoints `w` (its tree of `pids` killed), SIGKILLs a restore of it paused at `phase`:
    * every pid of `pids` and `also` is free again at once; then a retry restores it whole.
@@ -87,13 +89,25 @@ describe('fault cells: restore killed between a fork and the seize of the child,
 
   it('cowshare siblings: SIGKILL at lent, the root holding a temporary area for its children; nothing is left, a retry restores', async () => {
     // The root unmapped the area its two children share: restore maps one in it for them
-    // (restore/cow.ts temporaryAreas, address-space.ts holdTemporary), held at `lent`.
+    // (restore/cow.ts CowPlan.temporary, address-space.ts holdTemporary), held at `lent`.
     const w = await startWorkload(join(WORKLOADS, 'cowshare'), ['siblings', '8']);
     const m = /ready pid=\d+ pids=([\d,]+) /.exec(w.text());
     assert.ok(m, w.text());
     const pids = m[1]!.split(',').map(Number);
     for (const pid of pids) own(pid);
     await killedThenRetried(w, pids, 'lent');
+  });
+
+  it('cowshare cousins: SIGKILL at relayed, a child holding the area it passes on to its grandchild; nothing is left, a retry restores', async () => {
+    // The grandchildren share pages lent through the root; each child between keeps the area
+    // it inherits from the root only while it forks its grandchild (restore/cow.ts
+    // CowPlan.relayed), held at `relayed`.
+    const w = await startWorkload(join(WORKLOADS, 'cowshare'), ['cousins', '8']);
+    const m = /ready pid=\d+ pids=([\d,]+) /.exec(w.text());
+    assert.ok(m, w.text());
+    const pids = m[1]!.split(',').map(Number);
+    for (const pid of pids) own(pid);
+    await killedThenRetried(w, pids, 'relayed');
   });
 
   it('orphangroup: SIGKILL at grouped, a helper holding a group id; nothing is left, a retry restores', async () => {

@@ -163,7 +163,8 @@ function task(): Record<string, unknown> {
     vmas: [
       { start: '0x1000', end: '0x3000', prot: 5, shared: false, kind: 'file', name: '/bin/w', vmflags: [], runs: [[0, 1]], pagesOffset: 0, cow: [[1, 1]],
         file: { path: '/bin/w', offset: '0x0', dev: '8:1', ino: '12', size: 8192, mtimeNs: '1700000000000000000' } },
-      { start: '0x7000', end: '0x8000', prot: 3, shared: false, kind: 'anon', name: '[stack]', vmflags: ['gd'], runs: [[0, 1]], pagesOffset: 4096 },
+      // Its page lent through the grandparent (image/cow.ts lentThrough).
+      { start: '0x7000', end: '0x8000', prot: 3, shared: false, kind: 'anon', name: '[stack]', vmflags: ['gd'], runs: [[0, 1]], pagesOffset: 4096, lent: [[0, 1]], lentThrough: 2 },
       // An io_setup(2) ring of one page with one unreaped event.
       { start: '0x9000', end: '0xa000', prot: 3, shared: true, kind: 'aio', name: '/[aio]', vmflags: [], runs: [], pagesOffset: 8192,
         aio: { nr: 127, events: Buffer.alloc(32, 1).toString('base64') } },
@@ -277,6 +278,26 @@ describe('edited image records give one line naming the field', { timeout: 120_0
       assert.ok(refused > 0);
     });
   }
+
+  it('task.json lentThrough: 2 to 1024 generations up, and only on an area that lends', () => {
+    const withStack = (over: Record<string, unknown>): Record<string, unknown> => {
+      const t = task();
+      const vmas = t.vmas as Array<Record<string, unknown>>;
+      vmas[1] = { ...vmas[1], ...over };
+      return t;
+    };
+    const bad = (over: Record<string, unknown>, why: RegExp): void => {
+      assert.throws(() => validateTask(withStack(over), 100), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'EIMAGE');
+        assert.match(err.message, why);
+        return true;
+      });
+    };
+    validateTask(withStack({ lentThrough: 1024 }), 100);
+    bad({ lent: undefined }, /vmas\[1\] names whom it lends pages through \(lentThrough\) but lends none/);
+    bad({ lentThrough: 1 }, /lentThrough/);
+    bad({ lentThrough: 1025 }, /lentThrough/);
+  });
 
   it('task.json cwdBetween: one removed directory for each name of cwd between root and its last, each name one plain component', () => {
     const bad = (patch: Record<string, unknown>, why: RegExp): void => {

@@ -2,7 +2,7 @@
  * Copy-on-write pages after fork, the pure logic (src/image/cow.ts, src/proc/pagemap.ts,
  * src/restore/cow.ts, src/restore/validate.ts): which areas a child can inherit, which pages
  * pagemap shows shared, what a kept area drops, which pages siblings lend through their parent,
- * and the refusals of edited `cow` and `lent` runs, each one line naming the pid and area. The real thing runs in test/integration/cow.test.ts.
+ * which pages cousins lend through their common ancestor and who relays them, and the refusals of edited `cow` and `lent` runs, each one line naming the pid and area. The real thing runs in test/integration/cow.test.ts.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -10,7 +10,7 @@ import { FerryError } from '../../src/errors.js';
 import { inheritable, pageSet, runsOf } from '../../src/image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../../src/image/records.js';
 import { sharedAnonPages, sharedFrames, sharedWithParent } from '../../src/proc/pagemap.js';
-import { atFork, checkInherited, pagesToDrop, storedParts, temporaryAreas } from '../../src/restore/cow.js';
+import { checkInherited, pagesToDrop, storedParts } from '../../src/restore/cow.js';
 
 const area = (over: Partial<VmaRecord> = {}): VmaRecord => ({
   start: '0x10000', end: '0x20000', prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0, ...over,
@@ -66,13 +66,16 @@ describe('copy-on-write after fork: pure logic', () => {
   });
 
   it('the parent at fork counts its children\'s lent pages as its own', () => {
+    const tree: TreeRecord = { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 10, sid: 10, zombie: null }, { pid: 11, ppid: 10, pgid: 10, sid: 10, zombie: null }] };
     const parent = task(10, [area({ runs: [[0, 2]] }), area({ start: '0x30000', end: '0x40000' })]);
     const kid = task(11, [area({ runs: [[4, 2]], lent: [[4, 2]] })]);
-    const at = atFork(parent, [kid]);
+    const plan = checkInherited(tree, [parent, kid]);
+    const at = plan.atFork(10);
     assert.deepEqual(at.vmas[0]!.cow, [[4, 2]]);
     assert.equal(at.vmas[1], parent.vmas[1]);
     assert.deepEqual(pagesToDrop(at.vmas[0]!, area({ cow: [[4, 1]] })), [[0, 2], [5, 1]]);
-    assert.equal(atFork(parent, []), parent);
+    assert.ok(plan.late(11) && !plan.late(10));
+    assert.equal(checkInherited(tree, [parent]).atFork(10), parent);
   });
 
   it('page sets and runs', () => {
@@ -118,7 +121,7 @@ describe('copy-on-write after fork: pure logic', () => {
       const lender = task(11, [area({ runs: [[8, 2]], lent: [[8, 2]] })]);
       checkInherited(tree, [parent, lender, task(12, [area({ cow: [[0, 10]] })])]);
       refused([parent, lender, task(12, [area({ cow: [[0, 11]] })])], /pid 12 vmas\[0\] inherits pages 0-10 \(cow\) that its parent 10 has not all/);
-      refused([parent, lender, task(12, [area({ runs: [[9, 1]], lent: [[9, 1]] })])], /two children of pid 10 lend the same pages of its area at 0x10000 \(lent\)/);
+      refused([parent, lender, task(12, [area({ runs: [[9, 1]], lent: [[9, 1]] })])], /two descendants of pid 10 lend the same pages of its area at 0x10000 \(lent\)/);
       refused([parent, task(11, [area({ runs: [[0, 1]], lent: [[0, 1]], prot: 1 })])], /pid 11 vmas\[0\] \(0x10000-0x20000\) lends pages \(lent\) through an area its parent 10 does not map the same way/);
       // Its pages would be written into the parent's area it overlaps.
       refused([parent, task(11, [area({ start: '0x11000', runs: [[0, 1]], lent: [[0, 1]] })])],
@@ -135,13 +138,76 @@ describe('copy-on-write after fork: pure logic', () => {
       refused([parent, task(11, [area({ ...away, vmflags: ['ac', 'lo'], runs: [[0, 1]], lent: [[0, 1]] })])], /which it cannot hold/);
       // Two temporary areas over one another cannot be held at once.
       refused([parent, lender, task(12, [area({ start: '0x44000', end: '0x50000', runs: [[0, 1]], lent: [[0, 1]] })])],
-        /children of pid 10 lend pages through areas at 0x40000 and 0x44000 that overlap, which it does not map/);
+        /descendants of pid 10 lend pages through areas at 0x40000 and 0x44000 that overlap, which it does not map/);
       // As the children find it at fork: its own areas, and the temporary one in address order.
-      const at = atFork(parent, [lender]);
+      const plan = checkInherited(tree, [parent, lender]);
+      const at = plan.atFork(10);
       assert.deepEqual(at.vmas.map((v) => [v.start, v.runs, v.cow]), [['0x10000', [[0, 8]], undefined], ['0x40000', [], [[2, 4]]]]);
-      assert.deepEqual([...temporaryAreas(parent, [lender]).keys()], ['0x40000']);
-      assert.equal(temporaryAreas(parent, [lender]).get('0x40000')!.lent, undefined);
+      assert.deepEqual(plan.temporary(10).map((v) => v.start), ['0x40000']);
+      assert.equal(plan.temporary(10)[0]!.lent, undefined);
+      assert.deepEqual(plan.relayed(11), []);
       assert.deepEqual(pagesToDrop(at.vmas[1]!, area({ ...away, runs: [[0, 1]], cow: [[2, 3]] })), [[5, 1]]);
+    });
+  });
+
+  describe('pages lent across branches: relayed by every process between', () => {
+    // 10 forks 11 and 12, each forks one (13, 14); none of 10, 11, 12 maps 0x40000 any more.
+    const proc = (pid: number, ppid: number): TreeRecord['processes'][number] => ({ pid, ppid, pgid: 10, sid: 10, zombie: null });
+    const tree: TreeRecord = { root: 10, processes: [proc(10, 1), proc(11, 10), proc(12, 10), proc(13, 11), proc(14, 12), proc(15, 11)] };
+    const away = { start: '0x40000', end: '0x48000' };
+    const root = task(10, [area({ runs: [[0, 8]] })]);
+    const mid = (pid: number, vmas: VmaRecord[] = []): TaskRecord => task(pid, vmas);
+    const lender = task(13, [area({ ...away, runs: [[0, 8]], lent: [[1, 6]], lentThrough: 2 })]);
+    const borrower = task(14, [area({ ...away, runs: [[0, 1]], cow: [[1, 6]] })]);
+    const refused = (tasks: TaskRecord[], message: RegExp): void => {
+      assert.throws(() => checkInherited(tree, tasks), (err: FerryError) => {
+        assert.equal(err.code, 'EIMAGE');
+        assert.equal(err.message.split('\n').length, 1);
+        assert.match(err.message, message);
+        return true;
+      });
+    };
+
+    it('cousins: the ancestor holds a temporary area, each child between relays it, the grandchildren inherit', () => {
+      const plan = checkInherited(tree, [root, mid(11), mid(12), lender, borrower]);
+      assert.deepEqual(plan.temporary(10).map((v) => [v.start, v.end]), [['0x40000', '0x48000']]);
+      assert.deepEqual(plan.temporary(11), []);
+      for (const pid of [11, 12]) {
+        assert.ok(plan.late(pid), `${pid} is forked from its parent`);
+        assert.deepEqual(plan.relayed(pid).map((v) => [v.start, v.cow]), [['0x40000', [[1, 6]]]], `${pid} relays the area`);
+        assert.deepEqual(plan.atFork(pid).vmas.map((v) => v.start), ['0x40000']);
+      }
+      assert.deepEqual(plan.relayed(13), []);
+      assert.deepEqual(plan.lentThrough(10).map((l) => l.task.pid), [13]);
+      assert.deepEqual(plan.lentThrough(11), []);
+      // The grandchild drops what the relayed area has that it has not.
+      assert.deepEqual(pagesToDrop(plan.atFork(12).vmas[0]!, borrower.vmas[0]!), []);
+      assert.deepEqual(pagesToDrop(plan.atFork(12).vmas[0]!, area({ ...away, cow: [[1, 2]] })), [[3, 4]]);
+    });
+    it('a child and a grandchild under another child: the child lends through its parent, the grandchild\'s parent relays', () => {
+      const child = task(11, [area({ ...away, runs: [[0, 8]], lent: [[1, 6]] })]);
+      const plan = checkInherited(tree, [root, child, mid(12), mid(13), borrower]);
+      assert.ok(!plan.late(13) && plan.late(12) && plan.late(11));
+      assert.deepEqual(plan.relayed(12).map((v) => v.start), ['0x40000']);
+      assert.deepEqual(plan.relayed(11), []);
+    });
+    it('refused: lent further up than the tree goes, through a process mapping the area, or over a relay\'s own area', () => {
+      refused([root, mid(11), mid(12), task(13, [area({ ...away, runs: [[0, 8]], lent: [[1, 6]], lentThrough: 4 })])],
+        /pid 13 vmas\[0\] lends pages \(lent\) through an ancestor 4 generations up, which tree.json has not/);
+      refused([root, mid(11), mid(12), task(13, [area({ ...away, runs: [[0, 8]], lent: [[1, 6]], lentThrough: 3 })])],
+        /pid 13 vmas\[0\] \(0x40000-0x48000\) lends pages through pid 10, which maps nothing there, from its parent 1, which is not a live process/);
+      refused([root, mid(11, [area({ ...away, runs: [[0, 8]] })]), mid(12), lender, borrower],
+        /pid 13 vmas\[0\] \(0x40000-0x48000\) lends pages \(lent\) through the process 2 generations up, but the area comes from pid 11, 1 up/);
+      refused([root, mid(11), mid(12, [area({ start: '0x44000', end: '0x45000' })]), lender, borrower],
+        /pid 14 vmas\[0\] \(0x40000-0x48000\) inherits pages \(cow\) from an area its parent 12 does not map the same way/);
+      refused([root, mid(11, [area({ start: '0x44000', end: '0x45000' })]), mid(12), lender, borrower],
+        /pid 13 vmas\[0\] \(0x40000-0x48000\) lends pages through pid 11, which maps something else over that area/);
+      // Pages the ancestor's area has not, through the relay.
+      refused([root, mid(11), mid(12), lender, task(14, [area({ ...away, cow: [[0, 2]] })])],
+        /pid 14 vmas\[0\] inherits pages 0-1 \(cow\) that its parent 12 has not all in the same area/);
+      // A relay holding another area over this one for its own children.
+      const other = task(15, [area({ start: '0x44000', end: '0x50000', runs: [[0, 2]], lent: [[0, 1]] })]);
+      refused([root, mid(11), mid(12), lender, borrower, other], /pid 11 would hold areas at 0x40000 and 0x44000 that overlap for its descendants/);
     });
   });
 });

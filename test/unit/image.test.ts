@@ -747,6 +747,7 @@ describe('manifest', { timeout: 30_000 }, () => {
       // No process is in group 12 any more: the terminal's foreground is that group, empty (an
       // unheld terminal's foreground too).
       ['tty-empty-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
+      ['lent-through-ancestor', probe({ tasks: [task({ vmas: [{ vmflags: ['ac'], lent: [[0, 1]], lentThrough: 2 }] })] })],
     ];
     assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
     for (const [name, p] of cases) {
