@@ -131,7 +131,19 @@ export interface MemoryPlan {
    * name, a linked file, files/linked.ts), which the areas' `ghost` name.
    */
   unheldGhosts: string[];
+  /**
+   * The pagemap entries read for the areas whose pages siblings may share (shareAmongSiblings),
+   * by the area's start, kept for it (the tree is stopped: they cannot change) up to
+   * KEPT_PAGEMAP_BYTES a process; an area not here is read again.
+   */
+  pagemaps?: Map<string, Buffer>;
 }
+
+/**
+ * Pagemap entries a plan keeps for shareAmongSiblings (8 bytes a page: 2 MiB for 1 GiB of
+ * areas); beyond, the rest are read again there.
+ */
+const KEPT_PAGEMAP_BYTES = 4 * 1024 * 1024;
 
 /** The parent of a process being planned: its pid and planned areas (it is stopped too). */
 export interface PlannedParent {
@@ -154,6 +166,8 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
   const viaMem = new Map<VmaRecord, Uint8Array>();
   const unheldGhosts: string[] = [];
   const vmas: VmaRecord[] = [];
+  const pagemaps = new Map<string, Buffer>();
+  let keptBytes = 0;
   let pagesBytes = 0;
   /** dev:ino of the deleted files and memfds the process holds open, read when first needed. */
   let held: Set<string> | undefined;
@@ -288,6 +302,11 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         if (!v.shared && runs.length > 0) {
           const sharedPages = sharedAnonPages(entries);
           if (sharedPages) viaMem.set(rec, sharedPages);
+          // A child's area whose pages its siblings may share: shareAmongSiblings reads these.
+          if (parent && (kind === 'anon' || kind === 'file') && keptBytes + entries.length <= KEPT_PAGEMAP_BYTES) {
+            pagemaps.set(rec.start, entries);
+            keptBytes += entries.length;
+          }
         }
         for (const [page, count] of runs) {
           rec.runs.push([page, count]);
@@ -304,6 +323,7 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
     vmas,
     pagesBytes,
     unheldGhosts,
+    ...(pagemaps.size > 0 ? { pagemaps } : {}),
     produce: (sink, chunkBytes, buffers, held) => producePages(pid, vmas, sink, chunkBytes, buffers, viaMem, held),
   };
 }
@@ -690,7 +710,7 @@ export function unmappedAreas(parent: PlannedParent, children: readonly PlannedC
 /** A planned child of a parent, for shareAmongSiblings. */
 export interface PlannedChild {
   pid: number;
-  plan: Pick<MemoryPlan, 'vmas' | 'pagesBytes'>;
+  plan: Pick<MemoryPlan, 'vmas' | 'pagesBytes' | 'pagemaps'>;
 }
 
 /**
@@ -734,13 +754,18 @@ export function shareAmongSiblings(parent: PlannedParent, children: readonly Pla
     const lender = new Int32Array(npages).fill(-1);
     const lent = kids.map(() => new Uint8Array(npages));
     const moved = kids.map(() => new Uint8Array(npages));
-    const entries = Buffer.allocUnsafe(npages * 8);
+    const buffer = Buffer.allocUnsafe(npages * 8);
     kids.forEach(({ c, v }, k) => {
-      const fd = openSync(`/proc/${c.pid}/pagemap`, 'r');
-      try {
-        if (readSync(fd, entries, 0, entries.length, first * 8) !== entries.length) return;
-      } finally {
-        closeSync(fd);
+      // As planMemory read them (the tree is stopped since), else read now.
+      let entries = c.plan.pagemaps?.get(v.start);
+      if (entries?.length !== buffer.length) {
+        entries = buffer;
+        const fd = openSync(`/proc/${c.pid}/pagemap`, 'r');
+        try {
+          if (readSync(fd, entries, 0, entries.length, first * 8) !== entries.length) return;
+        } finally {
+          closeSync(fd);
+        }
       }
       const frames = sharedFrames(entries);
       const stored = pageSet(npages, v.runs);
