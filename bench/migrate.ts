@@ -7,7 +7,8 @@
  * size and mode: total time (for --lazy, until the target holds every page), downtime (from
  * the freeze to the word that the process runs on the target), where the downtime went (the
  * source's checkpoint to its last byte, and of it to its first: the tree read and hashed; the
- * target's verification, the kill, the restore, and of it the memory written), bytes that crossed (rounds and the image less what it named by
+ * target's verification, the kill, the restore, and of it the memory written), the pages the
+ * frozen checkpoint read and those the top-up rounds sent just before the freeze, bytes that crossed (rounds and the image less what it named by
  * reference) against the memory size, rounds, each as min/median/max; then the ratios
  * pre-copy / stop-and-copy and lazy / stop-and-copy of the same run (downtime, total).
  * Every restored process checks every page (SIGUSR1: PASS) before it is killed; a FAIL stops
@@ -107,6 +108,8 @@ interface Figures {
   totalMs: number; downtimeMs: number; sentBytes: number; rounds: number;
   /** Of the downtime: checkpoint to its last byte, target's verification, kill, restore, memory written in it. */
   checkpointMs: number; firstByteMs: number; verifyMs: number; killMs: number; restoreMs: number; memoryMs: number;
+  /** Pages the frozen checkpoint read from the tree (pre-copy: those the target did not hold), and the top-up rounds' pages. */
+  pagesRead: number; topUpPages: number;
 }
 type Mode = 'pre' | 'lazy' | 'stop';
 
@@ -131,13 +134,15 @@ async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figure
   killed.delete(w.pid);
   const recs = json(m.stdout);
   const done = recs.find((x) => x['downtimeMs'] !== undefined && x['totalMs'] !== undefined)!;
-  const image = recs.find((x) => x['imageBytes'] !== undefined)!['imageBytes']!;
+  const cp = recs.find((x) => x['imageBytes'] !== undefined)!;
+  const image = cp['imageBytes']!;
   const phases = done['phases'] as unknown as Record<string, number> & { target?: Record<string, number> };
   return {
     totalMs: done['totalMs']!, downtimeMs: done['downtimeMs']!, rounds: done['rounds']!,
     sentBytes: done['roundBytes']! + image - done['refBytes']!,
     checkpointMs: phases['checkpointMs']!, firstByteMs: phases['firstByteMs']!, verifyMs: phases['verifyMs']!, killMs: phases['killMs']!, restoreMs: phases['restoreMs']!,
     memoryMs: phases.target?.['memoryMs'] ?? 0,
+    pagesRead: cp['pagesRead'] ?? NaN, topUpPages: cp['topUpPages'] ?? NaN, // none without pre-copy
   };
 }
 
@@ -177,6 +182,9 @@ async function main(): Promise<void> {
     row('  kill ms', (x) => x.killMs, ms);
     row('  restore ms', (x) => x.restoreMs, ms);
     row('    memory ms', (x) => x.memoryMs, ms);
+    const count = (n: number): string => (Number.isNaN(n) ? '-' : String(n));
+    row('pages read frozen', (x) => x.pagesRead, count);
+    row('top-up pages', (x) => x.topUpPages, count);
     row('sent / memory', (x) => x.sentBytes / (mib * 1024 * 1024), (n) => n.toFixed(2));
     row('rounds', (x) => x.rounds, (n) => String(n));
     const med = (k: Mode, f: (x: Figures) => number): number => stats(res[k].map(f)).med;

@@ -100,6 +100,13 @@ export interface CheckpointOptions extends CommonOptions {
    */
   beforeKill?: (stoppedAt: number) => Promise<void>;
   /**
+   * Awaited last before the tree is stopped, once everything the frozen window needs is made
+   * ready (the tree still runs). A migration's pre-copy sends there what the tree wrote during
+   * those preparations (src/migrate/precopy.ts topUp), so that the frozen image reads only
+   * what it writes in the last moments. Rejecting fails the checkpoint before it touches the tree.
+   */
+  beforeFreeze?: () => Promise<void>;
+  /**
    * Return as soon as the tree is killed, without waiting until its processes are reaped and
    * their PIDs free: a container's migration, whose target makes a PID namespace of its own
    * (the wait is the downtime's then: up to seconds where PID 1 reaps lazily).

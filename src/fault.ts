@@ -27,7 +27,9 @@
  *   `precopy` (`ferry migrate` has sent the first pre-copy round: the tree runs, its writes
  *   tracked through ferry's userfaultfd, nothing of it seized; also a pre-dump of ferry's
  *   criu or ferry-runtime once its scan is done, before it copies pages and hands the
- *   tracking to its holder); `holding` (the dirty tracking
+ *   tracking to its holder); `topup` (`ferry migrate`'s first top-up round right before the
+ *   freeze is sent, precopy.ts topUp: the checkpoint has made its frozen window ready, the
+ *   tree runs, tracked, nothing of it seized); `holding` (the dirty tracking
  *   holds a source process's threads stopped while it registers its areas, the first time it
  *   does: a synchronous pause, ended only by its time or by SIGKILL); `transient` (restore has
  *   made a name it removes again at once: a removed directory, FIFO or further name of a file,
@@ -63,7 +65,7 @@ import { writeSync } from 'node:fs';
 /** Every fault point an operation passes. */
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
-  'precopy', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
+  'precopy', 'topup', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
   'aioring', 'standin', 'threadpidfd', 'relayed',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];

@@ -400,6 +400,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       produce: async (sink) => { await warmPlan.produce(sink, o.config.image.chunkSize, buffers); },
     }] : [];
     await warmUpWriter(target, { ferryVersion: FERRY_VERSION, createdAt: new Date().toISOString(), host: { ...host, xstateSize: 0 }, root: { pid }, tasks: [pid] }, signer, warmPages);
+    // The pre-copy's last rounds (a migration): what the tree wrote while the above was made ready.
+    await o.beforeFreeze?.();
+    o.signal?.throwIfAborted();
     // Last, to leave the least time before the freeze; not needed for one process with no file
     // another could share (findLeaks then reads the host after the freeze, if that changed).
     const hostFds: HostFds | undefined = estimate.processes > 1 || anyWatched(rootDescs) ? snapshotHostFds() : undefined;

@@ -322,7 +322,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
       pid: o.pid, image: pump.path, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
-      ...(pre !== undefined ? { heldPages: pre.heldPages() } : {}),
+      ...(pre !== undefined ? { heldPages: pre.heldPages(), beforeFreeze: () => pre.topUp() } : {}),
       config: o.config, logger: o.logger,
       ...(o.files !== undefined ? { files: o.files } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),
@@ -339,7 +339,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         // Under pre-copy: pages the frozen dump read from the tree, and those it named by digest,
         // which left them out of the stream: each must have become a REF, else the image
         // would come out wrong here as there (checked before anything is killed).
-        const pages = pre !== undefined ? { pagesRead: pre.frozenPages.read, pagesHeld: pre.frozenPages.held } : {};
+        const pages = pre !== undefined ? { pagesRead: pre.frozenPages.read, pagesHeld: pre.frozenPages.held, topUpPages: pre.topUpPages } : {};
         if (pre !== undefined && pre.refBytes !== pre.frozenPages.held * PAGE_SIZE) {
           throw new FerryError('EIMAGE', `the frozen image of pid ${o.pid} left out ${pre.frozenPages.held} pages the target holds, `
             + `but ${pre.refBytes / PAGE_SIZE} were named to it: migrate with --no-pre-copy`);

@@ -1,7 +1,8 @@
 /**
  * Fault cells of pre-copy migration (src/migrate/precopy.ts, src/dump/dirty.ts): `ferry
  * migrate` hit after its first round (FERRY_TEST_PAUSE_AT=precopy), while the source runs
- * with its writes tracked through ferry's userfaultfd, and inside the hold that keeps the
+ * with its writes tracked through ferry's userfaultfd, in the top-up round right before the
+ * freeze (`topup`), and inside the hold that keeps the
  * source's threads stopped while its areas are registered (`holding`). Whatever hits it, the source must run
  * on as it was: not stopped, untraced, its areas no longer write-tracked (a SIGKILLed ferry's
  * userfaultfd is released by the kernel, which unregisters them), every page right; and the
@@ -74,6 +75,28 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       await runsOnUnharmed(w);
     });
   }
+
+  it('SIGKILL in the top-up round right before the freeze: the source runs on untraced and untracked, the target holds nothing', async () => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, config);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'topup');
+    await waitFor('ferry migrate to pause after its first top-up round', () => /paused at topup/.test(mig.stderr()), 60_000);
+    // The checkpoint has begun (its frozen window made ready), yet the source runs, not seized.
+    const st = procState(w.pid);
+    assert.equal(st.tracer, 0, 'not traced before the freeze');
+    assert.notEqual(st.state, 'T');
+    assert.equal(writeTracked(w.pid), true, 'its areas are write-tracked during the top-up');
+    mig.child.kill('SIGKILL');
+    assert.equal(await exitOf(mig, 'ferry migrate'), 137);
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+    assert.deepEqual(leftovers(workDir).filter((n) => n.startsWith('.ferry-receive-')), [], 'the receiver removed its spool and page store');
+    // The killed sender's private directory (made for its copy before the checkpoint began) is
+    // removed by the next sender or receiver on the node, as after a kill while the image streams.
+    const next = await startReceiver(key, config);
+    next.r.child.kill('SIGTERM');
+    await exitOf(next.r, 'ferry receive --once');
+    await runsOnUnharmed(w);
+  });
 
   it('SIGKILL while the tracking holds the source stopped to register its areas: it runs on untraced and untracked', async () => {
     const w = await startDirtier(32, 10);
