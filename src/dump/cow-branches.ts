@@ -9,18 +9,16 @@
  * Runs after shareAmongSiblings (dump/memory.ts), on what it left stored: a page siblings
  * share is theirs already, and an area that lends through one process lends through no other.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
 import { PAGE_SIZE } from '../arch/x86-64.js';
-import { inheritable, lendableUnmapped, MAX_LENT_THROUGH, pageSet, runsOf } from '../image/cow.js';
+import { inheritable, lendableUnmapped, MAX_LENT_THROUGH, pageSet } from '../image/cow.js';
 import type { VmaRecord } from '../image/records.js';
-import { sharedFrames } from '../proc/pagemap.js';
-import { unmappedAreas, type MemoryPlan } from './memory.js';
+import { applyMatch, lendsThrough, matchFrames, repack, unmappedAreas, type MemoryPlan } from './memory.js';
 
 /** A planned live process of the tree, for shareAcrossBranches (all stopped). */
 export interface PlannedProcess {
   pid: number;
   ppid: number;
-  plan: Pick<MemoryPlan, 'vmas' | 'pagesBytes'>;
+  plan: Pick<MemoryPlan, 'vmas' | 'pagesBytes' | 'pagemaps'>;
   /**
    * Forked from a stub by restore (image/sharing.ts forkedBySiblings): it inherits nothing,
    * so it neither shares pages here nor passes an area on.
@@ -103,13 +101,7 @@ export function shareAcrossBranches(tree: readonly PlannedProcess[]): number[] {
     // Only areas at an address some process two or more generations down maps.
     const deep = new Set(under.filter((p) => p.ppid !== top.pid).flatMap((p) => p.plan.vmas.filter((v) => v.runs.length > 0).map((v) => v.start)));
     if (deep.size === 0) continue;
-    const candidates = top.plan.vmas.filter((theirs) => {
-      if (!deep.has(theirs.start)) return false;
-      if (theirs.kind !== 'anon' && theirs.kind !== 'file') return false;
-      const special = theirs as VmaRecord & { memfd?: unknown; ghost?: unknown };
-      if (special.memfd !== undefined || special.ghost !== undefined) return false;
-      return !theirs.vmflags.includes('lo') && !theirs.vmflags.includes('lf');
-    });
+    const candidates = top.plan.vmas.filter((theirs) => deep.has(theirs.start) && lendsThrough(theirs));
     const unmapped = unmappedAreas({ pid: top.pid, vmas: top.plan.vmas }, under.map((p) => ({ pid: p.pid, plan: p.plan })))
       .filter((v) => deep.has(v.start));
     for (const theirs of [...candidates, ...unmapped]) {
@@ -149,47 +141,11 @@ export function shareAcrossBranches(tree: readonly PlannedProcess[]): number[] {
         return v ? [v.cow ?? [], v.lent ?? []] : [];
       });
       const excluded = pageSet(npages, own ? theirs.cow ?? [] : [], ...direct);
-      const frame = new Float64Array(npages); // the frame picked at each page, 0: none yet
-      const lender = new Int32Array(npages).fill(-1);
-      const lent = sharers.map(() => new Uint8Array(npages));
-      const moved = sharers.map(() => new Uint8Array(npages));
-      const entries = Buffer.allocUnsafe(npages * 8);
-      sharers.forEach(({ p, v }, k) => {
-        const fd = openSync(`/proc/${p.pid}/pagemap`, 'r');
-        try {
-          if (readSync(fd, entries, 0, entries.length, first * 8) !== entries.length) return;
-        } finally {
-          closeSync(fd);
-        }
-        const frames = sharedFrames(entries);
-        const stored = pageSet(npages, v.runs);
-        for (let i = 0; i < npages; i++) {
-          const f = frames[i]!;
-          if (f === 0 || !stored[i] || excluded[i]) continue;
-          if (lender[i]! < 0) {
-            lender[i] = k;
-            frame[i] = f;
-          } else if (frame[i] === f) {
-            lent[lender[i]!]![i] = 1;
-            moved[k]![i] = 1;
-          }
-        }
-      });
+      const { lent, moved } = matchFrames(npages, first, excluded, sharers.map(({ p, v }) => ({ pid: p.pid, v, pagemaps: p.plan.pagemaps })));
       let held = false;
       sharers.forEach(({ p, v, depth, between }, k) => {
-        const gives = runsOf(lent[k]!);
-        const takes = runsOf(moved[k]!);
-        if (gives.length === 0 && takes.length === 0) return;
-        if (gives.length > 0) {
-          v.lent = gives;
-          if (depth > 1) v.lentThrough = depth;
-        }
-        if (takes.length > 0) {
-          const stored = pageSet(npages, v.runs);
-          for (let i = 0; i < npages; i++) if (moved[k]![i]) stored[i] = 0;
-          v.runs = runsOf(stored);
-          v.cow = runsOf(pageSet(npages, v.cow ?? [], takes));
-        }
+        if (!applyMatch(v, npages, lent[k]!, moved[k]!)) return;
+        if (v.lent !== undefined && depth > 1) v.lentThrough = depth;
         // Each process between passes the area on (restore/cow.ts CowPlan.relayed).
         for (const b of between) {
           const list = relaying.get(b.pid);
@@ -207,14 +163,6 @@ export function shareAcrossBranches(tree: readonly PlannedProcess[]): number[] {
     }
   }
   // The areas' stored pages stay back to back in the pages entry.
-  for (const p of tree) {
-    if (!changed.has(p.pid)) continue;
-    let offset = 0;
-    for (const v of p.plan.vmas) {
-      v.pagesOffset = offset;
-      offset += v.runs.reduce((k, [, count]) => k + count, 0) * PAGE_SIZE;
-    }
-    p.plan.pagesBytes = offset;
-  }
+  for (const p of tree) if (changed.has(p.pid)) repack(p.plan);
   return [...changed];
 }

@@ -731,13 +731,7 @@ export interface PlannedChild {
 export function shareAmongSiblings(parent: PlannedParent, children: readonly PlannedChild[]): number[] {
   if (children.length < 2) return [];
   const changed = new Set<number>();
-  const candidates = parent.vmas.filter((theirs) => {
-    if (theirs.kind !== 'anon' && theirs.kind !== 'file') return false;
-    const special = theirs as VmaRecord & { memfd?: unknown; ghost?: unknown };
-    if (special.memfd !== undefined || special.ghost !== undefined) return false;
-    // A locked area's pages cannot be dropped again (madvise(2) MADV_DONTNEED fails on one).
-    return !theirs.vmflags.includes('lo') && !theirs.vmflags.includes('lf');
-  });
+  const candidates = parent.vmas.filter(lendsThrough);
   const unmapped = unmappedAreas(parent, children);
   for (const theirs of [...candidates, ...unmapped]) {
     const kids = children.flatMap((c) => {
@@ -750,60 +744,103 @@ export function shareAmongSiblings(parent: PlannedParent, children: readonly Pla
     // Not where the parent inherits from its own parent, nor where a child inherits the
     // parent's page: restore forks every such child while the parent holds the lent page.
     const excluded = pageSet(npages, unmapped.includes(theirs) ? [] : theirs.cow ?? [], ...kids.map((k) => k.v.cow ?? []));
-    const frame = new Float64Array(npages); // the frame picked at each page, 0: none yet
-    const lender = new Int32Array(npages).fill(-1);
-    const lent = kids.map(() => new Uint8Array(npages));
-    const moved = kids.map(() => new Uint8Array(npages));
-    const buffer = Buffer.allocUnsafe(npages * 8);
+    const { lent, moved } = matchFrames(npages, first, excluded, kids.map(({ c, v }) => ({ pid: c.pid, v, pagemaps: c.plan.pagemaps })));
     kids.forEach(({ c, v }, k) => {
-      // As planMemory read them (the tree is stopped since), else read now.
-      let entries = c.plan.pagemaps?.get(v.start);
-      if (entries?.length !== buffer.length) {
-        entries = buffer;
-        const fd = openSync(`/proc/${c.pid}/pagemap`, 'r');
-        try {
-          if (readSync(fd, entries, 0, entries.length, first * 8) !== entries.length) return;
-        } finally {
-          closeSync(fd);
-        }
-      }
-      const frames = sharedFrames(entries);
-      const stored = pageSet(npages, v.runs);
-      for (let i = 0; i < npages; i++) {
-        const f = frames[i]!;
-        if (f === 0 || !stored[i] || excluded[i]) continue;
-        if (lender[i]! < 0) {
-          lender[i] = k;
-          frame[i] = f;
-        } else if (frame[i] === f) {
-          lent[lender[i]!]![i] = 1;
-          moved[k]![i] = 1;
-        }
-      }
-    });
-    kids.forEach(({ c, v }, k) => {
-      const gives = runsOf(lent[k]!);
-      const takes = runsOf(moved[k]!);
-      if (gives.length === 0 && takes.length === 0) return;
-      if (gives.length > 0) v.lent = gives;
-      if (takes.length > 0) {
-        const stored = pageSet(npages, v.runs);
-        for (let i = 0; i < npages; i++) if (moved[k]![i]) stored[i] = 0;
-        v.runs = runsOf(stored);
-        v.cow = runsOf(pageSet(npages, v.cow ?? [], takes));
-      }
-      changed.add(c.pid);
+      if (applyMatch(v, npages, lent[k]!, moved[k]!)) changed.add(c.pid);
     });
   }
-  // The areas' stored pages stay back to back in the pages entry.
-  for (const c of children) {
-    if (!changed.has(c.pid)) continue;
-    let at = 0;
-    for (const v of c.plan.vmas) {
-      v.pagesOffset = at;
-      at += v.runs.reduce((k, [, count]) => k + count, 0) * PAGE_SIZE;
-    }
-    c.plan.pagesBytes = at;
-  }
+  for (const c of children) if (changed.has(c.pid)) repack(c.plan);
   return [...changed];
+}
+
+/**
+ * Whether a process's area `theirs` may hold pages its descendants inherit or lend through it
+ * (shareAmongSiblings, cow-branches.ts): a private anonymous or file mapping, no memfd or
+ * deleted file, not locked (a locked area's pages cannot be dropped again: madvise(2)
+ * MADV_DONTNEED fails on one).
+ */
+export function lendsThrough(theirs: VmaRecord): boolean {
+  if (theirs.kind !== 'anon' && theirs.kind !== 'file') return false;
+  const special = theirs as VmaRecord & { memfd?: unknown; ghost?: unknown };
+  if (special.memfd !== undefined || special.ghost !== undefined) return false;
+  return !theirs.vmflags.includes('lo') && !theirs.vmflags.includes('lf');
+}
+
+/** One area of one process whose pages may be matched by frame (matchFrames). */
+export interface FrameSharer {
+  pid: number;
+  v: VmaRecord;
+  /** Pagemap entries planMemory kept, by area start (the tree is stopped since). */
+  pagemaps?: ReadonlyMap<string, Buffer> | undefined;
+}
+
+/**
+ * Matches the stored pages of one area (`npages` pages from page number `first`) the sharers
+ * hold by their page frame (pagemap, root only; a page mapped by one process only has none):
+ * one frame per page, picked by the first sharer (in the order given) that shares its page
+ * there with any other; the others with that frame give their page up. `excluded` pages take
+ * no part. Returns, per sharer, the pages it lends (`lent`) and those it gives up (`moved`).
+ * The entries are planMemory's where it kept them, else read now.
+ */
+export function matchFrames(npages: number, first: number, excluded: Uint8Array, sharers: readonly FrameSharer[]): { lent: Uint8Array[]; moved: Uint8Array[] } {
+  const frame = new Float64Array(npages); // the frame picked at each page, 0: none yet
+  const lender = new Int32Array(npages).fill(-1);
+  const lent = sharers.map(() => new Uint8Array(npages));
+  const moved = sharers.map(() => new Uint8Array(npages));
+  let buffer: Buffer | undefined;
+  sharers.forEach(({ pid, v, pagemaps }, k) => {
+    let entries = pagemaps?.get(v.start);
+    if (entries?.length !== npages * 8) {
+      entries = buffer ??= Buffer.allocUnsafe(npages * 8);
+      const fd = openSync(`/proc/${pid}/pagemap`, 'r');
+      try {
+        if (readSync(fd, entries, 0, entries.length, first * 8) !== entries.length) return;
+      } finally {
+        closeSync(fd);
+      }
+    }
+    const frames = sharedFrames(entries);
+    const stored = pageSet(npages, v.runs);
+    for (let i = 0; i < npages; i++) {
+      const f = frames[i]!;
+      if (f === 0 || !stored[i] || excluded[i]) continue;
+      if (lender[i]! < 0) {
+        lender[i] = k;
+        frame[i] = f;
+      } else if (frame[i] === f) {
+        lent[lender[i]!]![i] = 1;
+        moved[k]![i] = 1;
+      }
+    }
+  });
+  return { lent, moved };
+}
+
+/**
+ * Records in area `v` (of `npages` pages) what matchFrames found for it: the pages it lends
+ * (`lent`), and those it gives up, inherited instead (`cow`, no longer stored). Returns
+ * whether the area changed.
+ */
+export function applyMatch(v: VmaRecord, npages: number, lent: Uint8Array, moved: Uint8Array): boolean {
+  const gives = runsOf(lent);
+  const takes = runsOf(moved);
+  if (gives.length === 0 && takes.length === 0) return false;
+  if (gives.length > 0) v.lent = gives;
+  if (takes.length > 0) {
+    const stored = pageSet(npages, v.runs);
+    for (let i = 0; i < npages; i++) if (moved[i]) stored[i] = 0;
+    v.runs = runsOf(stored);
+    v.cow = runsOf(pageSet(npages, v.cow ?? [], takes));
+  }
+  return true;
+}
+
+/** Lays a plan's stored pages back to back in its pages entry again (`pagesOffset`, `pagesBytes`). */
+export function repack(plan: Pick<MemoryPlan, 'vmas' | 'pagesBytes'>): void {
+  let at = 0;
+  for (const v of plan.vmas) {
+    v.pagesOffset = at;
+    at += v.runs.reduce((k, [, count]) => k + count, 0) * PAGE_SIZE;
+  }
+  plan.pagesBytes = at;
 }

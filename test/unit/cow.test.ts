@@ -27,6 +27,16 @@ function pagemap(pages: Array<[boolean, boolean, boolean, bigint]>): Buffer {
 
 const task = (pid: number, vmas: VmaRecord[]): TaskRecord => ({ pid, vmas } as unknown as TaskRecord);
 
+
+/** checkInherited refuses `tasks` of `tree` as an edited image: EIMAGE, one line, `message`. */
+function refusedInherited(tree: TreeRecord, tasks: TaskRecord[], message: RegExp): void {
+  assert.throws(() => checkInherited(tree, tasks), (err: FerryError) => {
+    assert.equal(err.code, 'EIMAGE');
+    assert.equal(err.message.split('\n').length, 1);
+    assert.match(err.message, message);
+    return true;
+  });
+}
 describe('copy-on-write after fork: pure logic', () => {
   it('an area is inheritable only as the same private mapping, mlock aside', () => {
     assert.ok(inheritable(area(), area()));
@@ -91,14 +101,7 @@ describe('copy-on-write after fork: pure logic', () => {
   describe('an edited image is refused before anything is made', () => {
     const tree: TreeRecord = { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 10, sid: 10, zombie: null }, { pid: 11, ppid: 10, pgid: 10, sid: 10, zombie: null },
       { pid: 12, ppid: 10, pgid: 10, sid: 10, zombie: null }] };
-    const refused = (tasks: TaskRecord[], message: RegExp): void => {
-      assert.throws(() => checkInherited(tree, tasks), (err: FerryError) => {
-        assert.equal(err.code, 'EIMAGE');
-        assert.equal(err.message.split('\n').length, 1);
-        assert.match(err.message, message);
-        return true;
-      });
-    };
+    const refused = (tasks: TaskRecord[], message: RegExp): void => refusedInherited(tree, tasks, message);
     const parent = task(10, [area({ runs: [[0, 8]] })]);
 
     it('a child inheriting what its parent has passes', () => {
@@ -159,14 +162,7 @@ describe('copy-on-write after fork: pure logic', () => {
     const mid = (pid: number, vmas: VmaRecord[] = []): TaskRecord => task(pid, vmas);
     const lender = task(13, [area({ ...away, runs: [[0, 8]], lent: [[1, 6]], lentThrough: 2 })]);
     const borrower = task(14, [area({ ...away, runs: [[0, 1]], cow: [[1, 6]] })]);
-    const refused = (tasks: TaskRecord[], message: RegExp): void => {
-      assert.throws(() => checkInherited(tree, tasks), (err: FerryError) => {
-        assert.equal(err.code, 'EIMAGE');
-        assert.equal(err.message.split('\n').length, 1);
-        assert.match(err.message, message);
-        return true;
-      });
-    };
+    const refused = (tasks: TaskRecord[], message: RegExp): void => refusedInherited(tree, tasks, message);
 
     it('cousins: the ancestor holds a temporary area, each child between relays it, the grandchildren inherit', () => {
       const plan = checkInherited(tree, [root, mid(11), mid(12), lender, borrower]);
