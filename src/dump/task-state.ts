@@ -165,7 +165,10 @@ function* injectedSteps(main: Tracee, others: readonly Tracee[], vmas: readonly 
   const slotOf = (i: number): number => layout.threads + i * THREAD_SLOT;
   const mmap: Call = [SYS.mmap, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0];
   const munmap: Call = [SYS.munmap, addr, size];
-  let mapped = false, unmapped = false;
+  // `tried`: a batch with the mmap was run; if it failed without saying what the mmap gave, the
+  // area may be mapped at `addr` all the same (the range was free and the tree is stopped, so
+  // an munmap there can only take ferry's own area away).
+  let mapped = false, unmapped = false, tried = false;
   /**
    * The batch of `t`: `calls`, the scratch area's mmap first if it is not mapped yet (its
    * batch is then guarded by it), its munmap last if `last` (the area read back before it);
@@ -175,6 +178,7 @@ function* injectedSteps(main: Tracee, others: readonly Tracee[], vmas: readonly 
     batch: TaskBatch; finish(results: BigInt64Array): { results: BigInt64Array; mem?: Buffer };
   } => {
     const first = !mapped;
+    if (first) tried = true;
     const all = [...(first ? [mmap] : []), ...calls, ...(last ? [munmap] : [])];
     const mem = last ? Buffer.alloc(size) : undefined;
     const batch: TaskBatch = { t, calls: all, options: {
@@ -277,8 +281,9 @@ function* injectedSteps(main: Tracee, others: readonly Tracee[], vmas: readonly 
       threads: states,
     };
   } finally {
-    // A batch that failed after the area was mapped (or a thread's, before the main's ran).
-    if (mapped && !unmapped) unmapTry(main, addr, size);
+    // A batch that failed after the area was mapped, or with it maybe mapped (or a thread's,
+    // before the main's ran).
+    if ((mapped || tried) && !unmapped) unmapTry(main, addr, size);
   }
 }
 
