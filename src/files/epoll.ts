@@ -393,9 +393,14 @@ function addFired(rec: EventpollRecord, task: TaskContext, fired: readonly numbe
       const at = task.scratch.alloc(max * EPOLL_EVENT_SIZE);
       if (Number(tr.syscall(SYS.epoll_wait, task.fd, at, max, 0)) < max) break;
     }
-  } finally {
-    blips.undo();
+  } catch (err) {
+    // The restore fails (its tree goes): what the blips left matters no more than the first error.
+    try {
+      blips.undo();
+    } catch { /* the first error is the one reported */ }
+    throw err;
   }
+  blips.undo();
   // fdinfo tells which ones are still armed: every poll bit asked, EPOLLERR|EPOLLHUP added
   // (an item of another file under the same number with just these events would pass for
   // one: the fired item is then set as below, as it would be without this).
@@ -481,10 +486,15 @@ class Blips {
       return;
     }
     if (rec?.kind === 'timerfd') {
+      // Not one handed in: a process outside the tree reading it would take the expiry.
       if (this.done.has(`timerfd ${id}`) || ((rec.settime ?? TFD_TIMER_CANCEL_ON_SET) & TFD_TIMER_CANCEL_ON_SET) !== 0
-        || n.ttyPoll(cfd, ALL_POLL) !== 0) return;
+        || this.open.inherited(id) || n.ttyPoll(cfd, ALL_POLL) !== 0) return;
       this.done.add(`timerfd ${id}`);
-      n.timerfdSetTicks(cfd, 1n);
+      try {
+        n.timerfdSetTicks(cfd, 1n);
+      } catch {
+        return; // no TFD_IOC_SET_TICKS (a kernel without CONFIG_CHECKPOINT_RESTORE): the item is armed as below
+      }
       this.timers.push(cfd);
       return;
     }
@@ -544,7 +554,7 @@ class Blips {
     if (sig === undefined) return;
     const tr = this.task.tracee;
     const [tgid, tid] = tr.syscalls([[SYS.getpid], [SYS.gettid]]);
-    tr.syscall(SYS.tgkill, tgid!, tid!, sig);
+    if (tr.trySyscall(SYS.tgkill, tgid!, tid!, sig) < 0n) return; // not queued (EAGAIN: the queue is full): armed as below
     this.signals.push(sig);
   }
 
