@@ -19,7 +19,7 @@ import { readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord } from '../image/records.js';
-import { Forkers, setsidOrderProblem } from '../image/sharing.js';
+import { Forkers } from '../image/sharing.js';
 import { native } from '../native/binding.js';
 import { parseChildren } from '../proc/children.js';
 import { listTids, readProcText } from '../proc/read.js';
@@ -299,14 +299,6 @@ export function freezeTree(root: number, opts: FreezeOptions = {}): FrozenTree {
     }
     checkGroups(processes.map((p) => p.record), root);
     const own = checkSharing(processes.filter((p) => p.tids.length > 0));
-    const order = setsidOrderProblem(processes.map((p) => p.record));
-    if (order !== undefined) {
-      // The order is the tree's (breadth-first, as the processes were found): a session leader
-      // that forked a process of its new session before its parent forked the last sharer of
-      // its tables that stays in the old one. Restore would refuse the image.
-      throw new FerryError('EUNSUPPORTED', `${order}, but its parent forked that sharer later: restore cannot rebuild this order of `
-        + 'forks yet; the tree was left running', { pid: root });
-    }
     for (const p of processes) {
       const fs = own.fs.get(p.pid);
       if (fs !== undefined) p.ownFs = fs;

@@ -131,9 +131,10 @@ export function setsidPlan(processes: readonly ProcessRecord[]): { forkers: Map<
  * session before its setsid(2), which waits for the last of them (setsidPlan); until then it
  * can fork nothing that belongs in its new session. Restore forks each process's children in
  * the order listed, parent after parent in tree order (restore/tree.ts createTree), so a tree
- * listing such a process before the last of those sharers cannot be made. The checkpoint
- * refuses such a tree with the tree left running (dump/tree.ts), restore an image with one
- * before anything is made (restore/validate.ts). (A child inheriting pages copy-on-write is
+ * listing such a process before the last of those sharers cannot be made: restore refuses an
+ * image with one before anything is made (restore/validate.ts). A checkpoint never writes one:
+ * such a process is in a session its parent is not in, which dump/tree.ts checkGroups refuses
+ * (the tree left running). (A child inheriting pages copy-on-write is
  * forked after its siblings, but neither such a sibling nor its sharers may inherit any:
  * validateSharing.)
  */
