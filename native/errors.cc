@@ -5,7 +5,7 @@
 
 namespace ferry {
 
-Napi::Error ErrnoError(Napi::Env env, const char* syscall, int err, const std::string& detail) {
+void ThrowErrno(Napi::Env env, const char* syscall, int err, const std::string& detail) {
   const char* name = strerrorname_np(err);
   std::string code = name ? name : "E" + std::to_string(err);
   std::string msg = code + ": " + strerror(err) + ", " + syscall;
@@ -14,11 +14,7 @@ Napi::Error ErrnoError(Napi::Env env, const char* syscall, int err, const std::s
   e.Set("code", Napi::String::New(env, code));
   e.Set("errno", Napi::Number::New(env, err));
   e.Set("syscall", Napi::String::New(env, syscall));
-  return e;
-}
-
-void ThrowErrno(Napi::Env env, const char* syscall, int err, const std::string& detail) {
-  ErrnoError(env, syscall, err, detail).ThrowAsJavaScriptException();
+  e.ThrowAsJavaScriptException();
 }
 
 void ThrowType(Napi::Env env, const std::string& message) {

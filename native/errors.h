@@ -9,9 +9,6 @@ namespace ferry {
 // .errno (positive) and .syscall set. `detail` is appended to the message when given.
 void ThrowErrno(Napi::Env env, const char* syscall, int err, const std::string& detail = "");
 
-// The same Error, returned instead of thrown (for a result that holds several outcomes).
-Napi::Error ErrnoError(Napi::Env env, const char* syscall, int err, const std::string& detail = "");
-
 // Throws a TypeError (bad arguments from TS: a programming error, not a runtime condition).
 void ThrowType(Napi::Env env, const std::string& message);
 

@@ -57,11 +57,6 @@
 // and every stop costs: per call, seized mode makes four requests (SETREGS, two SYSCALL, one
 // GET_SYSCALL_INFO at the exit stop, which also carries the result) and two stops.
 //
-// Several tasks' batches can run together (InjectMany): each task goes through the same steps
-// in the same order as alone, and while one runs to its next stop ferry resumes or reads
-// another, so their round trips overlap; the caller bounds how many are inside a batch at
-// once (each holds ferry's registers and a blocked mask until its batch ends).
-//
 // Where the two run: each stop is a wake-up of ferry by the tracee and each resume one of the
 // tracee by ferry. Across two CPUs every one of them is a cross-CPU wake-up (an IPI, and on a
 // VM an idle vCPU woken through the hypervisor): measured here, 55 us per call unpinned, 120
@@ -86,8 +81,6 @@
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <vector>
 
 #include "errors.h"
 #include "wait.h"
@@ -401,238 +394,6 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
   return ok;
 }
 
-// One task's batch among several run at once (InjectMany): the steps of Inject in kSeized
-// mode, in the same order, each wait for a stop turned into a phase that the next stop of the
-// task moves on.
-struct Job {
-  pid_t tid = 0;
-  uint64_t gadget = 0;
-  const uint64_t* calls = nullptr;
-  size_t n = 0;
-  BatchOptions o;
-  int64_t* out = nullptr;
-  // What the task is doing now: not started, running to the syscall-enter-stop or the
-  // syscall-exit-stop of call `i`, settling back into a PTRACE_EVENT_STOP, or done.
-  enum Phase { kIdle, kEnter, kExit, kSettle, kDone } phase = kIdle;
-  size_t i = 0;
-  int resumes = 0;        // resumes towards the current stop (bounded, as in ToSyscallStop)
-  int64_t resumed_at = 0; // when it was last resumed (the wait bound)
-  uint64_t mask = 0;
-  struct user_regs_struct saved = {};
-  bool ok = true, ran = false;
-  int err = 0, read_err = 0;
-  const char* what = "";
-};
-
-// The first failure of `j` is its error (errno as the failed request left it).
-void Fail(Job& j, const char* what) {
-  if (!j.ok) return;
-  j.ok = false;
-  j.err = errno;
-  j.what = what;
-}
-
-// The end of a batch: the signal mask back, then the read-back's failure if that was all.
-void Final(Job& j) {
-  if (Ptrace(PTRACE_SETSIGMASK, j.tid, reinterpret_cast<void*>(sizeof(j.mask)), &j.mask) < 0) {
-    Fail(j, "ptrace(PTRACE_SETSIGMASK)");
-  }
-  if (j.ok && j.read_err != 0) {
-    errno = j.read_err;
-    Fail(j, "process_vm_readv (read-back of an injected batch)");
-  }
-  j.phase = Job::kDone;
-}
-
-// Resumes `j` with `req` (passing on `sig`) towards the stop of `phase`.
-bool Resume(Job& j, long req, int sig, Job::Phase phase, const char* what) {
-  if (Ptrace(req, j.tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0) {
-    Fail(j, what);
-    return false;
-  }
-  j.phase = phase;
-  j.resumed_at = NowNs();
-  return true;
-}
-
-// The registers back, then (if a call ran) PTRACE_INTERRUPT and PTRACE_CONT into the settling
-// stop (Settle), else straight to Final.
-void Finish(Job& j) {
-  if (Ptrace(PTRACE_SETREGS, j.tid, nullptr, &j.saved) < 0) Fail(j, "ptrace(PTRACE_SETREGS)");
-  if (!j.ran) return Final(j);
-  if (Ptrace(PTRACE_INTERRUPT, j.tid, nullptr, nullptr) < 0) {
-    Fail(j, "ptrace(PTRACE_INTERRUPT)");
-    return Final(j);
-  }
-  j.resumes = 1;
-  if (!Resume(j, PTRACE_CONT, 0, Job::kSettle, "ptrace(PTRACE_CONT)")) Final(j);
-}
-
-// Starts call `j.i` (the read-back first, if it is due before it), or finishes after the last.
-void NextCall(Job& j) {
-  if (j.o.read_buf != nullptr && j.i == j.o.read_at && !ReadBack(j.tid, j.o)) j.read_err = errno != 0 ? errno : EFAULT;
-  if (j.i == j.n) return Finish(j);
-  j.ran = true;
-  struct user_regs_struct r = j.saved;
-  SetCall(&r, j.gadget, &j.calls[j.i * 7]);
-  if (Ptrace(PTRACE_SETREGS, j.tid, nullptr, &r) < 0) {
-    Fail(j, "ptrace(PTRACE_SETREGS)");
-    return Finish(j);
-  }
-  j.resumes = 1;
-  if (!Resume(j, PTRACE_SYSCALL, 0, Job::kEnter, "ptrace(PTRACE_SYSCALL)")) Finish(j);
-}
-
-// The start of a batch: every signal blocked, the registers saved, the first call started.
-void Start(Job& j) {
-  for (size_t k = 0; k < j.n; k++) j.out[k] = -ECANCELED;
-  uint64_t all = ~0ULL;
-  if (Ptrace(PTRACE_GETSIGMASK, j.tid, reinterpret_cast<void*>(sizeof(j.mask)), &j.mask) < 0 ||
-      Ptrace(PTRACE_SETSIGMASK, j.tid, reinterpret_cast<void*>(sizeof(all)), &all) < 0) {
-    Fail(j, "ptrace(PTRACE_SETSIGMASK)");
-    j.phase = Job::kDone;
-    return;
-  }
-  if (Ptrace(PTRACE_GETREGS, j.tid, nullptr, &j.saved) < 0) {
-    Fail(j, "ptrace(PTRACE_GETREGS)");
-    return Final(j);  // nothing was changed but the mask
-  }
-  NextCall(j);
-}
-
-// A stop of `j` (waitpid `status`) in its current phase.
-void OnStop(Job& j, int status) {
-  if (j.phase == Job::kSettle) {
-    if ((status >> 16) == PTRACE_EVENT_STOP) return Final(j);
-    if (j.resumes++ >= 32) {
-      errno = EAGAIN;
-      Fail(j, "injected syscall (the task does not stop again)");
-      return Final(j);
-    }
-    if (!Resume(j, PTRACE_CONT, PassOn(status), Job::kSettle, "ptrace(PTRACE_CONT)")) Final(j);
-    return;
-  }
-  if (WSTOPSIG(status) != (SIGTRAP | 0x80)) {  // a group-stop or a signal: again
-    if (j.resumes++ >= 32) {
-      errno = EAGAIN;
-      Fail(j, "injected syscall (too many stops)");
-      return Finish(j);
-    }
-    if (!Resume(j, PTRACE_SYSCALL, PassOn(status), j.phase, "ptrace(PTRACE_SYSCALL)")) Finish(j);
-    return;
-  }
-  if (j.phase == Job::kEnter) {
-    j.resumes = 1;
-    if (!Resume(j, PTRACE_SYSCALL, 0, Job::kExit, "ptrace(PTRACE_SYSCALL)")) Finish(j);
-    return;
-  }
-  struct __ptrace_syscall_info si = {};
-  if (Ptrace(PTRACE_GET_SYSCALL_INFO, j.tid, reinterpret_cast<void*>(sizeof(si)), &si) < 0) {
-    Fail(j, "ptrace(PTRACE_GET_SYSCALL_INFO)");
-    return Finish(j);
-  }
-  if (si.op != PTRACE_SYSCALL_INFO_EXIT) {
-    errno = EPROTO;
-    Fail(j, "injected syscall (unexpected syscall-stop)");
-    return Finish(j);
-  }
-  j.out[j.i] = si.exit.rval;
-  if (j.i < j.o.guard && IsError(j.out[j.i])) return Finish(j);
-  j.i++;
-  NextCall(j);
-}
-
-// A wait of `j` that ended without a stop (errno set): the task died, or never stopped.
-void OnLost(Job& j, const char* what) {
-  bool settling = j.phase == Job::kSettle;
-  Fail(j, what);
-  if (settling) Final(j);
-  else Finish(j);  // its requests fail on a dead task, as Inject's do
-}
-
-// Runs the batches of `jobs` (seized tasks, each a different one), at most `max_inflight` at
-// once: while one task runs to its next stop, ferry resumes or reads another. Each task goes
-// through exactly the steps Inject takes for it alone. Waits as WaitBounded does, for all of
-// them together: waitpid(WNOHANG) on each, a spin of kSpinNs after the last stop seen, then
-// sleeps; a task that died, or does not stop within kWaitTimeoutMs of its last resume, fails
-// its own batch only.
-void InjectMany(std::vector<Job>& jobs, size_t max_inflight) {
-  QuietWaits quiet;
-  std::vector<Job*> inflight;
-  size_t next = 0;
-  int64_t spin_until = NowNs() + kSpinNs;
-  long sleep_ns = 20000;
-  while (next < jobs.size() || !inflight.empty()) {
-    while (inflight.size() < max_inflight && next < jobs.size()) {
-      Job& j = jobs[next++];
-      Start(j);
-      if (j.phase != Job::kDone) inflight.push_back(&j);
-    }
-    bool moved = false;
-    for (size_t k = 0; k < inflight.size();) {
-      Job& j = *inflight[k];
-      int status = 0;
-      pid_t r = waitpid(j.tid, &status, WNOHANG | __WALL);
-      if (r == 0 || (r < 0 && errno == EINTR)) {
-        k++;
-        continue;
-      }
-      moved = true;
-      if (r < 0) {
-        OnLost(j, errno == ESRCH ? "injected syscall (task exited)" : "waitpid");
-      } else if (!WIFSTOPPED(status)) {
-        errno = ESRCH;  // the task died under us
-        OnLost(j, "injected syscall (task exited)");
-      } else {
-        OnStop(j, status);
-      }
-      if (j.phase == Job::kDone) {
-        inflight[k] = inflight.back();
-        inflight.pop_back();
-      } else {
-        k++;
-      }
-    }
-    if (moved || inflight.empty()) {
-      spin_until = NowNs() + kSpinNs;
-      sleep_ns = 20000;
-      continue;
-    }
-    if (NowNs() < spin_until) {
-      sched_yield();
-      continue;
-    }
-    // Slow: any task that is dead (and will not report) or overdue fails its batch.
-    int64_t now = NowNs();
-    for (size_t k = 0; k < inflight.size();) {
-      Job& j = *inflight[k];
-      char st = TaskState(j.tid);
-      int status = 0;
-      if (st == 0 || st == 'X' || st == 'Z') {
-        pid_t r = waitpid(j.tid, &status, WNOHANG | __WALL);
-        if (r > 0 && WIFSTOPPED(status)) {
-          OnStop(j, status);
-        } else {
-          errno = ESRCH;
-          OnLost(j, "injected syscall (task exited)");
-        }
-      } else if (now - j.resumed_at > static_cast<int64_t>(kWaitTimeoutMs) * 1000000) {
-        errno = ETIMEDOUT;
-        OnLost(j, "waitpid");
-      }
-      if (j.phase == Job::kDone) {
-        inflight[k] = inflight.back();
-        inflight.pop_back();
-      } else {
-        k++;
-      }
-    }
-    struct timespec ts = {0, sleep_ns};
-    nanosleep(&ts, nullptr);
-    if (sleep_ns < 1000000) sleep_ns *= 2;
-  }
-}
-
 bool ModeArg(const Napi::CallbackInfo& info, size_t i, Mode* mode) {
   *mode = kStep;
   if (i >= info.Length() || info[i].IsUndefined()) return true;
@@ -643,48 +404,6 @@ bool ModeArg(const Napi::CallbackInfo& info, size_t i, Mode* mode) {
     return false;
   }
   *mode = static_cast<Mode>(v);
-  return true;
-}
-
-// The options of a batch (see BatchOptions) from `opts`, for a batch of `n` calls; the
-// descriptor copy only where `take` allows it. False after throwing a TypeError.
-bool ParseBatchOptions(Napi::Env env, Napi::Object opts, size_t n, bool take, BatchOptions* o) {
-  Napi::Value guard = opts.Get("guard"), into = opts.Get("readInto");
-  if (!guard.IsUndefined()) {
-    if (!guard.IsNumber() || guard.As<Napi::Number>().Int64Value() < 0) {
-      ThrowType(env, "injectSyscalls: guard must be a count of calls");
-      return false;
-    }
-    o->guard = static_cast<size_t>(guard.As<Napi::Number>().Int64Value());
-  }
-  if (!into.IsUndefined()) {
-    Napi::Value at = opts.Get("readAt"), addr = opts.Get("readAddr");
-    bool lossless = true;
-    if (!into.IsBuffer() || !at.IsNumber() || !addr.IsBigInt() || at.As<Napi::Number>().Int64Value() < 0 ||
-        static_cast<size_t>(at.As<Napi::Number>().Int64Value()) > n) {
-      ThrowType(env, "injectSyscalls: readInto needs a Buffer, readAt a call index (0..n) and readAddr a bigint");
-      return false;
-    }
-    auto buf = into.As<Napi::Buffer<uint8_t>>();
-    o->read_buf = buf.Data();
-    o->read_len = buf.Length();
-    o->read_at = static_cast<size_t>(at.As<Napi::Number>().Int64Value());
-    o->read_addr = addr.As<Napi::BigInt>().Uint64Value(&lossless);
-  }
-  Napi::Value takeAt = opts.Get("takeFdAt"), takePidfd = opts.Get("takeFdPidfd");
-  if (!takeAt.IsUndefined()) {
-    if (!take) {
-      ThrowType(env, "injectBatches: takeFdAt is for injectSyscalls only");
-      return false;
-    }
-    if (!takeAt.IsNumber() || !takePidfd.IsNumber() || takeAt.As<Napi::Number>().Int64Value() < 1 ||
-        static_cast<size_t>(takeAt.As<Napi::Number>().Int64Value()) > n || takePidfd.As<Napi::Number>().Int32Value() < 0) {
-      ThrowType(env, "injectSyscalls: takeFdAt needs a call index (1..n) and takeFdPidfd a pidfd");
-      return false;
-    }
-    o->take_at = static_cast<size_t>(takeAt.As<Napi::Number>().Int64Value());
-    o->take_pidfd = takePidfd.As<Napi::Number>().Int32Value();
-  }
   return true;
 }
 
@@ -737,7 +456,39 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
       ThrowType(env, "injectSyscalls: options must be an object");
       return {};
     }
-    if (!ParseBatchOptions(env, info[4].As<Napi::Object>(), n, true, &o)) return {};
+    Napi::Object opts = info[4].As<Napi::Object>();
+    Napi::Value guard = opts.Get("guard"), into = opts.Get("readInto");
+    if (!guard.IsUndefined()) {
+      if (!guard.IsNumber() || guard.As<Napi::Number>().Int64Value() < 0) {
+        ThrowType(env, "injectSyscalls: guard must be a count of calls");
+        return {};
+      }
+      o.guard = static_cast<size_t>(guard.As<Napi::Number>().Int64Value());
+    }
+    if (!into.IsUndefined()) {
+      Napi::Value at = opts.Get("readAt"), addr = opts.Get("readAddr");
+      bool lossless = true;
+      if (!into.IsBuffer() || !at.IsNumber() || !addr.IsBigInt() || at.As<Napi::Number>().Int64Value() < 0 ||
+          static_cast<size_t>(at.As<Napi::Number>().Int64Value()) > n) {
+        ThrowType(env, "injectSyscalls: readInto needs a Buffer, readAt a call index (0..n) and readAddr a bigint");
+        return {};
+      }
+      auto buf = into.As<Napi::Buffer<uint8_t>>();
+      o.read_buf = buf.Data();
+      o.read_len = buf.Length();
+      o.read_at = static_cast<size_t>(at.As<Napi::Number>().Int64Value());
+      o.read_addr = addr.As<Napi::BigInt>().Uint64Value(&lossless);
+    }
+    Napi::Value takeAt = opts.Get("takeFdAt"), takePidfd = opts.Get("takeFdPidfd");
+    if (!takeAt.IsUndefined()) {
+      if (!takeAt.IsNumber() || !takePidfd.IsNumber() || takeAt.As<Napi::Number>().Int64Value() < 1 ||
+          static_cast<size_t>(takeAt.As<Napi::Number>().Int64Value()) > n || takePidfd.As<Napi::Number>().Int32Value() < 0) {
+        ThrowType(env, "injectSyscalls: takeFdAt needs a call index (1..n) and takeFdPidfd a pidfd");
+        return {};
+      }
+      o.take_at = static_cast<size_t>(takeAt.As<Napi::Number>().Int64Value());
+      o.take_pidfd = takePidfd.As<Napi::Number>().Int32Value();
+    }
   }
   pid_t tid = static_cast<pid_t>(tid64);
   auto out = Napi::TypedArrayOf<int64_t>::New(env, n, napi_bigint64_array);
@@ -755,78 +506,11 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// injectBatches(batches: Array<{ tid, gadget, calls: BigUint64Array, options? }>, maxInFlight)
-// -> Array<BigInt64Array | Error>: each batch as injectSyscalls(tid, gadget, calls,
-// INJECT_SEIZED, options) runs it (options without takeFdAt), up to `maxInFlight` tasks at
-// once (InjectMany); a batch that fails gives its Error in its place, the others run on.
-Napi::Value InjectBatches(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int64_t max64;
-  if (info.Length() < 1 || !info[0].IsArray() || !ArgInt(info, 1, &max64) || max64 < 1) {
-    if (!env.IsExceptionPending()) ThrowType(env, "injectBatches: needs an array of batches and a positive maxInFlight");
-    return {};
-  }
-  Napi::Array list = info[0].As<Napi::Array>();
-  std::vector<Job> jobs(list.Length());
-  std::vector<Napi::TypedArrayOf<int64_t>> outs;
-  for (uint32_t k = 0; k < list.Length(); k++) {
-    Napi::Value v = list.Get(k);
-    if (!v.IsObject()) {
-      ThrowType(env, "injectBatches: each batch must be an object");
-      return {};
-    }
-    Napi::Object b = v.As<Napi::Object>();
-    Napi::Value tid = b.Get("tid"), gadget = b.Get("gadget"), calls = b.Get("calls"), opts = b.Get("options");
-    bool lossless = true;
-    if (!tid.IsNumber() || !gadget.IsBigInt() || !calls.IsTypedArray() ||
-        calls.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
-      ThrowType(env, "injectBatches: a batch needs tid (number), gadget (bigint) and calls (BigUint64Array)");
-      return {};
-    }
-    Job& j = jobs[k];
-    j.tid = static_cast<pid_t>(tid.As<Napi::Number>().Int64Value());
-    j.gadget = gadget.As<Napi::BigInt>().Uint64Value(&lossless);
-    auto c = calls.As<Napi::TypedArrayOf<uint64_t>>();
-    j.calls = c.Data();
-    j.n = c.ElementLength() / 7;
-    for (uint32_t m = 0; m < k; m++) {
-      if (jobs[m].tid == j.tid) {
-        ThrowType(env, "injectBatches: one batch per task");
-        return {};
-      }
-    }
-    if (!opts.IsUndefined()) {
-      if (!opts.IsObject()) {
-        ThrowType(env, "injectBatches: options must be an object");
-        return {};
-      }
-      if (!ParseBatchOptions(env, opts.As<Napi::Object>(), j.n, false, &j.o)) return {};
-    }
-    outs.push_back(Napi::TypedArrayOf<int64_t>::New(env, j.n, napi_bigint64_array));
-    j.out = outs.back().Data();
-  }
-  if (jobs.size() == 1) {
-    // One task alone: pinned as Inject runs it (PinHere), its round trips on one CPU.
-    PinHere pin(jobs[0].tid);
-    InjectMany(jobs, 1);
-  } else {
-    InjectMany(jobs, static_cast<size_t>(max64));
-  }
-  Napi::Array result = Napi::Array::New(env, jobs.size());
-  for (uint32_t k = 0; k < jobs.size(); k++) {
-    const Job& j = jobs[k];
-    if (j.ok) result.Set(k, outs[k]);
-    else result.Set(k, ErrnoError(env, j.what, j.err, "tid " + std::to_string(j.tid)).Value());
-  }
-  return result;
-}
-
 }  // namespace
 
 void InitInject(Napi::Env env, Napi::Object exports) {
   exports.Set("injectSyscall", Napi::Function::New(env, InjectSyscall));
   exports.Set("injectSyscalls", Napi::Function::New(env, InjectSyscalls));
-  exports.Set("injectBatches", Napi::Function::New(env, InjectBatches));
 }
 
 }  // namespace ferry

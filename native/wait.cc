@@ -20,6 +20,34 @@
 namespace ferry {
 namespace {
 
+// State letter of a task from /proc/TID/stat, or 0 when it is gone.
+char TaskState(pid_t tid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(tid));
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* paren = strrchr(buf, ')');
+  return paren && paren[1] == ' ' ? paren[2] : 0;
+}
+
+// How long a wait spins (waitpid WNOHANG, sched_yield) before it sleeps between polls. A
+// ptrace round trip (resume, the tracee runs to its next stop) takes 5-10 us on an idle
+// machine and up to a few hundred under load; an injected syscall is two of them. Spinning by
+// time rather than by a count of yields: a sched_yield with nothing else to run returns in
+// well under a microsecond, and the first sleep costs at least the timer slack (50 us), so
+// a count-bounded spin turned every round trip slower than ~40 us into 60-100 us.
+constexpr int64_t kSpinNs = 2000000;
+
+int64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
 // Keeps the stops of ferry's tracees from each sending ferry a SIGCHLD. The kernel notifies
 // the tracer of every ptrace stop with SIGCHLD (do_notify_parent_cldstop(), for_ptracer),
 // unless its SIGCHLD action is SIG_IGN or has SA_NOCLDSTOP; the wait itself is woken either
@@ -43,26 +71,6 @@ void QuietStops() {
 thread_local int quiet_waits = 0;
 
 }  // namespace
-
-// State letter of a task from /proc/TID/stat, or 0 when it is gone.
-char TaskState(pid_t tid) {
-  char path[64], buf[512];
-  snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(tid));
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = '\0';
-  const char* paren = strrchr(buf, ')');
-  return paren && paren[1] == ' ' ? paren[2] : 0;
-}
-
-int64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
 
 QuietWaits::QuietWaits() {
   if (quiet_waits++ == 0) QuietStops();

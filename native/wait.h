@@ -1,6 +1,5 @@
 // Bounded waits on one traced task (shared by ptrace.cc and inject.cc).
 #pragma once
-#include <stdint.h>
 #include <sys/types.h>
 
 namespace ferry {
@@ -23,20 +22,6 @@ class QuietWaits {
   QuietWaits(const QuietWaits&) = delete;
   QuietWaits& operator=(const QuietWaits&) = delete;
 };
-
-// State letter of a task from /proc/TID/stat, or 0 when it is gone.
-char TaskState(pid_t tid);
-
-// CLOCK_MONOTONIC in nanoseconds.
-int64_t NowNs();
-
-// How long a wait spins (waitpid WNOHANG, sched_yield) before it sleeps between polls. A
-// ptrace round trip (resume, the tracee runs to its next stop) takes 5-10 us on an idle
-// machine and up to a few hundred under load; an injected syscall is two of them. Spinning by
-// time rather than by a count of yields: a sched_yield with nothing else to run returns in
-// well under a microsecond, and the first sleep costs at least the timer slack (50 us), so
-// a count-bounded spin turned every round trip slower than ~40 us into 60-100 us.
-constexpr int64_t kSpinNs = 2000000;
 
 // Default bound of every wait for a ptrace stop or exit: long enough for a loaded machine,
 // short enough that no path hangs.

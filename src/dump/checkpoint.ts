@@ -49,9 +49,7 @@ import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
-import {
-  pendingSignals, readInjectedStates, readMm, readPaths, readThread, readThreadFs, syscallGadget, type InjectedState,
-} from './task-state.js';
+import { pendingSignals, readInjectedState, readMm, readPaths, readThread, readThreadFs, syscallGadget } from './task-state.js';
 import { PR_THP_DISABLE_EXCEPT_ADVISED, SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
@@ -191,42 +189,21 @@ interface DumpedTask {
   statuses: ReadonlyMap<number, string>;
 }
 
-/** What is read of a stopped process before its injected syscalls (readInjectedStates). */
-interface TaskAhead {
-  tracees: Tracee[];
-  statusText: string;
-  /** Its layout and VmFlags, from one reading of smaps. */
-  maps: ReturnType<typeof parseSmaps>['vmas'];
-  vmflags: ReturnType<typeof parseSmaps>['vmflags'];
-  timers: ReturnType<typeof listPosixTimers>;
-}
-
-/**
- * The first part of a stopped process's reading (dumpTask is the rest): its status, layout,
- * syscall gadget and POSIX timers, for the injected syscalls that the processes then run
- * together (readInjectedStates). Its tracees are pushed to `tracees` as they are made, for the
- * caller to close on a failure.
- */
-function readAhead(p: FrozenProcess, tracees: Tracee[]): TaskAhead {
-  const { pid, tids } = p;
-  const mine = tids.map((tid) => new Tracee(pid, tid, true));
-  tracees.push(...mine);
-  const statusText = readProcText(pid, 'status');
-  // One reading of smaps gives the layout and VmFlags; the injected batches leave the layout
-  // as they found it (their scratch area is unmapped again, and could merge with nothing).
-  const { vmas: maps, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
-  const gadget = syscallGadget(pid, maps);
-  for (const t of mine) t.gadget = gadget;
-  return { tracees: mine, statusText, maps, vmflags, timers: listPosixTimers(pid) };
-}
-
 /** Reads one stopped process whole (its descriptors are read with the others' after the freeze). */
-function dumpTask(p: FrozenProcess, ahead: TaskAhead, injected: InjectedState, rootBase: RootBase, parent?: DumpedTask): DumpedTask {
+function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): DumpedTask {
   const n = native();
   const { pid, tids, stat } = p;
-  const { tracees, statusText, maps, vmflags } = ahead;
+  const tracees = tids.map((tid) => new Tracee(pid, tid, true));
+  const main = tracees[0]!;
   try {
+    const statusText = readProcText(pid, 'status');
     const status = parseStatus(statusText);
+    // One reading of smaps gives the layout and VmFlags; the injected batch below leaves the
+    // layout as it found it (its scratch area is unmapped again, and could merge with nothing).
+    const { vmas: maps, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
+    const gadget = syscallGadget(pid, maps);
+    for (const t of tracees) t.gadget = gadget;
+    const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
     // Every thread's status, read once: it names the thread (readThread), the credentials take
     // theirs from it (creds.ts), and so do the ids in the tree's namespace (ns-ids.ts).
     const statuses = new Map(tids.map((tid, i) => [tid, i === 0 ? statusText : readProcText(pid, `task/${tid}/status`)]));
@@ -309,8 +286,6 @@ function shareSiblingPages(dumped: readonly DumpedTask[], ownPages: ReadonlySet<
     const d = byPid.get(pid)!;
     d.task.pagesBytes = d.memory.pagesBytes;
   }
-  // The pagemap entries planMemory kept for this are not needed any more.
-  for (const d of dumped) delete d.memory.pagemaps;
 }
 
 /** Checkpoints the process tree rooted at `o.pid` into `o.image`. */
@@ -451,26 +426,8 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // The root directory every process shares unless it was chroot'ed (dump/root-dir.ts).
     const rootBase: RootBase = o.pidNamespace !== undefined ? containerBase(pid) : { path: '/', container: false };
     const dropBase = session.onUndo('close the container\'s root', () => closeRootBase(rootBase));
-    // Every process's injected syscalls run together, the round trips of one overlapping
-    // another's (task-state.ts readInjectedStates); then each process is read on.
-    const tracees: Tracee[] = [];
-    let aheads: TaskAhead[];
-    let injected: InjectedState[];
-    try {
-      aheads = live.map((p) => readAhead(p, tracees));
-      injected = readInjectedStates(aheads.map((a) => ({ main: a.tracees[0]!, others: a.tracees.slice(1), vmas: a.maps, vmflags: a.vmflags, timers: a.timers })));
-    } catch (err) {
-      for (const t of tracees) t.close();
-      throw err;
-    }
-    for (const [i, p] of live.entries()) {
-      let d: DumpedTask;
-      try {
-        d = dumpTask(p, aheads[i]!, injected[i]!, rootBase, ownPages.has(p.pid) ? undefined : byPid.get(p.record.ppid)); // parents come first
-      } catch (err) {
-        for (const a of aheads.slice(i + 1)) for (const t of a.tracees) t.close();
-        throw err;
-      }
+    for (const p of live) {
+      const d = dumpTask(p, rootBase, ownPages.has(p.pid) ? undefined : byPid.get(p.record.ppid)); // parents come first
       byPid.set(p.pid, d);
       dumped.push(d);
     }

@@ -22,7 +22,7 @@ import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
 import { parseStatus, statusComm } from '../proc/status.js';
 import { readFileSync, statSync } from 'node:fs';
-import { injectBatches, injectedError, type TaskBatch, type Tracee } from '../task/tracee.js';
+import { injectedError, type Tracee } from '../task/tracee.js';
 import { readRootDir, removedDir, type RootBase } from './root-dir.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
@@ -120,8 +120,7 @@ function checkResults(t: Tracee, calls: readonly Call[], results: ArrayLike<bigi
 }
 
 /**
- * The steps of reading one process's injected state (readInjectedStates runs them, with the
- * other processes'), one batch per thread (native/inject.cc: the signal block, the register
+ * Reads injected state, one batch per thread (native/inject.cc: the signal block, the register
  * save and the return to the stop are paid once per batch, so nothing is split that need not
  * be). Process-wide through the main thread: brk, every disposition, itimers, POSIX timers
  * (`timers`, listed from /proc before), dumpable and child subreaper; through each thread
@@ -132,9 +131,8 @@ function checkResults(t: Tracee, calls: readonly Call[], results: ArrayLike<bigi
  * MAP_FIXED_NOREPLACE, as the first call of the first batch; the batch stops there if that
  * fails, so nothing is written anywhere else. The main thread's batch reads the area back
  * and unmaps it as its last call, which leaves the layout as it was: the caller may keep the
- * maps it read before. Threads other than the main one run first (the first of them maps the
- * area, the others then run together), so that a single-threaded process needs exactly one
- * batch.
+ * maps it read before. Threads other than the main one run first, so that a single-threaded
+ * process needs exactly one batch.
  *
  * Every disposition is asked for: /proc/PID/status's SigCgt and SigIgn name the signals with
  * a handler and the ignored ones, but not sa_flags, sa_mask or the restorer, which a SIG_DFL
@@ -146,8 +144,8 @@ function checkResults(t: Tracee, calls: readonly Call[], results: ArrayLike<bigi
  * is what the program reads back from sigaction(2) (to save and later reinstall a
  * disposition). So they are read, and a SIG_DFL disposition is recorded when one is set.
  */
-function* injectedSteps(main: Tracee, others: readonly Tracee[], vmas: readonly Vma[],
-  vmflags: ReadonlyMap<bigint, readonly string[]>, timers: readonly ProcTimer[]): InjectedSteps {
+export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas: readonly Vma[],
+  vmflags: ReadonlyMap<bigint, readonly string[]>, timers: readonly ProcTimer[]): InjectedState {
   const threads = [main, ...others];
   const layout = {
     acts: 0,
@@ -169,52 +167,33 @@ function* injectedSteps(main: Tracee, others: readonly Tracee[], vmas: readonly 
   // area may be mapped at `addr` all the same (the range was free and the tree is stopped, so
   // an munmap there can only take ferry's own area away).
   let mapped = false, unmapped = false, tried = false;
-  /**
-   * The batch of `t`: `calls`, the scratch area's mmap first if it is not mapped yet (its
-   * batch is then guarded by it), its munmap last if `last` (the area read back before it);
-   * `finish` checks the results the batch gave.
-   */
-  const prepare = (t: Tracee, calls: Call[], last: boolean, mayFailFrom = calls.length): {
-    batch: TaskBatch; finish(results: BigInt64Array): { results: BigInt64Array; mem?: Buffer };
-  } => {
+  /** Runs `calls` in `t`, the scratch area's mmap first if it is not mapped yet. */
+  const batch = (t: Tracee, calls: Call[], last: boolean, mayFailFrom = calls.length): { results: BigInt64Array; mem?: Buffer } => {
     const first = !mapped;
     if (first) tried = true;
     const all = [...(first ? [mmap] : []), ...calls, ...(last ? [munmap] : [])];
     const mem = last ? Buffer.alloc(size) : undefined;
-    const batch: TaskBatch = { t, calls: all, options: {
+    const results = t.trySyscalls(all, {
       guard: first ? 1 : 0,
       ...(mem ? { readAt: all.length - 1, readAddr: addr, readInto: mem } : {}),
-    } };
-    const finish = (results: BigInt64Array): { results: BigInt64Array; mem?: Buffer } => {
-      if (first) {
-        const r = results[0]!;
-        if (r !== addr) {
-          if (r >= 0n) unmapTry(t, r, size); // a kernel that took MAP_FIXED_NOREPLACE for a hint
-          throw r < 0n && r >= -4095n ? injectedError(SYS.mmap, Number(-r), t.tid)
-            : new Error(`the scratch area of pid ${t.pid} was mapped at 0x${r.toString(16)}, not at 0x${addr.toString(16)}`);
-        }
-        mapped = true;
+    });
+    if (first) {
+      const r = results[0]!;
+      if (r !== addr) {
+        if (r >= 0n) unmapTry(t, r, size); // a kernel that took MAP_FIXED_NOREPLACE for a hint
+        throw r < 0n && r >= -4095n ? injectedError(SYS.mmap, Number(-r), t.tid)
+          : new Error(`the scratch area of pid ${t.pid} was mapped at 0x${r.toString(16)}, not at 0x${addr.toString(16)}`);
       }
-      if (last) unmapped = results[results.length - 1]! === 0n;
-      const own = results.subarray(first ? 1 : 0, first ? 1 + calls.length : calls.length);
-      checkResults(t, calls, own, mayFailFrom);
-      return { results: own, ...(mem ? { mem } : {}) };
-    };
-    return { batch, finish };
+      mapped = true;
+    }
+    if (last) unmapped = results[results.length - 1]! === 0n;
+    const own = results.subarray(first ? 1 : 0, first ? 1 + calls.length : calls.length);
+    checkResults(t, calls, own, mayFailFrom);
+    return { results: own, ...(mem ? { mem } : {}) };
   };
   try {
-    // The other threads first, each its own calls into its own slot (read back with the main's):
-    // the first maps the scratch area, the others then run together.
-    const otherResults: BigInt64Array[] = [];
-    if (others.length > 0) {
-      const head = prepare(others[0]!, threadCalls(at(slotOf(1))), false);
-      otherResults.push(head.finish((yield [head.batch])[0]!).results);
-      const rest = others.slice(1).map((t, k) => prepare(t, threadCalls(at(slotOf(k + 2))), false));
-      if (rest.length > 0) {
-        const got = yield rest.map((r) => r.batch);
-        rest.forEach((r, k) => otherResults.push(r.finish(got[k]!).results));
-      }
-    }
+    // The other threads first, each its own calls into its own slot (read back with the main's).
+    const otherResults = others.map((t, k) => batch(t, threadCalls(at(slotOf(k + 1))), false).results);
     // Then the main thread: its own calls, then the process-wide ones, read back, unmapped.
     const calls: Call[] = [...threadCalls(at(slotOf(0))), [SYS.brk, 0]];
     for (let which = 0; which < 3; which++) calls.push([SYS.getitimer, which, at(layout.itimers + which * ITIMERVAL_SIZE)]);
@@ -245,8 +224,7 @@ function* injectedSteps(main: Tracee, others: readonly Tracee[], vmas: readonly 
     // PR_GET_THP_DISABLE tells it.
     const thpAt = calls.length;
     calls.push([SYS.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0]);
-    const own = prepare(main, calls, true, probeAt + 1);
-    const { results, mem } = own.finish((yield [own.batch])[0]!);
+    const { results, mem } = batch(main, calls, true, probeAt + 1);
     const m = mem!;
     const slot = (i: number): Buffer => m.subarray(slotOf(i), slotOf(i) + THREAD_SLOT);
     const states = new Map<number, ThreadInjected>([[main.tid, threadState(slot(0), results.subarray(0, 5))]]);
@@ -285,83 +263,6 @@ function* injectedSteps(main: Tracee, others: readonly Tracee[], vmas: readonly 
     // before the main's ran).
     if ((mapped || tried) && !unmapped) unmapTry(main, addr, size);
   }
-}
-
-/** The steps of one process's injected reading: the batches to run together at each. */
-type InjectedSteps = Generator<TaskBatch[], InjectedState, BigInt64Array[]>;
-
-/**
- * Tasks whose batches run at once (injectBatches). Each stop of a task is a wake-up of ferry
- * and each resume one of the task, and on two CPUs (or a busy machine) the task often runs,
- * or waits for a CPU, while ferry could serve another; but every task in a batch holds
- * ferry's registers and a blocked signal mask until its batch ends, so a ferry killed then
- * leaves that many broken instead of one (native/inject.cc): few at once.
- */
-const IN_FLIGHT = 4;
-
-/** What readInjectedStates reads of one process: its main thread, its other threads, its layout, its POSIX timers. */
-export interface InjectedInput {
-  main: Tracee;
-  others: readonly Tracee[];
-  vmas: readonly Vma[];
-  vmflags: ReadonlyMap<bigint, readonly string[]>;
-  timers: readonly ProcTimer[];
-}
-
-/**
- * readInjectedState for several processes at once: each one's batches as it runs them, the
- * batches of all the processes that are at the same step run together (injectBatches), so
- * that the round trips of one task overlap another's. On a failure the processes still
- * reading stop (their scratch areas unmapped), and the error of the first failed process (in
- * the order of `procs`) is thrown.
- */
-export function readInjectedStates(procs: readonly InjectedInput[]): InjectedState[] {
-  const steps = procs.map((p) => injectedSteps(p.main, p.others, p.vmas, p.vmflags, p.timers));
-  const out: InjectedState[] = new Array<InjectedState>(procs.length);
-  let failed: { at: number; err: unknown } | undefined;
-  let wanted = new Map<number, TaskBatch[]>();
-  const advance = (k: number, go: () => IteratorResult<TaskBatch[], InjectedState>): void => {
-    try {
-      const r = go();
-      if (r.done) out[k] = r.value;
-      else wanted.set(k, r.value);
-    } catch (err) {
-      if (failed === undefined || k < failed.at) failed = { at: k, err };
-    }
-  };
-  steps.forEach((g, k) => advance(k, () => g.next()));
-  while (wanted.size > 0) {
-    const now = [...wanted];
-    wanted = new Map();
-    if (failed !== undefined) {
-      // Unmaps a scratch area it mapped (its finally), without reading on.
-      for (const [k] of now) {
-        try { steps[k]!.return(undefined as never); } catch { /* the first error is the one reported */ }
-      }
-      break;
-    }
-    let results: Array<BigInt64Array | Error>;
-    try {
-      results = injectBatches(now.flatMap(([, batches]) => batches), IN_FLIGHT);
-    } catch (err) {
-      for (const [k] of now) advance(k, () => steps[k]!.throw(err));
-      continue;
-    }
-    let at = 0;
-    for (const [k, batches] of now) {
-      const mine = results.slice(at, at += batches.length);
-      const err = mine.find((r): r is Error => r instanceof Error);
-      advance(k, () => (err !== undefined ? steps[k]!.throw(err) : steps[k]!.next(mine as BigInt64Array[])));
-    }
-  }
-  if (failed !== undefined) throw failed.err;
-  return out;
-}
-
-/** readInjectedStates of one process. */
-export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas: readonly Vma[],
-  vmflags: ReadonlyMap<bigint, readonly string[]>, timers: readonly ProcTimer[]): InjectedState {
-  return readInjectedStates([{ main, others, vmas, vmflags, timers }])[0]!;
 }
 
 /** The registrations MEMBARRIER_CMD_GET_REGISTRATIONS answered (an error, or none: nothing to record). */

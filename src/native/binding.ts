@@ -170,16 +170,6 @@ export interface NativeBinding {
    */
   injectSyscalls(tid: number, gadget: bigint, calls: BigUint64Array, mode?: InjectMode, options?: InjectOptions): BigInt64Array;
   /**
-   * Runs the batches of several seized tasks (one batch per task), each exactly as
-   * injectSyscalls in INJECT_SEIZED mode runs it, up to `maxInFlight` of them at once: while
-   * one task runs to its next ptrace stop, ferry resumes or reads another (native/inject.cc
-   * InjectMany). Each result is the batch's results, or the Error injectSyscalls would have
-   * thrown for it; a failed batch does not stop the others. No `takeFdAt`. A single batch runs
-   * pinned as injectSyscalls runs one (native/inject.cc PinHere).
-   */
-  injectBatches(batches: ReadonlyArray<{ tid: number; gadget: bigint; calls: BigUint64Array; options?: InjectOptions }>,
-    maxInFlight: number): Array<BigInt64Array | Error>;
-  /**
    * clone3(2) with set_tid = tids (innermost pid namespace first; [] = any PID); the child
    * calls PTRACE_TRACEME, closes every fd and execve(2)s `path`. Returns once the child is
    * stopped with SIGTRAP after the exec, traced by the calling thread with PTRACE_O_EXITKILL
@@ -594,7 +584,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'injectBatches', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',

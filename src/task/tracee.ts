@@ -24,38 +24,6 @@ export function injectedError(nr: number, errno: number, tid: number): NativeErr
   return err;
 }
 
-/** Calls as the native injectors take them: [nr, a0..a5] per call, 7 u64 each. */
-function flatCalls(calls: ReadonlyArray<readonly [number, ...Array<bigint | number>]>): BigUint64Array {
-  const flat = new BigUint64Array(calls.length * 7);
-  calls.forEach((c, i) => {
-    c.forEach((v, j) => { flat[i * 7 + j] = BigInt.asUintN(64, BigInt(v)); });
-  });
-  return flat;
-}
-
-/** One seized task's batch for injectBatches. */
-export interface TaskBatch {
-  t: Tracee;
-  calls: ReadonlyArray<readonly [number, ...Array<bigint | number>]>;
-  options?: InjectOptions;
-}
-
-/**
- * Runs the batches of several seized tasks (one each), every one as `t.trySyscalls(calls,
- * options)` runs it, up to `maxInFlight` tasks at once (native/inject.cc InjectMany): the
- * round trips of one task (ferry resumes it, it runs to its next stop) overlap another's.
- * Returns each batch's results, or the error its trySyscalls would have thrown.
- */
-export function injectBatches(batches: readonly TaskBatch[], maxInFlight: number): Array<BigInt64Array | Error> {
-  for (const b of batches) {
-    if (!b.t.seized) throw new Error(`injectBatches: tid ${b.t.tid} is not a seized task`);
-    if (b.t.gadget === 0n) throw new Error(`no syscall gadget set for tid ${b.t.tid}`);
-  }
-  return native().injectBatches(batches.map((b) => ({
-    tid: b.t.tid, gadget: b.t.gadget, calls: flatCalls(b.calls), ...(b.options !== undefined ? { options: b.options } : {}),
-  })), maxInFlight);
-}
-
 /** A bump allocator over a region of the tracee's memory used to pass syscall arguments. */
 export class Scratch {
   private used = 0;
@@ -137,7 +105,11 @@ export class Tracee {
    */
   trySyscalls(calls: ReadonlyArray<readonly [number, ...Array<bigint | number>]>, options?: InjectOptions): BigInt64Array {
     if (this.gadget === 0n) throw new Error(`no syscall gadget set for tid ${this.tid}`);
-    return native().injectSyscalls(this.tid, this.gadget, flatCalls(calls), this.mode, options);
+    const flat = new BigUint64Array(calls.length * 7);
+    calls.forEach((c, i) => {
+      c.forEach((v, j) => { flat[i * 7 + j] = BigInt.asUintN(64, BigInt(v)); });
+    });
+    return native().injectSyscalls(this.tid, this.gadget, flat, this.mode, options);
   }
 
   private mem(): number {

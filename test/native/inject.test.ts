@@ -104,62 +104,6 @@ describe('injected batches', { timeout: 60_000 }, () => {
     n.detach(pid, 0);
   });
 
-  it('runs the batches of several tasks at once, each as it runs alone, a failed one failing alone', { skip: skipUnlessRoot }, () => {
-    const n = native();
-    const pids = [0, 1, 2, 3, 4].map(() => seizedSleeper());
-    const before = pids.map((pid) => ({
-      maps: readFileSync(`/proc/${pid}/maps`, 'utf8'), regs: n.getRegs(pid), mask: n.getSigmask(pid),
-    }));
-    const layouts = before.map((b) => parseMaps(b.maps));
-    const intos = pids.map(() => Buffer.alloc(PAGE_SIZE, 0xaa));
-    const batches = pids.map((pid, k) => {
-      const gadget = syscallGadget(pid, layouts[k]!);
-      if (k === 1) {
-        // A guarded mmap that fails (over the vdso): nothing after it runs, nothing is read.
-        const taken = layouts[k]!.find((v) => v.path === '[vdso]')!.start;
-        return { tid: pid, gadget, calls: flat([
-          [SYS.mmap, taken, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0],
-          [SYS.getpid],
-          [SYS.munmap, taken, PAGE_SIZE],
-        ]), options: { guard: 1, readAt: 2, readAddr: taken, readInto: intos[k]! } };
-      }
-      if (k === 3) {
-        // A read-back of memory that is not mapped: every call runs, the batch fails (EFAULT).
-        return { tid: pid, gadget, calls: flat([[SYS.getpid], [SYS.getpid]]),
-          options: { readAt: 1, readAddr: freeRange(layouts[k]!, PAGE_SIZE)!, readInto: Buffer.alloc(16) } };
-      }
-      const addr = freeRange(layouts[k]!, PAGE_SIZE)!;
-      return { tid: pid, gadget, calls: flat([
-        [SYS.mmap, addr, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0],
-        [SYS.getpid],
-        [SYS.sigaltstack, 0, addr + 16n],
-        [SYS.munmap, addr, PAGE_SIZE],
-      ]), options: { guard: 1, readAt: 3, readAddr: addr, readInto: intos[k]! } };
-    });
-    // Two at a time: the third task starts as soon as one of the first two is done.
-    const results = n.injectBatches(batches, 2);
-    assert.equal(results.length, pids.length);
-    pids.forEach((pid, k) => {
-      const r = results[k]!;
-      if (k === 1) {
-        assert.deepEqual([...(r as BigInt64Array)], [-17n, -ECANCELED, -ECANCELED]);
-        assert.equal(intos[k]!.readBigUInt64LE(0), 0xaaaaaaaaaaaaaaaan, 'nothing read back');
-      } else if (k === 3) {
-        assert.ok(r instanceof Error);
-        assert.equal((r as Error & { code?: string }).code, 'EFAULT');
-      } else {
-        const addr = BigInt(batches[k]!.calls[1]!);
-        assert.deepEqual([...(r as BigInt64Array)], [addr, BigInt(pid), 0n, 0n]);
-        assert.equal(intos[k]!.readInt32LE(16 + 8), 2, 'sigaltstack flags SS_DISABLE, read back before the munmap');
-      }
-      assert.equal(readFileSync(`/proc/${pid}/maps`, 'utf8'), before[k]!.maps, 'the layout as it was');
-      assert.deepEqual(n.getRegs(pid), before[k]!.regs, 'registers as they were');
-      assert.equal(n.getSigmask(pid), before[k]!.mask, 'signal mask as it was');
-      n.detach(pid, 0);
-      assert.match(readFileSync(`/proc/${pid}/status`, 'utf8'), /TracerPid:\t0/);
-    });
-  });
-
   it('spawns stubs with CLONE_VM | CLONE_VFORK that start as a fork-made one did', { skip: skipUnlessRoot }, () => {
     const n = native();
     const mine = readFileSync('/proc/self/status', 'utf8');
