@@ -7,7 +7,7 @@
  * checkpoint's is refused unless --allow-changed-files (then a warning is logged): the process
  * remembers offsets, lengths and contents that no longer hold.
  */
-import { constants, fchmodSync, fchownSync, fstatSync, statSync } from 'node:fs';
+import { constants, fstatSync, statSync } from 'node:fs';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -15,7 +15,6 @@ import {
   O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH, O_SYNC,
 } from '../proc/fcntl.js';
 import { ConfinedRoot, hostRoot, openIn, openRemovedNode, placeOf, statIn, withRemovedDir } from './confined.js';
-import { reopen } from './deleted.js';
 import { openRemovedNodeOf } from './removed-node.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
@@ -174,33 +173,38 @@ function checkMapped(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'a
 }
 
 /**
- * A directory that was removed: made again for the moment of the open (withRemovedDir), opened
- * with the record's flags, removed, then given its mode, owner and offset.
+ * A directory that was removed: made once for every record of it (files/removed-node.ts), for
+ * the moment of the open (withRemovedDir), taken O_PATH, its name removed (it must be empty
+ * then: one someone put something in meanwhile is theirs); given its mode and owner; each
+ * record opens it through /proc/self/fd with its flags and gets its offset.
  */
-function openRemovedDir(rec: RegularRecord, root: ConfinedRoot, path: string): number {
+function openRemovedDir(rec: RegularRecord, ctx: OpenContext, root: ConfinedRoot, path: string): number {
   const what = `the removed directory ${rec.path} (file ${rec.id} of the image)`;
+  const n = native();
   try {
-    // An O_PATH descriptor takes no fchown(2) nor fchmod(2): the directory is opened for them,
-    // and the O_PATH descriptor is opened through that one.
     const oPath = (rec.flags & O_PATH) !== 0;
-    const opened = withRemovedDir(root, path, what, (made) => openIn(root, made, (oPath ? 0 : rec.flags & REOPEN_FLAGS) | O_DIRECTORY, what));
-    let fd = opened;
-    try {
-      fchownSync(opened, rec.removed!.uid, rec.removed!.gid);
-      fchmodSync(opened, rec.removed!.mode);
-      if (oPath) fd = reopen(opened, rec.flags, 0);
-      const pos = Number(rec.pos);
-      if (pos !== 0 && !oPath) {
-        try {
-          native().lseek(fd, pos, 0);
-        } catch { /* a position this file system does not take back: read from the start */ }
+    const fd = openRemovedNodeOf(rec, ctx, oPath ? O_PATH : (rec.flags & REOPEN_FLAGS) | O_DIRECTORY, { ...rec.removed!, symlink: false }, (also) => {
+      // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
+      const held = withRemovedDir(root, path, what, (made) => openIn(root, made, O_PATH | O_DIRECTORY | constants.O_NOFOLLOW, what));
+      const taken: number[] = [];
+      try {
+        if (fstatSync(held).nlink !== 0) {
+          throw new FerryError('ECHANGED', `cannot restore ${what}: the directory made for it could not be removed again (something was put in it meanwhile); nothing was restored`, { path: rec.path });
+        }
+        // The O_PATH records' descriptors: through the held one (no name is left to follow).
+        for (let i = 0; i < also.length; i++) taken.push(n.openRaw(`/proc/self/fd/${held}`, O_PATH | O_DIRECTORY));
+      } catch (err) {
+        for (const t of [held, ...taken]) n.closeFd(t);
+        throw err;
       }
-    } catch (err) {
-      if (fd !== opened) native().closeFd(fd);
-      native().closeFd(opened);
-      throw err;
+      return { held, also: taken };
+    });
+    const pos = Number(rec.pos);
+    if (pos !== 0 && !oPath) {
+      try {
+        n.lseek(fd, pos, 0);
+      } catch { /* a position this file system does not take back: read from the start */ }
     }
-    if (fd !== opened) native().closeFd(opened);
     return fd;
   } catch (err) {
     if (err instanceof FerryError) throw err;
@@ -369,7 +373,7 @@ export const regular: FileKind<RegularRecord> = {
     // kind of file is then opened for I/O, through the descriptor itself: what is opened is
     // what was checked.
     const { root, path } = placeOf(rec);
-    if (rec.removed) return rec.removed.type !== undefined ? openRemovedPathNode(rec, ctx, root, path) : openRemovedDir(rec, root, path);
+    if (rec.removed) return rec.removed.type !== undefined ? openRemovedPathNode(rec, ctx, root, path) : openRemovedDir(rec, ctx, root, path);
     let at: number;
     try {
       at = openIn(root, path, O_PATH | (rec.flags & (O_DIRECTORY | constants.O_NOFOLLOW)), `file ${rec.id} of the image`);

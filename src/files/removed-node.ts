@@ -1,9 +1,9 @@
 /**
- * A node whose name was removed (a FIFO, a character device node, a symlink) held by more than
- * one open file of the tree: several descriptors that were opened separately (not dup'd, so
+ * A node whose name was removed (a FIFO, a character device node, a symlink, a directory) held by
+ * more than one open file of the tree: several descriptors that were opened separately (not dup'd, so
  * one open file each, a record each), in one process or several, of records of different
  * kinds too (a FIFO opened for I/O is files/pipe.ts's, an O_PATH descriptor of it
- * files/regular.ts's, a device node files/chrdev.ts's). They named one inode and must again:
+ * files/regular.ts's, a device node files/chrdev.ts's, a directory regular.ts's). They named one inode and must again:
  * the node is made once per restore, by whichever of its records is opened first, and each
  * record opens that node.
  *
@@ -17,8 +17,13 @@
  * descriptor, a new open file with its own flags (a FIFO's ends join: one pipe; the FIFO's
  * queued bytes are written once, by pipe.ts, whichever of its I/O records opens first).
  *
+ * A removed directory is made the same way (regular.ts openRemovedDir: made for a moment by
+ * confined.ts withRemovedDir, taken O_PATH, its name removed), and each of its records, O_PATH
+ * ones too, opens it through /proc/self/fd; a removed working directory that is the same
+ * directory is entered through the descriptor of it (restore/root-dir.ts RemovedRoots).
+ *
  * The records of one identity must say the same node (type, device number, mode, owner,
- * symlink text): an image whose records disagree is refused before anything is made
+ * symlink text, a directory's path): an image whose records disagree is refused before anything is made
  * (checkRemovedNodes). A record of an older ferry's image without an identity (a device
  * node's) makes a node of its own, as it did then.
  */
@@ -45,8 +50,8 @@ interface NodeOf {
 const ident = (v: unknown): v is string => typeof v === 'string' && /^\d{1,20}$/.test(v);
 
 /**
- * The removed node `rec` holds (a removed FIFO, device node, or an O_PATH descriptor's removed
- * FIFO or symlink, with its identity), or undefined: any other record, or one whose fields are
+ * The removed node `rec` holds (a removed FIFO, device node, directory, or an O_PATH
+ * descriptor's removed FIFO or symlink, with its identity), or undefined: any other record, or one whose fields are
  * not of their types (its kind's check refuses it).
  */
 function nodeOf(rec: FileRecord): NodeOf | undefined {
@@ -57,6 +62,8 @@ function nodeOf(rec: FileRecord): NodeOf | undefined {
   if (rec.kind === 'chr') shape = `character device ${String(rec.major)}:${String(rec.minor)}, ${owner}`;
   else if (rec.kind === 'fifo' || (rec.kind === 'reg' && r.type === 'fifo')) shape = `FIFO, ${owner}`;
   else if (rec.kind === 'reg' && r.type === 'symlink') shape = `symlink to ${JSON.stringify(String(r.target).slice(0, 64))}, ${owner}`;
+  // A directory has one name (no hard links), so its records say one path too.
+  else if (rec.kind === 'reg' && r.type === undefined && rec.directory === true) shape = `directory ${JSON.stringify(String(rec.path).slice(0, 256))}, ${owner}`;
   else return undefined;
   return { identity: `${rec.dev}:${rec.ino}`, shape };
 }
@@ -122,4 +129,14 @@ export function openRemovedNodeOf(rec: FileRecord, ctx: OpenContext, flags: numb
     return fd;
   }
   return n.openRaw(`/proc/self/fd/${m.held}`, flags);
+}
+
+/**
+ * The identity ("dev:ino" at dump) of the removed directory record `rec` holds, or undefined
+ * (any other record, or one without an identity): a removed working directory with it is that
+ * directory (restore/root-dir.ts).
+ */
+export function removedDirIdentity(rec: FileRecord): string | undefined {
+  const node = nodeOf(rec);
+  return node !== undefined && rec.kind === 'reg' && rec.directory === true ? node.identity : undefined;
 }

@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
 import { checkRemovedNodeTrust } from '../files/chrdev.js';
-import { checkRemovedNodes } from '../files/removed-node.js';
+import { checkRemovedNodes, removedDirIdentity } from '../files/removed-node.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import {
@@ -158,7 +158,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(label, tasks, trusted);
     checkRootTrust(label, tasks, trusted); // chroot'ed processes (root-dir.ts)
-    const removedRootPlan = planRemovedRoots(label, tasks); // each removed root made once (root-dir.ts)
+    const removedRootPlan = planRemovedRoots(label, tasks, ownFiles); // each removed root (or shared working directory) made once (root-dir.ts)
     // A /proc file of a thread only where restore can put it (files/install.ts).
     checkThreadFiles(label, files.files, o.makeRoot !== undefined);
     // Pids the files name for restore to act on: bounded, the image's own threads (validate.ts).
@@ -379,7 +379,11 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const fsShared = new Set(tree.processes.filter((p) => p.sharesFs !== undefined).map((p) => p.pid));
     // Removed roots (root-dir.ts): each made once, its name removed at once, held until every
     // process in it (or with it as its working directory) has entered it.
-    const removedRoots = RemovedRoots.make(removedRootPlan, cwdRoot);
+    // One an open file holds too is the file's directory (files/removed-node.ts): taken from it.
+    const removedRoots = RemovedRoots.make(removedRootPlan, cwdRoot, (key) => {
+      const f = ownFiles.find((r) => removedDirIdentity(r) === key);
+      return f === undefined ? undefined : opened.opened.get(f.id);
+    });
     const dropRoots = session.onUndo('close the removed root directories', () => removedRoots.close());
     for (const task of tasks) {
       o.signal?.throwIfAborted();

@@ -26,7 +26,11 @@
  * each is made in the one made before it, from the root down, while that still has its name,
  * held, and its name removed before its parent's, so that the working directory's ".." is the
  * removed a again and a's the root. Processes whose chains pass through one directory (the same
- * device and inode) get one. Being
+ * device and inode) get one. A removed working directory outside a removed root that several
+ * processes have (sharing no fs struct), or that an open file of the tree holds too, is one
+ * directory for them all the same way: made once (or, with an open file of it, the directory
+ * that file's records made, files/removed-node.ts, taken O_PATH through ferry's descriptor of
+ * the file), held, and entered through /proc/<ferry>/fd/N by each. Being
  * removed, it is empty (rmdir(2) removes only an empty directory, and nothing can be made in
  * a removed one), so there is nothing in it to restore; files the process had open from it
  * were removed with it and come back as deleted files.
@@ -60,7 +64,8 @@ import { FerryError } from '../errors.js';
 import {
   OPEN_HOW_SIZE, openHow, openIn, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, withRemovedDir, type ConfinedRoot,
 } from '../files/confined.js';
-import { big, type RemovedDirRecord, type TaskRecord, type ThreadCredsRecord } from '../image/records.js';
+import { big, type FileRecord, type RemovedDirRecord, type TaskRecord, type ThreadCredsRecord } from '../image/records.js';
+import { removedDirIdentity } from '../files/removed-node.js';
 import { native } from '../native/binding.js';
 import { AT_FDCWD, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
 import type { Tracee } from '../task/tracee.js';
@@ -104,9 +109,14 @@ export interface RemovedBelow {
   what: string;
 }
 
-/** One removed root directory of an image: where it was, as recorded, and the processes in it. */
+/**
+ * One removed root directory of an image (or a removed working directory held more than once,
+ * `cwd`): where it was, as recorded, and the processes in it.
+ */
 export interface RemovedRoot {
   path: string;
+  /** Not a root: a removed working directory of several processes, or of one and an open file of it. */
+  cwd?: boolean;
   dir: RemovedDirRecord;
   pids: number[];
   /**
@@ -122,10 +132,12 @@ export interface RemovedRoot {
  * removed working directory that is the same directory has its path; a removed working
  * directory below it has one recorded directory between for each name of its path between
  * (cwdBetween), and the processes whose chains share a directory agree on where it is (its
- * name and parent), its mode and owner; otherwise EIMAGE (an edited image), in one line
- * naming both processes.
+ * name and parent), its mode and owner; a removed working directory outside a removed root
+ * held more than once (by processes sharing no fs struct, or by an open file of `files` too)
+ * is planned as one too, its processes agreeing on its path, mode and owner and a file of it
+ * on its mode and owner; otherwise EIMAGE (an edited image), in one line naming both holders.
  */
-export function planRemovedRoots(image: string, tasks: readonly TaskRecord[]): Map<string, RemovedRoot> {
+export function planRemovedRoots(image: string, tasks: readonly TaskRecord[], files: readonly FileRecord[] = []): Map<string, RemovedRoot> {
   const plan = new Map<string, RemovedRoot>();
   for (const t of tasks) {
     const key = identity(t.rootDeleted);
@@ -189,6 +201,45 @@ export function planRemovedRoots(image: string, tasks: readonly TaskRecord[]): M
     throw new FerryError('EIMAGE', `image ${image}: the removed working directory ${JSON.stringify(t.cwd.slice(0, 256))} of pid ${t.pid} is the removed root directory `
       + `${JSON.stringify(root.path.slice(0, 256))} of pid ${root.pids[0]} (the same device and inode) under another path: refused (an edited image); nothing was restored`, { pid: t.pid });
   }
+  // Removed working directories held more than once (by processes that share no fs struct, or
+  // by a process and an open file of it): one directory for them all, as a root is.
+  const dirFiles = new Map<string, FileRecord>();
+  for (const f of files) {
+    const k = removedDirIdentity(f);
+    if (k !== undefined && !dirFiles.has(k)) dirFiles.set(k, f);
+  }
+  const cwds = new Map<string, TaskRecord[]>();
+  for (const t of tasks) {
+    const k = identity(t.cwdDeleted);
+    if (k === undefined || plan.has(k) || rootOfBelow.has(k)) continue;
+    cwds.set(k, [...cwds.get(k) ?? [], t]);
+  }
+  for (const [k, ts] of cwds) {
+    if (ts.length < 2 && !dirFiles.has(k)) continue;
+    const first = ts[0]!, d = first.cwdDeleted!;
+    for (const t of ts.slice(1)) {
+      const e = t.cwdDeleted!;
+      if (t.cwd !== first.cwd || e.mode !== d.mode || e.uid !== d.uid || e.gid !== d.gid) {
+        throw new FerryError('EIMAGE', `image ${image}: pids ${first.pid} and ${t.pid} have the same removed working directory (device ${d.dev}, inode ${d.ino}) `
+          + `with another path, mode or owner (${JSON.stringify(first.cwd.slice(0, 256))}, ${JSON.stringify(t.cwd.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: t.pid });
+      }
+    }
+    plan.set(k, { path: first.cwd, cwd: true, dir: d, pids: ts.map((t) => t.pid), below: new Map() });
+  }
+  // A removed root or working directory that an open file holds too is the file's directory
+  // (made by files/regular.ts, RemovedRoots.make takes it): they must say one mode and owner.
+  for (const [k, r] of plan) {
+    const f = dirFiles.get(k);
+    const fd = f?.removed as RemovedDirRecord | undefined;
+    if (fd === undefined || r.below.size > 0) continue;
+    if (fd.mode !== r.dir.mode || fd.uid !== r.dir.uid || fd.gid !== r.dir.gid) {
+      // Not checked by its kind yet (restore.ts checks the files after this plan): shown bounded.
+      const oct = (v: unknown): string => (typeof v === 'number' ? v.toString(8) : String(v).slice(0, 32));
+      throw new FerryError('EIMAGE', `image ${image}: file ${f!.id} holds the removed ${r.cwd ? 'working' : 'root'} directory ${JSON.stringify(r.path.slice(0, 256))} of pid ${r.pids[0]} `
+        + `(device ${r.dir.dev}, inode ${r.dir.ino}) with another mode or owner (${oct(fd.mode)} ${String(fd.uid)}:${String(fd.gid)}, ${oct(r.dir.mode)} ${r.dir.uid}:${r.dir.gid}): `
+        + 'refused (an edited image); nothing was restored', { pid: r.pids[0]! });
+    }
+  }
   return plan;
 }
 
@@ -204,14 +255,23 @@ export class RemovedRoots {
 
   /**
    * Makes each directory of `plan` in `root` (the tasks' root), opens it, removes its name
-   * again and gives it its recorded mode and owner. Whatever it holds is closed if it throws.
+   * again and gives it its recorded mode and owner; one an open file of the tree holds
+   * (`fromFile`: ferry's descriptor of that file, by identity) is that file's directory,
+   * already made. Whatever it holds is closed if it throws.
    */
-  static make(plan: ReadonlyMap<string, RemovedRoot>, root: ConfinedRoot): RemovedRoots {
+  static make(plan: ReadonlyMap<string, RemovedRoot>, root: ConfinedRoot, fromFile: (identity: string) => number | undefined = () => undefined): RemovedRoots {
     const made = new RemovedRoots();
     try {
       for (const [key, r] of plan) {
-        const what = `the removed root directory ${r.path} of pid ${r.pids[0]}`;
+        const what = `the removed ${r.cwd ? 'working' : 'root'} directory ${r.path} of pid ${r.pids[0]}`;
         const dirs: Array<{ fd: number; what: string; dir: RemovedDirRecord; pid: number }> = [];
+        const file = r.below.size === 0 ? fromFile(key) : undefined;
+        if (file !== undefined) {
+          // Through the file's descriptor: the kernel follows /proc/self/fd/N to the directory itself.
+          const fd = native().openRaw(`/proc/self/fd/${file}`, O_PATH | O_DIRECTORY);
+          made.held.set(key, fd);
+          dirs.push({ fd, what, dir: r.dir, pid: r.pids[0]! });
+        }
         // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
         const open = (path: string, whose: string): number => openIn(root, path, O_PATH | O_DIRECTORY | O_NOFOLLOW, whose);
         // The directories below it by the one they are in (undefined: the root itself).
@@ -230,7 +290,7 @@ export class RemovedRoots {
             });
           }
         };
-        withRemovedDir(root, r.path, what, (path) => {
+        if (file === undefined) withRemovedDir(root, r.path, what, (path) => {
           const fd = open(path, what);
           made.held.set(key, fd);
           dirs.push({ fd, what, dir: r.dir, pid: r.pids[0]! });
@@ -314,7 +374,7 @@ export class RemovedRoots {
 
   /**
    * The path the restored task chdirs into when its removed working directory is a removed
-   * root or directly in one (the held directory), else undefined (restore/cwd.ts makes it as a
+   * root or below one, or held more than once (the held directory), else undefined (restore/cwd.ts makes it as a
    * directory of its own).
    */
   cwdOf(task: Pick<TaskRecord, 'cwdDeleted'>): string | undefined {

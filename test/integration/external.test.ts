@@ -3,15 +3,20 @@
  * (here, by the test) is refused with the flag to use; `checkpoint --external pipe:[INO]`
  * takes it anyway and marks it in the image; `restore` then insists on being handed a
  * descriptor for it, and `--inherit-fd fd[3]:pipe:[INO]` puts the caller's descriptor in its
- * place: the restored process writes on into the very pipe the test reads.
+ * place: the restored process writes on into the very pipe the test reads. A fired one-shot
+ * epoll item on a pipe or a timerfd handed in is not made ready for a moment at restore (an
+ * outside reader would see the byte or take the expiry).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { closeSync, fstatSync, readSync, writeSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, fstatSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FERRY, needs, PYTHON } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, procState, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import pino from 'pino';
+import { loadConfig } from '../../src/config/config.js';
+import { restore } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
 
 const skip = needs('root', 'build', 'python');
@@ -54,6 +59,26 @@ const FIRED = [
   'except BlockingIOError:',
   '    print("PASS" if ep.poll(0) == [] else "FAIL: the epoll reports something", flush=True)',
 ].join('\n');
+/**
+ * The same with a timerfd on fd 3 that expired once, its expiry read back: the item fired, the
+ * timer is disarmed. On SIGUSR1: PASS when the epoll still reports nothing.
+ */
+const FIRED_TIMER = [
+  'import os, select, signal, time',
+  'os.closerange(4, 4096)',
+  'ep = select.epoll()',
+  'ep.register(3, select.EPOLLIN | select.EPOLLONESHOT)',
+  'assert ep.poll(5) == [(3, select.EPOLLIN)], "the expiry fires the item"',
+  'assert len(os.read(3, 8)) == 8 and ep.poll(0) == [], "fired, and read back"',
+  'asked = []',
+  'signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))',
+  'print(f"ready pid={os.getpid()}", flush=True)',
+  'while not asked: time.sleep(0.02)',
+  'print("PASS" if ep.poll(0) == [] else "FAIL: the epoll reports something", flush=True)',
+].join('\n');
+/** A reader outside the tree blocked on the timerfd at its fd 3: says what it took. */
+const TIMER_READER = 'import os; n = int.from_bytes(os.read(3, 8), "little"); print(f"took {n}", flush=True)';
+const CLOCK_MONOTONIC = 1;
 /** inotify(7): a file was read, written. */
 const IN_ACCESS = 0x1, IN_MODIFY = 0x2;
 
@@ -143,6 +168,41 @@ describe('external descriptors', { skip, timeout: 300_000 }, () => {
       assert.equal(await verify(wl), 'PASS', wl.text());
     } finally {
       for (const fd of [watch, r, w]) closeSync(fd);
+    }
+  });
+
+  it('a fired one-shot epoll item on a timerfd handed in (--inherit-fd) gets no expiry counted: a reader outside the tree takes none', async () => {
+    // Restore disarms such an item again by counting its timerfd one expiry for a moment
+    // (epoll.ts Blips, TFD_IOC_SET_TICKS); a timerfd the caller handed in is shared with
+    // processes outside the tree, and one blocked reading it would take that expiry.
+    const n = native();
+    const tfd = n.timerfdCreate(CLOCK_MONOTONIC, 0);
+    let reader: ChildProcess | undefined;
+    try {
+      n.timerfdSettime(tfd, 0, 0, 1_000_000, 0, 0); // once, in 1 ms
+      const wl = await startWorkload(PYTHON, ['-c', FIRED_TIMER], { extraFd: tfd });
+      const image = join(wl.dir, 'timer.tar');
+      const cp = ferry(['checkpoint', '--pid', String(wl.pid), '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      await wl.exited;
+      await waitFor(`pid ${wl.pid} to be free`, () => !alive(wl.pid));
+      let took = '';
+      // Real-time (SCHED_FIFO): woken, it runs at once, before restore could take the expiry back.
+      reader = spawn('chrt', ['-f', '50', PYTHON, '-c', TIMER_READER], { stdio: ['ignore', 'pipe', 'ignore', tfd] });
+      reader.stdout!.on('data', (d: Buffer) => { took += d.toString(); });
+      // Blocked in read(2) of its fd 3 (/proc/PID/syscall: the call's number, 0, and its arguments).
+      await waitFor('the reader to block on the timerfd', () => readFileSync(`/proc/${reader!.pid!}/syscall`, 'utf8').startsWith('0 0x3 '));
+      // --inherit-fd takes no anon_inode key: the library's `inherit` does (the restored
+      // process is then this one's child, reaped here).
+      const rs = await restore({ image, config: loadConfig({}), logger: pino({ level: 'silent' }), inherit: { 'anon_inode:[timerfd]': tfd } });
+      for (const p of rs.pids) own(p);
+      await sleep(500);
+      assert.equal(took, '', 'the reader outside took no expiry');
+      assert.equal(await verify(wl), 'PASS', wl.text());
+      native().waitpid(wl.pid);
+    } finally {
+      reader?.kill('SIGKILL');
+      closeSync(tfd);
     }
   });
 

@@ -13,6 +13,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
+import type { TaskRecord } from '../../src/image/records.js';
 import { editImage, json } from '../helpers/images.js';
 import { alive, checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, startWorkload, verify } from '../helpers/processes.js';
 
@@ -170,6 +171,52 @@ describe('removed nodes each held by several open files, in two processes', { sk
 
   it('--leave-running leaves them as they were', async () => {
     const w = await startWorkload(GONETWICE, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('removed directories each held more than once, by processes that share no fs struct', { skip, timeout: 180_000 }, () => {
+  const DIRTWICE = join(WORKLOADS, 'dirtwice');
+
+  it('come back as one directory each: working directories of two processes, and one held open twice besides; twice; no name is left', async () => {
+    const w = await startWorkload(DIRTWICE, ['DIR']);
+    const image = join(w.dir, 'dirtwice.tar');
+    const tree = ownTree(w);
+    for (let i = 0; i < 2; i++) {
+      await cycleThrough(w, image, i, [], { tree });
+      assert.deepEqual(readdirSync(w.dir).filter((n) => /^(gone|two)|ferry/.test(n)), [], 'the names made for the restore are gone');
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an image whose holders of one removed directory say different ones is refused in one line before anything is made', async () => {
+    const w = await startWorkload(DIRTWICE, ['DIR']);
+    const image = join(w.dir, 'dirtwice.tar');
+    const pids = await checkpointTreeFreed(w, image);
+    const refused = async (name: string, edits: Parameters<typeof editImage>[2], want: RegExp): Promise<void> => {
+      const edited = join(w.dir, name);
+      await editImage(image, edited, { 'files.json': json(() => undefined), ...edits });
+      const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+      assert.equal(rs.code, 1, rs.stderr);
+      assert.match(rs.stderr, new RegExp(`^ferry restore: image ${edited}: ${want.source}`));
+      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+      assert.ok(pids.every((p) => !alive(p)), 'no process made');
+      assert.deepEqual(readdirSync(w.dir).filter((n) => /^(gone|two)|ferry/.test(n)), [], 'no directory made');
+    };
+    // Two open files of DIR/gone, one with another mode.
+    await refused('files.tar', { 'files.json': json<{ files: Array<{ directory?: boolean; removed?: { mode: number } }> }>((v) => {
+      v.files.find((f) => f.directory === true && f.removed !== undefined)!.removed!.mode = 0o700;
+    }) }, /files \d+ and \d+ hold one removed node \(\d+:\d+\) but say different ones \(directory ".*\/gone", mode (750|700) owner 12:34; directory ".*\/gone", mode (750|700) owner 12:34\): refused/);
+    // The parent's working directory, with another owner than its open files of it and the first child's working directory.
+    await refused('cwd.tar', { [`tasks/${w.pid}/task.json`]: json<TaskRecord>((t) => { t.cwdDeleted!.uid = 0; }) },
+      /pids \d+ and \d+ have the same removed working directory \(device \d+, inode \d+\) with another path, mode or owner/);
+  });
+
+  it('--leave-running leaves them as they were', async () => {
+    const w = await startWorkload(DIRTWICE, ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
