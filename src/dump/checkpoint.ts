@@ -41,7 +41,7 @@ import { Tracee } from '../task/tracee.js';
 import { FERRY_VERSION } from '../version.js';
 import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
-import { shareAcrossBranches } from './cow-branches.js';
+import { inheritThroughRelays, shareAcrossBranches } from './cow-branches.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers, readAioRings, shareAmongSiblings } from './memory.js';
 import { holdAddressSpaces } from './memory-hold.js';
 import type { LockRecord } from '../files/locks.js';
@@ -259,8 +259,9 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
 /**
  * Pages only siblings still share copy-on-write (their parent wrote its own since the fork)
  * are stored once, by the first of them (memory.ts shareAmongSiblings, image/cow.ts); then
- * those shared across branches of the tree (cousins…), lent through their common ancestor
- * (cow-branches.ts). Not for a process restore forks from a sibling (`ownPages`,
+ * those shared across branches of the tree (cousins…), lent through their common ancestor,
+ * and those a process shares with an ancestor whose pages reach it through processes that
+ * unmapped the area (cow-branches.ts). Not for a process restore forks from a sibling (`ownPages`,
  * image/sharing.ts): it inherits nothing.
  */
 function shareSiblingPages(dumped: readonly DumpedTask[], ownPages: ReadonlySet<number>): void {
@@ -281,8 +282,10 @@ function shareSiblingPages(dumped: readonly DumpedTask[], ownPages: ReadonlySet<
       d.task.pagesBytes = d.memory.pagesBytes;
     }
   }
-  // Then those processes in different branches share, lent through their common ancestor.
-  for (const pid of shareAcrossBranches(dumped.map((d) => ({ pid: d.task.pid, ppid: d.task.ppid, plan: d.memory, ownPages: ownPages.has(d.task.pid) })))) {
+  // Then those processes in different branches share, lent through their common ancestor;
+  // last those a process shares with an ancestor further up than its parent.
+  const planned = dumped.map((d) => ({ pid: d.task.pid, ppid: d.task.ppid, plan: d.memory, ownPages: ownPages.has(d.task.pid) }));
+  for (const pid of [...shareAcrossBranches(planned), ...inheritThroughRelays(planned)]) {
     const d = byPid.get(pid)!;
     d.task.pagesBytes = d.memory.pagesBytes;
   }

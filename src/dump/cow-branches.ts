@@ -8,11 +8,14 @@
  *
  * Runs after shareAmongSiblings (dump/memory.ts), on what it left stored: a page siblings
  * share is theirs already, and an area that lends through one process lends through no other.
+ * Last, inheritThroughRelays: a page a process shares with the process its area comes from
+ * further up (a grandparent whose child unmapped the area; siblings lending through it).
  */
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { inheritable, lendableUnmapped, MAX_LENT_THROUGH, pageSet } from '../image/cow.js';
 import type { VmaRecord } from '../image/records.js';
-import { applyMatch, lendsThrough, matchFrames, repack, unmappedAreas, type MemoryPlan } from './memory.js';
+import { sharedFrames } from '../proc/pagemap.js';
+import { applyMatch, lendsThrough, matchFrames, pagemapOf, repack, unmappedAreas, type MemoryPlan } from './memory.js';
 
 /** A planned live process of the tree, for shareAcrossBranches (all stopped). */
 export interface PlannedProcess {
@@ -163,6 +166,136 @@ export function shareAcrossBranches(tree: readonly PlannedProcess[]): number[] {
     }
   }
   // The areas' stored pages stay back to back in the pages entry.
+  for (const p of tree) if (changed.has(p.pid)) repack(p.plan);
+  return [...changed];
+}
+
+/**
+ * Pages a process shares with the process its area would come from at restore further up
+ * than its parent (image/cow.ts): its parent maps nothing over the area (it unmapped it after
+ * forking it), so planMemory compared it with nobody. Restore's walk (restore/cow.ts
+ * checkInherited) goes up from the parent through processes that map nothing over the area,
+ * hold nothing for lenders there and relay no other area over it, none forked by or forking
+ * a sibling (`ownPages`), to the first that maps an area at that start or holds one for
+ * lenders: the top. At its children's fork the top holds in that area the pages lent through
+ * it (the lender's frame) and, where none is, its own (stored or inherited: its frame). A
+ * stored page of the process (not one it lends) with that frame is inherited instead (`cow`),
+ * each process on the way relaying the area (restore/cow.ts CowPlan.relayed): a grandparent
+ * and its grandchild, or siblings' lent page and their sibling's child, come back one frame.
+ * Only where the top's area is the same private mapping (`inheritable`, and `lendsThrough` when
+ * it is the top's own). Runs last, on the records the other passes left, in tree order (a
+ * relay added here counts for those after). Updates the plans' `pagesOffset` and `pagesBytes`;
+ * returns the pids whose plan changed.
+ */
+export function inheritThroughRelays(tree: readonly PlannedProcess[]): number[] {
+  const byPid = new Map(tree.map((p) => [p.pid, p]));
+  const at = new Map(tree.map((p) => [p.pid, new Map(p.plan.vmas.map((v) => [v.start, v]))]));
+  /** The areas lending through each process, by start, in tree order (their `lentThrough` holder). */
+  const lenders = new Map<number, Map<string, Array<{ p: PlannedProcess; v: VmaRecord }>>>();
+  for (const p of tree) {
+    for (const v of p.plan.vmas) {
+      if ((v.lent?.length ?? 0) === 0) continue;
+      let h: PlannedProcess | undefined = byPid.get(p.ppid);
+      for (let up = v.lentThrough ?? 1; up > 1 && h !== undefined; up--) h = byPid.get(h.ppid);
+      if (h === undefined) continue;
+      let areas = lenders.get(h.pid);
+      if (!areas) lenders.set(h.pid, (areas = new Map()));
+      const list = areas.get(v.start);
+      if (list) list.push({ p, v });
+      else areas.set(v.start, [{ p, v }]);
+    }
+  }
+  /** The areas each process relays, by start. */
+  const relays = new Map<number, Map<string, Range>>();
+  /** Whether `x` holds a temporary area for lenders, or relays one, over `r` at another start than `start`. */
+  const holdsOver = (x: PlannedProcess, start: string, r: Range): boolean => {
+    for (const [s, list] of lenders.get(x.pid) ?? []) {
+      if (s !== start && !at.get(x.pid)!.has(s) && overlap(rangeOf(list[0]!.v), r)) return true;
+    }
+    for (const [s, range] of relays.get(x.pid) ?? []) if (s !== start && overlap(range, r)) return true;
+    return false;
+  };
+  /** Restore's walk for `p`'s area `v`: the top and the processes between, or undefined where it would refuse. */
+  const walk = (p: PlannedProcess, v: VmaRecord): { top: PlannedProcess; chain: PlannedProcess[] } | undefined => {
+    const r = rangeOf(v);
+    const chain: PlannedProcess[] = [];
+    for (let x = byPid.get(p.ppid); x !== undefined; x = byPid.get(x.ppid)) {
+      if (at.get(x.pid)!.has(v.start) || lenders.get(x.pid)?.has(v.start) === true) return { top: x, chain };
+      if (mapsOver(x.plan.vmas, r) || x.ownPages || holdsOver(x, v.start, r)) return undefined;
+      chain.push(x);
+      if (chain.length >= MAX_LENT_THROUGH) return undefined;
+    }
+    return undefined;
+  };
+  const relay = (chain: readonly PlannedProcess[], v: VmaRecord): void => {
+    for (const x of chain) {
+      let mine = relays.get(x.pid);
+      if (!mine) relays.set(x.pid, (mine = new Map()));
+      mine.set(v.start, rangeOf(v));
+    }
+  };
+  // The relays the other passes made: every area with pages from above whose parent maps nothing there.
+  for (const p of tree) {
+    for (const v of p.plan.vmas) {
+      if ((v.cow?.length ?? 0) + (v.lent?.length ?? 0) === 0 || at.get(p.ppid)?.has(v.start) !== false) continue;
+      const found = walk(p, v);
+      if (found) relay(found.chain, v);
+    }
+  }
+  /** The frame the top holds at each page of its area at `start` when its children are forked (0: none), made once. */
+  const framesAt = new Map<string, Float64Array | undefined>();
+  const topFrames = (top: PlannedProcess, area: VmaRecord, npages: number, first: number): Float64Array | undefined => {
+    const key = `${top.pid}:${area.start}`;
+    if (framesAt.has(key)) return framesAt.get(key);
+    let out: Float64Array | undefined;
+    const own = at.get(top.pid)!.get(area.start);
+    const buffer = Buffer.allocUnsafe(npages * 8);
+    if (own) {
+      const entries = pagemapOf({ pid: top.pid, v: own, pagemaps: top.plan.pagemaps }, npages, first, buffer);
+      if (entries) {
+        out = sharedFrames(entries);
+        const has = pageSet(npages, own.runs, own.cow ?? []);
+        for (let i = 0; i < npages; i++) if (!has[i]) out[i] = 0;
+      }
+    }
+    for (const { p, v } of lenders.get(top.pid)?.get(area.start) ?? []) {
+      const entries = pagemapOf({ pid: p.pid, v, pagemaps: p.plan.pagemaps }, npages, first, buffer);
+      if (!entries) continue;
+      const theirs = sharedFrames(entries);
+      out ??= new Float64Array(npages);
+      for (const [page, count] of v.lent!) for (let i = page; i < page + count; i++) out[i] = theirs[i]!;
+    }
+    framesAt.set(key, out);
+    return out;
+  };
+  const changed = new Set<number>();
+  for (const p of tree) {
+    if (p.ownPages) continue;
+    const parentAt = at.get(p.ppid);
+    if (!parentAt) continue;
+    for (const v of p.plan.vmas) {
+      if (v.runs.length === 0 || parentAt.has(v.start) || v.shared || (v.kind !== 'anon' && v.kind !== 'file')) continue;
+      const found = walk(p, v);
+      if (!found) continue;
+      const { top, chain } = found;
+      const own = at.get(top.pid)!.get(v.start);
+      const from = own ?? lenders.get(top.pid)!.get(v.start)![0]!.v;
+      if (!inheritable(from, v) || (own !== undefined && !lendsThrough(own))) continue;
+      const npages = Number((BigInt(v.end) - BigInt(v.start)) / BigInt(PAGE_SIZE));
+      const first = Number(BigInt(v.start) / BigInt(PAGE_SIZE));
+      const theirs = topFrames(top, from, npages, first);
+      const entries = theirs && pagemapOf({ pid: p.pid, v, pagemaps: p.plan.pagemaps }, npages, first, Buffer.allocUnsafe(npages * 8));
+      if (!theirs || !entries) continue;
+      const mine = sharedFrames(entries);
+      const stored = pageSet(npages, v.runs);
+      for (const [page, count] of v.lent ?? []) stored.fill(0, page, page + count);
+      const moved = new Uint8Array(npages);
+      for (let i = 0; i < npages; i++) if (stored[i] && mine[i] !== 0 && mine[i] === theirs[i]) moved[i] = 1;
+      if (!applyMatch(v, npages, new Uint8Array(npages), moved)) continue;
+      relay(chain, v);
+      changed.add(p.pid);
+    }
+  }
   for (const p of tree) if (changed.has(p.pid)) repack(p.plan);
   return [...changed];
 }

@@ -775,6 +775,21 @@ export interface FrameSharer {
 }
 
 /**
+ * The pagemap entries of a sharer's area (`npages` pages from page number `first`):
+ * planMemory's where it kept them, else read now into `buffer` (undefined: a short read).
+ */
+export function pagemapOf({ pid, v, pagemaps }: FrameSharer, npages: number, first: number, buffer: Buffer): Buffer | undefined {
+  const kept = pagemaps?.get(v.start);
+  if (kept?.length === npages * 8) return kept;
+  const fd = openSync(`/proc/${pid}/pagemap`, 'r');
+  try {
+    return readSync(fd, buffer, 0, npages * 8, first * 8) === npages * 8 ? buffer.subarray(0, npages * 8) : undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
  * Matches the stored pages of one area (`npages` pages from page number `first`) the sharers
  * hold by their page frame (pagemap, root only; a page mapped by one process only has none):
  * one frame per page, picked by the first sharer (in the order given) that shares its page
@@ -788,19 +803,11 @@ export function matchFrames(npages: number, first: number, excluded: Uint8Array,
   const lent = sharers.map(() => new Uint8Array(npages));
   const moved = sharers.map(() => new Uint8Array(npages));
   let buffer: Buffer | undefined;
-  sharers.forEach(({ pid, v, pagemaps }, k) => {
-    let entries = pagemaps?.get(v.start);
-    if (entries?.length !== npages * 8) {
-      entries = buffer ??= Buffer.allocUnsafe(npages * 8);
-      const fd = openSync(`/proc/${pid}/pagemap`, 'r');
-      try {
-        if (readSync(fd, entries, 0, entries.length, first * 8) !== entries.length) return;
-      } finally {
-        closeSync(fd);
-      }
-    }
+  sharers.forEach((s, k) => {
+    const entries = pagemapOf(s, npages, first, buffer ??= Buffer.allocUnsafe(npages * 8));
+    if (!entries) return;
     const frames = sharedFrames(entries);
-    const stored = pageSet(npages, v.runs);
+    const stored = pageSet(npages, s.v.runs);
     for (let i = 0; i < npages; i++) {
       const f = frames[i]!;
       if (f === 0 || !stored[i] || excluded[i]) continue;

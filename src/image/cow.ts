@@ -27,10 +27,14 @@
  * the others record it as `cow`. Restore writes the lent pages into the ancestor's area (its
  * own, or a temporary one as above) before it forks its children; each process between,
  * forked from its parent, keeps the area fork() gave it only until it has forked its own
- * children, and unmaps it then (restore/cow.ts CowPlan.relayed). Not matched: a page a
- * process shares with its grandchild only (the process between unmapped it) stays stored by
- * both; a page two siblings (their parent having unmapped it) and a cousin of theirs share is
- * lent among the siblings and stored again by the cousin.
+ * children, and unmaps it then (restore/cow.ts CowPlan.relayed). A process whose parent maps
+ * nothing over an area (it unmapped it after forking the process) may inherit it the same way
+ * from the ancestor restore finds up that walk, with no lender: a page it shares with its
+ * grandparent, or with siblings lending through their parent (its own parent's parent), is
+ * `cow` (dump/cow-branches.ts inheritThroughRelays). Not matched: a page two siblings (their
+ * parent having unmapped it) and a cousin of theirs share is lent among the siblings and
+ * stored again by the cousin (the siblings lend through their parent, whose area the cousin's
+ * branch never passes through; docs/architecture.md).
  */
 import type { VmaRecord } from './records.js';
 

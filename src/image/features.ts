@@ -126,10 +126,24 @@ export const FEATURES: readonly Feature[] = [
   },
   {
     name: 'lent-through-ancestor',
-    what: 'pages lent through a process further up than the parent (task.json vmas[].lentThrough)',
-    uses: ({ tasks }) => tasks.some((t) => t.vmas.some((v) => v.lentThrough !== undefined)),
+    what: 'pages lent through or inherited from a process further up than the parent (task.json vmas[].lentThrough, or vmas[].cow where the parent maps nothing)',
+    uses: ({ tree, tasks }) => tasks.some((t) => t.vmas.some((v) => v.lentThrough !== undefined)) || relayedCow(tree, tasks),
   },
 ];
+
+/**
+ * Whether a process inherits pages (`cow`) through a parent that maps nothing at that area
+ * and holds nothing there for lenders (image/cow.ts: from an ancestor further up, the parent
+ * relaying it). A reader from before `lentThrough` would refuse it as an edited image.
+ */
+function relayedCow(tree: TreeRecord, tasks: readonly TaskRecord[]): boolean {
+  const ppid = new Map(tree.processes.map((p) => [p.pid, p.ppid]));
+  const starts = new Map(tasks.map((t) => [t.pid, new Set(t.vmas.map((v) => v.start))]));
+  /** `${holder}:${start}` of every area lent through its parent (no `lentThrough`: those count above). */
+  const held = new Set(tasks.flatMap((t) => t.vmas.filter((v) => (v.lent?.length ?? 0) > 0).map((v) => `${ppid.get(t.pid)}:${v.start}`)));
+  return tasks.some((t) => t.vmas.some((v) => (v.cow?.length ?? 0) > 0
+    && starts.get(ppid.get(t.pid)!)?.has(v.start) === false && !held.has(`${ppid.get(t.pid)}:${v.start}`)));
+}
 
 /** The names this ferry knows. */
 export const KNOWN_FEATURES: ReadonlySet<string> = new Set(FEATURES.map((f) => f.name));

@@ -15,7 +15,8 @@
  * its children are forked. Where it maps nothing at all any more (it unmapped the area after
  * forking them), it holds a temporary area there, the lenders' mapping, only while its
  * children are forked (CowPlan.temporary, lendPages). Each process between it and the ones
- * that inherit the area further down maps nothing there: it is forked from its parent too,
+ * that inherit the area further down (lent pages, or its own: a grandchild whose parent
+ * unmapped the area) maps nothing there: it is forked from its parent too,
  * keeps the area fork() gave it (CowPlan.relayed) only until it has forked its own children,
  * and unmaps it then. Every layout after is exactly the process's own.
  */
@@ -187,6 +188,8 @@ export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): 
   };
   /** The areas each relay passes on, by start: the process its chain starts at (CowPlan.relayed). */
   const relays = new Map<number, Map<string, number>>();
+  /** The process each relayed area (`pid:index`) comes from, for the refusals below. */
+  const relayedFrom = new Map<string, number>();
   // Where each inheriting or lending area comes from: up from the parent, through every
   // process that maps nothing over it and holds nothing there, to the first that maps it or
   // holds it for lenders. A lender's must be the one it lends through.
@@ -225,6 +228,7 @@ export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): 
         refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through the process ${v.lentThrough ?? 1} generations up, `
           + `but the area comes from pid ${top!.pid}, ${chain.length + 1} up`);
       }
+      if (chain.length > 0) relayedFrom.set(`${task.pid}:${i}`, top!.pid);
       for (const r of chain) {
         let mine = relays.get(r.pid);
         if (!mine) relays.set(r.pid, (mine = new Map()));
@@ -269,15 +273,17 @@ export function checkInherited(tree: TreeRecord, tasks: readonly TaskRecord[]): 
         refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) lends pages (lent) through an area its parent `
           + `${parent.pid} does not map the same way, or through no live parent listed before it`);
       }
+      // Where the area comes from: the parent, or an ancestor it relays (named so).
+      const top = relayedFrom.get(`${task.pid}:${i}`);
+      const source = top === undefined ? `its parent ${parent.pid}` : `pid ${top} (through its parent ${parent.pid}, which maps nothing there)`;
       if (!from || !inheritable(from, v)) {
         refuse(task.pid, `pid ${task.pid} vmas[${i}] (${v.start}-${v.end}) inherits pages (cow) from an area `
-          + `its parent ${parent.pid} does not map the same way`);
+          + `${source} does not map the same way`);
       }
       const present = merged(from!.runs, from!.cow ?? []);
       for (const [first, count] of v.cow ?? []) {
         if (!covered(present, first, first + count)) {
-          refuse(task.pid, `pid ${task.pid} vmas[${i}] inherits pages ${first}-${first + count - 1} (cow) that its parent `
-            + `${parent.pid} has not all in the same area`);
+          refuse(task.pid, `pid ${task.pid} vmas[${i}] inherits pages ${first}-${first + count - 1} (cow) that ${source} has not all in the same area`);
         }
       }
     }

@@ -2,7 +2,8 @@
  * Copy-on-write pages after fork, the pure logic (src/image/cow.ts, src/proc/pagemap.ts,
  * src/restore/cow.ts, src/restore/validate.ts): which areas a child can inherit, which pages
  * pagemap shows shared, what a kept area drops, which pages siblings lend through their parent,
- * which pages cousins lend through their common ancestor and who relays them, and the refusals of edited `cow` and `lent` runs, each one line naming the pid and area. The real thing runs in test/integration/cow.test.ts.
+ * which pages cousins lend through their common ancestor and who relays them, which pages a
+ * process inherits from an ancestor through a parent that unmapped them, and the refusals of edited `cow` and `lent` runs, each one line naming the pid and area. The real thing runs in test/integration/cow.test.ts.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -11,6 +12,7 @@ import { inheritable, pageSet, runsOf } from '../../src/image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../../src/image/records.js';
 import { sharedAnonPages, sharedFrames, sharedWithParent } from '../../src/proc/pagemap.js';
 import { checkInherited, pagesToDrop, storedParts } from '../../src/restore/cow.js';
+import { inheritThroughRelays, type PlannedProcess } from '../../src/dump/cow-branches.js';
 
 const area = (over: Partial<VmaRecord> = {}): VmaRecord => ({
   start: '0x10000', end: '0x20000', prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0, ...over,
@@ -187,6 +189,13 @@ describe('copy-on-write after fork: pure logic', () => {
       assert.deepEqual(plan.relayed(12).map((v) => v.start), ['0x40000']);
       assert.deepEqual(plan.relayed(11), []);
     });
+    it('a grandchild inheriting from the root through its parent, which maps nothing there: the parent relays', () => {
+      const plan = checkInherited(tree, [root, mid(11), mid(12), mid(13), task(14, [area({ start: '0x10000', end: '0x20000', runs: [[0, 1]], cow: [[1, 7]] })])]);
+      assert.ok(plan.late(14) && plan.late(12) && !plan.late(11));
+      assert.deepEqual(plan.relayed(12).map((v) => [v.start, v.runs]), [['0x10000', [[0, 8]]]]);
+      refused([root, mid(11), mid(12), mid(13), task(14, [area({ start: '0x10000', end: '0x20000', cow: [[1, 8]] })])],
+        /pid 14 vmas\[0\] inherits pages 1-8 \(cow\) that pid 10 \(through its parent 12, which maps nothing there\) has not all in the same area/);
+    });
     it('refused: lent further up than the tree goes, through a process mapping the area, or over a relay\'s own area', () => {
       refused([root, mid(11), mid(12), task(13, [area({ ...away, runs: [[0, 8]], lent: [[1, 6]], lentThrough: 4 })])],
         /pid 13 vmas\[0\] lends pages \(lent\) through an ancestor 4 generations up, which tree.json has not/);
@@ -200,10 +209,45 @@ describe('copy-on-write after fork: pure logic', () => {
         /pid 13 vmas\[0\] \(0x40000-0x48000\) lends pages through pid 11, which maps something else over that area/);
       // Pages the ancestor's area has not, through the relay.
       refused([root, mid(11), mid(12), lender, task(14, [area({ ...away, cow: [[0, 2]] })])],
-        /pid 14 vmas\[0\] inherits pages 0-1 \(cow\) that its parent 12 has not all in the same area/);
+        /pid 14 vmas\[0\] inherits pages 0-1 \(cow\) that pid 10 \(through its parent 12, which maps nothing there\) has not all in the same area/);
       // A relay holding another area over this one for its own children.
       const other = task(15, [area({ start: '0x44000', end: '0x50000', runs: [[0, 2]], lent: [[0, 1]] })]);
       refused([root, mid(11), mid(12), lender, borrower, other], /pid 11 would hold areas at 0x40000 and 0x44000 that overlap for its descendants/);
+    });
+  });
+
+  describe('pages a process shares with an ancestor further up than its parent (dump/cow-branches.ts inheritThroughRelays)', () => {
+    const away = { start: '0x40000', end: '0x48000' };
+    /** A planned process whose area `v` has these page frames (pagemap, 0n: not present). */
+    const planned = (pid: number, ppid: number, vmas: VmaRecord[], frames: bigint[] = [], ownPages = false): PlannedProcess => ({
+      pid, ppid, ownPages,
+      plan: {
+        vmas, pagesBytes: vmas.reduce((n, v) => n + v.runs.reduce((k, [, c]) => k + c * 4096, 0), 0),
+        pagemaps: new Map(vmas.filter((v) => v.start === away.start).map((v) => [v.start, pagemap(frames.map((f): [boolean, boolean, boolean, bigint] => [f !== 0n, false, false, f]))])),
+      },
+    });
+    const frames = (...f: number[]): bigint[] => f.map(BigInt);
+
+    it('a grandchild inherits the pages it shares with its grandparent, its parent having unmapped them', () => {
+      const top = planned(10, 1, [area({ ...away, runs: [[0, 8]] })], frames(100, 101, 102, 103, 104, 105, 106, 107));
+      const grandchild = planned(12, 11, [area({ start: '0x10000', runs: [[0, 1]] }), area({ ...away, runs: [[0, 8]], pagesOffset: 4096 })], frames(100, 101, 102, 999, 104, 105, 106, 107));
+      assert.deepEqual(inheritThroughRelays([top, planned(11, 10, []), grandchild]), [12]);
+      const v = grandchild.plan.vmas[1]!;
+      assert.deepEqual([v.runs, v.cow, v.lent], [[[3, 1]], [[0, 3], [4, 4]], undefined]);
+      assert.equal(grandchild.plan.pagesBytes, 2 * 4096, 'repacked');
+      // The walk restore would refuse: a parent forked by a sibling, or mapping something over the area.
+      for (const between of [planned(11, 10, [], [], true), planned(11, 10, [area({ start: '0x44000', end: '0x45000' })])]) {
+        const again = planned(12, 11, [area({ ...away, runs: [[0, 8]] })], frames(100, 101, 102, 999, 104, 105, 106, 107));
+        assert.deepEqual(inheritThroughRelays([top, between, again]), []);
+      }
+    });
+
+    it('siblings\' lent pages and their sibling\'s child: it inherits them through the root\'s temporary area', () => {
+      const lender = planned(11, 10, [area({ ...away, runs: [[0, 8]], lent: [[0, 8]] })], frames(200, 201, 202, 203, 204, 205, 206, 207));
+      const borrower = planned(12, 10, [area({ ...away, cow: [[0, 8]] })]);
+      const nephew = planned(14, 13, [area({ ...away, runs: [[0, 8]] })], frames(200, 201, 202, 203, 300, 0, 206, 207));
+      assert.deepEqual(inheritThroughRelays([planned(10, 1, []), lender, borrower, planned(13, 10, []), nephew]), [14]);
+      assert.deepEqual([nephew.plan.vmas[0]!.runs, nephew.plan.vmas[0]!.cow], [[[4, 2]], [[0, 4], [6, 2]]]);
     });
   });
 });

@@ -758,6 +758,16 @@ describe('manifest', { timeout: 30_000 }, () => {
     assert.deepEqual(requiredFeatures(probe({ tasks: [held], files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })), []);
     // A group led from outside the tree (not a session it leads) is no leaderless group.
     assert.deepEqual(requiredFeatures(probe({ tree: { root: 10, processes: [{ pid: 10, ppid: 1, pgid: 5, sid: 5, zombie: null }] } as TreeRecord })), []);
+    // Pages inherited through a parent that maps nothing there (from the grandparent, the
+    // parent relaying them) need lent-through-ancestor too; through a parent holding the area
+    // for its children's lent pages (siblings), or from a parent mapping it, nothing.
+    const at = (pid: number, vmas: Array<Record<string, unknown>>): TaskRecord => task({ pid, vmas: vmas.map((v) => ({ start: '0x1000', vmflags: ['ac'], ...v })) });
+    const line = (...ppids: Array<[number, number]>): TreeRecord =>
+      ({ root: 10, processes: ppids.map(([pid, ppid]) => ({ pid, ppid, pgid: 10, sid: 10, zombie: null })) }) as TreeRecord;
+    assert.deepEqual(requiredFeatures(probe({ tree: line([10, 1], [11, 10], [12, 11]), tasks: [at(10, [{}]), at(11, []), at(12, [{ cow: [[0, 1]] }])] })),
+      ['lent-through-ancestor']);
+    assert.deepEqual(requiredFeatures(probe({ tree: line([10, 1], [11, 10], [12, 10]), tasks: [at(10, []), at(11, [{ lent: [[0, 1]] }]), at(12, [{ cow: [[0, 1]] }])] })), []);
+    assert.deepEqual(requiredFeatures(probe({ tree: line([10, 1], [11, 10]), tasks: [at(10, [{}]), at(11, [{ cow: [[0, 1]] }])] })), []);
   });
 
   it('refuses another arch, missing CPU features, and another kernel build for an image without its vDSO', () => {
