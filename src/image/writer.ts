@@ -50,8 +50,10 @@ export interface ImageEntry {
   /** Exact size in bytes, known before any data is produced. */
   size: number;
   /**
-   * Produces exactly `size` bytes through `sink`. May be called twice. A chunk may be reused
-   * once its sink promise resolved; several sink calls may be outstanding (order is kept).
+   * Produces exactly `size` bytes through `sink`. May be called twice (a stream: once to hash,
+   * once to write; a `paged` entry given `held` once only, unless it produced more than the
+   * first pass keeps: KeptOutput). A chunk may be reused once its sink promise resolved;
+   * several sink calls may be outstanding (order is kept).
    * `held`, given only for a `paged` entry of an image whose reader already holds some pages
    * (WriteOptions.omitHeld): the next pages are not produced but named by their sha256 (32
    * bytes each), which the stream then leaves out; they count toward `size` as if produced.
@@ -226,6 +228,52 @@ class PagedHash {
   digests(): Promise<string[]> {
     this.flush();
     return Promise.resolve(this.sums);
+  }
+}
+
+/**
+ * Bytes a stream's first pass may keep of its `paged` entries, all together (KeptOutput): 32
+ * MiB, eight thousand pages read from a frozen tree whose reader holds the rest; an entry
+ * that would take more keeps nothing, and the second pass produces it again.
+ */
+const KEPT_MAX_BYTES = 32 << 20;
+
+/**
+ * What the first pass of a stream got from a `paged` entry whose held pages it omits (a
+ * pre-copy's frozen image): the few pages read, copied (the producer reuses its buffers), and
+ * the counts of held pages between them, in order. The second pass writes exactly these
+ * instead of running the producer again: the pages it streams are the very bytes the first
+ * pass hashed into the manifest, and the frozen tree is not walked and read twice (the
+ * producer's run lookups, a process_vm_readv(2) per stretch of pages read). `items` is
+ * undefined once the pass would keep more than KEPT_MAX_BYTES (the producer then runs again).
+ */
+class KeptOutput {
+  items: Array<Buffer | number> | undefined = [];
+  private bytes = 0;
+
+  /** `kept`: the bytes every entry of the pass keeps, this one's included. */
+  constructor(private readonly kept: { bytes: number }) {}
+
+  chunk(chunk: Buffer): void {
+    if (this.items === undefined) return;
+    if (this.kept.bytes + chunk.length > KEPT_MAX_BYTES) {
+      this.kept.bytes -= this.bytes;
+      this.items = undefined;
+      return;
+    }
+    this.bytes += chunk.length;
+    this.kept.bytes += chunk.length;
+    const copy = Buffer.allocUnsafe(chunk.length);
+    chunk.copy(copy);
+    this.items.push(copy);
+  }
+
+  held(pages: number): void {
+    if (this.items === undefined) return;
+    const last = this.items.length - 1;
+    const prev = this.items[last];
+    if (typeof prev === 'number') this.items[last] = prev + pages;
+    else this.items.push(pages);
   }
 }
 
@@ -552,19 +600,33 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
   const discard = (): void => target.discard();
   const dropUndo = options.session?.onUndo(`remove ${temp || 'nothing'}`, discard);
   const pool = options.hashPool;
+  /** What the first pass of a stream kept of its `paged` entries, written as it is by the second (KeptOutput). */
+  const replays = new Map<ImageEntry, ReadonlyArray<Buffer | number>>();
   let tData: number | undefined;
   const t0 = performance.now();
   try {
     if (!seekable) {
       // Pass 1: hash everything.
+      const kept = { bytes: 0 };
       for (const [i, e] of entries.entries()) {
         const h = hashFor(e, pool);
         let n = 0;
-        const held = h.kind === 'paged' && options.omitHeld === true
-          ? (digests: Buffer): Promise<void> => { n += (digests.length / 32) * DIGEST_PAGE; return h.h.held(digests); } : undefined;
-        await e.produce(async (chunk) => { options.signal?.throwIfAborted(); n += chunk.length; await h.h.update(chunk); }, held);
+        const out = h.kind === 'paged' && options.omitHeld === true ? new KeptOutput(kept) : undefined;
+        const held = out !== undefined && h.kind === 'paged'
+          ? (digests: Buffer): Promise<void> => {
+            n += (digests.length / 32) * DIGEST_PAGE;
+            out.held(digests.length / 32);
+            return h.h.held(digests);
+          } : undefined;
+        await e.produce(async (chunk) => {
+          options.signal?.throwIfAborted();
+          n += chunk.length;
+          out?.chunk(chunk);
+          await h.h.update(chunk);
+        }, held);
         if (n !== e.size) throw new Error(`entry ${e.name} produced ${n} bytes, expected ${e.size}`);
         await record(manifest.entries[i]!, h);
+        if (out?.items !== undefined) replays.set(e, out.items);
       }
     }
     // Written now: the placeholders (a regular file), else the final manifest and its signature.
@@ -573,7 +635,7 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     // The pool's threads the hashes do not take are the writes' (TarOut).
     const writeSlots = pool?.running === true ? Math.max(1, libuvThreads() - pool.threads) : Infinity;
     const out = new TarOut(fd, seekable, target.direct, total, options.onProgress, writeSlots);
-    const bytes = await writeTar(out, manifest, head, signature, entries, seekable, pool, total, options);
+    const bytes = await writeTar(out, manifest, head, signature, entries, seekable, pool, total, options, replays);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));
       if (final.length !== placeholder.length) throw new Error('manifest length changed while writing');
@@ -631,7 +693,8 @@ function syncDir(dir: string): void {
  * `onProduced` is called once every producer has returned.
  */
 async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature: Buffer | undefined, entries: ImageEntry[],
-  hash: boolean, pool: HashPool | undefined, total: number, options: WriteOptions): Promise<number> {
+  hash: boolean, pool: HashPool | undefined, total: number, options: WriteOptions,
+  replays: ReadonlyMap<ImageEntry, ReadonlyArray<Buffer | number>> = new Map()): Promise<number> {
   const { signal } = options;
   const mtime = new Date(manifest.createdAt);
   // Every header in aligned memory, so that a direct descriptor takes it as it is.
@@ -666,15 +729,15 @@ async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature
       const h = hash ? hashFor(e, pool) : undefined;
       let produced = 0;
       // Held pages leave no bytes in a stream (writeImage hashed them in its first pass).
-      const held = !out.seekable && options.omitHeld === true && e.chunked === true && e.paged === true
-        ? (digests: Buffer): Promise<void> => {
-          const n = (digests.length / 32) * DIGEST_PAGE;
-          if (produced + n > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
-          w.skip(n);
-          produced += n;
-          return Promise.resolve();
-        } : undefined;
-      await e.produce((chunk) => {
+      const omit = !out.seekable && options.omitHeld === true && e.chunked === true && e.paged === true;
+      const skip = (pages: number): Promise<void> => {
+        const n = pages * DIGEST_PAGE;
+        if (produced + n > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
+        w.skip(n);
+        produced += n;
+        return Promise.resolve();
+      };
+      const sink = (chunk: Buffer): Promise<void> => {
         if (out.failure !== undefined) return Promise.reject(out.failure);
         if (signal?.aborted) return Promise.reject(signal.reason);
         if (produced + chunk.length > e.size) return Promise.reject(new Error(`entry ${e.name} produced more than ${e.size} bytes`));
@@ -682,7 +745,22 @@ async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature
         const written = w.put(chunk);
         produced += chunk.length;
         return hashed ? Promise.all([hashed, written]).then(() => undefined) : written;
-      }, held);
+      };
+      const kept = omit ? replays.get(e) : undefined;
+      if (kept !== undefined) {
+        // The first pass's own bytes, in its order: the producer is not run (nor its pages read)
+        // again. All handed over at once (they are in memory already, and TarOut keeps their
+        // order): waiting for each write before the next cost a round trip through the pipe each.
+        const sent: Array<Promise<void>> = [];
+        for (const item of kept) {
+          const p = typeof item === 'number' ? skip(item) : sink(item);
+          p.catch(() => {}); // awaited below; a later one may fail first
+          sent.push(p);
+        }
+        await Promise.all(sent);
+      } else {
+        await e.produce(sink, omit ? (digests) => skip(digests.length / 32) : undefined);
+      }
       if (produced !== e.size) throw new Error(`entry ${e.name} produced ${produced} bytes, expected ${e.size}`);
       writes.push(finish(w, e.size));
       if (h) await record(manifest.entries[i]!, h);

@@ -688,6 +688,59 @@ describe('manifest', { timeout: 30_000 }, () => {
     assert.deepEqual(e.chunks, want);
   });
 
+  it('streams a paged entry\'s pages read as the first pass hashed them, without running its producer again (omitHeld)', async () => {
+    // A producer that reuses one buffer (as memory.ts does) and would produce other bytes if
+    // run again: the stream must carry the bytes the manifest's digests were taken of. Read
+    // pages: one every 7; the rest held. Then the same above the bound of what the first
+    // pass keeps (writer.ts KEPT_MAX_BYTES, 32 MiB): the producer runs again, as before.
+    const run = async (pages: number, read: (i: number) => boolean): Promise<{ calls: number; tail: Buffer; want: Buffer; chunks: string[]; sums: string[] }> => {
+      let calls = 0;
+      const buf = Buffer.alloc(64 * 4096);
+      const fill = (i: number, call: number): Buffer => Buffer.alloc(4096, (i * 7 + call * 101) % 251);
+      const heldSum = (i: number): Buffer => createHash('sha256').update(`page ${i}`).digest();
+      const fifo = join(dir, `kept-${pages}.fifo`);
+      const copy = join(dir, `kept-${pages}.out`);
+      assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+      const reader = spawn('sh', ['-c', 'cat "$1" > "$2"', 'sh', fifo, copy], { stdio: 'ignore' });
+      const drained = new Promise<void>((resolve, reject) => { reader.on('error', reject).on('close', () => resolve()); });
+      const { manifest } = await writeImage(fifo, header, [{
+        name: 'p', size: pages * 4096, chunked: true, paged: true,
+        produce: async (sink, held) => {
+          const call = calls++;
+          for (let i = 0; i < pages;) {
+            let j = i + 1;
+            while (j < pages && j - i < 64 && read(j) === read(i)) j++;
+            if (read(i)) {
+              for (let k = i; k < j; k++) fill(k, call).copy(buf, (k - i) * 4096);
+              await sink(buf.subarray(0, (j - i) * 4096));
+            } else {
+              await held!(Buffer.concat(Array.from({ length: j - i }, (_, k) => heldSum(i + k))));
+            }
+            i = j;
+          }
+        },
+      }], { omitHeld: true });
+      await drained;
+      const out = readFileSync(copy);
+      const readPages = Array.from({ length: pages }, (_, i) => i).filter(read);
+      const want = Buffer.concat(readPages.map((i) => fill(i, 0)));
+      const perChunk = PAGED_CHUNK_BYTES / 4096;
+      const sums = Array.from({ length: Math.ceil(pages / perChunk) }, (_, c) => createHash('sha256').update(Buffer.concat(
+        Array.from({ length: Math.min(perChunk, pages - c * perChunk) }, (_, k) => c * perChunk + k)
+          .map((i) => (read(i) ? createHash('sha256').update(fill(i, 0)).digest() : heldSum(i))))).digest('hex'));
+      // The entry is the last: its bytes (held pages left out, no padding: whole pages) end
+      // before the tar's two zero blocks.
+      return { calls, tail: out.subarray(out.length - 1024 - want.length, out.length - 1024), want, chunks: (manifest.entries[0] as ChunkedEntry).chunks, sums };
+    };
+    const small = await run(2 * (PAGED_CHUNK_BYTES / 4096) + 5, (i) => i % 7 === 0);
+    assert.equal(small.calls, 1, 'the producer runs once');
+    assert.deepEqual(small.chunks, small.sums, 'the manifest\'s digests are of the first pass\'s bytes');
+    assert.ok(small.tail.equals(small.want), 'the stream carries the first pass\'s bytes');
+    const big = await run(33 * 256, (i) => i % 256 !== 0);
+    assert.equal(big.calls, 2, 'above the bound the producer runs again');
+    assert.deepEqual(big.chunks, big.sums);
+  });
+
   it('takes required features it knows (version 7 on), refuses in one line one it does not know', () => {
     assert.equal(FORMAT_VERSION, 7);
     const v7 = (requires: unknown): Record<string, unknown> => ({ ...good(), formatVersion: 7, requires });
