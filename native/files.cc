@@ -123,15 +123,27 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 }
 
 // lseek(fd, offset, whence) -> new offset. Node's fs has no lseek; restore positions files it
-// opened before handing them to a task.
+// opened before handing them to a task. The offset may be a BigInt (the new offset is one
+// then): a directory's position on ext4 and other hashing file systems is a cookie of up to 63
+// bits, beyond a double's exact integers.
 Napi::Value Lseek(const Napi::CallbackInfo& info) {
   int64_t fd, off, whence;
-  if (!ArgInt(info, 0, &fd) || !ArgInt(info, 1, &off) || !ArgInt(info, 2, &whence)) return {};
+  const bool big = info.Length() > 1 && info[1].IsBigInt();
+  if (big) {
+    bool lossless = true;
+    off = info[1].As<Napi::BigInt>().Int64Value(&lossless);
+    if (!lossless) {
+      ThrowType(info.Env(), "argument 1 must fit in 64 bits");
+      return {};
+    }
+  }
+  if (!ArgInt(info, 0, &fd) || (!big && !ArgInt(info, 1, &off)) || !ArgInt(info, 2, &whence)) return {};
   off_t r = lseek(static_cast<int>(fd), static_cast<off_t>(off), static_cast<int>(whence));
   if (r < 0) {
     ThrowErrno(info.Env(), "lseek", errno, "fd " + std::to_string(fd));
     return {};
   }
+  if (big) return Napi::BigInt::New(info.Env(), static_cast<int64_t>(r));
   return Napi::Number::New(info.Env(), static_cast<double>(r));
 }
 

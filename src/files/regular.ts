@@ -31,6 +31,12 @@ const OPEN_ONLY_FLAGS = constants.O_CREAT | constants.O_EXCL | constants.O_TRUNC
  */
 const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | O_NOATIME;
 
+/**
+ * The highest position a record may give (off_t's): a directory's on ext4 and other file systems
+ * that hash their entries is a cookie of up to 63 bits, not a byte count.
+ */
+const MAX_POS = 0x7fffffffffffffffn;
+
 /** The longest symlink text the kernel stores (PATH_MAX, its NUL included). */
 const MAX_TARGET = 4095;
 
@@ -199,8 +205,8 @@ function openRemovedDir(rec: RegularRecord, ctx: OpenContext, root: ConfinedRoot
       }
       return { held, also: taken };
     });
-    const pos = Number(rec.pos);
-    if (pos !== 0 && !oPath) {
+    const pos = BigInt(rec.pos);
+    if (pos !== 0n && !oPath) {
       try {
         n.lseek(fd, pos, 0);
       } catch { /* a position this file system does not take back: read from the start */ }
@@ -314,7 +320,7 @@ export const regular: FileKind<RegularRecord> = {
     // The image is input: every field this module uses must be there, of its type.
     if (typeof rec.path !== 'string' || rec.path === '' || rec.path.includes('\0') || rec.path.length > 4096
       || !Number.isSafeInteger(rec.flags) || rec.flags < 0 || typeof rec.directory !== 'boolean'
-      || typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos) || !Number.isSafeInteger(Number(rec.pos))
+      || typeof rec.pos !== 'string' || !/^\d{1,19}$/.test(rec.pos) || BigInt(rec.pos) > MAX_POS
       || typeof rec.ino !== 'string' || !/^\d{1,20}$/.test(rec.ino)) {
       throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) needs a path, flags, pos, ino and directory`);
     }
@@ -400,8 +406,9 @@ export const regular: FileKind<RegularRecord> = {
     } finally {
       native().closeFd(at);
     }
-    const pos = Number(rec.pos);
-    if (pos !== 0) native().lseek(fd, pos, 0);
+    // A directory's position may be a hash cookie of up to 63 bits (ext4): a BigInt.
+    const pos = BigInt(rec.pos);
+    if (pos !== 0n) native().lseek(fd, pos, 0);
     return fd;
   },
 

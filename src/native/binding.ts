@@ -212,8 +212,12 @@ export interface NativeBinding {
   pidfdGetfd(pidfd: number, fd: number): number;
   /** close(2). */
   closeFd(fd: number): void;
-  /** lseek(2); returns the new offset. */
+  /**
+   * lseek(2); returns the new offset. A BigInt offset (a directory's hash cookie, up to 63 bits)
+   * gives a BigInt back.
+   */
   lseek(fd: number, offset: number, whence: number): number;
+  lseek(fd: number, offset: bigint, whence: number): bigint;
   /**
    * cachestat(2): pages of the file range [offset, offset + length) in the page cache (dirty
    * ones included); -1 when the kernel (before 6.5) or the file system does not tell.
