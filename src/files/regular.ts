@@ -387,6 +387,8 @@ export const regular: FileKind<RegularRecord> = {
       throw cannot(err);
     }
     if ((rec.flags & O_PATH) !== 0) return at;
+    // A directory's position may be a hash cookie of up to 63 bits (ext4): a BigInt.
+    let pos = BigInt(rec.pos);
     let fd: number;
     try {
       const st = fstatSync(at);
@@ -400,14 +402,22 @@ export const regular: FileKind<RegularRecord> = {
         checkUnchanged({ path: rec.path, size: rec.size, mtimeNs: rec.mtimeNs }, `/proc/self/fd/${at}`, `file ${rec.path}`,
           ctx.options, ctx.warn ?? defaultWarn);
       }
+      if (pos !== 0n && rec.directory && fstatSync(at, { bigint: true }).ino !== BigInt(rec.ino)) {
+        // A directory's position is a cookie of that directory (a hash of a name on ext4, an
+        // index on tmpfs): in another one it would skip or repeat entries, silently.
+        const line = `directory ${rec.path} (file ${rec.id} of the image) is not the one checkpointed (inode ${rec.ino} then), and the position it was read to means nothing in another`;
+        if (!ctx.options.allowChangedFiles) {
+          throw new FerryError('ECHANGED', `${line}: put it back as it was, or restore with --allow-changed-files to have it read from the start`, { path: rec.path });
+        }
+        (ctx.warn ?? defaultWarn)(`${line}; it reads from the start (--allow-changed-files)`);
+        pos = 0n;
+      }
       fd = native().openRaw(`/proc/self/fd/${at}`, rec.flags & REOPEN_FLAGS);
     } catch (err) {
       throw cannot(err);
     } finally {
       native().closeFd(at);
     }
-    // A directory's position may be a hash cookie of up to 63 bits (ext4): a BigInt.
-    const pos = BigInt(rec.pos);
     if (pos !== 0n) native().lseek(fd, pos, 0);
     return fd;
   },

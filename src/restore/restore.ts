@@ -158,7 +158,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Nor an audit login uid other than the restorer's (a container keeps the runtime's).
     if (!o.makeRoot) checkAuditTrust(label, tasks, trusted);
     checkRootTrust(label, tasks, trusted); // chroot'ed processes (root-dir.ts)
-    const removedRootPlan = planRemovedRoots(label, tasks, ownFiles); // each removed root (or shared working directory) made once (root-dir.ts)
+    const removedRootPlan = planRemovedRoots(label, tasks, ownFiles, o.makeRoot !== undefined); // each removed root (or shared working directory) made once (root-dir.ts)
     // A /proc file of a thread only where restore can put it (files/install.ts).
     checkThreadFiles(label, files.files, o.makeRoot !== undefined);
     // Pids the files name for restore to act on: bounded, the image's own threads (validate.ts).

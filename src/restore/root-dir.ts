@@ -137,7 +137,7 @@ export interface RemovedRoot {
  * is planned as one too, its processes agreeing on its path, mode and owner and a file of it
  * on its mode and owner; otherwise EIMAGE (an edited image), in one line naming both holders.
  */
-export function planRemovedRoots(image: string, tasks: readonly TaskRecord[], files: readonly FileRecord[] = []): Map<string, RemovedRoot> {
+export function planRemovedRoots(image: string, tasks: readonly TaskRecord[], files: readonly FileRecord[] = [], container = false): Map<string, RemovedRoot> {
   const plan = new Map<string, RemovedRoot>();
   for (const t of tasks) {
     const key = identity(t.rootDeleted);
@@ -227,11 +227,19 @@ export function planRemovedRoots(image: string, tasks: readonly TaskRecord[], fi
     plan.set(k, { path: first.cwd, cwd: true, dir: d, pids: ts.map((t) => t.pid), below: new Map() });
   }
   // A removed root or working directory that an open file holds too is the file's directory
-  // (made by files/regular.ts, RemovedRoots.make takes it): they must say one mode and owner.
+  // (made by files/regular.ts, RemovedRoots.make takes it): they must say one place (the same
+  // path, and in a container's image a file of the container's, not of the host's: the
+  // processes' write checks judged that place), one mode and one owner.
   for (const [k, r] of plan) {
     const f = dirFiles.get(k);
     const fd = f?.removed as RemovedDirRecord | undefined;
     if (fd === undefined || r.below.size > 0) continue;
+    const fileRoot = (f as FileRecord & { root?: unknown }).root;
+    if (f!.path !== r.path || (container && fileRoot !== 'task')) {
+      throw new FerryError('EIMAGE', `image ${image}: file ${f!.id} holds the removed ${r.cwd ? 'working' : 'root'} directory of pid ${r.pids[0]} `
+        + `(device ${r.dir.dev}, inode ${r.dir.ino}) at another place (${JSON.stringify(String(f!.path).slice(0, 256))}${container && fileRoot !== 'task' ? ' on the host' : ''}, `
+        + `${JSON.stringify(r.path.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: r.pids[0]! });
+    }
     if (fd.mode !== r.dir.mode || fd.uid !== r.dir.uid || fd.gid !== r.dir.gid) {
       // Not checked by its kind yet (restore.ts checks the files after this plan): shown bounded.
       const oct = (v: unknown): string => (typeof v === 'number' ? v.toString(8) : String(v).slice(0, 32));

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, PYTHON, WORKLOADS } from '../helpers/env.js';
+import { editImage, json } from '../helpers/images.js';
 import {
   alive, checkPipedRestore, cleanup, ferry, own, procState, shell, sleep, startWorkload, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
@@ -150,7 +151,26 @@ describe('checkpoint and restore of one process', { skip, timeout: 180_000 }, ()
     // The scratch directory is on the root file system (ext4 here), whose directory positions
     // are hashes beyond 2^53: such an image was refused at restore as an invalid record.
     const w = await startWorkload(join(WORKLOADS, 'dirpos'), ['DIR']);
-    await cycle(w, join(w.dir, 'dirpos.tar'));
+    const image = join(w.dir, 'dirpos.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    await waitFor(`pid ${w.pid} to be free`, () => !alive(w.pid));
+    // Another directory at its path (an edited inode stands for it): its position would mean
+    // nothing there, so the restore is refused in one line, nothing made.
+    const other = join(w.dir, 'other.tar');
+    await editImage(image, other, { 'files.json': json<{ files: Array<{ directory?: boolean; path: string; ino: string }> }>((v) => {
+      const d = v.files.find((f) => f.directory === true && f.path.endsWith('/d'))!;
+      d.ino = String(BigInt(d.ino) + 1n);
+    }) });
+    const refused = ferry(['restore', '--image', other, '--max-creds', 'root']);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /^ferry restore: directory .*\/d \(file \d+ of the image\) is not the one checkpointed \(inode \d+ then\), and the position it was read to means nothing in another: .*--allow-changed-files/);
+    assert.equal(refused.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.ok(!alive(w.pid), 'nothing made');
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
     assert.equal(await verify(w), 'PASS', w.text());
   });
 });

@@ -213,6 +213,10 @@ describe('removed directories each held more than once, by processes that share 
     // The parent's working directory, with another owner than its open files of it and the first child's working directory.
     await refused('cwd.tar', { [`tasks/${w.pid}/task.json`]: json<TaskRecord>((t) => { t.cwdDeleted!.uid = 0; }) },
       /pids \d+ and \d+ have the same removed working directory \(device \d+, inode \d+\) with another path, mode or owner/);
+    // Its open files, all moved elsewhere: the working directories would be made where no write check judged them.
+    await refused('place.tar', { 'files.json': json<{ files: Array<{ path: string; directory?: boolean; removed?: unknown }> }>((v) => {
+      for (const f of v.files) if (f.directory === true && f.removed !== undefined && f.path.endsWith('/gone')) f.path = `${f.path.slice(0, -4)}elsewhere`;
+    }) }, /file \d+ holds the removed working directory of pid \d+ \(device \d+, inode \d+\) at another place \(".*\/elsewhere", ".*\/gone"\): refused/);
   });
 
   it('--leave-running leaves them as they were', async () => {
