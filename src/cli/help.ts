@@ -364,6 +364,9 @@ OPTIONS
       error for each). Without it, the restore fails naming the file and what
       changed, before any process is created. A file only appended to (a log
       opened write-only with O_APPEND) may grow meanwhile without this flag.
+      A directory read part of the way that is not the same directory any
+      more (another inode at its path) is refused too; with this flag it is
+      read again from its start.
   --json
       Print the result as one JSON object instead of a sentence:
       {"pid":PID,"pids":[PID],"hostPids":{"PID":HOSTPID},"pagesBytes":N,
