@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { constants } from 'node:os';
 import { join } from 'node:path';
 import { FERRY, WORKLOADS } from './env.js';
 import { spawnIn, type Node } from './nodes.js';
@@ -42,10 +43,11 @@ export function startFerry(args: string[], pause?: string, inNode?: Node): Runni
   let err = '';
   child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
-  const signals: Record<string, number> = { SIGKILL: 9, SIGTERM: 15, SIGINT: 2 };
   const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => {
     started.delete(child);
-    resolve(code ?? 128 + (signals[signal ?? ''] ?? 0));
+    // Killed by a signal: 128 + its number, as a shell says, and its name in the stderr kept.
+    if (code === null && signal !== null) err += `\n[test: ferry ${args[0] ?? ''} killed by ${signal}]`;
+    resolve(code ?? 128 + (signal !== null ? constants.signals[signal] : 0));
   }));
   return { child, stdout: () => out, stderr: () => err, exited };
 }

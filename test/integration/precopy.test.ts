@@ -153,8 +153,8 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     } finally {
       closeSync(fd);
     }
-    assert.equal(await exitOf(mig, 'ferry migrate'), 1);
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
     assert.match(mig.stderr(), /is corrupt: entry tasks\/\d+\/pages\.bin chunk \d+ has sha256/, mig.stderr());
     // Refused before the kill (the original runs on), or after it (restored here from the copy).
     assert.ok(alive(w.pid), 'pid runs on here');
