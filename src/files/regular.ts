@@ -109,11 +109,19 @@ export function checkUnchanged(file: FileIdentity, at: string, what: string,
   if (st.size !== BigInt(file.size)) changes.push(`size ${file.size} → ${st.size} bytes`);
   if (st.mtimeNs !== BigInt(file.mtimeNs)) changes.push(`mtime ${isoNs(BigInt(file.mtimeNs))} → ${isoNs(st.mtimeNs)}`);
   if (changes.length === 0) return;
-  const line = `${what} changed since the checkpoint (${changes.join(', ')})`;
+  changedFile(`${what} changed since the checkpoint (${changes.join(', ')})`, 'to go on with it as it is', 'restoring anyway', options, warn);
+}
+
+/**
+ * A file the image needs that is not as it was (`line`): refused (ECHANGED), or with
+ * --allow-changed-files a warning, `instead` saying what restore does then.
+ */
+function changedFile(line: string, allowed: string, instead: string, options: Pick<FileOptions, 'allowChangedFiles'>,
+  warn: (message: string) => void, path?: string): void {
   if (!options.allowChangedFiles) {
-    throw new FerryError('ECHANGED', `${line}: put the file back as it was, or restore with --allow-changed-files to go on with it as it is`);
+    throw new FerryError('ECHANGED', `${line}: put the file back as it was, or restore with --allow-changed-files ${allowed}`, path !== undefined ? { path } : {});
   }
-  warn(`${line}; restoring anyway (--allow-changed-files)`);
+  warn(`${line}; ${instead} (--allow-changed-files)`);
 }
 
 /**
@@ -405,11 +413,8 @@ export const regular: FileKind<RegularRecord> = {
       if (pos !== 0n && rec.directory && fstatSync(at, { bigint: true }).ino !== BigInt(rec.ino)) {
         // A directory's position is a cookie of that directory (a hash of a name on ext4, an
         // index on tmpfs): in another one it would skip or repeat entries, silently.
-        const line = `directory ${rec.path} (file ${rec.id} of the image) is not the one checkpointed (inode ${rec.ino} then), and the position it was read to means nothing in another`;
-        if (!ctx.options.allowChangedFiles) {
-          throw new FerryError('ECHANGED', `${line}: put it back as it was, or restore with --allow-changed-files to have it read from the start`, { path: rec.path });
-        }
-        (ctx.warn ?? defaultWarn)(`${line}; it reads from the start (--allow-changed-files)`);
+        changedFile(`directory ${rec.path} (file ${rec.id} of the image) is not the one checkpointed (inode ${rec.ino} then), and the position it was read to means nothing in another`,
+          'to have it read from its start', 'it reads from its start', ctx.options, ctx.warn ?? defaultWarn, rec.path);
         pos = 0n;
       }
       fd = native().openRaw(`/proc/self/fd/${at}`, rec.flags & REOPEN_FLAGS);

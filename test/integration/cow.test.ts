@@ -346,6 +346,31 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
     assert.equal(await verify(s.w), 'PASS');
   });
 
+  /** An edit giving a process an area of one page inside the shared area (one page after its start). */
+  const mapsOneMorePage = (s: Shape) => (t: TaskRecord): void => {
+    const start = s.area + 0x1000n;
+    t.vmas.push({ start: `0x${start.toString(16)}`, end: `0x${(start + 0x1000n).toString(16)}`, prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0 });
+    t.vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
+  };
+
+  /**
+   * Restores `image` with each case's edit of one process's task.json: each refused in one line
+   * matching its message, no process made, no stub left.
+   */
+  async function refusedEach(s: Shape, image: string, cases: ReadonlyArray<[string, number, (t: TaskRecord) => void, RegExp]>): Promise<void> {
+    for (const [what, pid, change, message] of cases) {
+      const edited = join(s.w.dir, `edited-${what.replace(/\W+/g, '-')}.tar`);
+      await editImage(image, edited, [[`tasks/${pid}/task.json`, json<TaskRecord>(change)]]);
+      const before = stubs({ zombies: true });
+      const rs = ferry(['restore', '--image', edited]);
+      assert.equal(rs.code, 1, `${what}: ${rs.stderr}`);
+      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, `${what}: one line`);
+      assert.match(rs.stderr, message, what);
+      assert.ok(!s.pids.some(alive), `${what}: no process made`);
+      assert.deepEqual(stubs({ zombies: true }), before, `${what}: no stub left`);
+    }
+  }
+
   /**
    * `image` (cousins, nephew) edited so that the pages are lent through the lender's parent, or
    * through the root's parent, or a process between maps something over the area: each restore
@@ -373,23 +398,9 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
       }, /pid \d+ vmas\[\d+\] \(0x[0-9a-f]+-0x[0-9a-f]+\) (inherits|lends) pages (\(lent\) )?through /],
       ['lent through the root\'s parent', lender.pid, (t) => { at(t).lentThrough = upOf(t) + 1; },
         new RegExp(`pid ${lender.pid} vmas\\[\\d+\\] \\(${area}-0x[0-9a-f]+\\) lends pages through pid ${s.w.pid}, which maps nothing there, from its parent \\d+, which is not a live process of the image listed before it`)],
-      ['a process between maps something there', between.pid, (t) => {
-        const start = s.area + 0x1000n;
-        t.vmas.push({ start: `0x${start.toString(16)}`, end: `0x${(start + 0x1000n).toString(16)}`, prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0 });
-        t.vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
-      }, /pid \d+ vmas\[\d+\] \(0x[0-9a-f]+-0x[0-9a-f]+\) (inherits pages \(cow\) from an area its parent \d+ does not map the same way|(lends|inherits) pages through pid \d+, which maps something else over that area)/],
+      ['a process between maps something there', between.pid, mapsOneMorePage(s), /pid \d+ vmas\[\d+\] \(0x[0-9a-f]+-0x[0-9a-f]+\) (inherits pages \(cow\) from an area its parent \d+ does not map the same way|(lends|inherits) pages through pid \d+, which maps something else over that area)/],
     ];
-    for (const [what, pid, change, message] of cases) {
-      const edited = join(s.w.dir, `edited-${what.replace(/\W+/g, '-')}.tar`);
-      await editImage(image, edited, [[`tasks/${pid}/task.json`, json<TaskRecord>(change)]]);
-      const before = stubs({ zombies: true });
-      const rs = ferry(['restore', '--image', edited]);
-      assert.equal(rs.code, 1, `${what}: ${rs.stderr}`);
-      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, `${what}: one line`);
-      assert.match(rs.stderr, message, what);
-      assert.ok(!s.pids.some(alive), `${what}: no process made`);
-      assert.deepEqual(stubs({ zombies: true }), before, `${what}: no stub left`);
-    }
+    await refusedEach(s, image, cases);
   }
 
   /**
@@ -409,27 +420,13 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
     const between = tasks.find((t) => t.pid === deep.ppid)!;
     assert.ok(at(between) === undefined, 'its parent maps nothing there');
     const cases: Array<[string, number, (t: TaskRecord) => void, RegExp]> = [
-      ['a process between maps something there', between.pid, (t) => {
-        const start = s.area + 0x1000n;
-        t.vmas.push({ start: `0x${start.toString(16)}`, end: `0x${(start + 0x1000n).toString(16)}`, prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0 });
-        t.vmas.sort((a, b) => (BigInt(a.start) < BigInt(b.start) ? -1 : 1));
-      }, new RegExp(`pid ${deep.pid} vmas\\[\\d+\\] \\(${area}-0x[0-9a-f]+\\) inherits pages \\(cow\\) from an area its parent ${between.pid} does not map the same way`)],
+      ['a process between maps something there', between.pid, mapsOneMorePage(s), new RegExp(`pid ${deep.pid} vmas\\[\\d+\\] \\(${area}-0x[0-9a-f]+\\) inherits pages \\(cow\\) from an area its parent ${between.pid} does not map the same way`)],
     ];
     if (at(tasks[0]!)) {
       cases.push(['the root maps the area otherwise', s.w.pid, (t) => { at(t)!.prot ^= 2; },
         new RegExp(`pid ${deep.pid} vmas\\[\\d+\\] \\(${area}-0x[0-9a-f]+\\) inherits pages \\(cow\\) from an area pid ${s.w.pid} \\(through its parent ${between.pid}, which maps nothing there\\) does not map the same way`)]);
     }
-    for (const [what, pid, change, message] of cases) {
-      const edited = join(s.w.dir, `edited-${what.replace(/\W+/g, '-')}.tar`);
-      await editImage(image, edited, [[`tasks/${pid}/task.json`, json<TaskRecord>(change)]]);
-      const before = stubs({ zombies: true });
-      const rs = ferry(['restore', '--image', edited]);
-      assert.equal(rs.code, 1, `${what}: ${rs.stderr}`);
-      assert.equal(rs.stderr.trimEnd().split('\n').length, 1, `${what}: one line`);
-      assert.match(rs.stderr, message, what);
-      assert.ok(!s.pids.some(alive), `${what}: no process made`);
-      assert.deepEqual(stubs({ zombies: true }), before, `${what}: no stub left`);
-    }
+    await refusedEach(s, image, cases);
   }
 
   /**
