@@ -19,6 +19,7 @@
  * only for an image this host signed or one the caller trusts (checkRemovedNodeTrust): an
  * image anyone could write must not have restore make device nodes.
  */
+import { imagePos } from '../proc/fdinfo.js';
 import { fstatSync, type BigIntStats } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
@@ -151,7 +152,7 @@ export const chrdev: FileKind<ChrdevRecord> = {
     const num = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32;
     if (typeof rec.path !== 'string' || !rec.path.startsWith('/') || rec.path.includes('\0') || rec.path.length > 4096
       || !num(rec.major) || !num(rec.minor) || !num(rec.flags)
-      || typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos) || !Number.isSafeInteger(Number(rec.pos))) {
+      || imagePos(rec.pos) === undefined) {
       throw new FerryError('EIMAGE', `image: character device (file ${rec.id}) needs an absolute path, flags, pos, major and minor`);
     }
     // Resolved inside the process's recorded root (confined.ts), as open() will.
@@ -190,8 +191,8 @@ export const chrdev: FileKind<ChrdevRecord> = {
       const how = rec.removed !== undefined ? 'cannot make the removed node again (mknod, open) as' : 'cannot open';
       throw new FerryError('EOPEN', `${what}: ${how} ${shownIn(root, path)}: ${(err as Error).message}`, { cause: err, path: rec.path });
     }
-    const pos = Number(rec.pos);
-    if (pos !== 0) native().lseek(fd, pos, 0);
+    const pos = BigInt(rec.pos);
+    if (pos !== 0n) native().lseek(fd, pos, 0);
     return fd;
   },
 };

@@ -12,6 +12,7 @@
  * creates it, the others open it again through /proc/self/fd. The helpers that read and write
  * contents are also used by memfd.ts.
  */
+import { imagePos } from '../proc/fdinfo.js';
 import { fchmodSync, fchownSync, fstatSync, ftruncateSync, readSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DEFAULTS } from '../config/config.js';
@@ -192,11 +193,11 @@ export class Registry {
  * Opens `origin` (a controller descriptor of the new inode) again as a new open file with the
  * record's access mode and flags, at offset `pos`.
  */
-export function reopen(origin: number, flags: number, pos: number): number {
+export function reopen(origin: number, flags: number, pos: bigint): number {
   const n = native();
   const fd = n.openRaw(`/proc/self/fd/${origin}`, flags & (O_ACCMODE | SETFL_FLAGS | O_PATH));
   try {
-    if (pos !== 0 && (flags & O_PATH) === 0) n.lseek(fd, pos, SEEK_SET);
+    if (pos !== 0n && (flags & O_PATH) === 0) n.lseek(fd, pos, SEEK_SET);
   } catch (err) {
     n.closeFd(fd);
     throw err;
@@ -279,7 +280,7 @@ export const deleted: FileKind<DeletedRecord> = {
     // mode, uid and gid go to fchmod(2) and fchown(2): permission bits and 32-bit ids (not -1, "unchanged").
     const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
     if (typeof rec.ghost !== 'string' || !Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode) || rec.mode < 0 || rec.mode > 0o7777
-      || !id(rec.uid) || !id(rec.gid) || !/^\d{1,16}$/.test(String(rec.pos)) || !Number.isSafeInteger(Number(rec.pos))) bad('has an invalid record');
+      || !id(rec.uid) || !id(rec.gid) || imagePos(rec.pos) === undefined) bad('has an invalid record');
     checkContents(rec, bad);
     const dir = dirname(rec.path);
     // Resolved inside the process's recorded root (confined.ts), as open() will.
@@ -297,7 +298,7 @@ export const deleted: FileKind<DeletedRecord> = {
 
   open(rec: DeletedRecord, ctx: OpenContext): number {
     const n = native();
-    const pos = Number(rec.pos);
+    const pos = BigInt(rec.pos);
     try {
       const origin = ghosts.get(rec.ghost);
       if (origin !== undefined) return reopen(origin, rec.flags, pos);
@@ -311,7 +312,7 @@ export const deleted: FileKind<DeletedRecord> = {
         fchmodSync(fd, rec.mode & ~SETID_BITS);
         writeContents(fd, rec, ctx);
         if ((rec.flags & ~O_LARGEFILE) !== O_RDWR) out = reopen(fd, rec.flags, pos);
-        else if (pos !== 0) n.lseek(fd, pos, SEEK_SET);
+        else if (pos !== 0n) n.lseek(fd, pos, SEEK_SET);
       } finally {
         if (out !== fd) n.closeFd(fd);
       }

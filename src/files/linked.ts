@@ -28,6 +28,7 @@
  * security.md). A handle names an inode of this host's file system: on another host, or once
  * every name of the file is gone, the restore is refused naming the file.
  */
+import { imagePos } from '../proc/fdinfo.js';
 import { fstatSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
@@ -150,7 +151,7 @@ export const linked: FileKind<LinkedRecord> = {
     };
     if (typeof rec.path !== 'string' || !rec.path.startsWith('/') || rec.path.includes('\0') || rec.path.length > 4096) bad('has no valid path');
     if (!Number.isSafeInteger(rec.flags) || rec.flags < 0 || (rec.flags & ~REOPEN_FLAGS) !== 0) bad('has invalid flags');
-    if (typeof rec.pos !== 'string' || !/^\d{1,16}$/.test(rec.pos) || !Number.isSafeInteger(Number(rec.pos))) bad('has an invalid position');
+    if (imagePos(rec.pos) === undefined) bad('has an invalid position');
     if (typeof rec.ino !== 'string' || !/^\d{1,20}$/.test(rec.ino)) bad('has an invalid inode number');
     if (typeof rec.dev !== 'string' || !/^\d{1,20}$/.test(rec.dev)) bad('has an invalid device number');
     if (!Number.isInteger(rec.handleType) || rec.handleType < 0 || rec.handleType > 2 ** 31 - 1) bad('has an invalid handle type');
@@ -201,8 +202,8 @@ export const linked: FileKind<LinkedRecord> = {
           }
           fd ??= n.openRaw(`/proc/self/fd/${h}`, rec.flags & REOPEN_FLAGS);
           try {
-            const pos = Number(rec.pos);
-            if (pos !== 0) n.lseek(fd, pos, 0);
+            const pos = BigInt(rec.pos);
+            if (pos !== 0n) n.lseek(fd, pos, 0);
             restored.set(`${rec.dev}:${rec.ino}`, rec.id, fd, ctx);
           } catch (err) {
             n.closeFd(fd);

@@ -13,6 +13,7 @@
  * others open it again through /proc/self/fd. Mappings (restore/address-space.ts) map the
  * memfd created here through `restoredMemfd`.
  */
+import { imagePos } from '../proc/fdinfo.js';
 import { fchmodSync } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
@@ -140,12 +141,12 @@ export const memfd: FileKind<MemfdRecord> = {
     if (typeof rec.memfd !== 'string' || !/^\d+:\d+:\d+$/.test(rec.memfd)) bad('has no valid identity');
     if (typeof rec.name !== 'string' || Buffer.byteLength(rec.name) > NAME_MAX || rec.name.includes('\0')) bad('has an invalid name');
     if (!Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode) || rec.mode < 0 || rec.mode > 0o7777 || !Number.isSafeInteger(rec.seals)
-      || (rec.seals & ~ALL_SEALS) !== 0 || !/^\d{1,16}$/.test(String(rec.pos)) || !Number.isSafeInteger(Number(rec.pos))) bad('has an invalid record');
+      || (rec.seals & ~ALL_SEALS) !== 0 || imagePos(rec.pos) === undefined) bad('has an invalid record');
     checkContents(rec, bad);
   },
 
   open(rec: MemfdRecord, ctx: OpenContext): number {
-    const pos = Number(rec.pos);
+    const pos = BigInt(rec.pos);
     try {
       const origin = memfds.get(rec.memfd);
       if (origin !== undefined) return reopen(origin, rec.flags, pos);
@@ -153,7 +154,7 @@ export const memfd: FileKind<MemfdRecord> = {
       let out = fd;
       try {
         if ((rec.flags & ~O_LARGEFILE) !== O_RDWR) out = reopen(fd, rec.flags, pos);
-        else if (pos !== 0) native().lseek(fd, pos, SEEK_SET);
+        else if (pos !== 0n) native().lseek(fd, pos, SEEK_SET);
       } finally {
         if (out !== fd) native().closeFd(fd);
       }

@@ -7,6 +7,7 @@
  * checkpoint's is refused unless --allow-changed-files (then a warning is logged): the process
  * remembers offsets, lengths and contents that no longer hold.
  */
+import { imagePos } from '../proc/fdinfo.js';
 import { constants, fstatSync, statSync } from 'node:fs';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
@@ -30,12 +31,6 @@ const OPEN_ONLY_FLAGS = constants.O_CREAT | constants.O_EXCL | constants.O_TRUNC
  * of its O_PATH descriptor, which O_NOFOLLOW would refuse, and it means nothing once open.
  */
 const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | O_NOATIME;
-
-/**
- * The highest position a record may give (off_t's): a directory's on ext4 and other file systems
- * that hash their entries is a cookie of up to 63 bits, not a byte count.
- */
-const MAX_POS = 0x7fffffffffffffffn;
 
 /** The longest symlink text the kernel stores (PATH_MAX, its NUL included). */
 const MAX_TARGET = 4095;
@@ -328,7 +323,7 @@ export const regular: FileKind<RegularRecord> = {
     // The image is input: every field this module uses must be there, of its type.
     if (typeof rec.path !== 'string' || rec.path === '' || rec.path.includes('\0') || rec.path.length > 4096
       || !Number.isSafeInteger(rec.flags) || rec.flags < 0 || typeof rec.directory !== 'boolean'
-      || typeof rec.pos !== 'string' || !/^\d{1,19}$/.test(rec.pos) || BigInt(rec.pos) > MAX_POS
+      || imagePos(rec.pos) === undefined
       || typeof rec.ino !== 'string' || !/^\d{1,20}$/.test(rec.ino)) {
       throw new FerryError('EIMAGE', `image: file ${rec.id} (kind reg) needs a path, flags, pos, ino and directory`);
     }

@@ -11,6 +11,22 @@ export interface Fdinfo {
   lines: Map<string, string[]>;
 }
 
+/** The highest file position (off_t's). */
+const MAX_POS = 0x7fffffffffffffffn;
+
+/**
+ * A file position an image gives (the fdinfo `pos` it recorded, in decimal), as a BigInt: up
+ * to 2^63-1, not only below 2^53: a directory's on ext4 and other file systems that hash their
+ * entries is a cookie of up to 63 bits, and a sparse file's may be as far. Undefined: invalid.
+ */
+export function imagePos(value: unknown): bigint | undefined {
+  // A number, as a few kinds once took, only where it is exact.
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value >= 0 ? BigInt(value) : undefined;
+  if (typeof value !== 'string' || !/^\d{1,19}$/.test(value)) return undefined;
+  const pos = BigInt(value);
+  return pos <= MAX_POS ? pos : undefined;
+}
+
 /** Parses /proc/PID/fdinfo/FD. */
 export function parseFdinfo(text: string): Fdinfo {
   const info: Fdinfo = { pos: 0n, flags: 0, mntId: 0, ino: 0n, lines: new Map() };

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { parseAuxv } from '../../src/proc/auxv.js';
-import { fdCloexec, parseFdinfo } from '../../src/proc/fdinfo.js';
+import { fdCloexec, imagePos, parseFdinfo } from '../../src/proc/fdinfo.js';
 import { O_APPEND, O_CLOEXEC } from '../../src/proc/fcntl.js';
 import { freeRange, parseMaps } from '../../src/proc/maps.js';
 import { dumpablePageRuns } from '../../src/proc/pagemap.js';
@@ -171,5 +171,17 @@ describe('free ranges and smaps', { timeout: 30_000 }, () => {
     assert.deepEqual(parseCpuList('0-3,8,10-11\n'), [0, 1, 2, 3, 8, 10, 11]);
     assert.deepEqual(parseCpuList(''), []);
     assert.ok(parseStatus(readFileSync('/proc/self/status', 'utf8')).cpus.length >= 1);
+  });
+});
+
+describe('imagePos', () => {
+  it('takes any off_t an image gives, a 63-bit directory cookie too, and nothing beyond', () => {
+    assert.equal(imagePos('0'), 0n);
+    assert.equal(imagePos('348274370846604351'), 348274370846604351n);
+    assert.equal(imagePos('9223372036854775807'), 2n ** 63n - 1n);
+    assert.equal(imagePos(4096), 4096n);
+    for (const bad of ['9223372036854775808', '-1', '1e3', '', ' 1', '0x10', 2 ** 53, -1, 1.5, null, undefined, {}]) {
+      assert.equal(imagePos(bad), undefined, String(bad));
+    }
   });
 });
