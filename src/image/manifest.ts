@@ -3,6 +3,7 @@
  * and the host the image was made on, and lists every other entry with its size and sha256.
  */
 import { FerryError } from '../errors.js';
+import type { HostFacts } from '../host.js';
 import { KNOWN_FEATURES, REQUIRES_FORMAT_VERSION } from './features.js';
 import { SIGNATURE_NAME } from './sign.js';
 import { VDSO_ENTRY } from './records.js';
@@ -44,17 +45,8 @@ export const MAX_MANIFEST_BYTES = 16 << 20;
 export const MAX_ENTRIES = 1_000_000;
 export const MAX_NAME = 255;
 
-/** What the image depends on from the host that made it. */
-export interface ManifestHost {
-  kernelRelease: string;
-  kernelVersion: string;
-  arch: string;
-  /** sha256 of the kernel's vDSO image. */
-  vdsoSha256: string;
-  /** Sizes of [vvar], [vvar_vclock], [vdso]. */
-  vdsoLayout: Array<{ name: string; size: number }>;
-  /** XCR0 of the CPU, hex. */
-  xfeatures: string;
+/** What the image depends on from the host that made it: its facts (host.ts), and the XSAVE size. */
+export interface ManifestHost extends HostFacts {
   /** Size of a thread's XSAVE area. */
   xstateSize: number;
 }
