@@ -360,18 +360,23 @@ const DELETED = ' (deleted)';
  * The root, working directory and umask of thread `tid` of `pid`, which holds an fs struct of
  * its own (dump/tree.ts threadsWithOwnFs): its /proc/PID/task/TID links, and the Umask of its
  * own status (the kernel shows each thread's fs there). `base`: the tree's root directory, as
- * for the process (root-dir.ts). A removed working or root directory of such a thread is
- * refused: restore makes those once per process (restore/cwd.ts, root-dir.ts), not per thread.
+ * for the process (root-dir.ts). A removed working directory is recorded as the process's is
+ * (`cwdDeleted`: readPaths); restore makes it once for all its holders (restore/root-dir.ts).
+ * A removed root directory of such a thread, or a removed working directory of one inside a
+ * container, is refused (EUNSUPPORTED, one line; the process is left running).
  */
 export function readThreadFs(pid: number, tid: number, base: RootBase): ThreadFsRecord {
-  const cwd = readProcLink(pid, `task/${tid}/cwd`);
+  const link = readProcLink(pid, `task/${tid}/cwd`);
   const root = readRootDir(pid, base, tid);
-  const removed = root?.rootDeleted !== undefined ? `root directory ${root.root}`
-    : cwd.endsWith(DELETED) && statSync(`/proc/${pid}/task/${tid}/cwd`, { bigint: true }).nlink === 0n ? `working directory ${cwd.slice(0, -DELETED.length)}` : undefined;
-  if (removed !== undefined) {
+  const st = link.endsWith(DELETED) ? statSync(`/proc/${pid}/task/${tid}/cwd`, { bigint: true }) : undefined;
+  const cwdDeleted = st !== undefined && st.nlink === 0n ? removedDir(st) : undefined;
+  const cwd = cwdDeleted !== undefined ? link.slice(0, -DELETED.length) : link;
+  const refuse = (what: string): never => {
     throw new FerryError('EUNSUPPORTED', `thread ${tid} of pid ${pid} has a root, working directory and umask of its own (unshare(2) of CLONE_FS) `
-      + `and its ${removed} was removed, which restore cannot rebuild yet for a thread; the process was left running`, { pid });
-  }
+      + `and its ${what}, which restore cannot rebuild yet for a thread; the process was left running`, { pid });
+  };
+  if (root?.rootDeleted !== undefined) refuse(`root directory ${root.root} was removed`);
+  if (cwdDeleted !== undefined && base.container) refuse(`working directory ${cwd} inside its container was removed`);
   const umask = parseStatus(readProcText(pid, `task/${tid}/status`)).umask;
-  return { cwd, ...(root !== undefined ? { root: root.root } : {}), umask };
+  return { cwd, ...(cwdDeleted !== undefined ? { cwdDeleted } : {}), ...(root !== undefined ? { root: root.root } : {}), umask };
 }

@@ -129,6 +129,11 @@ export const FEATURES: readonly Feature[] = [
     what: 'pages lent through or inherited from a process further up than the parent (task.json vmas[].lentThrough, or vmas[].cow where the parent maps nothing)',
     uses: ({ tree, tasks }) => tasks.some((t) => t.vmas.some((v) => v.lentThrough !== undefined)) || relayedCow(tree, tasks),
   },
+  {
+    name: 'thread-removed-cwd',
+    what: 'a thread whose own working directory was removed (task.json threads[].fs.cwdDeleted)',
+    uses: ({ tasks }) => tasks.some((t) => t.threads.some((th) => th.fs?.cwdDeleted !== undefined)),
+  },
 ];
 
 /**

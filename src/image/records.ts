@@ -137,11 +137,18 @@ export interface ThreadRecord {
 /**
  * A thread's own fs struct (ThreadRecord.fs, dump/task-state.ts readThreadFs): restore makes
  * the thread unshare(2) CLONE_FS again, then chdir, chroot and umask as recorded
- * (restore/task-state.ts). Neither directory was removed: the checkpoint refuses that.
+ * (restore/task-state.ts). A removed working directory (`cwdDeleted`) is the directory
+ * restore/root-dir.ts makes and holds for it, one for every holder of that directory (the
+ * process, another thread, an open file). A removed root directory is refused at checkpoint.
  */
 export interface ThreadFsRecord {
   /** The working directory, as ferry saw it (an absolute path on the host), like TaskRecord.cwd. */
   cwd: string;
+  /**
+   * The working directory was removed, as TaskRecord.cwdDeleted (with its identity, always):
+   * `cwd` is its path without the " (deleted)" suffix.
+   */
+  cwdDeleted?: RemovedDirRecord;
   /** The root directory when it is not the tree's own (`/`, or a container's), like TaskRecord.root. */
   root?: string;
   umask: number;

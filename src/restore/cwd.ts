@@ -12,7 +12,8 @@
  * - everything made is removed again right after the chdir, also when the chdir fails;
  * - the process's (now removed) directory then gets its mode and owner back through
  *   /proc/PID/cwd: no name leads to it any more, so nobody can use it meanwhile.
- * One that several processes have, or an open file too, is made once for all instead
+ * One that several processes have, or an open file or a thread's own working directory too
+ * (a thread's own removed one always), is made once for all instead
  * (restore/root-dir.ts RemovedRoots). An untrusted image may only have this done where its process could write
  * (restore/file-access.ts checkRemovedDirs).
  */

@@ -347,10 +347,11 @@ function mappedAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | '
  * will). A root shared by several processes is checked for each. A removed
  * working directory below a removed root, and each removed directory between (cwdBetween), is
  * made in the removed directory above it (restore/root-dir.ts), judged by that one's recorded
- * mode and owner.
+ * mode and owner. A thread's own removed working directory (ThreadRecord.fs) is judged by
+ * that thread's credentials.
  */
 export function checkRemovedDirs(label: string,
-  tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'cwdBetween' | 'root' | 'rootDeleted' | 'fds'>[],
+  tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'cwdBetween' | 'root' | 'rootDeleted' | 'fds' | 'threads'>[],
   files: readonly FileRecord[], statOf: StatOf): void {
   const refuse = (t: (typeof tasks)[number], path: string, as: string, dir: string, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>,
     node = 'directory'): never => {
@@ -377,6 +378,14 @@ export function checkRemovedDirs(label: string,
     }
   }
   for (const t of tasks) if (t.rootDeleted && t.root !== undefined) wanted.push({ t, path: t.root, as: 'as its root directory' });
+  // A thread's own removed working directory (ThreadRecord.fs), judged by that thread's credentials.
+  for (const t of tasks) {
+    for (const th of t.threads ?? []) {
+      if (th.fs?.cwdDeleted === undefined) continue;
+      const c = t.creds.threads.find((x) => x.tid === th.tid);
+      wanted.push({ t: { ...t, creds: { ...t.creds, threads: c ? [c] : t.creds.threads } }, path: th.fs.cwd, as: `as the working directory of its thread ${th.tid}` });
+    }
+  }
   for (const f of files) {
     if (f.kind !== 'reg' || f.removed === undefined || typeof f.path !== 'string') continue;
     const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));
@@ -416,7 +425,7 @@ export function checkDirsReachable(label: string,
       if (th.fs === undefined) continue;
       const c = t.creds.threads.find((x) => x.tid === th.tid);
       const who: Holder = { creds: { ...t.creds, threads: c ? [c] : [] } };
-      if (typeof th.fs.cwd === 'string') wanted.push({ path: th.fs.cwd, as: `the working directory of its thread ${th.tid}`, who, tid: th.tid });
+      if (typeof th.fs.cwd === 'string' && !th.fs.cwdDeleted) wanted.push({ path: th.fs.cwd, as: `the working directory of its thread ${th.tid}`, who, tid: th.tid });
       if (typeof th.fs.root === 'string') wanted.push({ path: th.fs.root, as: `the root directory of its thread ${th.tid}`, who, tid: th.tid });
     }
     for (const { path, as, who } of wanted) {

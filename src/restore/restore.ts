@@ -621,7 +621,7 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
   const own = task.threads.some((th) => th.fds !== undefined);
   const keep = own && controllerPidfd !== undefined ? Number(t.syscall(SYS.fcntl, controllerPidfd, F_DUPFD_CLOEXEC, controllerPidfd + 1)) : undefined;
   if (!tableShared) installFds(t, as.scratch, task.pid, task.fds, files, controllerPidfd);
-  const threads = createThreads(t, as, task);
+  const threads = createThreads(t, as, task, (fs) => removedRoots.cwdOf(fs)); // a thread's own removed working directory: held (root-dir.ts)
   created.threads.set(task.pid, threads);
   // A thread's own table (ThreadRecord.fds), once the process's is complete: it starts as a copy.
   task.threads.slice(1).forEach((th, i) => {

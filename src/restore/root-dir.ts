@@ -28,9 +28,11 @@
  * removed a again and a's the root. Processes whose chains pass through one directory (the same
  * device and inode) get one. A removed working directory outside a removed root that several
  * processes have (sharing no fs struct), or that an open file of the tree holds too, is one
- * directory for them all the same way: made once (or, with an open file of it, the directory
- * that file's records made, files/removed-node.ts, taken O_PATH through ferry's descriptor of
- * the file), held, and entered through /proc/<ferry>/fd/N by each. Being
+ * directory for them all the same way, as is a thread's own removed working directory
+ * (ThreadRecord.fs, alone or with other holders; the thread chdirs to it in createThreads):
+ * made once (or, with an open file of it, the directory that file's records made,
+ * files/removed-node.ts, taken O_PATH through ferry's descriptor of the file), held, and
+ * entered through /proc/<ferry>/fd/N by each. Being
  * removed, it is empty (rmdir(2) removes only an empty directory, and nothing can be made in
  * a removed one), so there is nothing in it to restore; files the process had open from it
  * were removed with it and come back as deleted files.
@@ -115,7 +117,7 @@ export interface RemovedBelow {
  */
 export interface RemovedRoot {
   path: string;
-  /** Not a root: a removed working directory of several processes, or of one and an open file of it. */
+  /** Not a root: a removed working directory of several processes, or of one and an open file of it, or a thread's own. */
   cwd?: boolean;
   dir: RemovedDirRecord;
   pids: number[];
@@ -124,6 +126,16 @@ export interface RemovedRoot {
    * and the directories between (TaskRecord cwdBetween), each made in its parent.
    */
   below: Map<string, RemovedBelow>;
+}
+
+/** A process or a thread (with a working directory of its own) and its removed working directory, if any. */
+interface CwdHolder {
+  pid: number;
+  /** `pid N`, or `thread T of pid N`. */
+  who: string;
+  cwd: string;
+  dir: RemovedDirRecord | undefined;
+  thread?: true;
 }
 
 /**
@@ -135,7 +147,10 @@ export interface RemovedRoot {
  * name and parent), its mode and owner; a removed working directory outside a removed root
  * held more than once (by processes sharing no fs struct, or by an open file of `files` too)
  * is planned as one too, its processes agreeing on its path, mode and owner and a file of it
- * on its mode and owner; otherwise EIMAGE (an edited image), in one line naming both holders.
+ * on its mode and owner; a thread's own removed working directory (ThreadRecord.fs) is planned
+ * always, with its other holders, or is the removed root or directory below one it names
+ * (the same path, mode and owner); otherwise EIMAGE (an edited image), in one line naming both
+ * holders. `container`: a thread's own removed working directory is refused (EUNSUPPORTED).
  */
 export function planRemovedRoots(image: string, tasks: readonly TaskRecord[], files: readonly FileRecord[] = [], container = false): Map<string, RemovedRoot> {
   const plan = new Map<string, RemovedRoot>();
@@ -208,23 +223,50 @@ export function planRemovedRoots(image: string, tasks: readonly TaskRecord[], fi
     const k = removedDirIdentity(f);
     if (k !== undefined && !dirFiles.has(k)) dirFiles.set(k, f);
   }
-  const cwds = new Map<string, TaskRecord[]>();
+  // A thread's own removed working directory (ThreadRecord.fs.cwdDeleted) is always a
+  // directory ferry makes and holds (restore/task-state.ts restoreThreadFs enters it), alone or
+  // with the other holders of it: the process, other threads, an open file, a removed root.
+  const holders: CwdHolder[] = tasks.map((t) => ({ pid: t.pid, who: `pid ${t.pid}`, cwd: t.cwd, dir: t.cwdDeleted }));
   for (const t of tasks) {
-    const k = identity(t.cwdDeleted);
-    if (k === undefined || plan.has(k) || rootOfBelow.has(k)) continue;
-    cwds.set(k, [...cwds.get(k) ?? [], t]);
+    for (const th of t.threads?.slice(1) ?? []) { // (a test's bare record may have none)
+      const fs = th.fs;
+      if (fs?.cwdDeleted === undefined) continue;
+      const who = `thread ${th.tid} of pid ${t.pid}`;
+      if (container) {
+        throw new FerryError('EUNSUPPORTED', `image ${image}: ${who} has a working directory of its own that was removed (${JSON.stringify(fs.cwd.slice(0, 256))}), `
+          + 'which restore cannot rebuild inside a container; nothing was restored', { pid: t.pid });
+      }
+      holders.push({ pid: t.pid, who, cwd: fs.cwd, dir: fs.cwdDeleted, thread: true });
+    }
   }
-  for (const [k, ts] of cwds) {
-    if (ts.length < 2 && !dirFiles.has(k)) continue;
-    const first = ts[0]!, d = first.cwdDeleted!;
-    for (const t of ts.slice(1)) {
-      const e = t.cwdDeleted!;
-      if (t.cwd !== first.cwd || e.mode !== d.mode || e.uid !== d.uid || e.gid !== d.gid) {
-        throw new FerryError('EIMAGE', `image ${image}: pids ${first.pid} and ${t.pid} have the same removed working directory (device ${d.dev}, inode ${d.ino}) `
-          + `with another path, mode or owner (${JSON.stringify(first.cwd.slice(0, 256))}, ${JSON.stringify(t.cwd.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: t.pid });
+  for (const h of holders.filter((x) => x.thread === true)) {
+    // The same directory as a removed root, or one below it: entered there, so at its path.
+    const k = identity(h.dir)!;
+    const at: { path: string; dir: RemovedDirRecord; pids: number[] } | undefined = plan.get(k) ?? rootOfBelow.get(k)?.below.get(k);
+    const d = h.dir!;
+    if (at !== undefined && (at.path !== h.cwd || at.dir.mode !== d.mode || at.dir.uid !== d.uid || at.dir.gid !== d.gid)) {
+      throw new FerryError('EIMAGE', `image ${image}: the removed working directory ${JSON.stringify(h.cwd.slice(0, 256))} of ${h.who} is the removed directory `
+        + `${JSON.stringify(at.path.slice(0, 256))} of pid ${at.pids[0]} (device ${d.dev}, inode ${d.ino}) with another path, mode or owner: refused (an edited image); nothing was restored`, { pid: h.pid });
+    }
+  }
+  const cwds = new Map<string, CwdHolder[]>();
+  for (const h of holders) {
+    const k = identity(h.dir);
+    if (k === undefined || plan.has(k) || rootOfBelow.has(k)) continue;
+    cwds.set(k, [...cwds.get(k) ?? [], h]);
+  }
+  for (const [k, hs] of cwds) {
+    if (hs.length < 2 && !dirFiles.has(k) && hs[0]!.thread !== true) continue;
+    const first = hs[0]!, d = first.dir!;
+    for (const h of hs.slice(1)) {
+      const e = h.dir!;
+      if (h.cwd !== first.cwd || e.mode !== d.mode || e.uid !== d.uid || e.gid !== d.gid) {
+        const both = first.thread !== true && h.thread !== true ? `pids ${first.pid} and ${h.pid}` : `${first.who} and ${h.who}`;
+        throw new FerryError('EIMAGE', `image ${image}: ${both} have the same removed working directory (device ${d.dev}, inode ${d.ino}) `
+          + `with another path, mode or owner (${JSON.stringify(first.cwd.slice(0, 256))}, ${JSON.stringify(h.cwd.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: h.pid });
       }
     }
-    plan.set(k, { path: first.cwd, cwd: true, dir: d, pids: ts.map((t) => t.pid), below: new Map() });
+    plan.set(k, { path: first.cwd, cwd: true, dir: d, pids: [...new Set(hs.map((h) => h.pid))], below: new Map() });
   }
   // A removed root or working directory that an open file holds too is the file's directory
   // (made by files/regular.ts, RemovedRoots.make takes it): they must say one place (the same

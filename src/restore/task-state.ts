@@ -198,9 +198,12 @@ const CLONE_ARGS_SIZE = 88;
  * injected clone3(CLONE_THREAD, set_tid = [tid]); the new thread starts right after the
  * gadget's `syscall`, in the gadget's pause() loop, where it is seized and stopped. Then it
  * restores its own kernel-side state (name, sigaltstack, robust list, clear_child_tid, rseq).
- * Returns a Tracee per new thread, in the image's order.
+ * Returns a Tracee per new thread, in the image's order. `heldCwd`: the path a thread whose
+ * own working directory was removed (ThreadFsRecord.cwdDeleted) chdirs into, the directory
+ * ferry holds for it (restore/root-dir.ts RemovedRoots.cwdOf).
  */
-export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord): Tracee[] {
+export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord,
+  heldCwd: (fs: ThreadFsRecord) => string | undefined = () => undefined): Tracee[] {
   const n = native();
   const out: Tracee[] = [];
   const known = new Set(readdirSync(`/proc/${main.pid}/task`).map(Number));
@@ -232,7 +235,7 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
       out.push(t);
       as.scratch.reset();
       t.syscalls([[SYS.prctl, PR_SET_NAME, as.scratch.putString(th.comm), 0, 0, 0], ...threadCalls(as, th)]);
-      if (th.fs) restoreThreadFs(t, as, task, th, th.fs);
+      if (th.fs) restoreThreadFs(t, as, task, th, th.fs, heldCwd(th.fs));
       rebuildRestartBlock(t, th);
     }
   } catch (err) {
@@ -257,11 +260,17 @@ export function createThreads(main: Tracee, as: AddressSpace, task: TaskRecord):
  * are back already (restoreTaskState); unshare(2) of CLONE_FS gives it a copy, then it
  * chdirs, as its process did, to the host path recorded (its process is not chroot'ed yet:
  * enterRootDir, and the thread's own root, enterThreadRootDirs, come after the last host path)
- * and sets its umask. The process's later chroot moves only the fs struct it keeps.
+ * and sets its umask. The process's later chroot moves only the fs struct it keeps. A removed
+ * working directory (`fs.cwdDeleted`) is entered at `held`, /proc/<ferry>/fd/N of the
+ * directory ferry made for it and its other holders, its mode and owner set already
+ * (restore/root-dir.ts RemovedRoots): the kernel follows that link to the directory itself.
  */
-function restoreThreadFs(t: Tracee, as: AddressSpace, task: TaskRecord, th: ThreadRecord, fs: ThreadFsRecord): void {
+function restoreThreadFs(t: Tracee, as: AddressSpace, task: TaskRecord, th: ThreadRecord, fs: ThreadFsRecord, held: string | undefined): void {
+  if (fs.cwdDeleted !== undefined && held === undefined) {
+    throw new FerryError('ESTATE', `cannot put thread ${th.tid} of pid ${task.pid} back into its own removed working directory ${fs.cwd}: no directory was made for it`, { pid: task.pid });
+  }
   as.scratch.reset();
-  const calls: Array<[number, ...Array<bigint | number>]> = [[SYS.unshare, CLONE_FS], [SYS.chdir, as.scratch.putString(fs.cwd)], [SYS.umask, fs.umask]];
+  const calls: Array<[number, ...Array<bigint | number>]> = [[SYS.unshare, CLONE_FS], [SYS.chdir, as.scratch.putString(held ?? fs.cwd)], [SYS.umask, fs.umask]];
   // Guarded: a chdir after a failed unshare would move the whole process.
   const r = t.trySyscalls(calls, { guard: 2 });
   const failed = [...r].findIndex((x, i) => i < 2 && x < 0n);
@@ -269,7 +278,8 @@ function restoreThreadFs(t: Tracee, as: AddressSpace, task: TaskRecord, th: Thre
     const name = Object.entries(osConstants.errno).find(([, v]) => v === Number(-r[failed]!))?.[0] ?? `errno ${-r[failed]!}`;
     throw new FerryError('ESTATE', failed === 0
       ? `cannot give thread ${th.tid} of pid ${task.pid} its own root, working directory and umask again: unshare(CLONE_FS) failed with ${name}`
-      : `cannot put thread ${th.tid} of pid ${task.pid} back into its own working directory ${fs.cwd}: chdir failed with ${name}; make that directory exist as it was`, { pid: task.pid });
+      : held !== undefined ? `cannot put thread ${th.tid} of pid ${task.pid} back into its own removed working directory ${fs.cwd} (held by ferry as ${held}): chdir failed with ${name}`
+        : `cannot put thread ${th.tid} of pid ${task.pid} back into its own working directory ${fs.cwd}: chdir failed with ${name}; make that directory exist as it was`, { pid: task.pid });
   }
 }
 

@@ -153,6 +153,15 @@ const vma = record({
   // (checked against the area below).
   aio: record({ nr: int(1, ringEvents(AIO_RING_MAX_PAGES)), events: base64(Math.ceil(MAX_AIO_EVENTS * IO_EVENT_SIZE / 3) * 4) }),
 });
+/** A device or inode number as stat(2) gives it, in decimal. */
+const id64: Check = (v, at) => (typeof v === 'string' && /^\d{1,20}$/.test(v) ? undefined : must(at, 'a string of at most 20 decimal digits', v));
+/**
+ * A removed directory a process is in (cwdDeleted, rootDeleted): mode and owner, and its
+ * device and inode (`identity`: required; a working directory of an older image has none).
+ */
+const removedDir = (identity: boolean): Check => record({
+  mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2), ...(identity ? { dev: id64, ino: id64 } : {}),
+}, identity ? {} : { dev: id64, ino: id64 });
 const thread = record({
   tid: pid,
   regs: record(Object.fromEntries(REG_NAMES.map((r) => [r, hex]))),
@@ -166,19 +175,10 @@ const thread = record({
   pending: list(pending, 1_000_000),
 }, {
   // A thread's own root, working directory and umask (unshare(2) of CLONE_FS), as the task's.
-  fs: record({ cwd: absPath, umask: int(0, 0o777) }, { root: absPath }),
+  fs: record({ cwd: absPath, umask: int(0, 0o777) }, { root: absPath, cwdDeleted: removedDir(true) }),
   // A thread's own descriptor table (unshare(2) of CLONE_FILES), as the task's.
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
 });
-/** A device or inode number as stat(2) gives it, in decimal. */
-const id64: Check = (v, at) => (typeof v === 'string' && /^\d{1,20}$/.test(v) ? undefined : must(at, 'a string of at most 20 decimal digits', v));
-/**
- * A removed directory a process is in (cwdDeleted, rootDeleted): mode and owner, and its
- * device and inode (`identity`: required; a working directory of an older image has none).
- */
-const removedDir = (identity: boolean): Check => record({
-  mode: int(0, 0o7777), uid: int(0, 2 ** 32 - 2), gid: int(0, 2 ** 32 - 2), ...(identity ? { dev: id64, ino: id64 } : {}),
-}, identity ? {} : { dev: id64, ino: id64 });
 const task = record({
   pid, ppid: int(0, PID_MAX), pgid: int(0, PID_MAX), sid: int(0, PID_MAX),
   comm: str(64), exe: absPath, cwd: absPath, umask: int(0, 0o777),

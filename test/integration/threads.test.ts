@@ -1,16 +1,17 @@
 /**
  * Multi-threaded processes: every thread comes back with its TID, registers, mask, altstack,
  * name and TLS, and threads parked in futex, nanosleep and poll waits go on; a thread with a
- * root, working directory and umask of its own (unshare(2) of CLONE_FS) comes back with them,
+ * root, working directory and umask of its own (unshare(2) of CLONE_FS) comes back with them
+ * (a removed working directory as a removed directory, one with its other holders),
  * and one with a descriptor table of its own (unshare(2) of CLONE_FILES) with it.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { cleanup, cycleThrough, ferry, own, procState, refuseEdited, startWorkload, verify } from '../helpers/processes.js';
-import type { TaskRecord } from '../../src/image/records.js';
+import type { TaskRecord, ThreadFsRecord } from '../../src/image/records.js';
 
 after(cleanup);
 
@@ -49,32 +50,50 @@ function fsOf(pid: number, tid: number): { cwd: string; root: string; umask: str
   return { cwd: readlinkSync(`/proc/${pid}/task/${tid}/cwd`), root: readlinkSync(`/proc/${pid}/task/${tid}/root`), umask };
 }
 
+/** Device and inode of what /proc/PID/`link` leads to, and its link count. */
+function dirOf(pid: number, link: string): string {
+  const st = statSync(`/proc/${pid}/${link}`);
+  return `${st.dev}:${st.ino} nlink ${st.nlink}`;
+}
+
 describe('a thread with a root, working directory and umask of its own', { skip: needs('root', 'build'), timeout: 180_000 }, () => {
   // leader: the main thread unshare(2)d, the other one kept the fs struct they shared.
-  for (const mode of ['cwd', 'chroot', 'leader']) {
+  // removed: the thread's working directory was removed; -fd: the process holds it open too,
+  // -cwd: it is the process's working directory too (one directory for both after restore).
+  for (const mode of ['cwd', 'chroot', 'leader', 'removed', 'removed-fd', 'removed-cwd']) {
     it(`${mode}: survives two cycles with them, its process with its own`, async () => {
       const w = await startWorkload(join(WORKLOADS, 'threadfs'), mode === 'cwd' ? [] : [mode]);
       const [leader, thread] = tids(w.pid);
       const want = { leader: fsOf(w.pid, leader!), thread: fsOf(w.pid, thread!) };
-      assert.deepEqual(want.leader, { cwd: join(w.dir, 'a'), root: '/', umask: '0022' });
-      assert.deepEqual(want.thread, { cwd: join(w.dir, 'b'), root: mode === 'chroot' ? join(w.dir, 'b') : '/', umask: '0077' });
+      const b = join(w.dir, 'b') + (mode.startsWith('removed') ? ' (deleted)' : '');
+      assert.deepEqual(want.leader, { cwd: mode === 'removed-cwd' ? b : join(w.dir, 'a'), root: '/', umask: '0022' });
+      assert.deepEqual(want.thread, { cwd: b, root: mode === 'chroot' ? join(w.dir, 'b') : '/', umask: '0077' });
+      // The other holder of the thread's removed working directory, if any.
+      const other = mode === 'removed-fd' ? 'fd/10' : mode === 'removed-cwd' ? 'cwd' : undefined;
       const image = join(w.dir, 'threadfs.tar');
       for (let i = 0; i < 2; i++) {
         await cycleThrough(w, image, i);
         assert.deepEqual(tids(w.pid), [leader, thread], 'same thread ids');
         assert.deepEqual({ leader: fsOf(w.pid, leader!), thread: fsOf(w.pid, thread!) }, want, `cycle ${i + 1}: each its own`);
+        if (mode.startsWith('removed')) {
+          const here = dirOf(w.pid, `task/${thread!}/cwd`);
+          assert.match(here, / nlink 0$/, `cycle ${i + 1}: a removed directory`);
+          if (other !== undefined) assert.equal(dirOf(w.pid, other), here, `cycle ${i + 1}: one directory with the process's ${other}`);
+        }
       }
       assert.equal(await verify(w), 'PASS', w.text());
     });
   }
 
-  it('--leave-running leaves it running with them', async () => {
-    const w = await startWorkload(join(WORKLOADS, 'threadfs'), ['chroot']);
-    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
-    assert.equal(cp.code, 0, cp.stderr);
-    for (const tid of tids(w.pid)) assert.equal(procState(tid).tracer, 0, `thread ${tid} not traced`);
-    assert.equal(await verify(w), 'PASS', w.text());
-  });
+  for (const mode of ['chroot', 'removed-fd']) {
+    it(`${mode}: --leave-running leaves it running with them`, async () => {
+      const w = await startWorkload(join(WORKLOADS, 'threadfs'), [mode]);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+      assert.equal(cp.code, 0, cp.stderr);
+      for (const tid of tids(w.pid)) assert.equal(procState(tid).tracer, 0, `thread ${tid} not traced`);
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
 
   it('an image giving the leader an fs of its own, or an unsigned one a thread a root it could not make, is refused with one line, nothing made', async () => {
     const w = await startWorkload(join(WORKLOADS, 'threadfs'), ['chroot']);
@@ -89,8 +108,31 @@ describe('a thread with a root, working directory and umask of its own', { skip:
     await refuseEdited(w, image, entry, cases);
   });
 
+  it('an image whose thread\'s removed working directory disagrees with its other holders, or is out of bounds, is refused with one line, nothing made', async () => {
+    for (const mode of ['removed-fd', 'removed-cwd']) {
+      const w = await startWorkload(join(WORKLOADS, 'threadfs'), [mode]);
+      const image = join(w.dir, 'lr.tar');
+      assert.equal(ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']).code, 0);
+      const entry = `tasks/${w.pid}/task.json`;
+      const fs = (t: TaskRecord): ThreadFsRecord => t.threads[1]!.fs!;
+      const cases: Array<[string, (t: TaskRecord) => void, RegExp]> = mode === 'removed-fd' ? [
+        ['mode.tar', (t) => { fs(t).cwdDeleted!.mode = 0o700; }, /file \d+ holds the removed working directory \S+ of pid \d+ \(device \d+, inode \d+\) with another mode or owner/],
+        ['path.tar', (t) => { fs(t).cwd = join(w.dir, 'elsewhere'); }, /file \d+ holds the removed working directory of pid \d+ \(device \d+, inode \d+\) at another place/],
+        ['ino.tar', (t) => { (fs(t).cwdDeleted as unknown as { ino: unknown }).ino = 'x'; },
+          /image entry tasks\/\d+\/task\.json is invalid: threads\[1\]\.fs\.cwdDeleted\.ino must be a string of at most 20 decimal digits/],
+        ['uid.tar', (t) => { fs(t).cwdDeleted!.uid = 2 ** 32; }, /image entry tasks\/\d+\/task\.json is invalid: threads\[1\]\.fs\.cwdDeleted\.uid must be/],
+      ] : [
+        ['path.tar', (t) => { fs(t).cwd = join(w.dir, 'elsewhere'); },
+          /pid \d+ and thread \d+ of pid \d+ have the same removed working directory \(device \d+, inode \d+\) with another path, mode or owner/],
+        ['owner.tar', (t) => { fs(t).cwdDeleted!.gid = 4242; },
+          /pid \d+ and thread \d+ of pid \d+ have the same removed working directory \(device \d+, inode \d+\) with another path, mode or owner/],
+      ];
+      await refuseEdited(w, image, entry, cases);
+    }
+  });
+
   const refused: Array<[string, RegExp]> = [
-    ['removed', /^ferry checkpoint: thread \d+ of pid \d+ has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\) and its working directory \S+ was removed, which restore cannot rebuild yet for a thread/],
+    ['removed-root', /^ferry checkpoint: thread \d+ of pid \d+ has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\) and its root directory \S+ was removed, which restore cannot rebuild yet for a thread/],
     ['shared', /^ferry checkpoint: thread \d+ of pid \d+ has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\) that thread \d+ of pid \d+ shares, which restore cannot rebuild yet/],
     ['child', /^ferry checkpoint: thread \d+ of pid \d+ has a root, working directory and umask of its own \(unshare\(2\) of CLONE_FS\) that pid \d+ shares, which restore cannot rebuild yet/],
   ];

@@ -297,4 +297,17 @@ describe('checkRemovedDirs', () => {
     assert.throws(() => checkRemovedDirs('img', [inRoot], [], dirs(0o1777)),
       /had the removed directory "\/srv\/jail\/sub" as its working directory; restore would make it again in "\/srv\/jail", which its credentials \(uid 4242/);
   });
+
+  it('judges a thread\'s own removed working directory by that thread\'s credentials', () => {
+    // The process is root; its thread 8 runs as 65534, in the removed /srv/b of its own.
+    const root = task(7, 0, 0, [], '0xffffffffff', []);
+    const c = root.creds.threads[0]!;
+    const held = {
+      ...root, cwd: '/srv', threads: [{ tid: 7 }, { tid: 8, fs: { cwd: '/srv/b', umask: 18, cwdDeleted: { mode: 0o751, uid: 65534, gid: 65534, dev: '1', ino: '5' } } }],
+      creds: { ...root.creds, threads: [c, { ...c, tid: 8, uids: [65534, 65534, 65534, 65534], gids: [65534, 65534, 65534, 65534], caps: { ...c.caps, effective: '0x0' } }] },
+    } as unknown as Parameters<typeof checkRemovedDirs>[1][number];
+    assert.throws(() => checkRemovedDirs('img', [held], [], dirs(0o755)),
+      /^FerryError: image img: pid 7 \(x\) had the removed directory "\/srv\/b" as the working directory of its thread 8; restore would make it again in "\/srv", which its credentials \(uid 65534, gid 65534/);
+    checkRemovedDirs('img', [held], [], dirs(0o1777));
+  });
 });

@@ -801,10 +801,12 @@ describe('manifest', { timeout: 30_000 }, () => {
       // unheld terminal's foreground too).
       ['tty-empty-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
       ['lent-through-ancestor', probe({ tasks: [task({ vmas: [{ vmflags: ['ac'], lent: [[0, 1]], lentThrough: 2 }] })] })],
+      ['thread-removed-cwd', probe({ tasks: [task({}, { fs: { cwd: '/gone', umask: 18, cwdDeleted: { mode: 0o755, uid: 0, gid: 0, dev: '8', ino: '5' } } })] })],
     ];
     assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
     for (const [name, p] of cases) {
-      assert.deepEqual(requiredFeatures(p), name === 'tty-empty-foreground' ? ['tty-unheld-foreground', name] : [name], name);
+      const also = name === 'tty-empty-foreground' ? ['tty-unheld-foreground'] : name === 'thread-removed-cwd' ? ['thread-fs'] : [];
+      assert.deepEqual(requiredFeatures(p), [...also, name], name);
     }
     // A terminal a descriptor holds sets its foreground group as every older reader does.
     const held = task({ fds: [{ fd: 0, file: 1, cloexec: false }] });

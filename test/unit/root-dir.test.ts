@@ -101,6 +101,35 @@ describe('planRemovedRoots: a removed working directory deeper in a removed root
   });
 });
 
+describe('planRemovedRoots: a thread\'s own removed working directory', () => {
+  /** Pid `pid` (working directory `cwd`, removed when `ino`) with thread `pid + 1` in the removed `tcwd` (inode `tino`). */
+  const withThread = (pid: number, tcwd: string, tino: string, mode = 0o751, cwd = '/srv', ino?: string): TaskRecord => ({
+    pid, cwd, ...(ino !== undefined ? { cwdDeleted: { mode: 0o751, uid: 65534, gid: 65534, dev: '8', ino } } : {}),
+    threads: [{ tid: pid }, { tid: pid + 1, fs: { cwd: tcwd, umask: 18, cwdDeleted: { mode, uid: 65534, gid: 65534, dev: '8', ino: tino } } }],
+  }) as unknown as TaskRecord;
+
+  it('is always made and held, once with the process and threads that have it', () => {
+    assert.deepEqual([...planRemovedRoots('img', [withThread(10, '/srv/b', '7')]).entries()].map(([k, r]) => [k, r.path, r.cwd, r.pids]), [['8:7', '/srv/b', true, [10]]]);
+    const shared = planRemovedRoots('img', [withThread(10, '/srv/b', '7', 0o751, '/srv/b', '7'), withThread(20, '/srv/b', '7')]);
+    assert.deepEqual([...shared.entries()].map(([k, r]) => [k, r.path, r.pids]), [['8:7', '/srv/b', [10, 20]]]);
+    // The same directory as a removed root: entered there.
+    assert.equal(planRemovedRoots('img', [task(30, '/srv/jail', '5'), withThread(10, '/srv/jail', '5')]).get('8:5')!.cwd, undefined);
+  });
+
+  it('refuses holders that disagree about it, and one inside a container', () => {
+    assert.throws(() => planRemovedRoots('img', [withThread(10, '/srv/b', '7', 0o751, '/srv/c', '7')]), (err: Error & { code?: string; pid?: number }) => {
+      assert.equal(err.code, 'EIMAGE');
+      assert.match(err.message, /^image img: pid 10 and thread 11 of pid 10 have the same removed working directory \(device 8, inode 7\) with another path, mode or owner/);
+      return true;
+    });
+    assert.throws(() => planRemovedRoots('img', [withThread(10, '/srv/b', '7'), withThread(20, '/srv/b', '7', 0o700)]), /thread 11 of pid 10 and thread 21 of pid 20 have the same removed working directory/);
+    assert.throws(() => planRemovedRoots('img', [task(30, '/srv/jail', '5'), withThread(10, '/srv/else', '5')]),
+      /the removed working directory "\/srv\/else" of thread 11 of pid 10 is the removed directory "\/srv\/jail" of pid 30 \(device 8, inode 5\) with another path, mode or owner/);
+    assert.throws(() => planRemovedRoots('img', [withThread(10, '/srv/b', '7')], [], true), (err: Error & { code?: string }) => err.code === 'EUNSUPPORTED'
+      && /thread 11 of pid 10 has a working directory of its own that was removed \("\/srv\/b"\), which restore cannot rebuild inside a container/.test(err.message));
+  });
+});
+
 describe('checkRootTrust', () => {
   /** Pid 10 with threads 10 and 11 (11 with an fs of its own, `own`), whose effective capabilities are `caps`. */
   const threaded = (root: string | undefined, own: { cwd: string; root?: string; umask: number } | undefined, caps: [string, string]): TaskRecord => ({
