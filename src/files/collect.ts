@@ -388,8 +388,8 @@ const PROC_PID_LINK = /^\/proc\/(\d+)(?:\/[^\0]*)?(?: \(deleted\))?$/;
 
 /**
  * Refuses a file under /proc/<pid>/ of a container's own procfs (its pid namespace's: such a
- * file is stored by its path, as a regular file is, and restore opens it by that path inside
- * the restored container) whose process had exited and been reaped (a child's
+ * file of a live process of the tree is procfile.ts's, by the container's pid, opened once the
+ * restored container's processes exist) whose process had exited and been reaped (a child's
  * /proc/<pid>/status kept after waitpid). Its path, looked up again from the root of the
  * task's mount namespace, finds no file or another inode (procfile.ts tells a live one's file
  * so on ferry's own procfs): restore would find no file there, or the file of whatever process

@@ -275,13 +275,19 @@ function openAll(records: readonly FileRecord[], opened: Map<number, number>, op
 /**
  * Opens, once every process of the tree exists, the files of the kinds that name restored
  * processes (FileKind.openAfterTree), into `files`, then runs the kinds' `afterTree`;
- * `hostPid` maps an image pid to ferry's.
+ * `hostPid` maps an image pid to ferry's; a record with `root: 'task'` (a container's /proc
+ * file) is placed in `taskRoot`, the restored container's root.
  */
 export async function openAfterTree(files: RestoreFiles, records: readonly FileRecord[],
-  hostPid: (pid: number) => number | undefined): Promise<void> {
-  for (const r of records) {
-    const late = kindByName(r.kind).openAfterTree;
-    if (late && !files.late.has(r.id) && !files.opened.has(r.id)) files.opened.set(r.id, await late(r, hostPid));
+  hostPid: (pid: number) => number | undefined, taskRoot?: string): Promise<void> {
+  const roots = new Roots(taskRoot);
+  try {
+    for (const r of records) {
+      const late = kindByName(r.kind).openAfterTree;
+      if (late && !files.late.has(r.id) && !files.opened.has(r.id)) files.opened.set(r.id, await late(roots.rebased(r), hostPid));
+    }
+  } finally {
+    roots.close();
   }
   // Then each kind's work that needs every file and process (FileKind.afterTree), once.
   for (const kind of new Set(records.map((r) => r.kind))) kindByName(kind).afterTree?.(files.ctx, hostPid);

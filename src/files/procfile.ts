@@ -19,8 +19,16 @@
  * Refused: one in flight (queued in a unix socket) or watched by an epoll (restore fills the
  * queues and adds the items before the threads exist; files/collect.ts), and an edited image
  * with one so, or in a container's image, before anything is made (files/install.ts
- * checkThreadFiles). A /proc of another pid namespace (a container's own) is not this kind's:
- * such a path is the regular module's, resolved in the container.
+ * checkThreadFiles).
+ *
+ * A container's own procfs (its pid namespace's, mounted in it; not ferry's) is this kind's
+ * for a file of a live process of the tree: stored by the container's pid with `root: 'task'`
+ * and opened once the tree exists in the restored container's root (openInContainer), where
+ * /proc/PID must be the restored process on a procfs of the container's pid namespace, never
+ * the host's or another container's that an edited image or a changed mount table would lead
+ * to. Another thread's file is refused at checkpoint there (a container's threads are made
+ * after its files are installed), and a reaped process's too (files/collect.ts
+ * refuseReapedProcFile: restore has no process of its own in the container's namespace).
  *
  * A file whose process had exited and been reaped (a child's /proc/PID/stat kept after
  * waitpid) names a dead task: its reads fail (ESRCH), and its pid is free, or another
@@ -37,7 +45,7 @@
  * reaped thread's file (/proc/PID/task/TID/… of a thread that exited) is refused at
  * checkpoint: restore has no thread to make it through.
  */
-import { statSync } from 'node:fs';
+import { fstatSync, readFileSync, readlinkSync, statfsSync, statSync } from 'node:fs';
 import { errnoCode, FerryError, describeCause } from '../errors.js';
 import { faultPointSync } from '../fault.js';
 import type { FileRecord } from '../image/records.js';
@@ -45,10 +53,10 @@ import { native } from '../native/binding.js';
 import {
   O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH,
 } from '../proc/fcntl.js';
-import { readProcText } from '../proc/read.js';
+import { inOwnMountNs, readProcLink, readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
-import { hostRoot, openIn } from './confined.js';
-import type { FdDesc, FileKind } from './types.js';
+import { type ConfinedRoot, hostRoot, openIn, rootOf } from './confined.js';
+import type { DumpContext, FdDesc, FileKind } from './types.js';
 
 const REOPEN_FLAGS = O_ACCMODE | O_APPEND | O_NONBLOCK | O_LARGEFILE | O_NOATIME | O_DIRECTORY;
 const MAX_PID = 4194304;
@@ -57,6 +65,8 @@ const PROC_PATH = /^\/proc\/(\d+)(?:\/task\/(\d+))?((?:\/[^/]+)*)$/;
 /** What d_path adds to the link of a directory unhashed since it was opened (a reaped process's). */
 const DELETED = ' (deleted)';
 const SIGKILL = 9;
+/** statfs(2) f_type of a procfs. */
+const PROC_SUPER_MAGIC = 0x9fa0;
 
 /**
  * The link of a /proc file, parsed: its pid, its thread's tid, the rest of the path, and
@@ -87,6 +97,12 @@ export interface ProcfileRecord extends FileRecord {
    * tree's pid namespace (never with `task`, nor with `target` null).
    */
   thread?: number;
+  /**
+   * 'task': a file of the container's own procfs (its pid namespace's, mounted in it), opened
+   * at restore in the restored container's root, by the pids of its namespace (`target`,
+   * `thread`); never with `target` null.
+   */
+  root?: 'task';
   flags: number;
   pos: string;
 }
@@ -109,11 +125,18 @@ function validSub(sub: unknown): boolean {
     && (sub === '' || (sub.startsWith('/') && sub.slice(1).split('/').every((x) => x !== '' && x !== '.' && x !== '..')));
 }
 
-/** Opens `path` (on ferry's procfs) with the record's flags and offset; no magic link is followed. */
-function openProc(path: string, rec: ProcfileRecord): number {
+/**
+ * Opens `path` (on ferry's procfs; with `root`, inside that root, on the procfs of device
+ * `dev`) with the record's flags and offset; no magic link is followed.
+ */
+function openProc(path: string, rec: ProcfileRecord, root = hostRoot(), dev?: number): number {
   const n = native();
-  const at = openIn(hostRoot(), path, O_PATH | (rec.flags & O_DIRECTORY), `file ${rec.id} (${path}) of the image`);
+  const at = openIn(root, path, O_PATH | (rec.flags & O_DIRECTORY), `file ${rec.id} (${path}) of the image`);
   try {
+    // On the procfs checked (openInContainer): no other file system mounted on the path below it.
+    if (dev !== undefined && fstatSync(at).dev !== dev) {
+      throw new FerryError('EOPEN', `cannot restore file ${rec.id} (${path}): it is not on the container's /proc`);
+    }
     const fd = n.openRaw(`/proc/self/fd/${at}`, rec.flags & REOPEN_FLAGS);
     const pos = Number(rec.pos);
     if (pos !== 0) {
@@ -125,6 +148,91 @@ function openProc(path: string, rec: ProcfileRecord): number {
   } finally {
     n.closeFd(at);
   }
+}
+
+/** Whether `d` is on a procfs (any instance: a container's own too). */
+function onProcfs(d: FdDesc): boolean {
+  try {
+    return statfsSync(`/proc/${d.pid}/fd/${d.fd}`).type === PROC_SUPER_MAGIC;
+  } catch {
+    return false; // closed meanwhile: another module says so
+  }
+}
+
+/**
+ * Opens (O_PATH) the directory /proc/`pid` inside `root` (a container's) and checks that it
+ * is the one of host process `host`, on a procfs of `host`'s own pid namespace: its pid
+ * namespace (ns/pid) is `host`'s, and its NSpid line, which lists the pids from the procfs's
+ * namespace down to the process's, holds `pid` alone. Anything else (the host's /proc, or
+ * another container's, mounted there; another process at that pid) gives undefined. The
+ * caller closes the descriptor.
+ */
+function ownProcDir(root: ConfinedRoot, pid: number, host: number, what: string): number | undefined {
+  const n = native();
+  let dir: number;
+  try {
+    dir = openIn(root, `/proc/${pid}`, O_PATH | O_DIRECTORY, what);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+  try {
+    const at = `/proc/self/fd/${dir}`;
+    if (statfsSync(at).type === PROC_SUPER_MAGIC && readlinkSync(`${at}/ns/pid`) === readProcLink(host, 'ns/pid')) {
+      const ns = parseStatus(readFileSync(`${at}/status`, 'utf8')).nsPid;
+      if (ns.length === 1 && ns[0] === pid) return dir;
+    }
+  } catch { /* gone, or not a process's: undefined */ }
+  n.closeFd(dir);
+  return undefined;
+}
+
+/**
+ * Opens /proc/`pid`[`below`] in `root`, a container's, for record `rec`: the file of host
+ * process `host` on the container's own procfs (ownProcDir), never the host's nor another
+ * container's, with the record's flags and offset.
+ */
+function openInContainer(root: ConfinedRoot, pid: number, host: number, below: string, rec: ProcfileRecord): number {
+  const where = `/proc/${pid}${below}`;
+  const dir = ownProcDir(root, pid, host, `file ${rec.id} (${where} in the container) of the image`);
+  if (dir === undefined) {
+    throw new FerryError('EOPEN', `cannot restore file ${rec.id} (${where}): /proc/${pid} in the restored container is not its process ${pid} `
+      + 'on the container\'s own /proc (its /proc is not a procfs of its pid namespace)');
+  }
+  try {
+    return openProc(where, rec, root, fstatSync(dir).dev);
+  } finally {
+    native().closeFd(dir);
+  }
+}
+
+/**
+ * The record of `d`, a /proc file of a container's own procfs (not ferry's) of a live process
+ * (collect.ts refused a reaped one's already): by the pids of the container's namespace,
+ * `root: 'task'`, once the file's process is found to be a process of the tree.
+ */
+function dumpInContainer(d: FdDesc, ctx: DumpContext, link: { pid: number; tid: number | undefined; rest: string }): Omit<ProcfileRecord, 'id' | 'kind'> {
+  const root = ctx.mountNsRoot(d.pid);
+  // The tree's processes by their pid in their own namespace (one namespace in a container).
+  const byNsPid = ctx.scratch<number>('procfile-nspid');
+  if (byNsPid.size === 0) for (const h of ctx.pids) byNsPid.set(String(nsPid(h)), h);
+  const host = byNsPid.get(String(link.pid));
+  const dir = root === undefined || host === undefined ? undefined : ownProcDir(root, link.pid, host, `fd ${d.fd} of pid ${d.pid}`);
+  if (dir === undefined) {
+    throw unsupported(d, `a /proc file of pid ${link.pid} on a procfs that is not the one of its container's pid namespace, or of a process outside the tree: `
+      + 'restore could not open it again naming the same process; close the descriptor');
+  }
+  native().closeFd(dir);
+  const flags = d.fdinfo.flags & REOPEN_FLAGS;
+  const pos = d.fdinfo.pos.toString();
+  const { pid, tid, rest } = link;
+  if (tid !== undefined && tid !== pid) {
+    // Restore makes a container's threads after its files are installed, and a container's
+    // image holds no file opened once they exist (install.ts checkThreadFiles).
+    throw unsupported(d, `a /proc file of thread ${tid} of pid ${pid} of its container, which restore could open only once the container's threads exist; `
+      + `open /proc/${pid}/task/${tid} again after the restore, or close the descriptor`);
+  }
+  return { target: pid, sub: rest, ...(tid !== undefined ? { task: true } : {}), root: 'task', flags, pos };
 }
 
 const unsupported = (d: FdDesc, why: string): FerryError =>
@@ -236,7 +344,9 @@ export const procfile: FileKind<ProcfileRecord> = {
   kind: 'procfile',
 
   matches(fd: FdDesc): boolean {
-    return parseLink(fd.link) !== undefined && (fd.fdinfo.flags & O_PATH) === 0 && onOwnProc(fd);
+    // A container's own procfs too: its task is in another mount namespace.
+    return parseLink(fd.link) !== undefined && (fd.fdinfo.flags & O_PATH) === 0
+      && (onOwnProc(fd) || (onProcfs(fd) && !inOwnMountNs(fd.pid)));
   },
 
   key(fd: FdDesc): string {
@@ -245,6 +355,7 @@ export const procfile: FileKind<ProcfileRecord> = {
 
   dump(fd: FdDesc, ctx): Omit<ProcfileRecord, 'id' | 'kind'> {
     const { pid, tid, rest, deleted } = parseLink(fd.link)!;
+    if (!onOwnProc(fd)) return dumpInContainer(fd, ctx, { pid, tid, rest });
     const flags = fd.fdinfo.flags & REOPEN_FLAGS;
     const pos = fd.fdinfo.pos.toString();
     const path = `/proc/${pid}${tid === undefined ? '' : `/task/${tid}`}${rest}`;
@@ -278,6 +389,10 @@ export const procfile: FileKind<ProcfileRecord> = {
       ? !(typeof rec.sub === 'string' && PROC_PATH.test(rec.sub) && validSub(PROC_PATH.exec(rec.sub)![3] ?? ''))
       : !validSub(rec.sub)) bad('has an invalid path');
     if (rec.task !== undefined && typeof rec.task !== 'boolean') bad('has an invalid task flag');
+    if (rec.root !== undefined && (rec.root !== 'task' || rec.target === null || rec.thread !== undefined)) bad('has an invalid root');
+    // In a container's image no key signed (install.ts placed it in the container's root): a
+    // process's file comes from the container's /proc, never from ferry's, the host's.
+    if (rec.root === undefined && rec.target !== null && rootOf(rec) !== hostRoot()) bad('names a file of the host\'s /proc in a container\'s image');
     if (rec.thread !== undefined && (rec.target === null || rec.task !== undefined || !Number.isInteger(rec.thread)
       || rec.thread < 1 || rec.thread > MAX_PID || rec.thread === rec.target)) bad('has an invalid thread');
     if (!Number.isSafeInteger(rec.flags) || rec.flags < 0 || (rec.flags & ~REOPEN_FLAGS) !== 0) bad('has invalid flags');
@@ -309,6 +424,7 @@ export const procfile: FileKind<ProcfileRecord> = {
     if (pid === undefined) {
       throw new FerryError('EOPEN', `cannot restore file ${rec.id} (/proc/${rec.target}${rec.sub}): pid ${rec.target} is not a process restored here`);
     }
+    if (rec.root === 'task') return openInContainer(rootOf(rec), rec.target, pid, `${rec.task === true ? `/task/${rec.target}` : ''}${rec.sub}`, rec);
     return openProc(`/proc/${pid}${rec.task === true ? `/task/${pid}` : ''}${rec.sub}`, rec);
   },
 };

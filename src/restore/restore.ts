@@ -371,7 +371,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // their stubs, or (a zombie, already finished) by its pid where pids are the host's.
     const hostPidOf = (pid: number): number | undefined => created.stubs.get(pid)?.pid
       ?? (made === undefined && existsSync(`/proc/${pid}`) ? pid : undefined);
-    await openAfterTree(opened, files.files, hostPidOf);
+    await openAfterTree(opened, files.files, hostPidOf, made?.fileRoot);
     await faultPoint('created', o.signal);
     // A process forked sharing the descriptor table of one before it (tree.ts) finds its
     // descriptors installed there: each table is filled once.

@@ -14,18 +14,26 @@
  *
  * A /proc file of a child the container's init has reaped (a container's /proc is its own,
  * stored by path) is refused at checkpoint in one line, the container left running, and the
- * init finds the file still naming a dead task.
+ * init finds the file still naming a dead task. So is one of another thread of the init
+ * (/proc/self/task/<tid>/stat), which still reads that thread's stat after.
+ *
+ * /proc files a process of the container other than its init holds of live processes of it
+ * (two children's status and maps, its own /proc/self/stat read past its start, the init's
+ * status) come back naming the restored processes, on the restored container's own /proc,
+ * with the offset kept (the holder checks itself), also after a --leave-running checkpoint.
+ * Edited images (unsigned) whose record names the host's /proc, a file behind a magic link of
+ * the process, or a process not restored are refused in one line, no container left.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createPrivateKey, type KeyObject } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FERRY, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
 import { cleanup, ferry, procState, waitFor } from '../helpers/processes.js';
-import { runcAt, runcScratch, runcState, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
+import { childrenOf, runcAt, runcScratch, runcState, runcWorkloadSkip, runReady } from '../helpers/runc-criu.js';
 
 const WORKLOAD = join(WORKLOADS, 'ctrwatch-static');
 const skip = runcWorkloadSkip(WORKLOAD);
@@ -181,5 +189,75 @@ describe('a container\'s watched files and /proc files', { skip, timeout: 300_00
     process.kill(pid, 'SIGUSR1');
     await waitFor('the init to check itself', () => /^(PASS|FAIL)/m.test(readFileSync(log, 'utf8')), 10000, () => readFileSync(log, 'utf8'));
     assert.match(readFileSync(log, 'utf8'), /^PASS$/m);
+  });
+
+  it('a /proc file of another thread is refused at checkpoint, the container left running', async () => {
+    const id = `ferry-ctrthread-${process.pid}`;
+    const log = join(dir, 'thread.log');
+    await start(id, log, ['thread']);
+    const tid = /^ready pid=1 tid=(\d+)$/m.exec(readFileSync(log, 'utf8'))?.[1];
+    assert.ok(tid, readFileSync(log, 'utf8'));
+    const pid = stateOf(id).pid;
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', join(dir, 'thread.tar')]);
+    assert.equal(cp.code, 1, cp.stderr.toString());
+    assert.match(cp.stderr.toString(), new RegExp(`^ferry checkpoint: unsupported file: pid ${pid} fd 5 -> /proc/1/task/${tid}/stat \\(a /proc file of thread ${tid} of pid 1 of its container, [^\\n]*\\n$`));
+    assert.equal(stateOf(id).status, 'running');
+    assert.equal(procState(pid).tracer, 0, 'not traced');
+    process.kill(pid, 'SIGUSR1');
+    await waitFor('the init to check itself', () => /^(PASS|FAIL)/m.test(readFileSync(log, 'utf8')), 10000, () => readFileSync(log, 'utf8'));
+    assert.match(readFileSync(log, 'utf8'), /^PASS$/m);
+  });
+
+  it('/proc files a process of the container holds of live processes of it come back naming the restored ones', async () => {
+    const id = `ferry-ctrprocs-${process.pid}`;
+    const log = join(dir, 'procs.log');
+    await start(id, log, ['procs']);
+    const m = /^ready pid=1 holder=(\d+) b=(\d+) c=(\d+)$/m.exec(readFileSync(log, 'utf8'));
+    assert.ok(m, readFileSync(log, 'utf8'));
+    const [holder, b, c] = [m[1]!, m[2]!, m[3]!];
+    const want = [`/proc/${b}/status`, `/proc/${holder}/stat`, `/proc/${c}/maps`, '/proc/1/status'];
+    const hostHolder = (): number => {
+      const [h] = childrenOf(stateOf(id).pid, 'ctrwatch');
+      assert.ok(h, 'the holder runs');
+      return h;
+    };
+    const links = (): string[] => [5, 6, 7, 8].map((fd) => readlinkSync(`/proc/${hostHolder()}/fd/${fd}`));
+    assert.deepEqual(links(), want);
+    const image = join(dir, 'procs.tar');
+    const left = ferry(['checkpoint', id, '--root', state, '--image', image, '--leave-running']);
+    assert.equal(left.code, 0, left.stderr.toString());
+    assert.deepEqual(links(), want, 'left running as it was');
+    const cp = ferry(['checkpoint', id, '--root', state, '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr.toString());
+    // Edited (unsigned): b's status record made to name the host's /proc, a file reached
+    // through a magic link of the process, a process not restored: each refused in one line,
+    // no container left.
+    type Procfile = { kind: string; target: number | null; sub: string; root?: string };
+    const edits: Array<[string, (r: Procfile) => void, RegExp]> = [
+      ['hostproc', (r) => { delete r.root; }, /file \d+ \(kind procfile\) names a file of the host's \/proc in a container's image/],
+      ['magic', (r) => { r.sub = '/root/etc/passwd'; }, /goes through a \/proc magic link/],
+      ['absent', (r) => { r.target = 99; }, /pid 99 is not a process restored here/],
+    ];
+    for (const [name, edit, why] of edits) {
+      const out = join(dir, `procs-${name}.tar`);
+      await editImage(image, out, { 'files.json': json<{ files: Procfile[] }>((v) => {
+        const rec = v.files.find((f) => f.kind === 'procfile' && f.target === Number(b) && f.sub === '/status');
+        assert.equal(rec?.root, 'task', 'the container\'s /proc, by its pids');
+        edit(rec!);
+      }) });
+      const r = restore(id, out, log);
+      assert.equal(r.code, 1, `${name}: ${r.stderr}`);
+      assert.match(r.stderr, /^ferry restore: [^\n]*\n$/, name);
+      assert.match(r.stderr, why, name);
+      assert.equal(stateOf(id).status, 'absent', `${name}: no container left`);
+    }
+    const rs = ferry(['restore', id, '--root', state, '--image', image, '--detach']);
+    assert.equal(rs.code, 0, rs.stderr.toString());
+    assert.deepEqual(links(), want, 'the same paths in the restored container');
+    process.kill(stateOf(id).pid, 'SIGUSR1');
+    await waitFor('the holder to check itself', () => /^(PASS|FAIL)/m.test(readFileSync(log, 'utf8')), 10000, () => readFileSync(log, 'utf8'));
+    const text = readFileSync(log, 'utf8');
+    assert.deepEqual(text.split('\n').filter((l) => l.startsWith('FAIL')), [], text);
+    assert.match(text, /^PASS$/m);
   });
 });

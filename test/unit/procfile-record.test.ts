@@ -96,3 +96,18 @@ describe('a procfile record of a process already reaped (gone)', () => {
     }
   });
 });
+
+describe('a procfile record of a container\'s own /proc (root: task)', () => {
+  it('is accepted by a process of the tree, its main thread\'s directory too', () => {
+    procfile.check!(record(7, undefined, { root: 'task' }));
+    procfile.check!(record(7, undefined, { root: 'task', task: true, sub: '' }));
+  });
+
+  it('is refused with another root, with no process of the tree, of another thread, or reaped', () => {
+    for (const bad of [record(7, undefined, { root: 'host' }), record(7, undefined, { root: true }),
+      record(null, undefined, { root: 'task', sub: '/proc/1/stat' }), record(7, 8, { root: 'task' }),
+      record(null, undefined, { root: 'task', gone: 9 })]) {
+      assert.throws(() => procfile.check!(bad), { code: 'EIMAGE', message: /^image: file 7 \(kind procfile\) has an invalid root$/ });
+    }
+  });
+});
