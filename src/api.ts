@@ -247,7 +247,11 @@ export interface RestoreResult {
    * reaped by their parents, are not listed). Outside a container every PID maps to itself.
    */
   hostPids: Record<number, number>;
-  /** Bytes of memory pages written into the restored tasks. */
+  /**
+   * Bytes of memory pages written into the restored tasks: every page the image stores, once
+   * (those lent through a parent for its children to inherit too: restore/cow.ts lendPages);
+   * with lazy pages, those written before the let-go only.
+   */
   pagesBytes: number;
   /** Verification of the image, milliseconds. */
   verifyMs: number;

@@ -16,7 +16,7 @@ import {
   O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH, O_SYNC,
 } from '../proc/fcntl.js';
 import { ConfinedRoot, hostRoot, openIn, openRemovedNode, placeOf, statIn, withRemovedDir } from './confined.js';
-import { openRemovedNodeOf } from './removed-node.js';
+import { openRemovedNodeOf, removedDirIdentity } from './removed-node.js';
 import { dumpLocks, precheckLocks, restoreLocks, validateLocks, type LockRecord } from './locks.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext, TaskContext } from './types.js';
 
@@ -184,17 +184,24 @@ function checkMapped(tasks: readonly TaskRecord[], options: Pick<FileOptions, 'a
 /**
  * A directory that was removed: made once for every record of it (files/removed-node.ts), for
  * the moment of the open (withRemovedDir), taken O_PATH, its name removed (it must be empty
- * then: one someone put something in meanwhile is theirs); given its mode and owner; each
- * record opens it through /proc/self/fd with its flags and gets its offset.
+ * then: one someone put something in meanwhile is theirs), or, a removed root or working
+ * directory of the tree or a directory below a removed root, the one restore made for the
+ * processes (FileOptions.removedDir); given its mode and owner; each record opens it through
+ * /proc/self/fd with its flags and gets its offset.
  */
 function openRemovedDir(rec: RegularRecord, ctx: OpenContext, root: ConfinedRoot, path: string): number {
   const what = `the removed directory ${rec.path} (file ${rec.id} of the image)`;
   const n = native();
   try {
     const oPath = (rec.flags & O_PATH) !== 0;
+    const identity = removedDirIdentity(rec);
+    const premade = identity !== undefined ? ctx.options.removedDir?.(identity) : undefined;
     const fd = openRemovedNodeOf(rec, ctx, oPath ? O_PATH : (rec.flags & REOPEN_FLAGS) | O_DIRECTORY, { ...rec.removed!, symlink: false }, (also) => {
-      // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
-      const held = withRemovedDir(root, path, what, (made) => openIn(root, made, O_PATH | O_DIRECTORY | constants.O_NOFOLLOW, what));
+      // A removed root, a directory below one, or a working directory made already (restore/
+      // root-dir.ts): that one, through ferry's descriptor of it (no name is left to follow).
+      // Otherwise made here; O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
+      const held = premade !== undefined ? n.openRaw(`/proc/self/fd/${premade}`, O_PATH | O_DIRECTORY)
+        : withRemovedDir(root, path, what, (made) => openIn(root, made, O_PATH | O_DIRECTORY | constants.O_NOFOLLOW, what));
       const taken: number[] = [];
       try {
         if (fstatSync(held).nlink !== 0) {

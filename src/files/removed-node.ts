@@ -19,8 +19,9 @@
  *
  * A removed directory is made the same way (regular.ts openRemovedDir: made for a moment by
  * confined.ts withRemovedDir, taken O_PATH, its name removed), and each of its records, O_PATH
- * ones too, opens it through /proc/self/fd; a removed working directory that is the same
- * directory is entered through the descriptor of it (restore/root-dir.ts RemovedRoots).
+ * ones too, opens it through /proc/self/fd; one that is a removed root, a directory below one
+ * or a removed working directory is the directory restore/root-dir.ts RemovedRoots made for the
+ * processes (FileOptions.removedDir), opened through ferry's descriptor of it.
  *
  * The records of one identity must say the same node (type, device number, mode, owner,
  * symlink text, a directory's path): an image whose records disagree is refused before anything is made

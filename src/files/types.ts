@@ -61,6 +61,13 @@ export interface FileOptions {
    */
   onConsoleMaster?: (master: number) => void;
   /**
+   * Restore: ferry's O_PATH descriptor of a removed directory the restore made already, by
+   * identity ("dev:ino" at dump): a removed root, a directory below one, a removed working
+   * directory held more than once (restore/root-dir.ts RemovedRoots). A record of that
+   * directory opens it instead of making one of its own (files/regular.ts openRemovedDir).
+   */
+  removedDir?: (identity: string) => number | undefined;
+  /**
    * Checkpoint: tells the watchdog of the tree's TCP sockets about one before the dump changes
    * it (repair mode and the options read with it: files/socket-guard.ts). Absent: nothing
    * watches them (a ferry killed meanwhile leaves the socket changed).

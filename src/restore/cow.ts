@@ -393,12 +393,13 @@ export function storedParts(v: VmaRecord, lentOnly = false): Array<[number, numb
  * Gives the rebuilt process `t` (`holder`) the pages its descendants lend through it
  * (image/cow.ts; `plan`, which checkInherited made), read from each lender's pages entry
  * (`pagesOf`, verified as it is read), so that the children forked next inherit them; its own
- * pages there are read first. Returns what puts them back once the children are forked (or
- * drops the lent ones where it had none), or undefined when none lends through it. The
- * temporary areas (CowPlan.temporary) are the caller's to map before and unmap after
- * (address-space.ts holdTemporary): what is lent there is gone with them.
+ * pages there are read first. Returns the bytes of lent pages written (each stored page of a
+ * lender is written here only: writePages leaves them out) and what puts the holder's own back
+ * once the children are forked (or drops the lent ones where it had none), undefined when
+ * none lends through it. The temporary areas (CowPlan.temporary) are the caller's to map
+ * before and unmap after (address-space.ts holdTemporary): what is lent there is gone with them.
  */
-export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf: (pid: number) => ChunkSource): (() => void) | undefined {
+export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf: (pid: number) => ChunkSource): { written: number; giveBack: (() => void) | undefined } {
   // A temporary area (the caller mapped it: holdTemporary) has nothing of the holder's own.
   const temporary = new Map(plan.temporary(holder.pid).map((v) => [v.start, v]));
   const areas = new Map([...holder.vmas, ...temporary.values()].map((v) => [v.start, v]));
@@ -410,6 +411,7 @@ export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf:
   }
   const own: Array<{ at: bigint; data: Buffer }> = [];
   const drop: Array<readonly [number, bigint, bigint, number]> = [];
+  let written = 0;
   for (const [c, lending] of lenders) {
     const src = pagesOf(c.pid);
     for (const v of lending) {
@@ -438,13 +440,14 @@ export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf:
           off += buf.length;
           dst += BigInt(buf.length);
           left -= buf.length;
+          written += buf.length;
         }
       }
     }
     src.finish();
   }
-  if (own.length === 0 && drop.length === 0) return undefined;
-  return () => {
+  if (own.length === 0 && drop.length === 0) return { written, giveBack: undefined };
+  return { written, giveBack: () => {
     for (const o of own) t.writeMem(o.at, o.data);
     if (drop.length === 0) return;
     t.trySyscalls(drop).forEach((r, i) => {
@@ -453,5 +456,5 @@ export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf:
           { pid: holder.pid });
       }
     });
-  };
+  } };
 }

@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import { checkLinkedTrust } from '../files/linked.js';
 import { checkRemovedNodeTrust } from '../files/chrdev.js';
-import { checkRemovedNodes, removedDirIdentity } from '../files/removed-node.js';
+import { checkRemovedNodes } from '../files/removed-node.js';
 import { checkOwners } from '../files/owner.js';
 import { checkProcfileTrust } from '../files/procfile.js';
 import {
@@ -290,10 +290,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         checkRemovedDirs(label, tasks, [], statDir);
       }
     }
+    // Removed roots (root-dir.ts): each made once, its name removed at once, held until every
+    // process in it (or with it as its working directory) has entered it. Made before the
+    // files: an open file of one of them, or of a directory below one, opens the directory
+    // made here (files/regular.ts), one directory with the processes', where they have it.
+    const removedRoots = RemovedRoots.make(removedRootPlan, cwdRoot);
+    const dropRoots = session.onUndo('close the removed root directories', () => removedRoots.close());
     // A container's sockets are made in its network namespace.
     const opened = withNetns(made?.pid, () => openFiles(files.files,
-      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files }, blobs, made?.fileRoot, inherit, fileGuard,
-      made !== undefined && !trusted));
+      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files, removedDir: (key) => removedRoots.dirOf(key) },
+      blobs, made?.fileRoot, inherit, fileGuard, made !== undefined && !trusted));
     const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
     // Made before the tree, so that their undo runs after the processes in them are killed;
     // the watchdog that removes them if ferry dies is armed before the first.
@@ -345,7 +351,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
             'pages lent through temporary or relayed areas');
         }
         const unmap = holdTemporary(t, task.pid, temporary);
-        const giveBack = lendPages(t, task, cow, (pid) => image.pages(pagesEntry(pid)));
+        // The lent pages are written here, into the holder, and not again in their lenders.
+        const { written, giveBack } = lendPages(t, task, cow, (pid) => image.pages(pagesEntry(pid)));
+        pagesBytes += written;
         const unrelay = releaseAreas(t, task.pid, relayed);
         if (unrelay) faultPointSync('relayed');
         if (!unmap && !unrelay) return giveBack;
@@ -377,14 +385,6 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // descriptors installed there: each table is filled once.
     const tableShared = new Set(tree.processes.filter((p) => p.sharesFiles !== undefined).map((p) => p.pid));
     const fsShared = new Set(tree.processes.filter((p) => p.sharesFs !== undefined).map((p) => p.pid));
-    // Removed roots (root-dir.ts): each made once, its name removed at once, held until every
-    // process in it (or with it as its working directory) has entered it.
-    // One an open file holds too is the file's directory (files/removed-node.ts): taken from it.
-    const removedRoots = RemovedRoots.make(removedRootPlan, cwdRoot, (key) => {
-      const f = ownFiles.find((r) => removedDirIdentity(r) === key);
-      return f === undefined ? undefined : opened.opened.get(f.id);
-    });
-    const dropRoots = session.onUndo('close the removed root directories', () => removedRoots.close());
     for (const task of tasks) {
       o.signal?.throwIfAborted();
       rebuild(o, created, task, opened, spaces.get(task.pid)!, cwdRoot, removedRoots, tableShared.has(task.pid), made?.controllerPidfd);

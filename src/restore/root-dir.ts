@@ -30,9 +30,11 @@
  * processes have (sharing no fs struct), or that an open file of the tree holds too, is one
  * directory for them all the same way, as is a thread's own removed working directory
  * (ThreadRecord.fs, alone or with other holders; the thread chdirs to it in createThreads):
- * made once (or, with an open file of it, the directory that file's records made,
- * files/removed-node.ts, taken O_PATH through ferry's descriptor of the file), held, and
- * entered through /proc/<ferry>/fd/N by each. Being
+ * made once, held, and entered through /proc/<ferry>/fd/N by each. All of these are made
+ * before the tree's files are opened, and an open file of one of them (a removed root, a
+ * directory below one, such a working directory) opens the directory made here through
+ * ferry's descriptor of it (files/regular.ts, RemovedRoots.dirOf): one directory for the
+ * processes and the file, in its place in the chain. Being
  * removed, it is empty (rmdir(2) removes only an empty directory, and nothing can be made in
  * a removed one), so there is nothing in it to restore; files the process had open from it
  * were removed with it and come back as deleted files.
@@ -268,26 +270,30 @@ export function planRemovedRoots(image: string, tasks: readonly TaskRecord[], fi
     }
     plan.set(k, { path: first.cwd, cwd: true, dir: d, pids: [...new Set(hs.map((h) => h.pid))], below: new Map() });
   }
-  // A removed root or working directory that an open file holds too is the file's directory
-  // (made by files/regular.ts, RemovedRoots.make takes it): they must say one place (the same
-  // path, and in a container's image a file of the container's, not of the host's: the
-  // processes' write checks judged that place), one mode and one owner.
-  for (const [k, r] of plan) {
+  // A removed root, a directory below one or a working directory that an open file holds too
+  // is made by RemovedRoots.make, and the file's records open it (files/regular.ts): they must
+  // say one place (the same path, and in a container's image a file of the container's, not
+  // of the host's: the processes' write checks judged that place), one mode and one owner.
+  const held = [...plan].flatMap(([k, r]) => [
+    { k, path: r.path, dir: r.dir, pid: r.pids[0]!, what: r.cwd ? 'working directory' : 'root directory' },
+    ...[...r.below].map(([bk, b]) => ({ k: bk, path: b.path, dir: b.dir, pid: b.pids[0]!, what: 'directory below the removed root directory' })),
+  ]);
+  for (const { k, path, dir, pid, what } of held) {
     const f = dirFiles.get(k);
     const fd = f?.removed as RemovedDirRecord | undefined;
-    if (fd === undefined || r.below.size > 0) continue;
+    if (fd === undefined) continue;
     const fileRoot = (f as FileRecord & { root?: unknown }).root;
-    if (f!.path !== r.path || (container && fileRoot !== 'task')) {
-      throw new FerryError('EIMAGE', `image ${image}: file ${f!.id} holds the removed ${r.cwd ? 'working' : 'root'} directory of pid ${r.pids[0]} `
-        + `(device ${r.dir.dev}, inode ${r.dir.ino}) at another place (${JSON.stringify(String(f!.path).slice(0, 256))}${container && fileRoot !== 'task' ? ' on the host' : ''}, `
-        + `${JSON.stringify(r.path.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid: r.pids[0]! });
+    if (f!.path !== path || (container && fileRoot !== 'task')) {
+      throw new FerryError('EIMAGE', `image ${image}: file ${f!.id} holds the removed ${what} of pid ${pid} `
+        + `(device ${dir.dev}, inode ${dir.ino}) at another place (${JSON.stringify(String(f!.path).slice(0, 256))}${container && fileRoot !== 'task' ? ' on the host' : ''}, `
+        + `${JSON.stringify(path.slice(0, 256))}): refused (an edited image); nothing was restored`, { pid });
     }
-    if (fd.mode !== r.dir.mode || fd.uid !== r.dir.uid || fd.gid !== r.dir.gid) {
+    if (fd.mode !== dir.mode || fd.uid !== dir.uid || fd.gid !== dir.gid) {
       // Not checked by its kind yet (restore.ts checks the files after this plan): shown bounded.
       const oct = (v: unknown): string => (typeof v === 'number' ? v.toString(8) : String(v).slice(0, 32));
-      throw new FerryError('EIMAGE', `image ${image}: file ${f!.id} holds the removed ${r.cwd ? 'working' : 'root'} directory ${JSON.stringify(r.path.slice(0, 256))} of pid ${r.pids[0]} `
-        + `(device ${r.dir.dev}, inode ${r.dir.ino}) with another mode or owner (${oct(fd.mode)} ${String(fd.uid)}:${String(fd.gid)}, ${oct(r.dir.mode)} ${r.dir.uid}:${r.dir.gid}): `
-        + 'refused (an edited image); nothing was restored', { pid: r.pids[0]! });
+      throw new FerryError('EIMAGE', `image ${image}: file ${f!.id} holds the removed ${what} ${JSON.stringify(path.slice(0, 256))} of pid ${pid} `
+        + `(device ${dir.dev}, inode ${dir.ino}) with another mode or owner (${oct(fd.mode)} ${String(fd.uid)}:${String(fd.gid)}, ${oct(dir.mode)} ${dir.uid}:${dir.gid}): `
+        + 'refused (an edited image); nothing was restored', { pid });
     }
   }
   return plan;
@@ -305,23 +311,17 @@ export class RemovedRoots {
 
   /**
    * Makes each directory of `plan` in `root` (the tasks' root), opens it, removes its name
-   * again and gives it its recorded mode and owner; one an open file of the tree holds
-   * (`fromFile`: ferry's descriptor of that file, by identity) is that file's directory,
-   * already made. Whatever it holds is closed if it throws.
+   * again and gives it its recorded mode and owner. Made before the tree's files are opened:
+   * an open file of one of them opens the directory made here (dirOf), so that a directory
+   * below a removed root that a file holds too is one directory, in its root. Whatever it holds
+   * is closed if it throws.
    */
-  static make(plan: ReadonlyMap<string, RemovedRoot>, root: ConfinedRoot, fromFile: (identity: string) => number | undefined = () => undefined): RemovedRoots {
+  static make(plan: ReadonlyMap<string, RemovedRoot>, root: ConfinedRoot): RemovedRoots {
     const made = new RemovedRoots();
     try {
       for (const [key, r] of plan) {
         const what = `the removed ${r.cwd ? 'working' : 'root'} directory ${r.path} of pid ${r.pids[0]}`;
         const dirs: Array<{ fd: number; what: string; dir: RemovedDirRecord; pid: number }> = [];
-        const file = r.below.size === 0 ? fromFile(key) : undefined;
-        if (file !== undefined) {
-          // Through the file's descriptor: the kernel follows /proc/self/fd/N to the directory itself.
-          const fd = native().openRaw(`/proc/self/fd/${file}`, O_PATH | O_DIRECTORY);
-          made.held.set(key, fd);
-          dirs.push({ fd, what, dir: r.dir, pid: r.pids[0]! });
-        }
         // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
         const open = (path: string, whose: string): number => openIn(root, path, O_PATH | O_DIRECTORY | O_NOFOLLOW, whose);
         // The directories below it by the one they are in (undefined: the root itself).
@@ -340,7 +340,7 @@ export class RemovedRoots {
             });
           }
         };
-        if (file === undefined) withRemovedDir(root, r.path, what, (path) => {
+        withRemovedDir(root, r.path, what, (path) => {
           const fd = open(path, what);
           made.held.set(key, fd);
           dirs.push({ fd, what, dir: r.dir, pid: r.pids[0]! });
@@ -373,6 +373,15 @@ export class RemovedRoots {
    * the task's pid in the image, until enterRootDir has chrooted into it and closed it.
    */
   private readonly taken = new Map<number, number>();
+
+  /**
+   * Ferry's O_PATH descriptor of the removed directory with identity `key` ("dev:ino": a root,
+   * a directory below one, a working directory held more than once), if it made one: the
+   * records of an open file of it open that (files/regular.ts, FileOptions.removedDir).
+   */
+  dirOf(key: string): number | undefined {
+    return this.held.get(key);
+  }
 
   /** Ferry's descriptor of the removed directory `d` (a root, or a directory below one), if it holds one. */
   private fdOf(d: RemovedDirRecord | undefined): number | undefined {

@@ -40,8 +40,8 @@ const start = (...args: string[]) => startWorkload(join(WORKLOADS, 'chrooted'), 
  * Starts chrooted in a jail it removes (`removedsub`: in /sub of it, removed too), with its
  * child; returns both pids (owned) and the workload.
  */
-async function inRemovedRoot(mode: 'removed' | 'removedsub' | 'removeddeep' = 'removed'): Promise<{ w: Workload; pids: number[] }> {
-  const w = await start(mode);
+async function inRemovedRoot(mode: 'removed' | 'removedsub' | 'removeddeep' = 'removed', ...more: Array<'held'>): Promise<{ w: Workload; pids: number[] }> {
+  const w = await start(mode, ...more);
   const pids = ownTree(w);
   assert.deepEqual(pids, [w.pid, Number(/child=(\d+)/.exec(w.text())?.[1])], w.text());
   return { w, pids };
@@ -119,6 +119,19 @@ function inRemovedChain(w: Workload, pids: readonly number[], label: string): vo
   assert.equal(one('cwd/../../..'), one('root'), `${label}: the working directory's chain of ".." ends at the root`);
   assert.equal(new Set(['root', 'cwd', 'cwd/..', 'cwd/../..'].map(one)).size, 4, `${label}: four directories`);
   assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${label}: nothing at the jail's path or beside it`);
+}
+
+/**
+ * Asserts that the open files of `held` (chrooted ... held) in each of `pids` are the very
+ * directories its working directory, root and (`deep`) the working directory's parent are.
+ */
+function heldAreTheirs(pids: readonly number[], deep: boolean, label: string): void {
+  const id = (p: string): string => { const st = statSync(p); return `${st.dev}:${st.ino}`; };
+  for (const pid of pids) {
+    for (const [fd, at] of [[12, 'cwd'], [13, 'root'], ...(deep ? [[14, 'cwd/..'] as const] : [])] as const) {
+      assert.equal(id(`/proc/${pid}/fd/${fd}`), id(`/proc/${pid}/${at}`), `${label}: pid ${pid} fd ${fd} is its ${at}`);
+    }
+  }
 }
 
 describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
@@ -249,6 +262,56 @@ describe('a chroot\'ed process', { skip, timeout: 120_000 }, () => {
     const task = JSON.parse(spawnSync('tar', ['-xOf', image, `tasks/${w.pid}/task.json`], { encoding: 'utf8' }).stdout) as TaskRecord;
     assert.deepEqual(task.cwdBetween?.map((d) => [d.mode, d.uid, d.gid]), [[0o755, 0, 0], [0o750, 65534, 0]]);
   });
+
+  // Each file's directory was once made apart from the processes' (at its path, outside the
+  // restored root): another inode, whose ".." led out of the jail.
+  for (const mode of ['removedsub', 'removeddeep'] as const) {
+    it(`${mode}: the removed working directory, root and directory between that open files hold too come back as the processes' own, nested as they were, twice in a row`, async () => {
+      const { w, pids } = await inRemovedRoot(mode, 'held');
+      const check = (label: string): void => {
+        if (mode === 'removedsub') inRemovedSub(w, pids, label);
+        else inRemovedChain(w, pids, label);
+        heldAreTheirs(pids, mode === 'removeddeep', label);
+      };
+      check('before');
+      assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+      for (let i = 0; i < 2; i++) {
+        await cycleThrough(w, join(w.dir, 'held.tar'), i, [], { tree: pids.slice(1) });
+        for (const pid of pids.slice(1)) own(pid);
+        check(`cycle ${i + 1}`);
+        assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+      }
+      if (mode !== 'removeddeep') return;
+      // The open files of the directories below the root must say their place, mode and owner:
+      // one moved elsewhere would have the chain made where no write check judged it.
+      const image = join(w.dir, 'held-edit.tar');
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+      assert.equal(cp.code, 0, cp.stderr);
+      await waitFor('the tree to be free', () => !pids.some(alive), 8000);
+      type Files = { files: Array<{ path: string; directory?: boolean; removed?: { mode: number } }> };
+      const jail = join(w.dir, 'jail');
+      const refused = async (name: string, edit: (v: Files) => void, why: RegExp): Promise<void> => {
+        const edited = join(w.dir, name);
+        await editImage(image, edited, { 'files.json': json<Files>(edit) });
+        const rs = ferry(['restore', '--image', edited, '--max-creds', 'root']);
+        assert.equal(rs.code, 1, rs.stderr);
+        assert.equal(rs.stderr.split('\n').length, 2, rs.stderr);
+        assert.match(rs.stderr, why);
+        for (const pid of pids) assert.ok(!alive(pid), `${name}: pid ${pid}: nothing made`);
+        assert.deepEqual(readdirSync(w.dir).filter((n) => n.startsWith('jail')), [], `${name}: no directory made`);
+      };
+      const of = (v: Files, path: string) => v.files.find((f) => f.directory === true && f.removed !== undefined && f.path === path)!;
+      await refused('between-place.tar', (v) => { of(v, `${jail}/a/b`).path = `${jail}/a/elsewhere`; },
+        new RegExp(`: file \\d+ holds the removed directory below the removed root directory of pid \\d+ \\(device \\d+, inode \\d+\\) at another place \\("${jail}/a/elsewhere", "${jail}/a/b"\\): refused \\(an edited image\\); nothing was restored\n$`));
+      await refused('cwd-mode.tar', (v) => { of(v, `${jail}/a/b/sub`).removed!.mode = 0o700; },
+        new RegExp(`: file \\d+ holds the removed directory below the removed root directory "${jail}/a/b/sub" of pid \\d+ \\(device \\d+, inode \\d+\\) with another mode or owner \\(700 65534:65534, 710 65534:65534\\): refused`));
+      const ok = ferry(['restore', '--image', image]);
+      assert.equal(ok.code, 0, ok.stderr);
+      pids.forEach(own);
+      check('restored');
+      assert.equal(await askVerdict(w.pid, w.text), 'PASS', w.text());
+    });
+  }
 
   it('--leave-running leaves a deeper removed working directory as it was; edited chains are refused in one line, with nothing made', async () => {
     const { w, pids } = await inRemovedRoot('removeddeep');
