@@ -8,6 +8,8 @@
  *
  * Runs after shareAmongSiblings (dump/memory.ts), on what it left stored: a page siblings
  * share is theirs already, and an area that lends through one process lends through no other.
+ * Siblings lending through their parent's temporary area (it unmapped the area) lend through
+ * the common ancestor instead where a cousin of theirs shares the pages, the parent relaying.
  * Last, inheritThroughRelays: a page a process shares with the process its area comes from
  * further up (a grandparent whose child unmapped the area; siblings lending through it).
  */
@@ -66,12 +68,17 @@ interface Sharer {
  * with stored pages, reached through processes that map nothing over it, hold nothing there
  * for their children and pass no other area over it on, none forked from a stub (`ownPages`),
  * at least one of them two or more generations down; not an area over which it relays another,
- * or over which its children lend through another already. A page two or more sharers store with
- * one page frame (and none of its children inherits or lends there, nor it inherits itself) is
- * kept by the first (tree order), lent through the ancestor, and inherited by the others. A
- * sharer that lends already (through its parent) takes no part. Reads each sharer's pagemap
- * once per area. Updates the plans' `pagesOffset` and `pagesBytes`; returns the pids whose
- * plan changed.
+ * or over which its children lend through another already. A process between may hold the
+ * area for its children already (they lend through it, shareAmongSiblings: it unmapped it)
+ * where it holds nothing else there and each of those lenders is a sharer: they lend
+ * through the ancestor then, and it relays. A page two or more sharers store with one page
+ * frame (and none of its children inherits or lends there, nor it inherits itself) is kept
+ * by the first (those lending already, then tree order), lent through the ancestor, and
+ * inherited by the others; a sharer lending already (through its parent) keeps lending its
+ * pages but those it inherits now. Nothing changes over an area where no page more would be
+ * inherited, or where two sharers would lend one page. Reads each sharer's pagemap once per
+ * area. Updates the plans' `pagesOffset` and `pagesBytes`; returns the pids whose plan
+ * changed.
  */
 export function shareAcrossBranches(tree: readonly PlannedProcess[]): number[] {
   const kids = new Map<number, PlannedProcess[]>();
@@ -116,24 +123,35 @@ export function shareAcrossBranches(tree: readonly PlannedProcess[]): number[] {
       // holds one area there, which must be this one's mapping.
       const lentHere = (kids.get(top.pid) ?? []).flatMap((c) => c.plan.vmas.filter((v) => (v.lent?.length ?? 0) > 0 && v.lentThrough === undefined && overlap(rangeOf(v), r)));
       if (lentHere.some((v) => v.start !== theirs.start || !inheritable(theirs, v))) continue;
+      // Where it maps nothing, restore holds the area as a lender maps it: a plain one. A
+      // sharer may lend through its parent already (shareAmongSiblings): then it lends through
+      // this ancestor instead, or as well where the parent is this one.
+      const sharing = (v: VmaRecord): boolean => v.runs.length > 0 && v.lentThrough === undefined && inheritable(theirs, v)
+        && (own || lendableUnmapped(v));
+      // A process between whose only business over the area is its children lending through
+      // it there (siblings, their parent having unmapped it): they lend through this ancestor
+      // instead, and it relays the area to them (a cousin's branch never reaches its own).
+      const relends = (c: PlannedProcess): boolean => !(relaying.get(c.pid) ?? []).some((x) => overlap(x, r))
+        && !(heldHere.get(c.pid) ?? []).some((x) => overlap(x, r))
+        && (kids.get(c.pid) ?? []).every((k) => k.plan.vmas.every((v) => (v.lent?.length ?? 0) === 0 || v.lentThrough !== undefined
+          || !overlap(rangeOf(v), r) || (!k.ownPages && v.start === theirs.start && sharing(v))));
       const sharers: Sharer[] = [];
       const reach = (p: PlannedProcess, depth: number, between: PlannedProcess[]): void => {
         for (const c of kids.get(p.pid) ?? []) {
           if (c.ownPages) continue;
           const v = at.get(c.pid)!.get(theirs.start);
           if (v) {
-            // Where it maps nothing, restore holds the area as a lender maps it: a plain one.
-            if (v.runs.length > 0 && (v.lent?.length ?? 0) === 0 && inheritable(theirs, v) && (own || lendableUnmapped(v))) {
-              sharers.push({ p: c, v, depth, between });
-            }
+            if (sharing(v)) sharers.push({ p: c, v, depth, between });
             continue; // what is under it has the area from it
           }
-          if (depth >= MAX_LENT_THROUGH || mapsOver(c.plan.vmas, r) || busy(c, r)) continue;
+          if (depth >= MAX_LENT_THROUGH || mapsOver(c.plan.vmas, r) || (busy(c, r) && !relends(c))) continue;
           reach(c, depth + 1, [...between, c]);
         }
       };
       reach(top, 1, []);
-      sharers.sort((a, b) => order.get(a.p)! - order.get(b.p)!); // the first in tree order lends
+      // The first in tree order lends, those lending already first: they keep their pages.
+      const lends = (s: Sharer): number => ((s.v.lent?.length ?? 0) > 0 ? 0 : 1);
+      sharers.sort((a, b) => lends(a) - lends(b) || order.get(a.p)! - order.get(b.p)!);
       if (sharers.length < 2 || sharers.every((s) => s.depth === 1)) continue;
       const npages = Number((r[1] - r[0]) / BigInt(PAGE_SIZE));
       const first = Number(r[0] / BigInt(PAGE_SIZE));
@@ -145,10 +163,25 @@ export function shareAcrossBranches(tree: readonly PlannedProcess[]): number[] {
       });
       const excluded = pageSet(npages, own ? theirs.cow ?? [] : [], ...direct);
       const { lent, moved } = matchFrames(npages, first, excluded, sharers.map(({ p, v }) => ({ pid: p.pid, v, pagemaps: p.plan.pagemaps })));
+      if (!moved.some((m) => m.includes(1))) continue; // nothing more shared: every lender stays as it is
+      // A sharer lending already keeps lending its pages, but those it inherits now (another
+      // lender's, in one frame with its own). One lender a page: else the area stays as it was.
+      let clash = false;
+      const lender = new Uint8Array(npages);
+      sharers.forEach(({ v }, k) => {
+        for (const [page, count] of v.lent ?? []) for (let i = page; i < page + count; i++) if (!moved[k]![i]) lent[k]![i] = 1;
+        for (let i = 0; i < npages; i++) {
+          if (!lent[k]![i]) continue;
+          if (lender[i]) clash = true;
+          lender[i] = 1;
+        }
+      });
+      if (clash) continue;
       let held = false;
       sharers.forEach(({ p, v, depth, between }, k) => {
         if (!applyMatch(v, npages, lent[k]!, moved[k]!)) return;
-        if (v.lent !== undefined && depth > 1) v.lentThrough = depth;
+        if (!lent[k]!.includes(1)) delete v.lent; // every page it lent it inherits now
+        else if (depth > 1) v.lentThrough = depth;
         // Each process between passes the area on (restore/cow.ts CowPlan.relayed).
         for (const b of between) {
           const list = relaying.get(b.pid);

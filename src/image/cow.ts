@@ -31,10 +31,12 @@
  * nothing over an area (it unmapped it after forking the process) may inherit it the same way
  * from the ancestor restore finds up that walk, with no lender: a page it shares with its
  * grandparent, or with siblings lending through their parent (its own parent's parent), is
- * `cow` (dump/cow-branches.ts inheritThroughRelays). Not matched: a page two siblings (their
- * parent having unmapped it) and a cousin of theirs share is lent among the siblings and
- * stored again by the cousin (the siblings lend through their parent, whose area the cousin's
- * branch never passes through; docs/architecture.md).
+ * `cow` (dump/cow-branches.ts inheritThroughRelays). Siblings lending already count as
+ * sharers across branches: where they lend through their parent's temporary area and a
+ * cousin of theirs shares the page, they lend through the common ancestor instead, their
+ * parent relaying the area (dump/cow-branches.ts shareAcrossBranches), and the three come back
+ * with one frame; a process may then lend some pages of an area and inherit others, both
+ * through that ancestor.
  */
 import type { VmaRecord } from './records.js';
 

@@ -11,8 +11,8 @@
  * the rebuilt parent holding the pages its children lend through it, before they are forked
  * (through its own area, memcheck cow, or a temporary one where it unmapped theirs, cowshare);
  * (FERRY_TEST_PAUSE_AT=relayed) a rebuilt child holding the area it passes on from the root to
- * its own child, cousins sharing pages lent through the root (cowshare cousins) or the root's
- * own pages its grandchild inherits (cowshare grandchild);
+ * its own child, cousins sharing pages lent through the root (cowshare cousins, sibcousin) or
+ * the root's own pages its grandchild inherits (cowshare grandchild);
  * (FERRY_TEST_PAUSE_AT=grouped) the helper the session leader forked with the id of a group whose
  * leader had exited, holding the group for the members that joined it: it dies with its traced
  * parent too, and the group id is free again with the tree's pids.
@@ -100,9 +100,11 @@ describe('fault cells: restore killed between a fork and the seize of the child,
   });
 
   // cousins: the grandchildren share pages lent through the root; grandchild: the root's own
-  // pages its grandchild inherits. Each child between keeps the area it inherits from the
-  // root only while it forks its grandchild (restore/cow.ts CowPlan.relayed), held at `relayed`.
-  for (const mode of ['cousins', 'grandchild'] as const) {
+  // pages its grandchild inherits; sibcousin: two grandchildren under one child and one under
+  // the other share pages lent through the root. Each child between keeps the area it
+  // inherits from the root only while it forks its grandchildren (restore/cow.ts
+  // CowPlan.relayed), held at `relayed`.
+  for (const mode of ['cousins', 'grandchild', 'sibcousin'] as const) {
     it(`cowshare ${mode}: SIGKILL at relayed, a child holding the area it passes on to its grandchild; nothing is left, a retry restores`, async () => {
       const w = await startWorkload(join(WORKLOADS, 'cowshare'), [mode, '8']);
       const m = /ready pid=\d+ pids=([\d,]+) /.exec(w.text());

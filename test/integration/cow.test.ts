@@ -280,7 +280,11 @@ describe('windows onto one shared memory object', { skip, timeout: 120_000 }, ()
  * and its grandchild inherits it through the child between, which unmapped it (relays);
  * "trio": the pages two siblings share (lent through the root) and their sibling's child
  * shares too, inherited through its parent: one frame for the three (the image stored them
- * twice before, and the PSS was 32 + 16 MiB instead of about 11 each).
+ * twice before, and the PSS was 32 + 16 MiB instead of about 11 each). "sibcousin": two
+ * grandchildren under the first child and the second child's child share it; the siblings lend
+ * the pages through the root (not through their parent, whose area the cousin's branch never
+ * passes through), both children relaying the area: one frame for the three (before, the
+ * siblings shared one and the cousin stored its own: the image stored them twice).
  */
 describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 300_000 }, () => {
   const COWSHARE = join(WORKLOADS, 'cowshare');
@@ -294,7 +298,7 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
     area: bigint;
   }
 
-  type Mode = 'siblings' | 'cousins' | 'nephew' | 'grandchild' | 'trio';
+  type Mode = 'siblings' | 'cousins' | 'nephew' | 'grandchild' | 'trio' | 'sibcousin';
 
   async function startShare(mode: Mode): Promise<Shape> {
     const w = await startWorkload(COWSHARE, [mode]);
@@ -392,7 +396,7 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
   }
 
   /**
-   * `image` (cousins, nephew) edited so that the pages are lent through the lender's parent, or
+   * `image` (cousins, nephew, sibcousin) edited so that the pages are lent through the lender's parent, or
    * through the root's parent, or a process between maps something over the area: each restore
    * refused in one line before anything is made (restore/cow.ts checkInherited).
    */
@@ -417,7 +421,9 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
         else v.lentThrough = 2;
       }, /pid \d+ vmas\[\d+\] \(0x[0-9a-f]+-0x[0-9a-f]+\) (inherits|lends) pages (\(lent\) )?through /],
       ['lent through the root\'s parent', lender.pid, (t) => { at(t).lentThrough = upOf(t) + 1; },
-        new RegExp(`pid ${lender.pid} vmas\\[\\d+\\] \\(${area}-0x[0-9a-f]+\\) lends pages through pid ${s.w.pid}, which maps nothing there, from its parent \\d+, which is not a live process of the image listed before it`)],
+        // (sibcousin: another sibling lends through the root too, so the lender's area comes from it.)
+        new RegExp(`pid ${lender.pid} vmas\\[\\d+\\] \\(${area}-0x[0-9a-f]+\\) lends pages (through pid ${s.w.pid}, which maps nothing there, from its parent \\d+, which is not a live process of the image listed before it`
+          + `|\\(lent\\) through the process ${upOf(lender) + 1} generations up, but the area comes from pid ${s.w.pid}, ${upOf(lender)} up)`)],
       ['a process between maps something there', between.pid, mapsOneMorePage(s), /pid \d+ vmas\[\d+\] \(0x[0-9a-f]+-0x[0-9a-f]+\) (inherits pages \(cow\) from an area its parent \d+ does not map the same way|(lends|inherits) pages through pid \d+, which maps something else over that area)/],
     ];
     await refusedEach(s, image, cases);
@@ -450,6 +456,19 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
   }
 
   /**
+   * The pages of the shared area `image` stores, summed over every process: each page once
+   * (the sharers' common ones by one of them) plus each sharer's 8 own.
+   */
+  async function assertAreaStoredOnce(s: Shape, image: string): Promise<void> {
+    const img = await openImage(image, { workDir: s.w.dir });
+    const tasks = await Promise.all(s.pids.map(async (p) => await img.readJson(`tasks/${p}/task.json`) as TaskRecord));
+    await img.close();
+    const area = `0x${s.area.toString(16)}`;
+    const stored = tasks.flatMap((t) => t.vmas.filter((v) => v.start === area)).reduce((k, v) => k + v.runs.reduce((n, [, c]) => n + c, 0), 0);
+    assert.ok(stored <= AREA_PAGES + 8 * s.sharers.length, `the image stores ${stored} pages of the area, at most ${AREA_PAGES + 8 * s.sharers.length} (each once)`);
+  }
+
+  /**
    * Checkpoints `mode`'s tree with --leave-running (it runs on as it was, sharing as before)
    * into an image that stores the shared pages once, lets it end, restores the image: the
    * same layouts, the sharers sharing the pages again.
@@ -463,11 +482,12 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
     // 32 MiB shared by the two sharers, stored once (not twice).
     const size = statSync(image).size;
     assert.ok(size < 40 * MIB * 1024, `the image is ${size} bytes: the shared pages stored once`);
+    await assertAreaStoredOnce(s, image);
     assertAsBefore(s, was, 'left running');
     assert.equal(await verify(s.w), 'PASS');
     await s.w.exited;
     await waitFor('every pid of the tree to be free', () => !s.pids.some(alive));
-    if (mode === 'cousins' || mode === 'nephew') await refusedEdits(s, image);
+    if (mode === 'cousins' || mode === 'nephew' || mode === 'sibcousin') await refusedEdits(s, image);
     if (mode === 'grandchild' || mode === 'trio') await refusedRelayed(s, image);
     await restoredWhole(image, s.w.dir);
     s.pids.forEach(own);
@@ -484,4 +504,6 @@ describe('copy-on-write pages the common ancestor unmapped', { skip, timeout: 30
   it('grandchild: left running and restored, the root and its grandchild share the pages again, the child between relaying them', () => leftThenRestored('grandchild'));
 
   it('trio: left running and restored, two siblings and their sibling\'s child share the pages again in one frame', () => leftThenRestored('trio'));
+
+  it('sibcousin: left running and restored, two siblings and their cousin share the pages again in one frame, lent through the root', () => leftThenRestored('sibcousin'));
 });

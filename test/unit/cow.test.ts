@@ -12,7 +12,7 @@ import { inheritable, pageSet, runsOf } from '../../src/image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../../src/image/records.js';
 import { sharedAnonPages, sharedFrames, sharedWithParent } from '../../src/proc/pagemap.js';
 import { checkInherited, pagesToDrop, storedParts } from '../../src/restore/cow.js';
-import { inheritThroughRelays, type PlannedProcess } from '../../src/dump/cow-branches.js';
+import { inheritThroughRelays, shareAcrossBranches, type PlannedProcess } from '../../src/dump/cow-branches.js';
 
 const area = (over: Partial<VmaRecord> = {}): VmaRecord => ({
   start: '0x10000', end: '0x20000', prot: 3, shared: false, kind: 'anon', name: '', vmflags: ['ac'], runs: [], pagesOffset: 0, ...over,
@@ -248,6 +248,53 @@ describe('copy-on-write after fork: pure logic', () => {
       const nephew = planned(14, 13, [area({ ...away, runs: [[0, 8]] })], frames(200, 201, 202, 203, 300, 0, 206, 207));
       assert.deepEqual(inheritThroughRelays([planned(10, 1, []), lender, borrower, planned(13, 10, []), nephew]), [14]);
       assert.deepEqual([nephew.plan.vmas[0]!.runs, nephew.plan.vmas[0]!.cow], [[[4, 2]], [[0, 4], [6, 2]]]);
+    });
+
+    it('trio: the lending sibling lends as well what it shares with its sibling\'s child only, which inherits every page', () => {
+      const lender = planned(11, 10, [area({ ...away, runs: [[0, 8]], lent: [[0, 6]] })], frames(200, 201, 202, 203, 204, 205, 206, 207));
+      const borrower = planned(12, 10, [area({ ...away, runs: [[6, 2]], cow: [[0, 6]] })], frames(200, 201, 202, 203, 204, 205, 806, 807));
+      const nephew = planned(14, 13, [area({ ...away, runs: [[0, 8]] })], frames(200, 201, 202, 203, 204, 205, 206, 207));
+      const tree = [planned(10, 1, []), lender, borrower, planned(13, 10, []), nephew];
+      assert.deepEqual([...shareAcrossBranches(tree), ...inheritThroughRelays(tree)], [11, 14, 14]);
+      assert.deepEqual([lender.plan.vmas[0]!.lent, lender.plan.vmas[0]!.lentThrough], [[[0, 8]], undefined]);
+      assert.deepEqual([nephew.plan.vmas[0]!.runs, nephew.plan.vmas[0]!.cow], [[], [[0, 8]]]);
+    });
+
+    // 10 forks 11 and 12 and unmaps the area; 11 forks 13 and 15, 12 forks 14, each child unmapping it.
+    const sibcousin = (cousin: bigint[]): PlannedProcess[] => [
+      planned(10, 1, []), planned(11, 10, []),
+      planned(13, 11, [area({ ...away, runs: [[0, 8]], lent: [[0, 6]] })], frames(100, 101, 102, 103, 104, 105, 0, 0)), // 6-7 its own (exclusive)
+      planned(15, 11, [area({ ...away, runs: [[6, 2]], cow: [[0, 6]] })], frames(100, 101, 102, 103, 104, 105, 106, 107)),
+      planned(12, 10, []), planned(14, 12, [area({ ...away, runs: [[0, 8]] })], cousin),
+    ];
+    const proc = (pid: number, ppid: number): TreeRecord['processes'][number] => ({ pid, ppid, pgid: 10, sid: 10, zombie: null });
+    const sibcousinTree: TreeRecord = { root: 10, processes: [proc(10, 1), proc(11, 10), proc(13, 11), proc(15, 11), proc(12, 10), proc(14, 12)] };
+
+    it('sibcousin: siblings lending through their parent lend through the root instead when their cousin shares the pages, both children relaying', () => {
+      const tree = sibcousin(frames(100, 101, 102, 103, 104, 999, 106, 107));
+      assert.deepEqual(shareAcrossBranches(tree), [13, 15, 14]);
+      const [, , a1, a2, , b1] = tree.map((p) => p.plan.vmas[0]);
+      assert.deepEqual([a1!.runs, a1!.lent, a1!.lentThrough], [[[0, 8]], [[0, 6]], 2]);
+      assert.deepEqual([a2!.runs, a2!.cow, a2!.lent, a2!.lentThrough], [[[6, 2]], [[0, 6]], [[6, 2]], 2]);
+      assert.deepEqual([b1!.runs, b1!.cow], [[[5, 1]], [[0, 5], [6, 2]]]);
+      // What restore makes of it: the root holds the area, both children relay it.
+      const plan = checkInherited(sibcousinTree, tree.map((p) => task(p.pid, p.plan.vmas)));
+      assert.deepEqual(plan.temporary(10).map((v) => v.start), [away.start]);
+      assert.deepEqual(plan.temporary(11), []);
+      for (const pid of [11, 12]) assert.deepEqual(plan.relayed(pid).map((v) => [v.start, v.cow]), [[away.start, [[0, 8]]]], `${pid} relays the area`);
+      assert.deepEqual(plan.lentThrough(10).map((l) => l.task.pid), [13, 15]);
+    });
+
+    it('sibcousin: left as it is where the cousin shares nothing with them, or where two lenders would lend one page', () => {
+      const apart = sibcousin(frames(300, 301, 302, 303, 304, 305, 306, 307));
+      assert.deepEqual(shareAcrossBranches(apart), []);
+      assert.equal(apart[2]!.plan.vmas[0]!.lentThrough, undefined);
+      // 12 forks 14 and 16, which lend among themselves at other frames than 13's but on pages 0-1.
+      const two = [...sibcousin([]).slice(0, 5),
+        planned(14, 12, [area({ ...away, runs: [[0, 8]], lent: [[0, 4]] })], frames(100, 101, 402, 403, 404, 405, 406, 407)),
+        planned(16, 12, [area({ ...away, runs: [[4, 4]], cow: [[0, 4]] })], frames(100, 101, 402, 403, 504, 505, 506, 507))];
+      assert.deepEqual(shareAcrossBranches(two), []);
+      assert.deepEqual(two.map((p) => p.plan.vmas[0]?.lentThrough), [undefined, undefined, undefined, undefined, undefined, undefined, undefined]);
     });
   });
 });
