@@ -13,7 +13,7 @@
 import { getHeapSpaceStatistics } from 'node:v8';
 import { existsSync, readlinkSync, statSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
-import { FerryError, describeCause } from '../errors.js';
+import { FerryError, INTERNAL_CODE, describeCause } from '../errors.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
 import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files/leaks.js';
 import { addUnheldTerminals, cttyInNamespace, unheldTerminals } from '../files/tty.js';
@@ -42,6 +42,7 @@ import { FERRY_VERSION } from '../version.js';
 import { readCgroups, readCgroupsAhead } from '../cgroups/dump.js';
 import { CGROUPS_ENTRY } from '../cgroups/record.js';
 import { inheritThroughRelays, shareAcrossBranches } from './cow-branches.js';
+import { checkInherited } from '../restore/cow.js';
 import { estimateTreeMemory, planMemory, prepareChunkBuffers, readAioRings, shareAmongSiblings } from './memory.js';
 import { holdAddressSpaces } from './memory-hold.js';
 import type { LockRecord } from '../files/locks.js';
@@ -509,9 +510,12 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       }
       letGoEarly();
     }
+    // The records as the image holds them: the tree's ids.
+    const taskRecords = new Map(dumped.map((d) => [d, ids.task(d.task, d.task.pid === pid)]));
+    checkCowPlan(pid, treeRecord, [...taskRecords.values()]);
     let firstChunk = true;
     for (const d of dumped) {
-      const task = ids.task(d.task, d.task.pid === pid);
+      const task = taskRecords.get(d)!;
       entries.push(json(taskEntry(task.pid), task),
         ...d.xstates.map((x, i): ImageEntry => ({ name: task.threads[i]!.xstate, size: x.data.length, produce: async (sink) => { await sink(x.data); } })),
         {
@@ -542,7 +546,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     }
     // Record fields an older ferry would pass over are named in the manifest (image/features.ts).
     const requires = requiredFeatures({
-      tree: treeRecord, tasks: dumped.map((d) => d.task), files: filesRecord.files,
+      tree: treeRecord, tasks: [...taskRecords.values()], files: filesRecord.files,
       extra: new Map([...o.extraEntries ?? [], ...stopped?.extraEntries ?? []].map((e) => [e.name, e.value])),
     });
     const written = await writeImage(o.image, {
@@ -665,6 +669,23 @@ async function takeNetLock(nft: NetLock | undefined, descs: ReadonlyMap<number, 
  * (a leader's is reported last); that hands each zombie to its parent. When ferry itself is
  * the root's parent (a library caller that spawned it), the root's zombie is left for it.
  */
+/**
+ * Checks the copy-on-write plan of the tree's records (`tree`, `tasks`: the image's, by the
+ * tree's ids) as restore will (restore/cow.ts checkInherited), before anything is written or
+ * killed: the matching across branches (cow-branches.ts) is intricate, and a plan restore
+ * would refuse is a bug of ferry's that must not cost the tree (without --leave-running the
+ * image would be the workload's only copy). EINTERNAL, the tree left running.
+ */
+export function checkCowPlan(pid: number, tree: TreeRecord, tasks: readonly TaskRecord[]): void {
+  try {
+    checkInherited(tree, tasks);
+  } catch (err) {
+    const why = err instanceof FerryError ? err.message.replace(/^image: /, '').replace(/: refused \(an edited image\)$/, '') : describeCause(err);
+    throw new FerryError(INTERNAL_CODE, `checkpoint of pid ${pid}: the pages its processes share copy-on-write were planned so that restore would refuse them (${why}): `
+      + 'a bug of ferry (please report it with this line); the process was left running', { cause: err, pid });
+  }
+}
+
 function killTree(live: readonly FrozenProcess[]): void {
   const n = native();
   for (const p of live) n.tgkill(p.pid, p.pid, SIGKILL);

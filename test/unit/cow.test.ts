@@ -12,6 +12,7 @@ import { inheritable, pageSet, runsOf } from '../../src/image/cow.js';
 import type { TaskRecord, TreeRecord, VmaRecord } from '../../src/image/records.js';
 import { sharedAnonPages, sharedFrames, sharedWithParent } from '../../src/proc/pagemap.js';
 import { checkInherited, pagesToDrop, storedParts } from '../../src/restore/cow.js';
+import { checkCowPlan } from '../../src/dump/checkpoint.js';
 import { inheritThroughRelays, shareAcrossBranches, type PlannedProcess } from '../../src/dump/cow-branches.js';
 
 const area = (over: Partial<VmaRecord> = {}): VmaRecord => ({
@@ -108,6 +109,15 @@ describe('copy-on-write after fork: pure logic', () => {
 
     it('a child inheriting what its parent has passes', () => {
       checkInherited(tree, [parent, task(11, [area({ runs: [[0, 1]], cow: [[1, 7]] })])]);
+    });
+    it('a checkpoint whose own plan restore would refuse stops before anything is written (a bug, not the image\'s)', () => {
+      checkCowPlan(4242, tree, [parent, task(11, [area({ runs: [[0, 1]], cow: [[1, 7]] })])]);
+      assert.throws(() => checkCowPlan(4242, tree, [task(10, [area({ cow: [[0, 1]] })])]), (err: FerryError) => {
+        assert.equal(err.code, 'EINTERNAL');
+        assert.equal(err.message.split('\n').length, 1);
+        assert.match(err.message, /^checkpoint of pid 4242: the pages its processes share copy-on-write were planned so that restore would refuse them \(pid 10 inherits pages \(cow\) from its parent 1, which is not a live process of the image listed before it\): a bug of ferry \(please report it with this line\); the process was left running$/);
+        return true;
+      });
     });
     it('no parent of the image (the root)', () => {
       refused([task(10, [area({ cow: [[0, 1]] })])], /pid 10 inherits pages \(cow\) from its parent 1, which is not a live process of the image listed before it/);
