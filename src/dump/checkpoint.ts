@@ -50,7 +50,7 @@ import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
-import { pendingSignals, readInjectedState, readMm, readPaths, readThread, readThreadFs, syscallGadget } from './task-state.js';
+import { pendingSignals, readInjectedState, readMm, readPaths, readThread, readThreadFs, removedExe, syscallGadget } from './task-state.js';
 import { PR_THP_DISABLE_EXCEPT_ADVISED, SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
@@ -215,6 +215,7 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     // Pages still shared copy-on-write with the parent are recorded, not stored (image/cow.ts).
     const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
     const paths = readPaths(pid);
+    const exeGhost = removedExe(pid, paths.exe, memory.vmas);
     const rootDir = readRootDir(pid, rootBase);
     const cwdBetween = readCwdBetween(pid, paths, rootDir);
     const task: TaskRecord = {
@@ -224,6 +225,7 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
       sid: stat.session,
       comm: stat.comm,
       exe: paths.exe,
+      ...(exeGhost !== undefined ? { exeGhost } : {}),
       cwd: paths.cwd,
       ...(paths.cwdDeleted ? { cwdDeleted: paths.cwdDeleted } : {}),
       ...(cwdBetween !== undefined ? { cwdBetween } : {}),

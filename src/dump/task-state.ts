@@ -12,7 +12,7 @@ import {
 } from '../arch/x86-64.js';
 import {
   hex, type Hex, type ItimerRecord, type MmRecord, type PendingSignal, type RemovedDirRecord, type SigactionRecord,
-  type TaskRecord, type ThreadFsRecord, type ThreadRecord, xstateEntry,
+  type TaskRecord, type ThreadFsRecord, type ThreadRecord, type VmaRecord, xstateEntry,
 } from '../image/records.js';
 import { FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
@@ -355,6 +355,30 @@ export function readPaths(pid: number): { exe: string; cwd: string; cwdDeleted?:
 }
 
 const DELETED = ' (deleted)';
+
+/**
+ * The identity (st_dev:st_ino) of the process's executable when it was removed (its link
+ * reads `path (deleted)`: an upgrade renamed a new binary over it, or deleted it), for
+ * TaskRecord `exeGhost`; undefined when it was not. The image holds a removed file only as
+ * one the process maps (memory.ts: a ghost or linked file its areas name), its text as a
+ * rule; an executable it does not map any more is refused here, before anything changes,
+ * rather than found missing at restore.
+ */
+export function removedExe(pid: number, exe: string, vmas: readonly VmaRecord[]): string | undefined {
+  if (!exe.endsWith(DELETED)) return undefined;
+  const st = statSync(`/proc/${pid}/exe`, { bigint: true });
+  const id = `${st.dev}:${st.ino}`;
+  if (vmas.some((v) => (v as { ghost?: string }).ghost === id)) return id;
+  // A name that really ends so: restore opens it by that name.
+  if (st.nlink !== 0n) {
+    try {
+      const there = statSync(exe, { bigint: true });
+      if (there.dev === st.dev && there.ino === st.ino) return undefined;
+    } catch { /* no such name */ }
+  }
+  throw new FerryError('EUNSUPPORTED', `pid ${pid} runs the removed executable ${exe.slice(0, -DELETED.length)} and maps no part of it, `
+    + 'so the image cannot hold it: restart the process from the installed binary, then checkpoint it');
+}
 
 /**
  * The root, working directory and umask of thread `tid` of `pid`, which holds an fs struct of

@@ -134,6 +134,11 @@ export const FEATURES: readonly Feature[] = [
     what: 'a thread whose own working directory was removed (task.json threads[].fs.cwdDeleted)',
     uses: ({ tasks }) => tasks.some((t) => t.threads.some((th) => th.fs?.cwdDeleted !== undefined)),
   },
+  {
+    name: 'removed-exe',
+    what: 'a process whose executable was removed, set to the removed file its areas map (task.json exeGhost)',
+    uses: ({ tasks }) => tasks.some((t) => t.exeGhost !== undefined),
+  },
 ];
 
 /**

@@ -234,7 +234,15 @@ export interface TaskRecord {
   pgid: number;
   sid: number;
   comm: string;
+  /** The /proc/PID/exe link as read: `path (deleted)` when the executable was removed. */
   exe: string;
+  /**
+   * The executable was removed (an upgrade replaced or deleted the binary): its identity
+   * (st_dev:st_ino), the `ghost` of the areas that map it. Restore makes the executable the
+   * file it restores for those areas (files/deleted.ts or files/linked.ts), never a file found
+   * by the path.
+   */
+  exeGhost?: string;
   cwd: string;
   /**
    * The working directory was removed (its link read `cwd (deleted)`): its mode and owner

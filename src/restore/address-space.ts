@@ -805,6 +805,19 @@ function writePages(t: Tracee, areas: readonly VmaRecord[], pages: ChunkSource, 
 }
 
 /**
+ * The path the task opens its executable by: the recorded one, or, for a removed executable
+ * (`exeGhost`), the file restored for its areas (mapSpecialFile's), so that /proc/PID/exe and
+ * map_files of its text are one inode again, never a file that took the name since (an
+ * upgrade renames the new binary over the old).
+ */
+function exePath(task: TaskRecord): string {
+  if (task.exeGhost === undefined) return task.exe;
+  const held = restoredGhost(task.exeGhost) ?? restoredLinked(task.exeGhost);
+  if (held === undefined) throw new FerryError('EIMAGE', `the removed executable ${task.exe} of pid ${task.pid} is no file the image restores`);
+  return `/proc/${process.pid}/fd/${held}`;
+}
+
+/**
  * Step 4: prctl(PR_SET_MM, PR_SET_MM_MAP) with the dumped mm fields, auxv and exe, in one
  * injected batch with the open and the close of the exe: the struct names the descriptor
  * before the open has run, so it names the one open(2) gives, the lowest free number of the
@@ -817,7 +830,8 @@ export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
   const used = new Set(listFds(t.pid));
   let exeFd = 0;
   while (used.has(exeFd)) exeFd++;
-  const pathAt = as.scratch.putString(task.exe);
+  const exe = exePath(task);
+  const pathAt = as.scratch.putString(exe);
   const auxv = Buffer.alloc(task.mm.auxv.length * 16);
   task.mm.auxv.forEach(([k, v], i) => {
     auxv.writeBigUInt64LE(big(k), i * 16);
@@ -837,7 +851,7 @@ export function setMm(t: Tracee, as: AddressSpace, task: TaskRecord): void {
     [SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, mapAt, PRCTL_MM_MAP_SIZE, 0],
     [SYS.close, exeFd],
   ], { guard: 1 });
-  if (opened! < 0n) throw new FerryError('EOPEN', `cannot open the executable ${task.exe} of pid ${task.pid}: ${errnoName(opened!)}`);
+  if (opened! < 0n) throw new FerryError('EOPEN', `cannot open the executable ${task.exe} of pid ${task.pid}${exe !== task.exe ? ` (${exe})` : ''}: ${errnoName(opened!)}`);
   if (opened !== BigInt(exeFd)) {
     t.trySyscall(SYS.close, opened!);
     throw new Error(`the executable of pid ${task.pid} was opened as descriptor ${opened}, not as ${exeFd}, the lowest free one`);

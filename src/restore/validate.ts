@@ -195,7 +195,7 @@ const task = record({
   threads: list(thread, MAX_THREADS, 1),
   fds: list(record({ fd: int(0, 2 ** 31 - 1), file: int(0), cloexec: bool }), MAX_FDS),
   pagesBytes: int(0),
-}, { thpDisabled: bool, thpExceptAdvised: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: removedDir(false),
+}, { thpDisabled: bool, thpExceptAdvised: bool, stopSignal: int(20, 22), mlockall: int(2, 6), membarrier: int(1, MEMBARRIER_REGISTRATIONS), cwdDeleted: removedDir(false), exeGhost: str(64),
   // The removed directories between a removed root and a removed working directory deeper in it.
   cwdBetween: list(removedDir(true), MAX_REMOVED_DEPTH - 1, 1), root: absPath, rootDeleted: removedDir(true) });
 
@@ -261,6 +261,11 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
   if (t.mlockall !== undefined && t.mlockall !== 2 && t.mlockall !== 6) fail(where, `mlockall must be 2 (MCL_FUTURE) or 6 (MCL_FUTURE | MCL_ONFAULT), is ${t.mlockall}`);
   if (t.membarrier !== undefined && (t.membarrier & ~MEMBARRIER_REGISTRATIONS) !== 0) {
     fail(where, `membarrier must hold only MEMBARRIER_CMD_REGISTER_* commands (0x${MEMBARRIER_REGISTRATIONS.toString(16)}), is 0x${t.membarrier.toString(16)}`);
+  }
+  // A removed executable is the file restored for one of its own areas (address-space.ts
+  // setMm): what the process maps anyway, never another file of the image or of the host.
+  if (t.exeGhost !== undefined && !t.vmas.some((m) => (m as { ghost?: unknown }).ghost === t.exeGhost)) {
+    fail(where, `exeGhost ${t.exeGhost} names no deleted file the process maps`);
   }
   if (t.threads[0]!.tid !== pid) fail(where, `threads[0].tid is ${t.threads[0]!.tid}: the first thread must be the leader, ${pid}`);
   if (t.threads[0]!.fs !== undefined) fail(where, 'threads[0].fs is there: the leader\'s root, working directory and umask are the process\'s (cwd, root, umask)');

@@ -11,13 +11,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { chmodSync, copyFileSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import type { TaskRecord } from '../../src/image/records.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, startWorkload, verify } from '../helpers/processes.js';
+import { alive, checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, refuseEdited, scratchDir, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -273,6 +273,75 @@ describe('a deleted file only mapped (no descriptor holds it)', { skip, timeout:
     const w = await startWorkload(MAPGONE, ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
+
+describe('a process whose executable was removed (an upgrade replaced or deleted its binary)', { skip, timeout: 120_000 }, () => {
+  /** Starts build/workloads/exegone from a copy of its own, which it removes (`mode`: rm, replace). */
+  const start = (mode: 'rm' | 'replace') => {
+    const bin = join(scratchDir(), 'exegone-bin');
+    copyFileSync(join(WORKLOADS, 'exegone'), bin);
+    chmodSync(bin, 0o755);
+    return startWorkload(bin, [mode]);
+  };
+  /** /proc/PID/exe reads "... (deleted)" and is the inode its executable text maps (map_files). */
+  const exeIsText = (pid: number): void => {
+    assert.match(readlinkSync(`/proc/${pid}/exe`), / \(deleted\)$/);
+    const exe = statSync(`/proc/${pid}/exe`, { bigint: true });
+    const text = readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').find((l) => / r-xp .* \(deleted\)$/.test(l));
+    assert.ok(text, 'an executable area of the removed file');
+    const st = statSync(`/proc/${pid}/map_files/${text.split(' ')[0]}`, { bigint: true });
+    assert.deepEqual([st.dev, st.ino], [exe.dev, exe.ino], 'the executable is the file its text maps');
+    assert.equal(exe.nlink, 0n);
+  };
+
+  it('comes back as the removed file its text maps, under its path, twice', async () => {
+    const w = await start('rm');
+    const image = join(w.dir, 'exegone.tar');
+    for (let i = 0; i < 2; i++) {
+      await checkpointFreed(i === 0 ? w : { pid: w.pid, exited: Promise.resolve() }, image, `checkpoint ${i + 1}`);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+      exeIsText(w.pid);
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('renamed over by a new binary: comes back as the removed file, never the new one at its path', async () => {
+    const w = await start('replace');
+    const image = join(w.dir, 'exegone.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    exeIsText(w.pid);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves it as it was; an edited image naming another file as its executable is refused', async () => {
+    const w = await start('rm');
+    const image = join(w.dir, 'lr.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    exeIsText(w.pid);
+    await refuseEdited(w, image, /^tasks\/\d+\/task\.json$/, [
+      ['other.tar', (t) => { t.exeGhost = '0:1'; }, /exeGhost 0:1 names no deleted file the process maps/],
+    ]);
+  });
+
+  it('one bigger than files.deleted_max_bytes is refused at checkpoint, the process left running', async () => {
+    const w = await start('rm');
+    const config = join(w.dir, 'ferry.toml');
+    writeFileSync(config, '[files]\ndeleted_max_bytes = 4096\n');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'big.tar'), '--config', config]);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.match(cp.stderr, /exegone-bin \(deleted\).*more than files.deleted_max_bytes = 4096/);
+    assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.ok(alive(w.pid));
     assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS', w.text());
   });

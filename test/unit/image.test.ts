@@ -802,6 +802,7 @@ describe('manifest', { timeout: 30_000 }, () => {
       ['tty-empty-foreground', probe({ files: [{ id: 1, kind: 'tty', ctty: { session: 10, foreground: 12 } } as FileRecord] })],
       ['lent-through-ancestor', probe({ tasks: [task({ vmas: [{ vmflags: ['ac'], lent: [[0, 1]], lentThrough: 2 }] })] })],
       ['thread-removed-cwd', probe({ tasks: [task({}, { fs: { cwd: '/gone', umask: 18, cwdDeleted: { mode: 0o755, uid: 0, gid: 0, dev: '8', ino: '5' } } })] })],
+      ['removed-exe', probe({ tasks: [task({ exe: '/usr/sbin/d (deleted)', exeGhost: '8:5', vmas: [{ vmflags: [], ghost: '8:5' }] })] })],
     ];
     assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
     for (const [name, p] of cases) {
