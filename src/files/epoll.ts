@@ -28,12 +28,15 @@
  * keys are the original ones. An epoll shared by several processes (fork) has each item added
  * once, by the first process restored that holds the target file at that number (checked
  * with kcmp(KCMP_FILE) against the controller's copy). A detached item is added by the first
- * task holding both the epoll and its file: the file is put at the item's number for the one
- * epoll_ctl (dup3; whatever that number held is kept aside with F_DUPFD and put back, with its
- * close-on-exec flag), then the number is closed or given back. An `inFlight` item is added
- * so by the first task holding the epoll, through a copy of the controller's descriptor of its
- * file pulled into the task (the unix socket's queue was refilled with that file before any
- * descriptor was installed, afterTree, and the controller holds it until the restore ends).
+ * task holding the epoll: the file is put at the item's number for the one epoll_ctl (dup3;
+ * whatever that number held is kept aside with F_DUPFD and put back, with its close-on-exec
+ * flag), then the number is closed or given back. The file put there is the task's own
+ * descriptor of it, or, where the task holds none, a copy of the controller's descriptor pulled
+ * into the task: an `inFlight` item's (the unix socket's queue was refilled with that file
+ * before any descriptor was installed, afterTree), or one only processes not holding the epoll
+ * hold (a child the file was handed to, its parent having closed its own after EPOLL_CTL_ADD).
+ * The controller holds every file until the restore ends, so the item stays registered (an
+ * item goes only with the last reference to its file) until those processes have theirs.
  * This runs before the other kinds' `installed` hooks (`installFirst`): closing a descriptor
  * would drop the task's POSIX locks on that file. Targets that are epolls themselves are
  * plain files here: the kernel refused cycles when the items were first added.
@@ -323,14 +326,16 @@ function addItems(rec: EventpollRecord, task: TaskContext): void {
     addFired(rec, task, fired, added.size);
     for (const i of fired) added.add(i);
   }
-  // Detached items: through the task's own descriptor of the file, put at the item's number;
-  // one whose file is only in flight through a copy of the controller's, pulled for it.
+  // Detached items, all by the first task holding the epoll: through its own descriptor of
+  // the file, put at the item's number; where it holds none (the file is only in flight, or
+  // held only by processes not holding the epoll) through a copy of the controller's, pulled
+  // for it. The controller holds the file until the restore ends, so the item stays
+  // registered until the tasks holding the file have it installed.
   rec.targets.forEach((t, i) => {
     if (added.has(i) || todo.includes(i) || t.detached !== true) return;
     const src = task.fdOf(t.file);
     if (src !== undefined) addDetached(task, t, src);
-    else if (t.inFlight === true) addPulled(task, t);
-    else return; // another holder of the epoll has the file
+    else addPulled(task, t);
     added.add(i);
   });
   addBatches(rec, task, todo.filter((i) => !added.has(i)), (t) => t.events);
@@ -622,10 +627,11 @@ function addDetached(task: TaskContext, t: EpollTarget, src: number): void {
 }
 
 /**
- * Adds detached item `t` whose file no process of the tree holds (it is in flight: the unix
- * socket's queue was filled with the controller's descriptor of it, which the controller
- * keeps until the restore ends): a copy of that descriptor is pulled into the task, above
- * the item's number, for addDetached, then closed.
+ * Adds detached item `t` whose file the task does not hold (no process of the tree holds it:
+ * it is in flight, the unix socket's queue was filled with the controller's descriptor of it;
+ * or only processes not holding the epoll do): a copy of the controller's descriptor, which
+ * the controller keeps until the restore ends, is pulled into the task, above the item's
+ * number, for addDetached, then closed.
  */
 function addPulled(task: TaskContext, t: EpollTarget): void {
   const tr = task.tracee;

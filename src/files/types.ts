@@ -220,7 +220,8 @@ export interface TaskContext {
   /**
    * Puts in the task a copy of the controller's descriptor of file `fileId` (pidfd_getfd(2):
    * the same open file, at the lowest free number, close-on-exec) and returns its number: for
-   * a file no process of the tree holds (an epoll item's file in flight). The hook closes it.
+   * a file the task does not hold (a detached epoll item's file: in flight, or held only by
+   * processes not holding the epoll). The hook closes it.
    */
   pull(fileId: number): number;
   readonly open: OpenContext;

@@ -3,7 +3,9 @@
  * edge-triggered (one with an edge pending), one-shot (armed, and fired: reporting nothing
  * until EPOLL_CTL_MOD), exclusive and EPOLLWAKEUP epoll items, inotify watches with chosen descriptors
  * (one above 0x34d71d6) and fanotify inode, mount and filesystem marks, and checks them itself
- * after restore; build/workloads/epollfired has a fired one-shot item on each kind of target.
+ * after restore; build/workloads/epollfired has a fired one-shot item on each kind of target;
+ * build/workloads/epolldetach has items whose number no longer holds their file (`kid`: on
+ * pipes only a child holds, the epoll's holder having closed them).
  * What cannot be restored is refused with the process left running. Watches on a process's
  * removed working directory (build/workloads/cwdwatch) and on its removed root directory
  * (build/workloads/rootwatch) come back through the restored directories.
@@ -15,7 +17,7 @@ import { after, describe, it } from 'node:test';
 import type { FilesRecord } from '../../src/image/records.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, procState, scratchDir, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, checkpointFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, scratchDir, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -51,6 +53,25 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
   it('detached epoll items: --leave-running leaves the original as it was', async () => {
     const w = await startWorkload(join(WORKLOADS, 'epolldetach'), ['DIR']);
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('epoll items on pipes only a child holds (the parent closed them) come back and fire; twice in a row', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epolldetach'), ['DIR', 'kid']);
+    const tree = ownTree(w);
+    assert.equal(tree.length, 2, 'the workload forked its child');
+    const image = join(w.dir, 'kid.tar');
+    // The second checkpoint reads the items the first restore made.
+    for (let i = 0; i < 2; i++) await cycleThrough(w, image, i, [], { tree: tree.slice(1) });
+    assert.equal(await verify(w), 'PASS');
+  });
+
+  it('epoll items on pipes only a child holds: --leave-running leaves them as they were', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'epolldetach'), ['DIR', 'kid']);
+    ownTree(w);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'kid-lr.tar'), '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS');
