@@ -459,7 +459,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     for (const f of files.files) if (typeof f.link === 'string' && fileOptions.external.includes(f.link)) f.external = true;
     // The io_setup(2) rings last, as late as the frozen reading allows: disk requests that
     // finish meanwhile have their events in them (memory.ts readAioRings).
-    for (const d of dumped) readAioRings(d.tracees[0]!, d.memory.vmas);
+    const aioWarnings: string[] = [];
+    for (const d of dumped) readAioRings(d.tracees[0]!, d.memory.vmas, (m) => aioWarnings.push(m));
+    for (const w of aioWarnings) log.warn(w);
     const pagesBytes = dumped.reduce((s, d) => s + d.memory.pagesBytes, 0);
     log.debug({ processes: dumped.length, pagesBytes, files: files.files.length }, 'collected');
     await faultPoint('dumped', o.signal);
@@ -636,7 +638,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         pagesBytes,
         frozenMs: tReleased - tStopped,
         totalMs: tEnd - t0,
-        ...(cgroupWarnings.length + files.warnings.length > 0 ? { warnings: [...cgroupWarnings, ...files.warnings] } : {}),
+        ...(cgroupWarnings.length + files.warnings.length + aioWarnings.length > 0 ? { warnings: [...cgroupWarnings, ...files.warnings, ...aioWarnings] } : {}),
         ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: lock.kept } : {}),
       };
     });

@@ -172,6 +172,17 @@ function precheck(pid: number, stat: ProcStat, root: number, pidNs: string, user
     throw new FerryError('ETRACED', `${what} is already traced by pid ${status.tracerPid} (a debugger?): detach it first`, { pid });
   }
   checkAccess(pid, `${what} (${stat.comm})`);
+  // A task waiting in fanotify_get_response (a FAN_*_PERM event its open/read/exec raised, not
+  // answered yet) sleeps TASK_KILLABLE: PTRACE_INTERRUPT does not wake it, so it would not stop
+  // until the listener answers, which may be a process of this very tree, stopped first.
+  if (stat.state === 'D') {
+    const chan = wchanOf(pid, pid);
+    if (chan.startsWith('fanotify_')) {
+      throw new FerryError('EBUSY', `${what} (${stat.comm}) is blocked in state D (wchan ${chan}) until a fanotify listener answers the `
+        + 'permission event its file access raised, and cannot be stopped before: have the listener answer it (FAN_ALLOW or FAN_DENY), '
+        + 'then checkpoint again', { pid });
+    }
+  }
   for (const [ns, want] of [['pid', pidNs], ['user', userNs]] as const) {
     if (nsOf(pid, ns) !== want) {
       throw new FerryError('EUNSUPPORTED', `${what} (${stat.comm}) runs in another ${ns} namespace: not supported yet (checkpoint it as a container)`, { pid });
@@ -215,7 +226,18 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
   /** Collects the stop of an attached `tid`; false when it died instead. */
   const stopped = (tid: number): boolean => {
     if (!preseized.has(tid)) {
-      const st = n.waitpid(tid);
+      let st;
+      try {
+        st = n.waitpid(tid);
+      } catch (err) {
+        if (errnoCode(err) !== 'ETIMEDOUT') throw err;
+        const who = tid === pid ? `pid ${pid}` : `thread ${tid} of pid ${pid}`;
+        let state = '?';
+        try { state = parseStat(readProcText(pid, `task/${tid}/stat`)).state; } catch { /* gone */ }
+        throw new FerryError('ETIMEDOUT', `${who} did not stop within 30 s: it is in state ${state} (wchan ${wchanOf(pid, tid)}), `
+          + 'blocked in the kernel where ptrace cannot stop it; the tree is let go as it was: checkpoint again once it is no longer blocked',
+        { cause: err, pid });
+      }
       if (!st || !st.stopped) return false;
       if (tid === pid && st.event === PTRACE_EVENT_STOP) stop.signal = st.stopSig;
     }
@@ -231,6 +253,15 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
     for (const tid of attached) stopped(tid);
   }
   return mine;
+}
+
+/** /proc/PID/task/TID/wchan: the kernel function a sleeping task waits in ('0' when running, '?' unreadable). */
+function wchanOf(pid: number, tid: number): string {
+  try {
+    return readProcText(pid, `task/${tid}/wchan`).trim() || '0';
+  } catch {
+    return '?';
+  }
 }
 
 function isZombie(pid: number): boolean {

@@ -5,7 +5,9 @@
  * use under its other name) can bring it back. Kind 'linked'.
  *
  * Dump: the file system's handle of the inode (name_to_handle_at(2) on a pidfd_getfd copy of
- * the descriptor), its identity (st_dev, st_ino) and the removed name.
+ * the descriptor), its identity (st_dev, st_ino) and the removed name. A file system with no
+ * export operations (overlayfs without nfs_export, fuse…) gives no handle (EOPNOTSUPP): such a
+ * file is refused in one line naming the file system type (/proc/PID/mountinfo).
  *
  * Restore: the handle is opened (open_by_handle_at(2), O_PATH) relative to the removed name's
  * directory, resolved inside the process's recorded root (confined.ts), and must give a
@@ -29,7 +31,7 @@
  * every name of the file is gone, the restore is refused naming the file.
  */
 import { imagePos } from '../proc/fdinfo.js';
-import { fstatSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
@@ -106,6 +108,17 @@ function byHandle(rec: LinkedRecord, dir: number): number {
   return h;
 }
 
+/** The file system type of mount `mntId` as process `pid` sees it (/proc/PID/mountinfo), or undefined. */
+function fsTypeOf(pid: number, mntId: number | undefined): string | undefined {
+  try {
+    for (const line of readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')) {
+      const sep = line.indexOf(' - ');
+      if (sep > 0 && Number(line.slice(0, line.indexOf(' '))) === mntId) return line.slice(sep + 3).split(' ')[0];
+    }
+  } catch { /* gone: the message goes without it */ }
+  return undefined;
+}
+
 export const linked: FileKind<LinkedRecord> = {
   kind: 'linked',
 
@@ -128,8 +141,13 @@ export const linked: FileKind<LinkedRecord> = {
     try {
       h = native().nameToHandle(ctx.grab(fd));
     } catch (err) {
-      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link} (its name was removed but it has ${fd.stat.nlink} other name(s), `
-        + `and its file system gives no handle to find it again by: ${(err as Error).message})`, { cause: err });
+      // EOPNOTSUPP (or EOVERFLOW, a handle longer than MAX_HANDLE_SZ): the file system has no
+      // export operations (overlayfs without nfs_export, fuse, proc…), so nothing finds the
+      // inode again once the descriptor is gone.
+      const fs = fsTypeOf(fd.pid, fd.fdinfo.mntId);
+      throw new FerryError('EUNSUPPORTED', `unsupported file: pid ${fd.pid} fd ${fd.fd} -> ${fd.link}: its name was removed while it has `
+        + `${fd.stat.nlink} other name(s), and its file system${fs ? ` (${fs})` : ''} gives no handle by which a restore could find it again: `
+        + 'close it in that process, or link it back under its old name, before checkpointing', { cause: err, pid: fd.pid });
     }
     const rec: Omit<LinkedRecord, 'id' | 'kind'> = {
       path: fd.link.slice(0, -SUFFIX.length),

@@ -8,7 +8,8 @@
  * pipes only a child holds, the epoll's holder having closed them).
  * What cannot be restored is refused with the process left running. Watches on a process's
  * removed working directory (build/workloads/cwdwatch) and on its removed root directory
- * (build/workloads/rootwatch) come back through the restored directories.
+ * (build/workloads/rootwatch) come back through the restored directories. A task held by a
+ * fanotify permission event awaiting its answer (build/workloads/fanperm) is refused up front.
  */
 import assert from 'node:assert/strict';
 import { chmodSync, chownSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -175,6 +176,25 @@ describe('epoll, inotify, fanotify', { skip, timeout: 120_000 }, () => {
       assert.notEqual(procState(w.pid).state, 'T', 'not stopped');
     });
   }
+});
+
+describe('a fanotify permission event awaiting its answer', { skip, timeout: 120_000 }, () => {
+  it('a task held in open(2) by it is refused at once, in one line naming it; the tree runs on untraced and answers it', async () => {
+    // build/workloads/fanperm: its child sleeps in fanotify's wait for the group's answer,
+    // where PTRACE_INTERRUPT does not reach it (the old code waited 30 s for its stop).
+    const w = await startWorkload(join(WORKLOADS, 'fanperm'), ['DIR']);
+    const [kid] = children(w.pid);
+    const t0 = Date.now();
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar'), '--leave-running']);
+    assert.equal(cp.code, 1, cp.stderr);
+    assert.equal(cp.stderr, `ferry checkpoint: pid ${kid} (in the tree of ${w.pid}) (fanperm) is blocked in state D (wchan fanotify_handle_event) `
+      + 'until a fanotify listener answers the permission event its file access raised, and cannot be stopped before: have the listener '
+      + 'answer it (FAN_ALLOW or FAN_DENY), then checkpoint again\n');
+    assert.ok(Date.now() - t0 < 20_000, 'refused before any wait for its stop');
+    for (const pid of [w.pid, kid!]) assert.equal(procState(pid).tracer, 0, `pid ${pid} not traced`);
+    assert.notEqual(procState(w.pid).state, 'T', 'not stopped');
+    assert.equal(await verify(w), 'PASS');
+  });
 });
 
 describe('queued inotify and fanotify events (--drop-queued-events), a watch and a mark on a removed file', { skip, timeout: 120_000 }, () => {

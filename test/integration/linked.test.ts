@@ -7,12 +7,13 @@
  * areas map the same inodes at their offsets, with their protection and own pages.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
-import { alive, checkpointTreeFreed, cleanup, ferry, procState, startWorkload, verify } from '../helpers/processes.js';
+import { alive, checkpointTreeFreed, cleanup, ferry, procState, scratchDir, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(cleanup);
@@ -66,6 +67,32 @@ describe('a removed name of a file that has another', { skip, timeout: 120_000 }
     assert.equal(rs.code, 1);
     assert.match(rs.stderr, new RegExp(`file \\d+ \\(${join(w.dir, 'a')} \\(deleted\\)\\) of the image is gone: its other names were removed too`));
     assert.ok(!alive(w.pid));
+  });
+
+  it('on a file system that gives no handles (overlayfs) the checkpoint is refused in one line, the tree left running', async () => {
+    // An overlay mount of the test's own (without nfs_export it has no export operations:
+    // name_to_handle_at(2) fails EOPNOTSUPP).
+    const ov = scratchDir('ferry-overlay-');
+    for (const d of ['lower', 'upper', 'work', 'merged']) mkdirSync(join(ov, d));
+    const merged = join(ov, 'merged');
+    execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${ov}/lower,upperdir=${ov}/upper,workdir=${ov}/work`, merged]);
+    try {
+      const w = await startWorkload(LINKGONE, [merged]);
+      try {
+        const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'ov.tar'), '--leave-running']);
+        assert.equal(cp.code, 1);
+        assert.equal(cp.stderr, `ferry checkpoint: unsupported file: pid ${w.pid} fd 3 -> ${merged}/a (deleted): its name was removed while it has `
+          + '1 other name(s), and its file system (overlay) gives no handle by which a restore could find it again: close it in that process, '
+          + 'or link it back under its old name, before checkpointing\n');
+        assert.equal(procState(w.pid).tracer, 0);
+        assert.equal(await verify(w), 'PASS');
+      } finally {
+        try { process.kill(-w.pid, 'SIGKILL'); } catch { /* exited */ }
+        await w.exited;
+      }
+    } finally {
+      execFileSync('umount', ['-l', merged]);
+    }
   });
 
   it('an untrusted image may not reach a file by its handle', async () => {
