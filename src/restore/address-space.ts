@@ -26,6 +26,7 @@ import { big, VDSO_ENTRY, type TaskRecord, type VmaRecord } from '../image/recor
 import { parseMaps, type Vma } from '../proc/maps.js';
 import { AT_FDCWD } from '../proc/fcntl.js';
 import { listFds, readProcText } from '../proc/read.js';
+import { parseSmaps } from '../proc/smaps.js';
 import { OPEN_HOW_SIZE, openHow, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS } from '../files/confined.js';
 import { restoredGhost } from '../files/deleted.js';
 import { restoredLinked } from '../files/linked.js';
@@ -579,15 +580,39 @@ function dropPages(t: Tracee, task: TaskRecord, inherited: Inherited): void {
  * mlock(2)ed areas ('lo'; 'lf': MLOCK_ONFAULT) are locked again once their pages are in (the
  * stub is still root, so RLIMIT_MEMLOCK does not stand in the way; the lock stays when its
  * credentials drop, as the original's did after it had locked them).
+ *
+ * mlock2 sets VM_LOCKED on the whole range first and only then faults its pages in
+ * (do_mlock: apply_vma_lock_flags, then __mm_populate), and that fails on an area with no
+ * access: populate_vma_page_range cannot fault a PROT_NONE page, and the EFAULT comes back as
+ * ENOMEM with the area locked all the same. The original got its lock that way, or through
+ * mlockall(MCL_CURRENT), which ignores the failure (a thread stack's guard page), or by
+ * mprotect(PROT_NONE) of a locked area, which keeps the lock. So an ENOMEM is taken for done
+ * when smaps then shows the area locked as it was, over its whole range.
  */
 function lockAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[]): void {
-  const calls = areas.filter((v) => v.vmflags.includes('lo') || v.vmflags.includes('lf')).map((v) =>
+  const locked = areas.filter((v) => v.vmflags.includes('lo') || v.vmflags.includes('lf'));
+  const calls = locked.map((v) =>
     [SYS.mlock2, big(v.start), big(v.end) - big(v.start), v.vmflags.includes('lf') ? MLOCK_ONFAULT : 0] as const);
   if (calls.length === 0) return;
   const results = t.trySyscalls(calls);
+  const fail = (i: number, why: string): never => {
+    throw new FerryError('EMAP', `cannot lock the area at 0x${calls[i]![1].toString(16)} of pid ${task.pid} again (mlock2): ${why}`);
+  };
+  const populateFailed: number[] = [];
   results.forEach((r, i) => {
-    if (r < 0n) throw new FerryError('EMAP', `cannot lock the area at 0x${calls[i]![1].toString(16)} of pid ${task.pid} again (mlock2): ${errnoName(r)}`);
+    if (r === -BigInt(osConstants.errno.ENOMEM)) populateFailed.push(i);
+    else if (r < 0n) fail(i, errnoName(r));
   });
+  if (populateFailed.length === 0) return;
+  const now = parseSmaps(readProcText(t.pid, 'smaps'));
+  for (const i of populateFailed) {
+    const v = locked[i]!;
+    const at = now.vmas.find((a) => a.start <= big(v.start) && a.end >= big(v.end));
+    const flags = at === undefined ? [] : now.vmflags.get(at.start) ?? [];
+    if (!flags.includes('lo') || flags.includes('lf') !== v.vmflags.includes('lf')) {
+      fail(i, `${errnoName(results[i]!)}, and smaps shows the area not locked as it was`);
+    }
+  }
 }
 
 const IPC_PRIVATE = 0, IPC_CREAT = 0o1000, IPC_EXCL = 0o2000, IPC_RMID = 0, IPC_SET = 1;
