@@ -39,7 +39,14 @@ import { unreadableAt, type StatOf } from './file-access.js';
 
 type Holder = Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'fds'>;
 
-const CAP_SYS_ADMIN = 21n, CAP_WAKE_ALARM = 35n;
+const CAP_SYS_ADMIN = 21n, CAP_WAKE_ALARM = 35n, CAP_SYS_PTRACE = 19n;
+/**
+ * Entries of /proc/PID (below it, `sub`; '' the directory itself) that any user may open for
+ * reading, with no ptrace access check at the open (mode 0444 or a directory: what a
+ * directory descriptor then opens is checked against the process's own credentials).
+ */
+const PROC_PUBLIC = new Set(['', '/stat', '/status', '/statm', '/cmdline', '/comm', '/cgroup']);
+const O_ACCMODE = 3;
 /** timerfd_create(2) clocks that need CAP_WAKE_ALARM. */
 const CLOCK_REALTIME_ALARM = 8, CLOCK_BOOTTIME_ALARM = 9;
 /**
@@ -97,6 +104,19 @@ export function checkFilePrivilege(label: string, tasks: readonly Holder[], file
       if (t) {
         throw refusal(label, t, f, `a timerfd on ${f.clock === CLOCK_REALTIME_ALARM ? 'CLOCK_REALTIME_ALARM' : 'CLOCK_BOOTTIME_ALARM'}, `
           + 'which needs CAP_WAKE_ALARM when it is made', 'and its credentials have no CAP_WAKE_ALARM');
+      }
+    }
+    // A /proc file of another process of the tree (procfile.ts; a container's own too): restore
+    // opens it as root, so a holder must have been able to: the same effective uid as the
+    // process it names, or CAP_SYS_PTRACE (ptrace_may_access), else only a public entry read-only.
+    if (f.kind === 'procfile' && Number.isInteger(f.target) && typeof f.sub === 'string' && u32(f.flags)) {
+      const target = tasks.find((t) => t.pid === f.target);
+      const euid = (t: Holder): number | undefined => t.creds.threads[0]?.uids[1];
+      const t = holders.find((h) => !hasCap(h, CAP_SYS_PTRACE) && (target === undefined || euid(h) !== euid(target))
+        && !(((f.flags as number) & O_ACCMODE) === 0 && PROC_PUBLIC.has(f.sub as string)));
+      if (t) {
+        throw refusal(label, t, f, `/proc/${f.target as number}${(f.sub as string).slice(0, 256)} ${((f.flags as number) & O_ACCMODE) === 0 ? 'for reading' : 'for writing'}`,
+          `a file of a process running as another user that only its own user or CAP_SYS_PTRACE may open so (its credentials have neither)`);
       }
     }
     if (f.kind === 'chr' && u32(f.major) && u32(f.minor) && !allowedDevice(f.major, f.minor) && holders.length > 0) {

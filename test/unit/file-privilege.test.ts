@@ -146,3 +146,23 @@ describe('files of kernel pseudo file systems in an untrusted image', () => {
     assert.equal(inner, 1, 'the access check still runs on a file that is not a pseudo file system\'s');
   });
 });
+
+describe('/proc files of the tree\'s processes in an untrusted image', () => {
+  const O_RDWR = 2;
+  const target = { ...task(0), pid: 7, fds: [] } as unknown as Parameters<typeof checkFilePrivilege>[1][number];
+  const proc = (sub: string, flags = 0): FileRecord => rec({ kind: 'procfile', target: 7, sub, flags, pos: '0' });
+  it('a holder of another user may hold only a public entry, read-only; its own user or CAP_SYS_PTRACE any', () => {
+    checkFilePrivilege('img', [task(65534), target], [proc('/status')]);
+    checkFilePrivilege('img', [task(65534), target], [proc('')]);
+    checkFilePrivilege('img', [task(0), target], [proc('/mem', O_RDWR)]);
+    checkFilePrivilege('img', [task(65534, cap(19)), target], [proc('/environ')]);
+    for (const [sub, flags, how] of [['/mem', O_RDWR, 'for writing'], ['/environ', 0, 'for reading'], ['/status', O_RDWR, 'for writing']] as const) {
+      assert.throws(() => checkFilePrivilege('img', [task(65534), target], [proc(sub, flags)]), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'EPRIVILEGE');
+        assert.match(err.message, new RegExp(`^image img: pid 42 \\(app\\) fd 3 would get /proc/7${sub} ${how}, a file of a process running as another user that only its own user or CAP_SYS_PTRACE may open so \\(its credentials have neither\\)`));
+        assert.match(err.message, TAIL);
+        return true;
+      });
+    }
+  });
+});
