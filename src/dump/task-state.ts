@@ -366,6 +366,12 @@ const DELETED = ' (deleted)';
  */
 export function removedExe(pid: number, exe: string, vmas: readonly VmaRecord[]): string | undefined {
   if (!exe.endsWith(DELETED)) return undefined;
+  if (exe.startsWith('/memfd:')) {
+    // fexecve(2) of a memfd (a program re-executing itself from memory): its areas are the
+    // memfd's, which restore makes anew, and nothing sets the executable to that one yet.
+    throw new FerryError('EUNSUPPORTED', `pid ${pid} runs from a memfd (${exe.slice(0, -DELETED.length)}, fexecve): restore cannot make that `
+      + 'its executable yet; the process was left running', { pid });
+  }
   const st = statSync(`/proc/${pid}/exe`, { bigint: true });
   const id = `${st.dev}:${st.ino}`;
   if (vmas.some((v) => (v as { ghost?: string }).ghost === id)) return id;

@@ -15,7 +15,7 @@
  * cannot fork, a thread's own descriptor table or fs struct that another task shares
  * (checkSharing).
  */
-import { readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { DUMP_TRACE_OPTIONS, PTRACE_EVENT_STOP } from '../arch/x86-64.js';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
 import type { ProcessRecord } from '../image/records.js';
@@ -175,10 +175,16 @@ function precheck(pid: number, stat: ProcStat, root: number, pidNs: string, user
   // A task waiting in fanotify_get_response (a FAN_*_PERM event its open/read/exec raised, not
   // answered yet) sleeps TASK_KILLABLE: PTRACE_INTERRUPT does not wake it, so it would not stop
   // until the listener answers, which may be a process of this very tree, stopped first.
-  if (stat.state === 'D') {
-    const chan = wchanOf(pid, pid);
+  // Every thread: one that is seized and never stops cannot be detached again (below).
+  let tids: number[] = [pid];
+  try { tids = readdirSync(`/proc/${pid}/task`).map(Number); } catch { /* gone: found so below */ }
+  for (const tid of tids) {
+    let state = tid === pid ? stat.state : '';
+    if (tid !== pid) try { state = parseStat(readProcText(pid, `task/${tid}/stat`)).state; } catch { continue; /* gone */ }
+    if (state !== 'D') continue;
+    const chan = wchanOf(pid, tid);
     if (chan.startsWith('fanotify_')) {
-      throw new FerryError('EBUSY', `${what} (${stat.comm}) is blocked in state D (wchan ${chan}) until a fanotify listener answers the `
+      throw new FerryError('EBUSY', `${what} (${stat.comm})${tid === pid ? '' : `, its thread ${tid},`} is blocked in state D (wchan ${chan}) until a fanotify listener answers the `
         + 'permission event its file access raised, and cannot be stopped before: have the listener answer it (FAN_ALLOW or FAN_DENY), '
         + 'then checkpoint again', { pid });
     }
@@ -235,7 +241,8 @@ function seizeThreads(pid: number, seized: number[], preseized: ReadonlySet<numb
         let state = '?';
         try { state = parseStat(readProcText(pid, `task/${tid}/stat`)).state; } catch { /* gone */ }
         throw new FerryError('ETIMEDOUT', `${who} did not stop within 30 s: it is in state ${state} (wchan ${wchanOf(pid, tid)}), `
-          + 'blocked in the kernel where ptrace cannot stop it; the tree is let go as it was: checkpoint again once it is no longer blocked',
+          + 'blocked in the kernel where ptrace cannot stop it; the rest of the tree is let go as it was, and that thread as soon as ferry exits '
+          + '(ptrace can detach only a stopped thread): checkpoint again once it is no longer blocked',
         { cause: err, pid });
       }
       if (!st || !st.stopped) return false;

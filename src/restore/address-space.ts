@@ -587,7 +587,8 @@ function dropPages(t: Tracee, task: TaskRecord, inherited: Inherited): void {
  * ENOMEM with the area locked all the same. The original got its lock that way, or through
  * mlockall(MCL_CURRENT), which ignores the failure (a thread stack's guard page), or by
  * mprotect(PROT_NONE) of a locked area, which keeps the lock. So an ENOMEM is taken for done
- * when smaps then shows the area locked as it was, over its whole range.
+ * on an area with no access when smaps then shows the area locked as it was, over its whole
+ * range.
  */
 function lockAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[]): void {
   const locked = areas.filter((v) => v.vmflags.includes('lo') || v.vmflags.includes('lf'));
@@ -600,7 +601,8 @@ function lockAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[]): vo
   };
   const populateFailed: number[] = [];
   results.forEach((r, i) => {
-    if (r === -BigInt(osConstants.errno.ENOMEM)) populateFailed.push(i);
+    // Only an area with no access: elsewhere an ENOMEM is a page-in that really failed.
+    if (r === -BigInt(osConstants.errno.ENOMEM) && locked[i]!.prot === 0) populateFailed.push(i);
     else if (r < 0n) fail(i, errnoName(r));
   });
   if (populateFailed.length === 0) return;

@@ -383,7 +383,9 @@ export function checkRemovedDirs(label: string,
     for (const th of t.threads ?? []) {
       if (th.fs?.cwdDeleted === undefined) continue;
       const c = t.creds.threads.find((x) => x.tid === th.tid);
-      wanted.push({ t: { ...t, creds: { ...t.creds, threads: c ? [c] : t.creds.threads } }, path: th.fs.cwd, as: `as the working directory of its thread ${th.tid}` });
+      // No credentials of its own (an edited image): refused, not judged by the other threads'.
+      if (c === undefined) throw new FerryError('EIMAGE', `image ${label}: thread ${th.tid} of pid ${t.pid} has a removed working directory of its own but no credentials (creds.threads): refused (an edited image); nothing was restored`, { pid: t.pid });
+      wanted.push({ t: { ...t, creds: { ...t.creds, threads: [c] } }, path: th.fs.cwd, as: `as the working directory of its thread ${th.tid}` });
     }
   }
   for (const f of files) {
