@@ -14,6 +14,7 @@ import { getHeapSpaceStatistics } from 'node:v8';
 import { existsSync, readlinkSync, statSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, INTERNAL_CODE, describeCause } from '../errors.js';
+import { ghostInHeldDirMessage, ghostInHeldRemovedDir } from '../files/deleted.js';
 import { collectFiles, checkSupported, describeFds } from '../files/collect.js';
 import { anyWatched, refuseLeaks, snapshotHostFds, type HostFds } from '../files/leaks.js';
 import { addUnheldTerminals, cttyInNamespace, unheldTerminals } from '../files/tty.js';
@@ -454,6 +455,13 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
       d.task.fds = files.fds.get(d.task.pid) ?? [];
       // A thread's own table (ThreadRecord.fds), its file ids shared with the tree's.
       for (const th of d.task.threads.slice(1)) if (threadDescs.has(th.tid)) th.fds = files.fds.get(th.tid) ?? [];
+    }
+    // A deleted file in a removed directory the tree also holds (its working directory, an
+    // open one) where restore could not make the file in that directory (files/deleted.ts).
+    const ghostDir = ghostInHeldRemovedDir(dumped.map((d) => d.task), files.files);
+    if (ghostDir) {
+      throw new FerryError('EUNSUPPORTED', `unsupported: ${ghostInHeldDirMessage(ghostDir)}; have the process close or reopen the file elsewhere, `
+        + 'or leave the directory, then checkpoint again (the tree was left running)', { ...(ghostDir.pid !== undefined ? { pid: ghostDir.pid } : {}), path: ghostDir.path });
     }
     // Files the caller calls external: a restore must be handed a descriptor for each.
     for (const f of files.files) if (typeof f.link === 'string' && fileOptions.external.includes(f.link)) f.external = true;

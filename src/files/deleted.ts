@@ -14,13 +14,13 @@
  */
 import { imagePos } from '../proc/fdinfo.js';
 import { fchmodSync, fchownSync, fstatSync, ftruncateSync, readSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { DEFAULTS } from '../config/config.js';
 import { errnoCode, FerryError } from '../errors.js';
-import type { FileRecord } from '../image/records.js';
+import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { placeOf, statIn, withParent } from './confined.js';
+import { openIn, placeOf, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
@@ -283,16 +283,19 @@ export const deleted: FileKind<DeletedRecord> = {
       || !id(rec.uid) || !id(rec.gid) || imagePos(rec.pos) === undefined) bad('has an invalid record');
     checkContents(rec, bad);
     const dir = dirname(rec.path);
-    // Resolved inside the process's recorded root (confined.ts), as open() will.
+    // Resolved inside the process's recorded root (confined.ts), as open() will. A directory
+    // that is not there was removed with the file: it is made for the moment of the create.
     const { root, path } = placeOf(rec);
-    let ok = false;
+    let st: ReturnType<typeof statIn>;
     try {
-      ok = statIn(root, dirname(path), `deleted file ${rec.id} of the image`)?.isDirectory() ?? false;
+      st = statIn(root, dirname(path), `deleted file ${rec.id} of the image`);
     } catch (err) {
       if (err instanceof FerryError) throw err; // leads outside the root
+      st = undefined;
     }
-    if (!ok) {
-      throw new FerryError('ENOENT', `directory ${dir} of the deleted file ${rec.path} (file ${rec.id} of the image) does not exist here: create it first`);
+    if (st !== undefined && !st.isDirectory()) {
+      throw new FerryError('ENOTDIR', `${dir}, the directory of the deleted file ${rec.path} (file ${rec.id} of the image), is no directory here: `
+        + 'restore where it is one, or where it does not exist', { path: rec.path });
     }
   },
 
@@ -302,7 +305,7 @@ export const deleted: FileKind<DeletedRecord> = {
     try {
       const origin = ghosts.get(rec.ghost);
       if (origin !== undefined) return reopen(origin, rec.flags, pos);
-      const fd = create(rec);
+      const fd = create(rec, ctx);
       let out = fd;
       try {
         fchownSync(fd, rec.uid, rec.gid);
@@ -331,11 +334,45 @@ export const deleted: FileKind<DeletedRecord> = {
  * name is created there exclusively (O_CREAT|O_EXCL: never through a symlink, never an
  * existing file) and unlinked at once through the same descriptor, so the link reads
  * "path (deleted)". When the name is taken: an O_TMPFILE file in that directory.
+ *
+ * A directory that is not there was removed after the file (`rm -rf logs`): it is made for the
+ * moment of the create, written down first (confined.ts withRemovedDir, files/transient.ts),
+ * and removed again once the file's name is, so the file is left in a directory with no name,
+ * as it was: the kernel builds its link from the names its dentries kept, "path (deleted)".
  */
-function create(rec: DeletedRecord): number {
-  const n = native();
+function create(rec: DeletedRecord, ctx: OpenContext): number {
   const { root, path } = placeOf(rec);
-  return withParent(root, path, `deleted file ${rec.id} of the image`, (dir) => {
+  const what = `deleted file ${rec.id} of the image`;
+  const parent = dirname(path);
+  if (parent === '/' || statIn(root, parent, what) !== undefined) return createIn(root, path, what);
+  const dirWhat = `the removed directory ${dirname(rec.path)} of the ${what}`;
+  let held = -1;
+  const fd = withRemovedDir(root, parent, dirWhat, (made) => {
+    // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
+    held = openIn(root, made, O_PATH | O_DIRECTORY | O_NOFOLLOW, dirWhat);
+    try {
+      return createIn(root, `${made}/${basename(path)}`, what);
+    } catch (err) {
+      native().closeFd(held);
+      throw err;
+    }
+  });
+  try {
+    // Its name is removed only while it is empty: one someone put something in meanwhile is
+    // theirs now, and the file would be in a directory with a name.
+    if (fstatSync(held).nlink !== 0) {
+      native().closeFd(fd);
+      throw new FerryError('ECHANGED', `cannot restore ${dirWhat}: the directory made for it could not be removed again (something was put in it meanwhile); nothing was restored`, { path: rec.path });
+    }
+  } finally {
+    native().closeFd(held);
+  }
+  return fd;
+}
+
+function createIn(root: ConfinedRoot, path: string, what: string): number {
+  const n = native();
+  return withParent(root, path, what, (dir) => {
     try {
       const fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
       try {
@@ -350,4 +387,66 @@ function create(rec: DeletedRecord): number {
     }
     return n.openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
   });
+}
+
+/** A deleted file of the tree whose directory the tree also holds, removed. */
+export interface GhostInHeldDir {
+  /** The process and descriptor holding it; none for a file only mapped (dump/memory.ts unheldGhosts). */
+  pid?: number;
+  fd?: number;
+  /** The deleted file's path (without " (deleted)"). */
+  path: string;
+  /** The removed directory held, and by what ("as its working directory of pid 12"). */
+  dir: string;
+  heldAs: string;
+}
+
+/**
+ * The first deleted file (a ghost) in or below a removed directory the tree also holds (a
+ * process's or thread's working or root directory, an open descriptor), or undefined. Restore
+ * makes such a directory once, for its holders, and removes its name before the files are
+ * opened (restore/root-dir.ts RemovedRoots); a file made for the moment in a directory of
+ * that path (create) would be in another one, and nothing can be created in a removed
+ * directory. Matched by path, all a deleted file's record says of its directory.
+ */
+export function ghostInHeldRemovedDir(
+  tasks: readonly Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'threads' | 'fds'>[],
+  files: readonly FileRecord[],
+): GhostInHeldDir | undefined {
+  const holders = new Map<number, { pid: number; fd: number }>();
+  for (const t of tasks) {
+    for (const table of [t.fds, ...(t.threads ?? []).map((th) => th.fds ?? [])]) {
+      for (const d of table ?? []) if (!holders.has(d.file)) holders.set(d.file, { pid: t.pid, fd: d.fd });
+    }
+  }
+  const held: Array<{ path: string; as: string }> = [];
+  for (const t of tasks) {
+    if (t.cwdDeleted !== undefined && typeof t.cwd === 'string') held.push({ path: t.cwd, as: `as the working directory of pid ${t.pid}` });
+    if (t.rootDeleted !== undefined && typeof t.root === 'string') held.push({ path: t.root, as: `as the root directory of pid ${t.pid}` });
+    for (const th of t.threads ?? []) {
+      if (th.fs?.cwdDeleted !== undefined && typeof th.fs.cwd === 'string') {
+        held.push({ path: th.fs.cwd, as: `as the working directory of thread ${th.tid} of pid ${t.pid}` });
+      }
+    }
+  }
+  for (const f of files) {
+    if (f.kind !== 'reg' || f.directory !== true || typeof f.removed !== 'object' || f.removed === null || typeof f.path !== 'string') continue;
+    const h = holders.get(f.id);
+    if (h) held.push({ path: f.path, as: `open as fd ${h.fd} of pid ${h.pid}` });
+  }
+  if (held.length === 0) return undefined;
+  for (const f of files) {
+    if (f.kind !== 'ghost' || typeof f.path !== 'string') continue;
+    const dir = dirname(f.path);
+    const bad = held.find((x) => x.path !== '/' && (dir === x.path || dir.startsWith(`${x.path}/`)));
+    if (bad) return { ...holders.get(f.id), path: f.path, dir: bad.path, heldAs: bad.as };
+  }
+  return undefined;
+}
+
+/** The one line refusing `g` (ghostInHeldRemovedDir): which file, which directory, what to do. */
+export function ghostInHeldDirMessage(g: GhostInHeldDir): string {
+  const who = g.pid !== undefined ? `pid ${g.pid} fd ${g.fd}` : 'a mapping of the tree';
+  return `${who} holds the deleted file ${JSON.stringify(g.path.slice(0, 256))} in the removed directory ${JSON.stringify(g.dir.slice(0, 256))}, `
+    + `which the tree also holds ${g.heldAs}: restore cannot make a file in a removed directory it holds`;
 }

@@ -343,8 +343,8 @@ function mappedAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | '
  * open, removed at once: files/confined.ts withRemovedDir) in a directory the recorded
  * credentials of the process needing it could not create anything in: a removed working
  * directory, a removed root directory, a removed directory held open, or the removed FIFO or
- * symlink of an O_PATH descriptor, made the same way (`statOf` looks paths up as restore
- * will). A root shared by several processes is checked for each. A removed
+ * symlink of an O_PATH descriptor, made the same way, or the removed directory of a deleted
+ * file held open (`statOf` looks paths up as restore will). A root shared by several processes is checked for each. A removed
  * working directory below a removed root, and each removed directory between (cwdBetween), is
  * made in the removed directory above it (restore/root-dir.ts), judged by that one's recorded
  * mode and owner. A thread's own removed working directory (ThreadRecord.fs) is judged by
@@ -395,6 +395,16 @@ export function checkRemovedDirs(label: string,
     const type = (f.removed as { type?: unknown } | null)?.type;
     const node = type === 'fifo' ? 'FIFO' : type === 'symlink' ? 'symlink' : undefined;
     if (t) wanted.push({ t, path: f.path, as: `open (fd ${t.fds.find((d) => d.file === f.id)!.fd})`, ...(node !== undefined ? { node } : {}) });
+  }
+  // A deleted file whose directory is not there: that directory was removed too, and is made
+  // for the moment of the file's create (files/deleted.ts).
+  for (const f of files) {
+    if (f.kind !== 'ghost' || typeof f.path !== 'string' || !f.path.startsWith('/')) continue;
+    const dir = f.path.slice(0, Math.max(f.path.lastIndexOf('/'), 0)) || '/';
+    const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));
+    if (t && dir !== '/' && !statOf(dir)) {
+      wanted.push({ t, path: dir, as: `as the directory of its deleted file ${JSON.stringify(f.path.slice(0, 256))} (fd ${t.fds.find((d) => d.file === f.id)!.fd})` });
+    }
   }
   for (const { t, path, as, node } of wanted) {
     let dir = path;

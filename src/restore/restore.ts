@@ -18,6 +18,7 @@ import type { MadeRoot, RestoreOptions, RestoreResult } from '../api.js';
 import { PAGE_SIZE, SIGSTOP, SIGTRAP, SYS } from '../arch/x86-64.js';
 import { createHash } from 'node:crypto';
 import { FerryError, describeCause, errnoCode } from '../errors.js';
+import { ghostInHeldDirMessage, ghostInHeldRemovedDir } from '../files/deleted.js';
 import { checkLinkedTrust } from '../files/linked.js';
 import { checkRemovedNodeTrust } from '../files/chrdev.js';
 import { checkRemovedNodes } from '../files/removed-node.js';
@@ -147,6 +148,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Signals the files send (F_SETOWN) go to the image's own processes only.
     checkOwners(files.files, tree.processes, holders);
     checkRemovedNodes(label, ownFiles); // the records of one removed node say one node (files/removed-node.ts)
+    // A deleted file made in a removed directory the tree also holds would be in another (files/deleted.ts).
+    const ghostDir = ghostInHeldRemovedDir(tasks, ownFiles);
+    if (ghostDir) throw new FerryError('EIMAGE', `image ${label}: ${ghostInHeldDirMessage(ghostDir)}; refused, nothing was restored`);
     // A file reached by its handle is confined by nothing.
     if (!trusted) checkLinkedTrust(label, ownFiles);
     // Nor may it have a device node made (a removed one held open).

@@ -5,7 +5,8 @@
  * nodes each held by several open files (build/workloads/gonetwice: taken again by name for the
  * O_PATH ones while the name exists), a removed root directory (build/workloads/chrooted
  * removed) and a thread's own removed working directory held open by its process too
- * (build/workloads/threadfs removed-fd). Restore is SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
+ * (build/workloads/threadfs removed-fd), and the removed directory of a deleted file, made for
+ * the file's create (build/workloads/ghostdir). Restore is SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
  * ferry's journal; the next restore sweeps it before it starts, restores the workload, which
  * passes its check, and no name is left beside the workload's own, nor any journal entry.
  *
@@ -34,7 +35,8 @@ const entriesOf = (pid: number): string[] => (existsSync(TRANSIENT_DIR) ? readdi
 describe('fault cells: restore killed while it holds a name it made for a moment', { skip, timeout: 180_000 }, () => {
   // threadfs removed-fd: a thread's own removed working directory, which the process holds open too.
   for (const [workload, args, made] of [['removed', ['DIR'], /^(ff|d)$/], ['linkgone', ['DIR'], /^a$/], ['devgone', ['DIR'], /^(null|sub)$/],
-    ['gonetwice', ['DIR'], /^(null|ff|sym)$/], ['chrooted', ['DIR', 'removed'], /^jail$/], ['threadfs', ['removed-fd'], /^b$/]] as const) {
+    ['gonetwice', ['DIR'], /^(null|ff|sym)$/], ['chrooted', ['DIR', 'removed'], /^jail$/], ['threadfs', ['removed-fd'], /^b$/],
+    ['ghostdir', ['DIR'], /^logs$/]] as const) {
     it(`${[workload, ...args.filter((a) => a !== 'DIR')].join(' ')}: SIGKILL at transient; the next restore sweeps the name and restores`, async () => {
       const w = await startWorkload(join(WORKLOADS, workload), [...args]);
       const image = join(w.dir, `${workload}.tar`);

@@ -93,6 +93,66 @@ describe('O_PATH descriptors of a symlink (O_NOFOLLOW), a file, a directory, and
   });
 });
 
+describe('deleted files whose directory was removed too (rm -rf logs)', { skip, timeout: 120_000 }, () => {
+  const GHOSTDIR = join(WORKLOADS, 'ghostdir');
+
+  it('come back with their links, contents, offsets and no name, in directories made for the moment; no name is left', async () => {
+    const w = await startWorkload(GHOSTDIR, ['DIR']);
+    const image = join(w.dir, 'ghostdir.tar');
+    await checkpointFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.deepEqual(readdirSync(w.dir).filter((n) => /^logs|ferry/.test(n)), [], 'the directories made for the restore are gone');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves the original as it was', async () => {
+    const w = await startWorkload(GHOSTDIR, ['DIR']);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an untrusted image has the directory made only where the process could have made it', async () => {
+    const w = await startWorkload(GHOSTDIR, ['DIR']);
+    const image = join(w.dir, 'ghostdir.tar');
+    await checkpointFreed(w, image);
+    const edited = join(w.dir, 'edited.tar');
+    // An edit (which drops the signature) making the process nobody without capabilities, who
+    // may not write in DIR (root's).
+    await editImage(image, edited, [[/^tasks\/\d+\/task\.json$/, json<{ creds: { threads: Array<Record<string, any>> } }>((t) => { // eslint-disable-line @typescript-eslint/no-explicit-any
+      for (const th of t.creds.threads) {
+        th.uids = [65534, 65534, 65534, 65534];
+        th.gids = [65534, 65534, 65534, 65534];
+        th.groups = [];
+        for (const k of ['effective', 'permitted', 'inheritable', 'ambient']) th.caps[k] = '0x0';
+      }
+    })]]);
+    const rs = ferry(['restore', '--image', edited]);
+    assert.equal(rs.code, 1, rs.stderr);
+    assert.match(rs.stderr, new RegExp(`^ferry restore: image ${edited}: pid ${w.pid} \\(ghostdir\\) had the removed directory "${w.dir}/logs(/old)?" as the directory of its deleted file `
+      + `"${w.dir}/logs/(app|old/rot).log" \\(fd \\d+\\); restore would make it again in "${w.dir}", which its credentials \\(uid 65534, gid 65534`));
+    assert.equal(rs.stderr.trimEnd().split('\n').length, 1, 'one line');
+    assert.deepEqual(readdirSync(w.dir).filter((n) => /^logs|ferry/.test(n)), [], 'no directory made');
+  });
+
+  for (const mode of ['held', 'below']) {
+    it(`in (${mode === 'held' ? 'directly' : 'below'}) a removed directory the tree also holds: refused at checkpoint in one line, the process runs on`, async () => {
+      const w = await startWorkload(GHOSTDIR, ['DIR', mode]);
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'x.tar')]);
+      assert.equal(cp.code, 1, cp.stderr);
+      const file = mode === 'held' ? 'app\\.log' : '(app\\.log|sub/rot\\.log)';
+      assert.match(cp.stderr, new RegExp(`^ferry checkpoint: unsupported: pid ${w.pid} fd \\d+ holds the deleted file "${w.dir}/logs/${file}" in the removed directory "${w.dir}/logs", `
+        + `which the tree also holds (as the working directory of pid ${w.pid}|open as fd \\d+ of pid ${w.pid}): restore cannot make a file in a removed directory it holds; `));
+      assert.equal(cp.stderr.trimEnd().split('\n').length, 1, 'one line');
+      assert.equal(procState(w.pid).tracer, 0);
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+});
+
 describe('character device nodes whose names were removed', { skip, timeout: 120_000 }, () => {
   const DEVGONE = join(WORKLOADS, 'devgone');
 

@@ -1,0 +1,49 @@
+/**
+ * A deleted file's record whose directory was removed too (files/deleted.ts): its check takes
+ * a directory that is not there (restore makes it for the moment of the create) and refuses a
+ * path whose directory is no directory; ghostInHeldRemovedDir finds a deleted file in or
+ * below a removed directory the tree also holds, which checkpoint and restore refuse. Nothing is made or opened by a check.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { deleted, ghostInHeldDirMessage, ghostInHeldRemovedDir, type DeletedRecord } from '../../src/files/deleted.js';
+import type { FileRecord, TaskRecord } from '../../src/image/records.js';
+
+const ghost = (path: string, id = 3): DeletedRecord =>
+  ({ id, kind: 'ghost', path, flags: 2, pos: '0', mode: 0o640, uid: 0, gid: 0, ghost: '1:2', size: 0, extents: [], data: '' }) as unknown as DeletedRecord;
+
+type Holder = Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'threads' | 'fds'>;
+const task = (over: Partial<Holder>): Holder => ({ pid: 10, cwd: '/', threads: [], fds: [{ fd: 3, file: 3 }], ...over }) as Holder;
+const removed = { mode: 0o755, uid: 0, gid: 0, dev: '1', ino: '9' };
+
+describe('a deleted file whose directory was removed', () => {
+  it('passes the check: its directory is made for the moment', () => {
+    deleted.check!(ghost('/ferry-unit-no-such-dir/logs/app.log'));
+  });
+
+  it('is refused when its directory is a file here', () => {
+    assert.throws(() => deleted.check!(ghost('/etc/hostname/app.log')), { code: 'ENOTDIR', message: /^\/etc\/hostname, the directory of the deleted file \/etc\/hostname\/app\.log \(file 3 of the image\), is no directory here/ });
+  });
+});
+
+describe('ghostInHeldRemovedDir', () => {
+  it('finds none where no removed directory is held, or another one is', () => {
+    assert.equal(ghostInHeldRemovedDir([task({})], [ghost('/x/logs/app.log')]), undefined);
+    assert.equal(ghostInHeldRemovedDir([task({ cwd: '/x/log', cwdDeleted: removed })], [ghost('/x/logs/app.log')]), undefined);
+    assert.equal(ghostInHeldRemovedDir([task({ cwd: '/x/logs/sub', cwdDeleted: removed })], [ghost('/x/logs/app.log')]), undefined);
+  });
+
+  it('finds one in or below a held removed directory: a working directory, a thread\'s, a root, an open one, or only mapped', () => {
+    const direct = ghostInHeldRemovedDir([task({ cwd: '/x/logs', cwdDeleted: removed })], [ghost('/x/logs/app.log')]);
+    assert.deepEqual(direct, { pid: 10, fd: 3, path: '/x/logs/app.log', dir: '/x/logs', heldAs: 'as the working directory of pid 10' });
+    const below = ghostInHeldRemovedDir([task({ threads: [{ tid: 11, fs: { cwd: '/x', cwdDeleted: removed, umask: 0 } }] as TaskRecord['threads'] })], [ghost('/x/logs/app.log')]);
+    assert.deepEqual(below, { pid: 10, fd: 3, path: '/x/logs/app.log', dir: '/x', heldAs: 'as the working directory of thread 11 of pid 10' });
+    assert.equal(ghostInHeldDirMessage(below!), 'pid 10 fd 3 holds the deleted file "/x/logs/app.log" in the removed directory "/x", which the tree also holds '
+      + 'as the working directory of thread 11 of pid 10: restore cannot make a file in a removed directory it holds');
+    const dirRec = { id: 4, kind: 'reg', path: '/x/logs', directory: true, removed, flags: 0, pos: '0', dev: '1', ino: '9' } as unknown as FileRecord;
+    assert.equal(ghostInHeldRemovedDir([task({ fds: [{ fd: 3, file: 3 }, { fd: 5, file: 4 }] } as Partial<Holder>)], [ghost('/x/logs/app.log'), dirRec])?.heldAs, 'open as fd 5 of pid 10');
+    assert.equal(ghostInHeldRemovedDir([task({ root: '/x', rootDeleted: removed })], [ghost('/x/logs/app.log')])?.heldAs, 'as the root directory of pid 10');
+    const mapped = ghostInHeldRemovedDir([task({ cwd: '/x/logs', cwdDeleted: removed, fds: [] })], [ghost('/x/logs/lib.so')]);
+    assert.match(ghostInHeldDirMessage(mapped!), /^a mapping of the tree holds the deleted file "\/x\/logs\/lib\.so"/);
+  });
+});
