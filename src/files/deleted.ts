@@ -282,21 +282,10 @@ export const deleted: FileKind<DeletedRecord> = {
     if (typeof rec.ghost !== 'string' || !Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode) || rec.mode < 0 || rec.mode > 0o7777
       || !id(rec.uid) || !id(rec.gid) || imagePos(rec.pos) === undefined) bad('has an invalid record');
     checkContents(rec, bad);
-    const dir = dirname(rec.path);
     // Resolved inside the process's recorded root (confined.ts), as open() will. A directory
     // that is not there was removed with the file: it is made for the moment of the create.
     const { root, path } = placeOf(rec);
-    let st: ReturnType<typeof statIn>;
-    try {
-      st = statIn(root, dirname(path), `deleted file ${rec.id} of the image`);
-    } catch (err) {
-      if (err instanceof FerryError) throw err; // leads outside the root
-      st = undefined;
-    }
-    if (st !== undefined && !st.isDirectory()) {
-      throw new FerryError('ENOTDIR', `${dir}, the directory of the deleted file ${rec.path} (file ${rec.id} of the image), is no directory here: `
-        + 'restore where it is one, or where it does not exist', { path: rec.path });
-    }
+    dirState(root, dirname(path), rec);
   },
 
   open(rec: DeletedRecord, ctx: OpenContext): number {
@@ -344,7 +333,7 @@ function create(rec: DeletedRecord, ctx: OpenContext): number {
   const { root, path } = placeOf(rec);
   const what = `deleted file ${rec.id} of the image`;
   const parent = dirname(path);
-  if (parent === '/' || statIn(root, parent, what) !== undefined) return createIn(root, path, what);
+  if (parent === '/' || dirState(root, parent, rec) === 'there') return createIn(root, path, what);
   const dirWhat = `the removed directory ${dirname(rec.path)} of the ${what}`;
   let held = -1;
   const fd = withRemovedDir(root, parent, dirWhat, (made) => {
@@ -368,6 +357,38 @@ function create(rec: DeletedRecord, ctx: OpenContext): number {
     native().closeFd(held);
   }
   return fd;
+}
+
+/**
+ * Whether the directory `dir` (inside `root`) of a deleted file is there, or was removed: the
+ * first component of it that does not resolve must have no entry at all. A name kept by
+ * something else, a file or a symlink that leads nowhere inside the root (one to a host path,
+ * resolved in the container), is refused: the kernel never shows a symlink in a file's path,
+ * so that name is not the removed directory's, and nothing is made behind it.
+ */
+function dirState(root: ConfinedRoot, dir: string, rec: DeletedRecord): 'there' | 'removed' {
+  const what = `deleted file ${rec.id} of the image`;
+  const notDir = (at: string, why: string): never => {
+    throw new FerryError('ENOTDIR', `${at}, on the way to the directory of the deleted file ${rec.path} (file ${rec.id} of the image), ${why} here: `
+      + 'restore where it is a directory, or where it does not exist', { path: rec.path });
+  };
+  const parts = dir.split('/').filter((x) => x !== '' && x !== '.');
+  for (let i = 1; i <= parts.length; i++) {
+    const at = `/${parts.slice(0, i).join('/')}`;
+    let st: ReturnType<typeof statIn>;
+    try {
+      st = statIn(root, at, what);
+    } catch (err) {
+      if (err instanceof FerryError) throw err; // leads outside the root
+      notDir(at, `cannot be looked up (${errnoCode(err) ?? (err as Error).message})`);
+    }
+    if (st === undefined) {
+      if (statIn(root, at, what, true) !== undefined) notDir(at, 'is a symlink that leads nowhere');
+      return 'removed';
+    }
+    if (!st.isDirectory()) notDir(at, 'is no directory');
+  }
+  return 'there';
 }
 
 function createIn(root: ConfinedRoot, path: string, what: string): number {

@@ -1,11 +1,14 @@
 /**
  * A deleted file's record whose directory was removed too (files/deleted.ts): its check takes
  * a directory that is not there (restore makes it for the moment of the create) and refuses a
- * path whose directory is no directory; ghostInHeldRemovedDir finds a deleted file in or
+ * path whose directory is no directory, or whose name is a dangling symlink; ghostInHeldRemovedDir finds a deleted file in or
  * below a removed directory the tree also holds, which checkpoint and restore refuse. Nothing is made or opened by a check.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { deleted, ghostInHeldDirMessage, ghostInHeldRemovedDir, type DeletedRecord } from '../../src/files/deleted.js';
 import type { FileRecord, TaskRecord } from '../../src/image/records.js';
 
@@ -22,7 +25,21 @@ describe('a deleted file whose directory was removed', () => {
   });
 
   it('is refused when its directory is a file here', () => {
-    assert.throws(() => deleted.check!(ghost('/etc/hostname/app.log')), { code: 'ENOTDIR', message: /^\/etc\/hostname, the directory of the deleted file \/etc\/hostname\/app\.log \(file 3 of the image\), is no directory here/ });
+    assert.throws(() => deleted.check!(ghost('/etc/hostname/app.log')), { code: 'ENOTDIR', message: /^\/etc\/hostname, on the way to the directory of the deleted file \/etc\/hostname\/app\.log \(file 3 of the image\), is no directory here/ });
+    assert.throws(() => deleted.check!(ghost('/etc/hostname/logs/app.log')), { code: 'ENOTDIR', message: /^\/etc\/hostname, on the way/ });
+  });
+
+  it('is refused when its directory\'s name is a symlink that leads nowhere (it was no symlink: the name is not the removed directory\'s)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-ghostdir-'));
+    try {
+      symlinkSync(join(dir, 'nowhere'), join(dir, 'logs'));
+      assert.throws(() => deleted.check!(ghost(join(dir, 'logs', 'app.log'))), { code: 'ENOTDIR', message: /logs, on the way to the directory .* is a symlink that leads nowhere here/ });
+      assert.throws(() => deleted.check!(ghost(join(dir, 'logs', 'sub', 'app.log'))), { code: 'ENOTDIR' });
+      deleted.check!(ghost(join(dir, 'gone', 'sub', 'app.log')));
+      assert.deepEqual(readdirSync(dir), ['logs'], 'nothing made');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
