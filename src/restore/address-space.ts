@@ -37,6 +37,8 @@ import { vdsoProxy } from './vdso.js';
 import { pagesToDrop, storedParts } from './cow.js';
 
 const MADV_DONTNEED = 4;
+/** clock_getres(2) clock id. */
+const CLOCK_MONOTONIC = 1;
 
 /** "EACCES" for a negative injected result -13 (errno(3) name; the number if unknown). */
 function errnoName(r: bigint): string {
@@ -241,6 +243,13 @@ function areaCalls(v: VmaRecord, flags: number, fd: number, offset: bigint): Arr
   // first gives it the same flag, so it does not merge with neighbours it was apart from.
   const reprotect = !v.shared && v.vmflags.includes('ac') && (v.prot & PROT_WRITE) === 0;
   const calls: Array<readonly [number, ...Array<bigint | number>]> = [[SYS.mmap, start, len, reprotect ? v.prot | PROT_WRITE : v.prot, flags, fd, offset]];
+  if (reprotect && v.kind === 'anon') {
+    // mprotect(2) takes VM_ACCOUNT back from an anonymous area that never had a page (no
+    // anon_vma): one written (clock_getres stores its answer there, a kernel write) and
+    // dropped again gives the new area one, as the old had, whose pages were all zero and so
+    // not stored (a locked area made PROT_NONE, a guard page of a touched stack).
+    calls.push([SYS.clock_getres, CLOCK_MONOTONIC, start], [SYS.madvise, start, PAGE_SIZE, MADV_DONTNEED]);
+  }
   if (reprotect) calls.push([SYS.mprotect, start, len, v.prot]);
   for (const f of v.vmflags) {
     const advice = MADVISE_BY_VMFLAG[f];
