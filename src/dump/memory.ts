@@ -338,7 +338,7 @@ const { EINTR, EINVAL } = osConstants.errno;
  * milliseconds, also while the tree is stopped, and their events are then in the ring. A
  * request still in flight (an IOCB_CMD_POLL waiting, a read of a slow device) is counted only
  * inside the kernel's context (reqs_available, per-CPU), which no interface shows: it is not
- * seen, and does not come back (docs/architecture.md); each ring is a `warn` line saying so.
+ * seen, and does not come back (docs/architecture.md); one `warn` line per process says so.
  *
  * The area must be a context's own ring: an injected io_getevents(2) with min_nr and nr 0
  * reads nothing and returns 0 for a context of this process whose ring is at that address,
@@ -389,11 +389,14 @@ export function readAioRings(t: Tracee, vmas: readonly VmaRecord[], warn: (line:
     const first = Math.min(count, h.nr - head);
     const events = Buffer.concat([read(at(head), first * IO_EVENT_SIZE), read(at(0), (count - first) * IO_EVENT_SIZE)]);
     v.aio = { nr: h.nr, events: events.toString('base64') };
-    // Not refused (most contexts have none in flight at a given moment), but never silent.
-    warn(`pid ${t.pid} has an io_setup(2) context (its ring at ${v.start}): requests of it still in flight, if any (an IOCB_CMD_POLL `
-      + 'waiting, a read of a slow device), cannot be seen from outside the kernel, so they are not in the image and never complete '
-      + 'after restore: checkpoint it when it has none pending');
   });
+  // Not refused (most contexts have none in flight at a given moment), but never silent: one
+  // line for the process, however many contexts it has.
+  const where = rings.length === 1 ? `an io_setup(2) context (its ring at ${rings[0]!.start})`
+    : `${rings.length} io_setup(2) contexts (rings at ${rings.slice(0, 4).map((v) => v.start).join(', ')}${rings.length > 4 ? ', …' : ''})`;
+  warn(`pid ${t.pid} has ${where}: requests still in flight, if any (an IOCB_CMD_POLL `
+    + 'waiting, a read of a slow device), cannot be seen from outside the kernel, so they are not in the image and never complete '
+    + 'after restore: checkpoint it when it has none pending');
 }
 
 /**
