@@ -15,18 +15,25 @@
  * worker threads inherit that and refuse V8's flags. Set at run time, it exposes `gc` in the
  * contexts made after, such as the one `vm` makes here. Where that fails (another engine),
  * nothing is collected: this only moves a cost, it never is one.
+ *
+ * V8's flags are part of what its code cache is checked against: a cache made by a process
+ * whose flags were changed this way is refused by every ferry started with the defaults. The
+ * build's migration warm-up (warm-up.ts), run in the process that then writes the caches
+ * (cli/start.cts makeCodeCache), sets them back with `restoreDefaultFlags`.
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
 let gc: (() => void) | null | undefined;
 
+/** The flags collectGarbage sets, and their values by default (V8's). */
+const FLAGS = [['--expose-gc', '--no-expose-gc'], ['--heap-growing-percent=300', '--heap-growing-percent=0']] as const;
+
 /** Collects garbage now, fully; does nothing where the runtime gives no way to. */
 export function collectGarbage(): void {
   if (gc === undefined) {
     try {
-      setFlagsFromString('--expose-gc');
-      setFlagsFromString('--heap-growing-percent=300');
+      for (const [set] of FLAGS) setFlagsFromString(set);
       const f: unknown = runInNewContext('gc');
       gc = typeof f === 'function' ? (f as () => void) : null;
     } catch {
@@ -34,4 +41,16 @@ export function collectGarbage(): void {
     }
   }
   gc?.();
+}
+
+/**
+ * Sets the flags collectGarbage changed back to V8's defaults (the collections it takes stay
+ * possible: `gc` was taken once exposed), so that a code cache made after is one a ferry
+ * started with the defaults accepts.
+ */
+export function restoreDefaultFlags(): void {
+  if (gc === undefined) return;
+  try {
+    for (const [, unset] of FLAGS) setFlagsFromString(unset);
+  } catch { /* another engine: nothing was set */ }
 }

@@ -25,5 +25,13 @@ export async function warmUpEngine(): Promise<void> {
 /** The migration's warm-up (warm-up-migration.ts), imported only when it runs. */
 export async function warmUpMigration(): Promise<void> {
   const { migrateToSelf } = await import('./warm-up-migration.js');
-  await migrateToSelf();
+  // Imported here: node:v8 loads node:stream, which a light command never needs.
+  const { restoreDefaultFlags } = await import('./gc.js');
+  try {
+    await migrateToSelf();
+  } finally {
+    // The sender changed V8's flags (gc.ts), which the code cache written next is checked
+    // against: every ferry would refuse it.
+    restoreDefaultFlags();
+  }
 }

@@ -91,10 +91,10 @@ function readCache(program: string, st: { size: bigint; mtimeNs: bigint }): Buff
 }
 
 /**
- * Compiles and runs the bundle of `program` as a CommonJS module (with the code cache unless
- * `useCache` is false); undefined when there is no bundle.
+ * Compiles the bundle of `program` (with the code cache unless `useCache` is false);
+ * undefined when there is no bundle.
  */
-function load(program: string, useCache: boolean): { script: Script; exports: Program; stat: { size: bigint; mtimeNs: bigint } } | undefined {
+function compile(program: string, useCache: boolean): { script: Script; stat: { size: bigint; mtimeNs: bigint }; cached: boolean } | undefined {
   const bundle = bundleOf(program);
   let fd: number;
   try {
@@ -115,9 +115,30 @@ function load(program: string, useCache: boolean): { script: Script; exports: Pr
   }
   const cachedData = useCache ? readCache(program, stat) : undefined;
   const script = new Script(Module.wrap(source), { filename: bundle, ...(cachedData !== undefined ? { cachedData } : {}) });
+  return { script, stat, cached: cachedData !== undefined && script.cachedDataRejected !== true };
+}
+
+/**
+ * Compiles and runs the bundle of `program` as a CommonJS module (with the code cache unless
+ * `useCache` is false); undefined when there is no bundle.
+ */
+function load(program: string, useCache: boolean): { script: Script; exports: Program; stat: { size: bigint; mtimeNs: bigint } } | undefined {
+  const compiled = compile(program, useCache);
+  if (compiled === undefined) return undefined;
+  const { script, stat } = compiled;
+  const bundle = bundleOf(program);
   const module = { exports: {} as Program };
   (script.runInThisContext() as (...args: unknown[]) => void)(module.exports, Module.createRequire(bundle), module, bundle, __dirname);
   return { script, exports: module.exports, stat };
+}
+
+/**
+ * Whether V8 takes the code cache of `program` (its bundle is compiled, not run). V8 checks a
+ * cache against the flags it runs with: ask from a node started with the defaults, as ferry is
+ * (the build's own process may have had them changed: gc.ts).
+ */
+export function cacheAccepted(program: string): boolean {
+  return compile(program, true)?.cached ?? false;
 }
 
 /**
@@ -176,6 +197,15 @@ export async function makeCodeCache(): Promise<void> {
     const tmp = `${cacheOf(program)}.${process.pid}.tmp`;
     writeFileSync(tmp, Buffer.concat([header(loaded.stat), loaded.script.createCachedData()]));
     renameSync(tmp, cacheOf(program));
+  }
+  // A cache V8 refuses costs nothing but the time it was for, silently: say so in the build's log
+  // (dist/code-cache.log; test/unit/startup.test.ts checks it too).
+  // child_process is required here only: every start pays for what this file loads.
+  const { spawnSync } = require('node:child_process') as typeof import('node:child_process');
+  for (const program of Object.keys(PROGRAMS)) {
+    const r = spawnSync(process.execPath, ['-e', `process.stdout.write(String(require(${JSON.stringify(__filename)}).cacheAccepted(${JSON.stringify(program)})))`],
+      { encoding: 'utf8' });
+    process.stdout.write(`${program}: code cache ${r.stdout === 'true' ? 'accepted' : `NOT accepted by V8 (${r.stdout}${r.stderr}): every start compiles the bundle`}\n`);
   }
 }
 

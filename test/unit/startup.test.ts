@@ -305,4 +305,19 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     assert.equal(unknown.status, 2);
     assert.match(unknown.stderr, /^ferry: start\.cjs knows no program "nonsense"/);
   });
+
+  it('V8 takes every program\'s code cache the build made (a node started with the defaults, as ferry is)', (t) => {
+    if (!existsSync(join(BUNDLE, 'start.cjs'))) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
+    // The build's migration warm-up changes V8's flags (src/gc.ts), which V8 checks a cache
+    // against: without restoreDefaultFlags every cache was refused, silently.
+    for (const program of ['ferry', 'ferry-runtime', 'criu', 'ferry-hook']) {
+      const r = spawnSync(process.execPath, ['-e', `process.stdout.write(String(require(${JSON.stringify(join(BUNDLE, 'start.cjs'))}).cacheAccepted(${JSON.stringify(program)})))`],
+        { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(r.stdout, 'true', `${program}: ${r.stderr}`);
+    }
+    assert.match(readFileSync(join(ROOT, 'dist', 'code-cache.log'), 'utf8'), /^ferry: code cache accepted$/m, 'the build says so in its log');
+  });
 });
