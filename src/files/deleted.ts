@@ -14,9 +14,9 @@
  */
 import { imagePos } from '../proc/fdinfo.js';
 import { fchmodSync, fchownSync, fstatSync, ftruncateSync, readSync, writeSync } from 'node:fs';
-import { basename, dirname } from 'node:path';
+import { basename, dirname, posix } from 'node:path';
 import { DEFAULTS } from '../config/config.js';
-import { errnoCode, FerryError } from '../errors.js';
+import { describeCause, errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
@@ -276,7 +276,10 @@ export const deleted: FileKind<DeletedRecord> = {
     const bad = (why: string): never => {
       throw new FerryError('EIMAGE', `image: deleted file (file ${rec.id}) ${why}`);
     };
-    if (typeof rec.path !== 'string' || !rec.path.startsWith('/')) bad('has no valid path');
+    // As the kernel shows paths: absolute and normal (no '.', '..', '//' or '/' at the end),
+    // so that the directory made for it (create) is the one checked here.
+    if (typeof rec.path !== 'string' || !rec.path.startsWith('/') || rec.path === '/' || rec.path !== posix.normalize(rec.path)
+      || rec.path.endsWith('/')) bad('has no valid path');
     // mode, uid and gid go to fchmod(2) and fchown(2): permission bits and 32-bit ids (not -1, "unchanged").
     const id = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 32 - 1;
     if (typeof rec.ghost !== 'string' || !Number.isSafeInteger(rec.flags) || !Number.isSafeInteger(rec.mode) || rec.mode < 0 || rec.mode > 0o7777
@@ -373,17 +376,20 @@ function dirState(root: ConfinedRoot, dir: string, rec: DeletedRecord): 'there' 
       + 'restore where it is a directory, or where it does not exist', { path: rec.path });
   };
   const parts = dir.split('/').filter((x) => x !== '' && x !== '.');
-  for (let i = 1; i <= parts.length; i++) {
-    const at = `/${parts.slice(0, i).join('/')}`;
-    let st: ReturnType<typeof statIn>;
+  const look = (at: string, noFollow: boolean): ReturnType<typeof statIn> => {
     try {
-      st = statIn(root, at, what);
+      return statIn(root, at, what, noFollow);
     } catch (err) {
       if (err instanceof FerryError) throw err; // leads outside the root
-      notDir(at, `cannot be looked up (${errnoCode(err) ?? (err as Error).message})`);
+      throw new FerryError('EOPEN', `${at}, on the way to the directory of the deleted file ${rec.path} (file ${rec.id} of the image), cannot be looked up here `
+        + `(${errnoCode(err) ?? describeCause(err)}): restore where it can`, { path: rec.path, cause: err });
     }
+  };
+  for (let i = 1; i <= parts.length; i++) {
+    const at = `/${parts.slice(0, i).join('/')}`;
+    const st = look(at, false);
     if (st === undefined) {
-      if (statIn(root, at, what, true) !== undefined) notDir(at, 'is a symlink that leads nowhere');
+      if (look(at, true) !== undefined) notDir(at, 'is a symlink that leads nowhere');
       return 'removed';
     }
     if (!st.isDirectory()) notDir(at, 'is no directory');

@@ -42,6 +42,7 @@
  * `nobody` holds it for writing legitimately, and its image says so truthfully.
  */
 import type { BigIntStats } from 'node:fs';
+import { dirname } from 'node:path';
 import { PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { big, type FileRecord, type TaskRecord, type VmaRecord } from '../image/records.js';
@@ -351,7 +352,7 @@ function mappedAccessError(label: string, t: Pick<TaskRecord, 'pid' | 'comm' | '
  * that thread's credentials.
  */
 export function checkRemovedDirs(label: string,
-  tasks: readonly Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'cwdBetween' | 'root' | 'rootDeleted' | 'fds' | 'threads'>[],
+  tasks: ReadonlyArray<Pick<TaskRecord, 'pid' | 'comm' | 'creds' | 'cwd' | 'cwdDeleted' | 'cwdBetween' | 'root' | 'rootDeleted' | 'fds' | 'threads'> & Partial<Pick<TaskRecord, 'vmas'>>>,
   files: readonly FileRecord[], statOf: StatOf): void {
   const refuse = (t: (typeof tasks)[number], path: string, as: string, dir: string, st: Pick<BigIntStats, 'uid' | 'gid' | 'mode'>,
     node = 'directory'): never => {
@@ -398,13 +399,27 @@ export function checkRemovedDirs(label: string,
   }
   // A deleted file whose directory is not there: that directory was removed too, and is made
   // for the moment of the file's create (files/deleted.ts).
+  // Judged by the process holding it, else by one mapping it (a deleted file only mapped is a
+  // file of the image nobody holds: dump/memory.ts). One neither holds nor maps (in flight in a
+  // unix socket's queue, or an edited image's) is judged by no one's credentials: refused.
   for (const f of files) {
     if (f.kind !== 'ghost' || typeof f.path !== 'string' || !f.path.startsWith('/')) continue;
-    const dir = f.path.slice(0, Math.max(f.path.lastIndexOf('/'), 0)) || '/';
+    const dir = dirname(f.path);
+    if (dir === '/' || statOf(dir)) continue;
+    const what = `as the directory of its deleted file ${JSON.stringify(f.path.slice(0, 256))}`;
     const t = tasks.find((x) => x.fds.some((d) => d.file === f.id));
-    if (t && dir !== '/' && !statOf(dir)) {
-      wanted.push({ t, path: dir, as: `as the directory of its deleted file ${JSON.stringify(f.path.slice(0, 256))} (fd ${t.fds.find((d) => d.file === f.id)!.fd})` });
+    if (t) {
+      wanted.push({ t, path: dir, as: `${what} (fd ${t.fds.find((d) => d.file === f.id)!.fd})` });
+      continue;
     }
+    const mapper = tasks.find((x) => (x.vmas ?? []).some((v) => (v as { ghost?: unknown }).ghost === f['ghost']));
+    if (mapper) {
+      wanted.push({ t: mapper, path: dir, as: `${what} (mapped)` });
+      continue;
+    }
+    throw new FerryError('EPRIVILEGE', `image ${label}: the deleted file ${JSON.stringify(f.path.slice(0, 256))} (file ${f.id}) is in the removed directory `
+      + `${JSON.stringify(dir.slice(0, 256))}, which restore would make again, and no process of the image holds or maps it to judge whether it could have: `
+      + 'nothing was restored; sign the image and restore with --trust if it is genuine');
   }
   for (const { t, path, as, node } of wanted) {
     let dir = path;

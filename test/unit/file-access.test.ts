@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import {
   checkFileAccess, checkMappedAccess, checkOpenedFile, checkOpenedMapping, checkOpenedReadMapping, checkRemovedDirs, mayReadWrite, type StatOf,
 } from '../../src/restore/file-access.js';
+import type { FileRecord } from '../../src/image/records.js';
 
 const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_APPEND = 0o2000;
 
@@ -309,5 +310,28 @@ describe('checkRemovedDirs', () => {
     assert.throws(() => checkRemovedDirs('img', [held], [], dirs(0o755)),
       /^FerryError: image img: pid 7 \(x\) had the removed directory "\/srv\/b" as the working directory of its thread 8; restore would make it again in "\/srv", which its credentials \(uid 65534, gid 65534/);
     checkRemovedDirs('img', [held], [], dirs(0o1777));
+  });
+
+  it('judges the removed directory of a deleted file by its holder, else by a process mapping it, and refuses one nobody holds or maps', () => {
+    const ghost = { id: 1, kind: 'ghost', path: '/srv/gone/app.log', ghost: '1:2' } as unknown as FileRecord;
+    /** As dirs, but /srv/gone is not there. */
+    const gone = (srv: number): StatOf => (path) => (path === '/srv/gone' ? undefined : dirs(srv)(path));
+    const holder = task(7, 65534, 65534) as unknown as Parameters<typeof checkRemovedDirs>[1][number];
+    assert.throws(() => checkRemovedDirs('img', [holder], [ghost], gone(0o755)),
+      /^FerryError: image img: pid 7 \(x\) had the removed directory "\/srv\/gone" as the directory of its deleted file "\/srv\/gone\/app\.log" \(fd 3\); restore would make it again in "\/srv"/);
+    checkRemovedDirs('img', [holder], [ghost], gone(0o1777));
+    const mapper = { ...task(8, 65534, 65534, [], '0x0', []), vmas: [{ start: '0x1000', end: '0x2000', ghost: '1:2' }] } as unknown as Parameters<typeof checkRemovedDirs>[1][number];
+    assert.throws(() => checkRemovedDirs('img', [mapper], [ghost], gone(0o755)), /^FerryError: image img: pid 8 \(x\) had the removed directory "\/srv\/gone" as the directory of its deleted file "\/srv\/gone\/app\.log" \(mapped\)/);
+    checkRemovedDirs('img', [mapper], [ghost], gone(0o1777));
+    // Neither held nor mapped: no credentials to judge by (an edited image could so have root make any directory).
+    const nobody = task(9, 0, 0, [], '0xffffffffff', []) as unknown as Parameters<typeof checkRemovedDirs>[1][number];
+    assert.throws(() => checkRemovedDirs('img', [nobody], [ghost], gone(0o1777)), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'EPRIVILEGE');
+      assert.equal(err.message, 'image img: the deleted file "/srv/gone/app.log" (file 1) is in the removed directory "/srv/gone", which restore would make again, '
+        + 'and no process of the image holds or maps it to judge whether it could have: nothing was restored; sign the image and restore with --trust if it is genuine');
+      return true;
+    });
+    // Its directory there: nothing to make, nothing to judge.
+    checkRemovedDirs('img', [nobody], [ghost], dirs(0o755));
   });
 });

@@ -29,6 +29,12 @@ describe('a deleted file whose directory was removed', () => {
     assert.throws(() => deleted.check!(ghost('/etc/hostname/logs/app.log')), { code: 'ENOTDIR', message: /^\/etc\/hostname, on the way/ });
   });
 
+  it('is refused with a path the kernel would not show (not absolute and normal): the directory made would not be the one checked', () => {
+    for (const path of ['/', 'x/app.log', '/gone/../etc/app.log', '/gone/./app.log', '/gone//app.log', '/gone/app.log/', '/tmp/.']) {
+      assert.throws(() => deleted.check!(ghost(path)), { code: 'EIMAGE', message: /has no valid path/ }, path);
+    }
+  });
+
   it('is refused when its directory\'s name is a symlink that leads nowhere (it was no symlink: the name is not the removed directory\'s)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ferry-ghostdir-'));
     try {
