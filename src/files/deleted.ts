@@ -418,7 +418,7 @@ function createIn(root: ConfinedRoot, path: string, what: string): number {
 
 /** A deleted file of the tree whose directory the tree also holds, removed. */
 export interface GhostInHeldDir {
-  /** The process and descriptor holding it; none for a file only mapped (dump/memory.ts unheldGhosts). */
+  /** The process and descriptor holding it; for a file only mapped (dump/memory.ts unheldGhosts), the process mapping it, no fd. */
   pid?: number;
   fd?: number;
   /** The deleted file's path (without " (deleted)"). */
@@ -437,7 +437,7 @@ export interface GhostInHeldDir {
  * directory. Matched by path, all a deleted file's record says of its directory.
  */
 export function ghostInHeldRemovedDir(
-  tasks: readonly Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'threads' | 'fds'>[],
+  tasks: ReadonlyArray<Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'threads' | 'fds'> & Partial<Pick<TaskRecord, 'vmas'>>>,
   files: readonly FileRecord[],
 ): GhostInHeldDir | undefined {
   const holders = new Map<number, { pid: number; fd: number }>();
@@ -466,14 +466,17 @@ export function ghostInHeldRemovedDir(
     if (f.kind !== 'ghost' || typeof f.path !== 'string') continue;
     const dir = dirname(f.path);
     const bad = held.find((x) => x.path !== '/' && (dir === x.path || dir.startsWith(`${x.path}/`)));
-    if (bad) return { ...holders.get(f.id), path: f.path, dir: bad.path, heldAs: bad.as };
+    if (!bad) continue;
+    // Held by a descriptor, else only mapped: the first process mapping it is named.
+    const mapper = tasks.find((t) => (t.vmas ?? []).some((v) => (v as { ghost?: unknown }).ghost === f['ghost']));
+    return { ...(holders.get(f.id) ?? (mapper ? { pid: mapper.pid } : {})), path: f.path, dir: bad.path, heldAs: bad.as };
   }
   return undefined;
 }
 
 /** The one line refusing `g` (ghostInHeldRemovedDir): which file, which directory, what to do. */
 export function ghostInHeldDirMessage(g: GhostInHeldDir): string {
-  const who = g.pid !== undefined ? `pid ${g.pid} fd ${g.fd}` : 'a mapping of the tree';
+  const who = g.pid === undefined ? 'a mapping of the tree' : g.fd === undefined ? `a mapping of pid ${g.pid}` : `pid ${g.pid} fd ${g.fd}`;
   return `${who} holds the deleted file ${JSON.stringify(g.path.slice(0, 256))} in the removed directory ${JSON.stringify(g.dir.slice(0, 256))}, `
     + `which the tree also holds ${g.heldAs}: restore cannot make a file in a removed directory it holds`;
 }

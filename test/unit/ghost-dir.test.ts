@@ -15,7 +15,7 @@ import type { FileRecord, TaskRecord } from '../../src/image/records.js';
 const ghost = (path: string, id = 3): DeletedRecord =>
   ({ id, kind: 'ghost', path, flags: 2, pos: '0', mode: 0o640, uid: 0, gid: 0, ghost: '1:2', size: 0, extents: [], data: '' }) as unknown as DeletedRecord;
 
-type Holder = Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'threads' | 'fds'>;
+type Holder = Pick<TaskRecord, 'pid' | 'cwd' | 'cwdDeleted' | 'root' | 'rootDeleted' | 'threads' | 'fds'> & Partial<Pick<TaskRecord, 'vmas'>>;
 const task = (over: Partial<Holder>): Holder => ({ pid: 10, cwd: '/', threads: [], fds: [{ fd: 3, file: 3 }], ...over }) as Holder;
 const removed = { mode: 0o755, uid: 0, gid: 0, dev: '1', ino: '9' };
 
@@ -68,5 +68,8 @@ describe('ghostInHeldRemovedDir', () => {
     assert.equal(ghostInHeldRemovedDir([task({ root: '/x', rootDeleted: removed })], [ghost('/x/logs/app.log')])?.heldAs, 'as the root directory of pid 10');
     const mapped = ghostInHeldRemovedDir([task({ cwd: '/x/logs', cwdDeleted: removed, fds: [] })], [ghost('/x/logs/lib.so')]);
     assert.match(ghostInHeldDirMessage(mapped!), /^a mapping of the tree holds the deleted file "\/x\/logs\/lib\.so"/);
+    // The process mapping it, when the records say (VmaRecord.ghost, the file's identity).
+    const byMap = ghostInHeldRemovedDir([task({ cwd: '/x/logs', cwdDeleted: removed, fds: [], vmas: [{ ghost: '1:2' }] as unknown as TaskRecord['vmas'] })], [ghost('/x/logs/lib.so')]);
+    assert.match(ghostInHeldDirMessage(byMap!), /^a mapping of pid 10 holds the deleted file "\/x\/logs\/lib\.so"/);
   });
 });
