@@ -25,7 +25,7 @@ import { FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_SYNC } from '../proc/fcntl.js';
-import { openRemovedNode, placeOf, reopenIn, shownIn, statIn, withRemovedDir, type ConfinedRoot, type RemovedNodeMade } from './confined.js';
+import { openRemovedNode, placeOf, reopenIn, shownIn, statIn, withRemovedDir, type ConfinedRoot, type RemovedDir, type RemovedNodeMade } from './confined.js';
 import { openRemovedNodeOf } from './removed-node.js';
 import { isTerminal } from './tty.js';
 import type { FdDesc, FileKind, OpenContext } from './types.js';
@@ -96,17 +96,18 @@ export function checkRemovedNodeTrust(label: string, tasks: readonly Pick<TaskRe
  */
 function openRemoved(rec: ChrdevRecord, ctx: OpenContext, root: ConfinedRoot, path: string, what: string): number {
   const n = native();
-  const make = (at: string, also: readonly number[]): RemovedNodeMade => openRemovedNode(root, at, what, 'chr', `${rec.major}:${rec.minor}`,
+  const make = (at: string, also: readonly number[], inDir?: RemovedDir): RemovedNodeMade => openRemovedNode(root, at, what, 'chr', `${rec.major}:${rec.minor}`,
     (dir, name) => n.mknodChr(dir, name, 0o600, rec.major, rec.minor), (made) => {
       const why = notTheDevice(rec, fstatSync(made, { bigint: true }));
       return why !== undefined ? `it ${why}` : undefined;
-    }, also);
+    }, also, inDir);
   const cut = path.lastIndexOf('/');
   const dirPath = path.slice(0, cut) || '/';
   return openRemovedNodeOf(rec, ctx, (rec.flags & REOPEN_FLAGS) | O_NOCTTY, { ...rec.removed!, symlink: false }, (also) => {
     if (statIn(root, dirPath, what)?.isDirectory() ?? false) return make(path, also);
     // Its directory was removed too: made for the moment, and removed again with the node's name.
-    return withRemovedDir(root, dirPath, what, (made) => make(`${made}/${path.slice(cut + 1)}`, also));
+    // The node is made through ferry's descriptor of that directory, not its path again.
+    return withRemovedDir(root, dirPath, what, (made) => make(`${made.path}/${path.slice(cut + 1)}`, also, made));
   });
 }
 

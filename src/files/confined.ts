@@ -29,7 +29,7 @@ import { FerryError, errnoCode } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_DIRECTORY, O_PATH } from '../proc/fcntl.js';
-import { makeTransient, transientMade } from './transient.js';
+import { makeTransient, transientMade, type TransientMade } from './transient.js';
 
 /** openat2(2) resolve flags (linux/openat2.h). */
 export const RESOLVE_NO_XDEV = 0x01, RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04,
@@ -372,12 +372,18 @@ export interface RemovedNodeMade {
  * the make and the open is someone else's, or has a name of its own elsewhere, and must not be
  * given the image's owner by a root chown), each descriptor of `also` that same inode, and
  * `check` must find nothing wrong with it (ECHANGED otherwise). The caller opens it for I/O
- * through /proc/self/fd of `held`, and gives it its mode and owner.
+ * through /proc/self/fd of `held`, and gives it its mode and owner. `inDir`: the directory
+ * withRemovedDir made for `path`'s, in which the node is made through ferry's descriptor.
  */
 export function openRemovedNode(root: ConfinedRoot, path: string, what: string, kind: 'fifo' | 'chr' | 'symlink', id: string | undefined,
-  make: (dir: number, name: string) => void, check: (fd: number) => string | undefined, also: readonly number[] = []): RemovedNodeMade {
+  make: (dir: number, name: string) => void, check: (fd: number) => string | undefined, also: readonly number[] = [],
+  inDir?: RemovedDir): RemovedNodeMade {
   const n = native();
-  return withParent(root, path, what, (dir) => {
+  // In a directory withRemovedDir made: through ferry's descriptor of it, never by its path
+  // again (someone who may write a directory above could have swapped a symlink in).
+  const at = <U>(fn: (dir: { dir: number; name: string }) => U): U =>
+    inDir !== undefined ? fn({ dir: inDir.fd, name: path.slice(path.lastIndexOf('/') + 1) }) : withParent(root, path, what, fn);
+  return at((dir) => {
     for (let i = 0; i <= 100; i++) {
       const name = i === 0 ? dir.name : `${dir.name}.ferry-removed-${i}`;
       const forget = makeTransient(kind, root.path, `${path.slice(0, path.lastIndexOf('/'))}/${name}`, dir.dir, id, make);
@@ -578,54 +584,207 @@ export function shownIn(root: ConfinedRoot, path: string): string {
   return shown(root, path);
 }
 
+
 /**
- * Runs `fn` with the path of a directory made for it in place of `dirPath`, a directory that
- * was removed (for a chdir or an open that needs a name, the result staying a removed
- * directory): the missing part of the path is made, component by component from the nearest
- * directory that still exists (mode 0700), the last one under a new name beside it
- * (`NAME.ferry-removed-N`) when `dirPath` exists again; all of it is removed again once `fn`
- * returns or throws (a directory no longer empty is left: someone else's by then).
+ * Opens `name` in directory `dirfd` (a directory ferry holds: withRemovedDir's) with open(2)
+ * `flags` (O_CLOEXEC added; `mode` with O_CREAT): the name itself, never a symlink, never
+ * "..". `path` (inside `root`) names it in errors, with `what`.
  */
-export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: string, fn: (path: string) => T): T {
+export function openNameAt(root: ConfinedRoot, dirfd: number, name: string, path: string, flags: number, what: string, mode = 0): number {
+  checkPath(root, name, what);
+  try {
+    return at2(dirfd, name, flags, mode, NAME_RESOLVE);
+  } catch (err) {
+    throw confinedError(err, root, path, what, true);
+  }
+}
+
+/** A directory withRemovedDir made, as its callback gets it. */
+export interface RemovedDir {
+  /**
+   * Its path inside the root (the last component `NAME.ferry-removed-N` when the name was
+   * taken): for a kernel call that needs a name and that ferry does not make itself (a chdir
+   * inside the restored process), and for messages. Whatever ferry opens or makes in it goes
+   * through `fd`: the path is looked up again, and a directory on the way may have changed.
+   */
+  readonly path: string;
+  /** Ferry's O_PATH descriptor of it, closed once the callback returns (reopen it through /proc/self/fd to keep it). */
+  readonly fd: number;
+  /**
+   * Filled once the callback has returned: the paths of the directories made that were not
+   * removed again (someone put something in one, or moved it away): left, and left in the
+   * journal for the next sweep (transient.ts).
+   */
+  readonly left: readonly string[];
+}
+
+/**
+ * One directory withRemovedDir made: in `parent` (held) under `name`, the inode `made` says;
+ * or one it found made by someone else on the way (`parent` -1: only its descriptor held).
+ */
+interface MadeLevel {
+  parent: number;
+  name: string;
+  path: string;
+  fd: number;
+  made: TransientMade;
+}
+
+/**
+ * Runs `fn` with a directory made for it in place of `dirPath`, a directory that was removed
+ * (for a chdir or an open that needs a name, the result staying a removed directory): the
+ * missing part of the path is made, level by level from the nearest directory that still
+ * exists (mode 0700), the last one under a new name beside it (`NAME.ferry-removed-N`) when
+ * `dirPath` exists again; all of it is removed again once `fn` returns or throws (a directory
+ * no longer empty is left: someone else's by then; `RemovedDir.left` names what was left).
+ * `under`: a directory made by an enclosing call, in which `dirPath` (below its path) is made.
+ *
+ * Everything is done through descriptors, never by the path again: the nearest existing
+ * directory is opened once, each level is made in the one above it (held) and opened there by
+ * its name alone (no symlink followed), and must then be the very directory made (its dev:ino,
+ * ferry's, empty). Whoever may write the directory the first level is made in (alice's home,
+ * for /home/alice/a/b with `a` gone) can rename ferry's `a` away and put a symlink `a -> /etc`
+ * in its place at any moment: a lookup of the path would then make `b` as root in /etc, and
+ * the cleanup would remove whatever empty directory the path then leads to.
+ */
+export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: string, fn: (made: RemovedDir) => T, under?: RemovedDir): T {
+  const n = native();
   const parts = dirPath.split('/').filter((x) => x !== '');
   if (parts.length === 0) throw new FerryError('EIMAGE', `${what}: '/' cannot have been removed`);
-  let have = 0; // components that exist, as directories
-  while (have < parts.length - 1) {
-    const st = statIn(root, `/${parts.slice(0, have + 1).join('/')}`, what);
-    if (!st) break;
-    if (!st.isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: /${parts.slice(0, have + 1).join('/')} is no longer a directory`);
-    have++;
+  if (parts.some((x) => x === '.' || x === '..')) {
+    throw new FerryError('ECONFINE', `${what}: ${shown(root, dirPath)} has a "." or ".." in it, which no removed directory's path has: refused`, { path: dirPath });
   }
-  // Each directory made is written down as it is made (files/transient.ts): a ferry killed
-  // before it removes them again leaves them to the next restore's sweep.
-  const made: Array<{ path: string; forget: () => void }> = [];
-  const mk = (path: string): boolean => {
-    const forget = withParent(root, path, what, (p) => {
+  const euid = BigInt(process.geteuid?.() ?? 0);
+  const left: string[] = [];
+  const levels: MadeLevel[] = [];
+  let base = -1; // the nearest directory that exists, held
+  let have: number; // components of dirPath it stands for
+  try {
+    if (under !== undefined) {
+      const above = under.path.split('/').filter((x) => x !== '');
+      if (parts.length <= above.length || above.some((x, i) => parts[i] !== x)) {
+        throw new Error(`withRemovedDir: ${dirPath} is not below ${under.path}`);
+      }
+      base = n.openRaw(`/proc/self/fd/${under.fd}`, O_PATH | O_DIRECTORY);
+      have = above.length;
+    } else {
+      base = openIn(root, '', O_PATH | O_DIRECTORY, what);
+      for (have = 0; have < parts.length - 1; have++) {
+        const at = `/${parts.slice(0, have + 1).join('/')}`;
+        let fd: number;
+        try {
+          fd = openIn(root, at, O_PATH, what);
+        } catch (err) {
+          if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') break;
+          throw err;
+        }
+        n.closeFd(base);
+        base = fd; // closed on the way out, a directory or not
+        if (!fstatSync(fd).isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: ${at} is no longer a directory`);
+      }
+    }
+    // Each directory made is written down as it is made (files/transient.ts): a ferry killed
+    // before it removes them again leaves them to the next restore's sweep.
+    let parent = base;
+    const mk = (name: string, path: string, last: boolean): boolean => {
+      let made: TransientMade | undefined;
       try {
-        return makeTransient('dir', root.path, path, p.dir, undefined, (dir, name) => native().mkdirat(dir, name, 0o700));
+        made = makeTransient('dir', root.path, path, parent, undefined, (dir, temp) => n.mkdirat(dir, temp, 0o700));
       } catch (err) {
         throw confinedError(err, root, path, what, true);
       }
-    });
-    if (forget === undefined) return false; // taken
-    made.push({ path, forget });
-    return true;
-  };
-  try {
-    for (let i = have + 1; i < parts.length; i++) mk(`/${parts.slice(0, i).join('/')}`);
-    let path = `/${parts.join('/')}`;
-    for (let n = 1; !mk(path); n++) {
-      if (n > 100) throw new FerryError('EEXIST', `cannot restore ${what}: its name and 100 others beside it are taken`);
-      path = `/${parts.join('/')}.ferry-removed-${n}`;
+      if (made === undefined && last) return false; // taken: the last one goes under another name
+      let fd: number;
+      try {
+        fd = at2(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0, NAME_RESOLVE);
+      } catch (err) {
+        if (made !== undefined) left.push(path); // moved away: the journal keeps it
+        throw made !== undefined ? swapped(path, (err as Error).message) : confinedError(err, root, path, what, true);
+      }
+      if (made === undefined) {
+        // A directory someone made at that name meanwhile, on the way: gone through as one
+        // that existed (as if the walk had found it), never removed.
+        levels.push({ parent: -1, name, path, fd, made: Object.assign(() => {}, { dev: -1n, ino: -1n }) });
+        parent = fd;
+        return true;
+      }
+      let st: BigIntStats;
+      try {
+        st = fstatSync(fd, { bigint: true });
+      } catch (err) {
+        n.closeFd(fd);
+        throw err;
+      }
+      // The very directory made, ferry's, with nothing in it (nlink 1 where a filesystem does
+      // not count subdirectories): a swapped one is someone else's and nothing is made in it.
+      if (st.dev !== made.dev || st.ino !== made.ino || !st.isDirectory() || st.uid !== euid || st.nlink > 2n) {
+        n.closeFd(fd);
+        left.push(path);
+        throw swapped(path, 'another directory is at its name');
+      }
+      levels.push({ parent, name, path, fd, made });
+      parent = fd;
+      return true;
+    };
+    const swapped = (path: string, why: string): FerryError => new FerryError('ECHANGED', `cannot restore ${what}: the directory ferry made at ${shown(root, path)} `
+      + `was moved away or replaced before it was opened (${why}): nothing was made through it; if it is left, remove it and restore again`, { path });
+    for (let i = have + 1; i < parts.length; i++) mk(parts[i - 1]!, `/${parts.slice(0, i).join('/')}`, false);
+    const last = parts[parts.length - 1]!;
+    let name = last;
+    for (let k = 1; !mk(name, `/${[...parts.slice(0, -1), name].join('/')}`, true); k++) {
+      if (k > 100) throw new FerryError('EEXIST', `cannot restore ${what}: its name and 100 others beside it are taken`);
+      name = `${last}.ferry-removed-${k}`;
     }
     transientMade();
-    return fn(path);
+    const innermost = levels[levels.length - 1]!;
+    return fn({ path: innermost.path, fd: innermost.fd, left });
   } finally {
-    for (const d of made.reverse()) {
+    cleanUp(levels, left, base);
+  }
+}
+
+/**
+ * Removes the directories withRemovedDir made, the innermost first, each through its held
+ * parent and only while its name still leads to the very directory made (its dev:ino); one
+ * that does not, or is not empty, is left and stays in the journal (transient.ts: the sweep
+ * checks the inode again). Every descriptor is closed, whatever throws; a journal entry that
+ * cannot be forgotten is thrown after.
+ *
+ * Between the check and the rmdir, whoever may write the first level's directory could still
+ * swap in an empty directory of theirs, which would then go: a directory moved there must be
+ * writable by them (rename(2) of a directory to another parent needs it), so nothing they
+ * could not have removed themselves.
+ */
+function cleanUp(levels: MadeLevel[], left: string[], base: number): void {
+  const n = native();
+  let failed: unknown;
+  for (const l of [...levels].reverse()) {
+    if (l.parent < 0) continue; // not ferry's
+    let removed = false;
+    try {
+      const fd = at2(l.parent, l.name, O_PATH | O_NOFOLLOW, 0, NAME_RESOLVE);
+      let st: BigIntStats;
       try {
-        unlinkIn(root, d.path, what, true);
-      } catch { /* not empty any more: someone else's now */ }
-      d.forget();
+        st = fstatSync(fd, { bigint: true });
+      } finally {
+        n.closeFd(fd);
+      }
+      if (st.dev === l.made.dev && st.ino === l.made.ino) {
+        n.unlinkat(l.parent, l.name, AT_REMOVEDIR);
+        removed = true;
+      }
+    } catch { /* gone from its name, or not empty: someone else's now */ }
+    if (!removed) {
+      left.push(l.path);
+      continue;
+    }
+    try {
+      l.made();
+    } catch (err) {
+      failed ??= err;
     }
   }
+  for (const l of levels) n.closeFd(l.fd);
+  if (base >= 0) n.closeFd(base);
+  if (failed !== undefined) throw failed;
 }

@@ -20,7 +20,7 @@ import { describeCause, errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { openIn, placeOf, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
+import { openNameAt, placeOf, shownIn, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
@@ -329,8 +329,9 @@ export const deleted: FileKind<DeletedRecord> = {
  *
  * A directory that is not there was removed after the file (`rm -rf logs`): it is made for the
  * moment of the create, written down first (confined.ts withRemovedDir, files/transient.ts),
- * and removed again once the file's name is, so the file is left in a directory with no name,
- * as it was: the kernel builds its link from the names its dentries kept, "path (deleted)".
+ * the file created in it through ferry's descriptor of it, and removed again once the file's
+ * name is, so the file is left in a directory with no name, as it was: the kernel builds its
+ * link from the names its dentries kept, "path (deleted)".
  */
 function create(rec: DeletedRecord, ctx: OpenContext): number {
   const { root, path } = placeOf(rec);
@@ -338,26 +339,35 @@ function create(rec: DeletedRecord, ctx: OpenContext): number {
   const parent = dirname(path);
   if (parent === '/' || dirState(root, parent, rec) === 'there') return createIn(root, path, what);
   const dirWhat = `the removed directory ${dirname(rec.path)} of the ${what}`;
+  const n = native();
   let held = -1;
+  const got: { left?: readonly string[]; path?: string } = {};
   const fd = withRemovedDir(root, parent, dirWhat, (made) => {
-    // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
-    held = openIn(root, made, O_PATH | O_DIRECTORY | O_NOFOLLOW, dirWhat);
+    got.left = made.left; // filled once the directories made are removed again
+    got.path = made.path;
+    held = n.openRaw(`/proc/self/fd/${made.fd}`, O_PATH | O_DIRECTORY);
+    // In the directory ferry made and holds, never by its path again (a directory above it
+    // may be someone else's, who could have put a symlink in place of ferry's meanwhile).
     try {
-      return createIn(root, `${made}/${basename(path)}`, what);
+      return createAt(root, made.fd, basename(path), `${made.path}/${basename(path)}`, what);
     } catch (err) {
-      native().closeFd(held);
+      n.closeFd(held);
       throw err;
     }
   });
   try {
     // Its name is removed only while it is empty: one someone put something in meanwhile is
-    // theirs now, and the file would be in a directory with a name.
-    if (fstatSync(held).nlink !== 0) {
-      native().closeFd(fd);
-      throw new FerryError('ECHANGED', `cannot restore ${dirWhat}: the directory made for it could not be removed again (something was put in it meanwhile); nothing was restored`, { path: rec.path });
+    // theirs now, and the file would be in a directory with a name. Every level made must be
+    // gone, not only the file's own.
+    const left = got.left ?? [];
+    if (fstatSync(held).nlink !== 0 || left.length > 0) {
+      n.closeFd(fd);
+      const where = (left.length > 0 ? left : [got.path ?? parent]).map((p) => shownIn(root, p)).join(', ');
+      throw new FerryError('ECHANGED', `cannot restore ${dirWhat}: the directory made for it could not be removed again (something was put in it, `
+        + `or it was moved, meanwhile) and was left at ${where}; nothing was restored: remove it if it is not someone else's and restore again`, { path: rec.path });
     }
   } finally {
-    native().closeFd(held);
+    n.closeFd(held);
   }
   return fd;
 }
@@ -398,22 +408,31 @@ function dirState(root: ConfinedRoot, dir: string, rec: DeletedRecord): 'there' 
 }
 
 function createIn(root: ConfinedRoot, path: string, what: string): number {
+  return withParent(root, path, what, (dir) => createAt(root, dir.dir, dir.name, path, what));
+}
+
+/**
+ * The file's name `name` created exclusively in directory `dirfd` (never through a symlink,
+ * never an existing file) and unlinked at once through it; when the name is taken, an
+ * O_TMPFILE file in that directory. `path` names it in errors.
+ */
+function createAt(root: ConfinedRoot, dirfd: number, name: string, path: string, what: string): number {
   const n = native();
-  return withParent(root, path, what, (dir) => {
+  try {
+    const fd = openNameAt(root, dirfd, name, path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, what, 0o600);
     try {
-      const fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
-      try {
-        dir.unlink();
-      } catch (err) {
+      n.unlinkat(dirfd, name, 0);
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') { // absent is fine: the name is gone either way
         n.closeFd(fd);
         throw err;
       }
-      return fd;
-    } catch (err) {
-      if (errnoCode(err) !== 'EEXIST') throw err;
     }
-    return n.openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
-  });
+    return fd;
+  } catch (err) {
+    if (errnoCode(err) !== 'EEXIST') throw err;
+  }
+  return n.openat2(dirfd, '.', O_TMPFILE | O_RDWR, 0o600, 0);
 }
 
 /** A deleted file of the tree whose directory the tree also holds, removed. */

@@ -199,9 +199,9 @@ function openRemovedDir(rec: RegularRecord, ctx: OpenContext, root: ConfinedRoot
     const fd = openRemovedNodeOf(rec, ctx, oPath ? O_PATH : (rec.flags & REOPEN_FLAGS) | O_DIRECTORY, { ...rec.removed!, symlink: false }, (also) => {
       // A removed root, a directory below one, or a working directory made already (restore/
       // root-dir.ts): that one, through ferry's descriptor of it (no name is left to follow).
-      // Otherwise made here; O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
+      // Otherwise made here, and kept through ferry's descriptor of it (never by its path again).
       const held = premade !== undefined ? n.openRaw(`/proc/self/fd/${premade}`, O_PATH | O_DIRECTORY)
-        : withRemovedDir(root, path, what, (made) => openIn(root, made, O_PATH | O_DIRECTORY | constants.O_NOFOLLOW, what));
+        : withRemovedDir(root, path, what, (made) => n.openRaw(`/proc/self/fd/${made.fd}`, O_PATH | O_DIRECTORY));
       const taken: number[] = [];
       try {
         if (fstatSync(held).nlink !== 0) {

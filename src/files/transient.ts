@@ -92,15 +92,22 @@ export function noteTransient(kind: 'link', rootPath: string, path: string, ino:
 }
 
 /**
+ * What makeTransient made: the function that forgets its entry (to call once the node is
+ * removed again, and only then), and the node's device and inode as made, for the caller to
+ * tell its own node from one put at the name after it (confined.ts withRemovedDir).
+ */
+export type TransientMade = (() => void) & { readonly dev: bigint; readonly ino: bigint };
+
+/**
  * Makes node `path` (inside the root at `rootPath`; its directory open as `dirfd`) of kind
  * `kind` for a moment, written down so that the sweep can tell the very node (see above):
  * `make(dirfd, name)` makes it under a name of ferry's own, which is then renamed to its own.
- * Returns the function that forgets it, to call once it is removed again; undefined when the
- * name is taken (nothing made is left). `rdev`: a `chr`'s `major:minor`. Errors are the
- * syscalls' own (the caller says what was being made).
+ * Returns the function that forgets it (with the node's dev and ino), to call once it is
+ * removed again; undefined when the name is taken (nothing made is left). `rdev`: a `chr`'s
+ * `major:minor`. Errors are the syscalls' own (the caller says what was being made).
  */
 export function makeTransient(kind: 'dir' | 'fifo' | 'chr' | 'symlink', rootPath: string, path: string, dirfd: number, rdev: string | undefined,
-  make: (dirfd: number, name: string) => void): (() => void) | undefined {
+  make: (dirfd: number, name: string) => void): TransientMade | undefined {
   const n = native();
   const dir = fstatSync(dirfd, { bigint: true });
   const name = basename(path);
@@ -116,8 +123,9 @@ export function makeTransient(kind: 'dir' | 'fifo' | 'chr' | 'symlink', rootPath
     journal.forget();
     throw err;
   }
+  let st: BigIntStats | undefined;
   try {
-    const st = statAt(dirfd, temp);
+    st = statAt(dirfd, temp);
     if (st === undefined) throw Object.assign(new Error(`${temp} vanished once made`), { code: 'ENOENT' });
     journal.rewrite({ ...entry, ino: String(st.ino) });
     n.renameat2(dirfd, temp, dirfd, name, RENAME_NOREPLACE);
@@ -129,7 +137,7 @@ export function makeTransient(kind: 'dir' | 'fifo' | 'chr' | 'symlink', rootPath
     if (errnoCode(err) === 'EEXIST') return undefined;
     throw err;
   }
-  return journal.forget;
+  return Object.assign(() => journal.forget(), { dev: st.dev, ino: st.ino });
 }
 
 /** Writes `e` as a new entry of this ferry; `rewrite` replaces it whole, `forget` removes it. */

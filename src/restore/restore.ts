@@ -616,7 +616,7 @@ function rebuild(o: Pick<RestoreOptions, 'makeRoot'>, created: CreatedTree, task
   const heldCwd = o.makeRoot && controllerPidfd !== undefined
     ? removedRoots.takeInto(t, task, controllerPidfd, controllerPidfd + 1) : removedRoots.cwdOf(task);
   if (heldCwd !== undefined) restoreTaskState(t, as, { ...task, cwd: heldCwd });
-  else withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }));
+  else withCwd(cwdRoot, task, (cwd) => restoreTaskState(t, as, cwd === task.cwd ? task : { ...task, cwd }), t.pid);
   if (!o.makeRoot) restoreLoginuid(t, as, task); // before its threads, which inherit it
   if (heldCwd === undefined) finishRemovedCwd(t.pid, task);
   // Threads with a table of their own need ferry's pidfd once installFds has closed the

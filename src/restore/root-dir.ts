@@ -66,7 +66,7 @@ import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import {
-  OPEN_HOW_SIZE, openHow, openIn, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, withRemovedDir, type ConfinedRoot,
+  OPEN_HOW_SIZE, openHow, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, withRemovedDir, type ConfinedRoot, type RemovedDir,
 } from '../files/confined.js';
 import { big, type FileRecord, type RemovedDirRecord, type TaskRecord, type ThreadCredsRecord } from '../image/records.js';
 import { removedDirIdentity } from '../files/removed-node.js';
@@ -76,7 +76,6 @@ import type { Tracee } from '../task/tracee.js';
 import type { AddressSpace } from './address-space.js';
 
 const CAP_SYS_CHROOT = 18n;
-const O_NOFOLLOW = 0o400000;
 const F_DUPFD_CLOEXEC = 1030;
 
 /** Refuses (EPRIVILEGE, one line) an untrusted image giving a process a root it could not make. */
@@ -322,29 +321,30 @@ export class RemovedRoots {
       for (const [key, r] of plan) {
         const what = `the removed ${r.cwd ? 'working' : 'root'} directory ${r.path} of pid ${r.pids[0]}`;
         const dirs: Array<{ fd: number; what: string; dir: RemovedDirRecord; pid: number }> = [];
-        // O_NOFOLLOW: the name just made, never a symlink put in its place meanwhile.
-        const open = (path: string, whose: string): number => openIn(root, path, O_PATH | O_DIRECTORY | O_NOFOLLOW, whose);
+        // Ferry's own descriptor of the directory made, reopened to keep (never its path again).
+        const hold = (d: RemovedDir): number => native().openRaw(`/proc/self/fd/${d.fd}`, O_PATH | O_DIRECTORY);
         // The directories below it by the one they are in (undefined: the root itself).
         const children = new Map<string | undefined, Array<[string, RemovedBelow]>>();
         for (const [k, b] of r.below) children.set(b.parent, [...children.get(b.parent) ?? [], [k, b]]);
         // Each is made in the one made for its parent while that still has a name (nothing can
         // be made in a removed directory), held, and its name removed before its parent's: the
         // chain of ".." from a working directory leads through them to the root, as it did.
-        const makeBelow = (parent: string | undefined, at: string): void => {
+        // Each is made in its parent's through ferry's descriptor of that (withRemovedDir's `under`).
+        const makeBelow = (parent: string | undefined, at: RemovedDir): void => {
           for (const [k, b] of children.get(parent) ?? []) {
-            withRemovedDir(root, `${at}/${b.name}`, b.what, (p) => {
-              const sub = open(p, b.what);
+            withRemovedDir(root, `${at.path}/${b.name}`, b.what, (d) => {
+              const sub = hold(d);
               made.held.set(k, sub);
               dirs.push({ fd: sub, what: b.what, dir: b.dir, pid: b.pids[0]! });
-              makeBelow(k, p);
-            });
+              makeBelow(k, d);
+            }, at);
           }
         };
-        withRemovedDir(root, r.path, what, (path) => {
-          const fd = open(path, what);
+        withRemovedDir(root, r.path, what, (d) => {
+          const fd = hold(d);
           made.held.set(key, fd);
           dirs.push({ fd, what, dir: r.dir, pid: r.pids[0]! });
-          makeBelow(undefined, path);
+          makeBelow(undefined, d);
         });
         for (const d of dirs) {
           // Its name is removed only while it is empty: one someone put something in meanwhile

@@ -1,0 +1,158 @@
+/**
+ * withRemovedDir (files/confined.ts) against someone who may write the directory its first
+ * level is made in, and swaps that level for a symlink to a directory of another's while ferry
+ * works: at the moment the next level is made, and while the caller uses the directory made.
+ * Nothing may be made or removed through the symlink; ferry's own directory, moved away, is
+ * left in the journal (not forgotten) and named in `left`. No timing: the swap is made from
+ * inside ferry's own calls (the addon's mkdirat, wrapped; the callback).
+ * Needs root (the journal is /run/ferry/transient, root's).
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { chownSync, existsSync, fstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FerryError } from '../../src/errors.js';
+import { hostRoot, withRemovedDir, type RemovedDir } from '../../src/files/confined.js';
+import { TRANSIENT_DIR } from '../../src/files/transient.js';
+import { native } from '../../src/native/binding.js';
+
+const skip = process.geteuid?.() !== 0 ? 'needs root (the journal of names made for a moment is root\'s)' : false;
+
+/** This process's journal entries for names under `dir`, by path. */
+function journalled(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  let files: string[] = [];
+  try {
+    files = readdirSync(TRANSIENT_DIR);
+  } catch { /* no journal */ }
+  for (const f of files) {
+    try {
+      const e = JSON.parse(readFileSync(join(TRANSIENT_DIR, f), 'utf8')) as { pid: number; path: string };
+      if (e.pid === process.pid && typeof e.path === 'string' && e.path.startsWith(`${dir}/`)) out.set(e.path, join(TRANSIENT_DIR, f));
+    } catch { /* another's, being written */ }
+  }
+  return out;
+}
+
+/**
+ * A tree for one case: `home` (the directory the attacker may write), `etc` holding `b`, an
+ * empty directory of someone else's (uid 1234): what a path through the symlink would reach.
+ */
+function setUp(): { top: string; home: string; etc: string; done(): void } {
+  const top = mkdtempSync(join(tmpdir(), 'ferry-removed-race-'));
+  const home = join(top, 'home'), etc = join(top, 'etc');
+  mkdirSync(home);
+  mkdirSync(join(etc, 'b'), { recursive: true });
+  chownSync(join(etc, 'b'), 1234, 1234);
+  return {
+    top, home, etc,
+    done: () => {
+      for (const file of journalled(top).values()) rmSync(file, { force: true });
+      rmSync(top, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Puts a symlink to `etc` in place of `home/a`, which goes to `home/moved`. */
+function swap(home: string, etc: string): void {
+  renameSync(join(home, 'a'), join(home, 'moved'));
+  symlinkSync(etc, join(home, 'a'));
+}
+
+describe('withRemovedDir, its first level swapped for a symlink', { skip }, () => {
+  it('makes the next level in the directory it made, not through the symlink', () => {
+    const t = setUp();
+    const n = native();
+    const mkdirat = n.mkdirat;
+    let calls = 0;
+    let left: readonly string[] = [];
+    try {
+      // The second mkdirat is the next level's: the swap is made just before it.
+      n.mkdirat = (dirfd: number, name: string, mode: number): void => {
+        if (++calls === 2) swap(t.home, t.etc);
+        mkdirat.call(n, dirfd, name, mode);
+      };
+      withRemovedDir(hostRoot(), join(t.home, 'a', 'b'), 'the test directory', (made: RemovedDir) => {
+        left = made.left;
+        assert.equal(made.path, join(t.home, 'a', 'b'));
+        const st = fstatSync(made.fd);
+        const inMoved = statSync(join(t.home, 'moved', 'b'));
+        assert.equal(`${st.dev}:${st.ino}`, `${inMoved.dev}:${inMoved.ino}`, 'the level made is in ferry\'s own directory, moved away');
+        assert.deepEqual(journalled(t.top).size, 2, 'both levels written down');
+      });
+    } finally {
+      n.mkdirat = mkdirat;
+    }
+    try {
+      assert.equal(calls, 2);
+      assert.deepEqual(readdirSync(t.etc), ['b'], 'nothing made through the symlink');
+      assert.equal(statSync(join(t.etc, 'b')).uid, 1234, 'the other\'s directory is left alone');
+      assert.deepEqual(readdirSync(join(t.home, 'moved')), [], 'the inner level is removed through ferry\'s descriptor');
+      assert.deepEqual([...left], [join(t.home, 'a')], 'the moved level is reported as left');
+      assert.deepEqual([...journalled(t.top).keys()], [join(t.home, 'a')], 'and stays in the journal for the sweep; the inner one is forgotten');
+    } finally {
+      t.done();
+    }
+  });
+
+  it('removes nothing through the symlink once the caller is done, and forgets nothing it did not remove', () => {
+    const t = setUp();
+    let left: readonly string[] = [];
+    try {
+      withRemovedDir(hostRoot(), join(t.home, 'a', 'b'), 'the test directory', (made) => {
+        left = made.left;
+        swap(t.home, t.etc);
+        // The path now leads to the other's directory; ferry's descriptor still to its own.
+        assert.notEqual(fstatSync(made.fd).ino, statSync(made.path).ino);
+      });
+      assert.equal(statSync(join(t.etc, 'b')).uid, 1234, 'the other\'s empty directory is not removed');
+      assert.deepEqual(readdirSync(t.etc), ['b']);
+      assert.deepEqual(readdirSync(join(t.home, 'moved')), [], 'ferry\'s inner level is removed');
+      assert.deepEqual([...left], [join(t.home, 'a')]);
+      assert.deepEqual([...journalled(t.top).keys()], [join(t.home, 'a')], 'the level left is still journalled');
+    } finally {
+      t.done();
+    }
+  });
+
+  it('leaves, and keeps in the journal, every level that could not be removed (something was put in it)', () => {
+    const t = setUp();
+    let left: readonly string[] = [];
+    try {
+      withRemovedDir(hostRoot(), join(t.home, 'a', 'b'), 'the test directory', (made) => {
+        left = made.left;
+        writeFileSync(`/proc/self/fd/${made.fd}/x`, ''); // someone (root) puts a file in it
+      });
+      assert.ok(existsSync(join(t.home, 'a', 'b', 'x')));
+      assert.deepEqual([...left].sort(), [join(t.home, 'a'), join(t.home, 'a', 'b')]);
+      assert.equal(journalled(t.top).size, 2);
+    } finally {
+      t.done();
+    }
+  });
+
+  it('refuses, as a FerryError, a first level replaced between its making and its opening', () => {
+    const t = setUp();
+    const n = native();
+    const renameat2 = n.renameat2;
+    try {
+      // makeTransient renames ferry's directory to its name: the swap is made right after.
+      n.renameat2 = (...args: Parameters<typeof renameat2>): void => {
+        renameat2.apply(n, args);
+        if (args[3] === 'a') swap(t.home, t.etc);
+      };
+      assert.throws(() => withRemovedDir(hostRoot(), join(t.home, 'a', 'b'), 'the test directory', () => assert.fail('not called')),
+        (err: unknown) => err instanceof FerryError && err.code === 'ECHANGED' && !err.message.includes('\n') && /moved away or replaced/.test(err.message));
+    } finally {
+      n.renameat2 = renameat2;
+    }
+    try {
+      assert.deepEqual(readdirSync(t.etc), ['b'], 'nothing made through the symlink');
+      assert.deepEqual(readdirSync(join(t.home, 'moved')), [], 'nothing made in ferry\'s either');
+      assert.deepEqual([...journalled(t.top).keys()], [join(t.home, 'a')], 'ferry\'s, moved away, is still journalled');
+    } finally {
+      t.done();
+    }
+  });
+});
