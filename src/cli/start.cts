@@ -202,10 +202,16 @@ export async function makeCodeCache(): Promise<void> {
   // (dist/code-cache.log; test/unit/startup.test.ts checks it too).
   // child_process is required here only: every start pays for what this file loads.
   const { spawnSync } = require('node:child_process') as typeof import('node:child_process');
+  // The child as ferry starts: no NODE_OPTIONS (flags there would be in the cache and the
+  // check alike, not in a plain start), its answer behind a marker.
+  const env = { ...process.env };
+  delete env['NODE_OPTIONS'];
   for (const program of Object.keys(PROGRAMS)) {
-    const r = spawnSync(process.execPath, ['-e', `process.stdout.write(String(require(${JSON.stringify(__filename)}).cacheAccepted(${JSON.stringify(program)})))`],
-      { encoding: 'utf8' });
-    process.stdout.write(`${program}: code cache ${r.stdout === 'true' ? 'accepted' : `NOT accepted by V8 (${r.stdout}${r.stderr}): every start compiles the bundle`}\n`);
+    const r = spawnSync(process.execPath, ['-e', `process.stdout.write('\\ncache-accepted=' + require(${JSON.stringify(__filename)}).cacheAccepted(${JSON.stringify(program)}))`],
+      { encoding: 'utf8', env });
+    const answer = /\ncache-accepted=(true|false)$/.exec(r.stdout ?? '')?.[1];
+    process.stdout.write(`${program}: code cache ${answer === 'true' ? 'accepted'
+      : `NOT accepted by V8 (${answer ?? `no answer: ${String(r.error ?? '')} ${r.stderr ?? ''}`.trim()}): every start compiles the bundle`}\n`);
   }
 }
 

@@ -673,14 +673,23 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
         const at = `/${parts.slice(0, have + 1).join('/')}`;
         let fd: number;
         try {
-          fd = openIn(root, at, O_PATH, what);
+          // One name at a time in the one above, no symlink followed: the kernel shows none in
+          // the path of a directory a process had, so a symlink there now was put in the place
+          // of a directory since, and what is made as root must not be made where it leads
+          // (whoever may write /home/alice can plant `a -> /etc` before the restore).
+          fd = at2(base, parts[have]!, O_PATH | O_NOFOLLOW, 0, NAME_RESOLVE);
         } catch (err) {
-          if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') break;
-          throw err;
+          if (errnoCode(err) === 'ENOENT') break;
+          throw confinedError(err, root, at, what, true);
         }
         n.closeFd(base);
         base = fd; // closed on the way out, a directory or not
-        if (!fstatSync(fd).isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: ${at} is no longer a directory`);
+        const st = fstatSync(fd);
+        if (st.isSymbolicLink()) {
+          throw new FerryError('ECHANGED', `cannot restore ${what}: ${shown(root, at)} is a symlink now, where there was a directory: nothing is made `
+            + 'through it; put the directory back, or restore where the path has none', { path: dirPath });
+        }
+        if (!st.isDirectory()) throw new FerryError('ECHANGED', `cannot restore ${what}: ${shown(root, at)} is no longer a directory`, { path: dirPath });
       }
     }
     // Each directory made is written down as it is made (files/transient.ts): a ferry killed

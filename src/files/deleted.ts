@@ -395,14 +395,19 @@ function dirState(root: ConfinedRoot, dir: string, rec: DeletedRecord): 'there' 
         + `(${errnoCode(err) ?? describeCause(err)}): restore where it can`, { path: rec.path, cause: err });
     }
   };
+  let symlink: string | undefined; // the first component on the way that is a symlink
   for (let i = 1; i <= parts.length; i++) {
     const at = `/${parts.slice(0, i).join('/')}`;
     const st = look(at, false);
     if (st === undefined) {
       if (look(at, true) !== undefined) notDir(at, 'is a symlink that leads nowhere');
+      // The part that is there is walked without following symlinks when the rest is made
+      // (confined.ts withRemovedDir): refused here already, before anything is made.
+      if (symlink !== undefined) notDir(symlink, 'is a symlink, not followed to make the removed directory below it,');
       return 'removed';
     }
     if (!st.isDirectory()) notDir(at, 'is no directory');
+    if (symlink === undefined && look(at, true)?.isSymbolicLink() === true) symlink = at;
   }
   return 'there';
 }

@@ -247,8 +247,10 @@ function areaCalls(v: VmaRecord, flags: number, fd: number, offset: bigint): Arr
     // mprotect(2) takes VM_ACCOUNT back from an anonymous area that never had a page (no
     // anon_vma): one written (clock_getres stores its answer there, a kernel write) and
     // dropped again gives the new area one, as the old had, whose pages were all zero and so
-    // not stored (a locked area made PROT_NONE, a guard page of a touched stack).
-    calls.push([SYS.clock_getres, CLOCK_MONOTONIC, start], [SYS.madvise, start, PAGE_SIZE, MADV_DONTNEED]);
+    // not stored (a locked area made PROT_NONE, a guard page of a touched stack). Dropped over
+    // the whole area, which is new: with transparent huge pages on, that write may have
+    // faulted in a whole huge page.
+    calls.push([SYS.clock_getres, CLOCK_MONOTONIC, start], [SYS.madvise, start, len, MADV_DONTNEED]);
   }
   if (reprotect) calls.push([SYS.mprotect, start, len, v.prot]);
   for (const f of v.vmflags) {
@@ -284,7 +286,8 @@ export function holdTemporary(t: Tracee, pid: number, areas: readonly VmaRecord[
     const failed = results.findIndex((r) => r < 0n);
     if (failed >= 0) {
       const [i, call] = rest[failed]!;
-      failure = `${areas[i]!.start} (${call[0] === SYS.madvise ? 'madvise' : 'mprotect'}: ${errnoName(results[failed]!)})`;
+      const name = call[0] === SYS.madvise ? 'madvise' : call[0] === SYS.clock_getres ? 'clock_getres' : 'mprotect';
+      failure = `${areas[i]!.start} (${name}: ${errnoName(results[failed]!)})`;
     }
   }
   if (failure !== undefined) {

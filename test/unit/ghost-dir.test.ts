@@ -6,7 +6,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deleted, ghostInHeldDirMessage, ghostInHeldRemovedDir, type DeletedRecord } from '../../src/files/deleted.js';
@@ -42,7 +42,14 @@ describe('a deleted file whose directory was removed', () => {
       assert.throws(() => deleted.check!(ghost(join(dir, 'logs', 'app.log'))), { code: 'ENOTDIR', message: /logs, on the way to the directory .* is a symlink that leads nowhere here/ });
       assert.throws(() => deleted.check!(ghost(join(dir, 'logs', 'sub', 'app.log'))), { code: 'ENOTDIR' });
       deleted.check!(ghost(join(dir, 'gone', 'sub', 'app.log')));
-      assert.deepEqual(readdirSync(dir), ['logs'], 'nothing made');
+      // A symlink to a directory on the part that exists: followed where the directory is
+      // there (a file made in it, as before), refused where restore would make one below it.
+      mkdirSync(join(dir, 'real'));
+      symlinkSync(join(dir, 'real'), join(dir, 'alias'));
+      deleted.check!(ghost(join(dir, 'alias', 'app.log')));
+      assert.throws(() => deleted.check!(ghost(join(dir, 'alias', 'gone', 'app.log'))), { code: 'ENOTDIR', message: /alias, on the way .* is a symlink, not followed to make the removed directory below it, here/ });
+      assert.deepEqual(readdirSync(dir).sort(), ['alias', 'logs', 'real'], 'nothing made');
+      assert.deepEqual(readdirSync(join(dir, 'real')), []);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -132,6 +132,19 @@ describe('withRemovedDir, its first level swapped for a symlink', { skip }, () =
     }
   });
 
+  it('refuses a symlink planted before the restore on the part of the path that exists, making nothing where it leads', () => {
+    const t = setUp();
+    try {
+      symlinkSync(t.etc, join(t.home, 'a')); // /home/alice/a -> /etc, before ferry runs
+      assert.throws(() => withRemovedDir(hostRoot(), join(t.home, 'a', 'b', 'c'), 'the test directory', () => assert.fail('not called')),
+        (err: unknown) => err instanceof FerryError && err.code === 'ECHANGED' && !err.message.includes('\n') && /is a symlink now, where there was a directory/.test(err.message));
+      assert.deepEqual(readdirSync(join(t.etc, 'b')), [], 'nothing made through the symlink');
+      assert.equal(journalled(t.top).size, 0, 'nothing made at all');
+    } finally {
+      t.done();
+    }
+  });
+
   it('refuses, as a FerryError, a first level replaced between its making and its opening', () => {
     const t = setUp();
     const n = native();

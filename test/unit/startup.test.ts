@@ -314,8 +314,10 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     // The build's migration warm-up changes V8's flags (src/gc.ts), which V8 checks a cache
     // against: without restoreDefaultFlags every cache was refused, silently.
     for (const program of ['ferry', 'ferry-runtime', 'criu', 'ferry-hook']) {
+      const env = { ...process.env };
+      delete env['NODE_OPTIONS'];
       const r = spawnSync(process.execPath, ['-e', `process.stdout.write(String(require(${JSON.stringify(join(BUNDLE, 'start.cjs'))}).cacheAccepted(${JSON.stringify(program)})))`],
-        { encoding: 'utf8', timeout: 30_000 });
+        { encoding: 'utf8', timeout: 30_000, env });
       assert.equal(r.stdout, 'true', `${program}: ${r.stderr}`);
     }
     assert.match(readFileSync(join(ROOT, 'dist', 'code-cache.log'), 'utf8'), /^ferry: code cache accepted$/m, 'the build says so in its log');
