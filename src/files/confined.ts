@@ -756,8 +756,10 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
  * Removes the directories withRemovedDir made, the innermost first, each through its held
  * parent and only while its name still leads to the very directory made (its dev:ino); one
  * that does not, or is not empty, is left and stays in the journal (transient.ts: the sweep
- * checks the inode again). Every descriptor is closed, whatever throws; a journal entry that
- * cannot be forgotten is thrown after.
+ * checks the inode again). Every descriptor is closed. Nothing is thrown: it runs in a
+ * `finally`, where an error would mask the callback's own, or lose what it returned (a
+ * descriptor, then never closed); an entry that cannot be forgotten once its directory is
+ * removed stays in the journal, and the sweep drops it, finding no such inode at its path.
  *
  * Between the check and the rmdir, whoever may write the first level's directory could still
  * swap in an empty directory of theirs, which would then go: a directory moved there must be
@@ -766,7 +768,6 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
  */
 function cleanUp(levels: MadeLevel[], left: string[], base: number): void {
   const n = native();
-  let failed: unknown;
   for (const l of [...levels].reverse()) {
     if (l.parent < 0) continue; // not ferry's
     let removed = false;
@@ -789,11 +790,8 @@ function cleanUp(levels: MadeLevel[], left: string[], base: number): void {
     }
     try {
       l.made();
-    } catch (err) {
-      failed ??= err;
-    }
+    } catch { /* left in the journal: the sweep drops an entry whose directory is gone */ }
   }
   for (const l of levels) n.closeFd(l.fd);
   if (base >= 0) n.closeFd(base);
-  if (failed !== undefined) throw failed;
 }
