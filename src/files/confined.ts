@@ -207,7 +207,19 @@ export function statIn(root: ConfinedRoot, path: string, what: string, noFollow 
  */
 export class Parent {
   private constructor(readonly root: ConfinedRoot, readonly path: string, readonly dir: number,
-    readonly name: string, private readonly what: string) {}
+    readonly name: string, private readonly what: string, private readonly owned = true) {}
+
+  /**
+   * `name` in a directory the caller holds open as `dirfd` (withRemovedDir's), never looked
+   * up by path again; `path` (inside `root`) names it in errors. close() leaves `dirfd` open.
+   */
+  static in(root: ConfinedRoot, dirfd: number, name: string, path: string, what: string): Parent {
+    checkPath(root, name, what);
+    if (name === '' || name === '.' || name === '..' || name.includes('/')) {
+      throw new FerryError('ECONFINE', `${what}: ${shown(root, path)} does not name an entry of its directory: refused`, { path });
+    }
+    return new Parent(root, path, dirfd, name, what, false);
+  }
 
   /** Opens the parent of `path` in `root`; close() it. A path that names no entry ('', '.', '..') is refused. */
   static of(root: ConfinedRoot, path: string, what: string): Parent {
@@ -337,7 +349,7 @@ export class Parent {
   }
 
   close(): void {
-    native().closeFd(this.dir);
+    if (this.owned) native().closeFd(this.dir);
   }
 }
 let seq = 0;
@@ -584,20 +596,6 @@ export function shownIn(root: ConfinedRoot, path: string): string {
   return shown(root, path);
 }
 
-
-/**
- * Opens `name` in directory `dirfd` (a directory ferry holds: withRemovedDir's) with open(2)
- * `flags` (O_CLOEXEC added; `mode` with O_CREAT): the name itself, never a symlink, never
- * "..". `path` (inside `root`) names it in errors, with `what`.
- */
-export function openNameAt(root: ConfinedRoot, dirfd: number, name: string, path: string, flags: number, what: string, mode = 0): number {
-  checkPath(root, name, what);
-  try {
-    return at2(dirfd, name, flags, mode, NAME_RESOLVE);
-  } catch (err) {
-    throw confinedError(err, root, path, what, true);
-  }
-}
 
 /** A directory withRemovedDir made, as its callback gets it. */
 export interface RemovedDir {

@@ -20,7 +20,7 @@ import { describeCause, errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { openNameAt, placeOf, shownIn, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
+import { Parent, placeOf, shownIn, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
@@ -337,6 +337,8 @@ function create(rec: DeletedRecord, ctx: OpenContext): number {
   const { root, path } = placeOf(rec);
   const what = `deleted file ${rec.id} of the image`;
   const parent = dirname(path);
+  // The walk again, not one lookup: open() must refuse on its own what check() refuses (a
+  // name kept by a dangling symlink), whether or not check() ran, and whatever changed since.
   if (parent === '/' || dirState(root, parent, rec) === 'there') return createIn(root, path, what);
   const dirWhat = `the removed directory ${dirname(rec.path)} of the ${what}`;
   const n = native();
@@ -349,7 +351,7 @@ function create(rec: DeletedRecord, ctx: OpenContext): number {
     // In the directory ferry made and holds, never by its path again (a directory above it
     // may be someone else's, who could have put a symlink in place of ferry's meanwhile).
     try {
-      return createAt(root, made.fd, basename(path), `${made.path}/${basename(path)}`, what);
+      return createAt(Parent.in(root, made.fd, basename(path), `${made.path}/${basename(path)}`, what));
     } catch (err) {
       n.closeFd(held);
       throw err;
@@ -413,31 +415,34 @@ function dirState(root: ConfinedRoot, dir: string, rec: DeletedRecord): 'there' 
 }
 
 function createIn(root: ConfinedRoot, path: string, what: string): number {
-  return withParent(root, path, what, (dir) => createAt(root, dir.dir, dir.name, path, what));
+  return withParent(root, path, what, createAt);
 }
 
 /**
- * The file's name `name` created exclusively in directory `dirfd` (never through a symlink,
- * never an existing file) and unlinked at once through it; when the name is taken, an
- * O_TMPFILE file in that directory. `path` names it in errors.
+ * The file's name created exclusively in directory `dir` (never through a symlink, never an
+ * existing file) and unlinked at once through it; when the name is taken, an O_TMPFILE file
+ * in that directory.
  */
-function createAt(root: ConfinedRoot, dirfd: number, name: string, path: string, what: string): number {
+function createAt(dir: Parent): number {
   const n = native();
   try {
-    const fd = openNameAt(root, dirfd, name, path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, what, 0o600);
+    const fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
     try {
-      n.unlinkat(dirfd, name, 0);
+      dir.unlink(); // a name already gone is fine: it is gone either way
     } catch (err) {
-      if (errnoCode(err) !== 'ENOENT') { // absent is fine: the name is gone either way
-        n.closeFd(fd);
-        throw err;
-      }
+      n.closeFd(fd);
+      throw err;
     }
     return fd;
   } catch (err) {
     if (errnoCode(err) !== 'EEXIST') throw err;
   }
-  return n.openat2(dirfd, '.', O_TMPFILE | O_RDWR, 0o600, 0);
+  return n.openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
+}
+
+/** The first of `tasks` mapping the deleted file `f` (an area whose `ghost` is the file's identity), if any. */
+export function ghostMapper<T extends Partial<Pick<TaskRecord, 'vmas'>>>(tasks: readonly T[], f: FileRecord): T | undefined {
+  return tasks.find((t) => (t.vmas ?? []).some((v) => (v as { ghost?: unknown }).ghost === f['ghost']));
 }
 
 /** A deleted file of the tree whose directory the tree also holds, removed. */
@@ -492,7 +497,7 @@ export function ghostInHeldRemovedDir(
     const bad = held.find((x) => x.path !== '/' && (dir === x.path || dir.startsWith(`${x.path}/`)));
     if (!bad) continue;
     // Held by a descriptor, else only mapped: the first process mapping it is named.
-    const mapper = tasks.find((t) => (t.vmas ?? []).some((v) => (v as { ghost?: unknown }).ghost === f['ghost']));
+    const mapper = ghostMapper(tasks, f);
     return { ...(holders.get(f.id) ?? (mapper ? { pid: mapper.pid } : {})), path: f.path, dir: bad.path, heldAs: bad.as };
   }
   return undefined;

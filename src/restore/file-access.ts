@@ -47,6 +47,7 @@ import { PROT_WRITE } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { big, type FileRecord, type TaskRecord, type VmaRecord } from '../image/records.js';
 import type { FileGuard } from '../files/install.js';
+import { ghostMapper } from '../files/deleted.js';
 import { O_ACCMODE, O_PATH } from '../proc/fcntl.js';
 import { sharedWritable } from './address-space.js';
 
@@ -412,7 +413,7 @@ export function checkRemovedDirs(label: string,
       wanted.push({ t, path: dir, as: `${what} (fd ${t.fds.find((d) => d.file === f.id)!.fd})` });
       continue;
     }
-    const mapper = tasks.find((x) => (x.vmas ?? []).some((v) => (v as { ghost?: unknown }).ghost === f['ghost']));
+    const mapper = ghostMapper(tasks, f);
     if (mapper) {
       wanted.push({ t: mapper, path: dir, as: `${what} (mapped)` });
       continue;
