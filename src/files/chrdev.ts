@@ -107,7 +107,8 @@ function openRemoved(rec: ChrdevRecord, ctx: OpenContext, root: ConfinedRoot, pa
     if (statIn(root, dirPath, what)?.isDirectory() ?? false) return make(path, also);
     // Its directory was removed too: made for the moment, and removed again with the node's name.
     // The node is made through ferry's descriptor of that directory, not its path again.
-    return withRemovedDir(root, dirPath, what, (made) => make(`${made.path}/${path.slice(cut + 1)}`, also, made));
+    return withRemovedDir(root, dirPath, what, (made) => make(`${made.path}/${path.slice(cut + 1)}`, also, made),
+      { dispose: (got) => [got.held, ...got.also].forEach((fd) => n.closeFd(fd)) });
   });
 }
 

@@ -608,12 +608,6 @@ export interface RemovedDir {
   readonly path: string;
   /** Ferry's O_PATH descriptor of it, closed once the callback returns (reopen it through /proc/self/fd to keep it). */
   readonly fd: number;
-  /**
-   * Filled once the callback has returned: the paths of the directories made that were not
-   * removed again (someone put something in one, or moved it away): left, and left in the
-   * journal for the next sweep (transient.ts).
-   */
-  readonly left: readonly string[];
 }
 
 /**
@@ -634,7 +628,8 @@ interface MadeLevel {
  * missing part of the path is made, level by level from the nearest directory that still
  * exists (mode 0700), the last one under a new name beside it (`NAME.ferry-removed-N`) when
  * `dirPath` exists again; all of it is removed again once `fn` returns or throws (a directory
- * no longer empty is left: someone else's by then; `RemovedDir.left` names what was left).
+ * no longer empty, or moved away, is left: someone else's by then) — and then the call is
+ * refused (ECHANGED), `dispose` given what `fn` returned (its descriptors to close).
  * `under`: a directory made by an enclosing call, in which `dirPath` (below its path) is made.
  *
  * Everything is done through descriptors, never by the path again: the nearest existing
@@ -645,7 +640,9 @@ interface MadeLevel {
  * in its place at any moment: a lookup of the path would then make `b` as root in /etc, and
  * the cleanup would remove whatever empty directory the path then leads to.
  */
-export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: string, fn: (made: RemovedDir) => T, under?: RemovedDir): T {
+export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: string, fn: (made: RemovedDir) => T,
+  opts: { under?: RemovedDir; dispose?: (got: T) => void } = {}): T {
+  const { under, dispose } = opts;
   const n = native();
   const parts = dirPath.split('/').filter((x) => x !== '');
   if (parts.length === 0) throw new FerryError('EIMAGE', `${what}: '/' cannot have been removed`);
@@ -655,6 +652,7 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
   const euid = BigInt(process.geteuid?.() ?? 0);
   const left: string[] = [];
   const levels: MadeLevel[] = [];
+  let got!: T;
   let base = -1; // the nearest directory that exists, held
   let have: number; // components of dirPath it stands for
   try {
@@ -744,10 +742,22 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
     }
     transientMade();
     const innermost = levels[levels.length - 1]!;
-    return fn({ path: innermost.path, fd: innermost.fd, left });
+    got = fn({ path: innermost.path, fd: innermost.fd });
   } finally {
     cleanUp(levels, left, base);
   }
+  // A level left with a name (something put in it, or moved elsewhere, meanwhile) would leave
+  // what the callback made in a directory someone can reach, or under a name the process never
+  // had: nothing is restored so (the journal keeps the level for the sweep).
+  if (left.length > 0) {
+    try {
+      dispose?.(got);
+    } catch { /* the refusal below is what matters */ }
+    throw new FerryError('ECHANGED', `cannot restore ${what}: the directory made for it could not be removed again (something was put in it, `
+      + `or it was moved, meanwhile) and was left at ${left.map((p) => shown(root, p)).join(', ')}; nothing was restored: `
+      + 'remove it if it is not someone else\'s and restore again', { path: dirPath });
+  }
+  return got;
 }
 
 /**

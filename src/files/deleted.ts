@@ -20,7 +20,7 @@ import { describeCause, errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { Parent, placeOf, shownIn, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
+import { Parent, placeOf, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
@@ -341,37 +341,12 @@ function create(rec: DeletedRecord, ctx: OpenContext): number {
   // name kept by a dangling symlink), whether or not check() ran, and whatever changed since.
   if (parent === '/' || dirState(root, parent, rec) === 'there') return createIn(root, path, what);
   const dirWhat = `the removed directory ${dirname(rec.path)} of the ${what}`;
-  const n = native();
-  let held = -1;
-  const got: { left?: readonly string[]; path?: string } = {};
-  const fd = withRemovedDir(root, parent, dirWhat, (made) => {
-    got.left = made.left; // filled once the directories made are removed again
-    got.path = made.path;
-    held = n.openRaw(`/proc/self/fd/${made.fd}`, O_PATH | O_DIRECTORY);
-    // In the directory ferry made and holds, never by its path again (a directory above it
-    // may be someone else's, who could have put a symlink in place of ferry's meanwhile).
-    try {
-      return createAt(Parent.in(root, made.fd, basename(path), `${made.path}/${basename(path)}`, what));
-    } catch (err) {
-      n.closeFd(held);
-      throw err;
-    }
-  });
-  try {
-    // Its name is removed only while it is empty: one someone put something in meanwhile is
-    // theirs now, and the file would be in a directory with a name. Every level made must be
-    // gone, not only the file's own.
-    const left = got.left ?? [];
-    if (fstatSync(held).nlink !== 0 || left.length > 0) {
-      n.closeFd(fd);
-      const where = (left.length > 0 ? left : [got.path ?? parent]).map((p) => shownIn(root, p)).join(', ');
-      throw new FerryError('ECHANGED', `cannot restore ${dirWhat}: the directory made for it could not be removed again (something was put in it, `
-        + `or it was moved, meanwhile) and was left at ${where}; nothing was restored: remove it if it is not someone else's and restore again`, { path: rec.path });
-    }
-  } finally {
-    n.closeFd(held);
-  }
-  return fd;
+  // In the directory ferry made and holds, never by its path again (a directory above it may
+  // be someone else's, who could have put a symlink in place of ferry's meanwhile). Its name is
+  // removed once the file's is; a level that could not be (something was put in it meanwhile:
+  // the file would be in a directory with a name) refuses the restore there.
+  return withRemovedDir(root, parent, dirWhat, (made) => createAt(Parent.in(root, made.fd, basename(path), `${made.path}/${basename(path)}`, what)),
+    { dispose: (fd) => native().closeFd(fd) });
 }
 
 /**

@@ -201,12 +201,9 @@ function openRemovedDir(rec: RegularRecord, ctx: OpenContext, root: ConfinedRoot
       // root-dir.ts): that one, through ferry's descriptor of it (no name is left to follow).
       // Otherwise made here, and kept through ferry's descriptor of it (never by its path again).
       const held = premade !== undefined ? n.openRaw(`/proc/self/fd/${premade}`, O_PATH | O_DIRECTORY)
-        : withRemovedDir(root, path, what, (made) => n.openRaw(`/proc/self/fd/${made.fd}`, O_PATH | O_DIRECTORY));
+        : withRemovedDir(root, path, what, (made) => n.openRaw(`/proc/self/fd/${made.fd}`, O_PATH | O_DIRECTORY), { dispose: (fd) => n.closeFd(fd) });
       const taken: number[] = [];
       try {
-        if (fstatSync(held).nlink !== 0) {
-          throw new FerryError('ECHANGED', `cannot restore ${what}: the directory made for it could not be removed again (something was put in it meanwhile); nothing was restored`, { path: rec.path });
-        }
         // The O_PATH records' descriptors: through the held one (no name is left to follow).
         for (let i = 0; i < also.length; i++) taken.push(n.openRaw(`/proc/self/fd/${held}`, O_PATH | O_DIRECTORY));
       } catch (err) {

@@ -61,7 +61,7 @@
  * itself (CAP_SYS_CHROOT effective) or can gain nothing by exec (no_new_privs). A removed root
  * is made only where the process could write (restore/file-access.ts checkRemovedDirs).
  */
-import { chmodSync, chownSync, fstatSync } from 'node:fs';
+import { chmodSync, chownSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
@@ -337,7 +337,7 @@ export class RemovedRoots {
               made.held.set(k, sub);
               dirs.push({ fd: sub, what: b.what, dir: b.dir, pid: b.pids[0]! });
               makeBelow(k, d);
-            }, at);
+            }, { under: at });
           }
         };
         withRemovedDir(root, r.path, what, (d) => {
@@ -347,11 +347,7 @@ export class RemovedRoots {
           makeBelow(undefined, d);
         });
         for (const d of dirs) {
-          // Its name is removed only while it is empty: one someone put something in meanwhile
-          // is theirs now, and no removed directory.
-          if (fstatSync(d.fd).nlink !== 0) {
-            throw new FerryError('ECHANGED', `cannot restore ${d.what}: the directory made for it there could not be removed again (something was put in it meanwhile); nothing was restored`, { pid: d.pid });
-          }
+          // Its name is removed (withRemovedDir refuses a level it could not remove).
           try {
             chownSync(`/proc/self/fd/${d.fd}`, d.dir.uid, d.dir.gid);
             chmodSync(`/proc/self/fd/${d.fd}`, d.dir.mode); // after chown, which may clear set-id bits
