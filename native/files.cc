@@ -295,6 +295,27 @@ Napi::Value Mkdirat(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// openTreeClone(fd): open_tree(2) with OPEN_TREE_CLONE | AT_EMPTY_PATH of the directory `fd`
+// refers to: a new mount of it attached nowhere (a detached bind mount), as a descriptor
+// (close-on-exec). A file opened through it is named by the kernel from that mount's root, and
+// the mount lives while such a file is open, after the descriptor is closed. Needs
+// CAP_SYS_ADMIN in the user namespace owning the caller's mount namespace (EPERM otherwise).
+Napi::Value OpenTreeClone(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+  constexpr unsigned kOpenTreeClone = 1;           // OPEN_TREE_CLONE (<linux/mount.h>)
+  constexpr unsigned kOpenTreeCloexec = O_CLOEXEC;  // OPEN_TREE_CLOEXEC
+  long m = syscall(SYS_open_tree, static_cast<int>(fd), "", kOpenTreeClone | kOpenTreeCloexec | AT_EMPTY_PATH);
+  if (m < 0) {
+    ThrowErrno(info.Env(), "open_tree", errno, AtDetail(fd, ""));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(m));
+}
+
 // unlinkat(dirfd, path, flags): removes the name itself (a symlink, not its target);
 // AT_REMOVEDIR (0x200) for an empty directory.
 Napi::Value Unlinkat(const Napi::CallbackInfo& info) {
@@ -543,6 +564,7 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("linkFd", Napi::Function::New(env, LinkFd));
   exports.Set("openat2", Napi::Function::New(env, Openat2));
   exports.Set("mkdirat", Napi::Function::New(env, Mkdirat));
+  exports.Set("openTreeClone", Napi::Function::New(env, OpenTreeClone));
   exports.Set("unlinkat", Napi::Function::New(env, Unlinkat));
   exports.Set("symlinkat", Napi::Function::New(env, Symlinkat));
   exports.Set("renameat2", Napi::Function::New(env, Renameat2));

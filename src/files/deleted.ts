@@ -7,7 +7,8 @@
  *
  * On restore the file is created again in the same directory with the same contents, size,
  * mode and owner, and unlinked at once: under its old name when that name is free (so
- * /proc/PID/fd shows the same `path (deleted)`), else as an O_TMPFILE file. Every open file of
+ * /proc/PID/fd shows the same `path (deleted)`), else through a detached clone of a directory
+ * made beside it, which shows that path too (createShadowed), else as an O_TMPFILE file. Every open file of
  * one ghost (the same inode opened twice) shares the one new inode: the first record opened
  * creates it, the others open it again through /proc/self/fd. The helpers that read and write
  * contents are also used by memfd.ts.
@@ -24,6 +25,8 @@ import { Parent, placeOf, statIn, withParent, withRemovedDir, type ConfinedRoot 
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
+/** openat2(2) resolve flags. */
+const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08;
 const O_TMPFILE = 0o20000000 | O_DIRECTORY;
 const SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
 /** Flags the file is reopened with are kept; these are per-creation only. */
@@ -395,24 +398,91 @@ function createIn(root: ConfinedRoot, path: string, what: string): number {
 
 /**
  * The file's name created exclusively in directory `dir` (never through a symlink, never an
- * existing file) and unlinked at once through it; when the name is taken, an O_TMPFILE file
- * in that directory.
+ * existing file) and unlinked at once through it; when the name is taken, made where its link
+ * still reads its path (createShadowed), else an O_TMPFILE file in that directory.
  */
 function createAt(dir: Parent): number {
-  const n = native();
   try {
-    const fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
-    try {
-      dir.unlink(); // a name already gone is fine: it is gone either way
-    } catch (err) {
-      n.closeFd(fd);
-      throw err;
-    }
-    return fd;
+    return createNamed(dir);
   } catch (err) {
     if (errnoCode(err) !== 'EEXIST') throw err;
   }
-  return n.openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
+  return createShadowed(dir) ?? native().openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
+}
+
+/** The file's name created exclusively in `dir` and unlinked at once (EEXIST: taken). */
+function createNamed(dir: Parent): number {
+  const fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  try {
+    dir.unlink(); // a name already gone is fine: it is gone either way
+  } catch (err) {
+    native().closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+/**
+ * A deleted file whose name was taken since (a binary or a configuration file replaced by a
+ * rename, as package managers and editors do), made so that its link still reads
+ * `path (deleted)` — an O_TMPFILE file's reads `/dir/#INODE (deleted)`, which tools that look
+ * for upgraded binaries (/proc/PID/exe, maps) do not know. The kernel names an open file by its
+ * dentries up to the root of the mount it was opened through, and a clone of a directory
+ * attached nowhere (open_tree(2) OPEN_TREE_CLONE) is a mount with its own root. So a directory
+ * of ferry's is made beside the taken name (journalled, removed again: withRemovedDir), the
+ * levels of the file's path made in it, the directory cloned, and the file created through the
+ * clone at that path and unlinked: it is on the same file system as before (the same device in
+ * /proc/PID/maps), in no directory anyone can reach, and the clone lives as long as the file is
+ * open. Nothing at the taken name is touched.
+ * Undefined (the caller makes an O_TMPFILE file, as before) where it cannot be made: no
+ * open_tree(2) (before Linux 5.2), no CAP_SYS_ADMIN over this mount namespace, a directory
+ * where nothing more can be made. A ferry killed between the create and the unlink leaves the
+ * file in ferry's directory (mode 0700), which the sweep then leaves too: it removes only empty
+ * directories.
+ */
+function createShadowed(dir: Parent): number | undefined {
+  const n = native();
+  const levels = dirname(dir.path).split('/').filter((x) => x !== '');
+  const top = posix.join(dirname(dir.path), `.ferry-ghost-${process.pid}`);
+  const what = `a directory of ferry's beside ${dir.path} (a deleted file whose name was taken)`;
+  const close = (fd: number | undefined): void => {
+    if (fd !== undefined) n.closeFd(fd);
+  };
+  try {
+    return withRemovedDir(dir.root, top, what, (outer) => {
+      let mnt: number;
+      try {
+        mnt = n.openTreeClone(outer.fd);
+      } catch {
+        return undefined; // no detached mount here: O_TMPFILE
+      }
+      try {
+        const create = (inDir: number, inClone: string): number => {
+          // The directory made, through the clone (ferry's own, 0700, inside ferry's own: no
+          // one else can have put anything on the way), so that the file's mount is the clone.
+          const at = inClone === '' ? n.openRaw(`/proc/self/fd/${mnt}`, O_PATH | O_DIRECTORY)
+            : n.openat2(mnt, inClone, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+          try {
+            const a = fstatSync(at, { bigint: true }), b = fstatSync(inDir, { bigint: true });
+            if (a.dev !== b.dev || a.ino !== b.ino) throw new FerryError('ECHANGED', `${what}: the directory made is not the one reached through its clone`);
+            return createNamed(Parent.in(dir.root, at, dir.name, dir.path, what));
+          } finally {
+            n.closeFd(at);
+          }
+        };
+        if (levels.length === 0) return create(outer.fd, '');
+        return withRemovedDir(dir.root, posix.join(top, ...levels), what, (inner) => create(inner.fd, levels.join('/')),
+          { under: outer, dispose: close });
+      } finally {
+        n.closeFd(mnt); // the file keeps the clone
+      }
+    }, { dispose: close });
+  } catch (err) {
+    // Someone put something in ferry's directory or moved it meanwhile: refused, as for a
+    // removed directory. Anything else: made as before.
+    if (err instanceof FerryError && err.code === 'ECHANGED') throw err;
+    return undefined;
+  }
 }
 
 /** The first of `tasks` mapping the deleted file `f` (an area whose `ghost` is the file's identity), if any. */

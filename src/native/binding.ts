@@ -235,6 +235,11 @@ export interface NativeBinding {
   openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
   /** mkdirat(2): EEXIST on any existing name, a symlink included (never followed). */
   mkdirat(dirfd: number, path: string, mode: number): void;
+  /**
+   * open_tree(2) OPEN_TREE_CLONE | AT_EMPTY_PATH of directory `fd`: a mount of it attached
+   * nowhere, as a descriptor (close-on-exec); files opened through it are named from its root.
+   */
+  openTreeClone(fd: number): number;
   /** mkfifoat(3) (mknodat(2) S_IFIFO): EEXIST on any existing name, a symlink included (never followed). */
   mkfifoat(dirfd: number, path: string, mode: number): void;
   /**
@@ -589,7 +594,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
-  'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
+  'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'openTreeClone', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixBindIn', 'unixConnect', 'unixListen',

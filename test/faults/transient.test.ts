@@ -6,7 +6,8 @@
  * O_PATH ones while the name exists), a removed root directory (build/workloads/chrooted
  * removed) and a thread's own removed working directory held open by its process too
  * (build/workloads/threadfs removed-fd), and the removed directory of a deleted file, made for
- * the file's create (build/workloads/ghostdir). Restore is SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
+ * the file's create (build/workloads/ghostdir), and the directory of ferry's made beside the
+ * taken name of a deleted executable (build/workloads/exegone replace). Restore is SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
  * ferry's journal; the next restore sweeps it before it starts, restores the workload, which
  * passes its check, and no name is left beside the workload's own, nor any journal entry.
  *
@@ -18,8 +19,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { sweepTransientNames, TRANSIENT_DIR } from '../../src/files/transient.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -65,6 +66,36 @@ describe('fault cells: restore killed while it holds a name it made for a moment
       assert.deepEqual(entriesOf(killed), [], 'no journal entry of the killed ferry is left');
     });
   }
+});
+
+describe('fault cell: restore killed while it makes a deleted file whose name was taken', { skip, timeout: 180_000 }, () => {
+  // exegone replace: its executable renamed over by a new binary; restore makes the removed one
+  // through a directory of its own beside the name (deleted.ts createShadowed).
+  it('exegone replace: SIGKILL at transient; the next restore sweeps ferry\'s directory and restores', async () => {
+    const bin = join(scratchDir(), 'exegone-bin');
+    copyFileSync(join(WORKLOADS, 'exegone'), bin);
+    chmodSync(bin, 0o755);
+    const w = await startWorkload(bin, ['replace']);
+    const image = join(w.dir, 'exegone.tar');
+    const pids = await checkpointTreeFreed(w, image);
+    const ours = (): string[] => readdirSync(dirname(bin)).filter((n) => n.includes('ferry'));
+    const p: Problems = [];
+    let killed = 0;
+    await whilePaused(p, ['restore', '--image', image], 'transient', async (run) => {
+      killed = run.child.pid!;
+      assert.deepEqual(ours(), [`.ferry-ghost-${killed}`], 'ferry\'s directory beside the name');
+      assert.ok(entriesOf(killed).length >= 1, 'written down in the journal first');
+      await hit(run, 'SIGKILL', p);
+    });
+    assert.deepEqual(p, []);
+    assert.deepEqual(await pidsFree(pids), [], 'nothing of the killed restore holds the pids');
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    pids.forEach(own);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(ours(), [], 'no directory of ferry\'s is left');
+    assert.deepEqual(entriesOf(killed), [], 'no journal entry of the killed ferry is left');
+  });
 });
 
 /**

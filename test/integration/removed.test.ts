@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import type { TaskRecord } from '../../src/image/records.js';
@@ -370,14 +370,27 @@ describe('a process whose executable was removed (an upgrade replaced or deleted
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
-  it('renamed over by a new binary: comes back as the removed file, never the new one at its path', async () => {
+  it('renamed over by a new binary: comes back as the removed file under its path, never the new one at it, twice', async () => {
     const w = await start('replace');
     const image = join(w.dir, 'exegone.tar');
-    await checkpointFreed(w, image);
-    const rs = ferry(['restore', '--image', image]);
-    assert.equal(rs.code, 0, rs.stderr);
-    own(w.pid);
-    exeIsText(w.pid);
+    const bin = readlinkSync(`/proc/${w.pid}/exe`).replace(/ \(deleted\)$/, '');
+    const listed = (): string[] => readdirSync(dirname(bin)).filter((n) => n.includes('ferry')).sort();
+    const before = listed();
+    const mapped = (): string[] => readFileSync(`/proc/${w.pid}/maps`, 'utf8').split('\n').filter((l) => l.endsWith(' (deleted)'))
+      .map((l) => l.replace(/^\S+ \S+ \S+ \S+ \d+\s+/, ''));
+    const names = mapped();
+    assert.ok(names.length > 0 && names.every((m) => m === `${bin} (deleted)`), names.join(', '));
+    for (let i = 0; i < 2; i++) {
+      await checkpointFreed(i === 0 ? w : { pid: w.pid, exited: Promise.resolve() }, image, `checkpoint ${i + 1}`);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      own(w.pid);
+      exeIsText(w.pid);
+      // Its executable and every area of it read as they did (the workload checks the link).
+      assert.equal(readlinkSync(`/proc/${w.pid}/exe`), `${bin} (deleted)`);
+      assert.deepEqual(mapped(), names);
+      assert.deepEqual(listed(), before, 'nothing of ferry\'s is left beside the name');
+    }
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
