@@ -703,8 +703,13 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
       try {
         fd = at2(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0, NAME_RESOLVE);
       } catch (err) {
-        if (made !== undefined) left.push(path); // moved away: the journal keeps it
-        throw made !== undefined ? swapped(path, (err as Error).message) : confinedError(err, root, path, what, true);
+        if (made === undefined) throw confinedError(err, root, path, what, true);
+        left.push(path); // the journal keeps it for the sweep, which checks its inode
+        // No such name, or not a directory, or a symlink: it was moved away or replaced. Any
+        // other error (EMFILE, EACCES on a root-squashed file system) is the open's own.
+        if (['ENOENT', 'ENOTDIR', 'ELOOP', 'EXDEV'].includes(errnoCode(err) ?? '')) throw swapped(path, (err as Error).message);
+        throw new FerryError('EOPEN', `cannot restore ${what}: the directory ferry made at ${shown(root, path)} cannot be opened (${(err as Error).message}): `
+          + 'nothing was made through it; it is left for the next restore\'s sweep', { cause: err, path });
       }
       if (made === undefined) {
         // A directory someone made at that name meanwhile, on the way: gone through as one

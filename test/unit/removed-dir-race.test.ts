@@ -188,4 +188,29 @@ describe('withRemovedDir, its first level swapped for a symlink', { skip }, () =
       t.done();
     }
   });
+
+  it('names the open\'s own error, not a swap, when a level made cannot be opened for another reason (EMFILE)', () => {
+    const t = setUp();
+    const n = native();
+    const openat2 = n.openat2;
+    try {
+      // The open of the level just made (O_DIRECTORY, where the walk before it has none) fails
+      // as it would with every descriptor in use.
+      n.openat2 = (...args: Parameters<typeof openat2>): number => {
+        if (args[1] === 'a' && (args[2] & 0o200000) !== 0) throw Object.assign(new Error('openat2: Too many open files'), { code: 'EMFILE' });
+        return openat2.apply(n, args);
+      };
+      assert.throws(() => withRemovedDir(hostRoot(), join(t.home, 'a', 'b'), 'the test directory', () => assert.fail('not called')),
+        (err: unknown) => err instanceof FerryError && err.code === 'EOPEN' && !err.message.includes('\n')
+          && /cannot be opened \(openat2: Too many open files\).*left for the next restore's sweep/.test(err.message) && !/moved away/.test(err.message));
+    } finally {
+      n.openat2 = openat2;
+    }
+    try {
+      assert.deepEqual(readdirSync(join(t.home, 'a')), [], 'nothing made in it');
+      assert.deepEqual([...journalled(t.top).keys()], [join(t.home, 'a')], 'it stays in the journal for the sweep');
+    } finally {
+      t.done();
+    }
+  });
 });
