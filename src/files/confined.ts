@@ -777,7 +777,7 @@ export function withRemovedDir<T>(root: ConfinedRoot, dirPath: string, what: str
  * Between the check and the rmdir, whoever may write the first level's directory could still
  * swap in an empty directory of theirs, which would then go: a directory moved there must be
  * writable by them (rename(2) of a directory to another parent needs it), so nothing they
- * could not have removed themselves.
+ * could not have removed themselves; ferry's, which then still has a name (nlink), is left.
  */
 function cleanUp(levels: MadeLevel[], left: string[], base: number): void {
   const n = native();
@@ -794,7 +794,9 @@ function cleanUp(levels: MadeLevel[], left: string[], base: number): void {
       }
       if (st.dev === l.made.dev && st.ino === l.made.ino) {
         n.unlinkat(l.parent, l.name, AT_REMOVEDIR);
-        removed = true;
+        // What went must have been ferry's: one swapped in between the check and the rmdir
+        // (by whoever may write the parent) went instead, and ferry's still has a name.
+        removed = fstatSync(l.fd).nlink === 0;
       }
     } catch { /* gone from its name, or not empty: someone else's now */ }
     if (!removed) {

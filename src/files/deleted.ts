@@ -23,10 +23,11 @@ import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
 import { Parent, placeOf, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
+import { makeTransient, transientMade, type TransientMade } from './transient.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
-/** openat2(2) resolve flags. */
-const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08;
+/** openat2(2) resolve: the name itself (or a path of names) below the directory, no link followed. */
+const NAME_ONLY = 0x08 | 0x04 | 0x02; // RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 const O_TMPFILE = 0o20000000 | O_DIRECTORY;
 const SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
 /** Flags the file is reopened with are kept; these are per-creation only. */
@@ -342,7 +343,7 @@ function create(rec: DeletedRecord, ctx: OpenContext): number {
   const parent = dirname(path);
   // The walk again, not one lookup: open() must refuse on its own what check() refuses (a
   // name kept by a dangling symlink), whether or not check() ran, and whatever changed since.
-  if (parent === '/' || dirState(root, parent, rec) === 'there') return createIn(root, path, what);
+  if (parent === '/' || dirState(root, parent, rec) === 'there') return createIn(root, path, what, ctx.options.ghostPaths === true);
   const dirWhat = `the removed directory ${dirname(rec.path)} of the ${what}`;
   // In the directory ferry made and holds, never by its path again (a directory above it may
   // be someone else's, who could have put a symlink in place of ferry's meanwhile). Its name is
@@ -392,31 +393,49 @@ function dirState(root: ConfinedRoot, dir: string, rec: DeletedRecord): 'there' 
   return 'there';
 }
 
-function createIn(root: ConfinedRoot, path: string, what: string): number {
-  return withParent(root, path, what, createAt);
+function createIn(root: ConfinedRoot, path: string, what: string, shadow: boolean): number {
+  return withParent(root, path, what, (dir) => createAt(dir, shadow));
 }
 
 /**
  * The file's name created exclusively in directory `dir` (never through a symlink, never an
  * existing file) and unlinked at once through it; when the name is taken, made where its link
- * still reads its path (createShadowed), else an O_TMPFILE file in that directory.
+ * still reads its path where `shadow` allows (createShadowed), else an O_TMPFILE file in that
+ * directory.
  */
-function createAt(dir: Parent): number {
-  try {
-    return createNamed(dir);
-  } catch (err) {
-    if (errnoCode(err) !== 'EEXIST') throw err;
-  }
-  return createShadowed(dir) ?? native().openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
+function createAt(dir: Parent, shadow = false): number {
+  return createNamed(dir) ?? (shadow ? createShadowed(dir) : undefined) ?? native().openat2(dir.dir, '.', O_TMPFILE | O_RDWR, 0o600, 0);
 }
 
-/** The file's name created exclusively in `dir` and unlinked at once (EEXIST: taken). */
-function createNamed(dir: Parent): number {
-  const fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+/**
+ * The file's name created exclusively in `dir` and unlinked at once; undefined when the name
+ * is taken. It is made under a name of ferry's own, written down (files/transient.ts: a ferry
+ * killed before the unlink leaves it to the next restore's sweep) and renamed to its name
+ * without replacing anything: as exclusive as O_CREAT|O_EXCL at the name.
+ */
+function createNamed(dir: Parent): number | undefined {
+  const n = native();
+  let fd = -1;
+  let made: TransientMade | undefined;
   try {
+    made = makeTransient('file', dir.root.path, dir.path, dir.dir, undefined, (at, temp) => {
+      fd = n.openat2(at, temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600, NAME_ONLY);
+    });
+    if (made === undefined) {
+      n.closeFd(fd);
+      return undefined;
+    }
+    transientMade();
     dir.unlink(); // a name already gone is fine: it is gone either way
+    // Its name must be gone, not someone else's at it: a file of ferry's with a name left
+    // (renamed away meanwhile) would be the process's file in a directory anyone may read.
+    if (fstatSync(fd).nlink !== 0) {
+      throw new FerryError('ECHANGED', `cannot restore the deleted file ${dir.path}: the file made for it was moved before its name was removed; `
+        + 'it is left where it was moved to (written down for the next restore\'s sweep): nothing was restored', { path: dir.path });
+    }
+    made();
   } catch (err) {
-    native().closeFd(fd);
+    if (fd >= 0) n.closeFd(fd);
     throw err;
   }
   return fd;
@@ -429,58 +448,57 @@ function createNamed(dir: Parent): number {
  * for upgraded binaries (/proc/PID/exe, maps) do not know. The kernel names an open file by its
  * dentries up to the root of the mount it was opened through, and a clone of a directory
  * attached nowhere (open_tree(2) OPEN_TREE_CLONE) is a mount with its own root. So a directory
- * of ferry's is made beside the taken name (journalled, removed again: withRemovedDir), the
- * levels of the file's path made in it, the directory cloned, and the file created through the
- * clone at that path and unlinked: it is on the same file system as before (the same device in
- * /proc/PID/maps), in no directory anyone can reach, and the clone lives as long as the file is
- * open. Nothing at the taken name is touched.
+ * of ferry's is made in `dir` beside the taken name (withRemovedDir, in the held directory:
+ * journalled, removed again), the levels of the file's path made in it, the directory cloned,
+ * and the file created through the clone at that path and unlinked: it is on the same file
+ * system as before (the same device in /proc/PID/maps), in no directory anyone can reach, and
+ * the clone lives as long as the file is open. Nothing at the taken name is touched.
+ * The path is the whole path from the host's root: only for processes that have it as theirs
+ * (FileOptions.ghostPaths: not a chrooted process, which sees paths from its own root, nor a
+ * container's, whose mounts are another namespace's, which open_tree does not clone: EINVAL).
  * Undefined (the caller makes an O_TMPFILE file, as before) where it cannot be made: no
- * open_tree(2) (before Linux 5.2), no CAP_SYS_ADMIN over this mount namespace, a directory
- * where nothing more can be made. A ferry killed between the create and the unlink leaves the
- * file in ferry's directory (mode 0700), which the sweep then leaves too: it removes only empty
- * directories.
+ * open_tree(2) (before Linux 5.2: ENOSYS), no CAP_SYS_ADMIN over this mount namespace (EPERM),
+ * a mount of another namespace or an unbindable one (EINVAL), or a directory where nothing
+ * more can be made (a read-only or full file system). Someone who moved ferry's directory or
+ * put something in it meanwhile refuses the restore (ECHANGED), as withRemovedDir does.
  */
 function createShadowed(dir: Parent): number | undefined {
   const n = native();
   const levels = dirname(dir.path).split('/').filter((x) => x !== '');
-  const top = posix.join(dirname(dir.path), `.ferry-ghost-${process.pid}`);
   const what = `a directory of ferry's beside ${dir.path} (a deleted file whose name was taken)`;
   const close = (fd: number | undefined): void => {
     if (fd !== undefined) n.closeFd(fd);
   };
+  const held = { path: dirname(dir.path), fd: dir.dir }; // made in the very directory held, no walk again
   try {
-    return withRemovedDir(dir.root, top, what, (outer) => {
-      let mnt: number;
+    return withRemovedDir(dir.root, posix.join(held.path, `.ferry-ghost-${process.pid}`), what, (outer) => {
+      const mnt = n.openTreeClone(outer.fd);
       try {
-        mnt = n.openTreeClone(outer.fd);
-      } catch {
-        return undefined; // no detached mount here: O_TMPFILE
-      }
-      try {
-        const create = (inDir: number, inClone: string): number => {
+        const create = (inDir: number, inClone: string): number | undefined => {
           // The directory made, through the clone (ferry's own, 0700, inside ferry's own: no
           // one else can have put anything on the way), so that the file's mount is the clone.
           const at = inClone === '' ? n.openRaw(`/proc/self/fd/${mnt}`, O_PATH | O_DIRECTORY)
-            : n.openat2(mnt, inClone, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+            : n.openat2(mnt, inClone, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0, NAME_ONLY);
           try {
             const a = fstatSync(at, { bigint: true }), b = fstatSync(inDir, { bigint: true });
             if (a.dev !== b.dev || a.ino !== b.ino) throw new FerryError('ECHANGED', `${what}: the directory made is not the one reached through its clone`);
-            return createNamed(Parent.in(dir.root, at, dir.name, dir.path, what));
+            return createNamed(Parent.in(dir.root, at, dir.name, posix.join(outer.path, ...levels, dir.name), what));
           } finally {
             n.closeFd(at);
           }
         };
         if (levels.length === 0) return create(outer.fd, '');
-        return withRemovedDir(dir.root, posix.join(top, ...levels), what, (inner) => create(inner.fd, levels.join('/')),
+        return withRemovedDir(dir.root, posix.join(outer.path, ...levels), what, (inner) => create(inner.fd, levels.join('/')),
           { under: outer, dispose: close });
       } finally {
         n.closeFd(mnt); // the file keeps the clone
       }
-    }, { dispose: close });
+    }, { under: held, dispose: close });
   } catch (err) {
-    // Someone put something in ferry's directory or moved it meanwhile: refused, as for a
-    // removed directory. Anything else: made as before.
-    if (err instanceof FerryError && err.code === 'ECHANGED') throw err;
+    // Someone moved ferry's directory or put something in it meanwhile: refused, as for a
+    // removed directory. What the kernel or the file system does not give: made as before.
+    // Anything else is a fault of ferry's own, not to be hidden.
+    if (err instanceof FerryError ? err.code === 'ECHANGED' : errnoCode(err) === undefined) throw err;
     return undefined;
   }
 }

@@ -5,7 +5,7 @@
  * files/pipe.ts), a removed name of a file that has another (a hard link made, opened,
  * unlinked: files/linked.ts), a removed device node (mknod, open, unlink: files/chrdev.ts), the
  * removed FIFO or symlink of an O_PATH descriptor (mkfifo or symlink, open O_PATH, unlink:
- * files/regular.ts).
+ * files/regular.ts), a deleted file made again (create, unlink: files/deleted.ts).
  * Each name exists for the span of a syscall or two and is removed on every way out that ferry
  * lives through; but if ferry is SIGKILLed in that span, no kernel mechanism removes a name
  * for it.
@@ -20,7 +20,8 @@
  * looked at and removed relative to it, never resolved again), the inode the entry records,
  * and the shape ferry gave it: an empty directory of root's with mode 0700, a FIFO of root's
  * with mode 0600, a character device node of root's with mode 0600 and the device number the
- * entry records, a symlink of root's, or a further name of the file's inode (which still has
+ * entry records, a symlink of root's, an empty regular file of root's with mode 0600 and one
+ * link, or a further name of the file's inode (which still has
  * another). Anything else at that name is someone else's by now and is left alone; the entry
  * goes either way.
  *
@@ -52,7 +53,7 @@ const OWN_NAME = /^\.ferry-transient-\d+-\d+-\d+$/;
 export const TRANSIENT_DIR = '/run/ferry/transient';
 
 /** What a transient name is. */
-export type TransientKind = 'dir' | 'fifo' | 'link' | 'chr' | 'symlink';
+export type TransientKind = 'dir' | 'fifo' | 'link' | 'chr' | 'symlink' | 'file';
 
 interface Entry {
   pid: number;
@@ -106,7 +107,7 @@ export type TransientMade = (() => void) & { readonly dev: bigint; readonly ino:
  * removed again; undefined when the name is taken (nothing made is left). `rdev`: a `chr`'s
  * `major:minor`. Errors are the syscalls' own (the caller says what was being made).
  */
-export function makeTransient(kind: 'dir' | 'fifo' | 'chr' | 'symlink', rootPath: string, path: string, dirfd: number, rdev: string | undefined,
+export function makeTransient(kind: 'dir' | 'fifo' | 'chr' | 'symlink' | 'file', rootPath: string, path: string, dirfd: number, rdev: string | undefined,
   make: (dirfd: number, name: string) => void): TransientMade | undefined {
   const n = native();
   const dir = fstatSync(dirfd, { bigint: true });
@@ -264,6 +265,10 @@ function removeAt(dir: number, name: string, e: Entry, own: boolean): boolean {
     }
     case 'symlink':
       if (!st.isSymbolicLink() || st.uid !== 0n) return false; // its mode is always 0777
+      break;
+    case 'file':
+      // A deleted file made again, before its contents and owner (files/deleted.ts): empty.
+      if (!st.isFile() || st.uid !== 0n || mode !== 0o600 || st.nlink !== 1n || st.size !== 0n) return false;
       break;
     case 'link':
       // The recorded inode, and another name besides.

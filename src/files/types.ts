@@ -68,6 +68,14 @@ export interface FileOptions {
    */
   removedDir?: (identity: string) => number | undefined;
   /**
+   * Restore: a deleted file whose name was taken since may be made through a detached clone of
+   * a directory of ferry's, so that its link reads its path as before (files/deleted.ts
+   * createShadowed). Only for an image a trusted key signed (what is made, if only for a moment,
+   * is where the image says), of a tree whose every process and thread has the host's root (a
+   * chrooted one would see the host's path; a container's mounts are another namespace's).
+   */
+  ghostPaths?: boolean;
+  /**
    * Checkpoint: tells the watchdog of the tree's TCP sockets about one before the dump changes
    * it (repair mode and the options read with it: files/socket-guard.ts). Absent: nothing
    * watches them (a ferry killed meanwhile leaves the socket changed).

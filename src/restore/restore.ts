@@ -302,7 +302,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const dropRoots = session.onUndo('close the removed root directories', () => removedRoots.close());
     // A container's sockets are made in its network namespace.
     const opened = withNetns(made?.pid, () => openFiles(files.files,
-      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files, removedDir: (key) => removedRoots.dirOf(key) },
+      { ...DEFAULT_FILE_OPTIONS, deletedMaxBytes: o.config.files.deletedMaxBytes, ...o.files, removedDir: (key) => removedRoots.dirOf(key),
+        ghostPaths: trusted && made === undefined && tasks.every((t) => t.root === undefined && t.threads.every((th) => th.fs?.root === undefined)) },
       blobs, made?.fileRoot, inherit, fileGuard, made !== undefined && !trusted));
     const dropFiles = session.onUndo('close the files opened for the tree', () => closeFiles(opened.opened));
     // Made before the tree, so that their undo runs after the processes in them are killed;

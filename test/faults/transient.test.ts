@@ -7,7 +7,8 @@
  * removed) and a thread's own removed working directory held open by its process too
  * (build/workloads/threadfs removed-fd), and the removed directory of a deleted file, made for
  * the file's create (build/workloads/ghostdir), and the directory of ferry's made beside the
- * taken name of a deleted executable (build/workloads/exegone replace). Restore is SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
+ * taken name of a deleted executable (build/workloads/exegone replace), and a deleted file made
+ * again at its name before it is unlinked (build/workloads/mapgone: a library only mapped). Restore is SIGKILLed right after it made such a name (FERRY_TEST_PAUSE_AT=transient): the name is there, written down in
  * ferry's journal; the next restore sweeps it before it starts, restores the workload, which
  * passes its check, and no name is left beside the workload's own, nor any journal entry.
  *
@@ -37,7 +38,7 @@ describe('fault cells: restore killed while it holds a name it made for a moment
   // threadfs removed-fd: a thread's own removed working directory, which the process holds open too.
   for (const [workload, args, made] of [['removed', ['DIR'], /^(ff|d)$/], ['linkgone', ['DIR'], /^a$/], ['devgone', ['DIR'], /^(null|sub)$/],
     ['gonetwice', ['DIR'], /^(null|ff|sym)$/], ['chrooted', ['DIR', 'removed'], /^jail$/], ['threadfs', ['removed-fd'], /^b$/],
-    ['ghostdir', ['DIR'], /^logs$/]] as const) {
+    ['ghostdir', ['DIR'], /^logs$/], ['mapgone', ['DIR'], /^lib/]] as const) {
     it(`${[workload, ...args.filter((a) => a !== 'DIR')].join(' ')}: SIGKILL at transient; the next restore sweeps the name and restores`, async () => {
       const w = await startWorkload(join(WORKLOADS, workload), [...args]);
       const image = join(w.dir, `${workload}.tar`);

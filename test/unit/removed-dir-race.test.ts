@@ -213,4 +213,35 @@ describe('withRemovedDir, its first level swapped for a symlink', { skip }, () =
       t.done();
     }
   });
+
+  it('leaves, and refuses, its own level when someone swaps theirs in between the check and the rmdir', () => {
+    const t = setUp();
+    const n = native();
+    const unlinkat = n.unlinkat;
+    let refusal: unknown;
+    try {
+      // The cleanup has just checked that `a` is ferry's: the swap comes before its rmdir.
+      n.unlinkat = (dirfd: number, name: string, flags: number): void => {
+        if (name === 'a' && !existsSync(join(t.home, 'moved'))) {
+          renameSync(join(t.home, 'a'), join(t.home, 'moved'));
+          mkdirSync(join(t.home, 'a'), { mode: 0o700 }); // someone's own empty directory
+        }
+        unlinkat.call(n, dirfd, name, flags);
+      };
+      try {
+        withRemovedDir(hostRoot(), join(t.home, 'a'), 'the test directory', () => 'made');
+      } catch (err) {
+        refusal = err;
+      }
+    } finally {
+      n.unlinkat = unlinkat;
+    }
+    try {
+      assert.ok(leftOnly(refusal, [join(t.home, 'a')]), `refused, naming the level left: ${String(refusal)}`);
+      assert.deepEqual(readdirSync(t.home).sort(), ['moved'], 'the swapped-in directory went, ferry\'s is left');
+      assert.deepEqual([...journalled(t.top).keys()], [join(t.home, 'a')], 'and stays in the journal');
+    } finally {
+      t.done();
+    }
+  });
 });
