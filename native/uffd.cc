@@ -123,10 +123,11 @@ Napi::Value UffdUnregister(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// pagemapScan(fd, start, end, flags, categoryMask, returnMask, maxRegions)
+// pagemapScan(fd, start, end, flags, categoryMask, returnMask, maxRegions[, anyofMask])
 //   -> { regions: BigUint64Array [start, end, categories] x n, walkEnd: bigint }
 // One PAGEMAP_SCAN call over [start, end) of the pagemap `fd`: the regions whose pages have
-// every category of `categoryMask`, with `returnMask` of their categories. It stops early
+// every category of `categoryMask` and, when `anyofMask` is not 0, at least one of its
+// categories, with `returnMask` of their categories. It stops early
 // (walkEnd < end) when `maxRegions` are full; with PM_SCAN_WP_MATCHING (1) only the pages up
 // to walkEnd were write-protected again, so the caller continues from walkEnd.
 Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
@@ -135,6 +136,8 @@ Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
   uint64_t start, end, flags, categoryMask, returnMask;
   if (!ArgInt(info, 0, &fd) || !ArgU64(info, 1, &start) || !ArgU64(info, 2, &end) || !ArgU64(info, 3, &flags) ||
       !ArgU64(info, 4, &categoryMask) || !ArgU64(info, 5, &returnMask) || !ArgInt(info, 6, &maxRegions)) return {};
+  uint64_t anyofMask = 0;
+  if (info.Length() > 7 && !ArgU64(info, 7, &anyofMask)) return {};
   if (maxRegions < 1 || maxRegions > (1 << 20)) {
     ThrowType(env, "pagemapScan: maxRegions must be 1..1048576");
     return {};
@@ -149,6 +152,7 @@ Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
   arg.vec_len = vec.size();
   arg.category_mask = categoryMask;
   arg.return_mask = returnMask;
+  arg.category_anyof_mask = anyofMask;
   long n = ioctl(static_cast<int>(fd), FERRY_PAGEMAP_SCAN, &arg);
   if (n < 0) {
     ThrowErrno(env, "ioctl(PAGEMAP_SCAN)", errno);

@@ -118,10 +118,10 @@ function warmUp(pid: number): ReturnType<typeof planMemory> | undefined {
   try {
     const statusText = readProcText(pid, 'status');
     parseStatus(statusText);
-    const { vmas, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
+    const { vmas, vmflags, unshared } = parseSmaps(readProcText(pid, 'smaps'));
     syscallGadget(pid, vmas);
     listPosixTimers(pid);
-    const plan = planMemory(pid, vmas, vmflags);
+    const plan = planMemory(pid, vmas, vmflags, undefined, unshared);
     readPaths(pid);
     readMm(pid, parseStat(readProcText(pid, 'stat')), 0n);
     warmUpCreds(pid, statusText);
@@ -202,7 +202,7 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     const status = parseStatus(statusText);
     // One reading of smaps gives the layout and VmFlags; the injected batch below leaves the
     // layout as it found it (its scratch area is unmapped again, and could merge with nothing).
-    const { vmas: maps, vmflags } = parseSmaps(readProcText(pid, 'smaps'));
+    const { vmas: maps, vmflags, unshared } = parseSmaps(readProcText(pid, 'smaps'));
     const gadget = syscallGadget(pid, maps);
     for (const t of tracees) t.gadget = gadget;
     const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
@@ -214,7 +214,9 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     const ownFs = new Set(p.ownFs);
     for (const th of threads) if (ownFs.has(th.record.tid)) th.record.fs = readThreadFs(pid, th.record.tid, rootBase);
     // Pages still shared copy-on-write with the parent are recorded, not stored (image/cow.ts).
-    const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas });
+    // Which areas have no page another process maps too: smaps says it (`unshared`), read
+    // before the injected batch, which shares nothing (memory.ts planMemory).
+    const memory = planMemory(pid, maps, vmflags, parent && { pid: parent.task.pid, vmas: parent.memory.vmas }, unshared);
     const paths = readPaths(pid);
     const exeGhost = removedExe(pid, paths.exe, memory.vmas);
     const rootDir = readRootDir(pid, rootBase);

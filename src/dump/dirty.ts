@@ -49,8 +49,10 @@ import { Session } from '../session.js';
 import { injectedError, Tracee } from '../task/tracee.js';
 import { syscallGadget } from './task-state.js';
 
-/** PAGEMAP_SCAN categories (include/uapi/linux/fs.h). */
-export const PAGE_IS_WPALLOWED = 1, PAGE_IS_WRITTEN = 2, PAGE_IS_FILE = 4, PAGE_IS_PRESENT = 8, PAGE_IS_SWAPPED = 16;
+import { PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN } from '../proc/pagemap.js';
+
+/** PAGEMAP_SCAN categories (include/uapi/linux/fs.h), defined with the pagemap's bits. */
+export { PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN } from '../proc/pagemap.js';
 const PM_SCAN_WP_MATCHING = 1, PM_SCAN_CHECK_WPASYNC = 2;
 const UFFD_FEATURE_WP_UNPOPULATED = 1n << 13n, UFFD_FEATURE_WP_ASYNC = 1n << 15n;
 const UFFDIO_REGISTER_MODE_WP = 2;

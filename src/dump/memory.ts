@@ -16,7 +16,7 @@ import { directBuffer } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
-import { dumpablePageRuns, sharedAnonPages, sharedFrames, sharedWithParent } from '../proc/pagemap.js';
+import { dumpablePageRuns, scanStoredPages, sharedAnonPages, sharedFrames, sharedWithParent } from '../proc/pagemap.js';
 import { inheritable, lendableUnmapped, pageSet, runsOf } from '../image/cow.js';
 import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
 import { parseChildren } from '../proc/children.js';
@@ -145,6 +145,14 @@ export interface MemoryPlan {
  */
 const KEPT_PAGEMAP_BYTES = 4 * 1024 * 1024;
 
+/**
+ * VmFlags of areas whose stored pages are always found by reading the pagemap, never by
+ * PAGEMAP_SCAN (scanStoredPages): mergeable ('mg': KSM may merge a page with another
+ * process's at any moment, also while the tree is stopped), mixed maps ('mm': a present page
+ * with no folio other than the zero page) and hugetlb ('ht').
+ */
+const PAGEMAP_ONLY_VMFLAGS = new Set(['mg', 'mm', 'ht']);
+
 /** The parent of a process being planned: its pid and planned areas (it is stopped too). */
 export interface PlannedParent {
   pid: number;
@@ -156,9 +164,20 @@ export interface PlannedParent {
  * (its parent, planned before it and stopped as well), the pages of an area that the parent
  * maps too (image/cow.ts `inheritable`) and still shares with it copy-on-write (the same page
  * frame at the same address) are recorded as the area's `cow` runs instead of being stored.
+ *
+ * `unshared` (smaps.ts, read after the tree was stopped): the areas none of whose pages another
+ * process maps. Their stored pages are found with PAGEMAP_SCAN (scanStoredPages), which
+ * returns ranges, rather than by reading 8 bytes of pagemap a page, where nothing needs what
+ * only the read gives (page frames, the exclusive bit): a shared area (no copy-on-write), or a
+ * private one of a process with no `parent` (its pagemap entries are matched with no other
+ * process's: shareAmongSiblings and cow-branches.ts read those of children only) whose pages
+ * smaps shows mapped once each. Those pages are exclusive in pagemap but for the zero page,
+ * which the scan names (PAGE_IS_PFNZERO). While the tree is stopped no page of it becomes
+ * shared: only a fork by a process mapping the page shares it, or KSM (areas with 'mg' are
+ * read), so what smaps said still holds when the scan runs.
  */
 export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyMap<bigint, string[]>,
-  parent?: PlannedParent): MemoryPlan {
+  parent?: PlannedParent, unshared?: ReadonlySet<bigint>): MemoryPlan {
   const pagemap = openSync(`/proc/${pid}/pagemap`, 'r');
   const parentAreas = new Map((parent?.vmas ?? []).map((v) => [v.start, v]));
   let parentPagemap = -1;
@@ -275,13 +294,27 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
       if (storesPages) {
         const npages = Number((v.end - v.start) / BigInt(PAGE_SIZE));
         const first = Number(v.start / BigInt(PAGE_SIZE));
-        const entries = Buffer.allocUnsafe(npages * 8);
-        const got = readSync(pagemap, entries, 0, entries.length, first * 8);
-        if (got !== entries.length) throw new Error(`short read of /proc/${pid}/pagemap at ${range}`);
-        let runs = dumpablePageRuns(entries, 0, (kind === 'anon' && v.shared) || memfdData !== undefined);
+        const allPresent = (kind === 'anon' && v.shared) || memfdData !== undefined;
+        const scannable = unshared !== undefined && (v.shared || (parent === undefined && unshared.has(v.start)))
+          && !flags.some((f) => PAGEMAP_ONLY_VMFLAGS.has(f));
+        // Private anonymous memory (no file: maps shows no inode, and a name of the kernel's
+        // or none) holds anonymous pages and the zero page only.
+        const anonymous = kind === 'anon' && !v.shared && v.inode === 0n && (v.path === '' || v.path.startsWith('['));
+        const scanned = scannable ? scanStoredPages(pagemap, v.start, v.end, allPresent, anonymous) : undefined;
+        let entries: Buffer | undefined;
+        let runs: Array<[number, number]>;
+        if (scanned) {
+          runs = scanned.runs;
+        } else {
+          entries = Buffer.allocUnsafe(npages * 8);
+          const got = readSync(pagemap, entries, 0, entries.length, first * 8);
+          if (got !== entries.length) throw new Error(`short read of /proc/${pid}/pagemap at ${range}`);
+          runs = dumpablePageRuns(entries, 0, allPresent);
+        }
         if (memfdData) runs = mergeRuns(runs, memfdData);
         const theirs = parentAreas.get(rec.start);
-        if (parent && theirs && runs.length > 0 && inheritable(theirs, rec)) {
+        // (Never a scanned area: those are shared, or of a process planned with no parent.)
+        if (parent && theirs && entries && runs.length > 0 && inheritable(theirs, rec)) {
           if (parentPagemap < 0) parentPagemap = openSync(`/proc/${parent.pid}/pagemap`, 'r');
           const other = Buffer.allocUnsafe(entries.length);
           if (readSync(parentPagemap, other, 0, other.length, first * 8) === other.length) {
@@ -300,10 +333,10 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
           }
         }
         if (!v.shared && runs.length > 0) {
-          const sharedPages = sharedAnonPages(entries);
+          const sharedPages = entries ? sharedAnonPages(entries) : scanned!.zero.length > 0 ? pageSet(npages, scanned!.zero) : undefined;
           if (sharedPages) viaMem.set(rec, sharedPages);
           // A child's area whose pages its siblings may share: shareAmongSiblings reads these.
-          if (parent && (kind === 'anon' || kind === 'file') && keptBytes + entries.length <= KEPT_PAGEMAP_BYTES) {
+          if (entries && parent && (kind === 'anon' || kind === 'file') && keptBytes + entries.length <= KEPT_PAGEMAP_BYTES) {
             pagemaps.set(rec.start, entries);
             keptBytes += entries.length;
           }

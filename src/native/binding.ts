@@ -536,8 +536,9 @@ export interface NativeBinding {
    * pagemap.rst): the regions of [start, end) whose pages have every category of
    * `categoryMask`, with their `returnMask` categories; flags PM_SCAN_WP_MATCHING 1 (write-
    * protect what matched), PM_SCAN_CHECK_WPASYNC 2. At most `maxRegions`: walkEnd says where it stopped.
+   * With `anyofMask` (not 0), only pages that also have one of its categories at least.
    */
-  pagemapScan(fd: number, start: bigint, end: bigint, flags: number, categoryMask: number, returnMask: number, maxRegions: number): PagemapScanResult;
+  pagemapScan(fd: number, start: bigint, end: bigint, flags: number, categoryMask: number, returnMask: number, maxRegions: number, anyofMask?: number): PagemapScanResult;
   /**
    * read(2) of a non-blocking userfaultfd (userfaultfd(2), "Reading from the userfaultfd
    * structure"): [event, a, b, c] per message (UFFD_EVENT_PAGEFAULT 0x12 [flags, address],

@@ -3,6 +3,7 @@
  * Bit 63 present, 62 swapped, 61 file-page or shared-anon, 56 exclusively mapped,
  * 55 soft-dirty, 0-54 PFN (zero without CAP_SYS_ADMIN).
  */
+import { PAGE_SIZE } from '../arch/x86-64.js';
 import { native } from '../native/binding.js';
 
 export const PM_PRESENT = 1n << 63n;
@@ -85,4 +86,80 @@ export function sharedFrames(entries: Buffer): Float64Array {
     if ((hi & HI_PRESENT) !== 0 && (hi & (HI_FILE | HI_EXCLUSIVE)) === 0) out[i] = (hi & HI_PFN) * 2 ** 32 + w[i * 2]!;
   }
   return out;
+}
+
+/** PAGEMAP_SCAN categories (include/uapi/linux/fs.h). */
+export const PAGE_IS_WPALLOWED = 1, PAGE_IS_WRITTEN = 2, PAGE_IS_FILE = 4, PAGE_IS_PRESENT = 8, PAGE_IS_SWAPPED = 16,
+  PAGE_IS_PFNZERO = 32, PAGE_IS_HUGE = 64;
+
+/** Regions one PAGEMAP_SCAN call of scanStoredPages returns at most (24 bytes each). */
+const SCAN_REGIONS = 4096;
+
+/** What scanStoredPages found in an area, pages counted from its start. */
+export interface ScannedPages {
+  /** Runs [first page, count] of the pages to store, as dumpablePageRuns gives them. */
+  runs: Array<[number, number]>;
+  /** Runs of those that map the zero page (present, anonymous and never exclusive). */
+  zero: Array<[number, number]>;
+}
+
+/** Appends [page, count] to `runs`, extending the last run when it ends at `page`. */
+function pushRun(runs: Array<[number, number]>, page: number, count: number): void {
+  const last = runs.at(-1);
+  if (last !== undefined && last[0] + last[1] === page) last[1] += count;
+  else runs.push([page, count]);
+}
+
+/**
+ * The pages of [start, end) (one whole area) a dump stores, found with PAGEMAP_SCAN (an ioctl
+ * on the pagemap descriptor `fd`, Documentation/admin-guide/mm/pagemap.rst) instead of
+ * reading one pagemap entry a page: the kernel returns ranges, one for a whole area of
+ * touched memory, where the read returns 8 bytes a page (2 MiB for 1 GiB) to sort.
+ *
+ * The same answer as dumpablePageRuns, category for bit (fs/proc/task_mmu.c, both walks call
+ * the same tests on each entry): PAGE_IS_PRESENT is pte_present (bit 63), PAGE_IS_SWAPPED is
+ * is_swap_pte (bit 62: also migration entries and markers), PAGE_IS_FILE is a mapped folio
+ * that is not anonymous (bit 61; not set for the zero page, which has no folio, nor in
+ * pagemap). One exception: a huge zero page (a read of untouched memory where transparent
+ * huge pages are on) is PAGE_IS_FILE for one walk and not the other depending on the kernel's
+ * version: undefined then, and the caller reads the pagemap; also when the kernel has no
+ * PAGEMAP_SCAN (before Linux 6.7) or the scan fails. The zero pages are also returned
+ * (PAGE_IS_PFNZERO): pagemap shows them not exclusively mapped, which sharedAnonPages counts.
+ * What the scan cannot tell, the exclusive bit and the page frames, the caller must not need.
+ *
+ * `anonymous`: the area is anonymous memory (no file behind it), where no page is a file's:
+ * PAGE_IS_FILE is then not asked for, which spares the kernel a look at each page's folio
+ * (vm_normal_page): 1.4 ms instead of 7-12 ms for 1 GiB of small pages here. Nor with
+ * `anonShared`, where present pages are stored whatever they are.
+ */
+export function scanStoredPages(fd: number, start: bigint, end: bigint, anonShared: boolean, anonymous = false): ScannedPages | undefined {
+  const n = native();
+  const runs: Array<[number, number]> = [];
+  const zero: Array<[number, number]> = [];
+  const want = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE | (anonShared || anonymous ? 0 : PAGE_IS_FILE);
+  const page = BigInt(PAGE_SIZE);
+  for (let at = start; at < end;) {
+    // Only pages present or swapped (category_anyof_mask): never-touched ones are no region.
+    let r: ReturnType<typeof n.pagemapScan>;
+    try {
+      r = n.pagemapScan(fd, at, end, 0, 0, want, SCAN_REGIONS, PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
+    } catch {
+      return undefined; // ENOTTY before 6.7: the read gives the answer (and any real error) instead
+    }
+    const g = r.regions;
+    for (let i = 0; i < g.length; i += 3) {
+      const c = Number(g[i + 2]!);
+      if ((c & (PAGE_IS_HUGE | PAGE_IS_PFNZERO)) === (PAGE_IS_HUGE | PAGE_IS_PFNZERO)) return undefined;
+      // Every region is present or swapped: stored unless a present page of a file.
+      if (!anonShared && (c & PAGE_IS_SWAPPED) === 0 && (c & PAGE_IS_FILE) !== 0) continue;
+      const first = Number((g[i]! - start) / page);
+      const count = Number((g[i + 1]! - g[i]!) / page);
+      pushRun(runs, first, count);
+      if ((c & (PAGE_IS_PFNZERO | PAGE_IS_PRESENT)) === (PAGE_IS_PFNZERO | PAGE_IS_PRESENT)) pushRun(zero, first, count);
+    }
+    // The kernel stops early only when the regions are full, after at least one.
+    if (r.walkEnd <= at) return undefined;
+    at = r.walkEnd;
+  }
+  return { runs, zero };
 }

@@ -111,6 +111,23 @@ describe('smaps, auxv, pagemap', { timeout: 30_000 }, () => {
     assert.ok(flags.get(stack.start)?.includes('gd'), 'the stack grows down');
   });
 
+  it('tells the areas none of whose pages another process maps (Shared_* all 0 kB, each seen)', () => {
+    const area = (start: string, fields: string): string => `${start}-${start.replace(/0$/, '8')} rw-p 00000000 00:00 0 \n${fields}VmFlags: rd wr mr mw me ac \n`;
+    const text = area('1000', 'Rss:  8 kB\nShared_Clean:          0 kB\nShared_Dirty:          0 kB\nShared_Hugetlb:        0 kB\n')
+      + area('2000', 'Shared_Clean:          0 kB\nShared_Dirty:          4 kB\n')
+      + area('3000', 'Shared_Clean:          0 kB\nShared_Dirty:          0 kB\nShared_Hugetlb:     2048 kB\n')
+      + area('4000', 'Shared_Clean:          0 kB\n')
+      + area('5000', '');
+    const { vmas, vmflags, unshared } = parseSmaps(text);
+    assert.equal(vmas.length, 5);
+    assert.deepEqual(vmflags.get(0x1000n), ['rd', 'wr', 'mr', 'mw', 'me', 'ac']);
+    assert.deepEqual([...unshared], [0x1000n], 'only the area with every Shared_ line seen at 0');
+    // This process: its private anonymous areas are unshared unless it forked (it has not).
+    const own = parseSmaps(readFileSync('/proc/self/smaps', 'utf8'));
+    const stack = own.vmas.find((v) => v.path === '[stack]')!;
+    assert.ok(own.unshared.has(stack.start), 'the stack is mapped by this process alone');
+  });
+
   it('parses the auxiliary vector up to AT_NULL', () => {
     const aux = parseAuxv(readFileSync('/proc/self/auxv'));
     assert.deepEqual(aux.at(-1), [0n, 0n]);

@@ -1,0 +1,83 @@
+/**
+ * The memory plan finds an area's stored pages with PAGEMAP_SCAN where nothing needs the
+ * pagemap's entries (dump/memory.ts planMemory, proc/pagemap.ts scanStoredPages). On a process
+ * whose areas hold each kind of page (build/workloads/pagekinds: written, read, zero page, dropped,
+ * huge pages, the huge zero page, a private file mapping copied on write, shared anonymous
+ * memory, a private memfd, guard pages), the scan and the pagemap read must give the same
+ * pages to store and the same pages read in place, area by area, and the whole plan must come
+ * out the same either way. Pages a forked child still shares are read, not scanned.
+ */
+import assert from 'node:assert/strict';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { PAGE_SIZE } from '../../src/arch/x86-64.js';
+import { planMemory } from '../../src/dump/memory.js';
+import { runsOf } from '../../src/image/cow.js';
+import { dumpablePageRuns, scanStoredPages, sharedAnonPages } from '../../src/proc/pagemap.js';
+import { parseSmaps } from '../../src/proc/smaps.js';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { cleanup, own, startWorkload } from '../helpers/processes.js';
+
+const skip = needs('root', 'build');
+after(cleanup);
+
+/** Areas a plan never scans nor stores pages of (memory.ts: special kinds, device maps, PAGEMAP_ONLY_VMFLAGS). */
+const NOT_SCANNED = new Set(['mg', 'mm', 'ht', 'io', 'pf']);
+
+describe('memory plan by PAGEMAP_SCAN', { skip, timeout: 60_000 }, () => {
+  it('finds the same pages as the pagemap read, area by area and for the whole plan', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'pagekinds'), ['DIR']);
+    own(Number(/^child (\d+)$/m.exec(w.text())![1]));
+    const named = new Map([...w.text().matchAll(/^area (\S+) ([0-9a-f]+) [0-9a-f]+$/gm)].map((m) => [m[1]!, BigInt(`0x${m[2]}`)]));
+    // Stopped, as a checkpoint has it: nothing changes between the two ways.
+    process.kill(w.pid, 'SIGSTOP');
+    try {
+      const { vmas, vmflags, unshared } = parseSmaps(readFileSync(`/proc/${w.pid}/smaps`, 'utf8'));
+      const scanned = new Set<bigint>();
+      const zeroPages = new Map<bigint, number>();
+      const fd = openSync(`/proc/${w.pid}/pagemap`, 'r');
+      try {
+        for (const v of vmas) {
+          if (/^\[(vdso|vvar|vvar_vclock|vsyscall)\]$/.test(v.path) || (vmflags.get(v.start) ?? []).some((f) => NOT_SCANNED.has(f))) continue;
+          const where = `${v.start.toString(16)}-${v.end.toString(16)} ${v.path}`;
+          const npages = Number((v.end - v.start) / BigInt(PAGE_SIZE));
+          const entries = Buffer.alloc(npages * 8);
+          assert.equal(readSync(fd, entries, 0, entries.length, Number(v.start / BigInt(PAGE_SIZE)) * 8), entries.length);
+          // Anonymous memory is also scanned without asking which pages are a file's (memory.ts).
+          const anonymous = !v.shared && v.inode === 0n && (v.path === '' || v.path.startsWith('['));
+          for (const [allPresent, noFile] of [[false, false], [true, false], ...(anonymous ? [[false, true]] : [])] as const) {
+            const got = scanStoredPages(fd, v.start, v.end, allPresent, noFile);
+            if (got === undefined) continue; // a huge zero page: the plan reads the pagemap
+            assert.deepEqual(got.runs, dumpablePageRuns(entries, 0, allPresent), `stored pages of ${where}${allPresent ? ' (all present)' : ''}${noFile ? ' (anonymous)' : ''}`);
+            // Pages read in place: in an area smaps shows unshared, only the zero page.
+            if (unshared.has(v.start) && !v.shared) {
+              assert.deepEqual(got.zero, runsOf(sharedAnonPages(entries) ?? new Uint8Array(npages)), `pages read in place of ${where}`);
+            }
+            scanned.add(v.start);
+            zeroPages.set(v.start, got.zero.reduce((k, [, count]) => k + count, 0));
+          }
+        }
+      } finally {
+        closeSync(fd);
+      }
+      const areaOf = (name: string): bigint => {
+        const at = named.get(name);
+        assert.ok(at !== undefined, `the workload names its ${name} area`);
+        return vmas.find((v) => v.start <= at && at < v.end)!.start;
+      };
+      assert.ok(!unshared.has(areaOf('shared-cow')), 'pages a child shares copy-on-write are counted shared: the plan reads their pagemap');
+      for (const name of ['mixed', 'thp', 'file', 'shmem', 'memfd']) {
+        assert.ok(scanned.has(areaOf(name)) && (unshared.has(areaOf(name)) || name === 'shmem'), `the ${name} area is one the plan scans`);
+      }
+      assert.equal(zeroPages.get(areaOf('mixed')), 53, 'the zero pages the workload mapped are found (read in place)');
+      const read = planMemory(w.pid, vmas, vmflags);
+      const scan = planMemory(w.pid, vmas, vmflags, undefined, unshared);
+      assert.deepEqual(scan.vmas, read.vmas);
+      assert.equal(scan.pagesBytes, read.pagesBytes);
+      assert.ok(scan.pagesBytes > 0);
+    } finally {
+      process.kill(w.pid, 'SIGCONT');
+    }
+  });
+});
