@@ -1,5 +1,6 @@
 /**
- * Start-up: how long `ferry --version` and `ferry help` take, as the ratio to a bare
+ * Start-up: how long `ferry --version`, `ferry help` and `ferry checkpoint --help` take (all
+ * three answered by the light bundle, ferry-light.cjs, without the engine's), as the ratio to a bare
  * `node -e 0` measured in the same run — the limit: no Node.js program starts faster than
  * node itself. Each round runs the bare node and every ferry case once, in a new order each
  * round, so a busy machine slows them alike and the ratio of each round stays meaningful even
@@ -52,6 +53,7 @@ const BASE: Case = { name: 'node -e 0 (the limit)', file: process.execPath, args
 const CASES: Case[] = [
   { name: 'ferry --version', file: FERRY, args: ['--version'] },
   { name: 'ferry help', file: FERRY, args: ['help'] },
+  { name: 'ferry checkpoint --help', file: FERRY, args: ['checkpoint', '--help'] },
   // The same through the ES module bundle, without the code cache (what bin/ferry ran before).
   ...(existsSync(ESM_BUNDLE) ? [{ name: 'ES module bundle --version', file: process.execPath, args: [ESM_BUNDLE, '--version'], dropCa: true }] : []),
   ...(image !== undefined ? [{ name: 'ferry inspect (small image)', file: FERRY, args: ['inspect', '--image', image] }] : []),
@@ -127,7 +129,9 @@ function entry(): string {
   if (!existsSync(join(PACKAGE_ROOT, bundle))) return `${src} (no bundle: npm run build:bundle)`;
   if (seconds(src) > seconds(bundle)) return `${src} (the bundle is older: npm run build:bundle)`;
   const cache = join('dist', 'bundle', 'ferry', 'ferry.cjs.cache');
-  return `${bundle} (${existsSync(join(PACKAGE_ROOT, cache)) ? 'with' : 'without'} its code cache)`;
+  const light = join('dist', 'bundle', 'ferry', 'ferry-light.cjs');
+  return `${bundle} (${existsSync(join(PACKAGE_ROOT, cache)) ? 'with' : 'without'} its code cache; `
+    + `${existsSync(join(PACKAGE_ROOT, light)) ? 'help and version from ferry-light.cjs' : 'no light bundle: help and version load the engine\'s'})`;
 }
 
 console.log(`ferry start-up, Node.js ${process.version}, bin/ferry runs ${entry()}, ${RUNS} rounds (min / median / max)`);

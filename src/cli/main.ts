@@ -17,16 +17,15 @@ import { warmUpEngine, warmUpMigration } from '../warm-up.js';
 import {
   FerryError, INTERNAL_CODE, internalCause, internalName, isNativeError, type ErrorContext,
 } from '../errors.js';
-import { FERRY_VERSION } from '../version.js';
 import {
-  COMMANDS, jsonErrorStream, parseCheckArgs, parseCheckpointArgs, parseDemoArgs, parseHelpArgs, parseInspectArgs, parseKeygenArgs,
-  parseMigrateArgs, parseReceiveArgs, parseRestoreArgs, parseVersionArgs, UsageError, wantsHelp, type Command,
+  jsonErrorStream, parseCheckArgs, parseCheckpointArgs, parseDemoArgs, parseInspectArgs, parseKeygenArgs,
+  parseMigrateArgs, parseReceiveArgs, parseRestoreArgs, UsageError, type Command,
 } from './args.js';
 // The commands that do work are imported in dispatch(), when one of them runs: `--version`,
-// `help` and a usage error load none of them, nor what they pull in (pino, tar-stream, the
-// whole engine); see docs/architecture.md, "Start-up".
+// `help` and a usage error (light.ts) load none of them, nor what they pull in (pino,
+// tar-stream, the whole engine); see docs/architecture.md, "Start-up".
 import type { RunContext, SignalGuard } from './context.js';
-import { helpPage } from './help.js';
+import { light, oneLine, reportUsage, type HeavyCommand } from './light.js';
 import { errorObject, printLine, type Stream } from './output.js';
 import { isEntryPoint } from '../entry.js';
 import { unwindAll } from '../session.js';
@@ -52,38 +51,34 @@ const IMAGE_CODES: ReadonlySet<string> = new Set(['EIMAGE', 'EFORMAT', 'EKERNEL'
 /** The command running and its state, for an error thrown outside it (entryPoint's handlers). */
 let active: { command: Command | ''; state: RunState } = { command: '', state: {} };
 
-/** Runs the CLI on `argv` (without node and the script) and returns the exit status. */
+/**
+ * Runs the CLI on `argv` (without node and the script) and returns the exit status. What
+ * needs no engine (help, version, usage errors) is answered by light.ts, as the launchers'
+ * start answers it without this module; the rest runs here.
+ */
 export async function main(argv: readonly string[]): Promise<number> {
-  const [word, ...rest] = argv;
   const top: RunState = {};
   const json = jsonErrorStream('', argv);
   if (json !== undefined) top.json = json;
   active = { command: '', state: top };
-  if (word === undefined) {
-    return report('', new UsageError('', `a command is needed: ${COMMANDS.join(', ')}`), top);
+  const answer = light(argv);
+  if (typeof answer === 'number') return answer;
+  if ('error' in answer) {
+    const state: RunState = {};
+    const stream = jsonErrorStream(answer.command, answer.argv);
+    if (stream !== undefined) state.json = stream;
+    return report(answer.command, answer.error, state);
   }
-  if (word === '--help' || word === '-h') return run('help', rest);
-  if (word === '--version') return run('version', rest);
-  if (word.startsWith('-')) {
-    return report('', new UsageError('', `unknown option ${word} (options go after the command: ferry COMMAND [OPTIONS])`), top);
-  }
-  if (!(COMMANDS as readonly string[]).includes(word)) {
-    return report('', new UsageError('', `unknown command "${word}"; the commands are ${COMMANDS.join(', ')}`), top);
-  }
-  return run(word as Command, rest);
+  return run(answer.command, answer.argv);
 }
 
-/** Runs one command; every error becomes its one line and exit status. */
-async function run(command: Command, argv: readonly string[]): Promise<number> {
+/** Runs one command whose line parsed (light.ts); every error becomes its one line and exit status. */
+async function run(command: HeavyCommand, argv: readonly string[]): Promise<number> {
   const state: RunState = {};
   const json = jsonErrorStream(command, argv);
   if (json !== undefined) state.json = json;
   active = { command, state };
   try {
-    if (command !== 'help' && wantsHelp(command, argv)) {
-      printLine(1, helpPage(command));
-      return 0;
-    }
     const status = await dispatch(command, argv, state);
     return state.guard?.exitStatus ?? status ?? 0;
   } catch (err) {
@@ -95,7 +90,7 @@ async function run(command: Command, argv: readonly string[]): Promise<number> {
 }
 
 /** Runs the command; a status it returns (check's 1 for a host that cannot work) is the exit status. */
-async function dispatch(command: Command, argv: readonly string[], state: RunState): Promise<number | void> {
+async function dispatch(command: HeavyCommand, argv: readonly string[], state: RunState): Promise<number | void> {
   switch (command) {
     case 'checkpoint': {
       const o = parseCheckpointArgs(argv);
@@ -176,16 +171,6 @@ async function dispatch(command: Command, argv: readonly string[], state: RunSta
       const { runDemo } = await import('./demo.js');
       return runDemo(o, state.ctx, () => guard.received);
     }
-    case 'version': {
-      const o = parseVersionArgs(argv);
-      printLine(1, o.json ? JSON.stringify({ version: FERRY_VERSION }) : `ferry ${FERRY_VERSION}`);
-      return;
-    }
-    case 'help': {
-      const o = parseHelpArgs(argv);
-      printLine(1, helpPage(o.topic));
-      return;
-    }
   }
 }
 
@@ -197,9 +182,6 @@ interface Outcome {
   message: string;
   context: ErrorContext;
 }
-
-/** One line, whatever the message holds (a message is never meant to span lines). */
-const oneLine = (text: string): string => text.replace(/\s*\n\s*/g, ' ').trim();
 
 /** Where the details of a bug are, or how to get them: the end of an internal error's line. */
 function detailsHint(state: RunState): string {
@@ -244,15 +226,12 @@ export function outcome(err: unknown, state: Pick<RunState, 'ctx' | 'doing' | 'i
  * is one yet.
  */
 function report(command: Command | '', err: unknown, state: RunState): number {
-  const where = command === '' ? 'ferry' : `ferry ${command}`;
-  if (!(err instanceof UsageError)) {
-    try {
-      state.ctx?.logger.error({ err }, `${command} failed`);
-    } catch { /* the line below is what matters */ }
-  }
+  if (err instanceof UsageError) return reportUsage(command, err, state.json);
+  try {
+    state.ctx?.logger.error({ err }, `${command} failed`);
+  } catch { /* the line below is what matters */ }
   const o = outcome(err, state);
-  printLine(2, `${where}: ${o.message}`);
-  if (err instanceof UsageError) printLine(2, `Try 'ferry ${err.command === '' ? '' : `${err.command} `}--help'.`);
+  printLine(2, `${command === '' ? 'ferry' : `ferry ${command}`}: ${o.message}`);
   if (state.json !== undefined) printLine(state.json, JSON.stringify(errorObject(o.code, o.message, o.context)));
   return o.status;
 }

@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
-  chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync,
+  chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync,
   utimesSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -71,6 +71,31 @@ function builtinsOf(file: string, args: string[]): Set<string> {
   return new Set(readFileSync(out, 'utf8').split('\n').filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)));
 }
 
+/**
+ * Runs `file args` with a preloaded CommonJS probe that has V8's debugger report every script
+ * it compiles (node:inspector, in the process itself); returns their file paths. The bundles
+ * that start.cjs compiles through vm.Script are among them, which no module hook sees.
+ */
+function scriptsOf(file: string, args: string[]): { scripts: string[]; status: number | null } {
+  const out = join(dir, `scripts-${runs++}.txt`);
+  const script = join(dir, 'scripts-probe.cjs');
+  writeFileSync(script, `const session = new (require('node:inspector').Session)();
+session.connect();
+const urls = [];
+session.on('Debugger.scriptParsed', (m) => { if (m.params.url.startsWith('file:')) urls.push(m.params.url); });
+session.post('Debugger.enable');
+process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}, urls.join('\\n')));
+`);
+  const r = spawnSync(file, args, { encoding: 'utf8', input: '', timeout: 30_000, env: { ...process.env, NODE_OPTIONS: `--require=${script}` } });
+  assert.ok(existsSync(out), `the probe saw nothing of ${file} ${args.join(' ')}: ${r.stderr}`);
+  return { scripts: readFileSync(out, 'utf8').split('\n').filter((u) => u !== '').map((u) => fileURLToPath(u)), status: r.status };
+}
+
+/** Whether this node has the inspector (a build --without-inspector has not). */
+function hasInspector(): boolean {
+  return spawnSync(process.execPath, ['-e', 'require("node:inspector")']).status === 0;
+}
+
 /** The packages of node_modules among `files`, by path or, for a bundle chunk, by esbuild's comments. */
 function packagesOf(files: string[]): Set<string> {
   const found = new Set<string>();
@@ -117,6 +142,33 @@ describe('what a command loads', { timeout: 120_000 }, () => {
         assert.deepEqual(l.objects.filter((o) => o.includes('ferry_native')), [], `${what} loaded the native addon`);
       }
     }
+  });
+
+  // The engine's bundle, with its code cache, costs some 50 ms to read and deserialise even
+  // when a command uses nothing of it: start.cjs answers these lines from ferry-light.cjs.
+  it('bin/ferry answers them from the light bundle, without compiling the engine\'s bundle', (t) => {
+    if (!existsSync(join(BUNDLE, 'start.cjs'))) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
+    if (!hasInspector()) {
+      t.skip('this node has no inspector (built --without-inspector), which the probe needs');
+      return;
+    }
+    const engine = join(BUNDLE, 'ferry.cjs');
+    // (A usage error of a command that works goes to the engine's bundle: start.cjs sends it
+    // there at once, as it sends every line that names such a command without --help.)
+    for (const args of [...light.filter((a) => a[0] !== 'checkpoint' || a.includes('--help')), ['help', 'inspect'], ['inspect', '-h'], [], ['--frob']]) {
+      const r = scriptsOf(ferry, args);
+      const what = `bin/ferry ${args.join(' ')}`;
+      assert.ok(r.status === 0 || r.status === 2, `${what}: status ${r.status}`);
+      assert.ok(r.scripts.includes(join(BUNDLE, 'ferry-light.cjs')), `${what} did not run the light bundle: ${r.scripts.join(', ')}`);
+      assert.ok(!r.scripts.includes(engine), `${what} compiled the engine's bundle ${engine}`);
+    }
+    // A command that works: the light bundle hands it on, and the probe sees the engine's.
+    const heavy = scriptsOf(ferry, ['inspect', '--image', join(dir, 'missing.tar')]);
+    assert.equal(heavy.status, 1);
+    assert.ok(heavy.scripts.includes(engine), `bin/ferry inspect did not compile ${engine}: ${heavy.scripts.join(', ')}`);
   });
 
   it('sees what a command that logs loads (the probe works)', () => {
@@ -241,6 +293,10 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     }
     const root = copyPackage();
     const bundle = join(root, 'dist', 'bundle', 'ferry');
+    // Without the light bundle, which would answer --version and a usage error itself (put
+    // back while the caches are made: the build makes its cache too).
+    const light = join(bundle, 'ferry-light.cjs');
+    renameSync(light, `${light}.aside`);
     const run = (args: string[]): { status: number | null; stdout: string; stderr: string } =>
       spawnSync(process.execPath, [join(bundle, 'start.cjs'), ...args], { encoding: 'utf8', timeout: 30_000 });
     const check = (what: string): void => {
@@ -265,7 +321,9 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     rmSync(join(bundle, 'ferry.cjs.cache'));
     check('no cache');
     // Made again here: the functions compiled, with this bundle's header.
+    renameSync(`${light}.aside`, light);
     const made = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(bundle, 'start.cjs'))}).makeCodeCache()`], { encoding: 'utf8', timeout: 30_000 });
+    renameSync(light, `${light}.aside`);
     assert.equal(made.status, 0, made.stderr);
     assert.ok(readFileSync(join(bundle, 'ferry.cjs.cache')).subarray(0, 16).equals(header), 'the cache names the bundle it was made from');
     check('a cache made for this bundle');
@@ -277,6 +335,28 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     const none = run(['--version']);
     assert.equal(none.status, 1);
     assert.match(none.stderr, /^ferry: cannot load .*ferry\.cjs nor ferry\.js next to it .*: run 'npm run build'\n$/);
+  });
+
+  it('answers the light command lines as the engine\'s bundle does, and runs without the light bundle', (t) => {
+    if (!existsSync(join(BUNDLE, 'start.cjs'))) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
+    const root = copyPackage();
+    const bundle = join(root, 'dist', 'bundle', 'ferry');
+    const run = (args: string[]): { status: number | null; stdout: string; stderr: string } => {
+      const r = spawnSync(process.execPath, [join(bundle, 'start.cjs'), ...args], { encoding: 'utf8', timeout: 30_000, input: '' });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
+    const lines = [[], ['--version'], ['version', '--json'], ['help'], ['help', 'restore'], ['help', 'nonsense'], ['-h'], ['restore', '-h'],
+      ['checkpoint', '--pid', 'x', '--image', 'y', '--json'], ['inspect', '--frob'], ['--json'], ['nonsense']];
+    const light = lines.map(run);
+    assert.deepEqual(light[1], { status: 0, stdout: `ferry ${version}\n`, stderr: '' });
+    assert.equal(light[8]!.status, 2);
+    assert.match(light[8]!.stdout, /^\{"error":\{"code":"EUSAGE","message":"--pid needs a positive integer, got \\"x\\""\}\}\n$/);
+    // An older build has no light bundle: the engine's answers, the same.
+    rmSync(join(bundle, 'ferry-light.cjs'));
+    lines.forEach((args, i) => assert.deepEqual(run(args), light[i], `ferry ${args.join(' ')}`));
   });
 
   it('starts the other programs by name, each from its own cached bundle', (t) => {
@@ -313,7 +393,7 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     }
     // The build's migration warm-up changes V8's flags (src/gc.ts), which V8 checks a cache
     // against: without restoreDefaultFlags every cache was refused, silently.
-    for (const program of ['ferry', 'ferry-runtime', 'criu', 'ferry-hook']) {
+    for (const program of ['ferry', 'ferry-light', 'ferry-runtime', 'criu', 'ferry-hook']) {
       const env = { ...process.env };
       delete env['NODE_OPTIONS'];
       const r = spawnSync(process.execPath, ['-e', `process.stdout.write(String(require(${JSON.stringify(join(BUNDLE, 'start.cjs'))}).cacheAccepted(${JSON.stringify(program)})))`],
