@@ -137,6 +137,13 @@ async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figure
   const cp = recs.find((x) => x['imageBytes'] !== undefined)!;
   const image = cp['imageBytes']!;
   const phases = done['phases'] as unknown as Record<string, number> & { target?: Record<string, number> };
+  if (process.env['FERRY_BENCH_MIGRATE_RAW'] === '1') {
+    // One line per run, for comparing trees run by run: the rounds' times, the target's memory
+    // phase and, with --lazy, the fill.
+    const filled = json(out).find((x) => x['fillMs'] !== undefined);
+    console.log(`# run ${JSON.stringify({ run, downtimeMs: done['downtimeMs'], restoreMs: phases['restoreMs'], memoryMs: phases.target?.['memoryMs'],
+      roundsMs: recs.filter((x) => x['round'] !== undefined).map((x) => x['ms']), fillMs: filled?.['fillMs'], faults: filled?.['faults'], pages: filled?.['pages'] })}`);
+  }
   return {
     totalMs: done['totalMs']!, downtimeMs: done['downtimeMs']!, rounds: done['rounds']!,
     sentBytes: done['roundBytes']! + image - done['refBytes']!,

@@ -51,10 +51,11 @@ const STATUS = DONE + MAX_SLOTS;
 const CTL_WORDS = STATUS + MAX_SLOTS;
 /**
  * Requests (Float64Array): slot, bytes to hash, fd, file offset, bytes to read, buffered fd,
- * 1 for a `pageDigests` entry (chunkDigest), and the number of pieces the chunk is read from
- * (0: the one range the request names).
+ * 1 for a `pageDigests` entry (chunkDigest), the number of pieces the chunk is read from
+ * (0: the one range the request names), and 1 when the slot's row of known page digests
+ * holds some for this request (a page store's: ImagePiece.digests).
  */
-const REQ_WORDS = 8;
+const REQ_WORDS = 9;
 /**
  * Pieces (Float64Array, the slot's own rows): O_DIRECT fd or -1, buffered fd, file offset and
  * length of each piece of the chunk, read one after the other into the slot (ImagePiece).
@@ -69,6 +70,11 @@ export interface RingData {
     ctl: SharedArrayBuffer; req: SharedArrayBuffer; out: SharedArrayBuffer; slots: SharedArrayBuffer[];
     /** Each slot's rows of pieces (`perSlot` of them), for requests read in pieces. */
     pieces: SharedArrayBuffer; perSlot: number;
+    /**
+     * Each slot's row of known page digests: `pagesPerSlot` flags (1: known), then as many
+     * sha256 (KnownDigests).
+     */
+    known: SharedArrayBuffer; pagesPerSlot: number;
   };
 }
 
@@ -87,6 +93,9 @@ export class ChunkLoader {
   private readonly req: Float64Array;
   private readonly out: Uint8Array;
   private readonly pieceRows: Float64Array;
+  /** Each slot's row of known page digests (RingData's `known`). */
+  private readonly knownRows: Uint8Array;
+  private readonly pagesPerSlot: number;
   /** Most pieces one request may be read from (submit). */
   readonly maxPieces: number;
   private readonly workers: Worker[] = [];
@@ -119,6 +128,10 @@ export class ChunkLoader {
     const out = new SharedArrayBuffer(count * 32);
     const rows = new SharedArrayBuffer(Math.max(1, count * pieces * PIECE_WORDS) * 8);
     const slotBytes = Math.ceil(bytes / DIRECT_ALIGN) * DIRECT_ALIGN;
+    // Rows of known digests only for requests read in pieces (the only ones that carry any).
+    this.pagesPerSlot = pieces > 0 ? Math.ceil(slotBytes / DIGEST_PAGE) : 0;
+    const known = new SharedArrayBuffer(Math.max(1, count * this.pagesPerSlot * 33));
+    this.knownRows = new Uint8Array(known);
     this.slots = Array.from({ length: count }, () => directBuffer(slotBytes));
     this.ctl = new Int32Array(ctl);
     this.req = new Float64Array(req);
@@ -128,7 +141,7 @@ export class ChunkLoader {
     this.waitMs = waitMs;
     this.want = this.slots.map(() => 0);
     const slots = this.slots.map((s) => s.buffer as SharedArrayBuffer);
-    this.unstarted = { lanes, workerData: { ring: { ctl, req, out, slots, pieces: rows, perSlot: pieces } } };
+    this.unstarted = { lanes, workerData: { ring: { ctl, req, out, slots, pieces: rows, perSlot: pieces, known, pagesPerSlot: this.pagesPerSlot } } };
     if (!deferred) this.start();
   }
 
@@ -164,16 +177,22 @@ export class ChunkLoader {
    * to DIRECT_ALIGN; it falls back to `fd` if the file refuses it. `paged`: the entry's digests
    * are of page digests (chunkDigest). With `pieces` (which add up to `length`), the chunk is
    * read from those instead, each the same way; false, and nothing asked, when there are more
-   * than maxPieces.
+   * than maxPieces. A paged chunk's pieces that carry their pages' digests (a page store's)
+   * are not hashed again (knownDigests) when `usedKnown` is given: true in its [0] when some
+   * were taken (the caller checks, after the read, that their file is intact).
    */
-  submit(slot: number, fd: number, offset: number, length: number, direct: number, paged = false, pieces?: readonly ImagePiece[]): boolean {
+  submit(slot: number, fd: number, offset: number, length: number, direct: number, paged = false, pieces?: readonly ImagePiece[], usedKnown?: boolean[]): boolean {
     if (this.lost) throw new Error('the chunk reader stopped answering');
     if (pieces !== undefined && pieces.length > this.maxPieces) return false;
     if (pieces !== undefined && pieces.reduce((n, p) => n + p.len, 0) !== length) throw new RangeError('the pieces of a chunk add up to its length');
     const at = (this.seq % MAX_SLOTS) * REQ_WORDS;
     const aligned = direct >= 0 && offset % DIRECT_ALIGN === 0;
+    const row = slot * this.pagesPerSlot * 33;
+    const known = usedKnown !== undefined && paged && pieces !== undefined && length <= this.pagesPerSlot * DIGEST_PAGE
+      && knownDigests(pieces, this.knownRows.subarray(row, row + this.pagesPerSlot), this.knownRows.subarray(row + this.pagesPerSlot, row + this.pagesPerSlot * 33));
+    if (usedKnown !== undefined) usedKnown[0] = known;
     this.req.set([slot, length, aligned ? direct : fd, offset, aligned ? Math.ceil(length / DIRECT_ALIGN) * DIRECT_ALIGN : length, fd, paged ? 1 : 0,
-      pieces?.length ?? 0], at);
+      pieces?.length ?? 0, known ? 1 : 0], at);
     if (pieces !== undefined) {
       pieces.forEach((p, i) => this.pieceRows.set([p.direct ?? -1, p.fd, p.at, p.len], (slot * this.maxPieces + i) * PIECE_WORDS));
     }
@@ -278,6 +297,7 @@ export function serveRing({ ring }: RingData): void {
   const req = new Float64Array(ring.req);
   const out = new Uint8Array(ring.out);
   const rows = new Float64Array(ring.pieces);
+  const knownRows = new Uint8Array(ring.known);
   Atomics.add(ctl, READY, 1);
   for (;;) {
     const head = Atomics.load(ctl, HEAD);
@@ -298,6 +318,7 @@ export function serveRing({ ring }: RingData): void {
     const buffered = req[at + 5]!;
     const paged = req[at + 6] === 1;
     const pieces = req[at + 7]!;
+    const known = req[at + 8] === 1;
     const buf = new Uint8Array(ring.slots[slot]!);
     let status = 0;
     try {
@@ -312,7 +333,11 @@ export function serveRing({ ring }: RingData): void {
         got += len;
       }
       if (got < length) status = -1;
-      else out.set(chunkDigest(buf.subarray(0, length), paged), slot * 32);
+      else if (known) {
+        const row = slot * ring.pagesPerSlot * 33;
+        out.set(chunkDigestKnown(buf.subarray(0, length), knownRows.subarray(row, row + ring.pagesPerSlot),
+          knownRows.subarray(row + ring.pagesPerSlot, row + ring.pagesPerSlot * 33)), slot * 32);
+      } else out.set(chunkDigest(buf.subarray(0, length), paged), slot * 32);
     } catch (err) {
       status = Math.abs((err as NodeJS.ErrnoException).errno ?? 5 /* EIO */);
     }
@@ -359,6 +384,48 @@ export function chunkDigest(data: Uint8Array, paged: boolean): Buffer {
   return createHash('sha256').update(paged ? pageDigests(data) : data).digest();
 }
 
+/**
+ * Fills `flags` (one a page of a chunk: 1 where known, else 0) and `digests` (32 bytes a page)
+ * from the digests the chunk's `pieces` carry (ImagePiece.digests); true if any is known. A
+ * piece's digests are taken only when it starts on a page of the chunk and holds whole pages
+ * (a page store's runs do), and their length matches: else its pages are hashed.
+ */
+export function knownDigests(pieces: readonly ImagePiece[], flags: Uint8Array, digests: Uint8Array): boolean {
+  flags.fill(0);
+  let any = false;
+  for (let off = 0, i = 0; i < pieces.length; off += pieces[i]!.len, i++) {
+    const p = pieces[i]!;
+    const n = p.len / DIGEST_PAGE;
+    if (p.digests === undefined || off % DIGEST_PAGE !== 0 || !Number.isInteger(n) || p.digests.length !== n * 32
+      || off / DIGEST_PAGE + n > flags.length) continue;
+    flags.fill(1, off / DIGEST_PAGE, off / DIGEST_PAGE + n);
+    digests.set(p.digests, (off / DIGEST_PAGE) * 32);
+    any = true;
+  }
+  return any;
+}
+
+/**
+ * chunkDigest of a `pageDigests` chunk some of whose pages' digests are known (`flags`,
+ * `digests`: knownDigests): only the others are hashed.
+ */
+export function chunkDigestKnown(data: Uint8Array, flags: Uint8Array, digests: Uint8Array): Buffer {
+  const n = Math.ceil(data.length / DIGEST_PAGE);
+  const all = Buffer.allocUnsafe(n * 32);
+  for (let p = 0; p < n;) {
+    if (flags[p] === 1) {
+      all.set(digests.subarray(p * 32, p * 32 + 32), p * 32);
+      p++;
+      continue;
+    }
+    let q = p + 1;
+    while (q < n && flags[q] !== 1) q++;
+    pageDigests(data.subarray(p * DIGEST_PAGE, Math.min(data.length, q * DIGEST_PAGE)), all, p * 32);
+    p = q;
+  }
+  return createHash('sha256').update(all).digest();
+}
+
 /** pread(2) of an image: `len` bytes at `pos` of the image `fd` into `buf` at `off`; the bytes read. */
 export type ImageRead = (fd: number, buf: Buffer, off: number, len: number, pos: number) => number;
 
@@ -371,6 +438,13 @@ export interface ImagePiece {
   at: number;
   len: number;
   direct?: number;
+  /**
+   * The sha256 of each page of the piece (32 bytes a page), when its owner took them from the
+   * bytes it stored there (a migration's page store, as each page arrived): a `pageDigests`
+   * chunk's check takes them instead of hashing those pages again, as long as the location's
+   * `intact` says, after the read, that the file is as it was then.
+   */
+  digests?: Uint8Array;
 }
 
 /** Where a chunked entry is and what its chunks must hash to. */
@@ -397,6 +471,12 @@ export interface ChunkedLocation {
   read?: ImageRead | undefined;
   /** Where `len` bytes at `pos` of the image file are (with `read`: the pieces it reads). */
   pieces?: ((pos: number, len: number) => ImagePiece[]) | undefined;
+  /**
+   * Whether the files whose pieces carry digests are unchanged since those digests were taken
+   * (ImageOverlay.intact); asked after each chunk that used them is read, and when false that
+   * chunk is hashed whole. Without it, no piece's digests are used.
+   */
+  intact?: (() => boolean) | undefined;
 }
 
 /**
@@ -418,6 +498,8 @@ export class ChunkSource {
   private bufs: Buffer[];
   private readonly chunkSize: number;
   private readonly count: number;
+  /** Per slot: its last request took some pages' digests from its pieces (ImagePiece.digests). */
+  private readonly usedKnown: boolean[] = [];
 
   constructor(private readonly at: ChunkedLocation, private loader: ChunkLoader | undefined,
     private readonly label: string, private readonly name: string, private readonly where: ErrorContext) {
@@ -492,7 +574,7 @@ export class ChunkSource {
       if (!busy.has(s)) this.ask(k++, s);
     }
     if (here instanceof Error) throw here;
-    this.check(c, here ?? this.taken(slot));
+    this.check(c, here ?? this.stillIntact(slot, c, this.taken(slot)));
     this.cur = c;
     this.curSlot = slot;
   }
@@ -502,7 +584,10 @@ export class ChunkSource {
     const pos = this.at.offset + c * this.chunkSize;
     const len = this.length(c);
     const pieces = this.at.pieces?.(pos, len);
-    if (this.loader!.submit(slot, this.at.fd, pos, len, this.at.directFd ?? -1, this.at.paged === true, pieces)) {
+    const used = [false];
+    if (this.loader!.submit(slot, this.at.fd, pos, len, this.at.directFd ?? -1, this.at.paged === true, pieces,
+      this.at.intact !== undefined ? used : undefined)) {
+      this.usedKnown[slot] = used[0]!;
       this.ahead.push([c, slot]);
       return;
     }
@@ -517,11 +602,34 @@ export class ChunkSource {
     this.ahead.push([c, slot, here]);
   }
 
-  /** Reads chunk `c` into `buf` on this thread; its digest (not checked yet). */
+  /**
+   * Reads chunk `c` into `buf` on this thread; its digest (not checked yet), taking the digests
+   * of its pages that its pieces carry while the files they lie in are intact (after the read).
+   */
   private readHere(buf: Buffer, c: number): string {
     const len = this.length(c);
-    if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize, this.at.read) < len) throw this.truncated();
-    return chunkDigest(buf.subarray(0, len), this.at.paged === true).toString('hex');
+    const pos = this.at.offset + c * this.chunkSize;
+    if (readFully(this.at.fd, buf, len, pos, this.at.read) < len) throw this.truncated();
+    const data = buf.subarray(0, len);
+    if (this.at.paged === true && this.at.pieces !== undefined && this.at.intact !== undefined) {
+      const n = Math.ceil(len / DIGEST_PAGE);
+      const flags = new Uint8Array(n);
+      const digests = new Uint8Array(n * 32);
+      if (knownDigests(this.at.pieces(pos, len), flags, digests) && this.at.intact()) {
+        return chunkDigestKnown(data, flags, digests).toString('hex');
+      }
+    }
+    return chunkDigest(data, this.at.paged === true).toString('hex');
+  }
+
+  /**
+   * `sum`, the digest a lane made of chunk `c` in `slot`; if it took pages' digests from the
+   * pieces (a page store's) and their file changed since they were taken, the chunk's digest
+   * from its bytes instead (asked after the read: a write before it moved the file's ctime).
+   */
+  private stillIntact(slot: number, c: number, sum: string): string {
+    if (this.usedKnown[slot] !== true || this.at.intact?.() === true) return sum;
+    return chunkDigest(this.bufs[slot]!.subarray(0, this.length(c)), true).toString('hex');
   }
 
   /** The digest of the chunk in `slot`, once read; a read that failed is the image's error. */

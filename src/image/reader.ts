@@ -47,7 +47,7 @@ export interface Image {
    * Where an entry's bytes lie in the image file. Reading them there reads them unverified
    * when the image was opened with `lazyChunks`: page data is read through pages().
    */
-  locate(name: string): { fd: number; offset: number; size: number; read?: ImageRead };
+  locate(name: string): Pick<ChunkedLocation, 'fd' | 'offset' | 'size' | 'read' | 'pieces' | 'intact'>;
   /**
    * Verified random access to an entry, chunk by chunk: a chunked entry's chunks are checked
    * against their digests as they are read (read ahead and hashed by the loader's threads,
@@ -233,9 +233,15 @@ export interface ImageOverlay {
   /**
    * Where `len` bytes at `pos` of the image file `fd` are, in order (what `read` reads): at most
    * 2 * ceil(len / 4096) + 3 pieces. With it the loader's lanes read and hash those bytes as
-   * they do an image's own; without it they are read on the JS thread.
+   * they do an image's own; without it they are read on the JS thread. `digests` false: only
+   * where they are, without the pages' digests (ImagePiece.digests) the overlay may hold.
    */
-  pieces?(fd: number, pos: number, len: number): ImagePiece[];
+  pieces?(fd: number, pos: number, len: number, digests?: boolean): ImagePiece[];
+  /**
+   * Whether the files its pieces' digests (ImagePiece.digests) were taken from are unchanged
+   * since: asked after a chunk that used them was read (ChunkedLocation.intact).
+   */
+  intact?(): boolean;
   /** The image owns it from now on: its close() closes the overlay. */
   adopt(): void;
   close(): void;
@@ -441,7 +447,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
    */
   const piecesOf = (l: Located, pieces: NonNullable<ImageOverlay['pieces']>): ChunkedLocation['pieces'] => {
     const byFile = new Map<number, { ranges: Array<[number, number]>; bytes: number }>();
-    for (const p of pieces(fd, l.offset, l.size)) {
+    for (const p of pieces(fd, l.offset, l.size, false)) { // where, for directFor: no digests of a whole entry
       let f = byFile.get(p.fd);
       if (f === undefined) byFile.set(p.fd, (f = { ranges: [], bytes: 0 }));
       f.ranges.push([p.at, p.len]);
@@ -462,11 +468,15 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
     // Ranges an overlay reads (a migration's page store) are read by the lanes when it says
     // where they are (pieces), else on the JS thread: no loader.
     const ahead = withLoader && loader !== undefined && e !== undefined && (overlay === undefined || overlay.pieces !== undefined);
-    const pieces = ahead && overlay?.pieces !== undefined ? piecesOf(l, overlay.pieces.bind(overlay)) : undefined;
+    // Read on the JS thread, the pieces still say which pages' digests the overlay holds.
+    const over = overlay?.pieces?.bind(overlay);
+    const pieces = over === undefined ? undefined
+      : ahead ? piecesOf(l, over)
+        : e?.pageDigests === true ? (pos: number, len: number) => over(fd, pos, len) : undefined;
     return new ChunkSource({
       fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks,
       directFd: ahead && pieces === undefined ? directFor(fd, [[l.offset, l.size]], l.size) : -1,
-      paged: e?.pageDigests === true, read: overlay?.read, pieces,
+      paged: e?.pageDigests === true, read: overlay?.read, pieces, intact: overlay?.intact?.bind(overlay),
     }, ahead ? loader : undefined, label, nameOf(name), where);
   };
   const get = (name: string): Located => {
@@ -513,7 +523,11 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
     },
     locate(name) {
       const l = get(name);
-      return { fd, offset: l.offset, size: l.size, ...(overlay !== undefined ? { read: overlay.read } : {}) };
+      return {
+        fd, offset: l.offset, size: l.size, ...(overlay !== undefined ? { read: overlay.read } : {}),
+        ...(overlay?.pieces !== undefined ? { pieces: (pos: number, len: number) => overlay.pieces!(fd, pos, len) } : {}),
+        ...(overlay?.intact !== undefined ? { intact: overlay.intact.bind(overlay) } : {}),
+      };
     },
     pages(name) {
       return source(name, true);

@@ -3,11 +3,11 @@
  * frames (frames.ts) read into the spooled image; and the sender's copy of what it sent
  * (FrameLog), made into the image the same way when it is needed.
  */
-import { closeSync, constants, fsyncSync, openSync, readSync, renameSync, rmSync, statfsSync, write, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, renameSync, rmSync, statfsSync, write, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
-import type { ImagePiece } from '../image/chunks.js';
+import { pageDigests, type ImagePiece } from '../image/chunks.js';
 import type { ImageOverlay } from '../image/reader.js';
 import { native } from '../native/binding.js';
 import { MAX_DATA_BYTES } from './channel.js';
@@ -35,6 +35,9 @@ const INDEX_BLOCK = 64;
  * (one page per block at worst, 2 GiB of pages spread over 32 GiB of memory).
  */
 const MAX_INDEX_BLOCKS = 1 << 19;
+
+/** Slots of one block of the store's page digests: 1 MiB of digests, 128 MiB of pages. */
+const DIGEST_BLOCK = 1 << 15;
 
 /**
  * Where the store holds each page of one process: its slot by page number, in blocks of
@@ -104,13 +107,30 @@ export class PreCopyReceiver {
   private readonly runs: Array<{ at: number; slot: number; count: number }> = [];
   /** An image took the store over (overlay()): it closes the descriptor. */
   private adopted = false;
+  /**
+   * The sha256 of each slot's page (32 bytes a slot, in blocks of DIGEST_BLOCK slots), taken
+   * from the bytes written into it as they arrived (never the sender's word), and replaced
+   * with them: a `pageDigests` chunk's check at restore takes them instead of hashing those
+   * pages again (ImagePiece.digests), while the store is `intact`. Undefined: not kept
+   * (rebuildImage, whose image is verified whole later).
+   */
+  private readonly digests: Buffer[] | undefined;
+  /**
+   * The store's ctime (ns) after this store's own last change to it (a write of a round, the
+   * unlink in close()); undefined once it was seen changed by anything else: its digests
+   * are then no longer used, the pages are hashed at restore as they are read.
+   */
+  private ctime: bigint | undefined;
   /** Pages received in rounds, and bytes of the image REFs filled in. */
   pages = 0;
   refBytes = 0;
 
-  constructor(dir: string, private readonly peer: string) {
+  /** `keepDigests`: take each page's digest as it arrives (for restore's checks; not for a rebuild). */
+  constructor(dir: string, private readonly peer: string, keepDigests = true) {
     this.path = join(dir, STORE_FILE);
     this.fd = openSync(this.path, 'wx+', 0o600);
+    this.digests = keepDigests ? [] : undefined;
+    this.ctime = this.ctimeNow();
     let free = MAX_STORE_BYTES;
     try {
       const st = statfsSync(dir);
@@ -123,7 +143,8 @@ export class PreCopyReceiver {
    * Removes the store, and closes it unless an image took it over (overlay): idempotent.
    */
   close(): void {
-    rmSync(this.path, { force: true });
+    // The unlink changes the store's ctime: its own change, which `intact` must not take for another's.
+    this.own(() => rmSync(this.path, { force: true }));
     if (this.fd < 0 || this.adopted) return;
     closeSync(this.fd);
     this.fd = -1;
@@ -138,7 +159,8 @@ export class PreCopyReceiver {
   overlay(): ImageOverlay {
     return {
       read: (fd, buf, off, len, pos) => this.readImage(fd, buf, off, len, pos),
-      pieces: (fd, pos, len) => this.pieces(fd, pos, len),
+      pieces: (fd, pos, len, digests) => this.pieces(fd, pos, len, digests),
+      intact: () => this.intact(),
       adopt: () => { this.adopted = true; },
       close: () => {
         if (this.fd < 0) return;
@@ -151,9 +173,10 @@ export class PreCopyReceiver {
   /**
    * Where `len` bytes at `pos` of the spooled image `fd` are: in the spool, or (a REF's run)
    * in the store, in order. A run is whole pages (at least one), so `len` bytes lie in at
-   * most 2 * ceil(len / PAGE_SIZE) + 3 pieces (ImageOverlay.pieces).
+   * most 2 * ceil(len / PAGE_SIZE) + 3 pieces (ImageOverlay.pieces). The store's carry their
+   * pages' digests while it is intact, unless `withDigests` is false.
    */
-  private pieces(fd: number, pos: number, len: number): ImagePiece[] {
+  private pieces(fd: number, pos: number, len: number, withDigests = true): ImagePiece[] {
     const out: ImagePiece[] = [];
     // The last run at or before `pos` (binary search: runs are in image order).
     let lo = 0, hi = this.runs.length;
@@ -169,7 +192,9 @@ export class PreCopyReceiver {
       let n: number;
       if (r !== undefined && at < r.at + r.count * PAGE_SIZE) {
         n = Math.min(end - at, r.at + r.count * PAGE_SIZE - at);
-        out.push({ fd: this.fd, at: r.slot * PAGE_SIZE + (at - r.at), len: n });
+        const slot = r.slot + (at - r.at) / PAGE_SIZE;
+        const digests = withDigests && Number.isInteger(slot) && n % PAGE_SIZE === 0 ? this.digestsOf(slot, n / PAGE_SIZE) : undefined;
+        out.push({ fd: this.fd, at: r.slot * PAGE_SIZE + (at - r.at), len: n, ...(digests !== undefined ? { digests } : {}) });
       } else {
         const next = this.runs[i + 1];
         n = Math.min(end - at, next !== undefined ? next.at - at : Infinity);
@@ -179,6 +204,75 @@ export class PreCopyReceiver {
       if (this.runs[i + 1]?.at === at) i++;
     }
     return out;
+  }
+
+  /**
+   * The digests of `count` slots from `slot` (a view when they lie in one block), or
+   * undefined when they are not kept or the store is no longer intact.
+   */
+  private digestsOf(slot: number, count: number): Uint8Array | undefined {
+    if (this.digests === undefined || this.ctime === undefined) return undefined;
+    const b = Math.floor(slot / DIGEST_BLOCK);
+    const at = (slot - b * DIGEST_BLOCK) * 32;
+    if (at + count * 32 <= DIGEST_BLOCK * 32) return this.digests[b]?.subarray(at, at + count * 32);
+    // Across blocks: one copy from each.
+    const out = Buffer.allocUnsafe(count * 32);
+    for (let k = 0; k < count;) {
+      const s = slot + k;
+      const n = Math.min(count - k, DIGEST_BLOCK - (s % DIGEST_BLOCK));
+      this.digests[Math.floor(s / DIGEST_BLOCK)]!.copy(out, k * 32, (s % DIGEST_BLOCK) * 32, (s % DIGEST_BLOCK + n) * 32);
+      k += n;
+    }
+    return out;
+  }
+
+  /**
+   * Takes the digests of the pages of `data` written into the slots from `slot` on (each
+   * block made as the slots reach it: the store's own bound, maxSlots, bounds them too).
+   */
+  private keepDigests(data: Buffer, slot: number): void {
+    const d = this.digests;
+    if (d === undefined || this.ctime === undefined) return; // not kept, or never to be used
+    for (let p = 0, n = data.length / PAGE_SIZE; p < n;) {
+      const s = slot + p;
+      const b = Math.floor(s / DIGEST_BLOCK);
+      while (d.length <= b) d.push(Buffer.allocUnsafe(DIGEST_BLOCK * 32));
+      const k = Math.min(n - p, (b + 1) * DIGEST_BLOCK - s);
+      pageDigests(data.subarray(p * PAGE_SIZE, (p + k) * PAGE_SIZE), d[b], (s - b * DIGEST_BLOCK) * 32);
+      p += k;
+    }
+  }
+
+  private ctimeNow(): bigint | undefined {
+    try {
+      return fstatSync(this.fd, { bigint: true }).ctimeNs;
+    } catch {
+      return undefined; // not known: its digests are not used
+    }
+  }
+
+  /**
+   * Whether the store is as this store's own last change left it: its ctime unchanged. Every
+   * write to the file, through any descriptor or mapping, moves it (and this kernel's
+   * multigrain timestamps make a change after a stat(2) always show), so a page altered by
+   * anything but ferry after its round fails this, asked after the page was read, and its
+   * chunk is then hashed whole at restore. Once false, false for good.
+   */
+  intact(): boolean {
+    if (this.ctime === undefined || this.fd < 0) return false;
+    if (this.ctimeNow() === this.ctime) return true;
+    this.ctime = undefined;
+    return false;
+  }
+
+  /**
+   * Runs `change`, the store's own change to its file, and takes the ctime it left, if the
+   * store was intact before it (a change by another since then must not be taken for ours).
+   */
+  private own(change: () => void): void {
+    const was = this.fd >= 0 && this.intact();
+    change();
+    if (was) this.ctime = this.ctimeNow();
   }
 
   private readImage(fd: number, buf: Buffer, off: number, len: number, pos: number): number {
@@ -245,13 +339,18 @@ export class PreCopyReceiver {
         }
         slots.push(slot);
       }
-      // Pages whose slots follow each other (new pages always do) are one write.
-      for (let p = 0; p < count;) {
-        let k = 1;
-        while (p + k < count && slots[p + k] === slots[p]! + k) k++;
-        writeAll(this.fd, frame.subarray(HEAD + p * PAGE_SIZE, HEAD + (p + k) * PAGE_SIZE), slots[p]! * PAGE_SIZE);
-        p += k;
-      }
+      // Pages whose slots follow each other (new pages always do) are one write; each slot's
+      // digest is taken from the very bytes written there, replacing the one before.
+      this.own(() => {
+        for (let p = 0; p < count;) {
+          let k = 1;
+          while (p + k < count && slots[p + k] === slots[p]! + k) k++;
+          const data = frame.subarray(HEAD + p * PAGE_SIZE, HEAD + (p + k) * PAGE_SIZE);
+          writeAll(this.fd, data, slots[p]! * PAGE_SIZE);
+          this.keepDigests(data, slots[p]!);
+          p += k;
+        }
+      });
       this.pages += count;
       return 0;
     }
@@ -460,7 +559,7 @@ export function rebuildImage(log: string, dir: string, out: string): void {
   const partial = `${out}.partial`;
   rmSync(partial, { force: true });
   rmSync(join(dir, STORE_FILE), { force: true });
-  const store = new PreCopyReceiver(dir, `the copy ${log}`);
+  const store = new PreCopyReceiver(dir, `the copy ${log}`, false);
   let ifd = -1, ofd = -1;
   let done = false;
   try {

@@ -273,7 +273,9 @@ export class LazyPages {
       const chunkSize = entry !== undefined && isChunked(entry) ? entry.chunkSize : 4 << 20;
       const source = new ChunkSource({ fd: at.fd, offset: at.offset, size: at.size, chunkSize,
         digests: entry !== undefined && isChunked(entry) ? entry.chunks : undefined,
-        paged: entry !== undefined && isChunked(entry) && entry.pageDigests === true, read: at.read }, undefined, this.o.label, name, { pid });
+        paged: entry !== undefined && isChunked(entry) && entry.pageDigests === true, read: at.read,
+        // A migration's page store holds the digests of its pages: a fault's chunk hashes only the others.
+        pieces: at.pieces, intact: at.intact }, undefined, this.o.label, name, { pid });
       const p = new LazyProcess(pid, hostPid(pid), fd, areas, source, chunkSize);
       for (const v of areas) {
         try {

@@ -97,8 +97,11 @@ describe('fault cell: ferry receive hit while a container\'s lazy pages are miss
 
   it('SIGKILL before the background fill: the container there is killed and deleted, the target holds nothing', async () => {
     const log = join(dir, 'f1.log');
-    await runDirtier(nodes.source, 'ferry-f1', dirtierBundle(nodes.source, 'ferry-f1', rootfs, 32, 10), log);
-    const tb = dirtierBundle(nodes.target, 'ferry-f2', rootfs, 32, 10);
+    // 256 MiB written at 1 MiB/s, at random: its faults alone bring every chunk in only after
+    // seconds (at 32 MiB and 10 MiB/s they did within the checks below once a fault no longer
+    // hashed the pages the page store holds), so pages are still missing when it is killed.
+    await runDirtier(nodes.source, 'ferry-f1', dirtierBundle(nodes.source, 'ferry-f1', rootfs, 256, 1), log);
+    const tb = dirtierBundle(nodes.target, 'ferry-f2', rootfs, 256, 1);
     const recv = startFerry(['receive', '--listen', `${nodes.target.addr}:0`, '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config],
       'lazy', nodes.target);
     await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.child.exitCode !== null);

@@ -81,8 +81,8 @@ export function migrationDir(prefix: string): { workDir: string; config: string;
 }
 
 /** A --once receiver on 127.0.0.1 (a port the kernel picks) that takes root's images, and its port. */
-export async function startReceiver(key: string, config: string): Promise<{ r: Running; port: number }> {
-  const r = startFerry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config]);
+export async function startReceiver(key: string, config: string, pause?: string): Promise<{ r: Running; port: number }> {
+  const r = startFerry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], pause);
   await waitFor('the receiver to listen', () => records(r).some((x) => x['phase'] === 'listen') || r.child.exitCode !== null);
   const listen = records(r).find((x) => x['phase'] === 'listen');
   assert.ok(listen, `the receiver did not start: ${r.stderr()}`);

@@ -346,7 +346,13 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
     await src.close();
     assert.equal(e.pageDigests, true);
     const runs: Array<[number, number]> = [[3, 5], [256, 700], [1020, 8], [1500, 600], [2200, 1]]; // [page of the entry, pages]
-    const spoolOf = (changed: boolean): { spool: string; fd: number; overlay: ImageOverlay } => {
+    // 'changed': a later round wrote page 1600 anew (its digest replaced with the page's);
+    // 'tampered': something else wrote into page 1600 in the store after the rounds (its
+    // digest, taken as it arrived, no longer says what is there: the store is no longer
+    // intact and the pages are hashed as they are read).
+    type Case = 'same' | 'changed' | 'tampered';
+    const spoolOf = (how: Case): { spool: string; fd: number; overlay: ImageOverlay; early: Map<number, Uint8Array> } => {
+      const changed = how === 'changed';
       const d = mkdtempSync(join(dir, 'overlay-'));
       const store = new PreCopyReceiver(d, 'the sender 10.0.0.1:5000');
       const spool = join(d, 'image.tar');
@@ -381,15 +387,36 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
       const overlay = store.overlay();
       overlay.adopt();
       store.close();
-      return { spool, fd, overlay };
+      assert.equal(overlay.intact!(), true, 'intact after its own writes and its unlink');
+      const [p1600] = overlay.pieces!(fd, offset + 1600 * 4096, 4096);
+      assert.ok(p1600 !== undefined && p1600.fd !== fd && p1600.digests !== undefined, 'page 1600 is in the store, with its digest');
+      assert.ok(Buffer.from(p1600.digests).equals(createHash('sha256').update(changed ? Buffer.alloc(4096, 0x5a) : data.subarray(offset + 1600 * 4096, offset + 1601 * 4096)).digest()));
+      // Each store page's digest as the store gave it before anything else wrote there.
+      const early = new Map<number, Uint8Array>();
+      for (let p = 0; p < size / 4096; p++) {
+        const [q] = overlay.pieces!(fd, offset + p * 4096, 4096);
+        if (q?.digests !== undefined) early.set(q.at, Buffer.from(q.digests));
+      }
+      if (how === 'tampered') {
+        const w = openSync(`/proc/self/fd/${p1600.fd}`, 'r+');
+        try {
+          writeSync(w, Buffer.alloc(8, 0x5a), 0, 8, p1600.at + 100);
+        } finally {
+          closeSync(w);
+        }
+        assert.equal(overlay.intact!(), false);
+        assert.equal(overlay.pieces!(fd, offset + 1600 * 4096, 4096)[0]!.digests, undefined, 'no digests once it is not intact');
+      }
+      return { spool, fd, overlay, early };
     };
     const body = expected(size);
     assert.equal(e.chunkSize, PAGED_CHUNK_BYTES);
     const PC = PAGED_CHUNK_BYTES; // the changed page, 1600, is in chunk 6
     const said = /is corrupt: entry (pages|tasks\/42\/pages.bin) chunk 6 has sha256 [0-9a-f]{12}… but the manifest says [0-9a-f]{12}…$/;
     // Through openImage: the loader's lanes read the store's pieces (once they run).
-    for (const changed of [false, true]) {
-      const { spool, fd, overlay } = spoolOf(changed);
+    for (const how of ['same', 'changed', 'tampered'] as const) {
+      const changed = how !== 'same';
+      const { spool, fd, overlay } = spoolOf(how);
       closeSync(fd);
       const img = await openImage(spool, { workDir: dir, lazyChunks: true, overlay });
       try {
@@ -426,10 +453,18 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
         assert.ok(i < 500, 'the lanes start');
         await new Promise((r) => setTimeout(r, 10));
       }
-      for (const changed of [false, true]) {
-        const { fd, overlay } = spoolOf(changed);
-        const pieces = (pos: number, len: number): ImagePiece[] => overlay.pieces!(fd, pos, len).map((p) => ({ ...p, direct: twin(p.fd) }));
-        const at = { fd, offset, size, chunkSize: e.chunkSize, digests: e.chunks, paged: true, read: overlay.read, pieces };
+      for (const how of ['same', 'changed', 'tampered'] as const) {
+        const changed = how !== 'same';
+        const { fd, overlay, early } = spoolOf(how);
+        // The digests handed out before the store was written to (as for a chunk asked for
+        // just before: the check after its read must see the store changed and hash it whole).
+        const withEarly = (p: ImagePiece): ImagePiece => {
+          if (p.fd === fd || p.len % 4096 !== 0) return p;
+          const d = Array.from({ length: p.len / 4096 }, (_, k) => early.get(p.at + k * 4096));
+          return d.every((x) => x !== undefined) ? { ...p, digests: Buffer.concat(d) } : p;
+        };
+        const pieces = (pos: number, len: number): ImagePiece[] => overlay.pieces!(fd, pos, len).map((p) => ({ ...withEarly(p), direct: twin(p.fd) }));
+        const at = { fd, offset, size, chunkSize: e.chunkSize, digests: e.chunks, paged: true, read: overlay.read, pieces, intact: overlay.intact!.bind(overlay) };
         const pages = new ChunkSource(at, loader, 'x.tar', 'pages', {});
         try {
           assert.ok(pages.view(0, PC).equals(body.subarray(0, PC)));
