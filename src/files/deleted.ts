@@ -436,6 +436,27 @@ function createNamed(dir: Parent): number | undefined {
     made();
   } catch (err) {
     if (fd >= 0) n.closeFd(fd);
+    // A file system whose rename(2) takes no flags (NFS, some FUSE: EINVAL, the temporary
+    // name removed again): the name itself, exclusively, unjournalled.
+    if (made === undefined && errnoCode(err) === 'EINVAL') return createAtName(dir);
+    throw err;
+  }
+  return fd;
+}
+
+/** The name created exclusively at once (O_CREAT|O_EXCL) and unlinked; undefined when taken. */
+function createAtName(dir: Parent): number | undefined {
+  let fd: number;
+  try {
+    fd = dir.open(O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  } catch (err) {
+    if (errnoCode(err) === 'EEXIST') return undefined;
+    throw err;
+  }
+  try {
+    dir.unlink();
+  } catch (err) {
+    native().closeFd(fd);
     throw err;
   }
   return fd;

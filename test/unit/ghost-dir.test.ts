@@ -3,14 +3,18 @@
  * a directory that is not there (restore makes it for the moment of the create) and refuses a
  * path whose directory is no directory, or whose name is a dangling symlink; ghostInHeldRemovedDir finds a deleted file in or
  * below a removed directory the tree also holds, which checkpoint and restore refuse. Nothing is made or opened by a check.
+ * And a deleted file made again at its name: journalled, or where rename(2) takes no flags, as before.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deleted, ghostInHeldDirMessage, ghostInHeldRemovedDir, type DeletedRecord } from '../../src/files/deleted.js';
 import type { FileRecord, TaskRecord } from '../../src/image/records.js';
+import { TRANSIENT_DIR } from '../../src/files/transient.js';
+import { DEFAULT_FILE_OPTIONS, type OpenContext } from '../../src/files/types.js';
+import { native } from '../../src/native/binding.js';
 
 const ghost = (path: string, id = 3): DeletedRecord =>
   ({ id, kind: 'ghost', path, flags: 2, pos: '0', mode: 0o640, uid: 0, gid: 0, ghost: '1:2', size: 0, extents: [], data: '' }) as unknown as DeletedRecord;
@@ -78,5 +82,58 @@ describe('ghostInHeldRemovedDir', () => {
     // The process mapping it, when the records say (VmaRecord.ghost, the file's identity).
     const byMap = ghostInHeldRemovedDir([task({ cwd: '/x/logs', cwdDeleted: removed, fds: [], vmas: [{ ghost: '1:2' }] as unknown as TaskRecord['vmas'] })], [ghost('/x/logs/lib.so')]);
     assert.match(ghostInHeldDirMessage(byMap!), /^a mapping of pid 10 holds the deleted file "\/x\/logs\/lib\.so"/);
+  });
+});
+
+describe('a deleted file made again at its name', { skip: process.geteuid?.() !== 0 ? 'needs root (the journal of names made for a moment is root\'s)' : false }, () => {
+  /** What deleted.open needs of a restore for a file with no contents. */
+  const ctx = (): OpenContext => ({
+    options: DEFAULT_FILE_OPTIONS, opened: () => undefined, record: () => undefined, records: () => [], inherited: () => false,
+    blob: () => Buffer.alloc(0), scratch: () => new Map(), hold: () => {}, release: () => {},
+  });
+  const made = (dir: string, rec: DeletedRecord): string => {
+    const opened = deleted.open(rec, ctx());
+    assert.equal(typeof opened, 'number');
+    const fd = opened as number;
+    try {
+      assert.equal(fstatSync(fd).nlink, 0);
+      return readlinkSync(`/proc/self/fd/${fd}`);
+    } finally {
+      closeSync(fd);
+    }
+  };
+
+  it('reads "path (deleted)", and nothing is left beside it nor in the journal', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-ghostname-'));
+    try {
+      assert.equal(made(dir, ghost(join(dir, 'app.log'), 31)), `${join(dir, 'app.log')} (deleted)`);
+      assert.deepEqual(readdirSync(dir), []);
+      assert.deepEqual(readdirSync(TRANSIENT_DIR).filter((f) => f.startsWith(`${process.pid}-`)), []);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('on a file system whose rename takes no flags (EINVAL), is made at its name directly, as before', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-ghostname-'));
+    const n = native();
+    const renameat2 = n.renameat2;
+    let refused = 0;
+    try {
+      n.renameat2 = (...args: Parameters<typeof renameat2>): void => {
+        if (args[4] !== 0) {
+          refused++;
+          throw Object.assign(new Error('renameat2: Invalid argument'), { code: 'EINVAL' });
+        }
+        renameat2.apply(n, args);
+      };
+      assert.equal(made(dir, ghost(join(dir, 'app.log'), 32)), `${join(dir, 'app.log')} (deleted)`);
+      assert.equal(refused, 1, 'the journalled way was tried first');
+      assert.deepEqual(readdirSync(dir), [], 'its temporary name is gone too');
+      assert.deepEqual(readdirSync(TRANSIENT_DIR).filter((f) => f.startsWith(`${process.pid}-`)), []);
+    } finally {
+      n.renameat2 = renameat2;
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
