@@ -122,7 +122,8 @@ function pushRun(runs: Array<[number, number]>, page: number, count: number): vo
  * that is not anonymous (bit 61; not set for the zero page, which has no folio, nor in
  * pagemap). One exception: a huge zero page (a read of untouched memory where transparent
  * huge pages are on) is PAGE_IS_FILE for one walk and not the other depending on the kernel's
- * version: undefined then, and the caller reads the pagemap; also when the kernel has no
+ * version: undefined then, and the caller reads the pagemap (an `anonymous` scan, which does
+ * not ask PAGE_IS_FILE, scans again asking it when it meets a huge page); also when the kernel has no
  * PAGEMAP_SCAN (before Linux 6.7) or the scan fails. The zero pages are also returned
  * (PAGE_IS_PFNZERO): pagemap shows them not exclusively mapped, which sharedAnonPages counts.
  * What the scan cannot tell, the exclusive bit and the page frames, the caller must not need.
@@ -150,6 +151,10 @@ export function scanStoredPages(fd: number, start: bigint, end: bigint, anonShar
     for (let i = 0; i < g.length; i += 3) {
       const c = Number(g[i + 2]!);
       if ((c & (PAGE_IS_HUGE | PAGE_IS_PFNZERO)) === (PAGE_IS_HUGE | PAGE_IS_PFNZERO)) return undefined;
+      // A kernel that does not flag the huge zero page PFNZERO (6.7 on: its pagemap calls it a
+      // file's page) would have it stored here, with PAGE_IS_FILE not asked: the area is
+      // scanned again asking it (one folio a 2 MiB page: cheap for huge pages).
+      if (anonymous && (c & (PAGE_IS_HUGE | PAGE_IS_PRESENT)) === (PAGE_IS_HUGE | PAGE_IS_PRESENT)) return scanStoredPages(fd, start, end, anonShared, false);
       // Every region is present or swapped: stored unless a present page of a file.
       if (!anonShared && (c & PAGE_IS_SWAPPED) === 0 && (c & PAGE_IS_FILE) !== 0) continue;
       const first = Number((g[i]! - start) / page);
