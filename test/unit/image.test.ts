@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import tar from 'tar-stream';
-import { ChunkLoader, ChunkSource, pageDigests, type ImagePiece } from '../../src/image/chunks.js';
+import { chunkDigest, chunkDigestKnown, ChunkLoader, ChunkSource, knownDigests, pageDigests, type ImagePiece } from '../../src/image/chunks.js';
 import { FEATURES, requiredFeatures, type FeatureProbe } from '../../src/image/features.js';
 import { checkCompatibility, FORMAT_VERSION, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
 import type { FileRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
@@ -873,5 +873,39 @@ describe('manifest', { timeout: 30_000 }, () => {
     assert.throws(() => checkCompatibility(m, { ...host, arch: 'aarch64' }), /made on x86_64/);
     assert.throws(() => checkCompatibility(m, { ...host, xfeatures: '0x7' }), /XCR0 bits 5, 6, 7/);
     checkCompatibility({ ...m, host: { ...host, xfeatures: '0x7' } }, host); // fewer features: fine
+  });
+});
+
+describe('a pageDigests chunk checked with known page digests (a page store\'s)', () => {
+  // Pages 0-7: 0 and 7 from the image itself (no digests), 1-6 from a store piece carrying them.
+  const data = Buffer.alloc(8 * 4096);
+  for (let p = 0; p < 8; p++) data.fill(p + 1, p * 4096, (p + 1) * 4096);
+  const sums = pageDigests(data);
+  const pieces = (digests: Uint8Array | undefined): ImagePiece[] => [
+    { fd: 3, at: 0, len: 4096 }, { fd: 4, at: 40960, len: 6 * 4096, ...(digests !== undefined ? { digests } : {}) }, { fd: 3, at: 4096, len: 4096 }];
+  const check = (p: readonly ImagePiece[]): { any: boolean; sum: Buffer } => {
+    const flags = new Uint8Array(8), digests = new Uint8Array(8 * 32);
+    const any = knownDigests(p, flags, digests);
+    return { any, sum: chunkDigestKnown(data, flags, digests) };
+  };
+
+  it('takes the digests the pieces carry, and hashes only the other pages', () => {
+    const right = check(pieces(sums.subarray(32, 7 * 32)));
+    assert.equal(right.any, true);
+    assert.ok(right.sum.equals(chunkDigest(data, true)), 'the same chunk digest as hashing every page');
+    // A wrong known digest changes the result: it was used, not hashed again.
+    const wrong = Buffer.from(sums.subarray(32, 7 * 32));
+    wrong[40] = (wrong[40]! + 1) & 0xff;
+    assert.ok(!check(pieces(wrong)).sum.equals(chunkDigest(data, true)), 'a known digest is taken as given');
+  });
+
+  it('takes none from a piece that is not whole pages on a page boundary, or whose digests are not its pages\' count', () => {
+    const short = check(pieces(sums.subarray(32, 6 * 32)));
+    assert.equal(short.any, false);
+    const odd: ImagePiece[] = [{ fd: 3, at: 0, len: 100 }, { fd: 4, at: 0, len: 4096, digests: sums.subarray(0, 32) }, { fd: 3, at: 100, len: 7 * 4096 - 100 }];
+    const flags = new Uint8Array(8);
+    assert.equal(knownDigests(odd, flags, new Uint8Array(8 * 32)), false, 'a piece starting inside a page');
+    assert.deepEqual([...flags], [0, 0, 0, 0, 0, 0, 0, 0]);
+    assert.ok(check(pieces(undefined)).sum.equals(chunkDigest(data, true)));
   });
 });
