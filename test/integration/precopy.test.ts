@@ -17,6 +17,17 @@ import {
 const skip = needs('root', 'build');
 after(() => { killFerries(); cleanup(); });
 
+/** Writes 8 bytes of `byte` at `at` into every page of the receiver's page store `store`. */
+function corruptStore(store: string, byte: number, at: number): void {
+  const fd = openSync(store, 'r+');
+  try {
+    const bad = Buffer.alloc(8, byte);
+    for (let page = 0; page < fstatSync(fd).size; page += 4096) writeSync(fd, bad, 0, 8, page + at);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
   const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-precopy-');
 
@@ -146,13 +157,7 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     const spool = readdirSync(workDir).find((n) => n.startsWith('.ferry-receive-'));
     assert.ok(spool !== undefined, `the receiver's spool in ${workDir}`);
     const store = join(workDir, spool, 'precopy.pages');
-    const fd = openSync(store, 'r+');
-    try {
-      const bad = Buffer.alloc(8, 0xa5);
-      for (let at = 0; at < fstatSync(fd).size; at += 4096) writeSync(fd, bad, 0, 8, at + 64);
-    } finally {
-      closeSync(fd);
-    }
+    corruptStore(store, 0xa5, 64);
     assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
     assert.match(mig.stderr(), /is corrupt: entry tasks\/\d+\/pages\.bin chunk \d+ has sha256/, mig.stderr());
@@ -188,13 +193,7 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
       const store = spool !== undefined ? join(workDir, spool, 'precopy.pages')
         : readdirSync(`/proc/${pid}/fd`).map((f) => `/proc/${pid}/fd/${f}`).find((f) => { try { return readlinkSync(f).includes('precopy.pages'); } catch { return false; } });
       assert.ok(store !== undefined, `the receiver's page store: ${recv.stderr()}`);
-      const fd = openSync(store, 'r+');
-      try {
-        const bad = Buffer.alloc(8, 0x5a);
-        for (let at = 0; at < fstatSync(fd).size; at += 4096) writeSync(fd, bad, 0, 8, at + 128);
-      } finally {
-        closeSync(fd);
-      }
+      corruptStore(store, 0x5a, 128);
       assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
       assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
       assert.match(mig.stderr(), /is corrupt: entry tasks\/\d+\/pages\.bin chunk \d+ has sha256/, mig.stderr());
