@@ -21,13 +21,11 @@ import { describeCause, errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, TaskRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT, O_DIRECTORY, O_LARGEFILE, O_NOATIME, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { Parent, placeOf, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
+import { NAME_RESOLVE, Parent, placeOf, statIn, withParent, withRemovedDir, type ConfinedRoot } from './confined.js';
 import type { DumpContext, FdDesc, FileKind, FileOptions, OpenContext } from './types.js';
 import { makeTransient, transientMade, type TransientMade } from './transient.js';
 
 const O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
-/** openat2(2) resolve: the name itself (or a path of names) below the directory, no link followed. */
-const NAME_ONLY = 0x08 | 0x04 | 0x02; // RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 const O_TMPFILE = 0o20000000 | O_DIRECTORY;
 const SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
 /** Flags the file is reopened with are kept; these are per-creation only. */
@@ -419,7 +417,7 @@ function createNamed(dir: Parent): number | undefined {
   let made: TransientMade | undefined;
   try {
     made = makeTransient('file', dir.root.path, dir.path, dir.dir, undefined, (at, temp) => {
-      fd = n.openat2(at, temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600, NAME_ONLY);
+      fd = n.openat2(at, temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600, NAME_RESOLVE);
     });
     if (made === undefined) {
       n.closeFd(fd);
@@ -499,7 +497,7 @@ function createShadowed(dir: Parent): number | undefined {
           // The directory made, through the clone (ferry's own, 0700, inside ferry's own: no
           // one else can have put anything on the way), so that the file's mount is the clone.
           const at = inClone === '' ? n.openRaw(`/proc/self/fd/${mnt}`, O_PATH | O_DIRECTORY)
-            : n.openat2(mnt, inClone, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0, NAME_ONLY);
+            : n.openat2(mnt, inClone, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0, NAME_RESOLVE);
           try {
             const a = fstatSync(at, { bigint: true }), b = fstatSync(inDir, { bigint: true });
             if (a.dev !== b.dev || a.ino !== b.ino) throw new FerryError('ECHANGED', `${what}: the directory made is not the one reached through its clone`);
