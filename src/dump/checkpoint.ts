@@ -679,11 +679,6 @@ async function takeNetLock(nft: NetLock | undefined, descs: ReadonlyMap<number, 
 }
 
 /**
- * Kills every live process of the frozen tree and collects each thread's death as its tracer
- * (a leader's is reported last); that hands each zombie to its parent. When ferry itself is
- * the root's parent (a library caller that spawned it), the root's zombie is left for it.
- */
-/**
  * Checks the copy-on-write plan of the tree's records (`tree`, `tasks`: the image's, by the
  * tree's ids) as restore will (restore/cow.ts checkInherited), before anything is written or
  * killed: the matching across branches (cow-branches.ts) is intricate, and a plan restore
@@ -700,6 +695,11 @@ export function checkCowPlan(pid: number, tree: TreeRecord, tasks: readonly Task
   }
 }
 
+/**
+ * Kills every live process of the frozen tree and collects each thread's death as its tracer
+ * (a leader's is reported last); that hands each zombie to its parent. When ferry itself is
+ * the root's parent (a library caller that spawned it), the root's zombie is left for it.
+ */
 function killTree(live: readonly FrozenProcess[]): void {
   const n = native();
   for (const p of live) n.tgkill(p.pid, p.pid, SIGKILL);
