@@ -100,15 +100,28 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     reps.splice(lo, 0, { desc: d, id });
     return id;
   };
+  /** The tree's processes' descriptors, by pid and fd (DumpContext.descriptors), and their holders by file id. */
+  const descriptors: FdDesc[] = [];
+  const holdersById = new Map<number, Array<{ pid: number; fd: number }>>();
   for (const [pid, descs] of descsByPid) {
     const table: FdRecord[] = [];
     for (const d of descs) {
       const id = place(d, kindOf(d));
       idOf.set(`${pid}:${d.fd}`, id);
       table.push({ fd: d.fd, file: id, cloexec: fdCloexec(d.fdinfo) });
+      descriptors.push(d);
     }
     fds.set(pid, table);
   }
+  descriptors.sort((a, b) => a.pid - b.pid || a.fd - b.fd);
+  for (const d of descriptors) {
+    const id = idOf.get(`${d.pid}:${d.fd}`);
+    if (id === undefined) continue;
+    let h = holdersById.get(id);
+    if (!h) holdersById.set(id, (h = []));
+    h.push({ pid: d.pid, fd: d.fd });
+  }
+  const treePids: ReadonlySet<number> = new Set(descsByPid.keys());
   // The processes' tables first: a file a thread's own table shares with one is dumped from
   // the process's descriptor, and the ids a thread's table adds are files it alone holds.
   const processFiles = firsts.length;
@@ -182,8 +195,13 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       const id = i + 1;
       const ctx: DumpContext = {
         options,
-        pids: new Set(descsByPid.keys()),
+        pids: treePids,
         fileIdOf: (pid, fd) => idOf.get(`${pid}:${fd}`),
+        descriptors,
+        holders: (pid, fd) => {
+          const id = idOf.get(`${pid}:${fd}`);
+          return (id === undefined ? undefined : holdersById.get(id)) ?? [];
+        },
         grab: (d) => grab(d, grabbed),
         adopt,
         inFlight: () => inFlightFds,

@@ -71,13 +71,12 @@
  * tells the difference. An EPOLLET item whose target is ready is reported once more after
  * restore (epoll_ctl queues a ready target).
  */
-import { fstatSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, writeSync } from 'node:fs';
+import { fstatSync, readFileSync, readlinkSync, readSync, statSync, writeSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord, Hex } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { SYS } from '../arch/x86-64.js';
 import { O_ACCMODE, O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
-import { treeFds } from '../proc/read.js';
 import { type DumpContext, type FdDesc, type FileKind, type OpenContext, type TaskContext } from './types.js';
 
 /** kcmp(2) type comparing two descriptors' open files. */
@@ -137,15 +136,8 @@ function parseItem(line: string): { tfd: number; events: number; data: bigint; i
  * kcmp(KCMP_EPOLL_TFD) finds to be the item's file; its file id, or undefined.
  */
 function findDetached(d: FdDesc, ctx: DumpContext, tfd: number, toff: number, ino: bigint | undefined): number | undefined {
-  for (const [pid, fd] of treeFds(ctx.pids)) {
-    if (ctx.fileIdOf(pid, fd) === undefined) continue;
-    if (ino !== undefined) {
-      try {
-        if (statSync(`/proc/${pid}/fd/${fd}`, { bigint: true }).ino !== ino) continue;
-      } catch {
-        continue;
-      }
-    }
+  for (const { pid, fd, stat } of ctx.descriptors) {
+    if (ino !== undefined && stat.ino !== ino) continue;
     let same = false;
     try {
       same = native().kcmpEpollTfd(pid, d.pid, fd, d.fd, tfd, toff) === 0;
@@ -182,19 +174,7 @@ function holdsItem(pid: number, owner: number, efd: number, tfd: number, toff: n
 
 /** Other processes of the tree holding the same epoll (a shared epoll after fork). */
 function otherHolders(d: FdDesc, ctx: DumpContext): number[] {
-  const id = ctx.fileIdOf(d.pid, d.fd);
-  const out: number[] = [];
-  for (const pid of ctx.pids) {
-    if (pid === d.pid) continue;
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    if (fds.some((fd) => ctx.fileIdOf(pid, Number(fd)) === id)) out.push(pid);
-  }
-  return out;
+  return [...new Set(ctx.holders(d.pid, d.fd).map((h) => h.pid))].filter((pid) => pid !== d.pid);
 }
 
 /**

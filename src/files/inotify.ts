@@ -47,7 +47,7 @@ import { errnoCode, FerryError } from '../errors.js';
 import type { FileRecord } from '../image/records.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, O_PATH } from '../proc/fcntl.js';
-import { readProcText, treeFds } from '../proc/read.js';
+import { readProcText } from '../proc/read.js';
 import { rootOf, statIn, viaFd, type ConfinedRoot } from './confined.js';
 import { nsPid } from './procfile.js';
 import { NOT_YET, type DumpContext, type FdDesc, type FileKind, type OpenContext } from './types.js';
@@ -347,14 +347,10 @@ export function heldByTree(ctx: DumpContext, dev: string, ino: bigint): Pick<Ino
   const held = ctx.scratch<{ file: number; path: string }>('inotify-held');
   if (held.size === 0) {
     held.set('', { file: -1, path: '' }); // read: not again, even when the tree holds nothing
-    for (const [pid, fd] of treeFds(ctx.pids)) {
+    for (const { pid, fd, stat, link } of ctx.descriptors) {
       const file = ctx.fileIdOf(pid, fd);
-      if (file === undefined) continue;
-      try {
-        const st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
-        const key = `${userDev(st.dev)}:${st.ino}`;
-        if (!held.has(key)) held.set(key, { file, path: readlinkSync(`/proc/${pid}/fd/${fd}`) });
-      } catch { /* closed meanwhile: not the tree's (it is stopped) */ }
+      const key = `${userDev(stat.dev)}:${stat.ino}`;
+      if (file !== undefined && !held.has(key)) held.set(key, { file, path: link });
     }
   }
   const h = held.get(`${dev}:${ino}`);

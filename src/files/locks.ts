@@ -40,7 +40,7 @@
  * makes the caller the owner: owner.ts). A lease needs the file open nowhere else for writing
  * (a read lease) or at all (a write lease), as when it was taken.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
@@ -180,16 +180,10 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
   // in its own fdinfo only. Processes without a descriptor of the file are skipped cheaply.
   const id = ctx.fileIdOf(d.pid, d.fd);
   if (id === undefined || ctx.pids.size < 2 || !mayHavePosixLocks(d)) return out;
-  for (const pid of ctx.pids) {
-    if (pid === d.pid) continue;
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    const fd = fds.map(Number).find((n) => ctx.fileIdOf(pid, n) === id);
-    if (fd === undefined) continue;
+  const seen = new Set([d.pid]);
+  for (const { pid, fd } of ctx.holders(d.pid, d.fd)) {
+    if (seen.has(pid)) continue; // its first descriptor of the file shows them all
+    seen.add(pid);
     const lines = (readProcText(pid, `fdinfo/${fd}`).match(/^lock:.*$/gm) ?? []).map((s) => parseLockLine(s.slice(5)));
     for (const l of lines) if (l && l.cls === 'POSIX' && l.pid === pid) out.push(toRecord(l, nsPid(pid)));
   }

@@ -72,12 +72,11 @@
  *
  * Ports held by TIME_WAIT entries: see reclaimTimeWait.
  */
-import { readFileSync, readlinkSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SO, SOL_SOCKET } from '../arch/x86-64.js';
 import { errnoCode, FerryError } from '../errors.js';
 import { O_NONBLOCK } from '../proc/fcntl.js';
 import { native } from '../native/binding.js';
-import { treeFds } from '../proc/read.js';
 import type { InetRecord } from './inet.js';
 import {
   finishFlags, i32, IPPROTO_TCP, isAny, ipKey, newSocket, parseProcAddr, show, TCP, toSockAddr, u32,
@@ -196,13 +195,7 @@ function procNetTcp(pid: number | 'thread-self'): NetEntry[] {
 function fileIdsOf(inodes: Set<string>, ctx: DumpContext): Map<string, number> {
   const out = new Map<string, number>();
   if (inodes.size === 0) return out;
-  for (const [pid, fd] of treeFds(ctx.pids)) {
-    let link: string;
-    try {
-      link = readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      continue;
-    }
+  for (const { pid, fd, link } of ctx.descriptors) {
     const m = /^socket:\[(\d+)\]$/.exec(link);
     if (!m || !inodes.has(m[1]!) || out.has(m[1]!)) continue;
     const id = ctx.fileIdOf(pid, fd);

@@ -251,15 +251,9 @@ function survey(ctx: DumpContext, ino: number): Survey {
   const table = new Map<number, UnixDiag>();
   for (const d of native().unixDiagAll()) table.set(d.ino, d);
   const holders = new Map<number, { pid: number; fd: number }>();
-  for (const pid of [...ctx.pids].sort((a, b) => a - b)) {
-    let fds: string[];
-    try { fds = readdirSync(`/proc/${pid}/fd`); } catch { continue; }
-    for (const f of fds.map(Number).sort((a, b) => a - b)) {
-      let link: string;
-      try { link = readlinkSync(`/proc/${pid}/fd/${f}`); } catch { continue; }
-      const m = /^socket:\[(\d+)\]$/.exec(link);
-      if (m && !holders.has(Number(m[1]))) holders.set(Number(m[1]), { pid, fd: f });
-    }
+  for (const { pid, fd, link } of ctx.descriptors) {
+    const m = /^socket:\[(\d+)\]$/.exec(link);
+    if (m && !holders.has(Number(m[1]))) holders.set(Number(m[1]), { pid, fd });
   }
   // Surveyed again (a socket it did not know): the queues peeked already and the sockets found
   // in flight stay (peeking again would read the peek offset and SO_PASSCRED it set).

@@ -47,19 +47,6 @@ export function listFds(pid: number): number[] {
   }
 }
 
-/** Every descriptor of every process of `pids`, as [pid, fd]; a process gone meanwhile is skipped. */
-export function* treeFds(pids: Iterable<number>): Generator<[number, number]> {
-  for (const pid of pids) {
-    let fds: string[];
-    try {
-      fds = readdirSync(procPath(pid, 'fd'));
-    } catch {
-      continue;
-    }
-    for (const fd of fds) yield [pid, Number(fd)];
-  }
-}
-
 /** Thread ids of a process, ascending. */
 export function listTids(pid: number): number[] {
   try {
