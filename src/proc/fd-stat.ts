@@ -22,10 +22,23 @@ export class FdStat implements FileStat {
   readonly mtimeNs: bigint;
   readonly ctimeNs: bigint;
 
-  constructor(f: BigInt64Array) {
-    [this.dev, this.ino, this.mode, this.nlink, this.uid, this.gid, this.rdev, this.size, this.blksize, this.blocks,
-      this.atimeNs, this.mtimeNs, this.ctimeNs] = f as unknown as bigint[] as [bigint, bigint, bigint, bigint, bigint,
-      bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint];
+  /** `f`: the fields from `at` on (one array may hold many descriptors' fields). */
+  constructor(f: BigInt64Array, at = 0) {
+    // Indexed, not destructured: an array destructuring runs the typed array's iterator, some
+    // 2 µs a descriptor (a checkpoint reads every descriptor's twice).
+    this.dev = f[at]!;
+    this.ino = f[at + 1]!;
+    this.mode = f[at + 2]!;
+    this.nlink = f[at + 3]!;
+    this.uid = f[at + 4]!;
+    this.gid = f[at + 5]!;
+    this.rdev = f[at + 6]!;
+    this.size = f[at + 7]!;
+    this.blksize = f[at + 8]!;
+    this.blocks = f[at + 9]!;
+    this.atimeNs = f[at + 10]!;
+    this.mtimeNs = f[at + 11]!;
+    this.ctimeNs = f[at + 12]!;
   }
 
   private is(type: number): boolean {
