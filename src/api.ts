@@ -139,6 +139,12 @@ export interface CheckpointResult {
   frozenMs: number;
   /** Whole checkpoint, milliseconds. */
   totalMs: number;
+  /**
+   * Of `totalMs`, the wait after the kill until every killed process was reaped by its parent
+   * (their PIDs free), at most 3 s, milliseconds; absent when the checkpoint did not wait
+   * (leaveRunning, skipReapWait, a tree in a pid namespace of its own).
+   */
+  reapWaitMs?: number;
   /** What the checkpoint went on despite (e.g. connections left out with --skip-in-flight); absent when nothing. */
   warnings?: string[];
   /**

@@ -41,12 +41,17 @@ export async function runCheckpoint(o: CheckpointCliOptions, ctx: RunContext, si
   if (!o.json) for (const w of result.warnings ?? []) printLine(2, `warning: ${w}`);
 }
 
+/** A wait for the reaping at least this long is named in the summary line (formatCheckpoint). */
+const REAP_WAIT_SHOWN_MS = 10;
+
 /** "checkpointed pid 1234 to /tmp/x.tar: 12.3 MiB, frozen 8 ms, total 40 ms" */
 export function formatCheckpoint(r: CheckpointResult, o: Pick<CheckpointCliOptions, 'pid' | 'image' | 'leaveRunning' | 'container'>): string {
   const root = r.pids[0] ?? o.pid;
   const tasks = r.pids.length > 1 ? ` (${r.pids.length} processes)` : '';
   const where = o.image === '-' ? 'stdout' : o.image;
   const what = o.container ? `container ${o.container.id} (pid ${root}${tasks})` : `pid ${root}${tasks}`;
+  // The wait for the reaping, said only where it is a part worth naming of the total.
+  const reaping = r.reapWaitMs !== undefined && r.reapWaitMs >= REAP_WAIT_SHOWN_MS ? ` (${formatMs(r.reapWaitMs)} of it waiting for the killed processes to be reaped)` : '';
   return `checkpointed ${what} to ${where}: ${formatBytes(r.imageBytes)}, `
-    + `frozen ${formatMs(r.frozenMs)}, total ${formatMs(r.totalMs)}${o.leaveRunning ? '; left running' : ''}`;
+    + `frozen ${formatMs(r.frozenMs)}, total ${formatMs(r.totalMs)}${reaping}${o.leaveRunning ? '; left running' : ''}`;
 }

@@ -224,8 +224,11 @@ OPTIONS
       queue may hold permission events whose accessors wait for an answer.
   --json
       Print the result as one JSON object instead of a sentence:
-      {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N},
-      with "warnings":[LINE...] when the checkpoint went on despite something.
+      {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N,
+      "reapWaitMs":N}, with "warnings":[LINE...] when the checkpoint went on
+      despite something. reapWaitMs (absent with --leave-running or a
+      container) is the part of totalMs spent after the kill waiting for the
+      killed processes to be reaped by their parents, at most 3 s.
       Without --json each warning is also a "warning:" line on stderr.
 
 ${GLOBAL_OPTIONS}
@@ -233,7 +236,11 @@ ${GLOBAL_OPTIONS}
 OUTPUT
   On success, one line on standard output (standard error with --image -):
       checkpointed pid 4242 to /tmp/app.tar: 12.3 MiB, frozen 8 ms, total 40 ms
-  "frozen" is how long the process was stopped; "total" the whole command.
+  "frozen" is how long the process was stopped; "total" the whole command,
+  followed by "(N ms of it waiting for the killed processes to be reaped)"
+  when that wait took 10 ms or more: ferry waits up to 3 s after the kill
+  until their parents have reaped them, so that their PIDs are free for a
+  restore; a parent or PID 1 that reaps lazily makes that most of the total.
   When standard error is a terminal, a progress line is shown there while the
   image is written.
 

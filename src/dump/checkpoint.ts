@@ -70,12 +70,24 @@ function precheck(pid: number): void {
 /**
  * Waits (bounded) until a killed process's parent has reaped it, so its PID is free when
  * checkpoint returns; a parent that does not reap in time only delays that, nothing fails.
+ * Only the parent can reap a process (ferry, its tracer, collected its death in killTree,
+ * which hands the zombie to the parent): a root's parent outside the tree, or the init or
+ * subreaper that the tree's other processes go to as their parents die, each in its own
+ * time. This machine's PID 1 reaps every 1-2 s, and a parent that never waits keeps a
+ * zombie for ever; so the wait is bounded, and reported apart (CheckpointResult.reapWaitMs).
  */
 async function waitReaped(pid: number, timeoutMs: number): Promise<void> {
   for (const end = Date.now() + timeoutMs; existsSync(`/proc/${pid}`) && Date.now() < end;) {
     await new Promise((r) => setTimeout(r, 1));
   }
 }
+
+/**
+ * The longest a checkpoint waits for its killed processes to be reaped (waitReaped): a
+ * restore right after it finds their PIDs free, where their parent reaps within it, without
+ * its own wait for a zombie at a PID it needs (2 s: restore.ts assertPidFree).
+ */
+const REAP_WAIT_MS = 3000;
 
 /**
  * A tree expected to store more than this has its page data hashed on libuv's thread pool
@@ -627,6 +639,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         throw err;
       }
       tReleased ??= performance.now();
+      let reapWaitMs: number | undefined;
       try {
         // Let go (the owned table goes with its nft) once the tree runs on or is dead.
         await lock?.close();
@@ -635,7 +648,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         // PIDs need not be free, and its orphans are reaped when PID 1 gets to it.
         if (!o.leaveRunning && !ownPidNamespace && o.skipReapWait !== true) {
           const others = tree.processes.filter((p) => p.pid !== pid || p.stat.ppid !== process.pid);
-          await Promise.all(others.map((p) => waitReaped(p.pid, 3000)));
+          const tWait = performance.now();
+          await Promise.all(others.map((p) => waitReaped(p.pid, REAP_WAIT_MS)));
+          reapWaitMs = performance.now() - tWait;
         }
       } finally {
         if (o.teardownAfter === undefined) letMemoryGo();
@@ -648,6 +663,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
         pagesBytes,
         frozenMs: tReleased - tStopped,
         totalMs: tEnd - t0,
+        ...(reapWaitMs !== undefined ? { reapWaitMs } : {}),
         ...(cgroupWarnings.length + files.warnings.length + aioWarnings.length > 0 ? { warnings: [...cgroupWarnings, ...files.warnings, ...aioWarnings] } : {}),
         ...(lock?.kept !== undefined && !o.leaveRunning ? { netLock: lock.kept } : {}),
       };

@@ -642,6 +642,7 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
       rewrite(out, fd, final, BLOCK);
       // The signature entry's data starts one header after the manifest's padded data.
       if (signer !== undefined) rewrite(out, fd, signer.sign(final), BLOCK + padded(final.length) + BLOCK);
+      out.writeGathered(); // a small tar on a direct descriptor goes out in one write (tar-out.ts)
       tData = performance.now();
       fsyncSync(fd);
     }

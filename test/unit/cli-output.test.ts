@@ -27,6 +27,11 @@ describe('CLI output', { timeout: 30_000 }, () => {
       'checkpointed pid 1234 to stdout: 12.3 MiB, frozen 8 ms, total 40 ms; left running');
     assert.equal(formatCheckpoint({ ...r, pids: [1234, 1235, 1236] }, { pid: 1234, image: 'a', leaveRunning: false }),
       'checkpointed pid 1234 (3 processes) to a: 12.3 MiB, frozen 8 ms, total 40 ms');
+    // The wait for the killed processes' reaping, named once it is worth it.
+    assert.equal(formatCheckpoint({ ...r, reapWaitMs: 0.4 }, { pid: 1234, image: 'a', leaveRunning: false }),
+      'checkpointed pid 1234 to a: 12.3 MiB, frozen 8 ms, total 40 ms');
+    assert.equal(formatCheckpoint({ ...r, totalMs: 1540.2, reapWaitMs: 1498.6 }, { pid: 1234, image: 'a', leaveRunning: false }),
+      'checkpointed pid 1234 to a: 12.3 MiB, frozen 8 ms, total 1540 ms (1499 ms of it waiting for the killed processes to be reaped)');
   });
 
   it('prints the restore result as one sentence', () => {

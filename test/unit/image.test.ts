@@ -147,6 +147,44 @@ describe('image writer and reader', { timeout: 60_000 }, () => {
     await img.close();
   });
 
+  it('gathers a small tar on an O_DIRECT file and writes it whole, zeros where a bigger one was before', async () => {
+    // A tar of at most 1 MiB on a direct descriptor is gathered in the staging buffer the last
+    // one left (tar-out.ts): the holes must read as zeros, whatever that one wrote there.
+    const small = `
+      const entry = (name, n, v) => ({ name, size: n, chunked: name.endsWith('.bin'), async produce(sink) { await sink(Buffer.alloc(n, v)); } });
+      export const small = () => [entry('a.json', 3, 0x61), entry('tasks/1/pages.bin', 4096 * 3, 0x11), entry('b', 513, 0x62), entry('empty', 0, 0)];`;
+    const mod = join(dir, 'small.mjs');
+    writeFileSync(mod, small);
+    const { small: make } = await import(mod) as { small: () => ImageEntry[] };
+    await writeImage(join(dir, 'full.tar'), header, [{ name: 'full.bin', size: 900 * 1024, produce: async (sink) => { await sink(Buffer.alloc(900 * 1024, 0xab)); } }]);
+    const path = join(dir, 'small.tar');
+    await writeImage(path, header, make());
+    const w = spawnSync(process.execPath, ['--input-type=module', '-e', `
+      import { writeImage } from '${join(process.cwd(), 'dist/src/image/writer.js')}';
+      import { small } from '${mod}';
+      await writeImage('-', ${JSON.stringify(header)}, small());`], { maxBuffer: 1 << 24 });
+    assert.equal(w.status, 0, w.stderr.toString());
+    const file = readFileSync(path);
+    assert.equal(file.length, w.stdout.length, 'the same length');
+    assert.ok(file.equals(w.stdout), 'the same bytes');
+    const img = await openImage(path, { workDir: dir });
+    assert.equal((await img.read('b')).toString(), 'b'.repeat(513));
+    await img.close();
+    // Gathered only while it fits the staging buffer, and only on a direct descriptor.
+    const fd = openSync(join(dir, 'direct.tmp'), constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT, 0o600);
+    try {
+      const gathered = new TarOut(fd, true, true, 8192, undefined);
+      assert.deepEqual([gathered.gathers, gathered.direct], [true, false]);
+      gathered.releaseStaging();
+      const big = new TarOut(fd, true, true, 2 << 20, undefined);
+      assert.deepEqual([big.gathers, big.direct], [false, true]);
+      big.releaseStaging();
+      assert.equal(new TarOut(fd, true, false, 8192, undefined).gathers, false);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
   it('makes tar headers as tar-stream does', async () => {
     const mtime = new Date(1_700_000_000_000);
     const pack = tar.pack();
