@@ -7,7 +7,8 @@
  * would put a pipe into non-blocking mode under it. Synchronous writes also mean nothing is
  * lost when the process exits right after.
  */
-import { writeSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
+import { tty } from '../builtins.js';
 import type { Progress } from '../api.js';
 import type { ErrorContext } from '../errors.js';
 
@@ -96,11 +97,25 @@ export interface ProgressLine {
 }
 
 /**
+ * Whether descriptor `fd` is a terminal (isatty(3)), asked without creating process.stderr's
+ * stream or loading node:tty (src/builtins.ts) unless `fd` is a character device: a pipe, a
+ * file or a socket is no terminal.
+ */
+export function isTerminal(fd: number): boolean {
+  try {
+    if (!fstatSync(fd).isCharacterDevice()) return false;
+  } catch {
+    return false; // not open
+  }
+  return tty().isatty(fd);
+}
+
+/**
  * A progress line for one operation: redrawn in place (`\r`, erase to end of line) at most
  * ten times a second, only when stderr is a terminal; never anything when it is not (logs,
  * pipes, CI).
  */
-export function progressLine(isTty: boolean = process.stderr.isTTY === true): ProgressLine {
+export function progressLine(isTty: boolean = isTerminal(2)): ProgressLine {
   if (!isTty) return { onProgress: undefined, clear() { /* nothing shown */ } };
   let last = 0;
   let shown = false;

@@ -1,16 +1,13 @@
 /** `ferry restore`: typed options -> library restore -> one line (or JSON) of result. */
-import { isatty } from 'node:tty';
 import type { RestoreResult } from '../api.js';
-import { restore } from '../index.js';
-import { restoreContainer } from '../container/restore.js';
-import { Runtime } from '../container/runtime.js';
+import { restore } from '../restore/restore.js';
 import { UsageError, type RestoreCliOptions } from './args.js';
 import { Interrupted, type RunContext } from './context.js';
-import { formatBytes, formatMs, printLine, progressLine, resultJson } from './output.js';
+import { formatBytes, formatMs, isTerminal, printLine, progressLine, resultJson } from './output.js';
 
 /** Restores the image `o.image` and prints the result on stdout. */
 export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?: AbortSignal): Promise<void> {
-  if (o.image === '-' && isatty(0)) {
+  if (o.image === '-' && isTerminal(0)) {
     throw new UsageError('restore', '--image - reads the image from standard input, which is a terminal: pipe or redirect the image in');
   }
   const progress = progressLine();
@@ -30,8 +27,9 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
       ...(progress.onProgress !== undefined ? { onProgress: progress.onProgress } : {}),
     };
     const c = o.container;
+    // The container's restore (and its runtime's modules) only for a container.
     result = c
-      ? await restoreContainer({
+      ? await (await import('../container/restore.js')).restoreContainer({
         ...common, id: c.id, runtime: c.runtime,
         ...(c.root !== undefined ? { root: c.root } : {}), ...(c.bundle !== undefined ? { bundle: c.bundle } : {}),
       })
@@ -52,6 +50,7 @@ export async function runRestore(o: RestoreCliOptions, ctx: RunContext, signal?:
  * once the container has stopped (a second signal exits at once, leaving it running).
  */
 async function waitStopped(c: NonNullable<RestoreCliOptions['container']>, signal?: AbortSignal): Promise<void> {
+  const { Runtime } = await import('../container/runtime.js');
   const rt = new Runtime(c.runtime, c.root);
   signal?.addEventListener('abort', () => {
     const name = signal.reason instanceof Interrupted ? signal.reason.signalName : 'SIGTERM';

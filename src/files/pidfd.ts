@@ -18,7 +18,7 @@
  * another process, or none), and a thread's in a container (whose threads restore reaches
  * only through its own pid namespace).
  */
-import { spawn } from 'node:child_process';
+import { childProcess } from '../builtins.js';
 import { FerryError, describeCause } from '../errors.js';
 import { faultPointSync } from '../fault.js';
 import type { FileRecord } from '../image/records.js';
@@ -159,7 +159,7 @@ function threadPidfd(d: FdDesc, tid: number, nspid: readonly number[], flags: nu
  * before the event loop can reap it (a zombie still has its pid), then reaped.
  */
 async function goneProcessPidfd(flags: number): Promise<number> {
-  const child = spawn('/bin/true', [], { stdio: 'ignore' });
+  const child = childProcess().spawn('/bin/true', [], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve, reject) => {
     child.once('exit', () => resolve());
     child.once('error', reject);

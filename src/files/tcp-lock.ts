@@ -31,7 +31,8 @@
  * its nft. Restore deletes the kept table once the restored tree runs; a restore that fails
  * leaves it, so a retry finds the peers still waiting.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { childProcess } from '../builtins.js';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -221,7 +222,7 @@ export class NetLock {
       argv.unshift(nsenter, `--net=/proc/${netnsPid}/ns/net`, '--');
     }
     // Its own process group: a Ctrl-C to ferry's must not take the lock away before ferry is done.
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    const child = childProcess().spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     const lock = new NetLock(child, netnsPid, what, persists);
     // The owned table, empty (no chain: it drops nothing yet). nft's first command is its
     // slowest (it loads libnftables' cache, tens of ms): paid here, before the freeze.
@@ -315,7 +316,7 @@ export class NetLock {
  * chain must be one of the lock's, every set element one of the connections, either way round.
  */
 function foreignLockEntry(nft: string, table: string, connections: readonly LockedConnection[]): string | undefined {
-  const r = spawnSync(nft, ['-j', 'list', 'table', 'inet', table], { encoding: 'utf8', timeout: NFT_TIMEOUT_MS, maxBuffer: 64 << 20 });
+  const r = childProcess().spawnSync(nft, ['-j', 'list', 'table', 'inet', table], { encoding: 'utf8', timeout: NFT_TIMEOUT_MS, maxBuffer: 64 << 20 });
   if (r.status !== 0) {
     if (/No such file or directory/.test(r.stderr ?? '')) return undefined; // gone already: nothing to remove
     return (r.stderr ?? '').split('\n').find((l) => l.startsWith('Error:')) ?? r.error?.message ?? `nft exited with ${r.status}`;
@@ -356,7 +357,7 @@ export function removeKeptLock(table: string, only?: readonly LockedConnection[]
     const foreign = foreignLockEntry(nft, table, only);
     if (foreign !== undefined) return foreign;
   }
-  const r = spawnSync(nft, ['delete', 'table', 'inet', table], { encoding: 'utf8', timeout: NFT_TIMEOUT_MS });
+  const r = childProcess().spawnSync(nft, ['delete', 'table', 'inet', table], { encoding: 'utf8', timeout: NFT_TIMEOUT_MS });
   if (r.status === 0) return undefined;
   if (/No such file or directory/.test(r.stderr ?? '')) return undefined;
   return (r.stderr ?? '').split('\n').find((l) => l.startsWith('Error:')) ?? r.error?.message ?? `nft exited with ${r.status}`;
@@ -371,7 +372,7 @@ export function probeNetLock(): { ok: boolean; detail: string } {
   const nft = findProgram('nft');
   if (nft === undefined) return { ok: false, detail: 'nft(8) is missing: --tcp-established with connections is refused (apt-get install nftables), --tcp-close works' };
   const name = `ferry-check-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const r = spawnSync(nft, ['-f', '-'], { input: `add table inet ${name} { flags owner; }\n`, encoding: 'utf8', timeout: NFT_TIMEOUT_MS });
+  const r = childProcess().spawnSync(nft, ['-f', '-'], { input: `add table inet ${name} { flags owner; }\n`, encoding: 'utf8', timeout: NFT_TIMEOUT_MS });
   if (r.status !== 0) {
     const why = (r.stderr ?? '').split('\n').find((l) => l.startsWith('Error:')) ?? r.error?.message ?? `exit ${r.status}`;
     return { ok: false, detail: `nft cannot make a table with the owner flag (${why.slice(0, 200)}): the network lock of --tcp-established needs it (Linux 5.12+)` };

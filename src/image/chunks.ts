@@ -31,7 +31,8 @@
 import { createHash } from 'node:crypto';
 import { readSync } from 'node:fs';
 import { constants } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { workerThreads } from '../builtins.js';
 import { FerryError, type ErrorContext } from '../errors.js';
 import { native } from '../native/binding.js';
 import { directBuffer, DIRECT_ALIGN } from './direct.js';
@@ -153,7 +154,7 @@ export class ChunkLoader {
     // A worker inherits the process's execArgv; --input-type (node -e) is refused there.
     const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
     for (let i = 0; i < todo.lanes; i++) {
-      const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv, workerData: todo.workerData });
+      const worker = new (workerThreads().Worker)(new URL('./hash-worker.js', import.meta.url), { execArgv, workerData: todo.workerData });
       // A lane that fails to start never says it is ready: the JS thread does all the work.
       worker.on('error', () => {});
       worker.unref();

@@ -344,8 +344,11 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
       : undefined;
     const total = manifest.entries.reduce((s, e) => s + (lazy && isChunked(e) ? 0 : e.size), 0);
     let done = 0;
-    // Room for the largest chunk (at most MAX_CHUNK_BYTES) when chunks are verified here.
-    const chunk = Buffer.allocUnsafe(chunked.reduce((m, e) => (lazy ? m : Math.max(m, Math.min(e.chunkSize, e.size))), 8 << 20));
+    // Room for the largest chunk (at most MAX_CHUNK_BYTES) when chunks are verified here, and
+    // for up to 8 MiB of another entry at a time: no more than the entries hashed here need (a
+    // small image's are a few KiB; 8 MiB were mapped for them each time).
+    const chunk = Buffer.allocUnsafe(manifest.entries.reduce((m, e) => (lazy && isChunked(e) ? m
+      : Math.max(m, isChunked(e) ? Math.min(e.chunkSize, e.size) : Math.min(e.size, 8 << 20))), 1));
     for (const e of manifest.entries) {
       if (lazy && isChunked(e)) continue;
       const loc = byName.get(e.name)!;
@@ -391,6 +394,28 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
  * would overflow the stack of anything that walks it recursively (JSON.stringify, a logger).
  */
 export function tooDeep(value: unknown, limit: number): string | undefined {
+  // Depths only first: naming every value's place as the walk goes made a string per value
+  // (a task record has thousands), for a message almost never written.
+  const stack: object[] = [];
+  const depths: number[] = [];
+  if (typeof value === 'object' && value !== null) {
+    stack.push(value);
+    depths.push(0);
+  }
+  for (let v = stack.pop(); v !== undefined; v = stack.pop()) {
+    const depth = depths.pop()!;
+    if (depth >= limit) return whereTooDeep(value, limit);
+    for (const x of Array.isArray(v) ? v as unknown[] : Object.values(v)) {
+      if (typeof x !== 'object' || x === null) continue;
+      stack.push(x);
+      depths.push(depth + 1);
+    }
+  }
+  return undefined;
+}
+
+/** tooDeep's answer for a value that nests too deep: the walk again, naming each place. */
+function whereTooDeep(value: unknown, limit: number): string | undefined {
   const stack: Array<{ v: unknown; depth: number; at: string }> = [{ v: value, depth: 0, at: '' }];
   for (let top = stack.pop(); top !== undefined; top = stack.pop()) {
     const { v, depth, at } = top;
