@@ -141,7 +141,7 @@ export interface CheckpointResult {
   totalMs: number;
   /**
    * Of `totalMs`, the wait after the kill until every killed process was reaped by its parent
-   * (their PIDs free), at most 3 s, milliseconds; absent when the checkpoint did not wait
+   * (their PIDs free), about 3 s at most, milliseconds; absent when the checkpoint did not wait
    * (leaveRunning, skipReapWait, a tree in a pid namespace of its own).
    */
   reapWaitMs?: number;

@@ -227,8 +227,9 @@ OPTIONS
       {"pids":[PID],"imageBytes":N,"pagesBytes":N,"frozenMs":N,"totalMs":N,
       "reapWaitMs":N}, with "warnings":[LINE...] when the checkpoint went on
       despite something. reapWaitMs (absent with --leave-running or a
-      container) is the part of totalMs spent after the kill waiting for the
-      killed processes to be reaped by their parents, at most 3 s.
+      container in a pid namespace of its own) is the part of totalMs spent
+      after the kill waiting for the killed processes to be reaped by their
+      parents, about 3 s at most.
       Without --json each warning is also a "warning:" line on stderr.
 
 ${GLOBAL_OPTIONS}
@@ -238,9 +239,10 @@ OUTPUT
       checkpointed pid 4242 to /tmp/app.tar: 12.3 MiB, frozen 8 ms, total 40 ms
   "frozen" is how long the process was stopped; "total" the whole command,
   followed by "(N ms of it waiting for the killed processes to be reaped)"
-  when that wait took 10 ms or more: ferry waits up to 3 s after the kill
-  until their parents have reaped them, so that their PIDs are free for a
-  restore; a parent or PID 1 that reaps lazily makes that most of the total.
+  when that wait took 10 ms or more: ferry waits (about 3 s at most) after
+  the kill until their parents have reaped them, so that their PIDs are free
+  for a restore; a parent or PID 1 that reaps lazily makes that most of the
+  total.
   When standard error is a terminal, a progress line is shown there while the
   image is written.
 

@@ -491,8 +491,10 @@ const BUFFERS = 4;
  * The smallest chunk prepared before a freeze (unless the configured chunk is smaller). Each
  * of the BUFFERS is faulted in page by page, and a fresh page costs here (direct.ts): 4 x 1 MiB
  * took 15-19 ms of a small process's checkpoint before the freeze, 4 x 256 KiB 4.5-5.6 ms,
- * for the 27 pages a sleep stores. Only a tree whose biggest process grew past its estimate
- * since is read in smaller chunks than it could be.
+ * for the 27 pages a sleep stores. Only a process that grew past the estimate since, or one the
+ * estimate did not look at (a tree of more than its 256 processes), is read in smaller pieces
+ * than it could be: more writes and hash updates, the same image (the manifest's chunks are
+ * of the configured size whatever the pieces).
  */
 const MIN_PREPARED_CHUNK = 256 * 1024;
 

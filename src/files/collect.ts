@@ -100,7 +100,7 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     reps.splice(lo, 0, { desc: d, id });
     return id;
   };
-  /** The tree's processes' descriptors, by pid and fd (DumpContext.descriptors), and their holders by file id. */
+  /** The tree's processes' descriptors in the order collected (DumpContext.descriptors), and their holders by file id. */
   const descriptors: FdDesc[] = [];
   const holdersById = new Map<number, Array<{ pid: number; fd: number }>>();
   for (const [pid, descs] of descsByPid) {
@@ -113,7 +113,6 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
     }
     fds.set(pid, table);
   }
-  descriptors.sort((a, b) => a.pid - b.pid || a.fd - b.fd);
   for (const d of descriptors) {
     const id = idOf.get(`${d.pid}:${d.fd}`);
     if (id === undefined) continue;

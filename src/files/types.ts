@@ -124,14 +124,15 @@ export interface DumpContext {
    */
   fileIdOf(pid: number, fd: number): number | undefined;
   /**
-   * Every descriptor of the tree's processes as the engine collected them, by pid and then fd
-   * ascending (not a thread's table of its own, not a file found in flight): what a module
-   * looks through instead of listing /proc/PID/fd again (the tree is stopped meanwhile).
+   * Every descriptor of the tree's processes as the engine collected them, in its order (the
+   * processes as the tree lists them, parents first; each one's descriptors ascending), not a
+   * thread's table of its own, not a file found in flight: what a module looks through
+   * instead of listing /proc/PID/fd again (the tree is stopped meanwhile).
    */
   readonly descriptors: readonly FdDesc[];
   /**
    * The descriptors of the tree's processes that hold the same open file as descriptor `fd`
-   * of `pid` (that one too), by pid and then fd ascending; none when it is no descriptor of
+   * of `pid` (that one too), in the order of `descriptors`; none when it is no descriptor of
    * the tree.
    */
   holders(pid: number, fd: number): ReadonlyArray<{ readonly pid: number; readonly fd: number }>;

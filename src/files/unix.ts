@@ -251,7 +251,8 @@ function survey(ctx: DumpContext, ino: number): Survey {
   const table = new Map<number, UnixDiag>();
   for (const d of native().unixDiagAll()) table.set(d.ino, d);
   const holders = new Map<number, { pid: number; fd: number }>();
-  for (const { pid, fd, link } of ctx.descriptors) {
+  // The first holder by pid, then fd.
+  for (const { pid, fd, link } of [...ctx.descriptors].sort((a, b) => a.pid - b.pid || a.fd - b.fd)) {
     const m = /^socket:\[(\d+)\]$/.exec(link);
     if (m && !holders.has(Number(m[1]))) holders.set(Number(m[1]), { pid, fd });
   }

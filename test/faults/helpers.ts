@@ -379,9 +379,10 @@ process.on('exit', killAll);
 
 /**
  * Starts `memcheck MIB MODE` as our child, detached, its output on a log file in a fresh
- * scratch directory; the tree's pids are read from its log.
+ * scratch directory; the tree's pids are read from its log. `mib` may be a string such as
+ * '256k' (KiB, a multiple of 64).
  */
-export async function startMemcheck(mib: number, mode: 'one' | 'tree' | 'cow' | 'forker'): Promise<Memcheck> {
+export async function startMemcheck(mib: number | string, mode: 'one' | 'tree' | 'cow' | 'forker'): Promise<Memcheck> {
   const dir = scratchDir('ferry-fault-');
   const log = join(dir, 'workload.log');
   // O_APPEND: a process restored from an image appends instead of overwriting.
@@ -534,13 +535,13 @@ export async function abort(p: Problems, run: FerryRun, fault: Fault): Promise<v
 }
 
 /**
- * ENOSPC: `small` (made here) is a tmpfs of 8 MiB holding the older image, too small for `t`'s
- * image: ferry exits 1 with one line saying the disk is full, `t` is intact, the older image
- * untouched, and no partial file is left. The tmpfs is unmounted before this returns.
+ * ENOSPC: `small` (made here) is a tmpfs of `size` (8 MiB) holding the older image, too small
+ * for `t`'s image: ferry exits 1 with one line saying the disk is full, `t` is intact, the
+ * older image untouched, and no partial file is left. The tmpfs is unmounted before this returns.
  */
-export async function checkpointIntoFullDisk(p: Problems, t: Target, small: string, olderImage: string): Promise<void> {
+export async function checkpointIntoFullDisk(p: Problems, t: Target, small: string, olderImage: string, size = '8m'): Promise<void> {
   mkdirSync(small);
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small], { encoding: 'utf8' });
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', small], { encoding: 'utf8' });
   if (m.status !== 0) {
     p.push(`cannot mount a tmpfs: ${m.stderr.trim()}`);
     return;
@@ -550,7 +551,7 @@ export async function checkpointIntoFullDisk(p: Problems, t: Target, small: stri
     copyFileSync(olderImage, target);
     const older = sha256(target);
     const r = await runFerry(['checkpoint', ...t.args, '--image', target], p);
-    if (r.code !== 1) p.push(`exit ${r.code}, expected 1${r.code === 0 ? ' (the image cannot fit in 8 MiB)' : ''}`);
+    if (r.code !== 1) p.push(`exit ${r.code}, expected 1${r.code === 0 ? ` (the image cannot fit in ${size})` : ''}`);
     checkLines(p, r.stderr, 1);
     if (r.code === 1 && !/ENOSPC|no space/i.test(r.stderr)) p.push(`the line does not say the disk is full: ${stderrLines(r.stderr)[0]}`);
     await t.intact(p);

@@ -10,7 +10,8 @@
  * which is not the same as ferry harming the workload.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
@@ -128,6 +129,29 @@ async function enospcCell(p: Problems, mode: Mode): Promise<void> {
   const t = await startMemcheck(mode === 'one' ? 32 : 16, mode);
   try {
     await checkpointIntoFullDisk(p, memcheckTarget(t), join(t.dir, 'small'), olderImage);
+  } finally {
+    killOurs(t.pids);
+  }
+}
+
+/**
+ * ENOSPC of a small image, which goes out in one write (image/tar-out.ts, a gathered tar: at
+ * most 1 MiB on an O_DIRECT file, as tmpfs is here): a process of 256 KiB, its image (about
+ * 300 KiB, checked to be under 1 MiB first) into a tmpfs of 128 KiB holding a 16 KiB older one.
+ */
+async function enospcSmallCell(p: Problems): Promise<void> {
+  const t = await startMemcheck('256k', 'one');
+  try {
+    const probe = join(t.dir, 'probe.tar');
+    const r = await runFerry(['checkpoint', '--pid', String(t.pids[0]), '--image', probe, '--leave-running', '--json']);
+    const bytes = r.code === 0 ? (JSON.parse(r.stdout) as { imageBytes: number }).imageBytes : undefined;
+    if (bytes === undefined) p.push(`the probe checkpoint failed: ${r.stderr}`);
+    else if (bytes > 1 << 20 || bytes <= 128 << 10) p.push(`the image is ${bytes} bytes: not one written in one write into a 128 KiB tmpfs`);
+    else {
+      const older = join(t.dir, 'older.bin');
+      writeFileSync(older, randomBytes(16 << 10));
+      await checkpointIntoFullDisk(p, memcheckTarget(t), join(t.dir, 'small'), older, '128k');
+    }
   } finally {
     killOurs(t.pids);
   }
@@ -254,6 +278,7 @@ describe('fault matrix: processes', { skip }, () => {
         }
       }
       it(`${mode} checkpoint ENOSPC`, CELL, async () => expectOk(await cell(matrix, `${mode} checkpoint ENOSPC`, 'once', (p) => enospcCell(p, mode))));
+      if (mode === 'one') it('one checkpoint ENOSPC, a small image in one write', CELL, async () => expectOk(await cell(matrix, 'one checkpoint ENOSPC small', 'once', enospcSmallCell)));
       it(`${mode} checkpoint EPIPE`, CELL, async () => expectOk(await cell(matrix, `${mode} checkpoint EPIPE`, 'once', (p) => epipeCell(p, mode))));
     });
   }
