@@ -110,15 +110,11 @@ export function collectFiles(descsByPid: ReadonlyMap<number, readonly FdDesc[]>,
       idOf.set(`${pid}:${d.fd}`, id);
       table.push({ fd: d.fd, file: id, cloexec: fdCloexec(d.fdinfo) });
       descriptors.push(d);
+      let h = holdersById.get(id);
+      if (!h) holdersById.set(id, (h = []));
+      h.push({ pid, fd: d.fd });
     }
     fds.set(pid, table);
-  }
-  for (const d of descriptors) {
-    const id = idOf.get(`${d.pid}:${d.fd}`);
-    if (id === undefined) continue;
-    let h = holdersById.get(id);
-    if (!h) holdersById.set(id, (h = []));
-    h.push({ pid: d.pid, fd: d.fd });
   }
   const treePids: ReadonlySet<number> = new Set(descsByPid.keys());
   // The processes' tables first: a file a thread's own table shares with one is dumped from

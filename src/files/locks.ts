@@ -178,8 +178,7 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
   if (out.some((l) => l.kind === 'lease' && l.type === 'write')) refuseMappedWriteLease(d, ctx);
   // Other processes holding this open file may own POSIX locks set through it: each shows them
   // in its own fdinfo only. Processes without a descriptor of the file are skipped cheaply.
-  const id = ctx.fileIdOf(d.pid, d.fd);
-  if (id === undefined || ctx.pids.size < 2 || !mayHavePosixLocks(d)) return out;
+  if (ctx.pids.size < 2 || !mayHavePosixLocks(d)) return out;
   const seen = new Set([d.pid]);
   for (const { pid, fd } of ctx.holders(d.pid, d.fd)) {
     if (seen.has(pid)) continue; // its first descriptor of the file shows them all

@@ -139,7 +139,8 @@ export class TarOut {
     if (directFd) this.staging = spareStaging ?? directBuffer(STAGING_BYTES);
     if (this.staging === spareStaging) spareStaging = undefined;
     this.inline = seekable && total <= INLINE_WRITE_MAX_BYTES;
-    // A tar's total is whole blocks, so whole multiples of DIRECT_ALIGN too.
+    // A tar's total is whole 512-byte blocks, so a multiple of DIRECT_ALIGN: checked all the
+    // same, since the one direct write of a gathered tar must be aligned.
     if (directFd && this.inline && total <= this.staging!.length && total % DIRECT_ALIGN === 0) {
       this.gathered = this.staging!.subarray(0, total).fill(0);
     }
