@@ -36,9 +36,13 @@ describe('checkpoint and restore of one process', { skip, timeout: 180_000 }, ()
     const pidFile = join(w.dir, 'pid');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--json']);
     assert.equal(cp.code, 0, cp.stderr);
-    const result = JSON.parse(cp.stdout.toString()) as { pids: number[]; imageBytes: number; frozenMs: number };
+    const result = JSON.parse(cp.stdout.toString()) as { pids: number[]; imageBytes: number; frozenMs: number; totalMs: number; reapWaitMs?: number };
     assert.deepEqual(result.pids, [w.pid]);
     assert.ok(result.imageBytes > 0);
+    // The wait for the reaping (the counter's parent is the test runner, which reaps it) is
+    // said apart, part of the total and not of the frozen window.
+    assert.equal(typeof result.reapWaitMs, 'number', cp.stdout.toString());
+    assert.ok(result.reapWaitMs! >= 0 && result.frozenMs + result.reapWaitMs! <= result.totalMs, cp.stdout.toString());
     await w.exited;
     const before = w.ticks();
     await sleep(300);
