@@ -47,6 +47,21 @@ function entry(name: string, size: number, chunk = 1000): ImageEntry {
 const expected = (size: number): Buffer => Buffer.from(Array.from({ length: size }, (_, i) => i * 7 & 0xff));
 const entries = (): ImageEntry[] => [entry('a.json', 0), entry('tasks/42/pages.bin', 100_003, 4096), entry('odd', 513)];
 
+/**
+ * The image file at `path` holds the very bytes `writeImage('-')` streams, in another node, of
+ * the entries module `mod` exports as `name` (header: the tests' `header`).
+ */
+function sameAsStreamed(path: string, mod: string, name: string): void {
+  const w = spawnSync(process.execPath, ['--input-type=module', '-e', `
+    import { writeImage } from '${join(process.cwd(), 'dist/src/image/writer.js')}';
+    import { ${name} } from '${mod}';
+    await writeImage('-', ${JSON.stringify(header)}, ${name}());`], { maxBuffer: 1 << 26 });
+  assert.equal(w.status, 0, w.stderr.toString());
+  const file = readFileSync(path);
+  assert.equal(file.length, w.stdout.length, 'the same length');
+  assert.ok(file.equals(w.stdout), 'the same bytes');
+}
+
 describe('image writer and reader', { timeout: 60_000 }, () => {
   it('hashes on the hash pool (libuv\'s threads) to the same digests as on the JS thread, a chunk cut across hashes and a big whole entry included', async () => {
     // Chunks of 3 MiB + 17 bytes cut every CHUNK_BYTES hash in two or three updates, which the
@@ -134,14 +149,7 @@ describe('image writer and reader', { timeout: 60_000 }, () => {
     const path = join(dir, 'mix.tar');
     const { mix: make } = await import(mod) as { mix: () => ImageEntry[] };
     await writeImage(path, header, make());
-    const w = spawnSync(process.execPath, ['--input-type=module', '-e', `
-      import { writeImage } from '${join(process.cwd(), 'dist/src/image/writer.js')}';
-      import { mix } from '${mod}';
-      await writeImage('-', ${JSON.stringify(header)}, mix());`], { maxBuffer: 1 << 26 });
-    assert.equal(w.status, 0, w.stderr.toString());
-    const file = readFileSync(path);
-    assert.equal(file.length, w.stdout.length, 'the same length');
-    assert.ok(file.equals(w.stdout), 'the same bytes');
+    sameAsStreamed(path, mod, 'mix');
     const img = await openImage(path, { workDir: dir });
     assert.equal((await img.read('tasks/2/pages.bin')).length, (3 << 20) + 1513);
     await img.close();
@@ -159,14 +167,7 @@ describe('image writer and reader', { timeout: 60_000 }, () => {
     await writeImage(join(dir, 'full.tar'), header, [{ name: 'full.bin', size: 900 * 1024, produce: async (sink) => { await sink(Buffer.alloc(900 * 1024, 0xab)); } }]);
     const path = join(dir, 'small.tar');
     await writeImage(path, header, make());
-    const w = spawnSync(process.execPath, ['--input-type=module', '-e', `
-      import { writeImage } from '${join(process.cwd(), 'dist/src/image/writer.js')}';
-      import { small } from '${mod}';
-      await writeImage('-', ${JSON.stringify(header)}, small());`], { maxBuffer: 1 << 24 });
-    assert.equal(w.status, 0, w.stderr.toString());
-    const file = readFileSync(path);
-    assert.equal(file.length, w.stdout.length, 'the same length');
-    assert.ok(file.equals(w.stdout), 'the same bytes');
+    sameAsStreamed(path, mod, 'small');
     const img = await openImage(path, { workDir: dir });
     assert.equal((await img.read('b')).toString(), 'b'.repeat(513));
     await img.close();
