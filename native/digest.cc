@@ -10,7 +10,10 @@
 // export it still loads this addon: pageDigests then says false and the caller hashes in
 // JavaScript.
 #include <dlfcn.h>
+#include <errno.h>
 #include <napi.h>
+#include <string.h>
+#include <unistd.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -53,6 +56,17 @@ bool ArgBytes(const Napi::CallbackInfo& info, size_t i, uint8_t** data, size_t* 
   return true;
 }
 
+// Each page's sha256 of data into out (32 bytes a page of `page` bytes); false without
+// OpenSSL's SHA-256. Runs on any thread.
+bool DigestPages(const Sha256* sha, const uint8_t* data, size_t len, uint8_t* out, size_t page) {
+  alignas(16) unsigned char ctx[256];
+  for (size_t off = 0, p = 0; off < len; off += page, p++) {
+    size_t piece = len - off < page ? len - off : page;
+    if (!sha->init(ctx) || !sha->update(ctx, data + off, piece) || !sha->final(out + p * 32, ctx)) return false;
+  }
+  return true;
+}
+
 // pageDigests(data, out, at, pageSize) -> boolean: the sha256 of each pageSize bytes of data
 // (the last piece may be shorter), 32 bytes each, into out from `at`; false without OpenSSL's
 // SHA-256 here (what was written then is not to be used). Either may be a view of a
@@ -72,16 +86,7 @@ Napi::Value PageDigests(const Napi::CallbackInfo& info) {
     return {};
   }
   const Sha256* sha = Sha256Fns();
-  if (sha == nullptr) return Napi::Boolean::New(info.Env(), false);
-  alignas(16) unsigned char ctx[256];
-  for (size_t p = 0; p < n; p++) {
-    size_t off = p * page;
-    size_t piece = len - off < static_cast<size_t>(page) ? len - off : static_cast<size_t>(page);
-    if (!sha->init(ctx) || !sha->update(ctx, data + off, piece) || !sha->final(out + at + p * 32, ctx)) {
-      return Napi::Boolean::New(info.Env(), false);
-    }
-  }
-  return Napi::Boolean::New(info.Env(), true);
+  return Napi::Boolean::New(info.Env(), sha != nullptr && DigestPages(sha, data, len, out + at, static_cast<size_t>(page)));
 }
 
 // A SHA256_CTX lives in memory of the caller's (sha256Init): room for it, and aligned as
@@ -154,6 +159,103 @@ Napi::Value Sha256UpdateJs(const Napi::CallbackInfo& info) {
   return promise;
 }
 
+// One writeAndDigest: pwrite(2)s pieces of a buffer into a file, then takes the sha256 of each
+// page of the buffer, on a thread of libuv's pool; the buffer, the pieces and `out` are held
+// until it is done.
+class WriteDigestWork : public Napi::AsyncWorker {
+ public:
+  WriteDigestWork(Napi::Env env, int fd, Napi::Uint8Array data, Napi::Float64Array writes, Napi::Uint8Array out)
+      : Napi::AsyncWorker(env, "ferry.writeAndDigest"), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd),
+        data_(data.Data()), len_(data.ByteLength()), writes_(writes.Data()), nWrites_(writes.ElementLength() / 3),
+        out_(out.Data()), outLen_(out.ByteLength()),
+        dataRef_(Napi::Persistent(data)), writesRef_(Napi::Persistent(writes)), outRef_(Napi::Persistent(out)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    for (size_t i = 0; i < nWrites_; i++) {
+      size_t from = static_cast<size_t>(writes_[3 * i]), len = static_cast<size_t>(writes_[3 * i + 1]);
+      off_t pos = static_cast<off_t>(writes_[3 * i + 2]);
+      for (size_t done = 0; done < len;) {
+        ssize_t n = pwrite(fd_, data_ + from + done, len - done, pos + static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          err_ = n < 0 ? errno : EIO;  // a write of nothing: the file took no more
+          return;
+        }
+        done += static_cast<size_t>(n);
+      }
+    }
+    const Sha256* sha = Sha256Fns();
+    digested_ = outLen_ > 0 && sha != nullptr && DigestPages(sha, data_, len_, out_, kPage);
+  }
+  void OnOK() override {
+    if (err_ == 0) return deferred_.Resolve(Napi::Boolean::New(Env(), digested_));
+    const char* name = strerrorname_np(err_);
+    std::string code = name ? name : "E" + std::to_string(err_);
+    Napi::Error e = Napi::Error::New(Env(), code + ": " + strerror(err_) + ", pwrite");
+    e.Set("code", Napi::String::New(Env(), code));
+    e.Set("errno", Napi::Number::New(Env(), err_));
+    e.Set("syscall", Napi::String::New(Env(), "pwrite"));
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  static constexpr size_t kPage = 4096;
+  Napi::Promise::Deferred deferred_;
+  int fd_;
+  const uint8_t* data_;
+  size_t len_;
+  const double* writes_;
+  size_t nWrites_;
+  uint8_t* out_;
+  size_t outLen_;
+  int err_ = 0;
+  bool digested_ = false;
+  Napi::Reference<Napi::Uint8Array> dataRef_;
+  Napi::Reference<Napi::Float64Array> writesRef_;
+  Napi::Reference<Napi::Uint8Array> outRef_;
+};
+
+// writeAndDigest(fd, data, writes, out) -> Promise<boolean>: on libuv's thread pool, writes
+// each piece of `data` that `writes` names ([offset in data, length, file position], ...,
+// all within data) with pwrite(2) until whole, then, when `out` has room for a digest of each
+// 4 KiB page of `data` (32 bytes each), puts their sha256 there: true once they are taken
+// (false: none asked, or no OpenSSL SHA-256 here). Rejects with the errno of a failed write
+// (EIO for one that wrote nothing). None of the three may change until it settles.
+Napi::Value WriteAndDigestJs(const Napi::CallbackInfo& info) {
+  const char* usage = "writeAndDigest(fd: number, data: Uint8Array, writes: Float64Array, out: Uint8Array)";
+  int64_t fd;
+  uint8_t *data, *out;
+  size_t len, outLen;
+  if (!ArgInt(info, 0, &fd) || !ArgBytes(info, 1, &data, &len, usage) || !ArgBytes(info, 3, &out, &outLen, usage)) return {};
+  if (info.Length() < 3 || !info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    ThrowType(info.Env(), usage);
+    return {};
+  }
+  Napi::Float64Array writes = info[2].As<Napi::Float64Array>();
+  if (writes.ElementLength() % 3 != 0) {
+    ThrowType(info.Env(), "writeAndDigest: writes are [offset, length, position] triples");
+    return {};
+  }
+  for (size_t i = 0; i < writes.ElementLength(); i += 3) {
+    double from = writes[i], n = writes[i + 1], pos = writes[i + 2];
+    if (!(from >= 0) || !(n >= 0) || !(pos >= 0) || from + n > static_cast<double>(len) || pos > 9.0e15) {
+      ThrowType(info.Env(), "writeAndDigest: a write lies outside the data or the file");
+      return {};
+    }
+  }
+  if (outLen > 0 && outLen / 32 < (len + 4095) / 4096) {
+    ThrowType(info.Env(), "writeAndDigest: out has no room for a digest of each page");
+    return {};
+  }
+  auto* work = new WriteDigestWork(info.Env(), static_cast<int>(fd), info[1].As<Napi::Uint8Array>(), writes, info[3].As<Napi::Uint8Array>());
+  Napi::Promise promise = work->Promise();
+  work->Queue();  // deletes itself once settled
+  return promise;
+}
+
 // sha256Final(state, out) -> undefined: the digest (32 bytes) into `out`; `state` is spent.
 Napi::Value Sha256FinalJs(const Napi::CallbackInfo& info) {
   uint8_t *state, *out;
@@ -175,6 +277,7 @@ void InitDigest(Napi::Env env, Napi::Object exports) {
   exports.Set("sha256Init", Napi::Function::New(env, Sha256InitJs));
   exports.Set("sha256Update", Napi::Function::New(env, Sha256UpdateJs));
   exports.Set("sha256Final", Napi::Function::New(env, Sha256FinalJs));
+  exports.Set("writeAndDigest", Napi::Function::New(env, WriteAndDigestJs));
 }
 
 }  // namespace ferry

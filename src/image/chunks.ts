@@ -377,6 +377,22 @@ export function pageDigests(data: Uint8Array, out?: Buffer, at = 0, unit = DIGES
 }
 
 /**
+ * pageDigests of 4 KiB pages on a thread of libuv's pool (native writeAndDigest, writing
+ * nothing), into `out` (32 bytes a page); on this thread where the addon has no SHA-256.
+ * Neither may change until it settles.
+ */
+export async function pageDigestsOnPool(data: Uint8Array, out: Buffer): Promise<void> {
+  if (nativeDigests) {
+    try {
+      if (await native().writeAndDigest(-1, data, NO_WRITES, out)) return;
+    } catch { /* no addon here: in JavaScript */ }
+    nativeDigests = false;
+  }
+  pageDigests(data, out);
+}
+const NO_WRITES = new Float64Array(0);
+
+/**
  * The digest of one chunk of a chunked entry: sha256 of its bytes, or for a `pageDigests`
  * entry sha256 of its pages' sha256 concatenated (so a writer that knows a page's digest need
  * not read the page).

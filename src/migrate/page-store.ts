@@ -40,6 +40,12 @@ const MAX_INDEX_BLOCKS = 1 << 19;
 const DIGEST_BLOCK = 1 << 15;
 
 /**
+ * Bytes of the rounds' pages a receiver that defers its writes (deferWrites) may hold before it
+ * asks the channel to wait (backlog): 16 frames.
+ */
+const BACKLOG_BYTES = 16 << 20;
+
+/**
  * Where the store holds each page of one process: its slot by page number, in blocks of
  * INDEX_BLOCK (a Map per page cost 0.3-0.6 µs a lookup: 170 ms of the downtime at 1 GiB, to
  * follow the frozen image's references to 262,144 held pages).
@@ -124,6 +130,23 @@ export class PreCopyReceiver {
   /** Pages received in rounds, and bytes of the image REFs filled in. */
   pages = 0;
   refBytes = 0;
+  /**
+   * Once deferWrites() was called: each round's frame is written, and its pages' digests
+   * taken, on libuv's pool (native writeAndDigest), one frame at a time in the order they came
+   * (a later round's page goes to the slot an earlier one's write may still be filling), while
+   * the JS thread takes the next frames off the connection. `writing`: the chain of those
+   * writes; `queued`: the frames in it and their bytes; `failure`: the first write that failed.
+   */
+  private deferred = false;
+  private writing: Promise<void> = Promise.resolve();
+  private queuedFrames = 0;
+  private queuedBytes = 0;
+  private failure: FerryError | undefined;
+  /** Waiting for the queue to shrink below BACKLOG_BYTES (backlog), or to empty (settled). */
+  private readonly belowBacklog: Array<() => void> = [];
+  private readonly emptied: Array<() => void> = [];
+  /** close() came while writes were in flight: the last of them closes the descriptor. */
+  private closeWhenSettled = false;
 
   /** `keepDigests`: take each page's digest as it arrives (for restore's checks; not for a rebuild). */
   constructor(dir: string, private readonly peer: string, keepDigests = true) {
@@ -140,14 +163,56 @@ export class PreCopyReceiver {
   }
 
   /**
-   * Removes the store, and closes it unless an image took it over (overlay): idempotent.
+   * Removes the store, and closes it unless an image took it over (overlay): idempotent. With
+   * writes in flight (a failed migration), the last of them closes it: closed now, its number
+   * could be another file's by the time they write.
    */
   close(): void {
+    if (this.queuedFrames > 0) {
+      rmSync(this.path, { force: true });
+      this.closeWhenSettled = !this.adopted;
+      return;
+    }
     // The unlink changes the store's ctime: its own change, which `intact` must not take for another's.
     this.own(() => rmSync(this.path, { force: true }));
     if (this.fd < 0 || this.adopted) return;
     closeSync(this.fd);
     this.fd = -1;
+  }
+
+  /**
+   * From now on, the rounds' frames are written on libuv's pool, their digests taken there
+   * (a frame's hashing and writing cost the JS thread of `ferry receive` about 2 s a GiB, while
+   * it also decrypts the connection). The caller waits for settled() before any frame that is
+   * not a round's (RAW or REF: the image, which reads the store), and for backlog() when it
+   * says so.
+   */
+  deferWrites(): void {
+    this.deferred = true;
+  }
+
+  /**
+   * Resolves once every round's frame is written (at once when none is in flight); rejects
+   * with the first write that failed.
+   */
+  settled(): Promise<void> {
+    if (this.queuedFrames === 0) return this.failure !== undefined ? Promise.reject(this.failure) : Promise.resolve();
+    return new Promise<void>((resolve, reject) => this.emptied.push(() => (this.failure !== undefined ? reject(this.failure) : resolve())));
+  }
+
+  /**
+   * A promise while more than BACKLOG_BYTES of the rounds' frames wait for their writes (the
+   * channel stops reading until it settles), else undefined; rejects with a failed write.
+   */
+  backlog(): Promise<void> | undefined {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.queuedBytes <= BACKLOG_BYTES) return undefined;
+    return new Promise<void>((resolve, reject) => this.belowBacklog.push(() => (this.failure !== undefined ? reject(this.failure) : resolve())));
+  }
+
+  /** Whether `frame` may be handled now: a round's, or none is being written (settled()). */
+  ready(frame: Buffer): boolean {
+    return this.queuedFrames === 0 || frame[0] === TAG_PAGES;
   }
 
   /**
@@ -227,6 +292,69 @@ export class PreCopyReceiver {
   }
 
   /**
+   * Queues the write of a round's pages `data` into `slots` (one per page) on libuv's pool,
+   * after the writes before it, with their digests taken from the very bytes written (kept as
+   * keepDigests keeps them, replacing the slots' earlier ones). Each write is the store's own
+   * change to its file as in own(): intact before it, its ctime taken after. A failure is kept
+   * for settled(), backlog() and the next frame.
+   */
+  private writeLater(data: Buffer, slots: readonly number[]): void {
+    if (this.failure !== undefined) throw this.failure;
+    if (this.fd < 0 || this.closeWhenSettled) throw new FerryError('EIO', 'the pre-copy store was closed before the last round\'s pages');
+    // Pages whose slots follow each other (new pages always do) are one write.
+    const writes: number[] = [];
+    for (let p = 0; p < slots.length;) {
+      let k = 1;
+      while (p + k < slots.length && slots[p + k] === slots[p]! + k) k++;
+      writes.push(p * PAGE_SIZE, k * PAGE_SIZE, slots[p]! * PAGE_SIZE);
+      p += k;
+    }
+    this.queuedFrames++;
+    this.queuedBytes += data.length;
+    const fd = this.fd;
+    this.writing = this.writing.then(async () => {
+      if (this.failure !== undefined) return;
+      // The store's own change (own()), one frame at a time: none of ferry's writes is in
+      // flight between two.
+      const was = this.intact();
+      const want = this.digests !== undefined && this.ctime !== undefined;
+      const out = Buffer.allocUnsafe(want ? slots.length * 32 : 0);
+      const taken = await native().writeAndDigest(fd, data, new Float64Array(writes), out);
+      if (was && this.fd >= 0) this.ctime = this.ctimeNow();
+      if (want) this.keepDigestsOf(data, slots, taken ? out : undefined);
+    }).catch((err: unknown) => {
+      this.failure ??= new FerryError((err as NodeJS.ErrnoException).code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+        `cannot write the pre-copy store: ${describeCause(err)}`, { cause: err });
+    }).finally(() => {
+      this.queuedFrames--;
+      this.queuedBytes -= data.length;
+      if (this.queuedBytes <= BACKLOG_BYTES || this.failure !== undefined) for (const go of this.belowBacklog.splice(0)) go();
+      if (this.queuedFrames > 0) return;
+      if (this.closeWhenSettled) {
+        this.closeWhenSettled = false;
+        closeSync(this.fd);
+        this.fd = -1;
+      }
+      for (const done of this.emptied.splice(0)) done();
+    });
+  }
+
+  /**
+   * Keeps the digests of the pages of `data`, written into `slots` (one per page): from
+   * `sums` (32 bytes a page, taken on the pool) or, without them, hashed here.
+   */
+  private keepDigestsOf(data: Buffer, slots: readonly number[], sums: Buffer | undefined): void {
+    const d = this.digests;
+    if (d === undefined || this.ctime === undefined) return;
+    const all = sums ?? pageDigests(data);
+    slots.forEach((s, p) => {
+      const b = Math.floor(s / DIGEST_BLOCK);
+      while (d.length <= b) d.push(Buffer.allocUnsafe(DIGEST_BLOCK * 32));
+      all.copy(d[b]!, (s - b * DIGEST_BLOCK) * 32, p * 32, p * 32 + 32);
+    });
+  }
+
+  /**
    * Takes the digests of the pages of `data` written into the slots from `slot` on (each
    * block made as the slots reach it: the store's own bound, maxSlots, bounds them too).
    */
@@ -301,6 +429,7 @@ export class PreCopyReceiver {
     if (frame.length < 1) this.bad('an empty data frame');
     const tag = frame[0]!;
     if (tag === TAG_RAW) {
+      if (!this.ready(frame)) throw new Error('an image frame came before the rounds\' writes settled');
       this.imageStarted = true;
       const b = frame.subarray(1);
       write(b);
@@ -339,6 +468,11 @@ export class PreCopyReceiver {
         }
         slots.push(slot);
       }
+      if (this.deferred) {
+        this.writeLater(frame.subarray(HEAD), slots);
+        this.pages += count;
+        return 0;
+      }
       // Pages whose slots follow each other (new pages always do) are one write; each slot's
       // digest is taken from the very bytes written there, replacing the one before.
       this.own(() => {
@@ -354,6 +488,7 @@ export class PreCopyReceiver {
       this.pages += count;
       return 0;
     }
+    if (!this.ready(frame)) throw new Error('an image frame came before the rounds\' writes settled');
     // REF: the held pages, in order, into the image. An image names each page it holds once,
     // so it can name no more than were sent (which bounds the runs kept for the overlay too).
     if (frame.length !== HEAD) this.bad('a page reference of the wrong length');
@@ -402,8 +537,10 @@ function writeAll(fd: number, b: Buffer, pos: number): void {
  * from it when it is needed (restored here, or kept). It lives in the sender's private
  * directory (mode 0700, root's), and is read back with the receiver's own checks.
  */
-/** A FrameLog writes small frames this many bytes at a time. */
+/** A FrameLog writes small frames this many bytes at a time, */
 const LOG_BATCH_BYTES = 1 << 20;
+/** and one of this many bytes or more (a round's pages) on its own. */
+const DIRECT_FRAME_BYTES = 64 << 10;
 
 export class FrameLog {
   private fd: number;
@@ -420,7 +557,9 @@ export class FrameLog {
    */
   private deferred = false;
   private inflight = 0;
+  private inflightBytes = 0;
   private readonly settled: Array<() => void> = [];
+  private readonly belowBacklog: Array<() => void> = [];
   private failure: unknown;
   /** discard() came while writes were in flight: the last of them closes the descriptor. */
   private closeWhenSettled = false;
@@ -448,9 +587,10 @@ export class FrameLog {
   }
 
   /**
-   * From now on, batches are written on libuv's pool (finish() waits for them): the frozen
-   * image's frames, whose synchronous writes took 10-20 ms of the JS thread's frozen time at
-   * 1 GiB (most of the stream's own cost), while the pool's threads are idle.
+   * From now on, frames are written on libuv's pool (finish() waits for them; backlog() says
+   * when too many wait): the rounds' (0.5 s of the sender's JS thread a GiB, which also reads,
+   * hashes and encrypts them) and the frozen image's, whose synchronous writes took 10-20 ms of
+   * the JS thread's frozen time at 1 GiB.
    */
   deferWrites(): void {
     this.deferred = true;
@@ -473,18 +613,19 @@ export class FrameLog {
    * Appends one frame (throws on a failed write: the migration fails, the tree runs on). Small
    * frames are gathered and written LOG_BATCH_BYTES at a time (or by close()): the frozen
    * image's frames are hundreds of REFs and RAW pieces of a few pages, two writes each cost
-   * milliseconds of the frozen time. `frame` must not change after (no caller reuses one).
+   * milliseconds of the frozen time. A frame of DIRECT_FRAME_BYTES or more (a round's pages)
+   * is written as it is, after its length: gathered, its copy cost the JS thread 0.6 s a GiB.
+   * `frame` must not change after (no caller reuses one).
    */
   append(frame: Buffer): void {
     if (this.fd < 0 || this.closeWhenSettled) throw new FerryError('EIO', 'the local copy of the migration\'s frames was closed before its last frame');
     if (this.failure !== undefined) throw this.failure;
     const len = Buffer.allocUnsafe(4);
     len.writeUInt32BE(frame.length, 0);
-    if (frame.length >= LOG_BATCH_BYTES && !this.deferred) {
-      // A round's frame as it is, not copied into a batch.
+    if (frame.length >= DIRECT_FRAME_BYTES) {
       this.flush();
-      writeAll(this.fd, len, this.size);
-      writeAll(this.fd, frame, this.size + 4);
+      this.writeAt(len, this.size);
+      this.writeAt(frame, this.size + 4);
       this.size += 4 + frame.length;
       return;
     }
@@ -493,22 +634,39 @@ export class FrameLog {
     if (this.pendingBytes >= LOG_BATCH_BYTES) this.flush();
   }
 
-  /** Writes the frames gathered (on the pool once deferred). */
+  /**
+   * A promise while more than BACKLOG_BYTES of frames wait for their writes on the pool (the
+   * rounds wait for it before they read more pages), else undefined; rejects with a failed write.
+   */
+  backlog(): Promise<void> | undefined {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.inflightBytes <= BACKLOG_BYTES) return undefined;
+    return new Promise<void>((resolve, reject) => this.belowBacklog.push(() => (this.failure !== undefined ? reject(this.failure) : resolve())));
+  }
+
+  /** Writes the frames gathered. */
   private flush(): void {
     if (this.pending.length === 0) return;
     const data = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
     this.pending = [];
     this.pendingBytes = 0;
-    const at = this.size;
+    this.writeAt(data, this.size);
     this.size += data.length;
+  }
+
+  /** Writes `data` at `at`: at once, or on the pool once deferred. */
+  private writeAt(data: Buffer, at: number): void {
     if (!this.deferred) {
       writeAll(this.fd, data, at);
       return;
     }
     this.inflight++;
+    this.inflightBytes += data.length;
     writeAllAsync(this.fd, data, at).catch((err: unknown) => {
       this.failure ??= new FerryError('EIO', `cannot keep the local copy of the migration's frames: ${describeCause(err)}`, { cause: err });
     }).finally(() => {
+      this.inflightBytes -= data.length;
+      if (this.inflightBytes <= BACKLOG_BYTES || this.failure !== undefined) for (const go of this.belowBacklog.splice(0)) go();
       if (--this.inflight > 0) return;
       for (const done of this.settled.splice(0)) done();
       if (this.closeWhenSettled) this.closeFd();

@@ -40,7 +40,7 @@ import type { Logger } from 'pino';
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { DirtyTracker, type ProcessScan } from '../dump/dirty.js';
 import type { HeldPages, PageCounts } from '../dump/memory.js';
-import { pageDigests } from '../image/chunks.js';
+import { pageDigestsOnPool } from '../image/chunks.js';
 import { FerryError, describeCause } from '../errors.js';
 import { faultPoint } from '../fault.js';
 import { parseChildren } from '../proc/children.js';
@@ -64,6 +64,8 @@ export const DEFAULT_MAX_ROUNDS = 8;
 const TOP_UPS = 2;
 /** ...the second only when the first sent more pages than this (1 MiB: a few ms of the frozen stream). */
 const TOP_UP_PAGES = SMALL_BYTES / PAGE_SIZE;
+/** Frames of a round whose pages' digests may be taken on the pool at once (their memory held). */
+const HASHING_FRAMES = 8;
 
 /** One round's record (`--json`). */
 export interface RoundRecord {
@@ -100,9 +102,10 @@ export interface PreCopyOptions {
   onWarning?: (line: string) => void;
   /**
    * Gets every frame sent, rounds' and image's, in order: the local copy of the image
-   * (rebuildImage makes the tar from them).
+   * (rebuildImage makes the tar from them). A round waits for the promise it may return
+   * (the copy's writes behind) before it reads more pages.
    */
-  log?: (frame: Buffer) => void;
+  log?: (frame: Buffer) => void | Promise<void>;
 }
 
 /** Pages of one block of HeldPagesOf: 2 MiB of memory, 16 KiB of digests. */
@@ -344,6 +347,8 @@ export class PreCopySender {
    */
   private async sendRound(scans: readonly ProcessScan[]): Promise<{ pages: number; bytes: number }> {
     let pages = 0;
+    /** The frames' digests being taken on the pool, oldest first (at most HASHING_FRAMES + 1). */
+    const hashing: Array<Promise<void>> = [];
     for (const s of scans) {
       const held = this.forget(s);
       if (held === undefined) continue;
@@ -366,13 +371,18 @@ export class PreCopySender {
             } catch {
               continue; // unmapped since the scan: not held, the frozen image has what is there
             }
-            // Each page's digest now, while the tree runs: the frozen dump names it by that.
-            const sums = pageDigests(frame.subarray(HEAD));
+            // Each page's digest now, while the tree runs: the frozen dump names it by that. On
+            // libuv's pool, while this thread sends (1.2 s of it a GiB); held once hashed.
+            const sums = Buffer.allocUnsafe(k * 32);
             const first = Number(at / BigInt(PAGE_SIZE));
-            for (let p = 0; p < k; p++) held.set(first + p, sums, p * 32);
+            hashing.push(pageDigestsOnPool(frame.subarray(HEAD), sums).then(() => {
+              for (let p = 0; p < k; p++) held.set(first + p, sums, p * 32);
+            }));
+            if (hashing.length > HASHING_FRAMES) await hashing.shift();
             pages += k;
             this.roundBytes += frame.length;
-            this.o.log?.(frame);
+            const behind = this.o.log?.(frame);
+            if (behind !== undefined) await behind;
             if (!this.ch.sendData(frame)) await this.drained();
           }
         }
@@ -380,6 +390,7 @@ export class PreCopySender {
         closeSync(mem);
       }
     }
+    await Promise.all(hashing);
     await this.drained();
     return { pages, bytes: pages * PAGE_SIZE };
   }

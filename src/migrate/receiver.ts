@@ -159,7 +159,10 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     // Pre-copy: tagged frames, pages kept in a store beside the spool (precopy.ts).
     const pre = hello.precopy === true ? new PreCopyReceiver(dir, ch.peer) : undefined;
     if (pre) session.onUndo('close the pre-copy store', () => pre.close());
-    ch.onData = (chunk) => {
+    // The rounds' pages are written (and hashed) on libuv's pool while this thread decrypts
+    // the next; an image frame waits for them, and the channel stops reading while too many wait.
+    pre?.deferWrites();
+    const take = (chunk: Buffer): void | Promise<void> => {
       const was = bytes;
       if (pre) bytes += pre.handle(chunk, spool, skip);
       else {
@@ -167,13 +170,15 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
         bytes += chunk.length;
       }
       if (was === 0 && bytes > 0) return faultPoint('streaming', o.signal);
-      return undefined;
+      return pre?.backlog();
     };
+    ch.onData = (chunk) => (pre && !pre.ready(chunk) ? pre.settled().then(() => take(chunk)) : take(chunk));
     ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, bootId: bootId() });
     const tWelcome = performance.now();
     const end = await abortable(ch.next('receiving the image', 'end'), o.signal);
     const tEnd = performance.now();
     ch.onData = undefined;
+    await pre?.settled();
     if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
     ftruncateSync(fd, bytes); // a hole at the end too (a tar never ends in pages, but its reader need not know)
     closeSpool();

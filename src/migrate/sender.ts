@@ -286,8 +286,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     if (maxRounds > 0) {
       const f = (frames = new FrameLog(workDir, join(workDir, `${SENDER_DIR}${process.pid}-frames`)));
       session.onUndo('remove the copy', () => f.discard());
+      // Written on libuv's pool, the rounds' frames as the frozen image's (waited for before
+      // "end", below); a round waits while too many are in flight.
+      f.deferWrites();
       const p = (pre = new PreCopySender(ch, o.pid, {
-        maxRounds, logger: log, log: (frame) => f.append(frame),
+        maxRounds, logger: log, log: (frame) => { f.append(frame); return f.backlog(); },
         ...(o.signal !== undefined ? { signal: o.signal } : {}),
         onRound: (r) => { o.onRound?.(r); o.onPhase?.({ phase: 'round', ...r }); },
         ...(o.onWarning !== undefined ? { onWarning: o.onWarning } : {}),
@@ -304,9 +307,6 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const copy = join(dir, 'image.tar');
     frames?.name(join(dir, FRAME_LOG));
-    // The frozen image's frames are written to it on the pool while the tree is stopped, and
-    // waited for before "end" (below).
-    frames?.deferWrites();
     const copyFd = frames === undefined ? openSync(copy, 'wx', 0o600) : -1;
     if (copyFd >= 0) session.onUndo('close the copy', () => { try { closeSync(copyFd); } catch { /* closed */ } });
     const pump = new Pump(ch, copyFd, o.signal, pre !== undefined ? (chunk) => pre.send(chunk) : undefined);

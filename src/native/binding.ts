@@ -585,6 +585,15 @@ export interface NativeBinding {
   sha256Update(state: Uint8Array, data: Uint8Array): Promise<void>;
   /** The digest of the sha256 in `state` (spent then) into `out` (32 bytes). */
   sha256Final(state: Uint8Array, out: Uint8Array): void;
+  /**
+   * On a thread of libuv's pool: writes the pieces of `data` that `writes` names
+   * ([offset in data, length, file position] triples) into `fd` with pwrite(2), each until
+   * whole, then, when `out` has room for them, the sha256 of each 4 KiB page of `data` into
+   * `out` (32 bytes each). Resolves true once the digests are taken (false: `out` empty, or no
+   * SHA-256 in this Node); rejects with the errno error of a failed write (EIO: one that wrote
+   * nothing). None of the three may change until it settles.
+   */
+  writeAndDigest(fd: number, data: Uint8Array, writes: Float64Array, out: Uint8Array): Promise<boolean>;
   }
 
 /** An opaque handle of native uffdWatch. */
@@ -612,7 +621,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'fanotifyInit', 'fanotifyMark',
   'sockDiagDump', 'netlinkName', 'netlinkBind', 'netlinkConnect', 'packetBind', 'ifName', 'ifIndex',
   'uffdApi', 'uffdRegister', 'uffdUnregister', 'pagemapScan', 'uffdReadEvents', 'uffdCopy', 'uffdZeropage', 'uffdWatch', 'uffdUnwatch',
-  'pageDigests', 'sha256Init', 'sha256Update', 'sha256Final', 'mmHold', 'mmRelease',
+  'pageDigests', 'sha256Init', 'sha256Update', 'sha256Final', 'writeAndDigest', 'mmHold', 'mmRelease',
 ];
 
 /** The repository (package) root: dist/src/native/ -> ../../.. */

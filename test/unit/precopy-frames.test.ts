@@ -6,7 +6,9 @@
  * image has begun: each is a one-line protocol error.
  */
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -163,6 +165,68 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     assert.equal(h.run(1000, 5, false), 1);
     assert.equal(h.run(1001, 10_000), 499);
     assert.deepEqual([...h.keys()].length, 999);
+  });
+
+  it('deferred writes (ferry receive): on the pool in order, the latest copy wins, digests of what was written; image frames wait for them', async () => {
+    const r = receiver();
+    r.deferWrites();
+    const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
+    dirs.push(d);
+    const fd = openSync(join(d, 'image.tar'), 'w+');
+    let at = 0;
+    const write = (b: Buffer): void => { writeSync(fd, b, 0, b.length, at); at += b.length; };
+    const skip = (n: number): void => { at += n; };
+    assert.equal(r.handle(frame(TAG_PAGES, 42, 0x10000n, 3, Buffer.concat([page(1), page(2), page(3)])), write, skip), 0);
+    // A later round's copy of the second page, queued behind the write of the first.
+    assert.equal(r.handle(frame(TAG_PAGES, 42, 0x11000n, 1, page(9)), write, skip), 0);
+    const head = raw(Buffer.from('head'));
+    assert.equal(r.ready(head), false);
+    assert.equal(r.ready(frame(TAG_PAGES, 42, 0x20000n, 1, page(4))), true);
+    assert.throws(() => r.handle(head, write, skip), /before the rounds' writes settled/);
+    await r.settled();
+    assert.equal(r.ready(head), true);
+    assert.equal(r.backlog(), undefined);
+    r.handle(head, write, skip);
+    assert.equal(r.handle(frame(TAG_REF, 42, 0x10000n, 3), write, skip), 3 * 4096);
+    const o = r.overlay();
+    const want = [page(1), page(9), page(3)];
+    const got = Buffer.alloc(3 * 4096);
+    assert.equal(o.read(fd, got, 0, got.length, 4), got.length);
+    assert.deepEqual(got, Buffer.concat(want));
+    const [piece, ...more] = o.pieces!(fd, 4, 3 * 4096);
+    assert.equal(more.length, 0);
+    assert.ok(piece!.digests !== undefined, 'the store\'s pieces carry their digests');
+    assert.deepEqual(Buffer.from(piece!.digests!), Buffer.concat(want.map((b) => createHash('sha256').update(b).digest())));
+    assert.equal(o.intact!(), true);
+    r.close();
+    closeSync(fd);
+  });
+
+  it('a deferred write that fails: one line, from settled(), backlog() and the next frame; the store closes after it', async (t) => {
+    if (process.getuid?.() !== 0) return t.skip('needs root (a tmpfs of its own)');
+    const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'ferry-unit', d]);
+    try {
+      const r = new PreCopyReceiver(d, 'the sender 10.0.0.1:5000');
+      r.deferWrites();
+      // The file system fills after the store sized itself: the write, not the bound, fails.
+      try { writeFileSync(join(d, 'fill'), Buffer.alloc(64 << 10)); } catch { /* full: what it is for */ }
+      r.handle(frame(TAG_PAGES, 42, 0x10000n, 4, page(1, 4)), () => {});
+      const failed = (err: unknown): boolean => {
+        assert.ok(err instanceof FerryError);
+        assert.equal(err.code, 'ENOSPC');
+        assert.ok(!err.message.includes('\n'));
+        assert.match(err.message, /^cannot write the pre-copy store: /);
+        return true;
+      };
+      await assert.rejects(r.settled(), failed);
+      await assert.rejects(r.backlog()!, failed);
+      assert.throws(() => r.handle(frame(TAG_PAGES, 42, 0x20000n, 1, page(2)), () => {}), failed);
+      r.close();
+    } finally {
+      execFileSync('umount', [d]);
+      rmSync(d, { recursive: true, force: true });
+    }
   });
 
   it('refuses what an edited stream could try', () => {
