@@ -569,7 +569,8 @@ export class FrameLog {
    * the rounds leaves nothing; where the file system cannot, one named `temp` (which the next
    * run's sweep removes: workdir.ts removeStaleDirs).
    */
-  constructor(workDir: string, temp: string) {
+  constructor(private readonly dir: string, temp: string) {
+    const workDir = dir;
     try {
       this.fd = openSync(workDir, O_TMPFILE | constants.O_RDWR, 0o600);
       this.path = '';
@@ -634,6 +635,11 @@ export class FrameLog {
     if (this.pendingBytes >= LOG_BATCH_BYTES) this.flush();
   }
 
+  /** The write that failed, once one did (what append(), backlog() and finish() throw). */
+  get failed(): unknown {
+    return this.failure;
+  }
+
   /**
    * A promise while more than BACKLOG_BYTES of frames wait for their writes on the pool (the
    * rounds wait for it before they read more pages), else undefined; rejects with a failed write.
@@ -663,7 +669,7 @@ export class FrameLog {
     this.inflight++;
     this.inflightBytes += data.length;
     writeAllAsync(this.fd, data, at).catch((err: unknown) => {
-      this.failure ??= new FerryError('EIO', `cannot keep the local copy of the migration's frames: ${describeCause(err)}`, { cause: err });
+      this.failure ??= copyFailure(`the local copy of the migration's frames in ${this.dir}`, err);
     }).finally(() => {
       this.inflightBytes -= data.length;
       if (this.inflightBytes <= BACKLOG_BYTES || this.failure !== undefined) for (const go of this.belowBacklog.splice(0)) go();
@@ -696,8 +702,18 @@ export class FrameLog {
   }
 }
 
+/**
+ * The one line of a copy of the migration (`what`, naming where) whose write failed: ENOSPC
+ * (and the hint) for a full file system, else EIO.
+ */
+export function copyFailure(what: string, err: unknown): FerryError {
+  const full = (err as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC';
+  return new FerryError(full ? 'ENOSPC' : 'EIO', `cannot keep ${what} (image.work_dir): ${describeCause(err)}`
+    + (full ? ' (free space there, or set image.work_dir to a file system with room for the image)' : ''), { cause: err });
+}
+
 /** writeAll on libuv's pool. */
-async function writeAllAsync(fd: number, b: Buffer, pos: number): Promise<void> {
+export async function writeAllAsync(fd: number, b: Buffer, pos: number): Promise<void> {
   for (let off = 0; off < b.length;) {
     const { bytesWritten } = await new Promise<{ bytesWritten: number }>((resolve, reject) => {
       write(fd, b, off, b.length - off, pos + off, (err, n) => (err ? reject(err) : resolve({ bytesWritten: n })));

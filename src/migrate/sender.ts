@@ -22,7 +22,7 @@
  * only when it is needed (workdir.ts copyImage).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { CheckpointOptions, CheckpointResult, CommonOptions, RestoreOptions, RestoreResult } from '../api.js';
@@ -50,6 +50,7 @@ import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { sshChannel, type SshOptions } from './ssh.js';
 import { DEFAULT_MAX_ROUNDS, FrameLog, PreCopySender, type RoundRecord } from './precopy.js';
+import { copyFailure, writeAllAsync } from './page-store.js';
 
 export type { PhaseRecord };
 
@@ -139,12 +140,16 @@ export interface MigrateResult {
   lazy?: { pages: number; faults: number; fillMs: number };
 }
 
+/** Bytes of the local copy a Pump lets wait for their writes before it stops reading. */
+const COPY_BACKLOG_BYTES = 16 << 20;
+
 /**
  * The image's bytes on their way: checkpoint writes them into a pipe (its write end opened by
  * path, as a FIFO would be: /proc/self/fd/N); this reads the other end and sends every chunk
- * over the channel and into the local copy, pausing while the socket is full. A failure of
- * either closes the read end, so the checkpoint's next write fails (EPIPE) and it lets the
- * tree go.
+ * over the channel and into the local copy, pausing while the socket is full or more than
+ * COPY_BACKLOG_BYTES of the copy wait for their writes (on libuv's pool: written here, they
+ * held the JS thread, which also encrypts the stream, 1.5 s a GiB). A failure of either
+ * closes the read end, so the checkpoint's next write fails (EPIPE) and it lets the tree go.
  */
 class Pump {
   /** Bytes sent so far. */
@@ -153,12 +158,19 @@ class Pump {
   firstAt = 0;
   /** The pipe's write end, for the checkpoint to open by path. */
   readonly path: string;
+  /** Why it stopped reading (the checkpoint then meets EPIPE), once it failed. */
+  failure: FerryError | undefined;
   /** Resolves at the pipe's end (every byte sent and copied); rejects on the first failure. */
   readonly done: Promise<number>;
   private writeEnd: number;
   private readonly reader: Socket;
+  /** The local copy's writes in flight: their bytes, and what waits for fewer (or none). */
+  private copyBehind = 0;
+  private copyWaiters: Array<() => void> = [];
+  /** The copy's descriptor until closeCopy() (-1: none, or closed). */
+  private copyFd: number;
 
-  constructor(channel: Channel, copyFd: number, signal: AbortSignal | undefined,
+  constructor(channel: Channel, copyFd: number, copyDir: string, signal: AbortSignal | undefined,
     send: (chunk: Buffer) => boolean = (chunk) => channel.sendData(chunk)) {
     const [r, w] = native().pipe2();
     this.writeEnd = w;
@@ -167,20 +179,29 @@ class Pump {
       native().setPipeSize(w, 1 << 20);
     } catch { /* the default 64 KiB only means more chunks */ }
     this.reader = new Socket({ fd: r, readable: true, writable: false });
+    this.copyFd = copyFd;
     let first = true;
+    let copied = 0;
+    let failed = false;
     this.done = new Promise<number>((resolve, reject) => {
       const fail = (err: FerryError): void => {
+        failed = true;
+        this.failure ??= err;
         this.reader.destroy(); // the checkpoint's next write into the pipe fails (EPIPE)
         reject(err);
       };
+      const copyFailed = (err: unknown): void => fail(copyFailure(`the copy of the image in ${copyDir}`, err));
       // A connection that fails while the checkpoint is still reading the tree ends it at once.
       channel.socket.once('close', () => fail(channel.failure ?? new FerryError('ECONNRESET', `${channel.peer} closed the connection`)));
       this.reader.on('data', (chunk: Buffer) => {
         if (this.firstAt === 0) this.firstAt = performance.now();
-        try {
-          if (copyFd >= 0) for (let off = 0; off < chunk.length;) off += writeSync(copyFd, chunk, off, chunk.length - off);
-        } catch (err) {
-          return fail(new FerryError('EIMAGE', `cannot keep the copy of the image in image.work_dir: ${describeCause(err)}`, { cause: err }));
+        if (copyFd >= 0) {
+          this.copyBehind += chunk.length;
+          writeAllAsync(copyFd, chunk, copied).catch(copyFailed).finally(() => {
+            this.copyBehind -= chunk.length;
+            for (const go of this.copyWaiters.splice(0)) go();
+          });
+          copied += chunk.length;
         }
         this.bytes += chunk.length;
         let more: boolean;
@@ -190,20 +211,34 @@ class Pump {
           return fail(err instanceof FerryError ? err : new FerryError('EIO', `sending the image: ${describeCause(err)}`, { cause: err }));
         }
         if (channel.failure !== undefined) return fail(channel.failure);
-        if (more && !first) return;
+        const copyFull = this.copyBehind > COPY_BACKLOG_BYTES;
+        if (more && !first && !copyFull) return;
         this.reader.pause();
         const wasFirst = first;
         first = false;
         (async () => {
           if (wasFirst) await faultPoint('streaming', signal);
           if (!more) await new Promise<void>((resolveDrain) => channel.socket.once('drain', resolveDrain));
-          this.reader.resume();
+          if (copyFull) await this.copyBelow(COPY_BACKLOG_BYTES);
+          if (!failed) this.reader.resume();
         })().catch((err: unknown) => fail(err instanceof FerryError ? err : new FerryError('EINTR', describeCause(err), { cause: err })));
       });
-      this.reader.on('end', () => resolve(this.bytes));
+      // Every byte sent; done once the copy has them all too.
+      this.reader.on('end', () => { void this.copyBelow(0).then(() => resolve(this.bytes)); });
       this.reader.on('error', (err) => fail(new FerryError('EIO', `reading the image's pipe: ${describeCause(err)}`, { cause: err })));
     });
     this.done.catch(() => {}); // awaited by the checkpoint's last step, or the failure is the checkpoint's
+  }
+
+  /** Resolves once at most `bytes` of the copy wait for their writes. */
+  private copyBelow(bytes: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (this.copyBehind <= bytes) resolve();
+        else this.copyWaiters.push(check);
+      };
+      check();
+    });
   }
 
   /** Closes this process's write end (once the checkpoint has closed its own: the pipe ends). */
@@ -213,10 +248,24 @@ class Pump {
     this.writeEnd = -1;
   }
 
+  /**
+   * Closes the copy's descriptor (idempotent): at once when none of its writes is in flight,
+   * else after the last (closed now, its number could be another file's when they write).
+   */
+  closeCopy(): void {
+    const fd = this.copyFd;
+    if (fd < 0) return;
+    this.copyFd = -1;
+    const close = (): void => { try { closeSync(fd); } catch { /* nothing to lose */ } };
+    if (this.copyBehind === 0) close();
+    else void this.copyBelow(0).then(close);
+  }
+
   /** Closes everything (idempotent). */
   destroy(): void {
     this.closeWriteEnd();
     this.reader.destroy();
+    this.closeCopy();
   }
 }
 
@@ -296,8 +345,19 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         ...(o.onWarning !== undefined ? { onWarning: o.onWarning } : {}),
       }));
       session.onUndo('end the dirty tracking', () => p.close());
+      let tracked: boolean;
+      try {
+        tracked = await p.run();
+      } catch (err) {
+        // The copy could not keep up (a full image.work_dir): the rounds stopped, the tree runs.
+        if (err instanceof FerryError && err === f.failed) {
+          throw new FerryError(err.code, `${err.message}; so the pre-copy of pid ${o.pid} stopped: it runs on here as it was (its memory no longer tracked)`,
+            { cause: err, pid: o.pid });
+        }
+        throw err;
+      }
       // No tracking on this kernel: stop and copy, the copy a plain one.
-      if (!await p.run()) {
+      if (!tracked) {
         pre = undefined;
         f.discard();
         frames = undefined;
@@ -308,9 +368,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     const copy = join(dir, 'image.tar');
     frames?.name(join(dir, FRAME_LOG));
     const copyFd = frames === undefined ? openSync(copy, 'wx', 0o600) : -1;
-    if (copyFd >= 0) session.onUndo('close the copy', () => { try { closeSync(copyFd); } catch { /* closed */ } });
-    const pump = new Pump(ch, copyFd, o.signal, pre !== undefined ? (chunk) => pre.send(chunk) : undefined);
-    session.onUndo('close the image pipe', () => pump.destroy());
+    const pump = new Pump(ch, copyFd, dir, o.signal, pre !== undefined ? (chunk) => pre.send(chunk) : undefined);
+    session.onUndo('close the image pipe and the copy', () => pump.destroy());
 
     // Garbage is collected now, where it costs the workload nothing, rather than when V8
     // finds it due, which the rounds' streaming brings about every 100 ms or so (gc.ts).
@@ -334,7 +393,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         // The image's bytes: under pre-copy the pipe carried all but the held pages (REFs).
         const bytes = await pump.done + (pre?.refBytes ?? 0);
         sent = bytes;
-        if (copyFd >= 0) closeSync(copyFd);
+        pump.closeCopy();
         await frames?.finish();
         // Under pre-copy: pages the frozen dump read from the tree, and those it named by digest,
         // which left them out of the stream: each must have become a REF, else the image
@@ -377,6 +436,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       const lost = ch.failure;
       if (lost !== undefined && !(o.signal?.aborted ?? false)) {
         throw new FerryError(lost.code, `${lost.message}, so pid ${o.pid} was let go as it was: it runs on here`, { cause: err, pid: o.pid });
+      }
+      // So did a copy that could not be written.
+      const stopped = pump.failure ?? (frames?.failed instanceof FerryError ? frames.failed : undefined);
+      if (stopped !== undefined && !(o.signal?.aborted ?? false) && err !== stopped) {
+        throw new FerryError(stopped.code, `${stopped.message}, so pid ${o.pid} was let go as it was: it runs on here`, { cause: err, pid: o.pid });
       }
       throw err;
     });

@@ -9,11 +9,12 @@
  * target holds nothing (no spool, no page store, no stub).
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { cleanup, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
   exitOf, killFerries, leftovers, migrationDir, startDirtier, startFerry, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
@@ -114,6 +115,36 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     await waitFor('the kernel to let the source go', () => procState(w.pid).tracer === 0, 5000);
     await runsOnUnharmed(w);
   });
+
+  // The source's copy of the image (pre-copy: every frame sent, FrameLog; stop and copy: the
+  // tar, Pump) is written on libuv's pool while the stream goes on: a write that fails there
+  // must fail the migration in one line before the kill, the source running on.
+  for (const mode of ['pre-copy', 'stop and copy'] as const) {
+    it(`the source's copy cannot be written (its image.work_dir fills), ${mode}: one line, the source runs on, nothing left`, async () => {
+      const dir = scratchDir('ferry-precopy-full-');
+      const full = join(dir, 'work');
+      mkdirSync(full, { mode: 0o700 });
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0700', 'ferry-test-full', full]);
+      try {
+        const cfg = join(dir, 'config.toml');
+        writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
+        const w = await startDirtier(32, 10);
+        const { r: recv, port } = await startReceiver(key, config);
+        const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg,
+          ...(mode === 'stop and copy' ? ['--no-pre-copy'] : [])]);
+        assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+        const lines = mig.stderr().trim().split('\n');
+        assert.equal(lines.length, 1, mig.stderr());
+        assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the (local )?copy of the (image|migration's frames) in ${full}(/\\S*)? \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
+        assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+        assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
+        await runsOnUnharmed(w);
+      } finally {
+        execFileSync('umount', [full]);
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
 
   it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
     const w = await startWorkload(join(WORKLOADS, 'cow'), ['DIR', '32']);
