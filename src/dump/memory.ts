@@ -14,6 +14,7 @@ import { describeCause, FerryError } from '../errors.js';
 import { faultPointSync } from '../fault.js';
 import { directBuffer } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
+import type { HeldDigests } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
 import { dumpablePageRuns, scanStoredPages, sharedAnonPages, sharedFrames, sharedWithParent } from '../proc/pagemap.js';
@@ -92,12 +93,28 @@ export interface HeldSet {
    * `at`, 32 bytes a page.
    */
   run(page: number, max: number, want?: boolean, out?: Buffer, at?: number): number;
+  /**
+   * The digest of the chunk of a paged entry made of the `pages` held pages from `page` on
+   * (writer.ts HeldDigests.chunkDigest), if known and still true; else undefined.
+   */
+  chunkDigest?(page: number, pages: number): Buffer | undefined;
 }
 
 /** A process's held pages and where their digests go (writer.ts ImageEntry.produce's `held`). */
 export interface HeldRun {
   set: HeldSet;
-  sink(digests: Buffer): Promise<void>;
+  sink(digests: HeldDigests): Promise<void>;
+}
+
+/** The `count` held pages of `set` from `page` on, as the writer takes them (HeldDigests). */
+function heldRun(set: HeldSet, page: number, count: number): HeldDigests {
+  return {
+    pages: count,
+    copy: (from, n, out, at) => {
+      if (set.run(page + from, n, true, out, at) !== n) throw new Error(`held pages from page ${page + from} changed while the image was written`);
+    },
+    ...(set.chunkDigest !== undefined ? { chunkDigest: (from: number, n: number) => set.chunkDigest!(page + from, n) } : {}),
+  };
 }
 
 /** The pages a stream's reader holds, by process (api.ts CheckpointOptions.heldPages). */
@@ -586,9 +603,6 @@ export function prepareChunkBuffers(estimate: MemoryEstimate, chunkBytes: number
   return new ChunkBuffers(Math.max(PAGE_SIZE, Math.ceil(want / PAGE_SIZE) * PAGE_SIZE));
 }
 
-/** Pages of one `held` call at most (8 MiB of memory, 32 KiB of digests). */
-const HELD_RUN_PAGES = 2048;
-
 /**
  * Reads the planned pages in chunks of at most `chunkBytes` and hands each to `sink`. Buffers
  * rotate: earlier chunks are still being hashed and written out while the next is read from
@@ -619,12 +633,6 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
   let filled = 0; // pages in buf
   let sentTo = 0; // of them, pages handed to the sink
   let memFd = -1;
-  /**
-   * The digests of one held run, the same memory for every run (free again once the sink's
-   * promise resolved): a fresh buffer each cost a page fault per 128 pages (8 MiB of them for
-   * 1 GiB held, twice: both passes of a stream), about 15 ms of the frozen time here.
-   */
-  const heldDigests = held ? Buffer.allocUnsafe(HELD_RUN_PAGES * 32) : Buffer.alloc(0);
   const readPending = (): void => {
     if (ranges.length > 0) native().readMemory(pid, new Float64Array(ranges), buf, rangesAt * PAGE_SIZE);
     ranges = [];
@@ -667,12 +675,10 @@ async function producePages(pid: number, vmas: readonly VmaRecord[], sink: (chun
           const addr = start + (page + done) * PAGE_SIZE;
           // A stretch the reader holds: named by its pages' digests, not read.
           if (held) {
-            const k = held.set.run(addr / PAGE_SIZE, Math.min(count - done, HELD_RUN_PAGES));
+            const k = held.set.run(addr / PAGE_SIZE, count - done);
             if (k > 0) {
               await flush(false);
-              const digests = heldDigests.subarray(0, k * 32);
-              held.set.run(addr / PAGE_SIZE, k, true, digests);
-              await held.sink(digests);
+              await held.sink(heldRun(held.set, addr / PAGE_SIZE, k));
               counts.held += k;
               done += k;
               continue;

@@ -56,10 +56,10 @@ export interface ImageEntry {
    * several sink calls may be outstanding (order is kept).
    * `held`, given only for a `paged` entry of an image whose reader already holds some pages
    * (WriteOptions.omitHeld): the next pages are not produced but named by their sha256 (32
-   * bytes each), which the stream then leaves out; they count toward `size` as if produced.
-   * The digests may be reused once that promise resolved, as a chunk may.
+   * bytes each, or HeldDigests), which the stream then leaves out; they count toward `size`
+   * as if produced. The digests may be reused once that promise resolved, as a chunk may.
    */
-  produce(sink: (chunk: Buffer) => Promise<void>, held?: (digests: Buffer) => Promise<void>): Promise<void>;
+  produce(sink: (chunk: Buffer) => Promise<void>, held?: (digests: Buffer | HeldDigests) => Promise<void>): Promise<void>;
   /**
    * Listed with a sha256 per CHUNK_BYTES instead of one for the whole (page data): restore
    * verifies each chunk as it reads it, and chunks hash independently.
@@ -82,6 +82,32 @@ export const CHUNK_BYTES = 4 << 20;
  * serves each fault after it by its whole chunk.
  */
 export const PAGED_CHUNK_BYTES = 1 << 20;
+/** Pages of one chunk of a `paged` entry. */
+export const PAGED_CHUNK_PAGES = PAGED_CHUNK_BYTES / DIGEST_PAGE;
+
+/**
+ * Pages a `paged` entry's producer names by digest (ImageEntry.produce's `held`), read from
+ * where they are kept (a pre-copy's held set) as the hash takes them: not copied into a buffer
+ * of the producer's first.
+ */
+export interface HeldDigests {
+  /** How many pages, the next ones of the entry. */
+  readonly pages: number;
+  /** Copies the sha256 of pages [from, from + n) of these, 32 bytes a page, into `out` at `at`. */
+  copy(from: number, n: number, out: Buffer, at: number): void;
+  /**
+   * The digest of a chunk (chunks.ts chunkDigest: the sha256 of its pages' sha256) made of
+   * exactly pages [from, from + n) of these, when it is known already (taken before the
+   * freeze, its pages unchanged since); else undefined, and the hash takes it from `copy`.
+   */
+  chunkDigest?(from: number, n: number): Buffer | undefined;
+}
+
+/** `held` as HeldDigests: a Buffer of page digests as it is. */
+function heldDigests(held: Buffer | HeldDigests): HeldDigests {
+  if (!Buffer.isBuffer(held)) return held;
+  return { pages: held.length / 32, copy: (from, n, out, at) => { held.copy(out, at, from * 32, (from + n) * 32); } };
+}
 
 const ZERO_HASH = '0'.repeat(64);
 
@@ -176,7 +202,9 @@ const PAGED_BATCH = 128;
  * digests, one per MiB of the tree's memory, are then most of its hashing, done in the frozen
  * window. They are taken PAGED_BATCH chunks at a time in one call of the addon (pageDigests
  * with a chunk's page digests as its unit): a createHash per chunk took twice as long (1 GiB:
- * 14-23 ms against 8, on the 2-core machine under load).
+ * 14-23 ms against 8, on the 2-core machine under load). A whole chunk of held pages whose
+ * digest the held set knows already (HeldDigests.chunkDigest: pre-copy takes them before the
+ * freeze) is taken as it is: neither its page digests copied nor hashed again.
  */
 class PagedHash {
   private readonly pageSums = Buffer.allocUnsafe(PAGED_BATCH * PAGED_CHUNK_SUMS);
@@ -195,13 +223,28 @@ class PagedHash {
     return undefined;
   }
 
-  /** Pages given by their digests, copied in as many at a time as the batch has room for. */
-  held(digests: Buffer): Promise<void> {
-    for (let off = 0; off < digests.length;) {
-      const n = Math.min(digests.length - off, this.room());
-      digests.copy(this.pageSums, this.filled, off, off + n);
-      off += n;
-      this.advance(n);
+  /**
+   * Pages given by their digests: a whole chunk's known digest taken as it is, else the pages'
+   * digests copied in, to the end of the chunk at a time.
+   */
+  held(given: HeldDigests): Promise<void> {
+    for (let from = 0; from < given.pages;) {
+      const left = given.pages - from;
+      const into = this.filled % PAGED_CHUNK_SUMS; // bytes of the current chunk's page digests
+      if (into === 0 && left >= PAGED_CHUNK_PAGES) {
+        const known = given.chunkDigest?.(from, PAGED_CHUNK_PAGES);
+        if (known !== undefined) {
+          this.flush(); // the chunks before it, in order
+          this.sums.push(known.toString('hex'));
+          from += PAGED_CHUNK_PAGES;
+          continue;
+        }
+      }
+      // The batch holds whole chunks: its room is at least the rest of this one.
+      const n = Math.min(left, (PAGED_CHUNK_SUMS - into) / 32);
+      given.copy(from, n, this.pageSums, this.filled);
+      from += n;
+      this.advance(n * 32);
     }
     return Promise.resolve();
   }
@@ -613,10 +656,11 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
         let n = 0;
         const out = h.kind === 'paged' && options.omitHeld === true ? new KeptOutput(kept) : undefined;
         const held = out !== undefined && h.kind === 'paged'
-          ? (digests: Buffer): Promise<void> => {
-            n += (digests.length / 32) * DIGEST_PAGE;
-            out.held(digests.length / 32);
-            return h.h.held(digests);
+          ? (digests: Buffer | HeldDigests): Promise<void> => {
+            const given = heldDigests(digests);
+            n += given.pages * DIGEST_PAGE;
+            out.held(given.pages);
+            return h.h.held(given);
           } : undefined;
         await e.produce(async (chunk) => {
           options.signal?.throwIfAborted();
@@ -760,7 +804,7 @@ async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature
         }
         await Promise.all(sent);
       } else {
-        await e.produce(sink, omit ? (digests) => skip(digests.length / 32) : undefined);
+        await e.produce(sink, omit ? (digests) => skip(heldDigests(digests).pages) : undefined);
       }
       if (produced !== e.size) throw new Error(`entry ${e.name} produced ${produced} bytes, expected ${e.size}`);
       writes.push(finish(w, e.size));

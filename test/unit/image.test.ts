@@ -13,7 +13,7 @@ import { checkCompatibility, FORMAT_VERSION, isChunked, parseManifest, type Chun
 import type { FileRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
 import { openImage, type ImageOverlay } from '../../src/image/reader.js';
 import { tarHeader, TarOut } from '../../src/image/tar-out.js';
-import { CHUNK_BYTES, HashPool, PAGED_CHUNK_BYTES, writeImage, type ImageEntry } from '../../src/image/writer.js';
+import { CHUNK_BYTES, HashPool, PAGED_CHUNK_BYTES, writeImage, type HeldDigests, type ImageEntry } from '../../src/image/writer.js';
 import { TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/frames.js';
 import { PreCopyReceiver } from '../../src/migrate/page-store.js';
 import { closeInheritedFds } from '../../src/proc/inherited.js';
@@ -760,6 +760,45 @@ describe('manifest', { timeout: 30_000 }, () => {
     assert.equal(e.pageDigests, true);
     assert.equal(e.chunks.length, 131);
     assert.deepEqual(e.chunks, want);
+  });
+
+  it('takes the digest a held set knows of a whole chunk of held pages as it is, asking only at chunk boundaries (omitHeld, a stream)', async () => {
+    // 3 chunks and 10 pages; the first 10 read, the rest held in one run. The held set knows
+    // chunk 1's digest (a stand-in, to see it taken as it is) and chunk 2's (the true one);
+    // chunk 0 mixes read and held pages, chunk 3 is short: both hashed from the pages' digests.
+    const perChunk = PAGED_CHUNK_BYTES / 4096;
+    const pages = 3 * perChunk + 10;
+    const page = (i: number): Buffer => Buffer.alloc(4096, i % 251);
+    const pageSum = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
+    const heldSum = (i: number): Buffer => createHash('sha256').update(`page ${i}`).digest();
+    const sums = Array.from({ length: pages }, (_, i) => (i < 10 ? pageSum(page(i)) : heldSum(i)));
+    const want = (c: number): string => createHash('sha256').update(Buffer.concat(sums.slice(c * perChunk, (c + 1) * perChunk))).digest('hex');
+    const standIn = Buffer.alloc(32, 0xab);
+    const asked: number[] = [];
+    const fifo = join(dir, 'paged-known.fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const reader = spawn('wc', ['-c', fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const drained = new Promise<void>((resolve, reject) => { reader.on('error', reject).on('close', () => resolve()); });
+    const { manifest } = await writeImage(fifo, header, [{
+      name: 'p', size: pages * 4096, chunked: true, paged: true,
+      produce: async (sink, held) => {
+        await sink(Buffer.concat(Array.from({ length: 10 }, (_, i) => page(i))));
+        const given: HeldDigests = {
+          pages: pages - 10,
+          copy: (from, n, out, at) => { Buffer.concat(sums.slice(10 + from, 10 + from + n)).copy(out, at); },
+          chunkDigest: (from, n) => {
+            asked.push(from);
+            assert.equal(n, perChunk);
+            const c = (10 + from) / perChunk;
+            return c === 1 ? standIn : c === 2 ? Buffer.from(want(2), 'hex') : undefined;
+          },
+        };
+        await held!(given);
+      },
+    }], { omitHeld: true });
+    await drained;
+    assert.deepEqual(asked, [perChunk - 10, 2 * perChunk - 10]);
+    assert.deepEqual((manifest.entries[0] as ChunkedEntry).chunks, [want(0), standIn.toString('hex'), want(2), want(3)]);
   });
 
   it('streams a paged entry\'s pages read as the first pass hashed them, without running its producer again (omitHeld)', async () => {

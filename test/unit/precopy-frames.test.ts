@@ -13,7 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FerryError } from '../../src/errors.js';
-import { FRAME_PAGES, HeldPagesOf, ImageFilter, PreCopyReceiver, TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/precopy.js';
+import { chunkStarts, FRAME_PAGES, HeldPagesOf, ImageFilter, PreCopyReceiver, TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/precopy.js';
+import type { VmaRecord } from '../../src/image/records.js';
 import { tarHeader } from '../../src/image/tar-out.js';
 
 const dirs: string[] = [];
@@ -227,6 +228,52 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
       execFileSync('umount', [d]);
       rmSync(d, { recursive: true, force: true });
     }
+  });
+
+  it('chunk digests taken before the freeze: only of chunks all held, each dropped once a page of it changes', () => {
+    const h = new HeldPagesOf();
+    const sum = (p: number, gen = 0): Buffer => createHash('sha256').update(`page ${p} ${gen}`).digest();
+    // Pages 1000-2023 held but page 1700; chunks of 256 pages from 1000 on (they span blocks).
+    for (let p = 1000; p < 2024; p++) if (p !== 1700) h.set(p, sum(p), 0);
+    const starts = [1000, 1256, 1512, 1768, 2000];
+    h.prepareChunks(starts, 256);
+    const want = (from: number, gen = new Map<number, number>()): Buffer => createHash('sha256')
+      .update(Buffer.concat(Array.from({ length: 256 }, (_, i) => sum(from + i, gen.get(from + i) ?? 0)))).digest();
+    assert.deepEqual(h.chunkDigest(1000, 256), want(1000));
+    assert.deepEqual(h.chunkDigest(1256, 256), want(1256));
+    assert.equal(h.chunkDigest(1512, 256), undefined, 'page 1700 is not held');
+    assert.deepEqual(h.chunkDigest(1768, 256), want(1768));
+    assert.equal(h.chunkDigest(2000, 256), undefined, 'pages from 2024 on are not held');
+    assert.equal(h.chunkDigest(1000, 255), undefined, 'another chunk than the one taken');
+    assert.equal(h.chunkDigest(1001, 256), undefined);
+    // Held anew (a round sent it again), or let go (a scan found it written): its chunk only.
+    h.set(1300, sum(1300, 1), 0);
+    assert.equal(h.chunkDigest(1256, 256), undefined);
+    assert.deepEqual(h.chunkDigest(1000, 256), want(1000));
+    h.delete(2023);
+    assert.equal(h.chunkDigest(1768, 256), undefined);
+    assert.deepEqual(h.chunkDigest(1000, 256), want(1000));
+    h.delete(1000);
+    assert.equal(h.chunkDigest(1000, 256), undefined);
+    // Taken again: the held digests as they are now.
+    h.set(1000, sum(1000, 2), 0);
+    h.prepareChunks([1000, 1256], 256);
+    assert.deepEqual(h.chunkDigest(1000, 256), want(1000, new Map([[1000, 2]])));
+    assert.deepEqual(h.chunkDigest(1256, 256), want(1256, new Map([[1300, 1]])));
+    assert.equal(h.chunkDigest(1768, 256), undefined, 'a new set forgets the old');
+    // Overlapping chunks are not taken twice (a change must find the one it is in).
+    h.prepareChunks([1000, 1100], 256);
+    assert.equal(h.chunkDigest(1100, 256), undefined);
+  });
+
+  it('where the chunks of a pages entry fall: the whole ones within one run of stored pages', () => {
+    const vma = (start: number, runs: Array<[number, number]>): VmaRecord => ({ start: `0x${(start * 4096).toString(16)}`, runs } as unknown as VmaRecord);
+    // 300 pages from page 0x100 (one chunk, then 44 pages of the next), 10 more at 0x400 (the
+    // entry's chunk 1 spans three runs: not named), then 600 in a second area: the entry's
+    // chunk 2 starts 202 pages into that run; its chunk 3 (pages 768-909 of 910) is short.
+    const starts = chunkStarts([vma(0x100, [[0, 300], [0x300, 10]]), vma(0x10000, [[5, 600]])]);
+    assert.deepEqual(starts, [0x100, 0x10000 + 5 + 202]);
+    assert.deepEqual(chunkStarts([]), []);
   });
 
   it('refuses what an edited stream could try', () => {
