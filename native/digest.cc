@@ -230,6 +230,11 @@ Napi::Value WriteAndDigestJs(const Napi::CallbackInfo& info) {
   uint8_t *data, *out;
   size_t len, outLen;
   if (!ArgInt(info, 0, &fd) || !ArgBytes(info, 1, &data, &len, usage) || !ArgBytes(info, 3, &out, &outLen, usage)) return {};
+  double fdArg = info[0].As<Napi::Number>().DoubleValue();
+  if (!(fdArg >= -1 && fdArg <= INT32_MAX) || fdArg != static_cast<double>(fd)) {
+    ThrowType(info.Env(), "writeAndDigest: fd must be a descriptor, or -1 with no writes");
+    return {};
+  }
   if (info.Length() < 3 || !info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
     ThrowType(info.Env(), usage);
     return {};

@@ -147,6 +147,7 @@ export class PreCopyReceiver {
   private readonly emptied: Array<() => void> = [];
   /** close() came while writes were in flight: the last of them closes the descriptor. */
   private closeWhenSettled = false;
+  private closing = false;
 
   /** `keepDigests`: take each page's digest as it arrives (for restore's checks; not for a rebuild). */
   constructor(dir: string, private readonly peer: string, keepDigests = true) {
@@ -170,6 +171,7 @@ export class PreCopyReceiver {
   close(): void {
     if (this.queuedFrames > 0) {
       rmSync(this.path, { force: true });
+      this.closing = true; // the writes not begun are dropped
       this.closeWhenSettled = !this.adopted;
       return;
     }
@@ -196,8 +198,8 @@ export class PreCopyReceiver {
    * with the first write that failed.
    */
   settled(): Promise<void> {
-    if (this.queuedFrames === 0) return this.failure !== undefined ? Promise.reject(this.failure) : Promise.resolve();
-    return new Promise<void>((resolve, reject) => this.emptied.push(() => (this.failure !== undefined ? reject(this.failure) : resolve())));
+    if (this.queuedFrames === 0) return this.failure !== undefined ? handled(Promise.reject(this.failure)) : Promise.resolve();
+    return handled(new Promise<void>((resolve, reject) => this.emptied.push(() => (this.failure !== undefined ? reject(this.failure) : resolve()))));
   }
 
   /**
@@ -205,9 +207,9 @@ export class PreCopyReceiver {
    * channel stops reading until it settles), else undefined; rejects with a failed write.
    */
   backlog(): Promise<void> | undefined {
-    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.failure !== undefined) return handled(Promise.reject(this.failure));
     if (this.queuedBytes <= BACKLOG_BYTES) return undefined;
-    return new Promise<void>((resolve, reject) => this.belowBacklog.push(() => (this.failure !== undefined ? reject(this.failure) : resolve())));
+    return handled(new Promise<void>((resolve, reject) => this.belowBacklog.push(() => (this.failure !== undefined ? reject(this.failure) : resolve()))));
   }
 
   /** Whether `frame` may be handled now: a round's, or none is being written (settled()). */
@@ -313,7 +315,7 @@ export class PreCopyReceiver {
     this.queuedBytes += data.length;
     const fd = this.fd;
     this.writing = this.writing.then(async () => {
-      if (this.failure !== undefined) return;
+      if (this.failure !== undefined || this.closing) return;
       // The store's own change (own()), one frame at a time: none of ferry's writes is in
       // flight between two.
       const was = this.intact();
@@ -323,8 +325,9 @@ export class PreCopyReceiver {
       if (was && this.fd >= 0) this.ctime = this.ctimeNow();
       if (want) this.keepDigestsOf(data, slots, taken ? out : undefined);
     }).catch((err: unknown) => {
-      this.failure ??= new FerryError((err as NodeJS.ErrnoException).code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
-        `cannot write the pre-copy store: ${describeCause(err)}`, { cause: err });
+      const full = (err as NodeJS.ErrnoException).code === 'ENOSPC';
+      this.failure ??= new FerryError(full ? 'ENOSPC' : 'EIO', `cannot write the pre-copy store ${this.path}: ${describeCause(err)}`
+        + (full ? ' (free space in image.work_dir, or migrate with --no-pre-copy)' : ''), { cause: err });
     }).finally(() => {
       this.queuedFrames--;
       this.queuedBytes -= data.length;
@@ -645,9 +648,9 @@ export class FrameLog {
    * rounds wait for it before they read more pages), else undefined; rejects with a failed write.
    */
   backlog(): Promise<void> | undefined {
-    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.failure !== undefined) return handled(Promise.reject(this.failure as Error));
     if (this.inflightBytes <= BACKLOG_BYTES) return undefined;
-    return new Promise<void>((resolve, reject) => this.belowBacklog.push(() => (this.failure !== undefined ? reject(this.failure) : resolve())));
+    return handled(new Promise<void>((resolve, reject) => this.belowBacklog.push(() => (this.failure !== undefined ? reject(this.failure) : resolve()))));
   }
 
   /** Writes the frames gathered. */
@@ -700,6 +703,15 @@ export class FrameLog {
     closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+/**
+ * `p`, marked handled: a caller may drop it (the image filter drops what a log returns), and a
+ * rejection nobody awaits would end the process; whoever awaits it still gets the rejection.
+ */
+function handled(p: Promise<void>): Promise<void> {
+  p.catch(() => {});
+  return p;
 }
 
 /**

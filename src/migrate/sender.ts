@@ -439,8 +439,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       }
       // So did a copy that could not be written.
       const stopped = pump.failure ?? (frames?.failed instanceof FerryError ? frames.failed : undefined);
-      if (stopped !== undefined && !(o.signal?.aborted ?? false) && err !== stopped) {
-        throw new FerryError(stopped.code, `${stopped.message}, so pid ${o.pid} was let go as it was: it runs on here`, { cause: err, pid: o.pid });
+      if (stopped !== undefined && !(o.signal?.aborted ?? false)) {
+        throw new FerryError(stopped.code, `${stopped.message}, so pid ${o.pid} was let go as it was: it runs on here`, { cause: stopped, pid: o.pid });
       }
       throw err;
     });

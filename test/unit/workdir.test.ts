@@ -122,4 +122,31 @@ describe('FrameLog, its writes deferred (the frozen image\'s frames)', { skip: p
       rmSync(small, { recursive: true, force: true });
     }
   });
+
+  it('a wait it hands out may be dropped (the image filter drops what the log returns): its failure ends nothing', async () => {
+    const small = mkdtempSync(join(tmpdir(), 'ferry-framelog-full-'));
+    assert.equal(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', small]).status, 0);
+    let unhandled: unknown;
+    const seen = (reason: unknown): void => { unhandled = reason; };
+    process.on('unhandledRejection', seen);
+    try {
+      const log = new FrameLog(small, join(small, 'frames'));
+      log.deferWrites();
+      // More than its backlog (16 MiB) in flight: each append hands out a wait, dropped here.
+      const frame = Buffer.concat([Buffer.from([TAG_RAW]), Buffer.alloc(1 << 20, 1)]);
+      let waits = 0;
+      for (let i = 0; i < 20; i++) {
+        log.append(frame);
+        if (log.backlog() !== undefined) waits++;
+      }
+      assert.ok(waits > 0, 'some appends asked to wait');
+      await assert.rejects(log.finish(), (err: Error & { code?: string }) => err.code === 'ENOSPC');
+      await new Promise((r) => setImmediate(r));
+      assert.equal(unhandled, undefined, 'no rejection left unhandled');
+    } finally {
+      process.off('unhandledRejection', seen);
+      spawnSync('umount', [small]);
+      rmSync(small, { recursive: true, force: true });
+    }
+  });
 });
