@@ -296,21 +296,14 @@ export class PreCopyReceiver {
   /**
    * Queues the write of a round's pages `data` into `slots` (one per page) on libuv's pool,
    * after the writes before it, with their digests taken from the very bytes written (kept as
-   * keepDigests keeps them, replacing the slots' earlier ones). Each write is the store's own
+   * keepDigestsOf keeps them, replacing the slots' earlier ones). Each write is the store's own
    * change to its file as in own(): intact before it, its ctime taken after. A failure is kept
    * for settled(), backlog() and the next frame.
    */
   private writeLater(data: Buffer, slots: readonly number[]): void {
     if (this.failure !== undefined) throw this.failure;
     if (this.fd < 0 || this.closeWhenSettled) throw new FerryError('EIO', 'the pre-copy store was closed before the last round\'s pages');
-    // Pages whose slots follow each other (new pages always do) are one write.
-    const writes: number[] = [];
-    for (let p = 0; p < slots.length;) {
-      let k = 1;
-      while (p + k < slots.length && slots[p + k] === slots[p]! + k) k++;
-      writes.push(p * PAGE_SIZE, k * PAGE_SIZE, slots[p]! * PAGE_SIZE);
-      p += k;
-    }
+    const writes = slotRuns(slots).flatMap(([p, k]) => [p * PAGE_SIZE, k * PAGE_SIZE, slots[p]! * PAGE_SIZE]);
     this.queuedFrames++;
     this.queuedBytes += data.length;
     const fd = this.fd;
@@ -343,8 +336,9 @@ export class PreCopyReceiver {
   }
 
   /**
-   * Keeps the digests of the pages of `data`, written into `slots` (one per page): from
-   * `sums` (32 bytes a page, taken on the pool) or, without them, hashed here.
+   * Keeps the digests of the pages of `data`, written into `slots` (one per page; each block
+   * made as the slots reach it: the store's own bound, maxSlots, bounds them too): from `sums`
+   * (32 bytes a page, taken on the pool) or, without them, hashed here.
    */
   private keepDigestsOf(data: Buffer, slots: readonly number[], sums: Buffer | undefined): void {
     const d = this.digests;
@@ -355,23 +349,6 @@ export class PreCopyReceiver {
       while (d.length <= b) d.push(Buffer.allocUnsafe(DIGEST_BLOCK * 32));
       all.copy(d[b]!, (s - b * DIGEST_BLOCK) * 32, p * 32, p * 32 + 32);
     });
-  }
-
-  /**
-   * Takes the digests of the pages of `data` written into the slots from `slot` on (each
-   * block made as the slots reach it: the store's own bound, maxSlots, bounds them too).
-   */
-  private keepDigests(data: Buffer, slot: number): void {
-    const d = this.digests;
-    if (d === undefined || this.ctime === undefined) return; // not kept, or never to be used
-    for (let p = 0, n = data.length / PAGE_SIZE; p < n;) {
-      const s = slot + p;
-      const b = Math.floor(s / DIGEST_BLOCK);
-      while (d.length <= b) d.push(Buffer.allocUnsafe(DIGEST_BLOCK * 32));
-      const k = Math.min(n - p, (b + 1) * DIGEST_BLOCK - s);
-      pageDigests(data.subarray(p * PAGE_SIZE, (p + k) * PAGE_SIZE), d[b], (s - b * DIGEST_BLOCK) * 32);
-      p += k;
-    }
   }
 
   private ctimeNow(): bigint | undefined {
@@ -476,17 +453,11 @@ export class PreCopyReceiver {
         this.pages += count;
         return 0;
       }
-      // Pages whose slots follow each other (new pages always do) are one write; each slot's
-      // digest is taken from the very bytes written there, replacing the one before.
+      // Each slot's digest is taken from the very bytes written there, replacing the one before.
+      const data = frame.subarray(HEAD);
       this.own(() => {
-        for (let p = 0; p < count;) {
-          let k = 1;
-          while (p + k < count && slots[p + k] === slots[p]! + k) k++;
-          const data = frame.subarray(HEAD + p * PAGE_SIZE, HEAD + (p + k) * PAGE_SIZE);
-          writeAll(this.fd, data, slots[p]! * PAGE_SIZE);
-          this.keepDigests(data, slots[p]!);
-          p += k;
-        }
+        for (const [p, k] of slotRuns(slots)) writeAll(this.fd, data.subarray(p * PAGE_SIZE, (p + k) * PAGE_SIZE), slots[p]! * PAGE_SIZE);
+        this.keepDigestsOf(data, slots, undefined);
       });
       this.pages += count;
       return 0;
@@ -522,6 +493,21 @@ export class PreCopyReceiver {
     this.refBytes += count * PAGE_SIZE;
     return count * PAGE_SIZE;
   }
+}
+
+/**
+ * The runs of a frame's pages whose slots follow each other (new pages always do), each one
+ * write: [first page, pages].
+ */
+function slotRuns(slots: readonly number[]): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (let p = 0; p < slots.length;) {
+    let k = 1;
+    while (p + k < slots.length && slots[p + k] === slots[p]! + k) k++;
+    runs.push([p, k]);
+    p += k;
+  }
+  return runs;
 }
 
 /** Writes all of `b` at `pos` (-1: at the file's end, appending). */

@@ -35,6 +35,15 @@ function frame(tag: number, pid: number, addr: bigint, count: number, data?: Buf
   return data ? Buffer.concat([h, data]) : h;
 }
 
+/** A spool of its own, written as the receiver writes its image: in order, REF holes skipped. */
+function spool(): { fd: number; write: (b: Buffer) => void; skip: (n: number) => void } {
+  const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
+  dirs.push(d);
+  const fd = openSync(join(d, 'image.tar'), 'w+');
+  let at = 0;
+  return { fd, write: (b) => { writeSync(fd, b, 0, b.length, at); at += b.length; }, skip: (n) => { at += n; } };
+}
+
 const page = (byte: number, n = 1): Buffer => Buffer.alloc(4096 * n, byte);
 const raw = (b: Buffer): Buffer => Buffer.concat([Buffer.from([TAG_RAW]), b]);
 
@@ -71,13 +80,7 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
 
   it('with skip, leaves REF pages as holes and reads them back from the store (the overlay)', () => {
     const r = receiver();
-    const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
-    dirs.push(d);
-    const spool = join(d, 'image.tar');
-    const fd = openSync(spool, 'w+');
-    let at = 0;
-    const write = (b: Buffer): void => { writeSync(fd, b, 0, b.length, at); at += b.length; };
-    const skip = (n: number): void => { at += n; };
+    const { fd, write, skip } = spool();
     r.handle(frame(TAG_PAGES, 42, 0x10000n, 2, Buffer.concat([page(1), page(2)])), write, skip);
     r.handle(frame(TAG_PAGES, 42, 0x20000n, 1, page(5)), write, skip);
     assert.equal(r.handle(raw(Buffer.from('head')), write, skip), 4);
@@ -117,12 +120,7 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
 
   it('references across the store index\'s blocks: one run per stretch of slots that follow each other', () => {
     const r = receiver();
-    const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
-    dirs.push(d);
-    const fd = openSync(join(d, 'image.tar'), 'w+');
-    let at = 0;
-    const write = (b: Buffer): void => { writeSync(fd, b, 0, b.length, at); at += b.length; };
-    const skip = (n: number): void => { at += n; };
+    const { fd, write, skip } = spool();
     // 200 pages from page 60 (blocks of 64 pages: the run crosses four), each its own byte;
     // then a later round: page 100 again (its slot kept), and page 10 (a new slot, out of order).
     const base = 60n * 4096n;
@@ -171,12 +169,7 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
   it('deferred writes (ferry receive): on the pool in order, the latest copy wins, digests of what was written; image frames wait for them', async () => {
     const r = receiver();
     r.deferWrites();
-    const d = mkdtempSync(join(tmpdir(), 'ferry-precopy-unit-'));
-    dirs.push(d);
-    const fd = openSync(join(d, 'image.tar'), 'w+');
-    let at = 0;
-    const write = (b: Buffer): void => { writeSync(fd, b, 0, b.length, at); at += b.length; };
-    const skip = (n: number): void => { at += n; };
+    const { fd, write, skip } = spool();
     assert.equal(r.handle(frame(TAG_PAGES, 42, 0x10000n, 3, Buffer.concat([page(1), page(2), page(3)])), write, skip), 0);
     // A later round's copy of the second page, queued behind the write of the first.
     assert.equal(r.handle(frame(TAG_PAGES, 42, 0x11000n, 1, page(9)), write, skip), 0);
@@ -199,6 +192,28 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     assert.ok(piece!.digests !== undefined, 'the store\'s pieces carry their digests');
     assert.deepEqual(Buffer.from(piece!.digests!), Buffer.concat(want.map((b) => createHash('sha256').update(b).digest())));
     assert.equal(o.intact!(), true);
+    r.close();
+    closeSync(fd);
+  });
+
+  it('deferred writes of one page run after run: the last round\'s bytes and digests are what the store holds', async () => {
+    const r = receiver();
+    r.deferWrites();
+    const { fd, write, skip } = spool();
+    // Rounds of whole 1 MiB frames over the same pages, each its own byte, queued together: a
+    // write overtaking an earlier one (the pool has several threads) would leave an older byte.
+    const rounds = 12;
+    for (let g = 1; g <= rounds; g++) r.handle(frame(TAG_PAGES, 7, 0x400000n, FRAME_PAGES, page(g, FRAME_PAGES)), write, skip);
+    await r.settled();
+    r.handle(raw(Buffer.from('h')), write, skip);
+    r.handle(frame(TAG_REF, 7, 0x400000n, FRAME_PAGES), write, skip);
+    const o = r.overlay();
+    const got = Buffer.alloc(FRAME_PAGES * 4096);
+    assert.equal(o.read(fd, got, 0, got.length, 1), got.length);
+    assert.ok(got.equals(page(rounds, FRAME_PAGES)), 'every page holds the last round\'s byte');
+    const sum = createHash('sha256').update(page(rounds)).digest();
+    const digests = o.pieces!(fd, 1, got.length).map((p) => Buffer.from(p.digests!));
+    assert.ok(Buffer.concat(digests).equals(Buffer.concat(Array.from({ length: FRAME_PAGES }, () => sum))), 'the digests are of those bytes');
     r.close();
     closeSync(fd);
   });
