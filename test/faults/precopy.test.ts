@@ -146,6 +146,35 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     });
   }
 
+  it('the source\'s image.work_dir fills during the top-up right before the freeze: one line naming the pid, the source runs on, nothing left', async () => {
+    const dir = scratchDir('ferry-precopy-full-');
+    const full = join(dir, 'work');
+    mkdirSync(full, { mode: 0o700 });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m,mode=0700', 'ferry-test-full', full]);
+    try {
+      const cfg = join(dir, 'config.toml');
+      writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
+      const w = await startDirtier(32, 10);
+      const { r: recv, port } = await startReceiver(key, config);
+      // Paused for 3 s after the first top-up round; the file system fills meanwhile, so what
+      // the copy takes next (a second top-up, the frozen image's frames) cannot be written.
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg], 'topup+3000');
+      await waitFor('ferry migrate to pause after its first top-up round', () => /paused at topup/.test(mig.stderr()), 60_000);
+      try { writeFileSync(join(full, 'fill'), Buffer.alloc(48 << 20)); } catch { /* full: what it is for */ }
+      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+      const lines = mig.stderr().trim().split('\n').filter((l) => !l.startsWith('ferry-test: '));
+      assert.equal(lines.length, 1, mig.stderr());
+      assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the local copy of the migration's frames in ${full} \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
+      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+      rmSync(join(full, 'fill'), { force: true });
+      assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
+      await runsOnUnharmed(w);
+    } finally {
+      execFileSync('umount', [full]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
     const w = await startWorkload(join(WORKLOADS, 'cow'), ['DIR', '32']);
     // Its children are not the test's own: they go with the root, or here if it fails (each
