@@ -29,7 +29,9 @@
  *   criu or ferry-runtime once its scan is done, before it copies pages and hands the
  *   tracking to its holder); `topup` (`ferry migrate`'s first top-up round right before the
  *   freeze is sent, precopy.ts topUp: the checkpoint has made its frozen window ready, the
- *   tree runs, tracked, nothing of it seized); `holding` (the dirty tracking
+ *   tree runs, tracked, nothing of it seized); `catchup` (`ferry receive` has been asked to
+ *   say when it has taken the rounds' pages (before the top-up rounds, and again after them)
+ *   and has not answered: `ferry migrate` waits for it, the tree running, tracked); `holding` (the dirty tracking
  *   holds a source process's threads stopped while it registers its areas, the first time it
  *   does: a synchronous pause, ended only by its time or by SIGKILL); `transient` (restore has
  *   made a name it removes again at once: a removed directory, FIFO or further name of a file,
@@ -66,7 +68,7 @@ import { writeSync } from 'node:fs';
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
   'precopy', 'topup', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
-  'aioring', 'standin', 'threadpidfd', 'relayed',
+  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

@@ -22,7 +22,7 @@ import { CONTAINER_ID, formatHostPort, type Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 
 /** Version of the protocol; a peer speaking another is refused at the hello. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The only cipher suite either side offers or accepts. */
 export const CIPHER = 'ECDHE-PSK-CHACHA20-POLY1305';
 /** PSK identity both sides use (there is one key per pair of nodes, not per identity). */
@@ -58,6 +58,14 @@ export type Message =
   /** R: ready to receive an image. */
   /** R: it takes the migration; `bootId` tells the sender whether R runs on its kernel (a kill there need not wait for the reaping). */
   | { type: 'welcome'; protocol: number; ferryVersion: string; bootId: string }
+  /**
+   * S, between pre-copy rounds: say 'caught-up' once every frame sent before this one is
+   * taken (written and hashed): the sender freezes the tree only once the target is not behind,
+   * so that the downtime holds none of the target's backlog (sender.ts catchUp).
+   */
+  | { type: 'catch-up' }
+  /** R: every frame sent before the last 'catch-up' is taken. */
+  | { type: 'caught-up' }
   /** S: the image is complete; `bytes` were sent. */
   | { type: 'end'; bytes: number }
   /** R: the image is spooled, verified and checked; the tree stays where it is until 'go'. */
@@ -149,6 +157,8 @@ function checkMessage(v: unknown): Message {
     case 'end': only('bytes'); int('bytes'); break;
     case 'ready': only('verifyMs'); num('verifyMs'); break;
     case 'go': only(); break;
+    case 'catch-up': only(); break;
+    case 'caught-up': only(); break;
     case 'running':
       only('pid', 'pids', 'restoreMs', 'phases'); int('pid', 1 << 22); num('restoreMs');
       if (m['phases'] !== undefined) {
@@ -209,6 +219,12 @@ export class Channel {
    * read from the peer (backpressure). Without it, a chunk is a protocol error.
    */
   onData: ((chunk: Buffer) => void | Promise<void>) | undefined;
+  /**
+   * Sees each control message first, in its place among the image chunks (every chunk before
+   * it handed to `onData` and its promise settled); one it returns true for is its alone and
+   * not handed out by next().
+   */
+  onControl: ((m: Message) => boolean) | undefined;
   private chunks: Buffer[] = [];
   private buffered = 0;
   private queue: Message[] = [];
@@ -335,6 +351,7 @@ export class Channel {
         } catch (err) {
           return this.fail(new FerryError('EPROTO', `${this.peer} sent ${describeCause(err)}: a protocol error`, { cause: err }));
         }
+        if (this.onControl?.(m) === true) continue;
         const w = this.waiter;
         this.waiter = undefined;
         if (w) w.resolve(m);

@@ -173,11 +173,20 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       return pre?.backlog();
     };
     ch.onData = (chunk) => (pre && !pre.ready(chunk) ? pre.settled().then(() => take(chunk)) : take(chunk));
+    // The sender freezes the tree once this side has taken what it sent (channel.ts 'catch-up'):
+    // the rounds' writes still queued here would otherwise be downtime. A failed write fails
+    // the channel through the chunk's own promise; the word is then not said.
+    ch.onControl = (m) => {
+      if (m.type !== 'catch-up') return false;
+      void faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => ch.send({ type: 'caught-up' }), () => undefined);
+      return true;
+    };
     ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, bootId: bootId() });
     const tWelcome = performance.now();
     const end = await abortable(ch.next('receiving the image', 'end'), o.signal);
     const tEnd = performance.now();
     ch.onData = undefined;
+    ch.onControl = undefined;
     await pre?.settled();
     if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
     ftruncateSync(fd, bytes); // a hole at the end too (a tar never ends in pages, but its reader need not know)

@@ -283,6 +283,15 @@ function imageKey(o: MigrateOptions): { key: KeyObject; restoreWith: string } {
   return { key: newEd25519Key(), restoreWith: ' --max-creds root' };
 }
 
+/**
+ * Waits, the tree running, until the target has taken (written and hashed) every frame sent so
+ * far: channel.ts 'catch-up'.
+ */
+async function catchUp(ch: Channel, signal: AbortSignal | undefined): Promise<void> {
+  ch.send({ type: 'catch-up' });
+  await abortable(ch.next('waiting for the target to take the pre-copied pages', 'caught-up'), signal);
+}
+
 /** Migrates the process tree rooted at `o.pid` to `o.to`; resolves once it runs there. */
 export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   const t0 = performance.now();
@@ -381,7 +390,14 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
       pid: o.pid, image: pump.path, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
-      ...(pre !== undefined ? { heldPages: pre.heldPages(), beforeFreeze: () => pre.topUp() } : {}),
+      // The top-up rounds go once the target has taken the rounds before (its writes and hashing
+      // lag behind the stream by up to a socket's and a backlog's worth, seconds on a busy node),
+      // and the freeze once it has taken them too: none of its backlog falls in the downtime.
+      ...(pre !== undefined ? { heldPages: pre.heldPages(), beforeFreeze: async () => {
+        await catchUp(ch, o.signal);
+        await pre.topUp();
+        await catchUp(ch, o.signal);
+      } } : {}),
       config: o.config, logger: o.logger,
       ...(o.files !== undefined ? { files: o.files } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),

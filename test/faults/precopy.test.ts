@@ -2,7 +2,8 @@
  * Fault cells of pre-copy migration (src/migrate/precopy.ts, src/dump/dirty.ts): `ferry
  * migrate` hit after its first round (FERRY_TEST_PAUSE_AT=precopy), while the source runs
  * with its writes tracked through ferry's userfaultfd, in the top-up round right before the
- * freeze (`topup`), and inside the hold that keeps the
+ * freeze (`topup`), while it waits for the target to take the rounds' pages (`ferry receive`
+ * holding its word at `catchup`), and inside the hold that keeps the
  * source's threads stopped while its areas are registered (`holding`). Whatever hits it, the source must run
  * on as it was: not stopped, untraced, its areas no longer write-tracked (a SIGKILLed ferry's
  * userfaultfd is released by the kernel, which unregisters them), every page right; and the
@@ -14,9 +15,9 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { cleanup, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
-  exitOf, killFerries, leftovers, migrationDir, startDirtier, startFerry, startReceiver, writeTracked,
+  exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
@@ -98,6 +99,57 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     await exitOf(next.r, 'ferry receive --once');
     await runsOnUnharmed(w);
   });
+
+  it('a target slow to take the rounds\' pages (its word held 3 s): the source runs, unfrozen, until it has; the downtime holds none of it', async () => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, config, 'catchup+3000');
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
+    own(w.pid);
+    await waitFor('the receiver to hold its word', () => /paused at catchup/.test(recv.stderr()), 60_000);
+    const n = w.ticks().length;
+    await waitFor('the source to write on while the target is behind', () => w.ticks().length >= n + 1, 2500);
+    assert.doesNotMatch(recv.stderr(), /going on after catchup/, 'still within the 3 s');
+    const st = procState(w.pid);
+    assert.equal(st.tracer, 0, 'not frozen before the target has caught up');
+    assert.notEqual(st.state, 't');
+    assert.equal(st.ppid, process.pid, 'the original process');
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited; // the source was killed and reaped here
+    const done = records(mig).at(-1)!;
+    assert.ok((done['downtimeMs'] as number) < 2000, `the downtime ${String(done['downtimeMs'])} ms holds the target's 3 s: ${JSON.stringify(done)}`);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(leftovers(workDir), [], 'nothing left in image.work_dir');
+    process.kill(w.pid, 'SIGKILL');
+  });
+
+  for (const who of ['ferry receive', 'ferry migrate'] as const) {
+    it(`SIGKILL of ${who} while the sender waits for the target to take the rounds' pages: the source runs on untraced and untracked, nothing left`, async () => {
+      const w = await startDirtier(32, 10);
+      const { r: recv, port } = await startReceiver(key, config, 'catchup');
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
+      await waitFor('the receiver to hold its word', () => /paused at catchup/.test(recv.stderr()), 60_000);
+      const st = procState(w.pid);
+      assert.equal(st.tracer, 0, 'not seized while the sender waits');
+      assert.notEqual(st.state, 't');
+      assert.equal(writeTracked(w.pid), true, 'its areas are write-tracked meanwhile');
+      const [hit, other, otherName] = who === 'ferry receive' ? [recv, mig, 'ferry migrate'] : [mig, recv, 'ferry receive --once'];
+      hit.child.kill('SIGKILL');
+      assert.equal(await exitOf(hit, who), 137);
+      assert.equal(await exitOf(other, otherName), 1, other.stderr());
+      if (who === 'ferry receive') {
+        const lines = mig.stderr().trim().split('\n');
+        assert.equal(lines.length, 1, mig.stderr());
+        assert.match(lines[0]!, new RegExp(`^ferry migrate: .*pid ${w.pid}.* runs on here`));
+      }
+      // What the killed side made is removed by the next ferry on the node (as after any kill).
+      const next = await startReceiver(key, config);
+      next.r.child.kill('SIGTERM');
+      await exitOf(next.r, 'ferry receive --once');
+      await runsOnUnharmed(w);
+    });
+  }
 
   it('SIGKILL while the tracking holds the source stopped to register its areas: it runs on untraced and untracked', async () => {
     const w = await startDirtier(32, 10);
