@@ -1,10 +1,13 @@
-// Syscall injection into a ptrace-stopped task, with no code placed in it.
+// Syscall injection into a ptrace-stopped task: through a `syscall` instruction the task has,
+// call by call, or (native/inject-blob.cc) through a small program written into an r-x page
+// ferry maps in it for one batch.
 //
 // Wraps PTRACE_GETREGS/SETREGS, PTRACE_SINGLESTEP, PTRACE_SYSCALL, PTRACE_GET_SYSCALL_INFO,
 // PTRACE_GETSIGMASK/SETSIGMASK, PTRACE_INTERRUPT, PTRACE_CONT and waitpid(2),
 // pidfd_getfd(2) within a batch (BatchOptions::take_at), and sched_getaffinity(2) /
 // sched_setaffinity(2) / sched_getcpu(3) on ferry's own calling thread (and a read of
-// /proc/loadavg to decide whether to pin it). The tracee's
+// /proc/loadavg to decide whether to pin it); the one-round-trip batch (inject-blob.cc) wraps
+// its own. The tracee's
 // registers are pointed at an existing `syscall` instruction (one in its [vdso], or in a
 // gadget page restore maps), with rax = number and rdi, rsi, rdx, r10, r8, r9 = arguments,
 // and orig_rax = -1 so the kernel's syscall-restart logic (arch_do_signal_or_restart) does
@@ -69,8 +72,13 @@
 // would only share its CPU with a third task: then nothing is pinned (PinHere).
 #include <napi.h>
 
+#include <functional>
+#include <vector>
+
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -83,6 +91,7 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "inject.h"
 #include "wait.h"
 
 namespace ferry {
@@ -90,31 +99,7 @@ namespace {
 
 enum Mode : int64_t { kStep = 0, kSeized = 1 };
 
-long Ptrace(long req, pid_t tid, void* addr, void* data) {
-  return syscall(SYS_ptrace, req, tid, addr, data);
-}
-
-// Waits for the next stop of `tid`. False (errno ESRCH) when it died instead.
-bool WaitStop(pid_t tid, int* status, const char** what) {
-  if (WaitBounded(tid, status, 0, kWaitTimeoutMs) < 0) {
-    *what = errno == ESRCH ? "injected syscall (task exited)" : "waitpid";
-    return false;
-  }
-  if (!WIFSTOPPED(*status)) {
-    errno = ESRCH;  // the task died under us
-    *what = "injected syscall (task exited)";
-    return false;
-  }
-  return true;
-}
-
-// A signal-delivery-stop's signal to pass on when resuming (0 for ptrace's own stops), so
-// that a SIGSTOP or SIGKILL that arrived meanwhile is not swallowed.
-int PassOn(int status) {
-  int sig = WSTOPSIG(status);
-  if ((status >> 16) != 0 || sig == (SIGTRAP | 0x80) || sig == SIGTRAP) return 0;
-  return sig;
-}
+using namespace inject;
 
 void SetCall(struct user_regs_struct* r, uint64_t gadget, const uint64_t call[7]) {
   r->rip = gadget;
@@ -235,27 +220,6 @@ bool Settle(pid_t tid, const char** what) {
   return false;
 }
 
-// What a batch does besides its calls.
-struct BatchOptions {
-  // The first `guard` calls must succeed (a result outside [-4095, -1]); at the first that
-  // fails, no later call runs (their results are -ECANCELED) and nothing is read back.
-  size_t guard = 0;
-  // Before call `read_at` runs (n: after the last), `read_len` bytes of the task's memory at
-  // `read_addr` are copied into `read_buf` (process_vm_readv(2)). Off when read_buf is null.
-  size_t read_at = 0;
-  uint64_t read_addr = 0;
-  uint8_t* read_buf = nullptr;
-  size_t read_len = 0;
-  // Before call `take_at` runs (1..n), pidfd_getfd(2) copies into the caller the descriptor
-  // that call `take_at - 1` returned, through `take_pidfd` (a pidfd of the task): a descriptor
-  // the batch creates and closes again is the caller's alone, and a tracer that dies
-  // between the two leaves it in the task no longer than the rest of the batch. Call
-  // `take_at` gets that descriptor number as its first argument (it is meant to close it).
-  // Off when take_pidfd < 0. The copy (or -errno) goes to `taken`.
-  size_t take_at = 0;
-  int take_pidfd = -1;
-  int taken = -1;
-};
 
 bool IsError(int64_t r) { return r < 0 && r >= -4095; }
 
@@ -327,6 +291,7 @@ bool ReadBack(pid_t tid, const BatchOptions& o) {
   return false;
 }
 
+
 // Runs `n` calls ([nr, a0..a5] each) in `tid`, results into `out`. Registers (and in kSeized
 // the signal mask and the kind of stop) are as before afterwards, also after a failure when
 // the task still exists. A failing call does not stop the batch, except within `o.guard`.
@@ -349,7 +314,7 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
     *err = errno;
     *what = "ptrace(PTRACE_GETREGS)";
   }
-  bool ran = false, stopped = false;
+  bool ran = false, stopped = false, self_restored = false;
   int read_err = 0;  // the read-back failed: the calls after it still run (they unmap what it read)
   for (size_t i = 0; i < n; i++) out[i] = -ECANCELED;
   for (size_t i = 0; i <= n && ok && !stopped; i++) {
@@ -360,6 +325,21 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
     }
     if (i == n) break;
     ran = true;
+    if (mode == kSeized && o.blob_count > 0 && i == o.blob_at &&
+        (o.blob_mapped_at == SIZE_MAX || static_cast<uint64_t>(out[o.blob_mapped_at]) == o.blob_code)) {
+      BlobResult b = RunBlob(tid, saved, mask, calls + i * 7, o.blob_count, o, out + i, what);
+      if (b == kBlobDone) {
+        o.blob_ran = true;
+        i += o.blob_count - 1;
+        continue;
+      }
+      if (b != kBlobSkipped) {
+        ok = false;
+        *err = errno;
+        self_restored = b == kBlobSelfRestored;
+        break;
+      }
+    }
     uint64_t call[7];
     for (size_t k = 0; k < 7; k++) call[k] = calls[i * 7 + k];
     if (o.take_pidfd >= 0 && i == o.take_at) call[1] = static_cast<uint64_t>(out[i - 1]);
@@ -367,6 +347,10 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
                          : RunStep(tid, saved, gadget, call, &out[i], what);
     if (!ok) *err = errno;
     if (ok && i < o.guard && IsError(out[i])) stopped = true;
+  }
+  if (self_restored) {
+    // The task runs its own code again, with its own registers and mask: leave them.
+    return false;
   }
   if (Ptrace(PTRACE_SETREGS, tid, nullptr, &saved) < 0 && ok) {
     ok = false;
@@ -490,6 +474,49 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
       o.take_pidfd = takePidfd.As<Napi::Number>().Int32Value();
     }
   }
+  Napi::Value blob = info.Length() > 4 && info[4].IsObject() ? info[4].As<Napi::Object>().Get("blob") : env.Undefined();
+  Napi::FunctionReference on_wait;
+  if (!blob.IsUndefined()) {
+    // { at, count, mappedAt, code, codeLen, work, workLen, unmap, unmapLen, waitS, onWait? }
+    if (!blob.IsObject()) {
+      ThrowType(env, "injectSyscalls: blob must be an object");
+      return {};
+    }
+    Napi::Object b = blob.As<Napi::Object>();
+    auto num = [&](const char* k, size_t* v) {
+      Napi::Value x = b.Get(k);
+      if (!x.IsNumber() || x.As<Napi::Number>().Int64Value() < 0) return false;
+      *v = static_cast<size_t>(x.As<Napi::Number>().Int64Value());
+      return true;
+    };
+    auto big = [&](const char* k, uint64_t* v) {
+      Napi::Value x = b.Get(k);
+      bool lossless = true;
+      if (!x.IsBigInt()) return false;
+      *v = x.As<Napi::BigInt>().Uint64Value(&lossless);
+      return lossless;
+    };
+    size_t wait_s = 0;
+    o.blob_mapped_at = SIZE_MAX;  // absent: the area is mapped already
+    if (!num("at", &o.blob_at) || !num("count", &o.blob_count) ||
+        (!b.Get("mappedAt").IsUndefined() && !num("mappedAt", &o.blob_mapped_at)) ||
+        !big("code", &o.blob_code) || !num("codeLen", &o.blob_code_len) || !big("work", &o.blob_work) ||
+        !num("workLen", &o.blob_work_len) || !big("unmap", &o.blob_unmap) || !num("unmapLen", &o.blob_unmap_len) ||
+        !num("waitS", &wait_s) || wait_s < 1 || wait_s > 60 || (o.blob_mapped_at != SIZE_MAX && o.blob_mapped_at >= o.blob_at) ||
+        o.blob_at + o.blob_count > n || o.guard > o.blob_at ||
+        (o.read_buf != nullptr && o.read_at > o.blob_at && o.read_at < o.blob_at + o.blob_count) ||
+        (o.take_pidfd >= 0 && o.take_at > o.blob_at && o.take_at <= o.blob_at + o.blob_count)) {
+      ThrowType(env, "injectSyscalls: blob needs at/count/mappedAt (mappedAt < at, at + count <= n, no guard, "
+                     "read or take inside), code/work/unmap bigints, their lengths, waitS 1..60");
+      return {};
+    }
+    o.blob_wait_s = static_cast<int>(wait_s);
+    Napi::Value cb = b.Get("onWait");
+    if (cb.IsFunction()) {
+      on_wait = Napi::Persistent(cb.As<Napi::Function>());
+      o.on_blob_wait = [&on_wait]() { on_wait.Call({}); };
+    }
+  }
   pid_t tid = static_cast<pid_t>(tid64);
   auto out = Napi::TypedArrayOf<int64_t>::New(env, n, napi_bigint64_array);
   const char* what = "";
@@ -499,6 +526,8 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
     // The copy is the caller's to close, also when the batch failed after it was taken.
     info[4].As<Napi::Object>().Set("takenFd", Napi::Number::New(env, o.taken));
   }
+  if (!blob.IsUndefined()) blob.As<Napi::Object>().Set("ran", Napi::Boolean::New(env, o.blob_ran));
+  if (env.IsExceptionPending()) return {};  // thrown by onWait
   if (!ok) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid));
     return {};

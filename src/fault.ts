@@ -60,7 +60,9 @@
  *   its exec, before its /proc file is opened, files/procfile.ts openGone: the first time;
  *   synchronous); `threadpidfd` (restore: every thread exists, the first pidfd of a thread
  *   (PIDFD_THREAD) is about to be opened, files/pidfd.ts openAfterThreads: the first time;
- *   synchronous).
+ *   synchronous); `blob` (checkpoint: the injected program of a process's main-thread batch
+ *   has run its calls and waits for ferry, inside native/inject.cc, before ferry interrupts
+ *   it: the first time; synchronous).
  */
 import { writeSync } from 'node:fs';
 
@@ -68,7 +70,7 @@ import { writeSync } from 'node:fs';
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
   'precopy', 'topup', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
-  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup',
+  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup', 'blob',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 
@@ -122,6 +124,11 @@ export async function faultPoint(phase: FaultPhase, signal?: AbortSignal): Promi
       reject(signal.reason);
     }, { once: true });
   });
+}
+
+/** Whether a synchronous fault point `phase` would pause or throw (so a caller may skip preparing one). */
+export function faultArmed(phase: FaultPhase): boolean {
+  return pauseAt === phase && !pausedSync;
 }
 
 /**

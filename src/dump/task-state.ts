@@ -7,7 +7,7 @@
 import {
   decodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
   MCL_FUTURE, MCL_ONFAULT, MEMBARRIER_CMD_GET_REGISTRATIONS, MEMBARRIER_REGISTRATIONS, NSIG,
-  PAGE_SIZE, PR_GET_THP_DISABLE, PR_GET_TID_ADDRESS, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
+  PAGE_SIZE, PR_GET_THP_DISABLE, PR_GET_TID_ADDRESS, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_EXEC, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
   SYSCALL_INSN,
 } from '../arch/x86-64.js';
 import {
@@ -22,7 +22,8 @@ import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
 import { parseStatus, statusComm } from '../proc/status.js';
 import { readFileSync, statSync } from 'node:fs';
-import { injectedError, type Tracee } from '../task/tracee.js';
+import { BLOB_CODE_LEN, blobWorkLen, injectedError, type Tracee } from '../task/tracee.js';
+import { faultArmed, faultPointSync } from '../fault.js';
 import { readRootDir, removedDir, type RootBase } from './root-dir.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
 import type { RegName } from '../arch/x86-64.js';
@@ -153,49 +154,12 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     subreaper: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE,
     timers: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE + 8,
     threads: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE + 8 + timers.length * ITIMERSPEC_SIZE,
+    work: KSIGACTION_SIZE * NSIG + 3 * ITIMERVAL_SIZE + 8 + timers.length * ITIMERSPEC_SIZE + threads.length * THREAD_SLOT,
   };
-  // One page more than the results need: the probe of mlockall(MCL_FUTURE) below, never written.
-  const size = Math.ceil((layout.threads + threads.length * THREAD_SLOT) / PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE;
-  const addr = freeRange(vmas, size, vmflags);
-  if (addr === undefined) throw new Error(`pid ${main.pid} has no free ${size} bytes in its address space for ferry's scratch area`);
-  const at = (off: number): bigint => addr + BigInt(off);
-  const probe = addr + BigInt(size - PAGE_SIZE);
-  const slotOf = (i: number): number => layout.threads + i * THREAD_SLOT;
-  const mmap: Call = [SYS.mmap, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0];
-  const munmap: Call = [SYS.munmap, addr, size];
-  // `tried`: a batch with the mmap was run; if it failed without saying what the mmap gave, the
-  // area may be mapped at `addr` all the same (the range was free and the tree is stopped, so
-  // an munmap there can only take ferry's own area away).
-  let mapped = false, unmapped = false, tried = false;
-  /** Runs `calls` in `t`, the scratch area's mmap first if it is not mapped yet. */
-  const batch = (t: Tracee, calls: Call[], last: boolean, mayFailFrom = calls.length): { results: BigInt64Array; mem?: Buffer } => {
-    const first = !mapped;
-    if (first) tried = true;
-    const all = [...(first ? [mmap] : []), ...calls, ...(last ? [munmap] : [])];
-    const mem = last ? Buffer.alloc(size) : undefined;
-    const results = t.trySyscalls(all, {
-      guard: first ? 1 : 0,
-      ...(mem ? { readAt: all.length - 1, readAddr: addr, readInto: mem } : {}),
-    });
-    if (first) {
-      const r = results[0]!;
-      if (r !== addr) {
-        if (r >= 0n) unmapTry(t, r, size); // a kernel that took MAP_FIXED_NOREPLACE for a hint
-        throw r < 0n && r >= -4095n ? injectedError(SYS.mmap, Number(-r), t.tid)
-          : new Error(`the scratch area of pid ${t.pid} was mapped at 0x${r.toString(16)}, not at 0x${addr.toString(16)}`);
-      }
-      mapped = true;
-    }
-    if (last) unmapped = results[results.length - 1]! === 0n;
-    const own = results.subarray(first ? 1 : 0, first ? 1 + calls.length : calls.length);
-    checkResults(t, calls, own, mayFailFrom);
-    return { results: own, ...(mem ? { mem } : {}) };
-  };
-  try {
-    // The other threads first, each its own calls into its own slot (read back with the main's).
-    const otherResults = others.map((t, k) => batch(t, threadCalls(at(slotOf(k + 1))), false).results);
-    // Then the main thread: its own calls, then the process-wide ones, read back, unmapped.
-    const calls: Call[] = [...threadCalls(at(slotOf(0))), [SYS.brk, 0]];
+  // The main thread's calls (numbers of timers known: they only need the area's address).
+  const mainCalls = (at: (off: number) => bigint, probe: bigint, slot0: bigint): { calls: Call[]; signals: number[]; timersFrom: number;
+    dumpableAt: number; probeAt: number; membarrierAt: number; thpAt: number; } => {
+    const calls: Call[] = [...threadCalls(slot0), [SYS.brk, 0]];
     for (let which = 0; which < 3; which++) calls.push([SYS.getitimer, which, at(layout.itimers + which * ITIMERVAL_SIZE)]);
     const signals: number[] = [];
     for (let sig = 1; sig <= NSIG; sig++) {
@@ -224,6 +188,77 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     // PR_GET_THP_DISABLE tells it.
     const thpAt = calls.length;
     calls.push([SYS.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0]);
+    return { calls, signals, timersFrom, dumpableAt, probeAt, membarrierAt, thpAt };
+  };
+  const count = mainCalls(() => 0n, 0n, 0n).calls.length;
+  // The main thread's calls run in one round trip through a program ferry writes into an r-x
+  // area of its own (native/inject-blob.cc), unless the thread has seccomp filters: the
+  // program must put the task back by itself if ferry dies, and its syscalls then go through
+  // them (PTRACE_O_SUSPEND_SECCOMP ends with the trace).
+  const blob = main.seized && threadSeccomp(main) === 0;
+  const workLen = blob ? blobWorkLen(count) : 0;
+  // One page more than the results need: the probe of mlockall(MCL_FUTURE) below, never written.
+  const size = Math.ceil((layout.work + workLen) / PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE;
+  const codeLen = blob ? BLOB_CODE_LEN : 0;
+  const total = size + codeLen;
+  const addr = freeRange(vmas, total, vmflags);
+  if (addr === undefined) throw new Error(`pid ${main.pid} has no free ${total} bytes in its address space for ferry's scratch area`);
+  const at = (off: number): bigint => addr + BigInt(off);
+  const probe = addr + BigInt(size - PAGE_SIZE);
+  const code = addr + BigInt(size);
+  const slotOf = (i: number): number => layout.threads + i * THREAD_SLOT;
+  const mmap: Call = [SYS.mmap, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0];
+  // The program's r-x page right after it (so one munmap takes both); a refusal (SELinux
+  // execmem, RLIMIT_AS) only means the calls run one by one.
+  const mmapCode: Call = [SYS.mmap, code, codeLen, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0];
+  const munmap: Call = [SYS.munmap, addr, total];
+  // `tried`: a batch with the mmap was run; if it failed without saying what the mmap gave, the
+  // area may be mapped at `addr` all the same (the range was free and the tree is stopped, so
+  // an munmap there can only take ferry's own area away).
+  let mapped = false, unmapped = false, tried = false, codeMapped = false;
+  /** Runs `calls` in `t`, the scratch area's mmap first if it is not mapped yet; the main's (`last`) through the program if it can. */
+  const batch = (t: Tracee, calls: Call[], last: boolean, mayFailFrom = calls.length): { results: BigInt64Array; mem?: Buffer } => {
+    const first = !mapped;
+    if (first) tried = true;
+    const prefix = first ? (blob ? [mmap, mmapCode] : [mmap]) : [];
+    const all = [...prefix, ...calls, ...(last ? [munmap] : [])];
+    const mem = last ? Buffer.alloc(size) : undefined;
+    const useBlob = blob && last && (first || codeMapped);
+    const results = t.trySyscalls(all, {
+      guard: first ? 1 : 0,
+      ...(mem ? { readAt: all.length - 1, readAddr: addr, readInto: mem } : {}),
+      ...(useBlob ? {
+        blob: {
+          at: prefix.length, count: calls.length, ...(first ? { mappedAt: 1 } : {}), code, codeLen,
+          work: at(layout.work), workLen, unmap: addr, unmapLen: size, waitS: BLOB_WAIT_S,
+          ...(faultArmed('blob') ? { onWait: () => faultPointSync('blob') } : {}),
+        },
+      } : {}),
+    });
+    if (first) {
+      const r = results[0]!;
+      if (r !== addr) {
+        if (r >= 0n) unmapTry(t, r, size); // a kernel that took MAP_FIXED_NOREPLACE for a hint
+        throw r < 0n && r >= -4095n ? injectedError(SYS.mmap, Number(-r), t.tid)
+          : new Error(`the scratch area of pid ${t.pid} was mapped at 0x${r.toString(16)}, not at 0x${addr.toString(16)}`);
+      }
+      mapped = true;
+      if (blob) {
+        const c = results[1]!;
+        codeMapped = c === code;
+        if (!codeMapped && c >= 0n) unmapTry(t, c, codeLen); // a hint taken: not ours to use
+      }
+    }
+    if (last) unmapped = results[results.length - 1]! === 0n;
+    const own = results.subarray(prefix.length, prefix.length + calls.length);
+    checkResults(t, calls, own, mayFailFrom);
+    return { results: own, ...(mem ? { mem } : {}) };
+  };
+  try {
+    // The other threads first, each its own calls into its own slot (read back with the main's).
+    const otherResults = others.map((t, k) => batch(t, threadCalls(at(slotOf(k + 1))), false).results);
+    // Then the main thread: its own calls, then the process-wide ones, read back, unmapped.
+    const { calls, signals, timersFrom, dumpableAt, probeAt, membarrierAt, thpAt } = mainCalls(at, probe, at(slotOf(0)));
     const { results, mem } = batch(main, calls, true, probeAt + 1);
     const m = mem!;
     const slot = (i: number): Buffer => m.subarray(slotOf(i), slotOf(i) + THREAD_SLOT);
@@ -261,7 +296,19 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
   } finally {
     // A batch that failed after the area was mapped, or with it maybe mapped (or a thread's,
     // before the main's ran).
-    if ((mapped || tried) && !unmapped) unmapTry(main, addr, size);
+    if ((mapped || tried) && !unmapped) unmapTry(main, addr, total);
+  }
+}
+
+/** Seconds the program of a batch waits for ferry before it puts the task back itself (native/inject-blob.cc). */
+const BLOB_WAIT_S = 3;
+
+/** The Seccomp field of a thread's /proc status (0 none, 1 strict, 2 filters); 2 when unreadable. */
+function threadSeccomp(t: Tracee): number {
+  try {
+    return parseStatus(readProcText(t.pid, `task/${t.tid}/status`)).seccomp;
+  } catch {
+    return 2;
   }
 }
 

@@ -33,6 +33,36 @@ export interface InjectOptions {
   takeFdPidfd?: number;
   /** Set by the batch with takeFdAt: the copy (ferry's to close), or -errno. */
   takenFd?: number;
+  /**
+   * Seized mode: run calls [at, at + count) in one round trip, through a program written into
+   * the r-x area `code` (codeLen bytes) that call `mappedAt` mapped (native/inject-blob.cc);
+   * one by one if that call did not return `code`, or the task single-steps itself.
+   */
+  blob?: InjectBlob;
+}
+
+/** The one-round-trip part of a seized batch (InjectOptions.blob; native/inject-blob.cc). */
+export interface InjectBlob {
+  /** First call the program runs, and how many. */
+  at: number;
+  count: number;
+  /** Index (< at) of the call that maps the code area; it must have returned `code`. Absent: mapped already. */
+  mappedAt?: number;
+  /** The r-x code area (one page: BLOB_CODE_LEN) and its length. */
+  code: bigint;
+  codeLen: number;
+  /** Writable bytes of the task the program uses (blobWorkLen(count) at least): results and the table. */
+  work: bigint;
+  workLen: number;
+  /** What the program unmaps if it has to put the task back itself (ferry died). */
+  unmap: bigint;
+  unmapLen: number;
+  /** Seconds the program waits for ferry after its calls before it puts the task back itself. */
+  waitS: number;
+  /** Called (synchronously) once the calls ran, before ferry interrupts the task: a fault point. */
+  onWait?: () => void;
+  /** Set by the batch: whether the program ran the calls (else they ran one by one). */
+  ran?: boolean;
 }
 
 /** One PAGEMAP_SCAN answer (native/uffd.cc). */

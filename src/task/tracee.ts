@@ -24,6 +24,14 @@ export function injectedError(nr: number, errno: number, tid: number): NativeErr
   return err;
 }
 
+/** Bytes of the r-x code area of a one-round-trip batch (native/inject-blob.cc: the program and its slots). */
+export const BLOB_CODE_LEN = 4096;
+
+/** Writable bytes a one-round-trip batch of `count` calls needs in the task: state word, timespec, stack slot, results, table. */
+export function blobWorkLen(count: number): number {
+  return 64 + count * 8 + count * 7 * 8;
+}
+
 /** A bump allocator over a region of the tracee's memory used to pass syscall arguments. */
 export class Scratch {
   private used = 0;

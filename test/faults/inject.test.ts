@@ -1,0 +1,87 @@
+/**
+ * Fault cells of a checkpoint killed inside its one-round-trip batch (native/inject-blob.cc,
+ * src/dump/task-state.ts): the main thread's calls are run by a program ferry wrote into the
+ * process, which then waits in ppoll for ferry to interrupt it. Ferry is SIGKILLed right there
+ * (FERRY_TEST_PAUSE_AT=blob, a synchronous pause between the PTRACE_CONT and the interrupt:
+ * the calls ran, every signal is still blocked, the registers are the program's). The kernel
+ * detaches the process; after its 3 s wait the program puts it back by itself: its registers
+ * and flags (build/workloads/blobwait compute: values and a compare's flags live across the
+ * stop), its signal mask (exactly SIGUSR2), its SIGTRAP handler (never reset: no trap was
+ * forced), a read(2) on an empty pipe that restarts and gets the test's byte, a nanosleep that
+ * restarts through restart_syscall and returns 0 after its full time. Ferry's data area is
+ * unmapped; the one r-x page of the program stays (docs/safety.md).
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { needs, WORKLOADS } from '../helpers/env.js';
+import { cleanup, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { hit, shown, status, whilePaused, type Problems } from './helpers.js';
+
+const skip = needs('root', 'build');
+after(cleanup);
+
+const BLOBWAIT = join(WORKLOADS, 'blobwait');
+const SIGUSR2_ONLY = 1n << 11n;
+const woke = (text: string): string[] => text.split('\n').filter((l) => l.startsWith('woke '));
+const mapsOf = (pid: number): string[] => readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n');
+
+describe('fault cells: a checkpoint killed while its injected program runs in the process', { skip, timeout: 180_000 }, () => {
+  for (const mode of ['read', 'nanosleep', 'compute'] as const) {
+    it(`SIGKILL at blob (${mode}): the process puts itself back, runs on as it was`, async () => {
+      const w = await startWorkload(BLOBWAIT, [mode]);
+      const wfd = Number(/wfd=(\d+)/.exec(w.text())?.[1]);
+      const images = join(w.dir, 'images');
+      mkdirSync(images);
+      if (mode === 'nanosleep') await waitFor('a first sleep', () => woke(w.text()).length > 0, 5000);
+      const maps = mapsOf(w.pid);
+      const p: Problems = [];
+      let wokeAtKill = 0;
+      await whilePaused(p, ['checkpoint', '--pid', String(w.pid), '--image', join(images, 'b.tar'), '--leave-running'], 'blob', async (run) => {
+        const st = status(w.pid);
+        assert.equal(st?.tracer, run.pid, 'traced by the paused ferry');
+        assert.notEqual(st?.sigblk, SIGUSR2_ONLY, `every signal blocked inside the batch: ${shown(st)}`);
+        wokeAtKill = woke(w.text()).length;
+        const r = await hit(run, 'SIGKILL', p);
+        assert.equal(r.signal, 'SIGKILL');
+      });
+      assert.deepEqual(p, []);
+      // Untraced at once; its own mask back once the program's wait (3 s) ends.
+      await waitFor(`pid ${w.pid} to put itself back`, () => {
+        const st = status(w.pid);
+        return st !== undefined && st.tracer === 0 && st.sigblk === SIGUSR2_ONLY && !'tTZX'.includes(st.state);
+      }, 10_000, () => shown(status(w.pid)));
+      if (mode === 'read') {
+        assert.deepEqual(woke(w.text()).slice(wokeAtKill), [], 'the read did not come back on its own');
+        writeFileSync(`/proc/${w.pid}/fd/${wfd}`, 'x');
+        await waitFor('the read to return the byte', () => woke(w.text()).length > wokeAtKill, 5000, () => w.text());
+        assert.deepEqual(woke(w.text()).slice(wokeAtKill), ['woke ret=1 errno=0 byte=x']);
+      }
+      if (mode === 'nanosleep') {
+        await waitFor('the sleep to end', () => woke(w.text()).length > wokeAtKill, 10_000, () => w.text());
+        assert.match(woke(w.text())[wokeAtKill]!, /^woke ret=0 errno=0 ms=\d+$/);
+      }
+      const now = mapsOf(w.pid);
+      const added = now.filter((l) => !maps.includes(l));
+      assert.ok(added.length <= 1 && added.every((l) => /^[0-9a-f]+-[0-9a-f]+ r-xp 00000000 00:00 0 *$/.test(l)),
+        `only the program's r-x page may stay: ${added.join(' | ')}`);
+      assert.ok(!readdirSync(images).includes('b.tar'), 'no image in place');
+      assert.equal(await verify(w), 'PASS', w.text());
+    });
+  }
+
+  it('a checkpoint that is not hit: the batch runs through the program, the process runs on as it was', async () => {
+    const w = await startWorkload(BLOBWAIT, ['compute']);
+    const images = join(w.dir, 'images');
+    mkdirSync(images);
+    const maps = mapsOf(w.pid);
+    for (let i = 0; i < 3; i++) {
+      const { ferry } = await import('../helpers/processes.js');
+      const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(images, `c${i}.tar`), '--leave-running']);
+      assert.equal(cp.code, 0, cp.stderr);
+    }
+    assert.deepEqual(mapsOf(w.pid), maps, 'the layout as it was');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+});
