@@ -127,7 +127,9 @@ DESCRIPTION
   stacks, timers, rseq and robust-list registrations, memory layout, name,
   working directory, umask, credentials and limits, open file descriptors,
   parents, sessions, process groups and unreaped zombies. Then it kills them.
-  Memory pages are copied straight from the processes; no code is injected.
+  Memory pages are copied straight from the processes; the syscalls that read
+  a thread's state run in it, a small program in a page ferry maps there for
+  the moment (it puts the thread back by itself should ferry die meanwhile).
 
   The image is complete, checksummed and flushed to disk before the process is
   killed. If anything fails, the process is let go with its state as it was
