@@ -138,10 +138,12 @@ async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figure
   const image = cp['imageBytes']!;
   const phases = done['phases'] as unknown as Record<string, number> & { target?: Record<string, number> };
   if (process.env['FERRY_BENCH_MIGRATE_RAW'] === '1') {
-    // One line per run, for comparing trees run by run: the rounds' times, the target's memory
+    // One line per run, for comparing trees run by run: the downtime's phases, the pages the
+    // frozen checkpoint read and the top-ups sent, the rounds' times, the target's memory
     // phase and, with --lazy, the fill.
     const filled = json(out).find((x) => x['fillMs'] !== undefined);
-    console.log(`# run ${JSON.stringify({ run, downtimeMs: done['downtimeMs'], restoreMs: phases['restoreMs'], memoryMs: phases.target?.['memoryMs'],
+    console.log(`# run ${JSON.stringify({ run, downtimeMs: done['downtimeMs'], checkpointMs: phases['checkpointMs'], firstByteMs: phases['firstByteMs'],
+      verifyMs: phases['verifyMs'], killMs: phases['killMs'], pagesRead: cp['pagesRead'], topUpPages: cp['topUpPages'], restoreMs: phases['restoreMs'], memoryMs: phases.target?.['memoryMs'],
       roundsMs: recs.filter((x) => x['round'] !== undefined).map((x) => x['ms']), fillMs: filled?.['fillMs'], faults: filled?.['faults'], pages: filled?.['pages'] })}`);
   }
   return {

@@ -281,6 +281,34 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     assert.equal(h.chunkDigest(1100, 256), undefined);
   });
 
+  it('chunk digests taken again after the top-ups: only those dropped since, whose pages are all held now', () => {
+    const h = new HeldPagesOf();
+    const sum = (p: number, gen = 0): Buffer => createHash('sha256').update(`page ${p} ${gen}`).digest();
+    const want = (from: number, gen = new Map<number, number>()): Buffer => createHash('sha256')
+      .update(Buffer.concat(Array.from({ length: 256 }, (_, i) => sum(from + i, gen.get(from + i) ?? 0)))).digest();
+    for (let p = 1000; p < 2024; p++) h.set(p, sum(p), 0);
+    assert.equal(h.refreshChunks(), 0, 'nothing asked for yet');
+    h.prepareChunks([1000, 1256, 1512, 1768], 256);
+    assert.equal(h.refreshChunks(), 0, 'every chunk still true');
+    // A top-up sends page 1300 again (held anew), a scan finds page 1600 written (let go).
+    h.set(1300, sum(1300, 1), 0);
+    h.delete(1600);
+    assert.equal(h.chunkDigest(1256, 256), undefined);
+    assert.equal(h.chunkDigest(1512, 256), undefined);
+    assert.equal(h.refreshChunks(), 1, 'the chunk of page 1300 only: page 1600 is not held');
+    assert.deepEqual(h.chunkDigest(1256, 256), want(1256, new Map([[1300, 1]])));
+    assert.equal(h.chunkDigest(1512, 256), undefined);
+    assert.deepEqual(h.chunkDigest(1000, 256), want(1000), 'kept as it was');
+    // Taken again, it is dropped again by a change, as one prepareChunks took.
+    h.set(1400, sum(1400, 1), 0);
+    assert.equal(h.chunkDigest(1256, 256), undefined);
+    h.set(1600, sum(1600, 1), 0);
+    assert.equal(h.refreshChunks(), 2);
+    assert.deepEqual(h.chunkDigest(1256, 256), want(1256, new Map([[1300, 1], [1400, 1]])));
+    assert.deepEqual(h.chunkDigest(1512, 256), want(1512, new Map([[1600, 1]])));
+    assert.deepEqual(h.chunkDigest(1768, 256), want(1768));
+  });
+
   it('where the chunks of a pages entry fall: the whole ones within one run of stored pages', () => {
     const vma = (start: number, runs: Array<[number, number]>): VmaRecord => ({ start: `0x${(start * 4096).toString(16)}`, runs } as unknown as VmaRecord);
     // 300 pages from page 0x100 (one chunk, then 44 pages of the next), 10 more at 0x400 (the
