@@ -51,7 +51,7 @@ import { readCreds, warmUpCreds } from './creds.js';
 import { NsIds } from './ns-ids.js';
 import { listPosixTimers } from './timers.js';
 import { freezeTree, precheckRoot, type FrozenProcess } from './tree.js';
-import { pendingSignals, readInjectedState, readMm, readPaths, readThread, readThreadFs, removedExe, syscallGadget } from './task-state.js';
+import { abortRseqSection, pendingSignals, readInjectedState, readMm, readPaths, readThread, readThreadFs, removedExe, syscallGadget } from './task-state.js';
 import { PR_THP_DISABLE_EXCEPT_ADVISED, SIGKILL } from '../arch/x86-64.js';
 import { faultPoint } from '../fault.js';
 import { finishing, Session } from '../session.js';
@@ -217,6 +217,9 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     const { vmas: maps, vmflags, unshared } = parseSmaps(readProcText(pid, 'smaps'));
     const gadget = syscallGadget(pid, maps);
     for (const t of tracees) t.gadget = gadget;
+    // A thread stopped inside an rseq critical section is aborted first, as the kernel would on
+    // its way back: the injections below move rip out of it, which makes the kernel forget.
+    for (const tid of tids) abortRseqSection(pid, tid);
     const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
     // Every thread's status, read once: it names the thread (readThread), the credentials take
     // theirs from it (creds.ts), and so do the ids in the tree's namespace (ns-ids.ts).

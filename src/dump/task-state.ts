@@ -5,7 +5,7 @@
  * policy, dumpable and subreaper flags creds.ts records).
  */
 import {
-  decodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
+  decodeRegs, encodeRegs, ITIMERSPEC_SIZE, ITIMERVAL_SIZE, KSIGACTION_SIZE, MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
   MCL_FUTURE, MCL_ONFAULT, MEMBARRIER_CMD_GET_REGISTRATIONS, MEMBARRIER_REGISTRATIONS, NSIG,
   PAGE_SIZE, PR_GET_THP_DISABLE, PR_GET_TID_ADDRESS, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_EXEC, PROT_READ, PROT_WRITE, REG_NAMES, SIGKILL, SIGSTOP, SIG_DFL, STACK_T_SIZE, SYS,
   SYSCALL_INSN,
@@ -22,7 +22,7 @@ import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
 import { parseStatus, statusComm } from '../proc/status.js';
 import { readFileSync, statSync } from 'node:fs';
-import { BLOB_CODE_LEN, blobWorkLen, injectedError, type Tracee } from '../task/tracee.js';
+import { BLOB_CODE_LEN, blobWorkLen, injectedError, Tracee } from '../task/tracee.js';
 import { faultArmed, faultPointSync } from '../fault.js';
 import { readRootDir, removedDir, type RootBase } from './root-dir.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
@@ -337,6 +337,57 @@ function unmapTry(t: Tracee, addr: bigint, size: number): void {
   try {
     t.trySyscall(SYS.munmap, addr, size);
   } catch { /* the task is gone or cannot run it: the first error is the one reported */ }
+}
+
+/** -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK: rax of a stop inside an interrupted syscall. */
+const RESTART_CODES = new Set([-512n, -513n, -514n, -516n].map((v) => BigInt.asUintN(64, v)));
+/** The end of a process's address space on x86-64 (TASK_SIZE_MAX, 4-level paging). */
+const USER_END = 0x7ffffffff000n;
+
+/**
+ * Sends thread `tid`, stopped inside an rseq(2) critical section, to the section's abort
+ * handler, as the kernel does on the thread's way back to user mode after any preemption
+ * (kernel/rseq.c rseq_ip_fixup): rip = the section's abort_ip, its registration's rseq_cs
+ * cleared. It must happen before ferry's first injection: that moves rip out of the section,
+ * on which the kernel clears rseq_cs and forgets the abort, so the section would run on to its
+ * commit after the thread was stopped (moved to another CPU, or another machine). Left to the
+ * kernel, as it would find it: a section the kernel would refuse (its descriptor out of range
+ * or of an unknown version, abort_ip inside it, the 4 bytes before abort_ip not the
+ * registration's signature: it kills such a thread), and a stop inside a syscall made in the
+ * section (an interrupted one, whose restart comes first). Returns whether it moved the thread.
+ * Nothing to undo: an abort is always a section's possible outcome, so a checkpoint that fails
+ * later lets the thread go from its abort handler.
+ */
+export function abortRseqSection(pid: number, tid: number): boolean {
+  const n = native();
+  const conf = n.getRseq(tid);
+  if (conf === null) return false;
+  const read = (addr: bigint, len: number): Buffer | undefined => {
+    const buf = Buffer.alloc(len);
+    try {
+      return n.readMemory(pid, new Float64Array([Number(addr), len]), buf) === len ? buf : undefined;
+    } catch {
+      return undefined; // not mapped: the kernel would kill the thread for it, not ferry
+    }
+  };
+  const csPtr = read(conf.pointer + 8n, 8)?.readBigUInt64LE(0) ?? 0n; // struct rseq: cpu_id_start, cpu_id, rseq_cs
+  if (csPtr === 0n || csPtr >= USER_END) return false;
+  const cs = read(csPtr, 32); // struct rseq_cs: version, flags, start_ip, post_commit_offset, abort_ip
+  if (cs === undefined || cs.readUInt32LE(0) !== 0) return false;
+  const start = cs.readBigUInt64LE(8), length = cs.readBigUInt64LE(16), abort = cs.readBigUInt64LE(24);
+  if (start >= USER_END || start + length >= USER_END || abort >= USER_END || abort < 4n || BigInt.asUintN(64, abort - start) < length) return false;
+  const regs = decodeRegs(n.getRegs(tid));
+  if (BigInt.asUintN(64, regs.rip - start) >= length) return false;
+  if (BigInt.asIntN(64, regs.orig_rax) >= 0n && RESTART_CODES.has(regs.rax)) return false;
+  if (read(abort - 4n, 4)?.readUInt32LE(0) !== conf.signature) return false;
+  const t = new Tracee(pid, tid, true);
+  try {
+    t.writeMem(conf.pointer + 8n, Buffer.alloc(8));
+  } finally {
+    t.close();
+  }
+  n.setRegs(tid, encodeRegs({ ...regs, rip: abort }));
+  return true;
 }
 
 /**
