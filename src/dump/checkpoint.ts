@@ -161,12 +161,12 @@ function makeYoungRoom(): void {
   const young = getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
   if (young === undefined || young.space_available_size >= WINDOW_YOUNG_BYTES) return;
   // Kept in a module variable, so that no compiler can find them unused and leave them out.
-  for (let left = young.space_available_size + FILL_BYTES; left > 0; left -= FILL_BYTES) filler = new Array<unknown>(FILL_BYTES / 8);
-  filler = undefined;
+  for (let left = young.space_available_size + FILL_BYTES; left > 0; left -= FILL_BYTES) sink.filler = new Array<unknown>(FILL_BYTES / 8);
+  sink.filler = undefined;
 }
 /** What one filler array takes (8 bytes an element), well below V8's large-object size. */
 const FILL_BYTES = 16 * 1024;
-let filler: unknown[] | undefined;
+const sink: { filler?: unknown[] | undefined } = {};
 
 /**
  * The deleted files the tree maps but holds no descriptor of (memory.ts `unheldGhosts`), each
