@@ -261,11 +261,10 @@ BlobResult RunBlob(pid_t tid, const struct user_regs_struct& saved, uint64_t mas
   struct iovec local = {work.data(), work.size() * 8};
   struct iovec remote = {reinterpret_cast<void*>(o.blob_work), work.size() * 8};
   bool w2 = w1 && process_vm_writev(tid, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(work.size() * 8);
-  if (!w2) {
-    if (w1 && errno == 0) errno = EFAULT;
-    *what = w1 ? "process_vm_writev (the injected program's table)" : "write of the injected program (/proc/TID/mem)";
-    return kBlobFailed;
-  }
+  // Nothing ran in the task yet: if the program or its table cannot be written (a kernel that
+  // refuses forced writes to /proc/PID/mem: proc_mem.force_override=never), the calls go one
+  // by one.
+  if (!w2) return kBlobSkipped;
   struct user_regs_struct r = saved;
   r.rip = o.blob_code;
   r.orig_rax = static_cast<uint64_t>(-1);
@@ -282,6 +281,9 @@ BlobResult RunBlob(pid_t tid, const struct user_regs_struct& saved, uint64_t mas
     *what = "ptrace(PTRACE_CONT)";
     return kBlobFailed;
   }
+  // From here until the task is seen stopped inside the calls or the ppoll, it may be anywhere
+  // in the program: a failure leaves its memory alone (BatchOptions.blob_loose).
+  o.blob_loose = true;
   // Poll the state word, sleeping 20 us between two reads for 2 ms, then in growing steps: the
   // task may have been woken onto this CPU (wake-affine; this thread may be pinned), and a
   // sleep lets it run where a spin (even with sched_yield) held it off, measured here: a
@@ -309,7 +311,9 @@ BlobResult RunBlob(pid_t tid, const struct user_regs_struct& saved, uint64_t mas
     return kBlobFailed;
   }
   if (at.rip >= o.blob_code && at.rip <= o.blob_code + kBlobAfterPpoll) {
-    // Stopped inside the calls or in the final ppoll: nothing of the ending ran.
+    // Stopped inside the calls or in the final ppoll: nothing of the ending ran, and the
+    // caller puts the registers and mask back from this stop.
+    o.blob_loose = false;
     if (state != 1) {
       errno = ETIMEDOUT;
       *what = "injected program (its calls did not finish, or its state word could not be read)";

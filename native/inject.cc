@@ -526,7 +526,10 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
     // The copy is the caller's to close, also when the batch failed after it was taken.
     info[4].As<Napi::Object>().Set("takenFd", Napi::Number::New(env, o.taken));
   }
-  if (!blob.IsUndefined()) blob.As<Napi::Object>().Set("ran", Napi::Boolean::New(env, o.blob_ran));
+  if (!blob.IsUndefined()) {
+    blob.As<Napi::Object>().Set("ran", Napi::Boolean::New(env, o.blob_ran));
+    blob.As<Napi::Object>().Set("loose", Napi::Boolean::New(env, o.blob_loose));
+  }
   if (env.IsExceptionPending()) return {};  // thrown by onWait
   if (!ok) {
     ThrowErrno(env, what, err, "tid " + std::to_string(tid));

@@ -52,6 +52,11 @@ struct BatchOptions {
   size_t blob_code_len = 0, blob_work_len = 0, blob_unmap_len = 0;
   int blob_wait_s = 3;
   bool blob_ran = false;
+  // The batch failed with the task perhaps inside the program, or running its own code again
+  // after the program put it back (ferry came back too late): its memory, the scratch and code
+  // areas included, must be left as it is (a signal handler may return into the program; the
+  // task may have mapped something where the program unmapped ferry's data area).
+  bool blob_loose = false;
   std::function<void()> on_blob_wait;
 };
 
@@ -62,7 +67,9 @@ enum BlobResult { kBlobDone, kBlobSkipped, kBlobFailed, kBlobSelfRestored };
 // and every signal is blocked; `saved` and `mask` are what it had before the batch. On
 // kBlobDone it is in a PTRACE_EVENT_STOP, ferry's to use; on kBlobSelfRestored it runs its
 // own code again (stopped, with its own registers and mask): the caller must not put back
-// `saved`. kBlobSkipped: nothing was done (run the calls one by one).
+// `saved`. kBlobSkipped: nothing was done (run the calls one by one); also when the program or
+// its table could not be written (a kernel refusing forced writes to /proc/PID/mem). On
+// kBlobFailed `o.blob_loose` says whether the task may be anywhere in the program.
 BlobResult RunBlob(pid_t tid, const struct user_regs_struct& saved, uint64_t mask, const uint64_t* calls,
                    size_t count, BatchOptions& o, int64_t* out, const char** what);
 

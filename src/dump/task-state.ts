@@ -15,7 +15,7 @@ import {
   type TaskRecord, type ThreadFsRecord, type ThreadRecord, type VmaRecord, xstateEntry,
 } from '../image/records.js';
 import { FerryError } from '../errors.js';
-import { native } from '../native/binding.js';
+import { native, type InjectBlob } from '../native/binding.js';
 import { parseAuxv } from '../proc/auxv.js';
 import { freeRange, type Vma } from '../proc/maps.js';
 import { readProcLink, readProcText } from '../proc/read.js';
@@ -215,7 +215,7 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
   // `tried`: a batch with the mmap was run; if it failed without saying what the mmap gave, the
   // area may be mapped at `addr` all the same (the range was free and the tree is stopped, so
   // an munmap there can only take ferry's own area away).
-  let mapped = false, unmapped = false, tried = false, codeMapped = false;
+  let mapped = false, unmapped = false, tried = false, codeMapped = false, loose = false;
   /** Runs `calls` in `t`, the scratch area's mmap first if it is not mapped yet; the main's (`last`) through the program if it can. */
   const batch = (t: Tracee, calls: Call[], last: boolean, mayFailFrom = calls.length): { results: BigInt64Array; mem?: Buffer } => {
     const first = !mapped;
@@ -224,17 +224,26 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
     const all = [...prefix, ...calls, ...(last ? [munmap] : [])];
     const mem = last ? Buffer.alloc(size) : undefined;
     const useBlob = blob && last && (first || codeMapped);
-    const results = t.trySyscalls(all, {
-      guard: first ? 1 : 0,
-      ...(mem ? { readAt: all.length - 1, readAddr: addr, readInto: mem } : {}),
-      ...(useBlob ? {
-        blob: {
-          at: prefix.length, count: calls.length, ...(first ? { mappedAt: 1 } : {}), code, codeLen,
-          work: at(layout.work), workLen, unmap: addr, unmapLen: size, waitS: BLOB_WAIT_S,
-          ...(faultArmed('blob') ? { onWait: () => faultPointSync('blob') } : {}),
-        },
-      } : {}),
-    });
+    const program: InjectBlob | undefined = useBlob ? {
+      at: prefix.length, count: calls.length, ...(first ? { mappedAt: 1 } : {}), code, codeLen,
+      work: at(layout.work), workLen, unmap: addr, unmapLen: size, waitS: BLOB_WAIT_S,
+      ...(faultArmed('blob') ? { onWait: () => faultPointSync('blob') } : {}),
+    } : undefined;
+    let results: BigInt64Array;
+    try {
+      results = t.trySyscalls(all, {
+        guard: first ? 1 : 0,
+        ...(mem ? { readAt: all.length - 1, readAddr: addr, readInto: mem } : {}),
+        ...(program ? { blob: program } : {}),
+      });
+    } catch (err) {
+      // The task may be inside the program still, or running its own code after the program
+      // put it back (a handler of a signal it let through may return into the program; it may
+      // have mapped something where the program unmapped ferry's area): its memory is left
+      // alone, the program's page with it.
+      if (program?.loose === true) loose = true;
+      throw err;
+    }
     if (first) {
       const r = results[0]!;
       if (r !== addr) {
@@ -296,7 +305,7 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
   } finally {
     // A batch that failed after the area was mapped, or with it maybe mapped (or a thread's,
     // before the main's ran).
-    if ((mapped || tried) && !unmapped) unmapTry(main, addr, total);
+    if ((mapped || tried) && !unmapped && !loose) unmapTry(main, addr, total);
   }
 }
 
@@ -352,8 +361,8 @@ const USER_END = 0x7ffffffff000n;
  * on which the kernel clears rseq_cs and forgets the abort, so the section would run on to its
  * commit after the thread was stopped (moved to another CPU, or another machine). Left to the
  * kernel, as it would find it: a section the kernel would refuse (its descriptor out of range
- * or of an unknown version, abort_ip inside it, the 4 bytes before abort_ip not the
- * registration's signature: it kills such a thread), and a stop inside a syscall made in the
+ * or of an unknown version, flags in it or in the registration, abort_ip inside it, the 4
+ * bytes before abort_ip not the registration's signature: it kills such a thread), and a stop inside a syscall made in the
  * section (an interrupted one, whose restart comes first). Returns whether it moved the thread.
  * Nothing to undo: an abort is always a section's possible outcome, so a checkpoint that fails
  * later lets the thread go from its abort handler.
@@ -370,23 +379,27 @@ export function abortRseqSection(pid: number, tid: number): boolean {
       return undefined; // not mapped: the kernel would kill the thread for it, not ferry
     }
   };
-  const csPtr = read(conf.pointer + 8n, 8)?.readBigUInt64LE(0) ?? 0n; // struct rseq: cpu_id_start, cpu_id, rseq_cs
-  if (csPtr === 0n || csPtr >= USER_END) return false;
+  // struct rseq: cpu_id_start, cpu_id, rseq_cs (u64), flags (u32): flags the kernel refuses.
+  const area = read(conf.pointer + 8n, 12);
+  const csPtr = area?.readBigUInt64LE(0) ?? 0n;
+  if (csPtr === 0n || csPtr >= USER_END || area!.readUInt32LE(8) !== 0) return false;
   const cs = read(csPtr, 32); // struct rseq_cs: version, flags, start_ip, post_commit_offset, abort_ip
-  if (cs === undefined || cs.readUInt32LE(0) !== 0) return false;
+  if (cs === undefined || cs.readUInt32LE(0) !== 0 || cs.readUInt32LE(4) !== 0) return false;
   const start = cs.readBigUInt64LE(8), length = cs.readBigUInt64LE(16), abort = cs.readBigUInt64LE(24);
   if (start >= USER_END || start + length >= USER_END || abort >= USER_END || abort < 4n || BigInt.asUintN(64, abort - start) < length) return false;
   const regs = decodeRegs(n.getRegs(tid));
   if (BigInt.asUintN(64, regs.rip - start) >= length) return false;
   if (BigInt.asIntN(64, regs.orig_rax) >= 0n && RESTART_CODES.has(regs.rax)) return false;
   if (read(abort - 4n, 4)?.readUInt32LE(0) !== conf.signature) return false;
+  // The registers first: if clearing rseq_cs fails after them, the thread is at its handler
+  // with the section still named, which the kernel then leaves (rip is outside it).
+  n.setRegs(tid, encodeRegs({ ...regs, rip: abort }));
   const t = new Tracee(pid, tid, true);
   try {
     t.writeMem(conf.pointer + 8n, Buffer.alloc(8));
   } finally {
     t.close();
   }
-  n.setRegs(tid, encodeRegs({ ...regs, rip: abort }));
   return true;
 }
 

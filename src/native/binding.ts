@@ -63,6 +63,12 @@ export interface InjectBlob {
   onWait?: () => void;
   /** Set by the batch: whether the program ran the calls (else they ran one by one). */
   ran?: boolean;
+  /**
+   * Set by the batch: it failed with the task perhaps still inside the program, or running its
+   * own code after the program put it back (ferry too late): nothing of its memory may be
+   * touched, not even ferry's scratch and code areas.
+   */
+  loose?: boolean;
 }
 
 /** One PAGEMAP_SCAN answer (native/uffd.cc). */

@@ -18,9 +18,10 @@ import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { cleanup, startWorkload, verify, waitFor } from '../helpers/processes.js';
 import { hit, shown, status, whilePaused, type Problems } from './helpers.js';
+import { exitOf, killFerries, startFerry } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
-after(cleanup);
+after(() => { killFerries(); cleanup(); });
 
 const BLOBWAIT = join(WORKLOADS, 'blobwait');
 const SIGUSR2_ONLY = 1n << 11n;
@@ -70,6 +71,31 @@ describe('fault cells: a checkpoint killed while its injected program runs in th
       assert.equal(await verify(w), 'PASS', w.text());
     });
   }
+
+  it('ferry back only after the program put the process back (blob+4500), a handled signal let through meanwhile: the checkpoint fails, the process runs on, its memory untouched', async () => {
+    const w = await startWorkload(BLOBWAIT, ['compute']);
+    const images = join(w.dir, 'images');
+    mkdirSync(images);
+    const maps = mapsOf(w.pid);
+    const run = startFerry(['checkpoint', '--pid', String(w.pid), '--image', join(images, 'late.tar'), '--leave-running'], 'blob+4500');
+    await waitFor('ferry to pause in the batch', () => /paused at blob/.test(run.stderr()), 30_000, () => run.stderr());
+    // Queued, blocked: it runs once the program puts the mask back (3 s), and its handler (2.5 s)
+    // is still running when ferry comes back (4.5 s). Ferry must then leave the process's memory
+    // alone: the handler returns into the program, which ends putting the process back.
+    process.kill(w.pid, 'SIGALRM');
+    assert.equal(await exitOf(run, 'ferry checkpoint'), 1, run.stderr());
+    const lines = run.stderr().trim().split('\n').filter((l) => !l.startsWith('ferry-test: '));
+    assert.equal(lines.length, 1, run.stderr());
+    assert.match(lines[0]!, new RegExp(`^ferry checkpoint: .*pid ${w.pid}`));
+    await waitFor('the handler to end', () => /^alarm handled$/m.test(w.text()), 10_000, () => w.text());
+    const st = status(w.pid);
+    assert.ok(st !== undefined && st.tracer === 0 && st.sigblk === SIGUSR2_ONLY, shown(st));
+    const added = mapsOf(w.pid).filter((l) => !maps.includes(l));
+    assert.ok(added.length <= 1 && added.every((l) => /^[0-9a-f]+-[0-9a-f]+ r-xp 00000000 00:00 0 *$/.test(l)),
+      `only the program's r-x page may stay: ${added.join(' | ')}`);
+    assert.ok(!readdirSync(images).includes('late.tar'), 'no image in place');
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
 
   it('a checkpoint that is not hit: the batch runs through the program, the process runs on as it was', async () => {
     const w = await startWorkload(BLOBWAIT, ['compute']);
