@@ -174,11 +174,14 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     };
     ch.onData = (chunk) => (pre && !pre.ready(chunk) ? pre.settled().then(() => take(chunk)) : take(chunk));
     // The sender freezes the tree once this side has taken what it sent (channel.ts 'catch-up'):
-    // the rounds' writes still queued here would otherwise be downtime. A failed write fails
-    // the channel through the chunk's own promise; the word is then not said.
+    // the rounds' writes still queued here would otherwise be downtime. A write that failed
+    // (a full image.work_dir) fails the channel, and with it this migration: the sender, waiting
+    // for the word with the tree running, sees the connection end and lets the tree go on.
     ch.onControl = (m) => {
       if (m.type !== 'catch-up') return false;
-      void faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => ch.send({ type: 'caught-up' }), () => undefined);
+      faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => ch.send({ type: 'caught-up' }), (err: unknown) => {
+        ch.fail(err instanceof FerryError ? err : new FerryError('EIO', describeCause(err), { cause: err }));
+      });
       return true;
     };
     ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, bootId: bootId() });

@@ -124,6 +124,20 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     process.kill(w.pid, 'SIGKILL');
   });
 
+  it('the target failing to take the rounds\' pages (its store write fails: catchup!): the sender does not wait forever; one line, the source runs on, nothing left', async () => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, config, 'catchup!');
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
+    assert.equal(await exitOf(mig, 'ferry migrate', 60_000), 1, mig.stderr());
+    const lines = mig.stderr().trim().split('\n');
+    assert.equal(lines.length, 1, mig.stderr());
+    // The target ends the connection (its own line says why): the sender stops waiting at once.
+    assert.match(lines[0]!, new RegExp(`^ferry migrate: tcp://127\\.0\\.0\\.1:${port} closed the connection, so pid ${w.pid} was let go as it was: it runs on here$`));
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+    assert.match(recv.stderr(), /failure injected at catchup/);
+    await runsOnUnharmed(w);
+  });
+
   for (const who of ['ferry receive', 'ferry migrate'] as const) {
     it(`SIGKILL of ${who} while the sender waits for the target to take the rounds' pages: the source runs on untraced and untracked, nothing left`, async () => {
       const w = await startDirtier(32, 10);
