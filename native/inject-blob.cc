@@ -40,6 +40,15 @@ bool WaitStop(pid_t tid, int* status, const char** what) {
   return true;
 }
 
+bool ReadRemote(pid_t tid, uint64_t addr, void* buf, size_t len) {
+  struct iovec local = {buf, len};
+  struct iovec remote = {reinterpret_cast<void*>(addr), len};
+  ssize_t got = process_vm_readv(tid, &local, 1, &remote, 1, 0);
+  if (got == static_cast<ssize_t>(len)) return true;
+  if (got >= 0) errno = EFAULT;
+  return false;
+}
+
 int PassOn(int status) {
   int sig = WSTOPSIG(status);
   if ((status >> 16) != 0 || sig == (SIGTRAP | 0x80) || sig == SIGTRAP) return 0;
@@ -165,14 +174,6 @@ bool WriteForce(pid_t tid, uint64_t addr, const void* data, size_t len) {
   return true;
 }
 
-uint64_t ReadWord(pid_t tid, uint64_t addr, bool* ok) {
-  uint64_t v = 0;
-  struct iovec local = {&v, sizeof(v)};
-  struct iovec remote = {reinterpret_cast<void*>(addr), sizeof(v)};
-  *ok = process_vm_readv(tid, &local, 1, &remote, 1, 0) == sizeof(v);
-  return v;
-}
-
 int64_t NowNs() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -293,9 +294,7 @@ BlobResult RunBlob(pid_t tid, const struct user_regs_struct& saved, uint64_t mas
   long sleep_ns = 20000;
   uint64_t state = 0;
   for (;;) {
-    bool ok;
-    state = ReadWord(tid, o.blob_work, &ok);
-    if (!ok || state != 0) break;
+    if (!ReadRemote(tid, o.blob_work, &state, sizeof(state)) || state != 0) break;
     if (!ResumeStops(tid, what)) return kBlobFailed;
     int64_t now = NowNs();
     if (now - start > static_cast<int64_t>(kWaitTimeoutMs) * 1000000) break;
@@ -319,10 +318,7 @@ BlobResult RunBlob(pid_t tid, const struct user_regs_struct& saved, uint64_t mas
       *what = "injected program (its calls did not finish, or its state word could not be read)";
       return kBlobFailed;
     }
-    struct iovec local = {out, count * 8};
-    struct iovec remote = {reinterpret_cast<void*>(o.blob_work + kBlobWorkHead), count * 8};
-    if (process_vm_readv(tid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(count * 8)) {
-      if (errno == 0) errno = EFAULT;
+    if (!ReadRemote(tid, o.blob_work + kBlobWorkHead, out, count * 8)) {
       *what = "process_vm_readv (results of the injected program)";
       return kBlobFailed;
     }

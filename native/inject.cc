@@ -220,7 +220,6 @@ bool Settle(pid_t tid, const char** what) {
   return false;
 }
 
-
 bool IsError(int64_t r) { return r < 0 && r >= -4095; }
 
 // Tasks runnable on the whole machine right now (the fourth field of /proc/loadavg, "R/T",
@@ -281,17 +280,6 @@ class PinHere {
   bool pinned_ = false;
 };
 
-// process_vm_readv of one range; false with errno (EFAULT also for a short read).
-bool ReadBack(pid_t tid, const BatchOptions& o) {
-  struct iovec local = {o.read_buf, o.read_len};
-  struct iovec remote = {reinterpret_cast<void*>(o.read_addr), o.read_len};
-  ssize_t got = process_vm_readv(tid, &local, 1, &remote, 1, 0);
-  if (got == static_cast<ssize_t>(o.read_len)) return true;
-  if (got >= 0) errno = EFAULT;
-  return false;
-}
-
-
 // Runs `n` calls ([nr, a0..a5] each) in `tid`, results into `out`. Registers (and in kSeized
 // the signal mask and the kind of stop) are as before afterwards, also after a failure when
 // the task still exists. A failing call does not stop the batch, except within `o.guard`.
@@ -318,7 +306,7 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
   int read_err = 0;  // the read-back failed: the calls after it still run (they unmap what it read)
   for (size_t i = 0; i < n; i++) out[i] = -ECANCELED;
   for (size_t i = 0; i <= n && ok && !stopped; i++) {
-    if (o.read_buf != nullptr && i == o.read_at && !ReadBack(tid, o)) read_err = errno != 0 ? errno : EFAULT;
+    if (o.read_buf != nullptr && i == o.read_at && !ReadRemote(tid, o.read_addr, o.read_buf, o.read_len)) read_err = errno != 0 ? errno : EFAULT;
     if (o.take_pidfd >= 0 && i == o.take_at && i > 0 && !IsError(out[i - 1])) {
       long fd = syscall(SYS_pidfd_getfd, o.take_pidfd, static_cast<int>(out[i - 1]), 0);
       o.taken = fd >= 0 ? static_cast<int>(fd) : -errno;
@@ -329,7 +317,6 @@ bool Inject(pid_t tid, uint64_t gadget, const uint64_t* calls, size_t n, Mode mo
         (o.blob_mapped_at == SIZE_MAX || static_cast<uint64_t>(out[o.blob_mapped_at]) == o.blob_code)) {
       BlobResult b = RunBlob(tid, saved, mask, calls + i * 7, o.blob_count, o, out + i, what);
       if (b == kBlobDone) {
-        o.blob_ran = true;
         i += o.blob_count - 1;
         continue;
       }
@@ -527,7 +514,6 @@ Napi::Value InjectSyscalls(const Napi::CallbackInfo& info) {
     info[4].As<Napi::Object>().Set("takenFd", Napi::Number::New(env, o.taken));
   }
   if (!blob.IsUndefined()) {
-    blob.As<Napi::Object>().Set("ran", Napi::Boolean::New(env, o.blob_ran));
     blob.As<Napi::Object>().Set("loose", Napi::Boolean::New(env, o.blob_loose));
   }
   if (env.IsExceptionPending()) return {};  // thrown by onWait

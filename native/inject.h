@@ -16,6 +16,10 @@ long Ptrace(long req, pid_t tid, void* addr, void* data);
 // Waits for the next stop of `tid`. False (errno ESRCH) when it died instead.
 bool WaitStop(pid_t tid, int* status, const char** what);
 
+// process_vm_readv(2) of `len` bytes at `addr` of `tid` into `buf`; false with errno (EFAULT
+// also for a short read).
+bool ReadRemote(pid_t tid, uint64_t addr, void* buf, size_t len);
+
 // A signal-delivery-stop's signal to pass on when resuming (0 for ptrace's own stops), so
 // that a SIGSTOP or SIGKILL that arrived meanwhile is not swallowed.
 int PassOn(int status);
@@ -45,13 +49,12 @@ struct BatchOptions {
   // bytes it mapped r-x; `blob_work` is `blob_work_len` writable bytes of the task, and
   // [blob_unmap, +blob_unmap_len) what the program unmaps if it has to put the task back
   // itself, after `blob_wait_s` seconds. Else (or with TF set) they run one by one. Off when
-  // blob_count is 0. `blob_ran` tells which. `on_blob_wait`, when set, is called once the
+  // blob_count is 0. `on_blob_wait`, when set, is called once the
   // calls ran, before the interrupt (the fault point of test/faults/inject.test.ts).
   size_t blob_at = 0, blob_count = 0, blob_mapped_at = 0;
   uint64_t blob_code = 0, blob_work = 0, blob_unmap = 0;
   size_t blob_code_len = 0, blob_work_len = 0, blob_unmap_len = 0;
   int blob_wait_s = 3;
-  bool blob_ran = false;
   // The batch failed with the task perhaps inside the program, or running its own code again
   // after the program put it back (ferry came back too late): its memory, the scratch and code
   // areas included, must be left as it is (a signal handler may return into the program; the

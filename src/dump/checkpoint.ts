@@ -219,8 +219,8 @@ function dumpTask(p: FrozenProcess, rootBase: RootBase, parent?: DumpedTask): Du
     for (const t of tracees) t.gadget = gadget;
     // A thread stopped inside an rseq critical section is aborted first, as the kernel would on
     // its way back: the injections below move rip out of it, which makes the kernel forget.
-    for (const tid of tids) abortRseqSection(pid, tid);
-    const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid));
+    for (const t of tracees) abortRseqSection(t);
+    const injected = readInjectedState(main, tracees.slice(1), maps, vmflags, listPosixTimers(pid), status.seccomp);
     // Every thread's status, read once: it names the thread (readThread), the credentials take
     // theirs from it (creds.ts), and so do the ids in the tree's namespace (ns-ids.ts).
     const statuses = new Map(tids.map((tid, i) => [tid, i === 0 ? statusText : readProcText(pid, `task/${tid}/status`)]));

@@ -22,7 +22,7 @@ import { readProcLink, readProcText } from '../proc/read.js';
 import type { ProcStat } from '../proc/stat.js';
 import { parseStatus, statusComm } from '../proc/status.js';
 import { readFileSync, statSync } from 'node:fs';
-import { BLOB_CODE_LEN, blobWorkLen, injectedError, Tracee } from '../task/tracee.js';
+import { BLOB_CODE_LEN, blobWorkLen, injectedError, type Tracee } from '../task/tracee.js';
 import { faultArmed, faultPointSync } from '../fault.js';
 import { readRootDir, removedDir, type RootBase } from './root-dir.js';
 import { posixTimerCalls, posixTimerRecords, type ProcTimer } from './timers.js';
@@ -146,7 +146,7 @@ function checkResults(t: Tracee, calls: readonly Call[], results: ArrayLike<bigi
  * disposition). So they are read, and a SIG_DFL disposition is recorded when one is set.
  */
 export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas: readonly Vma[],
-  vmflags: ReadonlyMap<bigint, readonly string[]>, timers: readonly ProcTimer[]): InjectedState {
+  vmflags: ReadonlyMap<bigint, readonly string[]>, timers: readonly ProcTimer[], seccomp: number): InjectedState {
   const threads = [main, ...others];
   const layout = {
     acts: 0,
@@ -194,8 +194,9 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
   // The main thread's calls run in one round trip through a program ferry writes into an r-x
   // area of its own (native/inject-blob.cc), unless the thread has seccomp filters: the
   // program must put the task back by itself if ferry dies, and its syscalls then go through
-  // them (PTRACE_O_SUSPEND_SECCOMP ends with the trace).
-  const blob = main.seized && threadSeccomp(main) === 0;
+  // them (PTRACE_O_SUSPEND_SECCOMP ends with the trace). `seccomp`: the main thread's
+  // Seccomp field of /proc status (0 none), from the status the caller read.
+  const blob = main.seized && seccomp === 0;
   const workLen = blob ? blobWorkLen(count) : 0;
   // One page more than the results need: the probe of mlockall(MCL_FUTURE) below, never written.
   const size = Math.ceil((layout.work + workLen) / PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE;
@@ -312,14 +313,6 @@ export function readInjectedState(main: Tracee, others: readonly Tracee[], vmas:
 /** Seconds the program of a batch waits for ferry before it puts the task back itself (native/inject-blob.cc). */
 const BLOB_WAIT_S = 3;
 
-/** The Seccomp field of a thread's /proc status (0 none, 1 strict, 2 filters); 2 when unreadable. */
-function threadSeccomp(t: Tracee): number {
-  try {
-    return parseStatus(readProcText(t.pid, `task/${t.tid}/status`)).seccomp;
-  } catch {
-    return 2;
-  }
-}
 
 /** The registrations MEMBARRIER_CMD_GET_REGISTRATIONS answered (an error, or none: nothing to record). */
 function membarrierOf(r: bigint, pid: number): { membarrier?: number } {
@@ -367,8 +360,9 @@ const USER_END = 0x7ffffffff000n;
  * Nothing to undo: an abort is always a section's possible outcome, so a checkpoint that fails
  * later lets the thread go from its abort handler.
  */
-export function abortRseqSection(pid: number, tid: number): boolean {
+export function abortRseqSection(t: Tracee): boolean {
   const n = native();
+  const { pid, tid } = t;
   const conf = n.getRseq(tid);
   if (conf === null) return false;
   const read = (addr: bigint, len: number): Buffer | undefined => {
@@ -394,12 +388,7 @@ export function abortRseqSection(pid: number, tid: number): boolean {
   // The registers first: if clearing rseq_cs fails after them, the thread is at its handler
   // with the section still named, which the kernel then leaves (rip is outside it).
   n.setRegs(tid, encodeRegs({ ...regs, rip: abort }));
-  const t = new Tracee(pid, tid, true);
-  try {
-    t.writeMem(conf.pointer + 8n, Buffer.alloc(8));
-  } finally {
-    t.close();
-  }
+  t.writeMem(conf.pointer + 8n, Buffer.alloc(8));
   return true;
 }
 

@@ -594,14 +594,15 @@ export class PreCopySender {
     }
     try {
       const t0 = performance.now();
-      let pages = 0;
-      for (const s of this.tracker.scan(true)) {
-        this.forget(s);
-        for (const [, n] of s.dirty) pages += n;
+      const scans = this.tracker.scan(true);
+      for (const s of scans) this.forget(s);
+      // The tree is frozen: what only a debug record says is counted only for one.
+      if (this.o.logger.isLevelEnabled('debug')) {
+        let pages = 0;
+        for (const s of scans) for (const [, n] of s.dirty) pages += n;
+        const known = [...this.held.values()].reduce((sum, h) => sum + h.knownChunks, 0);
+        this.o.logger.debug({ ms: Math.round((performance.now() - t0) * 100) / 100, pages, knownChunks: known }, 'the final dirty scan');
       }
-      // Pages it found written, and the chunk digests taken before the freeze still true.
-      const known = [...this.held.values()].reduce((sum, h) => sum + h.knownChunks, 0);
-      this.o.logger.debug({ ms: Math.round((performance.now() - t0) * 100) / 100, pages, knownChunks: known }, 'the final dirty scan');
     } catch (err) {
       this.o.logger.warn({ err }, 'the final dirty scan failed: every page goes with the image');
       this.held.clear();

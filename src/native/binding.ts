@@ -61,8 +61,6 @@ export interface InjectBlob {
   waitS: number;
   /** Called (synchronously) once the calls ran, before ferry interrupts the task: a fault point. */
   onWait?: () => void;
-  /** Set by the batch: whether the program ran the calls (else they ran one by one). */
-  ran?: boolean;
   /**
    * Set by the batch: it failed with the task perhaps still inside the program, or running its
    * own code after the program put it back (ferry too late): nothing of its memory may be
