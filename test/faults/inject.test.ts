@@ -16,7 +16,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { cleanup, ferry, startWorkload, verify, waitFor } from '../helpers/processes.js';
 import { hit, shown, status, whilePaused, type Problems } from './helpers.js';
 import { exitOf, killFerries, startFerry } from '../helpers/precopy-run.js';
 
@@ -27,6 +27,13 @@ const BLOBWAIT = join(WORKLOADS, 'blobwait');
 const SIGUSR2_ONLY = 1n << 11n;
 const woke = (text: string): string[] => text.split('\n').filter((l) => l.startsWith('woke '));
 const mapsOf = (pid: number): string[] => readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n');
+
+/** Asserts that pid's layout is `maps` but for at most the program's one r-x page, which stays. */
+function onlyProgramPageAdded(pid: number, maps: readonly string[]): void {
+  const added = mapsOf(pid).filter((l) => !maps.includes(l));
+  assert.ok(added.length <= 1 && added.every((l) => /^[0-9a-f]+-[0-9a-f]+ r-xp 00000000 00:00 0 *$/.test(l)),
+    `only the program's r-x page may stay: ${added.join(' | ')}`);
+}
 
 describe('fault cells: a checkpoint killed while its injected program runs in the process', { skip, timeout: 180_000 }, () => {
   for (const mode of ['read', 'nanosleep', 'compute'] as const) {
@@ -63,10 +70,7 @@ describe('fault cells: a checkpoint killed while its injected program runs in th
         await waitFor('the sleep to end', () => woke(w.text()).length > wokeAtKill, 10_000, () => w.text());
         assert.match(woke(w.text())[wokeAtKill]!, /^woke ret=0 errno=0 ms=\d+$/);
       }
-      const now = mapsOf(w.pid);
-      const added = now.filter((l) => !maps.includes(l));
-      assert.ok(added.length <= 1 && added.every((l) => /^[0-9a-f]+-[0-9a-f]+ r-xp 00000000 00:00 0 *$/.test(l)),
-        `only the program's r-x page may stay: ${added.join(' | ')}`);
+      onlyProgramPageAdded(w.pid, maps);
       assert.ok(!readdirSync(images).includes('b.tar'), 'no image in place');
       assert.equal(await verify(w), 'PASS', w.text());
     });
@@ -90,9 +94,7 @@ describe('fault cells: a checkpoint killed while its injected program runs in th
     await waitFor('the handler to end', () => /^alarm handled$/m.test(w.text()), 10_000, () => w.text());
     const st = status(w.pid);
     assert.ok(st !== undefined && st.tracer === 0 && st.sigblk === SIGUSR2_ONLY, shown(st));
-    const added = mapsOf(w.pid).filter((l) => !maps.includes(l));
-    assert.ok(added.length <= 1 && added.every((l) => /^[0-9a-f]+-[0-9a-f]+ r-xp 00000000 00:00 0 *$/.test(l)),
-      `only the program's r-x page may stay: ${added.join(' | ')}`);
+    onlyProgramPageAdded(w.pid, maps);
     assert.ok(!readdirSync(images).includes('late.tar'), 'no image in place');
     assert.equal(await verify(w), 'PASS', w.text());
   });
@@ -103,7 +105,6 @@ describe('fault cells: a checkpoint killed while its injected program runs in th
     mkdirSync(images);
     const maps = mapsOf(w.pid);
     for (let i = 0; i < 3; i++) {
-      const { ferry } = await import('../helpers/processes.js');
       const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(images, `c${i}.tar`), '--leave-running']);
       assert.equal(cp.code, 0, cp.stderr);
     }

@@ -13,11 +13,12 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, ferry, own, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { alive, cleanup, ferry, own, procState, sleep, startWorkload, verify, waitFor } from '../helpers/processes.js';
+import { exitOf, killFerries, startFerry } from '../helpers/precopy-run.js';
 
 const RSEQCS = join(WORKLOADS, 'rseqcs');
 const skip = needs('root', 'build') || (!existsSync(RSEQCS) && "needs build/workloads/rseqcs ('npm run build')");
-after(() => cleanup());
+after(() => { killFerries(); cleanup(); });
 
 const HOLD = { FERRY_TEST_PAUSE_AT: 'dumped+1500' };
 /** The workload's tries so far, each "commit ms=N" or "abort ms=N". */
@@ -35,6 +36,20 @@ describe('rseq critical sections', { skip, timeout: 120_000 }, () => {
     // The tries the stops fell in: aborted after the 1.5 s.
     const held = tries(w.text()).filter((t) => Number(t.split('=')[1]) >= 1500);
     assert.ok(held.length >= 1 && held.every((t) => t.startsWith('abort')), `the sections the stops fell in: ${held.join(', ')}`);
+    assert.equal(await verify(w), 'PASS', w.text().slice(-600));
+  });
+
+  it('ferry SIGKILLed after the abort (held 1.5 s at dumped): the thread runs on from its abort handler, untraced', async () => {
+    const w = await startWorkload(RSEQCS, []);
+    const run = startFerry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'killed'), '--leave-running'], 'dumped');
+    await waitFor('ferry to pause with every task read', () => /paused at dumped/.test(run.stderr()), 30_000, () => run.stderr());
+    await sleep(1500);
+    const n = tries(w.text()).length;
+    run.child.kill('SIGKILL');
+    assert.equal(await exitOf(run, 'ferry checkpoint'), 137);
+    await waitFor('the thread to try again', () => tries(w.text()).length >= n + 2);
+    assert.match(tries(w.text())[n]!, /^abort ms=\d+$/, tries(w.text()).slice(n).join(', '));
+    assert.equal(procState(w.pid).tracer, 0);
     assert.equal(await verify(w), 'PASS', w.text().slice(-600));
   });
 
