@@ -11,6 +11,7 @@ import type { FilesRecord, TaskRecord } from './image/records.js';
 import type { CgroupMode } from './cgroups/restore.js';
 import type { CredsBound } from './restore/bounds.js';
 import type { LazyStats } from './restore/lazy.js';
+import type { StagedRoot } from './restore/address-space.js';
 import type { HeldPages } from './dump/memory.js';
 
 export type { FileOptions };
@@ -221,6 +222,13 @@ export interface RestoreOptions extends CommonOptions {
    * is in; the image stays open until then.
    */
   lazyPages?: boolean;
+  /**
+   * The root's memory, staged while a migration's rounds arrived (src/migrate/staging.ts): the
+   * root is forked from the stub holding it and keeps the staged areas its image maps alike,
+   * so only the pages not staged are written. Used for a tree of one process, without lazy
+   * pages, makeRoot or managed cgroups; the restore closes it either way.
+   */
+  stagedMemory?: StagedRoot;
 }
 
 /** A root process made by `RestoreOptions.makeRoot`. */
@@ -259,6 +267,11 @@ export interface RestoreResult {
    * with lazy pages, those written before the let-go only.
    */
   pagesBytes: number;
+  /**
+   * Bytes of pages the root had in place already, verified and not written (a migration's
+   * staged memory, RestoreOptions.stagedMemory).
+   */
+  placedBytes?: number;
   /** Verification of the image, milliseconds. */
   verifyMs: number;
   /** From the first process created to every task let go and running, milliseconds. */

@@ -428,11 +428,13 @@ export function knownDigests(pieces: readonly ImagePiece[], flags: Uint8Array, d
  */
 export function chunkDigestKnown(data: Uint8Array, flags: Uint8Array, digests: Uint8Array): Buffer {
   const n = Math.ceil(data.length / DIGEST_PAGE);
+  // The known ones in one copy (they sit where they go), then the others hashed over them.
   const all = Buffer.allocUnsafe(n * 32);
+  all.set(digests.subarray(0, n * 32));
   for (let p = 0; p < n;) {
     if (flags[p] === 1) {
-      all.set(digests.subarray(p * 32, p * 32 + 32), p * 32);
-      p++;
+      const q = flags.indexOf(0, p);
+      p = q < 0 ? n : q;
       continue;
     }
     let q = p + 1;
@@ -494,6 +496,12 @@ export interface ChunkedLocation {
    * chunk is hashed whole. Without it, no piece's digests are used.
    */
   intact?: (() => boolean) | undefined;
+  /**
+   * Ranges of `len` bytes at `pos` of the image file whose pages are in place already where
+   * the caller writes them (a migration's staged memory, migrate/staging.ts): [position,
+   * length, address of the first byte], in order. Used once keepInPlace() names the areas.
+   */
+  inPlace?: ((pos: number, len: number) => Array<[number, number, bigint]>) | undefined;
 }
 
 /**
@@ -517,6 +525,12 @@ export class ChunkSource {
   private readonly count: number;
   /** Per slot: its last request took some pages' digests from its pieces (ImagePiece.digests). */
   private readonly usedKnown: boolean[] = [];
+  /** Bytes placed() said were in place. */
+  placedBytes = 0;
+  /** The areas whose pages may be in place (keepInPlace): [start, end). None: every chunk is read whole. */
+  private inPlaceAreas: ReadonlyArray<readonly [number, number]> = [];
+  /** Of the chunk handed out, the ranges left unread, in place: [entry position, length, address], in order. */
+  private skipped: Array<[number, number, number]> = [];
 
   constructor(private readonly at: ChunkedLocation, private loader: ChunkLoader | undefined,
     private readonly label: string, private readonly name: string, private readonly where: ErrorContext) {
@@ -550,7 +564,59 @@ export class ChunkSource {
     const start = c * this.chunkSize;
     const len = Math.min(this.chunkSize, this.at.size - start);
     const off = pos - start;
-    return this.bufs[this.curSlot]!.subarray(off, off + Math.min(max, len - off));
+    const n = Math.min(max, len - off);
+    // Never bytes left unread: a caller that asks for them gets the chunk read whole.
+    if (this.skipped.some(([s, l]) => s < pos + n && pos < s + l)) this.loadWhole(c);
+    return this.bufs[this.curSlot]!.subarray(off, off + n);
+  }
+
+  /**
+   * From now on, pages that the location says are in place (ChunkedLocation.inPlace) at an
+   * address within one of `areas` ([start, end)) are not read when their digests are known
+   * (a page store's, intact after the read): their chunk is verified with those digests, and
+   * placed() tells the caller to leave them be. Chunks are read on this thread then, only the
+   * bytes not in place. Without what that needs in the location, nothing changes.
+   */
+  keepInPlace(areas: ReadonlyArray<readonly [bigint, bigint]>): void {
+    const a = this.at;
+    if (areas.length === 0 || a.inPlace === undefined || a.paged !== true || a.pieces === undefined || a.intact === undefined || a.digests === undefined) return;
+    this.drain();
+    this.loader = undefined;
+    this.bufs = [this.ownBuffer()];
+    this.cur = -1;
+    this.curSlot = -1;
+    this.inPlaceAreas = areas.map(([s, e]) => [Number(s), Number(e)] as const);
+  }
+
+  /**
+   * Of the bytes of the entry from `pos` (at most `max`, within pos's chunk), which the caller
+   * would write at `addr`: how many are in place there and verified (> 0: leave them), or
+   * minus how many from `pos` are not (< 0: view() them). Without keepInPlace, -max.
+   */
+  placed(pos: number, addr: bigint, max: number): number {
+    if (this.inPlaceAreas.length === 0) return -max;
+    const c = Math.floor(pos / this.chunkSize);
+    if (c !== this.cur) this.load(c);
+    let limit = Math.min(max, Math.min((c + 1) * this.chunkSize, this.at.size) - pos);
+    const want = Number(addr);
+    for (const [s, l, a] of this.skipped) {
+      if (pos >= s && pos < s + l) {
+        if (a + (pos - s) === want) {
+          const n = Math.min(limit, s + l - pos);
+          this.placedBytes += n;
+          return n;
+        }
+        // In place elsewhere than the caller writes it (an image that names another page's
+        // copy): read whole after all, and written.
+        this.loadWhole(c);
+        return -limit;
+      }
+      if (s > pos) {
+        limit = Math.min(limit, s - pos);
+        break;
+      }
+    }
+    return -limit;
   }
 
   /** Ends this source's use of the loader: waits out the chunks read ahead (they are dropped). */
@@ -562,6 +628,8 @@ export class ChunkSource {
 
   private load(c: number): void {
     this.cur = -1; // until chunk c is verified, nothing is handed out
+    this.skipped = [];
+    if (this.inPlaceAreas.length > 0) return this.loadSparse(c);
     if (this.loader?.ready) return this.loadAhead(c);
     this.drain();
     if (this.loader?.broken) {
@@ -577,6 +645,85 @@ export class ChunkSource {
     else if (readFully(this.at.fd, buf, len, this.at.offset + c * this.chunkSize, this.at.read) < len) throw this.truncated();
     this.cur = c;
     this.curSlot = slot;
+  }
+
+  /**
+   * Chunk `c` on this thread, less its pages in place (keepInPlace) whose digests its pieces
+   * carry: those are not read, and its digest takes theirs; if the store they lie in was
+   * changed meanwhile (`intact` false after the read), the chunk is read whole.
+   */
+  private loadSparse(c: number): void {
+    const buf = this.bufs[0]!;
+    const len = this.length(c);
+    const base = c * this.chunkSize;
+    const pos = this.at.offset + base;
+    const pieces = this.at.pieces!(pos, len);
+    const n = Math.ceil(len / DIGEST_PAGE);
+    const flags = new Uint8Array(n);
+    const digests = new Uint8Array(n * 32);
+    knownDigests(pieces, flags, digests);
+    // The parts in place (chunk offsets; user addresses are below 2^47, exact as numbers).
+    const places = this.at.inPlace!(pos, len).map(([s, l, a]) => [s - pos, l, Number(a)] as const);
+    let readKnown = false;
+    let at = 0;
+    for (const piece of pieces) {
+      const end = at + piece.len;
+      // Whole pages with their digests known (knownDigests takes a piece's all or none): the
+      // parts of them in place at an address of a kept area are not read.
+      const known = at % DIGEST_PAGE === 0 && flags[at / DIGEST_PAGE] === 1;
+      let from = at;
+      if (known) {
+        for (const [s, l, a] of places) {
+          let x = Math.max(at, s);
+          const y = Math.min(end, s + l);
+          while (x < y) {
+            const ax = a + (x - s);
+            const area = this.inPlaceAreas.find(([ks, ke]) => ax >= ks && ax < ke);
+            if (area === undefined) {
+              x += DIGEST_PAGE; // not kept: read with the rest
+              continue;
+            }
+            const z = Math.min(y, x + (area[1] - ax));
+            if (x > from) this.readPart(piece, at, from, x, buf);
+            readKnown ||= x > from;
+            const last = this.skipped.at(-1);
+            if (last !== undefined && last[0] + last[1] === base + x && last[2] + last[1] === ax) last[1] += z - x;
+            else this.skipped.push([base + x, z - x, ax]);
+            from = z;
+            x = z;
+          }
+        }
+      }
+      if (end > from) this.readPart(piece, at, from, end, buf);
+      readKnown ||= known && end > from;
+      at = end;
+    }
+    if (at !== len) throw this.truncated();
+    // Pages read from where their digests were taken: that file must be as it was then. (The
+    // pages in place are not read: their digests are of the bytes staged, whatever the file.)
+    if (readKnown && !this.at.intact!()) return this.loadWhole(c);
+    try {
+      this.check(c, chunkDigestKnown(buf.subarray(0, len), flags, digests).toString('hex'));
+    } catch (err) {
+      this.skipped = [];
+      throw err;
+    }
+    this.cur = c;
+    this.curSlot = 0;
+  }
+
+  /** Reads bytes [from, to) of the chunk, which lie in `piece` (at chunk offset `at`), into `buf`. */
+  private readPart(piece: ImagePiece, at: number, from: number, to: number, buf: Buffer): void {
+    if (readFully(piece.fd, buf.subarray(from, to), to - from, piece.at + (from - at)) < to - from) throw this.truncated();
+  }
+
+  /** Chunk `c` read whole on this thread (nothing left unread), verified. */
+  private loadWhole(c: number): void {
+    this.cur = -1;
+    this.skipped = [];
+    this.check(c, this.readHere(this.bufs[0]!, c));
+    this.cur = c;
+    this.curSlot = 0;
   }
 
   /** Chunk `c` from the loader, and the chunks after it asked for in the slots left. */

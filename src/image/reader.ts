@@ -242,6 +242,11 @@ export interface ImageOverlay {
    * since: asked after a chunk that used them was read (ChunkedLocation.intact).
    */
   intact?(): boolean;
+  /**
+   * Ranges of `len` bytes at `pos` of the image file whose pages are in place already where
+   * restore writes them (ChunkedLocation.inPlace: a migration's staged memory).
+   */
+  inPlace?(pos: number, len: number): Array<[number, number, bigint]>;
   /** The image owns it from now on: its close() closes the overlay. */
   adopt(): void;
   close(): void;
@@ -502,6 +507,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       fd, offset: l.offset, size: l.size, chunkSize: e?.chunkSize ?? 4 << 20, digests: e?.chunks,
       directFd: ahead && pieces === undefined ? directFor(fd, [[l.offset, l.size]], l.size) : -1,
       paged: e?.pageDigests === true, read: overlay?.read, pieces, intact: overlay?.intact?.bind(overlay),
+      inPlace: overlay?.inPlace?.bind(overlay),
     }, ahead ? loader : undefined, label, nameOf(name), where);
   };
   const get = (name: string): Located => {

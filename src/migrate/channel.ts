@@ -22,7 +22,7 @@ import { CONTAINER_ID, formatHostPort, type Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 
 /** Version of the protocol; a peer speaking another is refused at the hello. */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** The only cipher suite either side offers or accepts. */
 export const CIPHER = 'ECDHE-PSK-CHACHA20-POLY1305';
 /** PSK identity both sides use (there is one key per pair of nodes, not per identity). */
@@ -33,6 +33,8 @@ const HEADER = 5;
 /** Bounds of a frame's payload. */
 export const MAX_CONTROL_BYTES = 64 * 1024;
 export const MAX_DATA_BYTES = 1024 * 1024;
+/** Areas one `layout` may name (its JSON within MAX_CONTROL_BYTES). */
+export const MAX_LAYOUT_AREAS = 1024;
 /** A peer silent this long (no frame, no heartbeat) is given up. */
 export const IDLE_MS = 30_000;
 /** How often a side that is busy (verifying, restoring) tells the other it still is. */
@@ -64,6 +66,11 @@ export type Message =
    * so that the downtime holds none of the target's backlog (sender.ts catchUp).
    */
   | { type: 'catch-up' }
+  /**
+   * S, before a round's pages of the root: the root's private anonymous read-write areas now,
+   * [start, end] pairs flat (migrate/staging.ts stageableAreas), when they changed.
+   */
+  | { type: 'layout'; pid: number; areas: number[] }
   /** R: every frame sent before the last 'catch-up' is taken. */
   | { type: 'caught-up' }
   /** S: the image is complete; `bytes` were sent. */
@@ -158,6 +165,19 @@ function checkMessage(v: unknown): Message {
     case 'ready': only('verifyMs'); num('verifyMs'); break;
     case 'go': only(); break;
     case 'catch-up': only(); break;
+    case 'layout': {
+      only('pid', 'areas'); int('pid', 1 << 22);
+      const a = m['areas'];
+      if (!Array.isArray(a) || a.length % 2 !== 0 || a.length > 2 * MAX_LAYOUT_AREAS) bad('layout.areas');
+      let last = 0;
+      (a as unknown[]).forEach((x, i) => {
+        // Page aligned, user addresses (47 bits), in order: each area ends past its start and
+        // starts at or past the end of the one before.
+        if (typeof x !== 'number' || !Number.isSafeInteger(x) || x % 4096 !== 0 || x > 2 ** 47 || (i % 2 === 1 ? x <= last : x < last)) bad('layout.areas');
+        last = x as number;
+      });
+      break;
+    }
     case 'caught-up': only(); break;
     case 'running':
       only('pid', 'pids', 'restoreMs', 'phases'); int('pid', 1 << 22); num('restoreMs');

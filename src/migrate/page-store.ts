@@ -11,7 +11,11 @@ import { pageDigests, type ImagePiece } from '../image/chunks.js';
 import type { ImageOverlay } from '../image/reader.js';
 import { native } from '../native/binding.js';
 import { MAX_DATA_BYTES } from './channel.js';
+import type { StagedMemory } from './staging.js';
 import { FRAME_PAGES, HEAD, MAX_REF_PAGES, TAG_PAGES, TAG_RAW, TAG_REF, USER_END } from './frames.js';
+
+/** No digests asked (writeAndDigest's `out`). */
+const NO_DIGESTS = new Uint8Array(0);
 
 /** The page store's file in its directory. */
 const STORE_FILE = 'precopy.pages';
@@ -113,6 +117,10 @@ export class PreCopyReceiver {
   private readonly runs: Array<{ at: number; slot: number; count: number }> = [];
   /** An image took the store over (overlay()): it closes the descriptor. */
   private adopted = false;
+  /** The root's staged memory (staging.ts), written with the store; undefined: none. */
+  private staging: StagedMemory | undefined;
+  /** Of the image's REF runs, those staged there: [image position, address, pages], in image order. */
+  private readonly placed: Array<[number, number, number]> = [];
   /**
    * The sha256 of each slot's page (32 bytes a slot, in blocks of DIGEST_BLOCK slots), taken
    * from the bytes written into it as they arrived (never the sender's word), and replaced
@@ -183,6 +191,26 @@ export class PreCopyReceiver {
   }
 
   /**
+   * Writes the rounds' pages of `staging`'s process into it too (staging.ts), and applies the
+   * sender's layouts there (layout()); the image's REFs of pages staged are then in place
+   * (overlay().inPlace). Only with deferWrites.
+   */
+  stage(staging: StagedMemory): void {
+    this.staging = staging;
+  }
+
+  /**
+   * A `layout` from the sender: applied to the staged memory in order with the rounds' writes
+   * queued before it (settled() waits for it as for them).
+   */
+  layout(pid: number, areas: readonly number[]): void {
+    const staging = this.staging;
+    if (staging === undefined || pid !== staging.pid) return;
+    if (!this.deferred) return staging.fail(new Error('a layout without deferred writes'));
+    this.enqueue(0, async () => staging.layout(areas));
+  }
+
+  /**
    * From now on, the rounds' frames are written on libuv's pool, their digests taken there
    * (a frame's hashing and writing cost the JS thread of `ferry receive` about 2 s a GiB, while
    * it also decrypts the connection). The caller waits for settled() before any frame that is
@@ -228,6 +256,7 @@ export class PreCopyReceiver {
       read: (fd, buf, off, len, pos) => this.readImage(fd, buf, off, len, pos),
       pieces: (fd, pos, len, digests) => this.pieces(fd, pos, len, digests),
       intact: () => this.intact(),
+      ...(this.staging !== undefined ? { inPlace: (pos: number, len: number) => this.inPlace(pos, len) } : {}),
       adopt: () => { this.adopted = true; },
       close: () => {
         if (this.fd < 0) return;
@@ -274,6 +303,28 @@ export class PreCopyReceiver {
   }
 
   /**
+   * The image's bytes from `pos` (`len`) that are pages in the staged memory: [image position,
+   * length, address], in order (ImageOverlay.inPlace).
+   */
+  private inPlace(pos: number, len: number): Array<[number, number, bigint]> {
+    const out: Array<[number, number, bigint]> = [];
+    let lo = 0, hi = this.placed.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const [at, , n] = this.placed[mid]!;
+      if (at + n * PAGE_SIZE <= pos) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < this.placed.length; i++) {
+      const [at, addr, n] = this.placed[i]!;
+      if (at >= pos + len) break;
+      const s = Math.max(at, pos), e = Math.min(at + n * PAGE_SIZE, pos + len);
+      out.push([s, e - s, BigInt(addr + (s - at))]);
+    }
+    return out;
+  }
+
+  /**
    * The digests of `count` slots from `slot` (a view when they lie in one block), or
    * undefined when they are not kept or the store is no longer intact.
    */
@@ -300,15 +351,12 @@ export class PreCopyReceiver {
    * change to its file as in own(): intact before it, its ctime taken after. A failure is kept
    * for settled(), backlog() and the next frame.
    */
-  private writeLater(data: Buffer, slots: readonly number[]): void {
+  private writeLater(data: Buffer, slots: readonly number[], pid: number, first: number): void {
     if (this.failure !== undefined) throw this.failure;
     if (this.fd < 0 || this.closeWhenSettled) throw new FerryError('EIO', 'the pre-copy store was closed before the last round\'s pages');
     const writes = slotRuns(slots).flatMap(([p, k]) => [p * PAGE_SIZE, k * PAGE_SIZE, slots[p]! * PAGE_SIZE]);
-    this.queuedFrames++;
-    this.queuedBytes += data.length;
     const fd = this.fd;
-    this.writing = this.writing.then(async () => {
-      if (this.failure !== undefined || this.closing) return;
+    this.enqueue(data.length, async () => {
       // The store's own change (own()), one frame at a time: none of ferry's writes is in
       // flight between two.
       const was = this.intact();
@@ -317,13 +365,33 @@ export class PreCopyReceiver {
       const taken = await native().writeAndDigest(fd, data, new Float64Array(writes), out);
       if (was && this.fd >= 0) this.ctime = this.ctimeNow();
       if (want) this.keepDigestsOf(data, slots, taken ? out : undefined);
+      // The same bytes into the staged memory, where the root's areas are staged (the pages
+      // marked staged now; a write that fails turns staging off, nothing else).
+      const staging = this.staging;
+      const placed = staging?.writes(pid, first, slots.length) ?? [];
+      if (placed.length > 0) {
+        await native().writeAndDigest(staging!.fd, data, new Float64Array(placed), NO_DIGESTS).catch((err: unknown) => staging!.fail(err));
+      }
+    });
+  }
+
+  /**
+   * Queues `job` (a round's frame of `bytes`, or a layout) after the writes before it, on the
+   * chain settled() and backlog() follow; a failure is kept for them and the next frame.
+   */
+  private enqueue(bytes: number, job: () => Promise<void>): void {
+    this.queuedFrames++;
+    this.queuedBytes += bytes;
+    this.writing = this.writing.then(async () => {
+      if (this.failure !== undefined || this.closing) return;
+      await job();
     }).catch((err: unknown) => {
       const full = (err as NodeJS.ErrnoException).code === 'ENOSPC';
       this.failure ??= new FerryError(full ? 'ENOSPC' : 'EIO', `cannot write the pre-copy store ${this.path}: ${describeCause(err)}`
         + (full ? ' (free space in image.work_dir, or migrate with --no-pre-copy)' : ''), { cause: err });
     }).finally(() => {
       this.queuedFrames--;
-      this.queuedBytes -= data.length;
+      this.queuedBytes -= bytes;
       if (this.queuedBytes <= BACKLOG_BYTES || this.failure !== undefined) for (const go of this.belowBacklog.splice(0)) go();
       if (this.queuedFrames > 0) return;
       if (this.closeWhenSettled) {
@@ -449,12 +517,13 @@ export class PreCopyReceiver {
         slots.push(slot);
       }
       if (this.deferred) {
-        this.writeLater(frame.subarray(HEAD), slots);
+        this.writeLater(frame.subarray(HEAD), slots, pid, first);
         this.pages += count;
         return 0;
       }
       // Each slot's digest is taken from the very bytes written there, replacing the one before.
       const data = frame.subarray(HEAD);
+      this.staging?.fail(new Error('pages written without deferred writes')); // staged pages would go stale
       this.own(() => {
         for (const [p, k] of slotRuns(slots)) writeAll(this.fd, data.subarray(p * PAGE_SIZE, (p + k) * PAGE_SIZE), slots[p]! * PAGE_SIZE);
         this.keepDigestsOf(data, slots, undefined);
@@ -481,6 +550,13 @@ export class PreCopyReceiver {
         const at = this.imageAt + p * PAGE_SIZE;
         if (last !== undefined && last.at + last.count * PAGE_SIZE === at && last.slot + last.count === slot) last.count += k;
         else this.runs.push({ at, slot, count: k });
+        // Those of them in the staged memory: in place at their address for restore.
+        for (const [page, n] of this.staging?.stagedRuns(pid, first + p, k) ?? []) {
+          const pos = at + (page - first - p) * PAGE_SIZE;
+          const prev = this.placed.at(-1);
+          if (prev !== undefined && prev[0] + prev[2] * PAGE_SIZE === pos && prev[1] + prev[2] * PAGE_SIZE === page * PAGE_SIZE) prev[2] += n;
+          else this.placed.push([pos, page * PAGE_SIZE, n]);
+        }
       } else {
         const got = readSync(this.fd, buf!, 0, k * PAGE_SIZE, slot * PAGE_SIZE);
         if (got !== k * PAGE_SIZE) throw new FerryError('EIO', `short read of the pre-copy store (${got} of ${k * PAGE_SIZE} bytes)`);

@@ -42,6 +42,7 @@ import { readSync, openSync, closeSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { DirtyTracker, type ProcessScan } from '../dump/dirty.js';
+import { stageableAreas } from './staging.js';
 import { planMemory, type HeldPages, type PageCounts } from '../dump/memory.js';
 import { pageDigests, pageDigestsOnPool } from '../image/chunks.js';
 import type { VmaRecord } from '../image/records.js';
@@ -495,6 +496,9 @@ export class PreCopySender {
     for (const s of scans) {
       const held = this.forget(s);
       if (held === undefined) continue;
+      // The root's areas first, when they changed: the target places its pages there as they
+      // come (staging.ts), and restore forks the root from them.
+      if (s.pid === this.root) this.sendLayout(this.keyOf(s.pid)!);
       let mem: number;
       try {
         mem = openSync(`/proc/${s.pid}/mem`, 'r');
@@ -536,6 +540,18 @@ export class PreCopySender {
     await Promise.all(hashing);
     await this.drained();
     return { pages, bytes: pages * PAGE_SIZE };
+  }
+
+  /** The root's stageable areas as last sent (`layout`), joined. */
+  private lastLayout = '';
+
+  /** Sends the root's stageable areas (staging.ts stageableAreas) if they changed since last sent. */
+  private sendLayout(key: number): void {
+    const areas = stageableAreas(this.root);
+    const text = areas.join(',');
+    if (text === this.lastLayout) return;
+    this.lastLayout = text;
+    this.ch.send({ type: 'layout', pid: key, areas });
   }
 
   /** Applies a scan to the held set (forgetScan). */

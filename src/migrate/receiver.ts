@@ -32,6 +32,9 @@ import { containerRestorer } from './container.js';
 import type { Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { PreCopyReceiver } from './precopy.js';
+import { StagedMemory } from './staging.js';
+import { defaultStubPath } from '../native/binding.js';
+import { PAGE_SIZE } from '../arch/x86-64.js';
 import { bootId, keptCopyWarning, privateDir, RECEIVER_DIR, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 
 export interface ReceiveOptions extends CommonOptions {
@@ -162,6 +165,16 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     // The rounds' pages are written (and hashed) on libuv's pool while this thread decrypts
     // the next; an image frame waits for them, and the channel stops reading while too many wait.
     pre?.deferWrites();
+    // And the root's, placed where it has them in a stub of ours as they come (staging.ts):
+    // restore forks the root from it instead of writing them. Not for a lazy restore (which
+    // writes next to nothing before the let-go) nor a container (its root is the runtime's).
+    const lazy = hello.lazy === true;
+    const staging = pre && !lazy && hello.container === undefined
+      ? StagedMemory.start(hello.pid, o.config.restore.stub || defaultStubPath(), log) : undefined;
+    if (staging) {
+      session.onUndo('kill the staging stub', () => staging.reap());
+      pre!.stage(staging);
+    }
     const take = (chunk: Buffer): void | Promise<void> => {
       const was = bytes;
       if (pre) bytes += pre.handle(chunk, spool, skip);
@@ -178,6 +191,10 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     // (a full image.work_dir) fails the channel, and with it this migration: the sender, waiting
     // for the word with the tree running, sees the connection end and lets the tree go on.
     ch.onControl = (m) => {
+      if (m.type === 'layout') {
+        pre?.layout(m.pid, m.areas);
+        return true;
+      }
       if (m.type !== 'catch-up') return false;
       faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => ch.send({ type: 'caught-up' }), (err: unknown) => {
         ch.fail(err instanceof FerryError ? err : new FerryError('EIO', describeCause(err), { cause: err }));
@@ -203,8 +220,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     let tReady = 0, tGo = 0;
     // Lazy pages (restore/lazy.ts) serve from the image spooled here, whole and verified: the
     // rounds' pages and the frozen image's (pre-copy), or every page (stop and copy, a container).
-    const lazy = hello.lazy === true;
     const result = await restoreTree({
+      ...(staging ? { stagedMemory: staging } : {}),
       ...(lazy ? { lazyPages: true } : {}),
       image, config: o.config, logger: o.logger,
       // The pages REFs named stay in the store: the restore reads them from there, verified.
@@ -238,7 +255,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const said = { ...phases, runningForMs: round(Math.max(0, performance.now() - result.runningAt)) };
     ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs, phases: said });
     session.unwind(); // the spool (a lazy restore reads its open image, removed from the directory)
-    o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases: said, ...(lazy ? { lazy: result.lazy !== undefined } : {}) });
+    o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases: said, ...(lazy ? { lazy: result.lazy !== undefined } : {}),
+      ...(result.placedBytes !== undefined ? { stagedPages: result.placedBytes / PAGE_SIZE } : {}) });
     if (lazy) {
       // The tree runs; its memory comes in (if any was left to serve: memory shared or
       // inherited copy-on-write is written before the start). The source waits for the word

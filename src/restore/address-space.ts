@@ -452,6 +452,9 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // Areas kept from the parent (clearStub) are in place with the parent's pages: the ones the
   // child had not are dropped again before its own are written over the others.
   if (inherited && kept.size > 0) dropPages(t, task, inherited);
+  // Staged areas were mapped read-write with no advice: the recorded advice (keepable areas
+  // are read-write, accountable, neither locked nor growing down: staging.ts).
+  if (inherited?.staged === true) adviseKept(t, task, inherited.keep);
   const all = task.vmas.filter((v) => !SPECIAL.has(v.kind) && v.kind !== 'vsyscall' && v.kind !== 'aio' && !kept.has(v));
   // Areas of a shared object another area already created are mapped after the others.
   const firsts = new Set<string>();
@@ -566,10 +569,49 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
  */
 export type OpenedCheck = (v: VmaRecord, st: BigIntStats, at: string) => void;
 
-/** A child forked from its rebuilt parent (restore/cow.ts): the parent's record and the areas kept from it. */
+/**
+ * A child forked from its rebuilt parent (restore/cow.ts): the parent's areas and the areas
+ * kept from it; or a root forked from a migration's staged memory (StagedRoot): the staged
+ * areas (`runs`: the pages staged) and the areas kept, `staged` set.
+ */
 export interface Inherited {
-  parent: TaskRecord;
+  parent: Pick<TaskRecord, 'vmas'>;
   keep: readonly VmaRecord[];
+  staged?: boolean;
+}
+
+/**
+ * The root's memory staged while a migration's rounds arrived (migrate/staging.ts): the root
+ * is forked from the stub that holds it, and keeps the staged areas the image maps alike.
+ */
+export interface StagedRoot {
+  /** The image's pid of the root it holds memory for. */
+  readonly pid: number;
+  /**
+   * Of `task`'s areas, those kept from the staged memory (private anonymous, read-write, the
+   * same bounds), and the staged areas they are kept from (`runs`: the pages staged there);
+   * undefined when none is.
+   */
+  keep(task: TaskRecord): { keep: VmaRecord[]; staged: VmaRecord[] } | undefined;
+  /** Forks the root `pid` from the stub (restore/tree.ts forkRoot); close() once its memory is rebuilt. */
+  fork(pid: number): Tracee;
+  /** Kills the stub (not waiting for its exit), if not yet: idempotent. */
+  close(): void;
+}
+
+/** madvise(2) of each area kept from staged memory, as its VmFlags say. */
+function adviseKept(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[]): void {
+  const calls: Array<readonly [number, bigint, bigint, number]> = [];
+  for (const v of keep) {
+    for (const f of v.vmflags) {
+      const advice = MADVISE_BY_VMFLAG[f];
+      if (advice !== undefined) calls.push([SYS.madvise, big(v.start), big(v.end) - big(v.start), advice]);
+    }
+  }
+  if (calls.length === 0) return;
+  t.trySyscalls(calls).forEach((r, i) => {
+    if (r < 0n) throw new FerryError('EMAP', `cannot advise the area at 0x${calls[i]![1].toString(16)} of pid ${task.pid} (madvise): ${errnoName(r)}`);
+  });
 }
 
 /** MADV_DONTNEED over the pages of each kept area that the parent has and the child had not. */
@@ -831,7 +873,16 @@ function writePages(t: Tracee, areas: readonly VmaRecord[], pages: ChunkSource, 
       let left = count * PAGE_SIZE;
       let dst = start + BigInt(page * PAGE_SIZE);
       while (left > 0) {
-        const buf = pages.view(src, Math.min(left, most));
+        // Pages in place already (a root forked from staged memory, ChunkSource.keepInPlace),
+        // verified by their digests: left as they are.
+        const n = pages.placed(src, dst, Math.min(left, most));
+        if (n > 0) {
+          src += n;
+          dst += BigInt(n);
+          left -= n;
+          continue;
+        }
+        const buf = pages.view(src, Math.min(left, most, -n));
         t.writeMem(dst, buf, 0, buf.length);
         src += buf.length;
         dst += BigInt(buf.length);

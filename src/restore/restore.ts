@@ -40,7 +40,7 @@ import { checkCompatibility } from '../image/manifest.js';
 import { openImage } from '../image/reader.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { restoreTrust } from '../image/sign.js';
-import { FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type ProcessRecord, type TaskRecord } from '../image/records.js';
+import { big, FILES_ENTRY, pagesEntry, taskEntry, TREE_ENTRY, VDSO_ENTRY, type FileRecord, type ProcessRecord, type TaskRecord } from '../image/records.js';
 import type { Tracee } from '../task/tracee.js';
 import { defaultStubPath, native } from '../native/binding.js';
 import { MAX_VDSO_BYTES } from './vdso.js';
@@ -323,7 +323,15 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (lazy) session.onUndo('close the lazy pages', () => lazy.close());
     const cowParents = new Set(tree.processes.filter((p) => cow.late(p.pid)).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
+    // A migration's staged memory (migrate/staging.ts): a root alone, written whole, in
+    // ferry's cgroups (its pages were charged there as they came), is forked from it.
+    const rootTask = taskOf.get(tree.root)!;
+    const staged = o.stagedMemory !== undefined && o.stagedMemory.pid === tree.root && tree.processes.length === 1 && rootTask !== undefined
+      && lazy === undefined && made === undefined && cgroups === undefined ? o.stagedMemory.keep(rootTask) : undefined;
+    if (staged === undefined) o.stagedMemory?.close();
+    let placedBytes = 0;
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
+      ...(staged !== undefined ? { root: (pid: number) => o.stagedMemory!.fork(pid) } : {}),
       late: (rec) => cow.late(rec.pid),
       memory: (rec, t) => {
         o.signal?.throwIfAborted();
@@ -331,15 +339,21 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         const task = taskOf.get(rec.pid)!;
         // As its children find it at fork: with the pages they lend through it.
         const parent = cow.late(task.pid) ? cow.atFork(rec.ppid) : undefined;
-        const keep = parent ? keptAreas(task) : [];
+        const fromStaged = rec.pid === tree.root ? staged : undefined;
+        const keep = parent ? keptAreas(task) : fromStaged?.keep ?? [];
         // The areas it holds for a moment for its children (restore/cow.ts CowPlan.temporary,
         // relayed: the latter kept from its parent): nothing of the restore's own may sit there.
         const relayed = cow.relayed(task.pid);
         const as = clearStub(t, task, [...keep, ...relayed], imageVdso, [...cow.temporary(task.pid), ...relayed]);
         const tMemory = performance.now();
         const lazyAreas = lazy?.plan(task, parent !== undefined || cowParents.has(task.pid));
-        pagesBytes += mapAreas(t, as, task, image.pages(pagesEntry(task.pid)), o.config.image.chunkSize, sharedMemory,
-          made?.controllerPidfd, parent && { parent, keep }, extents, lazyAreas, mappedCheck?.(task));
+        const pages = image.pages(pagesEntry(task.pid));
+        if (fromStaged) pages.keepInPlace(fromStaged.keep.map((v) => [big(v.start), big(v.end)] as const));
+        pagesBytes += mapAreas(t, as, task, pages, o.config.image.chunkSize, sharedMemory, made?.controllerPidfd,
+          parent ? { parent, keep } : fromStaged && { parent: { vmas: fromStaged.staged }, keep, staged: true }, extents, lazyAreas, mappedCheck?.(task));
+        placedBytes += pages.placedBytes;
+        // The stub it was forked from goes now: its pages are the root's alone (staging.ts).
+        if (fromStaged) o.stagedMemory!.close();
         memoryMs += performance.now() - tMemory;
         spaces.set(task.pid, as);
         return as.gadgetArea + BigInt(PAGE_SIZE);
@@ -476,12 +490,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     }
     const tEnd = performance.now();
     if (o.pidFile !== undefined) writeFileSync(o.pidFile, `${hostPid}\n`);
-    log.info({ targetPid: hostPid, processes: tree.processes.length, pagesBytes }, 'restored');
+    log.info({ targetPid: hostPid, processes: tree.processes.length, pagesBytes, placedBytes }, 'restored');
     return {
       pid: hostPid,
       pids: tree.processes.map((p) => p.pid),
       hostPids: Object.fromEntries(tasks.map((t, i) => [t.pid, hostPids[i]!])),
       pagesBytes,
+      ...(o.stagedMemory !== undefined ? { placedBytes } : {}),
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
       runningAt: tRunning,
@@ -492,6 +507,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     };
   } catch (err) {
     session.unwind();
+    o.stagedMemory?.close();
     lazyLive?.close(); // the tree died at once (checkRunning killed it)
     lazyLive = undefined;
     madeLive?.destroy();

@@ -47,6 +47,7 @@ const CLONE_ARGS_SIZE = 88;
 /** wait4(2) options: do not block; children of any exit signal (a helper has none). */
 const WNOHANG = 1, WALL = 0x40000000;
 const RLIMIT_CORE = 4;
+const PR_SET_PDEATHSIG = 1;
 
 /** The created tree: a stopped, traced stub per live process. */
 export interface CreatedTree {
@@ -89,6 +90,12 @@ export interface TreeBuilder {
    * in it: what children inherit at fork is set here (the audit session, restore/audit.ts).
    */
   born?(rec: ProcessRecord, t: Tracee, forker: ProcessRecord | undefined, put: (data: Buffer) => bigint): void;
+  /**
+   * The root, made by the caller instead of spawned: forked (forkRoot) from a stub of ferry's
+   * that holds its memory already (a migration's staged memory, migrate/staging.ts); undefined:
+   * spawned as usual.
+   */
+  root?(pid: number): Tracee | undefined;
 }
 
 /**
@@ -112,8 +119,11 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
   if (!rootRec || rootRec.pid !== tree.root) throw new FerryError('EIMAGE', 'image entry tree.json is invalid: the root must come first');
   try {
     let pid: number;
+    const made = adopted === undefined ? builder?.root?.(rootRec.pid) : undefined;
     if (adopted !== undefined) {
       pid = adopted;
+    } else if (made !== undefined) {
+      pid = made.pid;
     } else {
       try {
         pid = n.spawnStub(stubPath, [rootRec.pid]);
@@ -121,14 +131,9 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
         throw spawnError(err, rootRec.pid);
       }
     }
-    const root = new Tracee(pid, pid);
+    const root = made ?? new Tracee(pid, pid);
     created.stubs.set(rootRec.pid, root);
-    n.setOptions(pid, RESTORE_TRACE_OPTIONS);
-    n.setSigmask(pid, ALL_SIGNALS); // children and threads inherit it
-    useStubGadget(root, parseMaps(readProcText(pid, 'maps')));
-    // A stub must not ignore SIGCHLD (ignored dispositions survive execve): its zombie
-    // children would be reaped at once. Children inherit the default.
-    root.syscall(SYS.rt_sigaction, SIGCHLD, belowStack(root, Buffer.alloc(KSIGACTION_SIZE)), 0, 8);
+    if (made === undefined) prepareStub(root);
     // A session leader takes its controlling terminal before it forks: members only get one
     // by inheriting it.
     const lead = (t: Tracee, rec: ProcessRecord): void => {
@@ -243,6 +248,40 @@ export function createTree(tree: TreeRecord, stubPath: string, adopted?: number,
     throw err;
   }
   return created;
+}
+
+/**
+ * Makes a stub spawned by ferry (native spawnStub) ready to be a root, or to have one forked
+ * from it (forkRoot): traced for restore, every signal blocked (children and threads inherit
+ * the mask), SIGCHLD at its default (ignored dispositions survive execve: its zombie children
+ * would be reaped at once), injection through its own `syscall`.
+ */
+export function prepareStub(t: Tracee): void {
+  const n = native();
+  n.setOptions(t.pid, RESTORE_TRACE_OPTIONS);
+  n.setSigmask(t.pid, ALL_SIGNALS);
+  useStubGadget(t, parseMaps(readProcText(t.pid, 'maps')));
+  t.syscall(SYS.rt_sigaction, SIGCHLD, belowStack(t, Buffer.alloc(KSIGACTION_SIZE)), 0, 8);
+}
+
+/**
+ * Forks the root of a restore, `pid`, from `from`, a stub of ferry's made ready by prepareStub
+ * (a migration's staged memory): with CLONE_PARENT, so that it is ferry's child as a spawned
+ * root is, and it inherits `from`'s memory copy-on-write. Seized and stopped, as fork() leaves
+ * a child; dies with ferry (its parent-death signal, then PTRACE_O_EXITKILL).
+ */
+export function forkRoot(from: Tracee, pid: number): Tracee {
+  let child: Tracee;
+  try {
+    child = fork(from, pid, process.pid, (data) => belowStack(from, data), true, CLONE_PARENT);
+  } catch (err) {
+    throw spawnError(err, pid);
+  }
+  // Its parent-death signal (its stub code's, until it was seized) goes, as a spawned root
+  // has none: ferry, its parent, exits right after the restore (restore/creds.ts isRoot).
+  // Traced now with PTRACE_O_EXITKILL, it dies with ferry all the same until the let-go.
+  child.syscall(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
+  return child;
 }
 
 function spawnError(err: unknown, pid: number): FerryError {

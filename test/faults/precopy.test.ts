@@ -7,7 +7,8 @@
  * source's threads stopped while its areas are registered (`holding`). Whatever hits it, the source must run
  * on as it was: not stopped, untraced, its areas no longer write-tracked (a SIGKILLed ferry's
  * userfaultfd is released by the kernel, which unregisters them), every page right; and the
- * target holds nothing (no spool, no page store, no stub).
+ * target holds nothing (no spool, no page store, no stub: none of restore's, nor the one its
+ * rounds staged the root's memory in, migrate/staging.ts, which dies with it).
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -15,7 +16,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, cleanup, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
   exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
@@ -132,7 +133,8 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     const lines = mig.stderr().trim().split('\n');
     assert.equal(lines.length, 1, mig.stderr());
     // The target ends the connection (its own line says why): the sender stops waiting at once.
-    assert.match(lines[0]!, new RegExp(`^ferry migrate: tcp://127\\.0\\.0\\.1:${port} closed the connection, so pid ${w.pid} was let go as it was: it runs on here$`));
+    // (A reset when the target closed with bytes of ours unread: its TLS closing, a heartbeat.)
+    assert.match(lines[0]!, new RegExp(`^ferry migrate: (tcp://127\\.0\\.0\\.1:${port} closed the connection|the connection to tcp://127\\.0\\.0\\.1:${port} failed: read: ECONNRESET), so pid ${w.pid} was let go as it was: it runs on here$`));
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
     assert.match(recv.stderr(), /failure injected at catchup/);
     await runsOnUnharmed(w);
@@ -148,6 +150,8 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       assert.equal(st.tracer, 0, 'not seized while the sender waits');
       assert.notEqual(st.state, 't');
       assert.equal(writeTracked(w.pid), true, 'its areas are write-tracked meanwhile');
+      // The target's staging stub holds the root's pages (migrate/staging.ts): it goes too.
+      assert.equal(stubs().length, 1, 'the target stages the root\'s memory meanwhile');
       const [hit, other, otherName] = who === 'ferry receive' ? [recv, mig, 'ferry migrate'] : [mig, recv, 'ferry receive --once'];
       hit.child.kill('SIGKILL');
       assert.equal(await exitOf(hit, who), 137);
@@ -164,6 +168,40 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       await runsOnUnharmed(w);
     });
   }
+
+  it('SIGKILL of ferry receive right after it forked the root from the memory it staged: nothing of it is left; the kept copy restores', async () => {
+    const w = await startDirtier(32, 10);
+    // The root is forked from the staging stub (restore/tree.ts forkRoot), not seized yet.
+    const { r: recv, port } = await startReceiver(key, config, 'forked');
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
+    await waitFor('the receiver to pause after forking the root', () => /paused at forked/.test(recv.stderr()), 60_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+    // The staging stub and the root forked from it, which waits untraced in the stub's loop.
+    assert.equal(stubs().length, 2, 'the staging stub and the root forked from it');
+    recv.child.kill('SIGKILL');
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 137);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+    await w.exited;
+    // The source was handed over: whether the target restored it is the sender's to say it
+    // cannot know, and it keeps its copy.
+    const kept = new RegExp(`^ferry migrate: tcp://127\\.0\\.0\\.1:${port} closed the connection while restoring the tree after pid ${w.pid} was handed over: .* restore it here: ferry restore --image (\\S+)\n$`).exec(mig.stderr());
+    assert.ok(kept, mig.stderr());
+    // Both died with the receiver: the stub (PTRACE_O_EXITKILL), the root (its parent-death signal).
+    await waitFor('the target\'s processes to die with it', () => stubs().length === 0, 5000);
+    await waitFor('the pid to be free (init reaps the dead root)', () => !alive(w.pid), 60_000);
+    const rs = startFerry(['restore', '--image', kept[1]!, '--config', config]);
+    assert.equal(await exitOf(rs, 'ferry restore'), 0, rs.stderr());
+    const n = w.ticks().length;
+    await waitFor('ticks after the restore of the kept copy', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    rmSync(kept[1]!, { force: true });
+    const next = await startReceiver(key, config); // sweeps what the killed receiver left
+    next.r.child.kill('SIGTERM');
+    await exitOf(next.r, 'ferry receive --once');
+    assert.deepEqual(leftovers(workDir), []);
+    assert.deepEqual(stubs(), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
 
   it('SIGKILL while the tracking holds the source stopped to register its areas: it runs on untraced and untracked', async () => {
     const w = await startDirtier(32, 10);

@@ -1,0 +1,309 @@
+/**
+ * Staged memory: the target's copy of the root's memory, placed while the rounds arrive
+ * (docs/migration.md, "Staged memory").
+ *
+ * Without lazy pages, restore wrote every page into the new process while the tree was
+ * stopped: at 1 GiB some 0.4-1.3 s of the downtime on this machine, most of it the kernel
+ * giving the new process its pages, which no copy avoids. Here a stub of ferry's (native
+ * spawnStub, traced with PTRACE_O_EXITKILL: it dies with ferry) maps the root's private
+ * anonymous areas where the root has them, as the sender says they are before each round
+ * (the `layout` message), and each round's pages of the root are written into it as they are
+ * written into the store (/proc/PID/mem, on libuv's pool, in the same job). At restore, the
+ * root is forked from that stub (restore/tree.ts forkRoot: clone3 with its pid and
+ * CLONE_PARENT), so it inherits those pages copy-on-write (a copy of page tables: some 40 ms a
+ * GiB here), the stub is killed at once so they become the root's alone, and the root keeps
+ * each staged area that the image maps exactly so (restore/address-space.ts mapAreas with a
+ * `StagedRoot`): it writes only the pages the frozen image sent again, drops the staged pages
+ * the image does not have, and verifies the others by the digests the store took from the
+ * same bytes (image/chunks.ts `placed`), without reading them.
+ *
+ * Nothing here is trusted more than the image: an area is kept only where the image maps a
+ * private anonymous area of the same bounds, and a page is taken as in place only where the
+ * image names the store's copy of that page of that process (a REF) at that address, and its
+ * chunk verifies. A staging write that fails (the stub gone, memory short) only turns staging
+ * off: restore writes every page as before.
+ */
+import { closeSync, openSync } from 'node:fs';
+import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
+import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
+import type { Logger } from 'pino';
+import { native } from '../native/binding.js';
+import { parseMaps } from '../proc/maps.js';
+import { readProcText } from '../proc/read.js';
+import type { StagedRoot } from '../restore/address-space.js';
+import { forkRoot, prepareStub } from '../restore/tree.js';
+import { Tracee } from '../task/tracee.js';
+import { MAX_LAYOUT_AREAS } from './channel.js';
+
+/** The most memory staging maps in all (address space only: pages come as rounds write them). */
+const MAX_STAGED_BYTES = 2 ** 40;
+
+interface StagedArea {
+  /** Pages, from address 0. */
+  first: number;
+  end: number;
+  /** 1 for each page of the area written here since it was mapped. */
+  staged: Uint8Array;
+  /** Pages with their byte set. */
+  count: number;
+}
+
+/**
+ * The areas a sender names in a `layout`: the private anonymous areas of `pid` that are
+ * readable and writable and do not grow down (what staging may hold), as [start, end] pairs
+ * flat, in address order. Read from /proc/PID/maps; [] when it is gone.
+ */
+export function stageableAreas(pid: number): number[] {
+  let text: string;
+  try {
+    text = readProcText(pid, 'maps');
+  } catch {
+    return [];
+  }
+  const out: number[] = [];
+  for (const v of parseMaps(text)) {
+    if (!v.read || !v.write || v.exec || v.shared || v.inode !== 0n || (v.path !== '' && v.path !== '[heap]')) continue;
+    if (out.length >= 2 * MAX_LAYOUT_AREAS) break;
+    out.push(Number(v.start), Number(v.end));
+  }
+  return out;
+}
+
+/** The receiver's staging stub: see above. */
+export class StagedMemory implements StagedRoot {
+  private readonly t: Tracee;
+  private mem: number;
+  /** The stub's own mappings (its code, stack, vDSO): no area is staged over them. */
+  private readonly own: Array<[number, number]>;
+  /** Staged areas, by first page, in address order. */
+  private areas: StagedArea[] = [];
+  private stagedBytes = 0;
+  /** A staging write or mapping failed, or the root was forked: nothing more is staged. */
+  private off = false;
+  private forked = false;
+  private closed = false;
+  private reaped = false;
+
+  private constructor(readonly pid: number, stubPid: number, private readonly log: Logger) {
+    this.t = new Tracee(stubPid, stubPid);
+    this.own = parseMaps(readProcText(stubPid, 'maps')).map((v) => [Number(v.start) / PAGE_SIZE, Number(v.end) / PAGE_SIZE]);
+    this.mem = openSync(`/proc/${stubPid}/mem`, 'r+');
+  }
+
+  /**
+   * A staging stub for the root `pid` (the image's), or undefined (logged) where none can be
+   * made: the migration then restores as before.
+   */
+  static start(pid: number, stubPath: string, log: Logger): StagedMemory | undefined {
+    let stub = -1;
+    try {
+      stub = native().spawnStub(stubPath, []);
+      const s = new StagedMemory(pid, stub, log);
+      prepareStub(s.t);
+      return s;
+    } catch (err) {
+      log.debug({ err }, 'no staged memory: the root\'s pages are written at restore');
+      if (stub > 0) reap(stub);
+      return undefined;
+    }
+  }
+
+  /** Whether it holds anything a restore may use. */
+  get usable(): boolean {
+    return !this.off && !this.closed && this.areas.length > 0;
+  }
+
+  /** Pages staged now, in all. */
+  get pages(): number {
+    return this.areas.reduce((n, a) => n + a.count, 0);
+  }
+
+  /**
+   * Makes the staged areas those of `flat` (start, end pairs, checked by the channel: page
+   * aligned, in order, apart, user addresses, at most MAX_LAYOUT_AREAS): an area of the same
+   * bounds stays as it is; the others go (their pages with them: restore writes those from
+   * the store) and the new ones are mapped, save those over the stub's own mappings or past
+   * the bound. Run in order with the rounds' writes (page-store.ts).
+   */
+  layout(flat: readonly number[]): void {
+    if (this.off || this.closed) return;
+    const want: Array<[number, number]> = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) want.push([flat[i]! / PAGE_SIZE, flat[i + 1]! / PAGE_SIZE]);
+    const same = (a: StagedArea, w: [number, number]): boolean => a.first === w[0] && a.end === w[1];
+    const keep = this.areas.filter((a) => want.some((w) => same(a, w)));
+    const gone = this.areas.filter((a) => !keep.includes(a));
+    const fresh = want.filter((w) => !keep.some((a) => same(a, w)) && !this.own.some(([s, e]) => s < w[1] && w[0] < e));
+    try {
+      if (gone.length > 0) {
+        this.t.syscalls(gone.map((a) => [SYS.munmap, BigInt(a.first * PAGE_SIZE), BigInt((a.end - a.first) * PAGE_SIZE)] as const));
+        for (const a of gone) this.stagedBytes -= (a.end - a.first) * PAGE_SIZE;
+      }
+      const added: StagedArea[] = [];
+      for (const [first, end] of fresh) {
+        const bytes = (end - first) * PAGE_SIZE;
+        if (this.stagedBytes + bytes > MAX_STAGED_BYTES) continue;
+        const at = BigInt(first * PAGE_SIZE);
+        const r = this.t.trySyscall(SYS.mmap, at, BigInt(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        if (r !== at) {
+          if (r > 0n) this.t.trySyscall(SYS.munmap, r, BigInt(bytes));
+          continue; // not staged: restore writes it
+        }
+        this.stagedBytes += bytes;
+        added.push({ first, end, staged: new Uint8Array(end - first), count: 0 });
+      }
+      this.areas = [...keep, ...added].sort((a, b) => a.first - b.first);
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  /**
+   * Where a round's `count` pages of `pid` from page `first` go in the stub: [offset in the
+   * frame's data, length, address] triples (the /proc/PID/mem positions), each page marked
+   * staged; [] when none is in a staged area.
+   */
+  writes(pid: number, first: number, count: number): number[] {
+    if (pid !== this.pid || this.off || this.closed) return [];
+    const out: number[] = [];
+    for (const a of this.overlapping(first, first + count)) {
+      const s = Math.max(first, a.first), e = Math.min(first + count, a.end);
+      out.push((s - first) * PAGE_SIZE, (e - s) * PAGE_SIZE, s * PAGE_SIZE);
+      for (let p = s; p < e; p++) {
+        if (a.staged[p - a.first] === 0) {
+          a.staged[p - a.first] = 1;
+          a.count++;
+        }
+      }
+    }
+    return out;
+  }
+
+  /** The descriptor the writes go through (/proc/PID/mem of the stub), -1 once closed. */
+  get fd(): number {
+    return this.off || this.closed ? -1 : this.mem;
+  }
+
+  /**
+   * Of `count` pages of `pid` from `first`, the runs staged now ([first page, count]), for a
+   * REF of the frozen image: those pages are in place where the root will be forked.
+   */
+  stagedRuns(pid: number, first: number, count: number): Array<[number, number]> {
+    if (pid !== this.pid || this.off || this.closed) return [];
+    const out: Array<[number, number]> = [];
+    for (const a of this.overlapping(first, first + count)) {
+      const s = Math.max(first, a.first), e = Math.min(first + count, a.end);
+      for (let p = s; p < e;) {
+        if (a.staged[p - a.first] === 0) { p++; continue; }
+        let q = p + 1;
+        while (q < e && a.staged[q - a.first] === 1) q++;
+        out.push([p, q - p]);
+        p = q;
+      }
+    }
+    return out;
+  }
+
+  /** Turns staging off for good (a failed write or mapping): restore writes every page. */
+  fail(err: unknown): void {
+    if (this.off) return;
+    this.off = true;
+    this.log.debug({ err }, 'staged memory turned off: the root\'s pages are written at restore');
+  }
+
+  // StagedRoot (restore/address-space.ts)
+
+  keep(task: TaskRecord): { keep: VmaRecord[]; staged: VmaRecord[] } | undefined {
+    if (task.pid !== this.pid || !this.usable) return undefined;
+    const keep: VmaRecord[] = [];
+    const staged: VmaRecord[] = [];
+    for (const v of task.vmas) {
+      if (!keepable(v)) continue;
+      const first = Number(big(v.start) / BigInt(PAGE_SIZE)), end = Number(big(v.end) / BigInt(PAGE_SIZE));
+      const a = this.areas.find((x) => x.first === first && x.end === end);
+      if (a === undefined || a.count === 0) continue;
+      keep.push(v);
+      staged.push({ ...v, runs: bitRuns(a.staged), cow: [] });
+    }
+    return keep.length > 0 ? { keep, staged } : undefined;
+  }
+
+  fork(pid: number): Tracee {
+    if (this.forked || this.closed) throw new Error('the staged memory was used already');
+    this.forked = true;
+    // The stub goes once the root's memory is rebuilt (restore.ts calls close()): the pages
+    // are then the root's alone (its writes take them over, no copy). Not at once: its exit
+    // would free them while the root unmaps and advises its areas, and both take the same
+    // locks (the anon_vma's), which made the rebuild some 20 ms slower at 1 GiB.
+    return forkRoot(this.t, pid);
+  }
+
+  /**
+   * Kills the stub and closes its memory, without waiting for it to exit (freeing the memory
+   * it staged takes some 17 ms a GiB, which a restore does not wait for): idempotent.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeSync(this.mem);
+    this.mem = -1;
+    try {
+      native().tgkill(this.t.pid, this.t.pid, 9);
+    } catch { /* gone already */ }
+  }
+
+  /** close(), then waits for the stub to exit and reaps it: once the migration is over. */
+  reap(): void {
+    this.close();
+    if (this.reaped) return;
+    this.reaped = true;
+    reap(this.t.pid);
+  }
+
+  private overlapping(first: number, end: number): StagedArea[] {
+    // Areas are few (a process's private anonymous ones); binary search for the first.
+    let lo = 0, hi = this.areas.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.areas[mid]!.end <= first) lo = mid + 1;
+      else hi = mid;
+    }
+    const out: StagedArea[] = [];
+    for (let i = lo; i < this.areas.length && this.areas[i]!.first < end; i++) out.push(this.areas[i]!);
+    return out;
+  }
+}
+
+/**
+ * Whether restore may keep a staged area for image area `v`: private anonymous memory,
+ * readable and writable as staging maps it, not growing down, not locked (mlock2 is its own
+ * step), not shared with a parent or children (a tree of one process has none).
+ */
+function keepable(v: VmaRecord): boolean {
+  return v.kind === 'anon' && !v.shared && v.shmem === undefined && v.sysv === undefined && v.aio === undefined
+    && (v.name === '' || v.name === '[heap]') && v.prot === (PROT_READ | PROT_WRITE)
+    && v.vmflags.includes('ac') && !v.vmflags.some((f) => f === 'gd' || f === 'lo' || f === 'lf')
+    && (v.cow?.length ?? 0) === 0 && (v.lent?.length ?? 0) === 0;
+}
+
+/** Runs of 1s in `bits`, as [first, count]. */
+function bitRuns(bits: Uint8Array): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let p = 0; p < bits.length;) {
+    const s = bits.indexOf(1, p);
+    if (s < 0) break;
+    let e = bits.indexOf(0, s);
+    if (e < 0) e = bits.length;
+    out.push([s, e - s]);
+    p = e;
+  }
+  return out;
+}
+
+/** SIGKILLs and reaps a stub of ferry's. */
+function reap(pid: number): void {
+  const n = native();
+  try {
+    n.tgkill(pid, pid, 9);
+    for (let i = 0; i < 8; i++) if (!(n.waitpid(pid)?.stopped ?? false)) break;
+  } catch { /* gone already */ }
+}

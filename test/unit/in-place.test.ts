@@ -1,0 +1,137 @@
+/**
+ * ChunkSource.keepInPlace/placed (src/image/chunks.ts): the pages a migration staged in the
+ * root's memory are verified by the digests taken from the bytes staged, not read, and only
+ * where the image names them at the address the caller writes them to.
+ */
+import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { chunkDigest, ChunkSource, pageDigests, type ChunkedLocation, type ImagePiece } from '../../src/image/chunks.js';
+
+const PAGE = 4096;
+const CHUNK_PAGES = 16;
+const CHUNKS = 3;
+const PAGES = CHUNK_PAGES * CHUNKS;
+/** Where the entry's pages go (an area of the caller's). */
+const AREA = 0x7f0000000000;
+
+const dir = mkdtempSync(join(tmpdir(), 'ferry-in-place-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/**
+ * An entry of PAGES pages, in a file as a page store holds them, its chunks' digests of its
+ * bytes, but for the pages in `tampered`, changed in the file since. Each page is a piece;
+ * those in `known` carry their digests (taken before any change); `inPlace` names the pages
+ * in `staged` at `at(page)`.
+ */
+function entry(staged: ReadonlySet<number>, known: ReadonlySet<number>, at: (p: number) => number = (p) => AREA + p * PAGE,
+  tampered: ReadonlySet<number> = new Set()): {
+  loc: ChunkedLocation; body: Buffer; close: () => void;
+} {
+  const body = Buffer.alloc(PAGES * PAGE);
+  for (let i = 0; i < body.length; i += 8) body.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const onDisk = Buffer.from(body);
+  for (const p of tampered) onDisk.fill(0xee, p * PAGE, (p + 1) * PAGE);
+  const path = join(dir, `e-${Math.random().toString(36).slice(2)}`);
+  const fd = openSync(path, 'w+');
+  writeSync(fd, onDisk, 0, onDisk.length, 0);
+  const sums = pageDigests(body);
+  const digests = Array.from({ length: CHUNKS }, (_, c) => chunkDigest(body.subarray(c * CHUNK_PAGES * PAGE, (c + 1) * CHUNK_PAGES * PAGE), true).toString('hex'));
+  const pieces = (pos: number, len: number): ImagePiece[] => {
+    const out: ImagePiece[] = [];
+    for (let off = pos; off < pos + len; off += PAGE) {
+      const p = off / PAGE;
+      out.push({ fd, at: off, len: PAGE, ...(known.has(p) ? { digests: sums.subarray(p * 32, p * 32 + 32) } : {}) });
+    }
+    return out;
+  };
+  const inPlace = (pos: number, len: number): Array<[number, number, bigint]> => [...staged].sort((a, b) => a - b)
+    .filter((p) => p * PAGE >= pos && p * PAGE < pos + len).map((p) => [p * PAGE, PAGE, BigInt(at(p))]);
+  const loc: ChunkedLocation = {
+    fd, offset: 0, size: body.length, chunkSize: CHUNK_PAGES * PAGE, digests, paged: true, pieces, intact: () => true, inPlace,
+  };
+  return { loc, body, close: () => { closeSync(fd); rmSync(path, { force: true }); } };
+}
+
+/** Walks the entry as restore's writePages does: pages left in place, the others viewed. */
+function walk(src: ChunkSource, body: Buffer): { placed: number[]; viewed: number } {
+  const placed: number[] = [];
+  let viewed = 0;
+  for (let pos = 0; pos < body.length;) {
+    const n = src.placed(pos, BigInt(AREA + pos), body.length - pos);
+    if (n > 0) {
+      for (let k = 0; k < n; k += PAGE) placed.push((pos + k) / PAGE);
+      pos += n;
+      continue;
+    }
+    const v = src.view(pos, -n);
+    assert.ok(v.equals(body.subarray(pos, pos + v.length)), `the bytes at ${pos} as the image has them`);
+    viewed += v.length;
+    pos += v.length;
+  }
+  return { placed, viewed };
+}
+
+describe('pages in place (a migration\'s staged memory)', () => {
+  it('leaves unread the staged pages whose digests are known, verifying their chunks with those digests', () => {
+    const staged = new Set([0, 1, 2, 5, 16, 17, 30, 31, 32]);
+    const known = new Set([...staged, 3, 40]);
+    const e = entry(staged, known);
+    try {
+      const src = new ChunkSource(e.loc, undefined, 'x.tar', 'pages', {});
+      src.keepInPlace([[BigInt(AREA), BigInt(AREA + PAGES * PAGE)]]);
+      const { placed, viewed } = walk(src, e.body);
+      assert.deepEqual(placed, [...staged].sort((a, b) => a - b));
+      assert.equal(viewed, (PAGES - staged.size) * PAGE);
+      assert.equal(src.placedBytes, staged.size * PAGE);
+    } finally {
+      e.close();
+    }
+  });
+
+  it('reads a staged page named at another address, one whose digest is not known, or one outside the kept areas', () => {
+    const all: Array<readonly [bigint, bigint]> = [[BigInt(AREA), BigInt(AREA + PAGES * PAGE)]];
+    const cases: Array<[string, ReturnType<typeof entry>, Array<readonly [bigint, bigint]>]> = [
+      // The image names the copy of another page there: what it names is read and written,
+      // and its chunk is read whole (page 5 with it).
+      ['another address', entry(new Set([4, 5]), new Set([4, 5]), (p) => AREA + (p === 4 ? 9 : p) * PAGE), all],
+      ['no digest', entry(new Set([4, 5]), new Set([5])), all],
+      ['outside', entry(new Set([4, 5]), new Set([4, 5])), [[BigInt(AREA + 5 * PAGE), BigInt(AREA + PAGES * PAGE)]]],
+      ['not asked', entry(new Set([4, 5]), new Set([4, 5])), []],
+    ];
+    for (const [what, e, areas] of cases) {
+      try {
+        const src = new ChunkSource(e.loc, undefined, 'x.tar', 'pages', {});
+        src.keepInPlace(areas);
+        const { placed } = walk(src, e.body);
+        assert.deepEqual(placed, what === 'not asked' || what === 'another address' ? [] : [5], what);
+      } finally {
+        e.close();
+      }
+    }
+  });
+
+  it('reads the whole chunk when the file a read page\'s digest came from changed since (intact false): staged pages too, and a changed page is refused', () => {
+    const whole = [[BigInt(AREA), BigInt(AREA + PAGES * PAGE)]] as const;
+    // Page 2's digest is known and it is read: the file must be as it was, else the chunk is
+    // read and hashed whole, page 1 with it (not left in place).
+    const same = entry(new Set([1]), new Set([1, 2]));
+    try {
+      const src = new ChunkSource({ ...same.loc, intact: () => false }, undefined, 'x.tar', 'pages', {});
+      src.keepInPlace(whole);
+      assert.deepEqual(walk(src, same.body).placed, []);
+    } finally {
+      same.close();
+    }
+    const changed = entry(new Set([1]), new Set([1, 2]), undefined, new Set([2]));
+    try {
+      const src = new ChunkSource({ ...changed.loc, intact: () => false }, undefined, 'x.tar', 'pages', {});
+      src.keepInPlace(whole);
+      assert.throws(() => walk(src, changed.body), /is corrupt: entry pages chunk 0 has sha256/);
+    } finally {
+      changed.close();
+    }
+  });
+});
