@@ -14,9 +14,6 @@ import { MAX_DATA_BYTES } from './channel.js';
 import type { StagedMemory } from './staging.js';
 import { FRAME_PAGES, HEAD, MAX_REF_PAGES, TAG_PAGES, TAG_RAW, TAG_REF, USER_END } from './frames.js';
 
-/** No digests asked (writeAndDigest's `out`). */
-const NO_DIGESTS = new Uint8Array(0);
-
 /** The page store's file in its directory. */
 const STORE_FILE = 'precopy.pages';
 
@@ -207,7 +204,9 @@ export class PreCopyReceiver {
     const staging = this.staging;
     if (staging === undefined || pid !== staging.pid) return;
     if (!this.deferred) return staging.fail(new Error('a layout without deferred writes'));
-    this.enqueue(0, async () => staging.layout(areas));
+    // Counted as bytes in flight (8 a number), as a frame's are: a sender cannot pile them up
+    // behind a slow write beyond the backlog.
+    this.enqueue(areas.length * 8 + 64, async () => staging.layout(areas));
   }
 
   /**
@@ -368,10 +367,7 @@ export class PreCopyReceiver {
       // The same bytes into the staged memory, where the root's areas are staged (the pages
       // marked staged now; a write that fails turns staging off, nothing else).
       const staging = this.staging;
-      const placed = staging?.writes(pid, first, slots.length) ?? [];
-      if (placed.length > 0) {
-        await native().writeAndDigest(staging!.fd, data, new Float64Array(placed), NO_DIGESTS).catch((err: unknown) => staging!.fail(err));
-      }
+      if (staging !== undefined) await staging.write(data, staging.writes(pid, first, slots.length));
     });
   }
 

@@ -547,7 +547,9 @@ export class PreCopySender {
 
   /** Sends the root's stageable areas (staging.ts stageableAreas) if they changed since last sent. */
   private sendLayout(key: number): void {
-    const areas = stageableAreas(this.root);
+    // Only a tree of one process has its memory staged (restore forks only a root from it):
+    // none for a bigger one (which unstages what was, if it grew).
+    const areas = this.tracker !== undefined && this.tracker.pids.length === 1 ? stageableAreas(this.root) : [];
     const text = areas.join(',');
     if (text === this.lastLayout) return;
     this.lastLayout = text;

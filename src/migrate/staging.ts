@@ -35,8 +35,14 @@ import { forkRoot, prepareStub } from '../restore/tree.js';
 import { Tracee } from '../task/tracee.js';
 import { MAX_LAYOUT_AREAS } from './channel.js';
 
-/** The most memory staging maps in all (address space only: pages come as rounds write them). */
-const MAX_STAGED_BYTES = 2 ** 40;
+/**
+ * The most memory staging maps in all (address space, charged to the receiver's commit, and a
+ * byte of bitmap a page: 16 MiB at most), as much as a page store keeps (page-store.ts).
+ */
+const MAX_STAGED_BYTES = 64 * 2 ** 30;
+
+/** No digests asked (writeAndDigest's `out`). */
+const NO_DIGESTS = new Uint8Array(0);
 
 interface StagedArea {
   /** Pages, from address 0. */
@@ -83,6 +89,8 @@ export class StagedMemory implements StagedRoot {
   private forked = false;
   private closed = false;
   private reaped = false;
+  /** Writes on the pool (write()). */
+  private inflight = 0;
 
   private constructor(readonly pid: number, stubPid: number, private readonly log: Logger) {
     this.t = new Tracee(stubPid, stubPid);
@@ -96,14 +104,16 @@ export class StagedMemory implements StagedRoot {
    */
   static start(pid: number, stubPath: string, log: Logger): StagedMemory | undefined {
     let stub = -1;
+    let s: StagedMemory | undefined;
     try {
       stub = native().spawnStub(stubPath, []);
-      const s = new StagedMemory(pid, stub, log);
+      s = new StagedMemory(pid, stub, log);
       prepareStub(s.t);
       return s;
     } catch (err) {
       log.debug({ err }, 'no staged memory: the root\'s pages are written at restore');
-      if (stub > 0) reap(stub);
+      if (s !== undefined) s.reap();
+      else if (stub > 0) reap(stub);
       return undefined;
     }
   }
@@ -178,9 +188,24 @@ export class StagedMemory implements StagedRoot {
     return out;
   }
 
-  /** The descriptor the writes go through (/proc/PID/mem of the stub), -1 once closed. */
-  get fd(): number {
-    return this.off || this.closed ? -1 : this.mem;
+  /**
+   * Writes the pieces of `data` that `writes` (from writes()) names into the stub, on libuv's
+   * pool; a failure turns staging off. Its descriptor stays open until the last such write
+   * is done, even past close() (its number could be another file's by then).
+   */
+  async write(data: Buffer, writes: readonly number[]): Promise<void> {
+    if (writes.length === 0 || this.off || this.closed) return;
+    this.inflight++;
+    try {
+      await native().writeAndDigest(this.mem, data, new Float64Array(writes), NO_DIGESTS);
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      if (--this.inflight === 0 && this.closed && this.mem >= 0) {
+        closeSync(this.mem);
+        this.mem = -1;
+      }
+    }
   }
 
   /**
@@ -217,7 +242,7 @@ export class StagedMemory implements StagedRoot {
     const keep: VmaRecord[] = [];
     const staged: VmaRecord[] = [];
     for (const v of task.vmas) {
-      if (!keepable(v)) continue;
+      if (!keepable(v) || big(v.start) % BigInt(PAGE_SIZE) !== 0n || big(v.end) % BigInt(PAGE_SIZE) !== 0n) continue;
       const first = Number(big(v.start) / BigInt(PAGE_SIZE)), end = Number(big(v.end) / BigInt(PAGE_SIZE));
       const a = this.areas.find((x) => x.first === first && x.end === end);
       if (a === undefined || a.count === 0) continue;
@@ -227,14 +252,23 @@ export class StagedMemory implements StagedRoot {
     return keep.length > 0 ? { keep, staged } : undefined;
   }
 
-  fork(pid: number): Tracee {
-    if (this.forked || this.closed) throw new Error('the staged memory was used already');
+  fork(pid: number): Tracee | undefined {
+    if (this.forked || this.closed) return undefined;
     this.forked = true;
     // The stub goes once the root's memory is rebuilt (restore.ts calls close()): the pages
     // are then the root's alone (its writes take them over, no copy). Not at once: its exit
     // would free them while the root unmaps and advises its areas, and both take the same
     // locks (the anon_vma's), which made the rebuild some 20 ms slower at 1 GiB.
-    return forkRoot(this.t, pid);
+    try {
+      return forkRoot(this.t, pid);
+    } catch (err) {
+      // The stub gone (the OOM killer's pick: it holds the root's memory), a fork refused
+      // (ENOMEM under strict overcommit: the fork charges the staged areas again): the root is
+      // spawned and its pages written, as without staging.
+      this.fail(err);
+      this.close();
+      return undefined;
+    }
   }
 
   /**
@@ -244,8 +278,10 @@ export class StagedMemory implements StagedRoot {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    closeSync(this.mem);
-    this.mem = -1;
+    if (this.inflight === 0) {
+      closeSync(this.mem);
+      this.mem = -1;
+    }
     try {
       native().tgkill(this.t.pid, this.t.pid, 9);
     } catch { /* gone already */ }

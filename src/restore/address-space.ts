@@ -155,7 +155,9 @@ export function clearStub(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[
         const hi = inGap.reduce((m, v) => (v.end > m ? v.end : m), from);
         const a = lo > from ? lo : from;
         const b = hi < s ? hi : s;
-        calls.push([SYS.munmap, a, b - a]);
+        // None between two kept ranges that touch: an area spanning both (a staged one the
+        // kernel merged from two adjacent ones, migrate/staging.ts) is no area of the gap.
+        if (b > a) calls.push([SYS.munmap, a, b - a]);
       }
       if (e > from) from = e;
     }
@@ -593,8 +595,12 @@ export interface StagedRoot {
    * undefined when none is.
    */
   keep(task: TaskRecord): { keep: VmaRecord[]; staged: VmaRecord[] } | undefined;
-  /** Forks the root `pid` from the stub (restore/tree.ts forkRoot); close() once its memory is rebuilt. */
-  fork(pid: number): Tracee;
+  /**
+   * Forks the root `pid` from the stub (restore/tree.ts forkRoot); close() once its memory is
+   * rebuilt. Undefined when it cannot (the stub gone, the fork refused): nothing was made, the
+   * root is spawned and written as without staging.
+   */
+  fork(pid: number): Tracee | undefined;
   /** Kills the stub (not waiting for its exit), if not yet: idempotent. */
   close(): void;
 }

@@ -330,8 +330,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       && lazy === undefined && made === undefined && cgroups === undefined ? o.stagedMemory.keep(rootTask) : undefined;
     if (staged === undefined) o.stagedMemory?.close();
     let placedBytes = 0;
+    /** The root was forked from the staged memory (its fork may fail: then spawned). */
+    let stagedRoot = false;
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
-      ...(staged !== undefined ? { root: (pid: number) => o.stagedMemory!.fork(pid) } : {}),
+      ...(staged !== undefined ? {
+        root: (pid: number) => {
+          const t = o.stagedMemory!.fork(pid);
+          stagedRoot = t !== undefined;
+          return t;
+        },
+      } : {}),
       late: (rec) => cow.late(rec.pid),
       memory: (rec, t) => {
         o.signal?.throwIfAborted();
@@ -339,7 +347,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         const task = taskOf.get(rec.pid)!;
         // As its children find it at fork: with the pages they lend through it.
         const parent = cow.late(task.pid) ? cow.atFork(rec.ppid) : undefined;
-        const fromStaged = rec.pid === tree.root ? staged : undefined;
+        const fromStaged = rec.pid === tree.root && stagedRoot ? staged : undefined;
         const keep = parent ? keptAreas(task) : fromStaged?.keep ?? [];
         // The areas it holds for a moment for its children (restore/cow.ts CowPlan.temporary,
         // relayed: the latter kept from its parent): nothing of the restore's own may sit there.

@@ -92,8 +92,8 @@ export interface TreeBuilder {
   born?(rec: ProcessRecord, t: Tracee, forker: ProcessRecord | undefined, put: (data: Buffer) => bigint): void;
   /**
    * The root, made by the caller instead of spawned: forked (forkRoot) from a stub of ferry's
-   * that holds its memory already (a migration's staged memory, migrate/staging.ts); undefined:
-   * spawned as usual.
+   * that holds its memory already (a migration's staged memory, migrate/staging.ts); undefined
+   * (none, or that fork failed): spawned as usual.
    */
   root?(pid: number): Tracee | undefined;
 }
@@ -271,17 +271,25 @@ export function prepareStub(t: Tracee): void {
  * a child; dies with ferry (its parent-death signal, then PTRACE_O_EXITKILL).
  */
 export function forkRoot(from: Tracee, pid: number): Tracee {
-  let child: Tracee;
   try {
-    child = fork(from, pid, process.pid, (data) => belowStack(from, data), true, CLONE_PARENT);
+    const child = fork(from, pid, process.pid, (data) => belowStack(from, data), true, CLONE_PARENT);
+    // Its parent-death signal (its stub code's, until it was seized) goes, as a spawned root
+    // has none: ferry, its parent, exits right after the restore (restore/creds.ts isRoot).
+    // Traced now with PTRACE_O_EXITKILL, it dies with ferry all the same until the let-go.
+    child.syscall(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
+    return child;
   } catch (err) {
+    // A child made before the failure is no process of the tree yet: it goes now (it is
+    // ferry's, which a receiver serving more migrations outlives), so that its pid is free.
+    const n = native();
+    try {
+      if (parseStat(readProcText(pid, 'stat')).ppid === process.pid) {
+        n.tgkill(pid, pid, SIGKILL);
+        for (let i = 0; i < 8 && (n.waitpid(pid)?.stopped ?? false); i++);
+      }
+    } catch { /* none was made */ }
     throw spawnError(err, pid);
   }
-  // Its parent-death signal (its stub code's, until it was seized) goes, as a spawned root
-  // has none: ferry, its parent, exits right after the restore (restore/creds.ts isRoot).
-  // Traced now with PTRACE_O_EXITKILL, it dies with ferry all the same until the let-go.
-  child.syscall(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
-  return child;
 }
 
 function spawnError(err: unknown, pid: number): FerryError {

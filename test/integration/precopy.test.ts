@@ -125,6 +125,18 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     process.kill(w.pid, 'SIGKILL');
   });
 
+  it('moves a process whose memory is two adjacent areas the kernel keeps apart (staged: one area at the target)', async () => {
+    const w = await startDirtier(32, 10, 'adjacent');
+    const at = (pid: number): number => readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((l) => / rw-p 00000000 00:00 0 +$/.test(l)).length;
+    const before = at(w.pid);
+    const { got } = await migrated(w);
+    const restored = got.find((x) => x['phase'] === 'restore')!;
+    assert.ok((restored['stagedPages'] as number) >= (24 << 20) / 4096, `most pages were in place at restore: ${JSON.stringify(restored)}`);
+    assert.ok(at(w.pid) <= before, 'no more anonymous areas than before');
+    assert.equal(await verify(w), 'PASS');
+    process.kill(w.pid, 'SIGKILL');
+  });
+
   it('moves a process whose memory is in transparent huge pages', async () => {
     const w = await startDirtier(32, 10, 'thp');
     const huge = Number(/^AnonHugePages:\s+(\d+) kB/m.exec(readFileSync(`/proc/${w.pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
