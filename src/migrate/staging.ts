@@ -84,8 +84,9 @@ export class StagedMemory implements StagedRoot {
   /** Staged areas, by first page, in address order. */
   private areas: StagedArea[] = [];
   private stagedBytes = 0;
-  /** A staging write or mapping failed, or the root was forked: nothing more is staged. */
+  /** A staging write, mapping or fork failed: nothing is staged nor used any more. */
   private off = false;
+  /** The root was forked from it (once). */
   private forked = false;
   private closed = false;
   private reaped = false;
@@ -123,14 +124,9 @@ export class StagedMemory implements StagedRoot {
     return !this.off && !this.closed && this.areas.length > 0;
   }
 
-  /** Pages staged now, in all. */
-  get pages(): number {
-    return this.areas.reduce((n, a) => n + a.count, 0);
-  }
-
   /**
    * Makes the staged areas those of `flat` (start, end pairs, checked by the channel: page
-   * aligned, in order, apart, user addresses, at most MAX_LAYOUT_AREAS): an area of the same
+   * aligned, in order, none over another, user addresses, at most MAX_LAYOUT_AREAS): an area of the same
    * bounds stays as it is; the others go (their pages with them: restore writes those from
    * the store) and the new ones are mapped, save those over the stub's own mappings or past
    * the bound. Run in order with the rounds' writes (page-store.ts).
