@@ -23,7 +23,6 @@
  * chunk verifies. A staging write that fails (the stub gone, memory short) only turns staging
  * off: restore writes every page as before.
  */
-import { closeSync, openSync } from 'node:fs';
 import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
 import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
 import type { Logger } from 'pino';
@@ -31,7 +30,7 @@ import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
 import type { StagedRoot } from '../restore/address-space.js';
-import { forkRoot, prepareStub } from '../restore/tree.js';
+import { forkRoot, killChild, prepareStub } from '../restore/tree.js';
 import { Tracee } from '../task/tracee.js';
 import { MAX_LAYOUT_AREAS } from './channel.js';
 
@@ -78,7 +77,6 @@ export function stageableAreas(pid: number): number[] {
 /** The receiver's staging stub: see above. */
 export class StagedMemory implements StagedRoot {
   private readonly t: Tracee;
-  private mem: number;
   /** The stub's own mappings (its code, stack, vDSO): no area is staged over them. */
   private readonly own: Array<[number, number]>;
   /** Staged areas, by first page, in address order. */
@@ -96,7 +94,6 @@ export class StagedMemory implements StagedRoot {
   private constructor(readonly pid: number, stubPid: number, private readonly log: Logger) {
     this.t = new Tracee(stubPid, stubPid);
     this.own = parseMaps(readProcText(stubPid, 'maps')).map((v) => [Number(v.start) / PAGE_SIZE, Number(v.end) / PAGE_SIZE]);
-    this.mem = openSync(`/proc/${stubPid}/mem`, 'r+');
   }
 
   /**
@@ -114,7 +111,7 @@ export class StagedMemory implements StagedRoot {
     } catch (err) {
       log.debug({ err }, 'no staged memory: the root\'s pages are written at restore');
       if (s !== undefined) s.reap();
-      else if (stub > 0) reap(stub);
+      else if (stub > 0) killChild(stub);
       return undefined;
     }
   }
@@ -193,14 +190,11 @@ export class StagedMemory implements StagedRoot {
     if (writes.length === 0 || this.off || this.closed) return;
     this.inflight++;
     try {
-      await native().writeAndDigest(this.mem, data, new Float64Array(writes), NO_DIGESTS);
+      await native().writeAndDigest(this.t.mem(), data, new Float64Array(writes), NO_DIGESTS);
     } catch (err) {
       this.fail(err);
     } finally {
-      if (--this.inflight === 0 && this.closed && this.mem >= 0) {
-        closeSync(this.mem);
-        this.mem = -1;
-      }
+      if (--this.inflight === 0 && this.closed) this.t.close();
     }
   }
 
@@ -274,10 +268,7 @@ export class StagedMemory implements StagedRoot {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.inflight === 0) {
-      closeSync(this.mem);
-      this.mem = -1;
-    }
+    if (this.inflight === 0) this.t.close();
     try {
       native().tgkill(this.t.pid, this.t.pid, 9);
     } catch { /* gone already */ }
@@ -288,7 +279,7 @@ export class StagedMemory implements StagedRoot {
     this.close();
     if (this.reaped) return;
     this.reaped = true;
-    reap(this.t.pid);
+    killChild(this.t.pid);
   }
 
   private overlapping(first: number, end: number): StagedArea[] {
@@ -329,13 +320,4 @@ function bitRuns(bits: Uint8Array): Array<[number, number]> {
     p = e;
   }
   return out;
-}
-
-/** SIGKILLs and reaps a stub of ferry's. */
-function reap(pid: number): void {
-  const n = native();
-  try {
-    n.tgkill(pid, pid, 9);
-    for (let i = 0; i < 8; i++) if (!(n.waitpid(pid)?.stopped ?? false)) break;
-  } catch { /* gone already */ }
 }

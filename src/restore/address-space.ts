@@ -255,11 +255,17 @@ function areaCalls(v: VmaRecord, flags: number, fd: number, offset: bigint): Arr
     calls.push([SYS.clock_getres, CLOCK_MONOTONIC, start], [SYS.madvise, start, len, MADV_DONTNEED]);
   }
   if (reprotect) calls.push([SYS.mprotect, start, len, v.prot]);
-  for (const f of v.vmflags) {
-    const advice = MADVISE_BY_VMFLAG[f];
-    if (advice !== undefined) calls.push([SYS.madvise, start, len, advice]);
-  }
+  calls.push(...adviceCalls(v));
   return calls;
+}
+
+/** The madvise(2) calls that give area `v` the advice its VmFlags record. */
+function adviceCalls(v: VmaRecord): Array<readonly [number, bigint, bigint, number]> {
+  const start = big(v.start), len = big(v.end) - start;
+  return v.vmflags.flatMap((f) => {
+    const advice = MADVISE_BY_VMFLAG[f];
+    return advice === undefined ? [] : [[SYS.madvise, start, len, advice] as const];
+  });
 }
 
 /**
@@ -607,13 +613,7 @@ export interface StagedRoot {
 
 /** madvise(2) of each area kept from staged memory, as its VmFlags say. */
 function adviseKept(t: Tracee, task: TaskRecord, keep: readonly VmaRecord[]): void {
-  const calls: Array<readonly [number, bigint, bigint, number]> = [];
-  for (const v of keep) {
-    for (const f of v.vmflags) {
-      const advice = MADVISE_BY_VMFLAG[f];
-      if (advice !== undefined) calls.push([SYS.madvise, big(v.start), big(v.end) - big(v.start), advice]);
-    }
-  }
+  const calls = keep.flatMap(adviceCalls);
   if (calls.length === 0) return;
   t.trySyscalls(calls).forEach((r, i) => {
     if (r < 0n) throw new FerryError('EMAP', `cannot advise the area at 0x${calls[i]![1].toString(16)} of pid ${task.pid} (madvise): ${errnoName(r)}`);

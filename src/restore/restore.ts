@@ -326,7 +326,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // A migration's staged memory (migrate/staging.ts): a root alone, written whole, in
     // ferry's cgroups (its pages were charged there as they came), is forked from it.
     const rootTask = taskOf.get(tree.root)!;
-    const staged = o.stagedMemory !== undefined && o.stagedMemory.pid === tree.root && tree.processes.length === 1 && rootTask !== undefined
+    const staged = o.stagedMemory !== undefined && o.stagedMemory.pid === tree.root && tree.processes.length === 1
       && lazy === undefined && made === undefined && cgroups === undefined ? o.stagedMemory.keep(rootTask) : undefined;
     if (staged === undefined) o.stagedMemory?.close();
     let placedBytes = 0;

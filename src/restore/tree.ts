@@ -281,15 +281,18 @@ export function forkRoot(from: Tracee, pid: number): Tracee {
   } catch (err) {
     // A child made before the failure is no process of the tree yet: it goes now (it is
     // ferry's, which a receiver serving more migrations outlives), so that its pid is free.
-    const n = native();
     try {
-      if (parseStat(readProcText(pid, 'stat')).ppid === process.pid) {
-        n.tgkill(pid, pid, SIGKILL);
-        for (let i = 0; i < 8 && (n.waitpid(pid)?.stopped ?? false); i++);
-      }
+      if (parseStat(readProcText(pid, 'stat')).ppid === process.pid) killChild(pid);
     } catch { /* none was made */ }
     throw spawnError(err, pid);
   }
+}
+
+/** SIGKILLs a stub that is ferry's child (a spawned one: traced, no other stop follows) and reaps it. */
+export function killChild(pid: number): void {
+  const n = native();
+  try { n.tgkill(pid, pid, SIGKILL); } catch { /* gone */ }
+  try { n.waitpid(pid); } catch { /* already collected */ }
 }
 
 function spawnError(err: unknown, pid: number): FerryError {

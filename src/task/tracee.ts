@@ -120,7 +120,8 @@ export class Tracee {
     return native().injectSyscalls(this.tid, this.gadget, flat, this.mode, options);
   }
 
-  private mem(): number {
+  /** Its /proc/PID/mem, opened once (read and write), closed by close(). */
+  mem(): number {
     if (this.memFd < 0) this.memFd = openSync(`/proc/${this.pid}/mem`, 'r+');
     return this.memFd;
   }

@@ -203,6 +203,29 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     process.kill(w.pid, 'SIGKILL');
   });
 
+  it('the target\'s staging stub killed after the rounds (the OOM killer\'s pick): the root is spawned and written instead, every page right', async () => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, config, 'streaming+3000');
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
+    await waitFor('the receiver to pause as the image begins', () => /paused at streaming/.test(recv.stderr()), 60_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+    const staging = stubs();
+    assert.equal(staging.length, 1, 'the staging stub holds the root\'s pages');
+    process.kill(staging[0]!, 'SIGKILL');
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+    await w.exited;
+    const restored = records(recv).find((x) => x['phase'] === 'restore')!;
+    assert.equal(restored['stagedPages'], 0, `nothing was taken from the dead stub: ${JSON.stringify(restored)}`);
+    assert.equal(procState(w.pid).tracer, 0);
+    const n = w.ticks().length;
+    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+    assert.equal(await verify(w), 'PASS');
+    assert.deepEqual(stubs(), []);
+    assert.deepEqual(leftovers(workDir), []);
+    process.kill(w.pid, 'SIGKILL');
+  });
+
   it('SIGKILL while the tracking holds the source stopped to register its areas: it runs on untraced and untracked', async () => {
     const w = await startDirtier(32, 10);
     const { r: recv, port } = await startReceiver(key, config);
