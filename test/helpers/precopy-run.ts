@@ -90,7 +90,7 @@ export async function startReceiver(key: string, config: string, pause?: string)
 }
 
 /** The dirtier workload: `mib` MiB rewritten at `rate` MiB/s, in `mode`. */
-export async function startDirtier(mib: number, rate: number, mode: 'plain' | 'churn' | 'uffd' | 'thp' | 'fork' | 'adjacent' = 'plain'): Promise<Workload> {
+export async function startDirtier(mib: number, rate: number, mode: 'plain' | 'churn' | 'uffd' | 'thp' | 'fork' | 'adjacent' | 'discard' = 'plain'): Promise<Workload> {
   const w = await startWorkload(join(WORKLOADS, 'dirtier'), [String(mib), String(rate), mode]);
   await waitFor('the dirtier to write', () => w.ticks().length >= 2);
   return w;
