@@ -88,6 +88,12 @@ Napi::Value ReadMemory(const Napi::CallbackInfo& info) {
 // every area it stores (262144 of them for 1 GiB); done here, that costs a fraction of a
 // millisecond, where a JavaScript loop run once costs milliseconds before it is optimised.
 constexpr uint64_t kPresent = 1ull << 63, kSwapped = 1ull << 62, kFile = 1ull << 61, kExclusive = 1ull << 56;
+// A swapped entry's type is bits 0-4 (shown to CAP_SYS_ADMIN only, 0 otherwise); type 31 is
+// no swap file but a marker (SWP_PTE_MARKER, include/linux/swapops.h: the last of the 32):
+// a userfaultfd write-protection on an empty entry, a guard page, a poisoned page. No page.
+constexpr uint64_t kSwapType = 0x1f, kMarkerType = 0x1f;
+
+inline bool Marker(uint64_t e) { return (e & kSwapped) != 0 && (e & kPresent) == 0 && (e & kSwapType) == kMarkerType; }
 
 inline uint64_t Entry(const uint8_t* p) {
   uint64_t e;
@@ -98,7 +104,7 @@ inline uint64_t Entry(const uint8_t* p) {
 // pagemapRuns(entries: Buffer, anonShared: boolean) -> Float64Array [first, count, ...]: the
 // runs of pages a dump stores, page numbers counted from the first entry: present and not a
 // file page, or swapped; with anonShared (shared anonymous memory, which pagemap reports as
-// file pages) present or swapped.
+// file pages) present or swapped. Never a marker (Marker): it holds no page.
 Napi::Value PagemapRuns(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Buffer<uint8_t> entries;
@@ -110,8 +116,9 @@ Napi::Value PagemapRuns(const Napi::CallbackInfo& info) {
   size_t start = SIZE_MAX;
   for (size_t i = 0; i < n; i++) {
     uint64_t e = Entry(d + i * 8);
-    bool store = anonShared ? (e & (kPresent | kSwapped)) != 0
-                            : ((e & kPresent) != 0 && (e & kFile) == 0) || (e & kSwapped) != 0;
+    bool store = Marker(e) ? false
+                 : anonShared ? (e & (kPresent | kSwapped)) != 0
+                              : ((e & kPresent) != 0 && (e & kFile) == 0) || (e & kSwapped) != 0;
     if (store) {
       if (start == SIZE_MAX) start = i;
     } else if (start != SIZE_MAX) {

@@ -27,9 +27,13 @@
  * mremap, which moves an area out of its registration) is not registered yet, so its pages
  * are not reported; each scan first registers the storable areas that are not registered and
  * names them `fresh`, so the caller forgets whatever it held in that range (a new area in
- * the place of an old one) and the scan reports all their populated pages. A page that
- * disappears (munmap, MADV_DONTNEED) is not reported either: the final dump's pagemap says
- * it is not there, and that is the truth the caller keeps to.
+ * the place of an old one) and the scan reports all their populated pages. A page dropped
+ * inside a tracked area (MADV_DONTNEED) leaves an empty entry, which the kernel counts as not
+ * protected: the next scan reports it written, neither present nor swapped, and protects it
+ * again by leaving a marker there (WP_UNPOPULATED). Such pages come out `dropped`: the caller
+ * forgets what it held of them (a read since shows zeros, and one after the marker maps the
+ * zero page still protected, which no later scan reports written). The final dump's plan
+ * skips the markers (pagemap.ts, `markers`): they are no page.
  *
  * Soft-dirty (clear_refs 4, pagemap bit 55) would be the other mechanism; this kernel has
  * neither it nor a way to test it, so it is not used: a kernel without WP_ASYNC and
@@ -49,7 +53,7 @@ import { Session } from '../session.js';
 import { injectedError, Tracee } from '../task/tracee.js';
 import { syscallGadget } from './task-state.js';
 
-import { PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN } from '../proc/pagemap.js';
+import { nextScanStart, PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN } from '../proc/pagemap.js';
 
 /** PAGEMAP_SCAN categories (include/uapi/linux/fs.h), defined with the pagemap's bits. */
 export { PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN } from '../proc/pagemap.js';
@@ -71,6 +75,11 @@ export interface ProcessScan {
   pid: number;
   /** Pages written since the previous scan (the first scan: every populated page), storable ones only. */
   dirty: PageRun[];
+  /**
+   * Pages written since the previous scan that are no longer there (MADV_DONTNEED,
+   * MADV_FREE reclaimed, a hole punched): read as zeros now, so anything held of them is stale.
+   */
+  dropped: PageRun[];
   /** Ranges registered by this scan (new areas): anything held there before is stale. */
   fresh: Array<[start: bigint, end: bigint]>;
   /** Ranges that are storable but cannot be tracked (registration refused): never held. */
@@ -188,7 +197,7 @@ class TrackedProcess {
    * never registered, so they come out untracked too.
    */
   scan(frozen = false): ProcessScan {
-    const out: ProcessScan = { pid: this.pid, dirty: [], fresh: [], untracked: [], same: startTime(this.pid) === this.start };
+    const out: ProcessScan = { pid: this.pid, dirty: [], dropped: [], fresh: [], untracked: [], same: startTime(this.pid) === this.start };
     if (!out.same) return out;
     let areas: Array<{ v: Vma; flags: string[] }>;
     try {
@@ -206,12 +215,13 @@ class TrackedProcess {
     for (const { v } of areas) {
       if (out.untracked.some(([s]) => s === v.start)) continue;
       try {
-        scanArea(this.pagemap, v.start, v.end, out.dirty, frozen, anonymousArea(v));
+        scanArea(this.pagemap, v.start, v.end, out.dirty, out.dropped, frozen, anonymousArea(v));
       } catch (err) {
         // ESRCH: the process exited meanwhile (a short-lived child of the tree): it is gone.
         if (errnoCode(err) === 'ESRCH') {
           out.same = false;
           out.dirty.length = 0;
+          out.dropped.length = 0;
           return out;
         }
         // EPERM: part of the area is no longer registered (moved, replaced) since smaps was read.
@@ -299,29 +309,33 @@ function holdStopped<T>(pid: number, fn: () => T): T {
 }
 
 /**
- * PAGEMAP_SCAN of one registered area: the written pages, write-protected again (`last`: not
- * protected again, the tracking ends). In an `anonymous` area no page is a file's, so
+ * PAGEMAP_SCAN of one registered area: the written pages into `into` and those written since
+ * and dropped (neither present nor swapped) into `dropped`, all write-protected again (`last`:
+ * not protected again, the tracking ends). In an `anonymous` area no page is a file's, so
  * PAGE_IS_FILE is not asked: the kernel then does not look up each present page's folio
  * (vm_normal_page): the last scan of a stopped 1 GiB process, with the tree frozen, took
  * 7.7-14.8 ms asking it and 1.1-1.3 without (docs/migration.md, "Downtime"). Not asking it
  * could only report more pages written, never fewer (keepRegion drops only a file's pages).
  */
-function scanArea(pagemap: number, start: bigint, end: bigint, into: PageRun[], last = false, anonymous = false): void {
+function scanArea(pagemap: number, start: bigint, end: bigint, into: PageRun[], dropped: PageRun[], last = false, anonymous = false): void {
   const n = native();
   const want = PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | (anonymous ? 0 : PAGE_IS_FILE);
   for (let at = start; at < end;) {
     const r = n.pagemapScan(pagemap, at, end, (last ? 0 : PM_SCAN_WP_MATCHING) | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN,
       want, SCAN_REGIONS);
     for (let i = 0; i < r.regions.length; i += 3) {
-      if (!keepRegion(Number(r.regions[i + 2]!))) continue;
+      const c = Number(r.regions[i + 2]!);
+      const to = keepRegion(c) ? into : (c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) === 0 ? dropped : undefined;
+      if (to === undefined) continue; // a file's page (a private mapping's, not written): the file has it
       const s = r.regions[i]!, e = r.regions[i + 1]!;
-      const last = into[into.length - 1];
+      const tail = to[to.length - 1];
       const pages = Number((e - s) / BigInt(PAGE_SIZE));
-      if (last && last[0] + BigInt(last[1] * PAGE_SIZE) === s) last[1] += pages;
-      else into.push([s, pages]);
+      if (tail && tail[0] + BigInt(tail[1] * PAGE_SIZE) === s) tail[1] += pages;
+      else to.push([s, pages]);
     }
-    if (r.walkEnd <= at) break; // no progress: nothing more to learn here
-    at = r.walkEnd;
+    const next = nextScanStart(r, at, end, SCAN_REGIONS);
+    if (next <= at) break; // no progress: nothing more to learn here
+    at = next;
   }
 }
 

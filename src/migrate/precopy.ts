@@ -659,8 +659,8 @@ interface PageSet {
 }
 
 /**
- * Applies a scan to a held set (pid -> page numbers): written, re-registered or untracked
- * pages are no longer held; a process that is not the one tracked any more is forgotten
+ * Applies a scan to a held set (pid -> page numbers): written, dropped, re-registered or
+ * untracked pages are no longer held; a process that is not the one tracked any more is forgotten
  * whole. Returns the process's set (made empty if new), or undefined when it was forgotten.
  */
 export function forgetScan<S extends PageSet = Set<number>>(heldByPid: Map<number, S>, s: ProcessScan, key: number = s.pid,
@@ -673,6 +673,8 @@ export function forgetScan<S extends PageSet = Set<number>>(heldByPid: Map<numbe
   if (!held) heldByPid.set(key, (held = make()));
   const page = (a: bigint): number => Number(a / BigInt(PAGE_SIZE));
   for (const [addr, count] of s.dirty) for (let p = 0, f = page(addr); p < count; p++) held.delete(f + p);
+  // Dropped runs can be long (the first scan reports every untouched page of an area so).
+  if (held.size > 0) for (const [addr, count] of s.dropped) for (let p = 0, f = page(addr); p < count; p++) held.delete(f + p);
   for (const [start, end] of [...s.fresh, ...s.untracked]) {
     if (held.size < Number((end - start) / BigInt(PAGE_SIZE))) {
       for (const p of [...held.keys()]) if (p >= page(start) && p < page(end)) held.delete(p);

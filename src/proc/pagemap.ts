@@ -3,6 +3,7 @@
  * Bit 63 present, 62 swapped, 61 file-page or shared-anon, 56 exclusively mapped,
  * 55 soft-dirty, 0-54 PFN (zero without CAP_SYS_ADMIN).
  */
+import { readSync } from 'node:fs';
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { native } from '../native/binding.js';
 
@@ -19,7 +20,8 @@ const HI_FILE = 1 << 29;
 /**
  * Runs of pages to store, as [first page, count], page numbers counted from
  * `firstPageIndex`. A page is stored when (present && !file) || swapped; for shared
- * anonymous memory (which pagemap reports as file pages) when present || swapped. Sorted
+ * anonymous memory (which pagemap reports as file pages) when present || swapped; never a
+ * marker (swapped, of swap type 31: native/memory.cc, Marker), which holds no page. Sorted
  * natively: a frozen dump sorts every page of its areas, 262144 for 1 GiB.
  */
 export function dumpablePageRuns(entries: Buffer, firstPageIndex: number, anonShared: boolean): Array<[number, number]> {
@@ -103,6 +105,49 @@ export interface ScannedPages {
   zero: Array<[number, number]>;
 }
 
+/**
+ * Where a walk of PAGEMAP_SCAN calls over [at, end) goes on after the call `r` from `at` that
+ * asked for at most `max` regions: `end` when it is done. With fewer regions than `max` the
+ * kernel walked to `end`, whatever its walk_end says: do_pagemap_scan (Linux 6.18 here) keeps
+ * the walk_end of an earlier pass of the same call that filled its own buffer (512 regions),
+ * and reported 908 pages into an area of 1,024 whose 625 regions had all come back. With the
+ * regions full it stopped at walk_end, never before the last region's end. Not past `at`:
+ * no progress (the caller stops).
+ */
+export function nextScanStart(r: { regions: BigUint64Array; walkEnd: bigint }, at: bigint, end: bigint, max: number): bigint {
+  if (r.regions.length < max * 3) return end;
+  const last = r.regions.length > 0 ? r.regions[r.regions.length - 2]! : at;
+  return r.walkEnd > last ? r.walkEnd : last;
+}
+
+/** Pagemap entries read at once by unmarkedRuns (512 KiB). */
+const ENTRIES_AT_ONCE = 65536;
+
+/**
+ * Of `count` pages from page number `firstPage` (address / PAGE_SIZE) that PAGEMAP_SCAN
+ * reports swapped, the runs [page from firstPage, count] that are not markers, from their
+ * pagemap entries (`fd`, pagemapRuns). Markers are common where pre-copy tracked memory
+ * (dump/dirty.ts: every untouched page of a tracked area holds one), so a dump must not
+ * store them as pages, and whatever a migration's target holds of a page now a marker is stale.
+ */
+function unmarkedRuns(fd: number, firstPage: bigint, count: number, anonShared: boolean): Array<[number, number]> | undefined {
+  const out: Array<[number, number]> = [];
+  const buf = Buffer.allocUnsafe(Math.min(count, ENTRIES_AT_ONCE) * 8);
+  for (let done = 0; done < count;) {
+    const want = Math.min(count - done, ENTRIES_AT_ONCE) * 8;
+    let got: number;
+    try {
+      got = readSync(fd, buf, 0, want, Number((firstPage + BigInt(done)) * 8n));
+    } catch {
+      return undefined;
+    }
+    if (got !== want) return undefined;
+    for (const [f, k] of dumpablePageRuns(buf.subarray(0, want), done, anonShared)) pushRun(out, f, k);
+    done += want / 8;
+  }
+  return out;
+}
+
 /** Appends [page, count] to `runs`, extending the last run when it ends at `page`. */
 function pushRun(runs: Array<[number, number]>, page: number, count: number): void {
   const last = runs.at(-1);
@@ -120,9 +165,10 @@ function pushRun(runs: Array<[number, number]>, page: number, count: number): vo
  * the same tests on each entry): PAGE_IS_PRESENT is pte_present (bit 63), PAGE_IS_SWAPPED is
  * is_swap_pte (bit 62: also migration entries and markers), PAGE_IS_FILE is a mapped folio
  * that is not anonymous (bit 61; not set for the zero page, which has no folio, nor in
- * pagemap). One exception: a huge zero page (a read of untouched memory where transparent
- * huge pages are on) is PAGE_IS_FILE for one walk and not the other depending on the kernel's
- * version: undefined then, and the caller reads the pagemap (an `anonymous` scan, which does
+ * pagemap). Markers (a swap entry of type 31, pagemapRuns) are swapped for PAGEMAP_SCAN: such
+ * regions' entries are read to leave them out (unmarkedRuns). One exception: a huge zero page
+ * (a read of untouched memory where transparent huge pages are on) is PAGE_IS_FILE for one
+ * walk and not the other depending on the kernel's version: undefined then, and the caller reads the pagemap (an `anonymous` scan, which does
  * not ask PAGE_IS_FILE, scans again asking it when it meets a huge page); also when the kernel has no
  * PAGEMAP_SCAN (before Linux 6.7) or the scan fails. The zero pages are also returned
  * (PAGE_IS_PFNZERO): pagemap shows them not exclusively mapped, which sharedAnonPages counts.
@@ -159,12 +205,19 @@ export function scanStoredPages(fd: number, start: bigint, end: bigint, anonShar
       if (!anonShared && (c & PAGE_IS_SWAPPED) === 0 && (c & PAGE_IS_FILE) !== 0) continue;
       const first = Number((g[i]! - start) / page);
       const count = Number((g[i + 1]! - g[i]!) / page);
+      if ((c & PAGE_IS_PRESENT) === 0) {
+        // Swapped, or a marker, which PAGEMAP_SCAN calls swapped too (pagemapRuns): the entries say.
+        const unmarked = unmarkedRuns(fd, g[i]! / page, count, anonShared);
+        if (unmarked === undefined) return undefined; // the read gives the answer (or the error)
+        for (const [f, k] of unmarked) pushRun(runs, first + f, k);
+        continue;
+      }
       pushRun(runs, first, count);
       if ((c & (PAGE_IS_PFNZERO | PAGE_IS_PRESENT)) === (PAGE_IS_PFNZERO | PAGE_IS_PRESENT)) pushRun(zero, first, count);
     }
-    // The kernel stops early only when the regions are full, after at least one.
-    if (r.walkEnd <= at) return undefined;
-    at = r.walkEnd;
+    const next = nextScanStart(r, at, end, SCAN_REGIONS);
+    if (next <= at) return undefined;
+    at = next;
   }
   return { runs, zero };
 }

@@ -51,6 +51,7 @@ import { isChunked } from '../image/manifest.js';
 import type { Image } from '../image/reader.js';
 import { big, pagesEntry, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { isAlive } from '../proc/read.js';
+import { nextScanStart, PAGE_IS_PRESENT } from '../proc/pagemap.js';
 import { native, type UffdWatchHandle } from '../native/binding.js';
 import { injectedError, type Tracee } from '../task/tracee.js';
 import type { Watchdog } from '../watchdog.js';
@@ -60,8 +61,8 @@ const UFFDIO_REGISTER_MODE_MISSING = 1;
 /** UFFD_FEATURE_EVENT_FORK, _REMAP, _REMOVE, _UNMAP (include/uapi/linux/userfaultfd.h). */
 const UFFD_EVENTS = (1n << 1n) | (1n << 2n) | (1n << 3n) | (1n << 6n);
 const EVENT_PAGEFAULT = 0x12n, EVENT_FORK = 0x13n, EVENT_REMAP = 0x14n, EVENT_REMOVE = 0x15n, EVENT_UNMAP = 0x16n;
-/** PAGEMAP_SCAN category PAGE_IS_PRESENT (include/uapi/linux/fs.h). */
-const PAGE_IS_PRESENT = 8;
+/** Regions one PAGEMAP_SCAN call of fillPresent returns at most (24 bytes each). */
+const PRESENT_REGIONS = 4096;
 const PAGE = BigInt(PAGE_SIZE);
 /** sigaltstack(2) SS_DISABLE. */
 const SS_DISABLE = 2;
@@ -294,14 +295,19 @@ export class LazyPages {
     const pagemap = openSync(`/proc/${p.hostPid}/pagemap`, 'r');
     try {
       for (const v of p.areas) {
-        const r = native().pagemapScan(pagemap, big(v.start), big(v.end), 0, PAGE_IS_PRESENT, PAGE_IS_PRESENT, 4096);
-        for (let i = 0; i < r.regions.length; i += 3) {
-          for (const s of p.cut(r.regions[i]!, r.regions[i + 1]!)) {
-            const buf = p.source.view(s.src, s.pages * PAGE_SIZE);
-            t.writeMem(s.addr, buf, 0, buf.length);
-            s.done = true;
-            p.left -= s.pages;
+        for (let at = big(v.start), end = big(v.end); at < end;) {
+          const r = native().pagemapScan(pagemap, at, end, 0, PAGE_IS_PRESENT, PAGE_IS_PRESENT, PRESENT_REGIONS);
+          for (let i = 0; i < r.regions.length; i += 3) {
+            for (const s of p.cut(r.regions[i]!, r.regions[i + 1]!)) {
+              const buf = p.source.view(s.src, s.pages * PAGE_SIZE);
+              t.writeMem(s.addr, buf, 0, buf.length);
+              s.done = true;
+              p.left -= s.pages;
+            }
           }
+          const next = nextScanStart(r, at, end, PRESENT_REGIONS);
+          if (next <= at) break;
+          at = next;
         }
       }
     } finally {

@@ -6,7 +6,7 @@ import { parseAuxv } from '../../src/proc/auxv.js';
 import { fdCloexec, imagePos, parseFdinfo } from '../../src/proc/fdinfo.js';
 import { O_APPEND, O_CLOEXEC } from '../../src/proc/fcntl.js';
 import { freeRange, parseMaps } from '../../src/proc/maps.js';
-import { dumpablePageRuns } from '../../src/proc/pagemap.js';
+import { dumpablePageRuns, nextScanStart } from '../../src/proc/pagemap.js';
 import { parseSmaps, parseSmapsVmFlags } from '../../src/proc/smaps.js';
 import { isKernelThread, parseStat } from '../../src/proc/stat.js';
 import { parseCpuList, parseStatus, statusComm } from '../../src/proc/status.js';
@@ -145,6 +145,21 @@ describe('smaps, auxv, pagemap', { timeout: 30_000 }, () => {
     assert.deepEqual(dumpablePageRuns(e, 0, false), [[0, 2], [4, 1]]);
     assert.deepEqual(dumpablePageRuns(e, 10, true), [[10, 3], [14, 2]]);
     assert.deepEqual(dumpablePageRuns(e.subarray(8), 0, false), [[0, 1], [3, 1]], 'unaligned views work');
+    // A swapped entry of type 31 (bits 0-4) is a marker, no page: never stored.
+    e.writeUInt32LE(31, 4 * 8);
+    assert.deepEqual(dumpablePageRuns(e, 0, false), [[0, 2]]);
+    assert.deepEqual(dumpablePageRuns(e, 0, true), [[0, 3], [5, 1]]);
+    e.writeUInt32LE(30 | (7 << 5), 4 * 8); // type 30 (a migration entry): a page
+    assert.deepEqual(dumpablePageRuns(e, 0, false), [[0, 2], [4, 1]]);
+  });
+
+  it('goes on with a PAGEMAP_SCAN walk from where the kernel stopped, or ends it', () => {
+    const regions = (...r: number[]): BigUint64Array => BigUint64Array.from(r.map(BigInt));
+    // Fewer regions than asked: done, even with a walk_end short of the end (kernel quirk).
+    assert.equal(nextScanStart({ regions: regions(0, 8, 8, 12, 16, 8), walkEnd: 9n }, 0n, 100n, 4), 100n);
+    // Full: from walk_end, or from the last region's end when walk_end lags behind it.
+    assert.equal(nextScanStart({ regions: regions(0, 8, 8, 12, 16, 8), walkEnd: 40n }, 0n, 100n, 2), 40n);
+    assert.equal(nextScanStart({ regions: regions(0, 8, 8, 12, 16, 8), walkEnd: 9n }, 0n, 100n, 2), 16n);
   });
 });
 
