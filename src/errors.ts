@@ -11,6 +11,7 @@
  * own message means nothing to the user, so it is reported as an internal error, by name,
  * with its details in the log.
  */
+import { constants as osConstants } from 'node:os';
 
 /** What an error is about, as data: the process, its descriptor, the file or image. */
 export interface ErrorContext {
@@ -124,4 +125,10 @@ export function describeCause(err: unknown): string {
   if (isInternalError(err)) return `internal error (${internalName(err)})`;
   const message = (err as Error).message.split('\n')[0]!.trim();
   return message !== '' ? message : (err as Error).name;
+}
+
+/** "EACCES" for a negative injected result -13 (errno(3) name; the number if unknown). */
+export function errnoName(r: bigint): string {
+  const no = Number(-r);
+  return Object.entries(osConstants.errno).find(([, v]) => v === no)?.[0] ?? `errno ${no}`;
 }

@@ -18,12 +18,13 @@ import { constants as osConstants } from 'node:os';
 import {
   MADVISE_BY_VMFLAG, MLOCK_ONFAULT, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
   MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PR_SET_MM, PR_SET_MM_MAP, PRCTL_MM_MAP_SIZE,
-  PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
+  KSIGACTION_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
 } from '../arch/x86-64.js';
-import { describeCause, FerryError } from '../errors.js';
+import { describeCause, errnoName, FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
 import { big, VDSO_ENTRY, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
+import { dropGadgetIgnoringTrap, ignoredTrap } from './ignored-trap.js';
 import { AT_FDCWD } from '../proc/fcntl.js';
 import { listFds, readProcText } from '../proc/read.js';
 import { parseSmaps } from '../proc/smaps.js';
@@ -39,12 +40,6 @@ import { pagesToDrop, storedParts } from './cow.js';
 const MADV_DONTNEED = 4;
 /** clock_getres(2) clock id. */
 const CLOCK_MONOTONIC = 1;
-
-/** "EACCES" for a negative injected result -13 (errno(3) name; the number if unknown). */
-function errnoName(r: bigint): string {
-  const no = Number(-r);
-  return Object.entries(osConstants.errno).find(([, v]) => v === no)?.[0] ?? `errno ${no}`;
-}
 
 /**
  * Code of the gadget page: `syscall` (every injection runs it), followed by a pause() loop
@@ -975,5 +970,8 @@ export function dropGadget(t: Tracee, as: AddressSpace, task: TaskRecord): void 
   const at = restoredSyscall(t, task);
   if (at === 0n) throw new FerryError('EKERNEL', `pid ${task.pid} has no syscall instruction left to unmap ferry's gadget through (no [vdso], none in its code)`);
   t.gadget = at;
-  t.syscall(SYS.munmap, as.gadgetArea, GADGET_SIZE);
+  // SIGTRAP ignored: no step may follow its disposition (ignored-trap.ts).
+  as.scratch.reset();
+  if (ignoredTrap(task) !== undefined) dropGadgetIgnoringTrap(t, task, at, as.gadgetArea, GADGET_SIZE, as.scratch.put(Buffer.alloc(KSIGACTION_SIZE)));
+  else t.syscall(SYS.munmap, as.gadgetArea, GADGET_SIZE);
 }

@@ -23,7 +23,7 @@
 import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
-import { FerryError } from '../errors.js';
+import { errnoName, FerryError } from '../errors.js';
 import { AIO_RING_HEADER, IO_EVENT_SIZE, parseRingHeader, setupEventsFor, setupPages } from '../image/aio-ring.js';
 import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
 import { parseCpuList, parseStatus } from '../proc/status.js';
@@ -40,12 +40,6 @@ const SUBMIT_BATCH = 2048;
 /** Possible CPUs of this machine (num_possible_cpus(): the minimum ring io_setup makes depends on them). */
 function possibleCpus(): number {
   return parseCpuList(readFileSync('/sys/devices/system/cpu/possible', 'utf8')).length;
-}
-
-/** An errno name ("EAGAIN") for a negative injected result. */
-function errnoName(r: bigint): string {
-  const no = Number(-r);
-  return Object.entries(osConstants.errno).find(([, v]) => v === no)?.[0] ?? `errno ${no}`;
 }
 
 /** A task's io_setup(2) rings, with their pages. */

@@ -62,9 +62,8 @@
  * is made only where the process could write (restore/file-access.ts checkRemovedDirs).
  */
 import { chmodSync, chownSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import { SYS } from '../arch/x86-64.js';
-import { FerryError } from '../errors.js';
+import { errnoName, FerryError } from '../errors.js';
 import {
   OPEN_HOW_SIZE, openHow, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, withRemovedDir, type ConfinedRoot, type RemovedDir,
 } from '../files/confined.js';
@@ -463,11 +462,6 @@ export function enterThreadRootDirs(threads: readonly Tracee[], as: AddressSpace
         + `${r.call} failed with ${errnoName(r.r)}; make that directory exist as it was`, { pid: task.pid });
     }
   });
-}
-
-/** The name of a negative errno an injected call returned. */
-function errnoName(r: bigint): string {
-  return Object.entries(osConstants.errno).find(([, v]) => v === Number(-r))?.[0] ?? `errno ${-r}`;
 }
 
 /**

@@ -147,3 +147,31 @@ describe('a program that single-steps itself with a SIGTRAP handler', { skip: ne
     assert.equal(await verify(w), 'PASS', w.text());
   });
 });
+
+// Restore's injected calls are single-stepped, and the kernel resets an ignored SIGTRAP to
+// SIG_DFL when it reports a step (restore/ignored-trap.ts): its last calls go otherwise.
+describe('a process that ignores SIGTRAP', { skip: needs('root'), timeout: 120_000 }, () => {
+  const mask = (pid: number, field: string): bigint => BigInt(`0x${new RegExp(`^${field}:\\s*([0-9a-f]+)$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]}`);
+  const TRAP = 1n << 4n;
+
+  it('still ignores it after checkpoint and restore, two cycles, and after --leave-running; a SIGTRAP then does nothing', async () => {
+    // sh keeps SIG_IGN across its exec; two threads' worth of state is not needed here.
+    const w = await startWorkload('/bin/sh', ['-c', 'trap "" TRAP; echo "ready pid=$$"; exec sleep 1000']);
+    await waitFor('the exec of sleep', () => readFileSync(`/proc/${w.pid}/comm`, 'utf8').trim() === 'sleep');
+    assert.equal(mask(w.pid, 'SigIgn') & TRAP, TRAP, 'ignored before');
+    const before = signalState(w.pid);
+    const image = join(w.dir, 'trap.tar');
+    const lr = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(lr.code, 0, lr.stderr);
+    assert.deepEqual(signalState(w.pid), before, 'after --leave-running');
+    for (let i = 0; i < 2; i++) {
+      await cycle(w, image, i === 0);
+      assert.deepEqual(signalState(w.pid), before, `dispositions and masks after restore ${i + 1}`);
+      assert.equal(procState(w.pid).tracer, 0, 'not traced');
+    }
+    process.kill(w.pid, 'SIGTRAP');
+    await sleep(200);
+    assert.ok(alive(w.pid) && procState(w.pid).state !== 'Z', 'a SIGTRAP is ignored, as before');
+    process.kill(w.pid, 'SIGKILL');
+  });
+});
