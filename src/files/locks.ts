@@ -16,21 +16,24 @@
  *
  * A lease (fcntl(2) F_SETLEASE, class LEASE) belongs to the open file too and shows in every
  * descriptor's fdinfo of it. One being broken (BREAKING: another open is waiting for the
- * holder to give it up or downgrade it) shows the type it is being broken to. Broken to none
- * (UNLCK: an open for writing waits) it does not come back: the breaker's open is interrupted
- * by the checkpoint, and the holder's signal for the break is already queued or handled, so
- * the lease comes back as the holder would have left it. Broken to read (READ: an open for
- * reading waits on a write lease) it cannot come back as a read lease: the kernel refuses one
- * on a file open for writing, the holder's own descriptor included, which is why the holder
- * could not downgrade it either (its choices are giving it up or letting the kernel downgrade
- * it when the break time runs out). It comes back as what it was, a write lease being broken
- * to read (`breaking`): taken again, then broken as before, by an open for reading, ferry's
- * own with O_NONBLOCK, which marks the break pending and returns at once (EWOULDBLOCK). The
- * kernel would signal the break to the file's owner, the holder, who had that signal at the
- * original break: the owner is cleared first (F_SETOWN 0: no target, no signal) and set again
- * from the record afterwards (owner.ts), as for every leased file. The break time starts
- * again at the restore (/proc/sys/fs/lease-break-time, 45 s by default). Delegations (DELEG,
- * NFS server) are refused.
+ * holder to give it up or downgrade it) shows the type it is being broken to. Broken to read
+ * (READ: an open for reading waits on a write lease) it cannot come back as a read lease: the
+ * kernel refuses one on a file open for writing, the holder's own descriptor included, which is
+ * why the holder could not downgrade it either (its choices are giving it up or letting the
+ * kernel downgrade it when the break time runs out). Broken to none (UNLCK: an open for writing
+ * waits) it is no lease any more for the holder (F_GETLEASE gives F_UNLCK) but still one for
+ * every other open until the holder gives it up or the break time runs out. Either comes back
+ * as what it was (`breaking`): taken again, then broken as before, by an open of ferry's own
+ * with O_NONBLOCK (for reading, or for writing to break it to none), which marks the break
+ * pending and returns at once (EWOULDBLOCK); the breakers of the tree, whose opens the
+ * checkpoint interrupted, wait again. /proc/locks does not say what a lease broken to none
+ * was: it comes back as a read lease where the holder's descriptor allows one, else as a write
+ * lease, which only /proc/locks of an active one could tell apart. The kernel would signal the
+ * break to the file's owner, the holder, who had that signal at the original break: the owner
+ * is cleared first (F_SETOWN 0: no target, no signal) and set again from the record afterwards
+ * (owner.ts), as for every leased file. The break time starts again at the restore
+ * (/proc/sys/fs/lease-break-time, 45 s by default). Delegations (DELEG, NFS server) are
+ * refused.
  *
  * Restore takes every lock back without waiting (LOCK_NB, F_SETLK, F_OFD_SETLK) through the
  * task's own descriptor, once all its descriptors are installed: a POSIX lock by its owner
@@ -40,10 +43,10 @@
  * makes the caller the owner: owner.ts). A lease needs the file open nowhere else for writing
  * (a read lease) or at all (a write lease), as when it was taken.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
-import { O_CLOEXEC, O_NONBLOCK } from '../proc/fcntl.js';
+import { O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY } from '../proc/fcntl.js';
 import { parseMaps, type Vma } from '../proc/maps.js';
 import { readProcText } from '../proc/read.js';
 import { parseStatus } from '../proc/status.js';
@@ -66,8 +69,11 @@ export interface LockRecord {
   len: string;
   /** POSIX locks: the owning process, as the tree's pid namespace names it. */
   owner?: number;
-  /** A write lease being broken to a read lease (/proc/locks: BREAKING READ). */
-  breaking?: 'read';
+  /**
+   * A lease being broken: 'read', a write lease to a read lease (/proc/locks: BREAKING READ);
+   * 'none', a lease to none (BREAKING UNLCK; `type` is then 'read', what it was is not shown).
+   */
+  breaking?: 'read' | 'none';
 }
 
 /** A parsed "lock:" line (pid as /proc shows it: ferry's namespace). */
@@ -145,6 +151,7 @@ function toRecord(l: LockLine, owner?: number): LockRecord {
   if (l.cls === 'LEASE') {
     // Only a write lease is broken by an open for reading.
     if (l.type === 'READ' && /\bLEASE\s+BREAKING\s/.test(l.text)) return { kind: 'lease', type: 'write', start: '0', len: '0', breaking: 'read' };
+    if (l.type === 'UNLCK') return { kind: 'lease', type: 'read', start: '0', len: '0', breaking: 'none' };
     return { kind: 'lease', type: l.type === 'WRITE' ? 'write' : 'read', start: '0', len: '0' };
   }
   const len = l.end === null ? 0n : l.end - l.start + 1n;
@@ -172,7 +179,7 @@ export function dumpLocks(d: FdDesc, ctx: DumpContext): LockRecord[] {
   const out: LockRecord[] = [];
   const own = fdinfoLocks(d);
   for (const l of own) {
-    if (l.cls === 'FLOCK' || l.cls === 'OFDLCK' || (isLease(l) && l.type !== 'UNLCK')) out.push(toRecord(l));
+    if (l.cls === 'FLOCK' || l.cls === 'OFDLCK' || isLease(l)) out.push(toRecord(l));
     else if (l.cls === 'POSIX' && l.pid === d.pid) out.push(toRecord(l, nsPid(d.pid)));
   }
   if (out.some((l) => l.kind === 'lease' && l.type === 'write')) refuseMappedWriteLease(d, ctx);
@@ -251,7 +258,9 @@ export function validateLocks(locks: unknown, where: string): LockRecord[] {
       if (typeof r[k] !== 'string' || !/^\d{1,19}$/.test(r[k]) || BigInt(r[k]) > OFF_MAX) bad(`has a bad ${k}`);
     }
     if (r.kind === 'posix' && !(Number.isSafeInteger(r.owner) && (r.owner as number) > 0)) bad('has a POSIX lock without owner');
-    if (r.breaking !== undefined && (r.breaking !== 'read' || r.kind !== 'lease' || r.type !== 'write')) bad('has a break that is not of a write lease to a read one');
+    if (r.breaking !== undefined && !(r.kind === 'lease' && ((r.breaking === 'read' && r.type === 'write') || (r.breaking === 'none' && r.type === 'read')))) {
+      bad('has a break that is not of a write lease to read, nor of a lease to none');
+    }
   }
   return locks as LockRecord[];
 }
@@ -278,7 +287,9 @@ export function describeRecord(l: LockRecord): string {
   const len = BigInt(l.len);
   const range = len === 0n ? (start === 0n ? 'the whole file' : `bytes ${start}-EOF`) : `bytes ${start}-${start + len - 1n}`;
   if (l.kind === 'flock') return `flock ${l.type === 'write' ? 'exclusive' : 'shared'} lock`;
-  if (l.kind === 'lease') return l.breaking === 'read' ? 'write lease being broken to a read lease' : `${l.type} lease`;
+  if (l.kind === 'lease') {
+    return l.breaking === 'read' ? 'write lease being broken to a read lease' : l.breaking === 'none' ? 'lease being broken to none' : `${l.type} lease`;
+  }
   return `${l.kind === 'ofd' ? 'OFD' : 'POSIX'} ${l.type} lock on ${range}`;
 }
 
@@ -295,26 +306,38 @@ function holders(ino: bigint | undefined): string {
 }
 
 /**
- * Breaks the write lease the task just took at `task.fd` to a read lease, as an open for
- * reading did before the checkpoint: ferry's own open, O_NONBLOCK, marks the break pending and
- * fails at once with EWOULDBLOCK. The owner (the task, since F_SETLEASE) is cleared first, so
- * the break signals no one; the task sets its recorded owner again after its hooks (owner.ts).
- * Returns what F_SETOWN returned (a negative errno when it failed).
+ * Breaks the lease the task just took at `task.fd` as an open did before the checkpoint: to a
+ * read lease (a write lease, by an open for reading) or to none (by an open for writing).
+ * Ferry's own open, O_NONBLOCK, marks the break pending and fails at once with EWOULDBLOCK.
+ * The owner (the task, since F_SETLEASE) is cleared first, so the break signals no one; the
+ * task sets its recorded owner again after its hooks (owner.ts). Returns what F_SETOWN
+ * returned (a negative errno when it failed).
  */
-function breakToRead(path: string, task: TaskContext): bigint {
+function breakLease(path: string, task: TaskContext, to: 'read' | 'none'): bigint {
   const where = `${path} (fd ${task.fd} of pid ${task.pid})`;
+  const what = to === 'read' ? 'the write lease' : 'the lease';
   const r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETOWN, 0);
   if (r < 0n) return r;
   const n = native();
   let fd: number;
   try {
-    fd = n.openRaw(`/proc/${task.tracee.tid}/fd/${task.fd}`, O_NONBLOCK | O_CLOEXEC);
+    fd = n.openRaw(`/proc/${task.tracee.tid}/fd/${task.fd}`, (to === 'read' ? O_RDONLY : O_WRONLY) | O_NONBLOCK | O_CLOEXEC);
   } catch (err) {
     if (errnoCode(err) === 'EAGAIN') return r; // the break is pending, as it was
-    throw new FerryError('ELOCK', `cannot break the write lease of ${where} to a read lease again: ${(err as Error).message}`, { cause: err });
+    throw new FerryError('ELOCK', `cannot break ${what} of ${where} to ${to === 'read' ? 'a read lease' : 'none'} again: ${(err as Error).message}`, { cause: err });
   }
   n.closeFd(fd);
-  throw new FerryError('ELOCK', `cannot break the write lease of ${where} to a read lease again: an open for reading went through, the lease is gone`);
+  throw new FerryError('ELOCK', `cannot break ${what} of ${where} again: an open for ${to === 'read' ? 'reading' : 'writing'} went through, the lease is gone`);
+}
+
+/** Whether /proc/locks shows a lease on the task's file at `task.fd` being broken to none (BREAKING UNLCK). */
+function breakingToNone(task: TaskContext): boolean {
+  const ino = statSync(`/proc/${task.tracee.tid}/fd/${task.fd}`, { bigint: true }).ino;
+  for (const s of (procLocks() ?? '').split('\n')) {
+    const l = parseLockLine(s);
+    if (l && l.ino === ino && l.cls === 'LEASE' && l.type === 'UNLCK' && /\bLEASE\s+BREAKING\s/.test(l.text)) return true;
+  }
+  return false;
 }
 
 /**
@@ -334,7 +357,14 @@ export function restoreLocks(locks: readonly LockRecord[], path: string, task: T
       r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_GETLEASE);
       if (r === BigInt(F_RDLCK)) continue;
       if (r >= 0n) r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, F_WRLCK);
-      if (r >= 0n) r = breakToRead(path, task);
+      if (r >= 0n) r = breakLease(path, task, 'read');
+    } else if (l.kind === 'lease' && l.breaking === 'none') {
+      // Likewise (F_GETLEASE gives F_UNLCK for such a lease: /proc/locks says).
+      if (breakingToNone(task)) continue;
+      // A read lease where the descriptor allows one (open read-only), else a write lease.
+      r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, F_RDLCK);
+      if (r === -BigInt(EAGAIN)) r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, F_WRLCK);
+      if (r >= 0n) r = breakLease(path, task, 'none');
     } else if (l.kind === 'lease') {
       r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, l.type === 'write' ? F_WRLCK : F_RDLCK);
     } else {

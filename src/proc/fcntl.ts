@@ -1,4 +1,5 @@
 /** open(2) flag values on x86-64 (as /proc/PID/fdinfo prints them, in octal). */
+export const O_RDONLY = 0, O_WRONLY = 1;
 export const O_ACCMODE = 0o3;
 export const O_APPEND = 0o2000;
 export const O_NONBLOCK = 0o4000;
