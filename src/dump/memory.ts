@@ -17,7 +17,7 @@ import { hex, type VmaRecord } from '../image/records.js';
 import type { HeldDigests } from '../image/writer.js';
 import { native } from '../native/binding.js';
 import type { Vma } from '../proc/maps.js';
-import { dumpablePageRuns, scanStoredPages, sharedAnonPages, sharedFrames, sharedWithParent } from '../proc/pagemap.js';
+import { dumpablePageRuns, guardPageRuns, scanStoredPages, sharedAnonPages, sharedFrames, sharedWithParent } from '../proc/pagemap.js';
 import { inheritable, lendableUnmapped, pageSet, runsOf } from '../image/cow.js';
 import { isHugetlb, isMemfdPath, type MappedSpecialFile } from '../files/memfd.js';
 import { parseChildren } from '../proc/children.js';
@@ -320,14 +320,18 @@ export function planMemory(pid: number, maps: readonly Vma[], vmflags: ReadonlyM
         const scanned = scannable ? scanStoredPages(pagemap, v.start, v.end, allPresent, anonymous) : undefined;
         let entries: Buffer | undefined;
         let runs: Array<[number, number]>;
+        let guards: Array<[number, number]>;
         if (scanned) {
           runs = scanned.runs;
+          guards = scanned.guards;
         } else {
           entries = Buffer.allocUnsafe(npages * 8);
           const got = readSync(pagemap, entries, 0, entries.length, first * 8);
           if (got !== entries.length) throw new Error(`short read of /proc/${pid}/pagemap at ${range}`);
           runs = dumpablePageRuns(entries, 0, allPresent);
+          guards = guardPageRuns(entries, 0);
         }
+        if (guards.length > 0) rec.guards = guards;
         if (memfdData) runs = mergeRuns(runs, memfdData);
         const theirs = parentAreas.get(rec.start);
         // (Never a scanned area: those are shared, or of a process planned with no parent.)

@@ -139,6 +139,11 @@ export const FEATURES: readonly Feature[] = [
     what: 'a process whose executable was removed, set to the removed file its areas map (task.json exeGhost)',
     uses: ({ tasks }) => tasks.some((t) => t.exeGhost !== undefined),
   },
+  {
+    name: 'guard-pages',
+    what: 'guard pages (madvise MADV_GUARD_INSTALL) in a memory area (task.json vmas[].guards)',
+    uses: ({ tasks }) => tasks.some((t) => t.vmas.some((v) => (v.guards?.length ?? 0) > 0)),
+  },
 ];
 
 /**

@@ -71,6 +71,12 @@ export interface VmaRecord {
   /** Offset of this area's first stored page within the task's pages entry. */
   pagesOffset: number;
   /**
+   * Guard pages (madvise MADV_GUARD_INSTALL, Linux 6.13; proc/pagemap.ts guardPageRuns):
+   * [first page index within the area, count], in order, none of them stored or inherited.
+   * Restore installs them again. Absent when there are none.
+   */
+  guards?: Array<[number, number]>;
+  /**
    * Pages this area shares copy-on-write with the same area of the parent (src/image/cow.ts):
    * [first page index within the area, count], in order, none of them in `runs`. Not stored
    * here: restore forks the process from its parent once the parent's memory is back, so it

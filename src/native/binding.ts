@@ -227,6 +227,8 @@ export interface NativeBinding {
    * [first, count, ...], counted from the first entry.
    */
   pagemapRuns(entries: Buffer, anonShared: boolean): Float64Array;
+  /** Runs [first, count, …] of guard pages (MADV_GUARD_INSTALL markers) among pagemap entries. */
+  pagemapGuardRuns(entries: Buffer): Float64Array;
   /** One byte per pagemap entry, 1: present, anonymous, not exclusively mapped; undefined when none is. */
   pagemapSharedAnon(entries: Buffer): Uint8Array | undefined;
   /** kcmp(2): 0 equal, 1 less, 2 greater, 3 not equal (unordered). */
@@ -637,7 +639,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapGuardRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'openTreeClone', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',

@@ -31,6 +31,18 @@ export function dumpablePageRuns(entries: Buffer, firstPageIndex: number, anonSh
   return runs;
 }
 
+/**
+ * Runs [first page, count] of guard pages (madvise MADV_GUARD_INSTALL, Linux 6.13: a marker,
+ * swap type 31, of kind PTE_MARKER_GUARD), page numbers counted from `firstPageIndex`. Never
+ * stored (reading one fails with EIO): restore installs them again.
+ */
+export function guardPageRuns(entries: Buffer, firstPageIndex: number): Array<[number, number]> {
+  const flat = native().pagemapGuardRuns(entries);
+  const runs: Array<[number, number]> = [];
+  for (let i = 0; i < flat.length; i += 2) runs.push([firstPageIndex + flat[i]!, flat[i + 1]!]);
+  return runs;
+}
+
 /** Bits 32-54 of the PFN, in the high 32-bit half of an entry. */
 const HI_PFN = (1 << 23) - 1;
 const HI_EXCLUSIVE = 1 << 24;
@@ -103,6 +115,8 @@ export interface ScannedPages {
   runs: Array<[number, number]>;
   /** Runs of those that map the zero page (present, anonymous and never exclusive). */
   zero: Array<[number, number]>;
+  /** Runs of guard pages (guardPageRuns). */
+  guards: Array<[number, number]>;
 }
 
 /**
@@ -129,9 +143,11 @@ const ENTRIES_AT_ONCE = 65536;
  * pagemap entries (`fd`, pagemapRuns). Markers are common where pre-copy tracked memory
  * (dump/dirty.ts: every untouched page of a tracked area holds one), so a dump must not
  * store them as pages, and whatever a migration's target holds of a page now a marker is stale.
+ * Also the runs of guard pages among them (guardPageRuns).
  */
-function unmarkedRuns(fd: number, firstPage: bigint, count: number, anonShared: boolean): Array<[number, number]> | undefined {
+function unmarkedRuns(fd: number, firstPage: bigint, count: number, anonShared: boolean): { runs: Array<[number, number]>; guards: Array<[number, number]> } | undefined {
   const out: Array<[number, number]> = [];
+  const guards: Array<[number, number]> = [];
   const buf = Buffer.allocUnsafe(Math.min(count, ENTRIES_AT_ONCE) * 8);
   for (let done = 0; done < count;) {
     const want = Math.min(count - done, ENTRIES_AT_ONCE) * 8;
@@ -143,9 +159,10 @@ function unmarkedRuns(fd: number, firstPage: bigint, count: number, anonShared: 
     }
     if (got !== want) return undefined;
     for (const [f, k] of dumpablePageRuns(buf.subarray(0, want), done, anonShared)) pushRun(out, f, k);
+    for (const [f, k] of guardPageRuns(buf.subarray(0, want), done)) pushRun(guards, f, k);
     done += want / 8;
   }
-  return out;
+  return { runs: out, guards };
 }
 
 /** Appends [page, count] to `runs`, extending the last run when it ends at `page`. */
@@ -183,6 +200,7 @@ export function scanStoredPages(fd: number, start: bigint, end: bigint, anonShar
   const n = native();
   const runs: Array<[number, number]> = [];
   const zero: Array<[number, number]> = [];
+  const guards: Array<[number, number]> = [];
   const want = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE | (anonShared || anonymous ? 0 : PAGE_IS_FILE);
   const page = BigInt(PAGE_SIZE);
   for (let at = start; at < end;) {
@@ -209,7 +227,8 @@ export function scanStoredPages(fd: number, start: bigint, end: bigint, anonShar
         // Swapped, or a marker, which PAGEMAP_SCAN calls swapped too (pagemapRuns): the entries say.
         const unmarked = unmarkedRuns(fd, g[i]! / page, count, anonShared);
         if (unmarked === undefined) return undefined; // the read gives the answer (or the error)
-        for (const [f, k] of unmarked) pushRun(runs, first + f, k);
+        for (const [f, k] of unmarked.runs) pushRun(runs, first + f, k);
+        for (const [f, k] of unmarked.guards) pushRun(guards, first + f, k);
         continue;
       }
       pushRun(runs, first, count);
@@ -219,5 +238,5 @@ export function scanStoredPages(fd: number, start: bigint, end: bigint, anonShar
     if (next <= at) return undefined;
     at = next;
   }
-  return { runs, zero };
+  return { runs, zero, guards };
 }

@@ -559,8 +559,38 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // Areas left to lazy pages (restore/lazy.ts) are served after the let-go instead.
   written += writePages(t, task.vmas.filter((v) => (kept.has(v) || own.has(v)) && !(lazy?.has(v) ?? false)), pages, chunkBytes);
   pages.finish();
+  guardAreas(t, task, [...all, ...kept], inherited);
   lockAreas(t, task, [...all, ...kept]);
   return written;
+}
+
+const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
+
+/**
+ * Installs the guard pages of `areas` (VmaRecord.guards; madvise MADV_GUARD_INSTALL), before
+ * they are locked (the kernel refuses guards in a locked area). An area kept from the parent
+ * or staged memory first loses the guards the parent had there (MADV_GUARD_REMOVE over the
+ * whole area, which leaves pages alone): fork(2) copies them.
+ */
+function guardAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[], inherited?: Inherited): void {
+  const theirs = new Map(inherited?.parent.vmas.map((v) => [v.start, v]) ?? []);
+  const keep = new Set(inherited?.keep ?? []);
+  const calls: Array<readonly [number, bigint, bigint, number]> = [];
+  for (const v of areas) {
+    if (keep.has(v) && (theirs.get(v.start)?.guards?.length ?? 0) > 0) {
+      calls.push([SYS.madvise, big(v.start), big(v.end) - big(v.start), MADV_GUARD_REMOVE]);
+    }
+    for (const [first, count] of v.guards ?? []) {
+      calls.push([SYS.madvise, big(v.start) + BigInt(first * PAGE_SIZE), BigInt(count * PAGE_SIZE), MADV_GUARD_INSTALL]);
+    }
+  }
+  if (calls.length === 0) return;
+  t.trySyscalls(calls).forEach((r, i) => {
+    if (r >= 0n) return;
+    const why = r === -BigInt(osConstants.errno.EINVAL) ? ': this kernel may have no guard pages (Linux 6.13 and later have them)' : '';
+    throw new FerryError('EMAP', `cannot ${calls[i]![3] === MADV_GUARD_REMOVE ? 'remove the inherited' : 'install the'} guard pages at 0x${calls[i]![1].toString(16)} `
+      + `of pid ${task.pid} (madvise): ${errnoName(r)}${why}`, { pid: task.pid });
+  });
 }
 
 /**

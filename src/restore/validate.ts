@@ -147,6 +147,8 @@ const vma = record({
   cow: list(tuple(int(0), int(0)), 1 << 24),
   // Stored pages its siblings inherit through the parent (image/cow.ts), checked by restore/cow.ts.
   lent: list(tuple(int(0), int(0)), 1 << 24),
+  // Guard pages (MADV_GUARD_INSTALL), checked below: in order, inside, none stored or inherited.
+  guards: list(tuple(int(0), int(0)), 1 << 24),
   // How many generations up they are lent through (image/cow.ts), with lent only.
   lentThrough: int(2, MAX_LENT_THROUGH),
   // An io_setup(2) ring (image/aio-ring.ts): its events base64, at most MAX_AIO_EVENTS of them
@@ -320,6 +322,21 @@ export function validateTask(v: unknown, pid: number): TaskRecord {
       for (const [first, count, list] of all) {
         if (first < end) fail(where, `vmas[${i}].${list} has a page at ${first} that another run of the area names too`);
         end = first + count;
+      }
+    }
+    if (m.guards !== undefined) {
+      if (m.kind !== 'anon' && m.kind !== 'file') fail(where, `vmas[${i}] has guard pages but is not an anonymous or file area`);
+      // Both lists sorted (runs and cow overlap none of each other, above): one walk each.
+      for (const [j, [first, count]] of m.guards.entries()) {
+        if (count === 0 || BigInt(first) + BigInt(count) > pages) fail(where, `vmas[${i}].guards[${j}] is empty or goes past the end of the area (${pages} pages)`);
+        if (j > 0 && first < m.guards[j - 1]![0] + m.guards[j - 1]![1]) fail(where, `vmas[${i}].guards[${j}] is out of order or overlaps the one before`);
+      }
+      for (const other of [m.runs, m.cow ?? []]) {
+        let k = 0;
+        for (const [first, count] of m.guards) {
+          while (k < other.length && other[k]![0] + other[k]![1] <= first) k++;
+          if (k < other.length && other[k]![0] < first + count) fail(where, `vmas[${i}].guards has a page at ${Math.max(first, other[k]![0])} that the area stores or inherits`);
+        }
       }
     }
     if (m.lent !== undefined) {

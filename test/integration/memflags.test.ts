@@ -19,7 +19,7 @@ import type { TaskRecord, VmaRecord } from '../../src/image/records.js';
 import { needs, needsKernel, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
 import { exitOf, killFerries, migrationDir, records, startFerry, startReceiver } from '../helpers/precopy-run.js';
-import { checkpointFreed, cleanup, cycleThrough, ferry, own, procState, refuseEdited, startWorkload, verify } from '../helpers/processes.js';
+import { checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, procState, refuseEdited, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(() => { killFerries(); cleanup(); });
@@ -263,5 +263,51 @@ describe('io_setup(2) contexts', { skip, timeout: 120_000 }, () => {
       ['kind.tar', (t) => { ring(t).kind = 'anon'; }, /has aio but is not of kind aio/],
     ];
     await refuseEdited(w, image, /^tasks\/\d+\/task\.json$/, cases);
+  });
+});
+
+describe('guard pages (MADV_GUARD_INSTALL)', { skip: skip || needsKernel(6, 13, 'MADV_GUARD_INSTALL'), timeout: 120_000 }, () => {
+  const GUARDS = join(WORKLOADS, 'guards');
+  const guardsOf = (t: TaskRecord): Array<[number, number]> => t.vmas.flatMap((v) => v.guards ?? []);
+
+  it('come back where they were, in a parent and in the child that inherited them and changed its own, twice', async () => {
+    const w = await startWorkload(GUARDS, []);
+    const image = join(w.dir, 'guards.tar');
+    const pids = await checkpointTreeFreed(w, image);
+    const seen: Array<Array<[number, number]>> = [];
+    await editImage(image, join(w.dir, 'copy.tar'), [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => { seen.push(guardsOf(t)); })]]);
+    assert.deepEqual(seen.map((g) => JSON.stringify(g)).sort(), [JSON.stringify([[4, 4], [12, 1]]), JSON.stringify([[4, 4], [14, 1]])].sort(),
+      'the image names each process\'s guards');
+    for (let i = 0; i < 2; i++) {
+      if (i > 0) await checkpointTreeFreed({ pid: w.pid, exited: Promise.resolve() }, image);
+      const rs = ferry(['restore', '--image', image]);
+      assert.equal(rs.code, 0, rs.stderr);
+      for (const p of pids) own(p);
+    }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('--leave-running leaves them as they were', async () => {
+    const w = await startWorkload(GUARDS, []);
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(procState(w.pid).tracer, 0);
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an image whose guards overlap a stored page, or go past the area, is refused before anything is made', async () => {
+    const w = await startWorkload(GUARDS, []);
+    const image = join(w.dir, 'edit.tar');
+    const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
+    assert.equal(cp.code, 0, cp.stderr);
+    const guarded = (t: TaskRecord): VmaRecord => t.vmas.find((v) => (v.guards?.length ?? 0) > 0)!;
+    await refuseEdited(w, image, new RegExp(`^tasks/${w.pid}/task\\.json$`), [
+      ['onpage.tar', (t) => { const v = guarded(t); v.guards = [[0, 1]]; }, /guards has a page at 0 that the area stores or inherits/],
+      ['past.tar', (t) => {
+        const v = guarded(t);
+        v.guards = [[Number((BigInt(v.end) - BigInt(v.start)) / 4096n) - 1, 2]];
+      }, /guards\[0\] is empty or goes past the end of the area/],
+      ['order.tar', (t) => { const v = guarded(t); v.guards = [[12, 1], [4, 4]]; }, /guards\[1\] is out of order/],
+    ]);
   });
 });

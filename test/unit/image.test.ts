@@ -916,6 +916,7 @@ describe('manifest', { timeout: 30_000 }, () => {
       ['lent-through-ancestor', probe({ tasks: [task({ vmas: [{ vmflags: ['ac'], lent: [[0, 1]], lentThrough: 2 }] })] })],
       ['thread-removed-cwd', probe({ tasks: [task({}, { fs: { cwd: '/gone', umask: 18, cwdDeleted: { mode: 0o755, uid: 0, gid: 0, dev: '8', ino: '5' } } })] })],
       ['removed-exe', probe({ tasks: [task({ exe: '/usr/sbin/d (deleted)', exeGhost: '8:5', vmas: [{ vmflags: [], ghost: '8:5' }] })] })],
+      ['guard-pages', probe({ tasks: [task({ vmas: [{ vmflags: ['ac'], guards: [[4, 4]] }] })] })],
     ];
     assert.deepEqual(cases.map(([n]) => n), FEATURES.map((f) => f.name), 'every feature has a case');
     for (const [name, p] of cases) {
