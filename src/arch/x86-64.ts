@@ -55,6 +55,8 @@ export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYM
 export const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2;
 /** madvise(2) MADV_DONTNEED; mlockall(2) flags. */
 export const MADV_DONTNEED = 4, MCL_FUTURE = 2, MCL_ONFAULT = 4;
+/** madvise(2) guard pages (Linux 6.13). */
+export const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
 
 /** SOL_SOCKET options (<asm-generic/socket.h>; alpha, mips, parisc and sparc number them differently), socket(7). */
 export const SOL_SOCKET = 1;

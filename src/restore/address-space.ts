@@ -18,7 +18,7 @@ import { constants as osConstants } from 'node:os';
 import {
   MADVISE_BY_VMFLAG, MLOCK_ONFAULT, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
   MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PR_SET_MM, PR_SET_MM_MAP, PRCTL_MM_MAP_SIZE,
-  KSIGACTION_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
+  KSIGACTION_SIZE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
 } from '../arch/x86-64.js';
 import { describeCause, errnoName, FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
@@ -452,8 +452,10 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   checkSharedFilePages(task);
   checkPagesEntry(task, pages.size);
   const kept = new Set(inherited?.keep ?? []);
-  // Areas kept from the parent (clearStub) are in place with the parent's pages: the ones the
-  // child had not are dropped again before its own are written over the others.
+  // Areas kept from the parent (clearStub) are in place with the parent's pages, and its guard
+  // pages (fork copies them): those go first (a write to a guard page fails), then the pages
+  // the child had not are dropped again before its own are written over the others.
+  if (inherited && kept.size > 0) unguardKept(t, task, inherited);
   if (inherited && kept.size > 0) dropPages(t, task, inherited);
   // Staged areas were mapped read-write with no advice: the recorded advice (keepable areas
   // are read-write, accountable, neither locked nor growing down: staging.ts).
@@ -559,36 +561,38 @@ export function mapAreas(t: Tracee, as: AddressSpace, task: TaskRecord,
   // Areas left to lazy pages (restore/lazy.ts) are served after the let-go instead.
   written += writePages(t, task.vmas.filter((v) => (kept.has(v) || own.has(v)) && !(lazy?.has(v) ?? false)), pages, chunkBytes);
   pages.finish();
-  guardAreas(t, task, [...all, ...kept], inherited);
+  guardAreas(t, task, [...all, ...kept]);
   lockAreas(t, task, [...all, ...kept]);
   return written;
 }
 
-const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
+/**
+ * MADV_GUARD_REMOVE over each area kept from the parent (or staged memory) where the parent
+ * had guard pages: fork(2) copies them, the child's own come back with guardAreas. It leaves
+ * pages alone.
+ */
+function unguardKept(t: Tracee, task: TaskRecord, inherited: Inherited): void {
+  const theirs = new Map(inherited.parent.vmas.map((v) => [v.start, v]));
+  guardCalls(t, task, inherited.keep.filter((v) => (theirs.get(v.start)?.guards?.length ?? 0) > 0)
+    .map((v) => [SYS.madvise, big(v.start), big(v.end) - big(v.start), MADV_GUARD_REMOVE] as const));
+}
 
 /**
- * Installs the guard pages of `areas` (VmaRecord.guards; madvise MADV_GUARD_INSTALL), before
- * they are locked (the kernel refuses guards in a locked area). An area kept from the parent
- * or staged memory first loses the guards the parent had there (MADV_GUARD_REMOVE over the
- * whole area, which leaves pages alone): fork(2) copies them.
+ * Installs the guard pages of `areas` (VmaRecord.guards; madvise MADV_GUARD_INSTALL) once
+ * their pages are written (a write to a guard page fails), before they are locked.
  */
-function guardAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[], inherited?: Inherited): void {
-  const theirs = new Map(inherited?.parent.vmas.map((v) => [v.start, v]) ?? []);
-  const keep = new Set(inherited?.keep ?? []);
-  const calls: Array<readonly [number, bigint, bigint, number]> = [];
-  for (const v of areas) {
-    if (keep.has(v) && (theirs.get(v.start)?.guards?.length ?? 0) > 0) {
-      calls.push([SYS.madvise, big(v.start), big(v.end) - big(v.start), MADV_GUARD_REMOVE]);
-    }
-    for (const [first, count] of v.guards ?? []) {
-      calls.push([SYS.madvise, big(v.start) + BigInt(first * PAGE_SIZE), BigInt(count * PAGE_SIZE), MADV_GUARD_INSTALL]);
-    }
-  }
+function guardAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[]): void {
+  guardCalls(t, task, areas.flatMap((v) => (v.guards ?? []).map(([first, count]) =>
+    [SYS.madvise, big(v.start) + BigInt(first * PAGE_SIZE), BigInt(count * PAGE_SIZE), MADV_GUARD_INSTALL] as const)));
+}
+
+/** Runs madvise calls of guard pages, each failure one line. */
+function guardCalls(t: Tracee, task: TaskRecord, calls: ReadonlyArray<readonly [number, bigint, bigint, number]>): void {
   if (calls.length === 0) return;
   t.trySyscalls(calls).forEach((r, i) => {
     if (r >= 0n) return;
     const why = r === -BigInt(osConstants.errno.EINVAL) ? ': this kernel may have no guard pages (Linux 6.13 and later have them)' : '';
-    throw new FerryError('EMAP', `cannot ${calls[i]![3] === MADV_GUARD_REMOVE ? 'remove the inherited' : 'install the'} guard pages at 0x${calls[i]![1].toString(16)} `
+    throw new FerryError('EMAP', `cannot ${calls[i]![3] === MADV_GUARD_REMOVE ? 'remove the' : 'install the'} guard pages at 0x${calls[i]![1].toString(16)} `
       + `of pid ${task.pid} (madvise): ${errnoName(r)}${why}`, { pid: task.pid });
   });
 }
@@ -687,7 +691,9 @@ function lockAreas(t: Tracee, task: TaskRecord, areas: readonly VmaRecord[]): vo
   const populateFailed: number[] = [];
   results.forEach((r, i) => {
     // Only an area with no access: elsewhere an ENOMEM is a page-in that really failed.
-    if (r === -BigInt(osConstants.errno.ENOMEM) && locked[i]!.prot === 0) populateFailed.push(i);
+    // Likewise an area with guard pages (which cannot be faulted in): mlockall(MCL_CURRENT)
+    // locked it all the same.
+    if (r === -BigInt(osConstants.errno.ENOMEM) && (locked[i]!.prot === 0 || (locked[i]!.guards?.length ?? 0) > 0)) populateFailed.push(i);
     else if (r < 0n) fail(i, errnoName(r));
   });
   if (populateFailed.length === 0) return;

@@ -20,7 +20,7 @@
  * keeps the area fork() gave it (CowPlan.relayed) only until it has forked its own children,
  * and unmaps it then. Every layout after is exactly the process's own.
  */
-import { PAGE_SIZE, SYS } from '../arch/x86-64.js';
+import { MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, PAGE_SIZE, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
 import { inheritable, lendableUnmapped, MAX_LENT_THROUGH } from '../image/cow.js';
@@ -411,6 +411,9 @@ export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf:
   }
   const own: Array<{ at: bigint; data: Buffer }> = [];
   const drop: Array<readonly [number, bigint, bigint, number]> = [];
+  // The holder's guard pages where pages are lent (it dropped its copy for a guard after the
+  // fork): lifted for the lending (a write to a guard page fails), put back with its own.
+  const guard: Array<readonly [number, bigint, bigint, number]> = [];
   let written = 0;
   for (const [c, lending] of lenders) {
     const src = pagesOf(c.pid);
@@ -422,6 +425,15 @@ export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf:
       }
       const has = merged(from.runs, from.cow ?? []);
       const base = BigInt(v.start);
+      const lifted: Array<readonly [number, bigint, bigint, number]> = [];
+      for (const [page, count] of storedParts(v, true)) {
+        for (const [g, k] of from.guards ?? []) {
+          const s = Math.max(g, page), e = Math.min(g + k, page + count);
+          if (s < e) lifted.push([SYS.madvise, base + BigInt(s * PAGE_SIZE), BigInt((e - s) * PAGE_SIZE), MADV_GUARD_REMOVE]);
+        }
+      }
+      madviseAll(t, holder, lifted, 'lift the guard pages');
+      guard.push(...lifted.map(([nr, at, len]) => [nr, at, len, MADV_GUARD_INSTALL] as const));
       for (const [page, count, offset] of storedParts(v, true)) {
         // What the parent has there is kept to be put back; where it has nothing, dropped after.
         for (let p = page; p < page + count && !temporary.has(v.start);) {
@@ -449,12 +461,17 @@ export function lendPages(t: Tracee, holder: TaskRecord, plan: CowPlan, pagesOf:
   if (own.length === 0 && drop.length === 0) return { written, giveBack: undefined };
   return { written, giveBack: () => {
     for (const o of own) t.writeMem(o.at, o.data);
-    if (drop.length === 0) return;
-    t.trySyscalls(drop).forEach((r, i) => {
-      if (r < 0n) {
-        throw new FerryError('EMAP', `cannot drop the pages lent at 0x${drop[i]![1].toString(16)} of pid ${holder.pid} (madvise): errno ${-r}`,
-          { pid: holder.pid });
-      }
-    });
+    madviseAll(t, holder, drop, 'drop the pages lent');
+    madviseAll(t, holder, guard, 'put back the guard pages');
   } };
+}
+
+/** Runs madvise calls in `holder`'s stub, each failure one line (`what` at the address). */
+function madviseAll(t: Tracee, holder: TaskRecord, calls: ReadonlyArray<readonly [number, bigint, bigint, number]>, what: string): void {
+  if (calls.length === 0) return;
+  t.trySyscalls(calls).forEach((r, i) => {
+    if (r < 0n) {
+      throw new FerryError('EMAP', `cannot ${what} at 0x${calls[i]![1].toString(16)} of pid ${holder.pid} (madvise): errno ${-r}`, { pid: holder.pid });
+    }
+  });
 }

@@ -270,13 +270,18 @@ describe('guard pages (MADV_GUARD_INSTALL)', { skip: skip || needsKernel(6, 13, 
   const GUARDS = join(WORKLOADS, 'guards');
   const guardsOf = (t: TaskRecord): Array<[number, number]> => t.vmas.flatMap((v) => v.guards ?? []);
 
-  it('come back where they were, in a parent and in the child that inherited them and changed its own, twice', async () => {
+  it('come back where they were: a parent, a child that changed its own and wrote where one was, a page lent over one, twice', async () => {
     const w = await startWorkload(GUARDS, []);
     const image = join(w.dir, 'guards.tar');
     const pids = await checkpointTreeFreed(w, image);
     const seen: Array<Array<[number, number]>> = [];
-    await editImage(image, join(w.dir, 'copy.tar'), [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => { seen.push(guardsOf(t)); })]]);
-    assert.deepEqual(seen.map((g) => JSON.stringify(g)).sort(), [JSON.stringify([[4, 4], [12, 1]]), JSON.stringify([[4, 4], [14, 1]])].sort(),
+    const lent: Array<[number, number]> = [];
+    await editImage(image, join(w.dir, 'copy.tar'), [[/^tasks\/\d+\/task\.json$/, json<TaskRecord>((t) => {
+      seen.push(guardsOf(t));
+      for (const v of t.vmas) if ((v.guards?.length ?? 0) > 0) lent.push(...(v.lent ?? []));
+    })]]);
+    assert.ok(lent.some(([first, count]) => first <= 2 && 2 < first + count), `page 2 is lent through the parent, over its guard: ${JSON.stringify(lent)}`);
+    assert.deepEqual(seen.map((g) => JSON.stringify(g)).sort(), [[[2, 1], [4, 4], [12, 1]], [[4, 4], [12, 1]], [[4, 4], [14, 1]]].map((g) => JSON.stringify(g)).sort(),
       'the image names each process\'s guards');
     for (let i = 0; i < 2; i++) {
       if (i > 0) await checkpointTreeFreed({ pid: w.pid, exited: Promise.resolve() }, image);
@@ -284,6 +289,16 @@ describe('guard pages (MADV_GUARD_INSTALL)', { skip: skip || needsKernel(6, 13, 
       assert.equal(rs.code, 0, rs.stderr);
       for (const p of pids) own(p);
     }
+    assert.equal(await verify(w), 'PASS', w.text());
+  });
+
+  it('an area with guard pages that mlockall locked comes back locked', async () => {
+    const w = await startWorkload(GUARDS, ['locked']);
+    const image = join(w.dir, 'locked.tar');
+    const pids = await checkpointTreeFreed(w, image);
+    const rs = ferry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    for (const p of pids) own(p);
     assert.equal(await verify(w), 'PASS', w.text());
   });
 
