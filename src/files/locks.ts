@@ -43,7 +43,7 @@
  * makes the caller the owner: owner.ts). A lease needs the file open nowhere else for writing
  * (a read lease) or at all (a write lease), as when it was taken.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { errnoCode, FerryError } from '../errors.js';
 import { native } from '../native/binding.js';
 import { O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY } from '../proc/fcntl.js';
@@ -330,14 +330,16 @@ function breakLease(path: string, task: TaskContext, to: 'read' | 'none'): bigin
   throw new FerryError('ELOCK', `cannot break ${what} of ${where} again: an open for ${to === 'read' ? 'reading' : 'writing'} went through, the lease is gone`);
 }
 
-/** Whether /proc/locks shows a lease on the task's file at `task.fd` being broken to none (BREAKING UNLCK). */
+/**
+ * Whether the open file at the task's `task.fd` holds a lease being broken to none (its
+ * fdinfo's "lock:" lines, which name that open file's own locks only: BREAKING UNLCK).
+ */
 function breakingToNone(task: TaskContext): boolean {
-  const ino = statSync(`/proc/${task.tracee.tid}/fd/${task.fd}`, { bigint: true }).ino;
-  for (const s of (procLocks() ?? '').split('\n')) {
-    const l = parseLockLine(s);
-    if (l && l.ino === ino && l.cls === 'LEASE' && l.type === 'UNLCK' && /\bLEASE\s+BREAKING\s/.test(l.text)) return true;
-  }
-  return false;
+  const text = readFileSync(`/proc/${task.tracee.tid}/fdinfo/${task.fd}`, 'utf8');
+  return text.split('\n').some((line) => {
+    const l = line.startsWith('lock:') ? parseLockLine(line.slice(5)) : undefined;
+    return l !== undefined && l.cls === 'LEASE' && l.type === 'UNLCK' && /\bLEASE\s+BREAKING\s/.test(l.text);
+  });
 }
 
 /**
@@ -359,7 +361,7 @@ export function restoreLocks(locks: readonly LockRecord[], path: string, task: T
       if (r >= 0n) r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, F_WRLCK);
       if (r >= 0n) r = breakLease(path, task, 'read');
     } else if (l.kind === 'lease' && l.breaking === 'none') {
-      // Likewise (F_GETLEASE gives F_UNLCK for such a lease: /proc/locks says).
+      // Likewise (F_GETLEASE gives F_UNLCK for such a lease: the open file's fdinfo says).
       if (breakingToNone(task)) continue;
       // A read lease where the descriptor allows one (open read-only), else a write lease.
       r = task.tracee.trySyscall(SYS.fcntl, task.fd, F_SETLEASE, F_RDLCK);

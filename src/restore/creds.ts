@@ -22,10 +22,11 @@
  *    threads have in common from the oldest on once, with TSYNC, so they are shared). Filters see
  *    every later syscall, injected ones too, so before anything is touched each thread's
  *    filters are run here on the install calls and on the main thread's final munmap of the
- *    gadget; a filter that would refuse one of them fails the restore with a clear error.
+ *    gadget (and rt_sigaction of SIGTRAP, for a process that ignores it: ignored-trap.ts); a
+ *    filter that would refuse one of them fails the restore with a clear error.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { SYS } from '../arch/x86-64.js';
+import { SIGTRAP, SYS } from '../arch/x86-64.js';
 import { FerryError } from '../errors.js';
 import { big, type CredsRecord, type TaskRecord, type ThreadCredsRecord } from '../image/records.js';
 import { readProcText } from '../proc/read.js';
@@ -33,6 +34,7 @@ import { parseStatus } from '../proc/status.js';
 import { injectedError, type Tracee } from '../task/tracee.js';
 import { parseLimits, parseSchedStat, RLIMIT_NAMES, SCHED_RESET_ON_FORK } from '../dump/creds.js';
 import { restoredSyscall, type AddressSpace } from './address-space.js';
+import { ignoredTrap } from './ignored-trap.js';
 
 const PR_SET_PDEATHSIG = 1, PR_SET_DUMPABLE = 4, PR_SET_SECCOMP = 22, PR_CAPBSET_DROP = 24,
   PR_SET_SECUREBITS = 28, PR_SET_CHILD_SUBREAPER = 36, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47;
@@ -188,6 +190,11 @@ export function restoreCreds(main: Tracee, others: readonly Tracee[], as: Addres
   const mainFilters = creds.threads[0]!.seccomp.map((j) => programs[j]!);
   if (mainFilters.length > 0 && !allAllow(mainFilters, SYS.munmap, restoredSyscall(main, task) + 2n, [as.gadgetArea, gadgetSize])) {
     fail('its seccomp filters forbid munmap(2), which ferry needs once more after installing them');
+  }
+  // A process ignoring SIGTRAP gets that disposition once more after them (ignored-trap.ts).
+  if (mainFilters.length > 0 && ignoredTrap(task) !== undefined
+    && !allAllow(mainFilters, SYS.rt_sigaction, restoredSyscall(main, task) + 2n, [BigInt(SIGTRAP), as.scratch.addr, 0n, 8n])) {
+    fail('its seccomp filters forbid rt_sigaction(2) of SIGTRAP, which ferry needs once more after installing them (the process ignores SIGTRAP)');
   }
 
   /** Runs one labelled step in `t`; a failure names the pid, thread and step. */

@@ -22,6 +22,10 @@
  * flushes a pending SIGTRAP.
  *
  * If ferry dies meanwhile the stub dies with it (PTRACE_O_EXITKILL), as anywhere in a restore.
+ *
+ * Not kept: a SIGTRAP pending while ignored (only a blocked one can be): the rt_sigaction
+ * flushes it, as it does every pending SIGTRAP of the process. A seccomp filter that forbids
+ * the rt_sigaction fails the restore before anything is made (creds.ts).
  */
 import { ALL_SIGNALS, decodeRegs, encodeRegs, KSIGACTION_SIZE, SIGTRAP, SIG_IGN, SYS } from '../arch/x86-64.js';
 import { errnoName, FerryError } from '../errors.js';
