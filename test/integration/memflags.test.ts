@@ -19,7 +19,7 @@ import type { TaskRecord, VmaRecord } from '../../src/image/records.js';
 import { needs, needsKernel, WORKLOADS } from '../helpers/env.js';
 import { editImage, json } from '../helpers/images.js';
 import { exitOf, killFerries, migrationDir, records, startFerry, startReceiver } from '../helpers/precopy-run.js';
-import { checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, procState, refuseEdited, startWorkload, verify } from '../helpers/processes.js';
+import { checkpointFreed, checkpointTreeFreed, cleanup, cycleThrough, ferry, own, ownTree, procState, refuseEdited, startWorkload, verify } from '../helpers/processes.js';
 
 const skip = needs('root', 'build');
 after(() => { killFerries(); cleanup(); });
@@ -304,6 +304,7 @@ describe('guard pages (MADV_GUARD_INSTALL)', { skip: skip || needsKernel(6, 13, 
 
   it('--leave-running leaves them as they were', async () => {
     const w = await startWorkload(GUARDS, []);
+    ownTree(w); // the children too, should the test fail
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', join(w.dir, 'lr.tar'), '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);
     assert.equal(procState(w.pid).tracer, 0);
@@ -312,6 +313,7 @@ describe('guard pages (MADV_GUARD_INSTALL)', { skip: skip || needsKernel(6, 13, 
 
   it('an image whose guards overlap a stored page, or go past the area, is refused before anything is made', async () => {
     const w = await startWorkload(GUARDS, []);
+    ownTree(w);
     const image = join(w.dir, 'edit.tar');
     const cp = ferry(['checkpoint', '--pid', String(w.pid), '--image', image, '--leave-running']);
     assert.equal(cp.code, 0, cp.stderr);

@@ -163,6 +163,7 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
   it('moves a parent and two children with guard pages (MADV_GUARD_INSTALL): each comes back with its own', async () => {
     const w = await startWorkload(join(WORKLOADS, 'guards'), []);
     const kids = readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+    for (const pid of kids) own(pid); // killed by cleanup, should the test fail
     assert.equal(kids.length, 2, w.text());
     const { recs } = await migrated(w, [], kids);
     assert.ok(recs.filter((x) => x['phase'] === 'round').length >= 1);
