@@ -42,7 +42,9 @@
  *   restore/cow.ts, before they are forked: the first time; synchronous); `relayed` (a
  *   restore's rebuilt process holds an area it kept from its parent only to pass it on to its
  *   children, restore/cow.ts CowPlan.relayed, before they are forked: the first time;
- *   synchronous);
+ *   synchronous); `untrapped` (a restored process that ignores SIGTRAP has it ignored again
+ *   and its gadget unmapped by syscall-stops, stopped at the munmap's exit, before the SIGTRAP
+ *   of ferry's own that brings it to the let-go's stop: restore/ignored-trap.ts; synchronous);
  *   `lazy` (a lazy restore let the tree go: faults are served, the background fill has not
  *   begun — paused, pages stay missing until touched); `repair` (a checkpoint with
  *   --tcp-established has the first TCP socket it reads in repair mode, with SO_OOBINLINE and
@@ -70,7 +72,7 @@ import { writeSync } from 'node:fs';
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
   'precopy', 'topup', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
-  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup', 'blob',
+  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup', 'blob', 'untrapped',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

@@ -29,6 +29,7 @@
  */
 import { ALL_SIGNALS, decodeRegs, encodeRegs, KSIGACTION_SIZE, SIGTRAP, SIG_IGN, SYS } from '../arch/x86-64.js';
 import { errnoName, FerryError } from '../errors.js';
+import { faultPointSync } from '../fault.js';
 import { big, type TaskRecord } from '../image/records.js';
 import { native, type WaitStatus } from '../native/binding.js';
 import type { Tracee } from '../task/tracee.js';
@@ -63,6 +64,7 @@ export function dropGadgetIgnoringTrap(t: Tracee, task: TaskRecord, at: bigint, 
   if (r < 0n) fail(`rt_sigaction: ${errnoName(r)}`);
   const u = byStops(t.tid, at, SYS.munmap, [gadget, BigInt(size)], fail);
   if (u < 0n) fail(`munmap of the gadget: ${errnoName(u)}`);
+  faultPointSync('untrapped'); // in the munmap's syscall-exit stop, no gadget left
   const n = native();
   n.setSigmask(t.tid, ALL_SIGNALS & ~(1n << BigInt(SIGTRAP - 1)));
   n.tgkill(t.pid, t.tid, SIGTRAP);

@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { FaultPhase } from '../../src/fault.js';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { cleanup, own, startWorkload, verify, type Workload } from '../helpers/processes.js';
+import { cleanup, own, startWorkload, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
   checkRestored, hit, killAll, pidsFree, runFerry, startMemcheck, whilePaused, type Problems,
 } from './helpers.js';
@@ -79,6 +79,29 @@ describe('fault cells: restore killed between a fork and the seize of the child,
       killAll();
     });
   }
+
+  // restore/ignored-trap.ts: the last calls of a process that ignores SIGTRAP go by
+  // syscall-stops; killed there, with no gadget left, the stub dies with ferry (EXITKILL).
+  it('a process ignoring SIGTRAP: SIGKILL at untrapped; nothing is left, a retry restores it still ignoring SIGTRAP', async () => {
+    const w = await startWorkload('/bin/sh', ['-c', 'trap "" TRAP; echo "ready pid=$$"; exec sleep 1000']);
+    await waitFor('the exec of sleep', () => readFileSync(`/proc/${w.pid}/comm`, 'utf8').trim() === 'sleep');
+    const ignored = (): string => /^SigIgn:.*$/m.exec(readFileSync(`/proc/${w.pid}/status`, 'utf8'))![0];
+    const before = ignored();
+    const image = join(w.dir, 'trap.tar');
+    const cp = await runFerry(['checkpoint', '--pid', String(w.pid), '--image', image]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await w.exited;
+    assert.deepEqual(await pidsFree([w.pid]), []);
+    const p: Problems = [];
+    await whilePaused(p, ['restore', '--image', image], 'untrapped', (run) => hit(run, 'SIGKILL', p).then(() => undefined));
+    assert.deepEqual(p, []);
+    assert.deepEqual(await pidsFree([w.pid], 5000), [], 'nothing of the killed restore holds the pid');
+    const rs = await runFerry(['restore', '--image', image]);
+    assert.equal(rs.code, 0, rs.stderr);
+    own(w.pid);
+    assert.equal(ignored(), before, 'SIGTRAP still ignored');
+    process.kill(w.pid, 'SIGKILL');
+  });
 
   it('sharetables both: SIGKILL at forked of a child sharing its parent\'s table; nothing is left, a retry restores', async () => {
     const w = await startWorkload(join(WORKLOADS, 'sharetables'), ['both']);
