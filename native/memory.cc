@@ -106,44 +106,10 @@ inline uint64_t Entry(const uint8_t* p) {
   return e;
 }
 
-// pagemapRuns(entries: Buffer, anonShared: boolean) -> Float64Array [first, count, ...]: the
-// runs of pages a dump stores, page numbers counted from the first entry: present and not a
-// file page, or swapped; with anonShared (shared anonymous memory, which pagemap reports as
-// file pages) present or swapped. Never a marker (Marker): it holds no page.
-Napi::Value PagemapRuns(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Buffer<uint8_t> entries;
-  if (!ArgBuffer(info, 0, &entries)) return {};
-  bool anonShared = info.Length() > 1 && info[1].ToBoolean().Value();
-  size_t n = entries.Length() / 8;
-  const uint8_t* d = entries.Data();
-  std::vector<double> runs;
-  size_t start = SIZE_MAX;
-  for (size_t i = 0; i < n; i++) {
-    uint64_t e = Entry(d + i * 8);
-    bool store = Marker(e) ? false
-                 : anonShared ? (e & (kPresent | kSwapped)) != 0
-                              : ((e & kPresent) != 0 && (e & kFile) == 0) || (e & kSwapped) != 0;
-    if (store) {
-      if (start == SIZE_MAX) start = i;
-    } else if (start != SIZE_MAX) {
-      runs.push_back(static_cast<double>(start));
-      runs.push_back(static_cast<double>(i - start));
-      start = SIZE_MAX;
-    }
-  }
-  if (start != SIZE_MAX) {
-    runs.push_back(static_cast<double>(start));
-    runs.push_back(static_cast<double>(n - start));
-  }
-  auto out = Napi::Float64Array::New(env, runs.size());
-  if (!runs.empty()) memcpy(out.Data(), runs.data(), runs.size() * sizeof(double));
-  return out;
-}
-
-// pagemapGuardRuns(entries: Buffer) -> Float64Array [first, count, ...]: the runs of guard
-// pages (Guard), page numbers counted from the first entry.
-Napi::Value PagemapGuardRuns(const Napi::CallbackInfo& info) {
+// The runs [first, count, ...] of the entries of `info[0]` (a Buffer of pagemap entries) that
+// `pick` takes, page numbers counted from the first entry, as a Float64Array.
+template <typename Pick>
+Napi::Value EntryRuns(const Napi::CallbackInfo& info, Pick pick) {
   Napi::Env env = info.Env();
   Napi::Buffer<uint8_t> entries;
   if (!ArgBuffer(info, 0, &entries)) return {};
@@ -152,9 +118,9 @@ Napi::Value PagemapGuardRuns(const Napi::CallbackInfo& info) {
   std::vector<double> runs;
   size_t start = SIZE_MAX;
   for (size_t i = 0; i <= n; i++) {
-    bool guard = i < n && Guard(Entry(d + i * 8));
-    if (guard && start == SIZE_MAX) start = i;
-    if (!guard && start != SIZE_MAX) {
+    bool take = i < n && pick(Entry(d + i * 8));
+    if (take && start == SIZE_MAX) start = i;
+    if (!take && start != SIZE_MAX) {
       runs.push_back(static_cast<double>(start));
       runs.push_back(static_cast<double>(i - start));
       start = SIZE_MAX;
@@ -164,6 +130,22 @@ Napi::Value PagemapGuardRuns(const Napi::CallbackInfo& info) {
   if (!runs.empty()) memcpy(out.Data(), runs.data(), runs.size() * sizeof(double));
   return out;
 }
+
+// pagemapRuns(entries: Buffer, anonShared: boolean) -> Float64Array [first, count, ...]: the
+// runs of pages a dump stores: present and not a file page, or swapped; with anonShared
+// (shared anonymous memory, which pagemap reports as file pages) present or swapped. Never a
+// marker (Marker): it holds no page.
+Napi::Value PagemapRuns(const Napi::CallbackInfo& info) {
+  bool anonShared = info.Length() > 1 && info[1].ToBoolean().Value();
+  return EntryRuns(info, [anonShared](uint64_t e) {
+    if (Marker(e)) return false;
+    return anonShared ? (e & (kPresent | kSwapped)) != 0 : ((e & kPresent) != 0 && (e & kFile) == 0) || (e & kSwapped) != 0;
+  });
+}
+
+// pagemapGuardRuns(entries: Buffer) -> Float64Array [first, count, ...]: the runs of guard
+// pages (Guard).
+Napi::Value PagemapGuardRuns(const Napi::CallbackInfo& info) { return EntryRuns(info, Guard); }
 
 // pagemapSharedAnon(entries: Buffer) -> Uint8Array | undefined: one byte per page, 1 where the
 // page is present, anonymous and not exclusively mapped (shared copy-on-write with another
