@@ -118,25 +118,20 @@ describe('ferry migrate --lazy', { skip, timeout: 300_000 }, () => {
     process.kill(w.pid, 'SIGKILL');
   });
 
-  it('follows a process that maps, moves (mremap) and unmaps its areas while pages are missing', async () => {
-    const w = await startDirtier(16, 10, 'churn');
-    await lazyMigrate(w, [w.pid], 1500);
-    const n = w.ticks().length;
-    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
-    assert.equal(await verify(w), 'PASS');
-    assert.deepEqual(leftovers(workDir), []);
-    process.kill(w.pid, 'SIGKILL');
-  });
-
-  it('a page dropped (MADV_DONTNEED) after its round is served as zeros, not as the copy the rounds sent', async () => {
-    const w = await startDirtier(32, 10, 'discard');
-    await lazyMigrate(w, [w.pid], 1500);
-    const n = w.ticks().length;
-    await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
-    assert.equal(await verify(w), 'PASS');
-    assert.deepEqual(leftovers(workDir), []);
-    process.kill(w.pid, 'SIGKILL');
-  });
+  for (const [mode, title] of [
+    ['churn', 'follows a process that maps, moves (mremap) and unmaps its areas while pages are missing'],
+    ['discard', 'a page dropped (MADV_DONTNEED) after its round is served as zeros, not as the copy the rounds sent'],
+  ] as const) {
+    it(title, async () => {
+      const w = await startDirtier(mode === 'churn' ? 16 : 32, 10, mode);
+      await lazyMigrate(w, [w.pid], 1500);
+      const n = w.ticks().length;
+      await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+      assert.equal(await verify(w), 'PASS');
+      assert.deepEqual(leftovers(workDir), []);
+      process.kill(w.pid, 'SIGKILL');
+    });
+  }
 
   it('gives a child the process forks while pages are missing every page too', async () => {
     // It writes nothing itself: its pages stay missing until the fill, held back 1.5 s, while
