@@ -18,7 +18,7 @@ import { constants as osConstants } from 'node:os';
 import {
   MADVISE_BY_VMFLAG, MLOCK_ONFAULT, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE,
   MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE, PR_SET_MM, PR_SET_MM_MAP, PRCTL_MM_MAP_SIZE,
-  KSIGACTION_SIZE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
+  MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS, SYSCALL_INSN,
 } from '../arch/x86-64.js';
 import { describeCause, errnoName, FerryError } from '../errors.js';
 import type { ChunkSource } from '../image/chunks.js';
@@ -1008,6 +1008,6 @@ export function dropGadget(t: Tracee, as: AddressSpace, task: TaskRecord): void 
   t.gadget = at;
   // SIGTRAP ignored: no step may follow its disposition (ignored-trap.ts).
   as.scratch.reset();
-  if (ignoredTrap(task) !== undefined) dropGadgetIgnoringTrap(t, task, at, as.gadgetArea, GADGET_SIZE, as.scratch.put(Buffer.alloc(KSIGACTION_SIZE)));
+  if (ignoredTrap(task) !== undefined) dropGadgetIgnoringTrap(t, task, at, as.gadgetArea, GADGET_SIZE, as.scratch);
   else t.syscall(SYS.munmap, as.gadgetArea, GADGET_SIZE);
 }

@@ -46,21 +46,22 @@ export function ignoredTrap(task: TaskRecord): TaskRecord['sigactions'][number] 
 /**
  * Unmaps the gadget area [`gadget`, +`size`) of `t` (the process's main thread, in the
  * signal-delivery-stop of its last step) through the `syscall` at `at`, SIGTRAP ignored again
- * first as the image has it; `scratch` is 32 bytes of the gadget area for the action. Leaves
+ * first as the image has it; the action goes into the gadget's scratch pages (`scratch`). Leaves
  * the thread in a SIGTRAP signal-delivery-stop with every signal blocked, as a step does.
  */
-export function dropGadgetIgnoringTrap(t: Tracee, task: TaskRecord, at: bigint, gadget: bigint, size: number, scratch: bigint): void {
+export function dropGadgetIgnoringTrap(t: Tracee, task: TaskRecord, at: bigint, gadget: bigint, size: number,
+  scratch: { put(data: Buffer): bigint }): void {
   const trap = ignoredTrap(task)!;
   const act = Buffer.alloc(KSIGACTION_SIZE);
   act.writeBigUInt64LE(big(trap.handler), 0);
   act.writeBigUInt64LE(big(trap.flags), 8);
   act.writeBigUInt64LE(big(trap.restorer), 16);
   act.writeBigUInt64LE(big(trap.mask), 24);
-  t.writeMem(scratch, act);
+  const actAt = scratch.put(act);
   const fail = (what: string): never => {
     throw new FerryError('ESTATE', `cannot ignore SIGTRAP again in pid ${task.pid} (${what}): nothing was left running`, { pid: task.pid });
   };
-  const r = byStops(t.tid, at, SYS.rt_sigaction, [BigInt(SIGTRAP), scratch, 0n, 8n], fail);
+  const r = byStops(t.tid, at, SYS.rt_sigaction, [BigInt(SIGTRAP), actAt, 0n, 8n], fail);
   if (r < 0n) fail(`rt_sigaction: ${errnoName(r)}`);
   const u = byStops(t.tid, at, SYS.munmap, [gadget, BigInt(size)], fail);
   if (u < 0n) fail(`munmap of the gadget: ${errnoName(u)}`);
