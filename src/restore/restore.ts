@@ -89,8 +89,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     ...(trust !== undefined ? { trust } : {}),
     lazyChunks: true, // page data is verified chunk by chunk as it is written (mapAreas)
     // Lazy pages: the lanes read ahead for the fill after the let-go; before it they would
-    // only take the CPU the checks and the rebuild need.
-    ...(o.lazyPages === true ? { lanesLater: true } : {}),
+    // only take the CPU the checks and the rebuild need. Staged memory: a root forked from it
+    // reads its pages on this thread (ChunkSource.keepInPlace), so the lanes start only if
+    // the image's pages are written after all (below).
+    ...(o.lazyPages === true || o.stagedMemory !== undefined ? { lanesLater: true } : {}),
     ...(o.imageOverlay !== undefined ? { overlay: o.imageOverlay } : {}),
   });
   // Every step that makes something registers its undo; any way out before the tree runs
@@ -329,6 +331,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const staged = o.stagedMemory !== undefined && o.stagedMemory.pid === tree.root && tree.processes.length === 1
       && lazy === undefined && made === undefined && cgroups === undefined ? o.stagedMemory.keep(rootTask) : undefined;
     if (staged === undefined) o.stagedMemory?.close();
+    if (staged === undefined && lazy === undefined) image.startLanes();
     let placedBytes = 0;
     /** The root was forked from the staged memory (its fork may fail: then spawned). */
     let stagedRoot = false;
@@ -337,6 +340,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         root: (pid: number) => {
           const t = o.stagedMemory!.fork(pid);
           stagedRoot = t !== undefined;
+          if (!stagedRoot) image.startLanes(); // spawned: every page is written
           return t;
         },
       } : {}),
