@@ -18,13 +18,17 @@
  * (npm run build). FERRY_BENCH_MIGRATE_MIB: the sizes in MiB, comma-separated (default
  * 256,1024); FERRY_BENCH_MIGRATE_RATE: MiB/s the writer rewrites (default 10);
  * FERRY_BENCH_MIGRATE_RUNS (default 3); FERRY_BENCH_MIGRATE_MODES: which of pre, lazy, stop to
- * run (default all three; the ratios are printed only with all three).
+ * run (default all three; the ratios are printed only with all three);
+ * FERRY_BENCH_MIGRATE_PIDNS=1: the receiver runs in a pid namespace (and mount namespace, its
+ * own /proc) of its own, as on another node, where the process's pid is free while the rounds
+ * come (the staging stub takes it and becomes the root: docs/migration.md, "Staged memory");
+ * by default it runs beside the source, which holds that pid until the freeze.
  *
  * The workload's start is one function (startWorkload) so that a container variant can be
  * added beside the process one.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../src/native/binding.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
@@ -38,6 +42,7 @@ const RUNS = Number(process.env['FERRY_BENCH_MIGRATE_RUNS'] ?? '3');
 const MODES = (process.env['FERRY_BENCH_MIGRATE_MODES'] ?? 'pre,lazy,stop').split(',')
   .filter((m): m is Mode => m === 'pre' || m === 'lazy' || m === 'stop');
 const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry');
+const PIDNS = process.env['FERRY_BENCH_MIGRATE_PIDNS'] === '1';
 const DIRTIER = join(PACKAGE_ROOT, 'build', 'workloads', 'dirtier');
 
 const dir = mkdtempSync('/var/tmp/ferry-bench-migrate-');
@@ -57,8 +62,8 @@ async function waitFor(what: string, cond: () => boolean, ms = 120_000): Promise
 interface Workload {
   pid: number;
   text(): string;
-  /** Asks it to check itself; resolves with its verdict line. */
-  verify(): Promise<string>;
+  /** Asks it (as `pid` in this pid namespace: the target's may be another) to check itself; resolves with its verdict line. */
+  verify(pid?: number): Promise<string>;
 }
 
 /**
@@ -79,26 +84,41 @@ async function startWorkload(kind: 'process', mib: number, rate: number, run: st
   await waitFor(`${run} to write`, () => (text().match(/^tick /gm) ?? []).length >= 2);
   return {
     pid, text,
-    async verify(): Promise<string> {
+    async verify(at = pid): Promise<string> {
       const before = (text().match(/^(PASS|FAIL.*)$/gm) ?? []).length;
-      process.kill(pid, 'SIGUSR1');
+      process.kill(at, 'SIGUSR1');
       await waitFor(`a verdict from ${pid}`, () => (text().match(/^(PASS|FAIL.*)$/gm) ?? []).length > before, 60_000);
       return (text().match(/^(PASS|FAIL.*)$/gm) ?? [])[before]!;
     },
   };
 }
 
-/** Runs bin/ferry `args`; resolves with its exit status and output. */
-function ferry(args: string[]): { child: ChildProcess; done: Promise<{ code: number; stdout: string; stderr: string }> } {
-  const child = spawn(FERRY, [...args, '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Runs bin/ferry `args`; resolves with its exit status and output. `pidns`: in a pid and mount
+ * namespace of its own, whose pid 1, a shell, prints ferry's status and then waits (what ferry
+ * restored there outlives it) until the child, unshare, is killed: it resolves at that line.
+ */
+function ferry(args: string[], pidns = false): { child: ChildProcess; done: Promise<{ code: number; stdout: string; stderr: string }> } {
+  const child = pidns
+    ? spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', '"$@"; echo "ferry-exit=$?"; exec sleep 3600', 'sh', FERRY, ...args, '--config', config],
+      { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(FERRY, [...args, '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   let stdout = '', stderr = '';
   child.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const done = new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => {
-    children.delete(child);
-    resolve({ code: code ?? 1, stdout, stderr });
-  }));
+  const done = new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    child.on('close', (code) => {
+      children.delete(child);
+      resolve({ code: code ?? 1, stdout, stderr });
+    });
+    if (pidns) {
+      child.stdout!.on('data', () => {
+        const m = /^ferry-exit=(\d+)$/m.exec(stdout);
+        if (m) resolve({ code: Number(m[1]), stdout, stderr });
+      });
+    }
+  });
   return { child, done };
 }
 
@@ -116,7 +136,7 @@ type Mode = 'pre' | 'lazy' | 'stop';
 /** One migration of a fresh workload; the restored one checks itself and is killed. */
 async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figures> {
   const w = await startWorkload('process', mib, RATE, run);
-  const recv = ferry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--once', '--max-creds', 'root', '--json']);
+  const recv = ferry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--once', '--max-creds', 'root', '--json'], PIDNS);
   let port = 0;
   let out = '';
   recv.child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
@@ -126,11 +146,18 @@ async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figure
   const m = await mig.done;
   const r = await recv.done;
   if (m.code !== 0 || r.code !== 0) throw new Error(`${run}: ferry migrate ${m.code}: ${m.stderr} / ferry receive ${r.code}: ${r.stderr}`);
-  // The source was killed (its zombie is init's: it was detached from us); the PID is back.
-  await waitFor(`${run} to run on the target`, () => existsSync(`/proc/${w.pid}`));
-  const verdict = await w.verify();
+  // The source was killed (its zombie is init's: it was detached from us); the PID is back,
+  // here or in the receiver's pid namespace.
+  let there = w.pid;
+  if (PIDNS) {
+    await waitFor(`${run} to run on the target`, () => (there = pidInNsOf(recv.child.pid!, w.pid) ?? 0) > 0);
+  } else {
+    await waitFor(`${run} to run on the target`, () => existsSync(`/proc/${w.pid}`));
+  }
+  const verdict = await w.verify(there);
   if (verdict !== 'PASS') throw new Error(`${run}: the migrated process says ${verdict}`);
-  process.kill(w.pid, 'SIGKILL');
+  if (PIDNS) recv.child.kill('SIGKILL'); // the namespace, with the process in it
+  else process.kill(w.pid, 'SIGKILL');
   killed.delete(w.pid);
   const recs = json(m.stdout);
   const done = recs.find((x) => x['downtimeMs'] !== undefined && x['totalMs'] !== undefined)!;
@@ -155,6 +182,22 @@ async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figure
   };
 }
 
+/** This namespace's pid of `pid` of the pid namespace whose init is unshare `unshare`'s child, or undefined. */
+function pidInNsOf(unshare: number, pid: number): number | undefined {
+  try {
+    const init = readFileSync(`/proc/${unshare}/task/${unshare}/children`, 'utf8').trim().split(/\s+/)[0];
+    const ns = readlinkSync(`/proc/${init}/ns/pid`);
+    for (const d of readdirSync('/proc')) {
+      if (!/^\d+$/.test(d)) continue;
+      try {
+        if (readlinkSync(`/proc/${d}/ns/pid`) !== ns) continue;
+        if (/^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1]?.trim().split(/\s+/).map(Number).at(-1) === pid) return Number(d);
+      } catch { /* gone meanwhile */ }
+    }
+  } catch { /* not there yet */ }
+  return undefined;
+}
+
 const stats = (xs: number[]): { min: number; med: number; max: number } => {
   const s = [...xs].sort((a, b) => a - b);
   return { min: s[0]!, med: s[Math.floor(s.length / 2)]!, max: s[s.length - 1]! };
@@ -171,7 +214,8 @@ async function main(): Promise<void> {
   mkdirSync(workDir, { mode: 0o700 });
   writeFileSync(config, `[image]\nwork_dir = "${workDir}"\n`);
   writeFileSync(key, `${'a7'.repeat(32)}\n`, { mode: 0o600 });
-  console.log(`ferry migrate over loopback TCP, a process rewriting ${RATE} MiB/s of its memory; ${RUNS} runs each; min / median / max`);
+  console.log(`ferry migrate over loopback TCP, a process rewriting ${RATE} MiB/s of its memory; ${RUNS} runs each; min / median / max`
+    + (PIDNS ? '; the receiver in a pid namespace of its own (as on another node)' : ''));
   for (const mib of SIZES) {
     const res: Record<Mode, Figures[]> = { pre: [], lazy: [], stop: [] };
     for (let i = 0; i < RUNS; i++) {

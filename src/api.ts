@@ -272,6 +272,11 @@ export interface RestoreResult {
    * staged memory, RestoreOptions.stagedMemory).
    */
   placedBytes?: number;
+  /**
+   * How the root came to hold the staged memory: `stub`, the staging stub itself, which had
+   * its pid (staging.ts); `fork`, forked from it; absent when it was spawned and written.
+   */
+  stagedRoot?: 'stub' | 'fork';
   /** Verification of the image, milliseconds. */
   verifyMs: number;
   /** From the first process created to every task let go and running, milliseconds. */

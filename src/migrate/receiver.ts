@@ -237,7 +237,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       beforeCreate: async ({ pids, tids }) => {
         // On another machine (or boot) the PIDs must be free already; on this one the source
         // holds them until "go". A container's are its own pid namespace's.
-        if (!sameBoot && hello.container === undefined) refuseTaken(pids, tids);
+        // The staging stub holds the root's pid where it was free (staging.ts): not taken.
+        if (!sameBoot && hello.container === undefined) refuseTaken(pids.filter((p) => !(staging?.ownsPid === true && p === staging.pid)), tids);
         tReady = performance.now();
         ch.send({ type: 'ready', verifyMs: tReady - tStart });
         await abortable(ch.next('waiting for the source to stop (go)', 'go'), o.signal);
@@ -256,7 +257,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs, phases: said });
     session.unwind(); // the spool (a lazy restore reads its open image, removed from the directory)
     o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases: said, ...(lazy ? { lazy: result.lazy !== undefined } : {}),
-      ...(result.placedBytes !== undefined ? { stagedPages: result.placedBytes / PAGE_SIZE } : {}) });
+      ...(result.placedBytes !== undefined ? { stagedPages: result.placedBytes / PAGE_SIZE } : {}),
+      ...(result.stagedRoot !== undefined ? { stagedRoot: result.stagedRoot } : {}) });
     if (lazy) {
       // The tree runs; its memory comes in (if any was left to serve: memory shared or
       // inherited copy-on-write is written before the start). The source waits for the word

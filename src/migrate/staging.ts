@@ -17,6 +17,11 @@
  * the image does not have, and verifies the others by the digests the store took from the
  * same bytes (image/chunks.ts `placed`), without reading them.
  *
+ * Where the root's pid is free when the rounds begin (another node, or a receiver in a pid
+ * namespace of its own), the stub is spawned with that pid and becomes the root itself (fork()
+ * adopts it): no fork, no copy of page tables, no fault on the first write of each page after
+ * the start. On the source's own node and pid namespace the source holds the pid: forked.
+ *
  * Nothing here is trusted more than the image: an area is kept only where the image maps a
  * private anonymous area of the same bounds, and a page is taken as in place only where the
  * image names the store's copy of that page of that process (a REF) at that address, and its
@@ -28,6 +33,7 @@ import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
 import type { Logger } from 'pino';
 import { native } from '../native/binding.js';
 import { parseMaps } from '../proc/maps.js';
+import { parseStat } from '../proc/stat.js';
 import { readProcText } from '../proc/read.js';
 import type { StagedRoot } from '../restore/address-space.js';
 import { forkRoot, killChild, prepareStub } from '../restore/tree.js';
@@ -84,14 +90,19 @@ export class StagedMemory implements StagedRoot {
   private stagedBytes = 0;
   /** A staging write, mapping or fork failed: nothing is staged nor used any more. */
   private off = false;
-  /** The root was forked from it (once). */
+  /** The root was forked from it, or it became the root (once). */
   private forked = false;
+  /** It became the root (fork() with its own pid): from then on the restore's, never killed here. */
+  private adopted = false;
   private closed = false;
   private reaped = false;
   /** Writes on the pool (write()). */
   private inflight = 0;
+  /** The stub has the root's pid (spawned with it): the restore takes it as the root. */
+  readonly ownsPid: boolean;
 
   private constructor(readonly pid: number, stubPid: number, private readonly log: Logger) {
+    this.ownsPid = stubPid === pid;
     this.t = new Tracee(stubPid, stubPid);
     this.own = parseMaps(readProcText(stubPid, 'maps')).map((v) => [Number(v.start) / PAGE_SIZE, Number(v.end) / PAGE_SIZE]);
   }
@@ -104,7 +115,13 @@ export class StagedMemory implements StagedRoot {
     let stub = -1;
     let s: StagedMemory | undefined;
     try {
-      stub = native().spawnStub(stubPath, []);
+      // With the root's pid where it is free, so that the stub can become the root; where it is
+      // taken (EEXIST: the source's own node and pid namespace), any pid.
+      try {
+        stub = native().spawnStub(stubPath, [pid]);
+      } catch {
+        stub = native().spawnStub(stubPath, []);
+      }
       s = new StagedMemory(pid, stub, log);
       prepareStub(s.t);
       return s;
@@ -245,6 +262,17 @@ export class StagedMemory implements StagedRoot {
   fork(pid: number): Tracee | undefined {
     if (this.forked || this.closed) return undefined;
     this.forked = true;
+    if (this.ownsPid) {
+      // The stub is the root: it holds the staged pages already, no fork. Only while it is
+      // still there, stopped as staging left it (the OOM killer may have taken it).
+      if (pid === this.pid && this.inflight === 0 && stoppedTracee(this.t.pid)) {
+        this.adopted = true;
+        return this.t;
+      }
+      this.fail(new Error(`the staging stub ${this.t.pid} is gone`));
+      this.reap(); // its pid free for the root spawned instead
+      return undefined;
+    }
     // The stub goes once the root's memory is rebuilt (restore.ts calls close()): the pages
     // are then the root's alone (its writes take them over, no copy). Not at once: its exit
     // would free them while the root unmaps and advises its areas, and both take the same
@@ -263,10 +291,16 @@ export class StagedMemory implements StagedRoot {
 
   /**
    * Kills the stub and closes its memory, without waiting for it to exit (freeing the memory
-   * it staged takes some 17 ms a GiB, which a restore does not wait for): idempotent.
+   * it staged takes some 17 ms a GiB, which a restore does not wait for): idempotent. A stub
+   * with the root's pid is reaped too (a root spawned instead needs its pid); one that
+   * became the root is the restore's, left as it is.
    */
   close(): void {
-    if (this.closed) return;
+    if (this.closed || this.adopted) return;
+    if (this.ownsPid) {
+      this.reap();
+      return;
+    }
     this.closed = true;
     if (this.inflight === 0) this.t.close();
     try {
@@ -276,7 +310,11 @@ export class StagedMemory implements StagedRoot {
 
   /** close(), then waits for the stub to exit and reaps it: once the migration is over. */
   reap(): void {
-    this.close();
+    if (this.adopted) return;
+    if (!this.closed) {
+      this.closed = true;
+      if (this.inflight === 0) this.t.close();
+    }
     if (this.reaped) return;
     this.reaped = true;
     killChild(this.t.pid);
@@ -306,6 +344,15 @@ function keepable(v: VmaRecord): boolean {
     && (v.name === '' || v.name === '[heap]') && v.prot === (PROT_READ | PROT_WRITE)
     && v.vmflags.includes('ac') && !v.vmflags.some((f) => f === 'gd' || f === 'lo' || f === 'lf')
     && (v.cow?.length ?? 0) === 0 && (v.lent?.length ?? 0) === 0;
+}
+
+/** Whether `pid` is a stub of ours stopped under ptrace (state t), as staging leaves it. */
+function stoppedTracee(pid: number): boolean {
+  try {
+    return parseStat(readProcText(pid, 'stat')).state === 't';
+  } catch {
+    return false;
+  }
 }
 
 /** Runs of 1s in `bits`, as [first, count]. */

@@ -624,6 +624,8 @@ export interface Inherited {
 export interface StagedRoot {
   /** The image's pid of the root it holds memory for. */
   readonly pid: number;
+  /** Its stub has that pid (free when staging began): fork() makes it the root. */
+  readonly ownsPid: boolean;
   /**
    * Of `task`'s areas, those kept from the staged memory (private anonymous, read-write, the
    * same bounds), and the staged areas they are kept from (`runs`: the pages staged there);
@@ -631,12 +633,16 @@ export interface StagedRoot {
    */
   keep(task: TaskRecord): { keep: VmaRecord[]; staged: VmaRecord[] } | undefined;
   /**
-   * Forks the root `pid` from the stub (restore/tree.ts forkRoot); close() once its memory is
-   * rebuilt. Undefined when it cannot (the stub gone, the fork refused): nothing was made, the
-   * root is spawned and written as without staging.
+   * Forks the root `pid` from the stub (restore/tree.ts forkRoot), or, where the stub has that
+   * pid, gives the stub itself; close() once its memory is rebuilt. Undefined when it cannot
+   * (the stub gone, the fork refused): nothing was made, the pid is free, the root is spawned
+   * and written as without staging.
    */
   fork(pid: number): Tracee | undefined;
-  /** Kills the stub (not waiting for its exit), if not yet: idempotent. */
+  /**
+   * Kills the stub (not waiting for its exit, unless it has the root's pid), if not yet and
+   * it did not become the root: idempotent.
+   */
   close(): void;
 }
 

@@ -258,8 +258,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       const th = tasks.find((t) => t.threads.some((x) => x.tid === g));
       if (th) throw new FerryError('EIMAGE', `image ${label}: process group ${g} has no leader in the tree, yet ${g} is a thread of pid ${th.pid}`);
     }
+    // A migration's staging stub may hold the root's pid, to become the root (staging.ts):
+    // only the root's.
+    if (o.stagedMemory !== undefined && o.stagedMemory.pid !== tree.root) o.stagedMemory.close();
+    const heldByStub = o.stagedMemory?.ownsPid === true && o.stagedMemory.pid === tree.root ? tree.root : undefined;
     if (!o.makeRoot) {
-      for (const p of tree.processes) await assertPidFree(p.pid);
+      for (const p of tree.processes) if (p.pid !== heldByStub) await assertPidFree(p.pid);
       for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
       for (const g of leaderless) await assertPidFree(g, undefined, `pid ${g} (the id of process group ${g}, whose leader had exited)`);
       for (const g of emptyForeground) await assertPidFree(g, undefined, `pid ${g} (the id of process group ${g}, a terminal's foreground group no process is in)`);
@@ -333,13 +337,15 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (staged === undefined) o.stagedMemory?.close();
     if (staged === undefined && lazy === undefined) image.startLanes();
     let placedBytes = 0;
-    /** The root was forked from the staged memory (its fork may fail: then spawned). */
+    /** The root was forked from the staged memory, or is its stub (its fork may fail: then spawned). */
     let stagedRoot = false;
+    let stagedKind: 'stub' | 'fork' | undefined;
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
       ...(staged !== undefined ? {
         root: (pid: number) => {
           const t = o.stagedMemory!.fork(pid);
           stagedRoot = t !== undefined;
+          if (stagedRoot) stagedKind = o.stagedMemory!.ownsPid ? 'stub' : 'fork';
           if (!stagedRoot) image.startLanes(); // spawned: every page is written
           return t;
         },
@@ -509,6 +515,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       hostPids: Object.fromEntries(tasks.map((t, i) => [t.pid, hostPids[i]!])),
       pagesBytes,
       ...(o.stagedMemory !== undefined ? { placedBytes } : {}),
+      ...(stagedKind !== undefined ? { stagedRoot: stagedKind } : {}),
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,
       runningAt: tRunning,

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { FERRY, WORKLOADS } from './env.js';
@@ -50,6 +50,47 @@ export function startFerry(args: string[], pause?: string, inNode?: Node): Runni
     resolve(code ?? 128 + (signal !== null ? constants.signals[signal] : 0));
   }));
   return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/**
+ * Starts bin/ferry `args` in a pid namespace and a mount namespace (its own /proc) of its own,
+ * as on another node, where the pids of this one are free: pid 1 there is a shell that runs
+ * ferry, prints `ferry-exit=N` and then waits, so that what ferry restored there outlives it.
+ * Killing the returned child (unshare, --kill-child) ends the namespace and all in it.
+ */
+export function startFerryInPidns(args: string[]): Running & { ferryExit(): number | undefined; init(): number } {
+  const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', '"$@"; echo "ferry-exit=$?"; exec sleep 600', 'sh', FERRY, ...args],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  started.add(child);
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const exited = new Promise<number>((resolve) => child.on('close', (code) => {
+    started.delete(child);
+    resolve(code ?? 128);
+  }));
+  const ferryExit = (): number | undefined => {
+    const m = /^ferry-exit=(\d+)$/m.exec(out);
+    return m ? Number(m[1]) : undefined;
+  };
+  // The namespace's pid 1: unshare's one child.
+  const init = (): number => Number(readFileSync(`/proc/${child.pid!}/task/${child.pid!}/children`, 'utf8').trim().split(/\s+/)[0]);
+  return { child, stdout: () => out, stderr: () => err, exited, ferryExit, init };
+}
+
+/** This namespace's pid of the process that is `pid` in the pid namespace of process `inNs`, or undefined. */
+export function pidFromNs(inNs: number, pid: number): number | undefined {
+  const ns = readlinkSync(`/proc/${inNs}/ns/pid`);
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readlinkSync(`/proc/${d}/ns/pid`) !== ns) continue;
+      const ids = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1]?.trim().split(/\s+/).map(Number) ?? [];
+      if (ids.at(-1) === pid) return Number(d);
+    } catch { /* gone meanwhile */ }
+  }
+  return undefined;
 }
 
 /** Waits for `r` to exit, at most `ms`. */

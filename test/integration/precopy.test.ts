@@ -9,9 +9,9 @@ import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync
 import { after, describe, it } from 'node:test';
 import { join } from 'node:path';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, own, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, askVerdict, cleanup, own, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
-  exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver, writeTracked,
+  exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startFerryInPidns, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
@@ -135,6 +135,68 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
     assert.ok(at(w.pid) <= before, 'no more anonymous areas than before');
     assert.equal(await verify(w), 'PASS');
     process.kill(w.pid, 'SIGKILL');
+  });
+
+  /**
+   * Migrates `w` (and `also`, its children) to a --once receiver in a pid namespace of its own
+   * (another node, as far as pids go: the same pid there is another pid here); asserts that
+   * both sides exit 0. Returns the receiver's records and `pidThere`, this namespace's pid of
+   * a pid of the image there. Ends that namespace, with what runs in it, when `body` is done.
+   */
+  async function intoPidns(w: Workload, also: number[], body: (got: Array<Record<string, unknown>>, pidThere: (pid: number) => number) => Promise<void>): Promise<void> {
+    const recv = startFerryInPidns(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config]);
+    try {
+      await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.ferryExit() !== undefined);
+      const port = records(recv).find((x) => x['phase'] === 'listen')?.['port'];
+      assert.equal(typeof port, 'number', recv.stderr());
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${String(port)}`, '--key', key, '--json', '--config', config]);
+      for (const pid of [w.pid, ...also]) own(pid);
+      assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+      await waitFor('the receiver to exit', () => recv.ferryExit() !== undefined, 60_000);
+      assert.equal(recv.ferryExit(), 0, recv.stderr());
+      await w.exited;
+      const done = records(mig).at(-1)!;
+      process.stdout.write(`# pre-copy into a pid namespace: downtime ${String(done['downtimeMs'])} ms, ${JSON.stringify(done['phases'])}\n`);
+      await body(records(recv), (pid) => {
+        const there = pidFromNs(recv.init(), pid);
+        assert.ok(there !== undefined, `pid ${pid} runs in the receiver's pid namespace`);
+        assert.equal(procState(there).tracer, 0);
+        return there;
+      });
+      assert.deepEqual(leftovers(workDir), []);
+    } finally {
+      recv.child.kill('SIGKILL'); // its namespace goes, with the restored processes
+    }
+  }
+
+  // On another node the root's pid is free while the rounds come: the staging stub takes it and
+  // becomes the root itself (migrate/staging.ts), no fork.
+  it('moves a process to a receiver in a pid namespace of its own: the staging stub becomes the root, every page right', async () => {
+    const w = await startDirtier(64, 10);
+    await intoPidns(w, [], async (got, pidThere) => {
+      const restored = got.find((x) => x['phase'] === 'restore')!;
+      assert.equal(restored['stagedRoot'], 'stub', `the stub became the root: ${JSON.stringify(restored)}`);
+      assert.ok((restored['stagedPages'] as number) >= (48 << 20) / 4096, `most pages were in place at restore: ${JSON.stringify(restored)}`);
+      const pid = pidThere(w.pid);
+      assert.equal(writeTracked(pid), false);
+      const n = w.ticks().length;
+      await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+      assert.equal(await askVerdict(pid, w.text), 'PASS');
+    });
+  });
+
+  // A tree is not staged: the stub that took the root's pid gives it back for the root spawned.
+  it('moves a tree of four processes to a receiver in a pid namespace of its own (nothing staged: the stub gives the pid back)', async () => {
+    const w = await startWorkload(join(WORKLOADS, 'memcheck'), ['16', 'tree']);
+    const kids = (/^children (\d+) (\d+) (\d+)$/m.exec(w.text()) ?? []).slice(1).map(Number);
+    assert.equal(kids.length, 3, w.text());
+    await intoPidns(w, kids, async (got, pidThere) => {
+      const restored = got.find((x) => x['phase'] === 'restore')!;
+      assert.equal(restored['stagedRoot'], undefined, JSON.stringify(restored));
+      assert.deepEqual((restored['pids'] as number[]).sort(), [w.pid, ...kids].sort());
+      for (const pid of kids) pidThere(pid);
+      assert.equal(await askVerdict(pidThere(w.pid), w.text), 'PASS');
+    });
   });
 
   // A page sent in a round and dropped since reads as zeros: its held copy must not be named
