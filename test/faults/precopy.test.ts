@@ -16,9 +16,9 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, cleanup, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, askVerdict, cleanup, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
-  exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry, startReceiver, writeTracked,
+  exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startFerryInPidns, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
@@ -224,6 +224,44 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     assert.deepEqual(stubs(), []);
     assert.deepEqual(leftovers(workDir), []);
     process.kill(w.pid, 'SIGKILL');
+  });
+
+  // On another node the staging stub holds the root's pid, to become the root (migrate/staging.ts):
+  // dead, it must give the pid back for the root spawned instead. A receiver in a pid namespace
+  // of its own is such a node here.
+  it('the staging stub that holds the root\'s pid (a receiver in its own pid namespace) killed after the rounds: the root is spawned with that pid instead', async () => {
+    const w = await startDirtier(32, 10);
+    const recv = startFerryInPidns(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], 'streaming+3000');
+    try {
+      await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.ferryExit() !== undefined);
+      const port = records(recv).find((x) => x['phase'] === 'listen')?.['port'];
+      assert.equal(typeof port, 'number', recv.stderr());
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${String(port)}`, '--key', key, '--json', '--config', config]);
+      own(w.pid);
+      await waitFor('the receiver to pause as the image begins', () => /paused at streaming/.test(recv.stderr()), 60_000,
+        () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+      const staging = stubs();
+      assert.equal(staging.length, 1, 'the staging stub holds the root\'s pages');
+      assert.equal(pidFromNs(recv.init(), w.pid), staging[0], 'with the root\'s pid there');
+      process.kill(staging[0]!, 'SIGKILL');
+      assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+      await waitFor('the receiver to exit', () => recv.ferryExit() !== undefined, 60_000);
+      assert.equal(recv.ferryExit(), 0, recv.stderr());
+      await w.exited;
+      const restored = records(recv).find((x) => x['phase'] === 'restore')!;
+      assert.equal(restored['stagedPages'], 0, `nothing was taken from the dead stub: ${JSON.stringify(restored)}`);
+      assert.equal(restored['stagedRoot'], undefined, JSON.stringify(restored));
+      const there = pidFromNs(recv.init(), w.pid);
+      assert.ok(there !== undefined && there !== staging[0], `pid ${w.pid} runs again there, a new process`);
+      assert.equal(procState(there).tracer, 0);
+      const n = w.ticks().length;
+      await waitFor('ticks after the migration', () => w.ticks().length >= n + 2);
+      assert.equal(await askVerdict(there, w.text), 'PASS');
+      assert.deepEqual(stubs(), []);
+      assert.deepEqual(leftovers(workDir), []);
+    } finally {
+      recv.child.kill('SIGKILL'); // its namespace goes, with the restored process
+    }
   });
 
   it('SIGKILL while the tracking holds the source stopped to register its areas: it runs on untraced and untracked', async () => {
