@@ -96,12 +96,13 @@ async function startWorkload(kind: 'process', mib: number, rate: number, run: st
 /**
  * Runs bin/ferry `args`; resolves with its exit status and output. `pidns`: in a pid and mount
  * namespace of its own, whose pid 1, a shell, prints ferry's status and then waits (what ferry
- * restored there outlives it) until the child, unshare, is killed: it resolves at that line.
+ * restored there outlives it) until the child, unshare, is killed or this process ends (its
+ * stdin's end): it resolves at that line.
  */
 function ferry(args: string[], pidns = false): { child: ChildProcess; done: Promise<{ code: number; stdout: string; stderr: string }> } {
   const child = pidns
-    ? spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', '"$@"; echo "ferry-exit=$?"; exec sleep 3600', 'sh', FERRY, ...args, '--config', config],
-      { stdio: ['ignore', 'pipe', 'pipe'] })
+    ? spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', '"$@" </dev/null; echo "ferry-exit=$?"; read x', 'sh', FERRY, ...args, '--config', config],
+      { stdio: ['pipe', 'pipe', 'pipe'] })
     : spawn(FERRY, [...args, '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   let stdout = '', stderr = '';
@@ -146,6 +147,8 @@ async function migrateOnce(mib: number, mode: Mode, run: string): Promise<Figure
   const m = await mig.done;
   const r = await recv.done;
   if (m.code !== 0 || r.code !== 0) throw new Error(`${run}: ferry migrate ${m.code}: ${m.stderr} / ferry receive ${r.code}: ${r.stderr}`);
+  // Into a pid namespace, the source's pid here is given up (its number may be another's soon).
+  if (PIDNS) killed.delete(w.pid);
   // The source was killed (its zombie is init's: it was detached from us); the PID is back,
   // here or in the receiver's pid namespace.
   let there = w.pid;

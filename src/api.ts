@@ -224,9 +224,10 @@ export interface RestoreOptions extends CommonOptions {
   lazyPages?: boolean;
   /**
    * The root's memory, staged while a migration's rounds arrived (src/migrate/staging.ts): the
-   * root is forked from the stub holding it and keeps the staged areas its image maps alike,
-   * so only the pages not staged are written. Used for a tree of one process, without lazy
-   * pages, makeRoot or managed cgroups; the restore closes it either way.
+   * root is forked from the stub holding it, or is that stub where it has the root's pid, and
+   * keeps the staged areas its image maps alike, so only the pages not staged are written.
+   * Used for a tree of one process, without lazy pages, makeRoot or managed cgroups; the
+   * restore closes it either way (a stub that became the root is the restore's then).
    */
   stagedMemory?: StagedRoot;
 }

@@ -575,17 +575,18 @@ export class ChunkSource {
    * address within one of `areas` ([start, end)) are not read when their digests are known
    * (a page store's, intact after the read): their chunk is verified with those digests, and
    * placed() tells the caller to leave them be. Chunks are read on this thread then, only the
-   * bytes not in place. Without what that needs in the location, nothing changes.
+   * bytes not in place. Without what that needs in the location, nothing changes (false).
    */
-  keepInPlace(areas: ReadonlyArray<readonly [bigint, bigint]>): void {
+  keepInPlace(areas: ReadonlyArray<readonly [bigint, bigint]>): boolean {
     const a = this.at;
-    if (areas.length === 0 || a.inPlace === undefined || a.paged !== true || a.pieces === undefined || a.intact === undefined || a.digests === undefined) return;
+    if (areas.length === 0 || a.inPlace === undefined || a.paged !== true || a.pieces === undefined || a.intact === undefined || a.digests === undefined) return false;
     this.drain();
     this.loader = undefined;
     this.bufs = [this.ownBuffer()];
     this.cur = -1;
     this.curSlot = -1;
     this.inPlaceAreas = areas.map(([s, e]) => [Number(s), Number(e)] as const);
+    return true;
   }
 
   /**

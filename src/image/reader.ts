@@ -222,7 +222,9 @@ export interface OpenOptions {
   /**
    * The chunk loader's lanes (worker threads) start only at startLanes(): a lazy restore
    * reads no page data before its let-go, and lanes starting beside its checks take the CPU
-   * they need (tens of ms each, on a machine of 2 cores).
+   * they need (tens of ms each, on a machine of 2 cores); a root restored from staged memory
+   * reads its few pages not in place on the JS thread (ChunkSource.keepInPlace). Until they
+   * start, chunks are read and hashed on the JS thread.
    */
   lanesLater?: boolean;
 }

@@ -237,8 +237,9 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       beforeCreate: async ({ pids, tids }) => {
         // On another machine (or boot) the PIDs must be free already; on this one the source
         // holds them until "go". A container's are its own pid namespace's.
-        // The staging stub holds the root's pid where it was free (staging.ts): not taken.
-        if (!sameBoot && hello.container === undefined) refuseTaken(pids.filter((p) => !(staging?.ownsPid === true && p === staging.pid)), tids);
+        // The staging stub the restore uses holds the root's pid where it was free (staging.ts;
+        // one it does not use was reaped by now): not taken.
+        if (!sameBoot && hello.container === undefined) refuseTaken(pids.filter((p) => p !== staging?.heldPid), tids);
         tReady = performance.now();
         ch.send({ type: 'ready', verifyMs: tReady - tStart });
         await abortable(ch.next('waiting for the source to stop (go)', 'go'), o.signal);

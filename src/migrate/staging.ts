@@ -29,6 +29,7 @@
  * off: restore writes every page as before.
  */
 import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
+import { errnoCode } from '../errors.js';
 import { big, type TaskRecord, type VmaRecord } from '../image/records.js';
 import type { Logger } from 'pino';
 import { native } from '../native/binding.js';
@@ -119,7 +120,8 @@ export class StagedMemory implements StagedRoot {
       // taken (EEXIST: the source's own node and pid namespace), any pid.
       try {
         stub = native().spawnStub(stubPath, [pid]);
-      } catch {
+      } catch (err) {
+        if (errnoCode(err) !== 'EEXIST') log.debug({ err, pid }, 'the staging stub cannot take the root\'s pid: any pid, the root forked from it');
         stub = native().spawnStub(stubPath, []);
       }
       s = new StagedMemory(pid, stub, log);
@@ -133,9 +135,22 @@ export class StagedMemory implements StagedRoot {
     }
   }
 
+  /** The root's pid while the stub holds it (ownsPid, not reaped: kept for the restore). */
+  get heldPid(): number | undefined {
+    return this.ownsPid && !this.reaped ? this.pid : undefined;
+  }
+
   /** Whether it holds anything a restore may use. */
   get usable(): boolean {
-    return !this.off && !this.closed && this.areas.length > 0;
+    return !this.idle && this.areas.length > 0;
+  }
+
+  /**
+   * Whether staging is over: turned off, closed, or the stub became the root (nothing of
+   * staging's may touch it again).
+   */
+  private get idle(): boolean {
+    return this.off || this.closed || this.adopted;
   }
 
   /**
@@ -146,7 +161,7 @@ export class StagedMemory implements StagedRoot {
    * the bound. Run in order with the rounds' writes (page-store.ts).
    */
   layout(flat: readonly number[]): void {
-    if (this.off || this.closed) return;
+    if (this.idle) return;
     const want: Array<[number, number]> = [];
     for (let i = 0; i + 1 < flat.length; i += 2) want.push([flat[i]! / PAGE_SIZE, flat[i + 1]! / PAGE_SIZE]);
     const same = (a: StagedArea, w: [number, number]): boolean => a.first === w[0] && a.end === w[1];
@@ -183,7 +198,7 @@ export class StagedMemory implements StagedRoot {
    * staged; [] when none is in a staged area.
    */
   writes(pid: number, first: number, count: number): number[] {
-    if (pid !== this.pid || this.off || this.closed) return [];
+    if (pid !== this.pid || this.idle) return [];
     const out: number[] = [];
     for (const a of this.overlapping(first, first + count)) {
       const s = Math.max(first, a.first), e = Math.min(first + count, a.end);
@@ -204,7 +219,7 @@ export class StagedMemory implements StagedRoot {
    * is done, even past close() (its number could be another file's by then).
    */
   async write(data: Buffer, writes: readonly number[]): Promise<void> {
-    if (writes.length === 0 || this.off || this.closed) return;
+    if (writes.length === 0 || this.idle) return;
     this.inflight++;
     try {
       await native().writeAndDigest(this.t.mem(), data, new Float64Array(writes), NO_DIGESTS);
@@ -220,7 +235,7 @@ export class StagedMemory implements StagedRoot {
    * REF of the frozen image: those pages are in place where the root will be forked.
    */
   stagedRuns(pid: number, first: number, count: number): Array<[number, number]> {
-    if (pid !== this.pid || this.off || this.closed) return [];
+    if (pid !== this.pid || this.idle) return [];
     const out: Array<[number, number]> = [];
     for (const a of this.overlapping(first, first + count)) {
       const s = Math.max(first, a.first), e = Math.min(first + count, a.end);
@@ -265,11 +280,13 @@ export class StagedMemory implements StagedRoot {
     if (this.ownsPid) {
       // The stub is the root: it holds the staged pages already, no fork. Only while it is
       // still there, stopped as staging left it (the OOM killer may have taken it).
-      if (pid === this.pid && this.inflight === 0 && stoppedTracee(this.t.pid)) {
+      const why = pid !== this.pid ? `it holds pid ${this.pid}, not the root's ${pid}` : this.inflight > 0 ? 'a staging write is in flight'
+        : !stoppedTracee(this.t.pid) ? 'it is gone' : undefined;
+      if (why === undefined) {
         this.adopted = true;
         return this.t;
       }
-      this.fail(new Error(`the staging stub ${this.t.pid} is gone`));
+      this.fail(new Error(`the staging stub ${this.t.pid} cannot become the root: ${why}`));
       this.reap(); // its pid free for the root spawned instead
       return undefined;
     }

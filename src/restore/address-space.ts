@@ -619,7 +619,8 @@ export interface Inherited {
 
 /**
  * The root's memory staged while a migration's rounds arrived (migrate/staging.ts): the root
- * is forked from the stub that holds it, and keeps the staged areas the image maps alike.
+ * is forked from the stub that holds it, or is that stub (with the root's pid), and keeps the
+ * staged areas the image maps alike.
  */
 export interface StagedRoot {
   /** The image's pid of the root it holds memory for. */

@@ -241,6 +241,18 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       checkFiles(files.files, undefined, inherit, fileGuard);
       checkMappedFiles(tasks, { allowChangedFiles: o.files?.allowChangedFiles ?? false }, warn);
     }
+    // A migration's staged memory (migrate/staging.ts): a root alone, written whole, in
+    // ferry's cgroups (its pages were charged there as they came), is forked from it or is its
+    // stub. Decided before a migration's target waits for the source: a stub not used is
+    // reaped now (it may hold the root's pid), and the chunk lanes, which only pages written
+    // from the image need, start now, both outside the downtime.
+    const staged = o.stagedMemory !== undefined && o.stagedMemory.pid === tree.root && tree.processes.length === 1
+      && o.lazyPages !== true && o.makeRoot === undefined && cgroups === undefined
+      ? o.stagedMemory.keep(tasks.find((t) => t.pid === tree.root)!) : undefined;
+    if (staged === undefined) {
+      o.stagedMemory?.close();
+      if (o.lazyPages !== true) image.startLanes();
+    }
     // A migration's target waits here for the source to give the PIDs up (api.ts).
     const tChecked = performance.now();
     await o.beforeCreate?.({ pids: tree.processes.map((p) => p.pid), tids: tasks.flatMap((t) => t.threads.slice(1).map((th) => th.tid)) });
@@ -258,10 +270,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       const th = tasks.find((t) => t.threads.some((x) => x.tid === g));
       if (th) throw new FerryError('EIMAGE', `image ${label}: process group ${g} has no leader in the tree, yet ${g} is a thread of pid ${th.pid}`);
     }
-    // A migration's staging stub may hold the root's pid, to become the root (staging.ts):
-    // only the root's.
-    if (o.stagedMemory !== undefined && o.stagedMemory.pid !== tree.root) o.stagedMemory.close();
-    const heldByStub = o.stagedMemory?.ownsPid === true && o.stagedMemory.pid === tree.root ? tree.root : undefined;
+    // The staging stub used holds the root's pid where it took it, to become the root (staging.ts).
+    const heldByStub = staged !== undefined && o.stagedMemory!.ownsPid ? tree.root : undefined;
     if (!o.makeRoot) {
       for (const p of tree.processes) if (p.pid !== heldByStub) await assertPidFree(p.pid);
       for (const t of tasks) for (const th of t.threads.slice(1)) await assertPidFree(th.tid, t.pid);
@@ -329,13 +339,6 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     if (lazy) session.onUndo('close the lazy pages', () => lazy.close());
     const cowParents = new Set(tree.processes.filter((p) => cow.late(p.pid)).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
-    // A migration's staged memory (migrate/staging.ts): a root alone, written whole, in
-    // ferry's cgroups (its pages were charged there as they came), is forked from it.
-    const rootTask = taskOf.get(tree.root)!;
-    const staged = o.stagedMemory !== undefined && o.stagedMemory.pid === tree.root && tree.processes.length === 1
-      && lazy === undefined && made === undefined && cgroups === undefined ? o.stagedMemory.keep(rootTask) : undefined;
-    if (staged === undefined) o.stagedMemory?.close();
-    if (staged === undefined && lazy === undefined) image.startLanes();
     let placedBytes = 0;
     /** The root was forked from the staged memory, or is its stub (its fork may fail: then spawned). */
     let stagedRoot = false;
@@ -366,7 +369,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         const tMemory = performance.now();
         const lazyAreas = lazy?.plan(task, parent !== undefined || cowParents.has(task.pid));
         const pages = image.pages(pagesEntry(task.pid));
-        if (fromStaged) pages.keepInPlace(fromStaged.keep.map((v) => [big(v.start), big(v.end)] as const));
+        // Its pages in place are checked here, on this thread; if they cannot be (an image
+        // without the pages' digests), every page is read and written: the lanes are needed.
+        if (fromStaged && !pages.keepInPlace(fromStaged.keep.map((v) => [big(v.start), big(v.end)] as const))) image.startLanes();
         pagesBytes += mapAreas(t, as, task, pages, o.config.image.chunkSize, sharedMemory, made?.controllerPidfd,
           parent ? { parent, keep } : fromStaged && { parent: { vmas: fromStaged.staged }, keep, staged: true }, extents, lazyAreas, mappedCheck?.(task));
         placedBytes += pages.placedBytes;

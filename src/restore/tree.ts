@@ -92,7 +92,8 @@ export interface TreeBuilder {
   born?(rec: ProcessRecord, t: Tracee, forker: ProcessRecord | undefined, put: (data: Buffer) => bigint): void;
   /**
    * The root, made by the caller instead of spawned: forked (forkRoot) from a stub of ferry's
-   * that holds its memory already (a migration's staged memory, migrate/staging.ts); undefined
+   * that holds its memory already (a migration's staged memory, migrate/staging.ts), or that
+   * stub itself, spawned and prepared as a root is (prepareStub) with the root's pid; undefined
    * (none, or that fork failed): spawned as usual.
    */
   root?(pid: number): Tracee | undefined;

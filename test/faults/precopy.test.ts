@@ -16,7 +16,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, askVerdict, cleanup, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, askVerdict, cleanup, disown, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
   exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startFerryInPidns, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
@@ -248,6 +248,7 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       await waitFor('the receiver to exit', () => recv.ferryExit() !== undefined, 60_000);
       assert.equal(recv.ferryExit(), 0, recv.stderr());
       await w.exited;
+      disown(w.pid); // reaped: the process runs on as another pid here
       const restored = records(recv).find((x) => x['phase'] === 'restore')!;
       assert.equal(restored['stagedPages'], 0, `nothing was taken from the dead stub: ${JSON.stringify(restored)}`);
       assert.equal(restored['stagedRoot'], undefined, JSON.stringify(restored));
@@ -261,6 +262,37 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       assert.deepEqual(leftovers(workDir), []);
     } finally {
       recv.child.kill('SIGKILL'); // its namespace goes, with the restored process
+    }
+  });
+
+  // The stub that became the root is the restore's: a restore failing after that kills and
+  // reaps it like any root it made (restore/tree.ts destroyTree), nothing of staging's does.
+  it('a restore that fails after the staging stub became the root (a receiver in its own pid namespace): nothing is left there; the source\'s copy is restored', async () => {
+    const w = await startDirtier(32, 10);
+    const recv = startFerryInPidns(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], 'rebuilt!');
+    try {
+      await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.ferryExit() !== undefined);
+      const port = records(recv).find((x) => x['phase'] === 'listen')?.['port'];
+      assert.equal(typeof port, 'number', recv.stderr());
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${String(port)}`, '--key', key, '--json', '--config', config]);
+      own(w.pid);
+      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+      await waitFor('the receiver to exit', () => recv.ferryExit() !== undefined, 60_000);
+      assert.equal(recv.ferryExit(), 1, recv.stderr());
+      assert.match(recv.stderr(), /rebuilt/, recv.stderr());
+      // Nothing holds the pid there: the root it became was killed and reaped.
+      assert.equal(pidFromNs(recv.init(), w.pid), undefined, 'no process has the pid in the receiver\'s namespace');
+      assert.deepEqual(stubs(), []);
+      // The source restored here from its copy, as after any failed restore on the target.
+      assert.ok(alive(w.pid), `pid ${w.pid} runs again here: ${mig.stderr()}`);
+      assert.equal(procState(w.pid).tracer, 0);
+      const n = w.ticks().length;
+      await waitFor('ticks after the local restore', () => w.ticks().length >= n + 2);
+      assert.equal(await verify(w), 'PASS');
+      assert.deepEqual(leftovers(workDir), []);
+      process.kill(w.pid, 'SIGKILL');
+    } finally {
+      recv.child.kill('SIGKILL');
     }
   });
 

@@ -55,16 +55,18 @@ export function startFerry(args: string[], pause?: string, inNode?: Node): Runni
 /**
  * Starts bin/ferry `args` (FERRY_TEST_PAUSE_AT=`pause` if given) in a pid namespace and a
  * mount namespace (its own /proc) of its own, as on another node, where the pids of this one
- * are free: pid 1 there is a shell that runs ferry, prints `ferry-exit=N` and then waits, so
- * that what ferry restored there outlives it.
+ * are free: pid 1 there is a shell that runs ferry, prints `ferry-exit=N` and then waits (until
+ * this process ends), so that what ferry restored there outlives it.
  * Killing the returned child (unshare, --kill-child) ends the namespace and all in it.
  */
 export function startFerryInPidns(args: string[], pause?: string): Running & { ferryExit(): number | undefined; init(): number } {
   const env = { ...process.env };
   delete env['FERRY_TEST_PAUSE_AT'];
   if (pause !== undefined) env['FERRY_TEST_PAUSE_AT'] = pause;
-  const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', '"$@"; echo "ferry-exit=$?"; exec sleep 600', 'sh', FERRY, ...args],
-    { stdio: ['ignore', 'pipe', 'pipe'], env });
+  // pid 1 there waits for the end of its stdin, a pipe of this process's: if this process dies
+  // (a test runner's timeout), the namespace ends with it.
+  const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', '"$@" </dev/null; echo "ferry-exit=$?"; read x', 'sh', FERRY, ...args],
+    { stdio: ['pipe', 'pipe', 'pipe'], env });
   started.add(child);
   let out = '';
   let err = '';

@@ -65,6 +65,11 @@ export function own(pid: number): void {
   owned.add(pid);
 }
 
+/** Forgets `pid`, owned before: it was reaped, and its number may be another process's by now. */
+export function disown(pid: number): void {
+  owned.delete(pid);
+}
+
 /** A fresh scratch directory, removed by cleanup(). */
 export function scratchDir(prefix = 'ferry-test-'): string {
   const d = mkdtempSync(join(tmpdir(), prefix));

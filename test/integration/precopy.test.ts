@@ -9,7 +9,7 @@ import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync
 import { after, describe, it } from 'node:test';
 import { join } from 'node:path';
 import { needs, WORKLOADS } from '../helpers/env.js';
-import { alive, askVerdict, cleanup, own, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
+import { alive, askVerdict, cleanup, disown, own, ownTree, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
   exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startFerryInPidns, startReceiver, writeTracked,
 } from '../helpers/precopy-run.js';
@@ -155,6 +155,11 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
       await waitFor('the receiver to exit', () => recv.ferryExit() !== undefined, 60_000);
       assert.equal(recv.ferryExit(), 0, recv.stderr());
       await w.exited;
+      disown(w.pid); // reaped: the process runs on as another pid here
+      for (const pid of also) {
+        await waitFor(`the source's pid ${pid} to be reaped here`, () => !alive(pid), 60_000);
+        disown(pid);
+      }
       const done = records(mig).at(-1)!;
       process.stdout.write(`# pre-copy into a pid namespace: downtime ${String(done['downtimeMs'])} ms, ${JSON.stringify(done['phases'])}\n`);
       await body(records(recv), (pid) => {
@@ -188,7 +193,7 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
   // A tree is not staged: the stub that took the root's pid gives it back for the root spawned.
   it('moves a tree of four processes to a receiver in a pid namespace of its own (nothing staged: the stub gives the pid back)', async () => {
     const w = await startWorkload(join(WORKLOADS, 'memcheck'), ['16', 'tree']);
-    const kids = (/^children (\d+) (\d+) (\d+)$/m.exec(w.text()) ?? []).slice(1).map(Number);
+    const kids = ownTree(w).slice(1);
     assert.equal(kids.length, 3, w.text());
     await intoPidns(w, kids, async (got, pidThere) => {
       const restored = got.find((x) => x['phase'] === 'restore')!;
