@@ -340,16 +340,14 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const cowParents = new Set(tree.processes.filter((p) => cow.late(p.pid)).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
     let placedBytes = 0;
-    /** The root was forked from the staged memory, or is its stub (its fork may fail: then spawned). */
-    let stagedRoot = false;
+    /** How the root came from the staged memory: its stub, or forked from it (the fork may fail: then spawned). */
     let stagedKind: 'stub' | 'fork' | undefined;
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
       ...(staged !== undefined ? {
         root: (pid: number) => {
           const t = o.stagedMemory!.fork(pid);
-          stagedRoot = t !== undefined;
-          if (stagedRoot) stagedKind = o.stagedMemory!.ownsPid ? 'stub' : 'fork';
-          if (!stagedRoot) image.startLanes(); // spawned: every page is written
+          if (t !== undefined) stagedKind = o.stagedMemory!.ownsPid ? 'stub' : 'fork';
+          else image.startLanes(); // spawned: every page is written
           return t;
         },
       } : {}),
@@ -360,7 +358,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         const task = taskOf.get(rec.pid)!;
         // As its children find it at fork: with the pages they lend through it.
         const parent = cow.late(task.pid) ? cow.atFork(rec.ppid) : undefined;
-        const fromStaged = rec.pid === tree.root && stagedRoot ? staged : undefined;
+        const fromStaged = rec.pid === tree.root && stagedKind !== undefined ? staged : undefined;
         const keep = parent ? keptAreas(task) : fromStaged?.keep ?? [];
         // The areas it holds for a moment for its children (restore/cow.ts CowPlan.temporary,
         // relayed: the latter kept from its parent): nothing of the restore's own may sit there.

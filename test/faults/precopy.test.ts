@@ -18,7 +18,7 @@ import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { alive, askVerdict, cleanup, disown, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
-  exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startFerryInPidns, startReceiver, writeTracked,
+  exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startReceiver, startReceiverInPidns, writeTracked,
 } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
@@ -231,12 +231,9 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
   // of its own is such a node here.
   it('the staging stub that holds the root\'s pid (a receiver in its own pid namespace) killed after the rounds: the root is spawned with that pid instead', async () => {
     const w = await startDirtier(32, 10);
-    const recv = startFerryInPidns(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], 'streaming+3000');
+    const { r: recv, port } = await startReceiverInPidns(key, config, 'streaming+3000');
     try {
-      await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.ferryExit() !== undefined);
-      const port = records(recv).find((x) => x['phase'] === 'listen')?.['port'];
-      assert.equal(typeof port, 'number', recv.stderr());
-      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${String(port)}`, '--key', key, '--json', '--config', config]);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
       own(w.pid);
       await waitFor('the receiver to pause as the image begins', () => /paused at streaming/.test(recv.stderr()), 60_000,
         () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
@@ -269,12 +266,9 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
   // reaps it like any root it made (restore/tree.ts destroyTree), nothing of staging's does.
   it('a restore that fails after the staging stub became the root (a receiver in its own pid namespace): nothing is left there; the source\'s copy is restored', async () => {
     const w = await startDirtier(32, 10);
-    const recv = startFerryInPidns(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], 'rebuilt!');
+    const { r: recv, port } = await startReceiverInPidns(key, config, 'rebuilt!');
     try {
-      await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.ferryExit() !== undefined);
-      const port = records(recv).find((x) => x['phase'] === 'listen')?.['port'];
-      assert.equal(typeof port, 'number', recv.stderr());
-      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${String(port)}`, '--key', key, '--json', '--config', config]);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
       own(w.pid);
       assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
       await waitFor('the receiver to exit', () => recv.ferryExit() !== undefined, 60_000);

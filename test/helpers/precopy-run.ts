@@ -85,6 +85,19 @@ export function startFerryInPidns(args: string[], pause?: string): Running & { f
   return { child, stdout: () => out, stderr: () => err, exited, ferryExit, init };
 }
 
+/**
+ * startReceiver in a pid namespace of its own (startFerryInPidns), `pause` as FERRY_TEST_PAUSE_AT,
+ * and its port. The caller kills `r.child` when done (the namespace goes with it).
+ */
+export async function startReceiverInPidns(key: string, config: string, pause?: string): Promise<{ r: ReturnType<typeof startFerryInPidns>; port: number }> {
+  const r = startFerryInPidns(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], pause);
+  await waitFor('the receiver to listen', () => records(r).some((x) => x['phase'] === 'listen') || r.ferryExit() !== undefined);
+  const listen = records(r).find((x) => x['phase'] === 'listen');
+  if (listen === undefined) r.child.kill('SIGKILL');
+  assert.ok(listen, `the receiver did not start: ${r.stderr()}`);
+  return { r, port: listen['port'] as number };
+}
+
 /** This namespace's pid of the process that is `pid` in the pid namespace of process `inNs`, or undefined. */
 export function pidFromNs(inNs: number, pid: number): number | undefined {
   const ns = readlinkSync(`/proc/${inNs}/ns/pid`);

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { alive, askVerdict, cleanup, disown, own, ownTree, procState, startWorkload, stubs, verify, waitFor, type Workload } from '../helpers/processes.js';
 import {
-  exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startFerryInPidns, startReceiver, writeTracked,
+  exitOf, killFerries, leftovers, migrationDir, pidFromNs, records, startDirtier, startFerry, startReceiver, startReceiverInPidns, writeTracked,
 } from '../helpers/precopy-run.js';
 
 const skip = needs('root', 'build');
@@ -144,12 +144,9 @@ describe('ferry migrate with pre-copy', { skip, timeout: 300_000 }, () => {
    * a pid of the image there. Ends that namespace, with what runs in it, when `body` is done.
    */
   async function intoPidns(w: Workload, also: number[], body: (got: Array<Record<string, unknown>>, pidThere: (pid: number) => number) => Promise<void>): Promise<void> {
-    const recv = startFerryInPidns(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config]);
+    const { r: recv, port } = await startReceiverInPidns(key, config);
     try {
-      await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.ferryExit() !== undefined);
-      const port = records(recv).find((x) => x['phase'] === 'listen')?.['port'];
-      assert.equal(typeof port, 'number', recv.stderr());
-      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${String(port)}`, '--key', key, '--json', '--config', config]);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--json', '--config', config]);
       for (const pid of [w.pid, ...also]) own(pid);
       assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
       await waitFor('the receiver to exit', () => recv.ferryExit() !== undefined, 60_000);
