@@ -274,6 +274,11 @@ export interface RestoreResult {
    */
   placedBytes?: number;
   /**
+   * Of the chunks of those pages, how many were checked by the digest the target took of them
+   * before the freeze (one comparison each, not a hash of their pages' digests).
+   */
+  placedChunks?: number;
+  /**
    * How the root came to hold the staged memory: `stub`, the staging stub itself, which had
    * its pid (staging.ts); `fork`, forked from it; absent when it was spawned and written.
    */

@@ -428,6 +428,9 @@ export function knownDigests(pieces: readonly ImagePiece[], flags: Uint8Array, d
  */
 export function chunkDigestKnown(data: Uint8Array, flags: Uint8Array, digests: Uint8Array): Buffer {
   const n = Math.ceil(data.length / DIGEST_PAGE);
+  // Every one known (a chunk in place, ChunkSource.keepInPlace): hashed as they are.
+  const unknown = flags.indexOf(0);
+  if (unknown < 0 || unknown >= n) return pageDigests(digests.subarray(0, n * 32), Buffer.allocUnsafe(32), 0, n * 32);
   // The known ones in one copy (they sit where they go), then the others hashed over them.
   const all = Buffer.allocUnsafe(n * 32);
   all.set(digests.subarray(0, n * 32));
@@ -502,6 +505,8 @@ export interface ChunkedLocation {
    * length, address of the first byte], in order. Used once keepInPlace() names the areas.
    */
   inPlace?: ((pos: number, len: number) => Array<[number, number, bigint]>) | undefined;
+  /** The digest of the chunk of `len` bytes in place from `addr` taken before, if known (ImageOverlay.stagedChunk). */
+  stagedChunk?: ((addr: number, len: number) => Buffer | undefined) | undefined;
 }
 
 /**
@@ -527,10 +532,14 @@ export class ChunkSource {
   private readonly usedKnown: boolean[] = [];
   /** Bytes placed() said were in place. */
   placedBytes = 0;
+  /** Chunks wholly in place checked by the digest taken of them before (ChunkedLocation.stagedChunk). */
+  placedChunks = 0;
   /** The areas whose pages may be in place (keepInPlace): [start, end). None: every chunk is read whole. */
   private inPlaceAreas: ReadonlyArray<readonly [number, number]> = [];
   /** Of the chunk handed out, the ranges left unread, in place: [entry position, length, address], in order. */
   private skipped: Array<[number, number, number]> = [];
+  /** Where loadSparse puts a chunk's known pages (knownDigests), from keepInPlace on. */
+  private sparse: { flags: Uint8Array; digests: Uint8Array } | undefined;
 
   constructor(private readonly at: ChunkedLocation, private loader: ChunkLoader | undefined,
     private readonly label: string, private readonly name: string, private readonly where: ErrorContext) {
@@ -586,6 +595,8 @@ export class ChunkSource {
     this.cur = -1;
     this.curSlot = -1;
     this.inPlaceAreas = areas.map(([s, e]) => [Number(s), Number(e)] as const);
+    const pages = Math.ceil(this.chunkSize / DIGEST_PAGE);
+    this.sparse = { flags: new Uint8Array(pages), digests: new Uint8Array(pages * 32) };
     return true;
   }
 
@@ -658,13 +669,28 @@ export class ChunkSource {
     const len = this.length(c);
     const base = c * this.chunkSize;
     const pos = this.at.offset + base;
+    // The parts in place, [image position, length, address], in order.
+    const places = this.at.inPlace!(pos, len);
+    // Wholly in place, in a kept area, its digest taken before the image came (a migration's
+    // chunks, page-store.ts takeChunkDigests) and the manifest's: left as it is, unread.
+    if (places.length === 1 && places[0]![0] === pos && places[0]![1] === len && this.at.stagedChunk !== undefined) {
+      const a = Number(places[0]![2]);
+      if (this.inPlaceAreas.some(([ks, ke]) => a >= ks && a + len <= ke) && this.at.stagedChunk(a, len)?.toString('hex') === this.at.digests![c]) {
+        this.skipped.push([base, len, a]);
+        this.placedChunks++;
+        this.cur = c;
+        this.curSlot = 0;
+        return;
+      }
+    }
     const pieces = this.at.pieces!(pos, len);
     const n = Math.ceil(len / DIGEST_PAGE);
-    const flags = new Uint8Array(n);
-    const digests = new Uint8Array(n * 32);
+    // One pair for every chunk (keepInPlace): a staged root of 1 GiB has 1,024 chunks.
+    const flags = this.sparse!.flags.subarray(0, n);
+    const digests = this.sparse!.digests.subarray(0, n * 32);
     knownDigests(pieces, flags, digests);
-    // The parts in place (chunk offsets; user addresses are below 2^47, exact as numbers).
-    const places = this.at.inPlace!(pos, len).map(([s, l, a]) => [s - pos, l, Number(a)] as const);
+    // The first place that may overlap the piece at hand moves on with it (both in order).
+    let first = 0;
     let readKnown = false;
     let at = 0;
     for (const piece of pieces) {
@@ -674,7 +700,12 @@ export class ChunkSource {
       const known = at % DIGEST_PAGE === 0 && flags[at / DIGEST_PAGE] === 1;
       let from = at;
       if (known) {
-        for (const [s, l, a] of places) {
+        while (first < places.length && places[first]![0] - pos + places[first]![1] <= at) first++;
+        for (let k = first; k < places.length; k++) {
+          const [ps, l, addr] = places[k]!;
+          const s = ps - pos; // chunk offset (user addresses are below 2^47, exact as numbers)
+          if (s >= end) break;
+          const a = Number(addr);
           let x = Math.max(at, s);
           const y = Math.min(end, s + l);
           while (x < y) {

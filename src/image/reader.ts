@@ -237,6 +237,7 @@ export interface ImageOverlay {
    * 2 * ceil(len / 4096) + 3 pieces. With it the loader's lanes read and hash those bytes as
    * they do an image's own; without it they are read on the JS thread. `digests` false: only
    * where they are, without the pages' digests (ImagePiece.digests) the overlay may hold.
+   * New pieces in a new array each call: the caller may set their `direct`.
    */
   pieces?(fd: number, pos: number, len: number, digests?: boolean): ImagePiece[];
   /**
@@ -249,6 +250,12 @@ export interface ImageOverlay {
    * restore writes them (ChunkedLocation.inPlace: a migration's staged memory).
    */
   inPlace?(pos: number, len: number): Array<[number, number, bigint]>;
+  /**
+   * The digest (image/chunks.ts chunkDigest, of page digests) of the chunk of `len` bytes in
+   * place from `addr`, taken before the image came and true still, if the overlay has it: a
+   * chunk wholly in place whose manifest digest is this one is not hashed (ChunkSource.loadSparse).
+   */
+  stagedChunk?(addr: number, len: number): Buffer | undefined;
   /** The image owns it from now on: its close() closes the overlay. */
   adopt(): void;
   close(): void;
@@ -486,7 +493,11 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       f.bytes += p.len;
     }
     const direct = new Map([...byFile].map(([f, { ranges, bytes }]) => [f, directFor(f, ranges.sort((a, b) => a[0] - b[0]), bytes)]));
-    return (pos, len) => pieces(fd, pos, len).map((p) => ({ ...p, direct: direct.get(p.fd) ?? -1 }));
+    return (pos, len) => {
+      const out = pieces(fd, pos, len); // made for this call: each told its file's O_DIRECT twin in place
+      for (const p of out) p.direct = direct.get(p.fd) ?? -1;
+      return out;
+    };
   };
   const entries = new Map(manifest.entries.map((e) => [e.name, e]));
   /** The entry, when its chunks are still to be verified as they are read. */
@@ -510,6 +521,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       directFd: ahead && pieces === undefined ? directFor(fd, [[l.offset, l.size]], l.size) : -1,
       paged: e?.pageDigests === true, read: overlay?.read, pieces, intact: overlay?.intact?.bind(overlay),
       inPlace: overlay?.inPlace?.bind(overlay),
+      stagedChunk: overlay?.stagedChunk?.bind(overlay),
     }, ahead ? loader : undefined, label, nameOf(name), where);
   };
   const get = (name: string): Located => {

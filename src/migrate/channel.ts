@@ -22,7 +22,7 @@ import { CONTAINER_ID, formatHostPort, type Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 
 /** Version of the protocol; a peer speaking another is refused at the hello. */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 /** The only cipher suite either side offers or accepts. */
 export const CIPHER = 'ECDHE-PSK-CHACHA20-POLY1305';
 /** PSK identity both sides use (there is one key per pair of nodes, not per identity). */
@@ -35,6 +35,8 @@ export const MAX_CONTROL_BYTES = 64 * 1024;
 export const MAX_DATA_BYTES = 1024 * 1024;
 /** Areas one `layout` may name (its JSON within MAX_CONTROL_BYTES). */
 export const MAX_LAYOUT_AREAS = 1024;
+/** Chunk starts one `chunks` may name (its JSON within MAX_CONTROL_BYTES: 12 bytes each at most). */
+export const MAX_CHUNK_STARTS = 4096;
 /** A peer silent this long (no frame, no heartbeat) is given up. */
 export const IDLE_MS = 30_000;
 /** How often a side that is busy (verifying, restoring) tells the other it still is. */
@@ -71,6 +73,12 @@ export type Message =
    * [start, end] pairs flat (migrate/staging.ts stageableAreas), when they changed.
    */
   | { type: 'layout'; pid: number; areas: number[] }
+  /**
+   * S, before a catch-up: where the frozen image's chunks of the root's pages are expected to
+   * fall (precopy.ts chunkStarts: first pages, in order, after those sent before), so that the
+   * target takes their digests ahead of the freeze (page-store.ts takeChunkDigests). A hint.
+   */
+  | { type: 'chunks'; pid: number; starts: number[] }
   /** R: every frame sent before the last 'catch-up' is taken. */
   | { type: 'caught-up' }
   /** S: the image is complete; `bytes` were sent. */
@@ -176,6 +184,18 @@ function checkMessage(v: unknown): Message {
         if (typeof x !== 'number' || !Number.isSafeInteger(x) || x % 4096 !== 0 || x > 2 ** 47 || (i % 2 === 1 ? x <= last : x < last)) bad('layout.areas');
         last = x as number;
       });
+      break;
+    }
+    case 'chunks': {
+      only('pid', 'starts'); int('pid', 1 << 22);
+      const a = m['starts'];
+      if (!Array.isArray(a) || a.length > MAX_CHUNK_STARTS) bad('chunks.starts');
+      let last = -1;
+      for (const x of a as unknown[]) {
+        // Page numbers of user memory (47 bits), in order.
+        if (typeof x !== 'number' || !Number.isSafeInteger(x) || x <= last || x >= 2 ** 35) bad('chunks.starts');
+        last = x as number;
+      }
       break;
     }
     case 'caught-up': only(); break;

@@ -10,6 +10,7 @@ import { FerryError, describeCause } from '../errors.js';
 import { pageDigests, type ImagePiece } from '../image/chunks.js';
 import type { ImageOverlay } from '../image/reader.js';
 import { native } from '../native/binding.js';
+import { PAGED_CHUNK_PAGES } from '../image/writer.js';
 import { MAX_DATA_BYTES } from './channel.js';
 import type { StagedMemory } from './staging.js';
 import { FRAME_PAGES, HEAD, MAX_REF_PAGES, TAG_PAGES, TAG_RAW, TAG_REF, USER_END } from './frames.js';
@@ -45,6 +46,9 @@ const DIGEST_BLOCK = 1 << 15;
  * asks the channel to wait (backlog): 16 frames.
  */
 const BACKLOG_BYTES = 16 << 20;
+
+/** Chunks whose digests takeChunkDigests takes in one call of the addon (4 MiB of page digests). */
+const PREPARE_BATCH = 512;
 
 /**
  * Where the store holds each page of one process: its slot by page number, in blocks of
@@ -118,6 +122,17 @@ export class PreCopyReceiver {
   private staging: StagedMemory | undefined;
   /** Of the image's REF runs, those staged there: [image position, address, pages], in image order. */
   private readonly placed: Array<[number, number, number]> = [];
+  /**
+   * Where the sender expects the frozen image's chunks of the staged root's pages to fall
+   * (expectChunks): their first pages, in order, each PAGED_CHUNK_PAGES pages.
+   */
+  private chunkStarts: number[] = [];
+  /**
+   * Of those, the digests taken (takeChunkDigests) and still true, by first page: each the
+   * sha256 of its pages' digests (image/chunks.ts chunkDigest), from this store's own digests
+   * of the bytes staged. A page of the chunk written again drops it.
+   */
+  private readonly chunkSums = new Map<number, Buffer>();
   /**
    * The sha256 of each slot's page (32 bytes a slot, in blocks of DIGEST_BLOCK slots), taken
    * from the bytes written into it as they arrived (never the sender's word), and replaced
@@ -207,6 +222,80 @@ export class PreCopyReceiver {
     // Counted as bytes in flight (8 a number), as a frame's are: a sender cannot pile them up
     // behind a slow write beyond the backlog.
     this.enqueue(areas.length * 8 + 64, async () => staging.layout(areas));
+    this.chunkSums.clear(); // what is staged where changes: taken again at the next catch-up
+  }
+
+  /**
+   * The sender's word on where the frozen image's chunks of `pid`'s pages entry will fall
+   * (`chunks`, precopy.ts chunkStarts): first pages, in order, after those said before. A hint
+   * only: a chunk expected wrongly is verified at restore as any other (ChunkSource.loadSparse).
+   * Kept for the staged process alone, at most one a chunk of the pages this store may hold.
+   */
+  expectChunks(pid: number, starts: readonly number[]): void {
+    if (this.staging === undefined || pid !== this.staging.pid) return;
+    const last = this.chunkStarts.at(-1);
+    if (last !== undefined && starts.length > 0 && starts[0]! < last + PAGED_CHUNK_PAGES) this.bad('chunk starts out of order');
+    for (let i = 1; i < starts.length; i++) if (starts[i]! < starts[i - 1]! + PAGED_CHUNK_PAGES) this.bad('chunk starts that overlap');
+    // More than it could hold: the rest are not kept (their chunks are verified as any other).
+    const room = Math.ceil(this.maxSlots / PAGED_CHUNK_PAGES) - this.chunkStarts.length;
+    for (let i = 0; i < Math.min(room, starts.length); i++) this.chunkStarts.push(starts[i]!);
+  }
+
+  /**
+   * Takes the digests of the expected chunks (expectChunks) not known yet whose pages are all
+   * held, in consecutive slots, with their digests: PREPARE_BATCH a call of the addon. Run once
+   * the rounds' writes have settled (a catch-up, while the tree runs on the source), so the
+   * frozen image's chunks in place are checked at restore by one comparison each
+   * (stagedChunk) instead of a hash of their 256 pages' digests. Returns how many it took.
+   */
+  takeChunkDigests(): number {
+    const idx = this.staging !== undefined ? this.index.get(this.staging.pid) : undefined;
+    if (idx === undefined || this.queuedFrames > 0) return 0;
+    const unit = PAGED_CHUNK_PAGES * 32;
+    const sums = Buffer.allocUnsafe(PREPARE_BATCH * unit);
+    const batch: number[] = [];
+    let taken = 0;
+    for (let i = 0; i < this.chunkStarts.length;) {
+      batch.length = 0;
+      for (; i < this.chunkStarts.length && batch.length < PREPARE_BATCH; i++) {
+        const page = this.chunkStarts[i]!;
+        if (this.chunkSums.has(page) || idx.run(page, PAGED_CHUNK_PAGES) !== PAGED_CHUNK_PAGES) continue;
+        const d = this.digestsOf(idx.get(page), PAGED_CHUNK_PAGES);
+        if (d === undefined) return taken; // digests no longer kept: none
+        sums.set(d, batch.length * unit);
+        batch.push(page);
+      }
+      if (batch.length === 0) continue;
+      const out = pageDigests(sums.subarray(0, batch.length * unit), undefined, 0, unit);
+      for (let j = 0; j < batch.length; j++) this.chunkSums.set(batch[j]!, out.subarray(j * 32, j * 32 + 32));
+      taken += batch.length;
+    }
+    return taken;
+  }
+
+  /** Drops the chunk digests taken of `pid`'s chunks that pages [first, first + count) fall in. */
+  private dropChunks(pid: number, first: number, count: number): void {
+    if (this.chunkSums.size === 0 || pid !== this.staging?.pid) return;
+    const starts = this.chunkStarts;
+    // The first chunk that may hold `first`: the last start at or before it.
+    let lo = 0, hi = starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (starts[mid]! <= first) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = Math.max(0, lo - 1); i < starts.length && starts[i]! < first + count; i++) {
+      if (starts[i]! + PAGED_CHUNK_PAGES > first) this.chunkSums.delete(starts[i]!);
+    }
+  }
+
+  /**
+   * The digest taken before the freeze (takeChunkDigests) of the chunk of `len` bytes staged
+   * from `addr`, if none of its pages was written since and the store's digests are still kept.
+   */
+  private stagedChunk(addr: number, len: number): Buffer | undefined {
+    if (len !== PAGED_CHUNK_PAGES * PAGE_SIZE || addr % PAGE_SIZE !== 0 || this.digests === undefined || this.ctime === undefined) return undefined;
+    return this.chunkSums.get(addr / PAGE_SIZE);
   }
 
   /**
@@ -255,7 +344,10 @@ export class PreCopyReceiver {
       read: (fd, buf, off, len, pos) => this.readImage(fd, buf, off, len, pos),
       pieces: (fd, pos, len, digests) => this.pieces(fd, pos, len, digests),
       intact: () => this.intact(),
-      ...(this.staging !== undefined ? { inPlace: (pos: number, len: number) => this.inPlace(pos, len) } : {}),
+      ...(this.staging !== undefined ? {
+        inPlace: (pos: number, len: number) => this.inPlace(pos, len),
+        stagedChunk: (addr: number, len: number) => this.stagedChunk(addr, len),
+      } : {}),
       adopt: () => { this.adopted = true; },
       close: () => {
         if (this.fd < 0) return;
@@ -512,6 +604,7 @@ export class PreCopyReceiver {
         }
         slots.push(slot);
       }
+      this.dropChunks(pid, first, count);
       if (this.deferred) {
         this.writeLater(frame.subarray(HEAD), slots, pid, first);
         this.pages += count;

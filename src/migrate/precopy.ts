@@ -53,7 +53,7 @@ import { parseChildren } from '../proc/children.js';
 import { listTids, readProcText } from '../proc/read.js';
 import { parseSmaps } from '../proc/smaps.js';
 import { parseStatus } from '../proc/status.js';
-import type { Channel } from './channel.js';
+import { MAX_CHUNK_STARTS, type Channel } from './channel.js';
 import { FRAME_PAGES, HEAD, TAG_PAGES, writeHead } from './frames.js';
 import { ImageFilter } from './image-filter.js';
 
@@ -476,7 +476,13 @@ export class PreCopySender {
       if (held === undefined || held.size === 0) continue;
       try {
         const { vmas, vmflags, unshared } = parseSmaps(readProcText(pid, 'smaps'));
-        held.prepareChunks(chunkStarts(planMemory(pid, vmas, vmflags, undefined, unshared).vmas), PAGED_CHUNK_PAGES);
+        const starts = chunkStarts(planMemory(pid, vmas, vmflags, undefined, unshared).vmas);
+        held.prepareChunks(starts, PAGED_CHUNK_PAGES);
+        // The target, where it stages the root's memory (a tree of one: sendLayout), takes the
+        // same chunks' digests of the pages it holds, before the freeze (page-store.ts).
+        if (tracker.pids.length === 1) {
+          for (let i = 0; i < starts.length; i += MAX_CHUNK_STARTS) this.ch.send({ type: 'chunks', pid: key!, starts: starts.slice(i, i + MAX_CHUNK_STARTS) });
+        }
       } catch (err) {
         this.o.logger.debug({ err, targetPid: pid }, 'no chunk digests taken before the freeze');
       }

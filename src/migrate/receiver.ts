@@ -195,8 +195,16 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
         pre?.layout(m.pid, m.areas);
         return true;
       }
+      if (m.type === 'chunks') {
+        pre?.expectChunks(m.pid, m.starts);
+        return true;
+      }
       if (m.type !== 'catch-up') return false;
-      faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => ch.send({ type: 'caught-up' }), (err: unknown) => {
+      // Settled, the staged chunks' digests are taken (the tree still runs on the source).
+      faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => {
+        pre?.takeChunkDigests();
+        ch.send({ type: 'caught-up' });
+      }, (err: unknown) => {
         ch.fail(err instanceof FerryError ? err : new FerryError('EIO', describeCause(err), { cause: err }));
       });
       return true;
@@ -258,7 +266,7 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     ch.send({ type: 'running', pid: result.pid, pids: result.pids, restoreMs: result.restoreMs, phases: said });
     session.unwind(); // the spool (a lazy restore reads its open image, removed from the directory)
     o.onPhase?.({ phase: 'restore', peer: address, pid: result.pid, pids: result.pids, restoreMs: round(result.restoreMs), phases: said, ...(lazy ? { lazy: result.lazy !== undefined } : {}),
-      ...(result.placedBytes !== undefined ? { stagedPages: result.placedBytes / PAGE_SIZE } : {}),
+      ...(result.placedBytes !== undefined ? { stagedPages: result.placedBytes / PAGE_SIZE, stagedChunks: result.placedChunks ?? 0 } : {}),
       ...(result.stagedRoot !== undefined ? { stagedRoot: result.stagedRoot } : {}) });
     if (lazy) {
       // The tree runs; its memory comes in (if any was left to serve: memory shared or

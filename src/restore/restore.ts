@@ -340,6 +340,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const cowParents = new Set(tree.processes.filter((p) => cow.late(p.pid)).map((p) => p.ppid));
     const sharedMemory: SharedObjects = new Map(); // shared anonymous memory restored so far
     let placedBytes = 0;
+    let placedChunks = 0;
     /** How the root came from the staged memory: its stub, or forked from it (the fork may fail: then spawned). */
     let stagedKind: 'stub' | 'fork' | undefined;
     const created = createTree(tree, stubPath, made?.pid, opened, made?.controllerPidfd, {
@@ -373,6 +374,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         pagesBytes += mapAreas(t, as, task, pages, o.config.image.chunkSize, sharedMemory, made?.controllerPidfd,
           parent ? { parent, keep } : fromStaged && { parent: { vmas: fromStaged.staged }, keep, staged: true }, extents, lazyAreas, mappedCheck?.(task));
         placedBytes += pages.placedBytes;
+        placedChunks += pages.placedChunks;
         // The stub it was forked from goes now: its pages are the root's alone (staging.ts).
         if (fromStaged) o.stagedMemory!.close();
         memoryMs += performance.now() - tMemory;
@@ -517,7 +519,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       pids: tree.processes.map((p) => p.pid),
       hostPids: Object.fromEntries(tasks.map((t, i) => [t.pid, hostPids[i]!])),
       pagesBytes,
-      ...(o.stagedMemory !== undefined ? { placedBytes } : {}),
+      ...(o.stagedMemory !== undefined ? { placedBytes, placedChunks } : {}),
       ...(stagedKind !== undefined ? { stagedRoot: stagedKind } : {}),
       verifyMs: tVerified - t0,
       restoreMs: tRunning - tStart,

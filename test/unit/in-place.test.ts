@@ -47,8 +47,16 @@ function entry(staged: ReadonlySet<number>, known: ReadonlySet<number>, at: (p: 
     }
     return out;
   };
-  const inPlace = (pos: number, len: number): Array<[number, number, bigint]> => [...staged].sort((a, b) => a - b)
-    .filter((p) => p * PAGE >= pos && p * PAGE < pos + len).map((p) => [p * PAGE, PAGE, BigInt(at(p))]);
+  // As a page store names them: pages side by side in the image and in memory as one range.
+  const inPlace = (pos: number, len: number): Array<[number, number, bigint]> => {
+    const out: Array<[number, number, bigint]> = [];
+    for (const p of [...staged].sort((a, b) => a - b).filter((q) => q * PAGE >= pos && q * PAGE < pos + len)) {
+      const last = out.at(-1);
+      if (last !== undefined && last[0] + last[1] === p * PAGE && last[2] + BigInt(last[1]) === BigInt(at(p))) last[1] += PAGE;
+      else out.push([p * PAGE, PAGE, BigInt(at(p))]);
+    }
+    return out;
+  };
   const loc: ChunkedLocation = {
     fd, offset: 0, size: body.length, chunkSize: CHUNK_PAGES * PAGE, digests, paged: true, pieces, intact: () => true, inPlace,
   };
@@ -110,6 +118,41 @@ describe('pages in place (a migration\'s staged memory)', () => {
       } finally {
         e.close();
       }
+    }
+  });
+
+  it('takes a chunk wholly in place whose digest taken before is the manifest\'s by that alone; any other is verified from its pages', () => {
+    const whole = [[BigInt(AREA), BigInt(AREA + PAGES * PAGE)]] as const;
+    // Chunk 0 wholly staged, chunk 1 but for page 20, chunk 2 wholly staged too.
+    const staged = new Set([...Array(PAGES).keys()].filter((p) => p !== 20));
+    const e = entry(staged, staged);
+    try {
+      const truth = (addr: number, len: number): Buffer => chunkDigest(e.body.subarray(addr - AREA, addr - AREA + len), true);
+      // Chunk 2's taken digest is of other bytes (staged since, say): it is verified from its
+      // pages' digests instead, and its pages, which are right, are left in place still.
+      const taken = (addr: number, len: number): Buffer | undefined => (addr === AREA + 2 * CHUNK_PAGES * PAGE ? Buffer.alloc(32, 7) : truth(addr, len));
+      const asked: number[] = [];
+      const src = new ChunkSource({ ...e.loc, stagedChunk: taken, pieces: (pos, len) => { asked.push(pos / (CHUNK_PAGES * PAGE)); return e.loc.pieces!(pos, len); } },
+        undefined, 'x.tar', 'pages', {});
+      src.keepInPlace(whole);
+      const { placed, viewed } = walk(src, e.body);
+      assert.deepEqual(placed, [...staged]);
+      assert.equal(viewed, PAGE);
+      assert.equal(src.placedChunks, 1, 'chunk 0 alone by its digest taken before');
+      assert.deepEqual(asked, [1, 2], 'the pieces of chunk 0 were never looked at');
+    } finally {
+      e.close();
+    }
+    // Kept areas that leave out a page of chunk 0: the digest taken is not enough there.
+    const f = entry(staged, staged);
+    try {
+      const src = new ChunkSource({ ...f.loc, stagedChunk: (addr, len) => chunkDigest(f.body.subarray(addr - AREA, addr - AREA + len), true) }, undefined, 'x.tar', 'pages', {});
+      src.keepInPlace([[BigInt(AREA), BigInt(AREA + 3 * PAGE)], [BigInt(AREA + 4 * PAGE), BigInt(AREA + PAGES * PAGE)]]);
+      const { placed } = walk(src, f.body);
+      assert.deepEqual(placed, [...staged].filter((p) => p !== 3));
+      assert.equal(src.placedChunks, 1, 'chunk 2 alone');
+    } finally {
+      f.close();
     }
   });
 
