@@ -532,8 +532,8 @@ export class ChunkSource {
   private readonly usedKnown: boolean[] = [];
   /** Bytes placed() said were in place. */
   placedBytes = 0;
-  /** Chunks wholly in place checked by the digest taken of them before (ChunkedLocation.stagedChunk). */
-  placedChunks = 0;
+  /** Chunks wholly in place checked by the digest taken of them before (ChunkedLocation.stagedChunk), and not read after all. */
+  private readonly byTakenDigest = new Set<number>();
   /** The areas whose pages may be in place (keepInPlace): [start, end). None: every chunk is read whole. */
   private inPlaceAreas: ReadonlyArray<readonly [number, number]> = [];
   /** Of the chunk handed out, the ranges left unread, in place: [entry position, length, address], in order. */
@@ -558,6 +558,11 @@ export class ChunkSource {
 
   get size(): number {
     return this.at.size;
+  }
+
+  /** How many chunks were left in place on the digest taken of them before (ChunkedLocation.stagedChunk). */
+  get placedChunks(): number {
+    return this.byTakenDigest.size;
   }
 
   /**
@@ -677,7 +682,7 @@ export class ChunkSource {
       const a = Number(places[0]![2]);
       if (this.inPlaceAreas.some(([ks, ke]) => a >= ks && a + len <= ke) && this.at.stagedChunk(a, len)?.toString('hex') === this.at.digests![c]) {
         this.skipped.push([base, len, a]);
-        this.placedChunks++;
+        this.byTakenDigest.add(c);
         this.cur = c;
         this.curSlot = 0;
         return;
@@ -753,6 +758,7 @@ export class ChunkSource {
   private loadWhole(c: number): void {
     this.cur = -1;
     this.skipped = [];
+    this.byTakenDigest.delete(c);
     this.check(c, this.readHere(this.bufs[0]!, c));
     this.cur = c;
     this.curSlot = 0;

@@ -196,7 +196,12 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
         return true;
       }
       if (m.type === 'chunks') {
-        pre?.expectChunks(m.pid, m.starts);
+        // Starts out of order fail this migration (a protocol error), not the receiver.
+        try {
+          pre?.expectChunks(m.pid, m.starts);
+        } catch (err) {
+          ch.fail(err instanceof FerryError ? err : new FerryError('EPROTO', describeCause(err), { cause: err }));
+        }
         return true;
       }
       if (m.type !== 'catch-up') return false;
