@@ -103,20 +103,32 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
   });
 
   it('a shell forking a child every 50 ms, its pages served as it touches them, counts on there: every tick once, in order', async () => {
-    const log = join(dir, 'l5.log');
     const counter = ['sh', '-c', 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done'];
-    await runDirtier(nodes.source, `ferry-l5-${RUN}`, bundleOn(nodes.source, `ferry-l5-${RUN}`, rootfs, counter), log);
-    const tb = bundleOn(nodes.target, `ferry-l6-${RUN}`, rootfs, counter);
-    // The background fill is held back 1.5 s: the shell's pages come in as it touches them
-    // (a fault brings its whole chunk: all of a shell's few pages). Stop and copy, a
-    // container's default (pre-copy of a forking container is asked for only: sender.ts).
-    const { r: recv, port } = await receiver('lazy+1500');
-    const mig = migrate(`ferry-l5-${RUN}`, `ferry-l6-${RUN}`, tb, port);
-    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
-    const filled = records(mig).find((x) => x['phase'] === 'filled')!;
+    // The freeze may find the shell's child between its fork and its exec, sharing the shell's
+    // pages copy-on-write: the shell is then written whole before the start, as such a parent
+    // must be (restore/lazy.ts), and nothing is left to serve (seen once in a CI run). A new
+    // container is tried then, three at most.
+    let log = '', target = '';
+    let filled: Record<string, unknown> = {};
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      log = join(dir, `l5-${attempt}.log`);
+      const source = `ferry-l5-${attempt}-${RUN}`;
+      target = `ferry-l6-${attempt}-${RUN}`;
+      await runDirtier(nodes.source, source, bundleOn(nodes.source, source, rootfs, counter), log);
+      const tb = bundleOn(nodes.target, target, rootfs, counter);
+      // The background fill is held back 1.5 s: the shell's pages come in as it touches them
+      // (a fault brings its whole chunk: all of a shell's few pages). Stop and copy, a
+      // container's default (pre-copy of a forking container is asked for only: sender.ts).
+      const { r: recv, port } = await receiver('lazy+1500');
+      const mig = migrate(source, target, tb, port);
+      assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+      assert.equal(await exitOf(recv, 'ferry receive --once'), 0, recv.stderr());
+      filled = records(mig).find((x) => x['phase'] === 'filled')!;
+      if ((filled['pages'] as number) > 0 || attempt === 3) break;
+      assert.equal(runcIn(nodes.target, 'delete', '--force', target).code, 0);
+    }
     assert.ok((filled['pages'] as number) > 0 && (filled['faults'] as number) > 0, `served on touch: ${JSON.stringify(filled)}`);
-    const st = stateIn(nodes.target, `ferry-l6-${RUN}`);
+    const st = stateIn(nodes.target, target);
     assert.equal(st.status, 'running');
     assert.equal(missingRegistered(st.pid), false);
     const n = ticksIn(log);
@@ -125,7 +137,7 @@ describe('ferry migrate CONTAINER --lazy between two nodes', { skip, timeout: 60
     assert.deepEqual(all, all.map((_, i) => i + 1), 'every tick once, in order');
     assert.deepEqual(leftovers(workDir), []);
     assert.deepEqual(stubs(), []);
-    assert.equal(runcIn(nodes.target, 'delete', '--force', `ferry-l6-${RUN}`).code, 0);
+    assert.equal(runcIn(nodes.target, 'delete', '--force', target).code, 0);
   });
 
   for (const where of ['image', 'store'] as const) {
