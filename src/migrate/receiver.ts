@@ -206,10 +206,11 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       }
       if (m.type !== 'catch-up') return false;
       // Settled, the staged chunks' digests are taken (the tree still runs on the source).
+      // A throw in the taking fails this migration too, as a failed write does (never the receiver).
       faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => {
         pre?.takeChunkDigests();
         ch.send({ type: 'caught-up' });
-      }, (err: unknown) => {
+      }).catch((err: unknown) => {
         ch.fail(err instanceof FerryError ? err : new FerryError('EIO', describeCause(err), { cause: err }));
       });
       return true;
