@@ -12,6 +12,7 @@ import type { CgroupMode } from './cgroups/restore.js';
 import type { CredsBound } from './restore/bounds.js';
 import type { LazyStats } from './restore/lazy.js';
 import type { StagedRoot } from './restore/address-space.js';
+import type { TarSink } from './image/tar-out.js';
 import type { HeldPages } from './dump/memory.js';
 
 export type { FileOptions };
@@ -50,6 +51,12 @@ export interface CheckpointOptions extends CommonOptions {
   pid: number;
   /** Image path; '-' streams the tar to stdout. */
   image: string;
+  /**
+   * The image's stream goes to this reader in this process instead (`image` then only names it
+   * in messages): a migration's sender (src/migrate/sender.ts). A rejection fails the
+   * checkpoint as a failed write does: the tree is let go.
+   */
+  imageSink?: TarSink;
   /** Keep the process running after the dump instead of killing it. */
   leaveRunning: boolean;
   /** What file kinds may do beyond the defaults (runc's --tcp-established etc.); all off if absent. */

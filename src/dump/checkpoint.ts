@@ -379,7 +379,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     o.signal?.throwIfAborted();
     // The image file too (its O_DIRECT probed: image/writer.ts); writeImage takes it over, and
     // it is removed on any way out before that.
-    const target = openImageTarget(o.image);
+    const target = openImageTarget(o.image, o.imageSink);
     session.onUndo('remove the unfinished image', () => target.discard());
     // The settings of the root's cgroups (cgroups/dump.ts); a container's are its runtime's.
     const cgroupsAhead = o.pidNamespace === undefined ? readCgroupsAhead(pid) : undefined;

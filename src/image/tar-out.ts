@@ -10,6 +10,16 @@ import { DIRECT_ALIGN, directBuffer, directReady } from './direct.js';
 export const BLOCK = 512;
 export const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
 
+/**
+ * A reader of the tar in this process, in place of a descriptor (a migration's stream:
+ * migrate/sender.ts): it takes the bytes in order, each batch of queued writes at once, and
+ * resolves once it can take more; a rejection fails the write as a closed pipe's EPIPE would.
+ * The buffers are the writer's: it copies what it keeps past its promise.
+ */
+export interface TarSink {
+  take(bufs: readonly Buffer[]): Promise<void>;
+}
+
 /** Writes all of `bufs`, in order, at the fd's current position (waiting out EAGAIN). */
 function writevFully(fd: number, bufs: Buffer[]): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -95,7 +105,8 @@ export function tarHeader(name: string, size: number, mtime: Date): Buffer {
  *   writes of a small process's image took 2.2-2.7 ms here against 0.5 ms for one (medians
  *   of 41, each with its fsync).
  * - Anything else (a pipe, stdout) takes the bytes in order, one writev(2) at a time of all
- *   that came meanwhile.
+ *   that came meanwhile; a `sink` in this process takes them so instead, with no descriptor
+ *   (no pool round trip, no pipe, no read on the other side).
  * The first failure fails every later write; none is in flight once `settled()` resolved.
  */
 export class TarOut {
@@ -135,7 +146,9 @@ export class TarOut {
    * each, on the loaded 2-core machine) before the writes left the hashes their threads.
    */
   constructor(private readonly fd: number, readonly seekable: boolean, directFd: boolean, private readonly total: number,
-    private readonly onProgress: ((written: number, total: number) => void) | undefined, private readonly writeSlots = Infinity) {
+    private readonly onProgress: ((written: number, total: number) => void) | undefined, private readonly writeSlots = Infinity,
+    private readonly sink?: TarSink) {
+    if (sink !== undefined && seekable) throw new Error('a sink takes a stream, not a file');
     if (directFd) this.staging = spareStaging ?? directBuffer(STAGING_BYTES);
     if (this.staging === spareStaging) spareStaging = undefined;
     this.inline = seekable && total <= INLINE_WRITE_MAX_BYTES;
@@ -246,7 +259,8 @@ export class TarOut {
         this.queued = [];
         try {
           if (this.failure !== undefined) throw this.failure;
-          await writevFully(this.fd, batch.map((q) => q.buf));
+          const bufs = batch.map((q) => q.buf);
+          await (this.sink !== undefined ? this.sink.take(bufs) : writevFully(this.fd, bufs));
         } catch (err) {
           this.failure ??= err;
           for (const q of batch) q.done(this.failure);

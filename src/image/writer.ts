@@ -40,7 +40,7 @@ import { REQUIRES_FORMAT_VERSION } from './features.js';
 import { directBuffer, DIRECT_ALIGN } from './direct.js';
 import { O_DIRECT, O_TMPFILE } from '../proc/fcntl.js';
 import { imageSigner, SIGNATURE_NAME, type ImageSigner } from './sign.js';
-import { BLOCK, EntryOut, padded, rewrite, tarHeader, TarOut } from './tar-out.js';
+import { BLOCK, EntryOut, padded, rewrite, tarHeader, TarOut, type TarSink } from './tar-out.js';
 import { native } from '../native/binding.js';
 
 /** One entry of the image after the manifest. */
@@ -484,11 +484,13 @@ export class ImageTarget {
     readonly seekable: boolean,
     /** Opened with O_DIRECT: every write aligned (direct.ts). */
     readonly direct: boolean,
+    /** A reader in this process takes the stream instead (`fd` is -1). */
+    readonly sink?: TarSink,
   ) {}
 
   /** Closes the descriptor (stdout stays open); idempotent. */
   close(): void {
-    if (!this.closed && this.fd !== 1) {
+    if (!this.closed && this.fd !== 1 && this.fd >= 0) {
       this.closed = true;
       try { closeSync(this.fd); } catch { /* already closed */ }
     }
@@ -504,9 +506,11 @@ export class ImageTarget {
 /**
  * Opens where an image goes, ahead of writeImage (options.target), so that a checkpoint does
  * it before it stops the tree; the caller discards it if it never gets to writeImage, which
- * otherwise takes it over. Throws EIMAGE.
+ * otherwise takes it over. Throws EIMAGE. With `sink`, nothing is opened: the stream goes to
+ * it, and `path` only names it.
  */
-export function openImageTarget(path: string): ImageTarget {
+export function openImageTarget(path: string, sink?: TarSink): ImageTarget {
+  if (sink !== undefined) return new ImageTarget(path, -1, '', false, false, sink);
   try {
     return openTarget(path);
   } catch (err) {
@@ -678,7 +682,7 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     const signature = seekable ? signer?.placeholder : signer?.sign(head);
     // The pool's threads the hashes do not take are the writes' (TarOut).
     const writeSlots = pool?.running === true ? Math.max(1, libuvThreads() - pool.threads) : Infinity;
-    const out = new TarOut(fd, seekable, target.direct, total, options.onProgress, writeSlots);
+    const out = new TarOut(fd, seekable, target.direct, total, options.onProgress, writeSlots, target.sink);
     const bytes = await writeTar(out, manifest, head, signature, entries, seekable, pool, total, options, replays);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));

@@ -23,7 +23,6 @@
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { CheckpointOptions, CheckpointResult, CommonOptions, RestoreOptions, RestoreResult } from '../api.js';
 import { checkpoint } from '../dump/checkpoint.js';
@@ -34,9 +33,9 @@ import { removeKeptLock } from '../files/tcp-lock.js';
 import type { FileOptions } from '../files/types.js';
 import { hostSigningKey } from '../image/host-key.js';
 import { newEd25519Key, signingKey } from '../image/sign.js';
+import type { TarSink } from '../image/tar-out.js';
 import { isAlive } from '../proc/read.js';
 import { PAGE_SIZE } from '../arch/x86-64.js';
-import { native } from '../native/binding.js';
 import { restore } from '../restore/restore.js';
 import { parseMaxCreds } from '../restore/bounds.js';
 import { finishing, Session } from '../session.js';
@@ -144,90 +143,100 @@ export interface MigrateResult {
 const COPY_BACKLOG_BYTES = 16 << 20;
 
 /**
- * The image's bytes on their way: checkpoint writes them into a pipe (its write end opened by
- * path, as a FIFO would be: /proc/self/fd/N); this reads the other end and sends every chunk
- * over the channel and into the local copy, pausing while the socket is full or more than
- * COPY_BACKLOG_BYTES of the copy wait for their writes (on libuv's pool: written here, they
- * held the JS thread, which also encrypts the stream, 1.5 s a GiB). A failure of either
- * closes the read end, so the checkpoint's next write fails (EPIPE) and it lets the tree go.
+ * The image's bytes on their way: the checkpoint, in this process, hands them to `sink` (its
+ * imageSink: no pipe, no descriptor), and each batch is sent over the channel and into the
+ * local copy; the checkpoint waits while the socket is full or more than COPY_BACKLOG_BYTES of
+ * the copy wait for their writes (on libuv's pool: written here, they held the JS thread,
+ * which also encrypts the stream, 1.5 s a GiB). A failure of either fails the checkpoint's next
+ * write (the sink rejects), so it lets the tree go. (The image went through a pipe into this
+ * process before, a pool thread's write and a read here for every 64 KiB: 15-20 ms of a 1 GiB
+ * pre-copy's frozen image of 1-2 MB.)
  */
 class Pump {
   /** Bytes sent so far. */
   bytes = 0;
   /** When the image's first byte came out of the checkpoint (performance.now()); 0 before. */
   firstAt = 0;
-  /** The pipe's write end, for the checkpoint to open by path. */
-  readonly path: string;
-  /** Why it stopped reading (the checkpoint then meets EPIPE), once it failed. */
+  /** Takes the image from the checkpoint (CheckpointOptions.imageSink). */
+  readonly sink: TarSink;
+  /** Why it stopped taking (the checkpoint's next write fails), once it failed. */
   failure: FerryError | undefined;
-  /** Resolves at the pipe's end (every byte sent and copied); rejects on the first failure. */
+  /** Resolves at end() once every byte is sent and copied; rejects on the first failure. */
   readonly done: Promise<number>;
-  private writeEnd: number;
-  private readonly reader: Socket;
+  private ended = false;
   /** The local copy's writes in flight: their bytes, and what waits for fewer (or none). */
   private copyBehind = 0;
   private copyWaiters: Array<() => void> = [];
   /** The copy's descriptor until closeCopy() (-1: none, or closed). */
   private copyFd: number;
+  private finish: () => void = () => {};
 
   constructor(channel: Channel, copyFd: number, copyDir: string, signal: AbortSignal | undefined,
     send: (chunk: Buffer) => boolean = (chunk) => channel.sendData(chunk)) {
-    const [r, w] = native().pipe2();
-    this.writeEnd = w;
-    this.path = `/proc/self/fd/${w}`;
-    try {
-      native().setPipeSize(w, 1 << 20);
-    } catch { /* the default 64 KiB only means more chunks */ }
-    this.reader = new Socket({ fd: r, readable: true, writable: false });
     this.copyFd = copyFd;
     let first = true;
     let copied = 0;
-    let failed = false;
+    /** Rejects with the first failure: what a checkpoint waiting on the sink meets. */
+    let stop!: (err: FerryError) => void;
+    const stopped = new Promise<never>((_resolve, reject) => { stop = reject; });
+    stopped.catch(() => {});
+    let fail: (err: FerryError) => void = () => {};
     this.done = new Promise<number>((resolve, reject) => {
-      const fail = (err: FerryError): void => {
-        failed = true;
+      fail = (err) => {
         this.failure ??= err;
-        this.reader.destroy(); // the checkpoint's next write into the pipe fails (EPIPE)
-        reject(err);
+        stop(this.failure);
+        reject(this.failure);
       };
-      const copyFailed = (err: unknown): void => fail(copyFailure(`the copy of the image in ${copyDir}`, err));
-      // A connection that fails while the checkpoint is still reading the tree ends it at once.
-      channel.socket.once('close', () => fail(channel.failure ?? new FerryError('ECONNRESET', `${channel.peer} closed the connection`)));
-      this.reader.on('data', (chunk: Buffer) => {
-        if (this.firstAt === 0) this.firstAt = performance.now();
-        if (copyFd >= 0) {
-          this.copyBehind += chunk.length;
-          writeAllAsync(copyFd, chunk, copied).catch(copyFailed).finally(() => {
-            this.copyBehind -= chunk.length;
-            for (const go of this.copyWaiters.splice(0)) go();
-          });
-          copied += chunk.length;
-        }
-        this.bytes += chunk.length;
-        let more: boolean;
-        try {
-          more = send(chunk);
-        } catch (err) {
-          return fail(err instanceof FerryError ? err : new FerryError('EIO', `sending the image: ${describeCause(err)}`, { cause: err }));
-        }
-        if (channel.failure !== undefined) return fail(channel.failure);
-        const copyFull = this.copyBehind > COPY_BACKLOG_BYTES;
-        if (more && !first && !copyFull) return;
-        this.reader.pause();
-        const wasFirst = first;
-        first = false;
-        (async () => {
-          if (wasFirst) await faultPoint('streaming', signal);
-          if (!more) await new Promise<void>((resolveDrain) => channel.socket.once('drain', resolveDrain));
-          if (copyFull) await this.copyBelow(COPY_BACKLOG_BYTES);
-          if (!failed) this.reader.resume();
-        })().catch((err: unknown) => fail(err instanceof FerryError ? err : new FerryError('EINTR', describeCause(err), { cause: err })));
-      });
-      // Every byte sent; done once the copy has them all too.
-      this.reader.on('end', () => { void this.copyBelow(0).then(() => resolve(this.bytes)); });
-      this.reader.on('error', (err) => fail(new FerryError('EIO', `reading the image's pipe: ${describeCause(err)}`, { cause: err })));
+      this.finish = () => { void this.copyBelow(0).then(() => resolve(this.bytes)); };
     });
     this.done.catch(() => {}); // awaited by the checkpoint's last step, or the failure is the checkpoint's
+    const copyFailed = (err: unknown): void => fail(copyFailure(`the copy of the image in ${copyDir}`, err));
+    // A connection that fails while the checkpoint is still reading the tree ends it at once.
+    channel.socket.once('close', () => fail(channel.failure ?? new FerryError('ECONNRESET', `${channel.peer} closed the connection`)));
+    /** Sends and copies a chunk of the image (its own memory); what to wait for before the next, if anything. */
+    const take = (chunk: Buffer): Promise<void> | undefined => {
+      if (this.firstAt === 0) this.firstAt = performance.now();
+      if (copyFd >= 0) {
+        this.copyBehind += chunk.length;
+        writeAllAsync(copyFd, chunk, copied).catch(copyFailed).finally(() => {
+          this.copyBehind -= chunk.length;
+          for (const go of this.copyWaiters.splice(0)) go();
+        });
+        copied += chunk.length;
+      }
+      this.bytes += chunk.length;
+      let more: boolean;
+      try {
+        more = send(chunk);
+      } catch (err) {
+        fail(err instanceof FerryError ? err : new FerryError('EIO', `sending the image: ${describeCause(err)}`, { cause: err }));
+        return stopped;
+      }
+      if (channel.failure !== undefined) {
+        fail(channel.failure);
+        return stopped;
+      }
+      const copyFull = this.copyBehind > COPY_BACKLOG_BYTES;
+      if (more && !first && !copyFull) return undefined;
+      const wasFirst = first;
+      first = false;
+      const wait = (async () => {
+        if (wasFirst) await faultPoint('streaming', signal);
+        if (!more) await new Promise<void>((resolveDrain) => channel.socket.once('drain', resolveDrain));
+        if (copyFull) await this.copyBelow(COPY_BACKLOG_BYTES);
+      })().catch((err: unknown) => fail(err instanceof FerryError ? err : new FerryError('EINTR', describeCause(err), { cause: err })));
+      return Promise.race([wait, stopped]);
+    };
+    // The writer's buffers are its own again once a take resolves, and the copy's writes and
+    // the socket may hold a chunk longer: each batch is copied once (a pipe copied it twice).
+    this.sink = {
+      take: (bufs) => {
+        if (this.failure !== undefined) return Promise.reject(this.failure);
+        if (this.ended) return Promise.reject(new Error('the image went on after its end'));
+        const chunk = bufs.length === 1 ? Buffer.from(bufs[0]!) : Buffer.concat(bufs);
+        return chunk.length === 0 ? Promise.resolve() : take(chunk) ?? Promise.resolve();
+      },
+    };
   }
 
   /** Resolves once at most `bytes` of the copy wait for their writes. */
@@ -241,11 +250,11 @@ class Pump {
     });
   }
 
-  /** Closes this process's write end (once the checkpoint has closed its own: the pipe ends). */
-  closeWriteEnd(): void {
-    if (this.writeEnd < 0) return;
-    closeSync(this.writeEnd);
-    this.writeEnd = -1;
+  /** The image is whole (the checkpoint's writes are done): `done` resolves once the copy has it all. */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.finish();
   }
 
   /**
@@ -259,13 +268,6 @@ class Pump {
     const close = (): void => { try { closeSync(fd); } catch { /* nothing to lose */ } };
     if (this.copyBehind === 0) close();
     else void this.copyBelow(0).then(close);
-  }
-
-  /** Closes everything (idempotent). */
-  destroy(): void {
-    this.closeWriteEnd();
-    this.reader.destroy();
-    this.closeCopy();
   }
 }
 
@@ -378,7 +380,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     frames?.name(join(dir, FRAME_LOG));
     const copyFd = frames === undefined ? openSync(copy, 'wx', 0o600) : -1;
     const pump = new Pump(ch, copyFd, dir, o.signal, pre !== undefined ? (chunk) => pre.send(chunk) : undefined);
-    session.onUndo('close the image pipe and the copy', () => pump.destroy());
+    session.onUndo('close the copy of the image', () => pump.closeCopy());
 
     // Garbage is collected now, where it costs the workload nothing, rather than when V8
     // finds it due, which the rounds' streaming brings about every 100 ms or so (gc.ts).
@@ -389,7 +391,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let sent = 0;
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
-      pid: o.pid, image: pump.path, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
+      pid: o.pid, image: '(the migration stream)', imageSink: pump.sink, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
       // The top-up rounds go once the target has taken the rounds before (its writes and hashing
       // lag behind the stream by up to a socket's and a backlog's worth, seconds on a busy node),
       // and the freeze once it has taken them too: none of its backlog falls in the downtime.
@@ -405,7 +407,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       // The image is written, the tree still stopped: wait for the target to hold it whole.
       beforeKill: async (at) => {
         stoppedAt = at;
-        pump.closeWriteEnd();
+        pump.end();
         // The image's bytes: under pre-copy the pipe carried all but the held pages (REFs).
         const bytes = await pump.done + (pre?.refBytes ?? 0);
         sent = bytes;
