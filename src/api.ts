@@ -13,6 +13,7 @@ import type { CredsBound } from './restore/bounds.js';
 import type { LazyStats } from './restore/lazy.js';
 import type { StagedRoot } from './restore/address-space.js';
 import type { TarSink } from './image/tar-out.js';
+import type { HostPublicKey } from './image/host-key.js';
 import type { HeldPages } from './dump/memory.js';
 
 export type { FileOptions };
@@ -181,6 +182,12 @@ export interface RestoreOptions extends CommonOptions {
    * is "" too, unsigned images are accepted (a signature present is still verified).
    */
   trust?: string | readonly KeyObject[];
+  /**
+   * This machine's host key (image.host_key of the config), read ahead: null when it has
+   * none. Absent: read when the restore starts. A migration's target reads it when the hello
+   * comes, so that the downtime does not (src/migrate/receiver.ts).
+   */
+  hostKey?: HostPublicKey | null;
   /**
    * The most the restored tasks may get (src/restore/bounds.ts, docs/security.md): every
    * task's uids, gids, groups, capability sets, securebits, no_new_privs, seccomp, hard

@@ -122,12 +122,15 @@ export function hostSigningKey(path: string): KeyObject | undefined {
   return key;
 }
 
+/** The public half of a host key and its fingerprint. */
+export interface HostPublicKey { keyId: KeyId; key: KeyObject }
+
 /**
  * The public half of the host key at `path` and its fingerprint, if this machine has one (a
  * restore never makes one); undefined for "" or none. A host key that is not root's alone
  * fails (EKEY).
  */
-export function hostPublicKey(path: string): { keyId: KeyId; key: KeyObject } | undefined {
+export function hostPublicKey(path: string): HostPublicKey | undefined {
   if (path === '') return undefined;
   const key = readHostKey(path);
   if (!key) return undefined;

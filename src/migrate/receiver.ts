@@ -23,6 +23,7 @@ import type { Server, TLSSocket } from 'node:tls';
 import type { CommonOptions, FileOptions } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { faultPoint } from '../fault.js';
+import { hostPublicKey } from '../image/host-key.js';
 import { restore } from '../restore/restore.js';
 import type { CredsBound } from '../restore/bounds.js';
 import { Session } from '../session.js';
@@ -140,6 +141,8 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const sameBoot = hello.bootId !== '' && hello.bootId === bootId();
     // A container: where it goes is checked now, before one byte of its image is taken.
     const restoreTree = hello.container !== undefined ? containerRestorer(hello.container, o.runtime ?? 'runc') : restore;
+    // This node's host key (the images it signed are trusted), read now rather than in the downtime.
+    const hostKey = hostPublicKey(o.config.image.hostKey) ?? null;
     const dir = privateDir(o.config.image.workDir, RECEIVER_DIR);
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const image = join(dir, 'image.tar');
@@ -237,7 +240,7 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const result = await restoreTree({
       ...(staging ? { stagedMemory: staging } : {}),
       ...(lazy ? { lazyPages: true } : {}),
-      image, config: o.config, logger: o.logger,
+      image, config: o.config, logger: o.logger, hostKey,
       // The pages REFs named stay in the store: the restore reads them from there, verified.
       ...(pre ? { imageOverlay: pre.overlay() } : {}),
       ...(o.signal !== undefined ? { signal: o.signal } : {}),

@@ -80,7 +80,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   if (swept > 0) log.info({ swept }, 'removed names a killed restore had made');
   // --trust, else image.trust of the config: read before the image, checked right after its
   // manifest. This machine's own key is trusted too (image/host-key.ts).
-  const host = hostPublicKey(o.config.image.hostKey);
+  const host = o.hostKey !== undefined ? o.hostKey ?? undefined : hostPublicKey(o.config.image.hostKey);
   const configured = restoreTrust(o.trust, o.config.image.trust);
   const trust = configured && host ? { ...configured, keys: new Map([...configured.keys, [host.keyId, host.key]]) } : configured;
   const image = await openImage(o.image, {
