@@ -19,6 +19,8 @@ import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { exitOf, killFerries, records, startFerry, type Running } from '../helpers/precopy-run.js';
 import { derivePsk, keySecret } from '../../src/migrate/key.js';
+import { PROTOCOL_VERSION } from '../../src/migrate/channel.js';
+import { FERRY_VERSION } from '../../src/version.js';
 import {
   alive, cleanup, ferry, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload,
 } from '../helpers/processes.js';
@@ -288,6 +290,62 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     assert.deepEqual(leftovers(workDir), []);
     recv.child.kill('SIGTERM');
     assert.equal(await exitOf(recv, 'ferry receive'), 143);
+  });
+
+  it('a staging receiver sent chunk starts that overlap fails that migration alone: its stub goes, the next migration runs', async () => {
+    const { r: recv, port } = await receiver(key, ['--max-creds', 'root', '--config', config]);
+    const w = await counter();
+    const psk = derivePsk(keySecret(readFileSync(key), key));
+    const frame = (m: object): Buffer => {
+      const body = Buffer.from(JSON.stringify(m));
+      const head = Buffer.alloc(5);
+      head.writeUInt8(1, 0);
+      head.writeUInt32BE(body.length, 1);
+      return Buffer.concat([head, body]);
+    };
+    // A pre-copy sender of the counter's pid (the receiver stages its pages in a stub of its
+    // own from the hello on), whose chunk starts are 1 page apart where a chunk is 256.
+    const said: string[] = [];
+    let staged: number[] = [];
+    await new Promise<void>((resolve) => {
+      const s = tlsConnect({
+        host: '127.0.0.1', port, ciphers: 'ECDHE-PSK-CHACHA20-POLY1305', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+        pskCallback: () => ({ psk, identity: 'ferry-migrate/1' }), checkServerIdentity: () => undefined,
+      }, () => s.write(frame({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: w.pid, bootId: '', precopy: true })));
+      let got = Buffer.alloc(0);
+      s.on('data', (d: Buffer) => {
+        got = Buffer.concat([got, d]);
+        while (got.length >= 5 && got.length >= 5 + got.readUInt32BE(1)) {
+          const m = JSON.parse(got.subarray(5, 5 + got.readUInt32BE(1)).toString()) as { type: string; code?: string; message?: string };
+          got = got.subarray(5 + got.readUInt32BE(1));
+          said.push(m.type === 'error' ? `error ${m.code}: ${m.message}` : m.type);
+          if (m.type === 'welcome') {
+            staged = stubs();
+            s.write(frame({ type: 'chunks', pid: w.pid, starts: [4096, 4097] }));
+          }
+        }
+      });
+      s.on('error', () => resolve());
+      s.on('close', () => resolve());
+    });
+    assert.equal(staged.length, 1, 'the receiver staged the pid\'s memory in a stub');
+    assert.deepEqual(said, ['welcome'], 'a peer that broke the protocol is only hung up on');
+    await waitFor('the failed migration\'s line', () => recv.stderr().includes('chunk starts that overlap'));
+    assert.match(recv.stderr(), /^ferry receive: the sender 127\.0\.0\.1:\d+ sent chunk starts that overlap: a protocol error/m);
+    await waitFor('the staging stub to go', () => stubs().length === 0);
+    assert.deepEqual(leftovers(workDir), []);
+    assert.equal(recv.child.exitCode, null, 'the receiver goes on');
+    // And takes the next migration, of the same pid, staged and restored.
+    const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
+    own(w.pid);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 0, mig.stderr());
+    await w.exited;
+    await waitFor('the migrated counter', () => alive(w.pid));
+    assert.equal(await verify(w), 'PASS');
+    recv.child.kill('SIGTERM');
+    assert.equal(await exitOf(recv, 'ferry receive'), 143);
+    process.kill(w.pid, 'SIGKILL');
+    assert.deepEqual(leftovers(workDir), []);
   });
 
   it('refuses to start without --key, without a trust decision, or with a key file others can read', () => {
