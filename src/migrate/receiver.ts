@@ -17,7 +17,7 @@
  * Restore's own guarantee covers the rest: until the tree runs, every way out removes what it
  * made; stubs die with a ferry that dies (PTRACE_O_EXITKILL).
  */
-import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server, TLSSocket } from 'node:tls';
 import type { CommonOptions, FileOptions } from '../api.js';
@@ -33,6 +33,7 @@ import { containerRestorer } from './container.js';
 import type { Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { PreCopyReceiver } from './precopy.js';
+import { writeAllAsync } from './page-store.js';
 import { StagedMemory } from './staging.js';
 import { defaultStubPath } from '../native/binding.js';
 import { PAGE_SIZE } from '../arch/x86-64.js';
@@ -127,6 +128,90 @@ function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
 }
 
+
+/** Bytes of the spool's writes in flight past which the channel stops reading (they wait in memory). */
+const SPOOL_BACKLOG_BYTES = 16 << 20;
+
+/**
+ * The image as it arrives, each piece written at its offset on libuv's pool (pages named by
+ * REF are left as holes: skip). A pre-copy's frozen image is hundreds of small RAW pieces
+ * between held runs, and each written on the JS thread cost 30-40 µs (ext4 dirties the inode
+ * for each): 15-20 ms of a 1 GiB migration's stream, on the thread that also decrypts it,
+ * with the source frozen. The first write that fails fails the next call, settled(), and
+ * (`onFail`) the migration at once. The descriptor is closed once no write is in flight (its
+ * number could be another file's by the time a late one runs).
+ */
+class Spool {
+  /** Where the next byte goes. */
+  private at = 0;
+  private behind = 0;
+  private inflight = 0;
+  private waiters: Array<() => void> = [];
+  private failure: FerryError | undefined;
+  private closed = false;
+
+  constructor(private readonly fd: number, private readonly dir: string, private readonly onFail: (err: FerryError) => void) {}
+
+  /** Writes `chunk` next; it is kept until written, so its memory must not be used again meanwhile. */
+  write(chunk: Buffer): void {
+    if (this.failure !== undefined) throw this.failure;
+    if (this.closed) throw new Error('a write to a closed spool');
+    const at = this.at;
+    this.at += chunk.length;
+    this.behind += chunk.length;
+    this.inflight++;
+    writeAllAsync(this.fd, chunk, at).catch((err: unknown) => {
+      if (this.failure !== undefined) return;
+      this.failure = new FerryError('EIMAGE', `cannot spool the image into ${this.dir} (image.work_dir): ${describeCause(err)}`, { cause: err, path: this.dir });
+      this.onFail(this.failure);
+    }).finally(() => {
+      this.behind -= chunk.length;
+      this.inflight--;
+      for (const go of this.waiters.splice(0)) go();
+    });
+  }
+
+  skip(n: number): void {
+    this.at += n;
+  }
+
+  /** A promise while more than SPOOL_BACKLOG_BYTES wait for their writes (the channel stops reading meanwhile). */
+  backlog(): Promise<void> | undefined {
+    return this.behind > SPOOL_BACKLOG_BYTES ? this.until(() => this.behind <= SPOOL_BACKLOG_BYTES) : undefined;
+  }
+
+  /** Resolves once every write is done; rejects with the first that failed. */
+  async settled(): Promise<void> {
+    await this.until(() => this.inflight === 0);
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  /** Sizes the file to `bytes` (the image's whole length) and closes it; every write done (settled). */
+  finish(bytes: number): void {
+    ftruncateSync(this.fd, bytes);
+    this.close();
+  }
+
+  /** Closes the descriptor: now, or after the last write in flight. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const close = (): void => { try { closeSync(this.fd); } catch { /* nothing to lose */ } };
+    if (this.inflight === 0) close();
+    else void this.until(() => this.inflight === 0).then(close);
+  }
+
+  private until(done: () => boolean): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (done()) resolve();
+        else this.waiters.push(check);
+      };
+      check();
+    });
+  }
+}
+
 /** One migration from an authenticated sender: its image spooled, checked, restored on "go". */
 async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: Channel): Promise<void> {
   const address = ch.peer.replace(/^the sender /, '');
@@ -146,22 +231,12 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const dir = privateDir(o.config.image.workDir, RECEIVER_DIR);
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const image = join(dir, 'image.tar');
-    const fd = openSync(image, 'wx', 0o600);
-    let open = true;
-    const closeSpool = (): void => { if (open) { open = false; closeSync(fd); } };
-    session.onUndo('close the spool', closeSpool);
+    // A write that fails fails this migration at once (the channel), not only at the end.
+    const spooled = new Spool(openSync(image, 'wx', 0o600), dir, (err) => ch.fail(err));
+    session.onUndo('close the spool', () => spooled.close());
     let bytes = 0;
-    /** Where the next byte of the spool goes (pages named by REF are left as holes: skip). */
-    let spoolAt = 0;
-    const spool = (chunk: Buffer): void => {
-      try {
-        for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off, chunk.length - off, spoolAt + off);
-        spoolAt += chunk.length;
-      } catch (err) {
-        throw new FerryError('EIMAGE', `cannot spool the image into ${dir} (image.work_dir): ${describeCause(err)}`, { cause: err, path: dir });
-      }
-    };
-    const skip = (n: number): void => { spoolAt += n; };
+    const spool = (chunk: Buffer): void => spooled.write(chunk);
+    const skip = (n: number): void => spooled.skip(n);
     // Pre-copy: tagged frames, pages kept in a store beside the spool (precopy.ts).
     const pre = hello.precopy === true ? new PreCopyReceiver(dir, ch.peer) : undefined;
     if (pre) session.onUndo('close the pre-copy store', () => pre.close());
@@ -186,7 +261,7 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
         bytes += chunk.length;
       }
       if (was === 0 && bytes > 0) return faultPoint('streaming', o.signal);
-      return pre?.backlog();
+      return pre?.backlog() ?? spooled.backlog();
     };
     ch.onData = (chunk) => (pre && !pre.ready(chunk) ? pre.settled().then(() => take(chunk)) : take(chunk));
     // The sender freezes the tree once this side has taken what it sent (channel.ts 'catch-up'):
@@ -225,9 +300,9 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     ch.onData = undefined;
     ch.onControl = undefined;
     await pre?.settled();
+    await spooled.settled();
     if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
-    ftruncateSync(fd, bytes); // a hole at the end too (a tar never ends in pages, but its reader need not know)
-    closeSpool();
+    spooled.finish(bytes); // a hole at the end too (a tar never ends in pages, but its reader need not know)
     o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes, ms: round(tEnd - tWelcome),
       ...(pre ? { preCopyPages: pre.pages, refBytes: pre.refBytes } : {}) });
 

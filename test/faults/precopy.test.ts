@@ -337,6 +337,33 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     });
   }
 
+  // The target's spool (stop and copy: every byte of the image) is written on libuv's pool as
+  // the image arrives: a write that fails there fails the migration before the kill.
+  it('the target\'s spool cannot be written (its image.work_dir fills), stop and copy: the source runs on, nothing left', async () => {
+    const dir = scratchDir('ferry-precopy-full-target-');
+    const full = join(dir, 'work');
+    mkdirSync(full, { mode: 0o700 });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0700', 'ferry-test-full', full]);
+    try {
+      const cfg = join(dir, 'config.toml');
+      writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
+      const w = await startDirtier(32, 10);
+      const { r: recv, port } = await startReceiver(key, cfg);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--no-pre-copy']);
+      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+      const lines = mig.stderr().trim().split('\n');
+      assert.equal(lines.length, 1, mig.stderr());
+      assert.match(lines[0]!, new RegExp(`^ferry migrate: .*127\\.0\\.0\\.1.*, so pid ${w.pid} was let go as it was: it runs on here$`));
+      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+      assert.match(recv.stderr(), new RegExp(`^ferry receive: .*cannot spool the image into ${full}/\\S+ \\(image\\.work_dir\\): .*ENOSPC`, 'm'));
+      assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
+      await runsOnUnharmed(w);
+    } finally {
+      execFileSync('umount', [full]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the source\'s image.work_dir fills during the top-up right before the freeze: one line naming the pid, the source runs on, nothing left', async () => {
     const dir = scratchDir('ferry-precopy-full-');
     const full = join(dir, 'work');
