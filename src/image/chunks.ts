@@ -377,6 +377,37 @@ export function pageDigests(data: Uint8Array, out?: Buffer, at = 0, unit = DIGES
 }
 
 /**
+ * Chunk digests of a `pageDigests` entry (chunkDigest: the sha256 of its pages' digests) made
+ * from page digests kept elsewhere (a pre-copy's held pages, a page store's slots), `batch`
+ * chunks of `pages` pages a call of the addon. For each of `starts`, in order, `gather(start,
+ * out, at)` puts that chunk's page digests (pages × 32 bytes) into `out` at `at` and says
+ * whether it did (false: the chunk is skipped; 'stop': none from it on, nor the ones gathered
+ * since the last call, is taken). `taken(start, digest)` gets each digest made (a view of a
+ * buffer of its batch's). Returns how many were taken. One scratch buffer for all the batches:
+ * fresh memory costs a page fault per 4 KiB (on this VM 1.8 s of CPU per GiB, image/direct.ts).
+ */
+export function chunkDigestsOf(starts: readonly number[], pages: number, batch: number,
+  gather: (start: number, out: Buffer, at: number) => boolean | 'stop', taken: (start: number, digest: Buffer) => void): number {
+  const unit = pages * 32;
+  const sums = Buffer.allocUnsafe(batch * unit);
+  const chosen: number[] = [];
+  let count = 0;
+  for (let i = 0; i < starts.length;) {
+    chosen.length = 0;
+    for (; i < starts.length && chosen.length < batch; i++) {
+      const got = gather(starts[i]!, sums, chosen.length * unit);
+      if (got === 'stop') return count;
+      if (got) chosen.push(starts[i]!);
+    }
+    if (chosen.length === 0) continue;
+    const out = pageDigests(sums.subarray(0, chosen.length * unit), undefined, 0, unit);
+    for (let j = 0; j < chosen.length; j++) taken(chosen[j]!, out.subarray(j * 32, j * 32 + 32));
+    count += chosen.length;
+  }
+  return count;
+}
+
+/**
  * pageDigests of 4 KiB pages on a thread of libuv's pool (native writeAndDigest, writing
  * nothing), into `out` (32 bytes a page); on this thread where the addon has no SHA-256.
  * Neither may change until it settles.

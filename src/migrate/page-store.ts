@@ -7,7 +7,7 @@ import { closeSync, constants, fstatSync, fsyncSync, openSync, readSync, renameS
 import { join } from 'node:path';
 import { PAGE_SIZE } from '../arch/x86-64.js';
 import { FerryError, describeCause } from '../errors.js';
-import { pageDigests, type ImagePiece } from '../image/chunks.js';
+import { chunkDigestsOf, pageDigests, type ImagePiece } from '../image/chunks.js';
 import type { ImageOverlay } from '../image/reader.js';
 import { native } from '../native/binding.js';
 import { PAGED_CHUNK_PAGES } from '../image/writer.js';
@@ -251,26 +251,13 @@ export class PreCopyReceiver {
   takeChunkDigests(): number {
     const idx = this.staging !== undefined ? this.index.get(this.staging.pid) : undefined;
     if (idx === undefined || this.queuedFrames > 0) return 0;
-    const unit = PAGED_CHUNK_PAGES * 32;
-    const sums = Buffer.allocUnsafe(PREPARE_BATCH * unit);
-    const batch: number[] = [];
-    let taken = 0;
-    for (let i = 0; i < this.chunkStarts.length;) {
-      batch.length = 0;
-      for (; i < this.chunkStarts.length && batch.length < PREPARE_BATCH; i++) {
-        const page = this.chunkStarts[i]!;
-        if (this.chunkSums.has(page) || idx.run(page, PAGED_CHUNK_PAGES) !== PAGED_CHUNK_PAGES) continue;
-        const d = this.digestsOf(idx.get(page), PAGED_CHUNK_PAGES);
-        if (d === undefined) return taken; // digests no longer kept: none
-        sums.set(d, batch.length * unit);
-        batch.push(page);
-      }
-      if (batch.length === 0) continue;
-      const out = pageDigests(sums.subarray(0, batch.length * unit), undefined, 0, unit);
-      for (let j = 0; j < batch.length; j++) this.chunkSums.set(batch[j]!, out.subarray(j * 32, j * 32 + 32));
-      taken += batch.length;
-    }
-    return taken;
+    return chunkDigestsOf(this.chunkStarts, PAGED_CHUNK_PAGES, PREPARE_BATCH, (page, out, at) => {
+      if (this.chunkSums.has(page) || idx.run(page, PAGED_CHUNK_PAGES) !== PAGED_CHUNK_PAGES) return false;
+      const d = this.digestsOf(idx.get(page), PAGED_CHUNK_PAGES);
+      if (d === undefined) return 'stop'; // digests no longer kept: none
+      out.set(d, at);
+      return true;
+    }, (page, sum) => this.chunkSums.set(page, sum));
   }
 
   /** Drops the chunk digests taken of `pid`'s chunks that pages [first, first + count) fall in. */

@@ -44,7 +44,7 @@ import { PAGE_SIZE } from '../arch/x86-64.js';
 import { DirtyTracker, type ProcessScan } from '../dump/dirty.js';
 import { stageableAreas } from './staging.js';
 import { planMemory, type HeldPages, type PageCounts } from '../dump/memory.js';
-import { pageDigests, pageDigestsOnPool } from '../image/chunks.js';
+import { chunkDigestsOf, pageDigestsOnPool } from '../image/chunks.js';
 import type { VmaRecord } from '../image/records.js';
 import { PAGED_CHUNK_PAGES } from '../image/writer.js';
 import { FerryError, describeCause } from '../errors.js';
@@ -221,31 +221,17 @@ export class HeldPagesOf {
    * how many it took.
    */
   private takeChunks(starts: readonly number[], pages: number): number {
-    const unit = pages * 32;
-    // One buffer for every batch: fresh memory costs a page fault per 4 KiB (on this VM
-    // 1.8 s of CPU per GiB, image/direct.ts), more than the hashing.
-    const sums = Buffer.allocUnsafe(PREPARE_BATCH * unit);
-    const batch: number[] = [];
-    let taken = 0;
     let end = -Infinity; // of the last chunk known or taken: they must not overlap (changed())
-    for (let i = 0; i < starts.length;) {
-      batch.length = 0;
-      for (; i < starts.length && batch.length < PREPARE_BATCH; i++) {
-        const page = starts[i]!;
-        if (page < end) {
-          this.chunks.delete(page);
-          continue;
-        }
-        const known = this.chunks.has(page);
-        if (!known && this.run(page, pages, true, sums, batch.length * unit) !== pages) continue;
-        end = page + pages;
-        if (!known) batch.push(page);
+    const taken = chunkDigestsOf(starts, pages, PREPARE_BATCH, (page, out, at) => {
+      if (page < end) {
+        this.chunks.delete(page);
+        return false;
       }
-      if (batch.length === 0) continue;
-      const out = pageDigests(sums.subarray(0, batch.length * unit), undefined, 0, unit);
-      for (let j = 0; j < batch.length; j++) this.chunks.set(batch[j]!, { pages, sum: out.subarray(j * 32, j * 32 + 32) });
-      taken += batch.length;
-    }
+      const known = this.chunks.has(page);
+      if (!known && this.run(page, pages, true, out, at) !== pages) return false;
+      end = page + pages;
+      return !known;
+    }, (page, sum) => this.chunks.set(page, { pages, sum }));
     this.chunkStarts = [...this.chunks.keys()].sort((a, b) => a - b);
     return taken;
   }
