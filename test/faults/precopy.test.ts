@@ -38,6 +38,25 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
    * write-tracked, writing on with every page right; nothing is left on either side. Then it
    * is killed.
    */
+  /**
+   * Runs `f` with an image.work_dir on a tmpfs of `size` (the test's own, mounted for it) and a
+   * config naming it; unmounted and removed after, whatever happens.
+   */
+  async function withFullWorkDir(prefix: string, size: string, f: (full: string, cfg: string) => Promise<void>): Promise<void> {
+    const dir = scratchDir(prefix);
+    const full = join(dir, 'work');
+    mkdirSync(full, { mode: 0o700 });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'ferry-test-full', full]);
+    try {
+      const cfg = join(dir, 'config.toml');
+      writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
+      await f(full, cfg);
+    } finally {
+      execFileSync('umount', [full]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
   async function runsOnUnharmed(w: Workload): Promise<void> {
     const st = procState(w.pid);
     assert.equal(st.tracer, 0, 'untraced');
@@ -311,87 +330,54 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
   // tar, Pump) is written on libuv's pool while the stream goes on: a write that fails there
   // must fail the migration in one line before the kill, the source running on.
   for (const mode of ['pre-copy', 'stop and copy'] as const) {
-    it(`the source's copy cannot be written (its image.work_dir fills), ${mode}: one line, the source runs on, nothing left`, async () => {
-      const dir = scratchDir('ferry-precopy-full-');
-      const full = join(dir, 'work');
-      mkdirSync(full, { mode: 0o700 });
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0700', 'ferry-test-full', full]);
-      try {
-        const cfg = join(dir, 'config.toml');
-        writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
-        const w = await startDirtier(32, 10);
-        const { r: recv, port } = await startReceiver(key, config);
-        const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg,
-          ...(mode === 'stop and copy' ? ['--no-pre-copy'] : [])]);
-        assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
-        const lines = mig.stderr().trim().split('\n');
-        assert.equal(lines.length, 1, mig.stderr());
-        assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the (local )?copy of the (image|migration's frames) in ${full}(/\\S*)? \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
-        assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
-        assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
-        await runsOnUnharmed(w);
-      } finally {
-        execFileSync('umount', [full]);
-        rmSync(dir, { recursive: true, force: true });
-      }
-    });
+    it(`the source's copy cannot be written (its image.work_dir fills), ${mode}: one line, the source runs on, nothing left`, () => withFullWorkDir('ferry-precopy-full-', '8m', async (full, cfg) => {
+      const w = await startDirtier(32, 10);
+      const { r: recv, port } = await startReceiver(key, config);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg,
+        ...(mode === 'stop and copy' ? ['--no-pre-copy'] : [])]);
+      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+      const lines = mig.stderr().trim().split('\n');
+      assert.equal(lines.length, 1, mig.stderr());
+      assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the (local )?copy of the (image|migration's frames) in ${full}(/\\S*)? \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
+      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+      assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
+      await runsOnUnharmed(w);
+    }));
   }
 
   // The target's spool (stop and copy: every byte of the image) is written on libuv's pool as
   // the image arrives: a write that fails there fails the migration before the kill.
-  it('the target\'s spool cannot be written (its image.work_dir fills), stop and copy: the source runs on, nothing left', async () => {
-    const dir = scratchDir('ferry-precopy-full-target-');
-    const full = join(dir, 'work');
-    mkdirSync(full, { mode: 0o700 });
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0700', 'ferry-test-full', full]);
-    try {
-      const cfg = join(dir, 'config.toml');
-      writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
-      const w = await startDirtier(32, 10);
-      const { r: recv, port } = await startReceiver(key, cfg);
-      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--no-pre-copy']);
-      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
-      const lines = mig.stderr().trim().split('\n');
-      assert.equal(lines.length, 1, mig.stderr());
-      assert.match(lines[0]!, new RegExp(`^ferry migrate: .*127\\.0\\.0\\.1.*, so pid ${w.pid} was let go as it was: it runs on here$`));
-      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
-      assert.match(recv.stderr(), new RegExp(`^ferry receive: .*cannot spool the image into ${full}/\\S+ \\(image\\.work_dir\\): .*ENOSPC`, 'm'));
-      assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
-      await runsOnUnharmed(w);
-    } finally {
-      execFileSync('umount', [full]);
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  it('the target\'s spool cannot be written (its image.work_dir fills), stop and copy: the source runs on, nothing left', () => withFullWorkDir('ferry-precopy-full-target-', '8m', async (full, cfg) => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, cfg);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--no-pre-copy']);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+    const lines = mig.stderr().trim().split('\n');
+    assert.equal(lines.length, 1, mig.stderr());
+    assert.match(lines[0]!, new RegExp(`^ferry migrate: .*127\\.0\\.0\\.1.*, so pid ${w.pid} was let go as it was: it runs on here$`));
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+    assert.match(recv.stderr(), new RegExp(`^ferry receive: .*cannot spool the image into ${full}/\\S+ \\(image\\.work_dir\\): .*ENOSPC`, 'm'));
+    assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
+    await runsOnUnharmed(w);
+  }));
 
-  it('the source\'s image.work_dir fills during the top-up right before the freeze: one line naming the pid, the source runs on, nothing left', async () => {
-    const dir = scratchDir('ferry-precopy-full-');
-    const full = join(dir, 'work');
-    mkdirSync(full, { mode: 0o700 });
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m,mode=0700', 'ferry-test-full', full]);
-    try {
-      const cfg = join(dir, 'config.toml');
-      writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
-      const w = await startDirtier(32, 10);
-      const { r: recv, port } = await startReceiver(key, config);
-      // Paused for 3 s after the first top-up round; the file system fills meanwhile, so what
-      // the copy takes next (a second top-up, the frozen image's frames) cannot be written.
-      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg], 'topup+3000');
-      await waitFor('ferry migrate to pause after its first top-up round', () => /paused at topup/.test(mig.stderr()), 60_000);
-      try { writeFileSync(join(full, 'fill'), Buffer.alloc(48 << 20)); } catch { /* full: what it is for */ }
-      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
-      const lines = mig.stderr().trim().split('\n').filter((l) => !l.startsWith('ferry-test: '));
-      assert.equal(lines.length, 1, mig.stderr());
-      assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the local copy of the migration's frames in ${full} \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
-      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
-      rmSync(join(full, 'fill'), { force: true });
-      assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
-      await runsOnUnharmed(w);
-    } finally {
-      execFileSync('umount', [full]);
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  it('the source\'s image.work_dir fills during the top-up right before the freeze: one line naming the pid, the source runs on, nothing left', () => withFullWorkDir('ferry-precopy-full-', '48m', async (full, cfg) => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, config);
+    // Paused for 3 s after the first top-up round; the file system fills meanwhile, so what
+    // the copy takes next (a second top-up, the frozen image's frames) cannot be written.
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg], 'topup+3000');
+    await waitFor('ferry migrate to pause after its first top-up round', () => /paused at topup/.test(mig.stderr()), 60_000);
+    try { writeFileSync(join(full, 'fill'), Buffer.alloc(48 << 20)); } catch { /* full: what it is for */ }
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+    const lines = mig.stderr().trim().split('\n').filter((l) => !l.startsWith('ferry-test: '));
+    assert.equal(lines.length, 1, mig.stderr());
+    assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the local copy of the migration's frames in ${full} \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+    rmSync(join(full, 'fill'), { force: true });
+    assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
+    await runsOnUnharmed(w);
+  }));
 
   it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
     const w = await startWorkload(join(WORKLOADS, 'cow'), ['DIR', '32']);

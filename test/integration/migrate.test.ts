@@ -12,7 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -62,6 +62,25 @@ async function runsOn(w: Workload, ppid: number, check = true): Promise<void> {
   const n = w.ticks().length;
   await waitFor('the source to count on', () => w.ticks().length >= n + 3);
   if (check) assert.equal(await verify(w), 'PASS');
+}
+
+/** A frame of the migration protocol carrying control message `m` (channel.ts). */
+function controlFrame(m: object): Buffer {
+  const body = Buffer.from(JSON.stringify(m));
+  const head = Buffer.alloc(5);
+  head.writeUInt8(1, 0);
+  head.writeUInt32BE(body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
+/** A TLS-PSK connection to the receiver on `port` with the key file `key`, as ferry migrate makes one; `ready` once it is up. */
+function pskConnect(port: number, key: string, ready: (s: TLSSocket) => void): TLSSocket {
+  const psk = derivePsk(keySecret(readFileSync(key), key));
+  const s: TLSSocket = tlsConnect({
+    host: '127.0.0.1', port, ciphers: 'ECDHE-PSK-CHACHA20-POLY1305', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+    pskCallback: () => ({ psk, identity: 'ferry-migrate/1' }), checkServerIdentity: () => undefined,
+  }, () => ready(s));
+  return s;
 }
 
 /** The spool and copy directories ferry made in `workDir`. */
@@ -256,25 +275,15 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
 
   it('an authenticated peer that breaks the protocol is dropped, and nothing is kept', async () => {
     const { r: recv, port } = await receiver(key, ['--max-creds', 'root', '--config', config]);
-    const psk = derivePsk(keySecret(readFileSync(key), key));
     const send = (frame: Buffer): Promise<void> => new Promise((resolve) => {
-      const s = tlsConnect({
-        host: '127.0.0.1', port, ciphers: 'ECDHE-PSK-CHACHA20-POLY1305', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
-        pskCallback: () => ({ psk, identity: 'ferry-migrate/1' }), checkServerIdentity: () => undefined,
-      }, () => s.write(frame));
+      const s = pskConnect(port, key, () => s.write(frame));
       s.on('data', () => {});
       s.on('error', () => resolve());
       s.on('close', () => resolve());
     });
     // A frame of 2 GiB announced first, then a hello with a field the protocol does not have.
     await send(Buffer.from([2, 0x80, 0, 0, 0]));
-    const control = (m: object): Buffer => {
-      const body = Buffer.from(JSON.stringify(m));
-      const head = Buffer.alloc(5);
-      head.writeUInt8(1, 0);
-      head.writeUInt32BE(body.length, 1);
-      return Buffer.concat([head, body]);
-    };
+    const control = controlFrame;
     const hello = { type: 'hello', protocol: 1, ferryVersion: 'x', pid: 1, bootId: '' };
     await send(control({ ...hello, extra: 1 }));
     // File flags: only the ones a restore reads, only booleans.
@@ -295,23 +304,13 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
   it('a staging receiver sent chunk starts that overlap fails that migration alone: its stub goes, the next migration runs', async () => {
     const { r: recv, port } = await receiver(key, ['--max-creds', 'root', '--config', config]);
     const w = await counter();
-    const psk = derivePsk(keySecret(readFileSync(key), key));
-    const frame = (m: object): Buffer => {
-      const body = Buffer.from(JSON.stringify(m));
-      const head = Buffer.alloc(5);
-      head.writeUInt8(1, 0);
-      head.writeUInt32BE(body.length, 1);
-      return Buffer.concat([head, body]);
-    };
+    const frame = controlFrame;
     // A pre-copy sender of the counter's pid (the receiver stages its pages in a stub of its
     // own from the hello on), whose chunk starts are 1 page apart where a chunk is 256.
     const said: string[] = [];
     let staged: number[] = [];
     await new Promise<void>((resolve) => {
-      const s = tlsConnect({
-        host: '127.0.0.1', port, ciphers: 'ECDHE-PSK-CHACHA20-POLY1305', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
-        pskCallback: () => ({ psk, identity: 'ferry-migrate/1' }), checkServerIdentity: () => undefined,
-      }, () => s.write(frame({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: w.pid, bootId: '', precopy: true })));
+      const s = pskConnect(port, key, () => s.write(frame({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: w.pid, bootId: '', precopy: true })));
       let got = Buffer.alloc(0);
       s.on('data', (d: Buffer) => {
         got = Buffer.concat([got, d]);
