@@ -8,7 +8,7 @@
  * Never harming the workload. Nothing is touched before the target has answered. Until the
  * kill, every way out lets the tree go as it was: the checkpoint's own session does (and the
  * kernel, if ferry dies: docs/safety.md); this module only makes the checkpoint fail, by
- * failing the image's pipe or the wait for "ready". After the kill the workload lives only in
+ * failing the image's next write (Pump) or the wait for "ready". After the kill the workload lives only in
  * the image: a target that says its restore failed (it then removed all it made) gets the
  * local copy restored here; a target that falls silent leaves the outcome unknown, so the copy
  * is kept and named instead of restored (restoring it while the target may run the tree would
@@ -139,8 +139,14 @@ export interface MigrateResult {
   lazy?: { pages: number; faults: number; fillMs: number };
 }
 
-/** Bytes of the local copy a Pump lets wait for their writes before it stops reading. */
+/** Bytes of the local copy a Pump lets wait for their writes before the checkpoint waits too. */
 const COPY_BACKLOG_BYTES = 16 << 20;
+/**
+ * A batch of the checkpoint's writes (under pre-copy, the frozen image's replayed pieces come
+ * all at once, up to tens of MiB) goes out in pieces of this size, each waiting for the
+ * socket as a read of the pipe did.
+ */
+const SINK_PIECE_BYTES = 1 << 20;
 
 /**
  * The image's bytes on their way: the checkpoint, in this process, hands them to `sink` (its
@@ -170,6 +176,7 @@ class Pump {
   /** The copy's descriptor until closeCopy() (-1: none, or closed). */
   private copyFd: number;
   private finish: () => void = () => {};
+  private unlisten: () => void = () => {};
 
   constructor(channel: Channel, copyFd: number, copyDir: string, signal: AbortSignal | undefined,
     send: (chunk: Buffer) => boolean = (chunk) => channel.sendData(chunk)) {
@@ -183,6 +190,7 @@ class Pump {
     let fail: (err: FerryError) => void = () => {};
     this.done = new Promise<number>((resolve, reject) => {
       fail = (err) => {
+        this.unlisten();
         this.failure ??= err;
         stop(this.failure);
         reject(this.failure);
@@ -191,8 +199,15 @@ class Pump {
     });
     this.done.catch(() => {}); // awaited by the checkpoint's last step, or the failure is the checkpoint's
     const copyFailed = (err: unknown): void => fail(copyFailure(`the copy of the image in ${copyDir}`, err));
-    // A connection that fails while the checkpoint is still reading the tree ends it at once.
+    // A connection that fails fails the checkpoint's next write (or the one waiting for the
+    // socket); so does an abort (SIGINT, SIGTERM) while it waits: it then lets the tree go.
     channel.socket.once('close', () => fail(channel.failure ?? new FerryError('ECONNRESET', `${channel.peer} closed the connection`)));
+    if (signal !== undefined) {
+      // The reason itself, which the checkpoint tells from other failures (its "interrupted" line).
+      const aborted = (): void => fail(signal.reason instanceof FerryError ? signal.reason : new FerryError('EINTR', describeCause(signal.reason), { cause: signal.reason }));
+      signal.addEventListener('abort', aborted, { once: true });
+      this.unlisten = () => signal.removeEventListener('abort', aborted);
+    }
     /** Sends and copies a chunk of the image (its own memory); what to wait for before the next, if anything. */
     const take = (chunk: Buffer): Promise<void> | undefined => {
       if (this.firstAt === 0) this.firstAt = performance.now();
@@ -222,19 +237,24 @@ class Pump {
       first = false;
       const wait = (async () => {
         if (wasFirst) await faultPoint('streaming', signal);
-        if (!more) await new Promise<void>((resolveDrain) => channel.socket.once('drain', resolveDrain));
+        // (A drain that came during the fault point's pause is not waited for.)
+        if (!more && channel.socket.writableNeedDrain) await new Promise<void>((resolveDrain) => channel.socket.once('drain', resolveDrain));
         if (copyFull) await this.copyBelow(COPY_BACKLOG_BYTES);
       })().catch((err: unknown) => fail(err instanceof FerryError ? err : new FerryError('EINTR', describeCause(err), { cause: err })));
       return Promise.race([wait, stopped]);
     };
     // The writer's buffers are its own again once a take resolves, and the copy's writes and
-    // the socket may hold a chunk longer: each batch is copied once (a pipe copied it twice).
+    // the socket may hold a chunk longer: each batch is copied once (a pipe copied it twice),
+    // and sent in pieces of SINK_PIECE_BYTES.
     this.sink = {
-      take: (bufs) => {
-        if (this.failure !== undefined) return Promise.reject(this.failure);
-        if (this.ended) return Promise.reject(new Error('the image went on after its end'));
-        const chunk = bufs.length === 1 ? Buffer.from(bufs[0]!) : Buffer.concat(bufs);
-        return chunk.length === 0 ? Promise.resolve() : take(chunk) ?? Promise.resolve();
+      take: async (bufs) => {
+        if (this.failure !== undefined) throw this.failure;
+        if (this.ended) throw new Error('the image went on after its end');
+        const all = bufs.length === 1 ? Buffer.from(bufs[0]!) : Buffer.concat(bufs);
+        for (let off = 0; off < all.length; off += SINK_PIECE_BYTES) {
+          const wait = take(all.subarray(off, Math.min(all.length, off + SINK_PIECE_BYTES)));
+          if (wait !== undefined) await wait;
+        }
       },
     };
   }
@@ -254,6 +274,7 @@ class Pump {
   end(): void {
     if (this.ended) return;
     this.ended = true;
+    this.unlisten();
     this.finish();
   }
 
@@ -333,7 +354,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     const ourBoot = bootId();
     const otherKernel = welcome.bootId !== '' && ourBoot !== '' && welcome.bootId !== ourBoot;
     // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
-    // pipe hashes everything first): the target hears from us meanwhile.
+    // stream hashes everything first): the target hears from us meanwhile.
     const heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
     session.onUndo('stop the heartbeat', () => clearInterval(heartbeat));
     log.debug({ peer: to, ferryVersion: welcome.ferryVersion }, 'connected');
@@ -408,7 +429,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       beforeKill: async (at) => {
         stoppedAt = at;
         pump.end();
-        // The image's bytes: under pre-copy the pipe carried all but the held pages (REFs).
+        // The image's bytes: under pre-copy the stream carried all but the held pages (REFs).
         const bytes = await pump.done + (pre?.refBytes ?? 0);
         sent = bytes;
         pump.closeCopy();
@@ -444,8 +465,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       if (err instanceof PeerError) {
         throw new FerryError(err.code, `${to} refused it: ${err.peerMessage}; so pid ${o.pid} was let go as it was: it runs on here`, { cause: err, pid: o.pid });
       }
-      // Interrupted: the pump stopped reading, so the checkpoint may have met EPIPE before it
-      // saw the abort; the reason is the signal either way.
+      // Interrupted: the pump may have failed the checkpoint's write before it saw the abort;
+      // the reason is the signal either way.
       if (o.signal?.aborted && o.signal.reason instanceof Error && !(err instanceof FerryError && err.code === 'EINTR')) {
         throw new FerryError('EINTR', `checkpoint of pid ${o.pid} ${describeCause(o.signal.reason)}: the process was let go as it was and no image was written`,
           { cause: err, pid: o.pid });

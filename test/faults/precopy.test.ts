@@ -34,13 +34,10 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
   const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-precopy-faults-');
 
   /**
-   * After a hit ferry: the source is the original process, untraced, not stopped, no longer
-   * write-tracked, writing on with every page right; nothing is left on either side. Then it
-   * is killed.
-   */
-  /**
    * Runs `f` with an image.work_dir on a tmpfs of `size` (the test's own, mounted for it) and a
-   * config naming it; unmounted and removed after, whatever happens.
+   * config naming it; after it, whatever happened, the ferries still running are killed (one
+   * holding a file there would keep the tmpfs busy) and the tmpfs unmounted (detached if it is
+   * still busy) and removed, without hiding the test's own failure.
    */
   async function withFullWorkDir(prefix: string, size: string, f: (full: string, cfg: string) => Promise<void>): Promise<void> {
     const dir = scratchDir(prefix);
@@ -52,11 +49,21 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
       writeFileSync(cfg, `[image]\nwork_dir = "${full}"\n`);
       await f(full, cfg);
     } finally {
-      execFileSync('umount', [full]);
+      killFerries();
+      try {
+        execFileSync('umount', [full], { stdio: 'ignore' });
+      } catch {
+        try { execFileSync('umount', ['-l', full], { stdio: 'ignore' }); } catch { /* left for the machine's clean-up */ }
+      }
       rmSync(dir, { recursive: true, force: true });
     }
   }
 
+  /**
+   * After a hit ferry: the source is the original process, untraced, not stopped, no longer
+   * write-tracked, writing on with every page right; nothing is left on either side. Then it
+   * is killed.
+   */
   async function runsOnUnharmed(w: Workload): Promise<void> {
     const st = procState(w.pid);
     assert.equal(st.tracer, 0, 'untraced');
@@ -222,6 +229,29 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     process.kill(w.pid, 'SIGKILL');
   });
 
+  // The sender waits for the socket while the target has stopped reading (paused as the image
+  // begins): SIGTERM then ends the wait at once, the source let go, instead of when the
+  // connection times out (30 s of silence) with the tree stopped all along.
+  it('SIGTERM to the sender waiting for a target that stopped reading (stop and copy, 32 MiB): the source is let go at once', async () => {
+    const w = await startDirtier(32, 10);
+    const { r: recv, port } = await startReceiver(key, config, 'streaming+60000');
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--no-pre-copy']);
+    await waitFor('the receiver to pause as the image begins', () => /paused at streaming/.test(recv.stderr()), 60_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+    // The socket fills (the target's kernel takes a few MiB, then nothing): the checkpoint waits.
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while it waits');
+    const t0 = Date.now();
+    mig.child.kill('SIGTERM');
+    assert.equal(await exitOf(mig, 'ferry migrate'), 143, mig.stderr());
+    const ms = Date.now() - t0;
+    assert.ok(ms < 5000, `the sender took ${ms} ms to stop`);
+    assert.match(mig.stderr(), new RegExp(`^ferry migrate: checkpoint of pid ${w.pid} interrupted by SIGTERM: the process was let go as it was and no image was written$`, 'm'));
+    recv.child.kill('SIGTERM'); // its pause ends with it, and it removes its spool
+    await exitOf(recv, 'ferry receive --once');
+    await runsOnUnharmed(w);
+  });
+
   it('the target\'s staging stub killed after the rounds (the OOM killer\'s pick): the root is spawned and written instead, every page right', async () => {
     const w = await startDirtier(32, 10);
     const { r: recv, port } = await startReceiver(key, config, 'streaming+3000');
@@ -350,11 +380,14 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
   it('the target\'s spool cannot be written (its image.work_dir fills), stop and copy: the source runs on, nothing left', () => withFullWorkDir('ferry-precopy-full-target-', '8m', async (full, cfg) => {
     const w = await startDirtier(32, 10);
     const { r: recv, port } = await startReceiver(key, cfg);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--no-pre-copy']);
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--no-pre-copy', '--json']);
     assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
     const lines = mig.stderr().trim().split('\n');
     assert.equal(lines.length, 1, mig.stderr());
     assert.match(lines[0]!, new RegExp(`^ferry migrate: .*127\\.0\\.0\\.1.*, so pid ${w.pid} was let go as it was: it runs on here$`));
+    // At once: the target hung up at its failed write, while the image was still streaming
+    // (a failure found only at the image's end would come after the checkpoint's record).
+    assert.deepEqual(records(mig).filter((x) => x['phase'] === 'checkpoint'), [], 'failed before the image was whole');
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
     assert.match(recv.stderr(), new RegExp(`^ferry receive: .*cannot spool the image into ${full}/\\S+ \\(image\\.work_dir\\): .*ENOSPC`, 'm'));
     assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
