@@ -862,6 +862,50 @@ export function copyFailure(what: string, err: unknown): FerryError {
     + (full ? ' (free space there, or set image.work_dir to a file system with room for the image)' : ''), { cause: err });
 }
 
+/**
+ * Positional writes of one file on libuv's pool, as they come (the sender's copy of the image,
+ * sender.ts Pump; the target's spool, receiver.ts Spool): how many bytes wait for their writes
+ * (`behind`, below()), the first failure to `onFail`, and a close that waits for the last
+ * write (closed now, the number could be another file's by the time a late one runs). Each
+ * chunk is kept until written: its memory must not be used again meanwhile.
+ */
+export class PoolWriter {
+  behind = 0;
+  private waiters: Array<() => void> = [];
+  private closed = false;
+
+  constructor(readonly fd: number, private readonly onFail: (err: unknown) => void) {}
+
+  write(chunk: Buffer, at: number): void {
+    if (this.closed) throw new Error('a write after the close');
+    this.behind += chunk.length;
+    writeAllAsync(this.fd, chunk, at).catch(this.onFail).finally(() => {
+      this.behind -= chunk.length;
+      for (const go of this.waiters.splice(0)) go();
+    });
+  }
+
+  /** Resolves once at most `bytes` wait for their writes (0: every write done). */
+  below(bytes: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (this.behind <= bytes) resolve();
+        else this.waiters.push(check);
+      };
+      check();
+    });
+  }
+
+  /** Closes the descriptor: now, or after the last write in flight. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const close = (): void => { try { closeSync(this.fd); } catch { /* nothing to lose */ } };
+    if (this.behind === 0) close();
+    else void this.below(0).then(close);
+  }
+}
+
 /** writeAll on libuv's pool. */
 export async function writeAllAsync(fd: number, b: Buffer, pos: number): Promise<void> {
   for (let off = 0; off < b.length;) {

@@ -17,7 +17,7 @@
  * Restore's own guarantee covers the rest: until the tree runs, every way out removes what it
  * made; stubs die with a ferry that dies (PTRACE_O_EXITKILL).
  */
-import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, ftruncateSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server, TLSSocket } from 'node:tls';
 import type { CommonOptions, FileOptions } from '../api.js';
@@ -33,7 +33,7 @@ import { containerRestorer } from './container.js';
 import type { Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { PreCopyReceiver } from './precopy.js';
-import { writeAllAsync } from './page-store.js';
+import { PoolWriter } from './page-store.js';
 import { StagedMemory } from './staging.js';
 import { defaultStubPath } from '../native/binding.js';
 import { PAGE_SIZE } from '../arch/x86-64.js';
@@ -133,42 +133,31 @@ function closeServer(server: Server): Promise<void> {
 const SPOOL_BACKLOG_BYTES = 16 << 20;
 
 /**
- * The image as it arrives, each piece written at its offset on libuv's pool (pages named by
- * REF are left as holes: skip). A pre-copy's frozen image is hundreds of small RAW pieces
- * between held runs, and each written on the JS thread cost 30-40 µs (ext4 dirties the inode
- * for each): 15-20 ms of a 1 GiB migration's stream, on the thread that also decrypts it,
- * with the source frozen. The first write that fails fails the next call, settled(), and
- * (`onFail`) the migration at once. The descriptor is closed once no write is in flight (its
- * number could be another file's by the time a late one runs).
+ * The image as it arrives, each piece written at its offset on libuv's pool (PoolWriter;
+ * pages named by REF are left as holes: skip). A pre-copy's frozen image is hundreds of small
+ * RAW pieces between held runs, each written on the JS thread before, which also decrypts the
+ * stream, with the source frozen. The first write that fails fails the next call, settled(),
+ * and (`onFail`) the migration at once.
  */
 class Spool {
   /** Where the next byte goes. */
   private at = 0;
-  private behind = 0;
-  private inflight = 0;
-  private waiters: Array<() => void> = [];
   private failure: FerryError | undefined;
-  private closed = false;
+  private readonly out: PoolWriter;
 
-  constructor(private readonly fd: number, private readonly dir: string, private readonly onFail: (err: FerryError) => void) {}
+  constructor(fd: number, dir: string, onFail: (err: FerryError) => void) {
+    this.out = new PoolWriter(fd, (err) => {
+      if (this.failure !== undefined) return;
+      this.failure = new FerryError('EIMAGE', `cannot spool the image into ${dir} (image.work_dir): ${describeCause(err)}`, { cause: err, path: dir });
+      onFail(this.failure);
+    });
+  }
 
   /** Writes `chunk` next; it is kept until written, so its memory must not be used again meanwhile. */
   write(chunk: Buffer): void {
     if (this.failure !== undefined) throw this.failure;
-    if (this.closed) throw new Error('a write to a closed spool');
-    const at = this.at;
+    this.out.write(chunk, this.at);
     this.at += chunk.length;
-    this.behind += chunk.length;
-    this.inflight++;
-    writeAllAsync(this.fd, chunk, at).catch((err: unknown) => {
-      if (this.failure !== undefined) return;
-      this.failure = new FerryError('EIMAGE', `cannot spool the image into ${this.dir} (image.work_dir): ${describeCause(err)}`, { cause: err, path: this.dir });
-      this.onFail(this.failure);
-    }).finally(() => {
-      this.behind -= chunk.length;
-      this.inflight--;
-      for (const go of this.waiters.splice(0)) go();
-    });
   }
 
   skip(n: number): void {
@@ -177,38 +166,23 @@ class Spool {
 
   /** A promise while more than SPOOL_BACKLOG_BYTES wait for their writes (the channel stops reading meanwhile). */
   backlog(): Promise<void> | undefined {
-    return this.behind > SPOOL_BACKLOG_BYTES ? this.until(() => this.behind <= SPOOL_BACKLOG_BYTES) : undefined;
+    return this.out.behind > SPOOL_BACKLOG_BYTES ? this.out.below(SPOOL_BACKLOG_BYTES) : undefined;
   }
 
   /** Resolves once every write is done; rejects with the first that failed. */
   async settled(): Promise<void> {
-    await this.until(() => this.inflight === 0);
+    await this.out.below(0);
     if (this.failure !== undefined) throw this.failure;
   }
 
   /** Sizes the file to `bytes` (the image's whole length) and closes it; every write done (settled). */
   finish(bytes: number): void {
-    ftruncateSync(this.fd, bytes);
-    this.close();
+    ftruncateSync(this.out.fd, bytes);
+    this.out.close();
   }
 
-  /** Closes the descriptor: now, or after the last write in flight. Idempotent. */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    const close = (): void => { try { closeSync(this.fd); } catch { /* nothing to lose */ } };
-    if (this.inflight === 0) close();
-    else void this.until(() => this.inflight === 0).then(close);
-  }
-
-  private until(done: () => boolean): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const check = (): void => {
-        if (done()) resolve();
-        else this.waiters.push(check);
-      };
-      check();
-    });
+    this.out.close();
   }
 }
 

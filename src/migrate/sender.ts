@@ -22,7 +22,7 @@
  * only when it is needed (workdir.ts copyImage).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CheckpointOptions, CheckpointResult, CommonOptions, RestoreOptions, RestoreResult } from '../api.js';
 import { checkpoint } from '../dump/checkpoint.js';
@@ -49,7 +49,7 @@ import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 import { sshChannel, type SshOptions } from './ssh.js';
 import { DEFAULT_MAX_ROUNDS, FrameLog, PreCopySender, type RoundRecord } from './precopy.js';
-import { copyFailure, writeAllAsync } from './page-store.js';
+import { copyFailure, PoolWriter } from './page-store.js';
 
 export type { PhaseRecord };
 
@@ -171,16 +171,13 @@ class Pump {
   readonly done: Promise<number>;
   private ended = false;
   /** The local copy's writes in flight: their bytes, and what waits for fewer (or none). */
-  private copyBehind = 0;
-  private copyWaiters: Array<() => void> = [];
-  /** The copy's descriptor until closeCopy() (-1: none, or closed). */
-  private copyFd: number;
+  /** The copy's writes (none without a copy: pre-copy keeps its frames instead). */
+  private readonly copy: PoolWriter | undefined;
   private finish: () => void = () => {};
   private unlisten: () => void = () => {};
 
   constructor(channel: Channel, copyFd: number, copyDir: string, signal: AbortSignal | undefined,
     send: (chunk: Buffer) => boolean = (chunk) => channel.sendData(chunk)) {
-    this.copyFd = copyFd;
     let first = true;
     let copied = 0;
     /** Rejects with the first failure: what a checkpoint waiting on the sink meets. */
@@ -195,10 +192,11 @@ class Pump {
         stop(this.failure);
         reject(this.failure);
       };
-      this.finish = () => { void this.copyBelow(0).then(() => resolve(this.bytes)); };
+      this.finish = () => { void (this.copy?.below(0) ?? Promise.resolve()).then(() => resolve(this.bytes)); };
     });
     this.done.catch(() => {}); // awaited by the checkpoint's last step, or the failure is the checkpoint's
-    const copyFailed = (err: unknown): void => fail(copyFailure(`the copy of the image in ${copyDir}`, err));
+    this.copy = copyFd >= 0 ? new PoolWriter(copyFd, (err) => fail(copyFailure(`the copy of the image in ${copyDir}`, err))) : undefined;
+    const copy = this.copy;
     // A connection that fails fails the checkpoint's next write (or the one waiting for the
     // socket); so does an abort (SIGINT, SIGTERM) while it waits: it then lets the tree go.
     channel.socket.once('close', () => fail(channel.failure ?? new FerryError('ECONNRESET', `${channel.peer} closed the connection`)));
@@ -211,12 +209,8 @@ class Pump {
     /** Sends and copies a chunk of the image (its own memory); what to wait for before the next, if anything. */
     const take = (chunk: Buffer): Promise<void> | undefined => {
       if (this.firstAt === 0) this.firstAt = performance.now();
-      if (copyFd >= 0) {
-        this.copyBehind += chunk.length;
-        writeAllAsync(copyFd, chunk, copied).catch(copyFailed).finally(() => {
-          this.copyBehind -= chunk.length;
-          for (const go of this.copyWaiters.splice(0)) go();
-        });
+      if (copy !== undefined) {
+        copy.write(chunk, copied);
         copied += chunk.length;
       }
       this.bytes += chunk.length;
@@ -231,7 +225,7 @@ class Pump {
         fail(channel.failure);
         return stopped;
       }
-      const copyFull = this.copyBehind > COPY_BACKLOG_BYTES;
+      const copyFull = (copy?.behind ?? 0) > COPY_BACKLOG_BYTES;
       if (more && !first && !copyFull) return undefined;
       const wasFirst = first;
       first = false;
@@ -239,7 +233,7 @@ class Pump {
         if (wasFirst) await faultPoint('streaming', signal);
         // (A drain that came during the fault point's pause is not waited for.)
         if (!more && channel.socket.writableNeedDrain) await new Promise<void>((resolveDrain) => channel.socket.once('drain', resolveDrain));
-        if (copyFull) await this.copyBelow(COPY_BACKLOG_BYTES);
+        if (copyFull) await copy!.below(COPY_BACKLOG_BYTES);
       })().catch((err: unknown) => fail(err instanceof FerryError ? err : new FerryError('EINTR', describeCause(err), { cause: err })));
       return Promise.race([wait, stopped]);
     };
@@ -259,17 +253,6 @@ class Pump {
     };
   }
 
-  /** Resolves once at most `bytes` of the copy wait for their writes. */
-  private copyBelow(bytes: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const check = (): void => {
-        if (this.copyBehind <= bytes) resolve();
-        else this.copyWaiters.push(check);
-      };
-      check();
-    });
-  }
-
   /** The image is whole (the checkpoint's writes are done): `done` resolves once the copy has it all. */
   end(): void {
     if (this.ended) return;
@@ -278,17 +261,9 @@ class Pump {
     this.finish();
   }
 
-  /**
-   * Closes the copy's descriptor (idempotent): at once when none of its writes is in flight,
-   * else after the last (closed now, its number could be another file's when they write).
-   */
+  /** Closes the copy's descriptor (idempotent; after its last write). */
   closeCopy(): void {
-    const fd = this.copyFd;
-    if (fd < 0) return;
-    this.copyFd = -1;
-    const close = (): void => { try { closeSync(fd); } catch { /* nothing to lose */ } };
-    if (this.copyBehind === 0) close();
-    else void this.copyBelow(0).then(close);
+    this.copy?.close();
   }
 }
 
