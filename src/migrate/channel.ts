@@ -39,6 +39,8 @@ export const MAX_LAYOUT_AREAS = 1024;
 export const MAX_CHUNK_STARTS = 4096;
 /** A peer silent this long (no frame, no heartbeat) is given up. */
 export const IDLE_MS = 30_000;
+/** How long a side that failed waits, reading and dropping, for the peer to take its last word and close. */
+export const LINGER_MS = 2000;
 /** How often a side that is busy (verifying, restoring) tells the other it still is. */
 export const HEARTBEAT_MS = 1000;
 /**
@@ -271,6 +273,8 @@ export class Channel {
   private waiter: { resolve: (m: Message) => void; reject: (e: FerryError) => void } | undefined;
   private busyData = false;
   private closed = false;
+  /** After a failure told to the peer: resolves once the socket is closed (LINGER_MS at most). */
+  private lingering: Promise<void> | undefined;
 
   /** `peer`: how messages name the other side ("tcp://10.0.0.2:7070", "10.0.0.1:50122"). */
   constructor(readonly socket: Transport, readonly peer: string) {
@@ -283,14 +287,18 @@ export class Channel {
     socket.on('close', () => this.fail(new FerryError('ECONNRESET', `${peer} closed the connection`)));
   }
 
-  /** Sends a control message (dropped once the connection failed). */
-  send(m: Message): void {
-    if (this.failure !== undefined || this.closed) return;
+  private frame(m: Message): Buffer {
     const body = Buffer.from(JSON.stringify(m));
     const head = Buffer.alloc(HEADER);
     head.writeUInt8(CONTROL, 0);
     head.writeUInt32BE(body.length, 1);
-    this.socket.write(Buffer.concat([head, body]));
+    return Buffer.concat([head, body]);
+  }
+
+  /** Sends a control message (dropped once the connection failed). */
+  send(m: Message): void {
+    if (this.failure !== undefined || this.closed) return;
+    this.socket.write(this.frame(m));
   }
 
   /** Sends an image chunk; false when the socket's buffer is full (wait for 'drain'). */
@@ -337,6 +345,7 @@ export class Channel {
    * its way before the process exits.
    */
   close(): Promise<void> {
+    if (this.lingering !== undefined) return this.lingering;
     if (this.closed || this.socket.destroyed) {
       this.closed = true;
       return Promise.resolve();
@@ -356,17 +365,42 @@ export class Channel {
     this.socket.destroy();
   }
 
-  /** Records the first failure and fails the wait in progress. */
+  /**
+   * Records the first failure and fails the wait in progress. The peer is told why (its
+   * 'error'), if the connection still stands, and this side then reads and drops what still
+   * comes until the peer closes (LINGER_MS at most): a socket closed with unread data is reset,
+   * and the reset would lose the word. An 'error' the peer sent that no one took is the
+   * failure itself: what the peer says explains more than how the connection ended.
+   */
   fail(err: FerryError): void {
     if (this.failure !== undefined) return;
-    this.failure = err;
+    const said = this.queue.find((m): m is Extract<Message, { type: 'error' }> => m.type === 'error');
+    this.failure = said !== undefined ? new PeerError(said.code, said.message, this.peer) : err;
     const w = this.waiter;
     this.waiter = undefined;
-    w?.reject(err);
-    if (!this.socket.destroyed) this.socket.destroy();
+    w?.reject(this.failure);
+    if (this.socket.destroyed) return;
+    if (this.closed || said !== undefined) {
+      this.socket.destroy();
+      return;
+    }
+    this.closed = true;
+    this.chunks = [];
+    this.buffered = 0;
+    const socket = this.socket;
+    this.lingering = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+      timer.unref();
+      socket.once('close', () => { clearTimeout(timer); resolve(); });
+    });
+    socket.setTimeout(0);
+    socket.write(this.frame({ type: 'error', code: err.code, message: err.message }));
+    socket.end();
+    socket.resume();
   }
 
   private receive(d: Buffer): void {
+    if (this.failure !== undefined) return; // lingering: dropped
     this.chunks.push(d);
     this.buffered += d.length;
     this.parse();

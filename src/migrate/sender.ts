@@ -436,9 +436,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         log.warn({ err }, 'the checkpoint failed after the kill; handing over');
         return [o.pid];
       }
-      // The target refused the image (untrusted, beyond the bound, PIDs taken, …).
-      if (err instanceof PeerError) {
-        throw new FerryError(err.code, `${to} refused it: ${err.peerMessage}; so pid ${o.pid} was let go as it was: it runs on here`, { cause: err, pid: o.pid });
+      // The target refused the image (untrusted, beyond the bound, PIDs taken, …), or failed
+      // while it took it (its spool full, a frame it refused) and said why before it hung up.
+      const said = err instanceof PeerError ? err : ch.failure instanceof PeerError && !(o.signal?.aborted ?? false) ? ch.failure : undefined;
+      if (said !== undefined) {
+        throw new FerryError(said.code, `${to} ${tEnd > 0 ? 'refused it' : 'failed'}: ${said.peerMessage}; so pid ${o.pid} was let go as it was: it runs on here`, { cause: said, pid: o.pid });
       }
       // Interrupted: the pump may have failed the checkpoint's write before it saw the abort;
       // the reason is the signal either way.

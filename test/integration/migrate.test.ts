@@ -309,8 +309,12 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     // own from the hello on), whose chunk starts are 1 page apart where a chunk is 256.
     const said: string[] = [];
     let staged: number[] = [];
+    let localPort = 0;
     await new Promise<void>((resolve) => {
-      const s = pskConnect(port, key, () => s.write(frame({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: w.pid, bootId: '', precopy: true })));
+      const s = pskConnect(port, key, () => {
+        localPort = s.localPort!;
+        s.write(frame({ type: 'hello', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, pid: w.pid, bootId: '', precopy: true }));
+      });
       let got = Buffer.alloc(0);
       s.on('data', (d: Buffer) => {
         got = Buffer.concat([got, d]);
@@ -328,7 +332,7 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
       s.on('close', () => resolve());
     });
     assert.equal(staged.length, 1, 'the receiver staged the pid\'s memory in a stub');
-    assert.deepEqual(said, ['welcome'], 'a peer that broke the protocol is only hung up on');
+    assert.deepEqual(said, ['welcome', `error EPROTO: the sender 127.0.0.1:${localPort} sent chunk starts that overlap: a protocol error`], 'a peer that broke the protocol is told why, then hung up on');
     await waitFor('the failed migration\'s line', () => recv.stderr().includes('chunk starts that overlap'));
     assert.match(recv.stderr(), /^ferry receive: the sender 127\.0\.0\.1:\d+ sent chunk starts that overlap: a protocol error/m);
     await waitFor('the staging stub to go', () => stubs().length === 0);
