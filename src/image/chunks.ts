@@ -35,7 +35,7 @@ import type { Worker } from 'node:worker_threads';
 import { workerThreads } from '../builtins.js';
 import { FerryError, type ErrorContext } from '../errors.js';
 import { native } from '../native/binding.js';
-import { directBuffer, DIRECT_ALIGN } from './direct.js';
+import { directBuffer, DIRECT_ALIGN, takeWarm } from './direct.js';
 
 /** Control words of the ring (Int32Array indices): requests made (-1: closed). */
 const HEAD = 0;
@@ -584,7 +584,8 @@ export class ChunkSource {
   }
 
   private ownBuffer(): Buffer {
-    return Buffer.allocUnsafe(Math.min(this.at.chunkSize, Math.max(this.at.size, 1)));
+    const bytes = Math.min(this.at.chunkSize, Math.max(this.at.size, 1));
+    return takeWarm(bytes) ?? Buffer.allocUnsafe(bytes);
   }
 
   get size(): number {

@@ -17,6 +17,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { FerryError, describeCause, type ErrorContext } from '../errors.js';
 import { native } from '../native/binding.js';
+import { DIRECT_ALIGN, warmBuffers } from './direct.js';
 import { ChunkLoader, ChunkSource, chunkDigest, DIGEST_PAGE, type ChunkedLocation, type ImagePiece, type ImageRead } from './chunks.js';
 import { isChunked, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type ChunkedEntry, type Manifest } from './manifest.js';
 import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
@@ -275,6 +276,15 @@ const LOADER_MIN_BYTES = 8 << 20;
 const TWO_LANES_MIN_BYTES = 32 << 20;
 /** Shared buffers of the loader: one handed out, the others read and hashed ahead. */
 const LOADER_SLOTS = 6;
+
+/**
+ * Faults in, ahead of a restore, the buffers its chunks of `chunkBytes` will be read into (the
+ * loader's slots and a chunk source's own buffer: direct.ts warmBuffers), so that the restore
+ * does not touch fresh memory for them. dropWarm() lets go of those it did not take.
+ */
+export function warmChunkBuffers(chunkBytes: number): void {
+  warmBuffers(LOADER_SLOTS + 1, Math.ceil(chunkBytes / DIRECT_ALIGN) * DIRECT_ALIGN);
+}
 /**
  * An entry at least this much of which is in the page cache is read through it; any other
  * with O_DIRECT (chunks.ts says why).

@@ -11,7 +11,8 @@ import { chunkDigest, chunkDigestKnown, ChunkLoader, ChunkSource, knownDigests, 
 import { FEATURES, requiredFeatures, type FeatureProbe } from '../../src/image/features.js';
 import { checkCompatibility, FORMAT_VERSION, isChunked, parseManifest, type ChunkedEntry, type Manifest, type ManifestHeader, type ManifestHost } from '../../src/image/manifest.js';
 import type { FileRecord, TaskRecord, TreeRecord } from '../../src/image/records.js';
-import { openImage, type ImageOverlay } from '../../src/image/reader.js';
+import { directBuffer, directReady, dropWarm, takeWarm, warmBuffers } from '../../src/image/direct.js';
+import { openImage, warmChunkBuffers, type ImageOverlay } from '../../src/image/reader.js';
 import { tarHeader, TarOut } from '../../src/image/tar-out.js';
 import { CHUNK_BYTES, HashPool, PAGED_CHUNK_BYTES, writeImage, type HeldDigests, type ImageEntry } from '../../src/image/writer.js';
 import { TAG_PAGES, TAG_RAW, TAG_REF } from '../../src/migrate/frames.js';
@@ -284,6 +285,55 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
     // Written to a pipe, the same bytes.
     const { offset } = (await openImage(path, { workDir: dir })).locate('odd');
     assert.equal(data.subarray(offset, offset + 3).toString('hex'), expected(3).toString('hex'));
+  });
+
+  it('reads chunks into buffers faulted in ahead (warmChunkBuffers): the loader\'s slots are the warm ones, and what they hand out is verified as ever', async () => {
+    const path = join(dir, 'chunked-warm.tar');
+    await writeImage(path, header, chunkedEntries());
+    warmChunkBuffers(CHUNK_BYTES);
+    try {
+      const img = await openImage(path, { workDir: dir, lazyChunks: true });
+      // The loader (12 MiB of chunks: more than 8) took six of the seven; the seventh is a
+      // chunk source's own, for a restore that reads without the loader (keepInPlace).
+      const left = takeWarm(CHUNK_BYTES);
+      assert.ok(left !== undefined && left.length === CHUNK_BYTES && left.every((b) => b === 0), 'one warm buffer left, zeroed');
+      assert.equal(takeWarm(1), undefined, 'each warm buffer is taken once');
+      const src = img.pages('tasks/42/pages.bin');
+      const got = Buffer.alloc(big);
+      for (let off = 0; off < big;) {
+        const v = src.view(off, big);
+        v.copy(got, off);
+        off += v.length;
+      }
+      src.finish();
+      assert.ok(got.equals(expected(big)));
+      await img.close();
+    } finally {
+      dropWarm();
+    }
+  });
+
+  it('takes buffers warmed ahead before it makes new ones: the smallest that holds the bytes, zeroed, aligned, each once; dropWarm lets go of the rest', () => {
+    try {
+      warmBuffers(2, 1 << 20);
+      warmBuffers(1, 64 << 10);
+      const small = directBuffer(4096);
+      assert.equal(small.length, 4096);
+      assert.equal(small.buffer.byteLength, 64 << 10, 'the 64 KiB one');
+      assert.ok(directReady(small), 'aligned for O_DIRECT');
+      const a = takeWarm(1 << 20)!, b = directBuffer(1 << 20);
+      assert.equal(a.buffer.byteLength, 1 << 20);
+      assert.equal(b.buffer.byteLength, 1 << 20);
+      assert.notEqual(a.buffer, b.buffer);
+      assert.ok(a.every((x) => x === 0) && b.every((x) => x === 0));
+      assert.equal(takeWarm(1), undefined);
+      assert.equal(directBuffer(8192).buffer.byteLength, 64 << 10, 'a new one when none is left');
+      warmBuffers(1, 4096);
+      dropWarm();
+      assert.equal(takeWarm(1), undefined);
+    } finally {
+      dropWarm();
+    }
   });
 
   it('refuses a flipped byte naming the chunk: in openImage, or as the chunk is read (lazyChunks)', async () => {
