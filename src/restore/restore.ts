@@ -373,6 +373,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         if (fromStaged && !pages.keepInPlace(fromStaged.keep.map((v) => [big(v.start), big(v.end)] as const))) image.startLanes();
         pagesBytes += mapAreas(t, as, task, pages, o.config.image.chunkSize, sharedMemory, made?.controllerPidfd,
           parent ? { parent, keep } : fromStaged && { parent: { vmas: fromStaged.staged }, keep, staged: true }, extents, lazyAreas, mappedCheck?.(task));
+        // Lazy pages: its userfaultfd, while the stub is still root; nothing is registered with
+        // it until the rebuild is done (so a fork meanwhile makes no event), and the watchdog
+        // started once the tree exists holds it (below).
+        lazy?.makeUffd(t, task.pid);
         placedBytes += pages.placedBytes;
         placedChunks += pages.placedChunks;
         // The stub it was forked from goes now: its pages are the root's alone (staging.ts).
@@ -414,8 +418,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // While the tree is let go, the processes already let go run on and the ones still traced
     // die with ferry (PTRACE_O_EXITKILL): if ferry dies then, a watchdog kills them all. Armed
     // now, so its start overlaps the rebuild. (A container's own watchdog deletes it instead.)
+    // With lazy pages it is the lazy pages' watchdog too: it holds their userfaultfds and stays
+    // armed until every page is in (one process to start, not two: 3-6 ms each here).
     const starting = made ? undefined : startWatchdog(['kill', ...[...created.stubs.values()].map((t) => String(t.pid))],
-      `the processes restored from ${o.image === '-' ? 'stdin' : o.image}`);
+      `the processes restored from ${o.image === '-' ? 'stdin' : o.image}`, lazy?.any === true ? lazy.descriptors : []);
     session.onUndo('stop the let-go watchdog', () => starting?.abandon());
     // pidfds name restored processes, so they are opened now that the processes exist: by
     // their stubs, or (a zombie, already finished) by its pid where pids are the host's.
@@ -448,7 +454,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     });
     // Once every process and thread exists: what may name another one, then credentials.
     for (const task of tasks) {
-      finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), removedRoots, made !== undefined, lazy);
+      finishTask(created, task, opened, spaces.get(task.pid)!, tableShared.has(task.pid), fsShared.has(task.pid), removedRoots, made !== undefined);
     }
     // What is made through a rebuilt process's own state: an inotify watch on its removed
     // working or root directory, which only it has now (files/inotify.ts), once it is in both
@@ -464,14 +470,17 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // Lazy pages: nothing more is written into the processes, so their areas are registered
     // now; a watchdog holds the userfaultfds, so that if ferry dies the faulting threads wait
     // until it has killed the tree (restore/lazy.ts).
+    // (A container's: a watchdog of their own, the let-go's being the container's.)
     let lazyWatchdog: Watchdog | undefined;
     if (lazy?.any) {
-      const starting = startWatchdog(['kill', ...hostPids.map(String)], `the lazily restored processes of ${label}`, lazy.descriptors);
-      session.onUndo('stop the lazy pages watchdog', () => starting.abandon());
+      const startingLazy = starting === undefined
+        ? startWatchdog(['kill', ...hostPids.map(String)], `the lazily restored processes of ${label}`, lazy.descriptors) : undefined;
+      if (startingLazy !== undefined) session.onUndo('stop the lazy pages watchdog', () => startingLazy.abandon());
       lazy.register((pid) => created.stubs.get(pid)!, (pid) => created.stubs.get(pid)!.pid);
-      lazyWatchdog = await starting.armed();
+      lazyWatchdog = await startingLazy?.armed();
     }
     const watchdog = await starting?.armed();
+    if (lazy?.any && starting !== undefined) lazyWatchdog = watchdog;
     beforeLetGo(opened, files.files);
     // A process stopped by SIGTSTP, SIGTTIN or SIGTTOU stops by it again where it can (stop-signal.ts).
     const stopSignals = new Map<number, number>();
@@ -490,7 +499,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       lazyLive = lazy;
       image.startLanes();
     } else lazy?.close();
-    watchdog?.disarm();
+    if (watchdog !== lazyWatchdog) watchdog?.disarm(); // else disarmed once every page is in
     cgroups?.running();
     // A container's runtime record is removed by its own watchdog if ferry dies: with lazy
     // pages that stays armed until every page is in, and a tree killed for a page that could
@@ -689,11 +698,10 @@ const F_DUPFD_CLOEXEC = 1030;
  * goes.
  */
 function finishTask(created: CreatedTree, task: TaskRecord, files: RestoreFiles, as: AddressSpace, tableShared: boolean,
-  fsShared: boolean, removedRoots: RemovedRoots, container: boolean, lazy?: LazyPages): void {
+  fsShared: boolean, removedRoots: RemovedRoots, container: boolean): void {
   const t = created.stubs.get(task.pid)!;
   // First: their numbers were left free, and the next calls may take a descriptor for a moment.
   if (!tableShared) installLate(t, task.pid, task.fds, files, container);
-  lazy?.makeUffd(t, task.pid); // while the stub is still root
   if (!tableShared) restoreOwners(t, as.scratch, task.pid, task.fds, files);
   // Likewise in the threads' own tables (ThreadRecord.fds).
   const threads = created.threads.get(task.pid)!;
