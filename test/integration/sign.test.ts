@@ -5,6 +5,7 @@
  * each before any process is made. Then a signed image through a pipe.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createPrivateKey } from 'node:crypto';
 import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -175,6 +176,31 @@ describe('the host key', { skip, timeout: 300_000 }, () => {
   const hostKey = join(dir, 'state', 'host.key');
   const config = join(dir, 'host.toml');
   writeFileSync(config, `[image]\nhost_key = "${hostKey}"\n`);
+
+  /**
+   * restore() of the library, in a process of its own (the restored tree outlives it), under
+   * the config `cfg`, with `hostKey` null or read ahead from this describe's host key. Prints
+   * the restored pid, or CODE MESSAGE of the error on stderr (status 1).
+   */
+  function apiRestore(image: string, cfg: string, hostKey: 'null' | 'read'): { status: number | null; stdout: string; stderr: string } {
+    const src = join(process.cwd(), 'dist', 'src');
+    const script = `
+      import { restore } from '${join(src, 'restore', 'restore.js')}';
+      import { loadConfig } from '${join(src, 'config', 'config.js')}';
+      import { hostPublicKey } from '${join(src, 'image', 'host-key.js')}';
+      import { silentLogger } from '${join(src, 'log-silent.js')}';
+      try {
+        const hostKey = ${hostKey === 'null' ? 'null' : `hostPublicKey(${JSON.stringify(join(dir, 'state', 'host.key'))})`};
+        const r = await restore({ image: ${JSON.stringify(image)}, config: loadConfig({ path: ${JSON.stringify(cfg)} }), logger: silentLogger, hostKey });
+        console.log(r.pid);
+        process.exit(0);
+      } catch (err) {
+        console.error(err.code + ' ' + err.message);
+        process.exit(1);
+      }`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] });
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  }
   const site = skip ? undefined : keygen(dir, 'site');
 
   it('is made root-only by the first checkpoint, signs an image given no key, and a restore here trusts it, also under --trust', async () => {
@@ -207,6 +233,21 @@ describe('the host key', { skip, timeout: 300_000 }, () => {
     assert.match(r.stderr, new RegExp(`^ferry restore: image ${again}: pid ${w.pid} \\(counter\\) would get uid 0 .* no trusted key signed allows`));
     assert.ok(!existsSync(join(dir, 'other-state', 'host.key')), 'a restore never makes a host key');
     assert.ok(!alive(w.pid));
+    // The library's restore takes the host key read ahead (RestoreOptions.hostKey, as a
+    // migration's target reads it at the hello) instead of the config's: null, none here, so
+    // the image is held to the untrusted default under the config that has the key.
+    const refused = apiRestore(again, config, 'null');
+    assert.equal(refused.status, 1, refused.stderr);
+    assert.match(refused.stderr, new RegExp(`^EPRIVILEGE image ${again}: pid ${w.pid} \\(counter\\) would get uid 0 `));
+    assert.ok(!alive(w.pid));
+    // And the key read ahead is trusted under a config without one.
+    const ahead = apiRestore(again, elsewhere, 'read');
+    assert.equal(ahead.status, 0, ahead.stderr);
+    assert.equal(ahead.stdout.trim(), String(w.pid));
+    own(w.pid);
+    const k = w.ticks().length;
+    await waitFor('ticks after the library\'s restore', () => w.ticks().length >= k + 3);
+    await checkpoint(w, again, ['--config', config]);
     const back = ferry(['restore', '--image', again, '--config', config]);
     assert.equal(back.code, 0, back.stderr);
     const m = w.ticks().length;
