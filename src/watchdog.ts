@@ -141,6 +141,7 @@ export function startWatchdog(args: readonly string[], what: string, hold: reado
         disarm() {
           if (disarmed) return;
           disarmed = true;
+          if (stdin < 0) return; // abandoned (killed) before
           try {
             writeSync(stdin, 'd');
           } catch { /* it exited: nothing to disarm */ }

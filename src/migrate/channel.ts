@@ -324,7 +324,8 @@ export class Channel {
   async next<T extends MessageType>(doing: string, ...types: T[]): Promise<Extract<Message, { type: T }>> {
     for (;;) {
       const m = this.queue.shift() ?? await new Promise<Message>((resolve, reject) => {
-        const failed = (f: FerryError): void => reject(new FerryError(f.code, `${f.message} while ${doing}`, { cause: f }));
+        // The peer's own word stands as it is (PeerError); another failure says what was waited for.
+        const failed = (f: FerryError): void => reject(f instanceof PeerError ? f : new FerryError(f.code, `${f.message} while ${doing}`, { cause: f }));
         if (this.failure !== undefined) return failed(this.failure);
         this.waiter = { resolve, reject: failed };
       });
@@ -359,28 +360,27 @@ export class Channel {
     });
   }
 
-  /** Drops the connection at once. */
+  /** Drops the connection at once (after a failure told to the peer: once it took the word, LINGER_MS at most). */
   destroy(): void {
     this.closed = true;
-    this.socket.destroy();
+    if (this.lingering === undefined) this.socket.destroy();
   }
 
   /**
    * Records the first failure and fails the wait in progress. The peer is told why (its
    * 'error'), if the connection still stands, and this side then reads and drops what still
    * comes until the peer closes (LINGER_MS at most): a socket closed with unread data is reset,
-   * and the reset would lose the word. An 'error' the peer sent that no one took is the
-   * failure itself: what the peer says explains more than how the connection ended.
+   * and the reset would lose the word. An 'error' from the peer that no wait takes fails the
+   * channel at once (parse), with the peer's word (PeerError), and is not answered.
    */
   fail(err: FerryError): void {
     if (this.failure !== undefined) return;
-    const said = this.queue.find((m): m is Extract<Message, { type: 'error' }> => m.type === 'error');
-    this.failure = said !== undefined ? new PeerError(said.code, said.message, this.peer) : err;
+    this.failure = err;
     const w = this.waiter;
     this.waiter = undefined;
-    w?.reject(this.failure);
+    w?.reject(err);
     if (this.socket.destroyed) return;
-    if (this.closed || said !== undefined) {
+    if (this.closed || err instanceof PeerError) {
       this.socket.destroy();
       return;
     }
@@ -394,7 +394,8 @@ export class Channel {
       socket.once('close', () => { clearTimeout(timer); resolve(); });
     });
     socket.setTimeout(0);
-    socket.write(this.frame({ type: 'error', code: err.code, message: err.message }));
+    // Within what the peer's checkMessage takes (a longer one would read there as a protocol error).
+    socket.write(this.frame({ type: 'error', code: err.code.slice(0, 32), message: err.message.slice(0, 4000) }));
     socket.end();
     socket.resume();
   }
@@ -429,6 +430,9 @@ export class Channel {
         const w = this.waiter;
         this.waiter = undefined;
         if (w) w.resolve(m);
+        // The peer's last word, with nothing here waiting for it (an image streaming out, a
+        // round's pages): the connection has failed, for the reason it gives.
+        else if (m.type === 'error') return this.fail(new PeerError(m.code, m.message, this.peer));
         else this.queue.push(m);
         continue;
       }

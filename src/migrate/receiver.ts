@@ -206,7 +206,9 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const restoreTree = hello.container !== undefined ? containerRestorer(hello.container, o.runtime ?? 'runc') : restore;
     // This node's host key (the images it signed are trusted), read now rather than in the downtime.
     const hostKey = hostPublicKey(o.config.image.hostKey) ?? null;
-    warmUpVerify(); // and the image's signature check is set up
+    try {
+      warmUpVerify(); // and the image's signature check is set up
+    } catch { /* only a head start: the check itself says what is wrong */ }
     const dir = privateDir(o.config.image.workDir, RECEIVER_DIR);
     session.onUndo(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
     const image = join(dir, 'image.tar');

@@ -361,6 +361,12 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
           throw new FerryError(err.code, `${err.message}; so the pre-copy of pid ${o.pid} stopped: it runs on here as it was (its memory no longer tracked)`,
             { cause: err, pid: o.pid });
         }
+        // The target failed taking the rounds' pages (its store full) and said why.
+        const said = err instanceof PeerError ? err : ch.failure instanceof PeerError ? ch.failure : undefined;
+        if (said !== undefined && !(o.signal?.aborted ?? false)) {
+          throw new FerryError(said.code, `${to} failed: ${said.peerMessage}; so the pre-copy of pid ${o.pid} stopped: it runs on here as it was (its memory no longer tracked)`,
+            { cause: said, pid: o.pid });
+        }
         throw err;
       }
       // No tracking on this kernel: stop and copy, the copy a plain one.
@@ -472,6 +478,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       await channel.close();
     }
     session.unwind();
+    // A failure of the channel's own was told to the target: its word is let out (2 s at most), the tree already let go.
+    await channel?.close();
     throw err;
   }
 }

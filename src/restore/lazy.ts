@@ -315,15 +315,24 @@ export class LazyPages {
     }
   }
 
-  /** The tree runs: serve its faults, fill the rest in the background. */
-  start(watchdog: Watchdog | undefined): void {
-    this.watchdog = watchdog;
+  /** The tree is being let go: serve its faults, fill the rest in the background. */
+  start(): void {
     this.startedAt = performance.now();
     const n = native();
     for (const p of this.procs) p.watch = n.uffdWatch(p.uffd, () => this.guard(() => this.onReadable(p)));
     this.procs.filter((p) => p.left === 0).forEach((p) => this.drop(p));
     // A test pauses here to hit ferry while pages are still missing (fault.ts).
     faultPoint('lazy').then(() => setImmediate(() => this.fillNext()), (err: unknown) => this.fail(err));
+  }
+
+  /**
+   * The watchdog that holds the userfaultfds, handed over once the let-go is done (it may be
+   * the let-go's own, which must stay armed until then): disarmed when every page is in, or
+   * at once if that happened already.
+   */
+  guardedBy(watchdog: Watchdog | undefined): void {
+    if (this.finished) watchdog?.disarm();
+    else this.watchdog = watchdog;
   }
 
   /** Runs `f`; a failure kills the tree. */
@@ -552,10 +561,10 @@ export class LazyPages {
   /** Stops serving and closes every descriptor (idempotent): restore's undo before the let-go, or after a tree that died at once. */
   close(): void {
     this.finished = true;
-    this.watchdog?.disarm();
     for (const p of this.procs) this.drop(p);
     for (const fd of this.uffds.values()) closeSync(fd);
     this.uffds.clear();
+    this.watchdog?.disarm(); // last: its copies are all that is left open if this throws
   }
 }
 

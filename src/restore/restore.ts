@@ -492,10 +492,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // The let-go: once it is done, the tree runs on its own and an abort no longer applies.
     // Lazy pages are served from before it: a thread may touch one as soon as it runs.
     const tLetGo = performance.now();
-    if (lazy?.any) lazy.start(lazyWatchdog);
+    if (lazy?.any) lazy.start();
     await letGo(created, tasks, xstates, stopSignals, o.signal);
     const tRunning = performance.now();
     if (lazy?.any) {
+      // Only now: when it is the let-go's watchdog too, a fill done during the let-go must not disarm it.
+      lazy.guardedBy(lazyWatchdog);
       lazyLive = lazy;
       image.startLanes();
     } else lazy?.close();
