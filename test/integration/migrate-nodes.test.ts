@@ -212,6 +212,9 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
     let sshDir = '';
     let sshConfig = '';
     let badConfig = '';
+    let fullConfig = '';
+    /** The image.work_dir of the target's other receiver: a tmpfs of 64 KiB, too small for a counter's image. */
+    let fullDir = '';
     let sshd: ChildProcess | undefined;
     const sshPort = 20000 + (process.pid % 20000);
 
@@ -225,9 +228,19 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       const hostPub = keygen('host');
       const clientPub = keygen('client');
       keygen('stranger');
-      // The key may only run ferry receive --stdio, with this test's configuration.
+      const fullPub = keygen('full');
+      fullDir = join(sshDir, 'full-work');
+      mkdirSync(fullDir, { mode: 0o700 });
+      const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'ferry-test-full', fullDir], { encoding: 'utf8' });
+      assert.equal(mounted.status, 0, mounted.stderr);
+      const fullToml = join(sshDir, 'full.toml');
+      writeFileSync(fullToml, `[image]\nwork_dir = "${fullDir}"\n`);
+      // Each key may only run ferry receive --stdio, with this test's configuration (the
+      // second: a work_dir too small to spool an image into).
+      const only = 'no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding';
       writeFileSync(join(sshDir, 'authorized_keys'),
-        `command="${FERRY} receive --stdio --max-creds root --json --config ${config}",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding ${clientPub}\n`, { mode: 0o600 });
+        `command="${FERRY} receive --stdio --max-creds root --json --config ${config}",${only} ${clientPub}\n`
+        + `command="${FERRY} receive --stdio --max-creds root --json --config ${fullToml}",${only} ${fullPub}\n`, { mode: 0o600 });
       writeFileSync(join(sshDir, 'sshd_config'), [
         `Port ${sshPort}`, `ListenAddress ${nodes.target.addr}`, `HostKey ${join(sshDir, 'host')}`,
         `AuthorizedKeysFile ${join(sshDir, 'authorized_keys')}`, 'StrictModes no', 'UsePAM no',
@@ -244,6 +257,8 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       writeFileSync(sshConfig, client('client'));
       badConfig = join(sshDir, 'ssh_config_stranger');
       writeFileSync(badConfig, client('stranger'));
+      fullConfig = join(sshDir, 'ssh_config_full');
+      writeFileSync(fullConfig, client('full'));
       // sshd's privilege separation directory (Debian's package makes it at boot only).
       mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
       const test = spawnSync(SSHD!, ['-t', '-f', join(sshDir, 'sshd_config')], { encoding: 'utf8' });
@@ -254,7 +269,10 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       await waitFor('sshd to listen', () => readFileSync(`/proc/${sshd!.pid}/net/tcp`, 'utf8').includes(`:${sshPort.toString(16).toUpperCase().padStart(4, '0')} 00000000:0000 0A`) || sshd!.exitCode !== null);
       assert.equal(sshd.exitCode, null, `sshd did not start: ${said}`);
     });
-    after(() => { sshd?.kill('SIGKILL'); });
+    after(() => {
+      sshd?.kill('SIGKILL');
+      if (fullDir !== '' && spawnSync('umount', [fullDir]).status !== 0) spawnSync('umount', ['-l', fullDir]);
+    });
 
     it('moves a counter over ssh:// (ssh authenticates; no --key): the same PID counts on there', async () => {
       const w = await counter();
@@ -279,6 +297,20 @@ describe('migration between two nodes', { skip, timeout: 600_000 }, () => {
       mig.child.kill('SIGKILL');
       // ssh's stdin ends with its parent; the remote receiver reads EOF and removes its spool.
       await waitFor('the target to remove its spool', () => !leftovers().some((n) => n.startsWith('.ferry-receive-')), 30_000);
+      assert.deepEqual(stubs(), []);
+      await runsOn(w);
+      stop(w.pid);
+    });
+
+    it('the target cannot spool the image (its image.work_dir full): it says why over ssh, the source\'s line gives it, the source runs on', async () => {
+      const w = await counter();
+      const to = `ssh://root@${nodes.target.addr}:${sshPort}`;
+      const mig = start(nodes.source, ['migrate', '--pid', String(w.pid), '--to', to, '--ssh-config', fullConfig, '--config', config, '--no-pre-copy']);
+      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+      // "failed" while the image streams, "refused it" once it was all sent (a small image may be).
+      assert.match(mig.stderr(), new RegExp(`^ferry migrate: ${to.replace(/[.]/g, '\\.')} (failed|refused it): cannot spool the image into ${fullDir}/\\S+ `
+        + `\\(image\\.work_dir\\): .*ENOSPC.*; so pid ${w.pid} was let go as it was: it runs on here\n$`));
+      await waitFor('the target to remove its spool', () => readdirSync(fullDir).length === 0, 10_000, () => readdirSync(fullDir).join(' '));
       assert.deepEqual(stubs(), []);
       await runsOn(w);
       stop(w.pid);
