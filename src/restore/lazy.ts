@@ -164,7 +164,11 @@ class LazyProcess {
       const to = sEnd > end ? end : sEnd;
       const piece = (a: bigint, b: bigint): Segment => {
         const p: Segment = { addr: a, src: s.src + Number(a - s.addr), pages: Number((b - a) / PAGE), chunk: s.chunk, done: false };
-        this.byChunk.get(s.chunk)!.push(p);
+        // Its chunk may have been served already, this segment left to a retry (EAGAIN: the mm
+        // was changing, as this event says): its pieces are the chunk's to serve again.
+        let list = this.byChunk.get(s.chunk);
+        if (list === undefined) this.byChunk.set(s.chunk, (list = []));
+        list.push(p);
         return p;
       };
       s.done = true; // replaced by its pieces
