@@ -63,7 +63,7 @@ import { CgroupPlan } from '../cgroups/restore.js';
 import { CGROUPS_ENTRY, validateCgroups } from '../cgroups/record.js';
 import { faultPoint, faultPointSync } from '../fault.js';
 import { Session } from '../session.js';
-import { startWatchdog, type Watchdog } from '../watchdog.js';
+import { startWatchdog } from '../watchdog.js';
 import { LazyPages, type LazyStats } from './lazy.js';
 
 /** Restores the image `o.image`; resolves once every process runs on its own. */
@@ -418,10 +418,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     // While the tree is let go, the processes already let go run on and the ones still traced
     // die with ferry (PTRACE_O_EXITKILL): if ferry dies then, a watchdog kills them all. Armed
     // now, so its start overlaps the rebuild. (A container's own watchdog deletes it instead.)
-    // With lazy pages it is the lazy pages' watchdog too: it holds their userfaultfds and stays
-    // armed until every page is in (one process to start, not two: 3-6 ms each here).
-    const starting = made ? undefined : startWatchdog(['kill', ...[...created.stubs.values()].map((t) => String(t.pid))],
-      `the processes restored from ${o.image === '-' ? 'stdin' : o.image}`, lazy?.any === true ? lazy.descriptors : []);
+    // With lazy pages it is the lazy pages' watchdog too, a container's included: it holds their
+    // userfaultfds and stays armed until every page is in (one process to start, not two:
+    // 3-6 ms each here).
+    const starting = made === undefined || lazy?.any === true
+      ? startWatchdog(['kill', ...[...created.stubs.values()].map((t) => String(t.pid))],
+        `the processes restored from ${o.image === '-' ? 'stdin' : o.image}`, lazy?.any === true ? lazy.descriptors : [])
+      : undefined;
     session.onUndo('stop the let-go watchdog', () => starting?.abandon());
     // pidfds name restored processes, so they are opened now that the processes exist: by
     // their stubs, or (a zombie, already finished) by its pid where pids are the host's.
@@ -468,19 +471,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const hostPid = created.stubs.get(tree.root)!.pid;
     const hostPids = tasks.map((t) => created.stubs.get(t.pid)!.pid);
     // Lazy pages: nothing more is written into the processes, so their areas are registered
-    // now; a watchdog holds the userfaultfds, so that if ferry dies the faulting threads wait
+    // now; the watchdog holds the userfaultfds, so that if ferry dies the faulting threads wait
     // until it has killed the tree (restore/lazy.ts).
-    // (A container's: a watchdog of their own, the let-go's being the container's.)
-    let lazyWatchdog: Watchdog | undefined;
-    if (lazy?.any) {
-      const startingLazy = starting === undefined
-        ? startWatchdog(['kill', ...hostPids.map(String)], `the lazily restored processes of ${label}`, lazy.descriptors) : undefined;
-      if (startingLazy !== undefined) session.onUndo('stop the lazy pages watchdog', () => startingLazy.abandon());
-      lazy.register((pid) => created.stubs.get(pid)!, (pid) => created.stubs.get(pid)!.pid);
-      lazyWatchdog = await startingLazy?.armed();
-    }
+    if (lazy?.any) lazy.register((pid) => created.stubs.get(pid)!, (pid) => created.stubs.get(pid)!.pid);
     const watchdog = await starting?.armed();
-    if (lazy?.any && starting !== undefined) lazyWatchdog = watchdog;
     beforeLetGo(opened, files.files);
     // A process stopped by SIGTSTP, SIGTTIN or SIGTTOU stops by it again where it can (stop-signal.ts).
     const stopSignals = new Map<number, number>();
@@ -497,11 +491,13 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const tRunning = performance.now();
     if (lazy?.any) {
       // Only now: when it is the let-go's watchdog too, a fill done during the let-go must not disarm it.
-      lazy.guardedBy(lazyWatchdog);
+      lazy.guardedBy(watchdog);
       lazyLive = lazy;
       image.startLanes();
-    } else lazy?.close();
-    if (watchdog !== lazyWatchdog) watchdog?.disarm(); // else disarmed once every page is in
+    } else {
+      lazy?.close();
+      watchdog?.disarm();
+    }
     cgroups?.running();
     // A container's runtime record is removed by its own watchdog if ferry dies: with lazy
     // pages that stays armed until every page is in, and a tree killed for a page that could
