@@ -12,7 +12,7 @@ import { constants as osConstants } from 'node:os';
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
 import { faultPointSync } from '../fault.js';
-import { directBuffer } from '../image/direct.js';
+import { directBuffer, faultedIn } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import type { HeldDigests } from '../image/writer.js';
 import { native } from '../native/binding.js';
@@ -578,11 +578,7 @@ export class ChunkBuffers {
   private busy = false;
 
   constructor(readonly bytes: number) {
-    this.bufs = Array.from({ length: BUFFERS }, () => {
-      const buf = directBuffer(bytes);
-      for (let off = 0; off < bytes; off += PAGE_SIZE) buf[off] = 0; // fault every page in now
-      return buf;
-    });
+    this.bufs = Array.from({ length: BUFFERS }, () => faultedIn(directBuffer(bytes)));
   }
 
   /** The buffers for one producer at a time; undefined while another holds them. */

@@ -55,11 +55,7 @@ const warm: SharedArrayBuffer[] = [];
  * hello, while the tree still runs there). dropWarm() lets go of those not taken.
  */
 export function warmBuffers(count: number, bytes: number): void {
-  for (let i = 0; i < count; i++) {
-    const buf = freshBuffer(bytes);
-    for (let off = 0; off < buf.length; off += 4096) buf[off] = 0;
-    warm.push(buf.buffer as SharedArrayBuffer);
-  }
+  for (let i = 0; i < count; i++) warm.push(faultedIn(freshBuffer(bytes)).buffer as SharedArrayBuffer);
   warm.sort((a, b) => a.byteLength - b.byteLength);
 }
 
@@ -69,6 +65,12 @@ export function takeWarm(bytes: number): Buffer | undefined {
   if (i < 0) return undefined;
   const [mem] = warm.splice(i, 1);
   return Buffer.from(mem!, 0, bytes);
+}
+
+/** `buf`, a new buffer (all zeros), with every page of it faulted in now (a zero written to each), so that its first use does not pay for it. */
+export function faultedIn(buf: Buffer): Buffer {
+  for (let off = 0; off < buf.length; off += 4096) buf[off] = 0;
+  return buf;
 }
 
 /** Lets go of the warm buffers not taken. */
