@@ -362,8 +362,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
             { cause: err, pid: o.pid });
         }
         // The target failed taking the rounds' pages (its store full) and said why.
-        const said = err instanceof PeerError ? err : ch.failure instanceof PeerError ? ch.failure : undefined;
-        if (said !== undefined && !(o.signal?.aborted ?? false)) {
+        const said = targetSaid(err, ch, o.signal?.aborted ?? false);
+        if (said !== undefined) {
           throw new FerryError(said.code, `${to} failed: ${said.peerMessage}; so the pre-copy of pid ${o.pid} stopped: it runs on here as it was (its memory no longer tracked)`,
             { cause: said, pid: o.pid });
         }
@@ -444,7 +444,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       }
       // The target refused the image (untrusted, beyond the bound, PIDs taken, …), or failed
       // while it took it (its spool full, a frame it refused) and said why before it hung up.
-      const said = err instanceof PeerError ? err : ch.failure instanceof PeerError && !(o.signal?.aborted ?? false) ? ch.failure : undefined;
+      const said = targetSaid(err, ch, o.signal?.aborted ?? false);
       if (said !== undefined) {
         throw new FerryError(said.code, `${to} ${tEnd > 0 ? 'refused it' : 'failed'}: ${said.peerMessage}; so pid ${o.pid} was let go as it was: it runs on here`, { cause: said, pid: o.pid });
       }
@@ -482,6 +482,15 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     await channel?.close();
     throw err;
   }
+}
+
+/**
+ * The target's own word behind a failure, if it gave one: `err` itself, or the channel's
+ * failure (the target said why, then hung up: channel.ts) unless the failure was ours (`aborted`).
+ */
+function targetSaid(err: unknown, ch: Channel, aborted: boolean): PeerError | undefined {
+  if (err instanceof PeerError) return err;
+  return !aborted && ch.failure instanceof PeerError ? ch.failure : undefined;
 }
 
 /** The file flags a restore reads, of those the checkpoint was given (only those set). */
