@@ -22,7 +22,7 @@ import { after, before, describe, it } from 'node:test';
 import { dirtierBundle, dirtierRootfs, runcIn, runDirtier, stateIn, verifyDirtier } from '../helpers/dirtier-container.js';
 import { needs } from '../helpers/env.js';
 import { containersIn, makeNodes, nodesMissing, removeNodes, type Nodes } from '../helpers/nodes.js';
-import { cleanup, own, scratchDir, stubs, waitFor } from '../helpers/processes.js';
+import { cleanup, own, scratchDir, stubs, verify, waitFor } from '../helpers/processes.js';
 import { exitOf, killFerries, leftovers, migrationDir, records, startDirtier, startFerry } from '../helpers/precopy-run.js';
 import { SKIP_RUNC_CRIU } from '../helpers/runc-criu.js';
 
@@ -81,6 +81,52 @@ describe('fault cell: ferry receive hit while lazy pages are missing', { skip, t
     assert.equal(leftovers(workDir).length, 1, 'the source kept its copy');
     assert.deepEqual(stubs(), []);
     for (const n of leftovers(workDir)) rmSync(join(workDir, n), { recursive: true, force: true });
+  });
+});
+
+describe('fault cells: ferry receive hit while it rebuilds a lazily restored tree', { skip, timeout: 300_000 }, () => {
+  const { workDir, config, key } = skip ? { workDir: '', config: '', key: '' } : migrationDir('ferry-lazy-letgo-faults-');
+
+  // The userfaultfds are made with each process's memory and held by the restore's one
+  // watchdog from the moment the processes exist (restore.ts): after "created", and in the
+  // let-go ("letgo": before the last process is let go), ferry SIGKILLed leaves nothing.
+  for (const point of ['created', 'letgo']) it(`SIGKILL at ${point}: a watchdog holds the userfaultfds, the tree there dies, the target holds nothing, the source keeps its copy`, async () => {
+    const w = await startDirtier(32, 10);
+    const recv = startFerry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config], point);
+    await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.child.exitCode !== null);
+    const port = records(recv).find((x) => x['phase'] === 'listen')!['port'] as number;
+    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--lazy', '--json', '--config', config]);
+    own(w.pid);
+    await waitFor(`the receiver to pause at ${point}`, () => new RegExp(`paused at ${point}`).test(recv.stderr()), 90_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+    await w.exited; // the source was killed at the hand-over and reaped here
+    assert.ok(watchdogHoldsUffd(), 'a watchdog holds the userfaultfds already');
+    recv.child.kill('SIGKILL');
+    assert.equal(await exitOf(recv, 'ferry receive'), 137);
+    await waitFor('the tree there to be gone', () => !running(w.pid), 15_000);
+    await waitFor('the watchdog to let go of the userfaultfds', () => !watchdogHoldsUffd(), 15_000);
+    assert.deepEqual(stubs(), []);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+    const said = new RegExp(`whether it runs on tcp://127\\.0\\.0\\.1:${port} is unknown; if it does not, restore it here: ferry (restore --image \\S+.*)$`, 'm').exec(mig.stderr());
+    assert.ok(said, mig.stderr());
+    // The killed receiver's spool directory is left (the next receiver removes it: below); the
+    // source keeps its copy of the image, which the command it printed restores here, intact.
+    const kept = leftovers(workDir).filter((n) => /^ferry-migrate-\d+-.*\.tar$/.test(n));
+    assert.equal(kept.length, 1, leftovers(workDir).join(' '));
+    assert.deepEqual(leftovers(workDir).filter((n) => !kept.includes(n) && !n.startsWith('.ferry-receive-')), []);
+    const next = startFerry(['receive', '--listen', '127.0.0.1:0', '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config]);
+    await waitFor('the next receiver to listen', () => records(next).some((x) => x['phase'] === 'listen') || next.child.exitCode !== null);
+    next.child.kill('SIGTERM');
+    await exitOf(next, 'ferry receive');
+    assert.deepEqual(leftovers(workDir), kept, 'the target holds nothing');
+    const back = startFerry([...said[1]!.trim().split(/\s+/), '--config', config]);
+    assert.equal(await exitOf(back, 'ferry restore'), 0, back.stderr());
+    await waitFor('the tree to run here again', () => running(w.pid), 15_000);
+    const n = w.ticks().length;
+    await waitFor('it to write on', () => w.ticks().length >= n + 2, 15_000);
+    assert.equal(await verify(w), 'PASS', 'every page right');
+    process.kill(w.pid, 'SIGKILL');
+    for (const f of leftovers(workDir)) rmSync(join(workDir, f), { recursive: true, force: true });
   });
 });
 

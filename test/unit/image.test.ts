@@ -315,6 +315,21 @@ describe('chunked entries (page data)', { timeout: 60_000 }, () => {
 
   it('takes buffers warmed ahead before it makes new ones: the smallest that holds the bytes, zeroed, aligned, each once; dropWarm lets go of the rest', () => {
     try {
+      // Faulted in as they are made: 32 MiB of them are about 32 MiB more resident, where 32
+      // MiB of new buffers are address space only (in a process of its own: this one's
+      // collector frees tens of MiB at any time).
+      const grown = (make: string): number => {
+        const r = spawnSync(process.execPath, ['--input-type=module', '-e', `
+          import { directBuffer, warmBuffers } from '${join(process.cwd(), 'dist/src/image/direct.js')}';
+          const before = process.memoryUsage.rss();
+          ${make};
+          console.log(process.memoryUsage.rss() - before);`], { encoding: 'utf8', timeout: 30_000 });
+        assert.equal(r.status, 0, r.stderr);
+        return Number(r.stdout.trim());
+      };
+      const warmed = grown('warmBuffers(16, 2 << 20)');
+      const fresh = grown('const keep = Array.from({ length: 16 }, () => directBuffer(2 << 20)); globalThis.keep = keep');
+      assert.ok(warmed >= 24 << 20 && fresh < 8 << 20, `resident: ${warmed} bytes more warmed, ${fresh} new`);
       warmBuffers(2, 1 << 20);
       warmBuffers(1, 64 << 10);
       const small = directBuffer(4096);
