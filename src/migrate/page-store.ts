@@ -694,16 +694,10 @@ export class FrameLog {
   private size = 0;
   /**
    * Once deferWrites() was called: batches are written on libuv's pool, the JS thread going on
-   * meanwhile; finish() waits for them. The writes still in flight, and the first one that failed.
+   * meanwhile (PoolWriter); finish() waits for them. And the first write that failed.
    */
-  private deferred = false;
-  private inflight = 0;
-  private inflightBytes = 0;
-  private readonly settled: Array<() => void> = [];
-  private readonly belowBacklog: Array<() => void> = [];
+  private out: PoolWriter | undefined;
   private failure: unknown;
-  /** discard() came while writes were in flight: the last of them closes the descriptor. */
-  private closeWhenSettled = false;
 
   /**
    * A new log in `workDir` without a name (open(2) O_TMPFILE), so that a sender killed during
@@ -735,19 +729,17 @@ export class FrameLog {
    * the JS thread's frozen time at 1 GiB.
    */
   deferWrites(): void {
-    this.deferred = true;
+    if (this.out !== undefined || this.fd < 0) return;
+    this.out = new PoolWriter(this.fd, (err) => {
+      this.failure ??= copyFailure(`the local copy of the migration's frames in ${this.dir}`, err);
+    });
   }
 
   /** Closes and removes it (a failure before it was named). */
   discard(): void {
     this.pending = [];
     this.pendingBytes = 0;
-    if (this.inflight > 0) {
-      // Closing now would let a write in flight reach whatever file takes the number next.
-      this.closeWhenSettled = true;
-    } else {
-      this.closeFd();
-    }
+    this.closeFd();
     if (this.path !== '') rmSync(this.path, { force: true });
   }
 
@@ -760,7 +752,7 @@ export class FrameLog {
    * `frame` must not change after (no caller reuses one).
    */
   append(frame: Buffer): void {
-    if (this.fd < 0 || this.closeWhenSettled) throw new FerryError('EIO', 'the local copy of the migration\'s frames was closed before its last frame');
+    if (this.fd < 0) throw new FerryError('EIO', 'the local copy of the migration\'s frames was closed before its last frame');
     if (this.failure !== undefined) throw this.failure;
     const len = Buffer.allocUnsafe(4);
     len.writeUInt32BE(frame.length, 0);
@@ -787,8 +779,8 @@ export class FrameLog {
    */
   backlog(): Promise<void> | undefined {
     if (this.failure !== undefined) return handled(Promise.reject(this.failure as Error));
-    if (this.inflightBytes <= BACKLOG_BYTES) return undefined;
-    return handled(new Promise<void>((resolve, reject) => this.belowBacklog.push(() => (this.failure !== undefined ? reject(this.failure) : resolve()))));
+    if (this.out === undefined || this.out.behind <= BACKLOG_BYTES) return undefined;
+    return handled(this.out.below(BACKLOG_BYTES).then(() => { if (this.failure !== undefined) throw this.failure; }));
   }
 
   /** Writes the frames gathered. */
@@ -803,21 +795,8 @@ export class FrameLog {
 
   /** Writes `data` at `at`: at once, or on the pool once deferred. */
   private writeAt(data: Buffer, at: number): void {
-    if (!this.deferred) {
-      writeAll(this.fd, data, at);
-      return;
-    }
-    this.inflight++;
-    this.inflightBytes += data.length;
-    writeAllAsync(this.fd, data, at).catch((err: unknown) => {
-      this.failure ??= copyFailure(`the local copy of the migration's frames in ${this.dir}`, err);
-    }).finally(() => {
-      this.inflightBytes -= data.length;
-      if (this.inflightBytes <= BACKLOG_BYTES || this.failure !== undefined) for (const go of this.belowBacklog.splice(0)) go();
-      if (--this.inflight > 0) return;
-      for (const done of this.settled.splice(0)) done();
-      if (this.closeWhenSettled) this.closeFd();
-    });
+    if (this.out !== undefined) this.out.write(data, at);
+    else writeAll(this.fd, data, at);
   }
 
   /**
@@ -828,17 +807,18 @@ export class FrameLog {
     if (this.fd < 0) return;
     try {
       this.flush();
-      if (this.inflight > 0) await new Promise<void>((resolve) => this.settled.push(resolve));
+      await this.out?.below(0);
       if (this.failure !== undefined) throw this.failure;
     } finally {
-      if (this.inflight === 0) this.closeFd();
-      else this.closeWhenSettled = true;
+      this.closeFd();
     }
   }
 
+  /** Closes the descriptor: now, or (writes on the pool) after the last write in flight, whose number could be another file's by then. */
   private closeFd(): void {
     if (this.fd < 0) return;
-    closeSync(this.fd);
+    if (this.out !== undefined) this.out.close();
+    else closeSync(this.fd);
     this.fd = -1;
   }
 }

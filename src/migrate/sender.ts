@@ -170,7 +170,6 @@ class Pump {
   /** Resolves at end() once every byte is sent and copied; rejects on the first failure. */
   readonly done: Promise<number>;
   private ended = false;
-  /** The local copy's writes in flight: their bytes, and what waits for fewer (or none). */
   /** The copy's writes (none without a copy: pre-copy keeps its frames instead). */
   private readonly copy: PoolWriter | undefined;
   private finish: () => void = () => {};
