@@ -472,10 +472,19 @@ export class Channel {
   }
 }
 
-/** The peer's own error, passed on: its code and line, said to come from the peer. */
+/**
+ * The peer's own error, passed on: its code and line, said to come from the peer. Both are
+ * printed on this side's terminal and in its JSON: a control character (a terminal's escape
+ * sequence, a line break that would fake a second line) becomes '?', and a code anything but
+ * letters, digits and '_'.
+ */
 export class PeerError extends FerryError {
-  constructor(code: string, readonly peerMessage: string, peer: string) {
-    super(code, `${peer} reports: ${peerMessage}`);
+  readonly peerMessage: string;
+
+  constructor(code: string, message: string, peer: string) {
+    const said = message.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+    super(code.replace(/[^A-Za-z0-9_]/g, '?'), `${peer} reports: ${said}`);
+    this.peerMessage = said;
   }
 }
 

@@ -18,8 +18,8 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { needs, WORKLOADS } from '../helpers/env.js';
 import { exitOf, killFerries, records, startFerry, type Running } from '../helpers/precopy-run.js';
-import { derivePsk, keySecret } from '../../src/migrate/key.js';
-import { PROTOCOL_VERSION } from '../../src/migrate/channel.js';
+import { derivePsk, keySecret, readMigrationKey } from '../../src/migrate/key.js';
+import { Channel, listen, PROTOCOL_VERSION } from '../../src/migrate/channel.js';
 import { FERRY_VERSION } from '../../src/version.js';
 import {
   alive, cleanup, ferry, own, procState, scratchDir, startWorkload, stubs, verify, waitFor, type Workload,
@@ -299,6 +299,27 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     assert.deepEqual(leftovers(workDir), []);
     recv.child.kill('SIGTERM');
     assert.equal(await exitOf(recv, 'ferry receive'), 143);
+  });
+
+  it('a receiver\'s error line with control characters (a terminal escape, a line break) is printed with them as "?": one line, the source runs on', async () => {
+    // A hostile receiver that holds the key: the channel's own listener, answering the hello so.
+    const { server, port } = await listen({ host: '127.0.0.1', port: 0 }, readMigrationKey(key), (socket, peer) => {
+      const ch = new Channel(socket, `the sender ${peer}`);
+      void ch.next('waiting for its hello', 'hello').then(() => {
+        ch.send({ type: 'error', code: 'E\u001b[2J', message: 'bad \u001b[31mred\nferry migrate: a second line' });
+        return ch.close();
+      }, () => {});
+    }, () => {});
+    try {
+      const w = await counter();
+      const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
+      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+      assert.equal(mig.stderr(), `ferry migrate: tcp://127.0.0.1:${port} reports: bad ?[31mred?ferry migrate: a second line\n`);
+      assert.deepEqual(leftovers(workDir), []);
+      await runsOn(w, process.pid);
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 
   it('a staging receiver sent chunk starts that overlap fails that migration alone: its stub goes, the next migration runs', async () => {
