@@ -103,8 +103,8 @@ export function lazyAreas(task: TaskRecord, eager: boolean): VmaRecord[] {
 /** Stored pages still to serve: `pages` pages at `addr`, at `src` in the pages entry, inside one chunk. */
 interface Segment { addr: bigint; src: number; pages: number; chunk: number; done: boolean }
 
-/** One process served: its userfaultfd (ferry's copy), its verified pages, what is left. */
-class LazyProcess {
+/** One process served: its userfaultfd (ferry's copy), its verified pages, what is left. (Exported for its unit test.) */
+export class LazyProcess {
   /** Sorted by address, split at chunk boundaries. */
   segments: Segment[] = [];
   byChunk = new Map<number, Segment[]>();
