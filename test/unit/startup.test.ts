@@ -402,4 +402,53 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     }
     assert.match(readFileSync(join(ROOT, 'dist', 'code-cache.log'), 'utf8'), /^ferry: code cache accepted$/m, 'the build says so in its log');
   });
+
+  it('gives checkpoint and restore a code cache of their own, smaller than the program\'s, and falls back to the program\'s', (t) => {
+    if (!existsSync(join(BUNDLE, 'start.cjs'))) {
+      t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
+      return;
+    }
+    const log = readFileSync(join(ROOT, 'dist', 'code-cache.log'), 'utf8');
+    if (/^ferry: no code caches of its own/m.test(log)) {
+      t.skip('the build made none (it needs root and ptrace, as the demo does)');
+      return;
+    }
+    const root = copyPackage();
+    // The engine's addon and the demo's counter, which the caches' commands run.
+    symlinkSync(join(ROOT, 'build'), join(root, 'build'));
+    const bundle = join(root, 'dist', 'bundle', 'ferry');
+    const env = { ...process.env };
+    delete env['NODE_OPTIONS'];
+    const accepted = (command?: string): string => spawnSync(process.execPath, ['-e',
+      `process.stdout.write(String(require(${JSON.stringify(join(bundle, 'start.cjs'))}).cacheAccepted('ferry'${command !== undefined ? `, ${JSON.stringify(command)}` : ''})))`],
+    { encoding: 'utf8', timeout: 30_000, env }).stdout;
+    // Made for the copy's bundle (the copy changed its time): as the build makes them.
+    const made = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(bundle, 'start.cjs'))}).makeCodeCache()`], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(made.status, 0, made.stderr);
+    assert.match(made.stdout, /^ferry checkpoint: code cache accepted$/m);
+    assert.match(made.stdout, /^ferry restore: code cache accepted$/m);
+    const program = statSync(join(bundle, 'ferry.cjs.cache')).size;
+    for (const command of ['checkpoint', 'restore']) {
+      const own = statSync(join(bundle, `ferry.cjs.${command}.cache`)).size;
+      assert.ok(own < program * 0.8, `${command}'s cache holds that command alone: ${own} bytes, the program's ${program}`);
+      assert.equal(accepted(command), 'true', command);
+    }
+    // Its own is the one read: one of this bundle's header whose contents V8 refuses is refused.
+    const st = statSync(join(bundle, 'ferry.cjs'), { bigint: true });
+    const header = Buffer.alloc(16);
+    header.writeBigUInt64LE(st.size, 0);
+    header.writeBigUInt64LE(st.mtimeNs, 8);
+    writeFileSync(join(bundle, 'ferry.cjs.checkpoint.cache'), Buffer.concat([header, Buffer.alloc(4096, 0xa5)]));
+    assert.equal(accepted('checkpoint'), 'false');
+    assert.equal(accepted(), 'true');
+    // Missing, or made for another bundle: the program's is taken.
+    rmSync(join(bundle, 'ferry.cjs.checkpoint.cache'));
+    assert.equal(accepted('checkpoint'), 'true');
+    writeFileSync(join(bundle, 'ferry.cjs.restore.cache'), Buffer.concat([Buffer.alloc(16), Buffer.alloc(4096, 0xa5)]));
+    assert.equal(accepted('restore'), 'true');
+    // And a checkpoint line starts from it as from the program's (a usage error: no process needed).
+    const r = spawnSync(process.execPath, [join(bundle, 'start.cjs'), 'checkpoint', '--pid', '0', '--image', '/nonexistent/x'], { encoding: 'utf8', timeout: 30_000, env });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /^ferry checkpoint: /);
+  });
 });
