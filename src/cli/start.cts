@@ -28,7 +28,6 @@
 import { isAscii } from 'node:buffer';
 import { closeSync, existsSync, fstatSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import Module = require('node:module');
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Script } from 'node:vm';
@@ -103,10 +102,9 @@ const cacheOf = (program: string, command?: string): string => `${bundleOf(progr
 /**
  * Commands of `ferry` with a code cache of their own, made in a process that ran that command
  * alone (makeCommandCaches): V8 deserialises a whole cache whatever the command uses, and the
- * program's, made after the demo and a migration, holds every command's engine. Measured
- * (the bundle's load, alternated, 4 runs a side twice): a checkpoint's cache 758 KB against
- * 1.4 MB, read 3-4 ms against 5-6, deserialised in 15-21 against 22-25. Any other command,
- * or one whose cache is missing or stale, takes the program's.
+ * program's, made after the demo and a migration, holds every command's engine (1.4 MB, the
+ * commands' 826 and 884 KB; docs/architecture.md, "Start-up", has what it saves). Any other
+ * command, or one whose cache is missing or stale, takes the program's.
  */
 const COMMAND_CACHES: readonly string[] = ['checkpoint', 'restore'];
 
@@ -325,6 +323,7 @@ export async function makeCodeCache(): Promise<void> {
 async function makeCommandCaches(spawn: typeof import('node:child_process').spawn, env: NodeJS.ProcessEnv): Promise<void> {
   const counter = join(__dirname, '..', '..', '..', 'build', 'workloads', 'counter');
   if (!existsSync(counter)) throw new Error(`${counter} is missing`);
+  const { tmpdir } = require('node:os') as typeof import('node:os'); // here only, as child_process
   const dir = mkdtempSync(join(tmpdir(), 'ferry-code-cache-'));
   const image = join(dir, 'counter.tar');
   // Descriptors 0-2 only (the demo's warm-up closed what the build leaked to this process).
@@ -334,13 +333,21 @@ async function makeCommandCaches(spawn: typeof import('node:child_process').spaw
   const run = (argv: string[]): Promise<void> => new Promise((resolve, reject) => {
     const c = spawn(process.execPath, ['-e', `require(${JSON.stringify(__filename)}).makeCommandCache(${JSON.stringify(argv)})`
       + '.then(() => process.exit(0), (err) => { process.stderr.write(String(err) + "\\n"); process.exit(1); })'], { stdio: 'inherit', env });
+    // A build never hangs on it: a command that has not ended in a minute is killed.
+    const timer = setTimeout(() => c.kill('SIGKILL'), 60_000);
     c.once('error', reject);
-    c.once('exit', (code, signal) => (code === 0 ? resolve() : reject(new Error(`ferry ${argv.join(' ')} ended with ${signal ?? code}`))));
+    c.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new Error(`ferry ${argv.join(' ')} ended with ${signal ?? code}`));
+    });
   });
   try {
     if (pid === undefined) throw new Error(`cannot start ${counter}`);
     // Started once it runs the counter, not node's fork of it.
-    for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith(counter); i++) await new Promise((r) => setTimeout(r, 10));
+    const running = (): boolean => readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith(counter);
+    for (let i = 0; i < 200 && !running(); i++) await new Promise((r) => setTimeout(r, 10));
+    if (!running()) throw new Error(`${counter} did not start in 2 s`);
     await run(['checkpoint', '--pid', String(pid), '--image', image, '--log-file', '/dev/null']);
     // Reaped by this process, its parent: its pid is free for the restore.
     await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);

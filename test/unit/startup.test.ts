@@ -276,14 +276,15 @@ describe('the launchers', { timeout: 60_000 }, () => {
   }
 });
 
+/** A copy of the package's bundle and package.json; the copies have new modification times. */
+function copyPackage(): string {
+  const root = mkdtempSync(join(dir, 'cached-'));
+  cpSync(BUNDLE, join(root, 'dist', 'bundle', 'ferry'), { recursive: true });
+  copyFileSync(join(ROOT, 'package.json'), join(root, 'package.json'));
+  return root;
+}
+
 describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
-  /** A copy of the package's bundle and package.json; the copies have new modification times. */
-  function copyPackage(): string {
-    const root = mkdtempSync(join(dir, 'cached-'));
-    cpSync(BUNDLE, join(root, 'dist', 'bundle', 'ferry'), { recursive: true });
-    copyFileSync(join(ROOT, 'package.json'), join(root, 'package.json'));
-    return root;
-  }
   const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
   it('starts whatever state the code cache is in, and without the CommonJS bundle', (t) => {
@@ -402,7 +403,11 @@ describe('the code-cached start (cli/start.cts)', { timeout: 60_000 }, () => {
     }
     assert.match(readFileSync(join(ROOT, 'dist', 'code-cache.log'), 'utf8'), /^ferry: code cache accepted$/m, 'the build says so in its log');
   });
+});
 
+// Its own suite: the caches are made in a copy of the package, the demo's and a migration's warm-up
+// included (10-30 s).
+describe('the commands\' own code caches (cli/start.cts)', { timeout: 240_000 }, () => {
   it('gives checkpoint and restore a code cache of their own, smaller than the program\'s, and falls back to the program\'s', (t) => {
     if (!existsSync(join(BUNDLE, 'start.cjs'))) {
       t.skip(`${BUNDLE} is not built (npm run build:bundle)`);
