@@ -176,6 +176,16 @@ function load<T = Program>(program: string, useCache: boolean, command?: string)
 }
 
 /**
+ * Writes what V8 holds of `loaded`'s script to the cache `path`, behind the header naming its
+ * bundle: under a temporary name, renamed over it (a start never reads half a cache).
+ */
+function writeCache(path: string, loaded: { script: Script; stat: { size: bigint; mtimeNs: bigint } }): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, Buffer.concat([header(loaded.stat), loaded.script.createCachedData()]));
+  renameSync(tmp, path);
+}
+
+/**
  * Whether V8 takes the code cache of `program` or a light bundle (compiled, not run). V8 checks a
  * cache against the flags it runs with: ask from a node started with the defaults, as ferry is
  * (the build's own process may have had them changed: gc.ts).
@@ -267,9 +277,7 @@ export async function makeCodeCache(): Promise<void> {
       const status = loaded.exports.light(argv);
       if (status !== expected) throw new Error(`${bundle} answered ${argv.join(' ')} with ${JSON.stringify(status)}, not ${expected}, while making the code cache`);
     }
-    const tmp = `${cacheOf(bundle)}.${process.pid}.tmp`;
-    writeFileSync(tmp, Buffer.concat([header(loaded.stat), loaded.script.createCachedData()]));
-    renameSync(tmp, cacheOf(bundle));
+    writeCache(cacheOf(bundle), loaded);
   }
   for (const [program, warmUp] of Object.entries(PROGRAMS)) {
     const loaded = load(program, false);
@@ -285,9 +293,7 @@ export async function makeCodeCache(): Promise<void> {
     } catch (err) {
       process.stdout.write(`${program}: the engine's warm-up did not run (${String(err)}): the cache holds what the commands above compiled\n`);
     }
-    const tmp = `${cacheOf(program)}.${process.pid}.tmp`;
-    writeFileSync(tmp, Buffer.concat([header(loaded.stat), loaded.script.createCachedData()]));
-    renameSync(tmp, cacheOf(program));
+    writeCache(cacheOf(program), loaded);
   }
   // child_process is required here only: every start pays for what this file loads.
   const { spawn, spawnSync } = require('node:child_process') as typeof import('node:child_process');
@@ -371,10 +377,7 @@ export async function makeCommandCache(argv: string[]): Promise<void> {
   if (loaded === undefined) throw new Error(`${bundleOf('ferry')} is missing`);
   const status = await loaded.exports.main(argv);
   if (status !== 0 && status !== undefined) throw new Error(`ferry ${argv.join(' ')} exited with ${String(status)}`);
-  const command = argv[0]!;
-  const tmp = `${cacheOf('ferry', command)}.${process.pid}.tmp`;
-  writeFileSync(tmp, Buffer.concat([header(loaded.stat), loaded.script.createCachedData()]));
-  renameSync(tmp, cacheOf('ferry', command));
+  writeCache(cacheOf('ferry', argv[0]!), loaded);
 }
 
 if (require.main === module) start();

@@ -451,9 +451,24 @@ describe('the commands\' own code caches (cli/start.cts)', { timeout: 240_000 },
     assert.equal(accepted('checkpoint'), 'true');
     writeFileSync(join(bundle, 'ferry.cjs.restore.cache'), Buffer.concat([Buffer.alloc(16), Buffer.alloc(4096, 0xa5)]));
     assert.equal(accepted('restore'), 'true');
-    // And a checkpoint line starts from it as from the program's (a usage error: no process needed).
-    const r = spawnSync(process.execPath, [join(bundle, 'start.cjs'), 'checkpoint', '--pid', '0', '--image', '/nonexistent/x'], { encoding: 'utf8', timeout: 30_000, env });
-    assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /^ferry checkpoint: /);
+    // Which cache a start reads, seen by a spy on readFileSync preloaded with --require (a node
+    // option, not a V8 flag: the caches stay acceptable): made again, a checkpoint line reads
+    // its own and stops there; an inspect line, or one with an option first, the program's.
+    const again = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(bundle, 'start.cjs'))}).makeCodeCache()`], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(again.status, 0, again.stderr);
+    const spy = join(root, 'spy.cjs');
+    writeFileSync(spy, `const fs = require('node:fs'); const read = fs.readFileSync;
+      fs.readFileSync = function (p, ...rest) { if (typeof p === 'string' && p.endsWith('.cache')) process.stderr.write('read ' + p + '\\n'); return read.call(this, p, ...rest); };\n`);
+    const reads = (args: string[]): string[] => {
+      const r = spawnSync(process.execPath, ['--require', spy, join(bundle, 'start.cjs'), ...args], { encoding: 'utf8', timeout: 30_000, env });
+      // Usage errors (no process needed): answered by the engine's bundle.
+      assert.equal(r.status, 2, r.stderr);
+      return [...r.stderr.matchAll(/^read .*\/(ferry\.cjs[^/]*\.cache)$/gm)].map((m) => m[1]!);
+    };
+    assert.deepEqual(reads(['checkpoint', '--pid', '0', '--image', '/nonexistent/x']), ['ferry.cjs.checkpoint.cache']);
+    assert.deepEqual(reads(['restore', '--frob']), ['ferry.cjs.restore.cache']);
+    assert.deepEqual(reads(['inspect', '--frob']), ['ferry.cjs.cache']);
+    rmSync(join(bundle, 'ferry.cjs.restore.cache'));
+    assert.deepEqual(reads(['restore', '--frob']), ['ferry.cjs.restore.cache', 'ferry.cjs.cache'], 'missing: the program\'s');
   });
 });
