@@ -55,9 +55,10 @@ export function writeAt(fd: number, buf: Buffer, pos: number): void {
 /**
  * A ustar header of a regular file, as tar-stream's pack writes it (mode 0600, uid and gid 0,
  * octal fields ending in a space); a size past 8 GiB - 1 in base-256, as GNU tar and the
- * reader (reader.ts) take it. `name` is under 100 bytes (checked by writeImage).
+ * reader (reader.ts) take it. `name` is under 100 bytes (checked by writeImage). `type` 'x'
+ * makes a pax extended header instead (alignPrefix).
  */
-export function tarHeader(name: string, size: number, mtime: Date): Buffer {
+export function tarHeader(name: string, size: number, mtime: Date, type: '0' | 'x' = '0'): Buffer {
   const h = Buffer.alloc(BLOCK);
   const oct = (v: number, digits: number, at: number): void => {
     h.write(`${v.toString(8).padStart(digits, '0')} `, at, 'latin1');
@@ -73,7 +74,7 @@ export function tarHeader(name: string, size: number, mtime: Date): Buffer {
     oct(size, 11, 124);
   }
   oct(Math.floor(mtime.getTime() / 1000), 11, 136);
-  h[156] = 0x30; // '0': a regular file
+  h[156] = type.charCodeAt(0); // '0': a regular file
   h.write('ustar\0' + '00', 257, 'latin1');
   oct(0, 6, 329);
   oct(0, 6, 337);
@@ -81,6 +82,56 @@ export function tarHeader(name: string, size: number, mtime: Date): Buffer {
   for (let i = 0; i < BLOCK; i++) if (i < 148 || i >= 156) sum += h[i]!;
   oct(sum, 6, 148);
   return h;
+}
+
+/**
+ * The data of a big entry in a file starts on this boundary: an O_DIRECT write that does not
+ * start and end on one takes the file system's slow path (ext4 zeroes the partial blocks and
+ * waits for every write in flight before it), and the virtual disk splits it. 64 MiB written
+ * in 8 MiB pieces at a 512-byte offset into a new ext4 file took 0.29-1.04 s here against
+ * 0.10-0.13 s on the boundary (dd, O_DIRECT, fsync); a 64 MiB checkpoint was frozen
+ * 400-1,050 ms.
+ */
+export const DATA_ALIGN = 4096;
+
+/** An entry of at least this many bytes has its data aligned in a file (entryPads). */
+export const ALIGNED_ENTRY_MIN = 1 << 20;
+
+/**
+ * The bytes of pax extended header (a header of type 'x' and its data) put in front of each
+ * of `sizes`' entries, laid out from tar offset `start`, so that the data of every entry of
+ * ALIGNED_ENTRY_MIN bytes or more starts on DATA_ALIGN (0 for the others). A stream is laid
+ * out alike: the same tar whatever it goes to, so an image kept from a pipe, or a migration's
+ * spool, reads as fast as a file written by ferry. The header's only record is a `comment`,
+ * which every tar reader ignores (POSIX pax); so do ferry's (reader.ts, the migration's
+ * image-filter.ts). At most 4.5 KiB an entry.
+ */
+export function entryPads(start: number, sizes: readonly number[]): number[] {
+  let pos = start;
+  return sizes.map((size) => {
+    const off = (pos + BLOCK) % DATA_ALIGN;
+    let pad = 0;
+    if (size >= ALIGNED_ENTRY_MIN && off !== 0) {
+      const shift = DATA_ALIGN - off; // 512..3584, a multiple of BLOCK
+      pad = BLOCK + (shift > BLOCK ? shift - BLOCK : DATA_ALIGN); // the header and at least a block of data
+    }
+    pos += pad + BLOCK + padded(size);
+    return pad;
+  });
+}
+
+/**
+ * Writes into `into` (`pad` bytes, from entryPads) a pax extended header whose one record,
+ * a `comment`, fills its data exactly.
+ */
+export function padHeader(into: Buffer, pad: number, mtime: Date): void {
+  const len = pad - BLOCK; // the record's length, its own digits included
+  const text = 'ferry: padding so that the next entry\'s data starts on a 4 KiB boundary';
+  const value = text.padEnd(len - String(len).length - ' comment=\n'.length, ' ');
+  const record = `${len} comment=${value}\n`;
+  if (Buffer.byteLength(record) !== len) throw new Error(`pax padding of ${pad} bytes cannot be made`);
+  tarHeader('././@PaxHeader', len, mtime, 'x').copy(into, 0);
+  into.write(record, BLOCK, 'latin1');
 }
 
 /**

@@ -40,7 +40,7 @@ import { REQUIRES_FORMAT_VERSION } from './features.js';
 import { directBuffer, DIRECT_ALIGN } from './direct.js';
 import { O_DIRECT, O_TMPFILE } from '../proc/fcntl.js';
 import { imageSigner, SIGNATURE_NAME, type ImageSigner } from './sign.js';
-import { BLOCK, EntryOut, padded, rewrite, tarHeader, TarOut, type TarSink } from './tar-out.js';
+import { BLOCK, EntryOut, entryPads, padded, padHeader, rewrite, tarHeader, TarOut, type TarSink } from './tar-out.js';
 import { native } from '../native/binding.js';
 
 /** One entry of the image after the manifest. */
@@ -639,11 +639,14 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
   const placeholder = Buffer.from(JSON.stringify(manifest));
   const signer = options.signer ?? (options.signKey !== undefined ? imageSigner(options.signKey) : undefined);
   const signatureBytes = signer !== undefined ? BLOCK + padded(signer.placeholder.length) : 0;
-  const total = BLOCK + padded(placeholder.length) + signatureBytes + entries.reduce((s, e) => s + BLOCK + padded(e.size), 0) + 2 * BLOCK;
 
   const where = path === '-' ? 'to stdout' : path;
   const target = options.target ?? openImageTarget(path);
   const { fd, temp, seekable } = target;
+  // A big entry's data starts on a 4 KiB boundary (tar-out.ts DATA_ALIGN).
+  const pads = entryPads(BLOCK + padded(placeholder.length) + signatureBytes, entries.map((e) => e.size));
+  const total = BLOCK + padded(placeholder.length) + signatureBytes
+    + entries.reduce((s, e, i) => s + pads[i]! + BLOCK + padded(e.size), 0) + 2 * BLOCK;
   const discard = (): void => target.discard();
   const dropUndo = options.session?.onUndo(`remove ${temp || 'nothing'}`, discard);
   const pool = options.hashPool;
@@ -683,7 +686,7 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     // The pool's threads the hashes do not take are the writes' (TarOut).
     const writeSlots = pool?.running === true ? Math.max(1, libuvThreads() - pool.threads) : Infinity;
     const out = new TarOut(fd, seekable, target.direct, total, options.onProgress, writeSlots, target.sink);
-    const bytes = await writeTar(out, manifest, head, signature, entries, seekable, pool, total, options, replays);
+    const bytes = await writeTar(out, manifest, head, signature, entries, pads, seekable, pool, total, options, replays);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));
       if (final.length !== placeholder.length) throw new Error('manifest length changed while writing');
@@ -742,22 +745,25 @@ function syncDir(dir: string): void {
  * `onProduced` is called once every producer has returned.
  */
 async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature: Buffer | undefined, entries: ImageEntry[],
-  hash: boolean, pool: HashPool | undefined, total: number, options: WriteOptions,
+  pads: readonly number[], hash: boolean, pool: HashPool | undefined, total: number, options: WriteOptions,
   replays: ReadonlyMap<ImageEntry, ReadonlyArray<Buffer | number>> = new Map()): Promise<number> {
   const { signal } = options;
   const mtime = new Date(manifest.createdAt);
-  // Every header in aligned memory, so that a direct descriptor takes it as it is.
+  // Every header (and pax padding before it: entryPads) in aligned memory, so that a direct
+  // descriptor takes it as it is.
   const names = [MANIFEST_NAME, ...(signature !== undefined ? [SIGNATURE_NAME] : []), ...entries.map((e) => e.name)];
-  const headers = out.direct ? directBuffer(names.length * BLOCK) : Buffer.alloc(names.length * BLOCK);
+  const headerBytes = names.length * BLOCK + pads.reduce((s, p) => s + p, 0);
+  const headers = out.direct ? directBuffer(headerBytes) : Buffer.alloc(headerBytes);
   let pos = 0;
-  let nth = 0;
+  let at = 0;
   const writes: Array<Promise<void>> = [];
-  /** Starts the entry `name` of `size` bytes at the current position. */
-  const begin = (name: string, size: number): { w: EntryOut; dataStart: number } => {
-    const h = headers.subarray(nth * BLOCK, ++nth * BLOCK);
-    tarHeader(name, size, mtime).copy(h);
+  /** Starts the entry `name` of `size` bytes at the current position, behind `pad` bytes of pax padding. */
+  const begin = (name: string, size: number, pad = 0): { w: EntryOut; dataStart: number } => {
+    const h = headers.subarray(at, at += pad + BLOCK);
+    if (pad > 0) padHeader(h, pad, mtime);
+    tarHeader(name, size, mtime).copy(h, pad);
     const w = new EntryOut(out, pos, h);
-    const dataStart = pos + BLOCK;
+    const dataStart = pos + pad + BLOCK;
     pos = dataStart + padded(size);
     return { w, dataStart };
   };
@@ -774,7 +780,7 @@ async function writeTar(out: TarOut, manifest: Manifest, head: Buffer, signature
     whole(MANIFEST_NAME, head);
     if (signature !== undefined) whole(SIGNATURE_NAME, signature);
     for (const [i, e] of entries.entries()) {
-      const { w } = begin(e.name, e.size);
+      const { w } = begin(e.name, e.size, pads[i]);
       const h = hash ? hashFor(e, pool) : undefined;
       let produced = 0;
       // Held pages leave no bytes in a stream (writeImage hashed them in its first pass).
