@@ -7,8 +7,10 @@
 // kernel/exit.c); and a tracee that never stops must not hang ferry.
 #include "wait.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,6 +34,30 @@ char TaskState(pid_t tid) {
   buf[n] = '\0';
   const char* paren = strrchr(buf, ')');
   return paren && paren[1] == ' ' ? paren[2] : 0;
+}
+
+// Whether a thread of `leader`'s group other than the leader is still on its way out (in
+// /proc/LEADER/task, in a state other than zombie or dead). A killed process's leader turns
+// zombie at once, but it is reported, and can be reaped, only once every other thread has
+// exited (delay_group_leader() in kernel/exit.c): 256 threads take tens of milliseconds to.
+// A thread that is a zombie itself waits for its tracer (us) to reap it and never goes.
+bool ThreadsExiting(pid_t leader) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/task", static_cast<int>(leader));
+  DIR* d = opendir(path);
+  if (d == nullptr) return false;
+  bool exiting = false;
+  while (struct dirent* e = readdir(d)) {
+    pid_t t = static_cast<pid_t>(atoi(e->d_name));
+    if (t <= 0 || t == leader) continue;
+    char st = TaskState(t);
+    if (st != 0 && st != 'Z' && st != 'X') {
+      exiting = true;
+      break;
+    }
+  }
+  closedir(d);
+  return exiting;
 }
 
 // How long a wait spins (waitpid WNOHANG, sched_yield) before it sleeps between polls. A
@@ -96,8 +122,9 @@ pid_t WaitBounded(pid_t tid, int* status, int flags, int timeout_ms) {
       continue;
     }
     char st = TaskState(tid);
-    if (st == 0 || st == 'X' || st == 'Z') {
-      // Dead; collectable ones were collected above, so this one will not report.
+    if (st == 0 || st == 'X' || (st == 'Z' && !ThreadsExiting(tid))) {
+      // Dead; collectable ones were collected above, so this one will not report (a leader
+      // whose other threads are still exiting will: waited for, as any other).
       r = waitpid(tid, status, WNOHANG | __WALL);
       if (r != 0) return r;
       errno = ESRCH;

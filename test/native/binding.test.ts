@@ -189,4 +189,34 @@ describe('native binding', { timeout: 60_000 }, () => {
       closeSync(c.stdout);
     }
   });
+
+  it('reaps a killed child of 256 threads: its leader is a zombie before the others are gone', { skip: skipUnlessRoot }, async () => {
+    // The leader of a killed thread group turns zombie at once but is reported only once
+    // every other thread has exited; waitpid took that zombie for one that never reports
+    // (ESRCH), and the child stayed a zombie holding its pid.
+    const n = native();
+    for (let round = 0; round < 3; round++) {
+      const c = n.spawnDetached(join(process.cwd(), 'build/workloads/threads'), ['255'], []);
+      own(c.pid);
+      closeSync(c.stdin);
+      try {
+        let text = '';
+        for (const end = Date.now() + 20_000; !text.includes('ready pid=') && Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
+          try {
+            const buf = Buffer.alloc(4096);
+            text += buf.toString('utf8', 0, readSync(c.stdout, buf));
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+          }
+        }
+        assert.match(text, /ready pid=/);
+        n.tgkill(c.pid, c.pid, 9);
+        const st = n.waitpid(c.pid);
+        assert.deepEqual([st?.signaled, st?.termSig], [true, 9]);
+        assert.throws(() => readFileSync(`/proc/${c.pid}/stat`), { code: 'ENOENT' }, 'reaped, its pid free');
+      } finally {
+        closeSync(c.stdout);
+      }
+    }
+  });
 });
