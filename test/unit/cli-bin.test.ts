@@ -90,6 +90,26 @@ describe('bin/ferry version', { timeout: 60_000 }, () => {
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, `ferry ${VERSION}\n`);
   });
+
+  it('finds its package from a relative path and through a symlink, and node in PATH first', () => {
+    // A relative path is taken with the working directory, without readlink; a symlink is
+    // resolved by it (/usr/local/bin/ferry).
+    const link = join(dir, 'ferry-link');
+    spawnSync('ln', ['-sf', FERRY, link]);
+    for (const [cmd, cwd] of [['./bin/ferry', ROOT], ['bin/ferry', ROOT], ['./ferry', join(ROOT, 'bin')], [link, dir]] as const) {
+      const r = spawnSync(cmd, ['--version'], { cwd, encoding: 'utf8', input: '', timeout: 30_000 });
+      assert.equal(r.status, 0, `${cmd}: ${r.stderr}`);
+      assert.equal(r.stdout, `ferry ${VERSION}\n`, cmd);
+    }
+    // The first node in PATH is the one run (looked for by the script itself), with the start
+    // file and the arguments.
+    const bin = join(dir, 'path-bin');
+    spawnSync('mkdir', ['-p', join(bin, 'node.d'), join(dir, 'empty', 'node')]);
+    writeFileSync(join(bin, 'node'), '#!/bin/sh\necho "fake node $*"\n', { mode: 0o755 });
+    const r = ferry(['version'], { env: { PATH: `${join(dir, 'empty')}:/nonexistent:${bin}:/usr/bin` } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^fake node \/.*\/dist\/(bundle\/ferry\/start\.cjs|src\/cli\/main\.js) version\n$/);
+  });
 });
 
 describe('bin/ferry usage errors (exit status 2)', { timeout: 60_000 }, () => {
