@@ -80,7 +80,8 @@ export async function migrateContainer(o: ContainerMigrateOptions): Promise<Migr
       return restoreContainer({ ...withoutBound(r), id: o.id, runtime: o.runtime, bundle: state.bundle, ...(o.root !== undefined ? { root: o.root } : {}) });
     },
     handedOver: deleteSource,
-    restoreCommand: `ferry restore ${o.id}${rootArg} --bundle ${state.bundle}`,
+    // Detached, as the container ran (runc restore without it stays until the container stops).
+    restoreCommand: `ferry restore ${o.id} --detach${rootArg} --bundle ${state.bundle}`,
     ...(netnsPath !== undefined ? { netnsPath } : {}),
   };
   const { target: _target, id: _id, runtime: _runtime, root: _root, ...common } = o;

@@ -9,7 +9,8 @@
  * The same for a runc container between the two nodes of test/helpers/nodes.ts: its tree is
  * killed, and the container's own watchdog (armed by the restore until every page is in)
  * deletes it from runc on the target; the source's killed record is deleted too, so that its
- * kept copy can be restored under its id by hand. And `ferry migrate` SIGKILLed while the
+ * kept copy can be restored under its id by hand (the command the sender prints, detached). The
+ * same at `created` and at the let-go of the container's restore. And `ferry migrate` SIGKILLed while the
  * target fills a container's pages: the target finishes (it holds the whole image, nothing
  * comes from the source after the kill), the container runs there, and the watchdog of the
  * source deletes its killed record. And the network cut while the target fills: the container
@@ -173,6 +174,46 @@ describe('fault cell: ferry receive hit while a container\'s lazy pages are miss
     assert.equal(leftovers(workDir).length, 1, 'the source kept its copy');
     assert.deepEqual(stubs(), []);
     for (const n of leftovers(workDir)) rmSync(join(workDir, n), { recursive: true, force: true });
+  });
+
+  // As for a process (above), while the container's tree is rebuilt: ferry SIGKILLed after
+  // its processes exist ("created") and before the last is let go ("letgo"). The restore's
+  // watchdog holds the userfaultfds and kills the tree, the container's own deletes it from
+  // runc there; the source's killed record is deleted and its kept copy restores it.
+  for (const [n, point] of [[7, 'created'], [9, 'letgo']] as const) it(`SIGKILL at ${point}: the container there dies and is deleted, the target holds nothing, the source's copy restores it`, async () => {
+    const log = join(dir, `f${n}.log`);
+    const [src, dst] = [`ferry-f${n}`, `ferry-f${n + 1}`];
+    await runDirtier(nodes.source, src, dirtierBundle(nodes.source, src, rootfs, 32, 1), log);
+    const tb = dirtierBundle(nodes.target, dst, rootfs, 32, 1);
+    const recv = startFerry(['receive', '--listen', `${nodes.target.addr}:0`, '--key', key, '--json', '--once', '--max-creds', 'root', '--config', config],
+      point, nodes.target);
+    await waitFor('the receiver to listen', () => records(recv).some((x) => x['phase'] === 'listen') || recv.child.exitCode !== null);
+    const port = records(recv).find((x) => x['phase'] === 'listen')!['port'] as number;
+    const mig = startFerry(['migrate', src, '--root', nodes.source.runcRoot, '--to', `tcp://${nodes.target.addr}:${port}`, '--key', key,
+      '--target-id', dst, '--target-bundle', tb, '--target-root', nodes.target.runcRoot, '--lazy', '--json', '--config', config], undefined, nodes.source);
+    await waitFor(`the receiver to pause at ${point}`, () => new RegExp(`paused at ${point}`).test(recv.stderr()), 90_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+    assert.ok(watchdogHoldsUffd(), 'a watchdog holds the userfaultfds already');
+    recv.child.kill('SIGKILL');
+    assert.equal(await exitOf(recv, 'ferry receive'), 137);
+    await waitFor('the container on the target to be killed and deleted', () => containersIn(nodes.target.runcRoot).length === 0, 30_000);
+    await waitFor('the watchdog to let go of the userfaultfds', () => !watchdogHoldsUffd(), 15_000);
+    assert.deepEqual(stubs(), []);
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+    const said = new RegExp(`whether it runs on tcp://\\S+ is unknown; if it does not, restore it here: ferry (restore ${src} .*)$`, 'm').exec(mig.stderr());
+    assert.ok(said, mig.stderr());
+    assert.equal(stateIn(nodes.source, src).status, 'absent', 'the killed source\'s record is deleted: its id is free for the kept copy');
+    const kept = leftovers(workDir).filter((x) => /^ferry-migrate-\d+-.*\.tar$/.test(x));
+    assert.equal(kept.length, 1, leftovers(workDir).join(' '));
+    // The kept copy, restored on the source as the command said: the container runs there
+    // again with every page right.
+    const back = startFerry([...said[1]!.trim().split(/\s+/), '--config', config], undefined, nodes.source);
+    assert.equal(await exitOf(back, 'ferry restore', 120_000), 0, back.stderr());
+    const st = stateIn(nodes.source, src);
+    assert.equal(st.status, 'running');
+    assert.equal(await verifyDirtier(st.pid, log), 'PASS');
+    assert.equal(runcIn(nodes.source, 'delete', '--force', src).code, 0);
+    for (const x of leftovers(workDir)) if (!x.startsWith('.ferry-receive-')) rmSync(join(workDir, x), { recursive: true, force: true });
   });
 
   it('the network cut while the target fills: the container runs on there, the sender gives up (ELOST) and keeps its copy', async () => {
