@@ -60,6 +60,10 @@ bool ThreadsExiting(pid_t leader) {
   return exiting;
 }
 
+// How long a wait gives a zombie leader's other threads to exit (ThreadsExiting): 256 killed
+// threads take some 10-50 ms here.
+constexpr int64_t kExitGraceNs = 2000000000;
+
 // How long a wait spins (waitpid WNOHANG, sched_yield) before it sleeps between polls. A
 // ptrace round trip (resume, the tracee runs to its next stop) takes 5-10 us on an idle
 // machine and up to a few hundred under load; an injected syscall is two of them. Spinning by
@@ -110,6 +114,7 @@ pid_t WaitBounded(pid_t tid, int* status, int flags, int timeout_ms) {
   const int64_t deadline = start + static_cast<int64_t>(timeout_ms) * 1000000;
   const int64_t spin_until = start + kSpinNs;
   long sleep_ns = 20000;
+  int64_t zombie_since = 0;
   for (;;) {
     pid_t r = waitpid(tid, status, flags | WNOHANG | __WALL);
     if (r != 0) {
@@ -122,9 +127,13 @@ pid_t WaitBounded(pid_t tid, int* status, int flags, int timeout_ms) {
       continue;
     }
     char st = TaskState(tid);
-    if (st == 0 || st == 'X' || (st == 'Z' && !ThreadsExiting(tid))) {
-      // Dead; collectable ones were collected above, so this one will not report (a leader
-      // whose other threads are still exiting will: waited for, as any other).
+    // A zombie leader whose other threads are still on their way out will be reported: waited
+    // for, up to kExitGraceNs (a leader that exited on its own while its threads run on is a
+    // zombie too, and is not reported before they all exit: that wait must stay short).
+    bool exiting = st == 'Z' && ThreadsExiting(tid);
+    if (exiting && zombie_since == 0) zombie_since = NowNs();
+    if (st == 0 || st == 'X' || (st == 'Z' && (!exiting || NowNs() - zombie_since > kExitGraceNs))) {
+      // Dead; collectable ones were collected above, so this one will not report.
       r = waitpid(tid, status, WNOHANG | __WALL);
       if (r != 0) return r;
       errno = ESRCH;
