@@ -21,6 +21,20 @@ const root = process.getuid?.() === 0;
 const skipUnlessRoot = root ? false : 'needs root (ptrace of other processes, clone3 with set_tid)';
 after(cleanup);
 
+/** What a non-blocking `fd` gives until its text holds `want`, or `ms` have passed. */
+async function readUntil(fd: number, want: string, ms: number): Promise<string> {
+  let text = '';
+  for (const end = Date.now() + ms; !text.includes(want) && Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
+    try {
+      const buf = Buffer.alloc(4096);
+      text += buf.toString('utf8', 0, readSync(fd, buf));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+    }
+  }
+  return text;
+}
+
 function startSleeper(): number {
   const c = spawn('sleep', ['60'], { stdio: 'ignore', detached: true });
   own(c.pid!);
@@ -171,15 +185,7 @@ describe('native binding', { timeout: 60_000 }, () => {
       assert.ok((flags(c.stdin) & O_CLOEXEC) !== 0 && (flags(c.stdout) & O_CLOEXEC) !== 0, 'ferry\'s ends are close-on-exec');
       assert.ok((flags(c.stdout) & O_NONBLOCK) !== 0, 'ferry\'s read end does not block');
       writeSync(c.stdin, 'hello\n');
-      let text = '';
-      for (const end = Date.now() + 10_000; !text.includes('got=') && Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
-        try {
-          const buf = Buffer.alloc(4096);
-          text += buf.toString('utf8', 0, readSync(c.stdout, buf));
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
-        }
-      }
+      const text = await readUntil(c.stdout, 'got=', 10_000);
       // 0-2 and the one held (as 3), no other; its own session.
       assert.match(text, new RegExp(`^0 1 2 3 sid=${c.pid} pid=${c.pid} 3=/proc/${process.pid}/status$`, 'm'));
       assert.match(text, /^got=hello$/m);
@@ -200,16 +206,7 @@ describe('native binding', { timeout: 60_000 }, () => {
       own(c.pid);
       closeSync(c.stdin);
       try {
-        let text = '';
-        for (const end = Date.now() + 20_000; !text.includes('ready pid=') && Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
-          try {
-            const buf = Buffer.alloc(4096);
-            text += buf.toString('utf8', 0, readSync(c.stdout, buf));
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
-          }
-        }
-        assert.match(text, /ready pid=/);
+        assert.match(await readUntil(c.stdout, 'ready pid=', 20_000), /ready pid=/);
         n.tgkill(c.pid, c.pid, 9);
         const st = n.waitpid(c.pid);
         assert.deepEqual([st?.signaled, st?.termSig], [true, 9]);
