@@ -56,7 +56,7 @@ export function writeAt(fd: number, buf: Buffer, pos: number): void {
  * A ustar header of a regular file, as tar-stream's pack writes it (mode 0600, uid and gid 0,
  * octal fields ending in a space); a size past 8 GiB - 1 in base-256, as GNU tar and the
  * reader (reader.ts) take it. `name` is under 100 bytes (checked by writeImage). `type` 'x'
- * makes a pax extended header instead (alignPrefix).
+ * makes a pax extended header instead (padHeader).
  */
 export function tarHeader(name: string, size: number, mtime: Date, type: '0' | 'x' = '0'): Buffer {
   const h = Buffer.alloc(BLOCK);
@@ -92,10 +92,10 @@ export function tarHeader(name: string, size: number, mtime: Date, type: '0' | '
  * 0.10-0.13 s on the boundary (dd, O_DIRECT, fsync); a 64 MiB checkpoint was frozen
  * 400-1,050 ms.
  */
-export const DATA_ALIGN = 4096;
+const DATA_ALIGN = 4096;
 
-/** An entry of at least this many bytes has its data aligned in a file (entryPads). */
-export const ALIGNED_ENTRY_MIN = 1 << 20;
+/** An entry of at least this many bytes has its data aligned (entryPads). */
+const ALIGNED_ENTRY_MIN = 1 << 20;
 
 /**
  * The bytes of pax extended header (a header of type 'x' and its data) put in front of each
@@ -147,10 +147,11 @@ export function padHeader(into: Buffer, pad: number, mtime: Date): void {
  *   Every SYNC_EVERY bytes written an fdatasync(2) starts (one at a time, on the pool), so
  *   the disk writes while the next chunks are read and hashed and the final fsync finds
  *   little left to do; on a direct descriptor too, where a write that returned may still sit
- *   in the disk's cache (a virtual disk's: its host's page cache) until a flush. A tar of at most INLINE_WRITE_MAX_BYTES (a small process's image) is
- *   written on the JS thread instead (`inline`): each pwrite takes microseconds at that size,
- *   where a round trip through the pool costs a thread wake-up on each side, 0.2-3 ms on a
- *   loaded 2-core machine, and a checkpoint that kills its tree pays it in the frozen window.
+ *   in the disk's cache (a virtual disk's: its host's page cache) until a flush. A tar of at
+ *   most INLINE_WRITE_MAX_BYTES (a small process's image) is written on the JS thread
+ *   instead (`inline`): each pwrite takes microseconds at that size, where a round trip
+ *   through the pool costs a thread wake-up on each side, 0.2-3 ms on a loaded 2-core
+ *   machine, and a checkpoint that kills its tree pays it in the frozen window.
  *   On a direct descriptor such a tar is gathered whole in the staging buffer instead (zeros
  *   where nothing is written, as the holes read) and goes out in one write (writeGathered),
  *   the caller's last before its fsync: each direct write waits for the disk, and the 19
