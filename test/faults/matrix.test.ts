@@ -135,6 +135,20 @@ async function enospcCell(p: Problems, mode: Mode): Promise<void> {
 }
 
 /**
+ * ENOSPC after the first periodic fdatasync (image/tar-out.ts SYNC_EVERY, 64 MiB: O_DIRECT
+ * files too): a process of 96 MiB into a tmpfs of 72 MiB, so the disk fills while a sync may
+ * still be in flight; the write's failure must wait for it, and the tree come out intact.
+ */
+async function enospcLateCell(p: Problems): Promise<void> {
+  const t = await startMemcheck(96, 'one');
+  try {
+    await checkpointIntoFullDisk(p, memcheckTarget(t), join(t.dir, 'small'), olderImage, '72m');
+  } finally {
+    killOurs(t.pids);
+  }
+}
+
+/**
  * ENOSPC of a small image, which goes out in one write (image/tar-out.ts, a gathered tar: at
  * most 1 MiB on an O_DIRECT file, as tmpfs is here): a process of 256 KiB, its image (about
  * 300 KiB, checked to be under 1 MiB first) into a tmpfs of 128 KiB holding a 16 KiB older one.
@@ -279,6 +293,7 @@ describe('fault matrix: processes', { skip }, () => {
       }
       it(`${mode} checkpoint ENOSPC`, CELL, async () => expectOk(await cell(matrix, `${mode} checkpoint ENOSPC`, 'once', (p) => enospcCell(p, mode))));
       if (mode === 'one') it('one checkpoint ENOSPC, a small image in one write', CELL, async () => expectOk(await cell(matrix, 'one checkpoint ENOSPC small', 'once', enospcSmallCell)));
+      if (mode === 'one') it('one checkpoint ENOSPC past the first periodic fdatasync', CELL, async () => expectOk(await cell(matrix, 'one checkpoint ENOSPC late', 'once', enospcLateCell)));
       it(`${mode} checkpoint EPIPE`, CELL, async () => expectOk(await cell(matrix, `${mode} checkpoint EPIPE`, 'once', (p) => epipeCell(p, mode))));
     });
   }
