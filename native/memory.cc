@@ -8,7 +8,9 @@
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -169,6 +171,36 @@ Napi::Value PagemapSharedAnon(const Napi::CallbackInfo& info) {
   return out;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+// populate(buf: Buffer, huge) -> whether every page of `buf` is now faulted in, writable.
+//
+// On this VM a page's first touch costs 10-15 µs, and so does the first copy into it by the
+// kernel (a read(2), process_vm_readv(2)): faulting 32 MiB in by writing a byte per page took
+// 85-95 ms, where madvise(MADV_POPULATE_WRITE, Linux 5.14) takes 6-8 ms. With `huge`, the
+// buffer is first advised MADV_HUGEPAGE: where it spans whole 2 MiB pages the kernel may use
+// those, and the first copy into them is then as quick as any later one (4 KiB pages, faulted
+// in either way, still cost 5-6 µs each at their first copy here). The whole pages of the
+// buffer are advised, the partial ones at its ends too: they are its backing store's. False
+// (the caller touches each page itself) where the kernel lacks it or refuses the range.
+Napi::Value Populate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Buffer<uint8_t> buf;
+  if (!ArgBuffer(info, 0, &buf)) return {};
+  bool huge = info.Length() > 1 && info[1].ToBoolean().Value();
+  size_t len = buf.Length();
+  if (len == 0) return Napi::Boolean::New(env, true);
+  uint8_t* data = buf.Data();
+  uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(data) + len + page - 1) & ~(page - 1);
+  void* at = reinterpret_cast<void*>(start);
+  if (huge) madvise(at, end - start, MADV_HUGEPAGE);  // advice only: no huge pages is fine
+  return Napi::Boolean::New(env, madvise(at, end - start, MADV_POPULATE_WRITE) == 0);
+}
+
 }  // namespace
 
 void InitMemory(Napi::Env env, Napi::Object exports) {
@@ -176,6 +208,7 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("pagemapRuns", Napi::Function::New(env, PagemapRuns));
   exports.Set("pagemapGuardRuns", Napi::Function::New(env, PagemapGuardRuns));
   exports.Set("pagemapSharedAnon", Napi::Function::New(env, PagemapSharedAnon));
+  exports.Set("populate", Napi::Function::New(env, Populate));
 }
 
 }  // namespace ferry

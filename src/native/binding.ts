@@ -223,6 +223,11 @@ export interface NativeBinding {
   /** process_vm_readv(2): reads [addr, len] pairs back to back into dst at dstOffset. */
   readMemory(pid: number, ranges: Float64Array, dst: Buffer, dstOffset?: number): number;
   /**
+   * Faults every page of `buf` in, writable, in one madvise(MADV_POPULATE_WRITE) (with
+   * `huge`, MADV_HUGEPAGE first); false where the kernel refuses it (the caller touches each page).
+   */
+  populate(buf: Buffer, huge?: boolean): boolean;
+  /**
    * Runs of pages a dump stores among pagemap entries (proc/pagemap.ts dumpablePageRuns):
    * [first, count, ...], counted from the first entry.
    */
@@ -639,7 +644,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'pagemapRuns', 'pagemapGuardRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'populate', 'pagemapRuns', 'pagemapGuardRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'openTreeClone', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',

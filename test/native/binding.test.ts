@@ -70,6 +70,23 @@ describe('native binding', { timeout: 60_000 }, () => {
       (err: NodeJS.ErrnoException) => err.code === 'EFAULT' && err.syscall === 'process_vm_readv' && /0x1000/.test(err.message));
   });
 
+  it('faults a buffer in with populate: its pages resident at once, its bytes as they were', () => {
+    const n = native();
+    const bytes = 32 << 20;
+    const buf = directBuffer(bytes); // fresh: none of its pages is resident yet
+    const before = process.memoryUsage().rss;
+    assert.equal(n.populate(buf, true), true);
+    const grown = process.memoryUsage().rss - before;
+    assert.ok(grown >= bytes * 0.9, `rss grew by ${grown} bytes for a ${bytes}-byte buffer`);
+    assert.equal(buf.indexOf(1), -1, 'still all zeros');
+    // Any view, not aligned, over bytes that are there already: they stay.
+    const some = Buffer.from(directBuffer(3 * 4096).buffer, 100, 2 * 4096 + 1).fill(5);
+    assert.equal(n.populate(some), true);
+    assert.ok(some.every((b) => b === 5));
+    assert.equal(n.populate(Buffer.alloc(0)), true);
+    assert.throws(() => n.populate('x' as unknown as Buffer), TypeError);
+  });
+
   it('tells shared open files apart with kcmp', () => {
     const a = openSync('/proc/self/stat', 'r');
     const b = openSync('/proc/self/stat', 'r');
