@@ -2,7 +2,8 @@
  * End-to-end checkpoint and restore of one process with dirty anonymous memory, several runs
  * per size, each printed as min / median / max next to the raw limits measured in the same run,
  * on the same memory and file system:
- *   process_vm_readv   reading the process's pages into chunk-sized buffers (one thread);
+ *   process_vm_readv   reading the process's pages into chunk-sized buffers (one thread; the
+ *                      buffers faulted in beforehand, as the checkpoint's are);
  *   file write+fsync   writing as many bytes (a copy of its memory, at most SAMPLE_MAX of it
  *                      repeated) to a file next to the image, then fsync, through the page
  *                      cache (best of one before and one after the checkpoint); without the
@@ -41,7 +42,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import pino from 'pino';
 import { checkpoint, restore } from '../src/index.js';
-import { directBuffer } from '../src/image/direct.js';
+import { directBuffer, faultedIn } from '../src/image/direct.js';
 import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { parseMaps } from '../src/proc/maps.js';
@@ -118,7 +119,7 @@ function bigArea(pid: number): { start: number; len: number } {
 
 function readLimit(pid: number): number {
   const { start, len } = bigArea(pid);
-  const buf = Buffer.allocUnsafe(chunk);
+  const buf = faultedIn(directBuffer(chunk)); // as ferry's own: faulted in beforehand (direct.ts)
   const t = performance.now();
   for (let off = 0; off < len; off += chunk) {
     native().readMemory(pid, new Float64Array([start + off, Math.min(chunk, len - off)]), buf);
@@ -218,7 +219,7 @@ async function hashLimit2(data: Buffer): Promise<number> {
 
 /** Reads the image through the page cache, one chunk at a time. */
 function cachedReadLimit(path: string): number {
-  const buf = Buffer.allocUnsafe(chunk);
+  const buf = faultedIn(directBuffer(chunk)); // as ferry's own: faulted in beforehand (direct.ts)
   const fd = openSync(path, 'r');
   const t = performance.now();
   let total = 0;
@@ -238,7 +239,7 @@ function cachedReadLimit(path: string): number {
 async function directReadLimit(path: string): Promise<number> {
   const size = statSync(path).size;
   const fd = openSync(path, constants.O_RDONLY | constants.O_DIRECT);
-  const bufs = Array.from({ length: READ_DEPTH }, () => directBuffer(HASH_CHUNK));
+  const bufs = Array.from({ length: READ_DEPTH }, () => faultedIn(directBuffer(HASH_CHUNK)));
   let next = 0;
   const t = performance.now();
   try {

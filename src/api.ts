@@ -144,7 +144,7 @@ export interface CheckpointResult {
   imageBytes: number;
   /** Bytes of memory pages stored. */
   pagesBytes: number;
-  /** Time the tasks were stopped, milliseconds. */
+  /** Time the tasks were stopped, milliseconds: to their let-go, or to their death when killed. */
   frozenMs: number;
   /** Whole checkpoint, milliseconds. */
   totalMs: number;

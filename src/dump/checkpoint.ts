@@ -630,6 +630,9 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
           tree.release(); // a no-op when it was let go before the write
         } else {
           killTree(live);
+          // The tree is gone: what follows (a container's deletion by its runtime) is not
+          // time the workload was stopped.
+          tReleased = performance.now();
           if (o.teardownAfter !== undefined) {
             o.teardownAfter.then(letMemoryGo, letMemoryGo);
             // A caller that never settles it does not keep the memory for ever.
