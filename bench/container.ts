@@ -9,18 +9,21 @@
  *   restore limit  the slower of reading the image file and writing the same amount into
  *                  never-touched memory through /proc/PID/mem (a ctrmem outside any container).
  * The same checkpoint of a plain process with the same memory (ctrmem outside any container)
- * is run next, and the two compared (throughput ratio, frozen difference).
+ * is run beside each container's (before it in odd runs, after it in even ones: the disk's
+ * state after a big write moves a checkpoint by tens of ms), and the two compared run by run
+ * (throughput ratio, frozen difference). Each run is a new container; the figures are the
+ * min / median / max of N runs.
  * Frozen is the time the container's tasks were stopped during the checkpoint, from the cgroup
- * freeze; downtime is
+ * freeze to the kill; downtime is
  * from the freeze to the restored container running again (checkpoint, then restore, back to
  * back, as a migration to the same host would do it).
  *
- * Usage: node dist/bench/container.js [SIZE_MIB=256] [DIR=/var/tmp]
+ * Usage: node dist/bench/container.js [SIZE_MIB=256] [DIR=/var/tmp] [--runs N=3]
  * Needs root, runc, busybox-static and a built tree (npm run build). Whatever happens, its
  * containers are deleted and its directory removed.
  */
 import { execSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import pino from 'pino';
@@ -37,8 +40,19 @@ import { closeInheritedFds } from '../src/proc/inherited.js';
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
 
-const sizeMib = Number(process.argv[2] ?? 256);
-const dir = mkdtempSync(join(process.argv[3] ?? '/var/tmp', 'ferry-bench-ctr-'));
+const cli = process.argv.slice(2);
+let runs = 3;
+const runsAt = cli.indexOf('--runs');
+if (runsAt >= 0) {
+  runs = Number(cli[runsAt + 1]);
+  cli.splice(runsAt, 2);
+}
+const sizeMib = Number(cli[0] ?? 256);
+if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(sizeMib) || sizeMib < 1) {
+  console.error('usage: node dist/bench/container.js [SIZE_MIB=256] [DIR=/var/tmp] [--runs N=3]');
+  process.exit(2);
+}
+const dir = mkdtempSync(join(cli[1] ?? '/var/tmp', 'ferry-bench-ctr-'));
 const config = loadConfig({});
 const logger = pino({ level: 'silent' });
 const chunk = config.image.chunkSize;
@@ -49,7 +63,6 @@ const runc = new Runtime('runc', state);
 
 const mbps = (bytes: number, ms: number): number => bytes / 1048576 / (ms / 1000);
 const fmt = (v: number): string => v.toFixed(0).padStart(6);
-const pct = (a: number, b: number): string => `${(a / b * 100).toFixed(0)}%`.padStart(4);
 const ms = (v: number): string => `${v.toFixed(0)} ms`;
 
 async function waitForText(file: string, text: string, what: string): Promise<void> {
@@ -159,61 +172,107 @@ async function memWriteLimit(): Promise<number> {
   }
 }
 
+interface Run {
+  cp: Awaited<ReturnType<typeof checkpointContainer>>;
+  rs: Awaited<ReturnType<typeof restoreContainer>>;
+  plain: Awaited<ReturnType<typeof plainCheckpoint>>;
+  downtime: number;
+  verified: boolean;
+}
+
+/** A container of its own (`id`), checkpointed, restored, its memory checked, deleted; beside it, the plain process. */
+async function oneRun(i: number, bundle: string, limits: (pid: number) => Promise<void>): Promise<Run> {
+  const id = `${ID}-${i}`;
+  const log = join(dir, `ctrmem-${i}.log`);
+  const out = openSync(log, 'a');
+  try {
+    const run = spawnSync(runc.path, ['--root', state, 'run', '-d', '--bundle', bundle, id], { stdio: ['ignore', out, out], timeout: 60000 });
+    if (run.status !== 0) throw new Error(`runc run failed: ${readFileSync(log, 'utf8').trim()}`);
+  } finally {
+    closeSync(out);
+  }
+  try {
+    await waitForText(log, 'ready', 'the container to dirty its memory');
+    await limits(runc.state(id).pid);
+    // Alternated, so that neither always runs on a disk the other has just written to.
+    const plainFirst = i % 2 === 1 ? await plainCheckpoint() : undefined;
+    execSync('sync');
+    const image = join(dir, 'ctr.tar');
+    const t0 = performance.now();
+    const cp = await checkpointContainer({ id, runtime: 'runc', root: state, image, leaveRunning: false, config, logger });
+    const rs = await restoreContainer({ id, runtime: 'runc', root: state, image, config, logger });
+    const downtime = performance.now() - t0; // from just before the freeze (runc state, config) to running again
+    if (i === 0) fileRead = fileReadLimit(image);
+    rmSync(image);
+    process.kill(runc.state(id).pid, 'SIGUSR1');
+    await waitForText(log, 'PASS', 'the restored container to check its memory').catch(() => undefined);
+    const verified = /^PASS$/m.test(readFileSync(log, 'utf8'));
+    const plain = plainFirst ?? await plainCheckpoint();
+    return { cp, rs, plain, downtime, verified };
+  } finally {
+    try { runc.run(['delete', '--force', id], `container ${id}`); } catch { /* gone */ }
+  }
+}
+
+let fileRead = 0;
+
+/** min / median / max of `values`, each formatted by `f`. */
+function spread(values: number[], f: (v: number) => string): string {
+  const v = [...values].sort((a, b) => a - b);
+  return [v[0]!, v[Math.floor((v.length - 1) / 2)]!, v.at(-1)!].map(f).join(' / ');
+}
+
 async function main(): Promise<void> {
   try {
     const bundle = makeBundle();
-    const log = join(dir, 'ctrmem.log');
-    const out = openSync(log, 'a');
-    const run = spawnSync(runc.path, ['--root', state, 'run', '-d', '--bundle', bundle, ID], { stdio: ['ignore', out, out], timeout: 60000 });
-    closeSync(out);
-    if (run.status !== 0) throw new Error(`runc run failed: ${readFileSync(log, 'utf8').trim()}`);
-    await waitForText(log, 'ready', 'the container to dirty its memory');
-    const pid = runc.state(ID).pid;
+    let read = 0, cacheWrite = 0, write = 0, memWrite = 0, len = 0;
+    // The raw limits, once, on the first container's memory.
+    const limits = async (pid: number): Promise<void> => {
+      if (read > 0) return;
+      read = readLimit(pid);
+      const area = bigArea(pid);
+      len = area.len;
+      const same = Buffer.allocUnsafe(len); // the bytes the dump will write
+      // In chunks: one process_vm_readv moves at most about 2 GiB (MAX_RW_COUNT).
+      for (let off = 0; off < len; off += chunk) native().readMemory(pid, new Float64Array([area.start + off, Math.min(chunk, len - off)]), same, off);
+      writeLimit(same, false); // warm-up: the first large write of a run is slower
+      cacheWrite = writeLimit(same, false);
+      write = Math.max(writeLimit(same, true), writeLimit(same, true));
+      memWrite = await memWriteLimit();
+    };
+    const done: Run[] = [];
+    for (let i = 0; i < runs; i++) done.push(await oneRun(i, bundle, limits));
 
-    const read = readLimit(pid);
-    const { start, len } = bigArea(pid);
-    let same: Buffer | undefined = Buffer.allocUnsafe(len); // the bytes the dump will write
-    // In chunks: one process_vm_readv moves at most about 2 GiB (MAX_RW_COUNT).
-    for (let off = 0; off < len; off += chunk) native().readMemory(pid, new Float64Array([start + off, Math.min(chunk, len - off)]), same, off);
-    writeLimit(same, false); // warm-up: the first large write of a run is slower
-    const cacheWrite = writeLimit(same, false);
-    const writeA = writeLimit(same, true);
-    const memWrite = await memWriteLimit();
-    execSync('sync');
-
-    const image = join(dir, 'ctr.tar');
-    const t0 = performance.now();
-    const cp = await checkpointContainer({ id: ID, runtime: 'runc', root: state, image, leaveRunning: false, config, logger });
-    const rs = await restoreContainer({ id: ID, runtime: 'runc', root: state, image, config, logger });
-    const downtime = performance.now() - t0; // from just before the freeze (runc state, config) to running again
-    const write = Math.max(writeA, writeLimit(same, true));
-    same = undefined;
-    const fileRead = fileReadLimit(image);
-
-    process.kill(runc.state(ID).pid, 'SIGUSR1');
-    await waitForText(log, 'PASS', 'the restored container to check its memory').catch(() => undefined);
-    const verified = /^PASS$/m.test(readFileSync(log, 'utf8')) ? 'PASS' : 'FAIL';
-
-    const plain = await plainCheckpoint();
-    const dump = mbps(cp.pagesBytes, cp.totalMs);
-    const plainDump = mbps(plain.pagesBytes, plain.totalMs);
-    const rest = mbps(rs.pagesBytes, rs.restoreMs);
     const dumpLimit = Math.min(read, write);
     const restoreLimit = Math.min(fileRead, memWrite);
-    console.log(`ferry bench:container: runc container with ${sizeMib} MiB of dirty anonymous memory, chunk ${chunk >> 20} MiB, image in ${dir}; load average ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
+    const cps = done.map((r) => r.cp);
+    const rss = done.map((r) => r.rs);
+    const plains = done.map((r) => r.plain);
+    const rate = (bytes: number, t: number): number => mbps(bytes, t);
+    const ms0 = (v: number): string => v.toFixed(0);
+    const mb = (v: number): string => v.toFixed(0);
+    const pc = (v: number): string => `${v.toFixed(0)}%`;
+    console.log(`ferry bench:container: runc container with ${sizeMib} MiB of dirty anonymous memory, chunk ${chunk >> 20} MiB, image in ${dir}; `
+      + `${runs} run(s), each a new container and a plain process beside it (alternated), min / median / max; load average ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
     console.log(`raw limits  process_vm_readv ${fmt(read)} MB/s   file write+fsync ${fmt(write)} MB/s   file write (page cache) ${fmt(cacheWrite)} MB/s`);
     console.log(`            image file read  ${fmt(fileRead)} MB/s   /proc/PID/mem write into fresh memory ${fmt(memWrite)} MB/s`);
-    console.log(`checkpoint  ${ms(cp.totalMs).padStart(8)}  ${fmt(dump)} MB/s = ${pct(dump, dumpLimit)} of min(process_vm_readv, write+fsync) ${fmt(dumpLimit)} MB/s; ${pct(dump, Math.min(read, cacheWrite))} of min(process_vm_readv, page-cache write)`);
-    console.log(`restore     ${ms(rs.totalMs).padStart(8)}  ${fmt(rest)} MB/s = ${pct(rest, restoreLimit)} of min(image read, /proc/PID/mem write) ${fmt(restoreLimit)} MB/s (rebuild ${ms(rs.restoreMs)}, verification ${ms(rs.verifyMs)} before)`);
-    console.log(`frozen      ${ms(cp.frozenMs).padStart(8)}  from the cgroup freeze (raw: ${ms(len / 1048576 / Math.min(read, write) * 1000)} to read and write+fsync ${(len / 1048576).toFixed(0)} MiB once)`);
-    console.log(`plain       ${ms(plain.totalMs).padStart(8)}  ${fmt(plainDump)} MB/s, frozen ${ms(plain.frozenMs)}: the same memory in a process outside any container`);
-    console.log(`            container/plain throughput ${(dump / plainDump).toFixed(2)}, frozen ${cp.frozenMs - plain.frozenMs >= 0 ? '+' : ''}${ms(cp.frozenMs - plain.frozenMs)}`);
-    console.log(`downtime    ${ms(downtime).padStart(8)}  checkpoint then restore, back to back: stopped to running again (raw: ${ms(len / 1048576 / dumpLimit * 1000 + len / 1048576 / restoreLimit * 1000)} for both limits back to back)`);
-    console.log(`image       ${(statSync(image).size / 1048576).toFixed(1)} MiB for ${(cp.pagesBytes / 1048576).toFixed(1)} MiB of pages`);
-    console.log(`restored container verified its memory: ${verified}`);
-    if (verified !== 'PASS') process.exitCode = 1;
+    console.log(`checkpoint  ${spread(cps.map((c) => c.totalMs), ms0)} ms, ${spread(cps.map((c) => rate(c.pagesBytes, c.totalMs)), mb)} MB/s = `
+      + `${spread(cps.map((c) => rate(c.pagesBytes, c.totalMs) / dumpLimit * 100), pc)} of min(process_vm_readv, write+fsync) ${fmt(dumpLimit)} MB/s`);
+    console.log(`restore     ${spread(rss.map((r) => r.totalMs), ms0)} ms, ${spread(rss.map((r) => rate(r.pagesBytes, r.restoreMs)), mb)} MB/s = `
+      + `${spread(rss.map((r) => rate(r.pagesBytes, r.restoreMs) / restoreLimit * 100), pc)} of min(image read, /proc/PID/mem write) ${fmt(restoreLimit)} MB/s `
+      + `(rebuild ${spread(rss.map((r) => r.restoreMs), ms0)} ms, verification ${spread(rss.map((r) => r.verifyMs), ms0)} ms before)`);
+    console.log(`frozen      ${spread(cps.map((c) => c.frozenMs), ms0)} ms from the cgroup freeze to the kill `
+      + `(raw: ${ms(len / 1048576 / dumpLimit * 1000)} to read and write+fsync ${(len / 1048576).toFixed(0)} MiB once)`);
+    console.log(`plain       ${spread(plains.map((c) => c.totalMs), ms0)} ms, ${spread(plains.map((c) => rate(c.pagesBytes, c.totalMs)), mb)} MB/s, `
+      + `frozen ${spread(plains.map((c) => c.frozenMs), ms0)} ms: the same memory in a process outside any container`);
+    console.log(`            container/plain throughput ${spread(done.map((r) => rate(r.cp.pagesBytes, r.cp.totalMs) / rate(r.plain.pagesBytes, r.plain.totalMs)), (v) => v.toFixed(2))}, `
+      + `frozen ${spread(done.map((r) => r.cp.frozenMs - r.plain.frozenMs), (v) => `${v >= 0 ? '+' : ''}${v.toFixed(0)}`)} ms (each run's container less its plain process)`);
+    console.log(`downtime    ${spread(done.map((r) => r.downtime), ms0)} ms  checkpoint then restore, back to back: stopped to running again `
+      + `(raw: ${ms(len / 1048576 / dumpLimit * 1000 + len / 1048576 / restoreLimit * 1000)} for both limits back to back)`);
+    const verified = done.filter((r) => r.verified).length;
+    console.log(`restored containers verified their memory: ${verified === done.length ? 'PASS' : 'FAIL'} (${verified}/${done.length})`);
+    if (verified !== done.length) process.exitCode = 1;
   } finally {
-    try { runc.run(['delete', '--force', ID], `container ${ID}`); } catch { /* never made, or gone */ }
     rmSync(dir, { recursive: true, force: true });
   }
 }
