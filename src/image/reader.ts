@@ -269,11 +269,20 @@ export interface ImageOverlay {
  */
 const LOADER_MIN_BYTES = 8 << 20;
 /**
- * Chunked entries of more than this in all get two lanes (on a machine of two cores or more):
- * one reads a chunk while the other hashes the one before, as the JS thread writes an earlier
- * one into the process (one lane does its read and its hash one after the other).
+ * Chunked entries of more than this in all get two lanes (on a machine of three cores or
+ * more): one reads a chunk while the other hashes the one before, as the JS thread writes an
+ * earlier one into the process (one lane does its read and its hash one after the other).
  */
 const TWO_LANES_MIN_BYTES = 32 << 20;
+/**
+ * The same on a machine of two cores, where a lane's start (a Node worker: an isolate of its
+ * own, some 30 ms of a core) competes with the JS thread's rebuild of the tree (each injected
+ * syscall a round trip that waits for a core): there the second lane pays for itself only
+ * past about 192 MiB. Restore of one process, in process, the image not in the page cache,
+ * two lanes against one (2-core test machine, 4-12 runs a side, ms, medians): 64 MiB 200 ->
+ * 140 (its rebuild 16-53 -> 10-23), 128 MiB 226 -> 204, 256 MiB 288 -> 306, 1 GiB 727 -> 985.
+ */
+const TWO_LANES_MIN_BYTES_TWO_CORES = 192 << 20;
 /** Shared buffers of the loader: one handed out, the others read and hashed ahead. */
 const LOADER_SLOTS = 6;
 
@@ -363,7 +372,7 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     // Started now and never waited for: until it runs, chunks are hashed on the JS thread.
     const slotBytes = chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1);
     loader = lazyBytes > LOADER_MIN_BYTES
-      ? new ChunkLoader(LOADER_SLOTS, slotBytes, lazyBytes > TWO_LANES_MIN_BYTES && availableParallelism() > 1 ? 2 : 1,
+      ? new ChunkLoader(LOADER_SLOTS, slotBytes, lazyBytes > (availableParallelism() > 2 ? TWO_LANES_MIN_BYTES : TWO_LANES_MIN_BYTES_TWO_CORES) && availableParallelism() > 1 ? 2 : 1,
         { pieces: options.overlay?.pieces !== undefined ? 2 * Math.ceil(slotBytes / DIGEST_PAGE) + 3 : 0, deferred: options.lanesLater === true })
       : undefined;
     const total = manifest.entries.reduce((s, e) => s + (lazy && isChunked(e) ? 0 : e.size), 0);
