@@ -185,20 +185,59 @@ Napi::Value PagemapSharedAnon(const Napi::CallbackInfo& info) {
 // in either way, still cost 5-6 µs each at their first copy here). The whole pages of the
 // buffer are advised, the partial ones at its ends too: they are its backing store's. False
 // (the caller touches each page itself) where the kernel lacks it or refuses the range.
-Napi::Value Populate(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Buffer<uint8_t> buf;
-  if (!ArgBuffer(info, 0, &buf)) return {};
-  bool huge = info.Length() > 1 && info[1].ToBoolean().Value();
-  size_t len = buf.Length();
-  if (len == 0) return Napi::Boolean::New(env, true);
-  uint8_t* data = buf.Data();
+// (THP is "madvise" on this machine: without the advice no anonymous memory gets huge pages.)
+bool PopulateRange(uint8_t* data, size_t len, bool huge) {
+  if (len == 0) return true;
+  // The whole pages the buffer spans, the partial ones at its ends too (its backing store's).
   uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
   uintptr_t end = (reinterpret_cast<uintptr_t>(data) + len + page - 1) & ~(page - 1);
   void* at = reinterpret_cast<void*>(start);
-  if (huge) madvise(at, end - start, MADV_HUGEPAGE);  // advice only: no huge pages is fine
-  return Napi::Boolean::New(env, madvise(at, end - start, MADV_POPULATE_WRITE) == 0);
+  if (huge) madvise(at, end - start, MADV_HUGEPAGE);  // advice: no huge pages is fine
+  return madvise(at, end - start, MADV_POPULATE_WRITE) == 0;
+}
+
+Napi::Value Populate(const Napi::CallbackInfo& info) {
+  Napi::Buffer<uint8_t> buf;
+  if (!ArgBuffer(info, 0, &buf)) return {};
+  bool huge = info.Length() > 1 && info[1].ToBoolean().Value();
+  return Napi::Boolean::New(info.Env(), PopulateRange(buf.Data(), buf.Length(), huge));
+}
+
+// One populateLater: the madvise(2)s on a thread of libuv's pool, the buffer held (kept from
+// the garbage collector) until they are done.
+class PopulateWork : public Napi::AsyncWorker {
+ public:
+  PopulateWork(Napi::Env env, Napi::Buffer<uint8_t> buf, bool huge)
+      : Napi::AsyncWorker(env, "ferry.populateLater"), deferred_(Napi::Promise::Deferred::New(env)),
+        data_(buf.Data()), len_(buf.Length()), huge_(huge), bufRef_(Napi::Persistent(buf)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { ok_ = PopulateRange(data_, len_, huge_); }
+  void OnOK() override { deferred_.Resolve(Napi::Boolean::New(Env(), ok_)); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  uint8_t* data_;
+  size_t len_;
+  bool huge_;
+  bool ok_ = false;
+  Napi::Reference<Napi::Buffer<uint8_t>> bufRef_;
+};
+
+// populateLater(buf: Buffer, huge) -> Promise<boolean>: populate's work on libuv's pool, while
+// this thread goes on (the buffer may be used meanwhile: faulting a page in never changes it).
+Napi::Value PopulateLater(const Napi::CallbackInfo& info) {
+  Napi::Buffer<uint8_t> buf;
+  if (!ArgBuffer(info, 0, &buf)) return {};
+  bool huge = info.Length() > 1 && info[1].ToBoolean().Value();
+  auto* work = new PopulateWork(info.Env(), buf, huge);
+  Napi::Promise promise = work->Promise();
+  work->Queue();  // deletes itself once settled
+  return promise;
 }
 
 }  // namespace
@@ -209,6 +248,7 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("pagemapGuardRuns", Napi::Function::New(env, PagemapGuardRuns));
   exports.Set("pagemapSharedAnon", Napi::Function::New(env, PagemapSharedAnon));
   exports.Set("populate", Napi::Function::New(env, Populate));
+  exports.Set("populateLater", Napi::Function::New(env, PopulateLater));
 }
 
 }  // namespace ferry

@@ -405,6 +405,8 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
     // Last, to leave the least time before the freeze; not needed for one process with no file
     // another could share (findLeaks then reads the host after the freeze, if that changed).
     const hostFds: HostFds | undefined = estimate.processes > 1 || anyWatched(rootDescs) ? snapshotHostFds() : undefined;
+    // The chunk buffers faulted in meanwhile, on libuv's pool.
+    await buffers.ready;
     // After everything that allocates much (the host's reading above included).
     makeYoungRoom();
     let tStopped = performance.now();

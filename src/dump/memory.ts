@@ -12,7 +12,7 @@ import { constants as osConstants } from 'node:os';
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, SYS } from '../arch/x86-64.js';
 import { describeCause, FerryError } from '../errors.js';
 import { faultPointSync } from '../fault.js';
-import { directBuffer, faultedIn } from '../image/direct.js';
+import { directBuffer, faultInLater } from '../image/direct.js';
 import { hex, type VmaRecord } from '../image/records.js';
 import type { HeldDigests } from '../image/writer.js';
 import { native } from '../native/binding.js';
@@ -568,17 +568,21 @@ export function estimateTreeMemory(root: number, maxProcesses = 256): MemoryEsti
 /**
  * The page chunk buffers of one checkpoint, shared by all its processes (their pages entries
  * are produced one after another, each waiting for its last chunk to be written). Allocated
- * and every page touched before the freeze: a fresh buffer's pages are faulted in on first
- * write (4 × 8 MiB: 17–20 ms here), which was paid per process inside the frozen window.
- * Aligned, so the image writer writes them to the image file with O_DIRECT (image/direct.ts);
- * its hash pool hashes them where they are, on libuv's threads.
+ * and faulted in before the freeze (`ready`): a fresh buffer's pages are faulted in on first
+ * write, and on this VM a 4 KiB page costs again at its first copy (architecture.md, "Fresh
+ * memory"), which was paid inside the frozen window. Faulted in on libuv's pool while the
+ * checkpoint makes the rest ready. Aligned, so the image writer writes them to the image file
+ * with O_DIRECT (image/direct.ts); its hash pool hashes them where they are, on libuv's threads.
  */
 export class ChunkBuffers {
   readonly bufs: Buffer[];
+  /** Settles once every buffer is faulted in (never rejects). */
+  readonly ready: Promise<void>;
   private busy = false;
 
   constructor(readonly bytes: number) {
-    this.bufs = Array.from({ length: BUFFERS }, () => faultedIn(directBuffer(bytes)));
+    this.bufs = Array.from({ length: BUFFERS }, () => directBuffer(bytes));
+    this.ready = Promise.all(this.bufs.map(faultInLater)).then(() => {});
   }
 
   /** The buffers for one producer at a time; undefined while another holds them. */

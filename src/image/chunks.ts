@@ -35,7 +35,7 @@ import type { Worker } from 'node:worker_threads';
 import { workerThreads } from '../builtins.js';
 import { FerryError, type ErrorContext } from '../errors.js';
 import { native } from '../native/binding.js';
-import { directBuffer, DIRECT_ALIGN, faultedIn, takeWarm } from './direct.js';
+import { directBuffer, DIRECT_ALIGN, faultInLater, takeWarm } from './direct.js';
 
 /** Control words of the ring (Int32Array indices): requests made (-1: closed). */
 const HEAD = 0;
@@ -133,7 +133,9 @@ export class ChunkLoader {
     this.pagesPerSlot = pieces > 0 ? Math.ceil(slotBytes / DIGEST_PAGE) : 0;
     const known = new SharedArrayBuffer(Math.max(1, count * this.pagesPerSlot * 33));
     this.knownRows = new Uint8Array(known);
-    this.slots = Array.from({ length: count }, () => faultedIn(directBuffer(slotBytes)));
+    // Faulted in on libuv's pool while the restore goes on (a lane may read into one meanwhile).
+    this.slots = Array.from({ length: count }, () => directBuffer(slotBytes));
+    for (const slot of this.slots) void faultInLater(slot);
     this.ctl = new Int32Array(ctl);
     this.req = new Float64Array(req);
     this.out = new Uint8Array(out);

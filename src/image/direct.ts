@@ -82,6 +82,17 @@ export function faultedIn(buf: Buffer): Buffer {
   return buf;
 }
 
+/**
+ * faultedIn's madvise(2) on a thread of libuv's pool (native populateLater): `buf` may be used
+ * at once, and is faulted in once this settles (it never rejects). Where the kernel refuses,
+ * nothing is done (a zero written to each page could land on bytes written meanwhile).
+ */
+export async function faultInLater(buf: Buffer): Promise<void> {
+  try {
+    await native().populateLater(buf, buf.length >= HUGE_PAGE);
+  } catch { /* the first use pays for the faults */ }
+}
+
 /** Lets go of the warm buffers not taken. */
 export function dropWarm(): void {
   warm.length = 0;

@@ -227,6 +227,8 @@ export interface NativeBinding {
    * `huge`, MADV_HUGEPAGE first); false where the kernel refuses it (the caller touches each page).
    */
   populate(buf: Buffer, huge?: boolean): boolean;
+  /** populate on a thread of libuv's pool; `buf` may be used meanwhile (its bytes never change). */
+  populateLater(buf: Buffer, huge?: boolean): Promise<boolean>;
   /**
    * Runs of pages a dump stores among pagemap entries (proc/pagemap.ts dumpablePageRuns):
    * [first, count, ...], counted from the first entry.
@@ -644,7 +646,7 @@ export type UffdWatchHandle = { readonly __uffdWatch: unique symbol };
 export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'seize', 'interrupt', 'detach', 'cont', 'syscallResume', 'setOptions', 'waitpid', 'waitExit', 'getRegs', 'setRegs',
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
-  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'populate', 'pagemapRuns', 'pagemapGuardRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
+  'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'populate', 'populateLater', 'pagemapRuns', 'pagemapGuardRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'openTreeClone', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
   'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',

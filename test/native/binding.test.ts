@@ -70,7 +70,7 @@ describe('native binding', { timeout: 60_000 }, () => {
       (err: NodeJS.ErrnoException) => err.code === 'EFAULT' && err.syscall === 'process_vm_readv' && /0x1000/.test(err.message));
   });
 
-  it('faults a buffer in with populate: its pages resident at once, its bytes as they were', () => {
+  it('faults a buffer in with populate (and populateLater): its pages resident at once, its bytes as they were', async () => {
     const n = native();
     const bytes = 32 << 20;
     const buf = directBuffer(bytes); // fresh: none of its pages is resident yet
@@ -84,6 +84,14 @@ describe('native binding', { timeout: 60_000 }, () => {
     assert.equal(n.populate(some), true);
     assert.ok(some.every((b) => b === 5));
     assert.equal(n.populate(Buffer.alloc(0)), true);
+    // On libuv's pool, the buffer held until it is done.
+    const later = directBuffer(bytes);
+    const rss = process.memoryUsage().rss;
+    const pending = n.populateLater(later, true);
+    assert.ok(pending instanceof Promise);
+    assert.equal(await pending, true);
+    assert.ok(process.memoryUsage().rss - rss >= bytes * 0.9, 'faulted in on the pool');
+    assert.equal(later.indexOf(1), -1);
     assert.throws(() => n.populate('x' as unknown as Buffer), TypeError);
   });
 
