@@ -68,7 +68,9 @@ const WAIT_MS = 60_000;
 /** What hash-worker.ts is started with to serve a ChunkLoader as one of its lanes. */
 export interface RingData {
   ring: {
-    ctl: SharedArrayBuffer; req: SharedArrayBuffer; out: SharedArrayBuffer; slots: SharedArrayBuffer[];
+    ctl: SharedArrayBuffer; req: SharedArrayBuffer; out: SharedArrayBuffer;
+    /** Each slot's memory: `bytes` at `at` of `memory` (slots may share one: a slab). */
+    slots: Array<{ memory: SharedArrayBuffer; at: number; bytes: number }>;
     /** Each slot's rows of pieces (`perSlot` of them), for requests read in pieces. */
     pieces: SharedArrayBuffer; perSlot: number;
     /**
@@ -133,9 +135,17 @@ export class ChunkLoader {
     this.pagesPerSlot = pieces > 0 ? Math.ceil(slotBytes / DIGEST_PAGE) : 0;
     const known = new SharedArrayBuffer(Math.max(1, count * this.pagesPerSlot * 33));
     this.knownRows = new Uint8Array(known);
-    // Faulted in on libuv's pool while the restore goes on (a lane may read into one meanwhile).
-    this.slots = Array.from({ length: count }, () => directBuffer(slotBytes));
-    for (const slot of this.slots) void faultInLater(slot);
+    // Warm buffers first (a migration target's, faulted in at the hello); the others cut
+    // from one slab of fresh memory, so that huge pages can back it, faulted in on libuv's
+    // pool while the restore goes on (a lane may read into a slot meanwhile).
+    const bufs: Buffer[] = [];
+    for (let b; bufs.length < count && (b = takeWarm(slotBytes)) !== undefined;) bufs.push(b);
+    if (bufs.length < count) {
+      const slab = directBuffer((count - bufs.length) * slotBytes);
+      void faultInLater(slab);
+      for (let at = 0; at < slab.length; at += slotBytes) bufs.push(slab.subarray(at, at + slotBytes));
+    }
+    this.slots = bufs;
     this.ctl = new Int32Array(ctl);
     this.req = new Float64Array(req);
     this.out = new Uint8Array(out);
@@ -143,7 +153,7 @@ export class ChunkLoader {
     this.maxPieces = pieces;
     this.waitMs = waitMs;
     this.want = this.slots.map(() => 0);
-    const slots = this.slots.map((s) => s.buffer as SharedArrayBuffer);
+    const slots = this.slots.map((s) => ({ memory: s.buffer as SharedArrayBuffer, at: s.byteOffset, bytes: s.length }));
     this.unstarted = { lanes, workerData: { ring: { ctl, req, out, slots, pieces: rows, perSlot: pieces, known, pagesPerSlot: this.pagesPerSlot } } };
     if (!deferred) this.start();
   }
@@ -322,7 +332,8 @@ export function serveRing({ ring }: RingData): void {
     const paged = req[at + 6] === 1;
     const pieces = req[at + 7]!;
     const known = req[at + 8] === 1;
-    const buf = new Uint8Array(ring.slots[slot]!);
+    const mem = ring.slots[slot]!;
+    const buf = new Uint8Array(mem.memory, mem.at, mem.bytes);
     let status = 0;
     try {
       let got = 0;

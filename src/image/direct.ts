@@ -44,11 +44,12 @@ function freshBuffer(bytes: number): Buffer {
 
 /**
  * Buffers made and faulted in ahead of need (warmBuffers), smallest first: on this VM the
- * first touch of a fresh page costs 13-33 µs, so a restore that reads its first chunks into
+ * first touch of a fresh page costs 10-15 µs, so a restore that reads its first chunks into
  * fresh buffers pays 3-8 ms a MiB, inside a migration's downtime (the lazy restore's pages
- * written before its let-go: 5.3 ms for 64 KiB from one 1 MiB chunk).
+ * written before its let-go: 5.3 ms for 64 KiB from one 1 MiB chunk). Views of slabs: one
+ * slab for each warmBuffers call, so that huge pages can back buffers too small for one each.
  */
-const warm: SharedArrayBuffer[] = [];
+const warm: Buffer[] = [];
 
 /**
  * Makes `count` buffers of `bytes` and faults every page of them in now, for the next
@@ -56,16 +57,21 @@ const warm: SharedArrayBuffer[] = [];
  * hello, while the tree still runs there). dropWarm() lets go of those not taken.
  */
 export function warmBuffers(count: number, bytes: number): void {
-  for (let i = 0; i < count; i++) warm.push(faultedIn(freshBuffer(bytes)).buffer as SharedArrayBuffer);
-  warm.sort((a, b) => a.byteLength - b.byteLength);
+  const each = Math.ceil(bytes / DIRECT_ALIGN) * DIRECT_ALIGN; // each view aligned for O_DIRECT
+  const slab = faultedIn(freshBuffer(count * each));
+  for (let i = 0; i < count; i++) warm.push(slab.subarray(i * each, i * each + bytes));
+  warm.sort((a, b) => a.length - b.length);
 }
 
-/** The smallest warm buffer that holds `bytes` (cut to them, zeroed), taken; undefined if none does. */
+/**
+ * The smallest warm buffer that holds `bytes` (cut to them, zeroed), taken; undefined if none
+ * does. A view of a slab that may hold others: its memory is `byteOffset` into `buffer`.
+ */
 export function takeWarm(bytes: number): Buffer | undefined {
-  const i = warm.findIndex((m) => m.byteLength >= bytes);
+  const i = warm.findIndex((b) => b.length >= bytes);
   if (i < 0) return undefined;
-  const [mem] = warm.splice(i, 1);
-  return Buffer.from(mem!, 0, bytes);
+  const [b] = warm.splice(i, 1);
+  return b!.subarray(0, bytes);
 }
 
 /** Buffers this big or bigger are advised to take huge pages (native populate). */
