@@ -79,8 +79,9 @@ const HUGE_PAGE = 2 * 1024 * 1024;
 
 /**
  * `buf`, a new buffer (all zeros), with every page of it faulted in now, so that its first use
- * does not pay for it: in one madvise(2) (native populate: 32 MiB in 2-8 ms here, where
- * writing a zero to each page took 85-95), else by writing a zero to each page.
+ * does not pay for it: in one madvise(2) (native populate: 32 MiB in 6-8 ms here, 2-60 with
+ * huge pages advised, where writing a zero to each page took 85-95; architecture.md, "Fresh
+ * memory"), else by writing a zero to each page.
  */
 export function faultedIn(buf: Buffer): Buffer {
   if (native().populate(buf, buf.length >= HUGE_PAGE)) return buf;
