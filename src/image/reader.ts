@@ -283,6 +283,13 @@ const TWO_LANES_MIN_BYTES = 32 << 20;
  * 140 (its rebuild 16-53 -> 10-23), 128 MiB 226 -> 204, 256 MiB 288 -> 306, 1 GiB 727 -> 985.
  */
 const TWO_LANES_MIN_BYTES_TWO_CORES = 192 << 20;
+
+/** How many lanes a chunk loader gets for `bytes` of chunked entries. */
+function chunkLanes(bytes: number): number {
+  const cores = availableParallelism();
+  if (cores < 2) return 1;
+  return bytes > (cores > 2 ? TWO_LANES_MIN_BYTES : TWO_LANES_MIN_BYTES_TWO_CORES) ? 2 : 1;
+}
 /** Shared buffers of the loader: one handed out, the others read and hashed ahead. */
 const LOADER_SLOTS = 6;
 
@@ -371,8 +378,12 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     const lazyBytes = lazy ? chunked.reduce((s, e) => s + e.size, 0) : 0;
     // Started now and never waited for: until it runs, chunks are hashed on the JS thread.
     const slotBytes = chunked.reduce((m, e) => Math.max(m, Math.min(e.chunkSize, e.size)), 1);
+    // No more slots than the image has chunks: each slot is faulted in whole when made
+    // (chunks.ts), and six of the largest chunks (16 MiB) for an image of a few would be
+    // memory made resident for nothing.
+    const chunks = chunked.reduce((n, e) => n + Math.ceil(e.size / e.chunkSize), 0);
     loader = lazyBytes > LOADER_MIN_BYTES
-      ? new ChunkLoader(LOADER_SLOTS, slotBytes, lazyBytes > (availableParallelism() > 2 ? TWO_LANES_MIN_BYTES : TWO_LANES_MIN_BYTES_TWO_CORES) && availableParallelism() > 1 ? 2 : 1,
+      ? new ChunkLoader(Math.min(LOADER_SLOTS, chunks), slotBytes, chunkLanes(lazyBytes),
         { pieces: options.overlay?.pieces !== undefined ? 2 * Math.ceil(slotBytes / DIGEST_PAGE) + 3 : 0, deferred: options.lanesLater === true })
       : undefined;
     const total = manifest.entries.reduce((s, e) => s + (lazy && isChunked(e) ? 0 : e.size), 0);
