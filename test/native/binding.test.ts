@@ -13,6 +13,7 @@ import { decodeRegs } from '../../src/arch/x86-64.js';
 import { defaultStubPath, INJECT_SEIZED, INJECT_STEP, native, NATIVE_EXPORTS } from '../../src/native/binding.js';
 import { directBuffer } from '../../src/image/direct.js';
 import { parseMaps } from '../../src/proc/maps.js';
+import { parseSmaps } from '../../src/proc/smaps.js';
 import { syscallGadget } from '../../src/dump/task-state.js';
 // Importing it closes what the shell leaked: what this spawns starts with descriptors 0-2 only.
 import { cleanup, own } from '../helpers/processes.js';
@@ -73,11 +74,23 @@ describe('native binding', { timeout: 60_000 }, () => {
   it('faults a buffer in with populate (and populateLater): its pages resident at once, its bytes as they were', async () => {
     const n = native();
     const bytes = 32 << 20;
+    // Bytes of this process's areas advised MADV_HUGEPAGE (VmFlags "hg"): advice, which the
+    // kernel records whether or not it finds huge pages.
+    const advisedHuge = (): number => {
+      const { vmas, vmflags } = parseSmaps(readFileSync('/proc/self/smaps', 'utf8'));
+      return vmas.reduce((sum, v) => sum + (vmflags.get(v.start)?.includes('hg') ? Number(v.end - v.start) : 0), 0);
+    };
+    const plain = directBuffer(bytes);
+    let advised = advisedHuge();
+    assert.equal(n.populate(plain), true);
+    assert.ok(advisedHuge() - advised < bytes, 'no huge pages advised unless asked');
+    advised = advisedHuge();
     const buf = directBuffer(bytes); // fresh: none of its pages is resident yet
     const before = process.memoryUsage().rss;
     assert.equal(n.populate(buf, true), true);
     const grown = process.memoryUsage().rss - before;
     assert.ok(grown >= bytes * 0.9, `rss grew by ${grown} bytes for a ${bytes}-byte buffer`);
+    assert.ok(advisedHuge() - advised >= bytes, 'huge pages advised for it');
     assert.equal(buf.indexOf(1), -1, 'still all zeros');
     // Any view, not aligned, over bytes that are there already: they stay.
     const some = Buffer.from(directBuffer(3 * 4096).buffer, 100, 2 * 4096 + 1).fill(5);
@@ -87,10 +100,12 @@ describe('native binding', { timeout: 60_000 }, () => {
     // On libuv's pool, the buffer held until it is done.
     const later = directBuffer(bytes);
     const rss = process.memoryUsage().rss;
+    advised = advisedHuge();
     const pending = n.populateLater(later, true);
     assert.ok(pending instanceof Promise);
     assert.equal(await pending, true);
     assert.ok(process.memoryUsage().rss - rss >= bytes * 0.9, 'faulted in on the pool');
+    assert.ok(advisedHuge() - advised >= bytes, 'huge pages advised on the pool too');
     assert.equal(later.indexOf(1), -1);
     assert.throws(() => n.populate('x' as unknown as Buffer), TypeError);
   });
