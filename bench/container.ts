@@ -36,6 +36,7 @@ import { Runtime } from '../src/container/runtime.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { parseMaps } from '../src/proc/maps.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
+import { showSpread } from './spread.js';
 
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
@@ -216,12 +217,6 @@ async function oneRun(i: number, bundle: string, limits: (pid: number) => Promis
 
 let fileRead = 0;
 
-/** min / median / max of `values`, each formatted by `f`. */
-function spread(values: number[], f: (v: number) => string): string {
-  const v = [...values].sort((a, b) => a - b);
-  return [v[0]!, v[Math.floor((v.length - 1) / 2)]!, v.at(-1)!].map(f).join(' / ');
-}
-
 async function main(): Promise<void> {
   try {
     const bundle = makeBundle();
@@ -256,18 +251,18 @@ async function main(): Promise<void> {
       + `${runs} run(s), each a new container and a plain process beside it (alternated), min / median / max; load average ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
     console.log(`raw limits  process_vm_readv ${fmt(read)} MB/s   file write+fsync ${fmt(write)} MB/s   file write (page cache) ${fmt(cacheWrite)} MB/s`);
     console.log(`            image file read  ${fmt(fileRead)} MB/s   /proc/PID/mem write into fresh memory ${fmt(memWrite)} MB/s`);
-    console.log(`checkpoint  ${spread(cps.map((c) => c.totalMs), ms0)} ms, ${spread(cps.map((c) => rate(c.pagesBytes, c.totalMs)), mb)} MB/s = `
-      + `${spread(cps.map((c) => rate(c.pagesBytes, c.totalMs) / dumpLimit * 100), pc)} of min(process_vm_readv, write+fsync) ${fmt(dumpLimit)} MB/s`);
-    console.log(`restore     ${spread(rss.map((r) => r.totalMs), ms0)} ms, ${spread(rss.map((r) => rate(r.pagesBytes, r.restoreMs)), mb)} MB/s = `
-      + `${spread(rss.map((r) => rate(r.pagesBytes, r.restoreMs) / restoreLimit * 100), pc)} of min(image read, /proc/PID/mem write) ${fmt(restoreLimit)} MB/s `
-      + `(rebuild ${spread(rss.map((r) => r.restoreMs), ms0)} ms, verification ${spread(rss.map((r) => r.verifyMs), ms0)} ms before)`);
-    console.log(`frozen      ${spread(cps.map((c) => c.frozenMs), ms0)} ms from the cgroup freeze to the kill `
+    console.log(`checkpoint  ${showSpread(cps.map((c) => c.totalMs), ms0)} ms, ${showSpread(cps.map((c) => rate(c.pagesBytes, c.totalMs)), mb)} MB/s = `
+      + `${showSpread(cps.map((c) => rate(c.pagesBytes, c.totalMs) / dumpLimit * 100), pc)} of min(process_vm_readv, write+fsync) ${fmt(dumpLimit)} MB/s`);
+    console.log(`restore     ${showSpread(rss.map((r) => r.totalMs), ms0)} ms, ${showSpread(rss.map((r) => rate(r.pagesBytes, r.restoreMs)), mb)} MB/s = `
+      + `${showSpread(rss.map((r) => rate(r.pagesBytes, r.restoreMs) / restoreLimit * 100), pc)} of min(image read, /proc/PID/mem write) ${fmt(restoreLimit)} MB/s `
+      + `(rebuild ${showSpread(rss.map((r) => r.restoreMs), ms0)} ms, verification ${showSpread(rss.map((r) => r.verifyMs), ms0)} ms before)`);
+    console.log(`frozen      ${showSpread(cps.map((c) => c.frozenMs), ms0)} ms from the cgroup freeze to the kill `
       + `(raw: ${ms(len / 1048576 / dumpLimit * 1000)} to read and write+fsync ${(len / 1048576).toFixed(0)} MiB once)`);
-    console.log(`plain       ${spread(plains.map((c) => c.totalMs), ms0)} ms, ${spread(plains.map((c) => rate(c.pagesBytes, c.totalMs)), mb)} MB/s, `
-      + `frozen ${spread(plains.map((c) => c.frozenMs), ms0)} ms: the same memory in a process outside any container`);
-    console.log(`            container/plain throughput ${spread(done.map((r) => rate(r.cp.pagesBytes, r.cp.totalMs) / rate(r.plain.pagesBytes, r.plain.totalMs)), (v) => v.toFixed(2))}, `
-      + `frozen ${spread(done.map((r) => r.cp.frozenMs - r.plain.frozenMs), (v) => `${v >= 0 ? '+' : ''}${v.toFixed(0)}`)} ms (each run's container less its plain process)`);
-    console.log(`downtime    ${spread(done.map((r) => r.downtime), ms0)} ms  checkpoint then restore, back to back: stopped to running again `
+    console.log(`plain       ${showSpread(plains.map((c) => c.totalMs), ms0)} ms, ${showSpread(plains.map((c) => rate(c.pagesBytes, c.totalMs)), mb)} MB/s, `
+      + `frozen ${showSpread(plains.map((c) => c.frozenMs), ms0)} ms: the same memory in a process outside any container`);
+    console.log(`            container/plain throughput ${showSpread(done.map((r) => rate(r.cp.pagesBytes, r.cp.totalMs) / rate(r.plain.pagesBytes, r.plain.totalMs)), (v) => v.toFixed(2))}, `
+      + `frozen ${showSpread(done.map((r) => r.cp.frozenMs - r.plain.frozenMs), (v) => `${v >= 0 ? '+' : ''}${v.toFixed(0)}`)} ms (each run's container less its plain process)`);
+    console.log(`downtime    ${showSpread(done.map((r) => r.downtime), ms0)} ms  checkpoint then restore, back to back: stopped to running again `
       + `(raw: ${ms(len / 1048576 / dumpLimit * 1000 + len / 1048576 / restoreLimit * 1000)} for both limits back to back)`);
     const verified = done.filter((r) => r.verified).length;
     console.log(`restored containers verified their memory: ${verified === done.length ? 'PASS' : 'FAIL'} (${verified}/${done.length})`);

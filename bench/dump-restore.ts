@@ -47,6 +47,7 @@ import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { parseMaps } from '../src/proc/maps.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
+import { spread } from './spread.js';
 
 const USAGE = `usage: node dist/bench/dump-restore.js [SIZES_MIB] [DIR=/var/tmp] [--runs N=3]
   SIZES_MIB dirty anonymous memory of the process, MiB, or a comma-separated
@@ -336,12 +337,6 @@ async function oneRun(pids: number[]): Promise<Run> {
   };
 }
 
-/** min, median, max. */
-function summary(values: number[]): [number, number, number] {
-  const s = [...values].sort((a, b) => a - b);
-  return [s[0]!, s[Math.floor((s.length - 1) / 2)]!, s.at(-1)!];
-}
-
 /** How many threads' worth of CPU work run at once: sha256's speed-up on two threads, at most the cores. */
 const parallel = (r: Run): number => Math.min(availableParallelism(), Math.max(1, r.hash2 / r.hash1));
 /** The rate of stages that share the cores, given each one's rate on one thread. */
@@ -409,7 +404,7 @@ async function benchSize(): Promise<boolean> {
   const w = Math.max(...rows.map(([name]) => name.length));
   console.log(`${''.padEnd(w)}  ${'min'.padStart(8)} ${'median'.padStart(8)} ${'max'.padStart(8)}`);
   for (const [name, f, unit] of rows) {
-    const [lo, mid, hi] = summary(done.map(f));
+    const { min: lo, median: mid, max: hi } = spread(done.map(f));
     console.log(`${name.padEnd(w)}  ${[lo, mid, hi].map((v) => v.toFixed(0).padStart(8)).join(' ')}  ${unit}`);
   }
   const passed = done.reduce((s, r) => s + r.verified, 0);

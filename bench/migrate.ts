@@ -32,6 +32,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, r
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../src/native/binding.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
+import { showSpread, spread } from './spread.js';
 
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us.
 closeInheritedFds();
@@ -201,14 +202,6 @@ function pidInNsOf(unshare: number, pid: number): number | undefined {
   return undefined;
 }
 
-const stats = (xs: number[]): { min: number; med: number; max: number } => {
-  const s = [...xs].sort((a, b) => a - b);
-  return { min: s[0]!, med: s[Math.floor(s.length / 2)]!, max: s[s.length - 1]! };
-};
-const fmt = (xs: number[], f: (n: number) => string): string => {
-  const s = stats(xs);
-  return `${f(s.min)} / ${f(s.med)} / ${f(s.max)}`;
-};
 const ms = (n: number): string => `${Math.round(n)}`;
 
 async function main(): Promise<void> {
@@ -227,7 +220,7 @@ async function main(): Promise<void> {
     }
     console.log(`\n${mib} MiB                 pre-copy                 pre-copy --lazy          stop and copy`);
     const row = (name: string, f: (x: Figures) => number, show: (n: number) => string): void => {
-      const col = (m: Mode): string => (res[m].length > 0 ? fmt(res[m].map(f), show) : '-');
+      const col = (m: Mode): string => (res[m].length > 0 ? showSpread(res[m].map(f), show) : '-');
       console.log(`  ${name.padEnd(18)} ${col('pre').padEnd(24)} ${col('lazy').padEnd(24)} ${col('stop')}`);
     };
     row('total ms', (x) => x.totalMs, ms);
@@ -243,7 +236,7 @@ async function main(): Promise<void> {
     row('top-up pages', (x) => x.topUpPages, count);
     row('sent / memory', (x) => x.sentBytes / (mib * 1024 * 1024), (n) => n.toFixed(2));
     row('rounds', (x) => x.rounds, (n) => String(n));
-    const med = (k: Mode, f: (x: Figures) => number): number => stats(res[k].map(f)).med;
+    const med = (k: Mode, f: (x: Figures) => number): number => spread(res[k].map(f)).median;
     const ratio = (k: Mode, f: (x: Figures) => number): string => (med(k, f) / med('stop', f)).toFixed(2);
     if (res.stop.length === 0 || res.pre.length === 0 || res.lazy.length === 0) continue;
     console.log(`  against stop and copy: downtime pre-copy ${ratio('pre', (x) => x.downtimeMs)}, lazy ${ratio('lazy', (x) => x.downtimeMs)}`

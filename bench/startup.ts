@@ -30,6 +30,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../src/native/binding.js';
+import { showSpread } from './spread.js';
 
 const RUNS = Math.max(10, Number(process.env.FERRY_BENCH_RUNS ?? 20) || 20);
 const WARMUP = 3;
@@ -96,11 +97,7 @@ function shuffled<T>(items: readonly T[]): T[] {
 }
 
 /** "min / median / max" of `values`, with `digits` decimals. */
-function spread(values: number[], digits: number): string {
-  const s = [...values].sort((a, b) => a - b);
-  const median = s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-  return [s[0]!, median, s.at(-1)!].map((v) => v.toFixed(digits).padStart(6)).join(' /');
-}
+const shown = (values: number[], digits: number): string => showSpread(values, (v) => v.toFixed(digits).padStart(6), ' /');
 
 /** RUNS rounds of the base and every case in a random order; the samples per case name. */
 function measure(probe: boolean): Map<string, Sample[]> {
@@ -138,15 +135,15 @@ console.log(`ferry start-up, Node.js ${process.version}, bin/ferry runs ${entry(
 console.log('wall, spawn to exit (ms); ratio to node -e 0 of the same round:');
 const wall = measure(false);
 const base = wall.get(BASE.name)!;
-row(BASE.name, `${spread(base.map((s) => s.wall), 1)} ms`);
+row(BASE.name, `${shown(base.map((s) => s.wall), 1)} ms`);
 for (const c of CASES) {
   const own = wall.get(c.name)!;
-  row(c.name, `${spread(own.map((s) => s.wall), 1)} ms   ratio ${spread(own.map((s, i) => s.wall / base[i]!.wall), 2)}`);
+  row(c.name, `${shown(own.map((s) => s.wall), 1)} ms   ratio ${shown(own.map((s, i) => s.wall / base[i]!.wall), 2)}`);
 }
 
 console.log("in process, start to the 'exit' event (ms): node's bootstrap, then the rest (loader, modules, the command):");
 const inside = measure(true);
 for (const c of [BASE, ...CASES]) {
   const s = inside.get(c.name)!;
-  row(c.name, `${spread(s.map((x) => x.uptime), 1)} ms   bootstrap ${spread(s.map((x) => x.bootstrap), 1)}   rest ${spread(s.map((x) => x.uptime - x.bootstrap), 1)}`);
+  row(c.name, `${shown(s.map((x) => x.uptime), 1)} ms   bootstrap ${shown(s.map((x) => x.bootstrap), 1)}   rest ${shown(s.map((x) => x.uptime - x.bootstrap), 1)}`);
 }

@@ -30,6 +30,7 @@ import { loadConfig } from '../src/config/config.js';
 import { native, PACKAGE_ROOT } from '../src/native/binding.js';
 import { closeInheritedFds } from '../src/proc/inherited.js';
 import { alive, sleep } from './procs.js';
+import { spread, type Spread } from './spread.js';
 
 // The workloads start with descriptors 0-2 only, whatever the shell leaked to us (src/proc/inherited.ts).
 closeInheritedFds();
@@ -190,16 +191,8 @@ async function cycle(procs: number, threads: number, tasks: number): Promise<Fig
   return { frozenMs: cp.frozenMs, checkpointMs: cp.totalMs, restoreMs: rs.restoreMs };
 }
 
-/** Min, median and max of one figure over a case's runs. */
-interface Spread { min: number; median: number; max: number }
 type Stats = Record<keyof Figures, Spread>;
 interface Row extends Stats { label: string; tasks: number }
-
-function spread(values: readonly number[]): Spread {
-  const v = [...values].sort((a, b) => a - b);
-  const mid = v.length >> 1;
-  return { min: v[0]!, median: v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2, max: v[v.length - 1]! };
-}
 
 /** In a case process: RUNS cycles, then min/median/max of each figure as one JSON line on stdout. */
 async function runCaseHere(procs: number, threads: number): Promise<void> {
