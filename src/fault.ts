@@ -29,7 +29,9 @@
  *   criu or ferry-runtime once its scan is done, before it copies pages and hands the
  *   tracking to its holder); `topup` (`ferry migrate`'s first top-up round right before the
  *   freeze is sent, precopy.ts topUp: the checkpoint has made its frozen window ready, the
- *   tree runs, tracked, nothing of it seized); `catchup` (`ferry receive` has been asked to
+ *   tree runs, tracked, nothing of it seized); `lastlook` (its last round, after the target
+ *   caught up with the top-ups, precopy.ts lastLook: sent, not waited for; the tree runs,
+ *   tracked, nothing of it seized); `catchup` (`ferry receive` has been asked to
  *   say when it has taken the rounds' pages (before the top-up rounds, and again after them)
  *   and has not answered: `ferry migrate` waits for it, the tree running, tracked); `holding` (the dirty tracking
  *   holds a source process's threads stopped while it registers its areas, the first time it
@@ -72,7 +74,7 @@ import { writeSync } from 'node:fs';
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
   'precopy', 'topup', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
-  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup', 'blob', 'untrapped',
+  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup', 'blob', 'untrapped', 'lastlook',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

@@ -446,6 +446,24 @@ export class PreCopySender {
   }
 
   /**
+   * One round more after the target caught up with the top-ups (api.ts beforeFreeze: topUp,
+   * catch-up, this), as the last step before the freeze: the tree writes on while the target
+   * takes the top-ups' pages, a round trip and their writes (tens of ms on a quiet node,
+   * hundreds on a busy one), and every page it wrote then was read, hashed and streamed while
+   * it was stopped. Its pages are not waited for: the target takes them while the source's
+   * frozen dump reads the tree, and the frozen image's frames wait for them there
+   * (PreCopyReceiver.ready). Its pages count in `topUpPages`; the chunk digests they dropped
+   * are taken again, the tree still running. None under stop and copy or after the final scan.
+   */
+  async lastLook(): Promise<void> {
+    const tracker = this.tracker;
+    if (tracker === undefined || this.finalized) return;
+    await this.round(tracker, true);
+    await faultPoint('lastlook', this.o.signal);
+    for (const held of this.held.values()) held.refreshChunks();
+  }
+
+  /**
    * Takes, while the tree runs, the digests of the frozen image's chunks whose pages are all
    * held (HeldPagesOf.prepareChunks), where the chunks are expected to fall: the memory plan of
    * each process now (planMemory, as the checkpoint plans a process without its parent: the

@@ -395,11 +395,13 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       pid: o.pid, image: '(the migration stream)', imageSink: pump.sink, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
       // The top-up rounds go once the target has taken the rounds before (its writes and hashing
       // lag behind the stream by up to a socket's and a backlog's worth, seconds on a busy node),
-      // and the freeze once it has taken them too: none of its backlog falls in the downtime.
+      // and the last look once it has taken them too: of its backlog, only that round's pages
+      // (what the tree wrote meanwhile) fall in the downtime, taken while the source dumps.
       ...(pre !== undefined ? { heldPages: pre.heldPages(), beforeFreeze: async () => {
         await catchUp(ch, o.signal);
         await pre.topUp();
         await catchUp(ch, o.signal);
+        await pre.lastLook();
       } } : {}),
       config: o.config, logger: o.logger,
       ...(o.files !== undefined ? { files: o.files } : {}),

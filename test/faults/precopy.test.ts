@@ -2,7 +2,7 @@
  * Fault cells of pre-copy migration (src/migrate/precopy.ts, src/dump/dirty.ts): `ferry
  * migrate` hit after its first round (FERRY_TEST_PAUSE_AT=precopy), while the source runs
  * with its writes tracked through ferry's userfaultfd, in the top-up round right before the
- * freeze (`topup`), while it waits for the target to take the rounds' pages (`ferry receive`
+ * freeze (`topup`) and in the last look after the top-ups (`lastlook`), while it waits for the target to take the rounds' pages (`ferry receive`
  * holding its word at `catchup`), and inside the hold that keeps the
  * source's threads stopped while its areas are registered (`holding`). Whatever hits it, the source must run
  * on as it was: not stopped, untraced, its areas no longer write-tracked (a SIGKILLed ferry's
@@ -105,27 +105,31 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     });
   }
 
-  it('SIGKILL in the top-up round right before the freeze: the source runs on untraced and untracked, the target holds nothing', async () => {
-    const w = await startDirtier(32, 10);
-    const { r: recv, port } = await startReceiver(key, config);
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], 'topup');
-    await waitFor('ferry migrate to pause after its first top-up round', () => /paused at topup/.test(mig.stderr()), 60_000);
-    // The checkpoint has begun (its frozen window made ready), yet the source runs, not seized.
-    const st = procState(w.pid);
-    assert.equal(st.tracer, 0, 'not traced before the freeze');
-    assert.notEqual(st.state, 'T');
-    assert.equal(writeTracked(w.pid), true, 'its areas are write-tracked during the top-up');
-    mig.child.kill('SIGKILL');
-    assert.equal(await exitOf(mig, 'ferry migrate'), 137);
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
-    assert.deepEqual(leftovers(workDir).filter((n) => n.startsWith('.ferry-receive-')), [], 'the receiver removed its spool and page store');
-    // The killed sender's private directory (made for its copy before the checkpoint began) is
-    // removed by the next sender or receiver on the node, as after a kill while the image streams.
-    const next = await startReceiver(key, config);
-    next.r.child.kill('SIGTERM');
-    await exitOf(next.r, 'ferry receive --once');
-    await runsOnUnharmed(w);
-  });
+  // The first top-up round, and the last look after the target caught up with the top-ups
+  // (its pages sent, not waited for): the last rounds before the freeze.
+  for (const [cell, when] of [['topup', 'its first top-up round'], ['lastlook', 'its last look, the round after the top-ups']] as const) {
+    it(`SIGKILL in ${when} right before the freeze: the source runs on untraced and untracked, the target holds nothing`, async () => {
+      const w = await startDirtier(32, 10);
+      const { r: recv, port } = await startReceiver(key, config);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config], cell);
+      await waitFor(`ferry migrate to pause after ${when}`, () => new RegExp(`paused at ${cell}`).test(mig.stderr()), 60_000);
+      // The checkpoint has begun (its frozen window made ready), yet the source runs, not seized.
+      const st = procState(w.pid);
+      assert.equal(st.tracer, 0, 'not traced before the freeze');
+      assert.notEqual(st.state, 'T');
+      assert.equal(writeTracked(w.pid), true, `its areas are write-tracked during ${when}`);
+      mig.child.kill('SIGKILL');
+      assert.equal(await exitOf(mig, 'ferry migrate'), 137);
+      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+      assert.deepEqual(leftovers(workDir).filter((n) => n.startsWith('.ferry-receive-')), [], 'the receiver removed its spool and page store');
+      // The killed sender's private directory (made for its copy before the checkpoint began) is
+      // removed by the next sender or receiver on the node, as after a kill while the image streams.
+      const next = await startReceiver(key, config);
+      next.r.child.kill('SIGTERM');
+      await exitOf(next.r, 'ferry receive --once');
+      await runsOnUnharmed(w);
+    });
+  }
 
   it('a target slow to take the rounds\' pages (its word held 3 s): the source runs, unfrozen, until it has; the downtime holds none of it', async () => {
     const w = await startDirtier(32, 10);
