@@ -292,7 +292,7 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     if (end.bytes !== bytes) throw new FerryError('EPROTO', `${ch.peer} said it sent ${end.bytes} bytes of image, ${bytes} arrived: a protocol error`);
     spooled.finish(bytes); // a hole at the end too (a tar never ends in pages, but its reader need not know)
     o.onPhase?.({ phase: 'transfer', peer: address, pid: hello.pid, bytes, ms: round(tEnd - tWelcome),
-      ...(pre ? { preCopyPages: pre.pages, refBytes: pre.refBytes } : {}) });
+      ...(pre ? { preCopyPages: pre.pages, refBytes: pre.refBytes, ...(pre.lateChunks > 0 ? { lateChunks: pre.lateChunks } : {}) } : {}) });
 
     // Verifying and restoring take a while: say so every second, so the sender keeps waiting.
     heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
