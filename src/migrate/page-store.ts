@@ -113,11 +113,11 @@ export class PreCopyReceiver {
   private readonly maxSlots: number;
   private imageStarted = false;
   /**
-   * Once a catch-up took the chunk digests (takeChunkDigests): chunks dropped since by pages
-   * written anew, taken again whenever the rounds' writes settle (enqueue), before the image.
+   * First pages of the chunks whose digests were taken and then dropped by pages written anew
+   * (dropChunks): taken again whenever the rounds' writes settle, and at the image's start
+   * (retakeDropped).
    */
-  private chunksTaken = false;
-  private droppedChunks = 0;
+  private readonly dropped = new Set<number>();
   /** Chunk digests taken again after they were dropped (`--json`: the receiver's `transfer` record). */
   lateChunks = 0;
   /** Bytes of the image so far (RAW and REF). */
@@ -252,41 +252,46 @@ export class PreCopyReceiver {
   /**
    * Takes the digests of the expected chunks (expectChunks) not known yet whose pages are all
    * held, in consecutive slots, with their digests: PREPARE_BATCH a call of the addon. Run once
-   * the rounds' writes have settled (a catch-up, while the tree runs on the source; then again
-   * at each settling for the chunks pages written since dropped, enqueue, and at the image's
-   * start, startImage), so the frozen image's chunks in place are checked at restore by one
-   * comparison each (stagedChunk) instead of a hash of their 256 pages' digests. Returns how
-   * many it took.
+   * the rounds' writes have settled (a catch-up, while the tree runs on the source), so the
+   * frozen image's chunks in place are checked at restore by one comparison each
+   * (stagedChunk) instead of a hash of their 256 pages' digests. `starts`: only those of the
+   * expected chunks (in order; retakeDropped). Returns how many it took.
    */
-  takeChunkDigests(): number {
+  takeChunkDigests(starts: readonly number[] = this.chunkStarts): number {
     const idx = this.staging !== undefined ? this.index.get(this.staging.pid) : undefined;
     if (idx === undefined || this.queuedFrames > 0) return 0;
-    const again = this.chunksTaken && this.droppedChunks > 0;
-    this.chunksTaken = true;
-    this.droppedChunks = 0;
-    const taken = chunkDigestsOf(this.chunkStarts, PAGED_CHUNK_PAGES, PREPARE_BATCH, (page, out, at) => {
+    // Dropped or not, a chunk left out now waits for a catch-up or a page written into it.
+    this.dropped.clear();
+    return chunkDigestsOf(starts, PAGED_CHUNK_PAGES, PREPARE_BATCH, (page, out, at) => {
       if (this.chunkSums.has(page) || idx.run(page, PAGED_CHUNK_PAGES) !== PAGED_CHUNK_PAGES) return false;
       const d = this.digestsOf(idx.get(page), PAGED_CHUNK_PAGES);
       if (d === undefined) return 'stop'; // digests no longer kept: none
       out.set(d, at);
       return true;
     }, (page, sum) => this.chunkSums.set(page, sum));
-    if (again) this.lateChunks += taken;
-    return taken;
   }
 
   /**
-   * The frozen image's first frame: the tree is stopped on the source and every round's page
-   * is written here (ready), so the digests of the chunks that pages written since the last
-   * take dropped are taken again now (most were at the writes' settling, enqueue), each a
-   * hash of its pages' digests; restore would otherwise check each of those chunks page by
-   * page in the downtime (chunks.ts loadSparse: 40 µs a chunk on a quiet machine, up to 200
-   * on a loaded one).
+   * Takes again the digests of the chunks that pages written after they were taken dropped:
+   * the sender's last look (precopy.ts lastLook) sends pages after the last catch-up, while
+   * the source makes ready to freeze and dumps. Run when the rounds' writes settle (enqueue)
+   * and at the frozen image's first frame (startImage), each a hash of the chunk's pages'
+   * digests; restore would otherwise check each of those chunks page by page in the downtime
+   * (chunks.ts loadSparse: 40 µs a chunk on a quiet machine, up to 200 on a loaded one). A
+   * hint, as the digests taken at a catch-up are: a failure leaves them to be checked so.
    */
+  private retakeDropped(): void {
+    if (this.dropped.size === 0 || this.failure !== undefined) return;
+    try {
+      this.lateChunks += this.takeChunkDigests([...this.dropped].sort((a, b) => a - b));
+    } catch { /* checked page by page at restore */ }
+  }
+
+  /** The frozen image's first frame: every round's page is written here (ready). */
   private startImage(): void {
     if (this.imageStarted) return;
     this.imageStarted = true;
-    if (this.chunksTaken && this.droppedChunks > 0) this.takeChunkDigests();
+    this.retakeDropped();
   }
 
   /** Drops the chunk digests taken of `pid`'s chunks that pages [first, first + count) fall in. */
@@ -301,7 +306,7 @@ export class PreCopyReceiver {
       else hi = mid;
     }
     for (let i = Math.max(0, lo - 1); i < starts.length && starts[i]! < first + count; i++) {
-      if (starts[i]! + PAGED_CHUNK_PAGES > first && this.chunkSums.delete(starts[i]!)) this.droppedChunks++;
+      if (starts[i]! + PAGED_CHUNK_PAGES > first && this.chunkSums.delete(starts[i]!)) this.dropped.add(starts[i]!);
     }
   }
 
@@ -498,15 +503,7 @@ export class PreCopyReceiver {
       this.queuedBytes -= bytes;
       if (this.queuedBytes <= BACKLOG_BYTES || this.failure !== undefined) for (const go of this.belowBacklog.splice(0)) go();
       if (this.queuedFrames > 0) return;
-      // The pages written after a catch-up (the sender's last look, precopy.ts lastLook, whose
-      // pages come while the source makes ready to freeze and dumps): the chunks they touched
-      // are taken again now, not in the downtime (startImage, restore's loadSparse). A hint
-      // only: a failure leaves them to be checked page by page.
-      if (this.chunksTaken && this.droppedChunks > 0 && !this.imageStarted && this.failure === undefined) {
-        try {
-          this.takeChunkDigests();
-        } catch { /* checked page by page at restore */ }
-      }
+      if (!this.imageStarted) this.retakeDropped();
       if (this.closeWhenSettled) {
         this.closeWhenSettled = false;
         closeSync(this.fd);
