@@ -19,7 +19,7 @@ import { FerryError, describeCause, type ErrorContext } from '../errors.js';
 import { native } from '../native/binding.js';
 import { DIRECT_ALIGN, warmBuffers } from './direct.js';
 import { ChunkLoader, ChunkSource, chunkDigest, DIGEST_PAGE, type ChunkedLocation, type ImagePiece, type ImageRead } from './chunks.js';
-import { isChunked, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type ChunkedEntry, type Manifest } from './manifest.js';
+import { chunkCount, isChunked, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_NAME, parseManifest, type ChunkedEntry, type Manifest } from './manifest.js';
 import { checkSignature, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, type KeyId, type TrustedKeys } from './sign.js';
 
 /** Deepest nesting of a JSON entry: ferry's own records are a few levels deep. */
@@ -381,7 +381,7 @@ export async function openImage(path: string, options: OpenOptions): Promise<Ima
     // No more slots than the image has chunks: each slot is faulted in whole when made
     // (chunks.ts), and six of the largest chunks (16 MiB) for an image of a few would be
     // memory made resident for nothing.
-    const chunks = chunked.reduce((n, e) => n + Math.ceil(e.size / e.chunkSize), 0);
+    const chunks = chunked.reduce((n, e) => n + chunkCount(e.size, e.chunkSize), 0);
     loader = lazyBytes > LOADER_MIN_BYTES
       ? new ChunkLoader(Math.min(LOADER_SLOTS, chunks), slotBytes, chunkLanes(lazyBytes),
         { pieces: options.overlay?.pieces !== undefined ? 2 * Math.ceil(slotBytes / DIGEST_PAGE) + 3 : 0, deferred: options.lanesLater === true })
