@@ -2,9 +2,11 @@
  * Fault cells of pre-copy migration (src/migrate/precopy.ts, src/dump/dirty.ts): `ferry
  * migrate` hit after its first round (FERRY_TEST_PAUSE_AT=precopy), while the source runs
  * with its writes tracked through ferry's userfaultfd, in the top-up round right before the
- * freeze (`topup`) and in the last look after the top-ups (`lastlook`), while it waits for the target to take the rounds' pages (`ferry receive`
- * holding its word at `catchup`), and inside the hold that keeps the
- * source's threads stopped while its areas are registered (`holding`). Whatever hits it, the source must run
+ * freeze (`topup`) and in the last look after the top-ups (`lastlook`; SIGKILL, and the
+ * source's work_dir full right after either), while it waits for the target to take the
+ * rounds' pages (`ferry receive` holding its word at `catchup`), and inside the hold that
+ * keeps the source's threads stopped while its areas are registered (`holding`). Whatever
+ * hits it, the source must run
  * on as it was: not stopped, untraced, its areas no longer write-tracked (a SIGKILLed ferry's
  * userfaultfd is released by the kernel, which unregisters them), every page right; and the
  * target holds nothing (no spool, no page store, no stub: none of restore's, nor the one its
@@ -398,23 +400,26 @@ describe('fault cells: ferry migrate hit during pre-copy', { skip, timeout: 300_
     await runsOnUnharmed(w);
   }));
 
-  it('the source\'s image.work_dir fills during the top-up right before the freeze: one line naming the pid, the source runs on, nothing left', () => withFullWorkDir('ferry-precopy-full-', '48m', async (full, cfg) => {
-    const w = await startDirtier(32, 10);
-    const { r: recv, port } = await startReceiver(key, config);
-    // Paused for 3 s after the first top-up round; the file system fills meanwhile, so what
-    // the copy takes next (a second top-up, the frozen image's frames) cannot be written.
-    const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg], 'topup+3000');
-    await waitFor('ferry migrate to pause after its first top-up round', () => /paused at topup/.test(mig.stderr()), 60_000);
-    try { writeFileSync(join(full, 'fill'), Buffer.alloc(48 << 20)); } catch { /* full: what it is for */ }
-    assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
-    const lines = mig.stderr().trim().split('\n').filter((l) => !l.startsWith('ferry-test: '));
-    assert.equal(lines.length, 1, mig.stderr());
-    assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the local copy of the migration's frames in ${full} \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
-    assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
-    rmSync(join(full, 'fill'), { force: true });
-    assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
-    await runsOnUnharmed(w);
-  }));
+  // Paused for 3 s after the first top-up round, or after the last look; the file system
+  // fills meanwhile, so what the copy takes next (a second top-up or the last look, or the
+  // frozen image's frames, written while the tree is stopped) cannot be written.
+  for (const [cell, when] of [['topup', 'during the top-up'], ['lastlook', 'after the last look (its next writes the frozen image\'s frames)']] as const) {
+    it(`the source's image.work_dir fills ${when} right before the freeze: one line naming the pid, the source runs on, nothing left`, () => withFullWorkDir('ferry-precopy-full-', '48m', async (full, cfg) => {
+      const w = await startDirtier(32, 10);
+      const { r: recv, port } = await startReceiver(key, config);
+      const mig = startFerry(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', cfg], `${cell}+3000`);
+      await waitFor(`ferry migrate to pause at ${cell}`, () => new RegExp(`paused at ${cell}`).test(mig.stderr()), 60_000);
+      try { writeFileSync(join(full, 'fill'), Buffer.alloc(48 << 20)); } catch { /* full: what it is for */ }
+      assert.equal(await exitOf(mig, 'ferry migrate'), 1, mig.stderr());
+      const lines = mig.stderr().trim().split('\n').filter((l) => !l.startsWith('ferry-test: '));
+      assert.equal(lines.length, 1, mig.stderr());
+      assert.match(lines[0]!, new RegExp(`^ferry migrate: cannot keep the local copy of the migration's frames in ${full} \\(image\\.work_dir\\): .*ENOSPC.*[;,] so .*pid ${w.pid} .*runs on here`));
+      assert.equal(await exitOf(recv, 'ferry receive --once'), 1, recv.stderr());
+      rmSync(join(full, 'fill'), { force: true });
+      assert.deepEqual(readdirSync(full), [], 'nothing left in the full work_dir');
+      await runsOnUnharmed(w);
+    }));
+  }
 
   it('a forked tree\'s shared memory stays shared through a round (read in place, not pinned), and SIGTERM lets it go', async () => {
     const w = await startWorkload(join(WORKLOADS, 'cow'), ['DIR', '32']);
