@@ -252,11 +252,13 @@ export interface ImageOverlay {
    */
   inPlace?(pos: number, len: number): Array<[number, number, bigint]>;
   /**
-   * The digest (image/chunks.ts chunkDigest, of page digests) of the chunk of `len` bytes in
-   * place from `addr`, taken before the image came and true still, if the overlay has it: a
-   * chunk wholly in place whose manifest digest is this one is not hashed (ChunkSource.loadSparse).
+   * Of the chunks of `chunkSize` bytes of the image file from `pos` (`size` bytes in all), those
+   * wholly in place in one range of inPlace's, with the digest (image/chunks.ts chunkDigest, of
+   * page digests) taken of the bytes in place before the image came, true still, if the
+   * overlay has it: [chunk index, address, digest], in order. A chunk whose manifest digest is
+   * this one is not hashed (ChunkSource.keepInPlace).
    */
-  stagedChunk?(addr: number, len: number): Buffer | undefined;
+  stagedChunks?(pos: number, size: number, chunkSize: number): Array<[number, number, Buffer]>;
   /** The image owns it from now on: its close() closes the overlay. */
   adopt(): void;
   close(): void;
@@ -512,20 +514,27 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
   /**
    * Where the loader reads the chunks of `l` when an overlay reads parts of it elsewhere (a
    * migration's page store): its pieces, each file's through O_DIRECT or not as directFor says
-   * of that file's pieces of the whole entry.
+   * of that file's pieces of the whole entry, asked when the lanes first ask (3-5 ms for a
+   * staged root of 4 GiB, which reads its few pages not in place on the JS thread instead).
    */
   const piecesOf = (l: Located, pieces: NonNullable<ImageOverlay['pieces']>): ChunkedLocation['pieces'] => {
-    const byFile = new Map<number, { ranges: Array<[number, number]>; bytes: number }>();
-    for (const p of pieces(fd, l.offset, l.size, false)) { // where, for directFor: no digests of a whole entry
-      let f = byFile.get(p.fd);
-      if (f === undefined) byFile.set(p.fd, (f = { ranges: [], bytes: 0 }));
-      f.ranges.push([p.at, p.len]);
-      f.bytes += p.len;
-    }
-    const direct = new Map([...byFile].map(([f, { ranges, bytes }]) => [f, directFor(f, ranges.sort((a, b) => a[0] - b[0]), bytes)]));
-    return (pos, len) => {
+    let direct: Map<number, number> | undefined;
+    const directs = (): Map<number, number> => {
+      const byFile = new Map<number, { ranges: Array<[number, number]>; bytes: number }>();
+      for (const p of pieces(fd, l.offset, l.size, false)) { // where, for directFor: no digests of a whole entry
+        let f = byFile.get(p.fd);
+        if (f === undefined) byFile.set(p.fd, (f = { ranges: [], bytes: 0 }));
+        f.ranges.push([p.at, p.len]);
+        f.bytes += p.len;
+      }
+      return new Map([...byFile].map(([f, { ranges, bytes }]) => [f, directFor(f, ranges.sort((a, b) => a[0] - b[0]), bytes)]));
+    };
+    return (pos, len, lanes) => {
       const out = pieces(fd, pos, len); // made for this call: each told its file's O_DIRECT twin in place
-      for (const p of out) p.direct = direct.get(p.fd) ?? -1;
+      if (lanes === true) {
+        direct ??= directs();
+        for (const p of out) p.direct = direct.get(p.fd) ?? -1;
+      }
       return out;
     };
   };
@@ -551,7 +560,7 @@ function makeImage(fd: number, manifest: Manifest, signer: KeyId | null, byName:
       directFd: ahead && pieces === undefined ? directFor(fd, [[l.offset, l.size]], l.size) : -1,
       paged: e?.pageDigests === true, read: overlay?.read, pieces, intact: overlay?.intact?.bind(overlay),
       inPlace: overlay?.inPlace?.bind(overlay),
-      stagedChunk: overlay?.stagedChunk?.bind(overlay),
+      stagedChunks: overlay?.stagedChunks?.bind(overlay),
     }, ahead ? loader : undefined, label, nameOf(name), where);
   };
   const get = (name: string): Located => {

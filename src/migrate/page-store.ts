@@ -254,7 +254,7 @@ export class PreCopyReceiver {
    * held, in consecutive slots, with their digests: PREPARE_BATCH a call of the addon. Run once
    * the rounds' writes have settled (a catch-up, while the tree runs on the source), so the
    * frozen image's chunks in place are checked at restore by one comparison each
-   * (stagedChunk) instead of a hash of their 256 pages' digests. `starts`: only those of the
+   * (stagedChunks) instead of a hash of their 256 pages' digests. `starts`: only those of the
    * expected chunks (in order; retakeDropped). Returns how many it took.
    */
   takeChunkDigests(starts: readonly number[] = this.chunkStarts): number {
@@ -311,12 +311,29 @@ export class PreCopyReceiver {
   }
 
   /**
-   * The digest taken before the freeze (takeChunkDigests) of the chunk of `len` bytes staged
-   * from `addr`, if none of its pages was written since and the store's digests are still kept.
+   * Of the chunks of `chunkSize` bytes of the image from `pos` (`size` bytes in all), those
+   * that lie wholly in one run staged in place, with the digest taken of them before the
+   * freeze (takeChunkDigests) when none of their pages was written since and the store's
+   * digests are still kept: [chunk index, address, digest], in order (ImageOverlay.stagedChunks).
+   * One walk of the staged runs: a restore asks it once, not a chunk at a time (4,096 chunks at
+   * 4 GiB, some 6 µs each that way).
    */
-  private stagedChunk(addr: number, len: number): Buffer | undefined {
-    if (len !== PAGED_CHUNK_PAGES * PAGE_SIZE || addr % PAGE_SIZE !== 0 || this.digests === undefined || this.ctime === undefined) return undefined;
-    return this.chunkSums.get(addr / PAGE_SIZE);
+  private stagedChunks(pos: number, size: number, chunkSize: number): Array<[number, number, Buffer]> {
+    const out: Array<[number, number, Buffer]> = [];
+    if (chunkSize !== PAGED_CHUNK_PAGES * PAGE_SIZE || this.chunkSums.size === 0 || this.digests === undefined || this.ctime === undefined) return out;
+    const end = pos + size;
+    for (const [at, addr, n] of this.placed) {
+      const runEnd = Math.min(at + n * PAGE_SIZE, end);
+      if (runEnd <= pos) continue;
+      if (at >= end) break;
+      // The chunks that start in the run and end within it.
+      for (let c = Math.max(0, Math.ceil((at - pos) / chunkSize)); pos + (c + 1) * chunkSize <= runEnd; c++) {
+        const a = addr + (pos + c * chunkSize - at);
+        const sum = this.chunkSums.get(a / PAGE_SIZE);
+        if (sum !== undefined) out.push([c, a, sum]);
+      }
+    }
+    return out;
   }
 
   /**
@@ -367,7 +384,7 @@ export class PreCopyReceiver {
       intact: () => this.intact(),
       ...(this.staging !== undefined ? {
         inPlace: (pos: number, len: number) => this.inPlace(pos, len),
-        stagedChunk: (addr: number, len: number) => this.stagedChunk(addr, len),
+        stagedChunks: (pos: number, size: number, chunkSize: number) => this.stagedChunks(pos, size, chunkSize),
       } : {}),
       adopt: () => { this.adopted = true; },
       close: () => {

@@ -918,8 +918,8 @@ function writePages(t: Tracee, areas: readonly VmaRecord[], pages: ChunkSource, 
       let dst = start + BigInt(page * PAGE_SIZE);
       while (left > 0) {
         // Pages in place already (a root forked from staged memory, ChunkSource.keepInPlace),
-        // verified by their digests: left as they are.
-        const n = pages.placed(src, dst, Math.min(left, most));
+        // verified by their digests: left as they are (many chunks at once, where whole).
+        const n = pages.placed(src, dst, left);
         if (n > 0) {
           src += n;
           dst += BigInt(n);

@@ -63,12 +63,32 @@ function entry(staged: ReadonlySet<number>, known: ReadonlySet<number>, at: (p: 
   return { loc, body, close: () => { closeSync(fd); rmSync(path, { force: true }); } };
 }
 
+/**
+ * A location's stagedChunks as a page store answers it, from its `inPlace` and the digest
+ * `taken` of the chunk in place at an address (or none): each chunk wholly in one of its
+ * ranges.
+ */
+function stagedFrom(loc: ChunkedLocation, taken: (addr: number, len: number) => Buffer | undefined): NonNullable<ChunkedLocation['stagedChunks']> {
+  return (pos, size, chunkSize) => {
+    const out: Array<[number, number, Buffer]> = [];
+    for (let c = 0; (c + 1) * chunkSize <= size; c++) {
+      const places = loc.inPlace!(pos + c * chunkSize, chunkSize);
+      if (places.length !== 1 || places[0]![0] !== pos + c * chunkSize || places[0]![1] !== chunkSize) continue;
+      const sum = taken(Number(places[0]![2]), chunkSize);
+      if (sum !== undefined) out.push([c, Number(places[0]![2]), sum]);
+    }
+    return out;
+  };
+}
+
 /** Walks the entry as restore's writePages does: pages left in place, the others viewed. */
-function walk(src: ChunkSource, body: Buffer): { placed: number[]; viewed: number } {
+function walk(src: ChunkSource, body: Buffer): { placed: number[]; viewed: number; calls: number } {
   const placed: number[] = [];
   let viewed = 0;
+  let calls = 0;
   for (let pos = 0; pos < body.length;) {
     const n = src.placed(pos, BigInt(AREA + pos), body.length - pos);
+    calls++;
     if (n > 0) {
       for (let k = 0; k < n; k += PAGE) placed.push((pos + k) / PAGE);
       pos += n;
@@ -79,7 +99,7 @@ function walk(src: ChunkSource, body: Buffer): { placed: number[]; viewed: numbe
     viewed += v.length;
     pos += v.length;
   }
-  return { placed, viewed };
+  return { placed, viewed, calls };
 }
 
 describe('pages in place (a migration\'s staged memory)', () => {
@@ -132,7 +152,7 @@ describe('pages in place (a migration\'s staged memory)', () => {
       // pages' digests instead, and its pages, which are right, are left in place still.
       const taken = (addr: number, len: number): Buffer | undefined => (addr === AREA + 2 * CHUNK_PAGES * PAGE ? Buffer.alloc(32, 7) : truth(addr, len));
       const asked: number[] = [];
-      const src = new ChunkSource({ ...e.loc, stagedChunk: taken, pieces: (pos, len) => { asked.push(pos / (CHUNK_PAGES * PAGE)); return e.loc.pieces!(pos, len); } },
+      const src = new ChunkSource({ ...e.loc, stagedChunks: stagedFrom(e.loc, taken), pieces: (pos, len) => { asked.push(pos / (CHUNK_PAGES * PAGE)); return e.loc.pieces!(pos, len); } },
         undefined, 'x.tar', 'pages', {});
       src.keepInPlace(whole);
       const { placed, viewed } = walk(src, e.body);
@@ -148,7 +168,7 @@ describe('pages in place (a migration\'s staged memory)', () => {
     const SHIFT = 1 << 30;
     const g = entry(staged, staged, (p) => AREA + SHIFT + p * PAGE);
     try {
-      const src = new ChunkSource({ ...g.loc, stagedChunk: (addr, len) => chunkDigest(g.body.subarray(addr - AREA - SHIFT, addr - AREA - SHIFT + len), true) },
+      const src = new ChunkSource({ ...g.loc, stagedChunks: stagedFrom(g.loc, (addr, len) => chunkDigest(g.body.subarray(addr - AREA - SHIFT, addr - AREA - SHIFT + len), true)) },
         undefined, 'x.tar', 'pages', {});
       src.keepInPlace([[BigInt(AREA), BigInt(AREA + SHIFT + PAGES * PAGE)]]);
       assert.deepEqual(walk(src, g.body).placed, []);
@@ -159,13 +179,55 @@ describe('pages in place (a migration\'s staged memory)', () => {
     // Kept areas that leave out a page of chunk 0: the digest taken is not enough there.
     const f = entry(staged, staged);
     try {
-      const src = new ChunkSource({ ...f.loc, stagedChunk: (addr, len) => chunkDigest(f.body.subarray(addr - AREA, addr - AREA + len), true) }, undefined, 'x.tar', 'pages', {});
+      const src = new ChunkSource({ ...f.loc, stagedChunks: stagedFrom(f.loc, (addr, len) => chunkDigest(f.body.subarray(addr - AREA, addr - AREA + len), true)) }, undefined, 'x.tar', 'pages', {});
       src.keepInPlace([[BigInt(AREA), BigInt(AREA + 3 * PAGE)], [BigInt(AREA + 4 * PAGE), BigInt(AREA + PAGES * PAGE)]]);
       const { placed } = walk(src, f.body);
       assert.deepEqual(placed, [...staged].filter((p) => p !== 3));
       assert.equal(src.placedChunks, 1, 'chunk 2 alone');
     } finally {
       f.close();
+    }
+  });
+
+  it('leaves chunks wholly in place one after the other in one answer, up to the first that is not, and reads one asked for after all', () => {
+    const whole = [[BigInt(AREA), BigInt(AREA + PAGES * PAGE)]] as const;
+    const all = new Set([...Array(PAGES).keys()]);
+    const e = entry(all, all);
+    try {
+      const taken = (addr: number, len: number): Buffer => chunkDigest(e.body.subarray(addr - AREA, addr - AREA + len), true);
+      let read = 0;
+      const src = new ChunkSource({ ...e.loc, stagedChunks: stagedFrom(e.loc, taken), pieces: (pos, len) => { read++; return e.loc.pieces!(pos, len); } },
+        undefined, 'x.tar', 'pages', {});
+      src.keepInPlace(whole);
+      const { placed, viewed, calls } = walk(src, e.body);
+      assert.deepEqual(placed, [...all]);
+      assert.equal(viewed, 0);
+      assert.equal(read, 0, 'no chunk read');
+      assert.equal(calls, 1, 'the three chunks in one answer');
+      assert.equal(src.placedChunks, CHUNKS);
+      // No further than asked, nor than where the caller writes them.
+      assert.equal(src.placed(0, BigInt(AREA), 2 * CHUNK_PAGES * PAGE - 1), CHUNK_PAGES * PAGE);
+      assert.ok(src.placed(CHUNK_PAGES * PAGE, BigInt(AREA), CHUNK_PAGES * PAGE) < 0, 'chunk 1 is not in place at chunk 0\'s address: read after all');
+      assert.equal(src.placedChunks, CHUNKS - 1);
+    } finally {
+      e.close();
+    }
+    // Chunk 1 with a page not staged: chunk 0 is one answer, chunk 2 another; a chunk asked
+    // for after it was left in place is read and verified from its pages after all.
+    const staged = new Set([...all].filter((p) => p !== CHUNK_PAGES + 3));
+    const g = entry(staged, staged);
+    try {
+      const taken = (addr: number, len: number): Buffer => chunkDigest(g.body.subarray(addr - AREA, addr - AREA + len), true);
+      const src = new ChunkSource({ ...g.loc, stagedChunks: stagedFrom(g.loc, taken) }, undefined, 'x.tar', 'pages', {});
+      src.keepInPlace(whole);
+      const { placed, viewed } = walk(src, g.body);
+      assert.deepEqual(placed, [...staged]);
+      assert.equal(viewed, PAGE);
+      assert.equal(src.placedChunks, 2);
+      assert.ok(src.view(2 * CHUNK_PAGES * PAGE, PAGE).equals(g.body.subarray(2 * CHUNK_PAGES * PAGE, (2 * CHUNK_PAGES + 1) * PAGE)));
+      assert.equal(src.placedChunks, 1, 'chunk 2 read after all: no longer counted');
+    } finally {
+      g.close();
     }
   });
 
