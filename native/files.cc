@@ -45,8 +45,10 @@
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <limits.h>
+#include <linux/nsfs.h>
 #include <linux/openat2.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -241,6 +243,20 @@ Napi::Value SetNs(const Napi::CallbackInfo& info) {
     return {};
   }
   return info.Env().Undefined();
+}
+
+// nsParent(fd) -> fd: ioctl NS_GET_PARENT of a pid (or user) namespace's descriptor, a new
+// descriptor (close-on-exec) of its parent; throws EPERM above the caller's user namespace's
+// reach (the initial namespace has none).
+Napi::Value NsParent(const Napi::CallbackInfo& info) {
+  int64_t fd;
+  if (!ArgInt(info, 0, &fd)) return {};
+  int parent = ioctl(static_cast<int>(fd), NS_GET_PARENT);
+  if (parent < 0) {
+    ThrowErrno(info.Env(), "ioctl(NS_GET_PARENT)", errno, "fd " + std::to_string(fd));
+    return {};
+  }
+  return Napi::Number::New(info.Env(), parent);
 }
 
 // A path argument at `i`: a JS string without NUL bytes (a C string would silently end at the
@@ -574,6 +590,7 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("fchownat", Napi::Function::New(env, Fchownat));
   exports.Set("readlinkat", Napi::Function::New(env, Readlinkat));
   exports.Set("setNs", Napi::Function::New(env, SetNs));
+  exports.Set("nsParent", Napi::Function::New(env, NsParent));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("asyncOwner", Napi::Function::New(env, AsyncOwner));
   exports.Set("kcmp", Napi::Function::New(env, Kcmp));

@@ -22,7 +22,7 @@ import { CONTAINER_ID, formatHostPort, type Endpoint } from './endpoint.js';
 import type { MigrationKey } from './key.js';
 
 /** Version of the protocol; a peer speaking another is refused at the hello. */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 /** The only cipher suite either side offers or accepts. */
 export const CIPHER = 'ECDHE-PSK-CHACHA20-POLY1305';
 /** PSK identity both sides use (there is one key per pair of nodes, not per identity). */
@@ -63,7 +63,7 @@ export type Message =
   | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean; lazy?: boolean; files?: RestoreFlags }
   /** R: ready to receive an image. */
   /** R: it takes the migration; `bootId` tells the sender whether R runs on its kernel (a kill there need not wait for the reaping). */
-  | { type: 'welcome'; protocol: number; ferryVersion: string; bootId: string }
+  | { type: 'welcome'; protocol: number; ferryVersion: string; bootId: string; pidNs: string }
   /**
    * S, between pre-copy rounds: say 'caught-up' once every frame sent before this one is
    * taken (written and hashed): the sender freezes the tree only once the target is not behind,
@@ -170,7 +170,7 @@ function checkMessage(v: unknown): Message {
       if (m['files'] !== undefined) checkRestoreFlags(m['files'], bad);
       if (m['precopy'] !== undefined && typeof m['precopy'] !== 'boolean') bad('hello.precopy');
       break;
-    case 'welcome': only('protocol', 'ferryVersion', 'bootId'); int('protocol', 1 << 16); str('ferryVersion', 64); str('bootId', 64); break;
+    case 'welcome': only('protocol', 'ferryVersion', 'bootId', 'pidNs'); int('protocol', 1 << 16); str('ferryVersion', 64); str('bootId', 64); str('pidNs', 64); break;
     case 'end': only('bytes'); int('bytes'); break;
     case 'ready': only('verifyMs'); num('verifyMs'); break;
     case 'go': only(); break;

@@ -41,6 +41,7 @@ import { PoolWriter } from './page-store.js';
 import { StagedMemory } from './staging.js';
 import { defaultStubPath } from '../native/binding.js';
 import { PAGE_SIZE } from '../arch/x86-64.js';
+import { ownPidNamespace } from '../proc/pid-ns.js';
 import { bootId, keptCopyWarning, privateDir, RECEIVER_DIR, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 
 export interface ReceiveOptions extends CommonOptions {
@@ -281,7 +282,7 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       });
       return true;
     };
-    ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, bootId: bootId() });
+    ch.send({ type: 'welcome', protocol: PROTOCOL_VERSION, ferryVersion: FERRY_VERSION, bootId: bootId(), pidNs: ownPidNamespace() });
     const tWelcome = performance.now();
     const end = await abortable(ch.next('receiving the image', 'end'), o.signal);
     const tEnd = performance.now();

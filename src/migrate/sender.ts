@@ -44,6 +44,7 @@ import { FERRY_VERSION } from '../version.js';
 import {
   abortable, connect, HEARTBEAT_MS, PeerError, PROTOCOL_VERSION, RESTORE_FLAGS, type Channel, type ContainerTarget, type RestoreFlags,
 } from './channel.js';
+import { pidNamespaceLine } from '../proc/pid-ns.js';
 import { bootId, copyImage, FRAME_LOG, HANDED_OVER, keptCopyWarning, privateDir, removeStaleDirs, SENDER_DIR, type PhaseRecord } from './workdir.js';
 import { formatUrl, isSsh, type Destination } from './endpoint.js';
 import type { MigrationKey } from './key.js';
@@ -327,11 +328,16 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     // exit. Unknown boot ids count as the same kernel.
     const ourBoot = bootId();
     const otherKernel = welcome.bootId !== '' && ourBoot !== '' && welcome.bootId !== ourBoot;
+    // Nor one on this kernel in a pid namespace where the tree holds no pid (a child of ours,
+    // a sibling's): it restores the tree's PIDs there, and the source's are elsewhere. The
+    // tree's line of namespaces is read up to the initial one, else the kill waits.
+    const line = otherKernel || welcome.pidNs === '' ? undefined : pidNamespaceLine(o.pid);
+    const apart = line !== undefined && !line.includes(welcome.pidNs);
     // Reading a large tree can take a while before its first byte is sent (a checkpoint to a
     // stream hashes everything first): the target hears from us meanwhile.
     const heartbeat = setInterval(() => ch.send({ type: 'busy' }), HEARTBEAT_MS);
     session.onUndo('stop the heartbeat', () => clearInterval(heartbeat));
-    log.debug({ peer: to, ferryVersion: welcome.ferryVersion }, 'connected');
+    log.debug({ peer: to, ferryVersion: welcome.ferryVersion, otherKernel, otherPidNamespace: apart }, 'connected');
     o.signal?.throwIfAborted();
 
     // Pre-copy: rounds while the tree runs; the tracking ends on every way out (precopy.ts).
@@ -392,7 +398,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let sent = 0;
     let netLock: string | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
-      pid: o.pid, image: '(the migration stream)', imageSink: pump.sink, leaveRunning: false, signKey, ...(otherKernel ? { skipReapWait: true } : {}),
+      pid: o.pid, image: '(the migration stream)', imageSink: pump.sink, leaveRunning: false, signKey, ...(otherKernel || apart ? { skipReapWait: true } : {}),
       // The top-up rounds go once the target has taken the rounds before (its writes and hashing
       // lag behind the stream by up to a socket's and a backlog's worth, seconds on a busy node),
       // and the last look once it has taken them too: of its backlog, only that round's pages

@@ -313,6 +313,11 @@ export interface NativeBinding {
   getXattr(path: string, name: string): Buffer | null;
   /** setns(2) of the calling (JS) thread into the namespace `fd` refers to. */
   setNs(fd: number, nstype: number): void;
+  /**
+   * ioctl(NS_GET_PARENT) of a pid namespace's descriptor: a new descriptor of its parent;
+   * throws (EPERM) where none is within reach (the initial namespace, or above the caller's).
+   */
+  nsParent(fd: number): number;
   /** xgetbv(0): XCR0, the XSAVE features the OS enabled. */
   xgetbv(): bigint;
   /** pipe2(2) (O_CLOEXEC always added): [read end, write end]. */
@@ -648,7 +653,7 @@ export const NATIVE_EXPORTS: ReadonlyArray<keyof NativeBinding> = [
   'getXstate', 'setXstate', 'getSigmask', 'setSigmask', 'getRseq', 'getRobustList', 'tgkill', 'peekSiginfo',
   'injectSyscall', 'injectSyscalls', 'spawnStub', 'spawnDetached', 'readMemory', 'populate', 'populateLater', 'pagemapRuns', 'pagemapGuardRuns', 'pagemapSharedAnon', 'kcmp', 'procFds', 'pidfdOpen', 'pidfdSendSignal',
   'pidfdGetfd', 'closeFd', 'lseek', 'cachedPages', 'openRaw', 'openat2', 'mkdirat', 'openTreeClone', 'mkfifoat', 'mknodChr', 'unlinkat', 'symlinkat', 'renameat2', 'fchownat', 'readlinkat',
-  'asyncOwner', 'getXattr', 'setNs', 'xgetbv',
+  'asyncOwner', 'getXattr', 'setNs', 'nsParent', 'xgetbv',
   'pipe2', 'tee', 'pipeSize', 'setPipeSize', 'getFl', 'setFl', 'pipeUnread',
   'unixDiag', 'unixDiagAll', 'unixSocket', 'unixSocketpair', 'unixBind', 'unixBindIn', 'unixConnect', 'unixListen',
   'unixAccept', 'unixShutdown', 'unixGetOpt', 'unixSetOpt', 'unixPeek', 'unixSend',

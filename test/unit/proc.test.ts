@@ -1,5 +1,6 @@
 /** /proc parsers, on real text from this machine and on edge cases. */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { parseAuxv } from '../../src/proc/auxv.js';
@@ -7,6 +8,7 @@ import { fdCloexec, imagePos, parseFdinfo } from '../../src/proc/fdinfo.js';
 import { O_APPEND, O_CLOEXEC } from '../../src/proc/fcntl.js';
 import { freeRange, parseMaps } from '../../src/proc/maps.js';
 import { dumpablePageRuns, nextScanStart } from '../../src/proc/pagemap.js';
+import { INITIAL_PID_NS, ownPidNamespace, pidNamespaceLine } from '../../src/proc/pid-ns.js';
 import { parseSmaps, parseSmapsVmFlags } from '../../src/proc/smaps.js';
 import { isKernelThread, parseStat } from '../../src/proc/stat.js';
 import { parseCpuList, parseStatus, statusComm } from '../../src/proc/status.js';
@@ -215,5 +217,34 @@ describe('imagePos', () => {
     for (const bad of ['9223372036854775808', '-1', '1e3', '', ' 1', '0x10', 2 ** 53, -1, 1.5, null, undefined, {}]) {
       assert.equal(imagePos(bad), undefined, String(bad));
     }
+  });
+});
+
+describe('pid namespaces', { timeout: 30_000 }, () => {
+  it('reads the line of a process\'s pid namespaces up to the initial one, its own first', async () => {
+    const own = pidNamespaceLine(process.pid);
+    assert.ok(own !== undefined && own[0] === ownPidNamespace() && own.at(-1) === INITIAL_PID_NS, JSON.stringify(own));
+    // A process in a pid namespace of its own, a child of ours: its line goes through ours;
+    // ours does not hold its namespace.
+    const outer = spawn('unshare', ['--pid', '--fork', '--kill-child', 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      let inner: number | undefined;
+      for (let i = 0; i < 200 && inner === undefined; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+        try {
+          const kids = readFileSync(`/proc/${outer.pid!}/task/${outer.pid!}/children`, 'utf8').trim();
+          if (kids !== '' && readFileSync(`/proc/${kids.split(' ')[0]}/comm`, 'utf8').trim() === 'sleep') inner = Number(kids.split(' ')[0]);
+        } catch { /* not yet */ }
+      }
+      assert.ok(inner !== undefined, 'the sleep in its own pid namespace');
+      const line = pidNamespaceLine(inner);
+      assert.ok(line !== undefined && line.length === own.length + 1, JSON.stringify(line));
+      assert.deepEqual(line.slice(1), own);
+      assert.notEqual(line[0], own[0]);
+      assert.ok(!own.includes(line[0]!));
+    } finally {
+      outer.kill('SIGKILL');
+    }
+    assert.equal(pidNamespaceLine(2 ** 22 + 1), undefined, 'no such process');
   });
 });
