@@ -421,7 +421,6 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
         const bytes = await pump.done + (pre?.refBytes ?? 0);
         sent = bytes;
         pump.closeCopy();
-        await frames?.finish();
         // Under pre-copy: pages the frozen dump read from the tree, and those it named by digest,
         // which left them out of the stream: each must have become a REF, else the image
         // would come out wrong here as there (checked before anything is killed).
@@ -430,11 +429,16 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
           throw new FerryError('EIMAGE', `the frozen image of pid ${o.pid} left out ${pre.frozenPages.held} pages the target holds, `
             + `but ${pre.refBytes / PAGE_SIZE} were named to it: migrate with --no-pre-copy`);
         }
-        o.onPhase?.({ phase: 'checkpoint', pid: o.pid, imageBytes: bytes, ms: round(performance.now() - stoppedAt), ...pages });
         clearInterval(heartbeat);
         tEnd = performance.now();
         ch.send({ type: 'end', bytes });
+        // The local copy's last frames are written while the target verifies (up to a few ms
+        // of the downtime before): the kill waits for both, and a failed write lets the tree go.
+        const logged = frames?.finish();
+        logged?.catch(() => {}); // awaited below, unless the wait for the target fails first
+        o.onPhase?.({ phase: 'checkpoint', pid: o.pid, imageBytes: bytes, ms: round(tEnd - stoppedAt), ...pages });
         const ready = await abortable(ch.next('waiting for the target to verify the image', 'ready'), o.signal);
+        await logged;
         // From the kill on, the copy may be the workload's only one: a sweep must keep it.
         writeFileSync(join(dir, HANDED_OVER), JSON.stringify({ pid: o.pid, to }));
         tReady = performance.now();
