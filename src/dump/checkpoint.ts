@@ -11,7 +11,7 @@
  * tasks go: they hold nothing of ferry's between two injected syscalls (native/inject.cc).
  */
 import { getHeapSpaceStatistics } from 'node:v8';
-import { existsSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import type { CheckpointOptions, CheckpointResult } from '../api.js';
 import { FerryError, INTERNAL_CODE, describeCause } from '../errors.js';
 import { ghostInHeldDirMessage, ghostInHeldRemovedDir } from '../files/deleted.js';
@@ -36,6 +36,7 @@ import { O_CLOEXEC } from '../proc/fcntl.js';
 import { ProcessGoneError, readProcText } from '../proc/read.js';
 import { closeRootBase, containerBase, readCwdBetween, readRootDir, type RootBase } from './root-dir.js';
 import { parseSmaps } from '../proc/smaps.js';
+import { ownPidNamespace as ferryPidNamespace } from '../proc/pid-ns.js';
 import { parseStat } from '../proc/stat.js';
 import { parseStatus } from '../proc/status.js';
 import { Tracee } from '../task/tracee.js';
@@ -329,7 +330,7 @@ export async function checkpoint(o: CheckpointOptions): Promise<CheckpointResult
   // read or changed.
   // A container's sockets are inspected from inside its network namespace.
   const netns = o.pidNamespace !== undefined ? pid : undefined;
-  const ownPidNamespace = o.pidNamespace !== undefined && o.pidNamespace !== readlinkSync('/proc/self/ns/pid');
+  const ownPidNamespace = o.pidNamespace !== undefined && o.pidNamespace !== ferryPidNamespace();
   const rootDescs = withNetns(netns, () => {
     let descs: FdDesc[];
     try {

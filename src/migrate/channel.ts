@@ -62,7 +62,11 @@ export type Message =
    */
   | { type: 'hello'; protocol: number; ferryVersion: string; pid: number; bootId: string; container?: ContainerTarget; precopy?: boolean; lazy?: boolean; files?: RestoreFlags }
   /** R: ready to receive an image. */
-  /** R: it takes the migration; `bootId` tells the sender whether R runs on its kernel (a kill there need not wait for the reaping). */
+  /**
+   * R: it takes the migration; `bootId` tells the sender whether R runs on its kernel, and
+   * `pidNs` in which pid namespace (readlink of /proc/self/ns/pid): a kill on another kernel,
+   * or outside the tree's namespaces, need not wait for the reaping.
+   */
   | { type: 'welcome'; protocol: number; ferryVersion: string; bootId: string; pidNs: string }
   /**
    * S, between pre-copy rounds: say 'caught-up' once every frame sent before this one is
