@@ -23,7 +23,9 @@
  *   a stub), `rebuilt` (memory and state written, not yet let go), `letgo` (the first process
  *   let go and running, the others still traced);
  * - migration (src/migrate/): `streaming` (the first chunk of the image has crossed the
- *   connection: sent by `ferry migrate`, the tree stopped; spooled by `ferry receive`);
+ *   connection: sent by `ferry migrate`, the tree stopped; spooled by `ferry receive`); `ended`
+ *   (`ferry receive` has the whole image, its `end` read, nothing of it checked yet: the sender
+ *   waits for its `ready`, the tree stopped, its local copy of the frames finishing);
  *   `precopy` (`ferry migrate` has sent the first pre-copy round: the tree runs, its writes
  *   tracked through ferry's userfaultfd, nothing of it seized; also a pre-dump of ferry's
  *   criu or ferry-runtime once its scan is done, before it copies pages and hands the
@@ -74,7 +76,7 @@ import { writeSync } from 'node:fs';
 export const FAULT_PHASES = [
   'frozen', 'seized', 'dumped', 'writing', 'released', 'written', 'verified', 'created', 'rebuilt', 'letgo', 'streaming',
   'precopy', 'topup', 'holding', 'transient', 'configswap', 'forked', 'lent', 'lazy', 'repair', 'grouped', 'ttydrain', 'ttyinsert',
-  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup', 'blob', 'untrapped', 'lastlook',
+  'aioring', 'standin', 'threadpidfd', 'relayed', 'catchup', 'blob', 'untrapped', 'lastlook', 'ended',
 ] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 

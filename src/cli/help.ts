@@ -535,7 +535,9 @@ OPTIONS
       {"phase":"done","pid":N,"downtimeMs":N,"totalMs":N,"rounds":N,
       "roundBytes":N,"refBytes":N,"phases":{...}} (refBytes: image bytes
       the target had from the rounds; phases: where the downtime went,
-      ms: checkpointMs, verifyMs, killMs, restoreMs, and the target's).
+      ms: checkpointMs, verifyMs, killMs (of it reapWaitMs, when the kill
+      waited for the source's PIDs to be reaped), restoreMs, and the
+      target's).
 
 ${GLOBAL_OPTIONS}
 

@@ -286,6 +286,7 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
     const tWelcome = performance.now();
     const end = await abortable(ch.next('receiving the image', 'end'), o.signal);
     const tEnd = performance.now();
+    await faultPoint('ended', o.signal);
     ch.onData = undefined;
     ch.onControl = undefined;
     await pre?.settled();

@@ -397,6 +397,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     let tEnd = 0;
     let sent = 0;
     let netLock: string | undefined;
+    let reapWaitMs: number | undefined;
     const pids = await (o.workload?.checkpoint ?? checkpoint)({
       pid: o.pid, image: '(the migration stream)', imageSink: pump.sink, leaveRunning: false, signKey, ...(otherKernel || apart ? { skipReapWait: true } : {}),
       // The top-up rounds go once the target has taken the rounds before (its writes and hashing
@@ -446,6 +447,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       },
     }).then((r) => {
       netLock = r.netLock;
+      reapWaitMs = r.reapWaitMs;
       return r.pids;
     }, (err: unknown) => {
       // Killed, and only the clean-up after the kill failed: the workload is in flight.
@@ -480,7 +482,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
 
     // The point of no return: the source is gone, the workload lives in the image only.
     return await finishing(() => handOver(o, ch, session, copy, dir, signKey, restoreWith, pids,
-      { t0, stoppedAt, tFirst: pump.firstAt, tEnd, tReady, sent, pre, netLock }));
+      { t0, stoppedAt, tFirst: pump.firstAt, tEnd, tReady, sent, pre, netLock, reapWaitMs }));
   } catch (err) {
     // Tell the target why, so it removes what it holds (a target gone already hears nothing).
     if (channel !== undefined && channel.failure === undefined && !(err instanceof FerryError && err.cause instanceof PeerError)) {
@@ -527,7 +529,8 @@ const round = (ms: number): number => Math.round(ms * 10) / 10;
  */
 async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: string, dir: string,
   signKey: KeyObject, restoreWith: string, pids: number[],
-  t: { t0: number; stoppedAt: number; tFirst: number; tEnd: number; tReady: number; sent: number; pre: PreCopySender | undefined; netLock: string | undefined }): Promise<MigrateResult> {
+  t: { t0: number; stoppedAt: number; tFirst: number; tEnd: number; tReady: number; sent: number; pre: PreCopySender | undefined; netLock: string | undefined;
+    reapWaitMs: number | undefined }): Promise<MigrateResult> {
   const log = o.logger.child({ op: 'migrate', targetPid: o.pid });
   const to = formatUrl(o.to);
   // How to restore a kept copy by hand (a container takes no --max-creds: its bundle bounds it).
@@ -587,9 +590,11 @@ async function handOver(o: MigrateOptions, ch: Channel, session: Session, copy: 
   const downtimeMs = tRunning - runningFor - t.stoppedAt;
   // Freeze to last byte sent (of it, to the first byte: the tree read and every page hashed,
   // the manifest coming first), to the target's "ready", to the source killed and its PIDs
-  // free, to the let-go on the target (the target's own part in its `phases`).
+  // free (of it, the wait for the reaping, where the target needs those PIDs), to the let-go
+  // on the target (the target's own part in its `phases`).
   const phases = {
     checkpointMs: round(t.tEnd - t.stoppedAt), firstByteMs: round(Math.max(0, t.tFirst - t.stoppedAt)), verifyMs: round(t.tReady - t.tEnd), killMs: round(tGo - t.tReady),
+    ...(t.reapWaitMs !== undefined ? { reapWaitMs: round(t.reapWaitMs) } : {}),
     restoreMs: round(tRunning - runningFor - tGo), ...(running.phases !== undefined ? { target: running.phases } : {}),
   };
   o.onPhase?.({ phase: 'restore', pid: running.pid, pids: running.pids, restoreMs: round(running.restoreMs) });

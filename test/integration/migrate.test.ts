@@ -124,6 +124,8 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     const done = phases[3]!;
     assert.equal(done['pid'], w.pid);
     assert.equal(typeof done['downtimeMs'], 'number');
+    // The target is in this pid namespace: the restore needs the PIDs free, the kill waited.
+    assert.equal(typeof (done['phases'] as Record<string, unknown>)['reapWaitMs'], 'number', JSON.stringify(done['phases']));
     assert.equal(phases[1]!['bytes'], phases[0]!['imageBytes']);
     const got = records(recv).map((x) => x['phase']);
     assert.deepEqual(got, ['listen', 'transfer', 'restore', 'done']);
@@ -209,6 +211,28 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     // The kernel let the source go when its tracer died.
     await runsOn(w, process.pid);
     // The killed sender's copy is removed by the next sender or receiver.
+    const next = await receiver(key, ['--max-creds', 'root', '--config', config]);
+    assert.deepEqual(leftovers(workDir), []);
+    next.r.child.kill('SIGTERM');
+    await exitOf(next.r, 'ferry receive');
+  });
+
+  it('the sender SIGKILLed while it waits for the target to verify the whole image (its frame log finishing meanwhile): the source runs on, nothing is left', async () => {
+    const w = await counter();
+    const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config], 'ended+3000');
+    const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
+    await waitFor('the receiver to pause with the whole image', () => /paused at ended/.test(recv.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+    // The whole image was sent: the sender holds the source stopped, waiting for the word.
+    assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while the target verifies');
+    mig.child.kill('SIGKILL');
+    // The kernel let the source go when its tracer died.
+    await runsOn(w, process.pid);
+    assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
+    assert.match(recv.stderr(), /closed the connection/);
+    assert.deepEqual(leftovers(workDir).filter((n) => n.startsWith('.ferry-receive-')), [], 'the receiver removed its spool');
+    assert.deepEqual(stubs(), [], 'no restore stub');
+    // The killed sender's frames are removed by the next receiver.
     const next = await receiver(key, ['--max-creds', 'root', '--config', config]);
     assert.deepEqual(leftovers(workDir), []);
     next.r.child.kill('SIGTERM');
