@@ -226,7 +226,9 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     // The whole image was sent: the sender holds the source stopped, waiting for the word.
     assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while the target verifies');
     mig.child.kill('SIGKILL');
-    // The kernel let the source go when its tracer died.
+    // The kernel lets the source go as its tracer exits (after its sockets close): once the
+    // sender is reaped, the source is untraced.
+    assert.equal(await exitOf(mig, 'ferry migrate'), 137);
     await runsOn(w, process.pid);
     assert.equal(await exitOf(recv, 'ferry receive --once'), 1);
     assert.match(recv.stderr(), /closed the connection/);
