@@ -31,6 +31,8 @@ const MAX_STORE_BYTES = 64 * 2 ** 30;
 
 /** Pages of one block of a SlotIndex: 256 KiB of memory, 256 bytes of index. */
 const INDEX_BLOCK = 64;
+/** Where a SlotIndex block keeps its mark: 1 while its pages are in slots that follow each other. */
+const LINEAR = INDEX_BLOCK;
 /**
  * The most blocks the store's index keeps (about 300 MB: a block costs V8 about 600 bytes with
  * its Map entry): what a sender's pages may cost this node in memory, whatever their spread
@@ -54,9 +56,15 @@ const PREPARE_BATCH = 512;
  * Where the store holds each page of one process: its slot by page number, in blocks of
  * INDEX_BLOCK (a Map per page cost 0.3-0.6 µs a lookup: 170 ms of the downtime at 1 GiB, to
  * follow the frozen image's references to 262,144 held pages).
+ *
+ * A block whose pages are all held in slots that follow each other (a round's new pages take
+ * slots in order, and a page sent again keeps its slot: nearly every block) is marked so
+ * (LINEAR), and run() steps over it whole: following 262,144 references page by page took
+ * 5-6 ms of a 1 GiB lazy migration's downtime. The marks are made by mark(), while the tree
+ * still runs on the source, and by run() over a whole block; set() clears its block's.
  */
 class SlotIndex {
-  /** Slot + 1 of each page of a block; 0: none. */
+  /** Slot + 1 of each page of a block (0: none), then its LINEAR mark. */
   private readonly blocks = new Map<number, Int32Array>();
 
   /** `charge` is called for every block made (it throws past the bound). */
@@ -74,9 +82,10 @@ class SlotIndex {
     let b = this.blocks.get(k);
     if (b === undefined) {
       this.charge();
-      this.blocks.set(k, (b = new Int32Array(INDEX_BLOCK)));
+      this.blocks.set(k, (b = new Int32Array(INDEX_BLOCK + 1)));
     }
     b[page - k * INDEX_BLOCK] = slot + 1;
+    b[LINEAR] = 0;
   }
 
   /** How many pages from `page` on (at most `max`) are held in the slots that follow get(page)'s; 0 if it has none. */
@@ -89,13 +98,29 @@ class SlotIndex {
       const b = this.blocks.get(k);
       if (b === undefined) break;
       let i = page + n - k * INDEX_BLOCK;
+      if (i === 0 && b[LINEAR] === 1 && max - n >= INDEX_BLOCK && b[0] === first + n + 1) {
+        n += INDEX_BLOCK;
+        continue;
+      }
+      const from = i;
       while (n < max && i < INDEX_BLOCK && b[i] === first + n + 1) {
         n++;
         i++;
       }
+      if (from === 0 && i === INDEX_BLOCK) b[LINEAR] = 1;
       if (i < INDEX_BLOCK) break; // another slot, or `max` reached
     }
     return n;
+  }
+
+  /** Marks each block whose pages are in slots that follow each other (LINEAR). */
+  mark(): void {
+    for (const b of this.blocks.values()) {
+      if (b[LINEAR] === 1 || b[0] === 0) continue;
+      let i = 1;
+      while (i < INDEX_BLOCK && b[i] === b[0]! + i) i++;
+      if (i === INDEX_BLOCK) b[LINEAR] = 1;
+    }
   }
 }
 
@@ -247,6 +272,15 @@ export class PreCopyReceiver {
     // More than it could hold: the rest are not kept (their chunks are verified as any other).
     const room = Math.ceil(this.maxSlots / PAGED_CHUNK_PAGES) - this.chunkStarts.length;
     for (let i = 0; i < Math.min(room, starts.length); i++) this.chunkStarts.push(starts[i]!);
+  }
+
+  /**
+   * Marks the blocks of every process's index whose pages are in slots that follow each other
+   * (SlotIndex.mark), so that the frozen image's references to them are followed a block at a
+   * time: run once the rounds' writes have settled (a catch-up, while the tree runs on the source).
+   */
+  markRuns(): void {
+    for (const idx of this.index.values()) idx.mark();
   }
 
   /**

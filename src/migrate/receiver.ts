@@ -272,10 +272,12 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
         return true;
       }
       if (m.type !== 'catch-up') return false;
-      // Settled, the staged chunks' digests are taken (the tree still runs on the source).
+      // Settled, the staged chunks' digests are taken and the store's runs of slots marked (the
+      // tree still runs on the source).
       // A throw in the taking fails this migration too, as a failed write does (never the receiver).
       faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => {
         pre?.takeChunkDigests();
+        pre?.markRuns();
         ch.send({ type: 'caught-up' });
       }).catch((err: unknown) => {
         ch.fail(err instanceof FerryError ? err : new FerryError('EIO', describeCause(err), { cause: err }));

@@ -148,6 +148,41 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     closeSync(fd);
   });
 
+  it('references over blocks marked whole runs (markRuns): stepped over a block at a time, the same runs as page by page', () => {
+    for (const marked of [false, true]) {
+      const r = receiver();
+      const { fd, write, skip } = spool();
+      // Blocks of 64 pages. Pages 0-127 take slots 0-127, pages 256-383 slots 128-255, pages
+      // 128-255 slots 256-383: three stretches of slots, each of whole blocks in order.
+      const bytes = new Map<number, number>();
+      const send = (first: number, n: number): void => {
+        const data = Buffer.concat(Array.from({ length: n }, (_, i) => page((first + i) % 251)));
+        for (let i = 0; i < n; i++) bytes.set(first + i, (first + i) % 251);
+        r.handle(frame(TAG_PAGES, 7, BigInt(first) * 4096n, n, data), write, skip);
+      };
+      send(0, 128);
+      send(256, 128);
+      send(128, 128);
+      send(70, 1); // sent again: its slot kept, its block still one stretch
+      bytes.set(70, 70 % 251);
+      if (marked) r.markRuns();
+      r.handle(raw(Buffer.from('h')), write, skip);
+      // From page 10, into the middle of the last block: 118 + 128 + 124 pages.
+      assert.equal(r.handle(frame(TAG_REF, 7, 10n * 4096n, 370), write, skip), 370 * 4096);
+      const o = r.overlay();
+      o.adopt();
+      r.close();
+      const whole = Buffer.concat([Buffer.from('h'), ...Array.from({ length: 370 }, (_, i) => page(bytes.get(10 + i)!))]);
+      const got = Buffer.alloc(whole.length);
+      assert.equal(o.read(fd, got, 0, got.length, 0), whole.length);
+      assert.ok(got.equals(whole), `every page from its slot (${marked ? 'marked' : 'not marked'})`);
+      assert.deepEqual(o.pieces!(fd, 0, whole.length).map((p) => [p.fd === fd, p.len]),
+        [[true, 1], [false, 118 * 4096], [false, 128 * 4096], [false, 124 * 4096]], marked ? 'marked' : 'not marked');
+      o.close();
+      closeSync(fd);
+    }
+  });
+
   it('held pages with their digests: runs of held and not held pages, across blocks', () => {
     const h = new HeldPagesOf();
     const sums = Buffer.alloc(32 * 1024);
