@@ -94,10 +94,10 @@ export interface HeldSet {
    */
   run(page: number, max: number, want?: boolean, out?: Buffer, at?: number): number;
   /**
-   * The digest of the chunk of a paged entry made of the `pages` held pages from `page` on
-   * (writer.ts HeldDigests.chunkDigest), if known and still true; else undefined.
+   * The digest of the chunk of a paged entry made of the `pages` held pages from `page` on, in
+   * hex (writer.ts HeldDigests.chunkDigest), if known and still true; else undefined.
    */
-  chunkDigest?(page: number, pages: number): Buffer | undefined;
+  chunkDigest?(page: number, pages: number): string | undefined;
 }
 
 /** A process's held pages and where their digests go (writer.ts ImageEntry.produce's `held`). */

@@ -96,11 +96,11 @@ export interface HeldDigests {
   /** Copies the sha256 of pages [from, from + n) of these, 32 bytes a page, into `out` at `at`. */
   copy(from: number, n: number, out: Buffer, at: number): void;
   /**
-   * The digest of a chunk (chunks.ts chunkDigest: the sha256 of its pages' sha256) made of
-   * exactly pages [from, from + n) of these, when it is known already (taken before the
-   * freeze, its pages unchanged since); else undefined, and the hash takes it from `copy`.
+   * The digest of a chunk (chunks.ts chunkDigest: the sha256 of its pages' sha256), in hex,
+   * made of exactly pages [from, from + n) of these, when it is known already (taken before
+   * the freeze, its pages unchanged since); else undefined, and the hash takes it from `copy`.
    */
-  chunkDigest?(from: number, n: number): Buffer | undefined;
+  chunkDigest?(from: number, n: number): string | undefined;
 }
 
 /** `held` as HeldDigests: a Buffer of page digests as it is. */
@@ -235,7 +235,7 @@ class PagedHash {
         const known = given.chunkDigest?.(from, PAGED_CHUNK_PAGES);
         if (known !== undefined) {
           this.flush(); // the chunks before it, in order
-          this.sums.push(known.toString('hex'));
+          this.sums.push(known);
           from += PAGED_CHUNK_PAGES;
           continue;
         }

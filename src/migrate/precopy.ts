@@ -135,7 +135,7 @@ export class HeldPagesOf {
    * by first page (a chunk of `pages` held pages from there), each dropped as soon as one of
    * its pages is held anew or let go (changed); and their first pages, in order.
    */
-  private readonly chunks = new Map<number, { pages: number; sum: Buffer }>();
+  private readonly chunks = new Map<number, { pages: number; sum: string }>();
   private chunkStarts: number[] = [];
   /** The chunks prepareChunks was last asked for (refreshChunks takes those dropped since again). */
   private prepared: { starts: readonly number[]; pages: number } | undefined;
@@ -231,17 +231,18 @@ export class HeldPagesOf {
       if (!known && this.run(page, pages, true, out, at) !== pages) return false;
       end = page + pages;
       return !known;
-    }, (page, sum) => this.chunks.set(page, { pages, sum }));
+    }, (page, sum) => this.chunks.set(page, { pages, sum: sum.toString('hex') }));
     this.chunkStarts = [...this.chunks.keys()].sort((a, b) => a - b);
     return taken;
   }
 
   /**
-   * The digest prepareChunks took of the chunk of `pages` pages from `page` on, if none of its
-   * pages was held anew or let go since (so every one is still held, with the same digest);
-   * else undefined.
+   * The digest prepareChunks took of the chunk of `pages` pages from `page` on, in hex (as the
+   * manifest has it: made while the tree ran, not one by one in the frozen image's writing,
+   * some 0.9 µs a chunk, 4 ms at 4 GiB), if none of its pages was held anew or let go since
+   * (so every one is still held, with the same digest); else undefined.
    */
-  chunkDigest(page: number, pages: number): Buffer | undefined {
+  chunkDigest(page: number, pages: number): string | undefined {
     const c = this.chunks.get(page);
     return c !== undefined && c.pages === pages ? c.sum : undefined;
   }

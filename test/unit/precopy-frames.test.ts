@@ -287,8 +287,8 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
     for (let p = 1000; p < 2024; p++) if (p !== 1700) h.set(p, sum(p), 0);
     const starts = [1000, 1256, 1512, 1768, 2000];
     h.prepareChunks(starts, 256);
-    const want = (from: number, gen = new Map<number, number>()): Buffer => createHash('sha256')
-      .update(Buffer.concat(Array.from({ length: 256 }, (_, i) => sum(from + i, gen.get(from + i) ?? 0)))).digest();
+    const want = (from: number, gen = new Map<number, number>()): string => createHash('sha256')
+      .update(Buffer.concat(Array.from({ length: 256 }, (_, i) => sum(from + i, gen.get(from + i) ?? 0)))).digest('hex');
     assert.deepEqual(h.chunkDigest(1000, 256), want(1000));
     assert.deepEqual(h.chunkDigest(1256, 256), want(1256));
     assert.equal(h.chunkDigest(1512, 256), undefined, 'page 1700 is not held');
@@ -319,8 +319,8 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
   it('chunk digests taken again after the top-ups: only those dropped since, whose pages are all held now', () => {
     const h = new HeldPagesOf();
     const sum = (p: number, gen = 0): Buffer => createHash('sha256').update(`page ${p} ${gen}`).digest();
-    const want = (from: number, gen = new Map<number, number>()): Buffer => createHash('sha256')
-      .update(Buffer.concat(Array.from({ length: 256 }, (_, i) => sum(from + i, gen.get(from + i) ?? 0)))).digest();
+    const want = (from: number, gen = new Map<number, number>()): string => createHash('sha256')
+      .update(Buffer.concat(Array.from({ length: 256 }, (_, i) => sum(from + i, gen.get(from + i) ?? 0)))).digest('hex');
     for (let p = 1000; p < 2024; p++) h.set(p, sum(p), 0);
     assert.equal(h.refreshChunks(), 0, 'nothing asked for yet');
     h.prepareChunks([1000, 1256, 1512, 1768], 256);
