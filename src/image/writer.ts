@@ -636,17 +636,25 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
     ...(required ? { requires: [...requires] } : {}),
     entries: entries.map(placeholderEntry),
   };
-  const placeholder = Buffer.from(JSON.stringify(manifest));
   const signer = options.signer ?? (options.signKey !== undefined ? imageSigner(options.signKey) : undefined);
   const signatureBytes = signer !== undefined ? BLOCK + padded(signer.placeholder.length) : 0;
 
   const where = path === '-' ? 'to stdout' : path;
   const target = options.target ?? openImageTarget(path);
   const { fd, temp, seekable } = target;
+  // The tar's layout, from the manifest's length: where a file is written, that of the
+  // placeholders (the final manifest has the same); a stream writes the final one first, and
+  // its layout waits for it (a pre-copy's frozen image: the manifest of 4 GiB holds 4,096
+  // chunk digests, and a placeholder made and encoded in the frozen window cost some 3 ms).
   // A big entry's data starts on a 4 KiB boundary (tar-out.ts DATA_ALIGN).
-  const pads = entryPads(BLOCK + padded(placeholder.length) + signatureBytes, entries.map((e) => e.size));
-  const total = BLOCK + padded(placeholder.length) + signatureBytes
-    + entries.reduce((s, e, i) => s + pads[i]! + BLOCK + padded(e.size), 0) + 2 * BLOCK;
+  const layout = (manifestBytes: number): { pads: number[]; total: number } => {
+    const pads = entryPads(BLOCK + padded(manifestBytes) + signatureBytes, entries.map((e) => e.size));
+    return {
+      pads,
+      total: BLOCK + padded(manifestBytes) + signatureBytes + entries.reduce((s, e, i) => s + pads[i]! + BLOCK + padded(e.size), 0) + 2 * BLOCK,
+    };
+  };
+  const placeholder = seekable ? Buffer.from(JSON.stringify(manifest)) : undefined;
   const discard = (): void => target.discard();
   const dropUndo = options.session?.onUndo(`remove ${temp || 'nothing'}`, discard);
   const pool = options.hashPool;
@@ -681,15 +689,16 @@ export async function writeImage(path: string, header: ManifestHeader, entries: 
       }
     }
     // Written now: the placeholders (a regular file), else the final manifest and its signature.
-    const head = seekable ? placeholder : Buffer.from(JSON.stringify(manifest));
+    const head = placeholder ?? Buffer.from(JSON.stringify(manifest));
     const signature = seekable ? signer?.placeholder : signer?.sign(head);
+    const { pads, total } = layout(head.length);
     // The pool's threads the hashes do not take are the writes' (TarOut).
     const writeSlots = pool?.running === true ? Math.max(1, libuvThreads() - pool.threads) : Infinity;
     const out = new TarOut(fd, seekable, target.direct, total, options.onProgress, writeSlots, target.sink);
     const bytes = await writeTar(out, manifest, head, signature, entries, pads, seekable, pool, total, options, replays);
     if (seekable) {
       const final = Buffer.from(JSON.stringify(manifest));
-      if (final.length !== placeholder.length) throw new Error('manifest length changed while writing');
+      if (final.length !== head.length) throw new Error('manifest length changed while writing');
       rewrite(out, fd, final, BLOCK);
       // The signature entry's data starts one header after the manifest's padded data.
       if (signer !== undefined) rewrite(out, fd, signer.sign(final), BLOCK + padded(final.length) + BLOCK);
