@@ -29,7 +29,7 @@ const MAX_PIDS = 4096;
 /** The store's bound whatever the disk: 64 GiB. */
 const MAX_STORE_BYTES = 64 * 2 ** 30;
 
-/** Pages of one block of a SlotIndex: 256 KiB of memory, 256 bytes of index. */
+/** Pages of one block of a SlotIndex: 256 KiB of memory, 256 bytes of index (and 4 of its mark). */
 const INDEX_BLOCK = 64;
 /** Where a SlotIndex block keeps its mark: 1 while its pages are in slots that follow each other. */
 const LINEAR = INDEX_BLOCK;
