@@ -1,7 +1,6 @@
 /**
  * A full garbage collection at a moment of ferry's choosing: a migration's sender takes one
- * right before it stops its tree (migrate/sender.ts), and its receiver at each catch-up, the
- * last of which comes right before that (migrate/receiver.ts).
+ * right before it stops its tree (migrate/sender.ts).
  *
  * V8 collects when it finds it due, not when it suits the workload. The pre-copy rounds
  * stream memory through Buffers, which count as external memory, and V8 answers each 64 MiB

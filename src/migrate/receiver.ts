@@ -23,7 +23,6 @@ import type { Server, TLSSocket } from 'node:tls';
 import type { CommonOptions, FileOptions } from '../api.js';
 import { FerryError, describeCause } from '../errors.js';
 import { faultPoint } from '../fault.js';
-import { collectGarbage } from '../gc.js';
 import { dropWarm } from '../image/direct.js';
 import { hostPublicKey } from '../image/host-key.js';
 import { warmChunkBuffers } from '../image/reader.js';
@@ -274,14 +273,11 @@ async function serveOne(o: Omit<ReceiveOptions, 'listen' | 'key' | 'once'>, ch: 
       }
       if (m.type !== 'catch-up') return false;
       // Settled, the staged chunks' digests are taken and the store's runs of slots marked (the
-      // tree still runs on the source); and garbage is collected, as the sender does before
-      // its freeze (gc.ts): the rounds' frames went through Buffers, and a full collection V8
-      // found due after the freeze was downtime (4.7 ms of a 1 GiB lazy migration's, seen).
+      // tree still runs on the source).
       // A throw in the taking fails this migration too, as a failed write does (never the receiver).
       faultPoint('catchup', o.signal).then(() => pre?.settled()).then(() => {
         pre?.takeChunkDigests();
         pre?.markRuns();
-        collectGarbage();
         ch.send({ type: 'caught-up' });
       }).catch((err: unknown) => {
         ch.fail(err instanceof FerryError ? err : new FerryError('EIO', describeCause(err), { cause: err }));
