@@ -165,7 +165,12 @@ describe('pre-copy frames on the receiver', { timeout: 30_000 }, () => {
       send(128, 128);
       send(70, 1); // sent again: its slot kept, its block still one stretch
       bytes.set(70, 70 % 251);
-      if (marked) r.markRuns();
+      send(450, 1); // a block of one page: no stretch
+      send(512, 64); // a whole block, not referenced below
+      if (marked) {
+        assert.equal(r.markRuns(), 7, 'blocks 0-5 and 8 marked, not 7');
+        assert.equal(r.markRuns(), 0, 'marked once');
+      }
       r.handle(raw(Buffer.from('h')), write, skip);
       // From page 10, into the middle of the last block: 118 + 128 + 124 pages.
       assert.equal(r.handle(frame(TAG_REF, 7, 10n * 4096n, 370), write, skip), 370 * 4096);
