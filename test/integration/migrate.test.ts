@@ -241,6 +241,28 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     await exitOf(next.r, 'ferry receive');
   });
 
+  it('the receiver SIGKILLed with the whole image, before it checked any of it: the source runs on, nothing is left', async () => {
+    const w = await counter();
+    const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config], 'ended');
+    const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--json']);
+    await waitFor('the receiver to pause with the whole image', () => /paused at ended/.test(recv.stderr()), 30_000,
+      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
+    // The sender waits for the word, the tree stopped, its local copy of the frames finishing.
+    assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while the target verifies');
+    recv.child.kill('SIGKILL');
+    assert.equal(await exitOf(mig, 'ferry migrate'), 1);
+    assert.match(mig.stderr().trim(), new RegExp(`^ferry migrate: .*127\\.0\\.0\\.1:${port}.*, so pid ${w.pid} was let go as it was: it runs on here$`));
+    await runsOn(w, process.pid);
+    assert.deepEqual(stubs(), [], 'no restore stub');
+    // Nothing of the sender's is left (its copy of the frames removed); the killed receiver's
+    // spool is removed by the next receiver.
+    assert.deepEqual(leftovers(workDir).filter((n) => !n.startsWith('.ferry-receive-')), [], 'the sender removed its copy');
+    const next = await receiver(key, ['--max-creds', 'root', '--config', config]);
+    assert.deepEqual(leftovers(workDir), [], 'the next receiver removed the spool');
+    next.r.child.kill('SIGTERM');
+    await exitOf(next.r, 'ferry receive');
+  });
+
   it('SIGTERM to the sender while the image streams: the source is let go, the receiver learns why', async () => {
     const w = await counter();
     const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config]);
