@@ -217,14 +217,22 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
     await exitOf(next.r, 'ferry receive');
   });
 
-  it('the sender SIGKILLed while it waits for the target to verify the whole image (its frame log finishing meanwhile): the source runs on, nothing is left', async () => {
+  /**
+   * A counter migrated to a receiver that pauses (`pause`) once the whole image is in, before it
+   * checks any of it: the sender then waits for its `ready`, holding the source stopped.
+   */
+  async function atEnded(pause: string): Promise<{ w: Workload; recv: Running; mig: Running; port: number }> {
     const w = await counter();
-    const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config], 'ended+3000');
+    const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config], pause);
     const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config]);
     await waitFor('the receiver to pause with the whole image', () => /paused at ended/.test(recv.stderr()), 30_000,
       () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
-    // The whole image was sent: the sender holds the source stopped, waiting for the word.
     assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while the target verifies');
+    return { w, recv, mig, port };
+  }
+
+  it('the sender SIGKILLed while it waits for the target to verify the whole image (its frame log finishing meanwhile): the source runs on, nothing is left', async () => {
+    const { w, recv, mig } = await atEnded('ended+3000');
     mig.child.kill('SIGKILL');
     // The kernel lets the source go as its tracer exits (after its sockets close): once the
     // sender is reaped, the source is untraced.
@@ -242,13 +250,8 @@ describe('ferry migrate and ferry receive', { skip, timeout: 600_000 }, () => {
   });
 
   it('the receiver SIGKILLed with the whole image, before it checked any of it: the source runs on, nothing is left', async () => {
-    const w = await counter();
-    const { r: recv, port } = await receiver(key, ['--once', '--max-creds', 'root', '--config', config], 'ended');
-    const mig = start(['migrate', '--pid', String(w.pid), '--to', `tcp://127.0.0.1:${port}`, '--key', key, '--config', config, '--json']);
-    await waitFor('the receiver to pause with the whole image', () => /paused at ended/.test(recv.stderr()), 30_000,
-      () => `ferry migrate: ${mig.stderr()}; ferry receive: ${recv.stderr()}`);
     // The sender waits for the word, the tree stopped, its local copy of the frames finishing.
-    assert.notEqual(procState(w.pid).tracer, 0, 'the sender holds the source while the target verifies');
+    const { w, recv, mig, port } = await atEnded('ended');
     recv.child.kill('SIGKILL');
     assert.equal(await exitOf(mig, 'ferry migrate'), 1);
     assert.match(mig.stderr().trim(), new RegExp(`^ferry migrate: .*127\\.0\\.0\\.1:${port}.*, so pid ${w.pid} was let go as it was: it runs on here$`));
